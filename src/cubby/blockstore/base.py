@@ -1,0 +1,39 @@
+"""The block store interface: chunks of plaintext, each stored under the SHA-256 of its bytes.
+
+The comments are the contract, for every backend (local folder, memory, later S3):
+
+- Names are lowercase hex SHA-256 of the *plaintext*. `put` and `put_many` verify the bytes
+  against the name before anything is written and raise `ChunkMismatch` (nothing written) if
+  they disagree, so a backend never holds a chunk under a name that does not match its bytes.
+- `put`/`put_many` are durable when they return (fsync or the backend's equivalent) and
+  idempotent: putting a chunk that is already there is cheap and returns False.
+- `get` returns the plaintext, or raises `NotFound`. `delete` is idempotent.
+- `iterate` yields every stored name exactly once, in no particular order; it may or may not
+  see chunks put while it runs.
+- Compression is the backend's own business (callers always see plaintext); see
+  `cubby.core.compression`.
+- A backend may be called from several threads at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class BlockStore(Protocol):
+    def put(self, name: str, data: bytes) -> bool:
+        """Store ``data`` under ``name`` durably; True if it was not there before."""
+
+    def put_many(self, items: Iterable[tuple[str, bytes]]) -> list[bool]:
+        """Store many chunks with one durability barrier; all are verified before any is written."""
+
+    def get(self, name: str) -> bytes:
+        """The plaintext of ``name``; `NotFound` if absent."""
+
+    def has(self, name: str) -> bool: ...
+
+    def delete(self, name: str) -> None: ...
+
+    def iterate(self) -> Iterator[str]: ...

@@ -1,0 +1,75 @@
+"""Configuration, read once at the edge and passed down.
+
+`Config` holds everything the server and the client need. The CLI builds it from flags, the
+environment (``CUBBY_URL``, ``CUBBY_TOKEN``, ``CUBBY_DATA``, ``CUBBY_DB``) and an optional
+TOML file (``~/.config/cubby/config.toml``); nothing below the CLI reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+
+DEFAULT_PORT = 8765
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path = Path("./cubby-data")
+    db_url: str | None = None
+    """SQLAlchemy URL of the metadata database; None means SQLite at data_dir/meta.db."""
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    roles: tuple[str, ...] = ("meta", "blocks", "notify")
+    url: str = f"http://127.0.0.1:{DEFAULT_PORT}"
+    token: str | None = None
+    gc_grace_seconds: float = 24 * 3600
+    max_request_bytes: int = 64 * 1024 * 1024
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def metadata_url(self) -> str:
+        if self.db_url:
+            return self.db_url
+        return f"sqlite:///{(self.data_dir / 'meta.db').resolve()}"
+
+    @property
+    def blocks_dir(self) -> Path:
+        return self.data_dir / "blocks"
+
+    def with_(self, **changes: Any) -> "Config":
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def default_config_file() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "cubby" / "config.toml"
+
+
+def load(env: Mapping[str, str], file: Path | None = None) -> Config:
+    """Build a Config from a TOML file (if present) overlaid by the environment."""
+    cfg = Config()
+    path = file or default_config_file()
+    values: dict[str, Any] = {}
+    if path.is_file():
+        with path.open("rb") as fh:
+            values = tomllib.load(fh)
+    if env.get("CUBBY_URL"):
+        values["url"] = env["CUBBY_URL"]
+    if env.get("CUBBY_TOKEN"):
+        values["token"] = env["CUBBY_TOKEN"]
+    if env.get("CUBBY_DATA"):
+        values["data_dir"] = env["CUBBY_DATA"]
+    if env.get("CUBBY_DB"):
+        values["db_url"] = env["CUBBY_DB"]
+    known = {k: v for k, v in values.items() if k in Config.__dataclass_fields__}
+    if "data_dir" in known:
+        known["data_dir"] = Path(known["data_dir"]).expanduser()
+    if "roles" in known:
+        known["roles"] = tuple(known["roles"])
+    extra = {k: v for k, v in values.items() if k not in Config.__dataclass_fields__}
+    return replace(cfg, **known, extra=extra)

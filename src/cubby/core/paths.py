@@ -1,0 +1,108 @@
+"""Path rules: what a valid cubby path is, and the key under which it is looked up.
+
+A path is stored twice: as given (NFC-normalised, for display) and as a *key* (NFC, then
+case-folded) for lookups and uniqueness, so that ``A.txt`` and ``a.txt`` (or the NFC and NFD
+spellings of ``é.txt``) cannot both exist in one folder. Paths are absolute within a namespace,
+``/`` separated, and never end in ``/``; the root is ``/``.
+
+Every function here is pure, so the rules are tested exhaustively without a disk or a database.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+from cubby.errors import InvalidPath
+
+MAX_NAME_BYTES = 255
+"""Longest component, in UTF-8 bytes: what ext4, APFS and NTFS all accept."""
+
+MAX_PATH_BYTES = 2900
+"""Longest path key, in UTF-8 bytes: keeps (namespace, key) inside MariaDB's 3072-byte index limit."""
+
+ROOT = "/"
+
+
+def _check_component(name: str, original: str) -> None:
+    if name in ("", ".", ".."):
+        what = "an empty component" if name == "" else f"a '{name}' component"
+        raise InvalidPath(f"path {original!r} has {what}; use plain names separated by single '/'")
+    if "\x00" in name:
+        raise InvalidPath(f"path {original!r} contains a NUL byte")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InvalidPath(f"path {original!r} contains a control character")
+    if "\\" in name:
+        raise InvalidPath(f"path {original!r} contains a backslash; use '/' as the separator")
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        raise InvalidPath(f"name {name[:40]!r}... is longer than {MAX_NAME_BYTES} bytes")
+    if name != name.strip(" ") or name.endswith("."):
+        raise InvalidPath(
+            f"name {name!r} begins or ends with a space or ends with '.', which Windows cannot store"
+        )
+
+
+def normalize(path: str) -> str:
+    """Return the display form of ``path``: NFC, leading ``/``, no trailing ``/``.
+
+    Raises `InvalidPath` for anything that could escape or be ambiguous: ``..`` and ``.``
+    components, empty components (``a//b``), NUL and control characters, backslashes,
+    over-long names or paths. A relative path is taken relative to the root, but a path
+    may not start with more than one ``/``.
+    """
+    if not isinstance(path, str):
+        raise InvalidPath("path must be a string")
+    if path in ("", "/"):
+        return ROOT
+    original = path
+    if "\x00" in path:
+        raise InvalidPath(f"path {original!r} contains a NUL byte")
+    path = unicodedata.normalize("NFC", path)
+    body = path[1:] if path.startswith("/") else path
+    if body.endswith("/"):
+        body = body[:-1]
+    parts = body.split("/")
+    for part in parts:
+        _check_component(part, original)
+    result = "/" + "/".join(parts)
+    if len(key(result).encode("utf-8")) > MAX_PATH_BYTES:
+        raise InvalidPath(f"path is longer than {MAX_PATH_BYTES} bytes")
+    return result
+
+
+def key(path: str) -> str:
+    """The lookup key of an already normalised path: NFC of the case-folded form."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", path).casefold())
+
+
+def split(path: str) -> tuple[str, str]:
+    """Split a normalised path into (parent, name); the root has no parent."""
+    if path == ROOT:
+        raise InvalidPath("the root has no parent")
+    parent, _, name = path.rpartition("/")
+    return (parent or ROOT, name)
+
+
+def join(parent: str, name: str) -> str:
+    return ("" if parent == ROOT else parent) + "/" + name
+
+
+def ancestors(path: str) -> list[str]:
+    """Every proper ancestor of a normalised path, root first (root excluded)."""
+    parts = path.strip("/").split("/")
+    return ["/" + "/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def is_within(path: str, folder: str) -> bool:
+    """True when ``path`` is ``folder`` or below it (compares keys, so case-insensitively)."""
+    p, f = key(path), key(folder)
+    return f == ROOT or p == f or p.startswith(f + "/")
+
+
+def rebase(path: str, old_prefix: str, new_prefix: str) -> str:
+    """Replace the leading ``old_prefix`` of ``path`` (matched case-insensitively) by ``new_prefix``."""
+    if not is_within(path, old_prefix):
+        raise InvalidPath(f"{path!r} is not within {old_prefix!r}")
+    depth = 0 if old_prefix == ROOT else old_prefix.count("/")
+    rest = path.split("/")[depth + 1 :]
+    base = "" if new_prefix == ROOT else new_prefix
+    return (base + "/" + "/".join(rest)) if rest else (new_prefix)

@@ -1,0 +1,182 @@
+"""Plain records that cross the metadata store's interface.
+
+They are frozen dataclasses so that the server can turn them into JSON with `to_dict` and the
+client can rebuild them with `from_dict`, and nothing downstream mutates what the store said.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Kind = Literal["file", "folder"]
+Role = Literal["owner", "editor", "viewer"]
+JournalOp = Literal["add", "edit", "mkdir", "delete", "move", "restore"]
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """One chunk of a file: its SHA-256 (hex) and its plaintext length."""
+
+    hash: str
+    size: int
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+    root_ns: int
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is asking, and which namespaces they can reach with what role.
+
+    ``namespaces`` maps namespace id to role; every access check is a lookup here, so a token
+    never reaches a namespace that is not in this map.
+    """
+
+    user_id: int
+    name: str
+    root_ns: int
+    token_id: int
+    namespaces: dict[int, Role] = field(default_factory=dict)
+
+    def can_read(self, ns_id: int) -> bool:
+        return ns_id in self.namespaces
+
+    def can_write(self, ns_id: int) -> bool:
+        return self.namespaces.get(ns_id) in ("owner", "editor")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """The latest state of one node (file or folder) in a namespace.
+
+    ``node_id`` is stable across renames and moves; ``rev`` is the journal id of the change that
+    produced this version, so it increases with every change in the namespace.
+    """
+
+    ns_id: int
+    node_id: int
+    parent_id: int | None
+    path: str
+    name: str
+    kind: Kind
+    rev: int
+    size: int = 0
+    content_hash: str | None = None
+    mtime: float | None = None
+    deleted: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Entry":
+        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__ if k in d})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Revision:
+    """One stored version of a file, as history lists it; ``rev`` can be given to restore."""
+
+    ns_id: int
+    node_id: int
+    rev: int
+    path: str
+    size: int
+    content_hash: str | None
+    mtime: float | None
+    created_at: float
+    deleted: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One change in a namespace's journal, in ``jid`` order.
+
+    A move carries ``old_path`` and ``old_parent_id``; a folder move is a single entry, and a
+    reader keyed by ``node_id`` applies it as one update. Parents are journalled before
+    their children, so a reader never sees a child whose parent it does not know.
+    """
+
+    ns_id: int
+    jid: int
+    op: JournalOp
+    node_id: int
+    parent_id: int | None
+    kind: Kind
+    path: str
+    name: str
+    rev: int
+    size: int = 0
+    content_hash: str | None = None
+    mtime: float | None = None
+    old_path: str | None = None
+    old_parent_id: int | None = None
+    user_id: int | None = None
+    created_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "JournalEntry":
+        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__ if k in d})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class CommitRequest:
+    """What a client asks to commit: a file at ``path`` made of ``chunks``.
+
+    ``expected_rev`` is the revision the client last saw at ``path`` (None: the path must not
+    hold a live file). A stale one is refused with `Conflict`, never applied over a newer
+    version. ``size`` must equal the sum of the chunk sizes.
+    """
+
+    path: str
+    size: int
+    chunks: tuple[ChunkRef, ...]
+    expected_rev: int | None = None
+    mtime: float | None = None
+
+
+@dataclass(frozen=True)
+class NeededChunk:
+    """A chunk the store will not take on the client's word: upload it, or prove possession
+    by sending SHA-256(bytes.fromhex(nonce) || chunk bytes). The answer is the same whether or
+    not the server already holds the chunk, so a hash-only claim learns nothing."""
+
+    hash: str
+    nonce: str
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """Either ``entry`` (committed) or ``needed`` (nothing changed; supply these, then retry)."""
+
+    entry: Entry | None = None
+    needed: tuple[NeededChunk, ...] = ()
+
+    @property
+    def committed(self) -> bool:
+        return self.entry is not None
+
+
+@dataclass(frozen=True)
+class Listing:
+    entries: list[Entry]
+    cursor: str | None
+    has_more: bool
+
+
+@dataclass(frozen=True)
+class GcStats:
+    examined: int = 0
+    deleted: int = 0
+    bytes_freed: int = 0
