@@ -51,11 +51,36 @@ def require_service(name: str) -> None:
 DB_ENGINES = ["sqlite", "postgresql", "mariadb"]
 
 
+def _worker_database(base_url: str) -> str:
+    """A database of this pytest worker's own on a shared server, so parallel workers never
+    see each other's tables. Created on first use; the caller wipes its tables."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    url = make_url(base_url)
+    name = f"cubby_{worker}"
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            if url.get_backend_name() == "postgresql":
+                exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
+                if not exists:
+                    conn.execute(text(f'CREATE DATABASE "{name}"'))
+            else:
+                conn.execute(text(f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4"))
+    finally:
+        engine.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
 def db_url_for(engine: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A URL for a metadata database on ``engine``: a fresh SQLite file, or this worker's own
+    database on the shared PostgreSQL / MariaDB server (not yet wiped)."""
     if engine == "sqlite":
         return f"sqlite:///{tmp_path_factory.mktemp('db') / 'meta.db'}"
     require_service(engine)
-    return POSTGRES_URL if engine == "postgresql" else MARIADB_URL
+    return _worker_database(POSTGRES_URL if engine == "postgresql" else MARIADB_URL)
 
 
 @pytest.fixture(params=DB_ENGINES)
