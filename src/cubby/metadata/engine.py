@@ -1,0 +1,110 @@
+"""Database engines and transactions, with each engine's quirks in one place.
+
+- SQLite (the embedded default) runs in WAL mode with ``synchronous=FULL``: in WAL mode only
+  FULL fsyncs the log on every commit, and nothing acknowledged may be lost on power failure.
+  Writers open their transaction with ``BEGIN IMMEDIATE`` so that two writers never both
+  read and then deadlock upgrading to a write lock; readers use a second engine with plain
+  deferred transactions so that they never wait for a writer.
+- PostgreSQL and MariaDB run at READ COMMITTED: every statement sees what committed before it,
+  which the garbage collector relies on after it has locked a row (see store.py), and MariaDB
+  takes no gap locks.
+- Deadlocks and serialization failures are retried a few times by `Database.write`, since a
+  transaction that lost such a race changed nothing and may simply run again.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from cubby.errors import Unavailable
+
+T = TypeVar("T")
+
+_RETRYABLE_CODES = {"40001", "40P01", "1213", "1205", "55P03"}
+
+
+def _is_retryable(exc: DBAPIError) -> bool:
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if code in _RETRYABLE_CODES:
+        return True
+    args = getattr(orig, "args", ())
+    if args and str(args[0]) in _RETRYABLE_CODES:
+        return True
+    text = str(orig).lower()
+    return "database is locked" in text or "deadlock" in text
+
+
+class Database:
+    """A pair of engines (write, read) on one metadata database, and transaction helpers."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = make_url(url)
+        self.dialect = self.url.get_backend_name()
+        if self.dialect == "sqlite":
+            self.writer = self._sqlite_engine(url, immediate=True)
+            self.reader = self._sqlite_engine(url, immediate=False)
+        else:
+            kw: dict[str, Any] = {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": 20}
+            self.writer = create_engine(url, isolation_level="READ COMMITTED", **kw)
+            self.reader = self.writer
+
+    @staticmethod
+    def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # Take transaction control away from the driver so BEGIN is ours to issue.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    @property
+    def is_mysql(self) -> bool:
+        return self.dialect in ("mysql", "mariadb")
+
+    def write(self, fn: Callable[[Connection], T], *, attempts: int = 8) -> T:
+        """Run ``fn`` in one write transaction, retrying it when the database reports a
+        deadlock, a serialization failure or a lock timeout (the failed attempt changed nothing)."""
+        for attempt in range(attempts):
+            try:
+                with self.writer.begin() as conn:
+                    return fn(conn)
+            except (OperationalError, DBAPIError) as exc:
+                if not _is_retryable(exc) or attempt == attempts - 1:
+                    if _is_retryable(exc):
+                        raise Unavailable("the metadata database is busy; retry shortly") from exc
+                    raise
+                time.sleep(min(0.5, 0.005 * 2**attempt) * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    def read(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` in one read transaction (a consistent snapshot on SQLite and MariaDB)."""
+        with self.reader.begin() as conn:
+            return fn(conn)
+
+    def dispose(self) -> None:
+        self.writer.dispose()
+        if self.reader is not self.writer:
+            self.reader.dispose()

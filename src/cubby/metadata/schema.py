@@ -1,0 +1,203 @@
+"""The metadata schema, in SQLAlchemy Core, for SQLite, PostgreSQL and MariaDB alike.
+
+Every table that describes files (nodes, file_revs, journal, ns_chunks) is keyed by namespace id
+first: a namespace's rows never need another namespace's rows, so namespaces can be spread over
+database shards without cross-shard joins. Only ``users``, ``tokens``, ``blocks`` and
+``settings`` are global.
+
+Path keys are stored as UTF-8 *bytes* (`PathKey`): byte order is code point order on every
+engine (no collation surprises such as MariaDB's case- and trailing-space-insensitive defaults),
+a parent always sorts before its children, and a subtree is one index range scan.
+
+The Alembic migrations in ``migrations/versions`` create exactly these tables; a test checks
+that the two agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Double,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    inspect,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+from cubby.core.paths import MAX_PATH_BYTES
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY; elsewhere ids are 64-bit.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class PathKey(TypeDecorator[str]):
+    """A case-folded path key, stored as UTF-8 bytes so that ordering is bytewise everywhere."""
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.VARBINARY(MAX_PATH_BYTES))
+        return dialect.type_descriptor(LargeBinary())
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> bytes | None:
+        return None if value is None else value.encode("utf-8")
+
+    def process_result_value(self, value: bytes | None, dialect: Dialect) -> str | None:
+        return None if value is None else bytes(value).decode("utf-8")
+
+
+Hash = String(64)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False),
+    Column("name_key", String(64), nullable=False, unique=True),
+    Column("root_ns", BigInteger, nullable=True),
+    Column("created_at", Double, nullable=False),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", BigInteger, nullable=False, index=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("label", String(200), nullable=False, default=""),
+    Column("created_at", Double, nullable=False),
+    Column("revoked_at", Double, nullable=True),
+)
+
+namespaces = Table(
+    "namespaces",
+    metadata,
+    Column("ns_id", Id, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),
+    Column("owner_id", BigInteger, nullable=True),
+    Column("head", BigInteger, nullable=False, default=0),
+    Column("next_node", BigInteger, nullable=False, default=1),
+    Column("created_at", Double, nullable=False),
+)
+
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("ns_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("node_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("parent_id", BigInteger, nullable=False),  # 0 = the namespace root
+    Column("name", Text, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("path_key", PathKey, nullable=True),  # NULL once deleted, so the name is free again
+    Column("kind", String(8), nullable=False),
+    Column("rev", BigInteger, nullable=False),
+    Column("content_rev", BigInteger, nullable=True),  # the file_revs row holding the content
+    Column("size", BigInteger, nullable=False, default=0),
+    Column("content_hash", String(64), nullable=True),
+    Column("mtime", Double, nullable=True),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("deleted_key", PathKey, nullable=True),  # the key it had when deleted: history, restore
+    UniqueConstraint("ns_id", "path_key"),
+    Index("ix_nodes_children", "ns_id", "parent_id", "path_key"),
+    Index("ix_nodes_deleted", "ns_id", "deleted_key"),
+)
+
+file_revs = Table(
+    "file_revs",
+    metadata,
+    Column("ns_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("node_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("rev", BigInteger, primary_key=True, autoincrement=False),
+    Column("path", Text, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("blocklist", Text, nullable=False),  # JSON [[hash, size], ...] in file order
+    Column("mtime", Double, nullable=True),
+    Column("user_id", BigInteger, nullable=True),
+    Column("created_at", Double, nullable=False),
+    UniqueConstraint("ns_id", "rev"),
+)
+
+journal = Table(
+    "journal",
+    metadata,
+    Column("ns_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("jid", BigInteger, primary_key=True, autoincrement=False),
+    Column("op", String(16), nullable=False),
+    Column("node_id", BigInteger, nullable=False),
+    Column("parent_id", BigInteger, nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("path_key", PathKey, nullable=False),
+    Column("rev", BigInteger, nullable=False),
+    Column("size", BigInteger, nullable=False, default=0),
+    Column("content_hash", String(64), nullable=True),
+    Column("mtime", Double, nullable=True),
+    Column("old_path", Text, nullable=True),
+    Column("old_parent_id", BigInteger, nullable=True),
+    Column("user_id", BigInteger, nullable=True),
+    Column("created_at", Double, nullable=False),
+    Index("ix_journal_path", "ns_id", "path_key", "jid"),
+)
+
+ns_chunks = Table(
+    "ns_chunks",
+    metadata,
+    Column("ns_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", Hash, primary_key=True),
+    Column("refs", BigInteger, nullable=False, default=0),
+    Column("touched_at", Double, nullable=False),
+    Index("ix_ns_chunks_hash", "hash", "refs"),
+)
+
+blocks = Table(
+    "blocks",
+    metadata,
+    Column("hash", Hash, primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("touched_at", Double, nullable=False),
+    Index("ix_blocks_touched", "touched_at"),
+)
+
+settings = Table(
+    "settings",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+
+def drop_all(url: str) -> None:
+    """Drop every cubby table (and Alembic's version table) from the database at ``url``."""
+    engine = create_engine(url)
+    try:
+        metadata.drop_all(engine)
+        with engine.begin() as conn:
+            if "alembic_version" in inspect(conn).get_table_names():
+                conn.exec_driver_sql("DROP TABLE alembic_version")
+    finally:
+        engine.dispose()

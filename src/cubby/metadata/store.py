@@ -1,0 +1,1052 @@
+"""`SqlMetadataStore`: the metadata store on SQLite, PostgreSQL or MariaDB.
+
+How a mutation stays atomic and the journal gap-free: every write transaction first locks its
+namespace's row (``SELECT ... FOR UPDATE``; on SQLite ``BEGIN IMMEDIATE`` already holds the
+database's write lock), reads ``head``, hands out ``head + 1, head + 2, ...`` as journal ids and
+writes the new head back before committing. Two transactions on one namespace therefore run one
+after the other, and a transaction that fails rolls its journal ids back with everything else.
+
+How deduplication stays safe against garbage collection: the ``blocks`` row of a chunk is the
+lock that the uploader, the committer and the collector all take (committers in share mode).
+The collector deletes a chunk's bytes only while holding that row and after seeing, in a fresh
+statement, that no revision references it; an uploader that finds the row gone re-checks that
+the bytes are still in the block store and writes them again if not.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import IntegrityError
+
+from cubby.blockstore.base import BlockStore
+from cubby.core import paths
+from cubby.errors import BadRequest, Conflict, CubbyError, NotFound, SizeMismatch, Unauthorized
+from cubby.metadata import migrate
+from cubby.metadata.engine import Database
+from cubby.metadata.model import (
+    ChunkRef,
+    CommitRequest,
+    CommitResult,
+    Entry,
+    GcStats,
+    JournalEntry,
+    Listing,
+    NeededChunk,
+    Principal,
+    Revision,
+    Role,
+    User,
+)
+from cubby.metadata.schema import blocks, file_revs, journal, namespaces, nodes, ns_chunks, settings, tokens, users
+
+ROOT_NODE = 0
+MAX_CHUNK_BYTES = 16 * 1024 * 1024
+"""Sanity bound on a declared chunk size; real chunks are at most 4 MiB (core.chunking)."""
+MAX_CHUNKS_PER_FILE = 1_000_000
+CHALLENGE_WINDOW = 3600.0
+"""A possession nonce is valid for the hour it was issued in and the next one."""
+HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+EMPTY_CONTENT_HASH = hashlib.sha256(b"").hexdigest()
+
+
+def content_hash_of(chunks: Sequence[ChunkRef]) -> str:
+    """SHA-256 over the concatenated binary chunk hashes: names the content without re-reading it."""
+    h = hashlib.sha256()
+    for c in chunks:
+        h.update(bytes.fromhex(c.hash))
+    return h.hexdigest()
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _key_range(prefix_key: str) -> tuple[str, str]:
+    """Bounds (exclusive) of the keys strictly below folder ``prefix_key``: '/' + 1 is '0'."""
+    base = "" if prefix_key == paths.ROOT else prefix_key
+    return base + "/", base + "0"
+
+
+def _entry(row: Row[Any]) -> Entry:
+    m = row._mapping
+    return Entry(
+        ns_id=m["ns_id"],
+        node_id=m["node_id"],
+        parent_id=m["parent_id"],
+        path=m["path"],
+        name=m["name"],
+        kind=m["kind"],
+        rev=m["rev"],
+        size=m["size"] or 0,
+        content_hash=m["content_hash"],
+        mtime=m["mtime"],
+        deleted=bool(m["deleted"]),
+    )
+
+
+def _root_entry(ns_id: int, head: int) -> Entry:
+    return Entry(ns_id=ns_id, node_id=ROOT_NODE, parent_id=None, path="/", name="", kind="folder", rev=head)
+
+
+@dataclass
+class _Txn:
+    """One write transaction on one namespace: hands out journal ids and node ids in order."""
+
+    conn: Connection
+    ns_id: int
+    head: int
+    next_node: int
+    user_id: int | None
+    now: float = field(default_factory=time.time)
+    cache: dict[str, Row[Any] | None] = field(default_factory=dict)
+
+    def next_jid(self) -> int:
+        self.head += 1
+        return self.head
+
+    def new_node_id(self) -> int:
+        nid = self.next_node
+        self.next_node += 1
+        return nid
+
+    def finish(self) -> None:
+        self.conn.execute(
+            update(namespaces)
+            .where(namespaces.c.ns_id == self.ns_id)
+            .values(head=self.head, next_node=self.next_node)
+        )
+
+    # -- lookups that see this transaction's own writes ---------------------------------------
+    def live(self, path_key: str) -> Row[Any] | None:
+        if path_key not in self.cache:
+            self.cache[path_key] = self.conn.execute(
+                select(nodes).where(nodes.c.ns_id == self.ns_id, nodes.c.path_key == path_key)
+            ).first()
+        return self.cache[path_key]
+
+    def forget(self) -> None:
+        self.cache.clear()
+
+    def journal(
+        self,
+        op: str,
+        *,
+        node_id: int,
+        parent_id: int,
+        kind: str,
+        path: str,
+        rev: int,
+        size: int = 0,
+        content_hash: str | None = None,
+        mtime: float | None = None,
+        old_path: str | None = None,
+        old_parent_id: int | None = None,
+    ) -> None:
+        self.conn.execute(
+            insert(journal).values(
+                ns_id=self.ns_id,
+                jid=rev,
+                op=op,
+                node_id=node_id,
+                parent_id=parent_id,
+                kind=kind,
+                name=paths.split(path)[1],
+                path=path,
+                path_key=paths.key(path),
+                rev=rev,
+                size=size,
+                content_hash=content_hash,
+                mtime=mtime,
+                old_path=old_path,
+                old_parent_id=old_parent_id,
+                user_id=self.user_id,
+                created_at=self.now,
+            )
+        )
+
+
+class SqlMetadataStore:
+    """The metadata store (see `cubby.metadata.base.MetadataStore` for the contract)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._secret = self._load_secret()
+
+    # ======================================================================================
+    # plumbing
+    # ======================================================================================
+    def close(self) -> None:
+        self.db.dispose()
+
+    def _load_secret(self) -> bytes:
+        def run(conn: Connection) -> str:
+            row = conn.execute(select(settings.c.value).where(settings.c.key == "challenge_secret")).first()
+            if row:
+                return str(row[0])
+            value = secrets.token_hex(32)
+            try:
+                with conn.begin_nested():
+                    conn.execute(insert(settings).values(key="challenge_secret", value=value))
+            except IntegrityError:
+                row = conn.execute(select(settings.c.value).where(settings.c.key == "challenge_secret")).one()
+                return str(row[0])
+            return value
+
+        return bytes.fromhex(self.db.write(run))
+
+    def _lock_ns(self, conn: Connection, ns_id: int) -> tuple[int, int]:
+        q = select(namespaces.c.head, namespaces.c.next_node).where(namespaces.c.ns_id == ns_id)
+        if not self.db.is_sqlite:
+            q = q.with_for_update()
+        row = conn.execute(q).first()
+        if row is None:
+            raise NotFound(f"namespace {ns_id} does not exist")
+        return int(row[0]), int(row[1])
+
+    def _write_ns(self, ns_id: int, user_id: int | None, fn: Any) -> Any:
+        """Run ``fn(txn)`` in one transaction holding the namespace's lock."""
+
+        def run(conn: Connection) -> Any:
+            head, next_node = self._lock_ns(conn, ns_id)
+            tx = _Txn(conn, ns_id, head, next_node, user_id)
+            result = fn(tx)
+            tx.finish()
+            return result
+
+        return self.db.write(run)
+
+    def _insert_ignore(self, conn: Connection, table: Any, rows: list[dict[str, Any]]) -> None:
+        """INSERT rows, skipping any whose primary key exists (each engine spells it its own way)."""
+        if not rows:
+            return
+        if self.db.is_sqlite:
+            conn.execute(insert(table).prefix_with("OR IGNORE"), rows)
+        elif self.db.is_mysql:
+            conn.execute(insert(table).prefix_with("IGNORE"), rows)
+        else:
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            conn.execute(pg_insert(table).on_conflict_do_nothing(), rows)
+
+    # ======================================================================================
+    # accounts
+    # ======================================================================================
+    def create_user(self, name: str) -> tuple[User, str]:
+        if not isinstance(name, str) or not USER_RE.match(name):
+            raise BadRequest(
+                f"invalid user name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            )
+
+        def run(conn: Connection) -> User:
+            if conn.execute(select(users.c.id).where(users.c.name_key == name.lower())).first():
+                raise Conflict(f"a user named {name!r} already exists")
+            now = time.time()
+            uid = conn.execute(
+                insert(users).values(name=name, name_key=name.lower(), created_at=now)
+            ).inserted_primary_key[0]
+            ns = conn.execute(
+                insert(namespaces).values(kind="root", owner_id=uid, head=0, next_node=1, created_at=now)
+            ).inserted_primary_key[0]
+            conn.execute(update(users).where(users.c.id == uid).values(root_ns=ns))
+            return User(id=int(uid), name=name, root_ns=int(ns))
+
+        try:
+            user = self.db.write(run)
+        except IntegrityError as exc:
+            raise Conflict(f"a user named {name!r} already exists") from exc
+        _, token = self.create_token(user.id, "initial")
+        return user, token
+
+    def get_user(self, name: str) -> User:
+        row = self.db.read(
+            lambda c: c.execute(select(users).where(users.c.name_key == str(name).lower())).first()
+        )
+        if row is None:
+            raise NotFound(f"no user named {name!r}")
+        return User(id=row.id, name=row.name, root_ns=row.root_ns)
+
+    def create_token(self, user_id: int, label: str = "") -> tuple[int, str]:
+        token = "cby_" + secrets.token_urlsafe(32)
+
+        def run(conn: Connection) -> int:
+            if not conn.execute(select(users.c.id).where(users.c.id == user_id)).first():
+                raise NotFound(f"no user with id {user_id}")
+            return int(
+                conn.execute(
+                    insert(tokens).values(
+                        user_id=user_id, token_hash=token_hash(token), label=label[:200], created_at=time.time()
+                    )
+                ).inserted_primary_key[0]
+            )
+
+        return self.db.write(run), token
+
+    def list_tokens(self, user_id: int) -> list[dict[str, object]]:
+        rows = self.db.read(
+            lambda c: c.execute(
+                select(tokens.c.id, tokens.c.label, tokens.c.created_at, tokens.c.revoked_at)
+                .where(tokens.c.user_id == user_id)
+                .order_by(tokens.c.id)
+            ).all()
+        )
+        return [dict(r._mapping) for r in rows]
+
+    def revoke_token(self, user_id: int, token_id: int) -> None:
+        def run(conn: Connection) -> None:
+            res = conn.execute(
+                update(tokens)
+                .where(tokens.c.id == token_id, tokens.c.user_id == user_id, tokens.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            )
+            if res.rowcount == 0:
+                raise NotFound(f"no active token {token_id} for this user")
+
+        self.db.write(run)
+
+    def authenticate(self, token: str) -> Principal:
+        if not token:
+            raise Unauthorized("missing bearer token: pass 'Authorization: Bearer TOKEN' (cubby user add prints one)")
+
+        def run(conn: Connection) -> Row[Any] | None:
+            return conn.execute(
+                select(tokens.c.id, tokens.c.revoked_at, users.c.id.label("uid"), users.c.name, users.c.root_ns)
+                .join(users, users.c.id == tokens.c.user_id)
+                .where(tokens.c.token_hash == token_hash(token))
+            ).first()
+
+        row = self.db.read(run)
+        if row is None:
+            raise Unauthorized("unknown token: check CUBBY_TOKEN, or create one with 'cubby user add'")
+        if row.revoked_at is not None:
+            raise Unauthorized("this token was revoked: create a new one with 'cubby token create'")
+        roles: dict[int, Role] = {int(row.root_ns): "owner"}
+        return Principal(
+            user_id=int(row.uid), name=row.name, root_ns=int(row.root_ns), token_id=int(row.id), namespaces=roles
+        )
+
+    # ======================================================================================
+    # reading files
+    # ======================================================================================
+    def head(self, ns_id: int) -> int:
+        row = self.db.read(
+            lambda c: c.execute(select(namespaces.c.head).where(namespaces.c.ns_id == ns_id)).first()
+        )
+        if row is None:
+            raise NotFound(f"namespace {ns_id} does not exist")
+        return int(row[0])
+
+    def _live(self, conn: Connection, ns_id: int, path: str) -> Row[Any] | None:
+        return conn.execute(
+            select(nodes).where(nodes.c.ns_id == ns_id, nodes.c.path_key == paths.key(path))
+        ).first()
+
+    def stat(self, ns_id: int, path: str) -> Entry:
+        path = paths.normalize(path)
+        if path == paths.ROOT:
+            return _root_entry(ns_id, self.head(ns_id))
+        row = self.db.read(lambda c: self._live(c, ns_id, path))
+        if row is None:
+            raise NotFound(f"{path} does not exist")
+        return _entry(row)
+
+    def list(
+        self, ns_id: int, path: str, recursive: bool = False, cursor: str | None = None, limit: int = 1000
+    ) -> Listing:
+        path = paths.normalize(path)
+        limit = max(1, min(int(limit), 10_000))
+        after: str | None = None
+        if cursor:
+            try:
+                after = base64.urlsafe_b64decode(cursor.encode("ascii")).decode("utf-8")
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise BadRequest("invalid listing cursor: pass back the cursor of the previous page") from exc
+
+        def run(conn: Connection) -> list[Row[Any]]:
+            if path == paths.ROOT:
+                folder_id = ROOT_NODE
+                if not conn.execute(select(namespaces.c.ns_id).where(namespaces.c.ns_id == ns_id)).first():
+                    raise NotFound(f"namespace {ns_id} does not exist")
+            else:
+                folder = self._live(conn, ns_id, path)
+                if folder is None:
+                    raise NotFound(f"{path} does not exist")
+                if folder.kind != "folder":
+                    raise Conflict(f"{path} is a file, not a folder", code="not_a_folder")
+                folder_id = folder.node_id
+            q = select(nodes).where(nodes.c.ns_id == ns_id, nodes.c.path_key.is_not(None))
+            if recursive:
+                lo, hi = _key_range(paths.key(path))
+                if path != paths.ROOT:
+                    q = q.where(nodes.c.path_key > lo, nodes.c.path_key < hi)
+            else:
+                q = q.where(nodes.c.parent_id == folder_id)
+            if after is not None:
+                q = q.where(nodes.c.path_key > after)
+            return list(conn.execute(q.order_by(nodes.c.path_key).limit(limit + 1)).all())
+
+        rows = self.db.read(run)
+        has_more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = None
+        if rows:
+            last_key = paths.key(rows[-1].path)
+            next_cursor = base64.urlsafe_b64encode(last_key.encode("utf-8")).decode("ascii")
+        elif cursor:
+            next_cursor = cursor
+        return Listing(entries=[_entry(r) for r in rows], cursor=next_cursor, has_more=has_more)
+
+    def _node_for_history(self, conn: Connection, ns_id: int, path: str) -> int:
+        row = self._live(conn, ns_id, path)
+        if row is not None:
+            if row.kind != "file":
+                raise Conflict(f"{path} is a folder; only files have history", code="not_a_file")
+            return int(row.node_id)
+        gone = conn.execute(
+            select(nodes.c.node_id)
+            .where(nodes.c.ns_id == ns_id, nodes.c.deleted_key == paths.key(path), nodes.c.kind == "file")
+            .order_by(nodes.c.rev.desc())
+            .limit(1)
+        ).first()
+        if gone is not None:
+            return int(gone[0])
+        last = conn.execute(
+            select(journal.c.node_id)
+            .where(journal.c.ns_id == ns_id, journal.c.path_key == paths.key(path), journal.c.kind == "file")
+            .order_by(journal.c.jid.desc())
+            .limit(1)
+        ).first()
+        if last is None:
+            raise NotFound(f"{path} has no history")
+        return int(last[0])
+
+    def history(self, ns_id: int, path: str, limit: int = 100) -> list[Revision]:
+        path = paths.normalize(path)
+
+        def run(conn: Connection) -> list[Revision]:
+            node_id = self._node_for_history(conn, ns_id, path)
+            node = conn.execute(
+                select(nodes.c.deleted).where(nodes.c.ns_id == ns_id, nodes.c.node_id == node_id)
+            ).first()
+            rows = conn.execute(
+                select(file_revs)
+                .where(file_revs.c.ns_id == ns_id, file_revs.c.node_id == node_id)
+                .order_by(file_revs.c.rev.desc())
+                .limit(max(1, min(int(limit), 10_000)))
+            ).all()
+            gone = bool(node and node.deleted)
+            return [
+                Revision(
+                    ns_id=ns_id,
+                    node_id=node_id,
+                    rev=r.rev,
+                    path=r.path,
+                    size=r.size,
+                    content_hash=r.content_hash,
+                    mtime=r.mtime,
+                    created_at=r.created_at,
+                    deleted=gone and i == 0,
+                )
+                for i, r in enumerate(rows)
+            ]
+
+        return self.db.read(run)
+
+    def blocklist(self, ns_id: int, path: str, rev: int | None = None) -> tuple[Entry, list[ChunkRef]]:
+        path = paths.normalize(path)
+
+        def run(conn: Connection) -> tuple[Entry, list[ChunkRef]]:
+            node = self._live(conn, ns_id, path)
+            if rev is None:
+                if node is None:
+                    raise NotFound(f"{path} does not exist")
+                if node.kind != "file":
+                    raise Conflict(f"{path} is a folder, not a file", code="not_a_file")
+                want = node.content_rev
+                node_id = node.node_id
+            else:
+                node_id = self._node_for_history(conn, ns_id, path)
+                want = rev
+            fr = conn.execute(
+                select(file_revs).where(
+                    file_revs.c.ns_id == ns_id, file_revs.c.node_id == node_id, file_revs.c.rev == want
+                )
+            ).first()
+            if fr is None:
+                raise NotFound(f"{path} has no revision {rev}")
+            entry = (
+                _entry(node)
+                if node is not None and rev is None
+                else Entry(
+                    ns_id=ns_id,
+                    node_id=node_id,
+                    parent_id=None,
+                    path=fr.path,
+                    name=paths.split(fr.path)[1],
+                    kind="file",
+                    rev=fr.rev,
+                    size=fr.size,
+                    content_hash=fr.content_hash,
+                    mtime=fr.mtime,
+                )
+            )
+            return entry, [ChunkRef(h, s) for h, s in json.loads(fr.blocklist)]
+
+        return self.db.read(run)
+
+    def journal(self, ns_id: int, after: int, limit: int = 1000) -> list[JournalEntry]:
+        limit = max(1, min(int(limit), 10_000))
+        rows = self.db.read(
+            lambda c: c.execute(
+                select(journal)
+                .where(journal.c.ns_id == ns_id, journal.c.jid > int(after))
+                .order_by(journal.c.jid)
+                .limit(limit)
+            ).all()
+        )
+        return [
+            JournalEntry(
+                ns_id=r.ns_id,
+                jid=r.jid,
+                op=r.op,
+                node_id=r.node_id,
+                parent_id=r.parent_id,
+                kind=r.kind,
+                path=r.path,
+                name=r.name,
+                rev=r.rev,
+                size=r.size,
+                content_hash=r.content_hash,
+                mtime=r.mtime,
+                old_path=r.old_path,
+                old_parent_id=r.old_parent_id,
+                user_id=r.user_id,
+                created_at=r.created_at,
+            )
+            for r in rows
+        ]
+
+    # ======================================================================================
+    # writing files
+    # ======================================================================================
+    def _ensure_folder(self, tx: _Txn, path: str) -> int:
+        """Node id of the folder at ``path``, creating it and its missing parents."""
+        if path == paths.ROOT:
+            return ROOT_NODE
+        row = tx.live(paths.key(path))
+        if row is not None:
+            if row.kind != "folder":
+                raise Conflict(f"{row.path} is a file, so it cannot hold {path}", code="not_a_folder")
+            return int(row.node_id)
+        parent, _ = paths.split(path)
+        parent_id = self._ensure_folder(tx, parent)
+        node_id = tx.new_node_id()
+        jid = tx.next_jid()
+        values = dict(
+            ns_id=tx.ns_id,
+            node_id=node_id,
+            parent_id=parent_id,
+            name=paths.split(path)[1],
+            path=path,
+            path_key=paths.key(path),
+            kind="folder",
+            rev=jid,
+            content_rev=None,
+            size=0,
+            content_hash=None,
+            mtime=None,
+            deleted=False,
+        )
+        tx.conn.execute(insert(nodes).values(**values))
+        tx.journal("mkdir", node_id=node_id, parent_id=parent_id, kind="folder", path=path, rev=jid)
+        tx.cache.pop(paths.key(path), None)
+        return node_id
+
+    def _validate_commit(self, req: CommitRequest) -> tuple[str, tuple[ChunkRef, ...]]:
+        path = paths.normalize(req.path)
+        if path == paths.ROOT:
+            raise BadRequest("cannot commit a file at the root itself; give a file name")
+        if not isinstance(req.size, int) or req.size < 0:
+            raise BadRequest("size must be a non-negative integer")
+        if len(req.chunks) > MAX_CHUNKS_PER_FILE:
+            raise BadRequest(f"a file may have at most {MAX_CHUNKS_PER_FILE} chunks")
+        total = 0
+        for c in req.chunks:
+            if not isinstance(c.hash, str) or not HASH_RE.match(c.hash):
+                raise BadRequest(f"chunk name {str(c.hash)[:80]!r} is not a lowercase hex SHA-256")
+            if not isinstance(c.size, int) or not 0 < c.size <= MAX_CHUNK_BYTES:
+                raise BadRequest(f"chunk {c.hash} has an impossible size {c.size!r}")
+            total += c.size
+        if total != req.size:
+            raise SizeMismatch(
+                f"size {req.size} disagrees with the chunks, which add up to {total} bytes", path=path
+            )
+        if req.expected_rev is not None and (not isinstance(req.expected_rev, int) or req.expected_rev < 0):
+            raise BadRequest("expected_rev must be a revision number or null")
+        return path, tuple(req.chunks)
+
+    def _unavailable(self, tx: _Txn, chunks: tuple[ChunkRef, ...]) -> list[str]:
+        """Chunks this namespace may not use yet, in file order; locks the rest in share mode so
+        that garbage collection cannot take them before this transaction commits."""
+        wanted = sorted({c.hash for c in chunks})
+        if not wanted:
+            return []
+        usable: set[str] = set()
+        sizes: dict[str, int] = {}
+        for i in range(0, len(wanted), 500):
+            part = wanted[i : i + 500]
+            usable.update(
+                r[0]
+                for r in tx.conn.execute(
+                    select(ns_chunks.c.hash).where(ns_chunks.c.ns_id == tx.ns_id, ns_chunks.c.hash.in_(part))
+                )
+            )
+            q = select(blocks.c.hash, blocks.c.size).where(blocks.c.hash.in_(part))
+            if not self.db.is_sqlite:
+                q = q.with_for_update(read=True)
+            sizes.update((r[0], int(r[1])) for r in tx.conn.execute(q))
+        for c in chunks:
+            if c.hash in usable and c.hash in sizes and sizes[c.hash] != c.size:
+                raise SizeMismatch(f"chunk {c.hash} is {sizes[c.hash]} bytes, not {c.size}")
+        missing: list[str] = []
+        seen: set[str] = set()
+        for c in chunks:
+            if c.hash not in seen and not (c.hash in usable and c.hash in sizes):
+                missing.append(c.hash)
+            seen.add(c.hash)
+        return missing
+
+    def _add_refs(self, tx: _Txn, hashes: Iterable[str]) -> None:
+        distinct = sorted(set(hashes))
+        if not distinct:
+            return
+        self._insert_ignore(
+            tx.conn,
+            ns_chunks,
+            [{"ns_id": tx.ns_id, "hash": h, "refs": 0, "touched_at": tx.now} for h in distinct],
+        )
+        tx.conn.execute(
+            update(ns_chunks)
+            .where(ns_chunks.c.ns_id == tx.ns_id, ns_chunks.c.hash == bindparam("h"))
+            .values(refs=ns_chunks.c.refs + 1, touched_at=tx.now),
+            [{"h": h} for h in distinct],
+        )
+
+    def _write_file(
+        self, tx: _Txn, path: str, chunks: tuple[ChunkRef, ...], size: int, expected_rev: int | None, mtime: float | None,
+        *, check_expected: bool = True, revive: int | None = None,
+    ) -> Entry:
+        key = paths.key(path)
+        existing = tx.live(key)
+        if existing is not None and existing.kind == "folder":
+            raise Conflict(f"{existing.path} is a folder; cannot write a file there", code="is_a_folder")
+        if check_expected:
+            current = existing.rev if existing is not None else None
+            if current != expected_rev:
+                if existing is None:
+                    raise Conflict(f"{path} was deleted or moved since revision {expected_rev}", current_rev=None)
+                if expected_rev is None:
+                    raise Conflict(f"{existing.path} already exists (revision {current})", current_rev=current)
+                raise Conflict(
+                    f"{existing.path} changed: it is at revision {current}, not {expected_rev}", current_rev=current
+                )
+        parent, name = paths.split(path)
+        parent_id = self._ensure_folder(tx, parent)
+        jid = tx.next_jid()
+        chash = content_hash_of(chunks) if chunks else EMPTY_CONTENT_HASH
+        if existing is not None:
+            node_id = int(existing.node_id)
+            path = existing.path  # a commit never renames: the first spelling of a name stays
+            op = "edit"
+        elif revive is not None:
+            node_id = revive  # restoring a deleted file brings back the same node, history and all
+            op = "add"
+        else:
+            node_id = tx.new_node_id()
+            op = "add"
+        tx.conn.execute(
+            insert(file_revs).values(
+                ns_id=tx.ns_id,
+                node_id=node_id,
+                rev=jid,
+                path=path,
+                size=size,
+                content_hash=chash,
+                blocklist=json.dumps([[c.hash, c.size] for c in chunks], separators=(",", ":")),
+                mtime=mtime,
+                user_id=tx.user_id,
+                created_at=tx.now,
+            )
+        )
+        values = dict(
+            parent_id=parent_id,
+            name=paths.split(path)[1],
+            path=path,
+            path_key=key,
+            kind="file",
+            rev=jid,
+            content_rev=jid,
+            size=size,
+            content_hash=chash,
+            mtime=mtime,
+            deleted=False,
+            deleted_key=None,
+        )
+        if existing is not None or revive is not None:
+            tx.conn.execute(
+                update(nodes).where(nodes.c.ns_id == tx.ns_id, nodes.c.node_id == node_id).values(**values)
+            )
+        else:
+            tx.conn.execute(insert(nodes).values(ns_id=tx.ns_id, node_id=node_id, **values))
+        self._add_refs(tx, (c.hash for c in chunks))
+        tx.journal(
+            op, node_id=node_id, parent_id=parent_id, kind="file", path=path, rev=jid, size=size,
+            content_hash=chash, mtime=mtime,
+        )
+        tx.cache.pop(key, None)
+        return Entry(
+            ns_id=tx.ns_id, node_id=node_id, parent_id=parent_id, path=path, name=paths.split(path)[1],
+            kind="file", rev=jid, size=size, content_hash=chash, mtime=mtime,
+        )
+
+    def _commit_in(self, tx: _Txn, req: CommitRequest) -> CommitResult:
+        path, chunks = self._validate_commit(req)
+        missing = self._unavailable(tx, chunks)
+        if missing:
+            uid = tx.user_id or 0
+            return CommitResult(
+                needed=tuple(NeededChunk(h, self.challenge(uid, tx.ns_id, h)) for h in missing)
+            )
+        return CommitResult(entry=self._write_file(tx, path, chunks, req.size, req.expected_rev, req.mtime))
+
+    def commit(self, user_id: int, ns_id: int, req: CommitRequest) -> CommitResult:
+        self._validate_commit(req)
+        return self._write_ns(ns_id, user_id, lambda tx: self._commit_in(tx, req))
+
+    def commit_many(
+        self, user_id: int, ns_id: int, reqs: Sequence[CommitRequest]
+    ) -> list[CommitResult | CubbyError]:
+        def run(tx: _Txn) -> list[CommitResult | CubbyError]:
+            out: list[CommitResult | CubbyError] = []
+            for req in reqs:
+                try:
+                    out.append(self._commit_in(tx, req))
+                except CubbyError as exc:
+                    # Nothing of a refused commit was written: every check precedes every write.
+                    out.append(exc)
+            return out
+
+        return self._write_ns(ns_id, user_id, run)
+
+    def mkdir(self, user_id: int, ns_id: int, path: str) -> Entry:
+        path = paths.normalize(path)
+        if path == paths.ROOT:
+            return self.stat(ns_id, path)
+
+        def run(tx: _Txn) -> Entry:
+            self._ensure_folder(tx, path)
+            tx.forget()
+            row = tx.live(paths.key(path))
+            assert row is not None
+            return _entry(row)
+
+        return self._write_ns(ns_id, user_id, run)
+
+    def delete(self, user_id: int, ns_id: int, path: str, expected_rev: int | None = None) -> Entry:
+        path = paths.normalize(path)
+        if path == paths.ROOT:
+            raise BadRequest("the root cannot be deleted")
+
+        def run(tx: _Txn) -> Entry:
+            key = paths.key(path)
+            row = tx.live(key)
+            if row is None:
+                raise NotFound(f"{path} does not exist")
+            if expected_rev is not None and row.rev != expected_rev:
+                raise Conflict(f"{row.path} changed: it is at revision {row.rev}, not {expected_rev}", current_rev=row.rev)
+            jid = tx.next_jid()
+            if row.kind == "folder":
+                lo, hi = _key_range(key)
+                tx.conn.execute(
+                    update(nodes)
+                    .where(nodes.c.ns_id == tx.ns_id, nodes.c.path_key > lo, nodes.c.path_key < hi)
+                    # MySQL applies SET clauses in order: copy the key before clearing it.
+                    .ordered_values((nodes.c.deleted_key, nodes.c.path_key), (nodes.c.path_key, None), (nodes.c.deleted, True))
+                )
+            tx.conn.execute(
+                update(nodes)
+                .where(nodes.c.ns_id == tx.ns_id, nodes.c.node_id == row.node_id)
+                .values(deleted=True, deleted_key=key, path_key=None, rev=jid)
+            )
+            tx.journal(
+                "delete", node_id=row.node_id, parent_id=row.parent_id, kind=row.kind, path=row.path, rev=jid,
+                size=row.size, content_hash=row.content_hash,
+            )
+            e = _entry(row)
+            return Entry(**{**e.to_dict(), "rev": jid, "deleted": True})
+
+        return self._write_ns(ns_id, user_id, run)
+
+    def move(self, user_id: int, ns_id: int, src: str, dst: str, expected_rev: int | None = None) -> Entry:
+        src, dst = paths.normalize(src), paths.normalize(dst)
+        if paths.ROOT in (src, dst):
+            raise BadRequest("the root cannot be moved, nor anything moved onto it")
+        same_key = paths.key(src) == paths.key(dst)
+        if not same_key and paths.is_within(dst, src):
+            raise BadRequest(f"cannot move {src} into itself ({dst})")
+
+        def run(tx: _Txn) -> Entry:
+            row = tx.live(paths.key(src))
+            if row is None:
+                raise NotFound(f"{src} does not exist")
+            if expected_rev is not None and row.rev != expected_rev:
+                raise Conflict(f"{row.path} changed: it is at revision {row.rev}, not {expected_rev}", current_rev=row.rev)
+            if not same_key and tx.live(paths.key(dst)) is not None:
+                raise Conflict(f"{dst} already exists", code="destination_exists")
+            if same_key and row.path == dst:
+                return _entry(row)
+            parent, name = paths.split(dst)
+            parent_id = self._ensure_folder(tx, parent)
+            jid = tx.next_jid()
+            old_path = row.path
+            if row.kind == "folder":
+                lo, hi = _key_range(paths.key(src))
+                kids = tx.conn.execute(
+                    select(nodes.c.node_id, nodes.c.path).where(
+                        nodes.c.ns_id == tx.ns_id, nodes.c.path_key > lo, nodes.c.path_key < hi
+                    )
+                ).all()
+                # Free the old keys first, so that a case-only rename never collides with itself.
+                params = []
+                for k in kids:
+                    new = paths.rebase(k.path, old_path, dst)
+                    params.append({"nid": k.node_id, "p": new, "k": paths.key(new)})
+                if params:
+                    stmt = update(nodes).where(nodes.c.ns_id == tx.ns_id, nodes.c.node_id == bindparam("nid"))
+                    tx.conn.execute(stmt.values(path_key=None), [{"nid": p["nid"]} for p in params])
+                    tx.conn.execute(stmt.values(path=bindparam("p"), path_key=bindparam("k")), params)
+            tx.conn.execute(
+                update(nodes)
+                .where(nodes.c.ns_id == tx.ns_id, nodes.c.node_id == row.node_id)
+                .values(parent_id=parent_id, name=name, path=dst, path_key=paths.key(dst), rev=jid)
+            )
+            tx.journal(
+                "move", node_id=row.node_id, parent_id=parent_id, kind=row.kind, path=dst, rev=jid,
+                size=row.size, content_hash=row.content_hash, mtime=row.mtime,
+                old_path=old_path, old_parent_id=row.parent_id,
+            )
+            tx.forget()
+            moved = tx.live(paths.key(dst))
+            assert moved is not None
+            return _entry(moved)
+
+        return self._write_ns(ns_id, user_id, run)
+
+    def restore(self, user_id: int, ns_id: int, path: str, rev: int) -> Entry:
+        path = paths.normalize(path)
+
+        def run(tx: _Txn) -> Entry:
+            node_id = self._node_for_history(tx.conn, ns_id, path)
+            fr = tx.conn.execute(
+                select(file_revs).where(
+                    file_revs.c.ns_id == ns_id, file_revs.c.node_id == node_id, file_revs.c.rev == int(rev)
+                )
+            ).first()
+            if fr is None:
+                raise NotFound(f"{path} has no revision {rev}: see 'cubby history {path}'")
+            chunks = tuple(ChunkRef(h, s) for h, s in json.loads(fr.blocklist))
+            live = tx.live(paths.key(path))
+            revive = None if live is not None else node_id
+            return self._write_file(tx, path, chunks, fr.size, None, fr.mtime, check_expected=False, revive=revive)
+
+        return self._write_ns(ns_id, user_id, run)
+
+    # ======================================================================================
+    # chunks
+    # ======================================================================================
+    def chunk_readable(self, ns_ids: Iterable[int], hashes: Sequence[str]) -> set[str]:
+        ns_list = sorted(set(ns_ids))
+        wanted = sorted({h for h in hashes if isinstance(h, str) and HASH_RE.match(h)})
+        if not ns_list or not wanted:
+            return set()
+
+        def run(conn: Connection) -> set[str]:
+            out: set[str] = set()
+            for i in range(0, len(wanted), 500):
+                part = wanted[i : i + 500]
+                out.update(
+                    r[0]
+                    for r in conn.execute(
+                        select(ns_chunks.c.hash)
+                        .join(blocks, blocks.c.hash == ns_chunks.c.hash)
+                        .where(ns_chunks.c.ns_id.in_(ns_list), ns_chunks.c.hash.in_(part))
+                        .distinct()
+                    )
+                )
+            return out
+
+        return self.db.read(run)
+
+    def _make_available(self, conn: Connection, ns_id: int, hashes: list[str], now: float) -> None:
+        self._insert_ignore(
+            conn, ns_chunks, [{"ns_id": ns_id, "hash": h, "refs": 0, "touched_at": now} for h in hashes]
+        )
+        conn.execute(
+            update(ns_chunks)
+            .where(ns_chunks.c.ns_id == ns_id, ns_chunks.c.hash == bindparam("h"))
+            .values(touched_at=now),
+            [{"h": h} for h in hashes],
+        )
+
+    def ingest_chunks(self, ns_id: int, items: Sequence[tuple[str, bytes]], blocks_store: BlockStore) -> int:
+        if not items:
+            return 0
+        unique: dict[str, bytes] = {}
+        for name, data in items:
+            unique.setdefault(name, data)
+        flags = blocks_store.put_many(list(unique.items()))  # verifies every hash, then one barrier
+        new = sum(1 for f in flags if f)
+        names = sorted(unique)
+
+        def run(conn: Connection) -> None:
+            now = time.time()
+            present: set[str] = set()
+            for i in range(0, len(names), 500):
+                part = names[i : i + 500]
+                q = select(blocks.c.hash).where(blocks.c.hash.in_(part))
+                if not self.db.is_sqlite:
+                    q = q.with_for_update()
+                present.update(r[0] for r in conn.execute(q))
+            fresh = [h for h in names if h not in present]
+            for h in fresh:
+                # The collector may have removed these bytes between put_many and this lock.
+                if not blocks_store.has(h):
+                    blocks_store.put(h, unique[h])
+            self._insert_ignore(
+                conn, blocks, [{"hash": h, "size": len(unique[h]), "touched_at": now} for h in fresh]
+            )
+            if present:
+                conn.execute(
+                    update(blocks).where(blocks.c.hash == bindparam("h")).values(touched_at=now),
+                    [{"h": h} for h in sorted(present)],
+                )
+            self._make_available(conn, ns_id, names, now)
+
+        self.db.write(run)
+        return new
+
+    def challenge(self, user_id: int, ns_id: int, chunk_hash: str, *, at: float | None = None) -> str:
+        window = int((time.time() if at is None else at) // CHALLENGE_WINDOW)
+        msg = f"{user_id}:{ns_id}:{chunk_hash}:{window}".encode()
+        return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()[:32]
+
+    def accept_proofs(
+        self, user_id: int, ns_id: int, proofs: dict[str, str], blocks_store: BlockStore
+    ) -> tuple[list[str], list[str]]:
+        accepted: list[str] = []
+        rejected: list[str] = []
+        now = time.time()
+        for h, proof in sorted(proofs.items()):
+            if not (isinstance(h, str) and HASH_RE.match(h) and isinstance(proof, str)):
+                rejected.append(str(h))
+                continue
+            try:
+                data = blocks_store.get(h)
+            except CubbyError:
+                rejected.append(h)
+                continue
+            ok = False
+            for at in (now, now - CHALLENGE_WINDOW):
+                nonce = bytes.fromhex(self.challenge(user_id, ns_id, h, at=at))
+                expect = hashlib.sha256(nonce + data).hexdigest()
+                ok = ok or hmac.compare_digest(expect, proof.lower())
+            (accepted if ok else rejected).append(h)
+        if not accepted:
+            return accepted, rejected
+
+        def run(conn: Connection) -> list[str]:
+            q = select(blocks.c.hash).where(blocks.c.hash.in_(accepted))
+            if not self.db.is_sqlite:
+                q = q.with_for_update()
+            still = sorted(r[0] for r in conn.execute(q))
+            if still:
+                conn.execute(
+                    update(blocks).where(blocks.c.hash.in_(still)).values(touched_at=now)
+                )
+                self._make_available(conn, ns_id, still, now)
+            return still
+
+        still = self.db.write(run)
+        rejected.extend(h for h in accepted if h not in still)
+        return still, sorted(rejected)
+
+    def collect_garbage(self, blocks_store: BlockStore, grace_seconds: float) -> GcStats:
+        cutoff = time.time() - grace_seconds
+        examined = deleted = freed = 0
+
+        def candidates(conn: Connection) -> list[str]:
+            referenced = select(ns_chunks.c.hash).where(ns_chunks.c.hash == blocks.c.hash, ns_chunks.c.refs > 0)
+            return [
+                r[0]
+                for r in conn.execute(
+                    select(blocks.c.hash).where(blocks.c.touched_at < cutoff, ~referenced.exists()).limit(500)
+                )
+            ]
+
+        def sweep(conn: Connection, batch: list[str]) -> tuple[int, int]:
+            q = select(blocks.c.hash, blocks.c.size).where(blocks.c.hash.in_(batch), blocks.c.touched_at < cutoff)
+            if not self.db.is_sqlite:
+                q = q.with_for_update()
+            locked = {r[0]: int(r[1]) for r in conn.execute(q)}
+            if not locked:
+                return 0, 0
+            # A fresh statement, after the locks: sees every commit that referenced these chunks.
+            still = {
+                r[0]
+                for r in conn.execute(
+                    select(ns_chunks.c.hash).where(ns_chunks.c.hash.in_(list(locked)), ns_chunks.c.refs > 0)
+                )
+            }
+            victims = sorted(set(locked) - still)
+            if not victims:
+                return 0, 0
+            conn.execute(delete(ns_chunks).where(ns_chunks.c.hash.in_(victims)))
+            conn.execute(delete(blocks).where(blocks.c.hash.in_(victims)))
+            for h in victims:
+                blocks_store.delete(h)
+            return len(victims), sum(locked[h] for h in victims)
+
+        seen: set[str] = set()
+        while True:
+            batch = [h for h in self.db.read(candidates) if h not in seen]
+            if not batch:
+                break
+            seen.update(batch)
+            examined += len(batch)
+            n, b = self.db.write(lambda c: sweep(c, batch))
+            deleted += n
+            freed += b
+        return GcStats(examined=examined, deleted=deleted, bytes_freed=freed)
+
+
+def open_store(url: str, *, migrate_schema: bool = True) -> SqlMetadataStore:
+    """Open (and by default migrate to the newest schema) the metadata database at ``url``."""
+    db = Database(url)
+    if migrate_schema:
+        migrate.upgrade(db.writer)
+    return SqlMetadataStore(db)
+
+
+__all__ = ["SqlMetadataStore", "open_store", "content_hash_of", "token_hash"]
