@@ -1,0 +1,54 @@
+"""Fixtures for the metadata store: a migrated store on each engine and a block store."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from cubby.blockstore.memory import MemoryBlockStore
+from cubby.metadata.model import ChunkRef, CommitRequest
+from cubby.metadata.store import SqlMetadataStore, open_store
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[SqlMetadataStore]:
+    s = open_store(db_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def blocks() -> MemoryBlockStore:
+    return MemoryBlockStore()
+
+
+def chunk(data: bytes) -> tuple[str, bytes]:
+    return hashlib.sha256(data).hexdigest(), data
+
+
+def random_chunks(n: int, size: int = 1000) -> list[tuple[str, bytes]]:
+    return [chunk(os.urandom(size)) for _ in range(n)]
+
+
+def request(path: str, items: list[tuple[str, bytes]], expected_rev: int | None = None) -> CommitRequest:
+    refs = tuple(ChunkRef(h, len(d)) for h, d in items)
+    return CommitRequest(path=path, size=sum(r.size for r in refs), chunks=refs, expected_rev=expected_rev)
+
+
+def put_file(
+    store: SqlMetadataStore, blocks: MemoryBlockStore, user_id: int, ns: int, path: str,
+    items: list[tuple[str, bytes]] | None = None, expected_rev: int | None = None,
+):
+    """Upload and commit a file the way a client does; returns the committed Entry."""
+    items = items if items is not None else random_chunks(2)
+    req = request(path, items, expected_rev)
+    first = store.commit(user_id, ns, req)
+    if first.committed:
+        return first.entry
+    store.ingest_chunks(ns, items, blocks)
+    res = store.commit(user_id, ns, req)
+    assert res.committed, res
+    return res.entry

@@ -1,0 +1,290 @@
+"""The metadata store's behaviour, the same on SQLite, PostgreSQL and MariaDB."""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+
+import pytest
+
+from cubby.errors import BadRequest, Conflict, InvalidPath, NotFound, SizeMismatch, Unauthorized
+from cubby.metadata.model import ChunkRef, CommitRequest
+from tests.metadata.conftest import put_file, random_chunks, request
+
+
+@pytest.fixture
+def alice(store):
+    user, token = store.create_user("alice")
+    return user, token
+
+
+def test_user_token_lifecycle(store):
+    user, token = store.create_user("alice")
+    p = store.authenticate(token)
+    assert p.user_id == user.id and p.root_ns == user.root_ns and p.namespaces == {user.root_ns: "owner"}
+    tid, second = store.create_token(user.id, "laptop")
+    assert store.authenticate(second).token_id == tid
+    store.revoke_token(user.id, tid)
+    with pytest.raises(Unauthorized, match="revoked"):
+        store.authenticate(second)
+    assert store.authenticate(token).user_id == user.id
+    with pytest.raises(Unauthorized):
+        store.authenticate("cby_not-a-token")
+    with pytest.raises(Conflict):
+        store.create_user("ALICE")
+    bob, _ = store.create_user("bob")
+    with pytest.raises(NotFound):
+        store.revoke_token(bob.id, p.token_id)  # alice's token is not bob's to revoke
+    assert bob.root_ns != user.root_ns
+
+
+@pytest.mark.parametrize("name", ["", "a b", "../x", "x" * 65, "a\x00"])
+def test_bad_user_names(store, name):
+    with pytest.raises(BadRequest):
+        store.create_user(name)
+
+
+def test_commit_protocol(store, blocks, alice):
+    user, _ = alice
+    ns = user.root_ns
+    items = random_chunks(3)
+    req = request("/docs/report.txt", items)
+    first = store.commit(user.id, ns, req)
+    assert not first.committed
+    assert [n.hash for n in first.needed] == [h for h, _ in items]
+    with pytest.raises(NotFound):  # invisible until committed
+        store.stat(ns, "/docs/report.txt")
+    assert store.head(ns) == 0
+    store.ingest_chunks(ns, items, blocks)
+    done = store.commit(user.id, ns, req)
+    assert done.committed and done.entry.size == 3000
+    e = store.stat(ns, "/DOCS/Report.TXT")
+    assert e.path == "/docs/report.txt" and e.rev == done.entry.rev
+    _, chunks = store.blocklist(ns, "/docs/report.txt")
+    assert [c.hash for c in chunks] == [h for h, _ in items]
+    ops = [(j.jid, j.op, j.path) for j in store.journal(ns, 0)]
+    assert ops == [(1, "mkdir", "/docs"), (2, "add", "/docs/report.txt")]
+
+
+def test_stale_expected_rev_is_a_conflict_and_changes_nothing(store, blocks, alice):
+    user, _ = alice
+    ns = user.root_ns
+    v1 = put_file(store, blocks, user.id, ns, "/a.txt")
+    v2 = put_file(store, blocks, user.id, ns, "/a.txt", expected_rev=v1.rev)
+    head = store.head(ns)
+    items = random_chunks(1)
+    store.ingest_chunks(ns, items, blocks)
+    with pytest.raises(Conflict, match=f"revision {v2.rev}"):
+        store.commit(user.id, ns, request("/a.txt", items, expected_rev=v1.rev))
+    with pytest.raises(Conflict, match="already exists"):
+        store.commit(user.id, ns, request("/a.txt", items, expected_rev=None))
+    assert store.head(ns) == head
+    assert store.stat(ns, "/a.txt").content_hash == v2.content_hash
+
+
+def test_case_and_unicode_variants_cannot_coexist(store, blocks, alice):
+    user, _ = alice
+    ns = user.root_ns
+    put_file(store, blocks, user.id, ns, "/A.txt")
+    with pytest.raises(Conflict):
+        put_file(store, blocks, user.id, ns, "/a.txt")
+    nfc = unicodedata.normalize("NFC", "/café.txt")
+    nfd = unicodedata.normalize("NFD", "/café.txt")
+    put_file(store, blocks, user.id, ns, nfd)
+    assert store.stat(ns, nfc).path == nfc  # stored in NFC whatever the client sent
+    with pytest.raises(Conflict):
+        put_file(store, blocks, user.id, ns, nfc)
+    names = [e.path for e in store.list(ns, "/").entries]
+    assert names == ["/A.txt", nfc]
+
+
+@pytest.mark.parametrize(
+    "path", ["/a/../b", "/a/./b", "a//b", "/a\x00b", "/" + "x" * 256, "/a/" + "y/" * 2000 + "z", "/a\\b", "/ a"]
+)
+def test_bad_paths_are_refused_and_change_nothing(store, blocks, alice, path):
+    user, _ = alice
+    ns = user.root_ns
+    items = random_chunks(1)
+    store.ingest_chunks(ns, items, blocks)
+    with pytest.raises(InvalidPath):
+        store.commit(user.id, ns, request(path, items))
+    with pytest.raises(InvalidPath):
+        store.mkdir(user.id, ns, path)
+    assert store.head(ns) == 0 and store.list(ns, "/", recursive=True).entries == []
+
+
+def test_size_and_chunk_validation(store, blocks, alice):
+    user, _ = alice
+    ns = user.root_ns
+    items = random_chunks(2)
+    store.ingest_chunks(ns, items, blocks)
+    good = request("/f", items)
+    with pytest.raises(SizeMismatch):
+        store.commit(user.id, ns, CommitRequest("/f", good.size + 1, good.chunks))
+    lying = tuple(ChunkRef(c.hash, c.size + 1) for c in good.chunks)
+    with pytest.raises(SizeMismatch):
+        store.commit(user.id, ns, CommitRequest("/f", sum(c.size for c in lying), lying))
+    with pytest.raises(BadRequest):
+        store.commit(user.id, ns, CommitRequest("/f", 1, (ChunkRef("XYZ", 1),)))
+    with pytest.raises(BadRequest):
+        store.commit(user.id, ns, CommitRequest("/f", 0, (ChunkRef(items[0][0], 0),)))
+    unknown = hashlib.sha256(b"never uploaded").hexdigest()
+    res = store.commit(user.id, ns, CommitRequest("/f", 5, (ChunkRef(unknown, 5),)))
+    assert not res.committed and [n.hash for n in res.needed] == [unknown]
+    assert store.head(ns) == 0
+
+
+def test_empty_file(store, blocks, alice):
+    user, _ = alice
+    e = store.commit(user.id, user.root_ns, CommitRequest("/empty", 0, ())).entry
+    assert e.size == 0 and e.content_hash == hashlib.sha256(b"").hexdigest()
+
+
+def test_folder_move_is_one_journal_entry(store, blocks, alice):
+    user, _ = alice
+    ns = user.root_ns
+    for i in range(5):
+        put_file(store, blocks, user.id, ns, f"/src/sub/f{i}.txt")
+    head = store.head(ns)
+    moved = store.move(user.id, ns, "/src", "/dst/inner")
+    assert moved.path == "/dst/inner" and moved.kind == "folder"
+    new = store.journal(ns, head)
+    assert [(j.op, j.path) for j in new] == [("mkdir", "/dst"), ("move", "/dst/inner")]
+    assert new[-1].old_path == "/src" and new[-1].node_id == moved.node_id
+    listed = [e.path for e in store.list(ns, "/dst", recursive=True).entries]
+    assert listed == ["/dst/inner", "/dst/inner/sub"] + [f"/dst/inner/sub/f{i}.txt" for i in range(5)]
+    with pytest.raises(NotFound):
+        store.stat(ns, "/src/sub/f0.txt")
+    with pytest.raises(BadRequest):
+        store.move(user.id, ns, "/dst", "/dst/inner/x")
+    put_file(store, blocks, user.id, ns, "/other.txt")
+    with pytest.raises(Conflict):
+        store.move(user.id, ns, "/other.txt", "/dst/inner/sub/f1.txt")
+    # A case-only rename of a folder keeps the node and rewrites the children's display paths.
+    store.move(user.id, ns, "/dst/inner", "/dst/INNER")
+    assert store.stat(ns, "/dst/inner/sub/f1.txt").path == "/dst/INNER/sub/f1.txt"
+
+
+def test_listing_pages_parents_before_children(store, blocks, alice):
+    user, _ = alice
+    ns = user.root_ns
+    names = ["/b/x", "/a b/c", "/a/z", "/a/y/q", "/a-b"]
+    for n in names:
+        put_file(store, blocks, user.id, ns, n, items=random_chunks(1, 10))
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = store.list(ns, "/", recursive=True, cursor=cursor, limit=2)
+        seen.extend(e.path for e in page.entries)
+        cursor = page.cursor
+        if not page.has_more:
+            break
+    assert sorted(seen) == sorted(set(seen)) and len(seen) == 9
+    for i, p in enumerate(seen):
+        parent = p.rsplit("/", 1)[0]
+        if parent:
+            assert parent in seen[:i], f"{p} listed before its parent"
+    assert [e.name for e in store.list(ns, "/a").entries] == ["y", "z"]
+    with pytest.raises(BadRequest):
+        store.list(ns, "/", cursor="%%%")
+
+
+def test_delete_history_restore(store, blocks, alice):
+    user, _ = alice
+    ns = user.root_ns
+    v1 = put_file(store, blocks, user.id, ns, "/d/f.txt")
+    v2 = put_file(store, blocks, user.id, ns, "/d/f.txt", expected_rev=v1.rev)
+    with pytest.raises(Conflict):
+        store.delete(user.id, ns, "/d/f.txt", expected_rev=v1.rev)
+    store.delete(user.id, ns, "/d")
+    with pytest.raises(NotFound):
+        store.stat(ns, "/d/f.txt")
+    hist = store.history(ns, "/d/f.txt")
+    assert [h.rev for h in hist] == [v2.rev, v1.rev] and hist[0].deleted
+    restored = store.restore(user.id, ns, "/d/f.txt", v1.rev)
+    assert restored.content_hash == v1.content_hash and restored.rev > v2.rev
+    assert restored.node_id == v1.node_id  # the same file, back with its history
+    assert [h.rev for h in store.history(ns, "/d/f.txt")] == [restored.rev, v2.rev, v1.rev]
+    with pytest.raises(NotFound):
+        store.restore(user.id, ns, "/d/f.txt", 999_999)
+    with pytest.raises(NotFound):
+        store.history(ns, "/never")
+
+
+def test_commit_many_reports_each_outcome(store, blocks, alice):
+    user, _ = alice
+    ns = user.root_ns
+    put_file(store, blocks, user.id, ns, "/taken")
+    items = random_chunks(3)
+    store.ingest_chunks(ns, items[:2], blocks)
+    reqs = [request("/one", items[:1]), request("/taken", items[1:2]), request("/three", items[2:]),
+            request("/two", items[1:2])]
+    out = store.commit_many(user.id, ns, reqs)
+    assert out[0].committed and isinstance(out[1], Conflict) and not out[2].committed and out[3].committed
+    journal = store.journal(ns, 0)
+    assert [j.jid for j in journal] == list(range(1, len(journal) + 1))
+
+
+def test_journal_paging(store, blocks, alice):
+    user, _ = alice
+    ns = user.root_ns
+    for i in range(25):
+        store.mkdir(user.id, ns, f"/f{i:02d}")
+    got = []
+    after = 0
+    while batch := store.journal(ns, after, limit=7):
+        got.extend(batch)
+        after = batch[-1].jid
+    assert [j.jid for j in got] == list(range(1, 26)) and store.head(ns) == 25
+
+
+def test_hash_only_claims_learn_and_get_nothing(store, blocks, alice):
+    alice_user, _ = alice
+    bob, _ = store.create_user("bob")
+    secret = random_chunks(1)
+    put_file(store, blocks, alice_user.id, alice_user.root_ns, "/secret", items=secret)
+    h = secret[0][0]
+    never = hashlib.sha256(b"nobody has this").hexdigest()
+    # Bob knows the hash only: the answer has the same shape whether or not it is held.
+    held = store.commit(bob.id, bob.root_ns, request("/x", secret))
+    not_held = store.commit(bob.id, bob.root_ns, CommitRequest("/y", 1000, (ChunkRef(never, 1000),)))
+    assert not held.committed and not not_held.committed
+    assert len(held.needed) == len(not_held.needed) == 1 and len(held.needed[0].nonce) == len(not_held.needed[0].nonce)
+    assert store.chunk_readable([bob.root_ns], [h]) == set()
+    assert store.chunk_readable([alice_user.root_ns], [h]) == {h}
+    # A forged proof is refused and grants nothing.
+    accepted, rejected = store.accept_proofs(bob.id, bob.root_ns, {h: "00" * 32}, blocks)
+    assert accepted == [] and rejected == [h]
+    # A proof for another user's nonce is refused too.
+    alice_nonce = store.challenge(alice_user.id, bob.root_ns, h)
+    forged = hashlib.sha256(bytes.fromhex(alice_nonce) + secret[0][1]).hexdigest()
+    assert store.accept_proofs(bob.id, bob.root_ns, {h: forged}, blocks)[0] == []
+    assert not store.commit(bob.id, bob.root_ns, request("/x", secret)).committed
+    # With the bytes, Bob proves possession and commits without uploading.
+    nonce = held.needed[0].nonce
+    proof = hashlib.sha256(bytes.fromhex(nonce) + secret[0][1]).hexdigest()
+    assert store.accept_proofs(bob.id, bob.root_ns, {h: proof}, blocks) == ([h], [])
+    assert store.commit(bob.id, bob.root_ns, request("/x", secret)).committed
+    assert store.chunk_readable([bob.root_ns], [h]) == {h}
+
+
+def test_gc_removes_only_unreferenced_chunks(store, blocks, alice):
+    user, _ = alice
+    ns = user.root_ns
+    kept = put_file(store, blocks, user.id, ns, "/kept")
+    orphan = random_chunks(1)
+    store.ingest_chunks(ns, orphan, blocks)  # uploaded, never committed
+    assert store.collect_garbage(blocks, grace_seconds=3600).deleted == 0  # within grace
+    stats = store.collect_garbage(blocks, grace_seconds=0)
+    assert stats.deleted == 1 and stats.bytes_freed == 1000
+    assert not blocks.has(orphan[0][0])
+    _, chunks = store.blocklist(ns, "/kept")
+    assert all(blocks.has(c.hash) for c in chunks)
+    # Deleted files keep their chunks: history can restore them.
+    store.delete(user.id, ns, "/kept")
+    store.collect_garbage(blocks, grace_seconds=0)
+    assert all(blocks.has(c.hash) for c in chunks)
+    assert store.restore(user.id, ns, "/kept", kept.rev).content_hash == kept.content_hash
+    # A GC'd chunk is asked for again, not silently reused.
+    res = store.commit(user.id, ns, request("/again", orphan))
+    assert not res.committed
