@@ -370,7 +370,7 @@ class SqlMetadataStore:
         after: str | None = None
         if cursor:
             try:
-                after = base64.urlsafe_b64decode(cursor.encode("ascii")).decode("utf-8")
+                after = base64.b64decode(cursor.encode("ascii"), altchars=b"-_", validate=True).decode("utf-8")
             except (ValueError, UnicodeDecodeError) as exc:
                 raise BadRequest("invalid listing cursor: pass back the cursor of the previous page") from exc
 
