@@ -24,9 +24,10 @@ import secrets
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import BigInteger, bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
@@ -101,9 +102,21 @@ def _root_entry(ns_id: int, head: int) -> Entry:
     return Entry(ns_id=ns_id, node_id=ROOT_NODE, parent_id=None, path="/", name="", kind="folder", rev=head)
 
 
+_NODE_COLUMNS = (
+    "parent_id", "name", "path", "path_key", "kind", "rev", "content_rev", "size", "content_hash", "mtime",
+    "deleted", "deleted_key",
+)
+
+
 @dataclass
 class _Txn:
-    """One write transaction on one namespace: hands out journal ids and node ids in order."""
+    """One write transaction on one namespace.
+
+    It hands out journal ids and node ids in order, and buffers the rows it writes (nodes,
+    revisions, journal entries, chunk references) so that a batch of a thousand commits costs a
+    handful of multi-row statements instead of thousands of single ones. Lookups through `live`
+    see the buffered rows; `flush` must run before any statement that reads the tables directly.
+    """
 
     conn: Connection
     ns_id: int
@@ -111,7 +124,14 @@ class _Txn:
     next_node: int
     user_id: int | None
     now: float = field(default_factory=time.time)
-    cache: dict[str, Row[Any] | None] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict)
+    new_nodes: dict[int, dict[str, Any]] = field(default_factory=dict)
+    changed_nodes: dict[int, dict[str, Any]] = field(default_factory=dict)
+    rev_rows: list[dict[str, Any]] = field(default_factory=list)
+    journal_rows: list[dict[str, Any]] = field(default_factory=list)
+    ref_counts: dict[str, int] = field(default_factory=dict)
+    chunk_sizes: dict[str, int] | None = None
+    usable: set[str] | None = None
 
     def next_jid(self) -> int:
         self.head += 1
@@ -122,23 +142,42 @@ class _Txn:
         self.next_node += 1
         return nid
 
-    def finish(self) -> None:
-        self.conn.execute(
-            update(namespaces)
-            .where(namespaces.c.ns_id == self.ns_id)
-            .values(head=self.head, next_node=self.next_node)
-        )
-
     # -- lookups that see this transaction's own writes ---------------------------------------
-    def live(self, path_key: str) -> Row[Any] | None:
+    def live(self, path_key: str) -> Any:
         if path_key not in self.cache:
             self.cache[path_key] = self.conn.execute(
                 select(nodes).where(nodes.c.ns_id == self.ns_id, nodes.c.path_key == path_key)
             ).first()
         return self.cache[path_key]
 
+    def prefetch(self, keys: Iterable[str]) -> None:
+        """Load the live nodes at many keys with a few IN queries (missing keys cache as None)."""
+        todo = sorted({k for k in keys if k not in self.cache})
+        for i in range(0, len(todo), 500):
+            part = todo[i : i + 500]
+            for k in part:
+                self.cache[k] = None
+            for row in self.conn.execute(
+                select(nodes).where(nodes.c.ns_id == self.ns_id, nodes.c.path_key.in_(part))
+            ):
+                self.cache[row.path_key] = row
+
     def forget(self) -> None:
         self.cache.clear()
+
+    # -- buffered writes ------------------------------------------------------------------------
+    def put_node(self, node_id: int, values: dict[str, Any], *, new: bool) -> None:
+        full = {"ns_id": self.ns_id, "node_id": node_id, **values}
+        if new or node_id in self.new_nodes:
+            self.new_nodes[node_id] = full
+        else:
+            self.changed_nodes[node_id] = full
+        if values.get("path_key") is not None:
+            self.cache[values["path_key"]] = SimpleNamespace(**full)
+
+    def add_refs(self, hashes: Iterable[str]) -> None:
+        for h in set(hashes):
+            self.ref_counts[h] = self.ref_counts.get(h, 0) + 1
 
     def journal(
         self,
@@ -155,26 +194,57 @@ class _Txn:
         old_path: str | None = None,
         old_parent_id: int | None = None,
     ) -> None:
-        self.conn.execute(
-            insert(journal).values(
-                ns_id=self.ns_id,
-                jid=rev,
-                op=op,
-                node_id=node_id,
-                parent_id=parent_id,
-                kind=kind,
-                name=paths.split(path)[1],
-                path=path,
-                path_key=paths.key(path),
-                rev=rev,
-                size=size,
-                content_hash=content_hash,
-                mtime=mtime,
-                old_path=old_path,
-                old_parent_id=old_parent_id,
-                user_id=self.user_id,
-                created_at=self.now,
+        self.journal_rows.append(
+            dict(
+                ns_id=self.ns_id, jid=rev, op=op, node_id=node_id, parent_id=parent_id, kind=kind,
+                name=paths.split(path)[1], path=path, path_key=paths.key(path), rev=rev, size=size,
+                content_hash=content_hash, mtime=mtime, old_path=old_path, old_parent_id=old_parent_id,
+                user_id=self.user_id, created_at=self.now,
             )
+        )
+
+    def flush(self, insert_ignore: Any) -> None:
+        conn = self.conn
+        if self.changed_nodes:
+            stmt = (
+                update(nodes)
+                .where(nodes.c.ns_id == bindparam("b_ns"), nodes.c.node_id == bindparam("b_node"))
+                .values({c: bindparam(f"v_{c}") for c in _NODE_COLUMNS})
+            )
+            conn.execute(
+                stmt,
+                [
+                    {"b_ns": v["ns_id"], "b_node": v["node_id"], **{f"v_{c}": v.get(c) for c in _NODE_COLUMNS}}
+                    for v in self.changed_nodes.values()
+                ],
+            )
+        if self.new_nodes:
+            conn.execute(insert(nodes), [{c: v.get(c) for c in ("ns_id", "node_id", *_NODE_COLUMNS)} for v in self.new_nodes.values()])
+        if self.rev_rows:
+            conn.execute(insert(file_revs), self.rev_rows)
+        if self.journal_rows:
+            conn.execute(insert(journal), self.journal_rows)
+        if self.ref_counts:
+            names = sorted(self.ref_counts)
+            insert_ignore(conn, ns_chunks, [{"ns_id": self.ns_id, "hash": h, "refs": 0, "touched_at": self.now} for h in names])
+            conn.execute(
+                update(ns_chunks)
+                .where(ns_chunks.c.ns_id == self.ns_id, ns_chunks.c.hash == bindparam("h"))
+                .values(refs=ns_chunks.c.refs + bindparam("n", type_=BigInteger), touched_at=self.now),
+                [{"h": h, "n": self.ref_counts[h]} for h in names],
+            )
+        self.new_nodes.clear()
+        self.changed_nodes.clear()
+        self.rev_rows.clear()
+        self.journal_rows.clear()
+        self.ref_counts.clear()
+
+    def finish(self, insert_ignore: Any) -> None:
+        self.flush(insert_ignore)
+        self.conn.execute(
+            update(namespaces)
+            .where(namespaces.c.ns_id == self.ns_id)
+            .values(head=self.head, next_node=self.next_node)
         )
 
 
@@ -223,7 +293,7 @@ class SqlMetadataStore:
             head, next_node = self._lock_ns(conn, ns_id)
             tx = _Txn(conn, ns_id, head, next_node, user_id)
             result = fn(tx)
-            tx.finish()
+            tx.finish(self._insert_ignore)
             return result
 
         return self.db.write(run)
@@ -555,8 +625,6 @@ class SqlMetadataStore:
         node_id = tx.new_node_id()
         jid = tx.next_jid()
         values = dict(
-            ns_id=tx.ns_id,
-            node_id=node_id,
             parent_id=parent_id,
             name=paths.split(path)[1],
             path=path,
@@ -568,10 +636,10 @@ class SqlMetadataStore:
             content_hash=None,
             mtime=None,
             deleted=False,
+            deleted_key=None,
         )
-        tx.conn.execute(insert(nodes).values(**values))
+        tx.put_node(node_id, values, new=True)
         tx.journal("mkdir", node_id=node_id, parent_id=parent_id, kind="folder", path=path, rev=jid)
-        tx.cache.pop(paths.key(path), None)
         return node_id
 
     def _validate_commit(self, req: CommitRequest) -> tuple[str, tuple[ChunkRef, ...]]:
@@ -597,17 +665,16 @@ class SqlMetadataStore:
             raise BadRequest("expected_rev must be a revision number or null")
         return path, tuple(req.chunks)
 
-    def _unavailable(self, tx: _Txn, chunks: tuple[ChunkRef, ...]) -> list[str]:
-        """Chunks this namespace may not use yet, in file order; locks the rest in share mode so
-        that garbage collection cannot take them before this transaction commits."""
-        wanted = sorted({c.hash for c in chunks})
-        if not wanted:
-            return []
-        usable: set[str] = set()
-        sizes: dict[str, int] = {}
+    def _load_chunks(self, tx: _Txn, hashes: Iterable[str]) -> None:
+        """Learn which of ``hashes`` this namespace may use and how big each stored chunk is,
+        locking their ``blocks`` rows in share mode so that garbage collection cannot take them
+        before this transaction commits."""
+        if tx.usable is None or tx.chunk_sizes is None:
+            tx.usable, tx.chunk_sizes = set(), {}
+        wanted = sorted({h for h in hashes if h not in tx.chunk_sizes and h not in tx.usable})
         for i in range(0, len(wanted), 500):
             part = wanted[i : i + 500]
-            usable.update(
+            tx.usable.update(
                 r[0]
                 for r in tx.conn.execute(
                     select(ns_chunks.c.hash).where(ns_chunks.c.ns_id == tx.ns_id, ns_chunks.c.hash.in_(part))
@@ -616,7 +683,13 @@ class SqlMetadataStore:
             q = select(blocks.c.hash, blocks.c.size).where(blocks.c.hash.in_(part))
             if not self.db.is_sqlite:
                 q = q.with_for_update(read=True)
-            sizes.update((r[0], int(r[1])) for r in tx.conn.execute(q))
+            tx.chunk_sizes.update((r[0], int(r[1])) for r in tx.conn.execute(q))
+
+    def _unavailable(self, tx: _Txn, chunks: tuple[ChunkRef, ...]) -> list[str]:
+        """Chunks this namespace may not use yet, in file order (each once)."""
+        self._load_chunks(tx, (c.hash for c in chunks))
+        assert tx.usable is not None and tx.chunk_sizes is not None
+        sizes, usable = tx.chunk_sizes, tx.usable
         for c in chunks:
             if c.hash in usable and c.hash in sizes and sizes[c.hash] != c.size:
                 raise SizeMismatch(f"chunk {c.hash} is {sizes[c.hash]} bytes, not {c.size}")
@@ -627,22 +700,6 @@ class SqlMetadataStore:
                 missing.append(c.hash)
             seen.add(c.hash)
         return missing
-
-    def _add_refs(self, tx: _Txn, hashes: Iterable[str]) -> None:
-        distinct = sorted(set(hashes))
-        if not distinct:
-            return
-        self._insert_ignore(
-            tx.conn,
-            ns_chunks,
-            [{"ns_id": tx.ns_id, "hash": h, "refs": 0, "touched_at": tx.now} for h in distinct],
-        )
-        tx.conn.execute(
-            update(ns_chunks)
-            .where(ns_chunks.c.ns_id == tx.ns_id, ns_chunks.c.hash == bindparam("h"))
-            .values(refs=ns_chunks.c.refs + 1, touched_at=tx.now),
-            [{"h": h} for h in distinct],
-        )
 
     def _write_file(
         self, tx: _Txn, path: str, chunks: tuple[ChunkRef, ...], size: int, expected_rev: int | None, mtime: float | None,
@@ -676,8 +733,8 @@ class SqlMetadataStore:
         else:
             node_id = tx.new_node_id()
             op = "add"
-        tx.conn.execute(
-            insert(file_revs).values(
+        tx.rev_rows.append(
+            dict(
                 ns_id=tx.ns_id,
                 node_id=node_id,
                 rev=jid,
@@ -704,18 +761,12 @@ class SqlMetadataStore:
             deleted=False,
             deleted_key=None,
         )
-        if existing is not None or revive is not None:
-            tx.conn.execute(
-                update(nodes).where(nodes.c.ns_id == tx.ns_id, nodes.c.node_id == node_id).values(**values)
-            )
-        else:
-            tx.conn.execute(insert(nodes).values(ns_id=tx.ns_id, node_id=node_id, **values))
-        self._add_refs(tx, (c.hash for c in chunks))
+        tx.put_node(node_id, values, new=existing is None and revive is None)
+        tx.add_refs(c.hash for c in chunks)
         tx.journal(
             op, node_id=node_id, parent_id=parent_id, kind="file", path=path, rev=jid, size=size,
             content_hash=chash, mtime=mtime,
         )
-        tx.cache.pop(key, None)
         return Entry(
             ns_id=tx.ns_id, node_id=node_id, parent_id=parent_id, path=path, name=paths.split(path)[1],
             kind="file", rev=jid, size=size, content_hash=chash, mtime=mtime,
@@ -740,6 +791,18 @@ class SqlMetadataStore:
     ) -> list[CommitResult | CubbyError]:
         def run(tx: _Txn) -> list[CommitResult | CubbyError]:
             out: list[CommitResult | CubbyError] = []
+            keys: set[str] = set()
+            hashes: set[str] = set()
+            for req in reqs:
+                try:
+                    path, chunks = self._validate_commit(req)
+                except CubbyError:
+                    continue
+                keys.add(paths.key(path))
+                keys.update(paths.key(a) for a in paths.ancestors(path))
+                hashes.update(c.hash for c in chunks)
+            tx.prefetch(keys)
+            self._load_chunks(tx, hashes)
             for req in reqs:
                 try:
                     out.append(self._commit_in(tx, req))
@@ -757,6 +820,7 @@ class SqlMetadataStore:
 
         def run(tx: _Txn) -> Entry:
             self._ensure_folder(tx, path)
+            tx.flush(self._insert_ignore)
             tx.forget()
             row = tx.live(paths.key(path))
             assert row is not None
@@ -821,6 +885,7 @@ class SqlMetadataStore:
             parent_id = self._ensure_folder(tx, parent)
             jid = tx.next_jid()
             old_path = row.path
+            tx.flush(self._insert_ignore)  # the statements below read and write the tables directly
             if row.kind == "folder":
                 lo, hi = _key_range(paths.key(src))
                 kids = tx.conn.execute(
