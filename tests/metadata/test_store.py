@@ -288,3 +288,14 @@ def test_gc_removes_only_unreferenced_chunks(store, blocks, alice):
     # A GC'd chunk is asked for again, not silently reused.
     res = store.commit(user.id, ns, request("/again", orphan))
     assert not res.committed
+
+
+def test_gc_adopts_chunks_left_without_a_record(store, blocks, alice):
+    """Bytes stored by a writer that died before recording them are collected after the grace."""
+    user, _ = alice
+    (h, data), = random_chunks(1)
+    blocks.put(h, data)  # as if the process died right after the block store's put
+    assert store.collect_garbage(blocks, grace_seconds=3600).deleted == 0
+    assert blocks.has(h)  # adopted, and within its grace period
+    assert store.collect_garbage(blocks, grace_seconds=0).deleted == 1
+    assert not blocks.has(h)

@@ -1093,6 +1093,7 @@ class SqlMetadataStore:
                 blocks_store.delete(h)
             return len(victims), sum(locked[h] for h in victims)
 
+        self._adopt_orphans(blocks_store)
         seen: set[str] = set()
         while True:
             batch = [h for h in self.db.read(candidates) if h not in seen]
@@ -1104,6 +1105,42 @@ class SqlMetadataStore:
             deleted += n
             freed += b
         return GcStats(examined=examined, deleted=deleted, bytes_freed=freed)
+
+
+    def _adopt_orphans(self, blocks_store: BlockStore) -> int:
+        """Give a ``blocks`` row to every stored chunk that has none (a writer died between
+        storing the bytes and recording them), touched now: a later collection, past the grace
+        period, removes it under the same row lock as any other chunk. Bytes that do not match
+        their name are removed at once."""
+        adopted = 0
+        batch: list[str] = []
+
+        def flush(names: list[str]) -> int:
+            known = set(
+                self.db.read(lambda c: [r[0] for r in c.execute(select(blocks.c.hash).where(blocks.c.hash.in_(names)))])
+            )
+            rows = []
+            for h in names:
+                if h in known:
+                    continue
+                try:
+                    data = blocks_store.get(h)
+                except CubbyError:
+                    blocks_store.delete(h)  # unreadable or corrupt: it can never be served
+                    continue
+                rows.append({"hash": h, "size": len(data), "touched_at": time.time()})
+            if rows:
+                self.db.write(lambda c: self._insert_ignore(c, blocks, rows))
+            return len(rows)
+
+        for name in blocks_store.iterate():
+            batch.append(name)
+            if len(batch) >= 500:
+                adopted += flush(batch)
+                batch = []
+        if batch:
+            adopted += flush(batch)
+        return adopted
 
 
 def open_store(url: str, *, migrate_schema: bool = True) -> SqlMetadataStore:
