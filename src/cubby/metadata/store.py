@@ -611,17 +611,20 @@ class SqlMetadataStore:
     # ======================================================================================
     # writing files
     # ======================================================================================
-    def _ensure_folder(self, tx: _Txn, path: str) -> int:
-        """Node id of the folder at ``path``, creating it and its missing parents."""
+    def _ensure_folder(self, tx: _Txn, path: str) -> tuple[int, str]:
+        """Node id and display path of the folder at ``path``, creating it and its missing
+        parents. A new node's display path is its parent's display path plus its own name, so
+        that the spelling of every ancestor is the one it was created with."""
         if path == paths.ROOT:
-            return ROOT_NODE
+            return ROOT_NODE, paths.ROOT
         row = tx.live(paths.key(path))
         if row is not None:
             if row.kind != "folder":
                 raise Conflict(f"{row.path} is a file, so it cannot hold {path}", code="not_a_folder")
-            return int(row.node_id)
-        parent, _ = paths.split(path)
-        parent_id = self._ensure_folder(tx, parent)
+            return int(row.node_id), str(row.path)
+        parent, name = paths.split(path)
+        parent_id, parent_path = self._ensure_folder(tx, parent)
+        path = paths.join(parent_path, name)
         node_id = tx.new_node_id()
         jid = tx.next_jid()
         values = dict(
@@ -640,7 +643,7 @@ class SqlMetadataStore:
         )
         tx.put_node(node_id, values, new=True)
         tx.journal("mkdir", node_id=node_id, parent_id=parent_id, kind="folder", path=path, rev=jid)
-        return node_id
+        return node_id, path
 
     def _validate_commit(self, req: CommitRequest) -> tuple[str, tuple[ChunkRef, ...]]:
         path = paths.normalize(req.path)
@@ -720,7 +723,8 @@ class SqlMetadataStore:
                     f"{existing.path} changed: it is at revision {current}, not {expected_rev}", current_rev=current
                 )
         parent, name = paths.split(path)
-        parent_id = self._ensure_folder(tx, parent)
+        parent_id, parent_path = self._ensure_folder(tx, parent)
+        path = paths.join(parent_path, name)
         jid = tx.next_jid()
         chash = content_hash_of(chunks) if chunks else EMPTY_CONTENT_HASH
         if existing is not None:
@@ -879,10 +883,11 @@ class SqlMetadataStore:
                 raise Conflict(f"{row.path} changed: it is at revision {row.rev}, not {expected_rev}", current_rev=row.rev)
             if not same_key and tx.live(paths.key(dst)) is not None:
                 raise Conflict(f"{dst} already exists", code="destination_exists")
-            if same_key and row.path == dst:
-                return _entry(row)
             parent, name = paths.split(dst)
-            parent_id = self._ensure_folder(tx, parent)
+            parent_id, parent_path = self._ensure_folder(tx, parent)
+            dst_path = paths.join(parent_path, name)
+            if same_key and row.path == dst_path:
+                return _entry(row)
             jid = tx.next_jid()
             old_path = row.path
             tx.flush(self._insert_ignore)  # the statements below read and write the tables directly
@@ -896,7 +901,7 @@ class SqlMetadataStore:
                 # Free the old keys first, so that a case-only rename never collides with itself.
                 params = []
                 for k in kids:
-                    new = paths.rebase(k.path, old_path, dst)
+                    new = paths.rebase(k.path, old_path, dst_path)
                     params.append({"nid": k.node_id, "p": new, "k": paths.key(new)})
                 if params:
                     stmt = update(nodes).where(nodes.c.ns_id == tx.ns_id, nodes.c.node_id == bindparam("nid"))
@@ -905,10 +910,10 @@ class SqlMetadataStore:
             tx.conn.execute(
                 update(nodes)
                 .where(nodes.c.ns_id == tx.ns_id, nodes.c.node_id == row.node_id)
-                .values(parent_id=parent_id, name=name, path=dst, path_key=paths.key(dst), rev=jid)
+                .values(parent_id=parent_id, name=name, path=dst_path, path_key=paths.key(dst), rev=jid)
             )
             tx.journal(
-                "move", node_id=row.node_id, parent_id=parent_id, kind=row.kind, path=dst, rev=jid,
+                "move", node_id=row.node_id, parent_id=parent_id, kind=row.kind, path=dst_path, rev=jid,
                 size=row.size, content_hash=row.content_hash, mtime=row.mtime,
                 old_path=old_path, old_parent_id=row.parent_id,
             )
