@@ -1,0 +1,76 @@
+"""Chunk compression: zstd where it pays, raw where it does not.
+
+A stored chunk is one codec byte and a payload: ``0x00`` raw, ``0x01`` zstd. Deciding is cheap:
+a 64 KiB sample from the middle of the chunk is compressed at zstd's fastest level first, and
+only a chunk whose sample shrinks by at least `MIN_SAVING` is compressed whole. Random or
+already-compressed data (media, archives) therefore costs one small sample, not a full pass.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import zstandard
+
+from cubby.errors import CubbyError
+
+RAW = 0
+ZSTD = 1
+LEVEL = 3
+SAMPLE = 64 * 1024
+MIN_SAVING = 0.10
+"""Store compressed only when the sample shrinks by at least a tenth."""
+
+
+class CorruptChunk(CubbyError):
+    code = "corrupt_chunk"
+    status = 500
+
+
+class Codec:
+    """Compressor and decompressor objects are not thread-safe, so each thread keeps its own."""
+
+    def __init__(self, level: int = LEVEL) -> None:
+        self.level = level
+        self._local = threading.local()
+
+    def _ctx(self) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+        ctx = getattr(self._local, "ctx", None)
+        if ctx is None:
+            ctx = (
+                zstandard.ZstdCompressor(level=self.level),
+                zstandard.ZstdCompressor(level=1),
+                zstandard.ZstdDecompressor(),
+            )
+            self._local.ctx = ctx
+        return ctx
+
+    def worth_compressing(self, data: bytes | memoryview) -> bool:
+        if len(data) < 512:
+            return False
+        _, fast, _ = self._ctx()
+        start = max(0, len(data) // 2 - SAMPLE // 2)
+        sample = data[start : start + SAMPLE]
+        return len(fast.compress(sample)) <= len(sample) * (1 - MIN_SAVING)
+
+    def encode(self, data: bytes | memoryview) -> bytes:
+        if self.worth_compressing(data):
+            comp, _, _ = self._ctx()
+            packed = comp.compress(data)
+            if len(packed) < len(data):
+                return bytes((ZSTD,)) + packed
+        return bytes((RAW,)) + bytes(data)
+
+    def decode(self, blob: bytes) -> bytes:
+        if not blob:
+            raise CorruptChunk("stored chunk is empty")
+        codec = blob[0]
+        if codec == RAW:
+            return blob[1:]
+        if codec == ZSTD:
+            _, _, dec = self._ctx()
+            try:
+                return dec.decompress(blob[1:])
+            except zstandard.ZstdError as exc:
+                raise CorruptChunk(f"stored chunk does not decompress: {exc}") from exc
+        raise CorruptChunk(f"stored chunk has unknown codec {codec}")
