@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError
 
 from cubby.blockstore.base import BlockStore
 from cubby.core import paths
+from cubby.core.hashing import content_hash
 from cubby.errors import BadRequest, Conflict, CubbyError, NotFound, SizeMismatch, Unauthorized
 from cubby.metadata import migrate
 from cubby.metadata.engine import Database
@@ -60,15 +61,10 @@ CHALLENGE_WINDOW = 3600.0
 """A possession nonce is valid for the hour it was issued in and the next one."""
 HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-EMPTY_CONTENT_HASH = hashlib.sha256(b"").hexdigest()
 
 
 def content_hash_of(chunks: Sequence[ChunkRef]) -> str:
-    """SHA-256 over the concatenated binary chunk hashes: names the content without re-reading it."""
-    h = hashlib.sha256()
-    for c in chunks:
-        h.update(bytes.fromhex(c.hash))
-    return h.hexdigest()
+    return content_hash(c.hash for c in chunks)
 
 
 def token_hash(token: str) -> str:
@@ -726,7 +722,7 @@ class SqlMetadataStore:
         parent_id, parent_path = self._ensure_folder(tx, parent)
         path = paths.join(parent_path, name)
         jid = tx.next_jid()
-        chash = content_hash_of(chunks) if chunks else EMPTY_CONTENT_HASH
+        chash = content_hash_of(chunks)
         if existing is not None:
             node_id = int(existing.node_id)
             path = existing.path  # a commit never renames: the first spelling of a name stays

@@ -1,0 +1,105 @@
+"""The BlockStore contract, run against every implementation."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from cubby.blockstore.base import BlockStore
+from cubby.blockstore.local import LocalBlockStore
+from cubby.blockstore.memory import MemoryBlockStore
+from cubby.core.compression import CorruptChunk
+from cubby.errors import BadRequest, ChunkMismatch, NotFound
+
+
+@pytest.fixture(params=["memory", "local"])
+def store(request, tmp_path) -> BlockStore:
+    return MemoryBlockStore() if request.param == "memory" else LocalBlockStore(tmp_path / "blocks")
+
+
+def named(data: bytes) -> tuple[str, bytes]:
+    return hashlib.sha256(data).hexdigest(), data
+
+
+def test_put_get_has_delete_iterate(store):
+    n, d = named(os.urandom(5000))
+    assert isinstance(store, BlockStore)
+    assert not store.has(n)
+    assert store.put(n, d) is True
+    assert store.put(n, d) is False
+    assert store.has(n) and store.get(n) == d
+    assert list(store.iterate()) == [n]
+    store.delete(n)
+    store.delete(n)  # idempotent
+    assert not store.has(n)
+    with pytest.raises(NotFound):
+        store.get(n)
+
+
+def test_mismatched_bytes_are_refused_and_nothing_is_written(store):
+    n, _ = named(b"the real bytes")
+    with pytest.raises(ChunkMismatch):
+        store.put(n, b"other bytes")
+    assert not store.has(n) and list(store.iterate()) == []
+    good = named(b"good")
+    with pytest.raises(ChunkMismatch):
+        store.put_many([good, (n, b"other bytes")])
+    assert not store.has(good[0])  # all are verified before any is written
+
+
+@pytest.mark.parametrize("name", ["", "../../etc/passwd", "A" * 64, "g" * 64, "ab/" + "0" * 61])
+def test_bad_names_are_refused(store, name):
+    with pytest.raises(BadRequest):
+        store.put(name, b"x")
+
+
+def test_put_many_and_compressible_data(store):
+    items = [named(os.urandom(100)) for _ in range(50)] + [named(b"abc" * 100_000)]
+    assert store.put_many(items + items[:3]) == [True] * 51 + [False] * 3
+    assert sorted(store.iterate()) == sorted(n for n, _ in items)
+    for n, d in items:
+        assert store.get(n) == d
+
+
+def test_concurrent_puts_of_the_same_chunk(store):
+    n, d = named(os.urandom(300_000))
+    threads = [threading.Thread(target=store.put, args=(n, d)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.get(n) == d and list(store.iterate()) == [n]
+
+
+def test_local_store_never_serves_a_corrupt_chunk(tmp_path):
+    store = LocalBlockStore(tmp_path)
+    n, d = named(os.urandom(1000))
+    store.put(n, d)
+    path = tmp_path / n[:2] / n
+    blob = bytearray(path.read_bytes())
+    blob[-1] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    with pytest.raises(CorruptChunk):
+        store.get(n)
+
+
+def test_local_store_ignores_and_sweeps_a_dead_writers_temp_files(tmp_path):
+    store = LocalBlockStore(tmp_path)
+    n, d = named(b"partial")
+    stale = tmp_path / "tmp" / "dead.part"
+    stale.write_bytes(b"\x00par")  # a writer died before its rename
+    os.utime(stale, (1, 1))
+    assert not store.has(n) and list(store.iterate()) == []
+    LocalBlockStore(tmp_path)  # a new process opening the store sweeps old temp files
+    assert not stale.exists()
+
+
+def test_local_layout_is_fanned_out(tmp_path):
+    store = LocalBlockStore(tmp_path)
+    n, d = named(b"layout")
+    store.put(n, d)
+    assert (Path(tmp_path) / n[:2] / n).is_file()
