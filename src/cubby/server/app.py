@@ -1,0 +1,67 @@
+"""Build the Starlette application from the roles asked for.
+
+A role that is not running is not imported: `cubby serve --role meta` never loads the block
+store or the notification broker code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import AsyncIterator, Sequence
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from cubby.server.context import ServerContext
+from cubby.server.errors import HANDLERS
+from cubby.server.logs import RequestLog
+
+ROLES = ("meta", "blocks", "notify")
+_ROLE_MODULES = {"meta": "cubby.server.meta", "blocks": "cubby.server.blocks", "notify": "cubby.server.notify"}
+
+
+def role_routes(ctx: ServerContext, role: str) -> list[BaseRoute]:
+    try:
+        module = importlib.import_module(_ROLE_MODULES[role])
+    except ModuleNotFoundError as exc:
+        if exc.name == _ROLE_MODULES[role]:
+            return []  # the role's seat is empty in this build
+        raise
+    return list(module.routes(ctx))
+
+
+def build_app(ctx: ServerContext, roles: Sequence[str] = ROLES) -> Starlette:
+    from cubby.server.openapi import document
+
+    spec = document()
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(spec)
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "roles": list(roles)})
+
+    routes: list[BaseRoute] = [
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/healthz", health, methods=["GET"]),
+    ]
+    for role in roles:
+        routes.extend(role_routes(ctx, role))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            ctx.close()
+
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(RequestLog)],
+        exception_handlers=HANDLERS,  # type: ignore[arg-type]
+        lifespan=lifespan,
+    )

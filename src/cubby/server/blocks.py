@@ -1,0 +1,187 @@
+"""The blocks role: chunk upload (verified), proof of possession, chunk download, and whole-file
+download by path with HTTP Range.
+
+A chunk is served only to a caller who can read a namespace that holds it (`chunk_readable`),
+so knowing a hash is never enough to download it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from cubby.blockstore.base import BlockStore
+from cubby.core import frames
+from cubby.core.hashing import is_chunk_name
+from cubby.errors import BadRequest, CubbyError, NotFound, PayloadTooLarge
+from cubby.metadata.model import ChunkRef
+from cubby.server import access
+from cubby.server.bodies import field_hash, field_int, json_body, query_int, require_content_type
+from cubby.server.context import ServerContext
+
+INGEST_BATCH_BYTES = 16 * 1024 * 1024
+MAX_FETCH = 4096
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class RangeNotSatisfiable(CubbyError):
+    code = "range_not_satisfiable"
+    status = 416
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(first, last) inclusive for a single ``bytes=`` range, None for the whole file."""
+    if not header:
+        return None
+    m = _RANGE.match(header.strip())
+    if not m or (m.group(1) == "" and m.group(2) == ""):
+        return None  # unknown or multi-range forms: RFC 9110 lets us answer with the whole file
+    first_s, last_s = m.groups()
+    if first_s == "":
+        n = int(last_s)
+        if n == 0 or size == 0:
+            raise RangeNotSatisfiable(f"the file has {size} bytes; cannot serve the last {n}")
+        return max(0, size - n), size - 1
+    first = int(first_s)
+    last = int(last_s) if last_s else size - 1
+    if first >= size or last < first:
+        raise RangeNotSatisfiable(f"range {header} is outside the file's {size} bytes")
+    return first, min(last, size - 1)
+
+
+def routes(ctx: ServerContext) -> list[BaseRoute]:
+    store = ctx.store
+    blocks: BlockStore = ctx.blocks  # type: ignore[assignment]
+    limit = ctx.config.max_request_bytes
+
+    async def upload(request: Request) -> Response:
+        p = await access.principal(request, ctx)
+        ns_id = query_int(request, "ns_id", p.root_ns, minimum=1)
+        access.check_namespace(p, ns_id, write=True)
+        require_content_type(request, frames.CONTENT_TYPE)
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"the body is larger than the {limit}-byte limit; send fewer chunks per request")
+        reader = frames.FrameReader()
+        batch: list[tuple[str, bytes]] = []
+        batch_bytes = total = received = stored = 0
+        async for piece in request.stream():
+            total += len(piece)
+            if total > limit:
+                raise PayloadTooLarge(f"the body is larger than the {limit}-byte limit; send fewer chunks per request")
+            for name, data in reader.feed(piece):
+                batch.append((name, data))
+                batch_bytes += len(data)
+                if batch_bytes >= INGEST_BATCH_BYTES:
+                    stored += await run_in_threadpool(store.ingest_chunks, ns_id, batch, blocks)
+                    received += len(batch)
+                    batch, batch_bytes = [], 0
+        reader.close()
+        if batch:
+            stored += await run_in_threadpool(store.ingest_chunks, ns_id, batch, blocks)
+            received += len(batch)
+        return JSONResponse({"received": received, "stored": stored})
+
+    async def prove(request: Request) -> Response:
+        p = await access.principal(request, ctx)
+        body = await json_body(request)
+        ns_id = field_int(body, "ns_id", minimum=1) or 0
+        access.check_namespace(p, ns_id, write=True)
+        proofs = body.get("proofs")
+        if not isinstance(proofs, dict) or len(proofs) > MAX_FETCH:
+            raise BadRequest(f"field 'proofs' must be an object of at most {MAX_FETCH} hash: proof pairs", field="proofs")
+        for h, v in proofs.items():
+            field_hash(h, "each key of 'proofs'")
+            if not isinstance(v, str):
+                raise BadRequest("each proof must be a hex string", field="proofs")
+        accepted, rejected = await run_in_threadpool(store.accept_proofs, p.user_id, ns_id, proofs, blocks)
+        return JSONResponse({"accepted": accepted, "rejected": rejected})
+
+    async def readable_or_404(p: access.Principal, hashes: list[str]) -> None:
+        ok = await run_in_threadpool(store.chunk_readable, list(access.mounts(p).values()), hashes)
+        missing = [h for h in hashes if h not in ok]
+        if missing:
+            raise NotFound(f"chunk {missing[0]} is not in any folder you can read", missing=len(missing))
+
+    async def fetch(request: Request) -> Response:
+        p = await access.principal(request, ctx)
+        body = await json_body(request)
+        hashes = body.get("hashes")
+        if not isinstance(hashes, list) or not hashes or len(hashes) > MAX_FETCH:
+            raise BadRequest(f"field 'hashes' must be a list of 1 to {MAX_FETCH} chunk hashes", field="hashes")
+        hashes = [field_hash(h, "each hash") for h in hashes]
+        await readable_or_404(p, hashes)
+
+        async def stream() -> AsyncIterator[bytes]:
+            for h in hashes:
+                data = await run_in_threadpool(blocks.get, h)
+                yield frames.encode(h, data)
+
+        return StreamingResponse(stream(), media_type=frames.CONTENT_TYPE)
+
+    async def one_chunk(request: Request) -> Response:
+        p = await access.principal(request, ctx)
+        h = request.path_params["hash"]
+        if not is_chunk_name(h):
+            raise BadRequest("a chunk is named by its lowercase hex SHA-256 (64 characters)")
+        await readable_or_404(p, [h])
+        data = await run_in_threadpool(blocks.get, h)
+        return Response(data, media_type="application/octet-stream", headers={"ETag": f'"{h}"'})
+
+    async def content(request: Request) -> Response:
+        p = await access.principal(request, ctx)
+        t = access.resolve(p, "/" + request.path_params["path"])
+        rev = query_int(request, "rev", 0, minimum=0) or None
+        entry, chunks = await run_in_threadpool(store.blocklist, t.ns_id, t.path, rev)
+        size = entry.size
+        etag = f'"{entry.content_hash}"'
+        headers = {"Accept-Ranges": "bytes", "ETag": etag, "X-Cubby-Rev": str(entry.rev)}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        rng = parse_range(request.headers.get("range"), size)
+        if_range = request.headers.get("if-range")
+        if rng is not None and if_range and if_range != etag:
+            rng = None  # the client's partial copy is of another version: send it all
+        first, last = rng if rng is not None else (0, size - 1)
+        length = max(0, last - first + 1)
+        headers["Content-Length"] = str(length)
+        status = 200
+        if rng is not None:
+            status = 206
+            headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        filename = entry.name.replace('"', "")
+        headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{_quote(filename)}"
+
+        async def stream() -> AsyncIterator[bytes]:
+            offset = 0
+            for c in chunks:
+                start, end = offset, offset + c.size  # this chunk covers [start, end)
+                offset = end
+                if end <= first or start > last:
+                    continue
+                data = await run_in_threadpool(blocks.get, c.hash)
+                yield data[max(0, first - start) : min(c.size, last + 1 - start)]
+
+        return StreamingResponse(stream(), status_code=status, headers=headers, media_type="application/octet-stream")
+
+    return [
+        Route("/api/v1/blocks/upload", upload, methods=["POST"]),
+        Route("/api/v1/blocks/prove", prove, methods=["POST"]),
+        Route("/api/v1/blocks/fetch", fetch, methods=["POST"]),
+        Route("/api/v1/blocks/{hash}", one_chunk, methods=["GET"]),
+        Route("/api/v1/content/{path:path}", content, methods=["GET", "HEAD"]),
+    ]
+
+
+def _quote(name: str) -> str:
+    from urllib.parse import quote
+
+    return quote(name, safe="")
+
+
+__all__ = ["routes", "parse_range", "ChunkRef"]

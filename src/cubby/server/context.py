@@ -1,0 +1,50 @@
+"""What every route handler needs, built once when the server starts and passed in."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cubby.blockstore.base import BlockStore
+from cubby.config import Config
+from cubby.metadata.store import SqlMetadataStore, open_store
+
+CommitListener = Callable[[int, int], None]
+"""Called with (namespace id, new journal head) after a change is committed."""
+
+
+@dataclass
+class ServerContext:
+    config: Config
+    store: SqlMetadataStore
+    blocks: BlockStore | None
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("cubby.server"))
+    commit_listeners: list[CommitListener] = field(default_factory=list)
+    closers: list[Callable[[], object]] = field(default_factory=list)
+
+    def committed(self, ns_id: int, head: int) -> None:
+        """Tell listeners (the notification role's publisher) that a namespace moved on."""
+        for listener in self.commit_listeners:
+            try:
+                listener(ns_id, head)
+            except Exception:  # a notification failure must never fail an acknowledged commit
+                self.log.exception("commit listener failed", extra={"ns_id": ns_id})
+
+    def close(self) -> None:
+        for fn in reversed(self.closers):
+            fn()
+        self.store.close()
+
+
+def build_context(config: Config, roles: tuple[str, ...]) -> ServerContext:
+    """Open what the given roles need: every role needs the metadata store; only the blocks
+    role opens the block store."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = open_store(config.metadata_url)
+    blocks: BlockStore | None = None
+    if "blocks" in roles:
+        from cubby.blockstore.local import LocalBlockStore
+
+        blocks = LocalBlockStore(config.blocks_dir)
+    return ServerContext(config=config, store=store, blocks=blocks)

@@ -1,0 +1,227 @@
+"""The metadata role: files, folders, history, journal, account and tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from cubby.errors import BadRequest, CubbyError
+from cubby.metadata.model import ChunkRef, CommitRequest, CommitResult, Principal
+from cubby.server import access
+from cubby.server.bodies import field_float, field_hash, field_int, field_str, json_body, query_bool, query_int
+from cubby.server.context import ServerContext
+
+MAX_BATCH = 1000
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def parse_commit(body: Any) -> CommitRequest:
+    if not isinstance(body, dict):
+        raise BadRequest("each commit must be a JSON object")
+    path = field_str(body, "path")
+    size = field_int(body, "size")
+    raw_chunks = body.get("chunks")
+    if not isinstance(raw_chunks, list):
+        raise BadRequest("field 'chunks' must be a list of {hash, size}", field="chunks")
+    chunks = []
+    for i, c in enumerate(raw_chunks):
+        if not isinstance(c, dict):
+            raise BadRequest(f"chunks[{i}] must be an object with 'hash' and 'size'", field="chunks")
+        chunks.append(ChunkRef(field_hash(c.get("hash"), f"chunks[{i}].hash"), field_int(c, "size", minimum=1) or 0))
+    expected = field_int(body, "expected_rev", required=False)
+    assert path is not None and size is not None
+    return CommitRequest(path=path, size=size, chunks=tuple(chunks), expected_rev=expected, mtime=field_float(body, "mtime"))
+
+
+def commit_answer(target: access.Target, res: CommitResult) -> dict[str, Any]:
+    if res.entry is not None:
+        return {"status": "committed", "entry": access.user_entry(target, res.entry)}
+    return {
+        "status": "need_chunks",
+        "ns_id": target.ns_id,
+        "needed": [{"hash": n.hash, "nonce": n.nonce} for n in res.needed],
+    }
+
+
+def routes(ctx: ServerContext) -> list[BaseRoute]:
+    store = ctx.store
+
+    async def who(request: Request) -> Principal:
+        return await access.principal(request, ctx)
+
+    async def account(request: Request) -> Response:
+        p = await who(request)
+        heads = {}
+        for mount, ns in access.mounts(p).items():
+            heads[ns] = await run_in_threadpool(store.head, ns)
+        return JSONResponse(
+            {
+                "user_id": p.user_id,
+                "name": p.name,
+                "root_ns": p.root_ns,
+                "namespaces": [
+                    {"ns_id": ns, "path": mount, "role": p.namespaces[ns], "head": heads[ns]}
+                    for mount, ns in access.mounts(p).items()
+                ],
+            }
+        )
+
+    async def commit(request: Request) -> Response:
+        p = await who(request)
+        req = parse_commit(await json_body(request))
+        target = access.resolve(p, req.path, write=True)
+        inner = CommitRequest(target.path, req.size, req.chunks, req.expected_rev, req.mtime)
+        res = await run_in_threadpool(store.commit, p.user_id, target.ns_id, inner)
+        if res.entry is not None:
+            ctx.committed(target.ns_id, res.entry.rev)
+        return JSONResponse(commit_answer(target, res))
+
+    async def commit_batch(request: Request) -> Response:
+        p = await who(request)
+        body = await json_body(request)
+        items = body.get("commits")
+        if not isinstance(items, list) or not items:
+            raise BadRequest("field 'commits' must be a non-empty list of commits", field="commits")
+        if len(items) > MAX_BATCH:
+            raise BadRequest(f"at most {MAX_BATCH} commits per batch", field="commits")
+        results: list[dict[str, Any] | None] = [None] * len(items)
+        groups: dict[int, list[tuple[int, access.Target, CommitRequest]]] = {}
+        for i, raw in enumerate(items):
+            try:
+                req = parse_commit(raw)
+                target = access.resolve(p, req.path, write=True)
+            except CubbyError as exc:
+                results[i] = {"status": "error", "error": exc.to_dict()}
+                continue
+            inner = CommitRequest(target.path, req.size, req.chunks, req.expected_rev, req.mtime)
+            groups.setdefault(target.ns_id, []).append((i, target, inner))
+        for ns_id, group in groups.items():
+            outcomes = await run_in_threadpool(store.commit_many, p.user_id, ns_id, [g[2] for g in group])
+            newest = 0
+            for (i, target, _), out in zip(group, outcomes):
+                if isinstance(out, CubbyError):
+                    results[i] = {"status": "error", "error": out.to_dict()}
+                else:
+                    results[i] = commit_answer(target, out)
+                    if out.entry is not None:
+                        newest = max(newest, out.entry.rev)
+            if newest:
+                ctx.committed(ns_id, newest)
+        return JSONResponse({"results": results})
+
+    def mutation(fn: Callable[[Principal, dict[str, Any]], tuple[access.Target, Any]]) -> Handler:
+        async def handler(request: Request) -> Response:
+            p = await who(request)
+            body = await json_body(request)
+            target, entry = await run_in_threadpool(fn, p, body)
+            ctx.committed(target.ns_id, await run_in_threadpool(store.head, target.ns_id))
+            return JSONResponse({"entry": access.user_entry(target, entry)})
+
+        return handler
+
+    def do_mkdir(p: Principal, body: dict[str, Any]) -> tuple[access.Target, Any]:
+        t = access.resolve(p, field_str(body, "path") or "", write=True)
+        return t, store.mkdir(p.user_id, t.ns_id, t.path)
+
+    def do_delete(p: Principal, body: dict[str, Any]) -> tuple[access.Target, Any]:
+        t = access.resolve(p, field_str(body, "path") or "", write=True)
+        return t, store.delete(p.user_id, t.ns_id, t.path, field_int(body, "expected_rev", required=False))
+
+    def do_move(p: Principal, body: dict[str, Any]) -> tuple[access.Target, Any]:
+        src = access.resolve(p, field_str(body, "from_path") or "", write=True)
+        dst = access.resolve(p, field_str(body, "to_path") or "", write=True)
+        if src.ns_id != dst.ns_id:
+            raise BadRequest("moves between shared folders are not supported yet", code="cross_namespace_move")
+        return src, store.move(p.user_id, src.ns_id, src.path, dst.path, field_int(body, "expected_rev", required=False))
+
+    def do_restore(p: Principal, body: dict[str, Any]) -> tuple[access.Target, Any]:
+        t = access.resolve(p, field_str(body, "path") or "", write=True)
+        return t, store.restore(p.user_id, t.ns_id, t.path, field_int(body, "rev", minimum=1) or 0)
+
+    async def stat(request: Request) -> Response:
+        p = await who(request)
+        t = access.resolve(p, request.query_params.get("path", "/"))
+        entry = await run_in_threadpool(store.stat, t.ns_id, t.path)
+        return JSONResponse({"entry": access.user_entry(t, entry)})
+
+    async def listing(request: Request) -> Response:
+        p = await who(request)
+        t = access.resolve(p, request.query_params.get("path", "/"))
+        page = await run_in_threadpool(
+            store.list,
+            t.ns_id,
+            t.path,
+            query_bool(request, "recursive"),
+            request.query_params.get("cursor") or None,
+            query_int(request, "limit", 1000, minimum=1, maximum=10_000),
+        )
+        return JSONResponse(
+            {"entries": [access.user_entry(t, e) for e in page.entries], "cursor": page.cursor, "has_more": page.has_more}
+        )
+
+    async def history(request: Request) -> Response:
+        p = await who(request)
+        t = access.resolve(p, request.query_params.get("path", ""))
+        revs = await run_in_threadpool(store.history, t.ns_id, t.path, query_int(request, "limit", 100, minimum=1, maximum=10_000))
+        out = []
+        for r in revs:
+            d = r.to_dict()
+            d["path"] = t.user_path(r.path)
+            out.append(d)
+        return JSONResponse({"revisions": out})
+
+    async def journal(request: Request) -> Response:
+        p = await who(request)
+        ns_id = query_int(request, "ns_id", p.root_ns, minimum=1)
+        access.check_namespace(p, ns_id)
+        after = query_int(request, "after", 0)
+        limit = query_int(request, "limit", 1000, minimum=1, maximum=10_000)
+        entries = await run_in_threadpool(store.journal, ns_id, after, limit)
+        head = await run_in_threadpool(store.head, ns_id)
+        return JSONResponse(
+            {
+                "ns_id": ns_id,
+                "entries": [e.to_dict() for e in entries],
+                "head": head,
+                "has_more": bool(entries) and entries[-1].jid < head,
+            }
+        )
+
+    async def tokens_create(request: Request) -> Response:
+        p = await who(request)
+        body = await json_body(request)
+        label = field_str(body, "label", required=False) or ""
+        tid, token = await run_in_threadpool(store.create_token, p.user_id, label)
+        return JSONResponse({"id": tid, "token": token}, status_code=201)
+
+    async def tokens_list(request: Request) -> Response:
+        p = await who(request)
+        return JSONResponse({"tokens": await run_in_threadpool(store.list_tokens, p.user_id)})
+
+    async def tokens_revoke(request: Request) -> Response:
+        p = await who(request)
+        raw = request.path_params["token_id"]
+        await run_in_threadpool(store.revoke_token, p.user_id, int(raw))
+        return Response(status_code=204)
+
+    return [
+        Route("/api/v1/account", account, methods=["GET"]),
+        Route("/api/v1/files/commit", commit, methods=["POST"]),
+        Route("/api/v1/files/commit_batch", commit_batch, methods=["POST"]),
+        Route("/api/v1/files/mkdir", mutation(do_mkdir), methods=["POST"]),
+        Route("/api/v1/files/delete", mutation(do_delete), methods=["POST"]),
+        Route("/api/v1/files/move", mutation(do_move), methods=["POST"]),
+        Route("/api/v1/files/restore", mutation(do_restore), methods=["POST"]),
+        Route("/api/v1/files/stat", stat, methods=["GET"]),
+        Route("/api/v1/files/list", listing, methods=["GET"]),
+        Route("/api/v1/files/history", history, methods=["GET"]),
+        Route("/api/v1/journal", journal, methods=["GET"]),
+        Route("/api/v1/tokens", tokens_create, methods=["POST"]),
+        Route("/api/v1/tokens", tokens_list, methods=["GET"]),
+        Route("/api/v1/tokens/{token_id:int}", tokens_revoke, methods=["DELETE"]),
+    ]
