@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,19 +49,35 @@ def _chunker() -> FastCDC:
     return FastCDC(_FASTCDC_AVG, min_size=MIN_SIZE, max_size=MAX_SIZE)
 
 
+_SHARED = threading.local()
+
+
+def _shared_chunker() -> FastCDC:
+    """FastCDC objects are not safe to share between threads, but are cheap to reuse in one."""
+    cdc = getattr(_SHARED, "cdc", None)
+    if cdc is None:
+        cdc = _SHARED.cdc = _chunker()
+    return cdc
+
+
 def iter_chunks(reader: BinaryIO | Reader, *, with_data: bool = True) -> Iterator[Chunk]:
     """Cut a stream into content-defined chunks, in order, reading at most a few MiB at a time.
 
     With ``with_data=False`` the chunks carry no bytes (``data == b""``), for a first pass that
     only needs names and sizes. The concatenation of the chunks' data is the stream.
     """
-    cdc = _chunker()
-    buf = bytearray(_WINDOW + MAX_SIZE)
+    cdc = _shared_chunker()
+    # Start small and grow: a small file should not cost a 20 MiB allocation.
+    buf = bytearray(256 * 1024)
     filled = 0
     base = 0  # stream offset of buf[0]
     eof = False
     while True:
         while not eof and filled < _WINDOW:
+            if filled == len(buf):
+                bigger = bytearray(min(2 * len(buf), _WINDOW + MAX_SIZE))
+                bigger[:filled] = buf
+                buf = bigger
             view = memoryview(buf)[filled:]
             n = reader.readinto(view)
             if not n:

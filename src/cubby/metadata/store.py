@@ -128,6 +128,7 @@ class _Txn:
     ref_counts: dict[str, int] = field(default_factory=dict)
     chunk_sizes: dict[str, int] | None = None
     usable: set[str] | None = None
+    checked: set[str] = field(default_factory=set)
 
     def next_jid(self) -> int:
         self.head += 1
@@ -670,7 +671,8 @@ class SqlMetadataStore:
         before this transaction commits."""
         if tx.usable is None or tx.chunk_sizes is None:
             tx.usable, tx.chunk_sizes = set(), {}
-        wanted = sorted({h for h in hashes if h not in tx.chunk_sizes and h not in tx.usable})
+        wanted = sorted({h for h in hashes if h not in tx.checked})
+        tx.checked.update(wanted)
         for i in range(0, len(wanted), 500):
             part = wanted[i : i + 500]
             tx.usable.update(

@@ -175,6 +175,36 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
             out.append(d)
         return JSONResponse({"revisions": out})
 
+    async def blocklist(request: Request) -> Response:
+        p = await who(request)
+        t = access.resolve(p, request.query_params.get("path", ""))
+        rev = query_int(request, "rev", 0) or None
+        entry, chunks = await run_in_threadpool(store.blocklist, t.ns_id, t.path, rev)
+        return JSONResponse(
+            {"entry": access.user_entry(t, entry), "chunks": [{"hash": c.hash, "size": c.size} for c in chunks]}
+        )
+
+    async def blocklists(request: Request) -> Response:
+        """Many files' chunk lists in one request: what a download of many small files needs."""
+        p = await who(request)
+        body = await json_body(request)
+        items = body.get("paths")
+        if not isinstance(items, list) or not items or len(items) > MAX_BATCH:
+            raise BadRequest(f"field 'paths' must be a list of 1 to {MAX_BATCH} paths", field="paths")
+        out: list[dict[str, Any]] = []
+        for raw in items:
+            try:
+                if not isinstance(raw, str):
+                    raise BadRequest("each path must be a string")
+                t = access.resolve(p, raw)
+                entry, chunks = await run_in_threadpool(store.blocklist, t.ns_id, t.path, None)
+                out.append(
+                    {"entry": access.user_entry(t, entry), "chunks": [{"hash": c.hash, "size": c.size} for c in chunks]}
+                )
+            except CubbyError as exc:
+                out.append({"error": exc.to_dict()})
+        return JSONResponse({"results": out})
+
     async def journal(request: Request) -> Response:
         p = await who(request)
         ns_id = query_int(request, "ns_id", p.root_ns, minimum=1)
@@ -220,6 +250,8 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         Route("/api/v1/files/stat", stat, methods=["GET"]),
         Route("/api/v1/files/list", listing, methods=["GET"]),
         Route("/api/v1/files/history", history, methods=["GET"]),
+        Route("/api/v1/files/blocklist", blocklist, methods=["GET"]),
+        Route("/api/v1/files/blocklists", blocklists, methods=["POST"]),
         Route("/api/v1/journal", journal, methods=["GET"]),
         Route("/api/v1/tokens", tokens_create, methods=["POST"]),
         Route("/api/v1/tokens", tokens_list, methods=["GET"]),

@@ -121,6 +121,23 @@ def document() -> dict[str, Any]:
             )
         },
         "/api/v1/files/history": {"get": _json_op("Revisions of a file", None, {"type": "object"}, 409, params=[_q("path", {"type": "string"}, True), _q("limit", {"type": "integer", "minimum": 1, "maximum": 10000})])},
+        "/api/v1/files/blocklist": {
+            "get": _json_op(
+                "The chunks of a file (current or given revision)",
+                None,
+                {"type": "object"},
+                409,
+                params=[_q("path", {"type": "string"}, True), _q("rev", {"type": "integer", "minimum": 0})],
+            )
+        },
+        "/api/v1/files/blocklists": {
+            "post": _json_op(
+                "The chunks of many files",
+                {"type": "object", "required": ["paths"], "properties": {"paths": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1000}}},
+                {"type": "object"},
+                415,
+            )
+        },
         "/api/v1/journal": {
             "get": _json_op(
                 "Changes of a namespace after a journal id",

@@ -1,0 +1,225 @@
+"""`ApiClient`: cubby's HTTP API as Python methods, over one keep-alive httpx connection pool.
+
+Error answers become the same `CubbyError` subclasses the server raised (by their code);
+a server that cannot be reached becomes `Unavailable`, which is retryable. Chunks fetched
+from the server are verified against their names: the client trusts the server no more than
+the server trusts it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from cubby.core import frames
+from cubby.core.hashing import sha256_hex
+from cubby.errors import ChunkMismatch, CubbyError, Unavailable, error_from_dict
+from cubby.metadata.model import ChunkRef, CommitResult, Entry, JournalEntry, NeededChunk
+
+
+def _raise_for(resp: httpx.Response) -> None:
+    if resp.status_code < 400:
+        return
+    try:
+        body = resp.json()
+    except (ValueError, json.JSONDecodeError):
+        body = {"code": "http_error", "message": f"server answered {resp.status_code}: {resp.text[:200]}"}
+    if not isinstance(body, dict):
+        body = {"code": "http_error", "message": f"server answered {resp.status_code}"}
+    raise error_from_dict(body, resp.status_code)
+
+
+def parse_commit_answer(body: dict[str, Any]) -> CommitResult | CubbyError:
+    status = body.get("status")
+    if status == "committed":
+        return CommitResult(entry=Entry.from_dict(body["entry"]))
+    if status == "need_chunks":
+        return CommitResult(needed=tuple(NeededChunk(n["hash"], n["nonce"]) for n in body["needed"]))
+    err = body.get("error") or {}
+    return error_from_dict(err, 409 if err.get("code") == "conflict" else 400)
+
+
+def commit_body(path: str, size: int, chunks: Sequence[ChunkRef], expected_rev: int | None, mtime: float | None) -> dict[str, Any]:
+    return {
+        "path": path,
+        "size": size,
+        "chunks": [{"hash": c.hash, "size": c.size} for c in chunks],
+        "expected_rev": expected_rev,
+        "mtime": mtime,
+    }
+
+
+class ApiClient:
+    def __init__(self, base_url: str, token: str | None, *, timeout: float = 60.0, transport: httpx.BaseTransport | None = None) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.base_url = base_url.rstrip("/")
+        self.http = httpx.Client(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            transport=transport,
+            limits=httpx.Limits(max_keepalive_connections=8),
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> "ApiClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _request(self, method: str, url: str, **kw: Any) -> httpx.Response:
+        try:
+            resp = self.http.request(method, url, **kw)
+        except (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError, httpx.TimeoutException) as exc:
+            raise Unavailable(f"cannot reach the cubby server at {self.base_url}: {exc}") from exc
+        _raise_for(resp)
+        return resp
+
+    def _get(self, url: str, **params: Any) -> Any:
+        return self._request("GET", url, params={k: v for k, v in params.items() if v is not None}).json()
+
+    def _post(self, url: str, body: dict[str, Any]) -> Any:
+        return self._request("POST", url, json=body).json()
+
+    # -- account ---------------------------------------------------------------------------------
+    def account(self) -> dict[str, Any]:
+        return dict(self._get("/api/v1/account"))
+
+    def create_token(self, label: str = "") -> dict[str, Any]:
+        return dict(self._post("/api/v1/tokens", {"label": label}))
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        return list(self._get("/api/v1/tokens")["tokens"])
+
+    def revoke_token(self, token_id: int) -> None:
+        self._request("DELETE", f"/api/v1/tokens/{int(token_id)}")
+
+    # -- files -----------------------------------------------------------------------------------
+    def commit(self, path: str, size: int, chunks: Sequence[ChunkRef], expected_rev: int | None = None, mtime: float | None = None) -> CommitResult:
+        res = parse_commit_answer(self._post("/api/v1/files/commit", commit_body(path, size, chunks, expected_rev, mtime)))
+        if isinstance(res, CubbyError):
+            raise res
+        return res
+
+    def commit_batch(self, reqs: Sequence[dict[str, Any]]) -> list[CommitResult | CubbyError]:
+        """``reqs`` are `commit_body` dicts; each gets its own outcome."""
+        out = self._post("/api/v1/files/commit_batch", {"commits": list(reqs)})
+        return [parse_commit_answer(r) for r in out["results"]]
+
+    def stat(self, path: str) -> Entry:
+        return Entry.from_dict(self._get("/api/v1/files/stat", path=path)["entry"])
+
+    def list(self, path: str = "/", recursive: bool = False, limit: int = 2000) -> Iterator[Entry]:
+        cursor = None
+        while True:
+            page = self._get("/api/v1/files/list", path=path, recursive=str(recursive).lower(), cursor=cursor, limit=limit)
+            for e in page["entries"]:
+                yield Entry.from_dict(e)
+            if not page["has_more"]:
+                return
+            cursor = page["cursor"]
+
+    def blocklist(self, path: str, rev: int | None = None) -> tuple[Entry, list[ChunkRef]]:
+        body = self._get("/api/v1/files/blocklist", path=path, rev=rev)
+        return Entry.from_dict(body["entry"]), [ChunkRef(c["hash"], int(c["size"])) for c in body["chunks"]]
+
+    def blocklists(self, paths_: Sequence[str]) -> list[tuple[Entry, list[ChunkRef]] | CubbyError]:
+        out: list[tuple[Entry, list[ChunkRef]] | CubbyError] = []
+        for r in self._post("/api/v1/files/blocklists", {"paths": list(paths_)})["results"]:
+            if "error" in r:
+                out.append(error_from_dict(r["error"], 404))
+            else:
+                out.append((Entry.from_dict(r["entry"]), [ChunkRef(c["hash"], int(c["size"])) for c in r["chunks"]]))
+        return out
+
+    def mkdir(self, path: str) -> Entry:
+        return Entry.from_dict(self._post("/api/v1/files/mkdir", {"path": path})["entry"])
+
+    def delete(self, path: str, expected_rev: int | None = None) -> Entry:
+        return Entry.from_dict(self._post("/api/v1/files/delete", {"path": path, "expected_rev": expected_rev})["entry"])
+
+    def move(self, src: str, dst: str, expected_rev: int | None = None) -> Entry:
+        body = {"from_path": src, "to_path": dst, "expected_rev": expected_rev}
+        return Entry.from_dict(self._post("/api/v1/files/move", body)["entry"])
+
+    def history(self, path: str, limit: int = 100) -> list[dict[str, Any]]:
+        return list(self._get("/api/v1/files/history", path=path, limit=limit)["revisions"])
+
+    def restore(self, path: str, rev: int) -> Entry:
+        return Entry.from_dict(self._post("/api/v1/files/restore", {"path": path, "rev": rev})["entry"])
+
+    def journal(self, ns_id: int, after: int, limit: int = 1000) -> tuple[list[JournalEntry], int, bool]:
+        body = self._get("/api/v1/journal", ns_id=ns_id, after=after, limit=limit)
+        return [JournalEntry.from_dict(e) for e in body["entries"]], int(body["head"]), bool(body["has_more"])
+
+    # -- chunks ----------------------------------------------------------------------------------
+    def upload_chunks(self, ns_id: int, items: Sequence[tuple[str, bytes]]) -> int:
+        """Send chunks in one request (frames streamed from memory); returns how many were new."""
+        if not items:
+            return 0
+        body = self._request(
+            "POST",
+            "/api/v1/blocks/upload",
+            params={"ns_id": ns_id},
+            content=frames.encode_many(items),
+            headers={"Content-Type": frames.CONTENT_TYPE},
+        ).json()
+        return int(body["stored"])
+
+    def prove(self, ns_id: int, proofs: dict[str, str]) -> tuple[list[str], list[str]]:
+        if not proofs:
+            return [], []
+        body = self._post("/api/v1/blocks/prove", {"ns_id": ns_id, "proofs": proofs})
+        return list(body["accepted"]), list(body["rejected"])
+
+    def fetch_chunks(self, hashes: Sequence[str]) -> Iterator[tuple[str, bytes]]:
+        """Yield (name, bytes) in the order asked, each verified against its name."""
+        if not hashes:
+            return
+        try:
+            with self.http.stream("POST", "/api/v1/blocks/fetch", json={"hashes": list(hashes)}) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    _raise_for(resp)
+                reader = frames.FrameReader()
+                for piece in resp.iter_raw():
+                    for name, data in reader.feed(piece):
+                        if sha256_hex(data) != name:
+                            raise ChunkMismatch(f"the server sent bytes that do not match chunk {name}")
+                        yield name, data
+                reader.close()
+        except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, httpx.TimeoutException) as exc:
+            raise Unavailable(f"lost the connection to {self.base_url} while downloading: {exc}") from exc
+
+    def download(self, path: str, *, offset: int = 0, rev: int | None = None) -> Iterator[bytes]:
+        """Stream a whole file (from ``offset``) through the content route."""
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        url = "/api/v1/content/" + quote(path.lstrip("/"))
+        params = {"rev": rev} if rev else None
+        with self.http.stream("GET", url, headers=headers, params=params) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                _raise_for(resp)
+            yield from resp.iter_bytes()
+
+
+def batches(items: Iterable[tuple[str, bytes]], max_bytes: int = 16 * 1024 * 1024, max_count: int = 4000) -> Iterator[list[tuple[str, bytes]]]:
+    """Group chunks into requests of bounded size."""
+    batch: list[tuple[str, bytes]] = []
+    size = 0
+    for item in items:
+        batch.append(item)
+        size += len(item[1])
+        if size >= max_bytes or len(batch) >= max_count:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
