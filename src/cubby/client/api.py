@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import httpx
 
+from cubby.client.ratelimit import TokenBucket
 from cubby.core import frames
 from cubby.core.hashing import sha256_hex
 from cubby.errors import ChunkMismatch, CubbyError, Unavailable, error_from_dict
@@ -54,7 +55,18 @@ def commit_body(path: str, size: int, chunks: Sequence[ChunkRef], expected_rev: 
 
 
 class ApiClient:
-    def __init__(self, base_url: str, token: str | None, *, timeout: float = 60.0, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        *,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+        upload_limit: TokenBucket | None = None,
+        download_limit: TokenBucket | None = None,
+    ) -> None:
+        self.upload_limit = upload_limit
+        self.download_limit = download_limit
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
         self.http = httpx.Client(
@@ -169,7 +181,7 @@ class ApiClient:
             "POST",
             "/api/v1/blocks/upload",
             params={"ns_id": ns_id},
-            content=frames.encode_many(items),
+            content=self.upload_limit.paced(frames.encode_many(items)) if self.upload_limit else frames.encode_many(items),
             headers={"Content-Type": frames.CONTENT_TYPE},
         ).json()
         return int(body["stored"])
@@ -191,6 +203,8 @@ class ApiClient:
                     _raise_for(resp)
                 reader = frames.FrameReader()
                 for piece in resp.iter_raw():
+                    if self.download_limit:
+                        self.download_limit.consume(len(piece))
                     for name, data in reader.feed(piece):
                         if sha256_hex(data) != name:
                             raise ChunkMismatch(f"the server sent bytes that do not match chunk {name}")

@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Set up cubby with nothing but the system Python, then serve or test.
+
+    python3 scripts/dev.py serve [cubby serve options]   # install, then run the server
+    python3 scripts/dev.py test  [pytest options]        # install, then run the whole suite
+
+It makes ``.venv`` beside this repository (again whenever pyproject.toml changes), installs
+cubby with its test extras into it, and runs the command there. Standard library only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv"
+STAMP = VENV / ".cubby-installed"
+
+
+def _bin(name: str) -> Path:
+    return VENV / ("Scripts" if os.name == "nt" else "bin") / name
+
+
+def ensure_venv() -> None:
+    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if STAMP.exists() and STAMP.read_text().strip() == want and _bin("cubby").exists():
+        return
+    if not _bin("python").exists():
+        print(f"creating {VENV} ...", file=sys.stderr, flush=True)
+        venv.EnvBuilder(with_pip=True, clear=False).create(VENV)
+    print("installing cubby and its dependencies (first run only) ...", file=sys.stderr, flush=True)
+    pip = [str(_bin("python")), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run(pip + ["--upgrade", "pip"], check=True)
+    subprocess.run(pip + ["-e", f"{ROOT}[test]"], check=True)
+    STAMP.write_text(want)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("serve", "test"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    ensure_venv()
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "serve":
+        args = [str(_bin("cubby")), "serve", *rest]
+        if not any(a == "--data" or a.startswith("--data=") or a == "--db" for a in rest):
+            args += ["--data", str(ROOT / "cubby-data")]
+        os.execv(args[0], args)
+    workers = os.environ.get("CUBBY_TEST_WORKERS", "2")
+    args = [str(_bin("python")), "-m", "pytest", "-n", workers, "--dist", "loadgroup", "-q", "-p", "no:cacheprovider", *rest]
+    os.chdir(ROOT)
+    return subprocess.call(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,5 @@
+"""python -m cubby: the cubby command."""
+
+from cubby.cli import main
+
+main()

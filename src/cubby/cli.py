@@ -1,0 +1,375 @@
+"""The `cubby` command.
+
+Configuration is read once, here, from flags, the environment (``CUBBY_URL``, ``CUBBY_TOKEN``,
+``CUBBY_DATA``, ``CUBBY_DB``) and ``~/.config/cubby/config.toml``, and passed down. Every command
+has ``--help``; commands that print results take ``--json`` (one JSON object per line, for
+scripts); long transfers show a progress bar on a terminal. Errors print their message and
+code and exit non-zero, without a traceback.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cubby.config import Config, load
+from cubby.errors import CubbyError, NotFound
+
+
+class State:
+    """What the top-level options decided, handed to every command."""
+
+    def __init__(self, config: Config, as_json: bool) -> None:
+        self.config = config
+        self.as_json = as_json
+
+    def api(self, *, max_upload_rate: float | None = None, max_download_rate: float | None = None) -> Any:
+        from cubby.client.api import ApiClient
+        from cubby.client.ratelimit import TokenBucket
+
+        if not self.config.token:
+            raise click.UsageError("no token: set CUBBY_TOKEN (printed by 'cubby user add') or pass --token")
+        return ApiClient(
+            self.config.url,
+            self.config.token,
+            upload_limit=TokenBucket(max_upload_rate) if max_upload_rate else None,
+            download_limit=TokenBucket(max_download_rate) if max_download_rate else None,
+        )
+
+    def emit(self, obj: dict[str, Any], human: str) -> None:
+        if self.as_json:
+            click.echo(json.dumps(obj, default=str))
+        else:
+            click.echo(human)
+
+
+_pass_state = click.make_pass_decorator(State)
+
+
+def pass_state(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Pass the State, and accept ``--json`` after the command name too (``cubby put --json``)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(state: State, *args: Any, as_json_local: bool = False, **kwargs: Any) -> Any:
+        if as_json_local:
+            state.as_json = True
+        return fn(state, *args, **kwargs)
+
+    return click.option("--json", "as_json_local", is_flag=True, help="Print one JSON object per line.")(_pass_state(wrapper))
+
+
+@contextmanager
+def progress_bar(state: State, total: int, what: str) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar on stderr, or nothing when output is for a script or not a terminal."""
+    if state.as_json or not sys.stderr.isatty() or total < 4 * 1024 * 1024:
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        TimeRemainingColumn(), transient=True,
+    ) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+class CubbyGroup(click.Group):
+    """Turns a CubbyError into a one-line message and an exit code, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CubbyError as exc:
+            as_json = bool(ctx.obj and getattr(ctx.obj, "as_json", False))
+            if as_json:
+                click.echo(json.dumps({"error": exc.to_dict()}), err=True)
+            else:
+                click.echo(f"error: {exc.message} [{exc.code}]", err=True)
+            ctx.exit(3 if exc.retryable else 2)
+
+
+@click.group(cls=CubbyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--url", envvar="CUBBY_URL", help="Server address (default from CUBBY_URL or the config file).")
+@click.option("--token", envvar="CUBBY_TOKEN", help="Bearer token (default from CUBBY_TOKEN or the config file).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line, for scripts.")
+@click.version_option(package_name="cubby")
+@click.pass_context
+def main(ctx: click.Context, url: str | None, token: str | None, as_json: bool) -> None:
+    """cubby: self-hosted file storage and sync with deduplication."""
+    cfg = load(os.environ).with_(url=url, token=token)
+    ctx.obj = State(cfg, as_json)
+
+
+# --------------------------------------------------------------------------------------------
+# server side
+# --------------------------------------------------------------------------------------------
+def _server_config(state: State, data: Path | None, db: str | None) -> Config:
+    return state.config.with_(data_dir=data, db_url=db)
+
+
+@main.command()
+@click.option("--data", type=click.Path(path_type=Path), help="Folder for the embedded database and chunks.")
+@click.option("--db", help="SQLAlchemy URL of the metadata database (PostgreSQL or MySQL/MariaDB).")
+@click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port to listen on (default 8765).")
+@click.option("--role", default="all", show_default=True, help="Roles to run: all, meta, blocks, notify (comma-separated).")
+@pass_state
+def serve(state: State, data: Path | None, db: str | None, host: str | None, port: int | None, role: str) -> None:
+    """Run the cubby server."""
+    from cubby.server.run import parse_roles
+    from cubby.server.run import serve as run
+
+    try:
+        roles = parse_roles(role)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--role") from exc
+    run(_server_config(state, data, db).with_(host=host, port=port), roles)
+
+
+@main.group()
+def user() -> None:
+    """Manage users (run on the server machine)."""
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--data", type=click.Path(path_type=Path), help="The server's data folder.")
+@click.option("--db", help="The server's metadata database URL.")
+@pass_state
+def user_add(state: State, name: str, data: Path | None, db: str | None) -> None:
+    """Create a user; the token is printed on the last line."""
+    from cubby.metadata.store import open_store
+
+    cfg = _server_config(state, data, db)
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    store = open_store(cfg.metadata_url)
+    try:
+        u, token = store.create_user(name)
+    finally:
+        store.close()
+    if state.as_json:
+        click.echo(json.dumps({"user_id": u.id, "name": u.name, "root_ns": u.root_ns, "token": token}))
+    else:
+        click.echo(f"created user {u.name} (id {u.id}); their token, shown only once:")
+        click.echo(token)
+
+
+@main.command()
+@click.option("--data", type=click.Path(path_type=Path), help="The server's data folder.")
+@click.option("--db", help="The server's metadata database URL.")
+@click.option("--grace", type=float, default=24 * 3600, show_default=True, help="Keep unreferenced chunks this many seconds.")
+@pass_state
+def gc(state: State, data: Path | None, db: str | None, grace: float) -> None:
+    """Remove chunks that no file revision references (run on the server machine)."""
+    from cubby.blockstore.local import LocalBlockStore
+    from cubby.metadata.store import open_store
+
+    cfg = _server_config(state, data, db)
+    store = open_store(cfg.metadata_url)
+    try:
+        stats = store.collect_garbage(LocalBlockStore(cfg.blocks_dir), grace)
+    finally:
+        store.close()
+    state.emit(stats.__dict__, f"examined {stats.examined} chunks, deleted {stats.deleted}, freed {stats.bytes_freed} bytes")
+
+
+@main.group()
+def token() -> None:
+    """Create, list and revoke your tokens."""
+
+
+@token.command("create")
+@click.option("--label", default="", help="A name to recognise the token by.")
+@pass_state
+def token_create(state: State, label: str) -> None:
+    """Create a new token; it is printed on the last line."""
+    with state.api() as api:
+        t = api.create_token(label)
+    state.emit(t, f"token {t['id']}:\n{t['token']}")
+
+
+@token.command("ls")
+@pass_state
+def token_ls(state: State) -> None:
+    """List your tokens."""
+    with state.api() as api:
+        for t in api.list_tokens():
+            revoked = "revoked" if t.get("revoked_at") else "active"
+            state.emit(t, f"{t['id']:>5}  {revoked:8} {t.get('label', '')}")
+
+
+@token.command("revoke")
+@click.argument("token_id", type=int)
+@pass_state
+def token_revoke(state: State, token_id: int) -> None:
+    """Revoke a token by its id."""
+    with state.api() as api:
+        api.revoke_token(token_id)
+    state.emit({"revoked": token_id}, f"revoked token {token_id}")
+
+
+# --------------------------------------------------------------------------------------------
+# files
+# --------------------------------------------------------------------------------------------
+def _remote_for(local: Path, remote: str | None) -> str:
+    if remote is None:
+        return "/" + local.resolve().name
+    if remote.endswith("/"):
+        return remote.rstrip("/") + "/" + local.resolve().name
+    return remote
+
+
+@main.command()
+@click.argument("local", type=click.Path(exists=True, path_type=Path))
+@click.argument("remote", required=False)
+@click.option("--max-upload-rate", type=float, default=None, help="Limit upload speed, in bytes per second.")
+@pass_state
+def put(state: State, local: Path, remote: str | None, max_upload_rate: float | None) -> None:
+    """Upload LOCAL (a file or a folder) to REMOTE (default: /NAME)."""
+    from cubby.client.transfer import upload_file, upload_tree
+
+    target = _remote_for(local, remote)
+
+    def report(r: Any) -> None:
+        state.emit(
+            r.to_dict(),
+            f"{'unchanged' if r.skipped else 'uploaded'} {r.path}  rev {r.rev}  {r.size} bytes  "
+            f"{r.chunks_sent}/{r.chunks} chunks sent",
+        )
+
+    with state.api(max_upload_rate=max_upload_rate) as api:
+        if local.is_dir():
+            total = sum(f.stat().st_size for f in local.rglob("*") if f.is_file())
+            with progress_bar(state, 2 * total, f"put {local.name}") as bar:
+                upload_tree(api, local, target, progress=bar, on_result=report)
+        else:
+            with progress_bar(state, 2 * local.stat().st_size, f"put {local.name}") as bar:
+                report(upload_file(api, local, target, progress=bar))
+
+
+@main.command()
+@click.argument("remote")
+@click.argument("local", required=False, type=click.Path(path_type=Path))
+@click.option("--max-download-rate", type=float, default=None, help="Limit download speed, in bytes per second.")
+@pass_state
+def get(state: State, remote: str, local: Path | None, max_download_rate: float | None) -> None:
+    """Download REMOTE (a file or a folder) to LOCAL (default: its name, here)."""
+    from cubby.client.transfer import download_file, download_tree
+
+    with state.api(max_download_rate=max_download_rate) as api:
+        entry = api.stat(remote)
+        name = entry.name or "cubby"
+        target = local if local is not None else Path(name)
+        if target.is_dir() and entry.kind == "file":
+            target = target / name
+
+        def report(r: Any) -> None:
+            state.emit(r.to_dict(), f"downloaded {r.path} -> {r.local}  {r.size} bytes ({r.bytes_received} received)")
+
+        with progress_bar(state, entry.size, f"get {name}") as bar:
+            if entry.kind == "folder":
+                download_tree(api, remote, target, progress=bar, on_result=report)
+            else:
+                report(download_file(api, remote, target, progress=bar))
+
+
+def _when(ts: float | None) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "-"
+
+
+@main.command("ls")
+@click.argument("remote", default="/")
+@click.option("-r", "--recursive", is_flag=True, help="List the whole subtree.")
+@pass_state
+def ls(state: State, remote: str, recursive: bool) -> None:
+    """List a folder."""
+    with state.api() as api:
+        entry = api.stat(remote)
+        entries = [entry] if entry.kind == "file" else api.list(remote, recursive=recursive)
+        for e in entries:
+            shown = e.path + ("/" if e.kind == "folder" else "")
+            state.emit(e.to_dict(), f"{e.size if e.kind == 'file' else '-':>12}  {_when(e.mtime):16}  rev {e.rev:<6} {shown}")
+
+
+@main.command()
+@click.argument("remote")
+@pass_state
+def rm(state: State, remote: str) -> None:
+    """Delete a file or a folder (history keeps the revisions)."""
+    with state.api() as api:
+        e = api.delete(remote)
+    state.emit(e.to_dict(), f"deleted {e.path}")
+
+
+@main.command()
+@click.argument("src")
+@click.argument("dst")
+@pass_state
+def mv(state: State, src: str, dst: str) -> None:
+    """Move or rename; no data is sent."""
+    with state.api() as api:
+        try:
+            if api.stat(dst).kind == "folder":
+                dst = dst.rstrip("/") + "/" + api.stat(src).name
+        except NotFound:
+            pass
+        e = api.move(src, dst)
+    state.emit(e.to_dict(), f"moved {src} -> {e.path}")
+
+
+@main.command()
+@click.argument("remote")
+@pass_state
+def mkdir(state: State, remote: str) -> None:
+    """Create a folder and any missing parents."""
+    with state.api() as api:
+        e = api.mkdir(remote)
+    state.emit(e.to_dict(), f"created {e.path}")
+
+
+@main.command()
+@click.argument("remote")
+@click.option("--limit", type=int, default=100, show_default=True)
+@pass_state
+def history(state: State, remote: str, limit: int) -> None:
+    """Show the revisions of a file, newest first."""
+    with state.api() as api:
+        for r in api.history(remote, limit):
+            gone = "  (deleted)" if r.get("deleted") else ""
+            state.emit(r, f"rev {r['rev']:<6} {_when(r['created_at']):16} {r['size']:>12} bytes  {r['path']}{gone}")
+
+
+@main.command()
+@click.argument("remote")
+@click.argument("rev", type=int)
+@pass_state
+def restore(state: State, remote: str, rev: int) -> None:
+    """Make revision REV of REMOTE current again."""
+    with state.api() as api:
+        e = api.restore(remote, rev)
+    state.emit(e.to_dict(), f"restored {e.path} to the content of rev {rev} (now rev {e.rev})")
+
+
+def _register_plugins() -> None:
+    """Commands that live with their subsystem (sync) add themselves if present."""
+    try:
+        from cubby.client.sync.cli import register
+    except ImportError:
+        return
+    register(main)
+
+
+_register_plugins()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""The `cubby` command, run as a real process against a real server on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.live_server import LiveServer
+
+CUBBY = [str(Path(sys.executable).with_name("cubby"))] if Path(sys.executable).with_name("cubby").exists() else [
+    sys.executable, "-m", "cubby"
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with LiveServer(tmp_path_factory.mktemp("cli") / "data") as s:
+        yield s
+
+
+def cubby(server: LiveServer, token: str, *args: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CUBBY_URL": server.url, "CUBBY_TOKEN": token}
+    p = subprocess.run([*CUBBY, *args], env=env, capture_output=True, text=True, cwd=cwd, timeout=300)
+    if check and p.returncode != 0:
+        raise AssertionError(f"cubby {' '.join(args)} failed ({p.returncode}): {p.stderr}")
+    return p
+
+
+def lines(p: subprocess.CompletedProcess[str]) -> list[dict]:
+    return [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
+
+
+def test_dedup_across_users_and_a_one_byte_insert(server, tmp_path):
+    alice, bob = server.add_user("alice"), server.add_user("bob")
+    data = random.Random(64).randbytes(64 * 1024 * 1024)
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    (first,) = lines(cubby(server, alice, "--json", "put", str(src), "/big.bin"))
+    assert first["chunks_sent"] == first["chunks"] > 0 and first["bytes_sent"] == len(data)
+    (second,) = lines(cubby(server, bob, "put", "--json", str(src), "/mine/big.bin"))
+    assert second["chunks_sent"] == 0 and second["bytes_sent"] == 0 and second["size"] == len(data)
+    for token, remote, out in [(alice, "/big.bin", "a.bin"), (bob, "/mine/big.bin", "b.bin")]:
+        (got,) = lines(cubby(server, token, "--json", "get", remote, str(tmp_path / out)))
+        assert got["size"] == len(data) and got["path"] == remote
+        assert (tmp_path / out).read_bytes() == data
+    edited = data[: len(data) // 2] + b"\x01" + data[len(data) // 2 :]
+    src.write_bytes(edited)
+    (third,) = lines(cubby(server, bob, "--json", "put", str(src), "/mine/big.bin"))
+    assert 1 <= third["chunks_sent"] <= 3 and third["bytes_sent"] < 3 * 4 * 1024 * 1024
+    assert third["rev"] > second["rev"]
+    history = lines(cubby(server, bob, "--json", "history", "/mine/big.bin"))
+    assert [h["rev"] for h in history] == [third["rev"], second["rev"]]
+
+
+def _count_chunks(server: LiveServer) -> int:
+    blocks = server.data_dir / "blocks"
+    return sum(1 for d in blocks.iterdir() if len(d.name) == 2 for _ in d.iterdir()) if blocks.exists() else 0
+
+
+def test_killed_upload_leaves_nothing_visible_and_resumes(server, tmp_path):
+    token = server.add_user("carol")
+    data = random.Random(96).randbytes(48 * 1024 * 1024)
+    src = tmp_path / "slow.bin"
+    src.write_bytes(data)
+    before = _count_chunks(server)
+    env = {**os.environ, "CUBBY_URL": server.url, "CUBBY_TOKEN": token}
+    proc = subprocess.Popen([*CUBBY, "put", "--json", "--max-upload-rate", "8000000", str(src), "/slow.bin"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while _count_chunks(server) < before + 2 and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    arrived = _count_chunks(server) - before
+    assert arrived >= 2
+    ls = cubby(server, token, "--json", "ls", "/", check=False)
+    assert [e["path"] for e in lines(ls)] == []  # nothing visible
+    (done,) = lines(cubby(server, token, "--json", "put", str(src), "/slow.bin"))
+    assert done["chunks_sent"] <= done["chunks"] - arrived, (done, arrived)
+    cubby(server, token, "get", "/slow.bin", str(tmp_path / "back.bin"))
+    assert (tmp_path / "back.bin").read_bytes() == data
+
+
+def test_interrupted_get_resumes(server, tmp_path):
+    token = server.add_user("dave")
+    data = random.Random(7).randbytes(40 * 1024 * 1024)
+    (tmp_path / "f.bin").write_bytes(data)
+    cubby(server, token, "put", str(tmp_path / "f.bin"), "/f.bin")
+    out = tmp_path / "dl"
+    out.mkdir()
+    env = {**os.environ, "CUBBY_URL": server.url, "CUBBY_TOKEN": token}
+    proc = subprocess.Popen([*CUBBY, "get", "--max-download-rate", "8000000", "/f.bin", str(out / "f.bin")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    part = out / ".f.bin.cubby-part"
+    deadline = time.monotonic() + 60
+    while (not part.exists() or part.stat().st_size < 8 * 1024 * 1024) and time.monotonic() < deadline:
+        assert proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "f.bin").exists()  # never visible half-written
+    (done,) = lines(cubby(server, token, "--json", "get", "/f.bin", str(out / "f.bin")))
+    assert done["bytes_received"] < len(data) - 4 * 1024 * 1024
+    assert (out / "f.bin").read_bytes() == data and not part.exists()
+
+
+def test_folders_round_trip_and_file_commands(server, tmp_path):
+    token = server.add_user("erin")
+    tree = tmp_path / "Projects"
+    files = {"a.txt": b"alpha", "sub/b.txt": b"beta" * 1000, "sub/deeper/é ü.md": b"unicode", "empty.bin": b""}
+    for rel, content in files.items():
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_bytes(content)
+    (tree / "empty-folder").mkdir()
+    put = lines(cubby(server, token, "--json", "put", str(tree)))
+    assert sorted(p["path"] for p in put) == sorted(f"/Projects/{k}" for k in files)
+    listed = {e["path"] for e in lines(cubby(server, token, "--json", "ls", "-r", "/Projects"))}
+    assert "/Projects/empty-folder" in listed and "/Projects/sub/deeper/é ü.md" in listed
+    again = lines(cubby(server, token, "--json", "put", str(tree)))
+    assert all(p["chunks_sent"] == 0 for p in again)
+    cubby(server, token, "get", "/Projects", str(tmp_path / "copy"))
+    for rel, content in files.items():
+        assert (tmp_path / "copy" / rel).read_bytes() == content
+    assert (tmp_path / "copy" / "empty-folder").is_dir()
+    cubby(server, token, "mkdir", "/Archive")
+    cubby(server, token, "mv", "/Projects/sub", "/Archive")
+    assert {e["path"] for e in lines(cubby(server, token, "--json", "ls", "/Archive"))} == {"/Archive/sub"}
+    cubby(server, token, "rm", "/Archive/sub/b.txt")
+    gone = cubby(server, token, "ls", "/Archive/sub/b.txt", check=False)
+    assert gone.returncode != 0 and "not_found" in gone.stderr and "Traceback" not in gone.stderr
+    (rev,) = lines(cubby(server, token, "--json", "history", "/Archive/sub/b.txt"))
+    cubby(server, token, "restore", "/Archive/sub/b.txt", str(rev["rev"]))
+    cubby(server, token, "get", "/Archive/sub/b.txt", str(tmp_path / "restored.txt"))
+    assert (tmp_path / "restored.txt").read_bytes() == files["sub/b.txt"]
+
+
+def test_errors_are_messages_not_tracebacks(server, tmp_path):
+    p = cubby(server, "cby_wrong", "ls", "/", check=False)
+    assert p.returncode == 2 and "unauthorized" in p.stderr and "Traceback" not in p.stderr
+    p = subprocess.run([*CUBBY, "ls", "/"], env={**os.environ, "CUBBY_URL": "http://127.0.0.1:9", "CUBBY_TOKEN": "x"},
+                       capture_output=True, text=True)
+    assert p.returncode == 3 and "cannot reach" in p.stderr
+
+
+def test_user_add_prints_the_token_last(tmp_path):
+    p = subprocess.run([*CUBBY, "user", "add", "zed", "--data", str(tmp_path / "d")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    token = p.stdout.strip().splitlines()[-1]
+    assert token.startswith("cby_") and len(token) > 30
+
+
+def test_every_command_has_help():
+    from click.testing import CliRunner
+
+    from cubby.cli import main
+
+    runner = CliRunner()
+    stack = [([], main)]
+    seen = 0
+    while stack:
+        prefix, cmd = stack.pop()
+        r = runner.invoke(main, [*prefix, "--help"])
+        assert r.exit_code == 0 and "Usage:" in r.output, prefix
+        seen += 1
+        for name, sub in getattr(cmd, "commands", {}).items():
+            stack.append(([*prefix, name], sub))
+    assert seen >= 15
