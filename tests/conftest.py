@@ -6,6 +6,7 @@ it; elsewhere it skips with the reason. No test talks to a mock of these service
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from collections.abc import Iterator
@@ -59,7 +60,9 @@ def _worker_database(base_url: str) -> str:
 
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     url = make_url(base_url)
-    name = f"cubby_{worker}"
+    # Several checkouts (worktrees) may run their suites at once on the same servers.
+    checkout = hashlib.sha1(os.path.dirname(os.path.abspath(__file__)).encode()).hexdigest()[:6]
+    name = f"cubby_{checkout}_{worker}"
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:

@@ -98,7 +98,7 @@ def test_interrupted_get_resumes(server, tmp_path):
     out = tmp_path / "dl"
     out.mkdir()
     env = {**os.environ, "CUBBY_URL": server.url, "CUBBY_TOKEN": token}
-    proc = subprocess.Popen([*CUBBY, "get", "--max-download-rate", "8000000", "/f.bin", str(out / "f.bin")], env=env,
+    proc = subprocess.Popen([*CUBBY, "get", "--max-download-rate", "4000000", "/f.bin", str(out / "f.bin")], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     part = out / ".f.bin.cubby-part"
     deadline = time.monotonic() + 60

@@ -1,28 +1,82 @@
-"""Hashing: chunks are named by the SHA-256 of their plaintext, in lowercase hex."""
+"""Hashing: a chunk is named by the SHA-256 of its plaintext, in lowercase hex.
+
+The name is the chunk's identity everywhere (block store, blocklists, the wire), so the rules
+for a well-formed name live here, once: exactly 64 lowercase hex digits. Anything else is
+refused before it can become part of a file path, which is what keeps a name from ever
+escaping the block store's folder.
+
+hashlib releases the GIL while it hashes a buffer larger than 2 KiB, so chunks hashed from
+several threads do use several cores; `hash_many` does that when given an executor.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Executor
+
+from cubby.errors import BadRequest, ChunkMismatch
 
 HASH_HEX_LEN = 64
-_HEX = re.compile(r"^[0-9a-f]{64}$")
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+Buffer = bytes | bytearray | memoryview
 
 
-def sha256_hex(data: bytes | bytearray | memoryview) -> str:
-    """The name of a chunk. hashlib releases the GIL on large buffers, so threads hash in parallel."""
+def sha256_hex(data: Buffer) -> str:
+    """The name of a chunk whose plaintext is ``data``."""
     return hashlib.sha256(data).hexdigest()
 
 
+def hash_many(pieces: Sequence[Buffer], executor: Executor | None = None) -> list[str]:
+    """Names of many chunks, in order; hashed on ``executor``'s threads when one is given.
+
+    Worth it only for pieces of tens of KiB or more: below that the per-task overhead of an
+    executor costs more than the hashing it spreads.
+    """
+    if executor is None or len(pieces) < 2:
+        return [hashlib.sha256(p).hexdigest() for p in pieces]
+    return list(executor.map(sha256_hex, pieces))
+
+
 def is_chunk_name(name: object) -> bool:
-    """True for a well-formed chunk name; used before a name ever becomes part of a file path."""
-    return isinstance(name, str) and _HEX.match(name) is not None
+    """True for a well-formed chunk name (64 lowercase hex digits, nothing else)."""
+    return isinstance(name, str) and len(name) == HASH_HEX_LEN and _HEX_DIGITS.issuperset(name)
+
+
+def check_chunk_name(name: object) -> str:
+    """Return ``name`` if it is a well-formed chunk name, else raise `BadRequest`."""
+    if not is_chunk_name(name):
+        raise BadRequest(
+            f"invalid chunk name {str(name)[:80]!r}: expected 64 lowercase hex digits (a SHA-256)"
+        )
+    return name  # type: ignore[return-value]
+
+
+def verify_chunk(name: str, data: Buffer) -> None:
+    """Refuse a malformed name (`BadRequest`) or bytes that do not hash to it (`ChunkMismatch`).
+
+    Block stores call this before they write anything, so a store never holds bytes under a
+    name they do not match: deduplication trusts names, so a wrong one would silently corrupt
+    every file that later reuses it.
+    """
+    check_chunk_name(name)
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != name:
+        raise ChunkMismatch(
+            f"chunk bytes hash to {actual}, not to the name {name}; nothing was stored",
+            expected=name,
+            actual=actual,
+        )
 
 
 def content_hash(chunk_names: Iterable[str]) -> str:
-    """Hash of a whole file's content from its chunk names (SHA-256 over the binary chunk hashes):
-    names the content without reading it again. The empty file hashes to SHA-256 of nothing."""
+    """The hash of a whole file's content from its blocklist: SHA-256 over the concatenated
+    32-byte binary chunk hashes, in order.
+
+    It names the content without reading the bytes again, so two files with the same chunks
+    compare equal by one string. The empty file (no chunks) hashes to SHA-256 of nothing.
+    """
     h = hashlib.sha256()
     for name in chunk_names:
         h.update(bytes.fromhex(name))
