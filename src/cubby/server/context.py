@@ -12,6 +12,9 @@ from cubby.metadata.store import SqlMetadataStore, open_store
 
 CommitListener = Callable[[int, int], None]
 """Called with (namespace id, new journal head) after a change is committed."""
+AccountListener = Callable[[int], None]
+"""Called with a user id after the set of namespaces that user can reach changed (a folder
+shared with them, their membership removed, a role changed)."""
 
 
 @dataclass
@@ -21,6 +24,7 @@ class ServerContext:
     blocks: BlockStore | None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("cubby.server"))
     commit_listeners: list[CommitListener] = field(default_factory=list)
+    account_listeners: list[AccountListener] = field(default_factory=list)
     closers: list[Callable[[], object]] = field(default_factory=list)
 
     def committed(self, ns_id: int, head: int) -> None:
@@ -30,6 +34,15 @@ class ServerContext:
                 listener(ns_id, head)
             except Exception:  # a notification failure must never fail an acknowledged commit
                 self.log.exception("commit listener failed", extra={"ns_id": ns_id})
+
+    def account_changed(self, user_id: int) -> None:
+        """Tell listeners that ``user_id``'s namespaces changed, so that their open
+        notification connections re-read what they may see (and drop what they may not)."""
+        for listener in self.account_listeners:
+            try:
+                listener(user_id)
+            except Exception:
+                self.log.exception("account listener failed", extra={"user_id": user_id})
 
     def close(self) -> None:
         for fn in reversed(self.closers):
