@@ -42,6 +42,9 @@ class _Sink:
     def flush(self) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
     def drain(self) -> bytes:
         parts, self.parts = self.parts, []
         return parts[0] if len(parts) == 1 else b"".join(parts)
@@ -62,7 +65,7 @@ def zip_stream(members: Iterable[ZipMember], read_chunk: Callable[[str], bytes])
     ``read_chunk(hash)`` only when the archive reaches them. Each piece is at most one chunk
     plus a few headers. ``members`` is consumed lazily, so it may itself be a paged listing."""
     sink = _Sink()
-    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:  # type: ignore[arg-type]
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         for m in members:
             if m.kind == "folder":
                 info = zipfile.ZipInfo(m.name.rstrip("/") + "/", _date_time(m.mtime))

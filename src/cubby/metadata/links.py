@@ -165,7 +165,7 @@ class LinkStore:
         self.db.write(run)
         return link, token
 
-    def list(self, user_id: int) -> list[LinkInfo]:
+    def for_user(self, user_id: int) -> list[LinkInfo]:
         """The user's links that are not revoked, newest first, with their targets' current paths."""
         q = (
             select(links, nodes.c.path, nodes.c.kind, nodes.c.deleted)
@@ -312,4 +312,4 @@ class LinkStore:
             after = rows[-1].path_key
 
 
-__all__ = ["LinkStore", "Link", "LinkInfo", "Resolved", "TreeItem", "hash_password", "check_password", "GONE"]
+__all__ = ["GONE", "Link", "LinkInfo", "LinkStore", "Resolved", "TreeItem", "check_password", "hash_password"]

@@ -193,4 +193,4 @@ def _quote(name: str) -> str:
     return quote(name, safe="")
 
 
-__all__ = ["routes", "parse_range", "file_response", "ChunkRef"]
+__all__ = ["ChunkRef", "file_response", "parse_range", "routes"]

@@ -68,7 +68,7 @@ def parse_expires(value: Any, now: float) -> float | None:
         try:
             when = dt.datetime.fromisoformat(value.strip())
             if when.tzinfo is None:
-                when = when.replace(tzinfo=dt.timezone.utc)
+                when = when.replace(tzinfo=dt.UTC)
             ts = when.timestamp()
         except (ValueError, OverflowError):
             raise BadRequest(
@@ -190,7 +190,7 @@ def management_routes(ctx: ServerContext, links: LinkStore) -> list[BaseRoute]:
 
     async def listing(request: Request) -> Response:
         p = await access.principal(request, ctx)
-        infos: Sequence[LinkInfo] = await run_in_threadpool(links.list, p.user_id)
+        infos: Sequence[LinkInfo] = await run_in_threadpool(links.for_user, p.user_id)
         mounts = access.mounts(p)
         now = time.time()
         return JSONResponse(
@@ -282,4 +282,4 @@ def routes(ctx: ServerContext, roles: Sequence[str]) -> list[BaseRoute]:
     return out
 
 
-__all__ = ["routes", "management_routes", "public_routes", "parse_expires", "parse_subpath", "presented_password"]
+__all__ = ["management_routes", "parse_expires", "parse_subpath", "presented_password", "public_routes", "routes"]
