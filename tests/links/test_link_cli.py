@@ -24,7 +24,7 @@ CUBBY = [str(Path(sys.executable).with_name("cubby"))] if Path(sys.executable).w
 def cubby(world: World, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if k != "CUBBY_LINK_PASSWORD"}
     full.update({"CUBBY_URL": world.server.url, "CUBBY_TOKEN": world.alice.token, **(env or {})})
-    return subprocess.run([*CUBBY, *args], env=full, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    return subprocess.run([*CUBBY, *args], env=full, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
 
 
 def test_link_commands(world: World) -> None:

@@ -78,6 +78,8 @@ def file_response(
         out["Content-Range"] = f"bytes {first}-{last}/{size}"
     filename = entry.name.replace('"', "")
     out["Content-Disposition"] = f"attachment; filename*=UTF-8''{_quote(filename)}"
+    if request.method == "HEAD":  # what a GET would send, without reading a single chunk
+        return Response(status_code=status, headers=out, media_type="application/octet-stream")
 
     async def stream() -> AsyncIterator[bytes]:
         offset = 0

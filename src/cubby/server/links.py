@@ -25,7 +25,7 @@ import math
 import re
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
@@ -213,7 +213,22 @@ def management_routes(ctx: ServerContext, links: LinkStore) -> list[BaseRoute]:
     ]
 
 
-def public_routes(ctx: ServerContext, links: LinkStore) -> list[BaseRoute]:
+class CreatorAccess(Protocol):
+    """Whether a link's creator may still read the namespace the link points into.
+
+    A link is worth no more than its creator's access: when they lose it (removed from a shared
+    folder), their links into it answer 404 like any dead link. Called on every public request."""
+
+    def __call__(self, user_id: int, ns_id: int) -> bool: ...
+
+
+def owner_always_reads(user_id: int, ns_id: int) -> bool:
+    """The check while every namespace is its owner's root, which the owner never loses; the
+    shared-folder membership check replaces it where namespaces are shared."""
+    return True
+
+
+def public_routes(ctx: ServerContext, links: LinkStore, creator_access: CreatorAccess = owner_always_reads) -> list[BaseRoute]:
     blocks: BlockStore = ctx.blocks  # type: ignore[assignment]
 
     async def serve(request: Request) -> Response:
@@ -229,6 +244,8 @@ def public_routes(ctx: ServerContext, links: LinkStore) -> list[BaseRoute]:
             return _gone()
         link = found.link
         request.scope["state"]["log_path"] = f"/l/<link {link.link_id}>" + (f"/{raw_sub}" if raw_sub else "")
+        if not await run_in_threadpool(creator_access, link.created_by, link.ns_id):
+            return _gone()
         if found.password_hash is not None:
             given = presented_password(request)
             if given is None or not await run_in_threadpool(check_password, given, found.password_hash):
@@ -271,15 +288,77 @@ def _zip_response(links: LinkStore, blocks: BlockStore, ns_id: int, folder: str,
     return StreamingResponse(zip_stream(members(), blocks.get), media_type="application/zip", headers=headers)
 
 
-def routes(ctx: ServerContext, roles: Sequence[str]) -> list[BaseRoute]:
+def routes(ctx: ServerContext, roles: Sequence[str], creator_access: CreatorAccess = owner_always_reads) -> list[BaseRoute]:
     """The link routes of the roles this server runs: management with meta, public with blocks."""
     links = LinkStore(ctx.store.db)
     out: list[BaseRoute] = []
     if "meta" in roles:
         out += management_routes(ctx, links)
     if "blocks" in roles:
-        out += public_routes(ctx, links)
+        out += public_routes(ctx, links, creator_access)
     return out
 
 
-__all__ = ["management_routes", "parse_expires", "parse_subpath", "presented_password", "public_routes", "routes"]
+def openapi_paths() -> dict[str, Any]:
+    """The link routes in OpenAPI form, merged into ``/openapi.json`` (so schemathesis fuzzes them)."""
+    err = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    errors = {str(c): err for c in (400, 401, 404, 415)}
+    link = {"type": "object", "properties": {"id": {"type": "string"}, "path": {"type": ["string", "null"]}, "state": {"type": "string"}}}
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    public = {
+        "summary": "Download a link's file (Range honoured) or folder (a zip, streamed); no token",
+        "security": [],
+        "parameters": [
+            {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}},
+            {"name": "Range", "in": "header", "required": False, "schema": {"type": "string"}},
+            {"name": "X-Cubby-Link-Password", "in": "header", "required": False, "schema": {"type": "string"}},
+        ],
+        "responses": {
+            "200": {"description": "the file or zip", "content": {"application/octet-stream": binary, "application/zip": binary}},
+            "206": {"description": "part of the file", "content": {"application/octet-stream": binary}},
+            **{str(c): err for c in (400, 401, 404, 416)},
+        },
+    }
+    sub = {**public, "parameters": [*public["parameters"], {"name": "subpath", "in": "path", "required": True, "schema": {"type": "string"}}]}
+    return {
+        "/api/v1/links": {
+            "post": {
+                "summary": "Create a public link to a file or folder the caller can read",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["path"],
+                    "properties": {
+                        "path": {"type": "string"},
+                        "expires": {"type": ["string", "number", "null"]},
+                        "password": {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_PASSWORD},
+                    },
+                }}}},
+                "responses": {"201": {"description": "created", "content": {"application/json": {"schema": link}}}, **errors},
+            },
+            "get": {
+                "summary": "The caller's links that are not revoked",
+                "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}, **errors},
+            },
+        },
+        "/api/v1/links/{link_id}": {
+            "delete": {
+                "summary": "Revoke one of the caller's links",
+                "parameters": [{"name": "link_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"204": {"description": "revoked"}, **errors},
+            }
+        },
+        "/l/{token}": {"get": public},
+        "/l/{token}/{subpath}": {"get": sub},
+    }
+
+
+__all__ = [
+    "CreatorAccess",
+    "management_routes",
+    "openapi_paths",
+    "owner_always_reads",
+    "parse_expires",
+    "parse_subpath",
+    "presented_password",
+    "public_routes",
+    "routes",
+]
