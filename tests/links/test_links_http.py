@@ -119,6 +119,10 @@ def test_folder_link_streams_a_zip_of_everything_in_it(world: World) -> None:
     with world.anon() as c:
         head = c.head(f"/l/{token_of(link)}")
     assert head.status_code == 200 and head.content == b"" and head.headers["content-type"] == "application/zip"
+    assert "content-length" not in head.headers
+    # A link to the whole tree: the root has no name of its own, so the zip's top folder is "cubby".
+    everything, _ = _zip_contents(get(world, world.alice.api.create_link("/")).content)
+    assert everything == {**{f"cubby/Photos/{k}": v for k, v in files.items()}, "cubby/outside.txt": b"not in the folder"}
 
 
 def test_paths_inside_a_folder_link_stay_inside_it(world: World) -> None:

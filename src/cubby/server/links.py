@@ -283,8 +283,8 @@ def _zip_response(links: LinkStore, blocks: BlockStore, ns_id: int, folder: str,
 
     filename = quote(name.replace('"', "") + ".zip", safe="")
     headers = {**_PUBLIC_HEADERS, "Content-Disposition": f"attachment; filename*=UTF-8''{filename}"}
-    if head:  # the archive's length is not known before it is made: send no body, build nothing
-        return Response(media_type="application/zip", headers=headers)
+    if head:  # the headers a GET would send (no length: it is not known before the zip is made), building nothing
+        return StreamingResponse(iter(()), media_type="application/zip", headers=headers)
     return StreamingResponse(zip_stream(members(), blocks.get), media_type="application/zip", headers=headers)
 
 
