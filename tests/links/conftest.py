@@ -1,4 +1,4 @@
-"""One live server per metadata engine (SQLite, PostgreSQL) for the link tests, and users on it.
+"""One live server per metadata engine (SQLite, PostgreSQL, MariaDB) for the link tests, and users on it.
 
 Link test modules share one xdist group (``pytestmark``), so each engine's server starts once.
 """
@@ -15,37 +15,39 @@ import pytest
 
 from cubby.client.api import ApiClient
 from cubby.client.transfer import upload_file
-from tests.conftest import POSTGRES_URL, _worker_database, require_service
+from tests.conftest import DB_ENGINES, MARIADB_URL, POSTGRES_URL, _worker_database, require_service
 from tests.helpers.live_server import LiveServer
 
 
-def _links_database() -> str:
-    """A PostgreSQL database of the link tests' own (beside this worker's), so that other tests
-    wiping the worker's database never pull it from under the long-lived link server."""
+def _links_database(engine_name: str) -> str:
+    """A database of the link tests' own on the shared server (beside this worker's), so that
+    other tests wiping the worker's database never pull it from under the long-lived server."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    require_service("postgresql")
-    url = make_url(_worker_database(POSTGRES_URL))
-    url = url.set(database=f"{url.database}_links")
-    engine = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    from cubby.metadata.schema import drop_all
+
+    require_service(engine_name)
+    url = make_url(_worker_database(POSTGRES_URL if engine_name == "postgresql" else MARIADB_URL))
+    name = f"{url.database}_links"
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
-            if not conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": url.database}).first():
-                conn.execute(text(f'CREATE DATABASE "{url.database}"'))
+            if engine_name == "postgresql":
+                if not conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first():
+                    conn.execute(text(f'CREATE DATABASE "{name}"'))
+            else:
+                conn.execute(text(f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4"))
     finally:
         engine.dispose()
-    return url.render_as_string(hide_password=False)
+    out = url.set(database=name).render_as_string(hide_password=False)
+    drop_all(out)
+    return out
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="session", params=DB_ENGINES)
 def link_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    url = None
-    if request.param == "postgresql":
-        from cubby.metadata.schema import drop_all
-
-        url = _links_database()
-        drop_all(url)
+    url = None if request.param == "sqlite" else _links_database(request.param)
     data = tmp_path_factory.mktemp(f"links-{request.param}") / "data"
     with LiveServer(data, db_url=url) as server:
         yield server

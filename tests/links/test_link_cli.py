@@ -14,7 +14,8 @@ import pytest
 
 from tests.links.conftest import World
 
-pytestmark = pytest.mark.xdist_group("links")
+# The command line is the same whatever the server's database: one engine is enough here.
+pytestmark = [pytest.mark.xdist_group("links"), pytest.mark.parametrize("link_server", ["sqlite"], indirect=True)]
 
 CUBBY = [str(Path(sys.executable).with_name("cubby"))] if Path(sys.executable).with_name("cubby").exists() else [
     sys.executable, "-m", "cubby"
