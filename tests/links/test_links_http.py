@@ -288,5 +288,8 @@ def test_tokens_and_passwords_are_stored_hashed_and_kept_out_of_logs(world: Worl
     with create_engine(world.server.metadata_url).connect() as conn:
         other_hash = conn.execute(select(links_table.c.password_hash).where(links_table.c.link_id == other["id"])).scalar()
     assert other_hash.split("$")[4] != salt  # a salt per link
+    with world.anon() as c:  # a method a link does not take is refused without logging the token either
+        r = c.post(f"/l/{token}/sub", content=b"x")
+        assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
     assert token not in world.server.logs() and "hunter22" not in world.server.logs()
     assert f"<link {link['id']}>" in world.server.logs()

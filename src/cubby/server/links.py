@@ -266,9 +266,21 @@ def public_routes(ctx: ServerContext, links: LinkStore, creator_access: CreatorA
         ctx.log.info("link download", extra={"link_id": link.link_id, "kind": "folder"})
         return _zip_response(links, blocks, link.ns_id, target.path, target.name or "cubby", head=request.method == "HEAD")
 
+    async def read_only(request: Request) -> Response:
+        """Other methods on a link URL: refused here rather than by the router, so that the
+        request log still shows no token."""
+        request.scope.setdefault("state", {})["log_path"] = "/l/<token>"
+        return JSONResponse(
+            {"code": "method_not_allowed", "message": "a link can only be read (GET or HEAD)"},
+            status_code=405, headers={"Allow": "GET, HEAD"},
+        )
+
+    others = ["POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     return [
         Route("/l/{token}", serve, methods=["GET", "HEAD"]),
         Route("/l/{token}/{subpath:path}", serve, methods=["GET", "HEAD"]),
+        Route("/l/{token}", read_only, methods=others),
+        Route("/l/{token}/{subpath:path}", read_only, methods=others),
     ]
 
 
