@@ -224,6 +224,24 @@ class ApiClient:
                 _raise_for(resp)
             yield from resp.iter_bytes()
 
+    # -- links -----------------------------------------------------------------------------------
+    def create_link(self, path: str, expires: str | float | None = None, password: str | None = None) -> dict[str, Any]:
+        """Make a public link to ``path``; the answer holds ``url`` and ``token`` (shown only now).
+        ``expires`` is an ISO 8601 time (UTC when it has no zone) or seconds since the epoch."""
+        body: dict[str, Any] = {"path": path}
+        if expires is not None:
+            body["expires"] = expires
+        if password is not None:
+            body["password"] = password
+        return dict(self._post("/api/v1/links", body))
+
+    def list_links(self) -> list[dict[str, Any]]:
+        """The caller's links that are not revoked, newest first."""
+        return list(self._get("/api/v1/links")["links"])
+
+    def revoke_link(self, link_id: str) -> None:
+        self._request("DELETE", f"/api/v1/links/{quote(str(link_id), safe='')}")
+
 
 def batches(items: Iterable[tuple[str, bytes]], max_bytes: int = 16 * 1024 * 1024, max_count: int = 4000) -> Iterator[list[tuple[str, bytes]]]:
     """Group chunks into requests of bounded size."""

@@ -2,8 +2,8 @@
 
 Every table that describes files (nodes, file_revs, journal, ns_chunks) is keyed by namespace id
 first: a namespace's rows never need another namespace's rows, so namespaces can be spread over
-database shards without cross-shard joins. Only ``users``, ``tokens``, ``blocks`` and
-``settings`` are global.
+database shards without cross-shard joins (``links`` too). Only ``users``, ``tokens``, ``blocks``
+and ``settings`` are global.
 
 Path keys are stored as UTF-8 *bytes* (`PathKey`): byte order is code point order on every
 engine (no collation surprises such as MariaDB's case- and trailing-space-insensitive defaults),
@@ -181,6 +181,24 @@ blocks = Table(
     Column("size", BigInteger, nullable=False),
     Column("touched_at", Double, nullable=False),
     Index("ix_blocks_touched", "touched_at"),
+)
+
+links = Table(
+    "links",
+    metadata,
+    # Keyed by namespace first like every table describing files; ``link_id`` (random, not a
+    # counter, so ids reveal nothing) and ``token_hash`` are also unique on their own because a
+    # public request knows only the token and a management request only the id.
+    Column("ns_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("link_id", String(32), primary_key=True),
+    Column("node_id", BigInteger, nullable=False),  # stable: the link follows renames and moves
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_by", BigInteger, nullable=False, index=True),
+    Column("created_at", Double, nullable=False),
+    Column("expires_at", Double, nullable=True),
+    Column("password_hash", String(255), nullable=True),  # scrypt$n$r$p$salt$hash
+    Column("revoked_at", Double, nullable=True),
+    UniqueConstraint("link_id"),
 )
 
 settings = Table(

@@ -51,6 +51,10 @@ def build_app(ctx: ServerContext, roles: Sequence[str] = ROLES) -> Starlette:
     ]
     for role in roles:
         routes.extend(role_routes(ctx, role))
+    if "meta" in roles or "blocks" in roles:
+        from cubby.server import links  # management routes go with meta, public /l/ routes with blocks
+
+        routes.extend(links.routes(ctx, roles))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

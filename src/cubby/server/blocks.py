@@ -8,7 +8,7 @@ so knowing a hash is never enough to download it.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -19,7 +19,7 @@ from cubby.blockstore.base import BlockStore
 from cubby.core import frames
 from cubby.core.hashing import is_chunk_name
 from cubby.errors import BadRequest, CubbyError, NotFound, PayloadTooLarge
-from cubby.metadata.model import ChunkRef
+from cubby.metadata.model import ChunkRef, Entry
 from cubby.server import access
 from cubby.server.bodies import field_hash, field_int, json_body, query_int, require_content_type
 from cubby.server.context import ServerContext
@@ -52,6 +52,46 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if first >= size or last < first:
         raise RangeNotSatisfiable(f"range {header} is outside the file's {size} bytes")
     return first, min(last, size - 1)
+
+
+def file_response(
+    request: Request, entry: Entry, chunks: Sequence[ChunkRef], blocks: BlockStore, headers: dict[str, str] | None = None
+) -> Response:
+    """Stream one file revision, chunk by chunk, honouring ``Range``, ``If-Range`` and
+    ``If-None-Match`` (the ETag is the content hash). Shared by the authenticated content route
+    and public links, so both serve files the same way; ``headers`` are added to the answer."""
+    size = entry.size
+    etag = f'"{entry.content_hash}"'
+    out = {"Accept-Ranges": "bytes", "ETag": etag, "X-Cubby-Rev": str(entry.rev), **(headers or {})}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=out)
+    rng = parse_range(request.headers.get("range"), size)
+    if_range = request.headers.get("if-range")
+    if rng is not None and if_range and if_range != etag:
+        rng = None  # the client's partial copy is of another version: send it all
+    first, last = rng if rng is not None else (0, size - 1)
+    length = max(0, last - first + 1)
+    out["Content-Length"] = str(length)
+    status = 200
+    if rng is not None:
+        status = 206
+        out["Content-Range"] = f"bytes {first}-{last}/{size}"
+    filename = entry.name.replace('"', "")
+    out["Content-Disposition"] = f"attachment; filename*=UTF-8''{_quote(filename)}"
+    if request.method == "HEAD":  # what a GET would send, without reading a single chunk
+        return Response(status_code=status, headers=out, media_type="application/octet-stream")
+
+    async def stream() -> AsyncIterator[bytes]:
+        offset = 0
+        for c in chunks:
+            start, end = offset, offset + c.size  # this chunk covers [start, end)
+            offset = end
+            if end <= first or start > last:
+                continue
+            data = await run_in_threadpool(blocks.get, c.hash)
+            yield data[max(0, first - start) : min(c.size, last + 1 - start)]
+
+    return StreamingResponse(stream(), status_code=status, headers=out, media_type="application/octet-stream")
 
 
 def routes(ctx: ServerContext) -> list[BaseRoute]:
@@ -138,36 +178,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         t = access.resolve(p, "/" + request.path_params["path"])
         rev = query_int(request, "rev", 0, minimum=0) or None
         entry, chunks = await run_in_threadpool(store.blocklist, t.ns_id, t.path, rev)
-        size = entry.size
-        etag = f'"{entry.content_hash}"'
-        headers = {"Accept-Ranges": "bytes", "ETag": etag, "X-Cubby-Rev": str(entry.rev)}
-        if request.headers.get("if-none-match") == etag:
-            return Response(status_code=304, headers=headers)
-        rng = parse_range(request.headers.get("range"), size)
-        if_range = request.headers.get("if-range")
-        if rng is not None and if_range and if_range != etag:
-            rng = None  # the client's partial copy is of another version: send it all
-        first, last = rng if rng is not None else (0, size - 1)
-        length = max(0, last - first + 1)
-        headers["Content-Length"] = str(length)
-        status = 200
-        if rng is not None:
-            status = 206
-            headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-        filename = entry.name.replace('"', "")
-        headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{_quote(filename)}"
-
-        async def stream() -> AsyncIterator[bytes]:
-            offset = 0
-            for c in chunks:
-                start, end = offset, offset + c.size  # this chunk covers [start, end)
-                offset = end
-                if end <= first or start > last:
-                    continue
-                data = await run_in_threadpool(blocks.get, c.hash)
-                yield data[max(0, first - start) : min(c.size, last + 1 - start)]
-
-        return StreamingResponse(stream(), status_code=status, headers=headers, media_type="application/octet-stream")
+        return file_response(request, entry, chunks, blocks)
 
     return [
         Route("/api/v1/blocks/upload", upload, methods=["POST"]),
@@ -184,4 +195,4 @@ def _quote(name: str) -> str:
     return quote(name, safe="")
 
 
-__all__ = ["routes", "parse_range", "ChunkRef"]
+__all__ = ["ChunkRef", "file_response", "parse_range", "routes"]

@@ -74,7 +74,8 @@ class RequestLog:
                 "request",
                 extra={
                     "method": scope["method"],
-                    "path": scope["path"],
+                    # A handler may give a redacted path (public links keep their token out of logs).
+                    "path": state.get("log_path", scope["path"]),
                     "status": status or 500,
                     "duration_ms": round((time.perf_counter() - start) * 1000, 2),
                     "user_id": state.get("user_id"),
