@@ -1,4 +1,10 @@
-"""The metadata role: files, folders, history, journal, account and tokens."""
+"""The metadata role: files, folders, history, journal, account and tokens (and the share
+routes of `cubby.server.shares`).
+
+A write that resolved its path before the folder became a shared folder and reached the old
+namespace after the share is refused by the store with `NamespaceMoved` (nothing changed); the
+handlers here re-read the caller's mounts, resolve the path again and retry it once, so the
+client sees it land in the shared folder, or a retryable error."""
 
 from __future__ import annotations
 
@@ -10,7 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from cubby.errors import BadRequest, CubbyError
+from cubby.core import paths
+from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceMoved
 from cubby.metadata.model import ChunkRef, CommitRequest, CommitResult, Principal
 from cubby.server import access
 from cubby.server.bodies import field_float, field_hash, field_int, field_str, json_body, query_bool, query_int
@@ -54,6 +61,15 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
     async def who(request: Request) -> Principal:
         return await access.principal(request, ctx)
 
+    async def once_more(request: Request, p: Principal, fn: Callable[[Principal], Any]) -> tuple[Principal, Any]:
+        """Run ``fn(p)`` in a thread; after `NamespaceMoved`, re-authenticate (fresh mounts)
+        and run it once more."""
+        try:
+            return p, await run_in_threadpool(fn, p)
+        except NamespaceMoved:
+            p = await who(request)
+            return p, await run_in_threadpool(fn, p)
+
     async def account(request: Request) -> Response:
         p = await who(request)
         heads = {}
@@ -72,11 +88,14 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         )
 
     async def commit(request: Request) -> Response:
-        p = await who(request)
         req = parse_commit(await json_body(request))
-        target = access.resolve(p, req.path, write=True)
-        inner = CommitRequest(target.path, req.size, req.chunks, req.expected_rev, req.mtime)
-        res = await run_in_threadpool(store.commit, p.user_id, target.ns_id, inner)
+
+        def run(p: Principal) -> tuple[access.Target, CommitResult]:
+            target = access.resolve(p, req.path, write=True)
+            inner = CommitRequest(target.path, req.size, req.chunks, req.expected_rev, req.mtime)
+            return target, store.commit(p.user_id, target.ns_id, inner, access.mounts(p).values())
+
+        _, (target, res) = await once_more(request, await who(request), run)
         if res.entry is not None:
             ctx.committed(target.ns_id, res.entry.rev)
         return JSONResponse(commit_answer(target, res))
@@ -90,35 +109,52 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         if len(items) > MAX_BATCH:
             raise BadRequest(f"at most {MAX_BATCH} commits per batch", field="commits")
         results: list[dict[str, Any] | None] = [None] * len(items)
-        groups: dict[int, list[tuple[int, access.Target, CommitRequest]]] = {}
+        parsed: dict[int, CommitRequest] = {}
         for i, raw in enumerate(items):
             try:
-                req = parse_commit(raw)
-                target = access.resolve(p, req.path, write=True)
+                parsed[i] = parse_commit(raw)
             except CubbyError as exc:
                 results[i] = {"status": "error", "error": exc.to_dict()}
-                continue
-            inner = CommitRequest(target.path, req.size, req.chunks, req.expected_rev, req.mtime)
-            groups.setdefault(target.ns_id, []).append((i, target, inner))
-        for ns_id, group in groups.items():
-            outcomes = await run_in_threadpool(store.commit_many, p.user_id, ns_id, [g[2] for g in group])
-            newest = 0
-            for (i, target, _), out in zip(group, outcomes):
-                if isinstance(out, CubbyError):
-                    results[i] = {"status": "error", "error": out.to_dict()}
-                else:
-                    results[i] = commit_answer(target, out)
-                    if out.entry is not None:
-                        newest = max(newest, out.entry.rev)
-            if newest:
-                ctx.committed(ns_id, newest)
+        todo = sorted(parsed)
+        for attempt in range(2):
+            if attempt:
+                p = await who(request)  # fresh mounts: some paths became a shared folder
+            groups: dict[int, list[tuple[int, access.Target, CommitRequest]]] = {}
+            for i in todo:
+                req = parsed[i]
+                try:
+                    target = access.resolve(p, req.path, write=True)
+                except CubbyError as exc:
+                    results[i] = {"status": "error", "error": exc.to_dict()}
+                    continue
+                inner = CommitRequest(target.path, req.size, req.chunks, req.expected_rev, req.mtime)
+                groups.setdefault(target.ns_id, []).append((i, target, inner))
+            moved: list[int] = []
+            readable = list(access.mounts(p).values())
+            for ns_id, group in groups.items():
+                outcomes = await run_in_threadpool(store.commit_many, p.user_id, ns_id, [g[2] for g in group], readable)
+                newest = 0
+                for (i, target, _), out in zip(group, outcomes):
+                    if isinstance(out, NamespaceMoved) and attempt == 0:
+                        moved.append(i)
+                    elif isinstance(out, CubbyError):
+                        results[i] = {"status": "error", "error": out.to_dict()}
+                    else:
+                        results[i] = commit_answer(target, out)
+                        if out.entry is not None:
+                            newest = max(newest, out.entry.rev)
+                if newest:
+                    ctx.committed(ns_id, newest)
+            if not moved:
+                break
+            todo = moved
         return JSONResponse({"results": results})
 
     def mutation(fn: Callable[[Principal, dict[str, Any]], tuple[access.Target, Any]]) -> Handler:
         async def handler(request: Request) -> Response:
             p = await who(request)
             body = await json_body(request)
-            target, entry = await run_in_threadpool(fn, p, body)
+            _, (target, entry) = await once_more(request, p, lambda q: fn(q, body))
             ctx.committed(target.ns_id, await run_in_threadpool(store.head, target.ns_id))
             return JSONResponse({"entry": access.user_entry(target, entry)})
 
@@ -130,14 +166,27 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
 
     def do_delete(p: Principal, body: dict[str, Any]) -> tuple[access.Target, Any]:
         t = access.resolve(p, field_str(body, "path") or "", write=True)
+        if t.path == paths.ROOT and t.ns_id != p.root_ns:
+            raise Conflict(
+                f"{t.mount} is a shared folder: leave it ('cubby share leave') or, as its owner, unshare it",
+                code="is_shared_folder",
+            )
         return t, store.delete(p.user_id, t.ns_id, t.path, field_int(body, "expected_rev", required=False))
 
     def do_move(p: Principal, body: dict[str, Any]) -> tuple[access.Target, Any]:
-        src = access.resolve(p, field_str(body, "from_path") or "", write=True)
+        expected = field_int(body, "expected_rev", required=False)
+        src = access.resolve(p, field_str(body, "from_path") or "")
         dst = access.resolve(p, field_str(body, "to_path") or "", write=True)
+        if src.path == paths.ROOT and src.ns_id != p.root_ns:
+            # Renaming where a shared folder appears: its mount node lives in the root namespace.
+            if dst.ns_id != p.root_ns:
+                raise BadRequest("a shared folder cannot be put inside another shared folder", code="nested_share")
+            root = access.Target(p.root_ns, src.mount, paths.ROOT)
+            return root, store.move(p.user_id, p.root_ns, src.mount, dst.path, expected)
+        src = access.resolve(p, field_str(body, "from_path") or "", write=True)
         if src.ns_id != dst.ns_id:
             raise BadRequest("moves between shared folders are not supported yet", code="cross_namespace_move")
-        return src, store.move(p.user_id, src.ns_id, src.path, dst.path, field_int(body, "expected_rev", required=False))
+        return src, store.move(p.user_id, src.ns_id, src.path, dst.path, expected)
 
     def do_restore(p: Principal, body: dict[str, Any]) -> tuple[access.Target, Any]:
         t = access.resolve(p, field_str(body, "path") or "", write=True)
@@ -150,16 +199,15 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         return JSONResponse({"entry": access.user_entry(t, entry)})
 
     async def listing(request: Request) -> Response:
-        p = await who(request)
-        t = access.resolve(p, request.query_params.get("path", "/"))
-        page = await run_in_threadpool(
-            store.list,
-            t.ns_id,
-            t.path,
-            query_bool(request, "recursive"),
-            request.query_params.get("cursor") or None,
-            query_int(request, "limit", 1000, minimum=1, maximum=10_000),
-        )
+        recursive = query_bool(request, "recursive")
+        cursor = request.query_params.get("cursor") or None
+        limit = query_int(request, "limit", 1000, minimum=1, maximum=10_000)
+
+        def run(p: Principal) -> tuple[access.Target, Any]:
+            t = access.resolve(p, request.query_params.get("path", "/"))
+            return t, store.list(t.ns_id, t.path, recursive, cursor, limit)
+
+        _, (t, page) = await once_more(request, await who(request), run)
         return JSONResponse(
             {"entries": [access.user_entry(t, e) for e in page.entries], "cursor": page.cursor, "has_more": page.has_more}
         )
@@ -239,7 +287,10 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         await run_in_threadpool(store.revoke_token, p.user_id, int(raw))
         return Response(status_code=204)
 
+    from cubby.server import shares
+
     return [
+        *shares.routes(ctx),
         Route("/api/v1/account", account, methods=["GET"]),
         Route("/api/v1/files/commit", commit, methods=["POST"]),
         Route("/api/v1/files/commit_batch", commit_batch, methods=["POST"]),
