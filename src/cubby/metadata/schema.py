@@ -102,6 +102,7 @@ namespaces = Table(
     Column("next_node", BigInteger, nullable=False, default=1),
     Column("created_at", Double, nullable=False),
     Column("name", Text, nullable=True),  # a shared folder's name: what members' mounts are called
+    Column("cut", BigInteger, nullable=True),  # a shared folder's last journal id copied by the share
 )
 
 nodes = Table(

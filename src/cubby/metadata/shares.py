@@ -270,11 +270,12 @@ class Sharing:
                 state = str(old.state)
             tx.finish(self.store._insert_ignore)
             heads = {root_ns: tx.head}
+            cut = conn.execute(select(namespaces.c.head, namespaces.c.cut).where(namespaces.c.ns_id == ns_id)).one()
             if created:
-                heads[ns_id] = int(conn.execute(select(namespaces.c.head).where(namespaces.c.ns_id == ns_id)).one()[0])
+                heads[ns_id] = int(cut.head)
             info = {
                 "ns_id": ns_id, "path": str(row.path), "created": created, "user": target.name, "role": role,
-                "state": state,
+                "state": state, "cut": cut.cut, "mount_rev": int(row.rev) if not created else tx.head,
             }
             return SharingChange(ns_id, info, heads, frozenset({user_id, int(target.id)}))
 
@@ -284,18 +285,23 @@ class Sharing:
         """Turn ``folder`` of the locked root namespace into a new shared namespace (see the
         module docstring). Returns its id."""
         conn = tx.conn
+        # The new journal starts above every revision the owner's root has handed out, so that
+        # a revision a client read before the share never names another version in the shared
+        # folder: it matches only the unchanged copy (`_same_as_before_share`) or nothing.
+        base = tx.head
         new_ns = int(
             conn.execute(
                 insert(namespaces).values(
-                    kind="shared", owner_id=tx.user_id, head=0, next_node=1, created_at=tx.now, name=folder.name
+                    kind="shared", owner_id=tx.user_id, head=base, next_node=1, created_at=tx.now, name=folder.name
                 )
             ).inserted_primary_key[0]
         )
         from cubby.metadata.store import _Txn
 
-        dst = _Txn(conn, new_ns, 0, 1, tx.user_id, now=tx.now)
+        dst = _Txn(conn, new_ns, base, 1, tx.user_id, now=tx.now)
         self._copy_tree(conn, tx.ns_id, folder.path, dst, paths.ROOT, dst_parent=0, keep_ids=True, now=tx.now)
         dst.finish(self.store._insert_ignore)
+        conn.execute(update(namespaces).where(namespaces.c.ns_id == new_ns).values(cut=dst.head))
         lo, hi = _key_range(paths.key(folder.path))
         # The source nodes are gone from the owner's root (their history stays there).
         conn.execute(
@@ -429,6 +435,15 @@ class Sharing:
             return SharingChange(ns_id, {"ns_id": ns_id, "path": path}, heads, frozenset(roots))
 
         return self.db.write(run)
+
+    # ------------------------------------------------------------------------------------------
+    # requests that raced the share
+    # ------------------------------------------------------------------------------------------
+    def cut(self, ns_id: int) -> int | None:
+        """The last journal id the share copied into shared namespace ``ns_id`` (None for a
+        namespace that was not made by sharing a folder)."""
+        row = self.db.read(lambda c: c.execute(select(namespaces.c.cut).where(namespaces.c.ns_id == ns_id)).first())
+        return None if row is None or row[0] is None else int(row[0])
 
     def list_shares(self, user_id: int) -> list[dict[str, Any]]:
         """The user's shared folders and invitations, each with its members."""

@@ -143,6 +143,8 @@ class _Txn:
     checked: set[str] = field(default_factory=set)
     readable: tuple[int, ...] = ()
     """Other namespaces the caller can read: their chunks need no proof of possession here."""
+    share_origin: Any = None
+    """(cut, owner's root namespace) of a shared namespace, once `_same_as_before_share` read it."""
 
     def next_jid(self) -> int:
         self.head += 1
@@ -466,14 +468,30 @@ class SqlMetadataStore:
             select(nodes).where(nodes.c.ns_id == ns_id, nodes.c.path_key == paths.key(path))
         ).first()
 
+    def _missing(self, conn: Connection, ns_id: int, path: str) -> CubbyError:
+        """The error for a path with no live node: `NamespaceMoved` when an ancestor became a
+        shared folder after the caller resolved the path (a read that raced the share), else
+        `NotFound`."""
+        for a in paths.ancestors(path):
+            row = self._live(conn, ns_id, a)
+            if row is None or row.kind == "file":
+                break
+            if row.kind == "mount":
+                return NamespaceMoved(f"{row.path} became a shared folder; resolve {path} again", path=row.path)
+        return NotFound(f"{path} does not exist")
+
     def stat(self, ns_id: int, path: str) -> Entry:
         path = paths.normalize(path)
         if path == paths.ROOT:
             return _root_entry(ns_id, self.head(ns_id))
-        row = self.db.read(lambda c: self._live(c, ns_id, path))
-        if row is None:
-            raise NotFound(f"{path} does not exist")
-        return _entry(row)
+
+        def run(conn: Connection) -> Entry:
+            row = self._live(conn, ns_id, path)
+            if row is None:
+                raise self._missing(conn, ns_id, path)
+            return _entry(row)
+
+        return self.db.read(run)
 
     def list(
         self, ns_id: int, path: str, recursive: bool = False, cursor: str | None = None, limit: int = 1000
@@ -586,7 +604,7 @@ class SqlMetadataStore:
             node = self._live(conn, ns_id, path)
             if rev is None:
                 if node is None:
-                    raise NotFound(f"{path} does not exist")
+                    raise self._missing(conn, ns_id, path)
                 if node.kind != "file":
                     raise Conflict(f"{path} is a folder, not a file", code="not_a_file")
                 want = node.content_rev
@@ -656,6 +674,28 @@ class SqlMetadataStore:
     # ======================================================================================
     # writing files
     # ======================================================================================
+    def _same_as_before_share(self, tx: _Txn, row: Any, expected_rev: int) -> bool:
+        """Whether ``expected_rev`` is the revision ``row`` had in its owner's root namespace
+        when the share copied it, and it has not changed since.
+
+        Sharing renumbers what it copies (a revision is a journal id of its namespace), so a
+        client that read a file before the share, or a request that raced the share and was
+        resolved again, names the old revision. It is the same version, so it must not be a
+        conflict; any change since the copy has a revision above the cut and still is one."""
+        if tx.share_origin is None:
+            tx.share_origin = tx.conn.execute(
+                select(namespaces.c.cut, users.c.root_ns)
+                .join(users, users.c.id == namespaces.c.owner_id)
+                .where(namespaces.c.ns_id == tx.ns_id)
+            ).first() or False
+        ns = tx.share_origin
+        if not ns or ns.cut is None or int(row.rev) > int(ns.cut):
+            return False
+        old = tx.conn.execute(
+            select(nodes.c.rev).where(nodes.c.ns_id == int(ns.root_ns), nodes.c.node_id == int(row.node_id))
+        ).first()
+        return old is not None and int(old.rev) == int(expected_rev)
+
     def _guard_mounts(self, tx: _Txn, path: str) -> None:
         """Refuse, retryably, a write whose path lies below a mount point of this namespace.
 
@@ -780,7 +820,9 @@ class SqlMetadataStore:
             raise Conflict(f"{existing.path} is a folder; cannot write a file there", code="is_a_folder")
         if check_expected:
             current = existing.rev if existing is not None else None
-            if current != expected_rev:
+            if current != expected_rev and not (
+                existing is not None and expected_rev is not None and self._same_as_before_share(tx, existing, expected_rev)
+            ):
                 if existing is None:
                     raise Conflict(f"{path} was deleted or moved since revision {expected_rev}", current_rev=None)
                 if expected_rev is None:
@@ -900,7 +942,13 @@ class SqlMetadataStore:
 
         return self._write_ns(ns_id, user_id, run)
 
-    def delete(self, user_id: int, ns_id: int, path: str, expected_rev: int | None = None) -> Entry:
+    def delete(
+        self, user_id: int, ns_id: int, path: str, expected_rev: int | None = None, *, forget_through: int | None = None
+    ) -> Entry:
+        """Delete ``path`` (see the Protocol). With ``forget_through``, also forget the deleted
+        files' revisions up to that journal id: a shared folder's server passes its cut when
+        it retries a delete that raced the share, so that a delete its client issued before
+        the share was acknowledged leaves no history a member could open."""
         path = paths.normalize(path)
         if path == paths.ROOT:
             raise BadRequest("the root cannot be deleted")
@@ -911,7 +959,7 @@ class SqlMetadataStore:
             row = tx.live(key)
             if row is None:
                 raise NotFound(f"{path} does not exist")
-            if expected_rev is not None and row.rev != expected_rev:
+            if expected_rev is not None and row.rev != expected_rev and not self._same_as_before_share(tx, row, expected_rev):
                 raise Conflict(f"{row.path} changed: it is at revision {row.rev}, not {expected_rev}", current_rev=row.rev)
             if row.kind == "mount":
                 raise Conflict(
@@ -940,6 +988,8 @@ class SqlMetadataStore:
                 .where(nodes.c.ns_id == tx.ns_id, nodes.c.node_id == row.node_id)
                 .values(deleted=True, deleted_key=key, path_key=None, rev=jid)
             )
+            if forget_through is not None:
+                self._forget_revisions(tx, key, row, forget_through)
             tx.journal(
                 "delete", node_id=row.node_id, parent_id=row.parent_id, kind=row.kind, path=row.path, rev=jid,
                 size=row.size, content_hash=row.content_hash,
@@ -948,6 +998,29 @@ class SqlMetadataStore:
             return Entry(**{**e.to_dict(), "rev": jid, "deleted": True})
 
         return self._write_ns(ns_id, user_id, run)
+
+    def _forget_revisions(self, tx: _Txn, key: str, row: Any, through: int) -> None:
+        """Drop the revisions up to ``through`` of the file ``row`` (or of every file below the
+        folder at ``key``, just deleted) with their chunk references."""
+        if row.kind == "file":
+            ids = [int(row.node_id)]
+        else:
+            lo, hi = _key_range(key)
+            ids = [
+                int(r[0])
+                for r in tx.conn.execute(
+                    select(nodes.c.node_id).where(
+                        nodes.c.ns_id == tx.ns_id, nodes.c.kind == "file", nodes.c.deleted_key > lo, nodes.c.deleted_key < hi
+                    )
+                )
+            ]
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            cond = (file_revs.c.ns_id == tx.ns_id, file_revs.c.node_id.in_(part), file_revs.c.rev <= through)
+            for fr in tx.conn.execute(select(file_revs.c.blocklist).where(*cond)):
+                for h in {c[0] for c in json.loads(fr.blocklist)}:
+                    tx.ref_counts[h] = tx.ref_counts.get(h, 0) - 1
+            tx.conn.execute(delete(file_revs).where(*cond))
 
     def move(self, user_id: int, ns_id: int, src: str, dst: str, expected_rev: int | None = None) -> Entry:
         src, dst = paths.normalize(src), paths.normalize(dst)
@@ -963,7 +1036,7 @@ class SqlMetadataStore:
             row = tx.live(paths.key(src))
             if row is None:
                 raise NotFound(f"{src} does not exist")
-            if expected_rev is not None and row.rev != expected_rev:
+            if expected_rev is not None and row.rev != expected_rev and not self._same_as_before_share(tx, row, expected_rev):
                 raise Conflict(f"{row.path} changed: it is at revision {row.rev}, not {expected_rev}", current_rev=row.rev)
             if not same_key and tx.live(paths.key(dst)) is not None:
                 raise Conflict(f"{dst} already exists", code="destination_exists")

@@ -61,14 +61,17 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
     async def who(request: Request) -> Principal:
         return await access.principal(request, ctx)
 
-    async def once_more(request: Request, p: Principal, fn: Callable[[Principal], Any]) -> tuple[Principal, Any]:
-        """Run ``fn(p)`` in a thread; after `NamespaceMoved`, re-authenticate (fresh mounts)
-        and run it once more."""
+    async def once_more(request: Request, p: Principal, fn: Callable[[Principal, bool], Any]) -> tuple[Principal, Any]:
+        """Run ``fn(p, False)`` in a thread; after `NamespaceMoved`, re-authenticate (fresh
+        mounts) and run ``fn(p, True)`` once more: the second argument says the request raced
+        a share. (An ``expected_rev`` read before the share still matches the unchanged copy:
+        see `SqlMetadataStore._same_as_before_share`.)"""
         try:
-            return p, await run_in_threadpool(fn, p)
+            return p, await run_in_threadpool(fn, p, False)
         except NamespaceMoved:
+            ctx.log.info("request raced a share; resolving it again", extra={"path": request.url.path})
             p = await who(request)
-            return p, await run_in_threadpool(fn, p)
+            return p, await run_in_threadpool(fn, p, True)
 
     async def account(request: Request) -> Response:
         p = await who(request)
@@ -90,7 +93,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
     async def commit(request: Request) -> Response:
         req = parse_commit(await json_body(request))
 
-        def run(p: Principal) -> tuple[access.Target, CommitResult]:
+        def run(p: Principal, moved: bool) -> tuple[access.Target, CommitResult]:
             target = access.resolve(p, req.path, write=True)
             inner = CommitRequest(target.path, req.size, req.chunks, req.expected_rev, req.mtime)
             return target, store.commit(p.user_id, target.ns_id, inner, access.mounts(p).values())
@@ -150,30 +153,34 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
             todo = moved
         return JSONResponse({"results": results})
 
-    def mutation(fn: Callable[[Principal, dict[str, Any]], tuple[access.Target, Any]]) -> Handler:
+    def mutation(fn: Callable[[Principal, dict[str, Any], bool], tuple[access.Target, Any]]) -> Handler:
         async def handler(request: Request) -> Response:
             p = await who(request)
             body = await json_body(request)
-            _, (target, entry) = await once_more(request, p, lambda q: fn(q, body))
+            _, (target, entry) = await once_more(request, p, lambda q, moved: fn(q, body, moved))
             ctx.committed(target.ns_id, await run_in_threadpool(store.head, target.ns_id))
             return JSONResponse({"entry": access.user_entry(target, entry)})
 
         return handler
 
-    def do_mkdir(p: Principal, body: dict[str, Any]) -> tuple[access.Target, Any]:
+    def do_mkdir(p: Principal, body: dict[str, Any], moved: bool) -> tuple[access.Target, Any]:
         t = access.resolve(p, field_str(body, "path") or "", write=True)
         return t, store.mkdir(p.user_id, t.ns_id, t.path)
 
-    def do_delete(p: Principal, body: dict[str, Any]) -> tuple[access.Target, Any]:
+    def do_delete(p: Principal, body: dict[str, Any], moved: bool) -> tuple[access.Target, Any]:
         t = access.resolve(p, field_str(body, "path") or "", write=True)
         if t.path == paths.ROOT and t.ns_id != p.root_ns:
             raise Conflict(
                 f"{t.mount} is a shared folder: leave it ('cubby share leave') or, as its owner, unshare it",
                 code="is_shared_folder",
             )
-        return t, store.delete(p.user_id, t.ns_id, t.path, field_int(body, "expected_rev", required=False))
+        expected = field_int(body, "expected_rev", required=False)
+        # A delete that raced the share was issued before the share was acknowledged: it
+        # also forgets the history the share copied, so no member ever opens what it deleted.
+        cut = store.sharing.cut(t.ns_id) if moved else None
+        return t, store.delete(p.user_id, t.ns_id, t.path, expected, forget_through=cut)
 
-    def do_move(p: Principal, body: dict[str, Any]) -> tuple[access.Target, Any]:
+    def do_move(p: Principal, body: dict[str, Any], moved: bool) -> tuple[access.Target, Any]:
         expected = field_int(body, "expected_rev", required=False)
         src = access.resolve(p, field_str(body, "from_path") or "")
         dst = access.resolve(p, field_str(body, "to_path") or "", write=True)
@@ -188,14 +195,16 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
             raise BadRequest("moves between shared folders are not supported yet", code="cross_namespace_move")
         return src, store.move(p.user_id, src.ns_id, src.path, dst.path, expected)
 
-    def do_restore(p: Principal, body: dict[str, Any]) -> tuple[access.Target, Any]:
+    def do_restore(p: Principal, body: dict[str, Any], moved: bool) -> tuple[access.Target, Any]:
         t = access.resolve(p, field_str(body, "path") or "", write=True)
         return t, store.restore(p.user_id, t.ns_id, t.path, field_int(body, "rev", minimum=1) or 0)
 
     async def stat(request: Request) -> Response:
-        p = await who(request)
-        t = access.resolve(p, request.query_params.get("path", "/"))
-        entry = await run_in_threadpool(store.stat, t.ns_id, t.path)
+        def run(p: Principal, moved: bool) -> tuple[access.Target, Any]:
+            t = access.resolve(p, request.query_params.get("path", "/"))
+            return t, store.stat(t.ns_id, t.path)
+
+        _, (t, entry) = await once_more(request, await who(request), run)
         return JSONResponse({"entry": access.user_entry(t, entry)})
 
     async def listing(request: Request) -> Response:
@@ -203,7 +212,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         cursor = request.query_params.get("cursor") or None
         limit = query_int(request, "limit", 1000, minimum=1, maximum=10_000)
 
-        def run(p: Principal) -> tuple[access.Target, Any]:
+        def run(p: Principal, moved: bool) -> tuple[access.Target, Any]:
             t = access.resolve(p, request.query_params.get("path", "/"))
             return t, store.list(t.ns_id, t.path, recursive, cursor, limit)
 
@@ -224,10 +233,13 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         return JSONResponse({"revisions": out})
 
     async def blocklist(request: Request) -> Response:
-        p = await who(request)
-        t = access.resolve(p, request.query_params.get("path", ""))
         rev = query_int(request, "rev", 0) or None
-        entry, chunks = await run_in_threadpool(store.blocklist, t.ns_id, t.path, rev)
+
+        def run(p: Principal, moved: bool) -> tuple[access.Target, Any]:
+            t = access.resolve(p, request.query_params.get("path", ""))
+            return t, store.blocklist(t.ns_id, t.path, rev)
+
+        _, (t, (entry, chunks)) = await once_more(request, await who(request), run)
         return JSONResponse(
             {"entry": access.user_entry(t, entry), "chunks": [{"hash": c.hash, "size": c.size} for c in chunks]}
         )

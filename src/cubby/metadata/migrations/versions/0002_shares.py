@@ -16,6 +16,7 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("namespaces") as batch:
         batch.add_column(sa.Column("name", sa.Text, nullable=True))
+        batch.add_column(sa.Column("cut", sa.BigInteger, nullable=True))
     with op.batch_alter_table("nodes") as batch:
         batch.add_column(sa.Column("target_ns", sa.BigInteger, nullable=True))
         batch.add_column(sa.Column("pending", sa.String(32), nullable=True))
@@ -54,4 +55,5 @@ def downgrade() -> None:
         batch.drop_column("pending")
         batch.drop_column("target_ns")
     with op.batch_alter_table("namespaces") as batch:
+        batch.drop_column("cut")
         batch.drop_column("name")
