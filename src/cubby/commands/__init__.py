@@ -1,0 +1,1 @@
+"""Command groups of the `cubby` CLI that live apart from cli.py; each has `register(main)`."""
