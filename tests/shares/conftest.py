@@ -12,6 +12,7 @@ import pytest
 
 from cubby.client.api import ApiClient, commit_body
 from cubby.metadata.model import ChunkRef
+from cubby.metadata.store import SqlMetadataStore, open_store
 from tests.conftest import db_url_for
 from tests.helpers.live_server import LiveServer
 
@@ -27,6 +28,18 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         drop_all(url)
     with LiveServer(tmp_path_factory.mktemp("srv") / "data", db_url=url if request.param != "sqlite" else None) as s:
         yield s
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqlMetadataStore]:
+    url = db_url_for(request.param, tmp_path_factory)
+    if request.param != "sqlite":
+        from cubby.metadata.schema import drop_all
+
+        drop_all(url)
+    s = open_store(url)
+    yield s
+    s.close()
 
 
 @dataclass

@@ -4,27 +4,11 @@ changes nothing, and the share copies current revisions only."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from cubby.blockstore.memory import MemoryBlockStore
 from cubby.errors import Conflict, NamespaceMoved, NotFound
-from cubby.metadata.store import SqlMetadataStore, open_store
-from tests.conftest import db_url_for
 from tests.metadata.conftest import put_file, random_chunks, request
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqlMetadataStore]:
-    url = db_url_for(request.param, tmp_path_factory)
-    if request.param != "sqlite":
-        from cubby.metadata.schema import drop_all
-
-        drop_all(url)
-    s = open_store(url)
-    yield s
-    s.close()
 
 
 def test_share_copies_current_revisions_only(store):

@@ -202,7 +202,7 @@ move_intents = Table(
     Column("src_path", Text, nullable=False),
     Column("dst_path", Text, nullable=False),
     Column("node_id", BigInteger, nullable=False),  # the moved node in the source namespace
-    Column("state", String(16), nullable=False),  # started | removed
+    Column("state", String(16), nullable=False),  # started | undoing | removed (see metadata/moves.py)
     Column("user_id", BigInteger, nullable=True),
     Column("created_at", Double, nullable=False),
 )

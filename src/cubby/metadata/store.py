@@ -265,12 +265,15 @@ class SqlMetadataStore:
     """The metadata store (see `cubby.metadata.base.MetadataStore` for the contract)."""
 
     def __init__(self, db: Database) -> None:
+        from cubby.metadata.moves import CrossMoves
         from cubby.metadata.shares import Sharing
 
         self.db = db
         self._secret = self._load_secret()
         self.sharing = Sharing(self)
         """Shared folders: share, accept, remove, leave, unshare, list (see metadata/shares.py)."""
+        self.moves = CrossMoves(self)
+        """Moves between namespaces, with intents and recovery (see metadata/moves.py)."""
 
     # ======================================================================================
     # plumbing

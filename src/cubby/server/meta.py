@@ -153,12 +153,15 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
             todo = moved
         return JSONResponse({"results": results})
 
-    def mutation(fn: Callable[[Principal, dict[str, Any], bool], tuple[access.Target, Any]]) -> Handler:
+    def mutation(fn: Callable[[Principal, dict[str, Any], bool], tuple[Any, ...]]) -> Handler:
+        """A JSON mutation: ``fn`` answers (target, entry, *other namespaces it changed)."""
+
         async def handler(request: Request) -> Response:
             p = await who(request)
             body = await json_body(request)
-            _, (target, entry) = await once_more(request, p, lambda q, moved: fn(q, body, moved))
-            ctx.committed(target.ns_id, await run_in_threadpool(store.head, target.ns_id))
+            _, (target, entry, *also) = await once_more(request, p, lambda q, moved: fn(q, body, moved))
+            for ns_id in {target.ns_id, *also}:
+                ctx.committed(ns_id, await run_in_threadpool(store.head, ns_id))
             return JSONResponse({"entry": access.user_entry(target, entry)})
 
         return handler
@@ -180,7 +183,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         cut = store.sharing.cut(t.ns_id) if moved else None
         return t, store.delete(p.user_id, t.ns_id, t.path, expected, forget_through=cut)
 
-    def do_move(p: Principal, body: dict[str, Any], moved: bool) -> tuple[access.Target, Any]:
+    def do_move(p: Principal, body: dict[str, Any], moved: bool) -> tuple[Any, ...]:
         expected = field_int(body, "expected_rev", required=False)
         src = access.resolve(p, field_str(body, "from_path") or "")
         dst = access.resolve(p, field_str(body, "to_path") or "", write=True)
@@ -192,7 +195,8 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
             return root, store.move(p.user_id, p.root_ns, src.mount, dst.path, expected)
         src = access.resolve(p, field_str(body, "from_path") or "", write=True)
         if src.ns_id != dst.ns_id:
-            raise BadRequest("moves between shared folders are not supported yet", code="cross_namespace_move")
+            # Out of a shared folder, into one, or between two: intents, no chunk moves.
+            return dst, store.moves.move(p.user_id, src.ns_id, src.path, dst.ns_id, dst.path, expected), src.ns_id
         return src, store.move(p.user_id, src.ns_id, src.path, dst.path, expected)
 
     def do_restore(p: Principal, body: dict[str, Any], moved: bool) -> tuple[access.Target, Any]:
@@ -301,6 +305,8 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
 
     from cubby.server import shares
 
+    # Moves between namespaces that a crash interrupted are finished or undone before serving.
+    store.moves.recover()
     return [
         *shares.routes(ctx),
         Route("/api/v1/account", account, methods=["GET"]),
