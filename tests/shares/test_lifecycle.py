@@ -19,7 +19,7 @@ CUBBY = [str(Path(sys.executable).with_name("cubby"))]
 
 def cubby(server, token: str, *args: str) -> list[dict]:
     env = {**os.environ, "CUBBY_URL": server.url, "CUBBY_TOKEN": token}
-    p = subprocess.run([*CUBBY, "--json", *args], env=env, capture_output=True, text=True, timeout=120)
+    p = subprocess.run([*CUBBY, "--json", *args], env=env, capture_output=True, text=True, timeout=120, check=False)
     assert p.returncode == 0, p.stderr
     return [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
 

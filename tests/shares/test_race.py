@@ -85,7 +85,7 @@ def worker(api: ApiClient, root_ns: int, folder: str, t: int, stop: threading.Ev
 def all_journal(api: ApiClient, ns_id: int) -> list:
     out, after = [], 0
     while True:
-        entries, head, more = api.journal(ns_id, after, limit=10_000)
+        entries, _, more = api.journal(ns_id, after, limit=10_000)
         out += entries
         if not more:
             return out
@@ -133,7 +133,7 @@ def test_share_racing_deletes_edits_and_creates(server, people):
             before = [e for e in root_j if e.jid < mount_jid]
             after = [e for e in shared_j if e.jid > cut]
 
-            def applied(op: Op) -> list[tuple[int, int]]:
+            def applied(op: Op, folder: str = folder, ns: int = ns, before: list = before, after: list = after) -> list:
                 """(ns, jid) of every journal entry that applied ``op``."""
                 inner = op.path[len(folder):]
                 if op.kind == "delete":

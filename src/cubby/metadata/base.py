@@ -43,20 +43,20 @@ class SharingOps(Protocol):
     """Shared folders (`cubby.metadata.shares.Sharing`). Every call is atomic; each answers a
     `SharingChange` naming the journal heads it moved and the users whose namespaces changed."""
 
-    def share(self, user_id: int, root_ns: int, path: str, invitee: Any, role: Any = "editor") -> "SharingChange":
+    def share(self, user_id: int, root_ns: int, path: str, invitee: Any, role: Any = "editor") -> SharingChange:
         """Share the folder at ``path`` of the owner's root (turning it into a namespace the first
         time, metadata only) and invite ``invitee``, or change their role. `NotFound` for a
         missing path or user, `BadRequest` for a file, the root, oneself or a bad role,
         `Conflict` for a folder holding a shared folder, `Forbidden` for a non-owner."""
 
-    def accept(self, user_id: int, root_ns: int, ns_id: int) -> "SharingChange":
+    def accept(self, user_id: int, root_ns: int, ns_id: int) -> SharingChange:
         """Mount the shared folder in the user's root under a name that collides with nothing."""
 
-    def remove_member(self, user_id: int, ns_id: int, member: Any) -> "SharingChange": ...
+    def remove_member(self, user_id: int, ns_id: int, member: Any) -> SharingChange: ...
 
-    def leave(self, user_id: int, ns_id: int) -> "SharingChange": ...
+    def leave(self, user_id: int, ns_id: int) -> SharingChange: ...
 
-    def unshare(self, user_id: int, ns_id: int) -> "SharingChange":
+    def unshare(self, user_id: int, ns_id: int) -> SharingChange:
         """Members lose the folder; the owner's mount becomes a folder with its current contents."""
 
     def list_shares(self, user_id: int) -> list[dict[str, Any]]: ...

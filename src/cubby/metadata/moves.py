@@ -60,7 +60,7 @@ def _key_range(prefix_key: str) -> tuple[str, str]:
 class CrossMoves:
     """Cross-namespace moves of one `SqlMetadataStore` (reached as ``store.moves``)."""
 
-    def __init__(self, store: "SqlMetadataStore", fault: FaultHook | None = None) -> None:
+    def __init__(self, store: SqlMetadataStore, fault: FaultHook | None = None) -> None:
         self.store = store
         self.db = store.db
         self.fault = fault
@@ -69,7 +69,7 @@ class CrossMoves:
         if self.fault is not None:
             self.fault(name)
 
-    def _txn(self, conn: Connection, ns_id: int, user_id: int | None) -> "_Txn":
+    def _txn(self, conn: Connection, ns_id: int, user_id: int | None) -> _Txn:
         from cubby.metadata.store import _Txn
 
         head, next_node = self.store._lock_ns(conn, ns_id)
@@ -90,7 +90,7 @@ class CrossMoves:
         intent = secrets.token_hex(16)
 
         # 1. the intent, in the source
-        def step1(conn: Connection) -> tuple[int, int, str]:
+        def step1(conn: Connection) -> tuple[int, str]:
             tx = self._txn(conn, src_ns, user_id)
             self.store._guard_mounts(tx, src)
             row = tx.live(paths.key(src))
@@ -183,7 +183,9 @@ class CrossMoves:
         if not rows:
             raise NotFound(f"{src_path} does not exist")
         ids: dict[int, int] = {}
-        node_rows, rev_rows, hashes = [], [], set()
+        node_rows: list[dict[str, Any]] = []
+        rev_rows: list[dict[str, Any]] = []
+        hashes: set[str] = set()
         for n in rows:
             nid = tx.new_node_id()
             ids[int(n.node_id)] = nid
@@ -191,12 +193,12 @@ class CrossMoves:
             parent_id = ids.get(int(n.parent_id), 0)
             is_file = n.kind == "file"
             node_rows.append(
-                dict(
-                    ns_id=dst_ns, node_id=nid, parent_id=parent_id, name=paths.split(new_path)[1], path=new_path,
-                    path_key=None, kind=n.kind, rev=0, content_rev=-nid if is_file else None, size=n.size,
-                    content_hash=n.content_hash, mtime=n.mtime, deleted=True, deleted_key=None, target_ns=None,
-                    pending=intent,
-                )
+                {
+                    "ns_id": dst_ns, "node_id": nid, "parent_id": parent_id, "name": paths.split(new_path)[1], "path": new_path,
+                    "path_key": None, "kind": n.kind, "rev": 0, "content_rev": -nid if is_file else None, "size": n.size,
+                    "content_hash": n.content_hash, "mtime": n.mtime, "deleted": True, "deleted_key": None, "target_ns": None,
+                    "pending": intent,
+                }
             )
             if is_file:
                 fr = conn.execute(
@@ -205,10 +207,10 @@ class CrossMoves:
                     )
                 ).one()
                 rev_rows.append(
-                    dict(
-                        ns_id=dst_ns, node_id=nid, rev=-nid, path=new_path, size=fr.size, content_hash=fr.content_hash,
-                        blocklist=fr.blocklist, mtime=fr.mtime, user_id=user_id, created_at=tx.now,
-                    )
+                    {
+                        "ns_id": dst_ns, "node_id": nid, "rev": -nid, "path": new_path, "size": fr.size, "content_hash": fr.content_hash,
+                        "blocklist": fr.blocklist, "mtime": fr.mtime, "user_id": user_id, "created_at": tx.now,
+                    }
                 )
                 hashes.update(c[0] for c in json.loads(fr.blocklist))
         for i in range(0, len(node_rows), 1000):
@@ -229,7 +231,7 @@ class CrossMoves:
                     return True
         return False
 
-    def _remove_source(self, tx: "_Txn", path: str) -> None:
+    def _remove_source(self, tx: _Txn, path: str) -> None:
         key = paths.key(path)
         row = tx.live(key)
         assert row is not None
@@ -392,4 +394,4 @@ class CrossMoves:
         return len(todo)
 
 
-__all__ = ["CrossMoves", "FaultHook", "STEPS", "RECOVER_AFTER"]
+__all__ = ["RECOVER_AFTER", "STEPS", "CrossMoves", "FaultHook"]

@@ -64,25 +64,25 @@ def _key_range(prefix_key: str) -> tuple[str, str]:
 class Sharing:
     """The sharing operations of one `SqlMetadataStore` (reached as ``store.sharing``)."""
 
-    def __init__(self, store: "SqlMetadataStore") -> None:
+    def __init__(self, store: SqlMetadataStore) -> None:
         self.store = store
         self.db = store.db
 
     # ------------------------------------------------------------------------------------------
     # helpers
     # ------------------------------------------------------------------------------------------
-    def _txn(self, conn: Connection, ns_id: int, user_id: int | None) -> "_Txn":
+    def _txn(self, conn: Connection, ns_id: int, user_id: int | None) -> _Txn:
         from cubby.metadata.store import _Txn
 
         head, next_node = self.store._lock_ns(conn, ns_id)
         return _Txn(conn, ns_id, head, next_node, user_id)
 
-    def _lock_all(self, conn: Connection, ns_ids: Iterable[int], user_id: int | None) -> dict[int, "_Txn"]:
+    def _lock_all(self, conn: Connection, ns_ids: Iterable[int], user_id: int | None) -> dict[int, _Txn]:
         """Lock several namespaces in ascending id order (so two such transactions never
         deadlock) and open a journal writer on each."""
         return {ns: self._txn(conn, ns, user_id) for ns in sorted(set(ns_ids))}
 
-    def _finish(self, txs: dict[int, "_Txn"]) -> dict[int, int]:
+    def _finish(self, txs: dict[int, _Txn]) -> dict[int, int]:
         heads = {}
         for ns, tx in txs.items():
             tx.finish(self.store._insert_ignore)
@@ -115,7 +115,7 @@ class Sharing:
             select(nodes).where(nodes.c.ns_id == root_ns, nodes.c.target_ns == ns_id, nodes.c.path_key.is_not(None))
         ).first()
 
-    def _unmount(self, tx: "_Txn", ns_id: int) -> str | None:
+    def _unmount(self, tx: _Txn, ns_id: int) -> str | None:
         """Remove the mount of ``ns_id`` from ``tx``'s (root) namespace; journal it."""
         row = self._mount_of(tx.conn, tx.ns_id, ns_id)
         if row is None:
@@ -135,7 +135,7 @@ class Sharing:
             conn.execute(insert(table), rows[i : i + _BATCH])
 
     def _copy_tree(
-        self, conn: Connection, src_ns: int, src_prefix: str, dst: "_Txn", dst_prefix: str, *,
+        self, conn: Connection, src_ns: int, src_prefix: str, dst: _Txn, dst_prefix: str, *,
         dst_parent: int, keep_ids: bool, now: float,
     ) -> int:
         """Copy the live nodes of ``src_ns`` below ``src_prefix`` (a folder path, or ``/``) to
@@ -181,31 +181,31 @@ class Sharing:
             jid = dst.next_jid()
             is_file = n.kind == "file"
             node_rows.append(
-                dict(
-                    ns_id=dst.ns_id, node_id=node_id, parent_id=parent_id, name=n.name, path=new_path,
-                    path_key=paths.key(new_path), kind=n.kind, rev=jid, content_rev=jid if is_file else None,
-                    size=n.size, content_hash=n.content_hash, mtime=n.mtime, deleted=False, deleted_key=None,
-                    target_ns=None, pending=None,
-                )
+                {
+                    "ns_id": dst.ns_id, "node_id": node_id, "parent_id": parent_id, "name": n.name, "path": new_path,
+                    "path_key": paths.key(new_path), "kind": n.kind, "rev": jid, "content_rev": jid if is_file else None,
+                    "size": n.size, "content_hash": n.content_hash, "mtime": n.mtime, "deleted": False, "deleted_key": None,
+                    "target_ns": None, "pending": None,
+                }
             )
             if is_file:
                 fr = revs[int(n.node_id)]
                 rev_rows.append(
-                    dict(
-                        ns_id=dst.ns_id, node_id=node_id, rev=jid, path=new_path, size=fr.size,
-                        content_hash=fr.content_hash, blocklist=fr.blocklist, mtime=fr.mtime, user_id=fr.user_id,
-                        created_at=fr.created_at,
-                    )
+                    {
+                        "ns_id": dst.ns_id, "node_id": node_id, "rev": jid, "path": new_path, "size": fr.size,
+                        "content_hash": fr.content_hash, "blocklist": fr.blocklist, "mtime": fr.mtime, "user_id": fr.user_id,
+                        "created_at": fr.created_at,
+                    }
                 )
                 for h in {c[0] for c in json.loads(fr.blocklist)}:
                     refs[h] = refs.get(h, 0) + 1
             journal_rows.append(
-                dict(
-                    ns_id=dst.ns_id, jid=jid, op="add" if is_file else "mkdir", node_id=node_id, parent_id=parent_id,
-                    kind=n.kind, name=n.name, path=new_path, path_key=paths.key(new_path), rev=jid, size=n.size,
-                    content_hash=n.content_hash, mtime=n.mtime, old_path=None, old_parent_id=None,
-                    user_id=dst.user_id, created_at=now,
-                )
+                {
+                    "ns_id": dst.ns_id, "jid": jid, "op": "add" if is_file else "mkdir", "node_id": node_id, "parent_id": parent_id,
+                    "kind": n.kind, "name": n.name, "path": new_path, "path_key": paths.key(new_path), "rev": jid, "size": n.size,
+                    "content_hash": n.content_hash, "mtime": n.mtime, "old_path": None, "old_parent_id": None,
+                    "user_id": dst.user_id, "created_at": now,
+                }
             )
         if keep_ids and ids:
             dst.next_node = max(dst.next_node, max(ids.values()) + 1)
@@ -281,7 +281,7 @@ class Sharing:
 
         return self.db.write(run)
 
-    def _convert(self, tx: "_Txn", folder: Any) -> int:
+    def _convert(self, tx: _Txn, folder: Any) -> int:
         """Turn ``folder`` of the locked root namespace into a new shared namespace (see the
         module docstring). Returns its id."""
         conn = tx.conn
@@ -345,11 +345,11 @@ class Sharing:
             node_id, jid = tx.new_node_id(), tx.next_jid()
             tx.put_node(
                 node_id,
-                dict(
-                    parent_id=0, name=paths.split(candidate)[1], path=candidate, path_key=paths.key(candidate),
-                    kind="mount", rev=jid, content_rev=None, size=0, content_hash=None, mtime=None, deleted=False,
-                    deleted_key=None, target_ns=ns_id, pending=None,
-                ),
+                {
+                    "parent_id": 0, "name": paths.split(candidate)[1], "path": candidate, "path_key": paths.key(candidate),
+                    "kind": "mount", "rev": jid, "content_rev": None, "size": 0, "content_hash": None, "mtime": None, "deleted": False,
+                    "deleted_key": None, "target_ns": ns_id, "pending": None,
+                },
                 new=True,
             )
             tx.journal("mount", node_id=node_id, parent_id=0, kind="mount", path=candidate, rev=jid)
@@ -474,4 +474,4 @@ class Sharing:
         return self.db.read(run)
 
 
-__all__ = ["Sharing", "SharingChange", "ROLES"]
+__all__ = ["ROLES", "Sharing", "SharingChange"]

@@ -34,7 +34,15 @@ from sqlalchemy.exc import IntegrityError
 from cubby.blockstore.base import BlockStore
 from cubby.core import paths
 from cubby.core.hashing import content_hash
-from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceMoved, NotFound, SizeMismatch, Unauthorized
+from cubby.errors import (
+    BadRequest,
+    Conflict,
+    CubbyError,
+    NamespaceMoved,
+    NotFound,
+    SizeMismatch,
+    Unauthorized,
+)
 from cubby.metadata import migrate
 from cubby.metadata.engine import Database
 from cubby.metadata.model import (

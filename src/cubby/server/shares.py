@@ -122,4 +122,4 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
     ]
 
 
-__all__ = ["routes", "announce", "shared_folder"]
+__all__ = ["announce", "routes", "shared_folder"]
