@@ -1,5 +1,5 @@
 """A move between namespaces killed (SIGKILL) after each of its steps: recovery leaves the item
-in exactly one place, whole (SQLite and PostgreSQL)."""
+in exactly one place, whole (SQLite, PostgreSQL and MariaDB)."""
 
 from __future__ import annotations
 
@@ -78,3 +78,27 @@ def test_a_move_killed_after_each_step_ends_in_exactly_one_place(store, step):
         )
     finally:
         fresh.close()
+
+
+def test_a_destination_that_changed_mid_move_still_receives_the_item(store):
+    blocks = MemoryBlockStore()
+    a, _ = store.create_user("alice")
+    store.create_user("bob")
+    put_file(store, blocks, a.id, a.root_ns, "/Shared/one.txt")
+    put_file(store, blocks, a.id, a.root_ns, "/Shared/two.txt")
+    ns = store.sharing.share(a.id, a.root_ns, "/Shared", "bob", "editor").ns_id
+    store.mkdir(a.id, a.root_ns, "/Dest")
+
+    # The destination name is taken between steps 2 and 4: the item lands beside it.
+    store.moves.fault = lambda step: step == "pending" and put_file(store, blocks, a.id, a.root_ns, "/Dest/one.txt")
+    moved = store.moves.move(a.id, ns, "/one.txt", a.root_ns, "/Dest/one.txt")
+    assert moved.path == "/Dest/one (1).txt" and moved.ns_id == a.root_ns
+
+    # The destination folder became a shared folder meanwhile: the item lands at the top.
+    store.moves.fault = lambda step: step == "pending" and store.sharing.share(a.id, a.root_ns, "/Dest", "bob", "viewer")
+    moved = store.moves.move(a.id, ns, "/two.txt", a.root_ns, "/Dest/two.txt")
+    assert moved.path == "/two.txt" and moved.ns_id == a.root_ns
+    store.moves.fault = None
+    with pytest.raises(NotFound):
+        store.stat(ns, "/two.txt")
+    check_journal(store, a.root_ns)

@@ -1,4 +1,4 @@
-"""The sharing operations of the metadata store itself, on SQLite and PostgreSQL: the cut is
+"""The sharing operations of the metadata store itself, on SQLite, PostgreSQL and MariaDB: the cut is
 consistent, a write that reaches the old namespace after the share is refused retryably and
 changes nothing, and the share copies current revisions only."""
 

@@ -35,7 +35,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from cubby.core import paths
-from cubby.errors import BadRequest, Conflict, NotFound, Unavailable
+from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceMoved, NotFound, Unavailable
 from cubby.metadata.model import Entry
 from cubby.metadata.schema import file_revs, journal, move_intents, nodes
 
@@ -264,7 +264,13 @@ class CrossMoves:
         by_id = {int(r.node_id): r for r in rows}
         top = next(r for r in rows if int(r.parent_id) not in by_id)
         parent, name = paths.split(top.path)
-        parent_id, parent_path = self.store._ensure_folder(tx, parent)
+        try:
+            parent_id, parent_path = self.store._ensure_folder(tx, parent)
+        except (NamespaceMoved, Conflict):
+            # The destination folder became a shared folder (or a file) since step 2: the item
+            # has left its source, so it lands at the top of the destination instead.
+            tx.forget()
+            parent_id, parent_path = 0, paths.ROOT
         final = paths.join(parent_path, name)
         i = 0
         while tx.live(paths.key(final)) is not None:
@@ -377,7 +383,9 @@ class CrossMoves:
     def recover(self, *, older_than: float = 0.0) -> int:
         """Finish or undo every interrupted move whose intent is older than ``older_than``
         seconds: ``started`` (or ``undoing``) is rolled back, ``removed`` rolled forward.
-        Returns how many intents were handled. Safe to run at any time and more than once."""
+        Returns how many intents were handled. Safe to run at any time and more than once.
+        An intent that cannot be handled now stays for the next run; the first such error is
+        raised after all the others were handled."""
         cutoff = time.time() - older_than
         todo = self.db.read(
             lambda c: c.execute(
@@ -386,11 +394,17 @@ class CrossMoves:
                 )
             ).all()
         )
+        failed: list[CubbyError] = []
         for ns_id, intent, state in todo:
-            if state == "removed":
-                self._finish(int(ns_id), str(intent))
-            else:
-                self._roll_back(int(ns_id), str(intent))
+            try:
+                if state == "removed":
+                    self._finish(int(ns_id), str(intent))
+                else:
+                    self._roll_back(int(ns_id), str(intent))
+            except CubbyError as exc:
+                failed.append(exc)
+        if failed:
+            raise failed[0]
         return len(todo)
 
 

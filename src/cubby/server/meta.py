@@ -306,7 +306,10 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
     from cubby.server import shares
 
     # Moves between namespaces that a crash interrupted are finished or undone before serving.
-    store.moves.recover()
+    try:
+        store.moves.recover()
+    except CubbyError:
+        ctx.log.exception("could not recover an interrupted move; it is retried before the next move")
     return [
         *shares.routes(ctx),
         Route("/api/v1/account", account, methods=["GET"]),
