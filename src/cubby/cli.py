@@ -363,6 +363,7 @@ def restore(state: State, remote: str, rev: int) -> None:
 def _register_plugins() -> None:
     """Commands that live with their subsystem (sync) add themselves if present."""
     __import__("cubby.commands.link", fromlist=["register"]).register(main)
+    __import__("cubby.commands.share", fromlist=["register"]).register(main)
     try:
         from cubby.client.sync.cli import register
     except ImportError:

@@ -90,6 +90,14 @@ class Conflict(CubbyError):
     status = 409
 
 
+class NamespaceMoved(Conflict):
+    """The folder this request resolved into became a shared folder (its own namespace) before
+    the request could commit. Nothing changed: resolve the path again and retry."""
+
+    code = "namespace_moved"
+    retryable = True
+
+
 class Unavailable(CubbyError):
     """A transient failure: the same request may succeed if retried after a pause."""
 
@@ -111,6 +119,7 @@ ERRORS_BY_CODE: dict[str, type[CubbyError]] = {
         Forbidden,
         NotFound,
         Conflict,
+        NamespaceMoved,
         Unavailable,
     )
 }

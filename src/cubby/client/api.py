@@ -172,6 +172,29 @@ class ApiClient:
         body = self._get("/api/v1/journal", ns_id=ns_id, after=after, limit=limit)
         return [JournalEntry.from_dict(e) for e in body["entries"]], int(body["head"]), bool(body["has_more"])
 
+    # -- shared folders --------------------------------------------------------------------------
+    def share(self, path: str, user: str, role: str = "editor") -> dict[str, Any]:
+        """Share the folder at ``path`` with ``user`` (or change their role); returns
+        ``{ns_id, path, created, user, role, state}``."""
+        return dict(self._post("/api/v1/shares", {"path": path, "user": user, "role": role})["share"])
+
+    def shares(self) -> list[dict[str, Any]]:
+        """The caller's shared folders and invitations, each with its members."""
+        return list(self._get("/api/v1/shares")["shares"])
+
+    def accept_share(self, ns_id: int) -> dict[str, Any]:
+        """Accept an invitation; returns ``{ns_id, path, role}`` (where it is mounted)."""
+        return dict(self._request("POST", f"/api/v1/shares/{int(ns_id)}/accept").json()["share"])
+
+    def remove_member(self, path: str, user: str) -> dict[str, Any]:
+        return dict(self._post("/api/v1/shares/remove", {"path": path, "user": user})["share"])
+
+    def leave_share(self, path: str) -> dict[str, Any]:
+        return dict(self._post("/api/v1/shares/leave", {"path": path})["share"])
+
+    def unshare(self, path: str) -> dict[str, Any]:
+        return dict(self._post("/api/v1/shares/unshare", {"path": path})["share"])
+
     # -- chunks ----------------------------------------------------------------------------------
     def upload_chunks(self, ns_id: int, items: Sequence[tuple[str, bytes]]) -> int:
         """Send chunks in one request (frames streamed from memory); returns how many were new."""

@@ -1,1 +1,1 @@
-"""CLI command groups that live in their own modules; each has ``register(main)``."""
+"""Command groups of the `cubby` CLI that live apart from cli.py; each has `register(main)`."""

@@ -18,7 +18,7 @@ MariaDB through SQLAlchemy Core):
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cubby.blockstore.base import BlockStore
 from cubby.errors import CubbyError
@@ -35,8 +35,54 @@ from cubby.metadata.model import (
     User,
 )
 
+if TYPE_CHECKING:
+    from cubby.metadata.shares import SharingChange
+
+
+class SharingOps(Protocol):
+    """Shared folders (`cubby.metadata.shares.Sharing`). Every call is atomic; each answers a
+    `SharingChange` naming the journal heads it moved and the users whose namespaces changed."""
+
+    def share(self, user_id: int, root_ns: int, path: str, invitee: Any, role: Any = "editor") -> SharingChange:
+        """Share the folder at ``path`` of the owner's root (turning it into a namespace the first
+        time, metadata only) and invite ``invitee``, or change their role. `NotFound` for a
+        missing path or user, `BadRequest` for a file, the root, oneself or a bad role,
+        `Conflict` for a folder holding a shared folder, `Forbidden` for a non-owner."""
+
+    def accept(self, user_id: int, root_ns: int, ns_id: int) -> SharingChange:
+        """Mount the shared folder in the user's root under a name that collides with nothing."""
+
+    def remove_member(self, user_id: int, ns_id: int, member: Any) -> SharingChange: ...
+
+    def leave(self, user_id: int, ns_id: int) -> SharingChange: ...
+
+    def unshare(self, user_id: int, ns_id: int) -> SharingChange:
+        """Members lose the folder; the owner's mount becomes a folder with its current contents."""
+
+    def list_shares(self, user_id: int) -> list[dict[str, Any]]: ...
+
+    def cut(self, ns_id: int) -> int | None:
+        """The last journal id the share copied into ``ns_id`` (None if not made by a share)."""
+
+
+class CrossNamespaceMoves(Protocol):
+    """Moves between namespaces (`cubby.metadata.moves.CrossMoves`): never one transaction
+    over two namespaces; an intent record makes an interrupted move recoverable."""
+
+    def move(
+        self, user_id: int, src_ns: int, src: str, dst_ns: int, dst: str, expected_rev: int | None = None
+    ) -> Entry:
+        """Move a file or folder; after a crash at any point, `recover` leaves it in exactly one
+        of the two namespaces. `Conflict` (nothing moved) if it changed during the move."""
+
+    def recover(self, *, older_than: float = 0.0) -> int:
+        """Finish or undo interrupted moves; idempotent. Returns how many it handled."""
+
 
 class MetadataStore(Protocol):
+    sharing: SharingOps
+    moves: CrossNamespaceMoves
+
     # --- accounts -------------------------------------------------------------------------
     def create_user(self, name: str) -> tuple[User, str]:
         """Create a user with a root namespace; return it and a new bearer token (shown once)."""
@@ -55,12 +101,14 @@ class MetadataStore(Protocol):
         """Map a bearer token to its principal; `Unauthorized` if unknown or revoked."""
 
     # --- files ----------------------------------------------------------------------------
-    def commit(self, user_id: int, ns_id: int, req: CommitRequest) -> CommitResult:
-        """Apply a file commit if every chunk is available to this namespace, else say which
-        chunks are needed (and change nothing). Missing parent folders are created."""
+    def commit(self, user_id: int, ns_id: int, req: CommitRequest, readable: Iterable[int] = ()) -> CommitResult:
+        """Apply a file commit if every chunk is available to this namespace (or held by one of
+        the ``readable`` namespaces the caller can read), else say which chunks are needed (and
+        change nothing). Missing parent folders are created. `NamespaceMoved` (retryable,
+        nothing changed) when the path lies below a folder that became a shared folder."""
 
     def commit_many(
-        self, user_id: int, ns_id: int, reqs: Sequence[CommitRequest]
+        self, user_id: int, ns_id: int, reqs: Sequence[CommitRequest], readable: Iterable[int] = ()
     ) -> list[CommitResult | CubbyError]:
         """Many commits in one transaction (for many small files); each gets its own outcome,
         and a failed one does not stop the others."""
@@ -68,8 +116,11 @@ class MetadataStore(Protocol):
     def mkdir(self, user_id: int, ns_id: int, path: str) -> Entry:
         """Create a folder (and its missing parents); an existing folder is returned as is."""
 
-    def delete(self, user_id: int, ns_id: int, path: str, expected_rev: int | None = None) -> Entry:
-        """Delete a file or a folder with everything below it; history keeps the revisions."""
+    def delete(
+        self, user_id: int, ns_id: int, path: str, expected_rev: int | None = None, *, forget_through: int | None = None
+    ) -> Entry:
+        """Delete a file or a folder with everything below it; history keeps the revisions
+        (except those up to ``forget_through``: see `SqlMetadataStore.delete`)."""
 
     def move(
         self, user_id: int, ns_id: int, src: str, dst: str, expected_rev: int | None = None

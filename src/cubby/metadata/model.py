@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-Kind = Literal["file", "folder"]
+Kind = Literal["file", "folder", "mount"]
+"""A "mount" node stands in its namespace for a shared folder: another namespace, mounted there."""
 Role = Literal["owner", "editor", "viewer"]
-JournalOp = Literal["add", "edit", "mkdir", "delete", "move", "restore"]
+JournalOp = Literal["add", "edit", "mkdir", "delete", "move", "restore", "mount", "unmount"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class Principal:
     """Who is asking, and which namespaces they can reach with what role.
 
     ``namespaces`` maps namespace id to role; every access check is a lookup here, so a token
-    never reaches a namespace that is not in this map.
+    never reaches a namespace that is not in this map. It is read afresh from the database on
+    every request, so a removed member loses access with their next request.
     """
 
     user_id: int
@@ -42,6 +44,8 @@ class Principal:
     root_ns: int
     token_id: int
     namespaces: dict[int, Role] = field(default_factory=dict)
+    mounts: dict[str, int] = field(default_factory=dict)
+    """Shared folders in the user's tree: mount path (display spelling) -> namespace id."""
 
     def can_read(self, ns_id: int) -> bool:
         return ns_id in self.namespaces
@@ -69,6 +73,8 @@ class Entry:
     content_hash: str | None = None
     mtime: float | None = None
     deleted: bool = False
+    target_ns: int | None = None
+    """For kind "mount": the namespace mounted at this path."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,9 +1,9 @@
 """The metadata schema, in SQLAlchemy Core, for SQLite, PostgreSQL and MariaDB alike.
 
-Every table that describes files (nodes, file_revs, journal, ns_chunks) is keyed by namespace id
-first: a namespace's rows never need another namespace's rows, so namespaces can be spread over
-database shards without cross-shard joins (``links`` too). Only ``users``, ``tokens``, ``blocks``
-and ``settings`` are global.
+Every table that describes files (nodes, file_revs, journal, ns_chunks, members, move_intents,
+links) is keyed by namespace id first: a namespace's rows never need another namespace's rows, so
+namespaces can be spread over database shards without cross-shard joins. Only ``users``,
+``tokens``, ``blocks`` and ``settings`` are global.
 
 Path keys are stored as UTF-8 *bytes* (`PathKey`): byte order is code point order on every
 engine (no collation surprises such as MariaDB's case- and trailing-space-insensitive defaults),
@@ -101,6 +101,8 @@ namespaces = Table(
     Column("head", BigInteger, nullable=False, default=0),
     Column("next_node", BigInteger, nullable=False, default=1),
     Column("created_at", Double, nullable=False),
+    Column("name", Text, nullable=True),  # a shared folder's name: what members' mounts are called
+    Column("cut", BigInteger, nullable=True),  # a shared folder's last journal id copied by the share
 )
 
 nodes = Table(
@@ -120,9 +122,12 @@ nodes = Table(
     Column("mtime", Double, nullable=True),
     Column("deleted", Boolean, nullable=False, default=False),
     Column("deleted_key", PathKey, nullable=True),  # the key it had when deleted: history, restore
+    Column("target_ns", BigInteger, nullable=True),  # kind "mount": the namespace mounted here
+    Column("pending", String(32), nullable=True),  # a cross-namespace move's intent, until it lands
     UniqueConstraint("ns_id", "path_key"),
     Index("ix_nodes_children", "ns_id", "parent_id", "path_key"),
     Index("ix_nodes_deleted", "ns_id", "deleted_key"),
+    Index("ix_nodes_mounts", "ns_id", "target_ns"),
 )
 
 file_revs = Table(
@@ -172,6 +177,34 @@ ns_chunks = Table(
     Column("refs", BigInteger, nullable=False, default=0),
     Column("touched_at", Double, nullable=False),
     Index("ix_ns_chunks_hash", "hash", "refs"),
+)
+
+members = Table(
+    "members",
+    metadata,
+    Column("ns_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("user_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("role", String(8), nullable=False),  # owner | editor | viewer
+    Column("state", String(8), nullable=False),  # invited | active
+    Column("invited_by", BigInteger, nullable=True),
+    Column("created_at", Double, nullable=False),
+    # Which shared folders a user belongs to: read on every request by authentication. On a
+    # sharded deployment this index becomes a per-user directory beside the users table.
+    Index("ix_members_user", "user_id"),
+)
+
+move_intents = Table(
+    "move_intents",
+    metadata,
+    Column("ns_id", BigInteger, primary_key=True, autoincrement=False),  # the source namespace
+    Column("intent_id", String(32), primary_key=True),
+    Column("dst_ns", BigInteger, nullable=False),
+    Column("src_path", Text, nullable=False),
+    Column("dst_path", Text, nullable=False),
+    Column("node_id", BigInteger, nullable=False),  # the moved node in the source namespace
+    Column("state", String(16), nullable=False),  # started | undoing | removed (see metadata/moves.py)
+    Column("user_id", BigInteger, nullable=True),
+    Column("created_at", Double, nullable=False),
 )
 
 blocks = Table(

@@ -34,7 +34,15 @@ from sqlalchemy.exc import IntegrityError
 from cubby.blockstore.base import BlockStore
 from cubby.core import paths
 from cubby.core.hashing import content_hash
-from cubby.errors import BadRequest, Conflict, CubbyError, NotFound, SizeMismatch, Unauthorized
+from cubby.errors import (
+    BadRequest,
+    Conflict,
+    CubbyError,
+    NamespaceMoved,
+    NotFound,
+    SizeMismatch,
+    Unauthorized,
+)
 from cubby.metadata import migrate
 from cubby.metadata.engine import Database
 from cubby.metadata.model import (
@@ -51,7 +59,18 @@ from cubby.metadata.model import (
     Role,
     User,
 )
-from cubby.metadata.schema import blocks, file_revs, journal, namespaces, nodes, ns_chunks, settings, tokens, users
+from cubby.metadata.schema import (
+    blocks,
+    file_revs,
+    journal,
+    members,
+    namespaces,
+    nodes,
+    ns_chunks,
+    settings,
+    tokens,
+    users,
+)
 
 ROOT_NODE = 0
 MAX_CHUNK_BYTES = 16 * 1024 * 1024
@@ -91,6 +110,7 @@ def _entry(row: Row[Any]) -> Entry:
         content_hash=m["content_hash"],
         mtime=m["mtime"],
         deleted=bool(m["deleted"]),
+        target_ns=m["target_ns"],
     )
 
 
@@ -100,7 +120,7 @@ def _root_entry(ns_id: int, head: int) -> Entry:
 
 _NODE_COLUMNS = (
     "parent_id", "name", "path", "path_key", "kind", "rev", "content_rev", "size", "content_hash", "mtime",
-    "deleted", "deleted_key",
+    "deleted", "deleted_key", "target_ns", "pending",
 )
 
 
@@ -129,6 +149,10 @@ class _Txn:
     chunk_sizes: dict[str, int] | None = None
     usable: set[str] | None = None
     checked: set[str] = field(default_factory=set)
+    readable: tuple[int, ...] = ()
+    """Other namespaces the caller can read: their chunks need no proof of possession here."""
+    share_origin: Any = None
+    """(cut, owner's root namespace) of a shared namespace, once `_same_as_before_share` read it."""
 
     def next_jid(self) -> int:
         self.head += 1
@@ -249,8 +273,15 @@ class SqlMetadataStore:
     """The metadata store (see `cubby.metadata.base.MetadataStore` for the contract)."""
 
     def __init__(self, db: Database) -> None:
+        from cubby.metadata.moves import CrossMoves
+        from cubby.metadata.shares import Sharing
+
         self.db = db
         self._secret = self._load_secret()
+        self.sharing = Sharing(self)
+        """Shared folders: share, accept, remove, leave, unshare, list (see metadata/shares.py)."""
+        self.moves = CrossMoves(self)
+        """Moves between namespaces, with intents and recovery (see metadata/moves.py)."""
 
     # ======================================================================================
     # plumbing
@@ -283,12 +314,13 @@ class SqlMetadataStore:
             raise NotFound(f"namespace {ns_id} does not exist")
         return int(row[0]), int(row[1])
 
-    def _write_ns(self, ns_id: int, user_id: int | None, fn: Any) -> Any:
+    def _write_ns(self, ns_id: int, user_id: int | None, fn: Any, readable: Iterable[int] = ()) -> Any:
         """Run ``fn(txn)`` in one transaction holding the namespace's lock."""
+        others = tuple(sorted({int(n) for n in readable} - {ns_id}))
 
         def run(conn: Connection) -> Any:
             head, next_node = self._lock_ns(conn, ns_id)
-            tx = _Txn(conn, ns_id, head, next_node, user_id)
+            tx = _Txn(conn, ns_id, head, next_node, user_id, readable=others)
             result = fn(tx)
             tx.finish(self._insert_ignore)
             return result
@@ -399,10 +431,37 @@ class SqlMetadataStore:
             raise Unauthorized("unknown token: check CUBBY_TOKEN, or create one with 'cubby user add'")
         if row.revoked_at is not None:
             raise Unauthorized("this token was revoked: create a new one with 'cubby token create'")
-        roles: dict[int, Role] = {int(row.root_ns): "owner"}
+        roles, mounts = self.db.read(lambda c: self._memberships(c, int(row.uid), int(row.root_ns)))
         return Principal(
-            user_id=int(row.uid), name=row.name, root_ns=int(row.root_ns), token_id=int(row.id), namespaces=roles
+            user_id=int(row.uid), name=row.name, root_ns=int(row.root_ns), token_id=int(row.id), namespaces=roles,
+            mounts=mounts,
         )
+
+    def _memberships(self, conn: Connection, user_id: int, root_ns: int) -> tuple[dict[int, Role], dict[str, int]]:
+        """The namespaces a user reaches, with roles, and where each shared one is mounted.
+
+        A shared namespace counts only while the membership is active *and* its mount node is
+        live in the user's root: the membership row is the truth about access, the mount node
+        about where it appears. Read on every request, so a change applies at the next one."""
+        active = {
+            int(r.ns_id): r.role
+            for r in conn.execute(
+                select(members.c.ns_id, members.c.role).where(members.c.user_id == user_id, members.c.state == "active")
+            )
+        }
+        roles: dict[int, Role] = {root_ns: "owner"}
+        mounts: dict[str, int] = {}
+        if active:
+            for m in conn.execute(
+                select(nodes.c.path, nodes.c.target_ns).where(
+                    nodes.c.ns_id == root_ns, nodes.c.target_ns.is_not(None), nodes.c.path_key.is_not(None)
+                )
+            ):
+                ns = int(m.target_ns)
+                if ns in active:
+                    mounts[str(m.path)] = ns
+                    roles[ns] = active[ns]
+        return roles, mounts
 
     # ======================================================================================
     # reading files
@@ -420,14 +479,30 @@ class SqlMetadataStore:
             select(nodes).where(nodes.c.ns_id == ns_id, nodes.c.path_key == paths.key(path))
         ).first()
 
+    def _missing(self, conn: Connection, ns_id: int, path: str) -> CubbyError:
+        """The error for a path with no live node: `NamespaceMoved` when an ancestor became a
+        shared folder after the caller resolved the path (a read that raced the share), else
+        `NotFound`."""
+        for a in paths.ancestors(path):
+            row = self._live(conn, ns_id, a)
+            if row is None or row.kind == "file":
+                break
+            if row.kind == "mount":
+                return NamespaceMoved(f"{row.path} became a shared folder; resolve {path} again", path=row.path)
+        return NotFound(f"{path} does not exist")
+
     def stat(self, ns_id: int, path: str) -> Entry:
         path = paths.normalize(path)
         if path == paths.ROOT:
             return _root_entry(ns_id, self.head(ns_id))
-        row = self.db.read(lambda c: self._live(c, ns_id, path))
-        if row is None:
-            raise NotFound(f"{path} does not exist")
-        return _entry(row)
+
+        def run(conn: Connection) -> Entry:
+            row = self._live(conn, ns_id, path)
+            if row is None:
+                raise self._missing(conn, ns_id, path)
+            return _entry(row)
+
+        return self.db.read(run)
 
     def list(
         self, ns_id: int, path: str, recursive: bool = False, cursor: str | None = None, limit: int = 1000
@@ -450,6 +525,8 @@ class SqlMetadataStore:
                 folder = self._live(conn, ns_id, path)
                 if folder is None:
                     raise NotFound(f"{path} does not exist")
+                if folder.kind == "mount":
+                    raise NamespaceMoved(f"{path} is a shared folder now; resolve it again", path=path)
                 if folder.kind != "folder":
                     raise Conflict(f"{path} is a file, not a folder", code="not_a_folder")
                 folder_id = folder.node_id
@@ -538,7 +615,7 @@ class SqlMetadataStore:
             node = self._live(conn, ns_id, path)
             if rev is None:
                 if node is None:
-                    raise NotFound(f"{path} does not exist")
+                    raise self._missing(conn, ns_id, path)
                 if node.kind != "file":
                     raise Conflict(f"{path} is a folder, not a file", code="not_a_file")
                 want = node.content_rev
@@ -608,6 +685,43 @@ class SqlMetadataStore:
     # ======================================================================================
     # writing files
     # ======================================================================================
+    def _same_as_before_share(self, tx: _Txn, row: Any, expected_rev: int) -> bool:
+        """Whether ``expected_rev`` is the revision ``row`` had in its owner's root namespace
+        when the share copied it, and it has not changed since.
+
+        Sharing renumbers what it copies (a revision is a journal id of its namespace), so a
+        client that read a file before the share, or a request that raced the share and was
+        resolved again, names the old revision. It is the same version, so it must not be a
+        conflict; any change since the copy has a revision above the cut and still is one."""
+        if tx.share_origin is None:
+            tx.share_origin = tx.conn.execute(
+                select(namespaces.c.cut, users.c.root_ns)
+                .join(users, users.c.id == namespaces.c.owner_id)
+                .where(namespaces.c.ns_id == tx.ns_id)
+            ).first() or False
+        ns = tx.share_origin
+        if not ns or ns.cut is None or int(row.rev) > int(ns.cut):
+            return False
+        old = tx.conn.execute(
+            select(nodes.c.rev).where(nodes.c.ns_id == int(ns.root_ns), nodes.c.node_id == int(row.node_id))
+        ).first()
+        return old is not None and int(old.rev) == int(expected_rev)
+
+    def _guard_mounts(self, tx: _Txn, path: str) -> None:
+        """Refuse, retryably, a write whose path lies below a mount point of this namespace.
+
+        Such a write resolved its path before the folder became a shared folder (its own
+        namespace) and reached this namespace after the share committed: applying it here would
+        put it where no one sees it, so it must be resolved again and land in the new namespace.
+        Every writer of a namespace holds that namespace's lock, so this check and the share
+        are ordered: each write lands on exactly one side of the cut."""
+        for a in paths.ancestors(path):
+            row = tx.live(paths.key(a))
+            if row is None or row.kind == "file":
+                return  # nothing deeper exists, or the write fails on its own
+            if row.kind == "mount":
+                raise NamespaceMoved(f"{row.path} became a shared folder; resolve {path} again and retry", path=row.path)
+
     def _ensure_folder(self, tx: _Txn, path: str) -> tuple[int, str]:
         """Node id and display path of the folder at ``path``, creating it and its missing
         parents. A new node's display path is its parent's display path plus its own name, so
@@ -616,6 +730,8 @@ class SqlMetadataStore:
             return ROOT_NODE, paths.ROOT
         row = tx.live(paths.key(path))
         if row is not None:
+            if row.kind == "mount":
+                raise NamespaceMoved(f"{row.path} became a shared folder; resolve {path} again and retry", path=row.path)
             if row.kind != "folder":
                 raise Conflict(f"{row.path} is a file, so it cannot hold {path}", code="not_a_folder")
             return int(row.node_id), str(row.path)
@@ -678,7 +794,9 @@ class SqlMetadataStore:
             tx.usable.update(
                 r[0]
                 for r in tx.conn.execute(
-                    select(ns_chunks.c.hash).where(ns_chunks.c.ns_id == tx.ns_id, ns_chunks.c.hash.in_(part))
+                    select(ns_chunks.c.hash)
+                    .where(ns_chunks.c.ns_id.in_((tx.ns_id, *tx.readable)), ns_chunks.c.hash.in_(part))
+                    .distinct()
                 )
             )
             q = select(blocks.c.hash, blocks.c.size).where(blocks.c.hash.in_(part))
@@ -707,12 +825,15 @@ class SqlMetadataStore:
         *, check_expected: bool = True, revive: int | None = None,
     ) -> Entry:
         key = paths.key(path)
+        self._guard_mounts(tx, path)
         existing = tx.live(key)
-        if existing is not None and existing.kind == "folder":
+        if existing is not None and existing.kind != "file":
             raise Conflict(f"{existing.path} is a folder; cannot write a file there", code="is_a_folder")
         if check_expected:
             current = existing.rev if existing is not None else None
-            if current != expected_rev:
+            if current != expected_rev and not (
+                existing is not None and expected_rev is not None and self._same_as_before_share(tx, existing, expected_rev)
+            ):
                 if existing is None:
                     raise Conflict(f"{path} was deleted or moved since revision {expected_rev}", current_rev=None)
                 if expected_rev is None:
@@ -776,6 +897,7 @@ class SqlMetadataStore:
 
     def _commit_in(self, tx: _Txn, req: CommitRequest) -> CommitResult:
         path, chunks = self._validate_commit(req)
+        self._guard_mounts(tx, path)
         missing = self._unavailable(tx, chunks)
         if missing:
             uid = tx.user_id or 0
@@ -784,12 +906,12 @@ class SqlMetadataStore:
             )
         return CommitResult(entry=self._write_file(tx, path, chunks, req.size, req.expected_rev, req.mtime))
 
-    def commit(self, user_id: int, ns_id: int, req: CommitRequest) -> CommitResult:
+    def commit(self, user_id: int, ns_id: int, req: CommitRequest, readable: Iterable[int] = ()) -> CommitResult:
         self._validate_commit(req)
-        return self._write_ns(ns_id, user_id, lambda tx: self._commit_in(tx, req))
+        return self._write_ns(ns_id, user_id, lambda tx: self._commit_in(tx, req), readable)
 
     def commit_many(
-        self, user_id: int, ns_id: int, reqs: Sequence[CommitRequest]
+        self, user_id: int, ns_id: int, reqs: Sequence[CommitRequest], readable: Iterable[int] = ()
     ) -> list[CommitResult | CubbyError]:
         def run(tx: _Txn) -> list[CommitResult | CubbyError]:
             out: list[CommitResult | CubbyError] = []
@@ -813,7 +935,7 @@ class SqlMetadataStore:
                     out.append(exc)
             return out
 
-        return self._write_ns(ns_id, user_id, run)
+        return self._write_ns(ns_id, user_id, run, readable)
 
     def mkdir(self, user_id: int, ns_id: int, path: str) -> Entry:
         path = paths.normalize(path)
@@ -821,6 +943,7 @@ class SqlMetadataStore:
             return self.stat(ns_id, path)
 
         def run(tx: _Txn) -> Entry:
+            self._guard_mounts(tx, path)
             self._ensure_folder(tx, path)
             tx.flush(self._insert_ignore)
             tx.forget()
@@ -830,21 +953,41 @@ class SqlMetadataStore:
 
         return self._write_ns(ns_id, user_id, run)
 
-    def delete(self, user_id: int, ns_id: int, path: str, expected_rev: int | None = None) -> Entry:
+    def delete(
+        self, user_id: int, ns_id: int, path: str, expected_rev: int | None = None, *, forget_through: int | None = None
+    ) -> Entry:
+        """Delete ``path`` (see the Protocol). With ``forget_through``, also forget the deleted
+        files' revisions up to that journal id: a shared folder's server passes its cut when
+        it retries a delete that raced the share, so that a delete its client issued before
+        the share was acknowledged leaves no history a member could open."""
         path = paths.normalize(path)
         if path == paths.ROOT:
             raise BadRequest("the root cannot be deleted")
 
         def run(tx: _Txn) -> Entry:
             key = paths.key(path)
+            self._guard_mounts(tx, path)
             row = tx.live(key)
             if row is None:
                 raise NotFound(f"{path} does not exist")
-            if expected_rev is not None and row.rev != expected_rev:
+            if expected_rev is not None and row.rev != expected_rev and not self._same_as_before_share(tx, row, expected_rev):
                 raise Conflict(f"{row.path} changed: it is at revision {row.rev}, not {expected_rev}", current_rev=row.rev)
+            if row.kind == "mount":
+                raise Conflict(
+                    f"{row.path} is a shared folder: leave it ('cubby share leave') or, as its owner, unshare it",
+                    code="is_shared_folder",
+                )
             jid = tx.next_jid()
             if row.kind == "folder":
                 lo, hi = _key_range(key)
+                if tx.conn.execute(
+                    select(nodes.c.node_id)
+                    .where(nodes.c.ns_id == tx.ns_id, nodes.c.target_ns.is_not(None), nodes.c.path_key > lo, nodes.c.path_key < hi)
+                    .limit(1)
+                ).first():
+                    raise Conflict(
+                        f"{row.path} holds a shared folder: leave or unshare it first", code="contains_shared_folder"
+                    )
                 tx.conn.execute(
                     update(nodes)
                     .where(nodes.c.ns_id == tx.ns_id, nodes.c.path_key > lo, nodes.c.path_key < hi)
@@ -856,6 +999,8 @@ class SqlMetadataStore:
                 .where(nodes.c.ns_id == tx.ns_id, nodes.c.node_id == row.node_id)
                 .values(deleted=True, deleted_key=key, path_key=None, rev=jid)
             )
+            if forget_through is not None:
+                self._forget_revisions(tx, key, row, forget_through)
             tx.journal(
                 "delete", node_id=row.node_id, parent_id=row.parent_id, kind=row.kind, path=row.path, rev=jid,
                 size=row.size, content_hash=row.content_hash,
@@ -864,6 +1009,29 @@ class SqlMetadataStore:
             return Entry(**{**e.to_dict(), "rev": jid, "deleted": True})
 
         return self._write_ns(ns_id, user_id, run)
+
+    def _forget_revisions(self, tx: _Txn, key: str, row: Any, through: int) -> None:
+        """Drop the revisions up to ``through`` of the file ``row`` (or of every file below the
+        folder at ``key``, just deleted) with their chunk references."""
+        if row.kind == "file":
+            ids = [int(row.node_id)]
+        else:
+            lo, hi = _key_range(key)
+            ids = [
+                int(r[0])
+                for r in tx.conn.execute(
+                    select(nodes.c.node_id).where(
+                        nodes.c.ns_id == tx.ns_id, nodes.c.kind == "file", nodes.c.deleted_key > lo, nodes.c.deleted_key < hi
+                    )
+                )
+            ]
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            cond = (file_revs.c.ns_id == tx.ns_id, file_revs.c.node_id.in_(part), file_revs.c.rev <= through)
+            for fr in tx.conn.execute(select(file_revs.c.blocklist).where(*cond)):
+                for h in {c[0] for c in json.loads(fr.blocklist)}:
+                    tx.ref_counts[h] = tx.ref_counts.get(h, 0) - 1
+            tx.conn.execute(delete(file_revs).where(*cond))
 
     def move(self, user_id: int, ns_id: int, src: str, dst: str, expected_rev: int | None = None) -> Entry:
         src, dst = paths.normalize(src), paths.normalize(dst)
@@ -874,10 +1042,12 @@ class SqlMetadataStore:
             raise BadRequest(f"cannot move {src} into itself ({dst})")
 
         def run(tx: _Txn) -> Entry:
+            self._guard_mounts(tx, src)
+            self._guard_mounts(tx, dst)
             row = tx.live(paths.key(src))
             if row is None:
                 raise NotFound(f"{src} does not exist")
-            if expected_rev is not None and row.rev != expected_rev:
+            if expected_rev is not None and row.rev != expected_rev and not self._same_as_before_share(tx, row, expected_rev):
                 raise Conflict(f"{row.path} changed: it is at revision {row.rev}, not {expected_rev}", current_rev=row.rev)
             if not same_key and tx.live(paths.key(dst)) is not None:
                 raise Conflict(f"{dst} already exists", code="destination_exists")

@@ -1,8 +1,8 @@
 """Who is asking, and what they may reach: the one place every request's access is checked.
 
-A user's tree is their root namespace, with other namespaces mounted in it (shared folders, a
-later addition: `mounts` maps a mount path to a namespace). A user path resolves to the
-namespace of its longest mount prefix and the path inside it. A namespace the principal cannot
+A user's tree is their root namespace, with other namespaces mounted in it (shared folders:
+`mounts` maps a mount path to a namespace). A user path resolves to the namespace of its
+longest mount prefix and the path inside it. A namespace the principal cannot
 read answers `NotFound`, exactly like one that does not exist, so nothing leaks that it does.
 """
 
@@ -43,18 +43,21 @@ async def principal(request: Request, ctx: ServerContext) -> Principal:
 
 
 def mounts(p: Principal) -> dict[str, int]:
-    """Mount path -> namespace id of everything in the principal's tree."""
-    return {paths.ROOT: p.root_ns}
+    """Mount path -> namespace id of everything in the principal's tree: the root namespace at
+    ``/`` and every shared folder where it is mounted (`Principal.mounts`, read afresh from
+    the database with every request)."""
+    return {paths.ROOT: p.root_ns, **p.mounts}
 
 
 def resolve(p: Principal, user_path: str, *, write: bool = False) -> Target:
     """Map a path in the user's tree to (namespace, path inside it), checking access."""
     norm = paths.normalize(user_path)
     best = paths.ROOT
-    for mount in mounts(p):
+    table = mounts(p)
+    for mount in table:
         if paths.is_within(norm, mount) and len(mount) > len(best):
             best = mount
-    ns_id = mounts(p)[best]
+    ns_id = table[best]
     if not p.can_read(ns_id):
         raise NotFound(f"{norm} does not exist")
     if write and not p.can_write(ns_id):
@@ -76,4 +79,9 @@ def user_entry(target: Target, entry: Entry) -> dict[str, object]:
     """An entry as the user sees it: its path in their tree."""
     d = entry.to_dict()
     d["path"] = target.user_path(entry.path)
+    if entry.kind == "mount":
+        # In a listing a shared folder is a folder; ``target_ns`` says whose journal holds it.
+        d["kind"] = "folder"
+    else:
+        d.pop("target_ns", None)
     return d

@@ -1,4 +1,10 @@
-"""The metadata role: files, folders, history, journal, account and tokens."""
+"""The metadata role: files, folders, history, journal, account and tokens (and the share
+routes of `cubby.server.shares`).
+
+A write that resolved its path before the folder became a shared folder and reached the old
+namespace after the share is refused by the store with `NamespaceMoved` (nothing changed); the
+handlers here re-read the caller's mounts, resolve the path again and retry it once, so the
+client sees it land in the shared folder, or a retryable error."""
 
 from __future__ import annotations
 
@@ -10,7 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from cubby.errors import BadRequest, CubbyError
+from cubby.core import paths
+from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceMoved
 from cubby.metadata.model import ChunkRef, CommitRequest, CommitResult, Principal
 from cubby.server import access
 from cubby.server.bodies import field_float, field_hash, field_int, field_str, json_body, query_bool, query_int
@@ -54,6 +61,18 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
     async def who(request: Request) -> Principal:
         return await access.principal(request, ctx)
 
+    async def once_more(request: Request, p: Principal, fn: Callable[[Principal, bool], Any]) -> tuple[Principal, Any]:
+        """Run ``fn(p, False)`` in a thread; after `NamespaceMoved`, re-authenticate (fresh
+        mounts) and run ``fn(p, True)`` once more: the second argument says the request raced
+        a share. (An ``expected_rev`` read before the share still matches the unchanged copy:
+        see `SqlMetadataStore._same_as_before_share`.)"""
+        try:
+            return p, await run_in_threadpool(fn, p, False)
+        except NamespaceMoved:
+            ctx.log.info("request raced a share; resolving it again", extra={"path": request.url.path})
+            p = await who(request)
+            return p, await run_in_threadpool(fn, p, True)
+
     async def account(request: Request) -> Response:
         p = await who(request)
         heads = {}
@@ -72,11 +91,14 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         )
 
     async def commit(request: Request) -> Response:
-        p = await who(request)
         req = parse_commit(await json_body(request))
-        target = access.resolve(p, req.path, write=True)
-        inner = CommitRequest(target.path, req.size, req.chunks, req.expected_rev, req.mtime)
-        res = await run_in_threadpool(store.commit, p.user_id, target.ns_id, inner)
+
+        def run(p: Principal, moved: bool) -> tuple[access.Target, CommitResult]:
+            target = access.resolve(p, req.path, write=True)
+            inner = CommitRequest(target.path, req.size, req.chunks, req.expected_rev, req.mtime)
+            return target, store.commit(p.user_id, target.ns_id, inner, access.mounts(p).values())
+
+        _, (target, res) = await once_more(request, await who(request), run)
         if res.entry is not None:
             ctx.committed(target.ns_id, res.entry.rev)
         return JSONResponse(commit_answer(target, res))
@@ -90,76 +112,115 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         if len(items) > MAX_BATCH:
             raise BadRequest(f"at most {MAX_BATCH} commits per batch", field="commits")
         results: list[dict[str, Any] | None] = [None] * len(items)
-        groups: dict[int, list[tuple[int, access.Target, CommitRequest]]] = {}
+        parsed: dict[int, CommitRequest] = {}
         for i, raw in enumerate(items):
             try:
-                req = parse_commit(raw)
-                target = access.resolve(p, req.path, write=True)
+                parsed[i] = parse_commit(raw)
             except CubbyError as exc:
                 results[i] = {"status": "error", "error": exc.to_dict()}
-                continue
-            inner = CommitRequest(target.path, req.size, req.chunks, req.expected_rev, req.mtime)
-            groups.setdefault(target.ns_id, []).append((i, target, inner))
-        for ns_id, group in groups.items():
-            outcomes = await run_in_threadpool(store.commit_many, p.user_id, ns_id, [g[2] for g in group])
-            newest = 0
-            for (i, target, _), out in zip(group, outcomes):
-                if isinstance(out, CubbyError):
-                    results[i] = {"status": "error", "error": out.to_dict()}
-                else:
-                    results[i] = commit_answer(target, out)
-                    if out.entry is not None:
-                        newest = max(newest, out.entry.rev)
-            if newest:
-                ctx.committed(ns_id, newest)
+        todo = sorted(parsed)
+        for attempt in range(2):
+            if attempt:
+                p = await who(request)  # fresh mounts: some paths became a shared folder
+            groups: dict[int, list[tuple[int, access.Target, CommitRequest]]] = {}
+            for i in todo:
+                req = parsed[i]
+                try:
+                    target = access.resolve(p, req.path, write=True)
+                except CubbyError as exc:
+                    results[i] = {"status": "error", "error": exc.to_dict()}
+                    continue
+                inner = CommitRequest(target.path, req.size, req.chunks, req.expected_rev, req.mtime)
+                groups.setdefault(target.ns_id, []).append((i, target, inner))
+            moved: list[int] = []
+            readable = list(access.mounts(p).values())
+            for ns_id, group in groups.items():
+                outcomes = await run_in_threadpool(store.commit_many, p.user_id, ns_id, [g[2] for g in group], readable)
+                newest = 0
+                for (i, target, _), out in zip(group, outcomes):
+                    if isinstance(out, NamespaceMoved) and attempt == 0:
+                        moved.append(i)
+                    elif isinstance(out, CubbyError):
+                        results[i] = {"status": "error", "error": out.to_dict()}
+                    else:
+                        results[i] = commit_answer(target, out)
+                        if out.entry is not None:
+                            newest = max(newest, out.entry.rev)
+                if newest:
+                    ctx.committed(ns_id, newest)
+            if not moved:
+                break
+            todo = moved
         return JSONResponse({"results": results})
 
-    def mutation(fn: Callable[[Principal, dict[str, Any]], tuple[access.Target, Any]]) -> Handler:
+    def mutation(fn: Callable[[Principal, dict[str, Any], bool], tuple[Any, ...]]) -> Handler:
+        """A JSON mutation: ``fn`` answers (target, entry, *other namespaces it changed)."""
+
         async def handler(request: Request) -> Response:
             p = await who(request)
             body = await json_body(request)
-            target, entry = await run_in_threadpool(fn, p, body)
-            ctx.committed(target.ns_id, await run_in_threadpool(store.head, target.ns_id))
+            _, (target, entry, *also) = await once_more(request, p, lambda q, moved: fn(q, body, moved))
+            for ns_id in {target.ns_id, *also}:
+                ctx.committed(ns_id, await run_in_threadpool(store.head, ns_id))
             return JSONResponse({"entry": access.user_entry(target, entry)})
 
         return handler
 
-    def do_mkdir(p: Principal, body: dict[str, Any]) -> tuple[access.Target, Any]:
+    def do_mkdir(p: Principal, body: dict[str, Any], moved: bool) -> tuple[access.Target, Any]:
         t = access.resolve(p, field_str(body, "path") or "", write=True)
         return t, store.mkdir(p.user_id, t.ns_id, t.path)
 
-    def do_delete(p: Principal, body: dict[str, Any]) -> tuple[access.Target, Any]:
+    def do_delete(p: Principal, body: dict[str, Any], moved: bool) -> tuple[access.Target, Any]:
         t = access.resolve(p, field_str(body, "path") or "", write=True)
-        return t, store.delete(p.user_id, t.ns_id, t.path, field_int(body, "expected_rev", required=False))
+        if t.path == paths.ROOT and t.ns_id != p.root_ns:
+            raise Conflict(
+                f"{t.mount} is a shared folder: leave it ('cubby share leave') or, as its owner, unshare it",
+                code="is_shared_folder",
+            )
+        expected = field_int(body, "expected_rev", required=False)
+        # A delete that raced the share was issued before the share was acknowledged: it
+        # also forgets the history the share copied, so no member ever opens what it deleted.
+        cut = store.sharing.cut(t.ns_id) if moved else None
+        return t, store.delete(p.user_id, t.ns_id, t.path, expected, forget_through=cut)
 
-    def do_move(p: Principal, body: dict[str, Any]) -> tuple[access.Target, Any]:
-        src = access.resolve(p, field_str(body, "from_path") or "", write=True)
+    def do_move(p: Principal, body: dict[str, Any], moved: bool) -> tuple[Any, ...]:
+        expected = field_int(body, "expected_rev", required=False)
+        src = access.resolve(p, field_str(body, "from_path") or "")
         dst = access.resolve(p, field_str(body, "to_path") or "", write=True)
+        if src.path == paths.ROOT and src.ns_id != p.root_ns:
+            # Renaming where a shared folder appears: its mount node lives in the root namespace.
+            if dst.ns_id != p.root_ns:
+                raise BadRequest("a shared folder cannot be put inside another shared folder", code="nested_share")
+            root = access.Target(p.root_ns, src.mount, paths.ROOT)
+            return root, store.move(p.user_id, p.root_ns, src.mount, dst.path, expected)
+        src = access.resolve(p, field_str(body, "from_path") or "", write=True)
         if src.ns_id != dst.ns_id:
-            raise BadRequest("moves between shared folders are not supported yet", code="cross_namespace_move")
-        return src, store.move(p.user_id, src.ns_id, src.path, dst.path, field_int(body, "expected_rev", required=False))
+            # Out of a shared folder, into one, or between two: intents, no chunk moves.
+            return dst, store.moves.move(p.user_id, src.ns_id, src.path, dst.ns_id, dst.path, expected), src.ns_id
+        return src, store.move(p.user_id, src.ns_id, src.path, dst.path, expected)
 
-    def do_restore(p: Principal, body: dict[str, Any]) -> tuple[access.Target, Any]:
+    def do_restore(p: Principal, body: dict[str, Any], moved: bool) -> tuple[access.Target, Any]:
         t = access.resolve(p, field_str(body, "path") or "", write=True)
         return t, store.restore(p.user_id, t.ns_id, t.path, field_int(body, "rev", minimum=1) or 0)
 
     async def stat(request: Request) -> Response:
-        p = await who(request)
-        t = access.resolve(p, request.query_params.get("path", "/"))
-        entry = await run_in_threadpool(store.stat, t.ns_id, t.path)
+        def run(p: Principal, moved: bool) -> tuple[access.Target, Any]:
+            t = access.resolve(p, request.query_params.get("path", "/"))
+            return t, store.stat(t.ns_id, t.path)
+
+        _, (t, entry) = await once_more(request, await who(request), run)
         return JSONResponse({"entry": access.user_entry(t, entry)})
 
     async def listing(request: Request) -> Response:
-        p = await who(request)
-        t = access.resolve(p, request.query_params.get("path", "/"))
-        page = await run_in_threadpool(
-            store.list,
-            t.ns_id,
-            t.path,
-            query_bool(request, "recursive"),
-            request.query_params.get("cursor") or None,
-            query_int(request, "limit", 1000, minimum=1, maximum=10_000),
-        )
+        recursive = query_bool(request, "recursive")
+        cursor = request.query_params.get("cursor") or None
+        limit = query_int(request, "limit", 1000, minimum=1, maximum=10_000)
+
+        def run(p: Principal, moved: bool) -> tuple[access.Target, Any]:
+            t = access.resolve(p, request.query_params.get("path", "/"))
+            return t, store.list(t.ns_id, t.path, recursive, cursor, limit)
+
+        _, (t, page) = await once_more(request, await who(request), run)
         return JSONResponse(
             {"entries": [access.user_entry(t, e) for e in page.entries], "cursor": page.cursor, "has_more": page.has_more}
         )
@@ -176,10 +237,13 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         return JSONResponse({"revisions": out})
 
     async def blocklist(request: Request) -> Response:
-        p = await who(request)
-        t = access.resolve(p, request.query_params.get("path", ""))
         rev = query_int(request, "rev", 0) or None
-        entry, chunks = await run_in_threadpool(store.blocklist, t.ns_id, t.path, rev)
+
+        def run(p: Principal, moved: bool) -> tuple[access.Target, Any]:
+            t = access.resolve(p, request.query_params.get("path", ""))
+            return t, store.blocklist(t.ns_id, t.path, rev)
+
+        _, (t, (entry, chunks)) = await once_more(request, await who(request), run)
         return JSONResponse(
             {"entry": access.user_entry(t, entry), "chunks": [{"hash": c.hash, "size": c.size} for c in chunks]}
         )
@@ -239,7 +303,15 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         await run_in_threadpool(store.revoke_token, p.user_id, int(raw))
         return Response(status_code=204)
 
+    from cubby.server import shares
+
+    # Moves between namespaces that a crash interrupted are finished or undone before serving.
+    try:
+        store.moves.recover()
+    except CubbyError:
+        ctx.log.exception("could not recover an interrupted move; it is retried before the next move")
     return [
+        *shares.routes(ctx),
         Route("/api/v1/account", account, methods=["GET"]),
         Route("/api/v1/files/commit", commit, methods=["POST"]),
         Route("/api/v1/files/commit_batch", commit_batch, methods=["POST"]),

@@ -1,0 +1,411 @@
+"""Moves between namespaces (out of a shared folder, into one, or between two), with an intent
+record so that a crash at any point leaves the item in exactly one place.
+
+No transaction spans two namespaces (they may live on different database shards), so a move is
+four transactions, each holding one namespace's lock:
+
+1. source: check the item, write an intent ``started`` (keyed by the source namespace) that
+   remembers the source's journal head;
+2. destination: create the item's nodes *pending* (no path key, so no reader or writer sees
+   them; tagged with the intent id; idempotent), with their current revisions under
+   placeholder ids, and make the chunks usable there (no chunk moves);
+3. source: if nothing below the item changed since step 1, remove it (journalled as a delete)
+   and mark the intent ``removed``: this commit is the point of no return;
+4. destination: give the pending nodes their revisions, path keys and journal entries;
+   then, in the source, delete the intent.
+
+Recovery (`CrossMoves.recover`, at server start and before each move for intents older than a
+grace period) rolls an intent ``started`` back (drop the pending nodes: the item never left
+the source) and an intent ``removed`` forward (finish step 4). Either way the item ends in
+exactly one of the two namespaces.
+
+If the destination path was taken between steps 2 and 4, the item lands beside it as
+``name (1)``, ``name (2)``…: by then it has left the source and must land somewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import Connection
+
+from cubby.core import paths
+from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceMoved, NotFound, Unavailable
+from cubby.metadata.model import Entry
+from cubby.metadata.schema import file_revs, journal, move_intents, nodes
+
+if TYPE_CHECKING:
+    from cubby.metadata.store import SqlMetadataStore, _Txn
+
+STEPS = ("intent", "pending", "removed", "visible")
+"""Fault hook points: after each of the four steps commits."""
+
+FaultHook = Callable[[str], None]
+"""Called with a step name after that step committed; tests use it to kill the process."""
+
+RECOVER_AFTER = 30.0
+"""An intent older than this is taken for abandoned by a crashed process and recovered."""
+
+
+def _key_range(prefix_key: str) -> tuple[str, str]:
+    base = "" if prefix_key == paths.ROOT else prefix_key
+    return base + "/", base + "0"
+
+
+class CrossMoves:
+    """Cross-namespace moves of one `SqlMetadataStore` (reached as ``store.moves``)."""
+
+    def __init__(self, store: SqlMetadataStore, fault: FaultHook | None = None) -> None:
+        self.store = store
+        self.db = store.db
+        self.fault = fault
+
+    def _step(self, name: str) -> None:
+        if self.fault is not None:
+            self.fault(name)
+
+    def _txn(self, conn: Connection, ns_id: int, user_id: int | None) -> _Txn:
+        from cubby.metadata.store import _Txn
+
+        head, next_node = self.store._lock_ns(conn, ns_id)
+        return _Txn(conn, ns_id, head, next_node, user_id)
+
+    # ------------------------------------------------------------------------------------------
+    def move(
+        self, user_id: int, src_ns: int, src: str, dst_ns: int, dst: str, expected_rev: int | None = None
+    ) -> Entry:
+        """Move the file or folder at ``src`` of ``src_ns`` to ``dst`` of ``dst_ns`` (see the
+        module docstring). Metadata only: the chunks are already held, so none moves."""
+        src, dst = paths.normalize(src), paths.normalize(dst)
+        if paths.ROOT in (src, dst):
+            raise BadRequest("the root cannot be moved, nor anything moved onto it")
+        if src_ns == dst_ns:
+            raise BadRequest("not a move between namespaces")
+        self.recover(older_than=RECOVER_AFTER)
+        intent = secrets.token_hex(16)
+
+        # 1. the intent, in the source
+        def step1(conn: Connection) -> tuple[int, str]:
+            tx = self._txn(conn, src_ns, user_id)
+            self.store._guard_mounts(tx, src)
+            row = tx.live(paths.key(src))
+            if row is None:
+                raise NotFound(f"{src} does not exist")
+            if row.kind == "mount":
+                raise BadRequest("a shared folder cannot be put inside another shared folder", code="nested_share")
+            if expected_rev is not None and row.rev != expected_rev and not self.store._same_as_before_share(
+                tx, row, expected_rev
+            ):
+                raise Conflict(f"{row.path} changed: it is at revision {row.rev}, not {expected_rev}", current_rev=row.rev)
+            if row.kind == "folder":
+                lo, hi = _key_range(paths.key(src))
+                if conn.execute(
+                    select(nodes.c.node_id)
+                    .where(nodes.c.ns_id == src_ns, nodes.c.target_ns.is_not(None), nodes.c.path_key > lo, nodes.c.path_key < hi)
+                    .limit(1)
+                ).first():
+                    raise Conflict(f"{row.path} holds a shared folder; shared folders cannot nest", code="contains_shared_folder")
+            conn.execute(
+                insert(move_intents).values(
+                    ns_id=src_ns, intent_id=intent, dst_ns=dst_ns, src_path=row.path, dst_path=dst,
+                    node_id=row.node_id, state="started", user_id=user_id, created_at=time.time(),
+                )
+            )
+            # The source's journal head at the intent: step 3 checks that nothing changed since.
+            return tx.head, str(row.path)
+
+        since, src_path = self.db.write(step1)
+        self._step("intent")
+
+        # 2. pending nodes in the destination
+        try:
+            self.db.write(lambda conn: self._make_pending(conn, intent, user_id, src_ns, src_path, dst_ns, dst))
+        except Exception:
+            self._roll_back(src_ns, intent)
+            raise
+        self._step("pending")
+
+        # 3. remove from the source: the point of no return
+        def step3(conn: Connection) -> None:
+            tx = self._txn(conn, src_ns, user_id)
+            it = conn.execute(
+                select(move_intents).where(move_intents.c.ns_id == src_ns, move_intents.c.intent_id == intent)
+            ).first()
+            if it is None or it.state != "started":
+                raise Unavailable("the move was interrupted and undone; try again")
+            if self._changed_since(conn, src_ns, src_path, since):
+                raise Conflict(f"{src_path} changed while it was being moved; try again", code="moved_item_changed")
+            self._remove_source(tx, src_path)
+            conn.execute(
+                update(move_intents)
+                .where(move_intents.c.ns_id == src_ns, move_intents.c.intent_id == intent)
+                .values(state="removed")
+            )
+            tx.finish(self.store._insert_ignore)
+
+        try:
+            self.db.write(step3)
+        except Conflict:
+            self._roll_back(src_ns, intent)
+            raise
+        self._step("removed")
+
+        # 4. visible in the destination, then the intent goes
+        entry = self._finish(src_ns, intent)
+        return entry
+
+    # ------------------------------------------------------------------------------------------
+    def _make_pending(
+        self, conn: Connection, intent: str, user_id: int, src_ns: int, src_path: str, dst_ns: int, dst: str
+    ) -> None:
+        tx = self._txn(conn, dst_ns, user_id)
+        if conn.execute(select(nodes.c.node_id).where(nodes.c.ns_id == dst_ns, nodes.c.pending == intent).limit(1)).first():
+            return  # done before
+        self.store._guard_mounts(tx, dst)
+        if tx.live(paths.key(dst)) is not None:
+            raise Conflict(f"{dst} already exists", code="destination_exists")
+        parent = tx.live(paths.key(paths.split(dst)[0])) if paths.split(dst)[0] != paths.ROOT else None
+        if parent is not None and parent.kind != "folder":
+            raise Conflict(f"{parent.path} is not a folder", code="not_a_folder")
+        src_key = paths.key(src_path)
+        lo, hi = _key_range(src_key)
+        rows = conn.execute(
+            select(nodes)
+            .where(nodes.c.ns_id == src_ns, nodes.c.path_key.is_not(None))
+            .where((nodes.c.path_key == src_key) | ((nodes.c.path_key > lo) & (nodes.c.path_key < hi)))
+            .order_by(nodes.c.path_key)
+        ).all()
+        if not rows:
+            raise NotFound(f"{src_path} does not exist")
+        ids: dict[int, int] = {}
+        node_rows: list[dict[str, Any]] = []
+        rev_rows: list[dict[str, Any]] = []
+        hashes: set[str] = set()
+        for n in rows:
+            nid = tx.new_node_id()
+            ids[int(n.node_id)] = nid
+            new_path = paths.rebase(n.path, src_path, dst)
+            parent_id = ids.get(int(n.parent_id), 0)
+            is_file = n.kind == "file"
+            node_rows.append(
+                {
+                    "ns_id": dst_ns, "node_id": nid, "parent_id": parent_id, "name": paths.split(new_path)[1], "path": new_path,
+                    "path_key": None, "kind": n.kind, "rev": 0, "content_rev": -nid if is_file else None, "size": n.size,
+                    "content_hash": n.content_hash, "mtime": n.mtime, "deleted": True, "deleted_key": None, "target_ns": None,
+                    "pending": intent,
+                }
+            )
+            if is_file:
+                fr = conn.execute(
+                    select(file_revs).where(
+                        file_revs.c.ns_id == src_ns, file_revs.c.node_id == n.node_id, file_revs.c.rev == n.content_rev
+                    )
+                ).one()
+                rev_rows.append(
+                    {
+                        "ns_id": dst_ns, "node_id": nid, "rev": -nid, "path": new_path, "size": fr.size, "content_hash": fr.content_hash,
+                        "blocklist": fr.blocklist, "mtime": fr.mtime, "user_id": user_id, "created_at": tx.now,
+                    }
+                )
+                hashes.update(c[0] for c in json.loads(fr.blocklist))
+        for i in range(0, len(node_rows), 1000):
+            conn.execute(insert(nodes), node_rows[i : i + 1000])
+        for i in range(0, len(rev_rows), 1000):
+            conn.execute(insert(file_revs), rev_rows[i : i + 1000])
+        if hashes:
+            self.store._make_available(conn, dst_ns, sorted(hashes), tx.now)
+        tx.finish(self.store._insert_ignore)
+
+    def _changed_since(self, conn: Connection, ns_id: int, path: str, since: int) -> bool:
+        """Whether any change after journal id ``since`` touched ``path`` or anything below it."""
+        for e in conn.execute(
+            select(journal.c.path, journal.c.old_path).where(journal.c.ns_id == ns_id, journal.c.jid > since)
+        ):
+            for p in (e.path, e.old_path):
+                if p is not None and (paths.is_within(p, path) or paths.is_within(path, p)):
+                    return True
+        return False
+
+    def _remove_source(self, tx: _Txn, path: str) -> None:
+        key = paths.key(path)
+        row = tx.live(key)
+        assert row is not None
+        jid = tx.next_jid()
+        if row.kind == "folder":
+            lo, hi = _key_range(key)
+            tx.conn.execute(
+                update(nodes)
+                .where(nodes.c.ns_id == tx.ns_id, nodes.c.path_key > lo, nodes.c.path_key < hi)
+                .ordered_values((nodes.c.deleted_key, nodes.c.path_key), (nodes.c.path_key, None), (nodes.c.deleted, True))
+            )
+        tx.conn.execute(
+            update(nodes)
+            .where(nodes.c.ns_id == tx.ns_id, nodes.c.node_id == row.node_id)
+            .values(deleted=True, deleted_key=key, path_key=None, rev=jid)
+        )
+        tx.journal(
+            "delete", node_id=row.node_id, parent_id=row.parent_id, kind=row.kind, path=row.path, rev=jid,
+            size=row.size, content_hash=row.content_hash,
+        )
+
+    def _make_visible(self, conn: Connection, intent: str, dst_ns: int, user_id: int | None) -> Entry | None:
+        """Step 4 in the destination (idempotent: nothing to do once the nodes are visible)."""
+        tx = self._txn(conn, dst_ns, user_id)
+        rows = conn.execute(
+            select(nodes).where(nodes.c.ns_id == dst_ns, nodes.c.pending == intent).order_by(nodes.c.path)
+        ).all()
+        if not rows:
+            return None
+        by_id = {int(r.node_id): r for r in rows}
+        top = next(r for r in rows if int(r.parent_id) not in by_id)
+        parent, name = paths.split(top.path)
+        try:
+            parent_id, parent_path = self.store._ensure_folder(tx, parent)
+        except (NamespaceMoved, Conflict):
+            # The destination folder became a shared folder (or a file) since step 2: the item
+            # has left its source, so it lands at the top of the destination instead.
+            tx.forget()
+            parent_id, parent_path = 0, paths.ROOT
+        final = paths.join(parent_path, name)
+        i = 0
+        while tx.live(paths.key(final)) is not None:
+            i += 1
+            stem, dot, ext = name.rpartition(".") if "." in name.strip(".") else (name, "", "")
+            final = paths.join(parent_path, f"{stem} ({i}){dot}{ext}" if dot else f"{name} ({i})")
+        tx.flush(self.store._insert_ignore)
+        ordered = sorted(rows, key=lambda r: paths.key(paths.rebase(r.path, top.path, final)))
+        for r in ordered:
+            new_path = paths.rebase(r.path, top.path, final)
+            jid = tx.next_jid()
+            pid = parent_id if r.node_id == top.node_id else int(r.parent_id)
+            is_file = r.kind == "file"
+            conn.execute(
+                update(nodes)
+                .where(nodes.c.ns_id == dst_ns, nodes.c.node_id == r.node_id)
+                .values(
+                    parent_id=pid, name=paths.split(new_path)[1], path=new_path, path_key=paths.key(new_path),
+                    deleted=False, rev=jid, content_rev=jid if is_file else None, pending=None,
+                )
+            )
+            if is_file:
+                conn.execute(
+                    update(file_revs)
+                    .where(file_revs.c.ns_id == dst_ns, file_revs.c.rev == -int(r.node_id))
+                    .values(rev=jid, path=new_path)
+                )
+                bl = conn.execute(
+                    select(file_revs.c.blocklist).where(file_revs.c.ns_id == dst_ns, file_revs.c.rev == jid)
+                ).one()
+                tx.add_refs(c[0] for c in json.loads(bl[0]))
+            tx.journal(
+                "add" if is_file else "mkdir", node_id=int(r.node_id), parent_id=pid, kind=r.kind, path=new_path,
+                rev=jid, size=r.size, content_hash=r.content_hash, mtime=r.mtime,
+            )
+        tx.finish(self.store._insert_ignore)
+        moved = conn.execute(select(nodes).where(nodes.c.ns_id == dst_ns, nodes.c.node_id == top.node_id)).one()
+        from cubby.metadata.store import _entry
+
+        return _entry(moved)
+
+    def _finish(self, src_ns: int, intent: str) -> Entry:
+        it = self.db.read(
+            lambda c: c.execute(
+                select(move_intents).where(move_intents.c.ns_id == src_ns, move_intents.c.intent_id == intent)
+            ).first()
+        )
+        assert it is not None
+        entry = self.db.write(lambda conn: self._make_visible(conn, intent, int(it.dst_ns), it.user_id))
+        self._step("visible")
+        self.db.write(
+            lambda conn: conn.execute(
+                delete(move_intents).where(move_intents.c.ns_id == src_ns, move_intents.c.intent_id == intent)
+            )
+        )
+        if entry is None:  # made visible by someone else (recovery): read where it is
+            entry = self.store.stat(int(it.dst_ns), str(it.dst_path))
+        return entry
+
+    def _roll_back(self, src_ns: int, intent: str) -> None:
+        """Undo an intent that never reached step 3: drop pending nodes, then the intent (in
+        this order, so that a crash in between leaves the intent to be rolled back again)."""
+
+        def in_source(conn: Connection) -> Any:
+            self.store._lock_ns(conn, src_ns)
+            it = conn.execute(
+                select(move_intents).where(move_intents.c.ns_id == src_ns, move_intents.c.intent_id == intent)
+            ).first()
+            if it is None or it.state != "started":
+                return None
+            # Past this point step 3 can no longer happen for this intent.
+            conn.execute(
+                update(move_intents)
+                .where(move_intents.c.ns_id == src_ns, move_intents.c.intent_id == intent)
+                .values(state="undoing")
+            )
+            return int(it.dst_ns)
+
+        dst_ns = self.db.write(in_source)
+        if dst_ns is None:
+            it = self.db.read(
+                lambda c: c.execute(
+                    select(move_intents.c.state, move_intents.c.dst_ns)
+                    .where(move_intents.c.ns_id == src_ns, move_intents.c.intent_id == intent)
+                ).first()
+            )
+            if it is None or it.state != "undoing":
+                return
+            dst_ns = int(it.dst_ns)
+
+        def in_destination(conn: Connection) -> None:
+            self.store._lock_ns(conn, dst_ns)
+            gone = [
+                int(r[0])
+                for r in conn.execute(select(nodes.c.node_id).where(nodes.c.ns_id == dst_ns, nodes.c.pending == intent))
+            ]
+            for i in range(0, len(gone), 500):
+                part = gone[i : i + 500]
+                conn.execute(delete(file_revs).where(file_revs.c.ns_id == dst_ns, file_revs.c.rev.in_([-n for n in part])))
+                conn.execute(delete(nodes).where(nodes.c.ns_id == dst_ns, nodes.c.node_id.in_(part)))
+
+        self.db.write(in_destination)
+        self.db.write(
+            lambda conn: conn.execute(
+                delete(move_intents).where(move_intents.c.ns_id == src_ns, move_intents.c.intent_id == intent)
+            )
+        )
+
+    # ------------------------------------------------------------------------------------------
+    def recover(self, *, older_than: float = 0.0) -> int:
+        """Finish or undo every interrupted move whose intent is older than ``older_than``
+        seconds: ``started`` (or ``undoing``) is rolled back, ``removed`` rolled forward.
+        Returns how many intents were handled. Safe to run at any time and more than once.
+        An intent that cannot be handled now stays for the next run; the first such error is
+        raised after all the others were handled."""
+        cutoff = time.time() - older_than
+        todo = self.db.read(
+            lambda c: c.execute(
+                select(move_intents.c.ns_id, move_intents.c.intent_id, move_intents.c.state).where(
+                    move_intents.c.created_at <= cutoff
+                )
+            ).all()
+        )
+        failed: list[CubbyError] = []
+        for ns_id, intent, state in todo:
+            try:
+                if state == "removed":
+                    self._finish(int(ns_id), str(intent))
+                else:
+                    self._roll_back(int(ns_id), str(intent))
+            except CubbyError as exc:
+                failed.append(exc)
+        if failed:
+            raise failed[0]
+        return len(todo)
+
+
+__all__ = ["RECOVER_AFTER", "STEPS", "CrossMoves", "FaultHook"]

@@ -1,0 +1,477 @@
+"""Shared folders: turning a folder into a namespace of its own, members, mounts.
+
+A shared folder is a namespace. Each active member has a node of kind "mount" in their root
+namespace (``nodes.target_ns``) where the folder appears in their tree; the ``members`` row
+(keyed by the shared namespace) is the truth about who may reach it and with which role.
+
+Sharing is one transaction holding the lock of the owner's root namespace, the lock every
+writer of that namespace takes first. It copies the folder's live nodes with their current
+revisions only (no history: a delete acknowledged before the share can never be seen by a
+member, neither as a file nor in history), copies the chunk references those revisions need
+(no chunk moves, and members need no proof of possession for them), marks the source nodes
+gone and turns the folder node into a mount. A write that resolved its path before the share
+and commits after it finds a mount above its path and is refused with the retryable
+`NamespaceMoved` (see `SqlMetadataStore._guard_mounts`), so it lands exactly once or not at all.
+
+The new namespace is created in the same database as the owner's root (the same shard, once
+metadata is sharded): the copy is then one local transaction. Accepting, removing a member and
+unsharing touch the shared namespace and members' root namespaces; they lock every namespace
+row involved in ascending id order (no deadlocks) and run as one transaction while all
+namespaces live in one database.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy.engine import Connection, Row
+
+from cubby.core import paths
+from cubby.errors import BadRequest, Conflict, Forbidden, NotFound
+from cubby.metadata.schema import file_revs, journal, members, namespaces, nodes, ns_chunks, users
+
+if TYPE_CHECKING:
+    from cubby.metadata.store import SqlMetadataStore, _Txn
+
+ROLES = ("editor", "viewer")
+"""Roles an owner can give; "owner" belongs to whoever shared the folder."""
+_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class SharingChange:
+    """What a sharing operation changed, so that the server can tell listeners.
+
+    ``heads``: namespace -> its new journal head, for every namespace that was written.
+    ``users``: everyone whose set of reachable namespaces (or invitations) changed.
+    """
+
+    ns_id: int
+    info: dict[str, Any]
+    heads: dict[int, int] = field(default_factory=dict)
+    users: frozenset[int] = frozenset()
+
+
+def _key_range(prefix_key: str) -> tuple[str, str]:
+    base = "" if prefix_key == paths.ROOT else prefix_key
+    return base + "/", base + "0"
+
+
+class Sharing:
+    """The sharing operations of one `SqlMetadataStore` (reached as ``store.sharing``)."""
+
+    def __init__(self, store: SqlMetadataStore) -> None:
+        self.store = store
+        self.db = store.db
+
+    # ------------------------------------------------------------------------------------------
+    # helpers
+    # ------------------------------------------------------------------------------------------
+    def _txn(self, conn: Connection, ns_id: int, user_id: int | None) -> _Txn:
+        from cubby.metadata.store import _Txn
+
+        head, next_node = self.store._lock_ns(conn, ns_id)
+        return _Txn(conn, ns_id, head, next_node, user_id)
+
+    def _lock_all(self, conn: Connection, ns_ids: Iterable[int], user_id: int | None) -> dict[int, _Txn]:
+        """Lock several namespaces in ascending id order (so two such transactions never
+        deadlock) and open a journal writer on each."""
+        return {ns: self._txn(conn, ns, user_id) for ns in sorted(set(ns_ids))}
+
+    def _finish(self, txs: dict[int, _Txn]) -> dict[int, int]:
+        heads = {}
+        for ns, tx in txs.items():
+            tx.finish(self.store._insert_ignore)
+            heads[ns] = tx.head
+        return heads
+
+    @staticmethod
+    def _user_by_name(conn: Connection, name: Any) -> Row[Any]:
+        if not isinstance(name, str) or not name:
+            raise BadRequest("give the name of the user to share with", field="user")
+        row = conn.execute(select(users).where(users.c.name_key == name.lower())).first()
+        if row is None:
+            raise NotFound(f"no user named {name!r}", code="unknown_user")
+        return row
+
+    @staticmethod
+    def _member(conn: Connection, ns_id: int, user_id: int) -> Row[Any] | None:
+        return conn.execute(select(members).where(members.c.ns_id == ns_id, members.c.user_id == user_id)).first()
+
+    def _require_owner(self, conn: Connection, ns_id: int, user_id: int) -> None:
+        m = self._member(conn, ns_id, user_id)
+        if m is None or m.state != "active":
+            raise NotFound("no such shared folder")
+        if m.role != "owner":
+            raise Forbidden("only the owner of a shared folder can do this", code="not_owner")
+
+    @staticmethod
+    def _mount_of(conn: Connection, root_ns: int, ns_id: int) -> Row[Any] | None:
+        return conn.execute(
+            select(nodes).where(nodes.c.ns_id == root_ns, nodes.c.target_ns == ns_id, nodes.c.path_key.is_not(None))
+        ).first()
+
+    def _unmount(self, tx: _Txn, ns_id: int) -> str | None:
+        """Remove the mount of ``ns_id`` from ``tx``'s (root) namespace; journal it."""
+        row = self._mount_of(tx.conn, tx.ns_id, ns_id)
+        if row is None:
+            return None
+        jid = tx.next_jid()
+        tx.conn.execute(
+            update(nodes)
+            .where(nodes.c.ns_id == tx.ns_id, nodes.c.node_id == row.node_id)
+            .values(deleted=True, path_key=None, deleted_key=None, rev=jid)
+        )
+        tx.journal("unmount", node_id=row.node_id, parent_id=row.parent_id, kind="mount", path=row.path, rev=jid)
+        tx.forget()
+        return str(row.path)
+
+    def _insert_many(self, conn: Connection, table: Any, rows: list[dict[str, Any]]) -> None:
+        for i in range(0, len(rows), _BATCH):
+            conn.execute(insert(table), rows[i : i + _BATCH])
+
+    def _copy_tree(
+        self, conn: Connection, src_ns: int, src_prefix: str, dst: _Txn, dst_prefix: str, *,
+        dst_parent: int, keep_ids: bool, now: float,
+    ) -> int:
+        """Copy the live nodes of ``src_ns`` below ``src_prefix`` (a folder path, or ``/``) to
+        below ``dst_prefix`` in ``dst``'s namespace, each file with its current revision only,
+        journalled parents first, with the chunk references of the copied revisions. Metadata
+        only: no chunk is read or written. Returns the number of nodes copied."""
+        src_key = paths.key(src_prefix)
+        cond = [nodes.c.ns_id == src_ns, nodes.c.path_key.is_not(None), nodes.c.pending.is_(None)]
+        src_root_id = 0
+        if src_prefix != paths.ROOT:
+            lo, hi = _key_range(src_key)
+            cond += [nodes.c.path_key > lo, nodes.c.path_key < hi]
+            folder = conn.execute(select(nodes.c.node_id).where(nodes.c.ns_id == src_ns, nodes.c.path_key == src_key)).one()
+            src_root_id = int(folder[0])
+        live = conn.execute(select(nodes).where(*cond).order_by(nodes.c.path_key)).all()
+        revs = {
+            int(r.node_id): r
+            for r in conn.execute(
+                select(file_revs).select_from(
+                    file_revs.join(
+                        nodes,
+                        and_(
+                            nodes.c.ns_id == file_revs.c.ns_id,
+                            nodes.c.node_id == file_revs.c.node_id,
+                            nodes.c.content_rev == file_revs.c.rev,
+                        ),
+                    )
+                ).where(*cond, nodes.c.kind == "file")
+            )
+        }
+        ids: dict[int, int] = {src_root_id: dst_parent}
+        node_rows: list[dict[str, Any]] = []
+        rev_rows: list[dict[str, Any]] = []
+        journal_rows: list[dict[str, Any]] = []
+        refs: dict[str, int] = {}
+        for n in live:
+            if n.kind == "mount":
+                raise Conflict(f"{n.path} is a shared folder; shared folders cannot nest", code="contains_shared_folder")
+            new_path = paths.rebase(n.path, src_prefix, dst_prefix)
+            node_id = int(n.node_id) if keep_ids else dst.new_node_id()
+            ids[int(n.node_id)] = node_id
+            parent_id = ids[int(n.parent_id)]
+            jid = dst.next_jid()
+            is_file = n.kind == "file"
+            node_rows.append(
+                {
+                    "ns_id": dst.ns_id, "node_id": node_id, "parent_id": parent_id, "name": n.name, "path": new_path,
+                    "path_key": paths.key(new_path), "kind": n.kind, "rev": jid, "content_rev": jid if is_file else None,
+                    "size": n.size, "content_hash": n.content_hash, "mtime": n.mtime, "deleted": False, "deleted_key": None,
+                    "target_ns": None, "pending": None,
+                }
+            )
+            if is_file:
+                fr = revs[int(n.node_id)]
+                rev_rows.append(
+                    {
+                        "ns_id": dst.ns_id, "node_id": node_id, "rev": jid, "path": new_path, "size": fr.size,
+                        "content_hash": fr.content_hash, "blocklist": fr.blocklist, "mtime": fr.mtime, "user_id": fr.user_id,
+                        "created_at": fr.created_at,
+                    }
+                )
+                for h in {c[0] for c in json.loads(fr.blocklist)}:
+                    refs[h] = refs.get(h, 0) + 1
+            journal_rows.append(
+                {
+                    "ns_id": dst.ns_id, "jid": jid, "op": "add" if is_file else "mkdir", "node_id": node_id, "parent_id": parent_id,
+                    "kind": n.kind, "name": n.name, "path": new_path, "path_key": paths.key(new_path), "rev": jid, "size": n.size,
+                    "content_hash": n.content_hash, "mtime": n.mtime, "old_path": None, "old_parent_id": None,
+                    "user_id": dst.user_id, "created_at": now,
+                }
+            )
+        if keep_ids and ids:
+            dst.next_node = max(dst.next_node, max(ids.values()) + 1)
+        self._insert_many(conn, nodes, node_rows)
+        self._insert_many(conn, file_revs, rev_rows)
+        self._insert_many(conn, journal, journal_rows)
+        if refs:
+            for h, n in refs.items():
+                dst.ref_counts[h] = dst.ref_counts.get(h, 0) + n
+            dst.flush(self.store._insert_ignore)
+        return len(live)
+
+    # ------------------------------------------------------------------------------------------
+    # operations
+    # ------------------------------------------------------------------------------------------
+    def share(self, user_id: int, root_ns: int, path: str, invitee: Any, role: Any = "editor") -> SharingChange:
+        """Share the folder at ``path`` of the user's root namespace with ``invitee`` (a user
+        name). The first share turns the folder into a shared namespace; sharing a folder that
+        is already shared (its mount) invites another member or changes their role. Only the
+        owner may invite: an editor who could invite could hand the folder to anyone, which is
+        the owner's decision."""
+        path = paths.normalize(path)
+        if role not in ROLES:
+            raise BadRequest(f"role must be one of {', '.join(ROLES)}", field="role")
+        if path == paths.ROOT:
+            raise BadRequest("share a folder, not your whole tree", code="not_a_folder")
+
+        def run(conn: Connection) -> SharingChange:
+            target = self._user_by_name(conn, invitee)
+            if int(target.id) == user_id:
+                raise BadRequest("you cannot share a folder with yourself", code="share_with_self")
+            tx = self._txn(conn, root_ns, user_id)
+            self.store._guard_mounts(tx, path)
+            row = tx.live(paths.key(path))
+            if row is None:
+                raise NotFound(f"{path} does not exist")
+            if row.kind == "file":
+                raise BadRequest(f"{row.path} is a file; only folders can be shared", code="not_a_folder")
+            created = row.kind != "mount"
+            if created:
+                ns_id = self._convert(tx, row)
+            else:
+                ns_id = int(row.target_ns)
+                self._require_owner(conn, ns_id, user_id)
+            old = self._member(conn, ns_id, int(target.id))
+            if old is None:
+                conn.execute(
+                    insert(members).values(
+                        ns_id=ns_id, user_id=int(target.id), role=role, state="invited", invited_by=user_id,
+                        created_at=tx.now,
+                    )
+                )
+                state = "invited"
+            else:
+                if old.role == "owner":
+                    raise BadRequest("the owner's role cannot change", code="is_owner")
+                conn.execute(
+                    update(members)
+                    .where(members.c.ns_id == ns_id, members.c.user_id == int(target.id))
+                    .values(role=role)
+                )
+                state = str(old.state)
+            tx.finish(self.store._insert_ignore)
+            heads = {root_ns: tx.head}
+            cut = conn.execute(select(namespaces.c.head, namespaces.c.cut).where(namespaces.c.ns_id == ns_id)).one()
+            if created:
+                heads[ns_id] = int(cut.head)
+            info = {
+                "ns_id": ns_id, "path": str(row.path), "created": created, "user": target.name, "role": role,
+                "state": state, "cut": cut.cut, "mount_rev": int(row.rev) if not created else tx.head,
+            }
+            return SharingChange(ns_id, info, heads, frozenset({user_id, int(target.id)}))
+
+        return self.db.write(run)
+
+    def _convert(self, tx: _Txn, folder: Any) -> int:
+        """Turn ``folder`` of the locked root namespace into a new shared namespace (see the
+        module docstring). Returns its id."""
+        conn = tx.conn
+        # The new journal starts above every revision the owner's root has handed out, so that
+        # a revision a client read before the share never names another version in the shared
+        # folder: it matches only the unchanged copy (`_same_as_before_share`) or nothing.
+        base = tx.head
+        new_ns = int(
+            conn.execute(
+                insert(namespaces).values(
+                    kind="shared", owner_id=tx.user_id, head=base, next_node=1, created_at=tx.now, name=folder.name
+                )
+            ).inserted_primary_key[0]
+        )
+        from cubby.metadata.store import _Txn
+
+        dst = _Txn(conn, new_ns, base, 1, tx.user_id, now=tx.now)
+        self._copy_tree(conn, tx.ns_id, folder.path, dst, paths.ROOT, dst_parent=0, keep_ids=True, now=tx.now)
+        dst.finish(self.store._insert_ignore)
+        conn.execute(update(namespaces).where(namespaces.c.ns_id == new_ns).values(cut=dst.head))
+        lo, hi = _key_range(paths.key(folder.path))
+        # The source nodes are gone from the owner's root (their history stays there).
+        conn.execute(
+            update(nodes)
+            .where(nodes.c.ns_id == tx.ns_id, nodes.c.path_key > lo, nodes.c.path_key < hi)
+            .ordered_values((nodes.c.deleted_key, nodes.c.path_key), (nodes.c.path_key, None), (nodes.c.deleted, True))
+        )
+        jid = tx.next_jid()
+        conn.execute(
+            update(nodes)
+            .where(nodes.c.ns_id == tx.ns_id, nodes.c.node_id == folder.node_id)
+            .values(kind="mount", target_ns=new_ns, rev=jid)
+        )
+        tx.journal("mount", node_id=folder.node_id, parent_id=folder.parent_id, kind="mount", path=folder.path, rev=jid)
+        tx.forget()
+        conn.execute(
+            insert(members).values(
+                ns_id=new_ns, user_id=tx.user_id, role="owner", state="active", invited_by=None, created_at=tx.now
+            )
+        )
+        return new_ns
+
+    def accept(self, user_id: int, root_ns: int, ns_id: int) -> SharingChange:
+        """Accept an invitation: mount the shared folder in the user's root under its name, or
+        ``name (1)``, ``name (2)``… if that is taken. Accepting again answers the same mount."""
+
+        def run(conn: Connection) -> SharingChange:
+            m = self._member(conn, ns_id, user_id)
+            if m is None:
+                raise NotFound(f"you have no invitation to shared folder {ns_id}", code="no_invitation")
+            txs = self._lock_all(conn, (root_ns, ns_id), user_id)
+            tx = txs[root_ns]
+            if m.state == "active":
+                mount = self._mount_of(conn, root_ns, ns_id)
+                return SharingChange(ns_id, {"ns_id": ns_id, "path": mount.path if mount else None, "role": m.role})
+            name = conn.execute(select(namespaces.c.name).where(namespaces.c.ns_id == ns_id)).one()[0] or f"Shared {ns_id}"
+            candidate, i = paths.join(paths.ROOT, name), 0
+            while tx.live(paths.key(candidate)) is not None:
+                i += 1
+                candidate = paths.join(paths.ROOT, f"{name} ({i})")
+            node_id, jid = tx.new_node_id(), tx.next_jid()
+            tx.put_node(
+                node_id,
+                {
+                    "parent_id": 0, "name": paths.split(candidate)[1], "path": candidate, "path_key": paths.key(candidate),
+                    "kind": "mount", "rev": jid, "content_rev": None, "size": 0, "content_hash": None, "mtime": None, "deleted": False,
+                    "deleted_key": None, "target_ns": ns_id, "pending": None,
+                },
+                new=True,
+            )
+            tx.journal("mount", node_id=node_id, parent_id=0, kind="mount", path=candidate, rev=jid)
+            conn.execute(
+                update(members).where(members.c.ns_id == ns_id, members.c.user_id == user_id).values(state="active")
+            )
+            heads = self._finish(txs)
+            return SharingChange(
+                ns_id, {"ns_id": ns_id, "path": candidate, "role": m.role}, {root_ns: heads[root_ns]}, frozenset({user_id})
+            )
+
+        return self.db.write(run)
+
+    def _drop(self, conn: Connection, ns_id: int, member_id: int, actor: int) -> SharingChange:
+        m = self._member(conn, ns_id, member_id)
+        if m is None:
+            raise NotFound("that user is not a member of this shared folder", code="not_a_member")
+        if m.role == "owner":
+            raise BadRequest("the owner cannot leave a shared folder: unshare it instead", code="is_owner")
+        root = conn.execute(select(users.c.root_ns).where(users.c.id == member_id)).one()[0]
+        txs = self._lock_all(conn, (int(root), ns_id), actor)
+        was = self._unmount(txs[int(root)], ns_id)
+        conn.execute(delete(members).where(members.c.ns_id == ns_id, members.c.user_id == member_id))
+        heads = self._finish(txs)
+        return SharingChange(ns_id, {"ns_id": ns_id, "path": was}, {int(root): heads[int(root)]}, frozenset({member_id}))
+
+    def remove_member(self, user_id: int, ns_id: int, member: Any) -> SharingChange:
+        """The owner removes a member (or withdraws an invitation): their mount goes at once."""
+
+        def run(conn: Connection) -> SharingChange:
+            self._require_owner(conn, ns_id, user_id)
+            target = self._user_by_name(conn, member)
+            return self._drop(conn, ns_id, int(target.id), user_id)
+
+        return self.db.write(run)
+
+    def leave(self, user_id: int, ns_id: int) -> SharingChange:
+        """A member leaves: the mount leaves their tree; the folder stays with the others."""
+        return self.db.write(lambda conn: self._drop(conn, ns_id, user_id, user_id))
+
+    def unshare(self, user_id: int, ns_id: int) -> SharingChange:
+        """The owner stops sharing: every member's mount goes, and the owner's mount becomes a
+        folder again holding the shared folder's current contents (metadata only). The shared
+        namespace is retired and its chunk references dropped, so collection can reclaim what
+        only it used."""
+
+        def run(conn: Connection) -> SharingChange:
+            self._require_owner(conn, ns_id, user_id)
+            rows = conn.execute(
+                select(members.c.user_id, members.c.role, users.c.root_ns)
+                .join(users, users.c.id == members.c.user_id)
+                .where(members.c.ns_id == ns_id)
+            ).all()
+            roots = {int(r.user_id): int(r.root_ns) for r in rows}
+            txs = self._lock_all(conn, [*roots.values(), ns_id], user_id)
+            for uid, root in roots.items():
+                if uid != user_id:
+                    self._unmount(txs[root], ns_id)
+            owner_tx = txs[roots[user_id]]
+            mount = self._mount_of(conn, owner_tx.ns_id, ns_id)
+            path = None
+            if mount is not None:
+                path = str(mount.path)
+                jid = owner_tx.next_jid()
+                owner_tx.journal("unmount", node_id=mount.node_id, parent_id=mount.parent_id, kind="mount", path=path, rev=jid)
+                jid = owner_tx.next_jid()
+                conn.execute(
+                    update(nodes)
+                    .where(nodes.c.ns_id == owner_tx.ns_id, nodes.c.node_id == mount.node_id)
+                    .values(kind="folder", target_ns=None, rev=jid)
+                )
+                owner_tx.journal("mkdir", node_id=mount.node_id, parent_id=mount.parent_id, kind="folder", path=path, rev=jid)
+                owner_tx.flush(self.store._insert_ignore)
+                self._copy_tree(
+                    conn, ns_id, paths.ROOT, owner_tx, path, dst_parent=int(mount.node_id), keep_ids=False, now=owner_tx.now
+                )
+                owner_tx.forget()
+            conn.execute(delete(members).where(members.c.ns_id == ns_id))
+            conn.execute(delete(ns_chunks).where(ns_chunks.c.ns_id == ns_id))
+            conn.execute(update(namespaces).where(namespaces.c.ns_id == ns_id).values(kind="retired"))
+            heads = self._finish(txs)
+            heads = {ns: h for ns, h in heads.items() if ns != ns_id}
+            return SharingChange(ns_id, {"ns_id": ns_id, "path": path}, heads, frozenset(roots))
+
+        return self.db.write(run)
+
+    # ------------------------------------------------------------------------------------------
+    # requests that raced the share
+    # ------------------------------------------------------------------------------------------
+    def cut(self, ns_id: int) -> int | None:
+        """The last journal id the share copied into shared namespace ``ns_id`` (None for a
+        namespace that was not made by sharing a folder)."""
+        row = self.db.read(lambda c: c.execute(select(namespaces.c.cut).where(namespaces.c.ns_id == ns_id)).first())
+        return None if row is None or row[0] is None else int(row[0])
+
+    def list_shares(self, user_id: int) -> list[dict[str, Any]]:
+        """The user's shared folders and invitations, each with its members."""
+
+        def run(conn: Connection) -> list[dict[str, Any]]:
+            root = int(conn.execute(select(users.c.root_ns).where(users.c.id == user_id)).one()[0])
+            mine = conn.execute(select(members).where(members.c.user_id == user_id).order_by(members.c.ns_id)).all()
+            out = []
+            for m in mine:
+                ns = int(m.ns_id)
+                everyone = conn.execute(
+                    select(users.c.name, members.c.role, members.c.state)
+                    .join(users, users.c.id == members.c.user_id)
+                    .where(members.c.ns_id == ns)
+                    .order_by(users.c.name_key)
+                ).all()
+                name = conn.execute(select(namespaces.c.name).where(namespaces.c.ns_id == ns)).one()[0]
+                mount = self._mount_of(conn, root, ns) if m.state == "active" else None
+                out.append(
+                    {
+                        "ns_id": ns, "name": name, "role": m.role, "state": m.state,
+                        "path": mount.path if mount is not None else None,
+                        "members": [{"user": e.name, "role": e.role, "state": e.state} for e in everyone],
+                    }
+                )
+            return out
+
+        return self.db.read(run)
+
+
+__all__ = ["ROLES", "Sharing", "SharingChange"]

@@ -1,0 +1,125 @@
+"""Share routes (part of the meta role): share a folder, accept, list, remove, leave, unshare.
+
+Paths are paths in the caller's tree. A shared folder is named by where it is mounted there;
+the store works on namespace ids. After every change the server announces the new journal
+heads (`ServerContext.committed`) and tells every user whose namespaces changed
+(`ServerContext.account_changed`), so their notification connections re-read what they may see.
+
+| route | body | answer |
+|---|---|---|
+| `POST /api/v1/shares` | `{path, user, role: editor\\|viewer}` | `{share}` (201) |
+| `GET /api/v1/shares` | | `{shares: [{ns_id, name, role, state, path, members}]}` |
+| `POST /api/v1/shares/{ns_id}/accept` | | `{share: {ns_id, path, role}}` |
+| `POST /api/v1/shares/remove` | `{path, user}` | `{share}` |
+| `POST /api/v1/shares/leave` | `{path}` | `{share}` |
+| `POST /api/v1/shares/unshare` | `{path}` | `{share}` |
+"""
+
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from cubby.core import paths
+from cubby.errors import BadRequest, NamespaceMoved
+from cubby.metadata.model import Principal
+from cubby.metadata.shares import SharingChange
+from cubby.server import access
+from cubby.server.bodies import field_str, json_body
+from cubby.server.context import ServerContext
+
+
+def announce(ctx: ServerContext, change: SharingChange) -> None:
+    for ns_id, head in change.heads.items():
+        ctx.committed(ns_id, head)
+    for user_id in sorted(change.users):
+        ctx.account_changed(user_id)
+
+
+def shared_folder(p: Principal, user_path: str) -> int:
+    """The namespace of the shared folder mounted at ``user_path`` in the caller's tree."""
+    t = access.resolve(p, user_path)
+    if t.ns_id == p.root_ns or t.path != paths.ROOT:
+        raise BadRequest(f"{paths.normalize(user_path)} is not a shared folder", code="not_a_shared_folder")
+    return t.ns_id
+
+
+def routes(ctx: ServerContext) -> list[BaseRoute]:
+    sharing = ctx.store.sharing
+
+    async def who(request: Request) -> Principal:
+        return await access.principal(request, ctx)
+
+    async def share(request: Request) -> Response:
+        p = await who(request)
+        body = await json_body(request)
+        path = field_str(body, "path") or ""
+        user = field_str(body, "user") or ""
+        role = field_str(body, "role", required=False) or "editor"
+
+        def run(p: Principal) -> SharingChange:
+            t = access.resolve(p, path)
+            if t.ns_id != p.root_ns and t.path != paths.ROOT:
+                raise BadRequest(
+                    f"{paths.normalize(path)} is inside the shared folder {t.mount}: shared folders cannot nest",
+                    code="nested_share",
+                )
+            folder = t.path if t.ns_id == p.root_ns else t.mount
+            return sharing.share(p.user_id, p.root_ns, folder, user, role)
+
+        try:
+            change = await run_in_threadpool(run, p)
+        except NamespaceMoved:
+            change = await run_in_threadpool(run, await who(request))
+        announce(ctx, change)
+        return JSONResponse({"share": change.info}, status_code=201)
+
+    async def listing(request: Request) -> Response:
+        p = await who(request)
+        return JSONResponse({"shares": await run_in_threadpool(sharing.list_shares, p.user_id)})
+
+    async def accept(request: Request) -> Response:
+        p = await who(request)
+        ns_id = int(request.path_params["ns_id"])
+        change = await run_in_threadpool(sharing.accept, p.user_id, p.root_ns, ns_id)
+        announce(ctx, change)
+        return JSONResponse({"share": change.info})
+
+    async def remove(request: Request) -> Response:
+        p = await who(request)
+        body = await json_body(request)
+        ns_id = shared_folder(p, field_str(body, "path") or "")
+        user = field_str(body, "user") or ""
+        change = await run_in_threadpool(sharing.remove_member, p.user_id, ns_id, user)
+        announce(ctx, change)
+        return JSONResponse({"share": change.info})
+
+    async def leave(request: Request) -> Response:
+        p = await who(request)
+        body = await json_body(request)
+        ns_id = shared_folder(p, field_str(body, "path") or "")
+        change = await run_in_threadpool(sharing.leave, p.user_id, ns_id)
+        announce(ctx, change)
+        return JSONResponse({"share": change.info})
+
+    async def unshare(request: Request) -> Response:
+        p = await who(request)
+        body = await json_body(request)
+        ns_id = shared_folder(p, field_str(body, "path") or "")
+        change = await run_in_threadpool(sharing.unshare, p.user_id, ns_id)
+        announce(ctx, change)
+        return JSONResponse({"share": change.info})
+
+    return [
+        Route("/api/v1/shares", share, methods=["POST"]),
+        Route("/api/v1/shares", listing, methods=["GET"]),
+        Route("/api/v1/shares/{ns_id:int}/accept", accept, methods=["POST"]),
+        Route("/api/v1/shares/remove", remove, methods=["POST"]),
+        Route("/api/v1/shares/leave", leave, methods=["POST"]),
+        Route("/api/v1/shares/unshare", unshare, methods=["POST"]),
+    ]
+
+
+__all__ = ["announce", "routes", "shared_folder"]

@@ -1,0 +1,104 @@
+"""A move between namespaces killed (SIGKILL) after each of its steps: recovery leaves the item
+in exactly one place, whole (SQLite, PostgreSQL and MariaDB)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from cubby.blockstore.memory import MemoryBlockStore
+from cubby.errors import NotFound
+from cubby.metadata.moves import STEPS
+from cubby.metadata.schema import move_intents, nodes
+from cubby.metadata.store import open_store
+from tests.metadata.conftest import put_file
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent.parent
+
+
+def snapshot(store, ns: int, folder: str) -> list[tuple[str, str | None]]:
+    try:
+        return sorted((e.path[len(folder):], e.content_hash) for e in store.list(ns, folder, recursive=True).entries)
+    except NotFound:
+        return []
+
+
+def check_journal(store, ns: int) -> None:
+    entries = store.journal(ns, 0, limit=100_000)
+    jids = [e.jid for e in entries]
+    assert jids == list(range(jids[0], jids[0] + len(jids))) and jids[-1] == store.head(ns), "journal gap"
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_move_killed_after_each_step_ends_in_exactly_one_place(store, step):
+    url = store.db.url.render_as_string(hide_password=False)
+    blocks = MemoryBlockStore()
+    a, _ = store.create_user("alice")
+    store.create_user("bob")
+    for i in range(3):
+        put_file(store, blocks, a.id, a.root_ns, f"/Shared/Item/f{i}.txt")
+    put_file(store, blocks, a.id, a.root_ns, "/Shared/keep.txt")
+    ns = store.sharing.share(a.id, a.root_ns, "/Shared", "bob", "editor").ns_id
+    original = snapshot(store, ns, "/Item")
+    assert len(original) == 3
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "move_crasher.py"), url, step, str(a.id), str(ns), "/Item", str(a.root_ns), "/Mine/Item"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+
+    fresh = open_store(url)
+    try:
+        assert fresh.moves.recover() == 1
+        assert fresh.moves.recover() == 0  # nothing left, and running it again changes nothing
+        in_source, in_dest = snapshot(fresh, ns, "/Item"), snapshot(fresh, a.root_ns, "/Mine/Item")
+        expected_in_dest = step in ("removed", "visible")
+        assert (in_source, in_dest) == (([], original) if expected_in_dest else (original, []))
+        with fresh.db.reader.begin() as conn:
+            assert conn.execute(select(func.count()).select_from(move_intents)).scalar_one() == 0
+            assert conn.execute(select(func.count()).select_from(nodes).where(nodes.c.pending.is_not(None))).scalar_one() == 0
+        for n in (ns, a.root_ns):
+            check_journal(fresh, n)
+        assert fresh.stat(ns, "/keep.txt").kind == "file"  # the rest of the folder is untouched
+        # The item can move again from wherever it is: it is whole there.
+        if expected_in_dest:
+            fresh.moves.move(a.id, a.root_ns, "/Mine/Item", ns, "/Item")
+        else:
+            fresh.moves.move(a.id, ns, "/Item", a.root_ns, "/Mine/Item")
+        assert sorted(e[1] for e in snapshot(fresh, ns, "/Item") + snapshot(fresh, a.root_ns, "/Mine/Item")) == sorted(
+            e[1] for e in original
+        )
+    finally:
+        fresh.close()
+
+
+def test_a_destination_that_changed_mid_move_still_receives_the_item(store):
+    blocks = MemoryBlockStore()
+    a, _ = store.create_user("alice")
+    store.create_user("bob")
+    put_file(store, blocks, a.id, a.root_ns, "/Shared/one.txt")
+    put_file(store, blocks, a.id, a.root_ns, "/Shared/two.txt")
+    ns = store.sharing.share(a.id, a.root_ns, "/Shared", "bob", "editor").ns_id
+    store.mkdir(a.id, a.root_ns, "/Dest")
+
+    # The destination name is taken between steps 2 and 4: the item lands beside it.
+    store.moves.fault = lambda step: step == "pending" and put_file(store, blocks, a.id, a.root_ns, "/Dest/one.txt")
+    moved = store.moves.move(a.id, ns, "/one.txt", a.root_ns, "/Dest/one.txt")
+    assert moved.path == "/Dest/one (1).txt" and moved.ns_id == a.root_ns
+
+    # The destination folder became a shared folder meanwhile: the item lands at the top.
+    store.moves.fault = lambda step: step == "pending" and store.sharing.share(a.id, a.root_ns, "/Dest", "bob", "viewer")
+    moved = store.moves.move(a.id, ns, "/two.txt", a.root_ns, "/Dest/two.txt")
+    assert moved.path == "/two.txt" and moved.ns_id == a.root_ns
+    store.moves.fault = None
+    with pytest.raises(NotFound):
+        store.stat(ns, "/two.txt")
+    check_journal(store, a.root_ns)
