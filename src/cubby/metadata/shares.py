@@ -32,7 +32,7 @@ from sqlalchemy.engine import Connection, Row
 
 from cubby.core import paths
 from cubby.errors import BadRequest, Conflict, Forbidden, NotFound
-from cubby.metadata.schema import file_revs, journal, members, namespaces, nodes, ns_chunks, users
+from cubby.metadata.schema import file_revs, journal, links, members, namespaces, nodes, ns_chunks, users
 
 if TYPE_CHECKING:
     from cubby.metadata.store import SqlMetadataStore, _Txn
@@ -302,6 +302,21 @@ class Sharing:
         self._copy_tree(conn, tx.ns_id, folder.path, dst, paths.ROOT, dst_parent=0, keep_ids=True, now=tx.now)
         dst.finish(self.store._insert_ignore)
         conn.execute(update(namespaces).where(namespaces.c.ns_id == new_ns).values(cut=dst.head))
+        # Links follow their targets into the new namespace (node ids were kept); a link to the
+        # folder itself now points at the shared namespace's root.
+        conn.execute(
+            update(links)
+            .where(
+                links.c.ns_id == tx.ns_id,
+                links.c.node_id.in_(select(nodes.c.node_id).where(nodes.c.ns_id == new_ns)),
+            )
+            .values(ns_id=new_ns)
+        )
+        conn.execute(
+            update(links)
+            .where(links.c.ns_id == tx.ns_id, links.c.node_id == folder.node_id)
+            .values(ns_id=new_ns, node_id=0)
+        )
         lo, hi = _key_range(paths.key(folder.path))
         # The source nodes are gone from the owner's root (their history stays there).
         conn.execute(

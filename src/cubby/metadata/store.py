@@ -437,6 +437,22 @@ class SqlMetadataStore:
             mounts=mounts,
         )
 
+    def user_can_read(self, user_id: int, ns_id: int) -> bool:
+        """Whether ``user_id`` reaches ``ns_id`` now: their root, or an active membership.
+        Links ask this of their creator on every download, so a removed member's links die."""
+
+        def run(conn: Connection) -> bool:
+            root = conn.execute(select(users.c.root_ns).where(users.c.id == user_id)).first()
+            if root is not None and int(root[0]) == ns_id:
+                return True
+            return conn.execute(
+                select(members.c.ns_id).where(
+                    members.c.ns_id == ns_id, members.c.user_id == user_id, members.c.state == "active"
+                )
+            ).first() is not None
+
+        return self.db.read(run)
+
     def _memberships(self, conn: Connection, user_id: int, root_ns: int) -> tuple[dict[int, Role], dict[str, int]]:
         """The namespaces a user reaches, with roles, and where each shared one is mounted.
 

@@ -54,7 +54,7 @@ def build_app(ctx: ServerContext, roles: Sequence[str] = ROLES) -> Starlette:
     if "meta" in roles or "blocks" in roles:
         from cubby.server import links  # management routes go with meta, public /l/ routes with blocks
 
-        routes.extend(links.routes(ctx, roles))
+        routes.extend(links.routes(ctx, roles, creator_access=ctx.store.user_can_read))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
