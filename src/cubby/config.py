@@ -33,6 +33,9 @@ class Config:
     broker_url: str = "memory"
     """Where commits are announced to notification processes: ``memory`` (one process),
     ``redis://HOST:PORT/DB`` or ``nats://HOST:PORT`` (optionally ``?prefix=NAME``)."""
+    notify_front: str = "lean"
+    """How ``--role notify`` alone is served: ``lean`` (`cubby.notify.wire`, cheap idle
+    connections) or ``asgi`` (uvicorn + Starlette, like the other roles)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property

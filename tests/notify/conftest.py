@@ -33,9 +33,10 @@ class Account:
         return {str(self.ns_id): self.head()}
 
 
-def account(server: LiveServer, notify_url: str | None = None, name: str | None = None) -> Account:
+def account(server: Any, name: str | None = None) -> Account:
+    """A new user on ``server`` (a `LiveServer`, or anything with ``add_user`` and ``meta``)."""
     token = server.add_user(name or f"u{uuid.uuid4().hex[:10]}")
-    api = ApiClient(server.url, token)
+    api = ApiClient(getattr(server, "meta", server).url, token)
     return Account(api, token, int(api.account()["root_ns"]))
 
 
