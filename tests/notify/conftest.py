@@ -14,7 +14,6 @@ import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from cubby.client.api import ApiClient
-from tests.helpers.live_server import LiveServer
 
 
 @dataclass

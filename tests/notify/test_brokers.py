@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from cubby.client.api import ApiClient
 from cubby.client.notify import PushWaiter
@@ -96,7 +97,7 @@ class OwnBroker:
                 return
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"{self.binary} exited with {self.proc.returncode}")
+                    raise RuntimeError(f"{self.binary} exited with {self.proc.returncode}") from None
                 time.sleep(0.02)
 
     def stop(self) -> None:
@@ -151,7 +152,7 @@ def test_the_account_topic_reaches_open_connections(pair: Pair, pool: ThreadPool
         publish_account_change(pair.broker_url, _user_id(alice))
         assert waiting.result().json()["account_changed"] is True
         assert ws_recv(ws)["code"] == "unauthorized"
-        with pytest.raises(Exception):
+        with pytest.raises(ConnectionClosed):
             ws.recv(timeout=60)
         assert ws.close_code == 4401
 

@@ -84,3 +84,31 @@ def test_timeouts_share_one_timer_and_skip_subscriptions_that_ended() -> None:
         hub.close()
 
     asyncio.run(run())
+
+
+def test_woken_long_polls_do_not_pile_up_in_the_timer_heap() -> None:
+    """Every commit to a busy namespace wakes (and ends) all its long-polls before their
+    deadline; their heap entries must be compacted away, not kept for the whole timeout."""
+
+    async def run() -> None:
+        hub = Hub()
+        got, deliver = collect()
+        for rnd in range(10):
+            for _ in range(1000):
+                hub.add(Subscription(1, {10: rnd}, deliver, oneshot=True), timeout=300)  # type: ignore[arg-type]
+            assert hub.advance(10, rnd + 1) == 1000
+        assert hub.count == 0
+        assert len(hub._heap) <= 2 * 1024 + 1000
+        late = Subscription(2, {11: 0}, deliver, oneshot=True)  # type: ignore[arg-type]
+        hub.add(late, timeout=0.0)
+        hub.remove(late)
+        hub.add(late)  # registered again without a deadline: its old entry must not fire
+        keep = Subscription(3, {11: 0}, deliver, oneshot=True)  # type: ignore[arg-type]
+        done = asyncio.Event()
+        hub.add(keep, timeout=0.01)
+        keep.deliver = lambda s, w: done.set()  # type: ignore[assignment]
+        await done.wait()
+        assert late.active and not keep.active
+        hub.close()
+
+    asyncio.run(run())

@@ -35,7 +35,8 @@ TIMER_GRANULARITY = 0.25
 @dataclass(frozen=True, slots=True)
 class Wake:
     """Why a subscription was woken: namespaces that moved (ns id -> head), the account's
-    namespaces changed, or its deadline passed."""
+    namespaces changed, or its deadline passed. One Wake may be handed to many subscriptions:
+    receivers must not modify it."""
 
     heads: dict[int, int] = field(default_factory=dict)
     account_changed: bool = False
@@ -55,7 +56,7 @@ class Subscription:
     repeated or stale message does not wake it twice.
     """
 
-    __slots__ = ("user_id", "cursor", "deliver", "oneshot", "active", "__weakref__")
+    __slots__ = ("user_id", "cursor", "deliver", "oneshot", "active", "timed", "__weakref__")
 
     def __init__(self, user_id: int, cursor: dict[int, int], deliver: Deliver, *, oneshot: bool) -> None:
         self.user_id = user_id
@@ -63,6 +64,8 @@ class Subscription:
         self.deliver = deliver
         self.oneshot = oneshot
         self.active = False
+        self.timed = 0
+        """Sequence number of this subscription's live heap entry (0: none)."""
 
 
 class Hub:
@@ -71,11 +74,13 @@ class Hub:
         self._by_ns: dict[int, set[Subscription]] = {}
         self._by_user: dict[int, set[Subscription]] = {}
         self._heap: list[tuple[float, int, Subscription]] = []
-        self._seq = itertools.count()
+        self._seq = itertools.count(1)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self.count = 0
         """Active subscriptions."""
+        self._stale = 0
+        """Heap entries whose subscription ended before its deadline."""
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -95,15 +100,26 @@ class Hub:
             self._by_ns.setdefault(ns, set()).add(sub)
         self._by_user.setdefault(sub.user_id, set()).add(sub)
         if timeout is not None:
-            heapq.heappush(self._heap, (self.loop.time() + timeout, next(self._seq), sub))
+            sub.timed = next(self._seq)
+            heapq.heappush(self._heap, (self.loop.time() + timeout, sub.timed, sub))
             self._arm()
 
     def remove(self, sub: Subscription) -> None:
-        """Forget ``sub``; idempotent. Its heap entry, if any, is dropped when it falls due."""
+        """Forget ``sub``; idempotent. Its heap entry, if any, is skipped when it falls due, and
+        the heap is compacted once more than half of it is such entries: a namespace whose
+        10,000 long-polls are all woken by every commit must not pile up entries (and the
+        connections they reference) for the length of a timeout."""
         if not sub.active:
             return
         sub.active = False
         self.count -= 1
+        if sub.timed:
+            sub.timed = 0
+            self._stale += 1
+            if self._stale > 1024 and self._stale * 2 > len(self._heap):
+                self._heap = [e for e in self._heap if e[2].timed == e[1]]
+                heapq.heapify(self._heap)
+                self._stale = 0
         for ns in sub.cursor:
             subs = self._by_ns.get(ns)
             if subs is not None:
@@ -131,12 +147,14 @@ class Hub:
         if not subs:
             return 0
         woken = [s for s in subs if head > s.cursor[ns_id]]
+        # One Wake for all of them, so a front end can encode its message once per commit.
+        wake = Wake(heads={ns_id: head})
         for s in woken:
             if s.oneshot:
                 self.remove(s)
             else:
                 s.cursor[ns_id] = head
-            self._deliver(s, Wake(heads={ns_id: head}))
+            self._deliver(s, wake)
         return len(woken)
 
     def advance_many(self, heads: Iterable[tuple[int, int]]) -> int:
@@ -174,9 +192,11 @@ class Hub:
         now = self.loop.time()
         wake = Wake(timed_out=True)
         while self._heap and self._heap[0][0] <= now + TIMER_GRANULARITY:
-            _, _, sub = heapq.heappop(self._heap)
-            if not sub.active:
+            _, seq, sub = heapq.heappop(self._heap)
+            if sub.timed != seq:  # it ended (or was registered again) before this deadline
+                self._stale -= 1
                 continue
+            sub.timed = 0
             if sub.oneshot:
                 self.remove(sub)
             self._deliver(sub, wake)

@@ -64,7 +64,7 @@ class NatsBroker:
                     ),
                     CONNECT_TIMEOUT * 2,
                 )
-            except (NatsError, OSError, asyncio.TimeoutError) as exc:
+            except (NatsError, OSError, TimeoutError) as exc:
                 raise Unavailable(f"cannot connect to NATS at {self._url}: {exc}") from exc
             return self._nc
 
@@ -86,7 +86,7 @@ class NatsBroker:
         try:
             await nc.subscribe(f"{self._prefix}.>", cb=handler, pending_msgs_limit=1_000_000)
             await nc.flush(timeout=CONNECT_TIMEOUT)
-        except (NatsError, OSError, asyncio.TimeoutError) as exc:
+        except (NatsError, OSError, TimeoutError) as exc:
             raise Unavailable(f"cannot subscribe to NATS at {self._url}: {exc}") from exc
 
     async def close(self) -> None:

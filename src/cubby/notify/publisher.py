@@ -74,7 +74,7 @@ class Publisher:
             for i, (ns_id, head) in enumerate(ns_items):
                 try:
                     await self._broker.publish(ns_topic(ns_id), str(head).encode())
-                except (CubbyError, OSError, asyncio.TimeoutError) as exc:
+                except (CubbyError, OSError, TimeoutError) as exc:
                     log.warning("broker publish failed, will retry: %s", exc)
                     for ns, h in ns_items[i:]:
                         self._note_commit_quiet(ns, h)
@@ -85,7 +85,7 @@ class Publisher:
                 for j, uid in enumerate(users):
                     try:
                         await self._broker.publish(user_topic(uid), b"")
-                    except (CubbyError, OSError, asyncio.TimeoutError) as exc:
+                    except (CubbyError, OSError, TimeoutError) as exc:
                         log.warning("broker publish failed, will retry: %s", exc)
                         self._pending_users.update(users[j:])
                         failed = True

@@ -74,6 +74,15 @@ class WireServer:
         self.service = service
         self.authenticate = authenticate
         self.connections = 0
+        self._last_wake: Wake | None = None
+        self._last_frame = b""
+
+    def changed_frame(self, wake: Wake) -> bytes:
+        """The WebSocket frame for ``wake``, encoded once for all the subscribers it wakes."""
+        if wake is not self._last_wake:
+            self._last_wake = wake
+            self._last_frame = ws_frame(_json({"type": "changed", "heads": protocol.heads_json(wake.heads)}))
+        return self._last_frame
 
     def factory(self) -> "Connection":
         return Connection(self)
@@ -141,6 +150,8 @@ class Connection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        if len(self.url) > MAX_HEADER_BYTES:
+            raise PayloadTooLarge("the request URL is too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.hsize += len(name) + len(value)
@@ -397,8 +408,8 @@ class Connection(asyncio.Protocol):
     def _wake_ws(self, sub: Subscription, wake: Wake) -> None:
         if wake.account_changed:
             asyncio.get_running_loop().create_task(self._ws_reauthenticate())
-        elif wake.heads:
-            self._ws_send({"type": "changed", "heads": protocol.heads_json(wake.heads)})
+        elif wake.heads and self.transport is not None and not self.closed:
+            self.transport.write(self.srv.changed_frame(wake))
 
     async def _ws_reauthenticate(self) -> None:
         """The account's namespaces changed: drop those it may no longer read and tell the
@@ -443,5 +454,5 @@ async def serve(service: NotifyService, authenticate: Authenticate, host: str, p
         service.hub.close()
         try:
             await asyncio.wait_for(service.broker.close(), 3)
-        except (asyncio.TimeoutError, Exception):
+        except (TimeoutError, Exception):
             pass

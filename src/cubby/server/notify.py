@@ -63,7 +63,9 @@ def heads_reader(store: SqlMetadataStore) -> HeadsReader:
         for i in range(0, len(ids), HEADS_PER_QUERY):
             chunk = ids[i : i + HEADS_PER_QUERY]
             rows = store.db.read(
-                lambda c: c.execute(select(namespaces.c.ns_id, namespaces.c.head).where(namespaces.c.ns_id.in_(chunk))).all()
+                lambda c, chunk=chunk: c.execute(  # type: ignore[misc]
+                    select(namespaces.c.ns_id, namespaces.c.head).where(namespaces.c.ns_id.in_(chunk))
+                ).all()
             )
             out.update({int(r[0]): int(r[1]) for r in rows})
         return out
