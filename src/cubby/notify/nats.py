@@ -85,7 +85,7 @@ class NatsBroker:
 
         try:
             await nc.subscribe(f"{self._prefix}.>", cb=handler, pending_msgs_limit=1_000_000)
-            await nc.flush(timeout=CONNECT_TIMEOUT)
+            await nc.flush(timeout=int(CONNECT_TIMEOUT))
         except (NatsError, OSError, TimeoutError) as exc:
             raise Unavailable(f"cannot subscribe to NATS at {self._url}: {exc}") from exc
 

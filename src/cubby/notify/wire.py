@@ -2,7 +2,7 @@
 
 Why not uvicorn + Starlette here: an idle long-poll under ASGI keeps a task and a chain of
 coroutine frames alive (server cycle, middlewares, router, endpoint) plus request and scope
-objects: about 24 KB per connection measured (28 KB for a WebSocket), too much for 100,000
+objects: about 21 KB per connection measured (28 KB for a WebSocket), too much for 100,000
 connections in 2 GiB. Here a connection is one `asyncio.Protocol` object with slots and an
 httptools parser; while it waits, nothing else exists for it but its hub subscription: the hub
 writes the answer straight to the transport when a commit or the shared timer wakes it. A
