@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import signal
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,6 +40,11 @@ log = logging.getLogger("cubby.notify")
 
 Authenticate = Callable[[str], Awaitable[Principal]]
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+SETUP_WORKERS = 64
+"""Requests being authenticated and checked at once; the rest wait in one queue. When a commit
+wakes 10,000 long-polls they all come back together: without this bound each would hold a
+coroutine, a thread-pool job and its buffers at the same time, and the process keeps the
+memory of that peak long after."""
 MAX_HEADER_BYTES = 16 * 1024
 REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found", 405: b"Method Not Allowed",
            413: b"Payload Too Large", 426: b"Upgrade Required", 500: b"Internal Server Error",
@@ -76,6 +82,27 @@ class WireServer:
         self.connections = 0
         self._last_wake: Wake | None = None
         self._last_frame = b""
+        self._jobs: deque[Callable[[], Awaitable[None]]] = deque()
+        self._workers = 0
+
+    def submit(self, job: Callable[[], Awaitable[None]]) -> None:
+        """Run ``job`` (a request's setup: authentication, database reads) on one of at most
+        `SETUP_WORKERS` shared worker tasks."""
+        self._jobs.append(job)
+        if self._workers < SETUP_WORKERS:
+            self._workers += 1
+            asyncio.get_running_loop().create_task(self._work())
+
+    async def _work(self) -> None:
+        try:
+            while self._jobs:
+                job = self._jobs.popleft()
+                try:
+                    await job()
+                except Exception:  # jobs answer their own errors; this is a last resort
+                    log.exception("a notification request failed")
+        finally:
+            self._workers -= 1
 
     def changed_frame(self, wake: Wake) -> bytes:
         """The WebSocket frame for ``wake``, encoded once for all the subscribers it wakes."""
@@ -189,7 +216,9 @@ class Connection(asyncio.Protocol):
                 self._respond(405, {"code": "method_not_allowed", "message": "use POST"})
                 return
             self.busy = True
-            asyncio.get_running_loop().create_task(self._longpoll(self.auth, self.body))
+            auth, body = self.auth, self.body
+            self.auth, self.body, self.url = "", b"", b""
+            self.srv.submit(lambda: self._longpoll(auth, body))
         elif path == b"/api/v1/notify/ws":
             self._respond(426, {"code": "upgrade_required", "message": "open this route as a WebSocket"})
         else:
@@ -292,7 +321,7 @@ class Connection(asyncio.Protocol):
         auth = self.auth
         self.auth = ""
         self.buf = rest
-        asyncio.get_running_loop().create_task(self._ws_open(auth))
+        self.srv.submit(lambda: self._ws_open(auth))
 
     async def _ws_open(self, auth: str) -> None:
         try:
@@ -360,7 +389,7 @@ class Connection(asyncio.Protocol):
                     continue
                 message, self.frag = self.frag, b""
                 self.busy = True
-                asyncio.get_running_loop().create_task(self._ws_message(message))
+                self.srv.submit(lambda m=message: self._ws_message(m))  # type: ignore[misc]
                 return
             self._ws_close(1002)
             return
@@ -407,7 +436,7 @@ class Connection(asyncio.Protocol):
 
     def _wake_ws(self, sub: Subscription, wake: Wake) -> None:
         if wake.account_changed:
-            asyncio.get_running_loop().create_task(self._ws_reauthenticate())
+            self.srv.submit(self._ws_reauthenticate)
         elif wake.heads and self.transport is not None and not self.closed:
             self.transport.write(self.srv.changed_frame(wake))
 
