@@ -167,7 +167,12 @@ class Connection(asyncio.Protocol):
             offset = int(exc.args[0]) if exc.args else len(data)
             self._start_websocket(data[offset:])
         except httptools.HttpParserError as exc:
-            self._send_error(BadRequest(f"malformed HTTP request: {exc}", code="bad_http"), close=True)
+            # An error raised in a parser callback (a size cap) arrives wrapped.
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, CubbyError):
+                self._send_error(cause, close=True)
+            else:
+                self._send_error(BadRequest(f"malformed HTTP request: {exc}", code="bad_http"), close=True)
         except CubbyError as exc:
             self._send_error(exc, close=True)
 
