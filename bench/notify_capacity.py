@@ -454,6 +454,9 @@ def main() -> None:
         pipe.recv()
     for s in servers:
         s.stop(kill=True)
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
