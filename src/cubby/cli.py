@@ -123,8 +123,11 @@ def _server_config(state: State, data: Path | None, db: str | None) -> Config:
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port to listen on (default 8765).")
 @click.option("--role", default="all", show_default=True, help="Roles to run: all, meta, blocks, notify (comma-separated).")
+@click.option("--broker", default=None, help="Notification broker: memory (default), redis://HOST:PORT/DB or nats://HOST:PORT.")
 @pass_state
-def serve(state: State, data: Path | None, db: str | None, host: str | None, port: int | None, role: str) -> None:
+def serve(
+    state: State, data: Path | None, db: str | None, host: str | None, port: int | None, role: str, broker: str | None
+) -> None:
     """Run the cubby server."""
     from cubby.server.run import parse_roles
     from cubby.server.run import serve as run
@@ -133,7 +136,7 @@ def serve(state: State, data: Path | None, db: str | None, host: str | None, por
         roles = parse_roles(role)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--role") from exc
-    run(_server_config(state, data, db).with_(host=host, port=port), roles)
+    run(_server_config(state, data, db).with_(host=host, port=port, broker_url=broker), roles)
 
 
 @main.group()

@@ -1,7 +1,8 @@
 """Configuration, read once at the edge and passed down.
 
 `Config` holds everything the server and the client need. The CLI builds it from flags, the
-environment (``CUBBY_URL``, ``CUBBY_TOKEN``, ``CUBBY_DATA``, ``CUBBY_DB``) and an optional
+environment (``CUBBY_URL``, ``CUBBY_TOKEN``, ``CUBBY_DATA``, ``CUBBY_DB``,
+``CUBBY_BROKER``) and an optional
 TOML file (``~/.config/cubby/config.toml``); nothing below the CLI reads the environment.
 """
 
@@ -29,6 +30,12 @@ class Config:
     token: str | None = None
     gc_grace_seconds: float = 24 * 3600
     max_request_bytes: int = 64 * 1024 * 1024
+    broker_url: str = "memory"
+    """Where commits are announced to notification processes: ``memory`` (one process),
+    ``redis://HOST:PORT/DB`` or ``nats://HOST:PORT`` (optionally ``?prefix=NAME``)."""
+    notify_front: str = "lean"
+    """How ``--role notify`` alone is served: ``lean`` (`cubby.notify.wire`, cheap idle
+    connections) or ``asgi`` (uvicorn + Starlette, like the other roles)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -66,6 +73,8 @@ def load(env: Mapping[str, str], file: Path | None = None) -> Config:
         values["data_dir"] = env["CUBBY_DATA"]
     if env.get("CUBBY_DB"):
         values["db_url"] = env["CUBBY_DB"]
+    if env.get("CUBBY_BROKER"):
+        values["broker_url"] = env["CUBBY_BROKER"]
     known = {k: v for k, v in values.items() if k in Config.__dataclass_fields__}
     if "data_dir" in known:
         known["data_dir"] = Path(known["data_dir"]).expanduser()

@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from cubby.blockstore.base import BlockStore
 from cubby.config import Config
 from cubby.metadata.store import SqlMetadataStore, open_store
+
+if TYPE_CHECKING:
+    from cubby.notify.base import Broker
 
 CommitListener = Callable[[int, int], None]
 """Called with (namespace id, new journal head) after a change is committed."""
@@ -26,6 +30,10 @@ class ServerContext:
     commit_listeners: list[CommitListener] = field(default_factory=list)
     account_listeners: list[AccountListener] = field(default_factory=list)
     closers: list[Callable[[], object]] = field(default_factory=list)
+    broker: "Broker | None" = None
+    """The notification broker (meta publishes on it, notify subscribes); None if neither runs."""
+    notify_service: Any = None
+    """The notification role's `cubby.notify.service.NotifyService`, when that role runs."""
 
     def committed(self, ns_id: int, head: int) -> None:
         """Tell listeners (the notification role's publisher) that a namespace moved on."""
@@ -60,4 +68,15 @@ def build_context(config: Config, roles: tuple[str, ...]) -> ServerContext:
         from cubby.blockstore.local import LocalBlockStore
 
         blocks = LocalBlockStore(config.blocks_dir)
-    return ServerContext(config=config, store=store, blocks=blocks)
+    ctx = ServerContext(config=config, store=store, blocks=blocks)
+    if "meta" in roles or "notify" in roles:
+        from cubby.notify.base import open_broker
+
+        ctx.broker = open_broker(config.broker_url)
+        if "meta" in roles:
+            from cubby.notify.publisher import Publisher
+
+            publisher = Publisher(ctx.broker)
+            ctx.commit_listeners.append(publisher.commit)
+            ctx.account_listeners.append(publisher.account)
+    return ctx

@@ -37,6 +37,11 @@ def serve(config: Config, roles: Sequence[str] = ROLES, *, log_level: str = "inf
         file=sys.stderr,
         flush=True,
     )
+    if tuple(roles) == ("notify",) and config.notify_front == "lean":
+        from cubby.server.notify import serve_lean
+
+        serve_lean(ctx)
+        return
     uvicorn.run(
         app,
         host=config.host,
@@ -45,6 +50,14 @@ def serve(config: Config, roles: Sequence[str] = ROLES, *, log_level: str = "inf
         access_log=False,
         timeout_keep_alive=30,
         limit_concurrency=None,
+        # Long-polls wait for minutes: on shutdown, give them a moment, then close them.
+        timeout_graceful_shutdown=3,
+        # The sans-I/O WebSocket protocol runs no task per connection, and no server pings
+        # (no per-connection timers): notification clients ping the server instead.
+        ws="websockets-sansio",
+        ws_ping_interval=None,
+        ws_ping_timeout=None,
+        backlog=4096,
     )
 
 
@@ -60,8 +73,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--role", default="all")
     ap.add_argument("--max-request-bytes", type=int, default=None)
+    ap.add_argument("--broker", default="memory")
+    ap.add_argument("--notify-front", choices=["lean", "asgi"], default="lean")
     args = ap.parse_args(argv)
-    cfg = Config(data_dir=args.data, db_url=args.db, host=args.host, port=args.port)
+    cfg = Config(
+        data_dir=args.data, db_url=args.db, host=args.host, port=args.port, broker_url=args.broker,
+        notify_front=args.notify_front,
+    )
     if args.max_request_bytes:
         cfg = cfg.with_(max_request_bytes=args.max_request_bytes)
     serve(cfg, parse_roles(args.role))

@@ -1,0 +1,96 @@
+"""The Broker Protocol: how commits in metadata processes reach notification processes.
+
+A broker carries small messages on named topics between processes. cubby uses two kinds of
+topic, both built here so that publisher and subscriber agree on them:
+
+- ``ns.<ns_id>`` with payload ``<head>`` (ASCII digits): namespace ``ns_id`` has journal head
+  ``head`` (or later);
+- ``user.<user_id>`` with an empty payload: the set of namespaces that user can reach changed.
+
+Delivery is best-effort, at most once (Redis pub/sub and core NATS give no more), and messages
+may arrive out of order. That is enough because a message only ever says "go and look":
+subscribers compare heads (a stale or repeated message wakes nobody), and a subscriber that may
+have missed messages (its broker connection dropped) re-reads the journal heads from the
+metadata database when it reconnects (``on_reconnect``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+from cubby.errors import BadRequest
+
+MessageHandler = Callable[[str, bytes], None]
+"""Called on the event loop with (topic without prefix, payload). Must not block."""
+ReconnectHandler = Callable[[], Awaitable[None] | None]
+"""Called on the event loop after the subscription was re-established following a loss of the
+broker connection: messages published meanwhile may be lost, so the subscriber resynchronises."""
+
+DEFAULT_PREFIX = "cubby"
+
+
+class Broker(Protocol):
+    """A publish/subscribe transport between cubby processes.
+
+    Contract:
+    - ``publish`` sends one message; it raises `cubby.errors.Unavailable` when the broker cannot
+      be reached (the caller, `cubby.notify.publisher.Publisher`, keeps and retries), and never
+      blocks the event loop for longer than one network round trip.
+    - ``subscribe`` returns once the subscription to every cubby topic is in place, so that a
+      message published after it returns is delivered unless the connection later drops. After
+      that it keeps the subscription alive by itself, reconnecting with backoff forever, and
+      calls ``on_reconnect`` after each re-established subscription. It is called at most once.
+    - ``close`` releases connections and background tasks; it is idempotent.
+    All methods are called from one event loop.
+    """
+
+    async def publish(self, topic: str, payload: bytes) -> None: ...
+
+    async def subscribe(self, on_message: MessageHandler, on_reconnect: ReconnectHandler) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def ns_topic(ns_id: int) -> str:
+    return f"ns.{ns_id}"
+
+
+def user_topic(user_id: int) -> str:
+    return f"user.{user_id}"
+
+
+def split_prefix(url: str) -> tuple[str, str]:
+    """Take the ``prefix`` query parameter (the topic namespace, so that several cubby
+    deployments or test runs can share one Redis or NATS server) out of a broker URL."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query, keep_blank_values=True)
+    prefix = (query.pop("prefix", [DEFAULT_PREFIX]) or [DEFAULT_PREFIX])[0]
+    if not prefix or not all(c.isalnum() or c in "-_" for c in prefix):
+        raise BadRequest(f"broker prefix {prefix!r} must be letters, digits, '-' or '_'", code="bad_broker_url")
+    rest = "&".join(f"{k}={v}" for k, vs in query.items() for v in vs)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment)), prefix
+
+
+def open_broker(url: str) -> Broker:
+    """``memory`` (one process), ``redis://host:port/db`` or ``nats://host:port``; each may
+    carry ``?prefix=NAME`` to keep its topics apart from other deployments on the same server."""
+    scheme = url.split(":", 1)[0].lower() if ":" in url else url.lower()
+    if scheme == "memory":
+        from cubby.notify.memory import MemoryBroker
+
+        return MemoryBroker()
+    if scheme in ("redis", "rediss", "unix"):
+        from cubby.notify.redis import RedisBroker
+
+        base, prefix = split_prefix(url)
+        return RedisBroker(base, prefix=prefix)
+    if scheme in ("nats", "tls"):
+        from cubby.notify.nats import NatsBroker
+
+        base, prefix = split_prefix(url)
+        return NatsBroker(base, prefix=prefix)
+    raise BadRequest(
+        f"unknown broker {url!r}: use 'memory', 'redis://HOST:PORT/DB' or 'nats://HOST:PORT'", code="bad_broker_url"
+    )

@@ -1,0 +1,255 @@
+"""The notification role: long-poll and WebSocket subscriptions to namespace changes.
+
+A client sends its cursor (namespace id -> last journal id it has read) and is told as soon as
+any of those namespaces moves past it; it then reads the journal from the metadata role as
+before. Both transports are authenticated like every request, and a cursor may only name
+namespaces the token can read (others answer 404 ``not_found``, as everywhere).
+
+- ``POST /api/v1/notify/longpoll`` ``{"cursor": {ns: jid}, "timeout": 30..480}`` answers
+  ``{"changed", "heads", "account_changed", "namespaces", "backoff"}`` (``namespaces``: all the
+  token can read, so a client notices one it does not follow yet) when something moved or after the
+  timeout less a random jitter (so that clients do not come back in step).
+- ``GET /api/v1/notify/ws`` (WebSocket): the client sends ``{"cursor": {...}}`` (again whenever
+  it likes, to replace it); the server answers ``{"type": "subscribed", "heads", "changed"}``
+  and then sends ``{"type": "changed", "heads"}`` for every namespace that moves,
+  ``{"type": "account_changed", "revoked": [ns...]}`` when the account's namespaces change,
+  and ``{"type": "error", "code", "message"}`` for bad input. The server sends no pings (no
+  per-connection timers); clients ping to keep middleboxes awake.
+
+This role needs the metadata database (tokens and journal heads) and the broker, never the
+block store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from collections.abc import Callable, Collection
+from typing import Any
+
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from cubby.errors import BadRequest, CubbyError, Unauthorized
+from cubby.metadata.model import Principal
+from cubby.metadata.schema import namespaces
+from cubby.metadata.store import SqlMetadataStore
+from cubby.notify.hub import Subscription, Wake
+from cubby.notify.memory import MemoryBroker
+from cubby.notify.protocol import (
+    MAX_BODY, bearer, heads_json, info as info_body, jittered, longpoll_answer, parse_cursor, parse_timeout,
+)
+from cubby.notify.service import HeadsReader, NotifyService
+from cubby.server import access
+from cubby.server.bodies import json_body
+from cubby.server.context import ServerContext
+
+log = logging.getLogger("cubby.notify")
+
+HEADS_PER_QUERY = 1000
+
+
+def heads_reader(store: SqlMetadataStore) -> HeadsReader:
+    """Journal heads of many namespaces, a thousand per query, off the event loop."""
+
+    def read(ids: list[int]) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for i in range(0, len(ids), HEADS_PER_QUERY):
+            chunk = ids[i : i + HEADS_PER_QUERY]
+            rows = store.db.read(
+                lambda c, chunk=chunk: c.execute(  # type: ignore[misc]
+                    select(namespaces.c.ns_id, namespaces.c.head).where(namespaces.c.ns_id.in_(chunk))
+                ).all()
+            )
+            out.update({int(r[0]): int(r[1]) for r in rows})
+        return out
+
+    async def reader(ids: Collection[int]) -> dict[int, int]:
+        return await run_in_threadpool(read, list(ids))
+
+    return reader
+
+
+class WsOutbox:
+    """One sender task for all WebSocket connections: the hub queues (connection, message)
+    and this drains the queue, so a fan-out to 10,000 sockets creates no task per socket."""
+
+    def __init__(self) -> None:
+        self._queue: deque[tuple[WebSocket, str]] = deque()
+        self._task: asyncio.Task[None] | None = None
+
+    def put(self, ws: WebSocket, message: dict[str, Any]) -> None:
+        self._queue.append((ws, json.dumps(message, separators=(",", ":"))))
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while self._queue:
+            ws, text = self._queue.popleft()
+            try:
+                await ws.send_text(text)
+            except Exception:  # the connection went away; its handler cleans up
+                pass
+
+
+class WsConnection:
+    """What one WebSocket connection holds between messages."""
+
+    __slots__ = ("ws", "token", "principal", "sub")
+
+    def __init__(self, ws: WebSocket, token: str, principal: Principal) -> None:
+        self.ws = ws
+        self.token = token
+        self.principal = principal
+        self.sub: Subscription | None = None
+
+
+def routes(ctx: ServerContext) -> list[BaseRoute]:
+    broker = ctx.broker if ctx.broker is not None else MemoryBroker()
+    service = NotifyService(broker, heads_reader(ctx.store))
+    ctx.notify_service = service
+    ctx.closers.append(service.hub.close)
+    outbox = WsOutbox()
+
+    async def info(request: Request) -> Response:
+        return JSONResponse(info_body(service.hub.count, len(service.hub.namespaces()), service.resyncs))
+
+    async def longpoll(request: Request) -> Response:
+        p = await access.principal(request, ctx)
+        body = await json_body(request, MAX_BODY)
+        cursor = parse_cursor(body.get("cursor"), p)
+        timeout = parse_timeout(body.get("timeout"))
+        await service.ensure_started()
+        heads, wake = await service.wait_once(p.user_id, cursor, jittered(timeout))
+        return JSONResponse(longpoll_answer(heads, wake, sorted(p.namespaces)))
+
+    def ws_deliver(conn: WsConnection) -> Callable[[Subscription, Wake], None]:
+        def deliver(sub: Subscription, wake: Wake) -> None:
+            if wake.account_changed:
+                asyncio.get_running_loop().create_task(reauthenticate(conn))
+            elif wake.heads:
+                outbox.put(conn.ws, {"type": "changed", "heads": heads_json(wake.heads)})
+
+        return deliver
+
+    async def reauthenticate(conn: WsConnection) -> None:
+        """The account's namespaces changed: drop those it may no longer read, tell the client
+        (which re-reads its account and sends a new cursor), or close if the token died."""
+        try:
+            p = await run_in_threadpool(ctx.store.authenticate, conn.token)
+        except Unauthorized as exc:
+            if conn.sub is not None:
+                service.hub.remove(conn.sub)
+            await send_error(conn.ws, exc)
+            await conn.ws.close(code=4401)
+            return
+        conn.principal = p
+        revoked: list[int] = []
+        sub = conn.sub
+        if sub is not None and sub.active:
+            revoked = [ns for ns in sub.cursor if not p.can_read(ns)]
+            if revoked:
+                service.hub.remove(sub)
+                for ns in revoked:
+                    del sub.cursor[ns]
+                if sub.cursor:
+                    service.hub.add(sub)
+        outbox.put(conn.ws, {"type": "account_changed", "revoked": revoked})
+
+    async def send_error(ws: WebSocket, exc: CubbyError) -> None:
+        try:
+            await ws.send_text(json.dumps({"type": "error", **exc.to_dict()}))
+        except Exception:
+            pass
+
+    async def subscribe_ws(conn: WsConnection, text: str) -> None:
+        try:
+            body = json.loads(text)
+        except ValueError as exc:
+            raise BadRequest(f"the message is not valid JSON: {exc}", code="malformed_json") from exc
+        if not isinstance(body, dict):
+            raise BadRequest("a message must be a JSON object {\"cursor\": {...}}", code="malformed_json")
+        cursor = parse_cursor(body.get("cursor"), conn.principal)
+        if conn.sub is not None:
+            service.hub.remove(conn.sub)
+            conn.sub = None
+        sub = Subscription(conn.principal.user_id, dict(cursor), ws_deliver(conn), oneshot=False)
+        service.hub.add(sub)
+        try:
+            heads = await service.check(cursor)
+        except CubbyError:
+            service.hub.remove(sub)
+            raise
+        conn.sub = sub
+        moved = {ns: h for ns, h in heads.items() if h > cursor[ns]}
+        for ns, h in moved.items():
+            sub.cursor[ns] = max(sub.cursor[ns], h)
+        outbox.put(conn.ws, {"type": "subscribed", "heads": heads_json(heads), "changed": bool(moved)})
+
+    async def ws_endpoint(ws: WebSocket) -> None:
+        await ws.accept()
+        try:
+            token = bearer(ws.headers.get("authorization", ""))
+            p = await run_in_threadpool(ctx.store.authenticate, token)
+            await service.ensure_started()
+        except CubbyError as exc:
+            await send_error(ws, exc)
+            await ws.close(code=4401 if isinstance(exc, Unauthorized) else 4503)
+            return
+        conn = WsConnection(ws, token, p)
+        try:
+            while True:
+                msg = await ws.receive()
+                if msg["type"] == "websocket.disconnect":
+                    break
+                text = msg.get("text")
+                if text is None:
+                    text = (msg.get("bytes") or b"").decode("utf-8", "replace")
+                try:
+                    await subscribe_ws(conn, text)
+                except CubbyError as exc:
+                    outbox.put(ws, {"type": "error", **exc.to_dict()})
+        except WebSocketDisconnect:
+            pass
+        finally:
+            if conn.sub is not None:
+                service.hub.remove(conn.sub)
+
+    return [
+        Route("/api/v1/notify", info, methods=["GET"]),
+        Route("/api/v1/notify/longpoll", longpoll, methods=["POST"]),
+        WebSocketRoute("/api/v1/notify/ws", ws_endpoint),
+    ]
+
+
+def serve_lean(ctx: ServerContext) -> None:
+    """Run the notification role alone on the lean server (`cubby.notify.wire`) instead of
+    uvicorn + Starlette: same routes and answers, a fraction of the memory per connection."""
+    from cubby.notify import wire
+
+    async def main() -> None:
+        broker = ctx.broker if ctx.broker is not None else MemoryBroker()
+        service = NotifyService(broker, heads_reader(ctx.store))
+        ctx.notify_service = service
+
+        async def authenticate(token: str) -> Principal:
+            return await run_in_threadpool(ctx.store.authenticate, token)
+
+        await wire.serve(service, authenticate, ctx.config.host, ctx.config.port)
+
+    try:
+        import uvloop
+
+        runner: Callable[[Any], Any] = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        runner(main())
+    finally:
+        ctx.close()
