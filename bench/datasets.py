@@ -52,8 +52,7 @@ def _text_blocks(size: int, seed: int) -> Iterator[bytes]:
 def _write(path: Path, blocks: Iterator[bytes]) -> Path:
     tmp = path.with_name(path.name + ".part")
     with open(tmp, "wb") as fh:
-        for b in blocks:
-            fh.write(b)
+        fh.writelines(blocks)
     os.replace(tmp, path)
     return path
 

@@ -38,15 +38,15 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from datasets import dataset, parse_size  # noqa: E402
-from machine import describe, summary_line  # noqa: E402
-from reference import drop, read_hash_write, warm  # noqa: E402
-from report import Report, Row, fmt_bytes  # noqa: E402
+from datasets import dataset, parse_size
+from machine import describe, summary_line
+from reference import drop, read_hash_write, warm
+from report import Report, Row, fmt_bytes
 
-from cubby.blockstore.local import LocalBlockStore  # noqa: E402
-from cubby.core.chunking import chunk_file  # noqa: E402
-from cubby.metadata.model import ChunkRef, CommitRequest  # noqa: E402
-from cubby.metadata.store import open_store  # noqa: E402
+from cubby.blockstore.local import LocalBlockStore
+from cubby.core.chunking import chunk_file
+from cubby.metadata.model import ChunkRef, CommitRequest
+from cubby.metadata.store import open_store
 
 BATCH_BYTES = 16 * 2**20
 """Chunks handed to the store per call, as the server's upload route does (INGEST_BATCH_BYTES)."""
@@ -96,7 +96,9 @@ def cubby_ingest(src: Path, work: Path, threads: int, profile: bool) -> dict[str
     now = time.perf_counter()
     stages["store_chunks"] += now - mark
     size = src.stat().st_size
-    res = store.commit(user.id, ns, CommitRequest("/" + src.name, size, tuple(refs), None, src.stat().st_mtime))
+    res = store.commit(
+        user.id, ns, CommitRequest("/" + src.name, size, tuple(refs), None, src.stat().st_mtime)
+    )
     stages["commit"] = time.perf_counter() - now
     if prof:
         prof.disable()
@@ -149,7 +151,11 @@ def borg_create(src: Path, work: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     proc = subprocess.run(
         ["borg", "create", "--json", "--compression", "zstd", f"{repo}::bench", src.name],
-        env=env, cwd=src.parent, check=True, capture_output=True, text=True,
+        env=env,
+        cwd=src.parent,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     seconds = time.perf_counter() - t0
     stats = json.loads(proc.stdout)["archive"]["stats"]
@@ -199,22 +205,30 @@ def run_kind(report: Report, kind: str, src: Path, scratch: Path, args: argparse
     if not args.no_borg:
         warm(src)
         out = borg_create(src, scratch / "borg")
-        borg = report.add(Row(kind, "borg create --compression zstd", out.pop("seconds"), size, reference=ref, extra=out))
+        borg = report.add(
+            Row(kind, "borg create --compression zstd", out.pop("seconds"), size, reference=ref, extra=out)
+        )
         report.notes.append(
             f"{kind}, borg: stored {fmt_bytes(out['stored_bytes'])} of {fmt_bytes(size)} "
             f"(deduplicated_size {fmt_bytes(out['deduplicated_size'] or 0)})"
         )
         for row in cubby_rows:
             row.extra["vs_borg"] = round(borg.seconds / row.seconds, 3)
-            report.notes.append(f"{kind}, {row.name} over borg: {borg.seconds / row.seconds:.2f}x borg's throughput")
+            report.notes.append(
+                f"{kind}, {row.name} over borg: {borg.seconds / row.seconds:.2f}x borg's throughput"
+            )
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="1G", help="bytes per dataset (1G, 256M, ...); default 1G")
     ap.add_argument("--kinds", default="random,text", help="datasets to run: random,text")
-    ap.add_argument("--scratch", type=Path, default=Path("/tmp/cubby-bench"), help="scratch folder (data is kept here)")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="hash threads for the second cubby run")
+    ap.add_argument(
+        "--scratch", type=Path, default=Path("/tmp/cubby-bench"), help="scratch folder (data is kept here)"
+    )
+    ap.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="hash threads for the second cubby run"
+    )
     ap.add_argument("--no-borg", action="store_true", help="skip borg")
     ap.add_argument("--profile", action="store_true", help="cProfile the single-thread cubby run")
     ap.add_argument("--name", default="ingest", help="results go to bench/results/NAME.json")
@@ -224,7 +238,11 @@ def main(argv: list[str] | None = None) -> None:
         subprocess.run(["bash", str(HERE / "setup.sh")], check=True)
     machine = describe(args.scratch, {"borg": ["borg", "--version"]})
     print(summary_line(machine), flush=True)
-    report = Report(args.name, machine, {"size": size, "kinds": args.kinds, "threads": args.threads, "batch_bytes": BATCH_BYTES})
+    report = Report(
+        args.name,
+        machine,
+        {"size": size, "kinds": args.kinds, "threads": args.threads, "batch_bytes": BATCH_BYTES},
+    )
     for kind in args.kinds.split(","):
         src = dataset(args.scratch, kind, size)
         print(f"[{kind}] running ...", flush=True)

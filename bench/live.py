@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
-from tests.helpers.live_server import LiveServer  # noqa: E402
+from tests.helpers.live_server import LiveServer
 
 __all__ = ["LiveServer", "cli", "start_server"]
 
@@ -30,13 +30,21 @@ def start_server(folder: Path) -> tuple[LiveServer, str]:
     return server, server.add_user("bench")
 
 
-def cli(server: LiveServer, token: str, *args: str, url: str | None = None) -> tuple[float, list[dict[str, Any]]]:
+def cli(
+    server: LiveServer, token: str, *args: str, url: str | None = None
+) -> tuple[float, list[dict[str, Any]]]:
     """Run ``cubby --json ARGS`` against ``server`` (or ``url``, e.g. a proxy in front of it);
     seconds and the JSON lines it printed."""
-    env = {**os.environ, "CUBBY_URL": url or server.url, "CUBBY_TOKEN": token,
-           "XDG_CONFIG_HOME": str(server.data_dir.parent / "config")}
+    env = {
+        **os.environ,
+        "CUBBY_URL": url or server.url,
+        "CUBBY_TOKEN": token,
+        "XDG_CONFIG_HOME": str(server.data_dir.parent / "config"),
+    }
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "cubby", "--json", *args], env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cubby", "--json", *args], check=False, env=env, capture_output=True, text=True
+    )
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"cubby {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")

@@ -38,7 +38,7 @@ def _mem_total_bytes() -> int | None:
 
 def _tool_version(cmd: list[str]) -> str | None:
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     text = (out.stdout or out.stderr).strip().splitlines()
@@ -62,7 +62,7 @@ def describe(scratch: Path, tools: dict[str, list[str]] | None = None) -> dict[s
     except AttributeError:
         usable = os.cpu_count() or 0
     info: dict[str, Any] = {
-        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "cpu_model": _cpu_model(),
         "cpu_cores": os.cpu_count(),
         "cpu_cores_usable": usable,

@@ -85,19 +85,25 @@ class Report:
         head = ["group", "step", "seconds", "MB/s", "files/s", "ratio", "vs"]
         lines = [head]
         for r in self.rows:
-            lines.append([
-                r.group,
-                r.name,
-                f"{r.seconds:.2f}",
-                "" if r.mb_per_s is None else f"{r.mb_per_s:.0f}",
-                "" if r.files_per_s is None else f"{r.files_per_s:.0f}",
-                "" if r.ratio is None else f"{r.ratio:.2f}",
-                r.reference or "",
-            ])
+            lines.append(
+                [
+                    r.group,
+                    r.name,
+                    f"{r.seconds:.2f}",
+                    "" if r.mb_per_s is None else f"{r.mb_per_s:.0f}",
+                    "" if r.files_per_s is None else f"{r.files_per_s:.0f}",
+                    "" if r.ratio is None else f"{r.ratio:.2f}",
+                    r.reference or "",
+                ]
+            )
         widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
         out = []
         for i, line in enumerate(lines):
-            out.append("  ".join(cell.ljust(w) if j < 2 else cell.rjust(w) for j, (cell, w) in enumerate(zip(line, widths))))
+            out.append(
+                "  ".join(
+                    cell.ljust(w) if j < 2 else cell.rjust(w) for j, (cell, w) in enumerate(zip(line, widths))
+                )
+            )
             if i == 0:
                 out.append("  ".join("-" * w for w in widths))
         return "\n".join(out)

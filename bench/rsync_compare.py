@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from breakdown import CallTimes, split, timed_scans
 from datasets import dataset, insert_byte, parse_size, small_files
 from live import cli, start_server
 from machine import describe, summary_line
@@ -38,8 +39,7 @@ from reference import warm
 from report import Report, Row, fmt_bytes
 from wire import CountingProxy
 
-from cubby.client.api import ApiClient
-from cubby.client.transfer import upload_tree
+from cubby.client import transfer
 from tests.helpers.live_server import free_port
 
 HERE = Path(__file__).resolve().parent
@@ -54,7 +54,7 @@ class RsyncDaemon:
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "RsyncDaemon":
+    def start(self) -> RsyncDaemon:
         shutil.rmtree(self.folder, ignore_errors=True)
         self.dest.mkdir(parents=True)
         conf = self.folder / "rsyncd.conf"
@@ -69,7 +69,14 @@ class RsyncDaemon:
             "  read only = false\n"
         )
         self.proc = subprocess.Popen(
-            ["rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={self.port}", "--address=127.0.0.1"]
+            [
+                "rsync",
+                "--daemon",
+                "--no-detach",
+                f"--config={conf}",
+                f"--port={self.port}",
+                "--address=127.0.0.1",
+            ]
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -98,14 +105,18 @@ class RsyncDaemon:
 def rsync(*args: str) -> tuple[float, dict[str, int]]:
     """Run rsync with ``--stats``; seconds and the byte counts it reports."""
     t0 = time.perf_counter()
-    proc = subprocess.run(["rsync", "--stats", *args], capture_output=True, text=True)
+    proc = subprocess.run(["rsync", "--stats", *args], check=False, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"rsync {' '.join(args)} failed: {proc.stderr[-2000:]}")
     stats: dict[str, int] = {}
-    for key, label in (("bytes_sent", "Total bytes sent"), ("bytes_received", "Total bytes received"),
-                       ("literal_data", "Literal data"), ("matched_data", "Matched data"),
-                       ("files_transferred", "Number of regular files transferred")):
+    for key, label in (
+        ("bytes_sent", "Total bytes sent"),
+        ("bytes_received", "Total bytes received"),
+        ("literal_data", "Literal data"),
+        ("matched_data", "Matched data"),
+        ("files_transferred", "Number of regular files transferred"),
+    ):
         m = re.search(rf"{label}: ([\d,.]+)", proc.stdout)
         if m:
             stats[key] = int(m.group(1).replace(",", "").replace(".", ""))
@@ -128,38 +139,55 @@ def edit_case(report: Report, scratch: Path, size: int, server: Any, token: str,
     r2, s2 = rsync("--no-whole-file", str(edited), daemon.url("edit.bin"))
     cubby_sent = out2[0]["bytes_sent"]
     rs_sent = s2["bytes_sent"]
-    report.add(Row(group, "rsync (delta) to daemon", r2, extra={
-        "bytes_sent": rs_sent, "bytes_received": s2.get("bytes_received"), "literal_data": s2.get("literal_data"),
-        "first_upload_bytes_sent": s1["bytes_sent"], "first_upload_seconds": round(r1, 3)}))
-    report.add(Row(group, "cubby put (chunk data)", seconds, ratio=cubby_sent / max(1, rs_sent), reference="rsync (delta) to daemon", extra={
-        "bytes_sent": cubby_sent, "chunks_sent": out2[0]["chunks_sent"], "chunks": out2[0]["chunks"],
-        "first_upload_bytes_sent": out1[0]["bytes_sent"]}))
-    report.add(Row(group, "cubby put (all wire bytes)", seconds, ratio=wire_sent / max(1, rs_sent), reference="rsync (delta) to daemon", extra={
-        "bytes_sent": wire_sent, "bytes_received": wire_received, "first_upload_wire_bytes_sent": first_wire}))
+    report.add(
+        Row(
+            group,
+            "rsync (delta) to daemon",
+            r2,
+            extra={
+                "bytes_sent": rs_sent,
+                "bytes_received": s2.get("bytes_received"),
+                "literal_data": s2.get("literal_data"),
+                "first_upload_bytes_sent": s1["bytes_sent"],
+                "first_upload_seconds": round(r1, 3),
+            },
+        )
+    )
+    report.add(
+        Row(
+            group,
+            "cubby put (chunk data)",
+            seconds,
+            ratio=cubby_sent / max(1, rs_sent),
+            reference="rsync (delta) to daemon",
+            extra={
+                "bytes_sent": cubby_sent,
+                "chunks_sent": out2[0]["chunks_sent"],
+                "chunks": out2[0]["chunks"],
+                "first_upload_bytes_sent": out1[0]["bytes_sent"],
+            },
+        )
+    )
+    report.add(
+        Row(
+            group,
+            "cubby put (all wire bytes)",
+            seconds,
+            ratio=wire_sent / max(1, rs_sent),
+            reference="rsync (delta) to daemon",
+            extra={
+                "bytes_sent": wire_sent,
+                "bytes_received": wire_received,
+                "first_upload_wire_bytes_sent": first_wire,
+            },
+        )
+    )
     report.notes.append(
         f"{group} in {fmt_bytes(size)}: cubby sent {fmt_bytes(cubby_sent)} of chunk data "
         f"({out2[0]['chunks_sent']}/{out2[0]['chunks']} chunks), {fmt_bytes(wire_sent)} on the wire in all; "
         f"rsync sent {fmt_bytes(rs_sent)} ({fmt_bytes(s2.get('literal_data', 0))} literal); ratio = cubby bytes / rsync bytes"
     )
     edited.unlink(missing_ok=True)
-
-
-class CallTimes(ApiClient):
-    """An ApiClient that adds up the wall time of each kind of call, to see where a put goes."""
-
-    def __init__(self, *a: Any, **kw: Any) -> None:
-        super().__init__(*a, **kw)
-        self.times: dict[str, list[float]] = {}
-
-    def _request(self, method: str, url: str, **kw: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return super()._request(method, url, **kw)
-        finally:
-            key = f"{method} {url.split('?')[0]}"
-            spent = self.times.setdefault(key, [0, 0.0])
-            spent[0] += 1
-            spent[1] += time.perf_counter() - t0
 
 
 def profile_small_files(report: Report, scratch: Path, folder: Path, profile: bool) -> None:
@@ -170,24 +198,27 @@ def profile_small_files(report: Report, scratch: Path, folder: Path, profile: bo
     server, token = start_server(work)
     try:
         prof = cProfile.Profile() if profile else None
-        with CallTimes(server.url, token) as api:
+        with timed_scans() as scan_spans, CallTimes(server.url, token) as api:
             warm(folder)
             t0 = time.perf_counter()
             if prof:
                 prof.enable()
-            results = upload_tree(api, folder, "/small")
+            results = transfer.upload_tree(api, folder, "/small")
             if prof:
                 prof.disable()
             seconds = time.perf_counter() - t0
-        calls = {k: {"calls": int(v[0]), "seconds": round(v[1], 3)} for k, v in sorted(api.times.items(), key=lambda kv: -kv[1][1])}
-        in_calls = sum(v[1] for v in api.times.values())
-        report.add(Row("small files", "cubby upload_tree in-process (breakdown)", seconds, files=len(results), reference="rsync -a to daemon",
-                       extra={"api_calls": calls, "client_side_seconds": round(seconds - in_calls, 3)}))
-        report.notes.append(
-            f"small files, in-process put: {seconds:.2f}s, of which waiting for the server "
-            + ", ".join(f"{k} x{v['calls']} {v['seconds']:.2f}s" for k, v in calls.items())
-            + f"; client-side work {seconds - in_calls:.2f}s"
+        extra, line = split(seconds, api, scan_spans)
+        report.add(
+            Row(
+                "small files",
+                "cubby upload_tree in-process (breakdown)",
+                seconds,
+                files=len(results),
+                reference="rsync -a to daemon",
+                extra=extra,
+            )
         )
+        report.notes.append(f"small files, in-process put {seconds:.2f}s: {line}")
         if prof:
             buf = io.StringIO()
             pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(15)
@@ -197,8 +228,9 @@ def profile_small_files(report: Report, scratch: Path, folder: Path, profile: bo
         shutil.rmtree(work, ignore_errors=True)
 
 
-def small_case(report: Report, scratch: Path, count: int, size: int, daemon: RsyncDaemon,
-               repeat: int, profile: bool) -> None:
+def small_case(
+    report: Report, scratch: Path, count: int, size: int, daemon: RsyncDaemon, repeat: int, profile: bool
+) -> None:
     """``repeat`` rounds of rsync, rsync --fsync and cubby put, each round into fresh
     destinations (a new rsync folder, a new cubby server: a second put into the same server
     would find every chunk there already). Rows hold the median; every sample is kept."""
@@ -211,7 +243,9 @@ def small_case(report: Report, scratch: Path, count: int, size: int, daemon: Rsy
             warm(folder)
             samples["rsync"].append(rsync("-a", str(folder) + "/", daemon.url(f"small-{k}/"))[0])
             warm(folder)
-            samples["rsync_fsync"].append(rsync("-a", "--fsync", str(folder) + "/", daemon.url(f"small-fsync-{k}/"))[0])
+            samples["rsync_fsync"].append(
+                rsync("-a", "--fsync", str(folder) + "/", daemon.url(f"small-fsync-{k}/"))[0]
+            )
             work = scratch / f"rsync-compare-small-{k}"
             shutil.rmtree(work, ignore_errors=True)
             server, token = start_server(work)
@@ -224,12 +258,38 @@ def small_case(report: Report, scratch: Path, count: int, size: int, daemon: Rsy
             if len(out) != count or any(o.get("skipped") for o in out):
                 raise SystemExit(f"cubby put reported {len(out)} files, expected {count} new ones")
             samples["cubby"].append(seconds)
-        rs = report.add(Row(group, "rsync -a to daemon", statistics.median(samples["rsync"]), count * size, files=count,
-                            extra={"samples_seconds": [round(x, 3) for x in samples["rsync"]]}))
-        report.add(Row(group, "rsync -a --fsync to daemon", statistics.median(samples["rsync_fsync"]), count * size, files=count,
-                       reference=rs.name, extra={"samples_seconds": [round(x, 3) for x in samples["rsync_fsync"]]}))
-        row = report.add(Row(group, "cubby put (CLI)", statistics.median(samples["cubby"]), count * size, files=count,
-                             reference=rs.name, extra={"samples_seconds": [round(x, 3) for x in samples["cubby"]]}))
+        rs = report.add(
+            Row(
+                group,
+                "rsync -a to daemon",
+                statistics.median(samples["rsync"]),
+                count * size,
+                files=count,
+                extra={"samples_seconds": [round(x, 3) for x in samples["rsync"]]},
+            )
+        )
+        report.add(
+            Row(
+                group,
+                "rsync -a --fsync to daemon",
+                statistics.median(samples["rsync_fsync"]),
+                count * size,
+                files=count,
+                reference=rs.name,
+                extra={"samples_seconds": [round(x, 3) for x in samples["rsync_fsync"]]},
+            )
+        )
+        row = report.add(
+            Row(
+                group,
+                "cubby put (CLI)",
+                statistics.median(samples["cubby"]),
+                count * size,
+                files=count,
+                reference=rs.name,
+                extra={"samples_seconds": [round(x, 3) for x in samples["cubby"]]},
+            )
+        )
         report.notes.append(
             f"{group}: {count} x {fmt_bytes(size)}, median of {repeat}: cubby {row.files_per_s:.0f} files/s, "
             f"rsync {rs.files_per_s:.0f} files/s; ratio = cubby files/s / rsync files/s = {row.ratio:.2f}"
@@ -245,8 +305,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--files", type=int, default=10_000, help="number of small files (default 10000)")
     ap.add_argument("--file-size", default="4K", help="size of each small file (default 4K)")
     ap.add_argument("--scratch", type=Path, default=Path("/tmp/cubby-bench"))
-    ap.add_argument("--repeat", type=int, default=3, help="rounds of the small-files case; the median is reported")
-    ap.add_argument("--profile", action="store_true", help="also cProfile the client of an in-process small-files put")
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="rounds of the small-files case; the median is reported"
+    )
+    ap.add_argument(
+        "--profile", action="store_true", help="also cProfile the client of an in-process small-files put"
+    )
     ap.add_argument("--name", default="rsync_compare")
     args = ap.parse_args(argv)
     subprocess.run(["bash", str(HERE / "setup.sh")], check=True)

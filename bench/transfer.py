@@ -23,8 +23,9 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
+from breakdown import CallTimes, split, timed_scans
 from datasets import dataset, parse_size
 from live import cli, start_server
 from machine import describe, summary_line
@@ -46,6 +47,9 @@ def sha256_file(path: Path) -> str:
 
 class TimedApi(ApiClient):
     """An ApiClient that notes when chunk traffic starts and ends, and how many bytes moved."""
+
+    def __enter__(self) -> Self:
+        return self
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
@@ -75,18 +79,50 @@ class TimedApi(ApiClient):
         return self.chunk_bytes / span if span > 0 else 0.0
 
 
+def upload_breakdown(report: Report, src: Path, folder: Path, size: int) -> None:
+    """The upload again, in this process, into a fresh server (the first one holds every chunk
+    now): where its time goes, per API call and on the client."""
+    server, token = start_server(folder)
+    try:
+        warm(src)
+        with timed_scans() as scans, CallTimes(server.url, token) as api:
+            t0 = time.perf_counter()
+            upload_file(api, src, "/big.bin")
+            seconds = time.perf_counter() - t0
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+    extra, line = split(seconds, api, scans)
+    report.add(
+        Row(
+            "upload",
+            "cubby upload_file in-process (breakdown)",
+            seconds,
+            size,
+            reference="read+sha256+write",
+            extra=extra,
+        )
+    )
+    report.notes.append(f"upload, in-process {seconds:.2f}s: {line}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="1G", help="bytes to upload and download (default 1G)")
     ap.add_argument("--rate", type=float, default=50e6, help="bytes/s for the rate-limit runs (default 50e6)")
     ap.add_argument("--rate-size", default="512M", help="bytes moved under the rate limit (default 512M)")
     ap.add_argument("--scratch", type=Path, default=Path("/tmp/cubby-bench"))
+    ap.add_argument(
+        "--no-breakdown", action="store_true", help="skip the in-process upload that shows where time goes"
+    )
     ap.add_argument("--name", default="transfer")
     args = ap.parse_args(argv)
     size, rate_size = parse_size(args.size), parse_size(args.rate_size)
     machine = describe(args.scratch)
     print(summary_line(machine), flush=True)
-    report = Report(args.name, machine, {"size": size, "rate_limit_bytes_per_s": args.rate, "rate_size": rate_size})
+    report = Report(
+        args.name, machine, {"size": size, "rate_limit_bytes_per_s": args.rate, "rate_size": rate_size}
+    )
     src = dataset(args.scratch, "random", size, seed=1)
     slow_src = dataset(args.scratch, "random", rate_size, seed=2)
     work = args.scratch / "transfer"
@@ -101,8 +137,20 @@ def main(argv: list[str] | None = None) -> None:
         report.add(Row("upload", "read+sha256+write", ref_seconds, size))
         warm(src)
         seconds, out = cli(server, token, "put", str(src), "/big.bin")
-        report.add(Row("upload", "cubby put", seconds, size, reference="read+sha256+write",
-                       extra={"bytes_sent": out[0]["bytes_sent"], "chunks_sent": out[0]["chunks_sent"], "chunks": out[0]["chunks"]}))
+        report.add(
+            Row(
+                "upload",
+                "cubby put",
+                seconds,
+                size,
+                reference="read+sha256+write",
+                extra={
+                    "bytes_sent": out[0]["bytes_sent"],
+                    "chunks_sent": out[0]["chunks_sent"],
+                    "chunks": out[0]["chunks"],
+                },
+            )
+        )
         # download ----------------------------------------------------------------------------
         warm(src)
         ref_copy = plain_copy(src, work / "copy.bin")
@@ -114,8 +162,16 @@ def main(argv: list[str] | None = None) -> None:
         drop(target)
         if not same:
             raise SystemExit("the downloaded file differs from the uploaded one")
-        report.add(Row("download", "cubby get", seconds, size, reference="plain copy (read+write)",
-                       extra={"bytes_received": out[0]["bytes_received"], "identical": same}))
+        report.add(
+            Row(
+                "download",
+                "cubby get",
+                seconds,
+                size,
+                reference="plain copy (read+write)",
+                extra={"bytes_received": out[0]["bytes_received"], "identical": same},
+            )
+        )
         # rate limits -------------------------------------------------------------------------
         warm(slow_src)
         limit = TokenBucket(args.rate)
@@ -123,23 +179,49 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.perf_counter()
             res = upload_file(api, slow_src, "/slow.bin")
             seconds = time.perf_counter() - t0
-        report.add(Row("rate limit", f"upload, limit {args.rate / 1e6:.0f} MB/s", seconds, res.bytes_sent,
-                       ratio=api.rate / args.rate,
-                       extra={"limit_bytes_per_s": args.rate, "achieved_bytes_per_s": round(api.rate),
-                              "chunk_traffic_seconds": round(api.last - (api.first or 0), 3)}))
+        report.add(
+            Row(
+                "rate limit",
+                f"upload, limit {args.rate / 1e6:.0f} MB/s",
+                seconds,
+                res.bytes_sent,
+                ratio=api.rate / args.rate,
+                extra={
+                    "limit_bytes_per_s": args.rate,
+                    "achieved_bytes_per_s": round(api.rate),
+                    "chunk_traffic_seconds": round(api.last - (api.first or 0), 3),
+                },
+            )
+        )
         with TimedApi(server.url, token, download_limit=TokenBucket(args.rate)) as api:
             t0 = time.perf_counter()
             download_file(api, "/slow.bin", work / "slow.bin")
             seconds = time.perf_counter() - t0
         drop(work / "slow.bin")
-        report.add(Row("rate limit", f"download, limit {args.rate / 1e6:.0f} MB/s", seconds, api.chunk_bytes,
-                       ratio=api.rate / args.rate,
-                       extra={"limit_bytes_per_s": args.rate, "achieved_bytes_per_s": round(api.rate),
-                              "chunk_traffic_seconds": round(api.last - (api.first or 0), 3)}))
-        report.notes.append("rate-limit rows: ratio = achieved rate of the chunk traffic / the limit (1.00 = exact)")
+        report.add(
+            Row(
+                "rate limit",
+                f"download, limit {args.rate / 1e6:.0f} MB/s",
+                seconds,
+                api.chunk_bytes,
+                ratio=api.rate / args.rate,
+                extra={
+                    "limit_bytes_per_s": args.rate,
+                    "achieved_bytes_per_s": round(api.rate),
+                    "chunk_traffic_seconds": round(api.last - (api.first or 0), 3),
+                },
+            )
+        )
+        if not args.no_breakdown:
+            upload_breakdown(report, src, work / "breakdown", size)
+        report.notes.append(
+            "rate-limit rows: ratio = achieved rate of the chunk traffic / the limit (1.00 = exact)"
+        )
         for r in report.rows:
-            if r.group in ("upload", "download") and r.reference:
-                report.notes.append(f"{r.group}: cubby at {r.ratio:.2f}x the reference ({r.mb_per_s:.0f} MB/s)")
+            if r.name in ("cubby put", "cubby get"):
+                report.notes.append(
+                    f"{r.group}: cubby at {r.ratio:.2f}x the reference ({r.mb_per_s:.0f} MB/s)"
+                )
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)

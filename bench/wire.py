@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 from types import TracebackType
+from typing import Self
 
 
 class CountingProxy:
@@ -69,8 +70,10 @@ class CountingProxy:
         self._closed = True
         self._listener.close()
 
-    def __enter__(self) -> "CountingProxy":
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
