@@ -7,10 +7,11 @@ For each dataset (1 GiB of random bytes, 1 GiB of compressible text by default):
 2. cubby core: chunk with FastCDC (`cubby.core.chunking`), name each chunk by SHA-256, store
    in batches with `SqlMetadataStore.ingest_chunks` into a `LocalBlockStore` (which verifies,
    compresses with `cubby.core.compression` where it pays, writes and syncs) and commit the
-   file into the SQLite metadata store. Once with everything on one thread, once with chunk
-   hashing on a thread pool (an option of the core);
+   file into the SQLite metadata store, on one thread (``--threads N`` adds a run that hashes
+   chunks on a thread pool, an option of the core);
 3. borg: `borg create --compression zstd` into a fresh unencrypted repository.
 
+Each step runs ``--repeat`` times (3 by default), interleaved, and the median is reported.
 Printed as MB/s and as a ratio to the reference (1.0 = as fast as read + hash + write), with
 cubby's time split into its stages, and the stored size and dedup ratio of cubby and borg.
 
@@ -41,7 +42,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from datasets import dataset, parse_size
 from machine import describe, summary_line
 from reference import drop, read_hash_write, warm
-from report import Report, Row, fmt_bytes
+from report import Report, Row, fmt_bytes, median_run
 
 from cubby.blockstore.local import LocalBlockStore
 from cubby.core.chunking import chunk_file
@@ -174,22 +175,32 @@ def borg_create(src: Path, work: Path) -> dict[str, Any]:
 
 
 def run_kind(report: Report, kind: str, src: Path, scratch: Path, args: argparse.Namespace) -> None:
+    """``args.repeat`` rounds of reference, cubby and borg, interleaved so that a change in the
+    machine's load hits all of them alike; each row holds the median round."""
     size = src.stat().st_size
-    warm(src)
-    ref_out = scratch / "ref-out.bin"
-    os.sync()
-    seconds, _digest = read_hash_write(src, ref_out)
-    drop(ref_out)
     ref = "read+sha256+write"
-    report.add(Row(kind, ref, seconds, size))
     variants = [(1, "cubby core, 1 thread")]
     if args.threads > 1:
         variants.append((args.threads, f"cubby core, hash on {args.threads} threads"))
-    cubby_rows = []
-    for threads, name in variants:
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for _round in range(args.repeat):
         warm(src)
-        out = cubby_ingest(src, scratch / "cubby", threads, args.profile and threads == 1)
-        prof = out.pop("profile_top_tottime", None)
+        ref_out = scratch / "ref-out.bin"
+        os.sync()
+        seconds, _digest = read_hash_write(src, ref_out)
+        drop(ref_out)
+        runs.setdefault(ref, []).append({"seconds": seconds})
+        for threads, name in variants:
+            warm(src)
+            runs.setdefault(name, []).append(cubby_ingest(src, scratch / "cubby", threads, profile=False))
+        if not args.no_borg:
+            warm(src)
+            runs.setdefault("borg", []).append(borg_create(src, scratch / "borg"))
+    out = median_run(runs[ref])
+    report.add(Row(kind, ref, out.pop("seconds"), size, extra=out))
+    cubby_rows = []
+    for _threads, name in variants:
+        out = median_run(runs[name])
         row = report.add(Row(kind, name, out.pop("seconds"), size, reference=ref, extra=out))
         cubby_rows.append(row)
         stages = row.extra["stages_seconds"]
@@ -199,24 +210,26 @@ def run_kind(report: Report, kind: str, src: Path, scratch: Path, args: argparse
             f"commit {stages['commit']:.2f}s; {row.extra['chunks']} chunks, stored "
             f"{fmt_bytes(row.extra['stored_bytes'])} of {fmt_bytes(size)}, dedup {row.extra['dedup_ratio']}x"
         )
-        if prof:
-            print(f"--- profile of {kind}, {name} (top by own time) ---\n{prof}")
-            row.extra["profile_top_tottime"] = prof.splitlines()[:40]
     if not args.no_borg:
-        warm(src)
-        out = borg_create(src, scratch / "borg")
+        out = median_run(runs["borg"])
         borg = report.add(
             Row(kind, "borg create --compression zstd", out.pop("seconds"), size, reference=ref, extra=out)
         )
         report.notes.append(
             f"{kind}, borg: stored {fmt_bytes(out['stored_bytes'])} of {fmt_bytes(size)} "
-            f"(deduplicated_size {fmt_bytes(out['deduplicated_size'] or 0)})"
+            f"(deduplicated_size {fmt_bytes(out['deduplicated_size'] or 0)}, dedup {out['dedup_ratio']}x)"
         )
         for row in cubby_rows:
             row.extra["vs_borg"] = round(borg.seconds / row.seconds, 3)
             report.notes.append(
                 f"{kind}, {row.name} over borg: {borg.seconds / row.seconds:.2f}x borg's throughput"
             )
+    if args.profile:
+        # A separate run: cProfile slows Python code, so a profiled run is never a timed one.
+        warm(src)
+        prof = cubby_ingest(src, scratch / "cubby", 1, profile=True)["profile_top_tottime"]
+        print(f"--- profile of {kind}, cubby core, 1 thread (top by own time) ---\n{prof}")
+        cubby_rows[0].extra["profile_top_tottime"] = prof.splitlines()[:40]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -226,11 +239,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--scratch", type=Path, default=Path("/tmp/cubby-bench"), help="scratch folder (data is kept here)"
     )
-    ap.add_argument(
-        "--threads", type=int, default=os.cpu_count() or 1, help="hash threads for the second cubby run"
-    )
+    ap.add_argument("--threads", type=int, default=1, help="also run cubby hashing chunks on N threads")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds per dataset; rows hold the median")
     ap.add_argument("--no-borg", action="store_true", help="skip borg")
-    ap.add_argument("--profile", action="store_true", help="cProfile the single-thread cubby run")
+    ap.add_argument("--profile", action="store_true", help="also cProfile one extra (untimed) cubby run")
     ap.add_argument("--name", default="ingest", help="results go to bench/results/NAME.json")
     args = ap.parse_args(argv)
     size = parse_size(args.size)
@@ -241,7 +253,13 @@ def main(argv: list[str] | None = None) -> None:
     report = Report(
         args.name,
         machine,
-        {"size": size, "kinds": args.kinds, "threads": args.threads, "batch_bytes": BATCH_BYTES},
+        {
+            "size": size,
+            "kinds": args.kinds,
+            "threads": args.threads,
+            "repeat": args.repeat,
+            "batch_bytes": BATCH_BYTES,
+        },
     )
     for kind in args.kinds.split(","):
         src = dataset(args.scratch, kind, size)

@@ -24,6 +24,16 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Of several runs of one step (dicts with "seconds"), the one with the median time (the
+    lower middle one for an even count), with every run's seconds added as
+    ``samples_seconds``: the machine is shared, so one run alone can be far off."""
+    ordered = sorted(runs, key=lambda r: r["seconds"])
+    pick = dict(ordered[(len(ordered) - 1) // 2])
+    pick["samples_seconds"] = [round(r["seconds"], 3) for r in runs]
+    return pick
+
+
 @dataclass
 class Row:
     """One measurement: ``seconds`` to move ``nbytes`` (and/or ``files``)."""

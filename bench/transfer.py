@@ -6,6 +6,8 @@ the `cubby` command as a subprocess, as a user runs it:
 - upload: ``cubby put`` of 1 GiB of random bytes, as a ratio to read + SHA-256 + write of the
   same bytes locally (what the server must at least do with them);
 - download: ``cubby get`` of that file, as a ratio to a plain durable copy of it;
+- each of the above ``--repeat`` times (3), a fresh server per round, interleaved with its
+  reference; rows hold the median round;
 - rate limits: ``--max-upload-rate`` / ``--max-download-rate`` of 50 MB/s on a fresh file
   (through `cubby.client.transfer` with the CLI's limiter, so that the chunk traffic itself is
   timed, not the hashing pass before it): the achieved rate beside the limit.
@@ -30,7 +32,7 @@ from datasets import dataset, parse_size
 from live import cli, start_server
 from machine import describe, summary_line
 from reference import drop, plain_copy, read_hash_write, warm
-from report import Report, Row
+from report import Report, Row, median_run
 
 from cubby.client.api import ApiClient
 from cubby.client.ratelimit import TokenBucket
@@ -115,63 +117,62 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--no-breakdown", action="store_true", help="skip the in-process upload that shows where time goes"
     )
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="rounds of upload and download; rows hold the median"
+    )
     ap.add_argument("--name", default="transfer")
     args = ap.parse_args(argv)
     size, rate_size = parse_size(args.size), parse_size(args.rate_size)
     machine = describe(args.scratch)
     print(summary_line(machine), flush=True)
     report = Report(
-        args.name, machine, {"size": size, "rate_limit_bytes_per_s": args.rate, "rate_size": rate_size}
+        args.name,
+        machine,
+        {"size": size, "rate_limit_bytes_per_s": args.rate, "rate_size": rate_size, "repeat": args.repeat},
     )
     src = dataset(args.scratch, "random", size, seed=1)
     slow_src = dataset(args.scratch, "random", rate_size, seed=2)
     work = args.scratch / "transfer"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    server, token = start_server(work)
+    servers = []
     try:
-        # upload ------------------------------------------------------------------------------
-        warm(src)
-        ref_seconds, digest = read_hash_write(src, work / "ref.bin")
-        drop(work / "ref.bin")
-        report.add(Row("upload", "read+sha256+write", ref_seconds, size))
-        warm(src)
-        seconds, out = cli(server, token, "put", str(src), "/big.bin")
-        report.add(
-            Row(
-                "upload",
-                "cubby put",
-                seconds,
-                size,
-                reference="read+sha256+write",
-                extra={
-                    "bytes_sent": out[0]["bytes_sent"],
-                    "chunks_sent": out[0]["chunks_sent"],
-                    "chunks": out[0]["chunks"],
-                },
+        # upload and download, ``--repeat`` rounds, each into a fresh server -------------------
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for k in range(args.repeat):
+            server, token = start_server(work / f"round-{k}")
+            servers.append(server)
+            warm(src)
+            ref_seconds, digest = read_hash_write(src, work / "ref.bin")
+            drop(work / "ref.bin")
+            runs.setdefault("ref_up", []).append({"seconds": ref_seconds})
+            warm(src)
+            seconds, out = cli(server, token, "put", str(src), "/big.bin")
+            runs.setdefault("put", []).append(
+                {"seconds": seconds, **{f: out[0][f] for f in ("bytes_sent", "chunks_sent", "chunks")}}
             )
-        )
-        # download ----------------------------------------------------------------------------
-        warm(src)
-        ref_copy = plain_copy(src, work / "copy.bin")
-        drop(work / "copy.bin")
-        report.add(Row("download", "plain copy (read+write)", ref_copy, size))
-        target = work / "got.bin"
-        seconds, out = cli(server, token, "get", "/big.bin", str(target))
-        same = sha256_file(target) == digest
-        drop(target)
-        if not same:
-            raise SystemExit("the downloaded file differs from the uploaded one")
-        report.add(
-            Row(
-                "download",
-                "cubby get",
-                seconds,
-                size,
-                reference="plain copy (read+write)",
-                extra={"bytes_received": out[0]["bytes_received"], "identical": same},
+            warm(src)
+            runs.setdefault("ref_down", []).append({"seconds": plain_copy(src, work / "copy.bin")})
+            drop(work / "copy.bin")
+            target = work / "got.bin"
+            seconds, out = cli(server, token, "get", "/big.bin", str(target))
+            same = sha256_file(target) == digest
+            drop(target)
+            if not same:
+                raise SystemExit("the downloaded file differs from the uploaded one")
+            runs.setdefault("get", []).append(
+                {"seconds": seconds, "bytes_received": out[0]["bytes_received"], "identical": same}
             )
-        )
+            if k < args.repeat - 1:
+                server.stop()
+        for group, ref_key, ref_name, key, name in (
+            ("upload", "ref_up", "read+sha256+write", "put", "cubby put"),
+            ("download", "ref_down", "plain copy (read+write)", "get", "cubby get"),
+        ):
+            med = median_run(runs[ref_key])
+            report.add(Row(group, ref_name, med.pop("seconds"), size, extra=med))
+            med = median_run(runs[key])
+            report.add(Row(group, name, med.pop("seconds"), size, reference=ref_name, extra=med))
         # rate limits -------------------------------------------------------------------------
         warm(slow_src)
         limit = TokenBucket(args.rate)
@@ -223,7 +224,8 @@ def main(argv: list[str] | None = None) -> None:
                     f"{r.group}: cubby at {r.ratio:.2f}x the reference ({r.mb_per_s:.0f} MB/s)"
                 )
     finally:
-        server.stop()
+        for server in servers:
+            server.stop()
         shutil.rmtree(work, ignore_errors=True)
     path = report.write()
     report.print()
