@@ -15,8 +15,8 @@ Each step runs ``--repeat`` times (3 by default), interleaved, and the median is
 Printed as MB/s and as a ratio to the reference (1.0 = as fast as read + hash + write), with
 cubby's time split into its stages, and the stored size and dedup ratio of cubby and borg.
 
-    python3 bench/ingest.py                # 1 GiB each, as the issue asks
-    python3 bench/ingest.py --size 128M    # quicker
+    .venv/bin/python bench/ingest.py                # 1 GiB each, as the issue asks
+    .venv/bin/python bench/ingest.py --size 128M    # quicker
 """
 
 from __future__ import annotations

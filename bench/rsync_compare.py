@@ -7,12 +7,13 @@
 (b) small files: 10,000 files of 4 KiB put as a folder: files per second of ``cubby put``
     beside ``rsync -a`` to the daemon (rsync does not fsync by default; a row with
     ``--fsync`` shows what durability costs it, since cubby's put is durable when it returns).
+    Median of ``--repeat`` rounds (3), each into a fresh server and rsync folder.
 
 The rsync daemon runs from its own config in the scratch folder, on a free loopback port,
 and is stopped at the end. rsync is installed by `bench/setup.sh` if missing.
 
-    python3 bench/rsync_compare.py
-    python3 bench/rsync_compare.py --edit-size 64M --files 2000 --profile
+    .venv/bin/python bench/rsync_compare.py
+    .venv/bin/python bench/rsync_compare.py --edit-size 64M --files 2000 --profile
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ the `cubby` command as a subprocess, as a user runs it:
   (through `cubby.client.transfer` with the CLI's limiter, so that the chunk traffic itself is
   timed, not the hashing pass before it): the achieved rate beside the limit.
 
-    python3 bench/transfer.py                  # 1 GiB, as the issue asks
-    python3 bench/transfer.py --size 256M --rate 20e6
+    .venv/bin/python bench/transfer.py                  # 1 GiB, as the issue asks
+    .venv/bin/python bench/transfer.py --size 256M --rate 20e6
 """
 
 from __future__ import annotations
