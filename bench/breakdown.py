@@ -1,0 +1,77 @@
+"""Where a transfer's time goes, seen from the client: wall time per kind of API call (the
+server's work plus the loopback), the hashing pass over the local files, and the rest
+(client-side reading, framing and JSON). Measurement only; nothing here changes behaviour."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Self
+
+from cubby.client import transfer
+from cubby.client.api import ApiClient
+
+
+class CallTimes(ApiClient):
+    """An ApiClient that adds up the wall time of each kind of request."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.times: dict[str, list[float]] = {}
+
+    def _request(self, method: str, url: str, **kw: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return super()._request(method, url, **kw)
+        finally:
+            spent = self.times.setdefault(f"{method} {url.split('?')[0]}", [0, 0.0])
+            spent[0] += 1
+            spent[1] += time.perf_counter() - t0
+
+
+@contextmanager
+def timed_scans() -> Iterator[list[float]]:
+    """While active, `transfer.scan_file` records when each call starts and ends (the list
+    yielded gets both), so the span of the hashing pass can be read off afterwards."""
+    spans: list[float] = []
+    real = transfer.scan_file
+
+    def timed(*a: Any, **kw: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return real(*a, **kw)
+        finally:
+            spans.extend((t, time.perf_counter()))
+
+    transfer.scan_file = timed  # upload_file and upload_tree look it up at call time
+    try:
+        yield spans
+    finally:
+        transfer.scan_file = real
+
+
+def split(seconds: float, api: CallTimes, scan_spans: list[float]) -> tuple[dict[str, Any], str]:
+    """The breakdown as JSON-ready fields and as one readable line."""
+    scan = max(scan_spans) - min(scan_spans) if scan_spans else 0.0
+    calls = {
+        k: {"calls": int(v[0]), "seconds": round(v[1], 3)}
+        for k, v in sorted(api.times.items(), key=lambda kv: -kv[1][1])
+    }
+    rest = seconds - scan - sum(v[1] for v in api.times.values())
+    parts = [(f"{k} x{v['calls']}", v["seconds"]) for k, v in calls.items()]
+    parts += [
+        ("client: hashing pass (scan_file)", scan),
+        ("client: the rest (reading chunks again, proofs, framing, JSON)", rest),
+    ]
+    line = ", ".join(
+        f"{name} {t:.2f}s ({t / seconds:.0%})" for name, t in sorted(parts, key=lambda p: -p[1]) if t >= 0.005
+    )
+    return {
+        "api_calls": calls,
+        "client_scan_seconds": round(scan, 3),
+        "client_other_seconds": round(rest, 3),
+    }, line

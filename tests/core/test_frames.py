@@ -1,0 +1,60 @@
+"""Chunk frames: whatever way the network splits a body, the reader gives back exactly the
+chunks that were framed, in order, as independent bytes; a cut-off body is refused."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cubby.core import frames
+from cubby.errors import BadRequest
+
+
+def _items(blobs: list[bytes]) -> list[tuple[str, bytes]]:
+    return [(hashlib.sha256(b).hexdigest(), b) for b in blobs]
+
+
+def _split(body: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(body) + 1) for c in cuts} | {0, len(body)})
+    return [body[a:b] for a, b in itertools.pairwise(points)]
+
+
+@given(
+    blobs=st.lists(st.binary(min_size=0, max_size=3000), max_size=8),
+    cuts=st.lists(st.integers(min_value=0, max_value=30000), max_size=20),
+)
+def test_any_split_of_a_body_gives_back_the_framed_chunks(blobs: list[bytes], cuts: list[int]) -> None:
+    items = _items(blobs)
+    body = b"".join(frames.encode_many(items))
+    reader = frames.FrameReader()
+    got: list[tuple[str, bytes]] = []
+    for piece in _split(body, cuts):
+        got.extend(reader.feed(piece))
+    reader.close()
+    assert got == items
+    assert all(type(data) is bytes for _, data in got)
+
+
+def test_chunks_stay_whole_after_the_reader_moves_on() -> None:
+    """A chunk handed out must not share memory with the reader's buffer, which is reused."""
+    items = _items([b"a" * 5000, b"b" * 7000, b"c" * 3000])
+    body = b"".join(frames.encode_many(items))
+    reader = frames.FrameReader()
+    first = reader.feed(body[:5100])
+    rest = reader.feed(body[5100:])
+    reader.close()
+    assert first + rest == items
+    assert first[0][1] == b"a" * 5000
+
+
+def test_a_body_cut_off_mid_frame_is_refused() -> None:
+    body = b"".join(frames.encode_many(_items([b"x" * 1000])))
+    reader = frames.FrameReader()
+    assert reader.feed(body[:-1]) == []
+    with pytest.raises(BadRequest) as exc:
+        reader.close()
+    assert exc.value.code == "truncated_body"
