@@ -199,6 +199,9 @@ def document() -> dict[str, Any]:
     from cubby.server.links import openapi_paths  # the link routes describe themselves
 
     paths.update(openapi_paths())
+    from cubby.server.shares import openapi_paths as share_paths
+
+    paths.update(share_paths())
     return {
         "openapi": "3.1.0",
         "info": {"title": "cubby", "version": __version__, "description": "Self-hostable file storage and sync."},

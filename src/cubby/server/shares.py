@@ -17,6 +17,8 @@ heads (`ServerContext.committed`) and tells every user whose namespaces changed
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -123,3 +125,40 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
 
 
 __all__ = ["announce", "routes", "shared_folder"]
+
+
+def openapi_paths() -> dict[str, Any]:
+    """The share routes in OpenAPI form, merged into ``/openapi.json`` (so schemathesis fuzzes them)."""
+    err = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    errors = {str(c): err for c in (400, 401, 403, 404, 409, 415)}
+    ok = {"200": {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}}
+
+    def body(required: list[str], **props: dict[str, Any]) -> dict[str, Any]:
+        schema = {"type": "object", "required": required, "properties": props}
+        return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+    text = {"type": "string"}
+    path_only = {"requestBody": body(["path"], path=text), "responses": {**ok, **errors}}
+    return {
+        "/api/v1/shares": {
+            "post": {
+                "summary": "Share a folder with a user (the first share turns it into a shared namespace)",
+                "requestBody": body(["path", "user"], path=text, user=text, role={"type": "string", "enum": ["editor", "viewer"]}),
+                "responses": {**ok, **errors},
+            },
+            "get": {"summary": "The caller's shared folders and invitations", "responses": {**ok, **errors}},
+        },
+        "/api/v1/shares/{ns_id}/accept": {
+            "post": {
+                "summary": "Accept an invitation: mount the folder in the caller's root",
+                "parameters": [{"name": "ns_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "responses": {**ok, **errors},
+            }
+        },
+        "/api/v1/shares/remove": {
+            "post": {"summary": "Remove a member (owner only)", "requestBody": body(["path", "user"], path=text, user=text),
+                     "responses": {**ok, **errors}}
+        },
+        "/api/v1/shares/leave": {"post": {"summary": "Leave a shared folder", **path_only}},
+        "/api/v1/shares/unshare": {"post": {"summary": "Unshare: members lose it, the owner keeps a folder", **path_only}},
+    }
