@@ -1,0 +1,504 @@
+"""The planner: a pure function from three trees to the operations that make them agree.
+
+The three trees (as in Dropbox's Nucleus) are the *base* (what both sides held when they last
+agreed), the *remote* tree (the server, as the journals say) and the *local* tree (the disk).
+Comparing each side with the base says who changed what, which is the only way to tell "the
+server deleted it" from "I created it", and "both edited" (a conflict) from "one edited" (not).
+
+No disk, no network, no clock: the planner gets everything as arguments and returns a list of
+operations, so the hard part is tested exhaustively (tests/sync/test_planner.py) without either.
+The engine applies the operations, records each success in the base, rescans and plans again
+until the plan is empty; so a plan may be one *phase* of the work (collision renames, then
+moves, then content), and each phase only has to make progress, not finish.
+
+Rules that shape the plan:
+- Only-one-side-changed is never a conflict: the change is copied to the other side.
+- Both changed to the same content (or both created the same folder): adopt, no transfer.
+- Both changed differently: the local version is renamed to a conflicted copy (which is then
+  uploaded as a new file) and the remote version is downloaded. Nothing is overwritten.
+- Edit against delete: the edit wins, on either side.
+- Names are compared by `paths.key` (NFC, case-folded), as the server does; two local names
+  with one key are a collision, and all but one are renamed to conflicted copies.
+- Moves are recognised by node id (remote) and by inode or content (local), and applied as
+  moves, so no chunk travels again.
+- Folders are deleted only when everything in them is deleted in the same plan, deepest first,
+  so a delete never takes with it something the other side added or edited.
+- In a read-only namespace (role viewer) local changes are never uploaded; they stay on disk
+  and are reported as `Blocked`.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+from cubby.client.sync.conflicts import conflict_name
+from cubby.core import paths
+
+Kind = Literal["file", "folder"]
+NodeKey = tuple[int, int]
+"""(namespace id, node id): how the server names a file or folder for good."""
+
+MOUNT_NODE = 0
+"""Node id of the synthetic folder that stands for a namespace's mount point."""
+
+
+@dataclass(frozen=True)
+class RemoteItem:
+    """A file or folder as the server holds it, at ``path`` in the user's tree."""
+
+    ns_id: int
+    node_id: int
+    path: str
+    kind: Kind
+    rev: int
+    hash: str | None = None
+    size: int = 0
+    mtime: float | None = None
+
+    @property
+    def node(self) -> NodeKey:
+        return (self.ns_id, self.node_id)
+
+
+@dataclass(frozen=True)
+class BaseItem:
+    """A file or folder as both sides held it when they last agreed; ``inode`` is the local
+    one at that moment (how a local move is recognised)."""
+
+    ns_id: int
+    node_id: int
+    path: str
+    kind: Kind
+    rev: int
+    hash: str | None = None
+    inode: int = 0
+
+    @property
+    def node(self) -> NodeKey:
+        return (self.ns_id, self.node_id)
+
+
+@dataclass(frozen=True)
+class LocalItem:
+    """A file or folder on disk. ``path`` is its NFC display path in the user's tree, ``rel``
+    its real relative path on disk (which may be NFD). ``hash`` is None while the file is
+    still being written (unstable): the planner leaves it alone until it settles."""
+
+    path: str
+    rel: str
+    kind: Kind
+    hash: str | None = None
+    inode: int = 0
+    size: int = 0
+
+
+# -- operations ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ConflictCopy:
+    """Rename the local item at ``rel`` to ``new_path`` (a free conflicted-copy name)."""
+
+    rel: str
+    new_path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class MoveLocal:
+    """Apply a remote move: rename local ``rel`` to ``new_path``; the base node follows."""
+
+    rel: str
+    new_path: str
+    node: NodeKey
+
+
+@dataclass(frozen=True)
+class MoveRemote:
+    """Apply a local move on the server; the base node follows."""
+
+    path: str
+    new_path: str
+    expected_rev: int
+    node: NodeKey
+
+
+@dataclass(frozen=True)
+class RecordMove:
+    """Both sides already moved the item to the same place: only the base follows."""
+
+    node: NodeKey
+    new_path: str
+    inode: int
+
+
+@dataclass(frozen=True)
+class Download:
+    """Write the remote file to ``remote.path``; ``replace`` is the local item it overwrites
+    (unchanged since the base, or the engine refuses), None when nothing is there."""
+
+    remote: RemoteItem
+    replace: LocalItem | None
+
+
+@dataclass(frozen=True)
+class Upload:
+    """Commit the local file; ``expected_rev`` None means "must not exist on the server"."""
+
+    local: LocalItem
+    expected_rev: int | None
+
+
+@dataclass(frozen=True)
+class MkdirLocal:
+    remote: RemoteItem
+
+
+@dataclass(frozen=True)
+class MkdirRemote:
+    local: LocalItem
+
+
+@dataclass(frozen=True)
+class DeleteLocal:
+    """Delete a local item unchanged since the base (the engine checks again before it does)."""
+
+    local: LocalItem
+    node: NodeKey
+
+
+@dataclass(frozen=True)
+class DeleteRemote:
+    remote: RemoteItem
+
+
+@dataclass(frozen=True)
+class Adopt:
+    """Both sides hold the same thing: record it as the base, nothing moves."""
+
+    remote: RemoteItem
+    local: LocalItem
+
+
+@dataclass(frozen=True)
+class Forget:
+    """Both sides lost the item: drop it from the base."""
+
+    node: NodeKey
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """A local change that cannot be sent (read-only namespace); kept on disk, shown in status."""
+
+    path: str
+    reason: str
+
+
+Op = Union[
+    ConflictCopy, MoveLocal, MoveRemote, RecordMove, Download, Upload, MkdirLocal, MkdirRemote,
+    DeleteLocal, DeleteRemote, Adopt, Forget, Blocked,
+]
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the planner needs besides the trees: mounts (path -> namespace, writable?), mounts
+    the account lost (their local copies are being removed) and how to name conflicted copies."""
+
+    mounts: Mapping[str, tuple[int, bool]] = field(default_factory=lambda: {paths.ROOT: (0, True)})
+    evicted: Sequence[str] = ()
+    host: str = "host"
+    day: str = "1970-01-01"
+
+
+def _depth(p: str) -> int:
+    return 0 if p == paths.ROOT else p.count("/")
+
+
+class _KeyIndex:
+    """Sorted keys, for "everything below this folder" in O(log n + k)."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self.keys = sorted(keys)
+
+    def below(self, k: str) -> list[str]:
+        prefix = k + "/"
+        i = bisect.bisect_left(self.keys, prefix)
+        out = []
+        while i < len(self.keys) and self.keys[i].startswith(prefix):
+            out.append(self.keys[i])
+            i += 1
+        return out
+
+
+def mount_of(path: str, mounts: Mapping[str, tuple[int, bool]]) -> str:
+    """The deepest mount containing ``path``."""
+    best = paths.ROOT
+    for m in mounts:
+        if paths.is_within(path, m) and len(m) > len(best):
+            best = m
+    return best
+
+
+def plan(
+    base: Iterable[BaseItem],
+    remote: Iterable[RemoteItem],
+    local: Iterable[LocalItem],
+    ctx: Context = Context(),
+) -> list[Op]:
+    """The next operations to apply. Empty means both sides agree (apart from `Blocked`
+    changes, which are returned alone when nothing else is left to do)."""
+    base_l, remote_l, local_l = list(base), list(remote), list(local)
+    taken: set[str] = set()
+    for it in (*base_l, *remote_l, *local_l):
+        taken.add(paths.key(it.path))
+
+    def is_taken(k: str) -> bool:
+        return k in taken
+
+    def conflicted(path: str, folder: bool) -> str:
+        name = conflict_name(path, ctx.host, ctx.day, is_taken, folder=folder)
+        taken.add(paths.key(name))
+        return name
+
+    # -- phase 0: collisions (two local names, one key), duplicate base keys ---------------------
+    ops: list[Op] = []
+    L: dict[str, LocalItem] = {}
+    for it in sorted(local_l, key=lambda i: (_depth(i.path), i.rel)):
+        k = paths.key(it.path)
+        if k in L:
+            ops.append(ConflictCopy(it.rel, conflicted(it.path, it.kind == "folder"), "name differs only in case or accents"))
+        else:
+            L[k] = it
+    R: dict[str, RemoteItem] = {}
+    R_node: dict[NodeKey, RemoteItem] = {}
+    for r in remote_l:
+        R[paths.key(r.path)] = r
+        R_node[r.node] = r
+    B: dict[str, BaseItem] = {}
+    for b in sorted(base_l, key=lambda b: (b.node not in R_node, b.node)):
+        k = paths.key(b.path)
+        if k in B:
+            ops.append(Forget(b.node))
+        else:
+            B[k] = b
+    if ops:
+        return ops
+
+    def writable(path: str) -> bool:
+        return ctx.mounts.get(mount_of(path, ctx.mounts), (0, True))[1]
+
+    def same_ns(a: str, b: str) -> bool:
+        return mount_of(a, ctx.mounts) == mount_of(b, ctx.mounts)
+
+    unstable = {k for k, it in L.items() if it.kind == "file" and it.hash is None}
+
+    # -- phase 0b: evicted mounts: keep local edits outside, the rest goes ---------------------
+    for m in ctx.evicted:
+        mk = paths.key(m)
+        for k, l in sorted(L.items()):
+            if k in unstable or not paths.is_within(l.path, m) or k == mk:
+                continue
+            b = B.get(k)
+            changed = b is None or b.kind != l.kind or (l.kind == "file" and l.hash != b.hash)
+            if changed and l.kind == "file":
+                outside = conflicted(m, True)
+                ops.append(ConflictCopy(l.rel, paths.rebase(l.path, m, outside), "its shared folder was removed"))
+                taken.add(paths.key(paths.rebase(l.path, m, outside)))
+    if ops:
+        return ops
+
+    # -- phase 1: moves -------------------------------------------------------------------------
+    new_local: dict[tuple[str, int], list[LocalItem]] = {}
+    new_by_hash: dict[str, list[LocalItem]] = {}
+    for k, l in L.items():
+        if k in B or k in unstable:
+            continue
+        if l.inode:
+            new_local.setdefault((l.kind, l.inode), []).append(l)
+        if l.kind == "file" and l.hash is not None:
+            new_by_hash.setdefault(l.hash, []).append(l)
+    base_hash_count: dict[str, int] = {}
+    for b in B.values():
+        if b.kind == "file" and b.hash:
+            base_hash_count[b.hash] = base_hash_count.get(b.hash, 0) + 1
+
+    moves: list[tuple[str, Op]] = []  # (source key, op)
+    for k, b in sorted(B.items(), key=lambda kv: _depth(kv[1].path)):
+        if b.node_id == MOUNT_NODE or k in unstable:
+            continue
+        r = R_node.get(b.node)
+        l = L.get(k)
+        if l is not None and l.kind == b.kind:
+            if r is None or r.path == b.path:
+                if r is not None and l.path != b.path and writable(b.path):
+                    moves.append((k, MoveRemote(b.path, l.path, r.rev, b.node)))  # case or accent-only rename
+                continue
+            dk = paths.key(r.path)
+            if dk == k:
+                if l.path == b.path:
+                    moves.append((k, MoveLocal(l.rel, r.path, b.node)))
+                continue
+            if dk not in L and dk not in unstable and not _blocked_parent(r.path, L):
+                moves.append((k, MoveLocal(l.rel, r.path, b.node)))
+            continue
+        if l is not None:
+            continue  # replaced by another kind: the content phase decides
+        cands = new_local.get((b.kind, b.inode), []) if b.inode else []
+        if b.kind == "file":
+            cands = [c for c in cands if c.hash == b.hash]
+            if not cands and b.hash and base_hash_count.get(b.hash) == 1 and len(new_by_hash.get(b.hash, [])) == 1:
+                cands = new_by_hash[b.hash]
+        if len(cands) != 1:
+            continue
+        c = cands[0]
+        if r is None:
+            continue
+        ck = paths.key(c.path)
+        if paths.key(r.path) == ck:
+            moves.append((k, RecordMove(b.node, r.path, c.inode)))
+        elif r.path == b.path:
+            if ck not in R and writable(b.path) and writable(c.path) and same_ns(b.path, c.path) and not paths.is_within(c.path, b.path):
+                moves.append((k, MoveRemote(b.path, c.path, r.rev, b.node)))
+        else:
+            dk = paths.key(r.path)
+            if dk not in L and not _blocked_parent(r.path, L):
+                moves.append((ck, MoveLocal(c.rel, r.path, b.node)))
+    if moves:
+        chosen: list[str] = []
+        out: list[Op] = []
+        for src, op in moves:
+            if any(src == c or src.startswith(c + "/") for c in chosen):
+                continue  # moved with its folder; the next plan sees where it ended
+            chosen.append(src)
+            out.append(op)
+        return out
+
+    # -- phase 2: content ----------------------------------------------------------------------
+    lost_mounts = [m for m in ctx.mounts if m != paths.ROOT and paths.key(m) not in L]
+    first: list[Op] = []  # mkdirs, conflict renames, adopts, forgets
+    transfers: list[Op] = []
+    del_local: dict[str, DeleteLocal] = {}
+    del_remote: dict[str, DeleteRemote] = {}
+    blocked: list[Op] = []
+    for k in sorted(set(B) | set(R) | set(L)):
+        if k in unstable:
+            continue
+        b, r, l = B.get(k), R.get(k), L.get(k)
+        same_node = b is not None and r is not None and b.node == r.node
+        if r is not None and l is not None and r.kind == l.kind and (r.kind == "folder" or r.hash == l.hash):
+            if not (same_node and b is not None and b.rev == r.rev and b.path == r.path and b.inode == l.inode and b.hash == r.hash):
+                first.append(Adopt(r, l))
+            continue
+        if b is None and r is None and l is None:
+            continue
+        remote_changed = not (
+            (b is None and r is None)
+            or (same_node and b is not None and r is not None and b.kind == r.kind and (b.kind == "folder" or b.hash == r.hash))
+        )
+        local_changed = not (
+            (b is None and l is None)
+            or (b is not None and l is not None and b.kind == l.kind and (b.kind == "folder" or b.hash == l.hash))
+        )
+        if not remote_changed and not local_changed:
+            continue
+        path = (l or r or b).path  # type: ignore[union-attr]
+        ro = not writable(path)
+        if r is None and l is None:
+            assert b is not None
+            first.append(Forget(b.node))
+        elif local_changed and not remote_changed:
+            if l is None:
+                assert r is not None
+                if r.node_id == MOUNT_NODE or any(paths.is_within(r.path, m) for m in lost_mounts):
+                    # a shared folder deleted locally is not deleted for its other members
+                    (first if r.kind == "folder" else transfers).append(MkdirLocal(r) if r.kind == "folder" else Download(r, None))
+                elif ro:
+                    blocked.append(Blocked(r.path, "deleted locally in a read-only folder"))
+                else:
+                    del_remote[k] = DeleteRemote(r)
+            elif ro:
+                blocked.append(Blocked(l.path, "changed locally in a read-only folder"))
+            elif r is not None and r.kind != l.kind:
+                first.append(ConflictCopy(l.rel, conflicted(l.path, l.kind == "folder"), "changed to a file or folder on both sides"))
+            elif l.kind == "file":
+                transfers.append(Upload(l, r.rev if r is not None else None))
+            else:
+                first.append(MkdirRemote(l))
+        elif remote_changed and not local_changed:
+            if r is None:
+                assert l is not None and b is not None
+                del_local[k] = DeleteLocal(l, b.node)
+            elif l is not None and l.kind != r.kind:
+                if l.kind == "file":
+                    assert b is not None
+                    del_local[k] = DeleteLocal(l, b.node)
+                else:
+                    first.append(ConflictCopy(l.rel, conflicted(l.path, True), "a file replaced this folder on the server"))
+            elif r.kind == "file":
+                transfers.append(Download(r, l))
+            else:
+                first.append(MkdirLocal(r))
+        else:
+            if l is None:
+                assert r is not None
+                (transfers if r.kind == "file" else first).append(Download(r, None) if r.kind == "file" else MkdirLocal(r))
+            elif r is None:
+                if ro:
+                    blocked.append(Blocked(l.path, "changed locally in a read-only folder"))
+                elif l.kind == "file":
+                    transfers.append(Upload(l, None))
+                else:
+                    first.append(MkdirRemote(l))
+            else:
+                first.append(ConflictCopy(l.rel, conflicted(l.path, l.kind == "folder"), "changed on both sides"))
+
+    # Folders go only when everything below them goes too; deepest first.
+    lidx = _KeyIndex(L)
+    ridx = _KeyIndex(R)
+    deletes: list[Op] = []
+    for k in sorted(del_local, key=lambda k: -_depth(del_local[k].local.path)):
+        if del_local[k].local.kind == "folder" and not all(d in del_local for d in lidx.below(k)):
+            del del_local[k]
+            continue
+        deletes.append(del_local[k])
+    for k in sorted(del_remote, key=lambda k: -_depth(del_remote[k].remote.path)):
+        if del_remote[k].remote.kind == "folder" and not all(d in del_remote for d in ridx.below(k)):
+            del del_remote[k]
+            continue
+        deletes.append(del_remote[k])
+    first.sort(key=lambda op: _depth(_op_path(op)))
+    result = first + transfers + deletes
+    return result if result else blocked
+
+
+def _op_path(op: Op) -> str:
+    if isinstance(op, (MkdirLocal, Adopt, Download, DeleteRemote)):
+        return op.remote.path
+    if isinstance(op, (MkdirRemote, Upload, DeleteLocal)):
+        return op.local.path
+    if isinstance(op, ConflictCopy):
+        return op.new_path
+    return paths.ROOT
+
+
+def _blocked_parent(path: str, L: Mapping[str, LocalItem]) -> bool:
+    """True when an ancestor of ``path`` is a local file (a move there cannot work)."""
+    for a in paths.ancestors(path):
+        it = L.get(paths.key(a))
+        if it is not None and it.kind == "file":
+            return True
+    return False
+
+
+def blocked_only(ops: Sequence[Op]) -> bool:
+    return all(isinstance(o, Blocked) for o in ops)
+
+
+__all__ = [
+    "RemoteItem", "BaseItem", "LocalItem", "Context", "plan", "Op", "ConflictCopy", "MoveLocal", "MoveRemote",
+    "RecordMove", "Download", "Upload", "MkdirLocal", "MkdirRemote", "DeleteLocal", "DeleteRemote", "Adopt",
+    "Forget", "Blocked", "blocked_only", "mount_of", "MOUNT_NODE", "NodeKey",
+]
