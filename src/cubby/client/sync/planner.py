@@ -325,24 +325,28 @@ def plan(
         if b.kind == "file" and b.hash:
             base_hash_count[b.hash] = base_hash_count.get(b.hash, 0) + 1
 
-    moves: list[tuple[str, Op]] = []  # (source key, op)
+    moves: list[tuple[str, str, Op]] = []  # (source key, destination key, op)
     for k, b in sorted(B.items(), key=lambda kv: _depth(kv[1].path)):
         if b.node_id == MOUNT_NODE or k in unstable:
             continue
         r = R_node.get(b.node)
         l = L.get(k)
         if l is not None and l.kind == b.kind:
+            # a rename that changes only case or accents keeps the key: compare the names
             if r is None or r.path == b.path:
-                if r is not None and l.path != b.path and writable(b.path):
-                    moves.append((k, MoveRemote(b.path, l.path, r.rev, b.node)))  # case or accent-only rename
+                if r is not None and _name(l.path) != _name(b.path) and writable(b.path):
+                    dst = paths.join(paths.split(r.path)[0], _name(l.path))
+                    moves.append((k, k, MoveRemote(b.path, dst, r.rev, b.node)))
                 continue
             dk = paths.key(r.path)
             if dk == k:
-                if l.path == b.path:
-                    moves.append((k, MoveLocal(l.rel, r.path, b.node)))
+                if _name(r.path) == _name(b.path):
+                    moves.append((k, k, RecordMove(b.node, r.path, l.inode)))  # only a parent's spelling changed
+                elif _name(l.path) == _name(b.path):
+                    moves.append((k, k, MoveLocal(l.rel, r.path, b.node)))
                 continue
             if dk not in L and dk not in unstable and not _blocked_parent(r.path, L):
-                moves.append((k, MoveLocal(l.rel, r.path, b.node)))
+                moves.append((k, paths.key(r.path), MoveLocal(l.rel, r.path, b.node)))
             continue
         if l is not None:
             continue  # replaced by another kind: the content phase decides
@@ -358,21 +362,32 @@ def plan(
             continue
         ck = paths.key(c.path)
         if paths.key(r.path) == ck:
-            moves.append((k, RecordMove(b.node, r.path, c.inode)))
+            moves.append((k, ck, RecordMove(b.node, r.path, c.inode)))
         elif r.path == b.path:
-            if ck not in R and writable(b.path) and writable(c.path) and same_ns(b.path, c.path) and not paths.is_within(c.path, b.path):
-                moves.append((k, MoveRemote(b.path, c.path, r.rev, b.node)))
+            if (ck not in R and writable(b.path) and writable(c.path) and same_ns(b.path, c.path)
+                    and not paths.is_within(c.path, b.path) and not _blocked_parent(c.path, R)):
+                moves.append((k, ck, MoveRemote(b.path, c.path, r.rev, b.node)))
         else:
             dk = paths.key(r.path)
             if dk not in L and not _blocked_parent(r.path, L):
-                moves.append((ck, MoveLocal(c.rel, r.path, b.node)))
+                moves.append((ck, dk, MoveLocal(c.rel, r.path, b.node)))
     if moves:
-        chosen: list[str] = []
+        # Moves of one phase must not touch each other's trees: a move inside a folder that
+        # another move takes along, or into a place another move just filled, waits for the
+        # next plan, which sees where things ended.
+        touched: list[str] = []
         out: list[Op] = []
-        for src, op in moves:
-            if any(src == c or src.startswith(c + "/") for c in chosen):
-                continue  # moved with its folder; the next plan sees where it ended
-            chosen.append(src)
+
+        def related(a: str, b: str) -> bool:
+            return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+        for src, dst, op in moves:
+            if isinstance(op, RecordMove):
+                out.append(op)
+                continue
+            if any(related(src, t) or related(dst, t) for t in touched):
+                continue
+            touched += [src, dst]
             out.append(op)
         return out
 
@@ -422,7 +437,7 @@ def plan(
             elif ro:
                 blocked.append(Blocked(l.path, "changed locally in a read-only folder"))
             elif r is not None and r.kind != l.kind:
-                first.append(ConflictCopy(l.rel, conflicted(l.path, l.kind == "folder"), "changed to a file or folder on both sides"))
+                del_remote[k] = DeleteRemote(r)  # replaced by the other kind: first the old one goes
             elif l.kind == "file":
                 transfers.append(Upload(l, r.rev if r is not None else None))
             else:
@@ -432,11 +447,8 @@ def plan(
                 assert l is not None and b is not None
                 del_local[k] = DeleteLocal(l, b.node)
             elif l is not None and l.kind != r.kind:
-                if l.kind == "file":
-                    assert b is not None
-                    del_local[k] = DeleteLocal(l, b.node)
-                else:
-                    first.append(ConflictCopy(l.rel, conflicted(l.path, True), "a file replaced this folder on the server"))
+                assert b is not None
+                del_local[k] = DeleteLocal(l, b.node)  # replaced by the other kind: first the old one goes
             elif r.kind == "file":
                 transfers.append(Download(r, l))
             else:
@@ -484,10 +496,14 @@ def _op_path(op: Op) -> str:
     return paths.ROOT
 
 
-def _blocked_parent(path: str, L: Mapping[str, LocalItem]) -> bool:
-    """True when an ancestor of ``path`` is a local file (a move there cannot work)."""
+def _name(path: str) -> str:
+    return paths.split(path)[1]
+
+
+def _blocked_parent(path: str, tree: Mapping[str, LocalItem] | Mapping[str, RemoteItem]) -> bool:
+    """True when an ancestor of ``path`` is a file in ``tree`` (a move there cannot work)."""
     for a in paths.ancestors(path):
-        it = L.get(paths.key(a))
+        it = tree.get(paths.key(a))
         if it is not None and it.kind == "file":
             return True
     return False
