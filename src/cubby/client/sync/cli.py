@@ -62,7 +62,7 @@ def register(main: click.Group) -> None:
                 return
             stop = threading.Event()
             for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: stop.set())
+                signal.signal(sig, lambda *_: (stop.set(), engine.trigger.set()))
             waiter = open_waiter(state.api())
             engine.run_forever(stop, waiter)
         finally:

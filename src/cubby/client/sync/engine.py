@@ -121,6 +121,8 @@ class SyncEngine:
         self._cursor_lock = threading.Lock()
         self._cursors: dict[int, int] = self.state.cursors()
         self._last_scan: ScanResult = ScanResult()
+        self.trigger = threading.Event()
+        """Set to make a running `run_forever` look now (and to wake it when it should stop)."""
         self.pass_done = threading.Condition()
         self.started = 0
         self.finished = 0
@@ -630,7 +632,7 @@ class SyncEngine:
         disk and are sent on reconnect. Nothing here spins: every wait blocks."""
         from cubby.client.sync.watcher import Watcher
 
-        trigger = threading.Event()
+        trigger = self.trigger
         backoff = backoff or Backoff()
         watcher = Watcher(self.root, trigger.set) if watch else None
         if watcher:
@@ -648,7 +650,7 @@ class SyncEngine:
                 except Unavailable as exc:
                     delay = backoff.next()
                     self.emit({"event": "offline", "retry_in": round(delay, 2), "error": exc.message})
-                    stop.wait(delay)
+                    trigger.wait(delay)  # a local change or a stop request ends the pause early
                     continue
                 trigger.wait(delay)
                 if stop.is_set():
