@@ -126,7 +126,7 @@ def test_same_content_on_both_sides_is_adopted_without_transfer(clients: Clients
 
 
 def test_offline_edit_lands_after_reconnect(clients: Clients) -> None:
-    a, b = clients.new("alpha"), clients.new("beta")
+    a, _ = clients.new("alpha"), clients.new("beta")
     write(a.root / "f.txt", b"online")
     clients.settle()
     clients.server.stop()

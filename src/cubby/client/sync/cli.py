@@ -61,8 +61,13 @@ def register(main: click.Group) -> None:
                     raise SystemExit(4)
                 return
             stop = threading.Event()
+
+            def on_signal(*_: object) -> None:
+                stop.set()
+                engine.trigger.set()
+
             for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: (stop.set(), engine.trigger.set()))
+                signal.signal(sig, on_signal)
             waiter = open_waiter(state.api())
             engine.run_forever(stop, waiter)
         finally:

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cubby.client import transfer
 from cubby.client.api import ApiClient, commit_body
@@ -45,7 +45,7 @@ from cubby.client.sync.state import FileRecord, StateDb
 from cubby.core import paths
 from cubby.core.hashing import sha256_hex
 from cubby.errors import BadRequest, Conflict, CubbyError, NotFound, Unavailable
-from cubby.metadata.model import ChunkRef, CommitResult, Entry
+from cubby.metadata.model import ChunkRef, CommitResult, Entry, JournalEntry
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -186,8 +186,10 @@ class SyncEngine:
         for ns_id, ns in self.state.namespaces().items():
             cursor = ns.cursor
             while True:
-                entries, head, more = self.api.journal(ns_id, cursor)
-                last = entries[-1].jid if entries else cursor
+                page = self.api.journal(ns_id, cursor)
+                # (cast: ApiClient has a method named `list`, which confuses mypy in its annotations)
+                entries, more = cast("list[JournalEntry]", page[0]), page[2]
+                last = max((e.jid for e in entries), default=cursor)
                 self.state.apply_journal(ns_id, entries, last)
                 cursor = last
                 if not more or not entries:
@@ -289,8 +291,8 @@ class SyncEngine:
             done += n
             if n:
                 report.count("Download", n)
-        for op in deletes:
-            one(op)
+        for dop in deletes:
+            one(dop)
         return done
 
     # -- single operations -------------------------------------------------------------------------
@@ -344,9 +346,9 @@ class SyncEngine:
             st.put_remote_entry(e)
             st.move_base(op.node, e.path)
         elif isinstance(op, P.MkdirLocal):
-            target = self._abs(self.rel_for(op.remote.path))
-            target.mkdir(parents=True, exist_ok=True)
-            st.set_base(_base_of(op.remote, target.stat().st_ino))
+            folder = self._abs(self.rel_for(op.remote.path))
+            folder.mkdir(parents=True, exist_ok=True)
+            st.set_base(_base_of(op.remote, folder.stat().st_ino))
         elif isinstance(op, P.MkdirRemote):
             e = self.api.mkdir(op.local.path)
             st.put_remote_entry(e)
@@ -489,9 +491,9 @@ class SyncEngine:
         done = 0
         for i in range(0, len(ops), 1000):
             group = list(ops[i : i + 1000])
-            lists = self.api.blocklists([o.remote.path for o in group])
+            lists = cast("list[tuple[Entry, list[ChunkRef]] | CubbyError]", self.api.blocklists([o.remote.path for o in group]))
             ready: list[tuple[P.Download, list[ChunkRef], Entry]] = []
-            for op, bl in zip(group, lists):
+            for op, bl in zip(group, lists, strict=True):
                 if isinstance(bl, CubbyError):
                     continue  # gone since the journal said so: the next round learns it
                 entry, chunks = bl
@@ -679,7 +681,7 @@ class SyncEngine:
                 trigger.set()
                 with self.pass_done:
                     # wait for a pass that started after the wake-up, so the cursors moved on
-                    self.pass_done.wait_for(lambda: self.finished > mark or stop.is_set(), timeout=120)
+                    self.pass_done.wait_for(lambda m=mark: self.finished > m or stop.is_set(), timeout=120)  # type: ignore[misc]
 
 
 def _only_ignored(d: Path, root: Path, rules: IgnoreRules) -> bool:

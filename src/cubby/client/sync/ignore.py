@@ -34,7 +34,7 @@ class IgnoreRules:
     patterns: tuple[str, ...] = field(default=())
 
     @classmethod
-    def load(cls, root: Path) -> "IgnoreRules":
+    def load(cls, root: Path) -> IgnoreRules:
         try:
             text = (root / IGNORE_FILE).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
@@ -42,7 +42,7 @@ class IgnoreRules:
         return cls.parse(text.splitlines())
 
     @classmethod
-    def parse(cls, lines: Iterable[str]) -> "IgnoreRules":
+    def parse(cls, lines: Iterable[str]) -> IgnoreRules:
         pats = []
         for line in lines:
             line = line.strip()

@@ -32,7 +32,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 from cubby.client.sync.conflicts import conflict_name
 from cubby.core import paths
@@ -196,10 +196,10 @@ class Blocked:
     reason: str
 
 
-Op = Union[
-    ConflictCopy, MoveLocal, MoveRemote, RecordMove, Download, Upload, MkdirLocal, MkdirRemote,
-    DeleteLocal, DeleteRemote, Adopt, Forget, Blocked,
-]
+Op = (
+    ConflictCopy | MoveLocal | MoveRemote | RecordMove | Download | Upload | MkdirLocal | MkdirRemote
+    | DeleteLocal | DeleteRemote | Adopt | Forget | Blocked
+)
 
 
 @dataclass(frozen=True)
@@ -252,8 +252,8 @@ def plan(
     changes, which are returned alone when nothing else is left to do)."""
     base_l, remote_l, local_l = list(base), list(remote), list(local)
     taken: set[str] = set()
-    for it in (*base_l, *remote_l, *local_l):
-        taken.add(paths.key(it.path))
+    for items in (base_l, remote_l, local_l):
+        taken.update(paths.key(it.path) for it in items)
 
     def is_taken(k: str) -> bool:
         return k in taken
@@ -301,8 +301,8 @@ def plan(
         for k, l in sorted(L.items()):
             if k in unstable or not paths.is_within(l.path, m) or k == mk:
                 continue
-            b = B.get(k)
-            changed = b is None or b.kind != l.kind or (l.kind == "file" and l.hash != b.hash)
+            bb = B.get(k)
+            changed = bb is None or bb.kind != l.kind or (l.kind == "file" and l.hash != bb.hash)
             if changed and l.kind == "file":
                 outside = conflicted(m, True)
                 ops.append(ConflictCopy(l.rel, paths.rebase(l.path, m, outside), "its shared folder was removed"))
@@ -329,9 +329,10 @@ def plan(
     for k, b in sorted(B.items(), key=lambda kv: _depth(kv[1].path)):
         if b.node_id == MOUNT_NODE or k in unstable:
             continue
-        r = R_node.get(b.node)
-        l = L.get(k)
-        if l is not None and l.kind == b.kind:
+        r = R_node.get(b.node)  # type: ignore[assignment]
+        ll = L.get(k)
+        if ll is not None and ll.kind == b.kind:
+            l = ll
             # a rename that changes only case or accents keeps the key: compare the names
             if r is None or r.path == b.path:
                 if r is not None and _name(l.path) != _name(b.path) and writable(b.path):
@@ -348,7 +349,7 @@ def plan(
             if dk not in L and dk not in unstable and not _blocked_parent(r.path, L):
                 moves.append((k, paths.key(r.path), MoveLocal(l.rel, r.path, b.node)))
             continue
-        if l is not None:
+        if ll is not None:
             continue  # replaced by another kind: the content phase decides
         cands = new_local.get((b.kind, b.inode), []) if b.inode else []
         if b.kind == "file":
@@ -401,71 +402,71 @@ def plan(
     for k in sorted(set(B) | set(R) | set(L)):
         if k in unstable:
             continue
-        b, r, l = B.get(k), R.get(k), L.get(k)
-        same_node = b is not None and r is not None and b.node == r.node
-        if r is not None and l is not None and r.kind == l.kind and (r.kind == "folder" or r.hash == l.hash):
-            if not (same_node and b is not None and b.rev == r.rev and b.path == r.path and b.inode == l.inode and b.hash == r.hash):
-                first.append(Adopt(r, l))
+        was, rem, loc = B.get(k), R.get(k), L.get(k)
+        same_node = was is not None and rem is not None and was.node == rem.node
+        if rem is not None and loc is not None and rem.kind == loc.kind and (rem.kind == "folder" or rem.hash == loc.hash):
+            if not (same_node and was is not None and was.rev == rem.rev and was.path == rem.path and was.inode == loc.inode and was.hash == rem.hash):
+                first.append(Adopt(rem, loc))
             continue
-        if b is None and r is None and l is None:
+        if was is None and rem is None and loc is None:
             continue
         remote_changed = not (
-            (b is None and r is None)
-            or (same_node and b is not None and r is not None and b.kind == r.kind and (b.kind == "folder" or b.hash == r.hash))
+            (was is None and rem is None)
+            or (same_node and was is not None and rem is not None and was.kind == rem.kind and (was.kind == "folder" or was.hash == rem.hash))
         )
         local_changed = not (
-            (b is None and l is None)
-            or (b is not None and l is not None and b.kind == l.kind and (b.kind == "folder" or b.hash == l.hash))
+            (was is None and loc is None)
+            or (was is not None and loc is not None and was.kind == loc.kind and (was.kind == "folder" or was.hash == loc.hash))
         )
         if not remote_changed and not local_changed:
             continue
-        path = (l or r or b).path  # type: ignore[union-attr]
+        path = (loc or rem or was).path  # type: ignore[union-attr]
         ro = not writable(path)
-        if r is None and l is None:
-            assert b is not None
-            first.append(Forget(b.node))
+        if rem is None and loc is None:
+            assert was is not None
+            first.append(Forget(was.node))
         elif local_changed and not remote_changed:
-            if l is None:
-                assert r is not None
-                if r.node_id == MOUNT_NODE or any(paths.is_within(r.path, m) for m in lost_mounts):
+            if loc is None:
+                assert rem is not None
+                if rem.node_id == MOUNT_NODE or any(paths.is_within(rem.path, m) for m in lost_mounts):
                     # a shared folder deleted locally is not deleted for its other members
-                    (first if r.kind == "folder" else transfers).append(MkdirLocal(r) if r.kind == "folder" else Download(r, None))
+                    (first if rem.kind == "folder" else transfers).append(MkdirLocal(rem) if rem.kind == "folder" else Download(rem, None))
                 elif ro:
-                    blocked.append(Blocked(r.path, "deleted locally in a read-only folder"))
+                    blocked.append(Blocked(rem.path, "deleted locally in a read-only folder"))
                 else:
-                    del_remote[k] = DeleteRemote(r)
+                    del_remote[k] = DeleteRemote(rem)
             elif ro:
-                blocked.append(Blocked(l.path, "changed locally in a read-only folder"))
-            elif r is not None and r.kind != l.kind:
-                del_remote[k] = DeleteRemote(r)  # replaced by the other kind: first the old one goes
-            elif l.kind == "file":
-                transfers.append(Upload(l, r.rev if r is not None else None))
+                blocked.append(Blocked(loc.path, "changed locally in a read-only folder"))
+            elif rem is not None and rem.kind != loc.kind:
+                del_remote[k] = DeleteRemote(rem)  # replaced by the other kind: first the old one goes
+            elif loc.kind == "file":
+                transfers.append(Upload(loc, rem.rev if rem is not None else None))
             else:
-                first.append(MkdirRemote(l))
+                first.append(MkdirRemote(loc))
         elif remote_changed and not local_changed:
-            if r is None:
-                assert l is not None and b is not None
-                del_local[k] = DeleteLocal(l, b.node)
-            elif l is not None and l.kind != r.kind:
-                assert b is not None
-                del_local[k] = DeleteLocal(l, b.node)  # replaced by the other kind: first the old one goes
-            elif r.kind == "file":
-                transfers.append(Download(r, l))
+            if rem is None:
+                assert loc is not None and was is not None
+                del_local[k] = DeleteLocal(loc, was.node)
+            elif loc is not None and loc.kind != rem.kind:
+                assert was is not None
+                del_local[k] = DeleteLocal(loc, was.node)  # replaced by the other kind: first the old one goes
+            elif rem.kind == "file":
+                transfers.append(Download(rem, loc))
             else:
-                first.append(MkdirLocal(r))
+                first.append(MkdirLocal(rem))
         else:
-            if l is None:
-                assert r is not None
-                (transfers if r.kind == "file" else first).append(Download(r, None) if r.kind == "file" else MkdirLocal(r))
-            elif r is None:
+            if loc is None:
+                assert rem is not None
+                (transfers if rem.kind == "file" else first).append(Download(rem, None) if rem.kind == "file" else MkdirLocal(rem))
+            elif rem is None:
                 if ro:
-                    blocked.append(Blocked(l.path, "changed locally in a read-only folder"))
-                elif l.kind == "file":
-                    transfers.append(Upload(l, None))
+                    blocked.append(Blocked(loc.path, "changed locally in a read-only folder"))
+                elif loc.kind == "file":
+                    transfers.append(Upload(loc, None))
                 else:
-                    first.append(MkdirRemote(l))
+                    first.append(MkdirRemote(loc))
             else:
-                first.append(ConflictCopy(l.rel, conflicted(l.path, l.kind == "folder"), "changed on both sides"))
+                first.append(ConflictCopy(loc.rel, conflicted(loc.path, loc.kind == "folder"), "changed on both sides"))
 
     # Folders go only when everything below them goes too; deepest first.
     lidx = _KeyIndex(L)
@@ -514,7 +515,27 @@ def blocked_only(ops: Sequence[Op]) -> bool:
 
 
 __all__ = [
-    "RemoteItem", "BaseItem", "LocalItem", "Context", "plan", "Op", "ConflictCopy", "MoveLocal", "MoveRemote",
-    "RecordMove", "Download", "Upload", "MkdirLocal", "MkdirRemote", "DeleteLocal", "DeleteRemote", "Adopt",
-    "Forget", "Blocked", "blocked_only", "mount_of", "MOUNT_NODE", "NodeKey",
+    "MOUNT_NODE",
+    "Adopt",
+    "BaseItem",
+    "Blocked",
+    "ConflictCopy",
+    "Context",
+    "DeleteLocal",
+    "DeleteRemote",
+    "Download",
+    "Forget",
+    "LocalItem",
+    "MkdirLocal",
+    "MkdirRemote",
+    "MoveLocal",
+    "MoveRemote",
+    "NodeKey",
+    "Op",
+    "RecordMove",
+    "RemoteItem",
+    "Upload",
+    "blocked_only",
+    "mount_of",
+    "plan",
 ]
