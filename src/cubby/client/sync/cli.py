@@ -42,7 +42,7 @@ def register(main: click.Group) -> None:
         folder.mkdir(parents=True, exist_ok=True)
 
         def emit(obj: dict[str, Any]) -> None:
-            if "op" in obj or obj.get("event") in ("conflict", "offline", "namespace_added", "namespace_removed"):
+            if "op" in obj or obj.get("event") in ("conflict", "offline", "progress", "namespace_added", "namespace_removed"):
                 human = " ".join(f"{k}={v}" for k, v in obj.items())
                 state.emit(obj, human)
 

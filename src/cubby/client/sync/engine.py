@@ -139,6 +139,8 @@ class SyncEngine:
             os.close(fd)
             raise SyncLocked(f"another cubby sync is already running on {self.root}")
         self._lock_fd = fd
+        for leftover in (self.dir / "tmp").iterdir():  # downloads a killed run left half-written
+            leftover.unlink(missing_ok=True)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -561,9 +563,13 @@ class SyncEngine:
         for op, chunks, entry in items:
             tmp = tmpdir / f"{uuid.uuid4().hex}.part"
             with open(tmp, "wb") as out:
+                written = 0
                 for _ in chunks:
                     _, data = next(stream)
                     out.write(data)
+                    if entry.size > FETCH_BATCH_BYTES and (written // FETCH_BATCH_BYTES) != ((written + len(data)) // FETCH_BATCH_BYTES):
+                        self.emit({"event": "progress", "path": entry.path, "done": written + len(data), "total": entry.size})
+                    written += len(data)
                 if entry.size > FETCH_BATCH_BYTES:
                     out.flush()
                     os.fsync(out.fileno())
