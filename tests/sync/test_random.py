@@ -142,6 +142,20 @@ class Driver:
         except Unavailable:
             self.log.append(f"c{i} offline")
 
+    def sync_concurrently(self) -> None:
+        """Two clients' passes at the same time: their commits race on the server."""
+        import threading
+
+        ids = self.rng.sample(range(3), 2)
+        for i in ids:
+            self.engine(i)  # built here, not in the threads
+        threads = [threading.Thread(target=self.sync_in_process, args=(i, 0.0)) for i in ids]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.log.append(f"c{ids[0]}+c{ids[1]} together")
+
     def sync_killed(self, i: int) -> None:
         """`cubby sync --once` in a subprocess, killed with SIGKILL after a random moment."""
         self.drop(i)
@@ -182,8 +196,10 @@ def test_random_clients_outages_and_crashes_converge_without_loss(clients: Clien
             i = rng.randrange(3)
             if r < 0.5:
                 d.local_op(i)
-            elif r < 0.85:
+            elif r < 0.75:
                 d.sync_in_process(i, crash_p=0.15)
+            elif r < 0.85:
+                d.sync_concurrently()
             elif r < 0.92 and kills < 2:
                 kills += 1
                 d.sync_killed(i)

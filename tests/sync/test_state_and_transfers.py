@@ -117,3 +117,32 @@ def test_downloads_use_local_chunks_and_the_cache_before_the_server(clients: Cli
     clients.settle()
     assert b.api.fetched == before  # type: ignore[attr-defined]
     assert (b.root / "back.bin").read_bytes() == data
+
+
+class RequestCountingApi(ApiClient):
+    """The real client, counting its HTTP requests."""
+
+    requests = 0
+
+    def _request(self, method, url, **kw):  # type: ignore[no-untyped-def]
+        self.requests += 1
+        return super()._request(method, url, **kw)
+
+    def fetch_chunks(self, hashes):  # type: ignore[no-untyped-def, override]
+        self.requests += 1
+        yield from super().fetch_chunks(hashes)
+
+
+def test_a_thousand_small_files_take_a_few_requests(clients: Clients) -> None:
+    a, b = clients.new("alpha"), clients.new("beta")
+    a.api = RequestCountingApi(clients.server.url, clients.token)
+    b.api = RequestCountingApi(clients.server.url, clients.token)
+    for i in range(1000):
+        d = a.root / f"d{i % 5}"
+        d.mkdir(exist_ok=True)
+        (d / f"f{i}.txt").write_bytes(f"small file {i}".encode())
+    assert a.run_once().converged
+    assert b.run_once().converged
+    assert len(local_tree(b.root)) == 1005
+    assert a.api.requests < 40, a.api.requests  # type: ignore[attr-defined]
+    assert b.api.requests < 40, b.api.requests  # type: ignore[attr-defined]
