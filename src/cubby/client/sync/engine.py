@@ -169,8 +169,21 @@ class SyncEngine:
 
     # -- remote tree -----------------------------------------------------------------------------
     def refresh_remote(self) -> None:
-        """Learn the namespaces (from the account) and read every journal to its head."""
+        """Learn the namespaces (from the account) and read every journal to its head; read
+        the account again afterwards and start over if the set of namespaces changed
+        meanwhile, so that a folder being shared is never seen half moved (gone from one
+        namespace, not yet in the other)."""
         acct = self.api.account()
+        for _ in range(3):
+            self._refresh_from(acct)
+            again = self.api.account()
+            if {(n["ns_id"], n["path"]) for n in again.get("namespaces", [])} == {
+                (n["ns_id"], n["path"]) for n in acct.get("namespaces", [])
+            }:
+                return
+            acct = again
+
+    def _refresh_from(self, acct: dict[str, Any]) -> None:
         seen = {int(n["ns_id"]): n for n in acct.get("namespaces", [])}
         known = self.state.namespaces()
         for ns_id in set(known) - set(seen):

@@ -275,7 +275,10 @@ def plan(
     R: dict[str, RemoteItem] = {}
     R_node: dict[NodeKey, RemoteItem] = {}
     for r in remote_l:
-        R[paths.key(r.path)] = r
+        k = paths.key(r.path)
+        # two namespaces claiming one path (a folder just shared): the mounted one wins
+        if k not in R or r.ns_id == ctx.mounts.get(mount_of(r.path, ctx.mounts), (0, True))[0]:
+            R[k] = r
         R_node[r.node] = r
     B: dict[str, BaseItem] = {}
     for b in sorted(base_l, key=lambda b: (b.node not in R_node, b.node)):
