@@ -78,6 +78,16 @@ def test_running_clients_follow_each_other_and_idle_quietly(clients: Clients, ru
     wait_for(lambda: local_tree(one) == local_tree(two), "trees agree after a move")
     assert sorted(local_tree(two)) == ["folder", "folder/hello.txt", "folder/reply.txt"]
 
+    # the server goes away; an edit made meanwhile lands after it is back
+    clients.server.stop()
+    try:
+        (one / "offline.txt").write_bytes(b"written while the server was down")
+        time.sleep(2)
+    finally:
+        clients.server.start()
+    wait_for(lambda: (two / "offline.txt").exists(), "the offline edit reaches two after reconnect")
+    assert (two / "offline.txt").read_bytes() == b"written while the server was down"
+
     # idle: CPU time over several seconds with nothing to do
     time.sleep(1.5)
 

@@ -442,3 +442,17 @@ def test_conflict_names() -> None:
     assert split_ext(".bashrc") == (".bashrc", "")
     long = "/" + "x" * 250 + ".txt"
     assert len(paths.split(conflict_name(long, "h", "d", lambda k: False))[1].encode()) <= paths.MAX_NAME_BYTES
+
+
+def test_backoff_grows_with_jitter_and_is_capped() -> None:
+    import random
+
+    from cubby.client.sync.engine import Backoff
+
+    b = Backoff(first=0.5, cap=8.0, rng=random.Random(1))
+    delays = [b.next() for _ in range(10)]
+    for n, d in enumerate(delays):
+        assert min(8.0, 0.5 * 2**n) * 0.5 <= d <= min(8.0, 0.5 * 2**n)
+    assert max(delays) <= 8.0 and len(set(delays)) == len(delays)
+    b.reset()
+    assert b.next() <= 0.5
