@@ -456,3 +456,29 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
     assert max(delays) <= 8.0 and len(set(delays)) == len(delays)
     b.reset()
     assert b.next() <= 0.5
+
+
+def test_unstable_files_are_left_alone_and_keep_their_folder() -> None:
+    w = make_synced([(0, 0, False)])
+    x = w.r_at("/x")
+    assert x is not None
+    items = [P.LocalItem("/x", "x", "folder", None, w.local["x"].inode), P.LocalItem("/x/new", "x/new", "file", None, 5)]
+    # the remote deleted x; locally a file is still being written inside it
+    w.r_delete(x.node_id)
+    ops = P.plan(w.base.values(), w.remote.values(), items, P.Context())
+    assert not any(isinstance(o, P.DeleteLocal) and o.local.rel == "x" for o in ops)
+    assert not any(getattr(o, "local", None) is not None and o.local.rel == "x/new" for o in ops)  # type: ignore[attr-defined]
+
+
+def test_ignore_rules() -> None:
+    from cubby.client.sync.ignore import IgnoreRules
+
+    rules = IgnoreRules.parse(["# comment", "build/", "*.log", "/top-only.txt", "docs/*.bak"])
+    assert rules.ignored(".cubby/state.db", False)
+    for name in ("a.tmp", "~$report.docx", ".DS_Store", "d/.notes.txt.swp", "x~", "4913"):
+        assert rules.ignored(name, False), name
+    assert rules.ignored("src/build", True) and not rules.ignored("src/build", False)
+    assert rules.ignored("deep/run.log", False)
+    assert rules.ignored("top-only.txt", False)
+    assert rules.ignored("docs/old.bak", False) and not rules.ignored("other/old.bak", False)
+    assert not rules.ignored("notes.txt", False) and not rules.ignored("tmp", True)
