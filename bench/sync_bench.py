@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
-from cubby.client.api import ApiClient  # noqa: E402
-from cubby.client.sync.engine import SyncEngine  # noqa: E402
-from tests.helpers.live_server import LiveServer  # noqa: E402
+from cubby.client.api import ApiClient
+from cubby.client.sync.engine import SyncEngine
+from tests.helpers.live_server import LiveServer
 
 
 class CountingApi(ApiClient):
@@ -77,8 +77,7 @@ def one_byte_edit(srv: LiveServer, token: str, tmp: Path, size_mib: int) -> tupl
     root.mkdir()
     f = root / "big.bin"
     with open(f, "wb") as fh:
-        for _ in range(size_mib):
-            fh.write(os.urandom(1024 * 1024))
+        fh.writelines(os.urandom(1024 * 1024) for _ in range(size_mib))
     api = CountingApi(srv.url, token)
     eng = SyncEngine(root, api)
     eng.run_once()

@@ -486,13 +486,26 @@ class SyncEngine:
             if not needing:
                 break
             try:
-                transfer.supply(self.api, ns_id, transfer._needs_for([(lf, out) for _, lf, out in needing]))
+                transfer.supply(
+                    self.api, ns_id, transfer._needs_for([(lf, out) for _, lf, out in needing]),
+                    self._progress_up(sum(lf.size for _, lf, _ in needing)),
+                )
             except transfer.FileChanged:
                 self.state.drop_files(op.local.rel for op, _, _ in needing)  # read again next scan
                 break
             self._crash_point("supplied")
             pending = [(op, lf) for op, lf, _ in needing]
         return done
+
+    def _progress_up(self, total: int) -> Callable[[int], None]:
+        sent = 0
+
+        def progress(n: int) -> None:
+            nonlocal sent
+            sent += n
+            self.emit({"event": "progress", "direction": "up", "done": sent, "total": total})
+
+        return progress
 
     def _committed(self, e: Entry, lf: transfer.LocalFile) -> None:
         self.state.put_remote_entry(e)
@@ -581,7 +594,7 @@ class SyncEngine:
                     _, data = next(stream)
                     out.write(data)
                     if entry.size > FETCH_BATCH_BYTES and (written // FETCH_BATCH_BYTES) != ((written + len(data)) // FETCH_BATCH_BYTES):
-                        self.emit({"event": "progress", "path": entry.path, "done": written + len(data), "total": entry.size})
+                        self.emit({"event": "progress", "direction": "down", "path": entry.path, "done": written + len(data), "total": entry.size})
                     written += len(data)
                 if entry.size > FETCH_BATCH_BYTES:
                     out.flush()
