@@ -40,7 +40,7 @@ class SimulatedCrash(BaseException):
     """Raised by the crash hook: it unwinds everything, like a process dying at that point."""
 
 
-NAMES = ["a.txt", "b.txt", "A.TXT", "notes", "caf\u00e9.md", "d"]
+NAMES = ["a.txt", "b.txt", "A.TXT", "notes", "caf\u00e9.md", "cafe\u0301.md", "d"]
 FOLDERS = ["x", "y", "Z", "x/sub"]
 
 

@@ -155,3 +155,17 @@ def test_ignored_files_stay_local(clients: Clients) -> None:
     clients.settle()
     names = set(local_tree(b.root))
     assert names == {".cubbyignore", "keep.txt"}
+
+
+def test_remote_files_with_ignored_names_are_left_alone(clients: Clients, tmp_path: Path) -> None:
+    from cubby.client import transfer
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"put by another tool")
+    transfer.upload_file(clients.api, src, "/scratch.tmp")
+    transfer.upload_file(clients.api, src, "/.DS_Store")
+    a = clients.new("alpha")
+    (a.root / "real.txt").write_bytes(b"real")
+    clients.settle()
+    assert set(local_tree(a.root)) == {"real.txt"}
+    assert {"scratch.tmp", ".DS_Store", "real.txt"} <= set(server_tree(clients.api))

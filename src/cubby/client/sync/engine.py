@@ -228,7 +228,24 @@ class SyncEngine:
         if refresh:
             self.refresh_remote()
         res = self.scan(persist=False)
-        return P.plan(self.state.base_items(), self.state.remote_items(), res.items, self.context()), res
+        return P.plan(*self._trees(), res.items, self.context()), res
+
+    def _trees(self) -> tuple[list[P.BaseItem], list[P.RemoteItem]]:
+        """Base and remote trees without what the ignore rules hide locally: a file named
+        ``x.tmp`` on the server is neither downloaded nor, being absent here, deleted there."""
+        rules = IgnoreRules.load(self.root)
+
+        def visible(path: str, kind: str) -> bool:
+            parts = path.strip("/").split("/")
+            return not any(
+                rules.ignored("/".join(parts[: i + 1]), is_dir=(i < len(parts) - 1 or kind == "folder"))
+                for i in range(len(parts))
+            )
+
+        return (
+            [b for b in self.state.base_items() if visible(b.path, b.kind)],
+            [r for r in self.state.remote_items() if visible(r.path, r.kind)],
+        )
 
     def run_once(self) -> PassReport:
         """One full pass: plan and apply until both sides agree, or until three rounds in a
@@ -245,7 +262,7 @@ class SyncEngine:
                 self._crash_point("refreshed")
                 res = self.scan()
                 ctx = self.context()
-                ops = P.plan(self.state.base_items(), self.state.remote_items(), res.items, ctx)
+                ops = P.plan(*self._trees(), res.items, ctx)
                 self._clear_evicted(ctx, res)
                 if not ops or P.blocked_only(ops):
                     report.blocked = [o.path for o in ops if isinstance(o, P.Blocked)]
