@@ -146,3 +146,16 @@ def test_a_thousand_small_files_take_a_few_requests(clients: Clients) -> None:
     assert len(local_tree(b.root)) == 1005
     assert a.api.requests < 40, a.api.requests  # type: ignore[attr-defined]
     assert b.api.requests < 40, b.api.requests  # type: ignore[attr-defined]
+
+
+def test_the_periodic_scan_does_not_poll_the_server(clients: Clients) -> None:
+    a, b = clients.new("alpha"), clients.new("beta")
+    b.api = RequestCountingApi(clients.server.url, clients.token)
+    (a.root / "x.txt").write_bytes(b"x")
+    clients.settle()
+    b.api.requests = 0  # type: ignore[attr-defined]
+    rep = b.run_once(local_first=True)  # nothing changed locally: no request at all
+    assert rep.converged and b.api.requests == 0  # type: ignore[attr-defined]
+    (b.root / "y.txt").write_bytes(b"y")
+    rep = b.run_once(local_first=True)  # a local change: a full pass
+    assert rep.applied.get("Upload") == 1 and b.api.requests > 0  # type: ignore[attr-defined]

@@ -247,15 +247,26 @@ class SyncEngine:
             [r for r in self.state.remote_items() if visible(r.path, r.kind)],
         )
 
-    def run_once(self) -> PassReport:
+    def run_once(self, *, local_first: bool = False) -> PassReport:
         """One full pass: plan and apply until both sides agree, or until three rounds in a
-        row make no progress (what failed is in the report)."""
+        row make no progress (what failed is in the report).
+
+        With ``local_first`` (the periodic safety-net scan) the disk is compared with the trees
+        as they are, and the server is contacted only if that finds something to do: remote
+        changes are learnt through the change waiter, never by polling on a timer."""
         report = PassReport()
         with self.pass_done:
             self.started += 1
             my_id = self.started
         idle_rounds = 0
         try:
+            if local_first:
+                res = self.scan()
+                ops = P.plan(*self._trees(), res.items, self.context())
+                if not ops or P.blocked_only(ops):
+                    report.blocked = [o.path for o in ops if isinstance(o, P.Blocked)]
+                    report.converged = True
+                    return report
             for _ in range(self.max_rounds):
                 report.rounds += 1
                 self.refresh_remote()
@@ -690,11 +701,12 @@ class SyncEngine:
             watcher.start()
         wt = threading.Thread(target=self._wait_remote, args=(stop, waiter, trigger), daemon=True, name="cubby-waiter")
         wt.start()
+        woken = True
         try:
             while not stop.is_set():
                 trigger.clear()
                 try:
-                    report = self.run_once()
+                    report = self.run_once(local_first=not woken)
                     backoff.reset()
                     self.emit({"event": "pass", **report.to_dict()})
                     delay = full_scan_interval
@@ -703,7 +715,7 @@ class SyncEngine:
                     self.emit({"event": "offline", "retry_in": round(delay, 2), "error": exc.message})
                     trigger.wait(delay)  # a local change or a stop request ends the pause early
                     continue
-                trigger.wait(delay)
+                woken = trigger.wait(delay)
                 if stop.is_set():
                     break
                 stop.wait(0.05)  # let a burst of events settle into one pass
