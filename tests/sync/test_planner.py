@@ -256,8 +256,8 @@ OPS = ["edit", "create", "delete", "move", "mkdir", "case"]
 op_lists = st.lists(st.tuples(st.sampled_from(OPS), st.integers(0, 1000), st.integers(0, 1000)), max_size=6)
 
 
-def local_op(w: World, kind: str, i: int, j: int, written: set[str]) -> None:
-    rels = sorted(w.local)
+def local_op(w: World, kind: str, i: int, j: int, written: set[str], protect: str = "") -> None:
+    rels = sorted(r for r in w.local if r != protect)
     files = [r for r in rels if w.local[r].kind == "file"]
     folders = [r for r in rels if w.local[r].kind == "folder"]
     content = f"L{w.nid()}"
@@ -294,8 +294,8 @@ def local_op(w: World, kind: str, i: int, j: int, written: set[str]) -> None:
             w.local[rel] = LNode("folder", None, w.nid())
 
 
-def remote_op(w: World, kind: str, i: int, j: int, written: set[str]) -> None:
-    items = sorted(w.remote.values(), key=lambda r: r.path)
+def remote_op(w: World, kind: str, i: int, j: int, written: set[str], protect: str = "") -> None:
+    items = sorted((r for r in w.remote.values() if r.path != protect), key=lambda r: r.path)
     files = [r for r in items if r.kind == "file"]
     folders = [r for r in items if r.kind == "folder"]
     content = f"R{w.nid()}"
@@ -482,3 +482,48 @@ def test_ignore_rules() -> None:
     assert rules.ignored("top-only.txt", False)
     assert rules.ignored("docs/old.bak", False) and not rules.ignored("other/old.bak", False)
     assert not rules.ignored("notes.txt", False) and not rules.ignored("tmp", True)
+
+
+def _writes_remotely_under(op: P.Op, mount: str) -> bool:
+    if isinstance(op, P.Upload | P.MkdirRemote):
+        return paths.is_within(op.local.path, mount)
+    if isinstance(op, P.DeleteRemote):
+        return paths.is_within(op.remote.path, mount)
+    if isinstance(op, P.MoveRemote):
+        return paths.is_within(op.path, mount) or paths.is_within(op.new_path, mount)
+    return False
+
+
+@given(op_lists, op_lists)
+@settings(max_examples=settings.default.max_examples * 4)
+def test_a_read_only_folder_is_never_written_and_local_changes_there_are_kept(
+    lops: list[tuple[str, int, int]], rops: list[tuple[str, int, int]]
+) -> None:
+    w = make_synced([(0, 0, False), (0, 3, False), (1, 2, True), (2, 4, False)])
+    x = w.r_at("/x")
+    assert x is not None
+    ctx = P.Context(mounts={"/": (1, True), "/x": (1, False)})
+    written_l: set[str] = set()
+    written_r: set[str] = set()
+    for k, i, j in lops:
+        local_op(w, k, i, j, written_l, protect="x")
+    for k, i, j in rops:
+        remote_op(w, k, i, j, written_r, protect="/x")
+    survive = (written_l & all_contents(w)) | (written_r & {r.hash for r in w.remote.values() if r.hash})
+    for _ in range(60):
+        ops = w.plan(ctx)
+        assert not any(_writes_remotely_under(o, "/x") for o in ops), ops
+        if not ops or P.blocked_only(ops):
+            break
+        for op in ops:
+            try:
+                w.apply(op)
+            except AssertionError:
+                pass
+    else:
+        raise AssertionError("no convergence")
+    everything = all_contents(w) | {r.hash for r in w.remote.values() if r.hash}
+    assert survive <= everything
+    outside_l = {k: v for k, v in w.local_view().items() if not paths.is_within(k, "/x")}
+    outside_r = {k: v for k, v in w.remote_view().items() if not paths.is_within(k, "/x")}
+    assert outside_l == outside_r
