@@ -424,6 +424,7 @@ def test_read_only_namespace_keeps_local_changes_unsent() -> None:
 def test_evicted_mount_keeps_local_edits_outside() -> None:
     w = make_synced([(0, 0, False), (0, 2, False)])
     w.local["x/a"] = replace(w.local["x/a"], content="edited")
+    w.local["x/new-empty"] = LNode("folder", None, 77)
     for k in list(w.remote):
         if paths.is_within(w.remote[k].path, "/x"):
             del w.remote[k]
@@ -431,6 +432,7 @@ def test_evicted_mount_keeps_local_edits_outside() -> None:
     w.settle(ctx)
     assert not any(r == "x" or r.startswith("x/") for r in w.local)
     assert w.local["x (conflicted copy from h 2026-01-01)/a"].content == "edited"
+    assert w.local["x (conflicted copy from h 2026-01-01)/new-empty"].kind == "folder"
 
 
 def test_conflict_names() -> None:

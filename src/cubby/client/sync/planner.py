@@ -301,13 +301,17 @@ def plan(
     # -- phase 0b: evicted mounts: keep local edits outside, the rest goes ---------------------
     for m in ctx.evicted:
         mk = paths.key(m)
+        outside = ""  # one folder beside the mount for everything kept from it
         for k, l in sorted(L.items()):
             if k in unstable or not paths.is_within(l.path, m) or k == mk:
                 continue
             bb = B.get(k)
             changed = bb is None or bb.kind != l.kind or (l.kind == "file" and l.hash != bb.hash)
-            if changed and l.kind == "file":
-                outside = conflicted(m, True)
+            empty_new_folder = l.kind == "folder" and bb is None and not any(
+                paths.is_within(o.path, l.path) and o is not l for o in L.values()
+            )
+            if changed and (l.kind == "file" or empty_new_folder):
+                outside = outside or conflicted(m, True)
                 ops.append(ConflictCopy(l.rel, paths.rebase(l.path, m, outside), "its shared folder was removed"))
                 taken.add(paths.key(paths.rebase(l.path, m, outside)))
     if ops:
