@@ -42,9 +42,17 @@ def register(main: click.Group) -> None:
         folder.mkdir(parents=True, exist_ok=True)
 
         def emit(obj: dict[str, Any]) -> None:
-            if "op" in obj or obj.get("event") in ("conflict", "offline", "progress", "namespace_added", "namespace_removed"):
-                human = " ".join(f"{k}={v}" for k, v in obj.items())
-                state.emit(obj, human)
+            event = obj.get("event")
+            if "op" in obj:
+                state.emit(obj, f"{obj['op']:<13} {obj.get('path', '')}")
+            elif event == "progress":
+                state.emit(obj, f"{obj['direction']:<13} {obj.get('path', '')} {obj['done'] * 100 // max(obj['total'], 1)}%")
+            elif event == "conflict":
+                state.emit(obj, f"{'conflict':<13} {obj['path']} ({obj['reason']})")
+            elif event == "offline":
+                state.emit(obj, f"{'offline':<13} retrying in {obj['retry_in']} s: {obj['error']}")
+            elif event in ("namespace_added", "namespace_removed"):
+                state.emit(obj, f"{event.replace('_', ' '):<13} {obj['path']}")
 
         engine = _engine(state, folder, max_upload_rate, max_download_rate, emit)
         try:

@@ -531,7 +531,8 @@ class SyncEngine:
         def progress(n: int) -> None:
             nonlocal sent
             sent += n
-            self.emit({"event": "progress", "direction": "up", "done": sent, "total": total})
+            if total > FETCH_BATCH_BYTES:  # only long transfers are worth a progress line
+                self.emit({"event": "progress", "direction": "up", "done": sent, "total": total})
 
         return progress
 
