@@ -353,7 +353,7 @@ def plan(
                 elif _name(l.path) == _name(b.path):
                     moves.append((k, k, MoveLocal(l.rel, r.path, b.node)))
                 continue
-            if dk not in L and dk not in unstable and not _blocked_parent(r.path, L):
+            if dk not in L and not _blocked_parent(r.path, L) and not paths.is_within(r.path, l.path):
                 moves.append((k, paths.key(r.path), MoveLocal(l.rel, r.path, b.node)))
             continue
         if ll is not None:
@@ -377,7 +377,7 @@ def plan(
                 moves.append((k, ck, MoveRemote(b.path, c.path, r.rev, b.node)))
         else:
             dk = paths.key(r.path)
-            if dk not in L and not _blocked_parent(r.path, L):
+            if dk not in L and not _blocked_parent(r.path, L) and not paths.is_within(r.path, c.path):
                 moves.append((ck, dk, MoveLocal(c.rel, r.path, b.node)))
     if moves:
         # Moves of one phase must not touch each other's trees: a move inside a folder that
