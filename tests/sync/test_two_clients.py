@@ -169,3 +169,26 @@ def test_remote_files_with_ignored_names_are_left_alone(clients: Clients, tmp_pa
     clients.settle()
     assert set(local_tree(a.root)) == {"real.txt"}
     assert {"scratch.tmp", ".DS_Store", "real.txt"} <= set(server_tree(clients.api))
+
+
+def test_a_folder_delete_never_takes_a_file_added_meanwhile(clients: Clients) -> None:
+    import shutil
+
+    a, b = clients.new("alpha"), clients.new("beta")
+    write(a.root / "d" / "old.txt", b"old")
+    clients.settle()
+    shutil.rmtree(a.root / "d")
+    write(b.root / "d" / "fresh.txt", b"added by beta while alpha deletes d")
+    fired = []
+
+    def beta_lands_between_refresh_and_plan(where: str) -> None:
+        if where == "refreshed" and not fired:
+            fired.append(where)
+            assert b.run_once().converged  # beta's upload lands after alpha read the journal
+
+    a.crash_hook = beta_lands_between_refresh_and_plan
+    a.run_once()
+    a.crash_hook = None
+    clients.settle()
+    tree = same_everywhere(clients)
+    assert tree["d/fresh.txt"] == b"added by beta while alpha deletes d" and "d/old.txt" not in tree

@@ -399,6 +399,8 @@ class SyncEngine:
         elif isinstance(op, P.DeleteLocal):
             return self._delete_local(op)
         elif isinstance(op, P.DeleteRemote):
+            if op.remote.kind == "folder" and not self._folder_unchanged(op.remote):
+                return False  # something arrived in it meanwhile: the next round learns what
             try:
                 self.api.delete(op.remote.path, op.remote.rev)
             except NotFound:
@@ -408,6 +410,22 @@ class SyncEngine:
             self._crash_point("deleted_remote")
             st.delete_remote(op.remote.node)
             st.forget_base(op.remote.node)
+        return True
+
+    def _folder_unchanged(self, folder: P.RemoteItem) -> bool:
+        """Does the server's subtree hold exactly what the remote tree says? A folder delete
+        takes its whole subtree on the server, and ``expected_rev`` only covers the folder
+        itself, so a file another client just added to it must be seen first, or it would
+        go with the folder. (A change landing between this listing and the delete still can;
+        the window is one round trip.)"""
+        known = {(r.node_id, r.rev) for r in self.state.remote_items()
+                 if r.ns_id == folder.ns_id and paths.is_within(r.path, folder.path) and r.path != folder.path}
+        try:
+            for e in self.api.list(folder.path, recursive=True):
+                if (e.node_id, e.rev) not in known:
+                    return False
+        except NotFound:
+            return True
         return True
 
     def _delete_local(self, op: P.DeleteLocal) -> bool:
