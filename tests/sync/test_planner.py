@@ -533,3 +533,15 @@ def test_a_read_only_folder_is_never_written_and_local_changes_there_are_kept(
     outside_l = {k: v for k, v in w.local_view().items() if not paths.is_within(k, "/x")}
     outside_r = {k: v for k, v in w.remote_view().items() if not paths.is_within(k, "/x")}
     assert outside_l == outside_r
+
+
+def test_folders_colliding_by_case_are_renamed_once_with_their_contents() -> None:
+    w = World()
+    w.local["Docs"] = LNode("folder", None, 1)
+    w.local["Docs/a.txt"] = LNode("file", "upper", 2)
+    w.local["docs"] = LNode("folder", None, 3)
+    w.local["docs/a.txt"] = LNode("file", "lower", 4)
+    ops = w.plan(P.Context())
+    assert len(ops) == 1 and isinstance(ops[0], P.ConflictCopy) and ops[0].rel == "docs"
+    w.settle(P.Context())
+    assert sorted(c for _, c in w.remote_view().values() if c) == ["lower", "upper"]

@@ -266,10 +266,13 @@ def plan(
     # -- phase 0: collisions (two local names, one key), duplicate base keys ---------------------
     ops: list[Op] = []
     L: dict[str, LocalItem] = {}
+    renamed: list[str] = []
     for it in sorted(local_l, key=lambda i: (_depth(i.path), i.rel)):
         k = paths.key(it.path)
         if k in L:
-            ops.append(ConflictCopy(it.rel, conflicted(it.path, it.kind == "folder"), "name differs only in case or accents"))
+            if not any(it.rel.startswith(r + "/") for r in renamed):  # else it moves with its folder
+                ops.append(ConflictCopy(it.rel, conflicted(it.path, it.kind == "folder"), "name differs only in case or accents"))
+                renamed.append(it.rel)
         else:
             L[k] = it
     R: dict[str, RemoteItem] = {}
