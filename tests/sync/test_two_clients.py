@@ -192,3 +192,24 @@ def test_a_folder_delete_never_takes_a_file_added_meanwhile(clients: Clients) ->
     clients.settle()
     tree = same_everywhere(clients)
     assert tree["d/fresh.txt"] == b"added by beta while alpha deletes d" and "d/old.txt" not in tree
+
+
+def test_a_file_changing_during_sync_is_never_committed_half_written(clients: Clients) -> None:
+    a = clients.new("alpha")
+    early = a.root / "early.bin"   # changes after the scan, before the commit
+    late = a.root / "late.bin"     # changes after the commit asked for chunks, while they are read
+    early.write_bytes(os.urandom(500_000))
+    late.write_bytes(os.urandom(600_000))
+    final = {early: os.urandom(700_000), late: os.urandom(800_000)}
+
+    def meddle(where: str) -> None:
+        if where == "planned" and early.stat().st_size != 700_000:
+            early.write_bytes(final[early])
+        if where == "committed" and late.stat().st_size != 800_000:
+            late.write_bytes(final[late])
+
+    a.crash_hook = meddle
+    assert a.run_once().converged
+    for p, data in final.items():
+        assert b"".join(clients.api.download("/" + p.name)) == data
+        assert len(clients.api.history("/" + p.name)) == 1  # no other version was ever committed

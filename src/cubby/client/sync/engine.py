@@ -274,6 +274,7 @@ class SyncEngine:
                 res = self.scan()
                 ctx = self.context()
                 ops = P.plan(*self._trees(), res.items, ctx)
+                self._crash_point("planned")
                 self._clear_evicted(ctx, res)
                 if not ops or P.blocked_only(ops):
                     report.blocked = [o.path for o in ops if isinstance(o, P.Blocked)]
