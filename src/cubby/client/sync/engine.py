@@ -27,6 +27,7 @@ import random
 import shutil
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -139,8 +140,11 @@ class SyncEngine:
             os.close(fd)
             raise SyncLocked(f"another cubby sync is already running on {self.root}")
         self._lock_fd = fd
-        for leftover in (self.dir / "tmp").iterdir():  # downloads a killed run left half-written
-            leftover.unlink(missing_ok=True)
+        now = time.time()
+        for leftover in (self.dir / "tmp").iterdir():
+            # a killed run's temp files; large downloads (named by content) are resumed, for a day
+            if len(leftover.stem) != 64 or now - leftover.stat().st_mtime > 24 * 3600:
+                leftover.unlink(missing_ok=True)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -632,19 +636,29 @@ class SyncEngine:
     def _download_files(self, items: list[tuple[P.Download, list[ChunkRef], Entry]], failures: list[dict[str, str]]) -> int:
         staged: list[tuple[P.Download, Entry, Path, list[ChunkRef]]] = []
         tmpdir = self.dir / "tmp"
-        all_chunks = [c for _, chunks, _ in items for c in chunks]
-        stream = self._chunks_for(all_chunks)
+        big = len(items) == 1 and items[0][2].size > FETCH_BATCH_BYTES
+        stream = None if big else self._chunks_for([c for _, chunks, _ in items for c in chunks])
         for op, chunks, entry in items:
-            tmp = tmpdir / f"{uuid.uuid4().hex}.part"
-            with open(tmp, "wb") as out:
-                written = 0
-                for _ in chunks:
+            if big:
+                # named by content, so that a run killed halfway keeps what it wrote
+                tmp = tmpdir / f"{entry.content_hash}.part"
+                keep = self._verified_prefix(tmp, chunks)
+                stream = self._chunks_for(chunks[keep:])
+            else:
+                tmp, keep = tmpdir / f"{uuid.uuid4().hex}.part", 0
+            assert stream is not None
+            with open(tmp, "r+b" if keep else "wb") as out:
+                written = sum(c.size for c in chunks[:keep])
+                out.seek(written)
+                out.truncate()
+                for _ in chunks[keep:]:
                     _, data = next(stream)
                     out.write(data)
-                    if entry.size > FETCH_BATCH_BYTES and (written // FETCH_BATCH_BYTES) != ((written + len(data)) // FETCH_BATCH_BYTES):
+                    if big and (written // FETCH_BATCH_BYTES) != ((written + len(data)) // FETCH_BATCH_BYTES):
                         self.emit({"event": "progress", "direction": "down", "path": entry.path, "done": written + len(data), "total": entry.size})
+                        self._crash_point("download_window")
                     written += len(data)
-                if entry.size > FETCH_BATCH_BYTES:
+                if big:
                     out.flush()
                     os.fsync(out.fileno())
             if entry.mtime:
@@ -686,6 +700,20 @@ class SyncEngine:
             transfer._barrier(self.root)
         self._crash_point("downloaded")
         return done
+
+    def _verified_prefix(self, part: Path, chunks: Sequence[ChunkRef]) -> int:
+        """How many leading chunks of an interrupted download's part file are right."""
+        keep = 0
+        try:
+            with open(part, "rb") as fh:
+                for c in chunks:
+                    data = fh.read(c.size)
+                    if len(data) != c.size or sha256_hex(data) != c.hash:
+                        break
+                    keep += 1
+        except FileNotFoundError:
+            pass
+        return keep
 
     def _may_replace(self, op: P.Download, target: Path) -> bool:
         """Is the local file still what the plan saw? Never overwrite an edit made meanwhile."""
