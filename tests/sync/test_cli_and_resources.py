@@ -152,3 +152,28 @@ def test_memory_does_not_grow_with_file_size(clients: Clients, tmp_path: Path) -
     for way in ("up", "down"):
         growth = peaks[(way, 256)] - peaks[(way, 16)]
         assert growth < 40 * 1024, f"{way}: peak RSS grew by {growth} KiB for 240 MiB more file ({peaks})"
+
+
+def test_a_linked_folder_starts_while_the_server_is_away(clients: Clients, tmp_path: Path) -> None:
+    d = tmp_path / "laptop"
+    assert cubby(clients, "sync", "--once", str(d)).returncode == 0
+    clients.server.stop()
+    try:
+        with open(tmp_path / "offline.log", "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "cubby", "sync", str(d)], env=env_for(clients), stdout=log, stderr=log)
+        (d / "on-the-train.txt").write_bytes(b"written offline")
+        time.sleep(2)
+        assert proc.poll() is None, (tmp_path / "offline.log").read_text()
+    finally:
+        clients.server.start()
+    try:
+        def landed() -> bool:
+            try:
+                return b"".join(clients.api.download("/on-the-train.txt")) == b"written offline"
+            except Exception:
+                return False
+
+        wait_for(landed, "the offline file reaches the server after reconnect")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

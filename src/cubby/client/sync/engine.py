@@ -154,10 +154,16 @@ class SyncEngine:
             self._lock_fd = None
 
     def link(self, url: str) -> None:
-        """Tie the folder to one account on one server, on first use; refuse another later."""
-        acct = self.api.account()
-        who = f"{url.rstrip('/')}#{acct['user_id']}"
+        """Tie the folder to one account on one server, on first use; refuse another later.
+        A folder already linked may start while the server is away (it syncs on reconnect)."""
         linked = self.state.get_meta("linked")
+        try:
+            acct = self.api.account()
+        except Unavailable:
+            if linked is not None and linked.startswith(url.rstrip("/") + "#"):
+                return
+            raise
+        who = f"{url.rstrip('/')}#{acct['user_id']}"
         if linked is None:
             self.state.set_meta("linked", who)
         elif linked != who:
