@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from cubby.errors import CubbyError
 from tests.helpers.live_server import ROOT
 from tests.sync.conftest import Clients, local_tree
 
@@ -170,7 +171,7 @@ def test_a_linked_folder_starts_while_the_server_is_away(clients: Clients, tmp_p
         def landed() -> bool:
             try:
                 return b"".join(clients.api.download("/on-the-train.txt")) == b"written offline"
-            except Exception:
+            except CubbyError:
                 return False
 
         wait_for(landed, "the offline file reaches the server after reconnect")
