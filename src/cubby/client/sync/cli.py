@@ -1,0 +1,109 @@
+"""`cubby sync DIR` and `cubby status DIR`, added to the main command by `register`."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cubby.client.sync import planner as P
+
+
+def _engine(state: Any, root: Path, up: float | None = None, down: float | None = None, emit: Any = None) -> Any:
+    from cubby.client.sync.engine import SyncEngine
+
+    cache_mb = float(state.config.extra.get("sync_cache_mb", 256))
+    api = state.api(max_upload_rate=up, max_download_rate=down)
+    return SyncEngine(root, api, cache_bytes=int(cache_mb * 1024 * 1024), emit=emit)
+
+
+def _describe(op: P.Op) -> tuple[str, str]:
+    from cubby.client.sync.engine import _path_of
+
+    return type(op).__name__, _path_of(op)
+
+
+def register(main: click.Group) -> None:
+    from cubby.cli import State, pass_state
+
+    @main.command("sync")
+    @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+    @click.option("--once", is_flag=True, help="Do one full pass and exit (0 when both sides agree).")
+    @click.option("--max-upload-rate", type=float, help="Bytes per second, at most, sent to the server.")
+    @click.option("--max-download-rate", type=float, help="Bytes per second, at most, read from the server.")
+    @pass_state
+    def sync_cmd(state: State, folder: Path, once: bool, max_upload_rate: float | None, max_download_rate: float | None) -> None:
+        """Keep FOLDER identical to your cubby, in both directions (first run: link and download)."""
+        from cubby.client.changes import open_waiter
+
+        folder.mkdir(parents=True, exist_ok=True)
+
+        def emit(obj: dict[str, Any]) -> None:
+            event = obj.get("event")
+            if "op" in obj:
+                state.emit(obj, f"{obj['op']:<13} {obj.get('path', '')}")
+            elif event == "progress":
+                state.emit(obj, f"{obj['direction']:<13} {obj.get('path', '')} {obj['done'] * 100 // max(obj['total'], 1)}%")
+            elif event == "conflict":
+                state.emit(obj, f"{'conflict':<13} {obj['path']} ({obj['reason']})")
+            elif event == "offline":
+                state.emit(obj, f"{'offline':<13} retrying in {obj['retry_in']} s: {obj['error']}")
+            elif event in ("namespace_added", "namespace_removed"):
+                state.emit(obj, f"{event.replace('_', ' '):<13} {obj['path']}")
+
+        engine = _engine(state, folder, max_upload_rate, max_download_rate, emit)
+        try:
+            engine.lock()
+            engine.link(state.config.url)
+            if once:
+                report = engine.run_once()
+                state.emit({"event": "done", **report.to_dict()},
+                           f"{'in sync' if report.converged else 'not in sync'}: "
+                           f"{sum(report.applied.values())} operations, {len(report.failed)} failed, {len(report.blocked)} read-only changes kept")
+                for f in report.failed:
+                    click.echo(f"failed: {f['op']} {f['path']}: {f['error']}", err=True)
+                if not report.converged:
+                    raise SystemExit(4)
+                return
+            stop = threading.Event()
+
+            def on_signal(*_: object) -> None:
+                stop.set()
+                engine.trigger.set()
+
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, on_signal)
+            waiter = open_waiter(state.api())
+            engine.run_forever(stop, waiter)
+        finally:
+            engine.close()
+
+    @main.command("status")
+    @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+    @pass_state
+    def status_cmd(state: State, folder: Path) -> None:
+        """What `cubby sync FOLDER` would do now (as of its last contact with the server)."""
+        from cubby.client.sync.engine import SyncEngine
+        from cubby.client.sync.state import StateDb
+
+        db = folder / ".cubby" / "state.db"
+        if not db.exists():
+            raise click.UsageError(f"{folder} is not synced yet: run 'cubby sync {folder}'")
+        engine = SyncEngine(folder, None, state=StateDb(db))  # type: ignore[arg-type]
+        try:
+            ops, res = engine.pending()
+            pending = [_describe(o) for o in ops if not isinstance(o, P.Blocked)]
+            blocked = [o for o in ops if isinstance(o, P.Blocked)]
+            for name, path in pending:
+                state.emit({"pending": name, "path": path}, f"pending  {name:<12} {path}")
+            for b in blocked:
+                state.emit({"blocked": b.path, "reason": b.reason}, f"kept     {b.path}  ({b.reason})")
+            for rel in res.unsyncable:
+                state.emit({"unsyncable": rel}, f"skipped  {rel}  (a name cubby cannot store)")
+            state.emit({"in_sync": not pending, "pending": len(pending), "blocked": len(blocked)},
+                       "in sync" if not pending else f"{len(pending)} changes pending")
+        finally:
+            engine.close()

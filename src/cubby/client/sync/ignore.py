@@ -1,0 +1,69 @@
+"""Which local names are never synced: temporary and system files, and `.cubbyignore` patterns.
+
+Applications write temporary files beside the ones a person saves (Office's ``~$doc.docx``,
+vim's ``.doc.swp``, macOS's ``.DS_Store``); syncing them would spray half-written junk to every
+other machine. The rules are pure (a name and its relative path in, a yes or no out) so that the
+scanner and the watcher agree on them.
+
+``.cubbyignore`` at the top of the synced folder holds one glob per line (``#`` comments);
+a pattern without ``/`` matches a name at any depth, one with ``/`` matches the relative path
+from the top; a trailing ``/`` matches folders only.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STATE_DIR = ".cubby"
+"""The client's own folder at the top of the synced folder (state database, temp files)."""
+
+BUILTIN = (
+    "*.tmp", "~$*", ".DS_Store", "Thumbs.db", "desktop.ini",
+    ".*.swp", ".*.swo", ".*.swx", "*~", ".#*", "#*#", "4913", "*.cubby-part", "*.cubby-part.json",
+)
+"""Temporary and system files; ``4913`` is the probe file vim writes to test a folder."""
+
+IGNORE_FILE = ".cubbyignore"
+
+
+@dataclass(frozen=True)
+class IgnoreRules:
+    patterns: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def load(cls, root: Path) -> IgnoreRules:
+        try:
+            text = (root / IGNORE_FILE).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return cls()
+        return cls.parse(text.splitlines())
+
+    @classmethod
+    def parse(cls, lines: Iterable[str]) -> IgnoreRules:
+        pats = []
+        for line in lines:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                pats.append(line)
+        return cls(tuple(pats))
+
+    def ignored(self, rel: str, is_dir: bool) -> bool:
+        """True when the item at ``rel`` (``/``-separated, relative to the synced folder) is not
+        synced. The state folder at the top is always ignored."""
+        name = rel.rsplit("/", 1)[-1]
+        if rel == STATE_DIR or rel.startswith(STATE_DIR + "/"):
+            return True
+        if not is_dir and any(fnmatch.fnmatchcase(name, p) for p in BUILTIN):
+            return True
+        for p in self.patterns:
+            dir_only = p.endswith("/")
+            pat = p.rstrip("/")
+            if dir_only and not is_dir:
+                continue
+            target = rel if "/" in pat else name
+            if fnmatch.fnmatchcase(target, pat.lstrip("/")):
+                return True
+        return False

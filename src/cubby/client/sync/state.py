@@ -1,0 +1,350 @@
+"""The client's local state database (SQLite, in ``DIR/.cubby/state.db``).
+
+It holds what survives a restart:
+- ``namespaces``: every namespace synced, where it is mounted, the role, and the journal
+  cursor (the last journal id read);
+- ``remote``: the server's tree as of the cursors, keyed by (ns_id, node_id) and kept up to date
+  by replaying journals, so that a rename of a folder is one row update plus a path rewrite;
+- ``base``: the tree as last synced, keyed the same way, with the local inode;
+- ``files``: the local file index (size, mtime, inode, content hash and chunk list), so a file
+  is re-hashed only when its size, mtime or inode changed;
+- ``chunks``: the local chunk index (which local file holds which chunk at which offset), so a
+  download first looks for chunks on the local disk;
+- ``evicted``: mount points of namespaces the account lost, whose local copies are being removed.
+
+Each change is one transaction: a journal page and its cursor land together, so a crash
+leaves either both or neither, and replaying a page again is harmless (every journal entry sets
+a node to a state; it does not add to one).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cubby.client.sync.planner import MOUNT_NODE, BaseItem, NodeKey, RemoteItem
+from cubby.core import paths
+from cubby.metadata.model import Entry, JournalEntry
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS namespaces (
+    ns_id INTEGER PRIMARY KEY, mount TEXT NOT NULL, role TEXT NOT NULL, cursor INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS evicted (mount TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS remote (
+    ns_id INTEGER NOT NULL, node_id INTEGER NOT NULL, path TEXT NOT NULL, key TEXT NOT NULL,
+    kind TEXT NOT NULL, rev INTEGER NOT NULL, hash TEXT, size INTEGER NOT NULL DEFAULT 0, mtime REAL,
+    PRIMARY KEY (ns_id, node_id)
+);
+CREATE INDEX IF NOT EXISTS remote_key ON remote (ns_id, key);
+CREATE TABLE IF NOT EXISTS base (
+    ns_id INTEGER NOT NULL, node_id INTEGER NOT NULL, path TEXT NOT NULL, key TEXT NOT NULL,
+    kind TEXT NOT NULL, rev INTEGER NOT NULL, hash TEXT, inode INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (ns_id, node_id)
+);
+CREATE INDEX IF NOT EXISTS base_key ON base (key);
+CREATE TABLE IF NOT EXISTS files (
+    rel TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL,
+    hash TEXT NOT NULL, chunks TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    hash TEXT NOT NULL, rel TEXT NOT NULL, offset INTEGER NOT NULL, size INTEGER NOT NULL,
+    PRIMARY KEY (hash, rel)
+);
+"""
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """What the scanner learnt about a local file the last time it read it."""
+
+    rel: str
+    size: int
+    mtime_ns: int
+    inode: int
+    hash: str
+    chunks: tuple[tuple[str, int, int], ...]
+    """(chunk hash, offset, size) in file order."""
+
+
+@dataclass(frozen=True)
+class Namespace:
+    ns_id: int
+    mount: str
+    role: str
+    cursor: int
+
+    @property
+    def writable(self) -> bool:
+        return self.role != "viewer"
+
+
+def user_path(mount: str, inner: str) -> str:
+    """A namespace-internal path as seen in the user's tree."""
+    if mount == paths.ROOT:
+        return inner
+    if inner == paths.ROOT:
+        return mount
+    return paths.join(mount, inner.lstrip("/"))
+
+
+def _range(k: str) -> tuple[str, str]:
+    """Keys strictly below folder key ``k``: ``k/`` up to ``k0`` ('0' follows '/')."""
+    return k + "/", k + "0"
+
+
+class StateDb:
+    """One connection, used by the engine's thread; a lock makes the odd read from the waiter
+    thread safe."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        self._lock = threading.RLock()
+        self._depth = 0
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction; nested uses join the outer one."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self.db
+                finally:
+                    self._depth -= 1
+                return
+            self.db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield self.db
+            except BaseException:
+                self._depth = 0
+                self.db.execute("ROLLBACK")
+                raise
+            self._depth = 0
+            self.db.execute("COMMIT")
+
+    def _all(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
+        with self._lock:
+            return self.db.execute(sql, tuple(args)).fetchall()
+
+    # -- meta ----------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        rows = self._all("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # -- namespaces ----------------------------------------------------------------------------
+    def namespaces(self) -> dict[int, Namespace]:
+        return {r[0]: Namespace(r[0], r[1], r[2], r[3]) for r in self._all("SELECT ns_id, mount, role, cursor FROM namespaces")}
+
+    def cursors(self) -> dict[int, int]:
+        return {ns: n.cursor for ns, n in self.namespaces().items()}
+
+    def evicted(self) -> list[str]:
+        return [r[0] for r in self._all("SELECT mount FROM evicted")]
+
+    def clear_evicted(self, mount: str) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM evicted WHERE mount = ?", (mount,))
+
+    def add_namespace(self, ns_id: int, mount: str, role: str, head: int, listing: Iterable[Entry]) -> None:
+        """A namespace seen for the first time: its listing (taken after ``head`` was read)
+        becomes the remote tree, and the cursor starts at ``head``; the journal after it is
+        replayed next, idempotently."""
+        with self.tx() as db:
+            db.execute("DELETE FROM remote WHERE ns_id = ?", (ns_id,))
+            db.execute("DELETE FROM evicted WHERE mount = ?", (mount,))
+            if mount != paths.ROOT:
+                self._put_remote(db, RemoteItem(ns_id, MOUNT_NODE, mount, "folder", 0))
+            for e in listing:
+                if e.kind not in ("file", "folder") or e.path == paths.ROOT:
+                    continue
+                self._put_remote(db, RemoteItem(ns_id, e.node_id, e.path, e.kind, e.rev, e.content_hash, e.size, e.mtime))
+            db.execute("INSERT OR REPLACE INTO namespaces (ns_id, mount, role, cursor) VALUES (?, ?, ?, ?)", (ns_id, mount, role, head))
+
+    def update_namespace(self, ns_id: int, mount: str, role: str) -> None:
+        """Role or mount point changed: a new mount point moves every remote path with it."""
+        with self.tx() as db:
+            old = db.execute("SELECT mount FROM namespaces WHERE ns_id = ?", (ns_id,)).fetchone()
+            if old and old[0] != mount:
+                self._rebase(db, "remote", ns_id, old[0], mount)
+                db.execute("UPDATE remote SET path = ?, key = ? WHERE ns_id = ? AND node_id = ?", (mount, paths.key(mount), ns_id, MOUNT_NODE))
+            db.execute("UPDATE namespaces SET mount = ?, role = ? WHERE ns_id = ?", (mount, role, ns_id))
+
+    def drop_namespace(self, ns_id: int) -> None:
+        """The account lost a namespace: forget its remote tree and mark its mount evicted, so
+        the planner removes the local copy (keeping local edits outside it)."""
+        with self.tx() as db:
+            row = db.execute("SELECT mount FROM namespaces WHERE ns_id = ?", (ns_id,)).fetchone()
+            db.execute("DELETE FROM remote WHERE ns_id = ?", (ns_id,))
+            db.execute("DELETE FROM namespaces WHERE ns_id = ?", (ns_id,))
+            if row and row[0] != paths.ROOT:
+                db.execute("INSERT OR IGNORE INTO evicted (mount) VALUES (?)", (row[0],))
+
+    def apply_journal(self, ns_id: int, entries: Iterable[JournalEntry], cursor: int) -> None:
+        """Replay journal entries into the remote tree and move the cursor, in one transaction.
+        Entries are applied by node id; a folder move rewrites the paths below it and a folder
+        delete removes its subtree, as the server did."""
+        with self.tx() as db:
+            row = db.execute("SELECT mount FROM namespaces WHERE ns_id = ?", (ns_id,)).fetchone()
+            if row is None:
+                return
+            mount = row[0]
+            for e in entries:
+                if e.kind not in ("file", "folder"):
+                    continue  # a mount point: mounts are learnt from the account
+                path = user_path(mount, e.path)
+                cur = db.execute("SELECT path, kind FROM remote WHERE ns_id = ? AND node_id = ?", (ns_id, e.node_id)).fetchone()
+                if e.op == "delete":
+                    if cur is not None:
+                        if cur[1] == "folder":
+                            lo, hi = _range(paths.key(cur[0]))
+                            db.execute("DELETE FROM remote WHERE ns_id = ? AND key > ? AND key < ? AND node_id != ?", (ns_id, lo, hi, MOUNT_NODE))
+                        db.execute("DELETE FROM remote WHERE ns_id = ? AND node_id = ?", (ns_id, e.node_id))
+                    continue
+                if cur is not None and cur[1] == "folder" and cur[0] != path:
+                    self._rebase(db, "remote", ns_id, cur[0], path)
+                self._put_remote(db, RemoteItem(ns_id, e.node_id, path, e.kind, e.rev, e.content_hash, e.size, e.mtime))
+            db.execute("UPDATE namespaces SET cursor = MAX(cursor, ?) WHERE ns_id = ?", (cursor, ns_id))
+
+    # -- remote tree ---------------------------------------------------------------------------
+    def _put_remote(self, db: sqlite3.Connection, r: RemoteItem) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO remote (ns_id, node_id, path, key, kind, rev, hash, size, mtime) VALUES (?,?,?,?,?,?,?,?,?)",
+            (r.ns_id, r.node_id, r.path, paths.key(r.path), r.kind, r.rev, r.hash, r.size, r.mtime),
+        )
+
+    def put_remote_entry(self, e: Entry) -> None:
+        """Record what the server answered to our own change (the journal will say it again)."""
+        with self.tx() as db:
+            cur = db.execute("SELECT path, kind, rev FROM remote WHERE ns_id = ? AND node_id = ?", (e.ns_id, e.node_id)).fetchone()
+            if cur is not None and cur[2] > e.rev:
+                return
+            if cur is not None and cur[1] == "folder" and cur[0] != e.path:
+                self._rebase(db, "remote", e.ns_id, cur[0], e.path)
+            self._put_remote(db, RemoteItem(e.ns_id, e.node_id, e.path, e.kind, e.rev, e.content_hash, e.size, e.mtime))
+
+    def delete_remote(self, node: NodeKey) -> None:
+        with self.tx() as db:
+            cur = db.execute("SELECT path, kind FROM remote WHERE ns_id = ? AND node_id = ?", node).fetchone()
+            if cur is not None and cur[1] == "folder":
+                lo, hi = _range(paths.key(cur[0]))
+                db.execute("DELETE FROM remote WHERE ns_id = ? AND key > ? AND key < ?", (node[0], lo, hi))
+            db.execute("DELETE FROM remote WHERE ns_id = ? AND node_id = ?", node)
+
+    def remote_items(self) -> list[RemoteItem]:
+        return [RemoteItem(*r) for r in self._all("SELECT ns_id, node_id, path, kind, rev, hash, size, mtime FROM remote")]
+
+    # -- base tree -----------------------------------------------------------------------------
+    def base_items(self) -> list[BaseItem]:
+        return [BaseItem(*r) for r in self._all("SELECT ns_id, node_id, path, kind, rev, hash, inode FROM base")]
+
+    def set_base(self, b: BaseItem) -> None:
+        """Record an agreed item; any other base row at the same key is superseded."""
+        with self.tx() as db:
+            k = paths.key(b.path)
+            db.execute("DELETE FROM base WHERE key = ? AND NOT (ns_id = ? AND node_id = ?)", (k, b.ns_id, b.node_id))
+            db.execute(
+                "INSERT OR REPLACE INTO base (ns_id, node_id, path, key, kind, rev, hash, inode) VALUES (?,?,?,?,?,?,?,?)",
+                (b.ns_id, b.node_id, b.path, k, b.kind, b.rev, b.hash, b.inode),
+            )
+
+    def forget_base(self, node: NodeKey) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM base WHERE ns_id = ? AND node_id = ?", node)
+
+    def forget_base_below(self, path: str) -> None:
+        lo, hi = _range(paths.key(path))
+        with self.tx() as db:
+            db.execute("DELETE FROM base WHERE key > ? AND key < ?", (lo, hi))
+
+    def move_base(self, node: NodeKey, new_path: str, inode: int | None = None) -> None:
+        """The base item follows a move, and so does everything below a folder."""
+        with self.tx() as db:
+            cur = db.execute("SELECT path, kind FROM base WHERE ns_id = ? AND node_id = ?", node).fetchone()
+            if cur is None:
+                return
+            if cur[1] == "folder" and cur[0] != new_path:
+                self._rebase(db, "base", None, cur[0], new_path)
+            db.execute("UPDATE base SET path = ?, key = ? WHERE ns_id = ? AND node_id = ?", (new_path, paths.key(new_path), *node))
+            if inode is not None:
+                db.execute("UPDATE base SET inode = ? WHERE ns_id = ? AND node_id = ?", (inode, *node))
+
+    def _rebase(self, db: sqlite3.Connection, table: str, ns_id: int | None, old: str, new: str) -> None:
+        lo, hi = _range(paths.key(old))
+        q = f"SELECT ns_id, node_id, path FROM {table} WHERE key > ? AND key < ?"
+        args: tuple[Any, ...] = (lo, hi)
+        if ns_id is not None:
+            q += " AND ns_id = ?"
+            args += (ns_id,)
+        for ns, nid, p in db.execute(q, args).fetchall():
+            np = paths.rebase(p, old, new)
+            db.execute(f"UPDATE {table} SET path = ?, key = ? WHERE ns_id = ? AND node_id = ?", (np, paths.key(np), ns, nid))
+
+    # -- local file index ----------------------------------------------------------------------
+    def files(self) -> dict[str, FileRecord]:
+        out = {}
+        for rel, size, mtime_ns, inode, h, chunks in self._all("SELECT rel, size, mtime_ns, inode, hash, chunks FROM files"):
+            out[rel] = FileRecord(rel, size, mtime_ns, inode, h, tuple(tuple(c) for c in json.loads(chunks)))  # type: ignore[misc]
+        return out
+
+    def file(self, rel: str) -> FileRecord | None:
+        rows = self._all("SELECT rel, size, mtime_ns, inode, hash, chunks FROM files WHERE rel = ?", (rel,))
+        if not rows:
+            return None
+        rel, size, mtime_ns, inode, h, chunks = rows[0]
+        return FileRecord(rel, size, mtime_ns, inode, h, tuple(tuple(c) for c in json.loads(chunks)))  # type: ignore[misc]
+
+    def put_files(self, recs: Iterable[FileRecord]) -> None:
+        with self.tx() as db:
+            for rec in recs:
+                db.execute("DELETE FROM chunks WHERE rel = ?", (rec.rel,))
+                db.execute(
+                    "INSERT OR REPLACE INTO files (rel, size, mtime_ns, inode, hash, chunks) VALUES (?,?,?,?,?,?)",
+                    (rec.rel, rec.size, rec.mtime_ns, rec.inode, rec.hash, json.dumps([list(c) for c in rec.chunks])),
+                )
+                db.executemany(
+                    "INSERT OR IGNORE INTO chunks (hash, rel, offset, size) VALUES (?,?,?,?)",
+                    [(h, rec.rel, off, size) for h, off, size in rec.chunks],
+                )
+
+    def drop_files(self, rels: Iterable[str]) -> None:
+        with self.tx() as db:
+            for rel in rels:
+                db.execute("DELETE FROM files WHERE rel = ?", (rel,))
+                db.execute("DELETE FROM chunks WHERE rel = ?", (rel,))
+
+    def rename_files(self, old_rel: str, new_rel: str) -> None:
+        """Follow a local rename of a file or a folder (everything below it)."""
+        with self.tx() as db:
+            rows = db.execute(
+                "SELECT rel FROM files WHERE rel = ? OR (rel > ? AND rel < ?)", (old_rel, old_rel + "/", old_rel + "0")
+            ).fetchall()
+            for (rel,) in rows:
+                nr = new_rel + rel[len(old_rel):]
+                db.execute("DELETE FROM files WHERE rel = ?", (nr,))
+                db.execute("DELETE FROM chunks WHERE rel = ?", (nr,))
+                db.execute("UPDATE files SET rel = ? WHERE rel = ?", (nr, rel))
+                db.execute("UPDATE chunks SET rel = ? WHERE rel = ?", (nr, rel))
+
+    def chunk_locations(self, h: str, limit: int = 3) -> list[tuple[str, int, int]]:
+        """Local files that held chunk ``h`` when last read: (rel, offset, size)."""
+        return [tuple(r) for r in self._all("SELECT rel, offset, size FROM chunks WHERE hash = ? LIMIT ?", (h, limit))]  # type: ignore[misc]

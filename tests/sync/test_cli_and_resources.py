@@ -1,0 +1,180 @@
+"""`cubby sync` and `cubby status` as a person runs them: subprocesses against a real server.
+
+Also the client's resource use: an idle running client uses no CPU worth measuring, and the
+peak memory of `cubby sync --once` does not grow with the size of the file it syncs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cubby.errors import CubbyError
+from tests.helpers.live_server import ROOT
+from tests.sync.conftest import Clients, local_tree
+
+# VmHWM, not getrusage: ru_maxrss survives exec and would report the parent's (pytest's) peak.
+MAXRSS = (
+    "import atexit, sys\n"
+    "hwm = lambda: next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+    "atexit.register(lambda: sys.stderr.write('MAXRSS %s\\n' % hwm()))\n"
+    "from cubby.cli import main\n"
+    "main(prog_name='cubby')\n"
+)
+
+
+def env_for(clients: Clients) -> dict[str, str]:
+    return {**os.environ, "CUBBY_URL": clients.server.url, "CUBBY_TOKEN": clients.token, "PYTHONPATH": str(ROOT / "src")}
+
+
+def cubby(clients: Clients, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cubby", *args], env=env_for(clients), capture_output=True, text=True, check=False)
+
+
+def wait_for(cond, what: str, patience: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    """Liveness, not speed: wait (generously) for something that must happen."""
+    end = time.monotonic() + patience
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"never happened: {what}")
+
+
+@pytest.fixture
+def running(clients: Clients, tmp_path: Path) -> Iterator[list[tuple[Path, subprocess.Popen[bytes]]]]:
+    procs: list[tuple[Path, subprocess.Popen[bytes]]] = []
+
+    def start(name: str) -> tuple[Path, subprocess.Popen[bytes]]:
+        d = tmp_path / name
+        d.mkdir()
+        with open(tmp_path / f"{name}.log", "wb") as log:
+            p = subprocess.Popen([sys.executable, "-m", "cubby", "sync", str(d)], env=env_for(clients), stdout=log, stderr=log)
+        procs.append((d, p))
+        return d, p
+
+    start("one")
+    start("two")
+    yield procs
+    for _, p in procs:
+        p.terminate()
+        p.wait(timeout=30)
+
+
+def test_running_clients_follow_each_other_and_idle_quietly(clients: Clients, running: list[tuple[Path, subprocess.Popen[bytes]]]) -> None:
+    (one, _), (two, _) = running
+    (one / "hello.txt").write_bytes(b"hello from one")
+    wait_for(lambda: (two / "hello.txt").exists() and (two / "hello.txt").read_bytes() == b"hello from one", "file reaches two")
+    (two / "folder").mkdir()
+    (two / "folder" / "reply.txt").write_bytes(b"reply")
+    wait_for(lambda: (one / "folder" / "reply.txt").exists(), "reply reaches one")
+    (one / "hello.txt").rename(one / "folder" / "hello.txt")
+    wait_for(lambda: local_tree(one) == local_tree(two), "trees agree after a move")
+    assert sorted(local_tree(two)) == ["folder", "folder/hello.txt", "folder/reply.txt"]
+
+    # the server goes away; an edit made meanwhile lands after it is back
+    clients.server.stop()
+    try:
+        (one / "offline.txt").write_bytes(b"written while the server was down")
+        time.sleep(2)
+    finally:
+        clients.server.start()
+    wait_for(lambda: (two / "offline.txt").exists(), "the offline edit reaches two after reconnect")
+    assert (two / "offline.txt").read_bytes() == b"written while the server was down"
+
+    # idle: CPU time over several seconds with nothing to do
+    time.sleep(1.5)
+
+    def cpu(pid: int) -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    before = [cpu(p.pid) for _, p in running]
+    time.sleep(6)
+    used = [cpu(p.pid) - b for (_, p), b in zip(running, before)]
+    print(f"idle CPU seconds over 6 s: {used}")
+    assert all(u < 0.3 for u in used), f"idle clients used {used} s of CPU in 6 s"
+
+
+def test_status_shows_pending_and_once_exits_zero_when_in_sync(clients: Clients, tmp_path: Path) -> None:
+    d = tmp_path / "mine"
+    r = cubby(clients, "sync", "--once", str(d))
+    assert r.returncode == 0, r.stderr
+    (d / "new.txt").write_bytes(b"pending")
+    st = cubby(clients, "--json", "status", str(d))
+    lines = [json.loads(x) for x in st.stdout.splitlines()]
+    assert {"pending": "Upload", "path": "/new.txt"} in lines and lines[-1]["in_sync"] is False
+    r = cubby(clients, "sync", "--once", "--json", str(d))
+    assert r.returncode == 0, r.stderr
+    done = json.loads(r.stdout.splitlines()[-1])
+    assert done["converged"] and done["applied"].get("Upload") == 1
+    st = cubby(clients, "--json", "status", str(d))
+    assert json.loads(st.stdout.splitlines()[-1])["in_sync"] is True
+
+
+def test_bad_input_is_refused_with_a_code(clients: Clients, tmp_path: Path) -> None:
+    d = tmp_path / "linked"
+    assert cubby(clients, "sync", "--once", str(d)).returncode == 0
+    other = clients.server.add_user(f"other{os.getpid()}{int(time.time() * 1000) % 100000}")
+    r = subprocess.run([sys.executable, "-m", "cubby", "sync", "--once", str(d)],
+                       env={**env_for(clients), "CUBBY_TOKEN": other}, capture_output=True, text=True, check=False)
+    assert r.returncode == 2 and "[linked_elsewhere]" in r.stderr
+    st = cubby(clients, "status", str(tmp_path / "never-synced"))
+    assert st.returncode != 0
+    f = tmp_path / "a-file"
+    f.write_bytes(b"x")
+    assert cubby(clients, "sync", "--once", str(f)).returncode != 0
+
+
+def peak_rss_kib(clients: Clients, folder: Path) -> int:
+    r = subprocess.run([sys.executable, "-c", MAXRSS, "sync", "--once", str(folder)], env=env_for(clients), capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    return int(r.stderr.rsplit("MAXRSS ", 1)[1].split()[0])
+
+
+def test_memory_does_not_grow_with_file_size(clients: Clients, tmp_path: Path) -> None:
+    piece = os.urandom(1024 * 1024)
+    peaks = {}
+    for mib in (16, 256):
+        up, down = tmp_path / f"up{mib}", tmp_path / f"down{mib}"
+        up.mkdir()
+        with open(up / f"big{mib}.bin", "wb") as fh:
+            fh.writelines(i.to_bytes(4, "big") + piece[4:] for i in range(mib))
+        peaks[("up", mib)] = peak_rss_kib(clients, up)
+        peaks[("down", mib)] = peak_rss_kib(clients, down)
+        assert (down / f"up{mib}").exists() or (down / f"big{mib}.bin").exists()
+    for way in ("up", "down"):
+        growth = peaks[(way, 256)] - peaks[(way, 16)]
+        assert growth < 40 * 1024, f"{way}: peak RSS grew by {growth} KiB for 240 MiB more file ({peaks})"
+
+
+def test_a_linked_folder_starts_while_the_server_is_away(clients: Clients, tmp_path: Path) -> None:
+    d = tmp_path / "laptop"
+    assert cubby(clients, "sync", "--once", str(d)).returncode == 0
+    clients.server.stop()
+    try:
+        with open(tmp_path / "offline.log", "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "cubby", "sync", str(d)], env=env_for(clients), stdout=log, stderr=log)
+        (d / "on-the-train.txt").write_bytes(b"written offline")
+        time.sleep(2)
+        assert proc.poll() is None, (tmp_path / "offline.log").read_text()
+    finally:
+        clients.server.start()
+    try:
+        def landed() -> bool:
+            try:
+                return b"".join(clients.api.download("/on-the-train.txt")) == b"written offline"
+            except CubbyError:
+                return False
+
+        wait_for(landed, "the offline file reaches the server after reconnect")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
