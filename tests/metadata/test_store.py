@@ -211,6 +211,27 @@ def test_delete_history_restore(store, blocks, alice):
         store.history(ns, "/never")
 
 
+def test_folder_delete_refused_when_something_below_changed_since(store, blocks, alice):
+    """A sync client deletes a folder as of the journal id it has read: a file added or edited
+    below it after that id survives (the delete is refused and changes nothing)."""
+    user, _ = alice
+    ns = user.root_ns
+    kept = put_file(store, blocks, user.id, ns, "/d/a.txt")
+    folder = store.stat(ns, "/d")
+    seen = store.head(ns)
+    late = put_file(store, blocks, user.id, ns, "/d/sub/late.txt")
+    with pytest.raises(Conflict) as err:
+        store.delete(user.id, ns, "/d", folder.rev, unchanged_since=seen)
+    assert err.value.code == "folder_changed"
+    assert store.stat(ns, "/d/sub/late.txt").rev == late.rev and store.head(ns) == late.rev
+    edited = put_file(store, blocks, user.id, ns, "/d/a.txt", expected_rev=kept.rev)
+    with pytest.raises(Conflict):
+        store.delete(user.id, ns, "/d", folder.rev, unchanged_since=late.rev)
+    store.delete(user.id, ns, "/d", folder.rev, unchanged_since=edited.rev)
+    with pytest.raises(NotFound):
+        store.stat(ns, "/d/a.txt")
+
+
 def test_commit_many_reports_each_outcome(store, blocks, alice):
     user, _ = alice
     ns = user.root_ns

@@ -155,8 +155,11 @@ class ApiClient:
     def mkdir(self, path: str) -> Entry:
         return Entry.from_dict(self._post("/api/v1/files/mkdir", {"path": path})["entry"])
 
-    def delete(self, path: str, expected_rev: int | None = None) -> Entry:
-        return Entry.from_dict(self._post("/api/v1/files/delete", {"path": path, "expected_rev": expected_rev})["entry"])
+    def delete(self, path: str, expected_rev: int | None = None, unchanged_since: int | None = None) -> Entry:
+        body: dict[str, Any] = {"path": path, "expected_rev": expected_rev}
+        if unchanged_since is not None:
+            body["unchanged_since"] = unchanged_since
+        return Entry.from_dict(self._post("/api/v1/files/delete", body)["entry"])
 
     def move(self, src: str, dst: str, expected_rev: int | None = None) -> Entry:
         body = {"from_path": src, "to_path": dst, "expected_rev": expected_rev}

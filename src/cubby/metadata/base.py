@@ -117,7 +117,14 @@ class MetadataStore(Protocol):
         """Create a folder (and its missing parents); an existing folder is returned as is."""
 
     def delete(
-        self, user_id: int, ns_id: int, path: str, expected_rev: int | None = None, *, forget_through: int | None = None
+        self,
+        user_id: int,
+        ns_id: int,
+        path: str,
+        expected_rev: int | None = None,
+        *,
+        forget_through: int | None = None,
+        unchanged_since: int | None = None,
     ) -> Entry:
         """Delete a file or a folder with everything below it; history keeps the revisions
         (except those up to ``forget_through``: see `SqlMetadataStore.delete`)."""

@@ -970,12 +970,24 @@ class SqlMetadataStore:
         return self._write_ns(ns_id, user_id, run)
 
     def delete(
-        self, user_id: int, ns_id: int, path: str, expected_rev: int | None = None, *, forget_through: int | None = None
+        self,
+        user_id: int,
+        ns_id: int,
+        path: str,
+        expected_rev: int | None = None,
+        *,
+        forget_through: int | None = None,
+        unchanged_since: int | None = None,
     ) -> Entry:
         """Delete ``path`` (see the Protocol). With ``forget_through``, also forget the deleted
         files' revisions up to that journal id: a shared folder's server passes its cut when
         it retries a delete that raced the share, so that a delete its client issued before
-        the share was acknowledged leaves no history a member could open."""
+        the share was acknowledged leaves no history a member could open.
+
+        With ``unchanged_since`` (a journal id the caller has read up to), a folder is deleted
+        only if nothing below it changed after that id: ``expected_rev`` covers the folder
+        node alone, and a sync client deleting a folder must not take with it a file another
+        client just added or edited there (the edit wins; the client re-plans)."""
         path = paths.normalize(path)
         if path == paths.ROOT:
             raise BadRequest("the root cannot be deleted")
@@ -993,6 +1005,21 @@ class SqlMetadataStore:
                     f"{row.path} is a shared folder: leave it ('cubby share leave') or, as its owner, unshare it",
                     code="is_shared_folder",
                 )
+            if row.kind == "folder" and unchanged_since is not None:
+                lo, hi = _key_range(key)
+                newer = tx.conn.execute(
+                    select(nodes.c.path)
+                    .where(
+                        nodes.c.ns_id == tx.ns_id, nodes.c.path_key > lo, nodes.c.path_key < hi,
+                        nodes.c.rev > unchanged_since,
+                    )
+                    .limit(1)
+                ).first()
+                if newer is not None:
+                    raise Conflict(
+                        f"{row.path} changed after revision {unchanged_since} ({newer.path}): nothing was deleted",
+                        code="folder_changed",
+                    )
             jid = tx.next_jid()
             if row.kind == "folder":
                 lo, hi = _key_range(key)

@@ -178,10 +178,13 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
                 code="is_shared_folder",
             )
         expected = field_int(body, "expected_rev", required=False)
+        since = field_int(body, "unchanged_since", required=False)
         # A delete that raced the share was issued before the share was acknowledged: it
         # also forgets the history the share copied, so no member ever opens what it deleted.
         cut = store.sharing.cut(t.ns_id) if moved else None
-        return t, store.delete(p.user_id, t.ns_id, t.path, expected, forget_through=cut)
+        return t, store.delete(
+            p.user_id, t.ns_id, t.path, expected, forget_through=cut, unchanged_since=since
+        )
 
     def do_move(p: Principal, body: dict[str, Any], moved: bool) -> tuple[Any, ...]:
         expected = field_int(body, "expected_rev", required=False)

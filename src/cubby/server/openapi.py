@@ -78,6 +78,11 @@ def _q(name: str, schema: dict[str, Any], required: bool = False) -> dict[str, A
 def document() -> dict[str, Any]:
     path_body = {"type": "object", "required": ["path"], "properties": {"path": {"type": "string"}, "expected_rev": {"type": ["integer", "null"], "minimum": 0}}}
     entry_ok = {"type": "object", "properties": {"entry": ENTRY}}
+    delete_body = {
+        "type": "object",
+        "required": ["path"],
+        "properties": {**path_body["properties"], "unchanged_since": {"type": ["integer", "null"], "minimum": 0}},
+    }
     paths: dict[str, Any] = {
         "/api/v1/account": {"get": _json_op("The caller's account and namespaces", None, {"type": "object"})},
         "/api/v1/files/commit": {"post": _json_op("Commit a file (answers need_chunks until its chunks are held)", COMMIT, {"type": "object"}, 409, 413, 415)},
@@ -91,7 +96,7 @@ def document() -> dict[str, Any]:
             )
         },
         "/api/v1/files/mkdir": {"post": _json_op("Create a folder and its parents", path_body, entry_ok, 409, 415)},
-        "/api/v1/files/delete": {"post": _json_op("Delete a file or folder", path_body, entry_ok, 409, 415)},
+        "/api/v1/files/delete": {"post": _json_op("Delete a file or folder", delete_body, entry_ok, 409, 415)},
         "/api/v1/files/move": {
             "post": _json_op(
                 "Move or rename (metadata only)",

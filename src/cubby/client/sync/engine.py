@@ -412,8 +412,9 @@ class SyncEngine:
         elif isinstance(op, P.DeleteRemote):
             if op.remote.kind == "folder" and not self._folder_unchanged(op.remote):
                 return False  # something arrived in it meanwhile: the next round learns what
+            since = st.cursors().get(op.remote.ns_id) if op.remote.kind == "folder" else None
             try:
-                self.api.delete(op.remote.path, op.remote.rev)
+                self.api.delete(op.remote.path, op.remote.rev, unchanged_since=since)
             except NotFound:
                 pass
             except Conflict:
@@ -427,8 +428,9 @@ class SyncEngine:
         """Does the server's subtree hold exactly what the remote tree says? A folder delete
         takes its whole subtree on the server, and ``expected_rev`` only covers the folder
         itself, so a file another client just added to it must be seen first, or it would
-        go with the folder. (A change landing between this listing and the delete still can;
-        the window is one round trip.)"""
+        go with the folder. A change landing between this listing and the delete is caught
+        by the server: the delete carries ``unchanged_since`` (this namespace's cursor) and is
+        refused if anything below the folder changed after it."""
         known = {(r.node_id, r.rev) for r in self.state.remote_items()
                  if r.ns_id == folder.ns_id and paths.is_within(r.path, folder.path) and r.path != folder.path}
         try:
