@@ -124,9 +124,14 @@ def _server_config(state: State, data: Path | None, db: str | None) -> Config:
 @click.option("--port", type=int, default=None, help="Port to listen on (default 8765).")
 @click.option("--role", default="all", show_default=True, help="Roles to run: all, meta, blocks, notify (comma-separated).")
 @click.option("--broker", default=None, help="Notification broker: memory (default), redis://HOST:PORT/DB or nats://HOST:PORT.")
+@click.option(
+    "--auto-accept-shares", is_flag=True, default=None,
+    help="Mount shared folders in invitees' trees at once, without 'cubby share accept'.",
+)
 @pass_state
 def serve(
-    state: State, data: Path | None, db: str | None, host: str | None, port: int | None, role: str, broker: str | None
+    state: State, data: Path | None, db: str | None, host: str | None, port: int | None, role: str, broker: str | None,
+    auto_accept_shares: bool | None,
 ) -> None:
     """Run the cubby server."""
     from cubby.server.run import parse_roles
@@ -136,7 +141,7 @@ def serve(
         roles = parse_roles(role)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--role") from exc
-    run(_server_config(state, data, db).with_(host=host, port=port, broker_url=broker), roles)
+    run(_server_config(state, data, db).with_(host=host, port=port, broker_url=broker, auto_accept_shares=auto_accept_shares), roles)
 
 
 @main.group()

@@ -36,6 +36,9 @@ class Config:
     notify_front: str = "lean"
     """How ``--role notify`` alone is served: ``lean`` (`cubby.notify.wire`, cheap idle
     connections) or ``asgi`` (uvicorn + Starlette, like the other roles)."""
+    auto_accept_shares: bool = False
+    """Mount a folder in an invitee's tree as soon as it is shared with them (a team server
+    whose users trust each other), instead of waiting for ``cubby share accept``."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -73,6 +76,8 @@ def load(env: Mapping[str, str], file: Path | None = None) -> Config:
         values["data_dir"] = env["CUBBY_DATA"]
     if env.get("CUBBY_DB"):
         values["db_url"] = env["CUBBY_DB"]
+    if env.get("CUBBY_AUTO_ACCEPT_SHARES"):
+        values["auto_accept_shares"] = env["CUBBY_AUTO_ACCEPT_SHARES"].lower() in ("1", "true", "yes", "on")
     if env.get("CUBBY_BROKER"):
         values["broker_url"] = env["CUBBY_BROKER"]
     known = {k: v for k, v in values.items() if k in Config.__dataclass_fields__}

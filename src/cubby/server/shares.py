@@ -76,7 +76,13 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         except NamespaceMoved:
             change = await run_in_threadpool(run, await who(request))
         announce(ctx, change)
-        return JSONResponse({"share": change.info}, status_code=201)
+        info = dict(change.info)
+        if ctx.config.auto_accept_shares and info.get("state") == "invited":
+            invitee = await run_in_threadpool(ctx.store.get_user, str(info["user"]))
+            accepted = await run_in_threadpool(sharing.accept, invitee.id, invitee.root_ns, int(info["ns_id"]))
+            announce(ctx, accepted)
+            info["state"] = "active"
+        return JSONResponse({"share": info}, status_code=201)
 
     async def listing(request: Request) -> Response:
         p = await who(request)
