@@ -79,6 +79,14 @@ def test_share_mount_edit_view_and_remove(server, tmp_path, request):
     apis["alice"].remove_member("/Projects", f"bob{tag}")
     settle(b)
     assert not (b.root / "Projects").exists() or not any((b.root / "Projects").rglob("*.txt"))
+    # A removed viewer's client drops the folder but keeps the edit it could never send,
+    # outside the removed folder.
+    apis["alice"].remove_member("/Projects", f"carol{tag}")
+    settle(c)
+    tree = local_tree(c.root)
+    assert not any(k.startswith("Projects/") for k in tree)
+    survivors = [k for k, v in tree.items() if v == b"carol's private edit\n"]
+    assert survivors and all("conflicted copy" in k for k in survivors), tree.keys()
     for e in (a, b, c):
         e.close()
         e.api.close()
