@@ -71,23 +71,26 @@ class Publisher:
             self._pending_ns.clear()
             self._pending_users.clear()
             failed = False
-            for i, (ns_id, head) in enumerate(ns_items):
+            # Accounts first: a member woken by a membership change should learn that its
+            # folders changed, not only that the same change moved some journal head.
+            for j, uid in enumerate(users):
                 try:
-                    await self._broker.publish(ns_topic(ns_id), str(head).encode())
+                    await self._broker.publish(user_topic(uid), b"")
                 except (CubbyError, OSError, TimeoutError) as exc:
                     log.warning("broker publish failed, will retry: %s", exc)
-                    for ns, h in ns_items[i:]:
+                    self._pending_users.update(users[j:])
+                    for ns, h in ns_items:
                         self._note_commit_quiet(ns, h)
-                    self._pending_users.update(users)
                     failed = True
                     break
             if not failed:
-                for j, uid in enumerate(users):
+                for i, (ns_id, head) in enumerate(ns_items):
                     try:
-                        await self._broker.publish(user_topic(uid), b"")
+                        await self._broker.publish(ns_topic(ns_id), str(head).encode())
                     except (CubbyError, OSError, TimeoutError) as exc:
                         log.warning("broker publish failed, will retry: %s", exc)
-                        self._pending_users.update(users[j:])
+                        for ns, h in ns_items[i:]:
+                            self._note_commit_quiet(ns, h)
                         failed = True
                         break
             if failed:

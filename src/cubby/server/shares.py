@@ -34,10 +34,13 @@ from cubby.server.context import ServerContext
 
 
 def announce(ctx: ServerContext, change: SharingChange) -> None:
-    for ns_id, head in change.heads.items():
-        ctx.committed(ns_id, head)
+    """Tell notification processes: the members' accounts first, so that a waiting member is
+    woken by the account change (and re-reads which folders it has), not by the journal entry
+    of the same change, which would only say that some head moved."""
     for user_id in sorted(change.users):
         ctx.account_changed(user_id)
+    for ns_id, head in change.heads.items():
+        ctx.committed(ns_id, head)
 
 
 def shared_folder(p: Principal, user_path: str) -> int:
