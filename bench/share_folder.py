@@ -22,6 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import sys
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/machine.py
+from machine import describe, load_average, summary_line  # noqa: E402
+
 from cubby.blockstore.local import LocalBlockStore
 from cubby.metadata.model import ChunkRef, CommitRequest
 from cubby.metadata.store import SqlMetadataStore, open_store
@@ -66,6 +71,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--db", default=None, help="SQLAlchemy URL of an empty metadata database (default: SQLite in a temp dir)")
     args = ap.parse_args()
+    info = describe(Path(tempfile.gettempdir()))
+    print(summary_line(info))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "blocks"
         store = open_store(args.db or f"sqlite:///{tmp}/meta.db")
@@ -82,7 +89,14 @@ def main() -> None:
         )
     ratio = large["share_seconds"] / small["share_seconds"]
     print(f"large / small: {ratio:.2f} (a share is metadata only: this stays near 1 whatever the bytes)")
-    print(json.dumps({"bench": "share_folder", "small": small, "large": large, "ratio_large_to_small": ratio}))
+    info["load_average_end"] = load_average()
+    result = {
+        "benchmark": "share_folder", "machine": info, "metadata": args.db or "sqlite",
+        "small": small, "large": large, "ratio_large_to_small": round(ratio, 3),
+    }
+    out = Path(__file__).resolve().parent / "results" / "share_folder.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"results: {out}")
 
 
 if __name__ == "__main__":
