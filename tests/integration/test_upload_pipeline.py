@@ -163,3 +163,16 @@ def test_tree_of_small_files_in_pipelined_groups(api, tmp_path, monkeypatch):
     assert (tmp_path / "back" / "empty").is_dir()
     again = upload_tree(api, root, "/t")
     assert all(r.skipped for r in again) and len(again) == len(want)
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, 256 * 1024, 256 * 1024 + 1, 3 * 1024 * 1024])
+def test_naming_a_kept_file_gives_the_chunker_s_chunks(tmp_path, size):
+    from cubby.core.chunking import chunk_file
+
+    src = tmp_path / "f.bin"
+    src.write_bytes(_data(size, size))
+    kept = scan_file(src, "/f.bin", keep_up_to=transfer.KEEP_BYTES)
+    streamed = [(c.offset, c.length, c.hash) for c in chunk_file(src, with_data=False)]
+    assert kept.data == src.read_bytes()
+    assert [(c.offset, c.size, c.hash) for c in kept.chunks] == streamed
+    assert scan_file(src, "/f.bin").chunks == kept.chunks

@@ -37,7 +37,7 @@ from typing import Any, BinaryIO, TypeVar
 
 from cubby.client.api import ApiClient, commit_body
 from cubby.core import paths
-from cubby.core.chunking import chunk_file, iter_chunks
+from cubby.core.chunking import MIN_SIZE, chunk_file, iter_chunks
 from cubby.core.hashing import content_hash, sha256_hex
 from cubby.errors import BadRequest, ChunkMismatch, Conflict, CubbyError, NotFound
 from cubby.metadata.model import ChunkRef, CommitResult, Entry
@@ -151,13 +151,19 @@ def scan_file(local: Path, remote: str, progress: Progress | None = None, *, kee
     if st.st_size <= keep_up_to:
         with open(local, "rb", buffering=0) as fh:
             data = fh.read(st.st_size + 1)  # one byte more: a file that grew is caught below
-        source = iter_chunks(io.BytesIO(data), with_data=False)
+        if 0 < len(data) <= MIN_SIZE:
+            # FastCDC never cuts below MIN_SIZE, so such a file is one chunk: skip the chunker
+            # (and its window allocation), which costs more than hashing a 4 KiB file.
+            chunks.append(LocalChunk(0, len(data), sha256_hex(data)))
+        else:
+            chunks.extend(LocalChunk(c.offset, c.length, c.hash) for c in iter_chunks(io.BytesIO(data), with_data=False))
+        if progress and chunks:
+            progress(len(data))
     else:
-        source = chunk_file(local, with_data=False)
-    for c in source:
-        chunks.append(LocalChunk(c.offset, c.length, c.hash))
-        if progress:
-            progress(c.length)
+        for c in chunk_file(local, with_data=False):
+            chunks.append(LocalChunk(c.offset, c.length, c.hash))
+            if progress:
+                progress(c.length)  # a large file's bar moves while it is hashed
     after = local.stat()
     if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or (data is not None and len(data) != st.st_size):
         raise FileChanged(f"{local} changed while it was being read; try again when it is saved")
