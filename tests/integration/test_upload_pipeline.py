@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -39,12 +40,18 @@ class Counting(ApiClient):
         super().__init__(*a, **kw)
         self.uploads: list[int] = []
         self.fail_after = fail_after
+        self.started = 0
+        self.lock = threading.Lock()  # uploads run on two threads at once
 
     def upload_chunks(self, ns_id, items):
-        if self.fail_after is not None and len(self.uploads) >= self.fail_after:
+        with self.lock:
+            self.started += 1
+            fail = self.fail_after is not None and self.started > self.fail_after
+        if fail:
             raise ConnectionError("interrupted by the test")
         n = super().upload_chunks(ns_id, items)
-        self.uploads.append(sum(len(d) for _, d in items))
+        with self.lock:
+            self.uploads.append(sum(len(d) for _, d in items))
         return n
 
 
