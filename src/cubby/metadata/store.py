@@ -1202,7 +1202,8 @@ class SqlMetadataStore:
                 present.update(r[0] for r in conn.execute(q))
             fresh = [h for h in names if h not in present]
             for h in fresh:
-                # The collector may have removed these bytes between put_many and this lock.
+                # The collector may have removed these bytes between put_many and this lock;
+                # only then is a chunk written (and so verified) a second time.
                 if not blocks_store.has(h):
                     blocks_store.put(h, unique[h])
             self._insert_ignore(
