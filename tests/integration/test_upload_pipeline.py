@@ -15,7 +15,15 @@ import pytest
 
 from cubby.client import transfer
 from cubby.client.api import ApiClient
-from cubby.client.transfer import FileChanged, LocalFile, _needs_for, scan_file, supply, upload_file, upload_tree
+from cubby.client.transfer import (
+    FileChanged,
+    LocalFile,
+    _needs_for,
+    scan_file,
+    supply,
+    upload_file,
+    upload_tree,
+)
 from cubby.errors import NotFound
 from tests.helpers.live_server import LiveServer
 
@@ -133,9 +141,8 @@ def test_interrupted_upload_resends_only_missing_chunks(live, api, tmp_path, mon
     src = tmp_path / "resume.bin"
     src.write_bytes(data)
     token = api.http.headers["Authorization"].split()[1]
-    with Counting(live.url, token, fail_after=2) as first:
-        with pytest.raises(ConnectionError):
-            upload_file(first, src, "/resume.bin")
+    with Counting(live.url, token, fail_after=2) as first, pytest.raises(ConnectionError):
+        upload_file(first, src, "/resume.bin")
     stored = sum(first.uploads)
     assert len(first.uploads) == 2 and stored > 0
     with pytest.raises(NotFound):

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, Self, TypeVar
 
 from cubby.client.api import ApiClient, commit_body
 from cubby.core import paths
@@ -286,7 +286,7 @@ class _Pipeline:
             done.append(self.pending.popleft().result())
         return done
 
-    def __enter__(self) -> "_Pipeline":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
@@ -307,7 +307,7 @@ def supply(
     owner = {n: w[0] for n, w in needs.where.items()}
 
     def send(items: list[tuple[str, bytes]], proofs: dict[str, str]) -> list[tuple[str, int]]:
-        rejected = set(api.prove(ns_id, proofs)[1])
+        rejected: set[str] = set(api.prove(ns_id, proofs)[1])
         batch = [(n, d) for n, d in items if n in rejected]
         try:
             api.upload_chunks(ns_id, batch)
