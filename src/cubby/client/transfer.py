@@ -293,6 +293,13 @@ class _Pipeline:
         self.pool.shutdown(wait=True, cancel_futures=exc_type is not None)
 
 
+def _proof(nonce: str, data: bytes) -> str:
+    """SHA-256 of nonce || data, without copying ``data`` into a concatenation first."""
+    h = hashlib.sha256(bytes.fromhex(nonce))
+    h.update(data)
+    return h.hexdigest()
+
+
 def supply(
     api: ApiClient, ns_id: int, needs: _Needs, progress: Progress | None = None, *, in_flight: int = IN_FLIGHT
 ) -> dict[Path, tuple[int, int]]:
@@ -329,7 +336,7 @@ def supply(
     with _Pipeline(in_flight) as pipe:
         for window in _windows(needs):
             items = _read_window(needs, window)
-            proofs = {n: hashlib.sha256(bytes.fromhex(needs.nonces[n]) + d).hexdigest() for n, d in items}
+            proofs = {n: _proof(needs.nonces[n], d) for n, d in items}
             for sent in pipe.submit(lambda items=items, proofs=proofs: send(items, proofs)):  # type: ignore[misc]
                 account(sent)
         for sent in pipe.drain():
