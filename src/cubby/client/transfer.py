@@ -1,36 +1,63 @@
 """Moving files in and out: upload with deduplication and proof of possession, resumable
 download, and whole trees with batched commits.
 
-Memory stays bounded whatever the file size: a first pass only names the chunks (FastCDC with
-no data kept), and the chunks the server asks for are read again by offset, a batch at a time.
-A chunk read again must still hash to its name, or the file changed under us and the upload
-stops rather than commit a mix of two versions.
+How an upload spends its work (each byte of a new file is read at most twice and hashed by the
+client at most twice: once to name it, once for the proof of possession):
+
+- a first pass names the chunks (FastCDC, one SHA-256 per chunk while reading). A small file's
+  bytes are kept from this pass (`KEEP_BYTES`), so it is never read again; a large file keeps
+  only its chunk list, so memory stays bounded whatever the size;
+- the server answers a commit with the chunks it needs; those are read again (large files) a
+  window of `UPLOAD_BATCH_BYTES` at a time, the window's proofs are computed from those bytes,
+  and the chunks whose proof is rejected are uploaded from the same bytes, never read again;
+- windows are pipelined: the next window is read and hashed while at most `IN_FLIGHT` earlier
+  ones are with the server, so client and server work at the same time.
+
+A large file read again must be the file that was named. The client checks that by comparing
+the file's stat stamp (size, mtime, ctime, inode) before and after each window with the one
+taken when it was named, and hashes the chunks again only when the stamp differs or is unknown
+(a `LocalFile` made elsewhere, e.g. from the sync state). It needs no more: the server verifies
+every uploaded chunk against its name before storing it, and a proof computed over other bytes
+is rejected, so bytes that changed in the same clock tick as the stamp still cannot be
+committed; they end the upload with `FileChanged` rather than commit a mix of two versions.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Self, TypeVar
 
-from cubby.client.api import ApiClient, batches, commit_body
+from cubby.client.api import ApiClient, commit_body
 from cubby.core import paths
-from cubby.core.chunking import chunk_file
+from cubby.core.chunking import MIN_SIZE, chunk_file, iter_chunks
 from cubby.core.hashing import content_hash, sha256_hex
-from cubby.errors import BadRequest, Conflict, CubbyError, NotFound
+from cubby.errors import BadRequest, ChunkMismatch, Conflict, CubbyError, NotFound
 from cubby.metadata.model import ChunkRef, CommitResult, Entry
 
 Progress = Callable[[int], None]
-"""Called with a number of bytes done, as work advances."""
+"""Called with a number of bytes done, as work advances (possibly from a worker thread)."""
 
 MAX_PROOFS = 4096
+MAX_WINDOW_CHUNKS = 4000
+"""Chunks per prove/upload window: within both the server's proof limit and a frame batch."""
 BATCH_COMMITS = 1000
 UPLOAD_BATCH_BYTES = 16 * 1024 * 1024
+IN_FLIGHT = 2
+"""Upload windows (or tree groups) with the server at once; with the one being read, memory
+holds at most ``IN_FLIGHT + 1`` windows."""
+KEEP_BYTES = 4 * 1024 * 1024
+"""Files up to this size keep their bytes from the naming pass, so they are never read again."""
+GROUP_BYTES = 16 * 1024 * 1024
+"""A tree is named and committed in groups of at most `BATCH_COMMITS` files and about this
+many bytes of kept file data."""
 
 
 class FileChanged(CubbyError):
@@ -46,9 +73,20 @@ class LocalChunk:
     hash: str
 
 
+Stamp = tuple[int, int, int, int]
+"""(size, mtime_ns, ctime_ns, inode): any write to a file changes at least one of these."""
+
+
+def _stamp(st: os.stat_result) -> Stamp:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
 @dataclass
 class LocalFile:
-    """A local file named for upload: where it is, its chunks, and what it was when hashed."""
+    """A local file named for upload: where it is, its chunks, and what it was when hashed.
+
+    ``stamp`` is the file's stat stamp while it was named (None: unknown, so its chunks are
+    hashed again when read back); ``data`` is the whole file's bytes when they were kept."""
 
     local: Path
     remote: str
@@ -56,6 +94,8 @@ class LocalFile:
     mtime: float
     chunks: list[LocalChunk]
     inode: int = 0
+    stamp: Stamp | None = None
+    data: bytes | None = field(default=None, repr=False)
 
     @property
     def refs(self) -> tuple[ChunkRef, ...]:
@@ -97,22 +137,42 @@ class _Needs:
 
     where: dict[str, tuple[Path, LocalChunk]] = field(default_factory=dict)
     nonces: dict[str, str] = field(default_factory=dict)
+    files: dict[Path, LocalFile] = field(default_factory=dict)
+    """The file each chunk is read from (for its stamp and kept bytes); absent: hash to check."""
 
 
-def scan_file(local: Path, remote: str, progress: Progress | None = None) -> LocalFile:
+def scan_file(local: Path, remote: str, progress: Progress | None = None, *, keep_up_to: int = 0) -> LocalFile:
+    """Name a file's chunks in one read. Files of at most ``keep_up_to`` bytes keep their bytes
+    (`LocalFile.data`), so that an upload never reads them again."""
+    local = Path(local)
     st = local.stat()
-    chunks = []
-    for c in chunk_file(local, with_data=False):
-        chunks.append(LocalChunk(c.offset, c.length, c.hash))
-        if progress:
-            progress(c.length)
+    chunks: list[LocalChunk] = []
+    data: bytes | None = None
+    if st.st_size <= keep_up_to:
+        with open(local, "rb", buffering=0) as fh:
+            data = fh.read(st.st_size + 1)  # one byte more: a file that grew is caught below
+        if 0 < len(data) <= MIN_SIZE:
+            # FastCDC never cuts below MIN_SIZE, so such a file is one chunk: skip the chunker
+            # (and its window allocation), which costs more than hashing a 4 KiB file.
+            chunks.append(LocalChunk(0, len(data), sha256_hex(data)))
+        else:
+            chunks.extend(LocalChunk(c.offset, c.length, c.hash) for c in iter_chunks(io.BytesIO(data), with_data=False))
+        if progress and chunks:
+            progress(len(data))
+    else:
+        for c in chunk_file(local, with_data=False):
+            chunks.append(LocalChunk(c.offset, c.length, c.hash))
+            if progress:
+                progress(c.length)  # a large file's bar moves while it is hashed
     after = local.stat()
-    if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+    if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or (data is not None and len(data) != st.st_size):
         raise FileChanged(f"{local} changed while it was being read; try again when it is saved")
-    return LocalFile(local, remote, st.st_size, st.st_mtime, chunks, st.st_ino)
+    stamp = _stamp(after) if _stamp(after) == _stamp(st) else None
+    return LocalFile(local, remote, st.st_size, st.st_mtime, chunks, st.st_ino, stamp, data)
 
 
 def read_chunk(fh: BinaryIO, c: LocalChunk, where: Path) -> bytes:
+    """Read one chunk back and check it still hashes to its name (for files with no stamp)."""
     fh.seek(c.offset)
     data = fh.read(c.size)
     if len(data) != c.size or sha256_hex(data) != c.hash:
@@ -120,8 +180,54 @@ def read_chunk(fh: BinaryIO, c: LocalChunk, where: Path) -> bytes:
     return data
 
 
+def _changed(where: Path) -> FileChanged:
+    return FileChanged(f"{where} changed during the upload; run the command again")
+
+
+def _read_from(path: Path, lf: LocalFile | None, wanted: list[tuple[str, LocalChunk]]) -> list[tuple[str, bytes]]:
+    """The bytes of ``wanted`` chunks of one file, checked to be the bytes that were named:
+    from memory when kept; else read, trusted when the file's stamp is the one taken when it
+    was named (before and after reading), otherwise hashed once and compared."""
+    if lf is not None and lf.data is not None:
+        kept = lf.data
+        if len(wanted) == 1 and wanted[0][1].offset == 0 and wanted[0][1].size == len(kept):
+            return [(wanted[0][0], kept)]  # a small file is one chunk: no copy
+        view = memoryview(kept)
+        return [(name, bytes(view[c.offset : c.offset + c.size])) for name, c in wanted]
+    out: list[tuple[str, bytes]] = []
+    with open(path, "rb", buffering=0) as fh:
+        before = _stamp(os.fstat(fh.fileno()))
+        for name, c in wanted:
+            fh.seek(c.offset)
+            data = fh.read(c.size)
+            if len(data) != c.size:
+                raise _changed(path)
+            out.append((name, data))
+        after = _stamp(os.fstat(fh.fileno()))
+    stamp = lf.stamp if lf is not None else None
+    if stamp is None or before != stamp or after != stamp:
+        for (name, c), (_, data) in zip(wanted, out):
+            if sha256_hex(data) != c.hash:
+                raise _changed(path)
+    return out
+
+
+def _read_window(needs: _Needs, names: Sequence[str]) -> list[tuple[str, bytes]]:
+    """Read a window of needed chunks (given in file order), one open per file."""
+    out: list[tuple[str, bytes]] = []
+    i = 0
+    while i < len(names):
+        path = needs.where[names[i]][0]
+        j = i
+        while j < len(names) and needs.where[names[j]][0] == path:
+            j += 1
+        out.extend(_read_from(path, needs.files.get(path), [(n, needs.where[n][1]) for n in names[i:j]]))
+        i = j
+    return out
+
+
 def _read_many(wanted: Iterable[tuple[str, tuple[Path, LocalChunk]]]) -> Iterator[tuple[str, bytes]]:
-    """Read chunks from their files, keeping one file open at a time (inputs sorted by file)."""
+    """Read chunks from their files, hashing each to check it (kept for callers outside)."""
     current: Path | None = None
     fh: BinaryIO | None = None
     try:
@@ -138,29 +244,103 @@ def _read_many(wanted: Iterable[tuple[str, tuple[Path, LocalChunk]]]) -> Iterato
             fh.close()
 
 
-def supply(api: ApiClient, ns_id: int, needs: _Needs, progress: Progress | None = None) -> dict[Path, tuple[int, int]]:
+def _windows(needs: _Needs) -> Iterator[list[str]]:
+    """Needed chunk names in read order (by file, then offset), cut into bounded windows."""
+    names = sorted(needs.where, key=lambda n: (str(needs.where[n][0]), needs.where[n][1].offset))
+    window: list[str] = []
+    size = 0
+    for n in names:
+        window.append(n)
+        size += needs.where[n][1].size
+        if size >= UPLOAD_BATCH_BYTES or len(window) >= MAX_WINDOW_CHUNKS:
+            yield window
+            window, size = [], 0
+    if window:
+        yield window
+
+
+T = TypeVar("T")
+
+
+class _Pipeline:
+    """At most ``depth`` tasks running on worker threads while the caller prepares the next;
+    results come back in submission order. An error cancels what has not started and is
+    raised to the caller."""
+
+    def __init__(self, depth: int) -> None:
+        self.depth = max(1, depth)
+        self.pool = ThreadPoolExecutor(self.depth)
+        self.pending: deque[Future[Any]] = deque()
+
+    def submit(self, fn: Callable[[], T]) -> list[T]:
+        """Start ``fn``; returns the results of earlier tasks that had to finish to make room."""
+        done = []
+        while len(self.pending) >= self.depth:
+            done.append(self.pending.popleft().result())
+        self.pending.append(self.pool.submit(fn))
+        return done
+
+    def drain(self) -> list[Any]:
+        done = []
+        while self.pending:
+            done.append(self.pending.popleft().result())
+        return done
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=exc_type is not None)
+
+
+def _proof(nonce: str, data: bytes) -> str:
+    """SHA-256 of nonce || data, without copying ``data`` into a concatenation first."""
+    h = hashlib.sha256(bytes.fromhex(nonce))
+    h.update(data)
+    return h.hexdigest()
+
+
+def supply(
+    api: ApiClient, ns_id: int, needs: _Needs, progress: Progress | None = None, *, in_flight: int = IN_FLIGHT
+) -> dict[Path, tuple[int, int]]:
     """Give the server every needed chunk: prove possession where it already holds the bytes,
-    upload the rest in large requests. Returns (chunks sent, bytes sent) per local file."""
+    upload the rest. Returns (chunks sent, bytes sent) per local file.
+
+    Window by window: this thread reads the chunks (once) and computes their proofs; a worker
+    sends the proofs and then uploads the rejected chunks from the same bytes, while this
+    thread goes on with the next window (at most ``in_flight`` windows with the server)."""
     if not needs.where:
         return {}
-    names = sorted(needs.where)
-    rejected: list[str] = []
-    for i in range(0, len(names), MAX_PROOFS):
-        part = names[i : i + MAX_PROOFS]
-        proofs = {
-            name: hashlib.sha256(bytes.fromhex(needs.nonces[name]) + data).hexdigest()
-            for name, data in _read_many((n, needs.where[n]) for n in part)
-        }
-        rejected.extend(api.prove(ns_id, proofs)[1])
+    owner = {n: w[0] for n, w in needs.where.items()}
+
+    def send(items: list[tuple[str, bytes]], proofs: dict[str, str]) -> list[tuple[str, int]]:
+        rejected: set[str] = set(api.prove(ns_id, proofs)[1])
+        batch = [(n, d) for n, d in items if n in rejected]
+        try:
+            api.upload_chunks(ns_id, batch)
+        except ChunkMismatch as exc:
+            # The server hashed bytes read from a file that changed in the same clock tick as
+            # its stamp: nothing of this window was stored under a wrong name.
+            raise FileChanged(f"a file changed during the upload; run the command again ({exc.message})") from exc
+        return [(n, len(d)) for n, d in batch]
+
     credit: dict[Path, tuple[int, int]] = {}
-    for batch in batches(_read_many((n, needs.where[n]) for n in rejected), max_bytes=UPLOAD_BATCH_BYTES):
-        api.upload_chunks(ns_id, batch)
-        for name, data in batch:
-            owner = needs.where[name][0]
-            s, b = credit.get(owner, (0, 0))
-            credit[owner] = (s + 1, b + len(data))
-        if progress:
-            progress(sum(len(d) for _, d in batch))
+
+    def account(sent: list[tuple[str, int]]) -> None:
+        for name, n in sent:
+            s, b = credit.get(owner[name], (0, 0))
+            credit[owner[name]] = (s + 1, b + n)
+        if progress and sent:
+            progress(sum(n for _, n in sent))
+
+    with _Pipeline(in_flight) as pipe:
+        for window in _windows(needs):
+            items = _read_window(needs, window)
+            proofs = {n: _proof(needs.nonces[n], d) for n, d in items}
+            for sent in pipe.submit(lambda items=items, proofs=proofs: send(items, proofs)):  # type: ignore[misc]
+                account(sent)
+        for sent in pipe.drain():
+            account(sent)
     return credit
 
 
@@ -175,7 +355,7 @@ def upload_file(
 ) -> UploadResult:
     """Upload one file. With ``overwrite`` (and no ``expected_rev``), replace whatever file is
     at ``remote`` now; a change racing us is still refused as a conflict."""
-    lf = scan_file(Path(local), remote, progress)
+    lf = scan_file(Path(local), remote, progress, keep_up_to=KEEP_BYTES)
     if expected_rev is None and overwrite:
         try:
             current = api.stat(remote)
@@ -186,11 +366,14 @@ def upload_file(
         except NotFound:
             pass
     sent = sent_bytes = 0
+    ns_id: int | None = None
     for _attempt in range(3):
         res = api.commit(remote, lf.size, lf.refs, expected_rev, lf.mtime)
         if res.entry is not None:
             return UploadResult(res.entry.path, res.entry.rev, lf.size, len(lf.chunks), sent, sent_bytes)
-        for s, b in supply(api, _ns_of(api, remote), _needs_for([(lf, res)]), progress).values():
+        if ns_id is None:
+            ns_id = _ns_of(api, remote)
+        for s, b in supply(api, ns_id, _needs_for([(lf, res)]), progress).values():
             sent += s
             sent_bytes += b
     raise CubbyError(f"the server kept asking for chunks of {remote}; giving up", code="upload_incomplete")
@@ -204,6 +387,7 @@ def _needs_for(pairs: Sequence[tuple[LocalFile, CommitResult]]) -> _Needs:
             if n.hash in by_hash and n.hash not in needs.where:
                 needs.where[n.hash] = (lf.local, by_hash[n.hash])
                 needs.nonces[n.hash] = n.nonce
+                needs.files.setdefault(lf.local, lf)
     return needs
 
 
@@ -231,6 +415,31 @@ def walk(local_dir: Path) -> tuple[list[Path], list[Path]]:
     return files, dirs
 
 
+def _groups(files: list[Path]) -> Iterator[list[Path]]:
+    """Files in groups of at most `BATCH_COMMITS` files and about `GROUP_BYTES` of kept bytes;
+    a file too large to keep travels alone (its chunks are windowed by `supply`)."""
+    group: list[Path] = []
+    size = 0
+    for p in files:
+        try:
+            n = p.stat().st_size
+        except FileNotFoundError:
+            n = 0  # gone since the walk: scan_file reports it
+        if n > KEEP_BYTES:
+            if group:
+                yield group
+                group, size = [], 0
+            yield [p]
+            continue
+        group.append(p)
+        size += n
+        if len(group) >= BATCH_COMMITS or size >= GROUP_BYTES:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group
+
+
 def upload_tree(
     api: ApiClient,
     local_dir: Path,
@@ -240,9 +449,11 @@ def upload_tree(
     on_result: Callable[[UploadResult], None] | None = None,
     workers: int = 4,
 ) -> list[UploadResult]:
-    """Upload a folder: hash files in parallel, commit them a thousand at a time, prove or
-    upload the chunks the server asks for in a few large requests, and commit again.
-    Files whose content the server already has at the same path are skipped."""
+    """Upload a folder: name files a group at a time (small files keep their bytes, so they
+    are read once), commit each group in one request, prove or upload the chunks the server
+    asks for in a few large requests, and commit again. Naming runs ahead of sending, and up to
+    `IN_FLIGHT` groups are with the server at once. Files whose content the server already has
+    at the same path are skipped. ``on_result`` is called on this thread, in group order."""
     local_dir = Path(local_dir)
     remote_dir = paths.normalize(remote_dir)
     files, dirs = walk(local_dir)
@@ -257,25 +468,24 @@ def upload_tree(
         rel = p.relative_to(local_dir).as_posix()
         return paths.join(remote_dir, rel)
 
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        scanned = list(pool.map(lambda p: scan_file(p, remote_of(p), progress), files))
-    results: list[UploadResult] = []
-    todo: list[LocalFile] = []
-    for lf in scanned:
-        cur = existing.get(paths.key(lf.remote))
-        if cur is not None and cur.kind == "file" and cur.content_hash == lf.content_hash and cur.size == lf.size:
-            r = UploadResult(cur.path, cur.rev, lf.size, len(lf.chunks), 0, 0, skipped=True)
-            results.append(r)
-            if on_result:
-                on_result(r)
-        else:
-            todo.append(lf)
-    ns_id = _ns_of(api, remote_dir)
-    sent_by_file: dict[Path, tuple[int, int]] = {}
-    for i in range(0, len(todo), BATCH_COMMITS):
-        group = todo[i : i + BATCH_COMMITS]
-        pending = group
+    def name_group(group: list[Path]) -> list[LocalFile]:
+        return [scan_file(p, remote_of(p), progress, keep_up_to=KEEP_BYTES) for p in group]
+
+    ns_id = _ns_of(api, remote_dir) if files else 0
+
+    def send_group(scanned: list[LocalFile]) -> list[UploadResult]:
+        out: list[UploadResult] = []
+        pending: list[LocalFile] = []
+        for lf in scanned:
+            cur = existing.get(paths.key(lf.remote))
+            if cur is not None and cur.kind == "file" and cur.content_hash == lf.content_hash and cur.size == lf.size:
+                out.append(UploadResult(cur.path, cur.rev, lf.size, len(lf.chunks), 0, 0, skipped=True))
+            else:
+                pending.append(lf)
+        sent_by_file: dict[Path, tuple[int, int]] = {}
         for _attempt in range(3):
+            if not pending:
+                return out
             bodies = []
             for lf in pending:
                 cur = existing.get(paths.key(lf.remote))
@@ -283,25 +493,51 @@ def upload_tree(
                 bodies.append(commit_body(lf.remote, lf.size, lf.refs, rev, lf.mtime))
             outcomes = api.commit_batch(bodies)
             needing: list[tuple[LocalFile, CommitResult]] = []
-            for lf, out in zip(pending, outcomes):
-                if isinstance(out, CubbyError):
-                    raise out.__class__(f"{lf.remote}: {out.message}", code=out.code)
-                if out.entry is not None:
+            for lf, res in zip(pending, outcomes):
+                if isinstance(res, CubbyError):
+                    raise res.__class__(f"{lf.remote}: {res.message}", code=res.code)
+                if res.entry is not None:
                     s, b = sent_by_file.get(lf.local, (0, 0))
-                    r = UploadResult(out.entry.path, out.entry.rev, lf.size, len(lf.chunks), s, b)
-                    results.append(r)
-                    if on_result:
-                        on_result(r)
+                    out.append(UploadResult(res.entry.path, res.entry.rev, lf.size, len(lf.chunks), s, b))
                 else:
-                    needing.append((lf, out))
+                    needing.append((lf, res))
             if not needing:
-                break
+                return out
             for owner, (s, b) in supply(api, ns_id, _needs_for(needing), progress).items():
                 prev = sent_by_file.get(owner, (0, 0))
                 sent_by_file[owner] = (prev[0] + s, prev[1] + b)
             pending = [lf for lf, _ in needing]
-        else:
-            raise CubbyError("the server kept asking for chunks; giving up", code="upload_incomplete")
+        raise CubbyError("the server kept asking for chunks; giving up", code="upload_incomplete")
+
+    results: list[UploadResult] = []
+
+    def emit(done: list[list[UploadResult]]) -> None:
+        for group_results in done:
+            for r in group_results:
+                results.append(r)
+                if on_result:
+                    on_result(r)
+
+    # Naming runs up to `ahead` groups ahead (one group per task: a task per 4 KiB file costs
+    # more than hashing it), and sending keeps `IN_FLIGHT` groups with the server; so at most
+    # ``ahead + 1 + IN_FLIGHT`` groups' kept bytes are in memory.
+    ahead = max(1, min(workers, 2))
+    with ThreadPoolExecutor(ahead + 1) as namer, _Pipeline(IN_FLIGHT) as sender:
+        named: deque[Future[list[LocalFile]]] = deque()
+        try:
+            for group in _groups(files):
+                named.append(namer.submit(name_group, group))
+                if len(named) > ahead:
+                    scanned = named.popleft().result()
+                    emit(sender.submit(lambda s=scanned: send_group(s)))  # type: ignore[misc]
+            while named:
+                scanned = named.popleft().result()
+                emit(sender.submit(lambda s=scanned: send_group(s)))  # type: ignore[misc]
+            emit(sender.drain())
+        except BaseException:
+            for f in named:
+                f.cancel()
+            raise
     made = {paths.key(paths.split(r.path)[0]) for r in results}
     for d in dirs:
         remote = remote_of(d)

@@ -838,10 +838,13 @@ class SqlMetadataStore:
 
     def _write_file(
         self, tx: _Txn, path: str, chunks: tuple[ChunkRef, ...], size: int, expected_rev: int | None, mtime: float | None,
-        *, check_expected: bool = True, revive: int | None = None,
+        *, check_expected: bool = True, revive: int | None = None, guarded: bool = False,
     ) -> Entry:
+        """Write a file revision at ``path``; ``guarded``: the caller has just run
+        `_guard_mounts` for ``path`` in this transaction, so it is not run again."""
         key = paths.key(path)
-        self._guard_mounts(tx, path)
+        if not guarded:
+            self._guard_mounts(tx, path)
         existing = tx.live(key)
         if existing is not None and existing.kind != "file":
             raise Conflict(f"{existing.path} is a folder; cannot write a file there", code="is_a_folder")
@@ -911,8 +914,10 @@ class SqlMetadataStore:
             kind="file", rev=jid, size=size, content_hash=chash, mtime=mtime,
         )
 
-    def _commit_in(self, tx: _Txn, req: CommitRequest) -> CommitResult:
-        path, chunks = self._validate_commit(req)
+    def _commit_valid(self, tx: _Txn, req: CommitRequest, path: str, chunks: tuple[ChunkRef, ...]) -> CommitResult:
+        """Commit ``req`` in ``tx``, once `_validate_commit` has passed it (``path`` and
+        ``chunks`` are what it returned). Validation is pure and runs once per request, before
+        the namespace lock is taken, so the lock is held only for the work that needs it."""
         self._guard_mounts(tx, path)
         missing = self._unavailable(tx, chunks)
         if missing:
@@ -920,32 +925,44 @@ class SqlMetadataStore:
             return CommitResult(
                 needed=tuple(NeededChunk(h, self.challenge(uid, tx.ns_id, h)) for h in missing)
             )
-        return CommitResult(entry=self._write_file(tx, path, chunks, req.size, req.expected_rev, req.mtime))
+        return CommitResult(
+            entry=self._write_file(tx, path, chunks, req.size, req.expected_rev, req.mtime, guarded=True)
+        )
 
     def commit(self, user_id: int, ns_id: int, req: CommitRequest, readable: Iterable[int] = ()) -> CommitResult:
-        self._validate_commit(req)
-        return self._write_ns(ns_id, user_id, lambda tx: self._commit_in(tx, req), readable)
+        path, chunks = self._validate_commit(req)
+        return self._write_ns(ns_id, user_id, lambda tx: self._commit_valid(tx, req, path, chunks), readable)
 
     def commit_many(
         self, user_id: int, ns_id: int, reqs: Sequence[CommitRequest], readable: Iterable[int] = ()
     ) -> list[CommitResult | CubbyError]:
+        # Validation needs no transaction: each request is checked once, before the lock.
+        valid: list[tuple[str, tuple[ChunkRef, ...]] | CubbyError] = []
+        for req in reqs:
+            try:
+                valid.append(self._validate_commit(req))
+            except CubbyError as exc:
+                valid.append(exc)
+
         def run(tx: _Txn) -> list[CommitResult | CubbyError]:
             out: list[CommitResult | CubbyError] = []
             keys: set[str] = set()
             hashes: set[str] = set()
-            for req in reqs:
-                try:
-                    path, chunks = self._validate_commit(req)
-                except CubbyError:
+            for v in valid:
+                if isinstance(v, CubbyError):
                     continue
+                path, chunks = v
                 keys.add(paths.key(path))
                 keys.update(paths.key(a) for a in paths.ancestors(path))
                 hashes.update(c.hash for c in chunks)
             tx.prefetch(keys)
             self._load_chunks(tx, hashes)
-            for req in reqs:
+            for req, v in zip(reqs, valid):
+                if isinstance(v, CubbyError):
+                    out.append(v)
+                    continue
                 try:
-                    out.append(self._commit_in(tx, req))
+                    out.append(self._commit_valid(tx, req, *v))
                 except CubbyError as exc:
                     # Nothing of a refused commit was written: every check precedes every write.
                     out.append(exc)
@@ -1212,7 +1229,8 @@ class SqlMetadataStore:
                 present.update(r[0] for r in conn.execute(q))
             fresh = [h for h in names if h not in present]
             for h in fresh:
-                # The collector may have removed these bytes between put_many and this lock.
+                # The collector may have removed these bytes between put_many and this lock;
+                # only then is a chunk written (and so verified) a second time.
                 if not blocks_store.has(h):
                     blocks_store.put(h, unique[h])
             self._insert_ignore(

@@ -107,6 +107,9 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLarge(f"the body is larger than the {limit}-byte limit; send fewer chunks per request")
+        # Chunks are not hashed here: `ingest_chunks` hands each batch to the block store's
+        # `put_many`, which verifies every chunk against its name before writing any (the one
+        # verification on the server; hashing here as well would double the server's work).
         reader = frames.FrameReader()
         batch: list[tuple[str, bytes]] = []
         batch_bytes = total = received = stored = 0

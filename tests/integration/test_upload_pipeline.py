@@ -1,0 +1,192 @@
+"""The upload path of `cubby.client.transfer` against a real server on loopback: pipelined
+windows, bytes kept from the naming pass, a file that changes under an upload (detected by
+the client's stamp or hash, or, when the stamp cannot see it, by the server's verification),
+resumption, and a folder of small files in pipelined groups."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import threading
+from pathlib import Path
+
+import pytest
+
+from cubby.client import transfer
+from cubby.client.api import ApiClient
+from cubby.client.transfer import (
+    FileChanged,
+    LocalFile,
+    _needs_for,
+    scan_file,
+    supply,
+    upload_file,
+    upload_tree,
+)
+from cubby.errors import NotFound
+from tests.helpers.live_server import LiveServer
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    with LiveServer(tmp_path_factory.mktemp("upload") / "data") as s:
+        yield s
+
+
+@pytest.fixture
+def api(live, request):
+    name = "u" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:10]
+    with ApiClient(live.url, live.add_user(name)) as client:
+        yield client
+
+
+class Counting(ApiClient):
+    """Counts the chunk bytes each upload request carries (and can fail the n-th request)."""
+
+    def __init__(self, *a, fail_after: int | None = None, **kw):
+        super().__init__(*a, **kw)
+        self.uploads: list[int] = []
+        self.fail_after = fail_after
+        self.started = 0
+        self.lock = threading.Lock()  # uploads run on two threads at once
+
+    def upload_chunks(self, ns_id, items):
+        with self.lock:
+            self.started += 1
+            fail = self.fail_after is not None and self.started > self.fail_after
+        if fail:
+            raise ConnectionError("interrupted by the test")
+        n = super().upload_chunks(ns_id, items)
+        with self.lock:
+            self.uploads.append(sum(len(d) for _, d in items))
+        return n
+
+
+def _data(seed: int, size: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def test_large_file_goes_in_bounded_pipelined_windows(live, api, tmp_path, monkeypatch):
+    monkeypatch.setattr(transfer, "UPLOAD_BATCH_BYTES", 2 * 1024 * 1024)
+    data = _data(1, 12 * 1024 * 1024)
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    token = api.http.headers["Authorization"].split()[1]
+    with Counting(live.url, token) as counting:
+        res = upload_file(counting, src, "/big.bin")
+    assert res.bytes_sent == len(data) and res.chunks_sent == res.chunks > 4
+    assert len(counting.uploads) >= 4 and max(counting.uploads) < 2 * 1024 * 1024 + 4 * 1024 * 1024
+    transfer.download_file(api, "/big.bin", tmp_path / "back.bin")
+    assert (tmp_path / "back.bin").read_bytes() == data
+
+
+def test_small_file_keeps_its_bytes_and_is_not_read_again(api, tmp_path, monkeypatch):
+    src = tmp_path / "small.bin"
+    data = _data(2, 300_000)
+    src.write_bytes(data)
+    lf = scan_file(src, "/small.bin", keep_up_to=transfer.KEEP_BYTES)
+    assert lf.data == data and lf.stamp is not None
+    res = api.commit("/small.bin", lf.size, lf.refs)
+    src.unlink()  # the upload must not need the file any more
+    supply(api, api.account()["root_ns"], _needs_for([(lf, res)]))
+    assert api.commit("/small.bin", lf.size, lf.refs).entry is not None
+    transfer.download_file(api, "/small.bin", tmp_path / "back.bin")
+    assert (tmp_path / "back.bin").read_bytes() == data
+
+
+def _named_then_changed(api: ApiClient, tmp_path: Path, *, keep_stamp: bool) -> tuple[LocalFile, object]:
+    """A large file named, then rewritten with other bytes of the same size."""
+    src = tmp_path / "moving.bin"
+    src.write_bytes(_data(3, 6 * 1024 * 1024))
+    lf = scan_file(src, "/moving.bin")
+    assert lf.data is None and lf.stamp is not None
+    res = api.commit("/moving.bin", lf.size, lf.refs)
+    src.write_bytes(_data(4, 6 * 1024 * 1024))
+    if keep_stamp:
+        # What a write in the same clock tick as the naming looks like: the stamp still matches.
+        st = os.stat(src)
+        lf.stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    return lf, res
+
+
+def test_changed_file_is_caught_by_its_stamp(api, tmp_path):
+    lf, res = _named_then_changed(api, tmp_path, keep_stamp=False)
+    with pytest.raises(FileChanged):
+        supply(api, api.account()["root_ns"], _needs_for([(lf, res)]))
+    with pytest.raises(NotFound):
+        api.stat("/moving.bin")
+
+
+def test_changed_file_without_stamp_is_caught_by_hashing(api, tmp_path):
+    lf, res = _named_then_changed(api, tmp_path, keep_stamp=False)
+    lf.stamp = None  # as a LocalFile rebuilt from saved state has
+    with pytest.raises(FileChanged):
+        supply(api, api.account()["root_ns"], _needs_for([(lf, res)]))
+
+
+def test_change_the_stamp_cannot_see_is_refused_by_the_server(api, tmp_path):
+    lf, res = _named_then_changed(api, tmp_path, keep_stamp=True)
+    ns = api.account()["root_ns"]
+    with pytest.raises(FileChanged):
+        supply(api, ns, _needs_for([(lf, res)]))
+    # Nothing was stored under the old names, so the commit still needs every chunk.
+    again = api.commit("/moving.bin", lf.size, lf.refs)
+    assert again.entry is None and {n.hash for n in again.needed} == {c.hash for c in lf.chunks}
+
+
+def test_interrupted_upload_resends_only_missing_chunks(live, api, tmp_path, monkeypatch):
+    monkeypatch.setattr(transfer, "UPLOAD_BATCH_BYTES", 2 * 1024 * 1024)
+    data = _data(5, 12 * 1024 * 1024)
+    src = tmp_path / "resume.bin"
+    src.write_bytes(data)
+    token = api.http.headers["Authorization"].split()[1]
+    with Counting(live.url, token, fail_after=2) as first, pytest.raises(ConnectionError):
+        upload_file(first, src, "/resume.bin")
+    stored = sum(first.uploads)
+    assert len(first.uploads) == 2 and stored > 0
+    with pytest.raises(NotFound):
+        api.stat("/resume.bin")
+    res = upload_file(api, src, "/resume.bin")
+    assert res.bytes_sent == len(data) - stored
+    transfer.download_file(api, "/resume.bin", tmp_path / "back.bin")
+    assert (tmp_path / "back.bin").read_bytes() == data
+
+
+def test_tree_of_small_files_in_pipelined_groups(api, tmp_path, monkeypatch):
+    monkeypatch.setattr(transfer, "BATCH_COMMITS", 7)
+    root = tmp_path / "tree"
+    want: dict[str, bytes] = {}
+    for i in range(40):
+        p = root / f"d{i % 3}" / f"f{i:02d}.txt"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        body = _data(100 + i, 1000 + i) if i != 5 else b""
+        p.write_bytes(body)
+        want[f"/t/d{i % 3}/f{i:02d}.txt"] = body
+    big = root / "big.bin"
+    big.write_bytes(_data(9, transfer.KEEP_BYTES + 1))
+    want["/t/big.bin"] = big.read_bytes()
+    (root / "empty").mkdir()
+    seen: list[str] = []
+    results = upload_tree(api, root, "/t", on_result=lambda r: seen.append(r.path))
+    assert sorted(r.path for r in results) == sorted(want) and seen == [r.path for r in results]
+    assert sum(r.bytes_sent for r in results) == sum(len(b) for b in want.values())
+    transfer.download_tree(api, "/t", tmp_path / "back")
+    for path, body in want.items():
+        assert (tmp_path / "back" / path.removeprefix("/t/")).read_bytes() == body
+    assert (tmp_path / "back" / "empty").is_dir()
+    again = upload_tree(api, root, "/t")
+    assert all(r.skipped for r in again) and len(again) == len(want)
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, 256 * 1024, 256 * 1024 + 1, 3 * 1024 * 1024])
+def test_naming_a_kept_file_gives_the_chunker_s_chunks(tmp_path, size):
+    from cubby.core.chunking import chunk_file
+
+    src = tmp_path / "f.bin"
+    src.write_bytes(_data(size, size))
+    kept = scan_file(src, "/f.bin", keep_up_to=transfer.KEEP_BYTES)
+    streamed = [(c.offset, c.length, c.hash) for c in chunk_file(src, with_data=False)]
+    assert kept.data == src.read_bytes()
+    assert [(c.offset, c.size, c.hash) for c in kept.chunks] == streamed
+    assert scan_file(src, "/f.bin").chunks == kept.chunks
