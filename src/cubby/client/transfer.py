@@ -590,17 +590,35 @@ def download_file(
         out.seek(offset)
         out.truncate()
         rest = chunks[keep:]
-        # Fetch distinct chunks in bounded batches, write them wherever they occur.
-        for i in range(0, len(rest), 64):
-            window = rest[i : i + 64]
-            want = list(dict.fromkeys(c.hash for c in window))
-            got = dict(api.fetch_chunks(want))
-            for c in window:
-                data = got[c.hash]
-                out.write(data)
-                if progress:
-                    progress(len(data))
-            received += sum(len(got[h]) for h in want)
+        i = 0
+        while i < len(rest):
+            # A window of at most DOWNLOAD_WINDOW bytes of distinct chunks (memory stays
+            # bounded whatever the file), each fetched once however often it occurs.
+            window: list[ChunkRef] = []
+            distinct: dict[str, None] = {}
+            size = 0
+            while i < len(rest) and (not window or rest[i].hash in distinct or size + rest[i].size <= DOWNLOAD_WINDOW):
+                c = rest[i]
+                if c.hash not in distinct:
+                    distinct[c.hash] = None
+                    size += c.size
+                window.append(c)
+                i += 1
+            got: dict[str, bytes] = {}
+            pos = 0
+            for name, data in api.fetch_chunks(list(distinct)):
+                got[name] = data
+                received += len(data)
+                # Write each chunk as soon as everything before it is here: the part file
+                # grows while the download runs, so an interrupted one keeps what arrived.
+                while pos < len(window) and window[pos].hash in got:
+                    piece = got[window[pos].hash]
+                    out.write(piece)
+                    if progress:
+                        progress(len(piece))
+                    pos += 1
+            if pos != len(window):
+                raise CubbyError(f"the server did not send every chunk of {remote}", code="short_download")
         out.flush()
         os.fsync(out.fileno())
     if part.stat().st_size != entry.size:
@@ -620,6 +638,9 @@ def _fsync_dir(d: Path) -> None:
     finally:
         os.close(fd)
 
+
+DOWNLOAD_WINDOW = 16 * 1024 * 1024
+"""Distinct chunk bytes asked of the server in one request by `download_file`."""
 
 SMALL_FILE = 4 * 1024 * 1024
 """Files up to this size are fetched many per request and made durable together."""
