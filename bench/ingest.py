@@ -62,14 +62,14 @@ def cubby_ingest(src: Path, work: Path, threads: int, profile: bool) -> dict[str
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     store = open_store(f"sqlite:///{work / 'meta.db'}")
-    blocks = LocalBlockStore(work / "blocks")
+    pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    blocks = LocalBlockStore(work / "blocks", executor=pool)
     user, _token = store.create_user("bench")
     ns = user.root_ns
     prof = cProfile.Profile() if profile else None
     stages = {"chunk_and_hash": 0.0, "store_chunks": 0.0, "commit": 0.0}
     refs: list[ChunkRef] = []
     unique: dict[str, int] = {}
-    pool = ThreadPoolExecutor(threads) if threads > 1 else None
     os.sync()
     t0 = time.perf_counter()
     if prof:
@@ -181,7 +181,7 @@ def run_kind(report: Report, kind: str, src: Path, scratch: Path, args: argparse
     ref = "read+sha256+write"
     variants = [(1, "cubby core, 1 thread")]
     if args.threads > 1:
-        variants.append((args.threads, f"cubby core, hash on {args.threads} threads"))
+        variants.append((args.threads, f"cubby core, {args.threads} threads (hash, verify, compress)"))
     runs: dict[str, list[dict[str, Any]]] = {}
     for _round in range(args.repeat):
         warm(src)
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--scratch", type=Path, default=Path("/tmp/cubby-bench"), help="scratch folder (data is kept here)"
     )
-    ap.add_argument("--threads", type=int, default=1, help="also run cubby hashing chunks on N threads")
+    ap.add_argument("--threads", type=int, default=1, help="also run cubby hashing, verifying and compressing chunks on N threads")
     ap.add_argument("--repeat", type=int, default=3, help="rounds per dataset; rows hold the median")
     ap.add_argument("--no-borg", action="store_true", help="skip borg")
     ap.add_argument("--profile", action="store_true", help="also cProfile one extra (untimed) cubby run")

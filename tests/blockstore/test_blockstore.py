@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -16,9 +18,15 @@ from cubby.core.compression import CorruptChunk
 from cubby.errors import BadRequest, ChunkMismatch, NotFound
 
 
-@pytest.fixture(params=["memory", "local"])
-def store(request, tmp_path) -> BlockStore:
-    return MemoryBlockStore() if request.param == "memory" else LocalBlockStore(tmp_path / "blocks")
+@pytest.fixture(params=["memory", "local", "local-threads"])
+def store(request, tmp_path) -> Iterator[BlockStore]:
+    if request.param == "memory":
+        yield MemoryBlockStore()
+    elif request.param == "local":
+        yield LocalBlockStore(tmp_path / "blocks")
+    else:  # batches verified and compressed on a pool, as the server runs it
+        with ThreadPoolExecutor(2) as pool:
+            yield LocalBlockStore(tmp_path / "blocks", executor=pool)
 
 
 def named(data: bytes) -> tuple[str, bytes]:
@@ -49,6 +57,17 @@ def test_mismatched_bytes_are_refused_and_nothing_is_written(store):
     with pytest.raises(ChunkMismatch):
         store.put_many([good, (n, b"other bytes")])
     assert not store.has(good[0])  # all are verified before any is written
+
+
+def test_a_large_batch_with_one_bad_chunk_stores_nothing(store):
+    """Large enough (over 1 MiB) that a store with an executor verifies it on its threads."""
+    items = [named(os.urandom(300_000)) for _ in range(6)]
+    bad_name, _ = named(b"claimed")
+    with pytest.raises(ChunkMismatch):
+        store.put_many([*items[:3], (bad_name, os.urandom(300_000)), *items[3:]])
+    assert list(store.iterate()) == []
+    assert store.put_many(items) == [True] * 6
+    assert all(store.get(n) == d for n, d in items)
 
 
 @pytest.mark.parametrize("name", ["", "../../etc/passwd", "A" * 64, "g" * 64, "ab/" + "0" * 61])

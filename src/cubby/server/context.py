@@ -64,11 +64,18 @@ def build_context(config: Config, roles: tuple[str, ...]) -> ServerContext:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(config.metadata_url)
     blocks: BlockStore | None = None
+    closers: list[Callable[[], object]] = []
     if "blocks" in roles:
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
         from cubby.blockstore.local import LocalBlockStore
 
-        blocks = LocalBlockStore(config.blocks_dir)
-    ctx = ServerContext(config=config, store=store, blocks=blocks)
+        # Verifying and compressing uploaded chunks uses every core (both release the GIL).
+        pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="cubby-chunks")
+        closers.append(pool.shutdown)
+        blocks = LocalBlockStore(config.blocks_dir, executor=pool)
+    ctx = ServerContext(config=config, store=store, blocks=blocks, closers=closers)
     if "meta" in roles or "notify" in roles:
         from cubby.notify.base import open_broker
 
