@@ -557,6 +557,24 @@ def _part_paths(target: Path) -> tuple[Path, Path]:
     return part, part.with_name(part.name + ".json")
 
 
+def verified_prefix(part: Path, chunks: Sequence[ChunkRef], progress: Progress | None = None) -> int:
+    """How many leading chunks of an interrupted download's part file are right (each
+    re-hashed: a part file is only a hint, never trusted)."""
+    keep = 0
+    try:
+        with open(part, "rb") as fh:
+            for c in chunks:
+                data = fh.read(c.size)
+                if len(data) != c.size or sha256_hex(data) != c.hash:
+                    break
+                keep += 1
+                if progress:
+                    progress(c.size)
+    except FileNotFoundError:
+        pass
+    return keep
+
+
 def download_file(
     api: ApiClient, remote: str, local: Path, *, rev: int | None = None, progress: Progress | None = None
 ) -> DownloadResult:
@@ -574,14 +592,7 @@ def download_file(
         except ValueError:
             info = {}
         if info.get("content_hash") == entry.content_hash:
-            with open(part, "rb") as fh:
-                for c in chunks:
-                    data = fh.read(c.size)
-                    if len(data) != c.size or sha256_hex(data) != c.hash:
-                        break
-                    keep += 1
-                    if progress:
-                        progress(c.size)
+            keep = verified_prefix(part, chunks, progress)
     meta.write_text(json.dumps({"content_hash": entry.content_hash, "rev": entry.rev, "path": remote}))
     received = 0
     offset = sum(c.size for c in chunks[:keep])

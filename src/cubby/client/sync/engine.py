@@ -650,7 +650,7 @@ class SyncEngine:
             if big:
                 # named by content, so that a run killed halfway keeps what it wrote
                 tmp = tmpdir / f"{entry.content_hash}.part"
-                keep = self._verified_prefix(tmp, chunks)
+                keep = transfer.verified_prefix(tmp, chunks)
                 stream = self._chunks_for(chunks[keep:])
             else:
                 tmp, keep = tmpdir / f"{uuid.uuid4().hex}.part", 0
@@ -708,20 +708,6 @@ class SyncEngine:
             transfer._barrier(self.root)
         self._crash_point("downloaded")
         return done
-
-    def _verified_prefix(self, part: Path, chunks: Sequence[ChunkRef]) -> int:
-        """How many leading chunks of an interrupted download's part file are right."""
-        keep = 0
-        try:
-            with open(part, "rb") as fh:
-                for c in chunks:
-                    data = fh.read(c.size)
-                    if len(data) != c.size or sha256_hex(data) != c.hash:
-                        break
-                    keep += 1
-        except FileNotFoundError:
-            pass
-        return keep
 
     def _may_replace(self, op: P.Download, target: Path) -> bool:
         """Is the local file still what the plan saw? Never overwrite an edit made meanwhile."""
