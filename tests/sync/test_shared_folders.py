@@ -92,3 +92,41 @@ def test_share_mount_edit_view_and_remove(server, tmp_path, request):
         e.api.close()
     for api in apis.values():
         api.close()
+
+
+def test_renaming_a_mount_locally_moves_the_mount(server, tmp_path, request):
+    """Renaming a shared folder on disk renames where it appears in this member's tree, as in
+    Dropbox; the folder's contents stay put for everyone and nothing is uploaded again."""
+    tag = str(abs(hash(request.node.nodeid)) % 10**6)
+    tokens = {who: server.add_user(f"{who}{tag}") for who in ("alice", "bob")}
+    apis = {who: ApiClient(server.url, t) for who, t in tokens.items()}
+    a = engine(server, tmp_path, tokens["alice"], "alice")
+    files = {f"Projects/f{i}.txt": b"x%d" % i for i in range(5)}
+    for rel, data in files.items():
+        (a.root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (a.root / rel).write_bytes(data)
+    settle(a)
+    shared = apis["alice"].share("/Projects", f"bob{tag}", "editor")
+    apis["bob"].accept_share(shared["ns_id"])
+    b = engine(server, tmp_path, tokens["bob"], "bob")
+    settle(a, b)
+
+    (b.root / "Projects").rename(b.root / "Renamed")
+    settle(b, a)
+    # The owner may rename theirs too: their copy of the folder moved to the shared namespace
+    # when they shared it, and must not come back as a stale folder of their root.
+    (a.root / "Projects").rename(a.root / "Team")
+    settle(a, b)
+    assert local_tree(a.root) == {"Team": None, **{k.replace("Projects", "Team"): v for k, v in files.items()}}
+    assert [e.path for e in apis["alice"].list("/", recursive=True)] == ["/Team"]
+
+    mounts = {n["path"]: n["ns_id"] for n in apis["bob"].account()["namespaces"]}
+    assert mounts.get("/Renamed") == shared["ns_id"] and "/Projects" not in mounts
+    assert [e.path for e in apis["bob"].list("/", recursive=True)] == ["/Renamed"]  # no copy in bob's root
+    assert sorted(e.path for e in apis["bob"].list("/Renamed", recursive=True)) == [f"/Renamed/f{i}.txt" for i in range(5)]
+    assert local_tree(b.root) == {"Renamed": None, **{k.replace("Projects", "Renamed"): v for k, v in files.items()}}
+    for e in (a, b):
+        e.close()
+        e.api.close()
+    for api in apis.values():
+        api.close()

@@ -257,6 +257,27 @@ class SyncEngine:
             [r for r in self.state.remote_items() if visible(r.path, r.kind)],
         )
 
+    def _follow_mount_moves(self, local: Sequence[P.LocalItem]) -> None:
+        """A shared folder's mount point renamed or moved on disk is a move of the mount on the
+        server (it only changes where the folder appears in this user's tree), as in Dropbox:
+        not a delete of the folder's contents and an upload of a copy. Recognised by the
+        folder's inode; anything less certain is left to the planner, which restores the mount."""
+        bases = {(b.ns_id, b.node_id): b for b in self.state.base_items() if b.node_id == P.MOUNT_NODE}
+        for ns in self.state.namespaces().values():
+            base = bases.get((ns.ns_id, P.MOUNT_NODE))
+            if ns.mount == paths.ROOT or base is None or not base.inode or os.path.isdir(self._abs(ns.mount)):
+                continue
+            moved = [item for item in local if item.kind == "folder" and item.inode == base.inode]
+            if len(moved) != 1 or any(paths.is_within(moved[0].path, n.mount) for n in self.state.namespaces().values() if n.mount != paths.ROOT):
+                continue
+            try:
+                self.api.move(ns.mount, moved[0].path)
+            except CubbyError as exc:
+                self.emit({"event": "mount_move_refused", "path": ns.mount, "to": moved[0].path, "error": exc.code})
+                continue
+            self.state.move_mount(ns.ns_id, moved[0].path)
+            self.emit({"event": "mount_moved", "ns_id": ns.ns_id, "from": ns.mount, "to": moved[0].path})
+
     def run_once(self, *, local_first: bool = False) -> PassReport:
         """One full pass: plan and apply until both sides agree, or until three rounds in a
         row make no progress (what failed is in the report).
@@ -282,6 +303,7 @@ class SyncEngine:
                 self.refresh_remote()
                 self._crash_point("refreshed")
                 res = self.scan()
+                self._follow_mount_moves(res.items)
                 ctx = self.context()
                 ops = P.plan(*self._trees(), res.items, ctx)
                 self._crash_point("planned")

@@ -175,7 +175,9 @@ class StateDb:
             if mount != paths.ROOT:
                 self._put_remote(db, RemoteItem(ns_id, MOUNT_NODE, mount, "folder", 0))
             for e in listing:
-                if e.kind not in ("file", "folder") or e.path == paths.ROOT:
+                # A listing shows a shared folder's mount as a folder with ``target_ns``: it is
+                # that namespace's, learnt from the account, not a folder of this one.
+                if e.kind not in ("file", "folder") or e.path == paths.ROOT or e.target_ns is not None:
                     continue
                 self._put_remote(db, RemoteItem(ns_id, e.node_id, e.path, e.kind, e.rev, e.content_hash, e.size, e.mtime))
             db.execute("INSERT OR REPLACE INTO namespaces (ns_id, mount, role, cursor) VALUES (?, ?, ?, ?)", (ns_id, mount, role, head))
@@ -188,6 +190,21 @@ class StateDb:
                 self._rebase(db, "remote", ns_id, old[0], mount)
                 db.execute("UPDATE remote SET path = ?, key = ? WHERE ns_id = ? AND node_id = ?", (mount, paths.key(mount), ns_id, MOUNT_NODE))
             db.execute("UPDATE namespaces SET mount = ?, role = ? WHERE ns_id = ?", (mount, role, ns_id))
+
+    def move_mount(self, ns_id: int, mount: str) -> None:
+        """This client moved the namespace's mount point (a local rename the server accepted):
+        the remote and base trees move with it, so nothing below it is planned again."""
+        with self.tx() as db:
+            old = db.execute("SELECT mount FROM namespaces WHERE ns_id = ?", (ns_id,)).fetchone()
+            if not old or old[0] == mount:
+                return
+            for table in ("remote", "base"):
+                self._rebase(db, table, ns_id, old[0], mount)
+                db.execute(
+                    f"UPDATE {table} SET path = ?, key = ? WHERE ns_id = ? AND node_id = ?",
+                    (mount, paths.key(mount), ns_id, MOUNT_NODE),
+                )
+            db.execute("UPDATE namespaces SET mount = ? WHERE ns_id = ?", (mount, ns_id))
 
     def drop_namespace(self, ns_id: int) -> None:
         """The account lost a namespace: forget its remote tree and mark its mount evicted, so
@@ -210,7 +227,16 @@ class StateDb:
             mount = row[0]
             for e in entries:
                 if e.kind not in ("file", "folder"):
-                    continue  # a mount point: mounts are learnt from the account
+                    # A mount point: mounts are learnt from the account. But a folder of this
+                    # namespace that became one (its owner shared it) now lives in the shared
+                    # namespace: its rows here are gone on the server and must not linger.
+                    cur = db.execute("SELECT path, kind FROM remote WHERE ns_id = ? AND node_id = ?", (ns_id, e.node_id)).fetchone()
+                    if e.op == "mount" and cur is not None and cur[1] == "folder":
+                        lo, hi = _range(paths.key(cur[0]))
+                        for table in ("remote", "base"):
+                            db.execute(f"DELETE FROM {table} WHERE ns_id = ? AND key > ? AND key < ?", (ns_id, lo, hi))
+                            db.execute(f"DELETE FROM {table} WHERE ns_id = ? AND node_id = ?", (ns_id, e.node_id))
+                    continue
                 path = user_path(mount, e.path)
                 cur = db.execute("SELECT path, kind FROM remote WHERE ns_id = ? AND node_id = ?", (ns_id, e.node_id)).fetchone()
                 if e.op == "delete":
