@@ -22,10 +22,9 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor
 from pathlib import Path
 
-from cubby.blockstore.memory import verify
 from cubby.core.compression import Codec, CorruptChunk
-from cubby.core.hashing import is_chunk_name, sha256_hex
-from cubby.errors import BadRequest, NotFound
+from cubby.core.hashing import check_chunk_name, is_chunk_name, sha256_hex, verify_chunk
+from cubby.errors import NotFound
 
 _TMP_MAX_AGE = 3600.0
 """Temp files older than this belong to a dead writer and are swept when a store opens."""
@@ -82,9 +81,7 @@ class LocalBlockStore:
 
     # -- layout -------------------------------------------------------------------------------
     def _path(self, name: str) -> Path:
-        if not is_chunk_name(name):
-            raise BadRequest(f"invalid chunk name {str(name)[:80]!r}: expected 64 lowercase hex digits")
-        return self.root / name[:2] / name
+        return self.root / name[:2] / check_chunk_name(name)
 
     def _sweep_tmp(self) -> None:
         cutoff = time.time() - _TMP_MAX_AGE
@@ -132,7 +129,7 @@ class LocalBlockStore:
 
     # -- the BlockStore contract ----------------------------------------------------------------
     def put(self, name: str, data: bytes) -> bool:
-        verify(name, data)
+        verify_chunk(name, data)
         final = self._path(name)
         if final.exists():
             return False
@@ -151,8 +148,7 @@ class LocalBlockStore:
         cost as much as the hashing; one random token per call keeps temp names unique."""
         items = list(items)
         for name, _ in items:
-            if not is_chunk_name(name):
-                raise BadRequest(f"invalid chunk name {str(name)[:80]!r}: expected 64 lowercase hex digits")
+            check_chunk_name(name)
         root = str(self.root)
         seen: set[str] = set()
         new: list[bool] = []
@@ -190,7 +186,7 @@ class LocalBlockStore:
 
     def _verify_and_encode(self, job: tuple[str, bytes, bool]) -> bytes | None:
         name, data, is_new = job
-        verify(name, data)
+        verify_chunk(name, data)
         return self.codec.encode(data) if is_new else None
 
     def get(self, name: str) -> bytes:

@@ -5,17 +5,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator
 
-from cubby.core.hashing import is_chunk_name, sha256_hex
-from cubby.errors import BadRequest, ChunkMismatch, NotFound
-
-
-def verify(name: str, data: bytes | memoryview) -> None:
-    """Refuse a bad name or bytes that do not hash to it, before anything is written."""
-    if not is_chunk_name(name):
-        raise BadRequest(f"invalid chunk name {str(name)[:80]!r}: expected 64 lowercase hex digits")
-    actual = sha256_hex(data)
-    if actual != name:
-        raise ChunkMismatch(f"chunk bytes hash to {actual}, not to the name {name}; nothing was stored")
+from cubby.core.hashing import verify_chunk
+from cubby.errors import NotFound
 
 
 class MemoryBlockStore:
@@ -24,7 +15,7 @@ class MemoryBlockStore:
         self._lock = threading.Lock()
 
     def put(self, name: str, data: bytes) -> bool:
-        verify(name, data)
+        verify_chunk(name, data)
         with self._lock:
             new = name not in self._data
             self._data[name] = bytes(data)
@@ -33,7 +24,7 @@ class MemoryBlockStore:
     def put_many(self, items: Iterable[tuple[str, bytes]]) -> list[bool]:
         items = list(items)
         for name, data in items:
-            verify(name, data)
+            verify_chunk(name, data)
         return [self.put(name, data) for name, data in items]
 
     def get(self, name: str) -> bytes:
