@@ -262,13 +262,17 @@ class SyncEngine:
         server (it only changes where the folder appears in this user's tree), as in Dropbox:
         not a delete of the folder's contents and an upload of a copy. Recognised by the
         folder's inode; anything less certain is left to the planner, which restores the mount."""
-        bases = {(b.ns_id, b.node_id): b for b in self.state.base_items() if b.node_id == P.MOUNT_NODE}
-        for ns in self.state.namespaces().values():
-            base = bases.get((ns.ns_id, P.MOUNT_NODE))
+        namespaces = self.state.namespaces().values()
+        mounts = [ns.mount for ns in namespaces if ns.mount != paths.ROOT]
+        if not mounts:
+            return
+        bases = self.state.mount_bases()
+        for ns in namespaces:
+            base = bases.get(ns.ns_id)
             if ns.mount == paths.ROOT or base is None or not base.inode or os.path.isdir(self._abs(ns.mount)):
                 continue
             moved = [item for item in local if item.kind == "folder" and item.inode == base.inode]
-            if len(moved) != 1 or any(paths.is_within(moved[0].path, n.mount) for n in self.state.namespaces().values() if n.mount != paths.ROOT):
+            if len(moved) != 1 or any(paths.is_within(moved[0].path, m) for m in mounts):
                 continue
             try:
                 self.api.move(ns.mount, moved[0].path)

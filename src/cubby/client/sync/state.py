@@ -283,6 +283,11 @@ class StateDb:
     def base_items(self) -> list[BaseItem]:
         return [BaseItem(*r) for r in self._all("SELECT ns_id, node_id, path, kind, rev, hash, inode FROM base")]
 
+    def mount_bases(self) -> dict[int, BaseItem]:
+        """Namespace id -> the base row of its mount folder (with the folder's inode)."""
+        rows = self._all("SELECT ns_id, node_id, path, kind, rev, hash, inode FROM base WHERE node_id = ?", (MOUNT_NODE,))
+        return {int(r[0]): BaseItem(*r) for r in rows}
+
     def set_base(self, b: BaseItem) -> None:
         """Record an agreed item; any other base row at the same key is superseded."""
         with self.tx() as db:
