@@ -128,6 +128,19 @@ def test_commit_field_validation(users, c):
     assert state(users) == before
 
 
+def test_delete_field_validation(users, c):
+    """``unchanged_since`` must be a journal id; a folder changed after it is not deleted."""
+    users.alice.mkdir("/keep/sub")
+    before = state(users)
+    for bad in (-1, "x", 1.5, [1]):
+        r = c.post("/api/v1/files/delete", json={"path": "/keep", "unchanged_since": bad})
+        assert r.status_code == 400, (bad, r.text)
+        assert r.json()["code"] == "bad_request" and r.json()["message"]
+    r = c.post("/api/v1/files/delete", json={"path": "/keep", "unchanged_since": 0})
+    assert r.status_code == 409 and r.json()["code"] == "folder_changed"
+    assert state(users) == before
+
+
 def test_unknown_chunks_and_sizes_that_disagree(users, c):
     before = state(users)
     unknown = hashlib.sha256(b"nobody uploaded this").hexdigest()
