@@ -17,6 +17,7 @@ heads (`ServerContext.committed`) and tells every user whose namespaces changed
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -98,30 +99,22 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         announce(ctx, change)
         return JSONResponse({"share": change.info})
 
-    async def remove(request: Request) -> Response:
-        p = await who(request)
-        body = await json_body(request)
-        ns_id = shared_folder(p, field_str(body, "path") or "")
-        user = field_str(body, "user") or ""
-        change = await run_in_threadpool(sharing.remove_member, p.user_id, ns_id, user)
-        announce(ctx, change)
-        return JSONResponse({"share": change.info})
+    def on_folder(act: Callable[[Principal, int, dict[str, Any]], SharingChange]) -> Callable[[Request], Awaitable[Response]]:
+        """A route acting on the shared folder that the body's ``path`` names in the caller's tree."""
 
-    async def leave(request: Request) -> Response:
-        p = await who(request)
-        body = await json_body(request)
-        ns_id = shared_folder(p, field_str(body, "path") or "")
-        change = await run_in_threadpool(sharing.leave, p.user_id, ns_id)
-        announce(ctx, change)
-        return JSONResponse({"share": change.info})
+        async def handler(request: Request) -> Response:
+            p = await who(request)
+            body = await json_body(request)
+            ns_id = shared_folder(p, field_str(body, "path") or "")
+            change = await run_in_threadpool(act, p, ns_id, body)
+            announce(ctx, change)
+            return JSONResponse({"share": change.info})
 
-    async def unshare(request: Request) -> Response:
-        p = await who(request)
-        body = await json_body(request)
-        ns_id = shared_folder(p, field_str(body, "path") or "")
-        change = await run_in_threadpool(sharing.unshare, p.user_id, ns_id)
-        announce(ctx, change)
-        return JSONResponse({"share": change.info})
+        return handler
+
+    remove = on_folder(lambda p, ns_id, body: sharing.remove_member(p.user_id, ns_id, field_str(body, "user") or ""))
+    leave = on_folder(lambda p, ns_id, body: sharing.leave(p.user_id, ns_id))
+    unshare = on_folder(lambda p, ns_id, body: sharing.unshare(p.user_id, ns_id))
 
     return [
         Route("/api/v1/shares", share, methods=["POST"]),
