@@ -46,7 +46,7 @@ from report import Report, Row, fmt_bytes, median_run
 
 from cubby.blockstore.local import LocalBlockStore
 from cubby.core.chunking import chunk_file
-from cubby.metadata.model import ChunkRef, CommitRequest
+from cubby.model import ChunkRef, CommitRequest
 from cubby.metadata.store import open_store
 
 BATCH_BYTES = 16 * 2**20

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/machine.py
 from machine import describe, load_average, summary_line  # noqa: E402
 
 from cubby.blockstore.local import LocalBlockStore
-from cubby.metadata.model import ChunkRef, CommitRequest
+from cubby.model import ChunkRef, CommitRequest
 from cubby.metadata.store import SqlMetadataStore, open_store
 
 

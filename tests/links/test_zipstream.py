@@ -12,7 +12,7 @@ import pytest
 
 from cubby.core.zipstream import ZipMember, zip_stream
 from cubby.metadata.links import WALK_PAGE, LinkStore
-from cubby.metadata.model import ChunkRef, CommitRequest
+from cubby.model import ChunkRef, CommitRequest
 from cubby.metadata.store import open_store
 
 pytestmark = pytest.mark.xdist_group("links")

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from cubby.blockstore.memory import MemoryBlockStore
-from cubby.metadata.model import ChunkRef, CommitRequest
+from cubby.model import ChunkRef, CommitRequest
 from cubby.metadata.store import SqlMetadataStore, open_store
 
 

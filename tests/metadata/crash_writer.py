@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from cubby.blockstore.local import LocalBlockStore
-from cubby.metadata.model import ChunkRef, CommitRequest
+from cubby.model import ChunkRef, CommitRequest
 from cubby.metadata.store import open_store
 
 

@@ -12,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from cubby.blockstore.memory import MemoryBlockStore
 from cubby.core import paths
 from cubby.errors import BadRequest, Conflict, NotFound
-from cubby.metadata.model import ChunkRef, CommitRequest
+from cubby.model import ChunkRef, CommitRequest
 from cubby.metadata.store import open_store
 
 NAMES = st.sampled_from(["a", "B", "c", "A", "dé", "de\u0301"])

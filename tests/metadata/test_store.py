@@ -8,7 +8,7 @@ import unicodedata
 import pytest
 
 from cubby.errors import BadRequest, Conflict, InvalidPath, NotFound, SizeMismatch, Unauthorized
-from cubby.metadata.model import ChunkRef, CommitRequest
+from cubby.model import ChunkRef, CommitRequest
 from tests.metadata.conftest import put_file, random_chunks, request
 
 

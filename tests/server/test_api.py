@@ -11,7 +11,7 @@ import pytest
 from cubby.client.transfer import download_file, upload_file
 from cubby.core.chunking import chunk_bytes
 from cubby.errors import Conflict, NotFound, Unauthorized
-from cubby.metadata.model import ChunkRef
+from cubby.model import ChunkRef
 
 
 def upload_bytes(api, path: str, data: bytes, expected_rev=None):

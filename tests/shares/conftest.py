@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cubby.client.api import ApiClient, commit_body
-from cubby.metadata.model import ChunkRef
+from cubby.model import ChunkRef
 from cubby.metadata.store import SqlMetadataStore, open_store
 from tests.conftest import db_url_for
 from tests.helpers.live_server import LiveServer

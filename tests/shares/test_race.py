@@ -24,7 +24,7 @@ import pytest
 from cubby.client.api import ApiClient
 from cubby.core.hashing import content_hash
 from cubby.errors import CubbyError, NotFound
-from cubby.metadata.model import ChunkRef
+from cubby.model import ChunkRef
 from tests.shares.conftest import file_bytes, put_many
 
 ROUNDS = 6

@@ -12,7 +12,7 @@ import pytest
 
 from cubby.client.transfer import download_tree
 from cubby.errors import Forbidden, NotFound
-from cubby.metadata.model import ChunkRef
+from cubby.model import ChunkRef
 from tests.shares.conftest import blocks_on_disk, file_bytes, put_many
 
 N = 1000

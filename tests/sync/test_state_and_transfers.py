@@ -52,7 +52,7 @@ def test_journal_replay_over_a_later_listing_is_idempotent(clients: Clients, tmp
 
 
 def test_mount_entries_are_skipped_and_namespaces_come_and_go(tmp_path: Path) -> None:
-    from cubby.metadata.model import JournalEntry
+    from cubby.model import JournalEntry
 
     db = StateDb(tmp_path / "state.db")
     db.add_namespace(1, "/", "owner", 0, [])

@@ -19,7 +19,7 @@ from cubby.client.ratelimit import TokenBucket
 from cubby.core import frames
 from cubby.core.hashing import sha256_hex
 from cubby.errors import ChunkMismatch, CubbyError, Unavailable, error_from_dict
-from cubby.metadata.model import ChunkRef, CommitResult, Entry, JournalEntry, NeededChunk
+from cubby.model import ChunkRef, CommitResult, Entry, JournalEntry, NeededChunk
 
 
 def _raise_for(resp: httpx.Response) -> None:

@@ -40,7 +40,7 @@ from cubby.core import paths
 from cubby.core.chunking import MIN_SIZE, chunk_file, iter_chunks
 from cubby.core.hashing import content_hash, sha256_hex
 from cubby.errors import BadRequest, ChunkMismatch, Conflict, CubbyError, NotFound
-from cubby.metadata.model import ChunkRef, CommitResult, Entry
+from cubby.model import ChunkRef, CommitResult, Entry
 
 Progress = Callable[[int], None]
 """Called with a number of bytes done, as work advances (possibly from a worker thread)."""

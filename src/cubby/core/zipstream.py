@@ -15,7 +15,7 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from cubby.metadata.model import ChunkRef
+from cubby.model import ChunkRef
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cubby.blockstore.base import BlockStore
 from cubby.errors import CubbyError
-from cubby.metadata.model import (
+from cubby.model import (
     ChunkRef,
     CommitRequest,
     CommitResult,

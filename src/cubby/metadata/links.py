@@ -32,7 +32,7 @@ from sqlalchemy.engine import Connection, Row
 from cubby.core import paths
 from cubby.errors import BadRequest, NotFound
 from cubby.metadata.engine import Database
-from cubby.metadata.model import ChunkRef, Entry
+from cubby.model import ChunkRef, Entry
 from cubby.metadata.schema import file_revs, links, namespaces, nodes
 from cubby.metadata.store import token_hash
 

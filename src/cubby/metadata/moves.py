@@ -36,7 +36,7 @@ from sqlalchemy.engine import Connection
 
 from cubby.core import paths
 from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceMoved, NotFound, Unavailable
-from cubby.metadata.model import Entry
+from cubby.model import Entry
 from cubby.metadata.schema import file_revs, journal, move_intents, nodes
 
 if TYPE_CHECKING:

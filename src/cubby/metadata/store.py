@@ -45,7 +45,7 @@ from cubby.errors import (
 )
 from cubby.metadata import migrate
 from cubby.metadata.engine import Database
-from cubby.metadata.model import (
+from cubby.model import (
     ChunkRef,
     CommitRequest,
     CommitResult,

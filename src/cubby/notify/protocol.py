@@ -8,7 +8,7 @@ import random
 from typing import Any
 
 from cubby.errors import BadRequest, NotFound, Unauthorized
-from cubby.metadata.model import Principal
+from cubby.model import Principal
 from cubby.notify.hub import Wake
 
 MIN_TIMEOUT = 30

@@ -31,7 +31,7 @@ from typing import Any
 import httptools
 
 from cubby.errors import BadRequest, CubbyError, PayloadTooLarge, Unauthorized
-from cubby.metadata.model import Principal
+from cubby.model import Principal
 from cubby.notify import protocol
 from cubby.notify.hub import Subscription, Wake
 from cubby.notify.service import NotifyService

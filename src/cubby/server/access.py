@@ -15,7 +15,7 @@ from starlette.requests import Request
 
 from cubby.core import paths
 from cubby.errors import Forbidden, NotFound, Unauthorized
-from cubby.metadata.model import Entry, Principal
+from cubby.model import Entry, Principal
 from cubby.server.context import ServerContext
 
 

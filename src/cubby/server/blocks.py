@@ -19,7 +19,7 @@ from cubby.blockstore.base import BlockStore
 from cubby.core import frames
 from cubby.core.hashing import is_chunk_name
 from cubby.errors import BadRequest, CubbyError, NotFound, PayloadTooLarge
-from cubby.metadata.model import ChunkRef, Entry
+from cubby.model import ChunkRef, Entry
 from cubby.server import access
 from cubby.server.bodies import field_hash, field_int, json_body, query_int, require_content_type
 from cubby.server.context import ServerContext

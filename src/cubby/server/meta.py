@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 
 from cubby.core import paths
 from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceMoved
-from cubby.metadata.model import ChunkRef, CommitRequest, CommitResult, Principal
+from cubby.model import ChunkRef, CommitRequest, CommitResult, Principal
 from cubby.server import access
 from cubby.server.bodies import field_float, field_hash, field_int, field_str, json_body, query_bool, query_int
 from cubby.server.context import ServerContext

@@ -37,7 +37,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from cubby.errors import BadRequest, CubbyError, Unauthorized
-from cubby.metadata.model import Principal
+from cubby.model import Principal
 from cubby.metadata.schema import namespaces
 from cubby.metadata.store import SqlMetadataStore
 from cubby.notify.hub import Subscription, Wake

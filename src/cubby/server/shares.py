@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute, Route
 
 from cubby.core import paths
 from cubby.errors import BadRequest, NamespaceMoved
-from cubby.metadata.model import Principal
+from cubby.model import Principal
 from cubby.metadata.shares import SharingChange
 from cubby.server import access
 from cubby.server.bodies import field_str, json_body

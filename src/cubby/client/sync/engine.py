@@ -46,7 +46,7 @@ from cubby.client.sync.state import FileRecord, StateDb
 from cubby.core import paths
 from cubby.core.hashing import sha256_hex
 from cubby.errors import BadRequest, Conflict, CubbyError, NotFound, Unavailable
-from cubby.metadata.model import ChunkRef, CommitResult, Entry, JournalEntry
+from cubby.model import ChunkRef, CommitResult, Entry, JournalEntry
 
 Emit = Callable[[dict[str, Any]], None]
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from cubby.client.sync.planner import MOUNT_NODE, BaseItem, NodeKey, RemoteItem
 from cubby.core import paths
-from cubby.metadata.model import Entry, JournalEntry
+from cubby.model import Entry, JournalEntry
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

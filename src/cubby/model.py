@@ -1,7 +1,9 @@
-"""Plain records that cross the metadata store's interface.
+"""Plain records that cross the wire and the metadata store's interface.
 
 They are frozen dataclasses so that the server can turn them into JSON with `to_dict` and the
 client can rebuild them with `from_dict`, and nothing downstream mutates what the store said.
+They live outside the metadata package because the client, the notify front and the core (zip
+streams) use them too, and none of those may import the metadata store.
 """
 
 from __future__ import annotations
