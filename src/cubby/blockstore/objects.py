@@ -1,0 +1,63 @@
+"""The object store seam: where pack files live (a local folder, or an S3-compatible bucket).
+
+A pack store (`cubby.blockstore.packs`) keeps chunks inside large immutable objects and an
+index of where each chunk is; this Protocol is all it asks of the place those objects live.
+It is small on purpose, so that any S3-compatible service (AWS S3, Ceph RGW, MinIO, Garage)
+and a plain folder can both implement it with their most ordinary calls.
+
+The contract, for every implementation:
+
+- Names are relative, `/`-separated, made of ``[A-Za-z0-9._/-]``; no empty, ``.`` or ``..``
+  component. The caller chooses them (for example ``packs/ab/ab12….pack``).
+- `put` is atomic and durable when it returns: a reader sees the whole object or nothing,
+  never a prefix, and a crash after `put` returned never loses it (local: write a temp file,
+  fsync, rename, fsync the folder; S3: a completed PUT). Putting the same name again with the
+  same bytes is allowed and harmless (a retried request); objects are never modified.
+- `get` reads ``length`` bytes at ``offset`` (the whole object when both are left out), with
+  one ranged read (local: ``pread``; S3: a ranged GET). It raises `ObjectMissing` when the
+  object does not exist, and `ObjectStoreError` for a read that came back short.
+- `delete` is idempotent: deleting a missing object is not an error.
+- `list` yields ``(name, size)`` of every object whose name starts with ``prefix``, each exactly
+  once, in no particular order; it may or may not see objects put while it runs.
+- Transient faults (a dropped connection, 500, 503, SlowDown) are retried inside the
+  implementation with backoff; what reaches the caller as `ObjectStoreError` is final for that
+  call. Every method may be called from several threads at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
+
+from cubby.errors import CubbyError, NotFound
+
+
+class ObjectStoreError(CubbyError):
+    """The object store failed in a way that retrying inside the call did not mend."""
+
+    status = 503
+    code = "object_store_error"
+
+
+class ObjectMissing(NotFound):
+    """No object of that name."""
+
+    code = "object_missing"
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    def put(self, name: str, data: bytes) -> None:
+        """Store ``data`` as ``name``, atomically and durably, before returning."""
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        """``length`` bytes of ``name`` from ``offset`` (all of it when length is None)."""
+
+    def delete(self, name: str) -> None:
+        """Remove ``name``; a missing object is fine."""
+
+    def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        """``(name, size)`` of each object under ``prefix``, each once."""
+
+    def close(self) -> None:
+        """Release connections and files."""
