@@ -39,6 +39,9 @@ class Config:
     auto_accept_shares: bool = False
     """Mount a folder in an invitee's tree as soon as it is shared with them (a team server
     whose users trust each other), instead of waiting for ``cubby share accept``."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses or networks of load balancers whose ``X-Forwarded-For`` (or PROXY protocol
+    header) names the real client; see `cubby.server.peers`. Nobody else's is believed."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
