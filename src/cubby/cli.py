@@ -128,10 +128,21 @@ def _server_config(state: State, data: Path | None, db: str | None) -> Config:
     "--auto-accept-shares", is_flag=True, default=None,
     help="Mount shared folders in invitees' trees at once, without 'cubby share accept'.",
 )
+@click.option(
+    "--trusted-proxy", "trusted_proxies", multiple=True,
+    help="Address or network of a load balancer whose X-Forwarded-For names the client (repeatable).",
+)
+@click.option("--header-timeout", type=float, default=None, help="Seconds a client may take to send a request's headers (default 10).")
+@click.option("--idle-timeout", type=float, default=None, help="Seconds a connection may stay silent between requests (default 120).")
+@click.option("--max-connections", type=int, default=None, help="Open connections per process (default: the open-file limit less a reserve).")
+@click.option("--max-connections-per-address", type=int, default=None, help="Open connections per client address (default 256).")
+@click.option("--max-waits-per-token", type=int, default=None, help="Long-polls and WebSockets one token may hold (default 32).")
 @pass_state
 def serve(
     state: State, data: Path | None, db: str | None, host: str | None, port: int | None, role: str, broker: str | None,
-    auto_accept_shares: bool | None,
+    auto_accept_shares: bool | None, trusted_proxies: tuple[str, ...], header_timeout: float | None,
+    idle_timeout: float | None, max_connections: int | None, max_connections_per_address: int | None,
+    max_waits_per_token: int | None,
 ) -> None:
     """Run the cubby server."""
     from cubby.server.run import parse_roles
@@ -141,7 +152,13 @@ def serve(
         roles = parse_roles(role)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--role") from exc
-    run(_server_config(state, data, db).with_(host=host, port=port, broker_url=broker, auto_accept_shares=auto_accept_shares), roles)
+    cfg = _server_config(state, data, db).with_(
+        host=host, port=port, broker_url=broker, auto_accept_shares=auto_accept_shares,
+        trusted_proxies=trusted_proxies or None, header_timeout=header_timeout, idle_timeout=idle_timeout,
+        max_connections=max_connections, max_connections_per_address=max_connections_per_address,
+        max_waits_per_token=max_waits_per_token,
+    )
+    run(cfg, roles)
 
 
 @main.group()

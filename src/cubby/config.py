@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
-
+from typing import Any
 
 DEFAULT_PORT = 8765
 
@@ -42,6 +42,19 @@ class Config:
     trusted_proxies: tuple[str, ...] = ()
     """Addresses or networks of load balancers whose ``X-Forwarded-For`` (or PROXY protocol
     header) names the real client; see `cubby.server.peers`. Nobody else's is believed."""
+    header_timeout: float = 10.0
+    """Seconds a connection may take to send a request's headers (on the notification front,
+    its body too) from the moment it opens or starts the request; then it is closed."""
+    idle_timeout: float = 120.0
+    """Seconds a connection may stay silent between requests (a WebSocket: between frames;
+    clients ping) before it is closed."""
+    max_connections: int = 0
+    """Open connections per process; 0: the open-file limit less a reserve. At the cap the
+    oldest connection that has not sent a request yet makes room."""
+    max_connections_per_address: int = 256
+    """Open connections per client address (see ``trusted_proxies``)."""
+    max_waits_per_token: int = 32
+    """Long-polls and WebSockets one token may hold open at once; the next answers 429."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -54,7 +67,7 @@ class Config:
     def blocks_dir(self) -> Path:
         return self.data_dir / "blocks"
 
-    def with_(self, **changes: Any) -> "Config":
+    def with_(self, **changes: Any) -> Config:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
@@ -88,5 +101,7 @@ def load(env: Mapping[str, str], file: Path | None = None) -> Config:
         known["data_dir"] = Path(known["data_dir"]).expanduser()
     if "roles" in known:
         known["roles"] = tuple(known["roles"])
+    if "trusted_proxies" in known:
+        known["trusted_proxies"] = tuple(known["trusted_proxies"])
     extra = {k: v for k, v in values.items() if k not in Config.__dataclass_fields__}
     return replace(cfg, **known, extra=extra)

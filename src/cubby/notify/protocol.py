@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from cubby.errors import BadRequest, NotFound, Unauthorized
+from cubby.errors import BadRequest, NotFound, TooManyRequests, Unauthorized
 from cubby.model import Principal
 from cubby.notify.hub import Wake
 
@@ -79,13 +79,34 @@ def longpoll_answer(heads: dict[int, int], wake: Wake, namespaces: list[int]) ->
     }
 
 
-def info(subscribers: int, namespaces: int, resyncs: int) -> dict[str, Any]:
-    """What the role offers (clients probe it), and counters for operators and tests."""
-    return {
-        "transports": ["longpoll", "ws"],
-        "min_timeout": MIN_TIMEOUT,
-        "max_timeout": MAX_TIMEOUT,
-        "subscribers": subscribers,
-        "namespaces": namespaces,
-        "resyncs": resyncs,
-    }
+def info(counts: tuple[int, int, int] | None) -> dict[str, Any]:
+    """What the role offers (clients probe it), and for an authenticated caller the counters
+    ``(subscribers, namespaces, resyncs)`` for operators and tests: how many people wait here
+    is nobody else's business."""
+    body: dict[str, Any] = {"transports": ["longpoll", "ws"], "min_timeout": MIN_TIMEOUT, "max_timeout": MAX_TIMEOUT}
+    if counts is not None:
+        body["subscribers"], body["namespaces"], body["resyncs"] = counts
+    return body
+
+
+class TokenWaits:
+    """How many waiting connections (long-polls, WebSockets) each token holds: at most
+    ``limit`` at once, so that one leaked or stolen token cannot fill a notification process;
+    the next is refused with 429 ``too_many_requests``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held: dict[int, int] = {}
+
+    def take(self, token_id: int) -> None:
+        n = self.held.get(token_id, 0)
+        if n >= self.limit:
+            raise TooManyRequests(f"this token already holds {n} waiting connections; close some first")
+        self.held[token_id] = n + 1
+
+    def give(self, token_id: int) -> None:
+        left = self.held.get(token_id, 1) - 1
+        if left > 0:
+            self.held[token_id] = left
+        else:
+            self.held.pop(token_id, None)

@@ -23,6 +23,7 @@ block store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import deque
@@ -36,19 +37,30 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from cubby.errors import BadRequest, CubbyError, Unauthorized
-from cubby.model import Principal
+from cubby.errors import BadRequest, CubbyError, TooManyRequests, Unauthorized
 from cubby.metadata.schema import namespaces
 from cubby.metadata.store import SqlMetadataStore
+from cubby.model import Principal
 from cubby.notify.hub import Subscription, Wake
 from cubby.notify.memory import MemoryBroker
 from cubby.notify.protocol import (
-    MAX_BODY, bearer, heads_json, info as info_body, jittered, longpoll_answer, parse_cursor, parse_timeout,
+    MAX_BODY,
+    TokenWaits,
+    bearer,
+    heads_json,
+    jittered,
+    longpoll_answer,
+    parse_cursor,
+    parse_timeout,
+)
+from cubby.notify.protocol import (
+    info as info_body,
 )
 from cubby.notify.service import HeadsReader, NotifyService
 from cubby.server import access
 from cubby.server.bodies import json_body
 from cubby.server.context import ServerContext
+from cubby.server.gate import ConnectionGate
 
 log = logging.getLogger("cubby.notify")
 
@@ -92,16 +104,14 @@ class WsOutbox:
     async def _drain(self) -> None:
         while self._queue:
             ws, text = self._queue.popleft()
-            try:
+            with contextlib.suppress(Exception):  # the connection went away; its handler cleans up
                 await ws.send_text(text)
-            except Exception:  # the connection went away; its handler cleans up
-                pass
 
 
 class WsConnection:
     """What one WebSocket connection holds between messages."""
 
-    __slots__ = ("ws", "token", "principal", "sub")
+    __slots__ = ("principal", "sub", "token", "ws")
 
     def __init__(self, ws: WebSocket, token: str, principal: Principal) -> None:
         self.ws = ws
@@ -117,8 +127,13 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
     ctx.closers.append(service.hub.close)
     outbox = WsOutbox()
 
+    waits = TokenWaits(ctx.config.max_waits_per_token)
+
     async def info(request: Request) -> Response:
-        return JSONResponse(info_body(service.hub.count, len(service.hub.namespaces()), service.resyncs))
+        if "authorization" not in request.headers:
+            return JSONResponse(info_body(None))
+        await access.principal(request, ctx)
+        return JSONResponse(info_body((service.hub.count, len(service.hub.namespaces()), service.resyncs)))
 
     async def longpoll(request: Request) -> Response:
         p = await access.principal(request, ctx)
@@ -126,7 +141,14 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         cursor = parse_cursor(body.get("cursor"), p)
         timeout = parse_timeout(body.get("timeout"))
         await service.ensure_started()
-        heads, wake = await service.wait_once(p.user_id, cursor, jittered(timeout))
+        waits.take(p.token_id)
+        try:
+            heads, wake = await service.wait_once(p.user_id, cursor, jittered(timeout))
+        finally:
+            waits.give(p.token_id)
+        if wake.account_changed:
+            # A share, a removal or a revoked token: a dead token gets 401 now.
+            p = await run_in_threadpool(ctx.store.authenticate, bearer(request.headers.get("authorization", "")))
         return JSONResponse(longpoll_answer(heads, wake, sorted(p.namespaces)))
 
     def ws_deliver(conn: WsConnection) -> Callable[[Subscription, Wake], None]:
@@ -144,10 +166,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         try:
             p = await run_in_threadpool(ctx.store.authenticate, conn.token)
         except Unauthorized as exc:
-            if conn.sub is not None:
-                service.hub.remove(conn.sub)
-            await send_error(conn.ws, exc)
-            await conn.ws.close(code=4401)
+            await close_revoked(conn, exc)
             return
         conn.principal = p
         revoked: list[int] = []
@@ -162,11 +181,16 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
                     service.hub.add(sub)
         outbox.put(conn.ws, {"type": "account_changed", "revoked": revoked})
 
+    async def close_revoked(conn: WsConnection, exc: Unauthorized) -> None:
+        if conn.sub is not None:
+            service.hub.remove(conn.sub)
+            conn.sub = None
+        await send_error(conn.ws, exc)
+        await conn.ws.close(code=4401)
+
     async def send_error(ws: WebSocket, exc: CubbyError) -> None:
-        try:
+        with contextlib.suppress(Exception):  # the connection went away
             await ws.send_text(json.dumps({"type": "error", **exc.to_dict()}))
-        except Exception:
-            pass
 
     async def subscribe_ws(conn: WsConnection, text: str) -> None:
         try:
@@ -175,6 +199,9 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
             raise BadRequest(f"the message is not valid JSON: {exc}", code="malformed_json") from exc
         if not isinstance(body, dict):
             raise BadRequest("a message must be a JSON object {\"cursor\": {...}}", code="malformed_json")
+        # Read afresh: a token revoked, or a member removed, while no broker message could
+        # reach this process must not subscribe again.
+        conn.principal = await run_in_threadpool(ctx.store.authenticate, conn.token)
         cursor = parse_cursor(body.get("cursor"), conn.principal)
         if conn.sub is not None:
             service.hub.remove(conn.sub)
@@ -198,9 +225,10 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
             token = bearer(ws.headers.get("authorization", ""))
             p = await run_in_threadpool(ctx.store.authenticate, token)
             await service.ensure_started()
+            waits.take(p.token_id)
         except CubbyError as exc:
             await send_error(ws, exc)
-            await ws.close(code=4401 if isinstance(exc, Unauthorized) else 4503)
+            await ws.close(code=4401 if isinstance(exc, Unauthorized) else 4429 if isinstance(exc, TooManyRequests) else 4503)
             return
         conn = WsConnection(ws, token, p)
         try:
@@ -213,11 +241,15 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
                     text = (msg.get("bytes") or b"").decode("utf-8", "replace")
                 try:
                     await subscribe_ws(conn, text)
+                except Unauthorized as exc:
+                    await close_revoked(conn, exc)
+                    break
                 except CubbyError as exc:
                     outbox.put(ws, {"type": "error", **exc.to_dict()})
         except WebSocketDisconnect:
             pass
         finally:
+            waits.give(p.token_id)
             if conn.sub is not None:
                 service.hub.remove(conn.sub)
 
@@ -228,7 +260,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
     ]
 
 
-def serve_lean(ctx: ServerContext) -> None:
+def serve_lean(ctx: ServerContext, gate: ConnectionGate) -> None:
     """Run the notification role alone on the lean server (`cubby.notify.wire`) instead of
     uvicorn + Starlette: same routes and answers, a fraction of the memory per connection."""
     from cubby.notify import wire
@@ -241,7 +273,9 @@ def serve_lean(ctx: ServerContext) -> None:
         async def authenticate(token: str) -> Principal:
             return await run_in_threadpool(ctx.store.authenticate, token)
 
-        await wire.serve(service, authenticate, ctx.config.host, ctx.config.port)
+        await wire.serve(
+            service, authenticate, ctx.config.host, ctx.config.port, gate, max_waits=ctx.config.max_waits_per_token,
+        )
 
     try:
         import uvloop

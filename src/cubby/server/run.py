@@ -6,9 +6,12 @@ import sys
 from collections.abc import Sequence
 
 from cubby.config import Config
-from cubby.server import logs
+from cubby.notify.protocol import MAX_BODY
+from cubby.server import guard, logs
 from cubby.server.app import ROLES, build_app
 from cubby.server.context import build_context
+from cubby.server.gate import ConnectionGate, ConnectionLimits
+from cubby.server.peers import TrustedProxies
 
 
 def parse_roles(role: str | None) -> tuple[str, ...]:
@@ -37,24 +40,29 @@ def serve(config: Config, roles: Sequence[str] = ROLES, *, log_level: str = "inf
         file=sys.stderr,
         flush=True,
     )
+    gate = ConnectionGate(ConnectionLimits.from_config(config), TrustedProxies.parse(config.trusted_proxies))
     if tuple(roles) == ("notify",) and config.notify_front == "lean":
         from cubby.server.notify import serve_lean
 
-        serve_lean(ctx)
+        serve_lean(ctx, gate)
         return
+    http, ws = guard.protocols(gate)
     uvicorn.run(
         app,
         host=config.host,
         port=config.port,
         log_level="warning",
         access_log=False,
-        timeout_keep_alive=30,
+        # Deadlines, connection caps and buffer caps: `cubby.server.guard`.
+        http=http,
+        ws=ws,
+        ws_max_size=MAX_BODY,
+        timeout_keep_alive=max(1, int(config.idle_timeout)),
         limit_concurrency=None,
         # Long-polls wait for minutes: on shutdown, give them a moment, then close them.
         timeout_graceful_shutdown=3,
-        # The sans-I/O WebSocket protocol runs no task per connection, and no server pings
-        # (no per-connection timers): notification clients ping the server instead.
-        ws="websockets-sansio",
+        # `ws` is uvicorn's sans-I/O WebSocket protocol (no task per connection), guarded; no
+        # server pings (no per-connection timers): notification clients ping the server instead.
         ws_ping_interval=None,
         ws_ping_timeout=None,
         backlog=4096,
@@ -76,10 +84,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--broker", default="memory")
     ap.add_argument("--notify-front", choices=["lean", "asgi"], default="lean")
     ap.add_argument("--auto-accept-shares", action="store_true")
+    ap.add_argument("--trusted-proxy", action="append", default=[])
+    ap.add_argument("--header-timeout", type=float, default=None)
+    ap.add_argument("--idle-timeout", type=float, default=None)
+    ap.add_argument("--max-connections", type=int, default=None)
+    ap.add_argument("--max-connections-per-address", type=int, default=None)
+    ap.add_argument("--max-waits-per-token", type=int, default=None)
     args = ap.parse_args(argv)
     cfg = Config(
         data_dir=args.data, db_url=args.db, host=args.host, port=args.port, broker_url=args.broker,
         notify_front=args.notify_front, auto_accept_shares=args.auto_accept_shares,
+        trusted_proxies=tuple(args.trusted_proxy),
+    ).with_(
+        header_timeout=args.header_timeout, idle_timeout=args.idle_timeout, max_connections=args.max_connections,
+        max_connections_per_address=args.max_connections_per_address, max_waits_per_token=args.max_waits_per_token,
     )
     if args.max_request_bytes:
         cfg = cfg.with_(max_request_bytes=args.max_request_bytes)
