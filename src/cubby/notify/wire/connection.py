@@ -26,7 +26,6 @@ import logging
 from typing import Any, Protocol
 
 import httptools
-from websockets.exceptions import ProtocolError
 from websockets.frames import Opcode
 
 from cubby.errors import BadRequest, CubbyError, PayloadTooLarge, TooManyRequests, Unavailable
@@ -93,6 +92,7 @@ class Connection(asyncio.Protocol):
         "text",
         "token",
         "transport",
+        "upgraded",
         "url",
         "waiting",
         "ws",
@@ -112,7 +112,10 @@ class Connection(asyncio.Protocol):
         self.held = 0
         """Bytes of the gate's in-flight budget this connection's body holds."""
         self.busy = False
+        self.upgraded = False
+        """A WebSocket since the handshake."""
         self.ws: websocket.Protocol | None = None
+        """The framing state while a frame is in progress; None between frames (see `_ws_data`)."""
         self.pending = b""
         self.paused = 0
         """Why reading is paused: bit 1 the client does not read, bit 2 a message is handled."""
@@ -177,7 +180,7 @@ class Connection(asyncio.Protocol):
             self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
-        if self.ws is not None:
+        if self.upgraded:
             self.gate.resting(self)
             if self.busy or self.queued:
                 self.pending += data
@@ -318,7 +321,7 @@ class Connection(asyncio.Protocol):
             self.send_error(exc, close=True)
             return
         self.write(answer)
-        self.ws = websocket.server_protocol(protocol.MAX_BODY)
+        self.upgraded = True
         self.parser = None
         self.headers = None
         self.url = b""
@@ -332,7 +335,7 @@ class Connection(asyncio.Protocol):
         self.busy = False
         if self.closed:
             return
-        if self.ws is not None:
+        if self.upgraded:
             if self.queued:
                 self._next_message()
                 return
@@ -342,8 +345,12 @@ class Connection(asyncio.Protocol):
                 self._ws_data(data)
 
     def _ws_data(self, data: bytes) -> None:
+        """Feed ``data`` to the framing state, created for it if the connection was at rest.
+        Between frames the state is dropped (`websocket.at_rest`): an idle subscriber then
+        holds no framing object at all, which keeps it at a few KB."""
         ws = self.ws
-        assert ws is not None
+        if ws is None:
+            ws = self.ws = websocket.server_protocol(protocol.MAX_BODY)
         ws.receive_data(data)
         for frame in ws.events_received():
             if not isinstance(frame, websocket.Frame):
@@ -367,6 +374,8 @@ class Connection(asyncio.Protocol):
                     self.queued = []
                 self.queued.append(message)
         self._ws_flush()
+        if self.message is None and websocket.at_rest(ws):
+            self.ws = None
         self._next_message()
 
     def _next_message(self) -> None:
@@ -388,26 +397,23 @@ class Connection(asyncio.Protocol):
             else:
                 self._close()
 
+    def _ws_open(self) -> bool:
+        """Whether the server may still send messages: upgraded, neither side closing."""
+        return (
+            self.upgraded and not self.closed and self.transport is not None and not self.transport.is_closing()
+            and (self.ws is None or self.ws.state is websocket.State.OPEN)
+        )
+
     def ws_send(self, message: dict[str, Any]) -> None:
-        ws = self.ws
-        if ws is None or self.closed or ws.state is not websocket.State.OPEN:
-            return
-        ws.send_text(encode_json(message))
-        self._ws_flush()
+        if self._ws_open():
+            self.write(websocket.text_frame(encode_json(message)))
 
     def ws_send_frame(self, frame: bytes) -> None:
         """Write a text frame encoded once for many connections (`websocket.text_frame`)."""
-        ws = self.ws
-        if ws is not None and not self.closed and ws.state is websocket.State.OPEN:
+        if self._ws_open():
             self.write(frame)
 
     def ws_close(self, code: int, reason: str = "") -> None:
-        ws = self.ws
-        if ws is None or self.closed:
-            return
-        try:
-            ws.send_close(code, reason)
-        except ProtocolError:
-            pass
-        self._ws_flush()
+        if self._ws_open():
+            self.write(websocket.close_frame(code, reason))
         self._close()

@@ -120,7 +120,7 @@ class Endpoints:
             conn.respond(404, {"code": "not_found", "message": f"no route {path.decode('latin-1')!r} here"})
 
     def wake(self, conn: Connection, sub: Subscription, wake: Wake) -> None:
-        if conn.ws is not None:
+        if conn.upgraded:
             self._wake_ws(conn, sub, wake)
         else:
             self._wake_longpoll(conn, sub, wake)
