@@ -103,11 +103,12 @@ const CONFLICT = /\(conflicted copy\b/i;
 // the API
 // ---------------------------------------------------------------------------------------
 class ApiError extends Error {
-  constructor(status, code, message, retryable) {
+  constructor(status, code, message, retryable, details) {
     super(message);
     this.status = status;
     this.code = code;
     this.retryable = retryable;
+    this.details = details || {};
   }
 }
 
@@ -153,7 +154,7 @@ async function api(method, url, body, extra = {}) {
   if (!res.ok) {
     if (res.status === 401) loggedOut();
     const retryable = res.status >= 502 || (data && data.code === "namespace_moved");
-    throw new ApiError(res.status, data && data.code, sentence(res.status, data), retryable);
+    throw new ApiError(res.status, data && data.code, sentence(res.status, data), retryable, data && data.details);
   }
   return data;
 }
@@ -897,9 +898,27 @@ class Upload {
       chunks.push({ hash: hex(await crypto.subtle.digest("SHA-256", buf)), size: buf.byteLength, offset: off });
       this.show("Checking the file…", 0.1 * (off + buf.byteLength) / f.size);
     }
-    const body = { path: this.path, size: f.size, chunks: chunks.map((c) => ({ hash: c.hash, size: c.size })), expected_rev: null, mtime: f.lastModified / 1000 };
-    for (let round = 0; round < 5; round++) {
-      const answer = await this.retrying(() => api("POST", "/api/v1/files/commit", body), "saving");
+    // An upload replaces a file of the same name (its old version stays in its history): the
+    // commit names the revision it replaces, and a file that changed meanwhile is read again.
+    let expected = null;
+    try {
+      const st = await this.retrying(() => api("GET", "/api/v1/files/stat?path=" + encodeURIComponent(this.path)), "checking");
+      if (st.entry.kind === "file") expected = st.entry.rev;
+    } catch (e) {
+      if (e.status !== 404) throw e;
+    }
+    const body = { path: this.path, size: f.size, chunks: chunks.map((c) => ({ hash: c.hash, size: c.size })), expected_rev: expected, mtime: f.lastModified / 1000 };
+    for (let round = 0; round < 6; round++) {
+      let answer;
+      try {
+        answer = await this.retrying(() => api("POST", "/api/v1/files/commit", body), "saving");
+      } catch (e) {
+        if (e.status === 409 && e.code === "conflict" && round < 5) {
+          body.expected_rev = typeof e.details.current_rev === "number" ? e.details.current_rev : null;
+          continue;
+        }
+        throw e;
+      }
       if (answer.status === "committed") {
         this.show("Done", 1);
         this.item.dataset.done = "yes";
@@ -1057,6 +1076,11 @@ function connectNotify() {
 // ---------------------------------------------------------------------------------------
 // start
 // ---------------------------------------------------------------------------------------
+document.getElementById("uploads-clear").addEventListener("click", () => {
+  for (const li of uploadList.querySelectorAll("li[data-done], li[data-failed]")) li.remove();
+  if (!uploadList.children.length) document.getElementById("uploads").hidden = true;
+});
+
 document.getElementById("logout").addEventListener("click", async () => {
   try { await api("DELETE", "/api/v1/session"); } catch (_) { /* logged out either way */ }
   location.replace("/");
