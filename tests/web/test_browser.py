@@ -60,7 +60,11 @@ class Watch:
         self.errors: list[str] = []
 
     def attach(self, page: Any) -> None:
-        page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
+        def dialog(d: Any) -> None:
+            self.dialogs.append(d.message)
+            d.dismiss()
+
+        page.on("dialog", dialog)
         page.on("pageerror", lambda e: self.errors.append(str(e)))
 
 

@@ -107,8 +107,9 @@ class Accounts:
 
         row = self.db.read(run)
         stored = str(row.hash) if row is not None else self._dummy
+        ok: bool
         try:
-            ok = self.hasher.verify(stored, password)
+            ok = bool(self.hasher.verify(stored, password))
         except (VerificationError, InvalidHashError):
             ok = False
         if not ok or row is None:
@@ -122,14 +123,14 @@ class Accounts:
         now = time.time()
 
         def run(conn: Connection) -> int:
-            return int(
-                conn.execute(
-                    insert(web_sessions).values(
-                        user_id=user_id, secret_hash=secret_hash(secret), created_at=now, last_seen=now,
-                        expires_at=now + SESSION_SECONDS, revoked_at=None, address=address[:64], agent=agent[:200],
-                    )
-                ).inserted_primary_key[0]
-            )
+            key = conn.execute(
+                insert(web_sessions).values(
+                    user_id=user_id, secret_hash=secret_hash(secret), created_at=now, last_seen=now,
+                    expires_at=now + SESSION_SECONDS, revoked_at=None, address=address[:64], agent=agent[:200],
+                )
+            ).inserted_primary_key
+            assert key is not None
+            return int(key[0])
 
         return self.db.write(run), secret
 
