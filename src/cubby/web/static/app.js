@@ -336,7 +336,8 @@ async function loadEntries(path, seq) {
   let first = true;
   try {
     for (;;) {
-      const q = new URLSearchParams({ path, limit: "2000" });
+      // A small first page puts rows on screen at once; the rest comes in big pages.
+      const q = new URLSearchParams({ path, limit: first ? String(PAGE) : "5000" });
       if (cursor) q.set("cursor", cursor);
       const page = await api("GET", "/api/v1/files/list?" + q);
       if (seq !== state.loadSeq) return;
