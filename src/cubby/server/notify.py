@@ -102,7 +102,7 @@ class WsOutbox:
 class WsConnection:
     """What one WebSocket connection holds between messages."""
 
-    __slots__ = ("ws", "authenticate", "principal", "sub")
+    __slots__ = ("authenticate", "principal", "sub", "ws")
 
     def __init__(self, ws: WebSocket, authenticate: Callable[[], Principal], principal: Principal) -> None:
         self.ws = ws

@@ -1,14 +1,14 @@
 """Web accounts: password hashes and browser sessions (stored by the hash of their secret).
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0008 (chained after main's 0008_intent_leases)
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0003"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
