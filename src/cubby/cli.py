@@ -221,9 +221,11 @@ def user_passwd(state: State, name: str, data: Path | None, db: str | None, pass
     from cubby.metadata.accounts import check_password_rules
     from cubby.metadata.store import open_store
 
+    cfg = _server_config(state, data, db)
+    if cfg.db_url is None and not (cfg.data_dir / "meta.db").exists():
+        raise click.UsageError(f"no cubby server data in {cfg.data_dir}: pass the server's --data or --db")
     password = _read_password(password_stdin)
     check_password_rules(password)
-    cfg = _server_config(state, data, db)
     store = open_store(cfg.metadata_url)
     try:
         uid = store.accounts.set_password(name, password)

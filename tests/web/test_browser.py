@@ -370,3 +370,40 @@ def test_ten_thousand_entries_are_paged(browser: Any, server: ThreadServer, toke
     page.get_by_role("button", name="Next page").click()
     expect(page.locator("#pager")).to_contain_text("Page 2 of 50")
     ctx.close()
+
+
+def tiny_png() -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    raw = b"".join(b"\x00" + b"\xff\x00\x00" * 4 for _ in range(4))  # 4x4 red pixels
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_keyboard_actions_and_image_preview(alice: tuple[Any, Watch], server: ThreadServer) -> None:
+    page, _ = alice
+    go(page, server, "#/files/")
+    page.set_input_files("#pick-files", [{"name": "red.png", "mimeType": "image/png", "buffer": tiny_png()}])
+    expect(row(page, "/red.png")).to_be_visible(timeout=15_000)
+    # Keyboard only: the row's actions button opens a modal dialog, focus moves into it,
+    # Escape closes it and gives focus back.
+    more = page.get_by_role("button", name="Actions for red.png")
+    more.focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#dialog")).to_have_attribute("open", "")
+    assert page.evaluate("document.activeElement.closest('dialog') !== null")
+    page.keyboard.press("Escape")
+    expect(page.locator("#dialog")).not_to_have_attribute("open", "")
+    assert page.evaluate("document.activeElement.getAttribute('aria-label')") == "Actions for red.png"
+    # The image preview is the file's bytes from a blob: URL, drawn.
+    more.click()
+    page.locator("#dialog .choices").get_by_role("button", name="Preview", exact=True).click()
+    img = page.get_by_role("img", name="Preview of red.png")
+    expect(img).to_be_visible()
+    assert img.get_attribute("src").startswith("blob:")
+    page.wait_for_function("() => document.querySelector('#dialog img').naturalWidth === 4")
+    page.keyboard.press("Escape")
