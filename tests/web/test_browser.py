@@ -114,6 +114,14 @@ def act(page: Any, path: str, action: str) -> None:
     page.locator("#dialog .choices").get_by_role("button", name=action, exact=True).click()
 
 
+def new_folder(page: Any, name: str) -> None:
+    """Make a folder in the folder on screen, through the New folder dialog."""
+    page.get_by_role("button", name="New folder").click()
+    page.get_by_label("Folder name").fill(name)
+    page.locator("#dialog button.primary").click()
+    expect(row(page, "/" + name)).to_be_visible()
+
+
 def fetch(server: ThreadServer, token: str, path: str) -> bytes:
     r = httpx.get(f"{server.url}/api/v1/content{path}", headers={"Authorization": f"Bearer {token}"}, timeout=60)
     r.raise_for_status()
@@ -225,10 +233,7 @@ def test_large_upload_interrupted_and_resumed(alice: tuple[Any, Watch], server: 
 def test_rename_move_delete_undelete_restore(alice: tuple[Any, Watch], server: ThreadServer, tokens: dict[str, str]) -> None:
     page, _ = alice
     go(page, server, "#/files/")
-    page.get_by_role("button", name="New folder").click()
-    page.get_by_label("Folder name").fill("Docs")
-    page.locator("#dialog button.primary").click()
-    expect(row(page, "/Docs")).to_be_visible()
+    new_folder(page, "Docs")
     for n, content in enumerate((b"version one", b"version two"), 1):
         page.set_input_files("#pick-files", [{"name": "notes.txt", "mimeType": "text/plain", "buffer": content}])
         done = page.locator('#upload-list li[data-upload="/notes.txt"][data-done="yes"]')
@@ -271,10 +276,7 @@ def test_rename_move_delete_undelete_restore(alice: tuple[Any, Watch], server: T
 def test_share_with_another_user(browser: Any, alice: tuple[Any, Watch], server: ThreadServer, tokens: dict[str, str]) -> None:
     page, _ = alice
     go(page, server, "#/files/")
-    page.get_by_role("button", name="New folder").click()
-    page.get_by_label("Folder name").fill("Team")
-    page.locator("#dialog button.primary").click()
-    expect(row(page, "/Team")).to_be_visible()
+    new_folder(page, "Team")
     httpx.post(f"{server.url}/api/v1/files/commit", headers={"Authorization": f"Bearer {tokens['alice']}"},
                json={"path": "/Team/agenda.txt", "size": 0, "chunks": []}).raise_for_status()
     act(page, "/Team", "Share")
@@ -407,3 +409,17 @@ def test_keyboard_actions_and_image_preview(alice: tuple[Any, Watch], server: Th
     assert img.get_attribute("src").startswith("blob:")
     page.wait_for_function("() => document.querySelector('#dialog img').naturalWidth === 4")
     page.keyboard.press("Escape")
+
+
+def test_folder_upload_by_picker(alice: tuple[Any, Watch], server: ThreadServer, tokens: dict[str, str], tmp_path: Path) -> None:
+    page, _ = alice
+    top = tmp_path / "Album"
+    (top / "2026").mkdir(parents=True)
+    (top / "cover.txt").write_bytes(b"cover")
+    (top / "2026" / "day1.txt").write_bytes(b"day one")
+    go(page, server, "#/files/")
+    page.set_input_files("#pick-folder", str(top))
+    expect(row(page, "/Album")).to_be_visible(timeout=15_000)
+    expect(page.locator('#upload-list li[data-upload="/Album/2026/day1.txt"][data-done="yes"]')).to_have_count(1, timeout=15_000)
+    assert fetch(server, tokens["alice"], "/Album/2026/day1.txt") == b"day one"
+    assert fetch(server, tokens["alice"], "/Album/cover.txt") == b"cover"
