@@ -16,9 +16,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from cubby.server import discovery, metrics
 from cubby.server.context import ServerContext
 from cubby.server.errors import HANDLERS
 from cubby.server.logs import RequestLog
+from cubby.server.metrics import RequestMetrics
 
 ROLES = ("meta", "blocks", "notify")
 _ROLE_MODULES = {"meta": "cubby.server.meta", "blocks": "cubby.server.blocks", "notify": "cubby.server.notify"}
@@ -60,6 +62,9 @@ def build_app(ctx: ServerContext, roles: Sequence[str] = ROLES) -> Starlette:
 
         routes.extend(sessions.routes(ctx))
         routes.extend(web.routes(ctx))
+    routes.extend(metrics.routes(ctx.metrics))
+    # Last: discovery, and a 421 naming the right role for API routes this process lacks.
+    routes.extend(discovery.routes(ctx.config, roles))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -70,7 +75,7 @@ def build_app(ctx: ServerContext, roles: Sequence[str] = ROLES) -> Starlette:
 
     return Starlette(
         routes=routes,
-        middleware=[Middleware(RequestLog)],
+        middleware=[Middleware(RequestLog), Middleware(RequestMetrics, metrics=ctx.metrics, routes=routes)],
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
     )
