@@ -23,9 +23,9 @@ block store.
 from __future__ import annotations
 
 import asyncio
-import socket
 import json
 import logging
+import socket
 from collections import deque
 from collections.abc import Callable, Collection
 from typing import Any
@@ -38,13 +38,22 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from cubby.errors import BadRequest, CubbyError, Unauthorized
-from cubby.model import Principal
 from cubby.metadata.schema import namespaces
 from cubby.metadata.store import SqlMetadataStore
+from cubby.model import Principal
 from cubby.notify.hub import Subscription, Wake
 from cubby.notify.memory import MemoryBroker
 from cubby.notify.protocol import (
-    MAX_BODY, bearer, heads_json, info as info_body, jittered, longpoll_answer, parse_cursor, parse_timeout,
+    MAX_BODY,
+    bearer,
+    heads_json,
+    jittered,
+    longpoll_answer,
+    parse_cursor,
+    parse_timeout,
+)
+from cubby.notify.protocol import (
+    info as info_body,
 )
 from cubby.notify.service import HeadsReader, NotifyService
 from cubby.server import access
