@@ -205,6 +205,8 @@ move_intents = Table(
     Column("state", String(16), nullable=False),  # started | undoing | removed (see metadata/moves.py)
     Column("user_id", BigInteger, nullable=True),
     Column("created_at", Double, nullable=False),
+    Column("owner", String(96), nullable=True),  # host/pid/start of the process doing the move
+    Column("lease_until", Double, nullable=True),  # renewed at every step (metadata/leases.py)
 )
 
 blocks = Table(
@@ -239,6 +241,33 @@ settings = Table(
     metadata,
     Column("key", String(64), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+
+passwords = Table(
+    "passwords",
+    metadata,
+    # One row per user who may log in to the web app: an argon2id hash (salt and parameters
+    # inside it). Users without a row have API tokens only.
+    Column("user_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", String(255), nullable=False),
+    Column("changed_at", Double, nullable=False),
+)
+
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    # A browser's login. Only the SHA-256 of the cookie's secret is stored (like tokens), so a
+    # copy of the database logs nobody in; ``id`` is what the owner sees and revokes.
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", BigInteger, nullable=False, index=True),
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("created_at", Double, nullable=False),
+    Column("last_seen", Double, nullable=False),
+    Column("expires_at", Double, nullable=False),
+    Column("revoked_at", Double, nullable=True),
+    Column("address", String(64), nullable=False, default=""),
+    Column("agent", String(200), nullable=False, default=""),
 )
 
 

@@ -98,15 +98,24 @@ class TokenWaits:
         self.limit = limit
         self.held: dict[int, int] = {}
 
-    def take(self, token_id: int) -> None:
-        n = self.held.get(token_id, 0)
+    @staticmethod
+    def key(p: Principal) -> int:
+        """What ``p``'s waits are counted under: its token, or (a web session, which has no
+        token id) its user, negated so the two never meet."""
+        return p.token_id or -p.user_id
+
+    def take(self, p: Principal) -> int:
+        """Count one more waiting connection for ``p``; returns the key to `give` back."""
+        key = self.key(p)
+        n = self.held.get(key, 0)
         if n >= self.limit:
             raise TooManyRequests(f"this token already holds {n} waiting connections; close some first")
-        self.held[token_id] = n + 1
+        self.held[key] = n + 1
+        return key
 
-    def give(self, token_id: int) -> None:
-        left = self.held.get(token_id, 1) - 1
+    def give(self, key: int) -> None:
+        left = self.held.get(key, 1) - 1
         if left > 0:
-            self.held[token_id] = left
+            self.held[key] = left
         else:
-            self.held.pop(token_id, None)
+            self.held.pop(key, None)

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 from collections import deque
 from collections.abc import Callable, Collection
 from typing import Any
@@ -111,11 +112,12 @@ class WsOutbox:
 class WsConnection:
     """What one WebSocket connection holds between messages."""
 
-    __slots__ = ("principal", "sub", "token", "ws")
+    __slots__ = ("authenticate", "principal", "sub", "ws")
 
-    def __init__(self, ws: WebSocket, token: str, principal: Principal) -> None:
+    def __init__(self, ws: WebSocket, authenticate: Callable[[], Principal], principal: Principal) -> None:
         self.ws = ws
-        self.token = token
+        self.authenticate = authenticate
+        """Checks the connection's credential again (a token or a browser session)."""
         self.principal = principal
         self.sub: Subscription | None = None
 
@@ -141,14 +143,14 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         cursor = parse_cursor(body.get("cursor"), p)
         timeout = parse_timeout(body.get("timeout"))
         await service.ensure_started()
-        waits.take(p.token_id)
+        held = waits.take(p)
         try:
             heads, wake = await service.wait_once(p.user_id, cursor, jittered(timeout))
         finally:
-            waits.give(p.token_id)
+            waits.give(held)
         if wake.account_changed:
             # A share, a removal or a revoked token: a dead token gets 401 now.
-            p = await run_in_threadpool(ctx.store.authenticate, bearer(request.headers.get("authorization", "")))
+            p = await access.principal(request, ctx)
         return JSONResponse(longpoll_answer(heads, wake, sorted(p.namespaces)))
 
     def ws_deliver(conn: WsConnection) -> Callable[[Subscription, Wake], None]:
@@ -164,7 +166,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         """The account's namespaces changed: drop those it may no longer read, tell the client
         (which re-reads its account and sends a new cursor), or close if the token died."""
         try:
-            p = await run_in_threadpool(ctx.store.authenticate, conn.token)
+            p = await run_in_threadpool(conn.authenticate)
         except Unauthorized as exc:
             await close_revoked(conn, exc)
             return
@@ -201,7 +203,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
             raise BadRequest("a message must be a JSON object {\"cursor\": {...}}", code="malformed_json")
         # Read afresh: a token revoked, or a member removed, while no broker message could
         # reach this process must not subscribe again.
-        conn.principal = await run_in_threadpool(ctx.store.authenticate, conn.token)
+        conn.principal = await run_in_threadpool(conn.authenticate)
         cursor = parse_cursor(body.get("cursor"), conn.principal)
         if conn.sub is not None:
             service.hub.remove(conn.sub)
@@ -219,18 +221,33 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
             sub.cursor[ns] = max(sub.cursor[ns], h)
         outbox.put(conn.ws, {"type": "subscribed", "heads": heads_json(heads), "changed": bool(moved)})
 
+    def ws_credential(ws: WebSocket) -> Callable[[], Principal]:
+        """How this connection proves who it is, again at every account change: its bearer
+        token, or (a browser, which cannot set headers on a WebSocket) its session cookie,
+        accepted only from this server's own pages (`sessions.same_origin`)."""
+        header = ws.headers.get("authorization", "")
+        if not header and ws.cookies:
+            from cubby.server import sessions
+
+            found = sessions.cookie_principal(ws, ctx)
+            if found is not None:
+                secret = found[1]
+                return lambda: ctx.store.accounts.authenticate(secret)[0]
+        token = bearer(header)
+        return lambda: ctx.store.authenticate(token)
+
     async def ws_endpoint(ws: WebSocket) -> None:
         await ws.accept()
         try:
-            token = bearer(ws.headers.get("authorization", ""))
-            p = await run_in_threadpool(ctx.store.authenticate, token)
+            authenticate = await run_in_threadpool(ws_credential, ws)
+            p = await run_in_threadpool(authenticate)
             await service.ensure_started()
-            waits.take(p.token_id)
+            held = waits.take(p)
         except CubbyError as exc:
             await send_error(ws, exc)
             await ws.close(code=4401 if isinstance(exc, Unauthorized) else 4429 if isinstance(exc, TooManyRequests) else 4503)
             return
-        conn = WsConnection(ws, token, p)
+        conn = WsConnection(ws, authenticate, p)
         try:
             while True:
                 msg = await ws.receive()
@@ -249,7 +266,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         except WebSocketDisconnect:
             pass
         finally:
-            waits.give(p.token_id)
+            waits.give(held)
             if conn.sub is not None:
                 service.hub.remove(conn.sub)
 
@@ -273,8 +290,10 @@ def serve_lean(ctx: ServerContext, gate: ConnectionGate) -> None:
         async def authenticate(token: str) -> Principal:
             return await run_in_threadpool(ctx.store.authenticate, token)
 
+        sock = socket.socket(fileno=ctx.config.listen_fd) if ctx.config.listen_fd is not None else None
         await wire.serve(
-            service, authenticate, ctx.config.host, ctx.config.port, gate, max_waits=ctx.config.max_waits_per_token,
+            service, authenticate, ctx.config.host, ctx.config.port, gate,
+            max_waits=ctx.config.max_waits_per_token, sock=sock,
         )
 
     try:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 
 from cubby.errors import CubbyError
 from cubby.notify.service import NotifyService
@@ -35,12 +36,20 @@ log = logging.getLogger("cubby.notify")
 
 async def serve(
     service: NotifyService, authenticate: Authenticate, host: str, port: int, gate: ConnectionGate,
-    *, max_waits: int = 32,
+    *, max_waits: int = 32, sock: socket.socket | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT; then close the listening socket and every connection."""
+    """Serve until SIGTERM or SIGINT; then close the listening socket and every connection.
+    ``sock``, an already-bound listening socket, is used instead of binding ``host:port``."""
     loop = asyncio.get_running_loop()
     endpoints = Endpoints(service, authenticate, max_waits=max_waits)
-    server = await loop.create_server(lambda: Connection(endpoints, gate), host, port, backlog=4096, reuse_address=True)
+
+    def factory() -> Connection:
+        return Connection(endpoints, gate)
+
+    if sock is not None:
+        server = await loop.create_server(factory, sock=sock, backlog=4096)
+    else:
+        server = await loop.create_server(factory, host, port, backlog=4096, reuse_address=True)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

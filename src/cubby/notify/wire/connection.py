@@ -126,7 +126,7 @@ class Connection(asyncio.Protocol):
         self.token = ""
         self.principal: Principal | None = None
         self.waiting = 0
-        """The token id this connection is counted under as a waiting connection (0: none)."""
+        """What this connection is counted under as a waiting one (`TokenWaits.key`; 0: none)."""
         self.message: bytearray | None = None
         self.text = False
         self.queued: list[bytes] | None = None

@@ -85,10 +85,9 @@ class Endpoints:
     # -- waiting connections per token -------------------------------------------------------
     def hold(self, conn: Connection, p: Principal) -> None:
         """Count ``conn`` as one of ``p``'s token's waiting connections, or raise 429."""
-        if conn.waiting != p.token_id:
+        if conn.waiting != self.waits.key(p):
             self.unhold(conn)
-            self.waits.take(p.token_id)
-            conn.waiting = p.token_id
+            conn.waiting = self.waits.take(p)
 
     def unhold(self, conn: Connection) -> None:
         tid, conn.waiting = conn.waiting, 0
