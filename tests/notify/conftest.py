@@ -62,7 +62,7 @@ def pool() -> Iterator[ThreadPoolExecutor]:
         yield ex
 
 
-def start_longpoll(pool: ThreadPoolExecutor, url: str, token: str, cursor: dict[str, int], timeout: float = 480) -> "Future[httpx.Response]":
+def start_longpoll(pool: ThreadPoolExecutor, url: str, token: str, cursor: dict[str, int], timeout: float = 480) -> Future[httpx.Response]:
     return pool.submit(longpoll, url, token, {"cursor": cursor, "timeout": timeout})
 
 

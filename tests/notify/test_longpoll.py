@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from cubby.client.api import ApiClient
@@ -20,7 +19,13 @@ from cubby.client.notify import PushWaiter
 from tests.conftest import require_service
 from tests.helpers.live_server import LiveServer
 from tests.notify.conftest import (
-    account, longpoll, start_longpoll, subscriber_count, wait_subscribed, ws_connect, ws_recv,
+    account,
+    longpoll,
+    start_longpoll,
+    subscriber_count,
+    wait_subscribed,
+    ws_connect,
+    ws_recv,
 )
 
 

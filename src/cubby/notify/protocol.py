@@ -4,6 +4,7 @@ role (the Starlette routes in `cubby.server.notify` and the lean server in
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -42,6 +43,17 @@ def parse_cursor(raw: Any, p: Principal) -> dict[int, int]:
         if not p.can_read(ns):
             raise NotFound(f"namespace {ns} does not exist", ns_id=ns)
     return cursor
+
+
+def json_object(raw: bytes | str, what: str = "the body") -> dict[str, Any]:
+    """``raw`` parsed as a JSON object, or `BadRequest` ``malformed_json`` naming ``what``."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"{what} is not valid JSON: {exc}", code="malformed_json") from exc
+    if not isinstance(body, dict):
+        raise BadRequest(f'{what} must be a JSON object {{"cursor": {{...}}}}', code="malformed_json")
+    return body
 
 
 def parse_timeout(raw: Any) -> float:

@@ -38,7 +38,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from cubby.errors import BadRequest, CubbyError, TooManyRequests, Unauthorized
+from cubby.errors import CubbyError, TooManyRequests, Unauthorized
 from cubby.metadata.schema import namespaces
 from cubby.metadata.store import SqlMetadataStore
 from cubby.model import Principal
@@ -50,6 +50,7 @@ from cubby.notify.protocol import (
     bearer,
     heads_json,
     jittered,
+    json_object,
     longpoll_answer,
     parse_cursor,
     parse_timeout,
@@ -171,16 +172,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
             await close_revoked(conn, exc)
             return
         conn.principal = p
-        revoked: list[int] = []
-        sub = conn.sub
-        if sub is not None and sub.active:
-            revoked = [ns for ns in sub.cursor if not p.can_read(ns)]
-            if revoked:
-                service.hub.remove(sub)
-                for ns in revoked:
-                    del sub.cursor[ns]
-                if sub.cursor:
-                    service.hub.add(sub)
+        revoked = service.hub.narrow(conn.sub, p.can_read) if conn.sub is not None else []
         outbox.put(conn.ws, {"type": "account_changed", "revoked": revoked})
 
     async def close_revoked(conn: WsConnection, exc: Unauthorized) -> None:
@@ -195,12 +187,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
             await ws.send_text(json.dumps({"type": "error", **exc.to_dict()}))
 
     async def subscribe_ws(conn: WsConnection, text: str) -> None:
-        try:
-            body = json.loads(text)
-        except ValueError as exc:
-            raise BadRequest(f"the message is not valid JSON: {exc}", code="malformed_json") from exc
-        if not isinstance(body, dict):
-            raise BadRequest("a message must be a JSON object {\"cursor\": {...}}", code="malformed_json")
+        body = json_object(text, "a message")
         # Read afresh: a token revoked, or a member removed, while no broker message could
         # reach this process must not subscribe again.
         conn.principal = await run_in_threadpool(conn.authenticate)

@@ -17,12 +17,11 @@ One token holds at most ``max_waits`` waiting connections; the next gets 429.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from cubby.errors import BadRequest, CubbyError, TooManyRequests, Unauthorized
+from cubby.errors import CubbyError, TooManyRequests, Unauthorized
 from cubby.model import Principal
 from cubby.notify import protocol
 from cubby.notify.hub import Subscription, Wake
@@ -150,12 +149,7 @@ class Endpoints:
         try:
             token = protocol.bearer(auth)
             p = await self.authenticate(token)
-            try:
-                body = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise BadRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from exc
-            if not isinstance(body, dict):
-                raise BadRequest("the body must be a JSON object", code="malformed_json")
+            body = protocol.json_object(raw)
             cursor = protocol.parse_cursor(body.get("cursor"), p)
             timeout = protocol.parse_timeout(body.get("timeout"))
             service = self.service
@@ -260,12 +254,7 @@ class Endpoints:
         conn.done()
 
     async def _ws_subscribe(self, conn: Connection, raw: bytes) -> None:
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"the message is not valid JSON: {exc}", code="malformed_json") from exc
-        if not isinstance(body, dict):
-            raise BadRequest('a message must be a JSON object {"cursor": {...}}', code="malformed_json")
+        body = protocol.json_object(raw, "a message")
         # Read afresh: a token revoked, or a member removed, while no broker message could
         # reach this process must not subscribe again.
         conn.principal = p = await self.authenticate(conn.token)
@@ -311,17 +300,8 @@ class Endpoints:
         except CubbyError:
             return
         conn.principal = p
-        revoked: list[int] = []
         sub = conn.sub
-        if sub is not None and sub.active:
-            revoked = [ns for ns in sub.cursor if not p.can_read(ns)]
-            if revoked:
-                hub = self.service.hub
-                hub.remove(sub)
-                for ns in revoked:
-                    del sub.cursor[ns]
-                if sub.cursor:
-                    hub.add(sub)
-                else:
-                    conn.sub = None
+        revoked = self.service.hub.narrow(sub, p.can_read) if sub is not None else []
+        if sub is not None and not sub.active:
+            conn.sub = None
         conn.ws_send({"type": "account_changed", "revoked": revoked})
