@@ -128,10 +128,14 @@ def _server_config(state: State, data: Path | None, db: str | None) -> Config:
     "--auto-accept-shares", is_flag=True, default=None,
     help="Mount shared folders in invitees' trees at once, without 'cubby share accept'.",
 )
+@click.option(
+    "--dedup-scope", type=click.Choice(["global", "user"]), default=None,
+    help="Reuse chunks any user stored (global, the default) or only the same user's (user): see docs/SECURITY.md.",
+)
 @pass_state
 def serve(
     state: State, data: Path | None, db: str | None, host: str | None, port: int | None, role: str, broker: str | None,
-    auto_accept_shares: bool | None,
+    auto_accept_shares: bool | None, dedup_scope: str | None,
 ) -> None:
     """Run the cubby server."""
     from cubby.server.run import parse_roles
@@ -141,7 +145,10 @@ def serve(
         roles = parse_roles(role)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--role") from exc
-    run(_server_config(state, data, db).with_(host=host, port=port, broker_url=broker, auto_accept_shares=auto_accept_shares), roles)
+    cfg = _server_config(state, data, db).with_(
+        host=host, port=port, broker_url=broker, auto_accept_shares=auto_accept_shares, dedup_scope=dedup_scope
+    )
+    run(cfg, roles)
 
 
 @main.group()

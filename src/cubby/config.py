@@ -42,6 +42,10 @@ class Config:
     trusted_proxies: tuple[str, ...] = ()
     """Addresses or networks of load balancers whose ``X-Forwarded-For`` (or PROXY protocol
     header) names the real client; see `cubby.server.peers`. Nobody else's is believed."""
+    dedup_scope: str = "global"
+    """``global``: a chunk any user stored is reused by whoever proves they hold its bytes.
+    ``user``: only chunks the same user can already read are reused; everything else is
+    uploaded, so nobody can learn whether another user stores some content (docs/SECURITY.md)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -88,5 +92,17 @@ def load(env: Mapping[str, str], file: Path | None = None) -> Config:
         known["data_dir"] = Path(known["data_dir"]).expanduser()
     if "roles" in known:
         known["roles"] = tuple(known["roles"])
+    if "dedup_scope" in known:
+        known["dedup_scope"] = check_dedup_scope(known["dedup_scope"])
     extra = {k: v for k, v in values.items() if k not in Config.__dataclass_fields__}
     return replace(cfg, **known, extra=extra)
+
+
+DEDUP_SCOPES = ("global", "user")
+
+
+def check_dedup_scope(value: object) -> str:
+    """``value`` if it is a dedup scope; ValueError naming the choices otherwise."""
+    if value not in DEDUP_SCOPES:
+        raise ValueError(f"dedup_scope must be one of {', '.join(DEDUP_SCOPES)}, not {value!r}")
+    return str(value)

@@ -212,10 +212,14 @@ class ApiClient:
         ).json()
         return int(body["stored"])
 
-    def prove(self, ns_id: int, proofs: dict[str, str]) -> tuple[list[str], list[str]]:
+    def prove(self, ns_id: int, proofs: dict[str, tuple[int, str]]) -> tuple[list[str], list[str]]:
+        """Prove possession: ``proofs`` maps a chunk to (its size, SHA-256(nonce || bytes));
+        returns (accepted, rejected). The size is the one the commit stated (it is bound into
+        the nonce)."""
         if not proofs:
             return [], []
-        body = self._post("/api/v1/blocks/prove", {"ns_id": ns_id, "proofs": proofs})
+        wire = {h: {"size": size, "proof": proof} for h, (size, proof) in proofs.items()}
+        body = self._post("/api/v1/blocks/prove", {"ns_id": ns_id, "proofs": wire})
         return list(body["accepted"]), list(body["rejected"])
 
     def fetch_chunks(self, hashes: Sequence[str]) -> Iterator[tuple[str, bytes]]:

@@ -313,7 +313,7 @@ def supply(
         return {}
     owner = {n: w[0] for n, w in needs.where.items()}
 
-    def send(items: list[tuple[str, bytes]], proofs: dict[str, str]) -> list[tuple[str, int]]:
+    def send(items: list[tuple[str, bytes]], proofs: dict[str, tuple[int, str]]) -> list[tuple[str, int]]:
         rejected: set[str] = set(api.prove(ns_id, proofs)[1])
         batch = [(n, d) for n, d in items if n in rejected]
         try:
@@ -336,7 +336,7 @@ def supply(
     with _Pipeline(in_flight) as pipe:
         for window in _windows(needs):
             items = _read_window(needs, window)
-            proofs = {n: _proof(needs.nonces[n], d) for n, d in items}
+            proofs = {n: (len(d), _proof(needs.nonces[n], d)) for n, d in items}
             for sent in pipe.submit(lambda items=items, proofs=proofs: send(items, proofs)):  # type: ignore[misc]
                 account(sent)
         for sent in pipe.drain():
