@@ -265,9 +265,10 @@ class ApiClient:
             body["password"] = password
         return dict(self._post("/api/v1/links", body))
 
-    def list_links(self) -> list[dict[str, Any]]:
-        """The caller's links that are not revoked, newest first."""
-        return list(self._get("/api/v1/links")["links"])
+    def list_links(self, *, include_members: bool = False) -> list[dict[str, Any]]:
+        """The caller's links that are not revoked, newest first; with ``include_members``,
+        also the links members made into folders the caller owns (``created_by`` set)."""
+        return list(self._get("/api/v1/links", all="true" if include_members else None)["links"])
 
     def revoke_link(self, link_id: str) -> None:
         self._request("DELETE", f"/api/v1/links/{quote(str(link_id), safe='')}")

@@ -47,6 +47,7 @@ def serve(config: Config, roles: Sequence[str] = ROLES, *, log_level: str = "inf
         host=config.host,
         port=config.port,
         log_level="warning",
+        log_config=None,  # keep the JSON, token-redacting handlers of logs.configure
         access_log=False,
         timeout_keep_alive=30,
         limit_concurrency=None,
