@@ -52,28 +52,33 @@ def test_wrong_passwords_are_throttled_and_the_right_one_still_works_elsewhere(g
     api, _ = owner
     token = _link(api, tmp_path, "correct horse")
     statuses = []
+    retry_after = 0
     with httpx.Client(base_url=guarded.url, timeout=60) as c:
+        start = time.monotonic()
         for i in range(200):
             r = c.get(f"/l/{token}", headers=_from("203.0.113.7", f"guess {i}"))
             statuses.append(r.status_code)
             if r.status_code == 429:
-                assert int(r.headers["retry-after"]) >= 1
+                retry_after = int(r.headers["retry-after"])
+                assert retry_after >= 1
                 assert r.json()["code"] == "too_many_attempts"
                 assert b"payload" not in r.content
-        # The guesser is stopped after a handful of tries, and stays stopped...
-        assert set(statuses) == {401, 429}
-        first_429 = statuses.index(429)
-        assert 1 <= first_429 <= 20 and set(statuses[first_429:]) == {429}
-        # ...even with the right password (it would otherwise be an oracle for the guesser).
-        assert c.get(f"/l/{token}", headers=_from("203.0.113.7", "correct horse")).status_code == 429
+        elapsed = time.monotonic() - start
+        # The guesser is stopped after ten tries; later it earns one try per six seconds only
+        # (the suite may run slowly on a busy machine, so those few are allowed for).
+        assert statuses[:10] == [401] * 10 and statuses[10] == 429
+        assert statuses.count(401) <= 10 + elapsed / 6 + 1
+        # While stopped, even the right password is refused (else it would be an oracle).
+        if retry_after >= 2:  # at least a second before the next try is earned
+            assert c.get(f"/l/{token}", headers=_from("203.0.113.7", "correct horse")).status_code == 429
         # The link's rightful users, from other addresses, still get in.
         r = c.get(f"/l/{token}", headers=_from("198.51.100.20", "correct horse"))
         assert r.status_code == 200 and r.content == b"the payload"
         # A whole IPv6 /64 counts as one address: a host holding one cannot rotate through it.
-        for i in range(30):
-            c.get(f"/l/{token}", headers=_from(f"2001:db8:1:2::{i + 1:x}", f"v6 guess {i}"))
-        r = c.get(f"/l/{token}", headers=_from("2001:db8:1:2::ffff", "correct horse"))
-        assert r.status_code == 429
+        v6 = [c.get(f"/l/{token}", headers=_from(f"2001:db8:1:2::{i + 1:x}", f"v6 guess {i}")) for i in range(30)]
+        assert [r.status_code for r in v6[:11]] == [401] * 10 + [429]
+        if int(v6[-1].headers.get("retry-after", 0)) >= 2:
+            assert c.get(f"/l/{token}", headers=_from("2001:db8:1:2::ffff", "correct horse")).status_code == 429
         assert c.get(f"/l/{token}", headers=_from("2001:db8:1:3::1", "correct horse")).status_code == 200
 
 
