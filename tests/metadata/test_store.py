@@ -8,8 +8,8 @@ import unicodedata
 import pytest
 
 from cubby.errors import BadRequest, Conflict, InvalidPath, NotFound, SizeMismatch, Unauthorized
-from cubby.model import ChunkRef, CommitRequest
 from cubby.metadata.possession import Claim
+from cubby.model import ChunkRef, CommitRequest
 from tests.metadata.conftest import put_file, random_chunks, request
 
 

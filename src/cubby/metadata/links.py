@@ -32,9 +32,9 @@ from sqlalchemy.engine import Connection, Row
 from cubby.core import paths
 from cubby.errors import BadRequest, NotFound
 from cubby.metadata.engine import Database
-from cubby.model import ChunkRef, Entry
 from cubby.metadata.schema import file_revs, links, namespaces, nodes, users
 from cubby.metadata.store import token_hash
+from cubby.model import ChunkRef, Entry
 
 ROOT_NODE = 0
 """The node id of a namespace's root folder, which has no row in ``nodes``."""

@@ -15,15 +15,15 @@ the bytes are still in the block store and writes them again if not.
 
 from __future__ import annotations
 
+import base64
 import builtins
 import functools
-import base64
 import hashlib
 import json
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -47,6 +47,18 @@ from cubby.errors import (
 from cubby.metadata import migrate
 from cubby.metadata.engine import Database
 from cubby.metadata.possession import Challenges, Checked, ChunkReader, Claim, check_claims
+from cubby.metadata.schema import (
+    blocks,
+    file_revs,
+    journal,
+    members,
+    namespaces,
+    nodes,
+    ns_chunks,
+    settings,
+    tokens,
+    users,
+)
 from cubby.model import (
     ChunkRef,
     CommitRequest,
@@ -60,18 +72,6 @@ from cubby.model import (
     Revision,
     Role,
     User,
-)
-from cubby.metadata.schema import (
-    blocks,
-    file_revs,
-    journal,
-    members,
-    namespaces,
-    nodes,
-    ns_chunks,
-    settings,
-    tokens,
-    users,
 )
 
 ROOT_NODE = 0
@@ -1258,10 +1258,7 @@ class SqlMetadataStore:
         """Check claims (`cubby.metadata.possession.check_claims`) and make the proven chunks
         available to ``ns_id``. ``within``: dedup only against chunks these namespaces hold
         (the caller's own, for ``dedup_scope = user``); None means any chunk the server holds."""
-        eligible: Callable[[str], bool] = lambda h: True
-        if within is not None:
-            readable = self.chunk_readable(within, [c.hash for c in claims])
-            eligible = readable.__contains__
+        eligible = None if within is None else self.chunk_readable(within, [c.hash for c in claims]).__contains__
         checked = check_claims(self.challenges, user_id, ns_id, claims, blocks_store, eligible)
         accepted = checked.proven
         if not accepted:
@@ -1379,4 +1376,4 @@ def open_store(url: str, *, migrate_schema: bool = True) -> SqlMetadataStore:
     return SqlMetadataStore(db)
 
 
-__all__ = ["SqlMetadataStore", "open_store", "content_hash_of", "token_hash"]
+__all__ = ["SqlMetadataStore", "content_hash_of", "open_store", "token_hash"]
