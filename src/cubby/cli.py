@@ -133,6 +133,9 @@ def _server_config(state: State, data: Path | None, db: str | None) -> Config:
     help="How --role notify alone is served: lean (default, cheap idle connections) or asgi.",
 )
 @click.option("--max-request-bytes", type=int, default=None, help="Largest request body accepted (default 64 MiB).")
+@click.option("--advertise-meta", default=None, metavar="URL", help="Where clients reach the meta role (told by /api/v1/discovery).")
+@click.option("--advertise-blocks", default=None, metavar="URL", help="Where clients reach the blocks role.")
+@click.option("--advertise-notify", default=None, metavar="URL", help="Where clients reach the notify role.")
 @click.option(
     "--auto-accept-shares", is_flag=True, default=None,
     help="Mount shared folders in invitees' trees at once, without 'cubby share accept'.",
@@ -149,6 +152,7 @@ def _server_config(state: State, data: Path | None, db: str | None) -> Config:
 def serve(
     state: State, data: Path | None, db: str | None, host: str | None, port: int | None, listen_fd: int | None,
     role: str, broker: str | None, notify_front: str | None, max_request_bytes: int | None,
+    advertise_meta: str | None, advertise_blocks: str | None, advertise_notify: str | None,
     auto_accept_shares: bool | None, dedup_scope: str | None, trusted_proxies: tuple[str, ...],
 ) -> None:
     """Run the cubby server."""
@@ -162,6 +166,7 @@ def serve(
     cfg = _server_config(state, data, db).with_(
         host=host, port=port, listen_fd=listen_fd, broker_url=broker, notify_front=notify_front,
         max_request_bytes=max_request_bytes, auto_accept_shares=auto_accept_shares,
+        advertise_meta=advertise_meta, advertise_blocks=advertise_blocks, advertise_notify=advertise_notify,
         dedup_scope=dedup_scope, trusted_proxies=trusted_proxies or None,
     )
     run(cfg, roles)
