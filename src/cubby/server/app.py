@@ -57,6 +57,11 @@ def build_app(ctx: ServerContext, roles: Sequence[str] = ROLES) -> Starlette:
         from cubby.server import links  # management routes go with meta, public /l/ routes with blocks
 
         routes.extend(links.routes(ctx, roles, creator_access=ctx.store.user_can_read))
+    if "meta" in roles:
+        from cubby.server import sessions, web  # people: password login and the web app at /
+
+        routes.extend(sessions.routes(ctx))
+        routes.extend(web.routes(ctx))
     routes.extend(metrics.routes(ctx.metrics))
     # Last: discovery, and a 421 naming the right role for API routes this process lacks.
     routes.extend(discovery.routes(ctx.config, roles))

@@ -1,75 +1,77 @@
-"""Failure throttling: a token bucket per key, for guesses (link passwords) that must stay slow.
+"""`FailureThrottle`: slow down guessing, per key (an account name, a client address).
 
-Each key (a link, a client address) starts with ``burst`` attempts and earns one more every
-``refill_seconds``, up to ``burst``. An attempt takes a token *before* the expensive check
-runs (so that 64 concurrent guesses cannot all pass the gate before the first failure is
-counted) and gives it back when the guess was right. An empty bucket answers with the seconds
-until its next token, which the server sends as ``Retry-After``.
-
-Memory is bounded: at most ``max_keys`` buckets are kept, the least recently used dropped
-first (about 150 bytes each, so the default 100,000 keys cost ~15 MB at worst). Dropping a
-bucket forgives its key, which only an attacker with more than ``max_keys`` addresses gains
-from; the per-link bucket still holds them. Not thread-safe: the server calls it from the
-event loop only.
+After ``free`` failures within the window a key is locked for ``first_delay`` seconds, doubled
+with every further failure (up to ``max_delay``); a success clears the key. Locked
+attempts are refused before any password is hashed, so a guesser costs the server a dict
+lookup. Memory is bounded: at most ``max_keys`` keys are kept, the oldest forgotten first (a
+forgotten key only gets its free attempts back). State lives in the process: several meta
+processes each allow their own ``free`` attempts, which still caps guessing at a few per second.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class _Record:
+    failures: int
+    first: float
+    locked_until: float
 
 
 class FailureThrottle:
-    __slots__ = ("_buckets", "_clock", "burst", "max_keys", "refill_seconds")
-
     def __init__(
-        self, burst: int, refill_seconds: float, *, max_keys: int = 100_000, clock: Callable[[], float] = time.monotonic
+        self, *, free: int, first_delay: float = 10.0, window: float = 900.0, max_delay: float = 900.0,
+        max_keys: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.burst = burst
-        self.refill_seconds = refill_seconds
+        self.free = free
+        self.first_delay = first_delay
+        self.window = window
+        self.max_delay = max_delay
         self.max_keys = max_keys
-        self._clock = clock
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-        """key -> (tokens, at): the tokens the key had at time ``at``."""
+        self.clock = clock
+        self._keys: OrderedDict[str, _Record] = OrderedDict()
 
-    def _tokens(self, key: str, now: float) -> float:
-        tokens, at = self._buckets.get(key, (float(self.burst), now))
-        return min(float(self.burst), tokens + (now - at) / self.refill_seconds)
+    def retry_after(self, key: str) -> int:
+        """Seconds until ``key`` may try again (0: now)."""
+        rec = self._keys.get(key)
+        if rec is None:
+            return 0
+        wait = rec.locked_until - self.clock()
+        return math.ceil(wait) if wait > 0 else 0
 
-    def wait(self, key: str) -> float:
-        """Seconds until ``key`` may try again (0 when it may now)."""
-        tokens = self._tokens(key, self._clock())
-        return 0.0 if tokens >= 1 else (1 - tokens) * self.refill_seconds
+    def failed(self, key: str) -> None:
+        now = self.clock()
+        rec = self._keys.pop(key, None)
+        if rec is None or now - rec.first > self.window:
+            rec = _Record(0, now, 0.0)
+        rec.failures += 1
+        if rec.failures >= self.free:
+            rec.locked_until = now + min(self.max_delay, self.first_delay * 2.0 ** (rec.failures - self.free))
+        self._keys[key] = rec
+        while len(self._keys) > self.max_keys:
+            self._keys.popitem(last=False)
 
-    def take(self, key: str) -> None:
-        """Spend one attempt of ``key`` (callers check `wait` first)."""
-        now = self._clock()
-        self._buckets[key] = (self._tokens(key, now) - 1, now)
-        self._buckets.move_to_end(key)
-        while len(self._buckets) > self.max_keys:
-            self._buckets.popitem(last=False)
+    def succeeded(self, key: str) -> None:
+        self._keys.pop(key, None)
 
-    def give_back(self, key: str) -> None:
-        """Return the attempt a right guess took."""
-        if key in self._buckets:
-            now = self._clock()
-            self._buckets[key] = (min(float(self.burst), self._tokens(key, now) + 1), now)
-
-
-def address_key(address: str) -> str:
-    """The throttling key of a client address: the address itself for IPv4, its /64 for IPv6
-    (one host usually holds a whole /64, so per-address keys there would cost it nothing)."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip)
-
-
-__all__ = ["FailureThrottle", "address_key"]
+    def forgive(self, key: str) -> None:
+        """Take back one failure recorded in advance (`failed` before the check, so that
+        concurrent guesses cannot all slip past the gate) when the guess proved right. Unlike
+        `succeeded` it clears nothing else: a right password for one link must not wipe an
+        address's failures on another."""
+        rec = self._keys.get(key)
+        if rec is None:
+            return
+        rec.failures -= 1
+        # The attempt was let in, so no lock held before its failure was recorded: any lock
+        # now is the one that recording set.
+        rec.locked_until = 0.0
+        if rec.failures <= 0:
+            del self._keys[key]
