@@ -21,6 +21,9 @@ from cubby.core.hashing import sha256_hex
 from cubby.errors import ChunkMismatch, CubbyError, Unavailable, error_from_dict
 from cubby.model import ChunkRef, CommitResult, Entry, JournalEntry, NeededChunk
 
+MAX_BATCH = 1000
+"""Operations the server takes in one batch request (commits, blocklists, folder operations)."""
+
 
 def _raise_for(resp: httpx.Response) -> None:
     if resp.status_code < 400:
@@ -154,6 +157,18 @@ class ApiClient:
 
     def mkdir(self, path: str) -> Entry:
         return Entry.from_dict(self._post("/api/v1/files/mkdir", {"path": path})["entry"])
+
+    def batch(self, ops: Sequence[dict[str, Any]]) -> list[Entry | CubbyError]:
+        """Folder creations, deletes and moves (``{"op": "mkdir"|"delete"|"move", ...}`` with
+        the fields of the single routes), applied in order; each gets its own outcome."""
+        out: list[Entry | CubbyError] = []
+        for i in range(0, len(ops), MAX_BATCH):
+            for r in self._post("/api/v1/files/batch", {"ops": list(ops[i : i + MAX_BATCH])})["results"]:
+                if "error" in r:
+                    out.append(error_from_dict(r["error"], int(r.get("status", 400))))
+                else:
+                    out.append(Entry.from_dict(r["entry"]))
+        return out
 
     def delete(self, path: str, expected_rev: int | None = None, unchanged_since: int | None = None) -> Entry:
         body: dict[str, Any] = {"path": path, "expected_rev": expected_rev}

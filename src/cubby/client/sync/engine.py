@@ -184,6 +184,8 @@ class SyncEngine:
         meanwhile, so that a folder being shared is never seen half moved (gone from one
         namespace, not yet in the other)."""
         acct = self.api.account()
+        if self._caught_up(acct):
+            return  # the account's heads are our cursors: a pass with nothing new costs one request
         for _ in range(3):
             self._refresh_from(acct)
             again = self.api.account()
@@ -192,6 +194,18 @@ class SyncEngine:
             }:
                 return
             acct = again
+
+    def _caught_up(self, acct: dict[str, Any]) -> bool:
+        """Does the account show the namespaces we know, each at the head we have read to?"""
+        known = self.state.namespaces()
+        seen = acct.get("namespaces", [])
+        if len(seen) != len(known):
+            return False
+        for n in seen:
+            ns = known.get(int(n["ns_id"]))
+            if ns is None or ns.cursor != int(n["head"]) or (ns.mount, ns.role) != (paths.normalize(n["path"]), str(n.get("role", "owner"))):
+                return False
+        return True
 
     def _refresh_from(self, acct: dict[str, Any]) -> None:
         seen = {int(n["ns_id"]): n for n in acct.get("namespaces", [])}
@@ -359,8 +373,15 @@ class SyncEngine:
             except (CubbyError, OSError) as exc:
                 failures.append({"op": type(op).__name__, "path": _path_of(op), "error": str(exc)})
 
+        remote: list[P.Op] = []
         for op in first:
+            if isinstance(op, (P.MkdirRemote, P.MoveRemote)):
+                remote.append(op)  # sent together, in plan order, with the next local op
+                continue
+            done += self._apply_remote(remote, report, failures)
+            remote = []
             one(op)
+        done += self._apply_remote(remote, report, failures)
         if uploads:
             n = self._upload(uploads, failures)
             done += n
@@ -371,8 +392,63 @@ class SyncEngine:
             done += n
             if n:
                 report.count("Download", n)
+        remote = []
         for dop in deletes:
-            one(dop)
+            if isinstance(dop, P.DeleteRemote):
+                if dop.remote.kind == "folder" and not self._folder_unchanged(dop.remote):
+                    continue  # something arrived in it meanwhile: the next round learns what
+                remote.append(dop)
+            else:
+                one(dop)
+        done += self._apply_remote(remote, report, failures)
+        return done
+
+    def _apply_remote(self, ops: Sequence[P.Op], report: PassReport, failures: list[dict[str, str]]) -> int:
+        """Folder creations, moves and deletes on the server, a batch request per thousand
+        (`ApiClient.batch`), applied there in this order; each answer is then recorded in the
+        base as the single operation would record it. A conflict or a vanished source is not a
+        failure: the server moved on and the next plan sees how."""
+        if not ops:
+            return 0
+        cursors = self.state.cursors()
+        bodies: list[dict[str, Any]] = []
+        for op in ops:
+            if isinstance(op, P.MkdirRemote):
+                bodies.append({"op": "mkdir", "path": op.local.path})
+            elif isinstance(op, P.MoveRemote):
+                bodies.append({"op": "move", "from_path": op.path, "to_path": op.new_path, "expected_rev": op.expected_rev})
+            elif isinstance(op, P.DeleteRemote):
+                since = cursors.get(op.remote.ns_id) if op.remote.kind == "folder" else None
+                bodies.append({"op": "delete", "path": op.remote.path, "expected_rev": op.remote.rev, "unchanged_since": since})
+        outcomes = self.api.batch(bodies)
+        self._crash_point("batched_remote")
+        done = 0
+        st = self.state
+        with st.tx():
+            for op, out in zip(ops, outcomes, strict=True):
+                name = type(op).__name__
+                if isinstance(out, CubbyError):
+                    if isinstance(op, P.DeleteRemote) and isinstance(out, NotFound):
+                        pass  # already gone: what we wanted
+                    elif isinstance(out, (Conflict, NotFound)) and not isinstance(op, P.MkdirRemote):
+                        continue
+                    else:
+                        failures.append({"op": name, "path": _path_of(op), "error": str(out)})
+                        continue
+                if isinstance(op, P.MkdirRemote):
+                    assert isinstance(out, Entry)
+                    st.put_remote_entry(out)
+                    st.set_base(P.BaseItem(out.ns_id, out.node_id, out.path, "folder", out.rev, None, op.local.inode))
+                elif isinstance(op, P.MoveRemote):
+                    assert isinstance(out, Entry)
+                    st.put_remote_entry(out)
+                    st.move_base(op.node, out.path)
+                elif isinstance(op, P.DeleteRemote):
+                    st.delete_remote(op.remote.node)
+                    st.forget_base(op.remote.node)
+                done += 1
+                report.count(name)
+                self.emit({"op": name, "path": _path_of(op)})
         return done
 
     # -- single operations -------------------------------------------------------------------------
@@ -417,37 +493,12 @@ class SyncEngine:
             self._crash_point("moved_local")
             st.rename_files(op.rel, target)
             st.move_base(op.node, op.new_path)
-        elif isinstance(op, P.MoveRemote):
-            try:
-                e = self.api.move(op.path, op.new_path, op.expected_rev)
-            except (Conflict, NotFound):
-                return False  # the server moved on: the next plan sees how
-            self._crash_point("moved_remote")
-            st.put_remote_entry(e)
-            st.move_base(op.node, e.path)
         elif isinstance(op, P.MkdirLocal):
             folder = self._abs(self.rel_for(op.remote.path))
             folder.mkdir(parents=True, exist_ok=True)
             st.set_base(_base_of(op.remote, folder.stat().st_ino))
-        elif isinstance(op, P.MkdirRemote):
-            e = self.api.mkdir(op.local.path)
-            st.put_remote_entry(e)
-            st.set_base(P.BaseItem(e.ns_id, e.node_id, e.path, "folder", e.rev, None, op.local.inode))
         elif isinstance(op, P.DeleteLocal):
             return self._delete_local(op)
-        elif isinstance(op, P.DeleteRemote):
-            if op.remote.kind == "folder" and not self._folder_unchanged(op.remote):
-                return False  # something arrived in it meanwhile: the next round learns what
-            since = st.cursors().get(op.remote.ns_id) if op.remote.kind == "folder" else None
-            try:
-                self.api.delete(op.remote.path, op.remote.rev, unchanged_since=since)
-            except NotFound:
-                pass
-            except Conflict:
-                return False
-            self._crash_point("deleted_remote")
-            st.delete_remote(op.remote.node)
-            st.forget_base(op.remote.node)
         return True
 
     def _folder_unchanged(self, folder: P.RemoteItem) -> bool:
