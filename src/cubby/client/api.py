@@ -47,14 +47,19 @@ def parse_commit_answer(body: dict[str, Any]) -> CommitResult | CubbyError:
     return error_from_dict(err, 409 if err.get("code") == "conflict" else 400)
 
 
-def commit_body(path: str, size: int, chunks: Sequence[ChunkRef], expected_rev: int | None, mtime: float | None) -> dict[str, Any]:
-    return {
+def commit_body(
+    path: str, size: int, chunks: Sequence[ChunkRef], expected_rev: int | None, mtime: float | None, mode: int | None = None
+) -> dict[str, Any]:
+    body = {
         "path": path,
         "size": size,
         "chunks": [{"hash": c.hash, "size": c.size} for c in chunks],
         "expected_rev": expected_rev,
         "mtime": mtime,
     }
+    if mode is not None:
+        body["mode"] = mode
+    return body
 
 
 class ApiClient:
@@ -118,8 +123,11 @@ class ApiClient:
         self._request("DELETE", f"/api/v1/tokens/{int(token_id)}")
 
     # -- files -----------------------------------------------------------------------------------
-    def commit(self, path: str, size: int, chunks: Sequence[ChunkRef], expected_rev: int | None = None, mtime: float | None = None) -> CommitResult:
-        res = parse_commit_answer(self._post("/api/v1/files/commit", commit_body(path, size, chunks, expected_rev, mtime)))
+    def commit(
+        self, path: str, size: int, chunks: Sequence[ChunkRef], expected_rev: int | None = None, mtime: float | None = None,
+        mode: int | None = None,
+    ) -> CommitResult:
+        res = parse_commit_answer(self._post("/api/v1/files/commit", commit_body(path, size, chunks, expected_rev, mtime, mode)))
         if isinstance(res, CubbyError):
             raise res
         return res
@@ -158,7 +166,7 @@ class ApiClient:
     def mkdir(self, path: str) -> Entry:
         return Entry.from_dict(self._post("/api/v1/files/mkdir", {"path": path})["entry"])
 
-    def batch(self, ops: Sequence[dict[str, Any]]) -> list[Entry | CubbyError]:
+    def batch(self, ops: Sequence[dict[str, Any]]) -> Sequence[Entry | CubbyError]:
         """Folder creations, deletes and moves (``{"op": "mkdir"|"delete"|"move", ...}`` with
         the fields of the single routes), applied in order; each gets its own outcome."""
         out: list[Entry | CubbyError] = []

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Self, TypeVar
 
+from cubby.client import modes
 from cubby.client.api import ApiClient, commit_body
 from cubby.core import paths
 from cubby.core.chunking import MIN_SIZE, chunk_file, iter_chunks
@@ -96,6 +97,8 @@ class LocalFile:
     inode: int = 0
     stamp: Stamp | None = None
     data: bytes | None = field(default=None, repr=False)
+    mode: int | None = None
+    """`cubby.client.modes`: regular, executable, or a link (whose ``data`` is its target)."""
 
     @property
     def refs(self) -> tuple[ChunkRef, ...]:
@@ -168,7 +171,12 @@ def scan_file(local: Path, remote: str, progress: Progress | None = None, *, kee
     if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or (data is not None and len(data) != st.st_size):
         raise FileChanged(f"{local} changed while it was being read; try again when it is saved")
     stamp = _stamp(after) if _stamp(after) == _stamp(st) else None
-    return LocalFile(local, remote, st.st_size, st.st_mtime, chunks, st.st_ino, stamp, data)
+    return LocalFile(local, remote, st.st_size, st.st_mtime, chunks, st.st_ino, stamp, data, modes.mode_of(after))
+
+
+def _same(e: Entry, lf: LocalFile) -> bool:
+    """Does the server's file already hold what ``lf`` would commit (bytes and mode)?"""
+    return e.content_hash == lf.content_hash and e.size == lf.size and modes.version("", e.mode) == modes.version("", lf.mode)
 
 
 def read_chunk(fh: BinaryIO, c: LocalChunk, where: Path) -> bytes:
@@ -360,7 +368,7 @@ def upload_file(
         try:
             current = api.stat(remote)
             if current.kind == "file":
-                if current.content_hash == lf.content_hash and current.size == lf.size:
+                if _same(current, lf):
                     return UploadResult(current.path, current.rev, lf.size, len(lf.chunks), 0, 0, skipped=True)
                 expected_rev = current.rev
         except NotFound:
@@ -368,7 +376,7 @@ def upload_file(
     sent = sent_bytes = 0
     ns_id: int | None = None
     for _attempt in range(3):
-        res = api.commit(remote, lf.size, lf.refs, expected_rev, lf.mtime)
+        res = api.commit(remote, lf.size, lf.refs, expected_rev, lf.mtime, lf.mode)
         if res.entry is not None:
             return UploadResult(res.entry.path, res.entry.rev, lf.size, len(lf.chunks), sent, sent_bytes)
         if ns_id is None:
@@ -478,7 +486,7 @@ def upload_tree(
         pending: list[LocalFile] = []
         for lf in scanned:
             cur = existing.get(paths.key(lf.remote))
-            if cur is not None and cur.kind == "file" and cur.content_hash == lf.content_hash and cur.size == lf.size:
+            if cur is not None and cur.kind == "file" and _same(cur, lf):
                 out.append(UploadResult(cur.path, cur.rev, lf.size, len(lf.chunks), 0, 0, skipped=True))
             else:
                 pending.append(lf)
@@ -490,7 +498,7 @@ def upload_tree(
             for lf in pending:
                 cur = existing.get(paths.key(lf.remote))
                 rev = cur.rev if cur is not None and cur.kind == "file" else None
-                bodies.append(commit_body(lf.remote, lf.size, lf.refs, rev, lf.mtime))
+                bodies.append(commit_body(lf.remote, lf.size, lf.refs, rev, lf.mtime, lf.mode))
             outcomes = api.commit_batch(bodies)
             needing: list[tuple[LocalFile, CommitResult]] = []
             for lf, res in zip(pending, outcomes):
@@ -634,6 +642,7 @@ def download_file(
         os.fsync(out.fileno())
     if part.stat().st_size != entry.size:
         raise CubbyError(f"downloaded {part.stat().st_size} bytes of {remote}, expected {entry.size}", code="short_download")
+    modes.apply_mode(part, entry.mode)
     if entry.mtime:
         os.utime(part, (entry.mtime, entry.mtime))
     os.replace(part, local)
@@ -686,6 +695,7 @@ def _write_small_files(
         with open(part, "wb") as out:
             for c in chunks:
                 out.write(got[c.hash])
+        modes.apply_mode(part, entry.mode)
         if entry.mtime:
             os.utime(part, (entry.mtime, entry.mtime))
         staged.append((part, target, entry))
@@ -732,6 +742,7 @@ def download_tree(
             target.mkdir(parents=True, exist_ok=True)
             continue
         if target.exists() and target.stat().st_size == e.size and scan_file(target, e.path).content_hash == e.content_hash:
+            modes.apply_mode(target, e.mode)
             emit(DownloadResult(e.path, e.size, 0, str(target)))
             continue
         if e.size <= SMALL_FILE:

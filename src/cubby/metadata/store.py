@@ -1207,7 +1207,7 @@ class SqlMetadataStore:
             )
             tx.journal(
                 "move", node_id=row.node_id, parent_id=parent_id, kind=row.kind, path=dst_path, rev=jid,
-                size=row.size, content_hash=row.content_hash, mtime=row.mtime,
+                size=row.size, content_hash=row.content_hash, mtime=row.mtime, mode=row.mode,
                 old_path=old_path, old_parent_id=row.parent_id,
             )
             tx.forget()

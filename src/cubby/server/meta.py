@@ -267,10 +267,11 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
                 p = await mkdir_group(request, p, items[i:j], results, i, touched)
                 i = j
                 continue
-            raw = items[i]
-            fn = do_delete if raw["op"] == "delete" else do_move
+            def run(q: Principal, moved: bool, raw: dict[str, Any] = items[i]) -> tuple[Any, ...]:
+                return (do_delete if raw["op"] == "delete" else do_move)(q, raw, moved)
+
             try:
-                p, (target, entry, *also) = await once_more(request, p, lambda q, moved, raw=raw, fn=fn: fn(q, raw, moved))
+                p, (target, entry, *also) = await once_more(request, p, run)
                 touched.update({target.ns_id, *also})
                 results[i] = {"entry": access.user_entry(target, entry)}
             except CubbyError as exc:

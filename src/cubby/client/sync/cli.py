@@ -103,6 +103,8 @@ def register(main: click.Group) -> None:
                 state.emit({"blocked": b.path, "reason": b.reason}, f"kept     {b.path}  ({b.reason})")
             for rel in res.unsyncable:
                 state.emit({"unsyncable": rel}, f"skipped  {rel}  (a name cubby cannot store)")
+            for rel in res.outside_links:
+                state.emit({"outside_link": rel}, f"skipped  {rel}  (a link to outside the folder: not synced)")
             state.emit({"in_sync": not pending, "pending": len(pending), "blocked": len(blocked)},
                        "in sync" if not pending else f"{len(pending)} changes pending")
         finally:

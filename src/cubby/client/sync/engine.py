@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from cubby.client import transfer
+from cubby.client import modes, transfer
 from cubby.client.api import ApiClient, commit_body
 from cubby.client.changes import ChangeWaiter
 from cubby.client.sync import planner as P
@@ -523,11 +523,11 @@ class SyncEngine:
         if op.local.kind == "file":
             rec = self.state.file(op.local.rel)
             try:
-                s = p.stat()
+                s = os.lstat(p)
             except FileNotFoundError:
                 self.state.forget_base(op.node)
                 return True
-            if rec is None or (rec.size, rec.mtime_ns, rec.inode) != (s.st_size, s.st_mtime_ns, s.st_ino):
+            if rec is None or (rec.size, rec.mtime_ns, rec.inode, rec.mode) != (s.st_size, s.st_mtime_ns, s.st_ino, modes.mode_of(s)):
                 return False  # edited since the scan: keep it, the next plan uploads it
             self._keep_chunks(rec)
             p.unlink()
@@ -553,7 +553,7 @@ class SyncEngine:
 
     def _keep_chunks(self, rec: FileRecord) -> None:
         """Copy a file's chunks to the cache before it goes, if it is small enough to be worth it."""
-        if rec.size == 0 or rec.size > self.cache.max_bytes // 4:
+        if rec.size == 0 or rec.size > self.cache.max_bytes // 4 or rec.mode == modes.SYMLINK:
             return
         try:
             with open(self._abs(rec.rel), "rb") as fh:
@@ -575,12 +575,17 @@ class SyncEngine:
         groups: dict[int, list[tuple[P.Upload, transfer.LocalFile]]] = {}
         for op in ops:
             rec = self.state.file(op.local.rel)
-            if rec is None or rec.hash != op.local.hash:
+            if rec is None or rec.version != op.local.hash:
                 continue
             lf = transfer.LocalFile(
                 self._abs(op.local.rel), op.local.path, rec.size, rec.mtime_ns / 1e9,
-                [transfer.LocalChunk(off, size, h) for h, off, size in rec.chunks], rec.inode,
+                [transfer.LocalChunk(off, size, h) for h, off, size in rec.chunks], rec.inode, mode=rec.mode,
             )
+            if rec.mode == modes.SYMLINK:
+                try:
+                    lf.data = os.fsencode(os.readlink(lf.local))  # never read through the link
+                except OSError:
+                    continue
             ns_id = ctx.mounts[P.mount_of(op.local.path, ctx.mounts)][0]
             groups.setdefault(ns_id, []).append((op, lf))
         done = 0
@@ -591,11 +596,11 @@ class SyncEngine:
 
     def _still_same(self, op: P.Upload, lf: transfer.LocalFile) -> bool:
         try:
-            s = lf.local.stat()
+            s = os.lstat(lf.local)
         except OSError:
             return False
         rec = self.state.file(op.local.rel)
-        return rec is not None and (rec.size, rec.mtime_ns, rec.inode) == (s.st_size, s.st_mtime_ns, s.st_ino)
+        return rec is not None and (rec.size, rec.mtime_ns, rec.inode, rec.mode) == (s.st_size, s.st_mtime_ns, s.st_ino, modes.mode_of(s))
 
     def _upload_group(self, ns_id: int, items: list[tuple[P.Upload, transfer.LocalFile]], failures: list[dict[str, str]]) -> int:
         done = 0
@@ -603,7 +608,7 @@ class SyncEngine:
         for _attempt in range(3):
             if not pending:
                 break
-            bodies = [commit_body(lf.remote, lf.size, lf.refs, op.expected_rev, lf.mtime) for op, lf in pending]
+            bodies = [commit_body(lf.remote, lf.size, lf.refs, op.expected_rev, lf.mtime, lf.mode) for op, lf in pending]
             outcomes = self.api.commit_batch(bodies)
             needing: list[tuple[P.Upload, transfer.LocalFile, CommitResult]] = []
             with self.state.tx():
@@ -646,7 +651,7 @@ class SyncEngine:
 
     def _committed(self, e: Entry, lf: transfer.LocalFile) -> None:
         self.state.put_remote_entry(e)
-        self.state.set_base(P.BaseItem(e.ns_id, e.node_id, e.path, "file", e.rev, e.content_hash, lf.inode))
+        self.state.set_base(P.BaseItem(e.ns_id, e.node_id, e.path, "file", e.rev, modes.version(e.content_hash, e.mode), lf.inode))
 
     # -- downloads ---------------------------------------------------------------------------------
     def _download(self, ops: Sequence[P.Download], failures: list[dict[str, str]]) -> int:
@@ -662,7 +667,7 @@ class SyncEngine:
                 if isinstance(bl, CubbyError):
                     continue  # gone since the journal said so: the next round learns it
                 entry, chunks = bl
-                if entry.content_hash != op.remote.hash or entry.node_id != op.remote.node_id:
+                if modes.version(entry.content_hash, entry.mode) != op.remote.hash or entry.node_id != op.remote.node_id:
                     continue
                 ready.append((op, chunks, entry))
             batch: list[tuple[P.Download, list[ChunkRef], Entry]] = []
@@ -732,6 +737,15 @@ class SyncEngine:
             else:
                 tmp, keep = tmpdir / f"{uuid.uuid4().hex}.part", 0
             assert stream is not None
+            if entry.mode == modes.SYMLINK:
+                text = b"".join(next(stream)[1] for _ in chunks)
+                try:
+                    self._stage_link(tmp, op, text)
+                except (OSError, ValueError, CubbyError) as exc:
+                    failures.append({"op": "Download", "path": op.remote.path, "error": str(exc)})
+                    continue
+                staged.append((op, entry, tmp, chunks))
+                continue
             with open(tmp, "r+b" if keep else "wb") as out:
                 written = sum(c.size for c in chunks[:keep])
                 out.seek(written)
@@ -746,6 +760,7 @@ class SyncEngine:
                 if big:
                     out.flush()
                     os.fsync(out.fileno())
+            modes.apply_mode(tmp, entry.mode)
             if entry.mtime:
                 os.utime(tmp, (entry.mtime, entry.mtime))
             staged.append((op, entry, tmp, chunks))
@@ -767,7 +782,7 @@ class SyncEngine:
                         if rec is not None:
                             self._keep_chunks(rec)
                     os.replace(tmp, target)
-                    s = target.stat()
+                    s = os.lstat(target)
                 except OSError as exc:
                     tmp.unlink(missing_ok=True)
                     failures.append({"op": "Download", "path": op.remote.path, "error": str(exc)})
@@ -776,8 +791,12 @@ class SyncEngine:
                 for c in chunks:
                     offs.append((c.hash, o, c.size))
                     o += c.size
-                records.append(FileRecord(rel, s.st_size, s.st_mtime_ns, s.st_ino, entry.content_hash or "", tuple(offs)))
-                self.state.set_base(P.BaseItem(entry.ns_id, entry.node_id, op.remote.path, "file", entry.rev, entry.content_hash, s.st_ino))
+                records.append(
+                    FileRecord(rel, s.st_size, s.st_mtime_ns, s.st_ino, entry.content_hash or "", tuple(offs), modes.mode_of(s))
+                )
+                self.state.set_base(
+                    P.BaseItem(entry.ns_id, entry.node_id, op.remote.path, "file", entry.rev, op.remote.hash, s.st_ino)
+                )
                 done += 1
                 self.emit({"op": "Download", "path": op.remote.path, "size": entry.size})
             self.state.put_files(records)
@@ -786,16 +805,30 @@ class SyncEngine:
         self._crash_point("downloaded")
         return done
 
+    def _stage_link(self, tmp: Path, op: P.Download, text: bytes) -> None:
+        """Make a downloaded link at ``tmp``: only a link that stays inside the folder, the
+        rule the sender's scanner applied (a server or another client could send any text)."""
+        rel = op.replace.rel if op.replace is not None else self.rel_for(op.remote.path)
+        target = os.fsdecode(text)
+        if not modes.link_inside(rel, target):
+            raise BadRequest(f"{op.remote.path} is a link to {target!r}, outside the folder: not made", code="link_outside")
+        tmp.unlink(missing_ok=True)
+        os.symlink(target, tmp)
+        if op.remote.mtime:
+            os.utime(tmp, (op.remote.mtime, op.remote.mtime), follow_symlinks=False)
+
     def _may_replace(self, op: P.Download, target: Path) -> bool:
         """Is the local file still what the plan saw? Never overwrite an edit made meanwhile."""
         try:
-            s = target.stat()
+            s = os.lstat(target)
         except FileNotFoundError:
             return op.replace is None
         if op.replace is None:
             return False
         rec = self.state.file(op.replace.rel)
-        return rec is not None and rec.hash == op.replace.hash and (rec.size, rec.mtime_ns, rec.inode) == (s.st_size, s.st_mtime_ns, s.st_ino)
+        return rec is not None and rec.version == op.replace.hash and (rec.size, rec.mtime_ns, rec.inode, rec.mode) == (
+            s.st_size, s.st_mtime_ns, s.st_ino, modes.mode_of(s)
+        )
 
     # -- continuous mode ---------------------------------------------------------------------------
     def run_forever(
