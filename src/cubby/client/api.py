@@ -8,6 +8,7 @@ the server trusts it.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -16,7 +17,7 @@ from urllib.parse import quote
 import httpx
 
 from cubby.client.ratelimit import TokenBucket
-from cubby.core import frames
+from cubby.core import delta, frames
 from cubby.core.hashing import sha256_hex
 from cubby.errors import ChunkMismatch, CubbyError, Unavailable, error_from_dict
 from cubby.model import ChunkRef, CommitResult, Entry, JournalEntry, NeededChunk
@@ -258,6 +259,55 @@ class ApiClient:
                         if sha256_hex(data) != name:
                             raise ChunkMismatch(f"the server sent bytes that do not match chunk {name}")
                         yield name, data
+                reader.close()
+        except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, httpx.TimeoutException) as exc:
+            raise Unavailable(f"lost the connection to {self.base_url} while downloading: {exc}") from exc
+
+    def signatures(self, hashes: Sequence[str]) -> dict[str, bytes]:
+        """Signatures of old chunks (`cubby.core.delta.signature`), for those the caller may read."""
+        out: dict[str, bytes] = {}
+        for i in range(0, len(hashes), delta.MAX_BASES):
+            body = self._post("/api/v1/blocks/signatures", {"hashes": list(hashes[i : i + delta.MAX_BASES])})
+            out.update({h: base64.b64decode(s) for h, s in body["signatures"].items()})
+        return out
+
+    def upload_patches(self, ns_id: int, items: Sequence[tuple[str, str, bytes]]) -> int:
+        """Send (new chunk, base chunk, patch) triples; the server rebuilds, verifies and stores
+        every new chunk, or stores nothing (`ChunkMismatch`). Returns how many were new."""
+        stored = 0
+        for i in range(0, len(items), delta.MAX_BASES):
+            part = [(new, bytes.fromhex(base) + blob) for new, base, blob in items[i : i + delta.MAX_BASES]]
+            body = self._request(
+                "POST", "/api/v1/blocks/patch", params={"ns_id": ns_id},
+                content=frames.encode_many(part), headers={"Content-Type": frames.CONTENT_TYPE},
+            ).json()
+            stored += int(body["stored"])
+        return stored
+
+    def fetch_against(self, pairs: Sequence[tuple[str, str]], bases: dict[str, bytes]) -> Iterator[tuple[str, bytes]]:
+        """Fetch new chunks as deltas against old chunks this client holds (``bases``: name ->
+        bytes), in the order asked; each result is verified against its name."""
+        for i in range(0, len(pairs), delta.MAX_BASES):
+            part = pairs[i : i + delta.MAX_BASES]
+            base_of = dict(part)
+            body = {"pairs": [[new, base] for new, base in part]}
+            for name, data in self._stream_frames("/api/v1/blocks/fetch_delta", body, delta.FETCH_FRAME):
+                chunk = data[1:] if data[:1] == delta.WHOLE else delta.decode_against(bases[base_of[name]], data[1:])
+                if sha256_hex(chunk) != name:
+                    raise ChunkMismatch(f"the server sent a delta that does not make chunk {name}")
+                yield name, chunk
+
+    def _stream_frames(self, url: str, body: dict[str, Any], max_frame: int) -> Iterator[tuple[str, bytes]]:
+        try:
+            with self.http.stream("POST", url, json=body) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    _raise_for(resp)
+                reader = frames.FrameReader(max_frame)
+                for piece in resp.iter_raw():
+                    if self.download_limit:
+                        self.download_limit.consume(len(piece))
+                    yield from reader.feed(piece)
                 reader.close()
         except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, httpx.TimeoutException) as exc:
             raise Unavailable(f"lost the connection to {self.base_url} while downloading: {exc}") from exc

@@ -33,14 +33,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Self, TypeVar
+from typing import Any, BinaryIO, Self, TypeVar, cast
 
 from cubby.client import modes
 from cubby.client.api import ApiClient, commit_body
-from cubby.core import paths
+from cubby.core import delta, paths
 from cubby.core.chunking import MIN_SIZE, chunk_file, iter_chunks
 from cubby.core.hashing import content_hash, sha256_hex
-from cubby.errors import BadRequest, ChunkMismatch, Conflict, CubbyError, NotFound
+from cubby.errors import BadRequest, ChunkMismatch, Conflict, CubbyError, NotFound, Unavailable
 from cubby.model import ChunkRef, CommitResult, Entry
 
 Progress = Callable[[int], None]
@@ -142,6 +142,53 @@ class _Needs:
     nonces: dict[str, str] = field(default_factory=dict)
     files: dict[Path, LocalFile] = field(default_factory=dict)
     """The file each chunk is read from (for its stamp and kept bytes); absent: hash to check."""
+    bases: dict[str, str] = field(default_factory=dict)
+    """An old chunk on the server to send a needed chunk as a patch against (`add_bases`)."""
+
+
+DELTA_MIN = MIN_SIZE
+"""Files smaller than one minimal chunk travel whole: a patch would save less than its request."""
+
+
+def add_bases(api: ApiClient, needs: _Needs, edits: Sequence[LocalFile]) -> None:
+    """Name, for the needed chunks of files that replace a version on the server, the old chunk
+    at the same place (`cubby.core.delta.pick_bases`), so that `supply` sends a patch instead
+    of the chunk. One blocklists request for all of them; a file gone meanwhile has no bases."""
+    big = [lf for lf in edits if lf.size >= DELTA_MIN and any(c.hash in needs.where for c in lf.chunks)]
+    if not big:
+        return
+    answers = cast("Sequence[tuple[Entry, Sequence[ChunkRef]] | CubbyError]", api.blocklists([lf.remote for lf in big]))
+    for lf, bl in zip(big, answers):
+        if isinstance(bl, CubbyError):
+            continue
+        old = delta.offsets([(c.hash, c.size) for c in bl[1]])
+        wanted = [(c.hash, c.offset, c.size) for c in lf.chunks if c.hash in needs.where]
+        needs.bases.update(delta.pick_bases(wanted, old))
+
+
+def _send_patches(api: ApiClient, ns_id: int, items: list[tuple[str, bytes]], bases: dict[str, str]) -> dict[str, int]:
+    """Send ``items`` that have a base as patches; returns the bytes sent per chunk stored so.
+    Anything the server will not take as a patch (its base is gone, a refused patch) is left
+    for the caller to upload whole: a patch is an optimisation, never a requirement."""
+    with_base = [(n, d) for n, d in items if n in bases]
+    if not with_base:
+        return {}
+    try:
+        sigs = api.signatures(sorted({bases[n] for n, _ in with_base}))
+        triples = []
+        for n, d in with_base:
+            sig = sigs.get(bases[n])
+            if sig is not None:
+                p = delta.patch(sig, d)
+                if len(p) + len(sig) < len(d):
+                    triples.append((n, bases[n], p))
+        if triples:
+            api.upload_patches(ns_id, triples)
+    except Unavailable:
+        raise
+    except CubbyError:
+        return {}
+    return {n: len(p) + len(sigs[b]) for n, b, p in triples}
 
 
 def scan_file(local: Path, remote: str, progress: Progress | None = None, *, keep_up_to: int = 0) -> LocalFile:
@@ -324,13 +371,15 @@ def supply(
     def send(items: list[tuple[str, bytes]], proofs: dict[str, str]) -> list[tuple[str, int]]:
         rejected: set[str] = set(api.prove(ns_id, proofs)[1])
         batch = [(n, d) for n, d in items if n in rejected]
+        patched = _send_patches(api, ns_id, batch, needs.bases)
+        batch = [(n, d) for n, d in batch if n not in patched]
         try:
             api.upload_chunks(ns_id, batch)
         except ChunkMismatch as exc:
             # The server hashed bytes read from a file that changed in the same clock tick as
             # its stamp: nothing of this window was stored under a wrong name.
             raise FileChanged(f"a file changed during the upload; run the command again ({exc.message})") from exc
-        return [(n, len(d)) for n, d in batch]
+        return [(n, len(d)) for n, d in batch] + list(patched.items())
 
     credit: dict[Path, tuple[int, int]] = {}
 
@@ -381,7 +430,10 @@ def upload_file(
             return UploadResult(res.entry.path, res.entry.rev, lf.size, len(lf.chunks), sent, sent_bytes)
         if ns_id is None:
             ns_id = _ns_of(api, remote)
-        for s, b in supply(api, ns_id, _needs_for([(lf, res)]), progress).values():
+        needs = _needs_for([(lf, res)])
+        if expected_rev is not None:
+            add_bases(api, needs, [lf])  # an edit: changed chunks travel as patches
+        for s, b in supply(api, ns_id, needs, progress).values():
             sent += s
             sent_bytes += b
     raise CubbyError(f"the server kept asking for chunks of {remote}; giving up", code="upload_incomplete")

@@ -43,7 +43,7 @@ from cubby.client.sync.cache import ChunkCache
 from cubby.client.sync.ignore import STATE_DIR, IgnoreRules
 from cubby.client.sync.scanner import ScanResult, scan
 from cubby.client.sync.state import FileRecord, StateDb
-from cubby.core import paths
+from cubby.core import delta, paths
 from cubby.core.hashing import sha256_hex
 from cubby.errors import BadRequest, Conflict, CubbyError, NotFound, Unavailable
 from cubby.model import ChunkRef, CommitResult, Entry, JournalEntry
@@ -258,13 +258,21 @@ class SyncEngine:
         """Base and remote trees without what the ignore rules hide locally: a file named
         ``x.tmp`` on the server is neither downloaded nor, being absent here, deleted there."""
         rules = IgnoreRules.load(self.root)
+        folders: dict[str, bool] = {"": True}
+
+        def shown(rel: str) -> bool:
+            """Is the folder at ``rel`` and every folder above it not ignored? (memoised: a
+            tree's paths share their folders)"""
+            got = folders.get(rel)
+            if got is None:
+                parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
+                got = folders[rel] = shown(parent) and not rules.ignored(rel, is_dir=True)
+            return got
 
         def visible(path: str, kind: str) -> bool:
-            parts = path.strip("/").split("/")
-            return not any(
-                rules.ignored("/".join(parts[: i + 1]), is_dir=(i < len(parts) - 1 or kind == "folder"))
-                for i in range(len(parts))
-            )
+            rel = path.strip("/")
+            parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
+            return shown(parent) and not rules.ignored(rel, is_dir=kind == "folder")
 
         return (
             [b for b in self.state.base_items() if visible(b.path, b.kind)],
@@ -627,10 +635,9 @@ class SyncEngine:
             if not needing:
                 break
             try:
-                transfer.supply(
-                    self.api, ns_id, transfer._needs_for([(lf, out) for _, lf, out in needing]),
-                    self._progress_up(sum(lf.size for _, lf, _ in needing)),
-                )
+                needs = transfer._needs_for([(lf, out) for _, lf, out in needing])
+                transfer.add_bases(self.api, needs, [lf for op, lf, _ in needing if op.expected_rev is not None])
+                transfer.supply(self.api, ns_id, needs, self._progress_up(sum(lf.size for _, lf, _ in needing)))
             except transfer.FileChanged:
                 self.state.drop_files(op.local.rel for op, _, _ in needing)  # read again next scan
                 break
@@ -697,9 +704,10 @@ class SyncEngine:
                 return data
         return self.cache.get(h)
 
-    def _chunks_for(self, chunks: Sequence[ChunkRef]) -> Iterator[tuple[ChunkRef, bytes]]:
+    def _chunks_for(self, chunks: Sequence[ChunkRef], bases: dict[str, str] | None = None) -> Iterator[tuple[ChunkRef, bytes]]:
         """Each chunk's bytes in order, looking locally first and fetching the rest from the
-        server a bounded window at a time."""
+        server a bounded window at a time; a chunk with a base (an old chunk at the same place
+        in the version being replaced, still on disk) comes as a delta against it."""
         i = 0
         while i < len(chunks):
             window: list[ChunkRef] = []
@@ -718,8 +726,19 @@ class SyncEngine:
                     missing.append(c.hash)
                 else:
                     got[c.hash] = data
-            if missing:
-                got.update(self.api.fetch_chunks(missing))
+            pairs: list[tuple[str, str]] = []
+            held: dict[str, bytes] = {}
+            for h in missing:
+                base = (bases or {}).get(h)
+                data = self._local_chunk(base) if base is not None else None
+                if base is not None and data is not None:
+                    pairs.append((h, base))
+                    held[base] = data
+            if pairs:
+                got.update(self.api.fetch_against(pairs, held))
+            plain = [h for h in missing if h not in got]
+            if plain:
+                got.update(self.api.fetch_chunks(plain))
             for c in window:
                 yield c, got[c.hash]
 
@@ -727,13 +746,18 @@ class SyncEngine:
         staged: list[tuple[P.Download, Entry, Path, list[ChunkRef]]] = []
         tmpdir = self.dir / "tmp"
         big = len(items) == 1 and items[0][2].size > FETCH_BATCH_BYTES
-        stream = None if big else self._chunks_for([c for _, chunks, _ in items for c in chunks])
+        bases: dict[str, str] = {}
+        for op, chunks, entry in items:
+            rec = self.state.file(op.replace.rel) if op.replace is not None and entry.size >= transfer.DELTA_MIN else None
+            if rec is not None and rec.mode != modes.SYMLINK:
+                bases.update(delta.pick_bases(delta.offsets([(c.hash, c.size) for c in chunks]), rec.chunks))
+        stream = None if big else self._chunks_for([c for _, chunks, _ in items for c in chunks], bases)
         for op, chunks, entry in items:
             if big:
                 # named by content, so that a run killed halfway keeps what it wrote
                 tmp = tmpdir / f"{entry.content_hash}.part"
                 keep = transfer.verified_prefix(tmp, chunks)
-                stream = self._chunks_for(chunks[keep:])
+                stream = self._chunks_for(chunks[keep:], bases)
             else:
                 tmp, keep = tmpdir / f"{uuid.uuid4().hex}.part", 0
             assert stream is not None

@@ -68,10 +68,12 @@ def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_size, st.st_mtime_ns, st.st_ino, mode_of(st))
 
 
-def _walk(root: Path, rules: IgnoreRules) -> Iterable[tuple[str, os.stat_result]]:
-    stack = [""]
+def _walk(root: Path, rules: IgnoreRules) -> Iterable[tuple[str, os.stat_result, str | None]]:
+    """(relative path, lstat, display path or None when cubby cannot store the name) of
+    everything below ``root`` that is synced, folders before what they hold."""
+    stack: list[tuple[str, str | None]] = [("", paths.ROOT)]
     while stack:
-        rel_dir = stack.pop()
+        rel_dir, display_dir = stack.pop()
         try:
             with os.scandir(root / rel_dir if rel_dir else root) as it:
                 entries = list(it)
@@ -88,22 +90,26 @@ def _walk(root: Path, rules: IgnoreRules) -> Iterable[tuple[str, os.stat_result]
                 continue  # sockets, devices, fifos are not synced
             if rules.ignored(rel, is_dir):
                 continue
-            yield rel, st
+            display: str | None = None
+            if display_dir is not None:
+                try:
+                    display = paths.child(display_dir, e.name)
+                except InvalidPath:
+                    pass
+            yield rel, st, display
             if is_dir:
-                stack.append(rel)
+                stack.append((rel, display))
 
 
 def scan(root: Path, state: StateDb, executor: Executor, *, persist: bool = True) -> ScanResult:
     """Read the tree under ``root``; update the file index (unless ``persist`` is False)."""
     rules = IgnoreRules.load(root)
-    known = state.files()
+    known = state.file_stamps()
     res = ScanResult()
     todo: list[tuple[str, str, int]] = []  # (rel, display path, inode)
     seen: set[str] = set()
-    for rel, st in _walk(root, rules):
-        try:
-            display = paths.normalize("/" + rel)
-        except InvalidPath:
+    for rel, st, display in _walk(root, rules):
+        if display is None:
             res.unsyncable.append(rel)
             continue
         if stat_mod.S_ISDIR(st.st_mode):
@@ -118,9 +124,9 @@ def scan(root: Path, state: StateDb, executor: Executor, *, persist: bool = True
                 res.outside_links.append(rel)
                 continue
         seen.add(rel)
-        rec = known.get(rel)
-        if rec is not None and (rec.size, rec.mtime_ns, rec.inode, rec.mode) == _stamp(st):
-            res.items.append(LocalItem(display, rel, "file", rec.version, rec.inode, rec.size))
+        known_stamp = known.get(rel)
+        if known_stamp is not None and known_stamp[0] == _stamp(st):
+            res.items.append(LocalItem(display, rel, "file", known_stamp[1], st.st_ino, st.st_size))
         else:
             todo.append((rel, display, st.st_ino))
     fresh: list[FileRecord] = []

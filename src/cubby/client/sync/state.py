@@ -347,6 +347,14 @@ class StateDb:
             out[rel] = FileRecord(rel, size, mtime_ns, inode, h, tuple(tuple(c) for c in json.loads(chunks)), mode)  # type: ignore[misc]
         return out
 
+    def file_stamps(self) -> dict[str, tuple[tuple[int, int, int, int], str | None]]:
+        """rel -> ((size, mtime_ns, inode, mode), version) of every indexed file: what a scan
+        compares, without decoding every chunk list (most of the cost of `files`)."""
+        return {
+            rel: ((size, mtime_ns, inode, mode), version(h, mode))
+            for rel, size, mtime_ns, inode, h, mode in self._all("SELECT rel, size, mtime_ns, inode, hash, mode FROM files")
+        }
+
     def file(self, rel: str) -> FileRecord | None:
         rows = self._all("SELECT rel, size, mtime_ns, inode, hash, chunks, mode FROM files WHERE rel = ?", (rel,))
         if not rows:
