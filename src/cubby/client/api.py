@@ -1,5 +1,9 @@
 """`ApiClient`: cubby's HTTP API as Python methods, over one keep-alive httpx connection pool.
 
+The client knows one URL. When a request lands on a process that does not serve its role (421
+``wrong_role``), it asks ``/api/v1/discovery`` where each role is, remembers the answer, sends
+the request there, and sends later requests of that role there directly.
+
 Error answers become the same `CubbyError` subclasses the server raised (by their code);
 a server that cannot be reached becomes `Unavailable`, which is retryable. Chunks fetched
 from the server are verified against their names: the client trusts the server no more than
@@ -9,8 +13,10 @@ the server trusts it.
 from __future__ import annotations
 
 import base64
+import builtins
+import contextlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -21,12 +27,14 @@ from cubby.core import delta, frames
 from cubby.core.hashing import sha256_hex
 from cubby.errors import ChunkMismatch, CubbyError, Unavailable, error_from_dict
 from cubby.model import ChunkRef, CommitResult, Entry, JournalEntry, NeededChunk
+from cubby.roles import ROLES, role_for_path
 
 MAX_BATCH = 1000
 """Operations the server takes in one batch request (commits, blocklists, folder operations)."""
 
 
-def _raise_for(resp: httpx.Response) -> None:
+def raise_for(resp: httpx.Response) -> None:
+    """Raise the `CubbyError` that an error answer carries (nothing for a success)."""
     if resp.status_code < 400:
         return
     try:
@@ -78,6 +86,8 @@ class ApiClient:
         self.download_limit = download_limit
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
+        self.role_urls: dict[str, str] = {}
+        """Where each role is, once discovery was asked (after a ``wrong_role`` answer)."""
         self.http = httpx.Client(
             base_url=self.base_url,
             headers=headers,
@@ -96,13 +106,64 @@ class ApiClient:
         self.close()
 
     # -- plumbing ------------------------------------------------------------------------------
-    def _request(self, method: str, url: str, **kw: Any) -> httpx.Response:
+    def discover(self) -> dict[str, str]:
+        """Ask the server where each role is; remember and return the known addresses."""
+        resp = self._send("GET", self.base_url + "/api/v1/discovery")
+        raise_for(resp)
+        body = resp.json()
+        self.role_urls = {r: str(body[r]).rstrip("/") for r in ROLES if isinstance(body.get(r), str) and body[r]}
+        return dict(self.role_urls)
+
+    def role_url(self, role: str) -> str:
+        """The base URL for ``role``'s requests: discovered, else the configured one."""
+        return self.role_urls.get(role, self.base_url)
+
+    def _url(self, path: str) -> str:
+        role = role_for_path(path)
+        return (self.role_urls.get(role, self.base_url) if role else self.base_url) + path
+
+    def _send(self, method: str, url: str, **kw: Any) -> httpx.Response:
         try:
-            resp = self.http.request(method, url, **kw)
+            return self.http.request(method, url, **kw)
         except (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError, httpx.TimeoutException) as exc:
-            raise Unavailable(f"cannot reach the cubby server at {self.base_url}: {exc}") from exc
-        _raise_for(resp)
+            raise Unavailable(f"cannot reach the cubby server at {url.split('/api/', 1)[0]}: {exc}") from exc
+
+    def _rerouted(self, path: str, resp: httpx.Response) -> bool:
+        """After a 421 ``wrong_role`` answer: learn where the roles are; True when ``path``'s
+        role now has another address (so the request is worth sending again)."""
+        if resp.status_code != 421:
+            return False
+        tried = self._url(path)
+        self.discover()
+        return self._url(path) != tried
+
+    def _request(
+        self, method: str, path: str, *, content_factory: Callable[[], Any] | None = None, **kw: Any
+    ) -> httpx.Response:
+        """One request to the role that serves ``path``; ``content_factory`` makes the body
+        anew if the request has to be sent again elsewhere (a stream is consumed by sending)."""
+        for attempt in (1, 2):
+            if content_factory is not None:
+                kw["content"] = content_factory()
+            resp = self._send(method, self._url(path), **kw)
+            if attempt == 1 and self._rerouted(path, resp):
+                continue
+            break
+        raise_for(resp)
         return resp
+
+    @contextlib.contextmanager
+    def _stream(self, method: str, path: str, **kw: Any) -> Iterator[httpx.Response]:
+        """A streamed answer from the role that serves ``path`` (rerouted like `_request`)."""
+        for attempt in (1, 2):
+            with self.http.stream(method, self._url(path), **kw) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    if attempt == 1 and self._rerouted(path, resp):
+                        continue
+                    raise_for(resp)
+                yield resp
+                return
 
     def _get(self, url: str, **params: Any) -> Any:
         return self._request("GET", url, params={k: v for k, v in params.items() if v is not None}).json()
@@ -151,11 +212,11 @@ class ApiClient:
                 return
             cursor = page["cursor"]
 
-    def blocklist(self, path: str, rev: int | None = None) -> tuple[Entry, list[ChunkRef]]:
+    def blocklist(self, path: str, rev: int | None = None) -> tuple[Entry, builtins.list[ChunkRef]]:
         body = self._get("/api/v1/files/blocklist", path=path, rev=rev)
         return Entry.from_dict(body["entry"]), [ChunkRef(c["hash"], int(c["size"])) for c in body["chunks"]]
 
-    def blocklists(self, paths_: Sequence[str]) -> list[tuple[Entry, list[ChunkRef]] | CubbyError]:
+    def blocklists(self, paths_: Sequence[str]) -> builtins.list[tuple[Entry, builtins.list[ChunkRef]] | CubbyError]:
         out: list[tuple[Entry, list[ChunkRef]] | CubbyError] = []
         for r in self._post("/api/v1/files/blocklists", {"paths": list(paths_)})["results"]:
             if "error" in r:
@@ -189,13 +250,13 @@ class ApiClient:
         body = {"from_path": src, "to_path": dst, "expected_rev": expected_rev}
         return Entry.from_dict(self._post("/api/v1/files/move", body)["entry"])
 
-    def history(self, path: str, limit: int = 100) -> list[dict[str, Any]]:
+    def history(self, path: str, limit: int = 100) -> builtins.list[dict[str, Any]]:
         return list(self._get("/api/v1/files/history", path=path, limit=limit)["revisions"])
 
     def restore(self, path: str, rev: int) -> Entry:
         return Entry.from_dict(self._post("/api/v1/files/restore", {"path": path, "rev": rev})["entry"])
 
-    def journal(self, ns_id: int, after: int, limit: int = 1000) -> tuple[list[JournalEntry], int, bool]:
+    def journal(self, ns_id: int, after: int, limit: int = 1000) -> tuple[builtins.list[JournalEntry], int, bool]:
         body = self._get("/api/v1/journal", ns_id=ns_id, after=after, limit=limit)
         return [JournalEntry.from_dict(e) for e in body["entries"]], int(body["head"]), bool(body["has_more"])
 
@@ -205,7 +266,7 @@ class ApiClient:
         ``{ns_id, path, created, user, role, state}``."""
         return dict(self._post("/api/v1/shares", {"path": path, "user": user, "role": role})["share"])
 
-    def shares(self) -> list[dict[str, Any]]:
+    def shares(self) -> builtins.list[dict[str, Any]]:
         """The caller's shared folders and invitations, each with its members."""
         return list(self._get("/api/v1/shares")["shares"])
 
@@ -227,16 +288,19 @@ class ApiClient:
         """Send chunks in one request (frames streamed from memory); returns how many were new."""
         if not items:
             return 0
-        body = self._request(
+        def body() -> Any:
+            return self.upload_limit.paced(frames.encode_many(items)) if self.upload_limit else frames.encode_many(items)
+
+        answer = self._request(
             "POST",
             "/api/v1/blocks/upload",
             params={"ns_id": ns_id},
-            content=self.upload_limit.paced(frames.encode_many(items)) if self.upload_limit else frames.encode_many(items),
+            content_factory=body,
             headers={"Content-Type": frames.CONTENT_TYPE},
         ).json()
-        return int(body["stored"])
+        return int(answer["stored"])
 
-    def prove(self, ns_id: int, proofs: dict[str, str]) -> tuple[list[str], list[str]]:
+    def prove(self, ns_id: int, proofs: dict[str, str]) -> tuple[builtins.list[str], builtins.list[str]]:
         if not proofs:
             return [], []
         body = self._post("/api/v1/blocks/prove", {"ns_id": ns_id, "proofs": proofs})
@@ -247,10 +311,7 @@ class ApiClient:
         if not hashes:
             return
         try:
-            with self.http.stream("POST", "/api/v1/blocks/fetch", json={"hashes": list(hashes)}) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    _raise_for(resp)
+            with self._stream("POST", "/api/v1/blocks/fetch", json={"hashes": list(hashes)}) as resp:
                 reader = frames.FrameReader()
                 for piece in resp.iter_raw():
                     if self.download_limit:
@@ -302,7 +363,7 @@ class ApiClient:
             with self.http.stream("POST", url, json=body) as resp:
                 if resp.status_code >= 400:
                     resp.read()
-                    _raise_for(resp)
+                    raise_for(resp)
                 reader = frames.FrameReader(max_frame)
                 for piece in resp.iter_raw():
                     if self.download_limit:
@@ -317,10 +378,7 @@ class ApiClient:
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         url = "/api/v1/content/" + quote(path.lstrip("/"))
         params = {"rev": rev} if rev else None
-        with self.http.stream("GET", url, headers=headers, params=params) as resp:
-            if resp.status_code >= 400:
-                resp.read()
-                _raise_for(resp)
+        with self._stream("GET", url, headers=headers, params=params) as resp:
             yield from resp.iter_bytes()
 
     # -- links -----------------------------------------------------------------------------------
@@ -334,7 +392,7 @@ class ApiClient:
             body["password"] = password
         return dict(self._post("/api/v1/links", body))
 
-    def list_links(self) -> list[dict[str, Any]]:
+    def list_links(self) -> builtins.list[dict[str, Any]]:
         """The caller's links that are not revoked, newest first."""
         return list(self._get("/api/v1/links")["links"])
 

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from cubby.server import discovery
 from cubby.server.context import ServerContext
 from cubby.server.errors import HANDLERS
 from cubby.server.logs import RequestLog
@@ -55,6 +56,8 @@ def build_app(ctx: ServerContext, roles: Sequence[str] = ROLES) -> Starlette:
         from cubby.server import links  # management routes go with meta, public /l/ routes with blocks
 
         routes.extend(links.routes(ctx, roles, creator_access=ctx.store.user_can_read))
+    # Last: discovery, and a 421 naming the right role for API routes this process lacks.
+    routes.extend(discovery.routes(ctx.config, roles))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
