@@ -52,7 +52,7 @@ class Driver:
         self.roots = [tmp / f"c{i}" for i in range(3)]
         for r in self.roots:
             r.mkdir(parents=True)
-        self.engines: dict[int, SyncEngine | None] = {i: None for i in range(3)}
+        self.engines: dict[int, SyncEngine | None] = dict.fromkeys(range(3))
         self.written: set[bytes] = set()
         self.destroyed: set[bytes] = set()
         self.counter = 0

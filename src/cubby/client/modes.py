@@ -44,10 +44,7 @@ def apply_mode(path: Path, mode: int | None) -> None:
     if mode == SYMLINK:
         return
     cur = stat.S_IMODE(os.lstat(path).st_mode)
-    if mode == EXECUTABLE:
-        new = cur | ((cur & 0o444) >> 2)
-    else:
-        new = cur & ~0o111
+    new = cur | ((cur & 0o444) >> 2) if mode == EXECUTABLE else cur & ~0o111
     if new != cur:
         os.chmod(path, new)
 

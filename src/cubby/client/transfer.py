@@ -8,7 +8,7 @@ client at most twice: once to name it, once for the proof of possession):
   bytes are kept from this pass (`KEEP_BYTES`), so it is never read again; a large file keeps
   only its chunk list, so memory stays bounded whatever the size;
 - the server answers a commit with the chunks it needs; those are read again (large files) a
-  window of `UPLOAD_BATCH_BYTES` at a time, the window's proofs are computed from those bytes,
+  window of `UPLOAD_WINDOW` at a time, the window's proofs are computed from those bytes,
   and the chunks whose proof is rejected are uploaded from the same bytes, never read again;
 - windows are pipelined: the next window is read and hashed while at most `IN_FLIGHT` earlier
   ones are with the server, so client and server work at the same time.
@@ -37,7 +37,17 @@ from typing import Any, BinaryIO, Self, TypeVar, cast
 
 from cubby.client import modes
 from cubby.client.api import ApiClient, commit_body
-from cubby.core import delta, paths
+from cubby.client.windows import (
+    BATCH,
+    DOWNLOAD_WINDOW,
+    GROUP_BYTES,
+    IN_FLIGHT,
+    KEEP_BYTES,
+    MAX_WINDOW_CHUNKS,
+    SMALL_FILE,
+    UPLOAD_WINDOW,
+)
+from cubby.core import delta, durable, paths
 from cubby.core.chunking import MIN_SIZE, chunk_file, iter_chunks
 from cubby.core.hashing import content_hash, sha256_hex
 from cubby.errors import BadRequest, ChunkMismatch, Conflict, CubbyError, NotFound, Unavailable
@@ -45,21 +55,6 @@ from cubby.model import ChunkRef, CommitResult, Entry
 
 Progress = Callable[[int], None]
 """Called with a number of bytes done, as work advances (possibly from a worker thread)."""
-
-MAX_PROOFS = 4096
-MAX_WINDOW_CHUNKS = 4000
-"""Chunks per prove/upload window: within both the server's proof limit and a frame batch."""
-BATCH_COMMITS = 1000
-UPLOAD_BATCH_BYTES = 16 * 1024 * 1024
-IN_FLIGHT = 2
-"""Upload windows (or tree groups) with the server at once; with the one being read, memory
-holds at most ``IN_FLIGHT + 1`` windows."""
-KEEP_BYTES = 4 * 1024 * 1024
-"""Files up to this size keep their bytes from the naming pass, so they are never read again."""
-GROUP_BYTES = 16 * 1024 * 1024
-"""A tree is named and committed in groups of at most `BATCH_COMMITS` files and about this
-many bytes of kept file data."""
-
 
 class FileChanged(CubbyError):
     code = "file_changed"
@@ -261,7 +256,7 @@ def _read_from(path: Path, lf: LocalFile | None, wanted: list[tuple[str, LocalCh
         after = _stamp(os.fstat(fh.fileno()))
     stamp = lf.stamp if lf is not None else None
     if stamp is None or before != stamp or after != stamp:
-        for (name, c), (_, data) in zip(wanted, out):
+        for (_name, c), (_, data) in zip(wanted, out):
             if sha256_hex(data) != c.hash:
                 raise _changed(path)
     return out
@@ -290,7 +285,7 @@ def _read_many(wanted: Iterable[tuple[str, tuple[Path, LocalChunk]]]) -> Iterato
             if path != current:
                 if fh:
                     fh.close()
-                fh = open(path, "rb")
+                fh = open(path, "rb")  # noqa: SIM115 (one file open across the loop, closed below)
                 current = path
             assert fh is not None
             yield name, read_chunk(fh, c, path)
@@ -307,7 +302,7 @@ def _windows(needs: _Needs) -> Iterator[list[str]]:
     for n in names:
         window.append(n)
         size += needs.where[n][1].size
-        if size >= UPLOAD_BATCH_BYTES or len(window) >= MAX_WINDOW_CHUNKS:
+        if size >= UPLOAD_WINDOW or len(window) >= MAX_WINDOW_CHUNKS:
             yield window
             window, size = [], 0
     if window:
@@ -476,7 +471,7 @@ def walk(local_dir: Path) -> tuple[list[Path], list[Path]]:
 
 
 def _groups(files: list[Path]) -> Iterator[list[Path]]:
-    """Files in groups of at most `BATCH_COMMITS` files and about `GROUP_BYTES` of kept bytes;
+    """Files in groups of at most `BATCH` files and about `GROUP_BYTES` of kept bytes;
     a file too large to keep travels alone (its chunks are windowed by `supply`)."""
     group: list[Path] = []
     size = 0
@@ -493,7 +488,7 @@ def _groups(files: list[Path]) -> Iterator[list[Path]]:
             continue
         group.append(p)
         size += n
-        if len(group) >= BATCH_COMMITS or size >= GROUP_BYTES:
+        if len(group) >= BATCH or size >= GROUP_BYTES:
             yield group
             group, size = [], 0
     if group:
@@ -601,9 +596,12 @@ def upload_tree(
     made = {paths.key(paths.split(r.path)[0]) for r in results}
     for d in dirs:
         remote = remote_of(d)
-        if paths.key(remote) not in made and paths.key(remote) not in existing:
-            if not any(k.startswith(paths.key(remote) + "/") for k in made):
-                api.mkdir(remote)
+        if (
+            paths.key(remote) not in made
+            and paths.key(remote) not in existing
+            and not any(k.startswith(paths.key(remote) + "/") for k in made)
+        ):
+            api.mkdir(remote)
     if not files and not dirs:
         api.mkdir(remote_dir)
     return results
@@ -699,36 +697,13 @@ def download_file(
         os.utime(part, (entry.mtime, entry.mtime))
     os.replace(part, local)
     meta.unlink(missing_ok=True)
-    _fsync_dir(local.parent)
+    durable.fsync_dir(local.parent)
     return DownloadResult(entry.path, entry.size, received, str(local))
 
 
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-DOWNLOAD_WINDOW = 16 * 1024 * 1024
-"""Distinct chunk bytes asked of the server in one request by `download_file`."""
-
-SMALL_FILE = 4 * 1024 * 1024
-"""Files up to this size are fetched many per request and made durable together."""
-
-
-def _barrier(d: Path) -> None:
+def barrier(d: Path) -> None:
     """One durability barrier for everything written under ``d``'s file system."""
-    from cubby.blockstore.local import _load_syncfs
-
-    fn = _load_syncfs()
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if fn is None or fn(fd) != 0:
-            os.sync()
-    finally:
-        os.close(fd)
+    durable.barrier(d)
 
 
 def _write_small_files(
@@ -754,10 +729,10 @@ def _write_small_files(
         if progress:
             progress(entry.size)
     if staged:
-        _barrier(staged[0][1].parent)
+        barrier(staged[0][1].parent)
         for part, target, _ in staged:
             os.replace(part, target)
-        _barrier(staged[0][1].parent)
+        barrier(staged[0][1].parent)
     received = {h: len(d) for h, d in got.items()}
     results = []
     seen: set[str] = set()
@@ -801,11 +776,11 @@ def download_tree(
             small.append((e, target))
         else:
             emit(download_file(api, e.path, target, progress=progress))
-    for i in range(0, len(small), 1000):
-        group = small[i : i + 1000]
+    for i in range(0, len(small), BATCH):
+        group = small[i : i + BATCH]
         lists = api.blocklists([e.path for e, _ in group])
         ready = []
-        for (e, target), bl in zip(group, lists):
+        for (_e, target), bl in zip(group, lists):
             if isinstance(bl, CubbyError):
                 continue  # deleted since the listing: nothing to download
             ready.append((bl[0], bl[1], target))
@@ -820,6 +795,14 @@ def check_local_name(name: str) -> None:
 
 
 __all__ = [
-    "UploadResult", "DownloadResult", "upload_file", "upload_tree", "download_file", "download_tree",
-    "scan_file", "supply", "FileChanged", "Conflict",
+    "Conflict",
+    "DownloadResult",
+    "FileChanged",
+    "UploadResult",
+    "download_file",
+    "download_tree",
+    "scan_file",
+    "supply",
+    "upload_file",
+    "upload_tree",
 ]

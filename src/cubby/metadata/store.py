@@ -15,9 +15,9 @@ the bytes are still in the block store and writes them again if not.
 
 from __future__ import annotations
 
+import base64
 import builtins
 import functools
-import base64
 import hashlib
 import hmac
 import json
@@ -47,6 +47,18 @@ from cubby.errors import (
 )
 from cubby.metadata import migrate
 from cubby.metadata.engine import Database
+from cubby.metadata.schema import (
+    blocks,
+    file_revs,
+    journal,
+    members,
+    namespaces,
+    nodes,
+    ns_chunks,
+    settings,
+    tokens,
+    users,
+)
 from cubby.model import (
     FILE_MODES,
     ChunkRef,
@@ -61,18 +73,6 @@ from cubby.model import (
     Revision,
     Role,
     User,
-)
-from cubby.metadata.schema import (
-    blocks,
-    file_revs,
-    journal,
-    members,
-    namespaces,
-    nodes,
-    ns_chunks,
-    settings,
-    tokens,
-    users,
 )
 
 ROOT_NODE = 0
@@ -632,7 +632,9 @@ class SqlMetadataStore:
     def blocklist(self, ns_id: int, path: str, rev: int | None = None) -> tuple[Entry, builtins.list[ChunkRef]]:
         return self.db.read(lambda conn: self._blocklist(conn, ns_id, paths.normalize(path), rev))
 
-    def blocklists(self, ns_id: int, paths_: Sequence[str]) -> list[tuple[Entry, list[ChunkRef]] | CubbyError]:
+    def blocklists(
+        self, ns_id: int, paths_: Sequence[str]
+    ) -> builtins.list[tuple[Entry, builtins.list[ChunkRef]] | CubbyError]:
         """The current chunk lists of many files in one read (a download of many small files
         asks for a thousand at a time); each path gets its own outcome."""
 
@@ -647,7 +649,7 @@ class SqlMetadataStore:
 
         return self.db.read(run)
 
-    def _blocklist(self, conn: Connection, ns_id: int, path: str, rev: int | None) -> tuple[Entry, list[ChunkRef]]:
+    def _blocklist(self, conn: Connection, ns_id: int, path: str, rev: int | None) -> tuple[Entry, builtins.list[ChunkRef]]:
         node = self._live(conn, ns_id, path)
         if rev is None:
             if node is None:
@@ -1013,7 +1015,7 @@ class SqlMetadataStore:
 
         return self._write_ns(ns_id, user_id, run)
 
-    def mkdir_many(self, user_id: int, ns_id: int, paths_: Sequence[str]) -> list[Entry | CubbyError]:
+    def mkdir_many(self, user_id: int, ns_id: int, paths_: Sequence[str]) -> builtins.list[Entry | CubbyError]:
         """Many folders in one transaction (a first sync of a tree creates thousands); each
         gets its own outcome. A refused folder writes nothing: `_ensure_folder` raises at the
         first existing non-folder ancestor, before it creates anything below it."""
@@ -1454,4 +1456,4 @@ def open_store(url: str, *, migrate_schema: bool = True) -> SqlMetadataStore:
     return SqlMetadataStore(db)
 
 
-__all__ = ["SqlMetadataStore", "open_store", "content_hash_of", "token_hash"]
+__all__ = ["SqlMetadataStore", "content_hash_of", "open_store", "token_hash"]

@@ -43,6 +43,7 @@ from cubby.client.sync.cache import ChunkCache
 from cubby.client.sync.ignore import STATE_DIR, IgnoreRules
 from cubby.client.sync.scanner import ScanResult, scan
 from cubby.client.sync.state import FileRecord, StateDb
+from cubby.client.windows import BATCH, DOWNLOAD_WINDOW
 from cubby.core import delta, paths
 from cubby.core.hashing import sha256_hex
 from cubby.errors import BadRequest, Conflict, CubbyError, NotFound, Unavailable
@@ -50,9 +51,6 @@ from cubby.model import ChunkRef, CommitResult, Entry, JournalEntry
 
 Emit = Callable[[dict[str, Any]], None]
 
-FETCH_BATCH_BYTES = 16 * 1024 * 1024
-"""Chunks asked for in one fetch request; with the cache on disk, the most a download holds in memory."""
-COMMIT_BATCH = 1000
 
 
 class SyncLocked(CubbyError):
@@ -138,7 +136,7 @@ class SyncEngine:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise SyncLocked(f"another cubby sync is already running on {self.root}")
+            raise SyncLocked(f"another cubby sync is already running on {self.root}") from None
         self._lock_fd = fd
         now = time.time()
         for leftover in (self.dir / "tmp").iterdir():
@@ -598,8 +596,8 @@ class SyncEngine:
             groups.setdefault(ns_id, []).append((op, lf))
         done = 0
         for ns_id, items in groups.items():
-            for i in range(0, len(items), COMMIT_BATCH):
-                done += self._upload_group(ns_id, items[i : i + COMMIT_BATCH], failures)
+            for i in range(0, len(items), BATCH):
+                done += self._upload_group(ns_id, items[i : i + BATCH], failures)
         return done
 
     def _still_same(self, op: P.Upload, lf: transfer.LocalFile) -> bool:
@@ -651,7 +649,7 @@ class SyncEngine:
         def progress(n: int) -> None:
             nonlocal sent
             sent += n
-            if total > FETCH_BATCH_BYTES:  # only long transfers are worth a progress line
+            if total > DOWNLOAD_WINDOW:  # only long transfers are worth a progress line
                 self.emit({"event": "progress", "direction": "up", "done": sent, "total": total})
 
         return progress
@@ -666,8 +664,8 @@ class SyncEngine:
         local disk, the cache, or the server (in bounded batches), into temp files that are
         renamed into place when whole."""
         done = 0
-        for i in range(0, len(ops), 1000):
-            group = list(ops[i : i + 1000])
+        for i in range(0, len(ops), BATCH):
+            group = list(ops[i : i + BATCH])
             lists = cast("list[tuple[Entry, list[ChunkRef]] | CubbyError]", self.api.blocklists([o.remote.path for o in group]))
             ready: list[tuple[P.Download, list[ChunkRef], Entry]] = []
             for op, bl in zip(group, lists, strict=True):
@@ -680,12 +678,12 @@ class SyncEngine:
             batch: list[tuple[P.Download, list[ChunkRef], Entry]] = []
             size = 0
             for item in ready:
-                if item[2].size > FETCH_BATCH_BYTES:
+                if item[2].size > DOWNLOAD_WINDOW:
                     done += self._download_files([item], failures)
                     continue
                 batch.append(item)
                 size += item[2].size
-                if size >= FETCH_BATCH_BYTES:
+                if size >= DOWNLOAD_WINDOW:
                     done += self._download_files(batch, failures)
                     batch, size = [], 0
             if batch:
@@ -712,7 +710,7 @@ class SyncEngine:
         while i < len(chunks):
             window: list[ChunkRef] = []
             size = 0
-            while i < len(chunks) and (not window or size + chunks[i].size <= FETCH_BATCH_BYTES):
+            while i < len(chunks) and (not window or size + chunks[i].size <= DOWNLOAD_WINDOW):
                 window.append(chunks[i])
                 size += chunks[i].size
                 i += 1
@@ -745,7 +743,7 @@ class SyncEngine:
     def _download_files(self, items: list[tuple[P.Download, list[ChunkRef], Entry]], failures: list[dict[str, str]]) -> int:
         staged: list[tuple[P.Download, Entry, Path, list[ChunkRef]]] = []
         tmpdir = self.dir / "tmp"
-        big = len(items) == 1 and items[0][2].size > FETCH_BATCH_BYTES
+        big = len(items) == 1 and items[0][2].size > DOWNLOAD_WINDOW
         bases: dict[str, str] = {}
         for op, chunks, entry in items:
             rec = self.state.file(op.replace.rel) if op.replace is not None and entry.size >= transfer.DELTA_MIN else None
@@ -777,7 +775,7 @@ class SyncEngine:
                 for _ in chunks[keep:]:
                     _, data = next(stream)
                     out.write(data)
-                    if big and (written // FETCH_BATCH_BYTES) != ((written + len(data)) // FETCH_BATCH_BYTES):
+                    if big and (written // DOWNLOAD_WINDOW) != ((written + len(data)) // DOWNLOAD_WINDOW):
                         self.emit({"event": "progress", "direction": "down", "path": entry.path, "done": written + len(data), "total": entry.size})
                         self._crash_point("download_window")
                     written += len(data)
@@ -789,7 +787,7 @@ class SyncEngine:
                 os.utime(tmp, (entry.mtime, entry.mtime))
             staged.append((op, entry, tmp, chunks))
         if staged:
-            transfer._barrier(tmpdir)
+            transfer.barrier(tmpdir)
         done = 0
         records: list[FileRecord] = []
         with self.state.tx():
@@ -825,7 +823,7 @@ class SyncEngine:
                 self.emit({"op": "Download", "path": op.remote.path, "size": entry.size})
             self.state.put_files(records)
         if done:
-            transfer._barrier(self.root)
+            transfer.barrier(self.root)
         self._crash_point("downloaded")
         return done
 
@@ -922,7 +920,7 @@ class SyncEngine:
 
 
 def _only_ignored(d: Path, root: Path, rules: IgnoreRules) -> bool:
-    for dirpath, dnames, fnames in os.walk(d):
+    for dirpath, _dnames, fnames in os.walk(d):
         for name in fnames:
             rel = os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/")
             if not rules.ignored(rel, False):
