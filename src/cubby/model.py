@@ -84,7 +84,7 @@ class Entry:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Entry":
+    def from_dict(cls, d: dict[str, Any]) -> Entry:
         return cls(**{k: d.get(k) for k in cls.__dataclass_fields__ if k in d})  # type: ignore[arg-type]
 
 
@@ -137,7 +137,7 @@ class JournalEntry:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "JournalEntry":
+    def from_dict(cls, d: dict[str, Any]) -> JournalEntry:
         return cls(**{k: d.get(k) for k in cls.__dataclass_fields__ if k in d})  # type: ignore[arg-type]
 
 
@@ -172,6 +172,9 @@ class NeededChunk:
 
     hash: str
     nonce: str
+    base: str | None = None
+    """A chunk of the version being replaced, at the same place in the file: the client may
+    send this chunk as a patch against it (`cubby.core.delta`)."""
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ def parse_commit_answer(body: dict[str, Any]) -> CommitResult | CubbyError:
     if status == "committed":
         return CommitResult(entry=Entry.from_dict(body["entry"]))
     if status == "need_chunks":
-        return CommitResult(needed=tuple(NeededChunk(n["hash"], n["nonce"]) for n in body["needed"]))
+        return CommitResult(needed=tuple(NeededChunk(n["hash"], n["nonce"], n.get("base")) for n in body["needed"]))
     err = body.get("error") or {}
     return error_from_dict(err, 409 if err.get("code") == "conflict" else 400)
 

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Self, TypeVar, cast
+from typing import Any, BinaryIO, Self, TypeVar
 
 from cubby.client import modes
 from cubby.client.api import ApiClient, commit_body
@@ -138,34 +138,19 @@ class _Needs:
     files: dict[Path, LocalFile] = field(default_factory=dict)
     """The file each chunk is read from (for its stamp and kept bytes); absent: hash to check."""
     bases: dict[str, str] = field(default_factory=dict)
-    """An old chunk on the server to send a needed chunk as a patch against (`add_bases`)."""
+    """An old chunk on the server to send a needed chunk as a patch against (the commit
+    answer names it: the chunk at the same place in the version being replaced)."""
 
 
 DELTA_MIN = MIN_SIZE
-"""Files smaller than one minimal chunk travel whole: a patch would save less than its request."""
-
-
-def add_bases(api: ApiClient, needs: _Needs, edits: Sequence[LocalFile]) -> None:
-    """Name, for the needed chunks of files that replace a version on the server, the old chunk
-    at the same place (`cubby.core.delta.pick_bases`), so that `supply` sends a patch instead
-    of the chunk. One blocklists request for all of them; a file gone meanwhile has no bases."""
-    big = [lf for lf in edits if lf.size >= DELTA_MIN and any(c.hash in needs.where for c in lf.chunks)]
-    if not big:
-        return
-    answers = cast("Sequence[tuple[Entry, Sequence[ChunkRef]] | CubbyError]", api.blocklists([lf.remote for lf in big]))
-    for lf, bl in zip(big, answers):
-        if isinstance(bl, CubbyError):
-            continue
-        old = delta.offsets([(c.hash, c.size) for c in bl[1]])
-        wanted = [(c.hash, c.offset, c.size) for c in lf.chunks if c.hash in needs.where]
-        needs.bases.update(delta.pick_bases(wanted, old))
+"""Files smaller than one minimal chunk are downloaded whole: a delta saves little on them."""
 
 
 def _send_patches(api: ApiClient, ns_id: int, items: list[tuple[str, bytes]], bases: dict[str, str]) -> dict[str, int]:
     """Send ``items`` that have a base as patches; returns the bytes sent per chunk stored so.
     Anything the server will not take as a patch (its base is gone, a refused patch) is left
     for the caller to upload whole: a patch is an optimisation, never a requirement."""
-    with_base = [(n, d) for n, d in items if n in bases]
+    with_base = [(n, d) for n, d in items if n in bases and len(d) >= delta.PATCH_MIN]
     if not with_base:
         return {}
     try:
@@ -425,10 +410,7 @@ def upload_file(
             return UploadResult(res.entry.path, res.entry.rev, lf.size, len(lf.chunks), sent, sent_bytes)
         if ns_id is None:
             ns_id = _ns_of(api, remote)
-        needs = _needs_for([(lf, res)])
-        if expected_rev is not None:
-            add_bases(api, needs, [lf])  # an edit: changed chunks travel as patches
-        for s, b in supply(api, ns_id, needs, progress).values():
+        for s, b in supply(api, ns_id, _needs_for([(lf, res)]), progress).values():
             sent += s
             sent_bytes += b
     raise CubbyError(f"the server kept asking for chunks of {remote}; giving up", code="upload_incomplete")
@@ -442,6 +424,8 @@ def _needs_for(pairs: Sequence[tuple[LocalFile, CommitResult]]) -> _Needs:
             if n.hash in by_hash and n.hash not in needs.where:
                 needs.where[n.hash] = (lf.local, by_hash[n.hash])
                 needs.nonces[n.hash] = n.nonce
+                if n.base is not None:
+                    needs.bases[n.hash] = n.base
                 needs.files.setdefault(lf.local, lf)
     return needs
 

@@ -54,6 +54,8 @@ WHOLE, DELTA = b"\x00", b"\x01"
 PATCH_FRAME = 32 + MAX_SIZE + MAX_SIZE // 8
 """The largest patch frame: a base name and a patch of incompressible bytes (zstd's overhead)."""
 FETCH_FRAME = 1 + MAX_SIZE
+PATCH_MIN = 64 * 1024
+"""Chunks smaller than this travel whole: a patch would save less than its round trip costs."""
 
 
 def _blocks(data: bytes) -> list[tuple[int, int]]:

@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
 from cubby.blockstore.base import BlockStore
-from cubby.core import paths
+from cubby.core import delta, paths
 from cubby.core.hashing import content_hash
 from cubby.errors import (
     BadRequest,
@@ -951,12 +951,31 @@ class SqlMetadataStore:
         missing = self._unavailable(tx, chunks)
         if missing:
             uid = tx.user_id or 0
+            bases = self._bases(tx, path, chunks, missing)
             return CommitResult(
-                needed=tuple(NeededChunk(h, self.challenge(uid, tx.ns_id, h)) for h in missing)
+                needed=tuple(NeededChunk(h, self.challenge(uid, tx.ns_id, h), bases.get(h)) for h in missing)
             )
         return CommitResult(
             entry=self._write_file(tx, path, chunks, req.size, req.expected_rev, req.mtime, guarded=True, mode=req.mode)
         )
+
+    def _bases(self, tx: _Txn, path: str, chunks: tuple[ChunkRef, ...], missing: Sequence[str]) -> dict[str, str]:
+        """For the missing chunks of an edit, the old chunk at the same place in the file's
+        current version (`delta.pick_bases`): named in the answer, so that the client needs no
+        extra request (nor the whole old chunk list) to send them as patches."""
+        existing = tx.live(paths.key(path))
+        if existing is None or existing.kind != "file" or existing.content_rev is None:
+            return {}
+        row = tx.conn.execute(
+            select(file_revs.c.blocklist).where(
+                file_revs.c.ns_id == tx.ns_id, file_revs.c.node_id == existing.node_id, file_revs.c.rev == existing.content_rev
+            )
+        ).first()
+        if row is None:
+            return {}
+        wanted = set(missing)
+        new = [c for c in delta.offsets([(c.hash, c.size) for c in chunks]) if c[0] in wanted]
+        return delta.pick_bases(new, delta.offsets([(h, s) for h, s in json.loads(row[0])]))
 
     def commit(self, user_id: int, ns_id: int, req: CommitRequest, readable: Iterable[int] = ()) -> CommitResult:
         path, chunks = self._validate_commit(req)

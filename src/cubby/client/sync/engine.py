@@ -633,9 +633,10 @@ class SyncEngine:
             if not needing:
                 break
             try:
-                needs = transfer._needs_for([(lf, out) for _, lf, out in needing])
-                transfer.add_bases(self.api, needs, [lf for op, lf, _ in needing if op.expected_rev is not None])
-                transfer.supply(self.api, ns_id, needs, self._progress_up(sum(lf.size for _, lf, _ in needing)))
+                transfer.supply(
+                    self.api, ns_id, transfer._needs_for([(lf, out) for _, lf, out in needing]),
+                    self._progress_up(sum(lf.size for _, lf, _ in needing)),
+                )
             except transfer.FileChanged:
                 self.state.drop_files(op.local.rel for op, _, _ in needing)  # read again next scan
                 break
