@@ -43,6 +43,7 @@ from cubby.client.sync.cache import ChunkCache
 from cubby.client.sync.ignore import STATE_DIR, IgnoreRules
 from cubby.client.sync.scanner import ScanResult, scan
 from cubby.client.sync.state import FileRecord, StateDb
+from cubby.client.sync.trust import Refusal, UnsafePath, local_target, mount_path, shown
 from cubby.core import paths
 from cubby.core.hashing import sha256_hex
 from cubby.errors import BadRequest, Conflict, CubbyError, NotFound, Unavailable
@@ -200,7 +201,11 @@ class SyncEngine:
             self.state.drop_namespace(ns_id)
             self.emit({"event": "namespace_removed", "ns_id": ns_id, "path": known[ns_id].mount})
         for ns_id, n in seen.items():
-            mount, role = paths.normalize(n["path"]), str(n.get("role", "owner"))
+            try:
+                mount, role = mount_path(n.get("path")), str(n.get("role", "owner"))
+            except UnsafePath as exc:
+                self.state.record_refusal(Refusal(ns_id, "mount", shown(n.get("path")), exc.message))
+                continue
             if ns_id not in known:
                 head = int(n["head"])  # before the listing: the replay from here covers any race
                 listing = list(self.api.list(mount, recursive=True))
@@ -269,7 +274,7 @@ class SyncEngine:
         bases = self.state.mount_bases()
         for ns in namespaces:
             base = bases.get(ns.ns_id)
-            if ns.mount == paths.ROOT or base is None or not base.inode or os.path.isdir(self._abs(ns.mount)):
+            if ns.mount == paths.ROOT or base is None or not base.inode or os.path.isdir(self._abs(self.rel_for(ns.mount))):
                 continue
             moved = [item for item in local if item.kind == "folder" and item.inode == base.inode]
             if len(moved) != 1 or any(paths.is_within(moved[0].path, m) for m in mounts):
@@ -377,7 +382,9 @@ class SyncEngine:
 
     # -- single operations -------------------------------------------------------------------------
     def _abs(self, rel: str) -> Path:
-        return self.root / rel
+        """The one way from a relative path to the disk: `trust.local_target` refuses anything
+        outside the synced folder or inside its state folder (`UnsafePath`)."""
+        return local_target(self.root, rel)
 
     def rel_for(self, path: str) -> str:
         """Where a path of the user's tree goes on disk: existing folders keep their on-disk
@@ -423,7 +430,8 @@ class SyncEngine:
             except (Conflict, NotFound):
                 return False  # the server moved on: the next plan sees how
             self._crash_point("moved_remote")
-            st.put_remote_entry(e)
+            if not st.put_remote_entry(e):
+                raise UnsafePath(f"the server answered the move of {op.path} with {shown(e.path)!r}")
             st.move_base(op.node, e.path)
         elif isinstance(op, P.MkdirLocal):
             folder = self._abs(self.rel_for(op.remote.path))
@@ -431,7 +439,8 @@ class SyncEngine:
             st.set_base(_base_of(op.remote, folder.stat().st_ino))
         elif isinstance(op, P.MkdirRemote):
             e = self.api.mkdir(op.local.path)
-            st.put_remote_entry(e)
+            if not st.put_remote_entry(e):
+                raise UnsafePath(f"the server answered the creation of {op.local.path} with {shown(e.path)!r}")
             st.set_base(P.BaseItem(e.ns_id, e.node_id, e.path, "folder", e.rev, None, op.local.inode))
         elif isinstance(op, P.DeleteLocal):
             return self._delete_local(op)
@@ -594,8 +603,8 @@ class SyncEngine:
         return progress
 
     def _committed(self, e: Entry, lf: transfer.LocalFile) -> None:
-        self.state.put_remote_entry(e)
-        self.state.set_base(P.BaseItem(e.ns_id, e.node_id, e.path, "file", e.rev, e.content_hash, lf.inode))
+        if self.state.put_remote_entry(e):
+            self.state.set_base(P.BaseItem(e.ns_id, e.node_id, e.path, "file", e.rev, e.content_hash, lf.inode))
 
     # -- downloads ---------------------------------------------------------------------------------
     def _download(self, ops: Sequence[P.Download], failures: list[dict[str, str]]) -> int:
@@ -705,8 +714,8 @@ class SyncEngine:
         with self.state.tx():
             for op, entry, tmp, chunks in staged:
                 rel = op.replace.rel if op.replace is not None else self.rel_for(op.remote.path)
-                target = self._abs(rel)
                 try:
+                    target = self._abs(rel)
                     if not self._may_replace(op, target):
                         tmp.unlink(missing_ok=True)
                         continue
@@ -717,7 +726,7 @@ class SyncEngine:
                             self._keep_chunks(rec)
                     os.replace(tmp, target)
                     s = target.stat()
-                except OSError as exc:
+                except (OSError, UnsafePath) as exc:
                     tmp.unlink(missing_ok=True)
                     failures.append({"op": "Download", "path": op.remote.path, "error": str(exc)})
                     continue
