@@ -55,21 +55,31 @@ def is_state_name(name: str) -> bool:
     return paths.key(name) == STATE_DIR
 
 
+USER_PATH_BYTES = paths.MAX_PATH_BYTES + paths.MAX_NAME_BYTES + 1
+"""Longest path of the user's tree: a mount point's name, then a path of the shared namespace."""
+
+
 def remote_path(path: object, *, in_user_tree: bool = True) -> str:
     """The normalised form of a path received from the server, or `UnsafePath`. The root
-    itself is refused: nothing the server sends may replace it. A path of the user's tree
-    (``in_user_tree``) may not begin with the state folder; a namespace-internal path (a
-    shared folder's journal) is checked for that once it is placed under its mount."""
-    if not isinstance(path, str):
-        raise UnsafePath(f"the server sent a path that is not a string: {path!r}")
+    itself is refused: nothing the server sends may replace it. Each name follows the rules
+    of `cubby.core.paths`; a namespace's own path is at most `paths.MAX_PATH_BYTES` long, a
+    path of the user's tree (``in_user_tree``) at most `USER_PATH_BYTES` (it may begin with a
+    mount point) and may not begin with the state folder. A namespace-internal path (a shared
+    folder's journal) is checked for that once it is placed under its mount."""
+    if not isinstance(path, str) or not path.startswith("/") or path == paths.ROOT:
+        raise UnsafePath(f"the server sent {shown(path)!r} where a path below the root belongs")
+    names = path[1:].split("/")
     try:
-        norm = paths.normalize(path)
+        if "" in names:
+            raise InvalidPath(f"path {shown(path)!r} has an empty component")
+        norm = "/" + "/".join(paths.normalize("/" + name)[1:] for name in names)
     except InvalidPath as exc:
         raise UnsafePath(exc.message) from None
-    if norm == paths.ROOT or not path.startswith("/"):
-        raise UnsafePath(f"the server sent {path!r} where a path below the root belongs")
-    if in_user_tree and is_state_name(norm.split("/")[1]):
-        raise UnsafePath(f"{path!r} names the sync client's own state folder")
+    limit = USER_PATH_BYTES if in_user_tree else paths.MAX_PATH_BYTES
+    if len(paths.key(norm).encode("utf-8")) > limit:
+        raise UnsafePath(f"{shown(path)[:60]!r}... is longer than {limit} bytes")
+    if in_user_tree and is_state_name(names[0]):
+        raise UnsafePath(f"{shown(path)!r} names the sync client's own state folder")
     return norm
 
 
