@@ -15,9 +15,9 @@ the bytes are still in the block store and writes them again if not.
 
 from __future__ import annotations
 
+import base64
 import builtins
 import functools
-import base64
 import hashlib
 import hmac
 import json
@@ -47,6 +47,18 @@ from cubby.errors import (
 )
 from cubby.metadata import migrate
 from cubby.metadata.engine import Database
+from cubby.metadata.schema import (
+    blocks,
+    file_revs,
+    journal,
+    members,
+    namespaces,
+    nodes,
+    ns_chunks,
+    settings,
+    tokens,
+    users,
+)
 from cubby.model import (
     ChunkRef,
     CommitRequest,
@@ -60,18 +72,6 @@ from cubby.model import (
     Revision,
     Role,
     User,
-)
-from cubby.metadata.schema import (
-    blocks,
-    file_revs,
-    journal,
-    members,
-    namespaces,
-    nodes,
-    ns_chunks,
-    settings,
-    tokens,
-    users,
 )
 
 ROOT_NODE = 0
@@ -1387,4 +1387,4 @@ def open_store(url: str, *, migrate_schema: bool = True) -> SqlMetadataStore:
     return SqlMetadataStore(db)
 
 
-__all__ = ["SqlMetadataStore", "open_store", "content_hash_of", "token_hash"]
+__all__ = ["SqlMetadataStore", "content_hash_of", "open_store", "token_hash"]

@@ -139,7 +139,7 @@ class SyncEngine:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise SyncLocked(f"another cubby sync is already running on {self.root}")
+            raise SyncLocked(f"another cubby sync is already running on {self.root}") from None
         self._lock_fd = fd
         now = time.time()
         for leftover in (self.dir / "tmp").iterdir():
@@ -823,7 +823,7 @@ class SyncEngine:
 
 
 def _only_ignored(d: Path, root: Path, rules: IgnoreRules) -> bool:
-    for dirpath, dnames, fnames in os.walk(d):
+    for dirpath, _dnames, fnames in os.walk(d):
         for name in fnames:
             rel = os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/")
             if not rules.ignored(rel, False):
