@@ -159,3 +159,12 @@ def test_local_target_refuses_escapes_links_and_the_state_folder(tmp_path: Path)
                 "link/f", "state-link/x", "a\x00b"):
         with pytest.raises(UnsafePath):
             local_target(root, rel)
+
+
+def test_the_state_folder_is_never_synced_in_any_case() -> None:
+    from cubby.client.sync.ignore import IgnoreRules
+
+    rules = IgnoreRules()
+    for rel in (".cubby", ".CUBBY/state.db", ".Cubby/tmp/x"):
+        assert rules.ignored(rel, is_dir=False)
+    assert not rules.ignored("sub/.CUBBY", is_dir=True)
