@@ -277,8 +277,10 @@ class ApiClient:
     def remove_member(self, path: str, user: str) -> dict[str, Any]:
         return dict(self._post("/api/v1/shares/remove", {"path": path, "user": user})["share"])
 
-    def leave_share(self, path: str) -> dict[str, Any]:
-        return dict(self._post("/api/v1/shares/leave", {"path": path})["share"])
+    def leave_share(self, folder: str | int) -> dict[str, Any]:
+        """Leave the shared folder mounted at path ``folder``, or with namespace id ``folder``."""
+        body = {"ns_id": folder} if isinstance(folder, int) else {"path": folder}
+        return dict(self._post("/api/v1/shares/leave", body)["share"])
 
     def unshare(self, path: str) -> dict[str, Any]:
         return dict(self._post("/api/v1/shares/unshare", {"path": path})["share"])

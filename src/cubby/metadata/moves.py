@@ -38,9 +38,9 @@ from sqlalchemy.engine import Connection
 
 from cubby.core import paths
 from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceMoved, NotFound, Unavailable
-from cubby.model import Entry
 from cubby.metadata.leases import Owner
 from cubby.metadata.schema import file_revs, journal, move_intents, nodes
+from cubby.model import Entry
 
 if TYPE_CHECKING:
     from cubby.metadata.store import SqlMetadataStore, _Txn
@@ -206,7 +206,7 @@ class CrossMoves:
         for n in rows:
             nid = tx.new_node_id()
             ids[int(n.node_id)] = nid
-            new_path = paths.rebase(n.path, src_path, dst)
+            new_path = paths.check_length(paths.rebase(n.path, src_path, dst))
             parent_id = ids.get(int(n.parent_id), 0)
             is_file = n.kind == "file"
             node_rows.append(
@@ -293,7 +293,7 @@ class CrossMoves:
         while tx.live(paths.key(final)) is not None:
             i += 1
             stem, dot, ext = name.rpartition(".") if "." in name.strip(".") else (name, "", "")
-            final = paths.join(parent_path, f"{stem} ({i}){dot}{ext}" if dot else f"{name} ({i})")
+            final = paths.join(parent_path, paths.fit_name(stem, f" ({i})", dot + ext) if dot else paths.fit_name(name, f" ({i})"))
         tx.flush(self.store._insert_ignore)
         ordered = sorted(rows, key=lambda r: paths.key(paths.rebase(r.path, top.path, final)))
         for r in ordered:

@@ -353,10 +353,12 @@ class Sharing:
                 mount = self._mount_of(conn, root_ns, ns_id)
                 return SharingChange(ns_id, {"ns_id": ns_id, "path": mount.path if mount else None, "role": m.role})
             name = conn.execute(select(namespaces.c.name).where(namespaces.c.ns_id == ns_id)).one()[0] or f"Shared {ns_id}"
-            candidate, i = paths.join(paths.ROOT, name), 0
+            # Names are cut to fit: a 255-byte folder name with " (1)" would be a mount that the
+            # invitee could neither stat, rename nor leave.
+            candidate, i = paths.join(paths.ROOT, paths.fit_name(name)), 0
             while tx.live(paths.key(candidate)) is not None:
                 i += 1
-                candidate = paths.join(paths.ROOT, f"{name} ({i})")
+                candidate = paths.join(paths.ROOT, paths.fit_name(name, f" ({i})"))
             node_id, jid = tx.new_node_id(), tx.next_jid()
             tx.put_node(
                 node_id,

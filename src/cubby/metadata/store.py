@@ -1232,7 +1232,7 @@ class SqlMetadataStore:
                 # Free the old keys first, so that a case-only rename never collides with itself.
                 params = []
                 for k in kids:
-                    new = paths.rebase(k.path, old_path, dst_path)
+                    new = paths.check_length(paths.rebase(k.path, old_path, dst_path))
                     params.append({"nid": k.node_id, "p": new, "k": paths.key(new)})
                 if params:
                     stmt = update(nodes).where(nodes.c.ns_id == tx.ns_id, nodes.c.node_id == bindparam("nid"))

@@ -43,6 +43,7 @@ from cubby.client.sync.cache import ChunkCache
 from cubby.client.sync.ignore import STATE_DIR, IgnoreRules
 from cubby.client.sync.scanner import ScanResult, scan
 from cubby.client.sync.state import FileRecord, StateDb
+from cubby.client.sync.trust import Refusal, UnsafePath, local_target, mount_path, shown
 from cubby.client.windows import BATCH, DOWNLOAD_WINDOW
 from cubby.core import delta, paths
 from cubby.core.hashing import sha256_hex
@@ -212,7 +213,11 @@ class SyncEngine:
             self.state.drop_namespace(ns_id)
             self.emit({"event": "namespace_removed", "ns_id": ns_id, "path": known[ns_id].mount})
         for ns_id, n in seen.items():
-            mount, role = paths.normalize(n["path"]), str(n.get("role", "owner"))
+            try:
+                mount, role = mount_path(n.get("path")), str(n.get("role", "owner"))
+            except UnsafePath as exc:
+                self.state.record_refusal(Refusal(ns_id, "mount", shown(n.get("path")), exc.message))
+                continue
             if ns_id not in known:
                 head = int(n["head"])  # before the listing: the replay from here covers any race
                 listing = list(self.api.list(mount, recursive=True))
@@ -289,7 +294,7 @@ class SyncEngine:
         bases = self.state.mount_bases()
         for ns in namespaces:
             base = bases.get(ns.ns_id)
-            if ns.mount == paths.ROOT or base is None or not base.inode or os.path.isdir(self._abs(ns.mount)):
+            if ns.mount == paths.ROOT or base is None or not base.inode or os.path.isdir(self._abs(self.rel_for(ns.mount))):
                 continue
             moved = [item for item in local if item.kind == "folder" and item.inode == base.inode]
             if len(moved) != 1 or any(paths.is_within(moved[0].path, m) for m in mounts):
@@ -441,13 +446,17 @@ class SyncEngine:
                     else:
                         failures.append({"op": name, "path": _path_of(op), "error": str(out)})
                         continue
+                if isinstance(op, (P.MkdirRemote, P.MoveRemote)):
+                    assert isinstance(out, Entry)
+                    if not st.put_remote_entry(out):
+                        # refused (recorded by the state), never acted on
+                        failures.append({"op": name, "path": _path_of(op), "error": f"the server answered with {shown(out.path)!r}"})
+                        continue
                 if isinstance(op, P.MkdirRemote):
                     assert isinstance(out, Entry)
-                    st.put_remote_entry(out)
                     st.set_base(P.BaseItem(out.ns_id, out.node_id, out.path, "folder", out.rev, None, op.local.inode))
                 elif isinstance(op, P.MoveRemote):
                     assert isinstance(out, Entry)
-                    st.put_remote_entry(out)
                     st.move_base(op.node, out.path)
                 elif isinstance(op, P.DeleteRemote):
                     st.delete_remote(op.remote.node)
@@ -459,7 +468,9 @@ class SyncEngine:
 
     # -- single operations -------------------------------------------------------------------------
     def _abs(self, rel: str) -> Path:
-        return self.root / rel
+        """The one way from a relative path to the disk: `trust.local_target` refuses anything
+        outside the synced folder or inside its state folder (`UnsafePath`)."""
+        return local_target(self.root, rel)
 
     def rel_for(self, path: str) -> str:
         """Where a path of the user's tree goes on disk: existing folders keep their on-disk
@@ -656,8 +667,8 @@ class SyncEngine:
         return progress
 
     def _committed(self, e: Entry, lf: transfer.LocalFile) -> None:
-        self.state.put_remote_entry(e)
-        self.state.set_base(P.BaseItem(e.ns_id, e.node_id, e.path, "file", e.rev, modes.version(e.content_hash, e.mode), lf.inode))
+        if self.state.put_remote_entry(e):
+            self.state.set_base(P.BaseItem(e.ns_id, e.node_id, e.path, "file", e.rev, modes.version(e.content_hash, e.mode), lf.inode))
 
     # -- downloads ---------------------------------------------------------------------------------
     def _download(self, ops: Sequence[P.Download], failures: list[dict[str, str]]) -> int:
@@ -794,8 +805,8 @@ class SyncEngine:
         with self.state.tx():
             for op, entry, tmp, chunks in staged:
                 rel = op.replace.rel if op.replace is not None else self.rel_for(op.remote.path)
-                target = self._abs(rel)
                 try:
+                    target = self._abs(rel)
                     if not self._may_replace(op, target):
                         tmp.unlink(missing_ok=True)
                         continue
@@ -806,7 +817,7 @@ class SyncEngine:
                             self._keep_chunks(rec)
                     os.replace(tmp, target)
                     s = os.lstat(target)
-                except OSError as exc:
+                except (OSError, UnsafePath) as exc:
                     tmp.unlink(missing_ok=True)
                     failures.append({"op": "Download", "path": op.remote.path, "error": str(exc)})
                     continue

@@ -56,9 +56,10 @@ class IgnoreRules:
 
     def ignored(self, rel: str, is_dir: bool) -> bool:
         """True when the item at ``rel`` (``/``-separated, relative to the synced folder) is not
-        synced. The state folder at the top is always ignored."""
+        synced. The state folder at the top is always ignored, in any case (``.CUBBY``): on a
+        case-insensitive disk that is the state folder, and nothing may sync into it."""
         name = rel.rsplit("/", 1)[-1]
-        if rel == STATE_DIR or rel.startswith(STATE_DIR + "/"):
+        if rel.split("/", 1)[0].casefold() == STATE_DIR:
             return True
         if not is_dir and _BUILTIN_RE.match(name):
             return True
