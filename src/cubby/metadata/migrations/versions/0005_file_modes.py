@@ -5,14 +5,14 @@ regular file, 0o100755 an executable one, 0o120000 a symbolic link whose target 
 file's content. NULL (every row written before this revision) reads as 0o100644.
 
 Revision ID: 0005
-Revises: 0008
+Revises: 0006
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0008"  # chained after main's 0008 when merged (written against 0003)
+down_revision = "0006"  # chained after main's 0008 -> 0006 when merged (written against 0003): one head
 branch_labels = None
 depends_on = None
 
