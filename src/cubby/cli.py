@@ -376,13 +376,19 @@ def _when(ts: float | None) -> str:
 @click.option("-r", "--recursive", is_flag=True, help="List the whole subtree.")
 @pass_state
 def ls(state: State, remote: str, recursive: bool) -> None:
-    """List a folder."""
+    """List a folder (with -r, the whole subtree, shared folders included)."""
+    from cubby.client.listing import walk
+
     with state.api() as api:
         entry = api.stat(remote)
-        entries = [entry] if entry.kind == "file" else api.list(remote, recursive=recursive)
+        entries = [entry] if entry.kind == "file" else walk(lambda p, r: api.list(p, recursive=r), remote, recursive)
         for e in entries:
             shown = e.path + ("/" if e.kind == "folder" else "")
-            state.emit(e.to_dict(), f"{e.size if e.kind == 'file' else '-':>12}  {_when(e.mtime):16}  rev {e.rev:<6} {shown}")
+            obj = e.to_dict()
+            if e.target_ns is not None:
+                obj.update(mount=True, ns_id=e.target_ns)
+                shown += "  (shared folder)"
+            state.emit(obj, f"{e.size if e.kind == 'file' else '-':>12}  {_when(e.mtime):16}  rev {e.rev:<6} {shown}")
 
 
 @main.command()
