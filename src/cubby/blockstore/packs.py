@@ -254,7 +254,7 @@ class PackBlockStore:
                     batch, size = [], 0
             if batch:
                 self._rewrite(batch, stats, hook)
-            for pack in self.index.deleted_before(now - grace):
+            for pack in self.index.deleted_before(time.time() - grace):
                 self.objects.delete(pack_object_name(pack))
                 hook("deleted")
                 self.index.purge([pack])

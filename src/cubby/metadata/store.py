@@ -1308,7 +1308,8 @@ class SqlMetadataStore:
            location, in this same transaction when its index is on this database) and then the
            tombstones.
 
-        ``fault(step)`` is called after each step's commit ("swept", "reclaimed"), for crash tests."""
+        ``fault(step)`` is called for crash tests: before each step's commit ("sweeping",
+        "reclaiming") and after it ("swept", "reclaimed")."""
         hook = fault or (lambda _step: None)
         cutoff = time.time() - grace_seconds
         examined = deleted = freed = 0
@@ -1343,6 +1344,7 @@ class SqlMetadataStore:
             conn.execute(delete(blocks).where(blocks.c.hash.in_(victims)))
             now = time.time()
             self._insert_ignore(conn, chunk_tombstones, [{"hash": h, "at": now} for h in victims])
+            hook("sweeping")  # rows deleted, not yet committed
             return len(victims), sum(locked[h] for h in victims)
 
         self._adopt_orphans(blocks_store)
@@ -1357,11 +1359,11 @@ class SqlMetadataStore:
             deleted += n
             freed += b
         hook("swept")
-        self.reclaim_tombstones(blocks_store)
+        self.reclaim_tombstones(blocks_store, hook)
         hook("reclaimed")
         return GcStats(examined=examined, deleted=deleted, bytes_freed=freed)
 
-    def reclaim_tombstones(self, blocks_store: BlockStore) -> int:
+    def reclaim_tombstones(self, blocks_store: BlockStore, hook: Callable[[str], None] = lambda _step: None) -> int:
         """Remove the bytes of tombstoned chunks (step 2 of `collect_garbage`); returns how many."""
 
         def page(conn: Connection) -> list[str]:
@@ -1379,6 +1381,7 @@ class SqlMetadataStore:
             gone = [h for h in held if h not in alive]
             for h in gone:
                 blocks_store.delete(h)
+            hook("reclaiming")  # bytes gone, tombstones not yet: a crash here loses nothing referenced
             conn.execute(delete(chunk_tombstones).where(chunk_tombstones.c.hash.in_(held)))
             return len(gone)
 
