@@ -76,10 +76,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--broker", default="memory")
     ap.add_argument("--notify-front", choices=["lean", "asgi"], default="lean")
     ap.add_argument("--auto-accept-shares", action="store_true")
+    ap.add_argument("--blocks", default=None)
     args = ap.parse_args(argv)
     cfg = Config(
         data_dir=args.data, db_url=args.db, host=args.host, port=args.port, broker_url=args.broker,
-        notify_front=args.notify_front, auto_accept_shares=args.auto_accept_shares,
+        notify_front=args.notify_front, auto_accept_shares=args.auto_accept_shares, blocks_url=args.blocks,
     )
     if args.max_request_bytes:
         cfg = cfg.with_(max_request_bytes=args.max_request_bytes)
