@@ -17,10 +17,10 @@ from cubby.blockstore.opener import open_block_store
 from cubby.blockstore.packfile import read_trailer
 from cubby.blockstore.packs import PackBlockStore
 from cubby.core.compression import CorruptChunk
+from cubby.errors import NotFound
 from cubby.metadata.chunk_index import SqlChunkIndex
 from cubby.metadata.schema import chunk_index
 from cubby.metadata.store import SqlMetadataStore, open_store
-from cubby.errors import NotFound
 
 
 def named(data: bytes) -> tuple[str, bytes]:

@@ -14,8 +14,8 @@ from cubby.blockstore.folder import FolderObjectStore
 from cubby.blockstore.memory import MemoryBlockStore
 from cubby.blockstore.packs import PackBlockStore
 from cubby.metadata.chunk_index import SqlChunkIndex
-from cubby.model import ChunkRef, CommitRequest
 from cubby.metadata.store import SqlMetadataStore, open_store
+from cubby.model import ChunkRef, CommitRequest
 
 
 @pytest.fixture
