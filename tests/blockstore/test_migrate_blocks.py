@@ -1,6 +1,6 @@
 """Existing data keeps working (issue 11.5): a data folder written by the release before packs
-(one file per chunk, made here by that release's own code, taken from git) is served as it is
-by today's server, and `cubby admin migrate-blocks` moves it into packs."""
+(one file per chunk, made here by that release's own store code, taken from git) is served as
+it is by today's server, and `cubby admin migrate-blocks` moves it into packs."""
 
 from __future__ import annotations
 
@@ -37,6 +37,29 @@ def _old_release(dest: Path) -> Path:
     return dest / "src"
 
 
+OLD_WRITER = """
+import hashlib, sys
+from pathlib import Path
+from cubby.blockstore.local import LocalBlockStore
+from cubby.metadata.store import open_store
+from cubby.model import ChunkRef, CommitRequest
+
+data, src = Path(sys.argv[1]), Path(sys.argv[2])
+data.mkdir(parents=True, exist_ok=True)
+store = open_store(f"sqlite:///{data / 'meta.db'}")
+blocks = LocalBlockStore(data / "blocks")
+user, token = store.create_user("erin")
+for name in ("a.bin", "b.txt"):
+    payload = (src / name).read_bytes()
+    items = [(hashlib.sha256(p).hexdigest(), p) for p in (payload[i : i + 300_000] for i in range(0, len(payload), 300_000))]
+    store.ingest_chunks(user.root_ns, items, blocks)
+    refs = tuple(ChunkRef(h, len(p)) for h, p in items)
+    assert store.commit(user.id, user.root_ns, CommitRequest("/" + name, len(payload), refs)).committed
+store.close()
+print(token)
+"""
+
+
 def _content(server: LiveServer, token: str, path: str) -> bytes:
     r = httpx.get(f"{server.url}/api/v1/content{path}", headers={"Authorization": f"Bearer {token}"}, timeout=60)
     assert r.status_code == 200, r.text
@@ -50,14 +73,12 @@ def test_a_store_of_the_previous_release_is_served_then_migrated(tmp_path: Path)
     files = {"/a.bin": rng.randbytes(2_500_000), "/b.txt": b"hello packs " * 100_000}
     for name, payload in files.items():
         (tmp_path / name.strip("/")).write_bytes(payload)
+    # The old release's own store code creates the user and stores the files' chunks.
     made = subprocess.run(
-        [*CUBBY, "--json", "user", "add", "erin", "--data", str(data)],
+        [sys.executable, "-c", OLD_WRITER, str(data), str(tmp_path)],
         env={**os.environ, "PYTHONPATH": str(old_src)}, capture_output=True, text=True, timeout=120, check=True,
     )
-    token = json.loads(made.stdout)["token"]
-    with LiveServer(data, env={"PYTHONPATH": str(old_src)}) as old, ApiClient(old.url, token) as api:
-        for name in files:
-            upload_file(api, tmp_path / name.strip("/"), name)
+    token = made.stdout.strip()
     legacy = [p for p in (data / "blocks").glob("??/*") if p.is_file()]
     assert len(legacy) > 3 and not (data / "blocks" / "packs").exists()
 

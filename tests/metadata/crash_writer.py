@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from cubby.blockstore.opener import open_block_store
-from cubby.model import ChunkRef, CommitRequest
 from cubby.metadata.store import open_store
+from cubby.model import ChunkRef, CommitRequest
 
 
 def main() -> None:
