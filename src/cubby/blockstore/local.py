@@ -203,6 +203,9 @@ class LocalBlockStore:
     def has(self, name: str) -> bool:
         return self._path(name).exists()
 
+    def present(self, names: Iterable[str]) -> set[str]:
+        return {n for n in names if self.has(n)}
+
     def delete(self, name: str) -> None:
         try:
             self._path(name).unlink()

@@ -113,9 +113,7 @@ class PackBlockStore:
         items = list(items)
         for name, _ in items:
             check_chunk_name(name)
-        known = set(self.index.lookup([name for name, _ in items]))
-        if self.legacy is not None:
-            known.update(n for n, _ in items if n not in known and self.legacy.has(n))
+        known = self.present(name for name, _ in items)
         seen: set[str] = set()
         new: list[bool] = []
         for name, _ in items:
@@ -187,9 +185,14 @@ class PackBlockStore:
         raise AssertionError("unreachable")
 
     def has(self, name: str) -> bool:
-        if self.index.lookup([name]):
-            return True
-        return self.legacy is not None and self.legacy.has(name)
+        return bool(self.present([name]))
+
+    def present(self, names: Iterable[str]) -> set[str]:
+        wanted = list(names)
+        found = set(self.index.lookup(wanted))
+        if self.legacy is not None:
+            found |= self.legacy.present(n for n in wanted if n not in found)
+        return found
 
     def delete(self, name: str) -> None:
         """Forget where ``name`` is; its bytes stay as dead space until `compact` rewrites the pack."""

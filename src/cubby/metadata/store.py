@@ -1227,12 +1227,14 @@ class SqlMetadataStore:
             if fresh:
                 # Waits for a collector holding these tombstones; after that, it cannot take
                 # the bytes any more (it re-checks the tombstone under its lock).
-                conn.execute(delete(chunk_tombstones).where(chunk_tombstones.c.hash.in_(fresh)))
-            for h in fresh:
-                # The collector may have removed these bytes between put_many and this lock;
-                # only then is a chunk written (and so verified) a second time.
-                if not blocks_store.has(h):
-                    blocks_store.put(h, unique[h])
+                for i in range(0, len(fresh), 500):
+                    conn.execute(delete(chunk_tombstones).where(chunk_tombstones.c.hash.in_(fresh[i : i + 500])))
+            # The collector may have removed these bytes between put_many and this lock; only
+            # then is a chunk written (and so verified) a second time.
+            stored = blocks_store.present(fresh) if fresh else set()
+            again = [(h, unique[h]) for h in fresh if h not in stored]
+            if again:
+                blocks_store.put_many(again)
             self._insert_ignore(
                 conn, blocks, [{"hash": h, "size": len(unique[h]), "touched_at": now} for h in fresh]
             )
