@@ -22,7 +22,8 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor
 from pathlib import Path
 
-from cubby.core.compression import Codec, CorruptChunk
+from cubby.blockstore.folder import fsync_dir
+from cubby.core.compression import Codec, CorruptChunk, verify_and_encode
 from cubby.core.hashing import check_chunk_name, is_chunk_name, sha256_hex, verify_chunk
 from cubby.errors import NotFound
 
@@ -30,7 +31,7 @@ _TMP_MAX_AGE = 3600.0
 """Temp files older than this belong to a dead writer and are swept when a store opens."""
 
 
-def _load_syncfs() -> "ctypes._NamedFuncPointer | None":
+def _load_syncfs() -> ctypes._NamedFuncPointer | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         fn = libc.syncfs
@@ -39,13 +40,6 @@ def _load_syncfs() -> "ctypes._NamedFuncPointer | None":
     except (OSError, AttributeError):
         return None
 
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalBlockStore:
@@ -158,10 +152,7 @@ class LocalBlockStore:
         # Every chunk is verified before anything is written (a batch with one bad chunk
         # stores nothing); the new ones are compressed in the same task.
         jobs = [(name, data, is_new) for (name, data), is_new in zip(items, new)]
-        if self.executor is not None and len(jobs) > 1 and sum(len(d) for _, d, _ in jobs) >= 1 << 20:
-            blobs = list(self.executor.map(self._verify_and_encode, jobs))
-        else:
-            blobs = [self._verify_and_encode(job) for job in jobs]
+        blobs = verify_and_encode(self.codec, jobs, self.executor)
         result: list[bool] = []
         pending: list[tuple[str, str]] = []
         token = f"{self.tmp}/{uuid.uuid4().hex}"
@@ -183,11 +174,6 @@ class LocalBlockStore:
             dirs.add(os.path.dirname(final))
         self._barrier([Path(d) for d in sorted(dirs)])  # and the names are durable before we return
         return result
-
-    def _verify_and_encode(self, job: tuple[str, bytes, bool]) -> bytes | None:
-        name, data, is_new = job
-        verify_chunk(name, data)
-        return self.codec.encode(data) if is_new else None
 
     def get(self, name: str) -> bytes:
         path = self._path(name)

@@ -46,8 +46,8 @@ from cubby.blockstore.base import BlockStore
 from cubby.blockstore.index import ChunkIndex, NewPack, PackUsage
 from cubby.blockstore.objects import ObjectMissing, ObjectStore
 from cubby.blockstore.packfile import build_pack, pack_object_name, read_trailer
-from cubby.core.compression import Codec, CorruptChunk
-from cubby.core.hashing import check_chunk_name, sha256_hex, verify_chunk
+from cubby.core.compression import Codec, CorruptChunk, verify_and_encode
+from cubby.core.hashing import check_chunk_name, sha256_hex
 from cubby.errors import NotFound
 
 TARGET_PACK = 16 * 1024 * 1024
@@ -122,18 +122,10 @@ class PackBlockStore:
         jobs = [(name, data, is_new) for (name, data), is_new in zip(items, new)]
         # Every chunk is verified before anything is written: a batch with one bad chunk
         # stores nothing.
-        if self.executor is not None and len(jobs) > 1 and sum(len(d) for _, d, _ in jobs) >= 1 << 20:
-            blobs = list(self.executor.map(self._verify_and_encode, jobs))
-        else:
-            blobs = [self._verify_and_encode(job) for job in jobs]
+        blobs = verify_and_encode(self.codec, jobs, self.executor)
         fresh = [(name, blob, len(data)) for (name, data), blob in zip(items, blobs) if blob is not None]
         self.write_packs(fresh)
         return new
-
-    def _verify_and_encode(self, job: tuple[str, bytes, bool]) -> bytes | None:
-        name, data, is_new = job
-        verify_chunk(name, data)
-        return self.codec.encode(data) if is_new else None
 
     def write_packs(self, blobs: list[tuple[str, bytes, int]]) -> list[NewPack]:
         """Put ``blobs`` (name, stored bytes, plain length) into new packs, each durable, then
