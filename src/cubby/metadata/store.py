@@ -1259,9 +1259,15 @@ class SqlMetadataStore:
         accepted: list[str] = []
         rejected: list[str] = []
         now = time.time()
+        # One index lookup for the whole request (a pack store's `get` of an absent chunk is a
+        # query of its own; thousands of new small files would pay one each).
+        held = blocks_store.present(h for h in proofs if isinstance(h, str) and HASH_RE.match(h))
         for h, proof in sorted(proofs.items()):
             if not (isinstance(h, str) and HASH_RE.match(h) and isinstance(proof, str)):
                 rejected.append(str(h))
+                continue
+            if h not in held:
+                rejected.append(h)
                 continue
             try:
                 data = blocks_store.get(h)
