@@ -135,12 +135,13 @@ class PackBlockStore:
         return made
 
     def _put_packs(self, blobs: list[tuple[str, bytes, int]]) -> list[NewPack]:
-        """Put ``blobs`` into new packs of at most `target_size` bytes each (not yet indexed)."""
+        """Put ``blobs`` into new packs of `target_size` bytes or a little more (one chunk
+        over), so that one 16 MiB upload window is one pack; not yet indexed."""
         made: list[NewPack] = []
         group: list[tuple[str, bytes, int]] = []
         size = 0
         for blob in blobs:
-            if group and size + len(blob[1]) > self.target_size:
+            if group and size >= self.target_size:  # full: a pack ends after the chunk that fills it
                 made.append(self._put_pack(group))
                 group, size = [], 0
             group.append(blob)
