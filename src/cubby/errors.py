@@ -106,6 +106,14 @@ class Unavailable(CubbyError):
     retryable = True
 
 
+class WrongRole(CubbyError):
+    """The route exists, but another role of the deployment serves it (``details``: ``role``,
+    and ``url`` where known). Clients ask ``/api/v1/discovery`` and send it there."""
+
+    status = 421
+    code = "wrong_role"
+
+
 ERRORS_BY_CODE: dict[str, type[CubbyError]] = {
     cls.code: cls
     for cls in (
@@ -121,6 +129,7 @@ ERRORS_BY_CODE: dict[str, type[CubbyError]] = {
         Conflict,
         NamespaceMoved,
         Unavailable,
+        WrongRole,
     )
 }
 

@@ -52,6 +52,8 @@ class Database:
     """A pair of engines (write, read) on one metadata database, and transaction helpers."""
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.observe: Callable[[str, float], None] | None = None
+        """Called with ("read" or "write", seconds) after each transaction (server metrics)."""
         self.url = make_url(url)
         self.dialect = self.url.get_backend_name()
         if self.dialect == "sqlite":
@@ -99,13 +101,17 @@ class Database:
         if joined is not None:
             return fn(joined)
         for attempt in range(attempts):
+            start = time.perf_counter()
             try:
                 with self.writer.begin() as conn:
                     self._current.conn = conn
                     try:
-                        return fn(conn)
+                        result = fn(conn)
                     finally:
                         self._current.conn = None
+                if self.observe is not None:
+                    self.observe("write", time.perf_counter() - start)
+                return result
             except (OperationalError, DBAPIError) as exc:
                 if not _is_retryable(exc) or attempt == attempts - 1:
                     if _is_retryable(exc):
@@ -120,8 +126,12 @@ class Database:
         joined: Connection | None = getattr(self._current, "conn", None)
         if joined is not None:
             return fn(joined)
+        start = time.perf_counter()
         with self.reader.begin() as conn:
-            return fn(conn)
+            result = fn(conn)
+        if self.observe is not None:
+            self.observe("read", time.perf_counter() - start)
+        return result
 
     def insert_ignore(self, conn: Connection, table: Any, rows: list[dict[str, Any]]) -> None:
         """INSERT rows, skipping any whose primary key exists (each engine spells it its own way)."""

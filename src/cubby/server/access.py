@@ -34,6 +34,12 @@ class Target:
 async def principal(request: Request, ctx: ServerContext) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
+    if not header and request.cookies:
+        from cubby.server import sessions  # a browser: the session cookie, with its CSRF checks
+
+        p = await sessions.principal(request, ctx)
+        request.state.user_id = p.user_id
+        return p
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer TOKEN' (see 'cubby user add')")
     p = await run_in_threadpool(ctx.store.authenticate, token.strip())
