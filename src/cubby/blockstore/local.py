@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor
 from pathlib import Path
 
-from cubby.core.compression import Codec, CorruptChunk
+from cubby.core.compression import Codec, CorruptChunk, verify_and_encode
 from cubby.core.durable import barrier, fsync_dir, load_syncfs
 from cubby.core.hashing import check_chunk_name, is_chunk_name, sha256_hex, verify_chunk
 from cubby.errors import NotFound
@@ -127,10 +127,7 @@ class LocalBlockStore:
         # Every chunk is verified before anything is written (a batch with one bad chunk
         # stores nothing); the new ones are compressed in the same task.
         jobs = [(name, data, is_new) for (name, data), is_new in zip(items, new)]
-        if self.executor is not None and len(jobs) > 1 and sum(len(d) for _, d, _ in jobs) >= 1 << 20:
-            blobs = list(self.executor.map(self._verify_and_encode, jobs))
-        else:
-            blobs = [self._verify_and_encode(job) for job in jobs]
+        blobs = verify_and_encode(self.codec, jobs, self.executor)
         result: list[bool] = []
         pending: list[tuple[str, str]] = []
         token = f"{self.tmp}/{uuid.uuid4().hex}"
@@ -153,11 +150,6 @@ class LocalBlockStore:
         self._barrier([Path(d) for d in sorted(dirs)])  # and the names are durable before we return
         return result
 
-    def _verify_and_encode(self, job: tuple[str, bytes, bool]) -> bytes | None:
-        name, data, is_new = job
-        verify_chunk(name, data)
-        return self.codec.encode(data) if is_new else None
-
     def get(self, name: str) -> bytes:
         path = self._path(name)
         try:
@@ -171,6 +163,9 @@ class LocalBlockStore:
 
     def has(self, name: str) -> bool:
         return self._path(name).exists()
+
+    def present(self, names: Iterable[str]) -> set[str]:
+        return {n for n in names if self.has(n)}
 
     def delete(self, name: str) -> None:
         try:

@@ -31,7 +31,7 @@ def load_syncfs() -> Any:
         return None
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: str | os.PathLike[str]) -> None:
     """Make the names in folder ``path`` durable (after a create, rename or unlink in it)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
