@@ -100,3 +100,16 @@ def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 @pytest.fixture
 def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return db_url_for("sqlite", tmp_path_factory)
+
+
+S3_SERVER_KINDS = ["moto"] + (["ceph"] if os.environ.get("CUBBY_TEST_CEPH") == "1" else [])
+
+
+@pytest.fixture(scope="session", params=S3_SERVER_KINDS)
+def s3_server(request: pytest.FixtureRequest) -> Iterator[object]:
+    """An S3 server with a bucket of this session's: moto's, and a real Ceph RGW's as well under
+    ``CUBBY_TEST_CEPH=1`` (see `tests.helpers.s3_servers`)."""
+    from tests.helpers.s3_servers import s3_server as start
+
+    with start(request.param) as server:
+        yield server
