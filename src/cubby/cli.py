@@ -113,8 +113,14 @@ def main(ctx: click.Context, url: str | None, token: str | None, as_json: bool) 
 # --------------------------------------------------------------------------------------------
 # server side
 # --------------------------------------------------------------------------------------------
-def _server_config(state: State, data: Path | None, db: str | None) -> Config:
-    return state.config.with_(data_dir=data, db_url=db)
+def _server_config(state: State, data: Path | None, db: str | None, blocks: str | None = None) -> Config:
+    return state.config.with_(data_dir=data, db_url=db, blocks_url=blocks)
+
+
+BLOCKS_OPTION = click.option(
+    "--blocks", default=None,
+    help="Where chunk packs live: a folder (default DATA/blocks) or s3://BUCKET/PREFIX?endpoint=URL&region=R.",
+)
 
 
 @main.command()
@@ -124,6 +130,7 @@ def _server_config(state: State, data: Path | None, db: str | None) -> Config:
 @click.option("--port", type=int, default=None, help="Port to listen on (default 8765).")
 @click.option("--role", default="all", show_default=True, help="Roles to run: all, meta, blocks, notify (comma-separated).")
 @click.option("--broker", default=None, help="Notification broker: memory (default), redis://HOST:PORT/DB or nats://HOST:PORT.")
+@BLOCKS_OPTION
 @click.option(
     "--auto-accept-shares", is_flag=True, default=None,
     help="Mount shared folders in invitees' trees at once, without 'cubby share accept'.",
@@ -131,7 +138,7 @@ def _server_config(state: State, data: Path | None, db: str | None) -> Config:
 @pass_state
 def serve(
     state: State, data: Path | None, db: str | None, host: str | None, port: int | None, role: str, broker: str | None,
-    auto_accept_shares: bool | None,
+    blocks: str | None, auto_accept_shares: bool | None,
 ) -> None:
     """Run the cubby server."""
     from cubby.server.run import parse_roles
@@ -141,7 +148,8 @@ def serve(
         roles = parse_roles(role)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--role") from exc
-    run(_server_config(state, data, db).with_(host=host, port=port, broker_url=broker, auto_accept_shares=auto_accept_shares), roles)
+    cfg = _server_config(state, data, db, blocks)
+    run(cfg.with_(host=host, port=port, broker_url=broker, auto_accept_shares=auto_accept_shares), roles)
 
 
 @main.group()
@@ -175,20 +183,79 @@ def user_add(state: State, name: str, data: Path | None, db: str | None) -> None
 @main.command()
 @click.option("--data", type=click.Path(path_type=Path), help="The server's data folder.")
 @click.option("--db", help="The server's metadata database URL.")
+@BLOCKS_OPTION
 @click.option("--grace", type=float, default=24 * 3600, show_default=True, help="Keep unreferenced chunks this many seconds.")
+@click.option(
+    "--pack-grace", type=float, default=900, show_default=True,
+    help="Keep packs emptied by repacking this many seconds, for reads in flight.",
+)
+@click.option("--threshold", type=float, default=0.25, show_default=True, help="Rewrite packs at least this share dead.")
 @pass_state
-def gc(state: State, data: Path | None, db: str | None, grace: float) -> None:
-    """Remove chunks that no file revision references (run on the server machine)."""
-    from cubby.blockstore.local import LocalBlockStore
+def gc(
+    state: State, data: Path | None, db: str | None, blocks: str | None, grace: float, pack_grace: float, threshold: float
+) -> None:
+    """Remove chunks that no file revision references, then repack (run on the server machine)."""
+    from cubby.blockstore.opener import open_block_store
     from cubby.metadata.store import open_store
 
-    cfg = _server_config(state, data, db)
+    cfg = _server_config(state, data, db, blocks)
     store = open_store(cfg.metadata_url)
     try:
-        stats = store.collect_garbage(LocalBlockStore(cfg.blocks_dir), grace)
+        bs = open_block_store(cfg.blocks_location, store.db)
+        try:
+            stats = store.collect_garbage(bs, grace)
+            packs = bs.compact(threshold=threshold, grace=pack_grace)
+        finally:
+            bs.objects.close()
     finally:
         store.close()
-    state.emit(stats.__dict__, f"examined {stats.examined} chunks, deleted {stats.deleted}, freed {stats.bytes_freed} bytes")
+    state.emit(
+        {**stats.__dict__, "packs": packs.__dict__},
+        f"examined {stats.examined} chunks, deleted {stats.deleted}, freed {stats.bytes_freed} bytes; "
+        f"rewrote {packs.packs_rewritten} packs ({packs.chunks_moved} chunks moved), deleted {packs.packs_deleted}",
+    )
+
+
+@main.group()
+def admin() -> None:
+    """Server maintenance (run on the server machine)."""
+
+
+@admin.command("migrate-blocks")
+@click.option("--data", type=click.Path(path_type=Path), help="The server's data folder.")
+@click.option("--db", help="The server's metadata database URL.")
+@BLOCKS_OPTION
+@pass_state
+def admin_migrate_blocks(state: State, data: Path | None, db: str | None, blocks: str | None) -> None:
+    """Move chunks stored one file each by earlier releases into packs (safe to interrupt,
+    and to run while the server serves: until a chunk moves, it is read where it was)."""
+    from cubby.blockstore.opener import open_block_store
+    from cubby.blockstore.packs import MigrateStats
+    from cubby.metadata.store import open_store
+
+    cfg = _server_config(state, data, db, blocks)
+    store = open_store(cfg.metadata_url)
+    try:
+        bs = open_block_store(cfg.blocks_location, store.db)
+
+        def progress(s: MigrateStats) -> None:
+            if state.as_json:
+                click.echo(json.dumps({"progress": s.__dict__}))
+            elif sys.stderr.isatty():
+                click.echo(f"\rmoved {s.chunks} chunks ({s.bytes} bytes)", nl=False, err=True)
+
+        try:
+            stats = bs.migrate_legacy(progress=progress)
+        finally:
+            bs.objects.close()
+    finally:
+        store.close()
+    if not state.as_json and sys.stderr.isatty():
+        click.echo("", err=True)
+    state.emit(
+        {"done": stats.__dict__},
+        f"moved {stats.chunks} chunks ({stats.bytes} bytes) into packs; removed {stats.removed} old chunk files",
+    )
 
 
 @main.group()

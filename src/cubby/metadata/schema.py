@@ -216,6 +216,47 @@ blocks = Table(
     Index("ix_blocks_touched", "touched_at"),
 )
 
+chunk_tombstones = Table(
+    "chunk_tombstones",
+    metadata,
+    # A chunk the collector took out of ``blocks``: its bytes may be reclaimed (see
+    # `SqlMetadataStore.collect_garbage`). An upload that brings the chunk back deletes the
+    # tombstone in the transaction that re-creates the ``blocks`` row. Keyed by hash, like
+    # ``blocks`` and ``chunk_index``, so that all three split by hash prefix together.
+    Column("hash", Hash, primary_key=True),
+    Column("at", Double, nullable=False),
+)
+
+# The chunk index of the pack store (`cubby.blockstore.packs`, `cubby.metadata.chunk_index`):
+# where each chunk's bytes are. Keyed by hash and never joined with namespace tables.
+chunk_index = Table(
+    "chunk_index",
+    metadata,
+    Column("hash", Hash, primary_key=True),
+    Column("pack", String(40), nullable=False, index=True),
+    Column("pos", BigInteger, nullable=False),
+    Column("stored_len", Integer, nullable=False),
+    Column("plain_len", Integer, nullable=False),
+)
+
+packs = Table(
+    "packs",
+    metadata,
+    Column("pack", String(40), primary_key=True),
+    Column("size", BigInteger, nullable=False),  # bytes of the whole pack object
+    Column("payload", BigInteger, nullable=False),  # bytes of its chunks (what repacking weighs)
+    Column("created_at", Double, nullable=False),
+)
+
+deleted_packs = Table(
+    "deleted_packs",
+    metadata,
+    # A pack no index row points at any more (repacked or wholly dead); its object is deleted
+    # after a grace period for reads that looked up their location before the switch.
+    Column("pack", String(40), primary_key=True),
+    Column("deleted_at", Double, nullable=False),
+)
+
 links = Table(
     "links",
     metadata,

@@ -8,21 +8,24 @@ after the other, and a transaction that fails rolls its journal ids back with ev
 
 How deduplication stays safe against garbage collection: the ``blocks`` row of a chunk is the
 lock that the uploader, the committer and the collector all take (committers in share mode).
-The collector deletes a chunk's bytes only while holding that row and after seeing, in a fresh
-statement, that no revision references it; an uploader that finds the row gone re-checks that
-the bytes are still in the block store and writes them again if not.
+The collector removes a chunk's row only while holding it and after seeing, in a fresh
+statement, that no revision references it, and leaves a tombstone in the same transaction; it
+removes the bytes later, in a transaction that holds the tombstone (see `collect_garbage`). An
+uploader that finds the row gone deletes the tombstone, then re-checks that the bytes are still
+in the block store and writes them again if not.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
 import re
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -61,6 +64,7 @@ from cubby.model import (
 )
 from cubby.metadata.schema import (
     blocks,
+    chunk_tombstones,
     file_revs,
     journal,
     members,
@@ -328,17 +332,8 @@ class SqlMetadataStore:
         return self.db.write(run)
 
     def _insert_ignore(self, conn: Connection, table: Any, rows: list[dict[str, Any]]) -> None:
-        """INSERT rows, skipping any whose primary key exists (each engine spells it its own way)."""
-        if not rows:
-            return
-        if self.db.is_sqlite:
-            conn.execute(insert(table).prefix_with("OR IGNORE"), rows)
-        elif self.db.is_mysql:
-            conn.execute(insert(table).prefix_with("IGNORE"), rows)
-        else:
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            conn.execute(pg_insert(table).on_conflict_do_nothing(), rows)
+        """INSERT rows, skipping any whose primary key exists (see `Database.insert_ignore`)."""
+        self.db.insert_ignore(conn, table, rows)
 
     # ======================================================================================
     # accounts
@@ -1228,6 +1223,10 @@ class SqlMetadataStore:
                     q = q.with_for_update()
                 present.update(r[0] for r in conn.execute(q))
             fresh = [h for h in names if h not in present]
+            if fresh:
+                # Waits for a collector holding these tombstones; after that, it cannot take
+                # the bytes any more (it re-checks the tombstone under its lock).
+                conn.execute(delete(chunk_tombstones).where(chunk_tombstones.c.hash.in_(fresh)))
             for h in fresh:
                 # The collector may have removed these bytes between put_many and this lock;
                 # only then is a chunk written (and so verified) a second time.
@@ -1291,7 +1290,26 @@ class SqlMetadataStore:
         rejected.extend(h for h in accepted if h not in still)
         return still, sorted(rejected)
 
-    def collect_garbage(self, blocks_store: BlockStore, grace_seconds: float) -> GcStats:
+    def collect_garbage(
+        self, blocks_store: BlockStore, grace_seconds: float, *, fault: Callable[[str], None] | None = None
+    ) -> GcStats:
+        """Remove chunks that no revision references and nobody touched within the grace period.
+
+        Two steps, so that bytes are never deleted before the rows that point at them are gone
+        (a crash or a failed COMMIT between the two leaves only a tombstone, never a row without
+        its bytes):
+
+        1. **Sweep.** Lock the candidates' ``blocks`` rows, re-check in a fresh statement that
+           no revision references them, delete their ``blocks`` and ``ns_chunks`` rows and
+           write a tombstone for each, in one transaction.
+        2. **Reclaim.** Lock the tombstones still there (an upload that brought a chunk back
+           deleted its tombstone in the transaction that re-created its row), and with the
+           locks held remove the bytes (`BlockStore.delete`: a pack store forgets the chunk's
+           location, in this same transaction when its index is on this database) and then the
+           tombstones.
+
+        ``fault(step)`` is called after each step's commit ("swept", "reclaimed"), for crash tests."""
+        hook = fault or (lambda _step: None)
         cutoff = time.time() - grace_seconds
         examined = deleted = freed = 0
 
@@ -1323,8 +1341,8 @@ class SqlMetadataStore:
                 return 0, 0
             conn.execute(delete(ns_chunks).where(ns_chunks.c.hash.in_(victims)))
             conn.execute(delete(blocks).where(blocks.c.hash.in_(victims)))
-            for h in victims:
-                blocks_store.delete(h)
+            now = time.time()
+            self._insert_ignore(conn, chunk_tombstones, [{"hash": h, "at": now} for h in victims])
             return len(victims), sum(locked[h] for h in victims)
 
         self._adopt_orphans(blocks_store)
@@ -1335,11 +1353,41 @@ class SqlMetadataStore:
                 break
             seen.update(batch)
             examined += len(batch)
-            n, b = self.db.write(lambda c: sweep(c, batch))
+            n, b = self.db.write(functools.partial(sweep, batch=batch))
             deleted += n
             freed += b
+        hook("swept")
+        self.reclaim_tombstones(blocks_store)
+        hook("reclaimed")
         return GcStats(examined=examined, deleted=deleted, bytes_freed=freed)
 
+    def reclaim_tombstones(self, blocks_store: BlockStore) -> int:
+        """Remove the bytes of tombstoned chunks (step 2 of `collect_garbage`); returns how many."""
+
+        def page(conn: Connection) -> list[str]:
+            return [r[0] for r in conn.execute(select(chunk_tombstones.c.hash).order_by(chunk_tombstones.c.hash).limit(500))]
+
+        def reclaim(conn: Connection, batch: list[str]) -> int:
+            q = select(chunk_tombstones.c.hash).where(chunk_tombstones.c.hash.in_(batch))
+            if not self.db.is_sqlite:
+                q = q.with_for_update()
+            held = sorted(r[0] for r in conn.execute(q))
+            if not held:
+                return 0
+            # Defensive: a chunk that has a row again is live whatever its tombstone says.
+            alive = {r[0] for r in conn.execute(select(blocks.c.hash).where(blocks.c.hash.in_(held)))}
+            gone = [h for h in held if h not in alive]
+            for h in gone:
+                blocks_store.delete(h)
+            conn.execute(delete(chunk_tombstones).where(chunk_tombstones.c.hash.in_(held)))
+            return len(gone)
+
+        total = 0
+        while True:
+            batch = self.db.read(page)
+            if not batch:
+                return total
+            total += self.db.write(functools.partial(reclaim, batch=batch))
 
     def _adopt_orphans(self, blocks_store: BlockStore) -> int:
         """Give a ``blocks`` row to every stored chunk that has none (a writer died between
@@ -1350,8 +1398,12 @@ class SqlMetadataStore:
         batch: list[str] = []
 
         def flush(names: list[str]) -> int:
+            # Tombstoned chunks are on their way out (`reclaim_tombstones`), not orphans.
             known = set(
-                self.db.read(lambda c: [r[0] for r in c.execute(select(blocks.c.hash).where(blocks.c.hash.in_(names)))])
+                self.db.read(
+                    lambda c: [r[0] for r in c.execute(select(blocks.c.hash).where(blocks.c.hash.in_(names)))]
+                    + [r[0] for r in c.execute(select(chunk_tombstones.c.hash).where(chunk_tombstones.c.hash.in_(names)))]
+                )
             )
             rows = []
             for h in names:
