@@ -15,8 +15,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import boto3
+import pytest
 
 from tests.helpers.moto_server import MOTO_CREDENTIALS, moto_server
+
+S3_SERVER_KINDS = ["moto"] + (["ceph"] if os.environ.get("CUBBY_TEST_CEPH") == "1" else [])
+"""moto always; a real Ceph RGW too when asked for."""
 
 
 @dataclass(frozen=True)
@@ -68,3 +72,23 @@ def s3_server(kind: str) -> Iterator[S3Server]:
             for item in page.get("Contents", ()):
                 client.delete_object(Bucket=bucket, Key=item["Key"])  # type: ignore[attr-defined]
         client.delete_bucket(Bucket=bucket)  # type: ignore[attr-defined]
+
+
+def fresh_prefix() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+def use_s3_server(request: pytest.FixtureRequest, kind: str) -> S3Server:
+    """The session's server of that kind, its credentials set in the environment for this test."""
+    server: S3Server = request.getfixturevalue(f"{kind}_s3")
+    monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
+    for key, value in server.credentials.items():
+        monkeypatch.setenv(key, value)
+    return server
+
+
+def s3_object_store_for_test(request: pytest.FixtureRequest, kind: str) -> object:
+    """An object store opened by URL on that server, under a prefix of this test's own."""
+    from cubby.blockstore.objects import open_object_store
+
+    return open_object_store(use_s3_server(request, kind).url(fresh_prefix()))

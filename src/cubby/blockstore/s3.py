@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -49,11 +48,10 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
+from cubby.blockstore.folder import check_object_name
 from cubby.blockstore.objects import ObjectMissing, ObjectStoreError
 from cubby.blockstore.retrying import Backoff, RetryingObjectStore
 from cubby.errors import BadRequest
-
-_NAME = re.compile(r"[A-Za-z0-9._/-]+")
 
 _TRANSIENT_CODES = frozenset(
     {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling", "ThrottlingException"}
@@ -64,12 +62,6 @@ _TRANSIENT_EXCEPTIONS: tuple[type[Exception], ...] = (
     botocore.exceptions.HTTPClientError,  # connection refused/closed/reset, timeouts, cut bodies
     botocore.exceptions.IncompleteReadError,  # body shorter than its Content-Length
 )
-
-
-def check_object_name(name: str) -> None:
-    """Refuse a name outside the Protocol's alphabet, or with an empty, ``.`` or ``..`` part."""
-    if not _NAME.fullmatch(name) or any(part in ("", ".", "..") for part in name.split("/")):
-        raise BadRequest(f"invalid object name {name!r}", code="invalid_object_name")
 
 
 @dataclass(frozen=True, slots=True)
