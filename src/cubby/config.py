@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
-
+from typing import Any
 
 DEFAULT_PORT = 8765
 
@@ -25,6 +25,9 @@ class Config:
     """SQLAlchemy URL of the metadata database; None means SQLite at data_dir/meta.db."""
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
+    listen_fd: int | None = None
+    """Serve on this already-bound listening socket (from a supervisor, or a test that bound
+    port 0 and keeps the socket so the port is never free for another process to take)."""
     roles: tuple[str, ...] = ("meta", "blocks", "notify")
     url: str = f"http://127.0.0.1:{DEFAULT_PORT}"
     token: str | None = None
@@ -61,7 +64,7 @@ class Config:
     def blocks_location(self) -> str:
         return self.blocks_url or str(self.blocks_dir)
 
-    def with_(self, **changes: Any) -> "Config":
+    def with_(self, **changes: Any) -> Config:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
