@@ -49,7 +49,8 @@ import botocore.exceptions
 from botocore.config import Config
 
 from cubby.blockstore.folder import check_object_name
-from cubby.blockstore.objects import ObjectMissing, ObjectStoreError
+from cubby.blockstore.objects import ObjectMissing, ObjectStore, ObjectStoreError
+from cubby.blockstore.readahead import ReadAheadObjectStore
 from cubby.blockstore.retrying import Backoff, RetryingObjectStore
 from cubby.errors import BadRequest
 
@@ -229,7 +230,13 @@ def _code(exc: Exception) -> str:
     return ""
 
 
-def open_s3_object_store(url: str, *, backoff: Backoff | None = None, **options: Any) -> RetryingObjectStore:
-    """The store for ``s3://…`` (see the module docstring), its transient faults retried;
-    ``options`` go to `S3ObjectStore`."""
-    return RetryingObjectStore(S3ObjectStore(S3Location.parse(url), **options), backoff or Backoff())
+def open_s3_object_store(
+    url: str, *, backoff: Backoff | None = None, read_ahead: bool = True, **options: Any
+) -> ObjectStore:
+    """The store for ``s3://…`` (see the module docstring): `S3ObjectStore` with its transient
+    faults retried (`RetryingObjectStore`) and, unless ``read_ahead`` is False, small reads
+    served from larger ones (`ReadAheadObjectStore`); ``options`` go to `S3ObjectStore`."""
+    store: ObjectStore = RetryingObjectStore(
+        S3ObjectStore(S3Location.parse(url), **options), backoff or Backoff()
+    )
+    return ReadAheadObjectStore(store) if read_ahead else store

@@ -1,0 +1,180 @@
+"""S3 backend benchmark (issue 11): cubby's packs in a bucket on a real S3 server process (moto's
+server, on loopback), against boto3 moving the same bytes to the same server in the same run.
+
+- small files: ``cubby put`` of a folder of 10,000 files of 4 KiB into a server whose packs live
+  on S3, through a counting HTTP proxy (`tests/helpers/fault_proxy.py` with no faults): how many
+  objects it wrote (PUTs) and how many S3 requests it made per file, beside the one object per
+  chunk that a store without packs would write (10,000);
+- large file: ``cubby put`` and ``cubby get`` of one random file (1 GiB by default) with the
+  server's ``--blocks s3://…`` pointing straight at the server, as a ratio to boto3's own
+  ``upload_file`` / ``download_file`` (s3transfer: 8 MiB multipart parts on 10 threads, boto3's
+  defaults) of the same bytes to the same server. Rows hold the median of ``--repeat`` rounds,
+  each reference interleaved with its cubby run.
+
+    .venv/bin/python bench/s3_transfer.py                       # 1 GiB, 10,000 files
+    .venv/bin/python bench/s3_transfer.py --size 256M --files 2000 --repeat 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from datasets import dataset, parse_size, small_files
+from live import LiveServer, cli
+from machine import describe, summary_line
+from reference import drop, warm
+from report import Report, Row, median_run
+
+from tests.helpers.fault_proxy import Faults, fault_proxy
+from tests.helpers.moto_server import MOTO_CREDENTIALS, moto_server
+
+BUCKET = "cubby-bench"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def s3_server(folder: Path, endpoint: str, prefix: str) -> tuple[LiveServer, str]:
+    """A fresh cubby server whose packs live under ``prefix`` of the bench bucket."""
+    url = f"s3://{BUCKET}/{prefix}?endpoint={endpoint}&region=us-east-1"
+    server = LiveServer(folder, extra_args=["--blocks", url], env=dict(MOTO_CREDENTIALS)).start()
+    return server, server.add_user("bench")
+
+
+def small_files_row(report: Report, scratch: Path, work: Path, endpoint: str, count: int, size: int) -> None:
+    folder = small_files(scratch, count, size)
+    with fault_proxy(endpoint, Faults()) as proxy:
+        server, token = s3_server(work / "small", proxy.endpoint, "small")
+        try:
+            seconds, out = cli(server, token, "put", str(folder), "/small")
+        finally:
+            server.stop()
+    uploaded = sum(1 for line in out if line.get("path"))
+    if uploaded < count:  # the folder holds a marker file as well
+        raise SystemExit(f"cubby put reported {uploaded} files of {count}")
+    puts, total = proxy.requests["PUT"], sum(proxy.requests.values())
+    report.add(Row("small files", "one object per chunk (a store without packs)", 0.0, files=count, extra={"objects": count}))
+    report.add(
+        Row(
+            "small files",
+            f"cubby put {count} x {size} B, packs on S3 (through a counting proxy)",
+            seconds,
+            count * size,
+            files=count,
+            reference="one object per chunk (a store without packs)",
+            ratio=puts / count,
+            extra={
+                "objects_written": puts,
+                "s3_requests": dict(proxy.requests),
+                "requests_per_file": round(total / count, 4),
+            },
+        )
+    )
+    report.notes.append(
+        f"small files: {puts} objects written for {count} files ({puts / count:.4f} per file; "
+        f"without packs: {count}), {total} S3 requests ({total / count:.4f} per file)"
+    )
+
+
+def large_file_rows(report: Report, work: Path, endpoint: str, src: Path, size: int, repeat: int) -> None:
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=MOTO_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=MOTO_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    )
+    digest = sha256_file(src)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for k in range(repeat):
+        warm(src)
+        t0 = time.perf_counter()
+        client.upload_file(str(src), BUCKET, "ref/big.bin")
+        runs.setdefault("ref_up", []).append({"seconds": time.perf_counter() - t0})
+        server, token = s3_server(work / f"round-{k}", endpoint, f"round-{k}")
+        try:
+            warm(src)
+            seconds, out = cli(server, token, "put", str(src), "/big.bin")
+            runs.setdefault("put", []).append({"seconds": seconds, "chunks": out[0]["chunks"]})
+            target = work / "ref-got.bin"
+            t0 = time.perf_counter()
+            client.download_file(BUCKET, "ref/big.bin", str(target))
+            runs.setdefault("ref_down", []).append({"seconds": time.perf_counter() - t0})
+            drop(target)
+            client.delete_object(Bucket=BUCKET, Key="ref/big.bin")  # moto holds objects in memory
+            target = work / "got.bin"
+            seconds, out = cli(server, token, "get", "/big.bin", str(target))
+            same = sha256_file(target) == digest
+            drop(target)
+            if not same:
+                raise SystemExit("the downloaded file differs from the uploaded one")
+            runs.setdefault("get", []).append({"seconds": seconds, "identical": same})
+        finally:
+            server.stop()
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"round-{k}/"):
+            for item in page.get("Contents", ()):
+                client.delete_object(Bucket=BUCKET, Key=item["Key"])
+    for group, ref_key, ref_name, key, name in (
+        ("upload", "ref_up", "boto3 upload_file (same bytes, same server)", "put", "cubby put, packs on S3"),
+        ("download", "ref_down", "boto3 download_file (same bytes, same server)", "get", "cubby get, packs on S3"),
+    ):
+        med = median_run(runs[ref_key])
+        report.add(Row(group, ref_name, med.pop("seconds"), size, extra=med))
+        med = median_run(runs[key])
+        row = Row(group, name, med.pop("seconds"), size, reference=ref_name, extra=med)
+        report.add(row)
+        report.notes.append(f"{group}: cubby at {row.ratio or 0:.2f}x boto3 ({row.mb_per_s or 0:.0f} MB/s)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="1G", help="bytes of the large file (default 1G)")
+    ap.add_argument("--files", type=int, default=10_000, help="number of small files (default 10000)")
+    ap.add_argument("--file-size", type=int, default=4096, help="bytes per small file (default 4096)")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds of the large-file runs; rows hold the median")
+    ap.add_argument("--scratch", type=Path, default=Path("/tmp/cubby-bench"))
+    ap.add_argument("--name", default="s3_transfer")
+    args = ap.parse_args(argv)
+    size = parse_size(args.size)
+    machine = describe(args.scratch)
+    print(summary_line(machine), flush=True)
+    report = Report(
+        args.name,
+        machine,
+        {"size": size, "files": args.files, "file_size": args.file_size, "repeat": args.repeat, "s3": "moto server"},
+    )
+    src = dataset(args.scratch, "random", size, seed=1)
+    work = args.scratch / "s3_transfer"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    os.environ.update(MOTO_CREDENTIALS)
+    try:
+        with moto_server() as endpoint:
+            import boto3
+
+            boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=BUCKET)
+            small_files_row(report, args.scratch, work, endpoint, args.files, args.file_size)
+            large_file_rows(report, work, endpoint, src, size, args.repeat)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    path = report.write()
+    report.print()
+    print(f"\nresults: {path}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
