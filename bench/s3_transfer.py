@@ -21,7 +21,6 @@ server, on loopback), against boto3 moving the same bytes to the same server in 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import sys
@@ -35,19 +34,12 @@ from live import LiveServer, cli
 from machine import describe, summary_line
 from reference import drop, warm
 from report import Report, Row, median_run
+from transfer import sha256_file
 
 from tests.helpers.fault_proxy import Faults, fault_proxy
 from tests.helpers.moto_server import MOTO_CREDENTIALS, moto_server
 
 BUCKET = "cubby-bench"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def s3_server(folder: Path, endpoint: str, prefix: str) -> tuple[LiveServer, str]:

@@ -104,8 +104,9 @@ class S3ObjectStore:
     """An `ObjectStore` on one bucket and prefix, each call made once (see the module docstring
     for faults). ``max_connections`` sizes the connection pool: at least the number of threads
     that call at once, or they queue for a connection. ``list_page_size`` is ListObjectsV2's
-    MaxKeys (1000 is S3's most; tests use less to walk several pages). ``session`` is a `boto3.Session`, by
-    default one that reads the standard AWS environment variables and files."""
+    MaxKeys (1000 is S3's most; tests use less to walk several pages). ``session`` is a
+    `boto3.Session`, by default one that reads the standard AWS environment variables and
+    files."""
 
     def __init__(
         self,
