@@ -110,6 +110,42 @@ def cubby_round(
         server.stop()
 
 
+def objects_reference(client: Any, src: Path, target: Path, part: int = 16 << 20) -> tuple[float, float]:
+    """boto3 moving ``src`` as the pack store lays it out: objects of 16 MiB, PutObject and
+    GetObject on 8 threads. Seconds up and down. (moto serves a ranged read of a big multipart
+    object slowly, which makes `download_file` a weak reference on it.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    offsets = range(0, src.stat().st_size, part)
+
+    def put(offset: int) -> None:
+        with open(src, "rb") as fh:
+            fh.seek(offset)
+            client.put_object(Bucket=BUCKET, Key=f"ref-objects/{offset}", Body=fh.read(part))
+
+    def get(offset: int) -> None:
+        data = client.get_object(Bucket=BUCKET, Key=f"ref-objects/{offset}")["Body"].read()
+        with open(target, "r+b") as fh:
+            fh.seek(offset)
+            fh.write(data)
+
+    warm(src)
+    with ThreadPoolExecutor(8) as pool:
+        t0 = time.perf_counter()
+        list(pool.map(put, offsets))
+        up = time.perf_counter() - t0
+        target.write_bytes(b"")
+        os.truncate(target, src.stat().st_size)
+        t0 = time.perf_counter()
+        list(pool.map(get, offsets))
+        with open(target, "rb+") as fh:
+            os.fsync(fh.fileno())
+        down = time.perf_counter() - t0
+    drop(target)
+    empty_bucket(client, "ref-objects/", delete=False)
+    return up, down
+
+
 def large_file_rows(report: Report, work: Path, endpoint: str, src: Path, size: int, repeat: int) -> None:
     """boto3, cubby on S3 and cubby on a local folder, interleaved, ``repeat`` rounds."""
     import boto3
@@ -128,6 +164,9 @@ def large_file_rows(report: Report, work: Path, endpoint: str, src: Path, size: 
         runs.setdefault("ref_down", []).append({"seconds": time.perf_counter() - t0})
         drop(target)
         client.delete_object(Bucket=BUCKET, Key="ref/big.bin")  # moto holds objects in memory
+        up, down = objects_reference(client, src, work / "ref-objects.bin")
+        runs.setdefault("obj_up", []).append({"seconds": up})
+        runs.setdefault("obj_down", []).append({"seconds": down})
         server, token = s3_server(work / f"round-{k}", endpoint, f"round-{k}")
         put, get, chunks = cubby_round(server, token, src, digest, work / "got.bin")
         runs.setdefault("put", []).append({"seconds": put, "chunks": chunks})
@@ -138,27 +177,32 @@ def large_file_rows(report: Report, work: Path, endpoint: str, src: Path, size: 
         runs.setdefault("folder_put", []).append({"seconds": put, "chunks": chunks})
         runs.setdefault("folder_get", []).append({"seconds": get})
         shutil.rmtree(work / f"folder-{k}", ignore_errors=True)
-    for group, ref_key, ref_name, rows in (
+    objects = "boto3 put_object/get_object, 16 MiB objects on 8 threads"
+    for group, refs, rows in (
         (
             "upload",
-            "ref_up",
-            "boto3 upload_file (same bytes, same server)",
+            [("ref_up", "boto3 upload_file (same bytes, same server)"), ("obj_up", objects)],
             [("put", "cubby put, packs on S3"), ("folder_put", "cubby put, packs in a local folder")],
         ),
         (
             "download",
-            "ref_down",
-            "boto3 download_file (same bytes, same server)",
+            [("ref_down", "boto3 download_file (same bytes, same server)"), ("obj_down", objects)],
             [("get", "cubby get, packs on S3"), ("folder_get", "cubby get, packs in a local folder")],
         ),
     ):
-        med = median_run(runs[ref_key])
-        report.add(Row(group, ref_name, med.pop("seconds"), size, extra=med))
+        for ref_key, ref_name in refs:
+            med = median_run(runs[ref_key])
+            report.add(Row(group, ref_name, med.pop("seconds"), size, extra=med))
         for key, name in rows:
             med = median_run(runs[key])
-            row = report.add(Row(group, name, med.pop("seconds"), size, reference=ref_name, extra=med))
+            row = report.add(Row(group, name, med.pop("seconds"), size, reference=refs[0][1], extra=med))
+            second = report.find(group, refs[1][1])
+            if second is not None and row.seconds > 0:
+                row.extra[f"ratio_to_{refs[1][0]}"] = round(second.seconds / row.seconds, 3)
             report.notes.append(
-                f"{group}: {name} at {row.ratio or 0:.2f}x boto3 ({row.mb_per_s or 0:.0f} MB/s)"
+                f"{group}: {name} at {row.ratio or 0:.2f}x boto3's {group.removesuffix('load')}load_file"
+                f" and {row.extra.get(f'ratio_to_{refs[1][0]}', 0):.2f}x boto3 on 16 MiB objects"
+                f" ({row.mb_per_s or 0:.0f} MB/s)"
             )
 
 
