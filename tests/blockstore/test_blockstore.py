@@ -15,11 +15,10 @@ from cubby.blockstore.base import BlockStore
 from cubby.blockstore.local import LocalBlockStore
 from cubby.blockstore.memory import MemoryBlockStore
 from cubby.blockstore.packs import TARGET_PACK, PackBlockStore
-from cubby.metadata.chunk_index import SqlChunkIndex
-from cubby.metadata.store import open_store
 from cubby.core.compression import CorruptChunk
 from cubby.errors import BadRequest, ChunkMismatch, NotFound
-
+from cubby.metadata.chunk_index import SqlChunkIndex
+from cubby.metadata.store import open_store
 from tests.blockstore.conftest import OBJECT_STORES
 
 
@@ -128,7 +127,7 @@ def test_local_store_never_serves_a_corrupt_chunk(tmp_path):
 
 def test_local_store_ignores_and_sweeps_a_dead_writers_temp_files(tmp_path):
     store = LocalBlockStore(tmp_path)
-    n, d = named(b"partial")
+    n, _ = named(b"partial")
     stale = tmp_path / "tmp" / "dead.part"
     stale.write_bytes(b"\x00par")  # a writer died before its rename
     os.utime(stale, (1, 1))

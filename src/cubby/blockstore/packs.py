@@ -43,7 +43,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from cubby.blockstore.base import BlockStore
-from cubby.blockstore.index import ChunkIndex, NewPack
+from cubby.blockstore.index import ChunkIndex, NewPack, PackUsage
 from cubby.blockstore.objects import ObjectMissing, ObjectStore
 from cubby.blockstore.packfile import build_pack, pack_object_name, read_trailer
 from cubby.core.compression import Codec, CorruptChunk
@@ -51,8 +51,8 @@ from cubby.core.hashing import check_chunk_name, sha256_hex, verify_chunk
 from cubby.errors import NotFound
 
 TARGET_PACK = 16 * 1024 * 1024
-SMALL_PACK = TARGET_PACK // 4
-"""Packs below this size are merged by `compact` whatever their dead share."""
+SMALL_SHARE = 4
+"""Packs below a quarter of the target size are merged by `compact` whatever their dead share."""
 
 
 @dataclass
@@ -239,22 +239,22 @@ class PackBlockStore:
                 hook("retired")
             victims = [
                 u for u in usage
-                if u.live > 0 and (u.payload - u.live >= threshold * u.payload or (u.size < SMALL_PACK and len(usage) > 1))
+                if u.live > 0 and (u.payload - u.live >= threshold * u.payload or (u.size < self.target_size // SMALL_SHARE and len(usage) > 1))
             ]
             # A lone small pack is rewritten only when something else joins it.
             if len(victims) == 1 and victims[0].payload - victims[0].live < threshold * victims[0].payload:
                 victims = []
-            batch: list[str] = []
+            batch: list[PackUsage] = []
             size = 0
             for u in victims:
-                batch.append(u.pack)
+                batch.append(u)
                 size += u.live
                 if size >= self.target_size:
                     self._rewrite(batch, stats, hook)
                     batch, size = [], 0
             if batch:
                 self._rewrite(batch, stats, hook)
-            for pack in self.index.deleted_before(now - grace):
+            for pack in self.index.deleted_before(time.time() - grace):
                 self.objects.delete(pack_object_name(pack))
                 hook("deleted")
                 self.index.purge([pack])
@@ -267,8 +267,9 @@ class PackBlockStore:
                     stats.orphans_deleted += 1
         return stats
 
-    def _rewrite(self, sources: list[str], stats: CompactStats, hook: Callable[[str], None]) -> None:
-        """Copy the live chunks of ``sources`` into new packs, switch the index, retire them."""
+    def _rewrite(self, usage: list[PackUsage], stats: CompactStats, hook: Callable[[str], None]) -> None:
+        """Copy the live chunks of packs into new packs, switch the index, retire the old ones."""
+        sources = [u.pack for u in usage]
         locations = self.index.locations_in(sources)
         blobs: list[tuple[str, bytes, int]] = []
         moved_from: dict[str, str] = {}
@@ -285,6 +286,7 @@ class PackBlockStore:
             self.index.switch(None, {}, sources)
         hook("switched")
         stats.packs_rewritten += len(sources)
+        stats.bytes_reclaimed += sum(u.size for u in usage) - sum(p.size for p in made)
 
     # -- recovery and migration ---------------------------------------------------------------
     def rebuild_index(self) -> int:

@@ -93,11 +93,19 @@ class Database:
 
     def write(self, fn: Callable[[Connection], T], *, attempts: int = 8) -> T:
         """Run ``fn`` in one write transaction, retrying it when the database reports a
-        deadlock, a serialization failure or a lock timeout (the failed attempt changed nothing)."""
+        deadlock, a serialization failure or a lock timeout (the failed attempt changed nothing).
+        Inside another `write` on this thread, ``fn`` joins that transaction."""
+        joined: Connection | None = getattr(self._current, "conn", None)
+        if joined is not None:
+            return fn(joined)
         for attempt in range(attempts):
             try:
                 with self.writer.begin() as conn:
-                    return fn(conn)
+                    self._current.conn = conn
+                    try:
+                        return fn(conn)
+                    finally:
+                        self._current.conn = None
             except (OperationalError, DBAPIError) as exc:
                 if not _is_retryable(exc) or attempt == attempts - 1:
                     if _is_retryable(exc):

@@ -18,6 +18,7 @@ in the block store and writes them again if not.
 from __future__ import annotations
 
 import base64
+import builtins
 import functools
 import hashlib
 import hmac
@@ -48,6 +49,19 @@ from cubby.errors import (
 )
 from cubby.metadata import migrate
 from cubby.metadata.engine import Database
+from cubby.metadata.schema import (
+    blocks,
+    chunk_tombstones,
+    file_revs,
+    journal,
+    members,
+    namespaces,
+    nodes,
+    ns_chunks,
+    settings,
+    tokens,
+    users,
+)
 from cubby.model import (
     ChunkRef,
     CommitRequest,
@@ -61,19 +75,6 @@ from cubby.model import (
     Revision,
     Role,
     User,
-)
-from cubby.metadata.schema import (
-    blocks,
-    chunk_tombstones,
-    file_revs,
-    journal,
-    members,
-    namespaces,
-    nodes,
-    ns_chunks,
-    settings,
-    tokens,
-    users,
 )
 
 ROOT_NODE = 0
@@ -220,12 +221,12 @@ class _Txn:
         old_parent_id: int | None = None,
     ) -> None:
         self.journal_rows.append(
-            dict(
-                ns_id=self.ns_id, jid=rev, op=op, node_id=node_id, parent_id=parent_id, kind=kind,
-                name=paths.split(path)[1], path=path, path_key=paths.key(path), rev=rev, size=size,
-                content_hash=content_hash, mtime=mtime, old_path=old_path, old_parent_id=old_parent_id,
-                user_id=self.user_id, created_at=self.now,
-            )
+            {
+                "ns_id": self.ns_id, "jid": rev, "op": op, "node_id": node_id, "parent_id": parent_id, "kind": kind,
+                "name": paths.split(path)[1], "path": path, "path_key": paths.key(path), "rev": rev, "size": size,
+                "content_hash": content_hash, "mtime": mtime, "old_path": old_path, "old_parent_id": old_parent_id,
+                "user_id": self.user_id, "created_at": self.now,
+            }
         )
 
     def flush(self, insert_ignore: Any) -> None:
@@ -350,10 +351,10 @@ class SqlMetadataStore:
             now = time.time()
             uid = conn.execute(
                 insert(users).values(name=name, name_key=name.lower(), created_at=now)
-            ).inserted_primary_key[0]
+            ).inserted_primary_key[0]  # type: ignore[index]
             ns = conn.execute(
                 insert(namespaces).values(kind="root", owner_id=uid, head=0, next_node=1, created_at=now)
-            ).inserted_primary_key[0]
+            ).inserted_primary_key[0]  # type: ignore[index]
             conn.execute(update(users).where(users.c.id == uid).values(root_ns=ns))
             return User(id=int(uid), name=name, root_ns=int(ns))
 
@@ -383,7 +384,7 @@ class SqlMetadataStore:
                     insert(tokens).values(
                         user_id=user_id, token_hash=token_hash(token), label=label[:200], created_at=time.time()
                     )
-                ).inserted_primary_key[0]
+                ).inserted_primary_key[0]  # type: ignore[index]
             )
 
         return self.db.write(run), token
@@ -414,7 +415,7 @@ class SqlMetadataStore:
         if not token:
             raise Unauthorized("missing bearer token: pass 'Authorization: Bearer TOKEN' (cubby user add prints one)")
 
-        def run(conn: Connection) -> Row[Any] | None:
+        def run(conn: Connection) -> Any:
             return conn.execute(
                 select(tokens.c.id, tokens.c.revoked_at, users.c.id.label("uid"), users.c.name, users.c.root_ns)
                 .join(users, users.c.id == tokens.c.user_id)
@@ -587,7 +588,7 @@ class SqlMetadataStore:
             raise NotFound(f"{path} has no history")
         return int(last[0])
 
-    def history(self, ns_id: int, path: str, limit: int = 100) -> list[Revision]:
+    def history(self, ns_id: int, path: str, limit: int = 100) -> builtins.list[Revision]:
         path = paths.normalize(path)
 
         def run(conn: Connection) -> list[Revision]:
@@ -619,7 +620,7 @@ class SqlMetadataStore:
 
         return self.db.read(run)
 
-    def blocklist(self, ns_id: int, path: str, rev: int | None = None) -> tuple[Entry, list[ChunkRef]]:
+    def blocklist(self, ns_id: int, path: str, rev: int | None = None) -> tuple[Entry, builtins.list[ChunkRef]]:
         path = paths.normalize(path)
 
         def run(conn: Connection) -> tuple[Entry, list[ChunkRef]]:
@@ -661,7 +662,7 @@ class SqlMetadataStore:
 
         return self.db.read(run)
 
-    def journal(self, ns_id: int, after: int, limit: int = 1000) -> list[JournalEntry]:
+    def journal(self, ns_id: int, after: int, limit: int = 1000) -> builtins.list[JournalEntry]:
         limit = max(1, min(int(limit), 10_000))
         rows = self.db.read(
             lambda c: c.execute(
@@ -751,20 +752,20 @@ class SqlMetadataStore:
         path = paths.join(parent_path, name)
         node_id = tx.new_node_id()
         jid = tx.next_jid()
-        values = dict(
-            parent_id=parent_id,
-            name=paths.split(path)[1],
-            path=path,
-            path_key=paths.key(path),
-            kind="folder",
-            rev=jid,
-            content_rev=None,
-            size=0,
-            content_hash=None,
-            mtime=None,
-            deleted=False,
-            deleted_key=None,
-        )
+        values = {
+            "parent_id": parent_id,
+            "name": paths.split(path)[1],
+            "path": path,
+            "path_key": paths.key(path),
+            "kind": "folder",
+            "rev": jid,
+            "content_rev": None,
+            "size": 0,
+            "content_hash": None,
+            "mtime": None,
+            "deleted": False,
+            "deleted_key": None,
+        }
         tx.put_node(node_id, values, new=True)
         tx.journal("mkdir", node_id=node_id, parent_id=parent_id, kind="folder", path=path, rev=jid)
         return node_id, path
@@ -815,7 +816,7 @@ class SqlMetadataStore:
                 q = q.with_for_update(read=True)
             tx.chunk_sizes.update((r[0], int(r[1])) for r in tx.conn.execute(q))
 
-    def _unavailable(self, tx: _Txn, chunks: tuple[ChunkRef, ...]) -> list[str]:
+    def _unavailable(self, tx: _Txn, chunks: tuple[ChunkRef, ...]) -> builtins.list[str]:
         """Chunks this namespace may not use yet, in file order (each once)."""
         self._load_chunks(tx, (c.hash for c in chunks))
         assert tx.usable is not None and tx.chunk_sizes is not None
@@ -871,33 +872,33 @@ class SqlMetadataStore:
             node_id = tx.new_node_id()
             op = "add"
         tx.rev_rows.append(
-            dict(
-                ns_id=tx.ns_id,
-                node_id=node_id,
-                rev=jid,
-                path=path,
-                size=size,
-                content_hash=chash,
-                blocklist=json.dumps([[c.hash, c.size] for c in chunks], separators=(",", ":")),
-                mtime=mtime,
-                user_id=tx.user_id,
-                created_at=tx.now,
-            )
+            {
+                "ns_id": tx.ns_id,
+                "node_id": node_id,
+                "rev": jid,
+                "path": path,
+                "size": size,
+                "content_hash": chash,
+                "blocklist": json.dumps([[c.hash, c.size] for c in chunks], separators=(",", ":")),
+                "mtime": mtime,
+                "user_id": tx.user_id,
+                "created_at": tx.now,
+            }
         )
-        values = dict(
-            parent_id=parent_id,
-            name=paths.split(path)[1],
-            path=path,
-            path_key=key,
-            kind="file",
-            rev=jid,
-            content_rev=jid,
-            size=size,
-            content_hash=chash,
-            mtime=mtime,
-            deleted=False,
-            deleted_key=None,
-        )
+        values = {
+            "parent_id": parent_id,
+            "name": paths.split(path)[1],
+            "path": path,
+            "path_key": key,
+            "kind": "file",
+            "rev": jid,
+            "content_rev": jid,
+            "size": size,
+            "content_hash": chash,
+            "mtime": mtime,
+            "deleted": False,
+            "deleted_key": None,
+        }
         tx.put_node(node_id, values, new=existing is None and revive is None)
         tx.add_refs(c.hash for c in chunks)
         tx.journal(
@@ -930,7 +931,7 @@ class SqlMetadataStore:
 
     def commit_many(
         self, user_id: int, ns_id: int, reqs: Sequence[CommitRequest], readable: Iterable[int] = ()
-    ) -> list[CommitResult | CubbyError]:
+    ) -> builtins.list[CommitResult | CubbyError]:
         # Validation needs no transaction: each request is checked once, before the lock.
         valid: list[tuple[str, tuple[ChunkRef, ...]] | CubbyError] = []
         for req in reqs:
@@ -1192,7 +1193,7 @@ class SqlMetadataStore:
 
         return self.db.read(run)
 
-    def _make_available(self, conn: Connection, ns_id: int, hashes: list[str], now: float) -> None:
+    def _make_available(self, conn: Connection, ns_id: int, hashes: builtins.list[str], now: float) -> None:
         self._insert_ignore(
             conn, ns_chunks, [{"ns_id": ns_id, "hash": h, "refs": 0, "touched_at": now} for h in hashes]
         )
@@ -1252,7 +1253,7 @@ class SqlMetadataStore:
 
     def accept_proofs(
         self, user_id: int, ns_id: int, proofs: dict[str, str], blocks_store: BlockStore
-    ) -> tuple[list[str], list[str]]:
+    ) -> tuple[builtins.list[str], builtins.list[str]]:
         accepted: list[str] = []
         rejected: list[str] = []
         now = time.time()
@@ -1308,7 +1309,8 @@ class SqlMetadataStore:
            location, in this same transaction when its index is on this database) and then the
            tombstones.
 
-        ``fault(step)`` is called after each step's commit ("swept", "reclaimed"), for crash tests."""
+        ``fault(step)`` is called for crash tests: before each step's commit ("sweeping",
+        "reclaiming") and after it ("swept", "reclaimed")."""
         hook = fault or (lambda _step: None)
         cutoff = time.time() - grace_seconds
         examined = deleted = freed = 0
@@ -1343,6 +1345,7 @@ class SqlMetadataStore:
             conn.execute(delete(blocks).where(blocks.c.hash.in_(victims)))
             now = time.time()
             self._insert_ignore(conn, chunk_tombstones, [{"hash": h, "at": now} for h in victims])
+            hook("sweeping")  # rows deleted, not yet committed
             return len(victims), sum(locked[h] for h in victims)
 
         self._adopt_orphans(blocks_store)
@@ -1357,11 +1360,11 @@ class SqlMetadataStore:
             deleted += n
             freed += b
         hook("swept")
-        self.reclaim_tombstones(blocks_store)
+        self.reclaim_tombstones(blocks_store, hook)
         hook("reclaimed")
         return GcStats(examined=examined, deleted=deleted, bytes_freed=freed)
 
-    def reclaim_tombstones(self, blocks_store: BlockStore) -> int:
+    def reclaim_tombstones(self, blocks_store: BlockStore, hook: Callable[[str], None] = lambda _step: None) -> int:
         """Remove the bytes of tombstoned chunks (step 2 of `collect_garbage`); returns how many."""
 
         def page(conn: Connection) -> list[str]:
@@ -1379,6 +1382,7 @@ class SqlMetadataStore:
             gone = [h for h in held if h not in alive]
             for h in gone:
                 blocks_store.delete(h)
+            hook("reclaiming")  # bytes gone, tombstones not yet: a crash here loses nothing referenced
             conn.execute(delete(chunk_tombstones).where(chunk_tombstones.c.hash.in_(held)))
             return len(gone)
 
@@ -1437,4 +1441,4 @@ def open_store(url: str, *, migrate_schema: bool = True) -> SqlMetadataStore:
     return SqlMetadataStore(db)
 
 
-__all__ = ["SqlMetadataStore", "open_store", "content_hash_of", "token_hash"]
+__all__ = ["SqlMetadataStore", "content_hash_of", "open_store", "token_hash"]

@@ -30,7 +30,7 @@ class ServerContext:
     commit_listeners: list[CommitListener] = field(default_factory=list)
     account_listeners: list[AccountListener] = field(default_factory=list)
     closers: list[Callable[[], object]] = field(default_factory=list)
-    broker: "Broker | None" = None
+    broker: Broker | None = None
     """The notification broker (meta publishes on it, notify subscribes); None if neither runs."""
     notify_service: Any = None
     """The notification role's `cubby.notify.service.NotifyService`, when that role runs."""

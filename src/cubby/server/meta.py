@@ -76,7 +76,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
     async def account(request: Request) -> Response:
         p = await who(request)
         heads = {}
-        for mount, ns in access.mounts(p).items():
+        for ns in access.mounts(p).values():
             heads[ns] = await run_in_threadpool(store.head, ns)
         return JSONResponse(
             {

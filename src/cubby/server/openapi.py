@@ -76,7 +76,7 @@ def _q(name: str, schema: dict[str, Any], required: bool = False) -> dict[str, A
 
 
 def document() -> dict[str, Any]:
-    path_body = {"type": "object", "required": ["path"], "properties": {"path": {"type": "string"}, "expected_rev": {"type": ["integer", "null"], "minimum": 0}}}
+    path_body: dict[str, Any] = {"type": "object", "required": ["path"], "properties": {"path": {"type": "string"}, "expected_rev": {"type": ["integer", "null"], "minimum": 0}}}
     entry_ok = {"type": "object", "properties": {"entry": ENTRY}}
     delete_body = {
         "type": "object",

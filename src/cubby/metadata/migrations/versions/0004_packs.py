@@ -1,14 +1,14 @@
 """Pack store: the chunk index, packs, deleted packs; chunk tombstones for garbage collection.
 
 Revision ID: 0004
-Revises: 0003
+Revises: 0008 (main has 0008 on 0003; chained after it so that there is one head)
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
-down_revision = "0003"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
