@@ -5,7 +5,10 @@ each other's uploads, and a kill -9 mid-upload loses no acknowledged file."""
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -111,3 +114,40 @@ def test_kill_9_mid_upload_loses_no_acknowledged_file(tmp_path: Path, s3_server:
         for remote, digest in acknowledged.items():
             got = content(server.url, token, remote)
             assert got.status_code == 200 and hashlib.sha256(got.content).hexdigest() == digest, remote
+
+
+def test_gc_with_blocks_on_s3_reclaims_dead_packs_and_keeps_live_files(
+    tmp_path: Path, s3_server: S3Server
+) -> None:
+    """`cubby gc --blocks s3://…` deletes a pack whose chunks no file references (chunks
+    uploaded and never committed), and leaves the files that are there readable."""
+    prefix, db = fresh_prefix(), f"sqlite:///{tmp_path / 'meta.db'}"
+    rng = random.Random(3)
+    live = rng.randbytes(2_000_000)
+    orphans = [rng.randbytes(1_000_000) for _ in range(3)]
+    server = s3_server_process(tmp_path, "srv", s3_server, prefix, db)
+    with server:
+        token = server.add_user("gus")
+        with ApiClient(server.url, token) as api:
+            (tmp_path / "live.bin").write_bytes(live)
+            upload_file(api, tmp_path / "live.bin", "/live.bin")
+            api.upload_chunks(api.account()["root_ns"], [(hashlib.sha256(d).hexdigest(), d) for d in orphans])
+    client = s3_server.client()
+
+    def stored() -> int:
+        listing = client.list_objects_v2(Bucket=s3_server.bucket, Prefix=prefix + "/")  # type: ignore[attr-defined]
+        return sum(item["Size"] for item in listing.get("Contents", ()))
+
+    before = stored()
+    gc = [sys.executable, "-m", "cubby", "--json", "gc", "--db", db, "--blocks", s3_server.url(prefix)]
+    for _ in range(2):  # the first run retires the emptied pack, the second deletes it
+        subprocess.run(
+            [*gc, "--grace", "0", "--pack-grace", "0", "--threshold", "0.1"],
+            check=True,
+            env={**os.environ, **s3_server.credentials},
+            capture_output=True,
+        )
+    assert before > 4_900_000 and stored() < before - 2_900_000  # the orphans' pack left the bucket
+    with server:
+        got = content(server.url, token, "/live.bin")
+        assert got.status_code == 200 and got.content == live
