@@ -18,16 +18,21 @@ import pytest
 from cubby.client.api import ApiClient
 from cubby.client.transfer import upload_file
 from cubby.errors import CubbyError
+from tests.helpers.fault_proxy import Faults, fault_proxy
 from tests.helpers.live_server import LiveServer
 from tests.helpers.s3_servers import S3Server, fresh_prefix
 
 pytestmark = pytest.mark.xdist_group("s3")
 
 
-def s3_server_process(tmp_path: Path, name: str, s3: S3Server, prefix: str, db: str) -> LiveServer:
+def s3_server_process(
+    tmp_path: Path, name: str, s3: S3Server, prefix: str, db: str, endpoint: str | None = None
+) -> LiveServer:
     """A whole cubby server (meta and blocks) with a data folder of its own, its packs under
-    ``prefix`` in the bucket and its metadata (the chunk index with it) in ``db``."""
-    return LiveServer(tmp_path / name, db_url=db, extra_args=["--blocks", s3.url(prefix)], env=s3.credentials)
+    ``prefix`` in the bucket (reached through ``endpoint``, by default the S3 server's own) and
+    its metadata (the chunk index with it) in ``db``."""
+    url = s3.url(prefix, endpoint=endpoint)
+    return LiveServer(tmp_path / name, db_url=db, extra_args=["--blocks", url], env=s3.credentials)
 
 
 def content(url: str, token: str, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -151,3 +156,27 @@ def test_gc_with_blocks_on_s3_reclaims_dead_packs_and_keeps_live_files(
     with server:
         got = content(server.url, token, "/live.bin")
         assert got.status_code == 200 and got.content == live
+
+
+def test_a_server_rides_out_s3_slowdowns_and_cut_connections(tmp_path: Path, s3_server: S3Server) -> None:
+    """The server's S3 traffic goes through a proxy that answers 503 SlowDown or cuts PUTs and
+    GETs halfway for a share of requests: uploads and downloads still succeed, byte-identical."""
+    prefix, db = fresh_prefix(), f"sqlite:///{tmp_path / 'meta.db'}"
+    rng = random.Random(8)
+    files = {f"/f{i}.bin": rng.randbytes(rng.choice([5_000, 400_000, 3_000_000])) for i in range(8)}
+    faults = Faults(slowdown=0.2, cut_put=0.2, cut_get=0.2, seed=4)
+    with (
+        fault_proxy(s3_server.endpoint, faults) as proxy,
+        s3_server_process(tmp_path, "srv", s3_server, prefix, db, endpoint=proxy.endpoint) as server,
+    ):
+        token = server.add_user("fay")
+        with ApiClient(server.url, token) as api:
+            for remote, data in files.items():
+                (tmp_path / remote.strip("/")).write_bytes(data)
+                upload_file(api, tmp_path / remote.strip("/"), remote)
+        for remote, data in files.items():
+            got = content(server.url, token, remote)
+            assert got.status_code == 200 and got.content == data, remote
+            part = content(server.url, token, remote, {"Range": "bytes=1000-2999"})
+            assert part.status_code == 206 and part.content == data[1000:3000]
+    assert proxy.counts["slowdown"] and proxy.counts["cut_put"] and proxy.counts["cut_get"]
