@@ -11,14 +11,28 @@ import pytest
 
 from cubby.blockstore.folder import FolderObjectStore
 from cubby.blockstore.objects import ObjectStore
+from tests.helpers.s3_servers import S3_SERVER_KINDS
 
 
 def _folder(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     return FolderObjectStore(tmp_path / "objects")
 
 
+def _s3_on(kind: str) -> Callable[[pytest.FixtureRequest, Path], ObjectStore]:
+    """On an S3 server process of the session's (`tests.helpers.s3_servers`), opened by its
+    ``s3://`` URL, under a prefix of this test's own."""
+
+    def make(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+        from tests.helpers.s3_servers import s3_object_store_for_test
+
+        return s3_object_store_for_test(request, kind)  # type: ignore[return-value]
+
+    return make
+
+
 OBJECT_STORES: dict[str, Callable[[pytest.FixtureRequest, Path], ObjectStore]] = {
     "folder": _folder,
+    **{f"s3-{kind}": _s3_on(kind) for kind in S3_SERVER_KINDS},
 }
 
 

@@ -71,5 +71,9 @@ def open_object_store(url: str) -> ObjectStore:
         from cubby.blockstore.folder import FolderObjectStore
 
         return FolderObjectStore(url)
+    if url.startswith("s3://"):
+        from cubby.blockstore.s3 import open_s3_object_store
+
+        return open_s3_object_store(url)
     scheme = url.split("://", 1)[0]
-    raise ObjectStoreError(f"unsupported block store URL scheme {scheme!r}: use a folder path")
+    raise ObjectStoreError(f"unsupported block store URL scheme {scheme!r}: use a folder path or s3://")
