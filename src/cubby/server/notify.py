@@ -59,7 +59,7 @@ from cubby.notify.protocol import (
     info as info_body,
 )
 from cubby.notify.service import HeadsReader, NotifyService
-from cubby.server import access
+from cubby.server import access, discovery
 from cubby.server.bodies import json_body
 from cubby.server.context import ServerContext
 from cubby.server.gate import ConnectionGate
@@ -280,7 +280,7 @@ def serve_lean(ctx: ServerContext, gate: ConnectionGate) -> None:
         sock = socket.socket(fileno=ctx.config.listen_fd) if ctx.config.listen_fd is not None else None
         await wire.serve(
             service, authenticate, ctx.config.host, ctx.config.port, gate,
-            max_waits=ctx.config.max_waits_per_token, sock=sock,
+            max_waits=ctx.config.max_waits_per_token, sock=sock, advertised=discovery.advertised(ctx.config),
         )
 
     try:

@@ -36,12 +36,12 @@ log = logging.getLogger("cubby.notify")
 
 async def serve(
     service: NotifyService, authenticate: Authenticate, host: str, port: int, gate: ConnectionGate,
-    *, max_waits: int = 32, sock: socket.socket | None = None,
+    *, max_waits: int = 32, sock: socket.socket | None = None, advertised: dict[str, str | None] | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT; then close the listening socket and every connection.
     ``sock``, an already-bound listening socket, is used instead of binding ``host:port``."""
     loop = asyncio.get_running_loop()
-    endpoints = Endpoints(service, authenticate, max_waits=max_waits)
+    endpoints = Endpoints(service, authenticate, max_waits=max_waits, advertised=advertised)
 
     def factory() -> Connection:
         return Connection(endpoints, gate)

@@ -40,9 +40,9 @@ log = logging.getLogger("cubby.notify")
 MAX_HEADER_BYTES = 16 * 1024
 WS_PATH = b"/api/v1/notify/ws"
 REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found", 405: b"Method Not Allowed",
-           413: b"Payload Too Large", 426: b"Upgrade Required", 429: b"Too Many Requests",
+           413: b"Payload Too Large", 421: b"Misdirected Request", 426: b"Upgrade Required", 429: b"Too Many Requests",
            500: b"Internal Server Error", 503: b"Service Unavailable"}
-KEPT_HEADERS = websocket.HANDSHAKE_HEADERS | {b"x-forwarded-for"}
+KEPT_HEADERS = websocket.HANDSHAKE_HEADERS | {b"x-forwarded-for", b"host"}  # host: discovery's own address
 
 
 def encode_json(body: Any) -> bytes:

@@ -21,13 +21,14 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from cubby.errors import CubbyError, TooManyRequests, Unauthorized
+from cubby.errors import CubbyError, TooManyRequests, Unauthorized, WrongRole
 from cubby.model import Principal
 from cubby.notify import protocol
 from cubby.notify.hub import Subscription, Wake
 from cubby.notify.service import NotifyService
 from cubby.notify.wire import websocket
 from cubby.notify.wire.connection import Connection, encode_json
+from cubby.roles import ROLES, role_for_path
 
 log = logging.getLogger("cubby.notify")
 
@@ -43,7 +44,12 @@ class Endpoints:
     """Shared state of all connections: the service (hub + broker), how to authenticate, the
     setup workers and the count of waiting connections per token."""
 
-    def __init__(self, service: NotifyService, authenticate: Authenticate, *, max_waits: int = 32) -> None:
+    def __init__(
+        self, service: NotifyService, authenticate: Authenticate, *, max_waits: int = 32,
+        advertised: dict[str, str | None] | None = None,
+    ) -> None:
+        self.advertised = advertised or {}
+        """Addresses of the roles as the operator advertises them (`cubby.server.discovery`)."""
         self.service = service
         self.authenticate = authenticate
         self.waits = protocol.TokenWaits(max_waits)
@@ -115,7 +121,27 @@ class Endpoints:
         elif path == b"/api/v1/notify/ws":
             conn.respond(426, {"code": "upgrade_required", "message": "open this route as a WebSocket"})
         else:
-            conn.respond(404, {"code": "not_found", "message": f"no route {path.decode('latin-1')!r} here"})
+            self._elsewhere(conn, method, path)
+
+    def _elsewhere(self, conn: Connection, method: bytes, path: bytes) -> None:
+        """Discovery, a 421 for another role's route, or 404 (as `cubby.server.discovery`)."""
+        text = path.decode("latin-1")
+        host = (conn.headers or {}).get(b"host", b"").decode("latin-1")
+        here = f"http://{host}" if host else None
+        addresses = {r: self.advertised.get(r) or (here if r == "notify" else None) for r in ROLES}
+        role = role_for_path(text)
+        if role == "any" and method == b"GET":
+            conn.respond(200, {**addresses, "serves": ["notify"]})
+        elif role in ("meta", "blocks"):
+            url = addresses[role]
+            where = f" at {url}" if url else ""
+            conn.send_error(WrongRole(
+                f"{method.decode('latin-1')} {text} is served by the {role} role{where}; this process serves "
+                "notify. Point the client at the deployment's address, or ask /api/v1/discovery where each role is.",
+                role=role, url=url,
+            ))
+        else:
+            conn.respond(404, {"code": "not_found", "message": f"no route {text!r} here"})
 
     def wake(self, conn: Connection, sub: Subscription, wake: Wake) -> None:
         if conn.upgraded:
