@@ -114,6 +114,17 @@ def join(parent: str, name: str) -> str:
     return ("" if parent == ROOT else parent) + "/" + name
 
 
+def child(parent: str, name: str) -> str:
+    """`normalize` of ``join(parent, name)`` for an already normalised ``parent``, checking only
+    the new name: a scan of a tree normalises each folder once, not once per file below it."""
+    name = unicodedata.normalize("NFC", name)
+    result = join(parent, name)
+    _check_component(name, result)
+    if len(key(result).encode("utf-8")) > MAX_PATH_BYTES:
+        raise InvalidPath(f"path is longer than {MAX_PATH_BYTES} bytes")
+    return result
+
+
 def ancestors(path: str) -> list[str]:
     """Every proper ancestor of a normalised path, root first (root excluded)."""
     parts = path.strip("/").split("/")

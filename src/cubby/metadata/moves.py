@@ -214,7 +214,7 @@ class CrossMoves:
                     "ns_id": dst_ns, "node_id": nid, "parent_id": parent_id, "name": paths.split(new_path)[1], "path": new_path,
                     "path_key": None, "kind": n.kind, "rev": 0, "content_rev": -nid if is_file else None, "size": n.size,
                     "content_hash": n.content_hash, "mtime": n.mtime, "deleted": True, "deleted_key": None, "target_ns": None,
-                    "pending": intent,
+                    "pending": intent, "mode": n.mode,
                 }
             )
             if is_file:
@@ -226,7 +226,7 @@ class CrossMoves:
                 rev_rows.append(
                     {
                         "ns_id": dst_ns, "node_id": nid, "rev": -nid, "path": new_path, "size": fr.size, "content_hash": fr.content_hash,
-                        "blocklist": fr.blocklist, "mtime": fr.mtime, "user_id": user_id, "created_at": tx.now,
+                        "blocklist": fr.blocklist, "mtime": fr.mtime, "user_id": user_id, "created_at": tx.now, "mode": fr.mode,
                     }
                 )
                 hashes.update(c[0] for c in json.loads(fr.blocklist))
@@ -321,7 +321,7 @@ class CrossMoves:
                 tx.add_refs(c[0] for c in json.loads(bl[0]))
             tx.journal(
                 "add" if is_file else "mkdir", node_id=int(r.node_id), parent_id=pid, kind=r.kind, path=new_path,
-                rev=jid, size=r.size, content_hash=r.content_hash, mtime=r.mtime,
+                rev=jid, size=r.size, content_hash=r.content_hash, mtime=r.mtime, mode=r.mode,
             )
         tx.finish(self.store._insert_ignore)
         moved = conn.execute(select(nodes).where(nodes.c.ns_id == dst_ns, nodes.c.node_id == top.node_id)).one()

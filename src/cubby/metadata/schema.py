@@ -124,6 +124,7 @@ nodes = Table(
     Column("deleted_key", PathKey, nullable=True),  # the key it had when deleted: history, restore
     Column("target_ns", BigInteger, nullable=True),  # kind "mount": the namespace mounted here
     Column("pending", String(32), nullable=True),  # a cross-namespace move's intent, until it lands
+    Column("mode", Integer, nullable=True),  # files: 0o100644, 0o100755 or 0o120000 (a link); NULL 0o100644
     UniqueConstraint("ns_id", "path_key"),
     Index("ix_nodes_children", "ns_id", "parent_id", "path_key"),
     Index("ix_nodes_deleted", "ns_id", "deleted_key"),
@@ -141,6 +142,7 @@ file_revs = Table(
     Column("content_hash", String(64), nullable=False),
     Column("blocklist", Text, nullable=False),  # JSON [[hash, size], ...] in file order
     Column("mtime", Double, nullable=True),
+    Column("mode", Integer, nullable=True),
     Column("user_id", BigInteger, nullable=True),
     Column("created_at", Double, nullable=False),
     UniqueConstraint("ns_id", "rev"),
@@ -166,6 +168,7 @@ journal = Table(
     Column("old_parent_id", BigInteger, nullable=True),
     Column("user_id", BigInteger, nullable=True),
     Column("created_at", Double, nullable=False),
+    Column("mode", Integer, nullable=True),
     Index("ix_journal_path", "ns_id", "path_key", "jid"),
 )
 

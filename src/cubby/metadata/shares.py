@@ -185,7 +185,7 @@ class Sharing:
                     "ns_id": dst.ns_id, "node_id": node_id, "parent_id": parent_id, "name": n.name, "path": new_path,
                     "path_key": paths.key(new_path), "kind": n.kind, "rev": jid, "content_rev": jid if is_file else None,
                     "size": n.size, "content_hash": n.content_hash, "mtime": n.mtime, "deleted": False, "deleted_key": None,
-                    "target_ns": None, "pending": None,
+                    "target_ns": None, "pending": None, "mode": n.mode,
                 }
             )
             if is_file:
@@ -194,7 +194,7 @@ class Sharing:
                     {
                         "ns_id": dst.ns_id, "node_id": node_id, "rev": jid, "path": new_path, "size": fr.size,
                         "content_hash": fr.content_hash, "blocklist": fr.blocklist, "mtime": fr.mtime, "user_id": fr.user_id,
-                        "created_at": fr.created_at,
+                        "created_at": fr.created_at, "mode": fr.mode,
                     }
                 )
                 for h in {c[0] for c in json.loads(fr.blocklist)}:
@@ -204,7 +204,7 @@ class Sharing:
                     "ns_id": dst.ns_id, "jid": jid, "op": "add" if is_file else "mkdir", "node_id": node_id, "parent_id": parent_id,
                     "kind": n.kind, "name": n.name, "path": new_path, "path_key": paths.key(new_path), "rev": jid, "size": n.size,
                     "content_hash": n.content_hash, "mtime": n.mtime, "old_path": None, "old_parent_id": None,
-                    "user_id": dst.user_id, "created_at": now,
+                    "user_id": dst.user_id, "created_at": now, "mode": n.mode,
                 }
             )
         if keep_ids and ids:

@@ -103,6 +103,8 @@ def register(main: click.Group) -> None:
                 state.emit({"blocked": b.path, "reason": b.reason}, f"kept     {b.path}  ({b.reason})")
             for rel in res.unsyncable:
                 state.emit({"unsyncable": rel}, f"skipped  {rel}  (a name cubby cannot store)")
+            for rel in res.outside_links:
+                state.emit({"outside_link": rel}, f"skipped  {rel}  (a link to outside the folder: not synced)")
             refused = engine.state.refusals()
             for r in refused:
                 state.emit({"refused": r.path, "source": r.source, "reason": r.reason, "ns_id": r.ns_id, "jid": r.jid},

@@ -13,6 +13,7 @@ from the top; a trailing ``/`` matches folders only.
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,9 @@ BUILTIN = (
 """Temporary and system files; ``4913`` is the probe file vim writes to test a folder."""
 
 IGNORE_FILE = ".cubbyignore"
+
+_BUILTIN_RE = re.compile("|".join(fnmatch.translate(p) for p in BUILTIN))
+"""The built-in names as one expression: every name of a tree is tested on every scan."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ class IgnoreRules:
         name = rel.rsplit("/", 1)[-1]
         if rel.split("/", 1)[0].casefold() == STATE_DIR:
             return True
-        if not is_dir and any(fnmatch.fnmatchcase(name, p) for p in BUILTIN):
+        if not is_dir and _BUILTIN_RE.match(name):
             return True
         for p in self.patterns:
             dir_only = p.endswith("/")

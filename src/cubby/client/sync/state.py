@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cubby.client.modes import REGULAR, SYMLINK, version
 from cubby.client.sync import trust
 from cubby.client.sync.planner import MOUNT_NODE, BaseItem, NodeKey, RemoteItem
 from cubby.core import paths
@@ -92,6 +93,12 @@ class FileRecord:
     hash: str
     chunks: tuple[tuple[str, int, int], ...]
     """(chunk hash, offset, size) in file order."""
+    mode: int = REGULAR
+    """`cubby.client.modes`: a chmod changes no mtime, so the mode is compared on its own."""
+
+    @property
+    def version(self) -> str | None:
+        return version(self.hash, self.mode)
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,9 @@ class StateDb:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        if "mode" not in {r[1] for r in self.db.execute("PRAGMA table_info(files)")}:
+            # a state database from before modes were kept: every file it knows is regular
+            self.db.execute(f"ALTER TABLE files ADD COLUMN mode INTEGER NOT NULL DEFAULT {REGULAR}")
         self._lock = threading.RLock()
         self._depth = 0
 
@@ -205,7 +215,7 @@ class StateDb:
                     continue
                 path = self._vetted(db, ns_id, "listing", e.path, 0, within=mount)
                 if path is not None:
-                    self._put_remote(db, RemoteItem(ns_id, e.node_id, path, e.kind, e.rev, e.content_hash, e.size, e.mtime))
+                    self._put_remote(db, RemoteItem(ns_id, e.node_id, path, e.kind, e.rev, version(e.content_hash, e.mode), e.size, e.mtime))
             db.execute("INSERT OR REPLACE INTO namespaces (ns_id, mount, role, cursor) VALUES (?, ?, ?, ?)", (ns_id, mount, role, head))
 
     def update_namespace(self, ns_id: int, mount: str, role: str) -> None:
@@ -281,7 +291,7 @@ class StateDb:
                     continue
                 if cur is not None and cur[1] == "folder" and cur[0] != path:
                     self._rebase(db, "remote", ns_id, cur[0], path)
-                self._put_remote(db, RemoteItem(ns_id, e.node_id, path, e.kind, e.rev, e.content_hash, e.size, e.mtime))
+                self._put_remote(db, RemoteItem(ns_id, e.node_id, path, e.kind, e.rev, version(e.content_hash, e.mode), e.size, e.mtime))
             db.execute("UPDATE namespaces SET cursor = MAX(cursor, ?) WHERE ns_id = ?", (cursor, ns_id))
 
     def _journal_path(self, db: sqlite3.Connection, ns_id: int, mount: str, e: JournalEntry) -> str | None:
@@ -357,7 +367,7 @@ class StateDb:
                 return True
             if cur is not None and cur[1] == "folder" and cur[0] != path:
                 self._rebase(db, "remote", e.ns_id, cur[0], path)
-            self._put_remote(db, RemoteItem(e.ns_id, e.node_id, path, e.kind, e.rev, e.content_hash, e.size, e.mtime))
+            self._put_remote(db, RemoteItem(e.ns_id, e.node_id, path, e.kind, e.rev, version(e.content_hash, e.mode), e.size, e.mtime))
             return True
 
     def delete_remote(self, node: NodeKey) -> None:
@@ -425,25 +435,35 @@ class StateDb:
     # -- local file index ----------------------------------------------------------------------
     def files(self) -> dict[str, FileRecord]:
         out = {}
-        for rel, size, mtime_ns, inode, h, chunks in self._all("SELECT rel, size, mtime_ns, inode, hash, chunks FROM files"):
-            out[rel] = FileRecord(rel, size, mtime_ns, inode, h, tuple(tuple(c) for c in json.loads(chunks)))  # type: ignore[misc]
+        for rel, size, mtime_ns, inode, h, chunks, mode in self._all("SELECT rel, size, mtime_ns, inode, hash, chunks, mode FROM files"):
+            out[rel] = FileRecord(rel, size, mtime_ns, inode, h, tuple(tuple(c) for c in json.loads(chunks)), mode)  # type: ignore[misc]
         return out
 
+    def file_stamps(self) -> dict[str, tuple[tuple[int, int, int, int], str | None]]:
+        """rel -> ((size, mtime_ns, inode, mode), version) of every indexed file: what a scan
+        compares, without decoding every chunk list (most of the cost of `files`)."""
+        return {
+            rel: ((size, mtime_ns, inode, mode), version(h, mode))
+            for rel, size, mtime_ns, inode, h, mode in self._all("SELECT rel, size, mtime_ns, inode, hash, mode FROM files")
+        }
+
     def file(self, rel: str) -> FileRecord | None:
-        rows = self._all("SELECT rel, size, mtime_ns, inode, hash, chunks FROM files WHERE rel = ?", (rel,))
+        rows = self._all("SELECT rel, size, mtime_ns, inode, hash, chunks, mode FROM files WHERE rel = ?", (rel,))
         if not rows:
             return None
-        rel, size, mtime_ns, inode, h, chunks = rows[0]
-        return FileRecord(rel, size, mtime_ns, inode, h, tuple(tuple(c) for c in json.loads(chunks)))  # type: ignore[misc]
+        rel, size, mtime_ns, inode, h, chunks, mode = rows[0]
+        return FileRecord(rel, size, mtime_ns, inode, h, tuple(tuple(c) for c in json.loads(chunks)), mode)  # type: ignore[misc]
 
     def put_files(self, recs: Iterable[FileRecord]) -> None:
         with self.tx() as db:
             for rec in recs:
                 db.execute("DELETE FROM chunks WHERE rel = ?", (rec.rel,))
                 db.execute(
-                    "INSERT OR REPLACE INTO files (rel, size, mtime_ns, inode, hash, chunks) VALUES (?,?,?,?,?,?)",
-                    (rec.rel, rec.size, rec.mtime_ns, rec.inode, rec.hash, json.dumps([list(c) for c in rec.chunks])),
+                    "INSERT OR REPLACE INTO files (rel, size, mtime_ns, inode, hash, chunks, mode) VALUES (?,?,?,?,?,?,?)",
+                    (rec.rel, rec.size, rec.mtime_ns, rec.inode, rec.hash, json.dumps([list(c) for c in rec.chunks]), rec.mode),
                 )
+                if rec.mode == SYMLINK:
+                    continue  # a link's "chunk" is its target's text, not bytes a download may read back
                 db.executemany(
                     "INSERT OR IGNORE INTO chunks (hash, rel, offset, size) VALUES (?,?,?,?)",
                     [(h, rec.rel, off, size) for h, off, size in rec.chunks],
