@@ -106,6 +106,14 @@ class Unavailable(CubbyError):
     retryable = True
 
 
+class InsufficientStorage(CubbyError):
+    """The server ran out of disk space (for chunks or for its database): nothing of the
+    request was kept. It is not retried at once; it may succeed once space is freed."""
+
+    code = "insufficient_storage"
+    status = 507
+
+
 ERRORS_BY_CODE: dict[str, type[CubbyError]] = {
     cls.code: cls
     for cls in (
@@ -121,6 +129,7 @@ ERRORS_BY_CODE: dict[str, type[CubbyError]] = {
         Conflict,
         NamespaceMoved,
         Unavailable,
+        InsufficientStorage,
     )
 }
 

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from cubby.core import paths
 from cubby.errors import Forbidden, NotFound, Unauthorized
 from cubby.model import Entry, Principal
+from cubby.server.bodies import allow_body
 from cubby.server.context import ServerContext
 
 
@@ -32,6 +33,8 @@ class Target:
 
 
 async def principal(request: Request, ctx: ServerContext) -> Principal:
+    """The caller, from their bearer token; only then may the request's body be read
+    (`bodies.allow_body`), so a stranger's request costs a header and one token lookup."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -39,6 +42,7 @@ async def principal(request: Request, ctx: ServerContext) -> Principal:
     p = await run_in_threadpool(ctx.store.authenticate, token.strip())
     request.state.user_id = p.user_id
     request.scope.setdefault("state", {})["user_id"] = p.user_id
+    allow_body(request)
     return p
 
 

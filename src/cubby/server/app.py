@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Route
 from cubby.server.context import ServerContext
 from cubby.server.errors import HANDLERS
 from cubby.server.logs import RequestLog
+from cubby.server.unread import CloseUnreadBody
 
 ROLES = ("meta", "blocks", "notify")
 _ROLE_MODULES = {"meta": "cubby.server.meta", "blocks": "cubby.server.blocks", "notify": "cubby.server.notify"}
@@ -65,7 +66,7 @@ def build_app(ctx: ServerContext, roles: Sequence[str] = ROLES) -> Starlette:
 
     return Starlette(
         routes=routes,
-        middleware=[Middleware(RequestLog)],
+        middleware=[Middleware(RequestLog), Middleware(CloseUnreadBody)],
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
     )

@@ -7,6 +7,7 @@ import logging
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match, Route
 
 from cubby.errors import CubbyError
 
@@ -26,10 +27,25 @@ async def cubby_error(request: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (RFC 9110 asks a 405 to list them all;
+    the router names only those of the first route that matched the path)."""
+    matching = [
+        r for r in request.app.router.routes
+        if isinstance(r, Route) and r.methods and r.matches(request.scope)[0] != Match.NONE
+    ]
+    # A literal path (/blocks/fetch) is not also the pattern that happens to match it (/blocks/{hash}).
+    literal = [r for r in matching if not r.param_convertors]
+    return ", ".join(sorted({m for r in (literal or matching) for m in r.methods or ()}))
+
+
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return JSONResponse({"code": code, "message": str(exc.detail)}, status_code=exc.status_code)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request) or headers.get("Allow", "")
+    return JSONResponse({"code": code, "message": str(exc.detail)}, status_code=exc.status_code, headers=headers)
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:

@@ -20,10 +20,23 @@ from cubby.core import paths
 from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceMoved
 from cubby.model import ChunkRef, CommitRequest, CommitResult, Principal
 from cubby.server import access
-from cubby.server.bodies import field_float, field_hash, field_int, field_str, json_body, query_bool, query_int
+from cubby.server.bodies import (
+    COMMIT_JSON,
+    LIST_JSON,
+    SMALL_JSON,
+    field_float,
+    field_hash,
+    field_int,
+    field_str,
+    json_body,
+    path_int,
+    query_bool,
+    query_int,
+)
 from cubby.server.context import ServerContext
 
 MAX_BATCH = 1000
+MAX_LABEL = 200
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -76,7 +89,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
     async def account(request: Request) -> Response:
         p = await who(request)
         heads = {}
-        for mount, ns in access.mounts(p).items():
+        for ns in access.mounts(p).values():
             heads[ns] = await run_in_threadpool(store.head, ns)
         return JSONResponse(
             {
@@ -91,33 +104,36 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         )
 
     async def commit(request: Request) -> Response:
-        req = parse_commit(await json_body(request))
+        p = await who(request)
+        req = parse_commit(await json_body(request, COMMIT_JSON))
 
         def run(p: Principal, moved: bool) -> tuple[access.Target, CommitResult]:
             target = access.resolve(p, req.path, write=True)
             inner = CommitRequest(target.path, req.size, req.chunks, req.expected_rev, req.mtime)
             return target, store.commit(p.user_id, target.ns_id, inner, access.mounts(p).values())
 
-        _, (target, res) = await once_more(request, await who(request), run)
+        _, (target, res) = await once_more(request, p, run)
         if res.entry is not None:
             ctx.committed(target.ns_id, res.entry.rev)
         return JSONResponse(commit_answer(target, res))
 
     async def commit_batch(request: Request) -> Response:
         p = await who(request)
-        body = await json_body(request)
+        body = await json_body(request, COMMIT_JSON)
         items = body.get("commits")
         if not isinstance(items, list) or not items:
             raise BadRequest("field 'commits' must be a non-empty list of commits", field="commits")
         if len(items) > MAX_BATCH:
             raise BadRequest(f"at most {MAX_BATCH} commits per batch", field="commits")
         results: list[dict[str, Any] | None] = [None] * len(items)
+        # A malformed commit refuses the whole batch (no client sends one); what the store
+        # refuses (a conflict, a bad path) is answered per commit.
         parsed: dict[int, CommitRequest] = {}
         for i, raw in enumerate(items):
             try:
                 parsed[i] = parse_commit(raw)
-            except CubbyError as exc:
-                results[i] = {"status": "error", "error": exc.to_dict()}
+            except BadRequest as exc:
+                raise BadRequest(f"commits[{i}]: {exc.message}", code=exc.code, **exc.details) from None
         todo = sorted(parsed)
         for attempt in range(2):
             if attempt:
@@ -158,7 +174,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
 
         async def handler(request: Request) -> Response:
             p = await who(request)
-            body = await json_body(request)
+            body = await json_body(request, SMALL_JSON)
             _, (target, entry, *also) = await once_more(request, p, lambda q, moved: fn(q, body, moved))
             for ns_id in {target.ns_id, *also}:
                 ctx.committed(ns_id, await run_in_threadpool(store.head, ns_id))
@@ -254,15 +270,13 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
     async def blocklists(request: Request) -> Response:
         """Many files' chunk lists in one request: what a download of many small files needs."""
         p = await who(request)
-        body = await json_body(request)
+        body = await json_body(request, LIST_JSON)
         items = body.get("paths")
-        if not isinstance(items, list) or not items or len(items) > MAX_BATCH:
-            raise BadRequest(f"field 'paths' must be a list of 1 to {MAX_BATCH} paths", field="paths")
+        if not isinstance(items, list) or not items or len(items) > MAX_BATCH or not all(isinstance(i, str) for i in items):
+            raise BadRequest(f"field 'paths' must be a list of 1 to {MAX_BATCH} path strings", field="paths")
         out: list[dict[str, Any]] = []
         for raw in items:
             try:
-                if not isinstance(raw, str):
-                    raise BadRequest("each path must be a string")
                 t = access.resolve(p, raw)
                 entry, chunks = await run_in_threadpool(store.blocklist, t.ns_id, t.path, None)
                 out.append(
@@ -291,8 +305,10 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
 
     async def tokens_create(request: Request) -> Response:
         p = await who(request)
-        body = await json_body(request)
+        body = await json_body(request, SMALL_JSON)
         label = field_str(body, "label", required=False) or ""
+        if len(label) > MAX_LABEL:
+            raise BadRequest(f"a token's label is at most {MAX_LABEL} characters", field="label")
         tid, token = await run_in_threadpool(store.create_token, p.user_id, label)
         return JSONResponse({"id": tid, "token": token}, status_code=201)
 
@@ -302,8 +318,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
 
     async def tokens_revoke(request: Request) -> Response:
         p = await who(request)
-        raw = request.path_params["token_id"]
-        await run_in_threadpool(store.revoke_token, p.user_id, int(raw))
+        await run_in_threadpool(store.revoke_token, p.user_id, path_int(request, "token_id"))
         return Response(status_code=204)
 
     from cubby.server import shares
@@ -330,5 +345,5 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         Route("/api/v1/journal", journal, methods=["GET"]),
         Route("/api/v1/tokens", tokens_create, methods=["POST"]),
         Route("/api/v1/tokens", tokens_list, methods=["GET"]),
-        Route("/api/v1/tokens/{token_id:int}", tokens_revoke, methods=["DELETE"]),
+        Route("/api/v1/tokens/{token_id}", tokens_revoke, methods=["DELETE"]),
     ]
