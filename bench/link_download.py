@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,10 +32,12 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
 
 from cubby.client.api import ApiClient
 from cubby.client.transfer import upload_file
 from cubby.metadata.store import open_store
+from tests.helpers.live_server import listening_socket
 
 
 def machine() -> dict[str, object]:
@@ -63,12 +64,6 @@ def machine() -> dict[str, object]:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def timed_get(client: httpx.Client, url: str, headers: dict[str, str] | None = None) -> tuple[float, int, str]:
     """Seconds, bytes and SHA-256 of one streamed GET."""
     h = hashlib.sha256()
@@ -92,14 +87,14 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="cubby-bench-") as tmp:
         data_dir = Path(tmp) / "data"
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "cubby.server.run", "--data", str(data_dir), "--port", str(port)]
+        sock = listening_socket()
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        cmd = [sys.executable, "-m", "cubby", "serve", "--data", str(data_dir), "--fd", str(sock.fileno())]
         if args.db:
             cmd += ["--db", args.db]
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
         with (Path(tmp) / "server.log").open("wb") as log:
-            server = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)  # it keeps its own copy of the fd
+            server = subprocess.Popen(cmd, stdout=log, stderr=log, env=env, pass_fds=(sock.fileno(),))  # it keeps its own copy of the fd
         try:
             for _ in range(300):
                 try:

@@ -1,7 +1,6 @@
 """A real cubby server and the real `cubby` command, for the transfer benchmarks.
 
-The server is the one the tests start (`tests/helpers/live_server.py`: `python -m
-cubby.server.run` in its own process on a loopback port), so the benchmarks measure exactly
+The server is the one the tests start (`tests/helpers/live_server.py`: `cubby serve` in its own process on a loopback port), so the benchmarks measure exactly
 what the integration tests exercise. The CLI runs as a subprocess, as a user would run it.
 """
 

@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
 from tests.helpers.live_server import LiveServer  # noqa: E402
+import itertools
 
 IP_BIND_ADDRESS_NO_PORT = 24
 PER_SOURCE_IP = 25_000
@@ -240,7 +241,7 @@ def fd_limit_of(pid: int) -> int:
 
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))] if s else float("nan")
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))] if s else float("nan")
 
 
 def machine() -> dict[str, Any]:
@@ -422,7 +423,7 @@ def main() -> None:
         n = min(n * 2, args.max)
 
     ratios = []
-    for a, b in zip(steps, steps[1:]):
+    for a, b in itertools.pairwise(steps):
         ratios.append({
             "from_N": a["N"], "to_N": b["N"], "N_ratio": round(b["N"] / a["N"], 2),
             "bytes_per_connection_ratio": round(b["bytes_per_connection"] / a["bytes_per_connection"], 2),

@@ -25,6 +25,7 @@ import os
 import pstats
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -41,9 +42,16 @@ from report import Report, Row, fmt_bytes
 from wire import CountingProxy
 
 from cubby.client import transfer
-from tests.helpers.live_server import free_port
 
 HERE = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    """A port for the rsync daemon, which cannot inherit a socket (a benchmark, so the small
+    race with another process taking it first costs at most a rerun)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class RsyncDaemon:

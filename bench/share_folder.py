@@ -82,7 +82,7 @@ def main() -> None:
             large = measure(store, blocks, root, args.files, 4 * 1024 * 1024, args.repeat)
         finally:
             store.close()
-    for name, r in (("small", small), ("large", large)):
+    for r in (small, large):
         print(
             f"share {r['files']} files, {r['bytes'] / 2**30:8.2f} GiB: {r['share_seconds'] * 1000:8.1f} ms"
             f"  ({r['files'] / r['share_seconds']:,.0f} files/s, {r['bytes_written']} bytes of chunks written)"

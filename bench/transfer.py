@@ -1,6 +1,6 @@
 """Transfer benchmark (issue 3): upload and download through a real server on loopback.
 
-A fresh server (`python -m cubby.server.run`, SQLite + local block store) in its own process;
+A fresh server (`cubby serve`, SQLite + local block store) in its own process;
 the `cubby` command as a subprocess, as a user runs it:
 
 - upload: ``cubby put`` of 1 GiB of random bytes, as a ratio to read + SHA-256 + write of the

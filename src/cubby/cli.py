@@ -122,15 +122,25 @@ def _server_config(state: State, data: Path | None, db: str | None) -> Config:
 @click.option("--db", help="SQLAlchemy URL of the metadata database (PostgreSQL or MySQL/MariaDB).")
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port to listen on (default 8765).")
+@click.option(
+    "--fd", "listen_fd", type=int, default=None,
+    help="Serve on this inherited, already-bound listening socket instead of --host/--port.",
+)
 @click.option("--role", default="all", show_default=True, help="Roles to run: all, meta, blocks, notify (comma-separated).")
 @click.option("--broker", default=None, help="Notification broker: memory (default), redis://HOST:PORT/DB or nats://HOST:PORT.")
+@click.option(
+    "--notify-front", type=click.Choice(["lean", "asgi"]), default=None,
+    help="How --role notify alone is served: lean (default, cheap idle connections) or asgi.",
+)
+@click.option("--max-request-bytes", type=int, default=None, help="Largest request body accepted (default 64 MiB).")
 @click.option(
     "--auto-accept-shares", is_flag=True, default=None,
     help="Mount shared folders in invitees' trees at once, without 'cubby share accept'.",
 )
 @pass_state
 def serve(
-    state: State, data: Path | None, db: str | None, host: str | None, port: int | None, role: str, broker: str | None,
+    state: State, data: Path | None, db: str | None, host: str | None, port: int | None, listen_fd: int | None,
+    role: str, broker: str | None, notify_front: str | None, max_request_bytes: int | None,
     auto_accept_shares: bool | None,
 ) -> None:
     """Run the cubby server."""
@@ -141,7 +151,11 @@ def serve(
         roles = parse_roles(role)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--role") from exc
-    run(_server_config(state, data, db).with_(host=host, port=port, broker_url=broker, auto_accept_shares=auto_accept_shares), roles)
+    cfg = _server_config(state, data, db).with_(
+        host=host, port=port, listen_fd=listen_fd, broker_url=broker, notify_front=notify_front,
+        max_request_bytes=max_request_bytes, auto_accept_shares=auto_accept_shares,
+    )
+    run(cfg, roles)
 
 
 @main.group()

@@ -8,12 +8,14 @@ TOML file (``~/.config/cubby/config.toml``); nothing below the CLI reads the env
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import tomllib
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
+from cubby.errors import BadRequest
 
 DEFAULT_PORT = 8765
 
@@ -25,6 +27,9 @@ class Config:
     """SQLAlchemy URL of the metadata database; None means SQLite at data_dir/meta.db."""
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
+    listen_fd: int | None = None
+    """Serve on this already-bound listening socket (from a supervisor, or a test that bound
+    port 0 and keeps the socket so the port is never free for another process to take)."""
     roles: tuple[str, ...] = ("meta", "blocks", "notify")
     url: str = f"http://127.0.0.1:{DEFAULT_PORT}"
     token: str | None = None
@@ -42,7 +47,11 @@ class Config:
     trusted_proxies: tuple[str, ...] = ()
     """Addresses or networks of load balancers whose ``X-Forwarded-For`` (or PROXY protocol
     header) names the real client; see `cubby.server.peers`. Nobody else's is believed."""
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    public_url: str | None = None
+    """The address people reach this server at (``https://files.example.org``), used to build
+    link URLs; None means the address of the request that made the link."""
+    sync_cache_mb: float = 256
+    """The sync client's chunk cache on disk, in MiB (`cubby.client.sync.cache`)."""
 
     @property
     def metadata_url(self) -> str:
@@ -54,23 +63,26 @@ class Config:
     def blocks_dir(self) -> Path:
         return self.data_dir / "blocks"
 
-    def with_(self, **changes: Any) -> "Config":
+    def with_(self, **changes: Any) -> Config:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-def default_config_file() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+def default_config_file(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(base) / "cubby" / "config.toml"
 
 
 def load(env: Mapping[str, str], file: Path | None = None) -> Config:
     """Build a Config from a TOML file (if present) overlaid by the environment."""
     cfg = Config()
-    path = file or default_config_file()
+    path = file or default_config_file(env)
     values: dict[str, Any] = {}
     if path.is_file():
-        with path.open("rb") as fh:
-            values = tomllib.load(fh)
+        try:
+            with path.open("rb") as fh:
+                values = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path} is not valid TOML: {e}") from None
     if env.get("CUBBY_URL"):
         values["url"] = env["CUBBY_URL"]
     if env.get("CUBBY_TOKEN"):
@@ -83,10 +95,42 @@ def load(env: Mapping[str, str], file: Path | None = None) -> Config:
         values["auto_accept_shares"] = env["CUBBY_AUTO_ACCEPT_SHARES"].lower() in ("1", "true", "yes", "on")
     if env.get("CUBBY_BROKER"):
         values["broker_url"] = env["CUBBY_BROKER"]
-    known = {k: v for k, v in values.items() if k in Config.__dataclass_fields__}
-    if "data_dir" in known:
-        known["data_dir"] = Path(known["data_dir"]).expanduser()
-    if "roles" in known:
-        known["roles"] = tuple(known["roles"])
-    extra = {k: v for k, v in values.items() if k not in Config.__dataclass_fields__}
-    return replace(cfg, **known, extra=extra)
+    return replace(cfg, **_typed(values, path))
+
+
+class ConfigError(BadRequest):
+    """A config file that names a setting cubby does not have, or gives one a wrong type."""
+
+    code = "bad_config"
+
+
+def _typed(values: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """Check every key and value against `Config`'s fields: a misspelt setting is an error,
+    never silently ignored (a typo in ``public_url`` would otherwise build wrong link URLs)."""
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{path}: unknown setting {key!r} (settings are: {known})", key=key)
+        kind = str(fields[key].type)
+        try:
+            if key == "data_dir":
+                value = Path(str(value)).expanduser()
+            elif kind.startswith("tuple"):
+                if isinstance(value, str) or not isinstance(value, (list, tuple)):
+                    raise TypeError("a list")
+                value = tuple(str(v) for v in value)
+            elif kind.startswith("bool"):
+                if not isinstance(value, bool):
+                    raise TypeError("true or false")
+            elif kind.startswith(("int", "float")):
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise TypeError("a number")
+                value = int(value) if kind.startswith("int") else float(value)
+            elif kind.startswith("str") and not isinstance(value, str):
+                raise TypeError("a string")
+        except TypeError as e:
+            raise ConfigError(f"{path}: setting {key!r} must be {e}, not {value!r}", key=key) from None
+        out[key] = value
+    return out

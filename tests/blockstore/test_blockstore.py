@@ -108,7 +108,7 @@ def test_local_store_never_serves_a_corrupt_chunk(tmp_path):
 
 def test_local_store_ignores_and_sweeps_a_dead_writers_temp_files(tmp_path):
     store = LocalBlockStore(tmp_path)
-    n, d = named(b"partial")
+    n, _d = named(b"partial")
     stale = tmp_path / "tmp" / "dead.part"
     stale.write_bytes(b"\x00par")  # a writer died before its rename
     os.utime(stale, (1, 1))

@@ -19,10 +19,16 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def listening_socket(port: int = 0) -> socket.socket:
+    """A socket bound to 127.0.0.1 (port 0: the kernel picks) and listening, for a server
+    process to inherit. The test keeps it open, so nobody else can take the port between a
+    restart's stop and start."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(4096)
+    sock.set_inheritable(True)
+    return sock
 
 
 class LiveServer:
@@ -32,7 +38,8 @@ class LiveServer:
     ) -> None:
         self.data_dir = Path(data_dir)
         self.db_url = db_url
-        self.port = port or free_port()
+        self.sock: socket.socket | None = listening_socket(port or 0)
+        self.port = int(self.sock.getsockname()[1])
         self.role = role
         self.extra_args = extra_args or []
         self.env = env or {}
@@ -47,14 +54,17 @@ class LiveServer:
     def metadata_url(self) -> str:
         return self.db_url or f"sqlite:///{(self.data_dir / 'meta.db').resolve()}"
 
-    def start(self, timeout: float = 30.0) -> "LiveServer":
-        args = [sys.executable, "-m", "cubby.server.run", "--data", str(self.data_dir), "--port", str(self.port), "--role", self.role]
+    def start(self, timeout: float = 30.0) -> LiveServer:
+        if self.sock is None:  # restarting: the same port again, as a restarted server would
+            self.sock = listening_socket(self.port)
+        fd = self.sock.fileno()
+        args = [sys.executable, "-m", "cubby", "serve", "--data", str(self.data_dir), "--fd", str(fd), "--role", self.role]
         if self.db_url:
             args += ["--db", self.db_url]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]), **self.env}
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(args + self.extra_args, stdout=log, stderr=log, env=env)
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(args + self.extra_args, stdout=log, stderr=log, env=env, pass_fds=(fd,))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -68,6 +78,10 @@ class LiveServer:
         raise RuntimeError(f"server did not start: {self.log_path.read_text()[-3000:]}")
 
     def stop(self, *, kill: bool = False) -> None:
+        """Stop the server; its port refuses connections until `start` binds it again."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
         if self.proc is None:
             return
         self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
@@ -94,7 +108,7 @@ class LiveServer:
     def logs(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
-    def __enter__(self) -> "LiveServer":
+    def __enter__(self) -> LiveServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -39,7 +39,7 @@ def test_two_writers_same_expected_rev_exactly_one_wins(db_url, blocks):
         user, _ = a.create_user("alice")
         ns = user.root_ns
         base = put_file(a, blocks, user.id, ns, "/shared.txt")
-        for round_ in range(15):
+        for _ in range(15):
             items = [random_chunks(1, 50), random_chunks(1, 60)]
             for it in items:
                 a.ingest_chunks(ns, it, blocks)

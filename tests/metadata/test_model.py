@@ -139,7 +139,7 @@ class StoreModel(RuleBasedStateMachine):
         got = {paths.key(e.path): (e.path, e.kind) for e in listed}
         want = {k: (v[0], v[1]) for k, v in self.model.items()}
         assert got == want
-        for k, (shown, kind, content) in self.model.items():
+        for shown, kind, content in self.model.values():
             if kind == "file":
                 _, chunks = self.store.blocklist(self.ns, shown)
                 assert b"".join(self.blocks.get(c.hash) for c in chunks) == content

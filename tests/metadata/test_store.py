@@ -313,7 +313,7 @@ def test_gc_removes_only_unreferenced_chunks(store, blocks, alice):
 
 def test_gc_adopts_chunks_left_without_a_record(store, blocks, alice):
     """Bytes stored by a writer that died before recording them are collected after the grace."""
-    user, _ = alice
+    _user, _ = alice
     (h, data), = random_chunks(1)
     blocks.put(h, data)  # as if the process died right after the block store's put
     assert store.collect_garbage(blocks, grace_seconds=3600).deleted == 0

@@ -4,6 +4,7 @@ subscriber stale; the account topic reaches open connections."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -22,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from cubby.client.api import ApiClient
 from cubby.client.notify import PushWaiter
 from tests.conftest import require_service
-from tests.helpers.live_server import LiveServer, free_port
+from tests.helpers.live_server import LiveServer
 from tests.notify.conftest import Account, start_longpoll, wait_subscribed, ws_connect, ws_recv
 
 BROKERS = ["redis", "nats"]
@@ -75,29 +76,43 @@ class OwnBroker:
                 pytest.fail(f"{binary} is not installed; CI=true requires it")
             pytest.skip(f"{binary} is not installed")
         self.kind, self.binary, self.tmp = kind, path, tmp
-        self.port = free_port()
+        self.port: int | None = None
+        """NATS: the port the server picked on its first start, and binds again on restarts."""
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"{self.kind}://127.0.0.1:{self.port}" + ("/0" if self.kind == "redis" else "")
+        if self.kind == "redis":  # a unix socket: nothing on the loopback ports to race for
+            return f"unix://{self.tmp / 'redis.sock'}?db=0"
+        return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         if self.kind == "redis":
-            args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                    "--dir", str(self.tmp)]
-        else:
-            args = [self.binary, "-a", "127.0.0.1", "-p", str(self.port)]
+            args = [self.binary, "--port", "0", "--unixsocket", str(self.tmp / "redis.sock"), "--save", "",
+                    "--appendonly", "no", "--dir", str(self.tmp)]
+        else:  # -p -1: the server picks a free port and writes it to a ports file
+            ports_dir = self.tmp / "nats-ports"
+            ports_dir.mkdir(exist_ok=True)
+            args = [self.binary, "-a", "127.0.0.1", "-p", str(self.port or -1), "--ports_file_dir", str(ports_dir)]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import socket
 
         while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.binary} exited with {self.proc.returncode}")
             try:
+                if self.kind == "redis":
+                    with socket.socket(socket.AF_UNIX) as s:
+                        s.connect(str(self.tmp / "redis.sock"))
+                    return
+                if self.port is None:
+                    ports = ports_dir / f"nats-server_{self.proc.pid}.ports"
+                    if not ports.exists() or not ports.read_text().strip():
+                        raise OSError("no ports file yet")
+                    self.port = int(json.loads(ports.read_text())["nats"][0].rsplit(":", 1)[1])
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"{self.binary} exited with {self.proc.returncode}") from None
+            except (OSError, ValueError, KeyError):
                 time.sleep(0.02)
 
     def stop(self) -> None:

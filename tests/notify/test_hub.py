@@ -92,7 +92,7 @@ def test_woken_long_polls_do_not_pile_up_in_the_timer_heap() -> None:
 
     async def run() -> None:
         hub = Hub()
-        got, deliver = collect()
+        _got, deliver = collect()
         for rnd in range(10):
             for _ in range(1000):
                 hub.add(Subscription(1, {10: rnd}, deliver, oneshot=True), timeout=300)  # type: ignore[arg-type]

@@ -49,9 +49,11 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     require_service("redis")
     db = f"sqlite:///{tmp / 'meta.db'}"
     broker = ["--broker", f"redis://127.0.0.1:6379/0?prefix=t{uuid.uuid4().hex[:12]}"]
-    with LiveServer(tmp / "meta", db_url=db, role="meta,blocks", extra_args=broker) as meta:
-        with LiveServer(tmp / "notify", db_url=db, role="notify", extra_args=broker) as notify:
-            yield Deployment(meta, notify.url, "lean")
+    with (
+        LiveServer(tmp / "meta", db_url=db, role="meta,blocks", extra_args=broker) as meta,
+        LiveServer(tmp / "notify", db_url=db, role="notify", extra_args=broker) as notify,
+    ):
+        yield Deployment(meta, notify.url, "lean")
 
 
 def subscribers(live: Deployment) -> int:

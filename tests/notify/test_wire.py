@@ -23,9 +23,11 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer,
     tmp: Path = tmp_path_factory.mktemp("wire")
     db = f"sqlite:///{tmp / 'meta.db'}"
     broker = ["--broker", f"redis://127.0.0.1:6379/0?prefix=t{uuid.uuid4().hex[:12]}"]
-    with LiveServer(tmp / "meta", db_url=db, role="meta", extra_args=broker) as meta:
-        with LiveServer(tmp / "notify", db_url=db, role="notify", extra_args=broker) as notify:
-            yield meta, notify
+    with (
+        LiveServer(tmp / "meta", db_url=db, role="meta", extra_args=broker) as meta,
+        LiveServer(tmp / "notify", db_url=db, role="notify", extra_args=broker) as notify,
+    ):
+        yield meta, notify
 
 
 def subscribers(notify: LiveServer) -> int:

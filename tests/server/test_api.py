@@ -73,7 +73,7 @@ def test_requests_without_a_valid_token_are_refused(users, header):
 
 
 def test_another_users_namespace_and_chunks_answer_404(users):
-    a, b = users.alice, users.bob
+    a, _b = users.alice, users.bob
     data = os.urandom(10_000)
     upload_bytes(a, "/private.bin", data)
     h = hashlib.sha256(data).hexdigest()

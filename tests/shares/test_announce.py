@@ -16,20 +16,21 @@ from cubby.client.api import ApiClient
 from cubby.config import Config
 from cubby.server.app import build_app
 from cubby.server.context import build_context
-from tests.helpers.live_server import free_port
+from tests.helpers.live_server import listening_socket
 from tests.shares.conftest import file_bytes, put_many
 
 
 @pytest.fixture
 def heard(tmp_path) -> Iterator[tuple[str, object, list, list]]:
-    port = free_port()
+    sock = listening_socket()
+    port = sock.getsockname()[1]
     ctx = build_context(Config(data_dir=tmp_path / "data", port=port), ("meta", "blocks"))
     accounts: list[int] = []
     commits: list[tuple[int, int]] = []
     ctx.account_listeners.append(accounts.append)
     ctx.commit_listeners.append(lambda ns, head: commits.append((ns, head)))
     server = uvicorn.Server(uvicorn.Config(build_app(ctx, ("meta", "blocks")), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.01)

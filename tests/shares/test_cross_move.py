@@ -102,3 +102,35 @@ def test_a_destination_that_changed_mid_move_still_receives_the_item(store):
     with pytest.raises(NotFound):
         store.stat(ns, "/two.txt")
     check_journal(store, a.root_ns)
+
+
+@pytest.mark.parametrize("step", ["intent", "pending", "removed"])
+def test_recovery_in_another_process_leaves_a_live_move_alone(store, step):
+    """A process starting up (recovery runs at every start) while another is between two steps
+    of a move must not undo or finish that move: its owner is alive."""
+    url = store.db.url.render_as_string(hide_password=False)
+    blocks = MemoryBlockStore()
+    a, _ = store.create_user("alice")
+    store.create_user("bob")
+    for i in range(3):
+        put_file(store, blocks, a.id, a.root_ns, f"/Shared/Item/f{i}.txt")
+    ns = store.sharing.share(a.id, a.root_ns, "/Shared", "bob", "editor").ns_id
+    original = snapshot(store, ns, "/Item")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "move_crasher.py"), url, step, str(a.id), str(ns), "/Item", str(a.root_ns),
+         "/Mine/Item", "pause"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "paused", proc.stderr.read() if proc.stderr else ""
+    fresh = open_store(url)
+    try:
+        assert fresh.moves.recover() == 0  # the owner is alive: nothing to recover
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and "finished without being killed" in out, err
+        assert snapshot(fresh, ns, "/Item") == [] and snapshot(fresh, a.root_ns, "/Mine/Item") == original
+        with fresh.db.reader.begin() as conn:
+            assert conn.execute(select(func.count()).select_from(move_intents)).scalar_one() == 0
+    finally:
+        fresh.close()

@@ -8,6 +8,7 @@ the server trusts it.
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -139,11 +140,11 @@ class ApiClient:
                 return
             cursor = page["cursor"]
 
-    def blocklist(self, path: str, rev: int | None = None) -> tuple[Entry, list[ChunkRef]]:
+    def blocklist(self, path: str, rev: int | None = None) -> tuple[Entry, builtins.list[ChunkRef]]:
         body = self._get("/api/v1/files/blocklist", path=path, rev=rev)
         return Entry.from_dict(body["entry"]), [ChunkRef(c["hash"], int(c["size"])) for c in body["chunks"]]
 
-    def blocklists(self, paths_: Sequence[str]) -> list[tuple[Entry, list[ChunkRef]] | CubbyError]:
+    def blocklists(self, paths_: Sequence[str]) -> builtins.list[tuple[Entry, builtins.list[ChunkRef]] | CubbyError]:
         out: list[tuple[Entry, list[ChunkRef]] | CubbyError] = []
         for r in self._post("/api/v1/files/blocklists", {"paths": list(paths_)})["results"]:
             if "error" in r:
@@ -165,13 +166,13 @@ class ApiClient:
         body = {"from_path": src, "to_path": dst, "expected_rev": expected_rev}
         return Entry.from_dict(self._post("/api/v1/files/move", body)["entry"])
 
-    def history(self, path: str, limit: int = 100) -> list[dict[str, Any]]:
+    def history(self, path: str, limit: int = 100) -> builtins.list[dict[str, Any]]:
         return list(self._get("/api/v1/files/history", path=path, limit=limit)["revisions"])
 
     def restore(self, path: str, rev: int) -> Entry:
         return Entry.from_dict(self._post("/api/v1/files/restore", {"path": path, "rev": rev})["entry"])
 
-    def journal(self, ns_id: int, after: int, limit: int = 1000) -> tuple[list[JournalEntry], int, bool]:
+    def journal(self, ns_id: int, after: int, limit: int = 1000) -> tuple[builtins.list[JournalEntry], int, bool]:
         body = self._get("/api/v1/journal", ns_id=ns_id, after=after, limit=limit)
         return [JournalEntry.from_dict(e) for e in body["entries"]], int(body["head"]), bool(body["has_more"])
 
@@ -181,7 +182,7 @@ class ApiClient:
         ``{ns_id, path, created, user, role, state}``."""
         return dict(self._post("/api/v1/shares", {"path": path, "user": user, "role": role})["share"])
 
-    def shares(self) -> list[dict[str, Any]]:
+    def shares(self) -> builtins.list[dict[str, Any]]:
         """The caller's shared folders and invitations, each with its members."""
         return list(self._get("/api/v1/shares")["shares"])
 
@@ -212,7 +213,7 @@ class ApiClient:
         ).json()
         return int(body["stored"])
 
-    def prove(self, ns_id: int, proofs: dict[str, str]) -> tuple[list[str], list[str]]:
+    def prove(self, ns_id: int, proofs: dict[str, str]) -> tuple[builtins.list[str], builtins.list[str]]:
         if not proofs:
             return [], []
         body = self._post("/api/v1/blocks/prove", {"ns_id": ns_id, "proofs": proofs})
@@ -261,7 +262,7 @@ class ApiClient:
             body["password"] = password
         return dict(self._post("/api/v1/links", body))
 
-    def list_links(self) -> list[dict[str, Any]]:
+    def list_links(self) -> builtins.list[dict[str, Any]]:
         """The caller's links that are not revoked, newest first."""
         return list(self._get("/api/v1/links")["links"])
 

@@ -122,7 +122,7 @@ class PushWaiter:
             raise _NoPush(f"notification server answered {resp.status_code}")
         _raise_for(resp)
         answer = resp.json()
-        if set(int(ns) for ns in answer.get("namespaces", cursor)) != set(cursor):
+        if {int(ns) for ns in answer.get("namespaces", cursor)} != set(cursor):
             return True
         if answer.get("changed"):
             return True

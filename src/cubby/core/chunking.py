@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from pyfastcdc import FastCDC
 
@@ -31,7 +31,7 @@ AVG_SIZE = 1024 * 1024
 MAX_SIZE = 4 * 1024 * 1024
 """No chunk is larger: the unit the server reads, verifies and stores in one piece."""
 
-NORMALIZATION = 2
+NORMALIZATION: Literal[0, 1, 2, 3] = 2
 """FastCDC's normalized-chunking level. 2 (the paper's recommendation) keeps sizes close to
 the mean (on random data 90% of chunks are 0.65-1.3 MiB, against 0.45-1.8 MiB at level 1),
 which evens out the work per chunk, at no measurable cost in edit locality."""

@@ -17,6 +17,7 @@ MariaDB through SQLAlchemy Core):
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -143,20 +144,20 @@ class MetadataStore(Protocol):
         """Children of a folder (or its whole subtree), parents before children, paged by an
         opaque cursor."""
 
-    def history(self, ns_id: int, path: str, limit: int = 100) -> list[Revision]:
+    def history(self, ns_id: int, path: str, limit: int = 100) -> builtins.list[Revision]:
         """Revisions of the file at ``path`` (or last deleted there), newest first."""
 
     def restore(self, user_id: int, ns_id: int, path: str, rev: int) -> Entry:
         """Make revision ``rev`` of the file at ``path`` current again (a new revision)."""
 
-    def blocklist(self, ns_id: int, path: str, rev: int | None = None) -> tuple[Entry, list[ChunkRef]]:
+    def blocklist(self, ns_id: int, path: str, rev: int | None = None) -> tuple[Entry, builtins.list[ChunkRef]]:
         """The chunks of the current (or given) revision of a file, in order."""
 
     # --- journal --------------------------------------------------------------------------
     def head(self, ns_id: int) -> int:
         """The newest journal id of the namespace (0 when empty)."""
 
-    def journal(self, ns_id: int, after: int, limit: int = 1000) -> list[JournalEntry]:
+    def journal(self, ns_id: int, after: int, limit: int = 1000) -> builtins.list[JournalEntry]:
         """Entries with jid > ``after`` in order, at most ``limit``: an index range scan."""
 
     # --- chunks ---------------------------------------------------------------------------
@@ -175,7 +176,7 @@ class MetadataStore(Protocol):
 
     def accept_proofs(
         self, user_id: int, ns_id: int, proofs: dict[str, str], blocks: BlockStore
-    ) -> tuple[list[str], list[str]]:
+    ) -> tuple[builtins.list[str], builtins.list[str]]:
         """Check SHA-256(nonce || bytes) answers; return (accepted, rejected) hashes. Accepted
         chunks become available to ``ns_id``. A chunk the server lacks is rejected: upload it."""
 

@@ -14,10 +14,12 @@ four transactions, each holding one namespace's lock:
 4. destination: give the pending nodes their revisions, path keys and journal entries;
    then, in the source, delete the intent.
 
-Recovery (`CrossMoves.recover`, at server start and before each move for intents older than a
-grace period) rolls an intent ``started`` back (drop the pending nodes: the item never left
-the source) and an intent ``removed`` forward (finish step 4). Either way the item ends in
-exactly one of the two namespaces.
+Recovery (`CrossMoves.recover`, at server start and before each move) rolls an abandoned intent
+``started`` back (drop the pending nodes: the item never left the source) and an abandoned
+intent ``removed`` forward (finish step 4). Either way the item ends in exactly one of the two
+namespaces. An intent is abandoned only when its owner is gone (`cubby.metadata.leases`): its
+lease ran out, or the process that wrote it no longer exists on this machine. A live move of
+another process, between two of its steps, is never touched.
 
 If the destination path was taken between steps 2 and 4, the item lands beside it as
 ``name (1)``, ``name (2)``…: by then it has left the source and must land somewhere.
@@ -37,6 +39,7 @@ from sqlalchemy.engine import Connection
 from cubby.core import paths
 from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceMoved, NotFound, Unavailable
 from cubby.model import Entry
+from cubby.metadata.leases import Owner
 from cubby.metadata.schema import file_revs, journal, move_intents, nodes
 
 if TYPE_CHECKING:
@@ -47,10 +50,6 @@ STEPS = ("intent", "pending", "removed", "visible")
 
 FaultHook = Callable[[str], None]
 """Called with a step name after that step committed; tests use it to kill the process."""
-
-RECOVER_AFTER = 30.0
-"""An intent older than this is taken for abandoned by a crashed process and recovered."""
-
 
 def _key_range(prefix_key: str) -> tuple[str, str]:
     base = "" if prefix_key == paths.ROOT else prefix_key
@@ -64,6 +63,7 @@ class CrossMoves:
         self.store = store
         self.db = store.db
         self.fault = fault
+        self.owner = Owner.this_process()
 
     def _step(self, name: str) -> None:
         if self.fault is not None:
@@ -86,7 +86,7 @@ class CrossMoves:
             raise BadRequest("the root cannot be moved, nor anything moved onto it")
         if src_ns == dst_ns:
             raise BadRequest("not a move between namespaces")
-        self.recover(older_than=RECOVER_AFTER)
+        self.recover()
         intent = secrets.token_hex(16)
 
         # 1. the intent, in the source
@@ -114,6 +114,7 @@ class CrossMoves:
                 insert(move_intents).values(
                     ns_id=src_ns, intent_id=intent, dst_ns=dst_ns, src_path=row.path, dst_path=dst,
                     node_id=row.node_id, state="started", user_id=user_id, created_at=time.time(),
+                    owner=str(self.owner), lease_until=self.owner.lease_until(),
                 )
             )
             # The source's journal head at the intent: step 3 checks that nothing changed since.
@@ -124,6 +125,7 @@ class CrossMoves:
 
         # 2. pending nodes in the destination
         try:
+            self._renew(src_ns, intent)
             self.db.write(lambda conn: self._make_pending(conn, intent, user_id, src_ns, src_path, dst_ns, dst))
         except Exception:
             self._roll_back(src_ns, intent)
@@ -136,7 +138,7 @@ class CrossMoves:
             it = conn.execute(
                 select(move_intents).where(move_intents.c.ns_id == src_ns, move_intents.c.intent_id == intent)
             ).first()
-            if it is None or it.state != "started":
+            if it is None or it.state != "started" or it.owner != str(self.owner):
                 raise Unavailable("the move was interrupted and undone; try again")
             if self._changed_since(conn, src_ns, src_path, since):
                 raise Conflict(f"{src_path} changed while it was being moved; try again", code="moved_item_changed")
@@ -144,7 +146,7 @@ class CrossMoves:
             conn.execute(
                 update(move_intents)
                 .where(move_intents.c.ns_id == src_ns, move_intents.c.intent_id == intent)
-                .values(state="removed")
+                .values(state="removed", lease_until=self.owner.lease_until())
             )
             tx.finish(self.store._insert_ignore)
 
@@ -158,6 +160,21 @@ class CrossMoves:
         # 4. visible in the destination, then the intent goes
         entry = self._finish(src_ns, intent)
         return entry
+
+    def _renew(self, src_ns: int, intent: str) -> None:
+        """Extend this process's lease on ``intent``; if recovery took it over meanwhile (this
+        process stalled past its lease), stop: the move was undone."""
+
+        def run(conn: Connection) -> int:
+            return conn.execute(
+                update(move_intents)
+                .where(move_intents.c.ns_id == src_ns, move_intents.c.intent_id == intent)
+                .where(move_intents.c.owner == str(self.owner), move_intents.c.state == "started")
+                .values(lease_until=self.owner.lease_until())
+            ).rowcount
+
+        if self.db.write(run) != 1:
+            raise Unavailable("the move was interrupted and undone; try again")
 
     # ------------------------------------------------------------------------------------------
     def _make_pending(
@@ -380,20 +397,23 @@ class CrossMoves:
         )
 
     # ------------------------------------------------------------------------------------------
-    def recover(self, *, older_than: float = 0.0) -> int:
-        """Finish or undo every interrupted move whose intent is older than ``older_than``
-        seconds: ``started`` (or ``undoing``) is rolled back, ``removed`` rolled forward.
-        Returns how many intents were handled. Safe to run at any time and more than once.
+    def recover(self) -> int:
+        """Finish or undo every move whose owner is gone (see `cubby.metadata.leases`):
+        ``started`` (or ``undoing``) is rolled back, ``removed`` rolled forward. Returns how
+        many intents were handled. Safe to run at any time, from any process, more than once.
         An intent that cannot be handled now stays for the next run; the first such error is
         raised after all the others were handled."""
-        cutoff = time.time() - older_than
-        todo = self.db.read(
+        now = time.time()
+        rows = self.db.read(
             lambda c: c.execute(
-                select(move_intents.c.ns_id, move_intents.c.intent_id, move_intents.c.state).where(
-                    move_intents.c.created_at <= cutoff
+                select(
+                    move_intents.c.ns_id, move_intents.c.intent_id, move_intents.c.state,
+                    move_intents.c.owner, move_intents.c.lease_until,
                 )
             ).all()
         )
+        todo = [(ns_id, intent, state) for ns_id, intent, state, owner, lease in rows
+                if self.owner.is_gone(owner, lease, now)]
         failed: list[CubbyError] = []
         for ns_id, intent, state in todo:
             try:
@@ -408,4 +428,4 @@ class CrossMoves:
         return len(todo)
 
 
-__all__ = ["RECOVER_AFTER", "STEPS", "CrossMoves", "FaultHook"]
+__all__ = ["STEPS", "CrossMoves", "FaultHook"]

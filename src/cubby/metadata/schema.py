@@ -205,6 +205,8 @@ move_intents = Table(
     Column("state", String(16), nullable=False),  # started | undoing | removed (see metadata/moves.py)
     Column("user_id", BigInteger, nullable=True),
     Column("created_at", Double, nullable=False),
+    Column("owner", String(96), nullable=True),  # host/pid/start of the process doing the move
+    Column("lease_until", Double, nullable=True),  # renewed at every step (metadata/leases.py)
 )
 
 blocks = Table(

@@ -213,8 +213,8 @@ class Sharing:
         self._insert_many(conn, file_revs, rev_rows)
         self._insert_many(conn, journal, journal_rows)
         if refs:
-            for h, n in refs.items():
-                dst.ref_counts[h] = dst.ref_counts.get(h, 0) + n
+            for h, count in refs.items():
+                dst.ref_counts[h] = dst.ref_counts.get(h, 0) + count
             dst.flush(self.store._insert_ignore)
         return len(live)
 
@@ -294,7 +294,7 @@ class Sharing:
                 insert(namespaces).values(
                     kind="shared", owner_id=tx.user_id, head=base, next_node=1, created_at=tx.now, name=folder.name
                 )
-            ).inserted_primary_key[0]
+            ).inserted_primary_key[0]  # type: ignore[index]
         )
         from cubby.metadata.store import _Txn
 

@@ -15,6 +15,8 @@ the bytes are still in the block store and writes them again if not.
 
 from __future__ import annotations
 
+import builtins
+import functools
 import base64
 import hashlib
 import hmac
@@ -216,12 +218,12 @@ class _Txn:
         old_parent_id: int | None = None,
     ) -> None:
         self.journal_rows.append(
-            dict(
-                ns_id=self.ns_id, jid=rev, op=op, node_id=node_id, parent_id=parent_id, kind=kind,
-                name=paths.split(path)[1], path=path, path_key=paths.key(path), rev=rev, size=size,
-                content_hash=content_hash, mtime=mtime, old_path=old_path, old_parent_id=old_parent_id,
-                user_id=self.user_id, created_at=self.now,
-            )
+            {
+                "ns_id": self.ns_id, "jid": rev, "op": op, "node_id": node_id, "parent_id": parent_id, "kind": kind,
+                "name": paths.split(path)[1], "path": path, "path_key": paths.key(path), "rev": rev, "size": size,
+                "content_hash": content_hash, "mtime": mtime, "old_path": old_path, "old_parent_id": old_parent_id,
+                "user_id": self.user_id, "created_at": self.now,
+            }
         )
 
     def flush(self, insert_ignore: Any) -> None:
@@ -355,10 +357,10 @@ class SqlMetadataStore:
             now = time.time()
             uid = conn.execute(
                 insert(users).values(name=name, name_key=name.lower(), created_at=now)
-            ).inserted_primary_key[0]
+            ).inserted_primary_key[0]  # type: ignore[index]
             ns = conn.execute(
                 insert(namespaces).values(kind="root", owner_id=uid, head=0, next_node=1, created_at=now)
-            ).inserted_primary_key[0]
+            ).inserted_primary_key[0]  # type: ignore[index]
             conn.execute(update(users).where(users.c.id == uid).values(root_ns=ns))
             return User(id=int(uid), name=name, root_ns=int(ns))
 
@@ -388,7 +390,7 @@ class SqlMetadataStore:
                     insert(tokens).values(
                         user_id=user_id, token_hash=token_hash(token), label=label[:200], created_at=time.time()
                     )
-                ).inserted_primary_key[0]
+                ).inserted_primary_key[0]  # type: ignore[index]
             )
 
         return self.db.write(run), token
@@ -419,7 +421,7 @@ class SqlMetadataStore:
         if not token:
             raise Unauthorized("missing bearer token: pass 'Authorization: Bearer TOKEN' (cubby user add prints one)")
 
-        def run(conn: Connection) -> Row[Any] | None:
+        def run(conn: Connection) -> Any:
             return conn.execute(
                 select(tokens.c.id, tokens.c.revoked_at, users.c.id.label("uid"), users.c.name, users.c.root_ns)
                 .join(users, users.c.id == tokens.c.user_id)
@@ -592,7 +594,7 @@ class SqlMetadataStore:
             raise NotFound(f"{path} has no history")
         return int(last[0])
 
-    def history(self, ns_id: int, path: str, limit: int = 100) -> list[Revision]:
+    def history(self, ns_id: int, path: str, limit: int = 100) -> builtins.list[Revision]:
         path = paths.normalize(path)
 
         def run(conn: Connection) -> list[Revision]:
@@ -624,7 +626,7 @@ class SqlMetadataStore:
 
         return self.db.read(run)
 
-    def blocklist(self, ns_id: int, path: str, rev: int | None = None) -> tuple[Entry, list[ChunkRef]]:
+    def blocklist(self, ns_id: int, path: str, rev: int | None = None) -> tuple[Entry, builtins.list[ChunkRef]]:
         path = paths.normalize(path)
 
         def run(conn: Connection) -> tuple[Entry, list[ChunkRef]]:
@@ -666,7 +668,7 @@ class SqlMetadataStore:
 
         return self.db.read(run)
 
-    def journal(self, ns_id: int, after: int, limit: int = 1000) -> list[JournalEntry]:
+    def journal(self, ns_id: int, after: int, limit: int = 1000) -> builtins.list[JournalEntry]:
         limit = max(1, min(int(limit), 10_000))
         rows = self.db.read(
             lambda c: c.execute(
@@ -756,20 +758,20 @@ class SqlMetadataStore:
         path = paths.join(parent_path, name)
         node_id = tx.new_node_id()
         jid = tx.next_jid()
-        values = dict(
-            parent_id=parent_id,
-            name=paths.split(path)[1],
-            path=path,
-            path_key=paths.key(path),
-            kind="folder",
-            rev=jid,
-            content_rev=None,
-            size=0,
-            content_hash=None,
-            mtime=None,
-            deleted=False,
-            deleted_key=None,
-        )
+        values = {
+            "parent_id": parent_id,
+            "name": paths.split(path)[1],
+            "path": path,
+            "path_key": paths.key(path),
+            "kind": "folder",
+            "rev": jid,
+            "content_rev": None,
+            "size": 0,
+            "content_hash": None,
+            "mtime": None,
+            "deleted": False,
+            "deleted_key": None,
+        }
         tx.put_node(node_id, values, new=True)
         tx.journal("mkdir", node_id=node_id, parent_id=parent_id, kind="folder", path=path, rev=jid)
         return node_id, path
@@ -820,7 +822,7 @@ class SqlMetadataStore:
                 q = q.with_for_update(read=True)
             tx.chunk_sizes.update((r[0], int(r[1])) for r in tx.conn.execute(q))
 
-    def _unavailable(self, tx: _Txn, chunks: tuple[ChunkRef, ...]) -> list[str]:
+    def _unavailable(self, tx: _Txn, chunks: tuple[ChunkRef, ...]) -> builtins.list[str]:
         """Chunks this namespace may not use yet, in file order (each once)."""
         self._load_chunks(tx, (c.hash for c in chunks))
         assert tx.usable is not None and tx.chunk_sizes is not None
@@ -876,33 +878,33 @@ class SqlMetadataStore:
             node_id = tx.new_node_id()
             op = "add"
         tx.rev_rows.append(
-            dict(
-                ns_id=tx.ns_id,
-                node_id=node_id,
-                rev=jid,
-                path=path,
-                size=size,
-                content_hash=chash,
-                blocklist=json.dumps([[c.hash, c.size] for c in chunks], separators=(",", ":")),
-                mtime=mtime,
-                user_id=tx.user_id,
-                created_at=tx.now,
-            )
+            {
+                "ns_id": tx.ns_id,
+                "node_id": node_id,
+                "rev": jid,
+                "path": path,
+                "size": size,
+                "content_hash": chash,
+                "blocklist": json.dumps([[c.hash, c.size] for c in chunks], separators=(",", ":")),
+                "mtime": mtime,
+                "user_id": tx.user_id,
+                "created_at": tx.now,
+            }
         )
-        values = dict(
-            parent_id=parent_id,
-            name=paths.split(path)[1],
-            path=path,
-            path_key=key,
-            kind="file",
-            rev=jid,
-            content_rev=jid,
-            size=size,
-            content_hash=chash,
-            mtime=mtime,
-            deleted=False,
-            deleted_key=None,
-        )
+        values = {
+            "parent_id": parent_id,
+            "name": paths.split(path)[1],
+            "path": path,
+            "path_key": key,
+            "kind": "file",
+            "rev": jid,
+            "content_rev": jid,
+            "size": size,
+            "content_hash": chash,
+            "mtime": mtime,
+            "deleted": False,
+            "deleted_key": None,
+        }
         tx.put_node(node_id, values, new=existing is None and revive is None)
         tx.add_refs(c.hash for c in chunks)
         tx.journal(
@@ -935,7 +937,7 @@ class SqlMetadataStore:
 
     def commit_many(
         self, user_id: int, ns_id: int, reqs: Sequence[CommitRequest], readable: Iterable[int] = ()
-    ) -> list[CommitResult | CubbyError]:
+    ) -> builtins.list[CommitResult | CubbyError]:
         # Validation needs no transaction: each request is checked once, before the lock.
         valid: list[tuple[str, tuple[ChunkRef, ...]] | CubbyError] = []
         for req in reqs:
@@ -1197,7 +1199,7 @@ class SqlMetadataStore:
 
         return self.db.read(run)
 
-    def _make_available(self, conn: Connection, ns_id: int, hashes: list[str], now: float) -> None:
+    def _make_available(self, conn: Connection, ns_id: int, hashes: builtins.list[str], now: float) -> None:
         self._insert_ignore(
             conn, ns_chunks, [{"ns_id": ns_id, "hash": h, "refs": 0, "touched_at": now} for h in hashes]
         )
@@ -1253,7 +1255,7 @@ class SqlMetadataStore:
 
     def accept_proofs(
         self, user_id: int, ns_id: int, proofs: dict[str, str], blocks_store: BlockStore
-    ) -> tuple[list[str], list[str]]:
+    ) -> tuple[builtins.list[str], builtins.list[str]]:
         accepted: list[str] = []
         rejected: list[str] = []
         now = time.time()
@@ -1335,7 +1337,7 @@ class SqlMetadataStore:
                 break
             seen.update(batch)
             examined += len(batch)
-            n, b = self.db.write(lambda c: sweep(c, batch))
+            n, b = self.db.write(functools.partial(sweep, batch=batch))
             deleted += n
             freed += b
         return GcStats(examined=examined, deleted=deleted, bytes_freed=freed)

@@ -19,6 +19,7 @@ that disconnects leaves the hub at once.
 from __future__ import annotations
 
 import asyncio
+import socket
 import base64
 import hashlib
 import json
@@ -473,11 +474,17 @@ class Connection(asyncio.Protocol):
         self._ws_send({"type": "account_changed", "revoked": revoked})
 
 
-async def serve(service: NotifyService, authenticate: Authenticate, host: str, port: int) -> None:
-    """Serve until SIGTERM or SIGINT; then close the listening socket and every connection."""
+async def serve(
+    service: NotifyService, authenticate: Authenticate, host: str, port: int, *, sock: socket.socket | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT; then close the listening socket and every connection.
+    ``sock``, an already-bound listening socket, is used instead of binding ``host:port``."""
     loop = asyncio.get_running_loop()
     srv = WireServer(service, authenticate)
-    server = await loop.create_server(srv.factory, host, port, backlog=4096, reuse_address=True)
+    if sock is not None:
+        server = await loop.create_server(srv.factory, sock=sock, backlog=4096)
+    else:
+        server = await loop.create_server(srv.factory, host, port, backlog=4096, reuse_address=True)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

@@ -178,7 +178,7 @@ def management_routes(ctx: ServerContext, links: LinkStore) -> list[BaseRoute]:
         link, token = await run_in_threadpool(
             links.create, p.user_id, target.ns_id, entry.node_id, expires_at=expires_at, password=password
         )
-        base = str(ctx.config.extra.get("public_url") or request.base_url).rstrip("/")
+        base = str(ctx.config.public_url or request.base_url).rstrip("/")
         ctx.log.info(
             "link created",
             extra={"link_id": link.link_id, "ns_id": link.ns_id, "node_id": link.node_id, "user_id": p.user_id,

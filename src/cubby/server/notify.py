@@ -23,6 +23,7 @@ block store.
 from __future__ import annotations
 
 import asyncio
+import socket
 import json
 import logging
 from collections import deque
@@ -241,7 +242,8 @@ def serve_lean(ctx: ServerContext) -> None:
         async def authenticate(token: str) -> Principal:
             return await run_in_threadpool(ctx.store.authenticate, token)
 
-        await wire.serve(service, authenticate, ctx.config.host, ctx.config.port)
+        sock = socket.socket(fileno=ctx.config.listen_fd) if ctx.config.listen_fd is not None else None
+        await wire.serve(service, authenticate, ctx.config.host, ctx.config.port, sock=sock)
 
     try:
         import uvloop

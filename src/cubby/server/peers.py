@@ -23,7 +23,7 @@ class TrustedProxies:
     networks: tuple[Network, ...] = ()
 
     @classmethod
-    def parse(cls, specs: Iterable[str]) -> "TrustedProxies":
+    def parse(cls, specs: Iterable[str]) -> TrustedProxies:
         """``["127.0.0.1", "10.0.0.0/8"]`` -> networks; a bad spec raises ValueError naming it."""
         nets: list[Network] = []
         for spec in specs:

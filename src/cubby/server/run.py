@@ -1,7 +1,9 @@
-"""`cubby serve`: run the chosen roles under uvicorn."""
+"""`cubby serve`: run the chosen roles under uvicorn (the command line is `cubby.cli.serve`)."""
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -21,13 +23,22 @@ def parse_roles(role: str | None) -> tuple[str, ...]:
     return roles
 
 
+def listening_address(config: Config) -> str:
+    """``host:port`` that clients should use, read from the inherited socket when there is one."""
+    if config.listen_fd is None:
+        return f"{config.host}:{config.port}"
+    with socket.socket(fileno=os.dup(config.listen_fd)) as sock:
+        host, port = sock.getsockname()[:2]
+    return f"{host}:{port}"
+
+
 def serve(config: Config, roles: Sequence[str] = ROLES, *, log_level: str = "info") -> None:
     import uvicorn
 
     logs.configure(log_level.upper())
     ctx = build_context(config, tuple(roles))
     app = build_app(ctx, roles)
-    where = f"http://{config.host}:{config.port}"
+    where = f"http://{listening_address(config)}"
     data = f"--db {config.db_url}" if config.db_url else f"--data {config.data_dir}"
     print(
         f"cubby is serving {', '.join(roles)} at {where}\n"
@@ -46,6 +57,7 @@ def serve(config: Config, roles: Sequence[str] = ROLES, *, log_level: str = "inf
         app,
         host=config.host,
         port=config.port,
+        fd=config.listen_fd,
         log_level="warning",
         access_log=False,
         timeout_keep_alive=30,
@@ -59,32 +71,3 @@ def serve(config: Config, roles: Sequence[str] = ROLES, *, log_level: str = "inf
         ws_ping_timeout=None,
         backlog=4096,
     )
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m cubby.server.run``: the server without the CLI (tests start it this way)."""
-    import argparse
-    from pathlib import Path
-
-    ap = argparse.ArgumentParser(prog="cubby-server")
-    ap.add_argument("--data", type=Path, default=Path("./cubby-data"))
-    ap.add_argument("--db", default=None)
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8765)
-    ap.add_argument("--role", default="all")
-    ap.add_argument("--max-request-bytes", type=int, default=None)
-    ap.add_argument("--broker", default="memory")
-    ap.add_argument("--notify-front", choices=["lean", "asgi"], default="lean")
-    ap.add_argument("--auto-accept-shares", action="store_true")
-    args = ap.parse_args(argv)
-    cfg = Config(
-        data_dir=args.data, db_url=args.db, host=args.host, port=args.port, broker_url=args.broker,
-        notify_front=args.notify_front, auto_accept_shares=args.auto_accept_shares,
-    )
-    if args.max_request_bytes:
-        cfg = cfg.with_(max_request_bytes=args.max_request_bytes)
-    serve(cfg, parse_roles(args.role))
-
-
-if __name__ == "__main__":
-    main()

@@ -15,7 +15,7 @@ from cubby.client.sync import planner as P
 def _engine(state: Any, root: Path, up: float | None = None, down: float | None = None, emit: Any = None) -> Any:
     from cubby.client.sync.engine import SyncEngine
 
-    cache_mb = float(state.config.extra.get("sync_cache_mb", 256))
+    cache_mb = state.config.sync_cache_mb
     api = state.api(max_upload_rate=up, max_download_rate=down)
     return SyncEngine(root, api, cache_bytes=int(cache_mb * 1024 * 1024), emit=emit)
 
