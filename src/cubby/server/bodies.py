@@ -6,8 +6,8 @@ Three rules keep a stranger's request cheap (see docs/ARCHITECTURE.md, "Request 
   (`allow_body`) once the bearer token checks out; `read_capped`, `stream_capped` and
   `json_body` refuse to run on a request whose gate is shut, so a route that forgot to
   authenticate first fails loudly in its tests instead of parsing a stranger's 60 MiB.
-  (`cubby.server.unread` then closes the connection of an answer sent before its body was
-  read, so an unread body is never drained either.)
+  (`cubby.server.unread` then reads at most 64 KiB more of a stranger's unread body before
+  answering, and closes the connection rather than drain the rest.)
 - Every read names its cap: each route passes the cap that fits what it accepts
   (`SMALL_JSON`, `LIST_JSON`, `COMMIT_JSON`, or the upload's `max_request_bytes`).
   Nothing here trusts Content-Length: bodies are read as a stream and cut off at the cap.
@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
+from starlette.types import Scope
 
 from cubby.core.hashing import is_chunk_name
 from cubby.errors import BadRequest, CubbyError, PayloadTooLarge
@@ -57,8 +58,13 @@ def allow_body(request: Request) -> None:
     request.scope[_GATE] = True
 
 
+def body_allowed(scope: Scope) -> bool:
+    """Whether `allow_body` opened this request's gate (its caller is known)."""
+    return bool(scope.get(_GATE))
+
+
 def _check_gate(request: Request) -> None:
-    if not request.scope.get(_GATE):
+    if not body_allowed(request.scope):
         raise RuntimeError(f"{request.url.path}: a request body was read before the caller was authenticated")
 
 
