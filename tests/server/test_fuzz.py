@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine, text
 
 HERE = Path(__file__).resolve().parent
@@ -24,6 +25,7 @@ expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "413", "42
 """
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_failure(live, tmp_path):
     token = live.add_user("fuzzer")
     # The run revokes tokens by id (DELETE /api/v1/tokens/{token_id}); give the fuzzer's own
