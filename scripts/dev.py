@@ -34,10 +34,26 @@ def ensure_venv() -> None:
         print(f"creating {VENV} ...", file=sys.stderr, flush=True)
         venv.EnvBuilder(with_pip=True, clear=False).create(VENV)
     print("installing cubby and its dependencies (first run only) ...", file=sys.stderr, flush=True)
+    os.environ["PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD"] = "1"  # the tests use Debian's chromium
     pip = [str(_bin("python")), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     subprocess.run(pip + ["--upgrade", "pip"], check=True)
     subprocess.run(pip + ["-e", f"{ROOT}[test]"], check=True)
     STAMP.write_text(want)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def ensure_chromium() -> None:
+    """The browser tests drive Debian's ``chromium`` through Playwright (never a browser
+    download): install it when it is missing and we may (root with apt-get)."""
+    if CHROMIUM.exists() or not hasattr(os, "geteuid") or os.geteuid() != 0 or not Path("/usr/bin/apt-get").exists():
+        return
+    print("installing chromium for the browser tests (apt-get) ...", file=sys.stderr, flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.call(["apt-get", "install", "-y", "-q", "chromium"], env=env) != 0:
+        subprocess.call(["apt-get", "update", "-q"], env=env)
+        subprocess.call(["apt-get", "install", "-y", "-q", "chromium"], env=env)
 
 
 def main(argv: list[str]) -> int:
@@ -51,6 +67,8 @@ def main(argv: list[str]) -> int:
         if not any(a == "--data" or a.startswith("--data=") or a == "--db" for a in rest):
             args += ["--data", str(ROOT / "cubby-data")]
         os.execv(args[0], args)
+    ensure_chromium()
+    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
     workers = os.environ.get("CUBBY_TEST_WORKERS", "2")
     args = [str(_bin("python")), "-m", "pytest", "-n", workers, "--dist", "loadgroup", "-q", "-p", "no:cacheprovider", *rest]
     os.chdir(ROOT)

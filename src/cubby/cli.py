@@ -133,6 +133,9 @@ def _server_config(state: State, data: Path | None, db: str | None) -> Config:
     help="How --role notify alone is served: lean (default, cheap idle connections) or asgi.",
 )
 @click.option("--max-request-bytes", type=int, default=None, help="Largest request body accepted (default 64 MiB).")
+@click.option("--advertise-meta", default=None, metavar="URL", help="Where clients reach the meta role (told by /api/v1/discovery).")
+@click.option("--advertise-blocks", default=None, metavar="URL", help="Where clients reach the blocks role.")
+@click.option("--advertise-notify", default=None, metavar="URL", help="Where clients reach the notify role.")
 @click.option(
     "--auto-accept-shares", is_flag=True, default=None,
     help="Mount shared folders in invitees' trees at once, without 'cubby share accept'.",
@@ -141,6 +144,7 @@ def _server_config(state: State, data: Path | None, db: str | None) -> Config:
 def serve(
     state: State, data: Path | None, db: str | None, host: str | None, port: int | None, listen_fd: int | None,
     role: str, broker: str | None, notify_front: str | None, max_request_bytes: int | None,
+    advertise_meta: str | None, advertise_blocks: str | None, advertise_notify: str | None,
     auto_accept_shares: bool | None,
 ) -> None:
     """Run the cubby server."""
@@ -154,6 +158,7 @@ def serve(
     cfg = _server_config(state, data, db).with_(
         host=host, port=port, listen_fd=listen_fd, broker_url=broker, notify_front=notify_front,
         max_request_bytes=max_request_bytes, auto_accept_shares=auto_accept_shares,
+        advertise_meta=advertise_meta, advertise_blocks=advertise_blocks, advertise_notify=advertise_notify,
     )
     run(cfg, roles)
 
@@ -163,20 +168,43 @@ def user() -> None:
     """Manage users (run on the server machine)."""
 
 
+def _read_password(from_stdin: bool) -> str:
+    """A new password: the first line of standard input with ``--password-stdin``, else asked
+    twice at the terminal (never an argument, which other users could read in ``ps``)."""
+    import sys
+
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise click.UsageError("standard input is not a terminal: pass --password-stdin and pipe the password")
+    return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+
+
 @user.command("add")
 @click.argument("name")
 @click.option("--data", type=click.Path(path_type=Path), help="The server's data folder.")
 @click.option("--db", help="The server's metadata database URL.")
+@click.option("--password-stdin", is_flag=True, help="Also set a web password, read from standard input.")
+@click.option("--password", "ask_password", is_flag=True, help="Also set a web password, asked at the terminal.")
 @pass_state
-def user_add(state: State, name: str, data: Path | None, db: str | None) -> None:
-    """Create a user; the token is printed on the last line."""
+def user_add(
+    state: State, name: str, data: Path | None, db: str | None, password_stdin: bool, ask_password: bool
+) -> None:
+    """Create a user; the token is printed on the last line. With --password(-stdin) the user
+    can also log in to the web app."""
+    from cubby.metadata.accounts import check_password_rules
     from cubby.metadata.store import open_store
 
+    password = _read_password(password_stdin) if password_stdin or ask_password else None
+    if password is not None:
+        check_password_rules(password)
     cfg = _server_config(state, data, db)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(cfg.metadata_url)
     try:
         u, token = store.create_user(name)
+        if password is not None:
+            store.accounts.set_password(name, password)
     finally:
         store.close()
     if state.as_json:
@@ -184,6 +212,31 @@ def user_add(state: State, name: str, data: Path | None, db: str | None) -> None
     else:
         click.echo(f"created user {u.name} (id {u.id}); their token, shown only once:")
         click.echo(token)
+
+
+@user.command("passwd")
+@click.argument("name")
+@click.option("--data", type=click.Path(path_type=Path), help="The server's data folder.")
+@click.option("--db", help="The server's metadata database URL.")
+@click.option("--password-stdin", is_flag=True, help="Read the new password from standard input.")
+@pass_state
+def user_passwd(state: State, name: str, data: Path | None, db: str | None, password_stdin: bool) -> None:
+    """Set a user's web password (asked at the terminal unless --password-stdin); ends the
+    user's web sessions. API tokens are not touched."""
+    from cubby.metadata.accounts import check_password_rules
+    from cubby.metadata.store import open_store
+
+    cfg = _server_config(state, data, db)
+    if cfg.db_url is None and not (cfg.data_dir / "meta.db").exists():
+        raise click.UsageError(f"no cubby server data in {cfg.data_dir}: pass the server's --data or --db")
+    password = _read_password(password_stdin)
+    check_password_rules(password)
+    store = open_store(cfg.metadata_url)
+    try:
+        uid = store.accounts.set_password(name, password)
+    finally:
+        store.close()
+    state.emit({"user_id": uid, "name": name}, f"password set for {name}; their web sessions were ended")
 
 
 @main.command()

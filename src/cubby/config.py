@@ -47,6 +47,13 @@ class Config:
     trusted_proxies: tuple[str, ...] = ()
     """Addresses or networks of load balancers whose ``X-Forwarded-For`` (or PROXY protocol
     header) names the real client; see `cubby.server.peers`. Nobody else's is believed."""
+    advertise_meta: str | None = None
+    """Where clients reach the meta role, told to them by ``/api/v1/discovery`` (None: the
+    address a request came in on, when this process serves the role)."""
+    advertise_blocks: str | None = None
+    """Where clients reach the blocks role (see ``advertise_meta``)."""
+    advertise_notify: str | None = None
+    """Where clients reach the notify role (see ``advertise_meta``)."""
     public_url: str | None = None
     """The address people reach this server at (``https://files.example.org``), used to build
     link URLs; None means the address of the request that made the link."""

@@ -114,6 +114,14 @@ class InsufficientStorage(CubbyError):
     status = 507
 
 
+class WrongRole(CubbyError):
+    """The route exists, but another role of the deployment serves it (``details``: ``role``,
+    and ``url`` where known). Clients ask ``/api/v1/discovery`` and send it there."""
+
+    status = 421
+    code = "wrong_role"
+
+
 ERRORS_BY_CODE: dict[str, type[CubbyError]] = {
     cls.code: cls
     for cls in (
@@ -130,6 +138,7 @@ ERRORS_BY_CODE: dict[str, type[CubbyError]] = {
         NamespaceMoved,
         Unavailable,
         InsufficientStorage,
+        WrongRole,
     )
 }
 

@@ -28,13 +28,14 @@ def test_meta_manages_links_and_blocks_serves_them(tmp_path: Path) -> None:
         with ApiClient(meta.url, token) as api:
             link = api.create_link("/f.bin")
         path = "/l/" + link["url"].rsplit("/l/", 1)[1]
-        assert httpx.get(meta.url + path).status_code == 404  # no public route on meta
+        misdirected = httpx.get(meta.url + path)  # no public route on meta: it names the role that has one
+        assert misdirected.status_code == 421 and misdirected.json()["details"]["role"] == "blocks"
         r = httpx.get(blocks.url + path)
         assert r.status_code == 200 and r.content == payload
         head = httpx.head(blocks.url + path)
         assert head.status_code == 200 and head.content == b"" and head.headers["content-length"] == str(len(payload))
         r = httpx.post(blocks.url + "/api/v1/links", json={"path": "/f.bin"}, headers={"Authorization": f"Bearer {token}"})
-        assert r.status_code in (404, 405)  # no management route on blocks
+        assert r.status_code == 421 and r.json()["details"]["role"] == "meta"  # no management route on blocks
         with ApiClient(meta.url, token) as api:
             assert [item["id"] for item in api.list_links()] == [link["id"]]
             api.revoke_link(link["id"])

@@ -1,5 +1,9 @@
 """`ApiClient`: cubby's HTTP API as Python methods, over one keep-alive httpx connection pool.
 
+The client knows one URL. When a request lands on a process that does not serve its role (421
+``wrong_role``), it asks ``/api/v1/discovery`` where each role is, remembers the answer, sends
+the request there, and sends later requests of that role there directly.
+
 Error answers become the same `CubbyError` subclasses the server raised (by their code);
 a server that cannot be reached becomes `Unavailable`, which is retryable. Chunks fetched
 from the server are verified against their names: the client trusts the server no more than
@@ -9,8 +13,9 @@ the server trusts it.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -21,9 +26,11 @@ from cubby.core import frames
 from cubby.core.hashing import sha256_hex
 from cubby.errors import ChunkMismatch, CubbyError, Unavailable, error_from_dict
 from cubby.model import ChunkRef, CommitResult, Entry, JournalEntry, NeededChunk
+from cubby.roles import ROLES, role_for_path
 
 
-def _raise_for(resp: httpx.Response) -> None:
+def raise_for(resp: httpx.Response) -> None:
+    """Raise the `CubbyError` that an error answer carries (nothing for a success)."""
     if resp.status_code < 400:
         return
     try:
@@ -70,6 +77,8 @@ class ApiClient:
         self.download_limit = download_limit
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
+        self.role_urls: dict[str, str] = {}
+        """Where each role is, once discovery was asked (after a ``wrong_role`` answer)."""
         self.http = httpx.Client(
             base_url=self.base_url,
             headers=headers,
@@ -88,13 +97,64 @@ class ApiClient:
         self.close()
 
     # -- plumbing ------------------------------------------------------------------------------
-    def _request(self, method: str, url: str, **kw: Any) -> httpx.Response:
+    def discover(self) -> dict[str, str]:
+        """Ask the server where each role is; remember and return the known addresses."""
+        resp = self._send("GET", self.base_url + "/api/v1/discovery")
+        raise_for(resp)
+        body = resp.json()
+        self.role_urls = {r: str(body[r]).rstrip("/") for r in ROLES if isinstance(body.get(r), str) and body[r]}
+        return dict(self.role_urls)
+
+    def role_url(self, role: str) -> str:
+        """The base URL for ``role``'s requests: discovered, else the configured one."""
+        return self.role_urls.get(role, self.base_url)
+
+    def _url(self, path: str) -> str:
+        role = role_for_path(path)
+        return (self.role_urls.get(role, self.base_url) if role else self.base_url) + path
+
+    def _send(self, method: str, url: str, **kw: Any) -> httpx.Response:
         try:
-            resp = self.http.request(method, url, **kw)
+            return self.http.request(method, url, **kw)
         except (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError, httpx.TimeoutException) as exc:
-            raise Unavailable(f"cannot reach the cubby server at {self.base_url}: {exc}") from exc
-        _raise_for(resp)
+            raise Unavailable(f"cannot reach the cubby server at {url.split('/api/', 1)[0]}: {exc}") from exc
+
+    def _rerouted(self, path: str, resp: httpx.Response) -> bool:
+        """After a 421 ``wrong_role`` answer: learn where the roles are; True when ``path``'s
+        role now has another address (so the request is worth sending again)."""
+        if resp.status_code != 421:
+            return False
+        tried = self._url(path)
+        self.discover()
+        return self._url(path) != tried
+
+    def _request(
+        self, method: str, path: str, *, content_factory: Callable[[], Any] | None = None, **kw: Any
+    ) -> httpx.Response:
+        """One request to the role that serves ``path``; ``content_factory`` makes the body
+        anew if the request has to be sent again elsewhere (a stream is consumed by sending)."""
+        for attempt in (1, 2):
+            if content_factory is not None:
+                kw["content"] = content_factory()
+            resp = self._send(method, self._url(path), **kw)
+            if attempt == 1 and self._rerouted(path, resp):
+                continue
+            break
+        raise_for(resp)
         return resp
+
+    @contextlib.contextmanager
+    def _stream(self, method: str, path: str, **kw: Any) -> Iterator[httpx.Response]:
+        """A streamed answer from the role that serves ``path`` (rerouted like `_request`)."""
+        for attempt in (1, 2):
+            with self.http.stream(method, self._url(path), **kw) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    if attempt == 1 and self._rerouted(path, resp):
+                        continue
+                    raise_for(resp)
+                yield resp
+                return
 
     def _get(self, url: str, **params: Any) -> Any:
         return self._request("GET", url, params={k: v for k, v in params.items() if v is not None}).json()
@@ -204,14 +264,17 @@ class ApiClient:
         """Send chunks in one request (frames streamed from memory); returns how many were new."""
         if not items:
             return 0
-        body = self._request(
+        def body() -> Any:
+            return self.upload_limit.paced(frames.encode_many(items)) if self.upload_limit else frames.encode_many(items)
+
+        answer = self._request(
             "POST",
             "/api/v1/blocks/upload",
             params={"ns_id": ns_id},
-            content=self.upload_limit.paced(frames.encode_many(items)) if self.upload_limit else frames.encode_many(items),
+            content_factory=body,
             headers={"Content-Type": frames.CONTENT_TYPE},
         ).json()
-        return int(body["stored"])
+        return int(answer["stored"])
 
     def prove(self, ns_id: int, proofs: dict[str, str]) -> tuple[builtins.list[str], builtins.list[str]]:
         if not proofs:
@@ -224,10 +287,7 @@ class ApiClient:
         if not hashes:
             return
         try:
-            with self.http.stream("POST", "/api/v1/blocks/fetch", json={"hashes": list(hashes)}) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    _raise_for(resp)
+            with self._stream("POST", "/api/v1/blocks/fetch", json={"hashes": list(hashes)}) as resp:
                 reader = frames.FrameReader()
                 for piece in resp.iter_raw():
                     if self.download_limit:
@@ -245,10 +305,7 @@ class ApiClient:
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         url = "/api/v1/content/" + quote(path.lstrip("/"))
         params = {"rev": rev} if rev else None
-        with self.http.stream("GET", url, headers=headers, params=params) as resp:
-            if resp.status_code >= 400:
-                resp.read()
-                _raise_for(resp)
+        with self._stream("GET", url, headers=headers, params=params) as resp:
             yield from resp.iter_bytes()
 
     # -- links -----------------------------------------------------------------------------------

@@ -15,9 +15,9 @@ import time
 
 import httpx
 
-from cubby.client.api import ApiClient, _raise_for
+from cubby.client.api import ApiClient, raise_for
 from cubby.client.changes import Cursor
-from cubby.errors import NotFound
+from cubby.errors import CubbyError, NotFound
 
 MIN_TIMEOUT = 30.0
 MAX_TIMEOUT = 480.0
@@ -53,20 +53,27 @@ class PushWaiter:
         self._interval = fallback_min
         self._closed = threading.Event()
         self._wakeup = threading.Event()
-        self._http = httpx.Client(
-            base_url=(url or api.base_url).rstrip("/"),
-            headers=dict(api.http.headers),
-            timeout=httpx.Timeout(MAX_TIMEOUT + READ_MARGIN, connect=10.0),
-        )
         self.pushing = False
         """Whether the last wait was served by the notification server (for tests and status)."""
+        self._http = self._client(url or api.role_url("notify"))
         try:
             resp = self._http.get("/api/v1/notify")
-        except httpx.HTTPError:
+            if resp.status_code == 421 and url is None:  # not the notify role: ask where it is
+                self._http.close()
+                self._http = self._client(api.discover().get("notify", api.base_url))
+                resp = self._http.get("/api/v1/notify")
+        except (httpx.HTTPError, CubbyError):
             return  # nobody answers yet: fall back until someone does
-        if resp.status_code == 404:
+        if resp.status_code in (404, 421):
             self._http.close()
             raise NotFound("this server has no notification role", code="no_notify")
+
+    def _client(self, base_url: str) -> httpx.Client:
+        return httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers=dict(self._api.http.headers),
+            timeout=httpx.Timeout(MAX_TIMEOUT + READ_MARGIN, connect=10.0),
+        )
 
     def wait(self, cursor: Cursor, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -120,7 +127,7 @@ class PushWaiter:
             if resp.status_code == 404 and "ns_id" in details:
                 return True  # a namespace of the cursor is gone for us: the account changed
             raise _NoPush(f"notification server answered {resp.status_code}")
-        _raise_for(resp)
+        raise_for(resp)
         answer = resp.json()
         if {int(ns) for ns in answer.get("namespaces", cursor)} != set(cursor):
             return True

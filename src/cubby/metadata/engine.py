@@ -108,6 +108,8 @@ class Database:
     """A pair of engines (write, read) on one metadata database, and transaction helpers."""
 
     def __init__(self, url: str | URL, *, pool_size: int = 10) -> None:
+        self.observe: Callable[[str, float], None] | None = None
+        """Called with ("read" or "write", seconds) after each transaction (server metrics)."""
         self.url = database_url(url)
         self.dialect = self.url.get_backend_name()
         if self.dialect == "sqlite":
@@ -150,9 +152,13 @@ class Database:
         """Run ``fn`` in one write transaction, retrying it when the database reports a
         deadlock, a serialization failure or a lock timeout (the failed attempt changed nothing)."""
         for attempt in range(attempts):
+            start = time.perf_counter()
             try:
                 with self.writer.begin() as conn:
-                    return fn(conn)
+                    result = fn(conn)
+                if self.observe is not None:
+                    self.observe("write", time.perf_counter() - start)
+                return result
             except (OperationalError, DBAPIError) as exc:
                 if _is_disk_full(exc):  # the transaction rolled back: nothing was written
                     raise InsufficientStorage(DATABASE_FULL) from exc
@@ -165,8 +171,12 @@ class Database:
 
     def read(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn`` in one read transaction (a consistent snapshot on SQLite and MariaDB)."""
+        start = time.perf_counter()
         with self.reader.begin() as conn:
-            return fn(conn)
+            result = fn(conn)
+        if self.observe is not None:
+            self.observe("read", time.perf_counter() - start)
+        return result
 
     def dispose(self) -> None:
         self.writer.dispose()

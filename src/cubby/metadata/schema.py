@@ -244,6 +244,33 @@ settings = Table(
 )
 
 
+passwords = Table(
+    "passwords",
+    metadata,
+    # One row per user who may log in to the web app: an argon2id hash (salt and parameters
+    # inside it). Users without a row have API tokens only.
+    Column("user_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", String(255), nullable=False),
+    Column("changed_at", Double, nullable=False),
+)
+
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    # A browser's login. Only the SHA-256 of the cookie's secret is stored (like tokens), so a
+    # copy of the database logs nobody in; ``id`` is what the owner sees and revokes.
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", BigInteger, nullable=False, index=True),
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("created_at", Double, nullable=False),
+    Column("last_seen", Double, nullable=False),
+    Column("expires_at", Double, nullable=False),
+    Column("revoked_at", Double, nullable=True),
+    Column("address", String(64), nullable=False, default=""),
+    Column("agent", String(200), nullable=False, default=""),
+)
+
+
 def drop_all(url: str) -> None:
     """Drop every cubby table (and Alembic's version table) from the database at ``url``."""
     engine = create_engine(url)

@@ -15,9 +15,9 @@ the bytes are still in the block store and writes them again if not.
 
 from __future__ import annotations
 
+import base64
 import builtins
 import functools
-import base64
 import hashlib
 import hmac
 import json
@@ -47,6 +47,18 @@ from cubby.errors import (
 )
 from cubby.metadata import migrate
 from cubby.metadata.engine import Database
+from cubby.metadata.schema import (
+    blocks,
+    file_revs,
+    journal,
+    members,
+    namespaces,
+    nodes,
+    ns_chunks,
+    settings,
+    tokens,
+    users,
+)
 from cubby.model import (
     ChunkRef,
     CommitRequest,
@@ -60,18 +72,6 @@ from cubby.model import (
     Revision,
     Role,
     User,
-)
-from cubby.metadata.schema import (
-    blocks,
-    file_revs,
-    journal,
-    members,
-    namespaces,
-    nodes,
-    ns_chunks,
-    settings,
-    tokens,
-    users,
 )
 
 ROOT_NODE = 0
@@ -284,6 +284,17 @@ class SqlMetadataStore:
         """Shared folders: share, accept, remove, leave, unshare, list (see metadata/shares.py)."""
         self.moves = CrossMoves(self)
         """Moves between namespaces, with intents and recovery (see metadata/moves.py)."""
+        self._accounts: Any = None
+
+    @property
+    def accounts(self) -> Any:
+        """Passwords and web sessions (`cubby.metadata.accounts.Accounts`), made on first use:
+        argon2 is loaded only by processes that log people in."""
+        if self._accounts is None:
+            from cubby.metadata.accounts import Accounts
+
+            self._accounts = Accounts(self.db, self.principal_of)
+        return self._accounts
 
     # ======================================================================================
     # plumbing
@@ -433,10 +444,14 @@ class SqlMetadataStore:
             raise Unauthorized("unknown token: check CUBBY_TOKEN, or create one with 'cubby user add'")
         if row.revoked_at is not None:
             raise Unauthorized("this token was revoked: create a new one with 'cubby token create'")
-        roles, mounts = self.db.read(lambda c: self._memberships(c, int(row.uid), int(row.root_ns)))
+        return self.principal_of(int(row.uid), row.name, int(row.root_ns), token_id=int(row.id))
+
+    def principal_of(self, user_id: int, name: str, root_ns: int, *, token_id: int = 0) -> Principal:
+        """The principal of a user whose credential was checked elsewhere (a token here, a
+        web session in `cubby.metadata.accounts`), with memberships read afresh."""
+        roles, mounts = self.db.read(lambda c: self._memberships(c, user_id, root_ns))
         return Principal(
-            user_id=int(row.uid), name=row.name, root_ns=int(row.root_ns), token_id=int(row.id), namespaces=roles,
-            mounts=mounts,
+            user_id=user_id, name=name, root_ns=root_ns, token_id=token_id, namespaces=roles, mounts=mounts,
         )
 
     def user_can_read(self, user_id: int, ns_id: int) -> bool:
@@ -1387,4 +1402,4 @@ def open_store(url: str, *, migrate_schema: bool = True) -> SqlMetadataStore:
     return SqlMetadataStore(db)
 
 
-__all__ = ["SqlMetadataStore", "open_store", "content_hash_of", "token_hash"]
+__all__ = ["SqlMetadataStore", "content_hash_of", "open_store", "token_hash"]

@@ -37,9 +37,14 @@ async def principal(request: Request, ctx: ServerContext) -> Principal:
     (`bodies.allow_body`), so a stranger's request costs a header and one token lookup."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    if not header and request.cookies:
+        from cubby.server import sessions  # a browser: the session cookie, with its CSRF checks
+
+        p = await sessions.principal(request, ctx)
+    elif scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer TOKEN' (see 'cubby user add')")
-    p = await run_in_threadpool(ctx.store.authenticate, token.strip())
+    else:
+        p = await run_in_threadpool(ctx.store.authenticate, token.strip())
     request.state.user_id = p.user_id
     request.scope.setdefault("state", {})["user_id"] = p.user_id
     allow_body(request)

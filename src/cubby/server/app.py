@@ -16,9 +16,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from cubby.server import discovery, metrics
 from cubby.server.context import ServerContext
 from cubby.server.errors import HANDLERS
 from cubby.server.logs import RequestLog
+from cubby.server.metrics import RequestMetrics
 from cubby.server.unread import CloseUnreadBody
 
 ROLES = ("meta", "blocks", "notify")
@@ -56,6 +58,14 @@ def build_app(ctx: ServerContext, roles: Sequence[str] = ROLES) -> Starlette:
         from cubby.server import links  # management routes go with meta, public /l/ routes with blocks
 
         routes.extend(links.routes(ctx, roles, creator_access=ctx.store.user_can_read))
+    if "meta" in roles:
+        from cubby.server import sessions, web  # people: password login and the web app at /
+
+        routes.extend(sessions.routes(ctx))
+        routes.extend(web.routes(ctx))
+    routes.extend(metrics.routes(ctx.metrics))
+    # Last: discovery, and a 421 naming the right role for API routes this process lacks.
+    routes.extend(discovery.routes(ctx.config, roles))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -66,7 +76,11 @@ def build_app(ctx: ServerContext, roles: Sequence[str] = ROLES) -> Starlette:
 
     return Starlette(
         routes=routes,
-        middleware=[Middleware(RequestLog), Middleware(CloseUnreadBody)],
+        middleware=[
+            Middleware(RequestLog),
+            Middleware(RequestMetrics, metrics=ctx.metrics, routes=routes),
+            Middleware(CloseUnreadBody),
+        ],
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
     )

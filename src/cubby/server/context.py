@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from cubby.blockstore.base import BlockStore
 from cubby.config import Config
 from cubby.metadata.store import SqlMetadataStore, open_store
+from cubby.server.metrics import InstrumentedBlockStore, Metrics
 
 if TYPE_CHECKING:
     from cubby.notify.base import Broker
@@ -34,6 +35,8 @@ class ServerContext:
     """The notification broker (meta publishes on it, notify subscribes); None if neither runs."""
     notify_service: Any = None
     """The notification role's `cubby.notify.service.NotifyService`, when that role runs."""
+    metrics: Metrics = field(default_factory=Metrics)
+    """This process's Prometheus metrics (`cubby.server.metrics`)."""
 
     def committed(self, ns_id: int, head: int) -> None:
         """Tell listeners (the notification role's publisher) that a namespace moved on."""
@@ -75,7 +78,11 @@ def build_context(config: Config, roles: tuple[str, ...]) -> ServerContext:
         pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="cubby-chunks")
         closers.append(pool.shutdown)
         blocks = LocalBlockStore(config.blocks_dir, executor=pool)
-    ctx = ServerContext(config=config, store=store, blocks=blocks, closers=closers)
+    metrics = Metrics()
+    store.db.observe = metrics.observe_transaction
+    if blocks is not None:
+        blocks = InstrumentedBlockStore(blocks, metrics)
+    ctx = ServerContext(config=config, store=store, blocks=blocks, closers=closers, metrics=metrics)
     if "meta" in roles or "notify" in roles:
         from cubby.notify.base import open_broker
 

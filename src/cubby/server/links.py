@@ -264,7 +264,7 @@ def public_routes(ctx: ServerContext, links: LinkStore, creator_access: CreatorA
         except NotFound:
             return _gone()
         ctx.log.info("link download", extra={"link_id": link.link_id, "kind": "folder"})
-        return _zip_response(links, blocks, link.ns_id, target.path, target.name or "cubby", head=request.method == "HEAD")
+        return zip_response(links, blocks, link.ns_id, target.path, target.name or "cubby", head=request.method == "HEAD")
 
     async def read_only(request: Request) -> Response:
         """Other methods on a link URL: refused here rather than by the router, so that the
@@ -284,9 +284,13 @@ def public_routes(ctx: ServerContext, links: LinkStore, creator_access: CreatorA
     ]
 
 
-def _zip_response(links: LinkStore, blocks: BlockStore, ns_id: int, folder: str, name: str, *, head: bool) -> Response:
+def zip_response(
+    links: LinkStore, blocks: BlockStore, ns_id: int, folder: str, name: str, *, head: bool,
+    headers: dict[str, str] | None = None,
+) -> Response:
     """A folder as a zip streamed while it is made: Starlette runs the generator in a worker
-    thread piece by piece, so the walk, the chunk reads and the sending are interleaved."""
+    thread piece by piece, so the walk, the chunk reads and the sending are interleaved.
+    (Also the web app's folder download, with its own ``headers``.)"""
 
     def members() -> Iterator[ZipMember]:
         yield ZipMember(name, "folder")
@@ -294,7 +298,8 @@ def _zip_response(links: LinkStore, blocks: BlockStore, ns_id: int, folder: str,
             yield ZipMember(f"{name}/{item.rel}", item.kind, item.size, item.mtime, item.chunks)
 
     filename = quote(name.replace('"', "") + ".zip", safe="")
-    headers = {**_PUBLIC_HEADERS, "Content-Disposition": f"attachment; filename*=UTF-8''{filename}"}
+    headers = {**(_PUBLIC_HEADERS if headers is None else headers),
+               "Content-Disposition": f"attachment; filename*=UTF-8''{filename}"}
     if head:  # the headers a GET would send (no length: it is not known before the zip is made), building nothing
         return StreamingResponse(iter(()), media_type="application/zip", headers=headers)
     return StreamingResponse(zip_stream(members(), blocks.get), media_type="application/zip", headers=headers)

@@ -23,9 +23,9 @@ block store.
 from __future__ import annotations
 
 import asyncio
-import socket
 import json
 import logging
+import socket
 from collections import deque
 from collections.abc import Callable, Collection
 from typing import Any
@@ -38,13 +38,22 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from cubby.errors import BadRequest, CubbyError, Unauthorized
-from cubby.model import Principal
 from cubby.metadata.schema import namespaces
 from cubby.metadata.store import SqlMetadataStore
+from cubby.model import Principal
 from cubby.notify.hub import Subscription, Wake
 from cubby.notify.memory import MemoryBroker
 from cubby.notify.protocol import (
-    MAX_BODY, bearer, heads_json, info as info_body, jittered, longpoll_answer, parse_cursor, parse_timeout,
+    MAX_BODY,
+    bearer,
+    heads_json,
+    jittered,
+    longpoll_answer,
+    parse_cursor,
+    parse_timeout,
+)
+from cubby.notify.protocol import (
+    info as info_body,
 )
 from cubby.notify.service import HeadsReader, NotifyService
 from cubby.server import access
@@ -102,11 +111,12 @@ class WsOutbox:
 class WsConnection:
     """What one WebSocket connection holds between messages."""
 
-    __slots__ = ("ws", "token", "principal", "sub")
+    __slots__ = ("authenticate", "principal", "sub", "ws")
 
-    def __init__(self, ws: WebSocket, token: str, principal: Principal) -> None:
+    def __init__(self, ws: WebSocket, authenticate: Callable[[], Principal], principal: Principal) -> None:
         self.ws = ws
-        self.token = token
+        self.authenticate = authenticate
+        """Checks the connection's credential again (a token or a browser session)."""
         self.principal = principal
         self.sub: Subscription | None = None
 
@@ -143,7 +153,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         """The account's namespaces changed: drop those it may no longer read, tell the client
         (which re-reads its account and sends a new cursor), or close if the token died."""
         try:
-            p = await run_in_threadpool(ctx.store.authenticate, conn.token)
+            p = await run_in_threadpool(conn.authenticate)
         except Unauthorized as exc:
             if conn.sub is not None:
                 service.hub.remove(conn.sub)
@@ -193,17 +203,32 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
             sub.cursor[ns] = max(sub.cursor[ns], h)
         outbox.put(conn.ws, {"type": "subscribed", "heads": heads_json(heads), "changed": bool(moved)})
 
+    def ws_credential(ws: WebSocket) -> Callable[[], Principal]:
+        """How this connection proves who it is, again at every account change: its bearer
+        token, or (a browser, which cannot set headers on a WebSocket) its session cookie,
+        accepted only from this server's own pages (`sessions.same_origin`)."""
+        header = ws.headers.get("authorization", "")
+        if not header and ws.cookies:
+            from cubby.server import sessions
+
+            found = sessions.cookie_principal(ws, ctx)
+            if found is not None:
+                secret = found[1]
+                return lambda: ctx.store.accounts.authenticate(secret)[0]
+        token = bearer(header)
+        return lambda: ctx.store.authenticate(token)
+
     async def ws_endpoint(ws: WebSocket) -> None:
         await ws.accept()
         try:
-            token = bearer(ws.headers.get("authorization", ""))
-            p = await run_in_threadpool(ctx.store.authenticate, token)
+            authenticate = await run_in_threadpool(ws_credential, ws)
+            p = await run_in_threadpool(authenticate)
             await service.ensure_started()
         except CubbyError as exc:
             await send_error(ws, exc)
             await ws.close(code=4401 if isinstance(exc, Unauthorized) else 4503)
             return
-        conn = WsConnection(ws, token, p)
+        conn = WsConnection(ws, authenticate, p)
         try:
             while True:
                 msg = await ws.receive()

@@ -1,0 +1,164 @@
+"""Prometheus metrics: what an operator needs to see a deployment work (``GET /metrics``).
+
+One `Metrics` object per process, built with the server context and passed in; nothing is a
+module-level singleton, so tests can build as many servers as they like in one process.
+
+- **requests** by route template (``/api/v1/files/commit``, never the raw path: a path holds
+  file names and link tokens, and would make one series per file), method and status, with a
+  latency histogram;
+- **database transactions** by kind (read, write) with their time (`Database.observe`);
+- **block store** requests and bytes by operation (`InstrumentedBlockStore` wraps any store);
+- **notify** connections waiting and the time a commit's fan-out took (set by the notify role);
+- **cache** hits and misses (for the metadata cache, by cache name).
+
+Under several worker processes (``--workers``) each process writes its samples to files in
+``PROMETHEUS_MULTIPROC_DIR`` (set by the parent before any worker imports prometheus_client),
+and any worker's ``/metrics`` answers for all of them (prometheus_client's multiprocess mode).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cubby.blockstore.base import BlockStore
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """The process's metrics, registered in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("cubby_http_requests", "HTTP requests", ["route", "method", "status"], registry=r)
+        self.latency = Histogram(
+            "cubby_http_request_seconds", "Time to answer an HTTP request", ["route", "method"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.transactions = Counter("cubby_db_transactions", "Metadata database transactions", ["kind"], registry=r)
+        self.transaction_time = Histogram(
+            "cubby_db_transaction_seconds", "Time inside a metadata transaction", ["kind"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.cache = Counter("cubby_cache_requests", "Metadata cache lookups", ["cache", "result"], registry=r)
+        self.block_requests = Counter("cubby_blockstore_requests", "Block store calls", ["op"], registry=r)
+        self.block_bytes = Counter("cubby_blockstore_bytes", "Chunk bytes through the block store", ["op"], registry=r)
+        self.notify_connections = Gauge(
+            "cubby_notify_connections", "Connections waiting for a change", registry=r, multiprocess_mode="livesum",
+        )
+        self.fanout = Histogram(
+            "cubby_notify_fanout_seconds", "Time to wake the subscribers of one change",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+
+    def observe_transaction(self, kind: str, seconds: float) -> None:
+        self.transactions.labels(kind).inc()
+        self.transaction_time.labels(kind).observe(seconds)
+
+    def exposition(self) -> bytes:
+        """The text format, for this process or (multiprocess mode) for every worker."""
+        if self.multiprocess:
+            combined = CollectorRegistry()
+            multiprocess.MultiProcessCollector(combined)
+            return generate_latest(combined)
+        return generate_latest(self.registry)
+
+
+class RequestMetrics:
+    """ASGI middleware: counts and times every HTTP request by its route template."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Sequence[BaseRoute]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes
+
+    def template(self, scope: Scope) -> str:
+        matched = scope.get("route")  # the router records the route it chose in the scope
+        if matched is not None:
+            return str(getattr(matched, "path", "other"))
+        for route in self.routes:  # answered before routing (a middleware refused it)
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                return str(getattr(route, "path", "other"))
+        return "other"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def recording_send(msg: Message) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = int(msg["status"])
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            route = self.template(scope)
+            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(route, scope["method"]).observe(time.perf_counter() - start)
+
+
+def routes(metrics: Metrics) -> list[BaseRoute]:
+    async def scrape(request: Request) -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    return [Route("/metrics", scrape, methods=["GET"])]
+
+
+class InstrumentedBlockStore:
+    """A `BlockStore` that counts calls and bytes, wrapping any other (behaviour by wrapping)."""
+
+    def __init__(self, inner: BlockStore, metrics: Metrics) -> None:
+        self.inner = inner
+        self.metrics = metrics
+
+    def _count(self, op: str, nbytes: int = 0, calls: int = 1) -> None:
+        self.metrics.block_requests.labels(op).inc(calls)
+        if nbytes:
+            self.metrics.block_bytes.labels(op).inc(nbytes)
+
+    def put(self, name: str, data: bytes) -> bool:
+        self._count("put", len(data))
+        return self.inner.put(name, data)
+
+    def put_many(self, items: Iterable[tuple[str, bytes]]) -> list[bool]:
+        batch = list(items)
+        self._count("put", sum(len(d) for _, d in batch))
+        return self.inner.put_many(batch)
+
+    def get(self, name: str) -> bytes:
+        data = self.inner.get(name)
+        self._count("get", len(data))
+        return data
+
+    def has(self, name: str) -> bool:
+        self._count("has")
+        return self.inner.has(name)
+
+    def delete(self, name: str) -> None:
+        self._count("delete")
+        self.inner.delete(name)
+
+    def iterate(self) -> Iterator[str]:
+        self._count("iterate")
+        return self.inner.iterate()
+
+    def __getattr__(self, name: str) -> object:
+        # Anything beyond the Protocol (a backend's own extras) is the inner store's.
+        return getattr(self.inner, name)
