@@ -2,7 +2,7 @@
 
 `Config` holds everything the server and the client need. The CLI builds it from flags, the
 environment (``CUBBY_URL``, ``CUBBY_TOKEN``, ``CUBBY_DATA``, ``CUBBY_DB``,
-``CUBBY_BROKER``) and an optional
+``CUBBY_BROKER``, ``CUBBY_BLOCKS``) and an optional
 TOML file (``~/.config/cubby/config.toml``); nothing below the CLI reads the environment.
 """
 
@@ -59,6 +59,13 @@ class Config:
     link URLs; None means the address of the request that made the link."""
     sync_cache_mb: float = 256
     """The sync client's chunk cache on disk, in MiB (`cubby.client.sync.cache`)."""
+    dedup_scope: str = "global"
+    """``global``: a chunk any user stored is reused by whoever proves they hold its bytes.
+    ``user``: only chunks the same user can already read are reused; everything else is
+    uploaded, so nobody can learn whether another user stores some content (docs/SECURITY.md)."""
+    blocks_url: str | None = None
+    """Where chunk packs live: a folder, or ``s3://BUCKET/PREFIX?endpoint=…&region=…``
+    (`cubby.blockstore.objects.open_object_store`); None means the folder data_dir/blocks."""
 
     @property
     def metadata_url(self) -> str:
@@ -69,6 +76,10 @@ class Config:
     @property
     def blocks_dir(self) -> Path:
         return self.data_dir / "blocks"
+
+    @property
+    def blocks_location(self) -> str:
+        return self.blocks_url or str(self.blocks_dir)
 
     def with_(self, **changes: Any) -> Config:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -102,7 +113,13 @@ def load(env: Mapping[str, str], file: Path | None = None) -> Config:
         values["auto_accept_shares"] = env["CUBBY_AUTO_ACCEPT_SHARES"].lower() in ("1", "true", "yes", "on")
     if env.get("CUBBY_BROKER"):
         values["broker_url"] = env["CUBBY_BROKER"]
+    if env.get("CUBBY_BLOCKS"):
+        values["blocks_url"] = env["CUBBY_BLOCKS"]
     return replace(cfg, **_typed(values, path))
+
+
+DEDUP_SCOPES = ("global", "user")
+"""The values of `Config.dedup_scope`."""
 
 
 class ConfigError(BadRequest):
@@ -137,6 +154,8 @@ def _typed(values: Mapping[str, Any], path: Path) -> dict[str, Any]:
                 value = int(value) if kind.startswith("int") else float(value)
             elif kind.startswith("str") and not isinstance(value, str):
                 raise TypeError("a string")
+            if key == "dedup_scope" and value not in DEDUP_SCOPES:
+                raise TypeError(" or ".join(repr(v) for v in DEDUP_SCOPES))
         except TypeError as e:
             raise ConfigError(f"{path}: setting {key!r} must be {e}, not {value!r}", key=key) from None
         out[key] = value

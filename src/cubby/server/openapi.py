@@ -123,6 +123,15 @@ def document() -> dict[str, Any]:
                 415,
             )
         },
+        "/api/v1/files/batch": {
+            "post": _json_op(
+                "Folder creations, deletes and moves in order, each with its own outcome",
+                {"type": "object", "required": ["ops"], "properties": {"ops": {"type": "array", "minItems": 1, "maxItems": 1000, "items": {"type": "object", "required": ["op"], "properties": {"op": {"enum": ["mkdir", "delete", "move"]}}}}}},
+                {"type": "object"},
+                409,
+                415,
+            )
+        },
         "/api/v1/files/restore": {
             "post": _json_op(
                 "Make an old revision current again",
@@ -184,8 +193,17 @@ def document() -> dict[str, Any]:
         },
         "/api/v1/blocks/prove": {
             "post": _json_op(
-                "Prove possession of chunks: sha256(nonce || bytes)",
-                {"type": "object", "required": ["ns_id", "proofs"], "properties": {"ns_id": ID, "proofs": {"type": "object", "propertyNames": HASH, "additionalProperties": {"type": "string"}}}},
+                "Prove possession of chunks: sha256(nonce || bytes), with each chunk's size as the commit stated it",
+                {"type": "object", "required": ["ns_id", "proofs"], "properties": {
+                    "ns_id": ID,
+                    "proofs": {"type": "object", "maxProperties": 4096, "additionalProperties": {
+                        "type": "object", "required": ["size", "proof"], "additionalProperties": False,
+                        "properties": {
+                            "size": {"type": "integer", "minimum": 1, "maximum": 16 * 1024 * 1024},
+                            "proof": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
+                        },
+                    }},
+                }},
                 {"type": "object"},
                 415,
             )
