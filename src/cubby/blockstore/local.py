@@ -31,7 +31,7 @@ _TMP_MAX_AGE = 3600.0
 """Temp files older than this belong to a dead writer and are swept when a store opens."""
 
 
-_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 DISK_FULL = (
     "the server is out of disk space and could not store these chunks (no partial chunk is kept); "
     "retry once its administrator has freed space"
@@ -44,7 +44,7 @@ def _full_disk_as_error() -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        if exc.errno in _NO_SPACE:
+        if exc.errno in NO_SPACE:
             raise InsufficientStorage(DISK_FULL) from exc
         raise
 
