@@ -16,6 +16,7 @@ from starlette.requests import Request
 from cubby.core import paths
 from cubby.errors import Forbidden, NotFound, Unauthorized
 from cubby.model import Entry, Principal
+from cubby.server.bodies import allow_body
 from cubby.server.context import ServerContext
 
 
@@ -32,19 +33,21 @@ class Target:
 
 
 async def principal(request: Request, ctx: ServerContext) -> Principal:
+    """The caller, from their bearer token; only then may the request's body be read
+    (`bodies.allow_body`), so a stranger's request costs a header and one token lookup."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if not header and request.cookies:
         from cubby.server import sessions  # a browser: the session cookie, with its CSRF checks
 
         p = await sessions.principal(request, ctx)
-        request.state.user_id = p.user_id
-        return p
-    if scheme.lower() != "bearer" or not token.strip():
+    elif scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer TOKEN' (see 'cubby user add')")
-    p = await run_in_threadpool(ctx.store.authenticate, token.strip())
+    else:
+        p = await run_in_threadpool(ctx.store.authenticate, token.strip())
     request.state.user_id = p.user_id
     request.scope.setdefault("state", {})["user_id"] = p.user_id
+    allow_body(request)
     return p
 
 
