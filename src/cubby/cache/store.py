@@ -113,7 +113,10 @@ class CachedStore:
         self.invalidate([f"head:{int(n)}" for n in ns_ids] + [f"mem:{int(u)}" for u in users])
 
     # -- who is asking --------------------------------------------------------------------
-    def authenticate(self, token: str) -> Principal:
+    def authenticate(self, token: str, *, fresh: bool = False) -> Principal:
+        if fresh:
+            return self.store.authenticate(token)
+
         def load() -> list[Any]:
             return list(self.store.token_owner(token))
 

@@ -428,7 +428,9 @@ class SqlMetadataStore:
 
         self.db.write(run)
 
-    def authenticate(self, token: str) -> Principal:
+    def authenticate(self, token: str, *, fresh: bool = False) -> Principal:
+        """The principal of ``token``. (This store always reads afresh; ``fresh`` is for a
+        cached store, `cubby.cache.store.CachedStore`.)"""
         uid, name, root_ns, token_id = self.token_owner(token)
         return self.principal_of(uid, name, root_ns, token_id=token_id)
 
