@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -63,6 +64,8 @@ class CachedStore:
         self.cache = cache
         self.count = count
         self.invalidation_deadline = invalidation_deadline
+        self._pending: set[str] = set()
+        self._pending_lock = threading.Lock()
         self.sharing = _CachedSharing(self, store.sharing)
         self.moves = _CachedMoves(self, store.moves)
 
@@ -94,16 +97,24 @@ class CachedStore:
             self.count(self.cache.name, result)
 
     def invalidate(self, keys: Iterable[str]) -> None:
-        """Delete ``keys`` from the cache, retrying until the deadline; then `CacheUnavailable`."""
-        keys = sorted(set(keys))
+        """Delete ``keys`` from the cache, retrying until the deadline; then `CacheUnavailable`.
+        Keys that could not be invalidated are tried again with every later invalidation of
+        this process, so the unacknowledged change becomes visible as soon as the cache
+        answers again (or when the value expires)."""
+        with self._pending_lock:
+            todo = sorted(set(keys) | self._pending)
         deadline = time.monotonic() + self.invalidation_deadline
         pause = 0.01
         while True:
             try:
-                self.cache.invalidate(keys)
+                self.cache.invalidate(todo)
+                with self._pending_lock:
+                    self._pending.difference_update(todo)
                 return
             except CacheUnavailable:
                 if time.monotonic() + pause > deadline:
+                    with self._pending_lock:
+                        self._pending.update(todo)
                     raise
                 time.sleep(pause)
                 pause = min(0.2, pause * 2)
