@@ -84,7 +84,7 @@ class Entry:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Entry":
+    def from_dict(cls, d: dict[str, Any]) -> Entry:
         return cls(**{k: d.get(k) for k in cls.__dataclass_fields__ if k in d})  # type: ignore[arg-type]
 
 
@@ -136,7 +136,7 @@ class JournalEntry:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "JournalEntry":
+    def from_dict(cls, d: dict[str, Any]) -> JournalEntry:
         return cls(**{k: d.get(k) for k in cls.__dataclass_fields__ if k in d})  # type: ignore[arg-type]
 
 

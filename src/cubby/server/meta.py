@@ -20,7 +20,15 @@ from cubby.core import paths
 from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceMoved
 from cubby.model import ChunkRef, CommitRequest, CommitResult, Principal
 from cubby.server import access
-from cubby.server.bodies import field_float, field_hash, field_int, field_str, json_body, query_bool, query_int
+from cubby.server.bodies import (
+    field_float,
+    field_hash,
+    field_int,
+    field_str,
+    json_body,
+    query_bool,
+    query_int,
+)
 from cubby.server.context import ServerContext
 
 MAX_BATCH = 1000

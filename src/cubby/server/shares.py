@@ -27,8 +27,8 @@ from starlette.routing import BaseRoute, Route
 
 from cubby.core import paths
 from cubby.errors import BadRequest, NamespaceMoved
-from cubby.model import Principal
 from cubby.metadata.shares import SharingChange
+from cubby.model import Principal
 from cubby.server import access
 from cubby.server.bodies import field_str, json_body
 from cubby.server.context import ServerContext
