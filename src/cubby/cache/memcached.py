@@ -15,16 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from cubby.cache.base import (
-    LEASE,
-    LEASE_SECONDS,
-    VALUE,
-    VALUE_SECONDS,
-    CacheUnavailable,
-    is_refused,
-    new_lease,
-)
 from cubby.cache.breaker import Breaker
+from cubby.cache.remote import RemoteCache
 
 
 def server_of(url: str) -> Any:
@@ -34,61 +26,35 @@ def server_of(url: str) -> Any:
     return parts.path  # a unix socket
 
 
-class MemcachedCache:
+class MemcachedCache(RemoteCache):
     name = "memcached"
 
     def __init__(self, url: str, *, timeout: float = 0.5, breaker: Breaker | None = None) -> None:
         from pymemcache.client.base import PooledClient
         from pymemcache.exceptions import MemcacheError
 
-        self._errors: tuple[type[BaseException], ...] = (MemcacheError, OSError)
+        super().__init__(breaker)
+        self.errors = (MemcacheError, OSError)
         self.client: Any = PooledClient(
             server_of(url), connect_timeout=timeout, timeout=timeout, max_pool_size=64, no_delay=True,
         )
-        self.breaker = breaker or Breaker()
 
-    def get(self, key: str) -> tuple[bytes | None, str | None]:
-        if not self.breaker.allows():
-            return None, None
-        try:
-            raw = self.client.get(key)
-            if raw is None:
-                token = new_lease()
-                got = self.client.add(key, LEASE + token.encode(), expire=math.ceil(LEASE_SECONDS), noreply=False)
-                self.breaker.ok()
-                return None, (token if got else None)
-        except self._errors:
-            self.breaker.failed()
-            return None, None
-        self.breaker.ok()
-        return (bytes(raw[1:]), None) if raw[:1] == VALUE else (None, None)
+    def read(self, key: str) -> bytes | None:
+        return self.client.get(key)  # type: ignore[no-any-return]
 
-    def fill(self, key: str, value: bytes, lease: str, ttl: float = VALUE_SECONDS) -> bool:
-        try:
-            raw, cas = self.client.gets(key)
-            if raw != LEASE + lease.encode():
-                return False
-            return bool(self.client.cas(key, VALUE + value, cas, expire=math.ceil(ttl), noreply=False))
-        except self._errors:
-            self.breaker.failed()
-            return False
+    def add(self, key: str, raw: bytes, ttl: float) -> bool:
+        return bool(self.client.add(key, raw, expire=math.ceil(ttl), noreply=False))
 
-    def put(self, key: str, value: bytes, ttl: float = VALUE_SECONDS) -> None:
-        if not self.breaker.allows():
-            return
-        try:
-            self.client.set(key, VALUE + value, expire=math.ceil(ttl), noreply=True)
-        except self._errors:
-            self.breaker.failed()
+    def swap(self, key: str, expected: bytes, raw: bytes, ttl: float) -> bool:
+        held, cas = self.client.gets(key)
+        return held == expected and bool(self.client.cas(key, raw, cas, expire=math.ceil(ttl), noreply=False))
 
-    def invalidate(self, keys: Sequence[str]) -> None:
-        try:
-            for key in keys:
-                self.client.delete(key, noreply=False)
-        except self._errors as exc:
-            if is_refused(exc):
-                return  # nobody listens: a restarted memcached is empty
-            raise CacheUnavailable("the metadata cache did not confirm an invalidation; retry") from exc
+    def write(self, key: str, raw: bytes, ttl: float) -> None:
+        self.client.set(key, raw, expire=math.ceil(ttl), noreply=True)
+
+    def delete(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.client.delete(key, noreply=False)
 
     def close(self) -> None:
         self.client.close()

@@ -13,18 +13,10 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from cubby.cache.base import (
-    LEASE,
-    LEASE_SECONDS,
-    VALUE,
-    VALUE_SECONDS,
-    CacheUnavailable,
-    is_refused,
-    new_lease,
-)
 from cubby.cache.breaker import Breaker
+from cubby.cache.remote import RemoteCache
 
-_FILL = """
+_SWAP = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   return 1
@@ -43,59 +35,32 @@ def split_prefix(url: str) -> tuple[str, str]:
     return prefix, urlunsplit(parts._replace(query=rest))
 
 
-class RedisCache:
+class RedisCache(RemoteCache):
     name = "redis"
 
     def __init__(self, url: str, *, timeout: float = 0.5, breaker: Breaker | None = None) -> None:
         import redis
 
+        super().__init__(breaker)
         self.prefix, url = split_prefix(url)
-        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self.errors = (redis.RedisError, OSError)
         self.client: Any = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        self._fill = self.client.register_script(_FILL)
-        self.breaker = breaker or Breaker()
+        self._swap = self.client.register_script(_SWAP)
 
-    def get(self, key: str) -> tuple[bytes | None, str | None]:
-        if not self.breaker.allows():
-            return None, None
-        try:
-            key = self.prefix + key
-            raw = self.client.get(key)
-            if raw is None:
-                token = new_lease()
-                got = self.client.set(key, LEASE + token.encode(), nx=True, px=int(LEASE_SECONDS * 1000))
-                self.breaker.ok()
-                return None, (token if got else None)
-        except self._errors:
-            self.breaker.failed()
-            return None, None
-        self.breaker.ok()
-        return (bytes(raw[1:]), None) if raw[:1] == VALUE else (None, None)
+    def read(self, key: str) -> bytes | None:
+        return self.client.get(self.prefix + key)  # type: ignore[no-any-return]
 
-    def fill(self, key: str, value: bytes, lease: str, ttl: float = VALUE_SECONDS) -> bool:
-        try:
-            return bool(self._fill(keys=[self.prefix + key], args=[LEASE + lease.encode(), VALUE + value, int(ttl * 1000)]))
-        except self._errors:
-            self.breaker.failed()
-            return False
+    def add(self, key: str, raw: bytes, ttl: float) -> bool:
+        return bool(self.client.set(self.prefix + key, raw, nx=True, px=int(ttl * 1000)))
 
-    def put(self, key: str, value: bytes, ttl: float = VALUE_SECONDS) -> None:
-        if not self.breaker.allows():
-            return
-        try:
-            self.client.set(self.prefix + key, VALUE + value, px=int(ttl * 1000))
-        except self._errors:
-            self.breaker.failed()
+    def swap(self, key: str, expected: bytes, raw: bytes, ttl: float) -> bool:
+        return bool(self._swap(keys=[self.prefix + key], args=[expected, raw, int(ttl * 1000)]))
 
-    def invalidate(self, keys: Sequence[str]) -> None:
-        if not keys:
-            return
-        try:
-            self.client.delete(*[self.prefix + k for k in keys])
-        except self._errors as exc:
-            if is_refused(exc):
-                return  # nobody listens: a restarted Redis without persistence is empty
-            raise CacheUnavailable("the metadata cache did not confirm an invalidation; retry") from exc
+    def write(self, key: str, raw: bytes, ttl: float) -> None:
+        self.client.set(self.prefix + key, raw, px=int(ttl * 1000))
+
+    def delete(self, keys: Sequence[str]) -> None:
+        self.client.delete(*[self.prefix + k for k in keys])
 
     def close(self) -> None:
         self.client.close()
