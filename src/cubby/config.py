@@ -2,7 +2,7 @@
 
 `Config` holds everything the server and the client need. The CLI builds it from flags, the
 environment (``CUBBY_URL``, ``CUBBY_TOKEN``, ``CUBBY_DATA``, ``CUBBY_DB``,
-``CUBBY_BROKER``) and an optional
+``CUBBY_BROKER``, ``CUBBY_BLOCKS``) and an optional
 TOML file (``~/.config/cubby/config.toml``); nothing below the CLI reads the environment.
 """
 
@@ -67,6 +67,22 @@ class Config:
     """``global``: a chunk any user stored is reused by whoever proves they hold its bytes.
     ``user``: only chunks the same user can already read are reused; everything else is
     uploaded, so nobody can learn whether another user stores some content (docs/SECURITY.md)."""
+    blocks_url: str | None = None
+    """Where chunk packs live: a folder, or ``s3://BUCKET/PREFIX?endpoint=…&region=…``
+    (`cubby.blockstore.objects.open_object_store`); None means the folder data_dir/blocks."""
+    header_timeout: float = 10.0
+    """Seconds a connection may take to send a request's headers (on the notification front,
+    its body too) from the moment it opens or starts the request; then it is closed."""
+    idle_timeout: float = 120.0
+    """Seconds a connection may stay silent between requests (a WebSocket: between frames;
+    clients ping) before it is closed."""
+    max_connections: int = 0
+    """Open connections per process; 0: the open-file limit less a reserve. At the cap the
+    oldest connection that has not sent a request yet makes room."""
+    max_connections_per_address: int = 256
+    """Open connections per client address (see ``trusted_proxies``)."""
+    max_waits_per_token: int = 32
+    """Long-polls and WebSockets one token may hold open at once; the next answers 429."""
 
     @property
     def metadata_url(self) -> str:
@@ -77,6 +93,10 @@ class Config:
     @property
     def blocks_dir(self) -> Path:
         return self.data_dir / "blocks"
+
+    @property
+    def blocks_location(self) -> str:
+        return self.blocks_url or str(self.blocks_dir)
 
     def with_(self, **changes: Any) -> Config:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -110,6 +130,8 @@ def load(env: Mapping[str, str], file: Path | None = None) -> Config:
         values["auto_accept_shares"] = env["CUBBY_AUTO_ACCEPT_SHARES"].lower() in ("1", "true", "yes", "on")
     if env.get("CUBBY_BROKER"):
         values["broker_url"] = env["CUBBY_BROKER"]
+    if env.get("CUBBY_BLOCKS"):
+        values["blocks_url"] = env["CUBBY_BLOCKS"]
     return replace(cfg, **_typed(values, path))
 
 

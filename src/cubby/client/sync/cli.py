@@ -103,7 +103,13 @@ def register(main: click.Group) -> None:
                 state.emit({"blocked": b.path, "reason": b.reason}, f"kept     {b.path}  ({b.reason})")
             for rel in res.unsyncable:
                 state.emit({"unsyncable": rel}, f"skipped  {rel}  (a name cubby cannot store)")
-            state.emit({"in_sync": not pending, "pending": len(pending), "blocked": len(blocked)},
+            for rel in res.outside_links:
+                state.emit({"outside_link": rel}, f"skipped  {rel}  (a link to outside the folder: not synced)")
+            refused = engine.state.refusals()
+            for r in refused:
+                state.emit({"refused": r.path, "source": r.source, "reason": r.reason, "ns_id": r.ns_id, "jid": r.jid},
+                           f"refused  {r.path}  (from the server's {r.source}: {r.reason})")
+            state.emit({"in_sync": not pending, "pending": len(pending), "blocked": len(blocked), "refused": len(refused)},
                        "in sync" if not pending else f"{len(pending)} changes pending")
         finally:
             engine.close()
