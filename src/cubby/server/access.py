@@ -32,9 +32,12 @@ class Target:
         return ns_path if self.mount == paths.ROOT else paths.join(self.mount, ns_path.lstrip("/")).rstrip("/")
 
 
-async def principal(request: Request, ctx: ServerContext) -> Principal:
-    """The caller, from their bearer token; only then may the request's body be read
-    (`bodies.allow_body`), so a stranger's request costs a header and one token lookup."""
+async def principal(request: Request, ctx: ServerContext, *, fresh: bool = False) -> Principal:
+    """The caller, from their bearer token (or session cookie); only then may the request's
+    body be read (`bodies.allow_body`), so a stranger's request costs a header and one token
+    lookup. ``fresh``: read the memberships from the database, past the metadata cache, as a
+    request does after it raced a share (the share's invalidation may not have reached the
+    cache yet)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if not header and request.cookies:
@@ -44,7 +47,7 @@ async def principal(request: Request, ctx: ServerContext) -> Principal:
     elif scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer TOKEN' (see 'cubby user add')")
     else:
-        p = await run_in_threadpool(ctx.store.authenticate, token.strip())
+        p = await run_in_threadpool(ctx.store.authenticate, token.strip(), fresh=fresh)
     request.state.user_id = p.user_id
     request.scope.setdefault("state", {})["user_id"] = p.user_id
     allow_body(request)

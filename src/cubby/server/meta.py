@@ -91,7 +91,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
             return p, await run_in_threadpool(fn, p, False)
         except NamespaceMoved:
             ctx.log.info("request raced a share; resolving it again", extra={"path": request.url.path})
-            p = await who(request)
+            p = await access.principal(request, ctx, fresh=True)
             return p, await run_in_threadpool(fn, p, True)
 
     async def account(request: Request) -> Response:
@@ -145,7 +145,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         todo = sorted(parsed)
         for attempt in range(2):
             if attempt:
-                p = await who(request)  # fresh mounts: some paths became a shared folder
+                p = await access.principal(request, ctx, fresh=True)  # some paths became a shared folder
             groups: dict[int, list[tuple[int, access.Target, CommitRequest]]] = {}
             for i in todo:
                 req = parsed[i]

@@ -78,7 +78,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         try:
             change = await run_in_threadpool(run, p)
         except NamespaceMoved:
-            change = await run_in_threadpool(run, await who(request))
+            change = await run_in_threadpool(run, await access.principal(request, ctx, fresh=True))
         announce(ctx, change)
         info = dict(change.info)
         if ctx.config.auto_accept_shares and info.get("state") == "invited":
