@@ -140,12 +140,20 @@ def _server_config(state: State, data: Path | None, db: str | None) -> Config:
     "--auto-accept-shares", is_flag=True, default=None,
     help="Mount shared folders in invitees' trees at once, without 'cubby share accept'.",
 )
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Worker processes sharing the listening socket (one per core), restarted if they die.",
+)
+@click.option(
+    "--trusted-proxy", "trusted_proxies", multiple=True, metavar="ADDR[/BITS]",
+    help="A load balancer whose X-Forwarded-For names the client (repeat for several).",
+)
 @pass_state
 def serve(
     state: State, data: Path | None, db: str | None, host: str | None, port: int | None, listen_fd: int | None,
     role: str, broker: str | None, notify_front: str | None, max_request_bytes: int | None,
     advertise_meta: str | None, advertise_blocks: str | None, advertise_notify: str | None,
-    auto_accept_shares: bool | None,
+    auto_accept_shares: bool | None, workers: int, trusted_proxies: tuple[str, ...],
 ) -> None:
     """Run the cubby server."""
     from cubby.server.run import parse_roles
@@ -159,8 +167,9 @@ def serve(
         host=host, port=port, listen_fd=listen_fd, broker_url=broker, notify_front=notify_front,
         max_request_bytes=max_request_bytes, auto_accept_shares=auto_accept_shares,
         advertise_meta=advertise_meta, advertise_blocks=advertise_blocks, advertise_notify=advertise_notify,
+        trusted_proxies=trusted_proxies or None,
     )
-    run(cfg, roles)
+    run(cfg, roles, workers=workers)
 
 
 @main.group()
