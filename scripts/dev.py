@@ -41,19 +41,23 @@ def ensure_venv() -> None:
     STAMP.write_text(want)
 
 
-CHROMIUM = Path("/usr/bin/chromium")
+DEBIAN_TOOLS = {
+    "chromium": Path("/usr/bin/chromium"),  # the browser tests drive it through Playwright
+    "haproxy": Path("/usr/sbin/haproxy"),  # the cluster tests put it in front of the roles
+}
 
 
-def ensure_chromium() -> None:
-    """The browser tests drive Debian's ``chromium`` through Playwright (never a browser
-    download): install it when it is missing and we may (root with apt-get)."""
-    if CHROMIUM.exists() or not hasattr(os, "geteuid") or os.geteuid() != 0 or not Path("/usr/bin/apt-get").exists():
+def ensure_debian_tools() -> None:
+    """Install the Debian packages the tests need (never a browser download) when they are
+    missing and we may (root with apt-get)."""
+    missing = [pkg for pkg, path in DEBIAN_TOOLS.items() if not path.exists()]
+    if not missing or not hasattr(os, "geteuid") or os.geteuid() != 0 or not Path("/usr/bin/apt-get").exists():
         return
-    print("installing chromium for the browser tests (apt-get) ...", file=sys.stderr, flush=True)
+    print(f"installing {', '.join(missing)} for the tests (apt-get) ...", file=sys.stderr, flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    if subprocess.call(["apt-get", "install", "-y", "-q", "chromium"], env=env) != 0:
+    if subprocess.call(["apt-get", "install", "-y", "-q", *missing], env=env) != 0:
         subprocess.call(["apt-get", "update", "-q"], env=env)
-        subprocess.call(["apt-get", "install", "-y", "-q", "chromium"], env=env)
+        subprocess.call(["apt-get", "install", "-y", "-q", *missing], env=env)
 
 
 def main(argv: list[str]) -> int:
@@ -67,7 +71,7 @@ def main(argv: list[str]) -> int:
         if not any(a == "--data" or a.startswith("--data=") or a == "--db" for a in rest):
             args += ["--data", str(ROOT / "cubby-data")]
         os.execv(args[0], args)
-    ensure_chromium()
+    ensure_debian_tools()
     os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
     workers = os.environ.get("CUBBY_TEST_WORKERS", "2")
     args = [str(_bin("python")), "-m", "pytest", "-n", workers, "--dist", "loadgroup", "-q", "-p", "no:cacheprovider", *rest]
