@@ -19,7 +19,7 @@ EXAMPLE_ARGS = [
 
 def test_haproxy_accepts_the_generated_configuration(tmp_path: Path) -> None:
     cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(render(Backends(["127.0.0.1:1"], ["127.0.0.1:2"], ["127.0.0.1:3"]), bind="127.0.0.1:0", maxconn=100))
+    cfg.write_text(render(Backends(["127.0.0.1:1"], ["127.0.0.1:2"], ["127.0.0.1:3"]), bind="127.0.0.1:8765", maxconn=100))  # -c never binds)
     check = subprocess.run([HAPROXY, "-c", "-f", str(cfg)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     text = cfg.read_text()
