@@ -18,6 +18,7 @@ Choices, and why:
 - ``retries`` with ``option redispatch``: a connection refused by a process that just died is
   tried on another process of the role (only connection failures: a request that reached a
   server is never sent twice);
+- ``/metrics`` is refused at the public address: Prometheus scrapes each process directly;
 - ``balance leastconn`` for notify (connections are long and uneven), round robin elsewhere.
 
 ``python -m cubby.deploy.haproxy --bind :80 --meta 10.0.0.5:8001 --meta ... > haproxy.cfg``
@@ -97,6 +98,7 @@ def render(backends: Backends, *, bind: str, stats_socket: str | None = None, ma
         "",
         "frontend cubby",
         f"    bind {bind}",
+        "    http-request deny if { path /metrics }",
         *_acl("to_blocks", "blocks"),
         *_acl("to_notify", "notify"),
         "    use_backend blocks if to_blocks",
