@@ -145,15 +145,19 @@ def _server_config(state: State, data: Path | None, db: str | None) -> Config:
     help="Worker processes sharing the listening socket (one per core), restarted if they die.",
 )
 @click.option(
-    "--trusted-proxy", "trusted_proxies", multiple=True, metavar="ADDR[/BITS]",
-    help="A load balancer whose X-Forwarded-For names the client (repeat for several).",
+    "--dedup-scope", type=click.Choice(["global", "user"]), default=None,
+    help="Reuse chunks any user stored (global, the default) or only the same user's (user): see docs/SECURITY.md.",
+)
+@click.option(
+    "--trusted-proxy", "trusted_proxies", multiple=True, metavar="ADDRESS[/BITS]",
+    help="A load balancer whose X-Forwarded-For names the real client (repeatable; none by default).",
 )
 @pass_state
 def serve(
     state: State, data: Path | None, db: str | None, host: str | None, port: int | None, listen_fd: int | None,
     role: str, broker: str | None, notify_front: str | None, max_request_bytes: int | None,
     advertise_meta: str | None, advertise_blocks: str | None, advertise_notify: str | None,
-    auto_accept_shares: bool | None, workers: int, trusted_proxies: tuple[str, ...],
+    auto_accept_shares: bool | None, dedup_scope: str | None, trusted_proxies: tuple[str, ...], workers: int,
 ) -> None:
     """Run the cubby server."""
     from cubby.server.run import parse_roles
@@ -167,7 +171,7 @@ def serve(
         host=host, port=port, listen_fd=listen_fd, broker_url=broker, notify_front=notify_front,
         max_request_bytes=max_request_bytes, auto_accept_shares=auto_accept_shares,
         advertise_meta=advertise_meta, advertise_blocks=advertise_blocks, advertise_notify=advertise_notify,
-        trusted_proxies=trusted_proxies or None,
+        dedup_scope=dedup_scope, trusted_proxies=trusted_proxies or None,
     )
     run(cfg, roles, workers=workers)
 

@@ -59,6 +59,10 @@ class Config:
     link URLs; None means the address of the request that made the link."""
     sync_cache_mb: float = 256
     """The sync client's chunk cache on disk, in MiB (`cubby.client.sync.cache`)."""
+    dedup_scope: str = "global"
+    """``global``: a chunk any user stored is reused by whoever proves they hold its bytes.
+    ``user``: only chunks the same user can already read are reused; everything else is
+    uploaded, so nobody can learn whether another user stores some content (docs/SECURITY.md)."""
 
     @property
     def metadata_url(self) -> str:
@@ -105,6 +109,10 @@ def load(env: Mapping[str, str], file: Path | None = None) -> Config:
     return replace(cfg, **_typed(values, path))
 
 
+DEDUP_SCOPES = ("global", "user")
+"""The values of `Config.dedup_scope`."""
+
+
 class ConfigError(BadRequest):
     """A config file that names a setting cubby does not have, or gives one a wrong type."""
 
@@ -137,6 +145,8 @@ def _typed(values: Mapping[str, Any], path: Path) -> dict[str, Any]:
                 value = int(value) if kind.startswith("int") else float(value)
             elif kind.startswith("str") and not isinstance(value, str):
                 raise TypeError("a string")
+            if key == "dedup_scope" and value not in DEDUP_SCOPES:
+                raise TypeError(" or ".join(repr(v) for v in DEDUP_SCOPES))
         except TypeError as e:
             raise ConfigError(f"{path}: setting {key!r} must be {e}, not {value!r}", key=key) from None
         out[key] = value

@@ -8,6 +8,7 @@ import unicodedata
 import pytest
 
 from cubby.errors import BadRequest, Conflict, InvalidPath, NotFound, SizeMismatch, Unauthorized
+from cubby.metadata.possession import Claim
 from cubby.model import ChunkRef, CommitRequest
 from tests.metadata.conftest import put_file, random_chunks, request
 
@@ -274,17 +275,21 @@ def test_hash_only_claims_learn_and_get_nothing(store, blocks, alice):
     assert store.chunk_readable([bob.root_ns], [h]) == set()
     assert store.chunk_readable([alice_user.root_ns], [h]) == {h}
     # A forged proof is refused and grants nothing.
-    accepted, rejected = store.accept_proofs(bob.id, bob.root_ns, {h: "00" * 32}, blocks)
-    assert accepted == [] and rejected == [h]
+    size = len(secret[0][1])
+    checked = store.accept_proofs(bob.id, bob.root_ns, [Claim(h, size, "00" * 32)], blocks)
+    assert checked.proven == [] and checked.rejected == [h]
     # A proof for another user's nonce is refused too.
-    alice_nonce = store.challenge(alice_user.id, bob.root_ns, h)
+    alice_nonce = store.challenge(alice_user.id, bob.root_ns, h, size)
     forged = hashlib.sha256(bytes.fromhex(alice_nonce) + secret[0][1]).hexdigest()
-    assert store.accept_proofs(bob.id, bob.root_ns, {h: forged}, blocks)[0] == []
+    assert store.accept_proofs(bob.id, bob.root_ns, [Claim(h, size, forged)], blocks).proven == []
     assert not store.commit(bob.id, bob.root_ns, request("/x", secret)).committed
     # With the bytes, Bob proves possession and commits without uploading.
     nonce = held.needed[0].nonce
     proof = hashlib.sha256(bytes.fromhex(nonce) + secret[0][1]).hexdigest()
-    assert store.accept_proofs(bob.id, bob.root_ns, {h: proof}, blocks) == ([h], [])
+    # The size is bound into the nonce: the same proof under another claimed size is refused.
+    assert store.accept_proofs(bob.id, bob.root_ns, [Claim(h, size + 1, proof)], blocks).proven == []
+    checked = store.accept_proofs(bob.id, bob.root_ns, [Claim(h, size, proof)], blocks)
+    assert (checked.proven, checked.rejected) == ([h], [])
     assert store.commit(bob.id, bob.root_ns, request("/x", secret)).committed
     assert store.chunk_readable([bob.root_ns], [h]) == {h}
 

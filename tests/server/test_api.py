@@ -108,7 +108,8 @@ def test_hash_only_claim_learns_nothing_and_possession_dedups(users, tmp_path):
     assert not held.committed and not unheld.committed
     assert len(held.needed) == len(unheld.needed)  # same answer whether or not the server holds them
     b_ns = b.account()["root_ns"]
-    accepted, rejected = b.prove(b_ns, {n.hash: "0" * 64 for n in held.needed})
+    sizes = {r.hash: r.size for r in refs}
+    accepted, rejected = b.prove(b_ns, {n.hash: (sizes[n.hash], "0" * 64) for n in held.needed})
     assert accepted == [] and len(rejected) == len(held.needed)
     with pytest.raises(NotFound):
         list(b.fetch_chunks([refs[0].hash]))

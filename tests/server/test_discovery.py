@@ -44,7 +44,7 @@ def test_a_route_of_another_role_names_that_role(tmp_path: Path) -> None:
         # a route that exists nowhere is still a plain 404
         assert httpx.get(meta.url + "/api/v1/files/nothing-here").status_code in (404, 405)
         with ApiClient(meta.url, token) as api, pytest.raises(WrongRole):
-            api.prove(1, {"0" * 64: "0" * 64})  # nobody advertises blocks: the error says so
+            api.prove(1, {"0" * 64: (1, "0" * 64)})  # nobody advertises blocks: the error says so
 
 
 def test_a_client_that_knows_only_the_meta_url_uploads_and_downloads(tmp_path: Path) -> None:

@@ -90,7 +90,7 @@ class ApiClient:
     def close(self) -> None:
         self.http.close()
 
-    def __enter__(self) -> "ApiClient":
+    def __enter__(self) -> ApiClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -276,10 +276,14 @@ class ApiClient:
         ).json()
         return int(answer["stored"])
 
-    def prove(self, ns_id: int, proofs: dict[str, str]) -> tuple[builtins.list[str], builtins.list[str]]:
+    def prove(self, ns_id: int, proofs: dict[str, tuple[int, str]]) -> tuple[builtins.list[str], builtins.list[str]]:
+        """Prove possession: ``proofs`` maps a chunk to (its size, SHA-256(nonce || bytes));
+        returns (accepted, rejected). The size is the one the commit stated (it is bound into
+        the nonce)."""
         if not proofs:
             return [], []
-        body = self._post("/api/v1/blocks/prove", {"ns_id": ns_id, "proofs": proofs})
+        wire = {h: {"size": size, "proof": proof} for h, (size, proof) in proofs.items()}
+        body = self._post("/api/v1/blocks/prove", {"ns_id": ns_id, "proofs": wire})
         return list(body["accepted"]), list(body["rejected"])
 
     def fetch_chunks(self, hashes: Sequence[str]) -> Iterator[tuple[str, bytes]]:
@@ -319,9 +323,10 @@ class ApiClient:
             body["password"] = password
         return dict(self._post("/api/v1/links", body))
 
-    def list_links(self) -> builtins.list[dict[str, Any]]:
-        """The caller's links that are not revoked, newest first."""
-        return list(self._get("/api/v1/links")["links"])
+    def list_links(self, *, include_members: bool = False) -> builtins.list[dict[str, Any]]:
+        """The caller's links that are not revoked, newest first; with ``include_members``,
+        also the links members made into folders the caller owns (``created_by`` set)."""
+        return list(self._get("/api/v1/links", all="true" if include_members else None)["links"])
 
     def revoke_link(self, link_id: str) -> None:
         self._request("DELETE", f"/api/v1/links/{quote(str(link_id), safe='')}")

@@ -206,7 +206,7 @@ def _read_from(path: Path, lf: LocalFile | None, wanted: list[tuple[str, LocalCh
         after = _stamp(os.fstat(fh.fileno()))
     stamp = lf.stamp if lf is not None else None
     if stamp is None or before != stamp or after != stamp:
-        for (name, c), (_, data) in zip(wanted, out):
+        for (_name, c), (_, data) in zip(wanted, out):
             if sha256_hex(data) != c.hash:
                 raise _changed(path)
     return out
@@ -235,7 +235,7 @@ def _read_many(wanted: Iterable[tuple[str, tuple[Path, LocalChunk]]]) -> Iterato
             if path != current:
                 if fh:
                     fh.close()
-                fh = open(path, "rb")
+                fh = open(path, "rb")  # noqa: SIM115 -- one file at a time, closed on switch and in finally
                 current = path
             assert fh is not None
             yield name, read_chunk(fh, c, path)
@@ -313,7 +313,7 @@ def supply(
         return {}
     owner = {n: w[0] for n, w in needs.where.items()}
 
-    def send(items: list[tuple[str, bytes]], proofs: dict[str, str]) -> list[tuple[str, int]]:
+    def send(items: list[tuple[str, bytes]], proofs: dict[str, tuple[int, str]]) -> list[tuple[str, int]]:
         rejected: set[str] = set(api.prove(ns_id, proofs)[1])
         batch = [(n, d) for n, d in items if n in rejected]
         try:
@@ -336,7 +336,7 @@ def supply(
     with _Pipeline(in_flight) as pipe:
         for window in _windows(needs):
             items = _read_window(needs, window)
-            proofs = {n: _proof(needs.nonces[n], d) for n, d in items}
+            proofs = {n: (len(d), _proof(needs.nonces[n], d)) for n, d in items}
             for sent in pipe.submit(lambda items=items, proofs=proofs: send(items, proofs)):  # type: ignore[misc]
                 account(sent)
         for sent in pipe.drain():
@@ -541,9 +541,9 @@ def upload_tree(
     made = {paths.key(paths.split(r.path)[0]) for r in results}
     for d in dirs:
         remote = remote_of(d)
-        if paths.key(remote) not in made and paths.key(remote) not in existing:
-            if not any(k.startswith(paths.key(remote) + "/") for k in made):
-                api.mkdir(remote)
+        key = paths.key(remote)
+        if key not in made and key not in existing and not any(k.startswith(key + "/") for k in made):
+            api.mkdir(remote)
     if not files and not dirs:
         api.mkdir(remote_dir)
     return results
@@ -742,7 +742,7 @@ def download_tree(
         group = small[i : i + 1000]
         lists = api.blocklists([e.path for e, _ in group])
         ready = []
-        for (e, target), bl in zip(group, lists):
+        for (_e, target), bl in zip(group, lists):
             if isinstance(bl, CubbyError):
                 continue  # deleted since the listing: nothing to download
             ready.append((bl[0], bl[1], target))
@@ -757,6 +757,14 @@ def check_local_name(name: str) -> None:
 
 
 __all__ = [
-    "UploadResult", "DownloadResult", "upload_file", "upload_tree", "download_file", "download_tree",
-    "scan_file", "supply", "FileChanged", "Conflict",
+    "Conflict",
+    "DownloadResult",
+    "FileChanged",
+    "UploadResult",
+    "download_file",
+    "download_tree",
+    "scan_file",
+    "supply",
+    "upload_file",
+    "upload_tree",
 ]

@@ -62,23 +62,27 @@ def register(main: click.Group) -> None:
         state.emit(out, out["url"])
 
     @link.command("ls")
+    @click.option("--all", "include_members", is_flag=True,
+                  help="Also list links that members made into folders you own (you can revoke those too).")
     @pass_state
-    def link_ls(state: State) -> None:
+    def link_ls(state: State, include_members: bool) -> None:
         """List your links (the URLs themselves are not stored, so they cannot be shown again)."""
         with state.api() as api:
-            for item in api.list_links():
+            for item in api.list_links(include_members=include_members):
                 expires = (
                     dt.datetime.fromtimestamp(item["expires_at"]).strftime("%Y-%m-%d %H:%M")
                     if item.get("expires_at") else "never"
                 )
                 lock = "password" if item.get("has_password") else "-"
-                state.emit(item, f"{item['id']}  {item['state']:14} {expires:16} {lock:8} {item.get('path') or '(deleted)'}")
+                by = f"  (by {item['created_by']})" if item.get("created_by") else ""
+                state.emit(item, f"{item['id']}  {item['state']:14} {expires:16} {lock:8} {item.get('path') or '(deleted)'}{by}")
 
     @link.command("rm")
     @click.argument("link_id")
     @pass_state
     def link_rm(state: State, link_id: str) -> None:
-        """Revoke link LINK_ID (from 'cubby link ls'): its URL answers 404 from now on."""
+        """Revoke link LINK_ID (from 'cubby link ls'): its URL answers 404 from now on. Yours,
+        or one a member made into a folder you own ('cubby link ls --all')."""
         with state.api() as api:
             api.revoke_link(link_id)
         state.emit({"revoked": link_id}, f"revoked link {link_id}")

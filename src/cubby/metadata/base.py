@@ -37,6 +37,7 @@ from cubby.model import (
 )
 
 if TYPE_CHECKING:
+    from cubby.metadata.possession import Checked, ChunkReader, Claim
     from cubby.metadata.shares import SharingChange
 
 
@@ -171,14 +172,16 @@ class MetadataStore(Protocol):
         chunks that were newly written. `ChunkMismatch` if any bytes do not match their name
         (and then none of the batch is made available)."""
 
-    def challenge(self, user_id: int, ns_id: int, chunk_hash: str) -> str:
-        """The nonce (hex) for a proof of possession of ``chunk_hash`` by this user."""
+    def challenge(self, user_id: int, ns_id: int, chunk_hash: str, size: int) -> str:
+        """The nonce (hex) for a proof of possession of ``chunk_hash`` (``size`` bytes) by this user."""
 
     def accept_proofs(
-        self, user_id: int, ns_id: int, proofs: dict[str, str], blocks: BlockStore
-    ) -> tuple[builtins.list[str], builtins.list[str]]:
-        """Check SHA-256(nonce || bytes) answers; return (accepted, rejected) hashes. Accepted
-        chunks become available to ``ns_id``. A chunk the server lacks is rejected: upload it."""
+        self, user_id: int, ns_id: int, claims: Sequence[Claim], blocks: ChunkReader,
+        *, within: Iterable[int] | None = None,
+    ) -> Checked:
+        """Check SHA-256(nonce || bytes) answers; accepted chunks become available to ``ns_id``.
+        A chunk the server lacks (or, with ``within``, that those namespaces lack) is rejected
+        after the same work as a held one: upload it."""
 
     def collect_garbage(self, blocks: BlockStore, grace_seconds: float) -> GcStats:
         """Remove chunks no revision references and nobody touched within the grace period."""

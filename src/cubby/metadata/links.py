@@ -26,15 +26,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.engine import Connection, Row
 
 from cubby.core import paths
 from cubby.errors import BadRequest, NotFound
 from cubby.metadata.engine import Database
-from cubby.model import ChunkRef, Entry
-from cubby.metadata.schema import file_revs, links, namespaces, nodes
+from cubby.metadata.schema import file_revs, links, namespaces, nodes, users
 from cubby.metadata.store import token_hash
+from cubby.model import ChunkRef, Entry
 
 ROOT_NODE = 0
 """The node id of a namespace's root folder, which has no row in ``nodes``."""
@@ -92,6 +92,8 @@ class LinkInfo:
     link: Link
     path: str | None
     kind: str | None
+    creator: str | None = None
+    """The creator's user name (in `for_owner` listings, where it is somebody else)."""
 
 
 @dataclass(frozen=True)
@@ -167,33 +169,47 @@ class LinkStore:
 
     def for_user(self, user_id: int) -> list[LinkInfo]:
         """The user's links that are not revoked, newest first, with their targets' current paths."""
+        return self._infos(links.c.created_by == user_id)
+
+    def for_owner(self, user_id: int) -> list[LinkInfo]:
+        """Links that *other* users made into namespaces ``user_id`` owns (members' links into
+        their shared folders), not revoked, newest first, each with its creator's name: the
+        owner decides what of their folder is public, so they can see and revoke these."""
+        owned = select(namespaces.c.ns_id).where(namespaces.c.owner_id == user_id)
+        return self._infos(and_(links.c.ns_id.in_(owned), links.c.created_by != user_id))
+
+    def _infos(self, where: Any) -> list[LinkInfo]:
         q = (
-            select(links, nodes.c.path, nodes.c.kind, nodes.c.deleted)
+            select(links, nodes.c.path, nodes.c.kind, nodes.c.deleted, users.c.name.label("creator"))
             .select_from(
                 links.outerjoin(nodes, and_(nodes.c.ns_id == links.c.ns_id, nodes.c.node_id == links.c.node_id))
+                .outerjoin(users, users.c.id == links.c.created_by)
             )
-            .where(links.c.created_by == user_id, links.c.revoked_at.is_(None))
+            .where(where, links.c.revoked_at.is_(None))
             .order_by(links.c.created_at.desc())
         )
         out = []
         for row in self.db.read(lambda c: c.execute(q).all()):
             link = _link(row)
             if link.node_id == ROOT_NODE:
-                out.append(LinkInfo(link, paths.ROOT, "folder"))
+                out.append(LinkInfo(link, paths.ROOT, "folder", row.creator))
             elif row.path is None or row.deleted:
-                out.append(LinkInfo(link, None, None))
+                out.append(LinkInfo(link, None, None, row.creator))
             else:
-                out.append(LinkInfo(link, row.path, row.kind))
+                out.append(LinkInfo(link, row.path, row.kind, row.creator))
         return out
 
     def revoke(self, user_id: int, link_id: str) -> Link:
-        """Revoke one of the user's links; `NotFound` for a link that is not theirs (or is
-        already revoked), exactly as for one that never existed."""
+        """Revoke a link the user made, or any link into a namespace the user owns; `NotFound`
+        for any other link (or one already revoked), exactly as for one that never existed."""
 
         def run(conn: Connection) -> Link:
+            owned = select(namespaces.c.ns_id).where(namespaces.c.owner_id == user_id)
             row = conn.execute(
                 select(links).where(
-                    links.c.link_id == link_id, links.c.created_by == user_id, links.c.revoked_at.is_(None)
+                    links.c.link_id == link_id,
+                    or_(links.c.created_by == user_id, links.c.ns_id.in_(owned)),
+                    links.c.revoked_at.is_(None),
                 )
             ).first()
             if row is None:

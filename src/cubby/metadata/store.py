@@ -19,7 +19,6 @@ import base64
 import builtins
 import functools
 import hashlib
-import hmac
 import json
 import re
 import secrets
@@ -47,6 +46,7 @@ from cubby.errors import (
 )
 from cubby.metadata import migrate
 from cubby.metadata.engine import Database
+from cubby.metadata.possession import Challenges, Checked, ChunkReader, Claim, check_claims
 from cubby.metadata.schema import (
     blocks,
     file_revs,
@@ -78,8 +78,6 @@ ROOT_NODE = 0
 MAX_CHUNK_BYTES = 16 * 1024 * 1024
 """Sanity bound on a declared chunk size; real chunks are at most 4 MiB (core.chunking)."""
 MAX_CHUNKS_PER_FILE = 1_000_000
-CHALLENGE_WINDOW = 3600.0
-"""A possession nonce is valid for the hour it was issued in and the next one."""
 HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -279,7 +277,8 @@ class SqlMetadataStore:
         from cubby.metadata.shares import Sharing
 
         self.db = db
-        self._secret = self._load_secret()
+        self.challenges = Challenges(self._load_secret())
+        """Possession nonces under the server's secret (see metadata/possession.py)."""
         self.sharing = Sharing(self)
         """Shared folders: share, accept, remove, leave, unshare, list (see metadata/shares.py)."""
         self.moves = CrossMoves(self)
@@ -939,8 +938,9 @@ class SqlMetadataStore:
         missing = self._unavailable(tx, chunks)
         if missing:
             uid = tx.user_id or 0
+            sizes = {c.hash: c.size for c in chunks}  # the size is bound into the nonce
             return CommitResult(
-                needed=tuple(NeededChunk(h, self.challenge(uid, tx.ns_id, h)) for h in missing)
+                needed=tuple(NeededChunk(h, self.challenge(uid, tx.ns_id, h, sizes[h])) for h in missing)
             )
         return CommitResult(
             entry=self._write_file(tx, path, chunks, req.size, req.expected_rev, req.mtime, guarded=True)
@@ -1263,34 +1263,22 @@ class SqlMetadataStore:
         self.db.write(run)
         return new
 
-    def challenge(self, user_id: int, ns_id: int, chunk_hash: str, *, at: float | None = None) -> str:
-        window = int((time.time() if at is None else at) // CHALLENGE_WINDOW)
-        msg = f"{user_id}:{ns_id}:{chunk_hash}:{window}".encode()
-        return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()[:32]
+    def challenge(self, user_id: int, ns_id: int, chunk_hash: str, size: int, *, at: float | None = None) -> str:
+        return self.challenges.nonce(user_id, ns_id, chunk_hash, size, at=at)
 
     def accept_proofs(
-        self, user_id: int, ns_id: int, proofs: dict[str, str], blocks_store: BlockStore
-    ) -> tuple[builtins.list[str], builtins.list[str]]:
-        accepted: list[str] = []
-        rejected: list[str] = []
-        now = time.time()
-        for h, proof in sorted(proofs.items()):
-            if not (isinstance(h, str) and HASH_RE.match(h) and isinstance(proof, str)):
-                rejected.append(str(h))
-                continue
-            try:
-                data = blocks_store.get(h)
-            except CubbyError:
-                rejected.append(h)
-                continue
-            ok = False
-            for at in (now, now - CHALLENGE_WINDOW):
-                nonce = bytes.fromhex(self.challenge(user_id, ns_id, h, at=at))
-                expect = hashlib.sha256(nonce + data).hexdigest()
-                ok = ok or hmac.compare_digest(expect, proof.lower())
-            (accepted if ok else rejected).append(h)
+        self, user_id: int, ns_id: int, claims: Sequence[Claim], blocks_store: ChunkReader,
+        *, within: Iterable[int] | None = None,
+    ) -> Checked:
+        """Check claims (`cubby.metadata.possession.check_claims`) and make the proven chunks
+        available to ``ns_id``. ``within``: dedup only against chunks these namespaces hold
+        (the caller's own, for ``dedup_scope = user``); None means any chunk the server holds."""
+        eligible = None if within is None else self.chunk_readable(within, [c.hash for c in claims]).__contains__
+        checked = check_claims(self.challenges, user_id, ns_id, claims, blocks_store, eligible)
+        accepted = checked.proven
         if not accepted:
-            return accepted, rejected
+            return checked
+        now = time.time()
 
         def run(conn: Connection) -> list[str]:
             q = select(blocks.c.hash).where(blocks.c.hash.in_(accepted))
@@ -1305,8 +1293,9 @@ class SqlMetadataStore:
             return still
 
         still = self.db.write(run)
-        rejected.extend(h for h in accepted if h not in still)
-        return still, sorted(rejected)
+        checked.rejected = sorted([*checked.rejected, *(h for h in accepted if h not in still)])
+        checked.proven = still
+        return checked
 
     def collect_garbage(self, blocks_store: BlockStore, grace_seconds: float) -> GcStats:
         cutoff = time.time() - grace_seconds

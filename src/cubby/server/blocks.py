@@ -19,10 +19,12 @@ from cubby.blockstore.base import BlockStore
 from cubby.core import frames
 from cubby.core.hashing import is_chunk_name
 from cubby.errors import BadRequest, CubbyError, NotFound, PayloadTooLarge
+from cubby.metadata.possession import parse_claims
 from cubby.model import ChunkRef, Entry
 from cubby.server import access
 from cubby.server.bodies import field_hash, field_int, json_body, query_int, require_content_type
 from cubby.server.context import ServerContext
+from cubby.server.possession import RejectPacer
 
 INGEST_BATCH_BYTES = 16 * 1024 * 1024
 MAX_FETCH = 4096
@@ -98,6 +100,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
     store = ctx.store
     blocks: BlockStore = ctx.blocks  # type: ignore[assignment]
     limit = ctx.config.max_request_bytes
+    pacer = RejectPacer()
 
     async def upload(request: Request) -> Response:
         p = await access.principal(request, ctx)
@@ -128,22 +131,24 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         if batch:
             stored += await run_in_threadpool(store.ingest_chunks, ns_id, batch, blocks)
             received += len(batch)
+        if ctx.config.dedup_scope == "user":
+            # Whether the bytes were new to the *server* is another user's business here.
+            stored = received
         return JSONResponse({"received": received, "stored": stored})
 
     async def prove(request: Request) -> Response:
+        """Everything the caller sent is checked before any chunk is looked up; then every
+        claim costs the same hashing and, after `RejectPacer.pad`, the same time, whether or
+        not the server holds the chunk (see cubby.metadata.possession)."""
         p = await access.principal(request, ctx)
         body = await json_body(request)
         ns_id = field_int(body, "ns_id", minimum=1) or 0
         access.check_namespace(p, ns_id, write=True)
-        proofs = body.get("proofs")
-        if not isinstance(proofs, dict) or len(proofs) > MAX_FETCH:
-            raise BadRequest(f"field 'proofs' must be an object of at most {MAX_FETCH} hash: proof pairs", field="proofs")
-        for h, v in proofs.items():
-            field_hash(h, "each key of 'proofs'")
-            if not isinstance(v, str):
-                raise BadRequest("each proof must be a hex string", field="proofs")
-        accepted, rejected = await run_in_threadpool(store.accept_proofs, p.user_id, ns_id, proofs, blocks)
-        return JSONResponse({"accepted": accepted, "rejected": rejected})
+        claims = parse_claims(body.get("proofs"), max_entries=MAX_FETCH)
+        within = list(access.mounts(p).values()) if ctx.config.dedup_scope == "user" else None
+        checked = await run_in_threadpool(store.accept_proofs, p.user_id, ns_id, claims, blocks, within=within)
+        await pacer.pad((c.size for c in claims), checked.reads)
+        return JSONResponse({"accepted": checked.proven, "rejected": checked.rejected})
 
     async def readable_or_404(p: access.Principal, hashes: list[str]) -> None:
         ok = await run_in_threadpool(store.chunk_readable, list(access.mounts(p).values()), hashes)

@@ -4,8 +4,11 @@ Management routes (meta role) need the creator's bearer token:
 
 - ``POST /api/v1/links {path, expires?, password?}`` -> 201 ``{id, url, token, ...}``. The
   creator must be able to read ``path``; one who cannot gets 404, as for a missing path.
-- ``GET /api/v1/links`` -> ``{links: [...]}``, the caller's links that are not revoked.
-- ``DELETE /api/v1/links/{id}`` -> 204; 404 for a link that is not the caller's.
+- ``GET /api/v1/links`` -> ``{links: [...]}``, the caller's links that are not revoked; with
+  ``?all=true`` also links that members made into folders the caller owns (``created_by``
+  names their creator; it is null for the caller's own).
+- ``DELETE /api/v1/links/{id}`` -> 204, for the caller's link or any link into a folder the
+  caller owns; 404 for any other.
 
 Public routes (blocks role, no token): ``GET /l/{token}`` and ``GET /l/{token}/{subpath}``. A
 file is streamed with Range and ETag exactly like ``/api/v1/content`` (same code,
@@ -13,7 +16,9 @@ file is streamed with Range and ETag exactly like ``/api/v1/content`` (same code
 (`cubby.core.zipstream`). Every dead link (unknown, revoked, expired, target deleted) answers the
 same 404 body. A password-protected link takes the password as HTTP Basic auth (any user name)
 or in the ``X-Cubby-Link-Password`` header, and answers 401 with ``WWW-Authenticate: Basic``
-without it. The token never reaches the logs: the request log shows ``/l/<token>``.
+without it or with a wrong one; guesses are throttled per link and per client address (429
+with ``Retry-After``) and hashed on a pool of their own (`cubby.server.linkguard`). The token
+never reaches the logs: every log line has ``/l/<token>`` redacted (`cubby.server.logs`).
 """
 
 from __future__ import annotations
@@ -40,8 +45,10 @@ from cubby.errors import BadRequest, InvalidPath, NotFound
 from cubby.metadata.links import GONE, Link, LinkInfo, LinkStore, check_password
 from cubby.server import access
 from cubby.server.blocks import file_response
-from cubby.server.bodies import json_body
+from cubby.server.bodies import json_body, query_bool
 from cubby.server.context import ServerContext
+from cubby.server.linkguard import Outcome, PasswordGate
+from cubby.server.peers import TrustedProxies
 
 PASSWORD_HEADER = "x-cubby-link-password"
 MAX_PASSWORD = 1024
@@ -148,6 +155,14 @@ def _password_required() -> Response:
     )
 
 
+def _too_many(retry_after: int) -> Response:
+    """Too many wrong passwords from this address or for this link (or the check is busy)."""
+    return JSONResponse(
+        {"code": "too_many_attempts", "message": f"too many password attempts: try again in {retry_after} s"},
+        status_code=429, headers={"Retry-After": str(retry_after), **_PUBLIC_HEADERS},
+    )
+
+
 def _user_path(mounts: dict[str, int], ns_id: int, ns_path: str | None) -> str | None:
     """Where a namespace path is in the user's tree, or None when they no longer reach it."""
     if ns_path is None:
@@ -189,13 +204,20 @@ def management_routes(ctx: ServerContext, links: LinkStore) -> list[BaseRoute]:
         return JSONResponse(out, status_code=201)
 
     async def listing(request: Request) -> Response:
+        """The caller's links; with ``?all=true`` also those members made into the caller's
+        folders (each with ``created_by``), which the caller may revoke as well."""
         p = await access.principal(request, ctx)
-        infos: Sequence[LinkInfo] = await run_in_threadpool(links.for_user, p.user_id)
+        infos: list[LinkInfo] = list(await run_in_threadpool(links.for_user, p.user_id))
+        if query_bool(request, "all"):
+            infos += await run_in_threadpool(links.for_owner, p.user_id)
         mounts = access.mounts(p)
         now = time.time()
-        return JSONResponse(
-            {"links": [link_dict(i.link, _user_path(mounts, i.link.ns_id, i.path), i.kind, now) for i in infos]}
-        )
+        out = []
+        for i in infos:
+            d = link_dict(i.link, _user_path(mounts, i.link.ns_id, i.path), i.kind, now)
+            d["created_by"] = i.creator if i.creator is not None and i.link.created_by != p.user_id else None
+            out.append(d)
+        return JSONResponse({"links": out})
 
     async def revoke(request: Request) -> Response:
         p = await access.principal(request, ctx)
@@ -228,8 +250,16 @@ def owner_always_reads(user_id: int, ns_id: int) -> bool:
     return True
 
 
-def public_routes(ctx: ServerContext, links: LinkStore, creator_access: CreatorAccess = owner_always_reads) -> list[BaseRoute]:
+def public_routes(
+    ctx: ServerContext, links: LinkStore, creator_access: CreatorAccess = owner_always_reads,
+    gate: PasswordGate | None = None,
+) -> list[BaseRoute]:
+    """``gate`` checks passwords (throttled, on its own pool); by default one is made here
+    and closed with the server."""
     blocks: BlockStore = ctx.blocks  # type: ignore[assignment]
+    if gate is None:
+        gate = PasswordGate(TrustedProxies.parse(ctx.config.trusted_proxies), check_password)
+        ctx.closers.append(gate.close)
 
     async def serve(request: Request) -> Response:
         token = request.path_params["token"]
@@ -248,9 +278,12 @@ def public_routes(ctx: ServerContext, links: LinkStore, creator_access: CreatorA
             return _gone()
         if found.password_hash is not None:
             given = presented_password(request)
-            if given is None or not await run_in_threadpool(check_password, given, found.password_hash):
-                ctx.log.info("link password refused", extra={"link_id": link.link_id, "presented": given is not None})
+            if given is None:
                 return _password_required()
+            verdict = await gate.attempt(request.scope, link.link_id, given, found.password_hash)
+            if verdict.outcome is not Outcome.RIGHT:
+                ctx.log.info("link password refused", extra={"link_id": link.link_id, "outcome": verdict.outcome.value})
+                return _too_many(verdict.retry_after) if verdict.retry_after else _password_required()
         target = found.target
         try:
             if sub is not None:
@@ -333,7 +366,7 @@ def openapi_paths() -> dict[str, Any]:
         "responses": {
             "200": {"description": "the file or zip", "content": {"application/octet-stream": binary, "application/zip": binary}},
             "206": {"description": "part of the file", "content": {"application/octet-stream": binary}},
-            **{str(c): err for c in (400, 401, 404, 416)},
+            **{str(c): err for c in (400, 401, 404, 416, 429)},
         },
     }
     sub = {**public, "parameters": [*public["parameters"], {"name": "subpath", "in": "path", "required": True, "schema": {"type": "string"}}]}
@@ -352,13 +385,14 @@ def openapi_paths() -> dict[str, Any]:
                 "responses": {"201": {"description": "created", "content": {"application/json": {"schema": link}}}, **errors},
             },
             "get": {
-                "summary": "The caller's links that are not revoked",
+                "summary": "The caller's links that are not revoked (all=true: and members' links into the caller's folders)",
+                "parameters": [{"name": "all", "in": "query", "required": False, "schema": {"type": "boolean"}}],
                 "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}, **errors},
             },
         },
         "/api/v1/links/{link_id}": {
             "delete": {
-                "summary": "Revoke one of the caller's links",
+                "summary": "Revoke one of the caller's links, or any link into a folder the caller owns",
                 "parameters": [{"name": "link_id", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "responses": {"204": {"description": "revoked"}, **errors},
             }

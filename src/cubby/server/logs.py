@@ -1,9 +1,17 @@
-"""Structured logs: one JSON object per line, and one line per request."""
+"""Structured logs: one JSON object per line, and one line per request.
+
+A public link's token is its only secret, so no log line may hold one: the request log shows
+``/l/<token>`` (or ``/l/<link ID>`` once the handler knows the link), and, in case anything
+else prints a path or URL (an exception, uvicorn's own loggers, a library), every line is
+redacted again as it is formatted (`redact`). `configure` sends uvicorn's loggers through the
+same formatter; `cubby.server.run` starts uvicorn with ``log_config=None`` so that it keeps them.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -11,6 +19,15 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {"message", "asctime"}
+
+
+_LINK = re.compile(r"""(^|[\s"'(=,;]|://[^/\s"']*)/l/(?!<)[^/\s"'?#<>]+""")
+LINK_PLACEHOLDER = "/l/<token>"
+
+
+def redact(text: str) -> str:
+    """``text`` with the token of every ``/l/TOKEN`` path or URL replaced by ``<token>``."""
+    return _LINK.sub(lambda m: m.group(1) + LINK_PLACEHOLDER, text) if "/l/" in text else text
 
 
 class JsonFormatter(logging.Formatter):
@@ -24,16 +41,20 @@ class JsonFormatter(logging.Formatter):
         out.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        return redact(json.dumps(out, default=str))
 
 
 def configure(level: str = "INFO") -> None:
+    """JSON lines on stderr for cubby's loggers, uvicorn's (warnings and up) and anything
+    else that reaches the root logger, all through `redact`."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
-    root = logging.getLogger("cubby")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
+    for name, lvl in (("cubby", level), ("uvicorn", "WARNING"), ("", "WARNING")):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(lvl)
+        if name:
+            logger.propagate = False
 
 
 class RequestLog:
@@ -75,7 +96,7 @@ class RequestLog:
                 extra={
                     "method": scope["method"],
                     # A handler may give a redacted path (public links keep their token out of logs).
-                    "path": state.get("log_path", scope["path"]),
+                    "path": state.get("log_path") or redact(scope["path"]),
                     "status": status or 500,
                     "duration_ms": round((time.perf_counter() - start) * 1000, 2),
                     "user_id": state.get("user_id"),

@@ -157,8 +157,17 @@ def document() -> dict[str, Any]:
         },
         "/api/v1/blocks/prove": {
             "post": _json_op(
-                "Prove possession of chunks: sha256(nonce || bytes)",
-                {"type": "object", "required": ["ns_id", "proofs"], "properties": {"ns_id": {"type": "integer", "minimum": 1}, "proofs": {"type": "object", "additionalProperties": {"type": "string"}}}},
+                "Prove possession of chunks: sha256(nonce || bytes), with each chunk's size as the commit stated it",
+                {"type": "object", "required": ["ns_id", "proofs"], "properties": {
+                    "ns_id": {"type": "integer", "minimum": 1},
+                    "proofs": {"type": "object", "maxProperties": 4096, "additionalProperties": {
+                        "type": "object", "required": ["size", "proof"], "additionalProperties": False,
+                        "properties": {
+                            "size": {"type": "integer", "minimum": 1, "maximum": 16 * 1024 * 1024},
+                            "proof": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
+                        },
+                    }},
+                }},
                 {"type": "object"},
                 415,
             )

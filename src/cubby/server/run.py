@@ -64,6 +64,7 @@ def serve(config: Config, roles: Sequence[str] = ROLES, *, log_level: str = "inf
         port=config.port,
         fd=config.listen_fd,
         log_level="warning",
+        log_config=None,  # keep the JSON, token-redacting handlers of logs.configure
         access_log=False,
         timeout_keep_alive=30,
         limit_concurrency=None,

@@ -60,3 +60,18 @@ class FailureThrottle:
 
     def succeeded(self, key: str) -> None:
         self._keys.pop(key, None)
+
+    def forgive(self, key: str) -> None:
+        """Take back one failure recorded in advance (`failed` before the check, so that
+        concurrent guesses cannot all slip past the gate) when the guess proved right. Unlike
+        `succeeded` it clears nothing else: a right password for one link must not wipe an
+        address's failures on another."""
+        rec = self._keys.get(key)
+        if rec is None:
+            return
+        rec.failures -= 1
+        # The attempt was let in, so no lock held before its failure was recorded: any lock
+        # now is the one that recording set.
+        rec.locked_until = 0.0
+        if rec.failures <= 0:
+            del self._keys[key]

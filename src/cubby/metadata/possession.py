@@ -1,0 +1,172 @@
+"""Proof of possession: challenges, and a check whose work does not depend on presence.
+
+A client that claims a chunk the server already holds proves it has the bytes by sending
+SHA-256(nonce || bytes), where the nonce is an HMAC of (user, namespace, chunk, size, hour)
+under the server's secret. The nonce comes first so that no midstate of the chunk's own hash
+can stand in for the bytes.
+
+The contract that matters for privacy: for a caller who cannot prove a chunk, the answer and
+the work done must not depend on whether anyone holds it. So the size is bound into the nonce
+(the commit request states it) and the check always hashes ``size`` bytes for both hour
+windows: the chunk's bytes when the server holds a chunk of that size, zero filler otherwise.
+What remains is the time to *read* a held chunk, which depends on the block store; the caller
+gets each read's duration (`Checked.reads`) so that the server can pad the answer to a budget
+that covers it (`cubby.server.possession.RejectPacer`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cubby.core.hashing import is_chunk_name
+from cubby.errors import BadRequest, CubbyError
+
+CHALLENGE_WINDOW = 3600.0
+"""A possession nonce is valid for the hour it was issued in and the next one."""
+MAX_PROOF_CHUNK = 16 * 1024 * 1024
+"""Largest chunk a proof may claim (the commit's own bound on a declared chunk size)."""
+MAX_PROVE_BYTES = 64 * 1024 * 1024
+"""Most bytes one prove request may claim in total: the check hashes every claimed byte twice
+whether or not the chunk is held, so this bounds the work a request can ask for (the sync
+client sends windows of 16 MiB)."""
+FILLER_BYTES = 1024 * 1024
+PROOF_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ChunkReader(Protocol):
+    """What the check needs of a block store (`cubby.blockstore.base.BlockStore.get`)."""
+
+    def get(self, name: str) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One entry of a prove request, already validated: a chunk name, its size as the commit
+    stated it, and the proof (64 lowercase hex digits)."""
+
+    hash: str
+    size: int
+    proof: str
+
+
+@dataclass
+class Checked:
+    """What `check_claims` found: ``proven`` hashes (sorted), ``rejected`` ones, and the
+    (size, seconds) of every read of a held chunk, for the pacer."""
+
+    proven: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    reads: list[tuple[int, float]] = field(default_factory=list)
+
+
+class Challenges:
+    """Nonces under one server secret (the ``settings`` row ``challenge_secret``)."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+        self._filler = memoryview(bytes(FILLER_BYTES))
+
+    def nonce(self, user_id: int, ns_id: int, chunk_hash: str, size: int, *, at: float | None = None) -> str:
+        window = int((time.time() if at is None else at) // CHALLENGE_WINDOW)
+        msg = f"{user_id}:{ns_id}:{chunk_hash}:{size}:{window}".encode()
+        return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()[:32]
+
+    def verify(self, user_id: int, ns_id: int, claim: Claim, data: bytes | None, now: float) -> bool:
+        """Whether ``claim.proof`` answers this or the previous hour's nonce for ``data``.
+
+        ``data`` is None when the server does not hold the chunk (or holds one of another size):
+        then ``claim.size`` bytes of filler are hashed instead, so the work is the same, and the
+        answer is False. Both windows are always hashed and compared in constant time."""
+        ok = False
+        for at in (now, now - CHALLENGE_WINDOW):
+            nonce = bytes.fromhex(self.nonce(user_id, ns_id, claim.hash, claim.size, at=at))
+            ok |= hmac.compare_digest(self._digest(nonce, data, claim.size), claim.proof)
+        return ok and data is not None
+
+    def _digest(self, nonce: bytes, data: bytes | None, size: int) -> str:
+        h = hashlib.sha256(nonce)
+        if data is not None:
+            h.update(data)
+            return h.hexdigest()
+        for offset in range(0, size, FILLER_BYTES):
+            h.update(self._filler[: min(FILLER_BYTES, size - offset)])
+        return h.hexdigest()
+
+
+def check_claims(
+    challenges: Challenges,
+    user_id: int,
+    ns_id: int,
+    claims: Sequence[Claim],
+    reader: ChunkReader,
+    eligible: Callable[[str], bool] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Checked:
+    """Check every claim, in hash order. A chunk is read only when ``eligible`` says it may be
+    deduplicated for this caller (all of them with global dedup; with per-user dedup, those the
+    user can already read; None: all): any other is treated exactly like one the server lacks."""
+    out = Checked()
+    now = time.time()
+    for claim in sorted(claims, key=lambda c: c.hash):
+        data: bytes | None = None
+        if eligible is None or eligible(claim.hash):
+            start = clock()
+            try:
+                data = reader.get(claim.hash)
+            except CubbyError:
+                data = None
+            if data is not None:
+                out.reads.append((len(data), clock() - start))
+                if len(data) != claim.size:
+                    data = None
+        ok = challenges.verify(user_id, ns_id, claim, data, now)
+        (out.proven if ok else out.rejected).append(claim.hash)
+    return out
+
+
+def parse_claims(proofs: object, *, max_entries: int) -> list[Claim]:
+    """Validate a prove request's ``proofs`` object: ``{hash: {"size": n, "proof": hex}}``.
+
+    Everything is checked before any lookup, so malformed input costs the server nothing and
+    its answer (a `BadRequest`) cannot depend on what the server holds."""
+    shape = 'an object {hash: {"size": bytes, "proof": 64 hex digits}}'
+    if not isinstance(proofs, dict) or len(proofs) > max_entries:
+        raise BadRequest(f"field 'proofs' must be {shape} of at most {max_entries} entries", field="proofs")
+    claims: list[Claim] = []
+    total = 0
+    for h, v in proofs.items():
+        if not is_chunk_name(h):
+            raise BadRequest("each key of 'proofs' must be a lowercase hex SHA-256 (64 characters)", field="proofs")
+        if not isinstance(v, dict) or set(v) != {"size", "proof"}:
+            raise BadRequest(f"field 'proofs' must be {shape} (the size is the one the commit stated)", field="proofs")
+        size, proof = v["size"], v["proof"]
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_PROOF_CHUNK:
+            raise BadRequest(f"each proof's 'size' must be an integer from 1 to {MAX_PROOF_CHUNK}", field="proofs")
+        if not isinstance(proof, str) or not PROOF_RE.match(proof.lower()):
+            raise BadRequest("each proof must be 64 hex digits (SHA-256 of nonce || chunk)", field="proofs")
+        total += size
+        if total > MAX_PROVE_BYTES:
+            raise BadRequest(
+                f"one prove request may claim at most {MAX_PROVE_BYTES} bytes; send fewer chunks per request",
+                field="proofs",
+            )
+        claims.append(Claim(h, size, proof.lower()))
+    return claims
+
+
+__all__ = [
+    "CHALLENGE_WINDOW",
+    "MAX_PROVE_BYTES",
+    "Challenges",
+    "Checked",
+    "ChunkReader",
+    "Claim",
+    "check_claims",
+    "parse_claims",
+]

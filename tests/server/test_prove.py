@@ -1,0 +1,124 @@
+"""Proof of possession through real HTTP: no answer depends on whether anyone holds a chunk,
+and ``--dedup-scope user`` keeps one user's chunks out of another's dedup."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cubby.client.api import ApiClient
+from cubby.client.transfer import upload_file
+from cubby.core.chunking import chunk_bytes
+from cubby.model import ChunkRef
+from tests.helpers.live_server import LiveServer
+
+
+def _held_and_absent(users) -> tuple[str, str, int, int]:
+    """A chunk Alice stored (that Bob cannot prove) and one nobody stored, of the same size,
+    and Bob's root namespace."""
+    data = os.urandom(300_000)
+    (chunk,) = chunk_bytes(data)
+    ns_a = users.alice.account()["root_ns"]
+    users.alice.upload_chunks(ns_a, [(chunk.hash, chunk.data)])
+    assert users.alice.commit("/held.bin", len(data), [ChunkRef(chunk.hash, chunk.length)]).committed
+    absent = hashlib.sha256(b"nobody stored this " + os.urandom(8)).hexdigest()
+    return chunk.hash, absent, chunk.length, users.bob.account()["root_ns"]
+
+
+MALFORMED = {
+    "non-hex proof": lambda size: {"size": size, "proof": "zz" * 32},
+    "non-ASCII proof": lambda size: {"size": size, "proof": "\u00e9" * 64},
+    "short proof": lambda size: {"size": size, "proof": "ab" * 16},
+    "proof not a string": lambda size: {"size": size, "proof": 7},
+    "old form without a size": lambda size: "00" * 32,
+    "size zero": lambda size: {"size": 0, "proof": "00" * 32},
+    "size a boolean": lambda size: {"size": True, "proof": "00" * 32},
+    "size far too big": lambda size: {"size": 2**40, "proof": "00" * 32},
+    "extra field": lambda size: {"size": size, "proof": "00" * 32, "nonce": "00"},
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_proofs_get_the_same_400_for_held_and_absent_chunks(users, case):
+    held, absent, size, ns_b = _held_and_absent(users)
+    answers = []
+    with users.raw(users.bob_token) as bob:
+        for h in (held, absent):
+            r = bob.post("/api/v1/blocks/prove", json={"ns_id": ns_b, "proofs": {h: MALFORMED[case](size)}})
+            assert r.status_code == 400, r.text
+            answers.append(r.json())
+    assert answers[0] == answers[1]
+    assert answers[0]["code"] == "bad_request"
+
+
+def test_too_many_entries_bad_keys_and_too_many_bytes_are_400(users):
+    held, _, size, ns_b = _held_and_absent(users)
+    with users.raw(users.bob_token) as bob:
+        def prove(proofs):
+            return bob.post("/api/v1/blocks/prove", json={"ns_id": ns_b, "proofs": proofs})
+
+        many = {hashlib.sha256(str(i).encode()).hexdigest(): {"size": 1, "proof": "00" * 32} for i in range(4097)}
+        assert prove(many).status_code == 400
+        assert prove({held.upper(): {"size": size, "proof": "00" * 32}}).status_code == 400
+        assert prove({"xyz": {"size": size, "proof": "00" * 32}}).status_code == 400
+        big = {hashlib.sha256(str(i).encode()).hexdigest(): {"size": 16 * 1024 * 1024, "proof": "00" * 32} for i in range(5)}
+        r = prove(big)
+        assert r.status_code == 400 and "at most" in r.json()["message"]
+        assert prove([held]).status_code == 400
+        # A namespace that is not the caller's: refused before any chunk is looked up.
+        r = bob.post("/api/v1/blocks/prove", json={"ns_id": 2**40, "proofs": {held: {"size": size, "proof": "00" * 32}}})
+        assert r.status_code == 404
+
+
+def test_a_wrong_proof_is_rejected_alike_for_held_and_absent(users):
+    held, absent, size, ns_b = _held_and_absent(users)
+    with users.raw(users.bob_token) as bob:
+        answers = []
+        for h in (held, absent):
+            r = bob.post("/api/v1/blocks/prove", json={"ns_id": ns_b, "proofs": {h: {"size": size, "proof": "AB" * 32}}})
+            assert r.status_code == 200, r.text
+            answers.append(r.json())
+    assert answers == [{"accepted": [], "rejected": [held]}, {"accepted": [], "rejected": [absent]}]
+
+
+# ------------------------------------------------------------------------------------------
+# dedup scope
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module", params=["global", "user"])
+def scoped(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    data = tmp_path_factory.mktemp(f"dedup-{request.param}") / "data"
+    with LiveServer(data, extra_args=["--dedup-scope", request.param]) as server:
+        server.scope = request.param  # type: ignore[attr-defined]
+        yield server
+
+
+def test_dedup_scope_decides_whether_another_users_chunks_are_reused(scoped: LiveServer, tmp_path: Path):
+    suffix = str(abs(hash(tmp_path)) % 10**8)
+    alice = ApiClient(scoped.url, scoped.add_user(f"alice{suffix}"))
+    bob = ApiClient(scoped.url, scoped.add_user(f"bob{suffix}"))
+    try:
+        src = tmp_path / "photo.bin"
+        src.write_bytes(os.urandom(3 * 1024 * 1024))
+        first = upload_file(alice, src, "/photo.bin")
+        assert first.chunks_sent > 0
+        # The same user never sends the same bytes twice, whatever the scope.
+        again = upload_file(alice, src, "/copy of photo.bin")
+        assert again.chunks_sent == 0
+        # Another user holding the same bytes: deduplicated only with the global scope.
+        theirs = upload_file(bob, src, "/photo.bin")
+        if scoped.scope == "global":  # type: ignore[attr-defined]
+            assert theirs.chunks_sent == 0
+        else:
+            assert theirs.chunks_sent == first.chunks_sent and theirs.bytes_sent == src.stat().st_size
+            # ...and the upload's answer does not say that the server already had those bytes.
+            chunks = chunk_bytes(src.read_bytes())
+            stored = bob.upload_chunks(bob.account()["root_ns"], [(c.hash, c.data) for c in chunks])
+            assert stored == len(chunks)
+        assert bob.stat("/photo.bin").content_hash == alice.stat("/photo.bin").content_hash
+    finally:
+        alice.close()
+        bob.close()
