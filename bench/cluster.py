@@ -28,14 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
-from machine import describe  # noqa: E402
-from report import Report, Row  # noqa: E402
+from machine import describe
+from report import Report, Row
 
-from cubby.client.api import ApiClient  # noqa: E402
-from cubby.client.notify import PushWaiter  # noqa: E402
-from cubby.metadata.schema import drop_all  # noqa: E402
-from tests.helpers.cluster import Cluster  # noqa: E402
-from tests.helpers.live_server import LiveServer  # noqa: E402
+from cubby.client.api import ApiClient
+from cubby.client.notify import PushWaiter
+from cubby.metadata.schema import drop_all
+from tests.helpers.cluster import Cluster
+from tests.helpers.live_server import LiveServer
 
 
 def cpu_seconds(pid: int) -> float:
@@ -77,7 +77,7 @@ def save_to_appear(url: str, token: str, samples: int, tag: str) -> list[float]:
             for n in range(samples):
                 cursor = {int(ns["ns_id"]): int(ns["head"]) for ns in reader.account()["namespaces"]}
                 woke = threading.Event()
-                thread = threading.Thread(target=lambda c=cursor: waiter.wait(c, 60) and woke.set())
+                thread = threading.Thread(target=lambda c=cursor, w=woke: waiter.wait(c, 60) and w.set())
                 thread.start()
                 time.sleep(0.3)  # the long-poll is registered
                 t0 = time.perf_counter()
