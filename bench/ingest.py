@@ -5,7 +5,8 @@ For each dataset (1 GiB of random bytes, 1 GiB of compressible text by default):
 
 1. reference: read + SHA-256 + write the same bytes, durable at the end (`reference.py`);
 2. cubby core: chunk with FastCDC (`cubby.core.chunking`), name each chunk by SHA-256, store
-   in batches with `SqlMetadataStore.ingest_chunks` into a `LocalBlockStore` (which verifies,
+   in batches with `SqlMetadataStore.ingest_chunks` into the pack store (`PackBlockStore` on a
+   folder, as `cubby serve` opens it; it verifies,
    compresses with `cubby.core.compression` where it pays, writes and syncs) and commit the
    file into the SQLite metadata store, on one thread (``--threads N`` adds a run that hashes
    chunks on a thread pool, an option of the core);
@@ -44,10 +45,10 @@ from machine import describe, summary_line
 from reference import drop, read_hash_write, warm
 from report import Report, Row, fmt_bytes, median_run
 
-from cubby.blockstore.local import LocalBlockStore
+from cubby.blockstore.opener import open_block_store
 from cubby.core.chunking import chunk_file
-from cubby.model import ChunkRef, CommitRequest
 from cubby.metadata.store import open_store
+from cubby.model import ChunkRef, CommitRequest
 
 BATCH_BYTES = 16 * 2**20
 """Chunks handed to the store per call, as the server's upload route does (INGEST_BATCH_BYTES)."""
@@ -63,7 +64,7 @@ def cubby_ingest(src: Path, work: Path, threads: int, profile: bool) -> dict[str
     work.mkdir(parents=True)
     store = open_store(f"sqlite:///{work / 'meta.db'}")
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
-    blocks = LocalBlockStore(work / "blocks", executor=pool)
+    blocks = open_block_store(str(work / "blocks"), store.db, executor=pool)  # packs, as the server
     user, _token = store.create_user("bench")
     ns = user.root_ns
     prof = cProfile.Profile() if profile else None

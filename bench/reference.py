@@ -16,6 +16,8 @@ import os
 import time
 from pathlib import Path
 
+from cubby.core.durable import fsync_dir
+
 BUF = 1024 * 1024
 
 
@@ -34,14 +36,6 @@ def drop(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def read_hash_write(src: Path, dst: Path) -> tuple[float, str]:
     """Seconds to read ``src``, SHA-256 it and write it to ``dst`` durably; and the digest."""
     h = hashlib.sha256()
@@ -53,7 +47,7 @@ def read_hash_write(src: Path, dst: Path) -> tuple[float, str]:
             h.update(view[:n])
             fo.write(view[:n])
         os.fsync(fo.fileno())
-    _fsync_dir(dst.parent)
+    fsync_dir(dst.parent)
     return time.perf_counter() - t0, h.hexdigest()
 
 
@@ -66,7 +60,7 @@ def plain_copy(src: Path, dst: Path) -> float:
         while n := fi.readinto(buf):
             fo.write(view[:n])
         os.fsync(fo.fileno())
-    _fsync_dir(dst.parent)
+    fsync_dir(dst.parent)
     return time.perf_counter() - t0
 
 

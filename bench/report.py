@@ -137,3 +137,9 @@ class Report:
         print(self.table())
         for n in self.notes:
             print(f"  * {n}")
+
+    def finish(self) -> None:
+        """Write the results file, print the table and where the file is."""
+        path = self.write()
+        self.print()
+        print(f"\nresults: {path}")

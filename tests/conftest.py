@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests.helpers.s3_servers import S3_SERVER_KINDS
+
 settings.register_profile("ci", max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("long", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -100,3 +102,30 @@ def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 @pytest.fixture
 def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return db_url_for("sqlite", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[object]:
+    """moto's S3 server in a child process, with a bucket of this session's."""
+    from tests.helpers.s3_servers import s3_server
+
+    with s3_server("moto") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def ceph_s3() -> Iterator[object]:
+    """A bucket on the Ceph RGW of ``ceph-up.sh`` (``CUBBY_TEST_CEPH=1``, its s3.env sourced)."""
+    from tests.helpers.s3_servers import s3_server
+
+    with s3_server("ceph") as server:
+        yield server
+
+
+@pytest.fixture(params=S3_SERVER_KINDS)
+def s3_server(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> object:
+    """Each S3 server of this run in turn (see `tests.helpers.s3_servers`), its credentials in
+    the environment, where every AWS client looks for them."""
+    from tests.helpers.s3_servers import use_s3_server
+
+    return use_s3_server(request, request.param)

@@ -113,8 +113,14 @@ def main(ctx: click.Context, url: str | None, token: str | None, as_json: bool) 
 # --------------------------------------------------------------------------------------------
 # server side
 # --------------------------------------------------------------------------------------------
-def _server_config(state: State, data: Path | None, db: str | None) -> Config:
-    return state.config.with_(data_dir=data, db_url=db)
+def _server_config(state: State, data: Path | None, db: str | None, blocks: str | None = None) -> Config:
+    return state.config.with_(data_dir=data, db_url=db, blocks_url=blocks)
+
+
+BLOCKS_OPTION = click.option(
+    "--blocks", default=None,
+    help="Where chunk packs live: a folder (default DATA/blocks) or s3://BUCKET/PREFIX?endpoint=URL&region=R.",
+)
 
 
 @main.command()
@@ -128,6 +134,7 @@ def _server_config(state: State, data: Path | None, db: str | None) -> Config:
 )
 @click.option("--role", default="all", show_default=True, help="Roles to run: all, meta, blocks, notify (comma-separated).")
 @click.option("--broker", default=None, help="Notification broker: memory (default), redis://HOST:PORT/DB or nats://HOST:PORT.")
+@BLOCKS_OPTION
 @click.option(
     "--notify-front", type=click.Choice(["lean", "asgi"]), default=None,
     help="How --role notify alone is served: lean (default, cheap idle connections) or asgi.",
@@ -155,7 +162,7 @@ def _server_config(state: State, data: Path | None, db: str | None) -> Config:
 @pass_state
 def serve(
     state: State, data: Path | None, db: str | None, host: str | None, port: int | None, listen_fd: int | None,
-    role: str, broker: str | None, notify_front: str | None, max_request_bytes: int | None,
+    role: str, broker: str | None, blocks: str | None, notify_front: str | None, max_request_bytes: int | None,
     advertise_meta: str | None, advertise_blocks: str | None, advertise_notify: str | None,
     auto_accept_shares: bool | None, dedup_scope: str | None, trusted_proxies: tuple[str, ...], workers: int,
 ) -> None:
@@ -167,7 +174,7 @@ def serve(
         roles = parse_roles(role)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--role") from exc
-    cfg = _server_config(state, data, db).with_(
+    cfg = _server_config(state, data, db, blocks).with_(
         host=host, port=port, listen_fd=listen_fd, broker_url=broker, notify_front=notify_front,
         max_request_bytes=max_request_bytes, auto_accept_shares=auto_accept_shares,
         advertise_meta=advertise_meta, advertise_blocks=advertise_blocks, advertise_notify=advertise_notify,
@@ -255,20 +262,79 @@ def user_passwd(state: State, name: str, data: Path | None, db: str | None, pass
 @main.command()
 @click.option("--data", type=click.Path(path_type=Path), help="The server's data folder.")
 @click.option("--db", help="The server's metadata database URL.")
+@BLOCKS_OPTION
 @click.option("--grace", type=float, default=24 * 3600, show_default=True, help="Keep unreferenced chunks this many seconds.")
+@click.option(
+    "--pack-grace", type=float, default=900, show_default=True,
+    help="Keep packs emptied by repacking this many seconds, for reads in flight.",
+)
+@click.option("--threshold", type=float, default=0.25, show_default=True, help="Rewrite packs at least this share dead.")
 @pass_state
-def gc(state: State, data: Path | None, db: str | None, grace: float) -> None:
-    """Remove chunks that no file revision references (run on the server machine)."""
-    from cubby.blockstore.local import LocalBlockStore
+def gc(
+    state: State, data: Path | None, db: str | None, blocks: str | None, grace: float, pack_grace: float, threshold: float
+) -> None:
+    """Remove chunks that no file revision references, then repack (run on the server machine)."""
+    from cubby.blockstore.opener import open_block_store
     from cubby.metadata.store import open_store
 
-    cfg = _server_config(state, data, db)
+    cfg = _server_config(state, data, db, blocks)
     store = open_store(cfg.metadata_url)
     try:
-        stats = store.collect_garbage(LocalBlockStore(cfg.blocks_dir), grace)
+        bs = open_block_store(cfg.blocks_location, store.db)
+        try:
+            stats = store.collect_garbage(bs, grace)
+            packs = bs.compact(threshold=threshold, grace=pack_grace)
+        finally:
+            bs.objects.close()
     finally:
         store.close()
-    state.emit(stats.__dict__, f"examined {stats.examined} chunks, deleted {stats.deleted}, freed {stats.bytes_freed} bytes")
+    state.emit(
+        {**stats.__dict__, "packs": packs.__dict__},
+        f"examined {stats.examined} chunks, deleted {stats.deleted}, freed {stats.bytes_freed} bytes; "
+        f"rewrote {packs.packs_rewritten} packs ({packs.chunks_moved} chunks moved), deleted {packs.packs_deleted}",
+    )
+
+
+@main.group()
+def admin() -> None:
+    """Server maintenance (run on the server machine)."""
+
+
+@admin.command("migrate-blocks")
+@click.option("--data", type=click.Path(path_type=Path), help="The server's data folder.")
+@click.option("--db", help="The server's metadata database URL.")
+@BLOCKS_OPTION
+@pass_state
+def admin_migrate_blocks(state: State, data: Path | None, db: str | None, blocks: str | None) -> None:
+    """Move chunks stored one file each by earlier releases into packs (safe to interrupt,
+    and to run while the server serves: until a chunk moves, it is read where it was)."""
+    from cubby.blockstore.opener import open_block_store
+    from cubby.blockstore.packs import MigrateStats
+    from cubby.metadata.store import open_store
+
+    cfg = _server_config(state, data, db, blocks)
+    store = open_store(cfg.metadata_url)
+    try:
+        bs = open_block_store(cfg.blocks_location, store.db)
+
+        def progress(s: MigrateStats) -> None:
+            if state.as_json:
+                click.echo(json.dumps({"progress": s.__dict__}))
+            elif sys.stderr.isatty():
+                click.echo(f"\rmoved {s.chunks} chunks ({s.bytes} bytes)", nl=False, err=True)
+
+        try:
+            stats = bs.migrate_legacy(progress=progress)
+        finally:
+            bs.objects.close()
+    finally:
+        store.close()
+    if not state.as_json and sys.stderr.isatty():
+        click.echo("", err=True)
+    state.emit(
+        {"done": stats.__dict__},
+        f"moved {stats.chunks} chunks ({stats.bytes} bytes) into packs; removed {stats.removed} old chunk files",
+    )
 
 
 @main.group()
@@ -380,13 +446,19 @@ def _when(ts: float | None) -> str:
 @click.option("-r", "--recursive", is_flag=True, help="List the whole subtree.")
 @pass_state
 def ls(state: State, remote: str, recursive: bool) -> None:
-    """List a folder."""
+    """List a folder (with -r, the whole subtree, shared folders included)."""
+    from cubby.client.listing import walk
+
     with state.api() as api:
         entry = api.stat(remote)
-        entries = [entry] if entry.kind == "file" else api.list(remote, recursive=recursive)
+        entries = [entry] if entry.kind == "file" else walk(lambda p, r: api.list(p, recursive=r), remote, recursive)
         for e in entries:
             shown = e.path + ("/" if e.kind == "folder" else "")
-            state.emit(e.to_dict(), f"{e.size if e.kind == 'file' else '-':>12}  {_when(e.mtime):16}  rev {e.rev:<6} {shown}")
+            obj = e.to_dict()
+            if e.target_ns is not None:
+                obj.update(mount=True, ns_id=e.target_ns)
+                shown += "  (shared folder)"
+            state.emit(obj, f"{e.size if e.kind == 'file' else '-':>12}  {_when(e.mtime):16}  rev {e.rev:<6} {shown}")
 
 
 @main.command()

@@ -2,7 +2,7 @@
 
 `Config` holds everything the server and the client need. The CLI builds it from flags, the
 environment (``CUBBY_URL``, ``CUBBY_TOKEN``, ``CUBBY_DATA``, ``CUBBY_DB``,
-``CUBBY_BROKER``) and an optional
+``CUBBY_BROKER``, ``CUBBY_BLOCKS``) and an optional
 TOML file (``~/.config/cubby/config.toml``); nothing below the CLI reads the environment.
 """
 
@@ -63,6 +63,9 @@ class Config:
     """``global``: a chunk any user stored is reused by whoever proves they hold its bytes.
     ``user``: only chunks the same user can already read are reused; everything else is
     uploaded, so nobody can learn whether another user stores some content (docs/SECURITY.md)."""
+    blocks_url: str | None = None
+    """Where chunk packs live: a folder, or ``s3://BUCKET/PREFIX?endpoint=…&region=…``
+    (`cubby.blockstore.objects.open_object_store`); None means the folder data_dir/blocks."""
 
     @property
     def metadata_url(self) -> str:
@@ -73,6 +76,10 @@ class Config:
     @property
     def blocks_dir(self) -> Path:
         return self.data_dir / "blocks"
+
+    @property
+    def blocks_location(self) -> str:
+        return self.blocks_url or str(self.blocks_dir)
 
     def with_(self, **changes: Any) -> Config:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -106,6 +113,8 @@ def load(env: Mapping[str, str], file: Path | None = None) -> Config:
         values["auto_accept_shares"] = env["CUBBY_AUTO_ACCEPT_SHARES"].lower() in ("1", "true", "yes", "on")
     if env.get("CUBBY_BROKER"):
         values["broker_url"] = env["CUBBY_BROKER"]
+    if env.get("CUBBY_BLOCKS"):
+        values["blocks_url"] = env["CUBBY_BLOCKS"]
     return replace(cfg, **_typed(values, path))
 
 

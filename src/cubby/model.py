@@ -77,12 +77,14 @@ class Entry:
     deleted: bool = False
     target_ns: int | None = None
     """For kind "mount": the namespace mounted at this path."""
+    mode: int | None = None
+    """For files: `FILE_MODES` (None, from before modes were kept: a regular file)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Entry":
+    def from_dict(cls, d: dict[str, Any]) -> Entry:
         return cls(**{k: d.get(k) for k in cls.__dataclass_fields__ if k in d})  # type: ignore[arg-type]
 
 
@@ -129,12 +131,13 @@ class JournalEntry:
     old_parent_id: int | None = None
     user_id: int | None = None
     created_at: float = 0.0
+    mode: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "JournalEntry":
+    def from_dict(cls, d: dict[str, Any]) -> JournalEntry:
         return cls(**{k: d.get(k) for k in cls.__dataclass_fields__ if k in d})  # type: ignore[arg-type]
 
 
@@ -152,7 +155,14 @@ class CommitRequest:
     chunks: tuple[ChunkRef, ...]
     expected_rev: int | None = None
     mtime: float | None = None
+    mode: int | None = None
 
+
+REGULAR, EXECUTABLE, SYMLINK = 0o100644, 0o100755, 0o120000
+FILE_MODES = (REGULAR, EXECUTABLE, SYMLINK)
+"""A file's mode, as git spells it: a regular file, an executable one, or a symbolic link whose
+target is the file's content. Only these travel: other permission bits are the receiver's
+business (its umask), as with git."""
 
 @dataclass(frozen=True)
 class NeededChunk:
@@ -162,6 +172,9 @@ class NeededChunk:
 
     hash: str
     nonce: str
+    base: str | None = None
+    """A chunk of the version being replaced, at the same place in the file: the client may
+    send this chunk as a patch against it (`cubby.core.delta`)."""
 
 
 @dataclass(frozen=True)

@@ -14,19 +14,38 @@ import pytest
 from cubby.blockstore.base import BlockStore
 from cubby.blockstore.local import LocalBlockStore
 from cubby.blockstore.memory import MemoryBlockStore
+from cubby.blockstore.packs import TARGET_PACK, PackBlockStore
 from cubby.core.compression import CorruptChunk
 from cubby.errors import BadRequest, ChunkMismatch, NotFound
+from cubby.metadata.chunk_index import SqlChunkIndex
+from cubby.metadata.store import open_store
+from tests.blockstore.conftest import OBJECT_STORES
 
 
-@pytest.fixture(params=["memory", "local", "local-threads"])
+@pytest.fixture(
+    params=["memory", "local", "local-threads", "packs-threads", "packs-tiny"] + [f"packs-{o}" for o in OBJECT_STORES]
+)
 def store(request, tmp_path) -> Iterator[BlockStore]:
     if request.param == "memory":
         yield MemoryBlockStore()
     elif request.param == "local":
         yield LocalBlockStore(tmp_path / "blocks")
-    else:  # batches verified and compressed on a pool, as the server runs it
+    elif request.param == "local-threads":  # batches verified and compressed on a pool, as the server runs it
         with ThreadPoolExecutor(2) as pool:
             yield LocalBlockStore(tmp_path / "blocks", executor=pool)
+    else:
+        meta = open_store(f"sqlite:///{tmp_path / 'meta.db'}")
+        kind = request.param.removeprefix("packs-")
+        objects = OBJECT_STORES[kind if kind in OBJECT_STORES else "folder"](request, tmp_path)
+        with ThreadPoolExecutor(2) as pool:
+            yield PackBlockStore(
+                objects, SqlChunkIndex(meta.db),
+                executor=pool if request.param == "packs-threads" else None,
+                # tiny packs: a batch spreads over many packs
+                target_size=1000 if request.param == "packs-tiny" else TARGET_PACK,
+            )
+        objects.close()
+        meta.close()
 
 
 def named(data: bytes) -> tuple[str, bytes]:
@@ -108,7 +127,7 @@ def test_local_store_never_serves_a_corrupt_chunk(tmp_path):
 
 def test_local_store_ignores_and_sweeps_a_dead_writers_temp_files(tmp_path):
     store = LocalBlockStore(tmp_path)
-    n, _d = named(b"partial")
+    n, _ = named(b"partial")
     stale = tmp_path / "tmp" / "dead.part"
     stale.write_bytes(b"\x00par")  # a writer died before its rename
     os.utime(stale, (1, 1))

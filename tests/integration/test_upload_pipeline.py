@@ -68,7 +68,7 @@ def _data(seed: int, size: int) -> bytes:
 
 
 def test_large_file_goes_in_bounded_pipelined_windows(live, api, tmp_path, monkeypatch):
-    monkeypatch.setattr(transfer, "UPLOAD_BATCH_BYTES", 2 * 1024 * 1024)
+    monkeypatch.setattr(transfer, "UPLOAD_WINDOW", 2 * 1024 * 1024)
     data = _data(1, 12 * 1024 * 1024)
     src = tmp_path / "big.bin"
     src.write_bytes(data)
@@ -136,7 +136,7 @@ def test_change_the_stamp_cannot_see_is_refused_by_the_server(api, tmp_path):
 
 
 def test_interrupted_upload_resends_only_missing_chunks(live, api, tmp_path, monkeypatch):
-    monkeypatch.setattr(transfer, "UPLOAD_BATCH_BYTES", 2 * 1024 * 1024)
+    monkeypatch.setattr(transfer, "UPLOAD_WINDOW", 2 * 1024 * 1024)
     data = _data(5, 12 * 1024 * 1024)
     src = tmp_path / "resume.bin"
     src.write_bytes(data)
@@ -154,7 +154,7 @@ def test_interrupted_upload_resends_only_missing_chunks(live, api, tmp_path, mon
 
 
 def test_tree_of_small_files_in_pipelined_groups(api, tmp_path, monkeypatch):
-    monkeypatch.setattr(transfer, "BATCH_COMMITS", 7)
+    monkeypatch.setattr(transfer, "BATCH", 7)
     root = tmp_path / "tree"
     want: dict[str, bytes] = {}
     for i in range(40):

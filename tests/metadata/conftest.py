@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from cubby.blockstore.base import BlockStore
+from cubby.blockstore.folder import FolderObjectStore
 from cubby.blockstore.memory import MemoryBlockStore
-from cubby.model import ChunkRef, CommitRequest
+from cubby.blockstore.packs import PackBlockStore
+from cubby.metadata.chunk_index import SqlChunkIndex
 from cubby.metadata.store import SqlMetadataStore, open_store
+from cubby.model import ChunkRef, CommitRequest
 
 
 @pytest.fixture
@@ -23,6 +28,27 @@ def store(db_url: str) -> Iterator[SqlMetadataStore]:
 @pytest.fixture
 def blocks() -> MemoryBlockStore:
     return MemoryBlockStore()
+
+
+BlocksFor = Callable[[SqlMetadataStore], BlockStore]
+
+
+@pytest.fixture(params=["memory", "packs"])
+def blocks_for(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlocksFor]:
+    """The block store each metadata store (standing for one process) uses: one shared memory
+    store, or a pack store per process on one shared folder, indexed on that process's own
+    connection to the database (as `cubby serve` opens it)."""
+    if request.param == "memory":
+        shared = MemoryBlockStore()
+        yield lambda _store: shared
+        return
+    objects = FolderObjectStore(tmp_path / "packs")
+    made: dict[int, PackBlockStore] = {}
+
+    def make(store: SqlMetadataStore) -> BlockStore:
+        return made.setdefault(id(store), PackBlockStore(objects, SqlChunkIndex(store.db)))
+
+    yield make
 
 
 def chunk(data: bytes) -> tuple[str, bytes]:

@@ -7,15 +7,15 @@ import os
 import sys
 from pathlib import Path
 
-from cubby.blockstore.local import LocalBlockStore
-from cubby.model import ChunkRef, CommitRequest
+from cubby.blockstore.opener import open_block_store
 from cubby.metadata.store import open_store
+from cubby.model import ChunkRef, CommitRequest
 
 
 def main() -> None:
     url, blocks_dir, user_id, ns = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     store = open_store(url, migrate_schema=False)
-    blocks = LocalBlockStore(blocks_dir)
+    blocks = open_block_store(str(blocks_dir), store.db)  # packs, as the server stores them
     i = 0
     print("ready", flush=True)
     while True:

@@ -70,10 +70,11 @@ def test_two_writers_same_expected_rev_exactly_one_wins(db_url, blocks):
         b.close()
 
 
-def test_gc_racing_a_deduplicating_commit_never_loses_data(db_url, blocks):
+def test_gc_racing_a_deduplicating_commit_never_loses_data(db_url, blocks_for):
     """A commit reuses a chunk that is unreferenced and past its grace period while the
     collector runs: either the commit is told to upload it again, or the chunk survives."""
     committer, collector = open_store(db_url), open_store(db_url)
+    blocks, collector_blocks = blocks_for(committer), blocks_for(collector)
     try:
         user, _ = committer.create_user("alice")
         ns = user.root_ns
@@ -91,7 +92,7 @@ def test_gc_racing_a_deduplicating_commit_never_loses_data(db_url, blocks):
 
             def gc() -> None:
                 barrier.wait()
-                result["gc"] = collector.collect_garbage(blocks, grace_seconds=0)
+                result["gc"] = collector.collect_garbage(collector_blocks, grace_seconds=0)
 
             threads = [threading.Thread(target=commit), threading.Thread(target=gc)]
             for t in threads:
@@ -109,7 +110,7 @@ def test_gc_racing_a_deduplicating_commit_never_loses_data(db_url, blocks):
                 asked_again += 1
                 assert {n.hash for n in res.needed} <= {h for h, _ in items}
         # After everything, a full GC keeps every committed file whole.
-        collector.collect_garbage(blocks, grace_seconds=0)
+        collector.collect_garbage(collector_blocks, grace_seconds=0)
         for e in committer.list(ns, "/").entries:
             _, chunks = committer.blocklist(ns, e.path)
             assert all(blocks.has(c.hash) for c in chunks)
@@ -119,9 +120,10 @@ def test_gc_racing_a_deduplicating_commit_never_loses_data(db_url, blocks):
         collector.close()
 
 
-def test_gc_racing_an_upload_of_the_same_chunk(db_url, blocks):
+def test_gc_racing_an_upload_of_the_same_chunk(db_url, blocks_for):
     """An upload of a chunk the collector is deleting ends with the chunk stored and usable."""
     uploader, collector = open_store(db_url), open_store(db_url)
+    blocks, collector_blocks = blocks_for(uploader), blocks_for(collector)
     try:
         user, _ = uploader.create_user("alice")
         ns = user.root_ns
@@ -136,7 +138,7 @@ def test_gc_racing_an_upload_of_the_same_chunk(db_url, blocks):
 
             def gc() -> None:
                 barrier.wait()
-                collector.collect_garbage(blocks, grace_seconds=0)
+                collector.collect_garbage(collector_blocks, grace_seconds=0)
 
             threads = [threading.Thread(target=upload), threading.Thread(target=gc)]
             for t in threads:

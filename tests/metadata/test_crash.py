@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from cubby.blockstore.local import LocalBlockStore
+from cubby.blockstore.opener import open_block_store
 from cubby.core.hashing import sha256_hex
 from cubby.metadata.schema import blocks, file_revs, namespaces, nodes
 from cubby.metadata.store import open_store
@@ -24,7 +24,7 @@ ROOT = HERE.parent.parent
 
 def _check_consistent(url: str, blocks_dir: Path, ns: int) -> int:
     store = open_store(url)
-    bs = LocalBlockStore(blocks_dir)
+    bs = open_block_store(str(blocks_dir), store.db)
     try:
         head = store.head(ns)
         journal = store.journal(ns, 0, limit=100_000)

@@ -52,7 +52,7 @@ class Driver:
         self.roots = [tmp / f"c{i}" for i in range(3)]
         for r in self.roots:
             r.mkdir(parents=True)
-        self.engines: dict[int, SyncEngine | None] = {i: None for i in range(3)}
+        self.engines: dict[int, SyncEngine | None] = dict.fromkeys(range(3))
         self.written: set[bytes] = set()
         self.destroyed: set[bytes] = set()
         self.counter = 0
@@ -88,7 +88,7 @@ class Driver:
 
     def content(self) -> bytes:
         self.counter += 1
-        size = self.rng.choice([10, 100, 5000, 300_000])
+        size = self.rng.choice([10, 100, 5000, 300_000, 1_500_000])
         body = f"version {self.counter} ".encode()
         data = (body * (size // len(body) + 1))[:size]
         self.written.add(data)
@@ -97,7 +97,7 @@ class Driver:
     def local_op(self, i: int) -> None:
         root = self.roots[i]
         files, dirs = self._files(root), self._dirs(root)
-        kind = self.rng.choice(["create", "create", "edit", "edit", "delete", "move", "mkdir", "rmtree"])
+        kind = self.rng.choice(["create", "create", "edit", "edit", "delete", "move", "mkdir", "rmtree", "patch", "chmod"])
         if kind == "create" or (kind in ("edit", "delete", "move") and not files):
             folder = self.rng.choice(["", *FOLDERS])
             p = root / folder / self.rng.choice(NAMES)
@@ -125,6 +125,21 @@ class Driver:
             d = root / self.rng.choice(FOLDERS) / "new"
             if not any(a.is_file() for a in [d, *d.parents] if root in a.parents):
                 d.mkdir(parents=True, exist_ok=True)
+        elif kind == "patch" and any(p.stat().st_size > 262_144 for p in files):
+            # an edit inside a large file: its changed chunk travels as a delta, under faults
+            p = self.rng.choice([p for p in files if p.stat().st_size > 262_144])
+            old = p.read_bytes()
+            self.destroyed.add(old)
+            self.counter += 1
+            at = self.rng.randrange(len(old))
+            new = old[:at] + f"patch {self.counter}".encode() + old[at + self.rng.choice([0, 1, 4096]) :]
+            self.written.add(new)
+            with open(p, "r+b") as fh:  # in place, as a database or an editor of big files writes
+                fh.write(new)
+                fh.truncate()
+        elif kind == "chmod" and files:
+            p = self.rng.choice(files)
+            os.chmod(p, os.stat(p).st_mode ^ 0o111)
         elif kind == "rmtree" and dirs:
             d = self.rng.choice(dirs)
             for f in self._files(d):
@@ -225,6 +240,8 @@ def test_random_clients_outages_and_crashes_converge_without_loss(clients: Clien
                     "has": [k for k in diff if k in trees[i]],
                 })
             raise AssertionError(f"trees differ at {diff}; server has {[k for k in diff if k in srv]}; {views}; {d.log}")
+        execs = [{str(p.relative_to(r)) for p in d._files(r) if os.stat(p).st_mode & 0o100} for r in d.roots]
+        assert execs[0] == execs[1] == execs[2], (execs, d.log)
         present = {v for v in trees[0].values() if v is not None}
         lost = d.written - d.destroyed - present
         assert not lost, (f"{len(lost)} versions lost", d.log)

@@ -34,6 +34,9 @@ class BlockStore(Protocol):
 
     def has(self, name: str) -> bool: ...
 
+    def present(self, names: Iterable[str]) -> set[str]:
+        """Those of ``names`` that are stored (``has`` for many, in one lookup where it can)."""
+
     def delete(self, name: str) -> None: ...
 
     def iterate(self) -> Iterator[str]: ...

@@ -13,8 +13,6 @@ what makes thousands of small files cheap to store.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import time
 import uuid
@@ -22,30 +20,13 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor
 from pathlib import Path
 
-from cubby.core.compression import Codec, CorruptChunk
+from cubby.core.compression import Codec, CorruptChunk, verify_and_encode
+from cubby.core.durable import barrier, fsync_dir, load_syncfs
 from cubby.core.hashing import check_chunk_name, is_chunk_name, sha256_hex, verify_chunk
 from cubby.errors import NotFound
 
 _TMP_MAX_AGE = 3600.0
 """Temp files older than this belong to a dead writer and are swept when a store opens."""
-
-
-def _load_syncfs() -> "ctypes._NamedFuncPointer | None":
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.syncfs
-        fn.argtypes = [ctypes.c_int]
-        return fn
-    except (OSError, AttributeError):
-        return None
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalBlockStore:
@@ -65,7 +46,7 @@ class LocalBlockStore:
         self.tmp = self.root / "tmp"
         self.codec = codec or Codec()
         self.verify_reads = verify_reads
-        self._syncfs = _load_syncfs()
+        self._syncfs = load_syncfs()
         self.tmp.mkdir(parents=True, exist_ok=True)
         # 256 fan-out folders, made once: creating folders on the write path costs an fsync each.
         made = False
@@ -94,19 +75,7 @@ class LocalBlockStore:
 
     def _barrier(self, fds_or_paths: list[Path]) -> None:
         """Make everything written so far durable: one syncfs, or an fsync per path."""
-        if self._syncfs is not None:
-            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                if self._syncfs(fd) == 0:
-                    return
-            finally:
-                os.close(fd)
-        for p in fds_or_paths:
-            fd = os.open(p, os.O_RDONLY | (os.O_DIRECTORY if p.is_dir() else 0))
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        barrier(self.root, fds_or_paths)
 
     def _write_tmp(self, blob: bytes, *, fsync: bool) -> Path:
         tmp = self.tmp / f"{uuid.uuid4().hex}.part"
@@ -158,10 +127,7 @@ class LocalBlockStore:
         # Every chunk is verified before anything is written (a batch with one bad chunk
         # stores nothing); the new ones are compressed in the same task.
         jobs = [(name, data, is_new) for (name, data), is_new in zip(items, new)]
-        if self.executor is not None and len(jobs) > 1 and sum(len(d) for _, d, _ in jobs) >= 1 << 20:
-            blobs = list(self.executor.map(self._verify_and_encode, jobs))
-        else:
-            blobs = [self._verify_and_encode(job) for job in jobs]
+        blobs = verify_and_encode(self.codec, jobs, self.executor)
         result: list[bool] = []
         pending: list[tuple[str, str]] = []
         token = f"{self.tmp}/{uuid.uuid4().hex}"
@@ -184,11 +150,6 @@ class LocalBlockStore:
         self._barrier([Path(d) for d in sorted(dirs)])  # and the names are durable before we return
         return result
 
-    def _verify_and_encode(self, job: tuple[str, bytes, bool]) -> bytes | None:
-        name, data, is_new = job
-        verify_chunk(name, data)
-        return self.codec.encode(data) if is_new else None
-
     def get(self, name: str) -> bytes:
         path = self._path(name)
         try:
@@ -202,6 +163,9 @@ class LocalBlockStore:
 
     def has(self, name: str) -> bool:
         return self._path(name).exists()
+
+    def present(self, names: Iterable[str]) -> set[str]:
+        return {n for n in names if self.has(n)}
 
     def delete(self, name: str) -> None:
         try:

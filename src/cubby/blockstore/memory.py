@@ -38,6 +38,10 @@ class MemoryBlockStore:
         with self._lock:
             return name in self._data
 
+    def present(self, names: Iterable[str]) -> set[str]:
+        with self._lock:
+            return {n for n in names if n in self._data}
+
     def delete(self, name: str) -> None:
         with self._lock:
             self._data.pop(name, None)

@@ -61,3 +61,19 @@ class ObjectStore(Protocol):
 
     def close(self) -> None:
         """Release connections and files."""
+
+
+def open_object_store(url: str) -> ObjectStore:
+    """The object store a ``--blocks`` URL names: a folder path (or ``file://PATH``), or
+    ``s3://BUCKET/PREFIX?endpoint=…&region=…``. Each scheme is one branch here."""
+    url = url.removeprefix("file://")
+    if "://" not in url:
+        from cubby.blockstore.folder import FolderObjectStore
+
+        return FolderObjectStore(url)
+    if url.startswith("s3://"):
+        from cubby.blockstore.s3 import open_s3_object_store
+
+        return open_s3_object_store(url)
+    scheme = url.split("://", 1)[0]
+    raise ObjectStoreError(f"unsupported block store URL scheme {scheme!r}: use a folder path or s3://")

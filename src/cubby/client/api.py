@@ -12,6 +12,7 @@ the server trusts it.
 
 from __future__ import annotations
 
+import base64
 import builtins
 import contextlib
 import json
@@ -22,11 +23,14 @@ from urllib.parse import quote
 import httpx
 
 from cubby.client.ratelimit import TokenBucket
-from cubby.core import frames
+from cubby.core import delta, frames
 from cubby.core.hashing import sha256_hex
 from cubby.errors import ChunkMismatch, CubbyError, Unavailable, error_from_dict
 from cubby.model import ChunkRef, CommitResult, Entry, JournalEntry, NeededChunk
 from cubby.roles import ROLES, role_for_path
+
+MAX_BATCH = 1000
+"""Operations the server takes in one batch request (commits, blocklists, folder operations)."""
 
 
 def raise_for(resp: httpx.Response) -> None:
@@ -47,19 +51,24 @@ def parse_commit_answer(body: dict[str, Any]) -> CommitResult | CubbyError:
     if status == "committed":
         return CommitResult(entry=Entry.from_dict(body["entry"]))
     if status == "need_chunks":
-        return CommitResult(needed=tuple(NeededChunk(n["hash"], n["nonce"]) for n in body["needed"]))
+        return CommitResult(needed=tuple(NeededChunk(n["hash"], n["nonce"], n.get("base")) for n in body["needed"]))
     err = body.get("error") or {}
     return error_from_dict(err, 409 if err.get("code") == "conflict" else 400)
 
 
-def commit_body(path: str, size: int, chunks: Sequence[ChunkRef], expected_rev: int | None, mtime: float | None) -> dict[str, Any]:
-    return {
+def commit_body(
+    path: str, size: int, chunks: Sequence[ChunkRef], expected_rev: int | None, mtime: float | None, mode: int | None = None
+) -> dict[str, Any]:
+    body = {
         "path": path,
         "size": size,
         "chunks": [{"hash": c.hash, "size": c.size} for c in chunks],
         "expected_rev": expected_rev,
         "mtime": mtime,
     }
+    if mode is not None:
+        body["mode"] = mode
+    return body
 
 
 class ApiClient:
@@ -176,8 +185,11 @@ class ApiClient:
         self._request("DELETE", f"/api/v1/tokens/{int(token_id)}")
 
     # -- files -----------------------------------------------------------------------------------
-    def commit(self, path: str, size: int, chunks: Sequence[ChunkRef], expected_rev: int | None = None, mtime: float | None = None) -> CommitResult:
-        res = parse_commit_answer(self._post("/api/v1/files/commit", commit_body(path, size, chunks, expected_rev, mtime)))
+    def commit(
+        self, path: str, size: int, chunks: Sequence[ChunkRef], expected_rev: int | None = None, mtime: float | None = None,
+        mode: int | None = None,
+    ) -> CommitResult:
+        res = parse_commit_answer(self._post("/api/v1/files/commit", commit_body(path, size, chunks, expected_rev, mtime, mode)))
         if isinstance(res, CubbyError):
             raise res
         return res
@@ -216,6 +228,18 @@ class ApiClient:
     def mkdir(self, path: str) -> Entry:
         return Entry.from_dict(self._post("/api/v1/files/mkdir", {"path": path})["entry"])
 
+    def batch(self, ops: Sequence[dict[str, Any]]) -> Sequence[Entry | CubbyError]:
+        """Folder creations, deletes and moves (``{"op": "mkdir"|"delete"|"move", ...}`` with
+        the fields of the single routes), applied in order; each gets its own outcome."""
+        out: list[Entry | CubbyError] = []
+        for i in range(0, len(ops), MAX_BATCH):
+            for r in self._post("/api/v1/files/batch", {"ops": list(ops[i : i + MAX_BATCH])})["results"]:
+                if "error" in r:
+                    out.append(error_from_dict(r["error"], int(r.get("status", 400))))
+                else:
+                    out.append(Entry.from_dict(r["entry"]))
+        return out
+
     def delete(self, path: str, expected_rev: int | None = None, unchanged_since: int | None = None) -> Entry:
         body: dict[str, Any] = {"path": path, "expected_rev": expected_rev}
         if unchanged_since is not None:
@@ -253,8 +277,10 @@ class ApiClient:
     def remove_member(self, path: str, user: str) -> dict[str, Any]:
         return dict(self._post("/api/v1/shares/remove", {"path": path, "user": user})["share"])
 
-    def leave_share(self, path: str) -> dict[str, Any]:
-        return dict(self._post("/api/v1/shares/leave", {"path": path})["share"])
+    def leave_share(self, folder: str | int) -> dict[str, Any]:
+        """Leave the shared folder mounted at path ``folder``, or with namespace id ``folder``."""
+        body = {"ns_id": folder} if isinstance(folder, int) else {"path": folder}
+        return dict(self._post("/api/v1/shares/leave", body)["share"])
 
     def unshare(self, path: str) -> dict[str, Any]:
         return dict(self._post("/api/v1/shares/unshare", {"path": path})["share"])
@@ -300,6 +326,55 @@ class ApiClient:
                         if sha256_hex(data) != name:
                             raise ChunkMismatch(f"the server sent bytes that do not match chunk {name}")
                         yield name, data
+                reader.close()
+        except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, httpx.TimeoutException) as exc:
+            raise Unavailable(f"lost the connection to {self.base_url} while downloading: {exc}") from exc
+
+    def signatures(self, hashes: Sequence[str]) -> dict[str, bytes]:
+        """Signatures of old chunks (`cubby.core.delta.signature`), for those the caller may read."""
+        out: dict[str, bytes] = {}
+        for i in range(0, len(hashes), delta.MAX_BASES):
+            body = self._post("/api/v1/blocks/signatures", {"hashes": list(hashes[i : i + delta.MAX_BASES])})
+            out.update({h: base64.b64decode(s) for h, s in body["signatures"].items()})
+        return out
+
+    def upload_patches(self, ns_id: int, items: Sequence[tuple[str, str, bytes]]) -> int:
+        """Send (new chunk, base chunk, patch) triples; the server rebuilds, verifies and stores
+        every new chunk, or stores nothing (`ChunkMismatch`). Returns how many were new."""
+        stored = 0
+        for i in range(0, len(items), delta.MAX_BASES):
+            part = [(new, bytes.fromhex(base) + blob) for new, base, blob in items[i : i + delta.MAX_BASES]]
+            body = self._request(
+                "POST", "/api/v1/blocks/patch", params={"ns_id": ns_id},
+                content=frames.encode_many(part), headers={"Content-Type": frames.CONTENT_TYPE},
+            ).json()
+            stored += int(body["stored"])
+        return stored
+
+    def fetch_against(self, pairs: Sequence[tuple[str, str]], bases: dict[str, bytes]) -> Iterator[tuple[str, bytes]]:
+        """Fetch new chunks as deltas against old chunks this client holds (``bases``: name ->
+        bytes), in the order asked; each result is verified against its name."""
+        for i in range(0, len(pairs), delta.MAX_BASES):
+            part = pairs[i : i + delta.MAX_BASES]
+            base_of = dict(part)
+            body = {"pairs": [[new, base] for new, base in part]}
+            for name, data in self._stream_frames("/api/v1/blocks/fetch_delta", body, delta.FETCH_FRAME):
+                chunk = data[1:] if data[:1] == delta.WHOLE else delta.decode_against(bases[base_of[name]], data[1:])
+                if sha256_hex(chunk) != name:
+                    raise ChunkMismatch(f"the server sent a delta that does not make chunk {name}")
+                yield name, chunk
+
+    def _stream_frames(self, url: str, body: dict[str, Any], max_frame: int) -> Iterator[tuple[str, bytes]]:
+        try:
+            with self.http.stream("POST", url, json=body) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise_for(resp)
+                reader = frames.FrameReader(max_frame)
+                for piece in resp.iter_raw():
+                    if self.download_limit:
+                        self.download_limit.consume(len(piece))
+                    yield from reader.feed(piece)
                 reader.close()
         except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, httpx.TimeoutException) as exc:
             raise Unavailable(f"lost the connection to {self.base_url} while downloading: {exc}") from exc

@@ -8,7 +8,7 @@ client at most twice: once to name it, once for the proof of possession):
   bytes are kept from this pass (`KEEP_BYTES`), so it is never read again; a large file keeps
   only its chunk list, so memory stays bounded whatever the size;
 - the server answers a commit with the chunks it needs; those are read again (large files) a
-  window of `UPLOAD_BATCH_BYTES` at a time, the window's proofs are computed from those bytes,
+  window of `UPLOAD_WINDOW` at a time, the window's proofs are computed from those bytes,
   and the chunks whose proof is rejected are uploaded from the same bytes, never read again;
 - windows are pipelined: the next window is read and hashed while at most `IN_FLIGHT` earlier
   ones are with the server, so client and server work at the same time.
@@ -35,30 +35,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Self, TypeVar
 
+from cubby.client import modes
 from cubby.client.api import ApiClient, commit_body
-from cubby.core import paths
+from cubby.client.windows import (
+    BATCH,
+    DOWNLOAD_WINDOW,
+    GROUP_BYTES,
+    IN_FLIGHT,
+    KEEP_BYTES,
+    MAX_WINDOW_CHUNKS,
+    SMALL_FILE,
+    UPLOAD_WINDOW,
+)
+from cubby.core import delta, durable, paths
 from cubby.core.chunking import MIN_SIZE, chunk_file, iter_chunks
 from cubby.core.hashing import content_hash, sha256_hex
-from cubby.errors import BadRequest, ChunkMismatch, Conflict, CubbyError, NotFound
+from cubby.errors import BadRequest, ChunkMismatch, Conflict, CubbyError, NotFound, Unavailable
 from cubby.model import ChunkRef, CommitResult, Entry
 
 Progress = Callable[[int], None]
 """Called with a number of bytes done, as work advances (possibly from a worker thread)."""
-
-MAX_PROOFS = 4096
-MAX_WINDOW_CHUNKS = 4000
-"""Chunks per prove/upload window: within both the server's proof limit and a frame batch."""
-BATCH_COMMITS = 1000
-UPLOAD_BATCH_BYTES = 16 * 1024 * 1024
-IN_FLIGHT = 2
-"""Upload windows (or tree groups) with the server at once; with the one being read, memory
-holds at most ``IN_FLIGHT + 1`` windows."""
-KEEP_BYTES = 4 * 1024 * 1024
-"""Files up to this size keep their bytes from the naming pass, so they are never read again."""
-GROUP_BYTES = 16 * 1024 * 1024
-"""A tree is named and committed in groups of at most `BATCH_COMMITS` files and about this
-many bytes of kept file data."""
-
 
 class FileChanged(CubbyError):
     code = "file_changed"
@@ -96,6 +92,8 @@ class LocalFile:
     inode: int = 0
     stamp: Stamp | None = None
     data: bytes | None = field(default=None, repr=False)
+    mode: int | None = None
+    """`cubby.client.modes`: regular, executable, or a link (whose ``data`` is its target)."""
 
     @property
     def refs(self) -> tuple[ChunkRef, ...]:
@@ -139,6 +137,38 @@ class _Needs:
     nonces: dict[str, str] = field(default_factory=dict)
     files: dict[Path, LocalFile] = field(default_factory=dict)
     """The file each chunk is read from (for its stamp and kept bytes); absent: hash to check."""
+    bases: dict[str, str] = field(default_factory=dict)
+    """An old chunk on the server to send a needed chunk as a patch against (the commit
+    answer names it: the chunk at the same place in the version being replaced)."""
+
+
+DELTA_MIN = MIN_SIZE
+"""Files smaller than one minimal chunk are downloaded whole: a delta saves little on them."""
+
+
+def _send_patches(api: ApiClient, ns_id: int, items: list[tuple[str, bytes]], bases: dict[str, str]) -> dict[str, int]:
+    """Send ``items`` that have a base as patches; returns the bytes sent per chunk stored so.
+    Anything the server will not take as a patch (its base is gone, a refused patch) is left
+    for the caller to upload whole: a patch is an optimisation, never a requirement."""
+    with_base = [(n, d) for n, d in items if n in bases and len(d) >= delta.PATCH_MIN]
+    if not with_base:
+        return {}
+    try:
+        sigs = api.signatures(sorted({bases[n] for n, _ in with_base}))
+        triples = []
+        for n, d in with_base:
+            sig = sigs.get(bases[n])
+            if sig is not None:
+                p = delta.patch(sig, d)
+                if len(p) + len(sig) < len(d):
+                    triples.append((n, bases[n], p))
+        if triples:
+            api.upload_patches(ns_id, triples)
+    except Unavailable:
+        raise
+    except CubbyError:
+        return {}
+    return {n: len(p) + len(sigs[b]) for n, b, p in triples}
 
 
 def scan_file(local: Path, remote: str, progress: Progress | None = None, *, keep_up_to: int = 0) -> LocalFile:
@@ -168,7 +198,12 @@ def scan_file(local: Path, remote: str, progress: Progress | None = None, *, kee
     if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or (data is not None and len(data) != st.st_size):
         raise FileChanged(f"{local} changed while it was being read; try again when it is saved")
     stamp = _stamp(after) if _stamp(after) == _stamp(st) else None
-    return LocalFile(local, remote, st.st_size, st.st_mtime, chunks, st.st_ino, stamp, data)
+    return LocalFile(local, remote, st.st_size, st.st_mtime, chunks, st.st_ino, stamp, data, modes.mode_of(after))
+
+
+def _same(e: Entry, lf: LocalFile) -> bool:
+    """Does the server's file already hold what ``lf`` would commit (bytes and mode)?"""
+    return e.content_hash == lf.content_hash and e.size == lf.size and modes.version("", e.mode) == modes.version("", lf.mode)
 
 
 def read_chunk(fh: BinaryIO, c: LocalChunk, where: Path) -> bytes:
@@ -252,7 +287,7 @@ def _windows(needs: _Needs) -> Iterator[list[str]]:
     for n in names:
         window.append(n)
         size += needs.where[n][1].size
-        if size >= UPLOAD_BATCH_BYTES or len(window) >= MAX_WINDOW_CHUNKS:
+        if size >= UPLOAD_WINDOW or len(window) >= MAX_WINDOW_CHUNKS:
             yield window
             window, size = [], 0
     if window:
@@ -316,13 +351,15 @@ def supply(
     def send(items: list[tuple[str, bytes]], proofs: dict[str, tuple[int, str]]) -> list[tuple[str, int]]:
         rejected: set[str] = set(api.prove(ns_id, proofs)[1])
         batch = [(n, d) for n, d in items if n in rejected]
+        patched = _send_patches(api, ns_id, batch, needs.bases)
+        batch = [(n, d) for n, d in batch if n not in patched]
         try:
             api.upload_chunks(ns_id, batch)
         except ChunkMismatch as exc:
             # The server hashed bytes read from a file that changed in the same clock tick as
             # its stamp: nothing of this window was stored under a wrong name.
             raise FileChanged(f"a file changed during the upload; run the command again ({exc.message})") from exc
-        return [(n, len(d)) for n, d in batch]
+        return [(n, len(d)) for n, d in batch] + list(patched.items())
 
     credit: dict[Path, tuple[int, int]] = {}
 
@@ -360,7 +397,7 @@ def upload_file(
         try:
             current = api.stat(remote)
             if current.kind == "file":
-                if current.content_hash == lf.content_hash and current.size == lf.size:
+                if _same(current, lf):
                     return UploadResult(current.path, current.rev, lf.size, len(lf.chunks), 0, 0, skipped=True)
                 expected_rev = current.rev
         except NotFound:
@@ -368,7 +405,7 @@ def upload_file(
     sent = sent_bytes = 0
     ns_id: int | None = None
     for _attempt in range(3):
-        res = api.commit(remote, lf.size, lf.refs, expected_rev, lf.mtime)
+        res = api.commit(remote, lf.size, lf.refs, expected_rev, lf.mtime, lf.mode)
         if res.entry is not None:
             return UploadResult(res.entry.path, res.entry.rev, lf.size, len(lf.chunks), sent, sent_bytes)
         if ns_id is None:
@@ -387,6 +424,8 @@ def _needs_for(pairs: Sequence[tuple[LocalFile, CommitResult]]) -> _Needs:
             if n.hash in by_hash and n.hash not in needs.where:
                 needs.where[n.hash] = (lf.local, by_hash[n.hash])
                 needs.nonces[n.hash] = n.nonce
+                if n.base is not None:
+                    needs.bases[n.hash] = n.base
                 needs.files.setdefault(lf.local, lf)
     return needs
 
@@ -416,7 +455,7 @@ def walk(local_dir: Path) -> tuple[list[Path], list[Path]]:
 
 
 def _groups(files: list[Path]) -> Iterator[list[Path]]:
-    """Files in groups of at most `BATCH_COMMITS` files and about `GROUP_BYTES` of kept bytes;
+    """Files in groups of at most `BATCH` files and about `GROUP_BYTES` of kept bytes;
     a file too large to keep travels alone (its chunks are windowed by `supply`)."""
     group: list[Path] = []
     size = 0
@@ -433,7 +472,7 @@ def _groups(files: list[Path]) -> Iterator[list[Path]]:
             continue
         group.append(p)
         size += n
-        if len(group) >= BATCH_COMMITS or size >= GROUP_BYTES:
+        if len(group) >= BATCH or size >= GROUP_BYTES:
             yield group
             group, size = [], 0
     if group:
@@ -478,7 +517,7 @@ def upload_tree(
         pending: list[LocalFile] = []
         for lf in scanned:
             cur = existing.get(paths.key(lf.remote))
-            if cur is not None and cur.kind == "file" and cur.content_hash == lf.content_hash and cur.size == lf.size:
+            if cur is not None and cur.kind == "file" and _same(cur, lf):
                 out.append(UploadResult(cur.path, cur.rev, lf.size, len(lf.chunks), 0, 0, skipped=True))
             else:
                 pending.append(lf)
@@ -490,7 +529,7 @@ def upload_tree(
             for lf in pending:
                 cur = existing.get(paths.key(lf.remote))
                 rev = cur.rev if cur is not None and cur.kind == "file" else None
-                bodies.append(commit_body(lf.remote, lf.size, lf.refs, rev, lf.mtime))
+                bodies.append(commit_body(lf.remote, lf.size, lf.refs, rev, lf.mtime, lf.mode))
             outcomes = api.commit_batch(bodies)
             needing: list[tuple[LocalFile, CommitResult]] = []
             for lf, res in zip(pending, outcomes):
@@ -634,40 +673,18 @@ def download_file(
         os.fsync(out.fileno())
     if part.stat().st_size != entry.size:
         raise CubbyError(f"downloaded {part.stat().st_size} bytes of {remote}, expected {entry.size}", code="short_download")
+    modes.apply_mode(part, entry.mode)
     if entry.mtime:
         os.utime(part, (entry.mtime, entry.mtime))
     os.replace(part, local)
     meta.unlink(missing_ok=True)
-    _fsync_dir(local.parent)
+    durable.fsync_dir(local.parent)
     return DownloadResult(entry.path, entry.size, received, str(local))
 
 
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-DOWNLOAD_WINDOW = 16 * 1024 * 1024
-"""Distinct chunk bytes asked of the server in one request by `download_file`."""
-
-SMALL_FILE = 4 * 1024 * 1024
-"""Files up to this size are fetched many per request and made durable together."""
-
-
-def _barrier(d: Path) -> None:
+def barrier(d: Path) -> None:
     """One durability barrier for everything written under ``d``'s file system."""
-    from cubby.blockstore.local import _load_syncfs
-
-    fn = _load_syncfs()
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if fn is None or fn(fd) != 0:
-            os.sync()
-    finally:
-        os.close(fd)
+    durable.barrier(d)
 
 
 def _write_small_files(
@@ -686,16 +703,17 @@ def _write_small_files(
         with open(part, "wb") as out:
             for c in chunks:
                 out.write(got[c.hash])
+        modes.apply_mode(part, entry.mode)
         if entry.mtime:
             os.utime(part, (entry.mtime, entry.mtime))
         staged.append((part, target, entry))
         if progress:
             progress(entry.size)
     if staged:
-        _barrier(staged[0][1].parent)
+        barrier(staged[0][1].parent)
         for part, target, _ in staged:
             os.replace(part, target)
-        _barrier(staged[0][1].parent)
+        barrier(staged[0][1].parent)
     received = {h: len(d) for h, d in got.items()}
     results = []
     seen: set[str] = set()
@@ -732,14 +750,15 @@ def download_tree(
             target.mkdir(parents=True, exist_ok=True)
             continue
         if target.exists() and target.stat().st_size == e.size and scan_file(target, e.path).content_hash == e.content_hash:
+            modes.apply_mode(target, e.mode)
             emit(DownloadResult(e.path, e.size, 0, str(target)))
             continue
         if e.size <= SMALL_FILE:
             small.append((e, target))
         else:
             emit(download_file(api, e.path, target, progress=progress))
-    for i in range(0, len(small), 1000):
-        group = small[i : i + 1000]
+    for i in range(0, len(small), BATCH):
+        group = small[i : i + BATCH]
         lists = api.blocklists([e.path for e, _ in group])
         ready = []
         for (_e, target), bl in zip(group, lists):

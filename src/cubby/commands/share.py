@@ -72,13 +72,14 @@ def register(main: click.Group) -> None:
         state.emit(info, f"removed {user} from {path}")
 
     @share.command("leave")
-    @click.argument("path")
+    @click.argument("folder")
     @pass_state
-    def share_leave(state: State, path: str) -> None:
-        """Leave the shared folder PATH: it leaves your tree; the others keep it."""
+    def share_leave(state: State, folder: str) -> None:
+        """Leave the shared folder FOLDER (its path, or its id from 'cubby share ls'): it leaves
+        your tree; the others keep it. A folder named with digits only is given as /NAME."""
         with state.api() as api:
-            info = api.leave_share(path)
-        state.emit(info, f"left {path}")
+            info = api.leave_share(int(folder) if folder.isdigit() else folder)
+        state.emit(info, f"left {info.get('path') or folder}")
 
     @share.command("unshare")
     @click.argument("path")

@@ -9,9 +9,12 @@ already-compressed data (media, archives) therefore costs one small sample, not 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
+from concurrent.futures import Executor
 
 import zstandard
 
+from cubby.core.hashing import verify_chunk
 from cubby.errors import CubbyError
 
 RAW = 0
@@ -74,3 +77,20 @@ class Codec:
             except zstandard.ZstdError as exc:
                 raise CorruptChunk(f"stored chunk does not decompress: {exc}") from exc
         raise CorruptChunk(f"stored chunk has unknown codec {codec}")
+
+
+def verify_and_encode(
+    codec: Codec, jobs: Sequence[tuple[str, bytes, bool]], executor: Executor | None = None
+) -> list[bytes | None]:
+    """For each ``(name, data, is_new)``: verify ``data`` against ``name`` (`ChunkMismatch`
+    before anything is returned), and encode it when it is new (None when not). A batch of a
+    MiB or more runs on ``executor``: SHA-256 and zstd both release the GIL."""
+
+    def one(job: tuple[str, bytes, bool]) -> bytes | None:
+        name, data, is_new = job
+        verify_chunk(name, data)
+        return codec.encode(data) if is_new else None
+
+    if executor is not None and len(jobs) > 1 and sum(len(d) for _, d, _ in jobs) >= 1 << 20:
+        return list(executor.map(one, jobs))
+    return [one(job) for job in jobs]

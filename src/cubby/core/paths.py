@@ -57,9 +57,8 @@ def normalize(path: str) -> str:
     if "\x00" in path:
         raise InvalidPath(f"path {original!r} contains a NUL byte")
     path = unicodedata.normalize("NFC", path)
-    body = path[1:] if path.startswith("/") else path
-    if body.endswith("/"):
-        body = body[:-1]
+    body = path.removeprefix("/")
+    body = body.removesuffix("/")
     parts = body.split("/")
     for part in parts:
         _check_component(part, original)
@@ -67,6 +66,35 @@ def normalize(path: str) -> str:
     if len(key(result).encode("utf-8")) > MAX_PATH_BYTES:
         raise InvalidPath(f"path is longer than {MAX_PATH_BYTES} bytes")
     return result
+
+
+def check_length(path: str) -> str:
+    """``path`` if its key fits `MAX_PATH_BYTES`, else `InvalidPath` (code ``path_too_long``).
+
+    `normalize` checks the path it is given; a folder move also lengthens every path below the
+    folder, and one of those past the limit would be a file that no client can write (``File
+    name too long``) on every sync pass, so a move checks each path it rebuilds."""
+    size = len(key(path).encode("utf-8"))
+    if size > MAX_PATH_BYTES:
+        raise InvalidPath(
+            f"this would make {path[:60]!r}... {size} bytes long, more than {MAX_PATH_BYTES}: "
+            "move it higher up or use shorter names",
+            code="path_too_long",
+        )
+    return path
+
+
+def fit_name(stem: str, tail: str = "", ext: str = "", limit: int = MAX_NAME_BYTES) -> str:
+    """``stem + tail + ext``, with ``stem`` cut short so that the whole fits in ``limit`` UTF-8
+    bytes: how a generated name (``name (1)``, ``name (conflicted copy ...).ext``) stays a
+    valid name whatever the length of the one it is made from. The cut falls on a character
+    boundary and drops the spaces and dots it leaves at the end (Windows cannot store them);
+    an extension too long to keep is treated as part of the stem."""
+    if len((tail + ext).encode("utf-8")) >= limit:
+        stem, ext = stem + ext, ""
+    room = max(limit - len((tail + ext).encode("utf-8")), 1)
+    short = stem.encode("utf-8")[:room].decode("utf-8", "ignore").rstrip(" .") or "_"
+    return short + tail + ext
 
 
 def key(path: str) -> str:
@@ -84,6 +112,17 @@ def split(path: str) -> tuple[str, str]:
 
 def join(parent: str, name: str) -> str:
     return ("" if parent == ROOT else parent) + "/" + name
+
+
+def child(parent: str, name: str) -> str:
+    """`normalize` of ``join(parent, name)`` for an already normalised ``parent``, checking only
+    the new name: a scan of a tree normalises each folder once, not once per file below it."""
+    name = unicodedata.normalize("NFC", name)
+    result = join(parent, name)
+    _check_component(name, result)
+    if len(key(result).encode("utf-8")) > MAX_PATH_BYTES:
+        raise InvalidPath(f"path is longer than {MAX_PATH_BYTES} bytes")
+    return result
 
 
 def ancestors(path: str) -> list[str]:

@@ -118,6 +118,10 @@ class MetadataStore(Protocol):
     def mkdir(self, user_id: int, ns_id: int, path: str) -> Entry:
         """Create a folder (and its missing parents); an existing folder is returned as is."""
 
+    def mkdir_many(self, user_id: int, ns_id: int, paths_: Sequence[str]) -> builtins.list[Entry | CubbyError]:
+        """Many `mkdir`s in one transaction, each with its own outcome (`NamespaceMoved`
+        among them when a path now lies in a shared folder); a refused one writes nothing."""
+
     def delete(
         self,
         user_id: int,
@@ -153,6 +157,11 @@ class MetadataStore(Protocol):
 
     def blocklist(self, ns_id: int, path: str, rev: int | None = None) -> tuple[Entry, builtins.list[ChunkRef]]:
         """The chunks of the current (or given) revision of a file, in order."""
+
+    def blocklists(
+        self, ns_id: int, paths_: Sequence[str]
+    ) -> builtins.list[tuple[Entry, builtins.list[ChunkRef]] | CubbyError]:
+        """The current chunk lists of many files in one read, each with its own outcome."""
 
     # --- journal --------------------------------------------------------------------------
     def head(self, ns_id: int) -> int:

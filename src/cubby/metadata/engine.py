@@ -10,16 +10,22 @@
   takes no gap locks.
 - Deadlocks and serialization failures are retried a few times by `Database.write`, since a
   transaction that lost such a race changed nothing and may simply run again.
+- A `write` or `read` called on a thread that is already inside a `write` of the same
+  `Database` joins that transaction instead of opening a second one. The chunk index
+  (`cubby.metadata.chunk_index`) relies on this: when the garbage collector or an upload
+  calls into the block store while holding row locks, the index rows change in the same
+  transaction (on SQLite a second writer would wait for the first forever).
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, insert
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -57,6 +63,7 @@ class Database:
             kw: dict[str, Any] = {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": 20}
             self.writer = create_engine(url, isolation_level="READ COMMITTED", **kw)
             self.reader = self.writer
+        self._current = threading.local()
 
     @staticmethod
     def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
@@ -88,12 +95,20 @@ class Database:
 
     def write(self, fn: Callable[[Connection], T], *, attempts: int = 8) -> T:
         """Run ``fn`` in one write transaction, retrying it when the database reports a
-        deadlock, a serialization failure or a lock timeout (the failed attempt changed nothing)."""
+        deadlock, a serialization failure or a lock timeout (the failed attempt changed nothing).
+        Inside another `write` on this thread, ``fn`` joins that transaction."""
+        joined: Connection | None = getattr(self._current, "conn", None)
+        if joined is not None:
+            return fn(joined)
         for attempt in range(attempts):
             start = time.perf_counter()
             try:
                 with self.writer.begin() as conn:
-                    result = fn(conn)
+                    self._current.conn = conn
+                    try:
+                        result = fn(conn)
+                    finally:
+                        self._current.conn = None
                 if self.observe is not None:
                     self.observe("write", time.perf_counter() - start)
                 return result
@@ -106,13 +121,30 @@ class Database:
         raise AssertionError("unreachable")
 
     def read(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn`` in one read transaction (a consistent snapshot on SQLite and MariaDB)."""
+        """Run ``fn`` in one read transaction (a consistent snapshot on SQLite and MariaDB);
+        inside a `write` on this thread, in that transaction (so it sees its own changes)."""
+        joined: Connection | None = getattr(self._current, "conn", None)
+        if joined is not None:
+            return fn(joined)
         start = time.perf_counter()
         with self.reader.begin() as conn:
             result = fn(conn)
         if self.observe is not None:
             self.observe("read", time.perf_counter() - start)
         return result
+
+    def insert_ignore(self, conn: Connection, table: Any, rows: list[dict[str, Any]]) -> None:
+        """INSERT rows, skipping any whose primary key exists (each engine spells it its own way)."""
+        if not rows:
+            return
+        if self.is_sqlite:
+            conn.execute(insert(table).prefix_with("OR IGNORE"), rows)
+        elif self.is_mysql:
+            conn.execute(insert(table).prefix_with("IGNORE"), rows)
+        else:
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            conn.execute(pg_insert(table).on_conflict_do_nothing(), rows)
 
     def dispose(self) -> None:
         self.writer.dispose()

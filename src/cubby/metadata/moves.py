@@ -38,9 +38,9 @@ from sqlalchemy.engine import Connection
 
 from cubby.core import paths
 from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceMoved, NotFound, Unavailable
-from cubby.model import Entry
 from cubby.metadata.leases import Owner
 from cubby.metadata.schema import file_revs, journal, move_intents, nodes
+from cubby.model import Entry
 
 if TYPE_CHECKING:
     from cubby.metadata.store import SqlMetadataStore, _Txn
@@ -206,7 +206,7 @@ class CrossMoves:
         for n in rows:
             nid = tx.new_node_id()
             ids[int(n.node_id)] = nid
-            new_path = paths.rebase(n.path, src_path, dst)
+            new_path = paths.check_length(paths.rebase(n.path, src_path, dst))
             parent_id = ids.get(int(n.parent_id), 0)
             is_file = n.kind == "file"
             node_rows.append(
@@ -214,7 +214,7 @@ class CrossMoves:
                     "ns_id": dst_ns, "node_id": nid, "parent_id": parent_id, "name": paths.split(new_path)[1], "path": new_path,
                     "path_key": None, "kind": n.kind, "rev": 0, "content_rev": -nid if is_file else None, "size": n.size,
                     "content_hash": n.content_hash, "mtime": n.mtime, "deleted": True, "deleted_key": None, "target_ns": None,
-                    "pending": intent,
+                    "pending": intent, "mode": n.mode,
                 }
             )
             if is_file:
@@ -226,7 +226,7 @@ class CrossMoves:
                 rev_rows.append(
                     {
                         "ns_id": dst_ns, "node_id": nid, "rev": -nid, "path": new_path, "size": fr.size, "content_hash": fr.content_hash,
-                        "blocklist": fr.blocklist, "mtime": fr.mtime, "user_id": user_id, "created_at": tx.now,
+                        "blocklist": fr.blocklist, "mtime": fr.mtime, "user_id": user_id, "created_at": tx.now, "mode": fr.mode,
                     }
                 )
                 hashes.update(c[0] for c in json.loads(fr.blocklist))
@@ -293,7 +293,7 @@ class CrossMoves:
         while tx.live(paths.key(final)) is not None:
             i += 1
             stem, dot, ext = name.rpartition(".") if "." in name.strip(".") else (name, "", "")
-            final = paths.join(parent_path, f"{stem} ({i}){dot}{ext}" if dot else f"{name} ({i})")
+            final = paths.join(parent_path, paths.fit_name(stem, f" ({i})", dot + ext) if dot else paths.fit_name(name, f" ({i})"))
         tx.flush(self.store._insert_ignore)
         ordered = sorted(rows, key=lambda r: paths.key(paths.rebase(r.path, top.path, final)))
         for r in ordered:
@@ -321,7 +321,7 @@ class CrossMoves:
                 tx.add_refs(c[0] for c in json.loads(bl[0]))
             tx.journal(
                 "add" if is_file else "mkdir", node_id=int(r.node_id), parent_id=pid, kind=r.kind, path=new_path,
-                rev=jid, size=r.size, content_hash=r.content_hash, mtime=r.mtime,
+                rev=jid, size=r.size, content_hash=r.content_hash, mtime=r.mtime, mode=r.mode,
             )
         tx.finish(self.store._insert_ignore)
         moved = conn.execute(select(nodes).where(nodes.c.ns_id == dst_ns, nodes.c.node_id == top.node_id)).one()

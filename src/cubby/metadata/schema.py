@@ -124,6 +124,7 @@ nodes = Table(
     Column("deleted_key", PathKey, nullable=True),  # the key it had when deleted: history, restore
     Column("target_ns", BigInteger, nullable=True),  # kind "mount": the namespace mounted here
     Column("pending", String(32), nullable=True),  # a cross-namespace move's intent, until it lands
+    Column("mode", Integer, nullable=True),  # files: 0o100644, 0o100755 or 0o120000 (a link); NULL 0o100644
     UniqueConstraint("ns_id", "path_key"),
     Index("ix_nodes_children", "ns_id", "parent_id", "path_key"),
     Index("ix_nodes_deleted", "ns_id", "deleted_key"),
@@ -141,6 +142,7 @@ file_revs = Table(
     Column("content_hash", String(64), nullable=False),
     Column("blocklist", Text, nullable=False),  # JSON [[hash, size], ...] in file order
     Column("mtime", Double, nullable=True),
+    Column("mode", Integer, nullable=True),
     Column("user_id", BigInteger, nullable=True),
     Column("created_at", Double, nullable=False),
     UniqueConstraint("ns_id", "rev"),
@@ -166,6 +168,7 @@ journal = Table(
     Column("old_parent_id", BigInteger, nullable=True),
     Column("user_id", BigInteger, nullable=True),
     Column("created_at", Double, nullable=False),
+    Column("mode", Integer, nullable=True),
     Index("ix_journal_path", "ns_id", "path_key", "jid"),
 )
 
@@ -216,6 +219,47 @@ blocks = Table(
     Column("size", BigInteger, nullable=False),
     Column("touched_at", Double, nullable=False),
     Index("ix_blocks_touched", "touched_at"),
+)
+
+chunk_tombstones = Table(
+    "chunk_tombstones",
+    metadata,
+    # A chunk the collector took out of ``blocks``: its bytes may be reclaimed (see
+    # `SqlMetadataStore.collect_garbage`). An upload that brings the chunk back deletes the
+    # tombstone in the transaction that re-creates the ``blocks`` row. Keyed by hash, like
+    # ``blocks`` and ``chunk_index``, so that all three split by hash prefix together.
+    Column("hash", Hash, primary_key=True),
+    Column("at", Double, nullable=False),
+)
+
+# The chunk index of the pack store (`cubby.blockstore.packs`, `cubby.metadata.chunk_index`):
+# where each chunk's bytes are. Keyed by hash and never joined with namespace tables.
+chunk_index = Table(
+    "chunk_index",
+    metadata,
+    Column("hash", Hash, primary_key=True),
+    Column("pack", String(40), nullable=False, index=True),
+    Column("pos", BigInteger, nullable=False),
+    Column("stored_len", Integer, nullable=False),
+    Column("plain_len", Integer, nullable=False),
+)
+
+packs = Table(
+    "packs",
+    metadata,
+    Column("pack", String(40), primary_key=True),
+    Column("size", BigInteger, nullable=False),  # bytes of the whole pack object
+    Column("payload", BigInteger, nullable=False),  # bytes of its chunks (what repacking weighs)
+    Column("created_at", Double, nullable=False),
+)
+
+deleted_packs = Table(
+    "deleted_packs",
+    metadata,
+    # A pack no index row points at any more (repacked or wholly dead); its object is deleted
+    # after a grace period for reads that looked up their location before the switch.
+    Column("pack", String(40), primary_key=True),
+    Column("deleted_at", Double, nullable=False),
 )
 
 links = Table(

@@ -185,7 +185,7 @@ class Sharing:
                     "ns_id": dst.ns_id, "node_id": node_id, "parent_id": parent_id, "name": n.name, "path": new_path,
                     "path_key": paths.key(new_path), "kind": n.kind, "rev": jid, "content_rev": jid if is_file else None,
                     "size": n.size, "content_hash": n.content_hash, "mtime": n.mtime, "deleted": False, "deleted_key": None,
-                    "target_ns": None, "pending": None,
+                    "target_ns": None, "pending": None, "mode": n.mode,
                 }
             )
             if is_file:
@@ -194,7 +194,7 @@ class Sharing:
                     {
                         "ns_id": dst.ns_id, "node_id": node_id, "rev": jid, "path": new_path, "size": fr.size,
                         "content_hash": fr.content_hash, "blocklist": fr.blocklist, "mtime": fr.mtime, "user_id": fr.user_id,
-                        "created_at": fr.created_at,
+                        "created_at": fr.created_at, "mode": fr.mode,
                     }
                 )
                 for h in {c[0] for c in json.loads(fr.blocklist)}:
@@ -204,7 +204,7 @@ class Sharing:
                     "ns_id": dst.ns_id, "jid": jid, "op": "add" if is_file else "mkdir", "node_id": node_id, "parent_id": parent_id,
                     "kind": n.kind, "name": n.name, "path": new_path, "path_key": paths.key(new_path), "rev": jid, "size": n.size,
                     "content_hash": n.content_hash, "mtime": n.mtime, "old_path": None, "old_parent_id": None,
-                    "user_id": dst.user_id, "created_at": now,
+                    "user_id": dst.user_id, "created_at": now, "mode": n.mode,
                 }
             )
         if keep_ids and ids:
@@ -353,10 +353,12 @@ class Sharing:
                 mount = self._mount_of(conn, root_ns, ns_id)
                 return SharingChange(ns_id, {"ns_id": ns_id, "path": mount.path if mount else None, "role": m.role})
             name = conn.execute(select(namespaces.c.name).where(namespaces.c.ns_id == ns_id)).one()[0] or f"Shared {ns_id}"
-            candidate, i = paths.join(paths.ROOT, name), 0
+            # Names are cut to fit: a 255-byte folder name with " (1)" would be a mount that the
+            # invitee could neither stat, rename nor leave.
+            candidate, i = paths.join(paths.ROOT, paths.fit_name(name)), 0
             while tx.live(paths.key(candidate)) is not None:
                 i += 1
-                candidate = paths.join(paths.ROOT, f"{name} ({i})")
+                candidate = paths.join(paths.ROOT, paths.fit_name(name, f" ({i})"))
             node_id, jid = tx.new_node_id(), tx.next_jid()
             tx.put_node(
                 node_id,

@@ -8,9 +8,11 @@ after the other, and a transaction that fails rolls its journal ids back with ev
 
 How deduplication stays safe against garbage collection: the ``blocks`` row of a chunk is the
 lock that the uploader, the committer and the collector all take (committers in share mode).
-The collector deletes a chunk's bytes only while holding that row and after seeing, in a fresh
-statement, that no revision references it; an uploader that finds the row gone re-checks that
-the bytes are still in the block store and writes them again if not.
+The collector removes a chunk's row only while holding it and after seeing, in a fresh
+statement, that no revision references it, and leaves a tombstone in the same transaction; it
+removes the bytes later, in a transaction that holds the tombstone (see `collect_garbage`). An
+uploader that finds the row gone deletes the tombstone, then re-checks that the bytes are still
+in the block store and writes them again if not.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -33,7 +35,7 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
 from cubby.blockstore.base import BlockStore
-from cubby.core import paths
+from cubby.core import delta, paths
 from cubby.core.hashing import content_hash
 from cubby.errors import (
     BadRequest,
@@ -49,6 +51,7 @@ from cubby.metadata.engine import Database
 from cubby.metadata.possession import Challenges, Checked, ChunkReader, Claim, check_claims
 from cubby.metadata.schema import (
     blocks,
+    chunk_tombstones,
     file_revs,
     journal,
     members,
@@ -60,6 +63,7 @@ from cubby.metadata.schema import (
     users,
 )
 from cubby.model import (
+    FILE_MODES,
     ChunkRef,
     CommitRequest,
     CommitResult,
@@ -111,6 +115,7 @@ def _entry(row: Row[Any]) -> Entry:
         mtime=m["mtime"],
         deleted=bool(m["deleted"]),
         target_ns=m["target_ns"],
+        mode=m.get("mode"),
     )
 
 
@@ -120,7 +125,7 @@ def _root_entry(ns_id: int, head: int) -> Entry:
 
 _NODE_COLUMNS = (
     "parent_id", "name", "path", "path_key", "kind", "rev", "content_rev", "size", "content_hash", "mtime",
-    "deleted", "deleted_key", "target_ns", "pending",
+    "deleted", "deleted_key", "target_ns", "pending", "mode",
 )
 
 
@@ -214,13 +219,14 @@ class _Txn:
         mtime: float | None = None,
         old_path: str | None = None,
         old_parent_id: int | None = None,
+        mode: int | None = None,
     ) -> None:
         self.journal_rows.append(
             {
                 "ns_id": self.ns_id, "jid": rev, "op": op, "node_id": node_id, "parent_id": parent_id, "kind": kind,
                 "name": paths.split(path)[1], "path": path, "path_key": paths.key(path), "rev": rev, "size": size,
                 "content_hash": content_hash, "mtime": mtime, "old_path": old_path, "old_parent_id": old_parent_id,
-                "user_id": self.user_id, "created_at": self.now,
+                "user_id": self.user_id, "created_at": self.now, "mode": mode,
             }
         )
 
@@ -340,17 +346,8 @@ class SqlMetadataStore:
         return self.db.write(run)
 
     def _insert_ignore(self, conn: Connection, table: Any, rows: list[dict[str, Any]]) -> None:
-        """INSERT rows, skipping any whose primary key exists (each engine spells it its own way)."""
-        if not rows:
-            return
-        if self.db.is_sqlite:
-            conn.execute(insert(table).prefix_with("OR IGNORE"), rows)
-        elif self.db.is_mysql:
-            conn.execute(insert(table).prefix_with("IGNORE"), rows)
-        else:
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            conn.execute(pg_insert(table).on_conflict_do_nothing(), rows)
+        """INSERT rows, skipping any whose primary key exists (see `Database.insert_ignore`)."""
+        self.db.insert_ignore(conn, table, rows)
 
     # ======================================================================================
     # accounts
@@ -641,46 +638,62 @@ class SqlMetadataStore:
         return self.db.read(run)
 
     def blocklist(self, ns_id: int, path: str, rev: int | None = None) -> tuple[Entry, builtins.list[ChunkRef]]:
-        path = paths.normalize(path)
+        return self.db.read(lambda conn: self._blocklist(conn, ns_id, paths.normalize(path), rev))
 
-        def run(conn: Connection) -> tuple[Entry, list[ChunkRef]]:
-            node = self._live(conn, ns_id, path)
-            if rev is None:
-                if node is None:
-                    raise self._missing(conn, ns_id, path)
-                if node.kind != "file":
-                    raise Conflict(f"{path} is a folder, not a file", code="not_a_file")
-                want = node.content_rev
-                node_id = node.node_id
-            else:
-                node_id = self._node_for_history(conn, ns_id, path)
-                want = rev
-            fr = conn.execute(
-                select(file_revs).where(
-                    file_revs.c.ns_id == ns_id, file_revs.c.node_id == node_id, file_revs.c.rev == want
-                )
-            ).first()
-            if fr is None:
-                raise NotFound(f"{path} has no revision {rev}")
-            entry = (
-                _entry(node)
-                if node is not None and rev is None
-                else Entry(
-                    ns_id=ns_id,
-                    node_id=node_id,
-                    parent_id=None,
-                    path=fr.path,
-                    name=paths.split(fr.path)[1],
-                    kind="file",
-                    rev=fr.rev,
-                    size=fr.size,
-                    content_hash=fr.content_hash,
-                    mtime=fr.mtime,
-                )
-            )
-            return entry, [ChunkRef(h, s) for h, s in json.loads(fr.blocklist)]
+    def blocklists(
+        self, ns_id: int, paths_: Sequence[str]
+    ) -> builtins.list[tuple[Entry, builtins.list[ChunkRef]] | CubbyError]:
+        """The current chunk lists of many files in one read (a download of many small files
+        asks for a thousand at a time); each path gets its own outcome."""
+
+        def run(conn: Connection) -> list[tuple[Entry, list[ChunkRef]] | CubbyError]:
+            out: list[tuple[Entry, list[ChunkRef]] | CubbyError] = []
+            for raw in paths_:
+                try:
+                    out.append(self._blocklist(conn, ns_id, paths.normalize(raw), None))
+                except CubbyError as exc:
+                    out.append(exc)
+            return out
 
         return self.db.read(run)
+
+    def _blocklist(self, conn: Connection, ns_id: int, path: str, rev: int | None) -> tuple[Entry, builtins.list[ChunkRef]]:
+        node = self._live(conn, ns_id, path)
+        if rev is None:
+            if node is None:
+                raise self._missing(conn, ns_id, path)
+            if node.kind != "file":
+                raise Conflict(f"{path} is a folder, not a file", code="not_a_file")
+            want = node.content_rev
+            node_id = node.node_id
+        else:
+            node_id = self._node_for_history(conn, ns_id, path)
+            want = rev
+        fr = conn.execute(
+            select(file_revs).where(
+                file_revs.c.ns_id == ns_id, file_revs.c.node_id == node_id, file_revs.c.rev == want
+            )
+        ).first()
+        if fr is None:
+            raise NotFound(f"{path} has no revision {rev}")
+        entry = (
+            _entry(node)
+            if node is not None and rev is None
+            else Entry(
+                ns_id=ns_id,
+                node_id=node_id,
+                parent_id=None,
+                path=fr.path,
+                name=paths.split(fr.path)[1],
+                kind="file",
+                rev=fr.rev,
+                size=fr.size,
+                content_hash=fr.content_hash,
+                mtime=fr.mtime,
+                mode=fr.mode,
+            )
+        )
+        return entry, [ChunkRef(h, s) for h, s in json.loads(fr.blocklist)]
 
     def journal(self, ns_id: int, after: int, limit: int = 1000) -> builtins.list[JournalEntry]:
         limit = max(1, min(int(limit), 10_000))
@@ -710,6 +723,7 @@ class SqlMetadataStore:
                 old_parent_id=r.old_parent_id,
                 user_id=r.user_id,
                 created_at=r.created_at,
+                mode=r.mode,
             )
             for r in rows
         ]
@@ -811,6 +825,11 @@ class SqlMetadataStore:
             )
         if req.expected_rev is not None and (not isinstance(req.expected_rev, int) or req.expected_rev < 0):
             raise BadRequest("expected_rev must be a revision number or null")
+        if req.mode is not None and req.mode not in FILE_MODES:
+            raise BadRequest(
+                f"mode {req.mode!r} is not one of {', '.join(oct(m) for m in FILE_MODES)} (regular, executable, link)",
+                code="bad_mode",
+            )
         return path, tuple(req.chunks)
 
     def _load_chunks(self, tx: _Txn, hashes: Iterable[str]) -> None:
@@ -854,7 +873,7 @@ class SqlMetadataStore:
 
     def _write_file(
         self, tx: _Txn, path: str, chunks: tuple[ChunkRef, ...], size: int, expected_rev: int | None, mtime: float | None,
-        *, check_expected: bool = True, revive: int | None = None, guarded: bool = False,
+        *, check_expected: bool = True, revive: int | None = None, guarded: bool = False, mode: int | None = None,
     ) -> Entry:
         """Write a file revision at ``path``; ``guarded``: the caller has just run
         `_guard_mounts` for ``path`` in this transaction, so it is not run again."""
@@ -903,6 +922,7 @@ class SqlMetadataStore:
                 "mtime": mtime,
                 "user_id": tx.user_id,
                 "created_at": tx.now,
+                "mode": mode,
             }
         )
         values = {
@@ -918,16 +938,17 @@ class SqlMetadataStore:
             "mtime": mtime,
             "deleted": False,
             "deleted_key": None,
+            "mode": mode,
         }
         tx.put_node(node_id, values, new=existing is None and revive is None)
         tx.add_refs(c.hash for c in chunks)
         tx.journal(
             op, node_id=node_id, parent_id=parent_id, kind="file", path=path, rev=jid, size=size,
-            content_hash=chash, mtime=mtime,
+            content_hash=chash, mtime=mtime, mode=mode,
         )
         return Entry(
             ns_id=tx.ns_id, node_id=node_id, parent_id=parent_id, path=path, name=paths.split(path)[1],
-            kind="file", rev=jid, size=size, content_hash=chash, mtime=mtime,
+            kind="file", rev=jid, size=size, content_hash=chash, mtime=mtime, mode=mode,
         )
 
     def _commit_valid(self, tx: _Txn, req: CommitRequest, path: str, chunks: tuple[ChunkRef, ...]) -> CommitResult:
@@ -939,12 +960,33 @@ class SqlMetadataStore:
         if missing:
             uid = tx.user_id or 0
             sizes = {c.hash: c.size for c in chunks}  # the size is bound into the nonce
+            bases = self._bases(tx, path, chunks, missing)
             return CommitResult(
-                needed=tuple(NeededChunk(h, self.challenge(uid, tx.ns_id, h, sizes[h])) for h in missing)
+                needed=tuple(
+                    NeededChunk(h, self.challenge(uid, tx.ns_id, h, sizes[h]), bases.get(h)) for h in missing
+                )
             )
         return CommitResult(
-            entry=self._write_file(tx, path, chunks, req.size, req.expected_rev, req.mtime, guarded=True)
+            entry=self._write_file(tx, path, chunks, req.size, req.expected_rev, req.mtime, guarded=True, mode=req.mode)
         )
+
+    def _bases(self, tx: _Txn, path: str, chunks: tuple[ChunkRef, ...], missing: Sequence[str]) -> dict[str, str]:
+        """For the missing chunks of an edit, the old chunk at the same place in the file's
+        current version (`delta.pick_bases`): named in the answer, so that the client needs no
+        extra request (nor the whole old chunk list) to send them as patches."""
+        existing = tx.live(paths.key(path))
+        if existing is None or existing.kind != "file" or existing.content_rev is None:
+            return {}
+        row = tx.conn.execute(
+            select(file_revs.c.blocklist).where(
+                file_revs.c.ns_id == tx.ns_id, file_revs.c.node_id == existing.node_id, file_revs.c.rev == existing.content_rev
+            )
+        ).first()
+        if row is None:
+            return {}
+        wanted = set(missing)
+        new = [c for c in delta.offsets([(c.hash, c.size) for c in chunks]) if c[0] in wanted]
+        return delta.pick_bases(new, delta.offsets([(h, s) for h, s in json.loads(row[0])]))
 
     def commit(self, user_id: int, ns_id: int, req: CommitRequest, readable: Iterable[int] = ()) -> CommitResult:
         path, chunks = self._validate_commit(req)
@@ -1002,6 +1044,46 @@ class SqlMetadataStore:
             return _entry(row)
 
         return self._write_ns(ns_id, user_id, run)
+
+    def mkdir_many(self, user_id: int, ns_id: int, paths_: Sequence[str]) -> builtins.list[Entry | CubbyError]:
+        """Many folders in one transaction (a first sync of a tree creates thousands); each
+        gets its own outcome. A refused folder writes nothing: `_ensure_folder` raises at the
+        first existing non-folder ancestor, before it creates anything below it."""
+        wanted: list[str | CubbyError] = []
+        for raw in paths_:
+            try:
+                wanted.append(paths.normalize(raw))
+            except CubbyError as exc:
+                wanted.append(exc)
+        keys = {paths.key(a) for w in wanted if isinstance(w, str) for a in (w, *paths.ancestors(w))}
+
+        def run(tx: _Txn) -> list[Entry | CubbyError | str]:
+            tx.prefetch(keys)
+            made: list[str | CubbyError] = []
+            for w in wanted:
+                if isinstance(w, CubbyError) or w == paths.ROOT:
+                    made.append(w)
+                    continue
+                try:
+                    self._guard_mounts(tx, w)
+                    self._ensure_folder(tx, w)
+                    made.append(w)
+                except CubbyError as exc:
+                    made.append(exc)
+            tx.flush(self._insert_ignore)
+            tx.forget()
+            tx.prefetch(paths.key(m) for m in made if isinstance(m, str))
+            out: list[Entry | CubbyError | str] = []
+            for m in made:
+                if isinstance(m, CubbyError):
+                    out.append(m)
+                    continue
+                row = tx.live(paths.key(m)) if m != paths.ROOT else None
+                out.append(_entry(row) if row is not None else m)
+            return out
+
+        # the root has no row of its own: it is answered as `mkdir` answers it, by a stat
+        return [self.stat(ns_id, r) if isinstance(r, str) else r for r in self._write_ns(ns_id, user_id, run)]
 
     def delete(
         self,
@@ -1146,7 +1228,7 @@ class SqlMetadataStore:
                 # Free the old keys first, so that a case-only rename never collides with itself.
                 params = []
                 for k in kids:
-                    new = paths.rebase(k.path, old_path, dst_path)
+                    new = paths.check_length(paths.rebase(k.path, old_path, dst_path))
                     params.append({"nid": k.node_id, "p": new, "k": paths.key(new)})
                 if params:
                     stmt = update(nodes).where(nodes.c.ns_id == tx.ns_id, nodes.c.node_id == bindparam("nid"))
@@ -1159,7 +1241,7 @@ class SqlMetadataStore:
             )
             tx.journal(
                 "move", node_id=row.node_id, parent_id=parent_id, kind=row.kind, path=dst_path, rev=jid,
-                size=row.size, content_hash=row.content_hash, mtime=row.mtime,
+                size=row.size, content_hash=row.content_hash, mtime=row.mtime, mode=row.mode,
                 old_path=old_path, old_parent_id=row.parent_id,
             )
             tx.forget()
@@ -1184,7 +1266,9 @@ class SqlMetadataStore:
             chunks = tuple(ChunkRef(h, s) for h, s in json.loads(fr.blocklist))
             live = tx.live(paths.key(path))
             revive = None if live is not None else node_id
-            return self._write_file(tx, path, chunks, fr.size, None, fr.mtime, check_expected=False, revive=revive)
+            return self._write_file(
+                tx, path, chunks, fr.size, None, fr.mtime, check_expected=False, revive=revive, mode=fr.mode
+            )
 
         return self._write_ns(ns_id, user_id, run)
 
@@ -1245,11 +1329,17 @@ class SqlMetadataStore:
                     q = q.with_for_update()
                 present.update(r[0] for r in conn.execute(q))
             fresh = [h for h in names if h not in present]
-            for h in fresh:
-                # The collector may have removed these bytes between put_many and this lock;
-                # only then is a chunk written (and so verified) a second time.
-                if not blocks_store.has(h):
-                    blocks_store.put(h, unique[h])
+            if fresh:
+                # Waits for a collector holding these tombstones; after that, it cannot take
+                # the bytes any more (it re-checks the tombstone under its lock).
+                for i in range(0, len(fresh), 500):
+                    conn.execute(delete(chunk_tombstones).where(chunk_tombstones.c.hash.in_(fresh[i : i + 500])))
+            # The collector may have removed these bytes between put_many and this lock; only
+            # then is a chunk written (and so verified) a second time.
+            stored = blocks_store.present(fresh) if fresh else set()
+            again = [(h, unique[h]) for h in fresh if h not in stored]
+            if again:
+                blocks_store.put_many(again)
             self._insert_ignore(
                 conn, blocks, [{"hash": h, "size": len(unique[h]), "touched_at": now} for h in fresh]
             )
@@ -1297,7 +1387,27 @@ class SqlMetadataStore:
         checked.proven = still
         return checked
 
-    def collect_garbage(self, blocks_store: BlockStore, grace_seconds: float) -> GcStats:
+    def collect_garbage(
+        self, blocks_store: BlockStore, grace_seconds: float, *, fault: Callable[[str], None] | None = None
+    ) -> GcStats:
+        """Remove chunks that no revision references and nobody touched within the grace period.
+
+        Two steps, so that bytes are never deleted before the rows that point at them are gone
+        (a crash or a failed COMMIT between the two leaves only a tombstone, never a row without
+        its bytes):
+
+        1. **Sweep.** Lock the candidates' ``blocks`` rows, re-check in a fresh statement that
+           no revision references them, delete their ``blocks`` and ``ns_chunks`` rows and
+           write a tombstone for each, in one transaction.
+        2. **Reclaim.** Lock the tombstones still there (an upload that brought a chunk back
+           deleted its tombstone in the transaction that re-created its row), and with the
+           locks held remove the bytes (`BlockStore.delete`: a pack store forgets the chunk's
+           location, in this same transaction when its index is on this database) and then the
+           tombstones.
+
+        ``fault(step)`` is called for crash tests: before each step's commit ("sweeping",
+        "reclaiming") and after it ("swept", "reclaimed")."""
+        hook = fault or (lambda _step: None)
         cutoff = time.time() - grace_seconds
         examined = deleted = freed = 0
 
@@ -1329,8 +1439,9 @@ class SqlMetadataStore:
                 return 0, 0
             conn.execute(delete(ns_chunks).where(ns_chunks.c.hash.in_(victims)))
             conn.execute(delete(blocks).where(blocks.c.hash.in_(victims)))
-            for h in victims:
-                blocks_store.delete(h)
+            now = time.time()
+            self._insert_ignore(conn, chunk_tombstones, [{"hash": h, "at": now} for h in victims])
+            hook("sweeping")  # rows deleted, not yet committed
             return len(victims), sum(locked[h] for h in victims)
 
         self._adopt_orphans(blocks_store)
@@ -1344,8 +1455,39 @@ class SqlMetadataStore:
             n, b = self.db.write(functools.partial(sweep, batch=batch))
             deleted += n
             freed += b
+        hook("swept")
+        self.reclaim_tombstones(blocks_store, hook)
+        hook("reclaimed")
         return GcStats(examined=examined, deleted=deleted, bytes_freed=freed)
 
+    def reclaim_tombstones(self, blocks_store: BlockStore, hook: Callable[[str], None] = lambda _step: None) -> int:
+        """Remove the bytes of tombstoned chunks (step 2 of `collect_garbage`); returns how many."""
+
+        def page(conn: Connection) -> list[str]:
+            return [r[0] for r in conn.execute(select(chunk_tombstones.c.hash).order_by(chunk_tombstones.c.hash).limit(500))]
+
+        def reclaim(conn: Connection, batch: list[str]) -> int:
+            q = select(chunk_tombstones.c.hash).where(chunk_tombstones.c.hash.in_(batch))
+            if not self.db.is_sqlite:
+                q = q.with_for_update()
+            held = sorted(r[0] for r in conn.execute(q))
+            if not held:
+                return 0
+            # Defensive: a chunk that has a row again is live whatever its tombstone says.
+            alive = {r[0] for r in conn.execute(select(blocks.c.hash).where(blocks.c.hash.in_(held)))}
+            gone = [h for h in held if h not in alive]
+            for h in gone:
+                blocks_store.delete(h)
+            hook("reclaiming")  # bytes gone, tombstones not yet: a crash here loses nothing referenced
+            conn.execute(delete(chunk_tombstones).where(chunk_tombstones.c.hash.in_(held)))
+            return len(gone)
+
+        total = 0
+        while True:
+            batch = self.db.read(page)
+            if not batch:
+                return total
+            total += self.db.write(functools.partial(reclaim, batch=batch))
 
     def _adopt_orphans(self, blocks_store: BlockStore) -> int:
         """Give a ``blocks`` row to every stored chunk that has none (a writer died between
@@ -1356,8 +1498,12 @@ class SqlMetadataStore:
         batch: list[str] = []
 
         def flush(names: list[str]) -> int:
+            # Tombstoned chunks are on their way out (`reclaim_tombstones`), not orphans.
             known = set(
-                self.db.read(lambda c: [r[0] for r in c.execute(select(blocks.c.hash).where(blocks.c.hash.in_(names)))])
+                self.db.read(
+                    lambda c: [r[0] for r in c.execute(select(blocks.c.hash).where(blocks.c.hash.in_(names)))]
+                    + [r[0] for r in c.execute(select(chunk_tombstones.c.hash).where(chunk_tombstones.c.hash.in_(names)))]
+                )
             )
             rows = []
             for h in names:

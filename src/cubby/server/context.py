@@ -31,7 +31,7 @@ class ServerContext:
     commit_listeners: list[CommitListener] = field(default_factory=list)
     account_listeners: list[AccountListener] = field(default_factory=list)
     closers: list[Callable[[], object]] = field(default_factory=list)
-    broker: "Broker | None" = None
+    broker: Broker | None = None
     """The notification broker (meta publishes on it, notify subscribes); None if neither runs."""
     notify_service: Any = None
     """The notification role's `cubby.notify.service.NotifyService`, when that role runs."""
@@ -72,12 +72,14 @@ def build_context(config: Config, roles: tuple[str, ...]) -> ServerContext:
         import os
         from concurrent.futures import ThreadPoolExecutor
 
-        from cubby.blockstore.local import LocalBlockStore
+        from cubby.blockstore.opener import open_block_store
 
         # Verifying and compressing uploaded chunks uses every core (both release the GIL).
         pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="cubby-chunks")
         closers.append(pool.shutdown)
-        blocks = LocalBlockStore(config.blocks_dir, executor=pool)
+        pack_store = open_block_store(config.blocks_location, store.db, executor=pool)
+        closers.append(pack_store.objects.close)
+        blocks = pack_store
     metrics = Metrics()
     store.db.observe = metrics.observe_transaction
     if blocks is not None:

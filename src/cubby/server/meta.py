@@ -20,7 +20,15 @@ from cubby.core import paths
 from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceMoved
 from cubby.model import ChunkRef, CommitRequest, CommitResult, Principal
 from cubby.server import access
-from cubby.server.bodies import field_float, field_hash, field_int, field_str, json_body, query_bool, query_int
+from cubby.server.bodies import (
+    field_float,
+    field_hash,
+    field_int,
+    field_str,
+    json_body,
+    query_bool,
+    query_int,
+)
 from cubby.server.context import ServerContext
 
 MAX_BATCH = 1000
@@ -42,7 +50,10 @@ def parse_commit(body: Any) -> CommitRequest:
         chunks.append(ChunkRef(field_hash(c.get("hash"), f"chunks[{i}].hash"), field_int(c, "size", minimum=1) or 0))
     expected = field_int(body, "expected_rev", required=False)
     assert path is not None and size is not None
-    return CommitRequest(path=path, size=size, chunks=tuple(chunks), expected_rev=expected, mtime=field_float(body, "mtime"))
+    mode = field_int(body, "mode", required=False)
+    return CommitRequest(
+        path=path, size=size, chunks=tuple(chunks), expected_rev=expected, mtime=field_float(body, "mtime"), mode=mode
+    )
 
 
 def commit_answer(target: access.Target, res: CommitResult) -> dict[str, Any]:
@@ -51,8 +62,13 @@ def commit_answer(target: access.Target, res: CommitResult) -> dict[str, Any]:
     return {
         "status": "need_chunks",
         "ns_id": target.ns_id,
-        "needed": [{"hash": n.hash, "nonce": n.nonce} for n in res.needed],
+        "needed": [{"hash": n.hash, "nonce": n.nonce, **({"base": n.base} if n.base else {})} for n in res.needed],
     }
+
+
+def failed(exc: CubbyError) -> dict[str, Any]:
+    """One refused item of a batch: its error and the HTTP status it would have had alone."""
+    return {"error": exc.to_dict(), "status": exc.status}
 
 
 def routes(ctx: ServerContext) -> list[BaseRoute]:
@@ -95,7 +111,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
 
         def run(p: Principal, moved: bool) -> tuple[access.Target, CommitResult]:
             target = access.resolve(p, req.path, write=True)
-            inner = CommitRequest(target.path, req.size, req.chunks, req.expected_rev, req.mtime)
+            inner = CommitRequest(target.path, req.size, req.chunks, req.expected_rev, req.mtime, req.mode)
             return target, store.commit(p.user_id, target.ns_id, inner, access.mounts(p).values())
 
         _, (target, res) = await once_more(request, await who(request), run)
@@ -130,7 +146,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
                 except CubbyError as exc:
                     results[i] = {"status": "error", "error": exc.to_dict()}
                     continue
-                inner = CommitRequest(target.path, req.size, req.chunks, req.expected_rev, req.mtime)
+                inner = CommitRequest(target.path, req.size, req.chunks, req.expected_rev, req.mtime, req.mode)
                 groups.setdefault(target.ns_id, []).append((i, target, inner))
             moved: list[int] = []
             readable = list(access.mounts(p).values())
@@ -202,6 +218,77 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
             return dst, store.moves.move(p.user_id, src.ns_id, src.path, dst.ns_id, dst.path, expected), src.ns_id
         return src, store.move(p.user_id, src.ns_id, src.path, dst.path, expected)
 
+    async def mkdir_group(
+        request: Request, p: Principal, raws: list[Any], results: list[dict[str, Any] | None], start: int, touched: set[int]
+    ) -> Principal:
+        """Folder creations of a batch, one transaction per namespace (`mkdir_many`); those
+        that raced a share are resolved again with fresh mounts and retried once."""
+        todo = list(range(len(raws)))
+        for attempt in range(2):
+            if attempt:
+                p = await who(request)
+            groups: dict[int, list[tuple[int, access.Target]]] = {}
+            for k in todo:
+                try:
+                    t = access.resolve(p, field_str(raws[k], "path") or "", write=True)
+                except CubbyError as exc:
+                    results[start + k] = failed(exc)
+                    continue
+                groups.setdefault(t.ns_id, []).append((k, t))
+            moved: list[int] = []
+            for ns_id, group in groups.items():
+                outs = await run_in_threadpool(store.mkdir_many, p.user_id, ns_id, [t.path for _, t in group])
+                for (k, t), out in zip(group, outs):
+                    if isinstance(out, NamespaceMoved) and attempt == 0:
+                        moved.append(k)
+                    elif isinstance(out, CubbyError):
+                        results[start + k] = failed(out)
+                    else:
+                        results[start + k] = {"entry": access.user_entry(t, out)}
+                        touched.add(ns_id)
+            if not moved:
+                break
+            todo = moved
+        return p
+
+    async def batch(request: Request) -> Response:
+        """Folder creations, deletes and moves, up to `MAX_BATCH` per request, applied in the
+        order given, each with its own outcome (a refused one does not stop the rest). A run of
+        consecutive creations is one transaction per namespace: a first sync of a tree makes
+        thousands of folders, and one request each was most of its requests."""
+        p = await who(request)
+        body = await json_body(request)
+        items = body.get("ops")
+        if not isinstance(items, list) or not items or len(items) > MAX_BATCH:
+            raise BadRequest(f"field 'ops' must be a list of 1 to {MAX_BATCH} operations", field="ops")
+        for raw in items:
+            if not isinstance(raw, dict) or raw.get("op") not in ("mkdir", "delete", "move"):
+                raise BadRequest("each operation must be an object whose 'op' is mkdir, delete or move", field="ops")
+        results: list[dict[str, Any] | None] = [None] * len(items)
+        touched: set[int] = set()
+        i = 0
+        while i < len(items):
+            if items[i]["op"] == "mkdir":
+                j = i
+                while j < len(items) and items[j]["op"] == "mkdir":
+                    j += 1
+                p = await mkdir_group(request, p, items[i:j], results, i, touched)
+                i = j
+                continue
+            def run(q: Principal, moved: bool, raw: dict[str, Any] = items[i]) -> tuple[Any, ...]:
+                return (do_delete if raw["op"] == "delete" else do_move)(q, raw, moved)
+
+            try:
+                p, (target, entry, *also) = await once_more(request, p, run)
+                touched.update({target.ns_id, *also})
+                results[i] = {"entry": access.user_entry(target, entry)}
+            except CubbyError as exc:
+                results[i] = failed(exc)
+            i += 1
+        for ns_id in touched:
+            ctx.committed(ns_id, await run_in_threadpool(store.head, ns_id))
+        return JSONResponse({"results": results})
+
     def do_restore(p: Principal, body: dict[str, Any], moved: bool) -> tuple[access.Target, Any]:
         t = access.resolve(p, field_str(body, "path") or "", write=True)
         return t, store.restore(p.user_id, t.ns_id, t.path, field_int(body, "rev", minimum=1) or 0)
@@ -258,18 +345,25 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         items = body.get("paths")
         if not isinstance(items, list) or not items or len(items) > MAX_BATCH:
             raise BadRequest(f"field 'paths' must be a list of 1 to {MAX_BATCH} paths", field="paths")
-        out: list[dict[str, Any]] = []
-        for raw in items:
+        out: list[dict[str, Any] | None] = [None] * len(items)
+        groups: dict[int, list[tuple[int, access.Target]]] = {}
+        for i, raw in enumerate(items):
             try:
                 if not isinstance(raw, str):
                     raise BadRequest("each path must be a string")
                 t = access.resolve(p, raw)
-                entry, chunks = await run_in_threadpool(store.blocklist, t.ns_id, t.path, None)
-                out.append(
-                    {"entry": access.user_entry(t, entry), "chunks": [{"hash": c.hash, "size": c.size} for c in chunks]}
-                )
+                groups.setdefault(t.ns_id, []).append((i, t))
             except CubbyError as exc:
-                out.append({"error": exc.to_dict()})
+                out[i] = {"error": exc.to_dict()}
+        for ns_id, group in groups.items():
+            # one read per namespace, not one per file
+            answers = await run_in_threadpool(store.blocklists, ns_id, [t.path for _, t in group])
+            for (i, t), ans in zip(group, answers):
+                if isinstance(ans, CubbyError):
+                    out[i] = {"error": ans.to_dict()}
+                else:
+                    entry, chunks = ans
+                    out[i] = {"entry": access.user_entry(t, entry), "chunks": [{"hash": c.hash, "size": c.size} for c in chunks]}
         return JSONResponse({"results": out})
 
     async def journal(request: Request) -> Response:
@@ -321,6 +415,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         Route("/api/v1/files/mkdir", mutation(do_mkdir), methods=["POST"]),
         Route("/api/v1/files/delete", mutation(do_delete), methods=["POST"]),
         Route("/api/v1/files/move", mutation(do_move), methods=["POST"]),
+        Route("/api/v1/files/batch", batch, methods=["POST"]),
         Route("/api/v1/files/restore", mutation(do_restore), methods=["POST"]),
         Route("/api/v1/files/stat", stat, methods=["GET"]),
         Route("/api/v1/files/list", listing, methods=["GET"]),

@@ -151,6 +151,10 @@ class InstrumentedBlockStore:
         self._count("has")
         return self.inner.has(name)
 
+    def present(self, names: Iterable[str]) -> set[str]:
+        self._count("present")
+        return self.inner.present(names)
+
     def delete(self, name: str) -> None:
         self._count("delete")
         self.inner.delete(name)

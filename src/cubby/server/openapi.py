@@ -106,6 +106,15 @@ def document() -> dict[str, Any]:
                 415,
             )
         },
+        "/api/v1/files/batch": {
+            "post": _json_op(
+                "Folder creations, deletes and moves in order, each with its own outcome",
+                {"type": "object", "required": ["ops"], "properties": {"ops": {"type": "array", "minItems": 1, "maxItems": 1000, "items": {"type": "object", "required": ["op"], "properties": {"op": {"enum": ["mkdir", "delete", "move"]}}}}}},
+                {"type": "object"},
+                409,
+                415,
+            )
+        },
         "/api/v1/files/restore": {
             "post": _json_op(
                 "Make an old revision current again",

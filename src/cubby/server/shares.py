@@ -10,9 +10,9 @@ heads (`ServerContext.committed`) and tells every user whose namespaces changed
 | `POST /api/v1/shares` | `{path, user, role: editor\\|viewer}` | `{share}` (201) |
 | `GET /api/v1/shares` | | `{shares: [{ns_id, name, role, state, path, members}]}` |
 | `POST /api/v1/shares/{ns_id}/accept` | | `{share: {ns_id, path, role}}` |
-| `POST /api/v1/shares/remove` | `{path, user}` | `{share}` |
-| `POST /api/v1/shares/leave` | `{path}` | `{share}` |
-| `POST /api/v1/shares/unshare` | `{path}` | `{share}` |
+| `POST /api/v1/shares/remove` | `{path \\| ns_id, user}` | `{share}` |
+| `POST /api/v1/shares/leave` | `{path \\| ns_id}` | `{share}` |
+| `POST /api/v1/shares/unshare` | `{path \\| ns_id}` | `{share}` |
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from cubby.core import paths
-from cubby.errors import BadRequest, NamespaceMoved
-from cubby.model import Principal
+from cubby.errors import BadRequest, NamespaceMoved, NotFound
 from cubby.metadata.shares import SharingChange
+from cubby.model import Principal
 from cubby.server import access
-from cubby.server.bodies import field_str, json_body
+from cubby.server.bodies import field_int, field_str, json_body
 from cubby.server.context import ServerContext
 
 
@@ -100,12 +100,18 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         return JSONResponse({"share": change.info})
 
     def on_folder(act: Callable[[Principal, int, dict[str, Any]], SharingChange]) -> Callable[[Request], Awaitable[Response]]:
-        """A route acting on the shared folder that the body's ``path`` names in the caller's tree."""
+        """A route acting on the shared folder that the body's ``path`` names in the caller's
+        tree, or that its ``ns_id`` names: the id still works when the mount's path does not
+        (a name too long to type or to resolve), so such a folder can always be left."""
 
         async def handler(request: Request) -> Response:
             p = await who(request)
             body = await json_body(request)
-            ns_id = shared_folder(p, field_str(body, "path") or "")
+            ns_id = field_int(body, "ns_id", required=False, minimum=1)
+            if ns_id is None:
+                ns_id = shared_folder(p, field_str(body, "path") or "")
+            elif ns_id > 2**62:
+                raise NotFound(f"no shared folder {ns_id}", code="not_a_member")
             change = await run_in_threadpool(act, p, ns_id, body)
             announce(ctx, change)
             return JSONResponse({"share": change.info})
@@ -140,7 +146,8 @@ def openapi_paths() -> dict[str, Any]:
         return {"required": True, "content": {"application/json": {"schema": schema}}}
 
     text = {"type": "string"}
-    path_only = {"requestBody": body(["path"], path=text), "responses": {**ok, **errors}}
+    ns_id = {"type": "integer", "minimum": 1}
+    path_only = {"requestBody": body([], path=text, ns_id=ns_id), "responses": {**ok, **errors}}
     return {
         "/api/v1/shares": {
             "post": {
@@ -158,7 +165,7 @@ def openapi_paths() -> dict[str, Any]:
             }
         },
         "/api/v1/shares/remove": {
-            "post": {"summary": "Remove a member (owner only)", "requestBody": body(["path", "user"], path=text, user=text),
+            "post": {"summary": "Remove a member (owner only)", "requestBody": body(["user"], path=text, ns_id=ns_id, user=text),
                      "responses": {**ok, **errors}}
         },
         "/api/v1/shares/leave": {"post": {"summary": "Leave a shared folder", **path_only}},

@@ -111,13 +111,19 @@ def register(main: click.Group) -> None:
                 state.emit({"blocked": b.path, "reason": b.reason}, f"kept     {b.path}  ({b.reason})")
             for rel in res.unsyncable:
                 state.emit({"unsyncable": rel}, f"skipped  {rel}  (a name cubby cannot store)")
+            for rel in res.outside_links:
+                state.emit({"outside_link": rel}, f"skipped  {rel}  (a link to outside the folder: not synced)")
+            refused = engine.state.refusals()
+            for r in refused:
+                state.emit({"refused": r.path, "source": r.source, "reason": r.reason, "ns_id": r.ns_id, "jid": r.jid},
+                           f"refused  {r.path}  (from the server's {r.source}: {r.reason})")
             push = push_status.read(folder / ".cubby")
             if push is not None and not push["push"]:
                 since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(push["since"]))
                 state.emit({"push": False, "push_since": push["since"], "push_detail": push["detail"]},
                            f"warning  no push notifications since {since}: changes from elsewhere arrive late "
                            f"(polling). {push['detail']}")
-            state.emit({"in_sync": not pending, "pending": len(pending), "blocked": len(blocked),
+            state.emit({"in_sync": not pending, "pending": len(pending), "blocked": len(blocked), "refused": len(refused),
                         "push": None if push is None else bool(push["push"])},
                        "in sync" if not pending else f"{len(pending)} changes pending")
         finally:

@@ -25,13 +25,11 @@ def conflict_name(path: str, host: str, day: str, taken: Callable[[str], bool], 
     one is taken. ``taken`` gets a path key. Folders keep their whole name (no extension)."""
     parent, name = paths.split(path)
     stem, ext = (name, "") if folder else split_ext(name)
-    host = "".join(c for c in host if c not in "/\\\x00") or "unknown"
+    host = "".join(c for c in host if c.isprintable() and c not in "/\\").strip() or "unknown"
     n = 1
     while True:
         suffix = f" (conflicted copy from {host} {day})" if n == 1 else f" (conflicted copy from {host} {day} {n})"
-        room = paths.MAX_NAME_BYTES - len((suffix + ext).encode("utf-8"))
-        short = stem.encode("utf-8")[: max(room, 1)].decode("utf-8", "ignore").rstrip(" .") or "file"
-        candidate = paths.join(parent, short + suffix + ext)
+        candidate = paths.join(parent, paths.fit_name(stem, suffix, ext))
         if not taken(paths.key(candidate)):
             return candidate
         n += 1

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from cubby.client import transfer
+from cubby.client import modes, transfer
 from cubby.client.api import ApiClient, commit_body
 from cubby.client.changes import ChangeWaiter
 from cubby.client.sync import planner as P
@@ -43,16 +43,15 @@ from cubby.client.sync.cache import ChunkCache
 from cubby.client.sync.ignore import STATE_DIR, IgnoreRules
 from cubby.client.sync.scanner import ScanResult, scan
 from cubby.client.sync.state import FileRecord, StateDb
-from cubby.core import paths
+from cubby.client.sync.trust import Refusal, UnsafePath, local_target, mount_path, shown
+from cubby.client.windows import BATCH, DOWNLOAD_WINDOW
+from cubby.core import delta, paths
 from cubby.core.hashing import sha256_hex
 from cubby.errors import BadRequest, Conflict, CubbyError, NotFound, Unavailable
 from cubby.model import ChunkRef, CommitResult, Entry, JournalEntry
 
 Emit = Callable[[dict[str, Any]], None]
 
-FETCH_BATCH_BYTES = 16 * 1024 * 1024
-"""Chunks asked for in one fetch request; with the cache on disk, the most a download holds in memory."""
-COMMIT_BATCH = 1000
 
 
 class SyncLocked(CubbyError):
@@ -138,7 +137,7 @@ class SyncEngine:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise SyncLocked(f"another cubby sync is already running on {self.root}")
+            raise SyncLocked(f"another cubby sync is already running on {self.root}") from None
         self._lock_fd = fd
         now = time.time()
         for leftover in (self.dir / "tmp").iterdir():
@@ -184,6 +183,8 @@ class SyncEngine:
         meanwhile, so that a folder being shared is never seen half moved (gone from one
         namespace, not yet in the other)."""
         acct = self.api.account()
+        if self._caught_up(acct):
+            return  # the account's heads are our cursors: a pass with nothing new costs one request
         for _ in range(3):
             self._refresh_from(acct)
             again = self.api.account()
@@ -193,6 +194,18 @@ class SyncEngine:
                 return
             acct = again
 
+    def _caught_up(self, acct: dict[str, Any]) -> bool:
+        """Does the account show the namespaces we know, each at the head we have read to?"""
+        known = self.state.namespaces()
+        seen = acct.get("namespaces", [])
+        if len(seen) != len(known):
+            return False
+        for n in seen:
+            ns = known.get(int(n["ns_id"]))
+            if ns is None or ns.cursor != int(n["head"]) or (ns.mount, ns.role) != (paths.normalize(n["path"]), str(n.get("role", "owner"))):
+                return False
+        return True
+
     def _refresh_from(self, acct: dict[str, Any]) -> None:
         seen = {int(n["ns_id"]): n for n in acct.get("namespaces", [])}
         known = self.state.namespaces()
@@ -200,7 +213,11 @@ class SyncEngine:
             self.state.drop_namespace(ns_id)
             self.emit({"event": "namespace_removed", "ns_id": ns_id, "path": known[ns_id].mount})
         for ns_id, n in seen.items():
-            mount, role = paths.normalize(n["path"]), str(n.get("role", "owner"))
+            try:
+                mount, role = mount_path(n.get("path")), str(n.get("role", "owner"))
+            except UnsafePath as exc:
+                self.state.record_refusal(Refusal(ns_id, "mount", shown(n.get("path")), exc.message))
+                continue
             if ns_id not in known:
                 head = int(n["head"])  # before the listing: the replay from here covers any race
                 listing = list(self.api.list(mount, recursive=True))
@@ -244,13 +261,21 @@ class SyncEngine:
         """Base and remote trees without what the ignore rules hide locally: a file named
         ``x.tmp`` on the server is neither downloaded nor, being absent here, deleted there."""
         rules = IgnoreRules.load(self.root)
+        folders: dict[str, bool] = {"": True}
+
+        def shown(rel: str) -> bool:
+            """Is the folder at ``rel`` and every folder above it not ignored? (memoised: a
+            tree's paths share their folders)"""
+            got = folders.get(rel)
+            if got is None:
+                parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
+                got = folders[rel] = shown(parent) and not rules.ignored(rel, is_dir=True)
+            return got
 
         def visible(path: str, kind: str) -> bool:
-            parts = path.strip("/").split("/")
-            return not any(
-                rules.ignored("/".join(parts[: i + 1]), is_dir=(i < len(parts) - 1 or kind == "folder"))
-                for i in range(len(parts))
-            )
+            rel = path.strip("/")
+            parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
+            return shown(parent) and not rules.ignored(rel, is_dir=kind == "folder")
 
         return (
             [b for b in self.state.base_items() if visible(b.path, b.kind)],
@@ -269,7 +294,7 @@ class SyncEngine:
         bases = self.state.mount_bases()
         for ns in namespaces:
             base = bases.get(ns.ns_id)
-            if ns.mount == paths.ROOT or base is None or not base.inode or os.path.isdir(self._abs(ns.mount)):
+            if ns.mount == paths.ROOT or base is None or not base.inode or os.path.isdir(self._abs(self.rel_for(ns.mount))):
                 continue
             moved = [item for item in local if item.kind == "folder" and item.inode == base.inode]
             if len(moved) != 1 or any(paths.is_within(moved[0].path, m) for m in mounts):
@@ -359,8 +384,15 @@ class SyncEngine:
             except (CubbyError, OSError) as exc:
                 failures.append({"op": type(op).__name__, "path": _path_of(op), "error": str(exc)})
 
+        remote: list[P.Op] = []
         for op in first:
+            if isinstance(op, (P.MkdirRemote, P.MoveRemote)):
+                remote.append(op)  # sent together, in plan order, with the next local op
+                continue
+            done += self._apply_remote(remote, report, failures)
+            remote = []
             one(op)
+        done += self._apply_remote(remote, report, failures)
         if uploads:
             n = self._upload(uploads, failures)
             done += n
@@ -371,13 +403,74 @@ class SyncEngine:
             done += n
             if n:
                 report.count("Download", n)
+        remote = []
         for dop in deletes:
-            one(dop)
+            if isinstance(dop, P.DeleteRemote):
+                if dop.remote.kind == "folder" and not self._folder_unchanged(dop.remote):
+                    continue  # something arrived in it meanwhile: the next round learns what
+                remote.append(dop)
+            else:
+                one(dop)
+        done += self._apply_remote(remote, report, failures)
+        return done
+
+    def _apply_remote(self, ops: Sequence[P.Op], report: PassReport, failures: list[dict[str, str]]) -> int:
+        """Folder creations, moves and deletes on the server, a batch request per thousand
+        (`ApiClient.batch`), applied there in this order; each answer is then recorded in the
+        base as the single operation would record it. A conflict or a vanished source is not a
+        failure: the server moved on and the next plan sees how."""
+        if not ops:
+            return 0
+        cursors = self.state.cursors()
+        bodies: list[dict[str, Any]] = []
+        for op in ops:
+            if isinstance(op, P.MkdirRemote):
+                bodies.append({"op": "mkdir", "path": op.local.path})
+            elif isinstance(op, P.MoveRemote):
+                bodies.append({"op": "move", "from_path": op.path, "to_path": op.new_path, "expected_rev": op.expected_rev})
+            elif isinstance(op, P.DeleteRemote):
+                since = cursors.get(op.remote.ns_id) if op.remote.kind == "folder" else None
+                bodies.append({"op": "delete", "path": op.remote.path, "expected_rev": op.remote.rev, "unchanged_since": since})
+        outcomes = self.api.batch(bodies)
+        self._crash_point("batched_remote")
+        done = 0
+        st = self.state
+        with st.tx():
+            for op, out in zip(ops, outcomes, strict=True):
+                name = type(op).__name__
+                if isinstance(out, CubbyError):
+                    if isinstance(op, P.DeleteRemote) and isinstance(out, NotFound):
+                        pass  # already gone: what we wanted
+                    elif isinstance(out, (Conflict, NotFound)) and not isinstance(op, P.MkdirRemote):
+                        continue
+                    else:
+                        failures.append({"op": name, "path": _path_of(op), "error": str(out)})
+                        continue
+                if isinstance(op, (P.MkdirRemote, P.MoveRemote)):
+                    assert isinstance(out, Entry)
+                    if not st.put_remote_entry(out):
+                        # refused (recorded by the state), never acted on
+                        failures.append({"op": name, "path": _path_of(op), "error": f"the server answered with {shown(out.path)!r}"})
+                        continue
+                if isinstance(op, P.MkdirRemote):
+                    assert isinstance(out, Entry)
+                    st.set_base(P.BaseItem(out.ns_id, out.node_id, out.path, "folder", out.rev, None, op.local.inode))
+                elif isinstance(op, P.MoveRemote):
+                    assert isinstance(out, Entry)
+                    st.move_base(op.node, out.path)
+                elif isinstance(op, P.DeleteRemote):
+                    st.delete_remote(op.remote.node)
+                    st.forget_base(op.remote.node)
+                done += 1
+                report.count(name)
+                self.emit({"op": name, "path": _path_of(op)})
         return done
 
     # -- single operations -------------------------------------------------------------------------
     def _abs(self, rel: str) -> Path:
-        return self.root / rel
+        """The one way from a relative path to the disk: `trust.local_target` refuses anything
+        outside the synced folder or inside its state folder (`UnsafePath`)."""
+        return local_target(self.root, rel)
 
     def rel_for(self, path: str) -> str:
         """Where a path of the user's tree goes on disk: existing folders keep their on-disk
@@ -417,37 +510,12 @@ class SyncEngine:
             self._crash_point("moved_local")
             st.rename_files(op.rel, target)
             st.move_base(op.node, op.new_path)
-        elif isinstance(op, P.MoveRemote):
-            try:
-                e = self.api.move(op.path, op.new_path, op.expected_rev)
-            except (Conflict, NotFound):
-                return False  # the server moved on: the next plan sees how
-            self._crash_point("moved_remote")
-            st.put_remote_entry(e)
-            st.move_base(op.node, e.path)
         elif isinstance(op, P.MkdirLocal):
             folder = self._abs(self.rel_for(op.remote.path))
             folder.mkdir(parents=True, exist_ok=True)
             st.set_base(_base_of(op.remote, folder.stat().st_ino))
-        elif isinstance(op, P.MkdirRemote):
-            e = self.api.mkdir(op.local.path)
-            st.put_remote_entry(e)
-            st.set_base(P.BaseItem(e.ns_id, e.node_id, e.path, "folder", e.rev, None, op.local.inode))
         elif isinstance(op, P.DeleteLocal):
             return self._delete_local(op)
-        elif isinstance(op, P.DeleteRemote):
-            if op.remote.kind == "folder" and not self._folder_unchanged(op.remote):
-                return False  # something arrived in it meanwhile: the next round learns what
-            since = st.cursors().get(op.remote.ns_id) if op.remote.kind == "folder" else None
-            try:
-                self.api.delete(op.remote.path, op.remote.rev, unchanged_since=since)
-            except NotFound:
-                pass
-            except Conflict:
-                return False
-            self._crash_point("deleted_remote")
-            st.delete_remote(op.remote.node)
-            st.forget_base(op.remote.node)
         return True
 
     def _folder_unchanged(self, folder: P.RemoteItem) -> bool:
@@ -472,11 +540,11 @@ class SyncEngine:
         if op.local.kind == "file":
             rec = self.state.file(op.local.rel)
             try:
-                s = p.stat()
+                s = os.lstat(p)
             except FileNotFoundError:
                 self.state.forget_base(op.node)
                 return True
-            if rec is None or (rec.size, rec.mtime_ns, rec.inode) != (s.st_size, s.st_mtime_ns, s.st_ino):
+            if rec is None or (rec.size, rec.mtime_ns, rec.inode, rec.mode) != (s.st_size, s.st_mtime_ns, s.st_ino, modes.mode_of(s)):
                 return False  # edited since the scan: keep it, the next plan uploads it
             self._keep_chunks(rec)
             p.unlink()
@@ -502,7 +570,7 @@ class SyncEngine:
 
     def _keep_chunks(self, rec: FileRecord) -> None:
         """Copy a file's chunks to the cache before it goes, if it is small enough to be worth it."""
-        if rec.size == 0 or rec.size > self.cache.max_bytes // 4:
+        if rec.size == 0 or rec.size > self.cache.max_bytes // 4 or rec.mode == modes.SYMLINK:
             return
         try:
             with open(self._abs(rec.rel), "rb") as fh:
@@ -524,27 +592,32 @@ class SyncEngine:
         groups: dict[int, list[tuple[P.Upload, transfer.LocalFile]]] = {}
         for op in ops:
             rec = self.state.file(op.local.rel)
-            if rec is None or rec.hash != op.local.hash:
+            if rec is None or rec.version != op.local.hash:
                 continue
             lf = transfer.LocalFile(
                 self._abs(op.local.rel), op.local.path, rec.size, rec.mtime_ns / 1e9,
-                [transfer.LocalChunk(off, size, h) for h, off, size in rec.chunks], rec.inode,
+                [transfer.LocalChunk(off, size, h) for h, off, size in rec.chunks], rec.inode, mode=rec.mode,
             )
+            if rec.mode == modes.SYMLINK:
+                try:
+                    lf.data = os.fsencode(os.readlink(lf.local))  # never read through the link
+                except OSError:
+                    continue
             ns_id = ctx.mounts[P.mount_of(op.local.path, ctx.mounts)][0]
             groups.setdefault(ns_id, []).append((op, lf))
         done = 0
         for ns_id, items in groups.items():
-            for i in range(0, len(items), COMMIT_BATCH):
-                done += self._upload_group(ns_id, items[i : i + COMMIT_BATCH], failures)
+            for i in range(0, len(items), BATCH):
+                done += self._upload_group(ns_id, items[i : i + BATCH], failures)
         return done
 
     def _still_same(self, op: P.Upload, lf: transfer.LocalFile) -> bool:
         try:
-            s = lf.local.stat()
+            s = os.lstat(lf.local)
         except OSError:
             return False
         rec = self.state.file(op.local.rel)
-        return rec is not None and (rec.size, rec.mtime_ns, rec.inode) == (s.st_size, s.st_mtime_ns, s.st_ino)
+        return rec is not None and (rec.size, rec.mtime_ns, rec.inode, rec.mode) == (s.st_size, s.st_mtime_ns, s.st_ino, modes.mode_of(s))
 
     def _upload_group(self, ns_id: int, items: list[tuple[P.Upload, transfer.LocalFile]], failures: list[dict[str, str]]) -> int:
         done = 0
@@ -552,7 +625,7 @@ class SyncEngine:
         for _attempt in range(3):
             if not pending:
                 break
-            bodies = [commit_body(lf.remote, lf.size, lf.refs, op.expected_rev, lf.mtime) for op, lf in pending]
+            bodies = [commit_body(lf.remote, lf.size, lf.refs, op.expected_rev, lf.mtime, lf.mode) for op, lf in pending]
             outcomes = self.api.commit_batch(bodies)
             needing: list[tuple[P.Upload, transfer.LocalFile, CommitResult]] = []
             with self.state.tx():
@@ -588,14 +661,14 @@ class SyncEngine:
         def progress(n: int) -> None:
             nonlocal sent
             sent += n
-            if total > FETCH_BATCH_BYTES:  # only long transfers are worth a progress line
+            if total > DOWNLOAD_WINDOW:  # only long transfers are worth a progress line
                 self.emit({"event": "progress", "direction": "up", "done": sent, "total": total})
 
         return progress
 
     def _committed(self, e: Entry, lf: transfer.LocalFile) -> None:
-        self.state.put_remote_entry(e)
-        self.state.set_base(P.BaseItem(e.ns_id, e.node_id, e.path, "file", e.rev, e.content_hash, lf.inode))
+        if self.state.put_remote_entry(e):
+            self.state.set_base(P.BaseItem(e.ns_id, e.node_id, e.path, "file", e.rev, modes.version(e.content_hash, e.mode), lf.inode))
 
     # -- downloads ---------------------------------------------------------------------------------
     def _download(self, ops: Sequence[P.Download], failures: list[dict[str, str]]) -> int:
@@ -603,26 +676,26 @@ class SyncEngine:
         local disk, the cache, or the server (in bounded batches), into temp files that are
         renamed into place when whole."""
         done = 0
-        for i in range(0, len(ops), 1000):
-            group = list(ops[i : i + 1000])
+        for i in range(0, len(ops), BATCH):
+            group = list(ops[i : i + BATCH])
             lists = cast("list[tuple[Entry, list[ChunkRef]] | CubbyError]", self.api.blocklists([o.remote.path for o in group]))
             ready: list[tuple[P.Download, list[ChunkRef], Entry]] = []
             for op, bl in zip(group, lists, strict=True):
                 if isinstance(bl, CubbyError):
                     continue  # gone since the journal said so: the next round learns it
                 entry, chunks = bl
-                if entry.content_hash != op.remote.hash or entry.node_id != op.remote.node_id:
+                if modes.version(entry.content_hash, entry.mode) != op.remote.hash or entry.node_id != op.remote.node_id:
                     continue
                 ready.append((op, chunks, entry))
             batch: list[tuple[P.Download, list[ChunkRef], Entry]] = []
             size = 0
             for item in ready:
-                if item[2].size > FETCH_BATCH_BYTES:
+                if item[2].size > DOWNLOAD_WINDOW:
                     done += self._download_files([item], failures)
                     continue
                 batch.append(item)
                 size += item[2].size
-                if size >= FETCH_BATCH_BYTES:
+                if size >= DOWNLOAD_WINDOW:
                     done += self._download_files(batch, failures)
                     batch, size = [], 0
             if batch:
@@ -641,14 +714,15 @@ class SyncEngine:
                 return data
         return self.cache.get(h)
 
-    def _chunks_for(self, chunks: Sequence[ChunkRef]) -> Iterator[tuple[ChunkRef, bytes]]:
+    def _chunks_for(self, chunks: Sequence[ChunkRef], bases: dict[str, str] | None = None) -> Iterator[tuple[ChunkRef, bytes]]:
         """Each chunk's bytes in order, looking locally first and fetching the rest from the
-        server a bounded window at a time."""
+        server a bounded window at a time; a chunk with a base (an old chunk at the same place
+        in the version being replaced, still on disk) comes as a delta against it."""
         i = 0
         while i < len(chunks):
             window: list[ChunkRef] = []
             size = 0
-            while i < len(chunks) and (not window or size + chunks[i].size <= FETCH_BATCH_BYTES):
+            while i < len(chunks) and (not window or size + chunks[i].size <= DOWNLOAD_WINDOW):
                 window.append(chunks[i])
                 size += chunks[i].size
                 i += 1
@@ -662,25 +736,50 @@ class SyncEngine:
                     missing.append(c.hash)
                 else:
                     got[c.hash] = data
-            if missing:
-                got.update(self.api.fetch_chunks(missing))
+            pairs: list[tuple[str, str]] = []
+            held: dict[str, bytes] = {}
+            for h in missing:
+                base = (bases or {}).get(h)
+                data = self._local_chunk(base) if base is not None else None
+                if base is not None and data is not None:
+                    pairs.append((h, base))
+                    held[base] = data
+            if pairs:
+                got.update(self.api.fetch_against(pairs, held))
+            plain = [h for h in missing if h not in got]
+            if plain:
+                got.update(self.api.fetch_chunks(plain))
             for c in window:
                 yield c, got[c.hash]
 
     def _download_files(self, items: list[tuple[P.Download, list[ChunkRef], Entry]], failures: list[dict[str, str]]) -> int:
         staged: list[tuple[P.Download, Entry, Path, list[ChunkRef]]] = []
         tmpdir = self.dir / "tmp"
-        big = len(items) == 1 and items[0][2].size > FETCH_BATCH_BYTES
-        stream = None if big else self._chunks_for([c for _, chunks, _ in items for c in chunks])
+        big = len(items) == 1 and items[0][2].size > DOWNLOAD_WINDOW
+        bases: dict[str, str] = {}
+        for op, chunks, entry in items:
+            rec = self.state.file(op.replace.rel) if op.replace is not None and entry.size >= transfer.DELTA_MIN else None
+            if rec is not None and rec.mode != modes.SYMLINK:
+                bases.update(delta.pick_bases(delta.offsets([(c.hash, c.size) for c in chunks]), rec.chunks))
+        stream = None if big else self._chunks_for([c for _, chunks, _ in items for c in chunks], bases)
         for op, chunks, entry in items:
             if big:
                 # named by content, so that a run killed halfway keeps what it wrote
                 tmp = tmpdir / f"{entry.content_hash}.part"
                 keep = transfer.verified_prefix(tmp, chunks)
-                stream = self._chunks_for(chunks[keep:])
+                stream = self._chunks_for(chunks[keep:], bases)
             else:
                 tmp, keep = tmpdir / f"{uuid.uuid4().hex}.part", 0
             assert stream is not None
+            if entry.mode == modes.SYMLINK:
+                text = b"".join(next(stream)[1] for _ in chunks)
+                try:
+                    self._stage_link(tmp, op, text)
+                except (OSError, ValueError, CubbyError) as exc:
+                    failures.append({"op": "Download", "path": op.remote.path, "error": str(exc)})
+                    continue
+                staged.append((op, entry, tmp, chunks))
+                continue
             with open(tmp, "r+b" if keep else "wb") as out:
                 written = sum(c.size for c in chunks[:keep])
                 out.seek(written)
@@ -688,25 +787,26 @@ class SyncEngine:
                 for _ in chunks[keep:]:
                     _, data = next(stream)
                     out.write(data)
-                    if big and (written // FETCH_BATCH_BYTES) != ((written + len(data)) // FETCH_BATCH_BYTES):
+                    if big and (written // DOWNLOAD_WINDOW) != ((written + len(data)) // DOWNLOAD_WINDOW):
                         self.emit({"event": "progress", "direction": "down", "path": entry.path, "done": written + len(data), "total": entry.size})
                         self._crash_point("download_window")
                     written += len(data)
                 if big:
                     out.flush()
                     os.fsync(out.fileno())
+            modes.apply_mode(tmp, entry.mode)
             if entry.mtime:
                 os.utime(tmp, (entry.mtime, entry.mtime))
             staged.append((op, entry, tmp, chunks))
         if staged:
-            transfer._barrier(tmpdir)
+            transfer.barrier(tmpdir)
         done = 0
         records: list[FileRecord] = []
         with self.state.tx():
             for op, entry, tmp, chunks in staged:
                 rel = op.replace.rel if op.replace is not None else self.rel_for(op.remote.path)
-                target = self._abs(rel)
                 try:
+                    target = self._abs(rel)
                     if not self._may_replace(op, target):
                         tmp.unlink(missing_ok=True)
                         continue
@@ -716,8 +816,8 @@ class SyncEngine:
                         if rec is not None:
                             self._keep_chunks(rec)
                     os.replace(tmp, target)
-                    s = target.stat()
-                except OSError as exc:
+                    s = os.lstat(target)
+                except (OSError, UnsafePath) as exc:
                     tmp.unlink(missing_ok=True)
                     failures.append({"op": "Download", "path": op.remote.path, "error": str(exc)})
                     continue
@@ -725,26 +825,44 @@ class SyncEngine:
                 for c in chunks:
                     offs.append((c.hash, o, c.size))
                     o += c.size
-                records.append(FileRecord(rel, s.st_size, s.st_mtime_ns, s.st_ino, entry.content_hash or "", tuple(offs)))
-                self.state.set_base(P.BaseItem(entry.ns_id, entry.node_id, op.remote.path, "file", entry.rev, entry.content_hash, s.st_ino))
+                records.append(
+                    FileRecord(rel, s.st_size, s.st_mtime_ns, s.st_ino, entry.content_hash or "", tuple(offs), modes.mode_of(s))
+                )
+                self.state.set_base(
+                    P.BaseItem(entry.ns_id, entry.node_id, op.remote.path, "file", entry.rev, op.remote.hash, s.st_ino)
+                )
                 done += 1
                 self.emit({"op": "Download", "path": op.remote.path, "size": entry.size})
             self.state.put_files(records)
         if done:
-            transfer._barrier(self.root)
+            transfer.barrier(self.root)
         self._crash_point("downloaded")
         return done
+
+    def _stage_link(self, tmp: Path, op: P.Download, text: bytes) -> None:
+        """Make a downloaded link at ``tmp``: only a link that stays inside the folder, the
+        rule the sender's scanner applied (a server or another client could send any text)."""
+        rel = op.replace.rel if op.replace is not None else self.rel_for(op.remote.path)
+        target = os.fsdecode(text)
+        if not modes.link_inside(rel, target):
+            raise BadRequest(f"{op.remote.path} is a link to {target!r}, outside the folder: not made", code="link_outside")
+        tmp.unlink(missing_ok=True)
+        os.symlink(target, tmp)
+        if op.remote.mtime:
+            os.utime(tmp, (op.remote.mtime, op.remote.mtime), follow_symlinks=False)
 
     def _may_replace(self, op: P.Download, target: Path) -> bool:
         """Is the local file still what the plan saw? Never overwrite an edit made meanwhile."""
         try:
-            s = target.stat()
+            s = os.lstat(target)
         except FileNotFoundError:
             return op.replace is None
         if op.replace is None:
             return False
         rec = self.state.file(op.replace.rel)
-        return rec is not None and rec.hash == op.replace.hash and (rec.size, rec.mtime_ns, rec.inode) == (s.st_size, s.st_mtime_ns, s.st_ino)
+        return rec is not None and rec.version == op.replace.hash and (rec.size, rec.mtime_ns, rec.inode, rec.mode) == (
+            s.st_size, s.st_mtime_ns, s.st_ino, modes.mode_of(s)
+        )
 
     # -- continuous mode ---------------------------------------------------------------------------
     def run_forever(
@@ -814,7 +932,7 @@ class SyncEngine:
 
 
 def _only_ignored(d: Path, root: Path, rules: IgnoreRules) -> bool:
-    for dirpath, dnames, fnames in os.walk(d):
+    for dirpath, _dnames, fnames in os.walk(d):
         for name in fnames:
             rel = os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/")
             if not rules.ignored(rel, False):

@@ -13,6 +13,7 @@ from the top; a trailing ``/`` matches folders only.
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,9 @@ BUILTIN = (
 """Temporary and system files; ``4913`` is the probe file vim writes to test a folder."""
 
 IGNORE_FILE = ".cubbyignore"
+
+_BUILTIN_RE = re.compile("|".join(fnmatch.translate(p) for p in BUILTIN))
+"""The built-in names as one expression: every name of a tree is tested on every scan."""
 
 
 @dataclass(frozen=True)
@@ -52,11 +56,12 @@ class IgnoreRules:
 
     def ignored(self, rel: str, is_dir: bool) -> bool:
         """True when the item at ``rel`` (``/``-separated, relative to the synced folder) is not
-        synced. The state folder at the top is always ignored."""
+        synced. The state folder at the top is always ignored, in any case (``.CUBBY``): on a
+        case-insensitive disk that is the state folder, and nothing may sync into it."""
         name = rel.rsplit("/", 1)[-1]
-        if rel == STATE_DIR or rel.startswith(STATE_DIR + "/"):
+        if rel.split("/", 1)[0].casefold() == STATE_DIR:
             return True
-        if not is_dir and any(fnmatch.fnmatchcase(name, p) for p in BUILTIN):
+        if not is_dir and _BUILTIN_RE.match(name):
             return True
         for p in self.patterns:
             dir_only = p.endswith("/")

@@ -4,6 +4,10 @@ A file is hashed again only when its size, mtime or inode differ from the file i
 is chunked (FastCDC, names only, nothing kept in memory) on a worker thread, and stat'ed again
 afterwards: if it changed while it was read (still being written), it is reported with no hash
 (unstable) and the planner leaves it alone until a later scan finds it settled.
+
+A symbolic link is never followed: it is a file whose content is its target's text
+(`cubby.client.modes`), synced when the target stays inside the folder and otherwise listed
+in `ScanResult.outside_links` (what `cubby status` reports) and skipped.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cubby.client.modes import link_inside, mode_of
 from cubby.client.sync.ignore import IgnoreRules
 from cubby.client.sync.planner import LocalItem
 from cubby.client.sync.state import FileRecord, StateDb
 from cubby.core import paths
 from cubby.core.chunking import chunk_file
-from cubby.core.hashing import content_hash
+from cubby.core.hashing import content_hash, sha256_hex
 from cubby.errors import InvalidPath
 
 
@@ -29,6 +34,8 @@ class ScanResult:
     items: list[LocalItem] = field(default_factory=list)
     unsyncable: list[str] = field(default_factory=list)
     """Relative paths whose names cubby cannot store (trailing dot, backslash, ...)."""
+    outside_links: list[str] = field(default_factory=list)
+    """Relative paths of symbolic links whose targets lie outside the folder (not synced)."""
     hashed: int = 0
 
     def by_key(self) -> dict[str, LocalItem]:
@@ -36,24 +43,37 @@ class ScanResult:
 
 
 def hash_file(path: Path, rel: str) -> FileRecord | None:
-    """Chunk a file; None if it changed while being read."""
+    """Chunk a file (a link: its target's text); None if it changed while being read."""
     try:
-        before = path.stat()
-        chunks = tuple((c.hash, c.offset, c.length) for c in chunk_file(path, with_data=False))
-        after = path.stat()
+        before = os.lstat(path)
+        if stat_mod.S_ISLNK(before.st_mode):
+            text = os.fsencode(os.readlink(path))
+            chunks: tuple[tuple[str, int, int], ...] = ((sha256_hex(text), 0, len(text)),) if text else ()
+        else:
+            chunks = tuple((c.hash, c.offset, c.length) for c in chunk_file(path, with_data=False))
+        after = os.lstat(path)
     except OSError:
         return None
-    if (before.st_size, before.st_mtime_ns, before.st_ino) != (after.st_size, after.st_mtime_ns, after.st_ino):
+    if _stamp(before) != _stamp(after):
         return None
     if sum(c[2] for c in chunks) != after.st_size:
         return None
-    return FileRecord(rel, after.st_size, after.st_mtime_ns, after.st_ino, content_hash(c[0] for c in chunks), chunks)
+    return FileRecord(
+        rel, after.st_size, after.st_mtime_ns, after.st_ino, content_hash(c[0] for c in chunks), chunks, mode_of(after)
+    )
 
 
-def _walk(root: Path, rules: IgnoreRules) -> Iterable[tuple[str, os.stat_result]]:
-    stack = [""]
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What says a file is the one indexed: a chmod changes no mtime, so the mode is in it."""
+    return (st.st_size, st.st_mtime_ns, st.st_ino, mode_of(st))
+
+
+def _walk(root: Path, rules: IgnoreRules) -> Iterable[tuple[str, os.stat_result, str | None]]:
+    """(relative path, lstat, display path or None when cubby cannot store the name) of
+    everything below ``root`` that is synced, folders before what they hold."""
+    stack: list[tuple[str, str | None]] = [("", paths.ROOT)]
     while stack:
-        rel_dir = stack.pop()
+        rel_dir, display_dir = stack.pop()
         try:
             with os.scandir(root / rel_dir if rel_dir else root) as it:
                 entries = list(it)
@@ -66,35 +86,47 @@ def _walk(root: Path, rules: IgnoreRules) -> Iterable[tuple[str, os.stat_result]
             except OSError:
                 continue
             is_dir = stat_mod.S_ISDIR(st.st_mode)
-            if not is_dir and not stat_mod.S_ISREG(st.st_mode):
-                continue  # symlinks, sockets, devices are not synced
+            if not is_dir and not stat_mod.S_ISREG(st.st_mode) and not stat_mod.S_ISLNK(st.st_mode):
+                continue  # sockets, devices, fifos are not synced
             if rules.ignored(rel, is_dir):
                 continue
-            yield rel, st
+            display: str | None = None
+            if display_dir is not None:
+                try:
+                    display = paths.child(display_dir, e.name)
+                except InvalidPath:
+                    pass
+            yield rel, st, display
             if is_dir:
-                stack.append(rel)
+                stack.append((rel, display))
 
 
 def scan(root: Path, state: StateDb, executor: Executor, *, persist: bool = True) -> ScanResult:
     """Read the tree under ``root``; update the file index (unless ``persist`` is False)."""
     rules = IgnoreRules.load(root)
-    known = state.files()
+    known = state.file_stamps()
     res = ScanResult()
     todo: list[tuple[str, str, int]] = []  # (rel, display path, inode)
     seen: set[str] = set()
-    for rel, st in _walk(root, rules):
-        try:
-            display = paths.normalize("/" + rel)
-        except InvalidPath:
+    for rel, st, display in _walk(root, rules):
+        if display is None:
             res.unsyncable.append(rel)
             continue
         if stat_mod.S_ISDIR(st.st_mode):
             res.items.append(LocalItem(display, rel, "folder", None, st.st_ino))
             continue
+        if stat_mod.S_ISLNK(st.st_mode):
+            try:
+                target = os.readlink(root / rel)
+            except OSError:
+                continue  # gone since the listing
+            if not link_inside(rel, target):
+                res.outside_links.append(rel)
+                continue
         seen.add(rel)
-        rec = known.get(rel)
-        if rec is not None and (rec.size, rec.mtime_ns, rec.inode) == (st.st_size, st.st_mtime_ns, st.st_ino):
-            res.items.append(LocalItem(display, rel, "file", rec.hash, rec.inode, rec.size))
+        known_stamp = known.get(rel)
+        if known_stamp is not None and known_stamp[0] == _stamp(st):
+            res.items.append(LocalItem(display, rel, "file", known_stamp[1], st.st_ino, st.st_size))
         else:
             todo.append((rel, display, st.st_ino))
     fresh: list[FileRecord] = []
@@ -104,7 +136,7 @@ def scan(root: Path, state: StateDb, executor: Executor, *, persist: bool = True
             res.items.append(LocalItem(display, rel, "file", None, ino))
         else:
             fresh.append(rec)
-            res.items.append(LocalItem(display, rel, "file", rec.hash, rec.inode, rec.size))
+            res.items.append(LocalItem(display, rel, "file", rec.version, rec.inode, rec.size))
     if persist:
         state.put_files(fresh)
         state.drop_files(r for r in known if r not in seen)

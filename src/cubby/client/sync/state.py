@@ -10,7 +10,22 @@ It holds what survives a restart:
   is re-hashed only when its size, mtime or inode changed;
 - ``chunks``: the local chunk index (which local file holds which chunk at which offset), so a
   download first looks for chunks on the local disk;
-- ``evicted``: mount points of namespaces the account lost, whose local copies are being removed.
+- ``evicted``: mount points of namespaces the account lost, whose local copies are being removed;
+- ``refused``: what the server sent that the client would not apply (`trust.remote_path`), for
+  ``cubby status``.
+
+Server data enters the trees only here (`add_namespace`, `apply_journal`, `put_remote_entry`),
+and each of them passes every path through `trust.remote_path` first: a refused entry is
+recorded in ``refused`` and skipped, never applied.
+
+Journal replay is order-proof. The answers to the client's own operations are recorded at once
+(`put_remote_entry`), possibly before the journal entries that precede them are replayed, and a
+namespace's listing may be newer than the cursor it starts from. So an entry never takes a node
+back to an older state (a node whose rev is newer than the entry keeps its state), and a node's
+path is built from its parent's path *in the remote tree now* plus its name, not taken from the
+entry: a file another client added to a folder that this client has since moved lands under the
+folder's new path, as on the server. A child whose parent is not in the tree (deleted since, or
+refused) is skipped: the parent's delete, later in the journal, took it on the server too.
 
 Each change is one transaction: a journal page and its cursor land together, so a crash
 leaves either both or neither, and replaying a page again is harmless (every journal entry sets
@@ -28,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cubby.client.modes import REGULAR, SYMLINK, version
+from cubby.client.sync import trust
 from cubby.client.sync.planner import MOUNT_NODE, BaseItem, NodeKey, RemoteItem
 from cubby.core import paths
 from cubby.model import Entry, JournalEntry
@@ -38,6 +55,10 @@ CREATE TABLE IF NOT EXISTS namespaces (
     ns_id INTEGER PRIMARY KEY, mount TEXT NOT NULL, role TEXT NOT NULL, cursor INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS evicted (mount TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS refused (
+    ns_id INTEGER NOT NULL, source TEXT NOT NULL, path TEXT NOT NULL, reason TEXT NOT NULL,
+    jid INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (ns_id, source, path)
+);
 CREATE TABLE IF NOT EXISTS remote (
     ns_id INTEGER NOT NULL, node_id INTEGER NOT NULL, path TEXT NOT NULL, key TEXT NOT NULL,
     kind TEXT NOT NULL, rev INTEGER NOT NULL, hash TEXT, size INTEGER NOT NULL DEFAULT 0, mtime REAL,
@@ -72,6 +93,12 @@ class FileRecord:
     hash: str
     chunks: tuple[tuple[str, int, int], ...]
     """(chunk hash, offset, size) in file order."""
+    mode: int = REGULAR
+    """`cubby.client.modes`: a chmod changes no mtime, so the mode is compared on its own."""
+
+    @property
+    def version(self) -> str | None:
+        return version(self.hash, self.mode)
 
 
 @dataclass(frozen=True)
@@ -95,6 +122,10 @@ def user_path(mount: str, inner: str) -> str:
     return paths.join(mount, inner.lstrip("/"))
 
 
+MAX_REFUSALS = 1000
+"""Refusals kept for ``cubby status``: the newest ones, so a hostile server cannot fill the disk."""
+
+
 def _range(k: str) -> tuple[str, str]:
     """Keys strictly below folder key ``k``: ``k/`` up to ``k0`` ('0' follows '/')."""
     return k + "/", k + "0"
@@ -110,6 +141,9 @@ class StateDb:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        if "mode" not in {r[1] for r in self.db.execute("PRAGMA table_info(files)")}:
+            # a state database from before modes were kept: every file it knows is regular
+            self.db.execute(f"ALTER TABLE files ADD COLUMN mode INTEGER NOT NULL DEFAULT {REGULAR}")
         self._lock = threading.RLock()
         self._depth = 0
 
@@ -179,7 +213,9 @@ class StateDb:
                 # that namespace's, learnt from the account, not a folder of this one.
                 if e.kind not in ("file", "folder") or e.path == paths.ROOT or e.target_ns is not None:
                     continue
-                self._put_remote(db, RemoteItem(ns_id, e.node_id, e.path, e.kind, e.rev, e.content_hash, e.size, e.mtime))
+                path = self._vetted(db, ns_id, "listing", e.path, 0, within=mount)
+                if path is not None:
+                    self._put_remote(db, RemoteItem(ns_id, e.node_id, path, e.kind, e.rev, version(e.content_hash, e.mode), e.size, e.mtime))
             db.execute("INSERT OR REPLACE INTO namespaces (ns_id, mount, role, cursor) VALUES (?, ?, ?, ?)", (ns_id, mount, role, head))
 
     def update_namespace(self, ns_id: int, mount: str, role: str) -> None:
@@ -219,26 +255,30 @@ class StateDb:
     def apply_journal(self, ns_id: int, entries: Iterable[JournalEntry], cursor: int) -> None:
         """Replay journal entries into the remote tree and move the cursor, in one transaction.
         Entries are applied by node id; a folder move rewrites the paths below it and a folder
-        delete removes its subtree, as the server did."""
+        delete removes its subtree, as the server did. See the module docstring for why an
+        entry never takes a node back and why paths come from the parent in the tree."""
         with self.tx() as db:
             row = db.execute("SELECT mount FROM namespaces WHERE ns_id = ?", (ns_id,)).fetchone()
             if row is None:
                 return
             mount = row[0]
             for e in entries:
+                cur = db.execute("SELECT path, kind, rev FROM remote WHERE ns_id = ? AND node_id = ?", (ns_id, e.node_id)).fetchone()
                 if e.kind not in ("file", "folder"):
                     # A mount point: mounts are learnt from the account. But a folder of this
                     # namespace that became one (its owner shared it) now lives in the shared
                     # namespace: its rows here are gone on the server and must not linger.
-                    cur = db.execute("SELECT path, kind FROM remote WHERE ns_id = ? AND node_id = ?", (ns_id, e.node_id)).fetchone()
-                    if e.op == "mount" and cur is not None and cur[1] == "folder":
+                    if e.op == "mount" and cur is not None and cur[1] == "folder" and e.node_id != MOUNT_NODE:
                         lo, hi = _range(paths.key(cur[0]))
                         for table in ("remote", "base"):
                             db.execute(f"DELETE FROM {table} WHERE ns_id = ? AND key > ? AND key < ?", (ns_id, lo, hi))
                             db.execute(f"DELETE FROM {table} WHERE ns_id = ? AND node_id = ?", (ns_id, e.node_id))
                     continue
-                path = user_path(mount, e.path)
-                cur = db.execute("SELECT path, kind FROM remote WHERE ns_id = ? AND node_id = ?", (ns_id, e.node_id)).fetchone()
+                if e.node_id == MOUNT_NODE:
+                    self._refuse(db, trust.Refusal(ns_id, "journal", trust.shown(e.path), "names the namespace's root", e.jid))
+                    continue
+                if cur is not None and cur[2] > e.jid:
+                    continue  # this node's state here is newer (an answer, or the listing)
                 if e.op == "delete":
                     if cur is not None:
                         if cur[1] == "folder":
@@ -246,10 +286,66 @@ class StateDb:
                             db.execute("DELETE FROM remote WHERE ns_id = ? AND key > ? AND key < ? AND node_id != ?", (ns_id, lo, hi, MOUNT_NODE))
                         db.execute("DELETE FROM remote WHERE ns_id = ? AND node_id = ?", (ns_id, e.node_id))
                     continue
+                path = self._journal_path(db, ns_id, mount, e)
+                if path is None:
+                    continue
                 if cur is not None and cur[1] == "folder" and cur[0] != path:
                     self._rebase(db, "remote", ns_id, cur[0], path)
-                self._put_remote(db, RemoteItem(ns_id, e.node_id, path, e.kind, e.rev, e.content_hash, e.size, e.mtime))
+                self._put_remote(db, RemoteItem(ns_id, e.node_id, path, e.kind, e.rev, version(e.content_hash, e.mode), e.size, e.mtime))
             db.execute("UPDATE namespaces SET cursor = MAX(cursor, ?) WHERE ns_id = ?", (cursor, ns_id))
+
+    def _journal_path(self, db: sqlite3.Connection, ns_id: int, mount: str, e: JournalEntry) -> str | None:
+        """Where entry ``e``'s node is in the user's tree now: under its parent's current path
+        (the root's children: under the mount), or None when it is refused or its parent is
+        not in the tree."""
+        try:
+            inner = trust.remote_path(e.path, in_user_tree=False)
+        except trust.UnsafePath as exc:
+            self._refuse(db, trust.Refusal(ns_id, "journal", trust.shown(e.path), exc.message, e.jid))
+            return None
+        as_sent = self._vetted(db, ns_id, "journal", user_path(mount, inner), e.jid, within=mount)
+        if as_sent is None:
+            return None
+        folder, name = paths.split(inner)
+        parent = None
+        if e.parent_id:
+            parent = db.execute("SELECT path, kind FROM remote WHERE ns_id = ? AND node_id = ?", (ns_id, e.parent_id)).fetchone()
+        if parent is not None and parent[1] == "folder":
+            return self._vetted(db, ns_id, "journal", paths.join(parent[0], name), e.jid, within=mount)
+        if folder != paths.ROOT:
+            return None  # its folder is gone (its delete follows in the journal) or was refused
+        return as_sent
+
+    # -- what was refused ----------------------------------------------------------------------
+    def _vetted(self, db: sqlite3.Connection, ns_id: int, source: str, path: str, jid: int, *, within: str) -> str | None:
+        """``path`` (of the user's tree) normalised, or None after recording why it is refused."""
+        try:
+            norm = trust.remote_path(path)
+            if norm == within:
+                return None  # the mount folder itself: the synthetic MOUNT_NODE row stands for it
+            if not paths.is_within(norm, within):
+                raise trust.UnsafePath(f"{path!r} is not inside its shared folder {within!r}")
+        except trust.UnsafePath as exc:
+            self._refuse(db, trust.Refusal(ns_id, source, trust.shown(path), exc.message, jid))
+            return None
+        return norm
+
+    def _refuse(self, db: sqlite3.Connection, r: trust.Refusal) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO refused (ns_id, source, path, reason, jid) VALUES (?,?,?,?,?)",
+            (r.ns_id, r.source, r.path, trust.shown(r.reason), r.jid),
+        )
+        db.execute(
+            "DELETE FROM refused WHERE rowid NOT IN (SELECT rowid FROM refused ORDER BY rowid DESC LIMIT ?)", (MAX_REFUSALS,)
+        )
+
+    def record_refusal(self, r: trust.Refusal) -> None:
+        with self.tx() as db:
+            self._refuse(db, r)
+
+    def refusals(self) -> list[trust.Refusal]:
+        """What the server sent and the client never applied, oldest first."""
+        return [trust.Refusal(*r) for r in self._all("SELECT ns_id, source, path, reason, jid FROM refused ORDER BY rowid")]
 
     # -- remote tree ---------------------------------------------------------------------------
     def _put_remote(self, db: sqlite3.Connection, r: RemoteItem) -> None:
@@ -258,15 +354,21 @@ class StateDb:
             (r.ns_id, r.node_id, r.path, paths.key(r.path), r.kind, r.rev, r.hash, r.size, r.mtime),
         )
 
-    def put_remote_entry(self, e: Entry) -> None:
-        """Record what the server answered to our own change (the journal will say it again)."""
+    def put_remote_entry(self, e: Entry) -> bool:
+        """Record what the server answered to our own change (the journal will say it again).
+        False when the answer is refused (recorded, not applied): the caller must not act on it."""
         with self.tx() as db:
+            row = db.execute("SELECT mount FROM namespaces WHERE ns_id = ?", (e.ns_id,)).fetchone()
+            path = self._vetted(db, e.ns_id, "answer", e.path, e.rev, within=row[0] if row else paths.ROOT)
+            if path is None or e.node_id == MOUNT_NODE or e.kind not in ("file", "folder"):
+                return False
             cur = db.execute("SELECT path, kind, rev FROM remote WHERE ns_id = ? AND node_id = ?", (e.ns_id, e.node_id)).fetchone()
             if cur is not None and cur[2] > e.rev:
-                return
-            if cur is not None and cur[1] == "folder" and cur[0] != e.path:
-                self._rebase(db, "remote", e.ns_id, cur[0], e.path)
-            self._put_remote(db, RemoteItem(e.ns_id, e.node_id, e.path, e.kind, e.rev, e.content_hash, e.size, e.mtime))
+                return True
+            if cur is not None and cur[1] == "folder" and cur[0] != path:
+                self._rebase(db, "remote", e.ns_id, cur[0], path)
+            self._put_remote(db, RemoteItem(e.ns_id, e.node_id, path, e.kind, e.rev, version(e.content_hash, e.mode), e.size, e.mtime))
+            return True
 
     def delete_remote(self, node: NodeKey) -> None:
         with self.tx() as db:
@@ -333,25 +435,35 @@ class StateDb:
     # -- local file index ----------------------------------------------------------------------
     def files(self) -> dict[str, FileRecord]:
         out = {}
-        for rel, size, mtime_ns, inode, h, chunks in self._all("SELECT rel, size, mtime_ns, inode, hash, chunks FROM files"):
-            out[rel] = FileRecord(rel, size, mtime_ns, inode, h, tuple(tuple(c) for c in json.loads(chunks)))  # type: ignore[misc]
+        for rel, size, mtime_ns, inode, h, chunks, mode in self._all("SELECT rel, size, mtime_ns, inode, hash, chunks, mode FROM files"):
+            out[rel] = FileRecord(rel, size, mtime_ns, inode, h, tuple(tuple(c) for c in json.loads(chunks)), mode)  # type: ignore[misc]
         return out
 
+    def file_stamps(self) -> dict[str, tuple[tuple[int, int, int, int], str | None]]:
+        """rel -> ((size, mtime_ns, inode, mode), version) of every indexed file: what a scan
+        compares, without decoding every chunk list (most of the cost of `files`)."""
+        return {
+            rel: ((size, mtime_ns, inode, mode), version(h, mode))
+            for rel, size, mtime_ns, inode, h, mode in self._all("SELECT rel, size, mtime_ns, inode, hash, mode FROM files")
+        }
+
     def file(self, rel: str) -> FileRecord | None:
-        rows = self._all("SELECT rel, size, mtime_ns, inode, hash, chunks FROM files WHERE rel = ?", (rel,))
+        rows = self._all("SELECT rel, size, mtime_ns, inode, hash, chunks, mode FROM files WHERE rel = ?", (rel,))
         if not rows:
             return None
-        rel, size, mtime_ns, inode, h, chunks = rows[0]
-        return FileRecord(rel, size, mtime_ns, inode, h, tuple(tuple(c) for c in json.loads(chunks)))  # type: ignore[misc]
+        rel, size, mtime_ns, inode, h, chunks, mode = rows[0]
+        return FileRecord(rel, size, mtime_ns, inode, h, tuple(tuple(c) for c in json.loads(chunks)), mode)  # type: ignore[misc]
 
     def put_files(self, recs: Iterable[FileRecord]) -> None:
         with self.tx() as db:
             for rec in recs:
                 db.execute("DELETE FROM chunks WHERE rel = ?", (rec.rel,))
                 db.execute(
-                    "INSERT OR REPLACE INTO files (rel, size, mtime_ns, inode, hash, chunks) VALUES (?,?,?,?,?,?)",
-                    (rec.rel, rec.size, rec.mtime_ns, rec.inode, rec.hash, json.dumps([list(c) for c in rec.chunks])),
+                    "INSERT OR REPLACE INTO files (rel, size, mtime_ns, inode, hash, chunks, mode) VALUES (?,?,?,?,?,?,?)",
+                    (rec.rel, rec.size, rec.mtime_ns, rec.inode, rec.hash, json.dumps([list(c) for c in rec.chunks]), rec.mode),
                 )
+                if rec.mode == SYMLINK:
+                    continue  # a link's "chunk" is its target's text, not bytes a download may read back
                 db.executemany(
                     "INSERT OR IGNORE INTO chunks (hash, rel, offset, size) VALUES (?,?,?,?)",
                     [(h, rec.rel, off, size) for h, off, size in rec.chunks],

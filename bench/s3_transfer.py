@@ -1,0 +1,269 @@
+"""S3 backend benchmark (issue 11): cubby's packs in a bucket on a real S3 server process (moto's
+server, on loopback), against boto3 moving the same bytes to the same server in the same run.
+
+- small files: ``cubby put`` of a folder of 10,000 files of 4 KiB into a server whose packs live
+  on S3, through a counting HTTP proxy (`tests/helpers/fault_proxy.py` with no faults): how many
+  objects it wrote (PUTs) and how many S3 requests it made per file, beside the one object per
+  chunk that a store without packs would write (10,000);
+- large file: ``cubby put`` and ``cubby get`` of one random file (1 GiB by default) with the
+  server's ``--blocks s3://…`` pointing straight at the server (and, to tell the S3 backend's
+  share from the rest of cubby's, the same with the packs in a local folder), as a ratio to
+  boto3's own ``upload_file`` / ``download_file`` (s3transfer: 8 MiB multipart parts on 10
+  threads, boto3's defaults) of the same bytes to the same server. Rows hold the median of ``--repeat`` rounds,
+  each reference interleaved with its cubby run.
+
+    .venv/bin/python bench/s3_transfer.py                       # 1 GiB, 10,000 files
+    .venv/bin/python bench/s3_transfer.py --size 256M --files 2000 --repeat 1
+    # against another S3 server (Ceph RGW: source the s3.env of ceph-up.sh for its credentials)
+    .venv/bin/python bench/s3_transfer.py --endpoint http://127.0.0.1:18580 --name s3_transfer_ceph
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from datasets import dataset, parse_size, small_files
+from live import LiveServer, cli
+from machine import describe, summary_line
+from reference import drop, warm
+from report import Report, Row, median_run
+from transfer import sha256_file
+
+from tests.helpers.fault_proxy import Faults, fault_proxy
+from tests.helpers.moto_server import MOTO_CREDENTIALS, moto_server
+
+BUCKET = "cubby-bench"
+
+
+def s3_server(folder: Path, endpoint: str, prefix: str) -> tuple[LiveServer, str]:
+    """A fresh cubby server whose packs live under ``prefix`` of the bench bucket (credentials
+    from the environment, as every AWS client reads them)."""
+    url = f"s3://{BUCKET}/{prefix}?endpoint={endpoint}&region=us-east-1"
+    server = LiveServer(folder, extra_args=["--blocks", url]).start()
+    return server, server.add_user("bench")
+
+
+def small_files_row(report: Report, scratch: Path, work: Path, endpoint: str, count: int, size: int) -> None:
+    folder = small_files(scratch, count, size)
+    with fault_proxy(endpoint, Faults()) as proxy:
+        server, token = s3_server(work / "small", proxy.endpoint, "small")
+        try:
+            seconds, out = cli(server, token, "put", str(folder), "/small")
+        finally:
+            server.stop()
+    uploaded = sum(1 for line in out if line.get("path"))
+    if uploaded < count:  # the folder holds a marker file as well
+        raise SystemExit(f"cubby put reported {uploaded} files of {count}")
+    puts, total = proxy.requests["PUT"], sum(proxy.requests.values())
+    report.add(
+        Row(
+            "small files",
+            "one object per chunk (a store without packs)",
+            0.0,
+            files=count,
+            extra={"objects": count},
+        )
+    )
+    report.add(
+        Row(
+            "small files",
+            f"cubby put {count} x {size} B, packs on S3 (through a counting proxy)",
+            seconds,
+            count * size,
+            files=count,
+            reference="one object per chunk (a store without packs)",
+            ratio=puts / count,
+            extra={
+                "objects_written": puts,
+                "s3_requests": dict(proxy.requests),
+                "requests_per_file": round(total / count, 4),
+            },
+        )
+    )
+    report.notes.append(
+        f"small files: {puts} objects written for {count} files ({puts / count:.4f} per file; "
+        f"without packs: {count}), {total} S3 requests ({total / count:.4f} per file)"
+    )
+
+
+def cubby_round(
+    server: LiveServer, token: str, src: Path, digest: str, target: Path
+) -> tuple[float, float, int]:
+    """``cubby put`` then ``cubby get`` of ``src``: seconds of each, and the chunk count."""
+    try:
+        warm(src)
+        put_seconds, out = cli(server, token, "put", str(src), "/big.bin")
+        get_seconds, _ = cli(server, token, "get", "/big.bin", str(target))
+        same = sha256_file(target) == digest
+        drop(target)
+        if not same:
+            raise SystemExit("the downloaded file differs from the uploaded one")
+        return put_seconds, get_seconds, int(out[0]["chunks"])
+    finally:
+        server.stop()
+
+
+def objects_reference(client: Any, src: Path, target: Path, part: int = 16 << 20) -> tuple[float, float]:
+    """boto3 moving ``src`` as the pack store lays it out: objects of 16 MiB, PutObject and
+    GetObject on 8 threads. Seconds up and down. (moto serves a ranged read of a big multipart
+    object slowly, which makes `download_file` a weak reference on it.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    offsets = range(0, src.stat().st_size, part)
+
+    def put(offset: int) -> None:
+        with open(src, "rb") as fh:
+            fh.seek(offset)
+            client.put_object(Bucket=BUCKET, Key=f"ref-objects/{offset}", Body=fh.read(part))
+
+    def get(offset: int) -> None:
+        data = client.get_object(Bucket=BUCKET, Key=f"ref-objects/{offset}")["Body"].read()
+        with open(target, "r+b") as fh:
+            fh.seek(offset)
+            fh.write(data)
+
+    warm(src)
+    with ThreadPoolExecutor(8) as pool:
+        t0 = time.perf_counter()
+        list(pool.map(put, offsets))
+        up = time.perf_counter() - t0
+        target.write_bytes(b"")
+        os.truncate(target, src.stat().st_size)
+        t0 = time.perf_counter()
+        list(pool.map(get, offsets))
+        with open(target, "rb+") as fh:
+            os.fsync(fh.fileno())
+        down = time.perf_counter() - t0
+    drop(target)
+    empty_bucket(client, "ref-objects/", delete=False)
+    return up, down
+
+
+def large_file_rows(report: Report, work: Path, endpoint: str, src: Path, size: int, repeat: int) -> None:
+    """boto3, cubby on S3 and cubby on a local folder, interleaved, ``repeat`` rounds."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    digest = sha256_file(src)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for k in range(repeat):
+        warm(src)
+        t0 = time.perf_counter()
+        client.upload_file(str(src), BUCKET, "ref/big.bin")
+        runs.setdefault("ref_up", []).append({"seconds": time.perf_counter() - t0})
+        target = work / "ref-got.bin"
+        t0 = time.perf_counter()
+        client.download_file(BUCKET, "ref/big.bin", str(target))
+        runs.setdefault("ref_down", []).append({"seconds": time.perf_counter() - t0})
+        drop(target)
+        client.delete_object(Bucket=BUCKET, Key="ref/big.bin")  # moto holds objects in memory
+        up, down = objects_reference(client, src, work / "ref-objects.bin")
+        runs.setdefault("obj_up", []).append({"seconds": up})
+        runs.setdefault("obj_down", []).append({"seconds": down})
+        server, token = s3_server(work / f"round-{k}", endpoint, f"round-{k}")
+        put, get, chunks = cubby_round(server, token, src, digest, work / "got.bin")
+        runs.setdefault("put", []).append({"seconds": put, "chunks": chunks})
+        runs.setdefault("get", []).append({"seconds": get})
+        empty_bucket(client, f"round-{k}/", delete=False)
+        server = LiveServer(work / f"folder-{k}").start()
+        put, get, chunks = cubby_round(server, server.add_user("bench"), src, digest, work / "got.bin")
+        runs.setdefault("folder_put", []).append({"seconds": put, "chunks": chunks})
+        runs.setdefault("folder_get", []).append({"seconds": get})
+        shutil.rmtree(work / f"folder-{k}", ignore_errors=True)
+    objects = "boto3 put_object/get_object, 16 MiB objects on 8 threads"
+    for group, refs, rows in (
+        (
+            "upload",
+            [("ref_up", "boto3 upload_file (same bytes, same server)"), ("obj_up", objects)],
+            [("put", "cubby put, packs on S3"), ("folder_put", "cubby put, packs in a local folder")],
+        ),
+        (
+            "download",
+            [("ref_down", "boto3 download_file (same bytes, same server)"), ("obj_down", objects)],
+            [("get", "cubby get, packs on S3"), ("folder_get", "cubby get, packs in a local folder")],
+        ),
+    ):
+        for ref_key, ref_name in refs:
+            med = median_run(runs[ref_key])
+            report.add(Row(group, ref_name, med.pop("seconds"), size, extra=med))
+        for key, name in rows:
+            med = median_run(runs[key])
+            row = report.add(Row(group, name, med.pop("seconds"), size, reference=refs[0][1], extra=med))
+            second = report.find(group, refs[1][1])
+            if second is not None and row.seconds > 0:
+                row.extra[f"ratio_to_{refs[1][0]}"] = round(second.seconds / row.seconds, 3)
+            report.notes.append(
+                f"{group}: {name} at {row.ratio or 0:.2f}x boto3's {group.removesuffix('load')}load_file"
+                f" and {row.extra.get(f'ratio_to_{refs[1][0]}', 0):.2f}x boto3 on 16 MiB objects"
+                f" ({row.mb_per_s or 0:.0f} MB/s)"
+            )
+
+
+def empty_bucket(client: Any, prefix: str = "", *, delete: bool = True) -> None:
+    """Delete the bench's objects under ``prefix`` (and the bucket): a real server outlives us."""
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        for item in page.get("Contents", ()):
+            client.delete_object(Bucket=BUCKET, Key=item["Key"])
+    if delete:
+        client.delete_bucket(Bucket=BUCKET)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="1G", help="bytes of the large file (default 1G)")
+    ap.add_argument("--files", type=int, default=10_000, help="number of small files (default 10000)")
+    ap.add_argument("--file-size", type=int, default=4096, help="bytes per small file (default 4096)")
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="rounds of the large-file runs; rows hold the median"
+    )
+    ap.add_argument("--scratch", type=Path, default=Path("/tmp/cubby-bench"))
+    ap.add_argument("--endpoint", default=None, help="an S3 server already running (default: start moto's)")
+    ap.add_argument("--name", default="s3_transfer")
+    args = ap.parse_args(argv)
+    size = parse_size(args.size)
+    machine = describe(args.scratch)
+    print(summary_line(machine), flush=True)
+    report = Report(
+        args.name,
+        machine,
+        {
+            "size": size,
+            "files": args.files,
+            "file_size": args.file_size,
+            "repeat": args.repeat,
+            "s3": args.endpoint or "moto server",
+        },
+    )
+    src = dataset(args.scratch, "random", size, seed=1)
+    work = args.scratch / "s3_transfer"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        with ExitStack() as stack:
+            endpoint = args.endpoint
+            if endpoint is None:
+                os.environ.update(MOTO_CREDENTIALS)
+                endpoint = stack.enter_context(moto_server())
+            import boto3
+
+            client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+            client.create_bucket(Bucket=BUCKET)
+            stack.callback(empty_bucket, client)
+            small_files_row(report, args.scratch, work, endpoint, args.files, args.file_size)
+            large_file_rows(report, work, endpoint, src, size, args.repeat)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    path = report.write()
+    report.print()
+    print(f"\nresults: {path}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,76 @@
+"""The chunk index seam: where each chunk of a pack store is (`cubby.blockstore.packs`).
+
+The contract, for every implementation:
+
+- The index is keyed by chunk hash and by nothing else, so that it can be split by hash
+  prefix over several databases; it is never joined with tables that describe namespaces.
+- `add_packs` records packs that are already durable in the object store, and their chunks,
+  in one transaction. A chunk that already has a location keeps it (the newcomer's copy is
+  dead bytes that compaction reclaims).
+- `switch` moves chunks from old packs to a new one in one transaction, each only if it is
+  still where the caller read it (a chunk forgotten or rewritten meanwhile is left alone), and
+  retires the old packs that no chunk points at any more: they go to the deleted list, whose
+  objects are deleted only after a grace period for reads that looked up a location before.
+- `forget` removes chunks' locations (their bytes become dead space in their packs). It is
+  called by the garbage collector inside its own transaction on the metadata database; an
+  implementation on the same database joins it (see `cubby.metadata.engine`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from cubby.blockstore.packfile import Location
+
+
+@dataclass(frozen=True, slots=True)
+class PackUsage:
+    pack: str
+    size: int
+    payload: int
+    live: int
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class NewPack:
+    pack: str
+    size: int
+    payload: int
+    entries: Sequence[tuple[str, Location]]
+
+
+@runtime_checkable
+class ChunkIndex(Protocol):
+    def lookup(self, hashes: Sequence[str]) -> dict[str, Location]:
+        """The location of each of ``hashes`` that has one."""
+
+    def add_packs(self, packs: Sequence[NewPack]) -> None:
+        """Record durable packs and their chunks (first location of a hash wins)."""
+
+    def forget(self, hashes: Iterable[str]) -> None:
+        """Remove the locations of ``hashes``."""
+
+    def iterate(self) -> Iterator[str]:
+        """Every indexed hash once."""
+
+    def locations_in(self, packs: Sequence[str]) -> dict[str, Location]:
+        """Every indexed chunk that is in one of ``packs``, with its location."""
+
+    def usage(self) -> list[PackUsage]:
+        """Every recorded pack with the bytes of its chunks that are still indexed."""
+
+    def switch(self, new: NewPack | None, moved_from: dict[str, str], retire: Sequence[str]) -> int:
+        """Point each hash of ``new`` at it if it is still in ``moved_from[hash]``; retire
+        those of ``retire`` that nothing points at. Returns the number of chunks moved."""
+
+    def deleted_before(self, cutoff: float) -> list[str]:
+        """Retired packs whose grace period ended before ``cutoff``."""
+
+    def purge(self, packs: Sequence[str]) -> None:
+        """Drop retired packs whose objects are gone."""
+
+    def known_packs(self) -> set[str]:
+        """Every pack recorded, retired or not."""

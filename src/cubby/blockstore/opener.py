@@ -1,0 +1,50 @@
+"""`open_block_store`: the block store a ``--blocks`` URL names, on the metadata database's index.
+
+Every command that touches chunks (`cubby serve`, `cubby gc`, `cubby admin migrate-blocks`)
+opens its store here, so that they all agree on where chunks are. A folder that an earlier
+release filled with one file per chunk (``ab/abcd…``) is opened as the pack store's legacy
+store: its chunks are served as they are until `cubby admin migrate-blocks` moves them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from concurrent.futures import Executor
+from pathlib import Path
+
+from cubby.blockstore.objects import open_object_store
+from cubby.blockstore.packs import PackBlockStore
+from cubby.metadata.chunk_index import SqlChunkIndex
+from cubby.metadata.engine import Database
+
+_FANOUT = re.compile(r"[0-9a-f]{2}")
+
+
+def folder_of(url: str) -> Path | None:
+    """The local folder a blocks URL names, or None for a remote store."""
+    if url.startswith("file://"):
+        return Path(url[len("file://") :])
+    return None if "://" in url else Path(url)
+
+
+def has_legacy_chunks(folder: Path) -> bool:
+    """Whether ``folder`` holds chunks in the one-file-per-chunk layout of earlier releases."""
+    try:
+        with os.scandir(folder) as it:
+            for entry in it:
+                if _FANOUT.fullmatch(entry.name) and entry.is_dir() and any(os.scandir(entry.path)):
+                    return True
+    except FileNotFoundError:
+        return False
+    return False
+
+
+def open_block_store(url: str, db: Database, *, executor: Executor | None = None) -> PackBlockStore:
+    folder = folder_of(url)
+    legacy = None
+    if folder is not None and has_legacy_chunks(folder):
+        from cubby.blockstore.local import LocalBlockStore
+
+        legacy = LocalBlockStore(folder)
+    return PackBlockStore(open_object_store(url), SqlChunkIndex(db), executor=executor, legacy=legacy)

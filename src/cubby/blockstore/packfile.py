@@ -1,0 +1,82 @@
+"""The pack file format: many stored chunks in one immutable object, with its own table of
+contents, so that the chunk index can be rebuilt from the packs alone (as restic's can).
+
+    offset 0            b"CUBBYPK1"                         8-byte magic
+    offset 8            blob, blob, ...                     each a stored chunk: codec byte +
+                                                            payload (`cubby.core.compression`)
+    trailer             ENTRY * n                           48 bytes each: SHA-256 (32 raw
+                                                            bytes), offset u64, stored length
+                                                            u32, plain length u32 (big-endian)
+    last 12 bytes       n u32, b"CUBBYEND"
+
+A reader of one chunk needs only its index row (offset, stored length): one ranged read.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cubby.errors import CubbyError
+
+MAGIC = b"CUBBYPK1"
+END = b"CUBBYEND"
+_ENTRY = struct.Struct(">32sQII")
+_FOOTER = struct.Struct(">I8s")
+FOOTER_SIZE = _FOOTER.size
+
+
+class CorruptPack(CubbyError):
+    code = "corrupt_pack"
+    status = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a chunk's stored bytes are: ``stored_len`` bytes at ``pos`` in pack ``pack``."""
+
+    pack: str
+    pos: int
+    stored_len: int
+    plain_len: int
+
+
+def pack_object_name(pack: str) -> str:
+    """The object name of pack id ``pack`` (fanned out by two characters of its random part)."""
+    return f"packs/{pack[-2:]}/{pack}.pack"
+
+
+def build_pack(pack: str, blobs: list[tuple[str, bytes, int]]) -> tuple[bytes, list[tuple[str, Location]]]:
+    """The bytes of a pack holding ``blobs`` (name, stored bytes, plain length) and where each is."""
+    parts = [MAGIC]
+    entries: list[tuple[str, Location]] = []
+    trailer: list[bytes] = []
+    pos = len(MAGIC)
+    for name, blob, plain_len in blobs:
+        parts.append(blob)
+        entries.append((name, Location(pack, pos, len(blob), plain_len)))
+        trailer.append(_ENTRY.pack(bytes.fromhex(name), pos, len(blob), plain_len))
+        pos += len(blob)
+    parts.extend(trailer)
+    parts.append(_FOOTER.pack(len(blobs), END))
+    return b"".join(parts), entries
+
+
+def read_trailer(pack: str, size: int, read: Callable[[int, int], bytes]) -> list[tuple[str, Location]]:
+    """The table of contents of pack ``pack`` of ``size`` bytes, read with two ranged reads."""
+    if size < len(MAGIC) + FOOTER_SIZE:
+        raise CorruptPack(f"pack {pack} is too short ({size} bytes)")
+    n, end = _FOOTER.unpack(read(size - FOOTER_SIZE, FOOTER_SIZE))
+    table = n * _ENTRY.size
+    if end != END or table > size - len(MAGIC) - FOOTER_SIZE:
+        raise CorruptPack(f"pack {pack} has no valid trailer")
+    raw = read(size - FOOTER_SIZE - table, table)
+    out: list[tuple[str, Location]] = []
+    limit = size - FOOTER_SIZE - table
+    for i in range(n):
+        digest, pos, stored, plain = _ENTRY.unpack_from(raw, i * _ENTRY.size)
+        if pos < len(MAGIC) or pos + stored > limit:
+            raise CorruptPack(f"pack {pack}: entry {i} points outside the pack")
+        out.append((digest.hex(), Location(pack, pos, stored, plain)))
+    return out

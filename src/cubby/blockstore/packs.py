@@ -1,0 +1,340 @@
+"""`PackBlockStore`: chunks appended to large immutable pack objects, found through an index.
+
+One object per 4 KiB chunk is the main cost of small files (a file, two fsyncs and a folder
+entry each, or a PUT each on S3); a pack holds thousands of chunks and is written with one
+durable `ObjectStore.put`. Layers, as in restic: the objects (`cubby.blockstore.objects`: a
+folder or a bucket), the pack format (`cubby.blockstore.packfile`), the index
+(`cubby.blockstore.index`: hash -> pack, offset, lengths, in the metadata database).
+
+- **Writing.** `put_many` verifies every chunk against its name, compresses the new ones (on
+  the executor when one is given), cuts them into packs of at most `TARGET_PACK` bytes,
+  puts each pack (durable when `put` returns) and only then records the packs and their chunks
+  in the index, in one transaction. A batch always ends by writing the pack it filled, so
+  nothing is acknowledged before its pack is durable; a small batch makes a small pack, which
+  `compact` later merges with others.
+- **Why 16 MiB.** It is restic's default and the size of the client's upload window, so that
+  one upload batch is one pack and one PUT. Large enough that a PUT's fixed cost is negligible
+  and a store of terabytes holds tens of thousands of objects, not billions; small enough that
+  rewriting a pack to reclaim its dead chunks costs little, and a pack is held in memory once.
+- **Reading** a chunk is one index lookup and one ranged read (`pread`, or a ranged GET).
+- **Many processes.** Every process that opens the same object store and index serves every
+  chunk: the index, not the process, knows where a chunk is. Pack ids are random, so two
+  writers never collide; when both store one chunk, the first location recorded wins and the
+  other copy is dead bytes.
+- **Compaction** (`compact`) rewrites packs whose dead share passes `threshold` and merges
+  small packs: live chunks are copied into a new pack, the index is switched in one
+  transaction (each chunk only if it is still where it was read), and the old packs are
+  retired; their objects are deleted by a later `compact` once `grace` seconds have passed,
+  so that a read that looked up the old location just before the switch still finds it.
+- **Existing stores.** ``legacy`` is a store written by an earlier release (one file per
+  chunk, `cubby.blockstore.local`); chunks not in the index are read from it, and
+  `migrate_legacy` moves them into packs.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from cubby.blockstore.base import BlockStore
+from cubby.blockstore.index import ChunkIndex, NewPack, PackUsage
+from cubby.blockstore.objects import ObjectMissing, ObjectStore
+from cubby.blockstore.packfile import build_pack, pack_object_name, read_trailer
+from cubby.core.compression import Codec, CorruptChunk, verify_and_encode
+from cubby.core.hashing import check_chunk_name, sha256_hex
+from cubby.errors import NotFound
+
+TARGET_PACK = 16 * 1024 * 1024
+SMALL_SHARE = 4
+"""Packs below a quarter of the target size are merged by `compact` whatever their dead share."""
+
+
+@dataclass
+class CompactStats:
+    packs_rewritten: int = 0
+    chunks_moved: int = 0
+    bytes_reclaimed: int = 0
+    packs_deleted: int = 0
+    orphans_deleted: int = 0
+
+
+@dataclass
+class MigrateStats:
+    chunks: int = 0
+    bytes: int = 0
+    removed: int = 0
+
+
+def new_pack_id() -> str:
+    """A pack id: its creation time (so an unrecorded pack's age is known from its name) and
+    96 random bits (so that writers in different processes never collide)."""
+    return f"{int(time.time()):010x}{secrets.token_hex(12)}"
+
+
+def pack_age(pack: str, now: float) -> float:
+    try:
+        return now - int(pack[:10], 16)
+    except ValueError:
+        return 0.0
+
+
+class PackBlockStore:
+    def __init__(
+        self,
+        objects: ObjectStore,
+        index: ChunkIndex,
+        *,
+        codec: Codec | None = None,
+        verify_reads: bool = True,
+        executor: Executor | None = None,
+        target_size: int = TARGET_PACK,
+        legacy: BlockStore | None = None,
+    ) -> None:
+        self.objects = objects
+        self.index = index
+        self.codec = codec or Codec()
+        self.verify_reads = verify_reads
+        self.executor = executor
+        self.target_size = target_size
+        self.legacy = legacy
+        self._compacting = threading.Lock()
+
+    # -- writing ------------------------------------------------------------------------------
+    def put(self, name: str, data: bytes) -> bool:
+        return self.put_many([(name, data)])[0]
+
+    def put_many(self, items: Iterable[tuple[str, bytes]]) -> list[bool]:
+        items = list(items)
+        for name, _ in items:
+            check_chunk_name(name)
+        known = self.present(name for name, _ in items)
+        seen: set[str] = set()
+        new: list[bool] = []
+        for name, _ in items:
+            new.append(name not in known and name not in seen)
+            seen.add(name)
+        jobs = [(name, data, is_new) for (name, data), is_new in zip(items, new)]
+        # Every chunk is verified before anything is written: a batch with one bad chunk
+        # stores nothing.
+        blobs = verify_and_encode(self.codec, jobs, self.executor)
+        fresh = [(name, blob, len(data)) for (name, data), blob in zip(items, blobs) if blob is not None]
+        self.write_packs(fresh)
+        return new
+
+    def write_packs(self, blobs: list[tuple[str, bytes, int]]) -> list[NewPack]:
+        """Put ``blobs`` (name, stored bytes, plain length) into new packs, each durable, then
+        record them all in the index in one transaction."""
+        made = self._put_packs(blobs)
+        self.index.add_packs(made)
+        return made
+
+    def _put_packs(self, blobs: list[tuple[str, bytes, int]]) -> list[NewPack]:
+        """Put ``blobs`` into new packs of `target_size` bytes or a little more (one chunk
+        over), so that one 16 MiB upload window is one pack; not yet indexed."""
+        made: list[NewPack] = []
+        group: list[tuple[str, bytes, int]] = []
+        size = 0
+        for blob in blobs:
+            if group and size >= self.target_size:  # full: a pack ends after the chunk that fills it
+                made.append(self._put_pack(group))
+                group, size = [], 0
+            group.append(blob)
+            size += len(blob[1])
+        if group:
+            made.append(self._put_pack(group))
+        return made
+
+    def _put_pack(self, group: list[tuple[str, bytes, int]]) -> NewPack:
+        pack = new_pack_id()
+        data, entries = build_pack(pack, group)
+        self.objects.put(pack_object_name(pack), data)
+        return NewPack(pack, len(data), sum(len(b) for _, b, _ in group), entries)
+
+    # -- reading ------------------------------------------------------------------------------
+    def get(self, name: str) -> bytes:
+        check_chunk_name(name)
+        for attempt in range(2):
+            loc = self.index.lookup([name]).get(name)
+            if loc is None:
+                if self.legacy is not None:
+                    return self.legacy.get(name)
+                raise NotFound(f"chunk {name} is not stored")
+            try:
+                blob = self.objects.get(pack_object_name(loc.pack), loc.pos, loc.stored_len)
+            except ObjectMissing:
+                if attempt == 0:
+                    continue  # compacted away since the lookup (past its grace): look again
+                raise CorruptChunk(f"chunk {name}: its pack {loc.pack} is missing") from None
+            data = self.codec.decode(blob)
+            if len(data) != loc.plain_len or (self.verify_reads and sha256_hex(data) != name):
+                raise CorruptChunk(f"stored chunk {name} does not match its name; it is not served")
+            return data
+        raise AssertionError("unreachable")
+
+    def has(self, name: str) -> bool:
+        return bool(self.present([name]))
+
+    def present(self, names: Iterable[str]) -> set[str]:
+        wanted = list(names)
+        found = set(self.index.lookup(wanted))
+        if self.legacy is not None:
+            found |= self.legacy.present(n for n in wanted if n not in found)
+        return found
+
+    def delete(self, name: str) -> None:
+        """Forget where ``name`` is; its bytes stay as dead space until `compact` rewrites the pack."""
+        self.index.forget([name])
+        if self.legacy is not None:
+            self.legacy.delete(name)
+
+    def iterate(self) -> Iterator[str]:
+        yield from self.index.iterate()
+        if self.legacy is not None:
+            batch: list[str] = []
+            for name in self.legacy.iterate():
+                batch.append(name)
+                if len(batch) >= 1000:
+                    yield from self._not_indexed(batch)
+                    batch = []
+            yield from self._not_indexed(batch)
+
+    def _not_indexed(self, names: list[str]) -> list[str]:
+        indexed = self.index.lookup(names)
+        return [n for n in names if n not in indexed]
+
+    # -- compaction ---------------------------------------------------------------------------
+    def compact(
+        self,
+        *,
+        threshold: float = 0.25,
+        grace: float = 900.0,
+        orphan_age: float = 3600.0,
+        fault: Callable[[str], None] | None = None,
+    ) -> CompactStats:
+        """Rewrite packs whose dead share is at least ``threshold`` (and merge small ones),
+        delete the objects of packs retired more than ``grace`` seconds ago, and delete pack
+        objects that no index ever recorded once they are ``orphan_age`` old (a writer died
+        between putting a pack and recording it). ``fault(step)`` is a test hook called after
+        each step, so that a crash test can stop the process there."""
+        hook = fault or (lambda _step: None)
+        stats = CompactStats()
+        with self._compacting:
+            now = time.time()
+            usage = self.index.usage()
+            dead = [u for u in usage if u.live == 0]
+            if dead:
+                self.index.switch(None, {}, [u.pack for u in dead])
+                stats.packs_rewritten += len(dead)
+                stats.bytes_reclaimed += sum(u.size for u in dead)
+                hook("retired")
+            victims = [
+                u for u in usage
+                if u.live > 0 and (u.payload - u.live >= threshold * u.payload or (u.size < self.target_size // SMALL_SHARE and len(usage) > 1))
+            ]
+            # A lone small pack is rewritten only when something else joins it.
+            if len(victims) == 1 and victims[0].payload - victims[0].live < threshold * victims[0].payload:
+                victims = []
+            batch: list[PackUsage] = []
+            size = 0
+            for u in victims:
+                batch.append(u)
+                size += u.live
+                if size >= self.target_size:
+                    self._rewrite(batch, stats, hook)
+                    batch, size = [], 0
+            if batch:
+                self._rewrite(batch, stats, hook)
+            for pack in self.index.deleted_before(time.time() - grace):
+                self.objects.delete(pack_object_name(pack))
+                hook("deleted")
+                self.index.purge([pack])
+                stats.packs_deleted += 1
+            known = self.index.known_packs()
+            for name, _size in list(self.objects.list("packs/")):
+                pack = os.path.basename(name).removesuffix(".pack")
+                if pack not in known and pack_age(pack, now) > orphan_age:
+                    self.objects.delete(name)
+                    stats.orphans_deleted += 1
+        return stats
+
+    def _rewrite(self, usage: list[PackUsage], stats: CompactStats, hook: Callable[[str], None]) -> None:
+        """Copy the live chunks of packs into new packs, switch the index, retire the old ones."""
+        sources = [u.pack for u in usage]
+        locations = self.index.locations_in(sources)
+        blobs: list[tuple[str, bytes, int]] = []
+        moved_from: dict[str, str] = {}
+        for h, loc in sorted(locations.items(), key=lambda kv: (kv[1].pack, kv[1].pos)):
+            blob = self.objects.get(pack_object_name(loc.pack), loc.pos, loc.stored_len)
+            blobs.append((h, blob, loc.plain_len))
+            moved_from[h] = loc.pack
+        made = self._put_packs(blobs)
+        hook("copied")
+        for i, new in enumerate(made):
+            retire = sources if i == len(made) - 1 else []
+            stats.chunks_moved += self.index.switch(new, moved_from, retire)
+        if not made:
+            self.index.switch(None, {}, sources)
+        hook("switched")
+        stats.packs_rewritten += len(sources)
+        stats.bytes_reclaimed += sum(u.size for u in usage) - sum(p.size for p in made)
+
+    # -- recovery and migration ---------------------------------------------------------------
+    def rebuild_index(self) -> int:
+        """Record every pack in the object store that the index does not know, from the packs'
+        own trailers (an index lost or restored from an old backup). Returns chunks recorded."""
+        known = self.index.known_packs()
+        found: list[NewPack] = []
+        for name, size in self.objects.list("packs/"):
+            pack = os.path.basename(name).removesuffix(".pack")
+            if pack in known:
+                continue
+            entries = read_trailer(pack, size, functools.partial(self.objects.get, name))
+            found.append(NewPack(pack, size, sum(loc.stored_len for _, loc in entries), entries))
+        self.index.add_packs(found)
+        return sum(len(p.entries) for p in found)
+
+    def migrate_legacy(
+        self, *, batch_chunks: int = 2000, progress: Callable[[MigrateStats], None] | None = None
+    ) -> MigrateStats:
+        """Move every chunk of the legacy store into packs: a batch is read, written as a
+        pack, recorded in the index, and only then are its legacy files removed. Interrupted,
+        it resumes where it stopped (chunks already indexed are skipped)."""
+        stats = MigrateStats()
+        legacy = self.legacy
+        if legacy is None:
+            return stats
+        batch: list[str] = []
+
+        def flush() -> None:
+            nonlocal batch
+            todo = self._not_indexed(batch)
+            blobs: list[tuple[str, bytes, int]] = []
+            for h in todo:
+                try:
+                    data = legacy.get(h)
+                except (NotFound, CorruptChunk):
+                    continue  # gone meanwhile, or corrupt: never copied into a pack
+                blobs.append((h, self.codec.encode(data), len(data)))
+                stats.bytes += len(data)
+            self.write_packs(blobs)
+            stats.chunks += len(blobs)
+            for h in batch:
+                legacy.delete(h)
+                stats.removed += 1
+            if progress is not None:
+                progress(stats)
+            batch = []
+
+        for name in legacy.iterate():
+            batch.append(name)
+            if len(batch) >= batch_chunks:
+                flush()
+        if batch:
+            flush()
+        return stats

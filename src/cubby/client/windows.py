@@ -1,0 +1,34 @@
+"""Every batch and window size of the client, in one place.
+
+They bound two things: how much a request carries (the server's limits: `MAX_BATCH` items,
+`MAX_WINDOW_CHUNKS` chunks per prove or upload, `MAX_PROOFS` proofs) and how much the client
+holds in memory (a window of chunk bytes, `IN_FLIGHT` windows with the server, `KEEP_BYTES`
+of a small file kept from its naming pass). `cubby put`/`get` and `cubby sync` use the same.
+"""
+
+from __future__ import annotations
+
+from cubby.client.api import MAX_BATCH
+
+MiB = 1024 * 1024
+
+BATCH = MAX_BATCH
+"""Commits, chunk lists or folder operations per request."""
+MAX_PROOFS = 4096
+MAX_WINDOW_CHUNKS = 4000
+"""Chunks per prove/upload window: within both the server's proof limit and a frame batch."""
+UPLOAD_WINDOW = 16 * MiB
+"""Chunk bytes read, proved and uploaded per window."""
+DOWNLOAD_WINDOW = 16 * MiB
+"""Distinct chunk bytes asked of the server per fetch request; with the cache on disk, the most
+a download holds in memory."""
+IN_FLIGHT = 2
+"""Upload windows (or tree groups) with the server at once; with the one being read, memory
+holds at most ``IN_FLIGHT + 1`` windows."""
+KEEP_BYTES = 4 * MiB
+"""Files up to this size keep their bytes from the naming pass, so they are never read again."""
+GROUP_BYTES = 16 * MiB
+"""A tree is named and committed in groups of at most `BATCH` files and about this many bytes
+of kept file data."""
+SMALL_FILE = 4 * MiB
+"""Files up to this size are fetched many per request and made durable together."""

@@ -1,0 +1,193 @@
+"""Deltas of one chunk against another: how an edit inside a large file travels in few bytes.
+
+FastCDC already confines an edit to the one or two chunks (about 1 MiB each) that hold it; the
+rest of the file is named by chunks both sides have. A delta carries the changed chunk as a
+patch against the old chunk at the same place in the file, in one of two forms, because the two
+directions know different things:
+
+- **Upload** (the sender has the new bytes, the server has the old chunk; the sender no longer
+  has it, the file was overwritten): rsync's idea, with content-defined blocks instead of
+  rsync's rolling checksum. The server cuts the old chunk into small content-defined blocks
+  (`BLOCK_AVG`, about 2 KiB) and sends their lengths and 8-byte digests (`signature`: some 5 KiB
+  for a 1 MiB chunk); the client cuts the new chunk the same way, so that blocks away from the
+  edit are cut identically whatever was inserted, and sends a `patch`: copies of old blocks by
+  offset, and the new bytes literally, zstd-compressed. A one-byte edit costs one or two blocks
+  of literal data. librsync would need fixed blocks and a rolling checksum in Python per byte;
+  the content-defined cutter is compiled (pyfastcdc) and resynchronises after an insert by
+  itself.
+- **Download** (the server has both chunks; the client names the old chunk it holds): zstd with
+  the old chunk as a raw-content dictionary (what ``zstd --patch-from`` does), computed on the
+  server. It finds matches at any offset, not only at block boundaries, so it is smaller than a
+  patch; it needs both chunks on the side that encodes, which only the server has.
+
+Neither form is trusted: whoever applies one hashes the result and compares it with the new
+chunk's name (`ChunkMismatch` otherwise), and a malformed delta is a `BadRequest`. Sizes are
+bounded by `MAX_SIZE` before anything is allocated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Sequence
+
+import zstandard
+from pyfastcdc import FastCDC
+
+from cubby.core.chunking import MAX_SIZE
+from cubby.errors import BadRequest
+
+BLOCK_MIN, BLOCK_AVG, BLOCK_MAX = 512, 2048, 8192
+"""Sub-blocks of a chunk, for signatures: small enough that an edit sends little literal data,
+large enough that a 1 MiB chunk's signature stays near 5 KiB."""
+DIGEST = 8
+_ENTRY = struct.Struct(">I8s")
+_COPY, _LITERAL = 0, 1
+_OP = struct.Struct(">BII")  # kind, offset (copies) or 0, length
+LEVEL = 3
+
+MAX_BASES = 256
+"""Old chunks per signature, patch or delta request: each costs the server a chunk read (1 MiB
+on average, 4 MiB at most) and, for a download, an encode."""
+WHOLE, DELTA = b"\x00", b"\x01"
+"""First byte of a fetch_delta frame: the whole chunk follows, or a delta against the base."""
+PATCH_FRAME = 32 + MAX_SIZE + MAX_SIZE // 8
+"""The largest patch frame: a base name and a patch of incompressible bytes (zstd's overhead)."""
+FETCH_FRAME = 1 + MAX_SIZE
+PATCH_MIN = 64 * 1024
+"""Chunks smaller than this travel whole: a patch would save less than its round trip costs."""
+
+
+def _blocks(data: bytes) -> list[tuple[int, int]]:
+    cdc = FastCDC(BLOCK_AVG, min_size=BLOCK_MIN, max_size=BLOCK_MAX, normalized_chunking=1)
+    return [(c.offset, c.length) for c in cdc.cut_buf(data)] if data else []
+
+
+def _digest(piece: bytes | memoryview) -> bytes:
+    return hashlib.blake2b(piece, digest_size=DIGEST).digest()
+
+
+def signature(base: bytes) -> bytes:
+    """The old chunk's blocks: (length, digest) each, in order."""
+    view = memoryview(base)
+    return b"".join(_ENTRY.pack(n, _digest(view[o : o + n])) for o, n in _blocks(base))
+
+
+def patch(sig: bytes, new: bytes) -> bytes:
+    """``new`` as copies of the signed chunk's blocks and literal bytes, zstd-compressed."""
+    if len(sig) % _ENTRY.size:
+        raise BadRequest("a signature is a whole number of (length, digest) entries", code="bad_signature")
+    where: dict[bytes, tuple[int, int]] = {}
+    off = 0
+    for i in range(0, len(sig), _ENTRY.size):
+        n, d = _ENTRY.unpack_from(sig, i)
+        where.setdefault(d, (off, n))
+        off += n
+    ops: list[bytes] = []
+    view = memoryview(new)
+    pending: list[int] = [-1, 0, 0]  # an op being extended: kind, offset, length
+    literal = bytearray()
+
+    def flush() -> None:
+        if pending[0] == _COPY:
+            ops.append(_OP.pack(_COPY, pending[1], pending[2]))
+        elif pending[0] == _LITERAL:
+            ops.append(_OP.pack(_LITERAL, 0, len(literal)) + bytes(literal))
+            literal.clear()
+        pending[0] = -1
+
+    for o, n in _blocks(new):
+        piece = view[o : o + n]
+        hit = where.get(_digest(piece))
+        if hit is not None and hit[1] == n:
+            if pending[0] == _COPY and pending[1] + pending[2] == hit[0]:
+                pending[2] += n
+                continue
+            flush()
+            pending[:] = [_COPY, hit[0], n]
+        else:
+            if pending[0] != _LITERAL:
+                flush()
+                pending[0] = _LITERAL
+            literal += piece
+    flush()
+    return zstandard.ZstdCompressor(level=LEVEL).compress(b"".join(ops))
+
+
+def apply_patch(base: bytes, blob: bytes) -> bytes:
+    """The chunk a `patch` describes against ``base`` (the caller checks its hash)."""
+    try:
+        ops = zstandard.ZstdDecompressor().decompress(blob, max_output_size=MAX_SIZE + MAX_SIZE // 8)
+    except zstandard.ZstdError as exc:
+        raise BadRequest(f"a patch is not valid zstd: {exc}", code="bad_delta") from exc
+    out = bytearray()
+    i = 0
+    while i < len(ops):
+        if len(ops) - i < _OP.size:
+            raise BadRequest("a patch ends inside an operation", code="bad_delta")
+        kind, off, n = _OP.unpack_from(ops, i)
+        i += _OP.size
+        if kind == _COPY:
+            if off + n > len(base):
+                raise BadRequest("a patch copies past the end of its base chunk", code="bad_delta")
+            out += base[off : off + n]
+        elif kind == _LITERAL:
+            if i + n > len(ops):
+                raise BadRequest("a patch's literal runs past its end", code="bad_delta")
+            out += ops[i : i + n]
+            i += n
+        else:
+            raise BadRequest(f"unknown patch operation {kind}", code="bad_delta")
+        if len(out) > MAX_SIZE:
+            raise BadRequest(f"a patch makes a chunk larger than {MAX_SIZE} bytes", code="bad_delta")
+    return bytes(out)
+
+
+def _dict(base: bytes) -> zstandard.ZstdCompressionDict:
+    return zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+
+
+def encode_against(base: bytes, new: bytes) -> bytes:
+    """``new`` compressed with ``base`` as its dictionary (``zstd --patch-from``)."""
+    params = zstandard.ZstdCompressionParameters.from_level(LEVEL, window_log=23, source_size=len(new))
+    return zstandard.ZstdCompressor(dict_data=_dict(base), compression_params=params).compress(new)
+
+
+def decode_against(base: bytes, blob: bytes) -> bytes:
+    """The chunk `encode_against` encoded (the caller checks its hash)."""
+    try:
+        return zstandard.ZstdDecompressor(dict_data=_dict(base)).decompress(blob, max_output_size=MAX_SIZE)
+    except zstandard.ZstdError as exc:
+        raise BadRequest(f"a delta does not decode against its base: {exc}", code="bad_delta") from exc
+
+
+def pick_bases(new: Sequence[tuple[str, int, int]], old: Sequence[tuple[str, int, int]]) -> dict[str, str]:
+    """For each new chunk (name, offset, size), the old chunk it overlaps most in the file's
+    previous version, when that is another chunk: an edit moves later bytes by its length at
+    most, so the old chunk at the same place holds nearly all of the new one's bytes. Both
+    lists are in file order."""
+    out: dict[str, str] = {}
+    j = 0
+    for name, off, size in new:
+        end = off + size
+        while j < len(old) and old[j][1] + old[j][2] <= off:
+            j += 1
+        best, most = None, 0
+        k = j
+        while k < len(old) and old[k][1] < end:
+            overlap = min(end, old[k][1] + old[k][2]) - max(off, old[k][1])
+            if overlap > most:
+                best, most = old[k][0], overlap
+            k += 1
+        if best is not None and best != name:
+            out.setdefault(name, best)
+    return out
+
+
+def offsets(sizes: Sequence[tuple[str, int]]) -> list[tuple[str, int, int]]:
+    """(name, size) in file order -> (name, offset, size)."""
+    out, off = [], 0
+    for name, size in sizes:
+        out.append((name, off, size))
+        off += size
+    return out

@@ -1,0 +1,63 @@
+"""Durable writes, shared by the block store and the client: what makes bytes and names survive
+a crash, and how to pay for it once per batch rather than once per file.
+
+A file is durable once its bytes are fsynced and its name (the directory entry) is fsynced
+too. Thousands of small files each fsynced twice cost thousands of disk flushes; `barrier`
+instead makes everything written so far on a file system durable at once (``syncfs`` on
+Linux), falling back to an fsync of each given path (or ``sync()``) elsewhere. The pattern
+every writer follows: write temp files, one barrier, rename them into place, one barrier.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+
+@functools.cache
+def load_syncfs() -> Any:
+    """libc's ``syncfs``, or None where there is none."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.syncfs
+        fn.argtypes = [ctypes.c_int]
+        return fn
+    except (OSError, AttributeError):
+        return None
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make the names in folder ``path`` durable (after a create, rename or unlink in it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def barrier(anchor: Path, paths: Iterable[Path] | None = None) -> None:
+    """Make everything written so far on ``anchor``'s file system durable: one ``syncfs``;
+    failing that, an fsync of each of ``paths`` (files or folders), or ``sync()`` if none
+    are given."""
+    fn = load_syncfs()
+    if fn is not None:
+        fd = os.open(anchor, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if fn(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    if paths is None:
+        os.sync()
+        return
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY | (os.O_DIRECTORY if p.is_dir() else 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

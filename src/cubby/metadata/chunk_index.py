@@ -1,0 +1,153 @@
+"""`SqlChunkIndex`: the pack store's chunk index (`cubby.blockstore.index`) on the metadata database.
+
+Tables ``chunk_index``, ``packs`` and ``deleted_packs`` (see `cubby.metadata.schema`); every
+statement here touches only them, keyed by chunk hash or pack id, so that the index can later
+move to databases of its own, split by hash prefix. Each call runs in its own transaction,
+or joins the caller's when the garbage collector or an upload calls in while holding row locks
+on the same database (`Database.write` joins on the same thread).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Iterable, Iterator, Sequence
+
+from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy.engine import Connection
+
+from cubby.blockstore.index import NewPack, PackUsage
+from cubby.blockstore.packfile import Location
+from cubby.metadata.engine import Database
+from cubby.metadata.schema import chunk_index, deleted_packs, packs
+
+_BATCH = 500
+
+
+class SqlChunkIndex:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def lookup(self, hashes: Sequence[str]) -> dict[str, Location]:
+        wanted = sorted(set(hashes))
+        if not wanted:
+            return {}
+
+        def run(conn: Connection) -> dict[str, Location]:
+            out: dict[str, Location] = {}
+            c = chunk_index.c
+            for i in range(0, len(wanted), _BATCH):
+                q = select(c.hash, c.pack, c.pos, c.stored_len, c.plain_len).where(c.hash.in_(wanted[i : i + _BATCH]))
+                for h, pack, pos, stored, plain in conn.execute(q):
+                    out[h] = Location(pack, int(pos), int(stored), int(plain))
+            return out
+
+        return self.db.read(run)
+
+    def add_packs(self, new: Sequence[NewPack]) -> None:
+        if not new:
+            return
+        now = time.time()
+
+        def run(conn: Connection) -> None:
+            self.db.insert_ignore(
+                conn, packs, [{"pack": p.pack, "size": p.size, "payload": p.payload, "created_at": now} for p in new]
+            )
+            rows = [_row(h, loc) for p in new for h, loc in p.entries]
+            for i in range(0, len(rows), _BATCH):
+                self.db.insert_ignore(conn, chunk_index, rows[i : i + _BATCH])
+
+        self.db.write(run)
+
+    def forget(self, hashes: Iterable[str]) -> None:
+        names = sorted(set(hashes))
+        if not names:
+            return
+
+        def run(conn: Connection) -> None:
+            for i in range(0, len(names), _BATCH):
+                conn.execute(delete(chunk_index).where(chunk_index.c.hash.in_(names[i : i + _BATCH])))
+
+        self.db.write(run)
+
+    def iterate(self) -> Iterator[str]:
+        last = ""
+        while True:
+            page = self.db.read(functools.partial(_hashes_after, last))
+            if not page:
+                return
+            yield from page
+            last = page[-1]
+
+    def locations_in(self, names: Sequence[str]) -> dict[str, Location]:
+        c = chunk_index.c
+        q = select(c.hash, c.pack, c.pos, c.stored_len, c.plain_len).where(c.pack.in_(list(names)))
+        return self.db.read(
+            lambda conn: {h: Location(p, int(pos), int(s), int(pl)) for h, p, pos, s, pl in conn.execute(q)}
+        )
+
+    def usage(self) -> list[PackUsage]:
+        def run(conn: Connection) -> list[PackUsage]:
+            live = {
+                r[0]: int(r[1])
+                for r in conn.execute(select(chunk_index.c.pack, func.sum(chunk_index.c.stored_len)).group_by(chunk_index.c.pack))
+            }
+            return [
+                PackUsage(r.pack, int(r.size), int(r.payload), live.get(r.pack, 0), float(r.created_at))
+                for r in conn.execute(select(packs))
+            ]
+
+        return self.db.read(run)
+
+    def switch(self, new: NewPack | None, moved_from: dict[str, str], retire: Sequence[str]) -> int:
+        now = time.time()
+
+        def run(conn: Connection) -> int:
+            moved = 0
+            if new is not None:
+                self.db.insert_ignore(
+                    conn, packs, [{"pack": new.pack, "size": new.size, "payload": new.payload, "created_at": now}]
+                )
+                c = chunk_index.c
+                stmt = (
+                    update(chunk_index)
+                    .where(c.hash == bindparam("h"), c.pack == bindparam("old"))
+                    .values(pack=bindparam("pack"), pos=bindparam("p"), stored_len=bindparam("s"), plain_len=bindparam("l"))
+                )
+                for h, loc in new.entries:
+                    res = conn.execute(
+                        stmt, {"h": h, "old": moved_from[h], "pack": loc.pack, "p": loc.pos, "s": loc.stored_len, "l": loc.plain_len}
+                    )
+                    moved += res.rowcount or 0
+            if retire:
+                still = {r[0] for r in conn.execute(select(chunk_index.c.pack).where(chunk_index.c.pack.in_(list(retire))).distinct())}
+                gone = [p for p in retire if p not in still]
+                if gone:
+                    conn.execute(delete(packs).where(packs.c.pack.in_(gone)))
+                    self.db.insert_ignore(conn, deleted_packs, [{"pack": p, "deleted_at": now} for p in gone])
+            return moved
+
+        return self.db.write(run)
+
+    def deleted_before(self, cutoff: float) -> list[str]:
+        q = select(deleted_packs.c.pack).where(deleted_packs.c.deleted_at < cutoff)
+        return self.db.read(lambda conn: [r[0] for r in conn.execute(q)])
+
+    def purge(self, names: Sequence[str]) -> None:
+        if names:
+            self.db.write(lambda conn: conn.execute(delete(deleted_packs).where(deleted_packs.c.pack.in_(list(names)))))
+
+    def known_packs(self) -> set[str]:
+        def run(conn: Connection) -> set[str]:
+            return {r[0] for r in conn.execute(select(packs.c.pack))} | {r[0] for r in conn.execute(select(deleted_packs.c.pack))}
+
+        return self.db.read(run)
+
+
+def _hashes_after(last: str, conn: Connection) -> list[str]:
+    q = select(chunk_index.c.hash).where(chunk_index.c.hash > last).order_by(chunk_index.c.hash).limit(5000)
+    return [r[0] for r in conn.execute(q)]
+
+
+def _row(h: str, loc: Location) -> dict[str, object]:
+    return {"hash": h, "pack": loc.pack, "pos": loc.pos, "stored_len": loc.stored_len, "plain_len": loc.plain_len}

@@ -1,0 +1,100 @@
+"""The ObjectStore contract (`cubby.blockstore.objects`), run against every implementation
+listed in `conftest.OBJECT_STORES`."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from cubby.blockstore.folder import FolderObjectStore
+from cubby.blockstore.objects import ObjectMissing, ObjectStore, ObjectStoreError, open_object_store
+from cubby.errors import BadRequest, CubbyError
+
+
+def test_put_then_whole_and_ranged_reads(objects: ObjectStore):
+    assert isinstance(objects, ObjectStore)
+    data = os.urandom(100_000)
+    objects.put("packs/ab/one.pack", data)
+    assert objects.get("packs/ab/one.pack") == data
+    assert objects.get("packs/ab/one.pack", 1000, 5000) == data[1000:6000]
+    assert objects.get("packs/ab/one.pack", 99_999, 1) == data[-1:]
+    assert objects.get("packs/ab/one.pack", 0, 0) == b""
+
+
+def test_missing_objects_and_short_reads(objects: ObjectStore):
+    with pytest.raises(ObjectMissing):
+        objects.get("packs/no/such.pack")
+    with pytest.raises(ObjectMissing):
+        objects.get("packs/no/such.pack", 10, 10)
+    objects.put("small", b"0123456789")
+    with pytest.raises(ObjectStoreError):
+        objects.get("small", 5, 10)  # only 5 bytes are there
+
+
+def test_put_again_is_harmless_and_delete_is_idempotent(objects: ObjectStore):
+    objects.put("a/b", b"same")
+    objects.put("a/b", b"same")  # a retried request
+    assert objects.get("a/b") == b"same"
+    objects.delete("a/b")
+    objects.delete("a/b")
+    objects.delete("never/was")
+    with pytest.raises(ObjectMissing):
+        objects.get("a/b")
+
+
+def test_list_yields_each_object_once_with_its_size(objects: ObjectStore):
+    names = {f"packs/{i:02x}/p{i}.pack": i * 10 for i in range(1, 30)}
+    for name, size in names.items():
+        objects.put(name, b"x" * size)
+    objects.put("other/thing", b"abc")
+    listed = list(objects.list("packs/"))
+    assert sorted(listed) == sorted(names.items())
+    assert dict(objects.list()) == {**names, "other/thing": 3}
+    assert list(objects.list("packs/01/")) == [("packs/01/p1.pack", 10)]
+    assert list(objects.list("nothing/")) == []
+
+
+@pytest.mark.parametrize("name", ["", "/abs", "a//b", "a/../b", "..", ".", "a/./b", "a b", "a\\b", "a/b/", "é"])
+def test_bad_names_are_refused(objects: ObjectStore, name: str):
+    with pytest.raises(BadRequest):
+        objects.put(name, b"x")
+    with pytest.raises(BadRequest):
+        objects.get(name)
+    with pytest.raises(BadRequest):
+        objects.delete(name)
+
+
+def test_concurrent_puts_from_threads(objects: ObjectStore):
+    blobs = {f"t/{i}": os.urandom(50_000) for i in range(16)}
+    threads = [threading.Thread(target=objects.put, args=item) for item in blobs.items()]
+    threads += [threading.Thread(target=objects.put, args=("t/0", blobs["t/0"])) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert {n: objects.get(n) for n in blobs} == blobs
+    assert dict(objects.list("t/")) == {n: len(b) for n, b in blobs.items()}
+
+
+# -- the folder implementation ---------------------------------------------------------------
+def test_folder_put_leaves_no_temp_file_and_a_dead_writers_is_swept(tmp_path):
+    store = FolderObjectStore(tmp_path)
+    store.put("x/y", b"data")
+    assert list((tmp_path / "tmp").iterdir()) == []
+    stale = tmp_path / "tmp" / "dead.part"
+    stale.write_bytes(b"partial")  # a writer died before its rename
+    os.utime(stale, (1, 1))
+    assert dict(store.list()) == {"x/y": 4}  # temp files are never objects
+    FolderObjectStore(tmp_path)
+    assert not stale.exists()
+    with pytest.raises(BadRequest):
+        store.put("tmp/sneaky", b"x")
+
+
+def test_open_object_store_by_url(tmp_path):
+    assert isinstance(open_object_store(str(tmp_path / "a")), FolderObjectStore)
+    assert isinstance(open_object_store(f"file://{tmp_path / 'b'}"), FolderObjectStore)
+    with pytest.raises(CubbyError):
+        open_object_store("gopher://example/x")

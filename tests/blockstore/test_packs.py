@@ -1,0 +1,209 @@
+"""The pack store beyond the BlockStore contract: packs, the index, many processes, compaction,
+rebuilding the index from packs, and reading and migrating a store of an earlier release."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cubby.blockstore.folder import FolderObjectStore
+from cubby.blockstore.local import LocalBlockStore
+from cubby.blockstore.objects import ObjectStore
+from cubby.blockstore.opener import open_block_store
+from cubby.blockstore.packfile import read_trailer
+from cubby.blockstore.packs import PackBlockStore
+from cubby.core.compression import CorruptChunk
+from cubby.errors import NotFound
+from cubby.metadata.chunk_index import SqlChunkIndex
+from cubby.metadata.schema import chunk_index
+from cubby.metadata.store import SqlMetadataStore, open_store
+
+
+def named(data: bytes) -> tuple[str, bytes]:
+    return hashlib.sha256(data).hexdigest(), data
+
+
+class CountingObjects:
+    """Wraps an ObjectStore and counts its calls (behaviour by wrapping)."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        self.inner = inner
+        self.calls: list[tuple[str, str]] = []
+
+    def put(self, name: str, data: bytes) -> None:
+        self.calls.append(("put", name))
+        self.inner.put(name, data)
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        self.calls.append(("get", name))
+        return self.inner.get(name, offset, length)
+
+    def delete(self, name: str) -> None:
+        self.calls.append(("delete", name))
+        self.inner.delete(name)
+
+    def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        return self.inner.list(prefix)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@pytest.fixture
+def meta(tmp_path: Path) -> Iterator[SqlMetadataStore]:
+    store = open_store(f"sqlite:///{tmp_path / 'meta.db'}")
+    yield store
+    store.close()
+
+
+def pack_store(meta: SqlMetadataStore, root: Path, **kw: object) -> PackBlockStore:
+    return PackBlockStore(FolderObjectStore(root), SqlChunkIndex(meta.db), **kw)  # type: ignore[arg-type]
+
+
+def test_a_batch_is_one_pack_and_a_read_is_one_ranged_read(meta, tmp_path):
+    objects = CountingObjects(FolderObjectStore(tmp_path / "blocks"))
+    store = PackBlockStore(objects, SqlChunkIndex(meta.db))
+    items = [named(os.urandom(4096)) for _ in range(1000)]
+    assert store.put_many(items) == [True] * 1000
+    assert [c for c, _ in objects.calls] == ["put"]  # a thousand chunks, one object
+    assert len(list(objects.list("packs/"))) == 1
+    objects.calls.clear()
+    for n, d in items[::97]:
+        assert store.get(n) == d
+    assert [c for c, _ in objects.calls] == ["get"] * len(items[::97])
+    assert store.put_many(items[:10]) == [False] * 10 and objects.calls.count(("put", "")) == 0
+
+
+def test_a_batch_larger_than_the_target_spreads_over_packs(meta, tmp_path):
+    store = pack_store(meta, tmp_path / "blocks", target_size=64 * 1024)
+    items = [named(os.urandom(20_000)) for _ in range(20)]
+    store.put_many(items)
+    sizes = [s for _, s in store.objects.list("packs/")]
+    assert len(sizes) == 5 and all(s < 64 * 1024 + 20_001 + 1024 for s in sizes)  # full at 4 chunks
+    assert all(store.get(n) == d for n, d in items)
+
+
+def test_two_processes_on_one_folder_and_one_database_serve_each_others_chunks(tmp_path):
+    url = f"sqlite:///{tmp_path / 'meta.db'}"
+    a_meta, b_meta = open_store(url), open_store(url)  # separate engines, as two processes have
+    try:
+        a = pack_store(a_meta, tmp_path / "blocks")
+        b = pack_store(b_meta, tmp_path / "blocks")
+        ia = [named(os.urandom(3000)) for _ in range(50)]
+        ib = [named(os.urandom(3000)) for _ in range(50)]
+        a.put_many(ia)
+        b.put_many(ib)
+        assert all(b.get(n) == d for n, d in ia) and all(a.get(n) == d for n, d in ib)
+        assert b.put_many(ia[:5]) == [False] * 5  # dedup across processes
+        assert sorted(a.iterate()) == sorted(b.iterate()) == sorted(n for n, _ in ia + ib)
+    finally:
+        a_meta.close()
+        b_meta.close()
+
+
+def test_the_index_is_rebuilt_from_the_packs_alone(meta, tmp_path):
+    store = pack_store(meta, tmp_path / "blocks", target_size=50_000)
+    items = [named(os.urandom(9000)) for _ in range(30)]
+    store.put_many(items)
+    (name, size), *_ = store.objects.list("packs/")
+    entries = read_trailer("x", size, lambda off, n: store.objects.get(name, off, n))
+    assert entries and all(loc.stored_len == 9001 for _, loc in entries)
+    meta.db.write(lambda c: c.exec_driver_sql("DELETE FROM chunk_index"))
+    meta.db.write(lambda c: c.exec_driver_sql("DELETE FROM packs"))
+    with pytest.raises(NotFound):
+        store.get(items[0][0])
+    assert store.rebuild_index() == 30
+    assert all(store.get(n) == d for n, d in items)
+    assert store.rebuild_index() == 0
+
+
+def test_a_corrupt_pack_is_never_served(meta, tmp_path):
+    store = pack_store(meta, tmp_path / "blocks")
+    n, d = named(os.urandom(2000))
+    store.put(n, d)
+    (name, _), = store.objects.list("packs/")
+    path = tmp_path / "blocks" / name
+    blob = bytearray(path.read_bytes())
+    blob[100] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    with pytest.raises(CorruptChunk):
+        store.get(n)
+
+
+def test_compaction_rewrites_mostly_dead_packs_and_deletes_them_after_the_grace(meta, tmp_path):
+    store = pack_store(meta, tmp_path / "blocks", target_size=300_000)
+    first = [named(os.urandom(5000)) for _ in range(40)]
+    second = [named(os.urandom(5000)) for _ in range(40)]
+    store.put_many(first)
+    store.put_many(second)
+    old = {n for n, _ in store.objects.list("packs/")}
+    for n, _ in first[:30]:  # three quarters of the first pack die; the second stays whole
+        store.delete(n)
+    stats = store.compact(threshold=0.5, grace=3600)
+    assert stats.packs_rewritten == 1 and stats.chunks_moved == 10 and stats.packs_deleted == 0
+    # Retired but kept for reads in flight: the old object is still there.
+    assert old <= {n for n, _ in store.objects.list("packs/")}
+    assert all(store.get(n) == d for n, d in first[30:] + second)
+    stats = store.compact(threshold=0.5, grace=0)
+    assert stats.packs_deleted == 1 and stats.packs_rewritten == 0
+    left = {n for n, _ in store.objects.list("packs/")}
+    assert len(left) == 2 and len(old & left) == 1
+    assert all(store.get(n) == d for n, d in first[30:] + second)
+    for n, _ in first[:30]:
+        assert not store.has(n)
+
+
+def test_compaction_merges_small_packs_and_drops_wholly_dead_ones(meta, tmp_path):
+    store = pack_store(meta, tmp_path / "blocks")
+    batches = [[named(os.urandom(1000)) for _ in range(3)] for _ in range(6)]
+    for b in batches:
+        store.put_many(b)
+    for n, _ in batches[0]:
+        store.delete(n)
+    stats = store.compact(grace=0)
+    assert stats.packs_rewritten == 6 and stats.chunks_moved == 15
+    stats = store.compact(grace=0)
+    assert len(list(store.objects.list("packs/"))) == 1
+    assert all(store.get(n) == d for b in batches[1:] for n, d in b)
+
+
+def test_a_pack_nobody_recorded_is_deleted_once_old(meta, tmp_path):
+    store = pack_store(meta, tmp_path / "blocks")
+    store.objects.put("packs/aa/0000000001" + "ab" * 12 + ".pack", b"a writer died before indexing this")
+    fresh = f"{int(__import__('time').time()):010x}" + "cd" * 12
+    store.objects.put(f"packs/cd/{fresh}.pack", b"a writer is about to index this")
+    n, d = named(b"live")
+    store.put(n, d)
+    stats = store.compact(grace=0)
+    assert stats.orphans_deleted == 1
+    assert len(list(store.objects.list("packs/"))) == 2 and store.get(n) == d
+
+
+def test_a_store_of_the_previous_release_is_read_as_it_is_and_migrated(meta, tmp_path):
+    root = tmp_path / "blocks"
+    old = LocalBlockStore(root)  # today's one-file-per-chunk layout
+    items = [named(os.urandom(3000)) for _ in range(120)] + [named(b"text " * 5000)]
+    old.put_many(items)
+    store = open_block_store(str(root), meta.db)
+    assert store.legacy is not None
+    assert all(store.get(n) == d for n, d in items)
+    assert store.put_many(items[:3]) == [False] * 3  # already there: not written again
+    assert sorted(store.iterate()) == sorted(n for n, _ in items)
+    seen: list[int] = []
+    stats = store.migrate_legacy(batch_chunks=50, progress=lambda s: seen.append(s.chunks))
+    assert stats.chunks == 121 and seen == [50, 100, 121]
+    assert list(LocalBlockStore(root).iterate()) == []
+    assert len(list(store.objects.list("packs/"))) == 3
+    again = open_block_store(str(root), meta.db)
+    assert again.legacy is None
+    assert all(again.get(n) == d for n, d in items)
+    assert sorted(again.iterate()) == sorted(n for n, _ in items)
+
+
+def test_rows_are_keyed_by_hash_alone(meta, tmp_path):
+    """The index can be split by hash prefix: its key is the chunk hash, nothing else."""
+    assert [c.name for c in chunk_index.primary_key.columns] == ["hash"]

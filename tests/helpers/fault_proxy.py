@@ -1,0 +1,164 @@
+"""A fault-injecting HTTP proxy on loopback, between an S3 client and an S3 server.
+
+It runs an asyncio server on 127.0.0.1 port 0 in a thread of its own. Each client connection
+carries one request (the proxy answers ``Connection: close``, so the client opens a new
+connection for the next one). For a set share of requests, chosen by a seeded random source so
+a run can be repeated, it injects one fault:
+
+- ``slowdown``: answers ``503 SlowDown`` itself, without forwarding the request;
+- ``cut_put``: forwards the headers and half the body of a PUT, then drops both connections;
+- ``cut_get``: forwards a GET, relays the response headers and half its body, then drops it.
+
+Everything else is forwarded whole. ``counts`` says how many of each fault it injected, and
+``requests`` how many requests it saw, so a test can show the faults happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+SLOWDOWN_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
+
+
+@dataclass
+class Faults:
+    """The share (0..1) of requests of each kind that get each fault."""
+
+    slowdown: float = 0.0
+    cut_put: float = 0.0
+    cut_get: float = 0.0
+    seed: int = 1
+
+
+@dataclass
+class FaultProxy:
+    upstream_host: str
+    upstream_port: int
+    faults: Faults
+    port: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
+    requests: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.faults.seed)
+        self._lock = threading.Lock()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _choose(self, method: str) -> str | None:
+        with self._lock:
+            self.requests[method] += 1
+            roll = self._rng.random()
+            f = self.faults
+            fault = None
+            if roll < f.slowdown:
+                fault = "slowdown"
+            elif method == "PUT" and roll < f.slowdown + f.cut_put:
+                fault = "cut_put"
+            elif method == "GET" and roll < f.slowdown + f.cut_get:
+                fault = "cut_get"
+            if fault:
+                self.counts[fault] += 1
+            return fault
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream: asyncio.StreamWriter | None = None
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            method = lines[0].split(" ", 1)[0]
+            headers = [line for line in lines[1:] if line]
+            length = 0
+            for line in headers:
+                key, _, value = line.partition(":")
+                if key.strip().lower() == "content-length":
+                    length = int(value.strip())
+            body = await reader.readexactly(length) if length else b""
+            fault = self._choose(method)
+            if fault == "slowdown":
+                writer.write(
+                    b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
+                    + f"Content-Length: {len(SLOWDOWN_BODY)}\r\nConnection: close\r\n\r\n".encode()
+                    + (SLOWDOWN_BODY if method != "HEAD" else b"")
+                )
+                await writer.drain()
+                return
+            kept = [
+                h for h in headers if h.split(":", 1)[0].strip().lower() not in ("connection", "keep-alive")
+            ]
+            request_head = ("\r\n".join([lines[0], *kept, "Connection: close"]) + "\r\n\r\n").encode(
+                "latin-1"
+            )
+            up_reader, upstream = await asyncio.open_connection(self.upstream_host, self.upstream_port)
+            if fault == "cut_put":
+                upstream.write(request_head + body[: len(body) // 2])
+                await upstream.drain()
+                await asyncio.sleep(0.05)  # let the server read the half it got, then cut
+                return
+            upstream.write(request_head + body)
+            await upstream.drain()
+            response = await up_reader.read()  # the server closes after one response
+            if fault == "cut_get":
+                split = response.find(b"\r\n\r\n") + 4
+                writer.write(response[: split + (len(response) - split) // 2])
+            else:
+                writer.write(_close_after(response))
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            for w in (upstream, writer):
+                if w is not None:
+                    w.transport.abort()  # a reset, as a dropped connection looks to a client
+
+
+def _close_after(response: bytes) -> bytes:
+    """The response with ``Connection: close``, so the client does not reuse the connection."""
+    split = response.find(b"\r\n\r\n")
+    if split < 0:
+        return response
+    lines = response[:split].split(b"\r\n")
+    kept = [h for h in lines[1:] if h.split(b":", 1)[0].strip().lower() not in (b"connection", b"keep-alive")]
+    return b"\r\n".join([lines[0], *kept, b"Connection: close"]) + response[split:]
+
+
+@contextmanager
+def fault_proxy(upstream: str, faults: Faults) -> Iterator[FaultProxy]:
+    """Run a `FaultProxy` in front of ``upstream`` (``http://host:port``) until the block ends."""
+    host, _, port = upstream.removeprefix("http://").rstrip("/").partition(":")
+    proxy = FaultProxy(host, int(port), faults)
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    server: list[asyncio.Server] = []
+
+    async def start() -> None:
+        srv = await asyncio.start_server(proxy.handle, "127.0.0.1", 0, limit=1 << 20)
+        proxy.port = srv.sockets[0].getsockname()[1]
+        server.append(srv)
+        ready.set()
+
+    def run() -> None:
+        loop.run_until_complete(start())
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    ready.wait(10)
+    try:
+        yield proxy
+    finally:
+        loop.call_soon_threadsafe(server[0].close)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

@@ -1,0 +1,182 @@
+"""cubby servers with their packs on S3 (moto's server process; Ceph RGW too under
+CUBBY_TEST_CEPH=1), through real HTTP on loopback: two blocks processes on one bucket serve
+each other's uploads, and a kill -9 mid-upload loses no acknowledged file."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cubby.client.api import ApiClient
+from cubby.client.transfer import upload_file
+from cubby.errors import CubbyError
+from tests.helpers.fault_proxy import Faults, fault_proxy
+from tests.helpers.live_server import LiveServer
+from tests.helpers.s3_servers import S3Server, fresh_prefix
+
+pytestmark = pytest.mark.xdist_group("s3")
+
+
+def s3_server_process(
+    tmp_path: Path, name: str, s3: S3Server, prefix: str, db: str, endpoint: str | None = None
+) -> LiveServer:
+    """A whole cubby server (meta and blocks) with a data folder of its own, its packs under
+    ``prefix`` in the bucket (reached through ``endpoint``, by default the S3 server's own) and
+    its metadata (the chunk index with it) in ``db``."""
+    url = s3.url(prefix, endpoint=endpoint)
+    return LiveServer(tmp_path / name, db_url=db, extra_args=["--blocks", url], env=s3.credentials)
+
+
+def content(url: str, token: str, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.get(
+        f"{url}/api/v1/content/{path.lstrip('/')}",
+        headers={"Authorization": f"Bearer {token}", **(headers or {})},
+        timeout=60,
+    )
+
+
+def test_two_blocks_processes_on_one_bucket_serve_each_others_uploads(
+    tmp_path: Path, s3_server: S3Server
+) -> None:
+    prefix, db = fresh_prefix(), f"sqlite:///{tmp_path / 'meta.db'}"
+    rng = random.Random(11)
+    files = {"/big.bin": rng.randbytes(5_000_000), "/small.txt": b"hello, packs\n" * 100, "/empty": b""}
+    for remote, data in files.items():
+        (tmp_path / remote.strip("/")).write_bytes(data)
+    with (
+        s3_server_process(tmp_path, "a", s3_server, prefix, db) as a,
+        s3_server_process(tmp_path, "b", s3_server, prefix, db) as b,
+    ):
+        token = a.add_user("ann")
+        with ApiClient(a.url, token) as api:
+            for remote in files:
+                upload_file(api, tmp_path / remote.strip("/"), remote)
+        for remote, data in files.items():
+            whole = content(b.url, token, remote)
+            assert whole.status_code == 200 and whole.content == data
+        big = files["/big.bin"]
+        for first, last in [(0, 0), (1_000_000, 3_999_999), (4_999_000, 4_999_999)]:
+            part = content(b.url, token, "/big.bin", {"Range": f"bytes={first}-{last}"})
+            assert part.status_code == 206 and part.content == big[first : last + 1]
+        tail = content(b.url, token, "/big.bin", {"Range": "bytes=-1234"})
+        assert tail.status_code == 206 and tail.content == big[-1234:]
+        # and the other way round: b stores, a serves
+        (tmp_path / "from-b").write_bytes(rng.randbytes(700_000))
+        with ApiClient(b.url, token) as api:
+            upload_file(api, tmp_path / "from-b", "/from-b")
+        assert content(a.url, token, "/from-b").content == (tmp_path / "from-b").read_bytes()
+    # the chunks are in packs in the bucket, not in either server's data folder
+    objects = s3_server.client().list_objects_v2(Bucket=s3_server.bucket, Prefix=prefix + "/")  # type: ignore[attr-defined]
+    assert objects.get("KeyCount", 0) >= 1
+    assert len(objects["Contents"]) < 20  # packs, not one object per chunk
+
+
+def test_kill_9_mid_upload_loses_no_acknowledged_file(tmp_path: Path, s3_server: S3Server) -> None:
+    prefix, db = fresh_prefix(), f"sqlite:///{tmp_path / 'meta.db'}"
+    server = s3_server_process(tmp_path, "srv", s3_server, prefix, db).start()
+    token = server.add_user("kim")
+    acknowledged: dict[str, str] = {}  # remote path -> sha256 of what the server said it stored
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def upload_until_killed() -> None:
+        rng = random.Random(5)
+        with ApiClient(server.url, token, timeout=30) as api:
+            for i in range(10_000):
+                if stop.is_set():
+                    return
+                data = rng.randbytes(rng.choice([3_000, 60_000, 900_000]))
+                local = tmp_path / f"up-{i}"
+                local.write_bytes(data)
+                try:
+                    upload_file(api, local, f"/f/{i}.bin")
+                except CubbyError:
+                    return  # the server went away mid-request: not acknowledged
+                except BaseException as exc:
+                    errors.append(exc)
+                    return
+                acknowledged[f"/f/{i}.bin"] = hashlib.sha256(data).hexdigest()
+
+    uploader = threading.Thread(target=upload_until_killed)
+    uploader.start()
+    try:
+        while len(acknowledged) < 12 and uploader.is_alive():
+            threading.Event().wait(0.05)
+        server.stop(kill=True)  # SIGKILL, in the middle of whatever upload is running
+    finally:
+        stop.set()
+        uploader.join(60)
+    assert not errors and len(acknowledged) >= 12
+    with server:  # the same database and bucket, a new process
+        for remote, digest in acknowledged.items():
+            got = content(server.url, token, remote)
+            assert got.status_code == 200 and hashlib.sha256(got.content).hexdigest() == digest, remote
+
+
+def test_gc_with_blocks_on_s3_reclaims_dead_packs_and_keeps_live_files(
+    tmp_path: Path, s3_server: S3Server
+) -> None:
+    """`cubby gc --blocks s3://…` deletes a pack whose chunks no file references (chunks
+    uploaded and never committed), and leaves the files that are there readable."""
+    prefix, db = fresh_prefix(), f"sqlite:///{tmp_path / 'meta.db'}"
+    rng = random.Random(3)
+    live = rng.randbytes(2_000_000)
+    orphans = [rng.randbytes(1_000_000) for _ in range(3)]
+    server = s3_server_process(tmp_path, "srv", s3_server, prefix, db)
+    with server:
+        token = server.add_user("gus")
+        with ApiClient(server.url, token) as api:
+            (tmp_path / "live.bin").write_bytes(live)
+            upload_file(api, tmp_path / "live.bin", "/live.bin")
+            api.upload_chunks(api.account()["root_ns"], [(hashlib.sha256(d).hexdigest(), d) for d in orphans])
+    client = s3_server.client()
+
+    def stored() -> int:
+        listing = client.list_objects_v2(Bucket=s3_server.bucket, Prefix=prefix + "/")  # type: ignore[attr-defined]
+        return sum(item["Size"] for item in listing.get("Contents", ()))
+
+    before = stored()
+    gc = [sys.executable, "-m", "cubby", "--json", "gc", "--db", db, "--blocks", s3_server.url(prefix)]
+    for _ in range(2):  # the first run retires the emptied pack, the second deletes it
+        subprocess.run(
+            [*gc, "--grace", "0", "--pack-grace", "0", "--threshold", "0.1"],
+            check=True,
+            env={**os.environ, **s3_server.credentials},
+            capture_output=True,
+        )
+    assert before > 4_900_000 and stored() < before - 2_900_000  # the orphans' pack left the bucket
+    with server:
+        got = content(server.url, token, "/live.bin")
+        assert got.status_code == 200 and got.content == live
+
+
+def test_a_server_rides_out_s3_slowdowns_and_cut_connections(tmp_path: Path, s3_server: S3Server) -> None:
+    """The server's S3 traffic goes through a proxy that answers 503 SlowDown or cuts PUTs and
+    GETs halfway for a share of requests: uploads and downloads still succeed, byte-identical."""
+    prefix, db = fresh_prefix(), f"sqlite:///{tmp_path / 'meta.db'}"
+    rng = random.Random(8)
+    files = {f"/f{i}.bin": rng.randbytes(rng.choice([5_000, 400_000, 3_000_000])) for i in range(8)}
+    faults = Faults(slowdown=0.2, cut_put=0.2, cut_get=0.2, seed=4)
+    with (
+        fault_proxy(s3_server.endpoint, faults) as proxy,
+        s3_server_process(tmp_path, "srv", s3_server, prefix, db, endpoint=proxy.endpoint) as server,
+    ):
+        token = server.add_user("fay")
+        with ApiClient(server.url, token) as api:
+            for remote, data in files.items():
+                (tmp_path / remote.strip("/")).write_bytes(data)
+                upload_file(api, tmp_path / remote.strip("/"), remote)
+        for remote, data in files.items():
+            got = content(server.url, token, remote)
+            assert got.status_code == 200 and got.content == data, remote
+            part = content(server.url, token, remote, {"Range": "bytes=1000-2999"})
+            assert part.status_code == 206 and part.content == data[1000:3000]
+    assert proxy.counts["slowdown"] and proxy.counts["cut_put"] and proxy.counts["cut_get"]

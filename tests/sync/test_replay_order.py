@@ -1,0 +1,198 @@
+"""The remote tree never drifts from the server, whatever the order of answers and replay.
+
+A client records the server's answer to its own operation at once, usually before it has
+replayed the journal entries that precede that operation. The property: after any interleaving
+of other clients' changes, this client's own changes (answers recorded at once) and journal
+replay in pages of any size, replaying the journal to its head leaves the remote tree exactly
+the server's tree (every node at its path, with its kind and revision).
+
+The server here is a model (nodes with parents and names, one journal entry per change, a
+folder move or delete is one entry, as in `cubby.metadata.store`), so the property runs on the
+state layer alone, without a network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from cubby.client.sync.planner import MOUNT_NODE
+from cubby.client.sync.state import StateDb, user_path
+from cubby.core import paths
+from cubby.model import Entry, JournalEntry
+
+NS = 1
+
+
+@dataclass
+class Node:
+    parent: int
+    name: str
+    kind: str
+    rev: int
+
+
+@dataclass
+class Server:
+    nodes: dict[int, Node] = field(default_factory=dict)
+    journal: list[JournalEntry] = field(default_factory=list)
+    jid: int = 0
+    next_id: int = 1
+
+    def path(self, nid: int) -> str:
+        parts: list[str] = []
+        while nid:
+            parts.append(self.nodes[nid].name)
+            nid = self.nodes[nid].parent
+        return "/" + "/".join(reversed(parts))
+
+    def below(self, nid: int) -> list[int]:
+        return [n for n in self.nodes if n != nid and self._inside(n, nid)]
+
+    def _inside(self, n: int, folder: int) -> bool:
+        while n:
+            if n == folder:
+                return True
+            n = self.nodes[n].parent
+        return False
+
+    def folders(self) -> list[int]:
+        return [0] + [n for n, v in self.nodes.items() if v.kind == "folder"]
+
+    def free(self, parent: int, name: str) -> bool:
+        return not any(v.parent == parent and v.name == name for v in self.nodes.values())
+
+    def _record(self, op: str, nid: int, old_path: str | None = None) -> JournalEntry:
+        n = self.nodes[nid]
+        e = JournalEntry(NS, self.jid, op, nid, n.parent, n.kind, self.path(nid), n.name, self.jid, old_path=old_path)  # type: ignore[arg-type]
+        self.journal.append(e)
+        return e
+
+    def create(self, parent: int, name: str, kind: str) -> int | None:
+        if not self.free(parent, name):
+            return None
+        self.jid += 1
+        nid, self.next_id = self.next_id, self.next_id + 1
+        self.nodes[nid] = Node(parent, name, kind, self.jid)
+        self._record("mkdir" if kind == "folder" else "add", nid)
+        return nid
+
+    def edit(self, nid: int) -> bool:
+        if self.nodes[nid].kind != "file":
+            return False
+        self.jid += 1
+        self.nodes[nid].rev = self.jid
+        self._record("edit", nid)
+        return True
+
+    def move(self, nid: int, parent: int, name: str) -> bool:
+        if parent == nid or self._inside(parent, nid) or not self.free(parent, name):
+            return False
+        old = self.path(nid)
+        self.jid += 1
+        self.nodes[nid] = Node(parent, name, self.nodes[nid].kind, self.jid)
+        self._record("move", nid, old)
+        return True
+
+    def delete(self, nid: int, unchanged_since: int | None = None) -> bool:
+        doomed = self.below(nid)
+        if unchanged_since is not None and any(self.nodes[n].rev > unchanged_since for n in doomed):
+            return False  # what `delete(..., unchanged_since=)` refuses
+        self.jid += 1
+        e = self._record("delete", nid)
+        self.journal[-1] = JournalEntry(**{**e.to_dict(), "op": "delete"})
+        for n in doomed + [nid]:
+            del self.nodes[n]
+        return True
+
+    def answer(self, nid: int, mount: str) -> Entry:
+        n = self.nodes[nid]
+        return Entry(NS, nid, n.parent, user_path(mount, self.path(nid)), n.name, n.kind, n.rev)  # type: ignore[arg-type]
+
+
+Action = tuple[str, int, int, int]
+NAMES = ["a", "b", "c", "D"]
+
+actions = st.lists(
+    st.tuples(
+        st.sampled_from(["other", "other", "ours", "ours", "replay"]),
+        st.integers(0, 7), st.integers(0, 7), st.integers(0, 9),
+    ),
+    min_size=8, max_size=30,
+)
+
+
+def run(db: StateDb, mount: str, script: list[Action]) -> Server:
+    srv = Server()
+    cursor = 0
+    for who, x, y, z in script:
+        if who == "replay":
+            page = srv.journal[cursor : cursor + 1 + z]
+            if page:
+                cursor = page[-1].jid
+                db.apply_journal(NS, page, cursor)
+            continue
+        ids = sorted(srv.nodes)
+        folders = srv.folders()
+        what, name = z % 5, NAMES[y % len(NAMES)]
+        nid = ids[x % len(ids)] if ids else None
+        changed: int | None = None
+        deleted: int | None = None
+        if what in (0, 1) or nid is None:
+            changed = srv.create(folders[x % len(folders)], name, "folder" if what == 0 else "file")
+        elif what == 2:
+            changed = nid if srv.edit(nid) else None
+        elif what == 3:
+            changed = nid if srv.move(nid, folders[y % len(folders)], name) else None
+        else:
+            since = cursor if who == "ours" else None  # a client deletes a folder only if unchanged since its cursor
+            deleted = nid if srv.delete(nid, since) else None
+        if who == "ours":
+            # what the engine does with the server's answer, at once
+            if changed is not None:
+                assert db.put_remote_entry(srv.answer(changed, mount))
+            elif deleted is not None:
+                db.delete_remote((NS, deleted))
+    if srv.journal[cursor:]:
+        db.apply_journal(NS, srv.journal[cursor:], srv.journal[-1].jid)
+    return srv
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(script=actions, mount=st.sampled_from(["/", "/Team"]))
+@example(script=[("other", 0, 0, 0), ("replay", 0, 0, 9), ("other", 1, 1, 1), ("ours", 0, 2, 3)], mount="/")
+def test_answers_and_replay_in_any_order_end_at_the_servers_tree(tmp_path_factory: object, script: list[Action], mount: str) -> None:
+    d = Path(tmp_path_factory.mktemp("replay"))  # type: ignore[attr-defined]
+    db = StateDb(d / "state.db")
+    try:
+        db.add_namespace(NS, mount, "owner", 0, [])
+        srv = run(db, mount, script)
+        have = {(r.node_id, r.path, r.kind, r.rev) for r in db.remote_items() if r.node_id != MOUNT_NODE}
+        want = {(nid, user_path(mount, srv.path(nid)), n.kind, n.rev) for nid, n in srv.nodes.items()}
+        assert have == want
+        assert not db.refusals()
+    finally:
+        db.close()
+
+
+def test_a_file_added_before_this_clients_folder_move_follows_the_folder(tmp_path: Path) -> None:
+    """The case that drifted: another client adds a file to a folder (jid 2), this client moves
+    the folder (jid 3) and records the answer before replaying jid 2."""
+    db = StateDb(tmp_path / "state.db")
+    try:
+        db.add_namespace(NS, "/", "owner", 0, [])
+        srv = Server()
+        a = srv.create(0, "A", "folder")
+        db.apply_journal(NS, srv.journal, srv.jid)
+        assert a is not None
+        f = srv.create(a, "f.txt", "file")
+        assert srv.move(a, 0, "B")
+        assert db.put_remote_entry(srv.answer(a, "/"))
+        db.apply_journal(NS, srv.journal[1:], srv.jid)
+        assert {r.path for r in db.remote_items() if r.node_id == f} == {"/B/f.txt"}
+        assert paths.key("/B/f.txt") in {paths.key(r.path) for r in db.remote_items()}
+    finally:
+        db.close()
