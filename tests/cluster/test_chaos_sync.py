@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cluster import Cluster
-from tests.sync.conftest import Clients, local_tree, server_tree
+from tests.sync.conftest import Clients
 from tests.sync.test_random import Driver
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]
@@ -66,12 +66,7 @@ def test_clients_converge_through_haproxy_while_processes_die(cluster: Cluster, 
         assert len(killer.kills) >= 3, killer.kills
         d.log.append(f"killed {killer.kills}")
         d.settle()
-        trees = [local_tree(r) for r in d.roots]
-        srv = server_tree(clients.api)
-        assert all(t == srv for t in trees), d.log
-        present = {v for v in trees[0].values() if v is not None}
-        lost = d.written - d.destroyed - present
-        assert not lost, (f"{len(lost)} versions lost", d.log)
+        d.check(clients.api)
     finally:
         d.close()
         clients.close()

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
-import httpx
-
 from cubby.deploy.haproxy import Backends, render
-from tests.helpers.live_server import LiveServer, listening_socket
+from tests.helpers.live_server import LiveServer, listening_socket, wait_healthy
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
@@ -63,17 +60,8 @@ class Cluster:
             self.haproxy = subprocess.Popen(
                 [HAPROXY, "-f", str(cfg), "-db"], stdout=log, stderr=log, pass_fds=(self.sock.fileno(),),
             )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.haproxy.poll() is not None:
-                raise RuntimeError(f"haproxy exited: {self.haproxy_log.read_text()[-2000:]}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("haproxy did not answer")
+        wait_healthy(self.url, self.haproxy, self.haproxy_log)
+        return self
 
     def add_user(self, name: str) -> str:
         return self.servers["meta"][0].add_user(name)
