@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -210,7 +211,10 @@ class Driver:
                     "has": [k for k in diff if k in trees[i]],
                 })
             raise AssertionError(f"trees differ at {diff}; server has {[k for k in diff if k in srv]}; {views}; {self.log}")
-        execs = [{str(p.relative_to(r)) for p in self._files(r) if os.stat(p).st_mode & 0o100} for r in self.roots]
+        execs = [  # names compared as local_tree does (NFC): clients may hold either form
+            {unicodedata.normalize("NFC", str(p.relative_to(r))) for p in self._files(r) if os.stat(p).st_mode & 0o100}
+            for r in self.roots
+        ]
         assert execs[0] == execs[1] == execs[2], (execs, self.log)
         present = {v for v in trees[0].values() if v is not None}
         lost = self.written - self.destroyed - present
