@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -39,8 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
-from tests.helpers.live_server import LiveServer  # noqa: E402
-import itertools
+from tests.helpers.live_server import LiveServer
 
 IP_BIND_ADDRESS_NO_PORT = 24
 PER_SOURCE_IP = 25_000
@@ -57,9 +57,9 @@ def raise_nofile(n: int = FD_LIMIT) -> None:
 
 # -- the load generator (runs in worker processes) ----------------------------------------------
 class LongPollClient(asyncio.Protocol):
-    __slots__ = ("w", "group", "ns", "pos", "transport", "buf", "ready")
+    __slots__ = ("buf", "group", "ns", "pos", "ready", "transport", "w")
 
-    def __init__(self, w: "Worker", group: int, ns: int, pos: int) -> None:
+    def __init__(self, w: Worker, group: int, ns: int, pos: int) -> None:
         self.w, self.group, self.ns, self.pos = w, group, ns, pos
         self.buf = b""
 
@@ -98,9 +98,9 @@ class LongPollClient(asyncio.Protocol):
 
 
 class WsClient(asyncio.Protocol):
-    __slots__ = ("w", "group", "ns", "pos", "transport", "buf", "upgraded")
+    __slots__ = ("buf", "group", "ns", "pos", "transport", "upgraded", "w")
 
-    def __init__(self, w: "Worker", group: int, ns: int, pos: int) -> None:
+    def __init__(self, w: Worker, group: int, ns: int, pos: int) -> None:
         self.w, self.group, self.ns, self.pos = w, group, ns, pos
         self.buf = b""
         self.upgraded = False
@@ -279,13 +279,17 @@ def main() -> None:
         broker = "memory"
     db = f"sqlite:///{tmp / 'meta.db'}"
     env = {"CUBBY_LOG_LEVEL": "warning"}
+    # The load comes from a few loopback addresses and three tokens: lift the per-address,
+    # per-token and global connection caps that guard a real server against such a crowd.
+    unlimited = ["--max-connections-per-address", "1000000", "--max-waits-per-token", "1000000", "--idle-timeout", "3600"]
     if broker == "memory":
-        meta = notify = LiveServer(tmp / "all", db_url=db, role="all")
+        meta = notify = LiveServer(tmp / "all", db_url=db, role="all", extra_args=unlimited)
         servers = [meta]
     else:
         meta = LiveServer(tmp / "meta", db_url=db, role="meta", extra_args=["--broker", broker], env=env)
         notify = LiveServer(
-            tmp / "notify", db_url=db, role="notify", extra_args=["--broker", broker, "--notify-front", args.front], env=env
+            tmp / "notify", db_url=db, role="notify", extra_args=["--broker", broker, "--notify-front", args.front, *unlimited],
+            env=env,
         )
         servers = [meta, notify]
     # The server processes inherit the raised open-file limit from this process.
@@ -313,7 +317,8 @@ def main() -> None:
         # The accept queue can overflow while thousands of connections open: ask again.
         while True:
             try:
-                return int(httpx.get(notify.url + "/api/v1/notify", timeout=120).json()["subscribers"])
+                auth = {"Authorization": f"Bearer {tokens[0]}"}
+                return int(httpx.get(notify.url + "/api/v1/notify", headers=auth, timeout=120).json()["subscribers"])
             except httpx.HTTPError:
                 time.sleep(0.5)
 

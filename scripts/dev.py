@@ -2,7 +2,8 @@
 """Set up cubby with nothing but the system Python, then serve or test.
 
     python3 scripts/dev.py serve [cubby serve options]   # install, then run the server
-    python3 scripts/dev.py test  [pytest options]        # install, then run the whole suite
+    python3 scripts/dev.py test  [pytest options]        # install, then ruff, mypy and every test
+    python3 scripts/dev.py test --fast [pytest options]  # the same without the tests marked slow
 
 It makes ``.venv`` beside this repository (again whenever pyproject.toml changes), installs
 cubby with its test extras into it, and runs the command there. Standard library only.
@@ -73,10 +74,19 @@ def main(argv: list[str]) -> int:
         os.execv(args[0], args)
     ensure_debian_tools()
     os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-    workers = os.environ.get("CUBBY_TEST_WORKERS", "2")
-    args = [str(_bin("python")), "-m", "pytest", "-n", workers, "--dist", "loadgroup", "-q", "-p", "no:cacheprovider", *rest]
     os.chdir(ROOT)
-    return subprocess.call(args)
+    fast = "--fast" in rest
+    rest = [a for a in rest if a != "--fast"]
+    # Style and types first: they take seconds, and a failure there fails the run like a test.
+    for check in (["ruff", "check", "src", "tests", "bench", "scripts"], ["mypy", "src"]):
+        print(f"$ {' '.join(check)}", file=sys.stderr, flush=True)
+        if subprocess.call([str(_bin(check[0])), *check[1:]]) != 0:
+            return 1
+    workers = os.environ.get("CUBBY_TEST_WORKERS", "2")
+    args = [str(_bin("python")), "-m", "pytest", "-n", workers, "--dist", "loadgroup", "-q", "-p", "no:cacheprovider"]
+    if fast:
+        args += ["-m", "not slow"]
+    return subprocess.call(args + rest)
 
 
 if __name__ == "__main__":

@@ -159,12 +159,19 @@ BLOCKS_OPTION = click.option(
     "--trusted-proxy", "trusted_proxies", multiple=True, metavar="ADDRESS[/BITS]",
     help="A load balancer whose X-Forwarded-For names the real client (repeatable; none by default).",
 )
+@click.option("--header-timeout", type=float, default=None, help="Seconds a client may take to send a request's headers (default 10).")
+@click.option("--idle-timeout", type=float, default=None, help="Seconds a connection may stay silent between requests (default 120).")
+@click.option("--max-connections", type=int, default=None, help="Open connections per process (default: the open-file limit less a reserve).")
+@click.option("--max-connections-per-address", type=int, default=None, help="Open connections per client address (default 256).")
+@click.option("--max-waits-per-token", type=int, default=None, help="Long-polls and WebSockets one token may hold (default 32).")
 @pass_state
 def serve(
     state: State, data: Path | None, db: str | None, host: str | None, port: int | None, listen_fd: int | None,
     role: str, broker: str | None, blocks: str | None, notify_front: str | None, max_request_bytes: int | None,
     advertise_meta: str | None, advertise_blocks: str | None, advertise_notify: str | None,
-    auto_accept_shares: bool | None, dedup_scope: str | None, trusted_proxies: tuple[str, ...], workers: int,
+    auto_accept_shares: bool | None, dedup_scope: str | None, trusted_proxies: tuple[str, ...],
+    header_timeout: float | None, idle_timeout: float | None, max_connections: int | None,
+    max_connections_per_address: int | None, max_waits_per_token: int | None, workers: int,
 ) -> None:
     """Run the cubby server."""
     from cubby.server.run import parse_roles
@@ -179,6 +186,9 @@ def serve(
         max_request_bytes=max_request_bytes, auto_accept_shares=auto_accept_shares,
         advertise_meta=advertise_meta, advertise_blocks=advertise_blocks, advertise_notify=advertise_notify,
         dedup_scope=dedup_scope, trusted_proxies=trusted_proxies or None,
+        header_timeout=header_timeout, idle_timeout=idle_timeout,
+        max_connections=max_connections, max_connections_per_address=max_connections_per_address,
+        max_waits_per_token=max_waits_per_token,
     )
     run(cfg, roles, workers=workers)
 

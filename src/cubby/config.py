@@ -66,6 +66,19 @@ class Config:
     blocks_url: str | None = None
     """Where chunk packs live: a folder, or ``s3://BUCKET/PREFIX?endpoint=…&region=…``
     (`cubby.blockstore.objects.open_object_store`); None means the folder data_dir/blocks."""
+    header_timeout: float = 10.0
+    """Seconds a connection may take to send a request's headers (on the notification front,
+    its body too) from the moment it opens or starts the request; then it is closed."""
+    idle_timeout: float = 120.0
+    """Seconds a connection may stay silent between requests (a WebSocket: between frames;
+    clients ping) before it is closed."""
+    max_connections: int = 0
+    """Open connections per process; 0: the open-file limit less a reserve. At the cap the
+    oldest connection that has not sent a request yet makes room."""
+    max_connections_per_address: int = 256
+    """Open connections per client address (see ``trusted_proxies``)."""
+    max_waits_per_token: int = 32
+    """Long-polls and WebSockets one token may hold open at once; the next answers 429."""
 
     @property
     def metadata_url(self) -> str:

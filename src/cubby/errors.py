@@ -98,6 +98,15 @@ class NamespaceMoved(Conflict):
     retryable = True
 
 
+class TooManyRequests(CubbyError):
+    """The caller holds too many of something at once (connections, waiting requests); retry
+    once some of them ended."""
+
+    code = "too_many_requests"
+    status = 429
+    retryable = True
+
+
 class Unavailable(CubbyError):
     """A transient failure: the same request may succeed if retried after a pause."""
 
@@ -128,6 +137,7 @@ ERRORS_BY_CODE: dict[str, type[CubbyError]] = {
         NotFound,
         Conflict,
         NamespaceMoved,
+        TooManyRequests,
         Unavailable,
         WrongRole,
     )

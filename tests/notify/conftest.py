@@ -62,14 +62,20 @@ def pool() -> Iterator[ThreadPoolExecutor]:
         yield ex
 
 
-def start_longpoll(pool: ThreadPoolExecutor, url: str, token: str, cursor: dict[str, int], timeout: float = 480) -> "Future[httpx.Response]":
+def start_longpoll(pool: ThreadPoolExecutor, url: str, token: str, cursor: dict[str, int], timeout: float = 480) -> Future[httpx.Response]:
     return pool.submit(longpoll, url, token, {"cursor": cursor, "timeout": timeout})
 
 
-def wait_subscribed(url: str, count: int) -> None:
+def subscriber_count(url: str, token: str) -> int:
+    """The notification server's subscriber count (shown to an authenticated caller only)."""
+    resp = httpx.get(url + "/api/v1/notify", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    return int(resp.json()["subscribers"])
+
+
+def wait_subscribed(url: str, count: int, token: str) -> None:
     """Block until the notification server holds at least ``count`` subscriptions, so a
     test commits only after its waiter is registered (ordering, not a sleep)."""
     import time
 
-    while httpx.get(url + "/api/v1/notify", timeout=30).json()["subscribers"] < count:
+    while subscriber_count(url, token) < count:
         time.sleep(0.01)

@@ -42,8 +42,9 @@ class Pair:
         api = ApiClient(self.meta.url, token)
         return Account(api, token, int(api.account()["root_ns"]))
 
-    def info(self) -> dict[str, int]:
-        return dict(httpx.get(self.notify.url + "/api/v1/notify", timeout=30).json())
+    def info(self, token: str) -> dict[str, int]:
+        auth = {"Authorization": f"Bearer {token}"}
+        return dict(httpx.get(self.notify.url + "/api/v1/notify", headers=auth, timeout=30).json())
 
     def stop(self) -> None:
         self.notify.stop()
@@ -139,12 +140,12 @@ def test_a_commit_in_the_meta_process_wakes_long_polls_and_websockets_in_the_not
     pair: Pair, pool: ThreadPoolExecutor
 ) -> None:
     alice, bob = pair.account(), pair.account()
-    before = pair.info()["subscribers"]
+    before = pair.info(alice.token)["subscribers"]
     waiting = start_longpoll(pool, pair.notify.url, alice.token, alice.cursor())
     with ws_connect(pair.notify.url, alice.token) as ws:
         ws.send('{"cursor": {"%d": %d}}' % (alice.ns_id, alice.head()))
         assert ws_recv(ws)["type"] == "subscribed"
-        wait_subscribed(pair.notify.url, before + 2)
+        wait_subscribed(pair.notify.url, before + 2, alice.token)
         bob.api.mkdir("/b")
         alice.api.mkdir("/a")
         answer = waiting.result().json()
@@ -157,12 +158,12 @@ def test_the_account_topic_reaches_open_connections(pair: Pair, pool: ThreadPool
     message is published on the broker directly, after revoking the listening token."""
     alice = pair.account()
     second = alice.api.create_token("listener")
-    before = pair.info()["subscribers"]
+    before = pair.info(alice.token)["subscribers"]
     waiting = start_longpoll(pool, pair.notify.url, alice.token, alice.cursor())
     with ws_connect(pair.notify.url, second["token"]) as ws:
         ws.send('{"cursor": {"%d": %d}}' % (alice.ns_id, alice.head()))
         assert ws_recv(ws)["type"] == "subscribed"
-        wait_subscribed(pair.notify.url, before + 2)
+        wait_subscribed(pair.notify.url, before + 2, alice.token)
         alice.api.revoke_token(second["id"])
         publish_account_change(pair.broker_url, _user_id(alice))
         assert waiting.result().json()["account_changed"] is True
@@ -201,8 +202,8 @@ def test_after_a_broker_restart_no_subscriber_stays_stale(kind: str, tmp_path: P
         with ws_connect(p.notify.url, alice.token) as ws:
             ws.send('{"cursor": {"%d": %d}}' % (alice.ns_id, alice.head()))
             assert ws_recv(ws)["type"] == "subscribed"
-            wait_subscribed(p.notify.url, 2)
-            resyncs = p.info()["resyncs"]
+            wait_subscribed(p.notify.url, 2, alice.token)
+            resyncs = p.info(alice.token)["resyncs"]
             broker.stop()
             # The commit lands while the broker is down, and the metadata process dies before
             # it can publish: only the notification process's resynchronisation can tell.
@@ -213,7 +214,7 @@ def test_after_a_broker_restart_no_subscriber_stays_stale(kind: str, tmp_path: P
             answer = waiting.result().json()
             assert answer["changed"] is True and answer["heads"] == {str(alice.ns_id): head}
             assert ws_recv(ws) == {"type": "changed", "heads": {str(alice.ns_id): head}}
-            assert p.info()["resyncs"] > resyncs
+            assert p.info(alice.token)["resyncs"] > resyncs
             # And the pair works on: the restarted metadata process publishes again.
             p.meta.start()
             waiting = start_longpoll(pool, p.notify.url, alice.token, {str(alice.ns_id): head})
@@ -241,7 +242,7 @@ def test_push_waiter_polls_while_the_notify_process_is_down_and_pushes_again_aft
         p.notify.start()
         t = threading.Thread(target=lambda: result.append(waiter.wait({alice.ns_id: alice.head()}, 600)))
         t.start()
-        wait_subscribed(p.notify.url, 1)
+        wait_subscribed(p.notify.url, 1, alice.token)
         alice.api.mkdir("/y")
         t.join()
         assert result == [True, True] and waiter.pushing is True

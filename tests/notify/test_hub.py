@@ -112,3 +112,16 @@ def test_woken_long_polls_do_not_pile_up_in_the_timer_heap() -> None:
         hub.close()
 
     asyncio.run(run())
+
+
+def test_narrow_drops_namespaces_an_account_lost_and_removes_an_empty_subscription() -> None:
+    hub = Hub()
+    _got, deliver = collect()
+    sub = Subscription(1, {10: 0, 11: 0}, deliver, oneshot=False)  # type: ignore[arg-type]
+    hub.add(sub)
+    assert hub.narrow(sub, lambda ns: ns != 11) == [11]
+    assert sub.active and sub.cursor == {10: 0} and hub.subscribers(11) == 0
+    assert hub.advance(11, 5) == 0 and hub.advance(10, 5) == 1
+    assert hub.narrow(sub, lambda ns: False) == [10]
+    assert not sub.active and hub.count == 0
+    assert hub.narrow(sub, lambda ns: False) == []  # no longer registered: nothing to drop

@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from cubby.client.api import ApiClient
@@ -20,7 +19,13 @@ from cubby.client.notify import PushWaiter
 from tests.conftest import require_service
 from tests.helpers.live_server import LiveServer
 from tests.notify.conftest import (
-    account, longpoll, start_longpoll, wait_subscribed, ws_connect, ws_recv,
+    account,
+    longpoll,
+    start_longpoll,
+    subscriber_count,
+    wait_subscribed,
+    ws_connect,
+    ws_recv,
 )
 
 
@@ -56,17 +61,17 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         yield Deployment(meta, notify.url, "lean")
 
 
-def subscribers(live: Deployment) -> int:
-    return int(httpx.get(live.url + "/api/v1/notify").json()["subscribers"])
+def subscribers(live: Deployment, token: str) -> int:
+    return subscriber_count(live.url, token)
 
 
 def test_a_commit_wakes_a_long_poll_and_an_unrelated_commit_does_not(live: Deployment, pool: ThreadPoolExecutor) -> None:
     alice, bob = account(live), account(live)
     alice_cursor, bob_cursor = alice.cursor(), bob.cursor()
-    before = subscribers(live)
+    before = subscribers(live, alice.token)
     alice_wait = start_longpoll(pool, live.url, alice.token, alice_cursor)
     bob_wait = start_longpoll(pool, live.url, bob.token, bob_cursor)
-    wait_subscribed(live.url, before + 2)
+    wait_subscribed(live.url, before + 2, alice.token)
 
     bob.api.mkdir("/b")  # bob's namespace moves: bob wakes, alice must not
     answer = bob_wait.result().json()
@@ -113,11 +118,11 @@ def test_push_waiter_wakes_on_a_commit_and_close_releases_it(live: Deployment, t
     if live.front == "asgi":  # the all-in-one server offers push at its one address
         assert isinstance(open_waiter(listener), PushWaiter)
     cursor = {alice.ns_id: alice.head()}
-    before = subscribers(live)
+    before = subscribers(live, alice.token)
     result: list[bool] = []
     t = threading.Thread(target=lambda: result.append(waiter.wait(cursor, 600)))
     t.start()
-    wait_subscribed(live.url, before + 1)
+    wait_subscribed(live.url, before + 1, alice.token)
     alice.api.mkdir("/x")
     t.join()
     assert result == [True] and waiter.pushing
@@ -125,7 +130,7 @@ def test_push_waiter_wakes_on_a_commit_and_close_releases_it(live: Deployment, t
     assert waiter.wait({}, 600) is True
     t = threading.Thread(target=lambda: result.append(waiter.wait({alice.ns_id: alice.head()}, 600)))
     t.start()
-    wait_subscribed(live.url, before + 1)
+    wait_subscribed(live.url, before + 1, alice.token)
     waiter.close()
     t.join()
     assert result[-1] is True
@@ -166,11 +171,11 @@ def test_bad_long_poll_input_gets_a_clear_error(live: Deployment, body: object, 
         text = str(body).replace("'", '"').replace("NS", str(alice.ns_id)).replace("OTHER", str(bob.ns_id))
     else:
         text = str(body)
-    before = subscribers(live)
+    before = subscribers(live, alice.token)
     resp = longpoll(live.url, alice.token, text)
     assert resp.status_code == status, resp.text
     assert resp.json()["code"] == code and resp.json()["message"]
-    assert subscribers(live) == before  # nothing left registered
+    assert subscribers(live, alice.token) == before  # nothing left registered
 
 
 @pytest.mark.parametrize("token", [None, "cby_not-a-token"])

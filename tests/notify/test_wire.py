@@ -9,12 +9,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.conftest import require_service
 from tests.helpers.live_server import LiveServer
-from tests.notify.conftest import account
+from tests.notify.conftest import account, subscriber_count
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +29,8 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer,
         yield meta, notify
 
 
-def subscribers(notify: LiveServer) -> int:
-    return int(httpx.get(notify.url + "/api/v1/notify").json()["subscribers"])
+def subscribers(notify: LiveServer, token: str) -> int:
+    return subscriber_count(notify.url, token)
 
 
 def raw(notify: LiveServer, request: bytes) -> bytes:
@@ -71,18 +70,18 @@ def test_requests_the_lean_server_refuses(pair: tuple[LiveServer, LiveServer], r
 def test_a_long_poll_whose_client_leaves_is_forgotten_at_once(pair: tuple[LiveServer, LiveServer]) -> None:
     meta, notify = pair
     alice = account(meta)
-    before = subscribers(notify)
+    before = subscribers(notify, alice.token)
     body = json.dumps({"cursor": alice.cursor(), "timeout": 480}).encode()
     s = socket.create_connection(("127.0.0.1", notify.port))
     s.sendall(
         b"POST /api/v1/notify/longpoll HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         b"Authorization: Bearer " + alice.token.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body
     )
-    while subscribers(notify) == before:
+    while subscribers(notify, alice.token) == before:
         time.sleep(0.01)
     s.close()
-    while subscribers(notify) != before:  # never true if the hub kept it until its timeout
+    while subscribers(notify, alice.token) != before:  # never true if the hub kept it until its timeout
         time.sleep(0.01)
     # And a commit afterwards finds nobody to write to, without harm.
     alice.api.mkdir("/after")
-    assert subscribers(notify) == before
+    assert subscribers(notify, alice.token) == before

@@ -86,3 +86,16 @@ def test_push_finds_the_notify_role_through_discovery(tmp_path: Path) -> None:
                 assert waiter.pushing, "the change came by push from the notify role, not by polling"
             finally:
                 waiter.close()
+
+
+def test_the_lean_notify_front_answers_discovery_and_names_other_roles(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'meta.db'}"
+    with LiveServer(tmp_path / "notify", db_url=db, role="notify",
+                    extra_args=["--advertise-meta", "http://meta.example:8765"]) as notify:
+        body = httpx.get(notify.url + "/api/v1/discovery").json()
+        assert body["notify"] == notify.url and body["meta"] == "http://meta.example:8765"
+        assert body["blocks"] is None and body["serves"] == ["notify"]
+        r = httpx.post(notify.url + "/api/v1/files/commit", json={})
+        assert r.status_code == 421 and r.json()["code"] == "wrong_role"
+        assert r.json()["details"] == {"role": "meta", "url": "http://meta.example:8765"}
+        assert httpx.get(notify.url + "/nothing").status_code == 404

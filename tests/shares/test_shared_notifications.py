@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from tests.notify.conftest import wait_subscribed
+from tests.notify.conftest import subscriber_count, wait_subscribed
 from tests.shares.conftest import file_bytes, put_many
 
 
@@ -22,8 +22,8 @@ def longpoll(url: str, token: str, cursor: dict[int, int]) -> httpx.Response:
     )
 
 
-def subscribers(url: str) -> int:
-    return int(httpx.get(url + "/api/v1/notify", timeout=30).json()["subscribers"])
+def subscribers(url: str, token: str) -> int:
+    return subscriber_count(url, token)
 
 
 def cursor_of(api) -> dict[int, int]:
@@ -37,10 +37,10 @@ def test_member_edits_and_removal_reach_long_polls(server, people):
     bob.api.accept_share(shared["ns_id"])
     ns = shared["ns_id"]
     with ThreadPoolExecutor(2) as pool:
-        before = subscribers(server.url)
+        before = subscribers(server.url, alice.token)
         alice_cursor = cursor_of(alice.api)
         waiting = pool.submit(longpoll, server.url, alice.token, alice_cursor)
-        wait_subscribed(server.url, before + 1)
+        wait_subscribed(server.url, before + 1, alice.token)
         (mount,) = [n["path"] for n in bob.api.account()["namespaces"] if n["ns_id"] == ns]
         put_many(bob.api, {f"{mount}/from-bob.txt": file_bytes(2, "push")}, ns_id=ns)
         answer = waiting.result().json()
@@ -49,9 +49,9 @@ def test_member_edits_and_removal_reach_long_polls(server, people):
 
         bob_cursor = cursor_of(bob.api)
         assert ns in bob_cursor
-        before = subscribers(server.url)
+        before = subscribers(server.url, alice.token)
         waiting = pool.submit(longpoll, server.url, bob.token, bob_cursor)
-        wait_subscribed(server.url, before + 1)
+        wait_subscribed(server.url, before + 1, alice.token)
         alice.api.remove_member("/Team", bob.name)
         answer = waiting.result().json()
         assert answer["account_changed"] is True, answer

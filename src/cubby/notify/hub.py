@@ -56,7 +56,7 @@ class Subscription:
     repeated or stale message does not wake it twice.
     """
 
-    __slots__ = ("user_id", "cursor", "deliver", "oneshot", "active", "timed", "__weakref__")
+    __slots__ = ("__weakref__", "active", "cursor", "deliver", "oneshot", "timed", "user_id")
 
     def __init__(self, user_id: int, cursor: dict[int, int], deliver: Deliver, *, oneshot: bool) -> None:
         self.user_id = user_id
@@ -131,6 +131,21 @@ class Hub:
             users.discard(sub)
             if not users:
                 del self._by_user[sub.user_id]
+
+    def narrow(self, sub: Subscription, keep: Callable[[int], bool]) -> list[int]:
+        """Drop the namespaces of a registered lasting subscription that ``keep`` refuses (an
+        account lost access to them) and return them; a subscription left with none is removed.
+        Unregistered subscriptions are left alone (nothing to drop)."""
+        if not sub.active:
+            return []
+        dropped = [ns for ns in sub.cursor if not keep(ns)]
+        if dropped:
+            self.remove(sub)
+            for ns in dropped:
+                del sub.cursor[ns]
+            if sub.cursor:
+                self.add(sub)
+        return dropped
 
     def namespaces(self) -> list[int]:
         """Namespaces somebody waits on (what a resynchronisation has to re-read)."""

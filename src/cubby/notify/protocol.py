@@ -4,10 +4,11 @@ role (the Starlette routes in `cubby.server.notify` and the lean server in
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
-from cubby.errors import BadRequest, NotFound, Unauthorized
+from cubby.errors import BadRequest, NotFound, TooManyRequests, Unauthorized
 from cubby.model import Principal
 from cubby.notify.hub import Wake
 
@@ -42,6 +43,17 @@ def parse_cursor(raw: Any, p: Principal) -> dict[int, int]:
         if not p.can_read(ns):
             raise NotFound(f"namespace {ns} does not exist", ns_id=ns)
     return cursor
+
+
+def json_object(raw: bytes | str, what: str = "the body") -> dict[str, Any]:
+    """``raw`` parsed as a JSON object, or `BadRequest` ``malformed_json`` naming ``what``."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"{what} is not valid JSON: {exc}", code="malformed_json") from exc
+    if not isinstance(body, dict):
+        raise BadRequest(f'{what} must be a JSON object {{"cursor": {{...}}}}', code="malformed_json")
+    return body
 
 
 def parse_timeout(raw: Any) -> float:
@@ -79,13 +91,43 @@ def longpoll_answer(heads: dict[int, int], wake: Wake, namespaces: list[int]) ->
     }
 
 
-def info(subscribers: int, namespaces: int, resyncs: int) -> dict[str, Any]:
-    """What the role offers (clients probe it), and counters for operators and tests."""
-    return {
-        "transports": ["longpoll", "ws"],
-        "min_timeout": MIN_TIMEOUT,
-        "max_timeout": MAX_TIMEOUT,
-        "subscribers": subscribers,
-        "namespaces": namespaces,
-        "resyncs": resyncs,
-    }
+def info(counts: tuple[int, int, int] | None) -> dict[str, Any]:
+    """What the role offers (clients probe it), and for an authenticated caller the counters
+    ``(subscribers, namespaces, resyncs)`` for operators and tests: how many people wait here
+    is nobody else's business."""
+    body: dict[str, Any] = {"transports": ["longpoll", "ws"], "min_timeout": MIN_TIMEOUT, "max_timeout": MAX_TIMEOUT}
+    if counts is not None:
+        body["subscribers"], body["namespaces"], body["resyncs"] = counts
+    return body
+
+
+class TokenWaits:
+    """How many waiting connections (long-polls, WebSockets) each token holds: at most
+    ``limit`` at once, so that one leaked or stolen token cannot fill a notification process;
+    the next is refused with 429 ``too_many_requests``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held: dict[int, int] = {}
+
+    @staticmethod
+    def key(p: Principal) -> int:
+        """What ``p``'s waits are counted under: its token, or (a web session, which has no
+        token id) its user, negated so the two never meet."""
+        return p.token_id or -p.user_id
+
+    def take(self, p: Principal) -> int:
+        """Count one more waiting connection for ``p``; returns the key to `give` back."""
+        key = self.key(p)
+        n = self.held.get(key, 0)
+        if n >= self.limit:
+            raise TooManyRequests(f"this token already holds {n} waiting connections; close some first")
+        self.held[key] = n + 1
+        return key
+
+    def give(self, key: int) -> None:
+        left = self.held.get(key, 1) - 1
+        if left > 0:
+            self.held[key] = left
+        else:
+            self.held.pop(key, None)

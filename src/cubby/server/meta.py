@@ -398,6 +398,9 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         p = await who(request)
         raw = request.path_params["token_id"]
         await run_in_threadpool(store.revoke_token, p.user_id, int(raw))
+        # Through the broker to every notification process: the user's waiting connections
+        # re-authenticate, and the revoked token's end (`cubby.notify.wire.endpoints`).
+        ctx.account_changed(p.user_id)
         return Response(status_code=204)
 
     from cubby.server import shares

@@ -23,6 +23,7 @@ block store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -37,7 +38,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from cubby.errors import BadRequest, CubbyError, Unauthorized
+from cubby.errors import CubbyError, TooManyRequests, Unauthorized
 from cubby.metadata.schema import namespaces
 from cubby.metadata.store import SqlMetadataStore
 from cubby.model import Principal
@@ -45,9 +46,11 @@ from cubby.notify.hub import Subscription, Wake
 from cubby.notify.memory import MemoryBroker
 from cubby.notify.protocol import (
     MAX_BODY,
+    TokenWaits,
     bearer,
     heads_json,
     jittered,
+    json_object,
     longpoll_answer,
     parse_cursor,
     parse_timeout,
@@ -56,9 +59,10 @@ from cubby.notify.protocol import (
     info as info_body,
 )
 from cubby.notify.service import HeadsReader, NotifyService
-from cubby.server import access
+from cubby.server import access, discovery
 from cubby.server.bodies import json_body
 from cubby.server.context import ServerContext
+from cubby.server.gate import ConnectionGate
 
 log = logging.getLogger("cubby.notify")
 
@@ -102,10 +106,8 @@ class WsOutbox:
     async def _drain(self) -> None:
         while self._queue:
             ws, text = self._queue.popleft()
-            try:
+            with contextlib.suppress(Exception):  # the connection went away; its handler cleans up
                 await ws.send_text(text)
-            except Exception:  # the connection went away; its handler cleans up
-                pass
 
 
 class WsConnection:
@@ -128,8 +130,13 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
     ctx.closers.append(service.hub.close)
     outbox = WsOutbox()
 
+    waits = TokenWaits(ctx.config.max_waits_per_token)
+
     async def info(request: Request) -> Response:
-        return JSONResponse(info_body(service.hub.count, len(service.hub.namespaces()), service.resyncs))
+        if "authorization" not in request.headers:
+            return JSONResponse(info_body(None))
+        await access.principal(request, ctx)
+        return JSONResponse(info_body((service.hub.count, len(service.hub.namespaces()), service.resyncs)))
 
     async def longpoll(request: Request) -> Response:
         p = await access.principal(request, ctx)
@@ -137,7 +144,14 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         cursor = parse_cursor(body.get("cursor"), p)
         timeout = parse_timeout(body.get("timeout"))
         await service.ensure_started()
-        heads, wake = await service.wait_once(p.user_id, cursor, jittered(timeout))
+        held = waits.take(p)
+        try:
+            heads, wake = await service.wait_once(p.user_id, cursor, jittered(timeout))
+        finally:
+            waits.give(held)
+        if wake.account_changed:
+            # A share, a removal or a revoked token: a dead token gets 401 now.
+            p = await access.principal(request, ctx)
         return JSONResponse(longpoll_answer(heads, wake, sorted(p.namespaces)))
 
     def ws_deliver(conn: WsConnection) -> Callable[[Subscription, Wake], None]:
@@ -155,37 +169,28 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         try:
             p = await run_in_threadpool(conn.authenticate)
         except Unauthorized as exc:
-            if conn.sub is not None:
-                service.hub.remove(conn.sub)
-            await send_error(conn.ws, exc)
-            await conn.ws.close(code=4401)
+            await close_revoked(conn, exc)
             return
         conn.principal = p
-        revoked: list[int] = []
-        sub = conn.sub
-        if sub is not None and sub.active:
-            revoked = [ns for ns in sub.cursor if not p.can_read(ns)]
-            if revoked:
-                service.hub.remove(sub)
-                for ns in revoked:
-                    del sub.cursor[ns]
-                if sub.cursor:
-                    service.hub.add(sub)
+        revoked = service.hub.narrow(conn.sub, p.can_read) if conn.sub is not None else []
         outbox.put(conn.ws, {"type": "account_changed", "revoked": revoked})
 
+    async def close_revoked(conn: WsConnection, exc: Unauthorized) -> None:
+        if conn.sub is not None:
+            service.hub.remove(conn.sub)
+            conn.sub = None
+        await send_error(conn.ws, exc)
+        await conn.ws.close(code=4401)
+
     async def send_error(ws: WebSocket, exc: CubbyError) -> None:
-        try:
+        with contextlib.suppress(Exception):  # the connection went away
             await ws.send_text(json.dumps({"type": "error", **exc.to_dict()}))
-        except Exception:
-            pass
 
     async def subscribe_ws(conn: WsConnection, text: str) -> None:
-        try:
-            body = json.loads(text)
-        except ValueError as exc:
-            raise BadRequest(f"the message is not valid JSON: {exc}", code="malformed_json") from exc
-        if not isinstance(body, dict):
-            raise BadRequest("a message must be a JSON object {\"cursor\": {...}}", code="malformed_json")
+        body = json_object(text, "a message")
+        # Read afresh: a token revoked, or a member removed, while no broker message could
+        # reach this process must not subscribe again.
+        conn.principal = await run_in_threadpool(conn.authenticate)
         cursor = parse_cursor(body.get("cursor"), conn.principal)
         if conn.sub is not None:
             service.hub.remove(conn.sub)
@@ -224,9 +229,10 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
             authenticate = await run_in_threadpool(ws_credential, ws)
             p = await run_in_threadpool(authenticate)
             await service.ensure_started()
+            held = waits.take(p)
         except CubbyError as exc:
             await send_error(ws, exc)
-            await ws.close(code=4401 if isinstance(exc, Unauthorized) else 4503)
+            await ws.close(code=4401 if isinstance(exc, Unauthorized) else 4429 if isinstance(exc, TooManyRequests) else 4503)
             return
         conn = WsConnection(ws, authenticate, p)
         try:
@@ -239,11 +245,15 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
                     text = (msg.get("bytes") or b"").decode("utf-8", "replace")
                 try:
                     await subscribe_ws(conn, text)
+                except Unauthorized as exc:
+                    await close_revoked(conn, exc)
+                    break
                 except CubbyError as exc:
                     outbox.put(ws, {"type": "error", **exc.to_dict()})
         except WebSocketDisconnect:
             pass
         finally:
+            waits.give(held)
             if conn.sub is not None:
                 service.hub.remove(conn.sub)
 
@@ -254,7 +264,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
     ]
 
 
-def serve_lean(ctx: ServerContext) -> None:
+def serve_lean(ctx: ServerContext, gate: ConnectionGate) -> None:
     """Run the notification role alone on the lean server (`cubby.notify.wire`) instead of
     uvicorn + Starlette: same routes and answers, a fraction of the memory per connection."""
     from cubby.notify import wire
@@ -268,7 +278,10 @@ def serve_lean(ctx: ServerContext) -> None:
             return await run_in_threadpool(ctx.store.authenticate, token)
 
         sock = socket.socket(fileno=ctx.config.listen_fd) if ctx.config.listen_fd is not None else None
-        await wire.serve(service, authenticate, ctx.config.host, ctx.config.port, sock=sock)
+        await wire.serve(
+            service, authenticate, ctx.config.host, ctx.config.port, gate,
+            max_waits=ctx.config.max_waits_per_token, sock=sock, advertised=discovery.advertised(ctx.config),
+        )
 
     try:
         import uvloop

@@ -8,9 +8,12 @@ import sys
 from collections.abc import Sequence
 
 from cubby.config import Config
-from cubby.server import logs
+from cubby.notify.protocol import MAX_BODY
+from cubby.server import guard, logs
 from cubby.server.app import ROLES, build_app
 from cubby.server.context import build_context
+from cubby.server.gate import ConnectionGate, ConnectionLimits
+from cubby.server.peers import TrustedProxies
 
 
 def parse_roles(role: str | None) -> tuple[str, ...]:
@@ -53,11 +56,13 @@ def serve(config: Config, roles: Sequence[str] = ROLES, *, log_level: str = "inf
         file=sys.stderr,
         flush=True,
     )
+    gate = ConnectionGate(ConnectionLimits.from_config(config), TrustedProxies.parse(config.trusted_proxies))
     if tuple(roles) == ("notify",) and config.notify_front == "lean":
         from cubby.server.notify import serve_lean
 
-        serve_lean(ctx)
+        serve_lean(ctx, gate)
         return
+    http, ws = guard.protocols(gate)
     uvicorn.run(
         app,
         host=config.host,
@@ -66,13 +71,16 @@ def serve(config: Config, roles: Sequence[str] = ROLES, *, log_level: str = "inf
         log_level="warning",
         log_config=None,  # keep the JSON, token-redacting handlers of logs.configure
         access_log=False,
-        timeout_keep_alive=30,
+        # Deadlines, connection caps and buffer caps: `cubby.server.guard`.
+        http=http,
+        ws=ws,
+        ws_max_size=MAX_BODY,
+        timeout_keep_alive=max(1, int(config.idle_timeout)),
         limit_concurrency=None,
         # Long-polls wait for minutes: on shutdown, give them a moment, then close them.
         timeout_graceful_shutdown=3,
-        # The sans-I/O WebSocket protocol runs no task per connection, and no server pings
-        # (no per-connection timers): notification clients ping the server instead.
-        ws="websockets-sansio",
+        # `ws` is uvicorn's sans-I/O WebSocket protocol (no task per connection), guarded; no
+        # server pings (no per-connection timers): notification clients ping the server instead.
         ws_ping_interval=None,
         ws_ping_timeout=None,
         backlog=4096,

@@ -1,0 +1,180 @@
+"""uvicorn's HTTP and WebSocket protocols, held to the limits of a `ConnectionGate`.
+
+Why wrap the protocol classes (uvicorn takes ``http=`` and ``ws=`` classes): uvicorn by itself
+closes a connection only after a response (``timeout_keep_alive``), so a socket that never sends
+a request, or stops half-way through its headers, is kept forever; it has no cap on
+connections per address, and its only global cap (``limit_concurrency``) answers 503 after
+reading a request, by which time the descriptor is already spent. And it parses every request
+of a pipelined burst at once, queueing one request object per request (20 MiB of small
+pipelined requests made a 1.1 GB process). Running our own accept loop in front would mean a
+second server; these subclasses add exactly the missing checks at the points uvicorn already
+calls, in about a hundred lines:
+
+- ``connection_made``: admit through the gate (per-address and global caps; refused
+  connections get a short 429 or 503 and are closed), start the request deadline;
+- ``data_received`` with no request in progress: the request deadline runs until the headers
+  are in (``on_headers_complete``); an answered connection rests in the idle lane;
+- more than ``max_pipelined`` requests queued behind the one being answered: the connection
+  is dropped (uvicorn already stops reading while it answers; this bounds one burst);
+- ``X-Forwarded-For`` from a trusted proxy: the connection is counted under the client's
+  address from its first request on (`cubby.server.peers`);
+- WebSocket: every frame from the client restarts the idle deadline; the socket's write
+  buffer is capped, so a client that sends pings and never reads the pongs (or never reads
+  its notifications) is dropped instead of growing the process. The handshake and the
+  framing rules (RFC 6455: RSV bits, control frames, continuation, masking, UTF-8 -> 1007)
+  are the ``websockets`` package's, which uvicorn's ``websockets-sansio`` protocol runs.
+
+A response being written to a slow reader is uvicorn's own flow control (it waits for the
+socket to drain); a request body being received is `cubby.server.bodies`'s business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from cubby.server.gate import ConnectionGate
+
+
+def refusal(reason: str) -> bytes:
+    """A complete HTTP answer that says why a connection is closed before its request."""
+    if reason == "full":
+        code, status = "unavailable", b"503 Service Unavailable"
+    else:
+        code, status = "too_many_requests", b"429 Too Many Requests"
+    message = {
+        "too_many_from_address": "too many connections from this address; retry later",
+        "full": "the server is at its connection limit; retry later",
+        "pipelined": "too many pipelined requests",
+    }.get(reason, reason)
+    body = b'{"code":"%s","message":"%s"}' % (code.encode(), message.encode())
+    return (
+        b"HTTP/1.1 %s\r\ncontent-type: application/json\r\nretry-after: 5\r\nconnection: close\r\n"
+        b"content-length: %d\r\n\r\n%s" % (status, len(body), body)
+    )
+
+
+class Slot:
+    """One admitted connection as the gate sees it: shared by the HTTP protocol and, after an
+    upgrade, the WebSocket protocol of the same socket."""
+
+    __slots__ = ("__weakref__", "key", "transport")
+
+    def __init__(self, transport: asyncio.Transport, key: str | None) -> None:
+        self.transport = transport
+        self.key = key
+
+    def expire(self) -> None:
+        self.transport.abort()
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop parsing a connection that broke a limit."""
+
+
+def protocols(gate: ConnectionGate) -> tuple[type[asyncio.Protocol], type[asyncio.Protocol]]:
+    """The ``http=`` and ``ws=`` protocol classes for ``uvicorn.run``, bound to ``gate``."""
+    slots: dict[asyncio.BaseTransport, Slot] = {}
+
+    def release(transport: asyncio.BaseTransport | None) -> None:
+        slot = slots.pop(transport, None) if transport is not None else None
+        if slot is not None:
+            gate.release(slot, slot.key)
+
+    class GuardedHttp(HttpToolsProtocol):
+        cubby_refused: str | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            key = gate.address_key(self.client[0] if self.client else "unknown")
+            reason = gate.admit(key)
+            if reason is not None:
+                self.cubby_refused = reason
+                transport.write(refusal(reason))
+                transport.close()
+                return
+            slot = Slot(transport, key)
+            slots[transport] = slot
+            gate.awaiting_request(slot)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            release(self.transport)
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            slot = slots.get(self.transport)
+            if slot is None:
+                return  # refused: the answer is on its way, nothing it sends is read
+            if self.cycle is None or self.cycle.response_complete:
+                gate.awaiting_request(slot)
+            super().data_received(data)
+
+        def on_headers_complete(self) -> None:
+            slot = slots.get(self.transport)
+            if slot is not None and self.client and gate.trusted.trusts(self.client[0]):
+                forwarded = next((v.decode("latin-1") for k, v in self.headers if k == b"x-forwarded-for"), None)
+                client = gate.trusted.client_address(self.client[0], forwarded)
+                if client != self.client[0] and slot.key != client:
+                    if not gate.claim(slot.key, client):
+                        self._refuse("too_many_from_address")
+                    slot.key = client
+            super().on_headers_complete()
+            if slot is not None:
+                gate.busy(slot)
+            if len(self.pipeline) > gate.limits.max_pipelined:
+                self._refuse("pipelined")
+
+        def _refuse(self, reason: str) -> None:
+            self.cubby_refused = reason
+            raise _Refused(reason)
+
+        def send_400_response(self, msg: str) -> None:
+            if self.cubby_refused is None:
+                super().send_400_response(msg)
+                return
+            # Answers to the requests before it may be unwritten: the connection is dropped.
+            self.transport.abort()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            slot = slots.get(self.transport)
+            if slot is not None and not self.pipeline and not self.transport.is_closing():
+                gate.resting(slot)
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            self.flow.pause_reading()  # a client that does not read its answers sends no more
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            if not self.pipeline:
+                self.flow.resume_reading()
+
+    class GuardedWebSocket(WebSocketsSansIOProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            self.transport.set_write_buffer_limits(high=gate.limits.max_buffered_out)
+            slot = slots.get(transport)
+            if slot is not None:
+                gate.resting(slot)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            release(self.transport)
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            slot = slots.get(self.transport)
+            if slot is not None:
+                gate.resting(slot)
+            super().data_received(data)
+
+        def pause_writing(self) -> None:
+            # Notifications are small: a WebSocket with this much unread is a client that does
+            # not read (or answers our pongs with more pings). Drop it rather than hold it.
+            super().pause_writing()
+            self.transport.abort()
+
+    return GuardedHttp, GuardedWebSocket
+

@@ -1,0 +1,159 @@
+"""Revocation is immediate on every front: a revoked token or a removed member loses its open
+long-polls and WebSockets at once (the token revocation travels through the broker to the
+notification process), one token holds a bounded number of waiting connections, and the
+subscriber counts are shown to authenticated callers only.
+
+Fronts: the all-in-one server (uvicorn, in-process broker), and a metadata process with a
+separate notification process joined by Redis, the latter lean or ASGI.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from tests.conftest import require_service
+from tests.helpers.live_server import LiveServer
+from tests.notify.conftest import (
+    Account,
+    account,
+    longpoll,
+    start_longpoll,
+    subscriber_count,
+    wait_subscribed,
+    ws_connect,
+    ws_recv,
+)
+
+MAX_WAITS = 3
+WAIT = 30.0
+"""A generous bound: the long-polls below would otherwise wait 480 s."""
+
+
+@dataclass
+class Deployment:
+    meta: LiveServer
+    url: str
+    """Where the notification routes are served."""
+
+    def add_user(self, name: str) -> str:
+        return self.meta.add_user(name)
+
+
+@pytest.fixture(scope="module", params=["main", "lean", "asgi"])
+def dep(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    tmp: Path = tmp_path_factory.mktemp(f"revoke-{request.param}")
+    db = f"sqlite:///{tmp / 'meta.db'}"
+    limits = ["--max-waits-per-token", str(MAX_WAITS)]
+    if request.param == "main":
+        with LiveServer(tmp / "all", db_url=db, role="all", extra_args=limits) as server:
+            yield Deployment(server, server.url)
+        return
+    require_service("redis")
+    broker = ["--broker", f"redis://127.0.0.1:6379/0?prefix=t{uuid.uuid4().hex[:12]}"]
+    with LiveServer(tmp / "meta", db_url=db, role="meta", extra_args=broker) as meta:
+        front = ["--notify-front", request.param]
+        with LiveServer(tmp / "notify", db_url=db, role="notify", extra_args=broker + limits + front) as notify:
+            yield Deployment(meta, notify.url)
+
+
+def subscribe(ws: object, cursor: dict[str, int]) -> None:
+    ws.send(json.dumps({"cursor": cursor}))  # type: ignore[attr-defined]
+    assert ws_recv(ws)["type"] == "subscribed"  # type: ignore[arg-type]
+
+
+def assert_closed(ws: object, code: int) -> None:
+    with pytest.raises(ConnectionClosed):
+        while True:
+            ws.recv(timeout=WAIT)  # type: ignore[attr-defined]
+    assert ws.close_code == code  # type: ignore[attr-defined]
+
+
+def test_a_revoked_token_loses_its_long_poll_and_websocket(dep: Deployment) -> None:
+    alice = account(dep)
+    second = alice.api.create_token("listener")
+    before = subscriber_count(dep.url, alice.token)
+    with ThreadPoolExecutor(1) as pool, ws_connect(dep.url, second["token"]) as ws:
+        waiting = start_longpoll(pool, dep.url, second["token"], alice.cursor())
+        subscribe(ws, alice.cursor())
+        wait_subscribed(dep.url, before + 2, alice.token)
+
+        alice.api.revoke_token(second["id"])
+
+        answer = waiting.result(timeout=WAIT)
+        assert answer.status_code == 401 and answer.json()["code"] == "unauthorized"
+        assert ws_recv(ws)["code"] == "unauthorized"
+        assert_closed(ws, 4401)
+    assert subscriber_count(dep.url, alice.token) == before
+    # Nor can it come back.
+    assert longpoll(dep.url, second["token"], {"cursor": alice.cursor(), "timeout": 30}).status_code == 401
+    with ws_connect(dep.url, second["token"]) as ws:
+        assert ws_recv(ws)["code"] == "unauthorized"
+        assert_closed(ws, 4401)
+    # The token that revoked it goes on working.
+    alice.api.mkdir("/still-here")
+
+
+def test_a_removed_member_loses_the_shared_folder_on_open_connections(dep: Deployment) -> None:
+    alice, bob = account(dep, f"a{uuid.uuid4().hex[:8]}"), account(dep, f"b{uuid.uuid4().hex[:8]}")
+    bob_name = bob.api.account()["name"]
+    alice.api.mkdir("/Team")
+    ns = int(alice.api.share("/Team", bob_name, "editor")["ns_id"])
+    bob.api.accept_share(ns)
+    cursor = {str(n["ns_id"]): int(n["head"]) for n in bob.api.account()["namespaces"]}
+    assert str(ns) in cursor
+    before = subscriber_count(dep.url, alice.token)
+    with ThreadPoolExecutor(1) as pool, ws_connect(dep.url, bob.token) as ws:
+        waiting = start_longpoll(pool, dep.url, bob.token, {str(ns): cursor[str(ns)]})
+        subscribe(ws, cursor)
+        wait_subscribed(dep.url, before + 2, alice.token)
+
+        alice.api.remove_member("/Team", bob_name)
+
+        answer = waiting.result(timeout=WAIT).json()
+        assert answer["account_changed"] is True and ns not in answer["namespaces"]
+        message = ws_recv(ws)
+        while message["type"] == "changed":  # the unmount moves bob's root namespace too
+            message = ws_recv(ws)
+        assert message == {"type": "account_changed", "revoked": [ns]}
+        ws.send(json.dumps({"cursor": {str(ns): cursor[str(ns)]}}))
+        assert ws_recv(ws)["code"] == "not_found"
+    again = longpoll(dep.url, bob.token, {"cursor": {str(ns): cursor[str(ns)]}, "timeout": 30})
+    assert again.status_code == 404
+
+
+def test_one_token_holds_a_bounded_number_of_waiting_connections(dep: Deployment) -> None:
+    alice = account(dep)
+    before = subscriber_count(dep.url, alice.token)
+    with ThreadPoolExecutor(MAX_WAITS) as pool:
+        waits = [start_longpoll(pool, dep.url, alice.token, alice.cursor()) for _ in range(MAX_WAITS)]
+        wait_subscribed(dep.url, before + MAX_WAITS, alice.token)
+        refused = longpoll(dep.url, alice.token, {"cursor": alice.cursor(), "timeout": 30})
+        assert refused.status_code == 429 and refused.json()["code"] == "too_many_requests"
+        with ws_connect(dep.url, alice.token) as ws:
+            assert ws_recv(ws)["code"] == "too_many_requests"
+            assert_closed(ws, 4429)
+        # Another token of the same user is not held to this one's count.
+        other = alice.api.create_token("other")["token"]
+        with ws_connect(dep.url, other) as ws:
+            subscribe(ws, alice.cursor())
+        alice.api.mkdir("/wake")  # ends the waiting long-polls
+        assert all(w.result(timeout=WAIT).json()["changed"] for w in waits)
+
+
+def test_subscriber_counts_only_for_an_authenticated_caller(dep: Deployment) -> None:
+    alice: Account = account(dep)
+    public = httpx.get(dep.url + "/api/v1/notify", timeout=30)
+    assert public.status_code == 200 and "longpoll" in public.json()["transports"]
+    assert not {"subscribers", "namespaces", "resyncs"} & set(public.json())
+    bad = httpx.get(dep.url + "/api/v1/notify", headers={"Authorization": "Bearer nope"}, timeout=30)
+    assert bad.status_code == 401
+    assert subscriber_count(dep.url, alice.token) >= 0

@@ -1,0 +1,355 @@
+"""Hostile connections against both HTTP fronts: the main server (uvicorn + Starlette, guarded by
+`cubby.server.guard`) and the lean notification front (`cubby.notify.wire`).
+
+Every attack goes through real sockets on loopback. After each, the server process's resident
+memory (VmRSS) must stay within a generous bound of what it was before, and another client
+(from another loopback address, so that per-address caps do not apply to it) must still be
+served. Deadlines are short here (``--header-timeout``/``--idle-timeout`` flags).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import resource
+import socket
+import struct
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.live_server import LiveServer
+
+HEADER_TIMEOUT = 1.5
+IDLE_TIMEOUT = 3.0
+PER_ADDRESS = 40
+SERVER_FILES = 512
+"""The server's open-file limit here, so that idle sockets can reach it in a test."""
+MEMORY_BOUND = 120 * 1024 * 1024
+"""Growth of the server's RSS an attack may cause (the old fronts grew by 0.6-1.5 GB)."""
+WAIT = 30.0
+"""How long a test waits for something the server must do within a deadline (generous)."""
+
+
+@dataclass
+class Front:
+    name: str
+    server: LiveServer
+    token: str
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def rss(self) -> int:
+        assert self.server.proc is not None
+        for line in Path(f"/proc/{self.server.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+
+@pytest.fixture(scope="module", params=["main", "lean"])
+def front(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
+    tmp = tmp_path_factory.mktemp(f"hostile-{request.param}")
+    limits = [
+        "--header-timeout", str(HEADER_TIMEOUT), "--idle-timeout", str(IDLE_TIMEOUT),
+        "--max-connections-per-address", str(PER_ADDRESS),
+    ]
+    role = "all" if request.param == "main" else "notify"
+    db = f"sqlite:///{tmp / 'meta.db'}"
+    server = LiveServer(tmp / "data", db_url=db, role=role, extra_args=limits)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(SERVER_FILES, hard), hard))  # inherited by the server
+    try:
+        server.start()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        yield Front(request.param, server, server.add_user(f"u{uuid.uuid4().hex[:8]}"))
+    finally:
+        server.stop()
+
+
+# -- raw clients ----------------------------------------------------------------------------
+_next_source = [10]
+
+
+def fresh_source() -> str:
+    """A loopback address no other test in this module connects from."""
+    _next_source[0] += 1
+    return f"127.0.{_next_source[0] // 250}.{_next_source[0] % 250 + 2}"
+
+
+def connect(port: int, source: str, timeout: float = WAIT) -> socket.socket:
+    s = socket.socket()
+    s.settimeout(timeout)
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def read_answer(s: socket.socket) -> bytes:
+    """One HTTP answer (head and a content-length body), or what came before the close."""
+    data = b""
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            return data
+        if not chunk:
+            return data
+        data += chunk
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if sep:
+            length = next((int(line.split(b":")[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")), 0)
+            if len(body) >= length:
+                return data
+
+
+def status_of(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else 0
+
+
+def served(front: Front) -> bool:
+    """Another client, from an address of its own, gets an answer to GET /healthz."""
+    with connect(front.port, fresh_source()) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        return status_of(read_answer(s)) == 200
+
+
+def closed_by_server(s: socket.socket, within: float = WAIT) -> bool:
+    """True once the server closes ``s`` (EOF or reset), reading and discarding what it sends."""
+    s.settimeout(within)
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if not s.recv(65536):
+                return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except TimeoutError:
+            return False
+    return False
+
+
+def ws_key() -> bytes:
+    return base64.b64encode(os.urandom(16))
+
+
+def ws_open(front: Front, source: str | None = None) -> socket.socket:
+    s = connect(front.port, source or fresh_source())
+    s.sendall(
+        b"GET /api/v1/notify/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: " + ws_key() + b"\r\nSec-WebSocket-Version: 13\r\n"
+        b"Authorization: Bearer " + front.token.encode() + b"\r\n\r\n"
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(1)
+        assert chunk, head
+        head += chunk
+    assert status_of(head) == 101, head
+    return s
+
+
+def frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, mask: bool = True) -> bytes:
+    n = len(payload)
+    b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
+    if n < 126:
+        head = struct.pack("!BB", b0, (0x80 if mask else 0) | n)
+    elif n < 1 << 16:
+        head = struct.pack("!BBH", b0, (0x80 if mask else 0) | 126, n)
+    else:
+        head = struct.pack("!BBQ", b0, (0x80 if mask else 0) | 127, n)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def close_code(s: socket.socket) -> int | None:
+    """Read server frames until a close frame; its status code (None if the socket just ends)."""
+    buf = b""
+    s.settimeout(WAIT)
+    while True:
+        while len(buf) >= 2:
+            n, off = buf[1] & 0x7F, 2
+            if n == 126:
+                n, off = struct.unpack("!H", buf[2:4])[0], 4
+            elif n == 127:
+                n, off = struct.unpack("!Q", buf[2:10])[0], 10
+            if len(buf) < off + n:
+                break
+            opcode, payload, buf = buf[0] & 0x0F, buf[off : off + n], buf[off + n :]
+            if opcode == 0x8:
+                return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+        try:
+            chunk = s.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            return None
+        if not chunk:
+            return None
+        buf += chunk
+
+
+def flood(s: socket.socket, unit: bytes, total: int) -> None:
+    """Send ``unit`` repeatedly, up to ``total`` bytes, never reading; stop when the server
+    stops reading (a send that blocks for seconds) or drops the connection."""
+    s.settimeout(5)
+    batch = unit * max(1, 65536 // len(unit))
+    sent = 0
+    try:
+        while sent < total:
+            s.sendall(batch)
+            sent += len(batch)
+    except (TimeoutError, ConnectionResetError, BrokenPipeError):
+        pass
+
+
+# -- the attacks ------------------------------------------------------------------------------
+def test_a_websocket_ping_flood_never_read(front: Front) -> None:
+    before = front.rss()
+    s = ws_open(front)
+    flood(s, frame(0x9, b"p" * 125), 200 * 1024 * 1024)
+    assert front.rss() - before < MEMORY_BOUND
+    assert served(front)
+    assert closed_by_server(s) or front.rss() - before < MEMORY_BOUND
+    s.close()
+
+
+def test_pipelined_requests_never_read(front: Front) -> None:
+    before = front.rss()
+    s = connect(front.port, fresh_source())
+    flood(s, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 40 * 1024 * 1024)
+    assert front.rss() - before < MEMORY_BOUND
+    assert served(front)
+    s.close()
+
+
+def test_slow_bodies_are_bounded(front: Front) -> None:
+    before = front.rss()
+    socks = []
+    body = b"{" + b" " * (900 * 1024)
+    for i in range(240):
+        if i % (PER_ADDRESS - 5) == 0:
+            source = fresh_source()
+        s = connect(front.port, source)
+        s.sendall(
+            b"POST /api/v1/notify/longpoll HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + front.token.encode() + b"\r\nContent-Length: %d\r\n\r\n" % (len(body) + 100)
+        )
+        s.settimeout(2)
+        try:
+            s.sendall(body)
+        except (TimeoutError, ConnectionResetError, BrokenPipeError):
+            pass
+        socks.append(s)
+    assert front.rss() - before < MEMORY_BOUND
+    assert served(front)
+    for s in socks:
+        s.close()
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: "], ids=["idle", "half-sent"])
+def test_idle_and_half_sent_headers_are_closed_after_the_deadline(front: Front, sent: bytes) -> None:
+    s = connect(front.port, fresh_source())
+    if sent:
+        s.sendall(sent)
+    assert closed_by_server(s, within=HEADER_TIMEOUT + WAIT)
+    s.close()
+
+
+def test_a_connection_idle_between_requests_is_closed(front: Front) -> None:
+    s = connect(front.port, fresh_source())
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status_of(read_answer(s)) == 200
+    assert closed_by_server(s, within=IDLE_TIMEOUT + WAIT)
+    s.close()
+
+
+@pytest.mark.parametrize("request_line", [b"POST /anything", b"POST /api/v1/notify/ws", b"GET /healthz"])
+def test_an_upgrade_off_the_websocket_route_is_refused(front: Front, request_line: bytes) -> None:
+    with connect(front.port, fresh_source()) as s:
+        s.sendall(
+            request_line + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: " + ws_key() + b"\r\nSec-WebSocket-Version: 13\r\nContent-Length: 0\r\n\r\n"
+        )
+        answer = read_answer(s)
+        assert status_of(answer) != 101, answer
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n",  # no key
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: c2hvcnQ=\r\nSec-WebSocket-Version: 13\r\n",
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 8\r\n",
+    ],
+    ids=["no-key", "short-key", "version-8"],
+)
+def test_a_bad_websocket_handshake_is_refused(front: Front, headers: bytes) -> None:
+    if b"%s" in headers:
+        headers = headers % ws_key()
+    with connect(front.port, fresh_source()) as s:
+        s.sendall(b"GET /api/v1/notify/ws HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+        answer = read_answer(s)
+        assert 400 <= status_of(answer) < 500, answer
+
+
+@pytest.mark.parametrize(
+    "frames, code",
+    [
+        ([frame(0x1, b"{}", rsv=4)], 1002),  # RSV1 without an extension
+        ([frame(0x9, b"x" * 126)], 1002),  # a control frame over 125 bytes
+        ([frame(0x9, b"x", fin=False)], 1002),  # a fragmented control frame
+        ([frame(0x0, b"{}")], 1002),  # a continuation with nothing to continue
+        ([frame(0x1, b"{", fin=False), frame(0x1, b"}")], 1002),  # a new message inside one
+        ([frame(0x1, b"{}", mask=False)], 1002),  # an unmasked client frame
+        ([frame(0x3, b"")], 1002),  # a reserved opcode
+        ([frame(0x1, b'{"cursor": "\xff\xfe"}')], 1007),  # invalid UTF-8 in text
+        ([frame(0x1, b'{"a": "\xe2\x82', fin=False), frame(0x0, b'"}')], 1007),  # split, still invalid
+    ],
+    ids=["rsv", "long-control", "fragmented-control", "lone-continuation", "interleaved", "unmasked",
+         "reserved-opcode", "utf8", "utf8-fragmented"],
+)
+def test_bad_frames_close_with_the_right_code(front: Front, frames: list[bytes], code: int) -> None:
+    s = ws_open(front)
+    s.sendall(b"".join(frames))
+    assert close_code(s) == code
+    s.close()
+    assert served(front)
+
+
+def test_connections_per_address_are_capped(front: Front) -> None:
+    source = fresh_source()
+    held = [connect(front.port, source) for _ in range(PER_ADDRESS)]
+    try:
+        with connect(front.port, source) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert status_of(read_answer(s)) == 429
+        assert served(front)
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_many_idle_sockets_never_lock_out_another_client(front: Front) -> None:
+    """More idle sockets than the server has file descriptors: the global cap keeps some in
+    reserve, and the oldest idle socket makes room for a client with a request."""
+    before = front.rss()
+    held = []
+    for i in range(SERVER_FILES + 100):
+        if i % (PER_ADDRESS - 5) == 0:
+            source = fresh_source()
+        held.append(connect(front.port, source))
+    try:
+        assert served(front)
+        assert front.rss() - before < MEMORY_BOUND
+    finally:
+        for s in held:
+            s.close()
