@@ -42,23 +42,17 @@ def ensure_venv() -> None:
     STAMP.write_text(want)
 
 
-DEBIAN_TOOLS = {
-    "chromium": Path("/usr/bin/chromium"),  # the browser tests drive it through Playwright
-    "haproxy": Path("/usr/sbin/haproxy"),  # the cluster tests put it in front of the roles
-}
-
-
-def ensure_debian_tools() -> None:
-    """Install the Debian packages the tests need (never a browser download) when they are
+def ensure_debian(binary: str, package: str) -> None:
+    """Install a Debian package the tests need (Debian's ``chromium`` for the browser tests,
+    never a browser download; ``memcached`` for the metadata cache tests) when its program is
     missing and we may (root with apt-get)."""
-    missing = [pkg for pkg, path in DEBIAN_TOOLS.items() if not path.exists()]
-    if not missing or not hasattr(os, "geteuid") or os.geteuid() != 0 or not Path("/usr/bin/apt-get").exists():
+    if Path(binary).exists() or not hasattr(os, "geteuid") or os.geteuid() != 0 or not Path("/usr/bin/apt-get").exists():
         return
-    print(f"installing {', '.join(missing)} for the tests (apt-get) ...", file=sys.stderr, flush=True)
+    print(f"installing {package} for the tests (apt-get) ...", file=sys.stderr, flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    if subprocess.call(["apt-get", "install", "-y", "-q", *missing], env=env) != 0:
+    if subprocess.call(["apt-get", "install", "-y", "-q", package], env=env) != 0:
         subprocess.call(["apt-get", "update", "-q"], env=env)
-        subprocess.call(["apt-get", "install", "-y", "-q", *missing], env=env)
+        subprocess.call(["apt-get", "install", "-y", "-q", package], env=env)
 
 
 def main(argv: list[str]) -> int:
@@ -72,7 +66,9 @@ def main(argv: list[str]) -> int:
         if not any(a == "--data" or a.startswith("--data=") or a == "--db" for a in rest):
             args += ["--data", str(ROOT / "cubby-data")]
         os.execv(args[0], args)
-    ensure_debian_tools()
+    ensure_debian("/usr/bin/chromium", "chromium")
+    ensure_debian("/usr/bin/memcached", "memcached")
+    ensure_debian("/usr/sbin/haproxy", "haproxy")  # the cluster tests put it in front of the roles
     os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
     os.chdir(ROOT)
     fast = "--fast" in rest

@@ -61,8 +61,17 @@ def test_dedup_across_users_and_a_one_byte_insert(server, tmp_path):
 
 
 def _count_chunks(server: LiveServer) -> int:
-    blocks = server.data_dir / "blocks"
-    return sum(1 for d in blocks.iterdir() if len(d.name) == 2 for _ in d.iterdir()) if blocks.exists() else 0
+    """Chunks the server has stored and indexed (each durable in a pack before it is counted)."""
+    from sqlalchemy import create_engine, func, select
+
+    from cubby.metadata.schema import chunk_index
+
+    engine = create_engine(server.metadata_url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(chunk_index)).scalar_one())
+    finally:
+        engine.dispose()
 
 
 def test_killed_upload_leaves_nothing_visible_and_resumes(server, tmp_path):

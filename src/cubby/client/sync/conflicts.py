@@ -7,6 +7,7 @@ would collide with another file on the server; ``taken`` answers by key.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
 
 from cubby.core import paths
@@ -25,7 +26,7 @@ def conflict_name(path: str, host: str, day: str, taken: Callable[[str], bool], 
     one is taken. ``taken`` gets a path key. Folders keep their whole name (no extension)."""
     parent, name = paths.split(path)
     stem, ext = (name, "") if folder else split_ext(name)
-    host = "".join(c for c in host if c.isprintable() and c not in "/\\").strip() or "unknown"
+    host = unicodedata.normalize("NFC", "".join(c for c in host if c.isprintable() and c not in "/\\")).strip() or "unknown"
     n = 1
     while True:
         suffix = f" (conflicted copy from {host} {day})" if n == 1 else f" (conflicted copy from {host} {day} {n})"
