@@ -68,6 +68,7 @@ def main(argv: list[str]) -> int:
         os.execv(args[0], args)
     ensure_debian("/usr/bin/chromium", "chromium")
     ensure_debian("/usr/bin/memcached", "memcached")
+    ensure_debian("/usr/sbin/haproxy", "haproxy")  # the cluster tests put it in front of the roles
     os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
     os.chdir(ROOT)
     fast = "--fast" in rest

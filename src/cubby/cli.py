@@ -152,6 +152,10 @@ BLOCKS_OPTION = click.option(
     help="Mount shared folders in invitees' trees at once, without 'cubby share accept'.",
 )
 @click.option(
+    "--workers", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Worker processes sharing the listening socket (one per core), restarted if they die.",
+)
+@click.option(
     "--dedup-scope", type=click.Choice(["global", "user"]), default=None,
     help="Reuse chunks any user stored (global, the default) or only the same user's (user): see docs/SECURITY.md.",
 )
@@ -172,7 +176,7 @@ def serve(
     advertise_meta: str | None, advertise_blocks: str | None, advertise_notify: str | None,
     auto_accept_shares: bool | None, dedup_scope: str | None, trusted_proxies: tuple[str, ...],
     header_timeout: float | None, idle_timeout: float | None, max_connections: int | None,
-    max_connections_per_address: int | None, max_waits_per_token: int | None,
+    max_connections_per_address: int | None, max_waits_per_token: int | None, workers: int,
 ) -> None:
     """Run the cubby server."""
     from cubby.server.run import parse_roles
@@ -191,7 +195,7 @@ def serve(
         max_connections=max_connections, max_connections_per_address=max_connections_per_address,
         max_waits_per_token=max_waits_per_token,
     )
-    run(cfg, roles)
+    run(cfg, roles, workers=workers)
 
 
 @main.group()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 from collections.abc import AsyncIterator, Sequence
 
 from starlette.applications import Starlette
@@ -46,7 +47,7 @@ def build_app(ctx: ServerContext, roles: Sequence[str] = ROLES) -> Starlette:
         return JSONResponse(spec)
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "roles": list(roles)})
+        return JSONResponse({"status": "ok", "roles": list(roles), "pid": os.getpid()})
 
     routes: list[BaseRoute] = [
         Route("/openapi.json", openapi, methods=["GET"]),
