@@ -33,7 +33,6 @@ class Config:
     roles: tuple[str, ...] = ("meta", "blocks", "notify")
     url: str = f"http://127.0.0.1:{DEFAULT_PORT}"
     token: str | None = None
-    gc_grace_seconds: float = 24 * 3600
     max_request_bytes: int = 64 * 1024 * 1024
     broker_url: str = "memory"
     """Where commits are announced to notification processes: ``memory`` (one process),

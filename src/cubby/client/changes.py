@@ -79,9 +79,6 @@ class PollWaiter:
         self._closed.set()
 
 
-WaiterFactory = Callable[[ApiClient], ChangeWaiter]
-
-
 def open_waiter(api: ApiClient, report: Callable[[bool, str], None] | None = None) -> ChangeWaiter:
     """Push when the server offers a notification role, polling otherwise.
 
