@@ -21,9 +21,9 @@ def _engine(state: Any, root: Path, up: float | None = None, down: float | None 
 
 
 def _describe(op: P.Op) -> tuple[str, str]:
-    from cubby.client.sync.engine import _path_of
+    from cubby.client.sync.base import path_of
 
-    return type(op).__name__, _path_of(op)
+    return type(op).__name__, path_of(op)
 
 
 def register(main: click.Group) -> None:
