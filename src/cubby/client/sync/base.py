@@ -11,12 +11,14 @@ the disk, and `rel_for` the one way from a path of the user's tree to a relative
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,24 @@ def path_of(op: P.Op) -> str:
         if v is not None:
             return str(v.path)
     return ""
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Hold off Python's cyclic garbage collector while a pass scans and plans.
+
+    Those steps make a few objects per item of every tree (tens of thousands), all alive
+    until the plan is made and none in a cycle: a collection in between frees nothing, yet
+    each one started by the allocations walks the young objects, and the older ones walk the
+    whole heap. (Measured on a no-op pass over 7,700 files: 130 collections, a quarter of its
+    time.) Reference counting still frees everything as usual; the collector resumes after."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class EngineCore:

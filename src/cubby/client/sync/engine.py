@@ -22,7 +22,7 @@ from cubby.client.api import ApiClient
 from cubby.client.changes import ChangeWaiter
 from cubby.client.sync import planner as P
 from cubby.client.sync.apply import Applier
-from cubby.client.sync.base import Emit, EngineCore, PassReport, SyncLocked
+from cubby.client.sync.base import Emit, EngineCore, PassReport, SyncLocked, gc_paused
 from cubby.client.sync.daemon import Backoff, SyncDaemon
 from cubby.client.sync.downloads import Downloads
 from cubby.client.sync.ignore import IgnoreRules
@@ -86,10 +86,20 @@ class SyncEngine(EngineCore):
                 got = folders[rel] = shown(parent) and not rules.ignored(rel, is_dir=True)
             return got
 
+        files: dict[str, bool] = {}
+
         def visible(path: str, kind: str) -> bool:
+            """(memoised too: the base and the remote tree hold mostly the same paths)"""
             rel = path.strip("/")
-            parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
-            return shown(parent) and not rules.ignored(rel, is_dir=kind == "folder")
+            if kind == "folder" and rel:
+                return shown(rel)  # the same test, for a folder
+            got = files.get(rel) if kind == "file" else None
+            if got is None:
+                parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
+                got = shown(parent) and not rules.ignored(rel, is_dir=kind == "folder")
+                if kind == "file":
+                    files[rel] = got
+            return got
 
         return (
             [b for b in self.state.base_items() if visible(b.path, b.kind)],
@@ -110,8 +120,9 @@ class SyncEngine(EngineCore):
         idle_rounds = 0
         try:
             if local_first:
-                res = self.scan()
-                ops = P.plan(*self._trees(), res.items, self.context())
+                with gc_paused():
+                    res = self.scan()
+                    ops = P.plan(*self._trees(), res.items, self.context())
                 if not ops or P.blocked_only(ops):
                     report.blocked = [o.path for o in ops if isinstance(o, P.Blocked)]
                     report.converged = True
@@ -120,10 +131,12 @@ class SyncEngine(EngineCore):
                 report.rounds += 1
                 self.replay.refresh_remote()
                 self.crash_point("refreshed")
-                res = self.scan()
+                with gc_paused():
+                    res = self.scan()
                 self.applier.follow_mount_moves(res.items)
                 ctx = self.context()
-                ops = P.plan(*self._trees(), res.items, ctx)
+                with gc_paused():
+                    ops = P.plan(*self._trees(), res.items, ctx)
                 self.crash_point("planned")
                 self._clear_evicted(ctx, res)
                 if not ops or P.blocked_only(ops):
