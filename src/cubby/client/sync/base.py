@@ -128,7 +128,7 @@ class EngineCore:
         self._cursors: dict[int, int] = self.state.cursors()
         self.last_scan: ScanResult = ScanResult()
         self.trigger = threading.Event()
-        """Set to make a running `run_forever` look now (and to wake it when it should stop)."""
+        """Set to make a running `SyncDaemon.run` look now (and to wake it when it should stop)."""
         self.pass_done = threading.Condition()
         self.started = 0
         self.finished = 0

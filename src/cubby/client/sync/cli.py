@@ -38,6 +38,7 @@ def register(main: click.Group) -> None:
     def sync_cmd(state: State, folder: Path, once: bool, max_upload_rate: float | None, max_download_rate: float | None) -> None:
         """Keep FOLDER identical to your cubby, in both directions (first run: link and download)."""
         from cubby.client.changes import open_waiter
+        from cubby.client.sync.daemon import SyncDaemon
 
         folder.mkdir(parents=True, exist_ok=True)
 
@@ -77,7 +78,7 @@ def register(main: click.Group) -> None:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, on_signal)
             waiter = open_waiter(state.api())
-            engine.run_forever(stop, waiter)
+            SyncDaemon(engine).run(stop, waiter)
         finally:
             engine.close()
 

@@ -1,4 +1,4 @@
-"""Continuous sync: the `run_forever` loop that wakes the engine for a pass.
+"""Continuous sync: the loop (`SyncDaemon.run`) that wakes the engine for a pass.
 
 A pass runs on every local event (the watcher), every remote change (a `ChangeWaiter` on its
 own thread) and every ``full_scan_interval`` seconds as a safety net; while the server is away

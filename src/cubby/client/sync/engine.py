@@ -7,28 +7,22 @@ agree) or when a round made no progress (what is left failed and is reported).
 
 `SyncEngine` is the shared `EngineCore` (folder, API client, state, cache, pool) plus those
 parts, each given the core in its constructor; this module keeps only what a pass is made
-of. How the engine is woken is `daemon.py`'s business: `run_forever` takes a `ChangeWaiter`
+of. How the engine is woken is `daemon.py`'s business: `SyncDaemon.run` takes a `ChangeWaiter`
 (`cubby.client.changes.open_waiter`) for remote changes and a watcher for local ones, plus a
 periodic full scan as a safety net.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-from pathlib import Path
+from functools import cached_property
 
-from cubby.client.api import ApiClient
-from cubby.client.changes import ChangeWaiter
 from cubby.client.sync import planner as P
 from cubby.client.sync.apply import Applier
-from cubby.client.sync.base import Emit, EngineCore, PassReport, SyncLocked, gc_paused
-from cubby.client.sync.daemon import Backoff, SyncDaemon
+from cubby.client.sync.base import EngineCore, PassReport, SyncLocked, gc_paused
 from cubby.client.sync.downloads import Downloads
 from cubby.client.sync.ignore import IgnoreRules
 from cubby.client.sync.replay import RemoteReplay
 from cubby.client.sync.scanner import ScanResult
-from cubby.client.sync.state import StateDb
 from cubby.client.sync.uploads import Uploads
 from cubby.core import paths
 
@@ -36,29 +30,25 @@ __all__ = ["PassReport", "SyncEngine", "SyncLocked"]
 
 
 class SyncEngine(EngineCore):
-    """One folder kept in sync with one account (see the module docstring)."""
+    """One folder kept in sync with one account (see the module docstring). The parts hold no
+    state of their own (it is all in the core), so each is made on first use; `SyncDaemon`
+    runs passes continuously."""
 
-    def __init__(
-        self,
-        root: Path,
-        api: ApiClient,
-        *,
-        state: StateDb | None = None,
-        cache_bytes: int = 256 * 1024 * 1024,
-        host: str | None = None,
-        emit: Emit | None = None,
-        workers: int = 2,
-        crash_hook: Callable[[str], None] | None = None,
-        max_rounds: int = 50,
-    ) -> None:
-        super().__init__(
-            root, api, state=state, cache_bytes=cache_bytes, host=host, emit=emit,
-            workers=workers, crash_hook=crash_hook, max_rounds=max_rounds,
-        )
-        self.replay = RemoteReplay(self)
-        self.uploads = Uploads(self)
-        self.downloads = Downloads(self)
-        self.applier = Applier(self, self.uploads, self.downloads)
+    @cached_property
+    def replay(self) -> RemoteReplay:
+        return RemoteReplay(self)
+
+    @cached_property
+    def uploads(self) -> Uploads:
+        return Uploads(self)
+
+    @cached_property
+    def downloads(self) -> Downloads:
+        return Downloads(self)
+
+    @cached_property
+    def applier(self) -> Applier:
+        return Applier(self, self.uploads, self.downloads)
 
     def refresh_remote(self) -> None:
         """Read every journal to its head (`RemoteReplay.refresh_remote`)."""
@@ -162,15 +152,3 @@ class SyncEngine(EngineCore):
                 paths.is_within(i.path, m) for i in res.items
             ):
                 self.state.clear_evicted(m)
-
-    def run_forever(
-        self,
-        stop: threading.Event,
-        waiter: ChangeWaiter,
-        *,
-        watch: bool = True,
-        full_scan_interval: float = 60.0,
-        backoff: Backoff | None = None,
-    ) -> None:
-        """Sync until ``stop`` is set (`SyncDaemon.run`)."""
-        SyncDaemon(self).run(stop, waiter, watch=watch, full_scan_interval=full_scan_interval, backoff=backoff)
