@@ -18,18 +18,17 @@ import argparse
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import sys
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/machine.py
-from machine import describe, load_average, summary_line  # noqa: E402
+from machine import describe, load_average, summary_line
 
 from cubby.blockstore.local import LocalBlockStore
-from cubby.model import ChunkRef, CommitRequest
 from cubby.metadata.store import SqlMetadataStore, open_store
+from cubby.model import ChunkRef, CommitRequest
 
 
 def store_size(root: Path) -> int:

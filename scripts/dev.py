@@ -42,19 +42,17 @@ def ensure_venv() -> None:
     STAMP.write_text(want)
 
 
-CHROMIUM = Path("/usr/bin/chromium")
-
-
-def ensure_chromium() -> None:
-    """The browser tests drive Debian's ``chromium`` through Playwright (never a browser
-    download): install it when it is missing and we may (root with apt-get)."""
-    if CHROMIUM.exists() or not hasattr(os, "geteuid") or os.geteuid() != 0 or not Path("/usr/bin/apt-get").exists():
+def ensure_debian(binary: str, package: str) -> None:
+    """Install a Debian package the tests need (Debian's ``chromium`` for the browser tests,
+    never a browser download; ``memcached`` for the metadata cache tests) when its program is
+    missing and we may (root with apt-get)."""
+    if Path(binary).exists() or not hasattr(os, "geteuid") or os.geteuid() != 0 or not Path("/usr/bin/apt-get").exists():
         return
-    print("installing chromium for the browser tests (apt-get) ...", file=sys.stderr, flush=True)
+    print(f"installing {package} for the tests (apt-get) ...", file=sys.stderr, flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    if subprocess.call(["apt-get", "install", "-y", "-q", "chromium"], env=env) != 0:
+    if subprocess.call(["apt-get", "install", "-y", "-q", package], env=env) != 0:
         subprocess.call(["apt-get", "update", "-q"], env=env)
-        subprocess.call(["apt-get", "install", "-y", "-q", "chromium"], env=env)
+        subprocess.call(["apt-get", "install", "-y", "-q", package], env=env)
 
 
 def main(argv: list[str]) -> int:
@@ -68,7 +66,9 @@ def main(argv: list[str]) -> int:
         if not any(a == "--data" or a.startswith("--data=") or a == "--db" for a in rest):
             args += ["--data", str(ROOT / "cubby-data")]
         os.execv(args[0], args)
-    ensure_chromium()
+    ensure_debian("/usr/bin/chromium", "chromium")
+    ensure_debian("/usr/bin/memcached", "memcached")
+    ensure_debian("/usr/sbin/haproxy", "haproxy")  # the cluster tests put it in front of the roles
     os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
     os.chdir(ROOT)
     fast = "--fast" in rest

@@ -136,6 +136,10 @@ BLOCKS_OPTION = click.option(
 @click.option("--broker", default=None, help="Notification broker: memory (default), redis://HOST:PORT/DB or nats://HOST:PORT.")
 @BLOCKS_OPTION
 @click.option(
+    "--cache", "cache_url", default=None, metavar="URL",
+    help="Metadata cache: memory (default), none, redis://HOST:PORT/DB or memcached://HOST:PORT.",
+)
+@click.option(
     "--notify-front", type=click.Choice(["lean", "asgi"]), default=None,
     help="How --role notify alone is served: lean (default, cheap idle connections) or asgi.",
 )
@@ -146,6 +150,10 @@ BLOCKS_OPTION = click.option(
 @click.option(
     "--auto-accept-shares", is_flag=True, default=None,
     help="Mount shared folders in invitees' trees at once, without 'cubby share accept'.",
+)
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Worker processes sharing the listening socket (one per core), restarted if they die.",
 )
 @click.option(
     "--dedup-scope", type=click.Choice(["global", "user"]), default=None,
@@ -163,11 +171,12 @@ BLOCKS_OPTION = click.option(
 @pass_state
 def serve(
     state: State, data: Path | None, db: str | None, host: str | None, port: int | None, listen_fd: int | None,
-    role: str, broker: str | None, blocks: str | None, notify_front: str | None, max_request_bytes: int | None,
+    role: str, broker: str | None, cache_url: str | None, blocks: str | None, notify_front: str | None,
+    max_request_bytes: int | None,
     advertise_meta: str | None, advertise_blocks: str | None, advertise_notify: str | None,
     auto_accept_shares: bool | None, dedup_scope: str | None, trusted_proxies: tuple[str, ...],
     header_timeout: float | None, idle_timeout: float | None, max_connections: int | None,
-    max_connections_per_address: int | None, max_waits_per_token: int | None,
+    max_connections_per_address: int | None, max_waits_per_token: int | None, workers: int,
 ) -> None:
     """Run the cubby server."""
     from cubby.server.run import parse_roles
@@ -178,7 +187,7 @@ def serve(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--role") from exc
     cfg = _server_config(state, data, db, blocks).with_(
-        host=host, port=port, listen_fd=listen_fd, broker_url=broker, notify_front=notify_front,
+        host=host, port=port, listen_fd=listen_fd, broker_url=broker, cache_url=cache_url, notify_front=notify_front,
         max_request_bytes=max_request_bytes, auto_accept_shares=auto_accept_shares,
         advertise_meta=advertise_meta, advertise_blocks=advertise_blocks, advertise_notify=advertise_notify,
         dedup_scope=dedup_scope, trusted_proxies=trusted_proxies or None,
@@ -186,7 +195,7 @@ def serve(
         max_connections=max_connections, max_connections_per_address=max_connections_per_address,
         max_waits_per_token=max_waits_per_token,
     )
-    run(cfg, roles)
+    run(cfg, roles, workers=workers)
 
 
 @main.group()

@@ -33,11 +33,14 @@ class Config:
     roles: tuple[str, ...] = ("meta", "blocks", "notify")
     url: str = f"http://127.0.0.1:{DEFAULT_PORT}"
     token: str | None = None
-    gc_grace_seconds: float = 24 * 3600
     max_request_bytes: int = 64 * 1024 * 1024
     broker_url: str = "memory"
     """Where commits are announced to notification processes: ``memory`` (one process),
     ``redis://HOST:PORT/DB`` or ``nats://HOST:PORT`` (optionally ``?prefix=NAME``)."""
+    cache_url: str = "memory"
+    """The metadata cache (`cubby.cache`): ``memory`` (one process), ``none``,
+    ``redis://HOST:PORT/DB`` or ``memcached://HOST:PORT`` (``memcached:///SOCKET``). Several
+    processes sharing a database must share a Redis or memcached cache."""
     notify_front: str = "lean"
     """How ``--role notify`` alone is served: ``lean`` (`cubby.notify.wire`, cheap idle
     connections) or ``asgi`` (uvicorn + Starlette, like the other roles)."""

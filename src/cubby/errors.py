@@ -115,6 +115,14 @@ class Unavailable(CubbyError):
     retryable = True
 
 
+class InsufficientStorage(CubbyError):
+    """The server ran out of disk space (for chunks or for its database): nothing of the
+    request was kept. It is not retried at once; it may succeed once space is freed."""
+
+    code = "insufficient_storage"
+    status = 507
+
+
 class WrongRole(CubbyError):
     """The route exists, but another role of the deployment serves it (``details``: ``role``,
     and ``url`` where known). Clients ask ``/api/v1/discovery`` and send it there."""
@@ -139,6 +147,7 @@ ERRORS_BY_CODE: dict[str, type[CubbyError]] = {
         NamespaceMoved,
         TooManyRequests,
         Unavailable,
+        InsufficientStorage,
         WrongRole,
     )
 }

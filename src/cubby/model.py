@@ -81,7 +81,9 @@ class Entry:
     """For files: `FILE_MODES` (None, from before modes were kept: a regular file)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Every field is a scalar: a shallow copy is `asdict` without its recursive deep copy,
+        # which cost most of the server CPU of a warm listing of 100 entries (24 µs against 2).
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Entry:

@@ -25,3 +25,8 @@ def role_for_path(path: str) -> str | None:
         if path == prefix.rstrip("/") or path.startswith(prefix):
             return role
     return None
+
+
+def prefixes_of(role: str) -> tuple[str, ...]:
+    """The path prefixes routed to ``role`` (for a load balancer's configuration)."""
+    return tuple(prefix for prefix, owner in _PREFIXES if owner == role)

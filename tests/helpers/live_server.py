@@ -31,6 +31,22 @@ def listening_socket(port: int = 0) -> socket.socket:
     return sock
 
 
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 30.0) -> None:
+    """Until ``url``/healthz answers 200; raises with the end of the log if ``proc`` exits or
+    the time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}: {log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not start: {log_path.read_text()[-3000:]}")
+
+
 class LiveServer:
     def __init__(
         self, data_dir: Path, *, db_url: str | None = None, port: int | None = None, role: str = "all",
@@ -65,17 +81,8 @@ class LiveServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(args + self.extra_args, stdout=log, stderr=log, env=env, pass_fds=(fd,))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"server did not start: {self.log_path.read_text()[-3000:]}")
+        wait_healthy(self.url, self.proc, self.log_path, timeout)
+        return self
 
     def stop(self, *, kill: bool = False) -> None:
         """Stop the server; its port refuses connections until `start` binds it again."""

@@ -12,8 +12,8 @@ import pytest
 
 from cubby.core.zipstream import ZipMember, zip_stream
 from cubby.metadata.links import WALK_PAGE, LinkStore
-from cubby.model import ChunkRef, CommitRequest
 from cubby.metadata.store import open_store
+from cubby.model import ChunkRef, CommitRequest
 
 pytestmark = pytest.mark.xdist_group("links")
 CHUNK = 64 * 1024

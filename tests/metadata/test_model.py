@@ -12,8 +12,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from cubby.blockstore.memory import MemoryBlockStore
 from cubby.core import paths
 from cubby.errors import BadRequest, Conflict, NotFound
-from cubby.model import ChunkRef, CommitRequest
 from cubby.metadata.store import open_store
+from cubby.model import ChunkRef, CommitRequest
 
 NAMES = st.sampled_from(["a", "B", "c", "A", "dé", "de\u0301"])
 PATHS = st.lists(NAMES, min_size=1, max_size=3).map(lambda p: "/" + "/".join(p))

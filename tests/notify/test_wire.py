@@ -51,7 +51,8 @@ def raw(notify: LiveServer, request: bytes) -> bytes:
     "request_bytes, status, code",
     [
         (b"NOT HTTP AT ALL\r\n\r\n", 400, "bad_http"),
-        (b"GET /api/v1/nowhere HTTP/1.1\r\nHost: x\r\n\r\n", 404, "not_found"),
+        (b"GET /api/v1/nowhere HTTP/1.1\r\nHost: x\r\n\r\n", 421, "wrong_role"),  # the meta role's space
+        (b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n", 404, "not_found"),
         (b"GET /api/v1/notify/longpoll HTTP/1.1\r\nHost: x\r\n\r\n", 405, "method_not_allowed"),
         (b"GET /api/v1/notify/ws HTTP/1.1\r\nHost: x\r\n\r\n", 426, "upgrade_required"),
         (b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 413, "payload_too_large"),

@@ -4,6 +4,8 @@ raw path (paths hold file names and link tokens)."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -11,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cubby.client.api import ApiClient
 from cubby.client.upload import upload_file
+from cubby.metadata.store import open_store
 from tests.helpers.live_server import LiveServer
 
 
@@ -55,3 +58,31 @@ def test_metrics_count_requests_transactions_and_block_bytes(tmp_path: Path) -> 
     assert value(got, "cubby_blockstore_bytes_total", op="get") >= len(payload)  # the link download
     # nothing identifying: neither the file's name nor the link's token is a label anywhere
     assert "secret-name" not in text and link["token"] not in text
+
+
+def test_the_lean_notify_front_serves_metrics_with_its_waiting_connections(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'meta.db'}"
+    with LiveServer(tmp_path / "notify", db_url=db, role="notify") as notify:
+        token = notify.add_user("nia")
+        headers = {"Authorization": f"Bearer {token}"}
+        ns = httpx.get(notify.url + "/api/v1/notify", headers=headers).status_code
+        assert ns == 200
+        with httpx.Client(timeout=60) as waiting:
+            store = open_store(db)
+            try:
+                root = store.authenticate(token).root_ns
+                head = store.head(root)
+            finally:
+                store.close()
+            t = threading.Thread(target=lambda: waiting.post(
+                notify.url + "/api/v1/notify/longpoll", json={"cursor": {str(root): head}, "timeout": 30},
+                headers=headers))
+            t.daemon = True
+            t.start()
+            got: dict = {}
+            for _ in range(100):
+                got = samples(notify.url)
+                if value(got, "cubby_notify_connections") >= 1:
+                    break
+                time.sleep(0.1)
+            assert value(got, "cubby_notify_connections") == 1

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from cubby.client.api import ApiClient, commit_body
-from cubby.model import ChunkRef
 from cubby.metadata.store import SqlMetadataStore, open_store
+from cubby.model import ChunkRef
 from tests.conftest import db_url_for
 from tests.helpers.live_server import LiveServer
 

@@ -73,7 +73,10 @@ def test_leave_by_id_refuses_what_is_not_the_callers(people: dict[str, Person]) 
         carol.api.leave_share(ns_id)
     assert exc.value.code == "not_a_member"
     with pytest.raises(CubbyError) as exc:
-        carol.api.leave_share(2**63 + 5)
+        carol.api.leave_share(2**63 + 5)  # past BIGINT: refused as input, like every id field
+    assert exc.value.code == "bad_request" and exc.value.status == 400
+    with pytest.raises(CubbyError) as exc:
+        carol.api.leave_share(2**62 + 5)
     assert exc.value.code == "not_a_member"
     with pytest.raises(CubbyError) as exc:
         alice.api.leave_share(ns_id)

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -194,6 +195,31 @@ class Driver:
                 return
         raise AssertionError(f"no quiet round; {self.log}")
 
+    def check(self, api: ApiClient) -> None:
+        """Every client holds the server's tree (and the same executable bits), and every
+        version a client wrote is there unless a person later deleted or overwrote it."""
+        trees = [local_tree(r) for r in self.roots]
+        srv = server_tree(api)
+        if any(t != srv for t in trees):
+            diff = {k for t in trees for k in set(t) ^ set(srv)}
+            views = []
+            for i in range(3):
+                e = self.engine(i)
+                views.append({
+                    "remote": [r for r in e.state.remote_items() if r.path.lstrip("/") in diff],
+                    "base": [b for b in e.state.base_items() if b.path.lstrip("/") in diff],
+                    "has": [k for k in diff if k in trees[i]],
+                })
+            raise AssertionError(f"trees differ at {diff}; server has {[k for k in diff if k in srv]}; {views}; {self.log}")
+        execs = [  # names compared as local_tree does (NFC): clients may hold either form
+            {unicodedata.normalize("NFC", str(p.relative_to(r))) for p in self._files(r) if os.stat(p).st_mode & 0o100}
+            for r in self.roots
+        ]
+        assert execs[0] == execs[1] == execs[2], (execs, self.log)
+        present = {v for v in trees[0].values() if v is not None}
+        lost = self.written - self.destroyed - present
+        assert not lost, (f"{len(lost)} versions lost", self.log)
+
     def close(self) -> None:
         for i in range(3):
             self.drop(i)
@@ -227,24 +253,7 @@ def test_random_clients_outages_and_crashes_converge_without_loss(clients: Clien
                 server.start()
                 d.log.append("server up")
         d.settle()
-        trees = [local_tree(r) for r in d.roots]
-        srv = server_tree(clients.api)
-        if any(t != srv for t in trees):
-            diff = {k for t in trees for k in set(t) ^ set(srv)}
-            views = []
-            for i in range(3):
-                e = d.engine(i)
-                views.append({
-                    "remote": [r for r in e.state.remote_items() if r.path.lstrip("/") in diff],
-                    "base": [b for b in e.state.base_items() if b.path.lstrip("/") in diff],
-                    "has": [k for k in diff if k in trees[i]],
-                })
-            raise AssertionError(f"trees differ at {diff}; server has {[k for k in diff if k in srv]}; {views}; {d.log}")
-        execs = [{str(p.relative_to(r)) for p in d._files(r) if os.stat(p).st_mode & 0o100} for r in d.roots]
-        assert execs[0] == execs[1] == execs[2], (execs, d.log)
-        present = {v for v in trees[0].values() if v is not None}
-        lost = d.written - d.destroyed - present
-        assert not lost, (f"{len(lost)} versions lost", d.log)
+        d.check(clients.api)
     finally:
         d.close()
         if server.proc is None:

@@ -17,9 +17,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from cubby.core.durable import fsync_dir
+from cubby.blockstore.local import DISK_FULL, NO_SPACE
 from cubby.blockstore.objects import ObjectMissing, ObjectStoreError
-from cubby.errors import BadRequest
+from cubby.core.durable import fsync_dir
+from cubby.errors import BadRequest, InsufficientStorage
 
 _NAME = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
 _TMP = "tmp"
@@ -96,6 +97,8 @@ class FolderObjectStore:
                 os.unlink(tmp)
             except OSError:
                 pass
+            if exc.errno in NO_SPACE:  # a full disk is not a transient fault: 507, nothing kept
+                raise InsufficientStorage(DISK_FULL) from exc
             raise ObjectStoreError(f"could not store object {name}: {exc}") from exc
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:

@@ -13,6 +13,8 @@ what makes thousands of small files cheap to store.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import time
 import uuid
@@ -23,10 +25,37 @@ from pathlib import Path
 from cubby.core.compression import Codec, CorruptChunk, verify_and_encode
 from cubby.core.durable import barrier, fsync_dir, load_syncfs
 from cubby.core.hashing import check_chunk_name, is_chunk_name, sha256_hex, verify_chunk
-from cubby.errors import NotFound
+from cubby.errors import InsufficientStorage, NotFound
 
 _TMP_MAX_AGE = 3600.0
 """Temp files older than this belong to a dead writer and are swept when a store opens."""
+
+
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+DISK_FULL = (
+    "the server is out of disk space and could not store these chunks (no partial chunk is kept); "
+    "retry once its administrator has freed space"
+)
+
+
+@contextlib.contextmanager
+def _full_disk_as_error() -> Iterator[None]:
+    """A full disk (or quota) becomes `InsufficientStorage`; other failures pass unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            raise InsufficientStorage(DISK_FULL) from exc
+        raise
+
+
+def _discard(paths: Iterable[str]) -> None:
+    """Remove temp files of a failed write, whichever of them exist."""
+    for p in paths:
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
 
 
 class LocalBlockStore:
@@ -84,17 +113,23 @@ class LocalBlockStore:
 
     @staticmethod
     def _write_at(tmp: str, blob: bytes, *, fsync: bool) -> None:
-        """Write ``blob`` to a new file ``tmp`` (never an existing one), fsynced if asked."""
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            view = memoryview(blob)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+        """Write ``blob`` to a new file ``tmp`` (never an existing one), fsynced if asked. On
+        failure the partial file is removed; a full disk raises `InsufficientStorage`."""
+        with _full_disk_as_error():
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                try:
+                    view = memoryview(blob)
+                    while view:
+                        n = os.write(fd, view)
+                        view = view[n:]
+                    if fsync:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except BaseException:
+                _discard([tmp])
+                raise
 
     # -- the BlockStore contract ----------------------------------------------------------------
     def put(self, name: str, data: bytes) -> bool:
@@ -103,7 +138,12 @@ class LocalBlockStore:
         if final.exists():
             return False
         tmp = self._write_tmp(self.codec.encode(data), fsync=True)
-        os.replace(tmp, final)
+        with _full_disk_as_error():
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                _discard([str(tmp)])
+                raise
         fsync_dir(final.parent)
         return True
 
@@ -132,21 +172,28 @@ class LocalBlockStore:
         pending: list[tuple[str, str]] = []
         token = f"{self.tmp}/{uuid.uuid4().hex}"
         fsync_each = self._syncfs is None
-        for (name, _), blob in zip(items, blobs):
-            if blob is None:
-                result.append(False)
-                continue
-            tmp = f"{token}.{len(pending)}.part"
-            self._write_at(tmp, blob, fsync=fsync_each)
-            pending.append((tmp, f"{root}/{name[:2]}/{name}"))
-            result.append(True)
-        if not pending:
-            return result
-        self._barrier([])  # the bytes are durable before any name points at them
-        dirs: set[str] = set()
-        for tmp, final in pending:
-            os.replace(tmp, final)
-            dirs.add(os.path.dirname(final))
+        with _full_disk_as_error():
+            try:
+                for (name, _), blob in zip(items, blobs):
+                    if blob is None:
+                        result.append(False)
+                        continue
+                    tmp = f"{token}.{len(pending)}.part"
+                    self._write_at(tmp, blob, fsync=fsync_each)
+                    pending.append((tmp, f"{root}/{name[:2]}/{name}"))
+                    result.append(True)
+                if not pending:
+                    return result
+                self._barrier([])  # the bytes are durable before any name points at them
+                dirs: set[str] = set()
+                for tmp, final in pending:
+                    os.replace(tmp, final)
+                    dirs.add(os.path.dirname(final))
+            except BaseException:
+                # A failed batch (a full disk, say) leaves no temp file behind; chunks already
+                # renamed are whole and verified, and unreferenced until a commit names them.
+                _discard([tmp for tmp, _ in pending])
+                raise
         self._barrier([Path(d) for d in sorted(dirs)])  # and the names are durable before we return
         return result
 

@@ -40,6 +40,8 @@ def raise_for(resp: httpx.Response) -> None:
     try:
         body = resp.json()
     except (ValueError, json.JSONDecodeError):
+        if resp.status_code in (502, 503, 504):  # a proxy's own page: the server behind it is away
+            raise Unavailable(f"server answered {resp.status_code} (a proxy could not reach a server): retry later") from None
         body = {"code": "http_error", "message": f"server answered {resp.status_code}: {resp.text[:200]}"}
     if not isinstance(body, dict):
         body = {"code": "http_error", "message": f"server answered {resp.status_code}"}

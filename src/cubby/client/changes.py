@@ -79,20 +79,21 @@ class PollWaiter:
         self._closed.set()
 
 
-WaiterFactory = Callable[[ApiClient], ChangeWaiter]
-
-
-def open_waiter(api: ApiClient) -> ChangeWaiter:
+def open_waiter(api: ApiClient, report: Callable[[bool, str], None] | None = None) -> ChangeWaiter:
     """Push when the server offers a notification role, polling otherwise.
 
     The push implementation lives in `cubby.client.notify` and brings its own fallback to
-    polling while the notification server does not answer.
+    polling while the notification server does not answer. ``report(ok, detail)``
+    (`cubby.client.push_status.PushStatus.report`) hears whether push works, so that a client
+    stuck on polling says so.
     """
     try:
         from cubby.client.notify import PushWaiter  # type: ignore[import-not-found]
     except ImportError:
         return PollWaiter(api)
     try:
-        return PushWaiter(api)
-    except CubbyError:
+        return PushWaiter(api, report=report)
+    except CubbyError as exc:
+        if report is not None:
+            report(False, exc.message)
         return PollWaiter(api)

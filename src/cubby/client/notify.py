@@ -17,6 +17,7 @@ import httpx
 
 from cubby.client.api import ApiClient, raise_for
 from cubby.client.changes import Cursor
+from cubby.client.push_status import PushReport
 from cubby.errors import CubbyError, NotFound
 
 MIN_TIMEOUT = 30.0
@@ -45,8 +46,10 @@ class PushWaiter:
         long_timeout: float = 240.0,
         fallback_min: float = 5.0,
         fallback_max: float = 60.0,
+        report: PushReport | None = None,
     ) -> None:
         self._api = api
+        self._report: PushReport = report or (lambda ok, detail: None)
         self._long = min(max(long_timeout, MIN_TIMEOUT), MAX_TIMEOUT)
         self._fallback_min = fallback_min
         self._fallback_max = fallback_max
@@ -62,7 +65,8 @@ class PushWaiter:
                 self._http.close()
                 self._http = self._client(api.discover().get("notify", api.base_url))
                 resp = self._http.get("/api/v1/notify")
-        except (httpx.HTTPError, CubbyError):
+        except (httpx.HTTPError, CubbyError) as exc:
+            self._report(False, f"{self._http.base_url}: {exc}")
             return  # nobody answers yet: fall back until someone does
         if resp.status_code in (404, 421):
             self._http.close()
@@ -85,8 +89,10 @@ class PushWaiter:
                 if not cursor:  # nothing to subscribe to: the account's namespaces decide
                     raise _NoPush("empty cursor")
                 changed = self._longpoll(cursor, left)
-            except _NoPush:
+            except _NoPush as exc:
                 self.pushing = False
+                if cursor:  # an empty cursor needs no push: nothing is wrong
+                    self._report(False, f"{self._http.base_url}: {exc}")
                 if self._poll_once(cursor):
                     return True
                 pause = min(self._interval * random.uniform(0.8, 1.2), max(0.0, deadline - time.monotonic()))
@@ -95,6 +101,7 @@ class PushWaiter:
                     return True
                 continue
             self.pushing = True
+            self._report(True, "")
             self._interval = self._fallback_min
             if changed is not None:
                 return changed
@@ -119,7 +126,7 @@ class PushWaiter:
             if self._closed.is_set():
                 return True
             raise _NoPush(str(exc)) from exc
-        if resp.status_code in (404, 502, 503, 504):
+        if resp.status_code in (404, 421, 502, 503, 504):
             try:
                 details = resp.json().get("details") or {}
             except ValueError:

@@ -77,8 +77,9 @@ class CrossNamespaceMoves(Protocol):
         """Move a file or folder; after a crash at any point, `recover` leaves it in exactly one
         of the two namespaces. `Conflict` (nothing moved) if it changed during the move."""
 
-    def recover(self, *, older_than: float = 0.0) -> int:
-        """Finish or undo interrupted moves; idempotent. Returns how many it handled."""
+    def recover(self) -> int:
+        """Finish or undo the moves whose owner is gone (`cubby.metadata.leases`); idempotent.
+        Returns how many it handled."""
 
 
 class MetadataStore(Protocol):

@@ -8,6 +8,9 @@
 - PostgreSQL and MariaDB run at READ COMMITTED: every statement sees what committed before it,
   which the garbage collector relies on after it has locked a row (see store.py), and MariaDB
   takes no gap locks.
+- URLs are taken as people type them (`database_url`): ``postgresql://`` and ``postgres://``
+  use psycopg, ``mysql://`` and ``mariadb://`` use PyMySQL, the drivers cubby installs;
+  anything else is refused with one line that says what is supported.
 - Deadlocks and serialization failures are retried a few times by `Database.write`, since a
   transaction that lost such a race changed nothing and may simply run again.
 - A `write` or `read` called on a thread that is already inside a `write` of the same
@@ -26,12 +29,48 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, insert
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
-from cubby.errors import Unavailable
+from cubby.errors import CubbyError, InsufficientStorage, Unavailable
 
 T = TypeVar("T")
+
+class UnsupportedDatabase(CubbyError):
+    """A metadata database URL that cubby cannot open (a typo, or an engine it does not support)."""
+
+    code = "unsupported_database"
+    status = 400
+
+
+_DRIVERS = {
+    "sqlite": ("sqlite", {"pysqlite"}),
+    "postgresql": ("postgresql+psycopg", {"psycopg"}),
+    "postgres": ("postgresql+psycopg", {"psycopg"}),
+    "mysql": ("mysql+pymysql", {"pymysql"}),
+    "mariadb": ("mariadb+pymysql", {"pymysql"}),
+}
+"""Scheme -> (SQLAlchemy driver name, the drivers cubby installs for it)."""
+SUPPORTED = "sqlite:///PATH, postgresql://USER@HOST/DB, or mysql://USER@HOST/DB (mariadb:// too)"
+
+
+def database_url(url: str | URL) -> URL:
+    """The SQLAlchemy URL for a metadata database URL as a person types it: a bare scheme
+    gets the driver cubby installs (``postgres://`` is the spelling many hosts print), one
+    that names that driver is kept, and anything else is `UnsupportedDatabase`."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        scheme = str(url).partition("://")[0] if "://" in str(url) else ""
+        raise UnsupportedDatabase(
+            f"cannot read the database URL{f' ({scheme}://...)' if scheme else ''}: use {SUPPORTED}"
+        ) from None
+    backend, _, driver = parsed.drivername.partition("+")
+    known = _DRIVERS.get(backend)
+    if known is None or (driver and driver not in known[1]):
+        raise UnsupportedDatabase(f"cubby cannot use a {parsed.drivername}:// database: use {SUPPORTED}")
+    return parsed.set(drivername=known[0] if not driver else parsed.drivername)
+
 
 _RETRYABLE_CODES = {"40001", "40P01", "1213", "1205", "55P03"}
 
@@ -48,25 +87,48 @@ def _is_retryable(exc: DBAPIError) -> bool:
     return "database is locked" in text or "deadlock" in text
 
 
+_DISK_FULL_CODES = {"53100", "1021", "1114"}
+"""PostgreSQL's disk_full, MariaDB's ER_DISK_FULL and ER_RECORD_FILE_FULL."""
+
+
+def _is_disk_full(exc: DBAPIError) -> bool:
+    """Whether the database refused a write for lack of space (SQLite: SQLITE_FULL, code 13)."""
+    orig = exc.orig
+    if getattr(orig, "sqlite_errorcode", None) == 13:
+        return True
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    args = getattr(orig, "args", ())
+    if code in _DISK_FULL_CODES or (args and str(args[0]) in _DISK_FULL_CODES):
+        return True
+    text = str(orig).lower()
+    return "database or disk is full" in text or "no space left on device" in text
+
+
+DATABASE_FULL = (
+    "the server is out of disk space for its database; nothing was changed. "
+    "Its administrator must free space before it accepts changes again"
+)
+
+
 class Database:
     """A pair of engines (write, read) on one metadata database, and transaction helpers."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str | URL, *, pool_size: int = 10) -> None:
         self.observe: Callable[[str, float], None] | None = None
         """Called with ("read" or "write", seconds) after each transaction (server metrics)."""
-        self.url = make_url(url)
+        self.url = database_url(url)
         self.dialect = self.url.get_backend_name()
         if self.dialect == "sqlite":
-            self.writer = self._sqlite_engine(url, immediate=True)
-            self.reader = self._sqlite_engine(url, immediate=False)
+            self.writer = self._sqlite_engine(self.url, immediate=True)
+            self.reader = self._sqlite_engine(self.url, immediate=False)
         else:
             kw: dict[str, Any] = {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": 20}
-            self.writer = create_engine(url, isolation_level="READ COMMITTED", **kw)
+            self.writer = create_engine(self.url, isolation_level="READ COMMITTED", **kw)
             self.reader = self.writer
         self._current = threading.local()
 
     @staticmethod
-    def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
+    def _sqlite_engine(url: URL, *, immediate: bool) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
@@ -113,6 +175,8 @@ class Database:
                     self.observe("write", time.perf_counter() - start)
                 return result
             except (OperationalError, DBAPIError) as exc:
+                if _is_disk_full(exc):  # the transaction rolled back: nothing was written
+                    raise InsufficientStorage(DATABASE_FULL) from exc
                 if not _is_retryable(exc) or attempt == attempts - 1:
                     if _is_retryable(exc):
                         raise Unavailable("the metadata database is busy; retry shortly") from exc

@@ -424,7 +424,16 @@ class SqlMetadataStore:
 
         self.db.write(run)
 
-    def authenticate(self, token: str) -> Principal:
+    def authenticate(self, token: str, *, fresh: bool = False) -> Principal:
+        """The principal of ``token``. (This store always reads afresh; ``fresh`` is for a
+        cached store, `cubby.cache.store.CachedStore`.)"""
+        uid, name, root_ns, token_id = self.token_owner(token)
+        return self.principal_of(uid, name, root_ns, token_id=token_id)
+
+    def token_owner(self, token: str) -> tuple[int, str, int, int]:
+        """(user id, name, root namespace, token id) of a valid token; `Unauthorized` if it
+        is unknown or revoked. (Split from `authenticate` so that a cache can keep the two
+        halves under their own keys: see `cubby.cache.store`.)"""
         if not token:
             raise Unauthorized("missing bearer token: pass 'Authorization: Bearer TOKEN' (cubby user add prints one)")
 
@@ -440,12 +449,17 @@ class SqlMetadataStore:
             raise Unauthorized("unknown token: check CUBBY_TOKEN, or create one with 'cubby user add'")
         if row.revoked_at is not None:
             raise Unauthorized("this token was revoked: create a new one with 'cubby token create'")
-        return self.principal_of(int(row.uid), row.name, int(row.root_ns), token_id=int(row.id))
+        return int(row.uid), str(row.name), int(row.root_ns), int(row.id)
+
+    def token_hash_of(self, token_id: int) -> str | None:
+        """The stored hash of token ``token_id`` (None if there is none): the cache's key."""
+        row = self.db.read(lambda c: c.execute(select(tokens.c.token_hash).where(tokens.c.id == token_id)).first())
+        return None if row is None else str(row[0])
 
     def principal_of(self, user_id: int, name: str, root_ns: int, *, token_id: int = 0) -> Principal:
         """The principal of a user whose credential was checked elsewhere (a token here, a
         web session in `cubby.metadata.accounts`), with memberships read afresh."""
-        roles, mounts = self.db.read(lambda c: self._memberships(c, user_id, root_ns))
+        roles, mounts = self.memberships(user_id, root_ns)
         return Principal(
             user_id=user_id, name=name, root_ns=root_ns, token_id=token_id, namespaces=roles, mounts=mounts,
         )
@@ -465,6 +479,10 @@ class SqlMetadataStore:
             ).first() is not None
 
         return self.db.read(run)
+
+    def memberships(self, user_id: int, root_ns: int) -> tuple[dict[int, Role], dict[str, int]]:
+        """Roles by namespace and mounts of ``user_id`` (see `_memberships`), in one read."""
+        return self.db.read(lambda c: self._memberships(c, user_id, root_ns))
 
     def _memberships(self, conn: Connection, user_id: int, root_ns: int) -> tuple[dict[int, Role], dict[str, int]]:
         """The namespaces a user reaches, with roles, and where each shared one is mounted.

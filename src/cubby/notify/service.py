@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Collection
 
 from cubby.errors import BadRequest, CubbyError, NotFound, Unavailable
@@ -22,9 +23,13 @@ class NotifyService:
     so that the notification role needs no start-up hook; a failed start is retried by the
     next request, which answers `Unavailable` meanwhile."""
 
-    def __init__(self, broker: Broker, read_heads: HeadsReader) -> None:
+    def __init__(
+        self, broker: Broker, read_heads: HeadsReader, *, observe_fanout: Callable[[float], None] | None = None,
+    ) -> None:
         self.broker = broker
         self.read_heads = read_heads
+        self.observe_fanout = observe_fanout
+        """Called with the seconds one change took to wake its subscribers (server metrics)."""
         self.hub = Hub()
         self.resyncs = 0
         self._ready: asyncio.Future[None] | None = None
@@ -48,7 +53,10 @@ class NotifyService:
         kind, _, ident = topic.partition(".")
         try:
             if kind == "ns":
+                start = time.perf_counter()
                 self.hub.advance(int(ident), int(payload))
+                if self.observe_fanout is not None:
+                    self.observe_fanout(time.perf_counter() - start)
             elif kind == "user":
                 self.hub.account_changed(int(ident))
         except ValueError:

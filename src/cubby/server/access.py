@@ -16,6 +16,7 @@ from starlette.requests import Request
 from cubby.core import paths
 from cubby.errors import Forbidden, NotFound, Unauthorized
 from cubby.model import Entry, Principal
+from cubby.server.bodies import allow_body
 from cubby.server.context import ServerContext
 
 
@@ -31,20 +32,25 @@ class Target:
         return ns_path if self.mount == paths.ROOT else paths.join(self.mount, ns_path.lstrip("/")).rstrip("/")
 
 
-async def principal(request: Request, ctx: ServerContext) -> Principal:
+async def principal(request: Request, ctx: ServerContext, *, fresh: bool = False) -> Principal:
+    """The caller, from their bearer token (or session cookie); only then may the request's
+    body be read (`bodies.allow_body`), so a stranger's request costs a header and one token
+    lookup. ``fresh``: read the memberships from the database, past the metadata cache, as a
+    request does after it raced a share (the share's invalidation may not have reached the
+    cache yet)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if not header and request.cookies:
         from cubby.server import sessions  # a browser: the session cookie, with its CSRF checks
 
         p = await sessions.principal(request, ctx)
-        request.state.user_id = p.user_id
-        return p
-    if scheme.lower() != "bearer" or not token.strip():
+    elif scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer TOKEN' (see 'cubby user add')")
-    p = await run_in_threadpool(ctx.store.authenticate, token.strip())
+    else:
+        p = await run_in_threadpool(ctx.store.authenticate, token.strip(), fresh=fresh)
     request.state.user_id = p.user_id
     request.scope.setdefault("state", {})["user_id"] = p.user_id
+    allow_body(request)
     return p
 
 

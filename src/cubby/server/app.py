@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 from collections.abc import AsyncIterator, Sequence
 
 from starlette.applications import Starlette
@@ -21,6 +22,7 @@ from cubby.server.context import ServerContext
 from cubby.server.errors import HANDLERS
 from cubby.server.logs import RequestLog
 from cubby.server.metrics import RequestMetrics
+from cubby.server.unread import CloseUnreadBody
 
 ROLES = ("meta", "blocks", "notify")
 _ROLE_MODULES = {"meta": "cubby.server.meta", "blocks": "cubby.server.blocks", "notify": "cubby.server.notify"}
@@ -45,7 +47,7 @@ def build_app(ctx: ServerContext, roles: Sequence[str] = ROLES) -> Starlette:
         return JSONResponse(spec)
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "roles": list(roles)})
+        return JSONResponse({"status": "ok", "roles": list(roles), "pid": os.getpid()})
 
     routes: list[BaseRoute] = [
         Route("/openapi.json", openapi, methods=["GET"]),
@@ -75,7 +77,11 @@ def build_app(ctx: ServerContext, roles: Sequence[str] = ROLES) -> Starlette:
 
     return Starlette(
         routes=routes,
-        middleware=[Middleware(RequestLog), Middleware(RequestMetrics, metrics=ctx.metrics, routes=routes)],
+        middleware=[
+            Middleware(RequestLog),
+            Middleware(RequestMetrics, metrics=ctx.metrics, routes=routes),
+            Middleware(CloseUnreadBody),
+        ],
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
     )

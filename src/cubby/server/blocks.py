@@ -11,6 +11,7 @@ import re
 from collections.abc import AsyncIterator, Sequence
 
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
@@ -18,17 +19,39 @@ from starlette.routing import BaseRoute, Route
 from cubby.blockstore.base import BlockStore
 from cubby.core import frames
 from cubby.core.hashing import is_chunk_name
-from cubby.errors import BadRequest, CubbyError, NotFound, PayloadTooLarge
+from cubby.errors import BadRequest, CubbyError, NotFound
 from cubby.metadata.possession import parse_claims
 from cubby.model import ChunkRef, Entry
 from cubby.server import access
-from cubby.server.bodies import field_hash, field_int, json_body, query_int, require_content_type
+from cubby.server.bodies import (
+    LIST_JSON,
+    field_hash,
+    field_int,
+    json_body,
+    query_int,
+    require_content_type,
+    stream_capped,
+)
 from cubby.server.context import ServerContext
 from cubby.server.possession import RejectPacer
 
 INGEST_BATCH_BYTES = 16 * 1024 * 1024
 MAX_FETCH = 4096
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class ChunkNameConvertor(Convertor[str]):
+    """``{hash:chunk}``: a path segment of 64 characters. It keeps ``/blocks/fetch`` and its
+    siblings from also matching ``/blocks/{hash}`` (so a GET there is a 405, not a bad hash);
+    the handler still checks that the 64 characters are lowercase hex."""
+
+    regex = "[^/]{64}"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
 
 
 class RangeNotSatisfiable(CubbyError):
@@ -97,6 +120,7 @@ def file_response(
 
 
 def routes(ctx: ServerContext) -> list[BaseRoute]:
+    register_url_convertor("chunk", ChunkNameConvertor())
     store = ctx.store
     blocks: BlockStore = ctx.blocks  # type: ignore[assignment]
     limit = ctx.config.max_request_bytes
@@ -107,19 +131,13 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         ns_id = query_int(request, "ns_id", p.root_ns, minimum=1)
         access.check_namespace(p, ns_id, write=True)
         require_content_type(request, frames.CONTENT_TYPE)
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"the body is larger than the {limit}-byte limit; send fewer chunks per request")
         # Chunks are not hashed here: `ingest_chunks` hands each batch to the block store's
         # `put_many`, which verifies every chunk against its name before writing any (the one
         # verification on the server; hashing here as well would double the server's work).
         reader = frames.FrameReader()
         batch: list[tuple[str, bytes]] = []
-        batch_bytes = total = received = stored = 0
-        async for piece in request.stream():
-            total += len(piece)
-            if total > limit:
-                raise PayloadTooLarge(f"the body is larger than the {limit}-byte limit; send fewer chunks per request")
+        batch_bytes = received = stored = 0
+        async for piece in stream_capped(request, limit):
             for name, data in reader.feed(piece):
                 batch.append((name, data))
                 batch_bytes += len(data)
@@ -141,7 +159,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         claim costs the same hashing and, after `RejectPacer.pad`, the same time, whether or
         not the server holds the chunk (see cubby.metadata.possession)."""
         p = await access.principal(request, ctx)
-        body = await json_body(request)
+        body = await json_body(request, LIST_JSON)
         ns_id = field_int(body, "ns_id", minimum=1) or 0
         access.check_namespace(p, ns_id, write=True)
         claims = parse_claims(body.get("proofs"), max_entries=MAX_FETCH)
@@ -158,7 +176,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
 
     async def fetch(request: Request) -> Response:
         p = await access.principal(request, ctx)
-        body = await json_body(request)
+        body = await json_body(request, LIST_JSON)
         hashes = body.get("hashes")
         if not isinstance(hashes, list) or not hashes or len(hashes) > MAX_FETCH:
             raise BadRequest(f"field 'hashes' must be a list of 1 to {MAX_FETCH} chunk hashes", field="hashes")
@@ -195,7 +213,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         Route("/api/v1/blocks/upload", upload, methods=["POST"]),
         Route("/api/v1/blocks/prove", prove, methods=["POST"]),
         Route("/api/v1/blocks/fetch", fetch, methods=["POST"]),
-        Route("/api/v1/blocks/{hash}", one_chunk, methods=["GET"]),
+        Route("/api/v1/blocks/{hash:chunk}", one_chunk, methods=["GET"]),
         Route("/api/v1/content/{path:path}", content, methods=["GET", "HEAD"]),
     ]
 

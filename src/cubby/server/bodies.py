@@ -1,24 +1,71 @@
-"""Reading and checking request bodies: size caps, content types, and typed fields.
+"""Reading and checking request bodies: size caps, content types, JSON shape, and typed fields.
 
-Nothing here trusts Content-Length: bodies are read as a stream and cut off at the cap.
+Three rules keep a stranger's request cheap (see docs/ARCHITECTURE.md, "Request bodies"):
+
+- No body is read before the caller is known. `access.principal` opens the gate
+  (`allow_body`) once the bearer token checks out; `read_capped`, `stream_capped` and
+  `json_body` refuse to run on a request whose gate is shut, so a route that forgot to
+  authenticate first fails loudly in its tests instead of parsing a stranger's 60 MiB.
+  (`cubby.server.unread` then reads at most 64 KiB more of a stranger's unread body before
+  answering, and closes the connection rather than drain the rest.)
+- Every read names its cap: each route passes the cap that fits what it accepts
+  (`SMALL_JSON`, `LIST_JSON`, `COMMIT_JSON`, or the upload's `max_request_bytes`).
+  Nothing here trusts Content-Length: bodies are read as a stream and cut off at the cap.
+- JSON is strict UTF-8, at most `MAX_JSON_DEPTH` deep (checked on the raw bytes before it is
+  parsed, so a 100,000-deep body never becomes 100,000 nested lists), without lone
+  surrogates, NaN or Infinity. Integers are bounded by the fields that read them
+  (`field_int`, `query_int`, `path_int`: at most `MAX_INT`, what a database BIGINT holds).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
+from starlette.types import Scope
 
 from cubby.core.hashing import is_chunk_name
 from cubby.errors import BadRequest, CubbyError, PayloadTooLarge
 
-MAX_JSON_BYTES = 64 * 1024 * 1024
+SMALL_JSON = 64 * 1024
+"""A body naming one or two paths and a few fields (mkdir, move, delete, restore, tokens,
+shares, links). A path is at most 2,900 bytes, under 9 KB even with every character escaped."""
+LIST_JSON = 16 * 1024 * 1024
+"""A list of up to 1,000 paths (blocklists) or 4,096 hashes or proofs (fetch, prove)."""
+COMMIT_JSON = 32 * 1024 * 1024
+"""One commit's chunk list, or a batch of them: about 350,000 chunks (a file of some 350 GB
+at the 1 MiB average chunk)."""
+MAX_JSON_DEPTH = 32
+"""The deepest request is a batch: object, list, commit, chunk list, chunk (5 levels)."""
+MAX_INT = 2**63 - 1
+"""The largest integer any field accepts: what a signed 64-bit database column holds."""
+
+_GATE = "cubby.body_allowed"
 
 
 class UnsupportedMediaType(CubbyError):
     code = "unsupported_media_type"
     status = 415
+
+
+def allow_body(request: Request) -> None:
+    """Open the gate: the caller is authenticated (or the route is public by design), so its
+    body may now be read."""
+    request.scope[_GATE] = True
+
+
+def body_allowed(scope: Scope) -> bool:
+    """Whether `allow_body` opened this request's gate (its caller is known)."""
+    return bool(scope.get(_GATE))
+
+
+def _check_gate(request: Request) -> None:
+    if not body_allowed(request.scope):
+        raise RuntimeError(f"{request.url.path}: a request body was read before the caller was authenticated")
 
 
 def require_content_type(request: Request, expected: str) -> None:
@@ -27,25 +74,82 @@ def require_content_type(request: Request, expected: str) -> None:
         raise UnsupportedMediaType(f"send this request with Content-Type: {expected} (got {got or 'none'!r})")
 
 
-async def read_capped(request: Request, limit: int) -> bytes:
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the body is larger than the {limit}-byte limit of this route")
+
+
+async def stream_capped(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The body as it arrives, refused with 413 once more than ``limit`` bytes came (or the
+    declared Content-Length says they will), and only after authentication."""
+    _check_gate(request)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the body is larger than the {limit}-byte limit")
-    buf = bytearray()
+        raise _too_large(limit)
+    total = 0
     async for piece in request.stream():
+        total += len(piece)
+        if total > limit:
+            raise _too_large(limit)
+        yield piece
+
+
+async def read_capped(request: Request, limit: int) -> bytes:
+    buf = bytearray()
+    async for piece in stream_capped(request, limit):
         buf += piece
-        if len(buf) > limit:
-            raise PayloadTooLarge(f"the body is larger than the {limit}-byte limit")
     return bytes(buf)
 
 
-async def json_body(request: Request, limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
-    require_content_type(request, "application/json")
-    raw = await read_capped(request, limit)
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+_STRING = re.compile(rb'"[^"]*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_DEPTH_STEP = [0] * 256
+_DEPTH_STEP[ord("[")] = _DEPTH_STEP[ord("{")] = 1
+_DEPTH_STEP[ord("]")] = _DEPTH_STEP[ord("}")] = -1
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def json_depth(raw: bytes) -> int:
+    """How deeply the arrays and objects of a JSON text nest, found without parsing it: escapes
+    and then strings are cut out (so brackets inside strings do not count), and what is left
+    is reduced to its brackets; every step runs in C, in time linear in the body."""
+    brackets = _STRING.sub(b"", _ESCAPE.sub(b"", raw)).translate(None, _NOT_BRACKETS)
+    return max(itertools.accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(raw: bytes) -> Any:
+    """Parse a request's JSON strictly: UTF-8, at most `MAX_JSON_DEPTH` deep, no NaN or
+    Infinity, no lone surrogates (which no database or log can store). Every failure is a
+    `BadRequest` with code ``malformed_json``."""
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from exc
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"the body is not UTF-8: {exc.reason} at byte {exc.start}", code="malformed_json") from None
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise BadRequest(f"the JSON nests deeper than {MAX_JSON_DEPTH} levels", code="malformed_json")
+    try:
+        body = json.loads(text, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from None
+    if _SURROGATE_ESCAPE.search(raw):
+        try:  # pairs decode to one character; a lone half cannot be encoded back
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest(
+                "the JSON holds a lone UTF-16 surrogate escape (\\ud800-\\udfff): strings must be valid Unicode",
+                code="malformed_json",
+            ) from None
+    return body
+
+
+async def json_body(request: Request, limit: int) -> dict[str, Any]:
+    """A JSON object of at most ``limit`` bytes, read only after authentication (`allow_body`)."""
+    require_content_type(request, "application/json")
+    body = parse_json(await read_capped(request, limit))
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object", code="malformed_json")
     return body
@@ -60,12 +164,16 @@ def field_str(body: dict[str, Any], name: str, *, required: bool = True) -> str 
     return v
 
 
-def field_int(body: dict[str, Any], name: str, *, required: bool = True, minimum: int = 0) -> int | None:
+def field_int(
+    body: dict[str, Any], name: str, *, required: bool = True, minimum: int = 0, maximum: int = MAX_INT
+) -> int | None:
     v = body.get(name)
     if v is None and not required:
         return None
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise BadRequest(f"field '{name}' must be an integer >= {minimum}", field=name)
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)  # JSON has one kind of number: 3.0 is the integer 3
+    if isinstance(v, bool) or not isinstance(v, int) or not minimum <= v <= maximum:
+        raise BadRequest(f"field '{name}' must be an integer from {minimum} to {maximum}", field=name)
     return v
 
 
@@ -73,7 +181,7 @@ def field_float(body: dict[str, Any], name: str) -> float | None:
     v = body.get(name)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or abs(v) > 1e13:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not abs(v) <= 1e13:  # NaN fails it too
         raise BadRequest(f"field '{name}' must be a number (seconds since the epoch)", field=name)
     return float(v)
 
@@ -84,17 +192,32 @@ def field_hash(v: Any, what: str) -> str:
     return str(v)
 
 
-def query_int(request: Request, name: str, default: int, *, minimum: int = 0, maximum: int = 2**62) -> int:
+_INT_TEXT = re.compile(r"-?[0-9]{1,19}")
+
+
+def _int_text(raw: str, what: str, minimum: int, maximum: int) -> int:
+    """An integer written in plain decimal (no spaces, signs other than '-', or underscores)
+    within [minimum, maximum]."""
+    if not _INT_TEXT.fullmatch(raw) or not minimum <= int(raw) <= maximum:
+        raise BadRequest(f"{what} must be an integer from {minimum} to {maximum}")
+    return int(raw)
+
+
+def query_int(request: Request, name: str, default: int, *, minimum: int = 0, maximum: int = MAX_INT) -> int:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
     try:
-        v = int(raw)
-    except ValueError:
-        raise BadRequest(f"query parameter '{name}' must be an integer", field=name) from None
-    if not minimum <= v <= maximum:
-        raise BadRequest(f"query parameter '{name}' must be between {minimum} and {maximum}", field=name)
-    return v
+        return _int_text(raw, f"query parameter '{name}'", minimum, maximum)
+    except BadRequest as exc:
+        exc.details["field"] = name
+        raise
+
+
+def path_int(request: Request, name: str, *, minimum: int = 1, maximum: int = MAX_INT) -> int:
+    """An id in the URL path (``/tokens/{token_id}``): digits only, and within range, so that
+    no id ever reaches the database as a number it cannot hold."""
+    return _int_text(str(request.path_params[name]), f"'{name}' in the path", minimum, maximum)
 
 
 def query_bool(request: Request, name: str) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from cubby.blockstore.base import BlockStore
 from cubby.config import Config
@@ -84,7 +84,7 @@ def build_context(config: Config, roles: tuple[str, ...]) -> ServerContext:
     store.db.observe = metrics.observe_transaction
     if blocks is not None:
         blocks = InstrumentedBlockStore(blocks, metrics)
-    ctx = ServerContext(config=config, store=store, blocks=blocks, closers=closers, metrics=metrics)
+    ctx = ServerContext(config=config, store=cached(store, config.cache_url, roles, metrics), blocks=blocks, closers=closers, metrics=metrics)
     if "meta" in roles or "notify" in roles:
         from cubby.notify.base import open_broker
 
@@ -96,3 +96,27 @@ def build_context(config: Config, roles: tuple[str, ...]) -> ServerContext:
             ctx.commit_listeners.append(publisher.commit)
             ctx.account_listeners.append(publisher.account)
     return ctx
+
+
+def cached(store: SqlMetadataStore, url: str, roles: tuple[str, ...], metrics: Metrics) -> SqlMetadataStore:
+    """The store behind the metadata cache named by ``url`` (`cubby.cache`), or the plain
+    store for ``none``. The wrapper passes through every method it does not cache, so the
+    server keeps the store's type.
+
+    The in-process ``memory`` cache sees only its own process's writes, so it is used only by
+    a process that serves every role (the embedded server); a process of a split deployment
+    with the default ``memory`` runs uncached rather than stale."""
+    from cubby.cache.base import open_cache
+    from cubby.cache.store import CachedStore
+
+    if url == "memory" and set(roles) != {"meta", "blocks", "notify"}:
+        logging.getLogger("cubby.server").info("roles split over processes: no in-process metadata cache")
+        return store
+    cache = open_cache(url)
+    if cache is None:
+        return store
+
+    def count(name: str, result: str) -> None:
+        metrics.cache.labels(name, result).inc()
+
+    return cast(SqlMetadataStore, CachedStore(store, cache, count=count))

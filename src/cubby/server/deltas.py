@@ -32,7 +32,7 @@ from cubby.core.delta import DELTA, MAX_BASES, PATCH_FRAME, WHOLE
 from cubby.core.hashing import sha256_hex
 from cubby.errors import BadRequest, ChunkMismatch, NotFound, PayloadTooLarge
 from cubby.server import access
-from cubby.server.bodies import field_hash, json_body, query_int, require_content_type
+from cubby.server.bodies import LIST_JSON, field_hash, json_body, query_int, require_content_type
 from cubby.server.context import ServerContext
 
 
@@ -52,7 +52,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
 
     async def signatures(request: Request) -> Response:
         p = await access.principal(request, ctx)
-        wanted = hashes_field(await json_body(request), "hashes")
+        wanted = hashes_field(await json_body(request, LIST_JSON), "hashes")
         ok = await readable(p, wanted)
         out: dict[str, str] = {}
         for h in dict.fromkeys(wanted):
@@ -102,7 +102,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
 
     async def fetch_delta(request: Request) -> Response:
         p = await access.principal(request, ctx)
-        body = await json_body(request)
+        body = await json_body(request, LIST_JSON)
         raw = body.get("pairs")
         if not isinstance(raw, list) or not raw or len(raw) > MAX_BASES:
             raise BadRequest(f"field 'pairs' must be a list of 1 to {MAX_BASES} [new, base] pairs", field="pairs")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -24,6 +25,7 @@ from starlette.routing import BaseRoute, Route
 from cubby.config import Config
 from cubby.errors import WrongRole
 from cubby.roles import ROLES, role_for_path
+from cubby.server.errors import allowed_methods
 
 
 def advertised(config: Config) -> dict[str, str | None]:
@@ -44,6 +46,9 @@ def routes(config: Config, roles: Sequence[str]) -> list[BaseRoute]:
         return JSONResponse({**addresses(request), "serves": sorted(served)}, headers={"Cache-Control": "no-store"})
 
     async def misdirected(request: Request) -> Response:
+        allow = allowed_methods(request, ignore=misdirected)
+        if allow:  # a route here serves this path, with other methods
+            raise HTTPException(405, headers={"Allow": allow})
         role = role_for_path(request.url.path)
         if role is None or role == "any" or role in served:
             return JSONResponse({"code": "not_found", "message": f"no such route: {request.url.path}"}, status_code=404)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match, Route
 
 from cubby.errors import CubbyError
 
 log = logging.getLogger("cubby.server")
+_PARAM = re.compile(r"{[^}]*}")
 
 
 def error_response(exc: CubbyError) -> JSONResponse:
@@ -26,10 +29,34 @@ async def cubby_error(request: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
+def allowed_methods(request: Request, *, ignore: object = None) -> str:
+    """Every method the routes that serve this path answer (RFC 9110 asks a 405 to list them
+    all; the router names only those of the first route that matched). When several routes
+    match, the most specific win, the ones with the longest literal text: ``/blocks/fetch``
+    over ``/blocks/{hash}``, and anything over a catch-all; routes whose endpoint is
+    ``ignore`` do not count."""
+    matching = [
+        r for r in request.app.router.routes
+        if isinstance(r, Route) and r.methods and r.endpoint is not ignore
+        and r.matches(request.scope)[0] != Match.NONE
+    ]
+    if not matching:
+        return ""
+
+    def literal(r: Route) -> int:
+        return len(_PARAM.sub("", r.path))
+
+    best = max(literal(r) for r in matching)
+    return ", ".join(sorted({m for r in matching if literal(r) == best for m in r.methods or ()}))
+
+
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return JSONResponse({"code": code, "message": str(exc.detail)}, status_code=exc.status_code)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request) or headers.get("Allow", "")
+    return JSONResponse({"code": code, "message": str(exc.detail)}, status_code=exc.status_code, headers=headers)
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:

@@ -45,7 +45,7 @@ from cubby.errors import BadRequest, InvalidPath, NotFound
 from cubby.metadata.links import GONE, Link, LinkInfo, LinkStore, check_password
 from cubby.server import access
 from cubby.server.blocks import file_response
-from cubby.server.bodies import json_body, query_bool
+from cubby.server.bodies import SMALL_JSON, json_body, query_bool
 from cubby.server.context import ServerContext
 from cubby.server.linkguard import Outcome, PasswordGate
 from cubby.server.peers import TrustedProxies
@@ -181,7 +181,7 @@ def management_routes(ctx: ServerContext, links: LinkStore) -> list[BaseRoute]:
 
     async def create(request: Request) -> Response:
         p = await access.principal(request, ctx)
-        body = await json_body(request)
+        body = await json_body(request, SMALL_JSON)
         raw_path = body.get("path")
         if not isinstance(raw_path, str):
             raise BadRequest("field 'path' must be a string", field="path")
@@ -351,8 +351,10 @@ def routes(ctx: ServerContext, roles: Sequence[str], creator_access: CreatorAcce
 
 def openapi_paths() -> dict[str, Any]:
     """The link routes in OpenAPI form, merged into ``/openapi.json`` (so schemathesis fuzzes them)."""
+    from cubby.server.openapi import PATH, WRITE_ERRORS
+
     err = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-    errors = {str(c): err for c in (400, 401, 404, 415)}
+    errors = {str(c): err for c in (400, 401, 404)}
     link = {"type": "object", "properties": {"id": {"type": "string"}, "path": {"type": ["string", "null"]}, "state": {"type": "string"}}}
     binary = {"schema": {"type": "string", "format": "binary"}}
     public = {
@@ -369,7 +371,7 @@ def openapi_paths() -> dict[str, Any]:
             **{str(c): err for c in (400, 401, 404, 416, 429)},
         },
     }
-    sub = {**public, "parameters": [*public["parameters"], {"name": "subpath", "in": "path", "required": True, "schema": {"type": "string"}}]}
+    sub = {**public, "parameters": [*public["parameters"], {"name": "subpath", "in": "path", "required": True, "schema": PATH}]}
     return {
         "/api/v1/links": {
             "post": {
@@ -377,12 +379,15 @@ def openapi_paths() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object", "required": ["path"],
                     "properties": {
-                        "path": {"type": "string"},
+                        "path": PATH,
                         "expires": {"type": ["string", "number", "null"]},
                         "password": {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_PASSWORD},
                     },
                 }}}},
-                "responses": {"201": {"description": "created", "content": {"application/json": {"schema": link}}}, **errors},
+                "responses": {
+                    "201": {"description": "created", "content": {"application/json": {"schema": link}}},
+                    **errors, **{str(c): err for c in WRITE_ERRORS},
+                },
             },
             "get": {
                 "summary": "The caller's links that are not revoked (all=true: and members' links into the caller's folders)",
@@ -393,7 +398,7 @@ def openapi_paths() -> dict[str, Any]:
         "/api/v1/links/{link_id}": {
             "delete": {
                 "summary": "Revoke one of the caller's links, or any link into a folder the caller owns",
-                "parameters": [{"name": "link_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "parameters": [{"name": "link_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{16}$"}}],
                 "responses": {"204": {"description": "revoked"}, **errors},
             }
         },

@@ -21,17 +21,22 @@ from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceMoved
 from cubby.model import ChunkRef, CommitRequest, CommitResult, Principal
 from cubby.server import access
 from cubby.server.bodies import (
+    COMMIT_JSON,
+    LIST_JSON,
+    SMALL_JSON,
     field_float,
     field_hash,
     field_int,
     field_str,
     json_body,
+    path_int,
     query_bool,
     query_int,
 )
 from cubby.server.context import ServerContext
 
 MAX_BATCH = 1000
+MAX_LABEL = 200
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -86,7 +91,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
             return p, await run_in_threadpool(fn, p, False)
         except NamespaceMoved:
             ctx.log.info("request raced a share; resolving it again", extra={"path": request.url.path})
-            p = await who(request)
+            p = await access.principal(request, ctx, fresh=True)
             return p, await run_in_threadpool(fn, p, True)
 
     async def account(request: Request) -> Response:
@@ -107,37 +112,40 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         )
 
     async def commit(request: Request) -> Response:
-        req = parse_commit(await json_body(request))
+        p = await who(request)
+        req = parse_commit(await json_body(request, COMMIT_JSON))
 
         def run(p: Principal, moved: bool) -> tuple[access.Target, CommitResult]:
             target = access.resolve(p, req.path, write=True)
             inner = CommitRequest(target.path, req.size, req.chunks, req.expected_rev, req.mtime, req.mode)
             return target, store.commit(p.user_id, target.ns_id, inner, access.mounts(p).values())
 
-        _, (target, res) = await once_more(request, await who(request), run)
+        _, (target, res) = await once_more(request, p, run)
         if res.entry is not None:
             ctx.committed(target.ns_id, res.entry.rev)
         return JSONResponse(commit_answer(target, res))
 
     async def commit_batch(request: Request) -> Response:
         p = await who(request)
-        body = await json_body(request)
+        body = await json_body(request, COMMIT_JSON)
         items = body.get("commits")
         if not isinstance(items, list) or not items:
             raise BadRequest("field 'commits' must be a non-empty list of commits", field="commits")
         if len(items) > MAX_BATCH:
             raise BadRequest(f"at most {MAX_BATCH} commits per batch", field="commits")
         results: list[dict[str, Any] | None] = [None] * len(items)
+        # A malformed commit refuses the whole batch (no client sends one); what the store
+        # refuses (a conflict, a bad path) is answered per commit.
         parsed: dict[int, CommitRequest] = {}
         for i, raw in enumerate(items):
             try:
                 parsed[i] = parse_commit(raw)
-            except CubbyError as exc:
-                results[i] = {"status": "error", "error": exc.to_dict()}
+            except BadRequest as exc:
+                raise BadRequest(f"commits[{i}]: {exc.message}", code=exc.code, **exc.details) from None
         todo = sorted(parsed)
         for attempt in range(2):
             if attempt:
-                p = await who(request)  # fresh mounts: some paths became a shared folder
+                p = await access.principal(request, ctx, fresh=True)  # some paths became a shared folder
             groups: dict[int, list[tuple[int, access.Target, CommitRequest]]] = {}
             for i in todo:
                 req = parsed[i]
@@ -174,7 +182,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
 
         async def handler(request: Request) -> Response:
             p = await who(request)
-            body = await json_body(request)
+            body = await json_body(request, SMALL_JSON)
             _, (target, entry, *also) = await once_more(request, p, lambda q, moved: fn(q, body, moved))
             for ns_id in {target.ns_id, *also}:
                 ctx.committed(ns_id, await run_in_threadpool(store.head, ns_id))
@@ -257,7 +265,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         consecutive creations is one transaction per namespace: a first sync of a tree makes
         thousands of folders, and one request each was most of its requests."""
         p = await who(request)
-        body = await json_body(request)
+        body = await json_body(request, LIST_JSON)
         items = body.get("ops")
         if not isinstance(items, list) or not items or len(items) > MAX_BATCH:
             raise BadRequest(f"field 'ops' must be a list of 1 to {MAX_BATCH} operations", field="ops")
@@ -341,16 +349,14 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
     async def blocklists(request: Request) -> Response:
         """Many files' chunk lists in one request: what a download of many small files needs."""
         p = await who(request)
-        body = await json_body(request)
+        body = await json_body(request, LIST_JSON)
         items = body.get("paths")
-        if not isinstance(items, list) or not items or len(items) > MAX_BATCH:
-            raise BadRequest(f"field 'paths' must be a list of 1 to {MAX_BATCH} paths", field="paths")
+        if not isinstance(items, list) or not items or len(items) > MAX_BATCH or not all(isinstance(i, str) for i in items):
+            raise BadRequest(f"field 'paths' must be a list of 1 to {MAX_BATCH} path strings", field="paths")
         out: list[dict[str, Any] | None] = [None] * len(items)
         groups: dict[int, list[tuple[int, access.Target]]] = {}
         for i, raw in enumerate(items):
             try:
-                if not isinstance(raw, str):
-                    raise BadRequest("each path must be a string")
                 t = access.resolve(p, raw)
                 groups.setdefault(t.ns_id, []).append((i, t))
             except CubbyError as exc:
@@ -385,8 +391,10 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
 
     async def tokens_create(request: Request) -> Response:
         p = await who(request)
-        body = await json_body(request)
+        body = await json_body(request, SMALL_JSON)
         label = field_str(body, "label", required=False) or ""
+        if len(label) > MAX_LABEL:
+            raise BadRequest(f"a token's label is at most {MAX_LABEL} characters", field="label")
         tid, token = await run_in_threadpool(store.create_token, p.user_id, label)
         return JSONResponse({"id": tid, "token": token}, status_code=201)
 
@@ -396,8 +404,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
 
     async def tokens_revoke(request: Request) -> Response:
         p = await who(request)
-        raw = request.path_params["token_id"]
-        await run_in_threadpool(store.revoke_token, p.user_id, int(raw))
+        await run_in_threadpool(store.revoke_token, p.user_id, path_int(request, "token_id"))
         # Through the broker to every notification process: the user's waiting connections
         # re-authenticate, and the revoked token's end (`cubby.notify.wire.endpoints`).
         ctx.account_changed(p.user_id)
@@ -428,5 +435,5 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         Route("/api/v1/journal", journal, methods=["GET"]),
         Route("/api/v1/tokens", tokens_create, methods=["POST"]),
         Route("/api/v1/tokens", tokens_list, methods=["GET"]),
-        Route("/api/v1/tokens/{token_id:int}", tokens_revoke, methods=["DELETE"]),
+        Route("/api/v1/tokens/{token_id}", tokens_revoke, methods=["DELETE"]),
     ]

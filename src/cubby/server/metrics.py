@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -57,10 +57,16 @@ class Metrics:
         self.notify_connections = Gauge(
             "cubby_notify_connections", "Connections waiting for a change", registry=r, multiprocess_mode="livesum",
         )
+        self.refreshers: list[Callable[[], None]] = []
+        """Gauges read at scrape time (the notify hub's size)."""
         self.fanout = Histogram(
             "cubby_notify_fanout_seconds", "Time to wake the subscribers of one change",
             buckets=_LATENCY_BUCKETS, registry=r,
         )
+
+    def watch_notify(self, connections: Callable[[], int]) -> None:
+        """Report ``connections()`` (the hub's waiting subscriptions) at every scrape."""
+        self.refreshers.append(lambda: self.notify_connections.set(connections()))
 
     def observe_transaction(self, kind: str, seconds: float) -> None:
         self.transactions.labels(kind).inc()
@@ -68,6 +74,8 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The text format, for this process or (multiprocess mode) for every worker."""
+        for refresh in self.refreshers:
+            refresh()
         if self.multiprocess:
             combined = CollectorRegistry()
             multiprocess.MultiProcessCollector(combined)

@@ -125,7 +125,8 @@ class WsConnection:
 
 def routes(ctx: ServerContext) -> list[BaseRoute]:
     broker = ctx.broker if ctx.broker is not None else MemoryBroker()
-    service = NotifyService(broker, heads_reader(ctx.store))
+    service = NotifyService(broker, heads_reader(ctx.store), observe_fanout=ctx.metrics.fanout.observe)
+    ctx.metrics.watch_notify(lambda: service.hub.count)
     ctx.notify_service = service
     ctx.closers.append(service.hub.close)
     outbox = WsOutbox()
@@ -271,7 +272,8 @@ def serve_lean(ctx: ServerContext, gate: ConnectionGate) -> None:
 
     async def main() -> None:
         broker = ctx.broker if ctx.broker is not None else MemoryBroker()
-        service = NotifyService(broker, heads_reader(ctx.store))
+        service = NotifyService(broker, heads_reader(ctx.store), observe_fanout=ctx.metrics.fanout.observe)
+        ctx.metrics.watch_notify(lambda: service.hub.count)
         ctx.notify_service = service
 
         async def authenticate(token: str) -> Principal:
@@ -281,6 +283,7 @@ def serve_lean(ctx: ServerContext, gate: ConnectionGate) -> None:
         await wire.serve(
             service, authenticate, ctx.config.host, ctx.config.port, gate,
             max_waits=ctx.config.max_waits_per_token, sock=sock, advertised=discovery.advertised(ctx.config),
+            metrics=ctx.metrics.exposition,
         )
 
     try:

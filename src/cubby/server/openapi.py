@@ -11,6 +11,17 @@ from typing import Any
 from cubby import __version__
 
 HASH = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+PATH = {"type": "string", "pattern": "^[^\\u0000-\\u001f\\u007f\\\\]*$", "maxLength": 2900}
+"""A path in the caller's tree: no control characters or backslashes, at most 2,900 bytes.
+(Other rules, such as no ``..`` and 255 bytes a name, are answered 400 ``invalid_path``.)"""
+ID = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+REV = {"type": ["integer", "null"], "minimum": 0, "maximum": 2**63 - 1}
+CURSOR = {"type": "string", "pattern": "^[A-Za-z0-9_-]*={0,2}$"}
+ANY_PATH = {"type": "string", "description": "a path; one that breaks the path rules gets an error of its own in the results"}
+"""A path in a batch: a bad one is answered in its own result, not by refusing the batch."""
+WRITE_ERRORS = (409, 413, 415, 507)
+"""What any route with a JSON body may answer besides 400, 401 and 404: a conflict, a body
+over the route's cap, a wrong content type, the server's disk full."""
 ERROR = {
     "type": "object",
     "required": ["code", "message"],
@@ -32,24 +43,22 @@ ENTRY = {
         "deleted": {"type": "boolean"},
     },
 }
-COMMIT = {
-    "type": "object",
-    "required": ["path", "size", "chunks"],
-    "properties": {
-        "path": {"type": "string"},
-        "size": {"type": "integer", "minimum": 0},
-        "chunks": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["hash", "size"],
-                "properties": {"hash": HASH, "size": {"type": "integer", "minimum": 1}},
-            },
+COMMIT_PROPERTIES: dict[str, Any] = {
+    "path": PATH,
+    "size": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+    "chunks": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["hash", "size"],
+            "properties": {"hash": HASH, "size": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}},
         },
-        "expected_rev": {"type": ["integer", "null"], "minimum": 0},
-        "mtime": {"type": ["number", "null"]},
     },
+    "expected_rev": REV,
+    "mtime": {"type": ["number", "null"], "minimum": -1e13, "maximum": 1e13},
 }
+COMMIT = {"type": "object", "required": ["path", "size", "chunks"], "properties": COMMIT_PROPERTIES}
+BATCH_COMMIT = {**COMMIT, "properties": {**COMMIT_PROPERTIES, "path": ANY_PATH}}
 
 
 def _errors(*codes: int) -> dict[str, Any]:
@@ -59,10 +68,18 @@ def _errors(*codes: int) -> dict[str, Any]:
     }
 
 
-def _json_op(summary: str, body: dict[str, Any] | None, ok: dict[str, Any], *errs: int, params: list[Any] | None = None) -> dict[str, Any]:
+def _json_op(
+    summary: str, body: dict[str, Any] | None, ok: dict[str, Any], *errs: int, params: list[Any] | None = None,
+    status: int = 200,
+) -> dict[str, Any]:
+    if body is not None:
+        errs = (*errs, *WRITE_ERRORS)
     op: dict[str, Any] = {
         "summary": summary,
-        "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": ok}}}, **_errors(400, 401, 404, *errs)},
+        "responses": {
+            str(status): {"description": "ok", "content": {"application/json": {"schema": ok}}},
+            **_errors(400, 401, 404, *sorted(set(errs))),
+        },
     }
     if body is not None:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
@@ -76,31 +93,31 @@ def _q(name: str, schema: dict[str, Any], required: bool = False) -> dict[str, A
 
 
 def document() -> dict[str, Any]:
-    path_body: dict[str, Any] = {"type": "object", "required": ["path"], "properties": {"path": {"type": "string"}, "expected_rev": {"type": ["integer", "null"], "minimum": 0}}}
+    path_props: dict[str, Any] = {"path": PATH, "expected_rev": REV}
     entry_ok = {"type": "object", "properties": {"entry": ENTRY}}
-    delete_body = {
-        "type": "object",
-        "required": ["path"],
-        "properties": {**path_body["properties"], "unchanged_since": {"type": ["integer", "null"], "minimum": 0}},
-    }
+    delete_body = {"type": "object", "required": ["path"], "properties": {**path_props, "unchanged_since": REV}}
     paths: dict[str, Any] = {
         "/api/v1/account": {"get": _json_op("The caller's account and namespaces", None, {"type": "object"})},
         "/api/v1/files/commit": {"post": _json_op("Commit a file (answers need_chunks until its chunks are held)", COMMIT, {"type": "object"}, 409, 413, 415)},
         "/api/v1/files/commit_batch": {
             "post": _json_op(
                 "Commit many files in one transaction",
-                {"type": "object", "required": ["commits"], "properties": {"commits": {"type": "array", "items": COMMIT, "minItems": 1, "maxItems": 1000}}},
+                {"type": "object", "required": ["commits"], "properties": {"commits": {"type": "array", "items": BATCH_COMMIT, "minItems": 1, "maxItems": 1000}}},
                 {"type": "object"},
                 413,
                 415,
             )
         },
-        "/api/v1/files/mkdir": {"post": _json_op("Create a folder and its parents", path_body, entry_ok, 409, 415)},
+        "/api/v1/files/mkdir": {
+            "post": _json_op(
+                "Create a folder and its parents", {"type": "object", "required": ["path"], "properties": {"path": PATH}}, entry_ok
+            )
+        },
         "/api/v1/files/delete": {"post": _json_op("Delete a file or folder", delete_body, entry_ok, 409, 415)},
         "/api/v1/files/move": {
             "post": _json_op(
                 "Move or rename (metadata only)",
-                {"type": "object", "required": ["from_path", "to_path"], "properties": {"from_path": {"type": "string"}, "to_path": {"type": "string"}, "expected_rev": {"type": ["integer", "null"], "minimum": 0}}},
+                {"type": "object", "required": ["from_path", "to_path"], "properties": {"from_path": PATH, "to_path": PATH, "expected_rev": REV}},
                 entry_ok,
                 409,
                 415,
@@ -118,36 +135,36 @@ def document() -> dict[str, Any]:
         "/api/v1/files/restore": {
             "post": _json_op(
                 "Make an old revision current again",
-                {"type": "object", "required": ["path", "rev"], "properties": {"path": {"type": "string"}, "rev": {"type": "integer", "minimum": 1}}},
+                {"type": "object", "required": ["path", "rev"], "properties": {"path": PATH, "rev": ID}},
                 entry_ok,
                 409,
                 415,
             )
         },
-        "/api/v1/files/stat": {"get": _json_op("One entry", None, entry_ok, 409, params=[_q("path", {"type": "string"})])},
+        "/api/v1/files/stat": {"get": _json_op("One entry", None, entry_ok, 409, params=[_q("path", PATH)])},
         "/api/v1/files/list": {
             "get": _json_op(
                 "Children of a folder, or its subtree, paged",
                 None,
                 {"type": "object"},
                 409,
-                params=[_q("path", {"type": "string"}), _q("recursive", {"type": "boolean"}), _q("cursor", {"type": "string"}), _q("limit", {"type": "integer", "minimum": 1, "maximum": 10000})],
+                params=[_q("path", PATH), _q("recursive", {"type": "boolean"}), _q("cursor", CURSOR), _q("limit", {"type": "integer", "minimum": 1, "maximum": 10000})],
             )
         },
-        "/api/v1/files/history": {"get": _json_op("Revisions of a file", None, {"type": "object"}, 409, params=[_q("path", {"type": "string"}, True), _q("limit", {"type": "integer", "minimum": 1, "maximum": 10000})])},
+        "/api/v1/files/history": {"get": _json_op("Revisions of a file", None, {"type": "object"}, 409, params=[_q("path", PATH, True), _q("limit", {"type": "integer", "minimum": 1, "maximum": 10000})])},
         "/api/v1/files/blocklist": {
             "get": _json_op(
                 "The chunks of a file (current or given revision)",
                 None,
                 {"type": "object"},
                 409,
-                params=[_q("path", {"type": "string"}, True), _q("rev", {"type": "integer", "minimum": 0})],
+                params=[_q("path", PATH, True), _q("rev", {"type": "integer", "minimum": 0, "maximum": 2**63 - 1})],
             )
         },
         "/api/v1/files/blocklists": {
             "post": _json_op(
                 "The chunks of many files",
-                {"type": "object", "required": ["paths"], "properties": {"paths": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1000}}},
+                {"type": "object", "required": ["paths"], "properties": {"paths": {"type": "array", "items": ANY_PATH, "minItems": 1, "maxItems": 1000}}},
                 {"type": "object"},
                 415,
             )
@@ -157,18 +174,28 @@ def document() -> dict[str, Any]:
                 "Changes of a namespace after a journal id",
                 None,
                 {"type": "object"},
-                params=[_q("ns_id", {"type": "integer", "minimum": 1}), _q("after", {"type": "integer", "minimum": 0}), _q("limit", {"type": "integer", "minimum": 1, "maximum": 10000})],
+                params=[_q("ns_id", ID), _q("after", {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}), _q("limit", {"type": "integer", "minimum": 1, "maximum": 10000})],
             )
         },
         "/api/v1/tokens": {
             "get": _json_op("The caller's tokens", None, {"type": "object"}),
-            "post": _json_op("Create a token", {"type": "object", "properties": {"label": {"type": "string", "maxLength": 200}}}, {"type": "object"}, 415),
+            "post": _json_op(
+                "Create a token", {"type": "object", "properties": {"label": {"type": ["string", "null"], "maxLength": 200}}},
+                {"type": "object"}, status=201,
+            ),
+        },
+        "/api/v1/tokens/{token_id}": {
+            "delete": {
+                "summary": "Revoke one of the caller's tokens",
+                "parameters": [{"name": "token_id", "in": "path", "required": True, "schema": ID}],
+                "responses": {"204": {"description": "revoked"}, **_errors(400, 401, 404)},
+            }
         },
         "/api/v1/blocks/prove": {
             "post": _json_op(
                 "Prove possession of chunks: sha256(nonce || bytes), with each chunk's size as the commit stated it",
                 {"type": "object", "required": ["ns_id", "proofs"], "properties": {
-                    "ns_id": {"type": "integer", "minimum": 1},
+                    "ns_id": ID,
                     "proofs": {"type": "object", "maxProperties": 4096, "additionalProperties": {
                         "type": "object", "required": ["size", "proof"], "additionalProperties": False,
                         "properties": {
@@ -185,21 +212,21 @@ def document() -> dict[str, Any]:
             "post": {
                 "summary": "Download chunks as frames",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "required": ["hashes"], "properties": {"hashes": {"type": "array", "items": HASH, "minItems": 1, "maxItems": 4096}}}}}},
-                "responses": {"200": {"description": "chunk frames", "content": {"application/x-cubby-chunks": {"schema": {"type": "string", "format": "binary"}}}}, **_errors(400, 401, 404, 415)},
+                "responses": {"200": {"description": "chunk frames", "content": {"application/x-cubby-chunks": {"schema": {"type": "string", "format": "binary"}}}}, **_errors(400, 401, 404, 413, 415)},
             }
         },
         "/api/v1/blocks/upload": {
             "post": {
                 "summary": "Upload chunks as frames (32-byte SHA-256, 4-byte length, bytes)",
-                "parameters": [_q("ns_id", {"type": "integer", "minimum": 1})],
+                "parameters": [_q("ns_id", ID)],
                 "requestBody": {"required": True, "content": {"application/x-cubby-chunks": {"schema": {"type": "string", "format": "binary"}}}},
-                "responses": {"200": {"description": "stored", "content": {"application/json": {"schema": {"type": "object"}}}}, **_errors(400, 401, 404, 413, 415)},
+                "responses": {"200": {"description": "stored", "content": {"application/json": {"schema": {"type": "object"}}}}, **_errors(400, 401, 404, 413, 415, 507)},
             }
         },
         "/api/v1/blocks/{hash}": {
             "get": {
                 "summary": "One chunk",
-                "parameters": [{"name": "hash", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "parameters": [{"name": "hash", "in": "path", "required": True, "schema": HASH}],
                 "responses": {"200": {"description": "bytes", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}, **_errors(400, 401, 404)},
             }
         },
@@ -207,8 +234,8 @@ def document() -> dict[str, Any]:
             "get": {
                 "summary": "A whole file, streamed; honours Range",
                 "parameters": [
-                    {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}},
-                    _q("rev", {"type": "integer", "minimum": 0}),
+                    {"name": "path", "in": "path", "required": True, "schema": PATH},
+                    _q("rev", {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}),
                     {"name": "Range", "in": "header", "required": False, "schema": {"type": "string"}},
                 ],
                 "responses": {

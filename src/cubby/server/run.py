@@ -35,7 +35,12 @@ def listening_address(config: Config) -> str:
     return f"{host}:{port}"
 
 
-def serve(config: Config, roles: Sequence[str] = ROLES, *, log_level: str = "info") -> None:
+def serve(config: Config, roles: Sequence[str] = ROLES, *, log_level: str = "info", workers: int = 1) -> None:
+    if workers > 1:  # a parent that runs `workers` copies of this function (cubby.server.workers)
+        from cubby.server.workers import serve_workers
+
+        serve_workers(config, roles, workers, log_level=log_level)
+        return
     import uvicorn
 
     logs.configure(log_level.upper())

@@ -34,7 +34,7 @@ from starlette.routing import BaseRoute, Route
 from cubby.errors import BadRequest, CubbyError, Forbidden, Unauthorized, Unavailable
 from cubby.metadata.accounts import MAX_PASSWORD, csrf_token, same_secret
 from cubby.model import Principal
-from cubby.server.bodies import field_str, json_body
+from cubby.server.bodies import SMALL_JSON, allow_body, field_str, json_body, path_int
 from cubby.server.context import ServerContext
 from cubby.server.peers import TrustedProxies, scope_client_address
 from cubby.server.throttle import FailureThrottle
@@ -134,7 +134,8 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         nonlocal waiting
         if not same_origin(request):
             raise Forbidden("this login came from another site and was refused", code="csrf")
-        body = await json_body(request)
+        allow_body(request)  # logging in is how a caller becomes known: its small body is read first
+        body = await json_body(request, SMALL_JSON)
         name = (field_str(body, "name") or "").strip()
         password = field_str(body, "password") or ""
         if not name or len(name) > 64 or len(password) > MAX_PASSWORD:
@@ -188,12 +189,12 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
 
     async def revoke(request: Request) -> Response:
         p = await principal(request, ctx)
-        await run_in_threadpool(ctx.store.accounts.revoke, p.user_id, int(request.path_params["session_id"]))
+        await run_in_threadpool(ctx.store.accounts.revoke, p.user_id, path_int(request, "session_id"))
         return Response(status_code=204)
 
     return [
         Route("/api/v1/session", login, methods=["POST"]),
         Route("/api/v1/session", logout, methods=["DELETE"]),
         Route("/api/v1/sessions", listing, methods=["GET"]),
-        Route("/api/v1/sessions/{session_id:int}", revoke, methods=["DELETE"]),
+        Route("/api/v1/sessions/{session_id}", revoke, methods=["DELETE"]),
     ]

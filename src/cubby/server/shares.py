@@ -30,7 +30,7 @@ from cubby.errors import BadRequest, NamespaceMoved, NotFound
 from cubby.metadata.shares import SharingChange
 from cubby.model import Principal
 from cubby.server import access
-from cubby.server.bodies import field_int, field_str, json_body
+from cubby.server.bodies import SMALL_JSON, field_int, field_str, json_body, path_int
 from cubby.server.context import ServerContext
 
 
@@ -60,7 +60,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
 
     async def share(request: Request) -> Response:
         p = await who(request)
-        body = await json_body(request)
+        body = await json_body(request, SMALL_JSON)
         path = field_str(body, "path") or ""
         user = field_str(body, "user") or ""
         role = field_str(body, "role", required=False) or "editor"
@@ -78,7 +78,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         try:
             change = await run_in_threadpool(run, p)
         except NamespaceMoved:
-            change = await run_in_threadpool(run, await who(request))
+            change = await run_in_threadpool(run, await access.principal(request, ctx, fresh=True))
         announce(ctx, change)
         info = dict(change.info)
         if ctx.config.auto_accept_shares and info.get("state") == "invited":
@@ -94,7 +94,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
 
     async def accept(request: Request) -> Response:
         p = await who(request)
-        ns_id = int(request.path_params["ns_id"])
+        ns_id = path_int(request, "ns_id")
         change = await run_in_threadpool(sharing.accept, p.user_id, p.root_ns, ns_id)
         announce(ctx, change)
         return JSONResponse({"share": change.info})
@@ -106,7 +106,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
 
         async def handler(request: Request) -> Response:
             p = await who(request)
-            body = await json_body(request)
+            body = await json_body(request, SMALL_JSON)
             ns_id = field_int(body, "ns_id", required=False, minimum=1)
             if ns_id is None:
                 ns_id = shared_folder(p, field_str(body, "path") or "")
@@ -125,7 +125,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
     return [
         Route("/api/v1/shares", share, methods=["POST"]),
         Route("/api/v1/shares", listing, methods=["GET"]),
-        Route("/api/v1/shares/{ns_id:int}/accept", accept, methods=["POST"]),
+        Route("/api/v1/shares/{ns_id}/accept", accept, methods=["POST"]),
         Route("/api/v1/shares/remove", remove, methods=["POST"]),
         Route("/api/v1/shares/leave", leave, methods=["POST"]),
         Route("/api/v1/shares/unshare", unshare, methods=["POST"]),
@@ -137,36 +137,40 @@ __all__ = ["announce", "routes", "shared_folder"]
 
 def openapi_paths() -> dict[str, Any]:
     """The share routes in OpenAPI form, merged into ``/openapi.json`` (so schemathesis fuzzes them)."""
+    from cubby.server.openapi import ID, PATH, WRITE_ERRORS
+
     err = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-    errors = {str(c): err for c in (400, 401, 403, 404, 409, 415)}
-    ok = {"200": {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}}
+    errors = {str(c): err for c in (400, 401, 403, 404, 409)}
+    with_body = {**errors, **{str(c): err for c in WRITE_ERRORS}}
+
+    def ok(status: int = 200) -> dict[str, Any]:
+        return {str(status): {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}}
 
     def body(required: list[str], **props: dict[str, Any]) -> dict[str, Any]:
         schema = {"type": "object", "required": required, "properties": props}
         return {"required": True, "content": {"application/json": {"schema": schema}}}
 
     text = {"type": "string"}
-    ns_id = {"type": "integer", "minimum": 1}
-    path_only = {"requestBody": body([], path=text, ns_id=ns_id), "responses": {**ok, **errors}}
+    path_only = {"requestBody": body([], path=PATH, ns_id=ID), "responses": {**ok(), **with_body}}
     return {
         "/api/v1/shares": {
             "post": {
                 "summary": "Share a folder with a user (the first share turns it into a shared namespace)",
-                "requestBody": body(["path", "user"], path=text, user=text, role={"type": "string", "enum": ["editor", "viewer"]}),
-                "responses": {**ok, **errors},
+                "requestBody": body(["path", "user"], path=PATH, user=text, role={"type": "string", "enum": ["editor", "viewer"]}),
+                "responses": {**ok(201), **with_body},
             },
-            "get": {"summary": "The caller's shared folders and invitations", "responses": {**ok, **errors}},
+            "get": {"summary": "The caller's shared folders and invitations", "responses": {**ok(), **errors}},
         },
         "/api/v1/shares/{ns_id}/accept": {
             "post": {
                 "summary": "Accept an invitation: mount the folder in the caller's root",
-                "parameters": [{"name": "ns_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
-                "responses": {**ok, **errors},
+                "parameters": [{"name": "ns_id", "in": "path", "required": True, "schema": ID}],
+                "responses": {**ok(), **errors, "507": err},
             }
         },
         "/api/v1/shares/remove": {
-            "post": {"summary": "Remove a member (owner only)", "requestBody": body(["user"], path=text, ns_id=ns_id, user=text),
-                     "responses": {**ok, **errors}}
+            "post": {"summary": "Remove a member (owner only)", "requestBody": body(["user"], path=PATH, ns_id=ID, user=text),
+                     "responses": {**ok(), **with_body}}
         },
         "/api/v1/shares/leave": {"post": {"summary": "Leave a shared folder", **path_only}},
         "/api/v1/shares/unshare": {"post": {"summary": "Unshare: members lose it, the owner keeps a folder", **path_only}},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,10 @@ def register(main: click.Group) -> None:
                 state.emit(obj, f"{'conflict':<13} {obj['path']} ({obj['reason']})")
             elif event == "offline":
                 state.emit(obj, f"{'offline':<13} retrying in {obj['retry_in']} s: {obj['error']}")
+            elif event == "push_unavailable":
+                state.emit(obj, f"{'no push':<13} polling for changes, still trying push: {obj['detail']}")
+            elif event == "push_restored":
+                state.emit(obj, f"{'push':<13} notifications work again")
             elif event in ("namespace_added", "namespace_removed"):
                 state.emit(obj, f"{event.replace('_', ' '):<13} {obj['path']}")
 
@@ -77,7 +82,9 @@ def register(main: click.Group) -> None:
 
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, on_signal)
-            waiter = open_waiter(state.api())
+            from cubby.client.push_status import PushStatus
+
+            waiter = open_waiter(state.api(), PushStatus(folder / ".cubby", emit).report)
             SyncDaemon(engine).run(stop, waiter)
         finally:
             engine.close()
@@ -87,6 +94,7 @@ def register(main: click.Group) -> None:
     @pass_state
     def status_cmd(state: State, folder: Path) -> None:
         """What `cubby sync FOLDER` would do now (as of its last contact with the server)."""
+        from cubby.client import push_status
         from cubby.client.sync.engine import SyncEngine
         from cubby.client.sync.state import StateDb
 
@@ -110,7 +118,14 @@ def register(main: click.Group) -> None:
             for r in refused:
                 state.emit({"refused": r.path, "source": r.source, "reason": r.reason, "ns_id": r.ns_id, "jid": r.jid},
                            f"refused  {r.path}  (from the server's {r.source}: {r.reason})")
-            state.emit({"in_sync": not pending, "pending": len(pending), "blocked": len(blocked), "refused": len(refused)},
+            push = push_status.read(folder / ".cubby")
+            if push is not None and not push["push"]:
+                since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(push["since"]))
+                state.emit({"push": False, "push_since": push["since"], "push_detail": push["detail"]},
+                           f"warning  no push notifications since {since}: changes from elsewhere arrive late "
+                           f"(polling). {push['detail']}")
+            state.emit({"in_sync": not pending, "pending": len(pending), "blocked": len(blocked), "refused": len(refused),
+                        "push": None if push is None else bool(push["push"])},
                        "in sync" if not pending else f"{len(pending)} changes pending")
         finally:
             engine.close()

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import signal
 import socket
+from collections.abc import Callable
 
 from cubby.errors import CubbyError
 from cubby.notify.service import NotifyService
@@ -37,11 +38,12 @@ log = logging.getLogger("cubby.notify")
 async def serve(
     service: NotifyService, authenticate: Authenticate, host: str, port: int, gate: ConnectionGate,
     *, max_waits: int = 32, sock: socket.socket | None = None, advertised: dict[str, str | None] | None = None,
+    metrics: Callable[[], bytes] | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT; then close the listening socket and every connection.
     ``sock``, an already-bound listening socket, is used instead of binding ``host:port``."""
     loop = asyncio.get_running_loop()
-    endpoints = Endpoints(service, authenticate, max_waits=max_waits, advertised=advertised)
+    endpoints = Endpoints(service, authenticate, max_waits=max_waits, advertised=advertised, metrics=metrics)
 
     def factory() -> Connection:
         return Connection(endpoints, gate)

@@ -279,15 +279,18 @@ class Connection(asyncio.Protocol):
         if self.transport.get_write_buffer_size() > self.gate.limits.max_buffered_out:
             self.transport.abort()
 
-    def respond(self, status: int, body: dict[str, Any], *, close: bool = False, extra: bytes = b"") -> None:
+    def respond(
+        self, status: int, body: dict[str, Any] | bytes, *, close: bool = False, extra: bytes = b"",
+        content_type: bytes = b"application/json",
+    ) -> None:
         """Answer the current request; the connection then rests until the next one."""
         if self.transport is None or self.closed:
             return
-        data = encode_json(body)
+        data = body if isinstance(body, bytes) else encode_json(body)
         keep = not close and self.parser is not None and self.parser.should_keep_alive()
         self.write(
-            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s%s\r\n%s"
-            % (status, REASONS.get(status, b"Error"), len(data), extra,
+            b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n%s%s\r\n%s"
+            % (status, REASONS.get(status, b"Error"), content_type, len(data), extra,
                b"" if keep else b"connection: close\r\n", data)
         )
         if not keep:

@@ -46,8 +46,10 @@ class Endpoints:
 
     def __init__(
         self, service: NotifyService, authenticate: Authenticate, *, max_waits: int = 32,
-        advertised: dict[str, str | None] | None = None,
+        advertised: dict[str, str | None] | None = None, metrics: Callable[[], bytes] | None = None,
     ) -> None:
+        self.metrics = metrics
+        """The process's Prometheus exposition (`cubby.server.metrics.Metrics.exposition`)."""
         self.advertised = advertised or {}
         """Addresses of the roles as the operator advertises them (`cubby.server.discovery`)."""
         self.service = service
@@ -103,6 +105,8 @@ class Endpoints:
     def request(self, conn: Connection, method: bytes, path: bytes) -> None:
         if path == b"/healthz" and method == b"GET":
             conn.respond(200, {"status": "ok", "roles": ["notify"]})
+        elif path == b"/metrics" and method == b"GET" and self.metrics is not None:
+            conn.respond(200, self.metrics(), content_type=b"text/plain; version=0.0.4; charset=utf-8")
         elif path == b"/api/v1/notify" and method == b"GET":
             if not conn.auth:
                 conn.respond(200, protocol.info(None))

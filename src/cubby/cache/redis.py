@@ -1,0 +1,66 @@
+"""The metadata cache on Redis, for many processes (redis-py).
+
+A lease is ``SET key <marker> NX PX``; a fill is a Lua script that stores the value only if
+the key still holds the caller's marker (one round trip, atomic on the server); invalidation
+is ``DEL``. Run this Redis without persistence (``--save '' --appendonly no``) or give the
+cache its own: a Redis that restarts from a snapshot would bring back values older than
+changes acknowledged while it was down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from cubby.cache.breaker import Breaker
+from cubby.cache.remote import RemoteCache
+
+_SWAP = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
+def split_prefix(url: str) -> tuple[str, str]:
+    """``redis://HOST:PORT/DB?prefix=NAME`` -> (``NAME:``, the URL without it): a prefix lets
+    deployments (or test runs) share one Redis."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    prefix = "".join(v + ":" for k, v in query if k == "prefix")
+    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+    return prefix, urlunsplit(parts._replace(query=rest))
+
+
+class RedisCache(RemoteCache):
+    name = "redis"
+
+    def __init__(self, url: str, *, timeout: float = 0.5, breaker: Breaker | None = None) -> None:
+        import redis
+
+        super().__init__(breaker)
+        self.prefix, url = split_prefix(url)
+        self.errors = (redis.RedisError, OSError)
+        self.client: Any = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self._swap = self.client.register_script(_SWAP)
+
+    def read(self, key: str) -> bytes | None:
+        return self.client.get(self.prefix + key)  # type: ignore[no-any-return]
+
+    def add(self, key: str, raw: bytes, ttl: float) -> bool:
+        return bool(self.client.set(self.prefix + key, raw, nx=True, px=int(ttl * 1000)))
+
+    def swap(self, key: str, expected: bytes, raw: bytes, ttl: float) -> bool:
+        return bool(self._swap(keys=[self.prefix + key], args=[expected, raw, int(ttl * 1000)]))
+
+    def write(self, key: str, raw: bytes, ttl: float) -> None:
+        self.client.set(self.prefix + key, raw, px=int(ttl * 1000))
+
+    def delete(self, keys: Sequence[str]) -> None:
+        self.client.delete(*[self.prefix + k for k in keys])
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,255 @@
+"""`CachedStore`: the metadata store with its hot reads behind a `MetadataCache`.
+
+Behaviour by wrapping: the server holds a `CachedStore`, and the plain `SqlMetadataStore` is
+underneath; every method not named here passes through unchanged (and so reads the database).
+
+What is cached, under which key (the design is in docs/ARCHITECTURE.md, "The metadata cache"):
+
+=====================================  ====================================  ==================
+key                                    value                                 made stale by
+=====================================  ====================================  ==================
+``tok:<token hash>``                   user id, name, root namespace, id     revoking it
+``mem:<user id>``                      roles by namespace, mounts            share, accept,
+                                                                             remove, leave,
+                                                                             unshare; a move,
+                                                                             delete or restore
+                                                                             in the user's root
+``head:<ns>``                          the namespace's journal head          every write to ns
+``stat|list|bl:<ns>:<head>:<digest>``  an entry, a page, a blocklist         nothing: keyed by
+                                                                             the head
+=====================================  ====================================  ==================
+
+The first three are *mutable* keys, read and filled under leases and invalidated by writers
+after their commit and before they return (so before the server acknowledges). The rest name
+the head they were read at, so a write makes them unreachable instead of wrong: the database
+read that fills one runs after the head was read, so it holds that head's state or a newer
+one, never an older one.
+
+A failed invalidation is retried for ``invalidation_deadline`` seconds; if the cache still
+does not confirm it, the write raises `CacheUnavailable` (503): committed but not
+acknowledged, as with a lost reply. (A cache that refuses connections is down and empty, so
+that is a success: see `cubby.cache.base`.)
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from cubby.cache.base import CacheUnavailable, MetadataCache, digest
+from cubby.metadata.store import SqlMetadataStore, token_hash
+from cubby.model import ChunkRef, CommitRequest, CommitResult, Entry, Listing, Principal
+
+Counter = Callable[[str, str], None]
+"""Called with (cache name, ``hit`` or ``miss``) for every lookup (the server's metrics)."""
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode("utf-8")
+
+
+class CachedStore:
+    """A `SqlMetadataStore` whose token, membership, head, stat, list and blocklist reads go
+    through ``cache`` (module docstring); everything else is the store's own."""
+
+    def __init__(
+        self, store: SqlMetadataStore, cache: MetadataCache, *, count: Counter | None = None,
+        invalidation_deadline: float = 2.0,
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.count = count
+        self.invalidation_deadline = invalidation_deadline
+        self._pending: set[str] = set()
+        self._pending_lock = threading.Lock()
+        self.sharing = _CachedSharing(self, store.sharing)
+        self.moves = _CachedMoves(self, store.moves)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def close(self) -> None:
+        self.cache.close()
+        self.store.close()
+
+    # -- the read-through step ------------------------------------------------------------
+    def through(self, key: str, load: Callable[[], Any], *, leased: bool = True) -> Any:
+        """The JSON value at ``key``, or ``load()`` (the database) stored there: under a lease
+        for a mutable key, plainly for one keyed by a head."""
+        raw, lease = self.cache.get(key)
+        if raw is not None:
+            self._counted("hit")
+            return json.loads(raw)
+        self._counted("miss")
+        value = load()  # after taking the lease: see cubby.cache.base
+        if not leased:
+            self.cache.put(key, _dumps(value))
+        elif lease is not None:
+            self.cache.fill(key, _dumps(value), lease)
+        return value
+
+    def _counted(self, result: str) -> None:
+        if self.count is not None:
+            self.count(self.cache.name, result)
+
+    def invalidate(self, keys: Iterable[str]) -> None:
+        """Delete ``keys`` from the cache, retrying until the deadline; then `CacheUnavailable`.
+        Keys that could not be invalidated are tried again with every later invalidation of
+        this process, so the unacknowledged change becomes visible as soon as the cache
+        answers again (or when the value expires)."""
+        with self._pending_lock:
+            todo = sorted(set(keys) | self._pending)
+        deadline = time.monotonic() + self.invalidation_deadline
+        pause = 0.01
+        while True:
+            try:
+                self.cache.invalidate(todo)
+                with self._pending_lock:
+                    self._pending.difference_update(todo)
+                return
+            except CacheUnavailable:
+                if time.monotonic() + pause > deadline:
+                    with self._pending_lock:
+                        self._pending.update(todo)
+                    raise
+                time.sleep(pause)
+                pause = min(0.2, pause * 2)
+
+    def changed(self, ns_ids: Iterable[int] = (), users: Iterable[int] = ()) -> None:
+        """Invalidate after a write: the heads of ``ns_ids`` and the memberships of ``users``."""
+        self.invalidate([f"head:{int(n)}" for n in ns_ids] + [f"mem:{int(u)}" for u in users])
+
+    # -- who is asking --------------------------------------------------------------------
+    def authenticate(self, token: str, *, fresh: bool = False) -> Principal:
+        if fresh:
+            return self.store.authenticate(token)
+
+        def load() -> list[Any]:
+            return list(self.store.token_owner(token))
+
+        uid, name, root_ns, token_id = self.through(f"tok:{token_hash(token)}", load) if token else load()
+        return self.principal_of(int(uid), str(name), int(root_ns), token_id=int(token_id))
+
+    def principal_of(self, user_id: int, name: str, root_ns: int, *, token_id: int = 0) -> Principal:
+        def load() -> list[Any]:
+            roles, mounts = self.store.memberships(user_id, root_ns)
+            return [{str(k): v for k, v in roles.items()}, mounts]
+
+        roles, mounts = self.through(f"mem:{user_id}", load)
+        return Principal(
+            user_id=user_id, name=name, root_ns=root_ns, token_id=token_id,
+            namespaces={int(k): v for k, v in roles.items()}, mounts={str(k): int(v) for k, v in mounts.items()},
+        )
+
+    def revoke_token(self, user_id: int, token_id: int) -> None:
+        hashed = self.store.token_hash_of(token_id)
+        self.store.revoke_token(user_id, token_id)
+        if hashed is not None:
+            self.invalidate([f"tok:{hashed}"])
+
+    # -- reads ----------------------------------------------------------------------------
+    def head(self, ns_id: int) -> int:
+        return int(self.through(f"head:{int(ns_id)}", lambda: self.store.head(ns_id)))
+
+    def stat(self, ns_id: int, path: str) -> Entry:
+        key = f"stat:{ns_id}:{self.head(ns_id)}:{digest(path)}"
+        return Entry.from_dict(self.through(key, lambda: self.store.stat(ns_id, path).to_dict(), leased=False))
+
+    def list(
+        self, ns_id: int, path: str, recursive: bool = False, cursor: str | None = None, limit: int = 1000
+    ) -> Listing:
+        def load() -> dict[str, Any]:
+            page = self.store.list(ns_id, path, recursive, cursor, limit)
+            return {"entries": [e.to_dict() for e in page.entries], "cursor": page.cursor, "has_more": page.has_more}
+
+        key = f"list:{ns_id}:{self.head(ns_id)}:{digest(path, recursive, cursor, limit)}"
+        d = self.through(key, load, leased=False)
+        return Listing([Entry.from_dict(e) for e in d["entries"]], d["cursor"], bool(d["has_more"]))
+
+    def blocklist(self, ns_id: int, path: str, rev: int | None = None) -> tuple[Entry, builtins.list[ChunkRef]]:
+        def load() -> dict[str, Any]:
+            entry, chunks = self.store.blocklist(ns_id, path, rev)
+            return {"entry": entry.to_dict(), "chunks": [[c.hash, c.size] for c in chunks]}
+
+        d = self.through(f"bl:{ns_id}:{self.head(ns_id)}:{digest(path, rev)}", load, leased=False)
+        return Entry.from_dict(d["entry"]), [ChunkRef(str(h), int(s)) for h, s in d["chunks"]]
+
+    # -- writes: the store's, then the invalidation, before anything is acknowledged --------
+    def commit(self, user_id: int, ns_id: int, req: CommitRequest, readable: Iterable[int] = ()) -> CommitResult:
+        res = self.store.commit(user_id, ns_id, req, readable)
+        if res.entry is not None:
+            self.changed([ns_id])
+        return res
+
+    def commit_many(self, user_id: int, ns_id: int, *args: Any, **kw: Any) -> Any:
+        try:
+            return self.store.commit_many(user_id, ns_id, *args, **kw)
+        finally:
+            self.changed([ns_id])
+
+    def mkdir(self, user_id: int, ns_id: int, path: str) -> Entry:
+        try:
+            return self.store.mkdir(user_id, ns_id, path)
+        finally:
+            self.changed([ns_id])
+
+    def delete(self, user_id: int, ns_id: int, *args: Any, **kw: Any) -> Entry:
+        try:
+            return self.store.delete(user_id, ns_id, *args, **kw)
+        finally:
+            self.changed([ns_id], [user_id])  # a mount in the user's root may have gone
+
+    def move(self, user_id: int, ns_id: int, *args: Any, **kw: Any) -> Entry:
+        try:
+            return self.store.move(user_id, ns_id, *args, **kw)
+        finally:
+            self.changed([ns_id], [user_id])  # a mount in the user's root may have moved
+
+    def restore(self, user_id: int, ns_id: int, path: str, rev: int) -> Entry:
+        try:
+            return self.store.restore(user_id, ns_id, path, rev)
+        finally:
+            self.changed([ns_id], [user_id])
+
+
+class _CachedSharing:
+    """`Sharing` with every change followed by its invalidation: the heads and the users that
+    its `SharingChange` names, and the caller."""
+
+    def __init__(self, cached: CachedStore, sharing: Any) -> None:
+        self.cached = cached
+        self.inner = sharing
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self.inner, name)
+        if name not in ("share", "accept", "remove_member", "leave", "unshare"):
+            return fn
+
+        def changing(user_id: int, *args: Any, **kw: Any) -> Any:
+            change = fn(user_id, *args, **kw)
+            self.cached.changed(change.heads, {user_id, *change.users})
+            return change
+
+        return changing
+
+
+class _CachedMoves:
+    """`CrossMoves` with each move followed by the invalidation of both namespaces."""
+
+    def __init__(self, cached: CachedStore, moves: Any) -> None:
+        self.cached = cached
+        self.inner = moves
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def move(self, user_id: int, src_ns: int, src: str, dst_ns: int, dst: str, *args: Any, **kw: Any) -> Entry:
+        try:
+            return self.inner.move(user_id, src_ns, src, dst_ns, dst, *args, **kw)  # type: ignore[no-any-return]
+        finally:
+            self.cached.changed([src_ns, dst_ns], [user_id])
+
