@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Self
 
-from cubby.client import transfer
+from cubby.client import upload
 from cubby.client.api import ApiClient
 
 
@@ -35,10 +35,10 @@ class CallTimes(ApiClient):
 
 @contextmanager
 def timed_scans() -> Iterator[list[float]]:
-    """While active, `transfer.scan_file` records when each call starts and ends (the list
+    """While active, `upload.scan_file` records when each call starts and ends (the list
     yielded gets both), so the span of the hashing pass can be read off afterwards."""
     spans: list[float] = []
-    real = transfer.scan_file
+    real = upload.scan_file
 
     def timed(*a: Any, **kw: Any) -> Any:
         t = time.perf_counter()
@@ -47,11 +47,11 @@ def timed_scans() -> Iterator[list[float]]:
         finally:
             spans.extend((t, time.perf_counter()))
 
-    transfer.scan_file = timed  # upload_file and upload_tree look it up at call time
+    upload.scan_file = timed  # upload_file and upload_tree look it up at call time
     try:
         yield spans
     finally:
-        transfer.scan_file = real
+        upload.scan_file = real
 
 
 def split(seconds: float, api: CallTimes, scan_spans: list[float]) -> tuple[dict[str, Any], str]:

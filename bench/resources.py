@@ -33,7 +33,7 @@ from machine import describe, summary_line
 from report import Report, Row
 
 from cubby.client.api import ApiClient
-from cubby.client.transfer import upload_file
+from cubby.client.upload import upload_file
 from tests.helpers.live_server import LiveServer
 
 MiB = 1024 * 1024

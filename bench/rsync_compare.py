@@ -41,7 +41,7 @@ from reference import warm
 from report import Report, Row, fmt_bytes
 from wire import CountingProxy
 
-from cubby.client import transfer
+from cubby.client import upload
 
 HERE = Path(__file__).resolve().parent
 
@@ -211,7 +211,7 @@ def _put_in_process(
             t0 = time.perf_counter()
             if prof:
                 prof.enable()
-            results = transfer.upload_tree(api, folder, "/small")
+            results = upload.upload_tree(api, folder, "/small")
             if prof:
                 prof.disable()
             seconds = time.perf_counter() - t0

@@ -9,7 +9,7 @@ the `cubby` command as a subprocess, as a user runs it:
 - each of the above ``--repeat`` times (3), a fresh server per round, interleaved with its
   reference; rows hold the median round;
 - rate limits: ``--max-upload-rate`` / ``--max-download-rate`` of 50 MB/s on a fresh file
-  (through `cubby.client.transfer` with the CLI's limiter, so that the chunk traffic itself is
+  (through `cubby.client.upload` and `cubby.client.download` with the CLI's limiter, so that the chunk traffic itself is
   timed, not the hashing pass before it): the achieved rate beside the limit.
 
     .venv/bin/python bench/transfer.py                  # 1 GiB, as the issue asks
@@ -35,8 +35,9 @@ from reference import drop, plain_copy, read_hash_write, warm
 from report import Report, Row, median_run
 
 from cubby.client.api import ApiClient
+from cubby.client.download import download_file
 from cubby.client.ratelimit import TokenBucket
-from cubby.client.transfer import download_file, upload_file
+from cubby.client.upload import upload_file
 
 
 def sha256_file(path: Path) -> str:

@@ -405,7 +405,7 @@ def _remote_for(local: Path, remote: str | None) -> str:
 @pass_state
 def put(state: State, local: Path, remote: str | None, max_upload_rate: float | None) -> None:
     """Upload LOCAL (a file or a folder) to REMOTE (default: /NAME)."""
-    from cubby.client.transfer import upload_file, upload_tree
+    from cubby.client.upload import upload_file, upload_tree
 
     target = _remote_for(local, remote)
 
@@ -433,7 +433,7 @@ def put(state: State, local: Path, remote: str | None, max_upload_rate: float | 
 @pass_state
 def get(state: State, remote: str, local: Path | None, max_download_rate: float | None) -> None:
     """Download REMOTE (a file or a folder) to LOCAL (default: its name, here)."""
-    from cubby.client.transfer import download_file, download_tree
+    from cubby.client.download import download_file, download_tree
 
     with state.api(max_download_rate=max_download_rate) as api:
         entry = api.stat(remote)

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from cubby.client.api import ApiClient
-from cubby.client.transfer import upload_file
+from cubby.client.upload import upload_file
 from tests.helpers.live_server import ROOT, LiveServer
 
 RELEASE_BEFORE_PACKS = "e894f18"

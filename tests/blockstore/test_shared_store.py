@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 
 from cubby.client.api import ApiClient
-from cubby.client.transfer import download_file, upload_file
+from cubby.client.download import download_file
+from cubby.client.upload import upload_file
 from tests.helpers.live_server import LiveServer
 
 

@@ -71,3 +71,25 @@ def test_long_paths_are_refused():
     deep = "/" + "/".join(["d" * 200] * 20)
     with pytest.raises(InvalidPath, match="longer"):
         paths.normalize(deep)
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0x2FF), max_size=40))
+def test_key_fast_path_for_ascii_agrees_with_nfc_casefold(text: str) -> None:
+    """`key` skips normalising an ASCII path (the common case, on every sync pass); the key
+    must be the one the full rule gives, for ASCII and non-ASCII paths alike."""
+    path = "/" + text
+    assert paths.key(path) == unicodedata.normalize("NFC", unicodedata.normalize("NFC", path).casefold())
+
+
+def test_every_control_character_is_refused_and_no_other_ascii_character() -> None:
+    """The control-character test is one regular expression search per name (a scan checks
+    every name of the tree); it must refuse exactly 0-31 and 127."""
+    for code in range(128):
+        if chr(code) in "/\\":
+            continue  # the separator, and the backslash (refused for its own reason)
+        refused = False
+        try:
+            paths.child("/", f"a{chr(code)}b")
+        except InvalidPath:
+            refused = True
+        assert refused == (code < 32 or code == 127), code

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from cubby.client.api import ApiClient
-from cubby.client.transfer import upload_file
+from cubby.client.upload import upload_file
 from cubby.errors import CubbyError
 from tests.helpers.fault_proxy import Faults, fault_proxy
 from tests.helpers.live_server import LiveServer

@@ -1,4 +1,4 @@
-"""The upload path of `cubby.client.transfer` against a real server on loopback: pipelined
+"""The upload path of `cubby.client.upload` against a real server on loopback: pipelined
 windows, bytes kept from the naming pass, a file that changes under an upload (detected by
 the client's stamp or hash, or, when the stamp cannot see it, by the server's verification),
 resumption, and a folder of small files in pipelined groups."""
@@ -13,17 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from cubby.client import transfer
+from cubby.client import upload
 from cubby.client.api import ApiClient
-from cubby.client.transfer import (
-    FileChanged,
-    LocalFile,
-    _needs_for,
-    scan_file,
-    supply,
-    upload_file,
-    upload_tree,
-)
+from cubby.client.download import download_file, download_tree
+from cubby.client.localfiles import FileChanged, LocalFile, scan_file
+from cubby.client.upload import needs_for, supply, upload_file, upload_tree
+from cubby.client.windows import KEEP_BYTES
 from cubby.errors import NotFound
 from tests.helpers.live_server import LiveServer
 
@@ -68,7 +63,7 @@ def _data(seed: int, size: int) -> bytes:
 
 
 def test_large_file_goes_in_bounded_pipelined_windows(live, api, tmp_path, monkeypatch):
-    monkeypatch.setattr(transfer, "UPLOAD_WINDOW", 2 * 1024 * 1024)
+    monkeypatch.setattr(upload, "UPLOAD_WINDOW", 2 * 1024 * 1024)
     data = _data(1, 12 * 1024 * 1024)
     src = tmp_path / "big.bin"
     src.write_bytes(data)
@@ -77,7 +72,7 @@ def test_large_file_goes_in_bounded_pipelined_windows(live, api, tmp_path, monke
         res = upload_file(counting, src, "/big.bin")
     assert res.bytes_sent == len(data) and res.chunks_sent == res.chunks > 4
     assert len(counting.uploads) >= 4 and max(counting.uploads) < 2 * 1024 * 1024 + 4 * 1024 * 1024
-    transfer.download_file(api, "/big.bin", tmp_path / "back.bin")
+    download_file(api, "/big.bin", tmp_path / "back.bin")
     assert (tmp_path / "back.bin").read_bytes() == data
 
 
@@ -85,13 +80,13 @@ def test_small_file_keeps_its_bytes_and_is_not_read_again(api, tmp_path, monkeyp
     src = tmp_path / "small.bin"
     data = _data(2, 300_000)
     src.write_bytes(data)
-    lf = scan_file(src, "/small.bin", keep_up_to=transfer.KEEP_BYTES)
+    lf = scan_file(src, "/small.bin", keep_up_to=KEEP_BYTES)
     assert lf.data == data and lf.stamp is not None
     res = api.commit("/small.bin", lf.size, lf.refs)
     src.unlink()  # the upload must not need the file any more
-    supply(api, api.account()["root_ns"], _needs_for([(lf, res)]))
+    supply(api, api.account()["root_ns"], needs_for([(lf, res)]))
     assert api.commit("/small.bin", lf.size, lf.refs).entry is not None
-    transfer.download_file(api, "/small.bin", tmp_path / "back.bin")
+    download_file(api, "/small.bin", tmp_path / "back.bin")
     assert (tmp_path / "back.bin").read_bytes() == data
 
 
@@ -113,7 +108,7 @@ def _named_then_changed(api: ApiClient, tmp_path: Path, *, keep_stamp: bool) -> 
 def test_changed_file_is_caught_by_its_stamp(api, tmp_path):
     lf, res = _named_then_changed(api, tmp_path, keep_stamp=False)
     with pytest.raises(FileChanged):
-        supply(api, api.account()["root_ns"], _needs_for([(lf, res)]))
+        supply(api, api.account()["root_ns"], needs_for([(lf, res)]))
     with pytest.raises(NotFound):
         api.stat("/moving.bin")
 
@@ -122,21 +117,21 @@ def test_changed_file_without_stamp_is_caught_by_hashing(api, tmp_path):
     lf, res = _named_then_changed(api, tmp_path, keep_stamp=False)
     lf.stamp = None  # as a LocalFile rebuilt from saved state has
     with pytest.raises(FileChanged):
-        supply(api, api.account()["root_ns"], _needs_for([(lf, res)]))
+        supply(api, api.account()["root_ns"], needs_for([(lf, res)]))
 
 
 def test_change_the_stamp_cannot_see_is_refused_by_the_server(api, tmp_path):
     lf, res = _named_then_changed(api, tmp_path, keep_stamp=True)
     ns = api.account()["root_ns"]
     with pytest.raises(FileChanged):
-        supply(api, ns, _needs_for([(lf, res)]))
+        supply(api, ns, needs_for([(lf, res)]))
     # Nothing was stored under the old names, so the commit still needs every chunk.
     again = api.commit("/moving.bin", lf.size, lf.refs)
     assert again.entry is None and {n.hash for n in again.needed} == {c.hash for c in lf.chunks}
 
 
 def test_interrupted_upload_resends_only_missing_chunks(live, api, tmp_path, monkeypatch):
-    monkeypatch.setattr(transfer, "UPLOAD_WINDOW", 2 * 1024 * 1024)
+    monkeypatch.setattr(upload, "UPLOAD_WINDOW", 2 * 1024 * 1024)
     data = _data(5, 12 * 1024 * 1024)
     src = tmp_path / "resume.bin"
     src.write_bytes(data)
@@ -149,12 +144,12 @@ def test_interrupted_upload_resends_only_missing_chunks(live, api, tmp_path, mon
         api.stat("/resume.bin")
     res = upload_file(api, src, "/resume.bin")
     assert res.bytes_sent == len(data) - stored
-    transfer.download_file(api, "/resume.bin", tmp_path / "back.bin")
+    download_file(api, "/resume.bin", tmp_path / "back.bin")
     assert (tmp_path / "back.bin").read_bytes() == data
 
 
 def test_tree_of_small_files_in_pipelined_groups(api, tmp_path, monkeypatch):
-    monkeypatch.setattr(transfer, "BATCH", 7)
+    monkeypatch.setattr(upload, "BATCH", 7)
     root = tmp_path / "tree"
     want: dict[str, bytes] = {}
     for i in range(40):
@@ -164,14 +159,14 @@ def test_tree_of_small_files_in_pipelined_groups(api, tmp_path, monkeypatch):
         p.write_bytes(body)
         want[f"/t/d{i % 3}/f{i:02d}.txt"] = body
     big = root / "big.bin"
-    big.write_bytes(_data(9, transfer.KEEP_BYTES + 1))
+    big.write_bytes(_data(9, KEEP_BYTES + 1))
     want["/t/big.bin"] = big.read_bytes()
     (root / "empty").mkdir()
     seen: list[str] = []
     results = upload_tree(api, root, "/t", on_result=lambda r: seen.append(r.path))
     assert sorted(r.path for r in results) == sorted(want) and seen == [r.path for r in results]
     assert sum(r.bytes_sent for r in results) == sum(len(b) for b in want.values())
-    transfer.download_tree(api, "/t", tmp_path / "back")
+    download_tree(api, "/t", tmp_path / "back")
     for path, body in want.items():
         assert (tmp_path / "back" / path.removeprefix("/t/")).read_bytes() == body
     assert (tmp_path / "back" / "empty").is_dir()
@@ -185,7 +180,7 @@ def test_naming_a_kept_file_gives_the_chunker_s_chunks(tmp_path, size):
 
     src = tmp_path / "f.bin"
     src.write_bytes(_data(size, size))
-    kept = scan_file(src, "/f.bin", keep_up_to=transfer.KEEP_BYTES)
+    kept = scan_file(src, "/f.bin", keep_up_to=KEEP_BYTES)
     streamed = [(c.offset, c.length, c.hash) for c in chunk_file(src, with_data=False)]
     assert kept.data == src.read_bytes()
     assert [(c.offset, c.size, c.hash) for c in kept.chunks] == streamed

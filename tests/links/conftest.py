@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from cubby.client.api import ApiClient
-from cubby.client.transfer import upload_file
+from cubby.client.upload import upload_file
 from tests.conftest import DB_ENGINES, MARIADB_URL, POSTGRES_URL, _worker_database, require_service
 from tests.helpers.live_server import LiveServer
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from cubby.client.api import ApiClient
-from cubby.client.transfer import upload_file
+from cubby.client.upload import upload_file
 from tests.helpers.live_server import LiveServer
 
 pytestmark = pytest.mark.xdist_group("links")

@@ -8,7 +8,8 @@ import os
 import httpx
 import pytest
 
-from cubby.client.transfer import download_file, upload_file
+from cubby.client.download import download_file
+from cubby.client.upload import upload_file
 from cubby.core.chunking import chunk_bytes
 from cubby.errors import Conflict, NotFound, Unauthorized
 from cubby.model import ChunkRef

@@ -16,8 +16,9 @@ import httpx
 import pytest
 
 from cubby.client.api import ApiClient
+from cubby.client.download import download_file
 from cubby.client.notify import PushWaiter
-from cubby.client.transfer import download_file, upload_file
+from cubby.client.upload import upload_file
 from cubby.errors import WrongRole
 from tests.conftest import require_service
 from tests.helpers.live_server import LiveServer

@@ -12,7 +12,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from cubby.client.api import ApiClient
-from cubby.client.transfer import upload_file
+from cubby.client.upload import upload_file
 from cubby.metadata.store import open_store
 from tests.helpers.live_server import LiveServer
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cubby.client.api import ApiClient
-from cubby.client.transfer import upload_file
+from cubby.client.upload import upload_file
 from cubby.core.chunking import chunk_bytes
 from cubby.model import ChunkRef
 from tests.helpers.live_server import LiveServer

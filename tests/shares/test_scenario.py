@@ -10,7 +10,7 @@ import hashlib
 import httpx
 import pytest
 
-from cubby.client.transfer import download_tree
+from cubby.client.download import download_tree
 from cubby.errors import Forbidden, NotFound
 from cubby.model import ChunkRef
 from tests.shares.conftest import blocks_on_disk, file_bytes, put_many

@@ -141,7 +141,7 @@ def test_first_sync_of_a_tree_is_a_few_batched_requests_and_a_no_op_pass_is_one(
     rep = a.run_once()
     assert rep.converged and not rep.applied
     assert sent == ["/api/v1/account"]  # heads match the cursors: no journal read
-    assert a._last_scan.hashed == 0
+    assert a.last_scan.hashed == 0
 
 
 @pytest.mark.slow

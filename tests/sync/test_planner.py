@@ -453,7 +453,7 @@ def test_conflict_names() -> None:
 def test_backoff_grows_with_jitter_and_is_capped() -> None:
     import random
 
-    from cubby.client.sync.engine import Backoff
+    from cubby.client.sync.daemon import Backoff
 
     b = Backoff(first=0.5, cap=8.0, rng=random.Random(1))
     delays = [b.next() for _ in range(10)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cubby.client import transfer
+from cubby.client import upload
 from cubby.client.api import ApiClient
 from cubby.client.sync import planner as P
 from cubby.client.sync.engine import SyncEngine
@@ -27,15 +27,15 @@ def test_journal_replay_over_a_later_listing_is_idempotent(clients: Clients, tmp
     src = tmp_path / "f.txt"
     src.write_bytes(b"one")
     api.mkdir("/a/b")
-    transfer.upload_file(api, src, "/a/b/f.txt")
-    transfer.upload_file(api, src, "/a/g.txt")
+    upload.upload_file(api, src, "/a/b/f.txt")
+    upload.upload_file(api, src, "/a/g.txt")
     api.move("/a", "/moved")                 # a folder move: one entry
     api.mkdir("/gone/inner")
-    transfer.upload_file(api, src, "/gone/inner/x.txt")
+    upload.upload_file(api, src, "/gone/inner/x.txt")
     api.delete("/gone")                      # a folder delete: one entry
     api.move("/moved/g.txt", "/G.txt")
     src.write_bytes(b"two")
-    transfer.upload_file(api, src, "/moved/b/f.txt")
+    upload.upload_file(api, src, "/moved/b/f.txt")
     acct = api.account()
     ns = acct["namespaces"][0]
     listing = list(api.list("/", recursive=True))

@@ -158,12 +158,12 @@ def test_ignored_files_stay_local(clients: Clients) -> None:
 
 
 def test_remote_files_with_ignored_names_are_left_alone(clients: Clients, tmp_path: Path) -> None:
-    from cubby.client import transfer
+    from cubby.client import upload
 
     src = tmp_path / "src.bin"
     src.write_bytes(b"put by another tool")
-    transfer.upload_file(clients.api, src, "/scratch.tmp")
-    transfer.upload_file(clients.api, src, "/.DS_Store")
+    upload.upload_file(clients.api, src, "/scratch.tmp")
+    upload.upload_file(clients.api, src, "/.DS_Store")
     a = clients.new("alpha")
     (a.root / "real.txt").write_bytes(b"real")
     clients.settle()

@@ -10,6 +10,7 @@ Every function here is pure, so the rules are tested exhaustively without a disk
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 from cubby.errors import InvalidPath
@@ -22,6 +23,9 @@ MAX_PATH_BYTES = 2900
 
 ROOT = "/"
 
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+"""A control character: one search per name, where a scan of a tree checks every name."""
+
 
 def _check_component(name: str, original: str) -> None:
     if name in ("", ".", ".."):
@@ -29,7 +33,7 @@ def _check_component(name: str, original: str) -> None:
         raise InvalidPath(f"path {original!r} has {what}; use plain names separated by single '/'")
     if "\x00" in name:
         raise InvalidPath(f"path {original!r} contains a NUL byte")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+    if _CONTROL.search(name):
         raise InvalidPath(f"path {original!r} contains a control character")
     if "\\" in name:
         raise InvalidPath(f"path {original!r} contains a backslash; use '/' as the separator")
@@ -98,7 +102,11 @@ def fit_name(stem: str, tail: str = "", ext: str = "", limit: int = MAX_NAME_BYT
 
 
 def key(path: str) -> str:
-    """The lookup key of an already normalised path: NFC of the case-folded form."""
+    """The lookup key of an already normalised path: NFC of the case-folded form. (An ASCII
+    path needs neither: its NFC is itself and its case folding is `str.lower`. Keys are taken
+    of every item of every tree on every sync pass, and most paths are ASCII.)"""
+    if path.isascii():
+        return path.lower()
     return unicodedata.normalize("NFC", unicodedata.normalize("NFC", path).casefold())
 
 

@@ -22,9 +22,9 @@ def _engine(state: Any, root: Path, up: float | None = None, down: float | None 
 
 
 def _describe(op: P.Op) -> tuple[str, str]:
-    from cubby.client.sync.engine import _path_of
+    from cubby.client.sync.base import path_of
 
-    return type(op).__name__, _path_of(op)
+    return type(op).__name__, path_of(op)
 
 
 def register(main: click.Group) -> None:
@@ -39,6 +39,7 @@ def register(main: click.Group) -> None:
     def sync_cmd(state: State, folder: Path, once: bool, max_upload_rate: float | None, max_download_rate: float | None) -> None:
         """Keep FOLDER identical to your cubby, in both directions (first run: link and download)."""
         from cubby.client.changes import open_waiter
+        from cubby.client.sync.daemon import SyncDaemon
 
         folder.mkdir(parents=True, exist_ok=True)
 
@@ -84,7 +85,7 @@ def register(main: click.Group) -> None:
             from cubby.client.push_status import PushStatus
 
             waiter = open_waiter(state.api(), PushStatus(folder / ".cubby", emit).report)
-            engine.run_forever(stop, waiter)
+            SyncDaemon(engine).run(stop, waiter)
         finally:
             engine.close()
 

@@ -345,7 +345,7 @@ def plan(
             l = ll
             # a rename that changes only case or accents keeps the key: compare the names
             if r is None or r.path == b.path:
-                if r is not None and _name(l.path) != _name(b.path) and writable(b.path):
+                if r is not None and l.path != b.path and _name(l.path) != _name(b.path) and writable(b.path):
                     dst = paths.join(paths.split(r.path)[0], _name(l.path))
                     moves.append((k, k, MoveRemote(b.path, dst, r.rev, b.node)))
                 continue

@@ -1,5 +1,5 @@
-"""Moving files in and out: upload with deduplication and proof of possession, resumable
-download, and whole trees with batched commits.
+"""Uploads: one file or a whole tree, with deduplication, proof of possession and batched
+commits (download is `cubby.client.download`, local files `cubby.client.localfiles`).
 
 How an upload spends its work (each byte of a new file is read at most twice and hashed by the
 client at most twice: once to name it, once for the proof of possession):
@@ -25,83 +25,22 @@ committed; they end the upload with `FileChanged` rather than commit a mix of tw
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from cubby.client import modes
 from cubby.client.api import ApiClient, commit_body
-from cubby.client.windows import (
-    BATCH,
-    DOWNLOAD_WINDOW,
-    GROUP_BYTES,
-    IN_FLIGHT,
-    KEEP_BYTES,
-    MAX_WINDOW_CHUNKS,
-    SMALL_FILE,
-    UPLOAD_WINDOW,
-)
-from cubby.core import delta, durable, paths
-from cubby.core.chunking import MIN_SIZE, chunk_file, iter_chunks
-from cubby.core.hashing import content_hash, sha256_hex
-from cubby.errors import BadRequest, ChunkMismatch, Conflict, CubbyError, NotFound, Unavailable
-from cubby.model import ChunkRef, CommitResult, Entry
-
-Progress = Callable[[int], None]
-"""Called with a number of bytes done, as work advances (possibly from a worker thread)."""
-
-class FileChanged(CubbyError):
-    code = "file_changed"
-    status = 409
-    retryable = True
-
-
-@dataclass(frozen=True)
-class LocalChunk:
-    offset: int
-    size: int
-    hash: str
-
-
-Stamp = tuple[int, int, int, int]
-"""(size, mtime_ns, ctime_ns, inode): any write to a file changes at least one of these."""
-
-
-def _stamp(st: os.stat_result) -> Stamp:
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-
-
-@dataclass
-class LocalFile:
-    """A local file named for upload: where it is, its chunks, and what it was when hashed.
-
-    ``stamp`` is the file's stat stamp while it was named (None: unknown, so its chunks are
-    hashed again when read back); ``data`` is the whole file's bytes when they were kept."""
-
-    local: Path
-    remote: str
-    size: int
-    mtime: float
-    chunks: list[LocalChunk]
-    inode: int = 0
-    stamp: Stamp | None = None
-    data: bytes | None = field(default=None, repr=False)
-    mode: int | None = None
-    """`cubby.client.modes`: regular, executable, or a link (whose ``data`` is its target)."""
-
-    @property
-    def refs(self) -> tuple[ChunkRef, ...]:
-        return tuple(ChunkRef(c.hash, c.size) for c in self.chunks)
-
-    @property
-    def content_hash(self) -> str:
-        return content_hash(c.hash for c in self.chunks)
+from cubby.client.localfiles import FileChanged, LocalChunk, LocalFile, Progress, scan_file, stamp_of, walk
+from cubby.client.windows import BATCH, GROUP_BYTES, IN_FLIGHT, KEEP_BYTES, MAX_WINDOW_CHUNKS, UPLOAD_WINDOW
+from cubby.core import delta, paths
+from cubby.core.hashing import sha256_hex
+from cubby.errors import ChunkMismatch, CubbyError, NotFound, Unavailable
+from cubby.model import CommitResult, Entry
 
 
 @dataclass
@@ -119,18 +58,7 @@ class UploadResult:
 
 
 @dataclass
-class DownloadResult:
-    path: str
-    size: int
-    bytes_received: int
-    local: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class _Needs:
+class Needs:
     """Chunks the server asked for across one or more commits, with where to read them."""
 
     where: dict[str, tuple[Path, LocalChunk]] = field(default_factory=dict)
@@ -140,10 +68,6 @@ class _Needs:
     bases: dict[str, str] = field(default_factory=dict)
     """An old chunk on the server to send a needed chunk as a patch against (the commit
     answer names it: the chunk at the same place in the version being replaced)."""
-
-
-DELTA_MIN = MIN_SIZE
-"""Files smaller than one minimal chunk are downloaded whole: a delta saves little on them."""
 
 
 def _send_patches(api: ApiClient, ns_id: int, items: list[tuple[str, bytes]], bases: dict[str, str]) -> dict[str, int]:
@@ -171,48 +95,9 @@ def _send_patches(api: ApiClient, ns_id: int, items: list[tuple[str, bytes]], ba
     return {n: len(p) + len(sigs[b]) for n, b, p in triples}
 
 
-def scan_file(local: Path, remote: str, progress: Progress | None = None, *, keep_up_to: int = 0) -> LocalFile:
-    """Name a file's chunks in one read. Files of at most ``keep_up_to`` bytes keep their bytes
-    (`LocalFile.data`), so that an upload never reads them again."""
-    local = Path(local)
-    st = local.stat()
-    chunks: list[LocalChunk] = []
-    data: bytes | None = None
-    if st.st_size <= keep_up_to:
-        with open(local, "rb", buffering=0) as fh:
-            data = fh.read(st.st_size + 1)  # one byte more: a file that grew is caught below
-        if 0 < len(data) <= MIN_SIZE:
-            # FastCDC never cuts below MIN_SIZE, so such a file is one chunk: skip the chunker
-            # (and its window allocation), which costs more than hashing a 4 KiB file.
-            chunks.append(LocalChunk(0, len(data), sha256_hex(data)))
-        else:
-            chunks.extend(LocalChunk(c.offset, c.length, c.hash) for c in iter_chunks(io.BytesIO(data), with_data=False))
-        if progress and chunks:
-            progress(len(data))
-    else:
-        for c in chunk_file(local, with_data=False):
-            chunks.append(LocalChunk(c.offset, c.length, c.hash))
-            if progress:
-                progress(c.length)  # a large file's bar moves while it is hashed
-    after = local.stat()
-    if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or (data is not None and len(data) != st.st_size):
-        raise FileChanged(f"{local} changed while it was being read; try again when it is saved")
-    stamp = _stamp(after) if _stamp(after) == _stamp(st) else None
-    return LocalFile(local, remote, st.st_size, st.st_mtime, chunks, st.st_ino, stamp, data, modes.mode_of(after))
-
-
 def _same(e: Entry, lf: LocalFile) -> bool:
     """Does the server's file already hold what ``lf`` would commit (bytes and mode)?"""
     return e.content_hash == lf.content_hash and e.size == lf.size and modes.version("", e.mode) == modes.version("", lf.mode)
-
-
-def read_chunk(fh: BinaryIO, c: LocalChunk, where: Path) -> bytes:
-    """Read one chunk back and check it still hashes to its name (for files with no stamp)."""
-    fh.seek(c.offset)
-    data = fh.read(c.size)
-    if len(data) != c.size or sha256_hex(data) != c.hash:
-        raise FileChanged(f"{where} changed during the upload; run the command again")
-    return data
 
 
 def _changed(where: Path) -> FileChanged:
@@ -231,14 +116,14 @@ def _read_from(path: Path, lf: LocalFile | None, wanted: list[tuple[str, LocalCh
         return [(name, bytes(view[c.offset : c.offset + c.size])) for name, c in wanted]
     out: list[tuple[str, bytes]] = []
     with open(path, "rb", buffering=0) as fh:
-        before = _stamp(os.fstat(fh.fileno()))
+        before = stamp_of(os.fstat(fh.fileno()))
         for name, c in wanted:
             fh.seek(c.offset)
             data = fh.read(c.size)
             if len(data) != c.size:
                 raise _changed(path)
             out.append((name, data))
-        after = _stamp(os.fstat(fh.fileno()))
+        after = stamp_of(os.fstat(fh.fileno()))
     stamp = lf.stamp if lf is not None else None
     if stamp is None or before != stamp or after != stamp:
         for (_name, c), (_, data) in zip(wanted, out):
@@ -247,7 +132,7 @@ def _read_from(path: Path, lf: LocalFile | None, wanted: list[tuple[str, LocalCh
     return out
 
 
-def _read_window(needs: _Needs, names: Sequence[str]) -> list[tuple[str, bytes]]:
+def _read_window(needs: Needs, names: Sequence[str]) -> list[tuple[str, bytes]]:
     """Read a window of needed chunks (given in file order), one open per file."""
     out: list[tuple[str, bytes]] = []
     i = 0
@@ -261,25 +146,7 @@ def _read_window(needs: _Needs, names: Sequence[str]) -> list[tuple[str, bytes]]
     return out
 
 
-def _read_many(wanted: Iterable[tuple[str, tuple[Path, LocalChunk]]]) -> Iterator[tuple[str, bytes]]:
-    """Read chunks from their files, hashing each to check it (kept for callers outside)."""
-    current: Path | None = None
-    fh: BinaryIO | None = None
-    try:
-        for name, (path, c) in sorted(wanted, key=lambda kv: (str(kv[1][0]), kv[1][1].offset)):
-            if path != current:
-                if fh:
-                    fh.close()
-                fh = open(path, "rb")  # noqa: SIM115 -- one file at a time, closed on switch and in finally
-                current = path
-            assert fh is not None
-            yield name, read_chunk(fh, c, path)
-    finally:
-        if fh:
-            fh.close()
-
-
-def _windows(needs: _Needs) -> Iterator[list[str]]:
+def _windows(needs: Needs) -> Iterator[list[str]]:
     """Needed chunk names in read order (by file, then offset), cut into bounded windows."""
     names = sorted(needs.where, key=lambda n: (str(needs.where[n][0]), needs.where[n][1].offset))
     window: list[str] = []
@@ -336,7 +203,7 @@ def _proof(nonce: str, data: bytes) -> str:
 
 
 def supply(
-    api: ApiClient, ns_id: int, needs: _Needs, progress: Progress | None = None, *, in_flight: int = IN_FLIGHT
+    api: ApiClient, ns_id: int, needs: Needs, progress: Progress | None = None, *, in_flight: int = IN_FLIGHT
 ) -> dict[Path, tuple[int, int]]:
     """Give the server every needed chunk: prove possession where it already holds the bytes,
     upload the rest. Returns (chunks sent, bytes sent) per local file.
@@ -410,14 +277,14 @@ def upload_file(
             return UploadResult(res.entry.path, res.entry.rev, lf.size, len(lf.chunks), sent, sent_bytes)
         if ns_id is None:
             ns_id = _ns_of(api, remote)
-        for s, b in supply(api, ns_id, _needs_for([(lf, res)]), progress).values():
+        for s, b in supply(api, ns_id, needs_for([(lf, res)]), progress).values():
             sent += s
             sent_bytes += b
     raise CubbyError(f"the server kept asking for chunks of {remote}; giving up", code="upload_incomplete")
 
 
-def _needs_for(pairs: Sequence[tuple[LocalFile, CommitResult]]) -> _Needs:
-    needs = _Needs()
+def needs_for(pairs: Sequence[tuple[LocalFile, CommitResult]]) -> Needs:
+    needs = Needs()
     for lf, res in pairs:
         by_hash = {c.hash: c for c in lf.chunks}
         for n in res.needed:
@@ -437,21 +304,6 @@ def _ns_of(api: ApiClient, remote: str) -> int:
         if paths.is_within(paths.normalize(remote), n["path"]) and len(n["path"]) > len(best):
             best, ns = n["path"], int(n["ns_id"])
     return ns
-
-
-def walk(local_dir: Path) -> tuple[list[Path], list[Path]]:
-    """Files and folders below ``local_dir`` (symlinks are not followed), in a stable order."""
-    files: list[Path] = []
-    dirs: list[Path] = []
-    for root, dnames, fnames in os.walk(local_dir):
-        dnames.sort()
-        for d in dnames:
-            dirs.append(Path(root) / d)
-        for f in sorted(fnames):
-            p = Path(root) / f
-            if p.is_file() and not p.is_symlink():
-                files.append(p)
-    return files, dirs
 
 
 def _groups(files: list[Path]) -> Iterator[list[Path]]:
@@ -542,7 +394,7 @@ def upload_tree(
                     needing.append((lf, res))
             if not needing:
                 return out
-            for owner, (s, b) in supply(api, ns_id, _needs_for(needing), progress).items():
+            for owner, (s, b) in supply(api, ns_id, needs_for(needing), progress).items():
                 prev = sent_by_file.get(owner, (0, 0))
                 sent_by_file[owner] = (prev[0] + s, prev[1] + b)
             pending = [lf for lf, _ in needing]
@@ -588,202 +440,3 @@ def upload_tree(
     return results
 
 
-# ------------------------------------------------------------------------------------------------
-# download
-# ------------------------------------------------------------------------------------------------
-def _part_paths(target: Path) -> tuple[Path, Path]:
-    part = target.with_name(f".{target.name}.cubby-part")
-    return part, part.with_name(part.name + ".json")
-
-
-def verified_prefix(part: Path, chunks: Sequence[ChunkRef], progress: Progress | None = None) -> int:
-    """How many leading chunks of an interrupted download's part file are right (each
-    re-hashed: a part file is only a hint, never trusted)."""
-    keep = 0
-    try:
-        with open(part, "rb") as fh:
-            for c in chunks:
-                data = fh.read(c.size)
-                if len(data) != c.size or sha256_hex(data) != c.hash:
-                    break
-                keep += 1
-                if progress:
-                    progress(c.size)
-    except FileNotFoundError:
-        pass
-    return keep
-
-
-def download_file(
-    api: ApiClient, remote: str, local: Path, *, rev: int | None = None, progress: Progress | None = None
-) -> DownloadResult:
-    """Download a file to ``local`` through a part file beside it; run again after an
-    interruption, it keeps the chunks already written (checked by hashing them) and fetches
-    only the rest. The file appears under its name only when whole, with the server's mtime."""
-    entry, chunks = api.blocklist(remote, rev)
-    local = Path(local)
-    local.parent.mkdir(parents=True, exist_ok=True)
-    part, meta = _part_paths(local)
-    keep = 0  # chunks of the part file that are already right
-    if part.exists() and meta.exists():
-        try:
-            info = json.loads(meta.read_text())
-        except ValueError:
-            info = {}
-        if info.get("content_hash") == entry.content_hash:
-            keep = verified_prefix(part, chunks, progress)
-    meta.write_text(json.dumps({"content_hash": entry.content_hash, "rev": entry.rev, "path": remote}))
-    received = 0
-    offset = sum(c.size for c in chunks[:keep])
-    mode = "r+b" if part.exists() and keep else "wb"
-    with open(part, mode) as out:
-        out.seek(offset)
-        out.truncate()
-        rest = chunks[keep:]
-        i = 0
-        while i < len(rest):
-            # A window of at most DOWNLOAD_WINDOW bytes of distinct chunks (memory stays
-            # bounded whatever the file), each fetched once however often it occurs.
-            window: list[ChunkRef] = []
-            distinct: dict[str, None] = {}
-            size = 0
-            while i < len(rest) and (not window or rest[i].hash in distinct or size + rest[i].size <= DOWNLOAD_WINDOW):
-                c = rest[i]
-                if c.hash not in distinct:
-                    distinct[c.hash] = None
-                    size += c.size
-                window.append(c)
-                i += 1
-            got: dict[str, bytes] = {}
-            pos = 0
-            for name, data in api.fetch_chunks(list(distinct)):
-                got[name] = data
-                received += len(data)
-                # Write each chunk as soon as everything before it is here: the part file
-                # grows while the download runs, so an interrupted one keeps what arrived.
-                while pos < len(window) and window[pos].hash in got:
-                    piece = got[window[pos].hash]
-                    out.write(piece)
-                    if progress:
-                        progress(len(piece))
-                    pos += 1
-            if pos != len(window):
-                raise CubbyError(f"the server did not send every chunk of {remote}", code="short_download")
-        out.flush()
-        os.fsync(out.fileno())
-    if part.stat().st_size != entry.size:
-        raise CubbyError(f"downloaded {part.stat().st_size} bytes of {remote}, expected {entry.size}", code="short_download")
-    modes.apply_mode(part, entry.mode)
-    if entry.mtime:
-        os.utime(part, (entry.mtime, entry.mtime))
-    os.replace(part, local)
-    meta.unlink(missing_ok=True)
-    durable.fsync_dir(local.parent)
-    return DownloadResult(entry.path, entry.size, received, str(local))
-
-
-def barrier(d: Path) -> None:
-    """One durability barrier for everything written under ``d``'s file system."""
-    durable.barrier(d)
-
-
-def _write_small_files(
-    api: ApiClient, items: list[tuple[Entry, list[ChunkRef], Path]], progress: Progress | None
-) -> list[DownloadResult]:
-    """Fetch the chunks of many small files in a few requests, write each to a temp file,
-    make them all durable with one barrier, then rename them into place."""
-    wanted = list(dict.fromkeys(c.hash for _, chunks, _ in items for c in chunks))
-    got: dict[str, bytes] = {}
-    for i in range(0, len(wanted), 1024):
-        got.update(api.fetch_chunks(wanted[i : i + 1024]))
-    staged: list[tuple[Path, Path, Entry]] = []
-    for entry, chunks, target in items:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        part, _ = _part_paths(target)
-        with open(part, "wb") as out:
-            for c in chunks:
-                out.write(got[c.hash])
-        modes.apply_mode(part, entry.mode)
-        if entry.mtime:
-            os.utime(part, (entry.mtime, entry.mtime))
-        staged.append((part, target, entry))
-        if progress:
-            progress(entry.size)
-    if staged:
-        barrier(staged[0][1].parent)
-        for part, target, _ in staged:
-            os.replace(part, target)
-        barrier(staged[0][1].parent)
-    received = {h: len(d) for h, d in got.items()}
-    results = []
-    seen: set[str] = set()
-    for entry, chunks, target in items:
-        mine = sum(received[c.hash] for c in chunks if c.hash not in seen)
-        seen.update(c.hash for c in chunks)
-        results.append(DownloadResult(entry.path, entry.size, mine, str(target)))
-    return results
-
-
-def download_tree(
-    api: ApiClient, remote_dir: str, local_dir: Path, *, progress: Progress | None = None,
-    on_result: Callable[[DownloadResult], None] | None = None,
-) -> list[DownloadResult]:
-    """Download a folder. Files already present with the same content are left alone; small
-    files travel many per request; large ones one by one, resumable."""
-    remote_dir = paths.normalize(remote_dir)
-    local_dir = Path(local_dir)
-    local_dir.mkdir(parents=True, exist_ok=True)
-    results: list[DownloadResult] = []
-
-    def emit(r: DownloadResult) -> None:
-        results.append(r)
-        if on_result:
-            on_result(r)
-
-    small: list[tuple[Entry, Path]] = []
-    for e in api.list(remote_dir, recursive=True):
-        rel = e.path[len(remote_dir) :].lstrip("/") if remote_dir != paths.ROOT else e.path.lstrip("/")
-        for part in rel.split("/"):
-            check_local_name(part)
-        target = local_dir.joinpath(*rel.split("/"))
-        if e.kind == "folder":
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        if target.exists() and target.stat().st_size == e.size and scan_file(target, e.path).content_hash == e.content_hash:
-            modes.apply_mode(target, e.mode)
-            emit(DownloadResult(e.path, e.size, 0, str(target)))
-            continue
-        if e.size <= SMALL_FILE:
-            small.append((e, target))
-        else:
-            emit(download_file(api, e.path, target, progress=progress))
-    for i in range(0, len(small), BATCH):
-        group = small[i : i + BATCH]
-        lists = api.blocklists([e.path for e, _ in group])
-        ready = []
-        for (_e, target), bl in zip(group, lists):
-            if isinstance(bl, CubbyError):
-                continue  # deleted since the listing: nothing to download
-            ready.append((bl[0], bl[1], target))
-        for r in _write_small_files(api, ready, progress):
-            emit(r)
-    return results
-
-
-def check_local_name(name: str) -> None:
-    if name in ("", ".", "..") or "/" in name or "\x00" in name:
-        raise BadRequest(f"refusing to write a local file named {name!r}")
-
-
-__all__ = [
-    "Conflict",
-    "DownloadResult",
-    "FileChanged",
-    "UploadResult",
-    "download_file",
-    "download_tree",
-    "scan_file",
-    "supply",
-    "upload_file",
-    "upload_tree",
-]

@@ -1,0 +1,123 @@
+"""Local files as the upload side sees them: a file named by its chunks (`LocalFile`, made by
+`scan_file`), its stat stamp, and the walk of a local folder.
+
+Kept apart from `cubby.client.upload` because the sync engine builds `LocalFile`s from its
+state database (never rescanning) and only needs these types, not the upload pipeline.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cubby.client import modes
+from cubby.core.chunking import MIN_SIZE, chunk_file, iter_chunks
+from cubby.core.hashing import content_hash, sha256_hex
+from cubby.errors import BadRequest, CubbyError
+from cubby.model import ChunkRef
+
+Progress = Callable[[int], None]
+"""Called with a number of bytes done, as work advances (possibly from a worker thread)."""
+
+
+class FileChanged(CubbyError):
+    code = "file_changed"
+    status = 409
+    retryable = True
+
+
+@dataclass(frozen=True)
+class LocalChunk:
+    offset: int
+    size: int
+    hash: str
+
+
+Stamp = tuple[int, int, int, int]
+"""(size, mtime_ns, ctime_ns, inode): any write to a file changes at least one of these."""
+
+
+def stamp_of(st: os.stat_result) -> Stamp:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+@dataclass
+class LocalFile:
+    """A local file named for upload: where it is, its chunks, and what it was when hashed.
+
+    ``stamp`` is the file's stat stamp while it was named (None: unknown, so its chunks are
+    hashed again when read back); ``data`` is the whole file's bytes when they were kept."""
+
+    local: Path
+    remote: str
+    size: int
+    mtime: float
+    chunks: list[LocalChunk]
+    inode: int = 0
+    stamp: Stamp | None = None
+    data: bytes | None = field(default=None, repr=False)
+    mode: int | None = None
+    """`cubby.client.modes`: regular, executable, or a link (whose ``data`` is its target)."""
+
+    @property
+    def refs(self) -> tuple[ChunkRef, ...]:
+        return tuple(ChunkRef(c.hash, c.size) for c in self.chunks)
+
+    @property
+    def content_hash(self) -> str:
+        return content_hash(c.hash for c in self.chunks)
+
+
+def scan_file(local: Path, remote: str, progress: Progress | None = None, *, keep_up_to: int = 0) -> LocalFile:
+    """Name a file's chunks in one read. Files of at most ``keep_up_to`` bytes keep their bytes
+    (`LocalFile.data`), so that an upload never reads them again."""
+    local = Path(local)
+    st = local.stat()
+    chunks: list[LocalChunk] = []
+    data: bytes | None = None
+    if st.st_size <= keep_up_to:
+        with open(local, "rb", buffering=0) as fh:
+            data = fh.read(st.st_size + 1)  # one byte more: a file that grew is caught below
+        if 0 < len(data) <= MIN_SIZE:
+            # FastCDC never cuts below MIN_SIZE, so such a file is one chunk: skip the chunker
+            # (and its window allocation), which costs more than hashing a 4 KiB file.
+            chunks.append(LocalChunk(0, len(data), sha256_hex(data)))
+        else:
+            chunks.extend(LocalChunk(c.offset, c.length, c.hash) for c in iter_chunks(io.BytesIO(data), with_data=False))
+        if progress and chunks:
+            progress(len(data))
+    else:
+        for c in chunk_file(local, with_data=False):
+            chunks.append(LocalChunk(c.offset, c.length, c.hash))
+            if progress:
+                progress(c.length)  # a large file's bar moves while it is hashed
+    after = local.stat()
+    if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or (data is not None and len(data) != st.st_size):
+        raise FileChanged(f"{local} changed while it was being read; try again when it is saved")
+    stamp = stamp_of(after) if stamp_of(after) == stamp_of(st) else None
+    return LocalFile(local, remote, st.st_size, st.st_mtime, chunks, st.st_ino, stamp, data, modes.mode_of(after))
+
+
+def walk(local_dir: Path) -> tuple[list[Path], list[Path]]:
+    """Files and folders below ``local_dir`` (symlinks are not followed), in a stable order."""
+    files: list[Path] = []
+    dirs: list[Path] = []
+    for root, dnames, fnames in os.walk(local_dir):
+        dnames.sort()
+        for d in dnames:
+            dirs.append(Path(root) / d)
+        for f in sorted(fnames):
+            p = Path(root) / f
+            if p.is_file() and not p.is_symlink():
+                files.append(p)
+    return files, dirs
+
+
+def check_local_name(name: str) -> None:
+    if name in ("", ".", "..") or "/" in name or "\x00" in name:
+        raise BadRequest(f"refusing to write a local file named {name!r}")
+
+

@@ -1,0 +1,261 @@
+"""Applying a plan: each planned operation done on the disk or on the server, then recorded.
+
+Crash safety comes from the order of every step: the side effect happens first (a rename on
+disk, a commit on the server), then its record in the base. A crash in between leaves a base
+that is behind both sides, which the next plan sees as "both changed to the same thing" and
+adopts without transferring anything. Folder creations, moves and deletes on the server go in
+batch requests; uploads and downloads are handed to `Uploads` and `Downloads`. A local delete
+checks that the file is still the one the plan saw, so an edit made meanwhile is never lost.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cubby.client import modes
+from cubby.client.sync import planner as P
+from cubby.client.sync.base import EngineCore, Failures, PassReport, base_of, path_of
+from cubby.client.sync.downloads import Downloads
+from cubby.client.sync.ignore import IgnoreRules
+from cubby.client.sync.trust import shown
+from cubby.client.sync.uploads import Uploads
+from cubby.core import paths
+from cubby.errors import Conflict, CubbyError, NotFound, Unavailable
+from cubby.model import Entry
+
+
+class Applier:
+    """Applies plans (see the module docstring)."""
+
+    def __init__(self, core: EngineCore, uploads: Uploads, downloads: Downloads) -> None:
+        self.core, self.uploads, self.downloads = core, uploads, downloads
+
+    def apply(self, ops: Sequence[P.Op], report: PassReport, failures: Failures) -> int:
+        """Apply one plan; returns how many operations succeeded. Unavailable propagates (the
+        caller backs off); any other error fails that operation only."""
+        done = 0
+        uploads = [o for o in ops if isinstance(o, P.Upload)]
+        downloads = [o for o in ops if isinstance(o, P.Download)]
+        rest = [o for o in ops if not isinstance(o, (P.Upload, P.Download))]
+        first = [o for o in rest if not isinstance(o, (P.DeleteLocal, P.DeleteRemote))]
+        deletes = [o for o in rest if isinstance(o, (P.DeleteLocal, P.DeleteRemote))]
+
+        def one(op: P.Op) -> None:
+            nonlocal done
+            try:
+                if self._apply_one(op):
+                    done += 1
+                    report.count(type(op).__name__)
+                    self.core.emit({"op": type(op).__name__, "path": path_of(op)})
+                    self.core.crash_point(type(op).__name__)
+            except Unavailable:
+                raise
+            except (CubbyError, OSError) as exc:
+                failures.append({"op": type(op).__name__, "path": path_of(op), "error": str(exc)})
+
+        remote: list[P.Op] = []
+        for op in first:
+            if isinstance(op, (P.MkdirRemote, P.MoveRemote)):
+                remote.append(op)  # sent together, in plan order, with the next local op
+                continue
+            done += self._apply_remote(remote, report, failures)
+            remote = []
+            one(op)
+        done += self._apply_remote(remote, report, failures)
+        if uploads:
+            n = self.uploads.upload(uploads, failures)
+            done += n
+            if n:
+                report.count("Upload", n)
+        if downloads:
+            n = self.downloads.download(downloads, failures)
+            done += n
+            if n:
+                report.count("Download", n)
+        remote = []
+        for dop in deletes:
+            if isinstance(dop, P.DeleteRemote):
+                if dop.remote.kind == "folder" and not self._folder_unchanged(dop.remote):
+                    continue  # something arrived in it meanwhile: the next round learns what
+                remote.append(dop)
+            else:
+                one(dop)
+        done += self._apply_remote(remote, report, failures)
+        return done
+
+    def _apply_remote(self, ops: Sequence[P.Op], report: PassReport, failures: Failures) -> int:
+        """Folder creations, moves and deletes on the server, a batch request per thousand
+        (`ApiClient.batch`), applied there in this order; each answer is then recorded in the
+        base as the single operation would record it. A conflict or a vanished source is not a
+        failure: the server moved on and the next plan sees how."""
+        if not ops:
+            return 0
+        cursors = self.core.state.cursors()
+        bodies: list[dict[str, Any]] = []
+        for op in ops:
+            if isinstance(op, P.MkdirRemote):
+                bodies.append({"op": "mkdir", "path": op.local.path})
+            elif isinstance(op, P.MoveRemote):
+                bodies.append({"op": "move", "from_path": op.path, "to_path": op.new_path, "expected_rev": op.expected_rev})
+            elif isinstance(op, P.DeleteRemote):
+                since = cursors.get(op.remote.ns_id) if op.remote.kind == "folder" else None
+                bodies.append({"op": "delete", "path": op.remote.path, "expected_rev": op.remote.rev, "unchanged_since": since})
+        outcomes = self.core.api.batch(bodies)
+        self.core.crash_point("batched_remote")
+        done = 0
+        st = self.core.state
+        with st.tx():
+            for op, out in zip(ops, outcomes, strict=True):
+                name = type(op).__name__
+                if isinstance(out, CubbyError):
+                    if isinstance(op, P.DeleteRemote) and isinstance(out, NotFound):
+                        pass  # already gone: what we wanted
+                    elif isinstance(out, (Conflict, NotFound)) and not isinstance(op, P.MkdirRemote):
+                        continue
+                    else:
+                        failures.append({"op": name, "path": path_of(op), "error": str(out)})
+                        continue
+                if isinstance(op, (P.MkdirRemote, P.MoveRemote)):
+                    assert isinstance(out, Entry)
+                    if not st.put_remote_entry(out):
+                        # refused (recorded by the state), never acted on
+                        failures.append({"op": name, "path": path_of(op), "error": f"the server answered with {shown(out.path)!r}"})
+                        continue
+                if isinstance(op, P.MkdirRemote):
+                    assert isinstance(out, Entry)
+                    st.set_base(P.BaseItem(out.ns_id, out.node_id, out.path, "folder", out.rev, None, op.local.inode))
+                elif isinstance(op, P.MoveRemote):
+                    assert isinstance(out, Entry)
+                    st.move_base(op.node, out.path)
+                elif isinstance(op, P.DeleteRemote):
+                    st.delete_remote(op.remote.node)
+                    st.forget_base(op.remote.node)
+                done += 1
+                report.count(name)
+                self.core.emit({"op": name, "path": path_of(op)})
+        return done
+
+    def _apply_one(self, op: P.Op) -> bool:
+        st = self.core.state
+        if isinstance(op, P.Adopt):
+            st.set_base(base_of(op.remote, op.local.inode))
+        elif isinstance(op, P.Forget):
+            st.forget_base(op.node)
+        elif isinstance(op, P.RecordMove):
+            st.move_base(op.node, op.new_path, op.inode)
+        elif isinstance(op, P.Blocked):
+            return False
+        elif isinstance(op, P.ConflictCopy):
+            target = self.core.rel_for(op.new_path)
+            if os.path.lexists(self.core.abs_path(target)):
+                raise Conflict(f"{target} appeared meanwhile")
+            self.core.abs_path(target).parent.mkdir(parents=True, exist_ok=True)
+            os.rename(self.core.abs_path(op.rel), self.core.abs_path(target))
+            st.rename_files(op.rel, target)
+            self.core.emit({"event": "conflict", "path": op.new_path, "reason": op.reason})
+        elif isinstance(op, P.MoveLocal):
+            target = self.core.rel_for(op.new_path)
+            if os.path.lexists(self.core.abs_path(target)) and paths.key(target) != paths.key(op.rel):
+                raise Conflict(f"{target} appeared meanwhile")
+            self.core.abs_path(target).parent.mkdir(parents=True, exist_ok=True)
+            os.rename(self.core.abs_path(op.rel), self.core.abs_path(target))
+            self.core.crash_point("moved_local")
+            st.rename_files(op.rel, target)
+            st.move_base(op.node, op.new_path)
+        elif isinstance(op, P.MkdirLocal):
+            folder = self.core.abs_path(self.core.rel_for(op.remote.path))
+            folder.mkdir(parents=True, exist_ok=True)
+            st.set_base(base_of(op.remote, folder.stat().st_ino))
+        elif isinstance(op, P.DeleteLocal):
+            return self._delete_local(op)
+        return True
+
+    def _folder_unchanged(self, folder: P.RemoteItem) -> bool:
+        """Does the server's subtree hold exactly what the remote tree says? A folder delete
+        takes its whole subtree on the server, and ``expected_rev`` only covers the folder
+        itself, so a file another client just added to it must be seen first, or it would
+        go with the folder. A change landing between this listing and the delete is caught
+        by the server: the delete carries ``unchanged_since`` (this namespace's cursor) and is
+        refused if anything below the folder changed after it."""
+        known = {(r.node_id, r.rev) for r in self.core.state.remote_items()
+                 if r.ns_id == folder.ns_id and paths.is_within(r.path, folder.path) and r.path != folder.path}
+        try:
+            for e in self.core.api.list(folder.path, recursive=True):
+                if (e.node_id, e.rev) not in known:
+                    return False
+        except NotFound:
+            return True
+        return True
+
+    def _delete_local(self, op: P.DeleteLocal) -> bool:
+        p = self.core.abs_path(op.local.rel)
+        if op.local.kind == "file":
+            rec = self.core.state.file(op.local.rel)
+            try:
+                s = os.lstat(p)
+            except FileNotFoundError:
+                self.core.state.forget_base(op.node)
+                return True
+            if rec is None or (rec.size, rec.mtime_ns, rec.inode, rec.mode) != (s.st_size, s.st_mtime_ns, s.st_ino, modes.mode_of(s)):
+                return False  # edited since the scan: keep it, the next plan uploads it
+            self.core.keep_chunks(rec)
+            p.unlink()
+            self.core.state.drop_files([op.local.rel])
+        else:
+            try:
+                os.rmdir(p)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                rules = IgnoreRules.load(self.core.root)
+                for dirpath, dnames, fnames in os.walk(p):
+                    for name in fnames + dnames:
+                        rel = os.path.relpath(os.path.join(dirpath, name), self.core.root).replace(os.sep, "/")
+                        is_dir = os.path.isdir(os.path.join(dirpath, name))
+                        if not rules.ignored(rel, is_dir) and not (is_dir and _only_ignored(Path(dirpath) / name, self.core.root, rules)):
+                            return False  # something new arrived: keep the folder
+                shutil.rmtree(p)
+        self.core.state.forget_base(op.node)
+        return True
+
+    def follow_mount_moves(self, local: Sequence[P.LocalItem]) -> None:
+        """A shared folder's mount point renamed or moved on disk is a move of the mount on the
+        server (it only changes where the folder appears in this user's tree), as in Dropbox:
+        not a delete of the folder's contents and an upload of a copy. Recognised by the
+        folder's inode; anything less certain is left to the planner, which restores the mount."""
+        namespaces = self.core.state.namespaces().values()
+        mounts = [ns.mount for ns in namespaces if ns.mount != paths.ROOT]
+        if not mounts:
+            return
+        bases = self.core.state.mount_bases()
+        for ns in namespaces:
+            base = bases.get(ns.ns_id)
+            if ns.mount == paths.ROOT or base is None or not base.inode or os.path.isdir(self.core.abs_path(self.core.rel_for(ns.mount))):
+                continue
+            moved = [item for item in local if item.kind == "folder" and item.inode == base.inode]
+            if len(moved) != 1 or any(paths.is_within(moved[0].path, m) for m in mounts):
+                continue
+            try:
+                self.core.api.move(ns.mount, moved[0].path)
+            except CubbyError as exc:
+                self.core.emit({"event": "mount_move_refused", "path": ns.mount, "to": moved[0].path, "error": exc.code})
+                continue
+            self.core.state.move_mount(ns.ns_id, moved[0].path)
+            self.core.emit({"event": "mount_moved", "ns_id": ns.ns_id, "from": ns.mount, "to": moved[0].path})
+
+
+
+def _only_ignored(d: Path, root: Path, rules: IgnoreRules) -> bool:
+    for dirpath, _dnames, fnames in os.walk(d):
+        for name in fnames:
+            rel = os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/")
+            if not rules.ignored(rel, False):
+                return False
+    return True
