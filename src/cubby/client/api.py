@@ -368,10 +368,7 @@ class ApiClient:
 
     def _stream_frames(self, url: str, body: dict[str, Any], max_frame: int) -> Iterator[tuple[str, bytes]]:
         try:
-            with self.http.stream("POST", url, json=body) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    raise_for(resp)
+            with self._stream("POST", url, json=body) as resp:
                 reader = frames.FrameReader(max_frame)
                 for piece in resp.iter_raw():
                     if self.download_limit:
