@@ -18,6 +18,7 @@ from cubby.cli import main
 from cubby.client.api import ApiClient
 from cubby.client.notify import PushWaiter
 from cubby.client.push_status import PushStatus
+from cubby.client.sync.daemon import SyncDaemon
 from cubby.client.sync.engine import SyncEngine
 from tests.conftest import require_service
 from tests.helpers.live_server import LiveServer
@@ -59,7 +60,7 @@ def test_unreachable_notify_is_loud_and_push_is_retried(tmp_path: Path) -> None:
         engine.run_once()
         report = PushStatus(root / ".cubby", events.append).report
         waiter = PushWaiter(engine.api, fallback_min=0.2, fallback_max=1.0, report=report)
-        runner = threading.Thread(target=engine.run_forever, args=(stop, waiter), kwargs={"watch": False}, daemon=True)
+        runner = threading.Thread(target=SyncDaemon(engine).run, args=(stop, waiter), kwargs={"watch": False}, daemon=True)
         runner.start()
 
         wait_for(lambda: any(e.get("event") == "push_unavailable" for e in events), "the client to say push is down")
