@@ -100,9 +100,9 @@ def main() -> None:
     ap.add_argument("--name", default="cluster")
     args = ap.parse_args()
     os.environ.setdefault("PYTEST_XDIST_WORKER", "bench")
-    from tests.conftest import POSTGRES_URL, _worker_database
+    from tests.conftest import POSTGRES_URL, worker_database
 
-    db_url = _worker_database(POSTGRES_URL)
+    db_url = worker_database(POSTGRES_URL)
     tmp = Path(tempfile.mkdtemp(prefix="cubby-bench-cluster-"))
     rep = Report(args.name, describe(tmp), vars(args))
     appear: dict[str, list[float]] = {}

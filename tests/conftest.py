@@ -54,7 +54,7 @@ def require_service(name: str) -> None:
 DB_ENGINES = ["sqlite", "postgresql", "mariadb"]
 
 
-def _worker_database(base_url: str) -> str:
+def worker_database(base_url: str) -> str:
     """A database of this pytest worker's own on a shared server, so parallel workers never
     see each other's tables. Created on first use; the caller wipes its tables."""
     from sqlalchemy import create_engine, text
@@ -85,7 +85,7 @@ def db_url_for(engine: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     if engine == "sqlite":
         return f"sqlite:///{tmp_path_factory.mktemp('db') / 'meta.db'}"
     require_service(engine)
-    return _worker_database(POSTGRES_URL if engine == "postgresql" else MARIADB_URL)
+    return worker_database(POSTGRES_URL if engine == "postgresql" else MARIADB_URL)
 
 
 @pytest.fixture(params=DB_ENGINES)

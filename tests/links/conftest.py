@@ -15,7 +15,7 @@ import pytest
 
 from cubby.client.api import ApiClient
 from cubby.client.upload import upload_file
-from tests.conftest import DB_ENGINES, MARIADB_URL, POSTGRES_URL, _worker_database, require_service
+from tests.conftest import DB_ENGINES, MARIADB_URL, POSTGRES_URL, require_service, worker_database
 from tests.helpers.live_server import LiveServer
 
 
@@ -28,7 +28,7 @@ def _links_database(engine_name: str) -> str:
     from cubby.metadata.schema import drop_all
 
     require_service(engine_name)
-    url = make_url(_worker_database(POSTGRES_URL if engine_name == "postgresql" else MARIADB_URL))
+    url = make_url(worker_database(POSTGRES_URL if engine_name == "postgresql" else MARIADB_URL))
     name = f"{url.database}_links"
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
     try:
