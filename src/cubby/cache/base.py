@@ -79,6 +79,17 @@ class MetadataCache(Protocol):
     def close(self) -> None: ...
 
 
+class LocalCache(MetadataCache, Protocol):
+    """A cache in this process's memory, whose hits cost no I/O: the server answers a request
+    whose reads are all such hits on its event loop, without a hop to a thread
+    (`CachedStore.hits_only`)."""
+
+    def peek(self, key: str) -> bytes | None:
+        """The value at ``key`` on a hit; None on a miss or a lease marker (and no lease is
+        taken: the caller goes on to read the usual way, with `get`)."""
+        ...
+
+
 def new_lease() -> str:
     return secrets.token_hex(8)
 

@@ -52,6 +52,11 @@ class MemoryCache:
             return raw[1:], None
         return None, None
 
+    def peek(self, key: str) -> bytes | None:
+        with self._lock:
+            raw = self._live(key, time.monotonic())
+        return raw[1:] if raw is not None and raw[:1] == VALUE else None
+
     def fill(self, key: str, value: bytes, lease: str, ttl: float = VALUE_SECONDS) -> bool:
         now = time.monotonic()
         with self._lock:

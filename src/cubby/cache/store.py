@@ -17,6 +17,8 @@ key                                    value                                 mad
 ``head:<ns>``                          the namespace's journal head          every write to ns
 ``stat|list|bl:<ns>:<head>:<digest>``  an entry, a page, a blocklist         nothing: keyed by
                                                                              the head
+``ans:<ns>:<head>:<digest>``            an encoded HTTP answer (`answer`)     nothing: keyed by
+                                                                             the head
 =====================================  ====================================  ==================
 
 The first three are *mutable* keys, read and filled under leases and invalidated by writers
@@ -34,11 +36,13 @@ that is a success: see `cubby.cache.base`.)
 from __future__ import annotations
 
 import builtins
-import json
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+
+import orjson
 
 from cubby.cache.base import CacheUnavailable, MetadataCache, digest
 from cubby.metadata.store import SqlMetadataStore, token_hash
@@ -49,7 +53,15 @@ Counter = Callable[[str, str], None]
 
 
 def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode("utf-8")
+    return orjson.dumps(value)
+
+
+class CacheMiss(Exception):
+    """A lookup in `CachedStore.hits_only` mode found no value (and took no lease)."""
+
+
+class _Mode(threading.local):
+    hits_only = False
 
 
 class CachedStore:
@@ -68,6 +80,9 @@ class CachedStore:
         self._pending_lock = threading.Lock()
         self.sharing = _CachedSharing(self, store.sharing)
         self.moves = _CachedMoves(self, store.moves)
+        self._mode = _Mode()
+        self._peek: Callable[[str], bytes | None] | None = getattr(cache, "peek", None)
+        """`LocalCache.peek` when the cache is in-process (`hits_only`), else None."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
@@ -80,17 +95,54 @@ class CachedStore:
     def through(self, key: str, load: Callable[[], Any], *, leased: bool = True) -> Any:
         """The JSON value at ``key``, or ``load()`` (the database) stored there: under a lease
         for a mutable key, plainly for one keyed by a head."""
+        return orjson.loads(self.through_raw(key, lambda: _dumps(load()), leased=leased))
+
+    def through_raw(self, key: str, load: Callable[[], bytes], *, leased: bool = True) -> bytes:
+        """`through` for a value kept as the bytes ``load()`` returns. In `hits_only` mode a
+        miss raises `CacheMiss` before anything is taken or read."""
+        if self._mode.hits_only:
+            raw = self._peek(key) if self._peek is not None else None
+            if raw is None:
+                raise CacheMiss(key)
+            self._counted("hit")
+            return raw
         raw, lease = self.cache.get(key)
         if raw is not None:
             self._counted("hit")
-            return json.loads(raw)
+            return raw
         self._counted("miss")
         value = load()  # after taking the lease: see cubby.cache.base
         if not leased:
-            self.cache.put(key, _dumps(value))
+            self.cache.put(key, value)
         elif lease is not None:
-            self.cache.fill(key, _dumps(value), lease)
+            self.cache.fill(key, value, lease)
         return value
+
+    @property
+    def local(self) -> bool:
+        """Whether the cache lives in this process (its hits cost no I/O: `hits_only`)."""
+        return self._peek is not None
+
+    @contextlib.contextmanager
+    def hits_only(self) -> Iterator[None]:
+        """Within, on this thread, a lookup answers only from a hit of the in-process cache
+        and raises `CacheMiss` otherwise, before any lease, database read or network call:
+        the server runs a read this way on its event loop and, on `CacheMiss`, again in a
+        thread. Only the cached reads (`authenticate`, `head`, `stat`, `list`, `blocklist`,
+        `answer`) check it: a block run in this mode calls nothing else of the store."""
+        self._mode.hits_only = True
+        try:
+            yield
+        finally:
+            self._mode.hits_only = False
+
+    def answer(self, ns_id: int, parts: tuple[object, ...], build: Callable[[SqlMetadataStore], bytes]) -> bytes:
+        """An encoded answer about namespace ``ns_id`` at its current head, kept under
+        ``ans:<ns>:<head>:<digest of parts>`` (``parts`` name everything else the answer
+        depends on). ``build`` reads the plain store, after the head was read, so the bytes
+        hold that head's state or a newer one, like every key named by a head."""
+        key = f"ans:{int(ns_id)}:{self.head(ns_id)}:{digest(*parts)}"
+        return self.through_raw(key, lambda: build(self.store), leased=False)
 
     def _counted(self, result: str) -> None:
         if self.count is not None:

@@ -122,7 +122,8 @@ class Database:
             self.writer = self._sqlite_engine(self.url, immediate=True)
             self.reader = self._sqlite_engine(self.url, immediate=False)
         else:
-            kw: dict[str, Any] = {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": 20}
+            # No pre-ping: a dead connection is found by its first statement and replaced (`_run`).
+            kw: dict[str, Any] = {"pool_size": pool_size, "max_overflow": 20}
             self.writer = create_engine(self.url, isolation_level="READ COMMITTED", **kw)
             self.reader = self.writer
         self._current = threading.local()
@@ -157,20 +158,17 @@ class Database:
 
     def write(self, fn: Callable[[Connection], T], *, attempts: int = 8) -> T:
         """Run ``fn`` in one write transaction, retrying it when the database reports a
-        deadlock, a serialization failure or a lock timeout (the failed attempt changed nothing).
-        Inside another `write` on this thread, ``fn`` joins that transaction."""
+        deadlock, a serialization failure or a lock timeout (the failed attempt changed nothing),
+        and once when the pooled connection turns out to be dead before the transaction
+        reached its COMMIT (`_run`). Inside another `write` on this thread, ``fn`` joins that
+        transaction."""
         joined: Connection | None = getattr(self._current, "conn", None)
         if joined is not None:
             return fn(joined)
         for attempt in range(attempts):
             start = time.perf_counter()
             try:
-                with self.writer.begin() as conn:
-                    self._current.conn = conn
-                    try:
-                        result = fn(conn)
-                    finally:
-                        self._current.conn = None
+                result = self._run(self.writer, fn, joinable=True)
                 if self.observe is not None:
                     self.observe("write", time.perf_counter() - start)
                 return result
@@ -191,11 +189,39 @@ class Database:
         if joined is not None:
             return fn(joined)
         start = time.perf_counter()
-        with self.reader.begin() as conn:
-            result = fn(conn)
+        result = self._run(self.reader, fn, joinable=False)
         if self.observe is not None:
             self.observe("read", time.perf_counter() - start)
         return result
+
+    def _run(self, engine: Engine, fn: Callable[[Connection], T], *, joinable: bool) -> T:
+        """``fn`` in one transaction of ``engine``, run a second time on a new connection if
+        the first one's connection was dead before the COMMIT was sent.
+
+        The pool does not ping a connection before lending it (``pool_pre_ping`` cost one
+        round trip per transaction, on every request): a connection the database dropped
+        (a restart, an idle timeout) fails on its first statement instead; SQLAlchemy then
+        invalidates it and every older one in the pool. Nothing committed (PostgreSQL and
+        MariaDB roll back a transaction whose connection is gone), so running ``fn`` again
+        is safe, as for a deadlock. A connection lost *during* the COMMIT is not retried: the
+        outcome is unknown, and the error goes to the client like a lost reply."""
+        for attempt in range(2):
+            committing = False
+            try:
+                with engine.begin() as conn:
+                    if joinable:
+                        self._current.conn = conn
+                    try:
+                        result = fn(conn)
+                    finally:
+                        if joinable:
+                            self._current.conn = None
+                    committing = True
+                return result
+            except DBAPIError as exc:
+                if attempt or committing or not exc.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
 
     def insert_ignore(self, conn: Connection, table: Any, rows: list[dict[str, Any]]) -> None:
         """INSERT rows, skipping any whose primary key exists (each engine spells it its own way)."""

@@ -8,16 +8,21 @@ read answers `NotFound`, exactly like one that does not exist, so nothing leaks 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from cubby.cache.store import CacheMiss
 from cubby.core import paths
-from cubby.errors import Forbidden, NotFound, Unauthorized
+from cubby.errors import CubbyError, Forbidden, NamespaceMoved, NotFound, Unauthorized
 from cubby.model import Entry, Principal
 from cubby.server.bodies import allow_body
 from cubby.server.context import ServerContext
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -32,26 +37,91 @@ class Target:
         return ns_path if self.mount == paths.ROOT else paths.join(self.mount, ns_path.lstrip("/")).rstrip("/")
 
 
+def _bearer(request: Request) -> str | None:
+    """The bearer token of the request; None when it has no Authorization header but
+    cookies (a browser's session); `Unauthorized` when it has neither."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header and request.cookies:
+        return None
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("missing bearer token: send 'Authorization: Bearer TOKEN' (see 'cubby user add')")
+    return token.strip()
+
+
+def _admit(request: Request, p: Principal) -> None:
+    request.state.user_id = p.user_id
+    request.scope.setdefault("state", {})["user_id"] = p.user_id
+    allow_body(request)
+
+
+def on_loop(ctx: ServerContext, fn: Callable[[], T]) -> tuple[T] | None:
+    """``(fn(),)``, run right here on the event loop, when every cached read it makes is a hit
+    of an in-process cache (`CachedStore.hits_only`); None when one is not, or when there is
+    no such cache, and the caller runs ``fn`` in a thread instead. A hit is a dict lookup
+    under a lock: cheaper than the hop to a thread and back, and it never waits on I/O."""
+    cached = ctx.cached
+    if cached is None or not cached.local:
+        return None
+    try:
+        with cached.hits_only():
+            return (fn(),)
+    except CacheMiss:
+        return None
+
+
 async def principal(request: Request, ctx: ServerContext, *, fresh: bool = False) -> Principal:
     """The caller, from their bearer token (or session cookie); only then may the request's
     body be read (`bodies.allow_body`), so a stranger's request costs a header and one token
     lookup. ``fresh``: read the memberships from the database, past the metadata cache, as a
     request does after it raced a share (the share's invalidation may not have reached the
     cache yet)."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if not header and request.cookies:
+    token = _bearer(request)
+    if token is None:
         from cubby.server import sessions  # a browser: the session cookie, with its CSRF checks
 
         p = await sessions.principal(request, ctx)
-    elif scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("missing bearer token: send 'Authorization: Bearer TOKEN' (see 'cubby user add')")
     else:
-        p = await run_in_threadpool(ctx.store.authenticate, token.strip(), fresh=fresh)
-    request.state.user_id = p.user_id
-    request.scope.setdefault("state", {})["user_id"] = p.user_id
-    allow_body(request)
+        hit = None if fresh else on_loop(ctx, lambda: ctx.store.authenticate(token))
+        p = hit[0] if hit is not None else await run_in_threadpool(ctx.store.authenticate, token, fresh=fresh)
+    _admit(request, p)
     return p
+
+
+async def as_caller(request: Request, ctx: ServerContext, fn: Callable[[Principal, bool], T]) -> tuple[Principal, T]:
+    """Authenticate the caller and run ``fn(p, False)`` for them, both in one hop to a thread
+    (or none: `on_loop`), for a route that reads no body; ``fn`` must not read the body, and
+    a caller the token does not name never reaches it. After `NamespaceMoved` (the request
+    raced a share) the principal is read afresh and ``fn(p, True)`` runs once more."""
+    token = _bearer(request)
+    if token is None:
+        p = await principal(request, ctx)
+        try:
+            return p, await run_in_threadpool(fn, p, False)
+        except NamespaceMoved:
+            return await _again(request, ctx, fn)
+
+    def both() -> tuple[Principal, tuple[T] | CubbyError]:
+        p = ctx.store.authenticate(token)
+        try:
+            return p, (fn(p, False),)
+        except CubbyError as exc:
+            return p, exc  # the principal still goes on the request (its log line names the user)
+
+    hit = on_loop(ctx, both)
+    p, out = hit[0] if hit is not None else await run_in_threadpool(both)
+    _admit(request, p)
+    if isinstance(out, NamespaceMoved):
+        return await _again(request, ctx, fn)
+    if isinstance(out, CubbyError):
+        raise out
+    return p, out[0]
+
+
+async def _again(request: Request, ctx: ServerContext, fn: Callable[[Principal, bool], T]) -> tuple[Principal, T]:
+    ctx.log.info("request raced a share; resolving it again", extra={"path": request.url.path})
+    p = await principal(request, ctx, fresh=True)
+    return p, await run_in_threadpool(fn, p, True)
 
 
 def mounts(p: Principal) -> dict[str, int]:

@@ -13,6 +13,7 @@ from cubby.metadata.store import SqlMetadataStore, open_store
 from cubby.server.metrics import InstrumentedBlockStore, Metrics
 
 if TYPE_CHECKING:
+    from cubby.cache.store import CachedStore
     from cubby.notify.base import Broker
 
 CommitListener = Callable[[int, int], None]
@@ -37,6 +38,15 @@ class ServerContext:
     """The notification role's `cubby.notify.service.NotifyService`, when that role runs."""
     metrics: Metrics = field(default_factory=Metrics)
     """This process's Prometheus metrics (`cubby.server.metrics`)."""
+    cached: CachedStore | None = None
+    """``store`` itself when it is behind the metadata cache (`cubby.cache.store`), else None."""
+
+    def answer(self, ns_id: int, parts: tuple[object, ...], build: Callable[[SqlMetadataStore], bytes]) -> bytes:
+        """An encoded answer about ``ns_id`` as it is now: kept in the metadata cache under
+        the namespace's head (`CachedStore.answer`), or ``build(store)`` without a cache."""
+        if self.cached is not None:
+            return self.cached.answer(ns_id, parts, build)
+        return build(self.store)
 
     def committed(self, ns_id: int, head: int) -> None:
         """Tell listeners (the notification role's publisher) that a namespace moved on."""
@@ -84,7 +94,10 @@ def build_context(config: Config, roles: tuple[str, ...]) -> ServerContext:
     store.db.observe = metrics.observe_transaction
     if blocks is not None:
         blocks = InstrumentedBlockStore(blocks, metrics)
-    ctx = ServerContext(config=config, store=cached(store, config.cache_url, roles, metrics), blocks=blocks, closers=closers, metrics=metrics)
+    front = cached(store, config.cache_url, roles, metrics)
+    ctx = ServerContext(config=config, store=front, blocks=blocks, closers=closers, metrics=metrics)
+    if front is not store:
+        ctx.cached = cast("CachedStore", front)
     if "meta" in roles or "notify" in roles:
         from cubby.notify.base import open_broker
 
@@ -116,7 +129,4 @@ def cached(store: SqlMetadataStore, url: str, roles: tuple[str, ...], metrics: M
     if cache is None:
         return store
 
-    def count(name: str, result: str) -> None:
-        metrics.cache.labels(name, result).inc()
-
-    return cast(SqlMetadataStore, CachedStore(store, cache, count=count))
+    return cast(SqlMetadataStore, CachedStore(store, cache, count=metrics.count_cache))

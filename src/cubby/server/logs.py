@@ -9,13 +9,13 @@ same formatter; `cubby.server.run` starts uvicorn with ``log_config=None`` so th
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import sys
 import time
 from typing import Any
 
+import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {"message", "asctime"}
@@ -41,7 +41,7 @@ class JsonFormatter(logging.Formatter):
         out.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return redact(json.dumps(out, default=str))
+        return redact(orjson.dumps(out, default=str, option=orjson.OPT_NON_STR_KEYS).decode())
 
 
 def configure(level: str = "INFO") -> None:

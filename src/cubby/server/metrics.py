@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -64,13 +65,27 @@ class Metrics:
             buckets=_LATENCY_BUCKETS, registry=r,
         )
 
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once per set of labels: `labels` checks and
+        locks on every call, and the request path updates four series per request."""
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
+    def count_cache(self, cache: str, result: str) -> None:
+        self.child(self.cache, cache, result).inc()
+
     def watch_notify(self, connections: Callable[[], int]) -> None:
         """Report ``connections()`` (the hub's waiting subscriptions) at every scrape."""
         self.refreshers.append(lambda: self.notify_connections.set(connections()))
 
     def observe_transaction(self, kind: str, seconds: float) -> None:
-        self.transactions.labels(kind).inc()
-        self.transaction_time.labels(kind).observe(seconds)
+        self.child(self.transactions, kind).inc()
+        self.child(self.transaction_time, kind).observe(seconds)
 
     def exposition(self) -> bytes:
         """The text format, for this process or (multiprocess mode) for every worker."""
@@ -118,8 +133,8 @@ class RequestMetrics:
             await self.app(scope, receive, recording_send)
         finally:
             route = self.template(scope)
-            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
-            self.metrics.latency.labels(route, scope["method"]).observe(time.perf_counter() - start)
+            self.metrics.child(self.metrics.requests, route, scope["method"], str(status)).inc()
+            self.metrics.child(self.metrics.latency, route, scope["method"]).observe(time.perf_counter() - start)
 
 
 def routes(metrics: Metrics) -> list[BaseRoute]:
