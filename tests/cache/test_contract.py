@@ -57,6 +57,17 @@ def test_put_stores_without_a_lease_and_invalidate_removes_many(cache: MetadataC
     assert cache.get("q")[0] is None
 
 
+def test_values_reads_many_keys_and_takes_no_lease(cache: MetadataCache) -> None:
+    cache.put("a", b"1")
+    cache.put("b", b"")
+    _, lease = cache.get("leased")  # a lease marker is no value
+    assert lease is not None
+    assert cache.values(["a", "missing", "b", "leased"]) == [b"1", None, b"", None]
+    assert cache.get("missing")[1] is not None  # values() left the miss without a lease
+    assert cache.fill("leased", b"v", lease)
+    assert cache.values(["leased"]) == [b"v"]
+
+
 def test_concurrent_misses_hand_out_exactly_one_lease(cache: MetadataCache) -> None:
     cache.invalidate(["hot"])
     leases: list[str | None] = []

@@ -15,7 +15,9 @@ follows and `tests/cache/test_contract.py` checks on each:
   marker gone and cannot put the older value back; a reader whose lease was taken after the
   invalidation read the database after the commit.
 - `put` stores a value that can never be wrong (keyed by something immutable, such as a
-  namespace head), without a lease.
+  namespace head, or holding what it must be checked against), without a lease.
+- `values` reads several keys in one round trip without taking leases (a reader that then
+  misses goes on with `get`, or reads the database and `put`s).
 
 Failures: `get` and `fill` never raise (an unreachable cache is a miss without a lease, and
 the request reads the database: slower, still correct). `invalidate` raises
@@ -61,6 +63,11 @@ class MetadataCache(Protocol):
     def get(self, key: str) -> tuple[bytes | None, str | None]:
         """``(value, None)`` on a hit; ``(None, token)`` on a miss where this caller got the
         lease; ``(None, None)`` when another caller holds it or the cache is unreachable."""
+        ...
+
+    def values(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The value at each of ``keys`` (None for a miss or a lease marker), in one round
+        trip; no lease is taken, and an unreachable cache answers all None."""
         ...
 
     def fill(self, key: str, value: bytes, lease: str, ttl: float = VALUE_SECONDS) -> bool:

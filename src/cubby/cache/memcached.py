@@ -42,6 +42,10 @@ class MemcachedCache(RemoteCache):
     def read(self, key: str) -> bytes | None:
         return self.client.get(key)  # type: ignore[no-any-return]
 
+    def read_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        found = self.client.get_many(keys)  # one "get k1 k2 ..." command
+        return [found.get(key) for key in keys]
+
     def add(self, key: str, raw: bytes, ttl: float) -> bool:
         return bool(self.client.add(key, raw, expire=math.ceil(ttl), noreply=False))
 

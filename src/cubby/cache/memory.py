@@ -53,9 +53,13 @@ class MemoryCache:
         return None, None
 
     def peek(self, key: str) -> bytes | None:
+        return self.values([key])[0]
+
+    def values(self, keys: Sequence[str]) -> list[bytes | None]:
+        now = time.monotonic()
         with self._lock:
-            raw = self._live(key, time.monotonic())
-        return raw[1:] if raw is not None and raw[:1] == VALUE else None
+            raws = [self._live(key, now) for key in keys]
+        return [raw[1:] if raw is not None and raw[:1] == VALUE else None for raw in raws]
 
     def fill(self, key: str, value: bytes, lease: str, ttl: float = VALUE_SECONDS) -> bool:
         now = time.monotonic()

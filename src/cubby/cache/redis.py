@@ -50,6 +50,9 @@ class RedisCache(RemoteCache):
     def read(self, key: str) -> bytes | None:
         return self.client.get(self.prefix + key)  # type: ignore[no-any-return]
 
+    def read_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return list(self.client.mget([self.prefix + k for k in keys]))
+
     def add(self, key: str, raw: bytes, ttl: float) -> bool:
         return bool(self.client.set(self.prefix + key, raw, nx=True, px=int(ttl * 1000)))
 

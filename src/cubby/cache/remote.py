@@ -32,6 +32,9 @@ class RemoteCache:
     def read(self, key: str) -> bytes | None:
         raise NotImplementedError
 
+    def read_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        raise NotImplementedError
+
     def add(self, key: str, raw: bytes, ttl: float) -> bool:
         """Store ``raw`` only if ``key`` holds nothing; True if stored."""
         raise NotImplementedError
@@ -62,6 +65,17 @@ class RemoteCache:
             return None, None
         self.breaker.ok()
         return (bytes(raw[1:]), None) if raw[:1] == VALUE else (None, None)
+
+    def values(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not self.breaker.allows():
+            return [None] * len(keys)
+        try:
+            raws = self.read_many(keys)
+        except self.errors:
+            self.breaker.failed()
+            return [None] * len(keys)
+        self.breaker.ok()
+        return [bytes(raw[1:]) if raw is not None and raw[:1] == VALUE else None for raw in raws]
 
     def fill(self, key: str, value: bytes, lease: str, ttl: float = VALUE_SECONDS) -> bool:
         try:

@@ -17,15 +17,16 @@ key                                    value                                 mad
 ``head:<ns>``                          the namespace's journal head          every write to ns
 ``stat|list|bl:<ns>:<head>:<digest>``  an entry, a page, a blocklist         nothing: keyed by
                                                                              the head
-``ans:<ns>:<head>:<digest>``            an encoded HTTP answer (`answer`)     nothing: keyed by
-                                                                             the head
+``ans:<ns>:<digest>``                  a head and an encoded HTTP answer     nothing: served
+                                       (`answer`)                            only at that head
 =====================================  ====================================  ==================
 
 The first three are *mutable* keys, read and filled under leases and invalidated by writers
 after their commit and before they return (so before the server acknowledges). The rest name
 the head they were read at, so a write makes them unreachable instead of wrong: the database
 read that fills one runs after the head was read, so it holds that head's state or a newer
-one, never an older one.
+one, never an older one. (``ans:`` keys hold their head instead of naming it, so that the
+head and the answer are read in one round trip; the rule is the same.)
 
 A failed invalidation is retried for ``invalidation_deadline`` seconds; if the cache still
 does not confirm it, the write raises `CacheUnavailable` (503): committed but not
@@ -137,12 +138,36 @@ class CachedStore:
             self._mode.hits_only = False
 
     def answer(self, ns_id: int, parts: tuple[object, ...], build: Callable[[SqlMetadataStore], bytes]) -> bytes:
-        """An encoded answer about namespace ``ns_id`` at its current head, kept under
-        ``ans:<ns>:<head>:<digest of parts>`` (``parts`` name everything else the answer
-        depends on). ``build`` reads the plain store, after the head was read, so the bytes
-        hold that head's state or a newer one, like every key named by a head."""
-        key = f"ans:{int(ns_id)}:{self.head(ns_id)}:{digest(*parts)}"
-        return self.through_raw(key, lambda: build(self.store), leased=False)
+        """An encoded answer about namespace ``ns_id`` as it is at its current head.
+
+        Kept under ``ans:<ns>:<digest of parts>`` (``parts`` name everything else the answer
+        depends on) as ``<head>`` + newline + the answer, and read in the same round trip as
+        ``head:<ns>``: it is served only when the head it was built at is the current one.
+        ``build`` reads the plain store after the head was read, so the bytes hold that
+        head's state or a newer one, as for every value named by a head; a builder that
+        stores an older answer over a newer one only causes a miss. (The head is a mutable,
+        leased key; on its miss it is read through as usual.)"""
+        keys = [f"head:{int(ns_id)}", f"ans:{int(ns_id)}:{digest(*parts)}"]
+        if self._mode.hits_only:
+            assert self._peek is not None
+            head_raw, held = self._peek(keys[0]), self._peek(keys[1])
+        else:
+            head_raw, held = self.cache.values(keys)
+        if head_raw is None:
+            head = self.head(ns_id)  # counts its own hit or miss; CacheMiss in hits_only mode
+        else:
+            self._counted("hit")
+            head = int(orjson.loads(head_raw))
+        stamp = b"%d\n" % head
+        if held is not None and held.startswith(stamp):
+            self._counted("hit")
+            return held[len(stamp):]
+        if self._mode.hits_only:
+            raise CacheMiss(keys[1])
+        self._counted("miss")
+        value = build(self.store)
+        self.cache.put(keys[1], stamp + value)
+        return value
 
     def _counted(self, result: str) -> None:
         if self.count is not None:
