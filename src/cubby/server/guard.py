@@ -10,7 +10,7 @@ pipelined requests made a 1.1 GB process). Running our own accept loop in front 
 second server; these subclasses add exactly the missing checks at the points uvicorn already
 calls, in about a hundred lines:
 
-- ``connection_made``: admit through the gate (per-address and global caps; refused
+- ``connection_made``: writes go out at once (`no_delay`); admit through the gate (per-address and global caps; refused
   connections get a short 429 or 503 and are closed), start the request deadline;
 - ``data_received`` with no request in progress: the request deadline runs until the headers
   are in (``on_headers_complete``); an answered connection rests in the idle lane;
@@ -31,6 +31,7 @@ socket to drain); a request body being received is `cubby.server.bodies`'s busin
 from __future__ import annotations
 
 import asyncio
+import socket
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -74,6 +75,25 @@ class _Refused(Exception):
     """Raised in a parser callback to stop parsing a connection that broke a limit."""
 
 
+def no_delay(transport: asyncio.BaseTransport) -> None:
+    """Turn Nagle's algorithm off (TCP_NODELAY) on the connection's socket.
+
+    uvicorn writes an answer's head and body as two writes. With Nagle on, the body waits
+    until the client acknowledges the head, and a client's delayed ACK holds that back for up
+    to 40 ms: every request on a kept-alive connection took some 45 ms of wall time, whatever
+    the server's CPU (measured on loopback; 4-5 ms with the option). uvloop sets it on TCP
+    connections itself, but uvicorn wraps a listening socket passed in by descriptor
+    (``--fd``, as `cubby serve` under a supervisor or the tests run) as ``AF_UNIX``, so
+    uvloop leaves its connections alone. On a real unix socket the call fails, harmlessly."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass  # a unix socket, or the peer is already gone
+
+
 def protocols(gate: ConnectionGate) -> tuple[type[asyncio.Protocol], type[asyncio.Protocol]]:
     """The ``http=`` and ``ws=`` protocol classes for ``uvicorn.run``, bound to ``gate``."""
     slots: dict[asyncio.BaseTransport, Slot] = {}
@@ -88,6 +108,7 @@ def protocols(gate: ConnectionGate) -> tuple[type[asyncio.Protocol], type[asynci
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            no_delay(transport)
             key = gate.address_key(self.client[0] if self.client else "unknown")
             reason = gate.admit(key)
             if reason is not None:
