@@ -29,7 +29,6 @@ connection open, 50 commits per user per day arriving at 3x the daily mean at pe
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -47,9 +46,8 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from machine import describe, load_average, summary_line
-from request_cost import cpu_seconds
+from request_cost import cpu_seconds, prepare
 
-from cubby.core import frames
 from tests.helpers.live_server import LiveServer
 
 DB_NAME = "cubby_capacity"
@@ -113,40 +111,17 @@ def spent(before: dict[int, float], after: dict[int, float]) -> float:
 def measure(server: LiveServer, pg: Postgres, files: int, n: int) -> dict[str, Any]:
     token = server.add_user("capacity")
     c = httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {token}"}, timeout=120)
-    root_ns = c.get("/api/v1/account").json()["root_ns"]
-    data = os.urandom(4096)
-    digest = hashlib.sha256(data).hexdigest()
-    c.post(
-        f"/api/v1/blocks/upload?ns_id={root_ns}",
-        content=b"".join(frames.encode_many([(digest, data)])),
-        headers={"content-type": frames.CONTENT_TYPE},
-    ).raise_for_status()
-    chunk = [{"hash": digest, "size": len(data)}]
-    c.post("/api/v1/files/mkdir", json={"path": "/d"}).raise_for_status()
+    chunk, one = prepare(c)
+    size = chunk[0]["size"]
     c.post("/api/v1/files/mkdir", json={"path": "/bulk"}).raise_for_status()
 
     # Bytes per file: one row per file, revision, journal entry and chunk reference, with indexes.
     time.sleep(1)  # let autovacuum and the stats settle before the first size
     size0 = pg.size()
     for start in range(0, files, 500):
-        batch = [{"path": f"/bulk/f{i:06}", "size": len(data), "chunks": chunk} for i in range(start, min(files, start + 500))]
+        batch = [{"path": f"/bulk/f{i:06}", "size": size, "chunks": chunk} for i in range(start, min(files, start + 500))]
         c.post("/api/v1/files/commit_batch", json={"commits": batch}).raise_for_status()
-    c.post("/api/v1/files/commit_batch", json={"commits": [
-        {"path": f"/d/f{i:03}", "size": len(data), "chunks": chunk} for i in range(100)
-    ]}).raise_for_status()
-    bytes_per_file = (pg.size() - size0) / (files + 100)
-
-    count = {"i": 0}
-
-    def one(kind: str) -> None:
-        if kind == "stat":
-            r = c.get("/api/v1/files/stat", params={"path": "/d/f042"})
-        elif kind == "list-100":
-            r = c.get("/api/v1/files/list", params={"path": "/d"})
-        else:
-            count["i"] += 1
-            r = c.post("/api/v1/files/commit", json={"path": f"/c/{count['i']}", "size": len(data), "chunks": chunk})
-        r.raise_for_status()
+    bytes_per_file = (pg.size() - size0) / files
 
     pid = server.proc.pid if server.proc else 0
     out: dict[str, Any] = {"bytes_per_file": round(bytes_per_file, 1)}
