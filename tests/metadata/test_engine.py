@@ -1,6 +1,6 @@
-"""Pooled connections that the database dropped: the pool does not ping before lending one
-(`Database._run`), so the first transaction on a dead connection fails and runs again, once,
-on a new one; nobody sees the error."""
+"""`Database` on each engine: pooled connections that the database dropped (the pool does not
+ping before lending one, `Database._run`, so the first transaction on a dead connection fails
+and runs again, once, on a new one; nobody sees the error), and the one-statement upsert."""
 
 from __future__ import annotations
 
@@ -46,5 +46,29 @@ def test_a_dropped_connection_is_replaced_without_an_error(db_url: str) -> None:
 
         assert db.write(counted) == 4
         assert len(runs) == 2  # the first run met the dead connection, nothing committed
+    finally:
+        db.dispose()
+
+
+def test_insert_or_add_inserts_new_keys_and_adds_to_existing_ones(db_url: str) -> None:
+    from cubby.metadata.schema import ns_chunks
+    from cubby.metadata.store import open_store
+
+    open_store(db_url).close()  # the schema
+    db = Database(db_url)
+    try:
+        def add(rows: list[tuple[str, int, float]]) -> None:
+            db.write(lambda c: db.insert_or_add(
+                c, ns_chunks, [{"ns_id": 7, "hash": h, "refs": n, "touched_at": t} for h, n, t in rows],
+                add="refs", also=("touched_at",),
+            ))
+
+        add([("a" * 64, 1, 1.0), ("b" * 64, 2, 1.0)])
+        add([("b" * 64, 3, 2.0), ("c" * 64, 1, 2.0)])
+        got = db.read(lambda c: sorted(
+            (r.hash[:1], r.refs, r.touched_at)
+            for r in c.execute(ns_chunks.select().where(ns_chunks.c.ns_id == 7))
+        ))
+        assert got == [("a", 1, 1.0), ("b", 5, 2.0), ("c", 1, 2.0)]
     finally:
         db.dispose()
