@@ -252,11 +252,9 @@ class Database:
             new = stmt.inserted
             stmt = stmt.on_duplicate_key_update({add: table.c[add] + new[add], **{c: new[c] for c in also}})
         else:
-            if self.is_sqlite:
-                from sqlalchemy.dialects.sqlite import insert as dialect_insert
-            else:
-                from sqlalchemy.dialects.postgresql import insert as dialect_insert
-            stmt = dialect_insert(table)
+            from sqlalchemy.dialects import postgresql, sqlite
+
+            stmt = (sqlite.insert if self.is_sqlite else postgresql.insert)(table)
             new = stmt.excluded
             stmt = stmt.on_conflict_do_update(
                 index_elements=list(table.primary_key.columns),
