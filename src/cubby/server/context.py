@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from cubby.blockstore.base import BlockStore
 from cubby.config import Config
+from cubby.metadata.base import MetadataStore
 from cubby.metadata.store import SqlMetadataStore, open_store
 from cubby.server.metrics import InstrumentedBlockStore, Metrics
 
@@ -26,7 +27,7 @@ shared with them, their membership removed, a role changed)."""
 @dataclass
 class ServerContext:
     config: Config
-    store: SqlMetadataStore
+    store: MetadataStore
     blocks: BlockStore | None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("cubby.server"))
     commit_listeners: list[CommitListener] = field(default_factory=list)
@@ -41,7 +42,7 @@ class ServerContext:
     cached: CachedStore | None = None
     """``store`` itself when it is behind the metadata cache (`cubby.cache.store`), else None."""
 
-    def answer(self, ns_id: int, parts: tuple[object, ...], build: Callable[[SqlMetadataStore], bytes]) -> bytes:
+    def answer(self, ns_id: int, parts: tuple[object, ...], build: Callable[[MetadataStore], bytes]) -> bytes:
         """An encoded answer about ``ns_id`` as it is now: kept in the metadata cache under
         the namespace's head (`CachedStore.answer`), or ``build(store)`` without a cache."""
         if self.cached is not None:
@@ -111,10 +112,9 @@ def build_context(config: Config, roles: tuple[str, ...]) -> ServerContext:
     return ctx
 
 
-def cached(store: SqlMetadataStore, url: str, roles: tuple[str, ...], metrics: Metrics) -> SqlMetadataStore:
+def cached(store: SqlMetadataStore, url: str, roles: tuple[str, ...], metrics: Metrics) -> MetadataStore:
     """The store behind the metadata cache named by ``url`` (`cubby.cache`), or the plain
-    store for ``none``. The wrapper passes through every method it does not cache, so the
-    server keeps the store's type.
+    store for ``none``. Both are a `MetadataStore`, the type the server holds.
 
     The in-process ``memory`` cache sees only its own process's writes, so it is used only by
     a process that serves every role (the embedded server); a process of a split deployment
@@ -129,4 +129,4 @@ def cached(store: SqlMetadataStore, url: str, roles: tuple[str, ...], metrics: M
     if cache is None:
         return store
 
-    return cast(SqlMetadataStore, CachedStore(store, cache, count=metrics.count_cache))
+    return CachedStore(store, cache, count=metrics.count_cache)

@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 
 from cubby.core import paths
 from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceMoved
-from cubby.metadata.store import SqlMetadataStore
+from cubby.metadata.base import MetadataStore
 from cubby.model import ChunkRef, CommitRequest, CommitResult, Principal
 from cubby.server import access
 from cubby.server.bodies import (
@@ -88,7 +88,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         """Run ``fn(p, False)`` in a thread; after `NamespaceMoved`, re-authenticate (fresh
         mounts) and run ``fn(p, True)`` once more: the second argument says the request raced
         a share. (An ``expected_rev`` read before the share still matches the unchanged copy:
-        see `SqlMetadataStore._same_as_before_share`.)"""
+        see `cubby.metadata.tree.same_as_before_share`.)"""
         try:
             return p, await run_in_threadpool(fn, p, False)
         except NamespaceMoved:
@@ -324,7 +324,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         limit = query_int(request, "limit", 1000, minimum=1, maximum=10_000)
         where = request.query_params.get("path", "/")
 
-        def build(t: access.Target, s: SqlMetadataStore) -> bytes:
+        def build(t: access.Target, s: MetadataStore) -> bytes:
             page = s.list(t.ns_id, t.path, recursive, cursor, limit)
             entries = [access.user_entry(t, e) for e in page.entries]
             return encode({"entries": entries, "cursor": page.cursor, "has_more": page.has_more})
@@ -350,7 +350,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         rev = query_int(request, "rev", 0) or None
         where = request.query_params.get("path", "")
 
-        def build(t: access.Target, s: SqlMetadataStore) -> bytes:
+        def build(t: access.Target, s: MetadataStore) -> bytes:
             entry, chunks = s.blocklist(t.ns_id, t.path, rev)
             return encode(
                 {"entry": access.user_entry(t, entry), "chunks": [{"hash": c.hash, "size": c.size} for c in chunks]}
