@@ -127,6 +127,7 @@ class Database:
             self.writer = create_engine(self.url, isolation_level="READ COMMITTED", **kw)
             self.reader = self.writer
         self._current = threading.local()
+        self._upserts: dict[tuple[str, str, tuple[str, ...]], Any] = {}
 
     @staticmethod
     def _sqlite_engine(url: URL, *, immediate: bool) -> Engine:
@@ -241,9 +242,17 @@ class Database:
     ) -> None:
         """INSERT rows; where the primary key exists, add the row's ``add`` column to the
         stored one and set its ``also`` columns: one upsert statement per engine's spelling,
-        where an INSERT IGNORE then an UPDATE took two. Rows must have distinct keys."""
+        where an INSERT IGNORE then an UPDATE took two. Rows must have distinct keys. The
+        statement is built once per table and columns (building it cost more than running it)."""
         if not rows:
             return
+        key = (table.name, add, also)
+        stmt = self._upserts.get(key)
+        if stmt is None:
+            stmt = self._upserts[key] = self._upsert(table, add, also)
+        conn.execute(stmt, rows[0] if len(rows) == 1 else rows)
+
+    def _upsert(self, table: Any, add: str, also: tuple[str, ...]) -> Any:
         stmt: Any
         if self.is_mysql:
             from sqlalchemy.dialects.mysql import insert as mysql_insert
@@ -260,7 +269,7 @@ class Database:
                 index_elements=list(table.primary_key.columns),
                 set_={add: table.c[add] + new[add], **{c: new[c] for c in also}},
             )
-        conn.execute(stmt, rows)
+        return stmt
 
     def dispose(self) -> None:
         self.writer.dispose()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
-from sqlalchemy import BigInteger, bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
 from cubby.core import paths
@@ -73,6 +73,35 @@ def root_entry(ns_id: int, head: int) -> Entry:
     return Entry(ns_id=ns_id, node_id=ROOT_NODE, parent_id=None, path="/", name="", kind="folder", rev=head)
 
 
+# The statements of every write transaction, built once: building a statement (and its cache
+# key) on each call cost more CPU than running it. Parameters are bound by name.
+_LIVE = select(nodes).where(nodes.c.ns_id == bindparam("ns"), nodes.c.path_key == bindparam("k"))
+_LIVE_MANY = select(nodes).where(
+    nodes.c.ns_id == bindparam("ns"), nodes.c.path_key.in_(bindparam("ks", expanding=True))
+)
+_LOCK = select(namespaces.c.head, namespaces.c.next_node).where(namespaces.c.ns_id == bindparam("ns"))
+_LOCK_FOR_UPDATE = _LOCK.with_for_update()
+_UPDATE_NODE = (
+    update(nodes)
+    .where(nodes.c.ns_id == bindparam("b_ns"), nodes.c.node_id == bindparam("b_node"))
+    .values({c: bindparam(f"v_{c}") for c in NODE_COLUMNS})
+)
+_INSERT_NODES = insert(nodes)
+_INSERT_REVS = insert(file_revs)
+_INSERT_JOURNAL = insert(journal)
+_SET_HEAD = (
+    update(namespaces)
+    .where(namespaces.c.ns_id == bindparam("b_ns"))
+    .values(head=bindparam("v_head"), next_node=bindparam("v_next"))
+)
+
+
+def _one_or_many(rows: list[dict[str, Any]]) -> dict[str, Any] | list[dict[str, Any]]:
+    """Parameters for one statement: a single row as a plain execute, since a list of one
+    goes through SQLAlchemy's executemany path (several times the CPU of the statement)."""
+    return rows[0] if len(rows) == 1 else rows
+
+
 @dataclass
 class NamespaceTxn:
     """One write transaction on one namespace, holding its lock (open it with `open_txn`).
@@ -116,9 +145,7 @@ class NamespaceTxn:
     # -- lookups that see this transaction's own writes ---------------------------------------
     def live(self, path_key: str) -> Any:
         if path_key not in self.cache:
-            self.cache[path_key] = self.conn.execute(
-                select(nodes).where(nodes.c.ns_id == self.ns_id, nodes.c.path_key == path_key)
-            ).first()
+            self.cache[path_key] = self.conn.execute(_LIVE, {"ns": self.ns_id, "k": path_key}).first()
         return self.cache[path_key]
 
     def prefetch(self, keys: Iterable[str]) -> None:
@@ -128,9 +155,7 @@ class NamespaceTxn:
             part = todo[i : i + 500]
             for k in part:
                 self.cache[k] = None
-            for row in self.conn.execute(
-                select(nodes).where(nodes.c.ns_id == self.ns_id, nodes.c.path_key.in_(part))
-            ):
+            for row in self.conn.execute(_LIVE_MANY, {"ns": self.ns_id, "ks": part}):
                 self.cache[row.path_key] = row
 
     def forget(self) -> None:
@@ -180,34 +205,30 @@ class NamespaceTxn:
         """Write the buffered rows (see the class docstring)."""
         conn = self.conn
         if self.changed_nodes:
-            stmt = (
-                update(nodes)
-                .where(nodes.c.ns_id == bindparam("b_ns"), nodes.c.node_id == bindparam("b_node"))
-                .values({c: bindparam(f"v_{c}") for c in NODE_COLUMNS})
-            )
             conn.execute(
-                stmt,
-                [
+                _UPDATE_NODE,
+                _one_or_many([
                     {"b_ns": v["ns_id"], "b_node": v["node_id"], **{f"v_{c}": v.get(c) for c in NODE_COLUMNS}}
                     for v in self.changed_nodes.values()
-                ],
+                ]),
             )
         if self.new_nodes:
-            conn.execute(insert(nodes), [{c: v.get(c) for c in ("ns_id", "node_id", *NODE_COLUMNS)} for v in self.new_nodes.values()])
-        if self.rev_rows:
-            conn.execute(insert(file_revs), self.rev_rows)
-        if self.journal_rows:
-            conn.execute(insert(journal), self.journal_rows)
-        if self.ref_counts:
-            names = sorted(self.ref_counts)
-            self.db.insert_ignore(
-                conn, ns_chunks, [{"ns_id": self.ns_id, "hash": h, "refs": 0, "touched_at": self.now} for h in names]
-            )
             conn.execute(
-                update(ns_chunks)
-                .where(ns_chunks.c.ns_id == self.ns_id, ns_chunks.c.hash == bindparam("h"))
-                .values(refs=ns_chunks.c.refs + bindparam("n", type_=BigInteger), touched_at=self.now),
-                [{"h": h, "n": self.ref_counts[h]} for h in names],
+                _INSERT_NODES,
+                _one_or_many([{c: v.get(c) for c in ("ns_id", "node_id", *NODE_COLUMNS)} for v in self.new_nodes.values()]),
+            )
+        if self.rev_rows:
+            conn.execute(_INSERT_REVS, _one_or_many(self.rev_rows))
+        if self.journal_rows:
+            conn.execute(_INSERT_JOURNAL, _one_or_many(self.journal_rows))
+        if self.ref_counts:
+            # One upsert (insert the count, or add it to the stored one), sorted so that
+            # concurrent transactions take the rows' locks in one order.
+            self.db.insert_or_add(
+                conn, ns_chunks,
+                [{"ns_id": self.ns_id, "hash": h, "refs": self.ref_counts[h], "touched_at": self.now}
+                 for h in sorted(self.ref_counts)],
+                add="refs", also=("touched_at",),
             )
         self.new_nodes.clear()
         self.changed_nodes.clear()
@@ -218,20 +239,13 @@ class NamespaceTxn:
     def finish(self) -> None:
         """Flush, and write the namespace's new head and node counter (before the commit)."""
         self.flush()
-        self.conn.execute(
-            update(namespaces)
-            .where(namespaces.c.ns_id == self.ns_id)
-            .values(head=self.head, next_node=self.next_node)
-        )
+        self.conn.execute(_SET_HEAD, {"b_ns": self.ns_id, "v_head": self.head, "v_next": self.next_node})
 
 
 def lock_namespace(db: Database, conn: Connection, ns_id: int) -> tuple[int, int]:
     """Lock ``ns_id``'s row on ``conn`` (a write transaction of ``db``): (head, next node id).
     `NotFound` if the namespace does not exist."""
-    q = select(namespaces.c.head, namespaces.c.next_node).where(namespaces.c.ns_id == ns_id)
-    if not db.is_sqlite:
-        q = q.with_for_update()
-    row = conn.execute(q).first()
+    row = conn.execute(_LOCK if db.is_sqlite else _LOCK_FOR_UPDATE, {"ns": ns_id}).first()
     if row is None:
         raise NotFound(f"namespace {ns_id} does not exist")
     return int(row[0]), int(row[1])

@@ -44,6 +44,18 @@ def content_hash_of(chunks: Sequence[ChunkRef]) -> str:
     return content_hash(c.hash for c in chunks)
 
 
+_HELD = select(
+    blocks.c.hash,
+    blocks.c.size,
+    select(ns_chunks.c.hash)
+    .where(ns_chunks.c.hash == blocks.c.hash, ns_chunks.c.ns_id.in_(bindparam("nss", expanding=True)))
+    .exists(),
+).where(blocks.c.hash.in_(bindparam("hashes", expanding=True)))
+"""Stored chunks among ``hashes``: (hash, size, held by one of the namespaces ``nss``)."""
+_HELD_LOCKED = _HELD.with_for_update(read=True, of=blocks)
+"""`_HELD` with the ``blocks`` rows (only those) locked in share mode."""
+
+
 class FileWrites:
     """The writes of one metadata database (see the module docstring). ``reads`` answers the
     root folder, which has no row to write; ``challenges`` makes the nonces a commit answers
@@ -85,25 +97,20 @@ class FileWrites:
     def _load_chunks(self, tx: NamespaceTxn, hashes: Iterable[str]) -> None:
         """Learn which of ``hashes`` this namespace may use and how big each stored chunk is,
         locking their ``blocks`` rows in share mode so that garbage collection cannot take them
-        before this transaction commits."""
+        before this transaction commits: one statement (`_HELD`), the stored chunks with
+        whether this namespace or one the caller reads holds each. A chunk counts as usable
+        only if it is both held and stored, so a held chunk that is not stored is left out."""
         if tx.usable is None or tx.chunk_sizes is None:
             tx.usable, tx.chunk_sizes = set(), {}
         wanted = sorted({h for h in hashes if h not in tx.checked})
         tx.checked.update(wanted)
         for i in range(0, len(wanted), 500):
             part = wanted[i : i + 500]
-            tx.usable.update(
-                r[0]
-                for r in tx.conn.execute(
-                    select(ns_chunks.c.hash)
-                    .where(ns_chunks.c.ns_id.in_((tx.ns_id, *tx.readable)), ns_chunks.c.hash.in_(part))
-                    .distinct()
-                )
-            )
-            q = select(blocks.c.hash, blocks.c.size).where(blocks.c.hash.in_(part))
-            if not self.db.is_sqlite:
-                q = q.with_for_update(read=True)
-            tx.chunk_sizes.update((r[0], int(r[1])) for r in tx.conn.execute(q))
+            q = _HELD if self.db.is_sqlite else _HELD_LOCKED
+            for h, size, held in tx.conn.execute(q, {"nss": [tx.ns_id, *tx.readable], "hashes": part}):
+                tx.chunk_sizes[h] = int(size)
+                if held:
+                    tx.usable.add(h)
 
     def _unavailable(self, tx: NamespaceTxn, chunks: tuple[ChunkRef, ...]) -> builtins.list[str]:
         """Chunks this namespace may not use yet, in file order (each once)."""
@@ -204,7 +211,10 @@ class FileWrites:
     def _commit_valid(self, tx: NamespaceTxn, req: CommitRequest, path: str, chunks: tuple[ChunkRef, ...]) -> CommitResult:
         """Commit ``req`` in ``tx``, once `_validate_commit` has passed it (``path`` and
         ``chunks`` are what it returned). Validation is pure and runs once per request, before
-        the namespace lock is taken, so the lock is held only for the work that needs it."""
+        the namespace lock is taken, so the lock is held only for the work that needs it. The
+        nodes at the path and its ancestors (the mount guard's, and the file's own) are read in
+        one statement."""
+        tx.prefetch([paths.key(a) for a in paths.ancestors(path)] + [paths.key(path)])
         guard_mounts(tx, path)
         missing = self._unavailable(tx, chunks)
         if missing:
