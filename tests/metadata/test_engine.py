@@ -72,3 +72,23 @@ def test_insert_or_add_inserts_new_keys_and_adds_to_existing_ones(db_url: str) -
         assert got == [("a", 1, 1.0), ("b", 5, 2.0), ("c", 1, 2.0)]
     finally:
         db.dispose()
+
+
+def test_reads_inside_reading_share_one_transaction(db_url: str) -> None:
+    db = Database(db_url)
+    seen: list[str] = []
+    db.observe = lambda kind, _seconds: seen.append(kind)
+    try:
+        with db.reading():
+            first = db.read(lambda c: c.connection.dbapi_connection)
+            second = db.read(lambda c: c.connection.dbapi_connection)
+            assert first is second
+            assert seen == []  # still open
+        assert seen == ["read"]
+        with db.reading():
+            pass  # nothing read: no transaction at all
+        assert seen == ["read"]
+        db.read(lambda c: c.execute(text("SELECT 1")).scalar())
+        assert seen == ["read", "read"]
+    finally:
+        db.dispose()

@@ -22,10 +22,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, insert
@@ -110,6 +111,47 @@ DATABASE_FULL = (
 )
 
 
+class _ReadSession:
+    """The read transaction of one `Database.reading` block, opened at its first read."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.conn: Connection | None = None
+        self.start = 0.0
+
+    def run(self, fn: Callable[[Connection], T]) -> T:
+        if self.conn is not None:
+            try:
+                return fn(self.conn)
+            except DBAPIError:
+                self.close(ok=False)  # the transaction may be aborted: a later read opens anew
+                raise
+        for attempt in range(2):
+            self.start = time.perf_counter()
+            self.conn = self.db.reader.connect()
+            self.conn.begin()
+            try:
+                return fn(self.conn)
+            except DBAPIError as exc:  # a dropped pooled connection: once more (see Database._run)
+                self.close(ok=False)
+                if attempt or not exc.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self, *, ok: bool = True) -> None:
+        """End the transaction (committed if ``ok``, else rolled back) and return the connection."""
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        try:
+            if ok:
+                conn.commit()
+        finally:
+            conn.close()
+        if ok and self.db.observe is not None:
+            self.db.observe("read", time.perf_counter() - self.start)
+
+
 class Database:
     """A pair of engines (write, read) on one metadata database, and transaction helpers."""
 
@@ -185,15 +227,37 @@ class Database:
 
     def read(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn`` in one read transaction (a consistent snapshot on SQLite and MariaDB);
-        inside a `write` on this thread, in that transaction (so it sees its own changes)."""
+        inside a `write` on this thread, in that transaction (so it sees its own changes);
+        inside `reading`, in the session's one read transaction."""
         joined: Connection | None = getattr(self._current, "conn", None)
         if joined is not None:
             return fn(joined)
+        session: _ReadSession | None = getattr(self._current, "session", None)
+        if session is not None:
+            return session.run(fn)
         start = time.perf_counter()
         result = self._run(self.reader, fn, joinable=False)
         if self.observe is not None:
             self.observe("read", time.perf_counter() - start)
         return result
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Within, on this thread, every `read` joins one read transaction, opened by the first
+        (none if nothing reads): a request that authenticates and then reads opens one
+        transaction, not three. Inside a `write` or another `reading`, nothing changes. At
+        READ COMMITTED (PostgreSQL, MariaDB) each statement sees what committed before it, as
+        in separate transactions; on SQLite the reads share one snapshot."""
+        if getattr(self._current, "conn", None) is not None or getattr(self._current, "session", None) is not None:
+            yield
+            return
+        session = _ReadSession(self)
+        self._current.session = session
+        try:
+            yield
+        finally:
+            self._current.session = None
+            session.close()
 
     def _run(self, engine: Engine, fn: Callable[[Connection], T], *, joinable: bool) -> T:
         """``fn`` in one transaction of ``engine``, run a second time on a new connection if

@@ -90,8 +90,9 @@ async def principal(request: Request, ctx: ServerContext, *, fresh: bool = False
 
 async def as_caller(request: Request, ctx: ServerContext, fn: Callable[[Principal, bool], T]) -> tuple[Principal, T]:
     """Authenticate the caller and run ``fn(p, False)`` for them, both in one hop to a thread
-    (or none: `on_loop`), for a route that reads no body; ``fn`` must not read the body, and
-    a caller the token does not name never reaches it. After `NamespaceMoved` (the request
+    (or none: `on_loop`) and in one database read transaction (`Database.reading`), for a
+    route that reads and writes nothing else; ``fn`` must not read the body, and a caller the
+    token does not name never reaches it. After `NamespaceMoved` (the request
     raced a share) the principal is read afresh and ``fn(p, True)`` runs once more."""
     token = _bearer(request)
     if token is None:
@@ -108,8 +109,12 @@ async def as_caller(request: Request, ctx: ServerContext, fn: Callable[[Principa
         except CubbyError as exc:
             return p, exc  # the principal still goes on the request (its log line names the user)
 
+    def both_reading() -> tuple[Principal, tuple[T] | CubbyError]:
+        with ctx.store.db.reading():  # whatever they read from the database: one transaction
+            return both()
+
     hit = on_loop(ctx, both)
-    p, out = hit[0] if hit is not None else await run_in_threadpool(both)
+    p, out = hit[0] if hit is not None else await run_in_threadpool(both_reading)
     _admit(request, p)
     if isinstance(out, NamespaceMoved):
         return await _again(request, ctx, fn)
