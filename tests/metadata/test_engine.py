@@ -16,16 +16,25 @@ def kill_other_connections(url: str, db: Database) -> int:
     with Database(url).writer.connect() as admin:
         if db.is_mysql:
             mine = admin.execute(text("SELECT CONNECTION_ID()")).scalar()
-            ids = admin.execute(
-                text("SELECT id FROM information_schema.processlist WHERE db = DATABASE() AND id <> :me"), {"me": mine}
-            ).scalars().all()
+            ids = (
+                admin.execute(
+                    text("SELECT id FROM information_schema.processlist WHERE db = DATABASE() AND id <> :me"),
+                    {"me": mine},
+                )
+                .scalars()
+                .all()
+            )
             for i in ids:
                 admin.execute(text(f"KILL {int(i)}"))
             return len(ids)
-        return len(admin.execute(text(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )).all())
+        return len(
+            admin.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).all()
+        )
 
 
 def test_a_dropped_connection_is_replaced_without_an_error(db_url: str) -> None:
@@ -57,18 +66,26 @@ def test_insert_or_add_inserts_new_keys_and_adds_to_existing_ones(db_url: str) -
     open_store(db_url).close()  # the schema
     db = Database(db_url)
     try:
+
         def add(rows: list[tuple[str, int, float]]) -> None:
-            db.write(lambda c: db.insert_or_add(
-                c, ns_chunks, [{"ns_id": 7, "hash": h, "refs": n, "touched_at": t} for h, n, t in rows],
-                add="refs", also=("touched_at",),
-            ))
+            db.write(
+                lambda c: db.insert_or_add(
+                    c,
+                    ns_chunks,
+                    [{"ns_id": 7, "hash": h, "refs": n, "touched_at": t} for h, n, t in rows],
+                    add="refs",
+                    also=("touched_at",),
+                )
+            )
 
         add([("a" * 64, 1, 1.0), ("b" * 64, 2, 1.0)])
         add([("b" * 64, 3, 2.0), ("c" * 64, 1, 2.0)])
-        got = db.read(lambda c: sorted(
-            (r.hash[:1], r.refs, r.touched_at)
-            for r in c.execute(ns_chunks.select().where(ns_chunks.c.ns_id == 7))
-        ))
+        got = db.read(
+            lambda c: sorted(
+                (r.hash[:1], r.refs, r.touched_at)
+                for r in c.execute(ns_chunks.select().where(ns_chunks.c.ns_id == 7))
+            )
+        )
         assert got == [("a", 1, 1.0), ("b", 5, 2.0), ("c", 1, 2.0)]
     finally:
         db.dispose()

@@ -25,7 +25,9 @@ def test_connections_of_a_socket_passed_by_descriptor_send_at_once() -> None:
 
     async def main() -> None:
         listener = listening_socket()
-        passed = socket.fromfd(listener.fileno(), socket.AF_UNIX, socket.SOCK_STREAM)  # as uvicorn does with --fd
+        passed = socket.fromfd(
+            listener.fileno(), socket.AF_UNIX, socket.SOCK_STREAM
+        )  # as uvicorn does with --fd
         server = await asyncio.get_running_loop().create_server(Probe, sock=passed)
         _, writer = await asyncio.open_connection(*listener.getsockname()[:2])
         for _ in range(100):

@@ -12,7 +12,8 @@ from tests.helpers.live_server import LiveServer
 
 def transactions(client: httpx.Client) -> float:
     return sum(
-        float(line.split()[-1]) for line in client.get("/metrics").text.splitlines()
+        float(line.split()[-1])
+        for line in client.get("/metrics").text.splitlines()
         if line.startswith("cubby_db_transactions_total")
     )
 
