@@ -8,7 +8,7 @@ import pytest
 
 from cubby.cache.base import MetadataCache, open_cache
 from tests.conftest import require_service
-from tests.helpers.memcached import Memcached
+from tests.helpers.cache_servers import Memcached
 
 CACHES = ["memory", "redis", "memcached"]
 

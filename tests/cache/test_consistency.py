@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from tests.conftest import db_url_for
+from tests.helpers.cache_servers import Memcached
 from tests.helpers.live_server import LiveServer
-from tests.helpers.memcached import Memcached
 
 ROUNDS = 60
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from cubby.cache.base import MetadataCache
-from tests.helpers.memcached import Memcached
+from tests.helpers.cache_servers import Memcached
 
 
 def test_a_miss_gives_one_lease_and_a_fill_under_it_is_read_back(cache: MetadataCache) -> None:

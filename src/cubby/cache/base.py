@@ -108,14 +108,15 @@ def is_refused(exc: BaseException) -> bool:
 
 def open_cache(url: str) -> MetadataCache | None:
     """The cache named by ``url``: ``memory``, ``redis://HOST:PORT/DB``,
-    ``memcached://HOST:PORT`` or ``memcached:///path/to/socket``; None for ``none``."""
+    ``redis+unix:///path/to/socket?db=N``, ``memcached://HOST:PORT`` or
+    ``memcached:///path/to/socket``; None for ``none``."""
     if url in ("none", "off", ""):
         return None
     if url == "memory":
         from cubby.cache.memory import MemoryCache
 
         return MemoryCache()
-    if url.startswith("redis://"):
+    if url.startswith(("redis://", "redis+unix://")):
         from cubby.cache.redis import RedisCache
 
         return RedisCache(url)

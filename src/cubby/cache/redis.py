@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode
 
 from cubby.cache.breaker import Breaker
 from cubby.cache.remote import RemoteCache
@@ -28,11 +28,11 @@ return 0
 def split_prefix(url: str) -> tuple[str, str]:
     """``redis://HOST:PORT/DB?prefix=NAME`` -> (``NAME:``, the URL without it): a prefix lets
     deployments (or test runs) share one Redis."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query)
-    prefix = "".join(v + ":" for k, v in query if k == "prefix")
-    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
-    return prefix, urlunsplit(parts._replace(query=rest))
+    base, _, query = url.partition("?")  # not urlunsplit: it would drop unix:///'s "//"
+    pairs = parse_qsl(query)
+    prefix = "".join(v + ":" for k, v in pairs if k == "prefix")
+    rest = urlencode([(k, v) for k, v in pairs if k != "prefix"])
+    return prefix, base + ("?" + rest if rest else "")
 
 
 class RedisCache(RemoteCache):
@@ -42,6 +42,8 @@ class RedisCache(RemoteCache):
         import redis
 
         super().__init__(breaker)
+        if url.startswith("redis+unix://"):  # a unix socket, as redis-py spells it
+            url = "unix://" + url.removeprefix("redis+unix://")
         self.prefix, url = split_prefix(url)
         self.errors = (redis.RedisError, OSError)
         self.client: Any = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)

@@ -25,6 +25,13 @@ the head they were read at, so a write makes them unreachable instead of wrong: 
 read that fills one runs after the head was read, so it holds that head's state or a newer
 one, never an older one.
 
+Every answer comes after its invalidation, errors included: a write that fails (``no such
+token``, a conflict, ``not a member``) still invalidates the keys it names, and with them
+everything this process could not invalidate before. The failure may be the retry of a
+write that committed while its invalidation did not land (a 503 below, or a process killed
+between its commit and its invalidation), and its answer tells the client the change is
+there, so it acknowledges that change.
+
 A failed invalidation is retried for ``invalidation_deadline`` seconds; if the cache still
 does not confirm it, the write raises `CacheUnavailable` (503): committed but not
 acknowledged, as with a lost reply. (A cache that refuses connections is down and empty, so
@@ -147,9 +154,10 @@ class CachedStore:
 
     def revoke_token(self, user_id: int, token_id: int) -> None:
         hashed = self.store.token_hash_of(token_id)
-        self.store.revoke_token(user_id, token_id)
-        if hashed is not None:
-            self.invalidate([f"tok:{hashed}"])
+        try:
+            self.store.revoke_token(user_id, token_id)
+        finally:  # "no such token" too: see "Every answer comes after its invalidation" above
+            self.invalidate([f"tok:{hashed}"] if hashed is not None else [])
 
     # -- reads ----------------------------------------------------------------------------
     def head(self, ns_id: int) -> int:
@@ -180,10 +188,13 @@ class CachedStore:
 
     # -- writes: the store's, then the invalidation, before anything is acknowledged --------
     def commit(self, user_id: int, ns_id: int, req: CommitRequest, readable: Iterable[int] = ()) -> CommitResult:
-        res = self.store.commit(user_id, ns_id, req, readable)
-        if res.entry is not None:
-            self.changed([ns_id])
-        return res
+        res: CommitResult | None = None
+        try:
+            res = self.store.commit(user_id, ns_id, req, readable)
+            return res
+        finally:
+            if res is None or res.entry is not None:  # not when it only asked for chunks
+                self.changed([ns_id])
 
     def commit_many(self, user_id: int, ns_id: int, *args: Any, **kw: Any) -> Any:
         try:
@@ -230,11 +241,28 @@ class _CachedSharing:
             return fn
 
         def changing(user_id: int, *args: Any, **kw: Any) -> Any:
-            change = fn(user_id, *args, **kw)
+            try:
+                change = fn(user_id, *args, **kw)
+            except BaseException:
+                self.cached.changed(*self.touched(name, user_id, args))
+                raise
             self.cached.changed(change.heads, {user_id, *change.users})
             return change
 
         return changing
+
+    def touched(self, name: str, user_id: int, args: tuple[Any, ...]) -> tuple[list[int], set[int]]:
+        """What a failed sharing change may have changed (it may have committed before its
+        process died, and this is its retry): the namespace it names, the caller and, for
+        ``remove_member``, the member."""
+        users = {user_id}
+        if name == "remove_member" and len(args) >= 2:
+            try:
+                users.add(int(self.cached.store.get_user(str(args[1])).id))
+            except Exception:
+                pass
+        ns = [int(args[0])] if args and isinstance(args[0], int) else []
+        return ns, users
 
 
 class _CachedMoves:
