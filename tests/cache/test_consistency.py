@@ -1,8 +1,10 @@
-"""Strong consistency across processes: two servers on one PostgreSQL database and one
-memcached. A writer commits, revokes tokens and removes a member through process A while
-readers hammer process B; every read is checked against what A had acknowledged before the
-read was sent, and none may show an older state. memcached is killed and restarted mid-run
-(requests then fall through to the database)."""
+"""Strong consistency across processes: two servers on one PostgreSQL database and one cache
+server of the test's own (a Redis, and a memcached). A writer commits, revokes tokens and
+removes a member through process A while readers hammer process B; every read is checked
+against what A had acknowledged before the read was sent, and none may show an older state.
+The cache server is killed (SIGKILL) and restarted mid-run: meanwhile requests fall through
+to the database, and acknowledged writes whose invalidation found nobody listening must not
+reappear older when it is back."""
 
 from __future__ import annotations
 
@@ -15,19 +17,21 @@ import httpx
 import pytest
 
 from tests.conftest import db_url_for
-from tests.helpers.cache_servers import Memcached
+from tests.helpers.cache_servers import CACHE_SERVERS, CacheServer, start_cache_server
 from tests.helpers.live_server import LiveServer
 
 ROUNDS = 60
 
 
-@pytest.fixture
-def pair(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, LiveServer, Memcached]]:
+@pytest.fixture(params=sorted(CACHE_SERVERS))
+def pair(
+    request: pytest.FixtureRequest, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[LiveServer, LiveServer, CacheServer]]:
     from cubby.metadata.schema import drop_all
 
     url = db_url_for("postgresql", tmp_path_factory)
     drop_all(url)
-    cache = Memcached(tmp_path).start()
+    cache = start_cache_server(request.param, tmp_path / "cache")
     args = ["--cache", cache.url, "--auto-accept-shares"]
     a = LiveServer(tmp_path / "a", db_url=url, extra_args=args).start()
     b = LiveServer(tmp_path / "b", db_url=url, extra_args=args).start()
@@ -63,8 +67,8 @@ def auth(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
 
 
-def test_no_read_on_one_process_is_older_than_an_ack_on_the_other(pair: tuple[LiveServer, LiveServer, Memcached]) -> None:
-    a, b, memcached = pair
+def test_no_read_on_one_process_is_older_than_an_ack_on_the_other(pair: tuple[LiveServer, LiveServer, CacheServer]) -> None:
+    a, b, cache = pair
     alice, bob = a.add_user("alice"), a.add_user("bob")
     wa, rb = httpx.Client(base_url=a.url, timeout=30), httpx.Client(base_url=b.url, timeout=30)
     assert wa.post("/api/v1/files/mkdir", json={"path": "/team"}, headers=auth(alice)).status_code == 200
@@ -91,9 +95,9 @@ def test_no_read_on_one_process_is_older_than_an_ack_on_the_other(pair: tuple[Li
                 with acks.lock:
                     acks.revoked.append((time.monotonic(), made["token"]))
             if i == ROUNDS // 3:
-                memcached.stop()  # the cache server dies ...
+                cache.stop()  # the cache server dies (SIGKILL) ...
             if i == ROUNDS // 2:
-                memcached.start()  # ... and comes back empty
+                cache.start()  # ... and comes back empty
         with acks.lock:
             acks.remove_sent_at = time.monotonic()
         r = wa.post("/api/v1/shares/remove", json={"path": "/team", "user": "bob"}, headers=auth(alice))

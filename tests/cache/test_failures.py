@@ -1,14 +1,16 @@
 """The cache's failure cases, on real cache servers (a Redis and a memcached of the test's
 own) shared by two `CachedStore`s on one database, as two server processes would share them.
-Process A writes, process B reads; between the steps that matter A is cut off from the cache
-server while B still reaches it (a `Partition`: A's requests time out), or the server is
-killed and started again. Each test fails on a real staleness bug: B reads a state older
-than one that A's answers have acknowledged."""
+Process A writes, process B reads. A dies between its commit and its invalidation, or is cut
+off from the cache server there while B still reaches it (a `Partition`: A's requests time
+out), or before its write; or the server is killed and started again. Each test fails on a
+real staleness bug: B reads a state older than one that A's database holds after A's answer
+(or, for a process that died, its retry's answer)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,19 +47,48 @@ def partition(server: CacheServer) -> Iterator[Partition]:
         p.close()
 
 
+class Killed(BaseException):
+    """The process died here (not an error any handler of the store would catch)."""
+
+
+class FaultyProcess(CachedStore):
+    """A `CachedStore` reaching the cache through a `Partition`, whose write goes wrong
+    between its database commit and its invalidation: ``killed``: the process dies there (no
+    invalidation at all; its pending list dies with it); ``cut``: it loses the cache server
+    there (the invalidation times out)."""
+
+    def __init__(self, *args: Any, fault: str, partition: Partition, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.fault = fault
+        self.partition = partition
+
+    def invalidate(self, keys: Iterable[str]) -> None:
+        if self.fault == "killed":
+            raise Killed
+        self.partition.cut()
+        try:
+            super().invalidate(keys)
+        finally:
+            self.partition.heal()
+
+
 Start = Callable[..., CachedStore]
+FAULTS = ["killed", "cut"]
 
 
 @pytest.fixture
 def process(plain: SqlMetadataStore, server: CacheServer, partition: Partition) -> Iterator[Start]:
     """Start a "process": a `CachedStore` of its own (its own cache client and pending list)
-    over the shared database and cache server; ``cut_off=True``: behind the partition."""
+    over the shared database and cache server; with ``fault``, a `FaultyProcess`."""
     made: list[CachedStore] = []
 
-    def start(*, cut_off: bool = False) -> CachedStore:
-        cache = open_cache(partition.url if cut_off else server.url)
+    def start(fault: str | None = None) -> CachedStore:
+        cache = open_cache(server.url if fault is None else partition.url)
         assert cache is not None
-        made.append(CachedStore(plain, cache, invalidation_deadline=0.3))
+        if fault is None:
+            made.append(CachedStore(plain, cache, invalidation_deadline=0.3))
+        else:
+            made.append(FaultyProcess(plain, cache, invalidation_deadline=0.3, fault=fault, partition=partition))
         return made[-1]
 
     yield start
@@ -65,62 +96,82 @@ def process(plain: SqlMetadataStore, server: CacheServer, partition: Partition) 
         store.cache.close()
 
 
-def lost_invalidation(partition: Partition, write: Callable[[], object]) -> None:
-    """Run ``write`` in a process cut off from the cache server: it commits, but its
-    invalidation is lost, so it must not be acknowledged."""
-    partition.cut()
-    try:
-        with pytest.raises(CacheUnavailable):
-            write()
-    finally:
-        partition.heal()
+def unacknowledged(write: Callable[[], object]) -> None:
+    with pytest.raises((Killed, CacheUnavailable)):
+        write()
 
 
-def test_a_revocation_retried_after_a_lost_invalidation_is_answered_only_once_delivered(
-    process: Start, partition: Partition
-) -> None:
-    a, b = process(cut_off=True), process()
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_revocation_whose_invalidation_was_lost_is_seen_at_once_and_on_retry(process: Start, fault: str) -> None:
+    a, b = process(fault), process()
     alice, _ = a.create_user("alice")
     tid, token = a.create_token(alice.id, "laptop")
     b.authenticate(token)
     b.authenticate(token)  # cached on B
-    lost_invalidation(partition, lambda: a.revoke_token(alice.id, tid))
-    # The process that lost it died (its pending list with it); the client asks again, via a
-    # new one, and hears "no such token": from then on the token must be dead everywhere.
+    unacknowledged(lambda: a.revoke_token(alice.id, tid))
+    with pytest.raises(Unauthorized):  # the write's fence: B reads the database
+        b.authenticate(token)
+    # The client asks again, via another process, and hears "no such token": from then on
+    # the token must be dead everywhere.
     with pytest.raises(NotFound):
         process().revoke_token(alice.id, tid)
     with pytest.raises(Unauthorized):
         b.authenticate(token)
 
 
-def test_a_commit_retried_after_a_lost_invalidation_conflicts_only_once_delivered(
-    process: Start, partition: Partition
-) -> None:
-    a, b = process(cut_off=True), process()
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_commit_whose_invalidation_was_lost_is_seen_at_once_and_on_retry(process: Start, fault: str) -> None:
+    a, b = process(fault), process()
     alice, _ = a.create_user("alice")
-    first = a.commit(alice.id, alice.root_ns, CommitRequest("/f", 0, ())).entry
+    first = process().commit(alice.id, alice.root_ns, CommitRequest("/f", 0, ())).entry
     assert first is not None and b.head(alice.root_ns) == first.rev  # cached on B
-    lost_invalidation(partition, lambda: a.commit(alice.id, alice.root_ns, CommitRequest("/f", 0, (), expected_rev=first.rev)))
-    with pytest.raises(Conflict):  # the retry: the file is no longer at the rev it expected
-        process().commit(alice.id, alice.root_ns, CommitRequest("/f", 0, (), expected_rev=first.rev))
+    assert b.stat(alice.root_ns, "/f").rev == first.rev
+    again = CommitRequest("/f", 0, (), expected_rev=first.rev)
+    unacknowledged(lambda: a.commit(alice.id, alice.root_ns, again))
     assert b.head(alice.root_ns) > first.rev
+    assert b.stat(alice.root_ns, "/f").rev > first.rev
+    with pytest.raises(Conflict):  # the retry: the file is no longer at the rev it expected
+        process().commit(alice.id, alice.root_ns, again)
     assert b.stat(alice.root_ns, "/f").rev > first.rev
 
 
-def test_a_removal_retried_after_a_lost_invalidation_is_answered_only_once_delivered(
-    process: Start, partition: Partition
-) -> None:
-    a, b = process(cut_off=True), process()
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_removal_whose_invalidation_was_lost_is_seen_at_once_and_on_retry(process: Start, fault: str) -> None:
+    a, b = process(fault), process()
     alice, _ = a.create_user("alice")
     bob, _ = a.create_user("bob")
-    a.mkdir(alice.id, alice.root_ns, "/team")
-    ns = a.sharing.share(alice.id, alice.root_ns, "/team", "bob").ns_id
-    a.sharing.accept(bob.id, bob.root_ns, ns)
+    owner = process()
+    owner.mkdir(alice.id, alice.root_ns, "/team")
+    ns = owner.sharing.share(alice.id, alice.root_ns, "/team", "bob").ns_id
+    owner.sharing.accept(bob.id, bob.root_ns, ns)
     assert b.principal_of(bob.id, "bob", bob.root_ns).can_read(ns)  # cached on B
-    lost_invalidation(partition, lambda: a.sharing.remove_member(alice.id, ns, "bob"))
+    unacknowledged(lambda: a.sharing.remove_member(alice.id, ns, "bob"))
+    assert not b.principal_of(bob.id, "bob", bob.root_ns).can_read(ns)
     with pytest.raises(CubbyError):  # bob is no member any more: the retry says so
         process().sharing.remove_member(alice.id, ns, "bob")
     assert not b.principal_of(bob.id, "bob", bob.root_ns).can_read(ns)
+
+
+def test_a_process_cut_off_from_the_cache_writes_nothing(
+    process: Start, partition: Partition, plain: SqlMetadataStore
+) -> None:
+    """Its fence cannot be placed, so it refuses before its commit: nothing changed, and the
+    cached state other processes read stays true."""
+    a, b = process("cut"), process()
+    alice, _ = a.create_user("alice")
+    tid, token = a.create_token(alice.id, "laptop")
+    b.authenticate(token)
+    head = b.head(alice.root_ns)
+    partition.cut()
+    try:
+        with pytest.raises(CacheUnavailable):
+            a.revoke_token(alice.id, tid)
+        with pytest.raises(CacheUnavailable):
+            a.commit(alice.id, alice.root_ns, CommitRequest("/f", 0, ()))
+    finally:
+        partition.heal()
+    assert plain.authenticate(token).user_id == b.authenticate(token).user_id == alice.id
+    assert plain.head(alice.root_ns) == b.head(alice.root_ns) == head
 
 
 def test_a_fill_racing_a_write_across_a_cache_restart_is_not_stored(

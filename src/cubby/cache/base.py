@@ -16,6 +16,11 @@ follows and `tests/cache/test_contract.py` checks on each:
   invalidation read the database after the commit.
 - `put` stores a value that can never be wrong (keyed by something immutable, such as a
   namespace head), without a lease.
+- `fence` puts a marker that is nobody's lease on keys a writer is about to change, *before*
+  its database commit: until the writer's invalidation removes it (or it expires, after
+  `LEASE_SECONDS`), readers read the database and nobody fills, and a lease taken before it
+  is void. So a writer killed between its commit and its invalidation leaves no old value
+  behind for longer than that.
 
 Failures: `get` and `fill` never raise (an unreachable cache is a miss without a lease, and
 the request reads the database: slower, still correct). `invalidate` raises
@@ -43,6 +48,8 @@ VALUE_SECONDS = 3600.0
 VALUE = b"v"
 LEASE = b"l"
 """First byte of what a key holds: a value, or a lease marker followed by its token."""
+FENCE = LEASE + b"fence"
+"""A writer's marker (`MetadataCache.fence`): a lease no reader holds (tokens are hex)."""
 
 
 class CacheUnavailable(Unavailable):
@@ -74,6 +81,11 @@ class MetadataCache(Protocol):
     def invalidate(self, keys: Sequence[str]) -> None:
         """Delete ``keys`` and any lease markers on them; raise `CacheUnavailable` if that
         cannot be confirmed."""
+        ...
+
+    def fence(self, keys: Sequence[str]) -> None:
+        """Put `FENCE` on ``keys`` for `LEASE_SECONDS`, over whatever they hold; raise
+        `CacheUnavailable` if that cannot be confirmed (a cache that is down needs none)."""
         ...
 
     def close(self) -> None: ...

@@ -64,5 +64,11 @@ class RedisCache(RemoteCache):
     def delete(self, keys: Sequence[str]) -> None:
         self.client.delete(*[self.prefix + k for k in keys])
 
+    def cover(self, keys: Sequence[str], raw: bytes, ttl: float) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.set(self.prefix + key, raw, px=int(ttl * 1000))
+        pipe.execute()  # raises on any error reply
+
     def close(self) -> None:
         self.client.close()

@@ -44,7 +44,8 @@ import builtins
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from cubby.cache.base import CacheUnavailable, MetadataCache, digest
@@ -110,25 +111,42 @@ class CachedStore:
         answers again (or when the value expires)."""
         with self._pending_lock:
             todo = sorted(set(keys) | self._pending)
+        try:
+            self._retried(self.cache.invalidate, todo)
+        except CacheUnavailable:
+            with self._pending_lock:
+                self._pending.update(todo)
+            raise
+        with self._pending_lock:
+            self._pending.difference_update(todo)
+
+    def _retried(self, op: Callable[[list[str]], None], keys: list[str]) -> None:
+        """``op(keys)``, retried with backoff until ``invalidation_deadline``."""
         deadline = time.monotonic() + self.invalidation_deadline
         pause = 0.01
         while True:
             try:
-                self.cache.invalidate(todo)
-                with self._pending_lock:
-                    self._pending.difference_update(todo)
-                return
+                return op(keys)
             except CacheUnavailable:
                 if time.monotonic() + pause > deadline:
-                    with self._pending_lock:
-                        self._pending.update(todo)
                     raise
                 time.sleep(pause)
                 pause = min(0.2, pause * 2)
 
-    def changed(self, ns_ids: Iterable[int] = (), users: Iterable[int] = ()) -> None:
-        """Invalidate after a write: the heads of ``ns_ids`` and the memberships of ``users``."""
-        self.invalidate([f"head:{int(n)}" for n in ns_ids] + [f"mem:{int(u)}" for u in users])
+    @contextmanager
+    def writing(
+        self, ns_ids: Iterable[int] = (), users: Iterable[int] = (), other: Iterable[str] = ()
+    ) -> Iterator[set[str]]:
+        """Around a write to the heads of ``ns_ids``, the memberships of ``users`` and the
+        ``other`` keys: fence those keys before it (if that is not confirmed,
+        `CacheUnavailable` and nothing is written), and invalidate them after it, whatever it
+        answers; keys added to the set it yields are invalidated too."""
+        keys = keys_of(ns_ids, users) | set(other)
+        self._retried(self.cache.fence, sorted(keys))
+        try:
+            yield keys
+        finally:
+            self.invalidate(keys)
 
     # -- who is asking --------------------------------------------------------------------
     def authenticate(self, token: str, *, fresh: bool = False) -> Principal:
@@ -154,10 +172,8 @@ class CachedStore:
 
     def revoke_token(self, user_id: int, token_id: int) -> None:
         hashed = self.store.token_hash_of(token_id)
-        try:
+        with self.writing(other=[f"tok:{hashed}"] if hashed is not None else []):
             self.store.revoke_token(user_id, token_id)
-        finally:  # "no such token" too: see "Every answer comes after its invalidation" above
-            self.invalidate([f"tok:{hashed}"] if hashed is not None else [])
 
     # -- reads ----------------------------------------------------------------------------
     def head(self, ns_id: int) -> int:
@@ -188,43 +204,33 @@ class CachedStore:
 
     # -- writes: the store's, then the invalidation, before anything is acknowledged --------
     def commit(self, user_id: int, ns_id: int, req: CommitRequest, readable: Iterable[int] = ()) -> CommitResult:
-        res: CommitResult | None = None
-        try:
-            res = self.store.commit(user_id, ns_id, req, readable)
-            return res
-        finally:
-            if res is None or res.entry is not None:  # not when it only asked for chunks
-                self.changed([ns_id])
+        with self.writing([ns_id]):
+            return self.store.commit(user_id, ns_id, req, readable)
 
     def commit_many(self, user_id: int, ns_id: int, *args: Any, **kw: Any) -> Any:
-        try:
+        with self.writing([ns_id]):
             return self.store.commit_many(user_id, ns_id, *args, **kw)
-        finally:
-            self.changed([ns_id])
 
     def mkdir(self, user_id: int, ns_id: int, path: str) -> Entry:
-        try:
+        with self.writing([ns_id]):
             return self.store.mkdir(user_id, ns_id, path)
-        finally:
-            self.changed([ns_id])
 
     def delete(self, user_id: int, ns_id: int, *args: Any, **kw: Any) -> Entry:
-        try:
+        with self.writing([ns_id], [user_id]):  # a mount in the user's root may go
             return self.store.delete(user_id, ns_id, *args, **kw)
-        finally:
-            self.changed([ns_id], [user_id])  # a mount in the user's root may have gone
 
     def move(self, user_id: int, ns_id: int, *args: Any, **kw: Any) -> Entry:
-        try:
+        with self.writing([ns_id], [user_id]):  # a mount in the user's root may move
             return self.store.move(user_id, ns_id, *args, **kw)
-        finally:
-            self.changed([ns_id], [user_id])  # a mount in the user's root may have moved
 
     def restore(self, user_id: int, ns_id: int, path: str, rev: int) -> Entry:
-        try:
+        with self.writing([ns_id], [user_id]):
             return self.store.restore(user_id, ns_id, path, rev)
-        finally:
-            self.changed([ns_id], [user_id])
+
+
+def keys_of(ns_ids: Iterable[int] = (), users: Iterable[int] = ()) -> set[str]:
+    """The mutable keys a write to ``ns_ids`` and to the memberships of ``users`` changes."""
+    return {f"head:{int(n)}" for n in ns_ids} | {f"mem:{int(u)}" for u in users}
 
 
 class _CachedSharing:
@@ -241,20 +247,18 @@ class _CachedSharing:
             return fn
 
         def changing(user_id: int, *args: Any, **kw: Any) -> Any:
-            try:
+            with self.cached.writing(*self.touched(name, user_id, args)) as keys:
                 change = fn(user_id, *args, **kw)
-            except BaseException:
-                self.cached.changed(*self.touched(name, user_id, args))
-                raise
-            self.cached.changed(change.heads, {user_id, *change.users})
-            return change
+                keys.update(keys_of(change.heads, change.users))
+                return change
 
         return changing
 
     def touched(self, name: str, user_id: int, args: tuple[Any, ...]) -> tuple[list[int], set[int]]:
-        """What a failed sharing change may have changed (it may have committed before its
-        process died, and this is its retry): the namespace it names, the caller and, for
-        ``remove_member``, the member."""
+        """What a sharing change is known to change before it runs (fenced, and invalidated
+        even if it fails: it may be the retry of one that committed before its process died):
+        the namespace it names, the caller and, for ``remove_member``, the member. The rest
+        of what its `SharingChange` names is invalidated after it."""
         users = {user_id}
         if name == "remove_member" and len(args) >= 2:
             try:
@@ -276,8 +280,6 @@ class _CachedMoves:
         return getattr(self.inner, name)
 
     def move(self, user_id: int, src_ns: int, src: str, dst_ns: int, dst: str, *args: Any, **kw: Any) -> Entry:
-        try:
+        with self.cached.writing([src_ns, dst_ns], [user_id]):
             return self.inner.move(user_id, src_ns, src, dst_ns, dst, *args, **kw)  # type: ignore[no-any-return]
-        finally:
-            self.cached.changed([src_ns, dst_ns], [user_id])
 
