@@ -19,8 +19,10 @@ key                                    value                                 mad
                                                                              the head
 =====================================  ====================================  ==================
 
-The first three are *mutable* keys, read and filled under leases and invalidated by writers
-after their commit and before they return (so before the server acknowledges). The rest name
+The first three are *mutable* keys, read and filled under leases, fenced by writers before
+their commit and invalidated after it, before they return (so before the server
+acknowledges): `CachedStore.writing`. The fence is what keeps a writer that dies or loses
+the cache between the two from leaving an old value behind. The rest name
 the head they were read at, so a write makes them unreachable instead of wrong: the database
 read that fills one runs after the head was read, so it holds that head's state or a newer
 one, never an older one.
