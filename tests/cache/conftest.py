@@ -7,10 +7,19 @@ from pathlib import Path
 import pytest
 
 from cubby.cache.base import MetadataCache, open_cache
+from cubby.metadata.store import SqlMetadataStore, open_store
 from tests.conftest import require_service
 from tests.helpers.cache_servers import Memcached
 
 CACHES = ["memory", "redis", "memcached"]
+
+
+@pytest.fixture
+def plain(sqlite_url: str) -> Iterator[SqlMetadataStore]:
+    """The metadata store under a `CachedStore`, on a fresh SQLite file."""
+    store = open_store(sqlite_url)
+    yield store
+    store.close()
 
 
 @pytest.fixture

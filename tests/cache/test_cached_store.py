@@ -3,7 +3,7 @@ next read see it, and a write whose invalidation cannot be confirmed is not ackn
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 
@@ -11,16 +11,9 @@ from cubby.cache.base import CacheUnavailable, MetadataCache, open_cache
 from cubby.cache.memory import MemoryCache
 from cubby.cache.store import CachedStore
 from cubby.errors import NotFound, Unauthorized
-from cubby.metadata.store import SqlMetadataStore, open_store
+from cubby.metadata.store import SqlMetadataStore
 from cubby.model import CommitRequest
 from tests.cache.conftest import CACHES
-
-
-@pytest.fixture
-def plain(sqlite_url: str) -> Iterator[SqlMetadataStore]:
-    store = open_store(sqlite_url)
-    yield store
-    store.close()
 
 
 @pytest.mark.parametrize("cache_url", CACHES, indirect=True)

@@ -17,7 +17,7 @@ import pytest
 from cubby.cache.base import CacheUnavailable, open_cache
 from cubby.cache.store import CachedStore
 from cubby.errors import Conflict, CubbyError, NotFound, Unauthorized
-from cubby.metadata.store import SqlMetadataStore, open_store
+from cubby.metadata.store import SqlMetadataStore
 from cubby.model import CommitRequest
 from tests.helpers.cache_servers import CACHE_SERVERS, CacheServer, Partition, start_cache_server
 
@@ -29,13 +29,6 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CacheServ
         yield s
     finally:
         s.stop()
-
-
-@pytest.fixture
-def plain(sqlite_url: str) -> Iterator[SqlMetadataStore]:
-    store = open_store(sqlite_url)
-    yield store
-    store.close()
 
 
 @pytest.fixture
