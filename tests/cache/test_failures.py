@@ -16,10 +16,10 @@ import pytest
 
 from cubby.cache.base import CacheUnavailable, open_cache
 from cubby.cache.store import CachedStore
-from cubby.errors import Conflict, CubbyError, NotFound, Unauthorized
+from cubby.errors import BadRequest, Conflict, CubbyError, NotFound, Unauthorized
 from cubby.metadata.store import SqlMetadataStore
 from cubby.model import CommitRequest
-from tests.helpers.cache_servers import CACHE_SERVERS, CacheServer, Partition, start_cache_server
+from tests.helpers.cache_servers import CACHE_SERVERS, CacheServer, Partition, RedisServer, start_cache_server
 
 
 @pytest.fixture(params=sorted(CACHE_SERVERS))
@@ -210,3 +210,16 @@ def test_reads_fall_through_while_the_cache_is_down_and_writes_are_seen_after_it
     assert b.head(alice.root_ns) == e.rev
     with pytest.raises(Unauthorized):
         b.authenticate(token)
+
+
+def test_a_redis_that_persists_its_data_is_refused(tmp_path: Path) -> None:
+    """Restarted from its append-only file it would bring back values older than changes
+    acknowledged while it was down; `open_cache` says how to run it instead."""
+    persisted = RedisServer(tmp_path / "aof", persist=True)
+    (tmp_path / "aof").mkdir()
+    persisted.start()
+    try:
+        with pytest.raises(BadRequest, match="appendonly"):
+            open_cache(persisted.url)
+    finally:
+        persisted.stop()

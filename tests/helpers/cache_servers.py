@@ -85,17 +85,22 @@ class Memcached(CacheServer):
 
 
 class RedisServer(CacheServer):
-    """A Redis run as the cache must be run: without persistence, so a restart is empty."""
+    """A Redis run as the cache must be run: without persistence, so a restart is empty
+    (``persist=True``: with an append-only file, as the cache must not be run)."""
 
     binary = "redis-server"
     kind = "redis"
+
+    def __init__(self, folder: Path, *, persist: bool = False) -> None:
+        super().__init__(folder)
+        self.persist = persist
 
     def url_at(self, path: Path) -> str:
         return f"redis+unix://{path}?db=0"
 
     def command(self, binary: str) -> list[str]:
-        return [binary, "--port", "0", "--unixsocket", str(self.socket), "--save", "", "--appendonly", "no",
-                "--dir", str(self.folder)]
+        return [binary, "--port", "0", "--unixsocket", str(self.socket), "--save", "",
+                "--appendonly", "yes" if self.persist else "no", "--dir", str(self.folder)]
 
 
 CACHE_SERVERS: dict[str, type[CacheServer]] = {"memcached": Memcached, "redis": RedisServer}

@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from cubby.cache.breaker import Breaker
 from cubby.cache.remote import RemoteCache
+from cubby.errors import BadRequest
 
 _SWAP = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -48,6 +49,24 @@ class RedisCache(RemoteCache):
         self.errors = (redis.RedisError, OSError)
         self.client: Any = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self._swap = self.client.register_script(_SWAP)
+        self.refuse_persistence()
+
+    def refuse_persistence(self) -> None:
+        """Refuse a Redis configured to keep its data across a restart (snapshots or an
+        append-only file): an invalidation that finds the server down succeeds, so a restart
+        that brought back older values would serve them after the change was acknowledged.
+        A server that is down now, or that does not let us read its configuration (managed
+        services often rename CONFIG away), is taken on the operator's word."""
+        try:
+            save = str(self.client.config_get("save").get("save", ""))
+            aof = str(self.client.config_get("appendonly").get("appendonly", "no"))
+        except self.errors:
+            return
+        if save.strip() or aof == "yes":
+            raise BadRequest(
+                f"the Redis for the metadata cache persists its data (save {save!r}, appendonly {aof}): "
+                "run it with --save '' --appendonly no, or give the cache a Redis of its own"
+            )
 
     def read(self, key: str) -> bytes | None:
         return self.client.get(self.prefix + key)  # type: ignore[no-any-return]
