@@ -8,6 +8,10 @@ The comments are the contract, for every backend (local folder, memory, later S3
 - `put`/`put_many` are durable when they return (fsync or the backend's equivalent) and
   idempotent: putting a chunk that is already there is cheap and returns False.
 - `get` returns the plaintext, or raises `NotFound`. `delete` is idempotent.
+- `get_many` yields ``(name, plaintext)`` for each of ``names`` in the order given (a name
+  given twice comes twice), and raises `NotFound` when it reaches one that is absent. It is
+  how a caller that reads many chunks at once (a download) lets the backend look them up in
+  one query and read neighbouring chunks with one request; `get` in a loop is a correct one.
 - `iterate` yields every stored name exactly once, in no particular order; it may or may not
   see chunks put while it runs.
 - Compression is the backend's own business (callers always see plaintext); see
@@ -17,7 +21,7 @@ The comments are the contract, for every backend (local folder, memory, later S3
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 
@@ -31,6 +35,9 @@ class BlockStore(Protocol):
 
     def get(self, name: str) -> bytes:
         """The plaintext of ``name``; `NotFound` if absent."""
+
+    def get_many(self, names: Sequence[str]) -> Iterator[tuple[str, bytes]]:
+        """``(name, plaintext)`` of each of ``names``, in order; `NotFound` at the first absent."""
 
     def has(self, name: str) -> bool: ...
 

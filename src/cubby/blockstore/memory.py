@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from cubby.core.hashing import verify_chunk
 from cubby.errors import NotFound
@@ -33,6 +33,10 @@ class MemoryBlockStore:
                 return self._data[name]
             except KeyError:
                 raise NotFound(f"chunk {name} is not stored") from None
+
+    def get_many(self, names: Sequence[str]) -> Iterator[tuple[str, bytes]]:
+        for name in names:
+            yield name, self.get(name)
 
     def has(self, name: str) -> bool:
         with self._lock:

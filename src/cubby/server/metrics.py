@@ -155,6 +155,11 @@ class InstrumentedBlockStore:
         self._count("get", len(data))
         return data
 
+    def get_many(self, names: Sequence[str]) -> Iterator[tuple[str, bytes]]:
+        for name, data in self.inner.get_many(names):
+            self._count("get", len(data))
+            yield name, data
+
     def has(self, name: str) -> bool:
         self._count("has")
         return self.inner.has(name)
