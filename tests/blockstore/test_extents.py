@@ -17,7 +17,9 @@ def test_neighbours_in_one_pack_are_one_read_up_to_the_span():
     wanted = [(f"c{i}", loc("p", 8 + i * 100, 100)) for i in range(25)]
     plan = plan_extents(wanted, span=1000, gap=0)
     assert [(e.pack, e.start, e.end, len(e.members)) for e in plan] == [
-        ("p", 8, 1008, 10), ("p", 1008, 2008, 10), ("p", 2008, 2508, 5)
+        ("p", 8, 1008, 10),
+        ("p", 1008, 2008, 10),
+        ("p", 2008, 2508, 5),
     ]
 
 

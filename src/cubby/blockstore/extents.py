@@ -37,7 +37,9 @@ class Extent:
     members: list[tuple[str, Location | None]] = field(default_factory=list)
 
 
-def plan_extents(wanted: Sequence[tuple[str, Location | None]], span: int = SPAN, gap: int = GAP) -> list[Extent]:
+def plan_extents(
+    wanted: Sequence[tuple[str, Location | None]], span: int = SPAN, gap: int = GAP
+) -> list[Extent]:
     """Group ``wanted`` (name, location or None), in order, into reads: a chunk joins the
     read before it when it is in the same pack, at or after that read's start, at most
     ``gap`` bytes past its end, and the read stays within ``span`` bytes (a chunk larger than
