@@ -52,6 +52,21 @@ def named(data: bytes) -> tuple[str, bytes]:
     return hashlib.sha256(data).hexdigest(), data
 
 
+def test_get_many_returns_the_stored_ones_and_leaves_out_the_rest(store):
+    held = [named(os.urandom(n)) for n in (1, 4096, 70_000, 3000)]
+    store.put_many(held)
+    absent = [named(os.urandom(100))[0] for _ in range(3)]
+    asked = [absent[0], held[2][0], absent[1], held[0][0], held[1][0], absent[2], held[0][0]]
+    got = store.get_many(asked)
+    assert got == dict(held[:3])
+    assert store.get_many(absent) == {}
+    assert store.get_many([]) == {}
+    store.delete(held[1][0])
+    assert set(store.get_many([n for n, _ in held])) == {held[0][0], held[2][0], held[3][0]}
+    with pytest.raises(BadRequest):
+        store.get_many(["../etc/passwd"])
+
+
 def test_put_get_has_delete_iterate(store):
     n, d = named(os.urandom(5000))
     assert isinstance(store, BlockStore)
@@ -143,15 +158,15 @@ def test_local_layout_is_fanned_out(tmp_path):
     assert (Path(tmp_path) / n[:2] / n).is_file()
 
 
-def test_get_many_answers_in_the_order_asked_and_stops_at_an_absent_chunk(store):
+def test_read_many_answers_in_the_order_asked_and_stops_at_an_absent_chunk(store):
     items = [named(os.urandom(size)) for size in (100, 70_000, 5000, 300_000, 1)]
     store.put_many(items)
     names = [n for n, _ in items]
     asked = [names[3], names[0], names[3], *names[1:3], names[4]]  # out of order, one twice
-    assert list(store.get_many(asked)) == [(n, dict(items)[n]) for n in asked]
-    assert list(store.get_many([])) == []
+    assert list(store.read_many(asked)) == [(n, dict(items)[n]) for n in asked]
+    assert list(store.read_many([])) == []
     absent, _ = named(b"never stored")
-    got = store.get_many([names[0], absent, names[1]])
+    got = store.read_many([names[0], absent, names[1]])
     assert next(got) == items[0]
     with pytest.raises(NotFound):
         next(got)

@@ -209,7 +209,7 @@ def test_rows_are_keyed_by_hash_alone(meta, tmp_path):
     assert [c.name for c in chunk_index.primary_key.columns] == ["hash"]
 
 
-def test_get_many_reads_neighbouring_chunks_as_one_extent(meta, tmp_path):
+def test_read_many_reads_neighbouring_chunks_as_one_extent(meta, tmp_path):
     objects = CountingObjects(FolderObjectStore(tmp_path / "blocks"))
     store = PackBlockStore(objects, SqlChunkIndex(meta.db), reads_ahead=2)
     first = [named(os.urandom(1_000_000)) for _ in range(10)]
@@ -218,13 +218,13 @@ def test_get_many_reads_neighbouring_chunks_as_one_extent(meta, tmp_path):
     store.put_many(second)
     objects.calls.clear()
     asked = [n for n, _ in first + second]
-    assert list(store.get_many(asked)) == first + second
+    assert list(store.read_many(asked)) == first + second
     # 10 MB of one pack in reads of at most 4 MiB (3), and 2 MB of 4 KiB chunks in one more
     assert [c for c, _ in objects.calls] == ["get"] * 4
     store.close()
 
 
-def test_get_many_looks_again_when_a_pack_was_compacted_away_meanwhile(meta, tmp_path):
+def test_read_many_looks_again_when_a_pack_was_compacted_away_meanwhile(meta, tmp_path):
     """A pack read after its chunks moved and its object was deleted: each chunk is looked up
     again and read where it is now, as `get` does."""
     store = pack_store(meta, tmp_path / "blocks")
@@ -256,10 +256,10 @@ def test_get_many_looks_again_when_a_pack_was_compacted_away_meanwhile(meta, tmp
             return getattr(self.inner, name)
 
     store.index = StaleIndex(store.index)  # type: ignore[assignment]
-    assert list(store.get_many([n for n, _ in kept])) == kept
+    assert list(store.read_many([n for n, _ in kept])) == kept
 
 
-def test_get_many_reads_chunks_of_the_previous_release_from_the_legacy_store(meta, tmp_path):
+def test_read_many_reads_chunks_of_the_previous_release_from_the_legacy_store(meta, tmp_path):
     legacy = LocalBlockStore(tmp_path / "blocks")
     old = [named(os.urandom(3000)) for _ in range(3)]
     legacy.put_many(old)
@@ -267,5 +267,5 @@ def test_get_many_reads_chunks_of_the_previous_release_from_the_legacy_store(met
     new = [named(os.urandom(3000)) for _ in range(3)]
     store.put_many(new)
     asked = [old[0][0], new[0][0], new[1][0], old[1][0], old[2][0], new[2][0]]
-    assert [n for n, _ in store.get_many(asked)] == asked
-    assert dict(store.get_many(asked)) == dict(old + new)
+    assert [n for n, _ in store.read_many(asked)] == asked
+    assert dict(store.read_many(asked)) == dict(old + new)

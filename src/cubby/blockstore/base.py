@@ -7,11 +7,14 @@ The comments are the contract, for every backend (local folder, memory, later S3
   they disagree, so a backend never holds a chunk under a name that does not match its bytes.
 - `put`/`put_many` are durable when they return (fsync or the backend's equivalent) and
   idempotent: putting a chunk that is already there is cheap and returns False.
-- `get` returns the plaintext, or raises `NotFound`. `delete` is idempotent.
-- `get_many` yields ``(name, plaintext)`` for each of ``names`` in the order given (a name
+- `get` returns the plaintext, or raises `NotFound`. `get_many` returns the plaintext of
+  those of its names that are stored (absent ones are left out, never an error), with one
+  lookup where the backend can: its cost should depend little on how many are present, since
+  the possession check relies on that. `delete` is idempotent.
+- `read_many` yields ``(name, plaintext)`` for each of ``names`` in the order given (a name
   given twice comes twice), and raises `NotFound` when it reaches one that is absent. It is
-  how a caller that reads many chunks at once (a download) lets the backend look them up in
-  one query and read neighbouring chunks with one request; `get` in a loop is a correct one.
+  how a caller that streams many chunks (a download) lets the backend look them up in one
+  query and read neighbouring chunks with one request; `get` in a loop is a correct one.
 - `iterate` yields every stored name exactly once, in no particular order; it may or may not
   see chunks put while it runs.
 - Compression is the backend's own business (callers always see plaintext); see
@@ -36,7 +39,9 @@ class BlockStore(Protocol):
     def get(self, name: str) -> bytes:
         """The plaintext of ``name``; `NotFound` if absent."""
 
-    def get_many(self, names: Sequence[str]) -> Iterator[tuple[str, bytes]]:
+    def get_many(self, names: Sequence[str]) -> dict[str, bytes]:
+        """The plaintext of each of ``names`` that is stored; absent ones are left out."""
+    def read_many(self, names: Sequence[str]) -> Iterator[tuple[str, bytes]]:
         """``(name, plaintext)`` of each of ``names``, in order; `NotFound` at the first absent."""
 
     def has(self, name: str) -> bool: ...

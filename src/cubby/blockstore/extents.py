@@ -4,7 +4,7 @@ A file's chunks lie one after another in the packs it was uploaded into, so a do
 for runs of chunks that are adjacent in one pack. On object storage every read is a request
 with a round trip and a fixed cost on the server; reading a run as one *extent* of a few MiB
 makes a download of N chunks cost about ``bytes / span`` requests instead of N, and the
-extents can then be read concurrently (`cubby.blockstore.packs.PackBlockStore.get_many`).
+extents can then be read concurrently (`cubby.blockstore.packs.PackBlockStore.read_many`).
 
 This module is pure: it only groups locations, in the order asked, and never reorders them,
 so that the caller can hand chunks back in the order they were asked for.

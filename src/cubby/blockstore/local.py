@@ -208,7 +208,16 @@ class LocalBlockStore:
             raise CorruptChunk(f"stored chunk {name} does not match its name; it is not served")
         return data
 
-    def get_many(self, names: Sequence[str]) -> Iterator[tuple[str, bytes]]:
+    def get_many(self, names: Sequence[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        for name in names:
+            try:
+                found[name] = self.get(name)
+            except NotFound:
+                pass
+        return found
+
+    def read_many(self, names: Sequence[str]) -> Iterator[tuple[str, bytes]]:
         for name in names:
             yield name, self.get(name)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 
-from cubby.core.hashing import verify_chunk
+from cubby.core.hashing import check_chunk_name, verify_chunk
 from cubby.errors import NotFound
 
 
@@ -34,7 +34,13 @@ class MemoryBlockStore:
             except KeyError:
                 raise NotFound(f"chunk {name} is not stored") from None
 
-    def get_many(self, names: Sequence[str]) -> Iterator[tuple[str, bytes]]:
+    def get_many(self, names: Sequence[str]) -> dict[str, bytes]:
+        for name in names:
+            check_chunk_name(name)
+        with self._lock:
+            return {n: self._data[n] for n in names if n in self._data}
+
+    def read_many(self, names: Sequence[str]) -> Iterator[tuple[str, bytes]]:
         for name in names:
             yield name, self.get(name)
 

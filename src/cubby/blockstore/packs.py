@@ -17,7 +17,7 @@ folder or a bucket), the pack format (`cubby.blockstore.packfile`), the index
   and a store of terabytes holds tens of thousands of objects, not billions; small enough that
   rewriting a pack to reclaim its dead chunks costs little, and a pack is held in memory once.
 - **Reading** a chunk is one index lookup and one ranged read (`pread`, or a ranged GET).
-  `get_many` looks many up at once and reads neighbouring chunks as one extent, several
+  `read_many` and `get_many` look many up at once and read neighbouring chunks as one extent, several
   extents at a time (`cubby.blockstore.extents`): a download is a few large concurrent
   ranged GETs, not one small GET per chunk.
 - **Many processes.** Every process that opens the same object store and index serves every
@@ -192,46 +192,77 @@ class PackBlockStore:
             raise CorruptChunk(f"stored chunk {name} does not match its name; it is not served")
         return data
 
-    def get_many(self, names: Sequence[str]) -> Iterator[tuple[str, bytes]]:
+    def get_many(self, names: Sequence[str]) -> dict[str, bytes]:
+        """One index lookup for all of ``names``, then the stored ones read in pack order as
+        `read_many` reads them (neighbouring chunks as one extent, several extents at once);
+        absent ones are left out. A pack compacted away between the lookup and the read is
+        looked up again, as in `get`."""
+        for name in names:
+            check_chunk_name(name)
+        wanted = list(dict.fromkeys(names))
+        located = self.index.lookup(wanted)
+        order = sorted(located, key=lambda n: (located[n].pack, located[n].pos))
+        found = dict(self._read_planned(plan_extents([(n, located[n]) for n in order]), skip_missing=True))
+        if self.legacy is not None:
+            rest = [n for n in wanted if n not in located]
+            if rest:
+                found.update(self.legacy.get_many(rest))
+        return found
+
+    def read_many(self, names: Sequence[str]) -> Iterator[tuple[str, bytes]]:
         """One index lookup for all of ``names``; neighbouring chunks of a pack are read as one
         extent (`cubby.blockstore.extents`), ``reads_ahead`` extents at once on the store's
-        read threads, each decoded and verified on the thread that read it. Memory: at most
-        ``reads_ahead`` extents of `extents.SPAN` bytes (and their plaintext) per call."""
+        read threads, each decoded and verified on the thread that read it; the chunks come
+        in the order asked. Memory: at most ``reads_ahead`` extents of `extents.SPAN` bytes
+        (and their plaintext) per call."""
         names = list(names)
         for name in names:
             check_chunk_name(name)
         located = self.index.lookup(names)
-        plan = plan_extents([(n, located.get(n)) for n in names])
+        yield from self._read_planned(plan_extents([(n, located.get(n)) for n in names]))
+
+    def _read_planned(self, plan: list[Extent], *, skip_missing: bool = False) -> Iterator[tuple[str, bytes]]:
         if len(plan) == 1:  # one read: no thread to hand it to
-            yield from self._read_extent(plan[0])
+            yield from self._read_extent(plan[0], skip_missing)
             return
         pool = self._read_pool()
         todo = iter(plan)
-        pending = deque(pool.submit(self._read_extent, e) for e in itertools.islice(todo, self.reads_ahead))
+        pending = deque(
+            pool.submit(self._read_extent, e, skip_missing) for e in itertools.islice(todo, self.reads_ahead)
+        )
         try:
             while pending:
                 chunks = pending.popleft().result()
                 following = next(todo, None)
                 if following is not None:
-                    pending.append(pool.submit(self._read_extent, following))
+                    pending.append(pool.submit(self._read_extent, following, skip_missing))
                 yield from chunks
         finally:
             for fut in pending:
                 fut.cancel()
 
-    def _read_extent(self, extent: Extent) -> list[tuple[str, bytes]]:
-        if extent.pack is None:  # not indexed: the legacy store's, or NotFound
-            return [(name, self.get(name)) for name, _ in extent.members]
-        try:
-            raw = self.objects.get(pack_object_name(extent.pack), extent.start, extent.end - extent.start)
-        except ObjectMissing:  # compacted away since the lookup: each chunk is looked up again
-            return [(name, self.get(name)) for name, _ in extent.members]
-        out: list[tuple[str, bytes]] = []
-        for name, loc in extent.members:
-            assert loc is not None
-            at = loc.pos - extent.start
-            out.append((name, self._decode(name, loc, raw[at : at + loc.stored_len])))
-        return out
+    def _read_extent(self, extent: Extent, skip_missing: bool = False) -> list[tuple[str, bytes]]:
+        if extent.pack is not None:
+            try:
+                raw = self.objects.get(pack_object_name(extent.pack), extent.start, extent.end - extent.start)
+            except ObjectMissing:
+                pass  # compacted away since the lookup: each chunk is looked up again, below
+            else:
+                out: list[tuple[str, bytes]] = []
+                for name, loc in extent.members:
+                    assert loc is not None
+                    at = loc.pos - extent.start
+                    out.append((name, self._decode(name, loc, raw[at : at + loc.stored_len])))
+                return out
+        # Not indexed (the legacy store's, or NotFound), or its pack is gone: one by one.
+        found: list[tuple[str, bytes]] = []
+        for name, _ in extent.members:
+            try:
+                found.append((name, self.get(name)))
+            except NotFound:
+                if not skip_missing:
+                    raise
+        return found
 
     def _read_pool(self) -> ThreadPoolExecutor:
         with self._pool_lock:

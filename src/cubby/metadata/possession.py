@@ -9,9 +9,11 @@ The contract that matters for privacy: for a caller who cannot prove a chunk, th
 the work done must not depend on whether anyone holds it. So the size is bound into the nonce
 (the commit request states it) and the check always hashes ``size`` bytes for both hour
 windows: the chunk's bytes when the server holds a chunk of that size, zero filler otherwise.
-What remains is the time to *read* a held chunk, which depends on the block store; the caller
-gets each read's duration (`Checked.reads`) so that the server can pad the answer to a budget
-that covers it (`cubby.server.possession.RejectPacer`).
+What remains is the time to *read* a held chunk, which depends on the block store. All the
+eligible claims are read with one `get_many` (one index lookup whatever is present, then a
+read per held chunk), and the caller gets that call's duration (`Checked.spent`) so that the
+server can pad the answer to a budget that covers it (`cubby.server.possession.RejectPacer`):
+the lookup, paid alike by held and absent claims, is inside the padded time too.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -40,15 +42,9 @@ PROOF_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ChunkReader(Protocol):
-    """What the check needs of a block store (`cubby.blockstore.base.BlockStore`): held
-    chunks are found with one `present` lookup and read with one `get_many`, so that a window
-    of claims costs a few large reads on object storage, not a lookup and a request each."""
+    """What the check needs of a block store (`cubby.blockstore.base.BlockStore.get_many`)."""
 
-    def get(self, name: str) -> bytes: ...
-
-    def get_many(self, names: Sequence[str]) -> Iterator[tuple[str, bytes]]: ...
-
-    def present(self, names: Iterable[str]) -> set[str]: ...
+    def get_many(self, names: Sequence[str]) -> dict[str, bytes]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +59,14 @@ class Claim:
 
 @dataclass
 class Checked:
-    """What `check_claims` found: ``proven`` hashes (sorted), ``rejected`` ones, and the
-    (bytes, seconds) of the reads of held chunks (one sample per batched read), for the pacer."""
+    """What `check_claims` found: ``proven`` hashes (sorted), ``rejected`` ones, the seconds
+    ``spent`` in its one batched read (lookup included), and, when every chunk it looked up
+    was held, that read's (bytes, seconds) in ``reads`` for the pacer to learn from."""
 
     proven: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     reads: list[tuple[int, float]] = field(default_factory=list)
+    spent: float = 0.0
 
 
 class Challenges:
@@ -119,42 +117,27 @@ def check_claims(
     user can already read; None: all): any other is treated exactly like one the server lacks."""
     out = Checked()
     now = time.time()
-    # Read in the order claimed (a file's chunks, neighbours in a pack), check in hash order.
-    held = read_held(reader, [c.hash for c in claims if eligible is None or eligible(c.hash)], out, clock)
-    for claim in sorted(claims, key=lambda c: c.hash):
+    ordered = sorted(claims, key=lambda c: c.hash)
+    wanted = [c.hash for c in ordered if eligible is None or eligible(c.hash)]
+    held: dict[str, bytes] = {}
+    if wanted:
+        start = clock()
+        try:
+            held = reader.get_many(wanted)
+        except CubbyError:
+            held = {}
+        out.spent = clock() - start
+        if len(held) == len(wanted):
+            # Only a read of held chunks alone says what held reads cost; a mixed batch's
+            # time is mostly the lookup of absent ones, and would inflate the learnt rate.
+            out.reads.append((sum(len(d) for d in held.values()), out.spent))
+    for claim in ordered:
         data = held.get(claim.hash)
         if data is not None and len(data) != claim.size:
             data = None
         ok = challenges.verify(user_id, ns_id, claim, data, now)
         (out.proven if ok else out.rejected).append(claim.hash)
     return out
-
-
-def read_held(
-    reader: ChunkReader, names: Sequence[str], out: Checked, clock: Callable[[], float] = time.perf_counter
-) -> dict[str, bytes]:
-    """The bytes of those of ``names`` that ``reader`` holds: one presence lookup, then one
-    batched read; the time of both is added to ``out.reads`` (one sample for the batch). A
-    chunk collected between the lookup and the read is read no more (it is then absent)."""
-    if not names:
-        return {}
-    start = clock()
-    present = reader.present(names)
-    order = [n for n in dict.fromkeys(names) if n in present]
-    got: dict[str, bytes] = {}
-    try:
-        for name, data in reader.get_many(order):
-            got[name] = data
-    except CubbyError:  # one vanished since the lookup: the rest one by one
-        for name in order:
-            if name not in got:
-                try:
-                    got[name] = reader.get(name)
-                except CubbyError:
-                    pass
-    if got:
-        out.reads.append((sum(len(d) for d in got.values()), clock() - start))
-    return got
 
 
 def parse_claims(proofs: object, *, max_entries: int) -> list[Claim]:
@@ -196,5 +179,4 @@ __all__ = [
     "Claim",
     "check_claims",
     "parse_claims",
-    "read_held",
 ]

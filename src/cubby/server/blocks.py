@@ -114,11 +114,11 @@ def file_response(
             offset = end
             if end > first and start <= last:
                 wanted.append((c, start))
-        # Read through `get_many` (one lookup and a few large reads per part, as `fetch`),
+        # Read through `read_many` (one lookup and a few large reads per part, as `fetch`),
         # a part of at most MAX_FETCH chunks at a time.
         for i in range(0, len(wanted), MAX_FETCH):
             part = wanted[i : i + MAX_FETCH]
-            got = blocks.get_many([c.hash for c, _ in part])
+            got = blocks.read_many([c.hash for c, _ in part])
             for c, start in part:
                 item = await run_in_threadpool(next, got, None)
                 if item is None:
@@ -174,7 +174,11 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         claims = parse_claims(body.get("proofs"), max_entries=MAX_FETCH)
         within = list(access.mounts(p).values()) if ctx.config.dedup_scope == "user" else None
         checked = await run_in_threadpool(store.accept_proofs, p.user_id, ns_id, claims, blocks, within=within)
-        await pacer.pad((c.size for c in claims), checked.reads)
+        if within is None:
+            # Global dedup reads chunks other users stored: pad so that the time does not say
+            # which. With per-user dedup only the caller's own readable chunks are ever read,
+            # and their presence is no secret from the caller, so nothing is padded.
+            await pacer.pad((c.size for c in claims), checked.reads, checked.spent)
         return JSONResponse({"accepted": checked.proven, "rejected": checked.rejected})
 
     async def readable_or_404(p: access.Principal, hashes: list[str]) -> None:
@@ -193,9 +197,9 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         await readable_or_404(p, hashes)
 
         async def stream() -> AsyncIterator[bytes]:
-            # One lookup and a few large concurrent reads for the whole request (`get_many`),
+            # One lookup and a few large concurrent reads for the whole request (`read_many`),
             # not a lookup and a read per chunk.
-            chunks = blocks.get_many(hashes)
+            chunks = blocks.read_many(hashes)
             while (item := await run_in_threadpool(next, chunks, None)) is not None:
                 yield frames.encode(*item)
 

@@ -155,8 +155,13 @@ class InstrumentedBlockStore:
         self._count("get", len(data))
         return data
 
-    def get_many(self, names: Sequence[str]) -> Iterator[tuple[str, bytes]]:
-        for name, data in self.inner.get_many(names):
+    def get_many(self, names: Sequence[str]) -> dict[str, bytes]:
+        found = self.inner.get_many(names)
+        self._count("get", sum(len(d) for d in found.values()))
+        return found
+
+    def read_many(self, names: Sequence[str]) -> Iterator[tuple[str, bytes]]:
+        for name, data in self.inner.read_many(names):
             self._count("get", len(data))
             yield name, data
 
