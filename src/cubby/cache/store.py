@@ -146,10 +146,8 @@ class CachedStore:
         return self.store.journal(ns_id, after, limit)
 
     def mkdir_many(self, user_id: int, ns_id: int, paths_: Sequence[str]) -> builtins.list[Entry | CubbyError]:
-        try:
+        with self.writing([ns_id]):
             return self.store.mkdir_many(user_id, ns_id, paths_)
-        finally:
-            self.changed([ns_id])
 
     def chunk_readable(self, ns_ids: Iterable[int], hashes: Sequence[str]) -> set[str]:
         return self.store.chunk_readable(ns_ids, hashes)
