@@ -45,6 +45,19 @@ _ENTRY = struct.Struct(">I8s")
 _COPY, _LITERAL = 0, 1
 _OP = struct.Struct(">BII")  # kind, offset (copies) or 0, length
 LEVEL = 3
+WINDOW_LOG = (2 * MAX_SIZE - 1).bit_length()
+"""The encoder's window: a base and a new chunk of `MAX_SIZE` each both fit (8 MiB), so a match
+may reach back to the base's first byte. The decoder refuses frames asking for more, so that a
+hostile server cannot make a client allocate more than this for a window."""
+HASH_LOG = (MAX_SIZE - 1).bit_length() - 3
+"""zstd indexes only the last ``2 ** (hash_log + 3)`` bytes of a dictionary (it skips what its
+tables cannot hold): with level 3's own hash_log (17), only the last 1 MiB of a base was
+searched, and a 3 MiB chunk cost 2 MB. 19 covers a whole `MAX_SIZE` base (a 2 MiB table)."""
+DELTA_LEVEL = 1
+"""zstd's "fast" strategy: against a raw-content base it finds the long matches a delta is made
+of (a one-byte edit of a 4 MiB chunk: about 400 bytes), where level 3's "dfast" matcher emits a
+sequence every kilobyte or so (5 KB) and the lazy levels (5-12) lose the base altogether; it
+is also the quickest (0.2 s for 4 MiB)."""
 
 MAX_BASES = 256
 """Old chunks per signature, patch or delta request: each costs the server a chunk read (1 MiB
@@ -117,7 +130,9 @@ def patch(sig: bytes, new: bytes) -> bytes:
 def apply_patch(base: bytes, blob: bytes) -> bytes:
     """The chunk a `patch` describes against ``base`` (the caller checks its hash)."""
     try:
-        ops = zstandard.ZstdDecompressor().decompress(blob, max_output_size=MAX_SIZE + MAX_SIZE // 8)
+        ops = _decompress(
+            zstandard.ZstdDecompressor(max_window_size=1 << WINDOW_LOG), blob, MAX_SIZE + MAX_SIZE // 8
+        )
     except zstandard.ZstdError as exc:
         raise BadRequest(f"a patch is not valid zstd: {exc}", code="bad_delta") from exc
     out = bytearray()
@@ -143,20 +158,37 @@ def apply_patch(base: bytes, blob: bytes) -> bytes:
     return bytes(out)
 
 
+def _decompress(d: zstandard.ZstdDecompressor, blob: bytes, limit: int) -> bytes:
+    """One zstd frame of at most ``limit`` bytes. python-zstandard allocates the size a frame's
+    header declares and applies ``max_output_size`` only to frames that declare none, so a
+    declared size is checked first: a hostile peer cannot name a terabyte and have it allocated."""
+    try:
+        declared = zstandard.frame_content_size(blob)
+    except zstandard.ZstdError as exc:
+        raise BadRequest(f"a delta is not a zstd frame: {exc}", code="bad_delta") from exc
+    if declared > limit:
+        raise BadRequest(f"a delta declares {declared} bytes, more than {limit}", code="bad_delta")
+    return d.decompress(blob, max_output_size=limit)
+
+
 def _dict(base: bytes) -> zstandard.ZstdCompressionDict:
     return zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
 
 
 def encode_against(base: bytes, new: bytes) -> bytes:
-    """``new`` compressed with ``base`` as its dictionary (``zstd --patch-from``)."""
-    params = zstandard.ZstdCompressionParameters.from_level(LEVEL, window_log=23, source_size=len(new))
+    """``new`` compressed with ``base`` as a raw-content dictionary (``zstd --patch-from``)."""
+    params = zstandard.ZstdCompressionParameters.from_level(
+        DELTA_LEVEL, window_log=WINDOW_LOG, hash_log=HASH_LOG, source_size=len(new)
+    )
     return zstandard.ZstdCompressor(dict_data=_dict(base), compression_params=params).compress(new)
 
 
 def decode_against(base: bytes, blob: bytes) -> bytes:
-    """The chunk `encode_against` encoded (the caller checks its hash)."""
+    """The chunk `encode_against` encoded (the caller checks its hash). A frame that asks for a
+    window larger than `WINDOW_LOG` or makes more than `MAX_SIZE` bytes is refused."""
     try:
-        return zstandard.ZstdDecompressor(dict_data=_dict(base)).decompress(blob, max_output_size=MAX_SIZE)
+        d = zstandard.ZstdDecompressor(dict_data=_dict(base), max_window_size=1 << WINDOW_LOG)
+        return _decompress(d, blob, MAX_SIZE)
     except zstandard.ZstdError as exc:
         raise BadRequest(f"a delta does not decode against its base: {exc}", code="bad_delta") from exc
 

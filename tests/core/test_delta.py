@@ -1,0 +1,60 @@
+"""Deltas of one chunk against another (`cubby.core.delta`): sizes and refusals."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import zstandard
+
+from cubby.core import delta
+from cubby.core.chunking import MAX_SIZE
+from cubby.errors import BadRequest
+
+
+@pytest.mark.parametrize("size", [300_000, 1 << 20, 3 << 20, MAX_SIZE])
+def test_a_download_delta_uses_the_whole_base(size: int) -> None:
+    # zstd indexes only the last 2 ** (hash_log + 3) bytes of a dictionary: with level 3's own
+    # tables a 3 MiB chunk's first 2 MiB were not searched and its delta was 2 MB
+    rng = random.Random(size)
+    old = rng.randbytes(size)
+    mid = size // 2
+    edits = {
+        "overwrite": old[:mid] + bytes([old[mid] ^ 1]) + old[mid + 1 :],
+        "insert": old[:mid] + b"!" + old[mid:],
+        "4 KiB insert": old[:mid] + rng.randbytes(4096) + old[mid:],
+        "halves swapped": old[mid:] + old[:mid],
+    }
+    for name, new in edits.items():
+        blob = delta.encode_against(old, new[:MAX_SIZE])
+        assert delta.decode_against(old, blob) == new[:MAX_SIZE]
+        assert len(blob) < 1024 + (4096 if "4 KiB" in name else 0), (name, len(blob))
+
+
+def test_a_delta_asking_for_a_larger_window_than_a_chunk_needs_is_refused() -> None:
+    # a hostile server could otherwise make the client allocate a window of its choosing
+    params = zstandard.ZstdCompressionParameters(window_log=delta.WINDOW_LOG + 2, write_content_size=False)
+    cobj = zstandard.ZstdCompressor(compression_params=params).compressobj()
+    blob = cobj.compress(b"x" * 1000) + cobj.flush()
+    with pytest.raises(BadRequest) as refused:
+        delta.decode_against(b"", blob)
+    assert refused.value.code == "bad_delta"
+
+
+def test_a_delta_or_patch_is_not_allowed_to_make_more_than_a_chunk() -> None:
+    # python-zstandard allocates what a frame's header declares: the declared size is checked
+    blob = zstandard.ZstdCompressor().compress(b"\0" * (2 * MAX_SIZE))
+    for unpack in (delta.decode_against, delta.apply_patch):
+        with pytest.raises(BadRequest) as refused:
+            unpack(b"", blob)
+        assert refused.value.code == "bad_delta"
+
+
+def test_a_patch_sends_little_more_than_the_edit() -> None:
+    rng = random.Random(7)
+    old = rng.randbytes(1 << 20)
+    new = old[:500_000] + rng.randbytes(4096) + old[500_000:]
+    sig = delta.signature(old)
+    blob = delta.patch(sig, new)
+    assert delta.apply_patch(old, blob) == new
+    assert len(sig) < 8 * 1024 and len(blob) < 4096 + 3 * delta.BLOCK_MAX
