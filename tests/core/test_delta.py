@@ -58,3 +58,40 @@ def test_a_patch_sends_little_more_than_the_edit() -> None:
     blob = delta.patch(sig, new)
     assert delta.apply_patch(old, blob) == new
     assert len(sig) < 8 * 1024 and len(blob) < 4096 + 3 * delta.BLOCK_MAX
+
+
+def test_a_chunk_straddling_old_chunks_gets_them_all_as_its_base() -> None:
+    M = 1 << 20
+    old = delta.offsets([("a", M), ("b", M), ("c", M), ("d", M)])
+    # the edit moved a cut point: x straddles a and b, y straddles b and c, d is unchanged
+    new = delta.offsets([("x", M + 300_000), ("y", M), ("d2", 2 * M - 300_000)])
+    assert delta.pick_bases(new, old) == {"x": ("a", "b"), "y": ("b", "c"), "d2": ("c", "d")}
+    # an unchanged chunk has no base; a chunk never is its own base
+    assert delta.pick_bases(delta.offsets([("a", M), ("b2", M)]), old[:2]) == {"b2": ("b",)}
+
+
+def test_a_base_is_bounded_in_chunks_and_bytes() -> None:
+    small = delta.offsets([(f"o{i}", 256 * 1024) for i in range(16)])
+    got = delta.pick_bases([("n", 0, MAX_SIZE)], small)["n"]
+    assert len(got) == delta.MAX_SPAN and list(got) == sorted(got, key=lambda n: int(n[1:]))
+    big = delta.offsets([("p", MAX_SIZE), ("q", MAX_SIZE), ("r", MAX_SIZE)])
+    got = delta.pick_bases([("n", MAX_SIZE - 10, MAX_SIZE + 20)], big)["n"]
+    assert len(got) == 2 and "q" in got  # the one it overlaps most, and one neighbour
+
+
+def test_a_delta_against_two_concatenated_chunks_is_small() -> None:
+    rng = random.Random(3)
+    a, b = rng.randbytes(MAX_SIZE), rng.randbytes(MAX_SIZE)  # the largest base there may be
+    new = a[-2 * 1024 * 1024 :] + b"edit" + b[: 2 * 1024 * 1024 - 4]
+    blob = delta.encode_against(a + b, new)
+    assert delta.decode_against(a + b, blob) == new and len(blob) < 1024
+    patch = delta.patch(delta.signature(a) + delta.signature(b), new)
+    assert delta.apply_patch(a + b, patch) == new and len(patch) < 4 * delta.BLOCK_MAX
+
+
+def test_a_patch_frame_names_its_bases() -> None:
+    names = ("ab" * 32, "cd" * 32)
+    assert delta.unpack_patch(delta.pack_patch(names, b"patch")) == (names, b"patch")
+    for bad in (b"", b"\x00patch", b"\x02" + b"x" * 40, bytes([delta.MAX_SPAN + 1]) + b"x" * 500):
+        with pytest.raises(BadRequest):
+            delta.unpack_patch(bad)
