@@ -68,6 +68,10 @@ def test_a_chunk_straddling_old_chunks_gets_them_all_as_its_base() -> None:
     assert delta.pick_bases(new, old) == {"x": ("a", "b"), "y": ("b", "c"), "d2": ("c", "d")}
     # an unchanged chunk has no base; a chunk never is its own base
     assert delta.pick_bases(delta.offsets([("a", M), ("b2", M)]), old[:2]) == {"b2": ("b",)}
+    # a one-byte insert: the changed chunk overlaps the next old one by a byte, not worth its
+    # signature; a new chunk that overlaps only a sliver of one old chunk still gets it
+    assert delta.pick_bases([("b3", M, M + 1)], old) == {"b3": ("b",)}
+    assert delta.pick_bases([("e", 4 * M - 10, 100)], old) == {"e": ("d",)}
 
 
 def test_a_base_is_bounded_in_chunks_and_bytes() -> None:
@@ -75,7 +79,7 @@ def test_a_base_is_bounded_in_chunks_and_bytes() -> None:
     got = delta.pick_bases([("n", 0, MAX_SIZE)], small)["n"]
     assert len(got) == delta.MAX_SPAN and list(got) == sorted(got, key=lambda n: int(n[1:]))
     big = delta.offsets([("p", MAX_SIZE), ("q", MAX_SIZE), ("r", MAX_SIZE)])
-    got = delta.pick_bases([("n", MAX_SIZE - 10, MAX_SIZE + 20)], big)["n"]
+    got = delta.pick_bases([("n", MAX_SIZE - 512 * 1024, MAX_SIZE + 1024 * 1024)], big)["n"]
     assert len(got) == 2 and "q" in got  # the one it overlaps most, and one neighbour
 
 

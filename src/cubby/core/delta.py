@@ -50,6 +50,9 @@ _OP = struct.Struct(">BII")  # kind, offset (copies) or 0, length
 LEVEL = 3
 MAX_SPAN = 4
 """Old chunks one new chunk is encoded against, at most (`pick_bases`)."""
+SPAN_SHARE = 64
+"""A second (third...) old chunk joins a base only if the new chunk overlaps 1/64 of it: a
+signature costs about 1/128 of its chunk (12 bytes per 2 KiB block, base64)."""
 BASE_MAX = 2 * MAX_SIZE
 """Bytes of old chunks one new chunk is encoded against, at most: a new chunk (4 MiB at most)
 that an edit shifted overlaps two old chunks, rarely more."""
@@ -210,8 +213,11 @@ def pick_bases(
     An edit moves later bytes by its length at most, so the old bytes at the same place hold
     nearly all of the new chunk's; but one old chunk is not enough, because an edit can move a
     cut point (a 4 KiB insert may hold one), and the chunks after it then straddle two old
-    chunks each. At most `MAX_SPAN` chunks and `BASE_MAX` bytes, those overlapping most. A
-    chunk that is its own only base (unchanged) has none. Both lists are in file order."""
+    chunks each. At most `MAX_SPAN` chunks and `BASE_MAX` bytes, those overlapping most; an
+    old chunk beyond the first joins only if it overlaps by at least 1/`SPAN_SHARE` of its
+    size, about what its signature costs an upload (a one-byte insert makes the new chunk
+    overlap the next old one by one byte: its 7 KB signature would buy one byte). A chunk
+    that is its own only base (unchanged) has none. Both lists are in file order."""
     out: dict[str, tuple[str, ...]] = {}
     j = 0
     for name, off, size in new:
@@ -226,8 +232,8 @@ def pick_bases(
             k += 1
         kept: list[int] = []
         total = 0
-        for _, k in sorted(over, reverse=True)[:MAX_SPAN]:
-            if total + old[k][2] <= BASE_MAX:
+        for n, k in sorted(over, reverse=True)[:MAX_SPAN]:
+            if total + old[k][2] <= BASE_MAX and (not kept or n * SPAN_SHARE >= old[k][2]):
                 kept.append(k)
                 total += old[k][2]
         if kept and name not in out:
