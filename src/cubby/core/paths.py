@@ -122,9 +122,21 @@ def join(parent: str, name: str) -> str:
     return ("" if parent == ROOT else parent) + "/" + name
 
 
+_PLAIN_NAME = re.compile(r"(?! )[^\x00-\x1f\x7f\\/]{0,%d}[^\x00-\x1f\x7f\\/ .]" % (MAX_NAME_BYTES - 1))
+"""An ASCII name `_check_component` accepts, as one match: no control character, backslash or
+slash, no leading space, no trailing space or dot (which also refuses ``.`` and ``..``), at
+most `MAX_NAME_BYTES` long (one byte per ASCII character)."""
+
+
 def child(parent: str, name: str) -> str:
     """`normalize` of ``join(parent, name)`` for an already normalised ``parent``, checking only
-    the new name: a scan of a tree normalises each folder once, not once per file below it."""
+    the new name: a scan of a tree normalises each folder once, not once per file below it.
+    (An ASCII name is its own NFC and is checked by one expression: a scan calls this for
+    every item of the tree, and most names are plain ASCII.)"""
+    if name.isascii() and _PLAIN_NAME.fullmatch(name):
+        result = join(parent, name)
+        if len(result) <= MAX_PATH_BYTES or len(key(result).encode("utf-8")) <= MAX_PATH_BYTES:
+            return result
     name = unicodedata.normalize("NFC", name)
     result = join(parent, name)
     _check_component(name, result)

@@ -209,7 +209,7 @@ class EngineCore:
         return P.Context(mounts=mounts, evicted=tuple(self.state.evicted()), host=self.host, day=dt.date.today().isoformat())
 
     def scan(self, persist: bool = True) -> ScanResult:
-        self.last_scan = scan(self.root, self.state, self.pool, persist=persist)
+        self.last_scan = scan(self.root, self.state, self.pool, persist=persist, previous=self.last_scan)
         return self.last_scan
 
     def keep_chunks(self, rec: FileRecord) -> None:
