@@ -27,6 +27,12 @@ _CONTROL = re.compile("[\x00-\x1f\x7f]")
 """A control character: one search per name, where a scan of a tree checks every name."""
 
 
+_PLAIN_NAME = re.compile(r"(?! )[^\x00-\x1f\x7f\\/]{0,%d}[^\x00-\x1f\x7f\\/ .]" % (MAX_NAME_BYTES - 1))
+"""An ASCII name `_check_component` accepts, as one match: no control character, backslash or
+slash, no leading space, no trailing space or dot (which also refuses ``.`` and ``..``), at
+most `MAX_NAME_BYTES` long (one byte per ASCII character)."""
+
+
 def _check_component(name: str, original: str) -> None:
     if name in ("", ".", ".."):
         what = "an empty component" if name == "" else f"a '{name}' component"
@@ -57,6 +63,13 @@ def normalize(path: str) -> str:
         raise InvalidPath("path must be a string")
     if path in ("", "/"):
         return ROOT
+    if path.isascii():
+        # already NFC, and each name needs one match (`_PLAIN_NAME`): paths are normalised
+        # by the thousand (a journal replayed, a tree listed) and most are plain ASCII
+        body = path[1:] if path.startswith("/") else path
+        body = body[:-1] if body.endswith("/") else body
+        if len(body) < MAX_PATH_BYTES and all(_PLAIN_NAME.fullmatch(n) for n in body.split("/")):
+            return "/" + body
     original = path
     if "\x00" in path:
         raise InvalidPath(f"path {original!r} contains a NUL byte")
@@ -120,12 +133,6 @@ def split(path: str) -> tuple[str, str]:
 
 def join(parent: str, name: str) -> str:
     return ("" if parent == ROOT else parent) + "/" + name
-
-
-_PLAIN_NAME = re.compile(r"(?! )[^\x00-\x1f\x7f\\/]{0,%d}[^\x00-\x1f\x7f\\/ .]" % (MAX_NAME_BYTES - 1))
-"""An ASCII name `_check_component` accepts, as one match: no control character, backslash or
-slash, no leading space, no trailing space or dot (which also refuses ``.`` and ``..``), at
-most `MAX_NAME_BYTES` long (one byte per ASCII character)."""
 
 
 def child(parent: str, name: str) -> str:

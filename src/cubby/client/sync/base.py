@@ -186,10 +186,11 @@ class EngineCore:
         if self.crash_hook is not None:
             self.crash_hook(where)
 
-    def abs_path(self, rel: str) -> Path:
+    def abs_path(self, rel: str, resolved: dict[Path, Path] | None = None) -> Path:
         """The one way from a relative path to the disk: `trust.local_target` refuses anything
-        outside the synced folder or inside its state folder (`UnsafePath`)."""
-        return local_target(self.root, rel)
+        outside the synced folder or inside its state folder (`UnsafePath`); ``resolved``
+        as there, for a batch."""
+        return local_target(self.root, rel, resolved)
 
     def rel_for(self, path: str) -> str:
         """Where a path of the user's tree goes on disk: existing folders keep their on-disk

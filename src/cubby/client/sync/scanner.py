@@ -19,6 +19,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cubby.client.localfiles import Stamp, stamp_of
 from cubby.client.modes import link_inside, mode_of
 from cubby.client.sync.ignore import IgnoreRules
 from cubby.client.sync.planner import LocalItem
@@ -39,6 +40,8 @@ class ScanResult:
     hashed: int = 0
     rules: IgnoreRules = field(default_factory=IgnoreRules)
     """The ignore rules the scan applied."""
+    stamps: dict[str, Stamp] = field(default_factory=dict)
+    """rel -> stat stamp of each file this scan hashed, as it was while being hashed."""
 
     def by_key(self) -> dict[str, LocalItem]:
         return {paths.key(i.path): i for i in self.items}
@@ -47,8 +50,10 @@ class ScanResult:
         return {i.rel: i for i in self.items}
 
 
-def hash_file(path: Path, rel: str) -> FileRecord | None:
-    """Chunk a file (a link: its target's text); None if it changed while being read."""
+def hash_file(path: Path, rel: str) -> tuple[FileRecord, Stamp] | None:
+    """Chunk a file (a link: its target's text); None if it changed while being read. With
+    the record comes the file's stat stamp (`cubby.client.localfiles.stamp_of`) as it was
+    read, which lets an upload trust bytes it reads back without hashing them again."""
     try:
         before = os.lstat(path)
         if stat_mod.S_ISLNK(before.st_mode):
@@ -59,13 +64,13 @@ def hash_file(path: Path, rel: str) -> FileRecord | None:
         after = os.lstat(path)
     except OSError:
         return None
-    if _stamp(before) != _stamp(after):
+    if stamp_of(before) != stamp_of(after) or _stamp(before) != _stamp(after):
         return None
     if sum(c[2] for c in chunks) != after.st_size:
         return None
     return FileRecord(
         rel, after.st_size, after.st_mtime_ns, after.st_ino, content_hash(c[0] for c in chunks), chunks, mode_of(after)
-    )
+    ), stamp_of(after)
 
 
 def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -167,11 +172,12 @@ def scan(
                 continue
         todo.append((rel, display, st.st_ino))
     fresh: list[FileRecord] = []
-    for (rel, display, ino), rec in zip(todo, executor.map(lambda t: hash_file(root / t[0], t[0]), todo)):
+    for (rel, display, ino), got in zip(todo, executor.map(lambda t: hash_file(root / t[0], t[0]), todo)):
         res.hashed += 1
-        if rec is None:
+        if got is None:
             items.append(LocalItem(display, rel, "file", None, ino))
         else:
+            rec, res.stamps[rel] = got
             fresh.append(rec)
             items.append(LocalItem(display, rel, "file", rec.version, rec.inode, rec.size))
     if persist:

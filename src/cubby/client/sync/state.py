@@ -79,6 +79,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     hash TEXT NOT NULL, rel TEXT NOT NULL, offset INTEGER NOT NULL, size INTEGER NOT NULL,
     PRIMARY KEY (hash, rel)
 );
+CREATE INDEX IF NOT EXISTS chunks_rel ON chunks (rel);
 """
 
 

@@ -95,21 +95,26 @@ def shown(path: object) -> str:
     return text if len(text) <= 300 else text[:300] + "..."
 
 
-def local_target(root: Path, rel: str) -> Path:
+def local_target(root: Path, rel: str, resolved: dict[Path, Path] | None = None) -> Path:
     """``root / rel`` if that is a place strictly inside the synced folder ``root`` (already
     resolved) and outside its state folder; `UnsafePath` otherwise.
 
     The folder that would hold the target is resolved (symbolic links followed, as the
     kernel would) and must lie under ``root``; the last component itself is not followed,
     because every operation (rename, unlink, rmdir, mkdir) acts on the name, not on what a
-    link there points to."""
+    link there points to. A caller resolving many paths at once (a batch of uploads) passes
+    ``resolved``, where each folder is resolved once for the batch rather than once per file."""
     parts = rel.split("/")
     if rel.startswith("/") or any(p in ("", ".", "..") or "\x00" in p for p in parts):
         raise UnsafePath(f"refusing to touch {shown(rel)!r}: not a plain path inside the synced folder")
     if is_state_name(parts[0]):
         raise UnsafePath(f"refusing to touch {shown(rel)!r}: it is inside the sync client's state folder")
     target = root.joinpath(*parts)
-    folder = Path(os.path.realpath(target.parent))
+    if resolved is None:
+        folder = Path(os.path.realpath(target.parent))
+    else:
+        got = resolved.get(target.parent)
+        folder = resolved[target.parent] = got if got is not None else Path(os.path.realpath(target.parent))
     if folder != root and root not in folder.parents:
         raise UnsafePath(f"refusing to touch {shown(rel)!r}: it resolves outside {root}")
     inside = folder.relative_to(root).parts
