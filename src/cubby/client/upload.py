@@ -31,11 +31,12 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any
 
 from cubby.client import modes
 from cubby.client.api import ApiClient, commit_body
 from cubby.client.localfiles import FileChanged, LocalChunk, LocalFile, Progress, scan_file, stamp_of, walk
+from cubby.client.pipeline import Pipeline
 from cubby.client.windows import BATCH, GROUP_BYTES, IN_FLIGHT, KEEP_BYTES, MAX_WINDOW_CHUNKS, UPLOAD_WINDOW
 from cubby.core import delta, paths
 from cubby.core.hashing import sha256_hex
@@ -159,40 +160,6 @@ def _windows(needs: Needs) -> Iterator[list[str]]:
             window, size = [], 0
     if window:
         yield window
-
-
-T = TypeVar("T")
-
-
-class Pipeline:
-    """At most ``depth`` tasks running on worker threads while the caller prepares the next;
-    results come back in submission order. An error cancels what has not started and is
-    raised to the caller."""
-
-    def __init__(self, depth: int) -> None:
-        self.depth = max(1, depth)
-        self.pool = ThreadPoolExecutor(self.depth)
-        self.pending: deque[Future[Any]] = deque()
-
-    def submit(self, fn: Callable[[], T]) -> list[T]:
-        """Start ``fn``; returns the results of earlier tasks that had to finish to make room."""
-        done = []
-        while len(self.pending) >= self.depth:
-            done.append(self.pending.popleft().result())
-        self.pending.append(self.pool.submit(fn))
-        return done
-
-    def drain(self) -> list[Any]:
-        done = []
-        while self.pending:
-            done.append(self.pending.popleft().result())
-        return done
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=exc_type is not None)
 
 
 def _proof(nonce: str, data: bytes) -> str:

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from cubby.client import modes
 from cubby.client.localfiles import FileChanged, LocalChunk, LocalFile
+from cubby.client.pipeline import Pipeline
 from cubby.client.sync import planner as P
 from cubby.client.sync.base import EngineCore, Failures
-from cubby.client.upload import Outcome, Pipeline, commit_group
+from cubby.client.upload import Outcome, commit_group
 from cubby.client.windows import BATCH, DOWNLOAD_WINDOW, IN_FLIGHT
 from cubby.errors import Conflict, CubbyError
 from cubby.model import Entry
