@@ -186,7 +186,7 @@ class EngineCore:
         if self.crash_hook is not None:
             self.crash_hook(where)
 
-    def abs_path(self, rel: str, resolved: dict[Path, Path] | None = None) -> Path:
+    def abs_path(self, rel: str, resolved: set[str] | None = None) -> Path:
         """The one way from a relative path to the disk: `trust.local_target` refuses anything
         outside the synced folder or inside its state folder (`UnsafePath`); ``resolved``
         as there, for a batch."""

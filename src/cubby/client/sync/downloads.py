@@ -205,7 +205,7 @@ class Downloads:
             durable.barrier(tmpdir)
         done = 0
         records: list[FileRecord] = []
-        resolved: dict[Path, Path] = {}  # each folder resolved once for the batch
+        resolved: set[str] = set()  # each folder resolved once for the batch
         with self.core.state.tx():
             for op, entry, tmp, chunks in staged:
                 rel = op.replace.rel if op.replace is not None else self.core.rel_for(op.remote.path)

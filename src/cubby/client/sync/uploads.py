@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from cubby.client import modes
 from cubby.client.localfiles import FileChanged, LocalChunk, LocalFile
@@ -41,7 +40,7 @@ class Uploads:
         the next and records the answers of those done (in the state, on this thread)."""
         ctx = self.core.context()
         groups: dict[int, Group] = {}
-        resolved: dict[Path, Path] = {}  # each folder resolved once for the whole batch
+        resolved: set[str] = set()  # each folder resolved once for the whole batch
         stamps = self.core.last_scan.stamps
         for op in ops:
             rec = self.core.state.file(op.local.rel)
