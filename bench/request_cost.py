@@ -21,6 +21,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,10 +92,9 @@ def measure(mode: str, engine: str, n: int, scratch: Path) -> dict[str, Any]:
             cache.stop()
 
 
-def run_kinds(server: LiveServer, n: int) -> dict[str, Any]:
-    token = server.add_user("bench")
-    h = {"authorization": f"Bearer {token}"}
-    c = httpx.Client(base_url=server.url, headers=h, timeout=60)
+def prepare(c: httpx.Client) -> tuple[list[dict[str, Any]], Callable[[str], None]]:
+    """Give the user of ``c`` one stored 4 KiB chunk and a folder /d of 100 files made of it;
+    return the chunk (as a commit names it) and a function that sends one request of a kind."""
     root_ns = c.get("/api/v1/account").json()["root_ns"]
     data = os.urandom(4096)
     digest = hashlib.sha256(data).hexdigest()
@@ -118,6 +118,15 @@ def run_kinds(server: LiveServer, n: int) -> dict[str, Any]:
             r = c.post("/api/v1/files/commit", json={"path": f"/c/{count['i']}", "size": len(data), "chunks": chunk})
             assert r.json()["status"] == "committed", r.text
         r.raise_for_status()
+
+    return chunk, one
+
+
+def run_kinds(server: LiveServer, n: int) -> dict[str, Any]:
+    token = server.add_user("bench")
+    h = {"authorization": f"Bearer {token}"}
+    c = httpx.Client(base_url=server.url, headers=h, timeout=60)
+    _, one = prepare(c)
 
     pid = server.proc.pid if server.proc else 0
     out: dict[str, Any] = {}

@@ -52,6 +52,21 @@ def named(data: bytes) -> tuple[str, bytes]:
     return hashlib.sha256(data).hexdigest(), data
 
 
+def test_get_many_returns_the_stored_ones_and_leaves_out_the_rest(store):
+    held = [named(os.urandom(n)) for n in (1, 4096, 70_000, 3000)]
+    store.put_many(held)
+    absent = [named(os.urandom(100))[0] for _ in range(3)]
+    asked = [absent[0], held[2][0], absent[1], held[0][0], held[1][0], absent[2], held[0][0]]
+    got = store.get_many(asked)
+    assert got == dict(held[:3])
+    assert store.get_many(absent) == {}
+    assert store.get_many([]) == {}
+    store.delete(held[1][0])
+    assert set(store.get_many([n for n, _ in held])) == {held[0][0], held[2][0], held[3][0]}
+    with pytest.raises(BadRequest):
+        store.get_many(["../etc/passwd"])
+
+
 def test_put_get_has_delete_iterate(store):
     n, d = named(os.urandom(5000))
     assert isinstance(store, BlockStore)

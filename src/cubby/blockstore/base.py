@@ -7,7 +7,10 @@ The comments are the contract, for every backend (local folder, memory, later S3
   they disagree, so a backend never holds a chunk under a name that does not match its bytes.
 - `put`/`put_many` are durable when they return (fsync or the backend's equivalent) and
   idempotent: putting a chunk that is already there is cheap and returns False.
-- `get` returns the plaintext, or raises `NotFound`. `delete` is idempotent.
+- `get` returns the plaintext, or raises `NotFound`. `get_many` returns the plaintext of
+  those of its names that are stored (absent ones are left out, never an error), with one
+  lookup where the backend can: its cost should depend little on how many are present, since
+  the possession check relies on that. `delete` is idempotent.
 - `iterate` yields every stored name exactly once, in no particular order; it may or may not
   see chunks put while it runs.
 - Compression is the backend's own business (callers always see plaintext); see
@@ -17,7 +20,7 @@ The comments are the contract, for every backend (local folder, memory, later S3
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 
@@ -31,6 +34,9 @@ class BlockStore(Protocol):
 
     def get(self, name: str) -> bytes:
         """The plaintext of ``name``; `NotFound` if absent."""
+
+    def get_many(self, names: Sequence[str]) -> dict[str, bytes]:
+        """The plaintext of each of ``names`` that is stored; absent ones are left out."""
 
     def has(self, name: str) -> bool: ...
 

@@ -18,7 +18,7 @@ import errno
 import os
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
 
@@ -207,6 +207,15 @@ class LocalBlockStore:
         if self.verify_reads and sha256_hex(data) != name:
             raise CorruptChunk(f"stored chunk {name} does not match its name; it is not served")
         return data
+
+    def get_many(self, names: Sequence[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        for name in names:
+            try:
+                found[name] = self.get(name)
+            except NotFound:
+                pass
+        return found
 
     def has(self, name: str) -> bool:
         return self._path(name).exists()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
-from cubby.core.hashing import verify_chunk
+from cubby.core.hashing import check_chunk_name, verify_chunk
 from cubby.errors import NotFound
 
 
@@ -33,6 +33,12 @@ class MemoryBlockStore:
                 return self._data[name]
             except KeyError:
                 raise NotFound(f"chunk {name} is not stored") from None
+
+    def get_many(self, names: Sequence[str]) -> dict[str, bytes]:
+        for name in names:
+            check_chunk_name(name)
+        with self._lock:
+            return {n: self._data[n] for n in names if n in self._data}
 
     def has(self, name: str) -> bool:
         with self._lock:

@@ -38,7 +38,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -176,6 +176,38 @@ class PackBlockStore:
                 raise CorruptChunk(f"stored chunk {name} does not match its name; it is not served")
             return data
         raise AssertionError("unreachable")
+
+    def get_many(self, names: Sequence[str]) -> dict[str, bytes]:
+        """One index lookup for all of ``names``, then one ranged read per stored chunk, in
+        pack order. A pack compacted away between the lookup and the read is looked up again
+        once, as in `get`."""
+        for name in names:
+            check_chunk_name(name)
+        found: dict[str, bytes] = {}
+        wanted = list(dict.fromkeys(names))
+        for attempt in range(2):
+            located = self.index.lookup(wanted)
+            retry: list[str] = []
+            for name, loc in sorted(located.items(), key=lambda kv: (kv[1].pack, kv[1].pos)):
+                try:
+                    blob = self.objects.get(pack_object_name(loc.pack), loc.pos, loc.stored_len)
+                except ObjectMissing:
+                    if attempt == 0:
+                        retry.append(name)
+                        continue
+                    raise CorruptChunk(f"chunk {name}: its pack {loc.pack} is missing") from None
+                data = self.codec.decode(blob)
+                if len(data) != loc.plain_len or (self.verify_reads and sha256_hex(data) != name):
+                    raise CorruptChunk(f"stored chunk {name} does not match its name; it is not served")
+                found[name] = data
+            if attempt == 0 and self.legacy is not None:
+                rest = [n for n in wanted if n not in located]
+                if rest:
+                    found.update(self.legacy.get_many(rest))
+            if not retry:
+                break
+            wanted = retry
+        return found
 
     def has(self, name: str) -> bool:
         return bool(self.present([name]))

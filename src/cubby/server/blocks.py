@@ -165,7 +165,11 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         claims = parse_claims(body.get("proofs"), max_entries=MAX_FETCH)
         within = list(access.mounts(p).values()) if ctx.config.dedup_scope == "user" else None
         checked = await run_in_threadpool(store.accept_proofs, p.user_id, ns_id, claims, blocks, within=within)
-        await pacer.pad((c.size for c in claims), checked.reads)
+        if within is None:
+            # Global dedup reads chunks other users stored: pad so that the time does not say
+            # which. With per-user dedup only the caller's own readable chunks are ever read,
+            # and their presence is no secret from the caller, so nothing is padded.
+            await pacer.pad((c.size for c in claims), checked.reads, checked.spent)
         return JSONResponse({"accepted": checked.proven, "rejected": checked.rejected})
 
     async def readable_or_404(p: access.Principal, hashes: list[str]) -> None:

@@ -155,6 +155,11 @@ class InstrumentedBlockStore:
         self._count("get", len(data))
         return data
 
+    def get_many(self, names: Sequence[str]) -> dict[str, bytes]:
+        found = self.inner.get_many(names)
+        self._count("get", sum(len(d) for d in found.values()))
+        return found
+
     def has(self, name: str) -> bool:
         self._count("has")
         return self.inner.has(name)
