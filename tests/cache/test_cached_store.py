@@ -37,6 +37,10 @@ def test_reads_are_cached_and_every_change_is_seen_next(plain: SqlMetadataStore,
 
     store.mkdir(alice.id, alice.root_ns, "/team")
     head = store.head(alice.root_ns)
+    made = store.mkdir_many(alice.id, alice.root_ns, ["/m1", "/m2"])
+    assert store.head(alice.root_ns) == max(e.rev for e in made if not isinstance(e, Exception)) > head
+    assert store.stat(alice.root_ns, "/m2").kind == "folder"
+    head = store.head(alice.root_ns)
     e = store.commit(alice.id, alice.root_ns, CommitRequest("/team/a", 0, ())).entry
     assert e is not None and store.head(alice.root_ns) == e.rev > head
     assert store.stat(alice.root_ns, "/team/a").rev == e.rev

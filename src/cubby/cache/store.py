@@ -37,12 +37,33 @@ import builtins
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from cubby.cache.base import CacheUnavailable, MetadataCache, digest
-from cubby.metadata.store import SqlMetadataStore, token_hash
-from cubby.model import ChunkRef, CommitRequest, CommitResult, Entry, Listing, Principal
+from cubby.metadata.store import SqlMetadataStore
+from cubby.metadata.users import token_hash
+from cubby.model import (
+    ChunkRef,
+    CommitRequest,
+    CommitResult,
+    Entry,
+    GcStats,
+    JournalEntry,
+    Listing,
+    Principal,
+    Revision,
+    User,
+)
+
+if TYPE_CHECKING:
+    from cubby.blockstore.base import BlockStore
+    from cubby.errors import CubbyError
+    from cubby.metadata.accounts import Accounts
+    from cubby.metadata.base import MetadataStore
+    from cubby.metadata.engine import Database
+    from cubby.metadata.possession import Checked, ChunkReader, Claim
+    from cubby.metadata.shares import SharingChange
 
 Counter = Callable[[str, str], None]
 """Called with (cache name, ``hit`` or ``miss``) for every lookup (the server's metrics)."""
@@ -75,6 +96,68 @@ class CachedStore:
     def close(self) -> None:
         self.cache.close()
         self.store.close()
+
+    # -- passed through unchanged (named, so that mypy checks the `MetadataStore` Protocol) --
+    @property
+    def db(self) -> Database:
+        return self.store.db
+
+    @property
+    def accounts(self) -> Accounts:
+        return self.store.accounts
+
+    def create_user(self, name: str) -> tuple[User, str]:
+        return self.store.create_user(name)
+
+    def get_user(self, name: str) -> User:
+        return self.store.get_user(name)
+
+    def create_token(self, user_id: int, label: str = "") -> tuple[int, str]:
+        return self.store.create_token(user_id, label)
+
+    def list_tokens(self, user_id: int) -> builtins.list[dict[str, object]]:
+        return self.store.list_tokens(user_id)
+
+    def user_can_read(self, user_id: int, ns_id: int) -> bool:
+        return self.store.user_can_read(user_id, ns_id)
+
+    def heads(self, ns_ids: Iterable[int]) -> dict[int, int]:
+        return self.store.heads(ns_ids)
+
+    def history(self, ns_id: int, path: str, limit: int = 100) -> builtins.list[Revision]:
+        return self.store.history(ns_id, path, limit)
+
+    def blocklists(
+        self, ns_id: int, paths_: Sequence[str]
+    ) -> builtins.list[tuple[Entry, builtins.list[ChunkRef]] | CubbyError]:
+        return self.store.blocklists(ns_id, paths_)
+
+    def journal(self, ns_id: int, after: int, limit: int = 1000) -> builtins.list[JournalEntry]:
+        return self.store.journal(ns_id, after, limit)
+
+    def mkdir_many(self, user_id: int, ns_id: int, paths_: Sequence[str]) -> builtins.list[Entry | CubbyError]:
+        try:
+            return self.store.mkdir_many(user_id, ns_id, paths_)
+        finally:
+            self.changed([ns_id])
+
+    def chunk_readable(self, ns_ids: Iterable[int], hashes: Sequence[str]) -> set[str]:
+        return self.store.chunk_readable(ns_ids, hashes)
+
+    def ingest_chunks(self, ns_id: int, items: Sequence[tuple[str, bytes]], blocks_store: BlockStore) -> int:
+        return self.store.ingest_chunks(ns_id, items, blocks_store)
+
+    def challenge(self, user_id: int, ns_id: int, chunk_hash: str, size: int, *, at: float | None = None) -> str:
+        return self.store.challenge(user_id, ns_id, chunk_hash, size, at=at)
+
+    def accept_proofs(
+        self, user_id: int, ns_id: int, claims: Sequence[Claim], blocks_store: ChunkReader,
+        *, within: Iterable[int] | None = None,
+    ) -> Checked:
+        return self.store.accept_proofs(user_id, ns_id, claims, blocks_store, within=within)
+
+    def collect_garbage(self, blocks_store: BlockStore, grace_seconds: float, **kw: Any) -> GcStats:
+        return self.store.collect_garbage(blocks_store, grace_seconds, **kw)
 
     # -- the read-through step ------------------------------------------------------------
     def through(self, key: str, load: Callable[[], Any], *, leased: bool = True) -> Any:
@@ -225,16 +308,32 @@ class _CachedSharing:
         self.inner = sharing
 
     def __getattr__(self, name: str) -> Any:
-        fn = getattr(self.inner, name)
-        if name not in ("share", "accept", "remove_member", "leave", "unshare"):
-            return fn
+        return getattr(self.inner, name)
 
-        def changing(user_id: int, *args: Any, **kw: Any) -> Any:
-            change = fn(user_id, *args, **kw)
-            self.cached.changed(change.heads, {user_id, *change.users})
-            return change
+    def _changed(self, user_id: int, change: SharingChange) -> SharingChange:
+        self.cached.changed(change.heads, {user_id, *change.users})
+        return change
 
-        return changing
+    def share(self, user_id: int, root_ns: int, path: str, invitee: Any, role: Any = "editor") -> SharingChange:
+        return self._changed(user_id, self.inner.share(user_id, root_ns, path, invitee, role))
+
+    def accept(self, user_id: int, root_ns: int, ns_id: int) -> SharingChange:
+        return self._changed(user_id, self.inner.accept(user_id, root_ns, ns_id))
+
+    def remove_member(self, user_id: int, ns_id: int, member: Any) -> SharingChange:
+        return self._changed(user_id, self.inner.remove_member(user_id, ns_id, member))
+
+    def leave(self, user_id: int, ns_id: int) -> SharingChange:
+        return self._changed(user_id, self.inner.leave(user_id, ns_id))
+
+    def unshare(self, user_id: int, ns_id: int) -> SharingChange:
+        return self._changed(user_id, self.inner.unshare(user_id, ns_id))
+
+    def list_shares(self, user_id: int) -> builtins.list[dict[str, Any]]:
+        return self.inner.list_shares(user_id)  # type: ignore[no-any-return]
+
+    def cut(self, ns_id: int) -> int | None:
+        return self.inner.cut(ns_id)  # type: ignore[no-any-return]
 
 
 class _CachedMoves:
@@ -253,3 +352,10 @@ class _CachedMoves:
         finally:
             self.cached.changed([src_ns, dst_ns], [user_id])
 
+    def recover(self) -> int:
+        return self.inner.recover()  # type: ignore[no-any-return]
+
+
+if TYPE_CHECKING:
+    _satisfies: type[MetadataStore] = CachedStore
+    """mypy proves here that the cached store meets the Protocol the server is typed against."""

@@ -66,12 +66,14 @@ class Needs:
     nonces: dict[str, str] = field(default_factory=dict)
     files: dict[Path, LocalFile] = field(default_factory=dict)
     """The file each chunk is read from (for its stamp and kept bytes); absent: hash to check."""
-    bases: dict[str, str] = field(default_factory=dict)
-    """An old chunk on the server to send a needed chunk as a patch against (the commit
-    answer names it: the chunk at the same place in the version being replaced)."""
+    bases: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Old chunks on the server to send a needed chunk as a patch against (the commit answer
+    names them: the chunks at the same place in the version being replaced)."""
 
 
-def _send_patches(api: ApiClient, ns_id: int, items: list[tuple[str, bytes]], bases: dict[str, str]) -> dict[str, int]:
+def _send_patches(
+    api: ApiClient, ns_id: int, items: list[tuple[str, bytes]], bases: dict[str, tuple[str, ...]]
+) -> dict[str, int]:
     """Send ``items`` that have a base as patches; returns the bytes sent per chunk stored so.
     Anything the server will not take as a patch (its base is gone, a refused patch) is left
     for the caller to upload whole: a patch is an optimisation, never a requirement."""
@@ -79,21 +81,23 @@ def _send_patches(api: ApiClient, ns_id: int, items: list[tuple[str, bytes]], ba
     if not with_base:
         return {}
     try:
-        sigs = api.signatures(sorted({bases[n] for n, _ in with_base}))
+        sigs = api.signatures(sorted({b for n, _ in with_base for b in bases[n]}))
         triples = []
+        cost: dict[str, int] = {}
         for n, d in with_base:
-            sig = sigs.get(bases[n])
-            if sig is not None:
+            if all(b in sigs for b in bases[n]):
+                sig = b"".join(sigs[b] for b in bases[n])  # signs the concatenated base
                 p = delta.patch(sig, d)
                 if len(p) + len(sig) < len(d):
                     triples.append((n, bases[n], p))
+                    cost[n] = len(p) + len(sig)
         if triples:
             api.upload_patches(ns_id, triples)
     except Unavailable:
         raise
     except CubbyError:
         return {}
-    return {n: len(p) + len(sigs[b]) for n, b, p in triples}
+    return cost
 
 
 def _same(e: Entry, lf: LocalFile) -> bool:
@@ -304,7 +308,7 @@ def needs_for(pairs: Sequence[tuple[LocalFile, CommitResult]]) -> Needs:
             if n.hash in by_hash and n.hash not in needs.where:
                 needs.where[n.hash] = (lf.local, by_hash[n.hash])
                 needs.nonces[n.hash] = n.nonce
-                if n.base is not None:
+                if n.base:
                     needs.bases[n.hash] = n.base
                 needs.files.setdefault(lf.local, lf)
     return needs

@@ -37,6 +37,8 @@ from cubby.model import (
 )
 
 if TYPE_CHECKING:
+    from cubby.metadata.accounts import Accounts
+    from cubby.metadata.engine import Database
     from cubby.metadata.possession import Checked, ChunkReader, Claim
     from cubby.metadata.shares import SharingChange
 
@@ -83,8 +85,22 @@ class CrossNamespaceMoves(Protocol):
 
 
 class MetadataStore(Protocol):
-    sharing: SharingOps
-    moves: CrossNamespaceMoves
+    """What the server holds (`cubby.server.context.ServerContext.store`): `SqlMetadataStore`,
+    or `cubby.cache.store.CachedStore` wrapping it. Both are checked against this by mypy."""
+
+    @property
+    def sharing(self) -> SharingOps: ...
+
+    @property
+    def moves(self) -> CrossNamespaceMoves: ...
+
+    @property
+    def db(self) -> Database:
+        """The database that links (`cubby.metadata.links`) and deleted-file listings read."""
+
+    @property
+    def accounts(self) -> Accounts:
+        """Passwords and web sessions (`cubby.metadata.accounts.Accounts`)."""
 
     # --- accounts -------------------------------------------------------------------------
     def create_user(self, name: str) -> tuple[User, str]:
@@ -100,8 +116,12 @@ class MetadataStore(Protocol):
     def revoke_token(self, user_id: int, token_id: int) -> None:
         """Revoke one of the user's tokens; `NotFound` for a token that is not theirs."""
 
-    def authenticate(self, token: str) -> Principal:
-        """Map a bearer token to its principal; `Unauthorized` if unknown or revoked."""
+    def authenticate(self, token: str, *, fresh: bool = False) -> Principal:
+        """Map a bearer token to its principal; `Unauthorized` if unknown or revoked.
+        ``fresh``: bypass any cache (a wrapper's concern; the store always reads afresh)."""
+
+    def user_can_read(self, user_id: int, ns_id: int) -> bool:
+        """Whether ``user_id`` reaches ``ns_id`` now (their root, or an active membership)."""
 
     # --- files ----------------------------------------------------------------------------
     def commit(self, user_id: int, ns_id: int, req: CommitRequest, readable: Iterable[int] = ()) -> CommitResult:
@@ -168,6 +188,10 @@ class MetadataStore(Protocol):
     def head(self, ns_id: int) -> int:
         """The newest journal id of the namespace (0 when empty)."""
 
+    def heads(self, ns_ids: Iterable[int]) -> dict[int, int]:
+        """The newest journal ids of many namespaces, read afresh from the database (never a
+        cache: the notification role compares cursors against them); unknown ids are left out."""
+
     def journal(self, ns_id: int, after: int, limit: int = 1000) -> builtins.list[JournalEntry]:
         """Entries with jid > ``after`` in order, at most ``limit``: an index range scan."""
 
@@ -175,8 +199,8 @@ class MetadataStore(Protocol):
     def chunk_readable(self, ns_ids: Iterable[int], hashes: Sequence[str]) -> set[str]:
         """Which of ``hashes`` a caller who can read ``ns_ids`` may download or reuse."""
 
-    def ingest_chunks(self, ns_id: int, items: Sequence[tuple[str, bytes]], blocks: BlockStore) -> int:
-        """Store verified chunks in ``blocks`` durably and make them available to ``ns_id``.
+    def ingest_chunks(self, ns_id: int, items: Sequence[tuple[str, bytes]], blocks_store: BlockStore) -> int:
+        """Store verified chunks in ``blocks_store`` durably and make them available to ``ns_id``.
 
         Safe against a concurrent garbage collection of the same chunk. Returns the number of
         chunks that were newly written. `ChunkMismatch` if any bytes do not match their name
@@ -186,14 +210,14 @@ class MetadataStore(Protocol):
         """The nonce (hex) for a proof of possession of ``chunk_hash`` (``size`` bytes) by this user."""
 
     def accept_proofs(
-        self, user_id: int, ns_id: int, claims: Sequence[Claim], blocks: ChunkReader,
+        self, user_id: int, ns_id: int, claims: Sequence[Claim], blocks_store: ChunkReader,
         *, within: Iterable[int] | None = None,
     ) -> Checked:
         """Check SHA-256(nonce || bytes) answers; accepted chunks become available to ``ns_id``.
         A chunk the server lacks (or, with ``within``, that those namespaces lack) is rejected
         after the same work as a held one: upload it."""
 
-    def collect_garbage(self, blocks: BlockStore, grace_seconds: float) -> GcStats:
+    def collect_garbage(self, blocks_store: BlockStore, grace_seconds: float) -> GcStats:
         """Remove chunks no revision references and nobody touched within the grace period."""
 
     def close(self) -> None: ...

@@ -33,7 +33,7 @@ from cubby.core import paths
 from cubby.errors import BadRequest, NotFound
 from cubby.metadata.engine import Database
 from cubby.metadata.schema import file_revs, links, namespaces, nodes, users
-from cubby.metadata.store import token_hash
+from cubby.metadata.users import token_hash
 from cubby.model import ChunkRef, Entry
 
 ROOT_NODE = 0

@@ -23,6 +23,12 @@ another process, between two of its steps, is never touched.
 
 If the destination path was taken between steps 2 and 4, the item lands beside it as
 ``name (1)``, ``name (2)``…: by then it has left the source and must land somewhere.
+
+What crosses namespaces: the move itself, already as single-namespace steps tied by the
+intent, each opened with `cubby.metadata.nstxn.open_txn` on one namespace. Two reads still
+reach across on one connection and must become messages once sharded: step 2 reads the
+source's nodes and revisions while writing the destination, and `recover` scans the intents
+of every namespace (sharded: each shard its own).
 """
 
 from __future__ import annotations
@@ -31,19 +37,20 @@ import json
 import secrets
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from cubby.core import paths
 from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceMoved, NotFound, Unavailable
+from cubby.metadata.chunks import make_available
+from cubby.metadata.engine import Database
 from cubby.metadata.leases import Owner
+from cubby.metadata.nstxn import NamespaceTxn, entry_of, key_range, lock_namespace, open_txn
 from cubby.metadata.schema import file_revs, journal, move_intents, nodes
+from cubby.metadata.tree import ensure_folder, guard_mounts, remove_node, same_as_before_share
 from cubby.model import Entry
-
-if TYPE_CHECKING:
-    from cubby.metadata.store import SqlMetadataStore, _Txn
 
 STEPS = ("intent", "pending", "removed", "visible")
 """Fault hook points: after each of the four steps commits."""
@@ -51,29 +58,19 @@ STEPS = ("intent", "pending", "removed", "visible")
 FaultHook = Callable[[str], None]
 """Called with a step name after that step committed; tests use it to kill the process."""
 
-def _key_range(prefix_key: str) -> tuple[str, str]:
-    base = "" if prefix_key == paths.ROOT else prefix_key
-    return base + "/", base + "0"
-
-
 class CrossMoves:
-    """Cross-namespace moves of one `SqlMetadataStore` (reached as ``store.moves``)."""
+    """Cross-namespace moves on one metadata database (reached as ``store.moves``); ``stat``
+    reads where a move that recovery finished has landed."""
 
-    def __init__(self, store: SqlMetadataStore, fault: FaultHook | None = None) -> None:
-        self.store = store
-        self.db = store.db
+    def __init__(self, db: Database, stat: Callable[[int, str], Entry], fault: FaultHook | None = None) -> None:
+        self.db = db
+        self.stat = stat
         self.fault = fault
         self.owner = Owner.this_process()
 
     def _step(self, name: str) -> None:
         if self.fault is not None:
             self.fault(name)
-
-    def _txn(self, conn: Connection, ns_id: int, user_id: int | None) -> _Txn:
-        from cubby.metadata.store import _Txn
-
-        head, next_node = self.store._lock_ns(conn, ns_id)
-        return _Txn(conn, ns_id, head, next_node, user_id)
 
     # ------------------------------------------------------------------------------------------
     def move(
@@ -91,19 +88,19 @@ class CrossMoves:
 
         # 1. the intent, in the source
         def step1(conn: Connection) -> tuple[int, str]:
-            tx = self._txn(conn, src_ns, user_id)
-            self.store._guard_mounts(tx, src)
+            tx = open_txn(self.db, conn, src_ns, user_id)
+            guard_mounts(tx, src)
             row = tx.live(paths.key(src))
             if row is None:
                 raise NotFound(f"{src} does not exist")
             if row.kind == "mount":
                 raise BadRequest("a shared folder cannot be put inside another shared folder", code="nested_share")
-            if expected_rev is not None and row.rev != expected_rev and not self.store._same_as_before_share(
+            if expected_rev is not None and row.rev != expected_rev and not same_as_before_share(
                 tx, row, expected_rev
             ):
                 raise Conflict(f"{row.path} changed: it is at revision {row.rev}, not {expected_rev}", current_rev=row.rev)
             if row.kind == "folder":
-                lo, hi = _key_range(paths.key(src))
+                lo, hi = key_range(paths.key(src))
                 if conn.execute(
                     select(nodes.c.node_id)
                     .where(nodes.c.ns_id == src_ns, nodes.c.target_ns.is_not(None), nodes.c.path_key > lo, nodes.c.path_key < hi)
@@ -134,7 +131,7 @@ class CrossMoves:
 
         # 3. remove from the source: the point of no return
         def step3(conn: Connection) -> None:
-            tx = self._txn(conn, src_ns, user_id)
+            tx = open_txn(self.db, conn, src_ns, user_id)
             it = conn.execute(
                 select(move_intents).where(move_intents.c.ns_id == src_ns, move_intents.c.intent_id == intent)
             ).first()
@@ -148,7 +145,7 @@ class CrossMoves:
                 .where(move_intents.c.ns_id == src_ns, move_intents.c.intent_id == intent)
                 .values(state="removed", lease_until=self.owner.lease_until())
             )
-            tx.finish(self.store._insert_ignore)
+            tx.finish()
 
         try:
             self.db.write(step3)
@@ -180,17 +177,17 @@ class CrossMoves:
     def _make_pending(
         self, conn: Connection, intent: str, user_id: int, src_ns: int, src_path: str, dst_ns: int, dst: str
     ) -> None:
-        tx = self._txn(conn, dst_ns, user_id)
+        tx = open_txn(self.db, conn, dst_ns, user_id)
         if conn.execute(select(nodes.c.node_id).where(nodes.c.ns_id == dst_ns, nodes.c.pending == intent).limit(1)).first():
             return  # done before
-        self.store._guard_mounts(tx, dst)
+        guard_mounts(tx, dst)
         if tx.live(paths.key(dst)) is not None:
             raise Conflict(f"{dst} already exists", code="destination_exists")
         parent = tx.live(paths.key(paths.split(dst)[0])) if paths.split(dst)[0] != paths.ROOT else None
         if parent is not None and parent.kind != "folder":
             raise Conflict(f"{parent.path} is not a folder", code="not_a_folder")
         src_key = paths.key(src_path)
-        lo, hi = _key_range(src_key)
+        lo, hi = key_range(src_key)
         rows = conn.execute(
             select(nodes)
             .where(nodes.c.ns_id == src_ns, nodes.c.path_key.is_not(None))
@@ -235,8 +232,8 @@ class CrossMoves:
         for i in range(0, len(rev_rows), 1000):
             conn.execute(insert(file_revs), rev_rows[i : i + 1000])
         if hashes:
-            self.store._make_available(conn, dst_ns, sorted(hashes), tx.now)
-        tx.finish(self.store._insert_ignore)
+            make_available(self.db, conn, dst_ns, sorted(hashes), tx.now)
+        tx.finish()
 
     def _changed_since(self, conn: Connection, ns_id: int, path: str, since: int) -> bool:
         """Whether any change after journal id ``since`` touched ``path`` or anything below it."""
@@ -248,31 +245,14 @@ class CrossMoves:
                     return True
         return False
 
-    def _remove_source(self, tx: _Txn, path: str) -> None:
-        key = paths.key(path)
-        row = tx.live(key)
+    def _remove_source(self, tx: NamespaceTxn, path: str) -> None:
+        row = tx.live(paths.key(path))
         assert row is not None
-        jid = tx.next_jid()
-        if row.kind == "folder":
-            lo, hi = _key_range(key)
-            tx.conn.execute(
-                update(nodes)
-                .where(nodes.c.ns_id == tx.ns_id, nodes.c.path_key > lo, nodes.c.path_key < hi)
-                .ordered_values((nodes.c.deleted_key, nodes.c.path_key), (nodes.c.path_key, None), (nodes.c.deleted, True))
-            )
-        tx.conn.execute(
-            update(nodes)
-            .where(nodes.c.ns_id == tx.ns_id, nodes.c.node_id == row.node_id)
-            .values(deleted=True, deleted_key=key, path_key=None, rev=jid)
-        )
-        tx.journal(
-            "delete", node_id=row.node_id, parent_id=row.parent_id, kind=row.kind, path=row.path, rev=jid,
-            size=row.size, content_hash=row.content_hash,
-        )
+        remove_node(tx, row)
 
     def _make_visible(self, conn: Connection, intent: str, dst_ns: int, user_id: int | None) -> Entry | None:
         """Step 4 in the destination (idempotent: nothing to do once the nodes are visible)."""
-        tx = self._txn(conn, dst_ns, user_id)
+        tx = open_txn(self.db, conn, dst_ns, user_id)
         rows = conn.execute(
             select(nodes).where(nodes.c.ns_id == dst_ns, nodes.c.pending == intent).order_by(nodes.c.path)
         ).all()
@@ -282,7 +262,7 @@ class CrossMoves:
         top = next(r for r in rows if int(r.parent_id) not in by_id)
         parent, name = paths.split(top.path)
         try:
-            parent_id, parent_path = self.store._ensure_folder(tx, parent)
+            parent_id, parent_path = ensure_folder(tx, parent)
         except (NamespaceMoved, Conflict):
             # The destination folder became a shared folder (or a file) since step 2: the item
             # has left its source, so it lands at the top of the destination instead.
@@ -294,7 +274,7 @@ class CrossMoves:
             i += 1
             stem, dot, ext = name.rpartition(".") if "." in name.strip(".") else (name, "", "")
             final = paths.join(parent_path, paths.fit_name(stem, f" ({i})", dot + ext) if dot else paths.fit_name(name, f" ({i})"))
-        tx.flush(self.store._insert_ignore)
+        tx.flush()
         ordered = sorted(rows, key=lambda r: paths.key(paths.rebase(r.path, top.path, final)))
         for r in ordered:
             new_path = paths.rebase(r.path, top.path, final)
@@ -323,11 +303,9 @@ class CrossMoves:
                 "add" if is_file else "mkdir", node_id=int(r.node_id), parent_id=pid, kind=r.kind, path=new_path,
                 rev=jid, size=r.size, content_hash=r.content_hash, mtime=r.mtime, mode=r.mode,
             )
-        tx.finish(self.store._insert_ignore)
+        tx.finish()
         moved = conn.execute(select(nodes).where(nodes.c.ns_id == dst_ns, nodes.c.node_id == top.node_id)).one()
-        from cubby.metadata.store import _entry
-
-        return _entry(moved)
+        return entry_of(moved)
 
     def _finish(self, src_ns: int, intent: str) -> Entry:
         it = self.db.read(
@@ -344,7 +322,7 @@ class CrossMoves:
             )
         )
         if entry is None:  # made visible by someone else (recovery): read where it is
-            entry = self.store.stat(int(it.dst_ns), str(it.dst_path))
+            entry = self.stat(int(it.dst_ns), str(it.dst_path))
         return entry
 
     def _roll_back(self, src_ns: int, intent: str) -> None:
@@ -352,7 +330,7 @@ class CrossMoves:
         this order, so that a crash in between leaves the intent to be rolled back again)."""
 
         def in_source(conn: Connection) -> Any:
-            self.store._lock_ns(conn, src_ns)
+            lock_namespace(self.db, conn, src_ns)
             it = conn.execute(
                 select(move_intents).where(move_intents.c.ns_id == src_ns, move_intents.c.intent_id == intent)
             ).first()
@@ -379,7 +357,7 @@ class CrossMoves:
             dst_ns = int(it.dst_ns)
 
         def in_destination(conn: Connection) -> None:
-            self.store._lock_ns(conn, dst_ns)
+            lock_namespace(self.db, conn, dst_ns)
             gone = [
                 int(r[0])
                 for r in conn.execute(select(nodes.c.node_id).where(nodes.c.ns_id == dst_ns, nodes.c.pending == intent))

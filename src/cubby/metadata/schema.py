@@ -225,7 +225,7 @@ chunk_tombstones = Table(
     "chunk_tombstones",
     metadata,
     # A chunk the collector took out of ``blocks``: its bytes may be reclaimed (see
-    # `SqlMetadataStore.collect_garbage`). An upload that brings the chunk back deletes the
+    # `metadata/collector.py`). An upload that brings the chunk back deletes the
     # tombstone in the transaction that re-creates the ``blocks`` row. Keyed by hash, like
     # ``blocks`` and ``chunk_index``, so that all three split by hash prefix together.
     Column("hash", Hash, primary_key=True),

@@ -11,31 +11,38 @@ member, neither as a file nor in history), copies the chunk references those rev
 (no chunk moves, and members need no proof of possession for them), marks the source nodes
 gone and turns the folder node into a mount. A write that resolved its path before the share
 and commits after it finds a mount above its path and is refused with the retryable
-`NamespaceMoved` (see `SqlMetadataStore._guard_mounts`), so it lands exactly once or not at all.
+`NamespaceMoved` (see `cubby.metadata.tree.guard_mounts`), so it lands exactly once or not at all.
 
 The new namespace is created in the same database as the owner's root (the same shard, once
 metadata is sharded): the copy is then one local transaction. Accepting, removing a member and
 unsharing touch the shared namespace and members' root namespaces; they lock every namespace
 row involved in ascending id order (no deadlocks) and run as one transaction while all
 namespaces live in one database.
+
+What crosses namespaces, and so needs intents once metadata is sharded: `share` (owner's root
+and the new namespace: same shard by design, plus the invitee's ``users`` row and the
+``members`` row), `accept` (the member's root and the shared namespace, `lock_namespaces`),
+`remove_member`/`leave` (the member's root and the shared namespace) and `unshare` (every
+member's root, the owner's root and the shared namespace). Each locks several namespaces on
+one connection through `cubby.metadata.nstxn.lock_namespaces`; that call is where the
+single-shard steps and their intent will go. `cut` and `list_shares` only read.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
 from cubby.core import paths
 from cubby.errors import BadRequest, Conflict, Forbidden, NotFound
+from cubby.metadata.engine import Database
+from cubby.metadata.nstxn import NamespaceTxn, finish_all, key_range, lock_namespaces, open_txn
 from cubby.metadata.schema import file_revs, journal, links, members, namespaces, nodes, ns_chunks, users
-
-if TYPE_CHECKING:
-    from cubby.metadata.store import SqlMetadataStore, _Txn
+from cubby.metadata.tree import guard_mounts
 
 ROLES = ("editor", "viewer")
 """Roles an owner can give; "owner" belongs to whoever shared the folder."""
@@ -56,39 +63,15 @@ class SharingChange:
     users: frozenset[int] = frozenset()
 
 
-def _key_range(prefix_key: str) -> tuple[str, str]:
-    base = "" if prefix_key == paths.ROOT else prefix_key
-    return base + "/", base + "0"
-
-
 class Sharing:
-    """The sharing operations of one `SqlMetadataStore` (reached as ``store.sharing``)."""
+    """The sharing operations on one metadata database (reached as ``store.sharing``)."""
 
-    def __init__(self, store: SqlMetadataStore) -> None:
-        self.store = store
-        self.db = store.db
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     # ------------------------------------------------------------------------------------------
     # helpers
     # ------------------------------------------------------------------------------------------
-    def _txn(self, conn: Connection, ns_id: int, user_id: int | None) -> _Txn:
-        from cubby.metadata.store import _Txn
-
-        head, next_node = self.store._lock_ns(conn, ns_id)
-        return _Txn(conn, ns_id, head, next_node, user_id)
-
-    def _lock_all(self, conn: Connection, ns_ids: Iterable[int], user_id: int | None) -> dict[int, _Txn]:
-        """Lock several namespaces in ascending id order (so two such transactions never
-        deadlock) and open a journal writer on each."""
-        return {ns: self._txn(conn, ns, user_id) for ns in sorted(set(ns_ids))}
-
-    def _finish(self, txs: dict[int, _Txn]) -> dict[int, int]:
-        heads = {}
-        for ns, tx in txs.items():
-            tx.finish(self.store._insert_ignore)
-            heads[ns] = tx.head
-        return heads
-
     @staticmethod
     def _user_by_name(conn: Connection, name: Any) -> Row[Any]:
         if not isinstance(name, str) or not name:
@@ -115,7 +98,7 @@ class Sharing:
             select(nodes).where(nodes.c.ns_id == root_ns, nodes.c.target_ns == ns_id, nodes.c.path_key.is_not(None))
         ).first()
 
-    def _unmount(self, tx: _Txn, ns_id: int) -> str | None:
+    def _unmount(self, tx: NamespaceTxn, ns_id: int) -> str | None:
         """Remove the mount of ``ns_id`` from ``tx``'s (root) namespace; journal it."""
         row = self._mount_of(tx.conn, tx.ns_id, ns_id)
         if row is None:
@@ -135,7 +118,7 @@ class Sharing:
             conn.execute(insert(table), rows[i : i + _BATCH])
 
     def _copy_tree(
-        self, conn: Connection, src_ns: int, src_prefix: str, dst: _Txn, dst_prefix: str, *,
+        self, conn: Connection, src_ns: int, src_prefix: str, dst: NamespaceTxn, dst_prefix: str, *,
         dst_parent: int, keep_ids: bool, now: float,
     ) -> int:
         """Copy the live nodes of ``src_ns`` below ``src_prefix`` (a folder path, or ``/``) to
@@ -146,7 +129,7 @@ class Sharing:
         cond = [nodes.c.ns_id == src_ns, nodes.c.path_key.is_not(None), nodes.c.pending.is_(None)]
         src_root_id = 0
         if src_prefix != paths.ROOT:
-            lo, hi = _key_range(src_key)
+            lo, hi = key_range(src_key)
             cond += [nodes.c.path_key > lo, nodes.c.path_key < hi]
             folder = conn.execute(select(nodes.c.node_id).where(nodes.c.ns_id == src_ns, nodes.c.path_key == src_key)).one()
             src_root_id = int(folder[0])
@@ -215,7 +198,7 @@ class Sharing:
         if refs:
             for h, count in refs.items():
                 dst.ref_counts[h] = dst.ref_counts.get(h, 0) + count
-            dst.flush(self.store._insert_ignore)
+            dst.flush()
         return len(live)
 
     # ------------------------------------------------------------------------------------------
@@ -237,8 +220,8 @@ class Sharing:
             target = self._user_by_name(conn, invitee)
             if int(target.id) == user_id:
                 raise BadRequest("you cannot share a folder with yourself", code="share_with_self")
-            tx = self._txn(conn, root_ns, user_id)
-            self.store._guard_mounts(tx, path)
+            tx = open_txn(self.db, conn, root_ns, user_id)
+            guard_mounts(tx, path)
             row = tx.live(paths.key(path))
             if row is None:
                 raise NotFound(f"{path} does not exist")
@@ -268,7 +251,7 @@ class Sharing:
                     .values(role=role)
                 )
                 state = str(old.state)
-            tx.finish(self.store._insert_ignore)
+            tx.finish()
             heads = {root_ns: tx.head}
             cut = conn.execute(select(namespaces.c.head, namespaces.c.cut).where(namespaces.c.ns_id == ns_id)).one()
             if created:
@@ -281,13 +264,13 @@ class Sharing:
 
         return self.db.write(run)
 
-    def _convert(self, tx: _Txn, folder: Any) -> int:
+    def _convert(self, tx: NamespaceTxn, folder: Any) -> int:
         """Turn ``folder`` of the locked root namespace into a new shared namespace (see the
         module docstring). Returns its id."""
         conn = tx.conn
         # The new journal starts above every revision the owner's root has handed out, so that
         # a revision a client read before the share never names another version in the shared
-        # folder: it matches only the unchanged copy (`_same_as_before_share`) or nothing.
+        # folder: it matches only the unchanged copy (`cubby.metadata.tree.same_as_before_share`) or nothing.
         base = tx.head
         new_ns = int(
             conn.execute(
@@ -296,11 +279,9 @@ class Sharing:
                 )
             ).inserted_primary_key[0]  # type: ignore[index]
         )
-        from cubby.metadata.store import _Txn
-
-        dst = _Txn(conn, new_ns, base, 1, tx.user_id, now=tx.now)
+        dst = NamespaceTxn(self.db, conn, new_ns, base, 1, tx.user_id, now=tx.now)
         self._copy_tree(conn, tx.ns_id, folder.path, dst, paths.ROOT, dst_parent=0, keep_ids=True, now=tx.now)
-        dst.finish(self.store._insert_ignore)
+        dst.finish()
         conn.execute(update(namespaces).where(namespaces.c.ns_id == new_ns).values(cut=dst.head))
         # Links follow their targets into the new namespace (node ids were kept); a link to the
         # folder itself now points at the shared namespace's root.
@@ -317,7 +298,7 @@ class Sharing:
             .where(links.c.ns_id == tx.ns_id, links.c.node_id == folder.node_id)
             .values(ns_id=new_ns, node_id=0)
         )
-        lo, hi = _key_range(paths.key(folder.path))
+        lo, hi = key_range(paths.key(folder.path))
         # The source nodes are gone from the owner's root (their history stays there).
         conn.execute(
             update(nodes)
@@ -347,7 +328,7 @@ class Sharing:
             m = self._member(conn, ns_id, user_id)
             if m is None:
                 raise NotFound(f"you have no invitation to shared folder {ns_id}", code="no_invitation")
-            txs = self._lock_all(conn, (root_ns, ns_id), user_id)
+            txs = lock_namespaces(self.db, conn, (root_ns, ns_id), user_id)
             tx = txs[root_ns]
             if m.state == "active":
                 mount = self._mount_of(conn, root_ns, ns_id)
@@ -373,7 +354,7 @@ class Sharing:
             conn.execute(
                 update(members).where(members.c.ns_id == ns_id, members.c.user_id == user_id).values(state="active")
             )
-            heads = self._finish(txs)
+            heads = finish_all(txs)
             return SharingChange(
                 ns_id, {"ns_id": ns_id, "path": candidate, "role": m.role}, {root_ns: heads[root_ns]}, frozenset({user_id})
             )
@@ -387,10 +368,10 @@ class Sharing:
         if m.role == "owner":
             raise BadRequest("the owner cannot leave a shared folder: unshare it instead", code="is_owner")
         root = conn.execute(select(users.c.root_ns).where(users.c.id == member_id)).one()[0]
-        txs = self._lock_all(conn, (int(root), ns_id), actor)
+        txs = lock_namespaces(self.db, conn, (int(root), ns_id), actor)
         was = self._unmount(txs[int(root)], ns_id)
         conn.execute(delete(members).where(members.c.ns_id == ns_id, members.c.user_id == member_id))
-        heads = self._finish(txs)
+        heads = finish_all(txs)
         return SharingChange(ns_id, {"ns_id": ns_id, "path": was}, {int(root): heads[int(root)]}, frozenset({member_id}))
 
     def remove_member(self, user_id: int, ns_id: int, member: Any) -> SharingChange:
@@ -421,7 +402,7 @@ class Sharing:
                 .where(members.c.ns_id == ns_id)
             ).all()
             roots = {int(r.user_id): int(r.root_ns) for r in rows}
-            txs = self._lock_all(conn, [*roots.values(), ns_id], user_id)
+            txs = lock_namespaces(self.db, conn, [*roots.values(), ns_id], user_id)
             for uid, root in roots.items():
                 if uid != user_id:
                     self._unmount(txs[root], ns_id)
@@ -439,7 +420,7 @@ class Sharing:
                     .values(kind="folder", target_ns=None, rev=jid)
                 )
                 owner_tx.journal("mkdir", node_id=mount.node_id, parent_id=mount.parent_id, kind="folder", path=path, rev=jid)
-                owner_tx.flush(self.store._insert_ignore)
+                owner_tx.flush()
                 self._copy_tree(
                     conn, ns_id, paths.ROOT, owner_tx, path, dst_parent=int(mount.node_id), keep_ids=False, now=owner_tx.now
                 )
@@ -447,7 +428,7 @@ class Sharing:
             conn.execute(delete(members).where(members.c.ns_id == ns_id))
             conn.execute(delete(ns_chunks).where(ns_chunks.c.ns_id == ns_id))
             conn.execute(update(namespaces).where(namespaces.c.ns_id == ns_id).values(kind="retired"))
-            heads = self._finish(txs)
+            heads = finish_all(txs)
             heads = {ns: h for ns, h in heads.items() if ns != ns_id}
             return SharingChange(ns_id, {"ns_id": ns_id, "path": path}, heads, frozenset(roots))
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from cubby.blockstore.base import BlockStore
 from cubby.config import Config
+from cubby.metadata.base import MetadataStore
 from cubby.metadata.store import SqlMetadataStore, open_store
 from cubby.server.metrics import InstrumentedBlockStore, Metrics
 
@@ -25,7 +26,7 @@ shared with them, their membership removed, a role changed)."""
 @dataclass
 class ServerContext:
     config: Config
-    store: SqlMetadataStore
+    store: MetadataStore
     blocks: BlockStore | None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("cubby.server"))
     commit_listeners: list[CommitListener] = field(default_factory=list)
@@ -78,7 +79,7 @@ def build_context(config: Config, roles: tuple[str, ...]) -> ServerContext:
         pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="cubby-chunks")
         closers.append(pool.shutdown)
         pack_store = open_block_store(config.blocks_location, store.db, executor=pool)
-        closers.append(pack_store.objects.close)
+        closers.append(pack_store.close)
         blocks = pack_store
     metrics = Metrics()
     store.db.observe = metrics.observe_transaction
@@ -98,10 +99,9 @@ def build_context(config: Config, roles: tuple[str, ...]) -> ServerContext:
     return ctx
 
 
-def cached(store: SqlMetadataStore, url: str, roles: tuple[str, ...], metrics: Metrics) -> SqlMetadataStore:
+def cached(store: SqlMetadataStore, url: str, roles: tuple[str, ...], metrics: Metrics) -> MetadataStore:
     """The store behind the metadata cache named by ``url`` (`cubby.cache`), or the plain
-    store for ``none``. The wrapper passes through every method it does not cache, so the
-    server keeps the store's type.
+    store for ``none``. Both are a `MetadataStore`, the type the server holds.
 
     The in-process ``memory`` cache sees only its own process's writes, so it is used only by
     a process that serves every role (the embedded server); a process of a split deployment
@@ -119,4 +119,4 @@ def cached(store: SqlMetadataStore, url: str, roles: tuple[str, ...], metrics: M
     def count(name: str, result: str) -> None:
         metrics.cache.labels(name, result).inc()
 
-    return cast(SqlMetadataStore, CachedStore(store, cache, count=count))
+    return CachedStore(store, cache, count=count)

@@ -67,7 +67,7 @@ def commit_answer(target: access.Target, res: CommitResult) -> dict[str, Any]:
     return {
         "status": "need_chunks",
         "ns_id": target.ns_id,
-        "needed": [{"hash": n.hash, "nonce": n.nonce, **({"base": n.base} if n.base else {})} for n in res.needed],
+        "needed": [{"hash": n.hash, "nonce": n.nonce, **({"base": list(n.base)} if n.base else {})} for n in res.needed],
     }
 
 
@@ -86,7 +86,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         """Run ``fn(p, False)`` in a thread; after `NamespaceMoved`, re-authenticate (fresh
         mounts) and run ``fn(p, True)`` once more: the second argument says the request raced
         a share. (An ``expected_rev`` read before the share still matches the unchanged copy:
-        see `SqlMetadataStore._same_as_before_share`.)"""
+        see `cubby.metadata.tree.same_as_before_share`.)"""
         try:
             return p, await run_in_threadpool(fn, p, False)
         except NamespaceMoved:

@@ -31,7 +31,6 @@ from collections import deque
 from collections.abc import Callable, Collection
 from typing import Any
 
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -39,8 +38,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from cubby.errors import CubbyError, TooManyRequests, Unauthorized
-from cubby.metadata.schema import namespaces
-from cubby.metadata.store import SqlMetadataStore
+from cubby.metadata.base import MetadataStore
 from cubby.model import Principal
 from cubby.notify.hub import Subscription, Wake
 from cubby.notify.memory import MemoryBroker
@@ -66,26 +64,12 @@ from cubby.server.gate import ConnectionGate
 
 log = logging.getLogger("cubby.notify")
 
-HEADS_PER_QUERY = 1000
 
-
-def heads_reader(store: SqlMetadataStore) -> HeadsReader:
-    """Journal heads of many namespaces, a thousand per query, off the event loop."""
-
-    def read(ids: list[int]) -> dict[int, int]:
-        out: dict[int, int] = {}
-        for i in range(0, len(ids), HEADS_PER_QUERY):
-            chunk = ids[i : i + HEADS_PER_QUERY]
-            rows = store.db.read(
-                lambda c, chunk=chunk: c.execute(  # type: ignore[misc]
-                    select(namespaces.c.ns_id, namespaces.c.head).where(namespaces.c.ns_id.in_(chunk))
-                ).all()
-            )
-            out.update({int(r[0]): int(r[1]) for r in rows})
-        return out
+def heads_reader(store: MetadataStore) -> HeadsReader:
+    """Journal heads of many namespaces (`MetadataStore.heads`), off the event loop."""
 
     async def reader(ids: Collection[int]) -> dict[int, int]:
-        return await run_in_threadpool(read, list(ids))
+        return await run_in_threadpool(store.heads, list(ids))
 
     return reader
 

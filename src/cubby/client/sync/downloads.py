@@ -99,8 +99,8 @@ class Downloads:
         """Every chunk of a batch of small files, in order (on the fetcher thread)."""
         return list(self._chunks_for([c for _, chunks, _ in items for c in chunks], self._bases(items)))
 
-    def _bases(self, items: list[Ready]) -> dict[str, str]:
-        bases: dict[str, str] = {}
+    def _bases(self, items: list[Ready]) -> dict[str, tuple[str, ...]]:
+        bases: dict[str, tuple[str, ...]] = {}
         for op, chunks, entry in items:
             rec = self.core.state.file(op.replace.rel) if op.replace is not None and entry.size >= DELTA_MIN else None
             if rec is not None and rec.mode != modes.SYMLINK:
@@ -119,9 +119,11 @@ class Downloads:
                 return data
         return self.core.cache.get(h)
 
-    def _chunks_for(self, chunks: Sequence[ChunkRef], bases: dict[str, str] | None = None) -> Iterator[tuple[ChunkRef, bytes]]:
+    def _chunks_for(
+        self, chunks: Sequence[ChunkRef], bases: dict[str, tuple[str, ...]] | None = None
+    ) -> Iterator[tuple[ChunkRef, bytes]]:
         """Each chunk's bytes in order, looking locally first and fetching the rest from the
-        server a bounded window at a time; a chunk with a base (an old chunk at the same place
+        server a bounded window at a time; a chunk with a base (the old chunks at the same place
         in the version being replaced, still on disk) comes as a delta against it."""
         i = 0
         while i < len(chunks):
@@ -141,14 +143,15 @@ class Downloads:
                     missing.append(c.hash)
                 else:
                     got[c.hash] = data
-            pairs: list[tuple[str, str]] = []
+            pairs: list[tuple[str, tuple[str, ...]]] = []
             held: dict[str, bytes] = {}
             for h in missing:
-                base = (bases or {}).get(h)
-                data = self._local_chunk(base) if base is not None else None
-                if base is not None and data is not None:
+                for b in (bases or {}).get(h, ()):
+                    if b not in held and (data := self._local_chunk(b)) is not None:
+                        held[b] = data
+                base = tuple(b for b in (bases or {}).get(h, ()) if b in held)  # those still on disk
+                if base:
                     pairs.append((h, base))
-                    held[base] = data
             if pairs:
                 got.update(self.core.api.fetch_against(pairs, held))
             plain = [h for h in missing if h not in got]

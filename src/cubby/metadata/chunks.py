@@ -1,0 +1,171 @@
+"""`ChunkAccess`: which chunks a namespace may use, uploads, and proofs of possession.
+
+How deduplication stays safe against garbage collection (`cubby.metadata.collector`): the
+``blocks`` row of a chunk is the lock that the uploader, the committer and the collector all
+take (committers in share mode). An uploader that finds the row gone deletes the tombstone,
+then re-checks that the bytes are still in the block store and writes them again if not.
+
+What crosses namespaces, and so will need care once namespaces are sharded: ``blocks`` and
+``chunk_tombstones`` are keyed by hash, not by namespace (they would live with the chunk
+index, or be replicated per shard); `chunk_readable` asks about several namespaces at once
+(a user's root and shares: one question per shard, answers joined); ``ns_chunks`` rows are
+per namespace and stay on its shard. The challenge secret is a server-wide setting.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from cubby.blockstore.base import BlockStore
+from cubby.core.hashing import is_chunk_name
+from cubby.metadata.engine import Database
+from cubby.metadata.possession import Challenges, Checked, ChunkReader, Claim, check_claims
+from cubby.metadata.schema import blocks, chunk_tombstones, ns_chunks, settings
+
+
+def load_challenge_secret(db: Database) -> bytes:
+    """The server's secret for possession nonces, made (once, race-free) on first use."""
+
+    def run(conn: Connection) -> str:
+        row = conn.execute(select(settings.c.value).where(settings.c.key == "challenge_secret")).first()
+        if row:
+            return str(row[0])
+        value = secrets.token_hex(32)
+        try:
+            with conn.begin_nested():
+                conn.execute(insert(settings).values(key="challenge_secret", value=value))
+        except IntegrityError:
+            row = conn.execute(select(settings.c.value).where(settings.c.key == "challenge_secret")).one()
+            return str(row[0])
+        return value
+
+    return bytes.fromhex(db.write(run))
+
+
+def make_available(db: Database, conn: Connection, ns_id: int, hashes: list[str], now: float) -> None:
+    """Let ``ns_id`` use ``hashes`` (``ns_chunks`` rows, touched now) in ``conn``'s transaction."""
+    db.insert_ignore(conn, ns_chunks, [{"ns_id": ns_id, "hash": h, "refs": 0, "touched_at": now} for h in hashes])
+    conn.execute(
+        update(ns_chunks)
+        .where(ns_chunks.c.ns_id == ns_id, ns_chunks.c.hash == bindparam("h"))
+        .values(touched_at=now),
+        [{"h": h} for h in hashes],
+    )
+
+
+class ChunkAccess:
+    """Chunk reads and uploads of one metadata database (see the module docstring)."""
+
+    def __init__(self, db: Database, challenges: Challenges) -> None:
+        self.db = db
+        self.challenges = challenges
+
+    def chunk_readable(self, ns_ids: Iterable[int], hashes: Sequence[str]) -> set[str]:
+        ns_list = sorted(set(ns_ids))
+        wanted = sorted({h for h in hashes if is_chunk_name(h)})
+        if not ns_list or not wanted:
+            return set()
+
+        def run(conn: Connection) -> set[str]:
+            out: set[str] = set()
+            for i in range(0, len(wanted), 500):
+                part = wanted[i : i + 500]
+                out.update(
+                    r[0]
+                    for r in conn.execute(
+                        select(ns_chunks.c.hash)
+                        .join(blocks, blocks.c.hash == ns_chunks.c.hash)
+                        .where(ns_chunks.c.ns_id.in_(ns_list), ns_chunks.c.hash.in_(part))
+                        .distinct()
+                    )
+                )
+            return out
+
+        return self.db.read(run)
+
+    def ingest_chunks(self, ns_id: int, items: Sequence[tuple[str, bytes]], blocks_store: BlockStore) -> int:
+        if not items:
+            return 0
+        unique: dict[str, bytes] = {}
+        for name, data in items:
+            unique.setdefault(name, data)
+        flags = blocks_store.put_many(list(unique.items()))  # verifies every hash, then one barrier
+        new = sum(1 for f in flags if f)
+        names = sorted(unique)
+
+        def run(conn: Connection) -> None:
+            now = time.time()
+            present: set[str] = set()
+            for i in range(0, len(names), 500):
+                part = names[i : i + 500]
+                q = select(blocks.c.hash).where(blocks.c.hash.in_(part))
+                if not self.db.is_sqlite:
+                    q = q.with_for_update()
+                present.update(r[0] for r in conn.execute(q))
+            fresh = [h for h in names if h not in present]
+            if fresh:
+                # Waits for a collector holding these tombstones; after that, it cannot take
+                # the bytes any more (it re-checks the tombstone under its lock).
+                for i in range(0, len(fresh), 500):
+                    conn.execute(delete(chunk_tombstones).where(chunk_tombstones.c.hash.in_(fresh[i : i + 500])))
+            # The collector may have removed these bytes between put_many and this lock; only
+            # then is a chunk written (and so verified) a second time.
+            stored = blocks_store.present(fresh) if fresh else set()
+            again = [(h, unique[h]) for h in fresh if h not in stored]
+            if again:
+                blocks_store.put_many(again)
+            self.db.insert_ignore(
+                conn, blocks, [{"hash": h, "size": len(unique[h]), "touched_at": now} for h in fresh]
+            )
+            if present:
+                conn.execute(
+                    update(blocks).where(blocks.c.hash == bindparam("h")).values(touched_at=now),
+                    [{"h": h} for h in sorted(present)],
+                )
+            make_available(self.db, conn, ns_id, names, now)
+
+        self.db.write(run)
+        return new
+
+    def challenge(self, user_id: int, ns_id: int, chunk_hash: str, size: int, *, at: float | None = None) -> str:
+        return self.challenges.nonce(user_id, ns_id, chunk_hash, size, at=at)
+
+    def accept_proofs(
+        self, user_id: int, ns_id: int, claims: Sequence[Claim], blocks_store: ChunkReader,
+        *, within: Iterable[int] | None = None,
+    ) -> Checked:
+        """Check claims (`cubby.metadata.possession.check_claims`) and make the proven chunks
+        available to ``ns_id``. ``within``: dedup only against chunks these namespaces hold
+        (the caller's own, for ``dedup_scope = user``); None means any chunk the server holds."""
+        eligible = None if within is None else self.chunk_readable(within, [c.hash for c in claims]).__contains__
+        checked = check_claims(self.challenges, user_id, ns_id, claims, blocks_store, eligible)
+        accepted = checked.proven
+        if not accepted:
+            return checked
+        now = time.time()
+
+        def run(conn: Connection) -> list[str]:
+            q = select(blocks.c.hash).where(blocks.c.hash.in_(accepted))
+            if not self.db.is_sqlite:
+                q = q.with_for_update()
+            still = sorted(r[0] for r in conn.execute(q))
+            if still:
+                conn.execute(
+                    update(blocks).where(blocks.c.hash.in_(still)).values(touched_at=now)
+                )
+                make_available(self.db, conn, ns_id, still, now)
+            return still
+
+        still = self.db.write(run)
+        checked.rejected = sorted([*checked.rejected, *(h for h in accepted if h not in still)])
+        checked.proven = still
+        return checked
+
+
+__all__ = ["ChunkAccess", "load_challenge_secret", "make_available"]

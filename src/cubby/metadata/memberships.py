@@ -1,0 +1,70 @@
+"""Who reaches which namespace: a user's roles and mounts, read afresh for every request.
+
+A shared namespace counts for a user only while the ``members`` row is active *and* its mount
+node is live in the user's root namespace: the membership row is the truth about access, the
+mount node about where it appears.
+
+What crosses namespaces: both reads do. `memberships` reads the user's ``members`` rows (keyed
+by the shared namespaces) and the mount nodes of their root namespace; `user_can_read` reads
+``users`` (directory) and ``members``. Sharded, memberships belong with the directory (a
+user's list of namespaces and roles, written by the share/accept/leave intents), and the mount
+paths come from the root namespace's shard.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+
+from cubby.metadata.engine import Database
+from cubby.metadata.schema import members, nodes, users
+from cubby.model import Role
+
+
+def read_memberships(conn: Connection, user_id: int, root_ns: int) -> tuple[dict[int, Role], dict[str, int]]:
+    """The namespaces ``user_id`` reaches, with roles, and where each shared one is mounted
+    (see the module docstring)."""
+    active = {
+        int(r.ns_id): r.role
+        for r in conn.execute(
+            select(members.c.ns_id, members.c.role).where(members.c.user_id == user_id, members.c.state == "active")
+        )
+    }
+    roles: dict[int, Role] = {root_ns: "owner"}
+    mounts: dict[str, int] = {}
+    if active:
+        for m in conn.execute(
+            select(nodes.c.path, nodes.c.target_ns).where(
+                nodes.c.ns_id == root_ns, nodes.c.target_ns.is_not(None), nodes.c.path_key.is_not(None)
+            )
+        ):
+            ns = int(m.target_ns)
+            if ns in active:
+                mounts[str(m.path)] = ns
+                roles[ns] = active[ns]
+    return roles, mounts
+
+
+def memberships(db: Database, user_id: int, root_ns: int) -> tuple[dict[int, Role], dict[str, int]]:
+    """Roles by namespace and mounts of ``user_id`` (`read_memberships`), in one read."""
+    return db.read(lambda c: read_memberships(c, user_id, root_ns))
+
+
+def user_can_read(db: Database, user_id: int, ns_id: int) -> bool:
+    """Whether ``user_id`` reaches ``ns_id`` now: their root, or an active membership.
+    Links ask this of their creator on every download, so a removed member's links die."""
+
+    def run(conn: Connection) -> bool:
+        root = conn.execute(select(users.c.root_ns).where(users.c.id == user_id)).first()
+        if root is not None and int(root[0]) == ns_id:
+            return True
+        return conn.execute(
+            select(members.c.ns_id).where(
+                members.c.ns_id == ns_id, members.c.user_id == user_id, members.c.state == "active"
+            )
+        ).first() is not None
+
+    return db.read(run)
+
+
+__all__ = ["memberships", "read_memberships", "user_can_read"]

@@ -1,0 +1,296 @@
+"""`NamespaceTxn`: one write transaction on one namespace, and how to open one.
+
+How a mutation stays atomic and the journal gap-free: every write transaction first locks its
+namespace's row (``SELECT ... FOR UPDATE``; on SQLite ``BEGIN IMMEDIATE`` already holds the
+database's write lock), reads ``head``, hands out ``head + 1, head + 2, ...`` as journal ids and
+writes the new head back before committing. Two transactions on one namespace therefore run one
+after the other, and a transaction that fails rolls its journal ids back with everything else.
+
+Every function here takes the `Database` it runs on, so that a shard router can hand each
+namespace its own. A `NamespaceTxn` touches only rows keyed by its namespace (``nodes``,
+``file_revs``, ``journal``, ``ns_chunks``, its ``namespaces`` row): nothing here crosses
+namespaces. `lock_namespaces` is the one exception, kept for shares: it opens several on one
+connection, which works only while those namespaces share a database (the sharded design
+replaces each such call by single-namespace steps tied by an intent).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, TypeVar
+
+from sqlalchemy import BigInteger, bindparam, insert, select, update
+from sqlalchemy.engine import Connection, Row
+
+from cubby.core import paths
+from cubby.errors import NotFound
+from cubby.metadata.engine import Database
+from cubby.metadata.schema import file_revs, journal, namespaces, nodes, ns_chunks
+from cubby.model import Entry
+
+T = TypeVar("T")
+
+ROOT_NODE = 0
+"""The node id of a namespace's root folder, which has no row in ``nodes``."""
+
+NODE_COLUMNS = (
+    "parent_id", "name", "path", "path_key", "kind", "rev", "content_rev", "size", "content_hash", "mtime",
+    "deleted", "deleted_key", "target_ns", "pending", "mode",
+)
+
+
+def key_range(prefix_key: str) -> tuple[str, str]:
+    """Bounds (exclusive) of the keys strictly below folder ``prefix_key``: '/' + 1 is '0'."""
+    base = "" if prefix_key == paths.ROOT else prefix_key
+    return base + "/", base + "0"
+
+
+def entry_of(row: Row[Any] | Any) -> Entry:
+    """The `Entry` of a ``nodes`` row."""
+    m = row._mapping
+    return Entry(
+        ns_id=m["ns_id"],
+        node_id=m["node_id"],
+        parent_id=m["parent_id"],
+        path=m["path"],
+        name=m["name"],
+        kind=m["kind"],
+        rev=m["rev"],
+        size=m["size"] or 0,
+        content_hash=m["content_hash"],
+        mtime=m["mtime"],
+        deleted=bool(m["deleted"]),
+        target_ns=m["target_ns"],
+        mode=m.get("mode"),
+    )
+
+
+def root_entry(ns_id: int, head: int) -> Entry:
+    """The root folder of a namespace (it has no row), at revision ``head``."""
+    return Entry(ns_id=ns_id, node_id=ROOT_NODE, parent_id=None, path="/", name="", kind="folder", rev=head)
+
+
+@dataclass
+class NamespaceTxn:
+    """One write transaction on one namespace, holding its lock (open it with `open_txn`).
+
+    It hands out journal ids and node ids in order, and buffers the rows it writes (nodes,
+    revisions, journal entries, chunk references) so that a batch of a thousand commits costs a
+    handful of multi-row statements instead of thousands of single ones. Lookups through `live`
+    see the buffered rows; `flush` must run before any statement that reads the tables directly.
+    """
+
+    db: Database
+    conn: Connection
+    ns_id: int
+    head: int
+    next_node: int
+    user_id: int | None
+    now: float = field(default_factory=time.time)
+    cache: dict[str, Any] = field(default_factory=dict)
+    new_nodes: dict[int, dict[str, Any]] = field(default_factory=dict)
+    changed_nodes: dict[int, dict[str, Any]] = field(default_factory=dict)
+    rev_rows: list[dict[str, Any]] = field(default_factory=list)
+    journal_rows: list[dict[str, Any]] = field(default_factory=list)
+    ref_counts: dict[str, int] = field(default_factory=dict)
+    chunk_sizes: dict[str, int] | None = None
+    usable: set[str] | None = None
+    checked: set[str] = field(default_factory=set)
+    readable: tuple[int, ...] = ()
+    """Other namespaces the caller can read: their chunks need no proof of possession here."""
+    share_origin: Any = None
+    """(cut, owner's root namespace) of a shared namespace, once `same_as_before_share` read it."""
+
+    def next_jid(self) -> int:
+        self.head += 1
+        return self.head
+
+    def new_node_id(self) -> int:
+        nid = self.next_node
+        self.next_node += 1
+        return nid
+
+    # -- lookups that see this transaction's own writes ---------------------------------------
+    def live(self, path_key: str) -> Any:
+        if path_key not in self.cache:
+            self.cache[path_key] = self.conn.execute(
+                select(nodes).where(nodes.c.ns_id == self.ns_id, nodes.c.path_key == path_key)
+            ).first()
+        return self.cache[path_key]
+
+    def prefetch(self, keys: Iterable[str]) -> None:
+        """Load the live nodes at many keys with a few IN queries (missing keys cache as None)."""
+        todo = sorted({k for k in keys if k not in self.cache})
+        for i in range(0, len(todo), 500):
+            part = todo[i : i + 500]
+            for k in part:
+                self.cache[k] = None
+            for row in self.conn.execute(
+                select(nodes).where(nodes.c.ns_id == self.ns_id, nodes.c.path_key.in_(part))
+            ):
+                self.cache[row.path_key] = row
+
+    def forget(self) -> None:
+        self.cache.clear()
+
+    # -- buffered writes ------------------------------------------------------------------------
+    def put_node(self, node_id: int, values: dict[str, Any], *, new: bool) -> None:
+        full = {"ns_id": self.ns_id, "node_id": node_id, **values}
+        if new or node_id in self.new_nodes:
+            self.new_nodes[node_id] = full
+        else:
+            self.changed_nodes[node_id] = full
+        if values.get("path_key") is not None:
+            self.cache[values["path_key"]] = SimpleNamespace(**full)
+
+    def add_refs(self, hashes: Iterable[str], count: int = 1) -> None:
+        """Count ``count`` more references from this namespace to each of ``hashes`` (once each)."""
+        for h in set(hashes):
+            self.ref_counts[h] = self.ref_counts.get(h, 0) + count
+
+    def journal(
+        self,
+        op: str,
+        *,
+        node_id: int,
+        parent_id: int,
+        kind: str,
+        path: str,
+        rev: int,
+        size: int = 0,
+        content_hash: str | None = None,
+        mtime: float | None = None,
+        old_path: str | None = None,
+        old_parent_id: int | None = None,
+        mode: int | None = None,
+    ) -> None:
+        self.journal_rows.append(
+            {
+                "ns_id": self.ns_id, "jid": rev, "op": op, "node_id": node_id, "parent_id": parent_id, "kind": kind,
+                "name": paths.split(path)[1], "path": path, "path_key": paths.key(path), "rev": rev, "size": size,
+                "content_hash": content_hash, "mtime": mtime, "old_path": old_path, "old_parent_id": old_parent_id,
+                "user_id": self.user_id, "created_at": self.now, "mode": mode,
+            }
+        )
+
+    def flush(self) -> None:
+        """Write the buffered rows (see the class docstring)."""
+        conn = self.conn
+        if self.changed_nodes:
+            stmt = (
+                update(nodes)
+                .where(nodes.c.ns_id == bindparam("b_ns"), nodes.c.node_id == bindparam("b_node"))
+                .values({c: bindparam(f"v_{c}") for c in NODE_COLUMNS})
+            )
+            conn.execute(
+                stmt,
+                [
+                    {"b_ns": v["ns_id"], "b_node": v["node_id"], **{f"v_{c}": v.get(c) for c in NODE_COLUMNS}}
+                    for v in self.changed_nodes.values()
+                ],
+            )
+        if self.new_nodes:
+            conn.execute(insert(nodes), [{c: v.get(c) for c in ("ns_id", "node_id", *NODE_COLUMNS)} for v in self.new_nodes.values()])
+        if self.rev_rows:
+            conn.execute(insert(file_revs), self.rev_rows)
+        if self.journal_rows:
+            conn.execute(insert(journal), self.journal_rows)
+        if self.ref_counts:
+            names = sorted(self.ref_counts)
+            self.db.insert_ignore(
+                conn, ns_chunks, [{"ns_id": self.ns_id, "hash": h, "refs": 0, "touched_at": self.now} for h in names]
+            )
+            conn.execute(
+                update(ns_chunks)
+                .where(ns_chunks.c.ns_id == self.ns_id, ns_chunks.c.hash == bindparam("h"))
+                .values(refs=ns_chunks.c.refs + bindparam("n", type_=BigInteger), touched_at=self.now),
+                [{"h": h, "n": self.ref_counts[h]} for h in names],
+            )
+        self.new_nodes.clear()
+        self.changed_nodes.clear()
+        self.rev_rows.clear()
+        self.journal_rows.clear()
+        self.ref_counts.clear()
+
+    def finish(self) -> None:
+        """Flush, and write the namespace's new head and node counter (before the commit)."""
+        self.flush()
+        self.conn.execute(
+            update(namespaces)
+            .where(namespaces.c.ns_id == self.ns_id)
+            .values(head=self.head, next_node=self.next_node)
+        )
+
+
+def lock_namespace(db: Database, conn: Connection, ns_id: int) -> tuple[int, int]:
+    """Lock ``ns_id``'s row on ``conn`` (a write transaction of ``db``): (head, next node id).
+    `NotFound` if the namespace does not exist."""
+    q = select(namespaces.c.head, namespaces.c.next_node).where(namespaces.c.ns_id == ns_id)
+    if not db.is_sqlite:
+        q = q.with_for_update()
+    row = conn.execute(q).first()
+    if row is None:
+        raise NotFound(f"namespace {ns_id} does not exist")
+    return int(row[0]), int(row[1])
+
+
+def open_txn(
+    db: Database, conn: Connection, ns_id: int, user_id: int | None, *, readable: Iterable[int] = (),
+    now: float | None = None,
+) -> NamespaceTxn:
+    """Lock ``ns_id`` on ``conn`` and open a `NamespaceTxn` on it; the caller calls `finish`."""
+    head, next_node = lock_namespace(db, conn, ns_id)
+    others = tuple(sorted({int(n) for n in readable} - {ns_id}))
+    tx = NamespaceTxn(db, conn, ns_id, head, next_node, user_id, readable=others)
+    if now is not None:
+        tx.now = now
+    return tx
+
+
+def lock_namespaces(db: Database, conn: Connection, ns_ids: Iterable[int], user_id: int | None) -> dict[int, NamespaceTxn]:
+    """Lock several namespaces on one connection in ascending id order (so two such
+    transactions never deadlock) and open a `NamespaceTxn` on each. Only while they share a
+    database: see the module docstring."""
+    return {ns: open_txn(db, conn, ns, user_id) for ns in sorted(set(ns_ids))}
+
+
+def finish_all(txs: dict[int, NamespaceTxn]) -> dict[int, int]:
+    """`NamespaceTxn.finish` each; answers namespace -> new head."""
+    heads = {}
+    for ns, tx in txs.items():
+        tx.finish()
+        heads[ns] = tx.head
+    return heads
+
+
+def write_namespace(
+    db: Database, ns_id: int, user_id: int | None, fn: Callable[[NamespaceTxn], T], readable: Iterable[int] = ()
+) -> T:
+    """Run ``fn(txn)`` in one transaction of ``db`` holding the namespace's lock, and commit
+    what it wrote (a raise rolls everything back, journal ids with it)."""
+
+    def run(conn: Connection) -> T:
+        tx = open_txn(db, conn, ns_id, user_id, readable=readable)
+        result = fn(tx)
+        tx.finish()
+        return result
+
+    return db.write(run)
+
+
+__all__ = [
+    "NODE_COLUMNS",
+    "ROOT_NODE",
+    "NamespaceTxn",
+    "entry_of",
+    "finish_all",
+    "key_range",
+    "lock_namespace",
+    "lock_namespaces",
+    "open_txn",
+    "root_entry",
+    "write_namespace",
+]

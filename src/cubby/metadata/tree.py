@@ -1,0 +1,127 @@
+"""Rules of a namespace's tree that every writer applies inside its `NamespaceTxn`: writes
+below a mount point are refused, missing parent folders are created, and a revision named
+before a share still matches the unchanged copy.
+
+Used by the file writes (`cubby.metadata.writes`), shares and cross-namespace moves alike, so
+that each applies them the same way. All but one stay in the transaction's namespace:
+`same_as_before_share` also reads the owner's root namespace (its row in ``users`` and the
+copied node there), which is a cross-namespace read once namespaces are sharded (it would
+then read the cut and the old revisions that the share recorded in the shared namespace).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select, update
+
+from cubby.core import paths
+from cubby.errors import Conflict, NamespaceMoved
+from cubby.metadata.nstxn import ROOT_NODE, NamespaceTxn, key_range
+from cubby.metadata.schema import namespaces, nodes, users
+
+
+def same_as_before_share(tx: NamespaceTxn, row: Any, expected_rev: int) -> bool:
+    """Whether ``expected_rev`` is the revision ``row`` had in its owner's root namespace
+    when the share copied it, and it has not changed since.
+
+    Sharing renumbers what it copies (a revision is a journal id of its namespace), so a
+    client that read a file before the share, or a request that raced the share and was
+    resolved again, names the old revision. It is the same version, so it must not be a
+    conflict; any change since the copy has a revision above the cut and still is one."""
+    if tx.share_origin is None:
+        tx.share_origin = tx.conn.execute(
+            select(namespaces.c.cut, users.c.root_ns)
+            .join(users, users.c.id == namespaces.c.owner_id)
+            .where(namespaces.c.ns_id == tx.ns_id)
+        ).first() or False
+    ns = tx.share_origin
+    if not ns or ns.cut is None or int(row.rev) > int(ns.cut):
+        return False
+    old = tx.conn.execute(
+        select(nodes.c.rev).where(nodes.c.ns_id == int(ns.root_ns), nodes.c.node_id == int(row.node_id))
+    ).first()
+    return old is not None and int(old.rev) == int(expected_rev)
+
+
+def guard_mounts(tx: NamespaceTxn, path: str) -> None:
+    """Refuse, retryably, a write whose path lies below a mount point of this namespace.
+
+    Such a write resolved its path before the folder became a shared folder (its own
+    namespace) and reached this namespace after the share committed: applying it here would
+    put it where no one sees it, so it must be resolved again and land in the new namespace.
+    Every writer of a namespace holds that namespace's lock, so this check and the share
+    are ordered: each write lands on exactly one side of the cut."""
+    for a in paths.ancestors(path):
+        row = tx.live(paths.key(a))
+        if row is None or row.kind == "file":
+            return  # nothing deeper exists, or the write fails on its own
+        if row.kind == "mount":
+            raise NamespaceMoved(f"{row.path} became a shared folder; resolve {path} again and retry", path=row.path)
+
+
+def ensure_folder(tx: NamespaceTxn, path: str) -> tuple[int, str]:
+    """Node id and display path of the folder at ``path``, creating it and its missing
+    parents. A new node's display path is its parent's display path plus its own name, so
+    that the spelling of every ancestor is the one it was created with."""
+    if path == paths.ROOT:
+        return ROOT_NODE, paths.ROOT
+    row = tx.live(paths.key(path))
+    if row is not None:
+        if row.kind == "mount":
+            raise NamespaceMoved(f"{row.path} became a shared folder; resolve {path} again and retry", path=row.path)
+        if row.kind != "folder":
+            raise Conflict(f"{row.path} is a file, so it cannot hold {path}", code="not_a_folder")
+        return int(row.node_id), str(row.path)
+    parent, name = paths.split(path)
+    parent_id, parent_path = ensure_folder(tx, parent)
+    path = paths.join(parent_path, name)
+    node_id = tx.new_node_id()
+    jid = tx.next_jid()
+    values = {
+        "parent_id": parent_id,
+        "name": paths.split(path)[1],
+        "path": path,
+        "path_key": paths.key(path),
+        "kind": "folder",
+        "rev": jid,
+        "content_rev": None,
+        "size": 0,
+        "content_hash": None,
+        "mtime": None,
+        "deleted": False,
+        "deleted_key": None,
+    }
+    tx.put_node(node_id, values, new=True)
+    tx.journal("mkdir", node_id=node_id, parent_id=parent_id, kind="folder", path=path, rev=jid)
+    return node_id, path
+
+
+def remove_node(tx: NamespaceTxn, row: Any) -> int:
+    """Mark the live node ``row`` deleted, with everything below it if it is a folder, and
+    journal one ``delete`` for it; answers that journal id. Each node keeps its row and the
+    key it had (``deleted_key``), so history and undelete can find it. The caller has checked
+    that the removal is allowed (no mount below it, the expected revision)."""
+    key = str(row.path_key)
+    jid = tx.next_jid()
+    if row.kind == "folder":
+        lo, hi = key_range(key)
+        tx.conn.execute(
+            update(nodes)
+            .where(nodes.c.ns_id == tx.ns_id, nodes.c.path_key > lo, nodes.c.path_key < hi)
+            # MySQL applies SET clauses in order: copy the key before clearing it.
+            .ordered_values((nodes.c.deleted_key, nodes.c.path_key), (nodes.c.path_key, None), (nodes.c.deleted, True))
+        )
+    tx.conn.execute(
+        update(nodes)
+        .where(nodes.c.ns_id == tx.ns_id, nodes.c.node_id == row.node_id)
+        .values(deleted=True, deleted_key=key, path_key=None, rev=jid)
+    )
+    tx.journal(
+        "delete", node_id=row.node_id, parent_id=row.parent_id, kind=row.kind, path=row.path, rev=jid,
+        size=row.size, content_hash=row.content_hash,
+    )
+    return jid
+
+
+__all__ = ["ensure_folder", "guard_mounts", "remove_node", "same_as_before_share"]

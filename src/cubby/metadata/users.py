@@ -1,0 +1,142 @@
+"""`UserDirectory`: users and their API tokens.
+
+Directory-side: ``users`` and ``tokens`` are keyed by user, not by namespace, and will live in
+the directory database once metadata is sharded. One call crosses into a namespace:
+`create_user` also creates the user's root namespace (a ``namespaces`` row) in the same
+transaction; sharded, that becomes an intent (directory row first, then the namespace on its
+shard, then the directory's namespace -> shard entry).
+
+A token is shown once, at creation; only its SHA-256 is stored (`token_hash`): 256 random bits
+need no salt, and a lookup is one unique-index probe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import time
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from cubby.errors import BadRequest, Conflict, NotFound, Unauthorized
+from cubby.metadata.engine import Database
+from cubby.metadata.schema import namespaces, tokens, users
+from cubby.model import User
+
+USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class UserDirectory:
+    """Users and tokens of one (directory) database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def create_user(self, name: str) -> tuple[User, str]:
+        if not isinstance(name, str) or not USER_RE.match(name):
+            raise BadRequest(
+                f"invalid user name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            )
+
+        def run(conn: Connection) -> User:
+            if conn.execute(select(users.c.id).where(users.c.name_key == name.lower())).first():
+                raise Conflict(f"a user named {name!r} already exists")
+            now = time.time()
+            uid = conn.execute(
+                insert(users).values(name=name, name_key=name.lower(), created_at=now)
+            ).inserted_primary_key[0]  # type: ignore[index]
+            ns = conn.execute(
+                insert(namespaces).values(kind="root", owner_id=uid, head=0, next_node=1, created_at=now)
+            ).inserted_primary_key[0]  # type: ignore[index]
+            conn.execute(update(users).where(users.c.id == uid).values(root_ns=ns))
+            return User(id=int(uid), name=name, root_ns=int(ns))
+
+        try:
+            user = self.db.write(run)
+        except IntegrityError as exc:
+            raise Conflict(f"a user named {name!r} already exists") from exc
+        _, token = self.create_token(user.id, "initial")
+        return user, token
+
+    def get_user(self, name: str) -> User:
+        row = self.db.read(
+            lambda c: c.execute(select(users).where(users.c.name_key == str(name).lower())).first()
+        )
+        if row is None:
+            raise NotFound(f"no user named {name!r}")
+        return User(id=row.id, name=row.name, root_ns=row.root_ns)
+
+    def create_token(self, user_id: int, label: str = "") -> tuple[int, str]:
+        token = "cby_" + secrets.token_urlsafe(32)
+
+        def run(conn: Connection) -> int:
+            if not conn.execute(select(users.c.id).where(users.c.id == user_id)).first():
+                raise NotFound(f"no user with id {user_id}")
+            return int(
+                conn.execute(
+                    insert(tokens).values(
+                        user_id=user_id, token_hash=token_hash(token), label=label[:200], created_at=time.time()
+                    )
+                ).inserted_primary_key[0]  # type: ignore[index]
+            )
+
+        return self.db.write(run), token
+
+    def list_tokens(self, user_id: int) -> list[dict[str, object]]:
+        rows = self.db.read(
+            lambda c: c.execute(
+                select(tokens.c.id, tokens.c.label, tokens.c.created_at, tokens.c.revoked_at)
+                .where(tokens.c.user_id == user_id)
+                .order_by(tokens.c.id)
+            ).all()
+        )
+        return [dict(r._mapping) for r in rows]
+
+    def revoke_token(self, user_id: int, token_id: int) -> None:
+        def run(conn: Connection) -> None:
+            res = conn.execute(
+                update(tokens)
+                .where(tokens.c.id == token_id, tokens.c.user_id == user_id, tokens.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            )
+            if res.rowcount == 0:
+                raise NotFound(f"no active token {token_id} for this user")
+
+        self.db.write(run)
+
+    def token_owner(self, token: str) -> tuple[int, str, int, int]:
+        """(user id, name, root namespace, token id) of a valid token; `Unauthorized` if it
+        is unknown or revoked. (Split from `authenticate` so that a cache can keep the two
+        halves under their own keys: see `cubby.cache.store`.)"""
+        if not token:
+            raise Unauthorized("missing bearer token: pass 'Authorization: Bearer TOKEN' (cubby user add prints one)")
+
+        def run(conn: Connection) -> Any:
+            return conn.execute(
+                select(tokens.c.id, tokens.c.revoked_at, users.c.id.label("uid"), users.c.name, users.c.root_ns)
+                .join(users, users.c.id == tokens.c.user_id)
+                .where(tokens.c.token_hash == token_hash(token))
+            ).first()
+
+        row = self.db.read(run)
+        if row is None:
+            raise Unauthorized("unknown token: check CUBBY_TOKEN, or create one with 'cubby user add'")
+        if row.revoked_at is not None:
+            raise Unauthorized("this token was revoked: create a new one with 'cubby token create'")
+        return int(row.uid), str(row.name), int(row.root_ns), int(row.id)
+
+    def token_hash_of(self, token_id: int) -> str | None:
+        """The stored hash of token ``token_id`` (None if there is none): the cache's key."""
+        row = self.db.read(lambda c: c.execute(select(tokens.c.token_hash).where(tokens.c.id == token_id)).first())
+        return None if row is None else str(row[0])
+
+
+__all__ = ["USER_RE", "UserDirectory", "token_hash"]
