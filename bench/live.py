@@ -23,9 +23,10 @@ from tests.helpers.live_server import LiveServer
 __all__ = ["LiveServer", "cli", "start_server"]
 
 
-def start_server(folder: Path) -> tuple[LiveServer, str]:
-    """A fresh server with its data under ``folder``, and a token for a new user."""
-    server = LiveServer(folder / "server").start()
+def start_server(folder: Path, *, blocks: str | None = None) -> tuple[LiveServer, str]:
+    """A fresh server with its data under ``folder``, and a token for a new user; ``blocks``
+    is its ``--blocks`` location (an ``s3://`` URL, say) when not the default folder."""
+    server = LiveServer(folder / "server", extra_args=["--blocks", blocks] if blocks else None).start()
     return server, server.add_user("bench")
 
 

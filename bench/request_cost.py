@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from machine import describe, load_average, summary_line
 
 from cubby.core import frames
+from tests.helpers.cache_servers import Memcached
 from tests.helpers.live_server import LiveServer
-from tests.helpers.memcached import Memcached
 
 KINDS = ("stat", "list-100", "commit")
 

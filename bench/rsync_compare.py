@@ -352,9 +352,7 @@ def main(argv: list[str] | None = None) -> None:
         daemon.stop()
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
-    path = report.write()
-    report.print()
-    print(f"\nresults: {path}")
+    report.finish()
 
 
 if __name__ == "__main__":

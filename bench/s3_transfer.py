@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from datasets import dataset, parse_size, small_files
-from live import LiveServer, cli
+from live import LiveServer, cli, start_server
 from machine import describe, summary_line
 from reference import drop, warm
 from report import Report, Row, median_run
@@ -45,9 +45,7 @@ BUCKET = "cubby-bench"
 def s3_server(folder: Path, endpoint: str, prefix: str) -> tuple[LiveServer, str]:
     """A fresh cubby server whose packs live under ``prefix`` of the bench bucket (credentials
     from the environment, as every AWS client reads them)."""
-    url = f"s3://{BUCKET}/{prefix}?endpoint={endpoint}&region=us-east-1"
-    server = LiveServer(folder, extra_args=["--blocks", url]).start()
-    return server, server.add_user("bench")
+    return start_server(folder, blocks=f"s3://{BUCKET}/{prefix}?endpoint={endpoint}&region=us-east-1")
 
 
 def small_files_row(report: Report, scratch: Path, work: Path, endpoint: str, count: int, size: int) -> None:
@@ -172,8 +170,8 @@ def large_file_rows(report: Report, work: Path, endpoint: str, src: Path, size: 
         runs.setdefault("put", []).append({"seconds": put, "chunks": chunks})
         runs.setdefault("get", []).append({"seconds": get})
         empty_bucket(client, f"round-{k}/", delete=False)
-        server = LiveServer(work / f"folder-{k}").start()
-        put, get, chunks = cubby_round(server, server.add_user("bench"), src, digest, work / "got.bin")
+        server, token = start_server(work / f"folder-{k}")
+        put, get, chunks = cubby_round(server, token, src, digest, work / "got.bin")
         runs.setdefault("folder_put", []).append({"seconds": put, "chunks": chunks})
         runs.setdefault("folder_get", []).append({"seconds": get})
         shutil.rmtree(work / f"folder-{k}", ignore_errors=True)
@@ -260,9 +258,7 @@ def main(argv: list[str] | None = None) -> None:
             large_file_rows(report, work, endpoint, src, size, args.repeat)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    path = report.write()
-    report.print()
-    print(f"\nresults: {path}")
+    report.finish()
 
 
 if __name__ == "__main__":

@@ -228,9 +228,7 @@ def main(argv: list[str] | None = None) -> None:
         for server in servers:
             server.stop()
         shutil.rmtree(work, ignore_errors=True)
-    path = report.write()
-    report.print()
-    print(f"\nresults: {path}")
+    report.finish()
 
 
 if __name__ == "__main__":

@@ -1,23 +1,31 @@
 """A real tree synced by cubby beside rsync to a daemon, in one run (issue 12).
 
-The tree is one that ships on the machine (default: the running Python's library folder, the
-standard library and its ``site-packages``: 50,700 files in 8,700 folders on the machine the
-figures come from; ``--stdlib-only`` leaves ``site-packages`` out, 7,700 files), copied once
-into the scratch folder (``--max-files`` copies only the first N files, in walk order, with
-their folders, for a short run). Measured, each beside rsync:
+Two data sets (``--datasets tree,small``):
 
-- first upload: ``SyncEngine.run_once`` on a folder holding the tree, against an empty
-  server, beside ``rsync -a --fsync`` of the tree to an empty daemon module (durable against
-  durable; plain ``rsync -a`` is shown too);
-- no-op pass: the same engine's pass with nothing changed, beside rsync's second run;
+- ``tree``: one that ships on the machine (default: the running Python's library folder, the
+  standard library and its ``site-packages``: 50,700 files in 8,700 folders on the machine the
+  figures come from; ``--stdlib-only`` leaves ``site-packages`` out, 7,700 files), copied once
+  into the scratch folder (``--max-files`` copies only the first N files, in walk order, with
+  their folders, for a short run);
+- ``small``: ``--small-files`` files of ``--small-size`` random bytes (default 10,000 x 4 KiB,
+  `datasets.small_files`).
+
+Measured on each, beside rsync, in ``--repeat`` interleaved rounds (each round runs every
+step of every set, rsync then cubby, into fresh destinations; the table shows medians):
+
+- first upload: ``SyncEngine.run_once`` on a folder holding the set, against an empty
+  server, beside ``rsync -a --fsync`` to an empty daemon module (durable against durable;
+  plain ``rsync -a`` is shown too);
+- no-op pass: the same engine's next pass with nothing changed, beside rsync's second run;
+  and the same pass in a new process (what ``cubby sync --once`` pays: no plan to reuse);
 - first download: a second client syncing into an empty folder, beside ``rsync -a --fsync``
   from the daemon into an empty folder;
-- ``cubby put`` of the tree into a fresh server, files per second beside rsync --fsync's.
+- ``cubby put`` of the set into a fresh server, files per second beside rsync --fsync's.
 
 Each cubby sync runs in a child process (``--child``) so that its peak RSS is its own; the
 child counts its HTTP requests through an httpx event hook.
 
-    .venv/bin/python bench/tree_sync.py [--tree DIR] [--max-files 5000]
+    .venv/bin/python bench/tree_sync.py [--stdlib-only] [--datasets tree,small] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -34,10 +42,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from datasets import parse_size, small_files
 from live import cli, start_server
 from machine import describe, summary_line
 from reference import warm
-from report import Report, Row
+from report import Report, Row, median_run
 from rsync_compare import RsyncDaemon, rsync
 
 HERE = Path(__file__).resolve().parent
@@ -105,6 +114,90 @@ def run_child(url: str, token: str, folder: Path, passes: int) -> dict[str, Any]
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
+def measure_round(
+    name: str, tree: Path, work: Path, daemon: RsyncDaemon, r: int
+) -> dict[str, Any]:
+    """One interleaved round on one data set: every rsync reference, then every cubby step,
+    each into a fresh destination (a fresh daemon module path, a fresh server)."""
+    out: dict[str, Any] = {"load_average": os.getloadavg()[0]}
+    down_dir = work / f"rsync-down-{name}"
+    shutil.rmtree(down_dir, ignore_errors=True)
+    warm(tree)
+    out["rs_plain"], _ = rsync("-a", str(tree) + "/", daemon.url(f"plain-{name}-{r}/"))
+    out["rs_up"], _ = rsync("-a", "--fsync", str(tree) + "/", daemon.url(f"{name}-{r}/"))
+    out["rs_noop"], _ = rsync("-a", "--fsync", str(tree) + "/", daemon.url(f"{name}-{r}/"))
+    out["rs_down"], _ = rsync("-a", "--fsync", daemon.url(f"{name}-{r}/"), str(down_dir) + "/")
+    shutil.rmtree(down_dir, ignore_errors=True)
+    a, b = work / "a", work / "b"
+    for d in (a, b):
+        shutil.rmtree(d, ignore_errors=True)
+    shutil.copytree(tree, a, symlinks=True)
+    b.mkdir()
+    server, token = start_server(work / "srv")
+    try:
+        warm(a)
+        out["up"] = run_child(server.url, token, a, 2)
+        out["cold_noop"] = run_child(server.url, token, a, 1)
+        out["down"] = run_child(server.url, token, b, 1)
+    finally:
+        server.stop()
+    for d in (a, b, work / "srv"):
+        shutil.rmtree(d, ignore_errors=True)
+    server, token = start_server(work / "srv-put")
+    try:
+        warm(tree)
+        out["put"], _ = cli(server, token, "put", str(tree), "/tree")
+    finally:
+        server.stop()
+    shutil.rmtree(work / "srv-put", ignore_errors=True)
+    print(f"  round {r + 1} ({name}, load {out['load_average']:.1f}): rsync --fsync up {out['rs_up']:.2f} s, "
+          f"cubby {out['up']['passes'][0]['seconds']:.2f} s; no-op {out['rs_noop']:.2f} / {out['up']['passes'][1]['seconds']:.2f} s; "
+          f"down {out['rs_down']:.2f} / {out['down']['passes'][0]['seconds']:.2f} s; put {out['put']:.2f} s", flush=True)
+    return out
+
+
+def median_of(rounds: list[dict[str, Any]], get: Any) -> dict[str, Any]:
+    """The round whose value of ``get`` is the median, with every round's value."""
+    runs = [{"seconds": get(x), "round": x} for x in rounds]
+    return median_run(runs)
+
+
+def report_dataset(report: Report, group: str, files: int, rounds: list[dict[str, Any]]) -> None:
+    """Rows of one data set: each step's median round, each ratio taken on medians."""
+
+    def row(name: str, get: Any, reference: Row | None = None, extra: dict[str, Any] | None = None) -> Row:
+        m = median_of(rounds, get)
+        out = Row(group, name, m["seconds"], files=files, extra={"samples_seconds": m["samples_seconds"], **(extra or {})})
+        if reference is not None:  # cubby seconds / rsync seconds: below 1 is faster than rsync
+            out.reference, out.ratio = reference.name, out.seconds / reference.seconds
+        return report.add(out)
+
+    up_pass = lambda x: x["up"]["passes"][0]  # noqa: E731
+    row("rsync -a to daemon", lambda x: x["rs_plain"])
+    ref = row("rsync -a --fsync to daemon", lambda x: x["rs_up"])
+    row("cubby first upload sync", lambda x: up_pass(x)["seconds"], ref,
+                    extra={"requests": [up_pass(x)["requests"] for x in rounds],
+                           "max_rss_kib": [x["up"]["max_rss_kib"] for x in rounds],
+                           "converged": all(up_pass(x)["converged"] for x in rounds)})
+    nref = row("rsync no-op (second run)", lambda x: x["rs_noop"])
+    row("cubby no-op pass", lambda x: x["up"]["passes"][1]["seconds"], nref,
+                  extra={"requests": [x["up"]["passes"][1]["requests"] for x in rounds],
+                         "applied": [x["up"]["passes"][1]["applied"] for x in rounds]})
+    row("cubby no-op pass, new process (cubby sync --once)", lambda x: x["cold_noop"]["passes"][0]["seconds"], nref,
+                  extra={"requests": [x["cold_noop"]["passes"][0]["requests"] for x in rounds],
+                         "max_rss_kib": [x["cold_noop"]["max_rss_kib"] for x in rounds]})
+    dref = row("rsync -a --fsync from daemon", lambda x: x["rs_down"])
+    row("cubby first download sync", lambda x: x["down"]["passes"][0]["seconds"], dref,
+                  extra={"requests": [x["down"]["passes"][0]["requests"] for x in rounds],
+                         "max_rss_kib": [x["down"]["max_rss_kib"] for x in rounds],
+                         "converged": all(x["down"]["passes"][0]["converged"] for x in rounds)})
+    put = row("cubby put (CLI)", lambda x: x["put"])
+    put.reference, put.ratio = ref.name, ref.seconds / put.seconds  # files/s over rsync's files/s
+    report.notes.append(
+        f"{group}: load average at the start of each round {[round(x['load_average'], 1) for x in rounds]}"
+    )
+
+
 def main(argv: list[str]) -> None:
     if argv and argv[0] == "--child":
         child(argv[1], argv[2], Path(argv[3]), int(argv[4]))
@@ -113,62 +206,44 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--tree", type=Path, default=Path(sysconfig.get_paths()["stdlib"]))
     ap.add_argument("--max-files", type=int, default=None, help="copy only this many files of the tree")
     ap.add_argument("--stdlib-only", action="store_true", help="leave site-packages out of the default tree")
+    ap.add_argument("--datasets", default="tree,small", help="tree (the real tree), small (many small files), or both")
+    ap.add_argument("--small-files", type=int, default=10_000, help="files of the small-files set")
+    ap.add_argument("--small-size", default="4K", help="size of each file of the small-files set")
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds per data set (medians are reported)")
     ap.add_argument("--scratch", type=Path, default=Path("/tmp/cubby-bench"))
     ap.add_argument("--name", default="tree_sync")
     args = ap.parse_args(argv)
+    wanted = [d.strip() for d in args.datasets.split(",") if d.strip()]
     subprocess.run(["bash", str(HERE / "setup.sh")], check=True)
     machine = describe(args.scratch, {"rsync": ["rsync", "--version"]})
     print(summary_line(machine), flush=True)
     work = args.scratch / "tree-sync"
     shutil.rmtree(work, ignore_errors=True)
-    tree = work / "tree"
-    files, folders = copy_tree(args.tree, tree, args.max_files, ("site-packages",) if args.stdlib_only else ())
-    print(f"tree: {files} files, {folders} folders from {args.tree}", flush=True)
-    report = Report(args.name, machine, {"tree": str(args.tree), "files": files, "folders": folders})
+    sets: list[tuple[str, Path, int, int]] = []
+    if "tree" in wanted:
+        tree = work / "tree"
+        files, folders = copy_tree(args.tree, tree, args.max_files, ("site-packages",) if args.stdlib_only else ())
+        print(f"tree: {files} files, {folders} folders from {args.tree}", flush=True)
+        sets.append(("tree", tree, files, folders))
+    if "small" in wanted:
+        size = parse_size(args.small_size)
+        small = small_files(args.scratch, args.small_files, size)
+        sets.append((f"{args.small_files}x{args.small_size}", small, args.small_files, args.small_files // 1000 + 1))
+    params = {"tree": str(args.tree), "stdlib_only": args.stdlib_only, "repeat": args.repeat,
+              "datasets": {name: {"path": str(path), "files": files, "folders": folders} for name, path, files, folders in sets}}
+    report = Report(args.name, machine, params)
     daemon = RsyncDaemon(args.scratch / "rsyncd-tree").start()
-    a, b = work / "a", work / "b"
     try:
-        warm(tree)
-        rs_plain, _ = rsync("-a", str(tree) + "/", daemon.url("plain/"))
-        rs_up, _ = rsync("-a", "--fsync", str(tree) + "/", daemon.url("tree/"))
-        rs_noop, _ = rsync("-a", "--fsync", str(tree) + "/", daemon.url("tree/"))
-        rs_down, _ = rsync("-a", "--fsync", daemon.url("tree/"), str(work / "rsync-down") + "/")
-        shutil.rmtree(work / "rsync-down", ignore_errors=True)
-        shutil.copytree(tree, a, symlinks=True)
-        b.mkdir()
-        server, token = start_server(work / "srv")
-        try:
-            warm(a)
-            up = run_child(server.url, token, a, 2)
-            down = run_child(server.url, token, b, 1)
-        finally:
-            server.stop()
-        shutil.rmtree(work / "srv", ignore_errors=True)
-        server, token = start_server(work / "srv-put")
-        try:
-            warm(tree)
-            put_s, _ = cli(server, token, "put", str(tree), "/tree")
-        finally:
-            server.stop()
-        group = "tree"
-        report.add(Row(group, "rsync -a to daemon", rs_plain, files=files))
-        ref = report.add(Row(group, "rsync -a --fsync to daemon", rs_up, files=files))
-        first, noop = up["passes"]
-        report.add(Row(group, "cubby first upload sync", first["seconds"], files=files, reference=ref.name,
-                       ratio=first["seconds"] / rs_up,
-                       extra={"requests": first["requests"], "max_rss_kib": up["max_rss_kib"], "converged": first["converged"]}))
-        nref = report.add(Row(group, "rsync no-op (second run)", rs_noop, files=files))
-        report.add(Row(group, "cubby no-op pass", noop["seconds"], files=files, reference=nref.name,
-                       ratio=noop["seconds"] / rs_noop, extra={"requests": noop["requests"], "applied": noop["applied"]}))
-        dref = report.add(Row(group, "rsync -a --fsync from daemon", rs_down, files=files))
-        d = down["passes"][0]
-        report.add(Row(group, "cubby first download sync", d["seconds"], files=files, reference=dref.name,
-                       ratio=d["seconds"] / rs_down,
-                       extra={"requests": d["requests"], "max_rss_kib": down["max_rss_kib"], "converged": d["converged"]}))
-        report.add(Row(group, "cubby put (CLI)", put_s, files=files, reference=ref.name, ratio=rs_up / put_s))
+        results: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in sets}
+        for r in range(args.repeat):
+            for name, path, _, _ in sets:  # interleaved: each round runs every set, rsync then cubby
+                results[name].append(measure_round(name, path, work, daemon, r))
+        for name, _, files, _ in sets:
+            report_dataset(report, name, files, results[name])
         report.notes.append(
             "ratios: sync rows are cubby seconds / rsync seconds (target <= 1.0, no-op <= 1.5); "
-            "the put row is cubby files/s / rsync --fsync files/s (target >= 1.0)"
+            "the put row is cubby files/s / rsync --fsync files/s (target >= 1.0); every row is "
+            "the median of the rounds (samples_seconds), each ratio a ratio of medians"
         )
     finally:
         daemon.stop()

@@ -137,7 +137,7 @@ BLOCKS_OPTION = click.option(
 @BLOCKS_OPTION
 @click.option(
     "--cache", "cache_url", default=None, metavar="URL",
-    help="Metadata cache: memory (default), none, redis://HOST:PORT/DB or memcached://HOST:PORT.",
+    help="Metadata cache: memory (default), none, redis://HOST:PORT/DB, redis+unix:///SOCKET, memcached://HOST:PORT or memcached:///SOCKET.",
 )
 @click.option(
     "--notify-front", type=click.Choice(["lean", "asgi"]), default=None,
@@ -215,6 +215,18 @@ def _read_password(from_stdin: bool) -> str:
     return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
 
 
+def _offer_password() -> str | None:
+    """At a terminal, ask for an optional web password (empty: the user gets an API token
+    only); elsewhere ask nothing, so that scripts that add users keep working unattended."""
+    import sys
+
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return None
+    answer = str(click.prompt("Web password (empty for none)", default="", show_default=False,
+                              hide_input=True, confirmation_prompt=True))
+    return answer or None
+
+
 @user.command("add")
 @click.argument("name")
 @click.option("--data", type=click.Path(path_type=Path), help="The server's data folder.")
@@ -225,12 +237,15 @@ def _read_password(from_stdin: bool) -> str:
 def user_add(
     state: State, name: str, data: Path | None, db: str | None, password_stdin: bool, ask_password: bool
 ) -> None:
-    """Create a user; the token is printed on the last line. With --password(-stdin) the user
-    can also log in to the web app."""
+    """Create a user; the token is printed on the last line. With --password(-stdin), or a
+    password typed when asked at a terminal, the user can also log in to the web app."""
     from cubby.metadata.accounts import check_password_rules
     from cubby.metadata.store import open_store
 
-    password = _read_password(password_stdin) if password_stdin or ask_password else None
+    if password_stdin or ask_password:
+        password: str | None = _read_password(password_stdin)
+    else:
+        password = _offer_password()
     if password is not None:
         check_password_rules(password)
     cfg = _server_config(state, data, db)

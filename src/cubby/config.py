@@ -48,8 +48,8 @@ class Config:
     """Mount a folder in an invitee's tree as soon as it is shared with them (a team server
     whose users trust each other), instead of waiting for ``cubby share accept``."""
     trusted_proxies: tuple[str, ...] = ()
-    """Addresses or networks of load balancers whose ``X-Forwarded-For`` (or PROXY protocol
-    header) names the real client; see `cubby.server.peers`. Nobody else's is believed."""
+    """Addresses or networks of load balancers whose ``X-Forwarded-For`` header names the real
+    client; see `cubby.server.peers`. Nobody else's is believed."""
     advertise_meta: str | None = None
     """Where clients reach the meta role, told to them by ``/api/v1/discovery`` (None: the
     address a request came in on, when this process serves the role)."""

@@ -174,9 +174,9 @@ class NeededChunk:
 
     hash: str
     nonce: str
-    base: str | None = None
-    """A chunk of the version being replaced, at the same place in the file: the client may
-    send this chunk as a patch against it (`cubby.core.delta`)."""
+    base: tuple[str, ...] = ()
+    """Chunks of the version being replaced, at the same place in the file (usually one): the
+    client may send this chunk as a patch against their concatenation (`cubby.core.delta`)."""
 
 
 @dataclass(frozen=True)

@@ -156,3 +156,17 @@ def test_local_layout_is_fanned_out(tmp_path):
     n, d = named(b"layout")
     store.put(n, d)
     assert (Path(tmp_path) / n[:2] / n).is_file()
+
+
+def test_read_many_answers_in_the_order_asked_and_stops_at_an_absent_chunk(store):
+    items = [named(os.urandom(size)) for size in (100, 70_000, 5000, 300_000, 1)]
+    store.put_many(items)
+    names = [n for n, _ in items]
+    asked = [names[3], names[0], names[3], *names[1:3], names[4]]  # out of order, one twice
+    assert list(store.read_many(asked)) == [(n, dict(items)[n]) for n in asked]
+    assert list(store.read_many([])) == []
+    absent, _ = named(b"never stored")
+    got = store.read_many([names[0], absent, names[1]])
+    assert next(got) == items[0]
+    with pytest.raises(NotFound):
+        next(got)

@@ -207,3 +207,65 @@ def test_a_store_of_the_previous_release_is_read_as_it_is_and_migrated(meta, tmp
 def test_rows_are_keyed_by_hash_alone(meta, tmp_path):
     """The index can be split by hash prefix: its key is the chunk hash, nothing else."""
     assert [c.name for c in chunk_index.primary_key.columns] == ["hash"]
+
+
+def test_read_many_reads_neighbouring_chunks_as_one_extent(meta, tmp_path):
+    objects = CountingObjects(FolderObjectStore(tmp_path / "blocks"))
+    store = PackBlockStore(objects, SqlChunkIndex(meta.db), reads_ahead=2)
+    first = [named(os.urandom(1_000_000)) for _ in range(10)]
+    second = [named(os.urandom(4096)) for _ in range(500)]
+    store.put_many(first)
+    store.put_many(second)
+    objects.calls.clear()
+    asked = [n for n, _ in first + second]
+    assert list(store.read_many(asked)) == first + second
+    # 10 MB of one pack in reads of at most 4 MiB (3), and 2 MB of 4 KiB chunks in one more
+    assert [c for c, _ in objects.calls] == ["get"] * 4
+    store.close()
+
+
+def test_read_many_looks_again_when_a_pack_was_compacted_away_meanwhile(meta, tmp_path):
+    """A pack read after its chunks moved and its object was deleted: each chunk is looked up
+    again and read where it is now, as `get` does."""
+    store = pack_store(meta, tmp_path / "blocks")
+    kept = [named(os.urandom(5000)) for _ in range(20)]
+    dead = [named(os.urandom(5000)) for _ in range(80)]
+    store.put_many(kept + dead)
+    (old_pack,) = [n for n, _ in store.objects.list("packs/")]
+    old_locations = store.index.lookup([n for n, _ in kept])
+    for n, _ in dead:
+        store.delete(n)
+    store.compact(grace=0)
+    store.compact(grace=0)
+    assert old_pack not in [n for n, _ in store.objects.list("packs/")]
+
+    class StaleIndex:
+        """The index as it was before the compaction, for the first lookup only."""
+
+        def __init__(self, inner: SqlChunkIndex) -> None:
+            self.inner = inner
+            self.stale = True
+
+        def lookup(self, hashes):
+            if self.stale:
+                self.stale = False
+                return {h: old_locations[h] for h in hashes if h in old_locations}
+            return self.inner.lookup(hashes)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    store.index = StaleIndex(store.index)  # type: ignore[assignment]
+    assert list(store.read_many([n for n, _ in kept])) == kept
+
+
+def test_read_many_reads_chunks_of_the_previous_release_from_the_legacy_store(meta, tmp_path):
+    legacy = LocalBlockStore(tmp_path / "blocks")
+    old = [named(os.urandom(3000)) for _ in range(3)]
+    legacy.put_many(old)
+    store = open_block_store(str(tmp_path / "blocks"), meta.db)
+    new = [named(os.urandom(3000)) for _ in range(3)]
+    store.put_many(new)
+    asked = [old[0][0], new[0][0], new[1][0], old[1][0], old[2][0], new[2][0]]
+    assert [n for n, _ in store.read_many(asked)] == asked
+    assert dict(store.read_many(asked)) == dict(old + new)

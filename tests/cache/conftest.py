@@ -1,16 +1,24 @@
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from cubby.cache.base import MetadataCache, open_cache
-from tests.conftest import require_service
-from tests.helpers.memcached import Memcached
+from cubby.metadata.store import SqlMetadataStore, open_store
+from tests.helpers.cache_servers import Memcached, start_cache_server
 
 CACHES = ["memory", "redis", "memcached"]
+
+
+@pytest.fixture
+def plain(sqlite_url: str) -> Iterator[SqlMetadataStore]:
+    """The metadata store under a `CachedStore`, on a fresh SQLite file."""
+    store = open_store(sqlite_url)
+    yield store
+    store.close()
 
 
 @pytest.fixture
@@ -22,39 +30,34 @@ def memcached(tmp_path: Path) -> Iterator[Memcached]:
         server.stop()
 
 
-def redis_url() -> str:
-    """The machine's Redis, under a prefix of this test's own (other test runs share it)."""
-    require_service("redis")
-    return f"redis://127.0.0.1:6379/0?prefix=cubby-test-{secrets.token_hex(6)}"
+@contextmanager
+def cache_server_url(kind: str, folder: Path) -> Iterator[str]:
+    """The URL of a cache of ``kind``: ``memory``, or a Redis or memcached server of the
+    test's own (a Redis run as the cache must be run, without persistence: cubby refuses
+    one that persists, and the machine's shared Redis may)."""
+    if kind == "memory":
+        yield "memory"
+        return
+    server = start_cache_server(kind, folder)
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 @pytest.fixture
 def cache_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    kind = getattr(request, "param", "memory")
-    if kind == "memcached":
-        server = Memcached(tmp_path).start()
-        try:
-            yield server.url
-        finally:
-            server.stop()
-    else:
-        yield redis_url() if kind == "redis" else "memory"
+    with cache_server_url(getattr(request, "param", "memory"), tmp_path / "cache") as url:
+        yield url
 
 
 @pytest.fixture(params=CACHES)
 def cache(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MetadataCache]:
     """Each implementation of the `MetadataCache` Protocol, for one contract suite."""
-    server = None
-    if request.param == "memcached":
-        server = Memcached(tmp_path).start()
-        url = server.url
-    else:
-        url = redis_url() if request.param == "redis" else "memory"
-    c = open_cache(url)
-    assert c is not None
-    try:
-        yield c
-    finally:
-        c.close()
-        if server is not None:
-            server.stop()
+    with cache_server_url(request.param, tmp_path / "cache") as url:
+        c = open_cache(url)
+        assert c is not None
+        try:
+            yield c
+        finally:
+            c.close()

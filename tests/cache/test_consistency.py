@@ -1,8 +1,11 @@
-"""Strong consistency across processes: two servers on one PostgreSQL database and one
-memcached. A writer commits, revokes tokens and removes a member through process A while
-readers hammer process B; every read is checked against what A had acknowledged before the
-read was sent, and none may show an older state. memcached is killed and restarted mid-run
-(requests then fall through to the database)."""
+"""Strong consistency across processes: two servers on one PostgreSQL database and one cache
+server of the test's own (a Redis, and a memcached). A writer commits, revokes tokens, removes
+a member and invites her back, again and again, through process A while readers hammer
+process B; every read is checked
+against what A had acknowledged before the read was sent, and none may show an older state.
+The cache server is killed (SIGKILL) and restarted mid-run: meanwhile requests fall through
+to the database, and acknowledged writes whose invalidation found nobody listening must not
+reappear older when it is back."""
 
 from __future__ import annotations
 
@@ -15,19 +18,21 @@ import httpx
 import pytest
 
 from tests.conftest import db_url_for
+from tests.helpers.cache_servers import CACHE_SERVERS, CacheServer, start_cache_server
 from tests.helpers.live_server import LiveServer
-from tests.helpers.memcached import Memcached
 
 ROUNDS = 60
 
 
-@pytest.fixture
-def pair(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, LiveServer, Memcached]]:
+@pytest.fixture(params=sorted(CACHE_SERVERS))
+def pair(
+    request: pytest.FixtureRequest, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[LiveServer, LiveServer, CacheServer]]:
     from cubby.metadata.schema import drop_all
 
     url = db_url_for("postgresql", tmp_path_factory)
     drop_all(url)
-    cache = Memcached(tmp_path).start()
+    cache = start_cache_server(request.param, tmp_path / "cache")
     args = ["--cache", cache.url, "--auto-accept-shares"]
     a = LiveServer(tmp_path / "a", db_url=url, extra_args=args).start()
     b = LiveServer(tmp_path / "b", db_url=url, extra_args=args).start()
@@ -59,17 +64,48 @@ class Acks:
         return head, (files[-1] if files else None), (revoked[-1] if revoked else None), removed
 
 
+class Register:
+    """A value that the writer changes back and forth (carol's membership), with the time
+    each change was sent and acknowledged: a read answered between ``t0`` and ``t1`` must
+    show the newest value acknowledged before ``t0``, unless a change was under way then."""
+
+    def __init__(self, value: bool) -> None:
+        self.lock = threading.Lock()
+        self.changes: list[tuple[float, float, bool]] = [(0.0, 0.0, value)]
+        self.sent_at: float | None = None
+
+    def send(self) -> None:
+        with self.lock:
+            self.sent_at = time.monotonic()
+
+    def acked(self, value: bool) -> None:
+        with self.lock:
+            assert self.sent_at is not None
+            self.changes.append((self.sent_at, time.monotonic(), value))
+            self.sent_at = None
+
+    def expected(self, t0: float, t1: float) -> bool | None:
+        with self.lock:
+            if self.sent_at is not None and self.sent_at < t1:
+                return None  # a change is under way: either value is right
+            if any(sent < t1 and acked > t0 for sent, acked, _ in self.changes):
+                return None
+            return [v for _, acked, v in self.changes if acked < t0][-1]
+
+
 def auth(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
 
 
-def test_no_read_on_one_process_is_older_than_an_ack_on_the_other(pair: tuple[LiveServer, LiveServer, Memcached]) -> None:
-    a, b, memcached = pair
-    alice, bob = a.add_user("alice"), a.add_user("bob")
+def test_no_read_on_one_process_is_older_than_an_ack_on_the_other(pair: tuple[LiveServer, LiveServer, CacheServer]) -> None:
+    a, b, cache = pair
+    alice, bob, carol = a.add_user("alice"), a.add_user("bob"), a.add_user("carol")
     wa, rb = httpx.Client(base_url=a.url, timeout=30), httpx.Client(base_url=b.url, timeout=30)
     assert wa.post("/api/v1/files/mkdir", json={"path": "/team"}, headers=auth(alice)).status_code == 200
-    r = wa.post("/api/v1/shares", json={"path": "/team", "user": "bob"}, headers=auth(alice))
-    assert r.status_code == 201, r.text
+    for member in ("bob", "carol"):
+        r = wa.post("/api/v1/shares", json={"path": "/team", "user": member}, headers=auth(alice))
+        assert r.status_code == 201, r.text
+    carol_member = Register(True)
     acks = Acks()
     stop = threading.Event()
     violations: list[str] = []
@@ -90,10 +126,19 @@ def test_no_read_on_one_process_is_older_than_an_ack_on_the_other(pair: tuple[Li
                 assert wa.delete(f"/api/v1/tokens/{made['id']}", headers=auth(bob)).status_code == 204
                 with acks.lock:
                     acks.revoked.append((time.monotonic(), made["token"]))
+            if i % 6 == 3:  # carol is removed, or invited back (and mounts the folder again)
+                member = carol_member.expected(time.monotonic(), time.monotonic())
+                carol_member.send()
+                if member:
+                    r = wa.post("/api/v1/shares/remove", json={"path": "/team", "user": "carol"}, headers=auth(alice))
+                else:
+                    r = wa.post("/api/v1/shares", json={"path": "/team", "user": "carol"}, headers=auth(alice))
+                assert r.status_code in (200, 201), r.text
+                carol_member.acked(not member)
             if i == ROUNDS // 3:
-                memcached.stop()  # the cache server dies ...
+                cache.stop()  # the cache server dies (SIGKILL) ...
             if i == ROUNDS // 2:
-                memcached.start()  # ... and comes back empty
+                cache.start()  # ... and comes back empty
         with acks.lock:
             acks.remove_sent_at = time.monotonic()
         r = wa.post("/api/v1/shares/remove", json={"path": "/team", "user": "bob"}, headers=auth(alice))
@@ -136,7 +181,16 @@ def test_no_read_on_one_process_is_older_than_an_ack_on_the_other(pair: tuple[Li
             elif not removed and not racing and r.status_code != 200:
                 violations.append(f"bob stat /team/{newest} acknowledged: {r.status_code} {r.text[:200]}")
 
-    threads = [threading.Thread(target=fn) for fn in (read_alice, read_bob)]
+    def read_carol() -> None:
+        while not stop.is_set():
+            t0 = time.monotonic()
+            r = rb.get("/api/v1/files/stat", params={"path": "/team"}, headers=auth(carol))
+            reads["n"] += 1
+            member = carol_member.expected(t0, time.monotonic())
+            if member is not None and r.status_code != (200 if member else 404):
+                violations.append(f"carol (member: {member}) stat /team: {r.status_code} {r.text[:200]}")
+
+    threads = [threading.Thread(target=fn) for fn in (read_alice, read_bob, read_carol)]
     for t in threads:
         t.start()
     try:

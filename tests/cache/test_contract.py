@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from cubby.cache.base import MetadataCache
-from tests.helpers.memcached import Memcached
+from tests.helpers.cache_servers import Memcached
 
 
 def test_a_miss_gives_one_lease_and_a_fill_under_it_is_read_back(cache: MetadataCache) -> None:
@@ -25,6 +25,20 @@ def test_an_invalidation_voids_the_outstanding_lease(cache: MetadataCache) -> No
     assert not cache.fill("k", b"old", slow), "a stale reader must not put back the old state"
     assert cache.get("k") == (None, None)
     assert cache.fill("k", b"new", fresh)
+    assert cache.get("k") == (b"new", None)
+
+
+def test_a_fence_covers_values_and_leases_until_the_invalidation(cache: MetadataCache) -> None:
+    _, lease = cache.get("k")  # a reader is reading the old state ...
+    assert lease
+    cache.put("v", b"old")
+    cache.fence(["k", "v"])  # ... a writer is about to commit
+    assert cache.get("v") == (None, None), "a fenced value is not served"
+    assert cache.get("k") == (None, None), "nobody gets a lease on a fenced key"
+    assert not cache.fill("k", b"old", lease), "a lease taken before the fence is void"
+    cache.invalidate(["k", "v"])  # the writer committed
+    _, fresh = cache.get("k")
+    assert fresh and cache.fill("k", b"new", fresh)
     assert cache.get("k") == (b"new", None)
 
 

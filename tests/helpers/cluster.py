@@ -1,8 +1,8 @@
 """A cubby deployment of several processes per role behind haproxy, for tests and benches.
 
 Every process is a `LiveServer` with ``--role``; all share one PostgreSQL database, one block
-store folder and one Redis broker (a prefix of its own, so parallel runs never hear each
-other). haproxy serves on a socket this process bound to port 0 and hands over (``bind
+store folder, one Redis broker (a prefix of its own, so parallel runs never hear each other)
+and, given ``cache``, one metadata cache server (``--cache``). haproxy serves on a socket this process bound to port 0 and hands over (``bind
 fd@N``), so its port is never free for anybody else to take; its configuration is the one
 the project ships (`cubby.deploy.haproxy`).
 """
@@ -21,7 +21,9 @@ HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
 
 class Cluster:
-    def __init__(self, tmp: Path, db_url: str, *, meta: int = 2, blocks: int = 2, notify: int = 2) -> None:
+    def __init__(
+        self, tmp: Path, db_url: str, *, meta: int = 2, blocks: int = 2, notify: int = 2, cache: str | None = None
+    ) -> None:
         self.tmp = tmp
         self.db_url = db_url
         self.sock = listening_socket(0)
@@ -32,6 +34,8 @@ class Cluster:
             "--broker", self.broker, "--trusted-proxy", "127.0.0.1",
             "--advertise-meta", self.url, "--advertise-blocks", self.url, "--advertise-notify", self.url,
         ]
+        if cache is not None:
+            common += ["--cache", cache]
         self.servers: dict[str, list[LiveServer]] = {
             role: [LiveServer(data, db_url=db_url, role=role, extra_args=common) for _ in range(n)]
             for role, n in (("meta", meta), ("blocks", blocks), ("notify", notify))

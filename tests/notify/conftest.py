@@ -6,7 +6,9 @@ import json
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +16,41 @@ import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from cubby.client.api import ApiClient
+from cubby.client.notify import PushWaiter
+from tests.conftest import require_service
+from tests.helpers.live_server import LiveServer
+
+
+@dataclass
+class Deployment:
+    """Where users are added and commits go (``meta``), and where the notification routes
+    answer (``url``): the same server, or a notify process of its own."""
+
+    meta: LiveServer
+    url: str
+    front: str = "asgi"
+
+    def add_user(self, name: str) -> str:
+        return self.meta.add_user(name)
+
+    def waiter(self, api: ApiClient) -> PushWaiter:
+        return PushWaiter(api, url=self.url)
+
+
+@contextmanager
+def meta_and_notify(
+    tmp: Path, *, meta_role: str, notify_args: list[str], front: str = "lean"
+) -> Iterator[Deployment]:
+    """A meta process and a notify process on one SQLite database, joined by the machine's
+    Redis under a prefix of their own."""
+    require_service("redis")
+    db = f"sqlite:///{tmp / 'meta.db'}"
+    broker = ["--broker", f"redis://127.0.0.1:6379/0?prefix=t{uuid.uuid4().hex[:12]}"]
+    with (
+        LiveServer(tmp / "meta", db_url=db, role=meta_role, extra_args=broker) as meta,
+        LiveServer(tmp / "notify", db_url=db, role="notify", extra_args=broker + notify_args) as notify,
+    ):
+        yield Deployment(meta, notify.url, front)
 
 
 @dataclass

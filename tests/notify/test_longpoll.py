@@ -5,10 +5,8 @@ lean server of a separate notification process (joined to its metadata process b
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,32 +14,18 @@ import pytest
 from cubby.client.api import ApiClient
 from cubby.client.changes import PollWaiter, open_waiter
 from cubby.client.notify import PushWaiter
-from tests.conftest import require_service
 from tests.helpers.live_server import LiveServer
 from tests.notify.conftest import (
+    Deployment,
     account,
     longpoll,
+    meta_and_notify,
     start_longpoll,
     subscriber_count,
     wait_subscribed,
     ws_connect,
     ws_recv,
 )
-
-
-@dataclass
-class Deployment:
-    meta: LiveServer
-    """Where users are added and commits go."""
-    url: str
-    """Where the notification routes answer."""
-    front: str
-
-    def add_user(self, name: str) -> str:
-        return self.meta.add_user(name)
-
-    def waiter(self, api: ApiClient) -> PushWaiter:
-        return PushWaiter(api, url=self.url)
 
 
 @pytest.fixture(scope="module", params=["asgi", "lean"])
@@ -51,14 +35,8 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         with LiveServer(tmp / "data") as s:
             yield Deployment(s, s.url, "asgi")
         return
-    require_service("redis")
-    db = f"sqlite:///{tmp / 'meta.db'}"
-    broker = ["--broker", f"redis://127.0.0.1:6379/0?prefix=t{uuid.uuid4().hex[:12]}"]
-    with (
-        LiveServer(tmp / "meta", db_url=db, role="meta,blocks", extra_args=broker) as meta,
-        LiveServer(tmp / "notify", db_url=db, role="notify", extra_args=broker) as notify,
-    ):
-        yield Deployment(meta, notify.url, "lean")
+    with meta_and_notify(tmp, meta_role="meta,blocks", notify_args=[]) as dep:
+        yield dep
 
 
 def subscribers(live: Deployment, token: str) -> int:

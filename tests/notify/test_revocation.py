@@ -13,7 +13,6 @@ import json
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +21,13 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 
-from tests.conftest import require_service
 from tests.helpers.live_server import LiveServer
 from tests.notify.conftest import (
     Account,
+    Deployment,
     account,
     longpoll,
+    meta_and_notify,
     start_longpoll,
     subscriber_count,
     wait_subscribed,
@@ -40,31 +40,17 @@ WAIT = 30.0
 """A generous bound: the long-polls below would otherwise wait 480 s."""
 
 
-@dataclass
-class Deployment:
-    meta: LiveServer
-    url: str
-    """Where the notification routes are served."""
-
-    def add_user(self, name: str) -> str:
-        return self.meta.add_user(name)
-
-
 @pytest.fixture(scope="module", params=["main", "lean", "asgi"])
 def dep(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     tmp: Path = tmp_path_factory.mktemp(f"revoke-{request.param}")
-    db = f"sqlite:///{tmp / 'meta.db'}"
     limits = ["--max-waits-per-token", str(MAX_WAITS)]
     if request.param == "main":
-        with LiveServer(tmp / "all", db_url=db, role="all", extra_args=limits) as server:
+        with LiveServer(tmp / "all", db_url=f"sqlite:///{tmp / 'meta.db'}", role="all", extra_args=limits) as server:
             yield Deployment(server, server.url)
         return
-    require_service("redis")
-    broker = ["--broker", f"redis://127.0.0.1:6379/0?prefix=t{uuid.uuid4().hex[:12]}"]
-    with LiveServer(tmp / "meta", db_url=db, role="meta", extra_args=broker) as meta:
-        front = ["--notify-front", request.param]
-        with LiveServer(tmp / "notify", db_url=db, role="notify", extra_args=broker + limits + front) as notify:
-            yield Deployment(meta, notify.url)
+    front = ["--notify-front", request.param]
+    with meta_and_notify(tmp, meta_role="meta", notify_args=limits + front, front=request.param) as deployment:
+        yield deployment
 
 
 def subscribe(ws: object, cursor: dict[str, int]) -> None:

@@ -145,6 +145,7 @@ def test_first_sync_of_a_tree_is_a_few_batched_requests_and_a_no_op_pass_is_one(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # a hang guard: 20,000 files take 2-6 minutes on 2 busy cores
 def test_two_clients_converge_on_a_large_tree_with_modes_and_links(clients: Clients) -> None:
     a, b = clients.new("alpha"), clients.new("beta")
     make_tree(a.root, 3000, 20_000, seed=2)

@@ -11,6 +11,10 @@ The comments are the contract, for every backend (local folder, memory, later S3
   those of its names that are stored (absent ones are left out, never an error), with one
   lookup where the backend can: its cost should depend little on how many are present, since
   the possession check relies on that. `delete` is idempotent.
+- `read_many` yields ``(name, plaintext)`` for each of ``names`` in the order given (a name
+  given twice comes twice), and raises `NotFound` when it reaches one that is absent. It is
+  how a caller that streams many chunks (a download) lets the backend look them up in one
+  query and read neighbouring chunks with one request; `get` in a loop is a correct one.
 - `iterate` yields every stored name exactly once, in no particular order; it may or may not
   see chunks put while it runs.
 - Compression is the backend's own business (callers always see plaintext); see
@@ -37,6 +41,8 @@ class BlockStore(Protocol):
 
     def get_many(self, names: Sequence[str]) -> dict[str, bytes]:
         """The plaintext of each of ``names`` that is stored; absent ones are left out."""
+    def read_many(self, names: Sequence[str]) -> Iterator[tuple[str, bytes]]:
+        """``(name, plaintext)`` of each of ``names``, in order; `NotFound` at the first absent."""
 
     def has(self, name: str) -> bool: ...
 

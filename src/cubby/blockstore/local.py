@@ -217,6 +217,10 @@ class LocalBlockStore:
                 pass
         return found
 
+    def read_many(self, names: Sequence[str]) -> Iterator[tuple[str, bytes]]:
+        for name in names:
+            yield name, self.get(name)
+
     def has(self, name: str) -> bool:
         return self._path(name).exists()
 

@@ -40,6 +40,10 @@ class MemoryBlockStore:
         with self._lock:
             return {n: self._data[n] for n in names if n in self._data}
 
+    def read_many(self, names: Sequence[str]) -> Iterator[tuple[str, bytes]]:
+        for name in names:
+            yield name, self.get(name)
+
     def has(self, name: str) -> bool:
         with self._lock:
             return name in self._data

@@ -17,7 +17,13 @@ follows and `tests/cache/test_contract.py` checks on each:
 - `put` stores a value that can never be wrong (keyed by something immutable, such as a
   namespace head, or holding what it must be checked against), without a lease.
 - `values` reads several keys in one round trip without taking leases (a reader that then
-  misses goes on with `get`, or reads the database and `put`s).
+  misses goes on with `get`, or reads the database and `put`s); a lease marker or a fence is
+  no value.
+- `fence` puts a marker that is nobody's lease on keys a writer is about to change, *before*
+  its database commit: until the writer's invalidation removes it (or it expires, after
+  `LEASE_SECONDS`), readers read the database and nobody fills, and a lease taken before it
+  is void. So a writer killed between its commit and its invalidation leaves no old value
+  behind for longer than that.
 
 Failures: `get` and `fill` never raise (an unreachable cache is a miss without a lease, and
 the request reads the database: slower, still correct). `invalidate` raises
@@ -45,6 +51,8 @@ VALUE_SECONDS = 3600.0
 VALUE = b"v"
 LEASE = b"l"
 """First byte of what a key holds: a value, or a lease marker followed by its token."""
+FENCE = LEASE + b"fence"
+"""A writer's marker (`MetadataCache.fence`): a lease no reader holds (tokens are hex)."""
 
 
 class CacheUnavailable(Unavailable):
@@ -81,6 +89,11 @@ class MetadataCache(Protocol):
     def invalidate(self, keys: Sequence[str]) -> None:
         """Delete ``keys`` and any lease markers on them; raise `CacheUnavailable` if that
         cannot be confirmed."""
+        ...
+
+    def fence(self, keys: Sequence[str]) -> None:
+        """Put `FENCE` on ``keys`` for `LEASE_SECONDS`, over whatever they hold; raise
+        `CacheUnavailable` if that cannot be confirmed (a cache that is down needs none)."""
         ...
 
     def close(self) -> None: ...
@@ -126,14 +139,15 @@ def is_refused(exc: BaseException) -> bool:
 
 def open_cache(url: str) -> MetadataCache | None:
     """The cache named by ``url``: ``memory``, ``redis://HOST:PORT/DB``,
-    ``memcached://HOST:PORT`` or ``memcached:///path/to/socket``; None for ``none``."""
+    ``redis+unix:///path/to/socket?db=N``, ``memcached://HOST:PORT`` or
+    ``memcached:///path/to/socket``; None for ``none``."""
     if url in ("none", "off", ""):
         return None
     if url == "memory":
         from cubby.cache.memory import MemoryCache
 
         return MemoryCache()
-    if url.startswith("redis://"):
+    if url.startswith(("redis://", "redis+unix://")):
         from cubby.cache.redis import RedisCache
 
         return RedisCache(url)

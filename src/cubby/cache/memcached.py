@@ -60,5 +60,12 @@ class MemcachedCache(RemoteCache):
         for key in keys:
             self.client.delete(key, noreply=False)
 
+    def cover(self, keys: Sequence[str], raw: bytes, ttl: float) -> None:
+        from pymemcache.exceptions import MemcacheError
+
+        failed = self.client.set_many(dict.fromkeys(keys, raw), expire=math.ceil(ttl), noreply=False)
+        if failed:
+            raise MemcacheError(f"not stored: {failed}")
+
     def close(self) -> None:
         self.client.close()

@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from cubby.cache.base import LEASE, LEASE_SECONDS, VALUE, VALUE_SECONDS, new_lease
+from cubby.cache.base import FENCE, LEASE, LEASE_SECONDS, VALUE, VALUE_SECONDS, new_lease
 
 
 class MemoryCache:
@@ -77,6 +77,12 @@ class MemoryCache:
         with self._lock:
             for key in keys:
                 self._items.pop(key, None)
+
+    def fence(self, keys: Sequence[str]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for key in keys:
+                self._store(key, FENCE, LEASE_SECONDS, now)
 
     def close(self) -> None:
         with self._lock:

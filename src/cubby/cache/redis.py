@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode
 
 from cubby.cache.breaker import Breaker
 from cubby.cache.remote import RemoteCache
+from cubby.errors import BadRequest
 
 _SWAP = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -28,11 +29,11 @@ return 0
 def split_prefix(url: str) -> tuple[str, str]:
     """``redis://HOST:PORT/DB?prefix=NAME`` -> (``NAME:``, the URL without it): a prefix lets
     deployments (or test runs) share one Redis."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query)
-    prefix = "".join(v + ":" for k, v in query if k == "prefix")
-    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
-    return prefix, urlunsplit(parts._replace(query=rest))
+    base, _, query = url.partition("?")  # not urlunsplit: it would drop unix:///'s "//"
+    pairs = parse_qsl(query)
+    prefix = "".join(v + ":" for k, v in pairs if k == "prefix")
+    rest = urlencode([(k, v) for k, v in pairs if k != "prefix"])
+    return prefix, base + ("?" + rest if rest else "")
 
 
 class RedisCache(RemoteCache):
@@ -42,10 +43,30 @@ class RedisCache(RemoteCache):
         import redis
 
         super().__init__(breaker)
+        if url.startswith("redis+unix://"):  # a unix socket, as redis-py spells it
+            url = "unix://" + url.removeprefix("redis+unix://")
         self.prefix, url = split_prefix(url)
         self.errors = (redis.RedisError, OSError)
         self.client: Any = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self._swap = self.client.register_script(_SWAP)
+        self.refuse_persistence()
+
+    def refuse_persistence(self) -> None:
+        """Refuse a Redis configured to keep its data across a restart (snapshots or an
+        append-only file): an invalidation that finds the server down succeeds, so a restart
+        that brought back older values would serve them after the change was acknowledged.
+        A server that is down now, or that does not let us read its configuration (managed
+        services often rename CONFIG away), is taken on the operator's word."""
+        try:
+            save = str(self.client.config_get("save").get("save", ""))
+            aof = str(self.client.config_get("appendonly").get("appendonly", "no"))
+        except self.errors:
+            return
+        if save.strip() or aof == "yes":
+            raise BadRequest(
+                f"the Redis for the metadata cache persists its data (save {save!r}, appendonly {aof}): "
+                "run it with --save '' --appendonly no, or give the cache a Redis of its own"
+            )
 
     def read(self, key: str) -> bytes | None:
         return self.client.get(self.prefix + key)  # type: ignore[no-any-return]
@@ -64,6 +85,12 @@ class RedisCache(RemoteCache):
 
     def delete(self, keys: Sequence[str]) -> None:
         self.client.delete(*[self.prefix + k for k in keys])
+
+    def cover(self, keys: Sequence[str], raw: bytes, ttl: float) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.set(self.prefix + key, raw, px=int(ttl * 1000))
+        pipe.execute()  # raises on any error reply
 
     def close(self) -> None:
         self.client.close()

@@ -6,9 +6,10 @@ an invalidation that finds nobody listening succeeds; any other failed invalidat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from cubby.cache.base import (
+    FENCE,
     LEASE,
     LEASE_SECONDS,
     VALUE,
@@ -47,6 +48,10 @@ class RemoteCache:
         raise NotImplementedError
 
     def delete(self, keys: Sequence[str]) -> None:
+        raise NotImplementedError
+
+    def cover(self, keys: Sequence[str], raw: bytes, ttl: float) -> None:
+        """Store ``raw`` at every key, confirmed by the server (raise if any was not stored)."""
         raise NotImplementedError
 
     # -- MetadataCache ------------------------------------------------------------------------
@@ -93,11 +98,19 @@ class RemoteCache:
             self.breaker.failed()
 
     def invalidate(self, keys: Sequence[str]) -> None:
+        self.confirmed(lambda: self.delete(keys), keys, "an invalidation")
+
+    def fence(self, keys: Sequence[str]) -> None:
+        self.confirmed(lambda: self.cover(keys, FENCE, LEASE_SECONDS), keys, "a write fence")
+
+    def confirmed(self, op: Callable[[], None], keys: Sequence[str], what: str) -> None:
+        """Run a change of ``keys`` that a writer depends on: `CacheUnavailable` unless the
+        server confirms it or is down (then it holds nothing, and needs nothing)."""
         if not keys:
             return
         try:
-            self.delete(keys)
+            op()
         except self.errors as exc:
             if is_refused(exc):
                 return  # nobody listens: a restarted cache server is empty
-            raise CacheUnavailable("the metadata cache did not confirm an invalidation; retry") from exc
+            raise CacheUnavailable(f"the metadata cache did not confirm {what}; retry") from exc

@@ -21,12 +21,21 @@ key                                    value                                 mad
                                        (`answer`)                            only at that head
 =====================================  ====================================  ==================
 
-The first three are *mutable* keys, read and filled under leases and invalidated by writers
-after their commit and before they return (so before the server acknowledges). The rest name
+The first three are *mutable* keys, read and filled under leases, fenced by writers before
+their commit and invalidated after it, before they return (so before the server
+acknowledges): `CachedStore.writing`. The fence is what keeps a writer that dies or loses
+the cache between the two from leaving an old value behind. The rest name
 the head they were read at, so a write makes them unreachable instead of wrong: the database
 read that fills one runs after the head was read, so it holds that head's state or a newer
 one, never an older one. (``ans:`` keys hold their head instead of naming it, so that the
 head and the answer are read in one round trip; the rule is the same.)
+
+Every answer comes after its invalidation, errors included: a write that fails (``no such
+token``, a conflict, ``not a member``) still invalidates the keys it names, and with them
+everything this process could not invalidate before. The failure may be the retry of a
+write that committed while its invalidation did not land (a 503 below, or a process killed
+between its commit and its invalidation), and its answer tells the client the change is
+there, so it acknowledges that change.
 
 A failed invalidation is retried for ``invalidation_deadline`` seconds; if the cache still
 does not confirm it, the write raises `CacheUnavailable` (503): committed but not
@@ -41,11 +50,13 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from cubby.cache.base import CacheUnavailable, MetadataCache, digest
+from cubby.errors import CubbyError, NotFound
 from cubby.metadata.store import SqlMetadataStore
 from cubby.metadata.users import token_hash
 from cubby.model import (
@@ -63,7 +74,6 @@ from cubby.model import (
 
 if TYPE_CHECKING:
     from cubby.blockstore.base import BlockStore
-    from cubby.errors import CubbyError
     from cubby.metadata.accounts import Accounts
     from cubby.metadata.base import MetadataStore
     from cubby.metadata.engine import Database
@@ -152,7 +162,8 @@ class CachedStore:
         return self.store.journal(ns_id, after, limit)
 
     def mkdir_many(self, user_id: int, ns_id: int, paths_: Sequence[str]) -> builtins.list[Entry | CubbyError]:
-        return self.store.mkdir_many(user_id, ns_id, paths_)
+        with self.writing([ns_id]):
+            return self.store.mkdir_many(user_id, ns_id, paths_)
 
     def chunk_readable(self, ns_ids: Iterable[int], hashes: Sequence[str]) -> set[str]:
         return self.store.chunk_readable(ns_ids, hashes)
@@ -260,25 +271,42 @@ class CachedStore:
         answers again (or when the value expires)."""
         with self._pending_lock:
             todo = sorted(set(keys) | self._pending)
+        try:
+            self._retried(self.cache.invalidate, todo)
+        except CacheUnavailable:
+            with self._pending_lock:
+                self._pending.update(todo)
+            raise
+        with self._pending_lock:
+            self._pending.difference_update(todo)
+
+    def _retried(self, op: Callable[[list[str]], None], keys: list[str]) -> None:
+        """``op(keys)``, retried with backoff until ``invalidation_deadline``."""
         deadline = time.monotonic() + self.invalidation_deadline
         pause = 0.01
         while True:
             try:
-                self.cache.invalidate(todo)
-                with self._pending_lock:
-                    self._pending.difference_update(todo)
-                return
+                return op(keys)
             except CacheUnavailable:
                 if time.monotonic() + pause > deadline:
-                    with self._pending_lock:
-                        self._pending.update(todo)
                     raise
                 time.sleep(pause)
                 pause = min(0.2, pause * 2)
 
-    def changed(self, ns_ids: Iterable[int] = (), users: Iterable[int] = ()) -> None:
-        """Invalidate after a write: the heads of ``ns_ids`` and the memberships of ``users``."""
-        self.invalidate([f"head:{int(n)}" for n in ns_ids] + [f"mem:{int(u)}" for u in users])
+    @contextmanager
+    def writing(
+        self, ns_ids: Iterable[int] = (), users: Iterable[int] = (), other: Iterable[str] = ()
+    ) -> Iterator[set[str]]:
+        """Around a write to the heads of ``ns_ids``, the memberships of ``users`` and the
+        ``other`` keys: fence those keys before it (if that is not confirmed,
+        `CacheUnavailable` and nothing is written), and invalidate them after it, whatever it
+        answers; keys added to the set it yields are invalidated too."""
+        keys = keys_of(ns_ids, users) | set(other)
+        self._retried(self.cache.fence, sorted(keys))
+        try:
+            yield keys
+        finally:
+            self.invalidate(keys)
 
     # -- who is asking --------------------------------------------------------------------
     def authenticate(self, token: str, *, fresh: bool = False) -> Principal:
@@ -304,9 +332,8 @@ class CachedStore:
 
     def revoke_token(self, user_id: int, token_id: int) -> None:
         hashed = self.store.token_hash_of(token_id)
-        self.store.revoke_token(user_id, token_id)
-        if hashed is not None:
-            self.invalidate([f"tok:{hashed}"])
+        with self.writing(other=[f"tok:{hashed}"] if hashed is not None else []):
+            self.store.revoke_token(user_id, token_id)
 
     # -- reads ----------------------------------------------------------------------------
     def head(self, ns_id: int) -> int:
@@ -337,40 +364,33 @@ class CachedStore:
 
     # -- writes: the store's, then the invalidation, before anything is acknowledged --------
     def commit(self, user_id: int, ns_id: int, req: CommitRequest, readable: Iterable[int] = ()) -> CommitResult:
-        res = self.store.commit(user_id, ns_id, req, readable)
-        if res.entry is not None:
-            self.changed([ns_id])
-        return res
+        with self.writing([ns_id]):
+            return self.store.commit(user_id, ns_id, req, readable)
 
     def commit_many(self, user_id: int, ns_id: int, *args: Any, **kw: Any) -> Any:
-        try:
+        with self.writing([ns_id]):
             return self.store.commit_many(user_id, ns_id, *args, **kw)
-        finally:
-            self.changed([ns_id])
 
     def mkdir(self, user_id: int, ns_id: int, path: str) -> Entry:
-        try:
+        with self.writing([ns_id]):
             return self.store.mkdir(user_id, ns_id, path)
-        finally:
-            self.changed([ns_id])
 
     def delete(self, user_id: int, ns_id: int, *args: Any, **kw: Any) -> Entry:
-        try:
+        with self.writing([ns_id], [user_id]):  # a mount in the user's root may go
             return self.store.delete(user_id, ns_id, *args, **kw)
-        finally:
-            self.changed([ns_id], [user_id])  # a mount in the user's root may have gone
 
     def move(self, user_id: int, ns_id: int, *args: Any, **kw: Any) -> Entry:
-        try:
+        with self.writing([ns_id], [user_id]):  # a mount in the user's root may move
             return self.store.move(user_id, ns_id, *args, **kw)
-        finally:
-            self.changed([ns_id], [user_id])  # a mount in the user's root may have moved
 
     def restore(self, user_id: int, ns_id: int, path: str, rev: int) -> Entry:
-        try:
+        with self.writing([ns_id], [user_id]):
             return self.store.restore(user_id, ns_id, path, rev)
-        finally:
-            self.changed([ns_id], [user_id])
+
+
+def keys_of(ns_ids: Iterable[int] = (), users: Iterable[int] = ()) -> set[str]:
+    """The mutable keys a write to ``ns_ids`` and to the memberships of ``users`` changes."""
+    return {f"head:{int(n)}" for n in ns_ids} | {f"mem:{int(u)}" for u in users}
 
 
 class _CachedSharing:
@@ -384,24 +404,38 @@ class _CachedSharing:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def _changed(self, user_id: int, change: SharingChange) -> SharingChange:
-        self.cached.changed(change.heads, {user_id, *change.users})
-        return change
+    def _changing(
+        self, ns_id: int, users: set[int], change: Callable[[], SharingChange]
+    ) -> SharingChange:
+        """Run ``change`` inside `CachedStore.writing`: fenced (and invalidated even if it
+        fails: it may be the retry of one that committed before its process died) are what
+        it is known to change before it runs, the namespace it names and ``users`` (the
+        caller, and a removed member); the rest of what its `SharingChange` names is
+        invalidated after it."""
+        with self.cached.writing([ns_id], users) as keys:
+            done = change()
+            keys.update(keys_of(done.heads, done.users))
+            return done
 
     def share(self, user_id: int, root_ns: int, path: str, invitee: Any, role: Any = "editor") -> SharingChange:
-        return self._changed(user_id, self.inner.share(user_id, root_ns, path, invitee, role))
+        return self._changing(root_ns, {user_id}, lambda: self.inner.share(user_id, root_ns, path, invitee, role))
 
     def accept(self, user_id: int, root_ns: int, ns_id: int) -> SharingChange:
-        return self._changed(user_id, self.inner.accept(user_id, root_ns, ns_id))
+        return self._changing(root_ns, {user_id}, lambda: self.inner.accept(user_id, root_ns, ns_id))
 
     def remove_member(self, user_id: int, ns_id: int, member: Any) -> SharingChange:
-        return self._changed(user_id, self.inner.remove_member(user_id, ns_id, member))
+        users = {user_id}
+        try:
+            users.add(self.cached.store.get_user(str(member)).id)
+        except NotFound:
+            pass  # no such user: the change will say so
+        return self._changing(ns_id, users, lambda: self.inner.remove_member(user_id, ns_id, member))
 
     def leave(self, user_id: int, ns_id: int) -> SharingChange:
-        return self._changed(user_id, self.inner.leave(user_id, ns_id))
+        return self._changing(ns_id, {user_id}, lambda: self.inner.leave(user_id, ns_id))
 
     def unshare(self, user_id: int, ns_id: int) -> SharingChange:
-        return self._changed(user_id, self.inner.unshare(user_id, ns_id))
+        return self._changing(ns_id, {user_id}, lambda: self.inner.unshare(user_id, ns_id))
 
     def list_shares(self, user_id: int) -> builtins.list[dict[str, Any]]:
         return self.inner.list_shares(user_id)  # type: ignore[no-any-return]
@@ -421,10 +455,8 @@ class _CachedMoves:
         return getattr(self.inner, name)
 
     def move(self, user_id: int, src_ns: int, src: str, dst_ns: int, dst: str, *args: Any, **kw: Any) -> Entry:
-        try:
+        with self.cached.writing([src_ns, dst_ns], [user_id]):
             return self.inner.move(user_id, src_ns, src, dst_ns, dst, *args, **kw)  # type: ignore[no-any-return]
-        finally:
-            self.cached.changed([src_ns, dst_ns], [user_id])
 
     def recover(self) -> int:
         return self.inner.recover()  # type: ignore[no-any-return]

@@ -25,7 +25,7 @@ import httpx
 from cubby.client.ratelimit import TokenBucket
 from cubby.core import delta, frames
 from cubby.core.hashing import sha256_hex
-from cubby.errors import ChunkMismatch, CubbyError, Unavailable, error_from_dict
+from cubby.errors import BadRequest, ChunkMismatch, CubbyError, Unavailable, error_from_dict
 from cubby.model import ChunkRef, CommitResult, Entry, JournalEntry, NeededChunk
 from cubby.roles import ROLES, role_for_path
 
@@ -53,7 +53,7 @@ def parse_commit_answer(body: dict[str, Any]) -> CommitResult | CubbyError:
     if status == "committed":
         return CommitResult(entry=Entry.from_dict(body["entry"]))
     if status == "need_chunks":
-        return CommitResult(needed=tuple(NeededChunk(n["hash"], n["nonce"], n.get("base")) for n in body["needed"]))
+        return CommitResult(needed=tuple(NeededChunk(n["hash"], n["nonce"], _bases(n.get("base"))) for n in body["needed"]))
     err = body.get("error") or {}
     return error_from_dict(err, 409 if err.get("code") == "conflict" else 400)
 
@@ -72,6 +72,15 @@ def commit_body(
         body["mode"] = mode
     return body
 
+
+
+def _bases(raw: object) -> tuple[str, ...]:
+    """A needed chunk's base chunks: a list, or one name (a server before bases spanned chunks)."""
+    if isinstance(raw, str):
+        return (raw,)
+    if isinstance(raw, list) and all(isinstance(b, str) for b in raw):
+        return tuple(raw)
+    return ()
 
 class ApiClient:
     def __init__(
@@ -340,12 +349,13 @@ class ApiClient:
             out.update({h: base64.b64decode(s) for h, s in body["signatures"].items()})
         return out
 
-    def upload_patches(self, ns_id: int, items: Sequence[tuple[str, str, bytes]]) -> int:
-        """Send (new chunk, base chunk, patch) triples; the server rebuilds, verifies and stores
+    def upload_patches(self, ns_id: int, items: Sequence[tuple[str, Sequence[str], bytes]]) -> int:
+        """Send (new chunk, base chunks, patch) triples; the server rebuilds, verifies and stores
         every new chunk, or stores nothing (`ChunkMismatch`). Returns how many were new."""
         stored = 0
-        for i in range(0, len(items), delta.MAX_BASES):
-            part = [(new, bytes.fromhex(base) + blob) for new, base, blob in items[i : i + delta.MAX_BASES]]
+        step = delta.MAX_BASES // delta.MAX_SPAN
+        for i in range(0, len(items), step):
+            part = [(new, delta.pack_patch(bases, blob)) for new, bases, blob in items[i : i + step]]
             body = self._request(
                 "POST", "/api/v1/blocks/patch", params={"ns_id": ns_id},
                 content=frames.encode_many(part), headers={"Content-Type": frames.CONTENT_TYPE},
@@ -353,18 +363,37 @@ class ApiClient:
             stored += int(body["stored"])
         return stored
 
-    def fetch_against(self, pairs: Sequence[tuple[str, str]], bases: dict[str, bytes]) -> Iterator[tuple[str, bytes]]:
-        """Fetch new chunks as deltas against old chunks this client holds (``bases``: name ->
-        bytes), in the order asked; each result is verified against its name."""
-        for i in range(0, len(pairs), delta.MAX_BASES):
-            part = pairs[i : i + delta.MAX_BASES]
+    def fetch_against(
+        self, pairs: Sequence[tuple[str, Sequence[str]]], held: dict[str, bytes]
+    ) -> Iterator[tuple[str, bytes]]:
+        """Fetch new chunks as deltas against old chunks this client holds (each new chunk's
+        base is the concatenation of its old chunks; ``held``: name -> bytes). Each result is
+        verified against its name; one that does not decode or does not match is refused and
+        fetched whole afterwards (`fetch_chunks`), so chunks come in the order asked except
+        those. A whole chunk where a delta was asked is checked the same way."""
+        step = delta.MAX_BASES // delta.MAX_SPAN
+        refused: list[str] = []
+        for i in range(0, len(pairs), step):
+            part = pairs[i : i + step]
             base_of = dict(part)
-            body = {"pairs": [[new, base] for new, base in part]}
+            body = {"pairs": [[new, list(bases)] for new, bases in part]}
             for name, data in self._stream_frames("/api/v1/blocks/fetch_delta", body, delta.FETCH_FRAME):
-                chunk = data[1:] if data[:1] == delta.WHOLE else delta.decode_against(bases[base_of[name]], data[1:])
+                if name not in base_of:
+                    raise BadRequest(f"the server sent chunk {name}, which was not asked for", code="bad_delta")
+                try:
+                    if data[:1] == delta.WHOLE:
+                        chunk = data[1:]
+                    else:
+                        chunk = delta.decode_against(b"".join(held[b] for b in base_of[name]), data[1:])
+                except BadRequest:
+                    refused.append(name)
+                    continue
                 if sha256_hex(chunk) != name:
-                    raise ChunkMismatch(f"the server sent a delta that does not make chunk {name}")
+                    refused.append(name)
+                    continue
                 yield name, chunk
+        if refused:
+            yield from self.fetch_chunks(refused)
 
     def _stream_frames(self, url: str, body: dict[str, Any], max_frame: int) -> Iterator[tuple[str, bytes]]:
         try:

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+import queue
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TypeAlias
 
 from cubby.client import modes
 from cubby.client.api import ApiClient
 from cubby.client.localfiles import Progress, check_local_name, scan_file
-from cubby.client.windows import BATCH, DOWNLOAD_WINDOW, SMALL_FILE
+from cubby.client.windows import BATCH, DOWNLOAD_IN_FLIGHT, DOWNLOAD_WINDOW, SMALL_FILE
 from cubby.core import durable, paths
 from cubby.core.chunking import MIN_SIZE
 from cubby.core.hashing import sha256_hex
@@ -90,35 +93,16 @@ def download_file(
         out.seek(offset)
         out.truncate()
         rest = chunks[keep:]
-        i = 0
-        while i < len(rest):
-            # A window of at most DOWNLOAD_WINDOW bytes of distinct chunks (memory stays
-            # bounded whatever the file), each fetched once however often it occurs.
-            window: list[ChunkRef] = []
-            distinct: dict[str, None] = {}
-            size = 0
-            while i < len(rest) and (not window or rest[i].hash in distinct or size + rest[i].size <= DOWNLOAD_WINDOW):
-                c = rest[i]
-                if c.hash not in distinct:
-                    distinct[c.hash] = None
-                    size += c.size
-                window.append(c)
-                i += 1
-            got: dict[str, bytes] = {}
-            pos = 0
-            for name, data in api.fetch_chunks(list(distinct)):
-                got[name] = data
-                received += len(data)
-                # Write each chunk as soon as everything before it is here: the part file
-                # grows while the download runs, so an interrupted one keeps what arrived.
-                while pos < len(window) and window[pos].hash in got:
-                    piece = got[window[pos].hash]
-                    out.write(piece)
-                    if progress:
-                        progress(len(piece))
-                    pos += 1
-            if pos != len(window):
-                raise CubbyError(f"the server did not send every chunk of {remote}", code="short_download")
+        # The next window is asked for while this one is written: the server reads ahead for
+        # it meanwhile, and no round trip is waited for between windows.
+        with ThreadPoolExecutor(DOWNLOAD_IN_FLIGHT) as pool:
+            pending: deque[tuple[list[ChunkRef], Arrivals]] = deque()
+            for window, distinct in _windows(rest):
+                pending.append((window, _prefetch(pool, api, distinct)))
+                if len(pending) >= DOWNLOAD_IN_FLIGHT:
+                    received += _write_window(out, *pending.popleft(), remote, progress)
+            while pending:
+                received += _write_window(out, *pending.popleft(), remote, progress)
         out.flush()
         os.fsync(out.fileno())
     if part.stat().st_size != entry.size:
@@ -130,6 +114,71 @@ def download_file(
     meta.unlink(missing_ok=True)
     durable.fsync_dir(local.parent)
     return DownloadResult(entry.path, entry.size, received, str(local))
+
+
+Arrivals: TypeAlias = "queue.SimpleQueue[tuple[str, bytes] | BaseException | None]"
+
+
+def _windows(rest: Sequence[ChunkRef]) -> Iterator[tuple[list[ChunkRef], list[str]]]:
+    """Windows of at most DOWNLOAD_WINDOW bytes of distinct chunks (memory stays bounded
+    whatever the file), each chunk fetched once however often it occurs: the chunks of the
+    window in file order, and the distinct names to fetch."""
+    i = 0
+    while i < len(rest):
+        window: list[ChunkRef] = []
+        distinct: dict[str, None] = {}
+        size = 0
+        while i < len(rest) and (not window or rest[i].hash in distinct or size + rest[i].size <= DOWNLOAD_WINDOW):
+            c = rest[i]
+            if c.hash not in distinct:
+                distinct[c.hash] = None
+                size += c.size
+            window.append(c)
+            i += 1
+        yield window, list(distinct)
+
+
+def _prefetch(pool: ThreadPoolExecutor, api: ApiClient, hashes: list[str]) -> Arrivals:
+    """Fetch ``hashes`` on ``pool``; the chunks are handed over one by one as they arrive,
+    then None (or the error that stopped the fetch)."""
+    arrivals: Arrivals = queue.SimpleQueue()
+
+    def run() -> None:
+        try:
+            for item in api.fetch_chunks(hashes):
+                arrivals.put(item)
+        except BaseException as exc:
+            arrivals.put(exc)
+            return
+        arrivals.put(None)
+
+    pool.submit(run)
+    return arrivals
+
+
+def _write_window(
+    out: IO[bytes], window: list[ChunkRef], arrivals: Arrivals, remote: str, progress: Progress | None
+) -> int:
+    """Write the chunks of ``window`` as they arrive; the bytes received."""
+    got: dict[str, bytes] = {}
+    received = pos = 0
+    while (item := arrivals.get()) is not None:
+        if isinstance(item, BaseException):
+            raise item
+        name, data = item
+        got[name] = data
+        received += len(data)
+        # Write each chunk as soon as everything before it is here: the part file grows
+        # while the download runs, so an interrupted one keeps what arrived.
+        while pos < len(window) and window[pos].hash in got:
+            piece = got[window[pos].hash]
+            out.write(piece)
+            if progress:
+                progress(len(piece))
+            pos += 1
+    if pos != len(window):
+        raise CubbyError(f"the server did not send every chunk of {remote}", code="short_download")
+    return received
 
 
 def _write_small_files(

@@ -31,11 +31,12 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any
 
 from cubby.client import modes
 from cubby.client.api import ApiClient, commit_body
 from cubby.client.localfiles import FileChanged, LocalChunk, LocalFile, Progress, scan_file, stamp_of, walk
+from cubby.client.pipeline import Pipeline
 from cubby.client.windows import BATCH, GROUP_BYTES, IN_FLIGHT, KEEP_BYTES, MAX_WINDOW_CHUNKS, UPLOAD_WINDOW
 from cubby.core import delta, paths
 from cubby.core.hashing import sha256_hex
@@ -65,12 +66,14 @@ class Needs:
     nonces: dict[str, str] = field(default_factory=dict)
     files: dict[Path, LocalFile] = field(default_factory=dict)
     """The file each chunk is read from (for its stamp and kept bytes); absent: hash to check."""
-    bases: dict[str, str] = field(default_factory=dict)
-    """An old chunk on the server to send a needed chunk as a patch against (the commit
-    answer names it: the chunk at the same place in the version being replaced)."""
+    bases: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Old chunks on the server to send a needed chunk as a patch against (the commit answer
+    names them: the chunks at the same place in the version being replaced)."""
 
 
-def _send_patches(api: ApiClient, ns_id: int, items: list[tuple[str, bytes]], bases: dict[str, str]) -> dict[str, int]:
+def _send_patches(
+    api: ApiClient, ns_id: int, items: list[tuple[str, bytes]], bases: dict[str, tuple[str, ...]]
+) -> dict[str, int]:
     """Send ``items`` that have a base as patches; returns the bytes sent per chunk stored so.
     Anything the server will not take as a patch (its base is gone, a refused patch) is left
     for the caller to upload whole: a patch is an optimisation, never a requirement."""
@@ -78,21 +81,23 @@ def _send_patches(api: ApiClient, ns_id: int, items: list[tuple[str, bytes]], ba
     if not with_base:
         return {}
     try:
-        sigs = api.signatures(sorted({bases[n] for n, _ in with_base}))
+        sigs = api.signatures(sorted({b for n, _ in with_base for b in bases[n]}))
         triples = []
+        cost: dict[str, int] = {}
         for n, d in with_base:
-            sig = sigs.get(bases[n])
-            if sig is not None:
+            if all(b in sigs for b in bases[n]):
+                sig = b"".join(sigs[b] for b in bases[n])  # signs the concatenated base
                 p = delta.patch(sig, d)
                 if len(p) + len(sig) < len(d):
                     triples.append((n, bases[n], p))
+                    cost[n] = len(p) + len(sig)
         if triples:
             api.upload_patches(ns_id, triples)
     except Unavailable:
         raise
     except CubbyError:
         return {}
-    return {n: len(p) + len(sigs[b]) for n, b, p in triples}
+    return cost
 
 
 def _same(e: Entry, lf: LocalFile) -> bool:
@@ -161,40 +166,6 @@ def _windows(needs: Needs) -> Iterator[list[str]]:
         yield window
 
 
-T = TypeVar("T")
-
-
-class _Pipeline:
-    """At most ``depth`` tasks running on worker threads while the caller prepares the next;
-    results come back in submission order. An error cancels what has not started and is
-    raised to the caller."""
-
-    def __init__(self, depth: int) -> None:
-        self.depth = max(1, depth)
-        self.pool = ThreadPoolExecutor(self.depth)
-        self.pending: deque[Future[Any]] = deque()
-
-    def submit(self, fn: Callable[[], T]) -> list[T]:
-        """Start ``fn``; returns the results of earlier tasks that had to finish to make room."""
-        done = []
-        while len(self.pending) >= self.depth:
-            done.append(self.pending.popleft().result())
-        self.pending.append(self.pool.submit(fn))
-        return done
-
-    def drain(self) -> list[Any]:
-        done = []
-        while self.pending:
-            done.append(self.pending.popleft().result())
-        return done
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=exc_type is not None)
-
-
 def _proof(nonce: str, data: bytes) -> str:
     """SHA-256 of nonce || data, without copying ``data`` into a concatenation first."""
     h = hashlib.sha256(bytes.fromhex(nonce))
@@ -237,7 +208,7 @@ def supply(
         if progress and sent:
             progress(sum(n for _, n in sent))
 
-    with _Pipeline(in_flight) as pipe:
+    with Pipeline(in_flight) as pipe:
         for window in _windows(needs):
             items = _read_window(needs, window)
             proofs = {n: (len(d), _proof(needs.nonces[n], d)) for n, d in items}
@@ -283,6 +254,52 @@ def upload_file(
     raise CubbyError(f"the server kept asking for chunks of {remote}; giving up", code="upload_incomplete")
 
 
+Outcome = CommitResult | CubbyError
+"""The server's answer to one commit of a batch: a result (an entry, or chunks it needs), or
+the error refusing that one commit."""
+
+
+def commit_group(
+    api: ApiClient,
+    ns_id: int,
+    files: Sequence[tuple[LocalFile, int | None]],
+    progress: Progress | None = None,
+    *,
+    on_commit: Callable[[list[tuple[int, Outcome]]], None] | None = None,
+) -> tuple[list[Outcome], dict[Path, tuple[int, int]]]:
+    """Commit a group of files (each with the revision it replaces, None for a new one) in one
+    request, supply every chunk the server asks for (`supply`), and commit those files again:
+    at most three rounds. Returns each file's last answer (an entry, an error, or a result
+    still needing chunks after the last round) and the chunks and bytes sent per local file.
+
+    ``on_commit`` sees each round's answers, as (index into ``files``, answer), before any chunk
+    of the round is sent: `cubby put` stops there at the first refusal. `upload_tree` and the
+    sync engine's uploads both send their groups through here, on a `Pipeline`."""
+    outcomes: list[Outcome] = []
+    sent: dict[Path, tuple[int, int]] = {}
+    pending = list(range(len(files)))
+    for _attempt in range(3):
+        if not pending:
+            break
+        bodies = [commit_body(lf.remote, lf.size, lf.refs, rev, lf.mtime, lf.mode) for lf, rev in (files[i] for i in pending)]
+        answers = list(zip(pending, api.commit_batch(bodies)))
+        if not outcomes:
+            outcomes = [out for _, out in answers]
+        else:
+            for i, out in answers:
+                outcomes[i] = out
+        if on_commit is not None:
+            on_commit(answers)
+        needing = [(i, out) for i, out in answers if isinstance(out, CommitResult) and out.entry is None]
+        if not needing:
+            break
+        for owner, (n, b) in supply(api, ns_id, needs_for([(files[i][0], out) for i, out in needing]), progress).items():
+            prev = sent.get(owner, (0, 0))
+            sent[owner] = (prev[0] + n, prev[1] + b)
+        pending = [i for i, _ in needing]
+    return outcomes, sent
+
+
 def needs_for(pairs: Sequence[tuple[LocalFile, CommitResult]]) -> Needs:
     needs = Needs()
     for lf, res in pairs:
@@ -291,7 +308,7 @@ def needs_for(pairs: Sequence[tuple[LocalFile, CommitResult]]) -> Needs:
             if n.hash in by_hash and n.hash not in needs.where:
                 needs.where[n.hash] = (lf.local, by_hash[n.hash])
                 needs.nonces[n.hash] = n.nonce
-                if n.base is not None:
+                if n.base:
                     needs.bases[n.hash] = n.base
                 needs.files.setdefault(lf.local, lf)
     return needs
@@ -366,39 +383,26 @@ def upload_tree(
 
     def send_group(scanned: list[LocalFile]) -> list[UploadResult]:
         out: list[UploadResult] = []
-        pending: list[LocalFile] = []
+        pending: list[tuple[LocalFile, int | None]] = []
         for lf in scanned:
             cur = existing.get(paths.key(lf.remote))
             if cur is not None and cur.kind == "file" and _same(cur, lf):
                 out.append(UploadResult(cur.path, cur.rev, lf.size, len(lf.chunks), 0, 0, skipped=True))
             else:
-                pending.append(lf)
-        sent_by_file: dict[Path, tuple[int, int]] = {}
-        for _attempt in range(3):
-            if not pending:
-                return out
-            bodies = []
-            for lf in pending:
-                cur = existing.get(paths.key(lf.remote))
-                rev = cur.rev if cur is not None and cur.kind == "file" else None
-                bodies.append(commit_body(lf.remote, lf.size, lf.refs, rev, lf.mtime, lf.mode))
-            outcomes = api.commit_batch(bodies)
-            needing: list[tuple[LocalFile, CommitResult]] = []
-            for lf, res in zip(pending, outcomes):
+                pending.append((lf, cur.rev if cur is not None and cur.kind == "file" else None))
+
+        def refused(answers: list[tuple[int, Outcome]]) -> None:
+            for i, res in answers:
                 if isinstance(res, CubbyError):
-                    raise res.__class__(f"{lf.remote}: {res.message}", code=res.code)
-                if res.entry is not None:
-                    s, b = sent_by_file.get(lf.local, (0, 0))
-                    out.append(UploadResult(res.entry.path, res.entry.rev, lf.size, len(lf.chunks), s, b))
-                else:
-                    needing.append((lf, res))
-            if not needing:
-                return out
-            for owner, (s, b) in supply(api, ns_id, needs_for(needing), progress).items():
-                prev = sent_by_file.get(owner, (0, 0))
-                sent_by_file[owner] = (prev[0] + s, prev[1] + b)
-            pending = [lf for lf, _ in needing]
-        raise CubbyError("the server kept asking for chunks; giving up", code="upload_incomplete")
+                    raise res.__class__(f"{pending[i][0].remote}: {res.message}", code=res.code)
+
+        outcomes, sent_by_file = commit_group(api, ns_id, pending, progress, on_commit=refused)
+        for (lf, _), res in zip(pending, outcomes):
+            if not isinstance(res, CommitResult) or res.entry is None:
+                raise CubbyError("the server kept asking for chunks; giving up", code="upload_incomplete")
+            s, b = sent_by_file.get(lf.local, (0, 0))
+            out.append(UploadResult(res.entry.path, res.entry.rev, lf.size, len(lf.chunks), s, b))
+        return out
 
     results: list[UploadResult] = []
 
@@ -413,7 +417,7 @@ def upload_tree(
     # more than hashing it), and sending keeps `IN_FLIGHT` groups with the server; so at most
     # ``ahead + 1 + IN_FLIGHT`` groups' kept bytes are in memory.
     ahead = max(1, min(workers, 2))
-    with ThreadPoolExecutor(ahead + 1) as namer, _Pipeline(IN_FLIGHT) as sender:
+    with ThreadPoolExecutor(ahead + 1) as namer, Pipeline(IN_FLIGHT) as sender:
         named: deque[Future[list[LocalFile]]] = deque()
         try:
             for group in _groups(files):

@@ -22,6 +22,10 @@ UPLOAD_WINDOW = 16 * MiB
 DOWNLOAD_WINDOW = 16 * MiB
 """Distinct chunk bytes asked of the server per fetch request; with the cache on disk, the most
 a download holds in memory."""
+DOWNLOAD_IN_FLIGHT = 2
+"""Fetch requests of one file's download with the server at once: the next window is asked
+for while one is written, so the server reads ahead and no round trip is waited for; memory
+holds at most this many windows."""
 IN_FLIGHT = 2
 """Upload windows (or tree groups) with the server at once; with the one being read, memory
 holds at most ``IN_FLIGHT + 1`` windows."""

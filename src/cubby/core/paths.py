@@ -27,6 +27,12 @@ _CONTROL = re.compile("[\x00-\x1f\x7f]")
 """A control character: one search per name, where a scan of a tree checks every name."""
 
 
+_PLAIN_NAME = re.compile(r"(?! )[^\x00-\x1f\x7f\\/]{0,%d}[^\x00-\x1f\x7f\\/ .]" % (MAX_NAME_BYTES - 1))
+"""An ASCII name `_check_component` accepts, as one match: no control character, backslash or
+slash, no leading space, no trailing space or dot (which also refuses ``.`` and ``..``), at
+most `MAX_NAME_BYTES` long (one byte per ASCII character)."""
+
+
 def _check_component(name: str, original: str) -> None:
     if name in ("", ".", ".."):
         what = "an empty component" if name == "" else f"a '{name}' component"
@@ -57,6 +63,13 @@ def normalize(path: str) -> str:
         raise InvalidPath("path must be a string")
     if path in ("", "/"):
         return ROOT
+    if path.isascii():
+        # already NFC, and each name needs one match (`_PLAIN_NAME`): paths are normalised
+        # by the thousand (a journal replayed, a tree listed) and most are plain ASCII
+        body = path[1:] if path.startswith("/") else path
+        body = body[:-1] if body.endswith("/") else body
+        if len(body) < MAX_PATH_BYTES and all(_PLAIN_NAME.fullmatch(n) for n in body.split("/")):
+            return "/" + body
     original = path
     if "\x00" in path:
         raise InvalidPath(f"path {original!r} contains a NUL byte")
@@ -124,7 +137,13 @@ def join(parent: str, name: str) -> str:
 
 def child(parent: str, name: str) -> str:
     """`normalize` of ``join(parent, name)`` for an already normalised ``parent``, checking only
-    the new name: a scan of a tree normalises each folder once, not once per file below it."""
+    the new name: a scan of a tree normalises each folder once, not once per file below it.
+    (An ASCII name is its own NFC and is checked by one expression: a scan calls this for
+    every item of the tree, and most names are plain ASCII.)"""
+    if name.isascii() and _PLAIN_NAME.fullmatch(name):
+        result = join(parent, name)
+        if len(result) <= MAX_PATH_BYTES or len(key(result).encode("utf-8")) <= MAX_PATH_BYTES:
+            return result
     name = unicodedata.normalize("NFC", name)
     result = join(parent, name)
     _check_component(name, result)

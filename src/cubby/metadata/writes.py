@@ -223,15 +223,17 @@ class FileWrites:
             bases = self._bases(tx, path, chunks, missing)
             return CommitResult(
                 needed=tuple(
-                    NeededChunk(h, self.challenges.nonce(uid, tx.ns_id, h, sizes[h]), bases.get(h)) for h in missing
+                    NeededChunk(h, self.challenges.nonce(uid, tx.ns_id, h, sizes[h]), bases.get(h, ())) for h in missing
                 )
             )
         return CommitResult(
             entry=self._write_file(tx, path, chunks, req.size, req.expected_rev, req.mtime, guarded=True, mode=req.mode)
         )
 
-    def _bases(self, tx: NamespaceTxn, path: str, chunks: tuple[ChunkRef, ...], missing: Sequence[str]) -> dict[str, str]:
-        """For the missing chunks of an edit, the old chunk at the same place in the file's
+    def _bases(
+        self, tx: NamespaceTxn, path: str, chunks: tuple[ChunkRef, ...], missing: Sequence[str]
+    ) -> dict[str, tuple[str, ...]]:
+        """For the missing chunks of an edit, the old chunks at the same place in the file's
         current version (`delta.pick_bases`): named in the answer, so that the client needs no
         extra request (nor the whole old chunk list) to send them as patches."""
         existing = tx.live(paths.key(path))

@@ -89,7 +89,7 @@ def build_context(config: Config, roles: tuple[str, ...]) -> ServerContext:
         pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="cubby-chunks")
         closers.append(pool.shutdown)
         pack_store = open_block_store(config.blocks_location, store.db, executor=pool)
-        closers.append(pack_store.objects.close)
+        closers.append(pack_store.close)
         blocks = pack_store
     metrics = Metrics()
     store.db.observe = metrics.observe_transaction

@@ -2,13 +2,14 @@
 (`cubby.core.delta` says which form goes which way, and why).
 
 - ``POST /api/v1/blocks/signatures`` ``{"hashes": [old, ...]}``: signatures of old chunks;
-- ``POST /api/v1/blocks/patch?ns_id=N``: frames named by new chunks, each holding the 32-byte
-  name of its base chunk and a patch. Every patch is applied and every result hashed before
+- ``POST /api/v1/blocks/patch?ns_id=N``: frames named by new chunks, each holding the names of
+  its base chunks (`delta.pack_patch`: the base is their concatenation) and a patch. Every patch is applied and every result hashed before
   anything is stored: one result that does not match its name refuses the whole request
   (`ChunkMismatch`) and stores nothing. Results are stored as an upload's chunks are;
-- ``POST /api/v1/blocks/fetch_delta`` ``{"pairs": [[new, base], ...]}``: frames named by new
-  chunks; a frame's first byte says what follows: 1, the chunk encoded against the base; 0,
-  the whole chunk (the base is not one the caller may read, or is gone).
+- ``POST /api/v1/blocks/fetch_delta`` ``{"pairs": [[new, [base, ...]], ...]}``: frames named by
+  new chunks; a frame's first byte says what follows: 1, the chunk encoded against the
+  concatenated base chunks; 0, the whole chunk (a base is not one the caller may read, or is
+  gone, or the base is larger than `delta.BASE_MAX`). A single base may be named as a string.
 
 A client gets nothing here it could not already read: every base must be a chunk of a
 namespace the caller can read (the same rule as `/blocks/fetch`), so a signature or a delta
@@ -28,7 +29,7 @@ from starlette.routing import BaseRoute, Route
 
 from cubby.blockstore.base import BlockStore
 from cubby.core import delta, frames
-from cubby.core.delta import DELTA, MAX_BASES, PATCH_FRAME, WHOLE
+from cubby.core.delta import BASE_MAX, DELTA, MAX_BASES, MAX_SPAN, PATCH_FRAME, WHOLE
 from cubby.core.hashing import sha256_hex
 from cubby.errors import BadRequest, ChunkMismatch, NotFound, PayloadTooLarge
 from cubby.server import access
@@ -67,32 +68,32 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         access.check_namespace(p, ns_id, write=True)
         require_content_type(request, frames.CONTENT_TYPE)
         reader = frames.FrameReader(PATCH_FRAME)
-        items: list[tuple[str, bytes, str]] = []
-        total = 0
+        items: list[tuple[str, bytes, tuple[str, ...]]] = []
+        total = named = 0
         async for piece in request.stream():
             total += len(piece)
             if total > limit:
                 raise PayloadTooLarge(f"the body is larger than the {limit}-byte limit; send fewer patches per request")
             for name, data in reader.feed(piece):
-                if len(data) < 32:
-                    raise BadRequest("a patch frame starts with its base chunk's 32-byte name", code="bad_delta")
-                items.append((name, data[32:], data[:32].hex()))
-                if len(items) > MAX_BASES:
-                    raise BadRequest(f"at most {MAX_BASES} patches per request", code="bad_delta")
+                bases, blob = delta.unpack_patch(data)
+                items.append((name, blob, bases))
+                named += len(bases)
+                if named > MAX_BASES:
+                    raise BadRequest(f"at most {MAX_BASES} base chunks per request", code="bad_delta")
         reader.close()
         if not items:
             raise BadRequest("no patches in the body", code="bad_delta")
-        ok = await readable(p, [b for _, _, b in items])
-        missing = [b for _, _, b in items if b not in ok]
+        ok = await readable(p, [b for _, _, bases in items for b in bases])
+        missing = [b for _, _, bases in items for b in bases if b not in ok]
         if missing:
             raise NotFound(f"base chunk {missing[0]} is not in any folder you can read", missing=len(missing))
 
         def rebuild() -> list[tuple[str, bytes]]:
             out = []
-            for name, blob, base in items:
-                data = delta.apply_patch(blocks.get(base), blob)
+            for name, blob, bases in items:
+                data = delta.apply_patch(b"".join(blocks.get(b) for b in bases), blob)
                 if sha256_hex(data) != name:
-                    raise ChunkMismatch(f"a patch against {base} does not make chunk {name}; nothing was stored")
+                    raise ChunkMismatch(f"a patch against {bases[0]} does not make chunk {name}; nothing was stored")
                 out.append((name, data))
             return out
 
@@ -105,27 +106,35 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         body = await json_body(request, LIST_JSON)
         raw = body.get("pairs")
         if not isinstance(raw, list) or not raw or len(raw) > MAX_BASES:
-            raise BadRequest(f"field 'pairs' must be a list of 1 to {MAX_BASES} [new, base] pairs", field="pairs")
-        pairs: list[tuple[str, str]] = []
+            raise BadRequest(f"field 'pairs' must be a list of 1 to {MAX_BASES} [new, bases] pairs", field="pairs")
+        pairs: list[tuple[str, tuple[str, ...]]] = []
         for pair in raw:
             if not isinstance(pair, list) or len(pair) != 2:
-                raise BadRequest("each pair must be [new chunk, base chunk]", field="pairs")
-            pairs.append((field_hash(pair[0], "a new chunk"), field_hash(pair[1], "a base chunk")))
-        ok = await readable(p, [h for pair in pairs for h in pair])
+                raise BadRequest("each pair must be [new chunk, [base chunk, ...]]", field="pairs")
+            names = [pair[1]] if isinstance(pair[1], str) else pair[1]
+            if not isinstance(names, list) or not 1 <= len(names) <= MAX_SPAN:
+                raise BadRequest(f"each pair names 1 to {MAX_SPAN} base chunks", field="pairs")
+            pairs.append((field_hash(pair[0], "a new chunk"), tuple(field_hash(b, "a base chunk") for b in names)))
+        if sum(len(bases) for _, bases in pairs) > MAX_BASES:
+            raise BadRequest(f"at most {MAX_BASES} base chunks per request", field="pairs")
+        ok = await readable(p, [new for new, _ in pairs] + [b for _, bases in pairs for b in bases])
         missing = [new for new, _ in pairs if new not in ok]
         if missing:
             raise NotFound(f"chunk {missing[0]} is not in any folder you can read", missing=len(missing))
 
-        def one(new: str, base: str) -> bytes:
+        def one(new: str, bases: tuple[str, ...]) -> bytes:
             data = blocks.get(new)
-            if base not in ok or base == new:
+            if any(b not in ok or b == new for b in bases):
                 return WHOLE + data
-            encoded = delta.encode_against(blocks.get(base), data)
+            base = b"".join(blocks.get(b) for b in bases)
+            if len(base) > BASE_MAX:
+                return WHOLE + data
+            encoded = delta.encode_against(base, data)
             return DELTA + encoded if len(encoded) < len(data) else WHOLE + data
 
         async def stream() -> AsyncIterator[bytes]:
-            for new, base in pairs:
-                yield frames.encode(new, await run_in_threadpool(one, new, base))
+            for new, bases in pairs:
+                yield frames.encode(new, await run_in_threadpool(one, new, bases))
 
         return StreamingResponse(stream(), media_type=frames.CONTENT_TYPE)
 

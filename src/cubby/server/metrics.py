@@ -175,6 +175,11 @@ class InstrumentedBlockStore:
         self._count("get", sum(len(d) for d in found.values()))
         return found
 
+    def read_many(self, names: Sequence[str]) -> Iterator[tuple[str, bytes]]:
+        for name, data in self.inner.read_many(names):
+            self._count("get", len(data))
+            yield name, data
+
     def has(self, name: str) -> bool:
         self._count("has")
         return self.inner.has(name)

@@ -1,9 +1,10 @@
 """Who is on the other end of a connection: the address that per-client limits are keyed by.
 
 Behind a load balancer every connection comes from the balancer, so a limit per peer address
-would throttle everyone at once. The real address is taken from ``X-Forwarded-For`` (or the
-PROXY protocol, where the front parses it) only when the peer itself is one of the configured
-trusted proxies; anybody else could write any address they like into that header, so for them
+would throttle everyone at once. The real address is taken from ``X-Forwarded-For`` only when
+the peer itself is one of the configured trusted proxies (the shipped haproxy configuration
+sets ``option forwardfor``; neither front parses the PROXY protocol, which would also cover
+WebSocket upgrades on a TCP-mode balancer); anybody else could write any address they like into that header, so for them
 the header is ignored and the socket's peer address is the answer.
 """
 

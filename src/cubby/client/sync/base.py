@@ -186,10 +186,11 @@ class EngineCore:
         if self.crash_hook is not None:
             self.crash_hook(where)
 
-    def abs_path(self, rel: str) -> Path:
+    def abs_path(self, rel: str, resolved: set[str] | None = None) -> Path:
         """The one way from a relative path to the disk: `trust.local_target` refuses anything
-        outside the synced folder or inside its state folder (`UnsafePath`)."""
-        return local_target(self.root, rel)
+        outside the synced folder or inside its state folder (`UnsafePath`); ``resolved``
+        as there, for a batch."""
+        return local_target(self.root, rel, resolved)
 
     def rel_for(self, path: str) -> str:
         """Where a path of the user's tree goes on disk: existing folders keep their on-disk
@@ -209,7 +210,7 @@ class EngineCore:
         return P.Context(mounts=mounts, evicted=tuple(self.state.evicted()), host=self.host, day=dt.date.today().isoformat())
 
     def scan(self, persist: bool = True) -> ScanResult:
-        self.last_scan = scan(self.root, self.state, self.pool, persist=persist)
+        self.last_scan = scan(self.root, self.state, self.pool, persist=persist, previous=self.last_scan)
         return self.last_scan
 
     def keep_chunks(self, rec: FileRecord) -> None:

@@ -13,11 +13,13 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import cast
 
 from cubby.client import modes
 from cubby.client.download import DELTA_MIN, verified_prefix
+from cubby.client.pipeline import Pipeline
 from cubby.client.sync import planner as P
 from cubby.client.sync.base import EngineCore, Failures
 from cubby.client.sync.state import FileRecord
@@ -27,6 +29,9 @@ from cubby.core import delta, durable
 from cubby.core.hashing import sha256_hex
 from cubby.errors import BadRequest, CubbyError
 from cubby.model import ChunkRef, Entry
+
+Ready = tuple[P.Download, list[ChunkRef], Entry]
+"""A planned download with its chunk list and the entry the list belongs to."""
 
 
 class Downloads:
@@ -38,33 +43,69 @@ class Downloads:
     def download(self, ops: Sequence[P.Download], failures: Failures) -> int:
         """Fetch many files: their chunk lists a thousand at a time, then their chunks from the
         local disk, the cache, or the server (in bounded batches), into temp files that are
-        renamed into place when whole."""
+        renamed into place when whole.
+
+        Pipelined: the next thousand chunk lists are asked for while this batch is fetched,
+        and a batch of small files is fetched on a worker thread while the one before it is
+        written and renamed on this thread (at most two batches, about two
+        `DOWNLOAD_WINDOW`s of bytes, in memory). A file larger than a window streams alone."""
         done = 0
-        for i in range(0, len(ops), BATCH):
-            group = list(ops[i : i + BATCH])
-            lists = cast("list[tuple[Entry, list[ChunkRef]] | CubbyError]", self.core.api.blocklists([o.remote.path for o in group]))
-            ready: list[tuple[P.Download, list[ChunkRef], Entry]] = []
-            for op, bl in zip(group, lists, strict=True):
-                if isinstance(bl, CubbyError):
-                    continue  # gone since the journal said so: the next round learns it
-                entry, chunks = bl
-                if modes.version(entry.content_hash, entry.mode) != op.remote.hash or entry.node_id != op.remote.node_id:
-                    continue
-                ready.append((op, chunks, entry))
-            batch: list[tuple[P.Download, list[ChunkRef], Entry]] = []
-            size = 0
-            for item in ready:
-                if item[2].size > DOWNLOAD_WINDOW:
-                    done += self._download_files([item], failures)
-                    continue
-                batch.append(item)
-                size += item[2].size
-                if size >= DOWNLOAD_WINDOW:
+        with Pipeline(1) as fetcher:
+            for batch in self._batches(ops):
+                if len(batch) == 1 and batch[0][2].size > DOWNLOAD_WINDOW:
+                    for items, got in fetcher.drain():
+                        done += self._download_files(items, failures, got)
                     done += self._download_files(batch, failures)
-                    batch, size = [], 0
-            if batch:
-                done += self._download_files(batch, failures)
+                    continue
+                for items, got in fetcher.submit(lambda batch=batch: (batch, self._fetch(batch))):  # type: ignore[misc]
+                    done += self._download_files(items, failures, got)
+            for items, got in fetcher.drain():
+                done += self._download_files(items, failures, got)
         return done
+
+    def _batches(self, ops: Sequence[P.Download]) -> Iterator[list[Ready]]:
+        """Planned downloads with their chunk lists, in batches of about `DOWNLOAD_WINDOW`
+        bytes (a larger file alone); the next thousand chunk lists are requested on a thread
+        while the caller works through this thousand."""
+        groups = [list(ops[i : i + BATCH]) for i in range(0, len(ops), BATCH)]
+        if not groups:
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="cubby-lists") as ahead:
+            pending = ahead.submit(self.core.api.blocklists, [o.remote.path for o in groups[0]])
+            for n, group in enumerate(groups):
+                lists = cast("list[tuple[Entry, list[ChunkRef]] | CubbyError]", pending.result())
+                if n + 1 < len(groups):
+                    pending = ahead.submit(self.core.api.blocklists, [o.remote.path for o in groups[n + 1]])
+                batch: list[Ready] = []
+                size = 0
+                for op, bl in zip(group, lists, strict=True):
+                    if isinstance(bl, CubbyError):
+                        continue  # gone since the journal said so: the next round learns it
+                    entry, chunks = bl
+                    if modes.version(entry.content_hash, entry.mode) != op.remote.hash or entry.node_id != op.remote.node_id:
+                        continue
+                    if entry.size > DOWNLOAD_WINDOW:
+                        yield [(op, chunks, entry)]
+                        continue
+                    batch.append((op, chunks, entry))
+                    size += entry.size
+                    if size >= DOWNLOAD_WINDOW:
+                        yield batch
+                        batch, size = [], 0
+                if batch:
+                    yield batch
+
+    def _fetch(self, items: list[Ready]) -> list[tuple[ChunkRef, bytes]]:
+        """Every chunk of a batch of small files, in order (on the fetcher thread)."""
+        return list(self._chunks_for([c for _, chunks, _ in items for c in chunks], self._bases(items)))
+
+    def _bases(self, items: list[Ready]) -> dict[str, tuple[str, ...]]:
+        bases: dict[str, tuple[str, ...]] = {}
+        for op, chunks, entry in items:
+            rec = self.core.state.file(op.replace.rel) if op.replace is not None and entry.size >= DELTA_MIN else None
+            if rec is not None and rec.mode != modes.SYMLINK:
+                bases.update(delta.pick_bases(delta.offsets([(c.hash, c.size) for c in chunks]), rec.chunks))
+        return bases
 
     def _local_chunk(self, h: str) -> bytes | None:
         for rel, off, size in self.core.state.chunk_locations(h):
@@ -78,9 +119,11 @@ class Downloads:
                 return data
         return self.core.cache.get(h)
 
-    def _chunks_for(self, chunks: Sequence[ChunkRef], bases: dict[str, str] | None = None) -> Iterator[tuple[ChunkRef, bytes]]:
+    def _chunks_for(
+        self, chunks: Sequence[ChunkRef], bases: dict[str, tuple[str, ...]] | None = None
+    ) -> Iterator[tuple[ChunkRef, bytes]]:
         """Each chunk's bytes in order, looking locally first and fetching the rest from the
-        server a bounded window at a time; a chunk with a base (an old chunk at the same place
+        server a bounded window at a time; a chunk with a base (the old chunks at the same place
         in the version being replaced, still on disk) comes as a delta against it."""
         i = 0
         while i < len(chunks):
@@ -100,14 +143,15 @@ class Downloads:
                     missing.append(c.hash)
                 else:
                     got[c.hash] = data
-            pairs: list[tuple[str, str]] = []
+            pairs: list[tuple[str, tuple[str, ...]]] = []
             held: dict[str, bytes] = {}
             for h in missing:
-                base = (bases or {}).get(h)
-                data = self._local_chunk(base) if base is not None else None
-                if base is not None and data is not None:
+                for b in (bases or {}).get(h, ()):
+                    if b not in held and (data := self._local_chunk(b)) is not None:
+                        held[b] = data
+                base = tuple(b for b in (bases or {}).get(h, ()) if b in held)  # those still on disk
+                if base:
                     pairs.append((h, base))
-                    held[base] = data
             if pairs:
                 got.update(self.core.api.fetch_against(pairs, held))
             plain = [h for h in missing if h not in got]
@@ -116,16 +160,14 @@ class Downloads:
             for c in window:
                 yield c, got[c.hash]
 
-    def _download_files(self, items: list[tuple[P.Download, list[ChunkRef], Entry]], failures: Failures) -> int:
+    def _download_files(self, items: list[Ready], failures: Failures, fetched: list[tuple[ChunkRef, bytes]] | None = None) -> int:
+        """Write a batch (its chunks ``fetched`` already, or a large file streamed here), make
+        it durable, and rename each file into place if the one it replaces is unchanged."""
         staged: list[tuple[P.Download, Entry, Path, list[ChunkRef]]] = []
         tmpdir = self.core.dir / "tmp"
         big = len(items) == 1 and items[0][2].size > DOWNLOAD_WINDOW
-        bases: dict[str, str] = {}
-        for op, chunks, entry in items:
-            rec = self.core.state.file(op.replace.rel) if op.replace is not None and entry.size >= DELTA_MIN else None
-            if rec is not None and rec.mode != modes.SYMLINK:
-                bases.update(delta.pick_bases(delta.offsets([(c.hash, c.size) for c in chunks]), rec.chunks))
-        stream = None if big else self._chunks_for([c for _, chunks, _ in items for c in chunks], bases)
+        bases = self._bases(items) if big else {}
+        stream = None if big else iter(fetched if fetched is not None else self._fetch(items))
         for op, chunks, entry in items:
             if big:
                 # named by content, so that a run killed halfway keeps what it wrote
@@ -166,11 +208,12 @@ class Downloads:
             durable.barrier(tmpdir)
         done = 0
         records: list[FileRecord] = []
+        resolved: set[str] = set()  # each folder resolved once for the batch
         with self.core.state.tx():
             for op, entry, tmp, chunks in staged:
                 rel = op.replace.rel if op.replace is not None else self.core.rel_for(op.remote.path)
                 try:
-                    target = self.core.abs_path(rel)
+                    target = self.core.abs_path(rel, resolved)
                     if not self._may_replace(op, target):
                         tmp.unlink(missing_ok=True)
                         continue

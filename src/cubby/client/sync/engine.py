@@ -14,6 +14,7 @@ periodic full scan as a safety net.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 
 from cubby.client.sync import planner as P
@@ -27,6 +28,17 @@ from cubby.client.sync.uploads import Uploads
 from cubby.core import paths
 
 __all__ = ["PassReport", "SyncEngine", "SyncLocked"]
+
+
+@dataclass(frozen=True)
+class _Settled:
+    """The inputs of the last plan that left nothing to do (or only `Blocked` changes)."""
+
+    generation: tuple[int, int]
+    """`StateDb.generation` once that plan was made: base, remote tree, file index, mounts."""
+    rules: IgnoreRules
+    local: list[P.LocalItem]
+    ops: list[P.Op]
 
 
 class SyncEngine(EngineCore):
@@ -61,10 +73,32 @@ class SyncEngine(EngineCore):
         res = self.scan(persist=False)
         return P.plan(*self._trees(), res.items, self.context()), res
 
-    def _trees(self) -> tuple[list[P.BaseItem], list[P.RemoteItem]]:
+    _settled: _Settled | None = None
+
+    def _plan(self, res: ScanResult, ctx: P.Context) -> tuple[list[P.Op], IgnoreRules]:
+        """The plan for this scan (and the ignore rules it was made with).
+
+        `planner.plan` is a pure function of the base and remote trees, the scan and the
+        context, and all but the scan come from the state database: when the database has not
+        changed since a plan that left nothing to do, and the scan and the ignore rules are
+        equal to what that plan saw, that plan is the answer again. So a pass with nothing
+        changed reads neither tree (tens of thousands of rows) and plans nothing; any write
+        to the state, any file that was hashed again, any item added, gone or moved on disk
+        makes a real plan."""
+        rules = IgnoreRules.load(self.root)
+        s = self._settled
+        if s is not None and s.rules == rules and s.generation == self.state.generation() and s.local == res.items:
+            return list(s.ops), rules
+        return P.plan(*self._trees(rules), res.items, ctx), rules
+
+    def _settle(self, rules: IgnoreRules, res: ScanResult, ops: list[P.Op]) -> None:
+        """Remember a plan that left nothing to do, for `_plan`."""
+        self._settled = _Settled(self.state.generation(), rules, res.items, list(ops))
+
+    def _trees(self, rules: IgnoreRules | None = None) -> tuple[list[P.BaseItem], list[P.RemoteItem]]:
         """Base and remote trees without what the ignore rules hide locally: a file named
         ``x.tmp`` on the server is neither downloaded nor, being absent here, deleted there."""
-        rules = IgnoreRules.load(self.root)
+        rules = rules if rules is not None else IgnoreRules.load(self.root)
         folders: dict[str, bool] = {"": True}
 
         def shown(rel: str) -> bool:
@@ -112,8 +146,9 @@ class SyncEngine(EngineCore):
             if local_first:
                 with gc_paused():
                     res = self.scan()
-                    ops = P.plan(*self._trees(), res.items, self.context())
+                    ops, rules = self._plan(res, self.context())
                 if not ops or P.blocked_only(ops):
+                    self._settle(rules, res, ops)
                     report.blocked = [o.path for o in ops if isinstance(o, P.Blocked)]
                     report.converged = True
                     return report
@@ -126,10 +161,11 @@ class SyncEngine(EngineCore):
                 self.applier.follow_mount_moves(res.items)
                 ctx = self.context()
                 with gc_paused():
-                    ops = P.plan(*self._trees(), res.items, ctx)
+                    ops, rules = self._plan(res, ctx)
                 self.crash_point("planned")
                 self._clear_evicted(ctx, res)
                 if not ops or P.blocked_only(ops):
+                    self._settle(rules, res, ops)
                     report.blocked = [o.path for o in ops if isinstance(o, P.Blocked)]
                     report.failed = []
                     report.converged = True

@@ -59,10 +59,15 @@ class IgnoreRules:
         synced. The state folder at the top is always ignored, in any case (``.CUBBY``): on a
         case-insensitive disk that is the state folder, and nothing may sync into it."""
         name = rel.rsplit("/", 1)[-1]
-        if rel.split("/", 1)[0].casefold() == STATE_DIR:
+        if "/" in rel:
+            if rel.split("/", 1)[0].casefold() == STATE_DIR:
+                return True
+        elif len(rel) == len(STATE_DIR) and rel.casefold() == STATE_DIR:
             return True
         if not is_dir and _BUILTIN_RE.match(name):
             return True
+        if not self.patterns:
+            return False
         for p in self.patterns:
             dir_only = p.endswith("/")
             pat = p.rstrip("/")

@@ -19,6 +19,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cubby.client.localfiles import Stamp, stamp_of
 from cubby.client.modes import link_inside, mode_of
 from cubby.client.sync.ignore import IgnoreRules
 from cubby.client.sync.planner import LocalItem
@@ -37,13 +38,22 @@ class ScanResult:
     outside_links: list[str] = field(default_factory=list)
     """Relative paths of symbolic links whose targets lie outside the folder (not synced)."""
     hashed: int = 0
+    rules: IgnoreRules = field(default_factory=IgnoreRules)
+    """The ignore rules the scan applied."""
+    stamps: dict[str, Stamp] = field(default_factory=dict)
+    """rel -> stat stamp of each file this scan hashed, as it was while being hashed."""
 
     def by_key(self) -> dict[str, LocalItem]:
         return {paths.key(i.path): i for i in self.items}
 
+    def by_rel(self) -> dict[str, LocalItem]:
+        return {i.rel: i for i in self.items}
 
-def hash_file(path: Path, rel: str) -> FileRecord | None:
-    """Chunk a file (a link: its target's text); None if it changed while being read."""
+
+def hash_file(path: Path, rel: str) -> tuple[FileRecord, Stamp] | None:
+    """Chunk a file (a link: its target's text); None if it changed while being read. With
+    the record comes the file's stat stamp (`cubby.client.localfiles.stamp_of`) as it was
+    read, which lets an upload trust bytes it reads back without hashing them again."""
     try:
         before = os.lstat(path)
         if stat_mod.S_ISLNK(before.st_mode):
@@ -54,13 +64,13 @@ def hash_file(path: Path, rel: str) -> FileRecord | None:
         after = os.lstat(path)
     except OSError:
         return None
-    if _stamp(before) != _stamp(after):
+    if stamp_of(before) != stamp_of(after) or _stamp(before) != _stamp(after):
         return None
     if sum(c[2] for c in chunks) != after.st_size:
         return None
     return FileRecord(
         rel, after.st_size, after.st_mtime_ns, after.st_ino, content_hash(c[0] for c in chunks), chunks, mode_of(after)
-    )
+    ), stamp_of(after)
 
 
 def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -68,10 +78,20 @@ def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_size, st.st_mtime_ns, st.st_ino, mode_of(st))
 
 
-def _walk(root: Path, rules: IgnoreRules) -> Iterable[tuple[str, os.stat_result, str | None]]:
-    """(relative path, lstat, display path or None when cubby cannot store the name) of
-    everything below ``root`` that is synced, folders before what they hold."""
+def _walk(
+    root: Path, rules: IgnoreRules, previous: ScanResult | None = None
+) -> Iterable[tuple[str, os.stat_result, str | None, LocalItem | None]]:
+    """(relative path, lstat, display path or None when cubby cannot store the name, the
+    previous scan's item at that path) of everything below ``root`` that is synced, folders
+    before what they hold.
+
+    An item the previous scan found under the same rules, of the same kind, is neither tested
+    against the rules nor named again: both are pure functions of the relative path (and the
+    rules), so the answer would be the same. A pass with nothing changed then costs one
+    ``lstat`` and a lookup per item."""
+    seen_before = previous.by_rel() if previous is not None and previous.rules == rules else {}
     stack: list[tuple[str, str | None]] = [("", paths.ROOT)]
+    is_dir_mode, is_reg, is_link = stat_mod.S_ISDIR, stat_mod.S_ISREG, stat_mod.S_ISLNK
     while stack:
         rel_dir, display_dir = stack.pop()
         try:
@@ -85,9 +105,15 @@ def _walk(root: Path, rules: IgnoreRules) -> Iterable[tuple[str, os.stat_result,
                 st = e.stat(follow_symlinks=False)
             except OSError:
                 continue
-            is_dir = stat_mod.S_ISDIR(st.st_mode)
-            if not is_dir and not stat_mod.S_ISREG(st.st_mode) and not stat_mod.S_ISLNK(st.st_mode):
+            is_dir = is_dir_mode(st.st_mode)
+            if not is_dir and not is_reg(st.st_mode) and not is_link(st.st_mode):
                 continue  # sockets, devices, fifos are not synced
+            prev = seen_before.get(rel)
+            if prev is not None and (prev.kind == "folder") == is_dir:
+                yield rel, st, prev.path, prev
+                if is_dir:
+                    stack.append((rel, prev.path))
+                continue
             if rules.ignored(rel, is_dir):
                 continue
             display: str | None = None
@@ -96,26 +122,37 @@ def _walk(root: Path, rules: IgnoreRules) -> Iterable[tuple[str, os.stat_result,
                     display = paths.child(display_dir, e.name)
                 except InvalidPath:
                     pass
-            yield rel, st, display
+            yield rel, st, display, None
             if is_dir:
                 stack.append((rel, display))
 
 
-def scan(root: Path, state: StateDb, executor: Executor, *, persist: bool = True) -> ScanResult:
-    """Read the tree under ``root``; update the file index (unless ``persist`` is False)."""
+def scan(
+    root: Path, state: StateDb, executor: Executor, *, persist: bool = True, previous: ScanResult | None = None
+) -> ScanResult:
+    """Read the tree under ``root``; update the file index (unless ``persist`` is False).
+
+    With ``previous`` (the last scan of the same folder), an item whose stamp and index entry
+    make it equal to the previous scan's item is that same object, not a copy: comparing two
+    scans (`SyncEngine`'s settled plan) is then mostly identity checks."""
     rules = IgnoreRules.load(root)
     known = state.file_stamps()
-    res = ScanResult()
+    res = ScanResult(rules=rules)
+    items = res.items
     todo: list[tuple[str, str, int]] = []  # (rel, display path, inode)
-    seen: set[str] = set()
-    for rel, st, display in _walk(root, rules):
+    matched = 0  # indexed files found (all of them: nothing to drop from the index)
+    is_dir_mode, is_link = stat_mod.S_ISDIR, stat_mod.S_ISLNK
+    for rel, st, display, prev in _walk(root, rules, previous):
         if display is None:
             res.unsyncable.append(rel)
             continue
-        if stat_mod.S_ISDIR(st.st_mode):
-            res.items.append(LocalItem(display, rel, "folder", None, st.st_ino))
+        if is_dir_mode(st.st_mode):
+            if prev is not None and prev.inode == st.st_ino:
+                items.append(prev)
+            else:
+                items.append(LocalItem(display, rel, "folder", None, st.st_ino))
             continue
-        if stat_mod.S_ISLNK(st.st_mode):
+        if is_link(st.st_mode):
             try:
                 target = os.readlink(root / rel)
             except OSError:
@@ -123,21 +160,29 @@ def scan(root: Path, state: StateDb, executor: Executor, *, persist: bool = True
             if not link_inside(rel, target):
                 res.outside_links.append(rel)
                 continue
-        seen.add(rel)
         known_stamp = known.get(rel)
-        if known_stamp is not None and known_stamp[0] == _stamp(st):
-            res.items.append(LocalItem(display, rel, "file", known_stamp[1], st.st_ino, st.st_size))
-        else:
-            todo.append((rel, display, st.st_ino))
+        if known_stamp is not None:
+            matched += 1
+            if known_stamp[0] == _stamp(st):
+                version = known_stamp[1]
+                if prev is not None and prev.hash == version and prev.inode == st.st_ino and prev.size == st.st_size:
+                    items.append(prev)
+                else:
+                    items.append(LocalItem(display, rel, "file", version, st.st_ino, st.st_size))
+                continue
+        todo.append((rel, display, st.st_ino))
     fresh: list[FileRecord] = []
-    for (rel, display, ino), rec in zip(todo, executor.map(lambda t: hash_file(root / t[0], t[0]), todo)):
+    for (rel, display, ino), got in zip(todo, executor.map(lambda t: hash_file(root / t[0], t[0]), todo)):
         res.hashed += 1
-        if rec is None:
-            res.items.append(LocalItem(display, rel, "file", None, ino))
+        if got is None:
+            items.append(LocalItem(display, rel, "file", None, ino))
         else:
+            rec, res.stamps[rel] = got
             fresh.append(rec)
-            res.items.append(LocalItem(display, rel, "file", rec.version, rec.inode, rec.size))
+            items.append(LocalItem(display, rel, "file", rec.version, rec.inode, rec.size))
     if persist:
         state.put_files(fresh)
-        state.drop_files(r for r in known if r not in seen)
+        if matched != len(known):
+            seen = {i.rel for i in items if i.kind == "file"}
+            state.drop_files(r for r in known if r not in seen)
     return res

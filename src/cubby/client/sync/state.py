@@ -79,6 +79,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     hash TEXT NOT NULL, rel TEXT NOT NULL, offset INTEGER NOT NULL, size INTEGER NOT NULL,
     PRIMARY KEY (hash, rel)
 );
+CREATE INDEX IF NOT EXISTS chunks_rel ON chunks (rel);
 """
 
 
@@ -146,6 +147,14 @@ class StateDb:
             self.db.execute(f"ALTER TABLE files ADD COLUMN mode INTEGER NOT NULL DEFAULT {REGULAR}")
         self._lock = threading.RLock()
         self._depth = 0
+        self._stamps: tuple[tuple[int, int], dict[str, tuple[tuple[int, int, int, int], str | None]]] | None = None
+
+    def generation(self) -> tuple[int, int]:
+        """Changes so far: rows this connection changed, and SQLite's ``data_version`` (which
+        moves when another connection commits). Equal generations mean nothing was written in
+        between, so whatever was read from the database then is still true."""
+        with self._lock:
+            return self.db.total_changes, int(self.db.execute("PRAGMA data_version").fetchone()[0])
 
     def close(self) -> None:
         self.db.close()
@@ -441,11 +450,18 @@ class StateDb:
 
     def file_stamps(self) -> dict[str, tuple[tuple[int, int, int, int], str | None]]:
         """rel -> ((size, mtime_ns, inode, mode), version) of every indexed file: what a scan
-        compares, without decoding every chunk list (most of the cost of `files`)."""
-        return {
+        compares, without decoding every chunk list (most of the cost of `files`). Read once
+        and kept while the database is unchanged (`generation`): a pass with nothing changed
+        reads no row. Callers must not modify the mapping."""
+        now = self.generation()
+        if self._stamps is not None and self._stamps[0] == now:
+            return self._stamps[1]
+        stamps = {
             rel: ((size, mtime_ns, inode, mode), version(h, mode))
             for rel, size, mtime_ns, inode, h, mode in self._all("SELECT rel, size, mtime_ns, inode, hash, mode FROM files")
         }
+        self._stamps = (now, stamps)
+        return stamps
 
     def file(self, rel: str) -> FileRecord | None:
         rows = self._all("SELECT rel, size, mtime_ns, inode, hash, chunks, mode FROM files WHERE rel = ?", (rel,))

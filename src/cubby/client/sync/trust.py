@@ -95,24 +95,31 @@ def shown(path: object) -> str:
     return text if len(text) <= 300 else text[:300] + "..."
 
 
-def local_target(root: Path, rel: str) -> Path:
+def local_target(root: Path, rel: str, resolved: set[str] | None = None) -> Path:
     """``root / rel`` if that is a place strictly inside the synced folder ``root`` (already
     resolved) and outside its state folder; `UnsafePath` otherwise.
 
     The folder that would hold the target is resolved (symbolic links followed, as the
     kernel would) and must lie under ``root``; the last component itself is not followed,
     because every operation (rename, unlink, rmdir, mkdir) acts on the name, not on what a
-    link there points to."""
+    link there points to. A caller resolving many paths at once (a batch of uploads or
+    downloads) passes ``resolved``, the folders already found inside, so that each folder is
+    resolved once for the batch rather than once per file."""
     parts = rel.split("/")
     if rel.startswith("/") or any(p in ("", ".", "..") or "\x00" in p for p in parts):
         raise UnsafePath(f"refusing to touch {shown(rel)!r}: not a plain path inside the synced folder")
     if is_state_name(parts[0]):
         raise UnsafePath(f"refusing to touch {shown(rel)!r}: it is inside the sync client's state folder")
-    target = root.joinpath(*parts)
-    folder = Path(os.path.realpath(target.parent))
+    target = os.path.join(root, rel)
+    parent = os.path.dirname(target)
+    if resolved is not None and parent in resolved:
+        return Path(target)
+    folder = Path(os.path.realpath(parent))
     if folder != root and root not in folder.parents:
         raise UnsafePath(f"refusing to touch {shown(rel)!r}: it resolves outside {root}")
     inside = folder.relative_to(root).parts
     if inside and is_state_name(inside[0]):
         raise UnsafePath(f"refusing to touch {shown(rel)!r}: it resolves into the sync client's state folder")
-    return target
+    if resolved is not None:
+        resolved.add(parent)
+    return Path(target)

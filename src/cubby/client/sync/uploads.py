@@ -2,8 +2,9 @@
 the server asks for.
 
 The files were already named by the scanner, so their `LocalFile`s are built from the state
-database (never read again here); the chunk supply itself (proofs, patches, uploads) is
-`cubby.client.upload.supply`, shared with `cubby put`. Kept apart from downloads because the
+database (never hashed again here: the scan's stamp of each file says it is the one named);
+committing a group and supplying its chunks (proofs, patches, uploads) is
+`cubby.client.upload.commit_group` on a `Pipeline`, shared with `cubby put`. Kept apart from downloads because the
 two directions share nothing but the core.
 """
 
@@ -13,14 +14,16 @@ import os
 from collections.abc import Callable, Sequence
 
 from cubby.client import modes
-from cubby.client.api import commit_body
 from cubby.client.localfiles import FileChanged, LocalChunk, LocalFile
+from cubby.client.pipeline import Pipeline
 from cubby.client.sync import planner as P
 from cubby.client.sync.base import EngineCore, Failures
-from cubby.client.upload import needs_for, supply
-from cubby.client.windows import BATCH, DOWNLOAD_WINDOW
+from cubby.client.upload import Outcome, commit_group
+from cubby.client.windows import BATCH, DOWNLOAD_WINDOW, IN_FLIGHT
 from cubby.errors import Conflict, CubbyError
-from cubby.model import CommitResult, Entry
+from cubby.model import Entry
+
+Group = list[tuple[P.Upload, LocalFile]]
 
 
 class Uploads:
@@ -30,17 +33,25 @@ class Uploads:
         self.core = core
 
     def upload(self, ops: Sequence[P.Upload], failures: Failures) -> int:
-        """Commit many files in few requests: a thousand commits per batch, then one round of
-        proofs and chunk uploads for everything the server asked for, then commit again."""
+        """Commit many files in few requests: groups of a thousand commits, each followed by
+        one round of proofs and chunk uploads for everything the server asked for, then a
+        commit again (`cubby.client.upload.commit_group`, as `cubby put` does). Groups are
+        pipelined the same way: up to `IN_FLIGHT` with the server while this thread prepares
+        the next and records the answers of those done (in the state, on this thread)."""
         ctx = self.core.context()
-        groups: dict[int, list[tuple[P.Upload, LocalFile]]] = {}
+        groups: dict[int, Group] = {}
+        resolved: set[str] = set()  # each folder resolved once for the whole batch
+        stamps = self.core.last_scan.stamps
         for op in ops:
             rec = self.core.state.file(op.local.rel)
             if rec is None or rec.version != op.local.hash:
                 continue
+            stamp = stamps.get(op.local.rel)
             lf = LocalFile(
-                self.core.abs_path(op.local.rel), op.local.path, rec.size, rec.mtime_ns / 1e9,
+                self.core.abs_path(op.local.rel, resolved), op.local.path, rec.size, rec.mtime_ns / 1e9,
                 [LocalChunk(off, size, h) for h, off, size in rec.chunks], rec.inode, mode=rec.mode,
+                # the scan named it from this very stamp: reading it back needs no second hash
+                stamp=stamp if stamp is not None and (stamp[0], stamp[1], stamp[3]) == (rec.size, rec.mtime_ns, rec.inode) else None,
             )
             if rec.mode == modes.SYMLINK:
                 try:
@@ -50,9 +61,16 @@ class Uploads:
             ns_id = ctx.mounts[P.mount_of(op.local.path, ctx.mounts)][0]
             groups.setdefault(ns_id, []).append((op, lf))
         done = 0
-        for ns_id, items in groups.items():
-            for i in range(0, len(items), BATCH):
-                done += self._upload_group(ns_id, items[i : i + BATCH], failures)
+        with Pipeline(IN_FLIGHT) as pipe:
+            for ns_id, items in groups.items():
+                for i in range(0, len(items), BATCH):
+                    group = [(op, lf) for op, lf in items[i : i + BATCH] if self._still_same(op, lf)]
+                    if not group:
+                        continue
+                    for sent, outcomes in pipe.submit(lambda ns_id=ns_id, group=group: self._send(ns_id, group)):  # type: ignore[misc]
+                        done += self._record(sent, outcomes, failures)
+            for sent, outcomes in pipe.drain():
+                done += self._record(sent, outcomes, failures)
         return done
 
     def _still_same(self, op: P.Upload, lf: LocalFile) -> bool:
@@ -63,40 +81,36 @@ class Uploads:
         rec = self.core.state.file(op.local.rel)
         return rec is not None and (rec.size, rec.mtime_ns, rec.inode, rec.mode) == (s.st_size, s.st_mtime_ns, s.st_ino, modes.mode_of(s))
 
-    def _upload_group(self, ns_id: int, items: list[tuple[P.Upload, LocalFile]], failures: Failures) -> int:
+    def _send(self, ns_id: int, group: Group) -> tuple[Group, list[Outcome] | None]:
+        """Commit and supply one group (on a pipeline thread; touches no state). None: a file
+        changed while its chunks were read, and nothing of the group is known to be committed."""
+        try:
+            outcomes, _ = commit_group(
+                self.core.api, ns_id, [(lf, op.expected_rev) for op, lf in group],
+                self._progress_up(sum(lf.size for _, lf in group)),
+                on_commit=lambda _: self.core.crash_point("committed"),
+            )
+        except FileChanged:
+            return group, None
+        self.core.crash_point("supplied")
+        return group, outcomes
+
+    def _record(self, group: Group, outcomes: list[Outcome] | None, failures: Failures) -> int:
+        """Record one group's answers: each commit the server took joins the base."""
+        if outcomes is None:
+            self.core.state.drop_files(op.local.rel for op, _ in group)  # read again next scan
+            return 0
         done = 0
-        pending = [(op, lf) for op, lf in items if self._still_same(op, lf)]
-        for _attempt in range(3):
-            if not pending:
-                break
-            bodies = [commit_body(lf.remote, lf.size, lf.refs, op.expected_rev, lf.mtime, lf.mode) for op, lf in pending]
-            outcomes = self.core.api.commit_batch(bodies)
-            needing: list[tuple[P.Upload, LocalFile, CommitResult]] = []
-            with self.core.state.tx():
-                for (op, lf), out in zip(pending, outcomes):
-                    if isinstance(out, CubbyError):
-                        if not isinstance(out, Conflict):
-                            failures.append({"op": "Upload", "path": lf.remote, "error": f"{out.message} [{out.code}]"})
-                        continue
-                    if out.entry is not None:
-                        self._committed(out.entry, lf)
-                        done += 1
-                        self.core.emit({"op": "Upload", "path": out.entry.path, "size": lf.size})
-                    else:
-                        needing.append((op, lf, out))
-            self.core.crash_point("committed")
-            if not needing:
-                break
-            try:
-                supply(
-                    self.core.api, ns_id, needs_for([(lf, out) for _, lf, out in needing]),
-                    self._progress_up(sum(lf.size for _, lf, _ in needing)),
-                )
-            except FileChanged:
-                self.core.state.drop_files(op.local.rel for op, _, _ in needing)  # read again next scan
-                break
-            self.core.crash_point("supplied")
-            pending = [(op, lf) for op, lf, _ in needing]
+        with self.core.state.tx():
+            for (_, lf), out in zip(group, outcomes):
+                if isinstance(out, CubbyError):
+                    if not isinstance(out, Conflict):
+                        failures.append({"op": "Upload", "path": lf.remote, "error": f"{out.message} [{out.code}]"})
+                    continue
+                if out.entry is not None:
+                    self._committed(out.entry, lf)
+                    done += 1
+                    self.core.emit({"op": "Upload", "path": out.entry.path, "size": lf.size})
         return done
 
     def _progress_up(self, total: int) -> Callable[[int], None]:
