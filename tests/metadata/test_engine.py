@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import text
 
 from cubby.metadata.engine import Database
+from tests.conftest import db_url_for
 
 
 def kill_other_connections(url: str, db: Database) -> int:
@@ -37,9 +38,11 @@ def kill_other_connections(url: str, db: Database) -> int:
         )
 
 
-def test_a_dropped_connection_is_replaced_without_an_error(db_url: str) -> None:
-    if db_url.startswith("sqlite"):
-        pytest.skip("SQLite has no connection to drop")
+@pytest.mark.parametrize("engine", ["postgresql", "mariadb"])  # SQLite has no connection to drop
+def test_a_dropped_connection_is_replaced_without_an_error(
+    engine: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    db_url = db_url_for(engine, tmp_path_factory)
     db = Database(db_url, pool_size=2)
     try:
         assert db.read(lambda c: c.execute(text("SELECT 1")).scalar()) == 1
