@@ -13,6 +13,8 @@ import pytest
 from sqlalchemy import func, select
 
 from cubby.blockstore.memory import MemoryBlockStore
+from cubby.cache.memory import MemoryCache
+from cubby.cache.store import CachedStore
 from cubby.errors import NotFound
 from cubby.metadata.moves import STEPS
 from cubby.metadata.schema import move_intents, nodes
@@ -55,7 +57,10 @@ def test_a_move_killed_after_each_step_ends_in_exactly_one_place(store, step):
     )
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
 
-    fresh = open_store(url)
+    # Recovery through the metadata cache, with both heads cached before it: every head read
+    # below (the journal check) must see what recovery wrote.
+    fresh = CachedStore(open_store(url), MemoryCache())
+    stale = {n: fresh.head(n) for n in (ns, a.root_ns)}
     try:
         assert fresh.moves.recover() == 1
         assert fresh.moves.recover() == 0  # nothing left, and running it again changes nothing
@@ -67,6 +72,8 @@ def test_a_move_killed_after_each_step_ends_in_exactly_one_place(store, step):
             assert conn.execute(select(func.count()).select_from(nodes).where(nodes.c.pending.is_not(None))).scalar_one() == 0
         for n in (ns, a.root_ns):
             check_journal(fresh, n)
+        if step == "removed":  # rolled forward: the destination got journal entries
+            assert any(fresh.head(n) > stale[n] for n in stale)
         assert fresh.stat(ns, "/keep.txt").kind == "file"  # the rest of the folder is untouched
         # The item can move again from wherever it is: it is whole there.
         if expected_in_dest:

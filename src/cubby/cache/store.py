@@ -459,7 +459,9 @@ class _CachedMoves:
             return self.inner.move(user_id, src_ns, src, dst_ns, dst, *args, **kw)  # type: ignore[no-any-return]
 
     def recover(self) -> int:
-        return self.inner.recover()  # type: ignore[no-any-return]
+        """Recovery writes both namespaces of each move it finishes or undoes: fenced and
+        invalidated like any other write."""
+        return self.inner.recover(around=lambda ns: self.cached.writing(ns))  # type: ignore[no-any-return]
 
 
 if TYPE_CHECKING:

@@ -37,6 +37,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
@@ -375,30 +376,33 @@ class CrossMoves:
         )
 
     # ------------------------------------------------------------------------------------------
-    def recover(self) -> int:
+    def recover(self, around: Callable[[list[int]], AbstractContextManager[object]] | None = None) -> int:
         """Finish or undo every move whose owner is gone (see `cubby.metadata.leases`):
         ``started`` (or ``undoing``) is rolled back, ``removed`` rolled forward. Returns how
         many intents were handled. Safe to run at any time, from any process, more than once.
         An intent that cannot be handled now stays for the next run; the first such error is
-        raised after all the others were handled."""
+        raised after all the others were handled. ``around`` wraps the handling of each intent
+        with its source and destination namespaces (the metadata cache fences and invalidates
+        their heads there, as around any other write)."""
         now = time.time()
         rows = self.db.read(
             lambda c: c.execute(
                 select(
                     move_intents.c.ns_id, move_intents.c.intent_id, move_intents.c.state,
-                    move_intents.c.owner, move_intents.c.lease_until,
+                    move_intents.c.owner, move_intents.c.lease_until, move_intents.c.dst_ns,
                 )
             ).all()
         )
-        todo = [(ns_id, intent, state) for ns_id, intent, state, owner, lease in rows
+        todo = [(ns_id, intent, state, dst) for ns_id, intent, state, owner, lease, dst in rows
                 if self.owner.is_gone(owner, lease, now)]
         failed: list[CubbyError] = []
-        for ns_id, intent, state in todo:
+        for ns_id, intent, state, dst in todo:
             try:
-                if state == "removed":
-                    self._finish(int(ns_id), str(intent))
-                else:
-                    self._roll_back(int(ns_id), str(intent))
+                with around([int(ns_id), int(dst)]) if around else nullcontext():
+                    if state == "removed":
+                        self._finish(int(ns_id), str(intent))
+                    else:
+                        self._roll_back(int(ns_id), str(intent))
             except CubbyError as exc:
                 failed.append(exc)
         if failed:
