@@ -113,6 +113,17 @@ def test_changed_file_is_caught_by_its_stamp(api, tmp_path):
         api.stat("/moving.bin")
 
 
+def test_a_file_deleted_after_it_was_named_is_a_changed_file(api, tmp_path):
+    """A sync client's editor may delete a file between the scan and the upload: the upload
+    reports it changed (the sync drops it and scans again) instead of failing the pass."""
+    lf, res = _named_then_changed(api, tmp_path, keep_stamp=False)
+    lf.local.unlink()
+    with pytest.raises(FileChanged):
+        supply(api, api.account()["root_ns"], needs_for([(lf, res)]))
+    with pytest.raises(NotFound):
+        api.stat("/moving.bin")
+
+
 def test_changed_file_without_stamp_is_caught_by_hashing(api, tmp_path):
     lf, res = _named_then_changed(api, tmp_path, keep_stamp=False)
     lf.stamp = None  # as a LocalFile rebuilt from saved state has

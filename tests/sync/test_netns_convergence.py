@@ -210,6 +210,7 @@ def _trees_agree(folders: list[Path], api: ApiClient) -> bool:
     return remote == {k.replace(os.sep, "/"): v for k, v in trees[0].items()}
 
 
+@pytest.mark.timeout(900)  # a hang guard above the test's own deadlines (120 s + edits + 300 s)
 def test_three_clients_converge_through_cut_and_slow_links(net: Net, server_on: tuple[str, str], tmp_path: Path) -> None:
     url, token = server_on
     rng = random.Random(int(os.environ.get("CUBBY_NETNS_SEED", "12")))

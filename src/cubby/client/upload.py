@@ -120,7 +120,11 @@ def _read_from(path: Path, lf: LocalFile | None, wanted: list[tuple[str, LocalCh
         view = memoryview(kept)
         return [(name, bytes(view[c.offset : c.offset + c.size])) for name, c in wanted]
     out: list[tuple[str, bytes]] = []
-    with open(path, "rb", buffering=0) as fh:
+    try:
+        fh = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by the with below)
+    except OSError as exc:  # deleted or renamed since it was named: as changed as can be
+        raise _changed(path) from exc
+    with fh:
         before = stamp_of(os.fstat(fh.fileno()))
         for name, c in wanted:
             fh.seek(c.offset)
