@@ -269,3 +269,26 @@ def test_read_many_reads_chunks_of_the_previous_release_from_the_legacy_store(me
     asked = [old[0][0], new[0][0], new[1][0], old[1][0], old[2][0], new[2][0]]
     assert [n for n, _ in store.read_many(asked)] == asked
     assert dict(store.read_many(asked)) == dict(old + new)
+
+
+def test_read_many_without_verify_serves_the_same_bytes_and_still_refuses_what_does_not_decode(meta, tmp_path):
+    """``verify=False`` (for a caller that hashes what it gets) skips only the hash: stored
+    bytes come back as they were put, a corrupt raw chunk is refused by a verifying read, and a
+    compressed chunk whose zstd frame is broken does not decode, so no read serves it."""
+    store = pack_store(meta, tmp_path / "blocks")
+    text = b" ".join(b"word%d lorem" % (i % 97) for i in range(40_000))
+    items = [named(os.urandom(70_000)), named(text), named(os.urandom(5000))]
+    store.put_many(items)
+    names = [n for n, _ in items]
+    assert list(store.read_many(names, verify=False)) == items
+    (name, _), = store.objects.list("packs/")
+    path = tmp_path / "blocks" / name
+    blob = bytearray(path.read_bytes())
+    blob[blob.index(items[0][1][:64]) + 10] ^= 0xFF  # inside the raw chunk
+    blob[blob.index(b"\x01\x28\xb5\x2f\xfd") + 1] ^= 0xFF  # the compressed chunk's zstd magic
+    path.write_bytes(bytes(blob))
+    with pytest.raises(CorruptChunk):
+        list(store.read_many(names[:1]))
+    assert list(store.read_many(names[2:], verify=False)) == items[2:]
+    with pytest.raises(CorruptChunk):
+        list(store.read_many(names[1:2], verify=False))

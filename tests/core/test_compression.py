@@ -66,3 +66,21 @@ def test_compressible_data_is_probed_then_compressed_once():
 def test_corrupt_blobs_are_refused(blob):
     with pytest.raises(CorruptChunk):
         Codec().decode(blob)
+
+
+def test_a_view_into_a_larger_read_decodes_like_the_blob_itself():
+    """Pack reads decode chunks from views into one extent: both codecs round-trip so."""
+    c = Codec()
+    raw, packed = c.encode(os.urandom(300_000)), c.encode(TEXT)
+    extent = memoryview(b"head" + raw + packed + b"tail")
+    assert c.decode(extent[4 : 4 + len(raw)]) == raw[1:]
+    assert c.decode(extent[4 + len(raw) : 4 + len(raw) + len(packed)]) == TEXT
+    with pytest.raises(CorruptChunk):
+        c.decode(extent[4 + len(raw) : 4 + len(raw) + len(packed) - 10])
+
+
+def test_chunks_of_any_level_decode_with_the_default_codec():
+    """The level is the writer's choice alone: a store written at another level reads as before."""
+    for level in (3, 1, -1):
+        blob = Codec(level=level).encode(TEXT)
+        assert blob[0] == ZSTD and Codec().decode(blob) == TEXT

@@ -11,7 +11,7 @@ import pytest
 from cubby.client.download import download_file
 from cubby.client.upload import upload_file
 from cubby.core.chunking import chunk_bytes
-from cubby.errors import Conflict, NotFound, Unauthorized
+from cubby.errors import ChunkMismatch, Conflict, NotFound, Unauthorized
 from cubby.model import ChunkRef
 
 
@@ -158,3 +158,29 @@ def test_bad_token_types_do_not_crash(users):
         from cubby.client.api import ApiClient
 
         ApiClient(users.server.url, "x" * 5000).account()
+
+
+def test_fetch_streams_many_chunks_in_order_and_the_client_refuses_a_corrupt_one(users, live):
+    """The fetch route does not hash what it reads (the client hashes every chunk it gets):
+    several MiB of chunks still arrive whole and in the order asked, and a chunk corrupted on
+    the server's disk is refused by the client, while the single-chunk route, which nobody
+    checks after the server, refuses it itself."""
+    a = users.alice
+    data = os.urandom(9 * 1024 * 1024)
+    upload_bytes(a, "/fetched.bin", data)
+    chunks = chunk_bytes(data)
+    assert len(chunks) >= 3
+    asked = [c.hash for c in reversed(chunks)]
+    assert [(n, d) for n, d in a.fetch_chunks(asked)] == [(c.hash, c.data) for c in reversed(chunks)]
+
+    victim = chunks[1]
+    needle = victim.data[1000:1064]
+    [pack] = [p for p in live.data_dir.rglob("*.pack") if needle in p.read_bytes()]
+    blob = bytearray(pack.read_bytes())
+    blob[blob.index(needle)] ^= 0xFF
+    pack.write_bytes(bytes(blob))
+    with pytest.raises(ChunkMismatch):
+        list(a.fetch_chunks([victim.hash]))
+    with users.raw(users.alice_token) as raw:
+        r = raw.get(f"/api/v1/blocks/{victim.hash}")
+        assert r.status_code == 500 and r.json()["code"] == "corrupt_chunk"

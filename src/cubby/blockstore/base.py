@@ -41,8 +41,11 @@ class BlockStore(Protocol):
 
     def get_many(self, names: Sequence[str]) -> dict[str, bytes]:
         """The plaintext of each of ``names`` that is stored; absent ones are left out."""
-    def read_many(self, names: Sequence[str]) -> Iterator[tuple[str, bytes]]:
-        """``(name, plaintext)`` of each of ``names``, in order; `NotFound` at the first absent."""
+    def read_many(self, names: Sequence[str], *, verify: bool = True) -> Iterator[tuple[str, bytes]]:
+        """``(name, plaintext)`` of each of ``names``, in order; `NotFound` at the first absent.
+        ``verify=False`` skips hashing what was read, for a caller that hashes every chunk
+        itself (the fetch route: the client verifies each chunk it receives); a stored chunk
+        that does not decode is still refused."""
 
     def has(self, name: str) -> bool: ...
 

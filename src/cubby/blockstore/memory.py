@@ -40,7 +40,7 @@ class MemoryBlockStore:
         with self._lock:
             return {n: self._data[n] for n in names if n in self._data}
 
-    def read_many(self, names: Sequence[str]) -> Iterator[tuple[str, bytes]]:
+    def read_many(self, names: Sequence[str], *, verify: bool = True) -> Iterator[tuple[str, bytes]]:
         for name in names:
             yield name, self.get(name)
 

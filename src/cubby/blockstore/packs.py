@@ -183,12 +183,12 @@ class PackBlockStore:
                 if attempt == 0:
                     continue  # compacted away since the lookup (past its grace): look again
                 raise CorruptChunk(f"chunk {name}: its pack {loc.pack} is missing") from None
-            return self._decode(name, loc, blob)
+            return self._decode(name, loc, blob, self.verify_reads)
         raise AssertionError("unreachable")
 
-    def _decode(self, name: str, loc: Location, blob: bytes) -> bytes:
+    def _decode(self, name: str, loc: Location, blob: bytes | memoryview, verify: bool) -> bytes:
         data = self.codec.decode(blob)
-        if len(data) != loc.plain_len or (self.verify_reads and sha256_hex(data) != name):
+        if len(data) != loc.plain_len or (verify and sha256_hex(data) != name):
             raise CorruptChunk(f"stored chunk {name} does not match its name; it is not served")
         return data
 
@@ -209,39 +209,44 @@ class PackBlockStore:
                 found.update(self.legacy.get_many(rest))
         return found
 
-    def read_many(self, names: Sequence[str]) -> Iterator[tuple[str, bytes]]:
+    def read_many(self, names: Sequence[str], *, verify: bool = True) -> Iterator[tuple[str, bytes]]:
         """One index lookup for all of ``names``; neighbouring chunks of a pack are read as one
         extent (`cubby.blockstore.extents`), ``reads_ahead`` extents at once on the store's
         read threads, each decoded and verified on the thread that read it; the chunks come
         in the order asked. Memory: at most ``reads_ahead`` extents of `extents.SPAN` bytes
-        (and their plaintext) per call."""
+        (and their plaintext) per call. ``verify=False``: see `BlockStore.read_many`."""
         names = list(names)
         for name in names:
             check_chunk_name(name)
         located = self.index.lookup(names)
-        yield from self._read_planned(plan_extents([(n, located.get(n)) for n in names]))
+        yield from self._read_planned(
+            plan_extents([(n, located.get(n)) for n in names]), verify=verify and self.verify_reads
+        )
 
-    def _read_planned(self, plan: list[Extent], *, skip_missing: bool = False) -> Iterator[tuple[str, bytes]]:
+    def _read_planned(
+        self, plan: list[Extent], *, skip_missing: bool = False, verify: bool | None = None
+    ) -> Iterator[tuple[str, bytes]]:
+        check = self.verify_reads if verify is None else verify
         if len(plan) == 1:  # one read: no thread to hand it to
-            yield from self._read_extent(plan[0], skip_missing)
+            yield from self._read_extent(plan[0], skip_missing, check)
             return
         pool = self._read_pool()
         todo = iter(plan)
         pending = deque(
-            pool.submit(self._read_extent, e, skip_missing) for e in itertools.islice(todo, self.reads_ahead)
+            pool.submit(self._read_extent, e, skip_missing, check) for e in itertools.islice(todo, self.reads_ahead)
         )
         try:
             while pending:
                 chunks = pending.popleft().result()
                 following = next(todo, None)
                 if following is not None:
-                    pending.append(pool.submit(self._read_extent, following, skip_missing))
+                    pending.append(pool.submit(self._read_extent, following, skip_missing, check))
                 yield from chunks
         finally:
             for fut in pending:
                 fut.cancel()
 
-    def _read_extent(self, extent: Extent, skip_missing: bool = False) -> list[tuple[str, bytes]]:
+    def _read_extent(self, extent: Extent, skip_missing: bool = False, verify: bool = True) -> list[tuple[str, bytes]]:
         if extent.pack is not None:
             try:
                 raw = self.objects.get(pack_object_name(extent.pack), extent.start, extent.end - extent.start)
@@ -249,10 +254,11 @@ class PackBlockStore:
                 pass  # compacted away since the lookup: each chunk is looked up again, below
             else:
                 out: list[tuple[str, bytes]] = []
-                for name, loc in extent.members:
-                    assert loc is not None
-                    at = loc.pos - extent.start
-                    out.append((name, self._decode(name, loc, raw[at : at + loc.stored_len])))
+                with memoryview(raw) as view:  # each chunk's payload is copied once, into its plaintext
+                    for name, loc in extent.members:
+                        assert loc is not None
+                        at = loc.pos - extent.start
+                        out.append((name, self._decode(name, loc, view[at : at + loc.stored_len], verify)))
                 return out
         # Not indexed (the legacy store's, or NotFound), or its pack is gone: one by one.
         found: list[tuple[str, bytes]] = []

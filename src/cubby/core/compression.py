@@ -19,7 +19,13 @@ from cubby.errors import CubbyError
 
 RAW = 0
 ZSTD = 1
-LEVEL = 3
+LEVEL = 1
+"""zstd's fastest standard level. Compression is the largest CPU cost of storing text (it was
+two thirds of the core's CPU on 1 GiB of text at level 3), and the server pays it for every new
+chunk of every user. Measured on 1 MiB chunks (2026-12-02, bench/README.md): Python source
+code level 1 408 MB/s, ratio 0.224 / level 3 287 MB/s, 0.206 (9% larger for 1.4x the speed);
+bench/ingest.py's synthetic text 340 MB/s, 0.498 / 177 MB/s, 0.375. A store that prefers
+space passes ``Codec(level=3)``; chunks of any level decode alike."""
 SAMPLE = 64 * 1024
 MIN_SAVING = 0.10
 """Store compressed only when the sample shrinks by at least a tenth."""
@@ -64,16 +70,19 @@ class Codec:
                 return bytes((ZSTD,)) + packed
         return bytes((RAW,)) + bytes(data)
 
-    def decode(self, blob: bytes) -> bytes:
+    def decode(self, blob: bytes | memoryview) -> bytes:
+        """The plaintext of a stored chunk. ``blob`` may be a view into a larger read (an
+        extent of a pack): the payload is then copied once, into the plaintext, and no more."""
         if not blob:
             raise CorruptChunk("stored chunk is empty")
         codec = blob[0]
+        payload = memoryview(blob)[1:]
         if codec == RAW:
-            return blob[1:]
+            return bytes(payload)
         if codec == ZSTD:
             _, _, dec = self._ctx()
             try:
-                return dec.decompress(blob[1:])
+                return dec.decompress(payload)
             except zstandard.ZstdError as exc:
                 raise CorruptChunk(f"stored chunk does not decompress: {exc}") from exc
         raise CorruptChunk(f"stored chunk has unknown codec {codec}")

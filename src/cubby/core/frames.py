@@ -17,13 +17,18 @@ CONTENT_TYPE = "application/x-cubby-chunks"
 HEADER = struct.Struct(">32sI")
 
 
+def header(name: str, length: int) -> bytes:
+    """The header of a frame of ``length`` bytes named ``name``; its bytes follow it."""
+    return HEADER.pack(bytes.fromhex(name), length)
+
+
 def encode(name: str, data: bytes) -> bytes:
-    return HEADER.pack(bytes.fromhex(name), len(data)) + data
+    return header(name, len(data)) + data
 
 
 def encode_many(items: Iterable[tuple[str, bytes]]) -> Iterator[bytes]:
     for name, data in items:
-        yield HEADER.pack(bytes.fromhex(name), len(data))
+        yield header(name, len(data))
         yield data
 
 

@@ -175,8 +175,8 @@ class InstrumentedBlockStore:
         self._count("get", sum(len(d) for d in found.values()))
         return found
 
-    def read_many(self, names: Sequence[str]) -> Iterator[tuple[str, bytes]]:
-        for name, data in self.inner.read_many(names):
+    def read_many(self, names: Sequence[str], *, verify: bool = True) -> Iterator[tuple[str, bytes]]:
+        for name, data in self.inner.read_many(names, verify=verify):
             self._count("get", len(data))
             yield name, data
 
