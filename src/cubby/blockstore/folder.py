@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cubby.blockstore.local import DISK_FULL, NO_SPACE
 from cubby.blockstore.objects import ObjectMissing, ObjectStoreError
-from cubby.core.durable import fsync_dir
+from cubby.core.durable import fsync_dir, write_all
 from cubby.errors import BadRequest, InsufficientStorage
 
 _NAME = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
@@ -84,9 +84,7 @@ class FolderObjectStore:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)

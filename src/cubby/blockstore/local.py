@@ -23,7 +23,7 @@ from concurrent.futures import Executor
 from pathlib import Path
 
 from cubby.core.compression import Codec, CorruptChunk, verify_and_encode
-from cubby.core.durable import barrier, fsync_dir, load_syncfs
+from cubby.core.durable import barrier, fsync_dir, load_syncfs, write_all
 from cubby.core.hashing import check_chunk_name, is_chunk_name, sha256_hex, verify_chunk
 from cubby.errors import InsufficientStorage, NotFound
 
@@ -119,10 +119,7 @@ class LocalBlockStore:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 try:
-                    view = memoryview(blob)
-                    while view:
-                        n = os.write(fd, view)
-                        view = view[n:]
+                    write_all(fd, blob)
                     if fsync:
                         os.fsync(fd)
                 finally:

@@ -31,6 +31,21 @@ def load_syncfs() -> Any:
         return None
 
 
+WRITE_PIECE = 1 << 20
+"""Bytes handed to one ``write`` call by `write_all`. Measured on this project's machines
+(ext4, bench/README.md): 16 MiB packs written in one call cost 5x the CPU of the same bytes
+written 1 MiB at a time (0.43 s against 0.09 s of system time for 256 MiB, fsync included),
+so large writes are cut into pieces of this size."""
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """Write all of ``data`` to ``fd``, `WRITE_PIECE` bytes per call (short writes resumed)."""
+    with memoryview(data) as view:
+        pos, end = 0, len(view)
+        while pos < end:
+            pos += os.write(fd, view[pos : min(end, pos + WRITE_PIECE)])
+
+
 def fsync_dir(path: str | os.PathLike[str]) -> None:
     """Make the names in folder ``path`` durable (after a create, rename or unlink in it)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
