@@ -176,7 +176,7 @@ class LocalBlockStore:
                         result.append(False)
                         continue
                     tmp = f"{token}.{len(pending)}.part"
-                    self._write_at(tmp, blob, fsync=fsync_each)
+                    self._write_at(tmp, b"".join(blob), fsync=fsync_each)
                     pending.append((tmp, f"{root}/{name[:2]}/{name}"))
                     result.append(True)
                 if not pending:

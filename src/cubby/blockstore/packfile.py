@@ -18,6 +18,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cubby.core.compression import Stored, stored_len
 from cubby.errors import CubbyError
 
 MAGIC = b"CUBBYPK1"
@@ -47,17 +48,19 @@ def pack_object_name(pack: str) -> str:
     return f"packs/{pack[-2:]}/{pack}.pack"
 
 
-def build_pack(pack: str, blobs: list[tuple[str, bytes, int]]) -> tuple[bytes, list[tuple[str, Location]]]:
-    """The bytes of a pack holding ``blobs`` (name, stored bytes, plain length) and where each is."""
-    parts = [MAGIC]
+def build_pack(pack: str, blobs: list[tuple[str, Stored, int]]) -> tuple[bytes, list[tuple[str, Location]]]:
+    """The bytes of a pack holding ``blobs`` (name, stored chunk in its two parts, plain
+    length) and where each is. Each chunk's bytes are copied once, into the pack."""
+    parts: list[bytes | memoryview] = [MAGIC]
     entries: list[tuple[str, Location]] = []
     trailer: list[bytes] = []
     pos = len(MAGIC)
     for name, blob, plain_len in blobs:
-        parts.append(blob)
-        entries.append((name, Location(pack, pos, len(blob), plain_len)))
-        trailer.append(_ENTRY.pack(bytes.fromhex(name), pos, len(blob), plain_len))
-        pos += len(blob)
+        parts.extend(blob)
+        size = stored_len(blob)
+        entries.append((name, Location(pack, pos, size, plain_len)))
+        trailer.append(_ENTRY.pack(bytes.fromhex(name), pos, size, plain_len))
+        pos += size
     parts.extend(trailer)
     parts.append(_FOOTER.pack(len(blobs), END))
     return b"".join(parts), entries

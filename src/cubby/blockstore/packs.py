@@ -52,7 +52,7 @@ from cubby.blockstore.extents import Extent, plan_extents
 from cubby.blockstore.index import ChunkIndex, NewPack, PackUsage
 from cubby.blockstore.objects import ObjectMissing, ObjectStore
 from cubby.blockstore.packfile import Location, build_pack, pack_object_name, read_trailer
-from cubby.core.compression import Codec, CorruptChunk, verify_and_encode
+from cubby.core.compression import Codec, CorruptChunk, Stored, stored_len, verify_and_encode
 from cubby.core.hashing import check_chunk_name, sha256_hex
 from cubby.errors import NotFound
 
@@ -139,34 +139,34 @@ class PackBlockStore:
         self.write_packs(fresh)
         return new
 
-    def write_packs(self, blobs: list[tuple[str, bytes, int]]) -> list[NewPack]:
+    def write_packs(self, blobs: list[tuple[str, Stored, int]]) -> list[NewPack]:
         """Put ``blobs`` (name, stored bytes, plain length) into new packs, each durable, then
         record them all in the index in one transaction."""
         made = self._put_packs(blobs)
         self.index.add_packs(made)
         return made
 
-    def _put_packs(self, blobs: list[tuple[str, bytes, int]]) -> list[NewPack]:
+    def _put_packs(self, blobs: list[tuple[str, Stored, int]]) -> list[NewPack]:
         """Put ``blobs`` into new packs of `target_size` bytes or a little more (one chunk
         over), so that one 16 MiB upload window is one pack; not yet indexed."""
         made: list[NewPack] = []
-        group: list[tuple[str, bytes, int]] = []
+        group: list[tuple[str, Stored, int]] = []
         size = 0
         for blob in blobs:
             if group and size >= self.target_size:  # full: a pack ends after the chunk that fills it
                 made.append(self._put_pack(group))
                 group, size = [], 0
             group.append(blob)
-            size += len(blob[1])
+            size += stored_len(blob[1])
         if group:
             made.append(self._put_pack(group))
         return made
 
-    def _put_pack(self, group: list[tuple[str, bytes, int]]) -> NewPack:
+    def _put_pack(self, group: list[tuple[str, Stored, int]]) -> NewPack:
         pack = new_pack_id()
         data, entries = build_pack(pack, group)
         self.objects.put(pack_object_name(pack), data)
-        return NewPack(pack, len(data), sum(len(b) for _, b, _ in group), entries)
+        return NewPack(pack, len(data), sum(stored_len(b) for _, b, _ in group), entries)
 
     # -- reading ------------------------------------------------------------------------------
     def get(self, name: str) -> bytes:
@@ -374,11 +374,11 @@ class PackBlockStore:
         """Copy the live chunks of packs into new packs, switch the index, retire the old ones."""
         sources = [u.pack for u in usage]
         locations = self.index.locations_in(sources)
-        blobs: list[tuple[str, bytes, int]] = []
+        blobs: list[tuple[str, Stored, int]] = []
         moved_from: dict[str, str] = {}
         for h, loc in sorted(locations.items(), key=lambda kv: (kv[1].pack, kv[1].pos)):
             blob = self.objects.get(pack_object_name(loc.pack), loc.pos, loc.stored_len)
-            blobs.append((h, blob, loc.plain_len))
+            blobs.append((h, (b"", blob), loc.plain_len))  # codec byte included already
             moved_from[h] = loc.pack
         made = self._put_packs(blobs)
         hook("copied")
@@ -421,13 +421,13 @@ class PackBlockStore:
         def flush() -> None:
             nonlocal batch
             todo = self._not_indexed(batch)
-            blobs: list[tuple[str, bytes, int]] = []
+            blobs: list[tuple[str, Stored, int]] = []
             for h in todo:
                 try:
                     data = legacy.get(h)
                 except (NotFound, CorruptChunk):
                     continue  # gone meanwhile, or corrupt: never copied into a pack
-                blobs.append((h, self.codec.encode(data), len(data)))
+                blobs.append((h, self.codec.encode_parts(data), len(data)))
                 stats.bytes += len(data)
             self.write_packs(blobs)
             stats.chunks += len(blobs)

@@ -31,6 +31,18 @@ MIN_SAVING = 0.10
 """Store compressed only when the sample shrinks by at least a tenth."""
 
 
+_RAW_BYTE = bytes((RAW,))
+_ZSTD_BYTE = bytes((ZSTD,))
+
+Stored = tuple[bytes, "bytes | memoryview"]
+"""A stored chunk in two parts, its codec byte(s) and its payload (see `Codec.encode_parts`);
+its stored bytes are the two concatenated."""
+
+
+def stored_len(stored: Stored) -> int:
+    return len(stored[0]) + len(stored[1])
+
+
 class CorruptChunk(CubbyError):
     code = "corrupt_chunk"
     status = 500
@@ -63,12 +75,19 @@ class Codec:
         return len(fast.compress(sample)) <= len(sample) * (1 - MIN_SAVING)
 
     def encode(self, data: bytes | memoryview) -> bytes:
+        """The stored form of ``data``: its codec byte, then its payload."""
+        return b"".join(self.encode_parts(data))
+
+    def encode_parts(self, data: bytes | memoryview) -> Stored:
+        """The stored form of ``data`` as its codec byte and its payload, apart: a raw chunk's
+        payload is ``data`` itself, so that a writer putting many chunks into one object
+        (a pack) copies each once, into that object, instead of once more to prepend a byte."""
         if self.worth_compressing(data):
             comp, _, _ = self._ctx()
             packed = comp.compress(data)
             if len(packed) < len(data):
-                return bytes((ZSTD,)) + packed
-        return bytes((RAW,)) + bytes(data)
+                return _ZSTD_BYTE, packed
+        return _RAW_BYTE, data
 
     def decode(self, blob: bytes | memoryview) -> bytes:
         """The plaintext of a stored chunk. ``blob`` may be a view into a larger read (an
@@ -90,15 +109,16 @@ class Codec:
 
 def verify_and_encode(
     codec: Codec, jobs: Sequence[tuple[str, bytes, bool]], executor: Executor | None = None
-) -> list[bytes | None]:
+) -> list[Stored | None]:
     """For each ``(name, data, is_new)``: verify ``data`` against ``name`` (`ChunkMismatch`
-    before anything is returned), and encode it when it is new (None when not). A batch of a
-    MiB or more runs on ``executor``: SHA-256 and zstd both release the GIL."""
+    before anything is returned), and encode it (`Codec.encode_parts`) when it is new (None
+    when not). A batch of a MiB or more runs on ``executor``: SHA-256 and zstd both release
+    the GIL."""
 
-    def one(job: tuple[str, bytes, bool]) -> bytes | None:
+    def one(job: tuple[str, bytes, bool]) -> Stored | None:
         name, data, is_new = job
         verify_chunk(name, data)
-        return codec.encode(data) if is_new else None
+        return codec.encode_parts(data) if is_new else None
 
     if executor is not None and len(jobs) > 1 and sum(len(d) for _, d, _ in jobs) >= 1 << 20:
         return list(executor.map(one, jobs))
