@@ -22,7 +22,10 @@ Garage all serve it. Two choices follow from that:
   every chunk is checked against its SHA-256 name whenever it is read back.
 - No multipart upload: packs are tens of MiB, far below the 5 GiB single-PUT limit, and one
   PUT is atomic by itself (a reader sees all of it or nothing; an unfinished multipart upload
-  would leave parts to clean up).
+  would leave parts to clean up). Nor does it pay for speed: S3's 5 MiB minimum part allows
+  at most three parts of a 16 MiB pack, and against moto eight packs put as two parallel
+  parts each took 7.6 s where single PUTs took 6.1 s (2026-12-02, loaded machine); the
+  client's in-flight upload windows already keep several PUTs going at once.
 
 Why boto3 and not obstore or aiobotocore: the `ObjectStore` Protocol is synchronous and called
 from threads, which is boto3's own model (its client is thread-safe and pools connections);
