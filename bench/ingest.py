@@ -28,6 +28,7 @@ import io
 import json
 import os
 import pstats
+import resource
 import shutil
 import subprocess
 import sys
@@ -54,6 +55,13 @@ BATCH_BYTES = 16 * 2**20
 """Chunks handed to the store per call, as the server's upload route does (INGEST_BATCH_BYTES)."""
 
 
+def process_cpu() -> float:
+    """CPU seconds (user + system, every thread) this process has used: a figure that a loaded
+    machine changes far less than wall-clock time."""
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return use.ru_utime + use.ru_stime
+
+
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
@@ -73,6 +81,7 @@ def cubby_ingest(src: Path, work: Path, threads: int, profile: bool) -> dict[str
     unique: dict[str, int] = {}
     os.sync()
     t0 = time.perf_counter()
+    cpu0 = process_cpu()
     if prof:
         prof.enable()
     batch: list[tuple[str, bytes]] = []
@@ -126,6 +135,7 @@ def cubby_ingest(src: Path, work: Path, threads: int, profile: bool) -> dict[str
     if prof:
         prof.disable()
     seconds = time.perf_counter() - t0
+    cpu = process_cpu() - cpu0
     if pool:
         pool.shutdown()
     if not res.committed:
@@ -134,6 +144,7 @@ def cubby_ingest(src: Path, work: Path, threads: int, profile: bool) -> dict[str
     stored = folder_bytes(work / "blocks")
     out: dict[str, Any] = {
         "seconds": seconds,
+        "cpu_seconds_per_gib": round(cpu / (src.stat().st_size / 2**30), 3),
         "stages_seconds": {k: round(v, 3) for k, v in stages.items()},
         "chunks": len(refs),
         "unique_chunks": len(unique),
@@ -209,9 +220,11 @@ def run_kind(report: Report, kind: str, src: Path, scratch: Path, args: argparse
         warm(src)
         ref_out = scratch / "ref-out.bin"
         os.sync()
+        cpu0 = process_cpu()
         seconds, _digest = read_hash_write(src, ref_out)
+        cpu = process_cpu() - cpu0
         drop(ref_out)
-        runs.setdefault(ref, []).append({"seconds": seconds})
+        runs.setdefault(ref, []).append({"seconds": seconds, "cpu_seconds_per_gib": round(cpu / (size / 2**30), 3)})
         for threads, name in variants:
             warm(src)
             runs.setdefault(name, []).append(cubby_ingest(src, scratch / "cubby", threads, profile=False))
@@ -229,7 +242,7 @@ def run_kind(report: Report, kind: str, src: Path, scratch: Path, args: argparse
         report.notes.append(
             f"{kind}, {name}: {row.seconds:.2f}s = chunk+hash {stages['chunk_and_hash']:.2f}s, "
             f"store (verify, compress, write, sync, index) {stages['store_chunks']:.2f}s, "
-            f"commit {stages['commit']:.2f}s; {row.extra['chunks']} chunks, stored "
+            f"commit {stages['commit']:.2f}s; {row.extra['cpu_seconds_per_gib']:.2f} CPU s/GiB; {row.extra['chunks']} chunks, stored "
             f"{fmt_bytes(row.extra['stored_bytes'])} of {fmt_bytes(size)}, dedup {row.extra['dedup_ratio']}x"
         )
     if not args.no_borg:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -20,7 +21,20 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from tests.helpers.live_server import LiveServer
 
-__all__ = ["LiveServer", "cli", "start_server"]
+__all__ = ["LiveServer", "children_cpu", "cli", "server_cpu", "start_server"]
+
+
+def server_cpu(server: LiveServer) -> float:
+    """CPU seconds (user + system, all threads) the server process has used so far."""
+    assert server.proc is not None
+    fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    """CPU seconds used by this process's finished children (each `cli` run, once it ended)."""
+    use = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return use.ru_utime + use.ru_stime
 
 
 def start_server(folder: Path, *, blocks: str | None = None) -> tuple[LiveServer, str]:

@@ -29,7 +29,7 @@ from typing import Any, Self
 
 from breakdown import CallTimes, split, timed_scans
 from datasets import dataset, parse_size
-from live import cli, start_server
+from live import children_cpu, cli, server_cpu, start_server
 from machine import describe, summary_line
 from reference import drop, plain_copy, read_hash_write, warm
 from report import Report, Row, median_run
@@ -80,6 +80,16 @@ class TimedApi(ApiClient):
     def rate(self) -> float:
         span = self.last - (self.first or self.last)
         return self.chunk_bytes / span if span > 0 else 0.0
+
+
+def cpu_per_gib(before: tuple[float, float], server: Any, size: int) -> dict[str, float]:
+    """CPU seconds per GiB of the `cubby` command and of the server since ``before`` (their
+    CPU then): figures that survive a loaded machine better than wall-clock time."""
+    gib = size / 2**30
+    return {
+        "client_cpu_s_per_gib": round((children_cpu() - before[0]) / gib, 3),
+        "server_cpu_s_per_gib": round((server_cpu(server) - before[1]) / gib, 3),
+    }
 
 
 def upload_breakdown(report: Report, src: Path, folder: Path, size: int) -> None:
@@ -148,21 +158,28 @@ def main(argv: list[str] | None = None) -> None:
             drop(work / "ref.bin")
             runs.setdefault("ref_up", []).append({"seconds": ref_seconds})
             warm(src)
+            cpu = (children_cpu(), server_cpu(server))
             seconds, out = cli(server, token, "put", str(src), "/big.bin")
             runs.setdefault("put", []).append(
-                {"seconds": seconds, **{f: out[0][f] for f in ("bytes_sent", "chunks_sent", "chunks")}}
+                {
+                    "seconds": seconds,
+                    **cpu_per_gib(cpu, server, size),
+                    **{f: out[0][f] for f in ("bytes_sent", "chunks_sent", "chunks")},
+                }
             )
             warm(src)
             runs.setdefault("ref_down", []).append({"seconds": plain_copy(src, work / "copy.bin")})
             drop(work / "copy.bin")
             target = work / "got.bin"
+            cpu = (children_cpu(), server_cpu(server))
             seconds, out = cli(server, token, "get", "/big.bin", str(target))
+            cpu_used = cpu_per_gib(cpu, server, size)
             same = sha256_file(target) == digest
             drop(target)
             if not same:
                 raise SystemExit("the downloaded file differs from the uploaded one")
             runs.setdefault("get", []).append(
-                {"seconds": seconds, "bytes_received": out[0]["bytes_received"], "identical": same}
+                {"seconds": seconds, **cpu_used, "bytes_received": out[0]["bytes_received"], "identical": same}
             )
             if k < args.repeat - 1:
                 server.stop()
