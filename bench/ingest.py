@@ -8,8 +8,9 @@ For each dataset (1 GiB of random bytes, 1 GiB of compressible text by default):
    in batches with `SqlMetadataStore.ingest_chunks` into the pack store (`PackBlockStore` on a
    folder, as `cubby serve` opens it; it verifies,
    compresses with `cubby.core.compression` where it pays, writes and syncs) and commit the
-   file into the SQLite metadata store, on one thread (``--threads N`` adds a run that hashes
-   chunks on a thread pool, an option of the core);
+   file into the SQLite metadata store, on one thread (``--threads N`` adds a run that hashes,
+   verifies and compresses chunks on a thread pool, an option of the core, and stores one batch
+   while it chunks the next, as the server stores one upload window while it receives the next);
 3. borg: `borg create --compression zstd` into a fresh unencrypted repository.
 
 Each step runs ``--repeat`` times (3 by default), interleaved, and the median is reported.
