@@ -21,7 +21,7 @@ RAW = 0
 ZSTD = 1
 LEVEL = 1
 """zstd's fastest standard level. Compression is the largest CPU cost of storing text (it was
-two thirds of the core's CPU on 1 GiB of text at level 3), and the server pays it for every new
+more than half of the core's CPU on text at level 3, in a profile of bench/ingest.py), and the server pays it for every new
 chunk of every user. Measured on 1 MiB chunks (2026-12-02, bench/README.md): Python source
 code level 1 408 MB/s, ratio 0.224 / level 3 287 MB/s, 0.206 (9% larger for 1.4x the speed);
 bench/ingest.py's synthetic text 340 MB/s, 0.498 / 177 MB/s, 0.375. A store that prefers
