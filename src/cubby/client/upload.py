@@ -37,7 +37,15 @@ from cubby.client import modes
 from cubby.client.api import ApiClient, commit_body
 from cubby.client.localfiles import FileChanged, LocalChunk, LocalFile, Progress, scan_file, stamp_of, walk
 from cubby.client.pipeline import Pipeline
-from cubby.client.windows import BATCH, GROUP_BYTES, IN_FLIGHT, KEEP_BYTES, MAX_WINDOW_CHUNKS, UPLOAD_WINDOW
+from cubby.client.windows import (
+    BATCH,
+    GROUP_BYTES,
+    IN_FLIGHT,
+    KEEP_BYTES,
+    MAX_WINDOW_CHUNKS,
+    PROVE_MIN,
+    UPLOAD_WINDOW,
+)
 from cubby.core import delta, paths
 from cubby.core.hashing import sha256_hex
 from cubby.errors import ChunkMismatch, CubbyError, NotFound, Unavailable
@@ -181,7 +189,9 @@ def supply(
     api: ApiClient, ns_id: int, needs: Needs, progress: Progress | None = None, *, in_flight: int = IN_FLIGHT
 ) -> dict[Path, tuple[int, int]]:
     """Give the server every needed chunk: prove possession where it already holds the bytes,
-    upload the rest. Returns (chunks sent, bytes sent) per local file.
+    upload the rest. Chunks smaller than `PROVE_MIN`, or without a nonce (sent before any
+    commit asked for them), are uploaded without a proof. Returns (chunks sent, bytes sent)
+    per local file.
 
     Window by window: this thread reads the chunks (once) and computes their proofs; a worker
     sends the proofs and then uploads the rejected chunks from the same bytes, while this
@@ -192,7 +202,7 @@ def supply(
 
     def send(items: list[tuple[str, bytes]], proofs: dict[str, tuple[int, str]]) -> list[tuple[str, int]]:
         rejected: set[str] = set(api.prove(ns_id, proofs)[1])
-        batch = [(n, d) for n, d in items if n in rejected]
+        batch = [(n, d) for n, d in items if n not in proofs or n in rejected]
         patched = _send_patches(api, ns_id, batch, needs.bases)
         batch = [(n, d) for n, d in batch if n not in patched]
         try:
@@ -215,7 +225,7 @@ def supply(
     with Pipeline(in_flight) as pipe:
         for window in _windows(needs):
             items = _read_window(needs, window)
-            proofs = {n: (len(d), _proof(needs.nonces[n], d)) for n, d in items}
+            proofs = {n: (len(d), _proof(needs.nonces[n], d)) for n, d in items if len(d) >= PROVE_MIN and n in needs.nonces}
             for sent in pipe.submit(lambda items=items, proofs=proofs: send(items, proofs)):  # type: ignore[misc]
                 account(sent)
         for sent in pipe.drain():
@@ -276,12 +286,24 @@ def commit_group(
     at most three rounds. Returns each file's last answer (an entry, an error, or a result
     still needing chunks after the last round) and the chunks and bytes sent per local file.
 
+    The chunks smaller than `PROVE_MIN` are uploaded before the first commit (`eager_needs`):
+    the server would ask for them anyway when they are new, and a proof would cost more than
+    they do. So a group of new small files takes two requests (upload, commit) instead of four
+    (commit, prove, upload, commit), and the server runs each commit once. What it costs: a
+    small file whose bytes the namespace already holds (a copy) is sent again, at most 64 KiB.
+
     ``on_commit`` sees each round's answers, as (index into ``files``, answer), before any chunk
     of the round is sent: `cubby put` stops there at the first refusal. `upload_tree` and the
     sync engine's uploads both send their groups through here, on a `Pipeline`."""
     outcomes: list[Outcome] = []
     sent: dict[Path, tuple[int, int]] = {}
     pending = list(range(len(files)))
+    try:
+        sent = supply(api, ns_id, eager_needs([lf for lf, _ in files]), progress)
+    except (Unavailable, FileChanged):
+        raise
+    except CubbyError:
+        sent = {}  # refused (a read-only share, say): each commit's own answer will say why
     for _attempt in range(3):
         if not pending:
             break
@@ -302,6 +324,18 @@ def commit_group(
             sent[owner] = (prev[0] + n, prev[1] + b)
         pending = [i for i, _ in needing]
     return outcomes, sent
+
+
+def eager_needs(files: Sequence[LocalFile]) -> Needs:
+    """The chunks of ``files`` smaller than `PROVE_MIN`, each once, to upload before a commit
+    asks for them (no nonce: `supply` sends them without a proof)."""
+    needs = Needs()
+    for lf in files:
+        for c in lf.chunks:
+            if c.size < PROVE_MIN and c.hash not in needs.where:
+                needs.where[c.hash] = (lf.local, c)
+                needs.files.setdefault(lf.local, lf)
+    return needs
 
 
 def needs_for(pairs: Sequence[tuple[LocalFile, CommitResult]]) -> Needs:
