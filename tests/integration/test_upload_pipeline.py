@@ -214,10 +214,10 @@ class CountingCalls(ApiClient):
         self._count("commit_batch")
         return super().commit_batch(reqs)
 
-    def prove(self, ns_id, proofs):
+    def prove(self, ns_id, proofs, windows=None):
         if proofs:
             self._count("prove")
-        return super().prove(ns_id, proofs)
+        return super().prove(ns_id, proofs, windows)
 
     def upload_chunks(self, ns_id, items):
         if items:

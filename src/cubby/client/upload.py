@@ -11,7 +11,10 @@ client at most twice: once to name it, once for the proof of possession):
   window of `UPLOAD_WINDOW` at a time, the window's proofs are computed from those bytes,
   and the chunks whose proof is rejected are uploaded from the same bytes, never read again;
 - windows are pipelined: the next window is read and hashed while at most `IN_FLIGHT` earlier
-  ones are with the server, so client and server work at the same time.
+  ones are with the server, so client and server work at the same time;
+- a group's chunks smaller than `PROVE_MIN` are uploaded before its first commit, without a
+  proof (`commit_group`): the chunks of a new small file are hashed once, and the file costs
+  the server one commit, not two.
 
 A large file read again must be the file that was named. The client checks that by comparing
 the file's stat stamp (size, mtime, ctime, inode) before and after each window with the one
@@ -72,6 +75,8 @@ class Needs:
 
     where: dict[str, tuple[Path, LocalChunk]] = field(default_factory=dict)
     nonces: dict[str, str] = field(default_factory=dict)
+    windows: dict[str, int | None] = field(default_factory=dict)
+    """The hour each nonce was made for, as the commit answer named it."""
     files: dict[Path, LocalFile] = field(default_factory=dict)
     """The file each chunk is read from (for its stamp and kept bytes); absent: hash to check."""
     bases: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -189,9 +194,8 @@ def supply(
     api: ApiClient, ns_id: int, needs: Needs, progress: Progress | None = None, *, in_flight: int = IN_FLIGHT
 ) -> dict[Path, tuple[int, int]]:
     """Give the server every needed chunk: prove possession where it already holds the bytes,
-    upload the rest. Chunks smaller than `PROVE_MIN`, or without a nonce (sent before any
-    commit asked for them), are uploaded without a proof. Returns (chunks sent, bytes sent)
-    per local file.
+    upload the rest. Chunks without a nonce (`eager_needs`: sent before any commit asked for
+    them) are uploaded without a proof. Returns (chunks sent, bytes sent) per local file.
 
     Window by window: this thread reads the chunks (once) and computes their proofs; a worker
     sends the proofs and then uploads the rejected chunks from the same bytes, while this
@@ -201,7 +205,7 @@ def supply(
     owner = {n: w[0] for n, w in needs.where.items()}
 
     def send(items: list[tuple[str, bytes]], proofs: dict[str, tuple[int, str]]) -> list[tuple[str, int]]:
-        rejected: set[str] = set(api.prove(ns_id, proofs)[1])
+        rejected: set[str] = set(api.prove(ns_id, proofs, needs.windows)[1] if proofs else ())
         batch = [(n, d) for n, d in items if n not in proofs or n in rejected]
         patched = _send_patches(api, ns_id, batch, needs.bases)
         batch = [(n, d) for n, d in batch if n not in patched]
@@ -225,7 +229,7 @@ def supply(
     with Pipeline(in_flight) as pipe:
         for window in _windows(needs):
             items = _read_window(needs, window)
-            proofs = {n: (len(d), _proof(needs.nonces[n], d)) for n, d in items if len(d) >= PROVE_MIN and n in needs.nonces}
+            proofs = {n: (len(d), _proof(needs.nonces[n], d)) for n, d in items if n in needs.nonces}
             for sent in pipe.submit(lambda items=items, proofs=proofs: send(items, proofs)):  # type: ignore[misc]
                 account(sent)
         for sent in pipe.drain():
@@ -346,6 +350,7 @@ def needs_for(pairs: Sequence[tuple[LocalFile, CommitResult]]) -> Needs:
             if n.hash in by_hash and n.hash not in needs.where:
                 needs.where[n.hash] = (lf.local, by_hash[n.hash])
                 needs.nonces[n.hash] = n.nonce
+                needs.windows[n.hash] = n.window
                 if n.base:
                     needs.bases[n.hash] = n.base
                 needs.files.setdefault(lf.local, lf)
@@ -362,28 +367,31 @@ def _ns_of(api: ApiClient, remote: str) -> int:
 
 
 def _groups(files: list[Path]) -> Iterator[list[Path]]:
-    """Files in groups of at most `BATCH` files and about `GROUP_BYTES` of kept bytes;
-    a file too large to keep travels alone (its chunks are windowed by `supply`)."""
-    group: list[Path] = []
-    size = 0
+    """Files in groups of at most `BATCH` files and about `GROUP_BYTES` of kept bytes; a file
+    too large to keep travels alone (its chunks are windowed by `supply`). Files smaller than
+    `PROVE_MIN` (all of whose bytes go before the first commit, `commit_group`) are grouped
+    apart from larger ones, each kind in walk order: a group of small files then takes two
+    requests (upload, commit), where one larger file among them would make it five (upload,
+    commit, prove, upload, commit)."""
+    open_groups: dict[bool, tuple[list[Path], int]] = {True: ([], 0), False: ([], 0)}
     for p in files:
         try:
             n = p.stat().st_size
         except FileNotFoundError:
             n = 0  # gone since the walk: scan_file reports it
         if n > KEEP_BYTES:
-            if group:
-                yield group
-                group, size = [], 0
             yield [p]
             continue
+        group, size = open_groups[n < PROVE_MIN]
         group.append(p)
         size += n
         if len(group) >= BATCH or size >= GROUP_BYTES:
             yield group
             group, size = [], 0
-    if group:
-        yield group
+        open_groups[n < PROVE_MIN] = (group, size)
+    for group, _ in open_groups.values():
+        if group:
+            yield group
 
 
 def upload_tree(

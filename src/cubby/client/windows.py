@@ -19,12 +19,12 @@ MAX_PROOFS = 4096
 MAX_WINDOW_CHUNKS = 4000
 """Chunks per prove/upload window: within both the server's proof limit and a frame batch."""
 PROVE_MIN = PATCH_MIN
-"""Smallest chunk worth a proof of possession. A smaller one is uploaded whole, without asking:
-its bytes cost less to send than the exchange that might spare them (a proof the server hashes
+"""Smallest chunk worth asking the server about. A group's smaller chunks are uploaded before
+its first commit, without a proof (`cubby.client.upload.commit_group`): their bytes cost less
+to send than the exchange that might spare them (a commit answer, a proof the server hashes
 for two hour windows whether or not it holds the chunk, a padded answer, then the upload anyway
 when the chunk is new, as the chunks of new small files nearly always are). The same bound as
-`cubby.core.delta.PATCH_MIN` (64 KiB), below which a chunk is never sent as a patch either; so such
-chunks of a group are sent before its first commit (`cubby.client.upload.commit_group`)."""
+`cubby.core.delta.PATCH_MIN` (64 KiB), below which a chunk is never sent as a patch either."""
 UPLOAD_WINDOW = 16 * MiB
 """Chunk bytes read, proved and uploaded per window."""
 DOWNLOAD_WINDOW = 16 * MiB
@@ -42,5 +42,9 @@ KEEP_BYTES = 4 * MiB
 GROUP_BYTES = 16 * MiB
 """A tree is named and committed in groups of at most `BATCH` files and about this many bytes
 of kept file data."""
+JOURNAL_PAGE = 5000
+"""Journal entries asked for per request when a sync client catches up (the server allows
+10,000): after a first upload of a tree it reads back an entry per file and folder it wrote,
+so 34,000 files were 35 requests at 1,000 a page. A page of 5,000 is about 2 MB of JSON."""
 SMALL_FILE = 4 * MiB
 """Files up to this size are fetched many per request and made durable together."""

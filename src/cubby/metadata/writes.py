@@ -221,9 +221,11 @@ class FileWrites:
             uid = tx.user_id or 0
             sizes = {c.hash: c.size for c in chunks}  # the size is bound into the nonce
             bases = self._bases(tx, path, chunks, missing)
+            hour = self.challenges.window()  # named in the answer: the proof is checked for it alone
             return CommitResult(
                 needed=tuple(
-                    NeededChunk(h, self.challenges.nonce(uid, tx.ns_id, h, sizes[h]), bases.get(h, ())) for h in missing
+                    NeededChunk(h, self.challenges.nonce(uid, tx.ns_id, h, sizes[h], window=hour), bases.get(h, ()), hour)
+                    for h in missing
                 )
             )
         return CommitResult(

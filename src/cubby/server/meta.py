@@ -69,7 +69,11 @@ def commit_answer(target: access.Target, res: CommitResult) -> dict[str, Any]:
     return {
         "status": "need_chunks",
         "ns_id": target.ns_id,
-        "needed": [{"hash": n.hash, "nonce": n.nonce, **({"base": list(n.base)} if n.base else {})} for n in res.needed],
+        "needed": [
+            {"hash": n.hash, "nonce": n.nonce, **({"base": list(n.base)} if n.base else {}),
+             **({"window": n.window} if n.window is not None else {})}
+            for n in res.needed
+        ],
     }
 
 
