@@ -46,7 +46,10 @@ class State:
 
     def emit(self, obj: dict[str, Any], human: str) -> None:
         if self.as_json:
-            click.echo(json.dumps(obj, default=str))
+            # A line per file of a put: click.echo's terminal and colour checks on each cost
+            # more than the line (a JSON line has no colour to strip).
+            sys.stdout.write(json.dumps(obj, default=str) + "\n")
+            sys.stdout.flush()
         else:
             click.echo(human)
 

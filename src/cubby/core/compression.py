@@ -4,6 +4,8 @@ A stored chunk is one codec byte and a payload: ``0x00`` raw, ``0x01`` zstd. Dec
 a 64 KiB sample from the middle of the chunk is compressed at zstd's fastest level first, and
 only a chunk whose sample shrinks by at least `MIN_SAVING` is compressed whole. Random or
 already-compressed data (media, archives) therefore costs one small sample, not a full pass.
+A chunk no larger than the sample is compressed once, at the stored level, and kept so when it
+shrinks by as much.
 """
 
 from __future__ import annotations
@@ -57,6 +59,13 @@ class Codec:
         return len(fast.compress(sample)) <= len(sample) * (1 - MIN_SAVING)
 
     def encode(self, data: bytes | memoryview) -> bytes:
+        if 512 <= len(data) <= SAMPLE:
+            # The sample would be the whole chunk: compress it once, at the stored level, and
+            # keep it if it saves as much as a sample must (a small file was compressed twice).
+            packed = self._ctx()[0].compress(data)
+            if len(packed) <= len(data) * (1 - MIN_SAVING):
+                return bytes((ZSTD,)) + packed
+            return bytes((RAW,)) + bytes(data)
         if self.worth_compressing(data):
             comp, _, _ = self._ctx()
             packed = comp.compress(data)
