@@ -93,6 +93,17 @@ TWO_SHARDS = ["pg+pg", "pg+mariadb"]
 that is also shard ``near``, and shard ``far`` on a second PostgreSQL database or on MariaDB."""
 
 
+NEEDS_CROSSSHARE = pytest.mark.xfail(
+    reason="sharing and moves between namespaces on two shards are the crossshare branch's (issue 14 item 3)",
+    strict=False,
+)
+"""On a two-shard deployment, a test of sharing or cross-namespace moves: it passes once those
+are single-shard steps tied by intents; until then it is expected to fail (not weakened)."""
+
+TWO_SHARD_PARAMS = [pytest.param(k, marks=NEEDS_CROSSSHARE) for k in TWO_SHARDS]
+"""`TWO_SHARDS` as parameters of a sharing test (`NEEDS_CROSSSHARE`)."""
+
+
 def two_shard_urls(kind: str) -> tuple[str, dict[str, str]]:
     """(directory URL, ``{shard name: URL}``) of a wiped two-shard deployment of ``kind`` on
     this worker's own databases. New namespaces go to the shard holding fewest, ties by name,
