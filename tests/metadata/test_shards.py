@@ -28,7 +28,7 @@ from cubby.metadata.possession import Claim
 from cubby.metadata.schema import blocks, memberships, ns_chunks
 from cubby.metadata.shards import LOCAL_BITS, allocate_ns_id, placement_key, write_membership
 from cubby.metadata.store import SqlMetadataStore, open_store
-from cubby.model import ChunkRef
+from cubby.model import ChunkRef, CommitRequest
 from tests.conftest import TWO_SHARDS, two_shard_urls
 from tests.helpers.live_server import ROOT, LiveServer
 from tests.metadata.conftest import put_file, random_chunks, request
@@ -173,6 +173,14 @@ def test_placements_are_read_through_the_cache_and_forgotten(sharded: SqlMetadat
     sharded.router.forget(alice.root_ns)
     assert cache.get(placement_key(alice.root_ns))[0] is None
     assert cached.stat(alice.root_ns, "/").kind == "folder"
+    # Every write on the far shard is seen by the next cached read, as on one database.
+    e = cached.commit(alice.id, alice.root_ns, CommitRequest("/a", 0, ())).entry
+    assert e is not None and cached.head(alice.root_ns) == e.rev == cached.stat(alice.root_ns, "/a").rev
+    assert [x.name for x in cached.list(alice.root_ns, "/").entries] == ["a"]
+    cached.move(alice.id, alice.root_ns, "/a", "/b")
+    assert [x.name for x in cached.list(alice.root_ns, "/").entries] == ["b"]
+    cached.delete(alice.id, alice.root_ns, "/b")
+    assert cached.list(alice.root_ns, "/").entries == []
 
 
 def test_shard_flags_are_checked() -> None:
