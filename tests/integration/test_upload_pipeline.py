@@ -256,3 +256,18 @@ def test_a_large_chunk_held_elsewhere_is_still_proven_not_sent(live, api, tmp_pa
         again = {Path(r.path).name: r for r in upload_tree(counting, root, "/m")}
     assert again["big.bin"].bytes_sent == 0 and again["small.bin"].bytes_sent == 4096
     assert counting.calls["prove"] == 1
+
+
+def test_one_larger_file_does_not_add_a_proof_round_to_the_small_files(live, api, tmp_path):
+    """Small files are grouped apart from larger ones: the small group is an upload and a
+    commit; only the larger file's group asks, proves and commits again."""
+    root = tmp_path / "mixed"
+    root.mkdir()
+    for i in range(20):
+        (root / f"s{i:02d}.bin").write_bytes(_data(400 + i, 2048))
+    (root / "m.bin").write_bytes(_data(420, 300_000))  # over PROVE_MIN: asked for, proven
+    token = api.http.headers["Authorization"].split()[1]
+    with CountingCalls(live.url, token) as counting:
+        results = upload_tree(counting, root, "/mixed")
+    assert len(results) == 21 and sum(r.bytes_sent for r in results) == 20 * 2048 + 300_000
+    assert counting.calls == {"commit_batch": 3, "prove": 1, "upload": 2}
