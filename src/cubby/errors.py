@@ -115,6 +115,14 @@ class Unavailable(CubbyError):
     retryable = True
 
 
+class NamespaceMoving(Unavailable):
+    """The namespace is being moved to another database shard (`cubby admin move-namespace`)
+    and its old copy no longer takes writes. Nothing changed: the same request succeeds once
+    the move is done, a moment later (the server retries it for a while before answering)."""
+
+    code = "namespace_moving"
+
+
 class InsufficientStorage(CubbyError):
     """The server ran out of disk space (for chunks or for its database): nothing of the
     request was kept. It is not retried at once; it may succeed once space is freed."""
@@ -147,6 +155,7 @@ ERRORS_BY_CODE: dict[str, type[CubbyError]] = {
         NamespaceMoved,
         TooManyRequests,
         Unavailable,
+        NamespaceMoving,
         InsufficientStorage,
         WrongRole,
     )
