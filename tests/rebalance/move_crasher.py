@@ -20,7 +20,7 @@ def main() -> None:
         if name == step:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    NamespaceMover(store.router, fault=fault).move(int(ns_id), "b")
+    NamespaceMover(store.router, fault=fault, grace=0).move(int(ns_id), "b")
     print("finished without being killed", flush=True)
 
 

@@ -53,7 +53,7 @@ def test_a_namespace_move_killed_after_each_step_leaves_it_whole_on_one_shard(tw
 
     fresh = sharded(a_url, b_url)
     try:
-        mover = NamespaceMover(fresh.router)
+        mover = NamespaceMover(fresh.router, grace=0)
         mover.recover()
         assert mover.recover() == 0  # nothing left, and running it again changes nothing
         p = fresh.router.placement(ns)

@@ -130,7 +130,11 @@ def delete_all(db: Database, ns_id: int) -> int:
         key = table.c[_PAGE_KEY[table.name]]
         while True:
             def one(conn: Connection, table: Table = table, key: Any = key) -> int:
-                ids = [r[0] for r in conn.execute(select(key).where(table.c.ns_id == ns_id).limit(BATCH))]
+                # From the top down: a reader still routed here sees a prefix of the journal
+                # (its cursor then moves on at the new shard), never a suffix with a gap.
+                ids = [
+                    r[0] for r in conn.execute(select(key).where(table.c.ns_id == ns_id).order_by(key.desc()).limit(BATCH))
+                ]
                 if not ids:
                     return 0
                 return int(conn.execute(delete(table).where(table.c.ns_id == ns_id, key.in_(ids))).rowcount)

@@ -17,7 +17,8 @@ The steps, each one transaction on one database (the fault hook runs after each 
    This commit is the point of no return: a sealed old copy means a complete new one.
 4. ``placed`` -- directory: placement -> new shard, ``epoch + 1``, ``live``, no owner; the
    cached placement is invalidated. Writers waiting in their retry find the new shard.
-5. ``deleted`` -- old shard: the namespace's rows are deleted (``namespaces`` row last).
+5. ``deleted`` -- after `GRACE_SECONDS`, old shard: the namespace's rows are deleted, each
+   table from its highest key down and the ``namespaces`` row last.
 
 Writers pause from step 3's commit until step 4's (two short transactions); readers never:
 they read the old copy (sealed or not, it is whole) until step 4, the new one after. A reader
@@ -47,12 +48,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 
-from cubby.errors import BadRequest, Conflict, CubbyError, NotFound, Unavailable
+from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceMoving, NotFound, Unavailable
 from cubby.metadata import nscopy
 from cubby.metadata.engine import Database
 from cubby.metadata.leases import Owner
@@ -61,6 +62,10 @@ from cubby.metadata.shards import ShardRouter
 
 STEPS = ("moving", "copying", "copied", "sealed", "placed", "deleted")
 """Fault hook points, in order (see the module docstring)."""
+
+GRACE_SECONDS = 2.0
+"""How long the old copy stays after the new placement (step 4) before it is deleted: a read
+that was routed by the old placement just before is served whole from it meanwhile."""
 
 FaultHook = Callable[[str], None]
 """Called with a step name after that step committed; tests use it to kill the process."""
@@ -89,8 +94,12 @@ class MoveResult:
 class NamespaceMover:
     """Moves namespaces between the shards of ``router`` (see the module docstring)."""
 
-    def __init__(self, router: ShardRouter, *, fault: FaultHook | None = None, progress: Progress | None = None) -> None:
+    def __init__(
+        self, router: ShardRouter, *, fault: FaultHook | None = None, progress: Progress | None = None,
+        grace: float = GRACE_SECONDS,
+    ) -> None:
         self.router = router
+        self.grace = grace
         self.fault = fault
         self.progress = progress
         self.owner = Owner.this_process()
@@ -206,7 +215,8 @@ class NamespaceMover:
         sealed_seconds = time.monotonic() - sealed_at
         self._step("placed", epoch=int(p.epoch) + 1)
 
-        # 5. the old copy goes
+        # 5. the old copy goes, once reads routed by the old placement have had time to end
+        time.sleep(self.grace)
         rows = nscopy.delete_all(src, ns_id)
         self._step("deleted", rows=rows)
         return MoveResult(ns_id, source, to, int(p.epoch) + 1, rows, time.monotonic() - started, sealed_seconds)
@@ -280,8 +290,46 @@ class NamespaceMover:
         return swept
 
 
+WAIT_SECONDS = 15.0
+"""How long a request waits for a sealed namespace's move to finish before the client gets
+the retryable `NamespaceMoving` (the seal lasts two short transactions; a move whose owner
+died is recovered meanwhile, see `on_shard`)."""
+
+T = TypeVar("T")
+
+
+def on_shard(router: ShardRouter, ns_id: int, fn: Callable[[Database], T], *, wait: float = WAIT_SECONDS) -> T:
+    """``fn(db)`` on the database that holds ``ns_id``, asked again with a fresh placement
+    while the namespace moves: after `NamespaceMoving` (the copy it reached is sealed), and
+    after `NotFound` when that shard no longer holds the namespace at all (it moved away after
+    the placement was read; a path that is simply missing is not retried). Pauses with backoff,
+    for at most ``wait`` seconds; after one second of it, recovers the move if its owner is gone
+    (a mover killed after sealing: nobody else would finish it before a restart)."""
+    if router.single:
+        return fn(router.directory)
+    started = time.monotonic()
+    pause = 0.01
+    recovered = False
+    while True:
+        db = router.db_for(ns_id)
+        try:
+            return fn(db)
+        except NamespaceMoving:
+            if time.monotonic() - started + pause > wait:
+                raise
+        except NotFound:
+            if nscopy.holds(db, ns_id) or time.monotonic() - started + pause > wait:
+                raise
+        router.forget(ns_id)
+        if not recovered and time.monotonic() - started > 1.0:
+            recovered = True
+            NamespaceMover(router).recover(ns_id)
+        time.sleep(pause)
+        pause = min(0.2, pause * 2)
+
+
 def _all(db: Database, q: Any) -> list[Any]:
     return db.read(lambda c: list(c.execute(q).all()))
 
 
-__all__ = ["STEPS", "FaultHook", "MoveResult", "NamespaceMover", "Progress"]
+__all__ = ["GRACE_SECONDS", "STEPS", "WAIT_SECONDS", "FaultHook", "MoveResult", "NamespaceMover", "Progress", "on_shard"]
