@@ -32,6 +32,7 @@ from sqlalchemy.engine import Connection, Row
 from cubby.core import paths
 from cubby.errors import BadRequest, NotFound
 from cubby.metadata.engine import Database
+from cubby.metadata.nstxn import lock_namespace
 from cubby.metadata.schema import file_revs, links, namespaces, nodes, users
 from cubby.metadata.users import token_hash
 from cubby.model import ChunkRef, Entry
@@ -157,6 +158,9 @@ class LinkStore:
         pw_hash = hash_password(password) if password is not None else None
 
         def run(conn: Connection) -> None:
+            # Under the namespace's lock, like every write to its rows: a namespace being moved
+            # to another shard refuses it (retryable) rather than lose it with the old copy.
+            lock_namespace(self.db, conn, ns_id)
             conn.execute(
                 insert(links).values(
                     ns_id=ns_id, link_id=link.link_id, node_id=node_id, token_hash=token_hash(token),
@@ -214,6 +218,7 @@ class LinkStore:
             ).first()
             if row is None:
                 raise NotFound(f"you have no link {link_id}")
+            lock_namespace(self.db, conn, int(row.ns_id))  # see `create`
             conn.execute(
                 update(links).where(links.c.ns_id == row.ns_id, links.c.link_id == link_id).values(revoked_at=time.time())
             )
