@@ -83,6 +83,12 @@ class NotFound(CubbyError):
     status = 404
 
 
+class NamespaceGone(NotFound):
+    """The database asked holds no such namespace: it never existed, or it moved to another
+    shard after the caller looked up where it lives (then a fresh lookup finds it). The code
+    stays ``not_found`` for clients."""
+
+
 class Conflict(CubbyError):
     """The state changed under the caller (stale revision, name taken); re-read and decide."""
 

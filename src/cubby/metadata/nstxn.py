@@ -26,7 +26,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
 from cubby.core import paths
-from cubby.errors import NamespaceMoving, NotFound
+from cubby.errors import NamespaceGone, NamespaceMoving
 from cubby.metadata.engine import Database
 from cubby.metadata.schema import file_revs, journal, namespaces, nodes, ns_chunks
 from cubby.model import Entry
@@ -249,7 +249,7 @@ def lock_namespace(db: Database, conn: Connection, ns_id: int) -> tuple[int, int
     under this same lock, so no write lands in the old copy after the last one was copied)."""
     row = conn.execute(_LOCK if db.is_sqlite else _LOCK_FOR_UPDATE, {"ns": ns_id}).first()
     if row is None:
-        raise NotFound(f"namespace {ns_id} does not exist")
+        raise NamespaceGone(f"namespace {ns_id} does not exist")
     if row[2]:
         raise NamespaceMoving(f"namespace {ns_id} is moving to another shard; retry in a moment", ns_id=ns_id)
     return int(row[0]), int(row[1])

@@ -13,7 +13,8 @@ The steps, each one transaction on one database (the fault hook runs after each 
    changes (the new shard's transaction commits inside this one), compare row counts, and set
    ``namespaces.sealed``. From this commit on, a writer that locks the namespace there gets
    the retryable `NamespaceMoving` (`cubby.metadata.nstxn.lock_namespace`); the server retries
-   it with a fresh placement (`ShardRouter`) for a few seconds before a client ever sees it.
+   it with a fresh placement for a few seconds before a client ever sees it
+   (`cubby.metadata.rerouting`).
    This commit is the point of no return: a sealed old copy means a complete new one.
 4. ``placed`` -- directory: placement -> new shard, ``epoch + 1``, ``live``, no owner; the
    cached placement is invalidated. Writers waiting in their retry find the new shard.
@@ -23,11 +24,12 @@ The steps, each one transaction on one database (the fault hook runs after each 
 Writers pause from step 3's commit until step 4's (two short transactions); readers never:
 they read the old copy (sealed or not, it is whole) until step 4, the new one after. A reader
 routed by a placement cached before step 4 that reaches the old shard after step 5 finds no
-namespace and asks again with a fresh placement (`ShardRouter`'s retry). Journal ids, node ids
-and revisions move unchanged, so clients' cursors stay valid.
+namespace (`NamespaceGone`) and asks again with a fresh placement (`cubby.metadata.rerouting`).
+Journal ids, node ids and revisions move unchanged, so clients' cursors stay valid.
 
 Recovery (`NamespaceMover.recover`: at server start, whenever the command runs, and when a
-writer keeps finding a namespace sealed) handles a move whose owner is gone:
+writer has waited a second for a sealed namespace, `cubby.metadata.rerouting`) handles a move
+whose owner is gone:
 
 - the old copy is sealed: finish forward (steps 4 and 5; the new copy is the other shard that
   holds the namespace);
@@ -48,12 +50,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 
-from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceMoving, NotFound, Unavailable
+from cubby.errors import BadRequest, Conflict, CubbyError, NotFound, Unavailable
 from cubby.metadata import nscopy
 from cubby.metadata.engine import Database
 from cubby.metadata.leases import Owner
@@ -290,46 +292,8 @@ class NamespaceMover:
         return swept
 
 
-WAIT_SECONDS = 15.0
-"""How long a request waits for a sealed namespace's move to finish before the client gets
-the retryable `NamespaceMoving` (the seal lasts two short transactions; a move whose owner
-died is recovered meanwhile, see `on_shard`)."""
-
-T = TypeVar("T")
-
-
-def on_shard(router: ShardRouter, ns_id: int, fn: Callable[[Database], T], *, wait: float = WAIT_SECONDS) -> T:
-    """``fn(db)`` on the database that holds ``ns_id``, asked again with a fresh placement
-    while the namespace moves: after `NamespaceMoving` (the copy it reached is sealed), and
-    after `NotFound` when that shard no longer holds the namespace at all (it moved away after
-    the placement was read; a path that is simply missing is not retried). Pauses with backoff,
-    for at most ``wait`` seconds; after one second of it, recovers the move if its owner is gone
-    (a mover killed after sealing: nobody else would finish it before a restart)."""
-    if router.single:
-        return fn(router.directory)
-    started = time.monotonic()
-    pause = 0.01
-    recovered = False
-    while True:
-        db = router.db_for(ns_id)
-        try:
-            return fn(db)
-        except NamespaceMoving:
-            if time.monotonic() - started + pause > wait:
-                raise
-        except NotFound:
-            if nscopy.holds(db, ns_id) or time.monotonic() - started + pause > wait:
-                raise
-        router.forget(ns_id)
-        if not recovered and time.monotonic() - started > 1.0:
-            recovered = True
-            NamespaceMover(router).recover(ns_id)
-        time.sleep(pause)
-        pause = min(0.2, pause * 2)
-
-
 def _all(db: Database, q: Any) -> list[Any]:
     return db.read(lambda c: list(c.execute(q).all()))
 
 
-__all__ = ["GRACE_SECONDS", "STEPS", "WAIT_SECONDS", "FaultHook", "MoveResult", "NamespaceMover", "Progress", "on_shard"]
+__all__ = ["GRACE_SECONDS", "STEPS", "FaultHook", "MoveResult", "NamespaceMover", "Progress"]
