@@ -34,6 +34,11 @@ transaction that journals at least one entry with ids above ``head``):
 
 The locked pass then compares each table's row count on both sides and copies a table whole
 when they differ: a safety net for a change the rules above would miss, paid for only then.
+
+The copy's ``namespaces`` row is written *sealed*: until the move makes it the namespace's
+copy (`unseal`, just before the placement names it), anything that reaches it without going
+through the placement (a lookup that asks every shard in turn, as links do) is refused like
+a write to the old sealed copy, instead of writing where the next pass would overwrite it.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, and_, delete, func, insert, or_, select
+from sqlalchemy import Table, and_, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from cubby.core import paths
@@ -147,6 +152,11 @@ def delete_all(db: Database, ns_id: int) -> int:
     return gone
 
 
+def set_sealed(db: Database, ns_id: int, sealed: bool) -> None:
+    """Seal or unseal ``db``'s copy of ``ns_id`` (on its own, outside any move step's lock)."""
+    db.write(lambda c: c.execute(update(namespaces).where(namespaces.c.ns_id == ns_id).values(sealed=sealed)))
+
+
 def copy_all(src: Database, dst: Database, ns_id: int, progress: Progress | None = None) -> Mark:
     """Copy every row of ``ns_id`` from ``src`` to ``dst`` (replacing whatever ``dst`` held of
     it), in batches while writers go on; answers the mark read before the first batch. The
@@ -165,7 +175,7 @@ def copy_all(src: Database, dst: Database, ns_id: int, progress: Progress | None
             if not rows:
                 break
             if table is namespaces:
-                rows = [{**r, "sealed": False} if "sealed" in r else r for r in rows]
+                rows = [{**r, "sealed": True} for r in rows]  # see the module docstring
             dst.write(_inserter(table, rows))
             last = rows[-1][key.name]
             done += len(rows)
@@ -247,7 +257,7 @@ def copy_changes(
     journal_rows = _rows(src_conn, journal, and_(journal.c.ns_id == ns_id, journal.c.jid > since.head))
     chunk_rows = _rows(src_conn, ns_chunks, and_(ns_chunks.c.ns_id == ns_id, ns_chunks.c.touched_at >= since.at - CLOCK_SLACK))
     small = {name: _rows(src_conn, t, t.c.ns_id == ns_id) for t in NS_TABLES if (name := t.name) in _SMALL}
-    small["namespaces"] = [{**r, "sealed": False} if "sealed" in r else r for r in small["namespaces"]]
+    small["namespaces"] = [{**r, "sealed": True} for r in small["namespaces"]]
 
     def write(conn: Connection) -> None:
         for name in _SMALL:
@@ -311,4 +321,7 @@ def rows_of(db: Database, ns_id: int) -> dict[str, list[tuple[Any, ...]]]:
     return db.read(run)
 
 
-__all__ = ["BATCH", "NS_TABLES", "Mark", "Progress", "copy_all", "copy_changes", "delete_all", "holds", "read_mark", "rows_of"]
+__all__ = [
+    "BATCH", "NS_TABLES", "Mark", "Progress", "copy_all", "copy_changes", "delete_all", "holds", "read_mark", "rows_of",
+    "set_sealed",
+]

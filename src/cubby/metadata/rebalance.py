@@ -16,8 +16,9 @@ The steps, each one transaction on one database (the fault hook runs after each 
    it with a fresh placement for a few seconds before a client ever sees it
    (`cubby.metadata.rerouting`).
    This commit is the point of no return: a sealed old copy means a complete new one.
-4. ``placed`` -- directory: placement -> new shard, ``epoch + 1``, ``live``, no owner; the
-   cached placement is invalidated. Writers waiting in their retry find the new shard.
+4. ``placed`` -- the new copy, written sealed (`cubby.metadata.nscopy`), is unsealed; then,
+   directory: placement -> new shard, ``epoch + 1``, ``live``, no owner; the cached placement
+   is invalidated. Writers waiting in their retry find the new shard.
 5. ``deleted`` -- after `GRACE_SECONDS`, old shard: the namespace's rows are deleted, each
    table from its highest key down and the ``namespaces`` row last.
 
@@ -209,7 +210,9 @@ class NamespaceMover:
         sealed_at = time.monotonic()
         self._step("sealed")
 
-        # 4. the new placement; writers waiting in their retry go to the new shard
+        # 4. the new copy takes writes, and the placement names it; writers waiting in their
+        # retry go there
+        nscopy.set_sealed(dst, ns_id, False)
         self._set_placement(
             ns_id, {"owner": str(self.owner), "state": "moving"},
             {"shard": to, "epoch": int(p.epoch) + 1, "state": "live", "owner": None, "lease_until": None},
@@ -264,7 +267,8 @@ class NamespaceMover:
         others = self._holders(ns_id, source)
         owner = {"owner": p.owner, "state": "moving"}
         if sealed and others:
-            target = others[0][0]  # a sealed old copy means one complete new copy (step 3)
+            target, target_db = others[0]  # a sealed old copy means one complete new copy (step 3)
+            nscopy.set_sealed(target_db, ns_id, False)
             self._set_placement(
                 ns_id, owner, {"shard": target, "epoch": int(p.epoch) + 1, "state": "live", "owner": None, "lease_until": None}
             )
