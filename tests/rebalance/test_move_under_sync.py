@@ -111,7 +111,9 @@ def test_a_namespace_moves_while_clients_commit_and_follow(two_urls, tmp_path: P
                  "--directory", a_url, *flags, "--cache", cache],
                 env=env, capture_output=True, text=True, timeout=120, check=False,
             )
+            at_move = (len(acked), sum(len(f) for f in written.values()))
             time.sleep(1.0)  # writers go on at the new shard
+            after_move = (len(acked), sum(len(f) for f in written.values()))
         finally:
             stop.set()
             for t in threads:
@@ -119,6 +121,7 @@ def test_a_namespace_moves_while_clients_commit_and_follow(two_urls, tmp_path: P
         assert moved.returncode == 0, moved.stderr
         assert json.loads(moved.stdout.splitlines()[-1])["target"] == "b"
         assert not problems, problems
+        assert after_move[0] > at_move[0] and after_move[1] > at_move[1]  # they went on at the new shard
 
         # Both sync clients converge with the server.
         for _ in range(6):

@@ -24,8 +24,8 @@ def test_writes_and_reads_during_a_move(two_urls):
     try:
         user, _ = store.create_user("alice")
         ns = user.root_ns
-        for i in range(50):
-            put_file(front, blocks, user.id, ns, f"/base/f{i}.txt")
+        for i in range(200):
+            put_file(front, blocks, user.id, ns, f"/base/d{i % 7}/f{i}.txt")
         stop = threading.Event()
         acked: dict[str, int] = {}
         problems: list[str] = []

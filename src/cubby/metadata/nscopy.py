@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Table, and_, delete, func, insert, or_, select, true, update
 from sqlalchemy.engine import Connection
 
 from cubby.core import paths
@@ -165,12 +165,18 @@ def copy_all(src: Database, dst: Database, ns_id: int, progress: Progress | None
     if mark is None:
         raise LookupError(f"namespace {ns_id} is not on the source shard")
     delete_all(dst, ns_id)
+    # Rows added after the mark are left to `copy_changes`: a copy that chased them could run
+    # as long as writers keep adding.
+    upto = {"nodes": nodes.c.node_id < mark.next_node, "file_revs": file_revs.c.rev <= mark.head,
+            "journal": journal.c.jid <= mark.head}
     for table in NS_TABLES:
         key = table.c[_PAGE_KEY[table.name]]
         last: Any = None
         done = 0
         while True:
-            cond = table.c.ns_id == ns_id if last is None else and_(table.c.ns_id == ns_id, key > last)
+            cond = and_(table.c.ns_id == ns_id, upto.get(table.name, true()))
+            if last is not None:
+                cond = and_(cond, key > last)
             rows = src.read(_page(table, key, cond))
             if not rows:
                 break
