@@ -15,6 +15,7 @@ import pytest
 from cubby.blockstore.memory import MemoryBlockStore
 from cubby.metadata import nscopy
 from cubby.metadata.rebalance import STEPS, NamespaceMover
+from cubby.metadata.rerouting import Rerouting
 from cubby.metadata.store import open_store
 from tests.metadata.conftest import put_file
 
@@ -30,9 +31,9 @@ def where(store, ns: int) -> list[str]:
     return [name for name, db in sorted(store.router.shards.items()) if nscopy.holds(db, ns)]
 
 
-@pytest.mark.parametrize("step", STEPS)
-def test_a_namespace_move_killed_after_each_step_leaves_it_whole_on_one_shard(two_urls, step):
-    a_url, b_url = two_urls
+def killed_move(a_url: str, b_url: str, step: str) -> tuple[int, int, dict]:
+    """A namespace of a few files on shard a, and a move of it to b killed after ``step``:
+    (user id, namespace, its rows before)."""
     store = sharded(a_url, b_url)
     blocks = MemoryBlockStore()
     try:
@@ -50,6 +51,13 @@ def test_a_namespace_move_killed_after_each_step_leaves_it_whole_on_one_shard(tw
         env=env, capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    return alice.id, ns, original
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_namespace_move_killed_after_each_step_leaves_it_whole_on_one_shard(two_urls, step):
+    a_url, b_url = two_urls
+    _uid, ns, original = killed_move(a_url, b_url, step)
 
     fresh = sharded(a_url, b_url)
     try:
@@ -66,5 +74,20 @@ def test_a_namespace_move_killed_after_each_step_leaves_it_whole_on_one_shard(tw
         mover.move(ns, back)
         assert where(fresh, ns) == [back]
         assert nscopy.rows_of(fresh.router.shard_db(back), ns) == original
+    finally:
+        fresh.close()
+
+
+def test_a_writer_finishes_a_move_whose_mover_died_after_sealing(two_urls):
+    """Nobody runs recovery: the writer that keeps finding the namespace sealed does, after a
+    second, and its write lands on the new shard."""
+    a_url, b_url = two_urls
+    uid, ns, _original = killed_move(a_url, b_url, "sealed")
+    fresh = sharded(a_url, b_url)
+    try:
+        entry = Rerouting(fresh).mkdir(uid, ns, "/after the move")
+        assert fresh.router.placement(ns).shard == "b"
+        assert where(fresh, ns) == ["b"]
+        assert fresh.stat(ns, "/after the move").rev == entry.rev == fresh.head(ns)
     finally:
         fresh.close()
