@@ -454,7 +454,7 @@ def admin_move_namespace(state: State, ns_id: int, to: str, data: Path | None, d
     state.emit(
         result.to_dict(),
         f"moved namespace {result.ns_id} from {result.source} to {result.target} (epoch {result.epoch}) in "
-        f"{result.seconds:.2f} s; writers waited {result.sealed_seconds * 1000:.0f} ms",
+        f"{result.seconds:.2f} s; writers waited {result.paused_seconds * 1000:.0f} ms",
     )
 
 

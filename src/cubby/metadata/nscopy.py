@@ -28,8 +28,9 @@ transaction that journals at least one entry with ids above ``head``):
   a deleted folder's subtree, so its nodes are among the above).
 - ``journal``: ``jid > head`` (the journal is only ever appended to).
 - ``ns_chunks``: rows touched since the mark's wall-clock time minus `CLOCK_SLACK` (every
-  change of ``refs`` sets ``touched_at``); the collector only deletes rows with no references,
-  which a copy may keep without harm (the new shard's collector handles them).
+  change of ``refs`` sets ``touched_at``), of which only those the copy does not hold as they
+  are; the collector only deletes rows with no references, which a copy may keep without harm
+  (the new shard's collector handles them).
 - ``namespaces``, ``members``, ``links``, ``move_intents``: small; replaced whole every pass.
 
 The locked pass then compares each table's row count on both sides and copies a table whole
@@ -261,7 +262,8 @@ def copy_changes(
         if (r["node_id"], r["rev"]) not in seen
     ]
     journal_rows = _rows(src_conn, journal, and_(journal.c.ns_id == ns_id, journal.c.jid > since.head))
-    chunk_rows = _rows(src_conn, ns_chunks, and_(ns_chunks.c.ns_id == ns_id, ns_chunks.c.touched_at >= since.at - CLOCK_SLACK))
+    touched = _rows(src_conn, ns_chunks, and_(ns_chunks.c.ns_id == ns_id, ns_chunks.c.touched_at >= since.at - CLOCK_SLACK))
+    chunk_rows = _differing(dst, ns_id, touched)
     small = {name: _rows(src_conn, t, t.c.ns_id == ns_id) for t in NS_TABLES if (name := t.name) in _SMALL}
     small["namespaces"] = [{**r, "sealed": True} for r in small["namespaces"]]
 
@@ -299,6 +301,27 @@ def copy_changes(
 
     dst.write(write)
     return now
+
+
+def _differing(dst: Database, ns_id: int, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``ns_chunks`` rows among ``rows`` that ``dst`` does not hold as they are: the
+    window of `CLOCK_SLACK` makes every pass see the same recently touched rows again, and
+    writing them again would lengthen the locked pass for nothing."""
+    if not rows:
+        return rows
+    held: dict[str, tuple[Any, Any]] = {}
+
+    def read(conn: Connection) -> None:
+        for part in _parts([r["hash"] for r in rows]):
+            for h, refs, at in conn.execute(
+                select(ns_chunks.c.hash, ns_chunks.c.refs, ns_chunks.c.touched_at).where(
+                    ns_chunks.c.ns_id == ns_id, ns_chunks.c.hash.in_(part)
+                )
+            ):
+                held[h] = (refs, at)
+
+    dst.read(read)
+    return [r for r in rows if held.get(r["hash"]) != (r["refs"], r["touched_at"])]
 
 
 def _parts(items: Iterable[Any]) -> Iterable[list[Any]]:

@@ -48,6 +48,7 @@ it inside the old shard's transaction, just before sealing.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,6 +66,11 @@ from cubby.metadata.shards import ShardRouter
 
 STEPS = ("moving", "copying", "copied", "sealed", "placed", "deleted")
 """Fault hook points, in order (see the module docstring)."""
+
+CATCH_UP_PASSES = 5
+"""Unlocked passes of changes after the bulk copy, at most; they stop early once a pass found
+at most `CATCH_UP_ENOUGH` new journal entries (the locked pass copies the rest)."""
+CATCH_UP_ENOUGH = 100
 
 GRACE_SECONDS = 2.0
 """How long the old copy stays after the new placement (step 4) before it is deleted: a read
@@ -87,8 +93,9 @@ class MoveResult:
     epoch: int
     rows: int
     seconds: float
-    sealed_seconds: float
-    """How long writers were refused: from the seal's commit to the new placement's."""
+    paused_seconds: float
+    """How long writers to the namespace waited: from the start of the sealing transaction
+    (it holds the namespace's lock) to the new placement's commit."""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -186,9 +193,15 @@ class NamespaceMover:
 
             mark = nscopy.copy_all(src, dst, ns_id, copied)
             self._renew(ns_id)
-            mark = src.read(lambda c: nscopy.copy_changes(c, dst, ns_id, mark))
-            self._renew(ns_id)
+            # Catch up without the lock until little is left for the pass that holds it.
+            for _ in range(CATCH_UP_PASSES):
+                before = mark.head
+                mark = src.read(functools.partial(_catch_up, dst=dst, ns_id=ns_id, since=mark))
+                self._renew(ns_id)
+                if mark.head - before <= CATCH_UP_ENOUGH:
+                    break
             self._step("copied", head=mark.head)
+            paused_at = time.monotonic()
 
             # 3. seal the old copy, with the last changes copied: the point of no return
             def seal(conn: Connection) -> None:
@@ -207,7 +220,6 @@ class NamespaceMover:
         except BaseException:
             self._undo_own(ns_id)
             raise
-        sealed_at = time.monotonic()
         self._step("sealed")
 
         # 4. the new copy takes writes, and the placement names it; writers waiting in their
@@ -217,14 +229,14 @@ class NamespaceMover:
             ns_id, {"owner": str(self.owner), "state": "moving"},
             {"shard": to, "epoch": int(p.epoch) + 1, "state": "live", "owner": None, "lease_until": None},
         )
-        sealed_seconds = time.monotonic() - sealed_at
-        self._step("placed", epoch=int(p.epoch) + 1)
+        paused = time.monotonic() - paused_at
+        self._step("placed", epoch=int(p.epoch) + 1, paused_ms=round(paused * 1000, 1))
 
         # 5. the old copy goes, once reads routed by the old placement have had time to end
         time.sleep(self.grace)
         rows = nscopy.delete_all(src, ns_id)
         self._step("deleted", rows=rows)
-        return MoveResult(ns_id, source, to, int(p.epoch) + 1, rows, time.monotonic() - started, sealed_seconds)
+        return MoveResult(ns_id, source, to, int(p.epoch) + 1, rows, time.monotonic() - started, paused)
 
     def _undo_own(self, ns_id: int) -> None:
         """Undo this process's move after a failure before the seal (best effort: what is left
@@ -294,6 +306,10 @@ class NamespaceMover:
                     nscopy.delete_all(db, int(sealed_ns))
                     swept += 1
         return swept
+
+
+def _catch_up(conn: Connection, *, dst: Database, ns_id: int, since: nscopy.Mark) -> nscopy.Mark:
+    return nscopy.copy_changes(conn, dst, ns_id, since)
 
 
 def _all(db: Database, q: Any) -> list[Any]:
