@@ -17,6 +17,7 @@ from cubby.metadata import nscopy
 from cubby.metadata.rebalance import STEPS, NamespaceMover
 from cubby.metadata.rerouting import Rerouting
 from cubby.metadata.store import open_store
+from tests.helpers.live_server import LiveServer
 from tests.metadata.conftest import put_file
 
 HERE = Path(__file__).parent
@@ -89,5 +90,22 @@ def test_a_writer_finishes_a_move_whose_mover_died_after_sealing(two_urls):
         assert fresh.router.placement(ns).shard == "b"
         assert where(fresh, ns) == ["b"]
         assert fresh.stat(ns, "/after the move").rev == entry.rev == fresh.head(ns)
+    finally:
+        fresh.close()
+
+
+def test_a_server_start_recovers_an_interrupted_move(two_urls, tmp_path):
+    """A move killed after its bulk copy is undone by the next server to start."""
+    a_url, b_url = two_urls
+    _uid, ns, original = killed_move(a_url, b_url, "copied")
+    server = LiveServer(tmp_path / "data", db_url=a_url, extra_args=["--shard", f"a={a_url}", "--shard", f"b={b_url}"])
+    with server:
+        pass  # started (healthy) and stopped: recovery ran before it served
+    fresh = sharded(a_url, b_url)
+    try:
+        p = fresh.router.placement(ns)
+        assert (p.shard, p.state) == ("a", "live")
+        assert where(fresh, ns) == ["a"]
+        assert nscopy.rows_of(fresh.router.shard_db("a"), ns) == original
     finally:
         fresh.close()
