@@ -67,6 +67,9 @@ from cubby.metadata.shards import ShardRouter
 STEPS = ("moving", "copying", "copied", "sealed", "placed", "deleted")
 """Fault hook points, in order (see the module docstring)."""
 
+RENEW_SECONDS = 20.0
+"""How often a long bulk copy renews the move's lease (`cubby.metadata.leases.LEASE_SECONDS`)."""
+
 CATCH_UP_PASSES = 5
 """Unlocked passes of changes after the bulk copy, at most; they stop early once a pass found
 at most `CATCH_UP_ENOUGH` new journal entries (the locked pass copies the rest)."""
@@ -181,11 +184,15 @@ class NamespaceMover:
         try:
             # 2. the bulk copy, then what changed meanwhile
             half = False
+            renewed = time.monotonic()
 
             def copied(table: str, rows: int) -> None:
-                nonlocal half
+                nonlocal half, renewed
                 if self.progress is not None:
                     self.progress("copying", {"table": table, "rows": rows})
+                if time.monotonic() - renewed > RENEW_SECONDS:  # a long copy keeps its lease
+                    self._renew(ns_id)
+                    renewed = time.monotonic()
                 if table == "nodes" and not half:
                     half = True
                     if self.fault is not None:
