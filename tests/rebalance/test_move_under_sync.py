@@ -102,8 +102,10 @@ def test_a_namespace_moves_while_clients_commit_and_follow(two_urls, tmp_path: P
         for t in threads:
             t.start()
         try:
-            while len(acked) < 5 and not problems:
+            deadline = time.monotonic() + 60
+            while len(acked) < 5 and not problems and time.monotonic() < deadline:
                 time.sleep(0.05)
+            assert len(acked) >= 5, problems
             cursor = api.journal(ns, 0, limit=10_000)[1]
             env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
             moved = subprocess.run(
