@@ -70,3 +70,31 @@ def test_writes_and_reads_during_a_move(two_urls):
         assert jids == list(range(1, front.head(ns) + 1))
     finally:
         store.close()
+
+
+def test_a_server_with_an_old_cached_placement_goes_on_at_the_new_shard(two_urls):
+    """The server's cache still names the old shard (the move ran in a process that shares no
+    cache with it, and the old copy is already deleted): its next write and its reads find no
+    namespace there (`NamespaceGone`), forget the placement and go on at the new shard."""
+    from cubby.cache.memory import MemoryCache
+    from cubby.cache.store import CachedStore
+
+    a_url, b_url = two_urls
+    shards = {"a": a_url, "b": b_url}
+    server_store = open_store(a_url, shards=shards, place_new="a")
+    server = CachedStore(Rerouting(server_store), MemoryCache())  # as `cubby serve` builds it
+    admin = open_store(a_url, shards=shards)
+    try:
+        user, _ = server_store.create_user("alice")
+        ns = user.root_ns
+        server.mkdir(user.id, ns, "/before")
+        assert server.stat(ns, "/before").kind == "folder"  # placement "a" is cached now
+        NamespaceMover(admin.router, grace=0).move(ns, "b")
+        assert not nscopy.holds(admin.router.shard_db("a"), ns)
+        entry = server.mkdir(user.id, ns, "/after")
+        assert entry.rev == server.head(ns) == admin.head(ns)
+        assert {e.path for e in server.list(ns, "/").entries} == {"/before", "/after"}
+        assert admin.stat(ns, "/after").rev == entry.rev
+    finally:
+        server_store.close()
+        admin.close()
