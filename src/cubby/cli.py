@@ -428,7 +428,7 @@ def admin_move_namespace(state: State, ns_id: int, to: str, data: Path | None, d
     it is in use: writers to it pause for a moment and retry, nobody else notices, clients'
     cursors stay valid. Safe to interrupt: running it again (or any server starting) finishes
     or undoes an interrupted move. Errors: unknown_shard, unknown_namespace, already_there,
-    move_in_progress."""
+    move_in_progress, same_database."""
     from cubby.metadata.rebalance import NamespaceMover
     from cubby.metadata.store import open_store
 

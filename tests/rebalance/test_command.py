@@ -53,6 +53,8 @@ def test_move_namespace_moves_and_refuses_with_codes(two_urls):
     assert error(ns, "--to", "b") == "already_there"
     assert error(ns, "--to", "nowhere") == "unknown_shard"
     assert error("999999", "--to", "a") == "unknown_namespace"
+    code, _out, err = run(a_url, b_url, ns, "--to", "c", "--shard", f"c={b_url}")
+    assert code == 2 and json.loads(err.splitlines()[-1])["error"]["code"] == "same_database"
     store = open_store(a_url, shards={"a": a_url, "b": b_url})
     try:
         # Another live process's move (this one's owner, alive): refused, and left alone.

@@ -153,7 +153,8 @@ class NamespaceMover:
     def move(self, ns_id: int, to: str) -> MoveResult:
         """Move namespace ``ns_id`` to shard ``to`` (see the module docstring). Errors, each
         with nothing changed: ``unknown_shard``, ``unknown_namespace``, ``already_there``,
-        ``move_in_progress`` (another live process is moving it)."""
+        ``move_in_progress`` (another live process is moving it), ``same_database`` (two shard
+        names for one database)."""
         started = time.monotonic()
         if to not in self.router.shards:
             raise BadRequest(
@@ -172,6 +173,9 @@ class NamespaceMover:
             raise Conflict(f"namespace {ns_id} is already on shard {to}", code="already_there")
         source = str(p.shard)
         src, dst = self.router.shard_db(source), self.router.shard_db(to)
+        if src is dst or src.url.render_as_string(hide_password=False) == dst.url.render_as_string(hide_password=False):
+            # The copy would replace the rows it reads from, and step 5 delete them.
+            raise BadRequest(f"shards {source} and {to} are the same database; nothing to move", code="same_database")
 
         # 1. the placement says "moving", with this process as its owner
         if not self._set_placement(
