@@ -67,6 +67,9 @@ from cubby.metadata.shards import ShardRouter
 STEPS = ("moving", "copying", "copied", "sealed", "placed", "deleted")
 """Fault hook points, in order (see the module docstring)."""
 
+OWNER_CHARS = int(getattr(placements.c.owner.type, "length", None) or 64)
+"""The width of ``placements.owner``."""
+
 RENEW_SECONDS = 20.0
 """How often a long bulk copy renews the move's lease (`cubby.metadata.leases.LEASE_SECONDS`)."""
 
@@ -116,6 +119,11 @@ class NamespaceMover:
         self.fault = fault
         self.progress = progress
         self.owner = Owner.this_process()
+        me = str(self.owner)
+        cut = self.owner.host[: OWNER_CHARS - len(me)]
+        self.me = me if len(me) <= OWNER_CHARS else f"{cut}/{self.owner.pid}/{self.owner.start}"
+        """This process as the placement's owner (a long host name is cut to fit the column: the
+        owner then counts as another machine's, whose move only its lease ends)."""
 
     def _step(self, name: str, **facts: Any) -> None:
         if self.progress is not None:
@@ -145,7 +153,7 @@ class NamespaceMover:
     def _renew(self, ns_id: int) -> None:
         """Extend this process's lease on the move; `Unavailable` if recovery took it over."""
         if not self._set_placement(
-            ns_id, {"owner": str(self.owner), "state": "moving"}, {"lease_until": self.owner.lease_until()}
+            ns_id, {"owner": self.me, "state": "moving"}, {"lease_until": self.owner.lease_until()}
         ):
             raise Unavailable("the move was interrupted and undone (its lease ran out); run the command again")
 
@@ -180,7 +188,7 @@ class NamespaceMover:
         # 1. the placement says "moving", with this process as its owner
         if not self._set_placement(
             ns_id, {"state": "live", "shard": source, "epoch": p.epoch},
-            {"state": "moving", "owner": str(self.owner), "lease_until": self.owner.lease_until()},
+            {"state": "moving", "owner": self.me, "lease_until": self.owner.lease_until()},
         ):
             raise Conflict(f"namespace {ns_id} changed while the move started; run the command again", code="move_in_progress")
         self._step("moving", source=source, target=to)
@@ -222,7 +230,7 @@ class NamespaceMover:
                 if row is None:
                     raise NotFound(f"there is no namespace {ns_id}", code="unknown_namespace")
                 owned = self._placement(ns_id)
-                if owned is None or owned.owner != str(self.owner) or owned.state != "moving":
+                if owned is None or owned.owner != self.me or owned.state != "moving":
                     raise Unavailable("the move was interrupted and undone (its lease ran out); run the command again")
                 nscopy.copy_changes(conn, dst, ns_id, mark, verify=True)
                 conn.execute(update(namespaces).where(namespaces.c.ns_id == ns_id).values(sealed=True))
@@ -237,7 +245,7 @@ class NamespaceMover:
         # retry go there
         nscopy.set_sealed(dst, ns_id, False)
         self._set_placement(
-            ns_id, {"owner": str(self.owner), "state": "moving"},
+            ns_id, {"owner": self.me, "state": "moving"},
             {"shard": to, "epoch": int(p.epoch) + 1, "state": "live", "owner": None, "lease_until": None},
         )
         paused = time.monotonic() - paused_at
@@ -254,7 +262,7 @@ class NamespaceMover:
         is recovery's, once this process is gone or its lease ran out)."""
         try:
             p = self._placement(ns_id)
-            if p is not None and p.owner == str(self.owner) and p.state == "moving":
+            if p is not None and p.owner == self.me and p.state == "moving":
                 self._finish_or_undo(p)
         except CubbyError:
             pass
