@@ -16,6 +16,7 @@ The steps, each one transaction on one database (the fault hook runs after each 
    it with a fresh placement for a few seconds before a client ever sees it
    (`cubby.metadata.rerouting`).
    This commit is the point of no return: a sealed old copy means a complete new one.
+   (``sealing`` is a hook inside this transaction, after the new shard's commit.)
 4. ``placed`` -- the new copy, written sealed (`cubby.metadata.nscopy`), is unsealed; then,
    directory: placement -> new shard, ``epoch + 1``, ``live``, no owner; the cached placement
    is invalidated. Writers waiting in their retry find the new shard.
@@ -64,7 +65,7 @@ from cubby.metadata.leases import Owner
 from cubby.metadata.schema import namespaces, placements
 from cubby.metadata.shards import ShardRouter
 
-STEPS = ("moving", "copying", "copied", "sealed", "placed", "deleted")
+STEPS = ("moving", "copying", "copied", "sealing", "sealed", "placed", "deleted")
 """Fault hook points, in order (see the module docstring)."""
 
 OWNER_CHARS = int(getattr(placements.c.owner.type, "length", None) or 64)
@@ -233,6 +234,8 @@ class NamespaceMover:
                 if owned is None or owned.owner != self.me or owned.state != "moving":
                     raise Unavailable("the move was interrupted and undone (its lease ran out); run the command again")
                 nscopy.copy_changes(conn, dst, ns_id, mark, verify=True)
+                if self.fault is not None:
+                    self.fault("sealing")  # the new copy committed, the seal not yet
                 conn.execute(update(namespaces).where(namespaces.c.ns_id == ns_id).values(sealed=True))
 
             src.write(seal)
