@@ -56,7 +56,8 @@ DB_ENGINES = ["sqlite", "postgresql", "mariadb"]
 
 def worker_database(base_url: str, suffix: str = "") -> str:
     """A database of this pytest worker's own on a shared server, so parallel workers never
-    see each other's tables. Created on first use; the caller wipes its tables."""
+    see each other's tables (``suffix`` names a second one, for tests of two shards). Created
+    on first use; the caller wipes its tables."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 

@@ -26,7 +26,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
 from cubby.core import paths
-from cubby.errors import NotFound
+from cubby.errors import NamespaceGone, NamespaceMoving
 from cubby.metadata.engine import Database
 from cubby.metadata.schema import file_revs, journal, namespaces, nodes, ns_chunks
 from cubby.model import Entry
@@ -79,7 +79,7 @@ _LIVE = select(nodes).where(nodes.c.ns_id == bindparam("ns"), nodes.c.path_key =
 _LIVE_MANY = select(nodes).where(
     nodes.c.ns_id == bindparam("ns"), nodes.c.path_key.in_(bindparam("ks", expanding=True))
 )
-_LOCK = select(namespaces.c.head, namespaces.c.next_node).where(namespaces.c.ns_id == bindparam("ns"))
+_LOCK = select(namespaces.c.head, namespaces.c.next_node, namespaces.c.sealed).where(namespaces.c.ns_id == bindparam("ns"))
 _LOCK_FOR_UPDATE = _LOCK.with_for_update()
 _UPDATE_NODE = (
     update(nodes)
@@ -244,10 +244,14 @@ class NamespaceTxn:
 
 def lock_namespace(db: Database, conn: Connection, ns_id: int) -> tuple[int, int]:
     """Lock ``ns_id``'s row on ``conn`` (a write transaction of ``db``): (head, next node id).
-    `NotFound` if the namespace does not exist."""
+    `NotFound` if the namespace does not exist; the retryable `NamespaceMoving` if this copy is
+    sealed (it is being moved to another shard: `cubby.metadata.rebalance`; the seal is set
+    under this same lock, so no write lands in the old copy after the last one was copied)."""
     row = conn.execute(_LOCK if db.is_sqlite else _LOCK_FOR_UPDATE, {"ns": ns_id}).first()
     if row is None:
-        raise NotFound(f"namespace {ns_id} does not exist")
+        raise NamespaceGone(f"namespace {ns_id} does not exist")
+    if row[2]:
+        raise NamespaceMoving(f"namespace {ns_id} is moving to another shard; retry in a moment", ns_id=ns_id)
     return int(row[0]), int(row[1])
 
 
