@@ -225,9 +225,9 @@ class CountingCalls(ApiClient):
         return super().upload_chunks(ns_id, items)
 
 
-def test_new_small_files_take_an_upload_and_one_commit_without_proofs(live, api, tmp_path):
-    """Chunks below PROVE_MIN go before the first commit, without a proof: a group of new small
-    files is one upload and one commit, and the server runs each commit once."""
+def test_new_small_files_are_asked_about_proven_and_sent_in_one_round(live, api, tmp_path):
+    """A group of new small files is one commit, one prove, one upload and one commit more,
+    however many files: each is asked about (no bytes before the server asked) and sent once."""
     root = tmp_path / "small"
     root.mkdir()
     for i in range(50):
@@ -236,15 +236,15 @@ def test_new_small_files_take_an_upload_and_one_commit_without_proofs(live, api,
     with CountingCalls(live.url, token) as counting:
         results = upload_tree(counting, root, "/s")
     assert len(results) == 50 and all(r.bytes_sent == 4096 and r.chunks_sent == 1 for r in results)
-    assert counting.calls == {"commit_batch": 1, "prove": 0, "upload": 1}
+    assert counting.calls == {"commit_batch": 2, "prove": 1, "upload": 1}
     download_tree(api, "/s", tmp_path / "back")
     for i in range(50):
         assert (tmp_path / "back" / f"f{i:02d}.bin").read_bytes() == _data(200 + i, 4096)
 
 
-def test_a_large_chunk_held_elsewhere_is_still_proven_not_sent(live, api, tmp_path):
-    """Dedup across users stays for chunks worth a proof; a small file another user holds is
-    sent again (its bytes cost less than the proof's exchange)."""
+def test_chunks_held_elsewhere_are_proven_not_sent_however_small(live, api, tmp_path):
+    """A chunk the server holds is never sent again, whoever sends it: another user putting the
+    same large and small files proves both and sends no bytes."""
     root = tmp_path / "mixed"
     root.mkdir()
     (root / "big.bin").write_bytes(_data(300, 300_000))
@@ -254,20 +254,5 @@ def test_a_large_chunk_held_elsewhere_is_still_proven_not_sent(live, api, tmp_pa
     other = live.add_user("other-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:8])
     with CountingCalls(live.url, other) as counting:
         again = {Path(r.path).name: r for r in upload_tree(counting, root, "/m")}
-    assert again["big.bin"].bytes_sent == 0 and again["small.bin"].bytes_sent == 4096
-    assert counting.calls["prove"] == 1
-
-
-def test_one_larger_file_does_not_add_a_proof_round_to_the_small_files(live, api, tmp_path):
-    """Small files are grouped apart from larger ones: the small group is an upload and a
-    commit; only the larger file's group asks, proves and commits again."""
-    root = tmp_path / "mixed"
-    root.mkdir()
-    for i in range(20):
-        (root / f"s{i:02d}.bin").write_bytes(_data(400 + i, 2048))
-    (root / "m.bin").write_bytes(_data(420, 300_000))  # over PROVE_MIN: asked for, proven
-    token = api.http.headers["Authorization"].split()[1]
-    with CountingCalls(live.url, token) as counting:
-        results = upload_tree(counting, root, "/mixed")
-    assert len(results) == 21 and sum(r.bytes_sent for r in results) == 20 * 2048 + 300_000
-    assert counting.calls == {"commit_batch": 3, "prove": 1, "upload": 2}
+    assert again["big.bin"].bytes_sent == 0 and again["small.bin"].bytes_sent == 0
+    assert counting.calls.get("upload", 0) == 0 and counting.calls["prove"] == 1

@@ -12,9 +12,9 @@ client at most twice: once to name it, once for the proof of possession):
   and the chunks whose proof is rejected are uploaded from the same bytes, never read again;
 - windows are pipelined: the next window is read and hashed while at most `IN_FLIGHT` earlier
   ones are with the server, so client and server work at the same time;
-- a group's chunks smaller than `PROVE_MIN` are uploaded before its first commit, without a
-  proof (`commit_group`): the chunks of a new small file are hashed once, and the file costs
-  the server one commit, not two.
+- no chunk is sent before the server has asked for it and refused its proof, however small:
+  a chunk the server holds is never sent again, whoever sends it (a small file's chunks could
+  be sent for less than the exchange costs, but that would send held bytes again).
 
 A large file read again must be the file that was named. The client checks that by comparing
 the file's stat stamp (size, mtime, ctime, inode) before and after each window with the one
@@ -40,15 +40,7 @@ from cubby.client import modes
 from cubby.client.api import ApiClient, commit_body
 from cubby.client.localfiles import FileChanged, LocalChunk, LocalFile, Progress, scan_file, stamp_of, walk
 from cubby.client.pipeline import Pipeline
-from cubby.client.windows import (
-    BATCH,
-    GROUP_BYTES,
-    IN_FLIGHT,
-    KEEP_BYTES,
-    MAX_WINDOW_CHUNKS,
-    PROVE_MIN,
-    UPLOAD_WINDOW,
-)
+from cubby.client.windows import BATCH, GROUP_BYTES, IN_FLIGHT, KEEP_BYTES, MAX_WINDOW_CHUNKS, UPLOAD_WINDOW
 from cubby.core import delta, paths
 from cubby.core.hashing import sha256_hex
 from cubby.errors import ChunkMismatch, CubbyError, NotFound, Unavailable
@@ -194,8 +186,7 @@ def supply(
     api: ApiClient, ns_id: int, needs: Needs, progress: Progress | None = None, *, in_flight: int = IN_FLIGHT
 ) -> dict[Path, tuple[int, int]]:
     """Give the server every needed chunk: prove possession where it already holds the bytes,
-    upload the rest. Chunks without a nonce (`eager_needs`: sent before any commit asked for
-    them) are uploaded without a proof. Returns (chunks sent, bytes sent) per local file.
+    upload the rest. Returns (chunks sent, bytes sent) per local file.
 
     Window by window: this thread reads the chunks (once) and computes their proofs; a worker
     sends the proofs and then uploads the rejected chunks from the same bytes, while this
@@ -290,24 +281,12 @@ def commit_group(
     at most three rounds. Returns each file's last answer (an entry, an error, or a result
     still needing chunks after the last round) and the chunks and bytes sent per local file.
 
-    The chunks smaller than `PROVE_MIN` are uploaded before the first commit (`eager_needs`):
-    the server would ask for them anyway when they are new, and a proof would cost more than
-    they do. So a group of new small files takes two requests (upload, commit) instead of four
-    (commit, prove, upload, commit), and the server runs each commit once. What it costs: a
-    small file whose bytes the namespace already holds (a copy) is sent again, at most 64 KiB.
-
     ``on_commit`` sees each round's answers, as (index into ``files``, answer), before any chunk
     of the round is sent: `cubby put` stops there at the first refusal. `upload_tree` and the
     sync engine's uploads both send their groups through here, on a `Pipeline`."""
     outcomes: list[Outcome] = []
     sent: dict[Path, tuple[int, int]] = {}
     pending = list(range(len(files)))
-    try:
-        sent = supply(api, ns_id, eager_needs([lf for lf, _ in files]), progress)
-    except (Unavailable, FileChanged):
-        raise
-    except CubbyError:
-        sent = {}  # refused (a read-only share, say): each commit's own answer will say why
     for _attempt in range(3):
         if not pending:
             break
@@ -328,18 +307,6 @@ def commit_group(
             sent[owner] = (prev[0] + n, prev[1] + b)
         pending = [i for i, _ in needing]
     return outcomes, sent
-
-
-def eager_needs(files: Sequence[LocalFile]) -> Needs:
-    """The chunks of ``files`` smaller than `PROVE_MIN`, each once, to upload before a commit
-    asks for them (no nonce: `supply` sends them without a proof)."""
-    needs = Needs()
-    for lf in files:
-        for c in lf.chunks:
-            if c.size < PROVE_MIN and c.hash not in needs.where:
-                needs.where[c.hash] = (lf.local, c)
-                needs.files.setdefault(lf.local, lf)
-    return needs
 
 
 def needs_for(pairs: Sequence[tuple[LocalFile, CommitResult]]) -> Needs:
@@ -367,31 +334,28 @@ def _ns_of(api: ApiClient, remote: str) -> int:
 
 
 def _groups(files: list[Path]) -> Iterator[list[Path]]:
-    """Files in groups of at most `BATCH` files and about `GROUP_BYTES` of kept bytes; a file
-    too large to keep travels alone (its chunks are windowed by `supply`). Files smaller than
-    `PROVE_MIN` (all of whose bytes go before the first commit, `commit_group`) are grouped
-    apart from larger ones, each kind in walk order: a group of small files then takes two
-    requests (upload, commit), where one larger file among them would make it five (upload,
-    commit, prove, upload, commit)."""
-    open_groups: dict[bool, tuple[list[Path], int]] = {True: ([], 0), False: ([], 0)}
+    """Files in groups of at most `BATCH` files and about `GROUP_BYTES` of kept bytes;
+    a file too large to keep travels alone (its chunks are windowed by `supply`)."""
+    group: list[Path] = []
+    size = 0
     for p in files:
         try:
             n = p.stat().st_size
         except FileNotFoundError:
             n = 0  # gone since the walk: scan_file reports it
         if n > KEEP_BYTES:
+            if group:
+                yield group
+                group, size = [], 0
             yield [p]
             continue
-        group, size = open_groups[n < PROVE_MIN]
         group.append(p)
         size += n
         if len(group) >= BATCH or size >= GROUP_BYTES:
             yield group
             group, size = [], 0
-        open_groups[n < PROVE_MIN] = (group, size)
-    for group, _ in open_groups.values():
-        if group:
-            yield group
+    if group:
+        yield group
 
 
 def upload_tree(

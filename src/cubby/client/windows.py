@@ -9,7 +9,6 @@ of a small file kept from its naming pass). `cubby put`/`get` and `cubby sync` u
 from __future__ import annotations
 
 from cubby.client.api import MAX_BATCH
-from cubby.core.delta import PATCH_MIN
 
 MiB = 1024 * 1024
 
@@ -18,13 +17,6 @@ BATCH = MAX_BATCH
 MAX_PROOFS = 4096
 MAX_WINDOW_CHUNKS = 4000
 """Chunks per prove/upload window: within both the server's proof limit and a frame batch."""
-PROVE_MIN = PATCH_MIN
-"""Smallest chunk worth asking the server about. A group's smaller chunks are uploaded before
-its first commit, without a proof (`cubby.client.upload.commit_group`): their bytes cost less
-to send than the exchange that might spare them (a commit answer, a proof the server hashes
-for two hour windows whether or not it holds the chunk, a padded answer, then the upload anyway
-when the chunk is new, as the chunks of new small files nearly always are). The same bound as
-`cubby.core.delta.PATCH_MIN` (64 KiB), below which a chunk is never sent as a patch either."""
 UPLOAD_WINDOW = 16 * MiB
 """Chunk bytes read, proved and uploaded per window."""
 DOWNLOAD_WINDOW = 16 * MiB

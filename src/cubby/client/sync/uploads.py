@@ -20,7 +20,7 @@ from cubby.client.sync import planner as P
 from cubby.client.sync.base import EngineCore, Failures
 from cubby.client.sync.state import FileRecord
 from cubby.client.upload import Outcome, commit_group
-from cubby.client.windows import BATCH, DOWNLOAD_WINDOW, IN_FLIGHT, PROVE_MIN
+from cubby.client.windows import BATCH, DOWNLOAD_WINDOW, IN_FLIGHT
 from cubby.errors import Conflict, CubbyError
 from cubby.model import Entry
 
@@ -75,18 +75,12 @@ class Uploads:
         done = 0
         with Pipeline(IN_FLIGHT) as pipe:
             for ns_id, items in groups.items():
-                # Small files apart: their groups take an upload and a commit, where one larger
-                # file among them would add a proof, an upload and a commit (`commit_group`).
-                parts: dict[bool, Group] = {True: [], False: []}
-                for op, lf in items:
-                    parts[all(c.size < PROVE_MIN for c in lf.chunks)].append((op, lf))
-                for part in parts.values():
-                    for i in range(0, len(part), BATCH):
-                        group = [(op, lf) for op, lf in part[i : i + BATCH] if self._still_same(op, lf)]
-                        if not group:
-                            continue
-                        for sent, outcomes in pipe.submit(lambda ns_id=ns_id, group=group: self._send(ns_id, group)):  # type: ignore[misc]
-                            done += self._record(sent, outcomes, failures)
+                for i in range(0, len(items), BATCH):
+                    group = [(op, lf) for op, lf in items[i : i + BATCH] if self._still_same(op, lf)]
+                    if not group:
+                        continue
+                    for sent, outcomes in pipe.submit(lambda ns_id=ns_id, group=group: self._send(ns_id, group)):  # type: ignore[misc]
+                        done += self._record(sent, outcomes, failures)
             for sent, outcomes in pipe.drain():
                 done += self._record(sent, outcomes, failures)
         return done
