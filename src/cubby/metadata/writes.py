@@ -28,6 +28,7 @@ from cubby.core.hashing import content_hash
 from cubby.errors import BadRequest, Conflict, CubbyError, NotFound, SizeMismatch
 from cubby.metadata.engine import Database
 from cubby.metadata.nstxn import NamespaceTxn, entry_of, key_range, write_namespace
+from cubby.metadata.pgdriver import HELD_CHUNKS, driver_execute
 from cubby.metadata.possession import Challenges
 from cubby.metadata.reads import FileReads, node_for_history
 from cubby.metadata.schema import blocks, file_revs, nodes, ns_chunks
@@ -106,8 +107,12 @@ class FileWrites:
         tx.checked.update(wanted)
         for i in range(0, len(wanted), 500):
             part = wanted[i : i + 500]
-            q = _HELD if self.db.is_sqlite else _HELD_LOCKED
-            for h, size, held in tx.conn.execute(q, {"nss": [tx.ns_id, *tx.readable], "hashes": part}):
+            params = {"nss": [tx.ns_id, *tx.readable], "hashes": part}
+            if self.db.dialect == "postgresql":  # the same statement, without SQLAlchemy's CPU
+                found = driver_execute(tx.conn, HELD_CHUNKS, params).fetchall()
+            else:
+                found = tx.conn.execute(_HELD if self.db.is_sqlite else _HELD_LOCKED, params).all()
+            for h, size, held in found:
                 tx.chunk_sizes[h] = int(size)
                 if held:
                     tx.usable.add(h)
