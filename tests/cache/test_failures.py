@@ -145,6 +145,50 @@ def test_a_removal_whose_invalidation_was_lost_is_seen_at_once_and_on_retry(proc
     assert not b.principal_of(bob.id, "bob", bob.root_ns).can_read(ns)
 
 
+@pytest.mark.parametrize("fault", FAULTS)
+def test_an_unshare_whose_invalidation_was_lost_is_seen_by_every_member_at_once_and_on_retry(
+    process: Start, fault: str
+) -> None:
+    """The members an unshare changes beyond its actor (their memberships and the heads of
+    their roots, where the mount goes) are fenced before it commits, like the actor's keys."""
+    a, b = process(fault), process()
+    alice, _ = a.create_user("alice")
+    bob, _ = a.create_user("bob")
+    owner = process()
+    owner.mkdir(alice.id, alice.root_ns, "/team")
+    ns = owner.sharing.share(alice.id, alice.root_ns, "/team", "bob").ns_id
+    owner.sharing.accept(bob.id, bob.root_ns, ns)
+    assert b.principal_of(bob.id, "bob", bob.root_ns).can_read(ns)  # cached on B
+    mounted = b.head(bob.root_ns)
+    unacknowledged(lambda: a.sharing.unshare(alice.id, ns))
+    assert not b.principal_of(bob.id, "bob", bob.root_ns).can_read(ns)
+    assert b.head(bob.root_ns) > mounted
+    with pytest.raises(CubbyError):  # no longer shared: the retry says so
+        process().sharing.unshare(alice.id, ns)
+    assert not b.principal_of(bob.id, "bob", bob.root_ns).can_read(ns)
+    assert b.head(bob.root_ns) > mounted
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("how", ["remove", "leave"])
+def test_the_root_head_of_a_member_who_goes_is_fenced(process: Start, fault: str, how: str) -> None:
+    """A removal or a leave unmounts the folder from the member's root: that root's head is
+    fenced before the change, not only invalidated after it."""
+    a, b = process(fault), process()
+    alice, _ = a.create_user("alice")
+    bob, _ = a.create_user("bob")
+    owner = process()
+    owner.mkdir(alice.id, alice.root_ns, "/team")
+    ns = owner.sharing.share(alice.id, alice.root_ns, "/team", "bob").ns_id
+    owner.sharing.accept(bob.id, bob.root_ns, ns)
+    mounted = b.head(bob.root_ns)  # cached on B
+    if how == "remove":
+        unacknowledged(lambda: a.sharing.remove_member(alice.id, ns, "bob"))
+    else:
+        unacknowledged(lambda: a.sharing.leave(bob.id, ns))
+    assert b.head(bob.root_ns) > mounted
+
+
 def test_a_process_cut_off_from_the_cache_writes_nothing(
     process: Start, partition: Partition, plain: SqlMetadataStore
 ) -> None:

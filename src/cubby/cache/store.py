@@ -409,16 +409,24 @@ class _CachedSharing:
     ) -> SharingChange:
         """Run ``change`` inside `CachedStore.writing`: fenced (and invalidated even if it
         fails: it may be the retry of one that committed before its process died) are what
-        it is known to change before it runs, the namespace it names and ``users`` (the
-        caller, and a removed member); the rest of what its `SharingChange` names is
-        invalidated after it."""
-        with self.cached.writing([ns_id], users) as keys:
+        it may change, read before it runs: the namespace it names, ``users`` (the caller, an
+        invitee, a removed member) and every member of the namespace, with the heads of all
+        their roots (where a mount comes or goes); what its `SharingChange` names beyond
+        those (someone who became a member between that read and the change) is invalidated
+        after it."""
+        roots = self.inner.roots_around(ns_id, users)
+        with self.cached.writing([ns_id, *roots.values()], {*users, *roots}) as keys:
             done = change()
             keys.update(keys_of(done.heads, done.users))
             return done
 
     def share(self, user_id: int, root_ns: int, path: str, invitee: Any, role: Any = "editor") -> SharingChange:
-        return self._changing(root_ns, {user_id}, lambda: self.inner.share(user_id, root_ns, path, invitee, role))
+        users = {user_id}
+        try:
+            users.add(self.cached.store.get_user(str(invitee)).id)
+        except NotFound:
+            pass  # no such user: the change will say so
+        return self._changing(root_ns, users, lambda: self.inner.share(user_id, root_ns, path, invitee, role))
 
     def accept(self, user_id: int, root_ns: int, ns_id: int) -> SharingChange:
         return self._changing(root_ns, {user_id}, lambda: self.inner.accept(user_id, root_ns, ns_id))

@@ -127,17 +127,44 @@ HELD_CHUNKS = (
 with whether one of ``nss`` holds each, their ``blocks`` rows locked in share mode."""
 
 
+NODES_AND_CHUNKS = (
+    f"WITH held AS ({HELD_CHUNKS}) "
+    f"SELECT {', '.join(NODE_NAMES)}, NULL::text, NULL::bigint, NULL::boolean FROM nodes "
+    "WHERE ns_id = %(ns)s AND path_key = ANY(%(ks)s::bytea[]) "
+    f"UNION ALL SELECT {', '.join(['NULL'] * len(NODE_NAMES))}, * FROM held"
+)
+"""`LIVE_NODES` and `HELD_CHUNKS` in one round trip (a commit needs both, after its lock):
+node rows first, then one row per stored chunk, its node columns null."""
+
+
+def _node(values: Sequence[Any]) -> NodeRow:
+    row = dict(zip(NODE_NAMES, values))
+    for c in _BYTES:
+        if row[c] is not None:
+            row[c] = bytes(row[c]).decode("utf-8")
+    return NodeRow(**row)
+
+
 def live_nodes(conn: Connection, ns_id: int, keys: Sequence[str]) -> list[NodeRow]:
     """The live ``nodes`` rows of ``ns_id`` at ``keys``, in one statement."""
     cur = driver_execute(conn, LIVE_NODES, {"ns": ns_id, "ks": [k.encode("utf-8") for k in keys]})
-    out = []
-    for values in cur.fetchall():
-        row = dict(zip(NODE_NAMES, values))
-        for c in _BYTES:
-            if row[c] is not None:
-                row[c] = bytes(row[c]).decode("utf-8")
-        out.append(NodeRow(**row))
-    return out
+    return [_node(values) for values in cur.fetchall()]
+
+
+def nodes_and_chunks(
+    conn: Connection, ns_id: int, keys: Sequence[str], nss: Sequence[int], hashes: Sequence[str]
+) -> tuple[list[NodeRow], list[tuple[str, int, bool]]]:
+    """`live_nodes` at ``keys``, and `HELD_CHUNKS` of ``hashes`` for ``nss``, in one statement."""
+    params = {"ns": ns_id, "ks": [k.encode("utf-8") for k in keys], "nss": list(nss), "hashes": list(hashes)}
+    nodes: list[NodeRow] = []
+    chunks: list[tuple[str, int, bool]] = []
+    width = len(NODE_NAMES)
+    for values in driver_execute(conn, NODES_AND_CHUNKS, params).fetchall():
+        if values[0] is None:
+            chunks.append((values[width], int(values[width + 1]), bool(values[width + 2])))
+        else:
+            nodes.append(_node(values[:width]))
+    return nodes, chunks
 
 
 def driver_execute(conn: Connection, sql: str, params: Mapping[str, Any]) -> Any:
@@ -162,6 +189,6 @@ def driver_execute(conn: Connection, sql: str, params: Mapping[str, Any]) -> Any
 
 
 __all__ = [
-    "HELD_CHUNKS", "LIVE_NODES", "LOCK_NAMESPACE", "NODE_COLUMNS", "UPDATE_NODES", "WRITE_ALL", "NodeRow",
-    "driver_execute", "live_nodes", "rows_json", "write_params",
+    "HELD_CHUNKS", "LIVE_NODES", "LOCK_NAMESPACE", "NODES_AND_CHUNKS", "NODE_COLUMNS", "UPDATE_NODES", "WRITE_ALL", "NodeRow",
+    "driver_execute", "live_nodes", "nodes_and_chunks", "rows_json", "write_params",
 ]

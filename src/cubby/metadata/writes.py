@@ -28,7 +28,7 @@ from cubby.core.hashing import content_hash
 from cubby.errors import BadRequest, Conflict, CubbyError, NotFound, SizeMismatch
 from cubby.metadata.engine import Database
 from cubby.metadata.nstxn import NamespaceTxn, entry_of, key_range, write_namespace
-from cubby.metadata.pgdriver import HELD_CHUNKS, driver_execute
+from cubby.metadata.pgdriver import HELD_CHUNKS, driver_execute, nodes_and_chunks
 from cubby.metadata.possession import Challenges
 from cubby.metadata.reads import FileReads, node_for_history
 from cubby.metadata.schema import blocks, file_revs, nodes, ns_chunks
@@ -101,8 +101,7 @@ class FileWrites:
         before this transaction commits: one statement (`_HELD`), the stored chunks with
         whether this namespace or one the caller reads holds each. A chunk counts as usable
         only if it is both held and stored, so a held chunk that is not stored is left out."""
-        if tx.usable is None or tx.chunk_sizes is None:
-            tx.usable, tx.chunk_sizes = set(), {}
+        self._note_chunks(tx, ())
         wanted = sorted({h for h in hashes if h not in tx.checked})
         tx.checked.update(wanted)
         for i in range(0, len(wanted), 500):
@@ -112,10 +111,33 @@ class FileWrites:
                 found = driver_execute(tx.conn, HELD_CHUNKS, params).fetchall()
             else:
                 found = tx.conn.execute(_HELD if self.db.is_sqlite else _HELD_LOCKED, params).all()
-            for h, size, held in found:
-                tx.chunk_sizes[h] = int(size)
-                if held:
-                    tx.usable.add(h)
+            self._note_chunks(tx, found)
+
+    @staticmethod
+    def _note_chunks(tx: NamespaceTxn, found: Iterable[Any]) -> None:
+        """Record rows of the chunk check (hash, size, held) in ``tx``."""
+        if tx.usable is None or tx.chunk_sizes is None:
+            tx.usable, tx.chunk_sizes = set(), {}
+        for h, size, held in found:
+            tx.chunk_sizes[h] = int(size)
+            if held:
+                tx.usable.add(h)
+
+    def _prefetch_with_chunks(self, tx: NamespaceTxn, keys: Iterable[str], hashes: Iterable[str]) -> None:
+        """``tx.prefetch(keys)``, then `_load_chunks` of ``hashes``: on PostgreSQL in one
+        statement when each fits in one (`cubby.metadata.pgdriver.nodes_and_chunks`), the
+        chunk check's share locks taken as before, after the namespace lock."""
+        todo = sorted({k for k in keys if k not in tx.cache})
+        wanted = sorted({h for h in hashes if h not in tx.checked})
+        if self.db.dialect != "postgresql" or not todo or not wanted or len(todo) > 500 or len(wanted) > 500:
+            tx.prefetch(todo)
+            self._load_chunks(tx, wanted)
+            return
+        found_nodes, found = nodes_and_chunks(tx.conn, tx.ns_id, todo, [tx.ns_id, *tx.readable], wanted)
+        tx.cache.update(dict.fromkeys(todo))
+        tx.cache.update((n.path_key, n) for n in found_nodes)
+        tx.checked.update(wanted)
+        self._note_chunks(tx, found)
 
     def _unavailable(self, tx: NamespaceTxn, chunks: tuple[ChunkRef, ...]) -> builtins.list[str]:
         """Chunks this namespace may not use yet, in file order (each once)."""
@@ -219,7 +241,9 @@ class FileWrites:
         the namespace lock is taken, so the lock is held only for the work that needs it. The
         nodes at the path and its ancestors (the mount guard's, and the file's own) are read in
         one statement."""
-        tx.prefetch([paths.key(a) for a in paths.ancestors(path)] + [paths.key(path)])
+        self._prefetch_with_chunks(
+            tx, [paths.key(a) for a in paths.ancestors(path)] + [paths.key(path)], (c.hash for c in chunks)
+        )
         guard_mounts(tx, path)
         missing = self._unavailable(tx, chunks)
         if missing:
@@ -281,8 +305,7 @@ class FileWrites:
                 keys.add(paths.key(path))
                 keys.update(paths.key(a) for a in paths.ancestors(path))
                 hashes.update(c.hash for c in chunks)
-            tx.prefetch(keys)
-            self._load_chunks(tx, hashes)
+            self._prefetch_with_chunks(tx, keys, hashes)
             for req, v in zip(reqs, valid):
                 if isinstance(v, CubbyError):
                     out.append(v)
