@@ -55,12 +55,12 @@ class FaultyProcess(CachedStore):
         self.fault = fault
         self.partition = partition
 
-    def invalidate(self, keys: Iterable[str]) -> None:
+    def invalidate(self, keys: Iterable[str], token: str | None = None) -> None:
         if self.fault == "killed":
             raise Killed
         self.partition.cut()
         try:
-            super().invalidate(keys)
+            super().invalidate(keys, token)
         finally:
             self.partition.heal()
 
@@ -187,6 +187,33 @@ def test_the_root_head_of_a_member_who_goes_is_fenced(process: Start, fault: str
     else:
         unacknowledged(lambda: a.sharing.leave(bob.id, ns))
     assert b.head(bob.root_ns) > mounted
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_two_writers_of_one_key_the_second_lost_after_its_commit(
+    process: Start, plain: SqlMetadataStore, fault: str
+) -> None:
+    """W fences ``head:<ns>`` and waits for the namespace lock; A commits to the namespace and
+    invalidates; B misses, takes a lease and reads the head between the two commits; W commits
+    and dies (or is cut off) before its invalidation; B fills. A's invalidation must have left
+    W's fence, so B's fill is refused and the head read afterwards is W's."""
+    a, w, b = process(), process(fault), process()
+    alice, _ = a.create_user("alice")
+    ns = alice.root_ns
+    b.head(ns)  # cached on B
+    fence = w.writing([ns])
+    fence.__enter__()  # W fenced; its commit is still to come
+    assert a.commit(alice.id, ns, CommitRequest("/a", 0, ())).entry is not None
+
+    def between() -> int:
+        head = plain.head(ns)  # B's database read, under its lease, before W commits
+        assert plain.commit(alice.id, ns, CommitRequest("/w", 0, ())).entry is not None  # W's commit
+        return head
+
+    b.through(f"head:{ns}", between)
+    unacknowledged(lambda: fence.__exit__(None, None, None))  # W's invalidation is lost
+    assert b.head(ns) == plain.head(ns)
+    assert process().head(ns) == plain.head(ns)
 
 
 def test_a_process_cut_off_from_the_cache_writes_nothing(

@@ -2,7 +2,9 @@
 
 A lease is ``add key <marker>`` (stored only if the key is absent); a fill reads the key with
 ``gets`` and, if it still holds the caller's marker, replaces it with ``cas`` (so a
-``delete`` in between, an invalidation, makes the fill fail); invalidation is ``delete``.
+``delete`` in between, an invalidation, makes the fill fail); a writer's fence appends its
+token to the key (meta ``ms`` in append mode, pipelined), and its invalidation deletes the key
+or writes back the other writers' tokens, compared by CAS (`MemcachedCache.unfence`).
 memcached keeps nothing across a restart, which is what makes "server down" safe.
 
 URLs: ``memcached://HOST:PORT`` or ``memcached:///path/to/socket`` (a unix socket).
@@ -15,8 +17,12 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from cubby.cache.base import FENCE, LEASE_SECONDS, SEP, unfenced
 from cubby.cache.breaker import Breaker
 from cubby.cache.remote import RemoteCache
+
+ATTEMPTS = 20
+"""Tries of a fence or an invalidation of one key that other clients keep changing."""
 
 
 def server_of(url: str) -> Any:
@@ -56,16 +62,48 @@ class MemcachedCache(RemoteCache):
     def write(self, key: str, raw: bytes, ttl: float) -> None:
         self.client.set(key, raw, expire=math.ceil(ttl), noreply=True)
 
-    def delete(self, keys: Sequence[str]) -> None:
-        for key in keys:
-            self.client.delete(key, noreply=False)
-
-    def cover(self, keys: Sequence[str], raw: bytes, ttl: float) -> None:
+    def unfence(self, keys: Sequence[str], token: str | None) -> None:
+        """Per key: read it with its CAS, then delete it or write back the other writers'
+        fence only if it did not change meanwhile (meta ``md``/classic ``cas``), else again."""
         from pymemcache.exceptions import MemcacheError
 
-        failed = self.client.set_many(dict.fromkeys(keys, raw), expire=math.ceil(ttl), noreply=False)
-        if failed:
-            raise MemcacheError(f"not stored: {failed}")
+        for key in keys:
+            for _ in range(ATTEMPTS):
+                raw, cas = self.client.gets(key)
+                if raw is None:
+                    break
+                rest = unfenced(raw, token)
+                if rest is None:
+                    answer = self.client.raw_command(b"md %s C%s" % (key.encode(), cas), b"\r\n")
+                    if answer in (b"HD", b"NF"):
+                        break
+                    if answer != b"EX":
+                        raise MemcacheError(f"delete of {key}: {answer!r}")
+                elif self.client.cas(key, rest, cas, expire=math.ceil(LEASE_SECONDS), noreply=False) is not False:
+                    break  # stored, or gone
+            else:
+                raise MemcacheError(f"{key} kept changing during its invalidation")
+
+    def add_fence(self, keys: Sequence[str], token: str, ttl: float) -> None:
+        """One round trip for all keys (meta commands, pipelined): per key, append the token
+        (the key exists: a value, a lease or another writer's fence) or else add the whole
+        fence, then set the key's time to live. Exactly one of the first two is stored; if
+        neither was (the key appeared or went in between), all keys are fenced again (a
+        token twice on a key is harmless)."""
+        from pymemcache.exceptions import MemcacheError
+
+        tail = SEP + token.encode()
+        whole = FENCE + tail
+        secs = math.ceil(ttl)
+        batch = b"".join(
+            b"ms %s %d MA q\r\n%s\r\nms %s %d ME T%d q\r\n%s\r\nmg %s T%d q\r\n"
+            % (k, len(tail), tail, k, len(whole), secs, whole, k, secs)
+            for k in (key.encode() for key in keys)
+        ) + b"mn"
+        for _ in range(ATTEMPTS):
+            if self.client.raw_command(batch, b"MN\r\n") == b"NS\r\nHD\r\n" * len(keys):
+                return
+        raise MemcacheError(f"could not fence {list(keys)}")
 
     def close(self) -> None:
         self.client.close()
