@@ -18,7 +18,7 @@ from cubby.cache.base import CacheUnavailable, open_cache
 from cubby.cache.store import CachedStore
 from cubby.errors import BadRequest, Conflict, CubbyError, NotFound, Unauthorized
 from cubby.metadata.store import SqlMetadataStore
-from cubby.model import CommitRequest
+from cubby.model import CommitRequest, User
 from tests.helpers.cache_servers import CACHE_SERVERS, CacheServer, Partition, RedisServer, start_cache_server
 
 
@@ -128,15 +128,21 @@ def test_a_commit_whose_invalidation_was_lost_is_seen_at_once_and_on_retry(proce
     assert b.stat(alice.root_ns, "/f").rev > first.rev
 
 
-@pytest.mark.parametrize("fault", FAULTS)
-def test_a_removal_whose_invalidation_was_lost_is_seen_at_once_and_on_retry(process: Start, fault: str) -> None:
-    a, b = process(fault), process()
+def shared_team(a: CachedStore, process: Start) -> tuple[User, User, int]:
+    """alice shares /team with bob, who accepts (through a third process): (alice, bob, ns)."""
     alice, _ = a.create_user("alice")
     bob, _ = a.create_user("bob")
     owner = process()
     owner.mkdir(alice.id, alice.root_ns, "/team")
     ns = owner.sharing.share(alice.id, alice.root_ns, "/team", "bob").ns_id
     owner.sharing.accept(bob.id, bob.root_ns, ns)
+    return alice, bob, ns
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_removal_whose_invalidation_was_lost_is_seen_at_once_and_on_retry(process: Start, fault: str) -> None:
+    a, b = process(fault), process()
+    alice, bob, ns = shared_team(a, process)
     assert b.principal_of(bob.id, "bob", bob.root_ns).can_read(ns)  # cached on B
     unacknowledged(lambda: a.sharing.remove_member(alice.id, ns, "bob"))
     assert not b.principal_of(bob.id, "bob", bob.root_ns).can_read(ns)
@@ -152,12 +158,7 @@ def test_an_unshare_whose_invalidation_was_lost_is_seen_by_every_member_at_once_
     """The members an unshare changes beyond its actor (their memberships and the heads of
     their roots, where the mount goes) are fenced before it commits, like the actor's keys."""
     a, b = process(fault), process()
-    alice, _ = a.create_user("alice")
-    bob, _ = a.create_user("bob")
-    owner = process()
-    owner.mkdir(alice.id, alice.root_ns, "/team")
-    ns = owner.sharing.share(alice.id, alice.root_ns, "/team", "bob").ns_id
-    owner.sharing.accept(bob.id, bob.root_ns, ns)
+    alice, bob, ns = shared_team(a, process)
     assert b.principal_of(bob.id, "bob", bob.root_ns).can_read(ns)  # cached on B
     mounted = b.head(bob.root_ns)
     unacknowledged(lambda: a.sharing.unshare(alice.id, ns))
@@ -175,12 +176,7 @@ def test_the_root_head_of_a_member_who_goes_is_fenced(process: Start, fault: str
     """A removal or a leave unmounts the folder from the member's root: that root's head is
     fenced before the change, not only invalidated after it."""
     a, b = process(fault), process()
-    alice, _ = a.create_user("alice")
-    bob, _ = a.create_user("bob")
-    owner = process()
-    owner.mkdir(alice.id, alice.root_ns, "/team")
-    ns = owner.sharing.share(alice.id, alice.root_ns, "/team", "bob").ns_id
-    owner.sharing.accept(bob.id, bob.root_ns, ns)
+    alice, bob, ns = shared_team(a, process)
     mounted = b.head(bob.root_ns)  # cached on B
     if how == "remove":
         unacknowledged(lambda: a.sharing.remove_member(alice.id, ns, "bob"))
