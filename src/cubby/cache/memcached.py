@@ -13,6 +13,7 @@ URLs: ``memcached://HOST:PORT`` or ``memcached:///path/to/socket`` (a unix socke
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,6 +24,8 @@ from cubby.cache.remote import RemoteCache
 
 ATTEMPTS = 20
 """Tries of a fence or an invalidation of one key that other clients keep changing."""
+ALONE_KEPT = 10_000
+"""At most this many (writer, key) fences are remembered with their CAS (`add_fence`)."""
 
 
 def server_of(url: str) -> Any:
@@ -30,6 +33,27 @@ def server_of(url: str) -> Any:
     if parts.hostname:
         return (parts.hostname, parts.port or 11211)
     return parts.path  # a unix socket
+
+
+def _fence_answers(answer: bytes, count: int) -> list[tuple[bytes, bytes]] | None:
+    """(bytes held, CAS) per key from the answer to `MemcachedCache.add_fence`'s batch: per
+    key ``NS`` (one of append and add was not stored) then ``VA <len> c<cas>`` and the bytes;
+    None if the answer is anything else (then the batch is sent again)."""
+    out = []
+    at = 0
+    for _ in range(count):
+        if not answer.startswith(b"NS\r\nVA ", at):
+            return None
+        head_end = answer.index(b"\r\n", at + 4)
+        size, *flags = answer[at + 7 : head_end].split()
+        cas = next((f[1:] for f in flags if f.startswith(b"c")), None)
+        start = head_end + 2
+        data = answer[start : start + int(size)]
+        if cas is None or len(data) != int(size):
+            return None
+        out.append((data, cas))
+        at = start + int(size) + 2
+    return out if at == len(answer) else None
 
 
 class MemcachedCache(RemoteCache):
@@ -41,6 +65,9 @@ class MemcachedCache(RemoteCache):
 
         super().__init__(breaker)
         self.errors = (MemcacheError, OSError)
+        self._alone: dict[tuple[str, str], bytes] = {}
+        """(writer token, key) -> the CAS of a key that holds that writer's fence alone."""
+        self._lock = threading.Lock()
         self.client: Any = PooledClient(
             server_of(url), connect_timeout=timeout, timeout=timeout, max_pool_size=64, no_delay=True,
         )
@@ -68,6 +95,13 @@ class MemcachedCache(RemoteCache):
         from pymemcache.exceptions import MemcacheError
 
         for key in keys:
+            with self._lock:
+                mine = self._alone.pop((token, key), None) if token else None
+            # The fence was ours alone: delete it, unless it changed since (then as below).
+            if mine is not None and self.client.raw_command(b"md %s C%s" % (key.encode(), mine), b"\r\n") in (
+                b"HD", b"NF",
+            ):
+                continue
             for _ in range(ATTEMPTS):
                 raw, cas = self.client.gets(key)
                 if raw is None:
@@ -87,21 +121,30 @@ class MemcachedCache(RemoteCache):
     def add_fence(self, keys: Sequence[str], token: str, ttl: float) -> None:
         """One round trip for all keys (meta commands, pipelined): per key, append the token
         (the key exists: a value, a lease or another writer's fence) or else add the whole
-        fence, then set the key's time to live. Exactly one of the first two is stored; if
-        neither was (the key appeared or went in between), all keys are fenced again (a
-        token twice on a key is harmless)."""
+        fence, then set the key's time to live and read it back with its CAS. Exactly one of
+        the first two is stored; if neither was (the key appeared or went in between), all
+        keys are fenced again (a token twice on a key is harmless). A key that holds this
+        writer's fence alone is remembered with its CAS: its invalidation is then one
+        conditional delete (`unfence`), the read before it needed only if the key changed."""
         from pymemcache.exceptions import MemcacheError
 
         tail = SEP + token.encode()
         whole = FENCE + tail
         secs = math.ceil(ttl)
         batch = b"".join(
-            b"ms %s %d MA q\r\n%s\r\nms %s %d ME T%d q\r\n%s\r\nmg %s T%d q\r\n"
+            b"ms %s %d MA q\r\n%s\r\nms %s %d ME T%d q\r\n%s\r\nmg %s T%d c v q\r\n"
             % (k, len(tail), tail, k, len(whole), secs, whole, k, secs)
             for k in (key.encode() for key in keys)
         ) + b"mn"
         for _ in range(ATTEMPTS):
-            if self.client.raw_command(batch, b"MN\r\n") == b"NS\r\nHD\r\n" * len(keys):
+            held = _fence_answers(self.client.raw_command(batch, b"MN\r\n"), len(keys))
+            if held is not None:
+                with self._lock:
+                    if len(self._alone) > ALONE_KEPT:
+                        self._alone.clear()
+                    for key, (raw, cas) in zip(keys, held):
+                        if raw == whole:
+                            self._alone[(token, key)] = cas
                 return
         raise MemcacheError(f"could not fence {list(keys)}")
 
