@@ -18,7 +18,7 @@ from __future__ import annotations
 import builtins
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, delete, select, update
@@ -57,15 +57,33 @@ _HELD_LOCKED = _HELD.with_for_update(read=True, of=blocks)
 """`_HELD` with the ``blocks`` rows (only those) locked in share mode."""
 
 
+HeldCheck = Callable[[NamespaceTxn, Sequence[str]], Iterable[tuple[str, int, bool]]]
+"""Of some chunk hashes, the stored ones as (hash, size, held by the transaction's namespace
+or one it may read), made safe against garbage collection until the transaction commits."""
+
+
 class FileWrites:
     """The writes of one metadata database (see the module docstring). ``reads`` answers the
     root folder, which has no row to write; ``challenges`` makes the nonces a commit answers
     for chunks it may not use yet."""
 
-    def __init__(self, db: Database, challenges: Challenges, reads: FileReads) -> None:
+    def __init__(
+        self, db: Database, challenges: Challenges, reads: FileReads, held: HeldCheck | None = None
+    ) -> None:
         self.db = db
         self.challenges = challenges
         self.reads = reads
+        self.held = held or self._held_here
+        """Answers (hash, size, held) for stored chunks: `_held_here` on the chunk database
+        itself; on another shard `cubby.metadata.shardchunks.SplitHeld`."""
+
+    def _held_here(self, tx: NamespaceTxn, part: Sequence[str]) -> Iterable[tuple[str, int, bool]]:
+        """`_HELD`, with the ``blocks`` rows share-locked until this transaction commits (on
+        PostgreSQL the same statement through the driver, without SQLAlchemy's CPU)."""
+        if self.db.dialect == "postgresql":
+            return driver_execute(tx.conn, HELD_CHUNKS, {"nss": [tx.ns_id, *tx.readable], "hashes": list(part)}).fetchall()  # type: ignore[no-any-return]
+        q = _HELD if self.db.is_sqlite else _HELD_LOCKED
+        return tx.conn.execute(q, {"nss": [tx.ns_id, *tx.readable], "hashes": list(part)})  # type: ignore[return-value]
 
     def _validate_commit(self, req: CommitRequest) -> tuple[str, tuple[ChunkRef, ...]]:
         path = paths.normalize(req.path)
@@ -106,12 +124,7 @@ class FileWrites:
         tx.checked.update(wanted)
         for i in range(0, len(wanted), 500):
             part = wanted[i : i + 500]
-            params = {"nss": [tx.ns_id, *tx.readable], "hashes": part}
-            if self.db.dialect == "postgresql":  # the same statement, without SQLAlchemy's CPU
-                found = driver_execute(tx.conn, HELD_CHUNKS, params).fetchall()
-            else:
-                found = tx.conn.execute(_HELD if self.db.is_sqlite else _HELD_LOCKED, params).all()
-            self._note_chunks(tx, found)
+            self._note_chunks(tx, self.held(tx, part))
 
     @staticmethod
     def _note_chunks(tx: NamespaceTxn, found: Iterable[Any]) -> None:
@@ -124,12 +137,16 @@ class FileWrites:
                 tx.usable.add(h)
 
     def _prefetch_with_chunks(self, tx: NamespaceTxn, keys: Iterable[str], hashes: Iterable[str]) -> None:
-        """``tx.prefetch(keys)``, then `_load_chunks` of ``hashes``: on PostgreSQL in one
-        statement when each fits in one (`cubby.metadata.pgdriver.nodes_and_chunks`), the
-        chunk check's share locks taken as before, after the namespace lock."""
+        """``tx.prefetch(keys)``, then `_load_chunks` of ``hashes``: in one statement on a
+        PostgreSQL that is its own chunk database (`_held_here`; not on a shard) when each
+        fits in one (`cubby.metadata.pgdriver.nodes_and_chunks`), the chunk check's share
+        locks taken as before, after the namespace lock."""
         todo = sorted({k for k in keys if k not in tx.cache})
         wanted = sorted({h for h in hashes if h not in tx.checked})
-        if self.db.dialect != "postgresql" or not todo or not wanted or len(todo) > 500 or len(wanted) > 500:
+        if (
+            self.db.dialect != "postgresql" or self.held != self._held_here
+            or not todo or not wanted or len(todo) > 500 or len(wanted) > 500
+        ):
             tx.prefetch(todo)
             self._load_chunks(tx, wanted)
             return
