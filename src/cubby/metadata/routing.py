@@ -102,6 +102,9 @@ class RoutedSharing:
     def unshare(self, user_id: int, ns_id: int) -> SharingChange:
         return self.shards.of(ns_id).sharing.unshare(user_id, ns_id)
 
+    def roots_around(self, ns_id: int, users_: Iterable[int]) -> dict[int, int]:
+        return self.shards.of(ns_id).sharing.roots_around(ns_id, users_)
+
     def list_shares(self, user_id: int) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for mods in self.shards.distinct:

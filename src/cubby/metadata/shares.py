@@ -31,6 +31,7 @@ single-shard steps and their intent will go. `cut` and `list_shares` only read.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -467,6 +468,20 @@ class Sharing:
             return SharingChange(ns_id, {"ns_id": ns_id, "path": path}, heads, frozenset(roots))
 
         return self.db.write(run)
+
+    def roots_around(self, ns_id: int, users_: Iterable[int]) -> dict[int, int]:
+        """User id -> root namespace of every member (invited or active) of ``ns_id`` and of
+        ``users_``: whom a sharing change of ``ns_id`` may change, read before it so that a
+        metadata cache can fence their keys (`cubby.cache.store`)."""
+
+        def run(conn: Connection) -> dict[int, int]:
+            ids = {int(u) for u in users_}
+            q = select(users.c.id, users.c.root_ns).where(
+                users.c.id.in_(select(members.c.user_id).where(members.c.ns_id == ns_id)) | users.c.id.in_(sorted(ids))
+            )
+            return {int(r.id): int(r.root_ns) for r in conn.execute(q) if r.root_ns is not None}
+
+        return self.db.read(run)
 
     # ------------------------------------------------------------------------------------------
     # requests that raced the share
