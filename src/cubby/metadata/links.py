@@ -32,7 +32,9 @@ from sqlalchemy.engine import Connection, Row
 from cubby.core import paths
 from cubby.errors import BadRequest, NotFound
 from cubby.metadata.engine import Database
-from cubby.metadata.schema import file_revs, links, namespaces, nodes, users
+from cubby.metadata.nstxn import lock_namespace
+from cubby.metadata.schema import file_revs, link_tokens, links, namespaces, nodes, users
+from cubby.metadata.shards import ShardRouter
 from cubby.metadata.users import token_hash
 from cubby.model import ChunkRef, Entry
 
@@ -135,10 +137,22 @@ def _node_entry(row: Row[Any]) -> Entry:
 
 
 class LinkStore:
-    """Links on one metadata `Database` (the one `SqlMetadataStore.db` holds)."""
+    """Links of a deployment (`SqlMetadataStore.links`): each link's row is on the shard of the
+    namespace it points into, beside its target, so serving it is one shard's reads. A token
+    or a link id alone names no namespace: the directory's ``link_tokens`` maps both to it
+    (written first at creation; a token there without its shard row is just a dead link).
+    Listing a user's links asks each shard (links are listed rarely, served often)."""
 
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, db: Database | ShardRouter) -> None:
+        self.router = db if isinstance(db, ShardRouter) else ShardRouter(db)
+
+    def _shard_dbs(self) -> list[Database]:
+        return list({id(d): d for d in self.router.shards.values()}.values())
+
+    def _namespace_of(self, where: Any) -> int | None:
+        """The namespace of the link the directory's ``link_tokens`` row matching ``where`` names."""
+        ns = self.router.directory.read(lambda c: c.execute(select(link_tokens.c.ns_id).where(where)).scalar())
+        return None if ns is None else int(ns)
 
     # -- managing ---------------------------------------------------------------------------
     def create(
@@ -157,6 +171,9 @@ class LinkStore:
         pw_hash = hash_password(password) if password is not None else None
 
         def run(conn: Connection) -> None:
+            # Under the namespace's lock, like every write to its rows: a namespace being moved
+            # to another shard refuses it (retryable) rather than lose it with the old copy.
+            lock_namespace(db, conn, ns_id)
             conn.execute(
                 insert(links).values(
                     ns_id=ns_id, link_id=link.link_id, node_id=node_id, token_hash=token_hash(token),
@@ -164,7 +181,11 @@ class LinkStore:
                 )
             )
 
-        self.db.write(run)
+        self.router.directory.write(
+            lambda c: c.execute(insert(link_tokens).values(token_hash=token_hash(token), link_id=link.link_id, ns_id=ns_id))
+        )
+        db = self.router.db_for(ns_id)
+        db.write(run)
         return link, token
 
     def for_user(self, user_id: int) -> list[LinkInfo]:
@@ -179,31 +200,42 @@ class LinkStore:
         return self._infos(and_(links.c.ns_id.in_(owned), links.c.created_by != user_id))
 
     def _infos(self, where: Any) -> list[LinkInfo]:
+        """Links matching ``where`` on every shard, newest first; creators' names from the
+        directory (one query each, never a join across databases)."""
         q = (
-            select(links, nodes.c.path, nodes.c.kind, nodes.c.deleted, users.c.name.label("creator"))
+            select(links, nodes.c.path, nodes.c.kind, nodes.c.deleted)
             .select_from(
                 links.outerjoin(nodes, and_(nodes.c.ns_id == links.c.ns_id, nodes.c.node_id == links.c.node_id))
-                .outerjoin(users, users.c.id == links.c.created_by)
             )
             .where(where, links.c.revoked_at.is_(None))
-            .order_by(links.c.created_at.desc())
         )
+        rows = [row for db in self._shard_dbs() for row in db.read(lambda c: c.execute(q).all())]
+        rows.sort(key=lambda r: r.created_at, reverse=True)
+        creators = sorted({int(r.created_by) for r in rows})
+        names: dict[int, str] = {}
+        if creators:
+            names = dict(
+                self.router.directory.read(
+                    lambda c: c.execute(select(users.c.id, users.c.name).where(users.c.id.in_(creators))).all()
+                )
+            )
         out = []
-        for row in self.db.read(lambda c: c.execute(q).all()):
+        for row in rows:
             link = _link(row)
+            creator = names.get(int(row.created_by))
             if link.node_id == ROOT_NODE:
-                out.append(LinkInfo(link, paths.ROOT, "folder", row.creator))
+                out.append(LinkInfo(link, paths.ROOT, "folder", creator))
             elif row.path is None or row.deleted:
-                out.append(LinkInfo(link, None, None, row.creator))
+                out.append(LinkInfo(link, None, None, creator))
             else:
-                out.append(LinkInfo(link, row.path, row.kind, row.creator))
+                out.append(LinkInfo(link, row.path, row.kind, creator))
         return out
 
     def revoke(self, user_id: int, link_id: str) -> Link:
         """Revoke a link the user made, or any link into a namespace the user owns; `NotFound`
         for any other link (or one already revoked), exactly as for one that never existed."""
 
-        def run(conn: Connection) -> Link:
+        def run(conn: Connection) -> Link | None:
             owned = select(namespaces.c.ns_id).where(namespaces.c.owner_id == user_id)
             row = conn.execute(
                 select(links).where(
@@ -213,13 +245,20 @@ class LinkStore:
                 )
             ).first()
             if row is None:
-                raise NotFound(f"you have no link {link_id}")
+                return None
+            assert db is not None
+            lock_namespace(db, conn, int(row.ns_id))  # see `create`
             conn.execute(
                 update(links).where(links.c.ns_id == row.ns_id, links.c.link_id == link_id).values(revoked_at=time.time())
             )
             return _link(row)
 
-        return self.db.write(run)
+        ns = self._namespace_of(link_tokens.c.link_id == link_id)
+        db = None if ns is None else self.router.db_for(ns)
+        found = None if db is None else db.write(run)
+        if found is None:
+            raise NotFound(f"you have no link {link_id}")
+        return found
 
     # -- serving ----------------------------------------------------------------------------
     def resolve(self, token: str, *, now: float | None = None) -> Resolved:
@@ -237,7 +276,8 @@ class LinkStore:
             target = self._node(conn, link.ns_id, link.node_id)
             return None if target is None else Resolved(link, target, row.password_hash)
 
-        found = self.db.read(run)
+        ns = self._namespace_of(link_tokens.c.token_hash == token_hash(token))
+        found = None if ns is None else self.router.db_for(ns).read(run)
         if found is None:
             raise NotFound(GONE)
         return found
@@ -255,7 +295,7 @@ class LinkStore:
 
     def lookup(self, ns_id: int, path: str) -> Entry:
         """The live node at ``path`` (normalised, inside the namespace); `NotFound` (`GONE`) if none."""
-        row = self.db.read(
+        row = self.router.db_for(ns_id).read(
             lambda c: c.execute(select(nodes).where(nodes.c.ns_id == ns_id, nodes.c.path_key == paths.key(path))).first()
         )
         if row is None:
@@ -278,7 +318,7 @@ class LinkStore:
                 return None
             return _node_entry(row), [ChunkRef(h, int(s)) for h, s in json.loads(blocklist)]
 
-        found = self.db.read(run)
+        found = self.router.db_for(ns_id).read(run)
         if found is None:
             raise NotFound(GONE)
         return found
@@ -315,7 +355,7 @@ class LinkStore:
                         lists[int(rev)] = bl
                 return rows, lists
 
-            rows, lists = self.db.read(page)
+            rows, lists = self.router.db_for(ns_id).read(page)
             for r in rows:
                 rel = paths.rebase(r.path, folder, paths.ROOT).lstrip("/")
                 if r.kind == "folder":

@@ -31,6 +31,7 @@ single-shard steps and their intent will go. `cut` and `list_shares` only read.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +42,18 @@ from cubby.core import paths
 from cubby.errors import BadRequest, Conflict, Forbidden, NotFound
 from cubby.metadata.engine import Database
 from cubby.metadata.nstxn import NamespaceTxn, finish_all, key_range, lock_namespaces, open_txn
-from cubby.metadata.schema import file_revs, journal, links, members, namespaces, nodes, ns_chunks, users
+from cubby.metadata.schema import (
+    file_revs,
+    journal,
+    link_tokens,
+    links,
+    members,
+    namespaces,
+    nodes,
+    ns_chunks,
+    users,
+)
+from cubby.metadata.shards import ShardRouter, allocate_ns_id, drop_memberships, write_membership
 from cubby.metadata.tree import guard_mounts
 
 ROLES = ("editor", "viewer")
@@ -66,8 +78,18 @@ class SharingChange:
 class Sharing:
     """The sharing operations on one metadata database (reached as ``store.sharing``)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, router: ShardRouter | None = None) -> None:
         self.db = db
+        self.router = router or ShardRouter(db)
+
+    def _copy_membership(self, user_id: int, ns_id: int, role: str | None, state: str = "active") -> None:
+        """Mirror a ``members`` change into the directory's copy (`cubby.metadata.shards`); on
+        a single database, in the same transaction. (Across shards the intents of
+        docs/SHARDING.md order the two writes.) ``role`` None deletes the row."""
+        if role is None:
+            self.router.directory.write(lambda c: drop_memberships(c, ns_id, user_id))
+        else:
+            self.router.directory.write(lambda c: write_membership(c, user_id, ns_id, role, state))
 
     # ------------------------------------------------------------------------------------------
     # helpers
@@ -242,6 +264,7 @@ class Sharing:
                     )
                 )
                 state = "invited"
+                self._copy_membership(int(target.id), ns_id, role, state)
             else:
                 if old.role == "owner":
                     raise BadRequest("the owner's role cannot change", code="is_owner")
@@ -251,6 +274,7 @@ class Sharing:
                     .values(role=role)
                 )
                 state = str(old.state)
+                self._copy_membership(int(target.id), ns_id, role, state)
             tx.finish()
             heads = {root_ns: tx.head}
             cut = conn.execute(select(namespaces.c.head, namespaces.c.cut).where(namespaces.c.ns_id == ns_id)).one()
@@ -272,13 +296,15 @@ class Sharing:
         # a revision a client read before the share never names another version in the shared
         # folder: it matches only the unchanged copy (`cubby.metadata.tree.same_as_before_share`) or nothing.
         base = tx.head
-        new_ns = int(
-            conn.execute(
-                insert(namespaces).values(
-                    kind="shared", owner_id=tx.user_id, head=base, next_node=1, created_at=tx.now, name=folder.name
-                )
-            ).inserted_primary_key[0]  # type: ignore[index]
+        shard = self.router.placement(tx.ns_id).shard  # a shared folder starts beside its owner's root
+        new_ns = allocate_ns_id(self.router, shard)
+        conn.execute(
+            insert(namespaces).values(
+                ns_id=new_ns, kind="shared", owner_id=tx.user_id, head=base, next_node=1, created_at=tx.now,
+                name=folder.name,
+            )
         )
+        self.router.place(new_ns, shard)
         dst = NamespaceTxn(self.db, conn, new_ns, base, 1, tx.user_id, now=tx.now)
         self._copy_tree(conn, tx.ns_id, folder.path, dst, paths.ROOT, dst_parent=0, keep_ids=True, now=tx.now)
         dst.finish()
@@ -298,6 +324,11 @@ class Sharing:
             .where(links.c.ns_id == tx.ns_id, links.c.node_id == folder.node_id)
             .values(ns_id=new_ns, node_id=0)
         )
+        moved = [str(r[0]) for r in conn.execute(select(links.c.link_id).where(links.c.ns_id == new_ns))]
+        if moved:  # the directory's copy follows (on one database, in this transaction)
+            self.router.directory.write(
+                lambda c: c.execute(update(link_tokens).where(link_tokens.c.link_id.in_(moved)).values(ns_id=new_ns))
+            )
         lo, hi = key_range(paths.key(folder.path))
         # The source nodes are gone from the owner's root (their history stays there).
         conn.execute(
@@ -318,6 +349,7 @@ class Sharing:
                 ns_id=new_ns, user_id=tx.user_id, role="owner", state="active", invited_by=None, created_at=tx.now
             )
         )
+        self._copy_membership(int(tx.user_id or 0), new_ns, "owner")
         return new_ns
 
     def accept(self, user_id: int, root_ns: int, ns_id: int) -> SharingChange:
@@ -354,6 +386,7 @@ class Sharing:
             conn.execute(
                 update(members).where(members.c.ns_id == ns_id, members.c.user_id == user_id).values(state="active")
             )
+            self._copy_membership(user_id, ns_id, str(m.role))
             heads = finish_all(txs)
             return SharingChange(
                 ns_id, {"ns_id": ns_id, "path": candidate, "role": m.role}, {root_ns: heads[root_ns]}, frozenset({user_id})
@@ -371,6 +404,7 @@ class Sharing:
         txs = lock_namespaces(self.db, conn, (int(root), ns_id), actor)
         was = self._unmount(txs[int(root)], ns_id)
         conn.execute(delete(members).where(members.c.ns_id == ns_id, members.c.user_id == member_id))
+        self._copy_membership(member_id, ns_id, None)
         heads = finish_all(txs)
         return SharingChange(ns_id, {"ns_id": ns_id, "path": was}, {int(root): heads[int(root)]}, frozenset({member_id}))
 
@@ -426,6 +460,7 @@ class Sharing:
                 )
                 owner_tx.forget()
             conn.execute(delete(members).where(members.c.ns_id == ns_id))
+            self.router.directory.write(lambda c: drop_memberships(c, ns_id))
             conn.execute(delete(ns_chunks).where(ns_chunks.c.ns_id == ns_id))
             conn.execute(update(namespaces).where(namespaces.c.ns_id == ns_id).values(kind="retired"))
             heads = finish_all(txs)
@@ -433,6 +468,20 @@ class Sharing:
             return SharingChange(ns_id, {"ns_id": ns_id, "path": path}, heads, frozenset(roots))
 
         return self.db.write(run)
+
+    def roots_around(self, ns_id: int, users_: Iterable[int]) -> dict[int, int]:
+        """User id -> root namespace of every member (invited or active) of ``ns_id`` and of
+        ``users_``: whom a sharing change of ``ns_id`` may change, read before it so that a
+        metadata cache can fence their keys (`cubby.cache.store`)."""
+
+        def run(conn: Connection) -> dict[int, int]:
+            ids = {int(u) for u in users_}
+            q = select(users.c.id, users.c.root_ns).where(
+                users.c.id.in_(select(members.c.user_id).where(members.c.ns_id == ns_id)) | users.c.id.in_(sorted(ids))
+            )
+            return {int(r.id): int(r.root_ns) for r in conn.execute(q) if r.root_ns is not None}
+
+        return self.db.read(run)
 
     # ------------------------------------------------------------------------------------------
     # requests that raced the share

@@ -1,10 +1,12 @@
 """`UserDirectory`: users and their API tokens.
 
-Directory-side: ``users`` and ``tokens`` are keyed by user, not by namespace, and will live in
-the directory database once metadata is sharded. One call crosses into a namespace:
-`create_user` also creates the user's root namespace (a ``namespaces`` row) in the same
-transaction; sharded, that becomes an intent (directory row first, then the namespace on its
-shard, then the directory's namespace -> shard entry).
+Directory-side: ``users`` and ``tokens`` are keyed by user, not by namespace, and live in the
+directory database. One call crosses into a namespace: `create_user` also creates the user's
+root namespace on the shard `ShardRouter.place_new` picks, with an id from that shard's
+counter (`allocate_ns_id`). On one database that is one transaction; sharded, the namespace
+row commits on its shard inside the directory's transaction, before the user and placement
+rows commit, so a failure leaves at most an empty namespace nobody reaches, never a user
+without a root.
 
 A token is shown once, at creation; only its SHA-256 is stored (`token_hash`): 256 random bits
 need no salt, and a lookup is one unique-index probe.
@@ -25,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from cubby.errors import BadRequest, Conflict, NotFound, Unauthorized
 from cubby.metadata.engine import Database
 from cubby.metadata.schema import namespaces, tokens, users
+from cubby.metadata.shards import ShardRouter, allocate_ns_id
 from cubby.model import User
 
 USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -37,8 +40,9 @@ def token_hash(token: str) -> str:
 class UserDirectory:
     """Users and tokens of one (directory) database."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, router: ShardRouter | None = None) -> None:
         self.db = db
+        self.router = router or ShardRouter(db)
 
     def create_user(self, name: str) -> tuple[User, str]:
         if not isinstance(name, str) or not USER_RE.match(name):
@@ -46,18 +50,39 @@ class UserDirectory:
                 f"invalid user name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
             )
 
+        router = self.router
+        shard = router.place_new()
+        shard_db = router.shard_db(shard)
+
+        def make_root(uid: int, now: float) -> int:
+            """The root namespace on its shard (in the directory's transaction when the shard
+            is the directory)."""
+            ns = allocate_ns_id(router, shard)
+            shard_db.write(
+                lambda c: c.execute(
+                    insert(namespaces).values(
+                        ns_id=ns, kind="root", owner_id=uid, head=0, next_node=1, created_at=now
+                    )
+                )
+            )
+            return ns
+
         def run(conn: Connection) -> User:
             if conn.execute(select(users.c.id).where(users.c.name_key == name.lower())).first():
                 raise Conflict(f"a user named {name!r} already exists")
             now = time.time()
-            uid = conn.execute(
-                insert(users).values(name=name, name_key=name.lower(), created_at=now)
-            ).inserted_primary_key[0]  # type: ignore[index]
-            ns = conn.execute(
-                insert(namespaces).values(kind="root", owner_id=uid, head=0, next_node=1, created_at=now)
-            ).inserted_primary_key[0]  # type: ignore[index]
+            uid = int(
+                conn.execute(
+                    insert(users).values(name=name, name_key=name.lower(), created_at=now)
+                ).inserted_primary_key[0]  # type: ignore[index]
+            )
+            # Sharded: the namespace row commits on its shard before the directory's user and
+            # placement rows; if the directory transaction then fails, an unreachable empty
+            # namespace is left, never a user without a root.
+            ns = make_root(uid, now)
+            router.place(ns, shard)
             conn.execute(update(users).where(users.c.id == uid).values(root_ns=ns))
-            return User(id=int(uid), name=name, root_ns=int(ns))
+            return User(id=uid, name=name, root_ns=ns)
 
         try:
             user = self.db.write(run)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import builtins
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, delete, select, update
@@ -28,6 +28,7 @@ from cubby.core.hashing import content_hash
 from cubby.errors import BadRequest, Conflict, CubbyError, NotFound, SizeMismatch
 from cubby.metadata.engine import Database
 from cubby.metadata.nstxn import NamespaceTxn, entry_of, key_range, write_namespace
+from cubby.metadata.pgdriver import HELD_CHUNKS, driver_execute, nodes_and_chunks
 from cubby.metadata.possession import Challenges
 from cubby.metadata.reads import FileReads, node_for_history
 from cubby.metadata.schema import blocks, file_revs, nodes, ns_chunks
@@ -56,15 +57,33 @@ _HELD_LOCKED = _HELD.with_for_update(read=True, of=blocks)
 """`_HELD` with the ``blocks`` rows (only those) locked in share mode."""
 
 
+HeldCheck = Callable[[NamespaceTxn, Sequence[str]], Iterable[tuple[str, int, bool]]]
+"""Of some chunk hashes, the stored ones as (hash, size, held by the transaction's namespace
+or one it may read), made safe against garbage collection until the transaction commits."""
+
+
 class FileWrites:
     """The writes of one metadata database (see the module docstring). ``reads`` answers the
     root folder, which has no row to write; ``challenges`` makes the nonces a commit answers
     for chunks it may not use yet."""
 
-    def __init__(self, db: Database, challenges: Challenges, reads: FileReads) -> None:
+    def __init__(
+        self, db: Database, challenges: Challenges, reads: FileReads, held: HeldCheck | None = None
+    ) -> None:
         self.db = db
         self.challenges = challenges
         self.reads = reads
+        self.held = held or self._held_here
+        """Answers (hash, size, held) for stored chunks: `_held_here` on the chunk database
+        itself; on another shard `cubby.metadata.shardchunks.SplitHeld`."""
+
+    def _held_here(self, tx: NamespaceTxn, part: Sequence[str]) -> Iterable[tuple[str, int, bool]]:
+        """`_HELD`, with the ``blocks`` rows share-locked until this transaction commits (on
+        PostgreSQL the same statement through the driver, without SQLAlchemy's CPU)."""
+        if self.db.dialect == "postgresql":
+            return driver_execute(tx.conn, HELD_CHUNKS, {"nss": [tx.ns_id, *tx.readable], "hashes": list(part)}).fetchall()  # type: ignore[no-any-return]
+        q = _HELD if self.db.is_sqlite else _HELD_LOCKED
+        return tx.conn.execute(q, {"nss": [tx.ns_id, *tx.readable], "hashes": list(part)})  # type: ignore[return-value]
 
     def _validate_commit(self, req: CommitRequest) -> tuple[str, tuple[ChunkRef, ...]]:
         path = paths.normalize(req.path)
@@ -100,17 +119,42 @@ class FileWrites:
         before this transaction commits: one statement (`_HELD`), the stored chunks with
         whether this namespace or one the caller reads holds each. A chunk counts as usable
         only if it is both held and stored, so a held chunk that is not stored is left out."""
-        if tx.usable is None or tx.chunk_sizes is None:
-            tx.usable, tx.chunk_sizes = set(), {}
+        self._note_chunks(tx, ())
         wanted = sorted({h for h in hashes if h not in tx.checked})
         tx.checked.update(wanted)
         for i in range(0, len(wanted), 500):
             part = wanted[i : i + 500]
-            q = _HELD if self.db.is_sqlite else _HELD_LOCKED
-            for h, size, held in tx.conn.execute(q, {"nss": [tx.ns_id, *tx.readable], "hashes": part}):
-                tx.chunk_sizes[h] = int(size)
-                if held:
-                    tx.usable.add(h)
+            self._note_chunks(tx, self.held(tx, part))
+
+    @staticmethod
+    def _note_chunks(tx: NamespaceTxn, found: Iterable[Any]) -> None:
+        """Record rows of the chunk check (hash, size, held) in ``tx``."""
+        if tx.usable is None or tx.chunk_sizes is None:
+            tx.usable, tx.chunk_sizes = set(), {}
+        for h, size, held in found:
+            tx.chunk_sizes[h] = int(size)
+            if held:
+                tx.usable.add(h)
+
+    def _prefetch_with_chunks(self, tx: NamespaceTxn, keys: Iterable[str], hashes: Iterable[str]) -> None:
+        """``tx.prefetch(keys)``, then `_load_chunks` of ``hashes``: in one statement on a
+        PostgreSQL that is its own chunk database (`_held_here`; not on a shard) when each
+        fits in one (`cubby.metadata.pgdriver.nodes_and_chunks`), the chunk check's share
+        locks taken as before, after the namespace lock."""
+        todo = sorted({k for k in keys if k not in tx.cache})
+        wanted = sorted({h for h in hashes if h not in tx.checked})
+        if (
+            self.db.dialect != "postgresql" or self.held != self._held_here
+            or not todo or not wanted or len(todo) > 500 or len(wanted) > 500
+        ):
+            tx.prefetch(todo)
+            self._load_chunks(tx, wanted)
+            return
+        found_nodes, found = nodes_and_chunks(tx.conn, tx.ns_id, todo, [tx.ns_id, *tx.readable], wanted)
+        tx.cache.update(dict.fromkeys(todo))
+        tx.cache.update((n.path_key, n) for n in found_nodes)
+        tx.checked.update(wanted)
+        self._note_chunks(tx, found)
 
     def _unavailable(self, tx: NamespaceTxn, chunks: tuple[ChunkRef, ...]) -> builtins.list[str]:
         """Chunks this namespace may not use yet, in file order (each once)."""
@@ -214,16 +258,20 @@ class FileWrites:
         the namespace lock is taken, so the lock is held only for the work that needs it. The
         nodes at the path and its ancestors (the mount guard's, and the file's own) are read in
         one statement."""
-        tx.prefetch([paths.key(a) for a in paths.ancestors(path)] + [paths.key(path)])
+        self._prefetch_with_chunks(
+            tx, [paths.key(a) for a in paths.ancestors(path)] + [paths.key(path)], (c.hash for c in chunks)
+        )
         guard_mounts(tx, path)
         missing = self._unavailable(tx, chunks)
         if missing:
             uid = tx.user_id or 0
             sizes = {c.hash: c.size for c in chunks}  # the size is bound into the nonce
             bases = self._bases(tx, path, chunks, missing)
+            hour = self.challenges.window()  # named in the answer: the proof is checked for it alone
             return CommitResult(
                 needed=tuple(
-                    NeededChunk(h, self.challenges.nonce(uid, tx.ns_id, h, sizes[h]), bases.get(h, ())) for h in missing
+                    NeededChunk(h, self.challenges.nonce(uid, tx.ns_id, h, sizes[h], window=hour), bases.get(h, ()), hour)
+                    for h in missing
                 )
             )
         return CommitResult(
@@ -276,8 +324,7 @@ class FileWrites:
                 keys.add(paths.key(path))
                 keys.update(paths.key(a) for a in paths.ancestors(path))
                 hashes.update(c.hash for c in chunks)
-            tx.prefetch(keys)
-            self._load_chunks(tx, hashes)
+            self._prefetch_with_chunks(tx, keys, hashes)
             for req, v in zip(reqs, valid):
                 if isinstance(v, CubbyError):
                     out.append(v)

@@ -76,7 +76,7 @@ def build_context(config: Config, roles: tuple[str, ...]) -> ServerContext:
     """Open what the given roles need: every role needs the metadata store; only the blocks
     role opens the block store."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    store = open_store(config.metadata_url)
+    store = open_store(config.metadata_url, shards=config.shard_urls, place_new=config.place_new)
     blocks: BlockStore | None = None
     closers: list[Callable[[], object]] = []
     if "blocks" in roles:
@@ -88,13 +88,20 @@ def build_context(config: Config, roles: tuple[str, ...]) -> ServerContext:
         # Verifying and compressing uploaded chunks uses every core (both release the GIL).
         pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="cubby-chunks")
         closers.append(pool.shutdown)
-        pack_store = open_block_store(config.blocks_location, store.db, executor=pool)
+        pack_store = open_block_store(config.blocks_location, store.router.chunks, executor=pool)
         closers.append(pack_store.close)
         blocks = pack_store
     metrics = Metrics()
-    store.db.observe = metrics.observe_transaction
+    for db in store.router.databases():
+        db.observe = metrics.observe_transaction
     if blocks is not None:
         blocks = InstrumentedBlockStore(blocks, metrics)
+    if not store.router.single:
+        # Calls reaching a namespace while `cubby admin move-namespace` moves it are asked again
+        # at its new shard (`cubby.metadata.rerouting`), below the cache: one fenced write each.
+        from cubby.metadata.rerouting import Rerouting
+
+        store = cast("SqlMetadataStore", Rerouting(store))
     front = cached(store, config.cache_url, roles, metrics)
     ctx = ServerContext(config=config, store=front, blocks=blocks, closers=closers, metrics=metrics)
     if front is not store:
