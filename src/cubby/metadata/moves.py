@@ -50,7 +50,14 @@ from cubby.metadata.engine import Database
 from cubby.metadata.leases import Owner
 from cubby.metadata.nstxn import NamespaceTxn, entry_of, key_range, lock_namespace, open_txn
 from cubby.metadata.schema import file_revs, journal, move_intents, nodes
-from cubby.metadata.tree import ensure_folder, guard_mounts, remove_node, same_as_before_share
+from cubby.metadata.tree import (
+    ensure_folder,
+    frozen_or_mount_below,
+    guard_mounts,
+    is_frozen,
+    remove_node,
+    same_as_before_share,
+)
 from cubby.model import Entry
 
 STEPS = ("intent", "pending", "removed", "visible")
@@ -100,14 +107,10 @@ class CrossMoves:
                 tx, row, expected_rev
             ):
                 raise Conflict(f"{row.path} changed: it is at revision {row.rev}, not {expected_rev}", current_rev=row.rev)
-            if row.kind == "folder":
-                lo, hi = key_range(paths.key(src))
-                if conn.execute(
-                    select(nodes.c.node_id)
-                    .where(nodes.c.ns_id == src_ns, nodes.c.target_ns.is_not(None), nodes.c.path_key > lo, nodes.c.path_key < hi)
-                    .limit(1)
-                ).first():
-                    raise Conflict(f"{row.path} holds a shared folder; shared folders cannot nest", code="contains_shared_folder")
+            if is_frozen(row):
+                raise NamespaceMoved(f"{row.path} is becoming a shared folder; retry in a moment", path=row.path)
+            if row.kind == "folder" and frozen_or_mount_below(tx, paths.key(src)):
+                raise Conflict(f"{row.path} holds a shared folder; shared folders cannot nest", code="contains_shared_folder")
             conn.execute(
                 insert(move_intents).values(
                     ns_id=src_ns, intent_id=intent, dst_ns=dst_ns, src_path=row.path, dst_path=dst,

@@ -30,18 +30,18 @@ single-shard steps and their intent will go. `cut` and `list_shares` only read.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
 from cubby.core import paths
-from cubby.errors import BadRequest, Conflict, Forbidden, NotFound
+from cubby.errors import BadRequest, Forbidden, NotFound
 from cubby.metadata.engine import Database
 from cubby.metadata.nstxn import NamespaceTxn, finish_all, key_range, lock_namespaces, open_txn
-from cubby.metadata.schema import file_revs, journal, links, members, namespaces, nodes, ns_chunks, users
+from cubby.metadata.schema import links, members, namespaces, nodes, ns_chunks, users
+from cubby.metadata.subtree import read_subtree, write_subtree
 from cubby.metadata.tree import guard_mounts
 
 ROLES = ("editor", "viewer")
@@ -112,94 +112,6 @@ class Sharing:
         tx.journal("unmount", node_id=row.node_id, parent_id=row.parent_id, kind="mount", path=row.path, rev=jid)
         tx.forget()
         return str(row.path)
-
-    def _insert_many(self, conn: Connection, table: Any, rows: list[dict[str, Any]]) -> None:
-        for i in range(0, len(rows), _BATCH):
-            conn.execute(insert(table), rows[i : i + _BATCH])
-
-    def _copy_tree(
-        self, conn: Connection, src_ns: int, src_prefix: str, dst: NamespaceTxn, dst_prefix: str, *,
-        dst_parent: int, keep_ids: bool, now: float,
-    ) -> int:
-        """Copy the live nodes of ``src_ns`` below ``src_prefix`` (a folder path, or ``/``) to
-        below ``dst_prefix`` in ``dst``'s namespace, each file with its current revision only,
-        journalled parents first, with the chunk references of the copied revisions. Metadata
-        only: no chunk is read or written. Returns the number of nodes copied."""
-        src_key = paths.key(src_prefix)
-        cond = [nodes.c.ns_id == src_ns, nodes.c.path_key.is_not(None), nodes.c.pending.is_(None)]
-        src_root_id = 0
-        if src_prefix != paths.ROOT:
-            lo, hi = key_range(src_key)
-            cond += [nodes.c.path_key > lo, nodes.c.path_key < hi]
-            folder = conn.execute(select(nodes.c.node_id).where(nodes.c.ns_id == src_ns, nodes.c.path_key == src_key)).one()
-            src_root_id = int(folder[0])
-        live = conn.execute(select(nodes).where(*cond).order_by(nodes.c.path_key)).all()
-        revs = {
-            int(r.node_id): r
-            for r in conn.execute(
-                select(file_revs).select_from(
-                    file_revs.join(
-                        nodes,
-                        and_(
-                            nodes.c.ns_id == file_revs.c.ns_id,
-                            nodes.c.node_id == file_revs.c.node_id,
-                            nodes.c.content_rev == file_revs.c.rev,
-                        ),
-                    )
-                ).where(*cond, nodes.c.kind == "file")
-            )
-        }
-        ids: dict[int, int] = {src_root_id: dst_parent}
-        node_rows: list[dict[str, Any]] = []
-        rev_rows: list[dict[str, Any]] = []
-        journal_rows: list[dict[str, Any]] = []
-        refs: dict[str, int] = {}
-        for n in live:
-            if n.kind == "mount":
-                raise Conflict(f"{n.path} is a shared folder; shared folders cannot nest", code="contains_shared_folder")
-            new_path = paths.rebase(n.path, src_prefix, dst_prefix)
-            node_id = int(n.node_id) if keep_ids else dst.new_node_id()
-            ids[int(n.node_id)] = node_id
-            parent_id = ids[int(n.parent_id)]
-            jid = dst.next_jid()
-            is_file = n.kind == "file"
-            node_rows.append(
-                {
-                    "ns_id": dst.ns_id, "node_id": node_id, "parent_id": parent_id, "name": n.name, "path": new_path,
-                    "path_key": paths.key(new_path), "kind": n.kind, "rev": jid, "content_rev": jid if is_file else None,
-                    "size": n.size, "content_hash": n.content_hash, "mtime": n.mtime, "deleted": False, "deleted_key": None,
-                    "target_ns": None, "pending": None, "mode": n.mode,
-                }
-            )
-            if is_file:
-                fr = revs[int(n.node_id)]
-                rev_rows.append(
-                    {
-                        "ns_id": dst.ns_id, "node_id": node_id, "rev": jid, "path": new_path, "size": fr.size,
-                        "content_hash": fr.content_hash, "blocklist": fr.blocklist, "mtime": fr.mtime, "user_id": fr.user_id,
-                        "created_at": fr.created_at, "mode": fr.mode,
-                    }
-                )
-                for h in {c[0] for c in json.loads(fr.blocklist)}:
-                    refs[h] = refs.get(h, 0) + 1
-            journal_rows.append(
-                {
-                    "ns_id": dst.ns_id, "jid": jid, "op": "add" if is_file else "mkdir", "node_id": node_id, "parent_id": parent_id,
-                    "kind": n.kind, "name": n.name, "path": new_path, "path_key": paths.key(new_path), "rev": jid, "size": n.size,
-                    "content_hash": n.content_hash, "mtime": n.mtime, "old_path": None, "old_parent_id": None,
-                    "user_id": dst.user_id, "created_at": now, "mode": n.mode,
-                }
-            )
-        if keep_ids and ids:
-            dst.next_node = max(dst.next_node, max(ids.values()) + 1)
-        self._insert_many(conn, nodes, node_rows)
-        self._insert_many(conn, file_revs, rev_rows)
-        self._insert_many(conn, journal, journal_rows)
-        if refs:
-            for h, count in refs.items():
-                dst.ref_counts[h] = dst.ref_counts.get(h, 0) + count
-            dst.flush()
-        return len(live)
 
     # ------------------------------------------------------------------------------------------
     # operations
@@ -280,7 +192,7 @@ class Sharing:
             ).inserted_primary_key[0]  # type: ignore[index]
         )
         dst = NamespaceTxn(self.db, conn, new_ns, base, 1, tx.user_id, now=tx.now)
-        self._copy_tree(conn, tx.ns_id, folder.path, dst, paths.ROOT, dst_parent=0, keep_ids=True, now=tx.now)
+        write_subtree(read_subtree(conn, tx.ns_id, folder.path), dst, paths.ROOT, dst_parent=0, keep_ids=True)
         dst.finish()
         conn.execute(update(namespaces).where(namespaces.c.ns_id == new_ns).values(cut=dst.head))
         # Links follow their targets into the new namespace (node ids were kept); a link to the
@@ -421,9 +333,7 @@ class Sharing:
                 )
                 owner_tx.journal("mkdir", node_id=mount.node_id, parent_id=mount.parent_id, kind="folder", path=path, rev=jid)
                 owner_tx.flush()
-                self._copy_tree(
-                    conn, ns_id, paths.ROOT, owner_tx, path, dst_parent=int(mount.node_id), keep_ids=False, now=owner_tx.now
-                )
+                write_subtree(read_subtree(conn, ns_id, paths.ROOT), owner_tx, path, dst_parent=int(mount.node_id), keep_ids=False)
                 owner_tx.forget()
             conn.execute(delete(members).where(members.c.ns_id == ns_id))
             conn.execute(delete(ns_chunks).where(ns_chunks.c.ns_id == ns_id))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from cubby.core import paths
 from cubby.errors import Conflict, NamespaceMoved
@@ -58,6 +58,28 @@ def guard_mounts(tx: NamespaceTxn, path: str) -> None:
             return  # nothing deeper exists, or the write fails on its own
         if row.kind == "mount":
             raise NamespaceMoved(f"{row.path} became a shared folder; resolve {path} again and retry", path=row.path)
+        if is_frozen(row):
+            raise NamespaceMoved(f"{row.path} is becoming a shared folder; retry {path} in a moment", path=row.path)
+
+
+def is_frozen(row: Any) -> bool:
+    """Whether the live folder ``row`` is frozen by a share in progress on another shard
+    (`cubby.metadata.share_steps`): what lies below it is being copied, so nothing may be
+    written there until the share mounts the copy or is undone. Writers get the retryable
+    `NamespaceMoved`, as a write that raced a finished share does."""
+    return row.kind == "folder" and getattr(row, "pending", None) is not None
+
+
+def frozen_or_mount_below(tx: NamespaceTxn, key: str) -> Any:
+    """The first mount or frozen folder strictly below folder ``key``, or None: a folder
+    holding one can be neither deleted nor moved to another namespace."""
+    lo, hi = key_range(key)
+    return tx.conn.execute(
+        select(nodes.c.path)
+        .where(nodes.c.ns_id == tx.ns_id, nodes.c.path_key > lo, nodes.c.path_key < hi)
+        .where(or_(nodes.c.target_ns.is_not(None), nodes.c.pending.is_not(None)))
+        .limit(1)
+    ).first()
 
 
 def ensure_folder(tx: NamespaceTxn, path: str) -> tuple[int, str]:
@@ -70,6 +92,8 @@ def ensure_folder(tx: NamespaceTxn, path: str) -> tuple[int, str]:
     if row is not None:
         if row.kind == "mount":
             raise NamespaceMoved(f"{row.path} became a shared folder; resolve {path} again and retry", path=row.path)
+        if is_frozen(row):
+            raise NamespaceMoved(f"{row.path} is becoming a shared folder; retry {path} in a moment", path=row.path)
         if row.kind != "folder":
             raise Conflict(f"{row.path} is a file, so it cannot hold {path}", code="not_a_folder")
         return int(row.node_id), str(row.path)
@@ -124,4 +148,6 @@ def remove_node(tx: NamespaceTxn, row: Any) -> int:
     return jid
 
 
-__all__ = ["ensure_folder", "guard_mounts", "remove_node", "same_as_before_share"]
+__all__ = [
+    "ensure_folder", "frozen_or_mount_below", "guard_mounts", "is_frozen", "remove_node", "same_as_before_share",
+]

@@ -1,0 +1,38 @@
+"""Shares across shards: an intent per share whose new namespace lives on another shard.
+
+Revision ID: 0010
+Revises: 0004
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0010"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "share_intents",
+        sa.Column("ns_id", sa.BigInteger, nullable=False, autoincrement=False),
+        sa.Column("intent_id", sa.String(32), nullable=False),
+        sa.Column("new_ns", sa.BigInteger, nullable=False),
+        sa.Column("node_id", sa.BigInteger, nullable=False),
+        sa.Column("path", sa.Text, nullable=False),
+        sa.Column("shard", sa.String(64), nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("base", sa.BigInteger, nullable=False),
+        sa.Column("user_id", sa.BigInteger, nullable=False),
+        sa.Column("invitee_id", sa.BigInteger, nullable=False),
+        sa.Column("role", sa.String(8), nullable=False),
+        sa.Column("created_at", sa.Double, nullable=False),
+        sa.Column("owner", sa.String(96), nullable=True),
+        sa.Column("lease_until", sa.Double, nullable=True),
+        sa.PrimaryKeyConstraint("ns_id", "intent_id", name="pk_share_intents"),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("share_intents")
