@@ -30,6 +30,9 @@ class State:
     def __init__(self, config: Config, as_json: bool) -> None:
         self.config = config
         self.as_json = as_json
+        self.sharding: dict[str, Any] = {}
+        """``--directory``, ``--shard`` and ``--place-new`` of a command that opens the
+        metadata store (`shard_options`), applied by `_server_config`."""
 
     def api(self, *, max_upload_rate: float | None = None, max_download_rate: float | None = None) -> Any:
         from cubby.client.api import ApiClient
@@ -114,7 +117,38 @@ def main(ctx: click.Context, url: str | None, token: str | None, as_json: bool) 
 # server side
 # --------------------------------------------------------------------------------------------
 def _server_config(state: State, data: Path | None, db: str | None, blocks: str | None = None) -> Config:
-    return state.config.with_(data_dir=data, db_url=db, blocks_url=blocks)
+    return state.config.with_(data_dir=data, db_url=db, blocks_url=blocks, **state.sharding)
+
+
+def shard_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--directory URL``, repeated ``--shard NAME=URL`` and ``--place-new NAME`` for a
+    command that opens the metadata store (docs/SHARDING.md); kept on the `State` for
+    `_server_config`. Without them, ``--db`` is the directory and the only shard."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, directory: str | None, shard: tuple[str, ...], place_new: str | None, **kwargs: Any) -> Any:
+        from cubby.config import parse_shards
+
+        try:
+            parse_shards(shard)
+        except CubbyError as exc:
+            raise click.BadParameter(exc.message, param_hint="--shard") from exc
+        state = click.get_current_context().find_object(State)
+        if state is not None:
+            state.sharding = {"directory_url": directory, "shards": shard or None, "place_new": place_new}
+        return fn(*args, **kwargs)
+
+    for option in reversed([
+        click.option("--directory", default=None, metavar="URL",
+                     help="The directory database of a sharded deployment (default: --db)."),
+        click.option("--shard", multiple=True, metavar="NAME=URL",
+                     help="A shard database (repeatable); without any, the directory is the only shard."),
+        click.option("--place-new", default=None, metavar="NAME",
+                     help="The shard new namespaces go to (default: the one holding the fewest)."),
+    ]):
+        wrapper = option(wrapper)
+    return wrapper
 
 
 BLOCKS_OPTION = click.option(
@@ -126,6 +160,7 @@ BLOCKS_OPTION = click.option(
 @main.command()
 @click.option("--data", type=click.Path(path_type=Path), help="Folder for the embedded database and chunks.")
 @click.option("--db", help="SQLAlchemy URL of the metadata database (PostgreSQL or MySQL/MariaDB).")
+@shard_options
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port to listen on (default 8765).")
 @click.option(
@@ -231,6 +266,7 @@ def _offer_password() -> str | None:
 @click.argument("name")
 @click.option("--data", type=click.Path(path_type=Path), help="The server's data folder.")
 @click.option("--db", help="The server's metadata database URL.")
+@shard_options
 @click.option("--password-stdin", is_flag=True, help="Also set a web password, read from standard input.")
 @click.option("--password", "ask_password", is_flag=True, help="Also set a web password, asked at the terminal.")
 @pass_state
@@ -250,7 +286,7 @@ def user_add(
         check_password_rules(password)
     cfg = _server_config(state, data, db)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    store = open_store(cfg.metadata_url)
+    store = open_store(cfg.metadata_url, shards=cfg.shard_urls, place_new=cfg.place_new)
     try:
         u, token = store.create_user(name)
         if password is not None:
@@ -268,6 +304,7 @@ def user_add(
 @click.argument("name")
 @click.option("--data", type=click.Path(path_type=Path), help="The server's data folder.")
 @click.option("--db", help="The server's metadata database URL.")
+@shard_options
 @click.option("--password-stdin", is_flag=True, help="Read the new password from standard input.")
 @pass_state
 def user_passwd(state: State, name: str, data: Path | None, db: str | None, password_stdin: bool) -> None:
@@ -281,7 +318,7 @@ def user_passwd(state: State, name: str, data: Path | None, db: str | None, pass
         raise click.UsageError(f"no cubby server data in {cfg.data_dir}: pass the server's --data or --db")
     password = _read_password(password_stdin)
     check_password_rules(password)
-    store = open_store(cfg.metadata_url)
+    store = open_store(cfg.metadata_url, shards=cfg.shard_urls, place_new=cfg.place_new)
     try:
         uid = store.accounts.set_password(name, password)
     finally:
@@ -292,6 +329,7 @@ def user_passwd(state: State, name: str, data: Path | None, db: str | None, pass
 @main.command()
 @click.option("--data", type=click.Path(path_type=Path), help="The server's data folder.")
 @click.option("--db", help="The server's metadata database URL.")
+@shard_options
 @BLOCKS_OPTION
 @click.option("--grace", type=float, default=24 * 3600, show_default=True, help="Keep unreferenced chunks this many seconds.")
 @click.option(
@@ -308,7 +346,7 @@ def gc(
     from cubby.metadata.store import open_store
 
     cfg = _server_config(state, data, db, blocks)
-    store = open_store(cfg.metadata_url)
+    store = open_store(cfg.metadata_url, shards=cfg.shard_urls, place_new=cfg.place_new)
     try:
         bs = open_block_store(cfg.blocks_location, store.db)
         try:
@@ -333,6 +371,7 @@ def admin() -> None:
 @admin.command("migrate-blocks")
 @click.option("--data", type=click.Path(path_type=Path), help="The server's data folder.")
 @click.option("--db", help="The server's metadata database URL.")
+@shard_options
 @BLOCKS_OPTION
 @pass_state
 def admin_migrate_blocks(state: State, data: Path | None, db: str | None, blocks: str | None) -> None:
@@ -343,7 +382,7 @@ def admin_migrate_blocks(state: State, data: Path | None, db: str | None, blocks
     from cubby.metadata.store import open_store
 
     cfg = _server_config(state, data, db, blocks)
-    store = open_store(cfg.metadata_url)
+    store = open_store(cfg.metadata_url, shards=cfg.shard_urls, place_new=cfg.place_new)
     try:
         bs = open_block_store(cfg.blocks_location, store.db)
 

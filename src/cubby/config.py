@@ -9,6 +9,7 @@ TOML file (``~/.config/cubby/config.toml``); nothing below the CLI reads the env
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -24,7 +25,17 @@ DEFAULT_PORT = 8765
 class Config:
     data_dir: Path = Path("./cubby-data")
     db_url: str | None = None
-    """SQLAlchemy URL of the metadata database; None means SQLite at data_dir/meta.db."""
+    """SQLAlchemy URL of the metadata database; None means SQLite at data_dir/meta.db. Alone,
+    it is the directory and the only shard (``main``); with ``shards``, the directory unless
+    ``directory_url`` names one."""
+    directory_url: str | None = None
+    """The directory database of a sharded deployment (users, tokens, placements, the
+    membership copy, the chunk tables: docs/SHARDING.md); None means ``db_url``'s."""
+    shards: tuple[str, ...] = ()
+    """The shard databases as ``NAME=URL`` (``--shard``, or a ``[shards]`` table of the config
+    file); empty means the directory is the only shard, ``main``."""
+    place_new: str | None = None
+    """The shard new namespaces go to; None means the one holding the fewest."""
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     listen_fd: int | None = None
@@ -85,9 +96,17 @@ class Config:
 
     @property
     def metadata_url(self) -> str:
+        """The directory database's URL (with no shards, the only database's)."""
+        if self.directory_url:
+            return self.directory_url
         if self.db_url:
             return self.db_url
         return f"sqlite:///{(self.data_dir / 'meta.db').resolve()}"
+
+    @property
+    def shard_urls(self) -> dict[str, str]:
+        """``{name: url}`` of the configured shards (`parse_shards`); empty without any."""
+        return parse_shards(self.shards)
 
     @property
     def blocks_dir(self) -> Path:
@@ -134,6 +153,26 @@ def load(env: Mapping[str, str], file: Path | None = None) -> Config:
     return replace(cfg, **_typed(values, path))
 
 
+SHARD_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def parse_shards(entries: tuple[str, ...]) -> dict[str, str]:
+    """``NAME=URL`` entries as ``{name: url}``; a malformed entry or a name given twice is a
+    `ConfigError` (a shard's name is what the directory records, so a typo must not pass)."""
+    out: dict[str, str] = {}
+    for entry in entries:
+        name, sep, url = entry.partition("=")
+        name = name.strip()
+        if not sep or not url.strip() or not SHARD_NAME_RE.match(name):
+            raise ConfigError(
+                f"a shard is NAME=URL (NAME: letters, digits, '_' or '-'), not {entry!r}", key="shards"
+            )
+        if name in out:
+            raise ConfigError(f"shard {name!r} is named twice", key="shards")
+        out[name] = url.strip()
+    return out
+
+
 DEDUP_SCOPES = ("global", "user")
 """The values of `Config.dedup_scope`."""
 
@@ -155,6 +194,8 @@ def _typed(values: Mapping[str, Any], path: Path) -> dict[str, Any]:
             raise ConfigError(f"{path}: unknown setting {key!r} (settings are: {known})", key=key)
         kind = str(fields[key].type)
         try:
+            if key == "shards" and isinstance(value, dict):  # a [shards] table: name = "url"
+                value = [f"{k}={v}" for k, v in value.items()]
             if key == "data_dir":
                 value = Path(str(value)).expanduser()
             elif kind.startswith("tuple"):
@@ -170,6 +211,8 @@ def _typed(values: Mapping[str, Any], path: Path) -> dict[str, Any]:
                 value = int(value) if kind.startswith("int") else float(value)
             elif kind.startswith("str") and not isinstance(value, str):
                 raise TypeError("a string")
+            if key == "shards":
+                parse_shards(value)
             if key == "dedup_scope" and value not in DEDUP_SCOPES:
                 raise TypeError(" or ".join(repr(v) for v in DEDUP_SCOPES))
         except TypeError as e:

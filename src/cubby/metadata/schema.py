@@ -31,6 +31,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
+    false,
     inspect,
 )
 from sqlalchemy.dialects import mysql
@@ -103,6 +104,9 @@ namespaces = Table(
     Column("created_at", Double, nullable=False),
     Column("name", Text, nullable=True),  # a shared folder's name: what members' mounts are called
     Column("cut", BigInteger, nullable=True),  # a shared folder's last journal id copied by the share
+    # Set on the old shard while `cubby admin move-namespace` copies the namespace away:
+    # writers there are refused (retryable), readers are not.
+    Column("sealed", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 nodes = Table(
@@ -308,6 +312,44 @@ settings = Table(
     metadata,
     Column("key", String(64), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+
+# -- the directory's tables for sharding (docs/SHARDING.md, `cubby.metadata.shards`) --------------
+placements = Table(
+    "placements",
+    metadata,
+    # Which shard holds each namespace. ``epoch`` grows with every move, so a shard transaction
+    # routed by an old placement can tell; ``state`` is ``moving`` while `cubby admin
+    # move-namespace` copies it (``owner`` and ``lease_until`` say who, until when).
+    Column("ns_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("shard", String(64), nullable=False, index=True),
+    Column("state", String(16), nullable=False, default="live", server_default="live"),
+    Column("epoch", BigInteger, nullable=False, default=1, server_default="1"),
+    Column("owner", String(64), nullable=True),
+    Column("lease_until", Double, nullable=True),
+)
+
+shards = Table(
+    "shards",
+    metadata,
+    # A shard's number is the top bits of the namespace ids it allocates (`cubby.metadata.
+    # shards.allocate_ns_id`): ids are unique across shards with no global sequence.
+    Column("name", String(64), primary_key=True),
+    Column("number", Integer, nullable=False, unique=True),
+    Column("created_at", Double, nullable=False),
+)
+
+memberships = Table(
+    "memberships",
+    metadata,
+    # The directory's copy of every shard's ``members`` rows: authentication reads which
+    # namespaces a user reaches here, without asking each shard. The shard's row stays the
+    # truth inside a namespace transaction.
+    Column("user_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("ns_id", BigInteger, primary_key=True, autoincrement=False, index=True),
+    Column("role", String(8), nullable=False),
+    Column("state", String(8), nullable=False),
 )
 
 

@@ -41,6 +41,7 @@ from cubby.errors import BadRequest, Forbidden, NotFound
 from cubby.metadata.engine import Database
 from cubby.metadata.nstxn import NamespaceTxn, finish_all, key_range, lock_namespaces, open_txn
 from cubby.metadata.schema import links, members, namespaces, nodes, ns_chunks, users
+from cubby.metadata.shards import ShardRouter, allocate_ns_id, drop_memberships, write_membership
 from cubby.metadata.subtree import read_subtree, write_subtree
 from cubby.metadata.tree import guard_mounts
 
@@ -66,8 +67,18 @@ class SharingChange:
 class Sharing:
     """The sharing operations on one metadata database (reached as ``store.sharing``)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, router: ShardRouter | None = None) -> None:
         self.db = db
+        self.router = router or ShardRouter(db)
+
+    def _copy_membership(self, user_id: int, ns_id: int, role: str | None, state: str = "active") -> None:
+        """Mirror a ``members`` change into the directory's copy (`cubby.metadata.shards`); on
+        a single database, in the same transaction. (Across shards the intents of
+        docs/SHARDING.md order the two writes.) ``role`` None deletes the row."""
+        if role is None:
+            self.router.directory.write(lambda c: drop_memberships(c, ns_id, user_id))
+        else:
+            self.router.directory.write(lambda c: write_membership(c, user_id, ns_id, role, state))
 
     # ------------------------------------------------------------------------------------------
     # helpers
@@ -154,6 +165,7 @@ class Sharing:
                     )
                 )
                 state = "invited"
+                self._copy_membership(int(target.id), ns_id, role, state)
             else:
                 if old.role == "owner":
                     raise BadRequest("the owner's role cannot change", code="is_owner")
@@ -163,6 +175,7 @@ class Sharing:
                     .values(role=role)
                 )
                 state = str(old.state)
+                self._copy_membership(int(target.id), ns_id, role, state)
             tx.finish()
             heads = {root_ns: tx.head}
             cut = conn.execute(select(namespaces.c.head, namespaces.c.cut).where(namespaces.c.ns_id == ns_id)).one()
@@ -184,13 +197,15 @@ class Sharing:
         # a revision a client read before the share never names another version in the shared
         # folder: it matches only the unchanged copy (`cubby.metadata.tree.same_as_before_share`) or nothing.
         base = tx.head
-        new_ns = int(
-            conn.execute(
-                insert(namespaces).values(
-                    kind="shared", owner_id=tx.user_id, head=base, next_node=1, created_at=tx.now, name=folder.name
-                )
-            ).inserted_primary_key[0]  # type: ignore[index]
+        shard = self.router.placement(tx.ns_id).shard  # a shared folder starts beside its owner's root
+        new_ns = allocate_ns_id(self.router, shard)
+        conn.execute(
+            insert(namespaces).values(
+                ns_id=new_ns, kind="shared", owner_id=tx.user_id, head=base, next_node=1, created_at=tx.now,
+                name=folder.name,
+            )
         )
+        self.router.place(new_ns, shard)
         dst = NamespaceTxn(self.db, conn, new_ns, base, 1, tx.user_id, now=tx.now)
         write_subtree(read_subtree(conn, tx.ns_id, folder.path), dst, paths.ROOT, dst_parent=0, keep_ids=True)
         dst.finish()
@@ -230,6 +245,7 @@ class Sharing:
                 ns_id=new_ns, user_id=tx.user_id, role="owner", state="active", invited_by=None, created_at=tx.now
             )
         )
+        self._copy_membership(int(tx.user_id or 0), new_ns, "owner")
         return new_ns
 
     def accept(self, user_id: int, root_ns: int, ns_id: int) -> SharingChange:
@@ -266,6 +282,7 @@ class Sharing:
             conn.execute(
                 update(members).where(members.c.ns_id == ns_id, members.c.user_id == user_id).values(state="active")
             )
+            self._copy_membership(user_id, ns_id, str(m.role))
             heads = finish_all(txs)
             return SharingChange(
                 ns_id, {"ns_id": ns_id, "path": candidate, "role": m.role}, {root_ns: heads[root_ns]}, frozenset({user_id})
@@ -283,6 +300,7 @@ class Sharing:
         txs = lock_namespaces(self.db, conn, (int(root), ns_id), actor)
         was = self._unmount(txs[int(root)], ns_id)
         conn.execute(delete(members).where(members.c.ns_id == ns_id, members.c.user_id == member_id))
+        self._copy_membership(member_id, ns_id, None)
         heads = finish_all(txs)
         return SharingChange(ns_id, {"ns_id": ns_id, "path": was}, {int(root): heads[int(root)]}, frozenset({member_id}))
 
@@ -336,6 +354,7 @@ class Sharing:
                 write_subtree(read_subtree(conn, ns_id, paths.ROOT), owner_tx, path, dst_parent=int(mount.node_id), keep_ids=False)
                 owner_tx.forget()
             conn.execute(delete(members).where(members.c.ns_id == ns_id))
+            self.router.directory.write(lambda c: drop_memberships(c, ns_id))
             conn.execute(delete(ns_chunks).where(ns_chunks.c.ns_id == ns_id))
             conn.execute(update(namespaces).where(namespaces.c.ns_id == ns_id).values(kind="retired"))
             heads = finish_all(txs)

@@ -26,7 +26,7 @@ will need intents once namespaces are spread over shard databases.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from cubby.blockstore.base import BlockStore
@@ -39,6 +39,7 @@ from cubby.metadata.engine import Database
 from cubby.metadata.moves import CrossMoves
 from cubby.metadata.possession import Challenges, Checked, ChunkReader, Claim
 from cubby.metadata.reads import FileReads
+from cubby.metadata.shards import ShardRouter
 from cubby.metadata.shares import Sharing
 from cubby.metadata.users import UserDirectory, token_hash
 from cubby.metadata.writes import FileWrites, content_hash_of
@@ -64,16 +65,19 @@ if TYPE_CHECKING:
 class SqlMetadataStore:
     """The metadata store (see `cubby.metadata.base.MetadataStore` for the contract)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database | ShardRouter) -> None:
+        self.router = db if isinstance(db, ShardRouter) else ShardRouter(db)
+        """The directory, chunk database and shards (`cubby.metadata.shards`)."""
+        db = self.router.directory
         self.db = db
         self.challenges = Challenges(load_challenge_secret(db))
         """Possession nonces under the server's secret (see metadata/possession.py)."""
-        self.users = UserDirectory(db)
+        self.users = UserDirectory(db, self.router)
         self.reads = FileReads(db)
         self.writes = FileWrites(db, self.challenges, self.reads)
         self.chunks = ChunkAccess(db, self.challenges)
         self.collector = GarbageCollector(db)
-        self.sharing = Sharing(db)
+        self.sharing = Sharing(db, self.router)
         """Shared folders: share, accept, remove, leave, unshare, list (see metadata/shares.py)."""
         self.moves = CrossMoves(db, self.reads.stat)
         """Moves between namespaces, with intents and recovery (see metadata/moves.py)."""
@@ -90,7 +94,7 @@ class SqlMetadataStore:
         return self._accounts
 
     def close(self) -> None:
-        self.db.dispose()
+        self.router.close()
 
     # -- accounts (cubby.metadata.users, cubby.metadata.memberships) -----------------------
     def create_user(self, name: str) -> tuple[User, str]:
@@ -223,12 +227,22 @@ class SqlMetadataStore:
         return self.collector.reclaim_tombstones(blocks_store, hook)
 
 
-def open_store(url: str, *, migrate_schema: bool = True) -> SqlMetadataStore:
-    """Open (and by default migrate to the newest schema) the metadata database at ``url``."""
-    db = Database(url)
+def open_store(
+    url: str, *, shards: Mapping[str, str] | None = None, place_new: str | None = None, migrate_schema: bool = True
+) -> SqlMetadataStore:
+    """Open (and by default migrate to the newest schema) the metadata database at ``url``:
+    alone, the directory and the only shard; with ``shards`` (``{name: url}``), the directory
+    of those shards. Every database gets the whole schema (each uses only its part); a shard
+    whose URL is the directory's shares its `Database`."""
+    directory = Database(url)
+    dbs: dict[str, Database] = {}
+    for name, shard_url in (shards or {}).items():
+        dbs[name] = directory if shard_url == url else Database(shard_url)
+    router = ShardRouter(directory, dbs or None, place_new=place_new)
     if migrate_schema:
-        migrate.upgrade(db.writer)
-    return SqlMetadataStore(db)
+        for db in router.databases():
+            migrate.upgrade(db.writer)
+    return SqlMetadataStore(router)
 
 
 if TYPE_CHECKING:

@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from cubby.errors import BadRequest, Conflict, NotFound, Unauthorized
 from cubby.metadata.engine import Database
 from cubby.metadata.schema import namespaces, tokens, users
+from cubby.metadata.shards import ShardRouter, allocate_ns_id
 from cubby.model import User
 
 USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -37,8 +38,9 @@ def token_hash(token: str) -> str:
 class UserDirectory:
     """Users and tokens of one (directory) database."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, router: ShardRouter | None = None) -> None:
         self.db = db
+        self.router = router or ShardRouter(db)
 
     def create_user(self, name: str) -> tuple[User, str]:
         if not isinstance(name, str) or not USER_RE.match(name):
@@ -46,18 +48,39 @@ class UserDirectory:
                 f"invalid user name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
             )
 
+        router = self.router
+        shard = router.place_new()
+        shard_db = router.shard_db(shard)
+
+        def make_root(uid: int, now: float) -> int:
+            """The root namespace on its shard (in the directory's transaction when the shard
+            is the directory)."""
+            ns = allocate_ns_id(router, shard)
+            shard_db.write(
+                lambda c: c.execute(
+                    insert(namespaces).values(
+                        ns_id=ns, kind="root", owner_id=uid, head=0, next_node=1, created_at=now
+                    )
+                )
+            )
+            return ns
+
         def run(conn: Connection) -> User:
             if conn.execute(select(users.c.id).where(users.c.name_key == name.lower())).first():
                 raise Conflict(f"a user named {name!r} already exists")
             now = time.time()
-            uid = conn.execute(
-                insert(users).values(name=name, name_key=name.lower(), created_at=now)
-            ).inserted_primary_key[0]  # type: ignore[index]
-            ns = conn.execute(
-                insert(namespaces).values(kind="root", owner_id=uid, head=0, next_node=1, created_at=now)
-            ).inserted_primary_key[0]  # type: ignore[index]
+            uid = int(
+                conn.execute(
+                    insert(users).values(name=name, name_key=name.lower(), created_at=now)
+                ).inserted_primary_key[0]  # type: ignore[index]
+            )
+            # Sharded: the namespace row commits on its shard before the directory's user and
+            # placement rows; if the directory transaction then fails, an unreachable empty
+            # namespace is left, never a user without a root.
+            ns = make_root(uid, now)
+            router.place(ns, shard)
             conn.execute(update(users).where(users.c.id == uid).values(root_ns=ns))
-            return User(id=int(uid), name=name, root_ns=int(ns))
+            return User(id=uid, name=name, root_ns=ns)
 
         try:
             user = self.db.write(run)

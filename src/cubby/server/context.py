@@ -76,7 +76,7 @@ def build_context(config: Config, roles: tuple[str, ...]) -> ServerContext:
     """Open what the given roles need: every role needs the metadata store; only the blocks
     role opens the block store."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    store = open_store(config.metadata_url)
+    store = open_store(config.metadata_url, shards=config.shard_urls, place_new=config.place_new)
     blocks: BlockStore | None = None
     closers: list[Callable[[], object]] = []
     if "blocks" in roles:

@@ -1,14 +1,14 @@
 """Shares across shards: an intent per share whose new namespace lives on another shard.
 
 Revision ID: 0010
-Revises: 0004
+Revises: 0009
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0010"
-down_revision = "0004"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
