@@ -54,9 +54,10 @@ def require_service(name: str) -> None:
 DB_ENGINES = ["sqlite", "postgresql", "mariadb"]
 
 
-def worker_database(base_url: str) -> str:
+def worker_database(base_url: str, suffix: str = "") -> str:
     """A database of this pytest worker's own on a shared server, so parallel workers never
-    see each other's tables. Created on first use; the caller wipes its tables."""
+    see each other's tables (``suffix`` names a second one: another shard). Created on first
+    use; the caller wipes its tables."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
@@ -64,7 +65,7 @@ def worker_database(base_url: str) -> str:
     url = make_url(base_url)
     # Several checkouts (worktrees) may run their suites at once on the same servers.
     checkout = hashlib.sha1(os.path.dirname(os.path.abspath(__file__)).encode()).hexdigest()[:6]
-    name = f"cubby_{checkout}_{worker}"
+    name = f"cubby_{checkout}_{worker}{suffix}"
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:

@@ -31,7 +31,7 @@ single-shard steps and their intent will go. `cut` and `list_shares` only read.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection, Row
@@ -44,6 +44,9 @@ from cubby.metadata.schema import links, members, namespaces, nodes, ns_chunks, 
 from cubby.metadata.shards import ShardRouter, allocate_ns_id, drop_memberships, write_membership
 from cubby.metadata.subtree import read_subtree, write_subtree
 from cubby.metadata.tree import guard_mounts
+
+if TYPE_CHECKING:
+    from cubby.metadata.sharded_shares import ShardedSharing
 
 ROLES = ("editor", "viewer")
 """Roles an owner can give; "owner" belongs to whoever shared the folder."""
@@ -64,12 +67,67 @@ class SharingChange:
     users: frozenset[int] = frozenset()
 
 
+def user_by_name(conn: Connection, name: Any) -> Row[Any]:
+    """The ``users`` row named ``name`` (a directory read); `NotFound` if there is none."""
+    if not isinstance(name, str) or not name:
+        raise BadRequest("give the name of the user to share with", field="user")
+    row = conn.execute(select(users).where(users.c.name_key == name.lower())).first()
+    if row is None:
+        raise NotFound(f"no user named {name!r}", code="unknown_user")
+    return row
+
+
+def member_of(conn: Connection, ns_id: int, user_id: int) -> Row[Any] | None:
+    """The ``members`` row of ``user_id`` in ``ns_id`` (on ``ns_id``'s shard), or None."""
+    return conn.execute(select(members).where(members.c.ns_id == ns_id, members.c.user_id == user_id)).first()
+
+
+def require_owner(conn: Connection, ns_id: int, user_id: int) -> None:
+    """`NotFound` unless ``user_id`` is an active member of ``ns_id``, `Forbidden` unless its owner."""
+    m = member_of(conn, ns_id, user_id)
+    if m is None or m.state != "active":
+        raise NotFound("no such shared folder")
+    if m.role != "owner":
+        raise Forbidden("only the owner of a shared folder can do this", code="not_owner")
+
+
+def mount_of(conn: Connection, root_ns: int, ns_id: int) -> Row[Any] | None:
+    """The live mount node of ``ns_id`` in ``root_ns`` (on the root's shard), or None."""
+    return conn.execute(
+        select(nodes).where(nodes.c.ns_id == root_ns, nodes.c.target_ns == ns_id, nodes.c.path_key.is_not(None))
+    ).first()
+
+
+def unmount(tx: NamespaceTxn, ns_id: int) -> str | None:
+    """Remove the mount of ``ns_id`` from ``tx``'s (root) namespace and journal it; answers
+    the mount's path, or None if there was none (idempotent)."""
+    row = mount_of(tx.conn, tx.ns_id, ns_id)
+    if row is None:
+        return None
+    jid = tx.next_jid()
+    tx.conn.execute(
+        update(nodes)
+        .where(nodes.c.ns_id == tx.ns_id, nodes.c.node_id == row.node_id)
+        .values(deleted=True, path_key=None, deleted_key=None, rev=jid)
+    )
+    tx.journal("unmount", node_id=row.node_id, parent_id=row.parent_id, kind="mount", path=row.path, rev=jid)
+    tx.forget()
+    return str(row.path)
+
+
 class Sharing:
     """The sharing operations on one metadata database (reached as ``store.sharing``)."""
 
     def __init__(self, db: Database, router: ShardRouter | None = None) -> None:
         self.db = db
         self.router = router or ShardRouter(db)
+        self.sharded: ShardedSharing | None = None
+        """On a sharded deployment, the same operations as single-database steps
+        (`cubby.metadata.sharded_shares`); None on one database."""
+        if not self.router.single:
+            from cubby.metadata.sharded_shares import ShardedSharing
+
+            self.sharded = ShardedSharing(self.router)
 
     def _copy_membership(self, user_id: int, ns_id: int, role: str | None, state: str = "active") -> None:
         """Mirror a ``members`` change into the directory's copy (`cubby.metadata.shards`); on
@@ -79,50 +137,6 @@ class Sharing:
             self.router.directory.write(lambda c: drop_memberships(c, ns_id, user_id))
         else:
             self.router.directory.write(lambda c: write_membership(c, user_id, ns_id, role, state))
-
-    # ------------------------------------------------------------------------------------------
-    # helpers
-    # ------------------------------------------------------------------------------------------
-    @staticmethod
-    def _user_by_name(conn: Connection, name: Any) -> Row[Any]:
-        if not isinstance(name, str) or not name:
-            raise BadRequest("give the name of the user to share with", field="user")
-        row = conn.execute(select(users).where(users.c.name_key == name.lower())).first()
-        if row is None:
-            raise NotFound(f"no user named {name!r}", code="unknown_user")
-        return row
-
-    @staticmethod
-    def _member(conn: Connection, ns_id: int, user_id: int) -> Row[Any] | None:
-        return conn.execute(select(members).where(members.c.ns_id == ns_id, members.c.user_id == user_id)).first()
-
-    def _require_owner(self, conn: Connection, ns_id: int, user_id: int) -> None:
-        m = self._member(conn, ns_id, user_id)
-        if m is None or m.state != "active":
-            raise NotFound("no such shared folder")
-        if m.role != "owner":
-            raise Forbidden("only the owner of a shared folder can do this", code="not_owner")
-
-    @staticmethod
-    def _mount_of(conn: Connection, root_ns: int, ns_id: int) -> Row[Any] | None:
-        return conn.execute(
-            select(nodes).where(nodes.c.ns_id == root_ns, nodes.c.target_ns == ns_id, nodes.c.path_key.is_not(None))
-        ).first()
-
-    def _unmount(self, tx: NamespaceTxn, ns_id: int) -> str | None:
-        """Remove the mount of ``ns_id`` from ``tx``'s (root) namespace; journal it."""
-        row = self._mount_of(tx.conn, tx.ns_id, ns_id)
-        if row is None:
-            return None
-        jid = tx.next_jid()
-        tx.conn.execute(
-            update(nodes)
-            .where(nodes.c.ns_id == tx.ns_id, nodes.c.node_id == row.node_id)
-            .values(deleted=True, path_key=None, deleted_key=None, rev=jid)
-        )
-        tx.journal("unmount", node_id=row.node_id, parent_id=row.parent_id, kind="mount", path=row.path, rev=jid)
-        tx.forget()
-        return str(row.path)
 
     # ------------------------------------------------------------------------------------------
     # operations
@@ -138,9 +152,11 @@ class Sharing:
             raise BadRequest(f"role must be one of {', '.join(ROLES)}", field="role")
         if path == paths.ROOT:
             raise BadRequest("share a folder, not your whole tree", code="not_a_folder")
+        if self.sharded is not None:
+            return self.sharded.share(user_id, root_ns, path, invitee, role)
 
         def run(conn: Connection) -> SharingChange:
-            target = self._user_by_name(conn, invitee)
+            target = user_by_name(conn, invitee)
             if int(target.id) == user_id:
                 raise BadRequest("you cannot share a folder with yourself", code="share_with_self")
             tx = open_txn(self.db, conn, root_ns, user_id)
@@ -155,8 +171,8 @@ class Sharing:
                 ns_id = self._convert(tx, row)
             else:
                 ns_id = int(row.target_ns)
-                self._require_owner(conn, ns_id, user_id)
-            old = self._member(conn, ns_id, int(target.id))
+                require_owner(conn, ns_id, user_id)
+            old = member_of(conn, ns_id, int(target.id))
             if old is None:
                 conn.execute(
                     insert(members).values(
@@ -251,15 +267,17 @@ class Sharing:
     def accept(self, user_id: int, root_ns: int, ns_id: int) -> SharingChange:
         """Accept an invitation: mount the shared folder in the user's root under its name, or
         ``name (1)``, ``name (2)``… if that is taken. Accepting again answers the same mount."""
+        if self.sharded is not None:
+            return self.sharded.accept(user_id, root_ns, ns_id)
 
         def run(conn: Connection) -> SharingChange:
-            m = self._member(conn, ns_id, user_id)
+            m = member_of(conn, ns_id, user_id)
             if m is None:
                 raise NotFound(f"you have no invitation to shared folder {ns_id}", code="no_invitation")
             txs = lock_namespaces(self.db, conn, (root_ns, ns_id), user_id)
             tx = txs[root_ns]
             if m.state == "active":
-                mount = self._mount_of(conn, root_ns, ns_id)
+                mount = mount_of(conn, root_ns, ns_id)
                 return SharingChange(ns_id, {"ns_id": ns_id, "path": mount.path if mount else None, "role": m.role})
             name = conn.execute(select(namespaces.c.name).where(namespaces.c.ns_id == ns_id)).one()[0] or f"Shared {ns_id}"
             # Names are cut to fit: a 255-byte folder name with " (1)" would be a mount that the
@@ -291,14 +309,14 @@ class Sharing:
         return self.db.write(run)
 
     def _drop(self, conn: Connection, ns_id: int, member_id: int, actor: int) -> SharingChange:
-        m = self._member(conn, ns_id, member_id)
+        m = member_of(conn, ns_id, member_id)
         if m is None:
             raise NotFound("that user is not a member of this shared folder", code="not_a_member")
         if m.role == "owner":
             raise BadRequest("the owner cannot leave a shared folder: unshare it instead", code="is_owner")
         root = conn.execute(select(users.c.root_ns).where(users.c.id == member_id)).one()[0]
         txs = lock_namespaces(self.db, conn, (int(root), ns_id), actor)
-        was = self._unmount(txs[int(root)], ns_id)
+        was = unmount(txs[int(root)], ns_id)
         conn.execute(delete(members).where(members.c.ns_id == ns_id, members.c.user_id == member_id))
         self._copy_membership(member_id, ns_id, None)
         heads = finish_all(txs)
@@ -306,16 +324,20 @@ class Sharing:
 
     def remove_member(self, user_id: int, ns_id: int, member: Any) -> SharingChange:
         """The owner removes a member (or withdraws an invitation): their mount goes at once."""
+        if self.sharded is not None:
+            return self.sharded.remove_member(user_id, ns_id, member)
 
         def run(conn: Connection) -> SharingChange:
-            self._require_owner(conn, ns_id, user_id)
-            target = self._user_by_name(conn, member)
+            require_owner(conn, ns_id, user_id)
+            target = user_by_name(conn, member)
             return self._drop(conn, ns_id, int(target.id), user_id)
 
         return self.db.write(run)
 
     def leave(self, user_id: int, ns_id: int) -> SharingChange:
         """A member leaves: the mount leaves their tree; the folder stays with the others."""
+        if self.sharded is not None:
+            return self.sharded.leave(user_id, ns_id)
         return self.db.write(lambda conn: self._drop(conn, ns_id, user_id, user_id))
 
     def unshare(self, user_id: int, ns_id: int) -> SharingChange:
@@ -323,9 +345,11 @@ class Sharing:
         folder again holding the shared folder's current contents (metadata only). The shared
         namespace is retired and its chunk references dropped, so collection can reclaim what
         only it used."""
+        if self.sharded is not None:
+            return self.sharded.unshare(user_id, ns_id)
 
         def run(conn: Connection) -> SharingChange:
-            self._require_owner(conn, ns_id, user_id)
+            require_owner(conn, ns_id, user_id)
             rows = conn.execute(
                 select(members.c.user_id, members.c.role, users.c.root_ns)
                 .join(users, users.c.id == members.c.user_id)
@@ -335,9 +359,9 @@ class Sharing:
             txs = lock_namespaces(self.db, conn, [*roots.values(), ns_id], user_id)
             for uid, root in roots.items():
                 if uid != user_id:
-                    self._unmount(txs[root], ns_id)
+                    unmount(txs[root], ns_id)
             owner_tx = txs[roots[user_id]]
-            mount = self._mount_of(conn, owner_tx.ns_id, ns_id)
+            mount = mount_of(conn, owner_tx.ns_id, ns_id)
             path = None
             if mount is not None:
                 path = str(mount.path)
@@ -369,11 +393,15 @@ class Sharing:
     def cut(self, ns_id: int) -> int | None:
         """The last journal id the share copied into shared namespace ``ns_id`` (None for a
         namespace that was not made by sharing a folder)."""
+        if self.sharded is not None:
+            return self.sharded.cut(ns_id)
         row = self.db.read(lambda c: c.execute(select(namespaces.c.cut).where(namespaces.c.ns_id == ns_id)).first())
         return None if row is None or row[0] is None else int(row[0])
 
     def list_shares(self, user_id: int) -> list[dict[str, Any]]:
         """The user's shared folders and invitations, each with its members."""
+        if self.sharded is not None:
+            return self.sharded.list_shares(user_id)
 
         def run(conn: Connection) -> list[dict[str, Any]]:
             root = int(conn.execute(select(users.c.root_ns).where(users.c.id == user_id)).one()[0])
@@ -388,7 +416,7 @@ class Sharing:
                     .order_by(users.c.name_key)
                 ).all()
                 name = conn.execute(select(namespaces.c.name).where(namespaces.c.ns_id == ns)).one()[0]
-                mount = self._mount_of(conn, root, ns) if m.state == "active" else None
+                mount = mount_of(conn, root, ns) if m.state == "active" else None
                 out.append(
                     {
                         "ns_id": ns, "name": name, "role": m.role, "state": m.state,
@@ -401,4 +429,6 @@ class Sharing:
         return self.db.read(run)
 
 
-__all__ = ["ROLES", "Sharing", "SharingChange"]
+__all__ = [
+    "ROLES", "Sharing", "SharingChange", "member_of", "mount_of", "require_owner", "unmount", "user_by_name",
+]

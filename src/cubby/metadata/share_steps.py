@@ -1,0 +1,409 @@
+"""Sharing a folder when its new namespace lives on another shard than the owner's root.
+
+No transaction spans two databases, so the share is single-database steps tied by an intent
+row on the owner's root shard (r); the new namespace S goes to shard s:
+
+1. directory: reserve S's id, placement ``creating`` (`Placement.reserve_namespace`): nobody
+   can reach S yet.
+2. r, one transaction holding the root's lock: write the intent ``frozen`` (the root's journal
+   head is S's base) and freeze the folder (its node's ``pending`` names the intent). From
+   this commit on every write below the folder is refused with the retryable
+   `NamespaceMoved` (`cubby.metadata.tree.guard_mounts`), and the folder can be neither
+   deleted nor moved to another namespace. So what is live below it now is exactly what S
+   gets: a delete acknowledged before this step is not among it, and no write lands after it
+   without being retried into S.
+3. s, one transaction: create S (its journal starts above the root's head at the freeze) and
+   copy the frozen folder's live nodes, current revisions, chunk references and links into
+   it, with the owner's and the invitee's ``members`` rows. Idempotent: a namespace row for S
+   already there means the copy committed whole.
+4. r, one transaction: if the intent is still this process's and ``frozen``, turn the folder
+   into a mount of S, mark the source nodes gone (their history stays), move its links out,
+   journal the mount, and set the intent ``mounted``. This commit is the point of no return.
+5. directory: placement ``live``, the membership copy (`Placement.sync_memberships`); then,
+   on r, delete the intent.
+
+Recovery (`ShareSteps.recover`, run where moves' recovery runs: at server start and before
+each share) takes only intents whose owner is gone (`cubby.metadata.leases`). One still
+``frozen`` (or ``undoing``) is undone: set ``undoing`` on r (step 4 can no longer happen),
+delete S's copy on s, drop the reservation, then unfreeze the folder and delete the intent in
+one transaction on r. One ``mounted`` runs forward: step 5 again. Either way the owner ends
+with either no share (the folder as it was, writes below it allowed again) or a whole one.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy.engine import Connection
+
+from cubby.core import paths
+from cubby.errors import Conflict, CubbyError, NamespaceMoved, NotFound, Unavailable
+from cubby.metadata.leases import Owner
+from cubby.metadata.nstxn import NamespaceTxn, key_range, lock_namespace, open_txn
+from cubby.metadata.schema import (
+    file_revs,
+    journal,
+    links,
+    members,
+    namespaces,
+    nodes,
+    ns_chunks,
+    placements,
+    share_intents,
+)
+from cubby.metadata.shards import ShardRouter, allocate_ns_id, drop_memberships, write_membership
+from cubby.metadata.subtree import read_subtree, write_subtree
+from cubby.metadata.tree import frozen_or_mount_below, guard_mounts, is_frozen
+
+STEPS = ("reserved", "frozen", "copied", "mounted", "published")
+"""Fault hook points: after each step commits."""
+
+NS_TABLES = (nodes, file_revs, journal, ns_chunks, members, links)
+"""The rows of a namespace that an undone share's copy may have written (besides its
+``namespaces`` row)."""
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What a cross-shard share made: the new namespace, the folder's path, the owner's root
+    head after the mount (the mount's journal id) and the new namespace's head (its cut)."""
+
+    ns_id: int
+    path: str
+    root_head: int
+    ns_head: int
+
+
+class ShareSteps:
+    """Cross-shard shares with their intents and recovery (see the module docstring)."""
+
+    def __init__(self, router: ShardRouter, fault: Callable[[str], None] | None = None) -> None:
+        self.router = router
+        self.fault = fault
+        self.owner = Owner.this_process()
+
+    def _step(self, name: str) -> None:
+        if self.fault is not None:
+            self.fault(name)
+
+    # ------------------------------------------------------------------------------------------
+    def share(self, user_id: int, root_ns: int, path: str, invitee_id: int, role: str, shard: str) -> Shared:
+        """Turn the folder at ``path`` of ``root_ns`` into a new namespace on ``shard``,
+        inviting ``invitee_id`` with ``role``. The caller checked the names and the role."""
+        self.recover()
+        root_db = self.router.db_for(root_ns)
+        new_ns = reserve_namespace(self.router, shard)
+        self._step("reserved")
+        intent = secrets.token_hex(16)
+
+        # 2. freeze the folder, in the root
+        def freeze(conn: Connection) -> None:
+            tx = open_txn(root_db, conn, root_ns, user_id)
+            guard_mounts(tx, path)
+            row = tx.live(paths.key(path))
+            if row is None:
+                raise NotFound(f"{path} does not exist")
+            if row.kind == "file":
+                raise Conflict(f"{row.path} is a file; only folders can be shared", code="not_a_folder")
+            if row.kind == "mount" or is_frozen(row):
+                raise NamespaceMoved(f"{row.path} became a shared folder meanwhile; try again", path=row.path)
+            if frozen_or_mount_below(tx, paths.key(path)):
+                raise Conflict(f"{row.path} holds a shared folder; shared folders cannot nest", code="contains_shared_folder")
+            conn.execute(
+                insert(share_intents).values(
+                    ns_id=root_ns, intent_id=intent, new_ns=new_ns, node_id=row.node_id, path=row.path, shard=shard,
+                    state="frozen", base=tx.head, user_id=user_id, invitee_id=invitee_id, role=role,
+                    created_at=time.time(), owner=str(self.owner), lease_until=self.owner.lease_until(),
+                )
+            )
+            conn.execute(update(nodes).where(nodes.c.ns_id == root_ns, nodes.c.node_id == row.node_id).values(pending=intent))
+
+        try:
+            root_db.write(freeze)
+        except BaseException:
+            forget_namespace(self.router, new_ns)
+            raise
+        self._step("frozen")
+
+        # 3. the copy, on the new namespace's shard
+        try:
+            self._renew(root_ns, intent)
+            self._copy(root_ns, intent)
+        except Exception:
+            self._undo(root_ns, intent)
+            raise
+        self._step("copied")
+
+        # 4. the mount, in the root: the point of no return
+        root_head, final = root_db.write(lambda conn: self._mount(conn, root_ns, intent))
+        self._step("mounted")
+
+        # 5. published; the intent goes
+        ns_head = self._publish(root_ns, intent)
+        return Shared(new_ns, final, root_head, ns_head)
+
+    def _intent(self, conn: Connection, root_ns: int, intent: str) -> Any:
+        return conn.execute(
+            select(share_intents).where(share_intents.c.ns_id == root_ns, share_intents.c.intent_id == intent)
+        ).first()
+
+    def _renew(self, root_ns: int, intent: str) -> None:
+        """Extend this process's lease; if recovery took the intent over meanwhile (this
+        process stalled past its lease), stop: the share is being undone."""
+        done = self.router.db_for(root_ns).write(
+            lambda conn: conn.execute(
+                update(share_intents)
+                .where(share_intents.c.ns_id == root_ns, share_intents.c.intent_id == intent)
+                .where(share_intents.c.owner == str(self.owner), share_intents.c.state == "frozen")
+                .values(lease_until=self.owner.lease_until())
+            ).rowcount
+        )
+        if done != 1:
+            raise Unavailable("the share was interrupted and undone; try again")
+
+    def _copy(self, root_ns: int, intent: str) -> None:
+        """Step 3 (idempotent): read the frozen folder on r, write S on s."""
+        root_db = self.router.db_for(root_ns)
+
+        def read(conn: Connection) -> Any:
+            it = self._intent(conn, root_ns, intent)
+            folder = conn.execute(
+                select(nodes.c.path, nodes.c.name, nodes.c.pending).where(nodes.c.ns_id == root_ns, nodes.c.node_id == it.node_id)
+            ).one()
+            assert folder.pending == intent, "the frozen folder lost its freeze"
+            return it, folder, read_subtree(conn, root_ns, str(folder.path), with_links=True)
+
+        it, folder, tree = root_db.read(read)
+        db = self.router.shard_db(str(it.shard))
+        new_ns, owner_id, now = int(it.new_ns), int(it.user_id), time.time()
+
+        def write(conn: Connection) -> None:
+            if conn.execute(select(namespaces.c.ns_id).where(namespaces.c.ns_id == new_ns)).first() is not None:
+                return  # copied before (this step commits whole)
+            base = int(it.base)
+            conn.execute(
+                insert(namespaces).values(
+                    ns_id=new_ns, kind="shared", owner_id=owner_id, head=base, next_node=1, created_at=now, name=folder.name
+                )
+            )
+            dst = NamespaceTxn(db, conn, new_ns, base, 1, owner_id, now=now)
+            write_subtree(tree, dst, paths.ROOT, dst_parent=0, keep_ids=True)
+            dst.finish()
+            conn.execute(update(namespaces).where(namespaces.c.ns_id == new_ns).values(cut=dst.head))
+            moved = [
+                {**ln, "ns_id": new_ns, "node_id": 0 if int(ln["node_id"]) == tree.root_id else ln["node_id"]}
+                for ln in tree.links
+            ]
+            if moved:
+                conn.execute(insert(links), moved)
+            conn.execute(
+                insert(members),
+                [
+                    {"ns_id": new_ns, "user_id": owner_id, "role": "owner", "state": "active", "invited_by": None, "created_at": now},
+                    {"ns_id": new_ns, "user_id": int(it.invitee_id), "role": it.role, "state": "invited",
+                     "invited_by": owner_id, "created_at": now},
+                ],
+            )
+
+        db.write(write)
+
+    def _mount(self, conn: Connection, root_ns: int, intent: str) -> tuple[int, str]:
+        """Step 4 on r: the folder becomes a mount of S, if this process still owns the
+        intent and it is ``frozen`` (recovery never mounts: it undoes). Answers the root's new head (the mount's
+        journal id) and the folder's path now (a rename of it or above it may have moved it
+        while it was frozen: it is known by its node id)."""
+        db = self.router.db_for(root_ns)
+        tx = open_txn(db, conn, root_ns, None)
+        it = self._intent(conn, root_ns, intent)
+        if it is None or it.state != "frozen" or it.owner != str(self.owner):
+            raise Unavailable("the share was interrupted and undone; try again")
+        tx.user_id = int(it.user_id)
+        folder = conn.execute(select(nodes).where(nodes.c.ns_id == root_ns, nodes.c.node_id == it.node_id)).one()
+        lo, hi = key_range(paths.key(folder.path))
+        # Its links went to S with the copy (step 3): they leave the root, before the nodes
+        # below the folder lose the keys that find them.
+        below = select(nodes.c.node_id).where(nodes.c.ns_id == root_ns, nodes.c.path_key > lo, nodes.c.path_key < hi)
+        conn.execute(
+            delete(links).where(
+                links.c.ns_id == root_ns, or_(links.c.node_id == folder.node_id, links.c.node_id.in_(below))
+            )
+        )
+        conn.execute(
+            update(nodes)
+            .where(nodes.c.ns_id == root_ns, nodes.c.path_key > lo, nodes.c.path_key < hi)
+            .ordered_values((nodes.c.deleted_key, nodes.c.path_key), (nodes.c.path_key, None), (nodes.c.deleted, True))
+        )
+        jid = tx.next_jid()
+        conn.execute(
+            update(nodes)
+            .where(nodes.c.ns_id == root_ns, nodes.c.node_id == folder.node_id)
+            .values(kind="mount", target_ns=int(it.new_ns), rev=jid, pending=None)
+        )
+        tx.journal("mount", node_id=folder.node_id, parent_id=folder.parent_id, kind="mount", path=folder.path, rev=jid)
+        conn.execute(
+            update(share_intents)
+            .where(share_intents.c.ns_id == root_ns, share_intents.c.intent_id == intent)
+            .values(state="mounted", lease_until=self.owner.lease_until())
+        )
+        tx.finish()
+        return tx.head, str(folder.path)
+
+    def _publish(self, root_ns: int, intent: str) -> int:
+        """Step 5 (idempotent): placement live, membership copy, then the intent goes.
+        Answers S's head."""
+        root_db = self.router.db_for(root_ns)
+        it = root_db.read(lambda conn: self._intent(conn, root_ns, intent))
+        new_ns = int(it.new_ns)
+        publish_namespace(self.router, new_ns)
+        sync_memberships(self.router, new_ns, [int(it.user_id), int(it.invitee_id)])
+        self._step("published")
+        root_db.write(
+            lambda conn: conn.execute(
+                delete(share_intents).where(share_intents.c.ns_id == root_ns, share_intents.c.intent_id == intent)
+            )
+        )
+        db = self.router.shard_db(str(it.shard))
+        return int(db.read(lambda c: c.execute(select(namespaces.c.head).where(namespaces.c.ns_id == new_ns)).one()[0]))
+
+    def _undo(self, root_ns: int, intent: str) -> None:
+        """Undo an intent that never reached step 4 (see the module docstring)."""
+        root_db = self.router.db_for(root_ns)
+
+        def mark(conn: Connection) -> Any:
+            lock_namespace(root_db, conn, root_ns)
+            it = self._intent(conn, root_ns, intent)
+            if it is None or it.state not in ("frozen", "undoing"):
+                return None
+            conn.execute(
+                update(share_intents)
+                .where(share_intents.c.ns_id == root_ns, share_intents.c.intent_id == intent)
+                .values(state="undoing")
+            )
+            return it
+
+        it = root_db.write(mark)
+        if it is None:
+            return
+        new_ns = int(it.new_ns)
+        db = self.router.shard_db(str(it.shard))
+
+        def drop_copy(conn: Connection) -> None:
+            for table in NS_TABLES:
+                conn.execute(delete(table).where(table.c.ns_id == new_ns))
+            conn.execute(delete(namespaces).where(namespaces.c.ns_id == new_ns))
+
+        db.write(drop_copy)
+        forget_namespace(self.router, new_ns)
+
+        def unfreeze(conn: Connection) -> None:
+            lock_namespace(root_db, conn, root_ns)
+            conn.execute(
+                update(nodes)
+                .where(nodes.c.ns_id == root_ns, nodes.c.node_id == it.node_id, nodes.c.pending == intent)
+                .values(pending=None)
+            )
+            conn.execute(delete(share_intents).where(share_intents.c.ns_id == root_ns, share_intents.c.intent_id == intent))
+
+        root_db.write(unfreeze)
+
+    # ------------------------------------------------------------------------------------------
+    def recover(self, around: Callable[[list[int]], AbstractContextManager[object]] | None = None) -> int:
+        """Finish or undo every cross-shard share whose owner is gone, on every shard (see the
+        module docstring). Returns how many were handled; safe to run at any time, from any
+        process, more than once. ``around`` wraps each with the root and the new namespace
+        (the metadata cache fences and invalidates their heads there)."""
+        now = time.time()
+        todo: list[tuple[int, str, str, int]] = []
+        seen: set[int] = set()
+        for db in self.router.shards.values():
+            if id(db) in seen:
+                continue
+            seen.add(id(db))
+            rows = db.read(
+                lambda c: c.execute(
+                    select(
+                        share_intents.c.ns_id, share_intents.c.intent_id, share_intents.c.state,
+                        share_intents.c.owner, share_intents.c.lease_until, share_intents.c.new_ns,
+                    )
+                ).all()
+            )
+            todo += [
+                (int(ns), str(intent), str(state), int(new))
+                for ns, intent, state, owner, lease, new in rows
+                if self.owner.is_gone(owner, lease, now)
+            ]
+        failed: list[CubbyError] = []
+        for root_ns, intent, state, new_ns in todo:
+            try:
+                with around([root_ns, new_ns]) if around else nullcontext():
+                    if state == "mounted":
+                        self._publish(root_ns, intent)
+                    else:
+                        self._undo(root_ns, intent)
+            except CubbyError as exc:
+                failed.append(exc)
+        if failed:
+            raise failed[0]
+        return len(todo)
+
+
+def reserve_namespace(router: ShardRouter, shard: str) -> int:
+    """A new namespace id on ``shard`` with its placement ``creating`` in the directory: the
+    router routes it (the share's own steps write there), but nothing names it until the
+    share mounts it, and `publish_namespace` makes it ``live``."""
+    ns_id = allocate_ns_id(router, shard)
+    router.directory.write(
+        lambda c: c.execute(insert(placements).values(ns_id=ns_id, shard=shard, state="creating", epoch=1))
+    )
+    return ns_id
+
+
+def publish_namespace(router: ShardRouter, ns_id: int) -> None:
+    """The placement of a namespace a share made goes ``live`` (idempotent)."""
+    router.directory.write(
+        lambda c: c.execute(
+            update(placements).where(placements.c.ns_id == ns_id, placements.c.state == "creating").values(state="live")
+        )
+    )
+    router.forget(ns_id)
+
+
+def forget_namespace(router: ShardRouter, ns_id: int) -> None:
+    """Drop the placement of a namespace whose share was undone (idempotent)."""
+    router.directory.write(lambda c: c.execute(delete(placements).where(placements.c.ns_id == ns_id)))
+    router.forget(ns_id)
+
+
+def sync_memberships(router: ShardRouter, ns_id: int, user_ids: Iterable[int]) -> None:
+    """Copy the ``members`` rows of ``user_ids`` in ``ns_id`` from its shard (the truth) into
+    the directory's ``memberships`` (what authentication reads); a row gone from the shard
+    goes from the copy. Idempotent, and always after the shard's change: the copy never
+    grants more than the truth."""
+    users = sorted({int(u) for u in user_ids})
+    rows = {
+        int(r.user_id): r
+        for r in router.db_for(ns_id).read(
+            lambda c: c.execute(select(members).where(members.c.ns_id == ns_id, members.c.user_id.in_(users))).all()
+        )
+    }
+
+    def run(conn: Connection) -> None:
+        for uid in users:
+            r = rows.get(uid)
+            if r is None:
+                drop_memberships(conn, ns_id, uid)
+            else:
+                write_membership(conn, uid, ns_id, str(r.role), str(r.state))
+
+    router.directory.write(run)
+
+
+__all__ = [
+    "STEPS", "ShareSteps", "Shared", "forget_namespace", "publish_namespace", "reserve_namespace", "sync_memberships",
+]
