@@ -61,6 +61,9 @@ from cubby.metadata.shards import ShardRouter, allocate_ns_id, drop_memberships,
 from cubby.metadata.subtree import read_subtree, write_subtree
 from cubby.metadata.tree import frozen_or_mount_below, guard_mounts, is_frozen
 
+Around = Callable[[list[int], list[int]], AbstractContextManager[object]]
+"""Wraps the recovery of one intent, given its namespaces and users (the cache's fence)."""
+
 STEPS = ("reserved", "frozen", "copied", "mounted", "published")
 """Fault hook points: after each step commits."""
 
@@ -313,13 +316,14 @@ class ShareSteps:
         root_db.write(unfreeze)
 
     # ------------------------------------------------------------------------------------------
-    def recover(self, around: Callable[[list[int]], AbstractContextManager[object]] | None = None) -> int:
+    def recover(self, around: Around | None = None) -> int:
         """Finish or undo every cross-shard share whose owner is gone, on every shard (see the
         module docstring). Returns how many were handled; safe to run at any time, from any
-        process, more than once. ``around`` wraps each with the root and the new namespace
-        (the metadata cache fences and invalidates their heads there)."""
+        process, more than once. ``around`` wraps each with the root and the new namespace,
+        and the owner and the invitee (the metadata cache fences and invalidates their heads
+        and memberships there)."""
         now = time.time()
-        todo: list[tuple[int, str, str, int]] = []
+        todo: list[tuple[int, str, str, int, list[int]]] = []
         seen: set[int] = set()
         for db in self.router.shards.values():
             if id(db) in seen:
@@ -330,18 +334,19 @@ class ShareSteps:
                     select(
                         share_intents.c.ns_id, share_intents.c.intent_id, share_intents.c.state,
                         share_intents.c.owner, share_intents.c.lease_until, share_intents.c.new_ns,
+                        share_intents.c.user_id, share_intents.c.invitee_id,
                     )
                 ).all()
             )
             todo += [
-                (int(ns), str(intent), str(state), int(new))
-                for ns, intent, state, owner, lease, new in rows
+                (int(ns), str(intent), str(state), int(new), [int(u), int(i)])
+                for ns, intent, state, owner, lease, new, u, i in rows
                 if self.owner.is_gone(owner, lease, now)
             ]
         failed: list[CubbyError] = []
-        for root_ns, intent, state, new_ns in todo:
+        for root_ns, intent, state, new_ns, people in todo:
             try:
-                with around([root_ns, new_ns]) if around else nullcontext():
+                with around([root_ns, new_ns], people) if around else nullcontext():
                     if state == "mounted":
                         self._publish(root_ns, intent)
                     else:
@@ -405,5 +410,5 @@ def sync_memberships(router: ShardRouter, ns_id: int, user_ids: Iterable[int]) -
 
 
 __all__ = [
-    "STEPS", "ShareSteps", "Shared", "forget_namespace", "publish_namespace", "reserve_namespace", "sync_memberships",
+    "STEPS", "Around", "ShareSteps", "Shared", "forget_namespace", "publish_namespace", "reserve_namespace", "sync_memberships",
 ]

@@ -47,6 +47,7 @@ from cubby.metadata.tree import guard_mounts
 
 if TYPE_CHECKING:
     from cubby.metadata.sharded_shares import ShardedSharing
+    from cubby.metadata.share_steps import Around
 
 ROLES = ("editor", "viewer")
 """Roles an owner can give; "owner" belongs to whoever shared the folder."""
@@ -386,6 +387,12 @@ class Sharing:
             return SharingChange(ns_id, {"ns_id": ns_id, "path": path}, heads, frozenset(roots))
 
         return self.db.write(run)
+
+    def recover(self, around: Around | None = None) -> int:
+        """Finish or undo the shares across shards whose process is gone
+        (`cubby.metadata.share_steps.ShareSteps.recover`); on one database a share is one
+        transaction and there is nothing to recover. Returns how many were handled."""
+        return self.sharded.steps.recover(around) if self.sharded is not None else 0
 
     # ------------------------------------------------------------------------------------------
     # requests that raced the share

@@ -428,11 +428,16 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
 
     from cubby.server import shares
 
-    # Moves between namespaces that a crash interrupted are finished or undone before serving.
+    # Moves between namespaces and shares across shards that a crash interrupted are finished
+    # or undone before serving.
     try:
         store.moves.recover()
     except CubbyError:
         ctx.log.exception("could not recover an interrupted move; it is retried before the next move")
+    try:
+        store.sharing.recover()
+    except CubbyError:
+        ctx.log.exception("could not recover an interrupted share; it is retried before the next share")
     return [
         *shares.routes(ctx),
         Route("/api/v1/account", account, methods=["GET"]),
