@@ -79,7 +79,7 @@ class SqlMetadataStore:
         self.collector = GarbageCollector(db)
         self.sharing = Sharing(db, self.router)
         """Shared folders: share, accept, remove, leave, unshare, list (see metadata/shares.py)."""
-        self.moves = CrossMoves(db, self.reads.stat)
+        self.moves = CrossMoves(db, self.reads.stat, router=self.router)
         """Moves between namespaces, with intents and recovery (see metadata/moves.py)."""
         self._accounts: Accounts | None = None
 
