@@ -348,7 +348,7 @@ def gc(
     cfg = _server_config(state, data, db, blocks)
     store = open_store(cfg.metadata_url, shards=cfg.shard_urls, place_new=cfg.place_new)
     try:
-        bs = open_block_store(cfg.blocks_location, store.db)
+        bs = open_block_store(cfg.blocks_location, store.router.chunks)
         try:
             stats = store.collect_garbage(bs, grace)
             packs = bs.compact(threshold=threshold, grace=pack_grace)
@@ -384,7 +384,7 @@ def admin_migrate_blocks(state: State, data: Path | None, db: str | None, blocks
     cfg = _server_config(state, data, db, blocks)
     store = open_store(cfg.metadata_url, shards=cfg.shard_urls, place_new=cfg.place_new)
     try:
-        bs = open_block_store(cfg.blocks_location, store.db)
+        bs = open_block_store(cfg.blocks_location, store.router.chunks)
 
         def progress(s: MigrateStats) -> None:
             if state.as_json:

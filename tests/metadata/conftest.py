@@ -46,7 +46,7 @@ def blocks_for(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Block
     made: dict[int, PackBlockStore] = {}
 
     def make(store: SqlMetadataStore) -> BlockStore:
-        return made.setdefault(id(store), PackBlockStore(objects, SqlChunkIndex(store.db)))
+        return made.setdefault(id(store), PackBlockStore(objects, SqlChunkIndex(store.router.chunks)))
 
     yield make
 

@@ -48,7 +48,7 @@ def test_a_move_killed_after_each_step_ends_in_exactly_one_place(store, step):
     url = store.db.url.render_as_string(hide_password=False)
     a, _ = store.create_user("alice")
     store.create_user("bob")
-    killed_move(store, store, a, step, [url], lambda: open_store(url), cached_heads=True)
+    killed_move(store, store, a, step, [url], lambda: open_store(url))
 
 
 @pytest.mark.parametrize("step", STEPS)
@@ -59,16 +59,14 @@ def test_a_move_across_shards_killed_after_each_step_ends_in_exactly_one_place(t
     a, _ = on_a.create_user("alice")
     on_b.create_user("bob")
     args = [two_shards.directory, json.dumps(two_shards.shards)]
-    killed_move(on_a, on_b, a, step, args, lambda: two_shards.open("b"), cached_heads=False)
+    killed_move(on_a, on_b, a, step, args, lambda: two_shards.open("b"))
 
 
-def killed_move(owner_store, sharing_store, a, step, store_args, reopen, *, cached_heads: bool) -> None:
+def killed_move(owner_store, sharing_store, a, step, store_args, reopen) -> None:
     """Alice shares /Shared (through ``sharing_store``: its new namespaces' shard), a process
     moves /Item out of it into her root and is killed after ``step``; recovery through a
-    cache leaves the item whole in exactly one place. With ``cached_heads`` the cache holds
-    both old heads before recovery, and every head read after it must be new (the store's
-    own head reads are routed to shards by helper "shards"' routing, not yet here: on two
-    shards the heads are read from each shard directly)."""
+    cache holding both old heads leaves the item whole in exactly one place, and every head
+    read after it is new."""
     blocks = MemoryBlockStore()
     for i in range(3):
         put_file(owner_store, blocks, a.id, a.root_ns, f"/Shared/Item/f{i}.txt")
@@ -89,8 +87,7 @@ def killed_move(owner_store, sharing_store, a, step, store_args, reopen, *, cach
     # Recovery through the metadata cache, with both heads cached before it: every head read
     # below (the journal check) must see what recovery wrote.
     fresh = CachedStore(reopen(), MemoryCache())
-    head = fresh.head if cached_heads else (lambda n: reads[n].head(n))
-    stale = {n: head(n) for n in (ns, a.root_ns)}
+    stale = {n: fresh.head(n) for n in (ns, a.root_ns)}
     try:
         assert fresh.moves.recover() == 1
         assert fresh.moves.recover() == 0  # nothing left, and running it again changes nothing
@@ -104,7 +101,7 @@ def killed_move(owner_store, sharing_store, a, step, store_args, reopen, *, cach
         for n in (ns, a.root_ns):
             check_journal(reads[n], n)
         if step == "removed":  # rolled forward: the destination got journal entries
-            assert any(head(n) > stale[n] for n in stale)
+            assert any(fresh.head(n) > stale[n] for n in stale)
         assert reads[ns].stat(ns, "/keep.txt").kind == "file"  # the rest of the folder is untouched
         # The item can move again from wherever it is: it is whole there.
         if expected_in_dest:

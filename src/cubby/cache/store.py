@@ -77,6 +77,7 @@ if TYPE_CHECKING:
     from cubby.metadata.accounts import Accounts
     from cubby.metadata.base import MetadataStore
     from cubby.metadata.engine import Database
+    from cubby.metadata.links import LinkStore
     from cubby.metadata.possession import Checked, ChunkReader, Claim
     from cubby.metadata.shares import SharingChange
 
@@ -115,6 +116,7 @@ class CachedStore:
         self._mode = _Mode()
         self._peek: Callable[[str], bytes | None] | None = getattr(cache, "peek", None)
         """`LocalCache.peek` when the cache is in-process (`hits_only`), else None."""
+        store.router.use_cache(self)  # placements (``place:<ns>``) read through this cache too
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
@@ -127,6 +129,16 @@ class CachedStore:
     @property
     def db(self) -> Database:
         return self.store.db
+
+    @property
+    def links(self) -> LinkStore:
+        return self.store.links
+
+    def deleted(self, ns_id: int, folder: str) -> builtins.list[dict[str, Any]]:
+        return self.store.deleted(ns_id, folder)
+
+    def reading(self) -> contextlib.AbstractContextManager[None]:
+        return self.store.reading()
 
     @property
     def accounts(self) -> Accounts:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cubby.blockstore.base import BlockStore
@@ -38,7 +39,7 @@ from cubby.model import (
 
 if TYPE_CHECKING:
     from cubby.metadata.accounts import Accounts
-    from cubby.metadata.engine import Database
+    from cubby.metadata.links import LinkStore
     from cubby.metadata.possession import Checked, ChunkReader, Claim
     from cubby.metadata.shares import SharingChange
 
@@ -98,8 +99,15 @@ class MetadataStore(Protocol):
     def moves(self) -> CrossNamespaceMoves: ...
 
     @property
-    def db(self) -> Database:
-        """The database that links (`cubby.metadata.links`) and deleted-file listings read."""
+    def links(self) -> LinkStore:
+        """Public links (`cubby.metadata.links.LinkStore`), each on its namespace's shard."""
+
+    def deleted(self, ns_id: int, folder: str) -> list[dict[str, Any]]:
+        """Files deleted directly in ``folder`` of ``ns_id`` (`cubby.metadata.deleted`)."""
+
+    def reading(self) -> AbstractContextManager[None]:
+        """Within, on this thread, reads join one read transaction per database (a request
+        that authenticates and reads opens one transaction, not three: `Database.reading`)."""
 
     @property
     def accounts(self) -> Accounts:

@@ -24,9 +24,11 @@ from sqlalchemy.exc import IntegrityError
 
 from cubby.blockstore.base import BlockStore
 from cubby.core.hashing import is_chunk_name
+from cubby.metadata import shardchunks
 from cubby.metadata.engine import Database
 from cubby.metadata.possession import Challenges, Checked, ChunkReader, Claim, check_claims
 from cubby.metadata.schema import blocks, chunk_tombstones, ns_chunks, settings
+from cubby.metadata.shards import ShardRouter
 
 
 def load_challenge_secret(db: Database) -> bytes:
@@ -62,15 +64,21 @@ def make_available(db: Database, conn: Connection, ns_id: int, hashes: list[str]
 class ChunkAccess:
     """Chunk reads and uploads of one metadata database (see the module docstring)."""
 
-    def __init__(self, db: Database, challenges: Challenges) -> None:
+    def __init__(self, db: Database, challenges: Challenges, router: ShardRouter | None = None) -> None:
         self.db = db
         self.challenges = challenges
+        self.router = router if router is not None and not router.single else None
+        """Set on a sharded deployment: ``blocks`` rows on the chunk database, grants on each
+        namespace's shard, in separate transactions (`cubby.metadata.shardchunks`); ``db``
+        is then the chunk database."""
 
     def chunk_readable(self, ns_ids: Iterable[int], hashes: Sequence[str]) -> set[str]:
         ns_list = sorted(set(ns_ids))
         wanted = sorted({h for h in hashes if is_chunk_name(h)})
         if not ns_list or not wanted:
             return set()
+        if self.router is not None:
+            return shardchunks.chunk_readable(self.router, ns_list, wanted)
 
         def run(conn: Connection) -> set[str]:
             out: set[str] = set()
@@ -99,8 +107,9 @@ class ChunkAccess:
         new = sum(1 for f in flags if f)
         names = sorted(unique)
 
-        def run(conn: Connection) -> None:
-            now = time.time()
+        now = time.time()
+
+        def record(conn: Connection) -> None:
             present: set[str] = set()
             for i in range(0, len(names), 500):
                 part = names[i : i + 500]
@@ -128,6 +137,14 @@ class ChunkAccess:
                     update(blocks).where(blocks.c.hash == bindparam("h")).values(touched_at=now),
                     [{"h": h} for h in sorted(present)],
                 )
+
+        if self.router is not None:  # the chunk database's rows committed first, then the grants
+            self.db.write(record)
+            shardchunks.make_available_on(self.router, ns_id, names, now)
+            return new
+
+        def run(conn: Connection) -> None:
+            record(conn)
             make_available(self.db, conn, ns_id, names, now)
 
         self.db.write(run)
@@ -149,6 +166,12 @@ class ChunkAccess:
         if not accepted:
             return checked
         now = time.time()
+        if self.router is not None:
+            still = sorted(shardchunks.touch_chunks(self.db, accepted, now))
+            shardchunks.make_available_on(self.router, ns_id, still, now)
+            checked.rejected = sorted([*checked.rejected, *(h for h in accepted if h not in still)])
+            checked.proven = still
+            return checked
 
         def run(conn: Connection) -> list[str]:
             q = select(blocks.c.hash).where(blocks.c.hash.in_(accepted))

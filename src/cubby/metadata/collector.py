@@ -8,9 +8,11 @@ bytes later, in a transaction that holds the tombstone (see `collect_garbage`). 
 that finds the row gone deletes the tombstone (`cubby.metadata.chunks`).
 
 What crosses namespaces: everything. A chunk is garbage only when no namespace references it,
-so the sweep reads ``ns_chunks`` of every namespace against ``blocks``. Once namespaces are
-sharded this becomes a step per shard (each reports the hashes it references, or marks
-candidates) tied by an intent before any bytes go; the tombstone protocol stays as it is.
+so the sweep reads ``ns_chunks`` of every namespace against ``blocks``. On a sharded
+deployment (a `ShardRouter` that is not `single`) the sweep locks ``blocks`` rows on the chunk
+database and reads every shard's ``ns_chunks`` in fresh statements while holding them; commits
+touch a chunk before they reference it, which is what makes that safe without a lock across
+databases (the argument is in `cubby.metadata.shardchunks`). The tombstone protocol is the same.
 """
 
 from __future__ import annotations
@@ -24,16 +26,20 @@ from sqlalchemy.engine import Connection
 
 from cubby.blockstore.base import BlockStore
 from cubby.errors import CubbyError
+from cubby.metadata import shardchunks
 from cubby.metadata.engine import Database
 from cubby.metadata.schema import blocks, chunk_tombstones, ns_chunks
+from cubby.metadata.shards import ShardRouter
 from cubby.model import GcStats
 
 
 class GarbageCollector:
     """Collection over one metadata database and the block store it indexes."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, router: ShardRouter | None = None) -> None:
         self.db = db
+        """The chunk database (on one database, the only one)."""
+        self.router = router if router is not None and not router.single else None
 
     def collect_garbage(
         self, blocks_store: BlockStore, grace_seconds: float, *, fault: Callable[[str], None] | None = None
@@ -60,6 +66,16 @@ class GarbageCollector:
         examined = deleted = freed = 0
 
         def candidates(conn: Connection) -> list[str]:
+            if self.router is not None:  # references are on the shards: asked under the lock; paged by hash
+                return [
+                    r[0]
+                    for r in conn.execute(
+                        select(blocks.c.hash)
+                        .where(blocks.c.touched_at < cutoff, blocks.c.hash > (max(seen) if seen else ""))
+                        .order_by(blocks.c.hash)
+                        .limit(500)
+                    )
+                ]
             referenced = select(ns_chunks.c.hash).where(ns_chunks.c.hash == blocks.c.hash, ns_chunks.c.refs > 0)
             return [
                 r[0]
@@ -75,17 +91,23 @@ class GarbageCollector:
             locked = {r[0]: int(r[1]) for r in conn.execute(q)}
             if not locked:
                 return 0, 0
-            # A fresh statement, after the locks: sees every commit that referenced these chunks.
-            still = {
-                r[0]
-                for r in conn.execute(
-                    select(ns_chunks.c.hash).where(ns_chunks.c.hash.in_(list(locked)), ns_chunks.c.refs > 0)
-                )
-            }
-            victims = sorted(set(locked) - still)
+            if self.router is not None:
+                # Every shard asked in fresh statements while the rows are locked: a commit
+                # that references one of them touched it before (`shardchunks`).
+                victims = sorted(shardchunks.unreferenced(self.router, list(locked)))
+            else:
+                # A fresh statement, after the locks: sees every commit that referenced these chunks.
+                still = {
+                    r[0]
+                    for r in conn.execute(
+                        select(ns_chunks.c.hash).where(ns_chunks.c.hash.in_(list(locked)), ns_chunks.c.refs > 0)
+                    )
+                }
+                victims = sorted(set(locked) - still)
             if not victims:
                 return 0, 0
-            conn.execute(delete(ns_chunks).where(ns_chunks.c.hash.in_(victims)))
+            if self.router is None:
+                conn.execute(delete(ns_chunks).where(ns_chunks.c.hash.in_(victims)))
             conn.execute(delete(blocks).where(blocks.c.hash.in_(victims)))
             now = time.time()
             self.db.insert_ignore(conn, chunk_tombstones, [{"hash": h, "at": now} for h in victims])
@@ -103,10 +125,27 @@ class GarbageCollector:
             n, b = self.db.write(functools.partial(sweep, batch=batch))
             deleted += n
             freed += b
+            if self.router is not None and n:
+                self._drop_grants(batch)
         hook("swept")
         self.reclaim_tombstones(blocks_store, hook)
         hook("reclaimed")
         return GcStats(examined=examined, deleted=deleted, bytes_freed=freed)
+
+    def _drop_grants(self, batch: list[str]) -> None:
+        """On each shard, the unused grants (``refs = 0``) of chunks now tombstoned. Only tidy:
+        a grant of a chunk without a ``blocks`` row lets nothing be used, and a chunk uploaded
+        again in between just gets asked for once more."""
+        assert self.router is not None
+
+        def tombstoned(conn: Connection) -> list[str]:
+            return [r[0] for r in conn.execute(select(chunk_tombstones.c.hash).where(chunk_tombstones.c.hash.in_(batch)))]
+
+        gone = self.db.read(tombstoned)
+        if not gone:
+            return
+        for db in {id(d): d for d in self.router.shards.values()}.values():
+            db.write(lambda c: c.execute(delete(ns_chunks).where(ns_chunks.c.hash.in_(gone), ns_chunks.c.refs == 0)))
 
     def reclaim_tombstones(self, blocks_store: BlockStore, hook: Callable[[str], None] = lambda _step: None) -> int:
         """Remove the bytes of tombstoned chunks (step 2 of `collect_garbage`); returns how many."""

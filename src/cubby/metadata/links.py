@@ -22,9 +22,9 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.engine import Connection, Row
@@ -33,9 +33,11 @@ from cubby.core import paths
 from cubby.errors import BadRequest, NotFound
 from cubby.metadata.engine import Database
 from cubby.metadata.schema import file_revs, links, namespaces, nodes, users
+from cubby.metadata.shards import ShardRouter
 from cubby.metadata.users import token_hash
 from cubby.model import ChunkRef, Entry
 
+T = TypeVar("T")
 ROOT_NODE = 0
 """The node id of a namespace's root folder, which has no row in ``nodes``."""
 WALK_PAGE = 500
@@ -135,10 +137,25 @@ def _node_entry(row: Row[Any]) -> Entry:
 
 
 class LinkStore:
-    """Links on one metadata `Database` (the one `SqlMetadataStore.db` holds)."""
+    """Links of a deployment (`SqlMetadataStore.links`): each link's row is on the shard of the
+    namespace it points into, beside its target, so serving it is one shard's reads. A
+    token or a link id alone names no namespace, so `resolve` and `revoke` ask each shard in
+    turn (one unique-index probe each); a directory table of link tokens would make that one
+    probe (docs/SHARDING.md)."""
 
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, db: Database | ShardRouter) -> None:
+        self.router = db if isinstance(db, ShardRouter) else ShardRouter(db)
+
+    def _shard_dbs(self) -> list[Database]:
+        return list({id(d): d for d in self.router.shards.values()}.values())
+
+    def _first(self, run: Callable[[Connection], T | None], *, write: bool = False) -> T | None:
+        """``run`` on each shard until one answers something other than None."""
+        for db in self._shard_dbs():
+            found = (db.write if write else db.read)(run)
+            if found is not None:
+                return found
+        return None
 
     # -- managing ---------------------------------------------------------------------------
     def create(
@@ -164,7 +181,7 @@ class LinkStore:
                 )
             )
 
-        self.db.write(run)
+        self.router.db_for(ns_id).write(run)
         return link, token
 
     def for_user(self, user_id: int) -> list[LinkInfo]:
@@ -179,31 +196,42 @@ class LinkStore:
         return self._infos(and_(links.c.ns_id.in_(owned), links.c.created_by != user_id))
 
     def _infos(self, where: Any) -> list[LinkInfo]:
+        """Links matching ``where`` on every shard, newest first; creators' names from the
+        directory (one query each, never a join across databases)."""
         q = (
-            select(links, nodes.c.path, nodes.c.kind, nodes.c.deleted, users.c.name.label("creator"))
+            select(links, nodes.c.path, nodes.c.kind, nodes.c.deleted)
             .select_from(
                 links.outerjoin(nodes, and_(nodes.c.ns_id == links.c.ns_id, nodes.c.node_id == links.c.node_id))
-                .outerjoin(users, users.c.id == links.c.created_by)
             )
             .where(where, links.c.revoked_at.is_(None))
-            .order_by(links.c.created_at.desc())
         )
+        rows = [row for db in self._shard_dbs() for row in db.read(lambda c: c.execute(q).all())]
+        rows.sort(key=lambda r: r.created_at, reverse=True)
+        creators = sorted({int(r.created_by) for r in rows})
+        names: dict[int, str] = {}
+        if creators:
+            names = dict(
+                self.router.directory.read(
+                    lambda c: c.execute(select(users.c.id, users.c.name).where(users.c.id.in_(creators))).all()
+                )
+            )
         out = []
-        for row in self.db.read(lambda c: c.execute(q).all()):
+        for row in rows:
             link = _link(row)
+            creator = names.get(int(row.created_by))
             if link.node_id == ROOT_NODE:
-                out.append(LinkInfo(link, paths.ROOT, "folder", row.creator))
+                out.append(LinkInfo(link, paths.ROOT, "folder", creator))
             elif row.path is None or row.deleted:
-                out.append(LinkInfo(link, None, None, row.creator))
+                out.append(LinkInfo(link, None, None, creator))
             else:
-                out.append(LinkInfo(link, row.path, row.kind, row.creator))
+                out.append(LinkInfo(link, row.path, row.kind, creator))
         return out
 
     def revoke(self, user_id: int, link_id: str) -> Link:
         """Revoke a link the user made, or any link into a namespace the user owns; `NotFound`
         for any other link (or one already revoked), exactly as for one that never existed."""
 
-        def run(conn: Connection) -> Link:
+        def run(conn: Connection) -> Link | None:
             owned = select(namespaces.c.ns_id).where(namespaces.c.owner_id == user_id)
             row = conn.execute(
                 select(links).where(
@@ -213,13 +241,16 @@ class LinkStore:
                 )
             ).first()
             if row is None:
-                raise NotFound(f"you have no link {link_id}")
+                return None
             conn.execute(
                 update(links).where(links.c.ns_id == row.ns_id, links.c.link_id == link_id).values(revoked_at=time.time())
             )
             return _link(row)
 
-        return self.db.write(run)
+        found = self._first(run, write=True)
+        if found is None:
+            raise NotFound(f"you have no link {link_id}")
+        return found
 
     # -- serving ----------------------------------------------------------------------------
     def resolve(self, token: str, *, now: float | None = None) -> Resolved:
@@ -237,7 +268,7 @@ class LinkStore:
             target = self._node(conn, link.ns_id, link.node_id)
             return None if target is None else Resolved(link, target, row.password_hash)
 
-        found = self.db.read(run)
+        found = self._first(run)
         if found is None:
             raise NotFound(GONE)
         return found
@@ -255,7 +286,7 @@ class LinkStore:
 
     def lookup(self, ns_id: int, path: str) -> Entry:
         """The live node at ``path`` (normalised, inside the namespace); `NotFound` (`GONE`) if none."""
-        row = self.db.read(
+        row = self.router.db_for(ns_id).read(
             lambda c: c.execute(select(nodes).where(nodes.c.ns_id == ns_id, nodes.c.path_key == paths.key(path))).first()
         )
         if row is None:
@@ -278,7 +309,7 @@ class LinkStore:
                 return None
             return _node_entry(row), [ChunkRef(h, int(s)) for h, s in json.loads(blocklist)]
 
-        found = self.db.read(run)
+        found = self.router.db_for(ns_id).read(run)
         if found is None:
             raise NotFound(GONE)
         return found
@@ -315,7 +346,7 @@ class LinkStore:
                         lists[int(rev)] = bl
                 return rows, lists
 
-            rows, lists = self.db.read(page)
+            rows, lists = self.router.db_for(ns_id).read(page)
             for r in rows:
                 rel = paths.rebase(r.path, folder, paths.ROOT).lstrip("/")
                 if r.kind == "folder":

@@ -26,8 +26,9 @@ will need intents once namespaces are spread over shard databases.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from cubby.blockstore.base import BlockStore
 from cubby.errors import CubbyError
@@ -35,14 +36,16 @@ from cubby.metadata import memberships as membership
 from cubby.metadata import migrate
 from cubby.metadata.chunks import ChunkAccess, load_challenge_secret
 from cubby.metadata.collector import GarbageCollector
+from cubby.metadata.deleted import deleted_in
 from cubby.metadata.engine import Database
+from cubby.metadata.links import LinkStore
 from cubby.metadata.moves import CrossMoves
 from cubby.metadata.possession import Challenges, Checked, ChunkReader, Claim
-from cubby.metadata.reads import FileReads
+from cubby.metadata.routing import ShardSet
 from cubby.metadata.shards import ShardRouter
 from cubby.metadata.shares import Sharing
 from cubby.metadata.users import UserDirectory, token_hash
-from cubby.metadata.writes import FileWrites, content_hash_of
+from cubby.metadata.writes import content_hash_of
 from cubby.model import (
     ChunkRef,
     CommitRequest,
@@ -67,21 +70,32 @@ class SqlMetadataStore:
 
     def __init__(self, db: Database | ShardRouter) -> None:
         self.router = db if isinstance(db, ShardRouter) else ShardRouter(db)
-        """The directory, chunk database and shards (`cubby.metadata.shards`)."""
-        db = self.router.directory
-        self.db = db
-        self.challenges = Challenges(load_challenge_secret(db))
+        """The directory, chunk database and shards (`cubby.metadata.shards`): every
+        namespace-keyed call below runs on the shard holding its namespace, everything keyed
+        by user or token on the directory, chunk rows on the chunk database."""
+        directory = self.router.directory
+        self.challenges = Challenges(load_challenge_secret(directory))
         """Possession nonces under the server's secret (see metadata/possession.py)."""
-        self.users = UserDirectory(db, self.router)
-        self.reads = FileReads(db)
-        self.writes = FileWrites(db, self.challenges, self.reads)
-        self.chunks = ChunkAccess(db, self.challenges)
-        self.collector = GarbageCollector(db)
-        self.sharing = Sharing(db, self.router)
-        """Shared folders: share, accept, remove, leave, unshare, list (see metadata/shares.py)."""
-        self.moves = CrossMoves(db, self.reads.stat, router=self.router)
-        """Moves between namespaces, with intents and recovery (see metadata/moves.py)."""
+        self.users = UserDirectory(directory, self.router)
+        self.shards = ShardSet(self.router, self.challenges)
+        self.chunks = ChunkAccess(self.router.chunks, self.challenges, self.router)
+        self.collector = GarbageCollector(self.router.chunks, self.router)
+        self.sharing = Sharing(directory, self.router)
+        """Shared folders: share, accept, remove, leave, unshare, list (see metadata/shares.py);
+        on a sharded deployment each operation runs as steps, each on its own namespace's
+        shard (metadata/sharded_shares.py, metadata/share_steps.py)."""
+        self.moves = CrossMoves(directory, self.stat, router=self.router)
+        """Moves between namespaces, with intents and recovery (see metadata/moves.py), each
+        step on its own namespace's shard."""
+        self.links = LinkStore(self.router)
+        """Public links (`cubby.metadata.links`), each on its namespace's shard."""
         self._accounts: Accounts | None = None
+
+    @property
+    def db(self) -> Database:
+        """The directory database (users, tokens, accounts). Namespace data is on
+        ``router.db_for(ns)``, chunk rows on ``router.chunks``: reach them through those."""
+        return self.router.directory
 
     @property
     def accounts(self) -> Accounts:
@@ -90,11 +104,20 @@ class SqlMetadataStore:
         if self._accounts is None:
             from cubby.metadata.accounts import Accounts
 
-            self._accounts = Accounts(self.db, self.principal_of)
+            self._accounts = Accounts(self.router.directory, self.principal_of)
         return self._accounts
 
     def close(self) -> None:
         self.router.close()
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Within, on this thread, the reads of each database join one read transaction per
+        database (`Database.reading`; one in all on a single database)."""
+        with contextlib.ExitStack() as stack:
+            for db in self.router.databases():
+                stack.enter_context(db.reading())
+            yield
 
     # -- accounts (cubby.metadata.users, cubby.metadata.memberships) -----------------------
     def create_user(self, name: str) -> tuple[User, str]:
@@ -133,54 +156,65 @@ class SqlMetadataStore:
         )
 
     def user_can_read(self, user_id: int, ns_id: int) -> bool:
-        return membership.user_can_read(self.db, user_id, ns_id)
+        if self.router.single:
+            return membership.user_can_read(self.router.directory, user_id, ns_id)
+        return membership.user_can_read_sharded(self.router.directory, user_id, ns_id)
 
     def memberships(self, user_id: int, root_ns: int) -> tuple[dict[int, Role], dict[str, int]]:
-        return membership.memberships(self.db, user_id, root_ns)
+        if self.router.single:
+            return membership.memberships(self.router.directory, user_id, root_ns)
+        return membership.memberships_sharded(self.router.directory, self.router.db_for(root_ns), user_id, root_ns)
 
-    # -- reads (cubby.metadata.reads) ------------------------------------------------------
+    def deleted(self, ns_id: int, folder: str) -> builtins.list[dict[str, Any]]:
+        """Files deleted directly in ``folder`` of ``ns_id`` (`cubby.metadata.deleted`)."""
+        return deleted_in(self.router.db_for(ns_id), ns_id, folder)
+
+    # -- reads (cubby.metadata.reads), on the namespace's shard ----------------------------
     def head(self, ns_id: int) -> int:
-        return self.reads.head(ns_id)
+        return self.shards.of(ns_id).reads.head(ns_id)
 
     def heads(self, ns_ids: Iterable[int]) -> dict[int, int]:
-        return self.reads.heads(ns_ids)
+        out: dict[int, int] = {}
+        for mods, nss in self.shards.group(ns_ids):
+            out.update(mods.reads.heads(nss))
+        return out
 
     def stat(self, ns_id: int, path: str) -> Entry:
-        return self.reads.stat(ns_id, path)
+        return self.shards.of(ns_id).reads.stat(ns_id, path)
 
     def list(
         self, ns_id: int, path: str, recursive: bool = False, cursor: str | None = None, limit: int = 1000
     ) -> Listing:
-        return self.reads.list(ns_id, path, recursive, cursor, limit)
+        return self.shards.of(ns_id).reads.list(ns_id, path, recursive, cursor, limit)
 
     def history(self, ns_id: int, path: str, limit: int = 100) -> builtins.list[Revision]:
-        return self.reads.history(ns_id, path, limit)
+        return self.shards.of(ns_id).reads.history(ns_id, path, limit)
 
     def blocklist(self, ns_id: int, path: str, rev: int | None = None) -> tuple[Entry, builtins.list[ChunkRef]]:
-        return self.reads.blocklist(ns_id, path, rev)
+        return self.shards.of(ns_id).reads.blocklist(ns_id, path, rev)
 
     def blocklists(
         self, ns_id: int, paths_: Sequence[str]
     ) -> builtins.list[tuple[Entry, builtins.list[ChunkRef]] | CubbyError]:
-        return self.reads.blocklists(ns_id, paths_)
+        return self.shards.of(ns_id).reads.blocklists(ns_id, paths_)
 
     def journal(self, ns_id: int, after: int, limit: int = 1000) -> builtins.list[JournalEntry]:
-        return self.reads.journal(ns_id, after, limit)
+        return self.shards.of(ns_id).reads.journal(ns_id, after, limit)
 
-    # -- writes (cubby.metadata.writes) ----------------------------------------------------
+    # -- writes (cubby.metadata.writes), on the namespace's shard --------------------------
     def commit(self, user_id: int, ns_id: int, req: CommitRequest, readable: Iterable[int] = ()) -> CommitResult:
-        return self.writes.commit(user_id, ns_id, req, readable)
+        return self.shards.of(ns_id).writes.commit(user_id, ns_id, req, readable)
 
     def commit_many(
         self, user_id: int, ns_id: int, reqs: Sequence[CommitRequest], readable: Iterable[int] = ()
     ) -> builtins.list[CommitResult | CubbyError]:
-        return self.writes.commit_many(user_id, ns_id, reqs, readable)
+        return self.shards.of(ns_id).writes.commit_many(user_id, ns_id, reqs, readable)
 
     def mkdir(self, user_id: int, ns_id: int, path: str) -> Entry:
-        return self.writes.mkdir(user_id, ns_id, path)
+        return self.shards.of(ns_id).writes.mkdir(user_id, ns_id, path)
 
     def mkdir_many(self, user_id: int, ns_id: int, paths_: Sequence[str]) -> builtins.list[Entry | CubbyError]:
-        return self.writes.mkdir_many(user_id, ns_id, paths_)
+        return self.shards.of(ns_id).writes.mkdir_many(user_id, ns_id, paths_)
 
     def delete(
         self,
@@ -192,15 +226,15 @@ class SqlMetadataStore:
         forget_through: int | None = None,
         unchanged_since: int | None = None,
     ) -> Entry:
-        return self.writes.delete(
+        return self.shards.of(ns_id).writes.delete(
             user_id, ns_id, path, expected_rev, forget_through=forget_through, unchanged_since=unchanged_since
         )
 
     def move(self, user_id: int, ns_id: int, src: str, dst: str, expected_rev: int | None = None) -> Entry:
-        return self.writes.move(user_id, ns_id, src, dst, expected_rev)
+        return self.shards.of(ns_id).writes.move(user_id, ns_id, src, dst, expected_rev)
 
     def restore(self, user_id: int, ns_id: int, path: str, rev: int) -> Entry:
-        return self.writes.restore(user_id, ns_id, path, rev)
+        return self.shards.of(ns_id).writes.restore(user_id, ns_id, path, rev)
 
     # -- chunks (cubby.metadata.chunks) and collection (cubby.metadata.collector) ----------
     def chunk_readable(self, ns_ids: Iterable[int], hashes: Sequence[str]) -> set[str]:

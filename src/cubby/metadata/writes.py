@@ -18,7 +18,7 @@ from __future__ import annotations
 import builtins
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, delete, select, update
@@ -63,15 +63,30 @@ _HELD_LOCKED = _HELD.with_for_update(read=True, of=blocks)
 """`_HELD` with the ``blocks`` rows (only those) locked in share mode."""
 
 
+HeldCheck = Callable[[NamespaceTxn, Sequence[str]], Iterable[tuple[str, int, bool]]]
+"""Of some chunk hashes, the stored ones as (hash, size, held by the transaction's namespace
+or one it may read), made safe against garbage collection until the transaction commits."""
+
+
 class FileWrites:
     """The writes of one metadata database (see the module docstring). ``reads`` answers the
     root folder, which has no row to write; ``challenges`` makes the nonces a commit answers
     for chunks it may not use yet."""
 
-    def __init__(self, db: Database, challenges: Challenges, reads: FileReads) -> None:
+    def __init__(
+        self, db: Database, challenges: Challenges, reads: FileReads, held: HeldCheck | None = None
+    ) -> None:
         self.db = db
         self.challenges = challenges
         self.reads = reads
+        self.held = held or self._held_here
+        """Answers (hash, size, held) for stored chunks: `_held_here` on the chunk database
+        itself; on another shard `cubby.metadata.shardchunks.SplitHeld`."""
+
+    def _held_here(self, tx: NamespaceTxn, part: Sequence[str]) -> Iterable[tuple[str, int, bool]]:
+        """`_HELD`, with the ``blocks`` rows share-locked until this transaction commits."""
+        q = _HELD if self.db.is_sqlite else _HELD_LOCKED
+        return tx.conn.execute(q, {"nss": [tx.ns_id, *tx.readable], "hashes": list(part)})  # type: ignore[return-value]
 
     def _validate_commit(self, req: CommitRequest) -> tuple[str, tuple[ChunkRef, ...]]:
         path = paths.normalize(req.path)
@@ -113,8 +128,7 @@ class FileWrites:
         tx.checked.update(wanted)
         for i in range(0, len(wanted), 500):
             part = wanted[i : i + 500]
-            q = _HELD if self.db.is_sqlite else _HELD_LOCKED
-            for h, size, held in tx.conn.execute(q, {"nss": [tx.ns_id, *tx.readable], "hashes": part}):
+            for h, size, held in self.held(tx, part):
                 tx.chunk_sizes[h] = int(size)
                 if held:
                     tx.usable.add(h)

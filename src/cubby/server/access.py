@@ -110,7 +110,7 @@ async def as_caller(request: Request, ctx: ServerContext, fn: Callable[[Principa
             return p, exc  # the principal still goes on the request (its log line names the user)
 
     def both_reading() -> tuple[Principal, tuple[T] | CubbyError]:
-        with ctx.store.db.reading():  # whatever they read from the database: one transaction
+        with ctx.store.reading():  # whatever they read from the database: one transaction
             return both()
 
     hit = on_loop(ctx, both)

@@ -88,11 +88,12 @@ def build_context(config: Config, roles: tuple[str, ...]) -> ServerContext:
         # Verifying and compressing uploaded chunks uses every core (both release the GIL).
         pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="cubby-chunks")
         closers.append(pool.shutdown)
-        pack_store = open_block_store(config.blocks_location, store.db, executor=pool)
+        pack_store = open_block_store(config.blocks_location, store.router.chunks, executor=pool)
         closers.append(pack_store.close)
         blocks = pack_store
     metrics = Metrics()
-    store.db.observe = metrics.observe_transaction
+    for db in store.router.databases():
+        db.observe = metrics.observe_transaction
     if blocks is not None:
         blocks = InstrumentedBlockStore(blocks, metrics)
     front = cached(store, config.cache_url, roles, metrics)

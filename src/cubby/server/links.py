@@ -340,7 +340,7 @@ def zip_response(
 
 def routes(ctx: ServerContext, roles: Sequence[str], creator_access: CreatorAccess = owner_always_reads) -> list[BaseRoute]:
     """The link routes of the roles this server runs: management with meta, public with blocks."""
-    links = LinkStore(ctx.store.db)
+    links = ctx.store.links
     out: list[BaseRoute] = []
     if "meta" in roles:
         out += management_routes(ctx, links)

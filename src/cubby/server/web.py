@@ -31,7 +31,6 @@ from starlette.routing import BaseRoute, Route
 from cubby.core import paths
 from cubby.errors import CubbyError, NotFound
 from cubby.metadata.accounts import csrf_token
-from cubby.metadata.deleted import deleted_in
 from cubby.server import access, sessions
 from cubby.server.context import ServerContext
 
@@ -94,7 +93,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
     async def deleted(request: Request) -> Response:
         p = await access.principal(request, ctx)
         t = access.resolve(p, request.query_params.get("path", "/"))
-        rows = await run_in_threadpool(deleted_in, ctx.store.db, t.ns_id, t.path)
+        rows = await run_in_threadpool(ctx.store.deleted, t.ns_id, t.path)
         for r in rows:
             r["path"] = t.user_path(r["path"])
         return JSONResponse({"deleted": rows})
@@ -105,10 +104,9 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         Route("/api/v1/web/deleted", deleted, methods=["GET"]),
     ]
     if ctx.blocks is not None:
-        from cubby.metadata.links import LinkStore
         from cubby.server.links import zip_response
 
-        links = LinkStore(ctx.store.db)
+        links = ctx.store.links
         blocks = ctx.blocks
 
         async def folder_zip(request: Request) -> Response:
