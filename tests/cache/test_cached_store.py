@@ -11,15 +11,32 @@ from cubby.cache.base import CacheUnavailable, MetadataCache, open_cache
 from cubby.cache.memory import MemoryCache
 from cubby.cache.store import CachedStore
 from cubby.errors import NotFound, Unauthorized
-from cubby.metadata.store import SqlMetadataStore
+from cubby.metadata.store import SqlMetadataStore, open_store
 from cubby.model import CommitRequest
 from tests.cache.conftest import CACHES
+from tests.conftest import TWO_SHARD_PARAMS, two_shard_urls
 
 
 @pytest.mark.parametrize("cache_url", CACHES, indirect=True)
 def test_reads_are_cached_and_every_change_is_seen_next(plain: SqlMetadataStore, cache_url: str) -> None:
     cache = open_cache(cache_url)
     assert cache is not None
+    every_change_is_seen_next(plain, cache)
+
+
+@pytest.mark.parametrize("kind", TWO_SHARD_PARAMS)
+def test_every_change_is_seen_next_on_two_shards(kind: str) -> None:
+    """The same on two shards (alice's root on the shard that is not the directory, bob's on
+    it): tokens, memberships and placements come through the cache from the directory."""
+    directory, shards = two_shard_urls(kind)
+    plain = open_store(directory, shards=shards)
+    try:
+        every_change_is_seen_next(plain, MemoryCache())
+    finally:
+        plain.close()
+
+
+def every_change_is_seen_next(plain: SqlMetadataStore, cache: MetadataCache) -> None:
     seen: list[str] = []
     store = CachedStore(plain, cache, count=lambda name, result: seen.append(result))
     alice, alice_token = store.create_user("alice")

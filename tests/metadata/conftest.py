@@ -14,13 +14,36 @@ from cubby.blockstore.folder import FolderObjectStore
 from cubby.blockstore.memory import MemoryBlockStore
 from cubby.blockstore.packs import PackBlockStore
 from cubby.metadata.chunk_index import SqlChunkIndex
+from cubby.metadata.schema import drop_all
 from cubby.metadata.store import SqlMetadataStore, open_store
 from cubby.model import ChunkRef, CommitRequest
+from tests.conftest import DB_ENGINES, TWO_SHARDS, db_url_for, two_shard_urls
 
 
 @pytest.fixture
 def store(db_url: str) -> Iterator[SqlMetadataStore]:
     s = open_store(db_url)
+    yield s
+    s.close()
+
+
+def open_deployment(kind: str, tmp_path_factory: pytest.TempPathFactory) -> SqlMetadataStore:
+    """A fresh store on one database (``sqlite``, ``postgresql``, ``mariadb``) or on two shards
+    (`tests.conftest.TWO_SHARDS`)."""
+    if kind in TWO_SHARDS:
+        directory, shards = two_shard_urls(kind)
+        return open_store(directory, shards=shards)
+    url = db_url_for(kind, tmp_path_factory)
+    if kind != "sqlite":
+        drop_all(url)
+    return open_store(url)
+
+
+@pytest.fixture(params=[*DB_ENGINES, *TWO_SHARDS])
+def deployed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqlMetadataStore]:
+    """A fresh store on each engine alone and on each two-shard deployment: the contract
+    suite runs on all of them."""
+    s = open_deployment(request.param, tmp_path_factory)
     yield s
     s.close()
 

@@ -1,4 +1,6 @@
-"""The metadata store's behaviour, the same on SQLite, PostgreSQL and MariaDB."""
+"""The metadata store's behaviour, the same on SQLite, PostgreSQL and MariaDB, and on two
+shards (PostgreSQL + PostgreSQL, PostgreSQL + MariaDB) with the first user's root on the
+shard that is not the directory."""
 
 from __future__ import annotations
 
@@ -11,6 +13,11 @@ from cubby.errors import BadRequest, Conflict, InvalidPath, NotFound, SizeMismat
 from cubby.metadata.possession import Claim
 from cubby.model import ChunkRef, CommitRequest
 from tests.metadata.conftest import put_file, random_chunks, request
+
+
+@pytest.fixture
+def store(deployed):
+    return deployed
 
 
 @pytest.fixture

@@ -1,14 +1,27 @@
-"""The sharing operations of the metadata store itself, on SQLite, PostgreSQL and MariaDB: the cut is
+"""The sharing operations of the metadata store itself, on SQLite, PostgreSQL and MariaDB (and on
+two shards, where they wait for the crossshare branch: `NEEDS_CROSSSHARE`): the cut is
 consistent, a write that reaches the old namespace after the share is refused retryably and
 changes nothing, and the share copies current revisions only."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from cubby.blockstore.memory import MemoryBlockStore
 from cubby.errors import Conflict, NamespaceMoved, NotFound
-from tests.metadata.conftest import put_file, random_chunks, request
+from cubby.metadata.store import SqlMetadataStore
+from tests.conftest import DB_ENGINES, TWO_SHARD_PARAMS
+from tests.metadata.conftest import open_deployment, put_file, random_chunks, request
+
+
+@pytest.fixture(params=[*DB_ENGINES, *TWO_SHARD_PARAMS])
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqlMetadataStore]:
+    """Owner and invitee on different shards on the two-shard deployments (alice: far, bob: near)."""
+    s = open_deployment(request.param, tmp_path_factory)
+    yield s
+    s.close()
 
 
 def test_share_copies_current_revisions_only(store):
