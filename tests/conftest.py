@@ -98,11 +98,13 @@ NEEDS_CROSSSHARE = pytest.mark.xfail(
     reason="sharing and moves between namespaces on two shards are the crossshare branch's (issue 14 item 3)",
     strict=False,
 )
-"""On a two-shard deployment, a test of sharing or cross-namespace moves: it passes once those
-are single-shard steps tied by intents; until then it is expected to fail (not weakened)."""
+"""On a two-shard deployment, a test of sharing or cross-namespace moves that was expected to
+fail until those were single-shard steps tied by intents (the crossshare branch). Nothing
+uses it any more; kept for tests written against it on other branches."""
 
-TWO_SHARD_PARAMS = [pytest.param(k, marks=NEEDS_CROSSSHARE) for k in TWO_SHARDS]
-"""`TWO_SHARDS` as parameters of a sharing test (`NEEDS_CROSSSHARE`)."""
+TWO_SHARD_PARAMS = TWO_SHARDS
+"""`TWO_SHARDS` as parameters of a sharing test (they pass since the crossshare branch:
+`NEEDS_CROSSSHARE` marks nothing any more)."""
 
 
 def two_shard_urls(kind: str) -> tuple[str, dict[str, str]]:

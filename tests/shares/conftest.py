@@ -13,7 +13,7 @@ import pytest
 from cubby.client.api import ApiClient, commit_body
 from cubby.metadata.store import SqlMetadataStore, open_store
 from cubby.model import ChunkRef
-from tests.conftest import db_url_for
+from tests.conftest import TWO_SHARDS, db_url_for, two_shard_urls
 from tests.helpers.live_server import LiveServer
 
 ENGINES = ["sqlite", "postgresql"]
@@ -95,14 +95,10 @@ def blocks_on_disk(server: LiveServer) -> tuple[int, int]:
     return len(files), sum(f.stat().st_size for f in files)
 
 
-TWO_SHARDS = ["postgresql+postgresql", "postgresql+mariadb"]
-"""Two-shard deployments: the directory and shard ``a`` on one PostgreSQL database, shard
-``b`` on a second PostgreSQL database or on MariaDB."""
-
-
 @dataclass
 class TwoShards:
-    """A deployment of two shard databases (directory on shard ``a``'s database), wiped."""
+    """A wiped two-shard deployment (`tests.conftest.two_shard_urls`: the directory and shard
+    ``near`` on one PostgreSQL database, ``far`` on another or on MariaDB)."""
 
     directory: str
     shards: dict[str, str]
@@ -110,25 +106,11 @@ class TwoShards:
 
     def open(self, place_new: str) -> SqlMetadataStore:
         """A store on the deployment whose new namespaces (users' roots, shared folders) go
-        to shard ``place_new``: owners and members are put on different shards this way."""
+        to shard ``place_new``: owners, members and shared folders are put on different
+        shards this way."""
         s = open_store(self.directory, shards=self.shards, place_new=place_new, migrate_schema=not self.opened)
         self.opened.append(s)
         return s
-
-
-def two_shard_urls(kind: str) -> tuple[str, dict[str, str]]:
-    """(directory URL, {shard: URL}) of a wiped two-shard deployment of ``kind``."""
-    from cubby.metadata.schema import drop_all
-    from tests.conftest import MARIADB_URL, POSTGRES_URL, require_service, worker_database
-
-    first, second = kind.split("+")
-    for engine in {first, second}:
-        require_service(engine)
-    a = worker_database(POSTGRES_URL)
-    b = worker_database(POSTGRES_URL if second == "postgresql" else MARIADB_URL, "_b")
-    for url in (a, b):
-        drop_all(url)
-    return a, {"a": a, "b": b}
 
 
 @pytest.fixture(params=TWO_SHARDS)

@@ -1,5 +1,5 @@
 """A process for the cross-shard share crash test: shares a folder of the owner's root (shard
-``a``) as a new namespace on shard ``b`` and kills itself with SIGKILL right after the given
+``near``) as a new namespace on shard ``far`` and kills itself with SIGKILL right after the given
 step commits (`cubby.metadata.share_steps.STEPS`, through the steps' fault hook)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from cubby.metadata.store import open_store
 
 def main() -> None:
     directory, shards, step, user_id, root_ns, path, invitee = sys.argv[1:8]
-    store = open_store(directory, shards=json.loads(shards), place_new="b", migrate_schema=False)
+    store = open_store(directory, shards=json.loads(shards), place_new="far", migrate_schema=False)
     assert store.sharing.sharded is not None
 
     def fault(name: str) -> None:

@@ -53,13 +53,13 @@ def test_a_move_killed_after_each_step_ends_in_exactly_one_place(store, step):
 
 @pytest.mark.parametrize("step", STEPS)
 def test_a_move_across_shards_killed_after_each_step_ends_in_exactly_one_place(two_shards: TwoShards, step):
-    """The same on two shards (PG+PG, PG+MariaDB): the owner's root on shard a, the shared
-    folder (the source) on shard b, the member's root on b; each step on its own shard."""
-    on_a, on_b = two_shards.open("a"), two_shards.open("b")
+    """The same on two shards (PG+PG, PG+MariaDB): the owner's root on shard near, the shared
+    folder (the source) and the member's root on far; each step on its own shard."""
+    on_a, on_b = two_shards.open("near"), two_shards.open("far")
     a, _ = on_a.create_user("alice")
     on_b.create_user("bob")
     args = [two_shards.directory, json.dumps(two_shards.shards)]
-    killed_move(on_a, on_b, a, step, args, lambda: two_shards.open("b"))
+    killed_move(on_a, on_b, a, step, args, lambda: two_shards.open("far"))
 
 
 def killed_move(owner_store, sharing_store, a, step, store_args, reopen) -> None:

@@ -1,6 +1,6 @@
 """A share across shards killed (SIGKILL) after each of its steps, on two-shard deployments
-(PostgreSQL + PostgreSQL, PostgreSQL + MariaDB), the owner's root on shard ``a`` and the new
-namespace on shard ``b``: recovery leaves either no share (the folder as it was, writable
+(PostgreSQL + PostgreSQL, PostgreSQL + MariaDB), the owner's root on shard ``near`` and the new
+namespace on shard ``far``: recovery leaves either no share (the folder as it was, writable
 again) or a whole one, and a file deleted before the share is never visible to the member."""
 
 from __future__ import annotations
@@ -44,15 +44,15 @@ def count(db, table, *where) -> int:
 
 @pytest.mark.parametrize("step", STEPS)
 def test_a_share_across_shards_killed_after_each_step_is_all_or_nothing(two_shards: TwoShards, step: str) -> None:
-    on_a, on_b = two_shards.open("a"), two_shards.open("b")
+    on_a, on_b = two_shards.open("near"), two_shards.open("far")
     blocks = MemoryBlockStore()
     a, _ = on_a.create_user("alice")
     b, _ = on_b.create_user("bob")
-    assert on_a.router.placement(a.root_ns).shard == "a" and on_b.router.placement(b.root_ns).shard == "b"
+    assert on_a.router.placement(a.root_ns).shard == "near" and on_b.router.placement(b.root_ns).shard == "far"
     for i in range(4):
         put_file(on_a, blocks, a.id, a.root_ns, f"/Shared/sub/f{i}.txt")
     on_a.delete(a.id, a.root_ns, "/Shared/sub/f3.txt")  # acknowledged before the share
-    root_reads = FileReads(on_a.router.shard_db("a"))
+    root_reads = FileReads(on_a.router.shard_db("near"))
     original = files(root_reads, a.root_ns, "/Shared")
     assert len(original) == 3
 
@@ -65,12 +65,12 @@ def test_a_share_across_shards_killed_after_each_step_is_all_or_nothing(two_shar
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
 
     # Recovery through the metadata cache, as the server runs it at start.
-    fresh = CachedStore(two_shards.open("b"), MemoryCache())
+    fresh = CachedStore(two_shards.open("far"), MemoryCache())
     expected = 0 if step == "reserved" else 1
     assert fresh.sharing.recover() == expected
     assert fresh.sharing.recover() == 0  # nothing left, and again changes nothing
     router = fresh.store.router
-    shard_a, shard_b = router.shard_db("a"), router.shard_db("b")
+    shard_a, shard_b = router.shard_db("near"), router.shard_db("far")
     for db in (shard_a, shard_b):
         assert count(db, share_intents) == 0
     root = root_reads.stat(a.root_ns, "/Shared")
@@ -90,10 +90,10 @@ def test_a_share_across_shards_killed_after_each_step_is_all_or_nothing(two_shar
     else:
         assert root.kind == "mount" and root.target_ns is not None
         ns = int(root.target_ns)
-    # A whole share: every live file, with the same content, on shard b; the member invited.
+    # A whole share: every live file, with the same content, on shard far; the member invited.
     shared = FileReads(shard_b)
     assert files(shared, ns, "/") == original
-    assert router.placement(ns).shard == "b" and router.placement(ns).state == "live"
+    assert router.placement(ns).shard == "far" and router.placement(ns).state == "live"
     rows = {int(r.user_id): r.state for r in shard_b.read(lambda c: c.execute(select(members).where(members.c.ns_id == ns)).all())}
     assert rows == {a.id: "active", b.id: "invited"}
     copied = {

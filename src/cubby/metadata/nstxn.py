@@ -131,7 +131,7 @@ class NamespaceTxn:
     readable: tuple[int, ...] = ()
     """Other namespaces the caller can read: their chunks need no proof of possession here."""
     share_origin: Any = None
-    """(cut, owner's root namespace) of a shared namespace, once `same_as_before_share` read it."""
+    """The cut of a shared namespace (False if none), once `same_as_before_share` read it."""
 
     def next_jid(self) -> int:
         self.head += 1

@@ -1,7 +1,7 @@
 """The metadata schema, in SQLAlchemy Core, for SQLite, PostgreSQL and MariaDB alike.
 
 Every table that describes files (nodes, file_revs, journal, ns_chunks, members, move_intents,
-share_intents, links) is keyed by namespace id first: a namespace's rows never need another
+share_intents, share_origins, links) is keyed by namespace id first: a namespace's rows never need another
 namespace's rows, so namespaces can be spread over database shards without cross-shard joins. Only ``users``,
 ``tokens``, ``blocks`` and ``settings`` are global.
 
@@ -237,6 +237,16 @@ share_intents = Table(
     Column("created_at", Double, nullable=False),
     Column("owner", String(96), nullable=True),  # host/pid/start of the process sharing
     Column("lease_until", Double, nullable=True),  # renewed at every step (metadata/leases.py)
+)
+
+share_origins = Table(
+    "share_origins",
+    metadata,
+    # On a sharded deployment, the revision each node copied by a share had in the owner's
+    # root (`cubby.metadata.tree.same_as_before_share`), on the shared namespace's shard.
+    Column("ns_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("node_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("rev", BigInteger, nullable=False),
 )
 
 blocks = Table(

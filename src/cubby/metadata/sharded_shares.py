@@ -39,7 +39,7 @@ from sqlalchemy.engine import Connection, Row
 from cubby.core import paths
 from cubby.errors import BadRequest, NotFound
 from cubby.metadata.nstxn import lock_namespace, open_txn
-from cubby.metadata.schema import members, memberships, namespaces, nodes, ns_chunks, users
+from cubby.metadata.schema import members, memberships, namespaces, nodes, ns_chunks, share_origins, users
 from cubby.metadata.shards import ShardRouter, drop_memberships
 from cubby.metadata.share_steps import ShareSteps, sync_memberships
 from cubby.metadata.shares import SharingChange, member_of, mount_of, require_owner, unmount, user_by_name
@@ -271,6 +271,7 @@ class ShardedSharing:
             lock_namespace(db, conn, ns_id)
             conn.execute(delete(members).where(members.c.ns_id == ns_id))
             conn.execute(delete(ns_chunks).where(ns_chunks.c.ns_id == ns_id))
+            conn.execute(delete(share_origins).where(share_origins.c.ns_id == ns_id))
             conn.execute(update(namespaces).where(namespaces.c.ns_id == ns_id).values(kind="retired"))
 
         db.write(retire)

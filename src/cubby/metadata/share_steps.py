@@ -14,7 +14,8 @@ row on the owner's root shard (r); the new namespace S goes to shard s:
    without being retried into S.
 3. s, one transaction: create S (its journal starts above the root's head at the freeze) and
    copy the frozen folder's live nodes, current revisions, chunk references and links into
-   it, with the owner's and the invitee's ``members`` rows. Idempotent: a namespace row for S
+   it, with the owner's and the invitee's ``members`` rows and the revisions the copied nodes
+   had in the root (``share_origins``: a client's pre-share revision still names the copy). Idempotent: a namespace row for S
    already there means the copy committed whole.
 4. r, one transaction: if the intent is still this process's and ``frozen``, turn the folder
    into a mount of S, mark the source nodes gone (their history stays), move its links out,
@@ -56,9 +57,10 @@ from cubby.metadata.schema import (
     ns_chunks,
     placements,
     share_intents,
+    share_origins,
 )
 from cubby.metadata.shards import ShardRouter, allocate_ns_id, drop_memberships, write_membership
-from cubby.metadata.subtree import read_subtree, write_subtree
+from cubby.metadata.subtree import BATCH, read_subtree, write_subtree
 from cubby.metadata.tree import frozen_or_mount_below, guard_mounts, is_frozen
 
 Around = Callable[[list[int], list[int]], AbstractContextManager[object]]
@@ -67,7 +69,7 @@ Around = Callable[[list[int], list[int]], AbstractContextManager[object]]
 STEPS = ("reserved", "frozen", "copied", "mounted", "published")
 """Fault hook points: after each step commits."""
 
-NS_TABLES = (nodes, file_revs, journal, ns_chunks, members, links)
+NS_TABLES = (nodes, file_revs, journal, ns_chunks, members, links, share_origins)
 """The rows of a namespace that an undone share's copy may have written (besides its
 ``namespaces`` row)."""
 
@@ -198,6 +200,11 @@ class ShareSteps:
             dst = NamespaceTxn(db, conn, new_ns, base, 1, owner_id, now=now)
             write_subtree(tree, dst, paths.ROOT, dst_parent=0, keep_ids=True)
             dst.finish()
+            # The revisions the copies had in the root: a client's pre-share revision still
+            # names the unchanged copy (`cubby.metadata.tree.same_as_before_share`).
+            origins = [{"ns_id": new_ns, "node_id": int(n.node_id), "rev": int(n.rev)} for n in tree.nodes]
+            for i in range(0, len(origins), BATCH):
+                conn.execute(insert(share_origins), origins[i : i + BATCH])
             conn.execute(update(namespaces).where(namespaces.c.ns_id == new_ns).values(cut=dst.head))
             moved = [
                 {**ln, "ns_id": new_ns, "node_id": 0 if int(ln["node_id"]) == tree.root_id else ln["node_id"]}

@@ -1,4 +1,6 @@
-"""Shares across shards: an intent per share whose new namespace lives on another shard.
+"""Shares across shards: an intent per share made on a sharded deployment, and the revisions
+the copied nodes had in the owner's root (so that a revision read before the share still names
+the unchanged copy without reading the root's shard).
 
 Revision ID: 0010
 Revises: 0009
@@ -32,7 +34,15 @@ def upgrade() -> None:
         sa.Column("lease_until", sa.Double, nullable=True),
         sa.PrimaryKeyConstraint("ns_id", "intent_id", name="pk_share_intents"),
     )
+    op.create_table(
+        "share_origins",
+        sa.Column("ns_id", sa.BigInteger, nullable=False, autoincrement=False),
+        sa.Column("node_id", sa.BigInteger, nullable=False, autoincrement=False),
+        sa.Column("rev", sa.BigInteger, nullable=False),
+        sa.PrimaryKeyConstraint("ns_id", "node_id", name="pk_share_origins"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("share_origins")
     op.drop_table("share_intents")
