@@ -21,6 +21,17 @@ ENGINES = ["sqlite", "postgresql"]
 
 @pytest.fixture(scope="module", params=ENGINES)
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A live server on one database (``sqlite``, ``postgresql``) or, when a test asks for it
+    (``indirect`` parametrization with a `tests.conftest.TWO_SHARDS` kind), on two shards:
+    directory and shard ``near`` on PostgreSQL, ``far`` on a second PostgreSQL database or
+    MariaDB, new shared folders on ``far`` (`people` puts alice on ``near``, bob on ``far``)."""
+    if request.param in TWO_SHARDS:
+        directory, shards = two_shard_urls(request.param)
+        with LiveServer(
+            tmp_path_factory.mktemp("srv") / "data", db_url=directory, shards=shards, place_new="far"
+        ) as s:
+            yield s
+        return
     url = db_url_for(request.param, tmp_path_factory)
     if request.param != "sqlite":
         from cubby.metadata.schema import drop_all
@@ -56,7 +67,7 @@ def people(server: LiveServer, request: pytest.FixtureRequest) -> Iterator[dict[
     out = {}
     for who in ("alice", "bob", "carol", "dave"):
         name = f"{who}{suffix}"
-        token = server.add_user(name)
+        token = server.add_user(name, "near" if server.shards and who == "alice" else None)
         out[who] = Person(name, token, ApiClient(server.url, token))
     yield out
     for p in out.values():

@@ -66,7 +66,7 @@ def test_a_share_across_shards_killed_after_each_step_is_all_or_nothing(two_shar
 
     # Recovery through the metadata cache, as the server runs it at start.
     fresh = CachedStore(two_shards.open("far"), MemoryCache())
-    expected = 0 if step == "reserved" else 1
+    expected = 0 if step in ("reserved", "released") else 1  # no intent before, none left after
     assert fresh.sharing.recover() == expected
     assert fresh.sharing.recover() == 0  # nothing left, and again changes nothing
     router = fresh.store.router
@@ -74,7 +74,7 @@ def test_a_share_across_shards_killed_after_each_step_is_all_or_nothing(two_shar
     for db in (shard_a, shard_b):
         assert count(db, share_intents) == 0
     root = root_reads.stat(a.root_ns, "/Shared")
-    whole = step in ("mounted", "published")
+    whole = step in ("mounted", "published", "released")
     if not whole:
         # No share: the folder as it was, no namespace on b, nothing in the directory.
         assert root.kind == "folder"
@@ -94,6 +94,7 @@ def test_a_share_across_shards_killed_after_each_step_is_all_or_nothing(two_shar
     shared = FileReads(shard_b)
     assert files(shared, ns, "/") == original
     assert router.placement(ns).shard == "far" and router.placement(ns).state == "live"
+    assert count(shard_b, namespaces, namespaces.c.settling.is_(True)) == 0  # settled
     rows = {int(r.user_id): r.state for r in shard_b.read(lambda c: c.execute(select(members).where(members.c.ns_id == ns)).all())}
     assert rows == {a.id: "active", b.id: "invited"}
     copied = {

@@ -107,6 +107,10 @@ namespaces = Table(
     # Set on the old shard while `cubby admin move-namespace` copies the namespace away:
     # writers there are refused (retryable), readers are not.
     Column("sealed", Boolean, nullable=False, default=False, server_default=false()),
+    # A shared namespace made by a share across shards, from its copy until the share is
+    # acknowledged (metadata/share_steps.py): a delete in it meanwhile was issued before the
+    # share was acknowledged, so it also forgets the history the share copied.
+    Column("settling", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 nodes = Table(

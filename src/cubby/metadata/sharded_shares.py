@@ -93,7 +93,7 @@ class ShardedSharing:
         done = self.steps.share(user_id, root_ns, path, int(target.id), role, self.router.place_new())
         info = {
             "ns_id": done.ns_id, "path": done.path, "created": True, "user": target.name, "role": role,
-            "state": "invited", "cut": done.ns_head, "mount_rev": done.root_head,
+            "state": "invited", "cut": done.cut, "mount_rev": done.root_head,
         }
         return SharingChange(done.ns_id, info, {root_ns: done.root_head, done.ns_id: done.ns_head}, everyone)
 

@@ -15,20 +15,30 @@ row on the owner's root shard (r); the new namespace S goes to shard s:
 3. s, one transaction: create S (its journal starts above the root's head at the freeze) and
    copy the frozen folder's live nodes, current revisions, chunk references and links into
    it, with the owner's and the invitee's ``members`` rows and the revisions the copied nodes
-   had in the root (``share_origins``: a client's pre-share revision still names the copy). Idempotent: a namespace row for S
-   already there means the copy committed whole.
+   had in the root (``share_origins``: a client's pre-share revision still names the copy).
+   Idempotent: a namespace row for S already there means the copy committed whole. Then the
+   directory's membership copy of those two rows (`sync_memberships`): after the truth, and
+   before the mount, so that the owner's requests resolve into S from the moment it is
+   mounted (the owner reaching S by id before that reaches a copy of their own folder).
 4. r, one transaction: if the intent is still this process's and ``frozen``, turn the folder
    into a mount of S, mark the source nodes gone (their history stays), move its links out,
    journal the mount, and set the intent ``mounted``. This commit is the point of no return.
-5. directory: placement ``live``, the membership copy (`Placement.sync_memberships`); then,
-   on r, delete the intent.
+5. directory: placement ``live`` (and the membership copy again: idempotent); on r, delete
+   the intent; last, on s, S is no longer ``settling``, and the share is acknowledged. From
+   the mount on, the owner's requests resolve into S; a delete landing there before this step
+   was issued before the share was acknowledged, so while S is ``settling`` a delete also
+   forgets the history the share copied (as a delete that raced a one-database share does):
+   no member ever opens what it deleted.
 
 Recovery (`ShareSteps.recover`, run where moves' recovery runs: at server start and before
 each share) takes only intents whose owner is gone (`cubby.metadata.leases`). One still
 ``frozen`` (or ``undoing``) is undone: set ``undoing`` on r (step 4 can no longer happen),
-delete S's copy on s, drop the reservation, then unfreeze the folder and delete the intent in
-one transaction on r. One ``mounted`` runs forward: step 5 again. Either way the owner ends
-with either no share (the folder as it was, writes below it allowed again) or a whole one.
+drop the directory's membership copy, delete S's copy on s (copy before truth, so the copy
+never grants more), drop the reservation, then unfreeze the folder and delete the intent in
+one transaction on r. One ``mounted`` runs forward: step 5 again. A namespace left
+``settling`` with no intent (a crash between step 5's last two writes) is settled. Either way
+the owner ends with either no share (the folder as it was, writes below it allowed again) or a
+whole one.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ from sqlalchemy.engine import Connection
 
 from cubby.core import paths
 from cubby.errors import Conflict, CubbyError, NamespaceMoved, NotFound, Unavailable
+from cubby.metadata.engine import Database
 from cubby.metadata.leases import Owner
 from cubby.metadata.nstxn import NamespaceTxn, key_range, lock_namespace, open_txn
 from cubby.metadata.schema import (
@@ -66,7 +77,7 @@ from cubby.metadata.tree import frozen_or_mount_below, guard_mounts, is_frozen
 Around = Callable[[list[int], list[int]], AbstractContextManager[object]]
 """Wraps the recovery of one intent, given its namespaces and users (the cache's fence)."""
 
-STEPS = ("reserved", "frozen", "copied", "mounted", "published")
+STEPS = ("reserved", "frozen", "copied", "mounted", "published", "released")
 """Fault hook points: after each step commits."""
 
 NS_TABLES = (nodes, file_revs, journal, ns_chunks, members, links, share_origins)
@@ -77,11 +88,13 @@ NS_TABLES = (nodes, file_revs, journal, ns_chunks, members, links, share_origins
 @dataclass(frozen=True)
 class Shared:
     """What a cross-shard share made: the new namespace, the folder's path, the owner's root
-    head after the mount (the mount's journal id) and the new namespace's head (its cut)."""
+    head after the mount (the mount's journal id), the new namespace's cut (the last journal
+    id of the copy) and its head now (above the cut if writes landed since the mount)."""
 
     ns_id: int
     path: str
     root_head: int
+    cut: int
     ns_head: int
 
 
@@ -150,8 +163,8 @@ class ShareSteps:
         self._step("mounted")
 
         # 5. published; the intent goes
-        ns_head = self._publish(root_ns, intent)
-        return Shared(new_ns, final, root_head, ns_head)
+        cut, ns_head = self._publish(root_ns, intent)
+        return Shared(new_ns, final, root_head, cut, ns_head)
 
     def _intent(self, conn: Connection, root_ns: int, intent: str) -> Any:
         return conn.execute(
@@ -194,7 +207,8 @@ class ShareSteps:
             base = int(it.base)
             conn.execute(
                 insert(namespaces).values(
-                    ns_id=new_ns, kind="shared", owner_id=owner_id, head=base, next_node=1, created_at=now, name=folder.name
+                    ns_id=new_ns, kind="shared", owner_id=owner_id, head=base, next_node=1, created_at=now,
+                    name=folder.name, settling=True,
                 )
             )
             dst = NamespaceTxn(db, conn, new_ns, base, 1, owner_id, now=now)
@@ -222,6 +236,7 @@ class ShareSteps:
             )
 
         db.write(write)
+        sync_memberships(self.router, new_ns, [owner_id, int(it.invitee_id)])
 
     def _mount(self, conn: Connection, root_ns: int, intent: str) -> tuple[int, str]:
         """Step 4 on r: the folder becomes a mount of S, if this process still owns the
@@ -264,9 +279,9 @@ class ShareSteps:
         tx.finish()
         return tx.head, str(folder.path)
 
-    def _publish(self, root_ns: int, intent: str) -> int:
-        """Step 5 (idempotent): placement live, membership copy, then the intent goes.
-        Answers S's head."""
+    def _publish(self, root_ns: int, intent: str) -> tuple[int, int]:
+        """Step 5 (idempotent): placement live, membership copy, the intent goes, and S is
+        settled last, right before the share is acknowledged. Answers S's cut and head."""
         root_db = self.router.db_for(root_ns)
         it = root_db.read(lambda conn: self._intent(conn, root_ns, intent))
         new_ns = int(it.new_ns)
@@ -278,8 +293,19 @@ class ShareSteps:
                 delete(share_intents).where(share_intents.c.ns_id == root_ns, share_intents.c.intent_id == intent)
             )
         )
-        db = self.router.shard_db(str(it.shard))
-        return int(db.read(lambda c: c.execute(select(namespaces.c.head).where(namespaces.c.ns_id == new_ns)).one()[0]))
+        self._step("released")
+        return self._settle(self.router.shard_db(str(it.shard)), new_ns)
+
+    @staticmethod
+    def _settle(db: Database, ns_id: int) -> tuple[int, int]:
+        """S is no longer ``settling`` (idempotent); answers its cut and head."""
+
+        def run(conn: Connection) -> tuple[int, int]:
+            conn.execute(update(namespaces).where(namespaces.c.ns_id == ns_id).values(settling=False))
+            row = conn.execute(select(namespaces.c.cut, namespaces.c.head).where(namespaces.c.ns_id == ns_id)).one()
+            return int(row.cut), int(row.head)
+
+        return db.write(run)
 
     def _undo(self, root_ns: int, intent: str) -> None:
         """Undo an intent that never reached step 4 (see the module docstring)."""
@@ -302,6 +328,7 @@ class ShareSteps:
             return
         new_ns = int(it.new_ns)
         db = self.router.shard_db(str(it.shard))
+        self.router.directory.write(lambda c: drop_memberships(c, new_ns))
 
         def drop_copy(conn: Connection) -> None:
             for table in NS_TABLES:
@@ -331,11 +358,7 @@ class ShareSteps:
         and memberships there)."""
         now = time.time()
         todo: list[tuple[int, str, str, int, list[int]]] = []
-        seen: set[int] = set()
-        for db in self.router.shards.values():
-            if id(db) in seen:
-                continue
-            seen.add(id(db))
+        for db in self._shard_dbs():
             rows = db.read(
                 lambda c: c.execute(
                     select(
@@ -351,6 +374,7 @@ class ShareSteps:
                 if self.owner.is_gone(owner, lease, now)
             ]
         failed: list[CubbyError] = []
+        self._settle_orphans()
         for root_ns, intent, state, new_ns, people in todo:
             try:
                 with around([root_ns, new_ns], people) if around else nullcontext():
@@ -363,6 +387,34 @@ class ShareSteps:
         if failed:
             raise failed[0]
         return len(todo)
+
+
+    def _settle_orphans(self) -> None:
+        """Settle the namespaces still ``settling`` whose share has no intent any more (its
+        process died between deleting the intent and settling, step 5's last two writes).
+        The intents are read *after* the settling namespaces: an intent exists from before
+        its namespace is created until step 5, so one not found then is gone for good."""
+        settling: dict[int, Database] = {}
+        for db in self._shard_dbs():
+            for (ns,) in db.read(lambda c: c.execute(select(namespaces.c.ns_id).where(namespaces.c.settling.is_(True))).all()):
+                settling[int(ns)] = db
+        if not settling:
+            return
+        pending: set[int] = set()
+        for db in self._shard_dbs():
+            pending |= {
+                int(r[0])
+                for r in db.read(
+                    lambda c: c.execute(select(share_intents.c.new_ns).where(share_intents.c.new_ns.in_(list(settling)))).all()
+                )
+            }
+        for ns, db in settling.items():
+            if ns not in pending:
+                self._settle(db, ns)
+
+    def _shard_dbs(self) -> list[Database]:
+        """Each shard's database once (two shard names may share one)."""
+        return list({id(db): db for db in self.router.shards.values()}.values())
 
 
 def reserve_namespace(router: ShardRouter, shard: str) -> int:

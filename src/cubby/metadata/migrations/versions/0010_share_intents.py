@@ -1,6 +1,7 @@
 """Shares across shards: an intent per share made on a sharded deployment, and the revisions
 the copied nodes had in the owner's root (so that a revision read before the share still names
-the unchanged copy without reading the root's shard).
+the unchanged copy without reading the root's shard), and ``namespaces.settling``: a shared
+namespace whose share is not acknowledged yet.
 
 Revision ID: 0010
 Revises: 0009
@@ -16,6 +17,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("namespaces") as batch:
+        batch.add_column(sa.Column("settling", sa.Boolean, nullable=False, server_default=sa.false()))
     op.create_table(
         "share_intents",
         sa.Column("ns_id", sa.BigInteger, nullable=False, autoincrement=False),
@@ -46,3 +49,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("share_origins")
     op.drop_table("share_intents")
+    with op.batch_alter_table("namespaces") as batch:
+        batch.drop_column("settling")
