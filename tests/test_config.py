@@ -29,6 +29,17 @@ def test_typed_settings_are_read(tmp_path: Path) -> None:
     assert cfg.data_dir == Path("~/cubby").expanduser()
 
 
+def test_a_sharded_deployment_is_read_from_a_table_or_a_list(tmp_path: Path) -> None:
+    path = write(tmp_path, 'directory_url = "postgresql://h/dir"\nplace_new = "b"\n'
+                           '[shards]\na = "postgresql://h/a"\nb = "mysql://h/b"\n')
+    cfg = load({}, path)
+    assert cfg.metadata_url == "postgresql://h/dir" and cfg.place_new == "b"
+    assert cfg.shard_urls == {"a": "postgresql://h/a", "b": "mysql://h/b"}
+    listed = load({}, write(tmp_path, 'db_url = "postgresql://h/one"\nshards = ["main=postgresql://h/one"]\n'))
+    assert listed.metadata_url == "postgresql://h/one" and listed.shard_urls == {"main": "postgresql://h/one"}
+    assert load({}, write(tmp_path, 'db_url = "postgresql://h/one"\n')).shard_urls == {}
+
+
 def test_environment_overrides_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, 'url = "http://a:1"\n')
     assert load({"CUBBY_URL": "http://b:2"}, path).url == "http://b:2"
@@ -44,6 +55,8 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
         ('trusted_proxies = "10.0.0.1"\n', "must be a list"),
         ("public_url = 3\n", "must be a string"),
         ("public_url = \n", "not valid TOML"),
+        ('shards = ["nameless"]\n', "a shard is NAME=URL"),
+        ('[shards]\na = "x"\n"b c" = "y"\n', "a shard is NAME=URL"),
     ],
 )
 def test_bad_settings_are_errors_that_name_them(tmp_path: Path, text: str, words: str) -> None:

@@ -343,9 +343,14 @@ def gc(
 ) -> None:
     """Remove chunks that no file revision references, then repack (run on the server machine)."""
     from cubby.blockstore.opener import open_block_store
+    from cubby.metadata.shardchunks import TOUCH_INTERVAL
     from cubby.metadata.store import open_store
 
     cfg = _server_config(state, data, db, blocks)
+    if cfg.shard_urls and grace < 2 * TOUCH_INTERVAL:
+        # Commits on a shard skip the chunk database's touch within TOUCH_INTERVAL of the last:
+        # a shorter grace could take a chunk a commit is about to reference (metadata/shardchunks.py).
+        raise click.BadParameter(f"on a sharded deployment the grace is at least {2 * TOUCH_INTERVAL:.0f} s", param_hint="--grace")
     store = open_store(cfg.metadata_url, shards=cfg.shard_urls, place_new=cfg.place_new)
     try:
         bs = open_block_store(cfg.blocks_location, store.router.chunks)

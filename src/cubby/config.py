@@ -212,7 +212,10 @@ def _typed(values: Mapping[str, Any], path: Path) -> dict[str, Any]:
             elif kind.startswith("str") and not isinstance(value, str):
                 raise TypeError("a string")
             if key == "shards":
-                parse_shards(value)
+                try:
+                    parse_shards(value)
+                except ConfigError as e:
+                    raise ConfigError(f"{path}: {e.message}", key=key) from None
             if key == "dedup_scope" and value not in DEDUP_SCOPES:
                 raise TypeError(" or ".join(repr(v) for v in DEDUP_SCOPES))
         except TypeError as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import select
 
 from cubby.metadata.schema import metadata
 from cubby.metadata.store import open_store
@@ -28,5 +29,40 @@ def test_upgrade_is_idempotent(db_url):
         store.close()
         store = open_store(db_url)
         assert store.authenticate(token).user_id == user.id
+    finally:
+        store.close()
+
+
+def test_sharding_migration_places_every_namespace_on_main_and_copies_members(db_url):
+    """Migration 0009 on a database from before sharding: its namespaces are shard ``main``'s,
+    its members are copied to the directory's ``memberships``, and new namespace ids start
+    above the old ones."""
+    from sqlalchemy import create_engine, text
+
+    from cubby.metadata import migrate
+
+    engine = create_engine(db_url)
+    try:
+        migrate.upgrade(engine, "0004")
+        with engine.begin() as conn:
+            for ns in (7, 9):
+                conn.execute(text(
+                    "INSERT INTO namespaces (ns_id, kind, owner_id, head, next_node, created_at) VALUES (:n, 'root', 1, 0, 1, 0)"
+                ), {"n": ns})
+            conn.execute(text(
+                "INSERT INTO members (ns_id, user_id, role, state, created_at) VALUES (9, 2, 'editor', 'active', 0)"
+            ))
+    finally:
+        engine.dispose()
+    store = open_store(db_url)
+    try:
+        from cubby.metadata.schema import memberships, placements
+
+        placed = store.db.read(lambda c: sorted(tuple(r) for r in c.execute(select(placements.c.ns_id, placements.c.shard))))
+        assert placed == [(7, "main"), (9, "main")]
+        copied = store.db.read(lambda c: [tuple(r) for r in c.execute(select(memberships))])
+        assert copied == [(2, 9, "editor", "active")]
+        user, _ = store.create_user("alice")
+        assert user.root_ns == 10, "the counter starts above the ids from before sharding"
     finally:
         store.close()

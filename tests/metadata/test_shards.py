@@ -5,22 +5,31 @@ shards. The contract suite (test_store.py) runs on the same deployments."""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import select
 
 from cubby.blockstore.memory import MemoryBlockStore
 from cubby.cache.memory import MemoryCache
 from cubby.cache.store import CachedStore
+from cubby.client.api import ApiClient
 from cubby.config import ConfigError, parse_shards
 from cubby.metadata.possession import Claim
 from cubby.metadata.schema import blocks, memberships, ns_chunks
 from cubby.metadata.shards import LOCAL_BITS, allocate_ns_id, placement_key, write_membership
 from cubby.metadata.store import SqlMetadataStore, open_store
+from cubby.model import ChunkRef, CommitRequest
 from tests.conftest import TWO_SHARDS, two_shard_urls
+from tests.helpers.live_server import ROOT, LiveServer
 from tests.metadata.conftest import put_file, random_chunks, request
 
 
@@ -168,6 +177,14 @@ def test_placements_are_read_through_the_cache_and_forgotten(sharded: SqlMetadat
     sharded.router.forget(alice.root_ns)
     assert cache.get(placement_key(alice.root_ns))[0] is None
     assert cached.stat(alice.root_ns, "/").kind == "folder"
+    # Every write on the far shard is seen by the next cached read, as on one database.
+    e = cached.commit(alice.id, alice.root_ns, CommitRequest("/a", 0, ())).entry
+    assert e is not None and cached.head(alice.root_ns) == e.rev == cached.stat(alice.root_ns, "/a").rev
+    assert [x.name for x in cached.list(alice.root_ns, "/").entries] == ["a"]
+    cached.move(alice.id, alice.root_ns, "/a", "/b")
+    assert [x.name for x in cached.list(alice.root_ns, "/").entries] == ["b"]
+    cached.delete(alice.id, alice.root_ns, "/b")
+    assert cached.list(alice.root_ns, "/").entries == []
 
 
 def test_shard_flags_are_checked() -> None:
@@ -175,3 +192,38 @@ def test_shard_flags_are_checked() -> None:
     for bad in (("a",), ("=x",), ("a=x", "a=y"), ("bad name=x",)):
         with pytest.raises(ConfigError):
             parse_shards(bad)
+
+
+def test_a_server_on_two_shards_serves_users_of_both(tmp_path: Path) -> None:
+    """`cubby user add` and `cubby serve` with --directory and --shard: a file goes up and comes
+    back through HTTP for a user on each shard, and a link made by the user on the far shard
+    resolves (its row is on that shard)."""
+    directory, shards = two_shard_urls("pg+pg")
+    flags = ["--directory", directory, *(a for name, url in shards.items() for a in ("--shard", f"{name}={url}"))]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    users = {}
+    for name in ("alice", "bob"):
+        out = subprocess.run(
+            [sys.executable, "-m", "cubby", "user", "add", name, "--data", str(tmp_path / "data"), *flags, "--json"],
+            check=True, capture_output=True, env=env, stdin=subprocess.DEVNULL,
+        )
+        users[name] = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    with LiveServer(tmp_path / "data", extra_args=flags) as server:
+        for name, info in users.items():
+            data = f"{name}'s bytes".encode()
+            h = hashlib.sha256(data).hexdigest()
+            with ApiClient(server.url, info["token"]) as api:
+                assert not api.commit("/f.txt", len(data), [ChunkRef(h, len(data))]).committed
+                api.upload_chunks(int(info["root_ns"]), [(h, data)])
+                assert api.commit("/f.txt", len(data), [ChunkRef(h, len(data))]).committed
+                assert b"".join(api.download("/f.txt")) == data
+        store = open_store(directory, shards=shards)
+        try:
+            placed = {n: store.router.placement(int(i["root_ns"])).shard for n, i in users.items()}
+            assert placed == {"alice": "far", "bob": "near"}
+            alice = store.get_user("alice")
+            entry = store.stat(alice.root_ns, "/f.txt")
+            _, token = store.links.create(alice.id, alice.root_ns, entry.node_id)
+        finally:
+            store.close()
+        assert httpx.get(f"{server.url}/l/{token}", follow_redirects=True).content == b"alice's bytes"

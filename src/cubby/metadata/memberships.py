@@ -6,9 +6,9 @@ mount node about where it appears.
 
 What crosses namespaces: both reads do. `memberships` reads the user's ``members`` rows (keyed
 by the shared namespaces) and the mount nodes of their root namespace; `user_can_read` reads
-``users`` (directory) and ``members``. Sharded, memberships belong with the directory (a
-user's list of namespaces and roles, written by the share/accept/leave intents), and the mount
-paths come from the root namespace's shard.
+``users`` (directory) and ``members``. Sharded (`memberships_sharded`,
+`user_can_read_sharded`), the roles come from the directory's ``memberships`` copy and the
+mount paths from the root namespace's shard; no shared folder's shard is asked.
 """
 
 from __future__ import annotations

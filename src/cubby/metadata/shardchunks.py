@@ -10,8 +10,9 @@ collection safe with *touches* instead:
 1. Whatever is about to add a reference to a chunk, or a grant to use one (a commit, an
    upload, an accepted proof), first sets the chunk's ``blocks.touched_at`` to now on the chunk
    database, in a transaction of its own that commits before its shard transaction starts
-   writing (`touch_chunks`). A chunk without a ``blocks`` row is not stored: the commit asks
-   for it to be uploaded, as on one database.
+   writing (`touch_chunks`), unless it was touched less than `TOUCH_INTERVAL` ago (then the
+   statement writes nothing, and the transaction needs no flush to disk). A chunk without a
+   ``blocks`` row is not stored: the commit asks for it to be uploaded, as on one database.
 2. The collector takes a chunk only in a chunk-database transaction that locks its ``blocks``
    row with ``touched_at`` older than the grace period, then reads every shard's
    ``ns_chunks`` for references (fresh statements: each sees what committed before it), and
@@ -22,10 +23,13 @@ t and then commits its reference on its shard, and a collector G that tombstones
 on h's row and C's touch are ordered by the chunk database. If C's touch came first, G's
 locked read sees ``touched_at = t``, which is within the grace period while C can still be
 running, so G leaves h alone. If G's lock came first, C's touch waits for G's commit and then
-finds no row: h is not stored, C does not reference it. The only assumption is that a shard
-transaction commits within the grace period of its touch (it is 24 hours by default, and
-transactions are killed by statement timeouts long before) and that the processes' clocks
-agree to well within it. Existing references need no touch: G reads them on their shard; a
+finds no row: h is not stored, C does not reference it. A touch skipped because h was touched
+at t0 within `TOUCH_INTERVAL` of C's clock is the first case with t = t0: G takes h only with
+a cutoff above t0, so at least grace - `TOUCH_INTERVAL` after C began. The assumptions: a
+shard transaction commits within the grace period less `TOUCH_INTERVAL` (the grace is 24 hours
+by default and `cubby gc` refuses less than twice `TOUCH_INTERVAL` on a sharded deployment;
+transactions are killed by statement timeouts long before), and the processes' clocks agree
+to well within it. Existing references need no touch: G reads them on their shard; a
 reference that disappears while G reads (a delete) leaves h collectable, which is right.
 """
 
@@ -43,13 +47,35 @@ from cubby.metadata.schema import blocks, ns_chunks
 from cubby.metadata.shards import ShardRouter
 
 BATCH = 500
+TOUCH_INTERVAL = 60.0
+"""Seconds during which a chunk's touch stands for later touches (module docstring): a
+popular chunk is written once a minute, not by every commit that names it."""
+
+
+_STORED = select(blocks.c.hash, blocks.c.size, blocks.c.touched_at).where(
+    blocks.c.hash.in_(bindparam("hashes", expanding=True))
+)
+_TOUCH = (
+    update(blocks)
+    .where(blocks.c.hash.in_(bindparam("hashes", expanding=True)), blocks.c.touched_at < bindparam("fresh"))
+    .values(touched_at=bindparam("now"))
+)
+_HELD = (
+    select(ns_chunks.c.hash)
+    .where(ns_chunks.c.ns_id.in_(bindparam("nss", expanding=True)), ns_chunks.c.hash.in_(bindparam("hashes", expanding=True)))
+    .distinct()
+)
+_REFERENCED = select(ns_chunks.c.hash).where(
+    ns_chunks.c.hash.in_(bindparam("hashes", expanding=True)), ns_chunks.c.refs > 0
+)
 
 
 def touch_chunks(chunk_db: Database, hashes: Sequence[str], now: float | None = None) -> dict[str, int]:
-    """Set ``touched_at`` of the stored chunks among ``hashes`` to now, in one committed
-    chunk-database transaction, and answer their sizes (a chunk missing from the answer is
-    not stored). Step 1 of the module docstring: call it before the shard transaction that
-    adds references or grants, never after."""
+    """Set ``touched_at`` of the stored chunks among ``hashes`` to now, unless they were
+    touched within `TOUCH_INTERVAL`, in one committed chunk-database transaction, and answer
+    their sizes (a chunk missing from the answer is not stored). Step 1 of the module
+    docstring: call it before the shard transaction that adds references or grants, never
+    after. The common case, chunks touched within the interval, is one read."""
     when = time.time() if now is None else now
     wanted = sorted(set(hashes))
     if not wanted:
@@ -59,8 +85,19 @@ def touch_chunks(chunk_db: Database, hashes: Sequence[str], now: float | None = 
         sizes: dict[str, int] = {}
         for i in range(0, len(wanted), BATCH):
             part = wanted[i : i + BATCH]
-            conn.execute(update(blocks).where(blocks.c.hash.in_(part)).values(touched_at=when))
-            sizes.update((str(h), int(s)) for h, s in conn.execute(select(blocks.c.hash, blocks.c.size).where(blocks.c.hash.in_(part))))
+            stale = []
+            for h, size, touched in conn.execute(_STORED, {"hashes": part}):
+                sizes[str(h)] = int(size)
+                if float(touched) < when - TOUCH_INTERVAL:
+                    stale.append(str(h))
+            if stale:
+                # Waits for a collector holding these rows; read again after, as it may have
+                # taken them (READ COMMITTED: the second read sees its commit).
+                conn.execute(_TOUCH, {"hashes": stale, "fresh": when - TOUCH_INTERVAL, "now": when})
+                still = {str(r[0]) for r in conn.execute(_STORED, {"hashes": stale})}
+                for h in stale:
+                    if h not in still:
+                        del sizes[h]
         return sizes
 
     return chunk_db.write(run)
@@ -70,13 +107,7 @@ def _held_in(conn: Connection, nss: Sequence[int], hashes: Sequence[str]) -> set
     """Which of ``hashes`` one of ``nss`` holds (an ``ns_chunks`` row, reference or grant)."""
     out: set[str] = set()
     for i in range(0, len(hashes), BATCH):
-        part = list(hashes[i : i + BATCH])
-        out.update(
-            str(r[0])
-            for r in conn.execute(
-                select(ns_chunks.c.hash).where(ns_chunks.c.ns_id.in_(list(nss)), ns_chunks.c.hash.in_(part)).distinct()
-            )
-        )
+        out.update(str(r[0]) for r in conn.execute(_HELD, {"nss": list(nss), "hashes": list(hashes[i : i + BATCH])}))
     return out
 
 
@@ -158,13 +189,7 @@ def unreferenced(router: ShardRouter, hashes: Sequence[str]) -> set[str]:
     referenced: set[str] = set()
 
     def refs(conn: Connection) -> set[str]:
-        return {
-            str(r[0])
-            for r in conn.execute(
-                select(ns_chunks.c.hash).where(ns_chunks.c.hash.in_(bindparam("h", expanding=True)), ns_chunks.c.refs > 0),
-                {"h": wanted},
-            )
-        }
+        return {str(r[0]) for r in conn.execute(_REFERENCED, {"hashes": wanted})}
 
     for db in {id(d): d for d in router.shards.values()}.values():
         referenced |= db.read(refs)
@@ -172,5 +197,5 @@ def unreferenced(router: ShardRouter, hashes: Sequence[str]) -> set[str]:
 
 
 __all__ = [
-    "SplitHeld", "by_shard", "chunk_readable", "held_on_shards", "make_available_on", "touch_chunks", "unreferenced",
+    "TOUCH_INTERVAL", "SplitHeld", "by_shard", "chunk_readable", "held_on_shards", "make_available_on", "touch_chunks", "unreferenced",
 ]

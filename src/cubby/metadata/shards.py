@@ -130,7 +130,7 @@ class ShardRouter:
         if self.single:
             return Placement(int(ns_id), MAIN)
 
-        def load() -> list[Any] | None:
+        def load() -> list[Any]:
             row = self.directory.read(
                 lambda c: c.execute(
                     select(placements.c.shard, placements.c.state, placements.c.epoch).where(
@@ -138,11 +138,11 @@ class ShardRouter:
                     )
                 ).first()
             )
-            return None if row is None else [str(row.shard), str(row.state), int(row.epoch)]
+            if row is None:  # raised, not cached: the id may be given to a namespace later
+                raise NotFound(f"no namespace {int(ns_id)}")
+            return [str(row.shard), str(row.state), int(row.epoch)]
 
         found = self._cache.through(placement_key(ns_id), load) if self._cache is not None else load()
-        if found is None:
-            raise NotFound(f"no namespace {int(ns_id)}")
         return Placement(int(ns_id), str(found[0]), str(found[1]), int(found[2]))
 
     def db_for(self, ns_id: int) -> Database:
@@ -190,6 +190,7 @@ class ShardRouter:
         self.directory.write(
             lambda c: c.execute(insert(placements).values(ns_id=int(ns_id), shard=shard, state="live", epoch=1))
         )
+        self.forget(ns_id)
 
     def shard_number(self, name: str) -> int:
         """The number of shard ``name`` (the top bits of its namespace ids), registered in the

@@ -1,8 +1,10 @@
 """`SqlMetadataStore`: the metadata store on SQLite, PostgreSQL or MariaDB, as a thin facade.
 
-Each job lives in a module of its own, and this class composes them over one `Database`,
-keeping the method names the server and the tests call (the contract is
-`cubby.metadata.base.MetadataStore`):
+Each job lives in a module of its own, and this class composes them over a `ShardRouter`
+(the directory, the chunk database and the shards; one database in all by default), keeping
+the method names the server and the tests call (the contract is
+`cubby.metadata.base.MetadataStore`). Namespace-keyed calls run on the namespace's shard
+(`cubby.metadata.routing`), user- and token-keyed ones on the directory:
 
 ==============================  ===========================================================
 module                          job
@@ -17,10 +19,13 @@ module                          job
 `cubby.metadata.collector`      garbage collection of unreferenced chunks
 `cubby.metadata.shares`         shared folders (``store.sharing``)
 `cubby.metadata.moves`          moves between namespaces (``store.moves``)
+`cubby.metadata.shards`         the router: placements, shard numbers, namespace ids
+`cubby.metadata.routing`        the per-shard modules, and calls split or routed by shard
+`cubby.metadata.shardchunks`    chunks across databases: touches, per-shard possession
 ==============================  ===========================================================
 
-Each module says in its docstring what it reads or writes across namespaces, which is what
-will need intents once namespaces are spread over shard databases.
+Each module says in its docstring what it reads or writes across namespaces: what needs
+intents when those namespaces are on different shards (docs/SHARDING.md).
 """
 
 from __future__ import annotations

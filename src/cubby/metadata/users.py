@@ -1,10 +1,12 @@
 """`UserDirectory`: users and their API tokens.
 
-Directory-side: ``users`` and ``tokens`` are keyed by user, not by namespace, and will live in
-the directory database once metadata is sharded. One call crosses into a namespace:
-`create_user` also creates the user's root namespace (a ``namespaces`` row) in the same
-transaction; sharded, that becomes an intent (directory row first, then the namespace on its
-shard, then the directory's namespace -> shard entry).
+Directory-side: ``users`` and ``tokens`` are keyed by user, not by namespace, and live in the
+directory database. One call crosses into a namespace: `create_user` also creates the user's
+root namespace on the shard `ShardRouter.place_new` picks, with an id from that shard's
+counter (`allocate_ns_id`). On one database that is one transaction; sharded, the namespace
+row commits on its shard inside the directory's transaction, before the user and placement
+rows commit, so a failure leaves at most an empty namespace nobody reaches, never a user
+without a root.
 
 A token is shown once, at creation; only its SHA-256 is stored (`token_hash`): 256 random bits
 need no salt, and a lookup is one unique-index probe.
