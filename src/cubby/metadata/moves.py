@@ -50,6 +50,7 @@ from cubby.metadata.engine import Database
 from cubby.metadata.leases import Owner
 from cubby.metadata.nstxn import NamespaceTxn, entry_of, key_range, lock_namespace, open_txn
 from cubby.metadata.schema import file_revs, journal, move_intents, nodes
+from cubby.metadata.shardchunks import touch_chunks
 from cubby.metadata.shards import ShardRouter
 from cubby.metadata.tree import (
     ensure_folder,
@@ -212,6 +213,10 @@ class CrossMoves:
 
         rows, revs = self.router.db_for(src_ns).read(read)
         dst_db = self.router.db_for(dst_ns)
+        if not self.router.single:
+            # The destination will name these chunks: touch them on the chunk database first
+            # (`cubby.metadata.shardchunks`), so the collector cannot take them meanwhile.
+            touch_chunks(self.router.chunks, sorted({c[0] for fr in revs.values() for c in json.loads(fr.blocklist)}))
         dst_db.write(lambda conn: self._write_pending(conn, dst_db, intent, user_id, rows, revs, src_path, dst_ns, dst))
 
     def _write_pending(

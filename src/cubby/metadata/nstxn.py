@@ -9,9 +9,10 @@ after the other, and a transaction that fails rolls its journal ids back with ev
 Every function here takes the `Database` it runs on, so that a shard router can hand each
 namespace its own. A `NamespaceTxn` touches only rows keyed by its namespace (``nodes``,
 ``file_revs``, ``journal``, ``ns_chunks``, its ``namespaces`` row): nothing here crosses
-namespaces. `lock_namespaces` is the one exception, kept for shares: it opens several on one
-connection, which works only while those namespaces share a database (the sharded design
-replaces each such call by single-namespace steps tied by an intent).
+namespaces. `lock_namespaces` is the one exception, kept for shares on one database: it opens
+several on one connection, which works only while those namespaces share a database (on a
+sharded deployment shares are single-namespace steps tied by an intent instead:
+`cubby.metadata.sharded_shares`).
 """
 
 from __future__ import annotations

@@ -42,7 +42,15 @@ from cubby.metadata.nstxn import lock_namespace, open_txn
 from cubby.metadata.schema import members, memberships, namespaces, nodes, ns_chunks, share_origins, users
 from cubby.metadata.shards import ShardRouter, drop_memberships
 from cubby.metadata.share_steps import ShareSteps, sync_memberships
-from cubby.metadata.shares import SharingChange, member_of, mount_of, require_owner, unmount, user_by_name
+from cubby.metadata.shares import (
+    SharingChange,
+    member_of,
+    mount_at_top,
+    mount_of,
+    require_owner,
+    unmount,
+    user_by_name,
+)
 from cubby.metadata.subtree import read_subtree, write_subtree
 from cubby.metadata.tree import guard_mounts
 
@@ -90,7 +98,7 @@ class ShardedSharing:
                 "state": state, "cut": cut, "mount_rev": int(row.rev),
             }
             return SharingChange(ns_id, info, {}, everyone)
-        done = self.steps.share(user_id, root_ns, path, int(target.id), role, self.router.place_new())
+        done = self.steps.share(user_id, root_ns, path, int(target.id), role, self.router.place_shared(root_ns))
         info = {
             "ns_id": done.ns_id, "path": done.path, "created": True, "user": target.name, "role": role,
             "state": "invited", "cut": done.cut, "mount_rev": done.root_head,
@@ -145,21 +153,7 @@ class ShardedSharing:
             have = mount_of(conn, root_ns, ns_id)
             if have is not None:
                 return str(have.path), None
-            candidate, i = paths.join(paths.ROOT, paths.fit_name(name)), 0
-            while tx.live(paths.key(candidate)) is not None:
-                i += 1
-                candidate = paths.join(paths.ROOT, paths.fit_name(name, f" ({i})"))
-            node_id, jid = tx.new_node_id(), tx.next_jid()
-            tx.put_node(
-                node_id,
-                {
-                    "parent_id": 0, "name": paths.split(candidate)[1], "path": candidate, "path_key": paths.key(candidate),
-                    "kind": "mount", "rev": jid, "content_rev": None, "size": 0, "content_hash": None, "mtime": None,
-                    "deleted": False, "deleted_key": None, "target_ns": ns_id, "pending": None,
-                },
-                new=True,
-            )
-            tx.journal("mount", node_id=node_id, parent_id=0, kind="mount", path=candidate, rev=jid)
+            candidate = mount_at_top(tx, ns_id, name)
             tx.finish()
             return candidate, tx.head
 

@@ -43,6 +43,7 @@ whole one.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -70,6 +71,7 @@ from cubby.metadata.schema import (
     share_intents,
     share_origins,
 )
+from cubby.metadata.shardchunks import touch_chunks
 from cubby.metadata.shards import ShardRouter, allocate_ns_id, drop_memberships, write_membership
 from cubby.metadata.subtree import BATCH, read_subtree, write_subtree
 from cubby.metadata.tree import frozen_or_mount_below, guard_mounts, is_frozen
@@ -199,6 +201,10 @@ class ShareSteps:
 
         it, folder, tree = root_db.read(read)
         db = self.router.shard_db(str(it.shard))
+        # References are added on s: touch their chunks on the chunk database first, so that
+        # the collector never takes a chunk this copy is about to name
+        # (`cubby.metadata.shardchunks`).
+        touch_chunks(self.router.chunks, sorted({c[0] for fr in tree.revs.values() for c in json.loads(fr.blocklist)}))
         new_ns, owner_id, now = int(it.new_ns), int(it.user_id), time.time()
 
         def write(conn: Connection) -> None:

@@ -4,28 +4,26 @@ A shared folder is a namespace. Each active member has a node of kind "mount" in
 namespace (``nodes.target_ns``) where the folder appears in their tree; the ``members`` row
 (keyed by the shared namespace) is the truth about who may reach it and with which role.
 
-Sharing is one transaction holding the lock of the owner's root namespace, the lock every
-writer of that namespace takes first. It copies the folder's live nodes with their current
-revisions only (no history: a delete acknowledged before the share can never be seen by a
-member, neither as a file nor in history), copies the chunk references those revisions need
-(no chunk moves, and members need no proof of possession for them), marks the source nodes
-gone and turns the folder node into a mount. A write that resolved its path before the share
-and commits after it finds a mount above its path and is refused with the retryable
-`NamespaceMoved` (see `cubby.metadata.tree.guard_mounts`), so it lands exactly once or not at all.
+On one database, sharing is one transaction holding the lock of the owner's root namespace, the
+lock every writer of that namespace takes first. It copies the folder's live nodes with their
+current revisions only (no history: a delete acknowledged before the share can never be seen by
+a member, neither as a file nor in history), copies the chunk references those revisions need
+(no chunk moves, and members need no proof of possession for them), marks the source nodes gone
+and turns the folder node into a mount. A write that resolved its path before the share and
+commits after it finds a mount above its path and is refused with the retryable
+`NamespaceMoved` (see `cubby.metadata.tree.guard_mounts`), so it lands exactly once or not at
+all.
 
-The new namespace is created in the same database as the owner's root (the same shard, once
-metadata is sharded): the copy is then one local transaction. Accepting, removing a member and
-unsharing touch the shared namespace and members' root namespaces; they lock every namespace
-row involved in ascending id order (no deadlocks) and run as one transaction while all
-namespaces live in one database.
+On one database the new namespace is created in the owner's root's database and the copy is
+one local transaction; accepting, removing a member and unsharing lock every namespace row
+involved in ascending id order (no deadlocks, `cubby.metadata.nstxn.lock_namespaces`) and run
+as one transaction.
 
-What crosses namespaces, and so needs intents once metadata is sharded: `share` (owner's root
-and the new namespace: same shard by design, plus the invitee's ``users`` row and the
-``members`` row), `accept` (the member's root and the shared namespace, `lock_namespaces`),
-`remove_member`/`leave` (the member's root and the shared namespace) and `unshare` (every
-member's root, the owner's root and the shared namespace). Each locks several namespaces on
-one connection through `cubby.metadata.nstxn.lock_namespaces`; that call is where the
-single-shard steps and their intent will go. `cut` and `list_shares` only read.
+On a sharded deployment no transaction spans two databases: `Sharing` hands every operation
+to `cubby.metadata.sharded_shares.ShardedSharing`, where each is a sequence of
+single-database steps (the share with an intent and recovery: `cubby.metadata.share_steps`).
+The helpers below (`user_by_name`, `member_of`, `require_owner`, `mount_of`, `unmount`) are
+shared by both: each reads or writes one database. `cut` and `list_shares` only read.
 """
 
 from __future__ import annotations
@@ -114,6 +112,29 @@ def unmount(tx: NamespaceTxn, ns_id: int) -> str | None:
     tx.journal("unmount", node_id=row.node_id, parent_id=row.parent_id, kind="mount", path=row.path, rev=jid)
     tx.forget()
     return str(row.path)
+
+
+def mount_at_top(tx: NamespaceTxn, ns_id: int, name: str) -> str:
+    """Mount ``ns_id`` at the top of ``tx``'s (root) namespace as ``/name``, or ``/name (1)``,
+    ``/name (2)``… if that is taken, and journal it; answers the mount's path. Names are cut
+    to fit: a 255-byte folder name with " (1)" would be a mount that the member could neither
+    stat, rename nor leave."""
+    candidate, i = paths.join(paths.ROOT, paths.fit_name(name)), 0
+    while tx.live(paths.key(candidate)) is not None:
+        i += 1
+        candidate = paths.join(paths.ROOT, paths.fit_name(name, f" ({i})"))
+    node_id, jid = tx.new_node_id(), tx.next_jid()
+    tx.put_node(
+        node_id,
+        {
+            "parent_id": 0, "name": paths.split(candidate)[1], "path": candidate, "path_key": paths.key(candidate),
+            "kind": "mount", "rev": jid, "content_rev": None, "size": 0, "content_hash": None, "mtime": None,
+            "deleted": False, "deleted_key": None, "target_ns": ns_id, "pending": None,
+        },
+        new=True,
+    )
+    tx.journal("mount", node_id=node_id, parent_id=0, kind="mount", path=candidate, rev=jid)
+    return candidate
 
 
 class Sharing:
@@ -281,23 +302,7 @@ class Sharing:
                 mount = mount_of(conn, root_ns, ns_id)
                 return SharingChange(ns_id, {"ns_id": ns_id, "path": mount.path if mount else None, "role": m.role})
             name = conn.execute(select(namespaces.c.name).where(namespaces.c.ns_id == ns_id)).one()[0] or f"Shared {ns_id}"
-            # Names are cut to fit: a 255-byte folder name with " (1)" would be a mount that the
-            # invitee could neither stat, rename nor leave.
-            candidate, i = paths.join(paths.ROOT, paths.fit_name(name)), 0
-            while tx.live(paths.key(candidate)) is not None:
-                i += 1
-                candidate = paths.join(paths.ROOT, paths.fit_name(name, f" ({i})"))
-            node_id, jid = tx.new_node_id(), tx.next_jid()
-            tx.put_node(
-                node_id,
-                {
-                    "parent_id": 0, "name": paths.split(candidate)[1], "path": candidate, "path_key": paths.key(candidate),
-                    "kind": "mount", "rev": jid, "content_rev": None, "size": 0, "content_hash": None, "mtime": None, "deleted": False,
-                    "deleted_key": None, "target_ns": ns_id, "pending": None,
-                },
-                new=True,
-            )
-            tx.journal("mount", node_id=node_id, parent_id=0, kind="mount", path=candidate, rev=jid)
+            candidate = mount_at_top(tx, ns_id, name)
             conn.execute(
                 update(members).where(members.c.ns_id == ns_id, members.c.user_id == user_id).values(state="active")
             )
@@ -437,5 +442,6 @@ class Sharing:
 
 
 __all__ = [
-    "ROLES", "Sharing", "SharingChange", "member_of", "mount_of", "require_owner", "unmount", "user_by_name",
+    "ROLES", "Sharing", "SharingChange", "member_of", "mount_at_top", "mount_of", "require_owner", "unmount",
+    "user_by_name",
 ]
