@@ -3,34 +3,38 @@
 On one database (`cubby.metadata.shares.Sharing`) each sharing operation is one transaction
 over every namespace it touches. Across shards no transaction spans two databases, so each is
 a sequence of steps, ordered so that permission is never wider than the truth between two of
-them: the shared namespace's ``members`` row (on its shard) is the truth, the member's mount
-node (on the member's root shard) says where it appears, and the directory's ``memberships``
-copy (what authentication reads) follows both.
+them. The shared namespace's ``members`` row (on its shard) is the truth; the member's mount
+node (on the member's root shard) says where it appears; the directory's ``memberships`` copy
+is what authentication reads (a user reaches S when the copy says active *and* the mount
+exists). So when access widens the truth is written first and the copy last; when it
+narrows the copy goes first and the truth after it.
 
 - **share** a folder: `cubby.metadata.share_steps` (an intent, a frozen folder, the copy, the
   mount, the directory), whether the new namespace lands on the root's shard or another.
   Inviting to a folder already shared: its ``members`` row on its shard, then the copy.
 - **accept**: the ``members`` row becomes ``active`` on S's shard; then the mount in the
-  member's root; then the copy. A crash between leaves an active row without a mount, which
-  grants nothing (a mount is needed to reach it) and which accepting again completes.
-- **remove / leave**: the ``members`` row goes on S's shard (access is revoked there, first);
-  then the mount leaves the member's root; then the copy. A crash between leaves a mount that
-  reaches nothing; leaving (or removing) again takes it away.
-- **unshare**: on S's shard, the other members' rows go and S is sealed (no write lands in it
-  any more); the copies of those rows go; each member's mount goes; in the owner's root, the
-  mount becomes a folder again holding S's contents (read from S's shard: sealed, so they
-  cannot change meanwhile); finally S is retired on its shard and the owner's copy goes.
-  Every step is idempotent and the owner's ``members`` row stays until the last, so running
-  unshare again after a crash finishes it.
+  member's root; then the copy. Before the copy the member reaches nothing new; accepting
+  again after a crash completes it (an existing mount is answered).
+- **remove / leave**: the copy goes (the member's requests stop reaching S); then the
+  ``members`` row on S's shard; then the mount leaves the member's root. A crash between
+  leaves a row or a mount that reaches nothing; removing or leaving again takes it away.
+- **unshare**: the other members' copies go; on S's shard their rows go and S is sealed (no
+  write lands in it any more); each member's mount goes; in the owner's root, the mount
+  becomes a folder again holding S's contents (read from S's shard: sealed, so they cannot
+  change meanwhile); the owner's copy goes; last, on S's shard, the owner's row goes and S is
+  retired. Every step is idempotent and the owner's ``members`` row stays until the last, so
+  running unshare again after a crash finishes it.
 
 Each step is one transaction on one database, and every step a later step needs is committed
 before it starts, so a crash (kill -9) between any two leaves the operation either not begun,
-finished, or in a state that grants nothing new and that the same call completes.
+finished, or in a state that grants nothing new and that the same call completes
+(`tests/shares/test_sharded_members.py` stops it after each step, `STEPS`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
@@ -54,6 +58,13 @@ from cubby.metadata.shares import (
 from cubby.metadata.subtree import read_subtree, write_subtree
 from cubby.metadata.tree import guard_mounts
 
+STEPS = (
+    "accept:truth", "accept:mount", "drop:copy", "drop:truth", "unshare:uncopied", "unshare:revoked",
+    "unshare:unmounted", "unshare:restored",
+)
+"""Fault hook points of the membership operations, each after a step committed (the last step
+of each is followed by the answer)."""
+
 
 class ShardedSharing:
     """The sharing operations of `Sharing` when namespaces are spread over shards."""
@@ -61,6 +72,13 @@ class ShardedSharing:
     def __init__(self, router: ShardRouter) -> None:
         self.router = router
         self.steps = ShareSteps(router)
+        self.fault: Callable[[str], None] | None = None
+        """Called with a step name after that step committed (`STEPS`): tests check what
+        each user may reach between steps, and stop the operation there as a crash would."""
+
+    def _step(self, name: str) -> None:
+        if self.fault is not None:
+            self.fault(name)
 
     def _user(self, name: Any) -> Row[Any]:
         return self.router.directory.read(lambda c: user_by_name(c, name))
@@ -146,6 +164,7 @@ class ShardedSharing:
             return m, str(name or f"Shared {ns_id}")
 
         m, name = db.write(truth)
+        self._step("accept:truth")
         root_db = self.router.db_for(root_ns)
 
         def mount(conn: Connection) -> tuple[str, int | None]:
@@ -158,6 +177,7 @@ class ShardedSharing:
             return candidate, tx.head
 
         where, head = root_db.write(mount)
+        self._step("accept:mount")
         sync_memberships(self.router, ns_id, [user_id])
         heads = {root_ns: head} if head is not None else {}
         return SharingChange(ns_id, {"ns_id": ns_id, "path": where, "role": m.role}, heads, frozenset({user_id}))
@@ -165,25 +185,34 @@ class ShardedSharing:
     # ------------------------------------------------------------------------------------------
     def _drop(self, ns_id: int, member_id: int, owner: int | None) -> SharingChange:
         """Remove ``member_id`` from ``ns_id`` (``owner``: the owner asking, else the member
-        leaving): the truth on S's shard, then the mount, then the copy."""
+        leaving). Access narrows, so the directory's copy goes first (authentication reads
+        it: it never grants more than the truth), then the truth on S's shard, then the mount."""
         db = self.router.db_for(ns_id)
 
-        def truth(conn: Connection) -> bool:
-            lock_namespace(db, conn, ns_id)
+        def check(conn: Connection) -> bool:
             if owner is not None:
                 require_owner(conn, ns_id, owner)
             m = member_of(conn, ns_id, member_id)
             if m is not None and m.role == "owner":
                 raise BadRequest("the owner cannot leave a shared folder: unshare it instead", code="is_owner")
-            conn.execute(delete(members).where(members.c.ns_id == ns_id, members.c.user_id == member_id))
             return m is not None
 
-        was_member = db.write(truth)
+        was_member = db.read(check)
+        self.router.directory.write(lambda c: drop_memberships(c, ns_id, member_id))
+        self._step("drop:copy")
+
+        def truth(conn: Connection) -> None:
+            lock_namespace(db, conn, ns_id)
+            conn.execute(
+                delete(members).where(members.c.ns_id == ns_id, members.c.user_id == member_id, members.c.role != "owner")
+            )
+
+        db.write(truth)
+        self._step("drop:truth")
         root = self._root_of(member_id)
         path, head = self._unmount_in(root, ns_id, owner or member_id)
         if not was_member and path is None:
             raise NotFound("that user is not a member of this shared folder", code="not_a_member")
-        sync_memberships(self.router, ns_id, [member_id])
         heads = {root: head} if head is not None else {}
         return SharingChange(ns_id, {"ns_id": ns_id, "path": path}, heads, frozenset({member_id}))
 
@@ -209,29 +238,37 @@ class ShardedSharing:
 
     # ------------------------------------------------------------------------------------------
     def unshare(self, user_id: int, ns_id: int) -> SharingChange:
+        """Access narrows for everyone: the other members' copies go first, then their rows
+        (and S is sealed), then their mounts; the owner's mount becomes a folder with S's
+        contents; then the owner's copy, and last the owner's row with S itself."""
         db = self.router.db_for(ns_id)
 
-        def revoke(conn: Connection) -> list[int]:
-            lock_namespace(db, conn, ns_id)
+        def check(conn: Connection) -> list[int]:
             require_owner(conn, ns_id, user_id)
-            others = [
+            return [
                 int(r[0])
                 for r in conn.execute(select(members.c.user_id).where(members.c.ns_id == ns_id, members.c.user_id != user_id))
             ]
+
+        # Members that left before a crash of an earlier unshare: their copies and mounts too.
+        others = sorted(set(db.read(check)) | self._copied_members(ns_id) - {user_id})
+        self._drop_copies(ns_id, others)
+        self._step("unshare:uncopied")
+
+        def revoke(conn: Connection) -> None:
+            lock_namespace(db, conn, ns_id)
             conn.execute(delete(members).where(members.c.ns_id == ns_id, members.c.user_id != user_id))
             conn.execute(update(namespaces).where(namespaces.c.ns_id == ns_id).values(sealed=True))
-            return others
 
-        others = db.write(revoke)
-        # Members that left before a crash of an earlier unshare: their copies and mounts too.
-        others = sorted(set(others) | self._copied_members(ns_id) - {user_id})
-        sync_memberships(self.router, ns_id, others)
+        db.write(revoke)
+        self._step("unshare:revoked")
         heads: dict[int, int] = {}
         for uid in others:
             root = self._root_of(uid)
             _, head = self._unmount_in(root, ns_id, user_id)
             if head is not None:
                 heads[root] = head
+        self._step("unshare:unmounted")
         owner_root = self._root_of(user_id)
         tree = db.read(lambda conn: read_subtree(conn, ns_id, paths.ROOT))
         root_db = self.router.db_for(owner_root)
@@ -258,8 +295,10 @@ class ShardedSharing:
             return path, tx.head
 
         path, head = root_db.write(restore)
+        self._step("unshare:restored")
         if head is not None:
             heads[owner_root] = head
+        self.router.directory.write(lambda c: drop_memberships(c, ns_id))
 
         def retire(conn: Connection) -> None:
             lock_namespace(db, conn, ns_id)
@@ -269,8 +308,14 @@ class ShardedSharing:
             conn.execute(update(namespaces).where(namespaces.c.ns_id == ns_id).values(kind="retired"))
 
         db.write(retire)
-        self.router.directory.write(lambda c: drop_memberships(c, ns_id))
         return SharingChange(ns_id, {"ns_id": ns_id, "path": path}, heads, frozenset({user_id, *others}))
+
+    def _drop_copies(self, ns_id: int, user_ids: list[int]) -> None:
+        def run(conn: Connection) -> None:
+            for uid in user_ids:
+                drop_memberships(conn, ns_id, uid)
+
+        self.router.directory.write(run)
 
     def _copied_members(self, ns_id: int) -> set[int]:
         return {
@@ -327,4 +372,4 @@ class ShardedSharing:
         }
 
 
-__all__ = ["ShardedSharing"]
+__all__ = ["STEPS", "ShardedSharing"]
