@@ -27,7 +27,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
 from cubby.core import paths
-from cubby.errors import NotFound
+from cubby.errors import NamespaceMoved, NotFound
 from cubby.metadata.engine import Database
 from cubby.metadata.schema import file_revs, journal, namespaces, nodes, ns_chunks
 from cubby.model import Entry
@@ -80,7 +80,9 @@ _LIVE = select(nodes).where(nodes.c.ns_id == bindparam("ns"), nodes.c.path_key =
 _LIVE_MANY = select(nodes).where(
     nodes.c.ns_id == bindparam("ns"), nodes.c.path_key.in_(bindparam("ks", expanding=True))
 )
-_LOCK = select(namespaces.c.head, namespaces.c.next_node).where(namespaces.c.ns_id == bindparam("ns"))
+_LOCK = select(namespaces.c.head, namespaces.c.next_node, namespaces.c.sealed).where(
+    namespaces.c.ns_id == bindparam("ns")
+)
 _LOCK_FOR_UPDATE = _LOCK.with_for_update()
 _UPDATE_NODE = (
     update(nodes)
@@ -246,18 +248,29 @@ class NamespaceTxn:
 def lock_namespace(db: Database, conn: Connection, ns_id: int) -> tuple[int, int]:
     """Lock ``ns_id``'s row on ``conn`` (a write transaction of ``db``): (head, next node id).
     `NotFound` if the namespace does not exist."""
+    row = _lock_row(db, conn, ns_id)
+    return int(row[0]), int(row[1])
+
+
+def _lock_row(db: Database, conn: Connection, ns_id: int) -> Any:
     row = conn.execute(_LOCK if db.is_sqlite else _LOCK_FOR_UPDATE, {"ns": ns_id}).first()
     if row is None:
         raise NotFound(f"namespace {ns_id} does not exist")
-    return int(row[0]), int(row[1])
+    return row
 
 
 def open_txn(
     db: Database, conn: Connection, ns_id: int, user_id: int | None, *, readable: Iterable[int] = (),
     now: float | None = None,
 ) -> NamespaceTxn:
-    """Lock ``ns_id`` on ``conn`` and open a `NamespaceTxn` on it; the caller calls `finish`."""
-    head, next_node = lock_namespace(db, conn, ns_id)
+    """Lock ``ns_id`` on ``conn`` and open a `NamespaceTxn` on it; the caller calls `finish`.
+    A *sealed* namespace (a shared folder being unshared across shards, whose contents are
+    being copied back into its owner's root: `cubby.metadata.sharded_shares`) takes no more
+    writes: the retryable `NamespaceMoved`, resolved again once the unshare is done."""
+    row = _lock_row(db, conn, ns_id)
+    if row.sealed:
+        raise NamespaceMoved(f"namespace {ns_id} is being unshared; resolve the path again and retry")
+    head, next_node = int(row[0]), int(row[1])
     others = tuple(sorted({int(n) for n in readable} - {ns_id}))
     tx = NamespaceTxn(db, conn, ns_id, head, next_node, user_id, readable=others)
     if now is not None:
