@@ -35,8 +35,8 @@ def test_upgrade_is_idempotent(db_url):
 
 def test_sharding_migration_places_every_namespace_on_main_and_copies_members(db_url):
     """Migration 0009 on a database from before sharding: its namespaces are shard ``main``'s,
-    its members are copied to the directory's ``memberships``, and new namespace ids start
-    above the old ones."""
+    its members and link tokens are copied to the directory's ``memberships`` and
+    ``link_tokens``, and new namespace ids start above the old ones."""
     from sqlalchemy import create_engine, text
 
     from cubby.metadata import migrate
@@ -52,16 +52,22 @@ def test_sharding_migration_places_every_namespace_on_main_and_copies_members(db
             conn.execute(text(
                 "INSERT INTO members (ns_id, user_id, role, state, created_at) VALUES (9, 2, 'editor', 'active', 0)"
             ))
+            conn.execute(text(
+                "INSERT INTO links (ns_id, link_id, node_id, token_hash, created_by, created_at)"
+                " VALUES (9, 'l1', 3, 'th', 2, 0)"
+            ))
     finally:
         engine.dispose()
     store = open_store(db_url)
     try:
-        from cubby.metadata.schema import memberships, placements
+        from cubby.metadata.schema import link_tokens, memberships, placements
 
         placed = store.db.read(lambda c: sorted(tuple(r) for r in c.execute(select(placements.c.ns_id, placements.c.shard))))
         assert placed == [(7, "main"), (9, "main")]
         copied = store.db.read(lambda c: [tuple(r) for r in c.execute(select(memberships))])
         assert copied == [(2, 9, "editor", "active")]
+        tokens = store.db.read(lambda c: [tuple(r) for r in c.execute(select(link_tokens))])
+        assert tokens == [("th", "l1", 9)]
         user, _ = store.create_user("alice")
         assert user.root_ns == 10, "the counter starts above the ids from before sharding"
     finally:

@@ -25,7 +25,7 @@ from cubby.client.api import ApiClient
 from cubby.config import ConfigError, parse_shards
 from cubby.metadata.possession import Claim
 from cubby.metadata.schema import blocks, memberships, ns_chunks
-from cubby.metadata.shards import LOCAL_BITS, allocate_ns_id, placement_key, write_membership
+from cubby.metadata.shards import LOCAL_BITS, UnknownShard, allocate_ns_id, placement_key, write_membership
 from cubby.metadata.store import SqlMetadataStore, open_store
 from cubby.model import ChunkRef, CommitRequest
 from tests.conftest import TWO_SHARDS, two_shard_urls
@@ -227,3 +227,15 @@ def test_a_server_on_two_shards_serves_users_of_both(tmp_path: Path) -> None:
         finally:
             store.close()
         assert httpx.get(f"{server.url}/l/{token}", follow_redirects=True).content == b"alice's bytes"
+
+
+def test_a_process_missing_a_shard_says_so(sharded: SqlMetadataStore) -> None:
+    alice, _ = sharded.create_user("alice")  # far
+    directory = sharded.router.directory.url.render_as_string(hide_password=False)
+    partial = open_store(directory, shards={"near": directory, "other": directory})
+    try:
+        with pytest.raises(UnknownShard) as err:
+            partial.stat(alice.root_ns, "/")
+        assert "'far'" in err.value.message and err.value.status == 503
+    finally:
+        partial.close()

@@ -55,6 +55,8 @@ def test_a_share_across_shards_killed_after_each_step_is_all_or_nothing(two_shar
     root_reads = FileReads(on_a.router.shard_db("near"))
     original = files(root_reads, a.root_ns, "/Shared")
     assert len(original) == 3
+    linked = root_reads.stat(a.root_ns, "/Shared/sub/f0.txt")
+    _, token = on_a.links.create(a.id, a.root_ns, linked.node_id)
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     proc = subprocess.run(
@@ -106,6 +108,8 @@ def test_a_share_across_shards_killed_after_each_step_is_all_or_nothing(two_shar
         shared.stat(ns, "/sub/f3.txt")
     with pytest.raises(NotFound):
         shared.history(ns, "/sub/f3.txt")
+    # A link made before the share follows its file, whatever became of the share.
+    assert on_a.links.resolve(token).target.content_hash == linked.content_hash
     # Writes below the old folder in the root are refused retryably: they belong to S now.
     with pytest.raises(NamespaceMoved):
         put_file(on_a, blocks, a.id, a.root_ns, "/Shared/late.txt")

@@ -22,9 +22,9 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.engine import Connection, Row
@@ -32,12 +32,11 @@ from sqlalchemy.engine import Connection, Row
 from cubby.core import paths
 from cubby.errors import BadRequest, NotFound
 from cubby.metadata.engine import Database
-from cubby.metadata.schema import file_revs, links, namespaces, nodes, users
+from cubby.metadata.schema import file_revs, link_tokens, links, namespaces, nodes, users
 from cubby.metadata.shards import ShardRouter
 from cubby.metadata.users import token_hash
 from cubby.model import ChunkRef, Entry
 
-T = TypeVar("T")
 ROOT_NODE = 0
 """The node id of a namespace's root folder, which has no row in ``nodes``."""
 WALK_PAGE = 500
@@ -138,10 +137,10 @@ def _node_entry(row: Row[Any]) -> Entry:
 
 class LinkStore:
     """Links of a deployment (`SqlMetadataStore.links`): each link's row is on the shard of the
-    namespace it points into, beside its target, so serving it is one shard's reads. A
-    token or a link id alone names no namespace, so `resolve` and `revoke` ask each shard in
-    turn (one unique-index probe each); a directory table of link tokens would make that one
-    probe (docs/SHARDING.md)."""
+    namespace it points into, beside its target, so serving it is one shard's reads. A token
+    or a link id alone names no namespace: the directory's ``link_tokens`` maps both to it
+    (written first at creation; a token there without its shard row is just a dead link).
+    Listing a user's links asks each shard (links are listed rarely, served often)."""
 
     def __init__(self, db: Database | ShardRouter) -> None:
         self.router = db if isinstance(db, ShardRouter) else ShardRouter(db)
@@ -149,13 +148,10 @@ class LinkStore:
     def _shard_dbs(self) -> list[Database]:
         return list({id(d): d for d in self.router.shards.values()}.values())
 
-    def _first(self, run: Callable[[Connection], T | None], *, write: bool = False) -> T | None:
-        """``run`` on each shard until one answers something other than None."""
-        for db in self._shard_dbs():
-            found = (db.write if write else db.read)(run)
-            if found is not None:
-                return found
-        return None
+    def _namespace_of(self, where: Any) -> int | None:
+        """The namespace of the link the directory's ``link_tokens`` row matching ``where`` names."""
+        ns = self.router.directory.read(lambda c: c.execute(select(link_tokens.c.ns_id).where(where)).scalar())
+        return None if ns is None else int(ns)
 
     # -- managing ---------------------------------------------------------------------------
     def create(
@@ -181,6 +177,9 @@ class LinkStore:
                 )
             )
 
+        self.router.directory.write(
+            lambda c: c.execute(insert(link_tokens).values(token_hash=token_hash(token), link_id=link.link_id, ns_id=ns_id))
+        )
         self.router.db_for(ns_id).write(run)
         return link, token
 
@@ -247,7 +246,8 @@ class LinkStore:
             )
             return _link(row)
 
-        found = self._first(run, write=True)
+        ns = self._namespace_of(link_tokens.c.link_id == link_id)
+        found = None if ns is None else self.router.db_for(ns).write(run)
         if found is None:
             raise NotFound(f"you have no link {link_id}")
         return found
@@ -268,7 +268,8 @@ class LinkStore:
             target = self._node(conn, link.ns_id, link.node_id)
             return None if target is None else Resolved(link, target, row.password_hash)
 
-        found = self._first(run)
+        ns = self._namespace_of(link_tokens.c.token_hash == token_hash(token))
+        found = None if ns is None else self.router.db_for(ns).read(run)
         if found is None:
             raise NotFound(GONE)
         return found

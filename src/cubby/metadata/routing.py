@@ -50,7 +50,12 @@ class ShardSet:
         """The modules of the shard holding ``ns_id`` (no lookup on a single database)."""
         if self._only is not None:
             return self._only
-        return self.by_name[self.router.placement(ns_id).shard]
+        name = self.router.placement(ns_id).shard
+        mods = self.by_name.get(name)
+        if mods is None:
+            self.router.shard_db(name)  # raises UnknownShard, naming the shard
+        assert mods is not None
+        return mods
 
     def group(self, ns_ids: Iterable[int]) -> list[tuple[ShardModules, list[int]]]:
         """``ns_ids`` grouped by shard (namespaces without a placement are left out)."""

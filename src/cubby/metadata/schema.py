@@ -366,6 +366,17 @@ memberships = Table(
     Column("state", String(8), nullable=False),
 )
 
+link_tokens = Table(
+    "link_tokens",
+    metadata,
+    # Which namespace (so which shard) holds each link, by the two names a request knows it by:
+    # a public request has only the token, a management request only the id. Written before
+    # the shard's ``links`` row; the shard's row stays the truth (revoked, expiry, target).
+    Column("token_hash", String(64), primary_key=True),
+    Column("link_id", String(32), nullable=False, unique=True),
+    Column("ns_id", BigInteger, nullable=False),
+)
+
 
 passwords = Table(
     "passwords",

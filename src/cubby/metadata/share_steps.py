@@ -16,10 +16,11 @@ row on the owner's root shard (r); the new namespace S goes to shard s:
    copy the frozen folder's live nodes, current revisions, chunk references and links into
    it, with the owner's and the invitee's ``members`` rows and the revisions the copied nodes
    had in the root (``share_origins``: a client's pre-share revision still names the copy).
-   Idempotent: a namespace row for S already there means the copy committed whole. Then the
-   directory's membership copy of those two rows (`sync_memberships`): after the truth, and
-   before the mount, so that the owner's requests resolve into S from the moment it is
-   mounted (the owner reaching S by id before that reaches a copy of their own folder).
+   Idempotent: a namespace row for S already there means the copy committed whole. Then, in
+   the directory, the moved links' ``link_tokens`` name S, and the membership copy of those
+   two rows (`sync_memberships`): after the truth, and before the mount, so that the owner's
+   requests resolve into S from the moment it is mounted (the owner reaching S by id before
+   that reaches a copy of their own folder).
 4. r, one transaction: if the intent is still this process's and ``frozen``, turn the folder
    into a mount of S, mark the source nodes gone (their history stays), move its links out,
    journal the mount, and set the intent ``mounted``. This commit is the point of no return.
@@ -33,8 +34,8 @@ row on the owner's root shard (r); the new namespace S goes to shard s:
 Recovery (`ShareSteps.recover`, run where moves' recovery runs: at server start and before
 each share) takes only intents whose owner is gone (`cubby.metadata.leases`). One still
 ``frozen`` (or ``undoing``) is undone: set ``undoing`` on r (step 4 can no longer happen),
-drop the directory's membership copy, delete S's copy on s (copy before truth, so the copy
-never grants more), drop the reservation, then unfreeze the folder and delete the intent in
+drop the directory's membership copy, point the links back at R, delete S's copy on s (copy
+before truth, so the copy never grants more), drop the reservation, then unfreeze the folder and delete the intent in
 one transaction on r. One ``mounted`` runs forward: step 5 again. A namespace left
 ``settling`` with no intent (a crash between step 5's last two writes) is settled. Either way
 the owner ends with either no share (the folder as it was, writes below it allowed again) or a
@@ -62,6 +63,7 @@ from cubby.metadata.nstxn import NamespaceTxn, key_range, lock_namespace, open_t
 from cubby.metadata.schema import (
     file_revs,
     journal,
+    link_tokens,
     links,
     members,
     namespaces,
@@ -243,6 +245,9 @@ class ShareSteps:
 
         db.write(write)
         sync_memberships(self.router, new_ns, [owner_id, int(it.invitee_id)])
+        # The links went with their targets: the directory's ``link_tokens`` names S now
+        # (a link resolves to the copy, the same content, until the mount).
+        point_links(self.router, [str(ln["link_id"]) for ln in tree.links], new_ns)
 
     def _mount(self, conn: Connection, root_ns: int, intent: str) -> tuple[int, str]:
         """Step 4 on r: the folder becomes a mount of S, if this process still owns the
@@ -335,6 +340,8 @@ class ShareSteps:
         new_ns = int(it.new_ns)
         db = self.router.shard_db(str(it.shard))
         self.router.directory.write(lambda c: drop_memberships(c, new_ns))
+        copied = [str(r[0]) for r in db.read(lambda c: c.execute(select(links.c.link_id).where(links.c.ns_id == new_ns)).all())]
+        point_links(self.router, copied, root_ns)  # back to the root before S's copy goes
 
         def drop_copy(conn: Connection) -> None:
             for table in NS_TABLES:
@@ -421,6 +428,18 @@ class ShareSteps:
     def _shard_dbs(self) -> list[Database]:
         """Each shard's database once (two shard names may share one)."""
         return list({id(db): db for db in self.router.shards.values()}.values())
+
+
+def point_links(router: ShardRouter, link_ids: list[str], ns_id: int) -> None:
+    """The directory's ``link_tokens`` of ``link_ids`` name ``ns_id`` (idempotent)."""
+    if not link_ids:
+        return
+
+    def run(conn: Connection) -> None:
+        for i in range(0, len(link_ids), BATCH):
+            conn.execute(update(link_tokens).where(link_tokens.c.link_id.in_(link_ids[i : i + BATCH])).values(ns_id=ns_id))
+
+    router.directory.write(run)
 
 
 def reserve_namespace(router: ShardRouter, shard: str) -> int:

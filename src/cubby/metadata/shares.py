@@ -38,7 +38,7 @@ from cubby.core import paths
 from cubby.errors import BadRequest, Forbidden, NotFound
 from cubby.metadata.engine import Database
 from cubby.metadata.nstxn import NamespaceTxn, finish_all, key_range, lock_namespaces, open_txn
-from cubby.metadata.schema import links, members, namespaces, nodes, ns_chunks, users
+from cubby.metadata.schema import link_tokens, links, members, namespaces, nodes, ns_chunks, users
 from cubby.metadata.shards import ShardRouter, allocate_ns_id, drop_memberships, write_membership
 from cubby.metadata.subtree import read_subtree, write_subtree
 from cubby.metadata.tree import guard_mounts
@@ -263,6 +263,11 @@ class Sharing:
             .where(links.c.ns_id == tx.ns_id, links.c.node_id == folder.node_id)
             .values(ns_id=new_ns, node_id=0)
         )
+        moved = [str(r[0]) for r in conn.execute(select(links.c.link_id).where(links.c.ns_id == new_ns))]
+        if moved:  # the directory's copy follows (on one database, in this transaction)
+            self.router.directory.write(
+                lambda c: c.execute(update(link_tokens).where(link_tokens.c.link_id.in_(moved)).values(ns_id=new_ns))
+            )
         lo, hi = key_range(paths.key(folder.path))
         # The source nodes are gone from the owner's root (their history stays there).
         conn.execute(
