@@ -56,7 +56,7 @@ from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from cubby.core import paths
-from cubby.errors import Conflict, CubbyError, NamespaceMoved, NotFound, Unavailable
+from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceMoved, NotFound, Unavailable
 from cubby.metadata.engine import Database
 from cubby.metadata.leases import Owner
 from cubby.metadata.nstxn import NamespaceTxn, key_range, lock_namespace, open_txn
@@ -132,7 +132,7 @@ class ShareSteps:
             if row is None:
                 raise NotFound(f"{path} does not exist")
             if row.kind == "file":
-                raise Conflict(f"{row.path} is a file; only folders can be shared", code="not_a_folder")
+                raise BadRequest(f"{row.path} is a file; only folders can be shared", code="not_a_folder")
             if row.kind == "mount" or is_frozen(row):
                 raise NamespaceMoved(f"{row.path} became a shared folder meanwhile; try again", path=row.path)
             if frozen_or_mount_below(tx, paths.key(path)):
@@ -163,7 +163,11 @@ class ShareSteps:
         self._step("copied")
 
         # 4. the mount, in the root: the point of no return
-        root_head, final = root_db.write(lambda conn: self._mount(conn, root_ns, intent))
+        try:
+            root_head, final = root_db.write(lambda conn: self._mount(conn, root_ns, intent))
+        except Exception:
+            self._undo(root_ns, intent)  # nothing if the mount did commit (the intent is `mounted`)
+            raise
         self._step("mounted")
 
         # 5. published; the intent goes
