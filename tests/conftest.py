@@ -56,8 +56,8 @@ DB_ENGINES = ["sqlite", "postgresql", "mariadb"]
 
 def worker_database(base_url: str, suffix: str = "") -> str:
     """A database of this pytest worker's own on a shared server, so parallel workers never
-    see each other's tables (``suffix`` names a second one: another shard). Created on first
-    use; the caller wipes its tables."""
+    see each other's tables (``suffix`` names a second one, for tests of two shards). Created
+    on first use; the caller wipes its tables."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
@@ -98,9 +98,8 @@ NEEDS_CROSSSHARE = pytest.mark.xfail(
     reason="sharing and moves between namespaces on two shards are the crossshare branch's (issue 14 item 3)",
     strict=False,
 )
-"""On a two-shard deployment, a test of sharing or cross-namespace moves that was expected to
-fail until those were single-shard steps tied by intents (the crossshare branch). Nothing
-uses it any more; kept for tests written against it on other branches."""
+"""On a two-shard deployment, a test of sharing or cross-namespace moves: it passes once those
+are single-shard steps tied by intents; until then it is expected to fail (not weakened)."""
 
 TWO_SHARD_PARAMS = TWO_SHARDS
 """`TWO_SHARDS` as parameters of a sharing test (they pass since the crossshare branch:

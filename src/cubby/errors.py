@@ -83,6 +83,12 @@ class NotFound(CubbyError):
     status = 404
 
 
+class NamespaceGone(NotFound):
+    """The database asked holds no such namespace: it never existed, or it moved to another
+    shard after the caller looked up where it lives (then a fresh lookup finds it). The code
+    stays ``not_found`` for clients."""
+
+
 class Conflict(CubbyError):
     """The state changed under the caller (stale revision, name taken); re-read and decide."""
 
@@ -113,6 +119,14 @@ class Unavailable(CubbyError):
     code = "unavailable"
     status = 503
     retryable = True
+
+
+class NamespaceMoving(Unavailable):
+    """The namespace is being moved to another database shard (`cubby admin move-namespace`)
+    and its old copy no longer takes writes. Nothing changed: the same request succeeds once
+    the move is done, a moment later (the server retries it for a while before answering)."""
+
+    code = "namespace_moving"
 
 
 class InsufficientStorage(CubbyError):
@@ -147,6 +161,7 @@ ERRORS_BY_CODE: dict[str, type[CubbyError]] = {
         NamespaceMoved,
         TooManyRequests,
         Unavailable,
+        NamespaceMoving,
         InsufficientStorage,
         WrongRole,
     )

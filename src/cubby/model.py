@@ -177,6 +177,9 @@ class NeededChunk:
     base: tuple[str, ...] = ()
     """Chunks of the version being replaced, at the same place in the file (usually one): the
     client may send this chunk as a patch against their concatenation (`cubby.core.delta`)."""
+    window: int | None = None
+    """The hour the nonce was made for; a proof that names it is hashed once by the server,
+    not once per hour it could be (`cubby.metadata.possession`)."""
 
 
 @dataclass(frozen=True)

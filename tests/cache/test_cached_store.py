@@ -82,11 +82,11 @@ class Unreachable(MemoryCache):
         super().__init__()
         self.failures = failures
 
-    def invalidate(self, keys: Sequence[str]) -> None:
+    def invalidate(self, keys: Sequence[str], token: str | None = None) -> None:
         if self.failures > 0:
             self.failures -= 1
             raise CacheUnavailable("lost")
-        super().invalidate(keys)
+        super().invalidate(keys, token)
 
 
 def test_a_write_waits_for_its_invalidation_and_fails_closed(plain: SqlMetadataStore) -> None:

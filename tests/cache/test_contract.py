@@ -32,14 +32,34 @@ def test_a_fence_covers_values_and_leases_until_the_invalidation(cache: Metadata
     _, lease = cache.get("k")  # a reader is reading the old state ...
     assert lease
     cache.put("v", b"old")
-    cache.fence(["k", "v"])  # ... a writer is about to commit
+    cache.fence(["k", "v"], "w1")  # ... a writer is about to commit
     assert cache.get("v") == (None, None), "a fenced value is not served"
+    assert cache.values(["v"]) == [None]
     assert cache.get("k") == (None, None), "nobody gets a lease on a fenced key"
     assert not cache.fill("k", b"old", lease), "a lease taken before the fence is void"
-    cache.invalidate(["k", "v"])  # the writer committed
+    cache.invalidate(["k", "v"], "w1")  # the writer committed
     _, fresh = cache.get("k")
     assert fresh and cache.fill("k", b"new", fresh)
     assert cache.get("k") == (b"new", None)
+
+
+def test_a_writers_invalidation_leaves_the_fence_of_another_writer(cache: MetadataCache) -> None:
+    """Two writers of one key at once: the first one's invalidation must not lift the second
+    one's fence, or a reader could fill the state between the two commits and keep it after
+    the second (if that writer then died before its own invalidation)."""
+    cache.put("v", b"old")
+    cache.fence(["k", "v"], "w1")
+    cache.fence(["k", "v"], "w2")
+    cache.invalidate(["k", "v"], "w1")  # the first writer committed
+    assert cache.get("k") == (None, None), "still fenced by the second writer"
+    assert cache.values(["k", "v"]) == [None, None]
+    cache.invalidate(["k"])  # a writer's retry, or a pending key: lifts nobody else's fence
+    assert cache.get("k") == (None, None)
+    cache.invalidate(["k", "v"], "w2")
+    _, fresh = cache.get("k")
+    assert fresh and cache.fill("k", b"new", fresh)
+    assert cache.get("k") == (b"new", None)
+    assert cache.get("v")[0] is None
 
 
 def test_an_invalidation_before_the_fill_leaves_the_key_empty(cache: MetadataCache) -> None:
@@ -62,9 +82,9 @@ def test_a_lease_is_only_good_for_its_own_key_and_once(cache: MetadataCache) -> 
 
 
 def test_put_stores_without_a_lease_and_invalidate_removes_many(cache: MetadataCache) -> None:
-    cache.put("p", b"\x00binary\xff")
+    cache.put("p", b"\x00binary\xfe")  # any bytes but 0xFF, which marks a fence (cubby.cache.base)
     cache.put("q", b"")
-    assert cache.get("p") == (b"\x00binary\xff", None)
+    assert cache.get("p") == (b"\x00binary\xfe", None)
     assert cache.get("q") == (b"", None)
     cache.invalidate(["p", "q", "never-set"])
     assert cache.get("p")[0] is None

@@ -18,7 +18,7 @@ from cubby.cache.base import CacheUnavailable, open_cache
 from cubby.cache.store import CachedStore
 from cubby.errors import BadRequest, Conflict, CubbyError, NotFound, Unauthorized
 from cubby.metadata.store import SqlMetadataStore
-from cubby.model import CommitRequest
+from cubby.model import CommitRequest, User
 from tests.helpers.cache_servers import CACHE_SERVERS, CacheServer, Partition, RedisServer, start_cache_server
 
 
@@ -55,12 +55,12 @@ class FaultyProcess(CachedStore):
         self.fault = fault
         self.partition = partition
 
-    def invalidate(self, keys: Iterable[str]) -> None:
+    def invalidate(self, keys: Iterable[str], token: str | None = None) -> None:
         if self.fault == "killed":
             raise Killed
         self.partition.cut()
         try:
-            super().invalidate(keys)
+            super().invalidate(keys, token)
         finally:
             self.partition.heal()
 
@@ -128,21 +128,88 @@ def test_a_commit_whose_invalidation_was_lost_is_seen_at_once_and_on_retry(proce
     assert b.stat(alice.root_ns, "/f").rev > first.rev
 
 
-@pytest.mark.parametrize("fault", FAULTS)
-def test_a_removal_whose_invalidation_was_lost_is_seen_at_once_and_on_retry(process: Start, fault: str) -> None:
-    a, b = process(fault), process()
+def shared_team(a: CachedStore, process: Start) -> tuple[User, User, int]:
+    """alice shares /team with bob, who accepts (through a third process): (alice, bob, ns)."""
     alice, _ = a.create_user("alice")
     bob, _ = a.create_user("bob")
     owner = process()
     owner.mkdir(alice.id, alice.root_ns, "/team")
     ns = owner.sharing.share(alice.id, alice.root_ns, "/team", "bob").ns_id
     owner.sharing.accept(bob.id, bob.root_ns, ns)
+    return alice, bob, ns
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_removal_whose_invalidation_was_lost_is_seen_at_once_and_on_retry(process: Start, fault: str) -> None:
+    a, b = process(fault), process()
+    alice, bob, ns = shared_team(a, process)
     assert b.principal_of(bob.id, "bob", bob.root_ns).can_read(ns)  # cached on B
     unacknowledged(lambda: a.sharing.remove_member(alice.id, ns, "bob"))
     assert not b.principal_of(bob.id, "bob", bob.root_ns).can_read(ns)
     with pytest.raises(CubbyError):  # bob is no member any more: the retry says so
         process().sharing.remove_member(alice.id, ns, "bob")
     assert not b.principal_of(bob.id, "bob", bob.root_ns).can_read(ns)
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_an_unshare_whose_invalidation_was_lost_is_seen_by_every_member_at_once_and_on_retry(
+    process: Start, fault: str
+) -> None:
+    """The members an unshare changes beyond its actor (their memberships and the heads of
+    their roots, where the mount goes) are fenced before it commits, like the actor's keys."""
+    a, b = process(fault), process()
+    alice, bob, ns = shared_team(a, process)
+    assert b.principal_of(bob.id, "bob", bob.root_ns).can_read(ns)  # cached on B
+    mounted = b.head(bob.root_ns)
+    unacknowledged(lambda: a.sharing.unshare(alice.id, ns))
+    assert not b.principal_of(bob.id, "bob", bob.root_ns).can_read(ns)
+    assert b.head(bob.root_ns) > mounted
+    with pytest.raises(CubbyError):  # no longer shared: the retry says so
+        process().sharing.unshare(alice.id, ns)
+    assert not b.principal_of(bob.id, "bob", bob.root_ns).can_read(ns)
+    assert b.head(bob.root_ns) > mounted
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("how", ["remove", "leave"])
+def test_the_root_head_of_a_member_who_goes_is_fenced(process: Start, fault: str, how: str) -> None:
+    """A removal or a leave unmounts the folder from the member's root: that root's head is
+    fenced before the change, not only invalidated after it."""
+    a, b = process(fault), process()
+    alice, bob, ns = shared_team(a, process)
+    mounted = b.head(bob.root_ns)  # cached on B
+    if how == "remove":
+        unacknowledged(lambda: a.sharing.remove_member(alice.id, ns, "bob"))
+    else:
+        unacknowledged(lambda: a.sharing.leave(bob.id, ns))
+    assert b.head(bob.root_ns) > mounted
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_two_writers_of_one_key_the_second_lost_after_its_commit(
+    process: Start, plain: SqlMetadataStore, fault: str
+) -> None:
+    """W fences ``head:<ns>`` and waits for the namespace lock; A commits to the namespace and
+    invalidates; B misses, takes a lease and reads the head between the two commits; W commits
+    and dies (or is cut off) before its invalidation; B fills. A's invalidation must have left
+    W's fence, so B's fill is refused and the head read afterwards is W's."""
+    a, w, b = process(), process(fault), process()
+    alice, _ = a.create_user("alice")
+    ns = alice.root_ns
+    b.head(ns)  # cached on B
+    fence = w.writing([ns])
+    fence.__enter__()  # W fenced; its commit is still to come
+    assert a.commit(alice.id, ns, CommitRequest("/a", 0, ())).entry is not None
+
+    def between() -> int:
+        head = plain.head(ns)  # B's database read, under its lease, before W commits
+        assert plain.commit(alice.id, ns, CommitRequest("/w", 0, ())).entry is not None  # W's commit
+        return head
+
+    b.through(f"head:{ns}", between)
+    unacknowledged(lambda: fence.__exit__(None, None, None))  # W's invalidation is lost
+    assert b.head(ns) == plain.head(ns)
+    assert process().head(ns) == plain.head(ns)
 
 
 def test_a_process_cut_off_from_the_cache_writes_nothing(

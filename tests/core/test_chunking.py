@@ -7,10 +7,11 @@ import os
 import random
 import tracemalloc
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cubby.core.chunking import MAX_SIZE, MIN_SIZE, chunk_bytes, iter_chunks
+from cubby.core.chunking import MAX_SIZE, MIN_SIZE, chunk_bytes, chunk_file, iter_chunks
 from cubby.core.hashing import sha256_hex
 
 DATA = random.Random(7).randbytes(12 * 1024 * 1024)
@@ -94,3 +95,14 @@ def test_with_data_false_names_the_same_chunks():
         (c.hash, c.length) for c in BASE
     ]
     assert all(c.data == b"" for c in iter_chunks(io.BytesIO(os.urandom(1000)), with_data=False))
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, MIN_SIZE - 1, MIN_SIZE, MIN_SIZE + 1, 3 * MIN_SIZE])
+def test_a_file_read_whole_gives_the_chunker_s_chunks(tmp_path, size):
+    """`chunk_file` names a file of at most MIN_SIZE without the chunker: the same chunks."""
+    data = random.Random(size).randbytes(size)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    expected = [(c.offset, c.length, c.hash, c.data) for c in iter_chunks(io.BytesIO(data))]
+    assert [(c.offset, c.length, c.hash, c.data) for c in chunk_file(path)] == expected
+    assert [(c.offset, c.length, c.hash) for c in chunk_file(path, with_data=False)] == [e[:3] for e in expected]

@@ -196,3 +196,63 @@ def test_naming_a_kept_file_gives_the_chunker_s_chunks(tmp_path, size):
     assert kept.data == src.read_bytes()
     assert [(c.offset, c.size, c.hash) for c in kept.chunks] == streamed
     assert scan_file(src, "/f.bin").chunks == kept.chunks
+
+
+class CountingCalls(ApiClient):
+    """Counts the commit, prove and upload requests a put makes."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.calls: dict[str, int] = {"commit_batch": 0, "prove": 0, "upload": 0}
+        self.lock = threading.Lock()
+
+    def _count(self, kind: str) -> None:
+        with self.lock:
+            self.calls[kind] += 1
+
+    def commit_batch(self, reqs):
+        self._count("commit_batch")
+        return super().commit_batch(reqs)
+
+    def prove(self, ns_id, proofs, windows=None):
+        if proofs:
+            self._count("prove")
+        return super().prove(ns_id, proofs, windows)
+
+    def upload_chunks(self, ns_id, items):
+        if items:
+            self._count("upload")
+        return super().upload_chunks(ns_id, items)
+
+
+def test_new_small_files_are_asked_about_proven_and_sent_in_one_round(live, api, tmp_path):
+    """A group of new small files is one commit, one prove, one upload and one commit more,
+    however many files: each is asked about (no bytes before the server asked) and sent once."""
+    root = tmp_path / "small"
+    root.mkdir()
+    for i in range(50):
+        (root / f"f{i:02d}.bin").write_bytes(_data(200 + i, 4096))
+    token = api.http.headers["Authorization"].split()[1]
+    with CountingCalls(live.url, token) as counting:
+        results = upload_tree(counting, root, "/s")
+    assert len(results) == 50 and all(r.bytes_sent == 4096 and r.chunks_sent == 1 for r in results)
+    assert counting.calls == {"commit_batch": 2, "prove": 1, "upload": 1}
+    download_tree(api, "/s", tmp_path / "back")
+    for i in range(50):
+        assert (tmp_path / "back" / f"f{i:02d}.bin").read_bytes() == _data(200 + i, 4096)
+
+
+def test_chunks_held_elsewhere_are_proven_not_sent_however_small(live, api, tmp_path):
+    """A chunk the server holds is never sent again, whoever sends it: another user putting the
+    same large and small files proves both and sends no bytes."""
+    root = tmp_path / "mixed"
+    root.mkdir()
+    (root / "big.bin").write_bytes(_data(300, 300_000))
+    (root / "small.bin").write_bytes(_data(301, 4096))
+    first = upload_tree(api, root, "/m")
+    assert sum(r.bytes_sent for r in first) == 300_000 + 4096
+    other = live.add_user("other-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:8])
+    with CountingCalls(live.url, other) as counting:
+        again = {Path(r.path).name: r for r in upload_tree(counting, root, "/m")}
+    assert again["big.bin"].bytes_sent == 0 and again["small.bin"].bytes_sent == 0
+    assert counting.calls.get("upload", 0) == 0 and counting.calls["prove"] == 1

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cubby.client.api import ApiClient
+from cubby.client.api import ApiClient, commit_body
 from cubby.client.upload import upload_file
 from cubby.core.chunking import chunk_bytes
 from cubby.model import ChunkRef
@@ -83,6 +83,47 @@ def test_a_wrong_proof_is_rejected_alike_for_held_and_absent(users):
             assert r.status_code == 200, r.text
             answers.append(r.json())
     assert answers == [{"accepted": [], "rejected": [held]}, {"accepted": [], "rejected": [absent]}]
+
+
+def test_a_proof_naming_the_commit_s_hour_is_checked_for_it_and_needs_the_bytes(users):
+    """The commit answer names the hour of each nonce; a claim that repeats it is accepted when
+    the proof is over the chunk's bytes, and refused when it is not (a guess, or filler: a
+    client that does not hold the bytes), alike for a held and an absent chunk."""
+    data = os.urandom(200_000)
+    (chunk,) = chunk_bytes(data)
+    ns_a, ns_b = users.alice.account()["root_ns"], users.bob.account()["root_ns"]
+    users.alice.upload_chunks(ns_a, [(chunk.hash, chunk.data)])
+    absent_data = os.urandom(200_000)
+    (absent,) = chunk_bytes(absent_data)
+    answer = users.bob.commit_batch([
+        commit_body("/copy.bin", len(data), [ChunkRef(chunk.hash, chunk.length)], None, None),
+        commit_body("/new.bin", len(absent_data), [ChunkRef(absent.hash, absent.length)], None, None),
+    ])
+    needed = {n.hash: n for res in answer for n in res.needed}
+    assert set(needed) == {chunk.hash, absent.hash}
+    assert all(isinstance(n.window, int) for n in needed.values())
+
+    def proof(nonce: str, body: bytes) -> str:
+        return hashlib.sha256(bytes.fromhex(nonce) + body).hexdigest()
+
+    with users.raw(users.bob_token) as bob:
+        def prove(h: str, size: int, value: str, window: int) -> dict:
+            r = bob.post("/api/v1/blocks/prove", json={
+                "ns_id": ns_b, "proofs": {h: {"size": size, "proof": value, "window": window}}})
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        for n, size in ((needed[chunk.hash], chunk.length), (needed[absent.hash], absent.length)):
+            assert prove(n.hash, size, proof(n.nonce, bytes(size)), n.window) == {"accepted": [], "rejected": [n.hash]}
+            assert prove(n.hash, size, "ab" * 32, n.window) == {"accepted": [], "rejected": [n.hash]}
+            # The right bytes, but an hour the nonce was not made for: refused.
+            assert prove(n.hash, size, proof(n.nonce, data), n.window - 1)["accepted"] == []
+        assert prove(chunk.hash, chunk.length, proof(needed[chunk.hash].nonce, data), needed[chunk.hash].window) == {
+            "accepted": [chunk.hash], "rejected": []}
+        r = bob.post("/api/v1/blocks/prove", json={
+            "ns_id": ns_b, "proofs": {chunk.hash: {"size": chunk.length, "proof": "ab" * 32, "window": "now"}}})
+        assert r.status_code == 400
+    assert users.bob.commit("/copy.bin", len(data), [ChunkRef(chunk.hash, chunk.length)]).committed
 
 
 # ------------------------------------------------------------------------------------------

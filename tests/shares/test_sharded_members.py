@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from cubby.blockstore.memory import MemoryBlockStore
-from cubby.errors import NamespaceMoved, NotFound
+from cubby.errors import NamespaceMoving, NotFound
 from cubby.metadata.schema import members, memberships, namespaces
 from cubby.metadata.sharded_shares import STEPS
 from cubby.metadata.store import SqlMetadataStore
@@ -81,7 +81,7 @@ def test_membership_steps_never_grant_more_than_the_truth(two_shards: TwoShards,
         assert not reach(store, ns, who) or truth(store, ns, who), (step, who.name)
     if step in ("unshare:revoked", "unshare:unmounted"):
         # Sealed while its contents go back to the owner's root: no write lands there now.
-        with pytest.raises(NamespaceMoved):
+        with pytest.raises(NamespaceMoving):
             store.mkdir(alice.id, ns, "/late")
     run()  # the same call again finishes it
     if op == "accept":

@@ -75,3 +75,73 @@ def test_a_settled_plan_is_reused_only_while_nothing_it_read_changed(clients: Cl
         assert local_tree(b.root) == {"y.txt": b"two, edited on b", ".cubbyignore": b""}
     finally:
         P.plan = real  # type: ignore[assignment]
+
+
+_ONE_PASS = """
+import json, sys
+from pathlib import Path
+from cubby.client.api import ApiClient
+from cubby.client.sync import planner as P
+from cubby.client.sync.engine import SyncEngine
+
+url, token, root, host = sys.argv[1:5]
+planned, sent = [], []
+real = P.plan
+def counting(*args, **kw):
+    planned.append(1)
+    return real(*args, **kw)
+P.plan = counting
+api = ApiClient(url, token)
+api.http.event_hooks["request"].append(lambda r: sent.append(r.url.path))
+eng = SyncEngine(Path(root), api, host=host)
+rep = eng.run_once()
+print(json.dumps({"converged": rep.converged, "applied": rep.applied, "hashed": eng.last_scan.hashed,
+                  "planned": len(planned), "requests": sent}))
+eng.close()
+api.close()
+"""
+
+
+def _pass_in_new_process(clients: Clients, root: Any, host: str) -> dict[str, Any]:
+    """One `run_once` in a new Python process (what `cubby sync --once` is), and what it did."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _ONE_PASS, clients.server.url, clients.token, str(root), host],
+        check=True, capture_output=True, text=True,
+    )
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def test_a_no_op_pass_in_a_new_process_hashes_and_plans_nothing(clients: Clients) -> None:
+    """The settled plan's fingerprint is kept in the state database: a new process with
+    nothing changed stats each file, asks the server for its heads (one request), hashes
+    nothing and makes no plan; a change on either side, made in between, still makes one."""
+    a, b = clients.new("a"), clients.new("b")
+    (a.root / "d").mkdir()
+    for i in range(30):
+        (a.root / "d" / f"f{i}.txt").write_bytes(f"file {i}".encode())
+    clients.settle()
+    a.close()
+    a.api.close()
+    clients.engines.remove(a)
+
+    quiet = _pass_in_new_process(clients, a.root, "a")
+    assert quiet == {"converged": True, "applied": {}, "hashed": 0, "planned": 0, "requests": ["/api/v1/account"]}
+    assert _pass_in_new_process(clients, a.root, "a")["planned"] == 0  # and again
+
+    (a.root / "d" / "f3.txt").write_bytes(b"edited here")
+    local = _pass_in_new_process(clients, a.root, "a")
+    assert local["applied"] == {"Upload": 1} and local["planned"] >= 1
+    assert _pass_in_new_process(clients, a.root, "a")["planned"] == 0
+
+    (b.root / "d" / "f4.txt").write_bytes(b"edited there")
+    assert b.run_once().applied == {"Download": 1, "Upload": 1}  # a's edit comes, b's goes
+    remote = _pass_in_new_process(clients, a.root, "a")
+    assert remote["applied"] == {"Download": 1} and remote["planned"] >= 1
+    assert (a.root / "d" / "f4.txt").read_bytes() == b"edited there"
+
+    (a.root / ".cubbyignore").write_text("f5.txt\n")  # other rules, same files: a real plan
+    assert _pass_in_new_process(clients, a.root, "a")["planned"] >= 1

@@ -13,7 +13,10 @@ follows and `tests/cache/test_contract.py` checks on each:
 - `invalidate` deletes keys, markers included. A writer calls it after its database commit
   and before it acknowledges, so a reader that read the database before the commit finds its
   marker gone and cannot put the older value back; a reader whose lease was taken after the
-  invalidation read the database after the commit.
+  invalidation read the database after the commit. Only a key another writer has fenced
+  and not yet invalidated stays, fenced by that writer alone (see `fence`).
+- Values are bytes that never hold `SEP` (0xFF): every value cubby stores is UTF-8 (JSON, or a
+  head and JSON), where that byte cannot occur; it marks a fenced key.
 - `put` stores a value that can never be wrong (keyed by something immutable, such as a
   namespace head, or holding what it must be checked against), without a lease.
 - `values` reads several keys in one round trip without taking leases (a reader that then
@@ -23,7 +26,10 @@ follows and `tests/cache/test_contract.py` checks on each:
   its database commit: until the writer's invalidation removes it (or it expires, after
   `LEASE_SECONDS`), readers read the database and nobody fills, and a lease taken before it
   is void. So a writer killed between its commit and its invalidation leaves no old value
-  behind for longer than that.
+  behind for longer than that. The marker names every writer that fenced the key (its
+  ``token``, one per write) and an invalidation removes only its own writer's name: the key
+  stays fenced until the last of them is gone, so one writer's invalidation cannot lift the
+  fence of another whose commit is still to come (two commits to one namespace at once).
 
 Failures: `get` and `fill` never raise (an unreachable cache is a miss without a lease, and
 the request reads the database: slower, still correct). `invalidate` raises
@@ -38,7 +44,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 from cubby.errors import Unavailable
 
@@ -52,7 +58,32 @@ VALUE = b"v"
 LEASE = b"l"
 """First byte of what a key holds: a value, or a lease marker followed by its token."""
 FENCE = LEASE + b"fence"
-"""A writer's marker (`MetadataCache.fence`): a lease no reader holds (tokens are hex)."""
+"""A writers' marker (`MetadataCache.fence`): a lease no reader holds (tokens are hex),
+followed by each fencing writer's token after `SEP`."""
+SEP = b"\xff"
+"""Before each writer's token on a fenced key. No value holds it (values are UTF-8 JSON), so a
+key whose bytes hold it is fenced, whatever comes before (memcached appends tokens in place)."""
+
+
+def fenced(raw: bytes | None, token: str) -> bytes:
+    """What a key holding ``raw`` holds once writer ``token`` fenced it: the fence, with the
+    tokens of the writers that fenced it before and have not invalidated it yet."""
+    held = raw.split(SEP)[1:] if raw is not None and SEP in raw else []
+    return SEP.join([FENCE, *held, token.encode()])
+
+
+def unfenced(raw: bytes | None, token: str | None) -> bytes | None:
+    """What a key holding ``raw`` holds once writer ``token`` (None: none) invalidated it:
+    None (delete it) unless other writers' tokens are on it, whose fence then stays."""
+    if raw is None or SEP not in raw:
+        return None
+    rest = [t for t in raw.split(SEP)[1:] if t and t != (token or "").encode()]
+    return SEP.join([FENCE, *rest]) if rest else None
+
+
+def is_value(raw: bytes | None) -> TypeGuard[bytes]:
+    """Whether a key's bytes are a value (not a lease marker, not fenced)."""
+    return raw is not None and raw[:1] == VALUE and SEP not in raw
 
 
 class CacheUnavailable(Unavailable):
@@ -86,14 +117,16 @@ class MetadataCache(Protocol):
         """Store a value that cannot go stale (no lease). Failures are ignored."""
         ...
 
-    def invalidate(self, keys: Sequence[str]) -> None:
-        """Delete ``keys`` and any lease markers on them; raise `CacheUnavailable` if that
-        cannot be confirmed."""
+    def invalidate(self, keys: Sequence[str], token: str | None = None) -> None:
+        """Delete ``keys`` and any lease markers on them, and writer ``token``'s fence: a key
+        that other writers fenced stays fenced by them (`unfenced`). Raise `CacheUnavailable`
+        if that cannot be confirmed."""
         ...
 
-    def fence(self, keys: Sequence[str]) -> None:
-        """Put `FENCE` on ``keys`` for `LEASE_SECONDS`, over whatever they hold; raise
-        `CacheUnavailable` if that cannot be confirmed (a cache that is down needs none)."""
+    def fence(self, keys: Sequence[str], token: str) -> None:
+        """Fence ``keys`` for writer ``token`` for `LEASE_SECONDS`, over whatever they hold and
+        beside other writers' fences (`fenced`); raise `CacheUnavailable` if that cannot be
+        confirmed (a cache that is down needs none)."""
         ...
 
     def close(self) -> None: ...

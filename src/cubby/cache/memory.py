@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from cubby.cache.base import FENCE, LEASE, LEASE_SECONDS, VALUE, VALUE_SECONDS, new_lease
+from cubby.cache.base import LEASE, LEASE_SECONDS, VALUE, VALUE_SECONDS, fenced, new_lease, unfenced
 
 
 class MemoryCache:
@@ -73,16 +73,21 @@ class MemoryCache:
         with self._lock:
             self._store(key, VALUE + value, ttl, time.monotonic())
 
-    def invalidate(self, keys: Sequence[str]) -> None:
-        with self._lock:
-            for key in keys:
-                self._items.pop(key, None)
-
-    def fence(self, keys: Sequence[str]) -> None:
+    def invalidate(self, keys: Sequence[str], token: str | None = None) -> None:
         now = time.monotonic()
         with self._lock:
             for key in keys:
-                self._store(key, FENCE, LEASE_SECONDS, now)
+                rest = unfenced(self._live(key, now), token)
+                if rest is None:
+                    self._items.pop(key, None)
+                else:
+                    self._items[key] = (rest, self._items[key][1])
+
+    def fence(self, keys: Sequence[str], token: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for key in keys:
+                self._store(key, fenced(self._live(key, now), token), LEASE_SECONDS, now)
 
     def close(self) -> None:
         with self._lock:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from cubby.cache.base import FENCE, SEP
 from cubby.cache.breaker import Breaker
 from cubby.cache.remote import RemoteCache
 from cubby.errors import BadRequest
@@ -24,6 +25,39 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+_FENCE = """
+for _, key in ipairs(KEYS) do
+  local held = redis.call('GET', key)
+  local at = held and string.find(held, ARGV[3], 1, true)
+  local base = at and held or ARGV[1]
+  redis.call('SET', key, base .. ARGV[3] .. ARGV[2], 'PX', ARGV[4])
+end
+return 1
+"""
+"""`cubby.cache.base.fenced` at each key: ARGV = FENCE, token, SEP, ttl in ms."""
+_UNFENCE = """
+for _, key in ipairs(KEYS) do
+  local held = redis.call('GET', key)
+  local at = held and string.find(held, ARGV[3], 1, true)
+  if not at then
+    redis.call('DEL', key)
+  else
+    local rest = {}
+    for t in string.gmatch(string.sub(held, at + 1), '[^' .. ARGV[3] .. ']+') do
+      if t ~= ARGV[2] then table.insert(rest, t) end
+    end
+    if #rest == 0 then
+      redis.call('DEL', key)
+    else
+      redis.call('SET', key, ARGV[1] .. ARGV[3] .. table.concat(rest, ARGV[3]), 'KEEPTTL')
+    end
+  end
+end
+return 1
+"""
+"""`cubby.cache.base.unfenced` at each key: ARGV = FENCE, token (or ""), SEP."""
 
 
 def split_prefix(url: str) -> tuple[str, str]:
@@ -49,6 +83,8 @@ class RedisCache(RemoteCache):
         self.errors = (redis.RedisError, OSError)
         self.client: Any = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self._swap = self.client.register_script(_SWAP)
+        self._fence = self.client.register_script(_FENCE)
+        self._unfence = self.client.register_script(_UNFENCE)
         self.refuse_persistence()
 
     def refuse_persistence(self) -> None:
@@ -83,14 +119,11 @@ class RedisCache(RemoteCache):
     def write(self, key: str, raw: bytes, ttl: float) -> None:
         self.client.set(self.prefix + key, raw, px=int(ttl * 1000))
 
-    def delete(self, keys: Sequence[str]) -> None:
-        self.client.delete(*[self.prefix + k for k in keys])
+    def unfence(self, keys: Sequence[str], token: str | None) -> None:
+        self._unfence(keys=[self.prefix + k for k in keys], args=[FENCE, token or "", SEP])
 
-    def cover(self, keys: Sequence[str], raw: bytes, ttl: float) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.set(self.prefix + key, raw, px=int(ttl * 1000))
-        pipe.execute()  # raises on any error reply
+    def add_fence(self, keys: Sequence[str], token: str, ttl: float) -> None:
+        self._fence(keys=[self.prefix + k for k in keys], args=[FENCE, token, SEP, int(ttl * 1000)])
 
     def close(self) -> None:
         self.client.close()

@@ -1,5 +1,5 @@
 """The lease rules of `cubby.cache.base` over a cache server, written once: Redis and memcached
-supply five primitive operations, and this class turns them into `MetadataCache` with the
+supply seven primitive operations, and this class turns them into `MetadataCache` with the
 failure policy (reads that fail are misses without a lease, and pause the cache for a moment;
 an invalidation that finds nobody listening succeeds; any other failed invalidation raises
 `CacheUnavailable`)."""
@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from cubby.cache.base import (
-    FENCE,
     LEASE,
     LEASE_SECONDS,
     VALUE,
     VALUE_SECONDS,
     CacheUnavailable,
     is_refused,
+    is_value,
     new_lease,
 )
 from cubby.cache.breaker import Breaker
@@ -47,11 +47,13 @@ class RemoteCache:
     def write(self, key: str, raw: bytes, ttl: float) -> None:
         raise NotImplementedError
 
-    def delete(self, keys: Sequence[str]) -> None:
+    def unfence(self, keys: Sequence[str], token: str | None) -> None:
+        """`cubby.cache.base.unfenced` at every key, atomically per key, confirmed by the server."""
         raise NotImplementedError
 
-    def cover(self, keys: Sequence[str], raw: bytes, ttl: float) -> None:
-        """Store ``raw`` at every key, confirmed by the server (raise if any was not stored)."""
+    def add_fence(self, keys: Sequence[str], token: str, ttl: float) -> None:
+        """`cubby.cache.base.fenced` at every key, atomically per key, living ``ttl`` seconds;
+        confirmed by the server (raise if any was not stored)."""
         raise NotImplementedError
 
     # -- MetadataCache ------------------------------------------------------------------------
@@ -69,7 +71,7 @@ class RemoteCache:
             self.breaker.failed()
             return None, None
         self.breaker.ok()
-        return (bytes(raw[1:]), None) if raw[:1] == VALUE else (None, None)
+        return (bytes(raw[1:]), None) if is_value(raw) else (None, None)
 
     def values(self, keys: Sequence[str]) -> list[bytes | None]:
         if not self.breaker.allows():
@@ -80,7 +82,7 @@ class RemoteCache:
             self.breaker.failed()
             return [None] * len(keys)
         self.breaker.ok()
-        return [bytes(raw[1:]) if raw is not None and raw[:1] == VALUE else None for raw in raws]
+        return [bytes(raw[1:]) if is_value(raw) else None for raw in raws]
 
     def fill(self, key: str, value: bytes, lease: str, ttl: float = VALUE_SECONDS) -> bool:
         try:
@@ -97,11 +99,11 @@ class RemoteCache:
         except self.errors:
             self.breaker.failed()
 
-    def invalidate(self, keys: Sequence[str]) -> None:
-        self.confirmed(lambda: self.delete(keys), keys, "an invalidation")
+    def invalidate(self, keys: Sequence[str], token: str | None = None) -> None:
+        self.confirmed(lambda: self.unfence(keys, token), keys, "an invalidation")
 
-    def fence(self, keys: Sequence[str]) -> None:
-        self.confirmed(lambda: self.cover(keys, FENCE, LEASE_SECONDS), keys, "a write fence")
+    def fence(self, keys: Sequence[str], token: str) -> None:
+        self.confirmed(lambda: self.add_fence(keys, token, LEASE_SECONDS), keys, "a write fence")
 
     def confirmed(self, op: Callable[[], None], keys: Sequence[str], what: str) -> None:
         """Run a change of ``keys`` that a writer depends on: `CacheUnavailable` unless the

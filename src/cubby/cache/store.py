@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from cubby.cache.base import CacheUnavailable, MetadataCache, digest
+from cubby.cache.base import CacheUnavailable, MetadataCache, digest, new_lease
 from cubby.errors import CubbyError, NotFound
 from cubby.metadata.store import SqlMetadataStore
 from cubby.metadata.users import token_hash
@@ -89,6 +89,10 @@ def _dumps(value: Any) -> bytes:
     return orjson.dumps(value)
 
 
+OWNERS_KEPT = 100_000
+"""At most this many token owners are remembered (`CachedStore._both`); then they are forgotten."""
+
+
 class CacheMiss(Exception):
     """A lookup in `CachedStore.hits_only` mode found no value (and took no lease)."""
 
@@ -116,6 +120,8 @@ class CachedStore:
         self._mode = _Mode()
         self._peek: Callable[[str], bytes | None] | None = getattr(cache, "peek", None)
         """`LocalCache.peek` when the cache is in-process (`hits_only`), else None."""
+        self._owners: dict[str, int] = {}
+        """Token key -> user id, for tokens this process has seen (`_both`)."""
         store.router.use_cache(self)  # placements (``place:<ns>``) read through this cache too
 
     def __getattr__(self, name: str) -> Any:
@@ -276,15 +282,16 @@ class CachedStore:
         if self.count is not None:
             self.count(self.cache.name, result)
 
-    def invalidate(self, keys: Iterable[str]) -> None:
-        """Delete ``keys`` from the cache, retrying until the deadline; then `CacheUnavailable`.
-        Keys that could not be invalidated are tried again with every later invalidation of
-        this process, so the unacknowledged change becomes visible as soon as the cache
-        answers again (or when the value expires)."""
+    def invalidate(self, keys: Iterable[str], token: str | None = None) -> None:
+        """Delete ``keys`` from the cache (and writer ``token``'s fence on them), retrying until
+        the deadline; then `CacheUnavailable`. Keys that could not be invalidated are tried
+        again with every later invalidation of this process, so the unacknowledged change
+        becomes visible as soon as the cache answers again (or when the value expires); their
+        fence, if it stayed, expires by itself."""
         with self._pending_lock:
             todo = sorted(set(keys) | self._pending)
         try:
-            self._retried(self.cache.invalidate, todo)
+            self._retried(lambda ks: self.cache.invalidate(ks, token), todo)
         except CacheUnavailable:
             with self._pending_lock:
                 self._pending.update(todo)
@@ -314,11 +321,12 @@ class CachedStore:
         `CacheUnavailable` and nothing is written), and invalidate them after it, whatever it
         answers; keys added to the set it yields are invalidated too."""
         keys = keys_of(ns_ids, users) | set(other)
-        self._retried(self.cache.fence, sorted(keys))
+        token = new_lease()  # this write's name on its fences: see cubby.cache.base, `fence`
+        self._retried(lambda ks: self.cache.fence(ks, token), sorted(keys))
         try:
             yield keys
         finally:
-            self.invalidate(keys)
+            self.invalidate(keys, token)
 
     # -- who is asking --------------------------------------------------------------------
     def authenticate(self, token: str, *, fresh: bool = False) -> Principal:
@@ -328,8 +336,38 @@ class CachedStore:
         def load() -> list[Any]:
             return list(self.store.token_owner(token))
 
-        uid, name, root_ns, token_id = self.through(f"tok:{token_hash(token)}", load) if token else load()
+        if not token:
+            uid, name, root_ns, token_id = load()
+            return self.principal_of(int(uid), str(name), int(root_ns), token_id=int(token_id))
+        key = f"tok:{token_hash(token)}"
+        both = self._both(key)
+        if both is not None:
+            return both
+        uid, name, root_ns, token_id = self.through(key, load)
+        if len(self._owners) >= OWNERS_KEPT:
+            self._owners.clear()
+        self._owners[key] = int(uid)
         return self.principal_of(int(uid), str(name), int(root_ns), token_id=int(token_id))
+
+    def _both(self, key: str) -> Principal | None:
+        """A remote cache's hits for token ``key`` and its owner's memberships, read in one
+        round trip (`MetadataCache.values`), when this process has seen the token before; None
+        (read them the usual way) on any miss. Which user a token belongs to never changes, so
+        ``_owners`` (token key -> user id) may be kept here; whether the token is still valid,
+        and the memberships, come from the cache as always."""
+        uid = self._owners.get(key)
+        if uid is None or self.local or self._mode.hits_only:
+            return None
+        tok_raw, mem_raw = self.cache.values([key, f"mem:{uid}"])
+        if tok_raw is None or mem_raw is None:
+            return None
+        owner, name, root_ns, token_id = orjson.loads(tok_raw)
+        if int(owner) != uid:
+            return None
+        self._counted("hit")
+        self._counted("hit")
+        roles, mounts = orjson.loads(mem_raw)
+        return _principal(uid, str(name), int(root_ns), int(token_id), roles, mounts)
 
     def principal_of(self, user_id: int, name: str, root_ns: int, *, token_id: int = 0) -> Principal:
         def load() -> list[Any]:
@@ -337,10 +375,7 @@ class CachedStore:
             return [{str(k): v for k, v in roles.items()}, mounts]
 
         roles, mounts = self.through(f"mem:{user_id}", load)
-        return Principal(
-            user_id=user_id, name=name, root_ns=root_ns, token_id=token_id,
-            namespaces={int(k): v for k, v in roles.items()}, mounts={str(k): int(v) for k, v in mounts.items()},
-        )
+        return _principal(user_id, name, root_ns, token_id, roles, mounts)
 
     def revoke_token(self, user_id: int, token_id: int) -> None:
         hashed = self.store.token_hash_of(token_id)
@@ -400,6 +435,16 @@ class CachedStore:
             return self.store.restore(user_id, ns_id, path, rev)
 
 
+def _principal(
+    user_id: int, name: str, root_ns: int, token_id: int, roles: dict[str, Any], mounts: dict[str, Any]
+) -> Principal:
+    """The `Principal` of a token's owner and their cached memberships (``mem:`` as stored)."""
+    return Principal(
+        user_id=user_id, name=name, root_ns=root_ns, token_id=token_id,
+        namespaces={int(k): v for k, v in roles.items()}, mounts={str(k): int(v) for k, v in mounts.items()},
+    )
+
+
 def keys_of(ns_ids: Iterable[int] = (), users: Iterable[int] = ()) -> set[str]:
     """The mutable keys a write to ``ns_ids`` and to the memberships of ``users`` changes."""
     return {f"head:{int(n)}" for n in ns_ids} | {f"mem:{int(u)}" for u in users}
@@ -421,16 +466,24 @@ class _CachedSharing:
     ) -> SharingChange:
         """Run ``change`` inside `CachedStore.writing`: fenced (and invalidated even if it
         fails: it may be the retry of one that committed before its process died) are what
-        it is known to change before it runs, the namespace it names and ``users`` (the
-        caller, and a removed member); the rest of what its `SharingChange` names is
-        invalidated after it."""
-        with self.cached.writing([ns_id], users) as keys:
+        it may change, read before it runs: the namespace it names, ``users`` (the caller, an
+        invitee, a removed member) and every member of the namespace, with the heads of all
+        their roots (where a mount comes or goes); what its `SharingChange` names beyond
+        those (someone who became a member between that read and the change) is invalidated
+        after it."""
+        roots = self.inner.roots_around(ns_id, users)
+        with self.cached.writing([ns_id, *roots.values()], {*users, *roots}) as keys:
             done = change()
             keys.update(keys_of(done.heads, done.users))
             return done
 
     def share(self, user_id: int, root_ns: int, path: str, invitee: Any, role: Any = "editor") -> SharingChange:
-        return self._changing(root_ns, {user_id}, lambda: self.inner.share(user_id, root_ns, path, invitee, role))
+        users = {user_id}
+        try:
+            users.add(self.cached.store.get_user(str(invitee)).id)
+        except NotFound:
+            pass  # no such user: the change will say so
+        return self._changing(root_ns, users, lambda: self.inner.share(user_id, root_ns, path, invitee, role))
 
     def accept(self, user_id: int, root_ns: int, ns_id: int) -> SharingChange:
         return self._changing(root_ns, {user_id}, lambda: self.inner.accept(user_id, root_ns, ns_id))

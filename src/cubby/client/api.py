@@ -16,7 +16,7 @@ import base64
 import builtins
 import contextlib
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -53,7 +53,10 @@ def parse_commit_answer(body: dict[str, Any]) -> CommitResult | CubbyError:
     if status == "committed":
         return CommitResult(entry=Entry.from_dict(body["entry"]))
     if status == "need_chunks":
-        return CommitResult(needed=tuple(NeededChunk(n["hash"], n["nonce"], _bases(n.get("base"))) for n in body["needed"]))
+        return CommitResult(needed=tuple(
+            NeededChunk(n["hash"], n["nonce"], _bases(n.get("base")), n["window"] if isinstance(n.get("window"), int) else None)
+            for n in body["needed"]
+        ))
     err = body.get("error") or {}
     return error_from_dict(err, 409 if err.get("code") == "conflict" else 400)
 
@@ -313,13 +316,19 @@ class ApiClient:
         ).json()
         return int(answer["stored"])
 
-    def prove(self, ns_id: int, proofs: dict[str, tuple[int, str]]) -> tuple[builtins.list[str], builtins.list[str]]:
+    def prove(
+        self, ns_id: int, proofs: dict[str, tuple[int, str]], windows: Mapping[str, int | None] | None = None
+    ) -> tuple[builtins.list[str], builtins.list[str]]:
         """Prove possession: ``proofs`` maps a chunk to (its size, SHA-256(nonce || bytes));
         returns (accepted, rejected). The size is the one the commit stated (it is bound into
-        the nonce)."""
+        the nonce); ``windows``, the hour the commit answer named with each nonce, lets the
+        server hash the bytes once instead of once per hour the nonce could be from."""
         if not proofs:
             return [], []
-        wire = {h: {"size": size, "proof": proof} for h, (size, proof) in proofs.items()}
+        wire: dict[str, dict[str, Any]] = {h: {"size": size, "proof": proof} for h, (size, proof) in proofs.items()}
+        for h, window in (windows or {}).items():
+            if h in wire and window is not None:
+                wire[h]["window"] = window
         body = self._post("/api/v1/blocks/prove", {"ns_id": ns_id, "proofs": wire})
         return list(body["accepted"]), list(body["rejected"])
 

@@ -102,17 +102,32 @@ def scan_file(local: Path, remote: str, progress: Progress | None = None, *, kee
 
 
 def walk(local_dir: Path) -> tuple[list[Path], list[Path]]:
-    """Files and folders below ``local_dir`` (symlinks are not followed), in a stable order."""
+    """Regular files and folders below ``local_dir`` (symlinks are not followed), in a stable
+    order: `os.walk`'s, top down, names sorted. A listing's entry types say which is a regular
+    file, so naming one costs no stat of its own (two per file, before)."""
     files: list[Path] = []
     dirs: list[Path] = []
-    for root, dnames, fnames in os.walk(local_dir):
-        dnames.sort()
-        for d in dnames:
-            dirs.append(Path(root) / d)
-        for f in sorted(fnames):
-            p = Path(root) / f
-            if p.is_file() and not p.is_symlink():
-                files.append(p)
+    stack = [Path(local_dir)]
+    while stack:
+        root = stack.pop()
+        try:
+            with os.scandir(root) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            continue  # as os.walk: a folder that cannot be listed is passed over
+        below: list[Path] = []
+        for e in entries:
+            try:
+                is_dir = e.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                dirs.append(root / e.name)
+                if not e.is_symlink():
+                    below.append(root / e.name)
+            elif e.is_file(follow_symlinks=False):
+                files.append(root / e.name)
+        stack.extend(reversed(below))
     return files, dirs
 
 

@@ -11,7 +11,10 @@ client at most twice: once to name it, once for the proof of possession):
   window of `UPLOAD_WINDOW` at a time, the window's proofs are computed from those bytes,
   and the chunks whose proof is rejected are uploaded from the same bytes, never read again;
 - windows are pipelined: the next window is read and hashed while at most `IN_FLIGHT` earlier
-  ones are with the server, so client and server work at the same time.
+  ones are with the server, so client and server work at the same time;
+- no chunk is sent before the server has asked for it and refused its proof, however small:
+  a chunk the server holds is never sent again, whoever sends it (a small file's chunks could
+  be sent for less than the exchange costs, but that would send held bytes again).
 
 A large file read again must be the file that was named. The client checks that by comparing
 the file's stat stamp (size, mtime, ctime, inode) before and after each window with the one
@@ -64,6 +67,8 @@ class Needs:
 
     where: dict[str, tuple[Path, LocalChunk]] = field(default_factory=dict)
     nonces: dict[str, str] = field(default_factory=dict)
+    windows: dict[str, int | None] = field(default_factory=dict)
+    """The hour each nonce was made for, as the commit answer named it."""
     files: dict[Path, LocalFile] = field(default_factory=dict)
     """The file each chunk is read from (for its stamp and kept bytes); absent: hash to check."""
     bases: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -191,8 +196,8 @@ def supply(
     owner = {n: w[0] for n, w in needs.where.items()}
 
     def send(items: list[tuple[str, bytes]], proofs: dict[str, tuple[int, str]]) -> list[tuple[str, int]]:
-        rejected: set[str] = set(api.prove(ns_id, proofs)[1])
-        batch = [(n, d) for n, d in items if n in rejected]
+        rejected: set[str] = set(api.prove(ns_id, proofs, needs.windows)[1] if proofs else ())
+        batch = [(n, d) for n, d in items if n not in proofs or n in rejected]
         patched = _send_patches(api, ns_id, batch, needs.bases)
         batch = [(n, d) for n, d in batch if n not in patched]
         try:
@@ -215,7 +220,7 @@ def supply(
     with Pipeline(in_flight) as pipe:
         for window in _windows(needs):
             items = _read_window(needs, window)
-            proofs = {n: (len(d), _proof(needs.nonces[n], d)) for n, d in items}
+            proofs = {n: (len(d), _proof(needs.nonces[n], d)) for n, d in items if n in needs.nonces}
             for sent in pipe.submit(lambda items=items, proofs=proofs: send(items, proofs)):  # type: ignore[misc]
                 account(sent)
         for sent in pipe.drain():
@@ -312,6 +317,7 @@ def needs_for(pairs: Sequence[tuple[LocalFile, CommitResult]]) -> Needs:
             if n.hash in by_hash and n.hash not in needs.where:
                 needs.where[n.hash] = (lf.local, by_hash[n.hash])
                 needs.nonces[n.hash] = n.nonce
+                needs.windows[n.hash] = n.window
                 if n.base:
                     needs.bases[n.hash] = n.base
                 needs.files.setdefault(lf.local, lf)

@@ -34,5 +34,9 @@ KEEP_BYTES = 4 * MiB
 GROUP_BYTES = 16 * MiB
 """A tree is named and committed in groups of at most `BATCH` files and about this many bytes
 of kept file data."""
+JOURNAL_PAGE = 5000
+"""Journal entries asked for per request when a sync client catches up (the server allows
+10,000): after a first upload of a tree it reads back an entry per file and folder it wrote,
+so 34,000 files were 35 requests at 1,000 a page. A page of 5,000 is about 2 MB of JSON."""
 SMALL_FILE = 4 * MiB
 """Files up to this size are fetched many per request and made durable together."""

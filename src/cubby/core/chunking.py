@@ -22,7 +22,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from pyfastcdc import FastCDC
 
-from cubby.core.hashing import Buffer, hash_many
+from cubby.core.hashing import Buffer, hash_many, sha256_hex
 
 MIN_SIZE = 256 * 1024
 """No chunk is smaller, except the last chunk of a stream (or a whole small file)."""
@@ -171,8 +171,19 @@ def iter_chunks(
 def chunk_file(
     path: str | os.PathLike[str], *, with_data: bool = True, executor: Executor | None = None
 ) -> Iterator[Chunk]:
-    """Chunk a file on disk, streaming; see `iter_chunks`."""
+    """Chunk a file on disk, streaming; see `iter_chunks`.
+
+    A file of at most `MIN_SIZE` bytes is one chunk (FastCDC never cuts below it), so it is
+    read in one call and hashed, without the chunker and its window: for a 4 KiB file those
+    cost several times the hashing (the sync scan of a tree of small files names each so)."""
     with Path(path).open("rb", buffering=0) as fh:
+        if os.fstat(fh.fileno()).st_size <= MIN_SIZE:
+            data = fh.read(MIN_SIZE + 1)  # one byte more: a file that grew is chunked below
+            if len(data) <= MIN_SIZE:
+                if data:
+                    yield Chunk(0, len(data), sha256_hex(data), data if with_data else b"")
+                return
+            fh.seek(0)
         try:
             os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
         except (AttributeError, OSError):

@@ -4,6 +4,8 @@ A stored chunk is one codec byte and a payload: ``0x00`` raw, ``0x01`` zstd. Dec
 a 64 KiB sample from the middle of the chunk is compressed at zstd's fastest level first, and
 only a chunk whose sample shrinks by at least `MIN_SAVING` is compressed whole. Random or
 already-compressed data (media, archives) therefore costs one small sample, not a full pass.
+A chunk no larger than the sample is compressed once, at the stored level, and kept so when it
+shrinks by as much.
 """
 
 from __future__ import annotations
@@ -57,6 +59,13 @@ class Codec:
         return len(fast.compress(sample)) <= len(sample) * (1 - MIN_SAVING)
 
     def encode(self, data: bytes | memoryview) -> bytes:
+        if 512 <= len(data) <= SAMPLE:
+            # The sample would be the whole chunk: compress it once, at the stored level, and
+            # keep it if it saves as much as a sample must (a small file was compressed twice).
+            packed = self._ctx()[0].compress(data)
+            if len(packed) <= len(data) * (1 - MIN_SAVING):
+                return bytes((ZSTD,)) + packed
+            return bytes((RAW,)) + bytes(data)
         if self.worth_compressing(data):
             comp, _, _ = self._ctx()
             packed = comp.compress(data)
@@ -79,18 +88,36 @@ class Codec:
         raise CorruptChunk(f"stored chunk has unknown codec {codec}")
 
 
+SLICE_BYTES = 256 * 1024
+"""Chunk bytes per task of `verify_and_encode` on an executor: a large chunk is a task of its
+own, small ones go many to a task."""
+
+
 def verify_and_encode(
     codec: Codec, jobs: Sequence[tuple[str, bytes, bool]], executor: Executor | None = None
 ) -> list[bytes | None]:
     """For each ``(name, data, is_new)``: verify ``data`` against ``name`` (`ChunkMismatch`
     before anything is returned), and encode it when it is new (None when not). A batch of a
-    MiB or more runs on ``executor``: SHA-256 and zstd both release the GIL."""
+    MiB or more runs on ``executor``: SHA-256 and zstd both release the GIL. It goes in slices
+    of about `SLICE_BYTES`, not a task per chunk: for a 4 KiB chunk, a task (a future, a queue,
+    a wake-up) costs more than hashing and encoding it."""
 
-    def one(job: tuple[str, bytes, bool]) -> bytes | None:
-        name, data, is_new = job
-        verify_chunk(name, data)
-        return codec.encode(data) if is_new else None
+    def run(part: Sequence[tuple[str, bytes, bool]]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for name, data, is_new in part:
+            verify_chunk(name, data)
+            out.append(codec.encode(data) if is_new else None)
+        return out
 
-    if executor is not None and len(jobs) > 1 and sum(len(d) for _, d, _ in jobs) >= 1 << 20:
-        return list(executor.map(one, jobs))
-    return [one(job) for job in jobs]
+    if executor is None or len(jobs) < 2 or sum(len(d) for _, d, _ in jobs) < 1 << 20:
+        return run(jobs)
+    parts: list[Sequence[tuple[str, bytes, bool]]] = []
+    start = size = 0
+    for i, (_, data, _) in enumerate(jobs):
+        size += len(data)
+        if size >= SLICE_BYTES:
+            parts.append(jobs[start : i + 1])
+            start, size = i + 1, 0
+    if start < len(jobs):
+        parts.append(jobs[start:])
+    return [blob for done in executor.map(run, parts) for blob in done]

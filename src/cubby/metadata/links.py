@@ -32,6 +32,7 @@ from sqlalchemy.engine import Connection, Row
 from cubby.core import paths
 from cubby.errors import BadRequest, NotFound
 from cubby.metadata.engine import Database
+from cubby.metadata.nstxn import lock_namespace
 from cubby.metadata.schema import file_revs, link_tokens, links, namespaces, nodes, users
 from cubby.metadata.shards import ShardRouter
 from cubby.metadata.users import token_hash
@@ -170,6 +171,9 @@ class LinkStore:
         pw_hash = hash_password(password) if password is not None else None
 
         def run(conn: Connection) -> None:
+            # Under the namespace's lock, like every write to its rows: a namespace being moved
+            # to another shard refuses it (retryable) rather than lose it with the old copy.
+            lock_namespace(db, conn, ns_id)
             conn.execute(
                 insert(links).values(
                     ns_id=ns_id, link_id=link.link_id, node_id=node_id, token_hash=token_hash(token),
@@ -180,7 +184,8 @@ class LinkStore:
         self.router.directory.write(
             lambda c: c.execute(insert(link_tokens).values(token_hash=token_hash(token), link_id=link.link_id, ns_id=ns_id))
         )
-        self.router.db_for(ns_id).write(run)
+        db = self.router.db_for(ns_id)
+        db.write(run)
         return link, token
 
     def for_user(self, user_id: int) -> list[LinkInfo]:
@@ -241,13 +246,16 @@ class LinkStore:
             ).first()
             if row is None:
                 return None
+            assert db is not None
+            lock_namespace(db, conn, int(row.ns_id))  # see `create`
             conn.execute(
                 update(links).where(links.c.ns_id == row.ns_id, links.c.link_id == link_id).values(revoked_at=time.time())
             )
             return _link(row)
 
         ns = self._namespace_of(link_tokens.c.link_id == link_id)
-        found = None if ns is None else self.router.db_for(ns).write(run)
+        db = None if ns is None else self.router.db_for(ns)
+        found = None if db is None else db.write(run)
         if found is None:
             raise NotFound(f"you have no link {link_id}")
         return found

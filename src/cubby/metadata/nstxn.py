@@ -9,10 +9,9 @@ after the other, and a transaction that fails rolls its journal ids back with ev
 Every function here takes the `Database` it runs on, so that a shard router can hand each
 namespace its own. A `NamespaceTxn` touches only rows keyed by its namespace (``nodes``,
 ``file_revs``, ``journal``, ``ns_chunks``, its ``namespaces`` row): nothing here crosses
-namespaces. `lock_namespaces` is the one exception, kept for shares on one database: it opens
-several on one connection, which works only while those namespaces share a database (on a
-sharded deployment shares are single-namespace steps tied by an intent instead:
-`cubby.metadata.sharded_shares`).
+namespaces. `lock_namespaces` is the one exception, kept for shares: it opens several on one
+connection, which works only while those namespaces share a database (the sharded design
+replaces each such call by single-namespace steps tied by an intent).
 """
 
 from __future__ import annotations
@@ -27,8 +26,17 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
 from cubby.core import paths
-from cubby.errors import NamespaceMoved, NotFound
+from cubby.errors import NamespaceGone, NamespaceMoving
 from cubby.metadata.engine import Database
+from cubby.metadata.pgdriver import (
+    LOCK_NAMESPACE,
+    UPDATE_NODES,
+    WRITE_ALL,
+    driver_execute,
+    live_nodes,
+    rows_json,
+    write_params,
+)
 from cubby.metadata.schema import file_revs, journal, namespaces, nodes, ns_chunks
 from cubby.model import Entry
 
@@ -80,9 +88,7 @@ _LIVE = select(nodes).where(nodes.c.ns_id == bindparam("ns"), nodes.c.path_key =
 _LIVE_MANY = select(nodes).where(
     nodes.c.ns_id == bindparam("ns"), nodes.c.path_key.in_(bindparam("ks", expanding=True))
 )
-_LOCK = select(namespaces.c.head, namespaces.c.next_node, namespaces.c.sealed).where(
-    namespaces.c.ns_id == bindparam("ns")
-)
+_LOCK = select(namespaces.c.head, namespaces.c.next_node, namespaces.c.sealed).where(namespaces.c.ns_id == bindparam("ns"))
 _LOCK_FOR_UPDATE = _LOCK.with_for_update()
 _UPDATE_NODE = (
     update(nodes)
@@ -134,7 +140,7 @@ class NamespaceTxn:
     readable: tuple[int, ...] = ()
     """Other namespaces the caller can read: their chunks need no proof of possession here."""
     share_origin: Any = None
-    """The cut of a shared namespace (False if none), once `same_as_before_share` read it."""
+    """(cut, owner's root namespace) of a shared namespace, once `same_as_before_share` read it."""
 
     def next_jid(self) -> int:
         self.head += 1
@@ -147,6 +153,8 @@ class NamespaceTxn:
 
     # -- lookups that see this transaction's own writes ---------------------------------------
     def live(self, path_key: str) -> Any:
+        if path_key not in self.cache and self.db.dialect == "postgresql":
+            self.prefetch([path_key])
         if path_key not in self.cache:
             self.cache[path_key] = self.conn.execute(_LIVE, {"ns": self.ns_id, "k": path_key}).first()
         return self.cache[path_key]
@@ -158,6 +166,10 @@ class NamespaceTxn:
             part = todo[i : i + 500]
             for k in part:
                 self.cache[k] = None
+            if self.db.dialect == "postgresql":
+                for node in live_nodes(self.conn, self.ns_id, part):
+                    self.cache[node.path_key] = node
+                continue
             for row in self.conn.execute(_LIVE_MANY, {"ns": self.ns_id, "ks": part}):
                 self.cache[row.path_key] = row
 
@@ -206,6 +218,9 @@ class NamespaceTxn:
 
     def flush(self) -> None:
         """Write the buffered rows (see the class docstring)."""
+        if self.db.dialect == "postgresql":
+            self._write_all(head=None)
+            return
         conn = self.conn
         if self.changed_nodes:
             conn.execute(
@@ -239,38 +254,55 @@ class NamespaceTxn:
         self.journal_rows.clear()
         self.ref_counts.clear()
 
+    def _write_all(self, *, head: int | None) -> None:
+        """PostgreSQL: the buffered rows, and ``head`` unless None, in one statement
+        (`cubby.metadata.pgdriver`; updated nodes first on their own when there are new ones too)."""
+        updated, inserted = list(self.changed_nodes.values()), list(self.new_nodes.values())
+        if updated and inserted:
+            driver_execute(self.conn, UPDATE_NODES, {"u": rows_json(updated, ("ns_id", "node_id", *NODE_COLUMNS))})
+            updated = []
+        if updated or inserted or self.rev_rows or self.journal_rows or self.ref_counts or head is not None:
+            driver_execute(self.conn, WRITE_ALL, write_params(
+                ns_id=self.ns_id, now=self.now, head=head, next_node=self.next_node, updated=updated,
+                inserted=inserted, revs=self.rev_rows, entries=self.journal_rows, refs=self.ref_counts,
+            ))
+        self.new_nodes.clear()
+        self.changed_nodes.clear()
+        self.rev_rows.clear()
+        self.journal_rows.clear()
+        self.ref_counts.clear()
+
     def finish(self) -> None:
         """Flush, and write the namespace's new head and node counter (before the commit)."""
+        if self.db.dialect == "postgresql":
+            self._write_all(head=self.head)
+            return
         self.flush()
         self.conn.execute(_SET_HEAD, {"b_ns": self.ns_id, "v_head": self.head, "v_next": self.next_node})
 
 
 def lock_namespace(db: Database, conn: Connection, ns_id: int) -> tuple[int, int]:
     """Lock ``ns_id``'s row on ``conn`` (a write transaction of ``db``): (head, next node id).
-    `NotFound` if the namespace does not exist."""
-    row = _lock_row(db, conn, ns_id)
-    return int(row[0]), int(row[1])
-
-
-def _lock_row(db: Database, conn: Connection, ns_id: int) -> Any:
-    row = conn.execute(_LOCK if db.is_sqlite else _LOCK_FOR_UPDATE, {"ns": ns_id}).first()
+    `NotFound` if the namespace does not exist; the retryable `NamespaceMoving` if this copy is
+    sealed (it is being moved to another shard: `cubby.metadata.rebalance`; the seal is set
+    under this same lock, so no write lands in the old copy after the last one was copied)."""
+    if db.dialect == "postgresql":
+        row = driver_execute(conn, LOCK_NAMESPACE, {"ns": ns_id}).fetchone()
+    else:
+        row = conn.execute(_LOCK if db.is_sqlite else _LOCK_FOR_UPDATE, {"ns": ns_id}).first()
     if row is None:
-        raise NotFound(f"namespace {ns_id} does not exist")
-    return row
+        raise NamespaceGone(f"namespace {ns_id} does not exist")
+    if row[2]:
+        raise NamespaceMoving(f"namespace {ns_id} is moving to another shard; retry in a moment", ns_id=ns_id)
+    return int(row[0]), int(row[1])
 
 
 def open_txn(
     db: Database, conn: Connection, ns_id: int, user_id: int | None, *, readable: Iterable[int] = (),
     now: float | None = None,
 ) -> NamespaceTxn:
-    """Lock ``ns_id`` on ``conn`` and open a `NamespaceTxn` on it; the caller calls `finish`.
-    A *sealed* namespace (a shared folder being unshared across shards, whose contents are
-    being copied back into its owner's root: `cubby.metadata.sharded_shares`) takes no more
-    writes: the retryable `NamespaceMoved`, resolved again once the unshare is done."""
-    row = _lock_row(db, conn, ns_id)
-    if row.sealed:
-        raise NamespaceMoved(f"namespace {ns_id} is being unshared; resolve the path again and retry")
-    head, next_node = int(row[0]), int(row[1])
+    """Lock ``ns_id`` on ``conn`` and open a `NamespaceTxn` on it; the caller calls `finish`."""
+    head, next_node = lock_namespace(db, conn, ns_id)
     others = tuple(sorted({int(n) for n in readable} - {ns_id}))
     tx = NamespaceTxn(db, conn, ns_id, head, next_node, user_id, readable=others)
     if now is not None:

@@ -5,10 +5,16 @@ SHA-256(nonce || bytes), where the nonce is an HMAC of (user, namespace, chunk, 
 under the server's secret. The nonce comes first so that no midstate of the chunk's own hash
 can stand in for the bytes.
 
+The commit answer names the hour (``window``) with each nonce, and a client repeats it in its
+claim, so the check hashes the claimed bytes once, for that hour, when it is this hour or the
+last one (a claim naming any other hour is rejected before any chunk is read; the answer
+depends on nothing but the claim). A claim without a window (an older client) is checked
+against both hours, as before.
+
 The contract that matters for privacy: for a caller who cannot prove a chunk, the answer and
 the work done must not depend on whether anyone holds it. So the size is bound into the nonce
-(the commit request states it) and the check always hashes ``size`` bytes for both hour
-windows: the chunk's bytes when the server holds a chunk of that size, zero filler otherwise.
+(the commit request states it) and the check always hashes ``size`` bytes for each hour it
+checks: the chunk's bytes when the server holds a chunk of that size, zero filler otherwise.
 What remains is the time to *read* a held chunk, which depends on the block store. All the
 eligible claims are read with one `get_many` (one index lookup whatever is present, then a
 read per held chunk), and the caller gets that call's duration (`Checked.spent`) so that the
@@ -34,9 +40,9 @@ CHALLENGE_WINDOW = 3600.0
 MAX_PROOF_CHUNK = 16 * 1024 * 1024
 """Largest chunk a proof may claim (the commit's own bound on a declared chunk size)."""
 MAX_PROVE_BYTES = 64 * 1024 * 1024
-"""Most bytes one prove request may claim in total: the check hashes every claimed byte twice
-whether or not the chunk is held, so this bounds the work a request can ask for (the sync
-client sends windows of 16 MiB)."""
+"""Most bytes one prove request may claim in total: the check hashes every claimed byte (twice
+for a claim that names no hour) whether or not the chunk is held, so this bounds the work a
+request can ask for (the sync client sends windows of 16 MiB)."""
 FILLER_BYTES = 1024 * 1024
 PROOF_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -50,11 +56,14 @@ class ChunkReader(Protocol):
 @dataclass(frozen=True, slots=True)
 class Claim:
     """One entry of a prove request, already validated: a chunk name, its size as the commit
-    stated it, and the proof (64 lowercase hex digits)."""
+    stated it, the proof (64 lowercase hex digits) and the hour it answers."""
 
     hash: str
     size: int
     proof: str
+    window: int | None = None
+    """The hour of the nonce (`Challenges.window`) as the commit answer named it; None: either
+    of the last two."""
 
 
 @dataclass
@@ -76,20 +85,35 @@ class Challenges:
         self._secret = secret
         self._filler = memoryview(bytes(FILLER_BYTES))
 
-    def nonce(self, user_id: int, ns_id: int, chunk_hash: str, size: int, *, at: float | None = None) -> str:
-        window = int((time.time() if at is None else at) // CHALLENGE_WINDOW)
+    @staticmethod
+    def window(at: float | None = None) -> int:
+        """The hour a nonce made at ``at`` (default: now) belongs to."""
+        return int((time.time() if at is None else at) // CHALLENGE_WINDOW)
+
+    def nonce(
+        self, user_id: int, ns_id: int, chunk_hash: str, size: int, *, at: float | None = None, window: int | None = None
+    ) -> str:
+        window = self.window(at) if window is None else window
         msg = f"{user_id}:{ns_id}:{chunk_hash}:{size}:{window}".encode()
         return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()[:32]
 
+    def windows(self, claim: Claim, now: float) -> tuple[int, ...]:
+        """The hours ``claim`` is checked against: the one it names if that is this hour or the
+        last (none otherwise), both of them if it names none."""
+        current = self.window(now)
+        if claim.window is None:
+            return (current, current - 1)
+        return (claim.window,) if claim.window in (current, current - 1) else ()
+
     def verify(self, user_id: int, ns_id: int, claim: Claim, data: bytes | None, now: float) -> bool:
-        """Whether ``claim.proof`` answers this or the previous hour's nonce for ``data``.
+        """Whether ``claim.proof`` answers the nonce for ``data`` of an hour `windows` allows.
 
         ``data`` is None when the server does not hold the chunk (or holds one of another size):
         then ``claim.size`` bytes of filler are hashed instead, so the work is the same, and the
-        answer is False. Both windows are always hashed and compared in constant time."""
+        answer is False. Every allowed hour is hashed and compared in constant time."""
         ok = False
-        for at in (now, now - CHALLENGE_WINDOW):
-            nonce = bytes.fromhex(self.nonce(user_id, ns_id, claim.hash, claim.size, at=at))
+        for window in self.windows(claim, now):
+            nonce = bytes.fromhex(self.nonce(user_id, ns_id, claim.hash, claim.size, window=window))
             ok |= hmac.compare_digest(self._digest(nonce, data, claim.size), claim.proof)
         return ok and data is not None
 
@@ -118,7 +142,8 @@ def check_claims(
     out = Checked()
     now = time.time()
     ordered = sorted(claims, key=lambda c: c.hash)
-    wanted = [c.hash for c in ordered if eligible is None or eligible(c.hash)]
+    # A claim naming a stale hour is refused unread: that depends on the claim alone.
+    wanted = [c.hash for c in ordered if (eligible is None or eligible(c.hash)) and challenges.windows(c, now)]
     held: dict[str, bytes] = {}
     if wanted:
         start = clock()
@@ -141,11 +166,12 @@ def check_claims(
 
 
 def parse_claims(proofs: object, *, max_entries: int) -> list[Claim]:
-    """Validate a prove request's ``proofs`` object: ``{hash: {"size": n, "proof": hex}}``.
+    """Validate a prove request's ``proofs`` object: ``{hash: {"size": n, "proof": hex}}``,
+    each with the ``"window"`` (hour) its commit answer named, optionally.
 
     Everything is checked before any lookup, so malformed input costs the server nothing and
     its answer (a `BadRequest`) cannot depend on what the server holds."""
-    shape = 'an object {hash: {"size": bytes, "proof": 64 hex digits}}'
+    shape = 'an object {hash: {"size": bytes, "proof": 64 hex digits, "window": hour (optional)}}'
     if not isinstance(proofs, dict) or len(proofs) > max_entries:
         raise BadRequest(f"field 'proofs' must be {shape} of at most {max_entries} entries", field="proofs")
     claims: list[Claim] = []
@@ -153,9 +179,11 @@ def parse_claims(proofs: object, *, max_entries: int) -> list[Claim]:
     for h, v in proofs.items():
         if not is_chunk_name(h):
             raise BadRequest("each key of 'proofs' must be a lowercase hex SHA-256 (64 characters)", field="proofs")
-        if not isinstance(v, dict) or set(v) != {"size", "proof"}:
+        if not isinstance(v, dict) or not {"size", "proof"} <= set(v) <= {"size", "proof", "window"}:
             raise BadRequest(f"field 'proofs' must be {shape} (the size is the one the commit stated)", field="proofs")
-        size, proof = v["size"], v["proof"]
+        size, proof, window = v["size"], v["proof"], v.get("window")
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or not 0 <= window < 2**40):
+            raise BadRequest("each proof's 'window' must be the hour its commit answer named", field="proofs")
         if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_PROOF_CHUNK:
             raise BadRequest(f"each proof's 'size' must be an integer from 1 to {MAX_PROOF_CHUNK}", field="proofs")
         if not isinstance(proof, str) or not PROOF_RE.match(proof.lower()):
@@ -166,7 +194,7 @@ def parse_claims(proofs: object, *, max_entries: int) -> list[Claim]:
                 f"one prove request may claim at most {MAX_PROVE_BYTES} bytes; send fewer chunks per request",
                 field="proofs",
             )
-        claims.append(Claim(h, size, proof.lower()))
+        claims.append(Claim(h, size, proof.lower(), window))
     return claims
 
 

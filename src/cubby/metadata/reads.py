@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection, Row
 
 from cubby.core import paths
-from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceMoved, NotFound
+from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceGone, NamespaceMoved, NotFound
 from cubby.metadata.engine import Database
 from cubby.metadata.nstxn import ROOT_NODE, entry_of, key_range, root_entry
 from cubby.metadata.schema import file_revs, journal, namespaces, nodes
@@ -83,7 +83,7 @@ class FileReads:
             lambda c: c.execute(select(namespaces.c.head).where(namespaces.c.ns_id == ns_id)).first()
         )
         if row is None:
-            raise NotFound(f"namespace {ns_id} does not exist")
+            raise NamespaceGone(f"namespace {ns_id} does not exist")
         return int(row[0])
 
     def heads(self, ns_ids: Iterable[int]) -> dict[int, int]:
@@ -130,7 +130,7 @@ class FileReads:
             if path == paths.ROOT:
                 folder_id = ROOT_NODE
                 if not conn.execute(select(namespaces.c.ns_id).where(namespaces.c.ns_id == ns_id)).first():
-                    raise NotFound(f"namespace {ns_id} does not exist")
+                    raise NamespaceGone(f"namespace {ns_id} does not exist")
             else:
                 folder = live_node(conn, ns_id, path)
                 if folder is None:

@@ -34,14 +34,14 @@ finished, or in a state that grants nothing new and that the same call completes
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
 from cubby.core import paths
-from cubby.errors import BadRequest, NotFound
+from cubby.errors import BadRequest, CubbyError, NotFound
 from cubby.metadata.nstxn import lock_namespace, open_txn
 from cubby.metadata.schema import members, memberships, namespaces, nodes, ns_chunks, share_origins, users
 from cubby.metadata.shards import ShardRouter, drop_memberships
@@ -256,7 +256,9 @@ class ShardedSharing:
         self._step("unshare:uncopied")
 
         def revoke(conn: Connection) -> None:
-            lock_namespace(db, conn, ns_id)
+            # S's row locked without `lock_namespace`, which refuses a sealed namespace: a
+            # second unshare after a crash finds S sealed already.
+            conn.execute(select(namespaces.c.ns_id).where(namespaces.c.ns_id == ns_id).with_for_update())
             conn.execute(delete(members).where(members.c.ns_id == ns_id, members.c.user_id != user_id))
             conn.execute(update(namespaces).where(namespaces.c.ns_id == ns_id).values(sealed=True))
 
@@ -301,7 +303,7 @@ class ShardedSharing:
         self.router.directory.write(lambda c: drop_memberships(c, ns_id))
 
         def retire(conn: Connection) -> None:
-            lock_namespace(db, conn, ns_id)
+            conn.execute(select(namespaces.c.ns_id).where(namespaces.c.ns_id == ns_id).with_for_update())
             conn.execute(delete(members).where(members.c.ns_id == ns_id))
             conn.execute(delete(ns_chunks).where(ns_chunks.c.ns_id == ns_id))
             conn.execute(delete(share_origins).where(share_origins.c.ns_id == ns_id))
@@ -324,6 +326,26 @@ class ShardedSharing:
                 lambda c: c.execute(select(memberships.c.user_id).where(memberships.c.ns_id == ns_id)).all()
             )
         }
+
+    def roots_around(self, ns_id: int, users_: Iterable[int]) -> dict[int, int]:
+        """`Sharing.roots_around` across shards: the members from ``ns_id``'s shard (none if
+        ``ns_id`` is a root, or unknown), their roots from the directory."""
+        ids = {int(u) for u in users_}
+        try:
+            db = self.router.db_for(ns_id)
+        except CubbyError:
+            db = None
+        if db is not None:
+            ids |= {
+                int(r[0])
+                for r in db.read(lambda c: c.execute(select(members.c.user_id).where(members.c.ns_id == ns_id)).all())
+            }
+        if not ids:
+            return {}
+        rows = self.router.directory.read(
+            lambda c: c.execute(select(users.c.id, users.c.root_ns).where(users.c.id.in_(sorted(ids)))).all()
+        )
+        return {int(r.id): int(r.root_ns) for r in rows if r.root_ns is not None}
 
     def cut(self, ns_id: int) -> int | None:
         """The last journal id the share copied into ``ns_id`` (None if not made by a share)."""

@@ -28,6 +28,7 @@ shared by both: each reads or writes one database. `cut` and `list_shares` only 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -403,6 +404,22 @@ class Sharing:
         (`cubby.metadata.share_steps.ShareSteps.recover`); on one database a share is one
         transaction and there is nothing to recover. Returns how many were handled."""
         return self.sharded.steps.recover(around) if self.sharded is not None else 0
+
+    def roots_around(self, ns_id: int, users_: Iterable[int]) -> dict[int, int]:
+        """User id -> root namespace of every member (invited or active) of ``ns_id`` and of
+        ``users_``: whom a sharing change of ``ns_id`` may change, read before it so that a
+        metadata cache can fence their keys (`cubby.cache.store`)."""
+        if self.sharded is not None:
+            return self.sharded.roots_around(ns_id, users_)
+
+        def run(conn: Connection) -> dict[int, int]:
+            ids = {int(u) for u in users_}
+            q = select(users.c.id, users.c.root_ns).where(
+                users.c.id.in_(select(members.c.user_id).where(members.c.ns_id == ns_id)) | users.c.id.in_(sorted(ids))
+            )
+            return {int(r.id): int(r.root_ns) for r in conn.execute(q) if r.root_ns is not None}
+
+        return self.db.read(run)
 
     # ------------------------------------------------------------------------------------------
     # requests that raced the share

@@ -28,6 +28,7 @@ from cubby.core.hashing import content_hash
 from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceMoved, NotFound, SizeMismatch
 from cubby.metadata.engine import Database
 from cubby.metadata.nstxn import NamespaceTxn, entry_of, key_range, write_namespace
+from cubby.metadata.pgdriver import HELD_CHUNKS, driver_execute, nodes_and_chunks
 from cubby.metadata.possession import Challenges
 from cubby.metadata.reads import FileReads, node_for_history
 from cubby.metadata.schema import blocks, file_revs, namespaces, nodes, ns_chunks
@@ -94,7 +95,10 @@ class FileWrites:
         itself; on another shard `cubby.metadata.shardchunks.SplitHeld`."""
 
     def _held_here(self, tx: NamespaceTxn, part: Sequence[str]) -> Iterable[tuple[str, int, bool]]:
-        """`_HELD`, with the ``blocks`` rows share-locked until this transaction commits."""
+        """`_HELD`, with the ``blocks`` rows share-locked until this transaction commits (on
+        PostgreSQL the same statement through the driver, without SQLAlchemy's CPU)."""
+        if self.db.dialect == "postgresql":
+            return driver_execute(tx.conn, HELD_CHUNKS, {"nss": [tx.ns_id, *tx.readable], "hashes": list(part)}).fetchall()  # type: ignore[no-any-return]
         q = _HELD if self.db.is_sqlite else _HELD_LOCKED
         return tx.conn.execute(q, {"nss": [tx.ns_id, *tx.readable], "hashes": list(part)})  # type: ignore[return-value]
 
@@ -132,16 +136,42 @@ class FileWrites:
         before this transaction commits: one statement (`_HELD`), the stored chunks with
         whether this namespace or one the caller reads holds each. A chunk counts as usable
         only if it is both held and stored, so a held chunk that is not stored is left out."""
-        if tx.usable is None or tx.chunk_sizes is None:
-            tx.usable, tx.chunk_sizes = set(), {}
+        self._note_chunks(tx, ())
         wanted = sorted({h for h in hashes if h not in tx.checked})
         tx.checked.update(wanted)
         for i in range(0, len(wanted), 500):
             part = wanted[i : i + 500]
-            for h, size, held in self.held(tx, part):
-                tx.chunk_sizes[h] = int(size)
-                if held:
-                    tx.usable.add(h)
+            self._note_chunks(tx, self.held(tx, part))
+
+    @staticmethod
+    def _note_chunks(tx: NamespaceTxn, found: Iterable[Any]) -> None:
+        """Record rows of the chunk check (hash, size, held) in ``tx``."""
+        if tx.usable is None or tx.chunk_sizes is None:
+            tx.usable, tx.chunk_sizes = set(), {}
+        for h, size, held in found:
+            tx.chunk_sizes[h] = int(size)
+            if held:
+                tx.usable.add(h)
+
+    def _prefetch_with_chunks(self, tx: NamespaceTxn, keys: Iterable[str], hashes: Iterable[str]) -> None:
+        """``tx.prefetch(keys)``, then `_load_chunks` of ``hashes``: in one statement on a
+        PostgreSQL that is its own chunk database (`_held_here`; not on a shard) when each
+        fits in one (`cubby.metadata.pgdriver.nodes_and_chunks`), the chunk check's share
+        locks taken as before, after the namespace lock."""
+        todo = sorted({k for k in keys if k not in tx.cache})
+        wanted = sorted({h for h in hashes if h not in tx.checked})
+        if (
+            self.db.dialect != "postgresql" or self.held != self._held_here
+            or not todo or not wanted or len(todo) > 500 or len(wanted) > 500
+        ):
+            tx.prefetch(todo)
+            self._load_chunks(tx, wanted)
+            return
+        found_nodes, found = nodes_and_chunks(tx.conn, tx.ns_id, todo, [tx.ns_id, *tx.readable], wanted)
+        tx.cache.update(dict.fromkeys(todo))
+        tx.cache.update((n.path_key, n) for n in found_nodes)
+        tx.checked.update(wanted)
+        self._note_chunks(tx, found)
 
     def _unavailable(self, tx: NamespaceTxn, chunks: tuple[ChunkRef, ...]) -> builtins.list[str]:
         """Chunks this namespace may not use yet, in file order (each once)."""
@@ -245,16 +275,20 @@ class FileWrites:
         the namespace lock is taken, so the lock is held only for the work that needs it. The
         nodes at the path and its ancestors (the mount guard's, and the file's own) are read in
         one statement."""
-        tx.prefetch([paths.key(a) for a in paths.ancestors(path)] + [paths.key(path)])
+        self._prefetch_with_chunks(
+            tx, [paths.key(a) for a in paths.ancestors(path)] + [paths.key(path)], (c.hash for c in chunks)
+        )
         guard_mounts(tx, path)
         missing = self._unavailable(tx, chunks)
         if missing:
             uid = tx.user_id or 0
             sizes = {c.hash: c.size for c in chunks}  # the size is bound into the nonce
             bases = self._bases(tx, path, chunks, missing)
+            hour = self.challenges.window()  # named in the answer: the proof is checked for it alone
             return CommitResult(
                 needed=tuple(
-                    NeededChunk(h, self.challenges.nonce(uid, tx.ns_id, h, sizes[h]), bases.get(h, ())) for h in missing
+                    NeededChunk(h, self.challenges.nonce(uid, tx.ns_id, h, sizes[h], window=hour), bases.get(h, ()), hour)
+                    for h in missing
                 )
             )
         return CommitResult(
@@ -307,8 +341,7 @@ class FileWrites:
                 keys.add(paths.key(path))
                 keys.update(paths.key(a) for a in paths.ancestors(path))
                 hashes.update(c.hash for c in chunks)
-            tx.prefetch(keys)
-            self._load_chunks(tx, hashes)
+            self._prefetch_with_chunks(tx, keys, hashes)
             for req, v in zip(reqs, valid):
                 if isinstance(v, CubbyError):
                     out.append(v)

@@ -96,6 +96,12 @@ def build_context(config: Config, roles: tuple[str, ...]) -> ServerContext:
         db.observe = metrics.observe_transaction
     if blocks is not None:
         blocks = InstrumentedBlockStore(blocks, metrics)
+    if not store.router.single:
+        # Calls reaching a namespace while `cubby admin move-namespace` moves it are asked again
+        # at its new shard (`cubby.metadata.rerouting`), below the cache: one fenced write each.
+        from cubby.metadata.rerouting import Rerouting
+
+        store = cast("SqlMetadataStore", Rerouting(store))
     front = cached(store, config.cache_url, roles, metrics)
     ctx = ServerContext(config=config, store=front, blocks=blocks, closers=closers, metrics=metrics)
     if front is not store:

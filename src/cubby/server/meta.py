@@ -69,7 +69,11 @@ def commit_answer(target: access.Target, res: CommitResult) -> dict[str, Any]:
     return {
         "status": "need_chunks",
         "ns_id": target.ns_id,
-        "needed": [{"hash": n.hash, "nonce": n.nonce, **({"base": list(n.base)} if n.base else {})} for n in res.needed],
+        "needed": [
+            {"hash": n.hash, "nonce": n.nonce, **({"base": list(n.base)} if n.base else {}),
+             **({"window": n.window} if n.window is not None else {})}
+            for n in res.needed
+        ],
     }
 
 
@@ -438,6 +442,15 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         store.sharing.recover()
     except CubbyError:
         ctx.log.exception("could not recover an interrupted share; it is retried before the next share")
+    # So are moves of whole namespaces between shards (`cubby admin move-namespace`).
+    from cubby.metadata.rebalance import NamespaceMover
+
+    try:
+        router = getattr(store, "router", None)  # the plain store's, under the cache
+        if router is not None:
+            NamespaceMover(router).recover()
+    except CubbyError:
+        ctx.log.exception("could not recover an interrupted namespace move; it is retried when a writer waits for it")
     return [
         *shares.routes(ctx),
         Route("/api/v1/account", account, methods=["GET"]),

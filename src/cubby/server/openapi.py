@@ -193,7 +193,8 @@ def document() -> dict[str, Any]:
         },
         "/api/v1/blocks/prove": {
             "post": _json_op(
-                "Prove possession of chunks: sha256(nonce || bytes), with each chunk's size as the commit stated it",
+                "Prove possession of chunks: sha256(nonce || bytes), with each chunk's size as the commit stated it "
+                "and, optionally, the hour (window) the commit answer named with the nonce",
                 {"type": "object", "required": ["ns_id", "proofs"], "properties": {
                     "ns_id": ID,
                     "proofs": {"type": "object", "maxProperties": 4096, "additionalProperties": {
@@ -201,6 +202,7 @@ def document() -> dict[str, Any]:
                         "properties": {
                             "size": {"type": "integer", "minimum": 1, "maximum": 16 * 1024 * 1024},
                             "proof": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
+                            "window": {"type": "integer", "minimum": 0, "maximum": 2**40 - 1},
                         },
                     }},
                 }},

@@ -14,6 +14,7 @@ periodic full scan as a safety net.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -39,6 +40,16 @@ class _Settled:
     rules: IgnoreRules
     local: list[P.LocalItem]
     ops: list[P.Op]
+
+
+def plan_fingerprint(epoch: int, rules: IgnoreRules, ctx: P.Context, items: list[P.LocalItem]) -> str:
+    """SHA-256 of everything a plan is made of that is not in the state database, with the
+    database's epoch (`StateDb.epoch`) standing for the rest: equal fingerprints, equal plans."""
+    h = hashlib.sha256()
+    h.update(repr((epoch, rules.patterns, sorted(ctx.mounts.items()), tuple(ctx.evicted), ctx.host, ctx.day)).encode())
+    for i in items:
+        h.update(f"\0{i.path}\t{i.rel}\t{i.kind}\t{i.hash}\t{i.inode}\t{i.size}".encode())
+    return h.hexdigest()
 
 
 class SyncEngine(EngineCore):
@@ -84,16 +95,44 @@ class SyncEngine(EngineCore):
         equal to what that plan saw, that plan is the answer again. So a pass with nothing
         changed reads neither tree (tens of thousands of rows) and plans nothing; any write
         to the state, any file that was hashed again, any item added, gone or moved on disk
-        makes a real plan."""
+        makes a real plan.
+
+        A new process (`cubby sync --once`) has no such plan in memory; it finds the settled
+        plan's fingerprint in the state database instead (`_settle`): the state's epoch, which
+        every write moves, the ignore rules, the context and every scanned item. When the
+        fingerprint of this pass is the same, the plan was empty then and is empty now, and the
+        pass costs one stat per item and the journal request, hashing and planning nothing."""
         rules = IgnoreRules.load(self.root)
         s = self._settled
         if s is not None and s.rules == rules and s.generation == self.state.generation() and s.local == res.items:
             return list(s.ops), rules
+        if s is None and self.state.settled() == self._fingerprint(rules, ctx, res):
+            return [], rules
         return P.plan(*self._trees(rules), res.items, ctx), rules
 
-    def _settle(self, rules: IgnoreRules, res: ScanResult, ops: list[P.Op]) -> None:
-        """Remember a plan that left nothing to do, for `_plan`."""
+    def _settle(self, rules: IgnoreRules, res: ScanResult, ops: list[P.Op], ctx: P.Context) -> None:
+        """Remember a plan that left nothing to do, for `_plan`: in memory, and, when it is
+        empty (not only `Blocked` changes, which are not written down), as a fingerprint in the
+        state database for the next process. Unchanged, it is not written again."""
+        s = self._settled
+        if s is None or s.generation != self.state.generation() or s.rules != rules or s.local != res.items or s.ops != ops:
+            fingerprint = self._fingerprint(rules, ctx, res) if not ops else None
+            if self.state.settled() != fingerprint:
+                self.state.set_settled(fingerprint)
         self._settled = _Settled(self.state.generation(), rules, res.items, list(ops))
+
+    _last_fingerprint: tuple[int, IgnoreRules, P.Context, list[P.LocalItem], str] | None = None
+
+    def _fingerprint(self, rules: IgnoreRules, ctx: P.Context, res: ScanResult) -> str:
+        """`plan_fingerprint` of this state, kept for the same scan: `_plan` and `_settle` of
+        one pass ask for it twice."""
+        epoch = self.state.epoch()
+        last = self._last_fingerprint
+        if last is not None and last[0] == epoch and last[1] is rules and last[2] is ctx and last[3] is res.items:
+            return last[4]
+        fingerprint = plan_fingerprint(epoch, rules, ctx, res.items)
+        self._last_fingerprint = (epoch, rules, ctx, res.items, fingerprint)
+        return fingerprint
 
     def _trees(self, rules: IgnoreRules | None = None) -> tuple[list[P.BaseItem], list[P.RemoteItem]]:
         """Base and remote trees without what the ignore rules hide locally: a file named
@@ -146,9 +185,10 @@ class SyncEngine(EngineCore):
             if local_first:
                 with gc_paused():
                     res = self.scan()
-                    ops, rules = self._plan(res, self.context())
+                    ctx = self.context()
+                    ops, rules = self._plan(res, ctx)
                 if not ops or P.blocked_only(ops):
-                    self._settle(rules, res, ops)
+                    self._settle(rules, res, ops, ctx)
                     report.blocked = [o.path for o in ops if isinstance(o, P.Blocked)]
                     report.converged = True
                     return report
@@ -165,7 +205,7 @@ class SyncEngine(EngineCore):
                 self.crash_point("planned")
                 self._clear_evicted(ctx, res)
                 if not ops or P.blocked_only(ops):
-                    self._settle(rules, res, ops)
+                    self._settle(rules, res, ops, ctx)
                     report.blocked = [o.path for o in ops if isinstance(o, P.Blocked)]
                     report.failed = []
                     report.converged = True

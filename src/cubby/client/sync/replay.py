@@ -12,6 +12,7 @@ from typing import Any, cast
 
 from cubby.client.sync.base import EngineCore
 from cubby.client.sync.trust import Refusal, UnsafePath, mount_path, shown
+from cubby.client.windows import JOURNAL_PAGE
 from cubby.core import paths
 from cubby.model import JournalEntry
 
@@ -73,7 +74,7 @@ class RemoteReplay:
         for ns_id, ns in self.core.state.namespaces().items():
             cursor = ns.cursor
             while True:
-                page = self.core.api.journal(ns_id, cursor)
+                page = self.core.api.journal(ns_id, cursor, JOURNAL_PAGE)
                 # (cast: ApiClient has a method named `list`, which confuses mypy in its annotations)
                 entries, more = cast("list[JournalEntry]", page[0]), page[2]
                 last = max((e.jid for e in entries), default=cursor)

@@ -132,6 +132,12 @@ def _range(k: str) -> tuple[str, str]:
     return k + "/", k + "0"
 
 
+_BUMP_EPOCH = (
+    "INSERT INTO meta (key, value) VALUES ('epoch', '1') "
+    "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+)
+
+
 class StateDb:
     """One connection, used by the engine's thread; a lock makes the odd read from the waiter
     thread safe."""
@@ -156,6 +162,29 @@ class StateDb:
         with self._lock:
             return self.db.total_changes, int(self.db.execute("PRAGMA data_version").fetchone()[0])
 
+    def epoch(self) -> int:
+        """Transactions that changed anything, ever, by any process: `generation` across
+        processes. Every write goes through `tx`, which counts itself (``meta.epoch``) in the
+        same transaction; so an equal epoch means the trees and the file index are unchanged."""
+        value = self.get_meta("epoch")
+        return int(value) if value is not None else 0
+
+    def settled(self) -> str | None:
+        """The fingerprint of the last plan that left nothing to do (`set_settled`)."""
+        return self.get_meta("settled")
+
+    def set_settled(self, fingerprint: str | None) -> None:
+        """Remember (or, with None, forget) a settled plan's fingerprint, for a pass of a new
+        process (`cubby.client.sync.engine.SyncEngine`). Written outside `tx` on purpose: this
+        write is no change to the trees, so it does not move the epoch it is checked against."""
+        with self._lock:
+            if self._depth:
+                raise RuntimeError("set_settled inside a transaction would be counted as a change")
+            if fingerprint is None:
+                self.db.execute("DELETE FROM meta WHERE key = 'settled'")
+            else:
+                self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('settled', ?)", (fingerprint,))
+
     def close(self) -> None:
         self.db.close()
 
@@ -172,8 +201,11 @@ class StateDb:
                 return
             self.db.execute("BEGIN IMMEDIATE")
             self._depth = 1
+            before = self.db.total_changes
             try:
                 yield self.db
+                if self.db.total_changes != before:
+                    self.db.execute(_BUMP_EPOCH)
             except BaseException:
                 self._depth = 0
                 self.db.execute("ROLLBACK")

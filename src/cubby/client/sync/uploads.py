@@ -18,6 +18,7 @@ from cubby.client.localfiles import FileChanged, LocalChunk, LocalFile
 from cubby.client.pipeline import Pipeline
 from cubby.client.sync import planner as P
 from cubby.client.sync.base import EngineCore, Failures
+from cubby.client.sync.state import FileRecord
 from cubby.client.upload import Outcome, commit_group
 from cubby.client.windows import BATCH, DOWNLOAD_WINDOW, IN_FLIGHT
 from cubby.errors import Conflict, CubbyError
@@ -31,6 +32,8 @@ class Uploads:
 
     def __init__(self, core: EngineCore) -> None:
         self.core = core
+        self._recs: dict[str, FileRecord] = {}
+        """rel -> the index record each planned upload was built from (`_still_same`)."""
 
     def upload(self, ops: Sequence[P.Upload], failures: Failures) -> int:
         """Commit many files in few requests: groups of a thousand commits, each followed by
@@ -46,6 +49,7 @@ class Uploads:
             rec = self.core.state.file(op.local.rel)
             if rec is None or rec.version != op.local.hash:
                 continue
+            self._recs[op.local.rel] = rec
             stamp = stamps.get(op.local.rel)
             lf = LocalFile(
                 self.core.abs_path(op.local.rel, resolved), op.local.path, rec.size, rec.mtime_ns / 1e9,
@@ -61,6 +65,14 @@ class Uploads:
             ns_id = ctx.mounts[P.mount_of(op.local.path, ctx.mounts)][0]
             groups.setdefault(ns_id, []).append((op, lf))
         done = 0
+        try:
+            done = self._send_groups(groups, failures)
+        finally:
+            self._recs.clear()
+        return done
+
+    def _send_groups(self, groups: dict[int, Group], failures: Failures) -> int:
+        done = 0
         with Pipeline(IN_FLIGHT) as pipe:
             for ns_id, items in groups.items():
                 for i in range(0, len(items), BATCH):
@@ -74,11 +86,13 @@ class Uploads:
         return done
 
     def _still_same(self, op: P.Upload, lf: LocalFile) -> bool:
+        """Is the file still the one indexed when this batch began? (The index record read
+        then is kept: only this thread writes the index while the batch is sent.)"""
         try:
             s = os.lstat(lf.local)
         except OSError:
             return False
-        rec = self.core.state.file(op.local.rel)
+        rec = self._recs.pop(op.local.rel, None)
         return rec is not None and (rec.size, rec.mtime_ns, rec.inode, rec.mode) == (s.st_size, s.st_mtime_ns, s.st_ino, modes.mode_of(s))
 
     def _send(self, ns_id: int, group: Group) -> tuple[Group, list[Outcome] | None]:
