@@ -101,8 +101,9 @@ NEEDS_CROSSSHARE = pytest.mark.xfail(
 """On a two-shard deployment, a test of sharing or cross-namespace moves: it passes once those
 are single-shard steps tied by intents; until then it is expected to fail (not weakened)."""
 
-TWO_SHARD_PARAMS = [pytest.param(k, marks=NEEDS_CROSSSHARE) for k in TWO_SHARDS]
-"""`TWO_SHARDS` as parameters of a sharing test (`NEEDS_CROSSSHARE`)."""
+TWO_SHARD_PARAMS = TWO_SHARDS
+"""`TWO_SHARDS` as parameters of a sharing test (they pass since the crossshare branch:
+`NEEDS_CROSSSHARE` marks nothing any more)."""
 
 
 def two_shard_urls(kind: str) -> tuple[str, dict[str, str]]:

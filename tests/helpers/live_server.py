@@ -51,9 +51,13 @@ class LiveServer:
     def __init__(
         self, data_dir: Path, *, db_url: str | None = None, port: int | None = None, role: str = "all",
         extra_args: list[str] | None = None, env: dict[str, str] | None = None,
+        shards: dict[str, str] | None = None, place_new: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.db_url = db_url
+        self.shards = shards
+        """``{name: URL}`` of a sharded deployment whose directory is ``db_url`` (None: one database)."""
+        self.place_new = place_new
         self.sock: socket.socket | None = listening_socket(port or 0)
         self.port = int(self.sock.getsockname()[1])
         self.role = role
@@ -77,6 +81,10 @@ class LiveServer:
         args = [sys.executable, "-m", "cubby", "serve", "--data", str(self.data_dir), "--fd", str(fd), "--role", self.role]
         if self.db_url:
             args += ["--db", self.db_url]
+        for name, url in (self.shards or {}).items():
+            args += ["--shard", f"{name}={url}"]
+        if self.place_new:
+            args += ["--place-new", self.place_new]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]), **self.env}
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
@@ -103,10 +111,12 @@ class LiveServer:
         self.stop()
         self.start()
 
-    def add_user(self, name: str) -> str:
+    def add_user(self, name: str, shard: str | None = None) -> str:
+        """Create a user (as `cubby user add` does); on a sharded deployment, ``shard`` names
+        where their root goes (else the server's placement rule)."""
         from cubby.metadata.store import open_store
 
-        store = open_store(self.metadata_url)
+        store = open_store(self.metadata_url, shards=self.shards, place_new=shard or self.place_new)
         try:
             return store.create_user(name)[1]
         finally:

@@ -1,4 +1,8 @@
-"""The share race, through real HTTP on loopback, on SQLite and PostgreSQL.
+"""The share race, through real HTTP on loopback, on SQLite and PostgreSQL, and on two shards
+(PostgreSQL + PostgreSQL, PostgreSQL + MariaDB) with the owner's root on one shard and the
+member's root and the new shared folder on the other: the share is then the steps of
+`cubby.metadata.share_steps`, and writes below the folder are refused retryably while it is
+frozen.
 
 In many rounds, three clients of the owner stream deletes, edits and new files into a folder
 while the owner shares it. Afterwards the test checks, from the acknowledgements each client
@@ -25,7 +29,8 @@ from cubby.client.api import ApiClient
 from cubby.core.hashing import content_hash
 from cubby.errors import CubbyError, NotFound
 from cubby.model import ChunkRef
-from tests.shares.conftest import file_bytes, put_many
+from tests.conftest import TWO_SHARDS
+from tests.shares.conftest import ENGINES, file_bytes, put_many
 
 ROUNDS = 6
 FILES = 30
@@ -45,6 +50,15 @@ class Op:
 
 
 def worker(api: ApiClient, root_ns: int, folder: str, t: int, stop: threading.Event, log: list[Op]) -> None:
+    """One client's stream of writes; an error outside a write (a stat, an upload) ends the
+    test: it is logged as an `Op` of kind ``died``."""
+    try:
+        stream(api, root_ns, folder, t, stop, log)
+    except Exception as exc:
+        log.append(Op("died", repr(exc), None, time.monotonic()))
+
+
+def stream(api: ApiClient, root_ns: int, folder: str, t: int, stop: threading.Event, log: list[Op]) -> None:
     mine = [i for i in range(FILES) if i % WORKERS == t]
     deletes, edits = mine[:4], mine[4:]
     k = 0
@@ -92,9 +106,11 @@ def all_journal(api: ApiClient, ns_id: int) -> list:
         after = entries[-1].jid
 
 
+@pytest.mark.parametrize("server", [*ENGINES, *TWO_SHARDS], indirect=True)
 def test_share_racing_deletes_edits_and_creates(server, people):
     alice, bob = people["alice"], people["bob"]
     root_ns = alice.api.account()["root_ns"]
+    shards_of = placements_of(server)
     clients = [ApiClient(server.url, alice.token) for _ in range(WORKERS)]
     overlapping = 0
     rng = random.Random(7)
@@ -123,7 +139,10 @@ def test_share_racing_deletes_edits_and_creates(server, people):
             for th in threads:
                 th.join()
             mount = bob.api.accept_share(ns)["path"]
+            if shards_of is not None:  # owner and member (and the new folder) on different shards
+                assert shards_of([root_ns, bob.api.account()["root_ns"], ns]) == ["near", "far", "far"]
             ops = [op for log in logs for op in log]
+            assert [op.path for op in ops if op.kind == "died"] == [], "a client's request failed outside a write"
 
             root_j = [e for e in all_journal(alice.api, root_ns) if e.path.lower().startswith(folder.lower())]
             assert [(e.op, e.kind, e.path) for e in root_j if e.jid == mount_jid] == [("mount", "mount", folder)]
@@ -160,7 +179,7 @@ def test_share_racing_deletes_edits_and_creates(server, people):
                     with pytest.raises(NotFound):
                         bob.api.stat(member_path)
                     try:
-                        assert bob.api.history(member_path) == []
+                        assert bob.api.history(member_path) == [], (op, share_sent, share_acked)
                     except NotFound:
                         pass
 
@@ -179,6 +198,22 @@ def test_share_racing_deletes_edits_and_creates(server, people):
             c.close()
     assert overlapping > 0, "no write overlapped a share: the test did not exercise the race"
     assert raced(server) > 0, "no request reached the old namespace after a share"
+
+
+def placements_of(server):
+    """On a sharded server, a function answering the shards of some namespaces; else None."""
+    if not server.shards:
+        return None
+    from cubby.metadata.store import open_store
+
+    def shards(ns_ids: list[int]) -> list[str]:
+        store = open_store(server.metadata_url, shards=server.shards, migrate_schema=False)
+        try:
+            return [store.router.placement(n).shard for n in ns_ids]
+        finally:
+            store.close()
+
+    return shards
 
 
 def raced(server) -> int:

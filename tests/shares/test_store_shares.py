@@ -1,5 +1,5 @@
-"""The sharing operations of the metadata store itself, on SQLite, PostgreSQL and MariaDB (and on
-two shards, where they wait for the crossshare branch: `NEEDS_CROSSSHARE`): the cut is
+"""The sharing operations of the metadata store itself, on SQLite, PostgreSQL and MariaDB and on
+two shards (the owner's root on one, the shared folder wherever it is placed): the cut is
 consistent, a write that reaches the old namespace after the share is refused retryably and
 changes nothing, and the share copies current revisions only."""
 

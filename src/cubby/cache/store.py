@@ -502,6 +502,11 @@ class _CachedSharing:
     def unshare(self, user_id: int, ns_id: int) -> SharingChange:
         return self._changing(ns_id, {user_id}, lambda: self.inner.unshare(user_id, ns_id))
 
+    def recover(self) -> int:
+        """Recovery of shares across shards writes the owner's root and the new namespace:
+        fenced and invalidated like any other write, and the members' principals with them."""
+        return self.inner.recover(around=lambda ns, users: self.cached.writing(ns, users))  # type: ignore[no-any-return]
+
     def list_shares(self, user_id: int) -> builtins.list[dict[str, Any]]:
         return self.inner.list_shares(user_id)  # type: ignore[no-any-return]
 

@@ -69,6 +69,9 @@ class SharingOps(Protocol):
     def cut(self, ns_id: int) -> int | None:
         """The last journal id the share copied into ``ns_id`` (None if not made by a share)."""
 
+    def recover(self) -> int:
+        """Finish or undo the shares across shards whose process died (0 on one database)."""
+
 
 class CrossNamespaceMoves(Protocol):
     """Moves between namespaces (`cubby.metadata.moves.CrossMoves`): never one transaction

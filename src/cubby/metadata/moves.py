@@ -24,11 +24,11 @@ another process, between two of its steps, is never touched.
 If the destination path was taken between steps 2 and 4, the item lands beside it as
 ``name (1)``, ``name (2)``…: by then it has left the source and must land somewhere.
 
-What crosses namespaces: the move itself, already as single-namespace steps tied by the
-intent, each opened with `cubby.metadata.nstxn.open_txn` on one namespace. Two reads still
-reach across on one connection and must become messages once sharded: step 2 reads the
-source's nodes and revisions while writing the destination, and `recover` scans the intents
-of every namespace (sharded: each shard its own).
+Across shards: every step runs on its own namespace's database (`ShardRouter.db_for`): steps
+1 and 3 and the intent row on the source's shard, steps 2 and 4 on the destination's. Step 2
+reads the source's nodes and revisions on the source's database, then writes the destination
+in a transaction of its own (a change to the source in between is what step 3 refuses), and
+`recover` scans the intents of every shard.
 """
 
 from __future__ import annotations
@@ -50,7 +50,16 @@ from cubby.metadata.engine import Database
 from cubby.metadata.leases import Owner
 from cubby.metadata.nstxn import NamespaceTxn, entry_of, key_range, lock_namespace, open_txn
 from cubby.metadata.schema import file_revs, journal, move_intents, nodes
-from cubby.metadata.tree import ensure_folder, guard_mounts, remove_node, same_as_before_share
+from cubby.metadata.shardchunks import touch_chunks
+from cubby.metadata.shards import ShardRouter
+from cubby.metadata.tree import (
+    ensure_folder,
+    frozen_or_mount_below,
+    guard_mounts,
+    is_frozen,
+    remove_node,
+    same_as_before_share,
+)
 from cubby.model import Entry
 
 STEPS = ("intent", "pending", "removed", "visible")
@@ -63,8 +72,13 @@ class CrossMoves:
     """Cross-namespace moves on one metadata database (reached as ``store.moves``); ``stat``
     reads where a move that recovery finished has landed."""
 
-    def __init__(self, db: Database, stat: Callable[[int, str], Entry], fault: FaultHook | None = None) -> None:
+    def __init__(
+        self, db: Database, stat: Callable[[int, str], Entry], fault: FaultHook | None = None,
+        router: ShardRouter | None = None,
+    ) -> None:
         self.db = db
+        self.router = router or ShardRouter(db)
+        """Which database holds each namespace: every step runs on its own namespace's."""
         self.stat = stat
         self.fault = fault
         self.owner = Owner.this_process()
@@ -88,8 +102,10 @@ class CrossMoves:
         intent = secrets.token_hex(16)
 
         # 1. the intent, in the source
+        src_db = self.router.db_for(src_ns)
+
         def step1(conn: Connection) -> tuple[int, str]:
-            tx = open_txn(self.db, conn, src_ns, user_id)
+            tx = open_txn(src_db, conn, src_ns, user_id)
             guard_mounts(tx, src)
             row = tx.live(paths.key(src))
             if row is None:
@@ -100,14 +116,10 @@ class CrossMoves:
                 tx, row, expected_rev
             ):
                 raise Conflict(f"{row.path} changed: it is at revision {row.rev}, not {expected_rev}", current_rev=row.rev)
-            if row.kind == "folder":
-                lo, hi = key_range(paths.key(src))
-                if conn.execute(
-                    select(nodes.c.node_id)
-                    .where(nodes.c.ns_id == src_ns, nodes.c.target_ns.is_not(None), nodes.c.path_key > lo, nodes.c.path_key < hi)
-                    .limit(1)
-                ).first():
-                    raise Conflict(f"{row.path} holds a shared folder; shared folders cannot nest", code="contains_shared_folder")
+            if is_frozen(row):
+                raise NamespaceMoved(f"{row.path} is becoming a shared folder; retry in a moment", path=row.path)
+            if row.kind == "folder" and frozen_or_mount_below(tx, paths.key(src)):
+                raise Conflict(f"{row.path} holds a shared folder; shared folders cannot nest", code="contains_shared_folder")
             conn.execute(
                 insert(move_intents).values(
                     ns_id=src_ns, intent_id=intent, dst_ns=dst_ns, src_path=row.path, dst_path=dst,
@@ -118,13 +130,13 @@ class CrossMoves:
             # The source's journal head at the intent: step 3 checks that nothing changed since.
             return tx.head, str(row.path)
 
-        since, src_path = self.db.write(step1)
+        since, src_path = src_db.write(step1)
         self._step("intent")
 
         # 2. pending nodes in the destination
         try:
             self._renew(src_ns, intent)
-            self.db.write(lambda conn: self._make_pending(conn, intent, user_id, src_ns, src_path, dst_ns, dst))
+            self._make_pending(intent, user_id, src_ns, src_path, dst_ns, dst)
         except Exception:
             self._roll_back(src_ns, intent)
             raise
@@ -132,7 +144,7 @@ class CrossMoves:
 
         # 3. remove from the source: the point of no return
         def step3(conn: Connection) -> None:
-            tx = open_txn(self.db, conn, src_ns, user_id)
+            tx = open_txn(src_db, conn, src_ns, user_id)
             it = conn.execute(
                 select(move_intents).where(move_intents.c.ns_id == src_ns, move_intents.c.intent_id == intent)
             ).first()
@@ -149,7 +161,7 @@ class CrossMoves:
             tx.finish()
 
         try:
-            self.db.write(step3)
+            src_db.write(step3)
         except Conflict:
             self._roll_back(src_ns, intent)
             raise
@@ -171,14 +183,47 @@ class CrossMoves:
                 .values(lease_until=self.owner.lease_until())
             ).rowcount
 
-        if self.db.write(run) != 1:
+        if self.router.db_for(src_ns).write(run) != 1:
             raise Unavailable("the move was interrupted and undone; try again")
 
     # ------------------------------------------------------------------------------------------
-    def _make_pending(
-        self, conn: Connection, intent: str, user_id: int, src_ns: int, src_path: str, dst_ns: int, dst: str
+    def _make_pending(self, intent: str, user_id: int, src_ns: int, src_path: str, dst_ns: int, dst: str) -> None:
+        """Step 2: read the item on the source's database, then write it pending on the
+        destination's (two databases when they are on different shards; the source may
+        change in between, which step 3 finds and refuses)."""
+        src_key = paths.key(src_path)
+        lo, hi = key_range(src_key)
+
+        def read(conn: Connection) -> tuple[list[Any], dict[int, Any]]:
+            rows = conn.execute(
+                select(nodes)
+                .where(nodes.c.ns_id == src_ns, nodes.c.path_key.is_not(None))
+                .where((nodes.c.path_key == src_key) | ((nodes.c.path_key > lo) & (nodes.c.path_key < hi)))
+                .order_by(nodes.c.path_key)
+            ).all()
+            revs: dict[int, Any] = {}
+            for n in rows:
+                if n.kind == "file":
+                    revs[int(n.node_id)] = conn.execute(
+                        select(file_revs).where(
+                            file_revs.c.ns_id == src_ns, file_revs.c.node_id == n.node_id, file_revs.c.rev == n.content_rev
+                        )
+                    ).one()
+            return list(rows), revs
+
+        rows, revs = self.router.db_for(src_ns).read(read)
+        dst_db = self.router.db_for(dst_ns)
+        if not self.router.single:
+            # The destination will name these chunks: touch them on the chunk database first
+            # (`cubby.metadata.shardchunks`), so the collector cannot take them meanwhile.
+            touch_chunks(self.router.chunks, sorted({c[0] for fr in revs.values() for c in json.loads(fr.blocklist)}))
+        dst_db.write(lambda conn: self._write_pending(conn, dst_db, intent, user_id, rows, revs, src_path, dst_ns, dst))
+
+    def _write_pending(
+        self, conn: Connection, db: Database, intent: str, user_id: int, rows: list[Any], revs: dict[int, Any],
+        src_path: str, dst_ns: int, dst: str,
     ) -> None:
-        tx = open_txn(self.db, conn, dst_ns, user_id)
+        tx = open_txn(db, conn, dst_ns, user_id)
         if conn.execute(select(nodes.c.node_id).where(nodes.c.ns_id == dst_ns, nodes.c.pending == intent).limit(1)).first():
             return  # done before
         guard_mounts(tx, dst)
@@ -187,14 +232,6 @@ class CrossMoves:
         parent = tx.live(paths.key(paths.split(dst)[0])) if paths.split(dst)[0] != paths.ROOT else None
         if parent is not None and parent.kind != "folder":
             raise Conflict(f"{parent.path} is not a folder", code="not_a_folder")
-        src_key = paths.key(src_path)
-        lo, hi = key_range(src_key)
-        rows = conn.execute(
-            select(nodes)
-            .where(nodes.c.ns_id == src_ns, nodes.c.path_key.is_not(None))
-            .where((nodes.c.path_key == src_key) | ((nodes.c.path_key > lo) & (nodes.c.path_key < hi)))
-            .order_by(nodes.c.path_key)
-        ).all()
         if not rows:
             raise NotFound(f"{src_path} does not exist")
         ids: dict[int, int] = {}
@@ -216,11 +253,7 @@ class CrossMoves:
                 }
             )
             if is_file:
-                fr = conn.execute(
-                    select(file_revs).where(
-                        file_revs.c.ns_id == src_ns, file_revs.c.node_id == n.node_id, file_revs.c.rev == n.content_rev
-                    )
-                ).one()
+                fr = revs[int(n.node_id)]
                 rev_rows.append(
                     {
                         "ns_id": dst_ns, "node_id": nid, "rev": -nid, "path": new_path, "size": fr.size, "content_hash": fr.content_hash,
@@ -233,7 +266,7 @@ class CrossMoves:
         for i in range(0, len(rev_rows), 1000):
             conn.execute(insert(file_revs), rev_rows[i : i + 1000])
         if hashes:
-            make_available(self.db, conn, dst_ns, sorted(hashes), tx.now)
+            make_available(db, conn, dst_ns, sorted(hashes), tx.now)
         tx.finish()
 
     def _changed_since(self, conn: Connection, ns_id: int, path: str, since: int) -> bool:
@@ -253,7 +286,7 @@ class CrossMoves:
 
     def _make_visible(self, conn: Connection, intent: str, dst_ns: int, user_id: int | None) -> Entry | None:
         """Step 4 in the destination (idempotent: nothing to do once the nodes are visible)."""
-        tx = open_txn(self.db, conn, dst_ns, user_id)
+        tx = open_txn(self.router.db_for(dst_ns), conn, dst_ns, user_id)
         rows = conn.execute(
             select(nodes).where(nodes.c.ns_id == dst_ns, nodes.c.pending == intent).order_by(nodes.c.path)
         ).all()
@@ -309,15 +342,17 @@ class CrossMoves:
         return entry_of(moved)
 
     def _finish(self, src_ns: int, intent: str) -> Entry:
-        it = self.db.read(
+        src_db = self.router.db_for(src_ns)
+        it = src_db.read(
             lambda c: c.execute(
                 select(move_intents).where(move_intents.c.ns_id == src_ns, move_intents.c.intent_id == intent)
             ).first()
         )
         assert it is not None
-        entry = self.db.write(lambda conn: self._make_visible(conn, intent, int(it.dst_ns), it.user_id))
+        dst_db = self.router.db_for(int(it.dst_ns))
+        entry = dst_db.write(lambda conn: self._make_visible(conn, intent, int(it.dst_ns), it.user_id))
         self._step("visible")
-        self.db.write(
+        src_db.write(
             lambda conn: conn.execute(
                 delete(move_intents).where(move_intents.c.ns_id == src_ns, move_intents.c.intent_id == intent)
             )
@@ -329,9 +364,10 @@ class CrossMoves:
     def _roll_back(self, src_ns: int, intent: str) -> None:
         """Undo an intent that never reached step 3: drop pending nodes, then the intent (in
         this order, so that a crash in between leaves the intent to be rolled back again)."""
+        src_db = self.router.db_for(src_ns)
 
         def in_source(conn: Connection) -> Any:
-            lock_namespace(self.db, conn, src_ns)
+            lock_namespace(src_db, conn, src_ns)
             it = conn.execute(
                 select(move_intents).where(move_intents.c.ns_id == src_ns, move_intents.c.intent_id == intent)
             ).first()
@@ -345,9 +381,9 @@ class CrossMoves:
             )
             return int(it.dst_ns)
 
-        dst_ns = self.db.write(in_source)
+        dst_ns = src_db.write(in_source)
         if dst_ns is None:
-            it = self.db.read(
+            it = src_db.read(
                 lambda c: c.execute(
                     select(move_intents.c.state, move_intents.c.dst_ns)
                     .where(move_intents.c.ns_id == src_ns, move_intents.c.intent_id == intent)
@@ -357,8 +393,10 @@ class CrossMoves:
                 return
             dst_ns = int(it.dst_ns)
 
+        dst_db = self.router.db_for(dst_ns)
+
         def in_destination(conn: Connection) -> None:
-            lock_namespace(self.db, conn, dst_ns)
+            lock_namespace(dst_db, conn, dst_ns)
             gone = [
                 int(r[0])
                 for r in conn.execute(select(nodes.c.node_id).where(nodes.c.ns_id == dst_ns, nodes.c.pending == intent))
@@ -368,8 +406,8 @@ class CrossMoves:
                 conn.execute(delete(file_revs).where(file_revs.c.ns_id == dst_ns, file_revs.c.rev.in_([-n for n in part])))
                 conn.execute(delete(nodes).where(nodes.c.ns_id == dst_ns, nodes.c.node_id.in_(part)))
 
-        self.db.write(in_destination)
-        self.db.write(
+        dst_db.write(in_destination)
+        src_db.write(
             lambda conn: conn.execute(
                 delete(move_intents).where(move_intents.c.ns_id == src_ns, move_intents.c.intent_id == intent)
             )
@@ -385,14 +423,20 @@ class CrossMoves:
         with its source and destination namespaces (the metadata cache fences and invalidates
         their heads there, as around any other write)."""
         now = time.time()
-        rows = self.db.read(
-            lambda c: c.execute(
-                select(
-                    move_intents.c.ns_id, move_intents.c.intent_id, move_intents.c.state,
-                    move_intents.c.owner, move_intents.c.lease_until, move_intents.c.dst_ns,
-                )
-            ).all()
-        )
+        rows: list[Any] = []
+        seen: set[int] = set()
+        for db in self.router.shards.values():  # each shard holds the intents of its sources
+            if id(db) in seen:
+                continue
+            seen.add(id(db))
+            rows += db.read(
+                lambda c: c.execute(
+                    select(
+                        move_intents.c.ns_id, move_intents.c.intent_id, move_intents.c.state,
+                        move_intents.c.owner, move_intents.c.lease_until, move_intents.c.dst_ns,
+                    )
+                ).all()
+            )
         todo = [(ns_id, intent, state, dst) for ns_id, intent, state, owner, lease, dst in rows
                 if self.owner.is_gone(owner, lease, now)]
         failed: list[CubbyError] = []

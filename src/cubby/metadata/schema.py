@@ -1,8 +1,8 @@
 """The metadata schema, in SQLAlchemy Core, for SQLite, PostgreSQL and MariaDB alike.
 
 Every table that describes files (nodes, file_revs, journal, ns_chunks, members, move_intents,
-links) is keyed by namespace id first: a namespace's rows never need another namespace's rows, so
-namespaces can be spread over database shards without cross-shard joins. Only ``users``,
+share_intents, share_origins, links) is keyed by namespace id first: a namespace's rows never need another
+namespace's rows, so namespaces can be spread over database shards without cross-shard joins. Only ``users``,
 ``tokens``, ``blocks`` and ``settings`` are global.
 
 Path keys are stored as UTF-8 *bytes* (`PathKey`): byte order is code point order on every
@@ -107,6 +107,10 @@ namespaces = Table(
     # Set on the old shard while `cubby admin move-namespace` copies the namespace away:
     # writers there are refused (retryable), readers are not.
     Column("sealed", Boolean, nullable=False, default=False, server_default=false()),
+    # A shared namespace made by a share across shards, from its copy until the share is
+    # acknowledged (metadata/share_steps.py): a delete in it meanwhile was issued before the
+    # share was acknowledged, so it also forgets the history the share copied.
+    Column("settling", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 nodes = Table(
@@ -127,7 +131,9 @@ nodes = Table(
     Column("deleted", Boolean, nullable=False, default=False),
     Column("deleted_key", PathKey, nullable=True),  # the key it had when deleted: history, restore
     Column("target_ns", BigInteger, nullable=True),  # kind "mount": the namespace mounted here
-    Column("pending", String(32), nullable=True),  # a cross-namespace move's intent, until it lands
+    # A cross-namespace move's intent, until it lands (no path key); on a live folder, a share
+    # intent that froze it (metadata/share_steps.py): nothing is written below it meanwhile.
+    Column("pending", String(32), nullable=True),
     Column("mode", Integer, nullable=True),  # files: 0o100644, 0o100755 or 0o120000 (a link); NULL 0o100644
     UniqueConstraint("ns_id", "path_key"),
     Index("ix_nodes_children", "ns_id", "parent_id", "path_key"),
@@ -214,6 +220,37 @@ move_intents = Table(
     Column("created_at", Double, nullable=False),
     Column("owner", String(96), nullable=True),  # host/pid/start of the process doing the move
     Column("lease_until", Double, nullable=True),  # renewed at every step (metadata/leases.py)
+)
+
+share_intents = Table(
+    "share_intents",
+    metadata,
+    # A share whose new namespace lives on another shard than the owner's root (see
+    # metadata/share_steps.py); on the root's shard, keyed by the root namespace.
+    Column("ns_id", BigInteger, primary_key=True, autoincrement=False),  # the owner's root
+    Column("intent_id", String(32), primary_key=True),
+    Column("new_ns", BigInteger, nullable=False),  # the shared namespace being made
+    Column("node_id", BigInteger, nullable=False),  # the shared folder's node in the root
+    Column("path", Text, nullable=False),  # its path when the share began
+    Column("shard", String(64), nullable=False),  # the shard of the new namespace
+    Column("state", String(16), nullable=False),  # frozen | undoing | mounted
+    Column("base", BigInteger, nullable=False),  # the root's head at the freeze: S's first jid - 1
+    Column("user_id", BigInteger, nullable=False),  # the owner
+    Column("invitee_id", BigInteger, nullable=False),
+    Column("role", String(8), nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("owner", String(96), nullable=True),  # host/pid/start of the process sharing
+    Column("lease_until", Double, nullable=True),  # renewed at every step (metadata/leases.py)
+)
+
+share_origins = Table(
+    "share_origins",
+    metadata,
+    # On a sharded deployment, the revision each node copied by a share had in the owner's
+    # root (`cubby.metadata.tree.same_as_before_share`), on the shared namespace's shard.
+    Column("ns_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("node_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("rev", BigInteger, nullable=False),
 )
 
 blocks = Table(

@@ -184,6 +184,14 @@ class ShardRouter:
         )
         return min(sorted(self.shards), key=lambda name: int(counts.get(name, 0)))
 
+    def place_shared(self, near: int) -> str:
+        """The shard for a shared folder made from a folder of namespace ``near``: the
+        configured ``--place-new`` shard, else ``near``'s own (the share is then one copy on
+        one database; across shards it is the steps of `cubby.metadata.share_steps`)."""
+        if self.single:
+            return MAIN
+        return self._place_new or self.placement(near).shard
+
     def place(self, ns_id: int, shard: str) -> None:
         """Record that ``ns_id`` lives on ``shard`` (a new namespace; in the directory's
         transaction if the caller is inside one on this thread)."""

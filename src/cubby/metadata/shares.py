@@ -4,57 +4,49 @@ A shared folder is a namespace. Each active member has a node of kind "mount" in
 namespace (``nodes.target_ns``) where the folder appears in their tree; the ``members`` row
 (keyed by the shared namespace) is the truth about who may reach it and with which role.
 
-Sharing is one transaction holding the lock of the owner's root namespace, the lock every
-writer of that namespace takes first. It copies the folder's live nodes with their current
-revisions only (no history: a delete acknowledged before the share can never be seen by a
-member, neither as a file nor in history), copies the chunk references those revisions need
-(no chunk moves, and members need no proof of possession for them), marks the source nodes
-gone and turns the folder node into a mount. A write that resolved its path before the share
-and commits after it finds a mount above its path and is refused with the retryable
-`NamespaceMoved` (see `cubby.metadata.tree.guard_mounts`), so it lands exactly once or not at all.
+On one database, sharing is one transaction holding the lock of the owner's root namespace, the
+lock every writer of that namespace takes first. It copies the folder's live nodes with their
+current revisions only (no history: a delete acknowledged before the share can never be seen by
+a member, neither as a file nor in history), copies the chunk references those revisions need
+(no chunk moves, and members need no proof of possession for them), marks the source nodes gone
+and turns the folder node into a mount. A write that resolved its path before the share and
+commits after it finds a mount above its path and is refused with the retryable
+`NamespaceMoved` (see `cubby.metadata.tree.guard_mounts`), so it lands exactly once or not at
+all.
 
-The new namespace is created in the same database as the owner's root (the same shard, once
-metadata is sharded): the copy is then one local transaction. Accepting, removing a member and
-unsharing touch the shared namespace and members' root namespaces; they lock every namespace
-row involved in ascending id order (no deadlocks) and run as one transaction while all
-namespaces live in one database.
+On one database the new namespace is created in the owner's root's database and the copy is
+one local transaction; accepting, removing a member and unsharing lock every namespace row
+involved in ascending id order (no deadlocks, `cubby.metadata.nstxn.lock_namespaces`) and run
+as one transaction.
 
-What crosses namespaces, and so needs intents once metadata is sharded: `share` (owner's root
-and the new namespace: same shard by design, plus the invitee's ``users`` row and the
-``members`` row), `accept` (the member's root and the shared namespace, `lock_namespaces`),
-`remove_member`/`leave` (the member's root and the shared namespace) and `unshare` (every
-member's root, the owner's root and the shared namespace). Each locks several namespaces on
-one connection through `cubby.metadata.nstxn.lock_namespaces`; that call is where the
-single-shard steps and their intent will go. `cut` and `list_shares` only read.
+On a sharded deployment no transaction spans two databases: `Sharing` hands every operation
+to `cubby.metadata.sharded_shares.ShardedSharing`, where each is a sequence of
+single-database steps (the share with an intent and recovery: `cubby.metadata.share_steps`).
+The helpers below (`user_by_name`, `member_of`, `require_owner`, `mount_of`, `unmount`) are
+shared by both: each reads or writes one database. `cut` and `list_shares` only read.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
 from cubby.core import paths
-from cubby.errors import BadRequest, Conflict, Forbidden, NotFound
+from cubby.errors import BadRequest, Forbidden, NotFound
 from cubby.metadata.engine import Database
 from cubby.metadata.nstxn import NamespaceTxn, finish_all, key_range, lock_namespaces, open_txn
-from cubby.metadata.schema import (
-    file_revs,
-    journal,
-    link_tokens,
-    links,
-    members,
-    namespaces,
-    nodes,
-    ns_chunks,
-    users,
-)
+from cubby.metadata.schema import link_tokens, links, members, namespaces, nodes, ns_chunks, users
 from cubby.metadata.shards import ShardRouter, allocate_ns_id, drop_memberships, write_membership
+from cubby.metadata.subtree import read_subtree, write_subtree
 from cubby.metadata.tree import guard_mounts
+
+if TYPE_CHECKING:
+    from cubby.metadata.sharded_shares import ShardedSharing
+    from cubby.metadata.share_steps import Around
 
 ROLES = ("editor", "viewer")
 """Roles an owner can give; "owner" belongs to whoever shared the folder."""
@@ -75,12 +67,90 @@ class SharingChange:
     users: frozenset[int] = frozenset()
 
 
+def user_by_name(conn: Connection, name: Any) -> Row[Any]:
+    """The ``users`` row named ``name`` (a directory read); `NotFound` if there is none."""
+    if not isinstance(name, str) or not name:
+        raise BadRequest("give the name of the user to share with", field="user")
+    row = conn.execute(select(users).where(users.c.name_key == name.lower())).first()
+    if row is None:
+        raise NotFound(f"no user named {name!r}", code="unknown_user")
+    return row
+
+
+def member_of(conn: Connection, ns_id: int, user_id: int) -> Row[Any] | None:
+    """The ``members`` row of ``user_id`` in ``ns_id`` (on ``ns_id``'s shard), or None."""
+    return conn.execute(select(members).where(members.c.ns_id == ns_id, members.c.user_id == user_id)).first()
+
+
+def require_owner(conn: Connection, ns_id: int, user_id: int) -> None:
+    """`NotFound` unless ``user_id`` is an active member of ``ns_id``, `Forbidden` unless its owner."""
+    m = member_of(conn, ns_id, user_id)
+    if m is None or m.state != "active":
+        raise NotFound("no such shared folder")
+    if m.role != "owner":
+        raise Forbidden("only the owner of a shared folder can do this", code="not_owner")
+
+
+def mount_of(conn: Connection, root_ns: int, ns_id: int) -> Row[Any] | None:
+    """The live mount node of ``ns_id`` in ``root_ns`` (on the root's shard), or None."""
+    return conn.execute(
+        select(nodes).where(nodes.c.ns_id == root_ns, nodes.c.target_ns == ns_id, nodes.c.path_key.is_not(None))
+    ).first()
+
+
+def unmount(tx: NamespaceTxn, ns_id: int) -> str | None:
+    """Remove the mount of ``ns_id`` from ``tx``'s (root) namespace and journal it; answers
+    the mount's path, or None if there was none (idempotent)."""
+    row = mount_of(tx.conn, tx.ns_id, ns_id)
+    if row is None:
+        return None
+    jid = tx.next_jid()
+    tx.conn.execute(
+        update(nodes)
+        .where(nodes.c.ns_id == tx.ns_id, nodes.c.node_id == row.node_id)
+        .values(deleted=True, path_key=None, deleted_key=None, rev=jid)
+    )
+    tx.journal("unmount", node_id=row.node_id, parent_id=row.parent_id, kind="mount", path=row.path, rev=jid)
+    tx.forget()
+    return str(row.path)
+
+
+def mount_at_top(tx: NamespaceTxn, ns_id: int, name: str) -> str:
+    """Mount ``ns_id`` at the top of ``tx``'s (root) namespace as ``/name``, or ``/name (1)``,
+    ``/name (2)``… if that is taken, and journal it; answers the mount's path. Names are cut
+    to fit: a 255-byte folder name with " (1)" would be a mount that the member could neither
+    stat, rename nor leave."""
+    candidate, i = paths.join(paths.ROOT, paths.fit_name(name)), 0
+    while tx.live(paths.key(candidate)) is not None:
+        i += 1
+        candidate = paths.join(paths.ROOT, paths.fit_name(name, f" ({i})"))
+    node_id, jid = tx.new_node_id(), tx.next_jid()
+    tx.put_node(
+        node_id,
+        {
+            "parent_id": 0, "name": paths.split(candidate)[1], "path": candidate, "path_key": paths.key(candidate),
+            "kind": "mount", "rev": jid, "content_rev": None, "size": 0, "content_hash": None, "mtime": None,
+            "deleted": False, "deleted_key": None, "target_ns": ns_id, "pending": None,
+        },
+        new=True,
+    )
+    tx.journal("mount", node_id=node_id, parent_id=0, kind="mount", path=candidate, rev=jid)
+    return candidate
+
+
 class Sharing:
     """The sharing operations on one metadata database (reached as ``store.sharing``)."""
 
     def __init__(self, db: Database, router: ShardRouter | None = None) -> None:
         self.db = db
         self.router = router or ShardRouter(db)
+        self.sharded: ShardedSharing | None = None
+        """On a sharded deployment, the same operations as single-database steps
+        (`cubby.metadata.sharded_shares`); None on one database."""
+        if not self.router.single:
+            from cubby.metadata.sharded_shares import ShardedSharing
+
+            self.sharded = ShardedSharing(self.router)
 
     def _copy_membership(self, user_id: int, ns_id: int, role: str | None, state: str = "active") -> None:
         """Mirror a ``members`` change into the directory's copy (`cubby.metadata.shards`); on
@@ -90,138 +160,6 @@ class Sharing:
             self.router.directory.write(lambda c: drop_memberships(c, ns_id, user_id))
         else:
             self.router.directory.write(lambda c: write_membership(c, user_id, ns_id, role, state))
-
-    # ------------------------------------------------------------------------------------------
-    # helpers
-    # ------------------------------------------------------------------------------------------
-    @staticmethod
-    def _user_by_name(conn: Connection, name: Any) -> Row[Any]:
-        if not isinstance(name, str) or not name:
-            raise BadRequest("give the name of the user to share with", field="user")
-        row = conn.execute(select(users).where(users.c.name_key == name.lower())).first()
-        if row is None:
-            raise NotFound(f"no user named {name!r}", code="unknown_user")
-        return row
-
-    @staticmethod
-    def _member(conn: Connection, ns_id: int, user_id: int) -> Row[Any] | None:
-        return conn.execute(select(members).where(members.c.ns_id == ns_id, members.c.user_id == user_id)).first()
-
-    def _require_owner(self, conn: Connection, ns_id: int, user_id: int) -> None:
-        m = self._member(conn, ns_id, user_id)
-        if m is None or m.state != "active":
-            raise NotFound("no such shared folder")
-        if m.role != "owner":
-            raise Forbidden("only the owner of a shared folder can do this", code="not_owner")
-
-    @staticmethod
-    def _mount_of(conn: Connection, root_ns: int, ns_id: int) -> Row[Any] | None:
-        return conn.execute(
-            select(nodes).where(nodes.c.ns_id == root_ns, nodes.c.target_ns == ns_id, nodes.c.path_key.is_not(None))
-        ).first()
-
-    def _unmount(self, tx: NamespaceTxn, ns_id: int) -> str | None:
-        """Remove the mount of ``ns_id`` from ``tx``'s (root) namespace; journal it."""
-        row = self._mount_of(tx.conn, tx.ns_id, ns_id)
-        if row is None:
-            return None
-        jid = tx.next_jid()
-        tx.conn.execute(
-            update(nodes)
-            .where(nodes.c.ns_id == tx.ns_id, nodes.c.node_id == row.node_id)
-            .values(deleted=True, path_key=None, deleted_key=None, rev=jid)
-        )
-        tx.journal("unmount", node_id=row.node_id, parent_id=row.parent_id, kind="mount", path=row.path, rev=jid)
-        tx.forget()
-        return str(row.path)
-
-    def _insert_many(self, conn: Connection, table: Any, rows: list[dict[str, Any]]) -> None:
-        for i in range(0, len(rows), _BATCH):
-            conn.execute(insert(table), rows[i : i + _BATCH])
-
-    def _copy_tree(
-        self, conn: Connection, src_ns: int, src_prefix: str, dst: NamespaceTxn, dst_prefix: str, *,
-        dst_parent: int, keep_ids: bool, now: float,
-    ) -> int:
-        """Copy the live nodes of ``src_ns`` below ``src_prefix`` (a folder path, or ``/``) to
-        below ``dst_prefix`` in ``dst``'s namespace, each file with its current revision only,
-        journalled parents first, with the chunk references of the copied revisions. Metadata
-        only: no chunk is read or written. Returns the number of nodes copied."""
-        src_key = paths.key(src_prefix)
-        cond = [nodes.c.ns_id == src_ns, nodes.c.path_key.is_not(None), nodes.c.pending.is_(None)]
-        src_root_id = 0
-        if src_prefix != paths.ROOT:
-            lo, hi = key_range(src_key)
-            cond += [nodes.c.path_key > lo, nodes.c.path_key < hi]
-            folder = conn.execute(select(nodes.c.node_id).where(nodes.c.ns_id == src_ns, nodes.c.path_key == src_key)).one()
-            src_root_id = int(folder[0])
-        live = conn.execute(select(nodes).where(*cond).order_by(nodes.c.path_key)).all()
-        revs = {
-            int(r.node_id): r
-            for r in conn.execute(
-                select(file_revs).select_from(
-                    file_revs.join(
-                        nodes,
-                        and_(
-                            nodes.c.ns_id == file_revs.c.ns_id,
-                            nodes.c.node_id == file_revs.c.node_id,
-                            nodes.c.content_rev == file_revs.c.rev,
-                        ),
-                    )
-                ).where(*cond, nodes.c.kind == "file")
-            )
-        }
-        ids: dict[int, int] = {src_root_id: dst_parent}
-        node_rows: list[dict[str, Any]] = []
-        rev_rows: list[dict[str, Any]] = []
-        journal_rows: list[dict[str, Any]] = []
-        refs: dict[str, int] = {}
-        for n in live:
-            if n.kind == "mount":
-                raise Conflict(f"{n.path} is a shared folder; shared folders cannot nest", code="contains_shared_folder")
-            new_path = paths.rebase(n.path, src_prefix, dst_prefix)
-            node_id = int(n.node_id) if keep_ids else dst.new_node_id()
-            ids[int(n.node_id)] = node_id
-            parent_id = ids[int(n.parent_id)]
-            jid = dst.next_jid()
-            is_file = n.kind == "file"
-            node_rows.append(
-                {
-                    "ns_id": dst.ns_id, "node_id": node_id, "parent_id": parent_id, "name": n.name, "path": new_path,
-                    "path_key": paths.key(new_path), "kind": n.kind, "rev": jid, "content_rev": jid if is_file else None,
-                    "size": n.size, "content_hash": n.content_hash, "mtime": n.mtime, "deleted": False, "deleted_key": None,
-                    "target_ns": None, "pending": None, "mode": n.mode,
-                }
-            )
-            if is_file:
-                fr = revs[int(n.node_id)]
-                rev_rows.append(
-                    {
-                        "ns_id": dst.ns_id, "node_id": node_id, "rev": jid, "path": new_path, "size": fr.size,
-                        "content_hash": fr.content_hash, "blocklist": fr.blocklist, "mtime": fr.mtime, "user_id": fr.user_id,
-                        "created_at": fr.created_at, "mode": fr.mode,
-                    }
-                )
-                for h in {c[0] for c in json.loads(fr.blocklist)}:
-                    refs[h] = refs.get(h, 0) + 1
-            journal_rows.append(
-                {
-                    "ns_id": dst.ns_id, "jid": jid, "op": "add" if is_file else "mkdir", "node_id": node_id, "parent_id": parent_id,
-                    "kind": n.kind, "name": n.name, "path": new_path, "path_key": paths.key(new_path), "rev": jid, "size": n.size,
-                    "content_hash": n.content_hash, "mtime": n.mtime, "old_path": None, "old_parent_id": None,
-                    "user_id": dst.user_id, "created_at": now, "mode": n.mode,
-                }
-            )
-        if keep_ids and ids:
-            dst.next_node = max(dst.next_node, max(ids.values()) + 1)
-        self._insert_many(conn, nodes, node_rows)
-        self._insert_many(conn, file_revs, rev_rows)
-        self._insert_many(conn, journal, journal_rows)
-        if refs:
-            for h, count in refs.items():
-                dst.ref_counts[h] = dst.ref_counts.get(h, 0) + count
-            dst.flush()
-        return len(live)
 
     # ------------------------------------------------------------------------------------------
     # operations
@@ -237,9 +175,11 @@ class Sharing:
             raise BadRequest(f"role must be one of {', '.join(ROLES)}", field="role")
         if path == paths.ROOT:
             raise BadRequest("share a folder, not your whole tree", code="not_a_folder")
+        if self.sharded is not None:
+            return self.sharded.share(user_id, root_ns, path, invitee, role)
 
         def run(conn: Connection) -> SharingChange:
-            target = self._user_by_name(conn, invitee)
+            target = user_by_name(conn, invitee)
             if int(target.id) == user_id:
                 raise BadRequest("you cannot share a folder with yourself", code="share_with_self")
             tx = open_txn(self.db, conn, root_ns, user_id)
@@ -254,8 +194,8 @@ class Sharing:
                 ns_id = self._convert(tx, row)
             else:
                 ns_id = int(row.target_ns)
-                self._require_owner(conn, ns_id, user_id)
-            old = self._member(conn, ns_id, int(target.id))
+                require_owner(conn, ns_id, user_id)
+            old = member_of(conn, ns_id, int(target.id))
             if old is None:
                 conn.execute(
                     insert(members).values(
@@ -306,7 +246,7 @@ class Sharing:
         )
         self.router.place(new_ns, shard)
         dst = NamespaceTxn(self.db, conn, new_ns, base, 1, tx.user_id, now=tx.now)
-        self._copy_tree(conn, tx.ns_id, folder.path, dst, paths.ROOT, dst_parent=0, keep_ids=True, now=tx.now)
+        write_subtree(read_subtree(conn, tx.ns_id, folder.path), dst, paths.ROOT, dst_parent=0, keep_ids=True)
         dst.finish()
         conn.execute(update(namespaces).where(namespaces.c.ns_id == new_ns).values(cut=dst.head))
         # Links follow their targets into the new namespace (node ids were kept); a link to the
@@ -355,34 +295,20 @@ class Sharing:
     def accept(self, user_id: int, root_ns: int, ns_id: int) -> SharingChange:
         """Accept an invitation: mount the shared folder in the user's root under its name, or
         ``name (1)``, ``name (2)``… if that is taken. Accepting again answers the same mount."""
+        if self.sharded is not None:
+            return self.sharded.accept(user_id, root_ns, ns_id)
 
         def run(conn: Connection) -> SharingChange:
-            m = self._member(conn, ns_id, user_id)
+            m = member_of(conn, ns_id, user_id)
             if m is None:
                 raise NotFound(f"you have no invitation to shared folder {ns_id}", code="no_invitation")
             txs = lock_namespaces(self.db, conn, (root_ns, ns_id), user_id)
             tx = txs[root_ns]
             if m.state == "active":
-                mount = self._mount_of(conn, root_ns, ns_id)
+                mount = mount_of(conn, root_ns, ns_id)
                 return SharingChange(ns_id, {"ns_id": ns_id, "path": mount.path if mount else None, "role": m.role})
             name = conn.execute(select(namespaces.c.name).where(namespaces.c.ns_id == ns_id)).one()[0] or f"Shared {ns_id}"
-            # Names are cut to fit: a 255-byte folder name with " (1)" would be a mount that the
-            # invitee could neither stat, rename nor leave.
-            candidate, i = paths.join(paths.ROOT, paths.fit_name(name)), 0
-            while tx.live(paths.key(candidate)) is not None:
-                i += 1
-                candidate = paths.join(paths.ROOT, paths.fit_name(name, f" ({i})"))
-            node_id, jid = tx.new_node_id(), tx.next_jid()
-            tx.put_node(
-                node_id,
-                {
-                    "parent_id": 0, "name": paths.split(candidate)[1], "path": candidate, "path_key": paths.key(candidate),
-                    "kind": "mount", "rev": jid, "content_rev": None, "size": 0, "content_hash": None, "mtime": None, "deleted": False,
-                    "deleted_key": None, "target_ns": ns_id, "pending": None,
-                },
-                new=True,
-            )
-            tx.journal("mount", node_id=node_id, parent_id=0, kind="mount", path=candidate, rev=jid)
+            candidate = mount_at_top(tx, ns_id, name)
             conn.execute(
                 update(members).where(members.c.ns_id == ns_id, members.c.user_id == user_id).values(state="active")
             )
@@ -395,14 +321,14 @@ class Sharing:
         return self.db.write(run)
 
     def _drop(self, conn: Connection, ns_id: int, member_id: int, actor: int) -> SharingChange:
-        m = self._member(conn, ns_id, member_id)
+        m = member_of(conn, ns_id, member_id)
         if m is None:
             raise NotFound("that user is not a member of this shared folder", code="not_a_member")
         if m.role == "owner":
             raise BadRequest("the owner cannot leave a shared folder: unshare it instead", code="is_owner")
         root = conn.execute(select(users.c.root_ns).where(users.c.id == member_id)).one()[0]
         txs = lock_namespaces(self.db, conn, (int(root), ns_id), actor)
-        was = self._unmount(txs[int(root)], ns_id)
+        was = unmount(txs[int(root)], ns_id)
         conn.execute(delete(members).where(members.c.ns_id == ns_id, members.c.user_id == member_id))
         self._copy_membership(member_id, ns_id, None)
         heads = finish_all(txs)
@@ -410,16 +336,20 @@ class Sharing:
 
     def remove_member(self, user_id: int, ns_id: int, member: Any) -> SharingChange:
         """The owner removes a member (or withdraws an invitation): their mount goes at once."""
+        if self.sharded is not None:
+            return self.sharded.remove_member(user_id, ns_id, member)
 
         def run(conn: Connection) -> SharingChange:
-            self._require_owner(conn, ns_id, user_id)
-            target = self._user_by_name(conn, member)
+            require_owner(conn, ns_id, user_id)
+            target = user_by_name(conn, member)
             return self._drop(conn, ns_id, int(target.id), user_id)
 
         return self.db.write(run)
 
     def leave(self, user_id: int, ns_id: int) -> SharingChange:
         """A member leaves: the mount leaves their tree; the folder stays with the others."""
+        if self.sharded is not None:
+            return self.sharded.leave(user_id, ns_id)
         return self.db.write(lambda conn: self._drop(conn, ns_id, user_id, user_id))
 
     def unshare(self, user_id: int, ns_id: int) -> SharingChange:
@@ -427,9 +357,11 @@ class Sharing:
         folder again holding the shared folder's current contents (metadata only). The shared
         namespace is retired and its chunk references dropped, so collection can reclaim what
         only it used."""
+        if self.sharded is not None:
+            return self.sharded.unshare(user_id, ns_id)
 
         def run(conn: Connection) -> SharingChange:
-            self._require_owner(conn, ns_id, user_id)
+            require_owner(conn, ns_id, user_id)
             rows = conn.execute(
                 select(members.c.user_id, members.c.role, users.c.root_ns)
                 .join(users, users.c.id == members.c.user_id)
@@ -439,9 +371,9 @@ class Sharing:
             txs = lock_namespaces(self.db, conn, [*roots.values(), ns_id], user_id)
             for uid, root in roots.items():
                 if uid != user_id:
-                    self._unmount(txs[root], ns_id)
+                    unmount(txs[root], ns_id)
             owner_tx = txs[roots[user_id]]
-            mount = self._mount_of(conn, owner_tx.ns_id, ns_id)
+            mount = mount_of(conn, owner_tx.ns_id, ns_id)
             path = None
             if mount is not None:
                 path = str(mount.path)
@@ -455,9 +387,7 @@ class Sharing:
                 )
                 owner_tx.journal("mkdir", node_id=mount.node_id, parent_id=mount.parent_id, kind="folder", path=path, rev=jid)
                 owner_tx.flush()
-                self._copy_tree(
-                    conn, ns_id, paths.ROOT, owner_tx, path, dst_parent=int(mount.node_id), keep_ids=False, now=owner_tx.now
-                )
+                write_subtree(read_subtree(conn, ns_id, paths.ROOT), owner_tx, path, dst_parent=int(mount.node_id), keep_ids=False)
                 owner_tx.forget()
             conn.execute(delete(members).where(members.c.ns_id == ns_id))
             self.router.directory.write(lambda c: drop_memberships(c, ns_id))
@@ -469,10 +399,18 @@ class Sharing:
 
         return self.db.write(run)
 
+    def recover(self, around: Around | None = None) -> int:
+        """Finish or undo the shares across shards whose process is gone
+        (`cubby.metadata.share_steps.ShareSteps.recover`); on one database a share is one
+        transaction and there is nothing to recover. Returns how many were handled."""
+        return self.sharded.steps.recover(around) if self.sharded is not None else 0
+
     def roots_around(self, ns_id: int, users_: Iterable[int]) -> dict[int, int]:
         """User id -> root namespace of every member (invited or active) of ``ns_id`` and of
         ``users_``: whom a sharing change of ``ns_id`` may change, read before it so that a
         metadata cache can fence their keys (`cubby.cache.store`)."""
+        if self.sharded is not None:
+            return self.sharded.roots_around(ns_id, users_)
 
         def run(conn: Connection) -> dict[int, int]:
             ids = {int(u) for u in users_}
@@ -489,11 +427,15 @@ class Sharing:
     def cut(self, ns_id: int) -> int | None:
         """The last journal id the share copied into shared namespace ``ns_id`` (None for a
         namespace that was not made by sharing a folder)."""
+        if self.sharded is not None:
+            return self.sharded.cut(ns_id)
         row = self.db.read(lambda c: c.execute(select(namespaces.c.cut).where(namespaces.c.ns_id == ns_id)).first())
         return None if row is None or row[0] is None else int(row[0])
 
     def list_shares(self, user_id: int) -> list[dict[str, Any]]:
         """The user's shared folders and invitations, each with its members."""
+        if self.sharded is not None:
+            return self.sharded.list_shares(user_id)
 
         def run(conn: Connection) -> list[dict[str, Any]]:
             root = int(conn.execute(select(users.c.root_ns).where(users.c.id == user_id)).one()[0])
@@ -508,7 +450,7 @@ class Sharing:
                     .order_by(users.c.name_key)
                 ).all()
                 name = conn.execute(select(namespaces.c.name).where(namespaces.c.ns_id == ns)).one()[0]
-                mount = self._mount_of(conn, root, ns) if m.state == "active" else None
+                mount = mount_of(conn, root, ns) if m.state == "active" else None
                 out.append(
                     {
                         "ns_id": ns, "name": name, "role": m.role, "state": m.state,
@@ -521,4 +463,7 @@ class Sharing:
         return self.db.read(run)
 
 
-__all__ = ["ROLES", "Sharing", "SharingChange"]
+__all__ = [
+    "ROLES", "Sharing", "SharingChange", "member_of", "mount_at_top", "mount_of", "require_owner", "unmount",
+    "user_by_name",
+]

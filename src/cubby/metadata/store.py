@@ -46,7 +46,7 @@ from cubby.metadata.engine import Database
 from cubby.metadata.links import LinkStore
 from cubby.metadata.moves import CrossMoves
 from cubby.metadata.possession import Challenges, Checked, ChunkReader, Claim
-from cubby.metadata.routing import RoutedMoves, RoutedSharing, ShardSet
+from cubby.metadata.routing import ShardSet
 from cubby.metadata.shards import ShardRouter
 from cubby.metadata.shares import Sharing
 from cubby.metadata.users import UserDirectory, token_hash
@@ -85,11 +85,13 @@ class SqlMetadataStore:
         self.shards = ShardSet(self.router, self.challenges)
         self.chunks = ChunkAccess(self.router.chunks, self.challenges, self.router)
         self.collector = GarbageCollector(self.router.chunks, self.router)
-        only = self.shards.distinct[0] if self.router.single else None
-        self.sharing: Sharing | RoutedSharing = only.sharing if only else RoutedSharing(self.shards)
-        """Shared folders: share, accept, remove, leave, unshare, list (see metadata/shares.py)."""
-        self.moves: CrossMoves | RoutedMoves = only.moves if only else RoutedMoves(self.shards)
-        """Moves between namespaces, with intents and recovery (see metadata/moves.py)."""
+        self.sharing = Sharing(directory, self.router)
+        """Shared folders: share, accept, remove, leave, unshare, list (see metadata/shares.py);
+        on a sharded deployment each operation runs as steps, each on its own namespace's
+        shard (metadata/sharded_shares.py, metadata/share_steps.py)."""
+        self.moves = CrossMoves(directory, self.stat, router=self.router)
+        """Moves between namespaces, with intents and recovery (see metadata/moves.py), each
+        step on its own namespace's shard."""
         self.links = LinkStore(self.router)
         """Public links (`cubby.metadata.links`), each on its namespace's shard."""
         self._accounts: Accounts | None = None

@@ -3,22 +3,21 @@ below a mount point are refused, missing parent folders are created, and a revis
 before a share still matches the unchanged copy.
 
 Used by the file writes (`cubby.metadata.writes`), shares and cross-namespace moves alike, so
-that each applies them the same way. All but one stay in the transaction's namespace:
-`same_as_before_share` also reads the owner's root namespace (its row in ``users`` and the
-copied node there), which is a cross-namespace read once namespaces are sharded (it would
-then read the cut and the old revisions that the share recorded in the shared namespace).
+that each applies them the same way. All stay in the transaction's namespace but
+one case: on one database `same_as_before_share` reads the copied node in the owner's root;
+on a sharded deployment it reads the old revisions the share recorded beside the copy.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from cubby.core import paths
 from cubby.errors import Conflict, NamespaceMoved
 from cubby.metadata.nstxn import ROOT_NODE, NamespaceTxn, key_range
-from cubby.metadata.schema import namespaces, nodes, users
+from cubby.metadata.schema import namespaces, nodes, share_origins, users
 
 
 def same_as_before_share(tx: NamespaceTxn, row: Any, expected_rev: int) -> bool:
@@ -28,20 +27,28 @@ def same_as_before_share(tx: NamespaceTxn, row: Any, expected_rev: int) -> bool:
     Sharing renumbers what it copies (a revision is a journal id of its namespace), so a
     client that read a file before the share, or a request that raced the share and was
     resolved again, names the old revision. It is the same version, so it must not be a
-    conflict; any change since the copy has a revision above the cut and still is one."""
+    conflict; any change since the copy has a revision above the cut and still is one.
+
+    A share on a sharded deployment recorded the old revisions beside the copy
+    (``share_origins``, on the shared namespace's shard); on one database the owner's root
+    still holds the copied nodes (deleted, their revisions kept), read in this transaction."""
     if tx.share_origin is None:
-        tx.share_origin = tx.conn.execute(
-            select(namespaces.c.cut, users.c.root_ns)
-            .join(users, users.c.id == namespaces.c.owner_id)
-            .where(namespaces.c.ns_id == tx.ns_id)
-        ).first() or False
-    ns = tx.share_origin
-    if not ns or ns.cut is None or int(row.rev) > int(ns.cut):
+        cut = tx.conn.execute(select(namespaces.c.cut).where(namespaces.c.ns_id == tx.ns_id)).first()
+        tx.share_origin = cut[0] if cut is not None and cut[0] is not None else False
+    cut = tx.share_origin
+    if cut is False or int(row.rev) > int(cut):
         return False
-    old = tx.conn.execute(
-        select(nodes.c.rev).where(nodes.c.ns_id == int(ns.root_ns), nodes.c.node_id == int(row.node_id))
+    origin = tx.conn.execute(
+        select(share_origins.c.rev).where(share_origins.c.ns_id == tx.ns_id, share_origins.c.node_id == int(row.node_id))
     ).first()
-    return old is not None and int(old.rev) == int(expected_rev)
+    if origin is None:
+        origin = tx.conn.execute(
+            select(nodes.c.rev)
+            .select_from(namespaces.join(users, users.c.id == namespaces.c.owner_id))
+            .join(nodes, (nodes.c.ns_id == users.c.root_ns) & (nodes.c.node_id == int(row.node_id)))
+            .where(namespaces.c.ns_id == tx.ns_id)
+        ).first()
+    return origin is not None and int(origin[0]) == int(expected_rev)
 
 
 def guard_mounts(tx: NamespaceTxn, path: str) -> None:
@@ -58,6 +65,28 @@ def guard_mounts(tx: NamespaceTxn, path: str) -> None:
             return  # nothing deeper exists, or the write fails on its own
         if row.kind == "mount":
             raise NamespaceMoved(f"{row.path} became a shared folder; resolve {path} again and retry", path=row.path)
+        if is_frozen(row):
+            raise NamespaceMoved(f"{row.path} is becoming a shared folder; retry {path} in a moment", path=row.path)
+
+
+def is_frozen(row: Any) -> bool:
+    """Whether the live folder ``row`` is frozen by a share in progress on another shard
+    (`cubby.metadata.share_steps`): what lies below it is being copied, so nothing may be
+    written there until the share mounts the copy or is undone. Writers get the retryable
+    `NamespaceMoved`, as a write that raced a finished share does."""
+    return row.kind == "folder" and getattr(row, "pending", None) is not None
+
+
+def frozen_or_mount_below(tx: NamespaceTxn, key: str) -> Any:
+    """The first mount or frozen folder strictly below folder ``key``, or None: a folder
+    holding one can be neither deleted nor moved to another namespace."""
+    lo, hi = key_range(key)
+    return tx.conn.execute(
+        select(nodes.c.path)
+        .where(nodes.c.ns_id == tx.ns_id, nodes.c.path_key > lo, nodes.c.path_key < hi)
+        .where(or_(nodes.c.target_ns.is_not(None), nodes.c.pending.is_not(None)))
+        .limit(1)
+    ).first()
 
 
 def ensure_folder(tx: NamespaceTxn, path: str) -> tuple[int, str]:
@@ -70,6 +99,8 @@ def ensure_folder(tx: NamespaceTxn, path: str) -> tuple[int, str]:
     if row is not None:
         if row.kind == "mount":
             raise NamespaceMoved(f"{row.path} became a shared folder; resolve {path} again and retry", path=row.path)
+        if is_frozen(row):
+            raise NamespaceMoved(f"{row.path} is becoming a shared folder; retry {path} in a moment", path=row.path)
         if row.kind != "folder":
             raise Conflict(f"{row.path} is a file, so it cannot hold {path}", code="not_a_folder")
         return int(row.node_id), str(row.path)
@@ -124,4 +155,6 @@ def remove_node(tx: NamespaceTxn, row: Any) -> int:
     return jid
 
 
-__all__ = ["ensure_folder", "guard_mounts", "remove_node", "same_as_before_share"]
+__all__ = [
+    "ensure_folder", "frozen_or_mount_below", "guard_mounts", "is_frozen", "remove_node", "same_as_before_share",
+]

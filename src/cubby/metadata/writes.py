@@ -25,14 +25,21 @@ from sqlalchemy import bindparam, delete, select, update
 
 from cubby.core import delta, paths
 from cubby.core.hashing import content_hash
-from cubby.errors import BadRequest, Conflict, CubbyError, NotFound, SizeMismatch
+from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceMoved, NotFound, SizeMismatch
 from cubby.metadata.engine import Database
 from cubby.metadata.nstxn import NamespaceTxn, entry_of, key_range, write_namespace
 from cubby.metadata.pgdriver import HELD_CHUNKS, driver_execute, nodes_and_chunks
 from cubby.metadata.possession import Challenges
 from cubby.metadata.reads import FileReads, node_for_history
-from cubby.metadata.schema import blocks, file_revs, nodes, ns_chunks
-from cubby.metadata.tree import ensure_folder, guard_mounts, remove_node, same_as_before_share
+from cubby.metadata.schema import blocks, file_revs, namespaces, nodes, ns_chunks
+from cubby.metadata.tree import (
+    ensure_folder,
+    frozen_or_mount_below,
+    guard_mounts,
+    is_frozen,
+    remove_node,
+    same_as_before_share,
+)
 from cubby.model import FILE_MODES, ChunkRef, CommitRequest, CommitResult, Entry, NeededChunk
 
 MAX_CHUNK_BYTES = 16 * 1024 * 1024
@@ -60,6 +67,16 @@ _HELD_LOCKED = _HELD.with_for_update(read=True, of=blocks)
 HeldCheck = Callable[[NamespaceTxn, Sequence[str]], Iterable[tuple[str, int, bool]]]
 """Of some chunk hashes, the stored ones as (hash, size, held by the transaction's namespace
 or one it may read), made safe against garbage collection until the transaction commits."""
+
+
+def settling_cut(tx: NamespaceTxn) -> int | None:
+    """The cut of ``tx``'s namespace while it is ``settling`` (a share across shards mounted
+    it and has not acknowledged yet: `cubby.metadata.share_steps`), else None. A delete then
+    was issued before the share was acknowledged: it forgets the copied history too."""
+    row = tx.conn.execute(
+        select(namespaces.c.cut).where(namespaces.c.ns_id == tx.ns_id, namespaces.c.settling.is_(True))
+    ).first()
+    return None if row is None or row[0] is None else int(row[0])
 
 
 class FileWrites:
@@ -445,19 +462,16 @@ class FileWrites:
                         f"{row.path} changed after revision {unchanged_since} ({newer.path}): nothing was deleted",
                         code="folder_changed",
                     )
-            if row.kind == "folder":
-                lo, hi = key_range(key)
-                if tx.conn.execute(
-                    select(nodes.c.node_id)
-                    .where(nodes.c.ns_id == tx.ns_id, nodes.c.target_ns.is_not(None), nodes.c.path_key > lo, nodes.c.path_key < hi)
-                    .limit(1)
-                ).first():
-                    raise Conflict(
+            if is_frozen(row):
+                raise NamespaceMoved(f"{row.path} is becoming a shared folder; retry in a moment", path=row.path)
+            if row.kind == "folder" and frozen_or_mount_below(tx, key):
+                raise Conflict(
                         f"{row.path} holds a shared folder: leave or unshare it first", code="contains_shared_folder"
                     )
             jid = remove_node(tx, row)
-            if forget_through is not None:
-                self._forget_revisions(tx, key, row, forget_through)
+            through = forget_through if forget_through is not None else settling_cut(tx)
+            if through is not None:
+                self._forget_revisions(tx, key, row, through)
             e = entry_of(row)
             return Entry(**{**e.to_dict(), "rev": jid, "deleted": True})
 

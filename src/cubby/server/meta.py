@@ -432,11 +432,16 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
 
     from cubby.server import shares
 
-    # Moves between namespaces that a crash interrupted are finished or undone before serving.
+    # Moves between namespaces and shares across shards that a crash interrupted are finished
+    # or undone before serving.
     try:
         store.moves.recover()
     except CubbyError:
         ctx.log.exception("could not recover an interrupted move; it is retried before the next move")
+    try:
+        store.sharing.recover()
+    except CubbyError:
+        ctx.log.exception("could not recover an interrupted share; it is retried before the next share")
     # So are moves of whole namespaces between shards (`cubby admin move-namespace`).
     from cubby.metadata.rebalance import NamespaceMover
 
