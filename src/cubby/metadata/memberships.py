@@ -31,19 +31,7 @@ def read_memberships(conn: Connection, user_id: int, root_ns: int) -> tuple[dict
             select(members.c.ns_id, members.c.role).where(members.c.user_id == user_id, members.c.state == "active")
         )
     }
-    roles: dict[int, Role] = {root_ns: "owner"}
-    mounts: dict[str, int] = {}
-    if active:
-        for m in conn.execute(
-            select(nodes.c.path, nodes.c.target_ns).where(
-                nodes.c.ns_id == root_ns, nodes.c.target_ns.is_not(None), nodes.c.path_key.is_not(None)
-            )
-        ):
-            ns = int(m.target_ns)
-            if ns in active:
-                mounts[str(m.path)] = ns
-                roles[ns] = active[ns]
-    return roles, mounts
+    return mounts_of(conn, root_ns, active)
 
 
 def memberships(db: Database, user_id: int, root_ns: int) -> tuple[dict[int, Role], dict[str, int]]:
