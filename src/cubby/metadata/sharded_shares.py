@@ -284,8 +284,10 @@ class ShardedSharing:
             ]
 
         self.recover_members()
-        # Members that left before a crash of an earlier unshare: their copies and mounts too.
-        others = sorted(set(db.read(check)) | self._copied_members(ns_id) - {user_id})
+        # Members that left before a crash of an earlier unshare: their copies and mounts too
+        # (the copies go first, so after that step only the earlier call's intent names them).
+        earlier = self._intended_others(ns_id, user_id)
+        others = sorted((set(db.read(check)) | self._copied_members(ns_id) | earlier) - {user_id})
         return self._carried(
             ns_id, user_id, "unshare", user_id, lambda: self._unshare_steps(user_id, ns_id, others), others
         )
@@ -408,7 +410,7 @@ class ShardedSharing:
 
     def _recover_one(self, it: Any, around: Around | None) -> None:
         ns_id, user_id, op, actor = int(it.ns_id), int(it.user_id), str(it.op), int(it.actor)
-        others = {int(u) for u in str(it.others or "").split(",") if u}
+        others = self._intended_others(ns_id, user_id) if op == "unshare" else set()
         roots = self.roots_around(ns_id, {user_id, actor, *others})
         key = (member_intents.c.ns_id == ns_id, member_intents.c.user_id == user_id, member_intents.c.op == op)
         db = self.router.db_for(ns_id)
@@ -434,6 +436,12 @@ class ShardedSharing:
                 drop_memberships(conn, ns_id, uid)
 
         self.router.directory.write(run)
+
+    def _intended_others(self, ns_id: int, user_id: int) -> set[int]:
+        """The other members an earlier, interrupted unshare of ``ns_id`` by ``user_id`` named."""
+        key = (member_intents.c.ns_id == ns_id, member_intents.c.user_id == user_id, member_intents.c.op == "unshare")
+        text = self.router.db_for(ns_id).read(lambda c: c.execute(select(member_intents.c.others).where(*key)).scalar())
+        return {int(u) for u in str(text or "").split(",") if u}
 
     def _copied_members(self, ns_id: int) -> set[int]:
         return {
