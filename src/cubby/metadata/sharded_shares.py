@@ -43,6 +43,7 @@ from sqlalchemy.engine import Connection, Row
 
 from cubby.core import paths
 from cubby.errors import BadRequest, CubbyError, NotFound
+from cubby.metadata.engine import Database
 from cubby.metadata.leases import Owner
 from cubby.metadata.nstxn import lock_namespace, open_txn
 from cubby.metadata.schema import (
@@ -394,21 +395,23 @@ class ShardedSharing:
         of the member, the actor and (unshare) the other members, and those users: the
         metadata cache fences and invalidates their heads and memberships there."""
         now = time.time()
-        todo: list[Any] = []
+        todo: list[tuple[Database, Any]] = []
         for db in self.steps.shard_dbs():
             rows = db.read(lambda c: c.execute(select(member_intents)).all())
-            todo += [r for r in rows if self.owner.is_gone(r.owner, r.lease_until, now)]
+            todo += [(db, r) for r in rows if self.owner.is_gone(r.owner, r.lease_until, now)]
         failed: list[CubbyError] = []
-        for it in todo:
+        for db, it in todo:
             try:
-                self._recover_one(it, around)
+                self._recover_one(db, it, around)
             except CubbyError as exc:
                 failed.append(exc)
         if failed:
             raise failed[0]
         return len(todo)
 
-    def _recover_one(self, it: Any, around: Around | None) -> None:
+    def _recover_one(self, found: Database, it: Any, around: Around | None) -> None:
+        """Run intent ``it``'s steps again, then delete it from ``found``, the shard it was
+        read from (S's shard, unless S has moved to another shard since)."""
         ns_id, user_id, op, actor = int(it.ns_id), int(it.user_id), str(it.op), int(it.actor)
         others = self._intended_others(ns_id, user_id) if op == "unshare" else set()
         roots = self.roots_around(ns_id, {user_id, actor, *others})
@@ -428,7 +431,7 @@ class ShardedSharing:
                     self._unshare_steps(user_id, ns_id, sorted(others - {user_id}))
             except (NotFound, BadRequest):
                 pass  # nothing left to do (an invitation withdrawn meanwhile, say)
-            db.write(lambda conn: conn.execute(delete(member_intents).where(*key)))
+            found.write(lambda conn: conn.execute(delete(member_intents).where(*key)))
 
     def _drop_copies(self, ns_id: int, user_ids: list[int]) -> None:
         def run(conn: Connection) -> None:
