@@ -29,6 +29,14 @@ Each step is one transaction on one database, and every step a later step needs 
 before it starts, so a crash (kill -9) between any two leaves the operation either not begun,
 finished, or in a state that grants nothing new and that the same call completes
 (`tests/shares/test_sharded_members.py` stops it after each step, `STEPS`).
+
+Accept, remove, leave and unshare also carry an intent: a ``member_intents`` row on S's shard
+(S, the member, the operation, who asked, for unshare the other members; owner and lease as in
+`cubby.metadata.leases`), written in its own transaction after the read-only checks and before
+the first step, deleted after the last. So nobody has to repeat a call a crash interrupted:
+`ShardedSharing.recover_members` (run by `Sharing.recover` at server start, and before each of
+these operations) takes the rows whose owner is gone on every shard and runs their steps
+again, then deletes them; an interrupted unshare does not leave S sealed.
 """
 
 from __future__ import annotations
