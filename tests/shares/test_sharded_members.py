@@ -12,6 +12,8 @@ import pytest
 from sqlalchemy import func, select, update
 
 from cubby.blockstore.memory import MemoryBlockStore
+from cubby.cache.memory import MemoryCache
+from cubby.cache.store import CachedStore
 from cubby.errors import NamespaceMoving, NotFound
 from cubby.metadata.schema import member_intents, members, memberships, namespaces
 from cubby.metadata.sharded_shares import STEPS
@@ -187,3 +189,20 @@ def test_removal_by_the_owner_across_shards(two_shards: TwoShards) -> None:
     assert not reach(store, ns, bob) and truth(store, ns, bob)  # narrower than the truth, never wider
     store.sharing.remove_member(alice.id, ns, "bob")
     assert not truth(store, ns, bob) and store.principal_of(bob.id, bob.name, bob.root_ns).mounts == {}
+
+
+def test_recovery_through_the_cache_invalidates_what_it_changed(two_shards: TwoShards) -> None:
+    """An unshare stopped after the members' mounts went, read through the metadata cache,
+    then recovered through it (as the server does at start): the owner's root and the
+    memberships it changed are read anew, not from the cache."""
+    store, ns, alice, bob, _ = stop_after(two_shards, "unshare:unmounted")
+    cached = CachedStore(store, MemoryCache())
+    assert cached.stat(alice.root_ns, "/S").kind == "mount"  # cached now
+    assert ns in cached.principal_of(alice.id, alice.name, alice.root_ns).namespaces
+    store.router.db_for(ns).write(
+        lambda c: c.execute(update(member_intents).where(member_intents.c.ns_id == ns).values(lease_until=0.0))
+    )
+    assert cached.sharing.recover() == 1
+    assert cached.stat(alice.root_ns, "/S").kind == "folder"
+    assert ns not in cached.principal_of(alice.id, alice.name, alice.root_ns).namespaces
+    finished(store, "unshare:unmounted", ns, alice, bob)
