@@ -471,6 +471,7 @@ class _CachedSharing:
         their roots (where a mount comes or goes); what its `SharingChange` names beyond
         those (someone who became a member between that read and the change) is invalidated
         after it."""
+        self.recover()  # an interrupted operation of a process gone first, fenced (`recover`)
         roots = self.inner.roots_around(ns_id, users)
         with self.cached.writing([ns_id, *roots.values()], {*users, *roots}) as keys:
             done = change()
@@ -503,8 +504,9 @@ class _CachedSharing:
         return self._changing(ns_id, {user_id}, lambda: self.inner.unshare(user_id, ns_id))
 
     def recover(self) -> int:
-        """Recovery of shares across shards writes the owner's root and the new namespace:
-        fenced and invalidated like any other write, and the members' principals with them."""
+        """Recovery of shares and membership operations across shards writes the roots and
+        the shared namespace: fenced and invalidated like any other write, and the members'
+        principals with them. Runs at server start and before each sharing change."""
         return self.inner.recover(around=lambda ns, users: self.cached.writing(ns, users))  # type: ignore[no-any-return]
 
     def list_shares(self, user_id: int) -> builtins.list[dict[str, Any]]:

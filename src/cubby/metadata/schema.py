@@ -1,7 +1,7 @@
 """The metadata schema, in SQLAlchemy Core, for SQLite, PostgreSQL and MariaDB alike.
 
 Every table that describes files (nodes, file_revs, journal, ns_chunks, members, move_intents,
-share_intents, share_origins, links) is keyed by namespace id first: a namespace's rows never need another
+share_intents, member_intents, share_origins, links) is keyed by namespace id first: a namespace's rows never need another
 namespace's rows, so namespaces can be spread over database shards without cross-shard joins. Only ``users``,
 ``tokens``, ``blocks`` and ``settings`` are global.
 
@@ -241,6 +241,21 @@ share_intents = Table(
     Column("created_at", Double, nullable=False),
     Column("owner", String(96), nullable=True),  # host/pid/start of the process sharing
     Column("lease_until", Double, nullable=True),  # renewed at every step (metadata/leases.py)
+)
+
+member_intents = Table(
+    "member_intents",
+    metadata,
+    # An accept, remove, leave or unshare on a sharded deployment (metadata/sharded_shares.py),
+    # on the shared namespace's shard: what recovery runs again if its process dies mid-way.
+    Column("ns_id", BigInteger, primary_key=True, autoincrement=False),  # the shared namespace
+    Column("user_id", BigInteger, primary_key=True, autoincrement=False),  # the member (unshare: the owner)
+    Column("op", String(8), primary_key=True),  # accept | remove | leave | unshare
+    Column("actor", BigInteger, nullable=False),  # who asked
+    Column("others", Text, nullable=True),  # unshare: the other members' ids, comma-separated
+    Column("created_at", Double, nullable=False),
+    Column("owner", String(96), nullable=True),  # host/pid/start of the process running it
+    Column("lease_until", Double, nullable=True),  # metadata/leases.py
 )
 
 share_origins = Table(

@@ -29,23 +29,43 @@ Each step is one transaction on one database, and every step a later step needs 
 before it starts, so a crash (kill -9) between any two leaves the operation either not begun,
 finished, or in a state that grants nothing new and that the same call completes
 (`tests/shares/test_sharded_members.py` stops it after each step, `STEPS`).
+
+Accept, remove, leave and unshare also carry an intent: a ``member_intents`` row on S's shard
+(S, the member, the operation, who asked, for unshare the other members; owner and lease as in
+`cubby.metadata.leases`), written in its own transaction after the read-only checks and before
+the first step, deleted after the last. So nobody has to repeat a call a crash interrupted:
+`ShardedSharing.recover_members` (run by `Sharing.recover` at server start, and before each of
+these operations) takes the rows whose owner is gone on every shard and runs their steps
+again, then deletes them; an interrupted unshare does not leave S sealed.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from contextlib import nullcontext
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
 from cubby.core import paths
 from cubby.errors import BadRequest, CubbyError, NotFound
+from cubby.metadata.engine import Database
+from cubby.metadata.leases import Owner
 from cubby.metadata.nstxn import lock_namespace, open_txn
-from cubby.metadata.schema import members, memberships, namespaces, nodes, ns_chunks, share_origins, users
+from cubby.metadata.schema import (
+    member_intents,
+    members,
+    memberships,
+    namespaces,
+    nodes,
+    ns_chunks,
+    share_origins,
+    users,
+)
 from cubby.metadata.shards import ShardRouter, drop_memberships
-from cubby.metadata.share_steps import ShareSteps, sync_memberships
+from cubby.metadata.share_steps import Around, ShareSteps, sync_memberships
 from cubby.metadata.shares import (
     SharingChange,
     member_of,
@@ -65,6 +85,11 @@ STEPS = (
 """Fault hook points of the membership operations, each after a step committed (the last step
 of each is followed by the answer)."""
 
+OPS = ("accept", "remove", "leave", "unshare")
+"""The membership operations that carry a ``member_intents`` row."""
+
+T = TypeVar("T")
+
 
 class ShardedSharing:
     """The sharing operations of `Sharing` when namespaces are spread over shards."""
@@ -72,6 +97,7 @@ class ShardedSharing:
     def __init__(self, router: ShardRouter) -> None:
         self.router = router
         self.steps = ShareSteps(router)
+        self.owner: Owner = self.steps.owner
         self.fault: Callable[[str], None] | None = None
         """Called with a step name after that step committed (`STEPS`): tests check what
         each user may reach between steps, and stop the operation there as a crash would."""
@@ -149,6 +175,12 @@ class ShardedSharing:
 
     # ------------------------------------------------------------------------------------------
     def accept(self, user_id: int, root_ns: int, ns_id: int) -> SharingChange:
+        self.recover_members()
+        self.router.db_for(ns_id)  # an unknown namespace: NotFound before any intent
+        return self._carried(ns_id, user_id, "accept", user_id, lambda: self._accept(user_id, root_ns, ns_id))
+
+    def _accept(self, user_id: int, root_ns: int, ns_id: int) -> SharingChange:
+        """Accept's steps (idempotent): the truth on S's shard, the mount, the copy."""
         db = self.router.db_for(ns_id)
 
         def truth(conn: Connection) -> tuple[Row[Any], str]:
@@ -198,6 +230,14 @@ class ShardedSharing:
             return m is not None
 
         was_member = db.read(check)
+        op = "leave" if owner is None else "remove"
+        return self._carried(
+            ns_id, member_id, op, owner or member_id, lambda: self._drop_steps(ns_id, member_id, owner, was_member)
+        )
+
+    def _drop_steps(self, ns_id: int, member_id: int, owner: int | None, was_member: bool) -> SharingChange:
+        """Remove's and leave's steps (idempotent): the copy, the truth on S's shard, the mount."""
+        db = self.router.db_for(ns_id)
         self.router.directory.write(lambda c: drop_memberships(c, ns_id, member_id))
         self._step("drop:copy")
 
@@ -231,9 +271,11 @@ class ShardedSharing:
         return db.write(run)
 
     def remove_member(self, user_id: int, ns_id: int, member: Any) -> SharingChange:
+        self.recover_members()
         return self._drop(ns_id, int(self._user(member).id), user_id)
 
     def leave(self, user_id: int, ns_id: int) -> SharingChange:
+        self.recover_members()
         return self._drop(ns_id, user_id, None)
 
     # ------------------------------------------------------------------------------------------
@@ -250,8 +292,18 @@ class ShardedSharing:
                 for r in conn.execute(select(members.c.user_id).where(members.c.ns_id == ns_id, members.c.user_id != user_id))
             ]
 
-        # Members that left before a crash of an earlier unshare: their copies and mounts too.
-        others = sorted(set(db.read(check)) | self._copied_members(ns_id) - {user_id})
+        self.recover_members()
+        # Members that left before a crash of an earlier unshare: their copies and mounts too
+        # (the copies go first, so after that step only the earlier call's intent names them).
+        earlier = self._intended_others(ns_id, user_id)
+        others = sorted((set(db.read(check)) | self._copied_members(ns_id) | earlier) - {user_id})
+        return self._carried(
+            ns_id, user_id, "unshare", user_id, lambda: self._unshare_steps(user_id, ns_id, others), others
+        )
+
+    def _unshare_steps(self, user_id: int, ns_id: int, others: list[int]) -> SharingChange:
+        """Unshare's steps (idempotent) for the owner ``user_id`` and the members ``others``."""
+        db = self.router.db_for(ns_id)
         self._drop_copies(ns_id, others)
         self._step("unshare:uncopied")
 
@@ -312,12 +364,95 @@ class ShardedSharing:
         db.write(retire)
         return SharingChange(ns_id, {"ns_id": ns_id, "path": path}, heads, frozenset({user_id, *others}))
 
+    # ------------------------------------------------------------------------------------------
+    def _carried(
+        self, ns_id: int, user_id: int, op: str, actor: int, steps: Callable[[], T], others: Iterable[int] = ()
+    ) -> T:
+        """Run ``steps`` with a ``member_intents`` row on S's shard, written (its own
+        transaction) before the first step and deleted after the last: a process that dies
+        between leaves the row, and `recover_members` runs the steps again. A refusal
+        (`NotFound`, `BadRequest`) means there is nothing left to do: the row goes too. Any
+        other failure leaves it for recovery (once this process is gone or its lease ran out)."""
+        key = (member_intents.c.ns_id == ns_id, member_intents.c.user_id == user_id, member_intents.c.op == op)
+        values = {
+            "actor": actor, "others": ",".join(str(u) for u in sorted(set(others))) or None,
+            "created_at": time.time(), "owner": str(self.owner), "lease_until": self.owner.lease_until(),
+        }
+
+        def begin(conn: Connection) -> None:
+            if conn.execute(select(member_intents.c.op).where(*key).with_for_update()).first() is None:
+                conn.execute(insert(member_intents).values(ns_id=ns_id, user_id=user_id, op=op, **values))
+            else:  # the same operation again (a retry): this process now carries it
+                conn.execute(update(member_intents).where(*key).values(**values))
+
+        db = self.router.db_for(ns_id)
+        db.write(begin)
+        try:
+            done = steps()
+        except (NotFound, BadRequest):
+            db.write(lambda conn: conn.execute(delete(member_intents).where(*key)))
+            raise
+        db.write(lambda conn: conn.execute(delete(member_intents).where(*key)))
+        return done
+
+    def recover_members(self, around: Around | None = None) -> int:
+        """Finish every accept, remove, leave and unshare whose process is gone
+        (`cubby.metadata.leases`), on every shard, by running its steps again (each is
+        idempotent), then delete its intent. Returns how many were handled; safe to run at
+        any time, from any process, more than once. ``around`` wraps each with S and the roots
+        of the member, the actor and (unshare) the other members, and those users: the
+        metadata cache fences and invalidates their heads and memberships there."""
+        now = time.time()
+        todo: list[tuple[Database, Any]] = []
+        for db in self.steps.shard_dbs():
+            rows = db.read(lambda c: c.execute(select(member_intents)).all())
+            todo += [(db, r) for r in rows if self.owner.is_gone(r.owner, r.lease_until, now)]
+        failed: list[CubbyError] = []
+        for db, it in todo:
+            try:
+                self._recover_one(db, it, around)
+            except CubbyError as exc:
+                failed.append(exc)
+        if failed:
+            raise failed[0]
+        return len(todo)
+
+    def _recover_one(self, found: Database, it: Any, around: Around | None) -> None:
+        """Run intent ``it``'s steps again, then delete it from ``found``, the shard it was
+        read from (S's shard, unless S has moved to another shard since)."""
+        ns_id, user_id, op, actor = int(it.ns_id), int(it.user_id), str(it.op), int(it.actor)
+        others = self._intended_others(ns_id, user_id) if op == "unshare" else set()
+        roots = self.roots_around(ns_id, {user_id, actor, *others})
+        key = (member_intents.c.ns_id == ns_id, member_intents.c.user_id == user_id, member_intents.c.op == op)
+        db = self.router.db_for(ns_id)
+        with around([ns_id, *roots.values()], sorted(roots)) if around else nullcontext():
+            try:
+                if op == "accept":
+                    self._accept(user_id, self._root_of(user_id), ns_id)
+                elif op in ("remove", "leave"):
+                    self._drop_steps(ns_id, user_id, actor if op == "remove" else None, True)
+                elif op == "unshare":
+                    current = set(db.read(lambda c: [int(r[0]) for r in c.execute(
+                        select(members.c.user_id).where(members.c.ns_id == ns_id)
+                    )]))
+                    others |= current | self._copied_members(ns_id)
+                    self._unshare_steps(user_id, ns_id, sorted(others - {user_id}))
+            except (NotFound, BadRequest):
+                pass  # nothing left to do (an invitation withdrawn meanwhile, say)
+            found.write(lambda conn: conn.execute(delete(member_intents).where(*key)))
+
     def _drop_copies(self, ns_id: int, user_ids: list[int]) -> None:
         def run(conn: Connection) -> None:
             for uid in user_ids:
                 drop_memberships(conn, ns_id, uid)
 
         self.router.directory.write(run)
+
+    def _intended_others(self, ns_id: int, user_id: int) -> set[int]:
+        """The other members an earlier, interrupted unshare of ``ns_id`` by ``user_id`` named."""
+        key = (member_intents.c.ns_id == ns_id, member_intents.c.user_id == user_id, member_intents.c.op == "unshare")
+        text = self.router.db_for(ns_id).read(lambda c: c.execute(select(member_intents.c.others).where(*key)).scalar())
+        return {int(u) for u in str(text or "").split(",") if u}
 
     def _copied_members(self, ns_id: int) -> set[int]:
         return {
@@ -394,4 +529,4 @@ class ShardedSharing:
         }
 
 
-__all__ = ["STEPS", "ShardedSharing"]
+__all__ = ["OPS", "STEPS", "ShardedSharing"]

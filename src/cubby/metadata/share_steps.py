@@ -375,7 +375,7 @@ class ShareSteps:
         and memberships there)."""
         now = time.time()
         todo: list[tuple[int, str, str, int, list[int]]] = []
-        for db in self._shard_dbs():
+        for db in self.shard_dbs():
             rows = db.read(
                 lambda c: c.execute(
                     select(
@@ -412,13 +412,13 @@ class ShareSteps:
         The intents are read *after* the settling namespaces: an intent exists from before
         its namespace is created until step 5, so one not found then is gone for good."""
         settling: dict[int, Database] = {}
-        for db in self._shard_dbs():
+        for db in self.shard_dbs():
             for (ns,) in db.read(lambda c: c.execute(select(namespaces.c.ns_id).where(namespaces.c.settling.is_(True))).all()):
                 settling[int(ns)] = db
         if not settling:
             return
         pending: set[int] = set()
-        for db in self._shard_dbs():
+        for db in self.shard_dbs():
             pending |= {
                 int(r[0])
                 for r in db.read(
@@ -429,7 +429,7 @@ class ShareSteps:
             if ns not in pending:
                 self._settle(db, ns)
 
-    def _shard_dbs(self) -> list[Database]:
+    def shard_dbs(self) -> list[Database]:
         """Each shard's database once (two shard names may share one)."""
         return list({id(db): db for db in self.router.shards.values()}.values())
 

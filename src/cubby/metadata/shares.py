@@ -401,9 +401,17 @@ class Sharing:
 
     def recover(self, around: Around | None = None) -> int:
         """Finish or undo the shares across shards whose process is gone
-        (`cubby.metadata.share_steps.ShareSteps.recover`); on one database a share is one
-        transaction and there is nothing to recover. Returns how many were handled."""
-        return self.sharded.steps.recover(around) if self.sharded is not None else 0
+        (`cubby.metadata.share_steps.ShareSteps.recover`), and finish the accepts, removals,
+        leaves and unshares whose process is gone
+        (`cubby.metadata.sharded_shares.ShardedSharing.recover_members`); on one database each
+        is one transaction and there is nothing to recover. Returns how many were handled."""
+        if self.sharded is None:
+            return 0
+        try:
+            shares = self.sharded.steps.recover(around)
+        finally:  # the membership operations are recovered even if a share could not be
+            members_ = self.sharded.recover_members(around)
+        return shares + members_
 
     def roots_around(self, ns_id: int, users_: Iterable[int]) -> dict[int, int]:
         """User id -> root namespace of every member (invited or active) of ``ns_id`` and of
