@@ -379,13 +379,15 @@ class ShardedSharing:
             "created_at": time.time(), "owner": str(self.owner), "lease_until": self.owner.lease_until(),
         }
 
-        def begin(conn: Connection) -> None:
-            if conn.execute(select(member_intents.c.op).where(*key).with_for_update()).first() is None:
-                conn.execute(insert(member_intents).values(ns_id=ns_id, user_id=user_id, op=op, **values))
-            else:  # the same operation again (a retry): this process now carries it
-                conn.execute(update(member_intents).where(*key).values(**values))
-
         db = self.router.db_for(ns_id)
+
+        def begin(conn: Connection) -> None:
+            # Insert-or-skip, then claim: two identical calls at once both end up here (the
+            # second waits for the first's row) instead of one failing on the primary key; a
+            # retry of the same operation takes the row over. The steps are idempotent.
+            db.insert_ignore(conn, member_intents, [{"ns_id": ns_id, "user_id": user_id, "op": op, **values}])
+            conn.execute(update(member_intents).where(*key).values(**values))
+
         db.write(begin)
         try:
             done = steps()
