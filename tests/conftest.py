@@ -94,16 +94,9 @@ TWO_SHARDS = ["pg+pg", "pg+mariadb"]
 that is also shard ``near``, and shard ``far`` on a second PostgreSQL database or on MariaDB."""
 
 
-NEEDS_CROSSSHARE = pytest.mark.xfail(
-    reason="sharing and moves between namespaces on two shards are the crossshare branch's (issue 14 item 3)",
-    strict=False,
-)
-"""On a two-shard deployment, a test of sharing or cross-namespace moves: it passes once those
-are single-shard steps tied by intents; until then it is expected to fail (not weakened)."""
-
 TWO_SHARD_PARAMS = TWO_SHARDS
-"""`TWO_SHARDS` as parameters of a sharing test (they pass since the crossshare branch:
-`NEEDS_CROSSSHARE` marks nothing any more)."""
+"""`TWO_SHARDS` as parameters of a sharing test: the owner's root on one shard, members and new
+folders on the other."""
 
 
 def two_shard_urls(kind: str) -> tuple[str, dict[str, str]]:
