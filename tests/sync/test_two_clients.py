@@ -213,3 +213,34 @@ def test_a_file_changing_during_sync_is_never_committed_half_written(clients: Cl
     for p, data in final.items():
         assert b"".join(clients.api.download("/" + p.name)) == data
         assert len(clients.api.history("/" + p.name)) == 1  # no other version was ever committed
+
+
+def test_a_delete_that_meets_a_renamed_folder_is_sent_again_at_the_new_path(clients: Clients) -> None:
+    """A deletes a file while another client renames its folder on the server, between A's plan
+    and A's delete request: the delete by the old path finds nothing (404). A must not take
+    that for "already gone" (it recorded the file as deleted, so the file stayed on the server
+    and out of A's remote tree for good: the drift the netns convergence test caught); the
+    next pass sees the rename in the journal and deletes the file at its new path."""
+    a = clients.new("a")
+    (a.root / "f").mkdir()
+    (a.root / "f" / "x.txt").write_bytes(b"x" * 100)
+    (a.root / "f" / "keep.txt").write_bytes(b"k" * 100)
+    assert a.run_once().converged
+    (a.root / "f" / "x.txt").unlink()
+    real_batch = a.api.batch
+    renamed: list[bool] = []
+
+    def racing_batch(bodies: list[dict[str, object]]) -> list[object]:
+        if not renamed:
+            renamed.append(True)
+            clients.api.move("/f", "/g")  # another client, just before A's request lands
+        return real_batch(bodies)  # type: ignore[arg-type]
+
+    a.api.batch = racing_batch  # type: ignore[method-assign]
+    a.run_once()
+    assert renamed
+    a.api.batch = real_batch  # type: ignore[method-assign]
+    clients.settle([a])
+    on_server = {e.path for e in clients.api.list("/", recursive=True)}
+    assert "/g/keep.txt" in on_server and "/g/x.txt" not in on_server, on_server
+    assert {p.relative_to(a.root).as_posix() for p in a.root.rglob("*.txt")} == {"g/keep.txt"}

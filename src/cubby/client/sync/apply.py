@@ -113,9 +113,12 @@ class Applier:
             for op, out in zip(ops, outcomes, strict=True):
                 name = type(op).__name__
                 if isinstance(out, CubbyError):
-                    if isinstance(op, P.DeleteRemote) and isinstance(out, NotFound):
-                        pass  # already gone: what we wanted
-                    elif isinstance(out, (Conflict, NotFound)) and not isinstance(op, P.MkdirRemote):
+                    if isinstance(out, (Conflict, NotFound)) and not isinstance(op, P.MkdirRemote):
+                        # Nothing is recorded: a delete that finds no file at the path does not
+                        # mean the file is gone (another client may have renamed a folder above
+                        # it). The journal says what happened, and the next plan acts on it;
+                        # recording the node as deleted here left it out of the remote tree
+                        # for good while the server still held it.
                         continue
                     else:
                         failures.append({"op": name, "path": path_of(op), "error": str(out)})
