@@ -56,7 +56,7 @@ from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from cubby.core import paths
-from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceMoved, NotFound, Unavailable
+from cubby.errors import Conflict, CubbyError, NamespaceMoved, Unavailable
 from cubby.metadata.engine import Database
 from cubby.metadata.leases import Owner
 from cubby.metadata.nstxn import NamespaceTxn, key_range, lock_namespace, open_txn
@@ -76,7 +76,7 @@ from cubby.metadata.schema import (
 from cubby.metadata.shardchunks import touch_chunks
 from cubby.metadata.shards import ShardRouter, allocate_ns_id, drop_memberships, write_membership
 from cubby.metadata.subtree import BATCH, read_subtree, write_subtree
-from cubby.metadata.tree import frozen_or_mount_below, guard_mounts, is_frozen
+from cubby.metadata.tree import folder_to_share, frozen_or_mount_below, is_frozen
 
 Around = Callable[[list[int], list[int]], AbstractContextManager[object]]
 """Wraps the recovery of one intent, given its namespaces and users (the cache's fence)."""
@@ -127,12 +127,7 @@ class ShareSteps:
         # 2. freeze the folder, in the root
         def freeze(conn: Connection) -> None:
             tx = open_txn(root_db, conn, root_ns, user_id)
-            guard_mounts(tx, path)
-            row = tx.live(paths.key(path))
-            if row is None:
-                raise NotFound(f"{path} does not exist")
-            if row.kind == "file":
-                raise BadRequest(f"{row.path} is a file; only folders can be shared", code="not_a_folder")
+            row = folder_to_share(tx, path)
             if row.kind == "mount" or is_frozen(row):
                 raise NamespaceMoved(f"{row.path} became a shared folder meanwhile; try again", path=row.path)
             if frozen_or_mount_below(tx, paths.key(path)):

@@ -42,7 +42,7 @@ from cubby.metadata.nstxn import NamespaceTxn, finish_all, key_range, lock_names
 from cubby.metadata.schema import link_tokens, links, members, namespaces, nodes, ns_chunks, users
 from cubby.metadata.shards import ShardRouter, allocate_ns_id, drop_memberships, write_membership
 from cubby.metadata.subtree import read_subtree, write_subtree
-from cubby.metadata.tree import guard_mounts
+from cubby.metadata.tree import folder_to_share
 
 if TYPE_CHECKING:
     from cubby.metadata.sharded_shares import ShardedSharing
@@ -183,12 +183,7 @@ class Sharing:
             if int(target.id) == user_id:
                 raise BadRequest("you cannot share a folder with yourself", code="share_with_self")
             tx = open_txn(self.db, conn, root_ns, user_id)
-            guard_mounts(tx, path)
-            row = tx.live(paths.key(path))
-            if row is None:
-                raise NotFound(f"{path} does not exist")
-            if row.kind == "file":
-                raise BadRequest(f"{row.path} is a file; only folders can be shared", code="not_a_folder")
+            row = folder_to_share(tx, path)
             created = row.kind != "mount"
             if created:
                 ns_id = self._convert(tx, row)

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 
 from cubby.core import paths
-from cubby.errors import Conflict, NamespaceMoved
+from cubby.errors import BadRequest, Conflict, NamespaceMoved, NotFound
 from cubby.metadata.nstxn import ROOT_NODE, NamespaceTxn, key_range
 from cubby.metadata.schema import namespaces, nodes, share_origins, users
 
@@ -158,3 +158,19 @@ def remove_node(tx: NamespaceTxn, row: Any) -> int:
 __all__ = [
     "ensure_folder", "frozen_or_mount_below", "guard_mounts", "is_frozen", "remove_node", "same_as_before_share",
 ]
+
+
+def folder_to_share(tx: NamespaceTxn, path: str) -> Any:
+    """The live node at ``path`` that a share would turn into a shared folder (a folder, or a
+    mount when the folder is shared already), inside the root's transaction: `NotFound` if
+    nothing is there, `BadRequest` ``not_a_folder`` for a file, the retryable
+    `NamespaceMoved` if the path lies below a mount (`guard_mounts`). One check for both the
+    one-database share (`cubby.metadata.shares`) and the steps across shards
+    (`cubby.metadata.share_steps`)."""
+    guard_mounts(tx, path)
+    row = tx.live(paths.key(path))
+    if row is None:
+        raise NotFound(f"{path} does not exist")
+    if row.kind == "file":
+        raise BadRequest(f"{row.path} is a file; only folders can be shared", code="not_a_folder")
+    return row
