@@ -169,7 +169,8 @@ business (its umask), as with git."""
 @dataclass(frozen=True)
 class NeededChunk:
     """A chunk the store will not take on the client's word: upload it, or prove possession
-    by sending SHA-256(bytes.fromhex(nonce) || chunk bytes). The answer is the same whether or
+    by sending a proof over the chunk's bytes under the nonce (`cubby.core.proofs.proof_hex`
+    of bytes.fromhex(nonce)). The answer is the same whether or
     not the server already holds the chunk, so a hash-only claim learns nothing."""
 
     hash: str

@@ -23,6 +23,7 @@ from cubby.cache.memory import MemoryCache
 from cubby.cache.store import CachedStore
 from cubby.client.api import ApiClient
 from cubby.config import ConfigError, parse_shards
+from cubby.core.proofs import proof_hex
 from cubby.metadata.possession import Claim
 from cubby.metadata.schema import blocks, memberships, ns_chunks
 from cubby.metadata.shards import LOCAL_BITS, UnknownShard, allocate_ns_id, placement_key, write_membership
@@ -115,7 +116,7 @@ def test_chunks_are_possessed_per_shard_and_never_joined(sharded: SqlMetadataSto
     other, odata = random_chunks(1)[0]
     put_file(sharded, blocks_store, alice.id, alice.root_ns, "/c.bin", [(other, odata)])
     nonce = sharded.challenge(bob.id, bob.root_ns, other, len(odata))
-    claim = Claim(other, len(odata), hashlib.sha256(bytes.fromhex(nonce) + odata).hexdigest())
+    claim = Claim(other, len(odata), proof_hex(bytes.fromhex(nonce), odata))
     assert sharded.accept_proofs(bob.id, bob.root_ns, [claim], blocks_store, within=[bob.root_ns]).proven == []
     # ... and globally they do, granting the chunk on bob's shard.
     assert sharded.accept_proofs(bob.id, bob.root_ns, [claim], blocks_store).proven == [other]

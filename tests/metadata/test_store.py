@@ -9,6 +9,7 @@ import unicodedata
 
 import pytest
 
+from cubby.core.proofs import proof_hex
 from cubby.errors import BadRequest, Conflict, InvalidPath, NotFound, SizeMismatch, Unauthorized
 from cubby.metadata.possession import Claim
 from cubby.model import ChunkRef, CommitRequest
@@ -287,12 +288,12 @@ def test_hash_only_claims_learn_and_get_nothing(store, blocks, alice):
     assert checked.proven == [] and checked.rejected == [h]
     # A proof for another user's nonce is refused too.
     alice_nonce = store.challenge(alice_user.id, bob.root_ns, h, size)
-    forged = hashlib.sha256(bytes.fromhex(alice_nonce) + secret[0][1]).hexdigest()
+    forged = proof_hex(bytes.fromhex(alice_nonce), secret[0][1])
     assert store.accept_proofs(bob.id, bob.root_ns, [Claim(h, size, forged)], blocks).proven == []
     assert not store.commit(bob.id, bob.root_ns, request("/x", secret)).committed
     # With the bytes, Bob proves possession and commits without uploading.
     nonce = held.needed[0].nonce
-    proof = hashlib.sha256(bytes.fromhex(nonce) + secret[0][1]).hexdigest()
+    proof = proof_hex(bytes.fromhex(nonce), secret[0][1])
     # The size is bound into the nonce: the same proof under another claimed size is refused.
     assert store.accept_proofs(bob.id, bob.root_ns, [Claim(h, size + 1, proof)], blocks).proven == []
     checked = store.accept_proofs(bob.id, bob.root_ns, [Claim(h, size, proof)], blocks)

@@ -12,6 +12,7 @@ import pytest
 
 from cubby.client.api import ApiClient, commit_body
 from cubby.client.upload import upload_file
+from cubby.core import proofs
 from cubby.core.chunking import chunk_bytes
 from cubby.model import ChunkRef
 from tests.helpers.live_server import LiveServer
@@ -124,6 +125,41 @@ def test_a_proof_naming_the_commit_s_hour_is_checked_for_it_and_needs_the_bytes(
             "ns_id": ns_b, "proofs": {chunk.hash: {"size": chunk.length, "proof": "ab" * 32, "window": "now"}}})
         assert r.status_code == 400
     assert users.bob.commit("/copy.bin", len(data), [ChunkRef(chunk.hash, chunk.length)]).committed
+
+
+def test_a_request_names_its_proof_algorithm_and_one_without_a_name_is_sha256(users):
+    """The client names ``blake3`` (`cubby.core.proofs`); a request without ``alg`` (an older
+    client) is checked as SHA-256(nonce || bytes); the proof of one algorithm does not pass for
+    the other; an unknown name is the same 400 for a held and an absent chunk."""
+    data = os.urandom(200_000)
+    (chunk,) = chunk_bytes(data)
+    ns_a, ns_b = users.alice.account()["root_ns"], users.bob.account()["root_ns"]
+    users.alice.upload_chunks(ns_a, [(chunk.hash, chunk.data)])
+    (res,) = users.bob.commit_batch([commit_body("/alg.bin", len(data), [ChunkRef(chunk.hash, chunk.length)], None, None)])
+    (n,) = res.needed
+    nonce = bytes.fromhex(n.nonce)
+    absent = hashlib.sha256(b"nobody stored this " + os.urandom(8)).hexdigest()
+    with users.raw(users.bob_token) as bob:
+        def prove(alg: str | None, value: str, h: str = chunk.hash):
+            body = {"ns_id": ns_b, "proofs": {h: {"size": chunk.length, "proof": value, "window": n.window}}}
+            if alg is not None:
+                body["alg"] = alg
+            return bob.post("/api/v1/blocks/prove", json=body)
+
+        refused = {"accepted": [], "rejected": [chunk.hash]}
+        assert prove("blake3", proofs.proof_hex(nonce, data, proofs.SHA256)).json() == refused
+        assert prove(None, proofs.proof_hex(nonce, data, proofs.BLAKE3)).json() == refused
+        assert prove("sha256", proofs.proof_hex(nonce, os.urandom(len(data)), proofs.SHA256)).json() == refused
+        assert prove("blake3", proofs.proof_hex(nonce, os.urandom(len(data)), proofs.BLAKE3)).json() == refused
+        bad = [prove(alg, "ab" * 32, h) for h in (chunk.hash, absent) for alg in ("md5", 7)]
+        assert {r.status_code for r in bad} == {400}
+        assert bad[0].json() == bad[2].json() and bad[1].json() == bad[3].json()
+        assert prove(None, proofs.proof_hex(nonce, data, proofs.SHA256)).json() == {"accepted": [chunk.hash], "rejected": []}
+        assert prove("blake3", proofs.proof_hex(nonce, data, proofs.BLAKE3)).json() == {"accepted": [chunk.hash], "rejected": []}
+    # And the client's own path (`ApiClient.prove`, which names blake3) proves it too.
+    accepted, rejected = users.bob.prove(ns_b, {chunk.hash: (chunk.length, proofs.proof_hex(nonce, data))}, {chunk.hash: n.window})
+    assert (accepted, rejected) == ([chunk.hash], [])
+    assert users.bob.commit("/alg.bin", len(data), [ChunkRef(chunk.hash, chunk.length)]).committed
 
 
 # ------------------------------------------------------------------------------------------

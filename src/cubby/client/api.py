@@ -25,6 +25,7 @@ import httpx
 from cubby.client.ratelimit import TokenBucket
 from cubby.core import delta, frames
 from cubby.core.hashing import sha256_hex
+from cubby.core.proofs import CURRENT as PROOF_ALG
 from cubby.errors import BadRequest, ChunkMismatch, CubbyError, Unavailable, error_from_dict
 from cubby.model import ChunkRef, CommitResult, Entry, JournalEntry, NeededChunk
 from cubby.roles import ROLES, role_for_path
@@ -319,7 +320,8 @@ class ApiClient:
     def prove(
         self, ns_id: int, proofs: dict[str, tuple[int, str]], windows: Mapping[str, int | None] | None = None
     ) -> tuple[builtins.list[str], builtins.list[str]]:
-        """Prove possession: ``proofs`` maps a chunk to (its size, SHA-256(nonce || bytes));
+        """Prove possession: ``proofs`` maps a chunk to (its size, its proof: `cubby.core.proofs`
+        `proof_hex` with the `CURRENT` algorithm, which the request names);
         returns (accepted, rejected). The size is the one the commit stated (it is bound into
         the nonce); ``windows``, the hour the commit answer named with each nonce, lets the
         server hash the bytes once instead of once per hour the nonce could be from."""
@@ -329,7 +331,7 @@ class ApiClient:
         for h, window in (windows or {}).items():
             if h in wire and window is not None:
                 wire[h]["window"] = window
-        body = self._post("/api/v1/blocks/prove", {"ns_id": ns_id, "proofs": wire})
+        body = self._post("/api/v1/blocks/prove", {"ns_id": ns_id, "alg": PROOF_ALG, "proofs": wire})
         return list(body["accepted"]), list(body["rejected"])
 
     def fetch_chunks(self, hashes: Sequence[str]) -> Iterator[tuple[str, bytes]]:

@@ -224,7 +224,7 @@ class MetadataStore(Protocol):
         self, user_id: int, ns_id: int, claims: Sequence[Claim], blocks_store: ChunkReader,
         *, within: Iterable[int] | None = None,
     ) -> Checked:
-        """Check SHA-256(nonce || bytes) answers; accepted chunks become available to ``ns_id``.
+        """Check proofs of possession (`cubby.core.proofs`, each with its claim's algorithm); accepted chunks become available to ``ns_id``.
         A chunk the server lacks (or, with ``within``, that those namespaces lack) is rejected
         after the same work as a held one: upload it."""
 

@@ -1,9 +1,11 @@
 """Proof of possession: challenges, and a check whose work does not depend on presence.
 
-A client that claims a chunk the server already holds proves it has the bytes by sending
-SHA-256(nonce || bytes), where the nonce is an HMAC of (user, namespace, chunk, size, hour)
-under the server's secret. The nonce comes first so that no midstate of the chunk's own hash
-can stand in for the bytes.
+A client that claims a chunk the server already holds proves it has the bytes by sending a
+proof over every byte of the chunk under a nonce (`cubby.core.proofs`: a keyed BLAKE3 under a
+key derived from the nonce; SHA-256(nonce || bytes) for a prove request that names no
+algorithm, as older clients send), where the nonce is an HMAC of (user, namespace, chunk,
+size, hour) under the server's secret. A claim says which algorithm it answers (`Claim.alg`);
+both cover every byte and cost the server the same for a held chunk and for filler.
 
 The commit answer names the hour (``window``) with each nonce, and a client repeats it in its
 claim, so the check hashes the claimed bytes once, for that hour, when it is this hour or the
@@ -14,7 +16,9 @@ against both hours, as before.
 The contract that matters for privacy: for a caller who cannot prove a chunk, the answer and
 the work done must not depend on whether anyone holds it. So the size is bound into the nonce
 (the commit request states it) and the check always hashes ``size`` bytes for each hour it
-checks: the chunk's bytes when the server holds a chunk of that size, zero filler otherwise.
+checks: the chunk's bytes when the server holds a chunk of that size, zero filler otherwise,
+with the claim's algorithm either way. The algorithm is the claim's choice, never the
+server's, so it says nothing about presence either.
 What remains is the time to *read* a held chunk, which depends on the block store. All the
 eligible claims are read with one `get_many` (one index lookup whatever is present, then a
 read per held chunk), and the caller gets that call's duration (`Checked.spent`) so that the
@@ -32,6 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from cubby.core import proofs
 from cubby.core.hashing import is_chunk_name
 from cubby.errors import BadRequest, CubbyError
 
@@ -45,6 +50,7 @@ for a claim that names no hour) whether or not the chunk is held, so this bounds
 request can ask for (the sync client sends windows of 16 MiB)."""
 FILLER_BYTES = 1024 * 1024
 PROOF_RE = re.compile(r"^[0-9a-f]{64}$")
+_CURRENT = proofs.CURRENT  # `parse_claims` has a parameter named ``proofs``
 
 
 class ChunkReader(Protocol):
@@ -56,7 +62,8 @@ class ChunkReader(Protocol):
 @dataclass(frozen=True, slots=True)
 class Claim:
     """One entry of a prove request, already validated: a chunk name, its size as the commit
-    stated it, the proof (64 lowercase hex digits) and the hour it answers."""
+    stated it, the proof (64 lowercase hex digits), the hour it answers and the algorithm it
+    was computed with."""
 
     hash: str
     size: int
@@ -64,6 +71,9 @@ class Claim:
     window: int | None = None
     """The hour of the nonce (`Challenges.window`) as the commit answer named it; None: either
     of the last two."""
+    alg: str = proofs.CURRENT
+    """The proof's algorithm (`cubby.core.proofs.ALGORITHMS`): what this release's client
+    computes, unless the request said otherwise (`parse_claims`)."""
 
 
 @dataclass
@@ -114,11 +124,13 @@ class Challenges:
         ok = False
         for window in self.windows(claim, now):
             nonce = bytes.fromhex(self.nonce(user_id, ns_id, claim.hash, claim.size, window=window))
-            ok |= hmac.compare_digest(self._digest(nonce, data, claim.size), claim.proof)
+            ok |= hmac.compare_digest(self._digest(nonce, data, claim.size, claim.alg), claim.proof)
         return ok and data is not None
 
-    def _digest(self, nonce: bytes, data: bytes | None, size: int) -> str:
-        h = hashlib.sha256(nonce)
+    def _digest(self, nonce: bytes, data: bytes | None, size: int, alg: str = proofs.CURRENT) -> str:
+        """The proof of ``data`` for ``nonce`` with ``alg``, or of ``size`` zero bytes when
+        ``data`` is None: the same function over the same number of bytes either way."""
+        h = proofs.proof_hasher(nonce, alg)
         if data is not None:
             h.update(data)
             return h.hexdigest()
@@ -165,9 +177,21 @@ def check_claims(
     return out
 
 
-def parse_claims(proofs: object, *, max_entries: int) -> list[Claim]:
+def parse_alg(value: object) -> str:
+    """The proof algorithm a prove request names in ``"alg"``: absent (None) means
+    `cubby.core.proofs.LEGACY`, what clients sent before requests named one; an unknown name
+    is a `BadRequest` (before any lookup, so the answer depends on the request alone)."""
+    if value is None:
+        return proofs.LEGACY
+    if value not in proofs.ALGORITHMS:
+        raise BadRequest(f"field 'alg' must be one of {', '.join(proofs.ALGORITHMS)}", field="alg")
+    return str(value)
+
+
+def parse_claims(proofs: object, *, max_entries: int, alg: str = _CURRENT) -> list[Claim]:
     """Validate a prove request's ``proofs`` object: ``{hash: {"size": n, "proof": hex}}``,
-    each with the ``"window"`` (hour) its commit answer named, optionally.
+    each with the ``"window"`` (hour) its commit answer named, optionally; every claim answers
+    with ``alg`` (the request's `parse_alg`).
 
     Everything is checked before any lookup, so malformed input costs the server nothing and
     its answer (a `BadRequest`) cannot depend on what the server holds."""
@@ -187,14 +211,14 @@ def parse_claims(proofs: object, *, max_entries: int) -> list[Claim]:
         if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_PROOF_CHUNK:
             raise BadRequest(f"each proof's 'size' must be an integer from 1 to {MAX_PROOF_CHUNK}", field="proofs")
         if not isinstance(proof, str) or not PROOF_RE.match(proof.lower()):
-            raise BadRequest("each proof must be 64 hex digits (SHA-256 of nonce || chunk)", field="proofs")
+            raise BadRequest("each proof must be 64 hex digits (see the request's 'alg')", field="proofs")
         total += size
         if total > MAX_PROVE_BYTES:
             raise BadRequest(
                 f"one prove request may claim at most {MAX_PROVE_BYTES} bytes; send fewer chunks per request",
                 field="proofs",
             )
-        claims.append(Claim(h, size, proof.lower(), window))
+        claims.append(Claim(h, size, proof.lower(), window, alg))
     return claims
 
 
@@ -206,5 +230,6 @@ __all__ = [
     "ChunkReader",
     "Claim",
     "check_claims",
+    "parse_alg",
     "parse_claims",
 ]

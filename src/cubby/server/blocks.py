@@ -20,7 +20,7 @@ from cubby.blockstore.base import BlockStore
 from cubby.core import frames
 from cubby.core.hashing import is_chunk_name
 from cubby.errors import BadRequest, CubbyError, NotFound
-from cubby.metadata.possession import parse_claims
+from cubby.metadata.possession import parse_alg, parse_claims
 from cubby.model import ChunkRef, Entry
 from cubby.server import access
 from cubby.server.bodies import (
@@ -187,7 +187,8 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         body = await json_body(request, LIST_JSON)
         ns_id = field_int(body, "ns_id", minimum=1) or 0
         access.check_namespace(p, ns_id, write=True)
-        claims = parse_claims(body.get("proofs"), max_entries=MAX_FETCH)
+        # No "alg": a client from before requests named one, which sends SHA-256(nonce || bytes).
+        claims = parse_claims(body.get("proofs"), max_entries=MAX_FETCH, alg=parse_alg(body.get("alg")))
         within = list(access.mounts(p).values()) if ctx.config.dedup_scope == "user" else None
         checked = await run_in_threadpool(store.accept_proofs, p.user_id, ns_id, claims, blocks, within=within)
         if within is None:

@@ -193,10 +193,13 @@ def document() -> dict[str, Any]:
         },
         "/api/v1/blocks/prove": {
             "post": _json_op(
-                "Prove possession of chunks: sha256(nonce || bytes), with each chunk's size as the commit stated it "
+                "Prove possession of chunks: with alg blake3, the keyed BLAKE3 of the bytes under "
+                "blake3_derive_key(context, nonce) (cubby.core.proofs); without alg, sha256(nonce || bytes); "
+                "with each chunk's size as the commit stated it "
                 "and, optionally, the hour (window) the commit answer named with the nonce",
                 {"type": "object", "required": ["ns_id", "proofs"], "properties": {
                     "ns_id": ID,
+                    "alg": {"type": "string", "enum": ["blake3", "sha256"]},
                     "proofs": {"type": "object", "maxProperties": 4096, "additionalProperties": {
                         "type": "object", "required": ["size", "proof"], "additionalProperties": False,
                         "properties": {
