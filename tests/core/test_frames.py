@@ -58,3 +58,20 @@ def test_a_body_cut_off_mid_frame_is_refused() -> None:
     with pytest.raises(BadRequest) as exc:
         reader.close()
     assert exc.value.code == "truncated_body"
+
+
+def test_a_reused_receive_buffer_does_not_change_chunks_in_progress() -> None:
+    """The reader keeps pieces until their frame completes: a caller that feeds one bytearray
+    again and again (a reused receive buffer) must not see its old contents overwritten."""
+    items = _items([bytes([i]) * 3000 for i in range(1, 5)])
+    body = b"".join(frames.encode_many(items))
+    reader = frames.FrameReader()
+    buf = bytearray(1000)
+    got: list[tuple[str, bytes]] = []
+    for i in range(0, len(body), 1000):
+        piece = body[i : i + 1000]
+        buf[: len(piece)] = piece
+        got.extend(reader.feed(memoryview(buf)[: len(piece)]))
+        buf[:] = b"\xff" * len(buf)  # the caller scribbles over its buffer before the next read
+    reader.close()
+    assert got == items
