@@ -46,6 +46,7 @@ from report import Report, Row
 
 from cubby.client.api import ApiClient
 from cubby.config import Config
+from cubby.core import proofs
 from cubby.model import ChunkRef
 from cubby.server import blocks as blocks_role
 from cubby.server.possession import RejectPacer
@@ -95,7 +96,7 @@ def running_server(data: Path, padded: bool) -> Iterator[str]:
         sock.close()
 
 
-def measure(url: str, data: Path, sizes: list[int], rounds: int) -> dict[int, dict[str, list[float]]]:
+def measure(url: str, data: Path, sizes: list[int], rounds: int, alg: str) -> dict[int, dict[str, list[float]]]:
     from cubby.metadata.store import open_store
 
     store = open_store(Config(data_dir=data).metadata_url)
@@ -119,7 +120,7 @@ def measure(url: str, data: Path, sizes: list[int], rounds: int) -> dict[int, di
             times: dict[str, list[float]] = {"held": [], "absent": []}
 
             def prove(h: str, size: int = size) -> float:
-                body = json.dumps({"ns_id": ns_b, "proofs": {h: {"size": size, "proof": "ab" * 32}}}).encode()
+                body = json.dumps({"ns_id": ns_b, "alg": alg, "proofs": {h: {"size": size, "proof": "ab" * 32}}}).encode()
                 headers = {"Authorization": f"Bearer {tb}", "Content-Type": "application/json"}
                 start = time.perf_counter()
                 raw.request("POST", "/api/v1/blocks/prove", body=body, headers=headers)
@@ -152,18 +153,22 @@ def main() -> None:
     ap.add_argument("--sizes", default="256K,1M,4M", help="claimed chunk sizes, comma-separated")
     ap.add_argument("--rounds", type=int, default=40, help="rejections per size and kind")
     ap.add_argument("--name", default="prove_timing")
+    ap.add_argument(
+        "--alg", default=proofs.CURRENT, choices=proofs.ALGORITHMS,
+        help="the proof algorithm the requests name (default: what the client sends)",
+    )
     args = ap.parse_args()
     sizes = [parse_size(s) for s in args.sizes.split(",")]
 
     info = describe(Path(tempfile.gettempdir()))
     print(summary_line(info))
-    report = Report(args.name, info, {"sizes": sizes, "rounds": args.rounds})
+    report = Report(args.name, info, {"sizes": sizes, "rounds": args.rounds, "alg": args.alg})
     for padded in (True, False):
         mode = "padded" if padded else "no pad"
         with tempfile.TemporaryDirectory(prefix="cubby-prove-") as tmp:
             data = Path(tmp) / "data"
             with running_server(data, padded) as url:
-                results = measure(url, data, sizes, args.rounds)
+                results = measure(url, data, sizes, args.rounds, args.alg)
         for size, times in results.items():
             group = f"{mode} {size // 1024} KiB"
             absent_med, held_med = statistics.median(times["absent"]), statistics.median(times["held"])
