@@ -13,11 +13,13 @@ Two algorithms, named on the wire by the prove request (``"alg"``):
   enters the compression of every 1 KiB leaf of the chunk and every parent node, so nothing a
   client could have computed before it saw the nonce (the chunk's SHA-256 name, its unkeyed
   BLAKE3, a hash of any part of it) stands in for the bytes, and every byte of the chunk is
-  covered (no sampling). Measured on this project's 2-core machine: 0.21 CPU s/GiB against
-  0.99 for SHA-256 (the `blake3` wheel's AVX2 code), and it releases the GIL as hashlib does.
-  A proof is computed twice per new chunk of a put (once by the client, once by the server
-  over the chunk or filler), so this is most of the 12 CPU s/GiB a `cubby put` of new data
-  spent on proofs (bench/README.md, "Large files").
+  covered (no sampling). Measured on this project's 2-core machine (`bench/proof_cost.py`):
+  0.21-0.27 CPU s/GiB against 0.89-0.99 for SHA-256 (the `blake3` wheel's SIMD code), and it
+  releases the GIL as hashlib does. A new chunk of a put is proven twice, by the client over
+  its bytes and by the server over filler (it does not hold the chunk, and must not show it),
+  so the saving counts twice: about 1.0 CPU s/GiB (0.63 on the client, 0.37 over the server's
+  cache-hot filler) of the 8.6-9.3 a `cubby put` of new data spent (bench/README.md, branch
+  bigproof).
 - ``sha256`` (`LEGACY`): SHA-256(nonce || bytes), what clients sent before; a prove request
   that names no algorithm is checked with it, so an older client's proofs still pass. The
   nonce comes first so that no midstate of the chunk's own hash can stand in for the bytes.

@@ -5,7 +5,8 @@ proof over every byte of the chunk under a nonce (`cubby.core.proofs`: a keyed B
 key derived from the nonce; SHA-256(nonce || bytes) for a prove request that names no
 algorithm, as older clients send), where the nonce is an HMAC of (user, namespace, chunk,
 size, hour) under the server's secret. A claim says which algorithm it answers (`Claim.alg`);
-both cover every byte and cost the server the same for a held chunk and for filler.
+both cover every byte, and the check feeds the same number of bytes to the claim's
+algorithm for a held chunk and for filler.
 
 The commit answer names the hour (``window``) with each nonce, and a client repeats it in its
 claim, so the check hashes the claimed bytes once, for that hour, when it is this hour or the
