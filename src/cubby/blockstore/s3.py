@@ -58,7 +58,7 @@ import botocore.exceptions
 from botocore.config import Config
 
 from cubby.blockstore.folder import check_object_name
-from cubby.blockstore.objects import ObjectMissing, ObjectStore, ObjectStoreError
+from cubby.blockstore.objects import ObjectMissing, ObjectStore, ObjectStoreError, ShortRead
 from cubby.blockstore.readahead import ReadAheadObjectStore
 from cubby.blockstore.retrying import Backoff, RetryingObjectStore
 from cubby.errors import BadRequest
@@ -189,10 +189,11 @@ class S3ObjectStore:
             data: bytes = response["Body"].read()
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             if _code(exc) == "InvalidRange":  # offset at or past the end: a short read
-                raise ObjectStoreError(f"short read of {name}: nothing at offset {offset}") from exc
+                raise ShortRead(f"short read of {name}: nothing at offset {offset}") from exc
             raise self._fail(exc, "get", name) from exc
         if length is not None and len(data) != length:
-            raise ObjectStoreError(f"short read of {name}: {len(data)} of {length} bytes at {offset}")
+            # S3 answers a range that runs past the end with the part that exists (206).
+            raise ShortRead(f"short read of {name}: {len(data)} of {length} bytes at {offset}", data)
         return data
 
     def _head(self, name: str, key: str) -> None:
