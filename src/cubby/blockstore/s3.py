@@ -37,7 +37,8 @@ in large ranges. boto3 is also the reference the benchmarks compare against, the
 Ceph, MinIO and Garage projects test with, and has a stable API; obstore is pre-1.0.
 
 Faults: this store makes each call once. A dropped connection, a timeout, a body that came
-back short, 500, 502, 503, 504, SlowDown or RequestTimeout raise `ObjectStoreError` with
+back short, 500, 502, 503, 504, SlowDown, RequestTimeout or BadDigest (a PUT body that does
+not match its Content-MD5: moto and Ceph RGW both refuse it and store nothing) raise `ObjectStoreError` with
 ``retryable = True``; `open_s3_object_store` wraps the store in `RetryingObjectStore`, which
 retries those with backoff and jitter (boto3's own retries are switched off so that there is
 one policy, and so that a body cut after the headers, which boto3 does not retry, is retried
@@ -64,7 +65,16 @@ from cubby.blockstore.retrying import Backoff, RetryingObjectStore
 from cubby.errors import BadRequest
 
 _TRANSIENT_CODES = frozenset(
-    {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling", "ThrottlingException"}
+    {
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalError",
+        "RequestTimeout",
+        "Throttling",
+        "ThrottlingException",
+        # The body did not match its Content-MD5: damaged on the way, so sending it again may pass.
+        "BadDigest",
+    }
 )
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
