@@ -160,3 +160,26 @@ def test_open_object_store_by_s3_url(s3: S3Server) -> None:
     store = open_object_store(s3.url(fresh_prefix()))
     store.put("a/b", b"bytes")
     assert store.get("a/b", 1, 3) == b"yte" and list(store.list()) == [("a/b", 5)]
+
+
+def test_the_ceph_tier_asked_for_and_absent_fails_and_says_how_to_start_it(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under CUBBY_TEST_CEPH=1 a missing cluster is an error in every Ceph test, never a skip:
+    no s3.env where ceph-up.sh writes it, or nothing answering at its endpoint."""
+    import socket
+
+    from tests.helpers.s3_servers import ceph_server
+
+    monkeypatch.delenv("S3_ENDPOINT", raising=False)
+    monkeypatch.setenv("CUBBY_CEPH_ENV", str(tmp_path / "s3.env"))
+    with pytest.raises(RuntimeError, match=r"ceph-up\.sh"):
+        ceph_server("cubby-test-absent")
+    with socket.socket() as sock:  # a port nobody listens on: bound, never listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        (tmp_path / "s3.env").write_text(
+            f"export S3_ENDPOINT=http://127.0.0.1:{port}\nexport AWS_ACCESS_KEY_ID=k\nexport AWS_SECRET_ACCESS_KEY=s\n"
+        )
+        with pytest.raises(RuntimeError, match=r"does not answer.*ceph-up\.sh"):
+            ceph_server("cubby-test-absent")
