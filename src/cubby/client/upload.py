@@ -7,11 +7,11 @@ client at most twice: once to name it, once for the proof of possession):
 - a first pass names the chunks (FastCDC, one SHA-256 per chunk while reading). A small file's
   bytes are kept from this pass (`KEEP_BYTES`), so it is never read again; a large file keeps
   only its chunk list, so memory stays bounded whatever the size;
-- small files (bytes kept) are proven before their first commit, with nonces the client
-  computes from the namespace's proof key (`needs_up_front`, `cubby.metadata.possession`):
-  a group of new small files is prove, upload the refused chunks, commit; the server commits
-  each file once;
-- for large files the server answers a commit with the chunks it needs; those are read again
+- new small files (up to `KEEP_BYTES`) are proven before their first commit, with nonces the
+  client computes from the namespace's proof key (`needs_up_front`,
+  `cubby.metadata.possession`): a group of them is prove, upload the refused chunks, commit;
+  the server commits each file once (the sync engine's too, whose files are read back here);
+- for large files and edits the server answers a commit with the chunks it needs; those are read again
   a window of `UPLOAD_WINDOW` at a time, the window's proofs are computed from those bytes,
   and the chunks whose proof is rejected are uploaded from the same bytes, never read again;
 - windows are pipelined: the next window is read and hashed while at most `IN_FLIGHT` earlier
@@ -256,9 +256,9 @@ def upload_file(
             pass
     sent = sent_bytes = 0
     ns_id: int | None = None
-    if lf.data is not None and lf.chunks:
+    if expected_rev is None and lf.data is not None and lf.chunks:
         ns_id = _ns_of(api, remote)
-        for s, b in supply(api, ns_id, needs_up_front(api, ns_id, [lf]), progress).values():
+        for s, b in supply(api, ns_id, needs_up_front(api, ns_id, [(lf, None)]), progress).values():
             sent += s
             sent_bytes += b
     for _attempt in range(3):
@@ -297,7 +297,7 @@ def commit_group(
     outcomes: list[Outcome] = []
     sent: dict[Path, tuple[int, int]] = {}
     pending = list(range(len(files)))
-    _add_sent(sent, supply(api, ns_id, needs_up_front(api, ns_id, [lf for lf, _ in files]), progress))
+    _add_sent(sent, supply(api, ns_id, needs_up_front(api, ns_id, files), progress))
     for _attempt in range(3):
         if not pending:
             break
@@ -318,17 +318,19 @@ def commit_group(
     return outcomes, sent
 
 
-def needs_up_front(api: ApiClient, ns_id: int, files: Iterable[LocalFile]) -> Needs:
-    """Every chunk of the ``files`` whose bytes are kept (small files), with nonces computed
-    here from the namespace's proof key (`ApiClient.proof_key`), so that they are proven (and
-    the refused ones uploaded) before the first commit: a group of new small files is then
-    prove, upload, commit, and the server commits each file once. Empty when the server gives
-    no key (the commit answer's nonces are used then) and for files read again later (large
-    ones: the commit says which of their chunks are missing, so held ones are not hashed again).
+def needs_up_front(api: ApiClient, ns_id: int, files: Iterable[tuple[LocalFile, int | None]]) -> Needs:
+    """Every chunk of the new small ``files`` (no revision replaced, at most `KEEP_BYTES`),
+    with nonces computed here from the namespace's proof key (`ApiClient.proof_key`), so that
+    they are proven (and the refused ones uploaded) before the first commit: a group of new
+    small files is then prove, upload, commit, and the server commits each file once.
+
+    Left to the commit answer: large files (the answer says which of their chunks are missing,
+    so held ones are not read and hashed again) and edits (the answer names the old chunks a
+    changed chunk can be sent as a patch against); everything when the server gives no key.
     Safe by `cubby.metadata.possession`: a refused proof is what an absent chunk gets, and only
     then is a chunk sent."""
     needs = Needs()
-    kept = [lf for lf in files if lf.data is not None and lf.chunks]
+    kept = [lf for lf, rev in files if rev is None and lf.chunks and lf.size <= KEEP_BYTES]
     if not kept:
         return needs
     key = api.proof_key(ns_id)
