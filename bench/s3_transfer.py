@@ -15,14 +15,29 @@ server, on loopback), against boto3 moving the same bytes to the same server in 
     .venv/bin/python bench/s3_transfer.py                       # 1 GiB, 10,000 files
     .venv/bin/python bench/s3_transfer.py --size 256M --files 2000 --repeat 1
     # against another S3 server (Ceph RGW: source the s3.env of ceph-up.sh for its credentials)
-    .venv/bin/python bench/s3_transfer.py --endpoint http://127.0.0.1:18580 --name s3_transfer_ceph
+    .venv/bin/python bench/s3_transfer.py --endpoint http://127.0.0.1:18580 --name s3_transfer_ceph \
+        --reclaim "radosgw-admin -c /tmp/cubby-ceph/ceph.conf gc process --include-all"
+
+CPU seconds beside each large-file row: ``cpu_client`` (the `cubby` command, or this process
+for boto3), ``cpu_server`` (the cubby server) and, with ``--s3-pids GLOB`` (PID files of the S3
+server's processes: ``/tmp/cubby-ceph/pids/*.pid`` for Ceph's monitor, manager, OSD and RGW),
+``cpu_s3``: on a loaded machine wall-clock varies from run to run, the work done much less.
+
+``--reclaim CMD`` runs a shell command after each deletion of a step's objects: Ceph RGW frees
+a deleted object's space only when its garbage collector runs (hourly by default), so without
+it the three 1 GiB uploads of a round (boto3, boto3 on 16 MiB objects, cubby) fill the 4 GiB
+OSD of ``ceph-up.sh``.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
+import resource
+import shlex
 import shutil
+import subprocess
 import sys
 import time
 from contextlib import ExitStack
@@ -30,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from datasets import dataset, parse_size, small_files
-from live import LiveServer, cli, start_server
+from live import LiveServer, children_cpu, cli, server_cpu, start_server
 from machine import describe, summary_line
 from reference import drop, warm
 from report import Report, Row, median_run
@@ -91,24 +106,73 @@ def small_files_row(report: Report, scratch: Path, work: Path, endpoint: str, co
     )
 
 
+S3_PIDS: list[str] = []
+"""The ``--s3-pids`` glob (empty: none): PID files of the S3 server's processes."""
+
+
+def s3_cpu() -> float:
+    """CPU seconds the S3 server's processes (``--s3-pids``) have used so far."""
+    total = 0.0
+    for pattern in S3_PIDS:
+        for pid_file in glob.glob(pattern):
+            try:
+                stat = Path(f"/proc/{Path(pid_file).read_text().strip()}/stat").read_text()
+            except (OSError, ValueError):
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def own_cpu() -> float:
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return use.ru_utime + use.ru_stime
+
+
+class CpuMeter:
+    """CPU seconds of one step: the client (this process's children, or this process), the
+    cubby server (when given) and the S3 server (``--s3-pids``)."""
+
+    def __init__(self, server: LiveServer | None = None, *, client_in_process: bool = False) -> None:
+        self.server = server
+        self.client = own_cpu if client_in_process else children_cpu
+        self.start = (self.client(), server_cpu(server) if server else 0.0, s3_cpu())
+
+    def read(self) -> dict[str, float]:
+        client, server, s3 = self.client(), server_cpu(self.server) if self.server else 0.0, s3_cpu()
+        out = {"cpu_client": round(client - self.start[0], 2)}
+        if self.server is not None:
+            out["cpu_server"] = round(server - self.start[1], 2)
+        if S3_PIDS:
+            out["cpu_s3"] = round(s3 - self.start[2], 2)
+        return out
+
+
 def cubby_round(
     server: LiveServer, token: str, src: Path, digest: str, target: Path
-) -> tuple[float, float, int]:
-    """``cubby put`` then ``cubby get`` of ``src``: seconds of each, and the chunk count."""
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``cubby put`` then ``cubby get`` of ``src``: a run of each (seconds, CPU seconds; the
+    chunk count with the put)."""
     try:
         warm(src)
+        meter = CpuMeter(server)
         put_seconds, out = cli(server, token, "put", str(src), "/big.bin")
+        put = {"seconds": put_seconds, "chunks": int(out[0]["chunks"]), **meter.read()}
+        meter = CpuMeter(server)
         get_seconds, _ = cli(server, token, "get", "/big.bin", str(target))
+        get = {"seconds": get_seconds, **meter.read()}
         same = sha256_file(target) == digest
         drop(target)
         if not same:
             raise SystemExit("the downloaded file differs from the uploaded one")
-        return put_seconds, get_seconds, int(out[0]["chunks"])
+        return put, get
     finally:
         server.stop()
 
 
-def objects_reference(client: Any, src: Path, target: Path, part: int = 16 << 20) -> tuple[float, float]:
+def objects_reference(
+    client: Any, src: Path, target: Path, part: int = 16 << 20
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """boto3 moving ``src`` as the pack store lays it out: objects of 16 MiB, PutObject and
     GetObject on 8 threads. Seconds up and down. (moto serves a ranged read of a big multipart
     object slowly, which makes `download_file` a weak reference on it.)"""
@@ -129,16 +193,16 @@ def objects_reference(client: Any, src: Path, target: Path, part: int = 16 << 20
 
     warm(src)
     with ThreadPoolExecutor(8) as pool:
-        t0 = time.perf_counter()
+        meter, t0 = CpuMeter(client_in_process=True), time.perf_counter()
         list(pool.map(put, offsets))
-        up = time.perf_counter() - t0
+        up = {"seconds": time.perf_counter() - t0, **meter.read()}
         target.write_bytes(b"")
         os.truncate(target, src.stat().st_size)
-        t0 = time.perf_counter()
+        meter, t0 = CpuMeter(client_in_process=True), time.perf_counter()
         list(pool.map(get, offsets))
         with open(target, "rb+") as fh:
             os.fsync(fh.fileno())
-        down = time.perf_counter() - t0
+        down = {"seconds": time.perf_counter() - t0, **meter.read()}
     drop(target)
     empty_bucket(client, "ref-objects/", delete=False)
     return up, down
@@ -153,27 +217,28 @@ def large_file_rows(report: Report, work: Path, endpoint: str, src: Path, size: 
     runs: dict[str, list[dict[str, Any]]] = {}
     for k in range(repeat):
         warm(src)
-        t0 = time.perf_counter()
+        meter, t0 = CpuMeter(client_in_process=True), time.perf_counter()
         client.upload_file(str(src), BUCKET, "ref/big.bin")
-        runs.setdefault("ref_up", []).append({"seconds": time.perf_counter() - t0})
+        runs.setdefault("ref_up", []).append({"seconds": time.perf_counter() - t0, **meter.read()})
         target = work / "ref-got.bin"
-        t0 = time.perf_counter()
+        meter, t0 = CpuMeter(client_in_process=True), time.perf_counter()
         client.download_file(BUCKET, "ref/big.bin", str(target))
-        runs.setdefault("ref_down", []).append({"seconds": time.perf_counter() - t0})
+        runs.setdefault("ref_down", []).append({"seconds": time.perf_counter() - t0, **meter.read()})
         drop(target)
         client.delete_object(Bucket=BUCKET, Key="ref/big.bin")  # moto holds objects in memory
+        reclaim()
         up, down = objects_reference(client, src, work / "ref-objects.bin")
-        runs.setdefault("obj_up", []).append({"seconds": up})
-        runs.setdefault("obj_down", []).append({"seconds": down})
+        runs.setdefault("obj_up", []).append(up)
+        runs.setdefault("obj_down", []).append(down)
         server, token = s3_server(work / f"round-{k}", endpoint, f"round-{k}")
-        put, get, chunks = cubby_round(server, token, src, digest, work / "got.bin")
-        runs.setdefault("put", []).append({"seconds": put, "chunks": chunks})
-        runs.setdefault("get", []).append({"seconds": get})
+        put, get = cubby_round(server, token, src, digest, work / "got.bin")
+        runs.setdefault("put", []).append(put)
+        runs.setdefault("get", []).append(get)
         empty_bucket(client, f"round-{k}/", delete=False)
         server, token = start_server(work / f"folder-{k}")
-        put, get, chunks = cubby_round(server, token, src, digest, work / "got.bin")
-        runs.setdefault("folder_put", []).append({"seconds": put, "chunks": chunks})
-        runs.setdefault("folder_get", []).append({"seconds": get})
+        put, get = cubby_round(server, token, src, digest, work / "got.bin")
+        runs.setdefault("folder_put", []).append(put)
+        runs.setdefault("folder_get", []).append(get)
         shutil.rmtree(work / f"folder-{k}", ignore_errors=True)
     objects = "boto3 put_object/get_object, 16 MiB objects on 8 threads"
     for group, refs, rows in (
@@ -191,6 +256,7 @@ def large_file_rows(report: Report, work: Path, endpoint: str, src: Path, size: 
         for ref_key, ref_name in refs:
             med = median_run(runs[ref_key])
             report.add(Row(group, ref_name, med.pop("seconds"), size, extra=med))
+            report.notes.append(f"{group}: {ref_name}: {cpu_note(med)}")
         for key, name in rows:
             med = median_run(runs[key])
             row = report.add(Row(group, name, med.pop("seconds"), size, reference=refs[0][1], extra=med))
@@ -200,8 +266,22 @@ def large_file_rows(report: Report, work: Path, endpoint: str, src: Path, size: 
             report.notes.append(
                 f"{group}: {name} at {row.ratio or 0:.2f}x boto3's {group.removesuffix('load')}load_file"
                 f" and {row.extra.get(f'ratio_to_{refs[1][0]}', 0):.2f}x boto3 on 16 MiB objects"
-                f" ({row.mb_per_s or 0:.0f} MB/s)"
+                f" ({row.mb_per_s or 0:.0f} MB/s); {cpu_note(row.extra)}"
             )
+
+
+RECLAIM: list[str] = []
+"""The ``--reclaim`` command (empty: none), run after each deletion (see the module docstring)."""
+
+
+def reclaim() -> None:
+    if RECLAIM:
+        subprocess.run(RECLAIM, check=True, stdout=subprocess.DEVNULL, timeout=600)
+
+
+def cpu_note(run: dict[str, Any]) -> str:
+    parts = [f"{key.removeprefix('cpu_')} {run[key]:.1f}" for key in ("cpu_client", "cpu_server", "cpu_s3") if key in run]
+    return "CPU s: " + ", ".join(parts)
 
 
 def empty_bucket(client: Any, prefix: str = "", *, delete: bool = True) -> None:
@@ -211,6 +291,7 @@ def empty_bucket(client: Any, prefix: str = "", *, delete: bool = True) -> None:
             client.delete_object(Bucket=BUCKET, Key=item["Key"])
     if delete:
         client.delete_bucket(Bucket=BUCKET)
+    reclaim()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -224,7 +305,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scratch", type=Path, default=Path("/tmp/cubby-bench"))
     ap.add_argument("--endpoint", default=None, help="an S3 server already running (default: start moto's)")
     ap.add_argument("--name", default="s3_transfer")
+    ap.add_argument("--s3-pids", default="", help="glob of the S3 server's PID files, for its CPU seconds")
+    ap.add_argument("--reclaim", default="", help="shell command run after each deletion (Ceph: gc process)")
     args = ap.parse_args(argv)
+    RECLAIM[:] = shlex.split(args.reclaim)
+    S3_PIDS[:] = [args.s3_pids] if args.s3_pids else []
     size = parse_size(args.size)
     machine = describe(args.scratch)
     print(summary_line(machine), flush=True)
@@ -237,6 +322,7 @@ def main(argv: list[str] | None = None) -> None:
             "file_size": args.file_size,
             "repeat": args.repeat,
             "s3": args.endpoint or "moto server",
+            "reclaim": args.reclaim,
         },
     )
     src = dataset(args.scratch, "random", size, seed=1)

@@ -7,7 +7,9 @@ a run can be repeated, it injects one fault:
 
 - ``slowdown``: answers ``503 SlowDown`` itself, without forwarding the request;
 - ``cut_put``: forwards the headers and half the body of a PUT, then drops both connections;
-- ``cut_get``: forwards a GET, relays the response headers and half its body, then drops it.
+- ``cut_get``: forwards a GET, relays the response headers and half its body, then drops it;
+- ``garble_put``: forwards a PUT whole but with one byte of its body changed (a body damaged on
+  the way, which the server must refuse by its Content-MD5 rather than store).
 
 Everything else is forwarded whole. ``counts`` says how many of each fault it injected, and
 ``requests`` how many requests it saw, so a test can show the faults happened.
@@ -36,6 +38,7 @@ class Faults:
     slowdown: float = 0.0
     cut_put: float = 0.0
     cut_get: float = 0.0
+    garble_put: float = 0.0
     seed: int = 1
 
 
@@ -66,6 +69,8 @@ class FaultProxy:
                 fault = "slowdown"
             elif method == "PUT" and roll < f.slowdown + f.cut_put:
                 fault = "cut_put"
+            elif method == "PUT" and roll < f.slowdown + f.cut_put + f.garble_put:
+                fault = "garble_put"
             elif method == "GET" and roll < f.slowdown + f.cut_get:
                 fault = "cut_get"
             if fault:
@@ -106,6 +111,9 @@ class FaultProxy:
                 await upstream.drain()
                 await asyncio.sleep(0.05)  # let the server read the half it got, then cut
                 return
+            if fault == "garble_put" and body:
+                middle = len(body) // 2
+                body = body[:middle] + bytes([body[middle] ^ 0x01]) + body[middle + 1 :]
             upstream.write(request_head + body)
             await upstream.drain()
             response = await up_reader.read()  # the server closes after one response

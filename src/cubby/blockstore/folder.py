@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cubby.blockstore.local import DISK_FULL, NO_SPACE
-from cubby.blockstore.objects import ObjectMissing, ObjectStoreError
+from cubby.blockstore.objects import ObjectMissing, ObjectStoreError, ShortRead
 from cubby.core.durable import fsync_dir, write_all
 from cubby.errors import BadRequest, InsufficientStorage
 
@@ -114,7 +114,7 @@ class FolderObjectStore:
         finally:
             os.close(fd)
         if len(data) != length:
-            raise ObjectStoreError(f"object {name}: read {len(data)} of {length} bytes at {offset}")
+            raise ShortRead(f"object {name}: read {len(data)} of {length} bytes at {offset}", data)
         return data
 
     def delete(self, name: str) -> None:

@@ -15,7 +15,8 @@ The contract, for every implementation:
   same bytes is allowed and harmless (a retried request); objects are never modified.
 - `get` reads ``length`` bytes at ``offset`` (the whole object when both are left out), with
   one ranged read (local: ``pread``; S3: a ranged GET). It raises `ObjectMissing` when the
-  object does not exist, and `ObjectStoreError` for a read that came back short.
+  object does not exist, and `ShortRead` (an `ObjectStoreError`) for a read that came back
+  short because the object ends first.
 - `delete` is idempotent: deleting a missing object is not an error.
 - `list` yields ``(name, size)`` of every object whose name starts with ``prefix``, each exactly
   once, in no particular order; it may or may not see objects put while it runs.
@@ -37,6 +38,16 @@ class ObjectStoreError(CubbyError):
 
     status = 503
     code = "object_store_error"
+
+
+class ShortRead(ObjectStoreError):
+    """The object ends before the range asked for. ``available`` holds the bytes it does have
+    from the offset on (empty when the offset is at or past its end), so that a caller that
+    asked for "up to" a length (read-ahead) need not read them again."""
+
+    def __init__(self, message: str, available: bytes = b"") -> None:
+        super().__init__(message)
+        self.available = available
 
 
 class ObjectMissing(NotFound):

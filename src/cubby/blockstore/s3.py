@@ -37,7 +37,8 @@ in large ranges. boto3 is also the reference the benchmarks compare against, the
 Ceph, MinIO and Garage projects test with, and has a stable API; obstore is pre-1.0.
 
 Faults: this store makes each call once. A dropped connection, a timeout, a body that came
-back short, 500, 502, 503, 504, SlowDown or RequestTimeout raise `ObjectStoreError` with
+back short, 500, 502, 503, 504, SlowDown, RequestTimeout or BadDigest (a PUT body that does
+not match its Content-MD5: moto and Ceph RGW both refuse it and store nothing) raise `ObjectStoreError` with
 ``retryable = True``; `open_s3_object_store` wraps the store in `RetryingObjectStore`, which
 retries those with backoff and jitter (boto3's own retries are switched off so that there is
 one policy, and so that a body cut after the headers, which boto3 does not retry, is retried
@@ -58,13 +59,22 @@ import botocore.exceptions
 from botocore.config import Config
 
 from cubby.blockstore.folder import check_object_name
-from cubby.blockstore.objects import ObjectMissing, ObjectStore, ObjectStoreError
+from cubby.blockstore.objects import ObjectMissing, ObjectStore, ObjectStoreError, ShortRead
 from cubby.blockstore.readahead import ReadAheadObjectStore
 from cubby.blockstore.retrying import Backoff, RetryingObjectStore
 from cubby.errors import BadRequest
 
 _TRANSIENT_CODES = frozenset(
-    {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling", "ThrottlingException"}
+    {
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalError",
+        "RequestTimeout",
+        "Throttling",
+        "ThrottlingException",
+        # The body did not match its Content-MD5: damaged on the way, so sending it again may pass.
+        "BadDigest",
+    }
 )
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
@@ -189,10 +199,11 @@ class S3ObjectStore:
             data: bytes = response["Body"].read()
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             if _code(exc) == "InvalidRange":  # offset at or past the end: a short read
-                raise ObjectStoreError(f"short read of {name}: nothing at offset {offset}") from exc
+                raise ShortRead(f"short read of {name}: nothing at offset {offset}") from exc
             raise self._fail(exc, "get", name) from exc
         if length is not None and len(data) != length:
-            raise ObjectStoreError(f"short read of {name}: {len(data)} of {length} bytes at {offset}")
+            # S3 answers a range that runs past the end with the part that exists (206).
+            raise ShortRead(f"short read of {name}: {len(data)} of {length} bytes at {offset}", data)
         return data
 
     def _head(self, name: str, key: str) -> None:
