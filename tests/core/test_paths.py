@@ -93,3 +93,26 @@ def test_every_control_character_is_refused_and_no_other_ascii_character() -> No
         except InvalidPath:
             refused = True
         assert refused == (code < 32 or code == 127), code
+
+
+@given(st.text(alphabet=st.sampled_from("ab. /\\\x01\x7f"), max_size=30))
+def test_the_ascii_fast_path_agrees_with_the_rule_for_each_name(text: str) -> None:
+    """`normalize` accepts a plain ASCII path with one match of the whole path; what it
+    answers must be what checking each name with `_check_component` answers."""
+    def by_names(path: str) -> str | None:
+        body = path.removeprefix("/").removesuffix("/")
+        try:
+            for part in body.split("/"):
+                paths._check_component(part, path)
+        except InvalidPath:
+            return None
+        return "/" + body
+
+    try:
+        fast: str | None = paths.normalize(text)
+    except InvalidPath:
+        fast = None
+    if text in ("", "/"):
+        assert fast == paths.ROOT
+    else:
+        assert fast == by_names(text)

@@ -225,9 +225,10 @@ class CountingCalls(ApiClient):
         return super().upload_chunks(ns_id, items)
 
 
-def test_new_small_files_are_asked_about_proven_and_sent_in_one_round(live, api, tmp_path):
-    """A group of new small files is one commit, one prove, one upload and one commit more,
-    however many files: each is asked about (no bytes before the server asked) and sent once."""
+def test_new_small_files_are_proven_sent_and_committed_in_one_round(live, api, tmp_path):
+    """A group of new small files is one prove (nonces from the account's proof key), one
+    upload of the refused chunks and one commit, however many files: no bytes before the
+    server refused their proof, each file sent once and committed once."""
     root = tmp_path / "small"
     root.mkdir()
     for i in range(50):
@@ -236,10 +237,62 @@ def test_new_small_files_are_asked_about_proven_and_sent_in_one_round(live, api,
     with CountingCalls(live.url, token) as counting:
         results = upload_tree(counting, root, "/s")
     assert len(results) == 50 and all(r.bytes_sent == 4096 and r.chunks_sent == 1 for r in results)
-    assert counting.calls == {"commit_batch": 2, "prove": 1, "upload": 1}
+    assert counting.calls == {"commit_batch": 1, "prove": 1, "upload": 1}
     download_tree(api, "/s", tmp_path / "back")
     for i in range(50):
         assert (tmp_path / "back" / f"f{i:02d}.bin").read_bytes() == _data(200 + i, 4096)
+
+
+class Keyless(CountingCalls):
+    """A client of a server that gives no proof keys (an older one)."""
+
+    def account(self):
+        body = super().account()
+        self.proof_keys.clear()
+        for n in body["namespaces"]:
+            n.pop("proof_key", None)
+        return body
+
+
+def test_without_a_proof_key_the_commit_asks_first(live, api, tmp_path):
+    """Against a server that gives no proof key, small files go as before: commit, prove the
+    chunks the answer names with its nonces, upload, commit."""
+    root = tmp_path / "small"
+    root.mkdir()
+    for i in range(20):
+        (root / f"f{i:02d}.bin").write_bytes(_data(500 + i, 4096))
+    token = api.http.headers["Authorization"].split()[1]
+    with Keyless(live.url, token) as counting:
+        results = upload_tree(counting, root, "/k")
+        assert counting.proof_key(counting.account()["root_ns"]) is None
+    assert len(results) == 20 and all(r.bytes_sent == 4096 for r in results)
+    assert counting.calls == {"commit_batch": 2, "prove": 1, "upload": 1}
+
+
+def test_a_single_small_file_is_proven_before_its_commit(live, api, tmp_path):
+    src = tmp_path / "one.bin"
+    src.write_bytes(_data(600, 5000))
+    token = api.http.headers["Authorization"].split()[1]
+    with CountingCalls(live.url, token) as counting:
+        commits = []
+        orig = counting.commit
+        counting.commit = lambda *a, **kw: commits.append(1) or orig(*a, **kw)  # type: ignore[method-assign]
+        res = upload_file(counting, src, "/one.bin")
+    assert res.bytes_sent == 5000 and len(commits) == 1
+    assert counting.calls["prove"] == 1 and counting.calls["upload"] == 1
+    # The same bytes again, by the same user at another path: proven, nothing sent.
+    again = upload_file(api, src, "/two.bin")
+    assert again.bytes_sent == 0 and again.chunks_sent == 0
+
+
+def test_a_stale_proof_key_is_asked_for_again(live, api):
+    """A key near the end of its validity is not used: the client asks the account again."""
+    ns = api.account()["root_ns"]
+    first = api.proof_key(ns)
+    assert first is not None
+    api.proof_keys[ns] = type(first)(first.window - 5, first.key, 0.0)  # expired
+    fresh = api.proof_key(ns)
+    assert fresh is not None and fresh.window == first.window and fresh.until > 0.0
 
 
 def test_chunks_held_elsewhere_are_proven_not_sent_however_small(live, api, tmp_path):
@@ -256,3 +309,4 @@ def test_chunks_held_elsewhere_are_proven_not_sent_however_small(live, api, tmp_
         again = {Path(r.path).name: r for r in upload_tree(counting, root, "/m")}
     assert again["big.bin"].bytes_sent == 0 and again["small.bin"].bytes_sent == 0
     assert counting.calls.get("upload", 0) == 0 and counting.calls["prove"] == 1
+    assert counting.calls["commit_batch"] == 1

@@ -162,6 +162,53 @@ def test_a_request_names_its_proof_algorithm_and_one_without_a_name_is_sha256(us
     assert users.bob.commit("/alg.bin", len(data), [ChunkRef(chunk.hash, chunk.length)]).committed
 
 
+def test_proofs_made_with_the_account_s_key_before_any_commit(users):
+    """The account answer gives a proof key per writable namespace; with it the client makes
+    its own nonces and proves chunks no commit has named yet. A correct proof of a held chunk
+    is accepted (and the chunk is then usable without being sent); a wrong proof of that held
+    chunk, the right bytes under another user's key, and a chunk nobody stored all get the
+    same answer, "rejected", which is what tells the client to upload."""
+    from cubby.core.nonces import chunk_nonce
+
+    held, absent, size, ns_b = _held_and_absent(users)
+    held_data = users.alice.fetch_chunks([held])
+    (_, data), = list(held_data)
+    keys = {n["ns_id"]: n["proof_key"] for n in users.bob.account()["namespaces"]}
+    key = keys[ns_b]
+    assert key["valid_for"] > 3600 - 5 and set(key) == {"window", "key", "valid_for"}
+    alice_key = users.alice.account()["namespaces"][0]["proof_key"]
+    assert alice_key["key"] != key["key"]
+
+    def claim(h: str, body: bytes, k: dict) -> dict:
+        nonce = chunk_nonce(bytes.fromhex(k["key"]), h, size)
+        proof = hashlib.sha256(bytes.fromhex(nonce) + body).hexdigest()
+        return {h: {"size": size, "proof": proof, "window": k["window"]}}
+
+    with users.raw(users.bob_token) as bob:
+        def prove(proofs: dict) -> dict:
+            r = bob.post("/api/v1/blocks/prove", json={"ns_id": ns_b, "proofs": proofs})
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        assert prove(claim(held, bytes(size), key)) == {"accepted": [], "rejected": [held]}
+        assert prove(claim(absent, bytes(size), key)) == {"accepted": [], "rejected": [absent]}
+        assert prove(claim(held, data, alice_key)) == {"accepted": [], "rejected": [held]}
+        assert prove(claim(held, data, key)) == {"accepted": [held], "rejected": []}
+    # Proven before the commit: the commit needs nothing more.
+    assert users.bob.commit("/mine.bin", size, [ChunkRef(held, size)]).committed
+
+
+def test_a_read_only_namespace_gets_no_proof_key(users):
+    """Only namespaces the caller may write carry a key (proofs make chunks usable there)."""
+    users.alice.mkdir("/Seen")
+    shared = users.alice.share("/Seen", users.bob.account()["name"], "viewer")
+    users.bob.accept_share(shared["ns_id"])
+    spaces = {n["ns_id"]: n for n in users.bob.account()["namespaces"]}
+    assert spaces[shared["ns_id"]]["role"] == "viewer" and "proof_key" not in spaces[shared["ns_id"]]
+    assert "proof_key" in spaces[users.bob.account()["root_ns"]]
+    assert users.bob.proof_key(shared["ns_id"]) is None
+
+
 # ------------------------------------------------------------------------------------------
 # dedup scope
 # ------------------------------------------------------------------------------------------

@@ -16,7 +16,9 @@ import base64
 import builtins
 import contextlib
 import json
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -32,6 +34,18 @@ from cubby.roles import ROLES, role_for_path
 
 MAX_BATCH = 1000
 """Operations the server takes in one batch request (commits, blocklists, folder operations)."""
+KEY_MARGIN = 600.0
+"""Seconds of validity a proof key must have left to be used (a window's proofs are sent
+within seconds of being computed; ten minutes leave room for a slow link)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProofKey:
+    """A namespace's proof key for one hour (``window``), usable until ``until`` (monotonic)."""
+
+    window: int
+    key: bytes
+    until: float
 
 
 def raise_for(resp: httpx.Response) -> None:
@@ -103,6 +117,10 @@ class ApiClient:
         self.base_url = base_url.rstrip("/")
         self.role_urls: dict[str, str] = {}
         """Where each role is, once discovery was asked (after a ``wrong_role`` answer)."""
+        self.proof_keys: dict[int, ProofKey] = {}
+        """This hour's proof key of each writable namespace, from the last account answer."""
+        self.keyless: dict[int, float] = {}
+        """Namespaces the server gave no key for, and until when not to ask again."""
         self.http = httpx.Client(
             base_url=self.base_url,
             headers=headers,
@@ -188,7 +206,36 @@ class ApiClient:
 
     # -- account ---------------------------------------------------------------------------------
     def account(self) -> dict[str, Any]:
-        return dict(self._get("/api/v1/account"))
+        """The account and its namespaces; remembers each namespace's proof key (`proof_key`)."""
+        body = dict(self._get("/api/v1/account"))
+        now = time.monotonic()
+        for n in body.get("namespaces", ()):
+            k = n.get("proof_key") if isinstance(n, dict) else None
+            if isinstance(k, dict) and isinstance(k.get("window"), int) and isinstance(k.get("key"), str):
+                try:
+                    key = bytes.fromhex(k["key"])
+                except ValueError:
+                    continue
+                until = now + float(k.get("valid_for", 0)) - KEY_MARGIN
+                self.proof_keys[int(n["ns_id"])] = ProofKey(int(k["window"]), key, until)
+        return body
+
+    def proof_key(self, ns_id: int) -> ProofKey | None:
+        """The proof key of ``ns_id`` to compute nonces with (`cubby.core.nonces`), asked for
+        again (one account request) when the one held is near the end of its validity; None
+        when the server gives none (an older server: the client then commits first and uses
+        the nonces of the answer). A key is used only while it has at least `KEY_MARGIN`
+        seconds left, so a proof is never refused for being late, which would make the client
+        upload a chunk the server holds."""
+        k = self.proof_keys.get(ns_id)
+        if k is None or time.monotonic() >= k.until:
+            if self.keyless.get(ns_id, 0.0) > time.monotonic():
+                return None
+            self.account()
+            k = self.proof_keys.get(ns_id)
+            if k is None:  # not asked again for a while: each ask is a request
+                self.keyless[ns_id] = time.monotonic() + KEY_MARGIN
+        return k if k is not None and time.monotonic() < k.until else None
 
     def create_token(self, label: str = "") -> dict[str, Any]:
         return dict(self._post("/api/v1/tokens", {"label": label}))

@@ -8,8 +8,12 @@ BLAKE3, `cubby.core.proofs`)):
 - a first pass names the chunks (FastCDC, one SHA-256 per chunk while reading). A small file's
   bytes are kept from this pass (`KEEP_BYTES`), so it is never read again; a large file keeps
   only its chunk list, so memory stays bounded whatever the size;
-- the server answers a commit with the chunks it needs; those are read again (large files) a
-  window of `UPLOAD_WINDOW` at a time, the window's proofs are computed from those bytes,
+- new small files (up to `KEEP_BYTES`) are proven before their first commit, with nonces the
+  client computes from the namespace's proof key (`needs_up_front`,
+  `cubby.metadata.possession`): a group of them is prove, upload the refused chunks, commit;
+  the server commits each file once (the sync engine's too, whose files are read back here);
+- for large files and edits the server answers a commit with the chunks it needs; those are read again
+  a window of `UPLOAD_WINDOW` at a time, the window's proofs are computed from those bytes,
   and the chunks whose proof is rejected are uploaded from the same bytes, never read again;
 - windows are pipelined: the next window is read and hashed while at most `IN_FLIGHT` earlier
   ones are with the server, so client and server work at the same time;
@@ -30,7 +34,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +47,7 @@ from cubby.client.pipeline import Pipeline
 from cubby.client.windows import BATCH, GROUP_BYTES, IN_FLIGHT, KEEP_BYTES, MAX_WINDOW_CHUNKS, UPLOAD_WINDOW
 from cubby.core import delta, paths
 from cubby.core.hashing import sha256_hex
+from cubby.core.nonces import chunk_nonce
 from cubby.core.proofs import proof_hex
 from cubby.errors import ChunkMismatch, CubbyError, NotFound, Unavailable
 from cubby.model import CommitResult, Entry
@@ -251,6 +256,11 @@ def upload_file(
             pass
     sent = sent_bytes = 0
     ns_id: int | None = None
+    if expected_rev is None and lf.data is not None and lf.chunks:
+        ns_id = _ns_of(api, remote)
+        for s, b in supply(api, ns_id, needs_up_front(api, ns_id, [(lf, None)]), progress).values():
+            sent += s
+            sent_bytes += b
     for _attempt in range(3):
         res = api.commit(remote, lf.size, lf.refs, expected_rev, lf.mtime, lf.mode)
         if res.entry is not None:
@@ -287,6 +297,7 @@ def commit_group(
     outcomes: list[Outcome] = []
     sent: dict[Path, tuple[int, int]] = {}
     pending = list(range(len(files)))
+    _add_sent(sent, supply(api, ns_id, needs_up_front(api, ns_id, files), progress))
     for _attempt in range(3):
         if not pending:
             break
@@ -302,11 +313,43 @@ def commit_group(
         needing = [(i, out) for i, out in answers if isinstance(out, CommitResult) and out.entry is None]
         if not needing:
             break
-        for owner, (n, b) in supply(api, ns_id, needs_for([(files[i][0], out) for i, out in needing]), progress).items():
-            prev = sent.get(owner, (0, 0))
-            sent[owner] = (prev[0] + n, prev[1] + b)
+        _add_sent(sent, supply(api, ns_id, needs_for([(files[i][0], out) for i, out in needing]), progress))
         pending = [i for i, _ in needing]
     return outcomes, sent
+
+
+def needs_up_front(api: ApiClient, ns_id: int, files: Iterable[tuple[LocalFile, int | None]]) -> Needs:
+    """Every chunk of the new small ``files`` (no revision replaced, at most `KEEP_BYTES`),
+    with nonces computed here from the namespace's proof key (`ApiClient.proof_key`), so that
+    they are proven (and the refused ones uploaded) before the first commit: a group of new
+    small files is then prove, upload, commit, and the server commits each file once.
+
+    Left to the commit answer: large files (the answer says which of their chunks are missing,
+    so held ones are not read and hashed again) and edits (the answer names the old chunks a
+    changed chunk can be sent as a patch against); everything when the server gives no key.
+    Safe by `cubby.metadata.possession`: a refused proof is what an absent chunk gets, and only
+    then is a chunk sent."""
+    needs = Needs()
+    kept = [lf for lf, rev in files if rev is None and lf.chunks and lf.size <= KEEP_BYTES]
+    if not kept:
+        return needs
+    key = api.proof_key(ns_id)
+    if key is None:
+        return needs
+    for lf in kept:
+        for c in lf.chunks:
+            if c.hash not in needs.where:
+                needs.where[c.hash] = (lf.local, c)
+                needs.nonces[c.hash] = chunk_nonce(key.key, c.hash, c.size)
+                needs.windows[c.hash] = key.window
+                needs.files.setdefault(lf.local, lf)
+    return needs
+
+
+def _add_sent(total: dict[Path, tuple[int, int]], more: dict[Path, tuple[int, int]]) -> None:
+    for owner, (n, b) in more.items():
+        prev = total.get(owner, (0, 0))
+        total[owner] = (prev[0] + n, prev[1] + b)
 
 
 def needs_for(pairs: Sequence[tuple[LocalFile, CommitResult]]) -> Needs:

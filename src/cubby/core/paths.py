@@ -31,6 +31,9 @@ _PLAIN_NAME = re.compile(r"(?! )[^\x00-\x1f\x7f\\/]{0,%d}[^\x00-\x1f\x7f\\/ .]" 
 """An ASCII name `_check_component` accepts, as one match: no control character, backslash or
 slash, no leading space, no trailing space or dot (which also refuses ``.`` and ``..``), at
 most `MAX_NAME_BYTES` long (one byte per ASCII character)."""
+_PLAIN_BODY = re.compile(rf"(?:{_PLAIN_NAME.pattern}/)*{_PLAIN_NAME.pattern}")
+"""A path of such names joined by ``/``, as one match: half the time of a match per name, on
+a path `normalize` sees several times per file of a commit (client and server)."""
 
 
 def _check_component(name: str, original: str) -> None:
@@ -68,7 +71,7 @@ def normalize(path: str) -> str:
         # by the thousand (a journal replayed, a tree listed) and most are plain ASCII
         body = path[1:] if path.startswith("/") else path
         body = body[:-1] if body.endswith("/") else body
-        if len(body) < MAX_PATH_BYTES and all(_PLAIN_NAME.fullmatch(n) for n in body.split("/")):
+        if len(body) < MAX_PATH_BYTES and _PLAIN_BODY.fullmatch(body):
             return "/" + body
     original = path
     if "\x00" in path:

@@ -220,6 +220,10 @@ class MetadataStore(Protocol):
     def challenge(self, user_id: int, ns_id: int, chunk_hash: str, size: int) -> str:
         """The nonce (hex) for a proof of possession of ``chunk_hash`` (``size`` bytes) by this user."""
 
+    def proof_key(self, user_id: int, ns_id: int) -> dict[str, Any]:
+        """This hour's proof key of (user, namespace): ``{"window", "key", "valid_for"}``, from
+        which the user computes its own nonces (`cubby.metadata.possession`)."""
+
     def accept_proofs(
         self, user_id: int, ns_id: int, claims: Sequence[Claim], blocks_store: ChunkReader,
         *, within: Iterable[int] | None = None,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
@@ -151,6 +152,16 @@ class ChunkAccess:
 
     def challenge(self, user_id: int, ns_id: int, chunk_hash: str, size: int, *, at: float | None = None) -> str:
         return self.challenges.nonce(user_id, ns_id, chunk_hash, size, at=at)
+
+    def proof_key(self, user_id: int, ns_id: int) -> dict[str, Any]:
+        """This hour's proof key of (user, namespace), for the account answer: ``window``,
+        ``key`` (hex) and ``valid_for`` (seconds). See `cubby.metadata.possession`."""
+        window = self.challenges.window()
+        return {
+            "window": window,
+            "key": self.challenges.key(user_id, ns_id, window).hex(),
+            "valid_for": int(self.challenges.key_valid_for(window)),
+        }
 
     def accept_proofs(
         self, user_id: int, ns_id: int, claims: Sequence[Claim], blocks_store: ChunkReader,

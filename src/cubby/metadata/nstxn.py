@@ -27,9 +27,12 @@ from sqlalchemy.engine import Connection, Row
 
 from cubby.core import paths
 from cubby.errors import NamespaceGone, NamespaceMoving
+from cubby.metadata import sqlitedriver
 from cubby.metadata.engine import Database
 from cubby.metadata.pgdriver import (
+    JOURNAL_COLUMNS,
     LOCK_NAMESPACE,
+    REV_COLUMNS,
     UPDATE_NODES,
     WRITE_ALL,
     driver_execute,
@@ -153,7 +156,7 @@ class NamespaceTxn:
 
     # -- lookups that see this transaction's own writes ---------------------------------------
     def live(self, path_key: str) -> Any:
-        if path_key not in self.cache and self.db.dialect == "postgresql":
+        if path_key not in self.cache and self.db.dialect != "mysql":  # the driver's statement
             self.prefetch([path_key])
         if path_key not in self.cache:
             self.cache[path_key] = self.conn.execute(_LIVE, {"ns": self.ns_id, "k": path_key}).first()
@@ -168,6 +171,10 @@ class NamespaceTxn:
                 self.cache[k] = None
             if self.db.dialect == "postgresql":
                 for node in live_nodes(self.conn, self.ns_id, part):
+                    self.cache[node.path_key] = node
+                continue
+            if self.db.is_sqlite:
+                for node in sqlitedriver.live_nodes(self.conn, self.ns_id, part):
                     self.cache[node.path_key] = node
                 continue
             for row in self.conn.execute(_LIVE_MANY, {"ns": self.ns_id, "ks": part}):
@@ -221,6 +228,9 @@ class NamespaceTxn:
         if self.db.dialect == "postgresql":
             self._write_all(head=None)
             return
+        if self.db.is_sqlite:
+            self._write_sqlite()
+            return
         conn = self.conn
         if self.changed_nodes:
             conn.execute(
@@ -254,6 +264,29 @@ class NamespaceTxn:
         self.journal_rows.clear()
         self.ref_counts.clear()
 
+    def _write_sqlite(self) -> None:
+        """SQLite: the buffered rows, in `flush`'s order, through the driver (`cubby.metadata.sqlitedriver`)."""
+        d, conn = sqlitedriver, self.conn
+        if self.changed_nodes:
+            d.executemany(conn, d.UPDATE_NODES, [
+                (*d.values(v, NODE_COLUMNS), v["ns_id"], v["node_id"]) for v in self.changed_nodes.values()
+            ])
+        if self.new_nodes:
+            d.executemany(conn, d.INSERT_NODES, [d.values(v, d.NODE_KEYS) for v in self.new_nodes.values()])
+        if self.rev_rows:
+            d.executemany(conn, d.INSERT_REVS, [d.values(r, REV_COLUMNS) for r in self.rev_rows])
+        if self.journal_rows:
+            d.executemany(conn, d.INSERT_JOURNAL, [d.values(r, JOURNAL_COLUMNS) for r in self.journal_rows])
+        if self.ref_counts:  # sorted, as in `flush`
+            d.executemany(conn, d.UPSERT_REFS, [
+                (self.ns_id, h, self.ref_counts[h], self.now) for h in sorted(self.ref_counts)
+            ])
+        self.new_nodes.clear()
+        self.changed_nodes.clear()
+        self.rev_rows.clear()
+        self.journal_rows.clear()
+        self.ref_counts.clear()
+
     def _write_all(self, *, head: int | None) -> None:
         """PostgreSQL: the buffered rows, and ``head`` unless None, in one statement
         (`cubby.metadata.pgdriver`; updated nodes first on their own when there are new ones too)."""
@@ -278,6 +311,9 @@ class NamespaceTxn:
             self._write_all(head=self.head)
             return
         self.flush()
+        if self.db.is_sqlite:
+            sqlitedriver.execute(self.conn, sqlitedriver.SET_HEAD, (self.head, self.next_node, self.ns_id))
+            return
         self.conn.execute(_SET_HEAD, {"b_ns": self.ns_id, "v_head": self.head, "v_next": self.next_node})
 
 
@@ -288,6 +324,8 @@ def lock_namespace(db: Database, conn: Connection, ns_id: int) -> tuple[int, int
     under this same lock, so no write lands in the old copy after the last one was copied)."""
     if db.dialect == "postgresql":
         row = driver_execute(conn, LOCK_NAMESPACE, {"ns": ns_id}).fetchone()
+    elif db.is_sqlite:
+        row = sqlitedriver.execute(conn, sqlitedriver.LOCK_NAMESPACE, (ns_id,)).fetchone()
     else:
         row = conn.execute(_LOCK if db.is_sqlite else _LOCK_FOR_UPDATE, {"ns": ns_id}).first()
     if row is None:

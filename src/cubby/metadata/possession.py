@@ -1,12 +1,40 @@
 """Proof of possession: challenges, and a check whose work does not depend on presence.
 
 A client that claims a chunk the server already holds proves it has the bytes by sending a
-proof over every byte of the chunk under a nonce (`cubby.core.proofs`: a keyed BLAKE3 under a
-key derived from the nonce; SHA-256(nonce || bytes) for a prove request that names no
-algorithm, as older clients send), where the nonce is an HMAC of (user, namespace, chunk,
-size, hour) under the server's secret. A claim says which algorithm it answers (`Claim.alg`);
-both cover every byte, and the check feeds the same number of bytes to the claim's
-algorithm for a held chunk and for filler.
+proof over every byte of the chunk under the chunk's nonce (`cubby.core.proofs`: a keyed
+BLAKE3 under a key derived from the nonce; SHA-256(nonce || bytes) for a prove request that
+names no algorithm, as older clients send; the nonce first, so that no midstate of the
+chunk's own hash can stand in for the bytes). A claim says which algorithm it answers
+(`Claim.alg`); both cover every byte, and the check feeds the same number of bytes to the
+claim's algorithm for a held chunk and for filler. The nonce is derived in two steps: a
+*proof key* per (user, namespace, hour), an HMAC under the server's secret (`Challenges.key`),
+and the chunk's nonce, an HMAC of (chunk, size) under that key
+(`cubby.core.nonces.chunk_nonce`).
+
+Proving before committing. The server hands each user the proof keys of its namespaces for
+the current hour (the account answer: ``proof_key``, with the seconds it stays valid), so a
+client can compute the nonce of any chunk itself and prove a group of new small files' chunks
+*before* its first commit: prove, upload what is refused, commit (three requests, one commit
+pass per file), instead of commit (only to hear which chunks are needed and their nonces),
+prove, upload, commit. Why that leaks nothing more than before:
+
+- The key gives no capability a client did not have: any client could already get the nonce
+  of any (chunk, size) for itself by committing a file that names the chunk (the answer
+  carries the nonce whether or not the server holds the chunk). The key only saves asking.
+- A proof still needs the bytes: the nonce is bound to the user, the namespace and the hour
+  (the key is), and to the chunk and its size; knowing a chunk's name (SHA-256 of its bytes)
+  does not give the proof over its bytes under the nonce. A key given to another user is useless to them: the
+  server derives the nonce from the *caller's* user id.
+- The answer is the prove route's, unchanged: a chunk is "accepted" only for a correct proof,
+  and a wrong proof and an absent chunk get the same answer ("rejected") after the same work
+  (the filler hashing below, the same padding by `cubby.server.possession.RejectPacer`). A
+  claim the client makes up front is checked exactly like one a commit asked for.
+- What the client does with a refusal is to upload the chunk, as before. A key must not be
+  stale when it is used (a proof refused only because its hour passed would make the client
+  send bytes the server holds): the account answer says how long the key stays valid and the
+  client asks again well before that (`cubby.client.api.ApiClient.proof_key`).
+- Chunks are never sent before a proof has been refused: proving first is not uploading first
+  (which would send held chunks again, and was turned back).
 
 The commit answer names the hour (``window``) with each nonce, and a client repeats it in its
 claim, so the check hashes the claimed bytes once, for that hour, when it is this hour or the
@@ -39,6 +67,7 @@ from typing import Protocol
 
 from cubby.core import proofs
 from cubby.core.hashing import is_chunk_name
+from cubby.core.nonces import chunk_nonce
 from cubby.errors import BadRequest, CubbyError
 
 CHALLENGE_WINDOW = 3600.0
@@ -95,18 +124,36 @@ class Challenges:
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
         self._filler = memoryview(bytes(FILLER_BYTES))
+        self._keys: dict[tuple[int, int, int], bytes] = {}
 
     @staticmethod
     def window(at: float | None = None) -> int:
         """The hour a nonce made at ``at`` (default: now) belongs to."""
         return int((time.time() if at is None else at) // CHALLENGE_WINDOW)
 
+    def key(self, user_id: int, ns_id: int, window: int) -> bytes:
+        """The proof key of (user, namespace, hour): what a client needs to compute its own
+        nonces (`cubby.core.nonces.chunk_nonce`). Remembered per (user, namespace, hour), a few
+        thousand at most, so that a batch of claims costs one HMAC per chunk, not two."""
+        k = (user_id, ns_id, window)
+        key = self._keys.get(k)
+        if key is None:
+            if len(self._keys) >= 4096:
+                self._keys.clear()
+            key = hmac.new(self._secret, f"key:{user_id}:{ns_id}:{window}".encode(), hashlib.sha256).digest()
+            self._keys[k] = key
+        return key
+
+    def key_valid_for(self, window: int, now: float | None = None) -> float:
+        """Seconds from ``now`` during which a proof made with the key of hour ``window`` is
+        still accepted (until the end of the hour after it)."""
+        return (window + 2) * CHALLENGE_WINDOW - (time.time() if now is None else now)
+
     def nonce(
         self, user_id: int, ns_id: int, chunk_hash: str, size: int, *, at: float | None = None, window: int | None = None
     ) -> str:
         window = self.window(at) if window is None else window
-        msg = f"{user_id}:{ns_id}:{chunk_hash}:{size}:{window}".encode()
-        return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()[:32]
+        return chunk_nonce(self.key(user_id, ns_id, window), chunk_hash, size)
 
     def windows(self, claim: Claim, now: float) -> tuple[int, ...]:
         """The hours ``claim`` is checked against: the one it names if that is this hour or the

@@ -251,6 +251,9 @@ class SqlMetadataStore:
     def challenge(self, user_id: int, ns_id: int, chunk_hash: str, size: int, *, at: float | None = None) -> str:
         return self.chunks.challenge(user_id, ns_id, chunk_hash, size, at=at)
 
+    def proof_key(self, user_id: int, ns_id: int) -> dict[str, Any]:
+        return self.chunks.proof_key(user_id, ns_id)
+
     def accept_proofs(
         self, user_id: int, ns_id: int, claims: Sequence[Claim], blocks_store: ChunkReader,
         *, within: Iterable[int] | None = None,

@@ -26,6 +26,7 @@ from sqlalchemy import bindparam, delete, select, update
 from cubby.core import delta, paths
 from cubby.core.hashing import content_hash
 from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceMoved, NotFound, SizeMismatch
+from cubby.metadata import sqlitedriver
 from cubby.metadata.engine import Database
 from cubby.metadata.nstxn import NamespaceTxn, entry_of, key_range, write_namespace
 from cubby.metadata.pgdriver import HELD_CHUNKS, driver_execute, nodes_and_chunks
@@ -99,8 +100,9 @@ class FileWrites:
         PostgreSQL the same statement through the driver, without SQLAlchemy's CPU)."""
         if self.db.dialect == "postgresql":
             return driver_execute(tx.conn, HELD_CHUNKS, {"nss": [tx.ns_id, *tx.readable], "hashes": list(part)}).fetchall()  # type: ignore[no-any-return]
-        q = _HELD if self.db.is_sqlite else _HELD_LOCKED
-        return tx.conn.execute(q, {"nss": [tx.ns_id, *tx.readable], "hashes": list(part)})  # type: ignore[return-value]
+        if self.db.is_sqlite:
+            return sqlitedriver.held_chunks(tx.conn, [tx.ns_id, *tx.readable], part)
+        return tx.conn.execute(_HELD_LOCKED, {"nss": [tx.ns_id, *tx.readable], "hashes": list(part)})  # type: ignore[return-value]
 
     def _validate_commit(self, req: CommitRequest) -> tuple[str, tuple[ChunkRef, ...]]:
         path = paths.normalize(req.path)

@@ -105,13 +105,18 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         heads = {}
         for ns in access.mounts(p).values():
             heads[ns] = await run_in_threadpool(store.head, ns)
+        # Each namespace the caller may write carries this hour's proof key, so that the
+        # client proves new chunks before its first commit (`cubby.metadata.possession`).
         return Json(
             {
                 "user_id": p.user_id,
                 "name": p.name,
                 "root_ns": p.root_ns,
                 "namespaces": [
-                    {"ns_id": ns, "path": mount, "role": p.namespaces[ns], "head": heads[ns]}
+                    {
+                        "ns_id": ns, "path": mount, "role": p.namespaces[ns], "head": heads[ns],
+                        **({"proof_key": store.proof_key(p.user_id, ns)} if p.can_write(ns) else {}),
+                    }
                     for mount, ns in access.mounts(p).items()
                 ],
             }

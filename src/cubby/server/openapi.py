@@ -97,7 +97,7 @@ def document() -> dict[str, Any]:
     entry_ok = {"type": "object", "properties": {"entry": ENTRY}}
     delete_body = {"type": "object", "required": ["path"], "properties": {**path_props, "unchanged_since": REV}}
     paths: dict[str, Any] = {
-        "/api/v1/account": {"get": _json_op("The caller's account and namespaces", None, {"type": "object"})},
+        "/api/v1/account": {"get": _json_op("The caller's account and namespaces (each writable one with this hour's proof_key: {window, key, valid_for}, to compute possession nonces)", None, {"type": "object"})},
         "/api/v1/files/commit": {"post": _json_op("Commit a file (answers need_chunks until its chunks are held)", COMMIT, {"type": "object"}, 409, 413, 415)},
         "/api/v1/files/commit_batch": {
             "post": _json_op(

@@ -1,0 +1,22 @@
+"""The per-chunk nonce of a proof of possession, from a key both sides know.
+
+The server derives a *proof key* per user, namespace and hour from its secret
+(`cubby.metadata.possession.Challenges.key`) and hands it to that user (the account answer);
+a chunk's nonce is an HMAC of the chunk's name and size under that key. So a client that holds
+the key computes the nonce of any chunk itself, and can prove chunks before any commit has
+named them (`cubby.client.upload`), while the server computes the same nonce from its secret.
+Why that leaks nothing is in `cubby.metadata.possession`'s docstring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+
+def chunk_nonce(key: bytes, chunk_hash: str, size: int) -> str:
+    """The nonce (32 hex digits) of ``chunk_hash`` of ``size`` bytes under a proof ``key``."""
+    return hmac.new(key, f"{chunk_hash}:{size}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+__all__ = ["chunk_nonce"]

@@ -1,0 +1,136 @@
+"""SQLite: the statements of a namespace transaction, sent to the driver (`sqlite3`) directly.
+
+Why. On the embedded default a single-file commit runs nine statements (BEGIN IMMEDIATE, the
+namespace lock, the nodes at the path and its ancestors, the chunk check, the node, file
+revision and journal inserts, the reference-count upsert, the new head) and COMMIT. Through
+SQLAlchemy each cost ~50-60 us of CPU (execution context, compiled-cache lookup, expanding
+IN parameters, type processing, result setup) while SQLite itself runs one in a few: in
+process, `store.commit` was ~1.0 ms of CPU, more than half of it SQLAlchemy's execution.
+Here the same statements, as fixed text, go to the driver on the transaction's own
+connection (``sqlite3`` keeps its own prepared-statement cache keyed by the text).
+
+What it keeps. The statements run inside the same transaction (`Database.write`'s, opened
+with ``BEGIN IMMEDIATE``), in the same order, with the same values: path keys as UTF-8 bytes
+(`cubby.metadata.schema.PathKey`), rows missing a column written as NULL (as
+`cubby.metadata.pgdriver.rows_json` does on PostgreSQL). Errors are raised as SQLAlchemy's
+(`DBAPIError`), as `Connection.execute` would, so a "database is locked" is retried by
+`Database.write` and a constraint violation is the same `IntegrityError`. PostgreSQL has its
+own (`cubby.metadata.pgdriver`); MariaDB keeps the SQLAlchemy statements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+
+from cubby.metadata.pgdriver import JOURNAL_COLUMNS, NODE_COLUMNS, NODE_NAMES, REV_COLUMNS, NodeRow
+
+_BYTES = frozenset({"path_key", "deleted_key"})
+"""Path-key columns: stored as UTF-8 bytes (`cubby.metadata.schema.PathKey`)."""
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+def _insert(table: str, columns: Sequence[str]) -> str:
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({_marks(len(columns))})"
+
+
+LOCK_NAMESPACE = "SELECT head, next_node, sealed FROM namespaces WHERE ns_id = ?"
+"""`cubby.metadata.nstxn.lock_namespace` on SQLite (``BEGIN IMMEDIATE`` already holds the lock)."""
+NODE_KEYS = ("ns_id", "node_id", *NODE_COLUMNS)
+INSERT_NODES = _insert("nodes", NODE_KEYS)
+UPDATE_NODES = f"UPDATE nodes SET {', '.join(c + ' = ?' for c in NODE_COLUMNS)} WHERE ns_id = ? AND node_id = ?"
+INSERT_REVS = _insert("file_revs", REV_COLUMNS)
+INSERT_JOURNAL = _insert("journal", JOURNAL_COLUMNS)
+UPSERT_REFS = (
+    "INSERT INTO ns_chunks (ns_id, hash, refs, touched_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (ns_id, hash) DO UPDATE SET refs = ns_chunks.refs + excluded.refs, touched_at = excluded.touched_at"
+)
+"""`Database.insert_or_add` of ``ns_chunks`` (add ``refs``, set ``touched_at``) as SQLite spells it."""
+SET_HEAD = "UPDATE namespaces SET head = ?, next_node = ? WHERE ns_id = ?"
+
+
+def live_nodes_sql(n: int) -> str:
+    """The live ``nodes`` rows of a namespace at ``n`` path keys (deleted ones have no key)."""
+    return f"SELECT {', '.join(NODE_NAMES)} FROM nodes WHERE ns_id = ? AND path_key IN ({_marks(n)})"
+
+
+def held_chunks_sql(nss: int, hashes: int) -> str:
+    """`cubby.metadata.writes`'s chunk check: the stored chunks among ``hashes`` hashes, with
+    whether one of ``nss`` namespaces holds each. No share lock: on SQLite the transaction
+    holds the database's write lock, which the collector needs too."""
+    return (
+        "SELECT b.hash, b.size, EXISTS (SELECT 1 FROM ns_chunks c WHERE c.hash = b.hash "
+        f"AND c.ns_id IN ({_marks(nss)})) FROM blocks b WHERE b.hash IN ({_marks(hashes)})"
+    )
+
+
+def _key(value: Any) -> Any:
+    return None if value is None else str(value).encode("utf-8")
+
+
+def values(row: Mapping[str, Any], columns: Sequence[str]) -> tuple[Any, ...]:
+    """``row``'s values in ``columns``' order (missing ones NULL; path keys as bytes)."""
+    return tuple(_key(row.get(c)) if c in _BYTES else row.get(c) for c in columns)
+
+
+def node_row(found: Sequence[Any]) -> NodeRow:
+    """A ``nodes`` row of `live_nodes_sql` as `NodeRow` (what PostgreSQL's driver path answers)."""
+    row = dict(zip(NODE_NAMES, found))
+    for c in _BYTES:
+        if row[c] is not None:
+            row[c] = bytes(row[c]).decode("utf-8")
+    row["deleted"] = bool(row["deleted"])
+    return NodeRow(**row)
+
+
+def live_nodes(conn: Connection, ns_id: int, keys: Sequence[str]) -> list[NodeRow]:
+    """The live ``nodes`` rows of ``ns_id`` at ``keys`` (at most SQLite's parameter limit)."""
+    found = execute(conn, live_nodes_sql(len(keys)), (ns_id, *(k.encode("utf-8") for k in keys))).fetchall()
+    return [node_row(r) for r in found]
+
+
+def held_chunks(conn: Connection, nss: Sequence[int], hashes: Sequence[str]) -> list[tuple[str, int, bool]]:
+    """(hash, size, held by one of ``nss``) of the stored chunks among ``hashes``."""
+    found = execute(conn, held_chunks_sql(len(nss), len(hashes)), (*nss, *hashes)).fetchall()
+    return [(h, int(size), bool(held)) for h, size, held in found]
+
+
+def execute(conn: Connection, sql: str, params: Sequence[Any]) -> Any:
+    """Run ``sql`` on ``conn``'s ``sqlite3`` connection, in its transaction; the cursor."""
+    return _call(conn, sql, params, many=False)
+
+
+def executemany(conn: Connection, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
+    """``sql`` once per row of ``rows`` (one row: a plain execute)."""
+    if len(rows) == 1:
+        return _call(conn, sql, rows[0], many=False)
+    return _call(conn, sql, rows, many=True)
+
+
+def _call(conn: Connection, sql: str, params: Any, *, many: bool) -> Any:
+    """Errors are SQLAlchemy's, as from `Connection.execute` (see the module docstring)."""
+    fairy = conn.connection
+    driver: Any = fairy.driver_connection
+    dbapi = conn.dialect.loaded_dbapi
+    try:
+        return driver.executemany(sql, params) if many else driver.execute(sql, params)
+    except dbapi.Error as exc:
+        gone = conn.dialect.is_disconnect(exc, fairy.dbapi_connection, None)
+        if gone:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            sql, params, exc, dbapi.Error, connection_invalidated=gone, dialect=conn.dialect
+        ) from exc
+
+
+__all__ = [
+    "INSERT_JOURNAL", "INSERT_NODES", "INSERT_REVS", "LOCK_NAMESPACE", "NODE_KEYS", "SET_HEAD", "UPDATE_NODES",
+    "UPSERT_REFS", "execute", "executemany", "held_chunks", "held_chunks_sql", "live_nodes", "live_nodes_sql",
+    "node_row", "values",
+]
