@@ -127,6 +127,8 @@ class EngineCore:
         self._cursor_lock = threading.Lock()
         self._cursors: dict[int, int] = self.state.cursors()
         self.last_scan: ScanResult = ScanResult()
+        self._folders_of: tuple[ScanResult, dict[str, str]] | None = None
+        """`rel_for`'s folder map, and the scan it was made from."""
         self.trigger = threading.Event()
         """Set to make a running `SyncDaemon.run` look now (and to wake it when it should stop)."""
         self.pass_done = threading.Condition()
@@ -195,7 +197,11 @@ class EngineCore:
     def rel_for(self, path: str) -> str:
         """Where a path of the user's tree goes on disk: existing folders keep their on-disk
         spelling (which may differ in case or normalisation), new names are NFC."""
-        by_key = {paths.key(i.path): i.rel for i in self.last_scan.items if i.kind == "folder"}
+        scanned = self.last_scan
+        if self._folders_of is None or self._folders_of[0] is not scanned:
+            # once per scan, not per path: a batch of downloads asks for thousands
+            self._folders_of = (scanned, {paths.key(i.path): i.rel for i in scanned.items if i.kind == "folder"})
+        by_key = self._folders_of[1]
         parts: list[str] = []
         for a in paths.ancestors(path):
             rel = by_key.get(paths.key(a))
