@@ -127,6 +127,7 @@ class EngineCore:
         self._cursor_lock = threading.Lock()
         self._cursors: dict[int, int] = self.state.cursors()
         self.last_scan: ScanResult = ScanResult()
+        self._linked_account: dict[str, Any] | None = None
         self._folders_of: tuple[ScanResult, dict[str, str]] | None = None
         """`rel_for`'s folder map, and the scan it was made from."""
         self.trigger = threading.Event()
@@ -174,11 +175,19 @@ class EngineCore:
             if linked is not None and linked.startswith(url.rstrip("/") + "#"):
                 return
             raise
+        self._linked_account = acct
         who = f"{url.rstrip('/')}#{acct['user_id']}"
         if linked is None:
             self.state.set_meta("linked", who)
         elif linked != who:
             raise BadRequest(f"{self.root} is synced with {linked}, not {who}; use another folder", code="linked_elsewhere")
+
+    def account(self) -> dict[str, Any]:
+        """The account (its namespaces and their journal heads): the one `link` just read, the
+        first time (so that `cubby sync --once` with nothing to do makes one request, not two),
+        else asked of the server."""
+        acct, self._linked_account = self._linked_account, None
+        return acct if acct is not None else self.api.account()
 
     def cursors(self) -> dict[int, int]:
         with self._cursor_lock:
