@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
-from machine import describe
+from machine import cpu_seconds, describe
 from report import Report, Row
 
 from cubby.client.api import ApiClient
@@ -36,12 +36,6 @@ from cubby.client.notify import PushWaiter
 from cubby.metadata.schema import drop_all
 from tests.helpers.cluster import Cluster
 from tests.helpers.live_server import LiveServer
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (and its reaped children), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def commits_per_second(url: str, token: str, commits: int, clients: int, tag: str) -> float:
@@ -112,9 +106,9 @@ def main() -> None:
             token = cluster.add_user("bench")
             commits_per_second(cluster.url, token, 2 * args.clients, args.clients, "warm")
             pids = [s.proc.pid for s in cluster.servers["meta"] if s.proc is not None]
-            cpu0 = sum(cpu_seconds(p) for p in pids)
+            cpu0 = sum(cpu_seconds(p, children=True) for p in pids)
             seconds = commits_per_second(cluster.url, token, args.commits, args.clients, "run")
-            cpu = sum(cpu_seconds(p) for p in pids) - cpu0
+            cpu = sum(cpu_seconds(p, children=True) for p in pids) - cpu0
             done = args.commits // args.clients * args.clients
             rep.add(Row(
                 "commits", f"{metas} meta via haproxy", seconds, files=done,

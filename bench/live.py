@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
+from machine import cpu_seconds
+
 from tests.helpers.live_server import LiveServer
 
 __all__ = ["LiveServer", "children_cpu", "cli", "server_cpu", "start_server"]
@@ -27,8 +29,7 @@ __all__ = ["LiveServer", "children_cpu", "cli", "server_cpu", "start_server"]
 def server_cpu(server: LiveServer) -> float:
     """CPU seconds (user + system, all threads) the server process has used so far."""
     assert server.proc is not None
-    fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return cpu_seconds(server.proc.pid)
 
 
 def children_cpu() -> float:

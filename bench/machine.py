@@ -45,6 +45,13 @@ def _tool_version(cmd: list[str]) -> str | None:
     return text[0] if text else None
 
 
+def cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads) so far, from /proc; with
+    ``children``, its reaped children's too (a server that forks workers)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11 : 15 if children else 13]) / os.sysconf("SC_CLK_TCK")
+
+
 def load_average() -> list[float]:
     try:
         return [round(x, 2) for x in os.getloadavg()]

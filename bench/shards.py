@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
-from machine import describe
+from machine import cpu_seconds, describe
 from report import Report, Row
 
 from cubby.client.api import ApiClient
@@ -39,12 +39,6 @@ from cubby.metadata.schema import drop_all
 from cubby.metadata.store import open_store
 from cubby.model import ChunkRef
 from tests.helpers.live_server import LiveServer
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def run_commits(
@@ -120,9 +114,9 @@ def main() -> None:
             try:
                 assert server.proc is not None
                 run_commits(server.url, tokens, 4 * args.clients, args.clients, "warm", args.chunked)
-                cpu0 = cpu_seconds(server.proc.pid)
+                cpu0 = cpu_seconds(server.proc.pid, children=True)
                 seconds, done = run_commits(server.url, tokens, args.commits, args.clients, "run", args.chunked)
-                cpu = cpu_seconds(server.proc.pid) - cpu0
+                cpu = cpu_seconds(server.proc.pid, children=True) - cpu0
             finally:
                 server.stop()
             samples[label].append((seconds, done, cpu))

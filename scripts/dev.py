@@ -79,7 +79,7 @@ def main(argv: list[str]) -> int:
         if subprocess.call([str(_bin(check[0])), *check[1:]]) != 0:
             return 1
     workers = os.environ.get("CUBBY_TEST_WORKERS", "2")
-    args = [str(_bin("python")), "-m", "pytest", "-n", workers, "--dist", "loadgroup", "-q", "-p", "no:cacheprovider"]
+    args = [str(_bin("python")), "-m", "pytest", "-n", workers, "--dist", "loadgroup", "-q", "-p", "no:cacheprovider", "--durations=20"]
     if fast:
         args += ["-m", "not slow"]
     return subprocess.call(args + rest)

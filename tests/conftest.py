@@ -100,10 +100,10 @@ folders on the other."""
 
 
 def two_shard_urls(kind: str) -> tuple[str, dict[str, str]]:
-    """(directory URL, ``{shard name: URL}``) of a wiped two-shard deployment of ``kind`` on
+    """(directory URL, ``{shard name: URL}``) of a fresh (migrated, empty) two-shard deployment of ``kind`` on
     this worker's own databases. New namespaces go to the shard holding fewest, ties by name,
     so the first user's root is on ``far`` (not the directory), the second's on ``near``."""
-    from cubby.metadata.schema import drop_all
+    from tests.helpers.fresh_db import fresh_database
 
     require_service("postgresql")
     near = worker_database(POSTGRES_URL)
@@ -113,7 +113,7 @@ def two_shard_urls(kind: str) -> tuple[str, dict[str, str]]:
         require_service("mariadb")
         far = worker_database(MARIADB_URL)
     for url in (near, far):
-        drop_all(url)
+        fresh_database(url)
     return near, {"near": near, "far": far}
 
 

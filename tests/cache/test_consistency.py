@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import db_url_for
 from tests.helpers.cache_servers import CACHE_SERVERS, CacheServer, start_cache_server
+from tests.helpers.fresh_db import fresh_database
 from tests.helpers.live_server import LiveServer
 
 ROUNDS = 60
@@ -28,10 +29,8 @@ ROUNDS = 60
 def pair(
     request: pytest.FixtureRequest, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[LiveServer, LiveServer, CacheServer]]:
-    from cubby.metadata.schema import drop_all
-
     url = db_url_for("postgresql", tmp_path_factory)
-    drop_all(url)
+    fresh_database(url)
     cache = start_cache_server(request.param, tmp_path / "cache")
     args = ["--cache", cache.url, "--auto-accept-shares"]
     a = LiveServer(tmp_path / "a", db_url=url, extra_args=args).start()

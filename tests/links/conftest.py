@@ -16,6 +16,7 @@ import pytest
 from cubby.client.api import ApiClient
 from cubby.client.upload import upload_file
 from tests.conftest import DB_ENGINES, MARIADB_URL, POSTGRES_URL, require_service, worker_database
+from tests.helpers.fresh_db import fresh_database
 from tests.helpers.live_server import LiveServer
 
 
@@ -24,8 +25,6 @@ def _links_database(engine_name: str) -> str:
     other tests wiping the worker's database never pull it from under the long-lived server."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
-
-    from cubby.metadata.schema import drop_all
 
     require_service(engine_name)
     url = make_url(worker_database(POSTGRES_URL if engine_name == "postgresql" else MARIADB_URL))
@@ -41,7 +40,7 @@ def _links_database(engine_name: str) -> str:
     finally:
         engine.dispose()
     out = url.set(database=name).render_as_string(hide_password=False)
-    drop_all(out)
+    fresh_database(out)
     return out
 
 

@@ -14,10 +14,10 @@ from cubby.blockstore.folder import FolderObjectStore
 from cubby.blockstore.memory import MemoryBlockStore
 from cubby.blockstore.packs import PackBlockStore
 from cubby.metadata.chunk_index import SqlChunkIndex
-from cubby.metadata.schema import drop_all
 from cubby.metadata.store import SqlMetadataStore, open_store
 from cubby.model import ChunkRef, CommitRequest
 from tests.conftest import DB_ENGINES, TWO_SHARDS, db_url_for, two_shard_urls
+from tests.helpers.fresh_db import fresh_database
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def open_deployment(kind: str, tmp_path_factory: pytest.TempPathFactory) -> SqlM
         return open_store(directory, shards=shards)
     url = db_url_for(kind, tmp_path_factory)
     if kind != "sqlite":
-        drop_all(url)
+        fresh_database(url)
     return open_store(url)
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from cubby.blockstore.opener import open_block_store
-from cubby.metadata.schema import drop_all
 from cubby.metadata.store import SqlMetadataStore, open_store
 from tests.conftest import db_url_for
+from tests.helpers.fresh_db import fresh_database
 from tests.metadata.conftest import random_chunks, request
 
 HERE = Path(__file__).parent
@@ -39,7 +39,7 @@ def _check_files(store: SqlMetadataStore, blocks, ns: int, files: dict[str, list
 def test_gc_killed_at_each_step_loses_no_referenced_chunk(engine, step, tmp_path, tmp_path_factory):
     url = db_url_for(engine, tmp_path_factory)
     if engine != "sqlite":
-        drop_all(url)
+        fresh_database(url)
     folder = str(tmp_path / "blocks")
     store = open_store(url)
     blocks = open_block_store(folder, store.db)

@@ -14,6 +14,7 @@ from cubby.client.api import ApiClient, commit_body
 from cubby.metadata.store import SqlMetadataStore, open_store
 from cubby.model import ChunkRef
 from tests.conftest import TWO_SHARDS, db_url_for, two_shard_urls
+from tests.helpers.fresh_db import fresh_database
 from tests.helpers.live_server import LiveServer
 
 ENGINES = ["sqlite", "postgresql"]
@@ -34,9 +35,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         return
     url = db_url_for(request.param, tmp_path_factory)
     if request.param != "sqlite":
-        from cubby.metadata.schema import drop_all
-
-        drop_all(url)
+        fresh_database(url)
     with LiveServer(tmp_path_factory.mktemp("srv") / "data", db_url=url if request.param != "sqlite" else None) as s:
         yield s
 
@@ -45,9 +44,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqlMetadataStore]:
     url = db_url_for(request.param, tmp_path_factory)
     if request.param != "sqlite":
-        from cubby.metadata.schema import drop_all
-
-        drop_all(url)
+        fresh_database(url)
     s = open_store(url)
     yield s
     s.close()

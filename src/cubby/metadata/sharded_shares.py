@@ -59,7 +59,6 @@ from cubby.metadata.schema import (
     members,
     memberships,
     namespaces,
-    nodes,
     ns_chunks,
     share_origins,
     users,
@@ -71,11 +70,12 @@ from cubby.metadata.shares import (
     member_of,
     mount_at_top,
     mount_of,
+    mount_to_folder,
     require_owner,
     unmount,
     user_by_name,
 )
-from cubby.metadata.subtree import read_subtree, write_subtree
+from cubby.metadata.subtree import read_subtree
 from cubby.metadata.tree import guard_mounts
 
 STEPS = (
@@ -329,22 +329,9 @@ class ShardedSharing:
 
         def restore(conn: Connection) -> tuple[str | None, int | None]:
             tx = open_txn(root_db, conn, owner_root, user_id)
-            mount = mount_of(conn, owner_root, ns_id)
-            if mount is None:
+            path = mount_to_folder(tx, ns_id, tree)
+            if path is None:
                 return None, None
-            path = str(mount.path)
-            jid = tx.next_jid()
-            tx.journal("unmount", node_id=mount.node_id, parent_id=mount.parent_id, kind="mount", path=path, rev=jid)
-            jid = tx.next_jid()
-            conn.execute(
-                update(nodes)
-                .where(nodes.c.ns_id == owner_root, nodes.c.node_id == mount.node_id)
-                .values(kind="folder", target_ns=None, rev=jid)
-            )
-            tx.journal("mkdir", node_id=mount.node_id, parent_id=mount.parent_id, kind="folder", path=path, rev=jid)
-            tx.flush()
-            write_subtree(tree, tx, path, dst_parent=int(mount.node_id), keep_ids=False)
-            tx.forget()
             tx.finish()
             return path, tx.head
 

@@ -41,7 +41,7 @@ from cubby.metadata.engine import Database
 from cubby.metadata.nstxn import NamespaceTxn, finish_all, key_range, lock_namespaces, open_txn
 from cubby.metadata.schema import link_tokens, links, members, namespaces, nodes, ns_chunks, users
 from cubby.metadata.shards import ShardRouter, allocate_ns_id, drop_memberships, write_membership
-from cubby.metadata.subtree import read_subtree, write_subtree
+from cubby.metadata.subtree import Subtree, read_subtree, write_subtree
 from cubby.metadata.tree import folder_to_share
 
 if TYPE_CHECKING:
@@ -113,6 +113,30 @@ def unmount(tx: NamespaceTxn, ns_id: int) -> str | None:
     tx.journal("unmount", node_id=row.node_id, parent_id=row.parent_id, kind="mount", path=row.path, rev=jid)
     tx.forget()
     return str(row.path)
+
+
+def mount_to_folder(tx: NamespaceTxn, ns_id: int, contents: Subtree) -> str | None:
+    """Turn the owner's mount of ``ns_id`` in ``tx``'s (root) namespace back into a folder that
+    holds ``contents`` (the shared folder's tree, metadata only, with new node ids), journalled
+    as an unmount then a mkdir and the writes below it; answers the folder's path, or None when
+    there is no mount (idempotent). Unsharing on one database and across shards both end here."""
+    mount = mount_of(tx.conn, tx.ns_id, ns_id)
+    if mount is None:
+        return None
+    path = str(mount.path)
+    jid = tx.next_jid()
+    tx.journal("unmount", node_id=mount.node_id, parent_id=mount.parent_id, kind="mount", path=path, rev=jid)
+    jid = tx.next_jid()
+    tx.conn.execute(
+        update(nodes)
+        .where(nodes.c.ns_id == tx.ns_id, nodes.c.node_id == mount.node_id)
+        .values(kind="folder", target_ns=None, rev=jid)
+    )
+    tx.journal("mkdir", node_id=mount.node_id, parent_id=mount.parent_id, kind="folder", path=path, rev=jid)
+    tx.flush()
+    write_subtree(contents, tx, path, dst_parent=int(mount.node_id), keep_ids=False)
+    tx.forget()
+    return path
 
 
 def mount_at_top(tx: NamespaceTxn, ns_id: int, name: str) -> str:
@@ -367,23 +391,7 @@ class Sharing:
             for uid, root in roots.items():
                 if uid != user_id:
                     unmount(txs[root], ns_id)
-            owner_tx = txs[roots[user_id]]
-            mount = mount_of(conn, owner_tx.ns_id, ns_id)
-            path = None
-            if mount is not None:
-                path = str(mount.path)
-                jid = owner_tx.next_jid()
-                owner_tx.journal("unmount", node_id=mount.node_id, parent_id=mount.parent_id, kind="mount", path=path, rev=jid)
-                jid = owner_tx.next_jid()
-                conn.execute(
-                    update(nodes)
-                    .where(nodes.c.ns_id == owner_tx.ns_id, nodes.c.node_id == mount.node_id)
-                    .values(kind="folder", target_ns=None, rev=jid)
-                )
-                owner_tx.journal("mkdir", node_id=mount.node_id, parent_id=mount.parent_id, kind="folder", path=path, rev=jid)
-                owner_tx.flush()
-                write_subtree(read_subtree(conn, ns_id, paths.ROOT), owner_tx, path, dst_parent=int(mount.node_id), keep_ids=False)
-                owner_tx.forget()
+            path = mount_to_folder(txs[roots[user_id]], ns_id, read_subtree(conn, ns_id, paths.ROOT))
             conn.execute(delete(members).where(members.c.ns_id == ns_id))
             self.router.directory.write(lambda c: drop_memberships(c, ns_id))
             conn.execute(delete(ns_chunks).where(ns_chunks.c.ns_id == ns_id))
@@ -467,6 +475,6 @@ class Sharing:
 
 
 __all__ = [
-    "ROLES", "Sharing", "SharingChange", "member_of", "mount_at_top", "mount_of", "require_owner", "unmount",
+    "ROLES", "Sharing", "SharingChange", "member_of", "mount_at_top", "mount_of", "mount_to_folder", "require_owner", "unmount",
     "user_by_name",
 ]
