@@ -255,6 +255,29 @@ def test_commit_many_reports_each_outcome(store, blocks, alice):
     assert [j.jid for j in journal] == list(range(1, len(journal) + 1))
 
 
+def test_blocklists_answer_each_path_as_blocklist_does(store, blocks, alice):
+    """The many-path read (a few statements for hundreds of paths) gives each path what the
+    single read gives it: a file's entry and chunk list, or the single read's error."""
+    user, _ = alice
+    ns = user.root_ns
+    store.mkdir(user.id, ns, "/d")
+    items = random_chunks(2)
+    store.ingest_chunks(ns, items, blocks)
+    store.commit_many(user.id, ns, [request(f"/d/f{i:03d}", items[i % 2 :]) for i in range(600)])
+    put_file(store, blocks, user.id, ns, "/d/F-edited")
+    put_file(store, blocks, user.id, ns, "/d/F-edited", random_chunks(1), expected_rev=store.stat(ns, "/d/F-edited").rev)
+    asked = ["/d/f000", "/D/F599", "/d", "/missing", "/d/f001", "/d/f-EDITED", "/d/f000", *(f"/d/f{i:03d}" for i in range(2, 600))]
+    got = store.blocklists(ns, asked)
+    assert len(got) == len(asked)
+    for path, answer in zip(asked, got, strict=True):
+        try:
+            want = store.blocklist(ns, path)
+        except (NotFound, Conflict) as exc:
+            assert type(answer) is type(exc) and answer.code == exc.code, path
+            continue
+        assert answer == want, path
+
+
 def test_journal_paging(store, blocks, alice):
     user, _ = alice
     ns = user.root_ns

@@ -145,3 +145,41 @@ def test_a_no_op_pass_in_a_new_process_hashes_and_plans_nothing(clients: Clients
 
     (a.root / ".cubbyignore").write_text("f5.txt\n")  # other rules, same files: a real plan
     assert _pass_in_new_process(clients, a.root, "a")["planned"] >= 1
+
+
+def test_the_walk_reads_folders_on_a_worker_in_the_order_and_with_the_rules_of_one_thread(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The folders are read on a worker thread while the caller names the items: the items,
+    their order, ignored folders (not descended into), names cubby cannot store and the
+    previous scan's items reused must all be what a walk on one thread gives."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cubby.client.sync.ignore import IgnoreRules
+    from cubby.client.sync.scanner import _walk, scan
+    from cubby.client.sync.state import StateDb
+
+    root = tmp_path / "root"
+    for d in ("a/b/c", "a/skip/deep", "e", "bad.", "bad./x", "z/y/x/w"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for f in ("a/1", "a/b/2", "a/b/c/3", "a/skip/4", "a/skip/deep/5", "e/6.tmp", "e/7", "bad./x/8", "z/y/x/w/9", "10"):
+        (root / f).write_bytes(f.encode())
+    os.symlink("a/1", root / "link")
+    os.mkfifo(root / "fifo")
+    (root / ".cubbyignore").write_text("skip/\n*.tmp\n")
+    rules = IgnoreRules.load(root)
+    state = StateDb(tmp_path / "state.db")
+    with ThreadPoolExecutor(2) as pool:
+        one = list(_walk(root, rules))
+        two = list(_walk(root, rules, None, pool))
+        assert [(r, d, p) for r, _, d, p in one] == [(r, d, p) for r, _, d, p in two]
+        rels = [r for r, *_ in two]
+        assert "a/skip" not in rels and "a/skip/4" not in rels and "e/6.tmp" not in rels and "fifo" not in rels
+        assert "bad./x/8" in rels and {r: d for r, _, d, _ in two}["bad./x/8"] is None  # listed, not storable
+        assert rels.index("a") < rels.index("a/b") < rels.index("a/b/c/3")
+        first = scan(root, state, pool)
+        again = list(_walk(root, rules, first, pool))
+        assert [(r, d) for r, _, d, _ in again] == [(r, d) for r, _, d, _ in two]
+        assert sum(p is not None for *_, p in again) == len(first.items)  # every item reused
+        walk = _walk(root, rules, None, pool)
+        next(iter(walk))
+        walk.close()  # a caller that stops early stops the reader
+    state.close()

@@ -143,6 +143,17 @@ def test_first_sync_of_a_tree_is_a_few_batched_requests_and_a_no_op_pass_is_one(
     assert sent == ["/api/v1/account"]  # heads match the cursors: no journal read
     assert a.last_scan.hashed == 0
 
+    # what `cubby sync --once` does in a new process: link the folder, then one pass
+    a.close()
+    again = SyncEngine(a.root, a.api, host="alpha")
+    clients.engines.append(again)
+    sent = count_requests(again)
+    again.link(clients.server.url)
+    rep = again.run_once()
+    assert rep.converged and not rep.applied
+    assert sent == ["/api/v1/account"]  # the account link read is the pass's
+    assert again.last_scan.hashed == 0
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # a hang guard: 20,000 files take 2-6 minutes on 2 busy cores

@@ -193,3 +193,81 @@ def test_a_large_download_killed_halfway_resumes(clients: Clients, tmp_path: Pat
     total = len(clients.api.blocklist("/large.bin")[1])
     # what the killed run wrote (about one 16 MiB window) is not fetched again
     assert first > 0 and again.api.fetched <= total - 8  # type: ignore[attr-defined]
+
+
+def _on_disk(root: Path) -> dict[str, tuple[int, int]]:
+    """rel -> (size, inode) of every file and link under ``root``, the state folder left out."""
+    out = {}
+    for dirpath, dnames, fnames in os.walk(root):
+        dnames[:] = [d for d in dnames if d != ".cubby"]
+        for f in fnames:
+            st = os.lstat(os.path.join(dirpath, f))
+            out[os.path.relpath(os.path.join(dirpath, f), root)] = (st.st_size, st.st_ino)
+    return out
+
+
+def test_a_download_is_recorded_only_after_a_barrier_that_follows_its_rename(clients: Clients, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """What a crash keeps is what was on disk at the last barrier (``syncfs``): every file the
+    state records as synced must have been in place, with the inode and size recorded, then."""
+    from cubby.core import durable
+
+    a = clients.new("alpha")
+    for i in range(30):
+        (a.root / "d" / str(i % 3)).mkdir(parents=True, exist_ok=True)
+        (a.root / "d" / str(i % 3) / f"f{i}.txt").write_bytes(os.urandom(100 + i))
+    (a.root / "run.sh").write_bytes(b"#!/bin/sh\n")
+    (a.root / "run.sh").chmod(0o755)
+    os.symlink("d/0/f0.txt", a.root / "link")
+    (a.root / "big.bin").write_bytes(os.urandom(20 * 1024 * 1024))  # streamed alone
+    clients.settle([a])
+    b = clients.new("beta")
+    at_barrier: dict[str, tuple[int, int]] = {}
+    real = durable.barrier
+
+    def barrier(anchor, paths=None):  # type: ignore[no-untyped-def]
+        real(anchor, paths)
+        at_barrier.clear()
+        at_barrier.update(_on_disk(b.root))
+
+    monkeypatch.setattr(durable, "barrier", barrier)
+    put_files, recorded = b.state.put_files, []
+
+    def checked(recs):  # type: ignore[no-untyped-def]
+        recs = list(recs)
+        for r in recs:
+            assert at_barrier.get(r.rel) == (r.size, r.inode), f"{r.rel} recorded before it was durable in place"
+            recorded.append(r.rel)
+        put_files(recs)
+
+    monkeypatch.setattr(b.state, "put_files", checked)
+    assert b.run_once().converged
+    assert len(recorded) == 33 and local_tree(b.root) == local_tree(a.root)
+
+
+def test_a_crash_between_rename_and_record_is_adopted_without_a_transfer(clients: Clients) -> None:
+    a = clients.new("alpha")
+    for i in range(20):
+        (a.root / f"f{i}.txt").write_bytes(os.urandom(200))
+    clients.settle([a])
+    b = clients.new("beta")
+
+    class Killed(BaseException):
+        pass
+
+    def die(where: str) -> None:
+        if where == "download_renamed":
+            raise Killed(where)
+
+    b.crash_hook = die
+    try:
+        b.run_once()
+        raise AssertionError("the download should have been interrupted")
+    except Killed:
+        pass
+    assert b.state.files() == {} and len(_on_disk(b.root)) == 20  # in place, recorded nowhere
+    b.close()
+    again = SyncEngine(b.root, CountingApi(clients.server.url, clients.token), host="beta")
+    clients.engines.append(again)
+    rep = again.run_once()
+    assert rep.converged and "Download" not in rep.applied and again.api.fetched == 0  # type: ignore[attr-defined]
+    assert local_tree(again.root) == local_tree(a.root) and len(again.state.files()) == 20

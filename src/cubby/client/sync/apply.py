@@ -24,7 +24,7 @@ from cubby.client.sync.downloads import Downloads
 from cubby.client.sync.ignore import IgnoreRules
 from cubby.client.sync.trust import shown
 from cubby.client.sync.uploads import Uploads
-from cubby.core import paths
+from cubby.core import durable, paths
 from cubby.errors import Conflict, CubbyError, NotFound, Unavailable
 from cubby.model import Entry
 
@@ -59,13 +59,22 @@ class Applier:
                 failures.append({"op": type(op).__name__, "path": path_of(op), "error": str(exc)})
 
         remote: list[P.Op] = []
+        folders: list[P.MkdirLocal] = []
         for op in first:
             if isinstance(op, (P.MkdirRemote, P.MoveRemote)):
+                done += self._mkdirs_local(folders, report, failures)
+                folders = []
                 remote.append(op)  # sent together, in plan order, with the next local op
                 continue
             done += self._apply_remote(remote, report, failures)
             remote = []
+            if isinstance(op, P.MkdirLocal):
+                folders.append(op)  # made together, in plan order, before the next other op
+                continue
+            done += self._mkdirs_local(folders, report, failures)
+            folders = []
             one(op)
+        done += self._mkdirs_local(folders, report, failures)
         done += self._apply_remote(remote, report, failures)
         if uploads:
             n = self.uploads.upload(uploads, failures)
@@ -143,6 +152,31 @@ class Applier:
                 self.core.emit({"op": name, "path": path_of(op)})
         return done
 
+    def _mkdirs_local(self, ops: Sequence[P.MkdirLocal], report: PassReport, failures: Failures) -> int:
+        """Make folders on disk, make them durable with one barrier, then record them all in
+        one transaction (a first sync of a real tree makes thousands)."""
+        if not ops:
+            return 0
+        made: list[tuple[P.MkdirLocal, int]] = []
+        for op in ops:
+            try:
+                folder = self.core.abs_path(self.core.rel_for(op.remote.path))
+                folder.mkdir(parents=True, exist_ok=True)
+                made.append((op, os.stat(folder).st_ino))
+            except Unavailable:
+                raise
+            except (CubbyError, OSError) as exc:
+                failures.append({"op": "MkdirLocal", "path": op.remote.path, "error": str(exc)})
+        if not made:
+            return 0
+        durable.barrier(self.core.root)
+        self.core.state.set_bases([base_of(op.remote, inode) for op, inode in made])
+        for op, _ in made:
+            report.count("MkdirLocal")
+            self.core.emit({"op": "MkdirLocal", "path": op.remote.path})
+            self.core.crash_point("MkdirLocal")
+        return len(made)
+
     def _apply_one(self, op: P.Op) -> bool:
         st = self.core.state
         if isinstance(op, P.Adopt):
@@ -170,10 +204,6 @@ class Applier:
             self.core.crash_point("moved_local")
             st.rename_files(op.rel, target)
             st.move_base(op.node, op.new_path)
-        elif isinstance(op, P.MkdirLocal):
-            folder = self.core.abs_path(self.core.rel_for(op.remote.path))
-            folder.mkdir(parents=True, exist_ok=True)
-            st.set_base(base_of(op.remote, folder.stat().st_ino))
         elif isinstance(op, P.DeleteLocal):
             return self._delete_local(op)
         return True

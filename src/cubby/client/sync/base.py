@@ -127,6 +127,9 @@ class EngineCore:
         self._cursor_lock = threading.Lock()
         self._cursors: dict[int, int] = self.state.cursors()
         self.last_scan: ScanResult = ScanResult()
+        self._linked_account: dict[str, Any] | None = None
+        self._folders_of: tuple[ScanResult, dict[str, str]] | None = None
+        """`rel_for`'s folder map, and the scan it was made from."""
         self.trigger = threading.Event()
         """Set to make a running `SyncDaemon.run` look now (and to wake it when it should stop)."""
         self.pass_done = threading.Condition()
@@ -172,11 +175,19 @@ class EngineCore:
             if linked is not None and linked.startswith(url.rstrip("/") + "#"):
                 return
             raise
+        self._linked_account = acct
         who = f"{url.rstrip('/')}#{acct['user_id']}"
         if linked is None:
             self.state.set_meta("linked", who)
         elif linked != who:
             raise BadRequest(f"{self.root} is synced with {linked}, not {who}; use another folder", code="linked_elsewhere")
+
+    def account(self) -> dict[str, Any]:
+        """The account (its namespaces and their journal heads): the one `link` just read, the
+        first time (so that `cubby sync --once` with nothing to do makes one request, not two),
+        else asked of the server."""
+        acct, self._linked_account = self._linked_account, None
+        return acct if acct is not None else self.api.account()
 
     def cursors(self) -> dict[int, int]:
         with self._cursor_lock:
@@ -195,7 +206,11 @@ class EngineCore:
     def rel_for(self, path: str) -> str:
         """Where a path of the user's tree goes on disk: existing folders keep their on-disk
         spelling (which may differ in case or normalisation), new names are NFC."""
-        by_key = {paths.key(i.path): i.rel for i in self.last_scan.items if i.kind == "folder"}
+        scanned = self.last_scan
+        if self._folders_of is None or self._folders_of[0] is not scanned:
+            # once per scan, not per path: a batch of downloads asks for thousands
+            self._folders_of = (scanned, {paths.key(i.path): i.rel for i in scanned.items if i.kind == "folder"})
+        by_key = self._folders_of[1]
         parts: list[str] = []
         for a in paths.ancestors(path):
             rel = by_key.get(paths.key(a))

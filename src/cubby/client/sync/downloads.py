@@ -10,10 +10,13 @@ records what it wrote in the state database.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
@@ -34,6 +37,25 @@ Ready = tuple[P.Download, list[ChunkRef], Entry]
 """A planned download with its chunk list and the entry the list belongs to."""
 
 
+@dataclass
+class Staged:
+    """A batch written to temp files: (download, entry, temp path, the temp file's stat, chunk
+    list) per file, and what failed on the way."""
+
+    files: list[tuple[P.Download, Entry, str, os.stat_result, list[ChunkRef]]] = field(default_factory=list)
+    failures: Failures = field(default_factory=list)
+
+
+def _finish(fd: int, entry: Entry) -> os.stat_result:
+    """Give a written temp file its mode (`modes.apply_mode`) and mtime; its stat."""
+    if entry.mode == modes.EXECUTABLE:
+        cur = stat.S_IMODE(os.fstat(fd).st_mode)
+        os.fchmod(fd, cur | ((cur & 0o444) >> 2))
+    if entry.mtime:
+        os.utime(fd, (entry.mtime, entry.mtime))
+    return os.fstat(fd)
+
+
 class Downloads:
     """Planned downloads, fetched in batches (see the module docstring)."""
 
@@ -46,21 +68,22 @@ class Downloads:
         renamed into place when whole.
 
         Pipelined: the next thousand chunk lists are asked for while this batch is fetched,
-        and a batch of small files is fetched on a worker thread while the one before it is
-        written and renamed on this thread (at most two batches, about two
-        `DOWNLOAD_WINDOW`s of bytes, in memory). A file larger than a window streams alone."""
+        and a batch of small files is fetched and written to its temp files on a worker thread
+        while the one before it is made durable, renamed into place and recorded on this
+        thread (at most two batches, about two `DOWNLOAD_WINDOW`s of bytes, in memory). A
+        file larger than a window streams alone."""
         done = 0
-        with Pipeline(1) as fetcher:
+        with Pipeline(1) as stager:
             for batch in self._batches(ops):
                 if len(batch) == 1 and batch[0][2].size > DOWNLOAD_WINDOW:
-                    for items, got in fetcher.drain():
-                        done += self._download_files(items, failures, got)
-                    done += self._download_files(batch, failures)
+                    for staged in stager.drain():
+                        done += self._land(staged, failures)
+                    done += self._land(self._stage_large(batch[0], failures), failures)
                     continue
-                for items, got in fetcher.submit(lambda batch=batch: (batch, self._fetch(batch))):  # type: ignore[misc]
-                    done += self._download_files(items, failures, got)
-            for items, got in fetcher.drain():
-                done += self._download_files(items, failures, got)
+                for staged in stager.submit(lambda batch=batch: self._stage_small(batch)):  # type: ignore[misc]
+                    done += self._land(staged, failures)
+            for staged in stager.drain():
+                done += self._land(staged, failures)
         return done
 
     def _batches(self, ops: Sequence[P.Download]) -> Iterator[list[Ready]]:
@@ -160,105 +183,131 @@ class Downloads:
             for c in window:
                 yield c, got[c.hash]
 
-    def _download_files(self, items: list[Ready], failures: Failures, fetched: list[tuple[ChunkRef, bytes]] | None = None) -> int:
-        """Write a batch (its chunks ``fetched`` already, or a large file streamed here), make
-        it durable, and rename each file into place if the one it replaces is unchanged."""
-        staged: list[tuple[P.Download, Entry, Path, list[ChunkRef]]] = []
-        tmpdir = self.core.dir / "tmp"
-        big = len(items) == 1 and items[0][2].size > DOWNLOAD_WINDOW
-        bases = self._bases(items) if big else {}
-        stream = None if big else iter(fetched if fetched is not None else self._fetch(items))
-        for op, chunks, entry in items:
-            if big:
-                # named by content, so that a run killed halfway keeps what it wrote
-                tmp = tmpdir / f"{entry.content_hash}.part"
-                keep = verified_prefix(tmp, chunks)
-                stream = self._chunks_for(chunks[keep:], bases)
-            else:
-                tmp, keep = tmpdir / f"{uuid.uuid4().hex}.part", 0
-            assert stream is not None
+    def _stage_small(self, items: list[Ready]) -> Staged:
+        """Fetch a batch of small files and write each to a temp file (on the worker thread):
+        not yet durable, not yet in place, not recorded. What failed goes with the result."""
+        staged = Staged()
+        stream = iter(self._fetch(items))
+        tmpdir = os.fspath(self.core.dir / "tmp")
+        prefix = uuid.uuid4().hex  # one random name per batch: a killed run's leftovers never clash
+        for n, (op, chunks, entry) in enumerate(items):
+            tmp = f"{tmpdir}/{prefix}-{n}.part"
             if entry.mode == modes.SYMLINK:
                 text = b"".join(next(stream)[1] for _ in chunks)
                 try:
-                    self._stage_link(tmp, op, text)
+                    st = self._stage_link(tmp, op, text)
                 except (OSError, ValueError, CubbyError) as exc:
-                    failures.append({"op": "Download", "path": op.remote.path, "error": str(exc)})
+                    staged.failures.append({"op": "Download", "path": op.remote.path, "error": str(exc)})
                     continue
-                staged.append((op, entry, tmp, chunks))
+                staged.files.append((op, entry, tmp, st, chunks))
                 continue
-            with open(tmp, "r+b" if keep else "wb") as out:
-                written = sum(c.size for c in chunks[:keep])
-                out.seek(written)
-                out.truncate()
-                for _ in chunks[keep:]:
-                    _, data = next(stream)
-                    out.write(data)
-                    if big and (written // DOWNLOAD_WINDOW) != ((written + len(data)) // DOWNLOAD_WINDOW):
-                        self.core.emit({"event": "progress", "direction": "down", "path": entry.path, "done": written + len(data), "total": entry.size})
-                        self.core.crash_point("download_window")
-                    written += len(data)
-                if big:
-                    out.flush()
-                    os.fsync(out.fileno())
-            modes.apply_mode(tmp, entry.mode)
-            if entry.mtime:
-                os.utime(tmp, (entry.mtime, entry.mtime))
-            staged.append((op, entry, tmp, chunks))
-        if staged:
-            durable.barrier(tmpdir)
-        done = 0
-        records: list[FileRecord] = []
-        resolved: set[str] = set()  # each folder resolved once for the batch
-        with self.core.state.tx():
-            for op, entry, tmp, chunks in staged:
-                rel = op.replace.rel if op.replace is not None else self.core.rel_for(op.remote.path)
-                try:
-                    target = self.core.abs_path(rel, resolved)
-                    if not self._may_replace(op, target):
-                        tmp.unlink(missing_ok=True)
-                        continue
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    if op.replace is not None:
-                        rec = self.core.state.file(op.replace.rel)
-                        if rec is not None:
-                            self.core.keep_chunks(rec)
-                    os.replace(tmp, target)
-                    s = os.lstat(target)
-                except (OSError, UnsafePath) as exc:
-                    tmp.unlink(missing_ok=True)
-                    failures.append({"op": "Download", "path": op.remote.path, "error": str(exc)})
-                    continue
-                offs, o = [], 0
-                for c in chunks:
-                    offs.append((c.hash, o, c.size))
-                    o += c.size
-                records.append(
-                    FileRecord(rel, s.st_size, s.st_mtime_ns, s.st_ino, entry.content_hash or "", tuple(offs), modes.mode_of(s))
-                )
-                self.core.state.set_base(
-                    P.BaseItem(entry.ns_id, entry.node_id, op.remote.path, "file", entry.rev, op.remote.hash, s.st_ino)
-                )
-                done += 1
-                self.core.emit({"op": "Download", "path": op.remote.path, "size": entry.size})
-            self.core.state.put_files(records)
-        if done:
-            durable.barrier(self.core.root)
-        self.core.crash_point("downloaded")
-        return done
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            try:
+                for _ in chunks:
+                    durable.write_all(fd, next(stream)[1])
+                staged.files.append((op, entry, tmp, _finish(fd, entry), chunks))
+            finally:
+                os.close(fd)
+        return staged
 
-    def _stage_link(self, tmp: Path, op: P.Download, text: bytes) -> None:
+    def _stage_large(self, item: Ready, failures: Failures) -> Staged:
+        """Stream one large file into its temp file, named by its content so that a run killed
+        halfway keeps what it wrote (`verified_prefix`), and fsync it."""
+        op, chunks, entry = item
+        tmp = os.fspath(self.core.dir / "tmp" / f"{entry.content_hash}.part")
+        keep = verified_prefix(Path(tmp), chunks)
+        stream = self._chunks_for(chunks[keep:], self._bases([item]))
+        staged = Staged()
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            written = sum(c.size for c in chunks[:keep])
+            os.ftruncate(fd, written)
+            os.lseek(fd, written, os.SEEK_SET)
+            for _ in chunks[keep:]:
+                _, data = next(stream)
+                durable.write_all(fd, data)
+                if (written // DOWNLOAD_WINDOW) != ((written + len(data)) // DOWNLOAD_WINDOW):
+                    self.core.emit({"event": "progress", "direction": "down", "path": entry.path, "done": written + len(data), "total": entry.size})
+                    self.core.crash_point("download_window")
+                written += len(data)
+            os.fsync(fd)
+            staged.files.append((op, entry, tmp, _finish(fd, entry), chunks))
+        finally:
+            os.close(fd)
+        return staged
+
+    def _land(self, staged: Staged, failures: Failures) -> int:
+        """Make a batch's temp files durable, rename each into place if the file it replaces
+        is unchanged, make the renames durable, and only then record the files as synced: the
+        state never says a file is synced before its bytes and its name would survive a crash.
+        A crash before the record leaves files the next plan adopts (both sides agree)."""
+        failures.extend(staged.failures)
+        if not staged.files:
+            return 0
+        durable.barrier(self.core.dir / "tmp")
+        landed: list[tuple[P.Download, Entry, os.stat_result, list[ChunkRef], str]] = []
+        resolved: set[str] = set()  # each folder resolved once for the batch
+        made: set[str] = set()
+        for op, entry, tmp, st, chunks in staged.files:
+            rel = op.replace.rel if op.replace is not None else self.core.rel_for(op.remote.path)
+            try:
+                target = self.core.abs_path(rel, resolved)
+                if not self._may_replace(op, target):
+                    os.unlink(tmp)
+                    continue
+                parent = os.path.dirname(target)
+                if parent not in made:
+                    os.makedirs(parent, exist_ok=True)
+                    made.add(parent)
+                if op.replace is not None:
+                    rec = self.core.state.file(op.replace.rel)
+                    if rec is not None:
+                        self.core.keep_chunks(rec)
+                os.replace(tmp, target)
+            except (OSError, UnsafePath) as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                failures.append({"op": "Download", "path": op.remote.path, "error": str(exc)})
+                continue
+            landed.append((op, entry, st, chunks, rel))
+        self.core.crash_point("download_renamed")
+        if not landed:
+            return 0
+        durable.barrier(self.core.root)
+        records: list[FileRecord] = []
+        bases: list[P.BaseItem] = []
+        for op, entry, st, chunks, rel in landed:
+            offs, o = [], 0
+            for c in chunks:
+                offs.append((c.hash, o, c.size))
+                o += c.size
+            # the temp file's stat, taken when it was written: a rename keeps inode, size,
+            # mtime and mode, and an edit made since the rename is then never taken as synced
+            records.append(FileRecord(rel, st.st_size, st.st_mtime_ns, st.st_ino, entry.content_hash or "", tuple(offs), modes.mode_of(st)))
+            bases.append(P.BaseItem(entry.ns_id, entry.node_id, op.remote.path, "file", entry.rev, op.remote.hash, st.st_ino))
+        with self.core.state.tx():
+            self.core.state.set_bases(bases)
+            self.core.state.put_files(records)
+        for op, entry, *_ in landed:
+            self.core.emit({"op": "Download", "path": op.remote.path, "size": entry.size})
+        self.core.crash_point("downloaded")
+        return len(landed)
+
+    def _stage_link(self, tmp: str, op: P.Download, text: bytes) -> os.stat_result:
         """Make a downloaded link at ``tmp``: only a link that stays inside the folder, the
         rule the sender's scanner applied (a server or another client could send any text)."""
         rel = op.replace.rel if op.replace is not None else self.core.rel_for(op.remote.path)
         target = os.fsdecode(text)
         if not modes.link_inside(rel, target):
             raise BadRequest(f"{op.remote.path} is a link to {target!r}, outside the folder: not made", code="link_outside")
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         os.symlink(target, tmp)
         if op.remote.mtime:
             os.utime(tmp, (op.remote.mtime, op.remote.mtime), follow_symlinks=False)
+        return os.lstat(tmp)
 
-    def _may_replace(self, op: P.Download, target: Path) -> bool:
+    def _may_replace(self, op: P.Download, target: str | Path) -> bool:
         """Is the local file still what the plan saw? Never overwrite an edit made meanwhile."""
         try:
             s = os.lstat(target)

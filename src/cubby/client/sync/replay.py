@@ -28,7 +28,7 @@ class RemoteReplay:
         the account again afterwards and start over if the set of namespaces changed
         meanwhile, so that a folder being shared is never seen half moved (gone from one
         namespace, not yet in the other)."""
-        acct = self.core.api.account()
+        acct = self.core.account()
         if self._caught_up(acct):
             return  # the account's heads are our cursors: a pass with nothing new costs one request
         for _ in range(3):

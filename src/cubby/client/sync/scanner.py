@@ -13,7 +13,9 @@ in `ScanResult.outside_links` (what `cubby status` reports) and skipped.
 from __future__ import annotations
 
 import os
+import queue
 import stat as stat_mod
+import threading
 from collections.abc import Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -78,53 +80,94 @@ def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_size, st.st_mtime_ns, st.st_ino, mode_of(st))
 
 
+Listing = tuple[str, list[tuple[str, os.stat_result, bool]]]
+"""A folder's relative path, and (name, lstat, is a folder) of each entry cubby may sync."""
+
+
+def _list_folders(root: str, rules: IgnoreRules, out: queue.SimpleQueue[Listing | BaseException | None], stop: threading.Event) -> None:
+    """Read every folder below ``root`` that is synced, depth first, and hand each listing
+    (its entries lstat'ed) to `_walk`, then None (or the error that stopped it).
+
+    Runs on a worker thread: ``scandir`` and ``lstat`` release the GIL, so the kernel's part of
+    a scan (most of a pass with nothing changed) overlaps the Python part on the caller's
+    thread. The folders descended into are those `_walk` yields (not ignored), in its order."""
+    try:
+        stack = [""]
+        is_dir_mode, is_reg, is_link = stat_mod.S_ISDIR, stat_mod.S_ISREG, stat_mod.S_ISLNK
+        while stack and not stop.is_set():
+            rel_dir = stack.pop()
+            try:
+                with os.scandir(f"{root}/{rel_dir}" if rel_dir else root) as it:
+                    entries = list(it)
+            except OSError:
+                continue
+            listing: list[tuple[str, os.stat_result, bool]] = []
+            for e in entries:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if is_dir_mode(st.st_mode):
+                    listing.append((e.name, st, True))
+                    rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
+                    if not rules.ignored(rel, True):
+                        stack.append(rel)
+                elif is_reg(st.st_mode) or is_link(st.st_mode):
+                    listing.append((e.name, st, False))
+                # sockets, devices, fifos are not synced
+            out.put((rel_dir, listing))
+        out.put(None)
+    except BaseException as exc:  # handed to the caller's thread, raised there
+        out.put(exc)
+
+
 def _walk(
-    root: Path, rules: IgnoreRules, previous: ScanResult | None = None
+    root: Path, rules: IgnoreRules, previous: ScanResult | None = None, executor: Executor | None = None
 ) -> Iterable[tuple[str, os.stat_result, str | None, LocalItem | None]]:
     """(relative path, lstat, display path or None when cubby cannot store the name, the
     previous scan's item at that path) of everything below ``root`` that is synced, folders
-    before what they hold.
+    before what they hold. The folders are read on ``executor`` (`_list_folders`), or on this
+    thread without one.
 
     An item the previous scan found under the same rules, of the same kind, is neither tested
     against the rules nor named again: both are pure functions of the relative path (and the
     rules), so the answer would be the same. A pass with nothing changed then costs one
     ``lstat`` and a lookup per item."""
     seen_before = previous.by_rel() if previous is not None and previous.rules == rules else {}
-    stack: list[tuple[str, str | None]] = [("", paths.ROOT)]
-    is_dir_mode, is_reg, is_link = stat_mod.S_ISDIR, stat_mod.S_ISREG, stat_mod.S_ISLNK
-    while stack:
-        rel_dir, display_dir = stack.pop()
-        try:
-            with os.scandir(root / rel_dir if rel_dir else root) as it:
-                entries = list(it)
-        except OSError:
-            continue
-        for e in entries:
-            rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
-            try:
-                st = e.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            is_dir = is_dir_mode(st.st_mode)
-            if not is_dir and not is_reg(st.st_mode) and not is_link(st.st_mode):
-                continue  # sockets, devices, fifos are not synced
-            prev = seen_before.get(rel)
-            if prev is not None and (prev.kind == "folder") == is_dir:
-                yield rel, st, prev.path, prev
+    listings: queue.SimpleQueue[Listing | BaseException | None] = queue.SimpleQueue()
+    stop = threading.Event()
+    if executor is None:
+        _list_folders(os.fspath(root), rules, listings, stop)
+    else:
+        executor.submit(_list_folders, os.fspath(root), rules, listings, stop)
+    displays: dict[str, str | None] = {"": paths.ROOT}  # folder -> its display path, set as it is listed
+    try:
+        while (got := listings.get()) is not None:
+            if isinstance(got, BaseException):
+                raise got
+            rel_dir, listing = got
+            display_dir = displays.pop(rel_dir)
+            for name, st, is_dir in listing:
+                rel = f"{rel_dir}/{name}" if rel_dir else name
+                prev = seen_before.get(rel)
+                if prev is not None and (prev.kind == "folder") == is_dir:
+                    yield rel, st, prev.path, prev
+                    if is_dir:
+                        displays[rel] = prev.path
+                    continue
+                if rules.ignored(rel, is_dir):
+                    continue
+                display: str | None = None
+                if display_dir is not None:
+                    try:
+                        display = paths.child(display_dir, name)
+                    except InvalidPath:
+                        pass
+                yield rel, st, display, None
                 if is_dir:
-                    stack.append((rel, prev.path))
-                continue
-            if rules.ignored(rel, is_dir):
-                continue
-            display: str | None = None
-            if display_dir is not None:
-                try:
-                    display = paths.child(display_dir, e.name)
-                except InvalidPath:
-                    pass
-            yield rel, st, display, None
-            if is_dir:
-                stack.append((rel, display))
+                    displays[rel] = display
+    finally:
+        stop.set()  # a caller that gave up early: the reader stops at the next folder
 
 
 def scan(
@@ -142,7 +185,7 @@ def scan(
     todo: list[tuple[str, str, int]] = []  # (rel, display path, inode)
     matched = 0  # indexed files found (all of them: nothing to drop from the index)
     is_dir_mode, is_link = stat_mod.S_ISDIR, stat_mod.S_ISLNK
-    for rel, st, display, prev in _walk(root, rules, previous):
+    for rel, st, display, prev in _walk(root, rules, previous, executor):
         if display is None:
             res.unsyncable.append(rel)
             continue

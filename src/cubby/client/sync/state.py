@@ -433,12 +433,23 @@ class StateDb:
 
     def set_base(self, b: BaseItem) -> None:
         """Record an agreed item; any other base row at the same key is superseded."""
+        self.set_bases([b])
+
+    def set_bases(self, items: Iterable[BaseItem]) -> None:
+        """`set_base` of many items, in one transaction and a statement per kind of change (a
+        download records a thousand files at a time). Of two items at one key, the later wins,
+        as it would one after the other."""
+        last = {paths.key(b.path): b for b in items}
+        if not last:
+            return
         with self.tx() as db:
-            k = paths.key(b.path)
-            db.execute("DELETE FROM base WHERE key = ? AND NOT (ns_id = ? AND node_id = ?)", (k, b.ns_id, b.node_id))
-            db.execute(
+            db.executemany(
+                "DELETE FROM base WHERE key = ? AND NOT (ns_id = ? AND node_id = ?)",
+                [(k, b.ns_id, b.node_id) for k, b in last.items()],
+            )
+            db.executemany(
                 "INSERT OR REPLACE INTO base (ns_id, node_id, path, key, kind, rev, hash, inode) VALUES (?,?,?,?,?,?,?,?)",
-                (b.ns_id, b.node_id, b.path, k, b.kind, b.rev, b.hash, b.inode),
+                [(b.ns_id, b.node_id, b.path, k, b.kind, b.rev, b.hash, b.inode) for k, b in last.items()],
             )
 
     def forget_base(self, node: NodeKey) -> None:
@@ -503,19 +514,22 @@ class StateDb:
         return FileRecord(rel, size, mtime_ns, inode, h, tuple(tuple(c) for c in json.loads(chunks)), mode)  # type: ignore[misc]
 
     def put_files(self, recs: Iterable[FileRecord]) -> None:
+        """Index files (replacing what was known at their paths), a statement per table for
+        the lot; of two records of one path, the later wins."""
+        last = {rec.rel: rec for rec in recs}
+        if not last:
+            return
         with self.tx() as db:
-            for rec in recs:
-                db.execute("DELETE FROM chunks WHERE rel = ?", (rec.rel,))
-                db.execute(
-                    "INSERT OR REPLACE INTO files (rel, size, mtime_ns, inode, hash, chunks, mode) VALUES (?,?,?,?,?,?,?)",
-                    (rec.rel, rec.size, rec.mtime_ns, rec.inode, rec.hash, json.dumps([list(c) for c in rec.chunks]), rec.mode),
-                )
-                if rec.mode == SYMLINK:
-                    continue  # a link's "chunk" is its target's text, not bytes a download may read back
-                db.executemany(
-                    "INSERT OR IGNORE INTO chunks (hash, rel, offset, size) VALUES (?,?,?,?)",
-                    [(h, rec.rel, off, size) for h, off, size in rec.chunks],
-                )
+            db.executemany("DELETE FROM chunks WHERE rel = ?", [(rel,) for rel in last])
+            db.executemany(
+                "INSERT OR REPLACE INTO files (rel, size, mtime_ns, inode, hash, chunks, mode) VALUES (?,?,?,?,?,?,?)",
+                [(r.rel, r.size, r.mtime_ns, r.inode, r.hash, json.dumps([list(c) for c in r.chunks]), r.mode) for r in last.values()],
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO chunks (hash, rel, offset, size) VALUES (?,?,?,?)",
+                # a link's "chunk" is its target's text, not bytes a download may read back
+                [(h, r.rel, off, size) for r in last.values() if r.mode != SYMLINK for h, off, size in r.chunks],
+            )
 
     def drop_files(self, rels: Iterable[str]) -> None:
         with self.tx() as db:
