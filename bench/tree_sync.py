@@ -105,13 +105,16 @@ def child(url: str, token: str, folder: Path, passes: int) -> None:
 
 
 def run_child(url: str, token: str, folder: Path, passes: int) -> dict[str, Any]:
+    """Run ``passes`` sync passes in a new Python process; its figures, plus ``wall_seconds``:
+    the whole process from spawn to exit (interpreter start and imports included)."""
+    start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--child", url, token, str(folder), str(passes)],
         check=False, capture_output=True, text=True,
     )
     if proc.returncode != 0:
         raise SystemExit(f"sync child failed: {proc.stderr[-3000:]}")
-    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "wall_seconds": time.perf_counter() - start}
 
 
 def measure_round(
@@ -186,6 +189,7 @@ def report_dataset(report: Report, group: str, files: int, rounds: list[dict[str
     row("cubby no-op pass, new process (cubby sync --once)", lambda x: x["cold_noop"]["passes"][0]["seconds"], nref,
                   extra={"requests": [x["cold_noop"]["passes"][0]["requests"] for x in rounds],
                          "max_rss_kib": [x["cold_noop"]["max_rss_kib"] for x in rounds]})
+    row("cubby no-op, new process, whole process (start, imports, pass)", lambda x: x["cold_noop"]["wall_seconds"], nref)
     dref = row("rsync -a --fsync from daemon", lambda x: x["rs_down"])
     row("cubby first download sync", lambda x: x["down"]["passes"][0]["seconds"], dref,
                   extra={"requests": [x["down"]["passes"][0]["requests"] for x in rounds],
