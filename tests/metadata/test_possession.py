@@ -176,9 +176,9 @@ def test_the_blake3_proof_is_keyed_blake3_under_a_key_derived_from_the_nonce() -
 
 
 def test_a_request_names_its_algorithm_or_gets_the_legacy_one() -> None:
-    assert parse_alg(None) == proofs.LEGACY == "sha256"
+    assert parse_alg(None, present=False) == proofs.LEGACY == "sha256"
     assert parse_alg("blake3") == proofs.BLAKE3
-    for bad in ("BLAKE3", "md5", 3, "", ["blake3"]):
+    for bad in ("BLAKE3", "md5", 3, "", ["blake3"], None):  # a null "alg" is not an absent one
         with pytest.raises(BadRequest):
             parse_alg(bad)
     h = hashlib.sha256(b"x").hexdigest()

@@ -154,6 +154,10 @@ def test_a_request_names_its_proof_algorithm_and_one_without_a_name_is_sha256(us
         bad = [prove(alg, "ab" * 32, h) for h in (chunk.hash, absent) for alg in ("md5", 7)]
         assert {r.status_code for r in bad} == {400}
         assert bad[0].json() == bad[2].json() and bad[1].json() == bad[3].json()
+        # A null "alg" is not an absent one (which means the legacy SHA-256): refused alike.
+        null = [bob.post("/api/v1/blocks/prove", json={"ns_id": ns_b, "alg": None, "proofs": {h: {"size": chunk.length, "proof": "ab" * 32}}})
+                for h in (chunk.hash, absent)]
+        assert [r.status_code for r in null] == [400, 400] and null[0].json() == null[1].json()
         assert prove(None, proofs.proof_hex(nonce, data, proofs.SHA256)).json() == {"accepted": [chunk.hash], "rejected": []}
         assert prove("blake3", proofs.proof_hex(nonce, data, proofs.BLAKE3)).json() == {"accepted": [chunk.hash], "rejected": []}
     # And the client's own path (`ApiClient.prove`, which names blake3) proves it too.

@@ -225,13 +225,14 @@ def check_claims(
     return out
 
 
-def parse_alg(value: object) -> str:
-    """The proof algorithm a prove request names in ``"alg"``: absent (None) means
-    `cubby.core.proofs.LEGACY`, what clients sent before requests named one; an unknown name
-    is a `BadRequest` (before any lookup, so the answer depends on the request alone)."""
-    if value is None:
+def parse_alg(value: object, *, present: bool = True) -> str:
+    """The proof algorithm a prove request names in ``"alg"``: a field not ``present`` means
+    `cubby.core.proofs.LEGACY`, what clients sent before requests named one; anything but a
+    known name (null included) is a `BadRequest` (before any lookup, so the answer depends on
+    the request alone)."""
+    if not present:
         return proofs.LEGACY
-    if value not in proofs.ALGORITHMS:
+    if not isinstance(value, str) or value not in proofs.ALGORITHMS:
         raise BadRequest(f"field 'alg' must be one of {', '.join(proofs.ALGORITHMS)}", field="alg")
     return str(value)
 

@@ -188,7 +188,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         ns_id = field_int(body, "ns_id", minimum=1) or 0
         access.check_namespace(p, ns_id, write=True)
         # No "alg": a client from before requests named one, which sends SHA-256(nonce || bytes).
-        claims = parse_claims(body.get("proofs"), max_entries=MAX_FETCH, alg=parse_alg(body.get("alg")))
+        claims = parse_claims(body.get("proofs"), max_entries=MAX_FETCH, alg=parse_alg(body.get("alg"), present="alg" in body))
         within = list(access.mounts(p).values()) if ctx.config.dedup_scope == "user" else None
         checked = await run_in_threadpool(store.accept_proofs, p.user_id, ns_id, claims, blocks, within=within)
         if within is None:
