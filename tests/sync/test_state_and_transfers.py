@@ -163,6 +163,26 @@ def test_the_periodic_scan_does_not_poll_the_server(clients: Clients) -> None:
     assert rep.applied.get("Upload") == 1 and b.api.requests > 0  # type: ignore[attr-defined]
 
 
+
+class Killed(BaseException):
+    """Stands for a kill -9 at a crash point: nothing below the point runs."""
+
+
+def run_until_killed(engine: SyncEngine, where: str) -> None:
+    """Run a pass of ``engine`` that dies at the crash point ``where`` (it must reach it)."""
+
+    def die(point: str) -> None:
+        if point == where:
+            raise Killed(point)
+
+    engine.crash_hook = die
+    try:
+        engine.run_once()
+    except Killed:
+        return
+    raise AssertionError(f"the pass should have been killed at {where}")
+
+
 def test_a_large_download_killed_halfway_resumes(clients: Clients, tmp_path: Path) -> None:
     a = clients.new("alpha")
     data = os.urandom(48 * 1024 * 1024)
@@ -170,20 +190,7 @@ def test_a_large_download_killed_halfway_resumes(clients: Clients, tmp_path: Pat
     clients.settle([a])
     b = clients.new("beta")
     b.api = CountingApi(clients.server.url, clients.token)
-
-    class Killed(BaseException):
-        pass
-
-    def die(where: str) -> None:
-        if where == "download_window":
-            raise Killed(where)
-
-    b.crash_hook = die
-    try:
-        b.run_once()
-        raise AssertionError("the download should have been interrupted")
-    except Killed:
-        pass
+    run_until_killed(b, "download_window")
     first = b.api.fetched  # type: ignore[attr-defined]
     b.close()
     again = SyncEngine(b.root, CountingApi(clients.server.url, clients.token), host="beta")
@@ -250,20 +257,7 @@ def test_a_crash_between_rename_and_record_is_adopted_without_a_transfer(clients
         (a.root / f"f{i}.txt").write_bytes(os.urandom(200))
     clients.settle([a])
     b = clients.new("beta")
-
-    class Killed(BaseException):
-        pass
-
-    def die(where: str) -> None:
-        if where == "download_renamed":
-            raise Killed(where)
-
-    b.crash_hook = die
-    try:
-        b.run_once()
-        raise AssertionError("the download should have been interrupted")
-    except Killed:
-        pass
+    run_until_killed(b, "download_renamed")
     assert b.state.files() == {} and len(_on_disk(b.root)) == 20  # in place, recorded nowhere
     b.close()
     again = SyncEngine(b.root, CountingApi(clients.server.url, clients.token), host="beta")
