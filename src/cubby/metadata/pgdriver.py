@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, StatementError
 
 NODE_COLUMNS = (
     "parent_id", "name", "path", "path_key", "kind", "rev", "content_rev", "size", "content_hash", "mtime",
@@ -184,16 +184,25 @@ def driver_execute(conn: Connection, sql: str, params: Mapping[str, Any]) -> Any
     try:
         cur.execute(sql, params)
     except dbapi.Error as exc:
-        gone = conn.dialect.is_disconnect(exc, fairy.dbapi_connection, cur)
-        if gone:
-            conn.invalidate(exc)
-        raise DBAPIError.instance(
-            sql, params, exc, dbapi.Error, connection_invalidated=gone, dialect=conn.dialect
-        ) from exc
+        raise as_sqlalchemy_error(conn, sql, params, exc, cur) from exc
     return cur
+
+
+def as_sqlalchemy_error(conn: Connection, sql: str, params: Any, exc: Any, cursor: Any = None) -> StatementError:
+    """The driver's ``exc`` as `Connection.execute` would have raised it (so deadlock retries,
+    "database is locked" retries and constraint errors work as on SQLAlchemy's path), with the
+    connection invalidated first when the error says it is gone. Shared by the modules that
+    send statements to the driver directly (this one and `cubby.metadata.sqlitedriver`)."""
+    fairy = conn.connection
+    gone = conn.dialect.is_disconnect(exc, fairy.dbapi_connection, cursor)
+    if gone:
+        conn.invalidate(exc)
+    return DBAPIError.instance(
+        sql, params, exc, conn.dialect.loaded_dbapi.Error, connection_invalidated=gone, dialect=conn.dialect
+    )
 
 
 __all__ = [
     "HELD_CHUNKS", "LIVE_NODES", "LOCK_NAMESPACE", "NODES_AND_CHUNKS", "NODE_COLUMNS", "UPDATE_NODES", "WRITE_ALL", "NodeRow",
-    "driver_execute", "live_nodes", "nodes_and_chunks", "rows_json", "write_params",
+    "as_sqlalchemy_error", "driver_execute", "live_nodes", "nodes_and_chunks", "rows_json", "write_params",
 ]

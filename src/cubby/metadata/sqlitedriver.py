@@ -24,9 +24,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
 
-from cubby.metadata.pgdriver import JOURNAL_COLUMNS, NODE_COLUMNS, NODE_NAMES, REV_COLUMNS, NodeRow
+from cubby.metadata.pgdriver import (
+    JOURNAL_COLUMNS,
+    NODE_COLUMNS,
+    NODE_NAMES,
+    REV_COLUMNS,
+    NodeRow,
+    as_sqlalchemy_error,
+)
 
 _BYTES = frozenset({"path_key", "deleted_key"})
 """Path-key columns: stored as UTF-8 bytes (`cubby.metadata.schema.PathKey`)."""
@@ -121,12 +127,7 @@ def _call(conn: Connection, sql: str, params: Any, *, many: bool) -> Any:
     try:
         return driver.executemany(sql, params) if many else driver.execute(sql, params)
     except dbapi.Error as exc:
-        gone = conn.dialect.is_disconnect(exc, fairy.dbapi_connection, None)
-        if gone:
-            conn.invalidate(exc)
-        raise DBAPIError.instance(
-            sql, params, exc, dbapi.Error, connection_invalidated=gone, dialect=conn.dialect
-        ) from exc
+        raise as_sqlalchemy_error(conn, sql, params, exc) from exc
 
 
 __all__ = [
