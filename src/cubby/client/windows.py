@@ -26,9 +26,13 @@ DOWNLOAD_IN_FLIGHT = 2
 """Fetch requests of one file's download with the server at once: the next window is asked
 for while one is written, so the server reads ahead and no round trip is waited for; memory
 holds at most this many windows."""
-IN_FLIGHT = 2
+IN_FLIGHT = 4
 """Upload windows (or tree groups) with the server at once; with the one being read, memory
-holds at most ``IN_FLIGHT + 1`` windows."""
+holds at most ``IN_FLIGHT + 1`` windows (80 MiB of chunk bytes). Four, not two: a window's
+prove answer waits out the server's padding of refused proofs (`RejectPacer`, which hides
+whether a chunk is held), time in which neither side works, and only a deeper pipeline hides
+it. On a quiet 2-core machine, back to back: a 1 GiB `cubby put` took 5.3-5.7 s at four
+against 8.3-9.1 s at two, 10,000 files of 4 KiB 2.40 s against 2.87 s; three was between."""
 KEEP_BYTES = 4 * MiB
 """Files up to this size keep their bytes from the naming pass, so they are never read again."""
 GROUP_BYTES = 16 * MiB
