@@ -39,11 +39,12 @@ def version(content_hash: str | None, mode: int | None) -> str | None:
     return f"{content_hash}:{mode:o}"
 
 
-def apply_mode(path: Path, mode: int | None) -> None:
-    """Give a regular file written here the execute bits of ``mode`` (where it has read bits)."""
+def apply_mode(path: Path | int, mode: int | None) -> None:
+    """Give a regular file written here the execute bits of ``mode`` (where it has read bits);
+    ``path`` may be a descriptor open on the file (a download's temp file)."""
     if mode == SYMLINK:
         return
-    cur = stat.S_IMODE(os.lstat(path).st_mode)
+    cur = stat.S_IMODE((os.fstat(path) if isinstance(path, int) else os.lstat(path)).st_mode)
     new = cur | ((cur & 0o444) >> 2) if mode == EXECUTABLE else cur & ~0o111
     if new != cur:
         os.chmod(path, new)

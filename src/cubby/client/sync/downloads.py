@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,9 +47,8 @@ class Staged:
 
 def _finish(fd: int, entry: Entry) -> os.stat_result:
     """Give a written temp file its mode (`modes.apply_mode`) and mtime; its stat."""
-    if entry.mode == modes.EXECUTABLE:
-        cur = stat.S_IMODE(os.fstat(fd).st_mode)
-        os.fchmod(fd, cur | ((cur & 0o444) >> 2))
+    if entry.mode == modes.EXECUTABLE:  # a new temp file has no execute bits to take away
+        modes.apply_mode(fd, entry.mode)
     if entry.mtime:
         os.utime(fd, (entry.mtime, entry.mtime))
     return os.fstat(fd)
