@@ -16,7 +16,7 @@ import os
 import queue
 import stat as stat_mod
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,9 +84,18 @@ Listing = tuple[str, list[tuple[str, os.stat_result, bool]]]
 """A folder's relative path, and (name, lstat, is a folder) of each entry cubby may sync."""
 
 
-def _list_folders(root: str, rules: IgnoreRules, out: queue.SimpleQueue[Listing | BaseException | None], stop: threading.Event) -> None:
+def _list_folders(
+    root: str,
+    rules: IgnoreRules,
+    known: Mapping[str, LocalItem],
+    out: queue.SimpleQueue[Listing | BaseException | None],
+    stop: threading.Event,
+) -> None:
     """Read every folder below ``root`` that is synced, depth first, and hand each listing
-    (its entries lstat'ed) to `_walk`, then None (or the error that stopped it).
+    (its entries lstat'ed, ignored folders left out) to `_walk`, then None (or the error that
+    stopped it). A folder in ``known`` (the previous scan's, under the same rules) is not
+    tested against the rules again; any other is tested here, once, and `_walk` does not test
+    folders.
 
     Runs on a worker thread: ``scandir`` and ``lstat`` release the GIL, so the kernel's part of
     a scan (most of a pass with nothing changed) overlaps the Python part on the caller's
@@ -108,10 +117,12 @@ def _list_folders(root: str, rules: IgnoreRules, out: queue.SimpleQueue[Listing 
                 except OSError:
                     continue
                 if is_dir_mode(st.st_mode):
-                    listing.append((e.name, st, True))
                     rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
-                    if not rules.ignored(rel, True):
-                        stack.append(rel)
+                    prev = known.get(rel)
+                    if (prev is None or prev.kind != "folder") and rules.ignored(rel, True):
+                        continue
+                    listing.append((e.name, st, True))
+                    stack.append(rel)
                 elif is_reg(st.st_mode) or is_link(st.st_mode):
                     listing.append((e.name, st, False))
                 # sockets, devices, fifos are not synced
@@ -137,9 +148,9 @@ def _walk(
     listings: queue.SimpleQueue[Listing | BaseException | None] = queue.SimpleQueue()
     stop = threading.Event()
     if executor is None:
-        _list_folders(os.fspath(root), rules, listings, stop)
+        _list_folders(os.fspath(root), rules, seen_before, listings, stop)
     else:
-        executor.submit(_list_folders, os.fspath(root), rules, listings, stop)
+        executor.submit(_list_folders, os.fspath(root), rules, seen_before, listings, stop)
     displays: dict[str, str | None] = {"": paths.ROOT}  # folder -> its display path, set as it is listed
     try:
         while (got := listings.get()) is not None:
@@ -155,7 +166,7 @@ def _walk(
                     if is_dir:
                         displays[rel] = prev.path
                     continue
-                if rules.ignored(rel, is_dir):
+                if not is_dir and rules.ignored(rel, False):  # folders were tested by the reader
                     continue
                 display: str | None = None
                 if display_dir is not None:
