@@ -91,8 +91,11 @@ _LIVE = select(nodes).where(nodes.c.ns_id == bindparam("ns"), nodes.c.path_key =
 _LIVE_MANY = select(nodes).where(
     nodes.c.ns_id == bindparam("ns"), nodes.c.path_key.in_(bindparam("ks", expanding=True))
 )
-_LOCK = select(namespaces.c.head, namespaces.c.next_node, namespaces.c.sealed).where(namespaces.c.ns_id == bindparam("ns"))
-_LOCK_FOR_UPDATE = _LOCK.with_for_update()
+_LOCK_FOR_UPDATE = (  # MariaDB's; PostgreSQL and SQLite send theirs to the driver
+    select(namespaces.c.head, namespaces.c.next_node, namespaces.c.sealed)
+    .where(namespaces.c.ns_id == bindparam("ns"))
+    .with_for_update()
+)
 _UPDATE_NODE = (
     update(nodes)
     .where(nodes.c.ns_id == bindparam("b_ns"), nodes.c.node_id == bindparam("b_node"))
@@ -327,7 +330,7 @@ def lock_namespace(db: Database, conn: Connection, ns_id: int) -> tuple[int, int
     elif db.is_sqlite:
         row = sqlitedriver.execute(conn, sqlitedriver.LOCK_NAMESPACE, (ns_id,)).fetchone()
     else:
-        row = conn.execute(_LOCK if db.is_sqlite else _LOCK_FOR_UPDATE, {"ns": ns_id}).first()
+        row = conn.execute(_LOCK_FOR_UPDATE, {"ns": ns_id}).first()
     if row is None:
         raise NamespaceGone(f"namespace {ns_id} does not exist")
     if row[2]:
