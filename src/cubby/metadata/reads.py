@@ -30,6 +30,11 @@ BLOCKLISTS_PER_QUERY = 500
 """Paths per statement of `FileReads.blocklists` (within every engine's limit on bound values)."""
 
 
+def chunk_list(blocklist: str) -> list[ChunkRef]:
+    """A ``file_revs.blocklist`` column (JSON of [hash, size] pairs) as chunk references."""
+    return [ChunkRef(h, s) for h, s in json.loads(blocklist)]
+
+
 def live_node(conn: Connection, ns_id: int, path: str) -> Row[Any] | None:
     return conn.execute(
         select(nodes).where(nodes.c.ns_id == ns_id, nodes.c.path_key == paths.key(path))
@@ -250,7 +255,7 @@ class FileReads:
                 .where(nodes.c.ns_id == ns_id, nodes.c.path_key.in_(keys[i : i + BLOCKLISTS_PER_QUERY]), nodes.c.kind == "file")
             ).all()
             for row in rows:
-                found[row.path_key] = (entry_of(row), [ChunkRef(h, s) for h, s in json.loads(row.fr_blocklist)])
+                found[row.path_key] = (entry_of(row), chunk_list(row.fr_blocklist))
         return found
 
     def _blocklist(self, conn: Connection, ns_id: int, path: str, rev: int | None) -> tuple[Entry, builtins.list[ChunkRef]]:
@@ -289,7 +294,7 @@ class FileReads:
                 mode=fr.mode,
             )
         )
-        return entry, [ChunkRef(h, s) for h, s in json.loads(fr.blocklist)]
+        return entry, chunk_list(fr.blocklist)
 
     def journal(self, ns_id: int, after: int, limit: int = 1000) -> builtins.list[JournalEntry]:
         limit = max(1, min(int(limit), 10_000))
@@ -325,4 +330,4 @@ class FileReads:
         ]
 
 
-__all__ = ["FileReads", "live_node", "missing_error", "node_for_history"]
+__all__ = ["FileReads", "chunk_list", "live_node", "missing_error", "node_for_history"]
