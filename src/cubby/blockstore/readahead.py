@@ -36,7 +36,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future
 
-from cubby.blockstore.objects import ObjectMissing, ObjectStore, ObjectStoreError, ShortRead
+from cubby.blockstore.objects import ObjectStore, ObjectStoreError, ShortRead
 
 WINDOW = 8 << 20
 """Bytes per read-ahead: boto3's own transfer part size, and where a GET's fixed cost has
@@ -101,16 +101,12 @@ class ReadAheadObjectStore:
         return piece
 
     def _read_window(self, name: str, offset: int) -> bytes:
+        """The window at ``offset``; where the object ends inside it, the part that exists (the
+        contract: every store reports a short read as `ShortRead`, with the bytes it got)."""
         try:
             return self.inner.get(name, offset, self.window)
         except ShortRead as short:
-            return short.available  # the object ends inside the window: what it has is the window
-        except ObjectStoreError as exc:
-            if exc.retryable or isinstance(exc, ObjectMissing):
-                raise
-        # A short read from a store that does not say what it got (a final fault fails again
-        # here): read from the offset to its end instead.
-        return self.inner.get(name, offset)
+            return short.available
 
     def put(self, name: str, data: bytes) -> None:
         self.inner.put(name, data)
