@@ -81,6 +81,19 @@ class Needs:
     """Old chunks on the server to send a needed chunk as a patch against (the commit answer
     names them: the chunks at the same place in the version being replaced)."""
 
+    def add(
+        self, lf: LocalFile, chunk: LocalChunk, nonce: str, window: int | None, base: tuple[str, ...] = ()
+    ) -> None:
+        """Ask for ``chunk`` of ``lf`` (once: the first file that has it is read)."""
+        if chunk.hash in self.where:
+            return
+        self.where[chunk.hash] = (lf.local, chunk)
+        self.nonces[chunk.hash] = nonce
+        self.windows[chunk.hash] = window
+        if base:
+            self.bases[chunk.hash] = base
+        self.files.setdefault(lf.local, lf)
+
 
 def _send_patches(
     api: ApiClient, ns_id: int, items: list[tuple[str, bytes]], bases: dict[str, tuple[str, ...]]
@@ -339,10 +352,7 @@ def needs_up_front(api: ApiClient, ns_id: int, files: Iterable[tuple[LocalFile, 
     for lf in kept:
         for c in lf.chunks:
             if c.hash not in needs.where:
-                needs.where[c.hash] = (lf.local, c)
-                needs.nonces[c.hash] = chunk_nonce(key.key, c.hash, c.size)
-                needs.windows[c.hash] = key.window
-                needs.files.setdefault(lf.local, lf)
+                needs.add(lf, c, chunk_nonce(key.key, c.hash, c.size), key.window)
     return needs
 
 
@@ -357,13 +367,8 @@ def needs_for(pairs: Sequence[tuple[LocalFile, CommitResult]]) -> Needs:
     for lf, res in pairs:
         by_hash = {c.hash: c for c in lf.chunks}
         for n in res.needed:
-            if n.hash in by_hash and n.hash not in needs.where:
-                needs.where[n.hash] = (lf.local, by_hash[n.hash])
-                needs.nonces[n.hash] = n.nonce
-                needs.windows[n.hash] = n.window
-                if n.base:
-                    needs.bases[n.hash] = n.base
-                needs.files.setdefault(lf.local, lf)
+            if n.hash in by_hash:
+                needs.add(lf, by_hash[n.hash], n.nonce, n.window, n.base)
     return needs
 
 
