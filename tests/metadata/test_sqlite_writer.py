@@ -86,10 +86,16 @@ def test_another_process_holding_the_lock_is_waited_for(tmp_path: Path) -> None:
         other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         other.execute("BEGIN IMMEDIATE")
         other.execute("INSERT INTO t VALUES (1)")
-        threading.Timer(0.3, other.commit).start()
-        start = time.monotonic()
+        releasing = threading.Event()
+
+        def release() -> None:
+            releasing.set()  # before the commit: whatever our write does after it sees this set
+            other.commit()
+
+        threading.Timer(0.3, release).start()
         db.write(lambda c: c.execute(text("INSERT INTO t VALUES (2)")))
-        assert time.monotonic() - start >= 0.25
+        assert releasing.is_set()  # our write landed only once the other let go of the lock
+        assert db.read(lambda c: c.execute(text("SELECT n FROM t ORDER BY rowid")).scalars().all()) == [1, 2]
         assert db.read(lambda c: c.execute(text("SELECT count(*) FROM t")).scalar()) == 2
         other.close()
     finally:
