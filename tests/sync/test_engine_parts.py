@@ -154,7 +154,7 @@ def test_the_walk_reads_folders_on_a_worker_in_the_order_and_with_the_rules_of_o
     from concurrent.futures import ThreadPoolExecutor
 
     from cubby.client.sync.ignore import IgnoreRules
-    from cubby.client.sync.scanner import _walk, scan
+    from cubby.client.sync.scanner import scan, walk
     from cubby.client.sync.state import StateDb
 
     root = tmp_path / "root"
@@ -168,18 +168,18 @@ def test_the_walk_reads_folders_on_a_worker_in_the_order_and_with_the_rules_of_o
     rules = IgnoreRules.load(root)
     state = StateDb(tmp_path / "state.db")
     with ThreadPoolExecutor(2) as pool:
-        one = list(_walk(root, rules))
-        two = list(_walk(root, rules, None, pool))
+        one = list(walk(root, rules))
+        two = list(walk(root, rules, None, pool))
         assert [(r, d, p) for r, _, d, p in one] == [(r, d, p) for r, _, d, p in two]
         rels = [r for r, *_ in two]
         assert "a/skip" not in rels and "a/skip/4" not in rels and "e/6.tmp" not in rels and "fifo" not in rels
         assert "bad./x/8" in rels and {r: d for r, _, d, _ in two}["bad./x/8"] is None  # listed, not storable
         assert rels.index("a") < rels.index("a/b") < rels.index("a/b/c/3")
         first = scan(root, state, pool)
-        again = list(_walk(root, rules, first, pool))
+        again = list(walk(root, rules, first, pool))
         assert [(r, d) for r, _, d, _ in again] == [(r, d) for r, _, d, _ in two]
         assert sum(p is not None for *_, p in again) == len(first.items)  # every item reused
-        walk = _walk(root, rules, None, pool)
-        next(iter(walk))
-        walk.close()  # a caller that stops early stops the reader
+        walking = walk(root, rules, None, pool)
+        next(iter(walking))
+        walking.close()  # a caller that stops early stops the reader
     state.close()

@@ -92,14 +92,14 @@ def _list_folders(
     stop: threading.Event,
 ) -> None:
     """Read every folder below ``root`` that is synced, depth first, and hand each listing
-    (its entries lstat'ed, ignored folders left out) to `_walk`, then None (or the error that
+    (its entries lstat'ed, ignored folders left out) to `walk`, then None (or the error that
     stopped it). A folder in ``known`` (the previous scan's, under the same rules) is not
-    tested against the rules again; any other is tested here, once, and `_walk` does not test
+    tested against the rules again; any other is tested here, once, and `walk` does not test
     folders.
 
     Runs on a worker thread: ``scandir`` and ``lstat`` release the GIL, so the kernel's part of
     a scan (most of a pass with nothing changed) overlaps the Python part on the caller's
-    thread. The folders descended into are those `_walk` yields (not ignored), in its order."""
+    thread. The folders descended into are those `walk` yields (not ignored), in its order."""
     try:
         stack = [""]
         is_dir_mode, is_reg, is_link = stat_mod.S_ISDIR, stat_mod.S_ISREG, stat_mod.S_ISLNK
@@ -132,7 +132,7 @@ def _list_folders(
         out.put(exc)
 
 
-def _walk(
+def walk(
     root: Path, rules: IgnoreRules, previous: ScanResult | None = None, executor: Executor | None = None
 ) -> Iterable[tuple[str, os.stat_result, str | None, LocalItem | None]]:
     """(relative path, lstat, display path or None when cubby cannot store the name, the
@@ -196,7 +196,7 @@ def scan(
     todo: list[tuple[str, str, int]] = []  # (rel, display path, inode)
     matched = 0  # indexed files found (all of them: nothing to drop from the index)
     is_dir_mode, is_link = stat_mod.S_ISDIR, stat_mod.S_ISLNK
-    for rel, st, display, prev in _walk(root, rules, previous, executor):
+    for rel, st, display, prev in walk(root, rules, previous, executor):
         if display is None:
             res.unsyncable.append(rel)
             continue
