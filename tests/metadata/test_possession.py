@@ -186,3 +186,26 @@ def test_a_request_names_its_algorithm_or_gets_the_legacy_one() -> None:
     assert claim.alg == proofs.SHA256
     (claim,) = parse_claims({h: {"size": 1, "proof": "ab" * 32}}, max_entries=10)
     assert claim.alg == proofs.CURRENT
+
+
+def test_the_time_the_answer_is_padded_for_covers_the_hashing_held_or_absent() -> None:
+    """Hashing held bytes is slower than hashing cache-hot filler, so `Checked.spent` (what
+    `RejectPacer` pads to its budget) must span the hashing as well as the read: the clock's
+    second reading comes after every claim was hashed, for a held and for an absent chunk."""
+    data = os.urandom(50_000)
+    held = hashlib.sha256(data).hexdigest()
+    absent = hashlib.sha256(b"absent").hexdigest()
+    for h in (held, absent):
+        ch = CountingChallenges(SECRET)
+        hour = ch.window()
+        claims = [Claim(h, len(data), _proof(ch.nonce(7, 9, h, len(data), window=hour), data), hour)]
+        seen: list[int] = []
+
+        def clock(ch: CountingChallenges = ch, seen: list[int] = seen) -> float:
+            seen.append(ch.hashed)  # bytes hashed when the clock is read
+            return float(len(seen))
+
+        got = check_claims(ch, 7, 9, claims, Reader({held: data}), clock=clock)
+        assert seen == [0, len(data)], h
+        assert got.spent == 1.0
+        assert got.reads == ([(len(data), 1.0)] if h == held else [])

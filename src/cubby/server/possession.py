@@ -1,13 +1,14 @@
 """Padding prove answers so that their time does not say which claimed chunks the server holds.
 
 `cubby.metadata.possession.check_claims` already hashes the same number of bytes for a held
-chunk and an absent one. What it cannot equalise is the read: a held chunk is fetched from the
+chunk and an absent one. What it cannot equalise is time: a held chunk is fetched from the
 block store (disk, decompression, verification: milliseconds for 4 MiB, and it depends on the
-store: folder today, pack files or S3 later), an absent one costs nothing. Reading filler from
-disk would not match either (another file, another cache state, another codec). So instead the
-answer is padded: each claim gets a read *budget* of ``base + rate * size``, and the handler
-sleeps for the budget minus the time actually spent reading. A held and an absent chunk then
-take the same time whenever the read fits in the budget.
+store: local packs or S3), an absent one costs nothing; and hashing fresh bytes is slower than
+hashing filler that stays in the CPU's cache. Reading filler from disk would not match either
+(another file, another cache state, another codec). So instead the answer is padded: each
+claim gets a *budget* of ``base + rate * size``, and the handler sleeps for the budget minus
+the time actually spent reading and hashing. A held and an absent chunk then take the same
+time whenever the check fits in the budget.
 
 The claims of one request are read in one batch (`BlockStore.get_many`: one index lookup,
 which held and absent claims pay alike and which is inside the measured time, then a ranged
@@ -18,8 +19,8 @@ lookup alone in 30-40 ms when none is held), until the learnt rate takes over. I
 while each claim was its own index query (3.3 ms each at that load), which made a prove of
 1,000 new small chunks take four seconds.
 
-The rate is learnt from the reads themselves: a high percentile (p90) of recent reads' seconds
-per byte, times a margin, so it follows whatever block store is configured and how loaded the
+The rate is learnt from the checks themselves: a high percentile (p90) of recent held checks'
+seconds per byte (read and hashing), times a margin, so it follows whatever block store is configured and how loaded the
 machine is, without configuration. It is one number for the whole server, fed by every batch of
 held reads (accepted proofs too), so it says nothing about any one chunk. The sleep is on the event
 loop: it holds no thread and no CPU. What it costs honest clients: a proof of chunks the server
