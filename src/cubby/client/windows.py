@@ -44,3 +44,8 @@ JOURNAL_PAGE = 5000
 so 34,000 files were 35 requests at 1,000 a page. A page of 5,000 is about 2 MB of JSON."""
 SMALL_FILE = 4 * MiB
 """Files up to this size are fetched many per request and made durable together."""
+SCAN_KEEP_FILE = 64 * 1024
+"""A sync scan reads files up to this size in one call and may keep their bytes for the upload
+that follows (`cubby.client.sync.scanner.KeepBudget`): a new small file is then read once."""
+SCAN_KEEP_BYTES = 64 * MiB
+"""The most bytes of such files one sync scan keeps in memory (until its uploads are sent)."""

@@ -28,9 +28,10 @@ from cubby.client.api import ApiClient
 from cubby.client.sync import planner as P
 from cubby.client.sync.cache import ChunkCache
 from cubby.client.sync.ignore import STATE_DIR
-from cubby.client.sync.scanner import ScanResult, scan
+from cubby.client.sync.scanner import NO_KEEP, KeepBudget, ScanResult, scan
 from cubby.client.sync.state import FileRecord, StateDb
 from cubby.client.sync.trust import local_target
+from cubby.client.windows import SCAN_KEEP_BYTES, SCAN_KEEP_FILE
 from cubby.core import paths
 from cubby.core.hashing import sha256_hex
 from cubby.errors import BadRequest, CubbyError, Unavailable
@@ -224,8 +225,12 @@ class EngineCore:
         mounts.setdefault(paths.ROOT, (0, True))
         return P.Context(mounts=mounts, evicted=tuple(self.state.evicted()), host=self.host, day=dt.date.today().isoformat())
 
-    def scan(self, persist: bool = True) -> ScanResult:
-        self.last_scan = scan(self.root, self.state, self.pool, persist=persist, previous=self.last_scan)
+    def scan(self, persist: bool = True, *, keep: bool = False) -> ScanResult:
+        """Scan the folder (`scanner.scan`). With ``keep``, small files hashed keep their bytes
+        (`ScanResult.kept`, at most `SCAN_KEEP_BYTES`) for the uploads of this round, which
+        release them (`Uploads.upload`); a scan that only plans does not keep any."""
+        budget = KeepBudget(SCAN_KEEP_BYTES, SCAN_KEEP_FILE) if keep else NO_KEEP
+        self.last_scan = scan(self.root, self.state, self.pool, persist=persist, previous=self.last_scan, keep=budget)
         return self.last_scan
 
     def keep_chunks(self, rec: FileRecord) -> None:

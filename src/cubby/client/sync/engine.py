@@ -197,7 +197,7 @@ class SyncEngine(EngineCore):
                 self.replay.refresh_remote()
                 self.crash_point("refreshed")
                 with gc_paused():
-                    res = self.scan()
+                    res = self.scan(keep=True)  # a new small file is read once: here
                 self.applier.follow_mount_moves(res.items)
                 ctx = self.context()
                 with gc_paused():
@@ -217,6 +217,7 @@ class SyncEngine(EngineCore):
                 if idle_rounds >= 3:
                     break
         finally:
+            self.last_scan.kept.clear()  # what the uploads did not take is not held between passes
             with self.pass_done:
                 self.finished = max(self.finished, my_id)
                 self.pass_done.notify_all()

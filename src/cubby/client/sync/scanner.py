@@ -1,9 +1,14 @@
 """The local tree, read from disk.
 
 A file is hashed again only when its size, mtime or inode differ from the file index; then it
-is chunked (FastCDC, names only, nothing kept in memory) on a worker thread, and stat'ed again
-afterwards: if it changed while it was read (still being written), it is reported with no hash
-(unstable) and the planner leaves it alone until a later scan finds it settled.
+is chunked (FastCDC, names only) on a worker thread, and stat'ed again afterwards: if it changed
+while it was read (still being written), it is reported with no hash (unstable) and the planner
+leaves it alone until a later scan finds it settled.
+
+A small file is read in one call, and its bytes may be kept (`ScanResult.kept`, within a
+`KeepBudget` the caller gives) so that the upload that usually follows the scan of a new file
+does not read it again: a first sync of a tree of small files then reads each file once, as
+`cubby put` does. Only small files are kept, and only up to the budget's bytes in all.
 
 A symbolic link is never followed: it is a file whose content is its target's text
 (`cubby.client.modes`), synced when the target stays inside the folder and otherwise listed
@@ -12,6 +17,7 @@ in `ScanResult.outside_links` (what `cubby status` reports) and skipped.
 
 from __future__ import annotations
 
+import io
 import os
 import queue
 import stat as stat_mod
@@ -27,7 +33,7 @@ from cubby.client.sync.ignore import IgnoreRules
 from cubby.client.sync.planner import LocalItem
 from cubby.client.sync.state import FileRecord, StateDb
 from cubby.core import paths
-from cubby.core.chunking import chunk_file
+from cubby.core.chunking import MIN_SIZE, chunk_file, iter_chunks
 from cubby.core.hashing import content_hash, sha256_hex
 from cubby.errors import InvalidPath
 
@@ -44,6 +50,12 @@ class ScanResult:
     """The ignore rules the scan applied."""
     stamps: dict[str, Stamp] = field(default_factory=dict)
     """rel -> stat stamp of each file this scan hashed, as it was while being hashed."""
+    records: dict[str, FileRecord] = field(default_factory=dict)
+    """rel -> the index record of each file this scan hashed (what it wrote to the index), so
+    that an upload of it need not read the record back."""
+    kept: dict[str, bytes] = field(default_factory=dict)
+    """rel -> the bytes of a small file this scan hashed, as they were hashed (`KeepBudget`);
+    an upload takes them from here instead of reading the file again."""
 
     def by_key(self) -> dict[str, LocalItem]:
         return {paths.key(i.path): i for i in self.items}
@@ -52,15 +64,46 @@ class ScanResult:
         return {i.rel: i for i in self.items}
 
 
-def hash_file(path: Path, rel: str) -> tuple[FileRecord, Stamp] | None:
+class KeepBudget:
+    """How many bytes of small files one scan may keep in memory (`ScanResult.kept`), shared
+    by its hashing threads: a file is kept only if its bytes fit in what is left, so the scan
+    holds at most ``total`` bytes whatever the order the threads finish in."""
+
+    def __init__(self, total: int, per_file: int) -> None:
+        self.left = total
+        self.per_file = min(per_file, total)
+        """Files up to this size are read in one call, and kept while the budget lasts."""
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if n > self.left:
+                return False
+            self.left -= n
+            return True
+
+
+NO_KEEP = KeepBudget(0, 0)
+
+
+def hash_file(path: Path, rel: str, keep: KeepBudget = NO_KEEP) -> tuple[FileRecord, Stamp, bytes | None] | None:
     """Chunk a file (a link: its target's text); None if it changed while being read. With
     the record comes the file's stat stamp (`cubby.client.localfiles.stamp_of`) as it was
-    read, which lets an upload trust bytes it reads back without hashing them again."""
+    read, which lets an upload trust bytes it reads back without hashing them again, and the
+    bytes themselves when the file is small and ``keep`` has room for them (else None)."""
+    data: bytes | None = None
     try:
         before = os.lstat(path)
         if stat_mod.S_ISLNK(before.st_mode):
             text = os.fsencode(os.readlink(path))
             chunks: tuple[tuple[str, int, int], ...] = ((sha256_hex(text), 0, len(text)),) if text else ()
+        elif before.st_size <= keep.per_file:
+            with open(path, "rb", buffering=0) as fh:
+                data = fh.read(before.st_size + 1)  # one byte more: a file that grew is caught below
+            if len(data) <= MIN_SIZE:  # FastCDC never cuts below MIN_SIZE: one chunk, no chunker
+                chunks = ((sha256_hex(data), 0, len(data)),) if data else ()
+            else:
+                chunks = tuple((c.hash, c.offset, c.length) for c in iter_chunks(io.BytesIO(data), with_data=False))
         else:
             chunks = tuple((c.hash, c.offset, c.length) for c in chunk_file(path, with_data=False))
         after = os.lstat(path)
@@ -70,9 +113,11 @@ def hash_file(path: Path, rel: str) -> tuple[FileRecord, Stamp] | None:
         return None
     if sum(c[2] for c in chunks) != after.st_size:
         return None
+    if data is not None and not (data and keep.take(len(data))):
+        data = None
     return FileRecord(
         rel, after.st_size, after.st_mtime_ns, after.st_ino, content_hash(c[0] for c in chunks), chunks, mode_of(after)
-    ), stamp_of(after)
+    ), stamp_of(after), data
 
 
 def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -182,13 +227,20 @@ def walk(
 
 
 def scan(
-    root: Path, state: StateDb, executor: Executor, *, persist: bool = True, previous: ScanResult | None = None
+    root: Path,
+    state: StateDb,
+    executor: Executor,
+    *,
+    persist: bool = True,
+    previous: ScanResult | None = None,
+    keep: KeepBudget = NO_KEEP,
 ) -> ScanResult:
     """Read the tree under ``root``; update the file index (unless ``persist`` is False).
 
     With ``previous`` (the last scan of the same folder), an item whose stamp and index entry
     make it equal to the previous scan's item is that same object, not a copy: comparing two
-    scans (`SyncEngine`'s settled plan) is then mostly identity checks."""
+    scans (`SyncEngine`'s settled plan) is then mostly identity checks. Small files hashed
+    keep their bytes within ``keep`` (`ScanResult.kept`)."""
     rules = IgnoreRules.load(root)
     known = state.file_stamps()
     res = ScanResult(rules=rules)
@@ -226,12 +278,15 @@ def scan(
                 continue
         todo.append((rel, display, st.st_ino))
     fresh: list[FileRecord] = []
-    for (rel, display, ino), got in zip(todo, executor.map(lambda t: hash_file(root / t[0], t[0]), todo)):
+    for (rel, display, ino), got in zip(todo, executor.map(lambda t: hash_file(root / t[0], t[0], keep), todo)):
         res.hashed += 1
         if got is None:
             items.append(LocalItem(display, rel, "file", None, ino))
         else:
-            rec, res.stamps[rel] = got
+            rec, res.stamps[rel], data = got
+            res.records[rel] = rec
+            if data is not None:
+                res.kept[rel] = data
             fresh.append(rec)
             items.append(LocalItem(display, rel, "file", rec.version, rec.inode, rec.size))
     if persist:

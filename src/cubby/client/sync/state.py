@@ -398,18 +398,47 @@ class StateDb:
     def put_remote_entry(self, e: Entry) -> bool:
         """Record what the server answered to our own change (the journal will say it again).
         False when the answer is refused (recorded, not applied): the caller must not act on it."""
+        return self.put_remote_entries([e])[0]
+
+    def put_remote_entries(self, entries: Iterable[Entry]) -> list[bool]:
+        """`put_remote_entry` of many answers (a batch of commits or folder creations), in one
+        transaction and one statement for the rows written; one flag per entry, in order. Each
+        answer is judged as it would be alone: an answer about a node already written by an
+        earlier one of the batch sees that row, as it would one after the other."""
+        out: list[bool] = []
         with self.tx() as db:
-            row = db.execute("SELECT mount FROM namespaces WHERE ns_id = ?", (e.ns_id,)).fetchone()
-            path = self._vetted(db, e.ns_id, "answer", e.path, e.rev, within=row[0] if row else paths.ROOT)
-            if path is None or e.node_id == MOUNT_NODE or e.kind not in ("file", "folder"):
-                return False
-            cur = db.execute("SELECT path, kind, rev FROM remote WHERE ns_id = ? AND node_id = ?", (e.ns_id, e.node_id)).fetchone()
-            if cur is not None and cur[2] > e.rev:
-                return True
-            if cur is not None and cur[1] == "folder" and cur[0] != path:
-                self._rebase(db, "remote", e.ns_id, cur[0], path)
-            self._put_remote(db, RemoteItem(e.ns_id, e.node_id, path, e.kind, e.rev, version(e.content_hash, e.mode), e.size, e.mtime))
-            return True
+            mounts: dict[int, str] = {}
+            rows: dict[NodeKey, RemoteItem] = {}  # to write, by node (the later answer wins)
+            for e in entries:
+                within = mounts.get(e.ns_id)
+                if within is None:
+                    row = db.execute("SELECT mount FROM namespaces WHERE ns_id = ?", (e.ns_id,)).fetchone()
+                    within = mounts[e.ns_id] = row[0] if row else paths.ROOT
+                path = self._vetted(db, e.ns_id, "answer", e.path, e.rev, within=within)
+                if path is None or e.node_id == MOUNT_NODE or e.kind not in ("file", "folder"):
+                    out.append(False)
+                    continue
+                node = (e.ns_id, e.node_id)
+                mine = rows.get(node)
+                cur = (mine.path, mine.kind, mine.rev) if mine is not None else db.execute(
+                    "SELECT path, kind, rev FROM remote WHERE ns_id = ? AND node_id = ?", node
+                ).fetchone()
+                out.append(True)
+                if cur is not None and cur[2] > e.rev:
+                    continue
+                if cur is not None and cur[1] == "folder" and cur[0] != path:
+                    self._put_remotes(db, rows.values())  # the rewrite below reads the table
+                    rows.clear()
+                    self._rebase(db, "remote", e.ns_id, cur[0], path)
+                rows[node] = RemoteItem(e.ns_id, e.node_id, path, e.kind, e.rev, version(e.content_hash, e.mode), e.size, e.mtime)
+            self._put_remotes(db, rows.values())
+        return out
+
+    def _put_remotes(self, db: sqlite3.Connection, items: Iterable[RemoteItem]) -> None:
+        db.executemany(
+            "INSERT OR REPLACE INTO remote (ns_id, node_id, path, key, kind, rev, hash, size, mtime) VALUES (?,?,?,?,?,?,?,?,?)",
+            [(r.ns_id, r.node_id, r.path, paths.key(r.path), r.kind, r.rev, r.hash, r.size, r.mtime) for r in items],
+        )
 
     def delete_remote(self, node: NodeKey) -> None:
         with self.tx() as db:

@@ -72,7 +72,7 @@ def remote_path(path: object, *, in_user_tree: bool = True) -> str:
     try:
         if "" in names:
             raise InvalidPath(f"path {shown(path)!r} has an empty component")
-        norm = "/" + "/".join(paths.normalize("/" + name)[1:] for name in names)
+        norm = _ascii_whole(path) or "/" + "/".join(paths.normalize("/" + name)[1:] for name in names)
     except InvalidPath as exc:
         raise UnsafePath(exc.message) from None
     limit = USER_PATH_BYTES if in_user_tree else paths.MAX_PATH_BYTES
@@ -81,6 +81,20 @@ def remote_path(path: object, *, in_user_tree: bool = True) -> str:
     if in_user_tree and is_state_name(names[0]):
         raise UnsafePath(f"{shown(path)!r} names the sync client's own state folder")
     return norm
+
+
+def _ascii_whole(path: str) -> str | None:
+    """An ASCII path with no empty name, normalised whole, or None to do it name by name. For
+    ASCII, NFC changes nothing, so the whole path's `paths.normalize` checks and returns each
+    name as its own would (in one regular-expression match: journals and answers bring paths
+    by the thousand); it also refuses a path longer than `paths.MAX_PATH_BYTES`, which a path
+    of the user's tree may be, so a refusal here decides nothing."""
+    if not path.isascii():
+        return None
+    try:
+        return paths.normalize(path)
+    except InvalidPath:
+        return None
 
 
 def mount_path(path: object) -> str:

@@ -1,9 +1,11 @@
 """The sync engine's side of uploads: commit planned uploads in batches, then supply what
 the server asks for.
 
-The files were already named by the scanner, so their `LocalFile`s are built from the state
-database (never hashed again here: the scan's stamp of each file says it is the one named);
-committing a group and supplying its chunks (proofs, patches, uploads) is
+The files were already named by the scanner, so their `LocalFile`s are built from its records
+(or, for a file hashed by an earlier scan, the state database), never hashed again here: the
+scan's stamp of each file says it is the one named. A small file whose bytes the scan kept
+(`ScanResult.kept`) is sent from them, so a new file is read once. Committing a group and
+supplying its chunks (proofs, patches, uploads) is
 `cubby.client.upload.commit_group` on a `Pipeline`, shared with `cubby put`. Kept apart from downloads because the
 two directions share nothing but the core.
 """
@@ -44,18 +46,22 @@ class Uploads:
         ctx = self.core.context()
         groups: dict[int, Group] = {}
         resolved: set[str] = set()  # each folder resolved once for the whole batch
-        stamps = self.core.last_scan.stamps
+        scanned = self.core.last_scan
+        stamps, records, kept = scanned.stamps, scanned.records, scanned.kept
         for op in ops:
-            rec = self.core.state.file(op.local.rel)
+            rel = op.local.rel
+            rec = records.get(rel) or self.core.state.file(rel)  # hashed by this round's scan, or before
             if rec is None or rec.version != op.local.hash:
                 continue
-            self._recs[op.local.rel] = rec
-            stamp = stamps.get(op.local.rel)
+            self._recs[rel] = rec
+            stamp = stamps.get(rel)
             lf = LocalFile(
-                self.core.abs_path(op.local.rel, resolved), op.local.path, rec.size, rec.mtime_ns / 1e9,
+                self.core.abs_path(rel, resolved), op.local.path, rec.size, rec.mtime_ns / 1e9,
                 [LocalChunk(off, size, h) for h, off, size in rec.chunks], rec.inode, mode=rec.mode,
                 # the scan named it from this very stamp: reading it back needs no second hash
                 stamp=stamp if stamp is not None and (stamp[0], stamp[1], stamp[3]) == (rec.size, rec.mtime_ns, rec.inode) else None,
+                # the bytes the scan named it from, if it kept them: not read again at all
+                data=kept.pop(rel, None) if rec is records.get(rel) else None,
             )
             if rec.mode == modes.SYMLINK:
                 try:
@@ -114,18 +120,28 @@ class Uploads:
         if outcomes is None:
             self.core.state.drop_files(op.local.rel for op, _ in group)  # read again next scan
             return 0
-        done = 0
-        with self.core.state.tx():
-            for (_, lf), out in zip(group, outcomes):
-                if isinstance(out, CubbyError):
-                    if not isinstance(out, Conflict):
-                        failures.append({"op": "Upload", "path": lf.remote, "error": f"{out.message} [{out.code}]"})
-                    continue
-                if out.entry is not None:
-                    self._committed(out.entry, lf)
-                    done += 1
-                    self.core.emit({"op": "Upload", "path": out.entry.path, "size": lf.size})
-        return done
+        committed: list[tuple[Entry, LocalFile]] = []
+        for (_, lf), out in zip(group, outcomes):
+            lf.data = None  # sent: kept bytes are not held for the rest of the pass
+            if isinstance(out, CubbyError):
+                if not isinstance(out, Conflict):
+                    failures.append({"op": "Upload", "path": lf.remote, "error": f"{out.message} [{out.code}]"})
+                continue
+            if out.entry is not None:
+                committed.append((out.entry, lf))
+        # Only now, with the server's answers in hand, does any of them join the trees: one
+        # transaction for the group (a crash before it leaves the base behind both sides,
+        # which the next plan adopts without sending anything again).
+        st = self.core.state
+        with st.tx():
+            taken = st.put_remote_entries(e for e, _ in committed)
+            st.set_bases(
+                P.BaseItem(e.ns_id, e.node_id, e.path, "file", e.rev, modes.version(e.content_hash, e.mode), lf.inode)
+                for (e, lf), ok in zip(committed, taken) if ok
+            )
+        for e, lf in committed:
+            self.core.emit({"op": "Upload", "path": e.path, "size": lf.size})
+        return len(committed)
 
     def _progress_up(self, total: int) -> Callable[[int], None]:
         sent = 0
@@ -137,7 +153,3 @@ class Uploads:
                 self.core.emit({"event": "progress", "direction": "up", "done": sent, "total": total})
 
         return progress
-
-    def _committed(self, e: Entry, lf: LocalFile) -> None:
-        if self.core.state.put_remote_entry(e):
-            self.core.state.set_base(P.BaseItem(e.ns_id, e.node_id, e.path, "file", e.rev, modes.version(e.content_hash, e.mode), lf.inode))
