@@ -43,13 +43,15 @@ from pathlib import Path
 from typing import Any
 
 from datasets import parse_size, small_files
-from live import cli, start_server
+from live import cli, server_cpu, start_server
 from machine import describe, summary_line
 from reference import warm
 from report import Report, Row, median_run
 from rsync_compare import RsyncDaemon, rsync
 
 HERE = Path(__file__).resolve().parent
+STEPS = {"noop", "down", "put"}
+"""The steps measured besides the first upload (``--steps``)."""
 
 
 def copy_tree(src: Path, dst: Path, max_files: int | None, skip: tuple[str, ...] = ()) -> tuple[int, int]:
@@ -95,10 +97,12 @@ def child(url: str, token: str, folder: Path, passes: int) -> None:
     out = []
     for _ in range(passes):
         count[0] = 0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
         rep = eng.run_once()
+        c1 = resource.getrusage(resource.RUSAGE_SELF)
         out.append({"seconds": time.perf_counter() - t0, "requests": count[0], "converged": rep.converged,
-                    "applied": rep.applied, "failed": rep.failed[:5]})
+                    "applied": rep.applied, "failed": rep.failed[:5],
+                    "cpu_seconds": c1.ru_utime - c0.ru_utime + c1.ru_stime - c0.ru_stime})
     eng.close()
     api.close()
     print(json.dumps({"passes": out, "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
@@ -118,18 +122,21 @@ def run_child(url: str, token: str, folder: Path, passes: int) -> dict[str, Any]
 
 
 def measure_round(
-    name: str, tree: Path, work: Path, daemon: RsyncDaemon, r: int
+    name: str, tree: Path, work: Path, daemon: RsyncDaemon, r: int, steps: set[str] = STEPS
 ) -> dict[str, Any]:
     """One interleaved round on one data set: every rsync reference, then every cubby step,
-    each into a fresh destination (a fresh daemon module path, a fresh server)."""
+    each into a fresh destination (a fresh daemon module path, a fresh server). ``steps``
+    leaves out what is not asked for (the first upload is always measured)."""
     out: dict[str, Any] = {"load_average": os.getloadavg()[0]}
     down_dir = work / f"rsync-down-{name}"
     shutil.rmtree(down_dir, ignore_errors=True)
     warm(tree)
     out["rs_plain"], _ = rsync("-a", str(tree) + "/", daemon.url(f"plain-{name}-{r}/"))
     out["rs_up"], _ = rsync("-a", "--fsync", str(tree) + "/", daemon.url(f"{name}-{r}/"))
-    out["rs_noop"], _ = rsync("-a", "--fsync", str(tree) + "/", daemon.url(f"{name}-{r}/"))
-    out["rs_down"], _ = rsync("-a", "--fsync", daemon.url(f"{name}-{r}/"), str(down_dir) + "/")
+    if "noop" in steps:
+        out["rs_noop"], _ = rsync("-a", "--fsync", str(tree) + "/", daemon.url(f"{name}-{r}/"))
+    if "down" in steps:
+        out["rs_down"], _ = rsync("-a", "--fsync", daemon.url(f"{name}-{r}/"), str(down_dir) + "/")
     shutil.rmtree(down_dir, ignore_errors=True)
     a, b = work / "a", work / "b"
     for d in (a, b):
@@ -139,23 +146,35 @@ def measure_round(
     server, token = start_server(work / "srv")
     try:
         warm(a)
-        out["up"] = run_child(server.url, token, a, 2)
-        out["cold_noop"] = run_child(server.url, token, a, 1)
-        out["down"] = run_child(server.url, token, b, 1)
+        s0 = server_cpu(server)
+        out["up"] = run_child(server.url, token, a, 2 if "noop" in steps else 1)
+        out["up_server_cpu"] = server_cpu(server) - s0  # the first upload (and the no-op pass, if asked)
+        if "noop" in steps:
+            out["cold_noop"] = run_child(server.url, token, a, 1)
+        if "down" in steps:
+            out["down"] = run_child(server.url, token, b, 1)
     finally:
         server.stop()
     for d in (a, b, work / "srv"):
         shutil.rmtree(d, ignore_errors=True)
-    server, token = start_server(work / "srv-put")
-    try:
-        warm(tree)
-        out["put"], _ = cli(server, token, "put", str(tree), "/tree")
-    finally:
-        server.stop()
-    shutil.rmtree(work / "srv-put", ignore_errors=True)
-    print(f"  round {r + 1} ({name}, load {out['load_average']:.1f}): rsync --fsync up {out['rs_up']:.2f} s, "
-          f"cubby {out['up']['passes'][0]['seconds']:.2f} s; no-op {out['rs_noop']:.2f} / {out['up']['passes'][1]['seconds']:.2f} s; "
-          f"down {out['rs_down']:.2f} / {out['down']['passes'][0]['seconds']:.2f} s; put {out['put']:.2f} s", flush=True)
+    if "put" in steps:
+        server, token = start_server(work / "srv-put")
+        try:
+            warm(tree)
+            out["put"], _ = cli(server, token, "put", str(tree), "/tree")
+        finally:
+            server.stop()
+        shutil.rmtree(work / "srv-put", ignore_errors=True)
+    up = out["up"]["passes"][0]
+    line = (f"  round {r + 1} ({name}, load {out['load_average']:.1f}): rsync --fsync up {out['rs_up']:.2f} s, "
+            f"cubby {up['seconds']:.2f} s (client CPU {up['cpu_seconds']:.1f} s, server CPU {out['up_server_cpu']:.1f} s)")
+    if "noop" in steps:
+        line += f"; no-op {out['rs_noop']:.2f} / {out['up']['passes'][1]['seconds']:.2f} s"
+    if "down" in steps:
+        line += f"; down {out['rs_down']:.2f} / {out['down']['passes'][0]['seconds']:.2f} s"
+    if "put" in steps:
+        line += f"; put {out['put']:.2f} s"
+    print(line, flush=True)
     return out
 
 
@@ -181,22 +200,27 @@ def report_dataset(report: Report, group: str, files: int, rounds: list[dict[str
     row("cubby first upload sync", lambda x: up_pass(x)["seconds"], ref,
                     extra={"requests": [up_pass(x)["requests"] for x in rounds],
                            "max_rss_kib": [x["up"]["max_rss_kib"] for x in rounds],
+                           "client_cpu_seconds": [round(up_pass(x)["cpu_seconds"], 2) for x in rounds],
+                           "server_cpu_seconds": [round(x["up_server_cpu"], 2) for x in rounds],
                            "converged": all(up_pass(x)["converged"] for x in rounds)})
-    nref = row("rsync no-op (second run)", lambda x: x["rs_noop"])
-    row("cubby no-op pass", lambda x: x["up"]["passes"][1]["seconds"], nref,
-                  extra={"requests": [x["up"]["passes"][1]["requests"] for x in rounds],
-                         "applied": [x["up"]["passes"][1]["applied"] for x in rounds]})
-    row("cubby no-op pass, new process (cubby sync --once)", lambda x: x["cold_noop"]["passes"][0]["seconds"], nref,
-                  extra={"requests": [x["cold_noop"]["passes"][0]["requests"] for x in rounds],
-                         "max_rss_kib": [x["cold_noop"]["max_rss_kib"] for x in rounds]})
-    row("cubby no-op, new process, whole process (start, imports, pass)", lambda x: x["cold_noop"]["wall_seconds"], nref)
-    dref = row("rsync -a --fsync from daemon", lambda x: x["rs_down"])
-    row("cubby first download sync", lambda x: x["down"]["passes"][0]["seconds"], dref,
-                  extra={"requests": [x["down"]["passes"][0]["requests"] for x in rounds],
-                         "max_rss_kib": [x["down"]["max_rss_kib"] for x in rounds],
-                         "converged": all(x["down"]["passes"][0]["converged"] for x in rounds)})
-    put = row("cubby put (CLI)", lambda x: x["put"])
-    put.reference, put.ratio = ref.name, ref.seconds / put.seconds  # files/s over rsync's files/s
+    if "rs_noop" in rounds[0]:
+        nref = row("rsync no-op (second run)", lambda x: x["rs_noop"])
+        row("cubby no-op pass", lambda x: x["up"]["passes"][1]["seconds"], nref,
+                      extra={"requests": [x["up"]["passes"][1]["requests"] for x in rounds],
+                             "applied": [x["up"]["passes"][1]["applied"] for x in rounds]})
+        row("cubby no-op pass, new process (cubby sync --once)", lambda x: x["cold_noop"]["passes"][0]["seconds"], nref,
+                      extra={"requests": [x["cold_noop"]["passes"][0]["requests"] for x in rounds],
+                             "max_rss_kib": [x["cold_noop"]["max_rss_kib"] for x in rounds]})
+        row("cubby no-op, new process, whole process (start, imports, pass)", lambda x: x["cold_noop"]["wall_seconds"], nref)
+    if "rs_down" in rounds[0]:
+        dref = row("rsync -a --fsync from daemon", lambda x: x["rs_down"])
+        row("cubby first download sync", lambda x: x["down"]["passes"][0]["seconds"], dref,
+                      extra={"requests": [x["down"]["passes"][0]["requests"] for x in rounds],
+                             "max_rss_kib": [x["down"]["max_rss_kib"] for x in rounds],
+                             "converged": all(x["down"]["passes"][0]["converged"] for x in rounds)})
+    if "put" in rounds[0]:
+        put = row("cubby put (CLI)", lambda x: x["put"])
+        put.reference, put.ratio = ref.name, ref.seconds / put.seconds  # files/s over rsync's files/s
     report.notes.append(
         f"{group}: load average at the start of each round {[round(x['load_average'], 1) for x in rounds]}"
     )
@@ -216,7 +240,10 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds per data set (medians are reported)")
     ap.add_argument("--scratch", type=Path, default=Path("/tmp/cubby-bench"))
     ap.add_argument("--name", default="tree_sync")
+    ap.add_argument("--steps", default=",".join(sorted(STEPS)),
+                    help="what to measure besides the first upload: noop, down, put (comma-separated; 'up' for none)")
     args = ap.parse_args(argv)
+    steps = {x.strip() for x in args.steps.split(",")} & STEPS
     wanted = [d.strip() for d in args.datasets.split(",") if d.strip()]
     subprocess.run(["bash", str(HERE / "setup.sh")], check=True)
     machine = describe(args.scratch, {"rsync": ["rsync", "--version"]})
@@ -233,7 +260,7 @@ def main(argv: list[str]) -> None:
         size = parse_size(args.small_size)
         small = small_files(args.scratch, args.small_files, size)
         sets.append((f"{args.small_files}x{args.small_size}", small, args.small_files, args.small_files // 1000 + 1))
-    params = {"tree": str(args.tree), "stdlib_only": args.stdlib_only, "repeat": args.repeat,
+    params = {"tree": str(args.tree), "stdlib_only": args.stdlib_only, "repeat": args.repeat, "steps": sorted(steps),
               "datasets": {name: {"path": str(path), "files": files, "folders": folders} for name, path, files, folders in sets}}
     report = Report(args.name, machine, params)
     daemon = RsyncDaemon(args.scratch / "rsyncd-tree").start()
@@ -241,7 +268,7 @@ def main(argv: list[str]) -> None:
         results: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in sets}
         for r in range(args.repeat):
             for name, path, _, _ in sets:  # interleaved: each round runs every set, rsync then cubby
-                results[name].append(measure_round(name, path, work, daemon, r))
+                results[name].append(measure_round(name, path, work, daemon, r, steps))
         for name, _, files, _ in sets:
             report_dataset(report, name, files, results[name])
         report.notes.append(
