@@ -14,7 +14,7 @@ It holds what survives a restart:
 - ``refused``: what the server sent that the client would not apply (`trust.remote_path`), for
   ``cubby status``.
 
-Server data enters the trees only here (`add_namespace`, `apply_journal`, `put_remote_entry`),
+Server data enters the trees only here (`add_namespace`, `apply_journal`, `put_remote_entries`),
 and each of them passes every path through `trust.remote_path` first: a refused entry is
 recorded in ``refused`` and skipped, never applied.
 
