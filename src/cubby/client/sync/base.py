@@ -28,7 +28,7 @@ from cubby.client.api import ApiClient
 from cubby.client.sync import planner as P
 from cubby.client.sync.cache import ChunkCache
 from cubby.client.sync.ignore import STATE_DIR
-from cubby.client.sync.scanner import NO_KEEP, KeepBudget, ScanResult, scan
+from cubby.client.sync.scanner import KeepBudget, ScanResult, scan
 from cubby.client.sync.state import FileRecord, StateDb
 from cubby.client.sync.trust import local_target
 from cubby.client.windows import SCAN_KEEP_BYTES, SCAN_KEEP_FILE
@@ -229,7 +229,7 @@ class EngineCore:
         """Scan the folder (`scanner.scan`). With ``keep``, small files hashed keep their bytes
         (`ScanResult.kept`, at most `SCAN_KEEP_BYTES`) for the uploads of this round, which
         release them (`Uploads.upload`); a scan that only plans does not keep any."""
-        budget = KeepBudget(SCAN_KEEP_BYTES, SCAN_KEEP_FILE) if keep else NO_KEEP
+        budget = KeepBudget(SCAN_KEEP_BYTES, SCAN_KEEP_FILE) if keep else None
         self.last_scan = scan(self.root, self.state, self.pool, persist=persist, previous=self.last_scan, keep=budget)
         return self.last_scan
 

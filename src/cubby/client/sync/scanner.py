@@ -83,10 +83,8 @@ class KeepBudget:
             return True
 
 
-NO_KEEP = KeepBudget(0, 0)
 
-
-def hash_file(path: Path, rel: str, keep: KeepBudget = NO_KEEP) -> tuple[FileRecord, Stamp, bytes | None] | None:
+def hash_file(path: Path, rel: str, keep: KeepBudget | None = None) -> tuple[FileRecord, Stamp, bytes | None] | None:
     """Chunk a file (a link: its target's text); None if it changed while being read. With
     the record comes the file's stat stamp (`cubby.client.localfiles.stamp_of`) as it was
     read, which lets an upload trust bytes it reads back without hashing them again, and the
@@ -97,7 +95,7 @@ def hash_file(path: Path, rel: str, keep: KeepBudget = NO_KEEP) -> tuple[FileRec
         if stat_mod.S_ISLNK(before.st_mode):
             text = os.fsencode(os.readlink(path))
             chunks: tuple[tuple[str, int, int], ...] = ((sha256_hex(text), 0, len(text)),) if text else ()
-        elif before.st_size <= keep.per_file:
+        elif keep is not None and before.st_size <= keep.per_file:
             with open(path, "rb", buffering=0) as fh:
                 data = fh.read(before.st_size + 1)  # one byte more: a file that grew is caught below
             if len(data) <= MIN_SIZE:  # FastCDC never cuts below MIN_SIZE: one chunk, no chunker
@@ -113,7 +111,7 @@ def hash_file(path: Path, rel: str, keep: KeepBudget = NO_KEEP) -> tuple[FileRec
         return None
     if sum(c[2] for c in chunks) != after.st_size:
         return None
-    if data is not None and not (data and keep.take(len(data))):
+    if data is not None and not (data and keep is not None and keep.take(len(data))):
         data = None
     return FileRecord(
         rel, after.st_size, after.st_mtime_ns, after.st_ino, content_hash(c[0] for c in chunks), chunks, mode_of(after)
@@ -233,7 +231,7 @@ def scan(
     *,
     persist: bool = True,
     previous: ScanResult | None = None,
-    keep: KeepBudget = NO_KEEP,
+    keep: KeepBudget | None = None,
 ) -> ScanResult:
     """Read the tree under ``root``; update the file index (unless ``persist`` is False).
 
