@@ -25,6 +25,7 @@ from cubby.client.windows import BATCH, DOWNLOAD_IN_FLIGHT, DOWNLOAD_WINDOW, SMA
 from cubby.core import durable, paths
 from cubby.core.chunking import MIN_SIZE
 from cubby.core.hashing import sha256_hex
+from cubby.core.writeback import Writeback
 from cubby.errors import CubbyError
 from cubby.model import ChunkRef, Entry
 
@@ -94,15 +95,23 @@ def download_file(
         out.truncate()
         rest = chunks[keep:]
         # The next window is asked for while this one is written: the server reads ahead for
-        # it meanwhile, and no round trip is waited for between windows.
-        with ThreadPoolExecutor(DOWNLOAD_IN_FLIGHT) as pool:
+        # it meanwhile, and no round trip is waited for between windows. The part file goes
+        # to the disk while the download runs (`Writeback`), so the fsync below waits little.
+        with ThreadPoolExecutor(DOWNLOAD_IN_FLIGHT) as pool, Writeback(out.fileno()) as disk:
             pending: deque[tuple[list[ChunkRef], Arrivals]] = deque()
+
+            def write_next() -> int:
+                window, arrivals = pending.popleft()
+                got = _write_window(out, window, arrivals, remote, progress)
+                disk.wrote(sum(c.size for c in window))
+                return got
+
             for window, distinct in _windows(rest):
                 pending.append((window, _prefetch(pool, api, distinct)))
                 if len(pending) >= DOWNLOAD_IN_FLIGHT:
-                    received += _write_window(out, *pending.popleft(), remote, progress)
+                    received += write_next()
             while pending:
-                received += _write_window(out, *pending.popleft(), remote, progress)
+                received += write_next()
         out.flush()
         os.fsync(out.fileno())
     if part.stat().st_size != entry.size:
