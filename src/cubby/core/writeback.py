@@ -9,8 +9,10 @@ project's machines, a quarter of a `cubby get` from Ceph RGW (bench/README.md). 
 at a time; the next waits for the one before), so the disk works while the network does.
 
 This changes when bytes travel, never what is promised: the caller still fsyncs the file
-before it names it (write-then-rename), and a failure of an early flush is left for that
-final fsync to report (it fails the same way, or the bytes did reach the disk).
+before it names it (write-then-rename). A failure of an early flush is raised, by the next
+`wrote` or on leaving, and never left for that final fsync to find: Linux reports a
+writeback error to one fsync of a file description only, so after a failed early flush the
+final fsync could succeed although the pages it should have written were dropped.
 """
 
 from __future__ import annotations
@@ -44,7 +46,10 @@ class Writeback:
         """``n`` more bytes were handed to the file (and reached the OS: flush any Python
         buffer first, or they are simply left for the final fsync)."""
         self._since += n
-        if self._since < self.step or (self._running is not None and not self._running.done()):
+        running = self._running
+        if running is not None and running.done():
+            running.result()  # an early flush failed: the file's bytes may be lost
+        if self._since < self.step or (running is not None and not running.done()):
             return
         self._since = 0
         if self._pool is None:
@@ -52,16 +57,16 @@ class Writeback:
         self._running = self._pool.submit(self._flush)
 
     def _flush(self) -> None:
-        try:
-            self.sync(self.fd)
-        except OSError:
-            pass  # the caller's final fsync reports it (see the module docstring)
+        self.sync(self.fd)
 
     def close(self) -> None:
-        """Wait for the flush in progress, if any."""
+        """Wait for the flush in progress, if any, and raise its error."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        running, self._running = self._running, None
+        if running is not None:
+            running.result()
 
     def __enter__(self) -> Writeback:
         return self
@@ -69,4 +74,11 @@ class Writeback:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        if kind is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except OSError:
+            pass  # the error already on its way out matters more; the part file is not named
+
