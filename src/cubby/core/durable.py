@@ -46,6 +46,35 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
             pos += os.write(fd, view[pos : min(end, pos + WRITE_PIECE)])
 
 
+SYNC_FILE_RANGE_WRITE = 2
+"""Linux's flag for "start writing these pages to disk, do not wait" (``<linux/fs.h>``)."""
+
+
+@functools.cache
+def load_sync_file_range() -> Any:
+    """libc's ``sync_file_range`` (Linux), or None where there is none."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.sync_file_range
+        fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        return fn
+    except (OSError, AttributeError):
+        return None
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing ``length`` bytes of ``fd`` at ``offset`` to the disk now,
+    without waiting for them; a no-op where ``sync_file_range`` does not exist.
+
+    This is not durability (the fsync that follows still is): it only moves the disk's work
+    earlier. A large object written and then fsynced makes the writer wait for all of it at
+    the fsync; started piece by piece as it is written, the disk works while the writer
+    copies the rest, and the fsync waits only for the tail. Errors are left to that fsync."""
+    fn = load_sync_file_range()
+    if fn is not None and length > 0:
+        fn(fd, offset, length, SYNC_FILE_RANGE_WRITE)
+
+
 def fsync_dir(path: str | os.PathLike[str]) -> None:
     """Make the names in folder ``path`` durable (after a create, rename or unlink in it)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
