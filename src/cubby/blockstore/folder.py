@@ -6,7 +6,7 @@ fsynced, so that a crash leaves either no object or the whole one, never a prefi
 would trust. Two processes (or hosts, on a shared folder) may put the same name at once: each
 writes its own temp file and the last rename wins, which the contract allows because both
 carry the same bytes. A `get` is one ``pread``. A large object is handed to the disk in pieces
-as it is written (`WRITEBACK_EVERY`), and `put_parts` (`StreamingPut`) writes an object whose
+as it is written (`cubby.core.durable.Writeback`), and `put_parts` (`StreamingPut`) writes an object whose
 bytes are still being produced.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from cubby.blockstore.local import DISK_FULL, NO_SPACE
 from cubby.blockstore.objects import ObjectMissing, ObjectStoreError, ShortRead
-from cubby.core.durable import WRITE_PIECE, fsync_dir, start_writeback
+from cubby.core.durable import WRITE_PIECE, Writeback, fsync_dir
 from cubby.errors import BadRequest, InsufficientStorage
 
 _NAME = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
@@ -41,27 +41,18 @@ def check_object_name(name: str) -> str:
     return name
 
 
-WRITEBACK_EVERY = 4 * 1024 * 1024
-"""Bytes written between two requests to the disk to start writing (`start_writeback`): a
-16 MiB pack is handed to the disk in four pieces while it is written, instead of all at its
-fsync. Measured on this machine (bench/README.md, ingest): 32 packs of 16 MiB each written and
-fsynced waited 1.63-1.70 s in their fsyncs, 0.96-0.98 s with writeback started every 4 MiB."""
-
-
 def write_parts(fd: int, parts: Iterable[bytes | memoryview]) -> None:
     """Write every part to ``fd`` in order, `WRITE_PIECE` bytes per call, starting the disk's
-    writeback every `WRITEBACK_EVERY` bytes."""
-    pos = started = 0
+    writeback as it goes (`Writeback`): a 16 MiB pack is handed to the disk in four pieces
+    while it is written, instead of all at its fsync."""
+    disk = Writeback(fd)
     for part in parts:
         with memoryview(part) as view:
             at, end = 0, len(view)
             while at < end:
                 n = os.write(fd, view[at : min(end, at + WRITE_PIECE)])
                 at += n
-                pos += n
-                if pos - started >= WRITEBACK_EVERY:
-                    start_writeback(fd, started, pos - started)
-                    started = pos
+                disk.wrote(n)
 
 
 class FolderObjectStore:
@@ -106,7 +97,7 @@ class FolderObjectStore:
 
     def put_parts(self, name: str, parts: Iterable[bytes | memoryview]) -> None:
         """`StreamingPut.put_parts`: each part is written to the temp file as it comes, and the
-        disk is asked to start on every `WRITEBACK_EVERY` bytes written (`start_writeback`), so
+        disk is asked to start on every few MiB written (`Writeback`), so
         that the fsync at the end waits for the last few MiB, not for the whole object."""
         final = self._path(name)
         folder = os.path.dirname(final)

@@ -25,7 +25,6 @@ from cubby.client.windows import BATCH, DOWNLOAD_IN_FLIGHT, DOWNLOAD_WINDOW, SMA
 from cubby.core import durable, paths
 from cubby.core.chunking import MIN_SIZE
 from cubby.core.hashing import sha256_hex
-from cubby.core.writeback import Writeback
 from cubby.errors import CubbyError
 from cubby.model import ChunkRef, Entry
 
@@ -97,7 +96,8 @@ def download_file(
         # The next window is asked for while this one is written: the server reads ahead for
         # it meanwhile, and no round trip is waited for between windows. The part file goes
         # to the disk while the download runs (`Writeback`), so the fsync below waits little.
-        with ThreadPoolExecutor(DOWNLOAD_IN_FLIGHT) as pool, Writeback(out.fileno()) as disk:
+        with ThreadPoolExecutor(DOWNLOAD_IN_FLIGHT) as pool:
+            disk = durable.Writeback(out.fileno(), offset)
             pending: deque[tuple[list[ChunkRef], Arrivals]] = deque()
 
             def write_next() -> int:
