@@ -114,7 +114,7 @@ async def as_caller(request: Request, ctx: ServerContext, fn: Callable[[Principa
             return both()
 
     hit = on_loop(ctx, both)
-    p, out = hit[0] if hit is not None else await run_in_threadpool(both_reading)
+    p, out = hit[0] if hit is not None else await ctx.in_thread(both_reading)
     _admit(request, p)
     if isinstance(out, NamespaceMoved):
         return await _again(request, ctx, fn)
@@ -149,7 +149,7 @@ async def as_writer(
         except CubbyError as exc:
             return p, exc  # the principal still goes on the request (its log line names the user)
 
-    p, out = await run_in_threadpool(both)
+    p, out = await ctx.in_thread(both)
     _admit(request, p)
     if isinstance(out, NamespaceMoved):
         return await _again(request, ctx, lambda p, moved: fn(p, moved, raw))
