@@ -112,3 +112,28 @@ def test_reads_inside_reading_share_one_transaction(db_url: str) -> None:
         assert seen == ["read", "read"]
     finally:
         db.dispose()
+
+
+@pytest.mark.parametrize("engine", ["postgresql", "mariadb"])
+def test_a_kept_connection_starts_each_transaction_clean(engine: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Transactions on PostgreSQL and MariaDB reuse connections kept out of the pool
+    (`KeptConnections`): one whose transaction failed (a statement error aborts it on
+    PostgreSQL) or raised serves the next transaction as if new."""
+    from sqlalchemy.exc import DBAPIError
+
+    db = Database(db_url_for(engine, tmp_path_factory), pool_size=1)
+    try:
+        with pytest.raises(DBAPIError):
+            db.write(lambda c: c.execute(text("SELECT * FROM no_such_table_here")).all())
+        assert db.write(lambda c: c.execute(text("SELECT 5")).scalar()) == 5
+
+        def fails(c: object) -> None:
+            c.execute(text("SELECT 6"))  # type: ignore[attr-defined]
+            raise ValueError("the caller's own error")
+
+        with pytest.raises(ValueError):
+            db.write(fails)
+        assert db.read(lambda c: c.execute(text("SELECT 7")).scalar()) == 7
+        assert db.write(lambda c: c.execute(text("SELECT 8")).scalar()) == 8
+    finally:
+        db.dispose()

@@ -29,7 +29,7 @@ from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceMoved, NotFo
 from cubby.metadata import sqlitedriver
 from cubby.metadata.engine import Database
 from cubby.metadata.nstxn import NamespaceTxn, entry_of, key_range, write_namespace
-from cubby.metadata.pgdriver import HELD_CHUNKS, driver_execute, nodes_and_chunks
+from cubby.metadata.pgdriver import HELD_CHUNKS, array_text, driver_execute, nodes_and_chunks
 from cubby.metadata.possession import Challenges
 from cubby.metadata.reads import FileReads, node_for_history
 from cubby.metadata.schema import blocks, file_revs, namespaces, nodes, ns_chunks
@@ -99,7 +99,8 @@ class FileWrites:
         """`_HELD`, with the ``blocks`` rows share-locked until this transaction commits (on
         PostgreSQL the same statement through the driver, without SQLAlchemy's CPU)."""
         if self.db.dialect == "postgresql":
-            return driver_execute(tx.conn, HELD_CHUNKS, {"nss": [tx.ns_id, *tx.readable], "hashes": list(part)}).fetchall()  # type: ignore[no-any-return]
+            params = {"nss": array_text([tx.ns_id, *tx.readable]), "hashes": array_text(part)}
+            return driver_execute(tx.conn, HELD_CHUNKS, params).fetchall()  # type: ignore[no-any-return]
         if self.db.is_sqlite:
             return sqlitedriver.held_chunks(tx.conn, [tx.ns_id, *tx.readable], part)
         return tx.conn.execute(_HELD_LOCKED, {"nss": [tx.ns_id, *tx.readable], "hashes": list(part)})  # type: ignore[return-value]
