@@ -20,6 +20,7 @@ own (`cubby.metadata.pgdriver`); MariaDB keeps the SQLAlchemy statements.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -129,9 +130,20 @@ def _key(value: Any) -> Any:
     return None if value is None else str(value).encode("utf-8")
 
 
+@functools.cache
+def _bytes_at(columns: tuple[str, ...]) -> tuple[int, ...]:
+    """Where the path-key columns are in ``columns`` (a few fixed tuples: remembered)."""
+    return tuple(i for i, c in enumerate(columns) if c in _BYTES)
+
+
 def values(row: Mapping[str, Any], columns: Sequence[str]) -> tuple[Any, ...]:
-    """``row``'s values in ``columns``' order (missing ones NULL; path keys as bytes)."""
-    return tuple(_key(row.get(c)) if c in _BYTES else row.get(c) for c in columns)
+    """``row``'s values in ``columns``' order (missing ones NULL; path keys as bytes). Called
+    for every row a batch of commits writes: a lookup per column, then only the path keys
+    converted (a test of every column against them cost as much again)."""
+    out = list(map(row.get, columns))
+    for i in _bytes_at(tuple(columns)):
+        out[i] = _key(out[i])
+    return tuple(out)
 
 
 def node_row(found: Sequence[Any]) -> NodeRow:
