@@ -137,3 +137,37 @@ def test_a_kept_connection_starts_each_transaction_clean(engine: str, tmp_path_f
         assert db.write(lambda c: c.execute(text("SELECT 8")).scalar()) == 8
     finally:
         db.dispose()
+
+
+def test_insert_ignore_keeps_the_first_row_of_a_key(db_url: str) -> None:
+    """The one statement each engine spells (on SQLite, text sent to the driver: see below)."""
+    from cubby.metadata.schema import blocks
+    from cubby.metadata.store import open_store
+
+    open_store(db_url).close()  # the schema
+    db = Database(db_url)
+    try:
+        rows = lambda pairs: [{"hash": h * 64, "size": n, "touched_at": 1.0} for h, n in pairs]  # noqa: E731
+        db.write(lambda c: db.insert_ignore(c, blocks, rows([("a", 1), ("b", 2)])))
+        db.write(lambda c: db.insert_ignore(c, blocks, rows([("b", 20), ("c", 3)])))
+        db.write(lambda c: db.insert_ignore(c, blocks, rows([("d", 4)])))
+        got = db.read(lambda c: sorted((r.hash[:1], r.size) for r in c.execute(blocks.select())))
+        assert got == [("a", 1), ("b", 2), ("c", 3), ("d", 4)]
+    finally:
+        db.dispose()
+
+
+def test_sqlite_sends_only_plain_columns_to_the_driver_as_text() -> None:
+    """Rows of columns whose values need no conversion go to the driver as fixed text; a
+    column SQLAlchemy converts (a path key to bytes, a boolean) or a default it would fill in
+    leaves the statement to SQLAlchemy."""
+    from cubby.metadata import sqlitedriver
+    from cubby.metadata.schema import blocks, nodes, ns_chunks
+
+    assert sqlitedriver.insert_sql(blocks, ("hash", "size", "touched_at"), ignore=True) == (
+        "INSERT OR IGNORE INTO blocks (hash, size, touched_at) VALUES (?, ?, ?)"
+    )
+    upsert = sqlitedriver.insert_sql(ns_chunks, ("ns_id", "hash", "refs", "touched_at"), add="refs", also=("touched_at",))
+    assert upsert == sqlitedriver.UPSERT_REFS
+    assert sqlitedriver.insert_sql(ns_chunks, ("ns_id", "hash", "touched_at"), ignore=True) is None  # refs' default
+    assert sqlitedriver.insert_sql(nodes, sqlitedriver.NODE_KEYS, ignore=True) is None  # path keys are converted
