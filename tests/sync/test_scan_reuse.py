@@ -142,3 +142,18 @@ def test_the_index_changing_underneath_stops_the_reuse(tree: tuple[Path, StateDb
     state.drop_files(["a/2"])  # forgotten: the next scan must hash it again
     again = scan(root, state, pool, previous=first)
     assert again.hashed == 1 and _seen(again) == _seen(first)
+
+
+@pytest.mark.parametrize("patterns", [[], ["build/", "*.log", "/top-only.txt", "docs/*.bak", ".cubby"]])
+def test_a_file_of_a_synced_folder_is_ignored_as_the_whole_rules_say(patterns: list[str]) -> None:
+    """`IgnoreRules.ignored_file` (what a scan asks of each file of a folder it lists) agrees
+    with `IgnoreRules.ignored` for every file whose folder is synced."""
+    from cubby.client.sync.ignore import IgnoreRules
+
+    rules = IgnoreRules.parse(patterns)
+    names = ["a.tmp", "~$r.docx", ".DS_Store", ".n.swp", "x~", "4913", "run.log", "top-only.txt", "old.bak",
+             "notes.txt", ".cubby", ".CUBBY", "build", "tmp", ".cubbyignore", "é.txt"]
+    for rel_dir in ("", "docs", "src/deep", "docs/docs"):
+        for name in names:
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            assert rules.ignored_file(rel_dir, name) == rules.ignored(rel, False), rel

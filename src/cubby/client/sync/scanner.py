@@ -229,7 +229,7 @@ def _named(
         if prev is not None and (prev.kind == "folder") == is_dir:
             yield rel, st, prev.path, prev
             continue
-        if not is_dir and rules.ignored(rel, False):  # folders were tested by the reader
+        if not is_dir and rules.ignored_file(rel_dir, name):  # folders were tested by the reader
             continue
         display: str | None = None
         if display_dir is not None:
