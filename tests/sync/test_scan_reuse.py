@@ -13,6 +13,7 @@ import pytest
 
 from cubby.client.sync.scanner import ScanResult, scan
 from cubby.client.sync.state import StateDb
+from tests.sync.conftest import Clients
 
 
 @pytest.fixture
@@ -157,3 +158,23 @@ def test_a_file_of_a_synced_folder_is_ignored_as_the_whole_rules_say(patterns: l
         for name in names:
             rel = f"{rel_dir}/{name}" if rel_dir else name
             assert rules.ignored_file(rel_dir, name) == rules.ignored(rel, False), rel
+
+
+def test_a_running_client_takes_every_folder_whole_after_an_upload_and_still_sees_an_edit(clients: Clients) -> None:
+    a = clients.new("a")
+    for d in ("x/y", "z"):
+        (a.root / d).mkdir(parents=True)
+    for f in ("x/1", "x/y/2", "z/3", "4"):
+        (a.root / f).write_bytes(f.encode())
+    assert a.run_once().converged  # the upload
+    uploaded = a.last_scan  # its last round's, which found every file in the index
+    assert set(uploaded.folders) == {"", "x", "x/y", "z"}
+    quiet = a.run_once()  # (writing the settled plan's fingerprint was no change to the index)
+    assert quiet.converged and not quiet.applied
+    before = a.last_scan
+    assert all(before.folders[k] is uploaded.folders[k] for k in uploaded.folders)
+    again = a.run_once()
+    assert again.converged and not again.applied
+    assert all(a.last_scan.folders[k] is before.folders[k] for k in before.folders)
+    (a.root / "x/y/2").write_bytes(b"edited")
+    assert a.run_once().applied == {"Upload": 1}
