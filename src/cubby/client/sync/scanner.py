@@ -89,7 +89,7 @@ def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_size, st.st_mtime_ns, st.st_ino, mode_of(st))
 
 
-Entry = tuple[str, os.stat_result, bool]
+Listed = tuple[str, os.stat_result, bool]
 """(name, lstat, is a folder) of an entry of a folder that cubby may sync."""
 
 Signature = tuple[list[str], list[tuple[int, int, int, int]]]
@@ -119,7 +119,7 @@ class FolderScan:
     """Files of the index among ``items``."""
 
 
-Listing = tuple[str, list[Entry], Signature]
+Listing = tuple[str, list[Listed], Signature]
 """A folder's relative path, its entries cubby may sync, and its signature."""
 
 Reused = tuple[str, FolderScan]
@@ -165,7 +165,7 @@ def _list_folders(
                 stack.extend(before.descend)
                 out.put((rel_dir, before))
                 continue
-            listing: list[Entry] = []
+            listing: list[Listed] = []
             subfolders: list[str] = []
             for name, st in zip(names, stats):
                 if is_dir_mode(st.st_mode):
@@ -220,7 +220,7 @@ def _drain(listings: queue.SimpleQueue[Listing | Reused | BaseException | None])
 
 
 def _named(
-    rel_dir: str, display_dir: str | None, listing: list[Entry], rules: IgnoreRules, seen_before: Mapping[str, LocalItem]
+    rel_dir: str, display_dir: str | None, listing: list[Listed], rules: IgnoreRules, seen_before: Mapping[str, LocalItem]
 ) -> Iterator[tuple[str, os.stat_result, str | None, LocalItem | None]]:
     """`walk`'s items of one listed folder (see there)."""
     for name, st, is_dir in listing:
