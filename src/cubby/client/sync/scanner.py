@@ -119,8 +119,8 @@ class FolderScan:
     """Files of the index among ``items``."""
 
 
-Listing = tuple[str, list[Listed], Signature]
-"""A folder's relative path, its entries cubby may sync, and its signature."""
+Listing = tuple[str, list[Listed], Signature | None]
+"""A folder's relative path, its entries cubby may sync, and its signature (when taken)."""
 
 Reused = tuple[str, FolderScan]
 """A folder whose signature is its previous scan's: that scan's result for it."""
@@ -133,6 +133,7 @@ def _list_folders(
     out: queue.SimpleQueue[Listing | Reused | BaseException | None],
     stop: threading.Event,
     reuse: Mapping[str, FolderScan],
+    keep: bool,
 ) -> None:
     """Read every folder below ``root`` that is synced, depth first, and hand each listing
     (its entries lstat'ed, ignored folders left out, with its signature) to the caller, then
@@ -140,6 +141,7 @@ def _list_folders(
     same rules) is not tested against the rules again; any other is tested here, once, and
     the caller does not test folders. A folder whose signature is that of its `FolderScan` in
     ``reuse`` is handed over as that (its subfolders descended into as then), not listed.
+    Signatures are taken only when ``keep`` (the caller keeps folders for the next scan).
 
     Runs on a worker thread: ``scandir`` and ``lstat`` release the GIL, so the kernel's part of
     a scan (most of a pass with nothing changed) overlaps the Python part on the caller's
@@ -159,7 +161,7 @@ def _list_folders(
             except OSError:  # an entry gone since the listing: left out, as if listed after
                 entries, stats = _stat_each(entries)
             names: list[str] = list(map(_name, entries))
-            signature: Signature = (names, list(map(_fields, stats)))
+            signature: Signature | None = (names, list(map(_fields, stats))) if keep else None
             before = reuse.get(rel_dir)
             if before is not None and before.signature == signature:
                 stack.extend(before.descend)
@@ -199,16 +201,16 @@ def _stat_each(entries: list[os.DirEntry[str]]) -> tuple[list[os.DirEntry[str]],
 
 def _folders(
     root: Path, rules: IgnoreRules, seen_before: Mapping[str, LocalItem], reuse: Mapping[str, FolderScan],
-    executor: Executor | None, stop: threading.Event,
+    executor: Executor | None, stop: threading.Event, keep: bool = False,
 ) -> Iterator[Listing | Reused]:
     """Start `_list_folders` on ``executor`` (or run it on this thread without one) now, and
     give its listings as an iterator. Setting ``stop`` makes the reader stop at its next
     folder (a caller that gives up early)."""
     listings: queue.SimpleQueue[Listing | Reused | BaseException | None] = queue.SimpleQueue()
     if executor is None:
-        _list_folders(os.fspath(root), rules, seen_before, listings, stop, reuse)
+        _list_folders(os.fspath(root), rules, seen_before, listings, stop, reuse, keep)
     else:
-        executor.submit(_list_folders, os.fspath(root), rules, seen_before, listings, stop, reuse)
+        executor.submit(_list_folders, os.fspath(root), rules, seen_before, listings, stop, reuse, keep)
     return _drain(listings)
 
 
@@ -293,9 +295,12 @@ def scan(
     seen_before = _seen_before(rules, previous, reuse)
     stop = threading.Event()
     try:
-        # the reader starts first: the index is read while it lists (SQLite and stat both let go of the GIL)
-        folders = _folders(root, rules, seen_before, reuse, executor, stop)
+        # (the index is read before the reader starts: read while it lists, measured slower, as
+        # building the rows holds the GIL the reader needs)
         known = state.file_stamps()
+        # a process's first scan (nothing before it) keeps no folders: `cubby sync --once` runs one
+        # pass and would never use them; its next scan keeps them
+        folders = _folders(root, rules, seen_before, reuse, executor, stop, keep=previous is not None and bool(previous.items))
         return _scan(root, state, executor, rules, folders, known, seen_before, reuse, persist)
     finally:
         stop.set()
@@ -367,6 +372,8 @@ def _scan(
             todo.append((rel, display, st.st_ino))
             clean = False
         matched += matched_here
+        if signature is None:
+            continue  # no folders kept: nothing is looked up in ``loose`` either
         if clean:
             res.folders[rel_dir] = FolderScan(signature, items[first:], subfolders, [r for r, _ in subfolders], matched_here)
         else:
