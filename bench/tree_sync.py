@@ -26,6 +26,12 @@ Each cubby sync runs in a child process (``--child``) so that its peak RSS is it
 child counts its HTTP requests through an httpx event hook.
 
     .venv/bin/python bench/tree_sync.py [--stdlib-only] [--datasets tree,small] [--repeat 3]
+
+``--noop-only`` measures the no-op pass alone (one first upload per source tree to set it up,
+untimed; then ``--repeat`` rounds of rsync's no-op beside cubby's, in a running client and in
+new processes, with CPU seconds). ``--compare-src DIR`` runs the cubby client from another
+checkout's ``src`` too (a second folder and server), interleaved in the same rounds: before
+and after, side by side.
 """
 
 from __future__ import annotations
@@ -78,9 +84,10 @@ def copy_tree(src: Path, dst: Path, max_files: int | None, skip: tuple[str, ...]
     return files, folders
 
 
-def child(url: str, token: str, folder: Path, passes: int) -> None:
-    """Run ``passes`` sync passes on ``folder``; print seconds, requests and peak RSS per pass."""
-    sys.path.insert(0, str(HERE.parent / "src"))
+def child(url: str, token: str, folder: Path, passes: int, src: Path | None = None) -> None:
+    """Run ``passes`` sync passes on ``folder`` with the client in ``src`` (default: this
+    checkout's); print seconds, CPU seconds, requests and peak RSS per pass."""
+    sys.path.insert(0, str(src or HERE.parent / "src"))
     import httpx
 
     from cubby.client.api import ApiClient
@@ -97,28 +104,103 @@ def child(url: str, token: str, folder: Path, passes: int) -> None:
     out = []
     for _ in range(passes):
         count[0] = 0
-        t0, c0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+        t0, c0 = time.perf_counter(), time.process_time()
         rep = eng.run_once()
-        c1 = resource.getrusage(resource.RUSAGE_SELF)
-        out.append({"seconds": time.perf_counter() - t0, "requests": count[0], "converged": rep.converged,
-                    "applied": rep.applied, "failed": rep.failed[:5],
-                    "cpu_seconds": c1.ru_utime - c0.ru_utime + c1.ru_stime - c0.ru_stime})
+        out.append({"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
+                    "requests": count[0], "converged": rep.converged,
+                    "applied": rep.applied, "failed": rep.failed[:5]})
     eng.close()
     api.close()
     print(json.dumps({"passes": out, "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 
 
-def run_child(url: str, token: str, folder: Path, passes: int) -> dict[str, Any]:
-    """Run ``passes`` sync passes in a new Python process; its figures, plus ``wall_seconds``:
-    the whole process from spawn to exit (interpreter start and imports included)."""
-    start = time.perf_counter()
+def run_child(url: str, token: str, folder: Path, passes: int, src: Path | None = None) -> dict[str, Any]:
+    """Run ``passes`` sync passes in a new Python process; its figures, plus ``wall_seconds``
+    and ``cpu_seconds``: the whole process from spawn to exit (interpreter start and imports
+    included)."""
+    start, cpu = time.perf_counter(), children_cpu()
     proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child", url, token, str(folder), str(passes)],
+        [sys.executable, str(Path(__file__).resolve()), "--child", url, token, str(folder), str(passes),
+         *([str(src)] if src else [])],
         check=False, capture_output=True, text=True,
     )
     if proc.returncode != 0:
         raise SystemExit(f"sync child failed: {proc.stderr[-3000:]}")
-    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "wall_seconds": time.perf_counter() - start}
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "wall_seconds": time.perf_counter() - start,
+            "cpu_seconds": children_cpu() - cpu}
+
+
+def children_cpu() -> float:
+    """User + system CPU seconds of the children waited for so far."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def noop_rounds(
+    tree: Path, work: Path, daemon: RsyncDaemon, repeat: int, sources: dict[str, Path | None]
+) -> dict[str, list[dict[str, Any]]]:
+    """The no-op pass alone: rsync's (its client's CPU beside) and, for each client source, a
+    running client's (passes 2 and 3 of a process whose first pass is the new-process pass
+    alone) and a new process's whole run; one untimed first upload per source sets it up."""
+    rsync("-a", str(tree) + "/", daemon.url("noop/"))
+    setups: dict[str, tuple[Any, str, Path]] = {}
+    out: dict[str, list[dict[str, Any]]] = {"rsync": []}
+    try:
+        for label, src in sources.items():
+            folder = work / f"noop-{label}"
+            shutil.rmtree(folder, ignore_errors=True)
+            shutil.copytree(tree, folder, symlinks=True)
+            server, token = start_server(work / f"srv-{label}")
+            setups[label] = (server, token, folder)
+            up = run_child(server.url, token, folder, 2, src)
+            print(f"  {label}: first upload {up['passes'][0]['seconds']:.1f} s, then no-op {up['passes'][1]['seconds']:.2f} s", flush=True)
+            out[label] = []
+        for r in range(repeat):
+            warm(tree)
+            cpu = children_cpu()
+            secs, _ = rsync("-a", str(tree) + "/", daemon.url("noop/"))
+            out["rsync"].append({"seconds": secs, "cpu_seconds": children_cpu() - cpu})
+            line = [f"rsync {secs:.2f} s"]
+            for label, src in sources.items():
+                server, token, folder = setups[label]
+                warm_ = run_child(server.url, token, folder, 3, src)
+                cold = run_child(server.url, token, folder, 1, src)
+                for p in warm_["passes"] + cold["passes"]:
+                    if p["requests"] > 1 or p["applied"] or not p["converged"]:
+                        raise SystemExit(f"{label}: a no-op pass did something: {p}")
+                out[label].append({"running": warm_["passes"][1:], "new_process": warm_["passes"][0], "whole": cold})
+                line.append(f"{label} running {min(p['seconds'] for p in warm_['passes'][1:]):.2f} s, new process pass "
+                            f"{warm_['passes'][0]['seconds']:.2f} s, whole {cold['wall_seconds']:.2f} s ({cold['cpu_seconds']:.2f} CPU s)")
+            print(f"  round {r + 1} (load {os.getloadavg()[0]:.1f}): " + "; ".join(line), flush=True)
+    finally:
+        for server, _, folder in setups.values():
+            server.stop()
+            shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
+def report_noop(report: Report, files: int, results: dict[str, list[dict[str, Any]]]) -> None:
+    """Rows of `noop_rounds`: each figure's median over the rounds, ratios to rsync's median."""
+    ref = report.add(Row("noop", "rsync no-op (second run)", median_run(results["rsync"])["seconds"], files=files,
+                         extra={"samples_seconds": [round(x["seconds"], 3) for x in results["rsync"]],
+                                "client_cpu_seconds": [round(x["cpu_seconds"], 3) for x in results["rsync"]]}))
+    for label, rounds in results.items():
+        if label == "rsync":
+            continue
+        for name, get in (
+            ("no-op pass, running client", lambda x: min(p["seconds"] for p in x["running"])),
+            ("no-op pass, new process (the pass alone)", lambda x: x["new_process"]["seconds"]),
+            ("no-op, new process, whole process (start, imports, pass)", lambda x: x["whole"]["wall_seconds"]),
+        ):
+            m = median_of(rounds, get)
+            cpu = {
+                "no-op pass, running client": lambda x: min(p["cpu_seconds"] for p in x["running"]),
+                "no-op pass, new process (the pass alone)": lambda x: x["new_process"]["cpu_seconds"],
+            }.get(name, lambda x: x["whole"]["cpu_seconds"])
+            report.add(Row("noop", f"{label}: {name}", m["seconds"], files=files, reference=ref.name,
+                           ratio=m["seconds"] / ref.seconds,
+                           extra={"samples_seconds": m["samples_seconds"],
+                                  "cpu_seconds": [round(cpu(x), 3) for x in rounds]}))
 
 
 def measure_round(
@@ -228,7 +310,7 @@ def report_dataset(report: Report, group: str, files: int, rounds: list[dict[str
 
 def main(argv: list[str]) -> None:
     if argv and argv[0] == "--child":
-        child(argv[1], argv[2], Path(argv[3]), int(argv[4]))
+        child(argv[1], argv[2], Path(argv[3]), int(argv[4]), Path(argv[5]) if len(argv) > 5 else None)
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tree", type=Path, default=Path(sysconfig.get_paths()["stdlib"]))
@@ -242,6 +324,9 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--name", default="tree_sync")
     ap.add_argument("--steps", default=",".join(sorted(STEPS)),
                     help="what to measure besides the first upload: noop, down, put (comma-separated; 'up' for none)")
+    ap.add_argument("--noop-only", action="store_true", help="measure the no-op pass alone, on the tree (see above)")
+    ap.add_argument("--compare-src", type=Path, default=None,
+                    help="with --noop-only: also run the client from this src folder (another checkout's), as 'base'")
     args = ap.parse_args(argv)
     steps = {x.strip() for x in args.steps.split(",")} & STEPS
     wanted = [d.strip() for d in args.datasets.split(",") if d.strip()]
@@ -251,6 +336,26 @@ def main(argv: list[str]) -> None:
     work = args.scratch / "tree-sync"
     shutil.rmtree(work, ignore_errors=True)
     sets: list[tuple[str, Path, int, int]] = []
+    if args.noop_only:
+        tree = work / "tree"
+        files, folders = copy_tree(args.tree, tree, args.max_files, ("site-packages",) if args.stdlib_only else ())
+        print(f"tree: {files} files, {folders} folders from {args.tree}", flush=True)
+        report = Report(args.name, machine, {"tree": str(args.tree), "files": files, "folders": folders,
+                                             "repeat": args.repeat, "noop_only": True,
+                                             "compare_src": str(args.compare_src) if args.compare_src else None})
+        sources: dict[str, Path | None] = {"this": None}
+        if args.compare_src is not None:
+            sources = {"base": args.compare_src.resolve(), **sources}
+        daemon = RsyncDaemon(args.scratch / "rsyncd-tree").start()
+        try:
+            report_noop(report, files, noop_rounds(tree, work, daemon, args.repeat, sources))
+        finally:
+            daemon.stop()
+            shutil.rmtree(work, ignore_errors=True)
+        report.notes.append("ratios: cubby seconds / rsync no-op seconds (target <= 1.5); cpu_seconds per round; "
+                            "rsync's client_cpu_seconds leave out its daemon's")
+        report.finish()
+        return
     if "tree" in wanted:
         tree = work / "tree"
         files, folders = copy_tree(args.tree, tree, args.max_files, ("site-packages",) if args.stdlib_only else ())

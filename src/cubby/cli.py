@@ -74,9 +74,18 @@ def pass_state(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @contextmanager
-def progress_bar(state: State, total: int, what: str) -> Iterator[Callable[[int], None] | None]:
-    """A rich progress bar on stderr, or nothing when output is for a script or not a terminal."""
-    if state.as_json or not sys.stderr.isatty() or total < 4 * 1024 * 1024:
+def progress_bar(
+    state: State, total: int | Callable[[], int], what: str
+) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar on stderr, or nothing when output is for a script or not a terminal.
+    ``total`` may be a function, called only when a bar could be shown: the size of a folder
+    costs a stat of every file in it, wasted when no bar is drawn (``--json``, a pipe)."""
+    if state.as_json or not sys.stderr.isatty():
+        yield None
+        return
+    if callable(total):
+        total = total()
+    if total < 4 * 1024 * 1024:
         yield None
         return
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
@@ -532,8 +541,10 @@ def put(state: State, local: Path, remote: str | None, max_upload_rate: float | 
 
     with state.api(max_upload_rate=max_upload_rate) as api:
         if local.is_dir():
-            total = sum(f.stat().st_size for f in local.rglob("*") if f.is_file())
-            with progress_bar(state, 2 * total, f"put {local.name}") as bar:
+            def total() -> int:
+                return 2 * sum(f.stat().st_size for f in local.rglob("*") if f.is_file())
+
+            with progress_bar(state, total, f"put {local.name}") as bar:
                 upload_tree(api, local, target, progress=bar, on_result=report)
         else:
             with progress_bar(state, 2 * local.stat().st_size, f"put {local.name}") as bar:

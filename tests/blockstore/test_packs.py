@@ -6,18 +6,20 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from cubby.blockstore.extents import SPAN
 from cubby.blockstore.folder import FolderObjectStore
 from cubby.blockstore.local import LocalBlockStore
-from cubby.blockstore.objects import ObjectStore
+from cubby.blockstore.objects import ObjectStore, StreamingPut
 from cubby.blockstore.opener import open_block_store
 from cubby.blockstore.packfile import read_trailer
 from cubby.blockstore.packs import PackBlockStore
 from cubby.core.compression import CorruptChunk
-from cubby.errors import NotFound
+from cubby.errors import ChunkMismatch, NotFound
 from cubby.metadata.chunk_index import SqlChunkIndex
 from cubby.metadata.schema import chunk_index
 from cubby.metadata.store import SqlMetadataStore, open_store
@@ -219,8 +221,10 @@ def test_read_many_reads_neighbouring_chunks_as_one_extent(meta, tmp_path):
     objects.calls.clear()
     asked = [n for n, _ in first + second]
     assert list(store.read_many(asked)) == first + second
-    # 10 MB of one pack in reads of at most 4 MiB (3), and 2 MB of 4 KiB chunks in one more
-    assert [c for c, _ in objects.calls] == ["get"] * 4
+    # 10 MB of one pack in reads of at most SPAN bytes (whole chunks of 1 MB each), and 2 MB
+    # of 4 KiB chunks in one more
+    per_read = SPAN // 1_000_000
+    assert [c for c, _ in objects.calls] == ["get"] * (-(-10 // per_read) + 1)
     store.close()
 
 
@@ -292,3 +296,45 @@ def test_read_many_without_verify_serves_the_same_bytes_and_still_refuses_what_d
     assert list(store.read_many(names[2:], verify=False)) == items[2:]
     with pytest.raises(CorruptChunk):
         list(store.read_many(names[1:2], verify=False))
+
+
+def test_packs_on_a_folder_are_written_as_their_chunks_are_verified(meta, tmp_path):
+    """The folder store takes a pack in parts (StreamingPut), so the pack store streams into
+    it; the packs are the same format (their trailers rebuild the index) and the index's sizes
+    are the objects' sizes."""
+    store = pack_store(meta, tmp_path / "blocks", target_size=64 * 1024)
+    assert isinstance(store.objects, StreamingPut)
+    items = [named(os.urandom(20_000)) for _ in range(20)] + [named(b"text " * 4000)]
+    assert store.put_many(items) == [True] * 21
+    listed = dict(store.objects.list("packs/"))
+    assert len(listed) == 6  # full at 4 chunks of 20,000 bytes, then the compressed one alone
+    usage = {u.pack: u.size for u in store.index.usage()}
+    assert {name.rsplit("/", 1)[1].removesuffix(".pack"): size for name, size in listed.items()} == usage
+    assert all(store.get(n) == d for n, d in items)
+    meta.db.write(lambda c: c.exec_driver_sql("DELETE FROM chunk_index"))
+    meta.db.write(lambda c: c.exec_driver_sql("DELETE FROM packs"))
+    assert store.rebuild_index() == 21
+    assert all(store.get(n) == d for n, d in items)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_bad_chunk_after_packs_were_written_leaves_no_pack_behind(meta, tmp_path, threads):
+    """Chunks are written as they are verified, so packs of the batch before the bad chunk
+    were already durable: they are deleted, and nothing was indexed."""
+    pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    store = pack_store(meta, tmp_path / "blocks", target_size=64 * 1024, executor=pool)
+    items = [named(os.urandom(300_000)) for _ in range(6)]
+    bad = (named(b"claimed")[0], os.urandom(300_000))
+    known = named(os.urandom(1000))
+    store.put(*known)
+    before = dict(store.objects.list("packs/"))
+    for batch in ([*items, bad], [*items, (known[0], b"not the known chunk's bytes")]):
+        with pytest.raises(ChunkMismatch):
+            store.put_many(batch)
+        assert dict(store.objects.list("packs/")) == before
+        assert list(store.iterate()) == [known[0]]
+        assert os.listdir(tmp_path / "blocks" / "tmp") == []
+    assert store.put_many(items) == [True] * 6
+    assert all(store.get(n) == d for n, d in items)
+    if pool is not None:
+        pool.shutdown()

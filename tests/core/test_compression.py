@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cubby.core.compression import RAW, SAMPLE, ZSTD, Codec, CorruptChunk
+from cubby.core.compression import (
+    RAW,
+    SAMPLE,
+    ZSTD,
+    Codec,
+    CorruptChunk,
+    iter_verify_and_encode,
+    verify_and_encode,
+)
+from cubby.errors import ChunkMismatch
 
 TEXT = b" ".join(f"word{i % 997} lorem ipsum {i}".encode() for i in range(200_000))[: 4 * 1024 * 1024]
 
@@ -84,3 +95,19 @@ def test_chunks_of_any_level_decode_with_the_default_codec():
     for level in (3, 1, -1):
         blob = Codec(level=level).encode(TEXT)
         assert blob[0] == ZSTD and Codec().decode(blob) == TEXT
+
+
+def test_verified_chunks_come_one_by_one_and_a_bad_one_raises_where_it_stands():
+    """`iter_verify_and_encode` gives what `verify_and_encode` gives, in order, and stops at a
+    chunk that does not match its name, after the ones before it (on a pool too)."""
+    codec = Codec()
+    datas = [os.urandom(300_000), b"text " * 60_000, os.urandom(300_000), os.urandom(300_000)]
+    jobs = [(hashlib.sha256(d).hexdigest(), d, i != 2) for i, d in enumerate(datas)]
+    with ThreadPoolExecutor(2) as pool:
+        for executor in (None, pool):
+            assert list(iter_verify_and_encode(codec, jobs, executor)) == verify_and_encode(codec, jobs, executor)
+            bad = [*jobs[:3], (jobs[3][0], os.urandom(300_000), True)]
+            got = iter_verify_and_encode(codec, bad, executor)
+            assert [next(got) for _ in range(3)][2] is None
+            with pytest.raises(ChunkMismatch):
+                next(got)

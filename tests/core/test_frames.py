@@ -75,3 +75,15 @@ def test_a_reused_receive_buffer_does_not_change_chunks_in_progress() -> None:
         buf[:] = b"\xff" * len(buf)  # the caller scribbles over its buffer before the next read
     reader.close()
     assert got == items
+
+
+def test_small_frames_travel_joined_and_a_large_chunk_uncopied() -> None:
+    """Each piece of a body is an event and a socket write for the HTTP library, so the frames
+    of small chunks are joined into a few pieces; a large chunk goes out as its own bytes."""
+    small = _items([bytes([i]) * 4096 for i in range(200)])
+    big = _items([b"z" * 100_000])[0]
+    items = [*small, big, *small[:3]]
+    pieces = list(frames.encode_many(items))
+    assert b"".join(pieces) == b"".join(frames.encode(n, d) for n, d in items)
+    assert len(pieces) <= 8  # 203 small frames and one large one, not 408 pieces
+    assert any(p is big[1] for p in pieces)

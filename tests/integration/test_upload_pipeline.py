@@ -310,3 +310,16 @@ def test_chunks_held_elsewhere_are_proven_not_sent_however_small(live, api, tmp_
     assert again["big.bin"].bytes_sent == 0 and again["small.bin"].bytes_sent == 0
     assert counting.calls.get("upload", 0) == 0 and counting.calls["prove"] == 1
     assert counting.calls["commit_batch"] == 1
+
+
+def test_a_kept_file_s_stamp_is_the_one_stat_gives(tmp_path):
+    """Small files are named on one descriptor (fstat before and after the read): the stamp
+    kept is the file's own, and a file above the limit is named in pieces, its bytes not kept."""
+    src = tmp_path / "f.bin"
+    src.write_bytes(_data(5, 5000))
+    st = os.stat(src)
+    lf = scan_file(str(src), "/f.bin", keep_up_to=KEEP_BYTES)  # type: ignore[arg-type]
+    assert lf.stamp == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    assert lf.data == src.read_bytes() and lf.local == src and lf.size == 5000
+    big = scan_file(src, "/f.bin", keep_up_to=4999)
+    assert big.data is None and big.chunks == lf.chunks and big.stamp == lf.stamp

@@ -112,3 +112,62 @@ def test_reads_inside_reading_share_one_transaction(db_url: str) -> None:
         assert seen == ["read", "read"]
     finally:
         db.dispose()
+
+
+@pytest.mark.parametrize("engine", ["postgresql", "mariadb"])
+def test_a_kept_connection_starts_each_transaction_clean(engine: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Transactions on PostgreSQL and MariaDB reuse connections kept out of the pool
+    (`KeptConnections`): one whose transaction failed (a statement error aborts it on
+    PostgreSQL) or raised serves the next transaction as if new."""
+    from sqlalchemy.exc import DBAPIError
+
+    db = Database(db_url_for(engine, tmp_path_factory), pool_size=1)
+    try:
+        with pytest.raises(DBAPIError):
+            db.write(lambda c: c.execute(text("SELECT * FROM no_such_table_here")).all())
+        assert db.write(lambda c: c.execute(text("SELECT 5")).scalar()) == 5
+
+        def fails(c: object) -> None:
+            c.execute(text("SELECT 6"))  # type: ignore[attr-defined]
+            raise ValueError("the caller's own error")
+
+        with pytest.raises(ValueError):
+            db.write(fails)
+        assert db.read(lambda c: c.execute(text("SELECT 7")).scalar()) == 7
+        assert db.write(lambda c: c.execute(text("SELECT 8")).scalar()) == 8
+    finally:
+        db.dispose()
+
+
+def test_insert_ignore_keeps_the_first_row_of_a_key(db_url: str) -> None:
+    """The one statement each engine spells (on SQLite, text sent to the driver: see below)."""
+    from cubby.metadata.schema import blocks
+    from cubby.metadata.store import open_store
+
+    open_store(db_url).close()  # the schema
+    db = Database(db_url)
+    try:
+        rows = lambda pairs: [{"hash": h * 64, "size": n, "touched_at": 1.0} for h, n in pairs]  # noqa: E731
+        db.write(lambda c: db.insert_ignore(c, blocks, rows([("a", 1), ("b", 2)])))
+        db.write(lambda c: db.insert_ignore(c, blocks, rows([("b", 20), ("c", 3)])))
+        db.write(lambda c: db.insert_ignore(c, blocks, rows([("d", 4)])))
+        got = db.read(lambda c: sorted((r.hash[:1], r.size) for r in c.execute(blocks.select())))
+        assert got == [("a", 1), ("b", 2), ("c", 3), ("d", 4)]
+    finally:
+        db.dispose()
+
+
+def test_sqlite_sends_only_plain_columns_to_the_driver_as_text() -> None:
+    """Rows of columns whose values need no conversion go to the driver as fixed text; a
+    column SQLAlchemy converts (a path key to bytes, a boolean) or a default it would fill in
+    leaves the statement to SQLAlchemy."""
+    from cubby.metadata import sqlitedriver
+    from cubby.metadata.schema import blocks, nodes, ns_chunks
+
+    assert sqlitedriver.insert_sql(blocks, ("hash", "size", "touched_at"), ignore=True) == (
+        "INSERT OR IGNORE INTO blocks (hash, size, touched_at) VALUES (?, ?, ?)"
+    )
+    upsert = sqlitedriver.insert_sql(ns_chunks, ("ns_id", "hash", "refs", "touched_at"), add="refs", also=("touched_at",))
+    assert upsert == sqlitedriver.UPSERT_REFS
+    assert sqlitedriver.insert_sql(ns_chunks, ("ns_id", "hash", "touched_at"), ignore=True) is None  # refs' default
+    assert sqlitedriver.insert_sql(nodes, sqlitedriver.NODE_KEYS, ignore=True) is None  # path keys are converted

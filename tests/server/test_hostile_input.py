@@ -78,6 +78,56 @@ def test_unauthenticated_body_is_refused_unread(live):
                     sock.sendall(b" " * MiB)
 
 
+def test_a_strangers_small_body_is_received_but_not_parsed(users):
+    """A commit small enough to be received before authentication (`bodies.early_body`, which
+    lets authentication and the commit share one thread hop) is still not parsed for a
+    stranger: malformed or too deeply nested JSON answers 401, not 400, and a valid commit
+    changes nothing."""
+    before = state(users)
+    bodies = [b'{"path": "/x", ', b"[" * 100 + b"]" * 100, commit_body(2000)]
+    for token in (None, "cby_not-a-real-token"):
+        with users.raw(token) as stranger:
+            for body in bodies:
+                r = post_raw(stranger, "/api/v1/files/commit", body)
+                assert r.status_code == 401, r.text
+    assert state(users) == before
+
+
+def send_in_two_parts(port: int, token: str | None, body: bytes, pause: float) -> bytes:
+    """POST a commit whose body comes in two parts ``pause`` seconds apart; the answer's bytes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(head("/api/v1/files/commit", len(body), token) + body[: len(body) // 2])
+        time.sleep(pause)
+        try:
+            sock.sendall(body[len(body) // 2 :])
+        except OSError:
+            pass  # a stranger's connection may be closed already
+        return read_head(sock)
+
+
+def test_a_small_body_that_arrives_slowly_is_read_whole(users):
+    """A client whose small body arrives in parts, the second after `EARLY_SECONDS`, is
+    authenticated first and its body read on from where the early read stopped: the commit
+    sees every chunk of it."""
+    from cubby.server.bodies import EARLY_SECONDS
+
+    digest = hashlib.sha256(b"slow").hexdigest()
+    body = b'{"path": "/slow", "size": 4, "chunks": [{"hash": "%s", "size": 4}]}' % digest.encode()
+    answer = send_in_two_parts(users.server.port, users.alice_token, body, EARLY_SECONDS + 0.3)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    assert b'"need_chunks"' in answer and digest.encode() in answer
+
+
+def test_a_stranger_whose_small_body_stalls_is_answered(users):
+    """A stranger who sends half of a small body and stops gets 401 without sending the rest
+    (the early read waits `EARLY_SECONDS` at most, as long as `unread` drains)."""
+    body = commit_body(2000)
+    with socket.create_connection(("127.0.0.1", users.server.port), timeout=20) as sock:
+        sock.sendall(head("/api/v1/files/commit", len(body), "cby_not-a-real-token") + body[:1000])
+        answer = read_head(sock)  # the rest never comes
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:300]
+
+
 def test_authenticated_body_over_the_route_cap_is_refused(users, c):
     """Each route has its own cap: a mkdir carries a path, not megabytes."""
     before = state(users)

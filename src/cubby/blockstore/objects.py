@@ -27,7 +27,7 @@ The contract, for every implementation:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Protocol, runtime_checkable
 
 from cubby.errors import CubbyError, NotFound
@@ -72,6 +72,21 @@ class ObjectStore(Protocol):
 
     def close(self) -> None:
         """Release connections and files."""
+
+
+@runtime_checkable
+class StreamingPut(Protocol):
+    """An object store that can also store an object whose bytes are still being produced.
+
+    `put_parts` stores the concatenation of ``parts`` with `ObjectStore.put`'s promises (atomic,
+    durable when it returns), taking each part as the iterable yields it, so that the work of
+    producing the next part (a pack store verifying the next chunks) overlaps the writing of
+    the last. If the iterable raises, nothing is stored and the error propagates. A store
+    that must hold the whole object before it can send it (one S3 PUT) gains nothing here and
+    does not implement it; callers then join the parts and `put` them."""
+
+    def put_parts(self, name: str, parts: Iterable[bytes | memoryview]) -> None:
+        """Store the concatenation of ``parts`` as ``name``, atomically and durably."""
 
 
 def open_object_store(url: str) -> ObjectStore:

@@ -15,7 +15,7 @@ A reader of one chunk needs only its index row (offset, stored length): one rang
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from cubby.core.compression import Stored, stored_len
@@ -51,19 +51,35 @@ def pack_object_name(pack: str) -> str:
 def build_pack(pack: str, blobs: list[tuple[str, Stored, int]]) -> tuple[bytes, list[tuple[str, Location]]]:
     """The bytes of a pack holding ``blobs`` (name, stored chunk in its two parts, plain
     length) and where each is. Each chunk's bytes are copied once, into the pack."""
-    parts: list[bytes | memoryview] = [MAGIC]
     entries: list[tuple[str, Location]] = []
+    return b"".join(pack_parts(pack, blobs, entries)), entries
+
+
+def pack_parts(
+    pack: str, blobs: Iterable[tuple[str, Stored, int]], entries: list[tuple[str, Location]]
+) -> Iterator[bytes | memoryview]:
+    """The bytes of a pack holding ``blobs``, in pieces, as the blobs come: the magic, each
+    blob's two parts, then the table of contents and the footer once ``blobs`` ends. Each
+    blob's location is appended to ``entries`` as it is yielded. Written as they come (an
+    `ObjectStore` with `put_parts`), a pack's chunks are never copied into one buffer, and
+    the writing of one overlaps the verifying of the next; joined, they are `build_pack`."""
+    yield MAGIC
     trailer: list[bytes] = []
     pos = len(MAGIC)
     for name, blob, plain_len in blobs:
-        parts.extend(blob)
         size = stored_len(blob)
         entries.append((name, Location(pack, pos, size, plain_len)))
         trailer.append(_ENTRY.pack(bytes.fromhex(name), pos, size, plain_len))
         pos += size
-    parts.extend(trailer)
-    parts.append(_FOOTER.pack(len(blobs), END))
-    return b"".join(parts), entries
+        yield from blob
+    trailer.append(_FOOTER.pack(len(trailer), END))
+    yield b"".join(trailer)
+
+
+def pack_size(entries: Sequence[tuple[str, Location]]) -> int:
+    """The size in bytes of the pack whose chunks are ``entries`` (as `pack_parts` lays it out)."""
+    payload = sum(loc.stored_len for _, loc in entries)
+    return len(MAGIC) + payload + len(entries) * _ENTRY.size + FOOTER_SIZE
 
 
 def read_trailer(pack: str, size: int, read: Callable[[int, int], bytes]) -> list[tuple[str, Location]]:

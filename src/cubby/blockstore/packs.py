@@ -9,7 +9,10 @@ folder or a bucket), the pack format (`cubby.blockstore.packfile`), the index
 - **Writing.** `put_many` verifies every chunk against its name, compresses the new ones (on
   the executor when one is given), cuts them into packs of at most `TARGET_PACK` bytes,
   puts each pack (durable when `put` returns) and only then records the packs and their chunks
-  in the index, in one transaction. A batch always ends by writing the pack it filled, so
+  in the index, in one transaction. On an object store that takes an object in parts
+  (`StreamingPut`: a folder), each chunk is written into its pack as soon as it is verified,
+  so that the writing overlaps the verifying; a bad chunk then deletes the batch's packs
+  before anything was indexed. A batch always ends by writing the pack it filled, so
   nothing is acknowledged before its pack is durable; a small batch makes a small pack, which
   `compact` later merges with others.
 - **Why 16 MiB.** It is restic's default and the size of the client's upload window, so that
@@ -50,9 +53,23 @@ from dataclasses import dataclass
 from cubby.blockstore.base import BlockStore
 from cubby.blockstore.extents import Extent, plan_extents
 from cubby.blockstore.index import ChunkIndex, NewPack, PackUsage
-from cubby.blockstore.objects import ObjectMissing, ObjectStore
-from cubby.blockstore.packfile import Location, build_pack, pack_object_name, read_trailer
-from cubby.core.compression import Codec, CorruptChunk, Stored, stored_len, verify_and_encode
+from cubby.blockstore.objects import ObjectMissing, ObjectStore, StreamingPut
+from cubby.blockstore.packfile import (
+    Location,
+    build_pack,
+    pack_object_name,
+    pack_parts,
+    pack_size,
+    read_trailer,
+)
+from cubby.core.compression import (
+    Codec,
+    CorruptChunk,
+    Stored,
+    iter_verify_and_encode,
+    stored_len,
+    verify_and_encode,
+)
 from cubby.core.hashing import check_chunk_name, sha256_hex
 from cubby.errors import NotFound
 
@@ -132,12 +149,54 @@ class PackBlockStore:
             new.append(name not in known and name not in seen)
             seen.add(name)
         jobs = [(name, data, is_new) for (name, data), is_new in zip(items, new)]
+        if isinstance(self.objects, StreamingPut):
+            self.index.add_packs(self._stream_packs(self.objects, jobs))
+            return new
         # Every chunk is verified before anything is written: a batch with one bad chunk
         # stores nothing.
         blobs = verify_and_encode(self.codec, jobs, self.executor)
         fresh = [(name, blob, len(data)) for (name, data), blob in zip(items, blobs) if blob is not None]
         self.write_packs(fresh)
         return new
+
+    def _stream_packs(self, objects: StreamingPut, jobs: list[tuple[str, bytes, bool]]) -> list[NewPack]:
+        """Verify and encode ``jobs`` and write the new chunks into packs as they come out
+        (`iter_verify_and_encode`, `StreamingPut.put_parts`): the pack's write, and the disk's,
+        overlap the verifying of the chunks after them, and no pack is joined into one buffer.
+        Every chunk of the batch is verified before any pack is indexed; a bad one stops the
+        pack being written (nothing is stored) and deletes the packs already written for the
+        batch, which nothing could have found (they are not indexed): as with `write_packs`, a
+        batch with one bad chunk leaves nothing behind. Returns the packs, durable, unindexed."""
+        encoded = iter_verify_and_encode(self.codec, jobs, self.executor)
+        fresh = (
+            (name, blob, len(data)) for (name, data, _), blob in zip(jobs, encoded) if blob is not None
+        )
+        made: list[NewPack] = []
+        try:
+            for first in fresh:
+                made.append(self._stream_pack(objects, itertools.chain((first,), fresh)))
+        except BaseException:
+            for done in made:
+                self.objects.delete(pack_object_name(done.pack))
+            raise
+        return made
+
+    def _stream_pack(self, objects: StreamingPut, blobs: Iterator[tuple[str, Stored, int]]) -> NewPack:
+        """Write one pack from ``blobs``, taking them until it reaches `target_size` (a pack
+        ends after the chunk that fills it, as in `_put_packs`) or they end."""
+        pack = new_pack_id()
+        entries: list[tuple[str, Location]] = []
+
+        def taken() -> Iterator[tuple[str, Stored, int]]:
+            size = 0
+            for blob in blobs:
+                yield blob
+                size += stored_len(blob[1])
+                if size >= self.target_size:
+                    return
+
+        objects.put_parts(pack_object_name(pack), pack_parts(pack, taken(), entries))
+        return NewPack(pack, pack_size(entries), sum(loc.stored_len for _, loc in entries), entries)
 
     def write_packs(self, blobs: list[tuple[str, Stored, int]]) -> list[NewPack]:
         """Put ``blobs`` (name, stored bytes, plain length) into new packs, each durable, then

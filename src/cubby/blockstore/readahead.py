@@ -15,7 +15,7 @@ being read wait for that one read instead of making another.
 
 Reads of ``straight`` bytes or more (1 MiB by default), and whole objects, go straight
 through. Downloads read many chunks at once (`PackBlockStore.read_many`), already merged into
-extents of up to 4 MiB (`cubby.blockstore.extents`); reading ahead of those does not save
+extents of up to `extents.SPAN` bytes (`cubby.blockstore.extents`); reading ahead of those does not save
 requests but costs bytes. With ``straight`` at half the window, as before, extents of 2-4 MiB
 each became an 8 MiB read: on a simulated 1 GiB download (chunks of 0.25-2 MiB in 16 MiB packs,
 asked for in the client's 16 MiB windows) 1.35x the bytes came from the store, every

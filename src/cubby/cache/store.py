@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from cubby.cache.base import CacheUnavailable, MetadataCache, digest, new_lease
+from cubby.cache.fencekeeper import FenceKeeper
 from cubby.errors import CubbyError, NotFound
 from cubby.metadata.store import SqlMetadataStore
 from cubby.metadata.users import token_hash
@@ -122,12 +123,15 @@ class CachedStore:
         """`LocalCache.peek` when the cache is in-process (`hits_only`), else None."""
         self._owners: dict[str, int] = {}
         """Token key -> user id, for tokens this process has seen (`_both`)."""
+        self.fences = FenceKeeper(cache.fence)
+        """Renews the fences of a write that runs longer than a third of their life."""
         store.router.use_cache(self)  # placements (``place:<ns>``) read through this cache too
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
 
     def close(self) -> None:
+        self.fences.close()
         self.cache.close()
         self.store.close()
 
@@ -321,13 +325,16 @@ class CachedStore:
     ) -> Iterator[set[str]]:
         """Around a write to the heads of ``ns_ids``, the memberships of ``users`` and the
         ``other`` keys: fence those keys before it (if that is not confirmed,
-        `CacheUnavailable` and nothing is written), and invalidate them after it, whatever it
-        answers; keys added to the set it yields are invalidated too."""
+        `CacheUnavailable` and nothing is written), keep the fences alive while it runs
+        (`FenceKeeper`), and invalidate them after it, whatever it answers; keys added to the
+        set it yields are invalidated too."""
         keys = keys_of(ns_ids, users) | set(other)
         token = new_lease()  # this write's name on its fences: see cubby.cache.base, `fence`
-        self._retried(lambda ks: self.cache.fence(ks, token), sorted(keys))
+        fenced = sorted(keys)
+        self._retried(lambda ks: self.cache.fence(ks, token), fenced)
         try:
-            yield keys
+            with self.fences.holding(fenced, token):  # renewed while the write runs
+                yield keys
         finally:
             self.invalidate(keys, token)
 

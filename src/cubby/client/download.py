@@ -94,15 +94,24 @@ def download_file(
         out.truncate()
         rest = chunks[keep:]
         # The next window is asked for while this one is written: the server reads ahead for
-        # it meanwhile, and no round trip is waited for between windows.
+        # it meanwhile, and no round trip is waited for between windows. The part file goes
+        # to the disk while the download runs (`Writeback`), so the fsync below waits little.
         with ThreadPoolExecutor(DOWNLOAD_IN_FLIGHT) as pool:
+            disk = durable.Writeback(out.fileno(), offset)
             pending: deque[tuple[list[ChunkRef], Arrivals]] = deque()
+
+            def write_next() -> int:
+                window, arrivals = pending.popleft()
+                got = _write_window(out, window, arrivals, remote, progress)
+                disk.wrote(sum(c.size for c in window))
+                return got
+
             for window, distinct in _windows(rest):
                 pending.append((window, _prefetch(pool, api, distinct)))
                 if len(pending) >= DOWNLOAD_IN_FLIGHT:
-                    received += _write_window(out, *pending.popleft(), remote, progress)
+                    received += write_next()
             while pending:
-                received += _write_window(out, *pending.popleft(), remote, progress)
+                received += write_next()
         out.flush()
         os.fsync(out.fileno())
     if part.stat().st_size != entry.size:

@@ -74,31 +74,55 @@ class LocalFile:
 def scan_file(local: Path, remote: str, progress: Progress | None = None, *, keep_up_to: int = 0) -> LocalFile:
     """Name a file's chunks in one read. Files of at most ``keep_up_to`` bytes keep their bytes
     (`LocalFile.data`), so that an upload never reads them again."""
-    local = Path(local)
+    local = local if isinstance(local, Path) else Path(local)  # Path(a Path) parses it again
+    kept = _scan_kept(local, remote, progress, keep_up_to)
+    if kept is not None:
+        return kept
     st = local.stat()
     chunks: list[LocalChunk] = []
-    data: bytes | None = None
-    if st.st_size <= keep_up_to:
-        with open(local, "rb", buffering=0) as fh:
-            data = fh.read(st.st_size + 1)  # one byte more: a file that grew is caught below
-        if 0 < len(data) <= MIN_SIZE:
-            # FastCDC never cuts below MIN_SIZE, so such a file is one chunk: skip the chunker
-            # (and its window allocation), which costs more than hashing a 4 KiB file.
-            chunks.append(LocalChunk(0, len(data), sha256_hex(data)))
-        else:
-            chunks.extend(LocalChunk(c.offset, c.length, c.hash) for c in iter_chunks(io.BytesIO(data), with_data=False))
-        if progress and chunks:
-            progress(len(data))
-    else:
-        for c in chunk_file(local, with_data=False):
-            chunks.append(LocalChunk(c.offset, c.length, c.hash))
-            if progress:
-                progress(c.length)  # a large file's bar moves while it is hashed
+    for c in chunk_file(local, with_data=False):
+        chunks.append(LocalChunk(c.offset, c.length, c.hash))
+        if progress:
+            progress(c.length)  # a large file's bar moves while it is hashed
     after = local.stat()
-    if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or (data is not None and len(data) != st.st_size):
+    if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
         raise FileChanged(f"{local} changed while it was being read; try again when it is saved")
     stamp = stamp_of(after) if stamp_of(after) == stamp_of(st) else None
-    return LocalFile(local, remote, st.st_size, st.st_mtime, chunks, st.st_ino, stamp, data, modes.mode_of(after))
+    return LocalFile(local, remote, st.st_size, st.st_mtime, chunks, st.st_ino, stamp, None, modes.mode_of(after))
+
+
+def _scan_kept(local: Path, remote: str, progress: Progress | None, keep_up_to: int) -> LocalFile | None:
+    """`scan_file` of a file of at most ``keep_up_to`` bytes, on one open descriptor: its stat
+    before and after the read are ``fstat`` of that descriptor, so the bytes kept are those of
+    the inode the stamp describes (a file renamed over it meanwhile is simply not this one),
+    and a small file costs one open, two ``fstat`` and one read, where two path ``stat`` calls
+    and the open of a path object cost as much again (most of a 4 KiB file's naming). None
+    when the file is larger: the caller names it in pieces."""
+    fd = os.open(local, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        if st.st_size > keep_up_to:
+            return None
+        data = os.read(fd, st.st_size + 1)  # one byte more: a file that grew is caught below
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or len(data) != st.st_size:
+        raise FileChanged(f"{local} changed while it was being read; try again when it is saved")
+    chunks: list[LocalChunk]
+    if 0 < len(data) <= MIN_SIZE:
+        # FastCDC never cuts below MIN_SIZE, so such a file is one chunk: skip the chunker
+        # (and its window allocation), which costs more than hashing a 4 KiB file.
+        chunks = [LocalChunk(0, len(data), sha256_hex(data))]
+    else:
+        chunks = [LocalChunk(c.offset, c.length, c.hash) for c in iter_chunks(io.BytesIO(data), with_data=False)]
+    if progress and chunks:
+        progress(len(data))
+    stamp = stamp_of(after)
+    return LocalFile(
+        local, remote, st.st_size, st.st_mtime, chunks, st.st_ino, stamp if stamp == stamp_of(st) else None, data,
+        modes.mode_of(after),
+    )
 
 
 def walk(local_dir: Path) -> tuple[list[Path], list[Path]]:

@@ -170,7 +170,12 @@ def _read_window(needs: Needs, names: Sequence[str]) -> list[tuple[str, bytes]]:
     out: list[tuple[str, bytes]] = []
     i = 0
     while i < len(names):
-        path = needs.where[names[i]][0]
+        path, chunk = needs.where[names[i]]
+        lf = needs.files.get(path)
+        if lf is not None and lf.data is not None and chunk.offset == 0 and chunk.size == len(lf.data):
+            out.append((names[i], lf.data))  # a small file kept whole, one chunk: as `_read_from`, without its list
+            i += 1
+            continue
         j = i
         while j < len(names) and needs.where[names[j]][0] == path:
             j += 1
@@ -388,7 +393,7 @@ def _groups(files: list[Path]) -> Iterator[list[Path]]:
     size = 0
     for p in files:
         try:
-            n = p.stat().st_size
+            n = os.stat(p).st_size  # not `Path.stat`, whose conversions cost more than the call
         except FileNotFoundError:
             n = 0  # gone since the walk: scan_file reports it
         if n > KEEP_BYTES:
@@ -430,8 +435,12 @@ def upload_tree(
     except NotFound:
         pass
 
+    base = os.path.join(str(local_dir), "")  # the walk's paths all start with it
+
     def remote_of(p: Path) -> str:
-        rel = p.relative_to(local_dir).as_posix()
+        # Sliced off as text: `Path.relative_to` parses both paths again, for each file.
+        s = str(p)
+        rel = s[len(base) :] if s.startswith(base) and os.sep == "/" else p.relative_to(local_dir).as_posix()
         return paths.join(remote_dir, rel)
 
     def name_group(group: list[Path]) -> list[LocalFile]:

@@ -11,7 +11,7 @@ shrinks by as much.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
 
 import zstandard
@@ -126,19 +126,32 @@ def verify_and_encode(
 ) -> list[Stored | None]:
     """For each ``(name, data, is_new)``: verify ``data`` against ``name`` (`ChunkMismatch`
     before anything is returned), and encode it (`Codec.encode_parts`) when it is new (None
-    when not). A batch of a MiB or more runs on ``executor``: SHA-256 and zstd both release
-    the GIL. It goes in slices of about `SLICE_BYTES`, not a task per chunk: for a 4 KiB
-    chunk, a task (a future, a queue, a wake-up) costs more than hashing and encoding it."""
+    when not). See `iter_verify_and_encode`, of which this is the whole list."""
+    return list(iter_verify_and_encode(codec, jobs, executor))
+
+
+def iter_verify_and_encode(
+    codec: Codec, jobs: Sequence[tuple[str, bytes, bool]], executor: Executor | None = None
+) -> Iterator[Stored | None]:
+    """`verify_and_encode`'s results one by one, in order, each as soon as its chunk is done,
+    so that a writer can store the first chunks while the next are verified; a chunk that does
+    not match its name raises `ChunkMismatch` where its result would come. A batch of a MiB or
+    more runs on ``executor``: SHA-256 and zstd both release the GIL. It goes in slices of
+    about `SLICE_BYTES`, not a task per chunk: for a 4 KiB chunk, a task (a future, a queue,
+    a wake-up) costs more than hashing and encoding it."""
 
     def run(part: Sequence[tuple[str, bytes, bool]]) -> list[Stored | None]:
-        out: list[Stored | None] = []
-        for name, data, is_new in part:
-            verify_chunk(name, data)
-            out.append(codec.encode_parts(data) if is_new else None)
-        return out
+        return [one(job) for job in part]
+
+    def one(job: tuple[str, bytes, bool]) -> Stored | None:
+        name, data, is_new = job
+        verify_chunk(name, data)
+        return codec.encode_parts(data) if is_new else None
 
     if executor is None or len(jobs) < 2 or sum(len(d) for _, d, _ in jobs) < 1 << 20:
-        return run(jobs)
+        for job in jobs:
+            yield one(job)
+        return
     parts: list[Sequence[tuple[str, bytes, bool]]] = []
     start = size = 0
     for i, (_, data, _) in enumerate(jobs):
@@ -148,4 +161,5 @@ def verify_and_encode(
             start, size = i + 1, 0
     if start < len(jobs):
         parts.append(jobs[start:])
-    return [blob for done in executor.map(run, parts) for blob in done]
+    for done in executor.map(run, parts):
+        yield from done

@@ -14,7 +14,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,64 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         pos, end = 0, len(view)
         while pos < end:
             pos += os.write(fd, view[pos : min(end, pos + WRITE_PIECE)])
+
+
+SYNC_FILE_RANGE_WRITE = 2
+"""Linux's flag for "start writing these pages to disk, do not wait" (``<linux/fs.h>``)."""
+
+
+@functools.cache
+def load_sync_file_range() -> Any:
+    """libc's ``sync_file_range`` (Linux), or None where there is none."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.sync_file_range
+        fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        return fn
+    except (OSError, AttributeError):
+        return None
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing ``length`` bytes of ``fd`` at ``offset`` to the disk now,
+    without waiting for them; a no-op where ``sync_file_range`` does not exist.
+
+    This is not durability (the fsync that follows still is): it only moves the disk's work
+    earlier. A large object written and then fsynced makes the writer wait for all of it at
+    the fsync; started piece by piece as it is written, the disk works while the writer
+    copies the rest, and the fsync waits only for the tail. Errors are left to that fsync."""
+    fn = load_sync_file_range()
+    if fn is not None and length > 0:
+        fn(fd, offset, length, SYNC_FILE_RANGE_WRITE)
+
+
+WRITEBACK_EVERY = 4 * 1024 * 1024
+"""Bytes written between two requests to the disk to start writing (`start_writeback`).
+Measured on this machine (bench/README.md, branch ingest): 32 packs of 16 MiB written and
+fsynced waited 1.63-1.70 s in their fsyncs, 0.96-0.98 s with writeback started every 4 MiB;
+a 1 GiB download's final fsync waited 0.9-2.2 s with none (branch cephio)."""
+
+
+class Writeback:
+    """Starts the disk's writeback of what was written to ``fd`` every ``every`` bytes
+    (`start_writeback`), for a file written front to back: call `wrote` after each write that
+    reached the OS (a Python buffer's bytes are simply left for the final fsync). Nothing here
+    waits or can fail: the caller's fsync, before the file is named, is still the durability."""
+
+    def __init__(
+        self, fd: int, offset: int = 0, every: int = WRITEBACK_EVERY, start: Callable[[int, int, int], None] | None = None
+    ) -> None:
+        """``offset``: where in the file the writes begin (a resumed download)."""
+        self.fd = fd
+        self.every = every
+        self._start = start_writeback if start is None else start
+        self._pos = self._started = offset
+
+    def wrote(self, n: int) -> None:
+        self._pos += n
+        if self._pos - self._started >= self.every:
+            self._start(self.fd, self._started, self._pos - self._started)
+            self._started = self._pos
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

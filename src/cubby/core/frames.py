@@ -27,10 +27,35 @@ def encode(name: str, data: bytes) -> bytes:
     return header(name, len(data)) + data
 
 
+JOIN_BELOW = 64 * 1024
+"""Frames of chunks smaller than this are joined into pieces of about `PIECE` bytes by
+`encode_many`; larger chunks go out as their header and their own bytes, uncopied."""
+PIECE = 256 * 1024
+
+
 def encode_many(items: Iterable[tuple[str, bytes]]) -> Iterator[bytes]:
+    """The frames of ``items``, as pieces for an HTTP body. Each piece handed to the HTTP
+    library is one event and one socket write with their own bookkeeping (h11, httpcore: some
+    20 us of CPU), which two pieces per 4 KiB chunk made most of the cost of uploading small
+    files; so small frames are joined (a copy of a few KiB costs far less), large ones are not."""
+    joined: list[bytes] = []
+    size = 0
     for name, data in items:
-        yield header(name, len(data))
-        yield data
+        if len(data) >= JOIN_BELOW:
+            if joined:
+                yield b"".join(joined)
+                joined, size = [], 0
+            yield header(name, len(data))
+            yield data
+            continue
+        joined.append(header(name, len(data)))
+        joined.append(data)
+        size += HEADER.size + len(data)
+        if size >= PIECE:
+            yield b"".join(joined)
+            joined, size = [], 0
+    if joined:
+        yield b"".join(joined)
 
 
 class FrameReader:

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 
 from cubby.blockstore.index import NewPack, PackUsage
 from cubby.blockstore.packfile import Location
+from cubby.metadata import sqlitedriver
 from cubby.metadata.engine import Database
 from cubby.metadata.schema import chunk_index, deleted_packs, packs
 
@@ -37,8 +38,14 @@ class SqlChunkIndex:
             out: dict[str, Location] = {}
             c = chunk_index.c
             for i in range(0, len(wanted), _BATCH):
-                q = select(c.hash, c.pack, c.pos, c.stored_len, c.plain_len).where(c.hash.in_(wanted[i : i + _BATCH]))
-                for h, pack, pos, stored, plain in conn.execute(q):
+                part = wanted[i : i + _BATCH]
+                if self.db.is_sqlite:  # the driver: SQLAlchemy's expanding IN cost more than the query
+                    sql = sqlitedriver.in_sql(sqlitedriver.CHUNK_LOCATIONS, "hash", len(part))
+                    rows = sqlitedriver.execute(conn, sql, part).fetchall()
+                else:
+                    q = select(c.hash, c.pack, c.pos, c.stored_len, c.plain_len).where(c.hash.in_(part))
+                    rows = conn.execute(q).all()
+                for h, pack, pos, stored, plain in rows:
                     out[h] = Location(pack, int(pos), int(stored), int(plain))
             return out
 

@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from cubby.blockstore.base import BlockStore
 from cubby.core.hashing import is_chunk_name
-from cubby.metadata import shardchunks
+from cubby.metadata import shardchunks, sqlitedriver
 from cubby.metadata.engine import Database
 from cubby.metadata.possession import Challenges, Checked, ChunkReader, Claim, check_claims
 from cubby.metadata.schema import blocks, chunk_tombstones, ns_chunks, settings
@@ -110,19 +110,25 @@ class ChunkAccess:
         now = time.time()
 
         def record(conn: Connection) -> None:
+            d = sqlitedriver if self.db.is_sqlite else None  # SQLite: the same statements, to the driver
             present: set[str] = set()
             for i in range(0, len(names), 500):
                 part = names[i : i + 500]
-                q = select(blocks.c.hash).where(blocks.c.hash.in_(part))
-                if not self.db.is_sqlite:
-                    q = q.with_for_update()
+                if d is not None:
+                    present.update(r[0] for r in d.execute(conn, d.in_sql(d.STORED_CHUNKS, "hash", len(part)), part))
+                    continue
+                q = select(blocks.c.hash).where(blocks.c.hash.in_(part)).with_for_update()
                 present.update(r[0] for r in conn.execute(q))
             fresh = [h for h in names if h not in present]
             if fresh:
                 # Waits for a collector holding these tombstones; after that, it cannot take
                 # the bytes any more (it re-checks the tombstone under its lock).
                 for i in range(0, len(fresh), 500):
-                    conn.execute(delete(chunk_tombstones).where(chunk_tombstones.c.hash.in_(fresh[i : i + 500])))
+                    part = fresh[i : i + 500]
+                    if d is not None:
+                        d.execute(conn, d.in_sql(d.FORGET_TOMBSTONES, "hash", len(part)), part)
+                    else:
+                        conn.execute(delete(chunk_tombstones).where(chunk_tombstones.c.hash.in_(part)))
             # The collector may have removed these bytes between put_many and this lock; only
             # then is a chunk written (and so verified) a second time.
             stored = blocks_store.present(fresh) if fresh else set()
@@ -132,7 +138,9 @@ class ChunkAccess:
             self.db.insert_ignore(
                 conn, blocks, [{"hash": h, "size": len(unique[h]), "touched_at": now} for h in fresh]
             )
-            if present:
+            if present and d is not None:
+                d.executemany(conn, d.TOUCH_CHUNKS, [(now, h) for h in sorted(present)])
+            elif present:
                 conn.execute(
                     update(blocks).where(blocks.c.hash == bindparam("h")).values(touched_at=now),
                     [{"h": h} for h in sorted(present)],

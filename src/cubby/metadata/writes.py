@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import orjson
 from sqlalchemy import bindparam, delete, select, update
 
 from cubby.core import delta, paths
@@ -29,7 +30,7 @@ from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceMoved, NotFo
 from cubby.metadata import sqlitedriver
 from cubby.metadata.engine import Database
 from cubby.metadata.nstxn import NamespaceTxn, entry_of, key_range, write_namespace
-from cubby.metadata.pgdriver import HELD_CHUNKS, driver_execute, nodes_and_chunks
+from cubby.metadata.pgdriver import HELD_CHUNKS, array_text, driver_execute, nodes_and_chunks
 from cubby.metadata.possession import Challenges
 from cubby.metadata.reads import FileReads, node_for_history
 from cubby.metadata.schema import blocks, file_revs, namespaces, nodes, ns_chunks
@@ -99,7 +100,8 @@ class FileWrites:
         """`_HELD`, with the ``blocks`` rows share-locked until this transaction commits (on
         PostgreSQL the same statement through the driver, without SQLAlchemy's CPU)."""
         if self.db.dialect == "postgresql":
-            return driver_execute(tx.conn, HELD_CHUNKS, {"nss": [tx.ns_id, *tx.readable], "hashes": list(part)}).fetchall()  # type: ignore[no-any-return]
+            params = {"nss": array_text([tx.ns_id, *tx.readable]), "hashes": array_text(part)}
+            return driver_execute(tx.conn, HELD_CHUNKS, params).fetchall()  # type: ignore[no-any-return]
         if self.db.is_sqlite:
             return sqlitedriver.held_chunks(tx.conn, [tx.ns_id, *tx.readable], part)
         return tx.conn.execute(_HELD_LOCKED, {"nss": [tx.ns_id, *tx.readable], "hashes": list(part)})  # type: ignore[return-value]
@@ -238,7 +240,7 @@ class FileWrites:
                 "path": path,
                 "size": size,
                 "content_hash": chash,
-                "blocklist": json.dumps([[c.hash, c.size] for c in chunks], separators=(",", ":")),
+                "blocklist": orjson.dumps([[c.hash, c.size] for c in chunks]).decode(),  # json.dumps' compact text
                 "mtime": mtime,
                 "user_id": tx.user_id,
                 "created_at": tx.now,
@@ -271,15 +273,18 @@ class FileWrites:
             kind="file", rev=jid, size=size, content_hash=chash, mtime=mtime, mode=mode,
         )
 
-    def _commit_valid(self, tx: NamespaceTxn, req: CommitRequest, path: str, chunks: tuple[ChunkRef, ...]) -> CommitResult:
+    def _commit_valid(
+        self, tx: NamespaceTxn, req: CommitRequest, path: str, chunks: tuple[ChunkRef, ...], *, prefetched: bool = False
+    ) -> CommitResult:
         """Commit ``req`` in ``tx``, once `_validate_commit` has passed it (``path`` and
         ``chunks`` are what it returned). Validation is pure and runs once per request, before
         the namespace lock is taken, so the lock is held only for the work that needs it. The
         nodes at the path and its ancestors (the mount guard's, and the file's own) are read in
-        one statement."""
-        self._prefetch_with_chunks(
-            tx, [paths.key(a) for a in paths.ancestors(path)] + [paths.key(path)], (c.hash for c in chunks)
-        )
+        one statement, unless the caller has (``prefetched``: `commit_many`, for its batch)."""
+        if not prefetched:
+            self._prefetch_with_chunks(
+                tx, [paths.key(a) for a in paths.ancestors(path)] + [paths.key(path)], (c.hash for c in chunks)
+            )
         guard_mounts(tx, path)
         missing = self._unavailable(tx, chunks)
         if missing:
@@ -349,7 +354,7 @@ class FileWrites:
                     out.append(v)
                     continue
                 try:
-                    out.append(self._commit_valid(tx, req, *v))
+                    out.append(self._commit_valid(tx, req, *v, prefetched=True))
                 except CubbyError as exc:
                     # Nothing of a refused commit was written: every check precedes every write.
                     out.append(exc)

@@ -114,10 +114,45 @@ async def as_caller(request: Request, ctx: ServerContext, fn: Callable[[Principa
             return both()
 
     hit = on_loop(ctx, both)
-    p, out = hit[0] if hit is not None else await run_in_threadpool(both_reading)
+    p, out = hit[0] if hit is not None else await ctx.in_thread(both_reading)
     _admit(request, p)
     if isinstance(out, NamespaceMoved):
         return await _again(request, ctx, fn)
+    if isinstance(out, CubbyError):
+        raise out
+    return p, out[0]
+
+
+async def as_writer(
+    request: Request, ctx: ServerContext, raw: bytes, fn: Callable[[Principal, bool, bytes], T]
+) -> tuple[Principal, T]:
+    """Authenticate the caller and run ``fn(p, False, raw)`` for them, in one hop to a thread,
+    for a write route whose whole body ``raw`` arrived before authentication
+    (`bodies.early_body`; ``fn`` parses it with `bodies.json_of`, which the gate allows only
+    once the token checked out here). Unlike `as_caller`, never on the event loop (a write
+    waits on the database) and in no shared read transaction (the write opens its own). A
+    caller the token does not name never reaches ``fn``; after `NamespaceMoved` the
+    principal is read afresh and ``fn(p, True, raw)`` runs once more."""
+    token = _bearer(request)
+    if token is None:  # a browser session: its own checks, then the usual second hop
+        p = await principal(request, ctx)
+        try:
+            return p, await run_in_threadpool(fn, p, False, raw)
+        except NamespaceMoved:
+            return await _again(request, ctx, lambda p, moved: fn(p, moved, raw))
+
+    def both() -> tuple[Principal, tuple[T] | CubbyError]:
+        p = ctx.store.authenticate(token)
+        allow_body(request)  # the caller is known: ``fn`` may parse the body
+        try:
+            return p, (fn(p, False, raw),)
+        except CubbyError as exc:
+            return p, exc  # the principal still goes on the request (its log line names the user)
+
+    p, out = await ctx.in_thread(both)
+    _admit(request, p)
+    if isinstance(out, NamespaceMoved):
+        return await _again(request, ctx, lambda p, moved: fn(p, moved, raw))
     if isinstance(out, CubbyError):
         raise out
     return p, out[0]

@@ -25,11 +25,13 @@ from cubby.server.bodies import (
     COMMIT_JSON,
     LIST_JSON,
     SMALL_JSON,
+    early_body,
     field_float,
     field_hash,
     field_int,
     field_str,
     json_body,
+    json_of,
     path_int,
     query_bool,
     query_int,
@@ -122,16 +124,21 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
             }
         )
 
+    def commit_as(p: Principal, req: CommitRequest) -> tuple[access.Target, CommitResult]:
+        target = access.resolve(p, req.path, write=True)
+        inner = CommitRequest(target.path, req.size, req.chunks, req.expected_rev, req.mtime, req.mode)
+        return target, store.commit(p.user_id, target.ns_id, inner, access.mounts(p).values())
+
     async def commit(request: Request) -> Response:
-        p = await who(request)
-        req = parse_commit(await json_body(request, COMMIT_JSON))
-
-        def run(p: Principal, moved: bool) -> tuple[access.Target, CommitResult]:
-            target = access.resolve(p, req.path, write=True)
-            inner = CommitRequest(target.path, req.size, req.chunks, req.expected_rev, req.mtime, req.mode)
-            return target, store.commit(p.user_id, target.ns_id, inner, access.mounts(p).values())
-
-        _, (target, res) = await once_more(request, p, run)
+        raw = await early_body(request)
+        if raw is not None:  # a small body, all here: authenticate, parse and commit in one hop
+            _, (target, res) = await access.as_writer(
+                request, ctx, raw, lambda p, moved, raw: commit_as(p, parse_commit(json_of(request, raw)))
+            )
+        else:
+            p = await who(request)
+            req = parse_commit(await json_body(request, COMMIT_JSON))
+            _, (target, res) = await once_more(request, p, lambda p, moved: commit_as(p, req))
         if res.entry is not None:
             ctx.committed(target.ns_id, res.entry.rev)
         return Json(commit_answer(target, res))

@@ -17,16 +17,19 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from cubby.client.sync import planner as P
-from cubby.client.sync.apply import Applier
 from cubby.client.sync.base import EngineCore, PassReport, SyncLocked, gc_paused
-from cubby.client.sync.downloads import Downloads
 from cubby.client.sync.ignore import IgnoreRules
 from cubby.client.sync.replay import RemoteReplay
 from cubby.client.sync.scanner import ScanResult
-from cubby.client.sync.uploads import Uploads
 from cubby.core import paths
+
+if TYPE_CHECKING:
+    from cubby.client.sync.apply import Applier
+    from cubby.client.sync.downloads import Downloads
+    from cubby.client.sync.uploads import Uploads
 
 __all__ = ["PassReport", "SyncEngine", "SyncLocked"]
 
@@ -55,7 +58,9 @@ def plan_fingerprint(epoch: int, rules: IgnoreRules, ctx: P.Context, items: list
 class SyncEngine(EngineCore):
     """One folder kept in sync with one account (see the module docstring). The parts hold no
     state of their own (it is all in the core), so each is made on first use; `SyncDaemon`
-    runs passes continuously."""
+    runs passes continuously. The parts that change things (transfers, applying a plan) are
+    imported on first use too: a pass with nothing to do, in a new process (`cubby sync
+    --once`), never loads them."""
 
     @cached_property
     def replay(self) -> RemoteReplay:
@@ -63,14 +68,20 @@ class SyncEngine(EngineCore):
 
     @cached_property
     def uploads(self) -> Uploads:
+        from cubby.client.sync.uploads import Uploads
+
         return Uploads(self)
 
     @cached_property
     def downloads(self) -> Downloads:
+        from cubby.client.sync.downloads import Downloads
+
         return Downloads(self)
 
     @cached_property
     def applier(self) -> Applier:
+        from cubby.client.sync.apply import Applier
+
         return Applier(self, self.uploads, self.downloads)
 
     def refresh_remote(self) -> None:
@@ -198,7 +209,8 @@ class SyncEngine(EngineCore):
                 self.crash_point("refreshed")
                 with gc_paused():
                     res = self.scan(keep=True)  # a new small file is read once: here
-                self.applier.follow_mount_moves(res.items)
+                if any(ns.mount != paths.ROOT for ns in self.state.namespaces().values()):
+                    self.applier.follow_mount_moves(res.items)  # (only a shared folder's mount moves)
                 ctx = self.context()
                 with gc_paused():
                     ops, rules = self._plan(res, ctx)

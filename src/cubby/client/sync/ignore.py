@@ -77,3 +77,14 @@ class IgnoreRules:
             if fnmatch.fnmatchcase(target, pat.lstrip("/")):
                 return True
         return False
+
+    def ignored_file(self, rel_dir: str, name: str) -> bool:
+        """`ignored` of the file ``name`` in the folder at ``rel_dir``, for a folder that is
+        itself synced (a scan tests each folder before it lists it): then only the name and
+        the patterns are left to test. (A scan tests every file of the tree, and most trees
+        have no patterns.)"""
+        if not rel_dir and len(name) == len(STATE_DIR) and name.casefold() == STATE_DIR:
+            return True
+        if _BUILTIN_RE.match(name):
+            return True
+        return bool(self.patterns) and self.ignored(f"{rel_dir}/{name}" if rel_dir else name, False)

@@ -22,10 +22,12 @@ import os
 import queue
 import stat as stat_mod
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from operator import attrgetter, methodcaller
 from pathlib import Path
+from typing import cast
 
 from cubby.client.localfiles import Stamp, stamp_of
 from cubby.client.modes import link_inside, mode_of
@@ -56,6 +58,13 @@ class ScanResult:
     kept: dict[str, bytes] = field(default_factory=dict)
     """rel -> the bytes of a small file this scan hashed, as they were hashed (`KeepBudget`);
     an upload takes them from here instead of reading the file again."""
+    folders: dict[str, FolderScan] = field(default_factory=dict)
+    """Relative path -> the folders read whole from the file index (`FolderScan`): what the
+    next scan may take again while the index is unchanged (``generation``)."""
+    loose: list[LocalItem] = field(default_factory=list)
+    """The items outside ``folders``."""
+    generation: tuple[int, int] | None = None
+    """`StateDb.generation` once this scan's index updates were written."""
 
     def by_key(self) -> dict[str, LocalItem]:
         return {paths.key(i.path): i for i in self.items}
@@ -123,26 +132,63 @@ def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_size, st.st_mtime_ns, st.st_ino, mode_of(st))
 
 
-Listing = tuple[str, list[tuple[str, os.stat_result, bool]]]
-"""A folder's relative path, and (name, lstat, is a folder) of each entry cubby may sync."""
+Listed = tuple[str, os.stat_result, bool]
+"""(name, lstat, is a folder) of an entry of a folder that cubby may sync."""
+
+Signature = tuple[list[str], list[tuple[int, int, int, int]]]
+"""The name, and (st_mode, st_ino, st_size, st_mtime_ns), of every entry of a folder, as
+listed: equal signatures under equal rules and an unchanged file index scan to equal items."""
+
+_lstat = methodcaller("stat", follow_symlinks=False)
+_name = attrgetter("name")
+_fields = attrgetter("st_mode", "st_ino", "st_size", "st_mtime_ns")
+
+
+@dataclass
+class FolderScan:
+    """What a scan made of one folder that it read whole from the file index (nothing hashed,
+    unstable, unstorable or linking outside): kept in `ScanResult.folders` so that the next
+    scan, finding the same `Signature` under the same rules and index, takes these items as
+    they are instead of naming, testing and comparing each entry again."""
+
+    signature: Signature
+    items: list[LocalItem]
+    """The folder's items (not those of its subfolders), in listing order."""
+    subfolders: list[tuple[str, str]]
+    """(relative path, display path) of each subfolder the walk descends into, in listing order."""
+    descend: list[str]
+    """The relative paths of ``subfolders``."""
+    matched: int
+    """Files of the index among ``items``."""
+
+
+Listing = tuple[str, list[Listed], Signature | None]
+"""A folder's relative path, its entries cubby may sync, and its signature (when taken)."""
+
+Reused = tuple[str, FolderScan]
+"""A folder whose signature is its previous scan's: that scan's result for it."""
 
 
 def _list_folders(
     root: str,
     rules: IgnoreRules,
     known: Mapping[str, LocalItem],
-    out: queue.SimpleQueue[Listing | BaseException | None],
+    out: queue.SimpleQueue[Listing | Reused | BaseException | None],
     stop: threading.Event,
+    reuse: Mapping[str, FolderScan],
+    keep: bool,
 ) -> None:
     """Read every folder below ``root`` that is synced, depth first, and hand each listing
-    (its entries lstat'ed, ignored folders left out) to `walk`, then None (or the error that
-    stopped it). A folder in ``known`` (the previous scan's, under the same rules) is not
-    tested against the rules again; any other is tested here, once, and `walk` does not test
-    folders.
+    (its entries lstat'ed, ignored folders left out, with its signature) to the caller, then
+    None (or the error that stopped it). A folder in ``known`` (the previous scan's, under the
+    same rules) is not tested against the rules again; any other is tested here, once, and
+    the caller does not test folders. A folder whose signature is that of its `FolderScan` in
+    ``reuse`` is handed over as that (its subfolders descended into as then), not listed.
+    Signatures are taken only when ``keep`` (the caller keeps folders for the next scan).
 
     Runs on a worker thread: ``scandir`` and ``lstat`` release the GIL, so the kernel's part of
     a scan (most of a pass with nothing changed) overlaps the Python part on the caller's
-    thread. The folders descended into are those `walk` yields (not ignored), in its order."""
+    thread. The folders descended into are those not ignored, in the walk's order."""
     try:
         stack = [""]
         is_dir_mode, is_reg, is_link = stat_mod.S_ISDIR, stat_mod.S_ISREG, stat_mod.S_ISLNK
@@ -153,26 +199,99 @@ def _list_folders(
                     entries = list(it)
             except OSError:
                 continue
-            listing: list[tuple[str, os.stat_result, bool]] = []
-            for e in entries:
-                try:
-                    st = e.stat(follow_symlinks=False)
-                except OSError:
-                    continue
+            try:  # one loop in C per list: this is the whole of a pass with nothing changed
+                stats: list[os.stat_result] = list(map(_lstat, entries))
+            except OSError:  # an entry gone since the listing: left out, as if listed after
+                entries, stats = _stat_each(entries)
+            names: list[str] = list(map(_name, entries))
+            signature: Signature | None = (names, list(map(_fields, stats))) if keep else None
+            before = reuse.get(rel_dir)
+            if before is not None and before.signature == signature:
+                stack.extend(before.descend)
+                out.put((rel_dir, before))
+                continue
+            listing: list[Listed] = []
+            subfolders: list[str] = []
+            for name, st in zip(names, stats):
                 if is_dir_mode(st.st_mode):
-                    rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
+                    rel = f"{rel_dir}/{name}" if rel_dir else name
                     prev = known.get(rel)
                     if (prev is None or prev.kind != "folder") and rules.ignored(rel, True):
                         continue
-                    listing.append((e.name, st, True))
-                    stack.append(rel)
+                    listing.append((name, st, True))
+                    subfolders.append(rel)
                 elif is_reg(st.st_mode) or is_link(st.st_mode):
-                    listing.append((e.name, st, False))
+                    listing.append((name, st, False))
                 # sockets, devices, fifos are not synced
-            out.put((rel_dir, listing))
+            stack.extend(subfolders)
+            out.put((rel_dir, listing, signature))
         out.put(None)
     except BaseException as exc:  # handed to the caller's thread, raised there
         out.put(exc)
+
+
+def _stat_each(entries: list[os.DirEntry[str]]) -> tuple[list[os.DirEntry[str]], list[os.stat_result]]:
+    """The entries that can still be lstat'ed, and their lstats."""
+    kept, stats = [], []
+    for e in entries:
+        try:
+            stats.append(e.stat(follow_symlinks=False))
+        except OSError:
+            continue
+        kept.append(e)
+    return kept, stats
+
+
+def _folders(
+    root: Path, rules: IgnoreRules, seen_before: Mapping[str, LocalItem], reuse: Mapping[str, FolderScan],
+    executor: Executor | None, stop: threading.Event, keep: bool = False,
+) -> Iterator[Listing | Reused]:
+    """Start `_list_folders` on ``executor`` (or run it on this thread without one) now, and
+    give its listings as an iterator. Setting ``stop`` makes the reader stop at its next
+    folder (a caller that gives up early)."""
+    listings: queue.SimpleQueue[Listing | Reused | BaseException | None] = queue.SimpleQueue()
+    if executor is None:
+        _list_folders(os.fspath(root), rules, seen_before, listings, stop, reuse, keep)
+    else:
+        executor.submit(_list_folders, os.fspath(root), rules, seen_before, listings, stop, reuse, keep)
+    return _drain(listings)
+
+
+def _drain(listings: queue.SimpleQueue[Listing | Reused | BaseException | None]) -> Iterator[Listing | Reused]:
+    while (got := listings.get()) is not None:
+        if isinstance(got, BaseException):
+            raise got
+        yield got
+
+
+def _named(
+    rel_dir: str, display_dir: str | None, listing: list[Listed], rules: IgnoreRules, seen_before: Mapping[str, LocalItem]
+) -> Iterator[tuple[str, os.stat_result, str | None, LocalItem | None]]:
+    """`walk`'s items of one listed folder (see there)."""
+    for name, st, is_dir in listing:
+        rel = f"{rel_dir}/{name}" if rel_dir else name
+        prev = seen_before.get(rel)
+        if prev is not None and (prev.kind == "folder") == is_dir:
+            yield rel, st, prev.path, prev
+            continue
+        if not is_dir and rules.ignored_file(rel_dir, name):  # folders were tested by the reader
+            continue
+        display: str | None = None
+        if display_dir is not None:
+            try:
+                display = paths.child(display_dir, name)
+            except InvalidPath:
+                pass
+        yield rel, st, display, None
+
+
+def _seen_before(rules: IgnoreRules, previous: ScanResult | None, reuse: Mapping[str, FolderScan] | None = None) -> dict[str, LocalItem]:
+    """The previous scan's items by relative path, when it was made under ``rules``; with
+    ``reuse`` (its folders, taken whole when unchanged), only its items outside them: a
+    folder of ``reuse`` that changed has its own items looked up (`_scan`)."""
+    if previous is None or previous.rules != rules:
+        return {}
+    return {i.rel: i for i in previous.loose} if reuse else previous.by_rel()
 
 
 def walk(
@@ -185,40 +304,16 @@ def walk(
 
     An item the previous scan found under the same rules, of the same kind, is neither tested
     against the rules nor named again: both are pure functions of the relative path (and the
-    rules), so the answer would be the same. A pass with nothing changed then costs one
-    ``lstat`` and a lookup per item."""
-    seen_before = previous.by_rel() if previous is not None and previous.rules == rules else {}
-    listings: queue.SimpleQueue[Listing | BaseException | None] = queue.SimpleQueue()
-    stop = threading.Event()
-    if executor is None:
-        _list_folders(os.fspath(root), rules, seen_before, listings, stop)
-    else:
-        executor.submit(_list_folders, os.fspath(root), rules, seen_before, listings, stop)
+    rules), so the answer would be the same."""
+    seen_before = _seen_before(rules, previous)
     displays: dict[str, str | None] = {"": paths.ROOT}  # folder -> its display path, set as it is listed
+    stop = threading.Event()
     try:
-        while (got := listings.get()) is not None:
-            if isinstance(got, BaseException):
-                raise got
-            rel_dir, listing = got
-            display_dir = displays.pop(rel_dir)
-            for name, st, is_dir in listing:
-                rel = f"{rel_dir}/{name}" if rel_dir else name
-                prev = seen_before.get(rel)
-                if prev is not None and (prev.kind == "folder") == is_dir:
-                    yield rel, st, prev.path, prev
-                    if is_dir:
-                        displays[rel] = prev.path
-                    continue
-                if not is_dir and rules.ignored(rel, False):  # folders were tested by the reader
-                    continue
-                display: str | None = None
-                if display_dir is not None:
-                    try:
-                        display = paths.child(display_dir, name)
-                    except InvalidPath:
-                        pass
-                yield rel, st, display, None
-                if is_dir:
+        for got in _folders(root, rules, seen_before, {}, executor, stop):
+            rel_dir, listing, _ = cast("Listing", got)
+            for rel, st, display, prev in _named(rel_dir, displays.pop(rel_dir), listing, rules, seen_before):
+                yield rel, st, display, prev
+                if stat_mod.S_ISDIR(st.st_mode):
                     displays[rel] = display
     finally:
         stop.set()  # a caller that gave up early: the reader stops at the next folder
@@ -237,49 +332,108 @@ def scan(
 
     With ``previous`` (the last scan of the same folder), an item whose stamp and index entry
     make it equal to the previous scan's item is that same object, not a copy: comparing two
-    scans (`SyncEngine`'s settled plan) is then mostly identity checks. Small files hashed
-    keep their bytes within ``keep`` (`ScanResult.kept`)."""
+    scans (`SyncEngine`'s settled plan) is then mostly identity checks. And while the rules
+    and the file index (`StateDb.generation`) are those of ``previous``, a folder whose
+    `Signature` is the one ``previous`` read whole from the index (`FolderScan`) is its items
+    then, taken in one step: a pass with nothing changed costs one ``lstat`` per item and a
+    comparison per folder, and names, tests and compares nothing per item. (The signature
+    holds every field the index compares, the raw mode, and every entry's name, so any edit,
+    chmod, addition, removal or replacement in the folder makes it read the folder again.)
+    Small files hashed keep their bytes within ``keep`` (`ScanResult.kept`)."""
     rules = IgnoreRules.load(root)
-    known = state.file_stamps()
+    reuse = previous.folders if previous is not None and previous.rules == rules and previous.generation == state.generation() else {}
+    seen_before = _seen_before(rules, previous, reuse)
+    stop = threading.Event()
+    try:
+        # (the index is read before the reader starts: read while it lists, measured slower, as
+        # building the rows holds the GIL the reader needs)
+        known = state.file_stamps()
+        # a process's first scan (nothing before it) keeps no folders: `cubby sync --once` runs one
+        # pass and would never use them; its next scan keeps them
+        folders = _folders(root, rules, seen_before, reuse, executor, stop, keep=previous is not None and bool(previous.items))
+        return _scan(root, state, executor, rules, folders, known, seen_before, reuse, persist, keep)
+    finally:
+        stop.set()
+
+
+def _scan(
+    root: Path, state: StateDb, executor: Executor, rules: IgnoreRules, folders: Iterator[Listing | Reused],
+    known: Mapping[str, tuple[tuple[int, int, int, int], str | None]], seen_before: Mapping[str, LocalItem],
+    reuse: Mapping[str, FolderScan], persist: bool, keep: KeepBudget | None,
+) -> ScanResult:
+    """`scan`'s work, once its reader is started and the file index read."""
     res = ScanResult(rules=rules)
     items = res.items
     todo: list[tuple[str, str, int]] = []  # (rel, display path, inode)
     matched = 0  # indexed files found (all of them: nothing to drop from the index)
     is_dir_mode, is_link = stat_mod.S_ISDIR, stat_mod.S_ISLNK
-    for rel, st, display, prev in walk(root, rules, previous, executor):
-        if display is None:
-            res.unsyncable.append(rel)
+    displays: dict[str, str | None] = {"": paths.ROOT}  # folder -> its display path, set as it is listed
+    for folder in folders:
+        if len(folder) == 2:  # a folder as it was: its items, as they were
+            rel_dir, before = cast("Reused", folder)
+            del displays[rel_dir]
+            items.extend(before.items)
+            displays.update(before.subfolders)
+            matched += before.matched
+            res.folders[rel_dir] = before
             continue
-        if is_dir_mode(st.st_mode):
-            if prev is not None and prev.inode == st.st_ino:
-                items.append(prev)
-            else:
-                items.append(LocalItem(display, rel, "folder", None, st.st_ino))
-            continue
-        if is_link(st.st_mode):
-            try:
-                target = os.readlink(root / rel)
-            except OSError:
-                continue  # gone since the listing
-            if not link_inside(rel, target):
-                res.outside_links.append(rel)
-                continue
-        known_stamp = known.get(rel)
-        if known_stamp is not None:
-            matched += 1
-            if known_stamp[0] == _stamp(st):
-                version = known_stamp[1]
-                if prev is not None and prev.hash == version and prev.inode == st.st_ino and prev.size == st.st_size:
+        rel_dir, listing, signature = cast("Listing", folder)
+        first, clean, matched_here = len(items), True, 0
+        changed = reuse.get(rel_dir)  # a folder taken whole before: its items are not in seen_before
+        lookup = seen_before if changed is None else {i.rel: i for i in changed.items}
+        subfolders: list[tuple[str, str]] = []
+        for rel, st, display, prev in _named(rel_dir, displays.pop(rel_dir), listing, rules, lookup):
+            if is_dir_mode(st.st_mode):
+                displays[rel] = display
+                if display is None:
+                    res.unsyncable.append(rel)
+                    clean = False
+                    continue
+                subfolders.append((rel, display))
+                if prev is not None and prev.inode == st.st_ino:
                     items.append(prev)
                 else:
-                    items.append(LocalItem(display, rel, "file", version, st.st_ino, st.st_size))
+                    items.append(LocalItem(display, rel, "folder", None, st.st_ino))
                 continue
-        todo.append((rel, display, st.st_ino))
+            if display is None:
+                res.unsyncable.append(rel)
+                clean = False
+                continue
+            if is_link(st.st_mode):
+                try:
+                    target = os.readlink(root / rel)
+                except OSError:
+                    clean = False
+                    continue  # gone since the listing
+                if not link_inside(rel, target):
+                    res.outside_links.append(rel)
+                    clean = False
+                    continue
+            known_stamp = known.get(rel)
+            if known_stamp is not None:
+                matched_here += 1
+                if known_stamp[0] == _stamp(st):
+                    version = known_stamp[1]
+                    if prev is not None and prev.hash == version and prev.inode == st.st_ino and prev.size == st.st_size:
+                        items.append(prev)
+                    else:
+                        items.append(LocalItem(display, rel, "file", version, st.st_ino, st.st_size))
+                    continue
+            todo.append((rel, display, st.st_ino))
+            clean = False
+        matched += matched_here
+        if signature is None:
+            continue  # no folders kept: nothing is looked up in ``loose`` either
+        if clean:
+            res.folders[rel_dir] = FolderScan(signature, items[first:], subfolders, [r for r, _ in subfolders], matched_here)
+        else:
+            res.loose.extend(items[first:])
     fresh: list[FileRecord] = []
     for (rel, display, ino), got in zip(todo, executor.map(lambda t: hash_file(root / t[0], t[0], keep), todo)):
         res.hashed += 1
         if got is None:
             items.append(LocalItem(display, rel, "file", None, ino))
+            res.loose.append(items[-1])
         else:
             rec, res.stamps[rel], data = got
             res.records[rel] = rec
@@ -287,9 +441,11 @@ def scan(
                 res.kept[rel] = data
             fresh.append(rec)
             items.append(LocalItem(display, rel, "file", rec.version, rec.inode, rec.size))
+            res.loose.append(items[-1])
     if persist:
         state.put_files(fresh)
         if matched != len(known):
             seen = {i.rel for i in items if i.kind == "file"}
             state.drop_files(r for r in known if r not in seen)
+    res.generation = state.generation()
     return res

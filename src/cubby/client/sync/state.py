@@ -153,14 +153,19 @@ class StateDb:
             self.db.execute(f"ALTER TABLE files ADD COLUMN mode INTEGER NOT NULL DEFAULT {REGULAR}")
         self._lock = threading.RLock()
         self._depth = 0
+        self._untracked = 0
+        """Rows `set_settled` changed: not counted in `generation`."""
         self._stamps: tuple[tuple[int, int], dict[str, tuple[tuple[int, int, int, int], str | None]]] | None = None
 
     def generation(self) -> tuple[int, int]:
-        """Changes so far: rows this connection changed, and SQLite's ``data_version`` (which
-        moves when another connection commits). Equal generations mean nothing was written in
-        between, so whatever was read from the database then is still true."""
+        """Changes so far: rows this connection changed (but for the settled plan's fingerprint,
+        `set_settled`, which no reader of the trees or the file index depends on), and SQLite's
+        ``data_version`` (which moves when another connection commits). Equal generations mean
+        nothing was written in between, so whatever was read from the database then is still
+        true. (Leaving the fingerprint out lets the pass after the one that wrote it reuse
+        what the scan before it read: `cubby.client.sync.scanner.scan`.)"""
         with self._lock:
-            return self.db.total_changes, int(self.db.execute("PRAGMA data_version").fetchone()[0])
+            return self.db.total_changes - self._untracked, int(self.db.execute("PRAGMA data_version").fetchone()[0])
 
     def epoch(self) -> int:
         """Transactions that changed anything, ever, by any process: `generation` across
@@ -180,10 +185,12 @@ class StateDb:
         with self._lock:
             if self._depth:
                 raise RuntimeError("set_settled inside a transaction would be counted as a change")
+            before = self.db.total_changes
             if fingerprint is None:
                 self.db.execute("DELETE FROM meta WHERE key = 'settled'")
             else:
                 self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('settled', ?)", (fingerprint,))
+            self._untracked += self.db.total_changes - before
 
     def close(self) -> None:
         self.db.close()
