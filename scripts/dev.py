@@ -81,8 +81,7 @@ def main(argv: list[str]) -> int:
     # The tests start hundreds of cubby processes; with PYTHONDONTWRITEBYTECODE set (as on the
     # CI machines) each would compile the package from source again (~0.2 CPU s a start).
     subprocess.call([str(_bin("python")), "-m", "compileall", "-q", "src"], stdout=subprocess.DEVNULL)
-    # Three workers on two cores: many tests wait on servers, proxies and links they started.
-    workers = os.environ.get("CUBBY_TEST_WORKERS", "3")
+    workers = os.environ.get("CUBBY_TEST_WORKERS", "2")
     args = [str(_bin("python")), "-m", "pytest", "-n", workers, "--dist", "loadgroup", "-q", "-p", "no:cacheprovider", "--durations=20"]
     if fast:
         args += ["-m", "not slow"]

@@ -52,7 +52,7 @@ def test_renewal_runs_only_for_running_writes_that_are_due() -> None:
     def fence(keys: Sequence[str], token: str) -> None:
         calls.append((list(keys), token))
 
-    keeper = FenceKeeper(fence, every=3.0, clock=lambda: now[0])
+    keeper = FenceKeeper(fence, every=3.0, clock=lambda: now[0], background=False)
     try:
         with keeper.holding(["head:1"], "t1"):
             assert keeper.renew_due() == 0  # just fenced
@@ -78,7 +78,7 @@ def test_a_failed_renewal_is_logged_and_tried_again(caplog: pytest.LogCaptureFix
         if len(tries) == 1:
             raise CacheUnavailable("the cache did not answer")
 
-    keeper = FenceKeeper(fence, every=1.0, clock=lambda: now[0])
+    keeper = FenceKeeper(fence, every=1.0, clock=lambda: now[0], background=False)
     try:
         with keeper.holding(["head:1"], "t"):
             now[0] = 1.0

@@ -59,10 +59,14 @@ class FenceKeeper:
         fence: Callable[[Sequence[str], str], None],
         every: float = LEASE_SECONDS / 3,
         clock: Callable[[], float] = time.monotonic,
+        background: bool = True,
     ) -> None:
+        """``background``: renew on a thread of this keeper's own; False, only when the
+        owner calls `renew_due` (a test driving its own clock)."""
         self.fence = fence
         self.every = every
         self.clock = clock
+        self.background = background
         self._writes: dict[int, _Write] = {}
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -75,7 +79,7 @@ class FenceKeeper:
         write = _Write(list(keys), token, self.clock() + self.every)
         with self._lock:
             self._writes[id(write)] = write
-            if self._thread is None and not self._closed:
+            if self._thread is None and self.background and not self._closed:
                 self._thread = threading.Thread(target=self._run, name="cubby-fence-keeper", daemon=True)
                 self._thread.start()
         try:
@@ -94,8 +98,8 @@ class FenceKeeper:
         renewed = 0
         for write in due:
             with write.lock:
-                if not write.running:
-                    continue
+                if not write.running or write.renew_at > self.clock():
+                    continue  # ended, or renewed meanwhile by another caller
                 try:
                     self.fence(write.keys, write.token)
                     renewed += 1
