@@ -133,6 +133,11 @@ def json_of(request: Request, raw: bytes) -> dict[str, Any]:
     """`json_body` of a body `early_body` received: only once the caller is known (the gate)."""
     _check_gate(request)
     require_content_type(request, "application/json")
+    return _json_object(raw)
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    """``raw`` parsed (`parse_json`), refused unless it is a JSON object."""
     body = parse_json(raw)
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object", code="malformed_json")
@@ -217,10 +222,7 @@ def parse_json(raw: bytes) -> Any:
 async def json_body(request: Request, limit: int) -> dict[str, Any]:
     """A JSON object of at most ``limit`` bytes, read only after authentication (`allow_body`)."""
     require_content_type(request, "application/json")
-    body = parse_json(await read_capped(request, limit))
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object", code="malformed_json")
-    return body
+    return _json_object(await read_capped(request, limit))
 
 
 def field_str(body: dict[str, Any], name: str, *, required: bool = True) -> str | None:
