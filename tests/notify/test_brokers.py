@@ -234,7 +234,8 @@ def test_push_waiter_polls_while_the_notify_process_is_down_and_pushes_again_aft
         waiter = PushWaiter(ApiClient(p.meta.url, alice.token), url=p.notify.url, fallback_min=0.05, fallback_max=0.2)
         p.notify.stop()
         result: list[bool] = []
-        t = threading.Thread(target=lambda: result.append(waiter.wait({alice.ns_id: alice.head()}, 600)))
+        before = {alice.ns_id: alice.head()}  # read here: in the thread it could follow the mkdir
+        t = threading.Thread(target=lambda: result.append(waiter.wait(before, 600)))
         t.start()
         alice.api.mkdir("/x")
         t.join()

@@ -114,8 +114,15 @@ def test_a_namespace_moves_while_clients_commit_and_follow(two_urls, tmp_path: P
                 env=env, capture_output=True, text=True, timeout=120, check=False,
             )
             at_move = (len(acked), sum(len(f) for f in written.values()))
-            time.sleep(1.0)  # writers go on at the new shard
-            after_move = (len(acked), sum(len(f) for f in written.values()))
+            # Writers go on at the new shard: wait for both kinds to get further (a sync pass
+            # on a loaded machine can take over a second, so a fixed sleep would be a race).
+            deadline = time.monotonic() + 30
+            after_move = at_move
+            while time.monotonic() < deadline and not problems:
+                after_move = (len(acked), sum(len(f) for f in written.values()))
+                if after_move[0] > at_move[0] and after_move[1] > at_move[1]:
+                    break
+                time.sleep(0.05)
         finally:
             stop.set()
             for t in threads:
