@@ -121,6 +121,9 @@ class CubbyGroup(click.Group):
 @click.pass_context
 def main(ctx: click.Context, url: str | None, token: str | None, as_json: bool) -> None:
     """cubby: self-hosted file storage and sync with deduplication."""
+    from cubby.core.malloc import tune_for_chunks
+
+    tune_for_chunks()  # every command moves chunks: big buffers without page faults
     cfg = load(os.environ).with_(url=url, token=token)
     ctx.obj = State(cfg, as_json)
 

@@ -43,6 +43,9 @@ def serve(config: Config, roles: Sequence[str] = ROLES, *, log_level: str = "inf
         return
     import uvicorn
 
+    from cubby.core.malloc import tune_for_chunks
+
+    tune_for_chunks()  # each worker process: chunk buffers without page faults (cubby.core.malloc)
     logs.configure(log_level.upper())
     ctx = build_context(config, tuple(roles))
     app = build_app(ctx, roles)
