@@ -409,7 +409,7 @@ def group_limit(index: int, left: int, *, first: int = FIRST_GROUP, most: int | 
     few."""
     most = BATCH if most is None else most
     limit = min(most, first << min(index, 20), max(first, (left + 1) // 2))
-    return left if left < limit + first else limit
+    return min(left, most) if left < limit + first else limit
 
 
 def _groups(files: list[Path]) -> Iterator[list[Path]]:
