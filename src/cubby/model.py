@@ -90,7 +90,10 @@ class Entry:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Entry:
-        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__ if k in d})  # type: ignore[arg-type]
+        fields = cls.__dataclass_fields__
+        if fields.keys() >= d.keys():  # the usual answer: no field unknown to this release
+            return cls(**d)
+        return cls(**{k: d.get(k) for k in fields if k in d})  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,9 @@ def parse_commit(body: Any) -> CommitRequest:
     return plain if plain is not None else _checked_commit(body)
 
 
+_COMMIT_FIELDS = ("path", "size", "chunks", "mtime", "expected_rev", "mode")
+
+
 def _is_int(v: object, minimum: int) -> bool:
     return type(v) is int and minimum <= v <= MAX_INT  # not a bool: its type is bool
 
@@ -63,8 +66,8 @@ def _plain_commit(body: Any) -> CommitRequest | None:
     event loop; this is a third of the work of the general path."""
     if type(body) is not dict:
         return None
-    path, size, raw, mtime = body.get("path"), body.get("size"), body.get("chunks"), body.get("mtime")
-    expected, mode = body.get("expected_rev"), body.get("mode")
+    got: dict[str, Any] = {k: body.get(k) for k in _COMMIT_FIELDS}
+    path, size, raw, mtime, expected, mode = got.values()
     if not (
         type(path) is str and _is_int(size, 0) and type(raw) is list
         and (expected is None or _is_int(expected, 0)) and (mode is None or _is_int(mode, 0))
@@ -75,7 +78,8 @@ def _plain_commit(body: Any) -> CommitRequest | None:
     for c in raw:
         if type(c) is not dict:
             return None
-        h, n = c.get("hash"), c.get("size")
+        h: Any = c.get("hash")
+        n: Any = c.get("size")
         if not _is_int(n, 1) or not is_chunk_name(h):
             return None
         chunks.append(ChunkRef(h, n))
