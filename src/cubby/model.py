@@ -83,11 +83,17 @@ class Entry:
     def to_dict(self) -> dict[str, Any]:
         # Every field is a scalar: a shallow copy is `asdict` without its recursive deep copy,
         # which cost most of the server CPU of a warm listing of 100 entries (24 µs against 2).
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        # The instance's own dict holds exactly the fields, in order (a frozen dataclass sets
+        # each once, in `__init__`): copying it is a tenth of a getattr per field, and a
+        # commit batch answers 1,000 entries.
+        return dict(self.__dict__)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Entry:
-        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__ if k in d})  # type: ignore[arg-type]
+        fields = cls.__dataclass_fields__
+        if fields.keys() >= d.keys():  # the usual answer: no field unknown to this release
+            return cls(**d)
+        return cls(**{k: d.get(k) for k in fields if k in d})  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

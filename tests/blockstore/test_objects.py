@@ -140,3 +140,28 @@ def test_folder_put_parts_stores_nothing_when_the_producer_fails(tmp_path):
     with pytest.raises(ObjectMissing):
         store.get("packs/ab/half.pack")
     assert os.listdir(tmp_path / "tmp") == [] and list(store.list()) == []
+
+
+def test_folder_put_parts_gathers_small_parts_into_few_writes(tmp_path, monkeypatch):
+    """Many small parts (a pack of 4 KiB chunks: a codec byte, then the chunk) go to the disk
+    in a few large writes, in order, with a large part among them written in its place."""
+    import cubby.blockstore.folder as folder
+
+    store = FolderObjectStore(tmp_path)
+    parts: list[bytes | memoryview] = []
+    for i in range(3000):
+        parts += [bytes((i % 2,)), memoryview(os.urandom(4096))]
+        if i == 1500:
+            parts.append(os.urandom(3 * 2**20))
+    writes: list[int] = []
+    real_write = os.write
+
+    def counted(fd: int, data: bytes | memoryview) -> int:
+        writes.append(len(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(folder.os, "write", counted)
+    store.put_parts("packs/cd/small.pack", iter(parts))
+    assert store.get("packs/cd/small.pack") == b"".join(parts)
+    assert sum(writes) == sum(len(p) for p in parts)
+    assert len(writes) < 20  # 6,001 parts; 15 MiB at most 1 MiB a write

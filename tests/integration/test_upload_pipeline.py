@@ -323,3 +323,21 @@ def test_a_kept_file_s_stamp_is_the_one_stat_gives(tmp_path):
     assert lf.data == src.read_bytes() and lf.local == src and lf.size == 5000
     big = scan_file(src, "/f.bin", keep_up_to=4999)
     assert big.data is None and big.chunks == lf.chunks and big.stamp == lf.stamp
+
+
+@pytest.mark.parametrize("files", [0, 1, 127, 128, 300, 1000, 2500, 10_000, 123_457])
+def test_group_sizes_ramp_up_and_down_and_cover_every_file(files):
+    """`group_limit`: every file in exactly one group, none larger than `BATCH`; the first
+    group small (the server starts early), the last ones small (no long tail alone)."""
+    sizes: list[int] = []
+    left = files
+    while left:
+        n = upload.group_limit(len(sizes), left)
+        assert 0 < n <= min(left, upload.BATCH)
+        sizes.append(n)
+        left -= n
+    assert sum(sizes) == files
+    if files > 2 * upload.FIRST_GROUP:
+        assert sizes[0] == upload.FIRST_GROUP and sizes[-1] < 2 * upload.FIRST_GROUP
+    if files >= 10_000:
+        assert sizes.count(upload.BATCH) >= files // upload.BATCH - 3

@@ -41,18 +41,49 @@ def check_object_name(name: str) -> str:
     return name
 
 
+SMALL_PART = 64 * 1024
+"""Parts shorter than this are gathered and written together (`write_parts`)."""
+
+
 def write_parts(fd: int, parts: Iterable[bytes | memoryview]) -> None:
     """Write every part to ``fd`` in order, `WRITE_PIECE` bytes per call, starting the disk's
     writeback as it goes (`Writeback`): a 16 MiB pack is handed to the disk in four pieces
-    while it is written, instead of all at its fsync."""
+    while it is written, instead of all at its fsync.
+
+    Small parts (a 4 KiB chunk and its header are two) are gathered and written up to
+    `WRITE_PIECE` at a time: a pack of 1,000 small chunks was 2,000 ``write`` calls, about a
+    sixth of the server's CPU for storing them; joining them costs one copy of bytes that are
+    in the CPU's cache."""
     disk = Writeback(fd)
-    for part in parts:
-        with memoryview(part) as view:
+    gathered: list[bytes | memoryview] = []
+    size = 0
+
+    def write(data: bytes | memoryview) -> None:
+        with memoryview(data) as view:
             at, end = 0, len(view)
             while at < end:
                 n = os.write(fd, view[at : min(end, at + WRITE_PIECE)])
                 at += n
                 disk.wrote(n)
+
+    def flush() -> None:
+        nonlocal size
+        if gathered:
+            write(b"".join(gathered))
+            gathered.clear()
+            size = 0
+
+    for part in parts:
+        n = len(part)
+        if n >= SMALL_PART:
+            flush()
+            write(part)
+            continue
+        if size + n > WRITE_PIECE:
+            flush()
+        gathered.append(part)
+        size += n
+    flush()
 
 
 class FolderObjectStore:

@@ -35,6 +35,9 @@ it. On a quiet 2-core machine, back to back: a 1 GiB `cubby put` took 5.3-5.7 s 
 against 8.3-9.1 s at two, 10,000 files of 4 KiB 2.40 s against 2.87 s; three was between."""
 KEEP_BYTES = 4 * MiB
 """Files up to this size keep their bytes from the naming pass, so they are never read again."""
+FIRST_GROUP = 128
+"""Files in the first group of a tree (and the fewest in its last ones), see
+`cubby.client.upload.group_limit`: the groups between are `BATCH` files."""
 GROUP_BYTES = 16 * MiB
 """A tree is named and committed in groups of at most `BATCH` files and about this many bytes
 of kept file data."""

@@ -83,6 +83,9 @@ request can ask for (the sync client sends windows of 16 MiB)."""
 FILLER_BYTES = 1024 * 1024
 PROOF_RE = re.compile(r"^[0-9a-f]{64}$")
 _CURRENT = proofs.CURRENT  # `parse_claims` has a parameter named ``proofs``
+_CLAIM_NEEDS = frozenset({"size", "proof"})
+_CLAIM_KEYS = frozenset({"size", "proof", "window"})
+"""The fields of a claim (`parse_claims`): made once, not twice per claim of a request."""
 
 
 class ChunkReader(Protocol):
@@ -256,14 +259,14 @@ def parse_claims(proofs: object, *, max_entries: int, alg: str = _CURRENT) -> li
     for h, v in proofs.items():
         if not is_chunk_name(h):
             raise BadRequest("each key of 'proofs' must be a lowercase hex SHA-256 (64 characters)", field="proofs")
-        if not isinstance(v, dict) or not {"size", "proof"} <= set(v) <= {"size", "proof", "window"}:
+        if not isinstance(v, dict) or not _CLAIM_NEEDS <= v.keys() <= _CLAIM_KEYS:
             raise BadRequest(f"field 'proofs' must be {shape} (the size is the one the commit stated)", field="proofs")
         size, proof, window = v["size"], v["proof"], v.get("window")
         if window is not None and (isinstance(window, bool) or not isinstance(window, int) or not 0 <= window < 2**40):
             raise BadRequest("each proof's 'window' must be the hour its commit answer named", field="proofs")
         if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_PROOF_CHUNK:
             raise BadRequest(f"each proof's 'size' must be an integer from 1 to {MAX_PROOF_CHUNK}", field="proofs")
-        if not isinstance(proof, str) or not PROOF_RE.match(proof.lower()):
+        if not isinstance(proof, str) or not PROOF_RE.match(proof := proof.lower()):
             raise BadRequest("each proof must be 64 hex digits (see the request's 'alg')", field="proofs")
         total += size
         if total > MAX_PROVE_BYTES:
@@ -271,7 +274,7 @@ def parse_claims(proofs: object, *, max_entries: int, alg: str = _CURRENT) -> li
                 f"one prove request may claim at most {MAX_PROVE_BYTES} bytes; send fewer chunks per request",
                 field="proofs",
             )
-        claims.append(Claim(h, size, proof.lower(), window, alg))
+        claims.append(Claim(h, size, proof, window, alg))
     return claims
 
 

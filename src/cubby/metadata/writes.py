@@ -141,7 +141,10 @@ class FileWrites:
         whether this namespace or one the caller reads holds each. A chunk counts as usable
         only if it is both held and stored, so a held chunk that is not stored is left out."""
         self._note_chunks(tx, ())
-        wanted = sorted({h for h in hashes if h not in tx.checked})
+        checked = tx.checked
+        wanted = sorted({h for h in hashes if h not in checked})
+        if not wanted:  # a batch's chunks are all looked up before its first commit
+            return
         tx.checked.update(wanted)
         for i in range(0, len(wanted), 500):
             part = wanted[i : i + 500]
@@ -274,18 +277,22 @@ class FileWrites:
         )
 
     def _commit_valid(
-        self, tx: NamespaceTxn, req: CommitRequest, path: str, chunks: tuple[ChunkRef, ...], *, prefetched: bool = False
+        self, tx: NamespaceTxn, req: CommitRequest, path: str, chunks: tuple[ChunkRef, ...], *, prefetched: bool = False,
+        guarded: bool = False,
     ) -> CommitResult:
         """Commit ``req`` in ``tx``, once `_validate_commit` has passed it (``path`` and
         ``chunks`` are what it returned). Validation is pure and runs once per request, before
         the namespace lock is taken, so the lock is held only for the work that needs it. The
         nodes at the path and its ancestors (the mount guard's, and the file's own) are read in
-        one statement, unless the caller has (``prefetched``: `commit_many`, for its batch)."""
+        one statement, unless the caller has (``prefetched``: `commit_many`, for its batch).
+        ``guarded``: the caller has run `guard_mounts` for a path in the same folder, in this
+        transaction."""
         if not prefetched:
             self._prefetch_with_chunks(
                 tx, [paths.key(a) for a in paths.ancestors(path)] + [paths.key(path)], (c.hash for c in chunks)
             )
-        guard_mounts(tx, path)
+        if not guarded:
+            guard_mounts(tx, path)
         missing = self._unavailable(tx, chunks)
         if missing:
             uid = tx.user_id or 0
@@ -341,20 +348,31 @@ class FileWrites:
             out: list[CommitResult | CubbyError] = []
             keys: set[str] = set()
             hashes: set[str] = set()
+            folders: set[str] = set()
             for v in valid:
                 if isinstance(v, CubbyError):
                     continue
                 path, chunks = v
                 keys.add(paths.key(path))
-                keys.update(paths.key(a) for a in paths.ancestors(path))
+                folder = path.rpartition("/")[0]
+                if folder not in folders:  # a batch's files share a few folders
+                    folders.add(folder)
+                    keys.update(paths.key(a) for a in paths.ancestors(path))
                 hashes.update(c.hash for c in chunks)
             self._prefetch_with_chunks(tx, keys, hashes)
+            # `guard_mounts` depends on the folder alone, and nothing a commit writes (a file,
+            # plain folders) can make a folder a mount or frozen: once per folder of the batch.
+            clear: set[str] = set()
             for req, v in zip(reqs, valid):
                 if isinstance(v, CubbyError):
                     out.append(v)
                     continue
                 try:
-                    out.append(self._commit_valid(tx, req, *v, prefetched=True))
+                    folder = v[0].rpartition("/")[0]
+                    if folder not in clear:
+                        guard_mounts(tx, v[0])
+                        clear.add(folder)
+                    out.append(self._commit_valid(tx, req, *v, prefetched=True, guarded=True))
                 except CubbyError as exc:
                     # Nothing of a refused commit was written: every check precedes every write.
                     out.append(exc)

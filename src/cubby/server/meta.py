@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from cubby.core import paths
+from cubby.core.hashing import is_chunk_name
 from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceMoved
 from cubby.metadata.base import MetadataStore
 from cubby.model import ChunkRef, CommitRequest, CommitResult, Principal
@@ -24,6 +25,7 @@ from cubby.server import access
 from cubby.server.bodies import (
     COMMIT_JSON,
     LIST_JSON,
+    MAX_INT,
     SMALL_JSON,
     early_body,
     field_float,
@@ -45,6 +47,49 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def parse_commit(body: Any) -> CommitRequest:
+    """One commit of a request, checked: `_plain_commit` when it is the usual shape, else
+    every field through the `bodies` helpers (which say what is wrong)."""
+    plain = _plain_commit(body)
+    return plain if plain is not None else _checked_commit(body)
+
+
+_COMMIT_FIELDS = ("path", "size", "chunks", "mtime", "expected_rev", "mode")
+
+
+def _is_int(v: object, minimum: int) -> bool:
+    return type(v) is int and minimum <= v <= MAX_INT  # not a bool: its type is bool
+
+
+def _plain_commit(body: Any) -> CommitRequest | None:
+    """The commit when every field has exactly the type and range `_checked_commit` accepts
+    without conversion (what clients send), else None. A batch parses 1,000 of them on the
+    event loop; this is a third of the work of the general path."""
+    if type(body) is not dict:
+        return None
+    got: dict[str, Any] = {k: body.get(k) for k in _COMMIT_FIELDS}
+    path, size, raw, mtime, expected, mode = got.values()
+    if not (
+        type(path) is str and _is_int(size, 0) and type(raw) is list
+        and (expected is None or _is_int(expected, 0)) and (mode is None or _is_int(mode, 0))
+        and (mtime is None or (type(mtime) in (int, float) and abs(mtime) <= 1e13))
+    ):
+        return None
+    chunks = []
+    for c in raw:
+        if type(c) is not dict:
+            return None
+        h: Any = c.get("hash")
+        n: Any = c.get("size")
+        if not _is_int(n, 1) or not is_chunk_name(h):
+            return None
+        chunks.append(ChunkRef(h, n))
+    return CommitRequest(
+        path=path, size=size, chunks=tuple(chunks), expected_rev=expected,
+        mtime=None if mtime is None else float(mtime), mode=mode,
+    )
+
+
+def _checked_commit(body: Any) -> CommitRequest:
     if not isinstance(body, dict):
         raise BadRequest("each commit must be a JSON object")
     path = field_str(body, "path")
