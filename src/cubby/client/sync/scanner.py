@@ -127,6 +127,24 @@ def hash_file(path: Path, rel: str, keep: KeepBudget | None = None) -> tuple[Fil
     ), stamp_of(after), data
 
 
+HASH_TASK = 64
+"""Files hashed per task on the scan's workers. One task per file cost more in futures than a
+small file's hashing (on a first sync of 20,000 files, a sixth of the scan)."""
+
+
+def _hash_all(
+    root: Path, todo: list[tuple[str, str, int]], executor: Executor, keep: KeepBudget | None
+) -> Iterator[tuple[FileRecord, Stamp, bytes | None] | None]:
+    """`hash_file` of each of ``todo`` (rel first), in order, `HASH_TASK` files to a task on
+    ``executor``."""
+
+    def task(part: list[tuple[str, str, int]]) -> list[tuple[FileRecord, Stamp, bytes | None] | None]:
+        return [hash_file(root / rel, rel, keep) for rel, _, _ in part]
+
+    for got in executor.map(task, [todo[i : i + HASH_TASK] for i in range(0, len(todo), HASH_TASK)]):
+        yield from got
+
+
 def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
     """What says a file is the one indexed: a chmod changes no mtime, so the mode is in it."""
     return (st.st_size, st.st_mtime_ns, st.st_ino, mode_of(st))
@@ -429,7 +447,7 @@ def _scan(
         else:
             res.loose.extend(items[first:])
     fresh: list[FileRecord] = []
-    for (rel, display, ino), got in zip(todo, executor.map(lambda t: hash_file(root / t[0], t[0], keep), todo)):
+    for (rel, display, ino), got in zip(todo, _hash_all(root, todo, executor, keep)):
         res.hashed += 1
         if got is None:
             items.append(LocalItem(display, rel, "file", None, ino))
