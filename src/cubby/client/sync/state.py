@@ -448,9 +448,11 @@ class StateDb:
         answer is judged as it would be alone: an answer about a node already written by an
         earlier one of the batch sees that row, as it would one after the other."""
         out: list[bool] = []
+        entries = list(entries)
         with self.tx() as db:
             mounts: dict[int, str] = {}
             rows: dict[NodeKey, RemoteItem] = {}  # to write, by node (the later answer wins)
+            before = self._remote_rows(db, [(e.ns_id, e.node_id) for e in entries])
             for e in entries:
                 within = mounts.get(e.ns_id)
                 if within is None:
@@ -463,9 +465,7 @@ class StateDb:
                 node = (e.ns_id, e.node_id)
                 self._answering.append((e.ns_id, e.rev))
                 mine = rows.get(node)
-                cur = (mine.path, mine.kind, mine.rev) if mine is not None else db.execute(
-                    "SELECT path, kind, rev FROM remote WHERE ns_id = ? AND node_id = ?", node
-                ).fetchone()
+                cur = (mine.path, mine.kind, mine.rev) if mine is not None else before.get(node)
                 out.append(True)
                 if cur is not None and cur[2] > e.rev:
                     continue
@@ -473,9 +473,26 @@ class StateDb:
                     self._put_remotes(db, rows.values())  # the rewrite below reads the table
                     rows.clear()
                     self._rebase(db, "remote", e.ns_id, cur[0], path)
+                    before = self._remote_rows(db, [(x.ns_id, x.node_id) for x in entries])  # it moved rows below
                 rows[node] = RemoteItem(e.ns_id, e.node_id, path, e.kind, e.rev, version(e.content_hash, e.mode), e.size, e.mtime)
             self._put_remotes(db, rows.values())
         return out
+
+    def _remote_rows(self, db: sqlite3.Connection, nodes: list[NodeKey]) -> dict[NodeKey, tuple[str, str, int]]:
+        """(path, kind, rev) of each of ``nodes`` the remote tree holds, in a statement per 500
+        nodes of a namespace (answers come by the thousand: a statement each was a third of
+        recording them)."""
+        found: dict[NodeKey, tuple[str, str, int]] = {}
+        by_ns: dict[int, list[int]] = {}
+        for ns_id, node_id in nodes:
+            by_ns.setdefault(ns_id, []).append(node_id)
+        for ns_id, ids in by_ns.items():
+            for i in range(0, len(ids), 500):
+                part = ids[i : i + 500]
+                q = f"SELECT node_id, path, kind, rev FROM remote WHERE ns_id = ? AND node_id IN ({','.join('?' * len(part))})"
+                for node_id, path, kind, rev in db.execute(q, (ns_id, *part)):
+                    found[(ns_id, node_id)] = (path, kind, rev)
+        return found
 
     def _put_remotes(self, db: sqlite3.Connection, items: Iterable[RemoteItem]) -> None:
         db.executemany(
@@ -495,6 +512,10 @@ class StateDb:
         return [RemoteItem(*r) for r in self._all("SELECT ns_id, node_id, path, kind, rev, hash, size, mtime FROM remote")]
 
     # -- base tree -----------------------------------------------------------------------------
+    def has_base(self) -> bool:
+        """Does the base tree hold anything (has this folder synced before)?"""
+        return bool(self._all("SELECT 1 FROM base LIMIT 1"))
+
     def base_items(self) -> list[BaseItem]:
         return [BaseItem(*r) for r in self._all("SELECT ns_id, node_id, path, kind, rev, hash, inode FROM base")]
 

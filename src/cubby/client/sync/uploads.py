@@ -34,6 +34,8 @@ class Uploads:
 
     def __init__(self, core: EngineCore) -> None:
         self.core = core
+        self._skip: set[str] = set()
+        """Chunks the server took while the scan went on (`presend`): not proven again."""
         self._recs: dict[str, FileRecord] = {}
         """rel -> the index record each planned upload was built from (`_still_same`)."""
 
@@ -47,6 +49,7 @@ class Uploads:
         while this thread still builds the rest (on a first sync of 20,000 files, building
         them all first kept the server idle for two seconds)."""
         done = 0
+        self._skip = self.core.end_presend()
         try:
             with Pipeline(IN_FLIGHT) as pipe:
                 for ns_id, items in self._groups(ops):
@@ -113,7 +116,7 @@ class Uploads:
             outcomes, _ = commit_group(
                 self.core.api, ns_id, [(lf, op.expected_rev) for op, lf in group],
                 self._progress_up(sum(lf.size for _, lf in group)),
-                on_commit=lambda _: self.core.crash_point("committed"),
+                on_commit=lambda _: self.core.crash_point("committed"), skip=self._skip,
             )
         except FileChanged:
             return group, None
