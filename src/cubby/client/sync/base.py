@@ -233,14 +233,16 @@ class EngineCore:
     def scan(self, persist: bool = True, *, keep: bool = False) -> ScanResult:
         """Scan the folder (`scanner.scan`). With ``keep``, small files hashed keep their bytes
         (`ScanResult.kept`, at most `SCAN_KEEP_BYTES`) for the uploads of this round, which
-        release them (`Uploads.upload`); a scan that only plans does not keep any."""
+        release them (`Uploads.upload`); a scan that only plans does not keep any. On a first
+        sync (no base, one writable namespace, no file on the server) the chunks of new small
+        files go to the server as they are hashed (`presend`), until `end_presend`."""
         budget = KeepBudget(SCAN_KEEP_BYTES, SCAN_KEEP_FILE) if keep else None
         self.end_presend()
-        nss = self.state.namespaces() if keep and persist else {}
-        if len(nss) == 1 and not self.state.has_base():  # a first sync: see `presend`
+        nss = list(self.state.namespaces().values()) if keep and persist else []
+        if len(nss) == 1 and nss[0].writable and not self.state.has_base() and not self.state.has_remote_files():
             from cubby.client.sync.presend import Presend
 
-            self.presend = Presend(self.api, next(iter(nss)), self.root)
+            self.presend = Presend(self.api, nss[0].ns_id, self.root)
         on_new = self.presend.add if self.presend is not None else None
         self.last_scan = scan(self.root, self.state, self.pool, persist=persist, previous=self.last_scan, keep=budget, on_new=on_new)
         return self.last_scan

@@ -19,9 +19,10 @@ Why this keeps every promise:
   client learns nothing it could not learn by committing.
 - No state is written: a crash leaves at most chunks that no file names yet, as a crash
   between a group's upload and its commit always could; the next pass proves them again.
-- Only a folder with no base yet (its first sync) and one namespace does this, only for files
-  the file index did not know (new, not edits, which go by patches), and only in full groups:
-  a pass with a few new files sends them as before.
+- Only a folder with no base yet (its first sync), one namespace and no file on the server
+  does this (a first sync beside files already there would prove chunks the plan may never
+  upload), only for files the file index did not know (new, not edits, which go by patches),
+  and only in full groups: a pass with a few new files sends them as before.
 """
 
 from __future__ import annotations

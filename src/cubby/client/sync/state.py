@@ -516,6 +516,10 @@ class StateDb:
         """Does the base tree hold anything (has this folder synced before)?"""
         return bool(self._all("SELECT 1 FROM base LIMIT 1"))
 
+    def has_remote_files(self) -> bool:
+        """Does the remote tree hold any file?"""
+        return bool(self._all("SELECT 1 FROM remote WHERE kind = 'file' LIMIT 1"))
+
     def base_items(self) -> list[BaseItem]:
         return [BaseItem(*r) for r in self._all("SELECT ns_id, node_id, path, kind, rev, hash, inode FROM base")]
 
