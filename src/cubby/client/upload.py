@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -311,6 +311,7 @@ def commit_group(
     progress: Progress | None = None,
     *,
     on_commit: Callable[[list[tuple[int, Outcome]]], None] | None = None,
+    skip: Collection[str] = frozenset(),
 ) -> tuple[list[Outcome], dict[Path, tuple[int, int]]]:
     """Commit a group of files (each with the revision it replaces, None for a new one) in one
     request, supply every chunk the server asks for (`supply`), and commit those files again:
@@ -319,11 +320,13 @@ def commit_group(
 
     ``on_commit`` sees each round's answers, as (index into ``files``, answer), before any chunk
     of the round is sent: `cubby put` stops there at the first refusal. `upload_tree` and the
-    sync engine's uploads both send their groups through here, on a `Pipeline`."""
+    sync engine's uploads both send their groups through here, on a `Pipeline`. Chunks in
+    ``skip`` were given to the server already (`cubby.client.sync.presend`): they are not
+    proven up front (if the server still wants one, its commit answer asks for it)."""
     outcomes: list[Outcome] = []
     sent: dict[Path, tuple[int, int]] = {}
     pending = list(range(len(files)))
-    _add_sent(sent, supply(api, ns_id, needs_up_front(api, ns_id, files), progress))
+    _add_sent(sent, supply(api, ns_id, needs_up_front(api, ns_id, files, skip), progress))
     for _attempt in range(3):
         if not pending:
             break
@@ -344,7 +347,9 @@ def commit_group(
     return outcomes, sent
 
 
-def needs_up_front(api: ApiClient, ns_id: int, files: Iterable[tuple[LocalFile, int | None]]) -> Needs:
+def needs_up_front(
+    api: ApiClient, ns_id: int, files: Iterable[tuple[LocalFile, int | None]], skip: Collection[str] = frozenset()
+) -> Needs:
     """Every chunk of the new small ``files`` (no revision replaced, at most `KEEP_BYTES`),
     with nonces computed here from the namespace's proof key (`ApiClient.proof_key`), so that
     they are proven (and the refused ones uploaded) before the first commit: a group of new
@@ -354,7 +359,7 @@ def needs_up_front(api: ApiClient, ns_id: int, files: Iterable[tuple[LocalFile, 
     so held ones are not read and hashed again) and edits (the answer names the old chunks a
     changed chunk can be sent as a patch against); everything when the server gives no key.
     Safe by `cubby.metadata.possession`: a refused proof is what an absent chunk gets, and only
-    then is a chunk sent."""
+    then is a chunk sent. Chunks in ``skip`` are left out (given to the server already)."""
     needs = Needs()
     kept = [lf for lf, rev in files if rev is None and lf.chunks and lf.size <= KEEP_BYTES]
     if not kept:
@@ -364,7 +369,7 @@ def needs_up_front(api: ApiClient, ns_id: int, files: Iterable[tuple[LocalFile, 
         return needs
     for lf in kept:
         for c in lf.chunks:
-            if c.hash not in needs.where:
+            if c.hash not in needs.where and c.hash not in skip:
                 needs.add(lf, c, chunk_nonce(key.key, c.hash, c.size), key.window)
     return needs
 

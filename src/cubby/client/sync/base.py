@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cubby.client import modes
 from cubby.client.api import ApiClient
@@ -35,6 +35,9 @@ from cubby.client.windows import SCAN_KEEP_BYTES, SCAN_KEEP_FILE
 from cubby.core import paths
 from cubby.core.hashing import sha256_hex
 from cubby.errors import BadRequest, CubbyError, Unavailable
+
+if TYPE_CHECKING:
+    from cubby.client.sync.presend import Presend
 
 Emit = Callable[[dict[str, Any]], None]
 Failures = list[dict[str, str]]
@@ -129,6 +132,8 @@ class EngineCore:
         self._cursors: dict[int, int] = self.state.cursors()
         self.last_scan: ScanResult = ScanResult()
         self._linked_account: dict[str, Any] | None = None
+        self.presend: Presend | None = None
+        """The chunks of a first sync's new files being sent while it scans (`scan`)."""
         self._folders_of: tuple[ScanResult, dict[str, str]] | None = None
         """`rel_for`'s folder map, and the scan it was made from."""
         self.trigger = threading.Event()
@@ -228,10 +233,25 @@ class EngineCore:
     def scan(self, persist: bool = True, *, keep: bool = False) -> ScanResult:
         """Scan the folder (`scanner.scan`). With ``keep``, small files hashed keep their bytes
         (`ScanResult.kept`, at most `SCAN_KEEP_BYTES`) for the uploads of this round, which
-        release them (`Uploads.upload`); a scan that only plans does not keep any."""
+        release them (`Uploads.upload`); a scan that only plans does not keep any. On a first
+        sync (no base, one writable namespace, no file on the server) the chunks of new small
+        files go to the server as they are hashed (`presend`), until `end_presend`."""
         budget = KeepBudget(SCAN_KEEP_BYTES, SCAN_KEEP_FILE) if keep else None
-        self.last_scan = scan(self.root, self.state, self.pool, persist=persist, previous=self.last_scan, keep=budget)
+        self.end_presend()
+        nss = list(self.state.namespaces().values()) if keep and persist else []
+        if len(nss) == 1 and nss[0].writable and not self.state.has_base() and not self.state.has_remote_files():
+            from cubby.client.sync.presend import Presend
+
+            self.presend = Presend(self.api, nss[0].ns_id, self.root)
+        on_new = self.presend.add if self.presend is not None else None
+        self.last_scan = scan(self.root, self.state, self.pool, persist=persist, previous=self.last_scan, keep=budget, on_new=on_new)
         return self.last_scan
+
+    def end_presend(self) -> set[str]:
+        """Wait for the chunks `scan` gave the server ahead of the uploads (`presend`), and
+        say which the server took; nothing when none were sent."""
+        presend, self.presend = self.presend, None
+        return presend.finish() if presend is not None else set()
 
     def keep_chunks(self, rec: FileRecord) -> None:
         """Copy a file's chunks to the cache before it goes, if it is small enough to be worth it."""

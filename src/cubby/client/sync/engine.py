@@ -229,6 +229,7 @@ class SyncEngine(EngineCore):
                 if idle_rounds >= 3:
                     break
         finally:
+            self.end_presend()
             self.last_scan.kept.clear()  # what the uploads did not take is not held between passes
             with self.pass_done:
                 self.finished = max(self.finished, my_id)

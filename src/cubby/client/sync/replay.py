@@ -29,6 +29,7 @@ class RemoteReplay:
         meanwhile, so that a folder being shared is never seen half moved (gone from one
         namespace, not yet in the other)."""
         acct = self.core.account()
+        self._skip_answered(acct)
         if self._caught_up(acct):
             return  # the account's heads are our cursors: a pass with nothing new costs one request
         for _ in range(3):
@@ -39,6 +40,20 @@ class RemoteReplay:
             }:
                 return
             acct = again
+
+    def _skip_answered(self, acct: dict[str, Any]) -> None:
+        """Pass over the journal of each known namespace whose entries since its cursor are
+        all this client's own changes, already recorded from their answers
+        (`StateDb.skip_answered`): after a first upload the journal would only say again what
+        the commits answered."""
+        known = self.core.state.namespaces()
+        moved = False
+        for n in acct.get("namespaces", []):
+            ns = known.get(int(n["ns_id"]))
+            if ns is not None and ns.cursor < int(n["head"]):
+                moved = self.core.state.skip_answered(ns.ns_id, int(n["head"])) or moved
+        if moved:
+            self.core.reload_cursors()
 
     def _caught_up(self, acct: dict[str, Any]) -> bool:
         """Does the account show the namespaces we know, each at the head we have read to?"""
