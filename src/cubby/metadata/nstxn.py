@@ -216,11 +216,16 @@ class NamespaceTxn:
         old_path: str | None = None,
         old_parent_id: int | None = None,
         mode: int | None = None,
+        name: str | None = None,
+        path_key: str | None = None,
     ) -> None:
+        """Buffer one journal entry; ``name`` and ``path_key`` are those of ``path`` (a
+        commit has them already: each is computed once per file of a batch)."""
         self.journal_rows.append(
             {
                 "ns_id": self.ns_id, "jid": rev, "op": op, "node_id": node_id, "parent_id": parent_id, "kind": kind,
-                "name": paths.split(path)[1], "path": path, "path_key": paths.key(path), "rev": rev, "size": size,
+                "name": paths.split(path)[1] if name is None else name, "path": path,
+                "path_key": paths.key(path) if path_key is None else path_key, "rev": rev, "size": size,
                 "content_hash": content_hash, "mtime": mtime, "old_path": old_path, "old_parent_id": old_parent_id,
                 "user_id": self.user_id, "created_at": self.now, "mode": mode,
             }
