@@ -280,11 +280,11 @@ class NamespaceTxn:
                 (*d.values(v, NODE_COLUMNS), v["ns_id"], v["node_id"]) for v in self.changed_nodes.values()
             ])
         if self.new_nodes:
-            d.executemany(conn, d.INSERT_NODES, [d.values(v, d.NODE_KEYS) for v in self.new_nodes.values()])
+            d.executemany(conn, d.INSERT_NODES, d.values_of(self.new_nodes.values(), d.NODE_KEYS))
         if self.rev_rows:
-            d.executemany(conn, d.INSERT_REVS, [d.values(r, REV_COLUMNS) for r in self.rev_rows])
+            d.executemany(conn, d.INSERT_REVS, d.values_of(self.rev_rows, REV_COLUMNS))
         if self.journal_rows:
-            d.executemany(conn, d.INSERT_JOURNAL, [d.values(r, JOURNAL_COLUMNS) for r in self.journal_rows])
+            d.executemany(conn, d.INSERT_JOURNAL, d.values_of(self.journal_rows, JOURNAL_COLUMNS))
         if self.ref_counts:  # sorted, as in `flush`
             d.executemany(conn, d.UPSERT_REFS, [
                 (self.ns_id, h, self.ref_counts[h], self.now) for h in sorted(self.ref_counts)
