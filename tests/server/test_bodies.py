@@ -3,9 +3,13 @@ so that what is accepted and what is refused is the same as with the standard pa
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cubby.errors import BadRequest
 from cubby.server.bodies import MAX_JSON_DEPTH, field_int, json_depth, parse_json
@@ -52,6 +56,26 @@ def test_depth_ignores_brackets_inside_strings_and_escapes():
     with pytest.raises(BadRequest):
         parse_json(deep)
     assert parse_json(b'["' + b"[" * 100 + b'"]') == ["[" * 100]
+
+
+def _depth_by_running_sum(raw: bytes) -> int:
+    """The depth as first written: escapes, then strings, cut out by regex, then the deepest
+    running sum of the brackets left (what `json_depth`'s shortcut must always agree with)."""
+    raw = re.sub(rb"\\.", b"", raw, flags=re.DOTALL)
+    brackets = re.sub(rb'"[^"]*"', b"", bytes(b for b in raw if b in b'[]{}"'))
+    steps = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}  # a quote left over counts 0
+    return max(itertools.accumulate(steps.get(b, 0) for b in brackets), default=0)
+
+
+@given(st.binary(max_size=80).map(lambda b: bytes(b'[]{}"\\a,'[x % 8] for x in b)))
+def test_depth_agrees_with_the_running_sum_on_any_brackets_quotes_and_escapes(raw):
+    assert json_depth(raw) == _depth_by_running_sum(raw)
+
+
+@pytest.mark.parametrize("depth", [0, 1, 5, MAX_JSON_DEPTH, MAX_JSON_DEPTH + 1, 100])
+def test_depth_of_deep_and_unbalanced_bodies(depth):
+    for raw in (b"[" * depth + b"]" * depth, b'{"a":' * depth + b"1" + b"}" * depth, b"[" * depth, b"]" + b"[" * depth):
+        assert json_depth(raw) == _depth_by_running_sum(raw)
 
 
 H = "ab" * 32

@@ -216,11 +216,16 @@ class NamespaceTxn:
         old_path: str | None = None,
         old_parent_id: int | None = None,
         mode: int | None = None,
+        name: str | None = None,
+        path_key: str | None = None,
     ) -> None:
+        """Buffer one journal entry; ``name`` and ``path_key`` are those of ``path`` (a
+        commit has them already: each is computed once per file of a batch)."""
         self.journal_rows.append(
             {
                 "ns_id": self.ns_id, "jid": rev, "op": op, "node_id": node_id, "parent_id": parent_id, "kind": kind,
-                "name": paths.split(path)[1], "path": path, "path_key": paths.key(path), "rev": rev, "size": size,
+                "name": paths.split(path)[1] if name is None else name, "path": path,
+                "path_key": paths.key(path) if path_key is None else path_key, "rev": rev, "size": size,
                 "content_hash": content_hash, "mtime": mtime, "old_path": old_path, "old_parent_id": old_parent_id,
                 "user_id": self.user_id, "created_at": self.now, "mode": mode,
             }
@@ -275,11 +280,11 @@ class NamespaceTxn:
                 (*d.values(v, NODE_COLUMNS), v["ns_id"], v["node_id"]) for v in self.changed_nodes.values()
             ])
         if self.new_nodes:
-            d.executemany(conn, d.INSERT_NODES, [d.values(v, d.NODE_KEYS) for v in self.new_nodes.values()])
+            d.executemany(conn, d.INSERT_NODES, d.values_of(self.new_nodes.values(), d.NODE_KEYS))
         if self.rev_rows:
-            d.executemany(conn, d.INSERT_REVS, [d.values(r, REV_COLUMNS) for r in self.rev_rows])
+            d.executemany(conn, d.INSERT_REVS, d.values_of(self.rev_rows, REV_COLUMNS))
         if self.journal_rows:
-            d.executemany(conn, d.INSERT_JOURNAL, [d.values(r, JOURNAL_COLUMNS) for r in self.journal_rows])
+            d.executemany(conn, d.INSERT_JOURNAL, d.values_of(self.journal_rows, JOURNAL_COLUMNS))
         if self.ref_counts:  # sorted, as in `flush`
             d.executemany(conn, d.UPSERT_REFS, [
                 (self.ns_id, h, self.ref_counts[h], self.now) for h in sorted(self.ref_counts)

@@ -150,6 +150,20 @@ def values(row: Mapping[str, Any], columns: Sequence[str]) -> tuple[Any, ...]:
     return tuple(out)
 
 
+def values_of(rows: Iterable[Mapping[str, Any]], columns: tuple[str, ...]) -> list[list[Any]]:
+    """`values` of each of ``rows`` (as lists, which the driver takes as well): a batch of
+    1,000 commits writes 3,000 rows, and one call for all of them spares a call, a tuple and
+    a lookup of the path-key columns per row."""
+    at = _bytes_at(columns)
+    out = []
+    for row in rows:
+        v = list(map(row.get, columns))
+        for i in at:
+            v[i] = _key(v[i])
+        out.append(v)
+    return out
+
+
 def node_row(found: Sequence[Any]) -> NodeRow:
     """A ``nodes`` row of `live_nodes_sql` as `NodeRow` (what PostgreSQL's driver path answers)."""
     row = dict(zip(NODE_NAMES, found))
@@ -199,5 +213,5 @@ __all__ = [
     "CHUNK_LOCATIONS", "FORGET_TOMBSTONES", "INSERT_JOURNAL", "INSERT_NODES", "INSERT_REVS", "LOCK_NAMESPACE",
     "NODE_KEYS", "SET_HEAD", "STORED_CHUNKS", "TOUCH_CHUNKS", "UPDATE_NODES", "UPSERT_REFS", "execute",
     "executemany", "held_chunks", "held_chunks_sql", "in_sql", "insert_sql", "live_nodes", "live_nodes_sql",
-    "node_row", "rows_of", "values",
+    "node_row", "rows_of", "values", "values_of",
 ]

@@ -140,11 +140,13 @@ class FileWrites:
         before this transaction commits: one statement (`_HELD`), the stored chunks with
         whether this namespace or one the caller reads holds each. A chunk counts as usable
         only if it is both held and stored, so a held chunk that is not stored is left out."""
-        self._note_chunks(tx, ())
         checked = tx.checked
-        wanted = sorted({h for h in hashes if h not in checked})
+        wanted = [h for h in hashes if h not in checked]
+        if tx.usable is None:
+            self._note_chunks(tx, ())
         if not wanted:  # a batch's chunks are all looked up before its first commit
             return
+        wanted = sorted(set(wanted))
         tx.checked.update(wanted)
         for i in range(0, len(wanted), 500):
             part = wanted[i : i + 500]
@@ -182,27 +184,33 @@ class FileWrites:
 
     def _unavailable(self, tx: NamespaceTxn, chunks: tuple[ChunkRef, ...]) -> builtins.list[str]:
         """Chunks this namespace may not use yet, in file order (each once)."""
-        self._load_chunks(tx, (c.hash for c in chunks))
+        self._load_chunks(tx, [c.hash for c in chunks])
         assert tx.usable is not None and tx.chunk_sizes is not None
         sizes, usable = tx.chunk_sizes, tx.usable
-        for c in chunks:
-            if c.hash in usable and c.hash in sizes and sizes[c.hash] != c.size:
-                raise SizeMismatch(f"chunk {c.hash} is {sizes[c.hash]} bytes, not {c.size}")
+        # One pass: a usable chunk of the wrong size refuses the file whatever comes before it.
         missing: list[str] = []
         seen: set[str] = set()
         for c in chunks:
-            if c.hash not in seen and not (c.hash in usable and c.hash in sizes):
-                missing.append(c.hash)
-            seen.add(c.hash)
+            h = c.hash
+            if h in usable and h in sizes:
+                if sizes[h] != c.size:
+                    raise SizeMismatch(f"chunk {h} is {sizes[h]} bytes, not {c.size}")
+            elif h not in seen:
+                missing.append(h)
+                seen.add(h)
         return missing
 
     def _write_file(
         self, tx: NamespaceTxn, path: str, chunks: tuple[ChunkRef, ...], size: int, expected_rev: int | None, mtime: float | None,
         *, check_expected: bool = True, revive: int | None = None, guarded: bool = False, mode: int | None = None,
+        key: str | None = None, folders: dict[str, tuple[int, str]] | None = None,
     ) -> Entry:
         """Write a file revision at ``path``; ``guarded``: the caller has just run
-        `guard_mounts` for ``path`` in this transaction, so it is not run again."""
-        key = paths.key(path)
+        `guard_mounts` for ``path`` in this transaction, so it is not run again. ``key``:
+        ``paths.key(path)``, when the caller has it. ``folders``: the batch's memo of
+        `ensure_folder` by parent path (see `commit_many`)."""
+        if key is None:
+            key = paths.key(path)
         if not guarded:
             guard_mounts(tx, path)
         existing = tx.live(key)
@@ -221,13 +229,19 @@ class FileWrites:
                     f"{existing.path} changed: it is at revision {current}, not {expected_rev}", current_rev=current
                 )
         parent, name = paths.split(path)
-        parent_id, parent_path = ensure_folder(tx, parent)
+        made = None if folders is None else folders.get(parent)
+        if made is None:
+            made = ensure_folder(tx, parent)
+            if folders is not None:
+                folders[parent] = made
+        parent_id, parent_path = made
         path = paths.join(parent_path, name)
         jid = tx.next_jid()
         chash = content_hash_of(chunks)
         if existing is not None:
             node_id = int(existing.node_id)
             path = existing.path  # a commit never renames: the first spelling of a name stays
+            name = path.rpartition("/")[2]
             op = "edit"
         elif revive is not None:
             node_id = revive  # restoring a deleted file brings back the same node, history and all
@@ -252,7 +266,7 @@ class FileWrites:
         )
         values = {
             "parent_id": parent_id,
-            "name": paths.split(path)[1],
+            "name": name,
             "path": path,
             "path_key": key,
             "kind": "file",
@@ -269,16 +283,13 @@ class FileWrites:
         tx.add_refs(c.hash for c in chunks)
         tx.journal(
             op, node_id=node_id, parent_id=parent_id, kind="file", path=path, rev=jid, size=size,
-            content_hash=chash, mtime=mtime, mode=mode,
+            content_hash=chash, mtime=mtime, mode=mode, name=name, path_key=key,
         )
-        return Entry(
-            ns_id=tx.ns_id, node_id=node_id, parent_id=parent_id, path=path, name=paths.split(path)[1],
-            kind="file", rev=jid, size=size, content_hash=chash, mtime=mtime, mode=mode,
-        )
+        return Entry.file(tx.ns_id, node_id, parent_id, path, name, jid, size, chash, mtime, mode)
 
     def _commit_valid(
         self, tx: NamespaceTxn, req: CommitRequest, path: str, chunks: tuple[ChunkRef, ...], *, prefetched: bool = False,
-        guarded: bool = False,
+        guarded: bool = False, key: str | None = None, folders: dict[str, tuple[int, str]] | None = None,
     ) -> CommitResult:
         """Commit ``req`` in ``tx``, once `_validate_commit` has passed it (``path`` and
         ``chunks`` are what it returned). Validation is pure and runs once per request, before
@@ -286,7 +297,7 @@ class FileWrites:
         nodes at the path and its ancestors (the mount guard's, and the file's own) are read in
         one statement, unless the caller has (``prefetched``: `commit_many`, for its batch).
         ``guarded``: the caller has run `guard_mounts` for a path in the same folder, in this
-        transaction."""
+        transaction. ``key`` and ``folders``: see `_write_file`."""
         if not prefetched:
             self._prefetch_with_chunks(
                 tx, [paths.key(a) for a in paths.ancestors(path)] + [paths.key(path)], (c.hash for c in chunks)
@@ -306,7 +317,10 @@ class FileWrites:
                 )
             )
         return CommitResult(
-            entry=self._write_file(tx, path, chunks, req.size, req.expected_rev, req.mtime, guarded=True, mode=req.mode)
+            entry=self._write_file(
+                tx, path, chunks, req.size, req.expected_rev, req.mtime, guarded=True, mode=req.mode, key=key,
+                folders=folders,
+            )
         )
 
     def _bases(
@@ -344,16 +358,19 @@ class FileWrites:
             except CubbyError as exc:
                 valid.append(exc)
 
+        # Each file's key, taken once here and handed down to its rows (node, journal).
+        file_keys = [None if isinstance(v, CubbyError) else paths.key(v[0]) for v in valid]
+
         def run(tx: NamespaceTxn) -> list[CommitResult | CubbyError]:
             out: list[CommitResult | CubbyError] = []
             keys: set[str] = set()
             hashes: set[str] = set()
             folders: set[str] = set()
-            for v in valid:
+            for v, k in zip(valid, file_keys):
                 if isinstance(v, CubbyError):
                     continue
                 path, chunks = v
-                keys.add(paths.key(path))
+                keys.add(k)  # type: ignore[arg-type]
                 folder = path.rpartition("/")[0]
                 if folder not in folders:  # a batch's files share a few folders
                     folders.add(folder)
@@ -362,8 +379,12 @@ class FileWrites:
             self._prefetch_with_chunks(tx, keys, hashes)
             # `guard_mounts` depends on the folder alone, and nothing a commit writes (a file,
             # plain folders) can make a folder a mount or frozen: once per folder of the batch.
+            # Likewise `ensure_folder`: a folder it found or made stays that folder for the
+            # rest of the transaction (a commit never writes a file over a folder), so its
+            # answer is remembered by parent path (``made``) and asked once per folder.
             clear: set[str] = set()
-            for req, v in zip(reqs, valid):
+            made: dict[str, tuple[int, str]] = {}
+            for req, v, k in zip(reqs, valid, file_keys):
                 if isinstance(v, CubbyError):
                     out.append(v)
                     continue
@@ -372,7 +393,7 @@ class FileWrites:
                     if folder not in clear:
                         guard_mounts(tx, v[0])
                         clear.add(folder)
-                    out.append(self._commit_valid(tx, req, *v, prefetched=True, guarded=True))
+                    out.append(self._commit_valid(tx, req, *v, prefetched=True, guarded=True, key=k, folders=made))
                 except CubbyError as exc:
                     # Nothing of a refused commit was written: every check precedes every write.
                     out.append(exc)

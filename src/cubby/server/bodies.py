@@ -181,6 +181,7 @@ _DEPTH_STEP = [0] * 256
 _DEPTH_STEP[ord("[")] = _DEPTH_STEP[ord("{")] = 1
 _DEPTH_STEP[ord("]")] = _DEPTH_STEP[ord("}")] = -1
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_AS_PARENS = bytes.maketrans(b"[{]}", b"(())")
 
 
 def json_depth(raw: bytes) -> int:
@@ -192,7 +193,19 @@ def json_depth(raw: bytes) -> int:
     a commit batch's bytes, where it was most of the parse's time."""
     if b"\\" in raw:
         raw = _ESCAPE.sub(b"", raw)
-    brackets = _STRING.sub(b"", raw.translate(None, _NOT_BRACKETS_OR_QUOTES))
+    marks = raw.translate(None, _NOT_BRACKETS_OR_QUOTES)
+    # With no escapes left, quotes pair up in order and what lies outside them stays; an
+    # unterminated string (an odd count) is read as the regex reads it.
+    odd = marks.count(b'"') % 2
+    brackets = _STRING.sub(b"", marks) if odd else b"".join(marks.split(b'"')[::2])
+    # Balanced brackets: each pass cuts every innermost pair, so the passes it takes to empty
+    # them are the depth (a split and a few passes: a fifth of the regex's and the running
+    # sum's time, on a commit batch). Anything else is counted by the running sum below.
+    rest = brackets.translate(_AS_PARENS)
+    for depth in range(MAX_JSON_DEPTH + 1):
+        if not rest:
+            return depth
+        rest = rest.replace(b"()", b"")
     return max(itertools.accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
 
 

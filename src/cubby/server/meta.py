@@ -53,9 +53,6 @@ def parse_commit(body: Any) -> CommitRequest:
     return plain if plain is not None else _checked_commit(body)
 
 
-_COMMIT_FIELDS = ("path", "size", "chunks", "mtime", "expected_rev", "mode")
-
-
 def _is_int(v: object, minimum: int) -> bool:
     return type(v) is int and minimum <= v <= MAX_INT  # not a bool: its type is bool
 
@@ -66,8 +63,13 @@ def _plain_commit(body: Any) -> CommitRequest | None:
     event loop; this is a third of the work of the general path."""
     if type(body) is not dict:
         return None
-    got: dict[str, Any] = {k: body.get(k) for k in _COMMIT_FIELDS}
-    path, size, raw, mtime, expected, mode = got.values()
+    get = body.get  # each field by one lookup (a dict of them first cost a fifth of the parse)
+    path: Any = get("path")
+    size: Any = get("size")
+    raw: Any = get("chunks")
+    mtime: Any = get("mtime")
+    expected: Any = get("expected_rev")
+    mode: Any = get("mode")
     if not (
         type(path) is str and _is_int(size, 0) and type(raw) is list
         and (expected is None or _is_int(expected, 0)) and (mode is None or _is_int(mode, 0))
@@ -217,7 +219,10 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
                 except CubbyError as exc:
                     results[i] = {"status": "error", "error": exc.to_dict()}
                     continue
-                inner = CommitRequest(target.path, req.size, req.chunks, req.expected_rev, req.mtime, req.mode)
+                # Most paths come normalised and in the root namespace: the request as it is.
+                inner = req if target.path == req.path else CommitRequest(
+                    target.path, req.size, req.chunks, req.expected_rev, req.mtime, req.mode
+                )
                 groups.setdefault(target.ns_id, []).append((i, target, inner))
             moved: list[int] = []
             readable = list(access.mounts(p).values())
