@@ -91,9 +91,9 @@ H = "ab" * 32
     ],
 )
 def test_a_commit_parses_alike_on_the_quick_path_and_the_checked_one(body):
-    from cubby.server.meta import _checked_commit, parse_commit
+    from cubby.server.meta import checked_commit, parse_commit
 
-    assert parse_commit(body) == _checked_commit(body)
+    assert parse_commit(body) == checked_commit(body)
 
 
 @pytest.mark.parametrize(
