@@ -424,7 +424,7 @@ def _groups(files: list[Path]) -> Iterator[list[Path]]:
     group: list[Path] = []
     size = 0
     made = 0
-    limit = group_limit(0, len(files), most=BATCH)
+    limit = BATCH  # set as each group starts, from how many files are left
     for i, p in enumerate(files):
         try:
             n = os.stat(p).st_size  # not `Path.stat`, whose conversions cost more than the call
@@ -438,7 +438,7 @@ def _groups(files: list[Path]) -> Iterator[list[Path]]:
             yield [p]
             continue
         if not group:
-            limit = group_limit(made, len(files) - i, most=BATCH)
+            limit = group_limit(made, len(files) - i)
         group.append(p)
         size += n
         if len(group) >= limit or size >= GROUP_BYTES:

@@ -174,14 +174,8 @@ def mounts(p: Principal) -> dict[str, int]:
 def resolve(p: Principal, user_path: str, *, write: bool = False) -> Target:
     """Map a path in the user's tree to (namespace, path inside it), checking access."""
     norm = paths.normalize(user_path)
-    if not p.mounts:  # nothing mounted: every path is in the root namespace, as below
-        if not p.can_read(p.root_ns):
-            raise NotFound(f"{norm} does not exist")
-        if write and not p.can_write(p.root_ns):
-            raise Forbidden(f"you can only view {paths.ROOT}: its owner gave you read-only access", code="read_only")
-        return Target(ns_id=p.root_ns, path=norm, mount=paths.ROOT)
     best = paths.ROOT
-    table = mounts(p)
+    table = mounts(p) if p.mounts else {paths.ROOT: p.root_ns}  # nothing mounted: no merge
     for mount in table:
         if paths.is_within(norm, mount) and len(mount) > len(best):
             best = mount
