@@ -74,6 +74,9 @@ def serve(config: Config, roles: Sequence[str] = ROLES, *, log_level: str = "inf
         log_level="warning",
         log_config=None,  # keep the JSON, token-redacting handlers of logs.configure
         access_log=False,
+        # uvicorn would believe X-Forwarded-For/-Proto from 127.0.0.1 by default; only the
+        # operator's --trusted-proxy decides that (`cubby.server.peers`).
+        proxy_headers=False,
         # Deadlines, connection caps and buffer caps: `cubby.server.guard`.
         http=http,
         ws=ws,
