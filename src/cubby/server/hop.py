@@ -83,8 +83,8 @@ class Hop:
                 thread = threading.Thread(
                     target=self._work, args=(job,), name=f"{self.name}-{len(self._threads)}", daemon=True
                 )
+                thread.start()  # (if it cannot start, the caller gets the error, nothing is queued)
                 self._threads.append(thread)
-                thread.start()
             else:
                 self._unpromised += 1  # every thread is busy: the first to finish takes it
                 self._jobs.put(job)
