@@ -52,7 +52,9 @@ def database(engine: str, name: str, folder: Path) -> str:
     return url
 
 
-def pair(engine: str, mode: str, trees: dict[str, Path], n: int, block: int, scratch: Path) -> dict[str, Any]:
+def pair(
+    engine: str, mode: str, trees: dict[str, Path], n: int, block: int, scratch: Path, kinds: tuple[str, ...] = KINDS
+) -> dict[str, Any]:
     caches: list[Memcached] = []
     servers: dict[str, LiveServer] = {}
     try:
@@ -72,7 +74,7 @@ def pair(engine: str, mode: str, trees: dict[str, Path], n: int, block: int, scr
             c = httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {server.add_user('bench')}"}, timeout=60)
             clients[side], ones[side] = c, prepare(c)[1]
         out: dict[str, Any] = {side: {} for side in servers}
-        for kind in KINDS:
+        for kind in kinds:
             for side in servers:
                 for _ in range(20):
                     ones[side](kind)
@@ -109,16 +111,21 @@ def main() -> None:
     ap.add_argument("--modes", default="memory,memcached")
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--block", type=int, default=25, help="requests to one server before the other's turn")
+    ap.add_argument("--kinds", default=",".join(KINDS), help=f"request kinds, of {','.join(KINDS)}")
     ap.add_argument("--name", default="request_cost_ab")
     args = ap.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="cubby-request-ab-"))
     info = describe(scratch)
     print(summary_line(info))
     trees = {"base": args.base.resolve(), "after": ROOT}
-    results = {m: pair(args.db, m, trees, args.requests, args.block, scratch) for m in args.modes.split(",")}
+    kinds = tuple(k for k in args.kinds.split(",") if k)
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        ap.error(f"unknown kinds: {', '.join(sorted(unknown))} (known: {', '.join(KINDS)})")
+    results = {m: pair(args.db, m, trees, args.requests, args.block, scratch, kinds) for m in args.modes.split(",")}
     print(f"\nserver CPU ms per request on {args.db}, {args.requests} each, alternating in blocks of {args.block}")
     print(f"{'kind':10} {'cache':10} {'base':>8} {'after':>8} {'after/base':>10} {'DB tx':>11}")
-    for kind in KINDS:
+    for kind in kinds:
         for m, r in results.items():
             b, a = r["base"][kind], r["after"][kind]
             ratio = a["server_cpu_ms"] / b["server_cpu_ms"] if b["server_cpu_ms"] else float("nan")

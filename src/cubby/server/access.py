@@ -50,7 +50,9 @@ def _bearer(request: Request) -> str | None:
 
 
 def _admit(request: Request, p: Principal) -> None:
-    request.state.user_id = p.user_id
+    """The caller is known: name them for the request's log line and open the body's gate.
+    Written to the scope's state dict itself (what ``request.state`` wraps), so that no
+    ``State`` object is built per request for it."""
     request.scope.setdefault("state", {})["user_id"] = p.user_id
     allow_body(request)
 

@@ -20,9 +20,7 @@ from starlette.routing import BaseRoute, Route
 from cubby.server import discovery, metrics
 from cubby.server.context import ServerContext
 from cubby.server.errors import HANDLERS
-from cubby.server.logs import RequestLog
-from cubby.server.metrics import RequestMetrics
-from cubby.server.unread import CloseUnreadBody
+from cubby.server.front import Front
 
 ROLES = ("meta", "blocks", "notify")
 _ROLE_MODULES = {"meta": "cubby.server.meta", "blocks": "cubby.server.blocks", "notify": "cubby.server.notify"}
@@ -77,11 +75,7 @@ def build_app(ctx: ServerContext, roles: Sequence[str] = ROLES) -> Starlette:
 
     return Starlette(
         routes=routes,
-        middleware=[
-            Middleware(RequestLog),
-            Middleware(RequestMetrics, metrics=ctx.metrics, routes=routes),
-            Middleware(CloseUnreadBody),
-        ],
+        middleware=[Middleware(Front, metrics=ctx.metrics, routes=routes)],  # logs, metrics, unread bodies
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
     )

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -13,6 +11,7 @@ from cubby.blockstore.base import BlockStore
 from cubby.config import Config
 from cubby.metadata.base import MetadataStore
 from cubby.metadata.store import SqlMetadataStore, open_store
+from cubby.server.hop import Hop
 from cubby.server.metrics import InstrumentedBlockStore, Metrics
 
 if TYPE_CHECKING:
@@ -21,7 +20,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 REQUEST_THREADS = 40
-"""Threads of `ServerContext.requests`: as many as anyio's default for ``run_in_threadpool``."""
+"""Threads of `ServerContext.requests` at most: as many as anyio's default for ``run_in_threadpool``."""
 CommitListener = Callable[[int, int], None]
 """Called with (namespace id, new journal head) after a change is committed."""
 AccountListener = Callable[[int], None]
@@ -46,22 +45,22 @@ class ServerContext:
     """This process's Prometheus metrics (`cubby.server.metrics`)."""
     cached: CachedStore | None = None
     """``store`` itself when it is behind the metadata cache (`cubby.cache.store`), else None."""
-    requests: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=REQUEST_THREADS, thread_name_prefix="cubby-request")
-    )
+    requests: Hop = field(default_factory=lambda: Hop(REQUEST_THREADS, name="cubby-request"))
     """The threads that authenticate a caller and run their request's store calls in one hop
-    (`in_thread`)."""
+    (`in_thread`), started on demand, joined in `close`."""
 
     async def in_thread(self, fn: Callable[[], T]) -> T:
         """``fn()`` on one of the `requests` threads, awaited on the event loop.
 
         Why not starlette's ``run_in_threadpool`` (anyio's worker threads): the hop there and
         back cost ~110-130 us of CPU against ~70-95 us through the loop's ``run_in_executor``
-        (ad hoc loop of empty hops under uvloop, on the loaded 2-core machine), and a
+        (ad hoc loop of empty hops under uvloop, on the loaded 2-core machine), and less again
+        through `Hop` (a queue and one ``call_soon_threadsafe``: see `cubby.server.hop`); a
         single-file commit makes one. Nothing here reads context variables, which anyio would
-        have copied to the thread. If the awaiting request is cancelled, ``fn`` still runs to
-        its end (a write still invalidates the cache before anyone may read it)."""
-        return await asyncio.get_running_loop().run_in_executor(self.requests, fn)
+        have copied to the thread. If the awaiting request is cancelled once ``fn`` started,
+        ``fn`` still runs to its end (a write still invalidates the cache before anyone may
+        read it)."""
+        return await self.requests.run(fn)
 
     def answer(self, ns_id: int, parts: tuple[object, ...], build: Callable[[MetadataStore], bytes]) -> bytes:
         """An encoded answer about ``ns_id`` as it is now: kept in the metadata cache under
@@ -90,7 +89,7 @@ class ServerContext:
     def close(self) -> None:
         for fn in reversed(self.closers):
             fn()
-        self.requests.shutdown(wait=True)
+        self.requests.close()
         self.store.close()
 
 

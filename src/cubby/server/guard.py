@@ -16,6 +16,8 @@ calls, in about a hundred lines:
   are in (``on_headers_complete``); an answered connection rests in the idle lane;
 - more than ``max_pipelined`` requests queued behind the one being answered: the connection
   is dropped (uvicorn already stops reading while it answers; this bounds one burst);
+- each request's cycle writes through `cubby.server.onewrite.OneWrite`: an answer's head goes
+  out with its body in one write, not two;
 - ``X-Forwarded-For`` from a trusted proxy: the connection is counted under the client's
   address from its first request on (`cubby.server.peers`);
 - WebSocket: every frame from the client restarts the idle deadline; the socket's write
@@ -37,6 +39,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from cubby.server.gate import ConnectionGate
+from cubby.server.onewrite import OneWrite
 
 
 def refusal(reason: str) -> bytes:
@@ -134,14 +137,18 @@ def protocols(gate: ConnectionGate) -> tuple[type[asyncio.Protocol], type[asynci
 
         def on_headers_complete(self) -> None:
             slot = slots.get(self.transport)
-            if slot is not None and self.client and gate.trusted.trusts(self.client[0]):
+            # Without a trusted proxy (the default) no address is parsed per request.
+            if slot is not None and self.client and gate.trusted.networks and gate.trusted.trusts(self.client[0]):
                 forwarded = next((v.decode("latin-1") for k, v in self.headers if k == b"x-forwarded-for"), None)
                 client = gate.trusted.client_address(self.client[0], forwarded)
                 if client != self.client[0] and slot.key != client:
                     if not gate.claim(slot.key, client):
                         self._refuse("too_many_from_address")
                     slot.key = client
+            before = self.cycle
             super().on_headers_complete()
+            if self.cycle is not None and self.cycle is not before:  # a new request's cycle
+                self.cycle.transport = OneWrite(self.transport, self.cycle)  # type: ignore[assignment]
             if slot is not None:
                 gate.busy(slot)
             if len(self.pipeline) > gate.limits.max_pipelined:

@@ -12,11 +12,10 @@ from __future__ import annotations
 import logging
 import re
 import sys
-import time
 from typing import Any
 
 import orjson
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {"message", "asctime"}
 
@@ -57,51 +56,30 @@ def configure(level: str = "INFO") -> None:
             logger.propagate = False
 
 
-class RequestLog:
-    """ASGI middleware: logs method, path, status, duration, user and bytes of every request."""
+ACCESS_LOGGER = "cubby.access"
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.log = logging.getLogger("cubby.access")
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 0
-        sent = 0
-        received = 0
+def log_request(
+    log: logging.Logger, scope: Scope, status: int, seconds: float, received: int, sent: int
+) -> None:
+    """The request's one log line: method, path, status, duration, user and bytes.
 
-        async def counting_receive() -> Message:
-            nonlocal received
-            msg = await receive()
-            received += len(msg.get("body", b""))
-            return msg
-
-        async def counting_send(msg: Message) -> None:
-            nonlocal status, sent
-            if msg["type"] == "http.response.start":
-                status = msg["status"]
-            elif msg["type"] == "http.response.body":
-                sent += len(msg.get("body", b""))
-            await send(msg)
-
-        try:
-            await self.app(scope, counting_receive, counting_send)
-        finally:
-            state = scope.get("state", {})
-            self.log.info(
-                "request",
-                extra={
-                    "method": scope["method"],
-                    # A handler may give a redacted path (public links keep their token out of logs).
-                    "path": state.get("log_path") or redact(scope["path"]),
-                    "status": status or 500,
-                    "duration_ms": round((time.perf_counter() - start) * 1000, 2),
-                    "user_id": state.get("user_id"),
-                    "error_code": state.get("error_code"),
-                    "bytes_in": received,
-                    "bytes_out": sent,
-                },
-            )
+    A handler may have put a redacted path in ``scope["state"]["log_path"]`` (public links
+    keep their token out of logs), the user (`access`) and the error code (`errors`) beside
+    it. The record is built directly (``makeRecord`` + ``handle``), not through
+    ``Logger.info``, which walks the stack for the caller's file and line on every call: the
+    formatter prints neither, so the line is the same and the walk was wasted."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    state = scope.get("state") or {}
+    extra = {
+        "method": scope["method"],
+        "path": state.get("log_path") or redact(scope["path"]),
+        "status": status or 500,
+        "duration_ms": round(seconds * 1000, 2),
+        "user_id": state.get("user_id"),
+        "error_code": state.get("error_code"),
+        "bytes_in": received,
+        "bytes_out": sent,
+    }
+    log.handle(log.makeRecord(log.name, logging.INFO, "(unknown file)", 0, "request", (), None, extra=extra))

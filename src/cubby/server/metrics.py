@@ -19,7 +19,6 @@ and any worker's ``/metrics`` answers for all of them (prometheus_client's multi
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -28,7 +27,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from cubby.blockstore.base import BlockStore
 
@@ -66,6 +65,7 @@ class Metrics:
         )
 
         self._children: dict[tuple[object, ...], Any] = {}
+        self._request_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def child(self, metric: Counter | Histogram, *labels: str) -> Any:
         """``metric.labels(*labels)``, looked up once per set of labels: `labels` checks and
@@ -75,6 +75,19 @@ class Metrics:
         if found is None:
             found = self._children[key] = metric.labels(*labels)
         return found
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One answered HTTP request: counted by route template, method and status, and its
+        time in the latency histogram of its route and method. The two series are looked up
+        once per (route, method, status), with one key for both."""
+        key = (route, method, status)
+        pair = self._request_series.get(key)
+        if pair is None:
+            pair = self._request_series[key] = (
+                self.child(self.requests, route, method, str(status)), self.child(self.latency, route, method),
+            )
+        pair[0].inc()
+        pair[1].observe(seconds)
 
     def count_cache(self, cache: str, result: str) -> None:
         self.child(self.cache, cache, result).inc()
@@ -98,43 +111,18 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class RequestMetrics:
-    """ASGI middleware: counts and times every HTTP request by its route template."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Sequence[BaseRoute]) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.routes = routes
-
-    def template(self, scope: Scope) -> str:
-        matched = scope.get("route")  # the router records the route it chose in the scope
-        if matched is not None:
-            return str(getattr(matched, "path", "other"))
-        for route in self.routes:  # answered before routing (a middleware refused it)
-            match, _ = route.matches(scope)
-            if match == Match.FULL:
-                return str(getattr(route, "path", "other"))
-        return "other"
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def recording_send(msg: Message) -> None:
-            nonlocal status
-            if msg["type"] == "http.response.start":
-                status = int(msg["status"])
-            await send(msg)
-
-        try:
-            await self.app(scope, receive, recording_send)
-        finally:
-            route = self.template(scope)
-            self.metrics.child(self.metrics.requests, route, scope["method"], str(status)).inc()
-            self.metrics.child(self.metrics.latency, route, scope["method"]).observe(time.perf_counter() - start)
+def route_template(scope: Scope, routes: Sequence[BaseRoute]) -> str:
+    """The route template a request is counted under (``/api/v1/files/commit``), never its
+    raw path: the route the router chose, else (the request was answered before routing)
+    the first route that matches it in full, else ``other``."""
+    matched = scope.get("route")  # the router records the route it chose in the scope
+    if matched is not None:
+        return str(getattr(matched, "path", "other"))
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return str(getattr(route, "path", "other"))
+    return "other"
 
 
 def routes(metrics: Metrics) -> list[BaseRoute]:

@@ -9,7 +9,7 @@ still holds the unread bytes, and each way of dealing with them has a cost:
 - Keep the connection, and the server must read and throw away the whole body to find the
   next request: a stranger's 60 MiB would still be received, just not parsed.
 
-So, before the answer starts, this middleware reads and drops at most `DRAIN_BYTES` of what
+So, before the answer starts, the front (`cubby.server.front`) reads and drops at most `DRAIN_BYTES` of what
 is left (for at most `DRAIN_SECONDS`): an ordinary small request is then complete, and its
 answer travels on a kept-alive connection like any other. If more is left, a stranger's answer
 is marked ``Connection: close``, so uvicorn closes the connection once it is sent and never
@@ -22,8 +22,10 @@ ask for it.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import anyio
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Scope
 
 from cubby.server.bodies import body_allowed
 
@@ -41,38 +43,33 @@ def declares_body(scope: Scope) -> bool:
     return False
 
 
-class CloseUnreadBody:
-    """ASGI middleware: an answer that starts before the request's body was read to its end
-    first reads a little more of it, and carries ``Connection: close`` if a stranger's body
-    still goes on."""
+def ends_body(msg: Message) -> bool:
+    """Whether a received message is the body's last (or the client went away)."""
+    return msg["type"] == "http.disconnect" or not msg.get("more_body", False)
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not declares_body(scope):
-            await self.app(scope, receive, send)
-            return
-        finished = False
+class BodyReader(Protocol):
+    """What `drain` reads through: the request's receive, which keeps ``finished`` up to date
+    (`ends_body`)."""
 
-        async def tracking_receive() -> Message:
-            nonlocal finished
-            msg = await receive()
-            if msg["type"] == "http.disconnect" or not msg.get("more_body", False):
-                finished = True
-            return msg
+    finished: bool
 
-        async def drain() -> None:
-            dropped = 0
-            with anyio.move_on_after(DRAIN_SECONDS):
-                while not finished and dropped <= DRAIN_BYTES:
-                    dropped += len((await tracking_receive()).get("body", b""))
+    async def receive(self) -> Message: ...
 
-        async def closing_send(msg: Message) -> None:
-            if msg["type"] == "http.response.start" and not finished:
-                await drain()
-                if not finished and not body_allowed(scope):
-                    msg = {**msg, "headers": [*msg.get("headers", ()), (b"connection", b"close")]}
-            await send(msg)
 
-        await self.app(scope, tracking_receive, closing_send)
+async def drain(reader: BodyReader) -> None:
+    """Before an answer starts on a body not read to its end: read and drop at most
+    `DRAIN_BYTES` more of it, for at most `DRAIN_SECONDS`."""
+    dropped = 0
+    with anyio.move_on_after(DRAIN_SECONDS):
+        while not reader.finished and dropped <= DRAIN_BYTES:
+            dropped += len((await reader.receive()).get("body", b""))
+
+
+def closing(scope: Scope, start: Message) -> Message:
+    """The answer's start message, after `drain` left the body unfinished: with
+    ``Connection: close`` for a stranger (uvicorn then never drains the rest), unchanged for
+    a known caller."""
+    if body_allowed(scope):
+        return start
+    return {**start, "headers": [*start.get("headers", ()), (b"connection", b"close")]}
