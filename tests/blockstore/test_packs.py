@@ -338,3 +338,37 @@ def test_a_bad_chunk_after_packs_were_written_leaves_no_pack_behind(meta, tmp_pa
     assert all(store.get(n) == d for n, d in items)
     if pool is not None:
         pool.shutdown()
+
+
+def test_present_agrees_with_lookup_on_every_engine(db_url, tmp_path):
+    """`ChunkIndex.present` answers `lookup`'s keys, on present, absent and mixed sets, with
+    repeats, and past one statement's worth of hashes (its IN lists are cut in parts); the
+    pack store's `present` (what an upload asks of each chunk) answers the same."""
+    meta = open_store(db_url)
+    try:
+        index = SqlChunkIndex(meta.db)
+        store = PackBlockStore(FolderObjectStore(tmp_path / "blocks"), index)
+        stored = [named(os.urandom(64)) for _ in range(700)]
+        store.put_many(stored)
+        absent = [hashlib.sha256(b"absent %d" % i).hexdigest() for i in range(600)]
+        names = [n for n, _ in stored]
+        for asked in ([], names[:1], names, absent[:1], absent, names[::3] + absent[::2] + names[:5], [names[0]] * 3):
+            want = set(index.lookup(asked))
+            assert index.present(asked) == want
+            assert store.present(iter(asked)) == want
+            assert want == set(asked) & set(names)
+    finally:
+        meta.close()
+
+
+def test_present_includes_the_legacy_store_s_chunks(meta, tmp_path):
+    legacy = LocalBlockStore(tmp_path / "blocks")
+    old = [named(os.urandom(100)) for _ in range(3)]
+    legacy.put_many(old)
+    store = open_block_store(str(tmp_path / "blocks"), meta.db)
+    new = [named(os.urandom(100)) for _ in range(3)]
+    store.put_many(new)
+    gone = hashlib.sha256(b"never stored").hexdigest()
+    asked = [old[0][0], new[0][0], gone, old[2][0], new[2][0]]
+    assert store.present(asked) == set(asked) - {gone}
+    assert store.put_many(old[:1] + [named(os.urandom(100))]) == [False, True]

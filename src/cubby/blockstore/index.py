@@ -47,6 +47,10 @@ class ChunkIndex(Protocol):
     def lookup(self, hashes: Sequence[str]) -> dict[str, Location]:
         """The location of each of ``hashes`` that has one."""
 
+    def present(self, hashes: Sequence[str]) -> set[str]:
+        """Those of ``hashes`` that have a location: `lookup`'s keys, without building a
+        location per chunk (an upload asks this of every chunk it receives)."""
+
     def add_packs(self, packs: Sequence[NewPack]) -> None:
         """Record durable packs and their chunks (first location of a hash wins)."""
 

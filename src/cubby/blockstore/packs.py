@@ -348,7 +348,7 @@ class PackBlockStore:
 
     def present(self, names: Iterable[str]) -> set[str]:
         wanted = list(names)
-        found = set(self.index.lookup(wanted))
+        found = self.index.present(wanted)
         if self.legacy is not None:
             found |= self.legacy.present(n for n in wanted if n not in found)
         return found
@@ -371,7 +371,7 @@ class PackBlockStore:
             yield from self._not_indexed(batch)
 
     def _not_indexed(self, names: list[str]) -> list[str]:
-        indexed = self.index.lookup(names)
+        indexed = self.index.present(names)
         return [n for n in names if n not in indexed]
 
     # -- compaction ---------------------------------------------------------------------------
