@@ -372,3 +372,39 @@ def test_present_includes_the_legacy_store_s_chunks(meta, tmp_path):
     asked = [old[0][0], new[0][0], gone, old[2][0], new[2][0]]
     assert store.present(asked) == set(asked) - {gone}
     assert store.put_many(old[:1] + [named(os.urandom(100))]) == [False, True]
+
+
+def test_stage_many_records_in_the_callers_transaction_or_does_nothing(meta, tmp_path):
+    """A staged put writes durable packs and leaves their index rows to the caller's write
+    transaction on the index's database: nothing is findable before it commits, nothing if it
+    rolls back (the bytes are then an unrecorded pack), everything after. On another database
+    it does nothing at all."""
+    store = pack_store(meta, tmp_path / "blocks")
+    items = [named(os.urandom(3000)) for _ in range(5)]
+    names = [n for n, _ in items]
+    other = open_store(f"sqlite:///{tmp_path / 'other.db'}")
+    try:
+        assert store.stage_many(items, other.db) is None
+    finally:
+        other.close()
+    assert list(store.objects.list("packs/")) == []
+
+    staged = store.stage_many(items, meta.db)
+    assert staged is not None
+    new, record = staged
+    assert new == [True] * 5 and len(list(store.objects.list("packs/"))) == 1
+    assert store.present(names) == set()
+
+    def fail(conn):
+        record()
+        assert store.present(names) == set(names)  # seen inside the transaction
+        raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        meta.db.write(fail)
+    assert store.present(names) == set()
+    meta.db.write(lambda conn: record())
+    assert store.present(names) == set(names)
+    assert dict(store.read_many(names)) == dict(items)
+    again = store.stage_many(items[:2] + [named(b"x" * 100)], meta.db)
+    assert again is not None and again[0] == [False, False, True]

@@ -54,6 +54,10 @@ class ChunkIndex(Protocol):
     def add_packs(self, packs: Sequence[NewPack]) -> None:
         """Record durable packs and their chunks (first location of a hash wins)."""
 
+    def writes_to(self, db: object) -> bool:
+        """Whether `add_packs` writes to the database ``db`` (a metadata `Database`), and so
+        joins a write transaction open on it on the same thread (`PackBlockStore.stage_many`)."""
+
     def forget(self, hashes: Iterable[str]) -> None:
         """Remove the locations of ``hashes``."""
 

@@ -72,6 +72,9 @@ class SqlChunkIndex:
 
         return self.db.read(run)
 
+    def writes_to(self, db: object) -> bool:
+        return db is self.db
+
     def add_packs(self, new: Sequence[NewPack]) -> None:
         if not new:
             return
