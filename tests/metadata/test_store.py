@@ -10,8 +10,11 @@ import unicodedata
 
 import pytest
 
+from cubby.blockstore.folder import FolderObjectStore
+from cubby.blockstore.packs import PackBlockStore
 from cubby.core.proofs import proof_hex
 from cubby.errors import BadRequest, Conflict, CubbyError, InvalidPath, NotFound, SizeMismatch, Unauthorized
+from cubby.metadata.chunk_index import SqlChunkIndex
 from cubby.metadata.possession import Claim
 from cubby.model import ChunkRef, CommitRequest, CommitResult
 from tests.metadata.conftest import chunk, put_file, random_chunks, request
@@ -432,3 +435,24 @@ def test_gc_adopts_chunks_left_without_a_record(store, blocks, alice):
     assert blocks.has(h)  # adopted, and within its grace period
     assert store.collect_garbage(blocks, grace_seconds=0).deleted == 1
     assert not blocks.has(h)
+
+
+def test_an_upload_batch_to_the_pack_store_is_one_write_transaction(store, tmp_path):
+    """The pack store's index rows go into the upload's own transaction with its ``blocks``
+    and ``ns_chunks`` rows (`PackBlockStore.stage_many`): one commit for a batch, not two; and
+    the chunks are then committable and readable, and a second upload of them stores nothing."""
+    user, _ = store.create_user("uploader")
+    ns = user.root_ns
+    chunks_db = store.router.chunks
+    packs = PackBlockStore(FolderObjectStore(tmp_path / "packs"), SqlChunkIndex(chunks_db))
+    items = random_chunks(5, size=3000)
+    writes: list[str] = []
+    chunks_db.observe = lambda kind, _seconds: writes.append(kind) if kind == "write" else None
+    try:
+        assert store.ingest_chunks(ns, items, packs) == 5
+    finally:
+        chunks_db.observe = None
+    assert writes == ["write"]
+    assert store.commit(user.id, ns, request("/up", items)).committed
+    assert dict(packs.read_many([h for h, _ in items])) == dict(items)
+    assert store.ingest_chunks(ns, items, packs) == 0
