@@ -338,3 +338,73 @@ def test_a_bad_chunk_after_packs_were_written_leaves_no_pack_behind(meta, tmp_pa
     assert all(store.get(n) == d for n, d in items)
     if pool is not None:
         pool.shutdown()
+
+
+def test_present_agrees_with_lookup_on_every_engine(db_url, tmp_path):
+    """`ChunkIndex.present` answers `lookup`'s keys, on present, absent and mixed sets, with
+    repeats, and past one statement's worth of hashes (its IN lists are cut in parts); the
+    pack store's `present` (what an upload asks of each chunk) answers the same."""
+    meta = open_store(db_url)
+    try:
+        index = SqlChunkIndex(meta.db)
+        store = PackBlockStore(FolderObjectStore(tmp_path / "blocks"), index)
+        stored = [named(os.urandom(64)) for _ in range(700)]
+        store.put_many(stored)
+        absent = [hashlib.sha256(b"absent %d" % i).hexdigest() for i in range(600)]
+        names = [n for n, _ in stored]
+        for asked in ([], names[:1], names, absent[:1], absent, names[::3] + absent[::2] + names[:5], [names[0]] * 3):
+            want = set(index.lookup(asked))
+            assert index.present(asked) == want
+            assert store.present(iter(asked)) == want
+            assert want == set(asked) & set(names)
+    finally:
+        meta.close()
+
+
+def test_present_includes_the_legacy_store_s_chunks(meta, tmp_path):
+    legacy = LocalBlockStore(tmp_path / "blocks")
+    old = [named(os.urandom(100)) for _ in range(3)]
+    legacy.put_many(old)
+    store = open_block_store(str(tmp_path / "blocks"), meta.db)
+    new = [named(os.urandom(100)) for _ in range(3)]
+    store.put_many(new)
+    gone = hashlib.sha256(b"never stored").hexdigest()
+    asked = [old[0][0], new[0][0], gone, old[2][0], new[2][0]]
+    assert store.present(asked) == set(asked) - {gone}
+    assert store.put_many(old[:1] + [named(os.urandom(100))]) == [False, True]
+
+
+def test_stage_many_records_in_the_callers_transaction_or_does_nothing(meta, tmp_path):
+    """A staged put writes durable packs and leaves their index rows to the caller's write
+    transaction on the index's database: nothing is findable before it commits, nothing if it
+    rolls back (the bytes are then an unrecorded pack), everything after. On another database
+    it does nothing at all."""
+    store = pack_store(meta, tmp_path / "blocks")
+    items = [named(os.urandom(3000)) for _ in range(5)]
+    names = [n for n, _ in items]
+    other = open_store(f"sqlite:///{tmp_path / 'other.db'}")
+    try:
+        assert store.stage_many(items, other.db) is None
+    finally:
+        other.close()
+    assert list(store.objects.list("packs/")) == []
+
+    staged = store.stage_many(items, meta.db)
+    assert staged is not None
+    new, record = staged
+    assert new == [True] * 5 and len(list(store.objects.list("packs/"))) == 1
+    assert store.present(names) == set()
+
+    def fail(conn):
+        record()
+        assert store.present(names) == set(names)  # seen inside the transaction
+        raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        meta.db.write(fail)
+    assert store.present(names) == set()
+    meta.db.write(lambda conn: record())
+    assert store.present(names) == set(names)
+    assert dict(store.read_many(names)) == dict(items)
+    again = store.stage_many(items[:2] + [named(b"x" * 100)], meta.db)
+    assert again is not None and again[0] == [False, False, True]

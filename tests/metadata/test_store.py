@@ -5,15 +5,19 @@ shard that is not the directory."""
 from __future__ import annotations
 
 import hashlib
+import os
 import unicodedata
 
 import pytest
 
+from cubby.blockstore.folder import FolderObjectStore
+from cubby.blockstore.packs import PackBlockStore
 from cubby.core.proofs import proof_hex
-from cubby.errors import BadRequest, Conflict, InvalidPath, NotFound, SizeMismatch, Unauthorized
+from cubby.errors import BadRequest, Conflict, CubbyError, InvalidPath, NotFound, SizeMismatch, Unauthorized
+from cubby.metadata.chunk_index import SqlChunkIndex
 from cubby.metadata.possession import Claim
-from cubby.model import ChunkRef, CommitRequest
-from tests.metadata.conftest import put_file, random_chunks, request
+from cubby.model import ChunkRef, CommitRequest, CommitResult
+from tests.metadata.conftest import chunk, put_file, random_chunks, request
 
 
 @pytest.fixture
@@ -255,6 +259,81 @@ def test_commit_many_reports_each_outcome(store, blocks, alice):
     assert [j.jid for j in journal] == list(range(1, len(journal) + 1))
 
 
+def _batch_requests(items: list[tuple[str, bytes]], missing: tuple[str, bytes], taken_rev: int) -> list[CommitRequest]:
+    """A batch with every kind of outcome: new files in the root and in folders made on the
+    way, chunks shared between files and repeated in one file, an empty file, an edit at its
+    expected revision and one at a stale revision, a chunk not stored, a chunk of the wrong
+    size, a bad path, and the same path twice."""
+    a, b, c = items
+    wrong = (ChunkRef(a[0], len(a[1]) + 1),)
+    return [
+        request("/one", [a]),
+        request("/d/two", [a, b]),
+        request("/d/e/three", [b, b, c]),
+        CommitRequest(path="/d/empty", size=0, chunks=()),
+        request("/taken", [c], expected_rev=taken_rev),
+        request("/stale", [a], expected_rev=taken_rev + 100),
+        request("/d/needs", [a, missing, b]),
+        CommitRequest(path="/d/wrong", size=wrong[0].size, chunks=wrong),
+        request("/", [a]),
+        request("/d/two", [c]),
+        request("/D/Two", [c], expected_rev=None),
+    ]
+
+
+_OWN = ("ns_id", "user_id", "created_at")
+"""What differs between the two namespaces' rows whatever the path: whose, and when."""
+
+
+def _outcome(out: object) -> object:
+    """A commit's answer without what names its namespace (the nonces are bound to it)."""
+    if isinstance(out, CubbyError):
+        return type(out).__name__, out.code
+    assert isinstance(out, CommitResult)
+    if out.entry is not None:
+        return {k: v for k, v in out.entry.to_dict().items() if k not in _OWN}
+    return [n.hash for n in out.needed]
+
+
+def test_commit_many_answers_and_writes_what_single_commits_do(store, blocks):
+    """The batch path takes each file's texts before the lock and checks the batch's chunks in
+    one pass; its answers, journal, nodes and revisions equal those of the same requests
+    committed one at a time in another namespace that holds the same files and chunks."""
+    items = random_chunks(3)
+    missing = chunk(os.urandom(700))
+    before = random_chunks(2)
+    results = []
+    for name in ("one-by-one", "batched"):
+        user, _ = store.create_user(name)
+        ns = user.root_ns
+        taken = put_file(store, blocks, user.id, ns, "/taken", before[:1])
+        put_file(store, blocks, user.id, ns, "/stale", before[1:])
+        store.ingest_chunks(ns, items, blocks)
+        reqs = _batch_requests(items, missing, taken.rev)
+        if name == "batched":
+            answers = store.commit_many(user.id, ns, reqs)
+        else:
+            answers = []
+            for req in reqs:
+                try:
+                    answers.append(store.commit(user.id, ns, req))
+                except CubbyError as exc:
+                    answers.append(exc)
+        paths_ = ["/one", "/d/two", "/d/e/three", "/d/empty", "/taken", "/stale"]
+        results.append(
+            {
+                "answers": [_outcome(a) for a in answers],
+                "journal": [{k: v for k, v in j.to_dict().items() if k not in _OWN} for j in store.journal(ns, 0)],
+                "files": [(_outcome(CommitResult(entry=e)), refs) for e, refs in (store.blocklist(ns, p) for p in paths_)],
+                "history": [[(r.rev, r.path, r.size, r.content_hash) for r in store.history(ns, p)] for p in paths_],
+            }
+        )
+    one, batched = results
+    assert batched["answers"] == one["answers"]
+    assert [a for a in one["answers"] if isinstance(a, dict)] and [a for a in one["answers"] if isinstance(a, list)]
+    assert batched == one
+
+
 def test_blocklists_answer_each_path_as_blocklist_does(store, blocks, alice):
     """The many-path read (a few statements for hundreds of paths) gives each path what the
     single read gives it: a file's entry and chunk list, or the single read's error."""
@@ -356,3 +435,24 @@ def test_gc_adopts_chunks_left_without_a_record(store, blocks, alice):
     assert blocks.has(h)  # adopted, and within its grace period
     assert store.collect_garbage(blocks, grace_seconds=0).deleted == 1
     assert not blocks.has(h)
+
+
+def test_an_upload_batch_to_the_pack_store_is_one_write_transaction(store, tmp_path):
+    """The pack store's index rows go into the upload's own transaction with its ``blocks``
+    and ``ns_chunks`` rows (`PackBlockStore.stage_many`): one commit for a batch, not two; and
+    the chunks are then committable and readable, and a second upload of them stores nothing."""
+    user, _ = store.create_user("uploader")
+    ns = user.root_ns
+    chunks_db = store.router.chunks
+    packs = PackBlockStore(FolderObjectStore(tmp_path / "packs"), SqlChunkIndex(chunks_db))
+    items = random_chunks(5, size=3000)
+    writes: list[str] = []
+    chunks_db.observe = lambda kind, _seconds: writes.append(kind) if kind == "write" else None
+    try:
+        assert store.ingest_chunks(ns, items, packs) == 5
+    finally:
+        chunks_db.observe = None
+    assert writes == ["write"]
+    assert store.commit(user.id, ns, request("/up", items)).committed
+    assert dict(packs.read_many([h for h, _ in items])) == dict(items)
+    assert store.ingest_chunks(ns, items, packs) == 0

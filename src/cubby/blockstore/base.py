@@ -24,7 +24,7 @@ The comments are the contract, for every backend (local folder, memory, later S3
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 
@@ -55,3 +55,22 @@ class BlockStore(Protocol):
     def delete(self, name: str) -> None: ...
 
     def iterate(self) -> Iterator[str]: ...
+
+
+@runtime_checkable
+class StagedPut(Protocol):
+    """A store whose `put_many` records what it wrote in a database transaction of its own
+    (the pack store's index) and that can leave that recording to the caller's transaction
+    instead: an upload then commits once, not twice (each commit is a flush of the database's
+    log to disk)."""
+
+    def stage_many(
+        self, items: Sequence[tuple[str, bytes]], within: object
+    ) -> tuple[list[bool], Callable[[], None]] | None:
+        """None, having done nothing, unless what records this store's chunks writes to
+        ``within`` (a metadata `Database`) and so joins a write transaction open on it. Else
+        `put_many`'s answer and a function that makes the chunks findable: their bytes are
+        durable already, and the caller calls the function inside its write transaction on
+        ``within``, before anything in it looks the chunks up, so that they are findable
+        once that transaction commits and not before. Chunks never recorded are dead bytes,
+        as when a writer dies between writing and recording (see the store's compaction)."""

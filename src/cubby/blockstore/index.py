@@ -47,8 +47,16 @@ class ChunkIndex(Protocol):
     def lookup(self, hashes: Sequence[str]) -> dict[str, Location]:
         """The location of each of ``hashes`` that has one."""
 
+    def present(self, hashes: Sequence[str]) -> set[str]:
+        """Those of ``hashes`` that have a location: `lookup`'s keys, without building a
+        location per chunk (an upload asks this of every chunk it receives)."""
+
     def add_packs(self, packs: Sequence[NewPack]) -> None:
         """Record durable packs and their chunks (first location of a hash wins)."""
+
+    def writes_to(self, db: object) -> bool:
+        """Whether `add_packs` writes to the database ``db`` (a metadata `Database`), and so
+        joins a write transaction open on it on the same thread (`PackBlockStore.stage_many`)."""
 
     def forget(self, hashes: Iterable[str]) -> None:
         """Remove the locations of ``hashes``."""

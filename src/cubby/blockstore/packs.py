@@ -139,7 +139,23 @@ class PackBlockStore:
         return self.put_many([(name, data)])[0]
 
     def put_many(self, items: Iterable[tuple[str, bytes]]) -> list[bool]:
-        items = list(items)
+        new, made = self._store_unindexed(list(items))
+        self.index.add_packs(made)
+        return new
+
+    def stage_many(
+        self, items: Sequence[tuple[str, bytes]], within: object
+    ) -> tuple[list[bool], Callable[[], None]] | None:
+        """`put_many` with the index's transaction left to the caller (`cubby.blockstore.base.StagedPut`):
+        the packs are written and durable, and the returned function records them, in the
+        caller's transaction on ``within`` when the index writes there (else None: nothing done)."""
+        if not self.index.writes_to(within):
+            return None
+        new, made = self._store_unindexed(list(items))
+        return new, functools.partial(self.index.add_packs, made)
+
+    def _store_unindexed(self, items: list[tuple[str, bytes]]) -> tuple[list[bool], list[NewPack]]:
+        """Which of ``items`` are new, and the new ones written into durable packs, not yet indexed."""
         for name, _ in items:
             check_chunk_name(name)
         known = self.present(name for name, _ in items)
@@ -150,14 +166,12 @@ class PackBlockStore:
             seen.add(name)
         jobs = [(name, data, is_new) for (name, data), is_new in zip(items, new)]
         if isinstance(self.objects, StreamingPut):
-            self.index.add_packs(self._stream_packs(self.objects, jobs))
-            return new
+            return new, self._stream_packs(self.objects, jobs)
         # Every chunk is verified before anything is written: a batch with one bad chunk
         # stores nothing.
         blobs = verify_and_encode(self.codec, jobs, self.executor)
         fresh = [(name, blob, len(data)) for (name, data), blob in zip(items, blobs) if blob is not None]
-        self.write_packs(fresh)
-        return new
+        return new, self._put_packs(fresh)
 
     def _stream_packs(self, objects: StreamingPut, jobs: list[tuple[str, bytes, bool]]) -> list[NewPack]:
         """Verify and encode ``jobs`` and write the new chunks into packs as they come out
@@ -348,7 +362,7 @@ class PackBlockStore:
 
     def present(self, names: Iterable[str]) -> set[str]:
         wanted = list(names)
-        found = set(self.index.lookup(wanted))
+        found = self.index.present(wanted)
         if self.legacy is not None:
             found |= self.legacy.present(n for n in wanted if n not in found)
         return found
@@ -371,7 +385,7 @@ class PackBlockStore:
             yield from self._not_indexed(batch)
 
     def _not_indexed(self, names: list[str]) -> list[str]:
-        indexed = self.index.lookup(names)
+        indexed = self.index.present(names)
         return [n for n in names if n not in indexed]
 
     # -- compaction ---------------------------------------------------------------------------

@@ -12,13 +12,16 @@ several threads do use several cores; `hash_many` does that when given an execut
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
 
 from cubby.errors import BadRequest, ChunkMismatch
 
 HASH_HEX_LEN = 64
-_HEX_DIGITS = frozenset("0123456789abcdef")
+_CHUNK_NAME = re.compile(f"[0-9a-f]{{{HASH_HEX_LEN}}}")
+"""A chunk name, matched whole: asked of every chunk of every request (commit, prove, upload),
+and a compiled match cost half of a test of each character against a set."""
 
 Buffer = bytes | bytearray | memoryview
 
@@ -41,7 +44,7 @@ def hash_many(pieces: Sequence[Buffer], executor: Executor | None = None) -> lis
 
 def is_chunk_name(name: object) -> bool:
     """True for a well-formed chunk name (64 lowercase hex digits, nothing else)."""
-    return isinstance(name, str) and len(name) == HASH_HEX_LEN and _HEX_DIGITS.issuperset(name)
+    return isinstance(name, str) and _CHUNK_NAME.fullmatch(name) is not None
 
 
 def check_chunk_name(name: object) -> str:
@@ -77,7 +80,4 @@ def content_hash(chunk_names: Iterable[str]) -> str:
     It names the content without reading the bytes again, so two files with the same chunks
     compare equal by one string. The empty file (no chunks) hashes to SHA-256 of nothing.
     """
-    h = hashlib.sha256()
-    for name in chunk_names:
-        h.update(bytes.fromhex(name))
-    return h.hexdigest()
+    return hashlib.sha256(bytes.fromhex("".join(chunk_names))).hexdigest()  # one conversion, not one per chunk

@@ -23,7 +23,7 @@ from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from cubby.blockstore.base import BlockStore
+from cubby.blockstore.base import BlockStore, StagedPut
 from cubby.core.hashing import is_chunk_name
 from cubby.metadata import shardchunks, sqlitedriver
 from cubby.metadata.engine import Database
@@ -59,6 +59,10 @@ def make_available(db: Database, conn: Connection, ns_id: int, hashes: list[str]
         conn, ns_chunks, [{"ns_id": ns_id, "hash": h, "refs": 0, "touched_at": now} for h in sorted(set(hashes))],
         add="refs", also=("touched_at",),
     )
+
+
+def _nothing() -> None:
+    """The indexing left to do after a store's `put_many`: none."""
 
 
 class ChunkAccess:
@@ -103,13 +107,20 @@ class ChunkAccess:
         unique: dict[str, bytes] = {}
         for name, data in items:
             unique.setdefault(name, data)
-        flags = blocks_store.put_many(list(unique.items()))  # verifies every hash, then one barrier
+        # Verifies every hash, then one barrier. A pack store indexed on this database leaves
+        # its index rows to ``record``'s transaction: the upload commits once, not twice.
+        staged = blocks_store.stage_many(list(unique.items()), self.db) if isinstance(blocks_store, StagedPut) else None
+        if staged is None:
+            flags, index = blocks_store.put_many(list(unique.items())), _nothing
+        else:
+            flags, index = staged
         new = sum(1 for f in flags if f)
         names = sorted(unique)
 
         now = time.time()
 
         def record(conn: Connection) -> None:
+            index()  # first: the chunks are durable, and `present` below finds them
             d = sqlitedriver if self.db.is_sqlite else None  # SQLite: the same statements, to the driver
             present: set[str] = set()
             for i in range(0, len(names), 500):

@@ -123,6 +123,8 @@ def in_sql(select: str, column: str, n: int) -> str:
 
 CHUNK_LOCATIONS = "SELECT hash, pack, pos, stored_len, plain_len FROM chunk_index"
 """`cubby.metadata.chunk_index.SqlChunkIndex.lookup`'s rows, with `in_sql` on ``hash``."""
+INDEXED_CHUNKS = "SELECT hash FROM chunk_index"
+"""`cubby.metadata.chunk_index.SqlChunkIndex.present`'s rows, with `in_sql` on ``hash``."""
 STORED_CHUNKS = "SELECT hash FROM blocks"
 """The ``blocks`` rows an upload finds (`cubby.metadata.chunks`), with `in_sql` on ``hash``."""
 FORGET_TOMBSTONES = "DELETE FROM chunk_tombstones"
@@ -210,7 +212,7 @@ def _call(conn: Connection, sql: str, params: Any, *, many: bool) -> Any:
 
 
 __all__ = [
-    "CHUNK_LOCATIONS", "FORGET_TOMBSTONES", "INSERT_JOURNAL", "INSERT_NODES", "INSERT_REVS", "LOCK_NAMESPACE",
+    "CHUNK_LOCATIONS", "FORGET_TOMBSTONES", "INDEXED_CHUNKS", "INSERT_JOURNAL", "INSERT_NODES", "INSERT_REVS", "LOCK_NAMESPACE",
     "NODE_KEYS", "SET_HEAD", "STORED_CHUNKS", "TOUCH_CHUNKS", "UPDATE_NODES", "UPSERT_REFS", "execute",
     "executemany", "held_chunks", "held_chunks_sql", "in_sql", "insert_sql", "live_nodes", "live_nodes_sql",
     "node_row", "rows_of", "values", "values_of",

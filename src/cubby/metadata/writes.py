@@ -54,6 +54,13 @@ def content_hash_of(chunks: Sequence[ChunkRef]) -> str:
     return content_hash(c.hash for c in chunks)
 
 
+def file_texts(chunks: Sequence[ChunkRef]) -> tuple[str, str]:
+    """A file revision's content hash and its ``blocklist`` column (JSON of [hash, size]
+    pairs, as `json.dumps` writes it compactly). Pure: `commit_many` takes them for its whole
+    batch before the namespace lock, so that the lock is held only for the database's work."""
+    return content_hash_of(chunks), orjson.dumps([[c.hash, c.size] for c in chunks]).decode()
+
+
 _HELD = select(
     blocks.c.hash,
     blocks.c.size,
@@ -183,8 +190,8 @@ class FileWrites:
         self._note_chunks(tx, found)
 
     def _unavailable(self, tx: NamespaceTxn, chunks: tuple[ChunkRef, ...]) -> builtins.list[str]:
-        """Chunks this namespace may not use yet, in file order (each once)."""
-        self._load_chunks(tx, [c.hash for c in chunks])
+        """Chunks this namespace may not use yet, in file order (each once). The caller has
+        loaded them (`_load_chunks`): once for a whole batch, not once per file."""
         assert tx.usable is not None and tx.chunk_sizes is not None
         sizes, usable = tx.chunk_sizes, tx.usable
         # One pass: a usable chunk of the wrong size refuses the file whatever comes before it.
@@ -203,12 +210,13 @@ class FileWrites:
     def _write_file(
         self, tx: NamespaceTxn, path: str, chunks: tuple[ChunkRef, ...], size: int, expected_rev: int | None, mtime: float | None,
         *, check_expected: bool = True, revive: int | None = None, guarded: bool = False, mode: int | None = None,
-        key: str | None = None, folders: dict[str, tuple[int, str]] | None = None,
+        key: str | None = None, folders: dict[str, tuple[int, str]] | None = None, texts: tuple[str, str] | None = None,
     ) -> Entry:
         """Write a file revision at ``path``; ``guarded``: the caller has just run
         `guard_mounts` for ``path`` in this transaction, so it is not run again. ``key``:
         ``paths.key(path)``, when the caller has it. ``folders``: the batch's memo of
-        `ensure_folder` by parent path (see `commit_many`)."""
+        `ensure_folder` by parent path (see `commit_many`). ``texts``: `file_texts` of
+        ``chunks``, when the caller took them before the lock."""
         if key is None:
             key = paths.key(path)
         if not guarded:
@@ -237,7 +245,7 @@ class FileWrites:
         parent_id, parent_path = made
         path = paths.join(parent_path, name)
         jid = tx.next_jid()
-        chash = content_hash_of(chunks)
+        chash, blocklist = file_texts(chunks) if texts is None else texts
         if existing is not None:
             node_id = int(existing.node_id)
             path = existing.path  # a commit never renames: the first spelling of a name stays
@@ -257,7 +265,7 @@ class FileWrites:
                 "path": path,
                 "size": size,
                 "content_hash": chash,
-                "blocklist": orjson.dumps([[c.hash, c.size] for c in chunks]).decode(),  # json.dumps' compact text
+                "blocklist": blocklist,
                 "mtime": mtime,
                 "user_id": tx.user_id,
                 "created_at": tx.now,
@@ -290,6 +298,7 @@ class FileWrites:
     def _commit_valid(
         self, tx: NamespaceTxn, req: CommitRequest, path: str, chunks: tuple[ChunkRef, ...], *, prefetched: bool = False,
         guarded: bool = False, key: str | None = None, folders: dict[str, tuple[int, str]] | None = None,
+        texts: tuple[str, str] | None = None,
     ) -> CommitResult:
         """Commit ``req`` in ``tx``, once `_validate_commit` has passed it (``path`` and
         ``chunks`` are what it returned). Validation is pure and runs once per request, before
@@ -297,7 +306,9 @@ class FileWrites:
         nodes at the path and its ancestors (the mount guard's, and the file's own) are read in
         one statement, unless the caller has (``prefetched``: `commit_many`, for its batch).
         ``guarded``: the caller has run `guard_mounts` for a path in the same folder, in this
-        transaction. ``key`` and ``folders``: see `_write_file`."""
+        transaction. ``key``, ``folders`` and ``texts``: see `_write_file`. The prefetch loads
+        the chunks too (`_prefetch_with_chunks`; for a batch, all of its chunks in one pass),
+        so a file's chunks are only looked up in what that pass found."""
         if not prefetched:
             self._prefetch_with_chunks(
                 tx, [paths.key(a) for a in paths.ancestors(path)] + [paths.key(path)], (c.hash for c in chunks)
@@ -319,7 +330,7 @@ class FileWrites:
         return CommitResult(
             entry=self._write_file(
                 tx, path, chunks, req.size, req.expected_rev, req.mtime, guarded=True, mode=req.mode, key=key,
-                folders=folders,
+                folders=folders, texts=texts,
             )
         )
 
@@ -358,8 +369,10 @@ class FileWrites:
             except CubbyError as exc:
                 valid.append(exc)
 
-        # Each file's key, taken once here and handed down to its rows (node, journal).
+        # Each file's key, content hash and blocklist text, taken once here, before the lock,
+        # and handed down to its rows (node, revision, journal).
         file_keys = [None if isinstance(v, CubbyError) else paths.key(v[0]) for v in valid]
+        texts = [None if isinstance(v, CubbyError) else file_texts(v[1]) for v in valid]
 
         def run(tx: NamespaceTxn) -> list[CommitResult | CubbyError]:
             out: list[CommitResult | CubbyError] = []
@@ -384,7 +397,7 @@ class FileWrites:
             # answer is remembered by parent path (``made``) and asked once per folder.
             clear: set[str] = set()
             made: dict[str, tuple[int, str]] = {}
-            for req, v, k in zip(reqs, valid, file_keys):
+            for req, v, k, t in zip(reqs, valid, file_keys, texts):
                 if isinstance(v, CubbyError):
                     out.append(v)
                     continue
@@ -393,7 +406,9 @@ class FileWrites:
                     if folder not in clear:
                         guard_mounts(tx, v[0])
                         clear.add(folder)
-                    out.append(self._commit_valid(tx, req, *v, prefetched=True, guarded=True, key=k, folders=made))
+                    out.append(self._commit_valid(
+                        tx, req, *v, prefetched=True, guarded=True, key=k, folders=made, texts=t
+                    ))
                 except CubbyError as exc:
                     # Nothing of a refused commit was written: every check precedes every write.
                     out.append(exc)
@@ -627,4 +642,4 @@ class FileWrites:
         return write_namespace(self.db, ns_id, user_id, run)
 
 
-__all__ = ["MAX_CHUNKS_PER_FILE", "MAX_CHUNK_BYTES", "FileWrites", "content_hash_of"]
+__all__ = ["MAX_CHUNKS_PER_FILE", "MAX_CHUNK_BYTES", "FileWrites", "content_hash_of", "file_texts"]

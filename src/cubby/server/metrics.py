@@ -29,7 +29,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Scope
 
-from cubby.blockstore.base import BlockStore
+from cubby.blockstore.base import BlockStore, StagedPut
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -152,6 +152,17 @@ class InstrumentedBlockStore:
         batch = list(items)
         self._count("put", sum(len(d) for _, d in batch))
         return self.inner.put_many(batch)
+
+    def stage_many(
+        self, items: Sequence[tuple[str, bytes]], within: object
+    ) -> tuple[list[bool], Callable[[], None]] | None:
+        """The inner store's `StagedPut.stage_many`, or None when it has none."""
+        if not isinstance(self.inner, StagedPut):
+            return None
+        staged = self.inner.stage_many(items, within)
+        if staged is not None:
+            self._count("put", sum(len(d) for _, d in items))
+        return staged
 
     def get(self, name: str) -> bytes:
         data = self.inner.get(name)
