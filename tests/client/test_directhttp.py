@@ -109,6 +109,7 @@ class Scripted:
         self.answer = answer
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.requests: list[str] = []
+        self.stopped = threading.Event()
         threading.Thread(target=self._serve, daemon=True).start()
 
     @property
@@ -133,9 +134,13 @@ class Scripted:
                     need -= len(conn.recv(need))
                 method, path, _ = lines[0].split(" ")
                 self.requests.append(f"{method} {path} {fields.get('accept-encoding', '')}")
-                conn.sendall(self.answer(method, path))
+                reply = self.answer(method, path)
+                if not reply:  # no answer at all, until the test ends
+                    self.stopped.wait(30)
+                conn.sendall(reply)
 
     def close(self) -> None:
+        self.stopped.set()
         self.listener.close()
 
 
@@ -295,5 +300,15 @@ def test_a_chunk_that_does_not_match_its_name_is_refused() -> None:
         with ApiClient(srv.url, None) as api, pytest.raises(BadRequest) as exc:
             list(api.fetch_chunks(["ab" * 32]))
         assert exc.value.code == "chunk_hash_mismatch"
+    finally:
+        srv.close()
+
+
+def test_a_server_that_never_answers_times_out_as_through_httpx() -> None:
+    srv = Scripted(lambda m, p: b"")
+    try:
+        with ApiClient(srv.url, None, timeout=0.3) as api, pytest.raises(Unavailable):
+            list(api.fetch_chunks(["ab" * 32]))
+        assert srv.requests == ["POST /api/v1/blocks/fetch identity"]
     finally:
         srv.close()
