@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from cubby.client.api import ApiClient
@@ -202,6 +203,15 @@ def test_a_proxy_in_the_environment_sends_everything_through_httpx(
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     with ApiClient(server.url, token) as api:
+        assert api.direct is None
+        got = list(api.fetch_chunks(names))
+        assert all(type(d) is bytes for _, d in got)
+        assert b"".join(d for _, d in got) == data
+
+
+def test_a_custom_transport_carries_everything(server: LiveServer, stored: tuple[str, bytes, list[str]]) -> None:
+    token, data, names = stored
+    with ApiClient(server.url, token, transport=httpx.HTTPTransport()) as api:
         assert api.direct is None
         got = list(api.fetch_chunks(names))
         assert all(type(d) is bytes for _, d in got)
