@@ -37,9 +37,9 @@ from cubby.model import ChunkRef, CommitResult, Entry, JournalEntry, NeededChunk
 from cubby.roles import ROLES, role_for_path
 
 MAX_BATCH = 1000
+"""Operations the server takes in one batch request (commits, blocklists, folder operations)."""
 PIECE = 1024 * 1024
 """Bytes per piece of a file streamed through the content route (`ApiClient.download`)."""
-"""Operations the server takes in one batch request (commits, blocklists, folder operations)."""
 KEY_MARGIN = 600.0
 """Seconds of validity a proof key must have left to be used (a window's proofs are sent
 within seconds of being computed; ten minutes leave room for a slow link)."""
