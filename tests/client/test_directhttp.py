@@ -70,6 +70,14 @@ class Relay:
     def doom(self) -> None:
         self.doomed = set(self.open)
 
+    def cut(self) -> None:
+        """Close the connections open now, as a server ends idle kept-alive connections."""
+        for s in list(self.open):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def _accept(self) -> None:
         while True:
             try:
@@ -191,6 +199,23 @@ def test_a_kept_alive_connection_the_server_dropped_is_replaced(server: LiveServ
             again = list(api.fetch_chunks(names))
             assert [n for n, _ in again] == names
             assert b"".join(d for _, d in again) == data
+            assert relay.accepted == 2
+    finally:
+        relay.close()
+
+
+def test_a_kept_alive_connection_closed_while_idle_is_not_reused(server: LiveServer, stored: tuple[str, bytes, list[str]]) -> None:
+    token, data, names = stored
+    relay = Relay(server.port)
+    try:
+        with ApiClient(relay.url, token) as api:
+            list(api.fetch_chunks(names[:1]))
+            relay.cut()
+            for _ in range(1000):  # until the relay has seen the close through
+                if not relay.open:
+                    break
+                threading.Event().wait(0.01)
+            assert b"".join(d for _, d in api.fetch_chunks(names)) == data
             assert relay.accepted == 2
     finally:
         relay.close()

@@ -67,6 +67,20 @@ class _Conn:
     reused: bool = False
 
 
+def _readable(sock: socket.socket) -> bool:
+    """Whether an idle connection has something to read: the server closed it (or sent bytes
+    nobody asked for), so it cannot carry a request. poll, where there is one: select refuses
+    descriptors above 1024, which a sync client holding many files may reach."""
+    try:
+        if hasattr(select, "poll"):
+            p = select.poll()
+            p.register(sock, select.POLLIN)
+            return bool(p.poll(0))
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
 class Body:
     """An answer's body, read with `readinto` until it returns 0. Bytes already buffered with
     the head (or with a chunk-size line) are copied out; the rest is received straight into
@@ -199,11 +213,7 @@ class DirectHttp:
                 sock = group.pop() if group else None
             if sock is None:
                 return _Conn(self._connect(*key))
-            try:
-                readable, _, _ = select.select([sock], [], [], 0)
-            except (OSError, ValueError):
-                readable = [sock]
-            if not readable:  # an idle connection has nothing to read unless it was closed
+            if not _readable(sock):
                 return _Conn(sock, reused=True)
             sock.close()
 
