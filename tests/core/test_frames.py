@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cubby.core import frames
-from cubby.errors import BadRequest
+from cubby.errors import BadRequest, PayloadTooLarge
 
 
 def _items(blobs: list[bytes]) -> list[tuple[str, bytes]]:
@@ -87,3 +87,61 @@ def test_small_frames_travel_joined_and_a_large_chunk_uncopied() -> None:
     assert b"".join(pieces) == b"".join(frames.encode(n, d) for n, d in items)
     assert len(pieces) <= 8  # 203 small frames and one large one, not 408 pieces
     assert any(p is big[1] for p in pieces)
+
+
+# -- read_frames: frames parsed straight from a readinto callable --------------------------------
+
+
+def _reader(body: bytes, step: int | None = None) -> frames.ReadInto:
+    """A readinto over ``body`` that hands out at most ``step`` bytes per call (as a socket may)."""
+    pos = 0
+
+    def readinto(view: memoryview) -> int:
+        nonlocal pos
+        n = min(len(view), len(body) - pos, step or len(view))
+        view[:n] = body[pos : pos + n]
+        pos += n
+        return n
+
+    return readinto
+
+
+@given(
+    blobs=st.lists(st.binary(min_size=0, max_size=3000), max_size=8),
+    step=st.integers(min_value=1, max_value=5000),
+)
+def test_read_frames_gives_back_the_framed_chunks_whatever_the_read_sizes(blobs: list[bytes], step: int) -> None:
+    items = _items(blobs)
+    body = b"".join(frames.encode_many(items))
+    got = list(frames.read_frames(_reader(body, step)))
+    assert [(name, bytes(data)) for name, data in got] == items
+    assert len({id(data) for _, data in got}) == len(got)  # each chunk its own buffer
+
+
+def test_read_frames_of_an_empty_body_is_nothing() -> None:
+    assert list(frames.read_frames(_reader(b""))) == []
+
+
+@pytest.mark.parametrize("cut", [1, frames.HEADER.size - 1, frames.HEADER.size, frames.HEADER.size + 999])
+def test_read_frames_refuses_a_body_cut_inside_a_frame(cut: int) -> None:
+    body = b"".join(frames.encode_many(_items([b"x" * 1000, b"y" * 1000])))
+    first = frames.HEADER.size + 1000
+    with pytest.raises(BadRequest) as exc:
+        list(frames.read_frames(_reader(body[: first + cut], 7)))
+    assert exc.value.code == "truncated_body"
+
+
+def test_read_frames_refuses_a_frame_longer_than_the_limit_before_reading_it() -> None:
+    body = frames.header("00" * 32, 1 << 31)  # 2 GiB declared, nothing sent
+    calls: list[int] = []
+    base = _reader(body)
+
+    def readinto(view: memoryview) -> int:
+        calls.append(len(view))
+        return base(view)
+
+    with pytest.raises(PayloadTooLarge):
+        list(frames.read_frames(readinto, max_frame=4096))
+    assert all(n <= frames.HEADER.size for n in calls)  # nothing was allocated for the frame
+    ok = frames.encode("00" * 32, b"z" * 4096)
+    assert [bytes(d) for _, d in frames.read_frames(_reader(ok), max_frame=4096)] == [b"z" * 4096]

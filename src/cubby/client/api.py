@@ -17,6 +17,7 @@ import builtins
 import contextlib
 import json
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +26,10 @@ from urllib.parse import quote
 import httpx
 import orjson
 
+from cubby.client.directhttp import Declined, DirectHttp, Timeouts
 from cubby.client.ratelimit import TokenBucket
 from cubby.core import delta, frames
+from cubby.core.chunking import MAX_SIZE
 from cubby.core.hashing import sha256_hex
 from cubby.core.proofs import CURRENT as PROOF_ALG
 from cubby.errors import BadRequest, ChunkMismatch, CubbyError, Unavailable, error_from_dict
@@ -35,6 +38,8 @@ from cubby.roles import ROLES, role_for_path
 
 MAX_BATCH = 1000
 """Operations the server takes in one batch request (commits, blocklists, folder operations)."""
+PIECE = 1024 * 1024
+"""Bytes per piece of a file streamed through the content route (`ApiClient.download`)."""
 KEY_MARGIN = 600.0
 """Seconds of validity a proof key must have left to be used (a window's proofs are sent
 within seconds of being computed; ten minutes leave room for a slow link)."""
@@ -65,6 +70,13 @@ def raise_for(resp: httpx.Response) -> None:
 
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def proxies_from_environment() -> bool:
+    """Whether the environment names a proxy that httpx would send requests through (it
+    reads the same variables): then only httpx talks to the server."""
+    found = urllib.request.getproxies_environment()
+    return any(found.get(scheme) for scheme in ("http", "https", "all"))
 
 
 def json_bytes(body: object) -> bytes:
@@ -141,16 +153,24 @@ class ApiClient:
         """This hour's proof key of each writable namespace, from the last account answer."""
         self.keyless: dict[int, float] = {}
         """Namespaces the server gave no key for, and until when not to ask again."""
+        limits = httpx.Timeout(timeout, connect=10.0)
         self.http = httpx.Client(
             base_url=self.base_url,
             headers=headers,
-            timeout=httpx.Timeout(timeout, connect=10.0),
+            timeout=limits,
             transport=transport,
             limits=httpx.Limits(max_keepalive_connections=8),
         )
+        self.direct: DirectHttp | None = None
+        """Chunk and content downloads read off the socket (`cubby.client.directhttp`), unless
+        a custom transport or a proxy from the environment must carry every request."""
+        if transport is None and not proxies_from_environment():
+            self.direct = DirectHttp(headers, Timeouts(limits.connect, limits.read, limits.write))
 
     def close(self) -> None:
         self.http.close()
+        if self.direct is not None:
+            self.direct.close()
 
     def __enter__(self) -> ApiClient:
         return self
@@ -408,23 +428,15 @@ class ApiClient:
         body = self._post("/api/v1/blocks/prove", {"ns_id": ns_id, "alg": PROOF_ALG, "proofs": wire})
         return list(body["accepted"]), list(body["rejected"])
 
-    def fetch_chunks(self, hashes: Sequence[str]) -> Iterator[tuple[str, bytes]]:
-        """Yield (name, bytes) in the order asked, each verified against its name."""
+    def fetch_chunks(self, hashes: Sequence[str]) -> Iterator[tuple[str, bytes | bytearray]]:
+        """Yield (name, bytes) in the order asked, each verified against its name. The bytes
+        are a ``bytearray`` when they were read off the socket into it (`_stream_frames`)."""
         if not hashes:
             return
-        try:
-            with self._stream("POST", "/api/v1/blocks/fetch", json={"hashes": list(hashes)}) as resp:
-                reader = frames.FrameReader()
-                for piece in resp.iter_raw():
-                    if self.download_limit:
-                        self.download_limit.consume(len(piece))
-                    for name, data in reader.feed(piece):
-                        if sha256_hex(data) != name:
-                            raise ChunkMismatch(f"the server sent bytes that do not match chunk {name}")
-                        yield name, data
-                reader.close()
-        except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, httpx.TimeoutException) as exc:
-            raise Unavailable(f"lost the connection to {self.base_url} while downloading: {exc}") from exc
+        for name, data in self._stream_frames("/api/v1/blocks/fetch", {"hashes": list(hashes)}, MAX_SIZE):
+            if sha256_hex(data) != name:
+                raise ChunkMismatch(f"the server sent bytes that do not match chunk {name}")
+            yield name, data
 
     def signatures(self, hashes: Sequence[str]) -> dict[str, bytes]:
         """Signatures of old chunks (`cubby.core.delta.signature`), for those the caller may read."""
@@ -449,8 +461,8 @@ class ApiClient:
         return stored
 
     def fetch_against(
-        self, pairs: Sequence[tuple[str, Sequence[str]]], held: dict[str, bytes]
-    ) -> Iterator[tuple[str, bytes]]:
+        self, pairs: Sequence[tuple[str, Sequence[str]]], held: Mapping[str, bytes | bytearray]
+    ) -> Iterator[tuple[str, bytes | bytearray]]:
         """Fetch new chunks as deltas against old chunks this client holds (each new chunk's
         base is the concatenation of its old chunks; ``held``: name -> bytes). Each result is
         verified against its name; one that does not decode or does not match is refused and
@@ -469,7 +481,7 @@ class ApiClient:
                     if data[:1] == delta.WHOLE:
                         chunk = data[1:]
                     else:
-                        chunk = delta.decode_against(b"".join(held[b] for b in base_of[name]), data[1:])
+                        chunk = delta.decode_against(b"".join(held[b] for b in base_of[name]), bytes(data[1:]))
                 except BadRequest:
                     refused.append(name)
                     continue
@@ -480,9 +492,27 @@ class ApiClient:
         if refused:
             yield from self.fetch_chunks(refused)
 
-    def _stream_frames(self, url: str, body: dict[str, Any], max_frame: int) -> Iterator[tuple[str, bytes]]:
+    def _stream_frames(self, path: str, body: dict[str, Any], max_frame: int) -> Iterator[tuple[str, bytes | bytearray]]:
+        """The chunk frames of a POST's answer. Read off the socket by `DirectHttp` when it
+        takes the request (`frames.read_frames`: each chunk received into its own buffer);
+        through httpx otherwise, or when it declines the answer (an error status, which
+        httpx's path turns into its `CubbyError`, rerouting a ``wrong_role`` first)."""
+        url = self._url(path)
+        if self.direct is not None and self.direct.takes(url):
+            on_bytes = self.download_limit.consume if self.download_limit else None
+            try:
+                with self.direct.open("POST", url, headers=_JSON_HEADERS, body=json_bytes(body), on_bytes=on_bytes) as (_, resp):
+                    yield from frames.read_frames(resp.readinto, max_frame)
+                return
+            except Declined:
+                pass
+            except OSError as exc:
+                raise Unavailable(f"lost the connection to {self.base_url} while downloading: {exc}") from exc
+        yield from self._httpx_frames(path, body, max_frame)
+
+    def _httpx_frames(self, path: str, body: dict[str, Any], max_frame: int) -> Iterator[tuple[str, bytes]]:
         try:
-            with self._stream("POST", url, json=body) as resp:
+            with self._stream("POST", path, json=body) as resp:
                 reader = frames.FrameReader(max_frame)
                 for piece in resp.iter_raw():
                     if self.download_limit:
@@ -492,12 +522,30 @@ class ApiClient:
         except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, httpx.TimeoutException) as exc:
             raise Unavailable(f"lost the connection to {self.base_url} while downloading: {exc}") from exc
 
-    def download(self, path: str, *, offset: int = 0, rev: int | None = None) -> Iterator[bytes]:
-        """Stream a whole file (from ``offset``) through the content route."""
+    def download(self, path: str, *, offset: int = 0, rev: int | None = None) -> Iterator[bytes | bytearray]:
+        """Stream a whole file (from ``offset``) through the content route: pieces of up to
+        `PIECE` bytes, each received into its own buffer when `DirectHttp` takes the request."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        url = "/api/v1/content/" + quote(path.lstrip("/"))
+        route = "/api/v1/content/" + quote(path.lstrip("/"))
         params = {"rev": rev} if rev else None
-        with self._stream("GET", url, headers=headers, params=params) as resp:
+        url = self._url(route) + (f"?rev={int(rev)}" if rev else "")
+        if self.direct is not None and self.direct.takes(url):
+            on_bytes = self.download_limit.consume if self.download_limit else None
+            try:
+                with self.direct.open("GET", url, headers=headers, on_bytes=on_bytes) as (_, resp):
+                    while True:
+                        piece = bytearray(PIECE)
+                        n = frames.fill(resp.readinto, memoryview(piece))
+                        if n:
+                            del piece[n:]
+                            yield piece
+                        if n < PIECE:
+                            return
+            except Declined:
+                pass
+            except OSError as exc:
+                raise Unavailable(f"lost the connection to {self.base_url} while downloading {path}: {exc}") from exc
+        with self._stream("GET", route, headers=headers, params=params) as resp:
             yield from resp.iter_bytes()
 
     # -- links -----------------------------------------------------------------------------------

@@ -125,7 +125,7 @@ def download_file(
     return DownloadResult(entry.path, entry.size, received, str(local))
 
 
-Arrivals: TypeAlias = "queue.SimpleQueue[tuple[str, bytes] | BaseException | None]"
+Arrivals: TypeAlias = "queue.SimpleQueue[tuple[str, bytes | bytearray] | BaseException | None]"
 
 
 def _windows(rest: Sequence[ChunkRef]) -> Iterator[tuple[list[ChunkRef], list[str]]]:
@@ -169,7 +169,7 @@ def _write_window(
     out: IO[bytes], window: list[ChunkRef], arrivals: Arrivals, remote: str, progress: Progress | None
 ) -> int:
     """Write the chunks of ``window`` as they arrive; the bytes received."""
-    got: dict[str, bytes] = {}
+    got: dict[str, bytes | bytearray] = {}
     received = pos = 0
     while (item := arrivals.get()) is not None:
         if isinstance(item, BaseException):
@@ -196,7 +196,7 @@ def _write_small_files(
     """Fetch the chunks of many small files in a few requests, write each to a temp file,
     make them all durable with one barrier, then rename them into place."""
     wanted = list(dict.fromkeys(c.hash for _, chunks, _ in items for c in chunks))
-    got: dict[str, bytes] = {}
+    got: dict[str, bytes | bytearray] = {}
     for i in range(0, len(wanted), 1024):
         got.update(api.fetch_chunks(wanted[i : i + 1024]))
     staged: list[tuple[Path, Path, Entry]] = []

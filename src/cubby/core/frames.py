@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeAlias
 
 from cubby.core.chunking import MAX_SIZE
 from cubby.errors import BadRequest, PayloadTooLarge
@@ -116,3 +117,44 @@ class FrameReader:
         """Call at end of body: a partial frame means the body was truncated."""
         if self._need is not None or self._have:
             raise BadRequest("the body ends in the middle of a chunk frame (truncated upload?)", code="truncated_body")
+
+
+ReadInto: TypeAlias = Callable[[memoryview], int]
+"""Fills the front of a buffer with the next bytes of a body, says how many (0: the body ended)."""
+
+
+def fill(readinto: ReadInto, view: memoryview) -> int:
+    """Fill ``view`` from ``readinto``; the bytes filled, fewer only when the body ended."""
+    got = 0
+    while got < len(view):
+        n = readinto(view[got:])
+        if n <= 0:
+            break
+        got += n
+    return got
+
+
+def read_frames(readinto: ReadInto, max_frame: int = MAX_SIZE) -> Iterator[tuple[str, bytearray]]:
+    """The frames of a body read with ``readinto``, each chunk's bytes read straight into the
+    buffer handed out, made to the length its header declares: no piece of the body is joined
+    or copied on the way (`FrameReader`, fed from an HTTP library, copies every chunk once
+    more, and the library's own receive buffer another time). A length above ``max_frame`` is
+    refused before anything is allocated for it; a body that ends inside a frame is refused
+    too, since a truncated chunk must never pass for the end of the list. Each buffer is new,
+    so a consumer may keep it."""
+    head = bytearray(HEADER.size)
+    head_view = memoryview(head)
+    while True:
+        got = fill(readinto, head_view)
+        if got == 0:
+            return
+        if got < HEADER.size:
+            raise BadRequest(f"the body ends inside a chunk frame's header ({got} of {HEADER.size} bytes)", code="truncated_body")
+        raw, length = HEADER.unpack(head)
+        if length > max_frame:
+            raise PayloadTooLarge(f"a chunk frame declares {length} bytes; the largest chunk is {max_frame}")
+        data = bytearray(length)
+        got = fill(readinto, memoryview(data))
+        if got < length:
+            raise BadRequest(f"the body ends inside a chunk frame ({got} of {length} bytes)", code="truncated_body")
+        yield raw.hex(), data

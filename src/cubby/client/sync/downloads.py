@@ -116,7 +116,7 @@ class Downloads:
                 if batch:
                     yield batch
 
-    def _fetch(self, items: list[Ready]) -> list[tuple[ChunkRef, bytes]]:
+    def _fetch(self, items: list[Ready]) -> list[tuple[ChunkRef, bytes | bytearray]]:
         """Every chunk of a batch of small files, in order (on the fetcher thread)."""
         return list(self._chunks_for([c for _, chunks, _ in items for c in chunks], self._bases(items)))
 
@@ -142,7 +142,7 @@ class Downloads:
 
     def _chunks_for(
         self, chunks: Sequence[ChunkRef], bases: dict[str, tuple[str, ...]] | None = None
-    ) -> Iterator[tuple[ChunkRef, bytes]]:
+    ) -> Iterator[tuple[ChunkRef, bytes | bytearray]]:
         """Each chunk's bytes in order, looking locally first and fetching the rest from the
         server a bounded window at a time; a chunk with a base (the old chunks at the same place
         in the version being replaced, still on disk) comes as a delta against it."""
@@ -154,7 +154,7 @@ class Downloads:
                 window.append(chunks[i])
                 size += chunks[i].size
                 i += 1
-            got: dict[str, bytes] = {}
+            got: dict[str, bytes | bytearray] = {}
             missing: list[str] = []
             for c in window:
                 if c.hash in got or c.hash in missing:
