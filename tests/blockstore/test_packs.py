@@ -408,3 +408,26 @@ def test_stage_many_records_in_the_callers_transaction_or_does_nothing(meta, tmp
     assert dict(store.read_many(names)) == dict(items)
     again = store.stage_many(items[:2] + [named(b"x" * 100)], meta.db)
     assert again is not None and again[0] == [False, False, True]
+
+
+def test_read_many_without_verify_hands_raw_chunks_out_as_read_only_views(meta, tmp_path):
+    """An uncompressed chunk read unverified is a read-only view of its extent (no copy for a
+    caller that only sends it on); a compressed one is its decompressed bytes; a verified read
+    and `get_many` still give bytes; a raw chunk whose stored length is not its row's is
+    refused, not served as a view of the wrong bytes."""
+    store = pack_store(meta, tmp_path / "blocks")
+    text = b" ".join(b"word%d ipsum" % (i % 89) for i in range(30_000))
+    items = [named(os.urandom(100_000)), named(text), named(os.urandom(3000)), named(os.urandom(100_000))]
+    store.put_many(items)
+    names = [n for n, _ in items]
+    got = list(store.read_many(names + names[:1], verify=False))
+    assert [(n, bytes(d)) for n, d in got] == items + items[:1]
+    assert [type(d) for _, d in got] == [memoryview, bytes, memoryview, memoryview, memoryview]
+    assert all(d.readonly for _, d in got if isinstance(d, memoryview))
+    assert all(type(d) is bytes for _, d in store.read_many(names))
+    assert all(type(d) is bytes for d in store.get_many(names).values())
+
+    meta.db.write(lambda c: c.execute(chunk_index.update().where(chunk_index.c.hash == names[2]).values(plain_len=2999)))
+    assert [(n, bytes(d)) for n, d in store.read_many(names[:2], verify=False)] == items[:2]
+    with pytest.raises(CorruptChunk):
+        list(store.read_many(names[2:3], verify=False))

@@ -109,6 +109,9 @@ def test_chunks_are_possessed_per_shard_and_never_joined(sharded: SqlMetadataSto
     assert sharded.chunk_readable([alice.root_ns], hashes) == set(hashes)
     assert sharded.chunk_readable([bob.root_ns], hashes) == set()
     assert sharded.chunk_readable([bob.root_ns, alice.root_ns], hashes) == set(hashes)
+    # With their sizes, for a download that states its length before reading a chunk.
+    assert sharded.readable_sizes([bob.root_ns, alice.root_ns], hashes) == {h: len(d) for h, d in items}
+    assert sharded.readable_sizes([bob.root_ns], hashes) == {}
     # A commit that may read alice's namespace uses her chunks without uploading (two shards asked).
     res = sharded.commit(bob.id, bob.root_ns, request("/b.bin", items), readable=[alice.root_ns])
     assert res.committed

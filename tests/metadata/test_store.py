@@ -384,6 +384,8 @@ def test_hash_only_claims_learn_and_get_nothing(store, blocks, alice):
     assert len(held.needed) == len(not_held.needed) == 1 and len(held.needed[0].nonce) == len(not_held.needed[0].nonce)
     assert store.chunk_readable([bob.root_ns], [h]) == set()
     assert store.chunk_readable([alice_user.root_ns], [h]) == {h}
+    assert store.readable_sizes([bob.root_ns], [h, never]) == {}
+    assert store.readable_sizes([alice_user.root_ns], [h, never]) == {h: len(secret[0][1])}
     # A forged proof is refused and grants nothing.
     size = len(secret[0][1])
     checked = store.accept_proofs(bob.id, bob.root_ns, [Claim(h, size, "00" * 32)], blocks)

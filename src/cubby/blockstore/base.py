@@ -27,6 +27,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
+Plain = bytes | memoryview
+"""A chunk's plaintext as `BlockStore.read_many` yields it: bytes, or with ``verify=False`` a
+view of bytes nobody writes to."""
+
 
 @runtime_checkable
 class BlockStore(Protocol):
@@ -41,11 +45,13 @@ class BlockStore(Protocol):
 
     def get_many(self, names: Sequence[str]) -> dict[str, bytes]:
         """The plaintext of each of ``names`` that is stored; absent ones are left out."""
-    def read_many(self, names: Sequence[str], *, verify: bool = True) -> Iterator[tuple[str, bytes]]:
+    def read_many(self, names: Sequence[str], *, verify: bool = True) -> Iterator[tuple[str, Plain]]:
         """``(name, plaintext)`` of each of ``names``, in order; `NotFound` at the first absent.
         ``verify=False`` skips hashing what was read, for a caller that hashes every chunk
         itself (the fetch route: the client verifies each chunk it receives); a stored chunk
-        that does not decode is still refused."""
+        that does not decode is still refused. A plaintext may then be a read-only
+        `memoryview` into a larger read (an uncompressed chunk of a pack's extent), so that
+        a chunk that is only sent on is not copied once more on the way."""
 
     def has(self, name: str) -> bool: ...
 

@@ -190,6 +190,9 @@ class CachedStore:
     def chunk_readable(self, ns_ids: Iterable[int], hashes: Sequence[str]) -> set[str]:
         return self.store.chunk_readable(ns_ids, hashes)
 
+    def readable_sizes(self, ns_ids: Iterable[int], hashes: Sequence[str]) -> dict[str, int]:
+        return self.store.readable_sizes(ns_ids, hashes)
+
     def ingest_chunks(self, ns_id: int, items: Sequence[tuple[str, bytes]], blocks_store: BlockStore) -> int:
         return self.store.ingest_chunks(ns_id, items, blocks_store)
 

@@ -210,6 +210,10 @@ class MetadataStore(Protocol):
     def chunk_readable(self, ns_ids: Iterable[int], hashes: Sequence[str]) -> set[str]:
         """Which of ``hashes`` a caller who can read ``ns_ids`` may download or reuse."""
 
+    def readable_sizes(self, ns_ids: Iterable[int], hashes: Sequence[str]) -> dict[str, int]:
+        """`chunk_readable` with the plaintext size of each chunk (its ``blocks`` row), so that a
+        download can state its length before it reads a single chunk."""
+
     def ingest_chunks(self, ns_id: int, items: Sequence[tuple[str, bytes]], blocks_store: BlockStore) -> int:
         """Store verified chunks in ``blocks_store`` durably and make them available to ``ns_id``.
 

@@ -77,21 +77,24 @@ class ChunkAccess:
         is then the chunk database."""
 
     def chunk_readable(self, ns_ids: Iterable[int], hashes: Sequence[str]) -> set[str]:
+        return set(self.readable_sizes(ns_ids, hashes))
+
+    def readable_sizes(self, ns_ids: Iterable[int], hashes: Sequence[str]) -> dict[str, int]:
         ns_list = sorted(set(ns_ids))
         wanted = sorted({h for h in hashes if is_chunk_name(h)})
         if not ns_list or not wanted:
-            return set()
+            return {}
         if self.router is not None:
-            return shardchunks.chunk_readable(self.router, ns_list, wanted)
+            return shardchunks.readable_sizes(self.router, ns_list, wanted)
 
-        def run(conn: Connection) -> set[str]:
-            out: set[str] = set()
+        def run(conn: Connection) -> dict[str, int]:
+            out: dict[str, int] = {}
             for i in range(0, len(wanted), 500):
                 part = wanted[i : i + 500]
                 out.update(
-                    r[0]
+                    (str(r[0]), int(r[1]))
                     for r in conn.execute(
-                        select(ns_chunks.c.hash)
+                        select(ns_chunks.c.hash, blocks.c.size)
                         .join(blocks, blocks.c.hash == ns_chunks.c.hash)
                         .where(ns_chunks.c.ns_id.in_(ns_list), ns_chunks.c.hash.in_(part))
                         .distinct()

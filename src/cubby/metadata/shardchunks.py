@@ -141,14 +141,22 @@ def held_on_shards(
 def chunk_readable(router: ShardRouter, ns_ids: Iterable[int], hashes: Sequence[str]) -> set[str]:
     """`cubby.metadata.chunks.ChunkAccess.chunk_readable` across shards: held by one of
     ``ns_ids`` (each shard asked) and stored (the chunk database asked)."""
+    return set(readable_sizes(router, ns_ids, hashes))
+
+
+def readable_sizes(router: ShardRouter, ns_ids: Iterable[int], hashes: Sequence[str]) -> dict[str, int]:
+    """`chunk_readable` with each chunk's plaintext size (the chunk database's ``blocks`` row)."""
     held = sorted(held_on_shards(router, ns_ids, hashes))
     if not held:
-        return set()
+        return {}
 
-    def stored(conn: Connection) -> set[str]:
-        out: set[str] = set()
+    def stored(conn: Connection) -> dict[str, int]:
+        out: dict[str, int] = {}
         for i in range(0, len(held), BATCH):
-            out.update(str(r[0]) for r in conn.execute(select(blocks.c.hash).where(blocks.c.hash.in_(held[i : i + BATCH]))))
+            out.update(
+                (str(r[0]), int(r[1]))
+                for r in conn.execute(select(blocks.c.hash, blocks.c.size).where(blocks.c.hash.in_(held[i : i + BATCH])))
+            )
         return out
 
     return router.chunks.read(stored)
@@ -197,5 +205,5 @@ def unreferenced(router: ShardRouter, hashes: Sequence[str]) -> set[str]:
 
 
 __all__ = [
-    "TOUCH_INTERVAL", "SplitHeld", "by_shard", "chunk_readable", "held_on_shards", "make_available_on", "touch_chunks", "unreferenced",
+    "TOUCH_INTERVAL", "SplitHeld", "by_shard", "chunk_readable", "held_on_shards", "make_available_on", "readable_sizes", "touch_chunks", "unreferenced",
 ]

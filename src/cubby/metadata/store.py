@@ -245,6 +245,9 @@ class SqlMetadataStore:
     def chunk_readable(self, ns_ids: Iterable[int], hashes: Sequence[str]) -> set[str]:
         return self.chunks.chunk_readable(ns_ids, hashes)
 
+    def readable_sizes(self, ns_ids: Iterable[int], hashes: Sequence[str]) -> dict[str, int]:
+        return self.chunks.readable_sizes(ns_ids, hashes)
+
     def ingest_chunks(self, ns_id: int, items: Sequence[tuple[str, bytes]], blocks_store: BlockStore) -> int:
         return self.chunks.ingest_chunks(ns_id, items, blocks_store)
 

@@ -29,7 +29,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Scope
 
-from cubby.blockstore.base import BlockStore, StagedPut
+from cubby.blockstore.base import BlockStore, Plain, StagedPut
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -174,7 +174,7 @@ class InstrumentedBlockStore:
         self._count("get", sum(len(d) for d in found.values()))
         return found
 
-    def read_many(self, names: Sequence[str], *, verify: bool = True) -> Iterator[tuple[str, bytes]]:
+    def read_many(self, names: Sequence[str], *, verify: bool = True) -> Iterator[tuple[str, Plain]]:
         for name, data in self.inner.read_many(names, verify=verify):
             self._count("get", len(data))
             yield name, data
