@@ -300,7 +300,13 @@ class DirectHttp:
 
         A server may answer before it has read the whole body (an error found in its first
         frames) and close: as httpcore does, a failed write of the body is followed by reading
-        the answer, and only when there is none is the write's error raised."""
+        the answer, and only when there is none is the write's error raised.
+
+        The one retry: only on a kept-alive (reused) socket, only for a connection error
+        before any byte of an answer (not a timeout), and on a new socket. It happens even
+        when the kernel had taken bytes of the request: a socket whose server already closed
+        takes them just the same (the reset comes after), so "nothing accepted" would never
+        hold in the race it exists for. Hence idempotent requests only (see the module)."""
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise Declined(f"not a plain http URL: {url}")
