@@ -14,8 +14,13 @@ is delimited by Content-Length or chunked transfer coding, with no Content-Encod
 anything else it raises `Declined` before yielding a body, and the caller sends the request
 through httpx (the client falls back to httpx for every request when a proxy is configured
 or a custom transport is in use; see `ApiClient`). It is meant for idempotent requests only
-(chunk fetches, file content): a request may be sent twice, once over a kept-alive
-connection the server had closed and then over a fresh one.
+(chunk fetches, file content, chunk uploads): a request may be sent twice, once over a
+kept-alive connection the server had closed and then over a fresh one.
+
+A request body may be a `GatheredBody` (`cubby.client.directsend`): a list of buffers written
+with ``sendmsg`` after the head, uncopied. Such a request may ask for every answer
+(``any_status``), so that an error answer to an upload is read here and mapped by the caller,
+instead of the whole body being sent again through httpx to learn the same error.
 
 Connections are kept alive in a small pool: a request takes one (each worker thread of a
 download holds its own while it reads), and gives it back only when its body was read to the
@@ -34,6 +39,7 @@ from urllib.parse import urlsplit
 
 import h11
 
+from cubby.client.directsend import GatheredBody
 from cubby.errors import Unavailable
 
 HEAD_LIMIT = 64 * 1024
@@ -143,6 +149,16 @@ class Body:
                 pass
             self.done = True
 
+    def read(self, limit: int) -> bytes:
+        """The rest of the body (a small answer: JSON), refused beyond ``limit`` bytes."""
+        out = bytearray()
+        piece = memoryview(bytearray(FILL))
+        while n := self.readinto(piece):
+            out += piece[:n]
+            if len(out) > limit:
+                raise Unavailable(f"the server's answer is over {limit} bytes", code="bad_answer")
+        return bytes(out)
+
     def readinto(self, view: memoryview) -> int:
         """Fill the front of ``view`` with the next body bytes; how many (0 at the end)."""
         while self._left == 0:
@@ -226,12 +242,19 @@ class DirectHttp:
         sock.close()
 
     # -- requests ----------------------------------------------------------------------------
-    def _request_bytes(self, method: str, target: str, host: str, headers: Mapping[str, str], body: bytes) -> tuple[h11.Connection, bytes]:
+    def _request_bytes(
+        self, method: str, target: str, host: str, headers: Mapping[str, str], body: bytes | GatheredBody
+    ) -> tuple[h11.Connection, bytes]:
+        """The request's head (h11 writes it), and its body when it is ``bytes``; a
+        `GatheredBody` is sent after the head by the caller, h11 only told its length."""
         conn = h11.Connection(h11.CLIENT)
         all_headers = [("Host", host), ("Accept-Encoding", "identity"), *self.headers.items(), *headers.items()]
-        if body or method == "POST":
-            all_headers.append(("Content-Length", str(len(body))))
+        length = body.length if isinstance(body, GatheredBody) else len(body)
+        if length or method == "POST":
+            all_headers.append(("Content-Length", str(length)))
         out = conn.send(h11.Request(method=method, target=target, headers=all_headers)) or b""
+        if isinstance(body, GatheredBody):
+            return conn, out
         if body:
             out += conn.send(h11.Data(data=body)) or b""
         out += conn.send(h11.EndOfMessage()) or b""
@@ -265,12 +288,25 @@ class DirectHttp:
 
     @contextlib.contextmanager
     def open(
-        self, method: str, url: str, *, headers: Mapping[str, str] | None = None, body: bytes = b"",
-        on_bytes: Callable[[int], None] | None = None,
+        self, method: str, url: str, *, headers: Mapping[str, str] | None = None, body: bytes | GatheredBody = b"",
+        on_bytes: Callable[[int], None] | None = None, on_sent: Callable[[int], None] | None = None,
+        any_status: bool = False,
     ) -> Iterator[tuple[int, Body]]:
-        """Send the request; yield (status, body) for a 200 or 206 answer, else raise
-        `Declined` (nothing was yielded, the caller may send the request elsewhere). The
-        connection goes back to the pool only if the body was read to its end."""
+        """Send the request; yield (status, body) for a 200 or 206 answer (for any answer with
+        ``any_status``), else raise `Declined` (nothing was yielded, the caller may send the
+        request elsewhere). ``on_sent`` is told the bytes of a `GatheredBody` as they leave
+        (a rate limiter's ``consume``). The connection goes back to the pool only if the body
+        was read to its end.
+
+        A server may answer before it has read the whole body (an error found in its first
+        frames) and close: as httpcore does, a failed write of the body is followed by reading
+        the answer, and only when there is none is the write's error raised.
+
+        The one retry: only on a kept-alive (reused) socket, only for a connection error
+        before any byte of an answer (not a timeout), and on a new socket. It happens even
+        when the kernel had taken bytes of the request: a socket whose server already closed
+        takes them just the same (the reset comes after), so "nothing accepted" would never
+        hold in the race it exists for. Hence idempotent requests only (see the module)."""
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise Declined(f"not a plain http URL: {url}")
@@ -281,9 +317,17 @@ class DirectHttp:
         for attempt in (1, 2):
             c = self._take(key)
             conn, request = self._request_bytes(method, target, host, headers or {}, body)
+            unsent: OSError | None = None
             try:
                 c.sock.settimeout(self.timeouts.write)
                 c.sock.sendall(request)
+                if isinstance(body, GatheredBody):
+                    try:
+                        body.send(c.sock, on_sent)
+                    except TimeoutError:
+                        raise
+                    except OSError as exc:
+                        unsent = exc  # the server may have answered early (and closed): read on
                 c.sock.settimeout(self.timeouts.read)
                 head, pos, end = self._read_head(conn, c.sock, buf)
                 break
@@ -291,16 +335,16 @@ class DirectHttp:
                 c.sock.close()
                 if attempt == 1 and c.reused and not isinstance(exc, (TimeoutError, Unavailable)):
                     continue  # a kept-alive connection the server had closed: once more, on a new one
-                if isinstance(exc, Unavailable):
+                if isinstance(exc, Unavailable) and unsent is None:
                     raise
-                raise Unavailable(f"lost the connection to http://{host} while asking for {parts.path}: {exc}") from exc
-        if head.status_code not in (200, 206):
+                raise Unavailable(f"lost the connection to http://{host} while sending {parts.path}: {unsent or exc}") from exc
+        if head.status_code not in (200, 206) and not any_status:
             c.sock.close()
             raise Declined(f"answer {head.status_code}")
         fields = {name.lower(): value for name, value in head.headers}
         encoding = fields.get(b"content-encoding", b"identity").strip().lower()
         transfer = fields.get(b"transfer-encoding")
-        keep = head.http_version == b"1.1" and b"close" not in fields.get(b"connection", b"").lower()
+        keep = head.http_version == b"1.1" and b"close" not in fields.get(b"connection", b"").lower() and unsent is None
         length: int | None
         if encoding != b"identity":
             c.sock.close()
