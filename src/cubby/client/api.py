@@ -26,7 +26,7 @@ from urllib.parse import quote
 import httpx
 import orjson
 
-from cubby.client.directhttp import Declined, DirectHttp, Timeouts
+from cubby.client.directhttp import Body, Declined, DirectHttp, Timeouts
 from cubby.client.directsend import GatheredBody
 from cubby.client.ratelimit import TokenBucket
 from cubby.core import delta, frames
@@ -241,6 +241,22 @@ class ApiClient:
                 yield resp
                 return
 
+    @contextlib.contextmanager
+    def _direct(self, method: str, url: str, doing: str, **kw: Any) -> Iterator[tuple[int, Body] | None]:
+        """The answer to a request sent over `DirectHttp` (``kw``: `DirectHttp.open`'s), or None
+        when it does not take the URL or declines the answer: the caller then sends the
+        request through httpx. A connection lost on the way, while the caller reads the body
+        too, is `Unavailable` (``doing``: what the client was doing, for the message)."""
+        try:
+            with contextlib.ExitStack() as stack:
+                answer = None
+                if self.direct is not None and self.direct.takes(url):
+                    with contextlib.suppress(Declined):
+                        answer = stack.enter_context(self.direct.open(method, url, **kw))
+                yield answer
+        except OSError as exc:
+            raise Unavailable(f"lost the connection to {self.base_url} while {doing}: {exc}") from exc
+
     def _get(self, url: str, **params: Any) -> Any:
         return json_of(self._request("GET", url, params={k: v for k, v in params.items() if v is not None}))
 
@@ -443,17 +459,14 @@ class ApiClient:
         for name, data in items:
             buffers += (frames.header(name, len(data)), data)
         on_sent = self.upload_limit.consume if self.upload_limit else None
-        try:
-            with self.direct.open(
-                "POST", url, headers={"Content-Type": frames.CONTENT_TYPE}, body=GatheredBody(buffers),
-                on_sent=on_sent, any_status=True,
-            ) as (status, answer):
-                content = answer.read(ANSWER_LIMIT)
-        except Declined:
-            return None
-        except OSError as exc:
-            raise Unavailable(f"lost the connection to {self.base_url} while uploading: {exc}") from exc
-        return httpx.Response(status, content=content)
+        with self._direct(
+            "POST", url, "uploading", headers={"Content-Type": frames.CONTENT_TYPE}, body=GatheredBody(buffers),
+            on_sent=on_sent, any_status=True,
+        ) as answer:
+            if answer is None:
+                return None
+            status, body = answer
+            return httpx.Response(status, content=body.read(ANSWER_LIMIT))
 
     def prove(
         self, ns_id: int, proofs: dict[str, tuple[int, str]], windows: Mapping[str, int | None] | None = None
@@ -541,17 +554,13 @@ class ApiClient:
         takes the request (`frames.read_frames`: each chunk received into its own buffer);
         through httpx otherwise, or when it declines the answer (an error status, which
         httpx's path turns into its `CubbyError`, rerouting a ``wrong_role`` first)."""
-        url = self._url(path)
-        if self.direct is not None and self.direct.takes(url):
-            on_bytes = self.download_limit.consume if self.download_limit else None
-            try:
-                with self.direct.open("POST", url, headers=_JSON_HEADERS, body=json_bytes(body), on_bytes=on_bytes) as (_, resp):
-                    yield from frames.read_frames(resp.readinto, max_frame)
+        on_bytes = self.download_limit.consume if self.download_limit else None
+        with self._direct(
+            "POST", self._url(path), "downloading", headers=_JSON_HEADERS, body=json_bytes(body), on_bytes=on_bytes
+        ) as answer:
+            if answer is not None:
+                yield from frames.read_frames(answer[1].readinto, max_frame)
                 return
-            except Declined:
-                pass
-            except OSError as exc:
-                raise Unavailable(f"lost the connection to {self.base_url} while downloading: {exc}") from exc
         yield from self._httpx_frames(path, body, max_frame)
 
     def _httpx_frames(self, path: str, body: dict[str, Any], max_frame: int) -> Iterator[tuple[str, bytes]]:
@@ -573,22 +582,18 @@ class ApiClient:
         route = "/api/v1/content/" + quote(path.lstrip("/"))
         params = {"rev": rev} if rev else None
         url = self._url(route) + (f"?rev={int(rev)}" if rev else "")
-        if self.direct is not None and self.direct.takes(url):
-            on_bytes = self.download_limit.consume if self.download_limit else None
-            try:
-                with self.direct.open("GET", url, headers=headers, on_bytes=on_bytes) as (_, resp):
-                    while True:
-                        piece = bytearray(PIECE)
-                        n = frames.fill(resp.readinto, memoryview(piece))
-                        if n:
-                            del piece[n:]
-                            yield piece
-                        if n < PIECE:
-                            return
-            except Declined:
-                pass
-            except OSError as exc:
-                raise Unavailable(f"lost the connection to {self.base_url} while downloading {path}: {exc}") from exc
+        on_bytes = self.download_limit.consume if self.download_limit else None
+        with self._direct("GET", url, f"downloading {path}", headers=headers, on_bytes=on_bytes) as answer:
+            if answer is not None:
+                readinto = answer[1].readinto
+                while True:
+                    piece = bytearray(PIECE)
+                    n = frames.fill(readinto, memoryview(piece))
+                    if n:
+                        del piece[n:]
+                        yield piece
+                    if n < PIECE:
+                        return
         with self._stream("GET", route, headers=headers, params=params) as resp:
             yield from resp.iter_bytes()
 

@@ -1,4 +1,4 @@
-"""Request bodies written with gathered writes: `send_gathered`.
+"""Request bodies written with gathered writes: `GatheredBody`.
 
 A 1 GiB `cubby put` through httpx handed every chunk to httpcore as a piece of a body: h11
 wraps each piece in an event (and, with a Content-Length, checks and counts it), httpcore
@@ -32,19 +32,16 @@ PACE_STEP = 64 * 1024
 
 
 class GatheredBody:
-    """A request body made of buffers, sent in order with ``sendmsg``; `sent` counts the bytes
-    the kernel took so far (so a caller knows whether any byte of the request left)."""
+    """A request body made of buffers, sent in order with ``sendmsg``."""
 
     def __init__(self, buffers: Sequence[Any]) -> None:
         self.views = [memoryview(b).cast("B") for b in buffers if len(b)]
         self.length = sum(len(v) for v in self.views)
-        self.sent = 0
 
     def send(self, sock: socket.socket, on_sent: Callable[[int], None] | None = None) -> None:
         """Send every buffer; a ``sendmsg`` that takes part of them goes on from where it
         stopped. The socket's own timeout bounds each wait for room to write (`TimeoutError`);
         a connection the server closed raises the `OSError` the kernel gives."""
-        self.sent = 0
         views = self.views
         step = PACE_STEP if on_sent is not None else None
         i, off = 0, 0
@@ -64,7 +61,6 @@ class GatheredBody:
                 vec.append(v)
                 j += 1
             n = sock.sendmsg(vec)
-            self.sent += n
             if on_sent is not None and n:
                 on_sent(n)
             while n:

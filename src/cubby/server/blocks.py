@@ -199,11 +199,14 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
             await pacer.pad((c.size for c in claims), checked.reads, checked.spent)
         return JSONResponse({"accepted": checked.proven, "rejected": checked.rejected})
 
-    async def readable_or_404(p: access.Principal, hashes: list[str]) -> None:
-        ok = await run_in_threadpool(store.chunk_readable, list(access.mounts(p).values()), hashes)
-        missing = [h for h in hashes if h not in ok]
+    async def readable_or_404(p: access.Principal, hashes: list[str]) -> dict[str, int]:
+        """The size of each of ``hashes`` (its ``blocks`` row), all of which ``p`` may read,
+        else `NotFound` naming the first one it may not."""
+        sizes = await run_in_threadpool(store.readable_sizes, list(access.mounts(p).values()), hashes)
+        missing = [h for h in hashes if h not in sizes]
         if missing:
             raise NotFound(f"chunk {missing[0]} is not in any folder you can read", missing=len(missing))
+        return sizes
 
     async def fetch(request: Request) -> Response:
         """The chunks asked for, as frames, in one body whose length is stated up front.
@@ -221,10 +224,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         if not isinstance(hashes, list) or not hashes or len(hashes) > MAX_FETCH:
             raise BadRequest(f"field 'hashes' must be a list of 1 to {MAX_FETCH} chunk hashes", field="hashes")
         hashes = [field_hash(h, "each hash") for h in hashes]
-        sizes = await run_in_threadpool(store.readable_sizes, list(access.mounts(p).values()), hashes)
-        missing = [h for h in hashes if h not in sizes]
-        if missing:
-            raise NotFound(f"chunk {missing[0]} is not in any folder you can read", missing=len(missing))
+        sizes = await readable_or_404(p, hashes)
         length = sum(frames.HEADER.size + sizes[h] for h in hashes)
 
         async def stream() -> AsyncIterator[Plain]:
