@@ -26,6 +26,7 @@ from cubby.client.upload import upload_file
 from cubby.core import frames
 from cubby.errors import BadRequest, NotFound, PayloadTooLarge, Unavailable
 from tests.helpers.live_server import LiveServer
+from tests.helpers.loopback_http import LoopbackServer
 
 SIZE = 9 * 1024 * 1024 + 12345
 
@@ -49,23 +50,16 @@ def stored(server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> tupl
     return token, data, [c.hash for c in chunks]
 
 
-class Relay:
+class Relay(LoopbackServer):
     """A TCP relay on loopback in front of a server, counting connections. `doom` marks the
     connections open now: the next request on each is dropped unanswered, as a server closes
     a kept-alive connection just as the client reuses it."""
 
     def __init__(self, port: int) -> None:
         self.upstream = port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.accepted = 0
         self.doomed: set[socket.socket] = set()
         self.open: set[socket.socket] = set()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        super().__init__()
 
     def doom(self) -> None:
         self.doomed = set(self.open)
@@ -78,17 +72,11 @@ class Relay:
             except OSError:
                 pass
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            self.open.add(client)
-            up = socket.create_connection(("127.0.0.1", self.upstream))
-            threading.Thread(target=self._pump, args=(client, up, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(up, client, False), daemon=True).start()
+    def handle(self, conn: socket.socket) -> None:
+        self.open.add(conn)
+        up = socket.create_connection(("127.0.0.1", self.upstream))
+        threading.Thread(target=self._pump, args=(conn, up, True), daemon=True).start()
+        threading.Thread(target=self._pump, args=(up, conn, False), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
         try:
@@ -106,51 +94,38 @@ class Relay:
             s.close()
         self.open.discard(src)
 
-    def close(self) -> None:
-        self.listener.close()
 
-
-class Scripted:
+class Scripted(LoopbackServer):
     """An HTTP server on loopback that answers every request with ``answer(method, path)``'s
     bytes as they are (head and body), then closes the connection."""
 
     def __init__(self, answer: Callable[[str, str], bytes]) -> None:
         self.answer = answer
-        self.listener = socket.create_server(("127.0.0.1", 0))
         self.requests: list[str] = []
         self.stopped = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            with conn:
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    head += conn.recv(4096)
-                top, _, rest = head.partition(b"\r\n\r\n")
-                lines = top.decode().split("\r\n")
-                fields = dict(line.lower().split(": ", 1) for line in lines[1:])
-                need = int(fields.get("content-length", 0)) - len(rest)
-                while need > 0:
-                    need -= len(conn.recv(need))
-                method, path, _ = lines[0].split(" ")
-                self.requests.append(f"{method} {path} {fields.get('accept-encoding', '')}")
-                reply = self.answer(method, path)
-                if not reply:  # no answer at all, until the test ends
-                    self.stopped.wait(30)
-                conn.sendall(reply)
+    def handle(self, conn: socket.socket) -> None:
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            top, _, rest = head.partition(b"\r\n\r\n")
+            lines = top.decode().split("\r\n")
+            fields = dict(line.lower().split(": ", 1) for line in lines[1:])
+            need = int(fields.get("content-length", 0)) - len(rest)
+            while need > 0:
+                need -= len(conn.recv(need))
+            method, path, _ = lines[0].split(" ")
+            self.requests.append(f"{method} {path} {fields.get('accept-encoding', '')}")
+            reply = self.answer(method, path)
+            if not reply:  # no answer at all, until the test ends
+                self.stopped.wait(30)
+            conn.sendall(reply)
 
     def close(self) -> None:
         self.stopped.set()
-        self.listener.close()
+        super().close()
 
 
 def chunked(*pieces: bytes) -> bytes:
@@ -188,37 +163,29 @@ def test_range_get_through_the_content_route(server: LiveServer, stored: tuple[s
 
 def test_a_kept_alive_connection_the_server_dropped_is_replaced(server: LiveServer, stored: tuple[str, bytes, list[str]]) -> None:
     token, data, names = stored
-    relay = Relay(server.port)
-    try:
-        with ApiClient(relay.url, token) as api:
-            for _ in range(2):
-                first = b"".join(d for _, d in api.fetch_chunks(names[:2]))
-                assert first == data[: len(first)]
-            assert relay.accepted == 1  # one connection, kept alive for the second fetch
-            relay.doom()
-            again = list(api.fetch_chunks(names))
-            assert [n for n, _ in again] == names
-            assert b"".join(d for _, d in again) == data
-            assert relay.accepted == 2
-    finally:
-        relay.close()
+    with Relay(server.port) as relay, ApiClient(relay.url, token) as api:
+        for _ in range(2):
+            first = b"".join(d for _, d in api.fetch_chunks(names[:2]))
+            assert first == data[: len(first)]
+        assert relay.accepted == 1  # one connection, kept alive for the second fetch
+        relay.doom()
+        again = list(api.fetch_chunks(names))
+        assert [n for n, _ in again] == names
+        assert b"".join(d for _, d in again) == data
+        assert relay.accepted == 2
 
 
 def test_a_kept_alive_connection_closed_while_idle_is_not_reused(server: LiveServer, stored: tuple[str, bytes, list[str]]) -> None:
     token, data, names = stored
-    relay = Relay(server.port)
-    try:
-        with ApiClient(relay.url, token) as api:
-            list(api.fetch_chunks(names[:1]))
-            relay.cut()
-            for _ in range(1000):  # until the relay has seen the close through
-                if not relay.open:
-                    break
-                threading.Event().wait(0.01)
-            assert b"".join(d for _, d in api.fetch_chunks(names)) == data
-            assert relay.accepted == 2
-    finally:
-        relay.close()
+    with Relay(server.port) as relay, ApiClient(relay.url, token) as api:
+        list(api.fetch_chunks(names[:1]))
+        relay.cut()
+        for _ in range(1000):  # until the relay has seen the close through
+            if not relay.open:
+                break
+            threading.Event().wait(0.01)
+        assert b"".join(d for _, d in api.fetch_chunks(names)) == data
+        assert relay.accepted == 2
 
 
 def test_a_proxy_in_the_environment_sends_everything_through_httpx(
@@ -257,25 +224,19 @@ def test_an_error_answer_is_the_servers_error(server: LiveServer, stored: tuple[
 
 def test_an_encoded_body_goes_through_httpx_and_is_decoded() -> None:
     body = b"hello " * 1000
-    srv = Scripted(lambda m, p: head("200 OK", Content_Encoding="gzip", Content_Length=str(len(gz))) + gz)
     gz = gzip.compress(body)
-    try:
+    with Scripted(lambda m, p: head("200 OK", Content_Encoding="gzip", Content_Length=str(len(gz))) + gz) as srv:
         with ApiClient(srv.url, None) as api:
             assert b"".join(api.download("/f.txt")) == body
         assert len(srv.requests) == 2  # declined on the socket, then sent through httpx
         assert srv.requests[0].endswith("identity")
-    finally:
-        srv.close()
 
 
 def test_a_body_delimited_by_closing_goes_through_httpx() -> None:
-    srv = Scripted(lambda m, p: b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
-    try:
+    with Scripted(lambda m, p: b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it") as srv:
         with ApiClient(srv.url, None) as api:
             assert b"".join(api.download("/f.txt")) == b"all of it"
         assert len(srv.requests) == 2
-    finally:
-        srv.close()
 
 
 def _frames_answer(body: bytes, **fields: str) -> Callable[[str, str], bytes]:
@@ -289,61 +250,43 @@ def test_a_truncated_body_is_a_clear_error() -> None:
         _frames_answer(body[:3000], Content_Length=str(len(body))),  # the connection closes early
         _frames_answer(chunked(body[:3000])[:-5], Transfer_Encoding="chunked"),  # the same, chunked
     ):
-        srv = Scripted(answer)
-        try:
+        with Scripted(answer) as srv:
             with ApiClient(srv.url, None) as api, pytest.raises(Unavailable) as exc:
                 list(api.fetch_chunks([name]))
             assert exc.value.code == "truncated_body"
             assert "truncated" in str(exc.value)
-        finally:
-            srv.close()
     # A complete HTTP body whose frames stop halfway is refused too.
-    srv = Scripted(_frames_answer(chunked(body[:3000]), Transfer_Encoding="chunked"))
-    try:
+    with Scripted(_frames_answer(chunked(body[:3000]), Transfer_Encoding="chunked")) as srv:
         with ApiClient(srv.url, None) as api, pytest.raises(BadRequest) as bad:
             list(api.fetch_chunks([name]))
         assert bad.value.code == "truncated_body"
-    finally:
-        srv.close()
 
 
 def test_an_oversize_frame_is_refused() -> None:
     body = frames.header("ab" * 32, 64 * 1024 * 1024) + b"x" * 1000
-    srv = Scripted(_frames_answer(chunked(body), Transfer_Encoding="chunked"))
-    try:
-        with ApiClient(srv.url, None) as api, pytest.raises(PayloadTooLarge):
-            list(api.fetch_chunks(["ab" * 32]))
-    finally:
-        srv.close()
+    answer = _frames_answer(chunked(body), Transfer_Encoding="chunked")
+    with Scripted(answer) as srv, ApiClient(srv.url, None) as api, pytest.raises(PayloadTooLarge):
+        list(api.fetch_chunks(["ab" * 32]))
 
 
 @pytest.mark.parametrize("bad", [b"zz\r\nxx\r\n0\r\n\r\n", b"1" * 40 + b"\r\n", b"5\r\nxxxxxNO0\r\n\r\n"])
 def test_a_malformed_chunked_body_is_a_clear_error(bad: bytes) -> None:
-    srv = Scripted(_frames_answer(bad, Transfer_Encoding="chunked"))
-    try:
+    with Scripted(_frames_answer(bad, Transfer_Encoding="chunked")) as srv:
         with ApiClient(srv.url, None) as api, pytest.raises(Unavailable) as exc:
             list(api.fetch_chunks(["ab" * 32]))
         assert exc.value.code == "bad_answer"
-    finally:
-        srv.close()
 
 
 def test_a_chunk_that_does_not_match_its_name_is_refused() -> None:
     body = frames.encode("ab" * 32, b"not the chunk")
-    srv = Scripted(_frames_answer(body, Content_Length=str(len(body))))
-    try:
+    with Scripted(_frames_answer(body, Content_Length=str(len(body)))) as srv:
         with ApiClient(srv.url, None) as api, pytest.raises(BadRequest) as exc:
             list(api.fetch_chunks(["ab" * 32]))
         assert exc.value.code == "chunk_hash_mismatch"
-    finally:
-        srv.close()
 
 
 def test_a_server_that_never_answers_times_out_as_through_httpx() -> None:
-    srv = Scripted(lambda m, p: b"")
-    try:
+    with Scripted(lambda m, p: b"") as srv:
         with ApiClient(srv.url, None, timeout=0.3) as api, pytest.raises(Unavailable):
             list(api.fetch_chunks(["ab" * 32]))
         assert srv.requests == ["POST /api/v1/blocks/fetch identity"]
-    finally:
-        srv.close()

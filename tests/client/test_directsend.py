@@ -30,6 +30,7 @@ from cubby.client.upload import upload_file
 from cubby.errors import ChunkMismatch, Unauthorized, Unavailable
 from tests.client.test_directhttp import Relay
 from tests.helpers.live_server import LiveServer
+from tests.helpers.loopback_http import LoopbackServer
 
 SIZE = 9 * 1024 * 1024 + 4321
 
@@ -100,37 +101,29 @@ def test_many_small_frames_in_one_body(server: LiveServer, token: str) -> None:
 
 
 def test_a_kept_alive_connection_dropped_as_the_upload_starts_is_replaced(server: LiveServer, token: str) -> None:
-    relay = Relay(server.port)
-    try:
-        with ApiClient(relay.url, token) as api:
-            ns = root_ns(api)
-            first = chunk(300_000)
-            assert api.upload_chunks(ns, [first]) == 1
-            opened = relay.accepted
-            relay.doom()  # the next request on the open connections is dropped unanswered
-            more = [chunk(2 * 1024 * 1024) for _ in range(3)]
-            assert api.upload_chunks(ns, more) == 3
-            assert relay.accepted == opened + 1
-    finally:
-        relay.close()
+    with Relay(server.port) as relay, ApiClient(relay.url, token) as api:
+        ns = root_ns(api)
+        first = chunk(300_000)
+        assert api.upload_chunks(ns, [first]) == 1
+        opened = relay.accepted
+        relay.doom()  # the next request on the open connections is dropped unanswered
+        more = [chunk(2 * 1024 * 1024) for _ in range(3)]
+        assert api.upload_chunks(ns, more) == 3
+        assert relay.accepted == opened + 1
 
 
 def test_a_kept_alive_connection_closed_while_idle_is_not_reused(server: LiveServer, token: str) -> None:
-    relay = Relay(server.port)
-    try:
-        with ApiClient(relay.url, token) as api:
-            ns = root_ns(api)
-            assert api.upload_chunks(ns, [chunk(1000)]) == 1
-            opened = relay.accepted
-            relay.cut()
-            for _ in range(1000):  # until the relay has seen the close through
-                if not relay.open:
-                    break
-                threading.Event().wait(0.01)
-            assert api.upload_chunks(ns, [chunk(5000)]) == 1
-            assert relay.accepted == opened + 1
-    finally:
-        relay.close()
+    with Relay(server.port) as relay, ApiClient(relay.url, token) as api:
+        ns = root_ns(api)
+        assert api.upload_chunks(ns, [chunk(1000)]) == 1
+        opened = relay.accepted
+        relay.cut()
+        for _ in range(1000):  # until the relay has seen the close through
+            if not relay.open:
+                break
+            threading.Event().wait(0.01)
+        assert api.upload_chunks(ns, [chunk(5000)]) == 1
+        assert relay.accepted == opened + 1
 
 
 def test_a_chunk_that_is_not_its_name_is_refused_and_nothing_is_stored(server: LiveServer, token: str) -> None:
@@ -187,44 +180,26 @@ def test_a_custom_transport_carries_uploads(server: LiveServer, token: str) -> N
 # -- a scripted server --------------------------------------------------------------------------
 
 
-class Dropper:
+class Dropper(LoopbackServer):
     """An HTTP server on loopback that reads ``keep`` bytes of each request and then closes
     the connection without answering (a server that died in the middle of a body)."""
 
     def __init__(self, keep: int) -> None:
         self.keep = keep
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.accepted = 0
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            with conn:
-                got = 0
-                while got < self.keep and (data := conn.recv(65536)):
-                    got += len(data)
-
-    def close(self) -> None:
-        self.listener.close()
+    def handle(self, conn: socket.socket) -> None:
+        with conn:
+            got = 0
+            while got < self.keep and (data := conn.recv(65536)):
+                got += len(data)
 
 
 def test_a_connection_dropped_mid_body_is_a_clear_error() -> None:
-    srv = Dropper(keep=200_000)
-    try:
+    with Dropper(keep=200_000) as srv:
         with ApiClient(srv.url, "t") as api, pytest.raises(Unavailable, match="lost the connection"):
             api.upload_chunks(1, [chunk(8 * 1024 * 1024)])
         assert srv.accepted == 1  # a fresh connection: not sent again
-    finally:
-        srv.close()
 
 
 def test_gathered_writes_send_every_buffer_in_order() -> None:

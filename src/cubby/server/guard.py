@@ -137,8 +137,7 @@ def protocols(gate: ConnectionGate) -> tuple[type[asyncio.Protocol], type[asynci
 
         def on_headers_complete(self) -> None:
             slot = slots.get(self.transport)
-            # Without a trusted proxy (the default) no address is parsed per request.
-            if slot is not None and self.client and gate.trusted.networks and gate.trusted.trusts(self.client[0]):
+            if slot is not None and self.client and gate.trusted.trusts(self.client[0]):
                 forwarded = next((v.decode("latin-1") for k, v in self.headers if k == b"x-forwarded-for"), None)
                 client = gate.trusted.client_address(self.client[0], forwarded)
                 if client != self.client[0] and slot.key != client:

@@ -46,7 +46,7 @@ class TrustedProxies:
     def client_address(self, peer: str, forwarded_for: str | None) -> str:
         """The client's address: walk ``X-Forwarded-For`` from the right while the hop that
         appended it is trusted; the first untrusted hop is the client."""
-        if not self.networks or not forwarded_for or not self.trusts(peer):
+        if not forwarded_for or not self.trusts(peer):
             return peer
         hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
         addr = peer
@@ -78,7 +78,7 @@ def scope_client_address(scope: Mapping[str, object], trusted: TrustedProxies) -
     """The client address of an ASGI HTTP or WebSocket scope."""
     client = scope.get("client")
     peer = str(client[0]) if isinstance(client, (tuple, list)) and client else "unknown"
-    if not trusted.networks:
-        return peer  # no proxy is trusted: the header is never read
+    if not trusted.trusts(peer):
+        return peer  # the header is only read from a trusted proxy (none, by default)
     raw = scope.get("headers") or []
     return trusted.client_address(peer, header(raw, "x-forwarded-for"))  # type: ignore[arg-type]
