@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.live_server import LiveServer
+from tests.helpers.raw_http import read_answer
 
 HEADER_TIMEOUT = 1.5
 IDLE_TIMEOUT = 3.0
@@ -91,24 +92,6 @@ def connect(port: int, source: str, timeout: float = WAIT) -> socket.socket:
     s.bind((source, 0))
     s.connect(("127.0.0.1", port))
     return s
-
-
-def read_answer(s: socket.socket) -> bytes:
-    """One HTTP answer (head and a content-length body), or what came before the close."""
-    data = b""
-    while True:
-        try:
-            chunk = s.recv(65536)
-        except (ConnectionResetError, TimeoutError):
-            return data
-        if not chunk:
-            return data
-        data += chunk
-        head, sep, body = data.partition(b"\r\n\r\n")
-        if sep:
-            length = next((int(line.split(b":")[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")), 0)
-            if len(body) >= length:
-                return data
 
 
 def status_of(answer: bytes) -> int:

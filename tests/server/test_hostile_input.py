@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.helpers.live_server import LiveServer
+from tests.helpers.raw_http import read_answer, read_until
 
 MiB = 1024 * 1024
 ATTACK_ROUNDS = 20
@@ -53,39 +54,13 @@ def head(path: str, length: int, token: str | None) -> bytes:
     ).encode()
 
 
-def read_head(sock: socket.socket) -> bytes:
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        piece = sock.recv(65536)
-        if not piece:
-            break
-        buf += piece
-    return buf
-
-
-def read_answer(sock: socket.socket) -> bytes:
-    """The head and the whole body of an answer: the body may come in a later segment."""
-    buf = read_head(sock)
-    head_end = buf.find(b"\r\n\r\n") + 4
-    length = 0
-    for line in buf[:head_end].split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":", 1)[1])
-    while len(buf) - head_end < length:
-        piece = sock.recv(65536)
-        if not piece:
-            break
-        buf += piece
-    return buf
-
-
 def test_unauthenticated_body_is_refused_unread(live):
     """401 arrives while the client is still sending its 63 MiB, and the connection closes
     instead of draining the rest."""
     for token in (None, "cby_not-a-real-token"):
         with socket.create_connection(("127.0.0.1", live.port), timeout=20) as sock:
             sock.sendall(head("/api/v1/files/commit", 63 * MiB, token) + b'{"path": "/x", ')
-            answer = read_head(sock)
+            answer = read_until(sock)
             assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
             assert b"connection: close" in answer.lower()
             # The server reads no more: the connection is closed, so sending the rest fails.
@@ -140,7 +115,7 @@ def test_a_stranger_whose_small_body_stalls_is_answered(users):
     body = commit_body(2000)
     with socket.create_connection(("127.0.0.1", users.server.port), timeout=20) as sock:
         sock.sendall(head("/api/v1/files/commit", len(body), "cby_not-a-real-token") + body[:1000])
-        answer = read_head(sock)  # the rest never comes
+        answer = read_until(sock)  # the rest never comes
         assert answer.startswith(b"HTTP/1.1 401"), answer[:300]
 
 
@@ -196,7 +171,7 @@ def test_attack_of_large_unauthenticated_bodies_costs_little_memory(lone_server)
                     except OSError:
                         pass  # the server hung up: what we want
                     try:
-                        refused.append(read_head(sock)[:12])
+                        refused.append(read_until(sock)[:12])
                     except OSError:
                         refused.append(b"reset")
             except OSError:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import socket
 
+from tests.helpers.raw_http import read_answer, read_until
 from tests.server.conftest import Users
 
 
@@ -23,27 +24,6 @@ def split(answer: bytes) -> tuple[bytes, bytes, int]:
         (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), -1
     )
     return head, body, length
-
-
-def read_until(sock: socket.socket, done: bytes) -> bytes:
-    buf = b""
-    while done not in buf:
-        piece = sock.recv(65536)
-        if not piece:
-            break
-        buf += piece
-    return buf
-
-
-def read_answer(sock: socket.socket) -> bytes:
-    buf = read_until(sock, b"\r\n\r\n")
-    head, body, length = split(buf)
-    while len(body) < length:
-        piece = sock.recv(65536)
-        if not piece:
-            break
-        body += piece
-    return head + b"\r\n\r\n" + body
 
 
 def test_a_small_answer_arrives_whole_in_one_piece(users: Users) -> None:
@@ -74,7 +54,7 @@ def test_a_head_request_gets_its_head_and_no_body(users: Users) -> None:
     waiting for one, and the connection serves the next request."""
     with socket.create_connection(("127.0.0.1", users.server.port), timeout=20) as sock:
         sock.sendall(request("HEAD", "/healthz"))
-        head = read_until(sock, b"\r\n\r\n")
+        head = read_until(sock)
         assert head.startswith(b"HTTP/1.1 200") and head.endswith(b"\r\n\r\n"), head
         assert split(head)[2] > 0
         sock.sendall(request("GET", "/healthz"))
@@ -89,7 +69,7 @@ def test_100_continue_still_comes_before_the_body_is_sent(users: Users) -> None:
         sock.sendall(
             request("POST", "/api/v1/files/commit", users.alice_token, extra="Expect: 100-continue\r\n", length=len(body))
         )
-        interim = read_until(sock, b"\r\n\r\n")
+        interim = read_until(sock)
         assert interim.startswith(b"HTTP/1.1 100"), interim
         sock.sendall(body)
         answer = interim.partition(b"\r\n\r\n")[2] + read_answer(sock)
