@@ -171,3 +171,17 @@ def test_sqlite_sends_only_plain_columns_to_the_driver_as_text() -> None:
     assert upsert == sqlitedriver.UPSERT_REFS
     assert sqlitedriver.insert_sql(ns_chunks, ("ns_id", "hash", "touched_at"), ignore=True) is None  # refs' default
     assert sqlitedriver.insert_sql(nodes, sqlitedriver.NODE_KEYS, ignore=True) is None  # path keys are converted
+
+
+def test_sqlite_connections_keep_a_larger_page_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every SQLite connection, writer's and reader's, holds `SQLITE_CACHE_KIB` of pages (a
+    negative ``cache_size`` is KiB), not SQLite's default of 2,000 KiB."""
+    from cubby.metadata.engine import SQLITE_CACHE_KIB
+
+    db = Database(db_url_for("sqlite", tmp_path_factory))
+    try:
+        pragma = "PRAGMA cache_size"
+        assert db.write(lambda c: c.exec_driver_sql(pragma).scalar()) == -SQLITE_CACHE_KIB
+        assert db.read(lambda c: c.exec_driver_sql(pragma).scalar()) == -SQLITE_CACHE_KIB
+    finally:
+        db.dispose()

@@ -458,3 +458,18 @@ def test_an_upload_batch_to_the_pack_store_is_one_write_transaction(store, tmp_p
     assert store.commit(user.id, ns, request("/up", items)).committed
     assert dict(packs.read_many([h for h, _ in items])) == dict(items)
     assert store.ingest_chunks(ns, items, packs) == 0
+
+
+def test_an_upload_mixing_new_chunks_and_indexed_ones_without_rows_records_them_all(store, tmp_path):
+    """A staged upload (`PackBlockStore.stage_many`) whose batch holds chunks it writes now and
+    chunks the pack index already holds with no ``blocks`` row yet (stored by a writer that
+    died before recording them): every one gets its row and is committable and readable, and
+    only the new ones count as stored."""
+    user, _ = store.create_user("mixer")
+    ns = user.root_ns
+    packs = PackBlockStore(FolderObjectStore(tmp_path / "packs"), SqlChunkIndex(store.router.chunks))
+    indexed, fresh = random_chunks(3, size=2000), random_chunks(4, size=2000)
+    packs.put_many(indexed)  # in the index, never recorded by an upload
+    assert store.ingest_chunks(ns, indexed[:1] + fresh + indexed[1:], packs) == 4
+    assert store.commit(user.id, ns, request("/mixed", indexed + fresh)).committed
+    assert dict(packs.read_many([h for h, _ in indexed + fresh])) == dict(indexed + fresh)

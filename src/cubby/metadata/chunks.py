@@ -119,6 +119,10 @@ class ChunkAccess:
             flags, index = staged
         new = sum(1 for f in flags if f)
         names = sorted(unique)
+        # Chunks this call wrote into packs that ``index`` records inside ``record``'s own
+        # transaction: found there by the re-check below whatever happened meanwhile, so not
+        # looked up again (on a store that indexes elsewhere, `put_many`, every chunk is).
+        written = set() if staged is None else {name for name, f in zip(unique, flags) if f}
 
         now = time.time()
 
@@ -145,8 +149,9 @@ class ChunkAccess:
                         conn.execute(delete(chunk_tombstones).where(chunk_tombstones.c.hash.in_(part)))
             # The collector may have removed these bytes between put_many and this lock; only
             # then is a chunk written (and so verified) a second time.
-            stored = blocks_store.present(fresh) if fresh else set()
-            again = [(h, unique[h]) for h in fresh if h not in stored]
+            unsure = [h for h in fresh if h not in written]
+            stored = blocks_store.present(unsure) if unsure else set()
+            again = [(h, unique[h]) for h in unsure if h not in stored]
             if again:
                 blocks_store.put_many(again)
             self.db.insert_ignore(

@@ -38,6 +38,16 @@ from cubby.metadata import sqlitedriver
 
 T = TypeVar("T")
 
+SQLITE_CACHE_KIB = 32 * 1024
+"""Page cache of each SQLite connection, in KiB (SQLite's default is 2,000). A batch of 1,000
+commits or uploads inserts rows into a dozen B-trees keyed by random chunk hashes (``blocks``,
+``chunk_index``, ``ns_chunks`` and its index by hash) and by path; once the database outgrows
+2 MB, most of those pages left the default cache between two batches and came back through a
+``read`` of the WAL or of the file, each page copied again. Measured in process on 20,000 files
+of 4 KiB (2026-12-03): 78 us of SQLite time per file with the default, 62-65 with 16-64 MiB.
+The cache only holds pages that were read: a small database costs no more memory than before."""
+
+
 class UnsupportedDatabase(CubbyError):
     """A metadata database URL that cubby cannot open (a typo, or an engine it does not support)."""
 
@@ -287,6 +297,7 @@ class Database:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA busy_timeout=60000")
+            cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
             cur.close()
 
         begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"

@@ -43,12 +43,14 @@ def serve(config: Config, roles: Sequence[str] = ROLES, *, log_level: str = "inf
         return
     import uvicorn
 
+    from cubby.core.gcpolicy import tune_collector
     from cubby.core.malloc import tune_for_chunks
 
     tune_for_chunks()  # each worker process: chunk buffers without page faults (cubby.core.malloc)
     logs.configure(log_level.upper())
     ctx = build_context(config, tuple(roles))
     app = build_app(ctx, roles)
+    tune_collector()  # after the app is built: what start made is frozen (cubby.core.gcpolicy)
     where = f"http://{listening_address(config)}"
     data = f"--db {config.db_url}" if config.db_url else f"--data {config.data_dir}"
     print(
