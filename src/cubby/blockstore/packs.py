@@ -237,10 +237,17 @@ class PackBlockStore:
         return made
 
     def _put_pack(self, group: list[tuple[str, Stored, int]]) -> NewPack:
+        """One pack of ``group``, durable: given to the store in parts when it takes them
+        (`StreamingPut`), so that the chunks are not joined into one buffer first."""
         pack = new_pack_id()
+        payload = sum(stored_len(b) for _, b, _ in group)
+        if isinstance(self.objects, StreamingPut):
+            entries: list[tuple[str, Location]] = []
+            self.objects.put_parts(pack_object_name(pack), list(pack_parts(pack, group, entries)))
+            return NewPack(pack, pack_size(entries), payload, entries)
         data, entries = build_pack(pack, group)
         self.objects.put(pack_object_name(pack), data)
-        return NewPack(pack, len(data), sum(stored_len(b) for _, b, _ in group), entries)
+        return NewPack(pack, len(data), payload, entries)
 
     # -- reading ------------------------------------------------------------------------------
     def get(self, name: str) -> bytes:
