@@ -10,8 +10,9 @@ folder or a bucket), the pack format (`cubby.blockstore.packfile`), the index
   the executor when one is given), cuts them into packs of at most `TARGET_PACK` bytes,
   puts each pack (durable when `put` returns) and only then records the packs and their chunks
   in the index, in one transaction. On an object store that takes an object in parts
-  (`StreamingPut`: a folder), each chunk is written into its pack as soon as it is verified,
-  so that the writing overlaps the verifying; a bad chunk then deletes the batch's packs
+  (`StreamingPut`: a folder, S3), each chunk goes to its pack as soon as it is verified (a
+  folder writes it then, so that the writing overlaps the verifying; S3 sends the pack's
+  parts, unjoined, once they are all there); a bad chunk then deletes the batch's packs
   before anything was indexed. A batch always ends by writing the pack it filled, so
   nothing is acknowledged before its pack is durable; a small batch makes a small pack, which
   `compact` later merges with others.

@@ -92,10 +92,15 @@ class PartsBody:
         return target
 
     def read(self, size: int | None = -1) -> bytes | memoryview:
-        """Up to ``size`` bytes (all that is left when negative or None); fewer at the end of a
-        large part. A view of the part when the read lies in one, else the gathered pieces."""
-        left = self._size - self._pos
-        want = left if size is None or size < 0 else min(size, left)
+        """Up to ``size`` bytes, fewer at the end of a large part: a view of the part when the
+        read lies in one, else the gathered pieces. Negative or None: all that is left (joined:
+        the senders read in sizes, so this is not their path)."""
+        if size is None or size < 0:
+            rest = []
+            while piece := self.read(GATHER):
+                rest.append(piece)
+            return b"".join(rest)
+        want = min(size, self._size - self._pos)
         if want == 0:
             return b""
         part = self._parts[self._index][self._offset :]
