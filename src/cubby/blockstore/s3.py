@@ -1,7 +1,8 @@
 """Pack files in an S3-compatible bucket: `S3ObjectStore`, and `open_s3_object_store(url)`.
 
-URL form: ``s3://BUCKET/PREFIX?endpoint=http://127.0.0.1:9000&region=us-east-1`` (both query
-parameters optional: AWS's own endpoint and the region from the AWS config when left out).
+URL form: ``s3://BUCKET/PREFIX?endpoint=http://127.0.0.1:9000&region=us-east-1&checksum=crc32``
+(every query parameter optional: AWS's own endpoint, the region from the AWS config, and the
+PUT body's check `BodyCheck` (crc32, md5 or sha256) when left out).
 Credentials come from where every AWS tool looks: ``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY`` / ``AWS_PROFILE``, ``~/.aws/credentials`` and ``~/.aws/config``,
 or an instance role; never from the URL, so it can be logged.
@@ -39,9 +40,9 @@ in large ranges. boto3 is also the reference the benchmarks compare against, the
 Ceph, MinIO and Garage projects test with, and has a stable API; obstore is pre-1.0.
 
 Faults: this store makes each call once. A dropped connection, a timeout, a body that came
-back short, 500, 502, 503, 504, SlowDown, RequestTimeout, BadDigest or XAmzContentSHA256Mismatch (a PUT body
-that does not match its checksum: the server refuses it and stores nothing) raise `ObjectStoreError` with
-``retryable = True``; `open_s3_object_store` wraps the store in `RetryingObjectStore`, which
+back short, 500, 502, 503, 504, SlowDown, RequestTimeout, BadDigest or
+XAmzContentSHA256Mismatch (a PUT body that does not match its checksum: the server refuses
+it and stores nothing) raise `ObjectStoreError` with ``retryable = True``; `open_s3_object_store` wraps the store in `RetryingObjectStore`, which
 retries those with backoff and jitter (boto3's own retries are switched off so that there is
 one policy, and so that a body cut after the headers, which boto3 does not retry, is retried
 too). A read that is short because the object is short is not retried: it is final.
