@@ -57,10 +57,15 @@ from tests.helpers.moto_server import MOTO_CREDENTIALS, moto_server
 BUCKET = "cubby-bench"
 
 
+CHECKSUM: list[str] = []
+"""The ``--checksum`` of the server's S3 URL (empty: the store's default)."""
+
+
 def s3_server(folder: Path, endpoint: str, prefix: str) -> tuple[LiveServer, str]:
     """A fresh cubby server whose packs live under ``prefix`` of the bench bucket (credentials
     from the environment, as every AWS client reads them)."""
-    return start_server(folder, blocks=f"s3://{BUCKET}/{prefix}?endpoint={endpoint}&region=us-east-1")
+    check = f"&checksum={CHECKSUM[0]}" if CHECKSUM else ""
+    return start_server(folder, blocks=f"s3://{BUCKET}/{prefix}?endpoint={endpoint}&region=us-east-1{check}")
 
 
 def small_files_row(report: Report, scratch: Path, work: Path, endpoint: str, count: int, size: int) -> None:
@@ -307,7 +312,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--name", default="s3_transfer")
     ap.add_argument("--s3-pids", default="", help="glob of the S3 server's PID files, for its CPU seconds")
     ap.add_argument("--reclaim", default="", help="shell command run after each deletion (Ceph: gc process)")
+    ap.add_argument(
+        "--checksum", default="", help="the PUT body check of cubby's S3 store: crc32 (its default), md5 or sha256"
+    )
     args = ap.parse_args(argv)
+    CHECKSUM[:] = [args.checksum] if args.checksum else []
     RECLAIM[:] = shlex.split(args.reclaim)
     S3_PIDS[:] = [args.s3_pids] if args.s3_pids else []
     size = parse_size(args.size)
@@ -323,6 +332,7 @@ def main(argv: list[str] | None = None) -> None:
             "repeat": args.repeat,
             "s3": args.endpoint or "moto server",
             "reclaim": args.reclaim,
+            "checksum": args.checksum or "default",
         },
     )
     src = dataset(args.scratch, "random", size, seed=1)

@@ -9,10 +9,11 @@ a run can be repeated, it injects one fault:
 - ``cut_put``: forwards the headers and half the body of a PUT, then drops both connections;
 - ``cut_get``: forwards a GET, relays the response headers and half its body, then drops it;
 - ``garble_put``: forwards a PUT whole but with one byte of its body changed (a body damaged on
-  the way, which the server must refuse by its Content-MD5 rather than store).
+  the way, which the server must refuse by its checksum rather than store, if it checks it).
 
 Everything else is forwarded whole. ``counts`` says how many of each fault it injected, and
-``requests`` how many requests it saw, so a test can show the faults happened.
+``requests`` how many requests it saw, so a test can show the faults happened; with ``record_puts``,
+``puts`` holds the headers (names in lower case) and body of each PUT as the client sent it.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class FaultProxy:
     port: int = 0
     counts: Counter[str] = field(default_factory=Counter)
     requests: Counter[str] = field(default_factory=Counter)
+    record_puts: bool = False
+    puts: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.faults.seed)
@@ -90,6 +93,9 @@ class FaultProxy:
                 if key.strip().lower() == "content-length":
                     length = int(value.strip())
             body = await reader.readexactly(length) if length else b""
+            if method == "PUT" and self.record_puts:
+                sent = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in headers)}
+                self.puts.append((sent, body))
             fault = self._choose(method)
             if fault == "slowdown":
                 writer.write(
@@ -142,10 +148,10 @@ def _close_after(response: bytes) -> bytes:
 
 
 @contextmanager
-def fault_proxy(upstream: str, faults: Faults) -> Iterator[FaultProxy]:
+def fault_proxy(upstream: str, faults: Faults, *, record_puts: bool = False) -> Iterator[FaultProxy]:
     """Run a `FaultProxy` in front of ``upstream`` (``http://host:port``) until the block ends."""
     host, _, port = upstream.removeprefix("http://").rstrip("/").partition(":")
-    proxy = FaultProxy(host, int(port), faults)
+    proxy = FaultProxy(host, int(port), faults, record_puts=record_puts)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     server: list[asyncio.Server] = []

@@ -79,11 +79,13 @@ class StreamingPut(Protocol):
     """An object store that can also store an object whose bytes are still being produced.
 
     `put_parts` stores the concatenation of ``parts`` with `ObjectStore.put`'s promises (atomic,
-    durable when it returns), taking each part as the iterable yields it, so that the work of
-    producing the next part (a pack store verifying the next chunks) overlaps the writing of
-    the last. If the iterable raises, nothing is stored and the error propagates. A store
-    that must hold the whole object before it can send it (one S3 PUT) gains nothing here and
-    does not implement it; callers then join the parts and `put` them."""
+    durable when it returns). If the iterable raises, nothing is stored and the error
+    propagates. A store that can write as it goes (a folder) takes each part as the iterable
+    yields it, so that the work of producing the next part (a pack store verifying the next
+    chunks) overlaps the writing of the last. A store that must hold the whole object before
+    it sends it (one S3 PUT, whose length and checksum come first) takes all the parts first,
+    then sends them as they are: what it saves is the join of the parts into one buffer (a
+    copy of every byte of every pack). Wrappers (retry, read-ahead) pass the parts on."""
 
     def put_parts(self, name: str, parts: Iterable[bytes | memoryview]) -> None:
         """Store the concatenation of ``parts`` as ``name``, atomically and durably."""

@@ -10,8 +10,9 @@ folder or a bucket), the pack format (`cubby.blockstore.packfile`), the index
   the executor when one is given), cuts them into packs of at most `TARGET_PACK` bytes,
   puts each pack (durable when `put` returns) and only then records the packs and their chunks
   in the index, in one transaction. On an object store that takes an object in parts
-  (`StreamingPut`: a folder), each chunk is written into its pack as soon as it is verified,
-  so that the writing overlaps the verifying; a bad chunk then deletes the batch's packs
+  (`StreamingPut`: a folder, S3), each chunk goes to its pack as soon as it is verified (a
+  folder writes it then, so that the writing overlaps the verifying; S3 sends the pack's
+  parts, unjoined, once they are all there); a bad chunk then deletes the batch's packs
   before anything was indexed. A batch always ends by writing the pack it filled, so
   nothing is acknowledged before its pack is durable; a small batch makes a small pack, which
   `compact` later merges with others.
@@ -237,10 +238,17 @@ class PackBlockStore:
         return made
 
     def _put_pack(self, group: list[tuple[str, Stored, int]]) -> NewPack:
+        """One pack of ``group``, durable: given to the store in parts when it takes them
+        (`StreamingPut`), so that the chunks are not joined into one buffer first."""
         pack = new_pack_id()
+        payload = sum(stored_len(b) for _, b, _ in group)
+        if isinstance(self.objects, StreamingPut):
+            entries: list[tuple[str, Location]] = []
+            self.objects.put_parts(pack_object_name(pack), list(pack_parts(pack, group, entries)))
+            return NewPack(pack, pack_size(entries), payload, entries)
         data, entries = build_pack(pack, group)
         self.objects.put(pack_object_name(pack), data)
-        return NewPack(pack, len(data), sum(stored_len(b) for _, b, _ in group), entries)
+        return NewPack(pack, len(data), payload, entries)
 
     # -- reading ------------------------------------------------------------------------------
     def get(self, name: str) -> bytes:

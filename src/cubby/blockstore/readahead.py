@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 
-from cubby.blockstore.objects import ObjectStore, ObjectStoreError, ShortRead
+from cubby.blockstore.objects import ObjectStore, ObjectStoreError, ShortRead, StreamingPut
 
 WINDOW = 8 << 20
 """Bytes per read-ahead: boto3's own transfer part size, and where a GET's fixed cost has
@@ -110,6 +110,13 @@ class ReadAheadObjectStore:
 
     def put(self, name: str, data: bytes) -> None:
         self.inner.put(name, data)
+
+    def put_parts(self, name: str, parts: Iterable[bytes | memoryview]) -> None:
+        """`StreamingPut.put_parts` of the inner store, or its `put` of the parts joined."""
+        if isinstance(self.inner, StreamingPut):
+            self.inner.put_parts(name, parts)
+        else:
+            self.inner.put(name, b"".join(parts))
 
     def delete(self, name: str) -> None:
         self.inner.delete(name)

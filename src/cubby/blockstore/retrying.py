@@ -9,8 +9,9 @@ so that many threads or processes hit by one outage do not come back in lockstep
 
 Why every method may be retried: `put` is safe to repeat because putting the same bytes under
 the same name is harmless (objects are immutable, so a PUT that landed before its answer was
-lost is simply overwritten by the same bytes); `get`, `delete` and `list` have no effect to
-repeat. A retried `list` starts the listing again and skips the names it already yielded, so
+lost is simply overwritten by the same bytes); `put_parts` takes its parts once, before the
+first attempt, so that each attempt sends them all again; `get`, `delete` and `list` have no
+effect to repeat. A retried `list` starts the listing again and skips the names it already yielded, so
 each name still comes out once; that costs a set of the names yielded so far.
 """
 
@@ -18,11 +19,11 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from cubby.blockstore.objects import ObjectStore, ObjectStoreError
+from cubby.blockstore.objects import ObjectStore, ObjectStoreError, StreamingPut
 
 T = TypeVar("T")
 
@@ -70,6 +71,18 @@ class RetryingObjectStore:
 
     def put(self, name: str, data: bytes) -> None:
         self._call(lambda: self.inner.put(name, data))
+
+    def put_parts(self, name: str, parts: Iterable[bytes | memoryview]) -> None:
+        """`StreamingPut.put_parts`, retried: the parts are taken (not joined) first, so that an
+        inner store that must hold the whole object anyway (S3) sends them again on each
+        attempt; one that cannot take parts gets them joined, as `put`."""
+        inner = self.inner
+        pieces = list(parts)
+        if isinstance(inner, StreamingPut):
+            self._call(lambda: inner.put_parts(name, pieces))
+        else:
+            data = b"".join(pieces)
+            self._call(lambda: inner.put(name, data))
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         return self._call(lambda: self.inner.get(name, offset, length))

@@ -1,25 +1,28 @@
 """Pack files in an S3-compatible bucket: `S3ObjectStore`, and `open_s3_object_store(url)`.
 
-URL form: ``s3://BUCKET/PREFIX?endpoint=http://127.0.0.1:9000&region=us-east-1`` (both query
-parameters optional: AWS's own endpoint and the region from the AWS config when left out).
+URL form: ``s3://BUCKET/PREFIX?endpoint=http://127.0.0.1:9000&region=us-east-1&checksum=crc32``
+(every query parameter optional: AWS's own endpoint, the region from the AWS config, and the
+PUT body's check `BodyCheck` (crc32, md5 or sha256) when left out).
 Credentials come from where every AWS tool looks: ``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY`` / ``AWS_PROFILE``, ``~/.aws/credentials`` and ``~/.aws/config``,
 or an instance role; never from the URL, so it can be logged.
 
-Only the oldest, most widely implemented calls are used (PutObject with Content-MD5, ranged
-GetObject, DeleteObject, ListObjectsV2, HeadObject), so that AWS S3, Ceph RGW, MinIO and
-Garage all serve it. Two choices follow from that:
+Only the oldest, most widely implemented calls are used (PutObject, ranged GetObject,
+DeleteObject, ListObjectsV2, HeadObject), so that AWS S3, Ceph RGW, MinIO and Garage all serve
+it. Choices that follow from that, and from what a PUT costs the server's CPU:
 
 - boto3 (since 1.36) adds CRC trailers in ``aws-chunked`` bodies to every PUT by default,
   which several S3-compatible servers refuse or store wrongly; we switch that off
-  (``when_required``) and send Content-MD5 instead, which every server checks (``BadDigest``),
-  so a body cut or garbled on the way is never stored under the name.
-- Bodies are not signed (``UNSIGNED-PAYLOAD``, ``payload_signing_enabled`` off). boto3 already
-  does that over https when Content-MD5 is sent; over plain http (a bucket on the local
-  network, Ceph RGW beside the server) it would hash every byte of every pack with SHA-256 for
-  the signature, a full pass over the data on the server's CPU that boto3's own transfers do
-  not pay. The headers are still signed; the body is guarded by Content-MD5 on the way, and
-  every chunk is checked against its SHA-256 name whenever it is read back.
+  (``when_required``) and send the body's check as a plain header instead: CRC32 in
+  ``x-amz-checksum-crc32`` by default, or Content-MD5 (``?checksum=md5``), or a signed payload
+  (``?checksum=sha256``). What each costs and which servers check which: `cubby.blockstore.s3body`.
+- Bodies are not signed (``UNSIGNED-PAYLOAD``, ``payload_signing_enabled`` off) unless
+  ``checksum=sha256`` asks for it. boto3 already does that over https when a checksum header is
+  sent; over plain http (a bucket on the local network, Ceph RGW beside the server) it would
+  hash every byte of every pack with SHA-256 for the signature, a full pass over the data on
+  the server's CPU (and another on the S3 server's). The headers are always signed.
+- A pack's parts are sent as they are (`PartsBody`): not joined into one buffer, and not
+  copied again by botocore.
 - No multipart upload: packs are tens of MiB, far below the 5 GiB single-PUT limit, and one
   PUT is atomic by itself (a reader sees all of it or nothing; an unfinished multipart upload
   would leave parts to clean up). Nor does it pay for speed: S3's 5 MiB minimum part allows
@@ -37,9 +40,9 @@ in large ranges. boto3 is also the reference the benchmarks compare against, the
 Ceph, MinIO and Garage projects test with, and has a stable API; obstore is pre-1.0.
 
 Faults: this store makes each call once. A dropped connection, a timeout, a body that came
-back short, 500, 502, 503, 504, SlowDown, RequestTimeout or BadDigest (a PUT body that does
-not match its Content-MD5: moto and Ceph RGW both refuse it and store nothing) raise `ObjectStoreError` with
-``retryable = True``; `open_s3_object_store` wraps the store in `RetryingObjectStore`, which
+back short, 500, 502, 503, 504, SlowDown, RequestTimeout, BadDigest or
+XAmzContentSHA256Mismatch (a PUT body that does not match its checksum: the server refuses
+it and stores nothing) raise `ObjectStoreError` with ``retryable = True``; `open_s3_object_store` wraps the store in `RetryingObjectStore`, which
 retries those with backoff and jitter (boto3's own retries are switched off so that there is
 one policy, and so that a body cut after the headers, which boto3 does not retry, is retried
 too). A read that is short because the object is short is not retried: it is final.
@@ -47,9 +50,7 @@ too). A read that is short because the object is short is not retried: it is fin
 
 from __future__ import annotations
 
-import base64
-import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -62,6 +63,7 @@ from cubby.blockstore.folder import check_object_name
 from cubby.blockstore.objects import ObjectMissing, ObjectStore, ObjectStoreError, ShortRead
 from cubby.blockstore.readahead import ReadAheadObjectStore
 from cubby.blockstore.retrying import Backoff, RetryingObjectStore
+from cubby.blockstore.s3body import BodyCheck, PartsBody
 from cubby.errors import BadRequest
 
 _TRANSIENT_CODES = frozenset(
@@ -72,8 +74,10 @@ _TRANSIENT_CODES = frozenset(
         "RequestTimeout",
         "Throttling",
         "ThrottlingException",
-        # The body did not match its Content-MD5: damaged on the way, so sending it again may pass.
+        # The body did not match its checksum (Content-MD5 or x-amz-checksum-*; the signed
+        # SHA-256): damaged on the way, so sending it again may pass.
         "BadDigest",
+        "XAmzContentSHA256Mismatch",
     }
 )
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
@@ -86,25 +90,27 @@ _TRANSIENT_EXCEPTIONS: tuple[type[Exception], ...] = (
 
 @dataclass(frozen=True, slots=True)
 class S3Location:
-    """Where an `S3ObjectStore` keeps its objects; ``prefix`` is empty or ends with ``/``."""
+    """Where an `S3ObjectStore` keeps its objects (``prefix`` is empty or ends with ``/``), and
+    how the body of each PUT is checked on the way (`BodyCheck`)."""
 
     bucket: str
     prefix: str = ""
     endpoint: str | None = None
     region: str | None = None
+    checksum: BodyCheck = BodyCheck.CRC32
 
     @classmethod
     def parse(cls, url: str) -> S3Location:
-        """Read ``s3://BUCKET/PREFIX?endpoint=…&region=…``; unknown parameters are refused, so
-        that a misspelt one is not silently ignored."""
+        """Read ``s3://BUCKET/PREFIX?endpoint=…&region=…&checksum=crc32|md5|sha256``; unknown
+        parameters and values are refused, so that a misspelt one is not silently ignored."""
         parts = urlsplit(url)
         if parts.scheme != "s3" or not parts.netloc:
             raise BadRequest(f"not an s3://BUCKET/PREFIX url: {url!r}", code="invalid_blocks_url")
         query = parse_qs(parts.query, keep_blank_values=True)
-        unknown = set(query) - {"endpoint", "region"}
+        unknown = set(query) - {"endpoint", "region", "checksum"}
         if unknown:
             raise BadRequest(
-                f"unknown s3 url parameter(s) {', '.join(sorted(unknown))}: only endpoint and region",
+                f"unknown s3 url parameter(s) {', '.join(sorted(unknown))}: only endpoint, region and checksum",
                 code="invalid_blocks_url",
             )
         prefix = parts.path.strip("/")
@@ -116,7 +122,14 @@ class S3Location:
             values = query.get(key)
             return values[-1] if values else None
 
-        return cls(bucket=parts.netloc, prefix=prefix, endpoint=one("endpoint"), region=one("region"))
+        checksum = one("checksum") or BodyCheck.CRC32.value
+        try:
+            check = BodyCheck(checksum)
+        except ValueError:
+            raise BadRequest(
+                f"unknown s3 checksum {checksum!r}: crc32, md5 or sha256", code="invalid_blocks_url"
+            ) from None
+        return cls(parts.netloc, prefix, one("endpoint"), one("region"), check)
 
 
 class S3ObjectStore:
@@ -146,9 +159,12 @@ class S3ObjectStore:
             retries={"total_max_attempts": 1, "mode": "standard"},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
-            # No SHA-256 of each body for the signature, on http as on https (see the module
-            # docstring): Content-MD5 already guards the body, and it saves a pass over every byte.
-            s3={"payload_signing_enabled": False, **({"addressing_style": "path"} if location.endpoint else {})},
+            # No SHA-256 of each body for the signature, on http as on https, unless that is the
+            # body's check (see the module docstring): it is a pass over every byte, on both sides.
+            s3={
+                "payload_signing_enabled": location.checksum is BodyCheck.SHA256,
+                **({"addressing_style": "path"} if location.endpoint else {}),
+            },
         )
         self._client: Any = (session or boto3.Session()).client(
             "s3", endpoint_url=location.endpoint, region_name=location.region, config=config
@@ -175,10 +191,18 @@ class S3ObjectStore:
         return failure
 
     def put(self, name: str, data: bytes) -> None:
+        self.put_parts(name, (data,))
+
+    def put_parts(self, name: str, parts: Iterable[bytes | memoryview]) -> None:
+        """`StreamingPut.put_parts`: one PutObject whose body is the parts as they are (not
+        joined, `PartsBody`). A PUT must know its length and checksum before it starts, so the
+        parts are all taken first; if the iterable raises, nothing has been sent. The parts
+        are read once for the checksum and once to send (and, retried, again: a sequence)."""
         key = self._key(name)
-        md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+        pieces = parts if isinstance(parts, (list, tuple)) else list(parts)
+        check = self.location.checksum.headers(pieces)
         try:
-            self._client.put_object(Bucket=self.location.bucket, Key=key, Body=data, ContentMD5=md5)
+            self._client.put_object(Bucket=self.location.bucket, Key=key, Body=PartsBody(pieces), **check)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise self._fail(exc, "put", name) from exc
 
