@@ -19,13 +19,19 @@ Everything else is forwarded whole. ``counts`` says how many of each fault it in
 from __future__ import annotations
 
 import asyncio
+import base64
 import random
 import threading
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+BAD_DIGEST_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>BadDigest</Code>'
+    b"<Message>The CRC32 you specified did not match the calculated checksum.</Message></Error>"
+)
 SLOWDOWN_BODY = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
     b"<Message>Please reduce your request rate.</Message></Error>"
@@ -41,6 +47,10 @@ class Faults:
     cut_get: float = 0.0
     garble_put: float = 0.0
     seed: int = 1
+    check_crc32: bool = False
+    """Stand in for a server that checks S3's additional checksums (AWS, Ceph RGW from 19):
+    a PUT whose body (as it arrives, garbled or not) does not match its
+    ``x-amz-checksum-crc32`` is answered 400 BadDigest and not forwarded."""
 
 
 @dataclass
@@ -111,15 +121,24 @@ class FaultProxy:
             request_head = ("\r\n".join([lines[0], *kept, "Connection: close"]) + "\r\n\r\n").encode(
                 "latin-1"
             )
+            if fault == "garble_put" and body:
+                middle = len(body) // 2
+                body = body[:middle] + bytes([body[middle] ^ 0x01]) + body[middle + 1 :]
+            if method == "PUT" and self.faults.check_crc32 and fault != "cut_put" and not _crc32_matches(headers, body):
+                self.counts["bad_crc32"] += 1
+                writer.write(
+                    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/xml\r\n"
+                    + f"Content-Length: {len(BAD_DIGEST_BODY)}\r\nConnection: close\r\n\r\n".encode()
+                    + BAD_DIGEST_BODY
+                )
+                await writer.drain()
+                return
             up_reader, upstream = await asyncio.open_connection(self.upstream_host, self.upstream_port)
             if fault == "cut_put":
                 upstream.write(request_head + body[: len(body) // 2])
                 await upstream.drain()
                 await asyncio.sleep(0.05)  # let the server read the half it got, then cut
                 return
-            if fault == "garble_put" and body:
-                middle = len(body) // 2
-                body = body[:middle] + bytes([body[middle] ^ 0x01]) + body[middle + 1 :]
             upstream.write(request_head + body)
             await upstream.drain()
             response = await up_reader.read()  # the server closes after one response
@@ -135,6 +154,15 @@ class FaultProxy:
             for w in (upstream, writer):
                 if w is not None:
                     w.transport.abort()  # a reset, as a dropped connection looks to a client
+
+
+def _crc32_matches(headers: list[str], body: bytes) -> bool:
+    """Whether ``body`` matches the request's ``x-amz-checksum-crc32`` (true when it has none)."""
+    for line in headers:
+        key, _, value = line.partition(":")
+        if key.strip().lower() == "x-amz-checksum-crc32":
+            return base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode() == value.strip()
+    return True
 
 
 def _close_after(response: bytes) -> bytes:

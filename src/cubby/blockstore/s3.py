@@ -50,6 +50,8 @@ too). A read that is short because the object is short is not retried: it is fin
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +84,13 @@ _TRANSIENT_CODES = frozenset(
 )
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
+log = logging.getLogger("cubby.blockstore")
+
+PROBE_NAME = "checksum-probe"
+"""The object `S3ObjectStore.body_check` puts and deletes (outside ``packs/``, which the
+collector lists)."""
+PROBE_BODY = b"cubby: does this server check x-amz-checksum-crc32?"
+
 _TRANSIENT_EXCEPTIONS: tuple[type[Exception], ...] = (
     botocore.exceptions.HTTPClientError,  # connection refused/closed/reset, timeouts, cut bodies
     botocore.exceptions.IncompleteReadError,  # body shorter than its Content-Length
@@ -97,7 +106,9 @@ class S3Location:
     prefix: str = ""
     endpoint: str | None = None
     region: str | None = None
-    checksum: BodyCheck = BodyCheck.CRC32
+    checksum: BodyCheck | None = None
+    """None (the default): CRC32 where the server is seen to check it, else a signed payload
+    (`S3ObjectStore.body_check`)."""
 
     @classmethod
     def parse(cls, url: str) -> S3Location:
@@ -122,12 +133,12 @@ class S3Location:
             values = query.get(key)
             return values[-1] if values else None
 
-        checksum = one("checksum") or BodyCheck.CRC32.value
+        checksum = one("checksum") or "auto"
         try:
-            check = BodyCheck(checksum)
+            check = None if checksum == "auto" else BodyCheck(checksum)
         except ValueError:
             raise BadRequest(
-                f"unknown s3 checksum {checksum!r}: crc32, md5 or sha256", code="invalid_blocks_url"
+                f"unknown s3 checksum {checksum!r}: auto, crc32, md5 or sha256", code="invalid_blocks_url"
             ) from None
         return cls(parts.netloc, prefix, one("endpoint"), one("region"), check)
 
@@ -152,6 +163,17 @@ class S3ObjectStore:
     ) -> None:
         self.location = location
         self.list_page_size = list_page_size
+        self._check = location.checksum
+        self._check_lock = threading.Lock()
+        self._session = session or boto3.Session()
+        self._limits = (max_connections, connect_timeout, read_timeout)
+        self._client: Any = self._make_client(sign_payload=location.checksum is BodyCheck.SHA256)
+
+    def _make_client(self, *, sign_payload: bool) -> Any:
+        """A boto3 client for this location; ``sign_payload``: SHA-256 of every body for the
+        signature (the ``sha256`` check), else none."""
+        location = self.location
+        max_connections, connect_timeout, read_timeout = self._limits
         config = Config(
             max_pool_connections=max_connections,
             connect_timeout=connect_timeout,
@@ -162,13 +184,62 @@ class S3ObjectStore:
             # No SHA-256 of each body for the signature, on http as on https, unless that is the
             # body's check (see the module docstring): it is a pass over every byte, on both sides.
             s3={
-                "payload_signing_enabled": location.checksum is BodyCheck.SHA256,
+                "payload_signing_enabled": sign_payload,
                 **({"addressing_style": "path"} if location.endpoint else {}),
             },
         )
-        self._client: Any = (session or boto3.Session()).client(
+        return self._session.client(
             "s3", endpoint_url=location.endpoint, region_name=location.region, config=config
         )
+
+    def body_check(self) -> BodyCheck:
+        """How PUT bodies are checked on the way: the URL's ``checksum`` if it names one, else
+        found out once, at the first PUT (a store that is only read never writes a probe).
+
+        Why a probe: CRC32 is the cheapest check (`cubby.blockstore.s3body`), but servers
+        that do not implement S3's additional checksums (Ceph RGW before 19, moto, older
+        MinIO and Garage) ignore its header, and a body damaged on the way would be stored and
+        acknowledged. So `PROBE_NAME` is put twice, once with a wrong CRC32 and once with the
+        right one: refused then accepted, and the server checks CRC32, which is used; else
+        every PUT's payload is signed (SHA-256, which every SigV4 server checks), on a second
+        client made for it. The probe object is deleted; a transient failure of the probe fails
+        this PUT (retried as a PUT is) and the probe is made again at the next."""
+        with self._check_lock:
+            if self._check is None:
+                if self._server_checks_crc32():
+                    self._check = BodyCheck.CRC32
+                else:
+                    self._client = self._make_client(sign_payload=True)
+                    self._check = BodyCheck.SHA256
+                log.info("s3 body check", extra={"bucket": self.location.bucket, "check": self._check.value})
+            return self._check
+
+    def _server_checks_crc32(self) -> bool:
+        key = self._key(PROBE_NAME)
+        body = PROBE_BODY
+        args = {"Bucket": self.location.bucket, "Key": key}
+        try:
+            try:
+                self._client.put_object(**args, Body=body, **BodyCheck.CRC32.headers([body + b"!"]))
+            except botocore.exceptions.ClientError as exc:
+                if _status(exc) >= 500 or _code(exc) in _THROTTLED:
+                    raise self._fail(exc, "put", PROBE_NAME) from exc
+                # refused (BadDigest on AWS; other servers name it otherwise): checked, or the
+                # header is not understood at all, which the right CRC32 below tells apart
+            else:
+                return False  # a wrong CRC32 was stored: the header is ignored
+            try:
+                self._client.put_object(**args, Body=body, **BodyCheck.CRC32.headers([body]))
+            except botocore.exceptions.ClientError as exc:
+                failure = self._fail(exc, "put", PROBE_NAME)
+                if isinstance(failure, ObjectStoreError) and failure.retryable:
+                    raise failure from exc
+                return False  # the header itself is refused, right or wrong
+            return True
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._fail(exc, "put", PROBE_NAME) from exc
+        finally:
+            self.delete(PROBE_NAME)
 
     def _key(self, name: str) -> str:
         check_object_name(name)
@@ -200,7 +271,7 @@ class S3ObjectStore:
         are read once for the checksum and once to send (and, retried, again: a sequence)."""
         key = self._key(name)
         pieces = parts if isinstance(parts, (list, tuple)) else list(parts)
-        check = self.location.checksum.headers(pieces)
+        check = self.body_check().headers(pieces)
         try:
             self._client.put_object(Bucket=self.location.bucket, Key=key, Body=PartsBody(pieces), **check)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
@@ -269,6 +340,13 @@ class S3ObjectStore:
 
     def close(self) -> None:
         self._client.close()
+
+
+_THROTTLED = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout"})
+
+
+def _status(exc: botocore.exceptions.ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
 
 
 def _code(exc: Exception) -> str:

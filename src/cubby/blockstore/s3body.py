@@ -7,18 +7,19 @@ botocore copies a ``bytes`` body once more (it wraps it in a ``BytesIO`` and sen
 inside one large part is a view of that part (no copy); only small parts (a 4 KiB chunk and
 its one-byte header) are gathered into one piece, a copy of bytes that are in the CPU's cache.
 
-Why CRC32 by default (`BodyCheck`): measured here against Ceph RGW 16.2 (16 MiB PUTs, one
-thread, 2026-12-03), the cubby side of a PUT cost 0.70 CPU s/GiB with no body checksum, 1.14
-with CRC32, 1.62 with a signed payload (SHA-256, which RGW then also computes: +0.9 s/GiB on
-its side) and 2.50 with Content-MD5 (MD5 runs at about 600 MB/s here, slower than SHA-256 with
-the CPU's SHA instructions). CRC32 in ``x-amz-checksum-crc32`` is what the AWS SDKs send by
-default today; AWS S3 refuses a body that does not match it (``BadDigest``), as do servers
-that implement S3's additional checksums. Servers that do not (Ceph RGW before 19 "Squid",
-moto) ignore the header: there, as for boto3's own default uploads, the body is guarded on the
-way only by TCP's checksums, and a chunk damaged there is caught when it is read (every chunk
-is checked against its SHA-256 name) but not refused when it is stored. For those servers
-``checksum=md5`` (Content-MD5, which every S3 server checks) or ``checksum=sha256`` (a signed
-payload, which every SigV4 server checks) keep the check on the way, at the cost above.
+Which check (`BodyCheck`), and why CRC32 where the server checks it: measured here against
+Ceph RGW 16.2 (16 MiB PUTs, one thread, 2026-12-03), the cubby side of a PUT cost 0.70 CPU
+s/GiB with no body checksum, 1.14 with CRC32, 1.62 with a signed payload (SHA-256, which RGW
+then also computes: +0.9 s/GiB on its side) and 2.50 with Content-MD5 (MD5 runs at about 600
+MB/s here, slower than SHA-256 with the CPU's SHA instructions). CRC32 in
+``x-amz-checksum-crc32`` is what the AWS SDKs send by default today; AWS S3 refuses a body
+that does not match it (``BadDigest``), as do servers that implement S3's additional
+checksums. Servers that do not (Ceph RGW before 19 "Squid", moto) ignore the header, and a
+body damaged on the way would be stored and acknowledged (caught only when read, since every
+chunk is checked against its SHA-256 name). So by default the store finds out at its first
+PUT whether the server checks CRC32 (`cubby.blockstore.s3.S3ObjectStore.body_check`) and
+uses a signed payload (SHA-256, which every SigV4 server checks) where it does not; the URL's
+``checksum=crc32|md5|sha256`` names one instead.
 """
 
 from __future__ import annotations
