@@ -76,6 +76,12 @@ WRITE_ALL = (
 )
 """Every buffered row of a `NamespaceTxn`, and (when ``set_head``) its head, in one statement.
 Its text is under psycopg's 4,096 characters and 50 parameters, so psycopg converts it once."""
+WRITE_ALL_TYPES = {
+    "u": "text", "i": "text", "r": "text", "j": "text", "c": "text",
+    "head": "bigint", "next_node": "bigint", "ns": "bigint", "set_head": "boolean",
+}
+"""The parameters of `WRITE_ALL` and their types, for a server-side ``PREPARE`` of it
+(`cubby.metadata.nstxn` sends it with its COMMIT as ``EXECUTE``: `cubby.metadata.pgscript`)."""
 
 
 def rows_json(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
@@ -155,7 +161,8 @@ NODES_AND_CHUNKS = (
 node rows first, then one row per stored chunk, its node columns null."""
 
 
-def _node(values: Sequence[Any]) -> NodeRow:
+def node_row(values: Sequence[Any]) -> NodeRow:
+    """A `NodeRow` of the values of one row of `LIVE_NODES` (in `NODE_NAMES` order)."""
     row = dict(zip(NODE_NAMES, values))
     for c in _BYTES:
         if row[c] is not None:
@@ -166,7 +173,7 @@ def _node(values: Sequence[Any]) -> NodeRow:
 def live_nodes(conn: Connection, ns_id: int, keys: Sequence[str]) -> list[NodeRow]:
     """The live ``nodes`` rows of ``ns_id`` at ``keys``, in one statement."""
     cur = driver_execute(conn, LIVE_NODES, {"ns": ns_id, "ks": bytea_array(keys)})
-    return [_node(values) for values in cur.fetchall()]
+    return [node_row(values) for values in cur.fetchall()]
 
 
 def nodes_and_chunks(
@@ -181,7 +188,7 @@ def nodes_and_chunks(
         if values[0] is None:
             chunks.append((values[width], int(values[width + 1]), bool(values[width + 2])))
         else:
-            nodes.append(_node(values[:width]))
+            nodes.append(node_row(values[:width]))
     return nodes, chunks
 
 
@@ -220,6 +227,23 @@ def as_sqlalchemy_error(conn: Connection, sql: str, params: Any, exc: Any, curso
 
 
 __all__ = [
-    "HELD_CHUNKS", "LIVE_NODES", "LOCK_NAMESPACE", "NODES_AND_CHUNKS", "NODE_COLUMNS", "UPDATE_NODES", "WRITE_ALL", "NodeRow",
-    "array_text", "as_sqlalchemy_error", "bytea_array", "driver_execute", "live_nodes", "nodes_and_chunks", "rows_json", "write_params",
+    "HELD_CHUNKS",
+    "LIVE_NODES",
+    "LOCK_NAMESPACE",
+    "NODES_AND_CHUNKS",
+    "NODE_COLUMNS",
+    "NODE_NAMES",
+    "UPDATE_NODES",
+    "WRITE_ALL",
+    "WRITE_ALL_TYPES",
+    "NodeRow",
+    "array_text",
+    "as_sqlalchemy_error",
+    "bytea_array",
+    "driver_execute",
+    "live_nodes",
+    "node_row",
+    "nodes_and_chunks",
+    "rows_json",
+    "write_params",
 ]
