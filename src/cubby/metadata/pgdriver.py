@@ -212,15 +212,34 @@ def driver_execute(conn: Connection, sql: str, params: Mapping[str, Any]) -> Any
     return cur
 
 
+_SESSION_ENDED = ("57P01", "57P02", "57P03")
+"""PostgreSQL's admin_shutdown, crash_shutdown, cannot_connect_now: the server ends the session."""
+
+
+def _ends_session(exc: Any) -> bool:
+    """Whether PostgreSQL said it is ending this session (or the error is of class 08, a
+    connection exception). The driver sees the connection closed only once it has read the
+    end of the stream, which may come a moment after the error (behind a proxy, for one):
+    this error alone says the connection is gone."""
+    state = getattr(exc, "sqlstate", None) or ""
+    return state in _SESSION_ENDED or state.startswith("08")
+
+
 def as_sqlalchemy_error(conn: Connection, sql: str, params: Any, exc: Any, cursor: Any = None) -> StatementError:
     """The driver's ``exc`` as `Connection.execute` would have raised it (so deadlock retries,
     "database is locked" retries and constraint errors work as on SQLAlchemy's path), with the
     connection invalidated first when the error says it is gone. Shared by the modules that
-    send statements to the driver directly (this one and `cubby.metadata.sqlitedriver`)."""
+    send statements to the driver directly (this one and `cubby.metadata.sqlitedriver`).
+
+    As on SQLAlchemy's path, a dead connection condemns the pool's other connections too (a
+    restart or a failover ended them all): the pool is replaced (``dispose(close=False)``;
+    connections in use finish their work and are dropped when given back), so the
+    transaction that `Database` runs again gets a new connection, not the next dead one."""
     fairy = conn.connection
-    gone = conn.dialect.is_disconnect(exc, fairy.dbapi_connection, cursor)
+    gone = conn.dialect.is_disconnect(exc, fairy.dbapi_connection, cursor) or _ends_session(exc)
     if gone:
         conn.invalidate(exc)
+        conn.engine.dispose(close=False)
     return DBAPIError.instance(
         sql, params, exc, conn.dialect.loaded_dbapi.Error, connection_invalidated=gone, dialect=conn.dialect
     )

@@ -55,7 +55,7 @@ def literal(conn: Connection, value: str | int | bool | None) -> str:
     return bytes(_kit(conn)[2].escape_literal(value.encode("utf-8"))).decode("utf-8")
 
 
-def _kit(conn: Connection) -> tuple[Any, Transformer, pq.Escaping]:
+def _kit(conn: Connection) -> tuple[Any, Any, Any]:
     """``conn``'s driver connection, and a row decoder and a quoter for it, made once per
     connection (their set-up, such as the decoder's loaders, is not repeated per statement)."""
     fairy = conn.connection
@@ -63,7 +63,7 @@ def _kit(conn: Connection) -> tuple[Any, Transformer, pq.Escaping]:
     kit = fairy.info.get("cubby.pgscript")
     if kit is None or kit[0] is not driver:
         kit = fairy.info["cubby.pgscript"] = (driver, Transformer(driver), pq.Escaping(driver.pgconn))
-    return kit  # type: ignore[no-any-return]
+    return kit  # type: ignore[no-any-return]  # (driver, Transformer, pq.Escaping)
 
 
 def begin_statement(driver: Any) -> str | None:
@@ -107,8 +107,8 @@ def _send(conn: Connection, statements: Sequence[str], *, commit: bool) -> list[
         raise as_sqlalchemy_error(conn, sql, (), exc) from exc
     for res in results:
         if res.status == pq.ExecStatus.FATAL_ERROR:
-            exc = errors.error_from_result(res)
-            raise as_sqlalchemy_error(conn, sql, (), exc) from exc
+            failed = errors.error_from_result(res)
+            raise as_sqlalchemy_error(conn, sql, (), failed) from failed
     if begin is not None:
         results = results[1:]
     if commit:
