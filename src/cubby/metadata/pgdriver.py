@@ -86,10 +86,13 @@ WRITE_ALL_TYPES = {
 
 def rows_json(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     """``rows`` (only ``columns``, missing ones null) as the JSON array `_rows` reads."""
+    if not rows:  # most tables of a small commit get no row
+        return "[]"
+    keys = _BYTES.intersection(columns)
     out = []
     for r in rows:
         d = {c: r.get(c) for c in columns}
-        for c in _BYTES.intersection(d):
+        for c in keys:
             key = d[c]
             if key is not None:
                 d[c] = "\\x" + str(key).encode("utf-8").hex()

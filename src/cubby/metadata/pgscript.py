@@ -42,17 +42,27 @@ from cubby.metadata.pgdriver import as_sqlalchemy_error
 
 Rows = list[tuple[Any, ...]]
 
+_FATAL_ERROR, _TUPLES_OK, _IDLE = pq.ExecStatus.FATAL_ERROR, pq.ExecStatus.TUPLES_OK, pq.TransactionStatus.IDLE
 
-def literal(conn: Connection, value: str | int | bool | None) -> str:
-    """``value`` as SQL text for a statement of `run`: integers and booleans as written,
+
+Value = str | int | bool | None
+
+
+def literals(conn: Connection, values: Sequence[Value]) -> list[str]:
+    """``values`` as SQL text for a statement of `run`: integers and booleans as written,
     text quoted by libpq for this connection (its encoding and ``standard_conforming_strings``)."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    return bytes(_kit(conn)[2].escape_literal(value.encode("utf-8"))).decode("utf-8")
+    escape = _kit(conn)[2].escape_literal
+    out = []
+    for value in values:
+        if value is None:
+            out.append("NULL")
+        elif value is True or value is False:
+            out.append("true" if value else "false")
+        elif isinstance(value, int):
+            out.append(str(value))
+        else:
+            out.append(bytes(escape(value.encode("utf-8"))).decode("utf-8"))
+    return out
 
 
 def _kit(conn: Connection) -> tuple[Any, Any, Any]:
@@ -69,14 +79,14 @@ def _kit(conn: Connection) -> tuple[Any, Any, Any]:
 def begin_statement(driver: Any) -> str | None:
     """The BEGIN psycopg would send before the next statement on ``driver``, or None when
     it would send none (a transaction is open, or the connection is in autocommit)."""
-    if driver.autocommit or driver.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+    if driver.autocommit or driver.pgconn.transaction_status != _IDLE:
         return None
     level = driver.isolation_level
     return "BEGIN" if level is None else f"BEGIN ISOLATION LEVEL {level.name.replace('_', ' ')}"
 
 
 def run(conn: Connection, statements: Sequence[str]) -> list[Rows]:
-    """Run ``statements`` (SQL with their values in them: `literal`) in one round trip, in
+    """Run ``statements`` (SQL with their values in them: `literals`) in one round trip, in
     ``conn``'s transaction (its BEGIN sent with them if it has not started): the rows of each
     statement, in order (an empty list for one that returns none)."""
     return _send(conn, statements, commit=False)
@@ -106,7 +116,7 @@ def _send(conn: Connection, statements: Sequence[str], *, commit: bool) -> list[
     except errors.Error as exc:
         raise as_sqlalchemy_error(conn, sql, (), exc) from exc
     for res in results:
-        if res.status == pq.ExecStatus.FATAL_ERROR:
+        if res.status == _FATAL_ERROR:
             failed = errors.error_from_result(res)
             raise as_sqlalchemy_error(conn, sql, (), failed) from failed
     if begin is not None:
@@ -115,7 +125,7 @@ def _send(conn: Connection, statements: Sequence[str], *, commit: bool) -> list[
         results = results[:-1]
     out: list[Rows] = []
     for res in results:
-        if res.status != pq.ExecStatus.TUPLES_OK:
+        if res.status != _TUPLES_OK:
             out.append([])
             continue
         tx.set_pgresult(res)
@@ -124,4 +134,4 @@ def _send(conn: Connection, statements: Sequence[str], *, commit: bool) -> list[
     return out
 
 
-__all__ = ["Rows", "begin_statement", "literal", "run", "run_and_commit"]
+__all__ = ["Rows", "Value", "begin_statement", "literals", "run", "run_and_commit"]

@@ -58,7 +58,7 @@ IS_PREPARED = "SELECT EXISTS (SELECT FROM pg_prepared_statements WHERE name = 'c
 
 
 def _fill(sql: str, conn: Connection, params: Mapping[str, Any]) -> str:
-    return sql % {name: pgscript.literal(conn, value) for name, value in params.items()}
+    return sql % dict(zip(params, pgscript.literals(conn, list(params.values()))))
 
 
 def lock_and_read(
@@ -97,7 +97,7 @@ def write_and_commit(db: Database, conn: Connection, params: Mapping[str, Any], 
     with the PREPARE of the statement first when the transaction's `lock_and_read` found it
     missing. ``db`` is the database whose outermost write transaction this ends."""
     fairy = conn.connection
-    args = ", ".join(pgscript.literal(conn, params[name]) for name in _NAMES)
+    args = ", ".join(pgscript.literals(conn, [params[name] for name in _NAMES]))
     statements = [f"EXECUTE cubby_write_all({args})"]
     if updated is not None:
         statements.insert(0, _fill(UPDATE_NODES, conn, {"u": updated}))
