@@ -351,7 +351,10 @@ class FileWrites:
         """The path keys and chunks a commit of files at ``paths_`` reads first: the files'
         own keys and their ancestors' (the mount guard's), and the chunk check's hashes (None
         when the chunk check runs on another database). `write_namespace` reads them with the
-        lock where it can (`open_txn`); `_prefetch_with_chunks` then finds them known."""
+        lock where it can (`open_txn`: on PostgreSQL; elsewhere nothing is gathered here, as
+        nothing would use it); `_prefetch_with_chunks` then finds them known."""
+        if self.db.dialect != "postgresql":
+            return [], None
         keys: set[str] = set()
         folders: set[str] = set()
         for path in paths_:
