@@ -63,6 +63,22 @@ def test_a_single_file_commit_is_two_round_trips(relayed: tuple[SqlMetadataStore
     assert [j.path for j in store.journal(ns, 0)] == ["/docs", "/docs/a.txt", "/docs/b.txt", "/docs/a.txt", "/new", "/new/c.txt"]
 
 
+def test_a_batch_of_commits_is_two_round_trips_too(relayed: tuple[SqlMetadataStore, TurnCounter, str]) -> None:
+    store, relay, _ = relayed
+    blocks = MemoryBlockStore()
+    user = _user(store)
+    ns = user.root_ns
+    put_file(store, blocks, user.id, ns, "/warm.txt")  # the connection has prepared the write
+    files = {f"/batch/{n}.txt": random_chunks(2) for n in ("a", "b", "c")}
+    before = relay.turns
+    refused = store.commit_many(user.id, ns, [request(p, items) for p, items in files.items()])
+    assert relay.turns - before == 2 and all(not r.committed for r in refused)  # chunks needed
+    store.ingest_chunks(ns, [c for items in files.values() for c in items], blocks)
+    before = relay.turns
+    done = store.commit_many(user.id, ns, [request(p, items) for p, items in files.items()])
+    assert relay.turns - before == 2 and all(r.committed for r in done)
+
+
 def test_a_commit_lands_after_psycopg_deallocated_the_prepared_write(
     relayed: tuple[SqlMetadataStore, TurnCounter, str],
 ) -> None:
