@@ -14,6 +14,7 @@ transactions per request and cache hit ratio, as request_cost.py measures them.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tempfile
@@ -32,6 +33,8 @@ from request_cost import KINDS, counters, cpu_seconds, prepare
 
 from tests.helpers.cache_servers import Memcached
 from tests.helpers.live_server import LiveServer
+
+CHECKOUT = hashlib.sha1(str(ROOT).encode()).hexdigest()[:6]
 
 
 def database(engine: str, name: str, folder: Path) -> str:
@@ -65,7 +68,8 @@ def pair(
             if mode == "memcached":
                 caches.append(Memcached(folder).start())
                 cache_url = caches[-1].url
-            url = database(engine, f"cubby_bench_{side}", folder)
+            # Databases of this checkout's own: other checkouts may run this benchmark at the same time.
+            url = database(engine, f"cubby_bench_{side}_{CHECKOUT}", folder)
             servers[side] = LiveServer(
                 folder / "server", db_url=url, extra_args=["--cache", cache_url], env={"PYTHONPATH": str(tree / "src")}
             ).start()

@@ -84,7 +84,10 @@ def database_url(url: str | URL) -> URL:
     return parsed.set(drivername=known[0] if not driver else parsed.drivername)
 
 
-_RETRYABLE_CODES = {"40001", "40P01", "1213", "1205", "55P03"}
+_RETRYABLE_CODES = {"40001", "40P01", "1213", "1205", "55P03", "26000"}
+"""Serialization failures, deadlocks and lock timeouts; and PostgreSQL's invalid_sql_statement_name:
+a statement `cubby.metadata.pgtrips` prepared was deallocated under it (by psycopg's rollback
+of the connection) after it checked, and the transaction rolled back; run again, it prepares it."""
 
 
 def _is_retryable(exc: DBAPIError) -> bool:
@@ -378,6 +381,17 @@ class Database:
             self._current.session = None
             session.close()
 
+    def writing(self) -> bool:
+        """Whether this thread is inside a `write` of this database (a new `write` would join it)."""
+        return getattr(self._current, "conn", None) is not None
+
+    def commit_sent(self) -> None:
+        """Note that the running `write` transaction's COMMIT is on its way inside ``fn``
+        (`cubby.metadata.pgscript.run_and_commit`): from here on a lost connection leaves its
+        outcome unknown, so `_run` raises instead of running ``fn`` again, as for a COMMIT
+        sent at the end."""
+        self._current.commit_sent = True
+
     def _run(self, engine: Engine, fn: Callable[[Connection], T], *, joinable: bool) -> T:
         """``fn`` in one transaction of ``engine``, run a second time on a new connection if
         the first one's connection was dead before the COMMIT was sent.
@@ -392,6 +406,7 @@ class Database:
         for attempt in range(2):
             committing = False
             kept = self._kept if engine is self.writer else None
+            self._current.commit_sent = False
             try:
                 solo = self._solo if engine is self.writer else None
                 with solo.begin() if solo is not None else kept.begin() if kept is not None else engine.begin() as conn:
@@ -407,7 +422,7 @@ class Database:
             except DBAPIError as exc:
                 if exc.connection_invalidated and kept is not None:
                     kept.forget()
-                if attempt or committing or not exc.connection_invalidated:
+                if attempt or committing or self._current.commit_sent or not exc.connection_invalidated:
                     raise
         raise AssertionError("unreachable")
 

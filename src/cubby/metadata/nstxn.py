@@ -27,11 +27,10 @@ from sqlalchemy.engine import Connection, Row
 
 from cubby.core import paths
 from cubby.errors import NamespaceGone, NamespaceMoving
-from cubby.metadata import sqlitedriver
+from cubby.metadata import pgtrips, sqlitedriver
 from cubby.metadata.engine import Database
 from cubby.metadata.pgdriver import (
     JOURNAL_COLUMNS,
-    LOCK_NAMESPACE,
     REV_COLUMNS,
     UPDATE_NODES,
     WRITE_ALL,
@@ -186,6 +185,16 @@ class NamespaceTxn:
     def forget(self) -> None:
         self.cache.clear()
 
+    def note_chunks(self, found: Iterable[Any]) -> None:
+        """Record rows of the chunk check (hash, size, held): stored chunks, and whether this
+        namespace (or one the caller reads) holds each."""
+        if self.usable is None or self.chunk_sizes is None:
+            self.usable, self.chunk_sizes = set(), {}
+        for h, size, held in found:
+            self.chunk_sizes[h] = int(size)
+            if held:
+                self.usable.add(h)
+
     # -- buffered writes ------------------------------------------------------------------------
     def put_node(self, node_id: int, values: dict[str, Any], *, new: bool) -> None:
         full = {"ns_id": self.ns_id, "node_id": node_id, **values}
@@ -295,28 +304,38 @@ class NamespaceTxn:
         self.journal_rows.clear()
         self.ref_counts.clear()
 
-    def _write_all(self, *, head: int | None) -> None:
+    def _write_all(self, *, head: int | None, commit: bool = False) -> None:
         """PostgreSQL: the buffered rows, and ``head`` unless None, in one statement
-        (`cubby.metadata.pgdriver`; updated nodes first on their own when there are new ones too)."""
+        (`cubby.metadata.pgdriver`; updated nodes first on their own when there are new ones
+        too); ``commit``: and the transaction's COMMIT, in the same round trip (`cubby.metadata.pgtrips`)."""
         updated, inserted = list(self.changed_nodes.values()), list(self.new_nodes.values())
+        first: str | None = None
         if updated and inserted:
-            driver_execute(self.conn, UPDATE_NODES, {"u": rows_json(updated, ("ns_id", "node_id", *NODE_COLUMNS))})
+            first = rows_json(updated, ("ns_id", "node_id", *NODE_COLUMNS))
+            if not commit:
+                driver_execute(self.conn, UPDATE_NODES, {"u": first})
             updated = []
-        if updated or inserted or self.rev_rows or self.journal_rows or self.ref_counts or head is not None:
-            driver_execute(self.conn, WRITE_ALL, write_params(
-                ns_id=self.ns_id, now=self.now, head=head, next_node=self.next_node, updated=updated,
-                inserted=inserted, revs=self.rev_rows, entries=self.journal_rows, refs=self.ref_counts,
-            ))
+        params = write_params(
+            ns_id=self.ns_id, now=self.now, head=head, next_node=self.next_node, updated=updated,
+            inserted=inserted, revs=self.rev_rows, entries=self.journal_rows, refs=self.ref_counts,
+        ) if updated or inserted or self.rev_rows or self.journal_rows or self.ref_counts or head is not None else None
+        if commit:
+            assert params is not None  # a commit always writes the head
+            pgtrips.write_and_commit(self.db, self.conn, params, first)
+        elif params is not None:
+            driver_execute(self.conn, WRITE_ALL, params)
         self.new_nodes.clear()
         self.changed_nodes.clear()
         self.rev_rows.clear()
         self.journal_rows.clear()
         self.ref_counts.clear()
 
-    def finish(self) -> None:
-        """Flush, and write the namespace's new head and node counter (before the commit)."""
+    def finish(self, *, commit: bool = False) -> None:
+        """Flush, and write the namespace's new head and node counter (before the commit).
+        ``commit`` (PostgreSQL only, and only in a `Database.write` that no outer one joined):
+        commit the transaction too, in the same round trip; nothing may run in it afterwards."""
         if self.db.dialect == "postgresql":
-            self._write_all(head=self.head)
+            self._write_all(head=self.head, commit=commit)
             return
         self.flush()
         if self.db.is_sqlite:
@@ -330,12 +349,17 @@ def lock_namespace(db: Database, conn: Connection, ns_id: int) -> tuple[int, int
     `NotFound` if the namespace does not exist; the retryable `NamespaceMoving` if this copy is
     sealed (it is being moved to another shard: `cubby.metadata.rebalance`; the seal is set
     under this same lock, so no write lands in the old copy after the last one was copied)."""
-    if db.dialect == "postgresql":
-        row = driver_execute(conn, LOCK_NAMESPACE, {"ns": ns_id}).fetchone()
+    if db.dialect == "postgresql":  # with the transaction's BEGIN, when it has not started
+        row = pgtrips.lock_and_read(conn, ns_id, (), (), None)[0]
     elif db.is_sqlite:
         row = sqlitedriver.execute(conn, sqlitedriver.LOCK_NAMESPACE, (ns_id,)).fetchone()
     else:
         row = conn.execute(_LOCK_FOR_UPDATE, {"ns": ns_id}).first()
+    return _checked(ns_id, row)
+
+
+def _checked(ns_id: int, row: Any) -> tuple[int, int]:
+    """(head, next node id) of the namespace row ``row`` that `lock_namespace` locked."""
     if row is None:
         raise NamespaceGone(f"namespace {ns_id} does not exist")
     if row[2]:
@@ -345,12 +369,31 @@ def lock_namespace(db: Database, conn: Connection, ns_id: int) -> tuple[int, int
 
 def open_txn(
     db: Database, conn: Connection, ns_id: int, user_id: int | None, *, readable: Iterable[int] = (),
-    now: float | None = None,
+    now: float | None = None, keys: Iterable[str] = (), hashes: Iterable[str] | None = None,
 ) -> NamespaceTxn:
-    """Lock ``ns_id`` on ``conn`` and open a `NamespaceTxn` on it; the caller calls `finish`."""
-    head, next_node = lock_namespace(db, conn, ns_id)
+    """Lock ``ns_id`` on ``conn`` and open a `NamespaceTxn` on it; the caller calls `finish`.
+
+    ``keys`` and ``hashes``: what the transaction will read first, under the lock (the live
+    nodes at those path keys, and the chunk check of those chunks, which locks their
+    ``blocks`` rows in share mode: `cubby.metadata.writes`); None for ``hashes`` when the chunk
+    check is not this database's. On PostgreSQL they are read in the lock's round trip
+    (`cubby.metadata.pgtrips.lock_and_read`) and the transaction starts with them known;
+    elsewhere the transaction reads them itself when it first needs them."""
     others = tuple(sorted({int(n) for n in readable} - {ns_id}))
-    tx = NamespaceTxn(db, conn, ns_id, head, next_node, user_id, readable=others)
+    todo = sorted(set(keys))
+    wanted = None if hashes is None else sorted(set(hashes))
+    if db.dialect != "postgresql" or len(todo) > pgtrips.MAX_READ or len(wanted or ()) > pgtrips.MAX_READ:
+        head, next_node = lock_namespace(db, conn, ns_id)
+        tx = NamespaceTxn(db, conn, ns_id, head, next_node, user_id, readable=others)
+    else:
+        row, found_nodes, found_chunks = pgtrips.lock_and_read(conn, ns_id, todo, [ns_id, *others], wanted)
+        head, next_node = _checked(ns_id, row)
+        tx = NamespaceTxn(db, conn, ns_id, head, next_node, user_id, readable=others)
+        tx.cache.update(dict.fromkeys(todo))
+        tx.cache.update((n.path_key, n) for n in found_nodes)
+        if wanted:
+            tx.checked.update(wanted)
+            tx.note_chunks(found_chunks)
     if now is not None:
         tx.now = now
     return tx
@@ -373,15 +416,21 @@ def finish_all(txs: dict[int, NamespaceTxn]) -> dict[int, int]:
 
 
 def write_namespace(
-    db: Database, ns_id: int, user_id: int | None, fn: Callable[[NamespaceTxn], T], readable: Iterable[int] = ()
+    db: Database, ns_id: int, user_id: int | None, fn: Callable[[NamespaceTxn], T], readable: Iterable[int] = (),
+    *, keys: Iterable[str] = (), hashes: Iterable[str] | None = None,
 ) -> T:
     """Run ``fn(txn)`` in one transaction of ``db`` holding the namespace's lock, and commit
-    what it wrote (a raise rolls everything back, journal ids with it)."""
+    what it wrote (a raise rolls everything back, journal ids with it). ``keys`` and
+    ``hashes``: what ``fn`` reads first (`open_txn`). On PostgreSQL, when this is the thread's
+    outermost write, the last write and the COMMIT go in one round trip (`NamespaceTxn.finish`)."""
+    commit = db.dialect == "postgresql" and not db.writing()
+    keys = tuple(keys)  # read again if a deadlock makes `Database.write` run the transaction again
+    hashes = None if hashes is None else tuple(hashes)
 
     def run(conn: Connection) -> T:
-        tx = open_txn(db, conn, ns_id, user_id, readable=readable)
+        tx = open_txn(db, conn, ns_id, user_id, readable=readable, keys=keys, hashes=hashes)
         result = fn(tx)
-        tx.finish()
+        tx.finish(commit=commit)
         return result
 
     return db.write(run)

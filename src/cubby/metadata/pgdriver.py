@@ -76,14 +76,23 @@ WRITE_ALL = (
 )
 """Every buffered row of a `NamespaceTxn`, and (when ``set_head``) its head, in one statement.
 Its text is under psycopg's 4,096 characters and 50 parameters, so psycopg converts it once."""
+WRITE_ALL_TYPES = {
+    "u": "text", "i": "text", "r": "text", "j": "text", "c": "text",
+    "head": "bigint", "next_node": "bigint", "ns": "bigint", "set_head": "boolean",
+}
+"""The parameters of `WRITE_ALL` and their types, for a server-side ``PREPARE`` of it
+(`cubby.metadata.nstxn` sends it with its COMMIT as ``EXECUTE``: `cubby.metadata.pgscript`)."""
 
 
 def rows_json(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     """``rows`` (only ``columns``, missing ones null) as the JSON array `_rows` reads."""
+    if not rows:  # most tables of a small commit get no row
+        return "[]"
+    keys = _BYTES.intersection(columns)
     out = []
     for r in rows:
         d = {c: r.get(c) for c in columns}
-        for c in _BYTES.intersection(d):
+        for c in keys:
             key = d[c]
             if key is not None:
                 d[c] = "\\x" + str(key).encode("utf-8").hex()
@@ -155,7 +164,8 @@ NODES_AND_CHUNKS = (
 node rows first, then one row per stored chunk, its node columns null."""
 
 
-def _node(values: Sequence[Any]) -> NodeRow:
+def node_row(values: Sequence[Any]) -> NodeRow:
+    """A `NodeRow` of the values of one row of `LIVE_NODES` (in `NODE_NAMES` order)."""
     row = dict(zip(NODE_NAMES, values))
     for c in _BYTES:
         if row[c] is not None:
@@ -166,7 +176,7 @@ def _node(values: Sequence[Any]) -> NodeRow:
 def live_nodes(conn: Connection, ns_id: int, keys: Sequence[str]) -> list[NodeRow]:
     """The live ``nodes`` rows of ``ns_id`` at ``keys``, in one statement."""
     cur = driver_execute(conn, LIVE_NODES, {"ns": ns_id, "ks": bytea_array(keys)})
-    return [_node(values) for values in cur.fetchall()]
+    return [node_row(values) for values in cur.fetchall()]
 
 
 def nodes_and_chunks(
@@ -181,7 +191,7 @@ def nodes_and_chunks(
         if values[0] is None:
             chunks.append((values[width], int(values[width + 1]), bool(values[width + 2])))
         else:
-            nodes.append(_node(values[:width]))
+            nodes.append(node_row(values[:width]))
     return nodes, chunks
 
 
@@ -205,21 +215,57 @@ def driver_execute(conn: Connection, sql: str, params: Mapping[str, Any]) -> Any
     return cur
 
 
+_SESSION_ENDED = ("57P01", "57P02", "57P03")
+"""PostgreSQL's admin_shutdown, crash_shutdown, cannot_connect_now: the server ends the session."""
+
+
+def _ends_session(exc: Any) -> bool:
+    """Whether PostgreSQL said it is ending this session (or the error is of class 08, a
+    connection exception). The driver sees the connection closed only once it has read the
+    end of the stream, which may come a moment after the error (behind a proxy, for one):
+    this error alone says the connection is gone."""
+    state = getattr(exc, "sqlstate", None) or ""
+    return state in _SESSION_ENDED or state.startswith("08")
+
+
 def as_sqlalchemy_error(conn: Connection, sql: str, params: Any, exc: Any, cursor: Any = None) -> StatementError:
     """The driver's ``exc`` as `Connection.execute` would have raised it (so deadlock retries,
     "database is locked" retries and constraint errors work as on SQLAlchemy's path), with the
     connection invalidated first when the error says it is gone. Shared by the modules that
-    send statements to the driver directly (this one and `cubby.metadata.sqlitedriver`)."""
+    send statements to the driver directly (this one and `cubby.metadata.sqlitedriver`).
+
+    As on SQLAlchemy's path, a dead connection condemns the pool's other connections too (a
+    restart or a failover ended them all): the pool is replaced (``dispose(close=False)``;
+    connections in use finish their work and are dropped when given back), so the
+    transaction that `Database` runs again gets a new connection, not the next dead one."""
     fairy = conn.connection
-    gone = conn.dialect.is_disconnect(exc, fairy.dbapi_connection, cursor)
+    gone = conn.dialect.is_disconnect(exc, fairy.dbapi_connection, cursor) or _ends_session(exc)
     if gone:
         conn.invalidate(exc)
+        conn.engine.dispose(close=False)
     return DBAPIError.instance(
         sql, params, exc, conn.dialect.loaded_dbapi.Error, connection_invalidated=gone, dialect=conn.dialect
     )
 
 
 __all__ = [
-    "HELD_CHUNKS", "LIVE_NODES", "LOCK_NAMESPACE", "NODES_AND_CHUNKS", "NODE_COLUMNS", "UPDATE_NODES", "WRITE_ALL", "NodeRow",
-    "array_text", "as_sqlalchemy_error", "bytea_array", "driver_execute", "live_nodes", "nodes_and_chunks", "rows_json", "write_params",
+    "HELD_CHUNKS",
+    "LIVE_NODES",
+    "LOCK_NAMESPACE",
+    "NODES_AND_CHUNKS",
+    "NODE_COLUMNS",
+    "NODE_NAMES",
+    "UPDATE_NODES",
+    "WRITE_ALL",
+    "WRITE_ALL_TYPES",
+    "NodeRow",
+    "array_text",
+    "as_sqlalchemy_error",
+    "bytea_array",
+    "driver_execute",
+    "live_nodes",
+    "node_row",
+    "nodes_and_chunks",
+    "rows_json",
+    "write_params",
 ]

@@ -150,24 +150,15 @@ class FileWrites:
         checked = tx.checked
         wanted = [h for h in hashes if h not in checked]
         if tx.usable is None:
-            self._note_chunks(tx, ())
+            tx.note_chunks(())
         if not wanted:  # a batch's chunks are all looked up before its first commit
             return
         wanted = sorted(set(wanted))
         tx.checked.update(wanted)
         for i in range(0, len(wanted), 500):
             part = wanted[i : i + 500]
-            self._note_chunks(tx, self.held(tx, part))
+            tx.note_chunks(self.held(tx, part))
 
-    @staticmethod
-    def _note_chunks(tx: NamespaceTxn, found: Iterable[Any]) -> None:
-        """Record rows of the chunk check (hash, size, held) in ``tx``."""
-        if tx.usable is None or tx.chunk_sizes is None:
-            tx.usable, tx.chunk_sizes = set(), {}
-        for h, size, held in found:
-            tx.chunk_sizes[h] = int(size)
-            if held:
-                tx.usable.add(h)
 
     def _prefetch_with_chunks(self, tx: NamespaceTxn, keys: Iterable[str], hashes: Iterable[str]) -> None:
         """``tx.prefetch(keys)``, then `_load_chunks` of ``hashes``: in one statement on a
@@ -187,7 +178,7 @@ class FileWrites:
         tx.cache.update(dict.fromkeys(todo))
         tx.cache.update((n.path_key, n) for n in found_nodes)
         tx.checked.update(wanted)
-        self._note_chunks(tx, found)
+        tx.note_chunks(found)
 
     def _unavailable(self, tx: NamespaceTxn, chunks: tuple[ChunkRef, ...]) -> builtins.list[str]:
         """Chunks this namespace may not use yet, in file order (each once). The caller has
@@ -354,9 +345,34 @@ class FileWrites:
         new = [c for c in delta.offsets([(c.hash, c.size) for c in chunks]) if c[0] in wanted]
         return delta.pick_bases(new, delta.offsets([(h, s) for h, s in json.loads(row[0])]))
 
+    def _first_reads(
+        self, paths_: Iterable[str], chunks: Iterable[ChunkRef]
+    ) -> tuple[list[str], list[str] | None]:
+        """The path keys and chunks a commit of files at ``paths_`` reads first: the files'
+        own keys and their ancestors' (the mount guard's), and the chunk check's hashes (None
+        when the chunk check runs on another database). `write_namespace` reads them with the
+        lock where it can (`open_txn`: on PostgreSQL; elsewhere nothing is gathered here, as
+        nothing would use it); `_prefetch_with_chunks` then finds them known."""
+        if self.db.dialect != "postgresql":
+            return [], None
+        keys: set[str] = set()
+        folders: set[str] = set()
+        for path in paths_:
+            keys.add(paths.key(path))
+            folder = path.rpartition("/")[0]
+            if folder not in folders:  # a batch's files share a few folders
+                folders.add(folder)
+                keys.update(paths.key(a) for a in paths.ancestors(path))
+        hashes = sorted({c.hash for c in chunks}) if self.held == self._held_here else None
+        return sorted(keys), hashes
+
     def commit(self, user_id: int, ns_id: int, req: CommitRequest, readable: Iterable[int] = ()) -> CommitResult:
         path, chunks = self._validate_commit(req)
-        return write_namespace(self.db, ns_id, user_id, lambda tx: self._commit_valid(tx, req, path, chunks), readable)
+        keys, hashes = self._first_reads([path], chunks)
+        return write_namespace(
+            self.db, ns_id, user_id, lambda tx: self._commit_valid(tx, req, path, chunks), readable,
+            keys=keys, hashes=hashes,
+        )
 
     def commit_many(
         self, user_id: int, ns_id: int, reqs: Sequence[CommitRequest], readable: Iterable[int] = ()
@@ -414,7 +430,11 @@ class FileWrites:
                     out.append(exc)
             return out
 
-        return write_namespace(self.db, ns_id, user_id, run, readable)
+        keys, hashes = self._first_reads(
+            (v[0] for v in valid if not isinstance(v, CubbyError)),
+            (c for v in valid if not isinstance(v, CubbyError) for c in v[1]),
+        )
+        return write_namespace(self.db, ns_id, user_id, run, readable, keys=keys, hashes=hashes)
 
     def mkdir(self, user_id: int, ns_id: int, path: str) -> Entry:
         path = paths.normalize(path)
