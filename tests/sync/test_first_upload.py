@@ -98,7 +98,7 @@ class InlineExecutor(Executor):
         done: Future[Any] = Future()
         try:
             done.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # noqa: BLE001 - handed over, as an executor does
+        except BaseException as exc:  # handed over, as an executor does
             done.set_exception(exc)
         return done
 
