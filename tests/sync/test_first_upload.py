@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cubby.client.sync.state import StateDb
+from cubby.client.sync.scanner import KeepBudget, scan
+from cubby.client.sync.state import FileRecord, StateDb
 from cubby.client.windows import BATCH
 from cubby.model import Entry
 from tests.sync.conftest import Clients, local_tree, server_tree
@@ -81,3 +84,52 @@ def test_a_first_sync_sends_each_chunk_once_and_reads_back_no_journal(clients: C
     (b.root / "new.txt").write_bytes(b"from beta")
     assert b.run_once().converged
     assert a.run_once().converged and (a.root / "new.txt").read_bytes() == b"from beta"
+
+
+class InlineExecutor(Executor):
+    """Runs each task as it is submitted, counting them: a scan's hashing tasks are then done
+    as soon as the walk hands them out, and the count says how far the walk had got."""
+
+    def __init__(self) -> None:
+        self.submitted = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.submitted += 1
+        done: Future[Any] = Future()
+        try:
+            done.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # handed over, as an executor does
+            done.set_exception(exc)
+        return done
+
+
+def test_a_scan_gives_new_files_to_the_presend_while_the_walk_goes_on(tmp_path: Path) -> None:
+    """The scan hands each new file it kept to ``on_new`` (the presend) as its hashing task is
+    done, not after the whole tree was walked, and its result is the one a scan that waited
+    would give: every file, in walk order, each after its folder, all in the file index."""
+    root = tmp_path / "root"
+    for d in range(12):
+        (root / f"d{d:02}" / "sub").mkdir(parents=True)
+        for f in range(40):
+            (root / f"d{d:02}" / ("sub" if f % 4 == 0 else "") / f"f{f}.txt").write_bytes(os.urandom(100 + f))
+    state = StateDb(tmp_path / "state.db")
+    pool = InlineExecutor()
+    told: list[tuple[str, int]] = []
+
+    def on_new(rel: str, rec: FileRecord, data: bytes) -> None:
+        assert rec.rel == rel and rec.size == len(data)
+        told.append((rel, pool.submitted))
+
+    res = scan(root, state, pool, keep=KeepBudget(1 << 24, 1 << 16), on_new=on_new)
+    files = [i for i in res.items if i.kind == "file"]
+    assert len(files) == 12 * 40 and sorted(rel for rel, _ in told) == sorted(i.rel for i in files)
+    assert told[0][1] < pool.submitted  # the first files went while tasks were still being handed out
+    assert [rel for rel, _ in told] == [i.rel for i in files]  # in walk order, as the items are
+    seen: set[str] = set()
+    for item in res.items:  # each folder before what it holds
+        assert os.path.dirname(item.rel) in seen | {""}
+        seen.add(item.rel)
+    assert set(state.file_stamps()) == {i.rel for i in files} and res.hashed == len(files)
+    again = scan(root, state, InlineExecutor(), keep=KeepBudget(1 << 24, 1 << 16), on_new=on_new)
+    assert sorted((i.rel, i.hash) for i in again.items) == sorted((i.rel, i.hash) for i in res.items) and again.hashed == 0
+    state.close()

@@ -265,3 +265,56 @@ def test_a_crash_between_rename_and_record_is_adopted_without_a_transfer(clients
     rep = again.run_once()
     assert rep.converged and "Download" not in rep.applied and again.api.fetched == 0  # type: ignore[attr-defined]
     assert local_tree(again.root) == local_tree(a.root) and len(again.state.files()) == 20
+
+
+def test_a_first_download_pays_one_barrier_per_batch_and_records_folders_only_once_durable(
+    clients: Clients, monkeypatch  # type: ignore[no-untyped-def]
+) -> None:
+    """A batch's barrier makes its temp files durable and the renames of the batch before it,
+    and the folders made before the downloads ride on the first batch's barrier: each batch
+    costs one barrier (and the last batch one more), and still nothing, folder or file, is
+    recorded before a barrier found it in place."""
+    from cubby.client.windows import BATCH
+    from cubby.core import durable
+
+    a = clients.new("alpha")
+    n = 2 * BATCH + 200  # three batches of chunk lists: three batches landed
+    for i in range(n):
+        (a.root / f"d{i % 40}" / f"e{i % 3}").mkdir(parents=True, exist_ok=True)
+        (a.root / f"d{i % 40}" / f"e{i % 3}" / f"f{i}.txt").write_bytes(b"%d" % i)
+    clients.settle([a])
+    b = clients.new("beta")
+    at_barrier: set[str] = set()
+    barriers = [0]
+    real = durable.barrier
+
+    def barrier(anchor, paths=None):  # type: ignore[no-untyped-def]
+        real(anchor, paths)
+        barriers[0] += 1
+        at_barrier.clear()
+        for dirpath, dnames, fnames in os.walk(b.root):
+            dnames[:] = [d for d in dnames if d != ".cubby"]
+            at_barrier.update(os.path.relpath(os.path.join(dirpath, x), b.root) for x in dnames + fnames)
+
+    monkeypatch.setattr(durable, "barrier", barrier)
+    set_bases, put_files, recorded = b.state.set_bases, b.state.put_files, []
+
+    def bases_checked(items):  # type: ignore[no-untyped-def]
+        items = list(items)
+        for it in items:
+            assert it.path.lstrip("/") in at_barrier, f"{it.path} recorded before it was durable in place"
+            recorded.append(it.path)
+        set_bases(items)
+
+    def files_checked(recs):  # type: ignore[no-untyped-def]
+        recs = list(recs)
+        for r in recs:
+            assert r.rel in at_barrier, f"{r.rel} recorded before it was durable in place"
+        put_files(recs)
+
+    monkeypatch.setattr(b.state, "set_bases", bases_checked)
+    monkeypatch.setattr(b.state, "put_files", files_checked)
+    rep = b.run_once()
+    assert rep.converged and rep.applied.get("Download") == n and rep.applied.get("MkdirLocal") == 40 * 4
+    assert len(recorded) == n + 40 * 4 and local_tree(b.root) == local_tree(a.root)
+    assert barriers[0] == 3 + 1  # one per batch, and one for the last batch's renames

@@ -26,6 +26,13 @@ DOWNLOAD_IN_FLIGHT = 2
 """Fetch requests of one file's download with the server at once: the next window is asked
 for while one is written, so the server reads ahead and no round trip is waited for; memory
 holds at most this many windows."""
+STAGE_IN_FLIGHT = 2
+"""Batches of small files a sync download fetches and writes to temp files at once, on worker
+threads, while the engine's thread lands the one before them (`cubby.client.sync.downloads`).
+With one, the server sat idle while a batch was written and the client waited for each
+fetch: on a first download of 20,000 files each side was busy less than half of the time.
+Memory holds at most this many batches beyond the one landing, each about a
+`DOWNLOAD_WINDOW`."""
 IN_FLIGHT = 4
 """Upload windows (or tree groups) with the server at once; with the one being read, memory
 holds at most ``IN_FLIGHT + 1`` windows (80 MiB of chunk bytes). Four, not two: a window's

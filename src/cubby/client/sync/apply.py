@@ -74,7 +74,12 @@ class Applier:
             done += self._mkdirs_local(folders, report, failures)
             folders = []
             one(op)
-        done += self._mkdirs_local(folders, report, failures)
+        # The last folders made before the transfers wait for the downloads' first barrier (a
+        # first download makes thousands, and its barrier had the disk to itself while the
+        # client and the server waited); without downloads they get their own.
+        made = self._make_folders(folders, failures) if downloads else []
+        if not downloads:
+            done += self._mkdirs_local(folders, report, failures)
         done += self._apply_remote(remote, report, failures)
         if uploads:
             n = self.uploads.upload(uploads, failures)
@@ -82,8 +87,14 @@ class Applier:
             if n:
                 report.count("Upload", n)
         if downloads:
-            n = self.downloads.download(downloads, failures)
-            done += n
+            recorded = 0
+
+            def record_made() -> None:
+                nonlocal recorded
+                recorded = self._record_folders(made, report)
+
+            n = self.downloads.download(downloads, failures, made_durable=record_made if made else None)
+            done += n + recorded
             if n:
                 report.count("Download", n)
         remote = []
@@ -176,8 +187,14 @@ class Applier:
     def _mkdirs_local(self, ops: Sequence[P.MkdirLocal], report: PassReport, failures: Failures) -> int:
         """Make folders on disk, make them durable with one barrier, then record them all in
         one transaction (a first sync of a real tree makes thousands)."""
-        if not ops:
+        made = self._make_folders(ops, failures)
+        if not made:
             return 0
+        durable.barrier(self.core.root)
+        return self._record_folders(made, report)
+
+    def _make_folders(self, ops: Sequence[P.MkdirLocal], failures: Failures) -> list[tuple[P.MkdirLocal, int]]:
+        """Make folders on disk (not yet durable, not recorded): each made, with its inode."""
         made: list[tuple[P.MkdirLocal, int]] = []
         for op in ops:
             try:
@@ -188,9 +205,11 @@ class Applier:
                 raise
             except (CubbyError, OSError) as exc:
                 failures.append({"op": "MkdirLocal", "path": op.remote.path, "error": str(exc)})
-        if not made:
-            return 0
-        durable.barrier(self.core.root)
+        return made
+
+    def _record_folders(self, made: Sequence[tuple[P.MkdirLocal, int]], report: PassReport) -> int:
+        """Record folders `_make_folders` made, once a barrier made them durable: a folder
+        recorded and then lost in a crash would look deleted here, and be deleted there."""
         self.core.state.set_bases([base_of(op.remote, inode) for op, inode in made])
         for op, _ in made:
             report.count("MkdirLocal")

@@ -134,7 +134,7 @@ class EngineCore:
         self._linked_account: dict[str, Any] | None = None
         self.presend: Presend | None = None
         """The chunks of a first sync's new files being sent while it scans (`scan`)."""
-        self._folders_of: tuple[ScanResult, dict[str, str]] | None = None
+        self._folders_of: tuple[ScanResult, dict[str, str], dict[str, str]] | None = None
         """`rel_for`'s folder map, and the scan it was made from."""
         self.trigger = threading.Event()
         """Set to make a running `SyncDaemon.run` look now (and to wake it when it should stop)."""
@@ -215,14 +215,26 @@ class EngineCore:
         scanned = self.last_scan
         if self._folders_of is None or self._folders_of[0] is not scanned:
             # once per scan, not per path: a batch of downloads asks for thousands
-            self._folders_of = (scanned, {paths.key(i.path): i.rel for i in scanned.items if i.kind == "folder"})
-        by_key = self._folders_of[1]
-        parts: list[str] = []
-        for a in paths.ancestors(path):
-            rel = by_key.get(paths.key(a))
-            parts = rel.split("/") if rel else parts + [paths.split(a)[1]]
-        parts.append(paths.split(path)[1])
-        return "/".join(parts)
+            self._folders_of = (scanned, {paths.key(i.path): i.rel for i in scanned.items if i.kind == "folder"}, {})
+        by_key, placed = self._folders_of[1], self._folders_of[2]
+
+        def folder_rel(folder: str) -> str:
+            """Where ``folder`` goes: its scanned spelling, or its parent's place and its name
+            (memoised for the scan: a download's files share their folders). Walks up to the
+            nearest folder placed before, then down (no recursion: a path may be deep)."""
+            up: list[str] = []
+            while folder != paths.ROOT and folder not in placed:
+                up.append(folder)
+                folder = paths.split(folder)[0]
+            got = placed.get(folder, "")
+            for f in reversed(up):
+                got = by_key.get(paths.key(f)) or (f"{got}/{paths.split(f)[1]}" if got else paths.split(f)[1])
+                placed[f] = got
+            return got
+
+        parent, name = paths.split(path)
+        under = folder_rel(parent)
+        return f"{under}/{name}" if under else name
 
     def context(self) -> P.Context:
         nss = self.state.namespaces()

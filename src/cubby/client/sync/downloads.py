@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +26,7 @@ from cubby.client.sync import planner as P
 from cubby.client.sync.base import EngineCore, Failures
 from cubby.client.sync.state import FileRecord
 from cubby.client.sync.trust import UnsafePath
-from cubby.client.windows import BATCH, DOWNLOAD_WINDOW
+from cubby.client.windows import BATCH, DOWNLOAD_WINDOW, STAGE_IN_FLIGHT
 from cubby.core import delta, durable
 from cubby.core.hashing import sha256_hex
 from cubby.errors import BadRequest, CubbyError
@@ -54,24 +54,44 @@ def _finish(fd: int, entry: Entry) -> os.stat_result:
     return os.fstat(fd)
 
 
+Landed = tuple[P.Download, Entry, os.stat_result, list[ChunkRef], str]
+"""A file renamed into place: (download, entry, the temp file's stat, chunk list, rel)."""
+
+
 class Downloads:
     """Planned downloads, fetched in batches (see the module docstring)."""
 
     def __init__(self, core: EngineCore) -> None:
         self.core = core
 
-    def download(self, ops: Sequence[P.Download], failures: Failures) -> int:
+    def download(
+        self, ops: Sequence[P.Download], failures: Failures, made_durable: Callable[[], None] | None = None
+    ) -> int:
         """Fetch many files: their chunk lists a thousand at a time, then their chunks from the
         local disk, the cache, or the server (in bounded batches), into temp files that are
         renamed into place when whole.
 
         Pipelined: the next thousand chunk lists are asked for while this batch is fetched,
-        and a batch of small files is fetched and written to its temp files on a worker thread
-        while the one before it is made durable, renamed into place and recorded on this
-        thread (at most two batches, about two `DOWNLOAD_WINDOW`s of bytes, in memory). A
-        file larger than a window streams alone."""
+        and batches of small files are fetched and written to their temp files on worker
+        threads (`STAGE_IN_FLIGHT` at once) while the one before them is made durable, renamed
+        into place and recorded on this thread (at most `STAGE_IN_FLIGHT` + 1 batches, each
+        about a `DOWNLOAD_WINDOW` of bytes, in memory). A file larger than a window streams
+        alone.
+
+        Each batch's barrier does two jobs (`_land`): it makes the batch's temp files durable
+        before they are renamed, and the renames of the batch before it durable before those
+        files are recorded; one more barrier after the last batch covers its renames. So a
+        file is still recorded only after a barrier found it in place, for one barrier per
+        batch instead of two.
+
+        ``made_durable`` is called (on this thread) once a barrier has made durable everything
+        written before this call: the first batch's, or one at the end if no batch came. The
+        folders made for these files are recorded so, without a barrier of their own that
+        held up the first batch."""
+        self._made_durable = made_durable
+        self._renamed = []
         done = 0
-        with Pipeline(1) as stager:
+        with Pipeline(STAGE_IN_FLIGHT) as stager:
             for batch in self._batches(ops):
                 if len(batch) == 1 and batch[0][2].size > DOWNLOAD_WINDOW:
                     for staged in stager.drain():
@@ -82,7 +102,22 @@ class Downloads:
                     done += self._land(staged, failures)
             for staged in stager.drain():
                 done += self._land(staged, failures)
+        if self._renamed or self._made_durable is not None:
+            self._barrier()
+            done += self._record(self._renamed)
+            self._renamed = []
         return done
+
+    _made_durable: Callable[[], None] | None = None
+    _renamed: list[Landed]
+    """The last batch's files renamed into place, not yet covered by a barrier (`_land`)."""
+
+    def _barrier(self) -> None:
+        """One barrier for the folder (`durable.barrier`), then what waited for the first."""
+        durable.barrier(self.core.root)
+        waiting, self._made_durable = self._made_durable, None
+        if waiting is not None:
+            waiting()
 
     def _batches(self, ops: Sequence[P.Download]) -> Iterator[list[Ready]]:
         """Planned downloads with their chunk lists, in batches of about `DOWNLOAD_WINDOW`
@@ -128,8 +163,11 @@ class Downloads:
                 bases.update(delta.pick_bases(delta.offsets([(c.hash, c.size) for c in chunks]), rec.chunks))
         return bases
 
-    def _local_chunk(self, h: str) -> bytes | None:
-        for rel, off, size in self.core.state.chunk_locations(h):
+    def _local_chunk(self, h: str, held: Collection[str] | None = None) -> bytes | None:
+        """Chunk ``h`` from a local file that holds it, else from the cache; ``held``: the
+        hashes the file index knows a local file of (`StateDb.chunks_held`), when the caller
+        asked for a window's at once (no index query for the others)."""
+        for rel, off, size in self.core.state.chunk_locations(h) if held is None or h in held else ():
             try:
                 with open(self.core.abs_path(rel), "rb") as fh:
                     fh.seek(off)
@@ -155,13 +193,14 @@ class Downloads:
                 size += chunks[i].size
                 i += 1
             got: dict[str, bytes | bytearray] = {}
-            missing: list[str] = []
+            missing: dict[str, None] = {}  # (a dict: ordered, and a window has thousands)
+            indexed = self.core.state.chunks_held(c.hash for c in window)
             for c in window:
                 if c.hash in got or c.hash in missing:
                     continue
-                data = self._local_chunk(c.hash)
+                data = self._local_chunk(c.hash, indexed)
                 if data is None:
-                    missing.append(c.hash)
+                    missing[c.hash] = None
                 else:
                     got[c.hash] = data
             pairs: list[tuple[str, tuple[str, ...]]] = []
@@ -235,15 +274,18 @@ class Downloads:
         return staged
 
     def _land(self, staged: Staged, failures: Failures) -> int:
-        """Make a batch's temp files durable, rename each into place if the file it replaces
-        is unchanged, make the renames durable, and only then record the files as synced: the
-        state never says a file is synced before its bytes and its name would survive a crash.
-        A crash before the record leaves files the next plan adopts (both sides agree)."""
+        """One barrier for a batch: it makes the batch's temp files durable, and the renames
+        of the batch before it, whose files are recorded now; then this batch's files are
+        renamed into place, each if the file it replaces is unchanged, to be recorded after
+        the next barrier (`download`). The state never says a file is synced before its
+        bytes and its name would survive a crash; a crash before the record leaves files the
+        next plan adopts (both sides agree). Returns how many files were recorded."""
         failures.extend(staged.failures)
         if not staged.files:
             return 0
-        durable.barrier(self.core.dir / "tmp")
-        landed: list[tuple[P.Download, Entry, os.stat_result, list[ChunkRef], str]] = []
+        self._barrier()
+        done = self._record(self._renamed)
+        self._renamed = []
         resolved: set[str] = set()  # each folder resolved once for the batch
         made: set[str] = set()
         for op, entry, tmp, st, chunks in staged.files:
@@ -267,11 +309,14 @@ class Downloads:
                     os.unlink(tmp)
                 failures.append({"op": "Download", "path": op.remote.path, "error": str(exc)})
                 continue
-            landed.append((op, entry, st, chunks, rel))
+            self._renamed.append((op, entry, st, chunks, rel))
         self.core.crash_point("download_renamed")
+        return done
+
+    def _record(self, landed: list[Landed]) -> int:
+        """Record files renamed into place, once a barrier has made the renames durable."""
         if not landed:
             return 0
-        durable.barrier(self.core.root)
         records: list[FileRecord] = []
         bases: list[P.BaseItem] = []
         for op, entry, st, chunks, rel in landed:

@@ -234,10 +234,12 @@ class _KeyIndex:
 
 
 def mount_of(path: str, mounts: Mapping[str, tuple[int, bool]]) -> str:
-    """The deepest mount containing ``path``."""
+    """The deepest mount containing ``path``. (The root holds everything and is the answer
+    unless a deeper mount holds ``path``: it is never tested, and a folder with no shared
+    folder in it, tens of thousands of paths per plan, tests nothing.)"""
     best = paths.ROOT
     for m in mounts:
-        if paths.is_within(path, m) and len(m) > len(best):
+        if m != paths.ROOT and len(m) > len(best) and paths.is_within(path, m):
             best = m
     return best
 

@@ -375,6 +375,47 @@ def scan(
         stop.set()
 
 
+class _Taken:
+    """The hashed files of one scan, taken from its hashing tasks in walk order as they finish:
+    while the walk still goes on (`take` without ``wait``), so that a first sync's presend
+    (``on_new``) gives the server its first groups while the rest of the tree is listed and
+    hashed, instead of after the whole walk; the items are added to the scan's at the end, in
+    the order a scan that waited for every task would give."""
+
+    def __init__(
+        self, res: ScanResult, known: Mapping[str, object], on_new: Callable[[str, FileRecord, bytes], None] | None
+    ) -> None:
+        self.res, self.known, self.on_new = res, known, on_new
+        self.items: list[LocalItem] = []
+        self.fresh: list[FileRecord] = []
+        """The records to write to the file index."""
+        self.tasks = 0
+        """Hashing tasks taken so far (from the first)."""
+        self.at = 0
+        """Files of the scan's ``todo`` taken so far."""
+
+    def take(self, todo: list[tuple[str, str, int]], hashing: list[Future[list[Hashed | None]]], *, wait: bool) -> None:
+        """Take the tasks not yet taken, in order: all of them (``wait``), or those done."""
+        res = self.res
+        while self.tasks < len(hashing) and (wait or hashing[self.tasks].done()):
+            part = hashing[self.tasks].result()
+            for (rel, display, ino), got in zip(todo[self.at : self.at + len(part)], part, strict=True):
+                res.hashed += 1
+                if got is None:
+                    self.items.append(LocalItem(display, rel, "file", None, ino))
+                    continue
+                rec, res.stamps[rel], data = got
+                res.records[rel] = rec
+                if data is not None:
+                    res.kept[rel] = data
+                    if self.on_new is not None and rel not in self.known:
+                        self.on_new(rel, rec, data)
+                self.fresh.append(rec)
+                self.items.append(LocalItem(display, rel, "file", rec.version, rec.inode, rec.size))
+            self.at += len(part)
+            self.tasks += 1
+
+
 def _scan(
     root: Path, state: StateDb, executor: Executor, rules: IgnoreRules, folders: Iterator[Listing | Reused],
     known: Mapping[str, tuple[tuple[int, int, int, int], str | None]], seen_before: Mapping[str, LocalItem],
@@ -387,6 +428,7 @@ def _scan(
     todo: list[tuple[str, str, int]] = []  # (rel, display path, inode)
     hashing: list[Future[list[Hashed | None]]] = []  # `_hash_part` of each HASH_TASK of todo
     queued = 0  # files of todo given to hashing
+    taken = _Taken(res, known, on_new)
     matched = 0  # indexed files found (all of them: nothing to drop from the index)
     is_dir_mode, is_link = stat_mod.S_ISDIR, stat_mod.S_ISLNK
     displays: dict[str, str | None] = {"": paths.ROOT}  # folder -> its display path, set as it is listed
@@ -445,6 +487,7 @@ def _scan(
             if len(todo) - queued >= HASH_TASK:  # hashed while the walk goes on
                 hashing.append(executor.submit(_hash_part, root, todo[queued:], keep))
                 queued = len(todo)
+                taken.take(todo, hashing, wait=False)  # those done so far: presend starts now
             clean = False
         matched += matched_here
         if signature is None:
@@ -453,26 +496,13 @@ def _scan(
             res.folders[rel_dir] = FolderScan(signature, items[first:], subfolders, [r for r, _ in subfolders], matched_here)
         else:
             res.loose.extend(items[first:])
-    fresh: list[FileRecord] = []
     if queued < len(todo):
         hashing.append(executor.submit(_hash_part, root, todo[queued:], keep))
-    for (rel, display, ino), got in zip(todo, (h for task in hashing for h in task.result())):
-        res.hashed += 1
-        if got is None:
-            items.append(LocalItem(display, rel, "file", None, ino))
-            res.loose.append(items[-1])
-        else:
-            rec, res.stamps[rel], data = got
-            res.records[rel] = rec
-            if data is not None:
-                res.kept[rel] = data
-                if on_new is not None and rel not in known:
-                    on_new(rel, rec, data)
-            fresh.append(rec)
-            items.append(LocalItem(display, rel, "file", rec.version, rec.inode, rec.size))
-            res.loose.append(items[-1])
+    taken.take(todo, hashing, wait=True)
+    items.extend(taken.items)
+    res.loose.extend(taken.items)
     if persist:
-        state.put_files(fresh)
+        state.put_files(taken.fresh)
         if matched != len(known):
             seen = {i.rel for i in items if i.kind == "file"}
             state.drop_files(r for r in known if r not in seen)

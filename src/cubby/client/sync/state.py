@@ -82,6 +82,9 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE INDEX IF NOT EXISTS chunks_rel ON chunks (rel);
 """
 
+HELD_QUERY = 500
+"""Hashes per query of `StateDb.chunks_held` (SQLite allows 999 parameters before 3.32)."""
+
 
 @dataclass(frozen=True)
 class FileRecord:
@@ -646,6 +649,17 @@ class StateDb:
                 db.execute("DELETE FROM chunks WHERE rel = ?", (nr,))
                 db.execute("UPDATE files SET rel = ? WHERE rel = ?", (nr, rel))
                 db.execute("UPDATE chunks SET rel = ? WHERE rel = ?", (nr, rel))
+
+    def chunks_held(self, hashes: Iterable[str]) -> set[str]:
+        """Which of ``hashes`` some local file held when last read (`chunk_locations` finds
+        where): one query per `HELD_QUERY` hashes, so that a download asks the index once per
+        window rather than once per chunk (a first download finds none)."""
+        todo = list(dict.fromkeys(hashes))
+        held: set[str] = set()
+        for i in range(0, len(todo), HELD_QUERY):
+            part = todo[i : i + HELD_QUERY]
+            held.update(r[0] for r in self._all(f"SELECT DISTINCT hash FROM chunks WHERE hash IN ({','.join('?' * len(part))})", part))
+        return held
 
     def chunk_locations(self, h: str, limit: int = 3) -> list[tuple[str, int, int]]:
         """Local files that held chunk ``h`` when last read: (rel, offset, size)."""

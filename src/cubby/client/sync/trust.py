@@ -124,15 +124,18 @@ def local_target(root: Path, rel: str, resolved: set[str] | None = None) -> Path
         raise UnsafePath(f"refusing to touch {shown(rel)!r}: not a plain path inside the synced folder")
     if is_state_name(parts[0]):
         raise UnsafePath(f"refusing to touch {shown(rel)!r}: it is inside the sync client's state folder")
-    target = os.path.join(root, rel)
-    parent = os.path.dirname(target)
+    top = os.fspath(root)
+    target = f"{top}/{rel}" if top != "/" else f"/{rel}"
+    parent = target.rpartition("/")[0] or "/"
     if resolved is not None and parent in resolved:
         return Path(target)
-    folder = Path(os.path.realpath(parent))
-    if folder != root and root not in folder.parents:
+    # (compared as strings: ``realpath`` gives an absolute path with no ``.``, ``..`` or
+    # doubled separator, so a prefix test is the ``parents`` test, without a `Path` per level)
+    folder = os.path.realpath(parent)
+    if folder != top and not folder.startswith(top.rstrip("/") + "/"):
         raise UnsafePath(f"refusing to touch {shown(rel)!r}: it resolves outside {root}")
-    inside = folder.relative_to(root).parts
-    if inside and is_state_name(inside[0]):
+    inside = folder[len(top) :].lstrip("/").split("/", 1)[0]
+    if inside and is_state_name(inside):
         raise UnsafePath(f"refusing to touch {shown(rel)!r}: it resolves into the sync client's state folder")
     if resolved is not None:
         resolved.add(parent)
