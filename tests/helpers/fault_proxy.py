@@ -98,10 +98,17 @@ class FaultProxy:
             method = lines[0].split(" ", 1)[0]
             headers = [line for line in lines[1:] if line]
             length = 0
+            expect = False
             for line in headers:
                 key, _, value = line.partition(":")
                 if key.strip().lower() == "content-length":
                     length = int(value.strip())
+                expect = expect or (key.strip().lower() == "expect" and value.strip().lower() == "100-continue")
+            if expect and length:
+                # botocore asks before a PUT's body and waits a second for the answer: give it
+                # at once (the server is asked nothing: the header is not forwarded)
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                await writer.drain()
             body = await reader.readexactly(length) if length else b""
             if method == "PUT" and self.record_puts:
                 sent = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in headers)}
@@ -116,7 +123,9 @@ class FaultProxy:
                 await writer.drain()
                 return
             kept = [
-                h for h in headers if h.split(":", 1)[0].strip().lower() not in ("connection", "keep-alive")
+                h
+                for h in headers
+                if h.split(":", 1)[0].strip().lower() not in ("connection", "keep-alive", "expect")
             ]
             request_head = ("\r\n".join([lines[0], *kept, "Connection: close"]) + "\r\n\r\n").encode(
                 "latin-1"
