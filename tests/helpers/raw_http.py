@@ -14,15 +14,17 @@ def read_until(sock: socket.socket, marker: bytes = HEAD_END) -> bytes:
     socket's timeout passes (then what came before: the caller's assertion says what is
     missing, instead of an exception from deep in a helper)."""
     buf = b""
-    while marker not in buf:
-        try:
-            piece = sock.recv(65536)
-        except (ConnectionResetError, TimeoutError):
-            break
-        if not piece:
-            break
+    while marker not in buf and (piece := recv(sock)):
         buf += piece
     return buf
+
+
+def recv(sock: socket.socket) -> bytes:
+    """What the next read gives, or b"" when the peer closed, reset, or went quiet too long."""
+    try:
+        return sock.recv(65536)
+    except (ConnectionResetError, TimeoutError):
+        return b""
 
 
 def content_length(head: bytes) -> int:
@@ -41,12 +43,6 @@ def read_answer(sock: socket.socket) -> bytes:
     if not sep:
         return buf
     length = content_length(head)
-    while len(body) < length:
-        try:
-            piece = sock.recv(65536)
-        except (ConnectionResetError, TimeoutError):
-            break
-        if not piece:
-            break
+    while len(body) < length and (piece := recv(sock)):
         body += piece
     return head + sep + body
