@@ -91,6 +91,15 @@ class StreamingPut(Protocol):
         """Store the concatenation of ``parts`` as ``name``, atomically and durably."""
 
 
+def put_in_parts(store: ObjectStore, name: str, parts: Iterable[bytes | memoryview]) -> None:
+    """``store.put_parts`` where ``store`` takes parts (`StreamingPut`), else its `put` of the
+    parts joined: how a wrapper passes parts on to a store it does not know."""
+    if isinstance(store, StreamingPut):
+        store.put_parts(name, parts)
+    else:
+        store.put(name, b"".join(parts))
+
+
 def open_object_store(url: str) -> ObjectStore:
     """The object store a ``--blocks`` URL names: a folder path (or ``file://PATH``), or
     ``s3://BUCKET/PREFIX?endpoint=…&region=…``. Each scheme is one branch here."""

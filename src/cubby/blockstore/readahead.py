@@ -36,7 +36,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 
-from cubby.blockstore.objects import ObjectStore, ObjectStoreError, ShortRead, StreamingPut
+from cubby.blockstore.objects import ObjectStore, ObjectStoreError, ShortRead, put_in_parts
 
 WINDOW = 8 << 20
 """Bytes per read-ahead: boto3's own transfer part size, and where a GET's fixed cost has
@@ -113,10 +113,7 @@ class ReadAheadObjectStore:
 
     def put_parts(self, name: str, parts: Iterable[bytes | memoryview]) -> None:
         """`StreamingPut.put_parts` of the inner store, or its `put` of the parts joined."""
-        if isinstance(self.inner, StreamingPut):
-            self.inner.put_parts(name, parts)
-        else:
-            self.inner.put(name, b"".join(parts))
+        put_in_parts(self.inner, name, parts)
 
     def delete(self, name: str) -> None:
         self.inner.delete(name)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from cubby.blockstore.objects import ObjectStore, ObjectStoreError, StreamingPut
+from cubby.blockstore.objects import ObjectStore, ObjectStoreError, put_in_parts
 
 T = TypeVar("T")
 
@@ -76,13 +76,8 @@ class RetryingObjectStore:
         """`StreamingPut.put_parts`, retried: the parts are taken (not joined) first, so that an
         inner store that must hold the whole object anyway (S3) sends them again on each
         attempt; one that cannot take parts gets them joined, as `put`."""
-        inner = self.inner
         pieces = list(parts)
-        if isinstance(inner, StreamingPut):
-            self._call(lambda: inner.put_parts(name, pieces))
-        else:
-            data = b"".join(pieces)
-            self._call(lambda: inner.put(name, data))
+        self._call(lambda: put_in_parts(self.inner, name, pieces))
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         return self._call(lambda: self.inner.get(name, offset, length))

@@ -1,8 +1,8 @@
 """Pack files in an S3-compatible bucket: `S3ObjectStore`, and `open_s3_object_store(url)`.
 
-URL form: ``s3://BUCKET/PREFIX?endpoint=http://127.0.0.1:9000&region=us-east-1&checksum=crc32``
+URL form: ``s3://BUCKET/PREFIX?endpoint=http://127.0.0.1:9000&region=us-east-1&checksum=auto``
 (every query parameter optional: AWS's own endpoint, the region from the AWS config, and the
-PUT body's check `BodyCheck` (crc32, md5 or sha256) when left out).
+PUT body's check `BodyCheck` (auto, crc32, md5 or sha256) when left out).
 Credentials come from where every AWS tool looks: ``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY`` / ``AWS_PROFILE``, ``~/.aws/credentials`` and ``~/.aws/config``,
 or an instance role; never from the URL, so it can be logged.
@@ -13,11 +13,12 @@ it. Choices that follow from that, and from what a PUT costs the server's CPU:
 
 - boto3 (since 1.36) adds CRC trailers in ``aws-chunked`` bodies to every PUT by default,
   which several S3-compatible servers refuse or store wrongly; we switch that off
-  (``when_required``) and send the body's check as a plain header instead: CRC32 in
-  ``x-amz-checksum-crc32`` by default, or Content-MD5 (``?checksum=md5``), or a signed payload
-  (``?checksum=sha256``). What each costs and which servers check which: `cubby.blockstore.s3body`.
-- Bodies are not signed (``UNSIGNED-PAYLOAD``, ``payload_signing_enabled`` off) unless
-  ``checksum=sha256`` asks for it. boto3 already does that over https when a checksum header is
+  (``when_required``) and guard the body by a check the server makes: by default CRC32 in
+  ``x-amz-checksum-crc32`` where the server is seen to check it, else a signed payload
+  (`S3ObjectStore.body_check`); or the one ``?checksum=crc32|md5|sha256`` names. What each
+  costs and which servers check which: `cubby.blockstore.s3body`.
+- Bodies are not signed (``UNSIGNED-PAYLOAD``, ``payload_signing_enabled`` off) unless the
+  check is the signed payload. boto3 already does that over https when a checksum header is
   sent; over plain http (a bucket on the local network, Ceph RGW beside the server) it would
   hash every byte of every pack with SHA-256 for the signature, a full pass over the data on
   the server's CPU (and another on the S3 server's). The headers are always signed.
@@ -68,19 +69,12 @@ from cubby.blockstore.retrying import Backoff, RetryingObjectStore
 from cubby.blockstore.s3body import BodyCheck, PartsBody
 from cubby.errors import BadRequest
 
-_TRANSIENT_CODES = frozenset(
-    {
-        "SlowDown",
-        "ServiceUnavailable",
-        "InternalError",
-        "RequestTimeout",
-        "Throttling",
-        "ThrottlingException",
-        # The body did not match its checksum (Content-MD5 or x-amz-checksum-*; the signed
-        # SHA-256): damaged on the way, so sending it again may pass.
-        "BadDigest",
-        "XAmzContentSHA256Mismatch",
-    }
+_MISMATCH_CODES = frozenset({"BadDigest", "XAmzContentSHA256Mismatch"})
+"""The body did not match its checksum (Content-MD5 or x-amz-checksum-*; the signed SHA-256):
+damaged on the way, so sending it again may pass (they are transient too)."""
+_TRANSIENT_CODES = (
+    frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling", "ThrottlingException"})
+    | _MISMATCH_CODES
 )
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
@@ -215,31 +209,32 @@ class S3ObjectStore:
             return self._check
 
     def _server_checks_crc32(self) -> bool:
-        key = self._key(PROBE_NAME)
-        body = PROBE_BODY
-        args = {"Bucket": self.location.bucket, "Key": key}
+        """A wrong CRC32 refused and the right one stored (a refusal of both: the header itself
+        is not understood)."""
         try:
-            try:
-                self._client.put_object(**args, Body=body, **BodyCheck.CRC32.headers([body + b"!"]))
-            except botocore.exceptions.ClientError as exc:
-                if _status(exc) >= 500 or _code(exc) in _THROTTLED:
-                    raise self._fail(exc, "put", PROBE_NAME) from exc
-                # refused (BadDigest on AWS; other servers name it otherwise): checked, or the
-                # header is not understood at all, which the right CRC32 below tells apart
-            else:
-                return False  # a wrong CRC32 was stored: the header is ignored
-            try:
-                self._client.put_object(**args, Body=body, **BodyCheck.CRC32.headers([body]))
-            except botocore.exceptions.ClientError as exc:
-                failure = self._fail(exc, "put", PROBE_NAME)
-                if isinstance(failure, ObjectStoreError) and failure.retryable:
-                    raise failure from exc
-                return False  # the header itself is refused, right or wrong
-            return True
-        except botocore.exceptions.BotoCoreError as exc:
-            raise self._fail(exc, "put", PROBE_NAME) from exc
+            return not self._probe_stored(right=False) and self._probe_stored(right=True)
         finally:
             self.delete(PROBE_NAME)
+
+    def _probe_stored(self, *, right: bool) -> bool:
+        """Whether the server stores `PROBE_BODY` sent with its ``right`` CRC32 or a wrong one;
+        False when it refuses the request. A failure that may pass raises (retryable), and so
+        does a checksum mismatch of the right CRC32 (the body was damaged on the way); of the
+        wrong one, a mismatch (``BadDigest`` on AWS; other servers name it otherwise) is the
+        refusal looked for."""
+        check = BodyCheck.CRC32.headers([PROBE_BODY if right else PROBE_BODY + b"!"])
+        try:
+            self._client.put_object(
+                Bucket=self.location.bucket, Key=self._key(PROBE_NAME), Body=PROBE_BODY, **check
+            )
+        except botocore.exceptions.ClientError as exc:
+            failure = self._fail(exc, "put", PROBE_NAME)
+            if getattr(failure, "retryable", False) and (right or _code(exc) not in _MISMATCH_CODES):
+                raise failure from exc
+            return False
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._fail(exc, "put", PROBE_NAME) from exc
+        return True
 
     def _key(self, name: str) -> str:
         check_object_name(name)
@@ -251,7 +246,7 @@ class S3ObjectStore:
         if isinstance(exc, botocore.exceptions.ClientError):
             err = exc.response.get("Error", {})
             code = str(err.get("Code", ""))
-            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            status = _status(exc)
             if code in _MISSING_CODES or (status == 404 and code != "NoSuchBucket"):
                 return ObjectMissing(f"no object {where}", name=name)
             failure = ObjectStoreError(f"{what} {where} failed: {code} {err.get('Message', '')}".rstrip())
@@ -340,9 +335,6 @@ class S3ObjectStore:
 
     def close(self) -> None:
         self._client.close()
-
-
-_THROTTLED = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout"})
 
 
 def _status(exc: botocore.exceptions.ClientError) -> int:
