@@ -38,10 +38,12 @@ def children_cpu() -> float:
     return use.ru_utime + use.ru_stime
 
 
-def start_server(folder: Path, *, blocks: str | None = None) -> tuple[LiveServer, str]:
+def start_server(folder: Path, *, blocks: str | None = None, src: Path | None = None) -> tuple[LiveServer, str]:
     """A fresh server with its data under ``folder``, and a token for a new user; ``blocks``
-    is its ``--blocks`` location (an ``s3://`` URL, say) when not the default folder."""
-    server = LiveServer(folder / "server", extra_args=["--blocks", blocks] if blocks else None).start()
+    is its ``--blocks`` location (an ``s3://`` URL, say) when not the default folder; ``src``:
+    run that ``src`` folder's cubby (another tree's, for a before/after pair), not this one's."""
+    env = {"PYTHONPATH": str(Path(src).resolve())} if src else None
+    server = LiveServer(folder / "server", extra_args=["--blocks", blocks] if blocks else None, env=env).start()
     return server, server.add_user("bench")
 
 

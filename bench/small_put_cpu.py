@@ -10,7 +10,8 @@ side spends per file do not, so this is the figure to compare between two trees:
 
 Client CPU is the child's (rusage of finished children), server CPU the server process's
 (/proc). ``--src`` runs another tree's code (a copy of main, say) with this venv, through
-PYTHONPATH, for a before/after pair run back to back::
+PYTHONPATH, for a before/after pair run back to back (the server too: before branch srvfile only
+the client did, and the server ran this tree's code)::
 
     .venv/bin/python bench/small_put_cpu.py --src /tmp/main-copy/src --rounds 3
     .venv/bin/python bench/small_put_cpu.py --rounds 3
@@ -34,9 +35,9 @@ from datasets import small_files
 from live import children_cpu, cli, server_cpu, start_server
 
 
-def put_once(folder: Path, work: Path, files: int) -> dict[str, float]:
+def put_once(folder: Path, work: Path, files: int, src: Path | None = None) -> dict[str, float]:
     shutil.rmtree(work, ignore_errors=True)
-    server, token = start_server(work)
+    server, token = start_server(work, src=src)
     try:
         s0, c0 = server_cpu(server), children_cpu()
         seconds, _ = cli(server, token, "put", str(folder), "/small")
@@ -48,11 +49,11 @@ def put_once(folder: Path, work: Path, files: int) -> dict[str, float]:
             "client_us_per_file": round((c1 - c0) / files * 1e6), "server_us_per_file": round((s1 - s0) / files * 1e6)}
 
 
-def sync_once(tree: Path, work: Path, child: Path) -> dict[str, float]:
+def sync_once(tree: Path, work: Path, child: Path, src: Path | None = None) -> dict[str, float]:
     shutil.rmtree(tree / ".cubby", ignore_errors=True)
     files = sum(1 for p in tree.rglob("*") if p.is_file() and ".cubby" not in p.parts)
     shutil.rmtree(work, ignore_errors=True)
-    server, token = start_server(work)
+    server, token = start_server(work, src=src)
     try:
         s0, c0, t0 = server_cpu(server), children_cpu(), time.perf_counter()
         out = subprocess.run(
@@ -82,11 +83,12 @@ def main(argv: list[str]) -> None:
     folder = small_files(args.scratch, args.files, 4096)
     work = args.scratch / f"small-put-cpu-{os.getpid()}"
     for _ in range(args.rounds):
-        row = {"put": put_once(folder, work, args.files), "load": round(os.getloadavg()[0], 1)}
+        src = Path(args.src) if args.src else None
+        row = {"put": put_once(folder, work, args.files, src), "load": round(os.getloadavg()[0], 1)}
         if args.tree:
             # The child puts its own tree's src first on its path: run the one beside --src.
             other = Path(args.src).resolve().parent / "bench" / "tree_sync.py" if args.src else None
-            row["sync"] = sync_once(args.tree, work, other if other and other.exists() else HERE / "tree_sync.py")
+            row["sync"] = sync_once(args.tree, work, other if other and other.exists() else HERE / "tree_sync.py", src)
         print(json.dumps(row), flush=True)
 
 

@@ -24,6 +24,14 @@ class ChunkRef:
     hash: str
     size: int
 
+    @classmethod
+    def of(cls, hash: str, size: int) -> ChunkRef:
+        """``ChunkRef(hash, size)`` made without the frozen dataclass's ``object.__setattr__``
+        per field (see `Entry.file`): a commit batch parses one per chunk of 1,000 files."""
+        c = object.__new__(cls)
+        c.__dict__.update({"hash": hash, "size": size})
+        return c
+
 
 @dataclass(frozen=True)
 class User:
@@ -182,6 +190,19 @@ class CommitRequest:
     mtime: float | None = None
     mode: int | None = None
 
+    @classmethod
+    def of(
+        cls, path: str, size: int, chunks: tuple[ChunkRef, ...], expected_rev: int | None,
+        mtime: float | None, mode: int | None,
+    ) -> CommitRequest:
+        """``CommitRequest(...)`` with every field, made as `Entry.file` makes an entry (a
+        third of the CPU: a batch parses 1,000)."""
+        r = object.__new__(cls)
+        r.__dict__.update({
+            "path": path, "size": size, "chunks": chunks, "expected_rev": expected_rev, "mtime": mtime, "mode": mode,
+        })
+        return r
+
 
 REGULAR, EXECUTABLE, SYMLINK = 0o100644, 0o100755, 0o120000
 FILE_MODES = (REGULAR, EXECUTABLE, SYMLINK)
@@ -212,6 +233,14 @@ class CommitResult:
 
     entry: Entry | None = None
     needed: tuple[NeededChunk, ...] = ()
+
+    @classmethod
+    def of_entry(cls, entry: Entry) -> CommitResult:
+        """``CommitResult(entry=entry)``, made as `Entry.file` makes an entry (one per file of
+        a commit batch)."""
+        r = object.__new__(cls)
+        r.__dict__.update({"entry": entry, "needed": ()})
+        return r
 
     @property
     def committed(self) -> bool:

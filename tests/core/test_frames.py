@@ -51,6 +51,20 @@ def test_chunks_stay_whole_after_the_reader_moves_on() -> None:
     assert first[0][1] == b"a" * 5000
 
 
+@pytest.mark.parametrize("before", [0, 1, 3])
+@pytest.mark.parametrize("whole", [True, False])
+def test_the_reader_refuses_a_frame_longer_than_the_limit_before_buffering_it(before: int, whole: bool) -> None:
+    """However the header arrives (behind whole frames in one piece, or on its own after a
+    piece that ended mid-frame), a declared length over the limit is refused at once."""
+    items = _items([bytes([i]) * 100 for i in range(before)])
+    body = b"".join(frames.encode_many(items)) + frames.header("ab" * 32, 1001) + b"z" * 10
+    reader = frames.FrameReader(max_frame=1000)
+    pieces = [body] if whole else [body[:-20], body[-20:]]
+    with pytest.raises(PayloadTooLarge):
+        for piece in pieces:
+            reader.feed(piece)
+
+
 def test_a_body_cut_off_mid_frame_is_refused() -> None:
     body = b"".join(frames.encode_many(_items([b"x" * 1000])))
     reader = frames.FrameReader()

@@ -5,6 +5,7 @@ that each proof algorithm (`cubby.core.proofs`) keeps those promises."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 from collections.abc import Sequence
 
@@ -12,6 +13,7 @@ import blake3
 import pytest
 
 from cubby.core import proofs
+from cubby.core.nonces import chunk_nonce, chunk_nonce_bytes
 from cubby.errors import BadRequest
 from cubby.metadata.possession import (
     CHALLENGE_WINDOW,
@@ -173,6 +175,29 @@ def test_the_blake3_proof_is_keyed_blake3_under_a_key_derived_from_the_nonce() -
     assert proofs.proof_hex(bytes(16), data) != proofs.proof_hex(nonce, data)
     with pytest.raises(ValueError):
         proofs.proof_hasher(nonce, "md5")
+
+
+def test_the_nonce_is_the_hmac_of_name_and_size_under_the_proof_key() -> None:
+    """The wire format of a nonce, pinned (the client computes it from the key in the account
+    answer; the server checks with the bytes form, without the hex round trip)."""
+    key = bytes(range(32))
+    for h, size in (("ab" * 32, 1), (hashlib.sha256(b"x").hexdigest(), 4096), ("00" * 32, 16 * 1024 * 1024)):
+        expected = hmac.new(key, f"{h}:{size}".encode(), hashlib.sha256).hexdigest()[:32]
+        assert chunk_nonce(key, h, size) == expected
+        assert chunk_nonce_bytes(key, h, size) == bytes.fromhex(expected)
+    ch = Challenges(SECRET)
+    hour = ch.window(NOW)
+    assert ch.nonce(7, 9, "ab" * 32, 5, window=hour) == chunk_nonce(ch.key(7, 9, hour), "ab" * 32, 5)
+
+
+def test_a_claim_whose_size_or_hour_is_not_a_plain_integer_is_refused() -> None:
+    h = hashlib.sha256(b"x").hexdigest()
+    for bad in ({"size": True, "proof": "ab" * 32}, {"size": 1.0, "proof": "ab" * 32}, {"size": "1", "proof": "ab" * 32},
+                {"size": 1, "proof": "ab" * 32, "window": True}, {"size": 1, "proof": "ab" * 32, "window": 1.5}):
+        with pytest.raises(BadRequest):
+            parse_claims({h: bad}, max_entries=10)
+    (claim,) = parse_claims({h: {"size": 1, "proof": "AB" * 32, "window": 5}}, max_entries=10)
+    assert claim == Claim(h, 1, "ab" * 32, 5, proofs.CURRENT) and claim.window == 5 and claim.proof == "ab" * 32
 
 
 def test_a_request_names_its_algorithm_or_gets_the_legacy_one() -> None:

@@ -13,7 +13,7 @@ from cubby.client.modes import version
 from cubby.client.sync.engine import SyncEngine
 from cubby.core.hashing import sha256_hex
 from cubby.errors import BadRequest
-from cubby.model import EXECUTABLE, REGULAR, SYMLINK, ChunkRef
+from cubby.model import EXECUTABLE, REGULAR, SYMLINK, ChunkRef, Entry
 from tests.sync.conftest import Clients
 
 
@@ -177,3 +177,26 @@ def test_an_entry_without_a_mode_is_a_regular_file() -> None:
     """Entries written before modes were kept keep their version: nothing is synced again."""
     assert version("ab" * 32, None) == version("ab" * 32, REGULAR) == "ab" * 32
     assert version("ab" * 32, EXECUTABLE) != version("ab" * 32, REGULAR) != version("ab" * 32, SYMLINK)
+
+
+def test_batch_mkdir_answers_each_folder_as_stat_reads_it(clients: Clients) -> None:
+    """A run of creations answers every folder from the rows its transaction found or wrote
+    (none is read again): new ones, their new parents, one that was there already (in another
+    spelling: the first spelling stays), and one whose parent is a file (refused, nothing made)."""
+    api = clients.api
+    api.mkdir("/Old/Kept")
+    h = sha256_hex(b"x")
+    if api.commit("/Old/file", 1, [ChunkRef(h, 1)], None).entry is None:
+        api.upload_chunks(api.account()["root_ns"], [(h, b"x")])
+        assert api.commit("/Old/file", 1, [ChunkRef(h, 1)], None).entry is not None
+    wanted = ["/New/a/b", "/New/a/c", "/old/kept", "/New/a", "/Old/file/under", "/New/d/e/f", "/Old/Kept/Child"]
+    out = api.batch([{"op": "mkdir", "path": p} for p in wanted])
+    assert type(out[4]).__name__ == "Conflict"
+    answered = [o for i, o in enumerate(out) if i != 4]
+    for got in answered:
+        assert isinstance(got, Entry), got
+        assert got == api.stat(got.path)
+    assert [e.path for e in answered] == ["/New/a/b", "/New/a/c", "/Old/Kept", "/New/a", "/New/d/e/f", "/Old/Kept/Child"]
+    assert sorted(e.path for e in api.list("/", recursive=True) if e.kind == "folder") == [
+        "/New", "/New/a", "/New/a/b", "/New/a/c", "/New/d", "/New/d/e", "/New/d/e/f", "/Old", "/Old/Kept", "/Old/Kept/Child",
+    ]

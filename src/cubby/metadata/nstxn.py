@@ -60,8 +60,10 @@ def key_range(prefix_key: str) -> tuple[str, str]:
 
 
 def entry_of(row: Row[Any] | Any) -> Entry:
-    """The `Entry` of a ``nodes`` row."""
-    m = row._mapping
+    """The `Entry` of a ``nodes`` row: one read (a ``Row``, a `NodeRow`) or one this
+    transaction wrote (`NamespaceTxn.put_node`'s cached record, whose columns left unset, such
+    as a folder's ``mode``, are NULL)."""
+    m = row._mapping if hasattr(row, "_mapping") else vars(row)
     return Entry(
         ns_id=m["ns_id"],
         node_id=m["node_id"],
@@ -74,7 +76,7 @@ def entry_of(row: Row[Any] | Any) -> Entry:
         content_hash=m["content_hash"],
         mtime=m["mtime"],
         deleted=bool(m["deleted"]),
-        target_ns=m["target_ns"],
+        target_ns=m.get("target_ns"),
         mode=m.get("mode"),
     )
 

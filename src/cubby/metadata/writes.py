@@ -276,6 +276,8 @@ class FileWrites:
             "mtime": mtime,
             "deleted": False,
             "deleted_key": None,
+            "target_ns": None,  # every column, so that the row is read by one itemgetter (`sqlitedriver.values_of`)
+            "pending": None,
             "mode": mode,
         }
         tx.put_node(node_id, values, new=existing is None and revive is None)
@@ -318,8 +320,8 @@ class FileWrites:
                     for h in missing
                 )
             )
-        return CommitResult(
-            entry=self._write_file(
+        return CommitResult.of_entry(
+            self._write_file(
                 tx, path, chunks, req.size, req.expected_rev, req.mtime, guarded=True, mode=req.mode, key=key,
                 folders=folders, texts=texts,
             )
@@ -462,24 +464,38 @@ class FileWrites:
                 wanted.append(paths.normalize(raw))
             except CubbyError as exc:
                 wanted.append(exc)
-        keys = {paths.key(a) for w in wanted if isinstance(w, str) for a in (w, *paths.ancestors(w))}
+        # The folders' keys and their ancestors', each folder's chain walked up only until it
+        # meets a folder already counted (whose ancestors are counted with it): a tree's
+        # folders share most of their ancestors.
+        keys: set[str] = set()
+        for w in wanted:
+            if isinstance(w, str):
+                while w != paths.ROOT and (k := paths.key(w)) not in keys:
+                    keys.add(k)
+                    w = w.rpartition("/")[0] or paths.ROOT
 
         def run(tx: NamespaceTxn) -> list[Entry | CubbyError | str]:
             tx.prefetch(keys)
             made: list[str | CubbyError] = []
+            # `guard_mounts` depends on the parent folder alone, and nothing made here (plain
+            # folders) can make a folder a mount or frozen: once per parent, as in `commit_many`.
+            clear: set[str] = set()
             for w in wanted:
                 if isinstance(w, CubbyError) or w == paths.ROOT:
                     made.append(w)
                     continue
                 try:
-                    guard_mounts(tx, w)
+                    parent = w.rpartition("/")[0]
+                    if parent not in clear:
+                        guard_mounts(tx, w)
+                        clear.add(parent)
                     ensure_folder(tx, w)
                     made.append(w)
                 except CubbyError as exc:
                     made.append(exc)
             tx.flush()
-            tx.forget()
-            tx.prefetch(paths.key(m) for m in made if isinstance(m, str))
+            # Each folder's row is in the transaction's cache: read by the prefetch, or the
+            # record `ensure_folder` wrote (`entry_of` reads either), so none is read again.
             out: list[Entry | CubbyError | str] = []
             for m in made:
                 if isinstance(m, CubbyError):

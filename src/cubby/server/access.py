@@ -176,6 +176,13 @@ def mounts(p: Principal) -> dict[str, int]:
 def resolve(p: Principal, user_path: str, *, write: bool = False) -> Target:
     """Map a path in the user's tree to (namespace, path inside it), checking access."""
     norm = paths.normalize(user_path)
+    if not p.mounts:  # nothing mounted: the root namespace, the path as it is (a commit batch: per file)
+        ns_id = p.root_ns
+        if not p.can_read(ns_id):
+            raise NotFound(f"{norm} does not exist")
+        if write and not p.can_write(ns_id):
+            raise Forbidden(f"you can only view {paths.ROOT}: its owner gave you read-only access", code="read_only")
+        return Target(ns_id=ns_id, path=norm, mount=paths.ROOT)
     best = paths.ROOT
     table = mounts(p) if p.mounts else {paths.ROOT: p.root_ns}  # nothing mounted: no merge
     for mount in table:

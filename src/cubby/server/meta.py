@@ -8,6 +8,7 @@ client sees it land in the shared folder, or a retryable error."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from cubby.core import paths
-from cubby.core.hashing import is_chunk_name
+from cubby.core.hashing import HASH_HEX_LEN
 from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceMoved
 from cubby.metadata.base import MetadataStore
 from cubby.model import ChunkRef, CommitRequest, CommitResult, Principal
@@ -42,6 +43,8 @@ from cubby.server.context import ServerContext
 from cubby.server.responses import Json, RawJson, encode
 
 MAX_BATCH = 1000
+_chunk_name = re.compile(f"[0-9a-f]{{{HASH_HEX_LEN}}}").fullmatch
+"""`is_chunk_name` for a value known to be a string (the quick path's test, bound once)."""
 MAX_LABEL = 200
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -53,14 +56,12 @@ def parse_commit(body: Any) -> CommitRequest:
     return plain if plain is not None else checked_commit(body)
 
 
-def _is_int(v: object, minimum: int) -> bool:
-    return type(v) is int and minimum <= v <= MAX_INT  # not a bool: its type is bool
-
-
 def _plain_commit(body: Any) -> CommitRequest | None:
     """The commit when every field has exactly the type and range `checked_commit` accepts
     without conversion (what clients send), else None. A batch parses 1,000 of them on the
-    event loop; this is a third of the work of the general path."""
+    event loop; this is a third of the work of the general path. (An integer is checked
+    inline, ``type(v) is int`` and its range: a bool's type is bool; a call per field was a
+    fifth of this function's time.)"""
     if type(body) is not dict:
         return None
     get = body.get  # each field by one lookup (a dict of them first cost a fifth of the parse)
@@ -71,8 +72,9 @@ def _plain_commit(body: Any) -> CommitRequest | None:
     expected: Any = get("expected_rev")
     mode: Any = get("mode")
     if not (
-        type(path) is str and _is_int(size, 0) and type(raw) is list
-        and (expected is None or _is_int(expected, 0)) and (mode is None or _is_int(mode, 0))
+        type(path) is str and type(size) is int and 0 <= size <= MAX_INT and type(raw) is list
+        and (expected is None or (type(expected) is int and 0 <= expected <= MAX_INT))
+        and (mode is None or (type(mode) is int and 0 <= mode <= MAX_INT))
         and (mtime is None or (type(mtime) in (int, float) and abs(mtime) <= 1e13))
     ):
         return None
@@ -82,13 +84,10 @@ def _plain_commit(body: Any) -> CommitRequest | None:
             return None
         h: Any = c.get("hash")
         n: Any = c.get("size")
-        if not _is_int(n, 1) or not is_chunk_name(h):
+        if type(n) is not int or not 1 <= n <= MAX_INT or type(h) is not str or not _chunk_name(h):
             return None
-        chunks.append(ChunkRef(h, n))
-    return CommitRequest(
-        path=path, size=size, chunks=tuple(chunks), expected_rev=expected,
-        mtime=None if mtime is None else float(mtime), mode=mode,
-    )
+        chunks.append(ChunkRef.of(h, n))
+    return CommitRequest.of(path, size, tuple(chunks), expected, None if mtime is None else float(mtime), mode)
 
 
 def checked_commit(body: Any) -> CommitRequest:
