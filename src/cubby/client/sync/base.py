@@ -28,9 +28,9 @@ from cubby.client.api import ApiClient
 from cubby.client.sync import planner as P
 from cubby.client.sync.cache import ChunkCache
 from cubby.client.sync.ignore import STATE_DIR
-from cubby.client.sync.scanner import KeepBudget, ScanResult, scan
+from cubby.client.sync.scanner import KeepBudget, ScanResult, TreeListing, scan
 from cubby.client.sync.state import FileRecord, StateDb
-from cubby.client.sync.trust import local_target
+from cubby.client.sync.trust import Resolved, local_target
 from cubby.client.windows import SCAN_KEEP_BYTES, SCAN_KEEP_FILE
 from cubby.core import paths
 from cubby.core.hashing import sha256_hex
@@ -203,7 +203,7 @@ class EngineCore:
         if self.crash_hook is not None:
             self.crash_hook(where)
 
-    def abs_path(self, rel: str, resolved: set[str] | None = None) -> Path:
+    def abs_path(self, rel: str, resolved: Resolved | None = None) -> Path:
         """The one way from a relative path to the disk: `trust.local_target` refuses anything
         outside the synced folder or inside its state folder (`UnsafePath`); ``resolved``
         as there, for a batch."""
@@ -242,12 +242,13 @@ class EngineCore:
         mounts.setdefault(paths.ROOT, (0, True))
         return P.Context(mounts=mounts, evicted=tuple(self.state.evicted()), host=self.host, day=dt.date.today().isoformat())
 
-    def scan(self, persist: bool = True, *, keep: bool = False) -> ScanResult:
+    def scan(self, persist: bool = True, *, keep: bool = False, listed: TreeListing | None = None) -> ScanResult:
         """Scan the folder (`scanner.scan`). With ``keep``, small files hashed keep their bytes
         (`ScanResult.kept`, at most `SCAN_KEEP_BYTES`) for the uploads of this round, which
         release them (`Uploads.upload`); a scan that only plans does not keep any. On a first
         sync (no base, one writable namespace, no file on the server) the chunks of new small
-        files go to the server as they are hashed (`presend`), until `end_presend`."""
+        files go to the server as they are hashed (`presend`), until `end_presend`. ``listed``:
+        the tree as just listed (`scanner.list_tree`), not listed again."""
         budget = KeepBudget(SCAN_KEEP_BYTES, SCAN_KEEP_FILE) if keep else None
         self.end_presend()
         nss = list(self.state.namespaces().values()) if keep and persist else []
@@ -256,7 +257,9 @@ class EngineCore:
 
             self.presend = Presend(self.api, nss[0].ns_id, self.root)
         on_new = self.presend.add if self.presend is not None else None
-        self.last_scan = scan(self.root, self.state, self.pool, persist=persist, previous=self.last_scan, keep=budget, on_new=on_new)
+        self.last_scan = scan(
+            self.root, self.state, self.pool, persist=persist, previous=self.last_scan, keep=budget, on_new=on_new, listed=listed
+        )
         return self.last_scan
 
     def end_presend(self) -> set[str]:

@@ -186,18 +186,25 @@ class StateDb:
         """The fingerprint of the last plan that left nothing to do (`set_settled`)."""
         return self.get_meta("settled")
 
-    def set_settled(self, fingerprint: str | None) -> None:
-        """Remember (or, with None, forget) a settled plan's fingerprint, for a pass of a new
-        process (`cubby.client.sync.engine.SyncEngine`). Written outside `tx` on purpose: this
-        write is no change to the trees, so it does not move the epoch it is checked against."""
+    def settled_listing(self) -> str | None:
+        """The fingerprint of the listing of the tree that plan was made from, when every file
+        in it was indexed as listed (`set_settled`)."""
+        return self.get_meta("settled_listing")
+
+    def set_settled(self, fingerprint: str | None, listing: str | None = None) -> None:
+        """Remember (or, with None, forget) a settled plan's fingerprint, and the fingerprint
+        of the tree's listing it was made from (or none), for a pass of a new process
+        (`cubby.client.sync.engine.SyncEngine`). Written outside `tx` on purpose: this write is
+        no change to the trees, so it does not move the epoch it is checked against."""
         with self._lock:
             if self._depth:
                 raise RuntimeError("set_settled inside a transaction would be counted as a change")
             before = self.db.total_changes
-            if fingerprint is None:
-                self.db.execute("DELETE FROM meta WHERE key = 'settled'")
-            else:
-                self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('settled', ?)", (fingerprint,))
+            for key, value in (("settled", fingerprint), ("settled_listing", listing if fingerprint is not None else None)):
+                if value is None:
+                    self.db.execute("DELETE FROM meta WHERE key = ?", (key,))
+                else:
+                    self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
             self._untracked += self.db.total_changes - before
 
     def close(self) -> None:
