@@ -100,6 +100,24 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+@contextmanager
+def gc_frozen() -> Iterator[None]:
+    """Keep the objects alive now out of the cyclic garbage collector's walks while a plan is
+    applied (`gc.freeze`), and give them back after.
+
+    By then the scan, both trees and the plan are a few objects per item of every tree, all
+    alive until the pass ends; each collection of the oldest generation walked them all
+    again, while the transfers' requests and answers kept starting collections. (Measured on
+    a first sync of 20,000 files: 600 collections, a quarter of the client's CPU, most of it
+    in five full ones.) What the transfers make is collected as usual; a cycle among the
+    frozen objects waits for the next collection after the pass."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 class EngineCore:
     """The shared state of one sync engine on one folder (see the module docstring)."""
 

@@ -20,7 +20,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from cubby.client.sync import planner as P
-from cubby.client.sync.base import EngineCore, PassReport, SyncLocked, gc_paused
+from cubby.client.sync.base import EngineCore, PassReport, SyncLocked, gc_frozen, gc_paused
 from cubby.client.sync.ignore import IgnoreRules
 from cubby.client.sync.replay import RemoteReplay
 from cubby.client.sync.scanner import ScanResult, TreeListing, list_tree
@@ -300,7 +300,8 @@ class SyncEngine(EngineCore):
                     report.converged = True
                     break
                 failures: list[dict[str, str]] = []
-                progress = self.applier.apply(ops, report, failures)
+                with gc_frozen():
+                    progress = self.applier.apply(ops, report, failures)
                 report.failed = failures
                 idle_rounds = 0 if progress else idle_rounds + 1
                 if idle_rounds >= 3:

@@ -213,9 +213,10 @@ def _list_folders(
     ``reuse`` is handed over as that (its subfolders descended into as then), not listed.
     Signatures are taken only when ``keep`` (the caller keeps folders for the next scan).
 
-    Runs on a worker thread: ``scandir`` and ``lstat`` release the GIL, so the kernel's part of
-    a scan (most of a pass with nothing changed) overlaps the Python part on the caller's
-    thread. The folders descended into are those not ignored, in the walk's order."""
+    Runs on a worker thread for a process's first scan: ``scandir`` and ``lstat`` release the
+    GIL, so the kernel's part of the scan overlaps the Python part (and the hashing) on the
+    caller's thread; later scans run it on the caller's thread first (`scan`). The folders
+    descended into are those not ignored, in the walk's order."""
     try:
         stack = [""]
         is_dir_mode, is_reg, is_link = stat_mod.S_ISDIR, stat_mod.S_ISREG, stat_mod.S_ISLNK
@@ -430,7 +431,11 @@ def scan(
         if listed is not None and listed.rules == rules and not seen_before and not reuse:
             folders: Iterator[Listing | Reused] = iter(listed.folders)
         else:
-            folders = _folders(root, rules, seen_before, reuse, executor, stop, keep=True)
+            # A scan after another lists on this thread: with most items known, little is left
+            # to overlap with, and a listing handed over folder by folder cost more CPU (and,
+            # with the GIL, more time) than the overlap gained. A process's first scan, which
+            # may hash a whole tree (a first sync), lists on a worker while the hashing starts.
+            folders = _folders(root, rules, seen_before, reuse, None if keep_folders else executor, stop, keep=True)
         return _scan(root, state, executor, rules, folders, known, seen_before, reuse, persist, keep, on_new, keep_folders)
     finally:
         stop.set()
