@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from cubby.client.heap import gc_paused
 from cubby.client.sync import planner as P
-from cubby.client.sync.base import gc_paused
 from tests.sync.conftest import Clients, local_tree
 
 

@@ -11,14 +11,12 @@ the disk, and `rel_for` the one way from a path of the user's tree to a relative
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,42 +78,6 @@ def path_of(op: P.Op) -> str:
         if v is not None:
             return str(v.path)
     return ""
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Hold off Python's cyclic garbage collector while a pass scans and plans.
-
-    Those steps make a few objects per item of every tree (tens of thousands), all alive
-    until the plan is made and none in a cycle: a collection in between frees nothing, yet
-    each one started by the allocations walks the young objects, and the older ones walk the
-    whole heap. (Measured on a no-op pass over 7,700 files: 130 collections, a quarter of its
-    time.) Reference counting still frees everything as usual; the collector resumes after."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
-@contextmanager
-def gc_frozen() -> Iterator[None]:
-    """Keep the objects alive now out of the cyclic garbage collector's walks while a plan is
-    applied (`gc.freeze`), and give them back after.
-
-    By then the scan, both trees and the plan are a few objects per item of every tree, all
-    alive until the pass ends; each collection of the oldest generation walked them all
-    again, while the transfers' requests and answers kept starting collections. (Measured on
-    a first sync of 20,000 files: 600 collections, a quarter of the client's CPU, most of it
-    in five full ones.) What the transfers make is collected as usual; a cycle among the
-    frozen objects waits for the next collection after the pass."""
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 class EngineCore:

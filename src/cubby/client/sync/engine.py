@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from cubby.client.heap import gc_frozen, gc_paused
 from cubby.client.sync import planner as P
-from cubby.client.sync.base import EngineCore, PassReport, SyncLocked, gc_frozen, gc_paused
+from cubby.client.sync.base import EngineCore, PassReport, SyncLocked
 from cubby.client.sync.ignore import IgnoreRules
 from cubby.client.sync.replay import RemoteReplay
 from cubby.client.sync.scanner import ScanResult, TreeListing, list_tree
