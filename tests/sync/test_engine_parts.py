@@ -213,6 +213,24 @@ def test_a_listing_is_not_settled_when_its_scan_hashed_anything_nor_after_a_remo
     assert (a.root / "y.txt").read_bytes() == b"from b"
 
 
+def test_a_running_client_that_began_with_the_settled_listing_keeps_its_folders_from_its_next_scan(clients: Clients) -> None:
+    """A daemon whose first pass took the settled listing (no scan) keeps its next scan's
+    folders, so that the pass after takes them whole, as a running client's passes do."""
+    a = clients.new("a")
+    (a.root / "d").mkdir()
+    for i in range(5):
+        (a.root / "d" / f"f{i}.txt").write_bytes(f"file {i}".encode())
+    clients.settle()
+    a.close()
+    a.api.close()
+    clients.engines.remove(a)
+    b = clients.new("a")  # the same folder, a new engine: a new process's
+    assert b.run_once().converged and not b.last_scan.items
+    assert b.run_once().converged and set(b.last_scan.folders) == {"", "d"}
+    kept = b.last_scan.items
+    assert b.run_once().converged and all(x is y for x, y in zip(b.last_scan.items, kept, strict=True))
+
+
 def test_the_walk_reads_folders_on_a_worker_in_the_order_and_with_the_rules_of_one_thread(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The folders are read on a worker thread while the caller names the items: the items,
     their order, ignored folders (not descended into), names cubby cannot store and the

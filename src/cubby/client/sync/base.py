@@ -238,7 +238,8 @@ class EngineCore:
             self.presend = Presend(self.api, nss[0].ns_id, self.root)
         on_new = self.presend.add if self.presend is not None else None
         self.last_scan = scan(
-            self.root, self.state, self.pool, persist=persist, previous=self.last_scan, keep=budget, on_new=on_new, listed=listed
+            self.root, self.state, self.pool, persist=persist, previous=self.last_scan, keep=budget, on_new=on_new, listed=listed,
+            keep_folders=self.started > 1,  # (a process's first pass may be its only one: `cubby sync --once`)
         )
         return self.last_scan
 

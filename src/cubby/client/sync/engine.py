@@ -181,8 +181,8 @@ class SyncEngine(EngineCore):
         (an edit, a chmod, an addition, removal or rename) changes the listing, and any write
         to the state (a journal entry replayed) the epoch: then the scan that follows takes
         this listing instead of listing the tree again (`EngineCore.scan`)."""
-        if self._settled is not None or self.last_scan.items:
-            return False
+        if self.started > 1 or self._settled is not None or self.last_scan.items:
+            return False  # (a running client's later passes scan, keeping folders to reuse: `scan`)
         stored = self.state.settled_listing()
         if stored is None:
             return False

@@ -396,6 +396,7 @@ def scan(
     keep: KeepBudget | None = None,
     on_new: Callable[[str, FileRecord, bytes], None] | None = None,
     listed: TreeListing | None = None,
+    keep_folders: bool = False,
 ) -> ScanResult:
     """Read the tree under ``root``; update the file index (unless ``persist`` is False).
 
@@ -416,7 +417,8 @@ def scan(
 
     Every folder's signature is taken, and the scan's `ScanResult.listing_digest` made of
     them; the folders themselves are kept (`ScanResult.folders`) only from a process's second
-    scan on."""
+    scan on, or with ``keep_folders`` (a scan of a running client's second pass, whose first
+    took the settled listing and scanned nothing)."""
     rules = IgnoreRules.load(root)
     reuse = previous.folders if previous is not None and previous.rules == rules and previous.generation == state.generation() else {}
     seen_before = _seen_before(rules, previous, reuse)
@@ -427,7 +429,8 @@ def scan(
         known = state.file_stamps()
         # a process's first scan (nothing before it) keeps no folders: `cubby sync --once` runs one
         # pass and would never use them; its next scan keeps them
-        keep_folders = previous is not None and bool(previous.items)
+        after_another = previous is not None and bool(previous.items)
+        keep_folders = keep_folders or after_another
         if listed is not None and listed.rules == rules and not seen_before and not reuse:
             folders: Iterator[Listing | Reused] = iter(listed.folders)
         else:
@@ -435,7 +438,7 @@ def scan(
             # to overlap with, and a listing handed over folder by folder cost more CPU (and,
             # with the GIL, more time) than the overlap gained. A process's first scan, which
             # may hash a whole tree (a first sync), lists on a worker while the hashing starts.
-            folders = _folders(root, rules, seen_before, reuse, None if keep_folders else executor, stop, keep=True)
+            folders = _folders(root, rules, seen_before, reuse, None if after_another else executor, stop, keep=True)
         return _scan(root, state, executor, rules, folders, known, seen_before, reuse, persist, keep, on_new, keep_folders)
     finally:
         stop.set()
