@@ -149,6 +149,21 @@ def test_a_no_op_pass_in_a_new_process_hashes_and_plans_nothing(clients: Clients
     assert _pass_in_new_process(clients, a.root, "a")["planned"] >= 1
 
 
+def _synced_and_closed(clients: Clients, files: int) -> Path:
+    """A client "a" that synced ``files`` files in ``d`` and settled (a listing written down),
+    then closed, as a process that ended: its folder."""
+    a = clients.new("a")
+    (a.root / "d").mkdir()
+    for i in range(files):
+        (a.root / "d" / f"f{i}.txt").write_bytes(f"file {i}".encode())
+    clients.settle()
+    assert a.state.settled_listing() is not None
+    a.close()
+    a.api.close()
+    clients.engines.remove(a)
+    return a.root
+
+
 def _edit_same_size_next_nanosecond(root: Path) -> None:
     st = os.stat(root / "d" / "f1.txt")
     (root / "d" / "f1.txt").write_bytes(b"FILE 1")
@@ -173,21 +188,13 @@ def test_a_new_process_takes_an_unchanged_listing_for_the_settled_plan_and_sees_
     (names and stat fields of every folder) with the one that plan saw, scanning nothing
     when they are equal (the state folder, which every pass writes to, is no part of it);
     any change on disk, however small, still makes a full scan and a real plan."""
-    a = clients.new("a")
-    (a.root / "d").mkdir()
-    for i in range(8):
-        (a.root / "d" / f"f{i}.txt").write_bytes(f"file {i}".encode())
-    clients.settle()
-    assert a.state.settled_listing() is not None
-    a.close()
-    a.api.close()
-    clients.engines.remove(a)
+    root = _synced_and_closed(clients, 8)
     for _ in range(2):
-        assert _pass_in_new_process(clients, a.root, "a")["scanned"] == 0
-    change(a.root)
-    changed = _pass_in_new_process(clients, a.root, "a")
+        assert _pass_in_new_process(clients, root, "a")["scanned"] == 0
+    change(root)
+    changed = _pass_in_new_process(clients, root, "a")
     assert applied.items() <= changed["applied"].items() and changed["planned"] >= 1 and changed["scanned"] > 0
-    assert _pass_in_new_process(clients, a.root, "a")["scanned"] == 0
+    assert _pass_in_new_process(clients, root, "a")["scanned"] == 0
 
 
 def test_a_listing_is_not_settled_when_its_scan_hashed_anything_nor_after_a_remote_change(clients: Clients) -> None:
@@ -216,14 +223,7 @@ def test_a_listing_is_not_settled_when_its_scan_hashed_anything_nor_after_a_remo
 def test_a_running_client_that_began_with_the_settled_listing_keeps_its_folders_from_its_next_scan(clients: Clients) -> None:
     """A daemon whose first pass took the settled listing (no scan) keeps its next scan's
     folders, so that the pass after takes them whole, as a running client's passes do."""
-    a = clients.new("a")
-    (a.root / "d").mkdir()
-    for i in range(5):
-        (a.root / "d" / f"f{i}.txt").write_bytes(f"file {i}".encode())
-    clients.settle()
-    a.close()
-    a.api.close()
-    clients.engines.remove(a)
+    _synced_and_closed(clients, 5)
     b = clients.new("a")  # the same folder, a new engine: a new process's
     assert b.run_once().converged and not b.last_scan.items
     assert b.run_once().converged and set(b.last_scan.folders) == {"", "d"}

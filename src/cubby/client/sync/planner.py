@@ -288,14 +288,8 @@ def agreed(base: Sequence[BaseItem], remote: Sequence[RemoteItem], local: Sequen
     return True
 
 
-def plan_phases(
-    base: Iterable[BaseItem],
-    remote: Iterable[RemoteItem],
-    local: Iterable[LocalItem],
-    ctx: Context = Context(),
-) -> list[Op]:
+def plan_phases(base_l: list[BaseItem], remote_l: list[RemoteItem], local_l: list[LocalItem], ctx: Context) -> list[Op]:
     """`plan` without its first test (`agreed`): every phase, on any trees."""
-    base_l, remote_l, local_l = list(base), list(remote), list(local)
     taken: set[str] = set()
     for items in (base_l, remote_l, local_l):
         taken.update(paths.key(it.path) for it in items)
