@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from cubby.client.heap import gc_paused
+from cubby.client.heap import YOUNG_THRESHOLD, gc_frozen, gc_paused
 from cubby.client.sync import planner as P
 from tests.sync.conftest import Clients, local_tree
 
@@ -33,6 +33,15 @@ def test_gc_paused_leaves_a_collector_someone_else_disabled_disabled() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_gc_frozen_gives_back_the_objects_and_the_thresholds_even_when_the_step_fails() -> None:
+    kept = [object() for _ in range(3)]  # alive before: frozen while the step runs
+    before = gc.get_threshold()
+    with pytest.raises(RuntimeError), gc_frozen():
+        assert gc.get_freeze_count() > 0 and gc.get_threshold()[0] == YOUNG_THRESHOLD
+        raise RuntimeError("an upload that fails")
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == before and kept
 
 
 def test_a_settled_plan_is_reused_only_while_nothing_it_read_changed(clients: Clients) -> None:
