@@ -88,6 +88,8 @@ def child(url: str, token: str, folder: Path, passes: int, src: Path | None = No
     """Run ``passes`` sync passes on ``folder`` with the client in ``src`` (default: this
     checkout's); print seconds, CPU seconds, requests and peak RSS per pass."""
     sys.path.insert(0, str(src or HERE.parent / "src"))
+    for name in [m for m in sys.modules if m == "cubby" or m.startswith("cubby.")]:
+        del sys.modules[name]  # imported by this module's helpers from this checkout: not the client measured
     import httpx
 
     from cubby.client.api import ApiClient

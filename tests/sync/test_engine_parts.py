@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cubby.client.heap import YOUNG_THRESHOLD, gc_frozen, gc_paused
 from cubby.client.sync import planner as P
-from cubby.client.sync.base import gc_paused
 from tests.sync.conftest import Clients, local_tree
 
 
@@ -31,6 +33,15 @@ def test_gc_paused_leaves_a_collector_someone_else_disabled_disabled() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_gc_frozen_gives_back_the_objects_and_the_thresholds_even_when_the_step_fails() -> None:
+    kept = [object() for _ in range(3)]  # alive before: frozen while the step runs
+    before = gc.get_threshold()
+    with pytest.raises(RuntimeError), gc_frozen():
+        assert gc.get_freeze_count() > 0 and gc.get_threshold()[0] == YOUNG_THRESHOLD
+        raise RuntimeError("an upload that fails")
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == before and kept
 
 
 def test_a_settled_plan_is_reused_only_while_nothing_it_read_changed(clients: Clients) -> None:
@@ -96,7 +107,7 @@ api.http.event_hooks["request"].append(lambda r: sent.append(r.url.path))
 eng = SyncEngine(Path(root), api, host=host)
 rep = eng.run_once()
 print(json.dumps({"converged": rep.converged, "applied": rep.applied, "hashed": eng.last_scan.hashed,
-                  "planned": len(planned), "requests": sent}))
+                  "planned": len(planned), "requests": sent, "scanned": len(eng.last_scan.items)}))
 eng.close()
 api.close()
 """
@@ -129,7 +140,7 @@ def test_a_no_op_pass_in_a_new_process_hashes_and_plans_nothing(clients: Clients
     clients.engines.remove(a)
 
     quiet = _pass_in_new_process(clients, a.root, "a")
-    assert quiet == {"converged": True, "applied": {}, "hashed": 0, "planned": 0, "requests": ["/api/v1/account"]}
+    assert quiet == {"converged": True, "applied": {}, "hashed": 0, "planned": 0, "requests": ["/api/v1/account"], "scanned": 0}
     assert _pass_in_new_process(clients, a.root, "a")["planned"] == 0  # and again
 
     (a.root / "d" / "f3.txt").write_bytes(b"edited here")
@@ -145,6 +156,88 @@ def test_a_no_op_pass_in_a_new_process_hashes_and_plans_nothing(clients: Clients
 
     (a.root / ".cubbyignore").write_text("f5.txt\n")  # other rules, same files: a real plan
     assert _pass_in_new_process(clients, a.root, "a")["planned"] >= 1
+
+
+def _synced_and_closed(clients: Clients, files: int) -> Path:
+    """A client "a" that synced ``files`` files in ``d`` and settled (a listing written down),
+    then closed, as a process that ended: its folder."""
+    a = clients.new("a")
+    (a.root / "d").mkdir()
+    for i in range(files):
+        (a.root / "d" / f"f{i}.txt").write_bytes(f"file {i}".encode())
+    clients.settle()
+    assert a.state.settled_listing() is not None
+    a.close()
+    a.api.close()
+    clients.engines.remove(a)
+    return a.root
+
+
+def _edit_same_size_next_nanosecond(root: Path) -> None:
+    st = os.stat(root / "d" / "f1.txt")
+    (root / "d" / "f1.txt").write_bytes(b"FILE 1")
+    os.utime(root / "d" / "f1.txt", ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+
+
+@pytest.mark.parametrize(
+    ("change", "applied"),
+    [
+        (_edit_same_size_next_nanosecond, {"Upload": 1}),
+        (lambda root: os.chmod(root / "d" / "f2.txt", 0o755), {"Upload": 1}),
+        (lambda root: (root / "d" / "deep").mkdir(), {"MkdirRemote": 1}),
+        (lambda root: os.unlink(root / "d" / "f3.txt"), {"DeleteRemote": 1}),
+        (lambda root: os.rename(root / "d" / "f4.txt", root / "d" / "g4.txt"), {"MoveRemote": 1}),
+        (lambda root: os.symlink("f5.txt", root / "d" / "link"), {"Upload": 1}),
+    ],
+)
+def test_a_new_process_takes_an_unchanged_listing_for_the_settled_plan_and_sees_any_change(
+    clients: Clients, change: Callable[[Path], object], applied: dict[str, int]
+) -> None:
+    """When the settled plan's scan hashed nothing, a new process compares the tree's listing
+    (names and stat fields of every folder) with the one that plan saw, scanning nothing
+    when they are equal (the state folder, which every pass writes to, is no part of it);
+    any change on disk, however small, still makes a full scan and a real plan."""
+    root = _synced_and_closed(clients, 8)
+    for _ in range(2):
+        assert _pass_in_new_process(clients, root, "a")["scanned"] == 0
+    change(root)
+    changed = _pass_in_new_process(clients, root, "a")
+    assert applied.items() <= changed["applied"].items() and changed["planned"] >= 1 and changed["scanned"] > 0
+    assert _pass_in_new_process(clients, root, "a")["scanned"] == 0
+
+
+def test_a_listing_is_not_settled_when_its_scan_hashed_anything_nor_after_a_remote_change(clients: Clients) -> None:
+    """A settled plan whose scan hashed a file (touched, same content) leaves no listing to
+    compare with: a file hashed then, or found changing, is read again by the next scan. A
+    change on the server moves the state's epoch, so a listing settled before it is not
+    taken for the plan after it."""
+    a, b = clients.new("a"), clients.new("b")
+    (a.root / "x.txt").write_bytes(b"x")
+    clients.settle()
+    os.utime(a.root / "x.txt", ns=(1, 1))
+    rep = a.run_once()
+    assert rep.converged and not rep.applied and a.last_scan.hashed == 1
+    assert a.state.settled() is not None and a.state.settled_listing() is None
+    assert a.run_once().converged and a.state.settled_listing() is not None  # settled again, nothing hashed
+    a.close()
+    a.api.close()
+    clients.engines.remove(a)
+    (b.root / "y.txt").write_bytes(b"from b")
+    assert b.run_once().applied == {"Upload": 1}
+    remote = _pass_in_new_process(clients, a.root, "a")
+    assert remote["applied"] == {"Download": 1} and remote["scanned"] > 0
+    assert (a.root / "y.txt").read_bytes() == b"from b"
+
+
+def test_a_running_client_that_began_with_the_settled_listing_keeps_its_folders_from_its_next_scan(clients: Clients) -> None:
+    """A daemon whose first pass took the settled listing (no scan) keeps its next scan's
+    folders, so that the pass after takes them whole, as a running client's passes do."""
+    _synced_and_closed(clients, 5)
+    b = clients.new("a")  # the same folder, a new engine: a new process's
+    assert b.run_once().converged and not b.last_scan.items
+    assert b.run_once().converged and set(b.last_scan.folders) == {"", "d"}
+    kept = b.last_scan.items
+    assert b.run_once().converged and all(x is y for x, y in zip(b.last_scan.items, kept, strict=True))
 
 
 def test_the_walk_reads_folders_on_a_worker_in_the_order_and_with_the_rules_of_one_thread(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -545,3 +546,51 @@ def test_folders_colliding_by_case_are_renamed_once_with_their_contents() -> Non
     assert len(ops) == 1 and isinstance(ops[0], P.ConflictCopy) and ops[0].rel == "docs"
     w.settle(P.Context())
     assert sorted(c for _, c in w.remote_view().values() if c) == ["lower", "upper"]
+
+
+perturb_st = st.lists(st.tuples(st.sampled_from(["rev", "inode", "hash", "path", "kind", "unstable", "drop"]), st.integers(0, 20)), max_size=2)
+
+
+@given(spec_st, op_lists, op_lists, perturb_st)
+@settings(max_examples=settings.default.max_examples * 4)
+def test_trees_that_agree_plan_nothing_and_a_settled_world_agrees(
+    spec: list[tuple[int, int, bool]], lops: list[tuple[str, int, int]], rops: list[tuple[str, int, int]],
+    perturb: list[tuple[str, int]],
+) -> None:
+    """`plan` answers `agreed` trees with no plan, without its phases: every phase must then
+    plan nothing too, whatever the trees (changed on either side, or one item of one tree
+    off by one field); and the trees of a world that settled do agree (the shortcut is
+    taken after a pass that did all it planned)."""
+    w = make_synced(spec)
+    for k, i, j in lops:
+        local_op(w, k, i, j, set())
+    for k, i, j in rops:
+        remote_op(w, k, i, j, set())
+    w.settle(P.Context())
+    base, remote, local = list(w.base.values()), list(w.remote.values()), w.l_items()
+    assert P.agreed(base, remote, local) and P.plan_phases(base, remote, local, P.Context()) == []
+    for field_name, at in perturb:
+        trees: list[list[Any]] = [base, remote, local]
+        tree = trees[at % 3]
+        if not tree:
+            continue
+        item = tree[at % len(tree)]
+        if field_name == "drop":
+            changed = None
+        elif field_name == "rev":
+            changed = replace(item, rev=item.rev + 1) if hasattr(item, "rev") else replace(item, size=item.size + 1)
+        elif field_name == "inode":
+            changed = replace(item, inode=item.inode + 1) if hasattr(item, "inode") else replace(item, node_id=item.node_id + 100)
+        elif field_name == "hash":
+            changed = replace(item, hash=(item.hash or "") + "x")
+        elif field_name == "path":
+            changed = replace(item, path=item.path.upper() if at % 2 else item.path + "x")
+        elif field_name == "kind":
+            changed = replace(item, kind="folder" if item.kind == "file" else "file")
+        else:
+            changed = replace(item, hash=None)
+        tree[at % len(tree)] = changed  # type: ignore[call-overload]
+        if changed is None:
+            tree.remove(None)
+    if P.agreed(base, remote, local):
+        assert P.plan_phases(base, remote, local, P.Context()) == []

@@ -42,6 +42,7 @@ from typing import Any
 
 from cubby.client import modes
 from cubby.client.api import ApiClient, commit_body
+from cubby.client.heap import gc_frozen
 from cubby.client.localfiles import FileChanged, LocalChunk, LocalFile, Progress, scan_file, stamp_of, walk
 from cubby.client.pipeline import Pipeline
 from cubby.client.windows import (
@@ -522,7 +523,8 @@ def upload_tree(
     # more than hashing it), and sending keeps `IN_FLIGHT` groups with the server; so at most
     # ``ahead + 1 + IN_FLIGHT`` groups' kept bytes are in memory.
     ahead = max(1, min(workers, 2))
-    with ThreadPoolExecutor(ahead + 1) as namer, Pipeline(IN_FLIGHT) as sender:
+    # (the walk's files, alive to the end, out of the collector's walks: `heap.gc_frozen`)
+    with gc_frozen(), ThreadPoolExecutor(ahead + 1) as namer, Pipeline(IN_FLIGHT) as sender:
         named: deque[Future[list[LocalFile]]] = deque()
         try:
             for group in _groups(files):

@@ -17,7 +17,6 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 from pyfastcdc import FastCDC
@@ -176,7 +175,7 @@ def chunk_file(
     A file of at most `MIN_SIZE` bytes is one chunk (FastCDC never cuts below it), so it is
     read in one call and hashed, without the chunker and its window: for a 4 KiB file those
     cost several times the hashing (the sync scan of a tree of small files names each so)."""
-    with Path(path).open("rb", buffering=0) as fh:
+    with open(path, "rb", buffering=0) as fh:
         if os.fstat(fh.fileno()).st_size <= MIN_SIZE:
             data = fh.read(MIN_SIZE + 1)  # one byte more: a file that grew is chunked below
             if len(data) <= MIN_SIZE:

@@ -11,14 +11,12 @@ the disk, and `rel_for` the one way from a path of the user's tree to a relative
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,9 +26,9 @@ from cubby.client.api import ApiClient
 from cubby.client.sync import planner as P
 from cubby.client.sync.cache import ChunkCache
 from cubby.client.sync.ignore import STATE_DIR
-from cubby.client.sync.scanner import KeepBudget, ScanResult, scan
+from cubby.client.sync.scanner import KeepBudget, ScanResult, TreeListing, scan
 from cubby.client.sync.state import FileRecord, StateDb
-from cubby.client.sync.trust import local_target
+from cubby.client.sync.trust import Resolved, local_target
 from cubby.client.windows import SCAN_KEEP_BYTES, SCAN_KEEP_FILE
 from cubby.core import paths
 from cubby.core.hashing import sha256_hex
@@ -80,24 +78,6 @@ def path_of(op: P.Op) -> str:
         if v is not None:
             return str(v.path)
     return ""
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Hold off Python's cyclic garbage collector while a pass scans and plans.
-
-    Those steps make a few objects per item of every tree (tens of thousands), all alive
-    until the plan is made and none in a cycle: a collection in between frees nothing, yet
-    each one started by the allocations walks the young objects, and the older ones walk the
-    whole heap. (Measured on a no-op pass over 7,700 files: 130 collections, a quarter of its
-    time.) Reference counting still frees everything as usual; the collector resumes after."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 class EngineCore:
@@ -203,7 +183,7 @@ class EngineCore:
         if self.crash_hook is not None:
             self.crash_hook(where)
 
-    def abs_path(self, rel: str, resolved: set[str] | None = None) -> Path:
+    def abs_path(self, rel: str, resolved: Resolved | None = None) -> Path:
         """The one way from a relative path to the disk: `trust.local_target` refuses anything
         outside the synced folder or inside its state folder (`UnsafePath`); ``resolved``
         as there, for a batch."""
@@ -242,12 +222,13 @@ class EngineCore:
         mounts.setdefault(paths.ROOT, (0, True))
         return P.Context(mounts=mounts, evicted=tuple(self.state.evicted()), host=self.host, day=dt.date.today().isoformat())
 
-    def scan(self, persist: bool = True, *, keep: bool = False) -> ScanResult:
+    def scan(self, persist: bool = True, *, keep: bool = False, listed: TreeListing | None = None) -> ScanResult:
         """Scan the folder (`scanner.scan`). With ``keep``, small files hashed keep their bytes
         (`ScanResult.kept`, at most `SCAN_KEEP_BYTES`) for the uploads of this round, which
         release them (`Uploads.upload`); a scan that only plans does not keep any. On a first
         sync (no base, one writable namespace, no file on the server) the chunks of new small
-        files go to the server as they are hashed (`presend`), until `end_presend`."""
+        files go to the server as they are hashed (`presend`), until `end_presend`. ``listed``:
+        the tree as just listed (`scanner.list_tree`), not listed again."""
         budget = KeepBudget(SCAN_KEEP_BYTES, SCAN_KEEP_FILE) if keep else None
         self.end_presend()
         nss = list(self.state.namespaces().values()) if keep and persist else []
@@ -256,7 +237,10 @@ class EngineCore:
 
             self.presend = Presend(self.api, nss[0].ns_id, self.root)
         on_new = self.presend.add if self.presend is not None else None
-        self.last_scan = scan(self.root, self.state, self.pool, persist=persist, previous=self.last_scan, keep=budget, on_new=on_new)
+        self.last_scan = scan(
+            self.root, self.state, self.pool, persist=persist, previous=self.last_scan, keep=budget, on_new=on_new, listed=listed,
+            keep_folders=self.started > 1,  # (a process's first pass may be its only one: `cubby sync --once`)
+        )
         return self.last_scan
 
     def end_presend(self) -> set[str]:

@@ -25,7 +25,7 @@ from cubby.client.pipeline import Pipeline
 from cubby.client.sync import planner as P
 from cubby.client.sync.base import EngineCore, Failures
 from cubby.client.sync.state import FileRecord
-from cubby.client.sync.trust import UnsafePath
+from cubby.client.sync.trust import Resolved, UnsafePath
 from cubby.client.windows import BATCH, DOWNLOAD_WINDOW, STAGE_IN_FLIGHT
 from cubby.core import delta, durable
 from cubby.core.hashing import sha256_hex
@@ -286,7 +286,7 @@ class Downloads:
         self._barrier()
         done = self._record(self._renamed)
         self._renamed = []
-        resolved: set[str] = set()  # each folder resolved once for the batch
+        resolved: Resolved = {}  # each folder resolved once for the batch
         made: set[str] = set()
         for op, entry, tmp, st, chunks in staged.files:
             rel = op.replace.rel if op.replace is not None else self.core.rel_for(op.remote.path)

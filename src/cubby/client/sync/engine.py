@@ -17,13 +17,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from cubby.client.heap import gc_frozen, gc_paused
 from cubby.client.sync import planner as P
-from cubby.client.sync.base import EngineCore, PassReport, SyncLocked, gc_paused
+from cubby.client.sync.base import EngineCore, PassReport, SyncLocked
 from cubby.client.sync.ignore import IgnoreRules
 from cubby.client.sync.replay import RemoteReplay
-from cubby.client.sync.scanner import ScanResult
+from cubby.client.sync.scanner import ScanResult, TreeListing, list_tree
 from cubby.core import paths
 
 if TYPE_CHECKING:
@@ -45,13 +46,27 @@ class _Settled:
     ops: list[P.Op]
 
 
+def _context_hash(epoch: int, rules: IgnoreRules, ctx: P.Context) -> Any:
+    h = hashlib.sha256()
+    h.update(repr((epoch, rules.patterns, sorted(ctx.mounts.items()), tuple(ctx.evicted), ctx.host, ctx.day)).encode())
+    return h
+
+
 def plan_fingerprint(epoch: int, rules: IgnoreRules, ctx: P.Context, items: list[P.LocalItem]) -> str:
     """SHA-256 of everything a plan is made of that is not in the state database, with the
     database's epoch (`StateDb.epoch`) standing for the rest: equal fingerprints, equal plans."""
-    h = hashlib.sha256()
-    h.update(repr((epoch, rules.patterns, sorted(ctx.mounts.items()), tuple(ctx.evicted), ctx.host, ctx.day)).encode())
+    h = _context_hash(epoch, rules, ctx)
     for i in items:
         h.update(f"\0{i.path}\t{i.rel}\t{i.kind}\t{i.hash}\t{i.inode}\t{i.size}".encode())
+    return h.hexdigest()
+
+
+def listing_fingerprint(epoch: int, rules: IgnoreRules, ctx: P.Context, listing_digest: str) -> str:
+    """`plan_fingerprint` with the tree's listing (`ScanResult.listing_digest`) standing for the
+    scanned items: a scan that hashed nothing makes its items of the listing, the rules and
+    the file index alone, so an equal listing under an equal epoch scans to equal items."""
+    h = _context_hash(epoch, rules, ctx)
+    h.update(f"\0listing\t{listing_digest}".encode())
     return h.hexdigest()
 
 
@@ -119,18 +134,66 @@ class SyncEngine(EngineCore):
             return list(s.ops), rules
         if s is None and self.state.settled() == self._fingerprint(rules, ctx, res):
             return [], rules
-        return P.plan(*self._trees(rules), res.items, ctx), rules
+        return P.plan(*self._trees(rules, res), res.items, ctx), rules
 
     def _settle(self, rules: IgnoreRules, res: ScanResult, ops: list[P.Op], ctx: P.Context) -> None:
         """Remember a plan that left nothing to do, for `_plan`: in memory, and, when it is
         empty (not only `Blocked` changes, which are not written down), as a fingerprint in the
-        state database for the next process. Unchanged, it is not written again."""
+        state database for the next process, with the fingerprint of the listing the scan was
+        made of when that stands for the scan (`_listed_unchanged`). Unchanged, they are not
+        written again."""
         s = self._settled
-        if s is None or s.generation != self.state.generation() or s.rules != rules or s.local != res.items or s.ops != ops:
+        listed = not ops and res.hashed == 0 and res.listing_digest is not None and self._plain(ctx)
+        if (
+            s is None or s.generation != self.state.generation() or s.rules != rules or s.local != res.items or s.ops != ops
+            or (listed and res.listing_digest != self._listing_written)  # (a pass that hashed a file left none)
+        ):
             fingerprint = self._fingerprint(rules, ctx, res) if not ops else None
-            if self.state.settled() != fingerprint:
-                self.state.set_settled(fingerprint)
+            listing = None
+            if listed and res.listing_digest is not None:
+                listing = listing_fingerprint(self.state.epoch(), rules, ctx, res.listing_digest)
+            if self.state.settled() != fingerprint or self.state.settled_listing() != listing:
+                self.state.set_settled(fingerprint, listing)
+            self._listing_written = res.listing_digest if listing is not None else None
         self._settled = _Settled(self.state.generation(), rules, res.items, list(ops))
+
+    _listing_written: str | None = None
+    """The listing digest of the settled listing last written (`_settle`)."""
+
+    @staticmethod
+    def _plain(ctx: P.Context) -> bool:
+        """One namespace, at the root, and no evicted mount: no step of a pass but the scan
+        and the plan looks at the scanned items (`follow_mount_moves`, `_clear_evicted`)."""
+        return not ctx.evicted and list(ctx.mounts) == [paths.ROOT]
+
+    _listed: TreeListing | None = None
+    """The tree as `_listed_unchanged` listed it, for the scan that follows."""
+
+    def _listed_unchanged(self) -> bool:
+        """A new process's first look at the folder: is it as the last settled plan saw it?
+
+        A pass with nothing to do in a new process (`cubby sync --once`) would scan every
+        item and fingerprint them (`_plan`). When the settled plan's scan hashed nothing, its
+        items were made of the tree's listing (every name, with its mode, inode, size and
+        mtime), the ignore rules and the file index alone; so when the state's epoch, the
+        rules, the context and the listing (`scanner.list_tree`, on this thread) are all
+        unchanged since, so are the items and the plan, which was empty. Any change on disk
+        (an edit, a chmod, an addition, removal or rename) changes the listing, and any write
+        to the state (a journal entry replayed) the epoch: then the scan that follows takes
+        this listing instead of listing the tree again (`EngineCore.scan`)."""
+        if self.started > 1 or self._settled is not None or self.last_scan.items:
+            return False  # (a running client's later passes scan, keeping folders to reuse: `scan`)
+        stored = self.state.settled_listing()
+        if stored is None:
+            return False
+        ctx = self.context()
+        if not self._plain(ctx):
+            return False
+        listed = list_tree(self.root, IgnoreRules.load(self.root))
+        if listing_fingerprint(self.state.epoch(), listed.rules, ctx, listed.digest) == stored:
+            return True
+        self._listed = listed
+        return False
 
     _last_fingerprint: tuple[int, IgnoreRules, P.Context, list[P.LocalItem], str] | None = None
 
@@ -145,11 +208,24 @@ class SyncEngine(EngineCore):
         self._last_fingerprint = (epoch, rules, ctx, res.items, fingerprint)
         return fingerprint
 
-    def _trees(self, rules: IgnoreRules | None = None) -> tuple[list[P.BaseItem], list[P.RemoteItem]]:
+    def _trees(
+        self, rules: IgnoreRules | None = None, scanned: ScanResult | None = None
+    ) -> tuple[list[P.BaseItem], list[P.RemoteItem]]:
         """Base and remote trees without what the ignore rules hide locally: a file named
-        ``x.tmp`` on the server is neither downloaded nor, being absent here, deleted there."""
+        ``x.tmp`` on the server is neither downloaded nor, being absent here, deleted there.
+
+        An item at the path of an item of ``scanned`` (made under the same rules), of the same
+        kind, is not tested: the scan tested that very path (its relative path on disk is its
+        path in the tree) and its folders, and found it shown. (In a synced tree that is
+        every item: testing each was a third of the trees' cost.)"""
         rules = rules if rules is not None else IgnoreRules.load(self.root)
         folders: dict[str, bool] = {"": True}
+        files: dict[str, bool] = {}
+        if scanned is not None and scanned.rules == rules:
+            for i in scanned.items:
+                rel = i.path[1:]
+                if rel == i.rel:
+                    (folders if i.kind == "folder" else files)[rel] = True
 
         def shown(rel: str) -> bool:
             """Is the folder at ``rel`` and every folder above it not ignored? (memoised: a
@@ -159,8 +235,6 @@ class SyncEngine(EngineCore):
                 parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
                 got = folders[rel] = shown(parent) and not rules.ignored(rel, is_dir=True)
             return got
-
-        files: dict[str, bool] = {}
 
         def visible(path: str, kind: str) -> bool:
             """(memoised too: the base and the remote tree hold mostly the same paths)"""
@@ -207,8 +281,12 @@ class SyncEngine(EngineCore):
                 report.rounds += 1
                 self.replay.refresh_remote()
                 self.crash_point("refreshed")
+                if report.rounds == 1 and self._listed_unchanged():
+                    report.converged = True
+                    break
                 with gc_paused():
-                    res = self.scan(keep=True)  # a new small file is read once: here
+                    listed, self._listed = self._listed, None
+                    res = self.scan(keep=True, listed=listed)  # a new small file is read once: here
                 if any(ns.mount != paths.ROOT for ns in self.state.namespaces().values()):
                     self.applier.follow_mount_moves(res.items)  # (only a shared folder's mount moves)
                 ctx = self.context()
@@ -223,7 +301,8 @@ class SyncEngine(EngineCore):
                     report.converged = True
                     break
                 failures: list[dict[str, str]] = []
-                progress = self.applier.apply(ops, report, failures)
+                with gc_frozen():
+                    progress = self.applier.apply(ops, report, failures)
                 report.failed = failures
                 idle_rounds = 0 if progress else idle_rounds + 1
                 if idle_rounds >= 3:

@@ -34,7 +34,6 @@ a node to a state; it does not add to one).
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
@@ -42,6 +41,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from cubby.client.modes import REGULAR, SYMLINK, version
 from cubby.client.sync import trust
@@ -186,18 +187,25 @@ class StateDb:
         """The fingerprint of the last plan that left nothing to do (`set_settled`)."""
         return self.get_meta("settled")
 
-    def set_settled(self, fingerprint: str | None) -> None:
-        """Remember (or, with None, forget) a settled plan's fingerprint, for a pass of a new
-        process (`cubby.client.sync.engine.SyncEngine`). Written outside `tx` on purpose: this
-        write is no change to the trees, so it does not move the epoch it is checked against."""
+    def settled_listing(self) -> str | None:
+        """The fingerprint of the listing of the tree that plan was made from, when every file
+        in it was indexed as listed (`set_settled`)."""
+        return self.get_meta("settled_listing")
+
+    def set_settled(self, fingerprint: str | None, listing: str | None = None) -> None:
+        """Remember (or, with None, forget) a settled plan's fingerprint, and the fingerprint
+        of the tree's listing it was made from (or none), for a pass of a new process
+        (`cubby.client.sync.engine.SyncEngine`). Written outside `tx` on purpose: this write is
+        no change to the trees, so it does not move the epoch it is checked against."""
         with self._lock:
             if self._depth:
                 raise RuntimeError("set_settled inside a transaction would be counted as a change")
             before = self.db.total_changes
-            if fingerprint is None:
-                self.db.execute("DELETE FROM meta WHERE key = 'settled'")
-            else:
-                self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('settled', ?)", (fingerprint,))
+            for key, value in (("settled", fingerprint), ("settled_listing", listing if fingerprint is not None else None)):
+                if value is None:
+                    self.db.execute("DELETE FROM meta WHERE key = ?", (key,))
+                else:
+                    self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
             self._untracked += self.db.total_changes - before
 
     def close(self) -> None:
@@ -588,7 +596,7 @@ class StateDb:
     def files(self) -> dict[str, FileRecord]:
         out = {}
         for rel, size, mtime_ns, inode, h, chunks, mode in self._all("SELECT rel, size, mtime_ns, inode, hash, chunks, mode FROM files"):
-            out[rel] = FileRecord(rel, size, mtime_ns, inode, h, tuple(tuple(c) for c in json.loads(chunks)), mode)  # type: ignore[misc]
+            out[rel] = FileRecord(rel, size, mtime_ns, inode, h, tuple(tuple(c) for c in orjson.loads(chunks)), mode)  # type: ignore[misc]
         return out
 
     def file_stamps(self) -> dict[str, tuple[tuple[int, int, int, int], str | None]]:
@@ -611,7 +619,7 @@ class StateDb:
         if not rows:
             return None
         rel, size, mtime_ns, inode, h, chunks, mode = rows[0]
-        return FileRecord(rel, size, mtime_ns, inode, h, tuple(tuple(c) for c in json.loads(chunks)), mode)  # type: ignore[misc]
+        return FileRecord(rel, size, mtime_ns, inode, h, tuple(tuple(c) for c in orjson.loads(chunks)), mode)  # type: ignore[misc]
 
     def put_files(self, recs: Iterable[FileRecord]) -> None:
         """Index files (replacing what was known at their paths), a statement per table for
@@ -623,7 +631,7 @@ class StateDb:
             db.executemany("DELETE FROM chunks WHERE rel = ?", [(rel,) for rel in last])
             db.executemany(
                 "INSERT OR REPLACE INTO files (rel, size, mtime_ns, inode, hash, chunks, mode) VALUES (?,?,?,?,?,?,?)",
-                [(r.rel, r.size, r.mtime_ns, r.inode, r.hash, json.dumps([list(c) for c in r.chunks]), r.mode) for r in last.values()],
+                [(r.rel, r.size, r.mtime_ns, r.inode, r.hash, orjson.dumps(r.chunks).decode(), r.mode) for r in last.values()],
             )
             db.executemany(
                 "INSERT OR IGNORE INTO chunks (hash, rel, offset, size) VALUES (?,?,?,?)",

@@ -22,6 +22,7 @@ Both are pure apart from `local_target`'s ``realpath``, and raise `UnsafePath`.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,7 +110,12 @@ def shown(path: object) -> str:
     return text if len(text) <= 300 else text[:300] + "..."
 
 
-def local_target(root: Path, rel: str, resolved: set[str] | None = None) -> Path:
+Resolved = dict[str, str]
+"""A batch's folders found inside the synced folder: path under the root as given -> the same
+folder with every symbolic link resolved (`local_target`)."""
+
+
+def local_target(root: Path, rel: str, resolved: Resolved | None = None) -> Path:
     """``root / rel`` if that is a place strictly inside the synced folder ``root`` (already
     resolved) and outside its state folder; `UnsafePath` otherwise.
 
@@ -117,8 +123,11 @@ def local_target(root: Path, rel: str, resolved: set[str] | None = None) -> Path
     kernel would) and must lie under ``root``; the last component itself is not followed,
     because every operation (rename, unlink, rmdir, mkdir) acts on the name, not on what a
     link there points to. A caller resolving many paths at once (a batch of uploads or
-    downloads) passes ``resolved``, the folders already found inside, so that each folder is
-    resolved once for the batch rather than once per file."""
+    downloads) passes ``resolved``, the folders already found inside (and where they
+    resolve to), so that each folder is resolved once for the batch rather than once per
+    file, and a folder whose parent was resolved costs one ``lstat``: a folder that is not a
+    link resolves to its parent's place plus its name (what ``realpath`` would find, walking
+    every level of the path again)."""
     parts = rel.split("/")
     if rel.startswith("/") or any(p in ("", ".", "..") or "\x00" in p for p in parts):
         raise UnsafePath(f"refusing to touch {shown(rel)!r}: not a plain path inside the synced folder")
@@ -127,16 +136,33 @@ def local_target(root: Path, rel: str, resolved: set[str] | None = None) -> Path
     top = os.fspath(root)
     target = f"{top}/{rel}" if top != "/" else f"/{rel}"
     parent = target.rpartition("/")[0] or "/"
-    if resolved is not None and parent in resolved:
-        return Path(target)
+    if resolved is not None:
+        if parent in resolved:
+            return Path(target)
+        resolved.setdefault(top, top)  # the root is resolved already: its folders start from it
     # (compared as strings: ``realpath`` gives an absolute path with no ``.``, ``..`` or
     # doubled separator, so a prefix test is the ``parents`` test, without a `Path` per level)
-    folder = os.path.realpath(parent)
+    folder = _resolve(parent, resolved) if resolved is not None else os.path.realpath(parent)
     if folder != top and not folder.startswith(top.rstrip("/") + "/"):
         raise UnsafePath(f"refusing to touch {shown(rel)!r}: it resolves outside {root}")
     inside = folder[len(top) :].lstrip("/").split("/", 1)[0]
     if inside and is_state_name(inside):
         raise UnsafePath(f"refusing to touch {shown(rel)!r}: it resolves into the sync client's state folder")
     if resolved is not None:
-        resolved.add(parent)
+        resolved[parent] = folder
     return Path(target)
+
+
+def _resolve(folder: str, resolved: Resolved) -> str:
+    """``realpath(folder)``, from its parent's resolution when the batch has it and ``folder``
+    is a real folder (not a link): then it is that place plus its name."""
+    up, _, name = folder.rpartition("/")
+    real_up = resolved.get(up)
+    if real_up is not None:
+        try:
+            st = os.lstat(folder)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            return f"{real_up}/{name}" if real_up != "/" else f"/{name}"
+    return os.path.realpath(folder)

@@ -21,6 +21,7 @@ from cubby.client.pipeline import Pipeline
 from cubby.client.sync import planner as P
 from cubby.client.sync.base import EngineCore, Failures
 from cubby.client.sync.state import FileRecord
+from cubby.client.sync.trust import Resolved
 from cubby.client.upload import Outcome, commit_group
 from cubby.client.windows import BATCH, DOWNLOAD_WINDOW, IN_FLIGHT
 from cubby.errors import Conflict, CubbyError
@@ -69,7 +70,7 @@ class Uploads:
         as it is full (the rest at the end)."""
         ctx = self.core.context()
         groups: dict[int, Group] = {}
-        resolved: set[str] = set()  # each folder resolved once for the whole batch
+        resolved: Resolved = {}  # each folder resolved once for the whole batch
         scanned = self.core.last_scan
         stamps, records, kept = scanned.stamps, scanned.records, scanned.kept
         for op in ops:
