@@ -164,6 +164,11 @@ def run(db: StateDb, mount: str, script: list[Action]) -> Server:
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(script=actions, mount=st.sampled_from(["/", "/Team"]))
 @example(script=[("other", 0, 0, 0), ("replay", 0, 0, 9), ("other", 1, 1, 1), ("ours", 0, 2, 3)], mount="/")
+@example(  # this client's folder moved onto the path of a folder deleted earlier in the journal
+    script=[("other", 0, 7, 2), ("other", 0, 4, 0), ("other", 3, 4, 0), ("other", 2, 6, 0), ("other", 3, 1, 5),
+            ("other", 6, 1, 0), ("other", 5, 0, 9), ("ours", 3, 1, 8)],
+    mount="/Team",
+)
 def test_answers_and_replay_in_any_order_end_at_the_servers_tree(tmp_path_factory: object, script: list[Action], mount: str) -> None:
     d = Path(tmp_path_factory.mktemp("replay"))  # type: ignore[attr-defined]
     db = StateDb(d / "state.db")
@@ -194,5 +199,54 @@ def test_a_file_added_before_this_clients_folder_move_follows_the_folder(tmp_pat
         db.apply_journal(NS, srv.journal[1:], srv.jid)
         assert {r.path for r in db.remote_items() if r.node_id == f} == {"/B/f.txt"}
         assert paths.key("/B/f.txt") in {paths.key(r.path) for r in db.remote_items()}
+    finally:
+        db.close()
+
+
+def test_a_folder_deleted_where_this_clients_folder_now_is_takes_only_its_own_children(tmp_path: Path) -> None:
+    """Two folders at one path for a moment: another client makes /A/B (jid 3) and deletes it
+    (jid 4), after which this client moves /C (with a file another client put in it) to /A/B
+    and records the answer before replaying. The replayed delete of the first /A/B must not
+    take the file now below this client's /A/B: subtrees are found by parent, not by path."""
+    db = StateDb(tmp_path / "state.db")
+    try:
+        db.add_namespace(NS, "/", "owner", 0, [])
+        srv = Server()
+        a, c = srv.create(0, "A", "folder"), srv.create(0, "C", "folder")
+        assert a is not None and c is not None
+        f = srv.create(c, "f.txt", "file")
+        b = srv.create(a, "B", "folder")
+        assert b is not None and srv.delete(b)
+        assert srv.move(c, a, "B")
+        assert db.put_remote_entry(srv.answer(c, "/"))
+        db.apply_journal(NS, srv.journal, srv.jid)
+        assert {r.node_id: r.path for r in db.remote_items() if r.node_id != MOUNT_NODE} == {a: "/A", c: "/A/B", f: "/A/B/f.txt"}
+    finally:
+        db.close()
+
+
+def test_a_state_database_from_before_parents_were_kept_learns_them_from_its_paths(tmp_path: Path) -> None:
+    """An older client's state has no ``parent`` column: opening it fills the column from the
+    paths, so a replayed folder move still takes its children along."""
+    import sqlite3
+
+    db = StateDb(tmp_path / "state.db")
+    srv = Server()
+    a = srv.create(0, "A", "folder")
+    assert a is not None
+    f = srv.create(a, "f.txt", "file")
+    db.add_namespace(NS, "/", "owner", 0, [])
+    db.apply_journal(NS, srv.journal, srv.jid)
+    db.close()
+    raw = sqlite3.connect(tmp_path / "state.db")
+    raw.execute("DROP INDEX remote_parent")
+    raw.execute("ALTER TABLE remote DROP COLUMN parent")
+    raw.commit()
+    raw.close()
+    db = StateDb(tmp_path / "state.db")
+    try:
+        assert srv.move(a, 0, "Z")
+        db.apply_journal(NS, srv.journal[-1:], srv.jid)
+        assert {r.node_id: r.path for r in db.remote_items()} == {a: "/Z", f: "/Z/f.txt"}
     finally:
         db.close()

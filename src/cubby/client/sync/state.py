@@ -24,8 +24,10 @@ namespace's listing may be newer than the cursor it starts from. So an entry nev
 back to an older state (a node whose rev is newer than the entry keeps its state), and a node's
 path is built from its parent's path *in the remote tree now* plus its name, not taken from the
 entry: a file another client added to a folder that this client has since moved lands under the
-folder's new path, as on the server. A child whose parent is not in the tree (deleted since, or
-refused) is skipped: the parent's delete, later in the journal, took it on the server too.
+folder's new path, as on the server. A folder's subtree is found by following parents (each
+remote row keeps its parent's node id), not by path: for a moment two nodes can hold one path.
+A child whose parent is not in the tree (deleted since, or refused) is skipped: the parent's
+delete, later in the journal, took it on the server too.
 
 Each change is one transaction: a journal page and its cursor land together, so a crash
 leaves either both or neither, and replaying a page again is harmless (every journal entry sets
@@ -63,7 +65,7 @@ CREATE TABLE IF NOT EXISTS refused (
 CREATE TABLE IF NOT EXISTS remote (
     ns_id INTEGER NOT NULL, node_id INTEGER NOT NULL, path TEXT NOT NULL, key TEXT NOT NULL,
     kind TEXT NOT NULL, rev INTEGER NOT NULL, hash TEXT, size INTEGER NOT NULL DEFAULT 0, mtime REAL,
-    PRIMARY KEY (ns_id, node_id)
+    parent INTEGER, PRIMARY KEY (ns_id, node_id)
 );
 CREATE INDEX IF NOT EXISTS remote_key ON remote (ns_id, key);
 CREATE TABLE IF NOT EXISTS base (
@@ -165,6 +167,22 @@ class StateDb:
         tree (committed): what `skip_answered` may pass over without reading the journal."""
         self._answering: list[tuple[int, int]] = []
         """(ns_id, jid) of answers written by the open transaction: answered once it commits."""
+        if "parent" not in {r[1] for r in self.db.execute("PRAGMA table_info(remote)")}:
+            self._add_parents()
+        self.db.execute("CREATE INDEX IF NOT EXISTS remote_parent ON remote (ns_id, parent)")
+
+    def _add_parents(self) -> None:
+        """A state database from before the remote tree kept each node's parent: add the
+        column and fill it from the paths (each row's parent is the row at its folder's path),
+        in one transaction."""
+        with self.tx() as db:
+            db.execute("ALTER TABLE remote ADD COLUMN parent INTEGER")
+            rows = db.execute("SELECT ns_id, node_id, path, key FROM remote").fetchall()
+            at = {(ns, key): nid for ns, nid, _, key in rows}
+            db.executemany(
+                "UPDATE remote SET parent = ? WHERE ns_id = ? AND node_id = ?",
+                [(at.get((ns, paths.key(paths.split(p)[0]))), ns, nid) for ns, nid, p, _ in rows if p != paths.ROOT],
+            )
 
     def generation(self) -> tuple[int, int]:
         """Changes so far: rows this connection changed (but for the settled plan's fingerprint,
@@ -284,7 +302,7 @@ class StateDb:
                     continue
                 path = self._vetted(db, ns_id, "listing", e.path, 0, within=mount)
                 if path is not None:
-                    self._put_remote(db, RemoteItem(ns_id, e.node_id, path, e.kind, e.rev, version(e.content_hash, e.mode), e.size, e.mtime))
+                    self._put_remote(db, RemoteItem(ns_id, e.node_id, path, e.kind, e.rev, version(e.content_hash, e.mode), e.size, e.mtime), e.parent_id)
             db.execute("INSERT OR REPLACE INTO namespaces (ns_id, mount, role, cursor) VALUES (?, ?, ?, ?)", (ns_id, mount, role, head))
 
     def update_namespace(self, ns_id: int, mount: str, role: str) -> None:
@@ -364,9 +382,9 @@ class StateDb:
                     # namespace: its rows here are gone on the server and must not linger.
                     if e.op == "mount" and cur is not None and cur[1] == "folder" and e.node_id != MOUNT_NODE:
                         lo, hi = _range(paths.key(cur[0]))
-                        for table in ("remote", "base"):
-                            db.execute(f"DELETE FROM {table} WHERE ns_id = ? AND key > ? AND key < ?", (ns_id, lo, hi))
-                            db.execute(f"DELETE FROM {table} WHERE ns_id = ? AND node_id = ?", (ns_id, e.node_id))
+                        db.execute("DELETE FROM base WHERE ns_id = ? AND key > ? AND key < ?", (ns_id, lo, hi))
+                        db.execute("DELETE FROM base WHERE ns_id = ? AND node_id = ?", (ns_id, e.node_id))
+                        self._delete_remote(db, ns_id, e.node_id, "folder")
                     continue
                 if e.node_id == MOUNT_NODE:
                     self._refuse(db, trust.Refusal(ns_id, "journal", trust.shown(e.path), "names the namespace's root", e.jid))
@@ -375,17 +393,14 @@ class StateDb:
                     continue  # this node's state here is newer (an answer, or the listing)
                 if e.op == "delete":
                     if cur is not None:
-                        if cur[1] == "folder":
-                            lo, hi = _range(paths.key(cur[0]))
-                            db.execute("DELETE FROM remote WHERE ns_id = ? AND key > ? AND key < ? AND node_id != ?", (ns_id, lo, hi, MOUNT_NODE))
-                        db.execute("DELETE FROM remote WHERE ns_id = ? AND node_id = ?", (ns_id, e.node_id))
+                        self._delete_remote(db, ns_id, e.node_id, cur[1])
                     continue
                 path = self._journal_path(db, ns_id, mount, e)
                 if path is None:
                     continue
                 if cur is not None and cur[1] == "folder" and cur[0] != path:
-                    self._rebase(db, "remote", ns_id, cur[0], path)
-                self._put_remote(db, RemoteItem(ns_id, e.node_id, path, e.kind, e.rev, version(e.content_hash, e.mode), e.size, e.mtime))
+                    self._move_below(db, ns_id, e.node_id, path)
+                self._put_remote(db, RemoteItem(ns_id, e.node_id, path, e.kind, e.rev, version(e.content_hash, e.mode), e.size, e.mtime), e.parent_id)
             db.execute("UPDATE namespaces SET cursor = MAX(cursor, ?) WHERE ns_id = ?", (cursor, ns_id))
 
     def _journal_path(self, db: sqlite3.Connection, ns_id: int, mount: str, e: JournalEntry) -> str | None:
@@ -442,11 +457,8 @@ class StateDb:
         return [trust.Refusal(*r) for r in self._all("SELECT ns_id, source, path, reason, jid FROM refused ORDER BY rowid")]
 
     # -- remote tree ---------------------------------------------------------------------------
-    def _put_remote(self, db: sqlite3.Connection, r: RemoteItem) -> None:
-        db.execute(
-            "INSERT OR REPLACE INTO remote (ns_id, node_id, path, key, kind, rev, hash, size, mtime) VALUES (?,?,?,?,?,?,?,?,?)",
-            (r.ns_id, r.node_id, r.path, paths.key(r.path), r.kind, r.rev, r.hash, r.size, r.mtime),
-        )
+    def _put_remote(self, db: sqlite3.Connection, r: RemoteItem, parent: int | None = None) -> None:
+        self._put_remotes(db, [(r, parent)])
 
     def put_remote_entry(self, e: Entry) -> bool:
         """Record what the server answered to our own change (the journal will say it again).
@@ -462,7 +474,7 @@ class StateDb:
         entries = list(entries)
         with self.tx() as db:
             mounts: dict[int, str] = {}
-            rows: dict[NodeKey, RemoteItem] = {}  # to write, by node (the later answer wins)
+            rows: dict[NodeKey, tuple[RemoteItem, int | None]] = {}  # to write, by node (the later answer wins), with its parent
             before = self._remote_rows(db, [(e.ns_id, e.node_id) for e in entries])
             for e in entries:
                 within = mounts.get(e.ns_id)
@@ -475,7 +487,7 @@ class StateDb:
                     continue
                 node = (e.ns_id, e.node_id)
                 self._answering.append((e.ns_id, e.rev))
-                mine = rows.get(node)
+                mine = rows[node][0] if node in rows else None
                 cur = (mine.path, mine.kind, mine.rev) if mine is not None else before.get(node)
                 out.append(True)
                 if cur is not None and cur[2] > e.rev:
@@ -483,9 +495,9 @@ class StateDb:
                 if cur is not None and cur[1] == "folder" and cur[0] != path:
                     self._put_remotes(db, rows.values())  # the rewrite below reads the table
                     rows.clear()
-                    self._rebase(db, "remote", e.ns_id, cur[0], path)
+                    self._move_below(db, e.ns_id, e.node_id, path)
                     before = self._remote_rows(db, [(x.ns_id, x.node_id) for x in entries])  # it moved rows below
-                rows[node] = RemoteItem(e.ns_id, e.node_id, path, e.kind, e.rev, version(e.content_hash, e.mode), e.size, e.mtime)
+                rows[node] = (RemoteItem(e.ns_id, e.node_id, path, e.kind, e.rev, version(e.content_hash, e.mode), e.size, e.mtime), e.parent_id)
             self._put_remotes(db, rows.values())
         return out
 
@@ -505,19 +517,55 @@ class StateDb:
                     found[(ns_id, node_id)] = (path, kind, rev)
         return found
 
-    def _put_remotes(self, db: sqlite3.Connection, items: Iterable[RemoteItem]) -> None:
+    def _put_remotes(self, db: sqlite3.Connection, items: Iterable[tuple[RemoteItem, int | None]]) -> None:
+        """Write remote rows, each with its parent's node id (what `_below` follows)."""
         db.executemany(
-            "INSERT OR REPLACE INTO remote (ns_id, node_id, path, key, kind, rev, hash, size, mtime) VALUES (?,?,?,?,?,?,?,?,?)",
-            [(r.ns_id, r.node_id, r.path, paths.key(r.path), r.kind, r.rev, r.hash, r.size, r.mtime) for r in items],
+            "INSERT OR REPLACE INTO remote (ns_id, node_id, path, key, kind, rev, hash, size, mtime, parent) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [(r.ns_id, r.node_id, r.path, paths.key(r.path), r.kind, r.rev, r.hash, r.size, r.mtime, parent) for r, parent in items],
         )
+
+    def _below(self, db: sqlite3.Connection, ns_id: int, node_id: int) -> list[tuple[int, int, str]]:
+        """(node id, parent id, path) of everything below folder ``node_id`` in the remote tree,
+        parents before children, found by following parents, not paths. While answers run ahead
+        of the journal, two nodes can hold one path for a moment (this client's folder moved
+        to where another client's folder is about to be deleted, later in the journal): a
+        subtree found by path would be both folders' children, and a delete replayed for one
+        would take the other's. Each node is visited once, so a cycle a hostile server
+        claims cannot loop."""
+        out: list[tuple[int, int, str]] = []
+        seen = {node_id}
+        level = [node_id]
+        while level:
+            found: list[tuple[int, int, str]] = []
+            for i in range(0, len(level), 500):
+                part = level[i : i + 500]
+                q = f"SELECT node_id, parent, path FROM remote WHERE ns_id = ? AND parent IN ({','.join('?' * len(part))})"
+                found += [r for r in db.execute(q, (ns_id, *part)) if r[0] not in seen and r[0] != MOUNT_NODE]
+            seen.update(r[0] for r in found)
+            out += found
+            level = [r[0] for r in found]
+        return out
+
+    def _move_below(self, db: sqlite3.Connection, ns_id: int, node_id: int, new: str) -> None:
+        """Folder ``node_id`` is now at ``new``: every node below it follows, each at its
+        parent's new path plus its own name."""
+        at = {node_id: new}
+        moved = []
+        for nid, parent, path in self._below(db, ns_id, node_id):
+            p = at[nid] = paths.join(at[parent], paths.split(path)[1])
+            moved.append((p, paths.key(p), ns_id, nid))
+        db.executemany("UPDATE remote SET path = ?, key = ? WHERE ns_id = ? AND node_id = ?", moved)
+
+    def _delete_remote(self, db: sqlite3.Connection, ns_id: int, node_id: int, kind: str) -> None:
+        """Remove a node from the remote tree, and everything below it if it is a folder."""
+        doomed = [(ns_id, nid) for nid, _, _ in self._below(db, ns_id, node_id)] if kind == "folder" else []
+        db.executemany("DELETE FROM remote WHERE ns_id = ? AND node_id = ?", [*doomed, (ns_id, node_id)])
 
     def delete_remote(self, node: NodeKey) -> None:
         with self.tx() as db:
-            cur = db.execute("SELECT path, kind FROM remote WHERE ns_id = ? AND node_id = ?", node).fetchone()
-            if cur is not None and cur[1] == "folder":
-                lo, hi = _range(paths.key(cur[0]))
-                db.execute("DELETE FROM remote WHERE ns_id = ? AND key > ? AND key < ?", (node[0], lo, hi))
-            db.execute("DELETE FROM remote WHERE ns_id = ? AND node_id = ?", node)
+            cur = db.execute("SELECT kind FROM remote WHERE ns_id = ? AND node_id = ?", node).fetchone()
+            if cur is not None:
+                self._delete_remote(db, node[0], node[1], cur[0])
 
     def remote_items(self) -> list[RemoteItem]:
         return [RemoteItem(*r) for r in self._all("SELECT ns_id, node_id, path, kind, rev, hash, size, mtime FROM remote")]
