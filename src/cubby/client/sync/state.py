@@ -397,6 +397,11 @@ class StateDb:
                     continue
                 path = self._journal_path(db, ns_id, mount, e)
                 if path is None:
+                    if cur is not None:
+                        # Its newest state is under a folder this tree no longer holds (or was
+                        # refused): an answer put it here ahead of the journal, and what is
+                        # left of it would stay at a path the server no longer has.
+                        self._delete_remote(db, ns_id, e.node_id, cur[1])
                     continue
                 if cur is not None and cur[1] == "folder" and cur[0] != path:
                     self._move_below(db, ns_id, e.node_id, path)
