@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -134,3 +135,41 @@ def test_a_linked_folder_starts_while_the_server_is_away(clients: Clients, tmp_p
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def events_in(log: Path) -> list[dict[str, object]]:
+    """The JSON events (``cubby --json sync``) written to ``log`` so far."""
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:  # a line being written
+                pass
+    return out
+
+
+def test_sigterm_ends_the_daemon_while_it_retries_without_push(clients: Clients, tmp_path: Path) -> None:
+    """SIGTERM while the server is away, the loop in its offline backoff and the change waiter
+    in its push fallback: the daemon ends, with status 0 (the signal is a request to stop)."""
+    d = tmp_path / "laptop"
+    assert cubby(clients, "sync", "--once", str(d)).returncode == 0
+    log_path = tmp_path / "daemon.log"
+    clients.server.stop()
+    try:
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "cubby", "--json", "sync", str(d)], env=env_for(clients), stdout=log, stderr=log)
+        try:
+            def retrying() -> bool:
+                events = [e.get("event") for e in events_in(log_path)]
+                return "push_unavailable" in events and events.count("offline") >= 3
+
+            wait_for(retrying, "the daemon retries without push")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0, log_path.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    finally:
+        clients.server.start()
