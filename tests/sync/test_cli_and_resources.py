@@ -40,6 +40,12 @@ def wait_for(cond, what: str, patience: float = 60.0) -> None:  # type: ignore[n
     raise AssertionError(f"never happened: {what}")
 
 
+def offline_lines(log: Path) -> int:
+    """How many times the `cubby sync` writing ``log`` found the server away (a pass that ended
+    ``offline ... retrying``)."""
+    return sum(line.startswith("offline ") for line in log.read_text(errors="replace").splitlines()) if log.exists() else 0
+
+
 @pytest.fixture
 def running(clients: Clients, tmp_path: Path) -> Iterator[list[tuple[Path, subprocess.Popen[bytes]]]]:
     procs: list[tuple[Path, subprocess.Popen[bytes]]] = []
@@ -72,10 +78,12 @@ def test_running_clients_follow_each_other_and_survive_an_outage(clients: Client
     assert sorted(local_tree(two)) == ["folder", "folder/hello.txt", "folder/reply.txt"]
 
     # the server goes away; an edit made meanwhile lands after it is back
+    log = one.parent / "one.log"
+    seen = offline_lines(log)
     clients.server.stop()
     try:
         (one / "offline.txt").write_bytes(b"written while the server was down")
-        time.sleep(2)
+        wait_for(lambda: offline_lines(log) > seen, "one finds the server away")
     finally:
         clients.server.start()
     wait_for(lambda: (two / "offline.txt").exists(), "the offline edit reaches two after reconnect")
@@ -120,7 +128,7 @@ def test_a_linked_folder_starts_while_the_server_is_away(clients: Clients, tmp_p
         with open(tmp_path / "offline.log", "wb") as log:
             proc = subprocess.Popen([sys.executable, "-m", "cubby", "sync", str(d)], env=env_for(clients), stdout=log, stderr=log)
         (d / "on-the-train.txt").write_bytes(b"written offline")
-        time.sleep(2)
+        wait_for(lambda: offline_lines(tmp_path / "offline.log") >= 2 or proc.poll() is not None, "two passes find the server away")
         assert proc.poll() is None, (tmp_path / "offline.log").read_text()
     finally:
         clients.server.start()
