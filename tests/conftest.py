@@ -158,3 +158,16 @@ def s3_server(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     from tests.helpers.s3_servers import use_s3_server
 
     return use_s3_server(request, request.param)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup``, refuse to run when pytest-xdist did not tag the grouped tests
+    (it adds ``@group`` to their node ids, which pytest 9 no longer reads): a group's tests
+    would then be spread over workers, and those that build on each other's state (the
+    browser tests share one logged-in page) fail now and then instead of at once."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None and "@" not in item.nodeid.rsplit("]", 1)[-1]:
+            raise pytest.UsageError(f"pytest-xdist did not group {item.nodeid} (--dist loadgroup): use pytest < 9 with pytest-xdist 3.8")

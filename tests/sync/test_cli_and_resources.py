@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -37,6 +38,12 @@ def wait_for(cond, what: str, patience: float = 60.0) -> None:  # type: ignore[n
             return
         time.sleep(0.1)
     raise AssertionError(f"never happened: {what}")
+
+
+def offline_lines(log: Path) -> int:
+    """How many times the `cubby sync` writing ``log`` found the server away (a pass that ended
+    ``offline ... retrying``)."""
+    return sum(line.startswith("offline ") for line in log.read_text(errors="replace").splitlines()) if log.exists() else 0
 
 
 @pytest.fixture
@@ -71,10 +78,12 @@ def test_running_clients_follow_each_other_and_survive_an_outage(clients: Client
     assert sorted(local_tree(two)) == ["folder", "folder/hello.txt", "folder/reply.txt"]
 
     # the server goes away; an edit made meanwhile lands after it is back
+    log = one.parent / "one.log"
+    seen = offline_lines(log)
     clients.server.stop()
     try:
         (one / "offline.txt").write_bytes(b"written while the server was down")
-        time.sleep(2)
+        wait_for(lambda: offline_lines(log) > seen, "one finds the server away")
     finally:
         clients.server.start()
     wait_for(lambda: (two / "offline.txt").exists(), "the offline edit reaches two after reconnect")
@@ -119,7 +128,7 @@ def test_a_linked_folder_starts_while_the_server_is_away(clients: Clients, tmp_p
         with open(tmp_path / "offline.log", "wb") as log:
             proc = subprocess.Popen([sys.executable, "-m", "cubby", "sync", str(d)], env=env_for(clients), stdout=log, stderr=log)
         (d / "on-the-train.txt").write_bytes(b"written offline")
-        time.sleep(2)
+        wait_for(lambda: offline_lines(tmp_path / "offline.log") >= 2 or proc.poll() is not None, "two passes find the server away")
         assert proc.poll() is None, (tmp_path / "offline.log").read_text()
     finally:
         clients.server.start()
@@ -134,3 +143,41 @@ def test_a_linked_folder_starts_while_the_server_is_away(clients: Clients, tmp_p
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def events_in(log: Path) -> list[dict[str, object]]:
+    """The JSON events (``cubby --json sync``) written to ``log`` so far."""
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:  # a line being written
+                pass
+    return out
+
+
+def test_sigterm_ends_the_daemon_while_it_retries_without_push(clients: Clients, tmp_path: Path) -> None:
+    """SIGTERM while the server is away, the loop in its offline backoff and the change waiter
+    in its push fallback: the daemon ends, with status 0 (the signal is a request to stop)."""
+    d = tmp_path / "laptop"
+    assert cubby(clients, "sync", "--once", str(d)).returncode == 0
+    log_path = tmp_path / "daemon.log"
+    clients.server.stop()
+    try:
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "cubby", "--json", "sync", str(d)], env=env_for(clients), stdout=log, stderr=log)
+        try:
+            def retrying() -> bool:
+                events = [e.get("event") for e in events_in(log_path)]
+                return "push_unavailable" in events and events.count("offline") >= 3
+
+            wait_for(retrying, "the daemon retries without push")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0, log_path.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    finally:
+        clients.server.start()

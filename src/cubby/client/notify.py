@@ -164,6 +164,8 @@ class PushWaiter:
                 self._wakeup.set()
 
         self._wakeup.clear()
+        if self._closed.is_set():  # closed before the clear: its wake-up is gone with it
+            raise _Closed()
         threading.Thread(target=run, name="cubby-longpoll", daemon=True).start()
         while not done.is_set():
             self._wakeup.wait()

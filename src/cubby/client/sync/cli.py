@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ def register(main: click.Group) -> None:
         """Keep FOLDER identical to your cubby, in both directions (first run: link and download)."""
         from cubby.client.changes import open_waiter
         from cubby.client.sync.daemon import SyncDaemon
+        from cubby.client.sync.signals import take_stop_signals
 
         folder.mkdir(parents=True, exist_ok=True)
 
@@ -61,6 +61,14 @@ def register(main: click.Group) -> None:
                 state.emit(obj, f"{event.replace('_', ' '):<13} {obj['path']}")
 
         engine = _engine(state, folder, max_upload_rate, max_download_rate, emit)
+        stop = threading.Event()
+
+        def on_stop() -> None:
+            stop.set()  # before the trigger: the loop clears the trigger, then looks at stop
+            engine.trigger.set()
+
+        if not once:
+            take_stop_signals(on_stop)  # before the first thread starts (see its module)
         try:
             engine.lock()
             engine.link(state.config.url)
@@ -74,14 +82,6 @@ def register(main: click.Group) -> None:
                 if not report.converged:
                     raise SystemExit(4)
                 return
-            stop = threading.Event()
-
-            def on_signal(*_: object) -> None:
-                stop.set()
-                engine.trigger.set()
-
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, on_signal)
             from cubby.client.push_status import PushStatus
 
             waiter = open_waiter(state.api(), PushStatus(folder / ".cubby", emit).report)

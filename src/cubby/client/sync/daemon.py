@@ -45,7 +45,7 @@ class PassRunner(Protocol):
     finished: int
     emit: Callable[[dict[str, Any]], None]
 
-    def run_once(self, *, local_first: bool = False) -> PassReport: ...
+    def run_once(self, *, local_first: bool = False, stop: threading.Event | None = None) -> PassReport: ...
 
     def cursors(self) -> dict[int, int]: ...
 
@@ -80,10 +80,14 @@ class SyncDaemon:
         wt.start()
         woken = True
         try:
-            while not stop.is_set():
+            while True:
                 trigger.clear()
+                # Looked at after the clear: a stop request sets stop, then the trigger, so
+                # one that comes later still ends the wait below at once.
+                if stop.is_set():
+                    break
                 try:
-                    report = self.engine.run_once(local_first=not woken)
+                    report = self.engine.run_once(local_first=not woken, stop=stop)
                     backoff.reset()
                     self.engine.emit({"event": "pass", **report.to_dict()})
                     delay = full_scan_interval

@@ -28,6 +28,8 @@ from cubby.client.sync.scanner import ScanResult, TreeListing, list_tree
 from cubby.core import paths
 
 if TYPE_CHECKING:
+    import threading
+
     from cubby.client.sync.apply import Applier
     from cubby.client.sync.downloads import Downloads
     from cubby.client.sync.uploads import Uploads
@@ -254,9 +256,10 @@ class SyncEngine(EngineCore):
             [r for r in self.state.remote_items() if visible(r.path, r.kind)],
         )
 
-    def run_once(self, *, local_first: bool = False) -> PassReport:
-        """One full pass: plan and apply until both sides agree, or until three rounds in a
-        row make no progress (what failed is in the report).
+    def run_once(self, *, local_first: bool = False, stop: threading.Event | None = None) -> PassReport:
+        """One full pass: plan and apply until both sides agree, until three rounds in a row
+        make no progress (what failed is in the report), or until ``stop`` is set (checked
+        between rounds: a round in hand is finished, so `cubby sync` ends soon after SIGTERM).
 
         With ``local_first`` (the periodic safety-net scan) the disk is compared with the trees
         as they are, and the server is contacted only if that finds something to do: remote
@@ -278,6 +281,8 @@ class SyncEngine(EngineCore):
                     report.converged = True
                     return report
             for _ in range(self.max_rounds):
+                if stop is not None and stop.is_set():
+                    break
                 report.rounds += 1
                 self.replay.refresh_remote()
                 self.crash_point("refreshed")
