@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -165,6 +164,17 @@ def run(db: StateDb, mount: str, script: list[Action]) -> Server:
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(script=actions, mount=st.sampled_from(["/", "/Team"]))
 @example(script=[("other", 0, 0, 0), ("replay", 0, 0, 9), ("other", 1, 1, 1), ("ours", 0, 2, 3)], mount="/")
+@example(  # this client deletes a folder into which another client had made folders, then moved them out
+    script=[("ours", 6, 2, 8), ("other", 1, 4, 0), ("other", 2, 5, 5), ("other", 7, 3, 3), ("other", 3, 0, 6),
+            ("ours", 7, 4, 9), ("other", 2, 3, 5), ("other", 7, 2, 0), ("other", 3, 6, 3), ("replay", 5, 4, 4),
+            ("ours", 2, 5, 9)],
+    mount="/",
+)
+@example(  # this client deletes a folder another client had moved a folder out of, holding a file
+    script=[("ours", 5, 7, 3), ("ours", 1, 2, 5), ("ours", 1, 5, 5), ("other", 0, 5, 8), ("replay", 6, 6, 0),
+            ("other", 5, 0, 3), ("replay", 7, 5, 0), ("ours", 4, 3, 9)],
+    mount="/",
+)
 @example(  # this client's folder moved onto the path of a folder deleted earlier in the journal
     script=[("other", 0, 7, 2), ("other", 0, 4, 0), ("other", 3, 4, 0), ("other", 2, 6, 0), ("other", 3, 1, 5),
             ("other", 6, 1, 0), ("other", 5, 0, 9), ("ours", 3, 1, 8)],
@@ -253,13 +263,11 @@ def test_a_state_database_from_before_parents_were_kept_learns_them_from_its_pat
         db.close()
 
 
-@pytest.mark.xfail(strict=True, reason="known: this client's folder delete, answered ahead of the journal, also drops "
-                   "what another client moved out of that folder before the delete (its children are not brought back)")
 def test_a_folder_moved_out_of_one_this_client_deletes_keeps_its_children(tmp_path: Path) -> None:
     """Another client moves /c/b (holding a file) to /a; this client, whose tree still shows
-    /c/b under /c, deletes /c and records the answer ahead of the journal. On the server /a/b
-    (the file) survives. Here the delete's answer takes /c/b and its file along; the replayed
-    move brings /c/b back as /a, but not the file below it."""
+    /c/b under /c, deletes /c and records the answer ahead of the journal. On the server /a
+    and its file survive. The delete's answer keeps what was below /c as ghosts, and the
+    replayed move brings /c/b back as /a with its file (it used to come back empty)."""
     db = StateDb(tmp_path / "state.db")
     try:
         db.add_namespace(NS, "/", "owner", 0, [])

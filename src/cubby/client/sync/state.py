@@ -27,7 +27,10 @@ entry: a file another client added to a folder that this client has since moved 
 folder's new path, as on the server. A folder's subtree is found by following parents (each
 remote row keeps its parent's node id), not by path: for a moment two nodes can hold one path.
 A child whose parent is not in the tree (deleted since, or refused) is skipped: the parent's
-delete, later in the journal, took it on the server too.
+delete, later in the journal, took it on the server too. The answer to this client's own
+folder delete keeps what it removes as ghosts until the journal's entry for that delete
+(`delete_remote`): what another client moved out of the folder before the delete comes back
+with the journal's move, children and all.
 
 Each change is one transaction: a journal page and its cursor land together, so a crash
 leaves either both or neither, and replaying a page again is harmless (every journal entry sets
@@ -68,6 +71,12 @@ CREATE TABLE IF NOT EXISTS remote (
     parent INTEGER, PRIMARY KEY (ns_id, node_id)
 );
 CREATE INDEX IF NOT EXISTS remote_key ON remote (ns_id, key);
+CREATE TABLE IF NOT EXISTS ghosts (
+    ns_id INTEGER NOT NULL, node_id INTEGER NOT NULL, root INTEGER NOT NULL, parent INTEGER,
+    path TEXT NOT NULL, kind TEXT NOT NULL, rev INTEGER NOT NULL, hash TEXT, size INTEGER NOT NULL DEFAULT 0,
+    mtime REAL, PRIMARY KEY (ns_id, node_id)
+);
+CREATE INDEX IF NOT EXISTS ghosts_parent ON ghosts (ns_id, parent);
 CREATE TABLE IF NOT EXISTS base (
     ns_id INTEGER NOT NULL, node_id INTEGER NOT NULL, path TEXT NOT NULL, key TEXT NOT NULL,
     kind TEXT NOT NULL, rev INTEGER NOT NULL, hash TEXT, inode INTEGER NOT NULL DEFAULT 0,
@@ -292,6 +301,7 @@ class StateDb:
         self._answered.pop(ns_id, None)
         with self.tx() as db:
             db.execute("DELETE FROM remote WHERE ns_id = ?", (ns_id,))
+            db.execute("DELETE FROM ghosts WHERE ns_id = ?", (ns_id,))
             db.execute("DELETE FROM evicted WHERE mount = ?", (mount,))
             if mount != paths.ROOT:
                 self._put_remote(db, RemoteItem(ns_id, MOUNT_NODE, mount, "folder", 0))
@@ -336,6 +346,7 @@ class StateDb:
         with self.tx() as db:
             row = db.execute("SELECT mount FROM namespaces WHERE ns_id = ?", (ns_id,)).fetchone()
             db.execute("DELETE FROM remote WHERE ns_id = ?", (ns_id,))
+            db.execute("DELETE FROM ghosts WHERE ns_id = ?", (ns_id,))
             db.execute("DELETE FROM namespaces WHERE ns_id = ?", (ns_id,))
             if row and row[0] != paths.ROOT:
                 db.execute("INSERT OR IGNORE INTO evicted (mount) VALUES (?)", (row[0],))
@@ -391,21 +402,36 @@ class StateDb:
                     continue
                 if cur is not None and cur[2] > e.jid:
                     continue  # this node's state here is newer (an answer, or the listing)
+                if cur is None:
+                    ghost = self._ghost(db, ns_id, e.node_id)
+                    if ghost is not None and ghost[2] >= e.jid:
+                        continue  # its state as a ghost is as new (or newer): it stays one
+                    if ghost is not None:  # the journal says what became of it from here on
+                        db.execute("DELETE FROM ghosts WHERE ns_id = ? AND node_id = ?", (ns_id, e.node_id))
                 if e.op == "delete":
                     if cur is not None:
                         self._delete_remote(db, ns_id, e.node_id, cur[1])
+                    # what was still below it when this client deleted it is gone on the server
+                    db.execute("DELETE FROM ghosts WHERE ns_id = ? AND root = ?", (ns_id, e.node_id))
+                    continue
+                held = self._ghost(db, ns_id, e.parent_id) if e.parent_id else None
+                if held is not None:
+                    # under a folder this client's delete took ahead of the journal: a ghost too
+                    self._join_ghosts(db, ns_id, mount, e, cur, held)
                     continue
                 path = self._journal_path(db, ns_id, mount, e)
                 if path is None:
-                    if cur is not None:
-                        # Its newest state is under a folder this tree no longer holds (or was
-                        # refused): an answer put it here ahead of the journal, and what is
-                        # left of it would stay at a path the server no longer has.
+                    if cur is not None and e.parent_id and not self._holds_folder(db, ns_id, e.parent_id):
+                        # Its newest state is under a folder this tree no longer holds: an
+                        # answer put it here ahead of the journal, and it would stay at a path
+                        # the server no longer has. (A refused entry leaves the node as it is.)
                         self._delete_remote(db, ns_id, e.node_id, cur[1])
                     continue
                 if cur is not None and cur[1] == "folder" and cur[0] != path:
                     self._move_below(db, ns_id, e.node_id, path)
                 self._put_remote(db, RemoteItem(ns_id, e.node_id, path, e.kind, e.rev, version(e.content_hash, e.mode), e.size, e.mtime), e.parent_id)
+                if cur is None and e.kind == "folder":
+                    self._raise_ghosts(db, ns_id, e.node_id, path)
             db.execute("UPDATE namespaces SET cursor = MAX(cursor, ?) WHERE ns_id = ?", (cursor, ns_id))
 
     def _journal_path(self, db: sqlite3.Connection, ns_id: int, mount: str, e: JournalEntry) -> str | None:
@@ -567,10 +593,84 @@ class StateDb:
         db.executemany("DELETE FROM remote WHERE ns_id = ? AND node_id = ?", [*doomed, (ns_id, node_id)])
 
     def delete_remote(self, node: NodeKey) -> None:
+        """This client's own delete, answered. What lay below a folder in this tree is kept
+        as ghosts until the journal's entry for that delete: another client may have moved
+        some of it out of the folder before the delete (this tree, behind the journal, does
+        not know yet), and when the journal's move puts such a folder back, its ghosts come
+        back below it (`_raise_ghosts`) instead of being lost."""
+        ns_id, node_id = node
         with self.tx() as db:
             cur = db.execute("SELECT kind FROM remote WHERE ns_id = ? AND node_id = ?", node).fetchone()
-            if cur is not None:
-                self._delete_remote(db, node[0], node[1], cur[0])
+            if cur is None:
+                return
+            if cur[0] == "folder":  # the folder too: what the journal adds to it before the delete joins it
+                below = [node_id, *(nid for nid, _, _ in self._below(db, ns_id, node_id))]
+                for i in range(0, len(below), 500):
+                    part = below[i : i + 500]
+                    db.execute(
+                        "INSERT OR REPLACE INTO ghosts (ns_id, node_id, root, parent, path, kind, rev, hash, size, mtime) "
+                        f"SELECT ns_id, node_id, ?, parent, path, kind, rev, hash, size, mtime FROM remote "
+                        f"WHERE ns_id = ? AND node_id IN ({','.join('?' * len(part))})",
+                        (node_id, ns_id, *part),
+                    )
+            self._delete_remote(db, ns_id, node_id, cur[0])
+
+    def _holds_folder(self, db: sqlite3.Connection, ns_id: int, node_id: int) -> bool:
+        row = db.execute("SELECT kind FROM remote WHERE ns_id = ? AND node_id = ?", (ns_id, node_id)).fetchone()
+        return row is not None and row[0] == "folder"
+
+    def _ghost(self, db: sqlite3.Connection, ns_id: int, node_id: int) -> tuple[int, str, int] | None:
+        """(root, path, rev) of a ghost (`delete_remote`), or None."""
+        row = db.execute("SELECT root, path, rev FROM ghosts WHERE ns_id = ? AND node_id = ?", (ns_id, node_id)).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]), int(row[2]))
+
+    def _join_ghosts(
+        self, db: sqlite3.Connection, ns_id: int, mount: str, e: JournalEntry, cur: tuple[str, str, int] | None,
+        parent: tuple[int, str, int],
+    ) -> None:
+        """Journal entry ``e`` puts its node in a ghost folder (``parent``): the node, and what
+        the tree holds below it, become ghosts of the same delete."""
+        try:
+            inner = trust.remote_path(e.path, in_user_tree=False)
+        except trust.UnsafePath as exc:
+            self._refuse(db, trust.Refusal(ns_id, "journal", trust.shown(e.path), exc.message, e.jid))
+            return
+        if self._vetted(db, ns_id, "journal", user_path(mount, inner), e.jid, within=mount) is None:
+            return
+        root, where = parent[0], paths.join(parent[1], paths.split(inner)[1])
+        at = {e.node_id: where}
+        rows = [(ns_id, e.node_id, root, e.parent_id, where, e.kind, e.rev, version(e.content_hash, e.mode), e.size, e.mtime)]
+        if cur is not None and cur[1] == "folder":
+            for nid, pid, p in self._below(db, ns_id, e.node_id):
+                at[nid] = paths.join(at[pid], paths.split(p)[1])
+                kind, rev, h, size, mtime = db.execute(
+                    "SELECT kind, rev, hash, size, mtime FROM remote WHERE ns_id = ? AND node_id = ?", (ns_id, nid)
+                ).fetchone()
+                rows.append((ns_id, nid, root, pid, at[nid], kind, rev, h, size, mtime))
+        db.executemany(
+            "INSERT OR REPLACE INTO ghosts (ns_id, node_id, root, parent, path, kind, rev, hash, size, mtime) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            rows,
+        )
+        db.executemany("DELETE FROM remote WHERE ns_id = ? AND node_id = ?", [(ns_id, r[1]) for r in rows])
+
+    def _raise_ghosts(self, db: sqlite3.Connection, ns_id: int, node_id: int, path: str) -> None:
+        """Folder ``node_id`` is back in the tree at ``path`` (the journal moved it after this
+        client's delete had taken it as a ghost): what was below it comes back below it."""
+        at = {node_id: path}
+        level = [node_id]
+        while level:
+            found = []
+            for i in range(0, len(level), 500):
+                part = level[i : i + 500]
+                q = f"SELECT node_id, parent, path, kind, rev, hash, size, mtime FROM ghosts WHERE ns_id = ? AND parent IN ({','.join('?' * len(part))})"
+                found += [r for r in db.execute(q, (ns_id, *part)).fetchall() if r[0] not in at]
+            rows = []
+            for nid, parent, p, kind, rev, h, size, mtime in found:
+                at[nid] = paths.join(at[parent], paths.split(p)[1])
+                rows.append((RemoteItem(ns_id, nid, at[nid], kind, rev, h, size, mtime), parent))
+            self._put_remotes(db, rows)
+            db.executemany("DELETE FROM ghosts WHERE ns_id = ? AND node_id = ?", [(ns_id, r[0]) for r in found])
+            level = [r[0] for r in found]
 
     def remote_items(self) -> list[RemoteItem]:
         return [RemoteItem(*r) for r in self._all("SELECT ns_id, node_id, path, kind, rev, hash, size, mtime FROM remote")]
