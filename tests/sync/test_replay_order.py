@@ -164,6 +164,12 @@ def run(db: StateDb, mount: str, script: list[Action]) -> Server:
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(script=actions, mount=st.sampled_from(["/", "/Team"]))
 @example(script=[("other", 0, 0, 0), ("replay", 0, 0, 9), ("other", 1, 1, 1), ("ours", 0, 2, 3)], mount="/")
+@example(  # a ghost of this client's delete, moved out by another client, is moved back by this one
+    script=[("other", 3, 0, 0), ("other", 3, 0, 5), ("ours", 2, 4, 0), ("replay", 7, 6, 3), ("other", 0, 1, 1),
+            ("other", 3, 7, 9), ("ours", 4, 7, 5), ("other", 1, 5, 8), ("ours", 3, 2, 9), ("ours", 3, 7, 9),
+            ("ours", 5, 0, 0), ("ours", 2, 1, 6), ("ours", 4, 4, 8)],
+    mount="/",
+)
 @example(  # this client deletes a folder into which another client had made folders, then moved them out
     script=[("ours", 6, 2, 8), ("other", 1, 4, 0), ("other", 2, 5, 5), ("other", 7, 3, 3), ("other", 3, 0, 6),
             ("ours", 7, 4, 9), ("other", 2, 3, 5), ("other", 7, 2, 0), ("other", 3, 6, 3), ("replay", 5, 4, 4),

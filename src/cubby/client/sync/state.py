@@ -529,6 +529,15 @@ class StateDb:
                     self._move_below(db, e.ns_id, e.node_id, path)
                     before = self._remote_rows(db, [(x.ns_id, x.node_id) for x in entries])  # it moved rows below
                 rows[node] = (RemoteItem(e.ns_id, e.node_id, path, e.kind, e.rev, version(e.content_hash, e.mode), e.size, e.mtime), e.parent_id)
+                if cur is None and (ghost := self._ghost(db, e.ns_id, e.node_id)) is not None and ghost[2] <= e.rev:
+                    # a ghost of this client's own delete, moved since (by another client, then
+                    # by this one): it is back, and what was below it with it
+                    db.execute("DELETE FROM ghosts WHERE ns_id = ? AND node_id = ?", node)
+                    if e.kind == "folder":
+                        self._put_remotes(db, rows.values())
+                        rows.clear()
+                        self._raise_ghosts(db, e.ns_id, e.node_id, path)
+                        before = self._remote_rows(db, [(x.ns_id, x.node_id) for x in entries])
             self._put_remotes(db, rows.values())
         return out
 
@@ -671,6 +680,8 @@ class StateDb:
             self._put_remotes(db, rows)
             db.executemany("DELETE FROM ghosts WHERE ns_id = ? AND node_id = ?", [(ns_id, r[0]) for r in found])
             level = [r[0] for r in found]
+        # and what answers put below those ghosts meanwhile follows them to where they are now
+        self._move_below(db, ns_id, node_id, path)
 
     def remote_items(self) -> list[RemoteItem]:
         return [RemoteItem(*r) for r in self._all("SELECT ns_id, node_id, path, kind, rev, hash, size, mtime FROM remote")]
