@@ -572,14 +572,21 @@ class StateDb:
         subtree found by path would be both folders' children, and a delete replayed for one
         would take the other's. Each node is visited once, so a cycle a hostile server
         claims cannot loop."""
-        out: list[tuple[int, int, str]] = []
+        return [(r[0], r[1], r[2]) for r in self._descendants(db, "remote", ns_id, node_id)]
+
+    @staticmethod
+    def _descendants(db: sqlite3.Connection, table: str, ns_id: int, node_id: int) -> list[tuple[Any, ...]]:
+        """Rows (node_id, parent, path, kind, rev, hash, size, mtime) of ``table`` (``remote``
+        or ``ghosts``) below ``node_id`` by their parents, parents before children."""
+        out: list[tuple[Any, ...]] = []
         seen = {node_id}
         level = [node_id]
         while level:
-            found: list[tuple[int, int, str]] = []
+            found: list[tuple[Any, ...]] = []
             for i in range(0, len(level), 500):
                 part = level[i : i + 500]
-                q = f"SELECT node_id, parent, path FROM remote WHERE ns_id = ? AND parent IN ({','.join('?' * len(part))})"
+                q = (f"SELECT node_id, parent, path, kind, rev, hash, size, mtime FROM {table} "
+                     f"WHERE ns_id = ? AND parent IN ({','.join('?' * len(part))})")
                 found += [r for r in db.execute(q, (ns_id, *part)) if r[0] not in seen and r[0] != MOUNT_NODE]
             seen.update(r[0] for r in found)
             out += found
@@ -650,11 +657,8 @@ class StateDb:
         at = {e.node_id: where}
         rows = [(ns_id, e.node_id, root, e.parent_id, where, e.kind, e.rev, version(e.content_hash, e.mode), e.size, e.mtime)]
         if cur is not None and cur[1] == "folder":
-            for nid, pid, p in self._below(db, ns_id, e.node_id):
+            for nid, pid, p, kind, rev, h, size, mtime in self._descendants(db, "remote", ns_id, e.node_id):
                 at[nid] = paths.join(at[pid], paths.split(p)[1])
-                kind, rev, h, size, mtime = db.execute(
-                    "SELECT kind, rev, hash, size, mtime FROM remote WHERE ns_id = ? AND node_id = ?", (ns_id, nid)
-                ).fetchone()
                 rows.append((ns_id, nid, root, pid, at[nid], kind, rev, h, size, mtime))
         db.executemany(
             "INSERT OR REPLACE INTO ghosts (ns_id, node_id, root, parent, path, kind, rev, hash, size, mtime) VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -665,22 +669,10 @@ class StateDb:
     def _raise_ghosts(self, db: sqlite3.Connection, ns_id: int, node_id: int, path: str) -> None:
         """Folder ``node_id`` is back in the tree at ``path`` (the journal moved it after this
         client's delete had taken it as a ghost): what was below it comes back below it."""
-        at = {node_id: path}
-        level = [node_id]
-        while level:
-            found = []
-            for i in range(0, len(level), 500):
-                part = level[i : i + 500]
-                q = f"SELECT node_id, parent, path, kind, rev, hash, size, mtime FROM ghosts WHERE ns_id = ? AND parent IN ({','.join('?' * len(part))})"
-                found += [r for r in db.execute(q, (ns_id, *part)).fetchall() if r[0] not in at]
-            rows = []
-            for nid, parent, p, kind, rev, h, size, mtime in found:
-                at[nid] = paths.join(at[parent], paths.split(p)[1])
-                rows.append((RemoteItem(ns_id, nid, at[nid], kind, rev, h, size, mtime), parent))
-            self._put_remotes(db, rows)
-            db.executemany("DELETE FROM ghosts WHERE ns_id = ? AND node_id = ?", [(ns_id, r[0]) for r in found])
-            level = [r[0] for r in found]
-        # and what answers put below those ghosts meanwhile follows them to where they are now
+        found = self._descendants(db, "ghosts", ns_id, node_id)
+        self._put_remotes(db, [(RemoteItem(ns_id, nid, p, kind, rev, h, size, mtime), parent) for nid, parent, p, kind, rev, h, size, mtime in found])
+        db.executemany("DELETE FROM ghosts WHERE ns_id = ? AND node_id = ?", [(ns_id, r[0]) for r in found])
+        # each at its parent's path now, with what answers put below those ghosts meanwhile
         self._move_below(db, ns_id, node_id, path)
 
     def remote_items(self) -> list[RemoteItem]:
