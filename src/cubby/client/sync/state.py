@@ -507,6 +507,9 @@ class StateDb:
             mounts: dict[int, str] = {}
             rows: dict[NodeKey, tuple[RemoteItem, int | None]] = {}  # to write, by node (the later answer wins), with its parent
             before = self._remote_rows(db, [(e.ns_id, e.node_id) for e in entries])
+            # ghosts are rare (this client's folder deletes, until the journal catches up):
+            # a batch of new files looks none up when there are none
+            ghostly = db.execute("SELECT 1 FROM ghosts LIMIT 1").fetchone() is not None
             for e in entries:
                 within = mounts.get(e.ns_id)
                 if within is None:
@@ -529,7 +532,7 @@ class StateDb:
                     self._move_below(db, e.ns_id, e.node_id, path)
                     before = self._remote_rows(db, [(x.ns_id, x.node_id) for x in entries])  # it moved rows below
                 rows[node] = (RemoteItem(e.ns_id, e.node_id, path, e.kind, e.rev, version(e.content_hash, e.mode), e.size, e.mtime), e.parent_id)
-                if cur is None and (ghost := self._ghost(db, e.ns_id, e.node_id)) is not None and ghost[2] <= e.rev:
+                if ghostly and cur is None and (ghost := self._ghost(db, e.ns_id, e.node_id)) is not None and ghost[2] <= e.rev:
                     # a ghost of this client's own delete, moved since (by another client, then
                     # by this one): it is back, and what was below it with it
                     db.execute("DELETE FROM ghosts WHERE ns_id = ? AND node_id = ?", node)
