@@ -8,6 +8,7 @@ import base64
 import hashlib
 import os
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -72,7 +73,12 @@ def test_url_parsing() -> None:
     assert S3Location.parse("s3://b?checksum=crc32").checksum is BodyCheck.CRC32
     assert S3Location.parse("s3://b?checksum=md5").checksum is BodyCheck.MD5
     assert S3Location.parse("s3://b/p?region=r&checksum=sha256").checksum is BodyCheck.SHA256
-    for bad in ["http://bucket/x", "s3:///x", "s3://b/x?endpoint=e&regoin=r", "s3://b/../x", "s3://b?checksum=crc64"]:
+    assert S3Location.parse("s3://b").timeout == 20.0
+    assert S3Location.parse("s3://b?timeout=2.5").timeout == 2.5
+    for bad in [
+        "http://bucket/x", "s3:///x", "s3://b/x?endpoint=e&regoin=r", "s3://b/../x", "s3://b?checksum=crc64",
+        "s3://b?timeout=0", "s3://b?timeout=-1", "s3://b?timeout=soon", "s3://b?timeout=nan", "s3://b?timeout=1e9",
+    ]:
         with pytest.raises(BadRequest):
             S3Location.parse(bad)
 
@@ -300,6 +306,84 @@ def test_slowdown_every_time_gives_up_after_the_attempts(s3: S3Server) -> None:
             store.put("x", b"x")
     assert "SlowDown" in info.value.message and proxy.requests["PUT"] == 4
     assert waits == [0.1, 0.2, 0.25]  # exponential, capped (jitter pinned to its top here)
+
+
+class _Stalling:
+    """A store whose every call fails as a timed-out request does, after ``takes`` seconds of a
+    fake clock (or at once)."""
+
+    def __init__(self, clock: list[float], takes: float) -> None:
+        self.clock, self.takes, self.calls = clock, takes, 0
+
+    def put(self, name: str, data: bytes) -> None:
+        self.calls += 1
+        self.clock[0] += self.takes
+        failure = ObjectStoreError(f"put {name} failed: Read timeout")
+        failure.retryable = True
+        raise failure
+
+    def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        yield "a", 1
+        self.put("list", b"")
+
+
+@pytest.mark.parametrize(("takes", "attempts"), [(20.0, 2), (0.001, 8)])
+def test_retries_stop_at_the_deadline_when_each_attempt_waits_out_its_timeout(takes: float, attempts: int) -> None:
+    """A store that never answers is tried only while an attempt could still end by the
+    deadline (two of 20 s within 45 s); one that fails fast gets all its attempts."""
+    clock = [0.0]
+    inner = _Stalling(clock, takes)
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    store = RetryingObjectStore(
+        inner,  # type: ignore[arg-type]  # a put and a list are all it needs
+        Backoff(deadline=45.0, timeout=20.0), sleep=sleep, rng=lambda: 1.0, clock=lambda: clock[0],
+    )
+    with pytest.raises(ObjectStoreError) as info:
+        store.put("x", b"x")
+    assert inner.calls == attempts and info.value.retryable
+    assert f"gave up after {attempts} attempts" in info.value.message
+    assert clock[0] <= 45.0  # the call answered within its deadline
+
+
+def test_a_listing_that_made_progress_gets_its_retries_afresh() -> None:
+    """The deadline counts from the last name a listing yielded, so a long listing that fails
+    late is still retried (and yields each name once)."""
+    clock = [0.0]
+    inner = _Stalling(clock, 20.0)
+    store = RetryingObjectStore(
+        inner,  # type: ignore[arg-type]  # a put and a list are all it needs
+        Backoff(attempts=3, deadline=45.0, timeout=20.0), sleep=lambda s: None, rng=lambda: 0.0,
+        clock=lambda: clock[0],
+    )
+    names = []
+    with pytest.raises(ObjectStoreError):
+        for name, _ in store.list():
+            names.append(name)
+            clock[0] += 100.0  # the caller takes its time between names
+    assert names == ["a"] and inner.calls == 2  # retried although the call began 120 s before
+
+
+def test_a_server_that_takes_requests_and_never_answers_is_given_up_in_time(s3: S3Server) -> None:
+    """Through a proxy that holds every request without an answer: with ``timeout=0.5`` a PUT
+    and a GET each fail (retryable, saying they gave up) after at most two attempts, where
+    without a deadline they would make eight; once the proxy answers again, they succeed."""
+    prefix = fresh_prefix()
+    with fault_proxy(s3.endpoint, Faults()) as proxy:
+        store = open_s3_object_store(s3.url(prefix, endpoint=proxy.endpoint) + "&timeout=0.5", read_ahead=False)
+        store.put("kept", b"kept bytes")
+        proxy.faults = Faults(stall=1.0)
+        for call in (lambda: store.put("x", b"x"), lambda: store.get("kept")):
+            before = proxy.counts["stall"]
+            with pytest.raises(ObjectStoreError) as info:
+                call()
+            assert info.value.retryable and "gave up after" in info.value.message
+            assert 1 <= proxy.counts["stall"] - before <= 2
+        proxy.faults = Faults()
+        store.put("x", b"x")
+        assert store.get("kept") == b"kept bytes" and store.get("x") == b"x"
 
 
 def test_open_object_store_by_s3_url(s3: S3Server) -> None:

@@ -9,11 +9,14 @@ a run can be repeated, it injects one fault:
 - ``cut_put``: forwards the headers and half the body of a PUT, then drops both connections;
 - ``cut_get``: forwards a GET, relays the response headers and half its body, then drops it;
 - ``garble_put``: forwards a PUT whole but with one byte of its body changed (a body damaged on
-  the way, which the server must refuse by its checksum rather than store, if it checks it).
+  the way, which the server must refuse by its checksum rather than store, if it checks it);
+- ``stall``: takes the request whole and never answers it (a server that accepts and hangs, as
+  Ceph RGW does with its OSD down), until the proxy stops.
 
 Everything else is forwarded whole. ``counts`` says how many of each fault it injected, and
 ``requests`` how many requests it saw, so a test can show the faults happened; with ``record_puts``,
 ``puts`` holds the headers (names in lower case) and body of each PUT as the client sent it.
+``faults`` is read for each request: a test may replace it to start or end an outage.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ class Faults:
     cut_put: float = 0.0
     cut_get: float = 0.0
     garble_put: float = 0.0
+    stall: float = 0.0
+    """Of every kind of request (checked first)."""
     seed: int = 1
     check_crc32: bool = False
     """Stand in for a server that checks S3's additional checksums (AWS, Ceph RGW from 19):
@@ -67,6 +72,8 @@ class FaultProxy:
     def __post_init__(self) -> None:
         self._rng = random.Random(self.faults.seed)
         self._lock = threading.Lock()
+        self._released: asyncio.Event | None = None
+        """Set when the proxy stops, to let stalled requests go (made on the proxy's loop)."""
 
     @property
     def endpoint(self) -> str:
@@ -78,7 +85,9 @@ class FaultProxy:
             roll = self._rng.random()
             f = self.faults
             fault = None
-            if roll < f.slowdown:
+            if f.stall and self._rng.random() < f.stall:
+                fault = "stall"
+            elif roll < f.slowdown:
                 fault = "slowdown"
             elif method == "PUT" and roll < f.slowdown + f.cut_put:
                 fault = "cut_put"
@@ -114,6 +123,11 @@ class FaultProxy:
                 sent = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in headers)}
                 self.puts.append((sent, body))
             fault = self._choose(method)
+            if fault == "stall":
+                if self._released is None:
+                    self._released = asyncio.Event()
+                await self._released.wait()
+                return
             if fault == "slowdown":
                 writer.write(
                     b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
@@ -209,7 +223,14 @@ def fault_proxy(upstream: str, faults: Faults, *, record_puts: bool = False) -> 
     try:
         yield proxy
     finally:
-        loop.call_soon_threadsafe(server[0].close)
-        loop.call_soon_threadsafe(loop.stop)
+
+        async def stop() -> None:
+            server[0].close()
+            if proxy._released is not None:  # let stalled requests go, and close their connections
+                proxy._released.set()
+                await asyncio.sleep(0.05)
+            loop.stop()
+
+        asyncio.run_coroutine_threadsafe(stop(), loop)
         thread.join(10)
         loop.close()

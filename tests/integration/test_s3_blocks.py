@@ -5,6 +5,7 @@ each other's uploads, and a kill -9 mid-upload loses no acknowledged file."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 
 from cubby.client.api import ApiClient
 from cubby.client.upload import upload_file
-from cubby.errors import CubbyError
+from cubby.errors import CubbyError, NotFound
 from tests.helpers.fault_proxy import Faults, fault_proxy
 from tests.helpers.live_server import LiveServer
 from tests.helpers.s3_servers import S3Server, fresh_prefix
@@ -180,3 +181,42 @@ def test_a_server_rides_out_s3_slowdowns_and_cut_connections(tmp_path: Path, s3_
             part = content(server.url, token, remote, {"Range": "bytes=1000-2999"})
             assert part.status_code == 206 and part.content == data[1000:3000]
     assert proxy.counts["slowdown"] and proxy.counts["cut_put"] and proxy.counts["cut_get"]
+
+
+def test_a_silent_s3_server_gets_a_put_a_clear_503_and_loses_nothing(tmp_path: Path, s3_server: S3Server) -> None:
+    """The S3 server takes requests and never answers (the proxy holds them, as Ceph RGW does
+    with its OSD down): `cubby put` ends with the server's 503 ``object_store_error`` (exit 3,
+    retryable), not a timeout of its own, and the message names neither bucket nor endpoint,
+    which go to the server's log; the file is not there. Once S3 answers again the same put
+    succeeds, and both files read back byte-identical."""
+    prefix, db = fresh_prefix(), f"sqlite:///{tmp_path / 'meta.db'}"
+    rng = random.Random(12)
+    files = {"first.bin": rng.randbytes(300_000), "second.bin": rng.randbytes(200_000)}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    with fault_proxy(s3_server.endpoint, Faults()) as proxy:
+        url = s3_server.url(prefix, endpoint=proxy.endpoint) + "&timeout=1"
+        with LiveServer(tmp_path / "srv", db_url=db, extra_args=["--blocks", url], env=s3_server.credentials) as server:
+            token = server.add_user("sam")
+            env = {**os.environ, "CUBBY_URL": server.url, "CUBBY_TOKEN": token, "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+
+            def put(name: str) -> subprocess.CompletedProcess[str]:
+                args = [sys.executable, "-m", "cubby", "--json", "put", str(tmp_path / name), f"/{name}"]
+                return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+
+            assert put("first.bin").returncode == 0
+            proxy.faults = Faults(stall=1.0)
+            failed = put("second.bin")
+            assert failed.returncode == 3, failed.stderr
+            error = json.loads(failed.stderr.strip().splitlines()[-1])["error"]
+            assert error["code"] == "object_store_error" and "block storage" in error["message"]
+            assert s3_server.bucket not in failed.stderr and str(proxy.port) not in failed.stderr
+            assert 1 <= proxy.counts["stall"] <= 2  # a PUT given up at its deadline (eight attempts without one)
+            assert "block store failed" in server.logs() and "gave up after" in server.logs()
+            with ApiClient(server.url, token) as api, pytest.raises(NotFound):
+                api.stat("/second.bin")
+            proxy.faults = Faults()
+            assert put("second.bin").returncode == 0
+            for name, data in files.items():
+                got = content(server.url, token, f"/{name}")
+                assert got.status_code == 200 and got.content == data, name

@@ -13,6 +13,16 @@ lost is simply overwritten by the same bytes); `put_parts` takes its parts once,
 first attempt, so that each attempt sends them all again; `get`, `delete` and `list` have no
 effect to repeat. A retried `list` starts the listing again and skips the names it already yielded, so
 each name still comes out once; that costs a set of the names yielded so far.
+
+Why a deadline as well as a number of attempts: a store that fails fast (503, a refused
+connection) is tried `Backoff.attempts` times within seconds, but one that accepts a request and
+never answers (an overloaded gateway; a Ceph cluster whose OSD is full or down, seen here) fails
+each attempt only when the store's own timeout runs out. Eight such attempts at boto3's default
+60 s kept a PUT, the upload request behind it and a server thread waiting for eight minutes, while
+the client gave up after one and blamed its connection to the server. With `Backoff.deadline`, no
+attempt starts that could not end by the deadline if it waited out its whole timeout
+(`Backoff.timeout`), so a call answers within the deadline, and the server says that its block
+storage failed (503, ``object_store_error``) before a client stops waiting for it.
 """
 
 from __future__ import annotations
@@ -37,9 +47,24 @@ class Backoff:
     attempts: int = 8
     base: float = 0.05
     cap: float = 4.0
+    deadline: float | None = None
+    """Seconds a call may take in all, its attempts and waits together (None: no limit)."""
+    timeout: float = 0.0
+    """The longest one attempt can wait on a store that does not answer (the store's own
+    timeout): a retry starts only if it could end by the deadline after waiting that long."""
 
     def delay(self, attempt: int, rng: Callable[[], float]) -> float:
         return rng() * min(self.cap, self.base * (2**attempt))
+
+    def next_wait(self, attempt: int, elapsed: float, rng: Callable[[], float]) -> float | None:
+        """The wait before attempt ``attempt + 2`` after attempt ``attempt + 1`` (from 0)
+        failed ``elapsed`` seconds into the call; None when the call should give up instead."""
+        if attempt >= self.attempts - 1:
+            return None
+        wait = self.delay(attempt, rng)
+        if self.deadline is not None and elapsed + wait + self.timeout > self.deadline:
+            return None
+        return wait
 
 
 class RetryingObjectStore:
@@ -53,21 +78,36 @@ class RetryingObjectStore:
         *,
         sleep: Callable[[float], None] = time.sleep,
         rng: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.inner = inner
         self.backoff = backoff
         self._sleep = sleep
         self._rng = rng
+        self._clock = clock
+
+    def _retry_or_raise(self, exc: ObjectStoreError, attempt: int, started: float) -> None:
+        """Wait before the next attempt, or raise ``exc`` (final, or out of attempts or time:
+        then said in its message, and still retryable for whoever called)."""
+        if not exc.retryable:
+            raise exc
+        elapsed = self._clock() - started
+        wait = self.backoff.next_wait(attempt, elapsed, self._rng)
+        if wait is None:
+            exc.message = f"{exc.message} (gave up after {attempt + 1} attempts in {elapsed:.1f} s)"
+            exc.args = (exc.message,)
+            raise exc
+        self._sleep(wait)
 
     def _call(self, fn: Callable[[], T]) -> T:
-        for attempt in range(self.backoff.attempts):
+        started = self._clock()
+        attempt = 0
+        while True:
             try:
                 return fn()
             except ObjectStoreError as exc:
-                if not exc.retryable or attempt == self.backoff.attempts - 1:
-                    raise
-                self._sleep(self.backoff.delay(attempt, self._rng))
-        raise AssertionError("unreachable")  # the loop returns or raises
+                self._retry_or_raise(exc, attempt, started)
+            attempt += 1
 
     def put(self, name: str, data: bytes) -> None:
         self._call(lambda: self.inner.put(name, data))
@@ -87,17 +127,19 @@ class RetryingObjectStore:
 
     def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
         seen: set[str] = set()
-        for attempt in range(self.backoff.attempts):
+        started = self._clock()
+        attempt = 0
+        while True:
             try:
                 for name, size in self.inner.list(prefix):
                     if name not in seen:
                         seen.add(name)
                         yield name, size
+                        started = self._clock()  # the deadline is for a stall, not a long listing
                 return
             except ObjectStoreError as exc:
-                if not exc.retryable or attempt == self.backoff.attempts - 1:
-                    raise
-                self._sleep(self.backoff.delay(attempt, self._rng))
+                self._retry_or_raise(exc, attempt, started)
+            attempt += 1
 
     def close(self) -> None:
         self.inner.close()

@@ -1,8 +1,8 @@
 """Pack files in an S3-compatible bucket: `S3ObjectStore`, and `open_s3_object_store(url)`.
 
-URL form: ``s3://BUCKET/PREFIX?endpoint=http://127.0.0.1:9000&region=us-east-1&checksum=auto``
-(every query parameter optional: AWS's own endpoint, the region from the AWS config, and the
-PUT body's check `BodyCheck` (auto, crc32, md5 or sha256) when left out).
+URL form: ``s3://BUCKET/PREFIX?endpoint=http://127.0.0.1:9000&region=us-east-1&checksum=auto&timeout=20``
+(every query parameter optional: AWS's own endpoint, the region from the AWS config, the
+PUT body's check `BodyCheck` (auto, crc32, md5 or sha256) and `DEFAULT_TIMEOUT` when left out).
 Credentials come from where every AWS tool looks: ``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY`` / ``AWS_PROFILE``, ``~/.aws/credentials`` and ``~/.aws/config``,
 or an instance role; never from the URL, so it can be logged.
@@ -47,6 +47,12 @@ it and stores nothing) raise `ObjectStoreError` with ``retryable = True``; `open
 retries those with backoff and jitter (boto3's own retries are switched off so that there is
 one policy, and so that a body cut after the headers, which boto3 does not retry, is retried
 too). A read that is short because the object is short is not retried: it is final.
+
+Timeouts: a request that waits ``timeout`` seconds (the URL's, else `DEFAULT_TIMEOUT`) for a
+byte from the server fails as a dropped connection does, and a call stops retrying at
+`DEADLINE_FACTOR` times that (`Backoff.deadline`): 45 s by default, so that an S3 server that
+takes requests and never answers (seen here: Ceph RGW with its one OSD full and aborted) costs
+an upload its 503 within the 60 s a client waits, instead of eight attempts of boto3's 60 s.
 """
 
 from __future__ import annotations
@@ -78,6 +84,14 @@ _TRANSIENT_CODES = (
 )
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
+DEFAULT_TIMEOUT = 20.0
+"""Seconds a request to S3 may wait for the server before it fails (and is retried): a PUT's
+answer comes well within it on a loaded Ceph RGW, and twice it stays under a client's 60 s."""
+DEADLINE_FACTOR = 2.25
+"""A call (its attempts and backoff waits) stops retrying at this many timeouts: two attempts
+that wait out their whole timeout, plus the waits between; any number that fail fast."""
+MAX_TIMEOUT = 3600.0
+
 log = logging.getLogger("cubby.blockstore")
 
 PROBE_NAME = "checksum-probe"
@@ -103,19 +117,21 @@ class S3Location:
     checksum: BodyCheck | None = None
     """None (the default): CRC32 where the server is seen to check it, else a signed payload
     (`S3ObjectStore.body_check`)."""
+    timeout: float = DEFAULT_TIMEOUT
+    """Seconds a request may wait for the server (module docstring, "Timeouts")."""
 
     @classmethod
     def parse(cls, url: str) -> S3Location:
-        """Read ``s3://BUCKET/PREFIX?endpoint=…&region=…&checksum=crc32|md5|sha256``; unknown
-        parameters and values are refused, so that a misspelt one is not silently ignored."""
+        """Read ``s3://BUCKET/PREFIX?endpoint=…&region=…&checksum=crc32|md5|sha256&timeout=S``;
+        unknown parameters and values are refused, so that a misspelt one is not silently ignored."""
         parts = urlsplit(url)
         if parts.scheme != "s3" or not parts.netloc:
             raise BadRequest(f"not an s3://BUCKET/PREFIX url: {url!r}", code="invalid_blocks_url")
         query = parse_qs(parts.query, keep_blank_values=True)
-        unknown = set(query) - {"endpoint", "region", "checksum"}
+        unknown = set(query) - {"endpoint", "region", "checksum", "timeout"}
         if unknown:
             raise BadRequest(
-                f"unknown s3 url parameter(s) {', '.join(sorted(unknown))}: only endpoint, region and checksum",
+                f"unknown s3 url parameter(s) {', '.join(sorted(unknown))}: only endpoint, region, checksum and timeout",
                 code="invalid_blocks_url",
             )
         prefix = parts.path.strip("/")
@@ -134,7 +150,22 @@ class S3Location:
             raise BadRequest(
                 f"unknown s3 checksum {checksum!r}: auto, crc32, md5 or sha256", code="invalid_blocks_url"
             ) from None
-        return cls(parts.netloc, prefix, one("endpoint"), one("region"), check)
+        return cls(parts.netloc, prefix, one("endpoint"), one("region"), check, _timeout(one("timeout")))
+
+
+def _timeout(text: str | None) -> float:
+    """The URL's ``timeout``: seconds, more than 0 and at most `MAX_TIMEOUT`."""
+    if text is None:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= MAX_TIMEOUT:  # also refuses nan
+        raise BadRequest(
+            f"bad s3 timeout {text!r}: seconds, more than 0 and at most {MAX_TIMEOUT:.0f}", code="invalid_blocks_url"
+        )
+    return value
 
 
 class S3ObjectStore:
@@ -150,8 +181,8 @@ class S3ObjectStore:
         location: S3Location,
         *,
         max_connections: int = 32,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 60.0,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
         list_page_size: int = 1000,
         session: boto3.Session | None = None,
     ) -> None:
@@ -160,7 +191,11 @@ class S3ObjectStore:
         self._check = location.checksum
         self._check_lock = threading.Lock()
         self._session = session or boto3.Session()
-        self._limits = (max_connections, connect_timeout, read_timeout)
+        self._limits = (
+            max_connections,
+            min(10.0, location.timeout) if connect_timeout is None else connect_timeout,
+            location.timeout if read_timeout is None else read_timeout,
+        )
         self._client: Any = self._make_client(sign_payload=location.checksum is BodyCheck.SHA256)
 
     def _make_client(self, *, sign_payload: bool) -> Any:
@@ -351,9 +386,11 @@ def open_s3_object_store(
     url: str, *, backoff: Backoff | None = None, read_ahead: bool = True, **options: Any
 ) -> ObjectStore:
     """The store for ``s3://…`` (see the module docstring): `S3ObjectStore` with its transient
-    faults retried (`RetryingObjectStore`) and, unless ``read_ahead`` is False, small reads
-    served from larger ones (`ReadAheadObjectStore`); ``options`` go to `S3ObjectStore`."""
-    store: ObjectStore = RetryingObjectStore(
-        S3ObjectStore(S3Location.parse(url), **options), backoff or Backoff()
-    )
+    faults retried (`RetryingObjectStore`, by default until `DEADLINE_FACTOR` timeouts) and,
+    unless ``read_ahead`` is False, small reads served from larger ones
+    (`ReadAheadObjectStore`); ``options`` go to `S3ObjectStore`."""
+    location = S3Location.parse(url)
+    if backoff is None:
+        backoff = Backoff(deadline=DEADLINE_FACTOR * location.timeout, timeout=location.timeout)
+    store: ObjectStore = RetryingObjectStore(S3ObjectStore(location, **options), backoff)
     return ReadAheadObjectStore(store) if read_ahead else store

@@ -10,10 +10,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
+from cubby.blockstore.objects import ObjectStoreError
 from cubby.errors import CubbyError
 
 log = logging.getLogger("cubby.server")
 _PARAM = re.compile(r"{[^}]*}")
+
+STORAGE_FAILED = (
+    "the server's block storage failed or did not answer in time; try again shortly "
+    "(what was acknowledged before is safe; the server's log says what failed)"
+)
+"""What a client is told when the block store fails: the store's own message names the bucket,
+the endpoint and the object, which are the operator's business, so it goes to the log."""
 
 
 def error_response(exc: CubbyError) -> JSONResponse:
@@ -26,6 +34,11 @@ def error_response(exc: CubbyError) -> JSONResponse:
 async def cubby_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CubbyError)
     request.state.error_code = exc.code
+    if isinstance(exc, ObjectStoreError):
+        log.warning("block store failed", extra={"path": request.url.path, "error": exc.message})
+        answer = ObjectStoreError(STORAGE_FAILED)
+        answer.retryable = exc.retryable
+        return error_response(answer)
     return error_response(exc)
 
 
