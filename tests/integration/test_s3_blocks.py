@@ -183,12 +183,13 @@ def test_a_server_rides_out_s3_slowdowns_and_cut_connections(tmp_path: Path, s3_
     assert proxy.counts["slowdown"] and proxy.counts["cut_put"] and proxy.counts["cut_get"]
 
 
-def test_a_silent_s3_server_gets_a_put_a_clear_503_and_loses_nothing(tmp_path: Path, s3_server: S3Server) -> None:
+def test_a_silent_s3_server_gets_clear_503s_and_loses_nothing(tmp_path: Path, s3_server: S3Server) -> None:
     """The S3 server takes requests and never answers (the proxy holds them, as Ceph RGW does
     with its OSD down): `cubby put` ends with the server's 503 ``object_store_error`` (exit 3,
     retryable), not a timeout of its own, and the message names neither bucket nor endpoint,
     which go to the server's log; the file is not there. Once S3 answers again the same put
-    succeeds, and both files read back byte-identical."""
+    succeeds, and both files read back byte-identical. A download in such an outage is a 503
+    too (`cubby get` exits 3 and writes nothing), and works once S3 answers."""
     prefix, db = fresh_prefix(), f"sqlite:///{tmp_path / 'meta.db'}"
     rng = random.Random(12)
     files = {"first.bin": rng.randbytes(300_000), "second.bin": rng.randbytes(200_000)}
@@ -220,3 +221,18 @@ def test_a_silent_s3_server_gets_a_put_a_clear_503_and_loses_nothing(tmp_path: P
             for name, data in files.items():
                 got = content(server.url, token, f"/{name}")
                 assert got.status_code == 200 and got.content == data, name
+            # Downloads: a read that fails before the first byte is the answer's error (503),
+            # not a 200 cut short. (A restart first, so no read-ahead window holds the bytes.)
+            server.restart()
+            proxy.faults = Faults(stall=1.0)
+            got = content(server.url, token, "/first.bin")
+            assert got.status_code == 503 and got.json()["code"] == "object_store_error" and got.headers["Retry-After"]
+            failed = subprocess.run(
+                [sys.executable, "-m", "cubby", "--json", "get", "/first.bin", str(tmp_path / "got.bin")],
+                env=env, capture_output=True, text=True, timeout=300,
+            )
+            assert failed.returncode == 3 and json.loads(failed.stderr.strip().splitlines()[-1])["error"]["code"] == "object_store_error"
+            assert not (tmp_path / "got.bin").exists()
+            proxy.faults = Faults()
+            got = content(server.url, token, "/first.bin")
+            assert got.status_code == 200 and got.content == files["first.bin"]

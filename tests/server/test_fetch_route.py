@@ -107,21 +107,26 @@ def test_a_chunk_that_cannot_be_read_mid_answer_cuts_the_body_short(users, live)
 def test_a_chunk_whose_row_disagrees_with_its_bytes_is_never_sent_with_a_wrong_length(users, live):
     """Frames are sized by what the store returns, the body by the rows: should they ever
     differ, the answer stops before that frame instead of sending a body longer or shorter
-    than promised."""
+    than promised; when that frame would be the first, nothing is sent but the error."""
     a = users.alice
-    data = os.urandom(200_000)
+    data, good = os.urandom(200_000), os.urandom(100_000)
     upload_bytes(a, "/sized.bin", data)
-    h = hashlib.sha256(data).hexdigest()
+    upload_bytes(a, "/good.bin", good)
+    h, g = hashlib.sha256(data).hexdigest(), hashlib.sha256(good).hexdigest()
     db = sqlite3.connect(live.data_dir / "meta.db")
     try:
         db.execute("UPDATE blocks SET size = size + 1 WHERE hash = ?", (h,))
         db.commit()
     finally:
         db.close()
-    with users.raw(users.alice_token) as c, c.stream("POST", "/api/v1/blocks/fetch", json={"hashes": [h]}) as r:
-        assert int(r.headers["content-length"]) == frames.HEADER.size + len(data) + 1
+    with users.raw(users.alice_token) as c, c.stream("POST", "/api/v1/blocks/fetch", json={"hashes": [g, h]}) as r:
+        assert r.status_code == 200
+        assert int(r.headers["content-length"]) == 2 * frames.HEADER.size + len(good) + len(data) + 1
         with pytest.raises(httpx.HTTPError):
             r.read()
+    with users.raw(users.alice_token) as c:
+        alone = c.post("/api/v1/blocks/fetch", json={"hashes": [h]})
+    assert alone.status_code == 500 and alone.json()["code"] == "corrupt_chunk"
     with pytest.raises(CubbyError):
         list(a.fetch_chunks([h]))
 

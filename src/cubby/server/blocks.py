@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import TypeVar
 
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
@@ -83,12 +84,42 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return first, min(last, size - 1)
 
 
-def file_response(
+T = TypeVar("T")
+
+
+async def primed(body: AsyncIterator[T]) -> AsyncIterator[T]:
+    """``body`` with its first piece read already, before the answer's status goes out.
+
+    Why: a streamed answer sends its status and headers before the body's first piece is
+    made, so a block store that fails on the first read (down, or taking requests and never
+    answering) turned into a 200 whose body was cut at 0 bytes, which a client could only call
+    a truncated answer. Read first, that failure is the answer it is (503
+    ``object_store_error``, retryable; 404 for a chunk that is not there). A failure after the
+    first piece still cuts the body, which every client detects by its length."""
+    try:
+        first = await anext(body)
+    except StopAsyncIteration:
+        first_missing = True
+    else:
+        first_missing = False
+
+    async def rest() -> AsyncIterator[T]:
+        if first_missing:
+            return
+        yield first
+        async for piece in body:
+            yield piece
+
+    return rest()
+
+
+async def file_response(
     request: Request, entry: Entry, chunks: Sequence[ChunkRef], blocks: BlockStore, headers: dict[str, str] | None = None
 ) -> Response:
     """Stream one file revision, chunk by chunk, honouring ``Range``, ``If-Range`` and
     ``If-None-Match`` (the ETag is the content hash). Shared by the authenticated content route
-    and public links, so both serve files the same way; ``headers`` are added to the answer."""
+    and public links, so both serve files the same way; ``headers`` are added to the answer.
+    The first piece is read before the status is sent (`primed`)."""
     size = entry.size
     etag = f'"{entry.content_hash}"'
     out = {"Accept-Ranges": "bytes", "ETag": etag, "X-Cubby-Rev": str(entry.rev), **(headers or {})}
@@ -129,7 +160,7 @@ def file_response(
                     raise NotFound(f"chunk {c.hash} was not read")
                 yield item[1][max(0, first - start) : min(c.size, last + 1 - start)]
 
-    return StreamingResponse(stream(), status_code=status, headers=out, media_type="application/octet-stream")
+    return StreamingResponse(await primed(stream()), status_code=status, headers=out, media_type="application/octet-stream")
 
 
 def take_bytes(items: Iterator[tuple[str, Plain]], limit: int) -> list[tuple[str, Plain]]:
@@ -217,7 +248,8 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         copy of every byte (14% of the server's CPU on a download, bench/README.md, branch
         getserver). A chunk the store cannot read, or whose length is not its row's, stops
         the answer mid-body: the connection is closed and the client sees a body cut short
-        (an error), never a frame of the wrong length."""
+        (an error), never a frame of the wrong length; in the first piece (`primed`), it is
+        the answer's error instead."""
         p = await access.principal(request, ctx)
         body = await json_body(request, LIST_JSON)
         hashes = body.get("hashes")
@@ -244,7 +276,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
                     yield data
 
         return StreamingResponse(
-            stream(), media_type=frames.CONTENT_TYPE, headers={"Content-Length": str(length)}
+            await primed(stream()), media_type=frames.CONTENT_TYPE, headers={"Content-Length": str(length)}
         )
 
     async def one_chunk(request: Request) -> Response:
@@ -261,7 +293,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         t = access.resolve(p, "/" + request.path_params["path"])
         rev = query_int(request, "rev", 0, minimum=0) or None
         entry, chunks = await run_in_threadpool(store.blocklist, t.ns_id, t.path, rev)
-        return file_response(request, entry, chunks, blocks)
+        return await file_response(request, entry, chunks, blocks)
 
     from cubby.server import deltas
 
@@ -281,4 +313,4 @@ def _quote(name: str) -> str:
     return quote(name, safe="")
 
 
-__all__ = ["ChunkRef", "file_response", "parse_range", "routes"]
+__all__ = ["ChunkRef", "file_response", "parse_range", "primed", "routes"]

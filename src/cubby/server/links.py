@@ -290,12 +290,13 @@ def public_routes(
                 if target.kind != "folder":
                     return _gone()
                 target = await run_in_threadpool(links.lookup, link.ns_id, paths.join(target.path, sub.lstrip("/")))
-            if target.kind == "file":
-                entry, chunks = await run_in_threadpool(links.file, link.ns_id, target.node_id)
-                ctx.log.info("link download", extra={"link_id": link.link_id, "kind": "file", "size": entry.size})
-                return file_response(request, entry, chunks, blocks, _PUBLIC_HEADERS)
+            file = await run_in_threadpool(links.file, link.ns_id, target.node_id) if target.kind == "file" else None
         except NotFound:
             return _gone()
+        if file is not None:  # (outside the try: a chunk the store lacks is not a gone link)
+            entry, chunks = file
+            ctx.log.info("link download", extra={"link_id": link.link_id, "kind": "file", "size": entry.size})
+            return await file_response(request, entry, chunks, blocks, _PUBLIC_HEADERS)
         ctx.log.info("link download", extra={"link_id": link.link_id, "kind": "folder"})
         return zip_response(links, blocks, link.ns_id, target.path, target.name or "cubby", head=request.method == "HEAD")
 
