@@ -20,6 +20,9 @@ def test_known_schemes_open_their_broker_without_connecting() -> None:
 def test_the_prefix_is_taken_out_of_the_url() -> None:
     assert split_prefix("redis://h:1/0?prefix=team-a&x=1") == ("redis://h:1/0?x=1", "team-a")
     assert split_prefix("nats://h:1") == ("nats://h:1", "cubby")
+    # a unix socket has no host: the URL keeps its "//" (redis-py 8 refuses "unix:/path")
+    assert split_prefix("unix:///run/redis.sock?db=0&prefix=p") == ("unix:///run/redis.sock?db=0", "p")
+    assert split_prefix("unix:///run/redis.sock?db=0") == ("unix:///run/redis.sock?db=0", "cubby")
 
 
 @pytest.mark.parametrize("url", ["bogus://x", "http://127.0.0.1", "", "redis://h/0?prefix=a.b", "nats://h?prefix="])

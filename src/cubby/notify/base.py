@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Protocol
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit
 
 from cubby.errors import BadRequest
 
@@ -70,7 +70,10 @@ def split_prefix(url: str) -> tuple[str, str]:
     if not prefix or not all(c.isalnum() or c in "-_" for c in prefix):
         raise BadRequest(f"broker prefix {prefix!r} must be letters, digits, '-' or '_'", code="bad_broker_url")
     rest = "&".join(f"{k}={v}" for k, vs in query.items() for v in vs)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment)), prefix
+    # Only the query is rebuilt: `urlunsplit` turns ``unix:///run/redis.sock`` (no host) into
+    # ``unix:/run/redis.sock``, which redis-py refuses from version 8.
+    head = url.split("#", 1)[0].split("?", 1)[0]
+    return head + (f"?{rest}" if rest else "") + (f"#{parts.fragment}" if parts.fragment else ""), prefix
 
 
 def open_broker(url: str) -> Broker:
