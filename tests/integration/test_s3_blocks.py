@@ -236,3 +236,25 @@ def test_a_silent_s3_server_gets_clear_503s_and_loses_nothing(tmp_path: Path, s3
             proxy.faults = Faults()
             got = content(server.url, token, "/first.bin")
             assert got.status_code == 200 and got.content == files["first.bin"]
+
+
+def test_a_bucket_that_is_not_there_is_a_clear_refusal_that_names_no_bucket(tmp_path: Path, s3_server: S3Server) -> None:
+    """A set-up fault that will not pass by itself (the bucket does not exist): the put is
+    refused with ``object_store_error`` and a message that says to tell the operator, without
+    naming the bucket (the server's log does), and nothing is committed."""
+    bucket = f"cubby-missing-{fresh_prefix()}".lower()[:60]
+    url = f"s3://{bucket}/p?endpoint={s3_server.endpoint}&region=us-east-1"
+    (tmp_path / "f.txt").write_text("hello")
+    with LiveServer(tmp_path / "srv", extra_args=["--blocks", url], env=s3_server.credentials) as server:
+        token = server.add_user("ned")
+        env = {**os.environ, "CUBBY_URL": server.url, "CUBBY_TOKEN": token, "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+        failed = subprocess.run(
+            [sys.executable, "-m", "cubby", "--json", "put", str(tmp_path / "f.txt"), "/f.txt"],
+            env=env, capture_output=True, text=True, timeout=300,
+        )
+        error = json.loads(failed.stderr.strip().splitlines()[-1])["error"]
+        assert failed.returncode != 0 and error["code"] == "object_store_error"
+        assert "operator" in error["message"] and bucket not in failed.stderr
+        assert bucket in server.logs()
+        with ApiClient(server.url, token) as api, pytest.raises(NotFound):
+            api.stat("/f.txt")

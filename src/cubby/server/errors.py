@@ -20,8 +20,14 @@ STORAGE_FAILED = (
     "the server's block storage failed or did not answer in time; try again shortly "
     "(what was acknowledged before is safe; the server's log says what failed)"
 )
-"""What a client is told when the block store fails: the store's own message names the bucket,
-the endpoint and the object, which are the operator's business, so it goes to the log."""
+"""What a client is told when the block store fails in a way that may pass: the store's own
+message names the bucket, the endpoint and the object, which are the operator's business, so it
+goes to the log."""
+STORAGE_REFUSED = (
+    "the server's block storage refused the request (a fault of the server's set-up, which its "
+    "log names; what was acknowledged before is safe): tell the server's operator"
+)
+"""The same for a failure that will not pass by itself (a missing bucket, refused credentials)."""
 
 
 def error_response(exc: CubbyError) -> JSONResponse:
@@ -36,7 +42,7 @@ async def cubby_error(request: Request, exc: Exception) -> Response:
     request.state.error_code = exc.code
     if isinstance(exc, ObjectStoreError):
         log.warning("block store failed", extra={"path": request.url.path, "error": exc.message})
-        answer = ObjectStoreError(STORAGE_FAILED)
+        answer = ObjectStoreError(STORAGE_FAILED if exc.retryable else STORAGE_REFUSED)
         answer.retryable = exc.retryable
         return error_response(answer)
     return error_response(exc)
