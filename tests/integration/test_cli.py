@@ -183,3 +183,19 @@ def test_every_command_has_help():
         for name, sub in getattr(cmd, "commands", {}).items():
             stack.append(([*prefix, name], sub))
     assert seen >= 15
+
+
+def test_a_command_talks_to_the_server_without_importing_httpx_own_cli(server):
+    """`cubby` keeps httpx from importing its command-line tool (rich, pygments: about 50 ms of
+    every command's start): the command works, and httpx's tool module was never loaded."""
+    token = server.add_user("ivan")
+    probe = (
+        "import atexit, runpy, sys\n"
+        "atexit.register(lambda: print('HTTPX_CLI', sys.modules.get('httpx._main') is not None, 'rich.console' in sys.modules))\n"
+        "sys.argv = ['cubby', '--json', 'ls', '/']\n"
+        "runpy.run_module('cubby', run_name='__main__')\n"
+    )
+    env = {**os.environ, "CUBBY_URL": server.url, "CUBBY_TOKEN": token}
+    p = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "HTTPX_CLI False False" in p.stdout
