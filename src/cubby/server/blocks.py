@@ -99,13 +99,9 @@ async def primed(body: AsyncIterator[T]) -> AsyncIterator[T]:
     try:
         first = await anext(body)
     except StopAsyncIteration:
-        first_missing = True
-    else:
-        first_missing = False
+        return body  # an empty body, ended: it yields nothing more
 
     async def rest() -> AsyncIterator[T]:
-        if first_missing:
-            return
         yield first
         async for piece in body:
             yield piece
