@@ -72,8 +72,9 @@ class FaultProxy:
     def __post_init__(self) -> None:
         self._rng = random.Random(self.faults.seed)
         self._lock = threading.Lock()
-        self._released: asyncio.Event | None = None
-        """Set when the proxy stops, to let stalled requests go (made on the proxy's loop)."""
+        self.released = asyncio.Event()
+        """Set when the proxy stops, to let stalled requests go (an Event binds to the loop
+        that first waits on it: the proxy's)."""
 
     @property
     def endpoint(self) -> str:
@@ -124,9 +125,7 @@ class FaultProxy:
                 self.puts.append((sent, body))
             fault = self._choose(method)
             if fault == "stall":
-                if self._released is None:
-                    self._released = asyncio.Event()
-                await self._released.wait()
+                await self.released.wait()
                 return
             if fault == "slowdown":
                 writer.write(
@@ -226,8 +225,8 @@ def fault_proxy(upstream: str, faults: Faults, *, record_puts: bool = False) -> 
 
         async def stop() -> None:
             server[0].close()
-            if proxy._released is not None:  # let stalled requests go, and close their connections
-                proxy._released.set()
+            proxy.released.set()
+            if proxy.counts["stall"]:  # let the stalled requests end, closing their connections
                 await asyncio.sleep(0.05)
             loop.stop()
 
