@@ -201,7 +201,7 @@ BLOCKS_OPTION = click.option(
     help="Serve on this inherited, already-bound listening socket instead of --host/--port.",
 )
 @click.option("--role", default="all", show_default=True, help="Roles to run: all, meta, blocks, notify (comma-separated).")
-@click.option("--broker", default=None, help="Notification broker: memory (default), redis://HOST:PORT/DB or nats://HOST:PORT.")
+@click.option("--broker", default=None, help="Notification broker: memory (default; local sockets between --workers), redis://HOST:PORT/DB or nats://HOST:PORT.")
 @BLOCKS_OPTION
 @click.option(
     "--cache", "cache_url", default=None, metavar="URL",

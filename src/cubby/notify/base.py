@@ -77,13 +77,18 @@ def split_prefix(url: str) -> tuple[str, str]:
 
 
 def open_broker(url: str) -> Broker:
-    """``memory`` (one process), ``redis://host:port/db`` or ``nats://host:port``; each may
+    """``memory`` (one process), ``local:///FOLDER`` (the processes of one machine:
+    `cubby.notify.local`), ``redis://host:port/db`` or ``nats://host:port``; the last two may
     carry ``?prefix=NAME`` to keep its topics apart from other deployments on the same server."""
     scheme = url.split(":", 1)[0].lower() if ":" in url else url.lower()
     if scheme == "memory":
         from cubby.notify.memory import MemoryBroker
 
         return MemoryBroker()
+    if scheme == "local":
+        from cubby.notify.local import LocalBroker, folder_of
+
+        return LocalBroker(folder_of(url))
     if scheme in ("redis", "rediss", "unix"):
         from cubby.notify.redis import RedisBroker
 
@@ -95,5 +100,5 @@ def open_broker(url: str) -> Broker:
         base, prefix = split_prefix(url)
         return NatsBroker(base, prefix=prefix)
     raise BadRequest(
-        f"unknown broker {url!r}: use 'memory', 'redis://HOST:PORT/DB' or 'nats://HOST:PORT'", code="bad_broker_url"
+        f"unknown broker {url!r}: use 'memory', 'local:///FOLDER', 'redis://HOST:PORT/DB' or 'nats://HOST:PORT'", code="bad_broker_url"
     )

@@ -15,6 +15,13 @@ with ``PROMETHEUS_MULTIPROC_DIR`` set writes its samples to that folder, and any
 ``/metrics`` answers for all of them. The configuration reaches the child on its standard
 input (pickled), not on its command line, where ``ps`` would show a database password.
 
+What one process keeps in memory, N processes cannot share. The embedded default's in-process
+metadata cache would serve each worker's own stale answers after another worker's write (a
+folder just made, missing from every other listing), and its in-process broker would wake only
+the long-polls of the worker that took the commit. So `for_workers` runs them uncached, unless
+``--cache`` names a shared cache, and joins them by `cubby.notify.local` (datagram sockets in a
+private folder the parent makes), unless ``--broker`` names Redis or NATS.
+
 Workers are tied to the parent's life (Linux ``PR_SET_PDEATHSIG``): a parent killed with
 SIGKILL does not leave orphans holding the port.
 """
@@ -60,6 +67,19 @@ def bind(config: Config) -> socket.socket:
     return sock
 
 
+def for_workers(config: Config, notify_folder: str) -> tuple[Config, list[str]]:
+    """``config`` as the workers run it (see the module docstring), and a line for the log
+    on each part replaced."""
+    said: list[str] = []
+    if config.cache_url == "memory":
+        config = config.with_(cache_url="none")
+        said.append("workers share no memory: metadata cache off (--cache redis://... or memcached://... for one)")
+    if config.broker_url == "memory":
+        config = config.with_(broker_url=f"local://{notify_folder}")
+        said.append("workers are joined for notifications through local sockets (--broker for other machines)")
+    return config, said
+
+
 def _die_with_parent() -> None:
     """Runs in the child between fork and exec: SIGTERM it when the parent dies."""
     try:
@@ -92,6 +112,8 @@ class Supervisor:
         self.stopping = False
         self.sock: socket.socket | None = None
         self.metrics_dir = ""
+        self.notify_dir = ""
+        self.worker_config = config
 
     def spawn(self, slot: Slot) -> None:
         assert self.sock is not None
@@ -102,7 +124,7 @@ class Supervisor:
             stdin=subprocess.PIPE, env=env, pass_fds=(fd,), preexec_fn=_die_with_parent,
         )
         assert proc.stdin is not None
-        proc.stdin.write(pickle.dumps((self.config.with_(listen_fd=fd), self.roles, self.log_level)))
+        proc.stdin.write(pickle.dumps((self.worker_config.with_(listen_fd=fd), self.roles, self.log_level)))
         proc.stdin.close()
         slot.proc, slot.started = proc, time.monotonic()
 
@@ -128,6 +150,10 @@ class Supervisor:
     def run(self) -> None:
         self.sock = bind(self.config)
         self.metrics_dir = tempfile.mkdtemp(prefix="cubby-metrics-")
+        self.notify_dir = tempfile.mkdtemp(prefix="cubby-notify-")  # mode 0700: this user's processes only
+        self.worker_config, said = for_workers(self.config, self.notify_dir)
+        for line in said:
+            print(f"cubby: {line}", file=sys.stderr, flush=True)
         previous = {s: signal.signal(s, self.stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             for slot in self.slots:
@@ -155,6 +181,8 @@ class Supervisor:
         if self.sock is not None:
             self.sock.close()
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        if self.notify_dir:
+            shutil.rmtree(self.notify_dir, ignore_errors=True)
 
 
 def serve_workers(config: Config, roles: Sequence[str], count: int, *, log_level: str = "info") -> None:
