@@ -38,12 +38,16 @@ def children_cpu() -> float:
     return use.ru_utime + use.ru_stime
 
 
-def start_server(folder: Path, *, blocks: str | None = None, src: Path | None = None) -> tuple[LiveServer, str]:
+def start_server(
+    folder: Path, *, blocks: str | None = None, src: Path | None = None, workers: int = 1
+) -> tuple[LiveServer, str]:
     """A fresh server with its data under ``folder``, and a token for a new user; ``blocks``
     is its ``--blocks`` location (an ``s3://`` URL, say) when not the default folder; ``src``:
-    run that ``src`` folder's cubby (another tree's, for a before/after pair), not this one's."""
+    run that ``src`` folder's cubby (another tree's, for a before/after pair), not this one's;
+    ``workers``: its ``--workers``."""
     env = {"PYTHONPATH": str(Path(src).resolve())} if src else None
-    server = LiveServer(folder / "server", extra_args=["--blocks", blocks] if blocks else None, env=env).start()
+    extra = (["--blocks", blocks] if blocks else []) + (["--workers", str(workers)] if workers != 1 else [])
+    server = LiveServer(folder / "server", extra_args=extra or None, env=env).start()
     return server, server.add_user("bench")
 
 

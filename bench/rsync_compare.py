@@ -247,11 +247,13 @@ def profile_small_files(report: Report, scratch: Path, folder: Path, profile: bo
 
 
 def small_case(
-    report: Report, scratch: Path, count: int, size: int, daemon: RsyncDaemon, repeat: int, profile: bool
+    report: Report, scratch: Path, count: int, size: int, daemon: RsyncDaemon, repeat: int, profile: bool,
+    workers: int = 1,
 ) -> None:
     """``repeat`` rounds of rsync, rsync --fsync and cubby put, each round into fresh
     destinations (a new rsync folder, a new cubby server: a second put into the same server
-    would find every chunk there already). Rows hold the median; every sample is kept."""
+    would find every chunk there already). Rows hold the median; every sample is kept.
+    ``workers``: the server's ``--workers`` (the default, 1, is the one-command server)."""
     group = "small files"
     folder = small_files(scratch, count, size)
     (folder / ".complete").unlink()  # not part of the data
@@ -269,7 +271,7 @@ def small_case(
             )
             work = scratch / f"rsync-compare-small-{k}"
             shutil.rmtree(work, ignore_errors=True)
-            server, token = start_server(work)
+            server, token = start_server(work, workers=workers)
             leftovers.append(work)
             try:
                 warm(folder)
@@ -303,7 +305,7 @@ def small_case(
         row = report.add(
             Row(
                 group,
-                "cubby put (CLI)",
+                "cubby put (CLI)" if workers == 1 else f"cubby put (CLI), serve --workers {workers}",
                 statistics.median(samples["cubby"]),
                 count * size,
                 files=count,
@@ -334,20 +336,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--profile", action="store_true", help="also cProfile the client of an in-process small-files put"
     )
+    ap.add_argument("--workers", type=int, default=1, help="the small-files server's --workers (default 1)")
     ap.add_argument("--name", default="rsync_compare")
     args = ap.parse_args(argv)
     subprocess.run(["bash", str(HERE / "setup.sh")], check=True)
     edit_size, file_size = parse_size(args.edit_size), parse_size(args.file_size)
     machine = describe(args.scratch, {"rsync": ["rsync", "--version"]})
     print(summary_line(machine), flush=True)
-    report = Report(args.name, machine, {"edit_size": edit_size, "files": args.files, "file_size": file_size})
+    report = Report(args.name, machine, {"edit_size": edit_size, "files": args.files, "file_size": file_size, "workers": args.workers})
     work = args.scratch / "rsync-compare"
     shutil.rmtree(work, ignore_errors=True)
     server, token = start_server(work)
     daemon = RsyncDaemon(args.scratch / "rsyncd").start()
     try:
         edit_case(report, args.scratch, edit_size, server, token, daemon)
-        small_case(report, args.scratch, args.files, file_size, daemon, args.repeat, args.profile)
+        small_case(report, args.scratch, args.files, file_size, daemon, args.repeat, args.profile, args.workers)
     finally:
         daemon.stop()
         server.stop()
