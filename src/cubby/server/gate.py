@@ -49,9 +49,12 @@ class ConnectionLimits:
     chunk of pipelined input can still produce.)"""
     max_pipelined: int = 16
     """Requests queued behind the one being answered on a connection."""
-    max_inflight_bytes: int = 64 * 1024 * 1024
+    max_inflight_bytes: int = 16 * 1024 * 1024
     """Bytes of request bodies being received at once, all connections together, on a front
-    that buffers whole bodies (the notification front)."""
+    that buffers whole bodies (the notification front, whose bodies are cursors of a few KB:
+    16 bodies of the 1 MiB maximum, or thousands of real ones). At 64 MiB a flood of slow
+    bodies under CPU load grew the process by up to 134 MiB (what the allocator keeps of its
+    busiest moment, `cubby.core.malloc`)."""
 
     @classmethod
     def from_config(cls, config: Config) -> ConnectionLimits:

@@ -107,7 +107,10 @@ class Connection(asyncio.Protocol):
         self.url = b""
         self.auth = ""
         self.headers: dict[bytes, bytes] | None = None
-        self.body = b""
+        self.body = bytearray()
+        """Grown in place: ``bytes +=`` made a new object of every intermediate size, whose
+        freed copies the server's malloc keeps (`cubby.core.malloc`), so a flood of slow
+        bodies grew the process well past the gate's budget of bytes in flight."""
         self.hsize = 0
         self.held = 0
         """Bytes of the gate's in-flight budget this connection's body holds."""
@@ -219,7 +222,7 @@ class Connection(asyncio.Protocol):
 
     # -- httptools callbacks --------------------------------------------------------------------
     def on_message_begin(self) -> None:
-        self.url, self.auth, self.headers, self.body, self.hsize = b"", "", None, b"", 0
+        self.url, self.auth, self.headers, self.body, self.hsize = b"", "", None, bytearray(), 0
 
     def on_url(self, url: bytes) -> None:
         self.url += url

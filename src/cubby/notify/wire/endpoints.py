@@ -119,8 +119,8 @@ class Endpoints:
                 conn.respond(405, {"code": "method_not_allowed", "message": "use POST"})
                 return
             conn.busy = True
-            auth, body = conn.auth, conn.body
-            conn.auth, conn.body, conn.url = "", b"", b""
+            auth, body = conn.auth, bytes(conn.body)
+            conn.auth, conn.body, conn.url = "", bytearray(), b""
             self.submit(lambda: self._longpoll(conn, auth, body))
         elif path == b"/api/v1/notify/ws":
             conn.respond(426, {"code": "upgrade_required", "message": "open this route as a WebSocket"})
