@@ -253,7 +253,8 @@ def test_a_bucket_that_is_not_there_is_a_clear_refusal_that_names_no_bucket(tmp_
             env=env, capture_output=True, text=True, timeout=300,
         )
         error = json.loads(failed.stderr.strip().splitlines()[-1])["error"]
-        assert failed.returncode != 0 and error["code"] == "object_store_error"
+        # Exit status 2, not 3: retrying will not mend a missing bucket.
+        assert failed.returncode == 2 and error["code"] == "object_store_error"
         assert "operator" in error["message"] and bucket not in failed.stderr
         assert bucket in server.logs()
         with ApiClient(server.url, token) as api, pytest.raises(NotFound):

@@ -69,7 +69,13 @@ def raise_for(resp: httpx.Response) -> None:
         body = {"code": "http_error", "message": f"server answered {resp.status_code}: {resp.text[:200]}"}
     if not isinstance(body, dict):
         body = {"code": "http_error", "message": f"server answered {resp.status_code}"}
-    raise error_from_dict(body, resp.status_code)
+    err = error_from_dict(body, resp.status_code)
+    if err.code == "object_store_error" and "retry-after" not in resp.headers:
+        # The server's block store refused for good (a missing bucket, refused credentials):
+        # the server sends Retry-After only for a failure that may pass, and a script that
+        # retries on exit status 3 must not retry this one for ever.
+        err.retryable = False
+    raise err
 
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -466,7 +472,8 @@ class ApiClient:
             if answer is None:
                 return None
             status, body = answer
-            return httpx.Response(status, content=body.read(ANSWER_LIMIT))
+            headers = {} if body.retry_after is None else {"Retry-After": body.retry_after}
+            return httpx.Response(status, content=body.read(ANSWER_LIMIT), headers=headers)
 
     def prove(
         self, ns_id: int, proofs: dict[str, tuple[int, str]], windows: Mapping[str, int | None] | None = None

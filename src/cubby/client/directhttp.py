@@ -94,8 +94,11 @@ class Body:
 
     def __init__(
         self, sock: socket.socket, buf: bytearray, pos: int, end: int, length: int | None,
-        on_bytes: Callable[[int], None] | None,
+        on_bytes: Callable[[int], None] | None, retry_after: str | None = None,
     ) -> None:
+        self.retry_after = retry_after
+        """The answer's Retry-After, if any: an error answer's caller tells a failure that may
+        pass from one that will not by it (`cubby.client.api.raise_for`)."""
         self._sock = sock
         self._buf = buf
         self._pos = pos
@@ -359,7 +362,8 @@ class DirectHttp:
         else:
             c.sock.close()
             raise Declined("a body delimited by closing the connection")
-        reader = Body(c.sock, buf, pos, end, length, on_bytes)
+        retry_after = fields.get(b"retry-after")
+        reader = Body(c.sock, buf, pos, end, length, on_bytes, None if retry_after is None else retry_after.decode("latin-1"))
         try:
             yield head.status_code, reader
         except BaseException:
