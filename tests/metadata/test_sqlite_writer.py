@@ -171,3 +171,63 @@ def test_commits_through_the_driver_write_every_row(tmp_path: Path) -> None:
             db.dispose()
     finally:
         store.close()
+
+
+_HOLDER = """
+import sys, time
+from cubby.metadata.engine import Database
+from sqlalchemy import text
+db = Database(sys.argv[1])
+def hold(c):
+    c.execute(text("INSERT INTO t VALUES (1)"))
+    print("holding", flush=True)
+    sys.stdin.read()  # until the test closes our stdin (or kills us)
+db.write(hold)
+print("done", flush=True)
+"""
+
+
+def test_writers_of_two_processes_take_turns_through_the_file_beside_the_database(tmp_path: Path) -> None:
+    """Another process's writer waits on the turn file (`cubby.metadata.writelock`), not in
+    SQLite's busy handler: refused with `Unavailable` when the holder keeps it past the wait,
+    let in when the holder commits, and when a holder is killed the turn is free at once."""
+    import subprocess
+    import sys
+
+    from cubby.errors import Unavailable
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    db = Database(url)
+    try:
+        db.write(lambda c: c.execute(text("CREATE TABLE t (n INTEGER)")))
+        assert (tmp_path / "m.db.write-lock").exists()
+        assert db._solo is not None
+        for end in ("commit", "kill"):
+            holder = subprocess.Popen(
+                [sys.executable, "-c", _HOLDER, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            )
+            assert holder.stdout is not None and holder.stdin is not None
+            assert holder.stdout.readline().strip() == "holding"
+            db._solo.wait = 0.3
+            with pytest.raises(Unavailable, match="busy"):
+                db.write(lambda c: c.execute(text("INSERT INTO t VALUES (2)")))
+            if end == "commit":
+                holder.stdin.close()
+                assert holder.stdout.readline().strip() == "done"
+            else:
+                holder.kill()
+            holder.wait()
+            db._solo.wait = 60.0
+            db.write(lambda c: c.execute(text("INSERT INTO t VALUES (2)")))
+        rows = db.read(lambda c: sorted(r[0] for r in c.execute(text("SELECT n FROM t"))))
+        assert rows == [1, 2, 2]  # the killed holder's row was rolled back
+    finally:
+        db.dispose()
+
+
+def test_an_in_memory_database_has_no_turn_file(tmp_path: Path) -> None:
+    db = Database("sqlite://")
+    try:
+        assert db._solo is not None and db._solo.turn is None
+    finally:
+        db.dispose()

@@ -35,6 +35,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from cubby.errors import CubbyError, InsufficientStorage, Unavailable
 from cubby.metadata import sqlitedriver
+from cubby.metadata.writelock import FileTurn
 
 T = TypeVar("T")
 
@@ -178,26 +179,36 @@ class SoloWriter:
     database's own lock. A connection SQLAlchemy invalidated (it failed) is replaced by the
     next transaction."""
 
-    def __init__(self, engine: Engine, wait: float = 60.0) -> None:
+    def __init__(self, engine: Engine, wait: float = 60.0, turn: FileTurn | None = None) -> None:
         self.engine = engine
         self.wait = wait
         """Seconds a writer waits for its turn (as long as the driver's busy timeout)."""
+        self.turn = turn
+        """The turn between processes (`cubby.metadata.writelock`), taken after this process's
+        own lock; None for a database only this process opens (in memory)."""
         self._lock = threading.Lock()
         self._conn: Connection | None = None
 
     @contextlib.contextmanager
     def begin(self) -> Iterator[Connection]:
         """The connection, in a new transaction committed at the end (rolled back on a raise)."""
+        start = time.monotonic()
         if not self._lock.acquire(timeout=self.wait):
             raise Unavailable("the metadata database is busy; retry shortly")
         try:
-            conn = self._conn
-            if conn is None or conn.closed or conn.invalidated:
-                if conn is not None:
-                    conn.close()
-                conn = self._conn = self.engine.connect()
-            with conn.begin():
-                yield conn
+            if self.turn is not None:
+                self.turn.take(max(0.0, self.wait - (time.monotonic() - start)))
+            try:
+                conn = self._conn
+                if conn is None or conn.closed or conn.invalidated:
+                    if conn is not None:
+                        conn.close()
+                    conn = self._conn = self.engine.connect()
+                with conn.begin():
+                    yield conn
+            finally:
+                if self.turn is not None:
+                    self.turn.give()
         finally:
             self._lock.release()
 
@@ -206,6 +217,9 @@ class SoloWriter:
             conn, self._conn = self._conn, None
             if conn is not None:
                 conn.close()
+            if self.turn is not None:
+                self.turn.close()
+                self.turn = None
 
 
 class KeptConnections:
@@ -258,6 +272,19 @@ class KeptConnections:
                 conn.close()
 
 
+def _file_turn(url: URL) -> FileTurn | None:
+    """The writers' turn beside an SQLite database file (`cubby.metadata.writelock`); None for
+    an in-memory database, or when no file can be made beside it (its writers then meet in
+    SQLite's busy handler, as before)."""
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:") or url.query.get("mode") == "memory":
+        return None
+    try:
+        return FileTurn(f"{database}.write-lock")
+    except OSError:
+        return None
+
+
 class Database:
     """A pair of engines (write, read) on one metadata database, and transaction helpers."""
 
@@ -269,7 +296,7 @@ class Database:
         if self.dialect == "sqlite":
             self.writer = self._sqlite_engine(self.url, immediate=True)
             self.reader = self._sqlite_engine(self.url, immediate=False)
-            self._solo: SoloWriter | None = SoloWriter(self.writer)
+            self._solo: SoloWriter | None = SoloWriter(self.writer, turn=_file_turn(self.url))
         else:
             # No pre-ping: a dead connection is found by its first statement and replaced (`_run`).
             kw: dict[str, Any] = {"pool_size": pool_size, "max_overflow": 20}
