@@ -113,3 +113,28 @@ def test_subscribing_in_a_folder_that_is_not_there_is_a_clear_error(tmp_path: Pa
         await broker.close()
 
     asyncio.run(run())
+
+
+def test_a_subscriber_whose_folder_a_cleaner_removed_listens_again(tmp_path: Path) -> None:
+    """A tmp cleaner may remove the folder of a server that ran for weeks: the subscriber's
+    check makes it again and binds a new socket, and messages reach it as before."""
+    import shutil
+
+    folder = tmp_path / "notify"
+    folder.mkdir(mode=0o700)
+
+    async def run() -> None:
+        sub = LocalBroker(folder, check_every=0.02)
+        got = await _collect(sub)
+        shutil.rmtree(folder)
+        await _until(lambda: bool(list(folder.glob("*" + SUFFIX))) if folder.exists() else False)
+        assert oct(folder.stat().st_mode & 0o777) == oct(0o700)
+        pub = LocalBroker(folder)
+        await pub.publish("ns.2", b"9")
+        await _until(lambda: bool(got))
+        assert got == [("ns.2", b"9")]
+        await pub.close()
+        await sub.close()
+        assert list(folder.glob("*" + SUFFIX)) == []
+
+    asyncio.run(run())
