@@ -147,3 +147,28 @@ def test_a_commit_through_one_worker_wakes_long_polls_held_by_every_worker(tmp_p
                 c.close()
         for answer in answers:
             assert answer["changed"] is True and int(answer["heads"][str(ns)]) > head
+
+
+def test_a_worker_restarted_after_a_tmp_cleaner_took_the_metrics_folder_serves(tmp_path: Path) -> None:
+    """The parent's metrics folder lives in the temporary folder, which a cleaner may empty
+    while the server runs; a worker restarted after that once failed to start, and /metrics
+    answered 500. The parent makes the folder again before it starts a worker."""
+    import shutil
+
+    with LiveServer(tmp_path / "data", extra_args=["--workers", "2"]) as server:
+        pids, _ = answering_pids(server.url, 2)
+        environ = Path(f"/proc/{min(pids)}/environ").read_bytes().split(b"\0")
+        folder = next(e for e in environ if e.startswith(b"PROMETHEUS_MULTIPROC_DIR=")).split(b"=", 1)[1].decode()
+        shutil.rmtree(folder)
+        victim = min(pids)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        now: set[int] = set()
+        while time.monotonic() < deadline:
+            now, _ = answering_pids(server.url, 2, tries=50)
+            if len(now) == 2 and victim not in now:
+                break
+            time.sleep(0.2)
+        assert len(now) == 2 and victim not in now
+        assert httpx.get(server.url + "/metrics").status_code == 200
+        assert Path(folder).is_dir()

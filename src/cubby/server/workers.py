@@ -118,6 +118,12 @@ class Supervisor:
     def spawn(self, slot: Slot) -> None:
         assert self.sock is not None
         fd = self.sock.fileno()
+        for folder in (self.metrics_dir, self.notify_dir):
+            # Made again if a tmp cleaner took it while the server ran (systemd-tmpfiles ages
+            # out the temporary folder after 10 days on some distributions): a worker restarted
+            # weeks later would find no folder for its metrics or its notification socket.
+            if folder:
+                os.makedirs(folder, mode=0o700, exist_ok=True)
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir}
         proc = subprocess.Popen(
             [sys.executable, "-m", "cubby.server.workers"],
