@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
 
 from cubby.cache.base import FENCE, SEP
 from cubby.cache.breaker import Breaker
 from cubby.cache.remote import RemoteCache
+from cubby.core.urls import take_query
 from cubby.errors import BadRequest
 
 _SWAP = """
@@ -63,11 +63,8 @@ return 1
 def split_prefix(url: str) -> tuple[str, str]:
     """``redis://HOST:PORT/DB?prefix=NAME`` -> (``NAME:``, the URL without it): a prefix lets
     deployments (or test runs) share one Redis."""
-    base, _, query = url.partition("?")  # not urlunsplit: it would drop unix:///'s "//"
-    pairs = parse_qsl(query)
-    prefix = "".join(v + ":" for k, v in pairs if k == "prefix")
-    rest = urlencode([(k, v) for k, v in pairs if k != "prefix"])
-    return prefix, base + ("?" + rest if rest else "")
+    values, rest = take_query(url, "prefix")
+    return "".join(v + ":" for v in values if v), rest
 
 
 class RedisCache(RemoteCache):

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Protocol
-from urllib.parse import parse_qs, urlsplit
 
+from cubby.core.urls import take_query
 from cubby.errors import BadRequest
 
 MessageHandler = Callable[[str, bytes], None]
@@ -64,16 +64,11 @@ def user_topic(user_id: int) -> str:
 def split_prefix(url: str) -> tuple[str, str]:
     """Take the ``prefix`` query parameter (the topic namespace, so that several cubby
     deployments or test runs can share one Redis or NATS server) out of a broker URL."""
-    parts = urlsplit(url)
-    query = parse_qs(parts.query, keep_blank_values=True)
-    prefix = (query.pop("prefix", [DEFAULT_PREFIX]) or [DEFAULT_PREFIX])[0]
+    values, rest = take_query(url, "prefix")
+    prefix = values[0] if values else DEFAULT_PREFIX
     if not prefix or not all(c.isalnum() or c in "-_" for c in prefix):
         raise BadRequest(f"broker prefix {prefix!r} must be letters, digits, '-' or '_'", code="bad_broker_url")
-    rest = "&".join(f"{k}={v}" for k, vs in query.items() for v in vs)
-    # Only the query is rebuilt: `urlunsplit` turns ``unix:///run/redis.sock`` (no host) into
-    # ``unix:/run/redis.sock``, which redis-py refuses from version 8.
-    head = url.split("#", 1)[0].split("?", 1)[0]
-    return head + (f"?{rest}" if rest else "") + (f"#{parts.fragment}" if parts.fragment else ""), prefix
+    return rest, prefix
 
 
 def open_broker(url: str) -> Broker:
