@@ -34,3 +34,13 @@ def test_the_cache_and_the_broker_read_their_prefix_each_their_own_way() -> None
         with pytest.raises(BadRequest) as err:
             broker_prefix(bad)
         assert err.value.code == "bad_broker_url"
+
+
+def test_a_password_is_masked_and_nothing_else_changes() -> None:
+    from cubby.core.urls import masked
+
+    assert masked("postgresql+psycopg://cubby:p%40ss@db:5432/cubby") == "postgresql+psycopg://cubby:***@db:5432/cubby"
+    assert masked("redis://:pw@h:6379/0?prefix=a") == "redis://:***@h:6379/0?prefix=a"
+    assert masked("nats://u:p@h:4222") == "nats://u:***@h:4222"
+    for plain in ("mysql://root@127.0.0.1/test", "sqlite:////x/y.db", "memory", "redis://h:6379/0"):
+        assert masked(plain) == plain

@@ -46,6 +46,7 @@ import secrets
 from collections.abc import Sequence
 from typing import Protocol, TypeGuard
 
+from cubby.core.urls import masked
 from cubby.errors import Unavailable
 
 LEASE_SECONDS = 10.0
@@ -190,4 +191,4 @@ def open_cache(url: str) -> MetadataCache | None:
         return MemcachedCache(url)
     from cubby.errors import BadRequest
 
-    raise BadRequest(f"unknown cache {url!r}: use memory, none, redis://HOST:PORT/DB or memcached://HOST:PORT")
+    raise BadRequest(f"unknown cache {masked(url)!r}: use memory, none, redis://HOST:PORT/DB or memcached://HOST:PORT")

@@ -1,4 +1,4 @@
-"""Taking one query parameter out of a service URL, leaving the rest for its client library.
+"""Service URLs: one query parameter taken out for cubby, and a password masked for people.
 
 Why here: the broker URLs (`cubby.notify.base`) and the Redis cache URL (`cubby.cache.redis`)
 both carry cubby's own ``?prefix=NAME``, which the client library must not see. Only the query
@@ -21,4 +21,17 @@ def take_query(url: str, name: str) -> tuple[list[str], str]:
     return [v for k, v in pairs if k == name], base + ("?" + rest if rest else "") + hash_ + fragment
 
 
-__all__ = ["take_query"]
+def masked(url: str) -> str:
+    """``url`` with the password of its user part shown as ``***`` (a database, cache or
+    broker URL printed at start, which a service manager keeps in its journal)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, hostport = netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{hostport}{slash}{path}"
+
+
+__all__ = ["masked", "take_query"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from cubby.core.urls import take_query
+from cubby.core.urls import masked, take_query
 from cubby.errors import BadRequest
 
 MessageHandler = Callable[[str, bytes], None]
@@ -95,5 +95,5 @@ def open_broker(url: str) -> Broker:
         base, prefix = split_prefix(url)
         return NatsBroker(base, prefix=prefix)
     raise BadRequest(
-        f"unknown broker {url!r}: use 'memory', 'local:///FOLDER', 'redis://HOST:PORT/DB' or 'nats://HOST:PORT'", code="bad_broker_url"
+        f"unknown broker {masked(url)!r}: use 'memory', 'local:///FOLDER', 'redis://HOST:PORT/DB' or 'nats://HOST:PORT'", code="bad_broker_url"
     )

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from cubby.config import Config
+from cubby.core.urls import masked
 from cubby.notify.protocol import MAX_BODY
 from cubby.server import guard, logs
 from cubby.server.app import ROLES, build_app
@@ -35,7 +36,25 @@ def listening_address(config: Config) -> str:
     return f"{host}:{port}"
 
 
-def serve(config: Config, roles: Sequence[str] = ROLES, *, log_level: str = "info", workers: int = 1) -> None:
+def banner(config: Config, roles: Sequence[str]) -> str:
+    """Where the server listens and how to add a user, for the person who started it. A
+    database URL's password is masked (`cubby.core.urls.masked`): this goes to a terminal, and
+    under a service manager to its journal, where no secret belongs."""
+    where = f"http://{listening_address(config)}"
+    db = masked(config.db_url) if config.db_url else None
+    return (
+        f"cubby is serving {', '.join(roles)} at {where}\n"
+        f"  metadata: {db or config.data_dir / 'meta.db'}\n"
+        f"  add a user:  cubby user add NAME {f'--db {db}' if db else f'--data {config.data_dir}'}\n"
+        f"  then:        export CUBBY_URL={where} CUBBY_TOKEN=<the token it prints>"
+    )
+
+
+def serve(
+    config: Config, roles: Sequence[str] = ROLES, *, log_level: str = "info", workers: int = 1, announce: bool = True
+) -> None:
+    """Run the server until it is stopped; ``announce``: print `banner` first (a worker of
+    ``--workers`` does not: its parent prints it once)."""
     if workers > 1:  # a parent that runs `workers` copies of this function (cubby.server.workers)
         from cubby.server.workers import serve_workers
 
@@ -51,16 +70,8 @@ def serve(config: Config, roles: Sequence[str] = ROLES, *, log_level: str = "inf
     ctx = build_context(config, tuple(roles))
     app = build_app(ctx, roles)
     tune_collector()  # after the app is built: what start made is frozen (cubby.core.gcpolicy)
-    where = f"http://{listening_address(config)}"
-    data = f"--db {config.db_url}" if config.db_url else f"--data {config.data_dir}"
-    print(
-        f"cubby is serving {', '.join(roles)} at {where}\n"
-        f"  metadata: {config.db_url or config.data_dir / 'meta.db'}\n"
-        f"  add a user:  cubby user add NAME {data}\n"
-        f"  then:        export CUBBY_URL={where} CUBBY_TOKEN=<the token it prints>",
-        file=sys.stderr,
-        flush=True,
-    )
+    if announce:
+        print(banner(config, roles), file=sys.stderr, flush=True)
     gate = ConnectionGate(ConnectionLimits.from_config(config), TrustedProxies.parse(config.trusted_proxies))
     if tuple(roles) == ("notify",) and config.notify_front == "lean":
         from cubby.server.notify import serve_lean

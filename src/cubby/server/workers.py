@@ -164,6 +164,9 @@ class Supervisor:
         try:
             for slot in self.slots:
                 self.spawn(slot)
+            from cubby.server.run import banner
+
+            print(banner(self.worker_config.with_(listen_fd=self.sock.fileno()), self.roles), file=sys.stderr, flush=True)
             while not self.stopping:
                 self.reap()
                 time.sleep(0.1)
@@ -201,7 +204,7 @@ def worker_main() -> None:
     from cubby.server.run import serve
 
     config, roles, log_level = pickle.loads(sys.stdin.buffer.read())
-    serve(config, roles, log_level=log_level)
+    serve(config, roles, log_level=log_level, announce=False)
 
 
 if __name__ == "__main__":
