@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,10 +17,12 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from cubby.blockstore.memory import MemoryBlockStore
+from cubby.errors import Unavailable
 from cubby.metadata import sqlitedriver
 from cubby.metadata.engine import Database
 from cubby.metadata.schema import file_revs, journal, nodes, ns_chunks
 from cubby.metadata.store import open_store
+from cubby.metadata.writelock import FileTurn
 from cubby.model import ChunkRef, CommitRequest
 
 
@@ -173,61 +177,84 @@ def test_commits_through_the_driver_write_every_row(tmp_path: Path) -> None:
         store.close()
 
 
+
 _HOLDER = """
-import sys, time
-from cubby.metadata.engine import Database
-from sqlalchemy import text
-db = Database(sys.argv[1])
-def hold(c):
-    c.execute(text("INSERT INTO t VALUES (1)"))
-    print("holding", flush=True)
-    sys.stdin.read()  # until the test closes our stdin (or kills us)
-db.write(hold)
+import sys
+from cubby.metadata.writelock import FileTurn
+turn = FileTurn(sys.argv[1])
+turn.take(10)
+print("holding", flush=True)
+sys.stdin.read()  # until the test closes our stdin (or kills us)
+if len(sys.argv) > 2:
+    open(sys.argv[2], "w").close()  # what the waiting writer must find when it gets its turn
+turn.give()
 print("done", flush=True)
 """
 
 
-def test_writers_of_two_processes_take_turns_through_the_file_beside_the_database(tmp_path: Path) -> None:
-    """Another process's writer waits on the turn file (`cubby.metadata.writelock`), not in
-    SQLite's busy handler: refused with `Unavailable` when the holder keeps it past the wait,
-    let in when the holder commits, and when a holder is killed the turn is free at once."""
-    import subprocess
-    import sys
+def _holder(lock: Path, marker: Path | None = None) -> subprocess.Popen[str]:
+    """Another process holding the turn of ``lock`` until its stdin is closed."""
+    args = [sys.executable, "-c", _HOLDER, str(lock)] + ([str(marker)] if marker else [])
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "holding"
+    return proc
 
-    from cubby.errors import Unavailable
 
-    url = f"sqlite:///{tmp_path / 'm.db'}"
-    db = Database(url)
+def test_the_turn_between_processes_is_refused_while_held_and_free_after_a_give_or_a_kill(tmp_path: Path) -> None:
+    """`FileTurn`: a writer waiting past its wait gets `Unavailable`; it is let in when the
+    holder gives the turn, and at once when the holder is killed (the kernel drops its lock)."""
+    lock = tmp_path / "m.db.write-lock"
+    turn = FileTurn(str(lock))
     try:
-        db.write(lambda c: c.execute(text("CREATE TABLE t (n INTEGER)")))
-        assert (tmp_path / "m.db.write-lock").exists()
-        assert db._solo is not None
-        for end in ("commit", "kill"):
-            holder = subprocess.Popen(
-                [sys.executable, "-c", _HOLDER, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-            )
-            assert holder.stdout is not None and holder.stdin is not None
-            assert holder.stdout.readline().strip() == "holding"
-            db._solo.wait = 0.3
+        for end in ("give", "kill"):
+            holder = _holder(lock)
+            assert holder.stdin is not None and holder.stdout is not None
             with pytest.raises(Unavailable, match="busy"):
-                db.write(lambda c: c.execute(text("INSERT INTO t VALUES (2)")))
-            if end == "commit":
+                turn.take(0.3)
+            if end == "give":
                 holder.stdin.close()
                 assert holder.stdout.readline().strip() == "done"
             else:
                 holder.kill()
             holder.wait()
-            db._solo.wait = 60.0
-            db.write(lambda c: c.execute(text("INSERT INTO t VALUES (2)")))
-        rows = db.read(lambda c: sorted(r[0] for r in c.execute(text("SELECT n FROM t"))))
-        assert rows == [1, 2, 2]  # the killed holder's row was rolled back
+            turn.take(10)
+            turn.give()
+    finally:
+        turn.close()
+
+
+def test_a_database_writes_only_in_its_turn_beside_the_file(tmp_path: Path) -> None:
+    """Writers of an SQLite database file take the turn of ``DB.write-lock`` first: while
+    another process holds it, a write does not begin, and when it runs the holder has given it."""
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    lock, marker = tmp_path / "m.db.write-lock", tmp_path / "given"
+    db = Database(url)
+    try:
+        db.write(lambda c: c.execute(text("CREATE TABLE t (n INTEGER)")))
+        assert lock.exists()
+        holder = _holder(lock, marker)
+        assert holder.stdin is not None and holder.stdout is not None
+        seen: list[bool] = []
+
+        def fn(c: object) -> None:
+            seen.append(marker.exists())
+
+        writer = threading.Thread(target=db.write, args=(fn,))
+        writer.start()
+        holder.stdin.close()
+        assert holder.stdout.readline().strip() == "done"
+        holder.wait()
+        writer.join()
+        assert seen == [True]
     finally:
         db.dispose()
 
 
-def test_an_in_memory_database_has_no_turn_file(tmp_path: Path) -> None:
+def test_an_in_memory_database_makes_no_turn_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
     db = Database("sqlite://")
     try:
-        assert db._solo is not None and db._solo.turn is None
+        db.write(lambda c: c.execute(text("CREATE TABLE t (n INTEGER)")))
     finally:
         db.dispose()
+    assert list(tmp_path.iterdir()) == []
