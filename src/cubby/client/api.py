@@ -29,6 +29,7 @@ import orjson
 from cubby.client.directhttp import Body, Declined, DirectHttp, Timeouts
 from cubby.client.directsend import GatheredBody
 from cubby.client.ratelimit import TokenBucket
+from cubby.client.tls import deferred_trust
 from cubby.core import delta, frames
 from cubby.core.chunking import MAX_SIZE
 from cubby.core.hashing import sha256_hex
@@ -169,6 +170,7 @@ class ApiClient:
             timeout=limits,
             transport=transport,
             limits=httpx.Limits(max_keepalive_connections=8),
+            verify=deferred_trust(),  # the CA store is loaded by the first TLS connection, if any
         )
         self.direct: DirectHttp | None = None
         """Chunk and content downloads read off the socket (`cubby.client.directhttp`), unless

@@ -18,6 +18,7 @@ import httpx
 from cubby.client.api import ApiClient, raise_for
 from cubby.client.changes import Cursor
 from cubby.client.push_status import PushReport
+from cubby.client.tls import deferred_trust
 from cubby.errors import CubbyError, NotFound
 
 MIN_TIMEOUT = 30.0
@@ -77,6 +78,7 @@ class PushWaiter:
             base_url=base_url.rstrip("/"),
             headers=dict(self._api.http.headers),
             timeout=httpx.Timeout(MAX_TIMEOUT + READ_MARGIN, connect=10.0),
+            verify=deferred_trust(),
         )
 
     def wait(self, cursor: Cursor, timeout: float) -> bool:
