@@ -11,6 +11,7 @@ import pytest
 
 from cubby.config import Config, ConfigError, load
 from tests.helpers.live_server import ROOT
+from tests.helpers.unprivileged import as_nobody, reachable_folder
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -77,4 +78,20 @@ def test_the_cli_reports_a_bad_config_file_in_one_line(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "cubby", "ls", "/"], env=env, capture_output=True, text=True, check=False)
     assert r.returncode == 2
     assert "unknown setting 'colour'" in r.stderr and "[bad_config]" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_an_unreadable_config_file_is_an_error_that_names_it() -> None:
+    with reachable_folder() as base:
+        (base / "cubby").mkdir(mode=0o755)
+        (base / "cubby").chmod(0o755)
+        config = base / "cubby" / "config.toml"
+        config.write_text('url = "http://127.0.0.1:1"\n')
+        config.chmod(0o000)
+        env = {**os.environ, "XDG_CONFIG_HOME": str(base), "PYTHONPATH": str(ROOT / "src")}
+        r = subprocess.run(
+            [*as_nobody(), sys.executable, "-m", "cubby", "ls", "/"], env=env, capture_output=True, text=True, check=False
+        )
+    assert r.returncode == 2
+    assert f"cannot read the configuration file {config}" in r.stderr and "[bad_config]" in r.stderr
     assert "Traceback" not in r.stderr

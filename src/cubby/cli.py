@@ -9,7 +9,9 @@ code and exit non-zero, without a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
 import json
 import os
 import sys
@@ -111,12 +113,44 @@ class CubbyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except CubbyError as exc:
-            as_json = bool(ctx.obj and getattr(ctx.obj, "as_json", False))
-            if as_json:
-                click.echo(json.dumps({"error": exc.to_dict()}), err=True)
-            else:
-                click.echo(f"error: {exc.message} [{exc.code}]", err=True)
-            ctx.exit(3 if exc.retryable else 2)
+            raise CubbyGroup._fail(ctx, exc) from None
+        except BrokenPipeError:
+            # Whoever read the output stopped (`cubby ls -r / | head`): end quietly, as Unix
+            # tools do, with nothing left to flush into the closed pipe at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise click.exceptions.Exit(141) from None  # 128 + SIGPIPE, what a shell reports
+        except OSError as exc:
+            # A local file or folder the command could not read or write (permissions, a full
+            # disk): a line that names it, not a traceback. (Network failures reach here as
+            # CubbyErrors: the API client turns them into ``unavailable``.)
+            raise CubbyGroup._fail(ctx, local_error(exc)) from None
+
+    @staticmethod
+    def _fail(ctx: click.Context, exc: CubbyError) -> click.exceptions.Exit:
+        as_json = bool(ctx.obj and getattr(ctx.obj, "as_json", False))
+        if as_json:
+            click.echo(json.dumps({"error": exc.to_dict()}), err=True)
+        else:
+            click.echo(f"error: {exc.message} [{exc.code}]", err=True)
+        return click.exceptions.Exit(3 if exc.retryable else 2)
+
+
+_LOCAL_CODES = {
+    errno.EACCES: "permission_denied",
+    errno.EPERM: "permission_denied",
+    errno.ENOSPC: "disk_full",
+    errno.EDQUOT: "disk_full",
+    errno.EROFS: "read_only_filesystem",
+    errno.ENOENT: "no_such_local_file",
+    errno.ENOTDIR: "not_a_folder",
+    errno.EISDIR: "is_a_folder",
+}
+
+
+def local_error(exc: OSError) -> CubbyError:
+    """A failed local file operation as an error a person can act on: what, where, and a code."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    return CubbyError(f"{where}{exc.strerror or exc}", code=_LOCAL_CODES.get(exc.errno or 0, "local_io_error"))
 
 
 def _without_httpx_cli() -> None:
@@ -548,7 +582,12 @@ def _remote_for(local: Path, remote: str | None) -> str:
 @click.option("--max-upload-rate", type=float, default=None, help="Limit upload speed, in bytes per second.")
 @pass_state
 def put(state: State, local: Path, remote: str | None, max_upload_rate: float | None) -> None:
-    """Upload LOCAL (a file or a folder) to REMOTE (default: /NAME)."""
+    """Upload LOCAL (a file or a folder) to REMOTE (default: /NAME).
+
+    In a folder, symbolic links, pipes, sockets and devices are not uploaded, and neither is
+    a file or folder that cannot be read; each is listed on stderr with its reason, and the
+    rest is uploaded. Anything unreadable makes the command exit with status 2
+    (partial_upload): run it again once fixed, and only what is missing is sent."""
     from cubby.client.upload import upload_file, upload_tree
 
     target = _remote_for(local, remote)
@@ -560,13 +599,35 @@ def put(state: State, local: Path, remote: str | None, max_upload_rate: float | 
             f"{r.chunks_sent}/{r.chunks} chunks sent",
         )
 
+    lost = 0
+
+    def skipped(s: Any) -> None:
+        # On stderr, as errors are: the JSON lines on stdout stay one shape, one per file sent.
+        nonlocal lost
+        lost += s.lost
+        if state.as_json:
+            click.echo(json.dumps({"not_uploaded": s.to_dict()}), err=True)
+        else:
+            click.echo(f"skipped {s.local}: {s.message} [{s.code}]", err=True)
+
     with state.api(max_upload_rate=max_upload_rate) as api:
         if local.is_dir():
             def total() -> int:
-                return 2 * sum(f.stat().st_size for f in local.rglob("*") if f.is_file())
+                n = 0
+                for f in local.rglob("*"):
+                    with contextlib.suppress(OSError):  # gone, or unreadable: the upload tells
+                        n += f.lstat().st_size if f.is_file() and not f.is_symlink() else 0
+                return 2 * n
 
             with progress_bar(state, total, f"put {local.name}") as bar:
-                upload_tree(api, local, target, progress=bar, on_result=report)
+                upload_tree(api, local, target, progress=bar, on_result=report, on_skip=skipped)
+            if lost:
+                raise CubbyError(
+                    f"{lost} item{'s' if lost > 1 else ''} could not be read and {'were' if lost > 1 else 'was'} not "
+                    "uploaded (listed above); everything else was. Fix their permissions and run the command "
+                    "again: only what is missing is sent",
+                    code="partial_upload",
+                )
         else:
             with progress_bar(state, 2 * local.stat().st_size, f"put {local.name}") as bar:
                 report(upload_file(api, local, target, progress=bar))

@@ -130,12 +130,14 @@ def load(env: Mapping[str, str], file: Path | None = None) -> Config:
     cfg = Config()
     path = file or default_config_file(env)
     values: dict[str, Any] = {}
-    if path.is_file():
-        try:
+    try:
+        if path.is_file():
             with path.open("rb") as fh:
                 values = tomllib.load(fh)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    except OSError as e:  # its permissions, most often: say which file, not a traceback
+        raise ConfigError(f"cannot read the configuration file {path}: {e.strerror or e}") from None
     if env.get("CUBBY_URL"):
         values["url"] = env["CUBBY_URL"]
     if env.get("CUBBY_TOKEN"):

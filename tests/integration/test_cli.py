@@ -9,11 +9,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.live_server import LiveServer
+from tests.helpers.unprivileged import as_nobody, reachable_folder
 
 CUBBY = [str(Path(sys.executable).with_name("cubby"))] if Path(sys.executable).with_name("cubby").exists() else [
     sys.executable, "-m", "cubby"
@@ -199,3 +201,122 @@ def test_a_command_talks_to_the_server_without_importing_httpx_own_cli(server):
     p = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "HTTPX_CLI False False" in p.stdout
+
+
+@pytest.fixture
+def open_base() -> Iterator[Path]:
+    with reachable_folder() as base:
+        yield base
+
+
+def test_a_folder_put_uploads_what_it_can_and_names_what_it_left_out(server, open_base):
+    """Links, a pipe, an unreadable file and an unreadable folder: the rest is uploaded, each
+    left-out item is named on stderr with its reason, links are not followed (a linked folder
+    does not become an empty folder), and the exit status says the upload is incomplete."""
+    token = server.add_user("partial")
+    base = open_base
+    root = base / "tree"
+    (root / "ok" / "deep").mkdir(parents=True)
+    (root / "ok" / "a.txt").write_text("a")
+    (root / "ok" / "deep" / "b.txt").write_text("b")
+    (root / "locked").mkdir()
+    (root / "locked" / "hidden.txt").write_text("h")
+    (root / "secret.txt").write_text("s")
+    (root / "to-file").symlink_to(root / "ok" / "a.txt")
+    (root / "to-folder").symlink_to(root / "ok")
+    (root / "dangling").symlink_to(base / "nothing-here")
+    os.mkfifo(root / "pipe")
+    for d in (base, root, root / "ok", root / "ok" / "deep"):
+        d.chmod(0o755)
+    for f in (root / "ok" / "a.txt", root / "ok" / "deep" / "b.txt"):
+        f.chmod(0o644)
+    (root / "locked").chmod(0o000)
+    (root / "secret.txt").chmod(0o000)
+    config = base / "config"
+    config.mkdir(mode=0o777)
+    config.chmod(0o777)
+    env = {**os.environ, "CUBBY_URL": server.url, "CUBBY_TOKEN": token, "XDG_CONFIG_HOME": str(config), "HOME": str(base)}
+    try:
+        p = subprocess.run(
+            [*as_nobody(), *CUBBY, "--json", "put", str(root), "/t"], env=env, capture_output=True, text=True, timeout=120
+        )
+    finally:
+        (root / "locked").chmod(0o755)
+        (root / "secret.txt").chmod(0o644)
+    assert p.returncode == 2, p.stderr
+    uploaded = {r["path"] for r in lines(p)}
+    assert uploaded == {"/t/ok/a.txt", "/t/ok/deep/b.txt"}
+    told = [json.loads(line) for line in p.stderr.splitlines() if line.startswith("{")]
+    left = {Path(t["not_uploaded"]["local"]).name: t["not_uploaded"]["code"] for t in told if "not_uploaded" in t}
+    assert left == {
+        "to-file": "symlink", "to-folder": "symlink", "dangling": "symlink", "pipe": "special_file",
+        "locked": "unreadable", "secret.txt": "unreadable",
+    }
+    assert told[-1]["error"]["code"] == "partial_upload" and "2 items" in told[-1]["error"]["message"]
+    listed = {e["path"] for e in lines(cubby(server, token, "--json", "ls", "-r", "/t"))}
+    assert listed == {"/t/ok", "/t/ok/a.txt", "/t/ok/deep", "/t/ok/deep/b.txt"}  # no /t/to-folder, no /t/locked
+
+    # Fixed, and run again: only what was missing is sent, and the command succeeds.
+    again = cubby(server, token, "--json", "put", str(root), "/t")
+    sent = {r["path"]: r for r in lines(again)}
+    assert {p for p, r in sent.items() if not r["skipped"]} == {"/t/locked/hidden.txt", "/t/secret.txt"}
+    assert "partial_upload" not in again.stderr
+
+
+def test_putting_an_unreadable_folder_is_an_error_not_an_empty_upload(server, open_base):
+    token = server.add_user("unlisted")
+    base = open_base
+    (base / "shut").mkdir(mode=0o000)
+    (base / "shut").chmod(0o000)
+    config = base / "config"
+    config.mkdir()
+    config.chmod(0o777)
+    env = {**os.environ, "CUBBY_URL": server.url, "CUBBY_TOKEN": token, "XDG_CONFIG_HOME": str(config), "HOME": str(base)}
+    try:
+        p = subprocess.run(
+            [*as_nobody(), *CUBBY, "put", str(base / "shut"), "/shut"], env=env, capture_output=True, text=True, timeout=60
+        )
+    finally:
+        (base / "shut").chmod(0o755)
+    assert p.returncode == 2 and "is not readable" in p.stderr and "Traceback" not in p.stderr
+    assert cubby(server, token, "ls", "/shut", check=False).returncode == 2  # nothing was made
+
+
+def test_putting_a_pipe_or_a_device_is_refused_at_once(server, tmp_path):
+    """Reading a named pipe waits for a writer, and a device may never end: named on the
+    command line, either is refused, and nothing is made on the server."""
+    token = server.add_user("pipes")
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    for local, remote in ((pipe, "/pipe"), (Path("/dev/zero"), "/zero")):
+        p = cubby(server, token, "put", str(local), remote, check=False)  # a hang would end in the timeout
+        assert p.returncode == 2 and "[special_file]" in p.stderr and "not a regular file" in p.stderr
+        assert cubby(server, token, "ls", remote, check=False).returncode == 2
+
+
+def test_a_local_file_the_command_cannot_write_is_named_in_one_line(server, open_base):
+    token = server.add_user("nowrite")
+    src = open_base / "in.txt"
+    src.write_text("contents")
+    cubby(server, token, "put", str(src), "/in.txt")
+    shut = open_base / "shut"
+    shut.mkdir()
+    shut.chmod(0o555)  # nobody may not write here (root may: hence the unprivileged user)
+    env = {**os.environ, "CUBBY_URL": server.url, "CUBBY_TOKEN": token, "XDG_CONFIG_HOME": str(open_base / "cfg")}
+    for args in (("get", "/in.txt", str(shut / "out.txt")), ("--json", "get", "/in.txt", str(shut / "sub" / "out.txt"))):
+        p = subprocess.run([*as_nobody(), *CUBBY, *args], env=env, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+        assert "permission_denied" in p.stderr and str(shut) in p.stderr
+    assert list(shut.iterdir()) == []
+
+
+def test_output_cut_short_by_its_reader_ends_quietly(server):
+    """`cubby ls -r / | head`: the reader goes away; the command stops without a traceback."""
+    token = server.add_user("piped")
+    env = {**os.environ, "CUBBY_URL": server.url, "CUBBY_TOKEN": token}
+    cubby(server, token, "mkdir", "/folder")
+    p = subprocess.Popen([*CUBBY, "ls", "-r", "/"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stderr is not None
+    p.stdout.close()  # before anything was written: the first line meets a closed pipe
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 141 and err == ""

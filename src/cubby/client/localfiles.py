@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,14 @@ class FileChanged(CubbyError):
     code = "file_changed"
     status = 409
     retryable = True
+
+
+class NotAFile(CubbyError):
+    """What was to be uploaded as a file is a pipe, a socket or a device (reading one could
+    wait or go on for ever)."""
+
+    code = "special_file"
+    status = 400
 
 
 @dataclass(frozen=True)
@@ -98,9 +107,12 @@ def _scan_kept(local: Path, remote: str, progress: Progress | None, keep_up_to: 
     and a small file costs one open, two ``fstat`` and one read, where two path ``stat`` calls
     and the open of a path object cost as much again (most of a 4 KiB file's naming). None
     when the file is larger: the caller names it in pieces."""
-    fd = os.open(local, os.O_RDONLY)
+    # Non-blocking: opening a named pipe would otherwise wait for a writer, for ever.
+    fd = os.open(local, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # a pipe, a socket or a device: no bytes to keep
+            raise NotAFile(f"{local} is not a regular file (a pipe, socket or device): cubby uploads files and folders")
         if st.st_size > keep_up_to:
             return None
         data = os.read(fd, st.st_size + 1)  # one byte more: a file that grew is caught below
@@ -125,32 +137,75 @@ def _scan_kept(local: Path, remote: str, progress: Progress | None, keep_up_to: 
     )
 
 
-def walk(local_dir: Path) -> tuple[list[Path], list[Path]]:
-    """Regular files and folders below ``local_dir`` (symlinks are not followed), in a stable
-    order: `os.walk`'s, top down, names sorted. A listing's entry types say which is a regular
-    file, so naming one costs no stat of its own (two per file, before)."""
+@dataclass(frozen=True)
+class Skipped:
+    """A local item a folder's upload left out, and why: ``code`` is ``symlink`` or
+    ``special_file`` (what cubby does not store: links are not followed, and pipes, sockets and
+    devices have no bytes to keep), ``unreadable`` (the folder could not be listed or the file
+    not opened: it was *not* backed up) or ``vanished`` (removed while the upload ran)."""
+
+    local: Path
+    code: str
+    message: str
+
+    @property
+    def lost(self) -> bool:
+        """Whether bytes that exist were left out (the upload is incomplete), not by design."""
+        return self.code == "unreadable"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"local": str(self.local), "code": self.code, "message": self.message}
+
+
+def skipped_for(local: Path, exc: OSError | NotAFile) -> Skipped:
+    """What reading ``local`` failing with ``exc`` means for the upload."""
+    if isinstance(exc, NotAFile):
+        return Skipped(local, "special_file", "not a regular file (a pipe, socket or device)")
+    if isinstance(exc, FileNotFoundError):
+        return Skipped(local, "vanished", "removed while the upload ran")
+    return Skipped(local, "unreadable", f"cannot be read: {exc.strerror or exc}")
+
+
+def walk(local_dir: Path, on_skip: Callable[[Skipped], None] | None = None) -> tuple[list[Path], list[Path]]:
+    """Regular files and folders below ``local_dir``, in a stable order: `os.walk`'s, top down,
+    names sorted. A listing's entry types say which is a regular file, so naming one costs no
+    stat of its own (two per file, before).
+
+    Everything else is left out and told to ``on_skip``: symbolic links (to files or folders:
+    never followed), pipes, sockets and devices, and folders that cannot be listed (neither
+    they nor anything in them is returned: an empty folder would say there was nothing to
+    keep). ``local_dir`` itself must be listable (a `CubbyError` otherwise)."""
+    root_dir = Path(local_dir)
     files: list[Path] = []
     dirs: list[Path] = []
-    stack = [Path(local_dir)]
+    stack = [root_dir]
+    skip = on_skip or (lambda _s: None)
     while stack:
         root = stack.pop()
         try:
             with os.scandir(root) as it:
                 entries = sorted(it, key=lambda e: e.name)
-        except OSError:
-            continue  # as os.walk: a folder that cannot be listed is passed over
+        except OSError as exc:
+            if root == root_dir:
+                raise CubbyError(f"cannot read {root}: {exc.strerror or exc}", code="unreadable") from exc
+            dirs.remove(root)  # the last one added below its parent: listed, then found unreadable
+            skip(skipped_for(root, exc))
+            continue
         below: list[Path] = []
         for e in entries:
+            path = root / e.name
             try:
-                is_dir = e.is_dir()
-            except OSError:
-                is_dir = False
-            if is_dir:
-                dirs.append(root / e.name)
-                if not e.is_symlink():
-                    below.append(root / e.name)
-            elif e.is_file(follow_symlinks=False):
-                files.append(root / e.name)
+                if e.is_symlink():
+                    skip(Skipped(path, "symlink", "a symbolic link: cubby stores files and folders, not links"))
+                elif e.is_dir(follow_symlinks=False):
+                    dirs.append(path)
+                    below.append(path)
+                elif e.is_file(follow_symlinks=False):
+                    files.append(path)
+                else:
+                    skip(Skipped(path, "special_file", "not a regular file (a pipe, socket or device)"))
+            except OSError as exc:
+                skip(skipped_for(path, exc))
         stack.extend(reversed(below))
     return files, dirs
 

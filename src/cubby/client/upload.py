@@ -43,7 +43,18 @@ from typing import Any
 from cubby.client import modes
 from cubby.client.api import ApiClient, commit_body
 from cubby.client.heap import gc_frozen
-from cubby.client.localfiles import FileChanged, LocalChunk, LocalFile, Progress, scan_file, stamp_of, walk
+from cubby.client.localfiles import (
+    FileChanged,
+    LocalChunk,
+    LocalFile,
+    NotAFile,
+    Progress,
+    Skipped,
+    scan_file,
+    skipped_for,
+    stamp_of,
+    walk,
+)
 from cubby.client.pipeline import Pipeline
 from cubby.client.windows import (
     BATCH,
@@ -457,16 +468,23 @@ def upload_tree(
     *,
     progress: Progress | None = None,
     on_result: Callable[[UploadResult], None] | None = None,
+    on_skip: Callable[[Skipped], None] | None = None,
     workers: int = 4,
 ) -> list[UploadResult]:
     """Upload a folder: name files a group at a time (small files keep their bytes, so they
     are read once), commit each group in one request, prove or upload the chunks the server
     asks for in a few large requests, and commit again. Naming runs ahead of sending, and up to
     `IN_FLIGHT` groups are with the server at once. Files whose content the server already has
-    at the same path are skipped. ``on_result`` is called on this thread, in group order."""
+    at the same path are skipped. ``on_result`` is called on this thread, in group order.
+
+    What is not uploaded is told to ``on_skip``, on this thread, and the rest goes on: links,
+    pipes and devices, folders that cannot be listed (`walk`), and files that cannot be opened
+    or were removed before they were read (`Skipped`). One unreadable file must not keep a
+    whole tree from its backup, nor pass unnoticed."""
     local_dir = Path(local_dir)
     remote_dir = paths.normalize(remote_dir)
-    files, dirs = walk(local_dir)
+    skip = on_skip or (lambda _s: None)
+    files, dirs = walk(local_dir, skip)
     existing: dict[str, Entry] = {}
     try:
         for e in api.list(remote_dir, recursive=True):
@@ -482,8 +500,21 @@ def upload_tree(
         rel = s[len(base) :] if s.startswith(base) and os.sep == "/" else p.relative_to(local_dir).as_posix()
         return paths.join(remote_dir, rel)
 
-    def name_group(group: list[Path]) -> list[LocalFile]:
-        return [scan_file(p, remote_of(p), progress, keep_up_to=KEEP_BYTES) for p in group]
+    def name_group(group: list[Path]) -> tuple[list[LocalFile], list[Skipped]]:
+        named: list[LocalFile] = []
+        left: list[Skipped] = []
+        for p in group:
+            try:
+                named.append(scan_file(p, remote_of(p), progress, keep_up_to=KEEP_BYTES))
+            except (OSError, NotAFile) as exc:  # unreadable, removed or replaced since the walk: told, not fatal
+                left.append(skipped_for(p, exc))
+        return named, left
+
+    def take(job: Future[tuple[list[LocalFile], list[Skipped]]]) -> list[LocalFile]:
+        named, left = job.result()
+        for s in left:
+            skip(s)
+        return named
 
     ns_id = _ns_of(api, remote_dir) if files else 0
 
@@ -525,15 +556,15 @@ def upload_tree(
     ahead = max(1, min(workers, 2))
     # (the walk's files, alive to the end, out of the collector's walks: `heap.gc_frozen`)
     with gc_frozen(), ThreadPoolExecutor(ahead + 1) as namer, Pipeline(IN_FLIGHT) as sender:
-        named: deque[Future[list[LocalFile]]] = deque()
+        named: deque[Future[tuple[list[LocalFile], list[Skipped]]]] = deque()
         try:
             for group in _groups(files):
                 named.append(namer.submit(name_group, group))
                 if len(named) > ahead:
-                    scanned = named.popleft().result()
+                    scanned = take(named.popleft())
                     emit(sender.submit(lambda s=scanned: send_group(s)))  # type: ignore[misc]
             while named:
-                scanned = named.popleft().result()
+                scanned = take(named.popleft())
                 emit(sender.submit(lambda s=scanned: send_group(s)))  # type: ignore[misc]
             emit(sender.drain())
         except BaseException:
