@@ -19,6 +19,7 @@ import pytest
 
 from cubby.errors import CubbyError
 from tests.helpers.live_server import ROOT
+from tests.helpers.unprivileged import as_nobody, reachable_folder
 from tests.sync.conftest import Clients, local_tree
 
 
@@ -181,3 +182,59 @@ def test_sigterm_ends_the_daemon_while_it_retries_without_push(clients: Clients,
                 proc.wait()
     finally:
         clients.server.start()
+
+
+def test_what_cannot_be_read_is_neither_deleted_nor_called_in_sync(clients: Clients) -> None:
+    """A folder the client may not list and a file it may not open (run as an unprivileged
+    user: root reads everything): unknown is not deleted. The server keeps the folder's files
+    (a scan that read it as empty would delete them there and on every other device), the
+    file's edit waits, `--once` says "not in sync" (exit 4) naming both, and `cubby status`
+    lists them. Readable again, the edit goes up and the pass converges."""
+    api = clients.api
+    with reachable_folder() as base:
+        seed = base / "seed"
+        (seed / "docs" / "sub").mkdir(parents=True)
+        (seed / "docs" / "a.txt").write_bytes(b"a")
+        (seed / "docs" / "sub" / "b.txt").write_bytes(b"b")
+        (seed / "top.txt").write_bytes(b"first")
+        for local, remote in ((seed / "docs", "/docs"), (seed / "top.txt", "/top.txt")):
+            assert cubby(clients, "put", str(local), remote).returncode == 0
+        d = base / "mine"
+        d.mkdir(mode=0o777)
+        d.chmod(0o777)
+        env = {**env_for(clients), "HOME": str(base), "XDG_CONFIG_HOME": str(base / "cfg")}
+
+        def sync(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [*as_nobody(), sys.executable, "-m", "cubby", *args], env=env, capture_output=True, text=True, check=False
+            )
+
+        first = sync("sync", "--once", str(d))
+        assert first.returncode == 0, first.stderr
+        assert (d / "docs" / "sub" / "b.txt").read_bytes() == b"b"
+        (d / "top.txt").write_bytes(b"second")
+        (d / "top.txt").chmod(0o000)
+        (d / "docs").chmod(0o000)
+        try:
+            blind = sync("--json", "sync", "--once", str(d))
+            status = sync("--json", "status", str(d))
+        finally:
+            (d / "docs").chmod(0o755)
+            (d / "top.txt").chmod(0o644)
+        assert blind.returncode == 4, blind.stderr
+        done = json.loads(blind.stdout.splitlines()[-1])
+        assert not done["converged"] and not done["applied"]
+        assert {u["path"] for u in done["unreadable"]} == {"docs", "top.txt"}
+        assert "unreadable: docs: Permission denied" in blind.stderr
+        on_server = {e.path for e in api.list("/", recursive=True)}
+        assert {"/docs/a.txt", "/docs/sub/b.txt"} <= on_server
+        assert b"".join(api.download("/top.txt")) == b"first"
+        lines = [json.loads(x) for x in status.stdout.splitlines()]
+        assert {x["unreadable"] for x in lines if "unreadable" in x and isinstance(x["unreadable"], str)} == {"docs", "top.txt"}
+        assert lines[-1]["in_sync"] is False and lines[-1]["unreadable"] == 2
+
+        again = sync("--json", "sync", "--once", str(d))
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout.splitlines()[-1])["applied"].get("Upload") == 1
+        assert {"/docs/a.txt", "/docs/sub/b.txt"} <= {e.path for e in api.list("/", recursive=True)}
+        assert b"".join(api.download("/top.txt")) == b"second"

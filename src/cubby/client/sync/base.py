@@ -54,6 +54,9 @@ class PassReport:
     applied: dict[str, int] = field(default_factory=dict)
     failed: list[dict[str, str]] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)
+    unreadable: list[dict[str, str]] = field(default_factory=list)
+    """Local files and folders the last scan could not read (path, reason): not synced, and the
+    pass not converged, until they can be (`cubby.client.sync.scanner.Unreadable`)."""
     converged: bool = False
     rounds: int = 0
 
@@ -61,7 +64,10 @@ class PassReport:
         self.applied[name] = self.applied.get(name, 0) + n
 
     def to_dict(self) -> dict[str, Any]:
-        return {"applied": self.applied, "failed": self.failed, "blocked": self.blocked, "converged": self.converged, "rounds": self.rounds}
+        return {
+            "applied": self.applied, "failed": self.failed, "blocked": self.blocked, "unreadable": self.unreadable,
+            "converged": self.converged, "rounds": self.rounds,
+        }
 
 
 def base_of(r: P.RemoteItem, inode: int) -> P.BaseItem:

@@ -80,6 +80,8 @@ def register(main: click.Group) -> None:
                            f"{sum(report.applied.values())} operations, {len(report.failed)} failed, {len(report.blocked)} read-only changes kept")
                 for f in report.failed:
                     click.echo(f"failed: {f['op']} {f['path']}: {f['error']}", err=True)
+                for u in report.unreadable:
+                    click.echo(f"unreadable: {u['path']}: {u['reason']} (not synced until it can be read)", err=True)
                 if not report.converged:
                     raise SystemExit(4)
                 return
@@ -116,6 +118,9 @@ def register(main: click.Group) -> None:
                 state.emit({"unsyncable": rel}, f"skipped  {rel}  (a name cubby cannot store)")
             for rel in res.outside_links:
                 state.emit({"outside_link": rel}, f"skipped  {rel}  (a link to outside the folder: not synced)")
+            for u in res.unreadable:
+                state.emit({"unreadable": u.rel, "reason": u.reason},
+                           f"unreadable  {u.rel}  ({u.reason}: not synced until it can be read)")
             refused = engine.state.refusals()
             for r in refused:
                 state.emit({"refused": r.path, "source": r.source, "reason": r.reason, "ns_id": r.ns_id, "jid": r.jid},
@@ -126,8 +131,10 @@ def register(main: click.Group) -> None:
                 state.emit({"push": False, "push_since": push["since"], "push_detail": push["detail"]},
                            f"warning  no push notifications since {since}: changes from elsewhere arrive late "
                            f"(polling). {push['detail']}")
-            state.emit({"in_sync": not pending, "pending": len(pending), "blocked": len(blocked), "refused": len(refused),
-                        "push": None if push is None else bool(push["push"])},
-                       "in sync" if not pending else f"{len(pending)} changes pending")
+            in_sync = not pending and not res.unreadable
+            state.emit({"in_sync": in_sync, "pending": len(pending), "blocked": len(blocked), "refused": len(refused),
+                        "unreadable": len(res.unreadable), "push": None if push is None else bool(push["push"])},
+                       "in sync" if in_sync else
+                       f"{len(pending)} changes pending" + (f", {len(res.unreadable)} unreadable" if res.unreadable else ""))
         finally:
             engine.close()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cubby.client.heap import gc_frozen, gc_paused
 from cubby.client.sync import planner as P
@@ -110,7 +110,7 @@ class SyncEngine(EngineCore):
         if refresh:
             self.replay.refresh_remote()
         res = self.scan(persist=False)
-        return P.plan(*self._trees(), res.items, self.context()), res
+        return P.plan(*self._trees(None, res), res.items, self.context()), res
 
     _settled: _Settled | None = None
 
@@ -145,12 +145,15 @@ class SyncEngine(EngineCore):
         made of when that stands for the scan (`_listed_unchanged`). Unchanged, they are not
         written again."""
         s = self._settled
-        listed = not ops and res.hashed == 0 and res.listing_digest is not None and self._plain(ctx)
+        # Nothing is written down while something could not be read: the next process scans
+        # again, and reports it again, rather than trust a plan made around it.
+        unread = bool(res.unreadable)
+        listed = not ops and not unread and res.hashed == 0 and res.listing_digest is not None and self._plain(ctx)
         if (
             s is None or s.generation != self.state.generation() or s.rules != rules or s.local != res.items or s.ops != ops
             or (listed and res.listing_digest != self._listing_written)  # (a pass that hashed a file left none)
         ):
-            fingerprint = self._fingerprint(rules, ctx, res) if not ops else None
+            fingerprint = self._fingerprint(rules, ctx, res) if not ops and not unread else None
             listing = None
             if listed and res.listing_digest is not None:
                 listing = listing_fingerprint(self.state.epoch(), rules, ctx, res.listing_digest)
@@ -251,10 +254,11 @@ class SyncEngine(EngineCore):
                     files[rel] = got
             return got
 
-        return (
-            [b for b in self.state.base_items() if visible(b.path, b.kind)],
-            [r for r in self.state.remote_items() if visible(r.path, r.kind)],
-        )
+        base = [b for b in self.state.base_items() if visible(b.path, b.kind)]
+        remote = [r for r in self.state.remote_items() if visible(r.path, r.kind)]
+        if scanned is not None and scanned.blind:
+            base, remote = _outside(base, scanned.blind), _outside(remote, scanned.blind)
+        return base, remote
 
     def run_once(self, *, local_first: bool = False, stop: threading.Event | None = None) -> PassReport:
         """One full pass: plan and apply until both sides agree, until three rounds in a row
@@ -278,7 +282,8 @@ class SyncEngine(EngineCore):
                 if not ops or P.blocked_only(ops):
                     self._settle(rules, res, ops, ctx)
                     report.blocked = [o.path for o in ops if isinstance(o, P.Blocked)]
-                    report.converged = True
+                    report.unreadable = [u.to_dict() for u in res.unreadable]
+                    report.converged = not res.unreadable
                     return report
             for _ in range(self.max_rounds):
                 if stop is not None and stop.is_set():
@@ -299,11 +304,12 @@ class SyncEngine(EngineCore):
                     ops, rules = self._plan(res, ctx)
                 self.crash_point("planned")
                 self._clear_evicted(ctx, res)
+                report.unreadable = [u.to_dict() for u in res.unreadable]
                 if not ops or P.blocked_only(ops):
                     self._settle(rules, res, ops, ctx)
                     report.blocked = [o.path for o in ops if isinstance(o, P.Blocked)]
                     report.failed = []
-                    report.converged = True
+                    report.converged = not res.unreadable  # both sides agree, but for what is unknown here
                     break
                 failures: list[dict[str, str]] = []
                 with gc_frozen():
@@ -326,3 +332,18 @@ class SyncEngine(EngineCore):
                 paths.is_within(i.path, m) for i in res.items
             ):
                 self.state.clear_evicted(m)
+
+
+Item = TypeVar("Item", P.BaseItem, P.RemoteItem)
+
+
+def _outside(items: list[Item], blind: list[str]) -> list[Item]:
+    """``items`` but those strictly below a folder of ``blind`` (display paths of folders the
+    scan could not list): with the local side unknown there, the planner must see neither the
+    base nor the server there, or it would take the unknown for deleted (`cubby.client.sync.scanner`)."""
+    keys = [paths.key(b) for b in blind]
+    return [it for it in items if not any(_strictly_within(paths.key(it.path), k) for k in keys)]
+
+
+def _strictly_within(key: str, folder: str) -> bool:
+    return key != folder and (folder == paths.ROOT or key.startswith(folder + "/"))

@@ -13,6 +13,13 @@ does not read it again: a first sync of a tree of small files then reads each fi
 A symbolic link is never followed: it is a file whose content is its target's text
 (`cubby.client.modes`), synced when the target stays inside the folder and otherwise listed
 in `ScanResult.outside_links` (what `cubby status` reports) and skipped.
+
+What cannot be read is not gone. A file that cannot be opened (its permissions) is an item
+with no hash, which the planner leaves alone, as it does a file still being written; a folder
+that cannot be listed is in `ScanResult.blind`, and the engine hides everything below it from
+the planner, on both sides: its contents are unknown, and an unknown folder read as an empty
+one would have its files deleted from the server and from every other device. Both are in
+`ScanResult.unreadable`, which `cubby sync` and `cubby status` report until they can be read.
 """
 
 from __future__ import annotations
@@ -42,6 +49,21 @@ from cubby.core.hashing import content_hash, sha256_hex
 from cubby.errors import InvalidPath
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """A file or folder the scan could not read, and why (``reason``: the system's words)."""
+
+    rel: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.rel, "reason": self.reason}
+
+
+def unreadable_because(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
 @dataclass
 class ScanResult:
     items: list[LocalItem] = field(default_factory=list)
@@ -49,6 +71,10 @@ class ScanResult:
     """Relative paths whose names cubby cannot store (trailing dot, backslash, ...)."""
     outside_links: list[str] = field(default_factory=list)
     """Relative paths of symbolic links whose targets lie outside the folder (not synced)."""
+    unreadable: list[Unreadable] = field(default_factory=list)
+    """Files that could not be opened and folders that could not be listed (see the module)."""
+    blind: list[str] = field(default_factory=list)
+    """Display paths of the folders that could not be listed: what is below them is unknown."""
     hashed: int = 0
     rules: IgnoreRules = field(default_factory=IgnoreRules)
     """The ignore rules the scan applied."""
@@ -104,8 +130,16 @@ Hashed = tuple[FileRecord, Stamp, bytes | None]
 """What `hash_file` makes of a file that stood still while it was read."""
 
 
-def hash_file(path: str | Path, rel: str, keep: KeepBudget | None = None) -> Hashed | None:
-    """Chunk a file (a link: its target's text); None if it changed while being read. With
+@dataclass(frozen=True)
+class CannotRead:
+    """What `hash_file` makes of a file it could not open or read (not one that is gone)."""
+
+    reason: str
+
+
+def hash_file(path: str | Path, rel: str, keep: KeepBudget | None = None) -> Hashed | CannotRead | None:
+    """Chunk a file (a link: its target's text); None if it changed or went while being
+    read, `CannotRead` if it could not be read (its permissions, an I/O error). With
     the record comes the file's stat stamp (`cubby.client.localfiles.stamp_of`) as it was
     read, which lets an upload trust bytes it reads back without hashing them again, and the
     bytes themselves when the file is small and ``keep`` has room for them (else None)."""
@@ -125,8 +159,10 @@ def hash_file(path: str | Path, rel: str, keep: KeepBudget | None = None) -> Has
         else:
             chunks = tuple((c.hash, c.offset, c.length) for c in chunk_file(path, with_data=False))
         after = os.lstat(path)
-    except OSError:
+    except FileNotFoundError:
         return None
+    except OSError as exc:
+        return CannotRead(unreadable_because(exc))
     if stamp_of(before) != stamp_of(after) or _stamp(before) != _stamp(after):
         return None
     if sum(c[2] for c in chunks) != after.st_size:
@@ -144,11 +180,16 @@ small file's hashing (on a first sync of 20,000 files, a sixth of the scan). Tas
 the walk finds their files, so hashing overlaps the walk."""
 
 
-def _hash_part(root: Path, part: list[tuple[str, str, int]], keep: KeepBudget | None) -> list[Hashed | None]:
+def _hash_part(root: Path, part: list[tuple[str, str, int]], keep: KeepBudget | None) -> list[Hashed | CannotRead | None]:
     """`hash_file` of each of ``part`` (relative path first), in order. (Paths as strings: a
     `Path` per file cost more than a small file's hashing does in Python.)"""
     top = os.fspath(root)
     return [hash_file(f"{top}/{rel}", rel, keep) for rel, _, _ in part]
+
+
+def _below_any(rel: str, folders: list[str]) -> bool:
+    """Is ``rel`` inside one of ``folders`` (relative paths; "" is the whole tree)?"""
+    return any(not f or rel.startswith(f + "/") for f in folders)
 
 
 def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -195,12 +236,16 @@ Listing = tuple[str, list[Listed], Signature | None, bytes | None]
 Reused = tuple[str, FolderScan]
 """A folder whose signature is its previous scan's: that scan's result for it."""
 
+Read = Listing | Reused | Unreadable
+"""What the reader hands over for each folder: its listing, its previous scan, or why it could
+not be listed (an `Unreadable`, whose ``rel`` is the folder's)."""
+
 
 def _list_folders(
     root: str,
     rules: IgnoreRules,
     known: Mapping[str, LocalItem],
-    out: queue.SimpleQueue[Listing | Reused | BaseException | None],
+    out: queue.SimpleQueue[Read | BaseException | None],
     stop: threading.Event,
     reuse: Mapping[str, FolderScan],
     keep: bool,
@@ -225,7 +270,10 @@ def _list_folders(
             try:
                 with os.scandir(f"{root}/{rel_dir}" if rel_dir else root) as it:
                     entries = list(it)
-            except OSError:
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # gone since its parent was listed: as if listed after
+            except OSError as exc:  # there, but its contents unknown: not the same as empty
+                out.put(Unreadable(rel_dir, unreadable_because(exc)))
                 continue
             try:  # one loop in C per list: this is the whole of a pass with nothing changed
                 stats: list[os.stat_result] = list(map(_lstat, entries))
@@ -280,7 +328,7 @@ class TreeListing:
     follows, when there is one, takes instead of listing the tree again."""
 
     rules: IgnoreRules
-    folders: list[Listing]
+    folders: list[Listing | Unreadable]
     digest: str
 
 
@@ -288,12 +336,13 @@ def list_tree(root: Path, rules: IgnoreRules) -> TreeListing:
     """List every folder of the tree under ``root`` that is synced, on this thread: the
     listing alone, with nothing to overlap it with, costs a third less CPU here than handed
     over from a worker thread folder by folder."""
-    out: queue.SimpleQueue[Listing | Reused | BaseException | None] = queue.SimpleQueue()
+    out: queue.SimpleQueue[Read | BaseException | None] = queue.SimpleQueue()
     _list_folders(os.fspath(root), rules, {}, out, threading.Event(), {}, True)
-    folders = [cast("Listing", got) for got in _drain(out)]
+    folders = [cast("Listing | Unreadable", got) for got in _drain(out)]
     h = hashlib.sha256()
     for f in folders:
-        h.update(cast(bytes, f[3]))
+        # (a folder that could not be listed: a digest no settled listing has, see `Unreadable`)
+        h.update(b"\0unreadable\0" + os.fsencode(f.rel) if isinstance(f, Unreadable) else cast(bytes, f[3]))
     return TreeListing(rules, folders, h.hexdigest())
 
 
@@ -312,11 +361,11 @@ def _stat_each(entries: list[os.DirEntry[str]]) -> tuple[list[os.DirEntry[str]],
 def _folders(
     root: Path, rules: IgnoreRules, seen_before: Mapping[str, LocalItem], reuse: Mapping[str, FolderScan],
     executor: Executor | None, stop: threading.Event, keep: bool = False,
-) -> Iterator[Listing | Reused]:
+) -> Iterator[Read]:
     """Start `_list_folders` on ``executor`` (or run it on this thread without one) now, and
     give its listings as an iterator. Setting ``stop`` makes the reader stop at its next
     folder (a caller that gives up early)."""
-    listings: queue.SimpleQueue[Listing | Reused | BaseException | None] = queue.SimpleQueue()
+    listings: queue.SimpleQueue[Read | BaseException | None] = queue.SimpleQueue()
     if executor is None:
         _list_folders(os.fspath(root), rules, seen_before, listings, stop, reuse, keep)
     else:
@@ -324,7 +373,7 @@ def _folders(
     return _drain(listings)
 
 
-def _drain(listings: queue.SimpleQueue[Listing | Reused | BaseException | None]) -> Iterator[Listing | Reused]:
+def _drain(listings: queue.SimpleQueue[Read | BaseException | None]) -> Iterator[Read]:
     while (got := listings.get()) is not None:
         if isinstance(got, BaseException):
             raise got
@@ -377,6 +426,8 @@ def walk(
     stop = threading.Event()
     try:
         for got in _folders(root, rules, seen_before, {}, executor, stop):
+            if isinstance(got, Unreadable):
+                continue  # nothing below it is known
             rel_dir, listing, _, _ = cast("Listing", got)
             for rel, st, display, prev in _named(rel_dir, displays.pop(rel_dir), listing, rules, seen_before):
                 yield rel, st, display, prev
@@ -432,7 +483,7 @@ def scan(
         after_another = previous is not None and bool(previous.items)
         keep_folders = keep_folders or after_another
         if listed is not None and listed.rules == rules and not seen_before and not reuse:
-            folders: Iterator[Listing | Reused] = iter(listed.folders)
+            folders: Iterator[Read] = iter(listed.folders)
         else:
             # A scan after another lists on this thread: with most items known, little is left
             # to overlap with, and a listing handed over folder by folder cost more CPU (and,
@@ -463,14 +514,18 @@ class _Taken:
         self.at = 0
         """Files of the scan's ``todo`` taken so far."""
 
-    def take(self, todo: list[tuple[str, str, int]], hashing: list[Future[list[Hashed | None]]], *, wait: bool) -> None:
+    def take(
+        self, todo: list[tuple[str, str, int]], hashing: list[Future[list[Hashed | CannotRead | None]]], *, wait: bool
+    ) -> None:
         """Take the tasks not yet taken, in order: all of them (``wait``), or those done."""
         res = self.res
         while self.tasks < len(hashing) and (wait or hashing[self.tasks].done()):
             part = hashing[self.tasks].result()
             for (rel, display, ino), got in zip(todo[self.at : self.at + len(part)], part, strict=True):
                 res.hashed += 1
-                if got is None:
+                if got is None or isinstance(got, CannotRead):  # unstable, or unreadable: left alone
+                    if got is not None:
+                        res.unreadable.append(Unreadable(rel, got.reason))
                     self.items.append(LocalItem(display, rel, "file", None, ino))
                     continue
                 rec, res.stamps[rel], data = got
@@ -486,7 +541,7 @@ class _Taken:
 
 
 def _scan(
-    root: Path, state: StateDb, executor: Executor, rules: IgnoreRules, folders: Iterator[Listing | Reused],
+    root: Path, state: StateDb, executor: Executor, rules: IgnoreRules, folders: Iterator[Read],
     known: Mapping[str, tuple[tuple[int, int, int, int], str | None]], seen_before: Mapping[str, LocalItem],
     reuse: Mapping[str, FolderScan], persist: bool, keep: KeepBudget | None,
     on_new: Callable[[str, FileRecord, bytes], None] | None, keep_folders: bool,
@@ -495,14 +550,23 @@ def _scan(
     res = ScanResult(rules=rules)
     items = res.items
     todo: list[tuple[str, str, int]] = []  # (rel, display path, inode)
-    hashing: list[Future[list[Hashed | None]]] = []  # `_hash_part` of each HASH_TASK of todo
+    hashing: list[Future[list[Hashed | CannotRead | None]]] = []  # `_hash_part` of each HASH_TASK of todo
     queued = 0  # files of todo given to hashing
     taken = _Taken(res, known, on_new)
     matched = 0  # indexed files found (all of them: nothing to drop from the index)
     is_dir_mode, is_link = stat_mod.S_ISDIR, stat_mod.S_ISLNK
     displays: dict[str, str | None] = {"": paths.ROOT}  # folder -> its display path, set as it is listed
     listing_digest: Any = hashlib.sha256()  # None once a folder comes without its digest
+    unlisted: list[str] = []  # relative paths of the folders that could not be listed
     for folder in folders:
+        if isinstance(folder, Unreadable):  # listed in its parent, its own contents unknown
+            display_of = displays.pop(folder.rel, None)
+            res.unreadable.append(folder)
+            unlisted.append(folder.rel)
+            if display_of is not None:
+                res.blind.append(display_of)
+            listing_digest = None  # no settled listing stands for a tree with a part unknown
+            continue
         if len(folder) == 2:  # a folder as it was: its items, as they were
             rel_dir, before = cast("Reused", folder)
             if listing_digest is not None:
@@ -581,7 +645,8 @@ def _scan(
         state.put_files(taken.fresh)
         if matched != len(known):
             seen = {i.rel for i in items if i.kind == "file"}
-            state.drop_files(r for r in known if r not in seen)
+            # (files below a folder that could not be listed are unknown, not gone: kept)
+            state.drop_files(r for r in known if r not in seen and not _below_any(r, unlisted))
     res.generation = state.generation()
     res.listing_digest = listing_digest.hexdigest() if listing_digest is not None else None
     return res
