@@ -320,3 +320,20 @@ def test_output_cut_short_by_its_reader_ends_quietly(server):
     p.stdout.close()  # before anything was written: the first line meets a closed pipe
     err = p.stderr.read().decode()
     assert p.wait(timeout=60) == 141 and err == ""
+
+
+def test_a_file_in_the_way_of_a_folder_is_named_with_what_was_asked(server, tmp_path):
+    token = server.add_user("inway")
+    src = tmp_path / "f.txt"
+    src.write_text("f")
+    cubby(server, token, "put", str(src), "/f.txt")
+    cases = [
+        (("mkdir", "/f.txt/sub/deeper"), "/f.txt is a file, so it cannot hold /f.txt/sub/deeper"),
+        (("put", str(src), "/f.txt/inner.txt"), "/f.txt is a file, so it cannot hold /f.txt/inner.txt"),
+        (("mv", "/f.txt", "/f.txt/moved.txt"), "/f.txt"),
+        (("mkdir", "/f.txt"), "/f.txt is a file, not a folder"),
+    ]
+    for args, words in cases:
+        p = cubby(server, token, *args, check=False)
+        assert p.returncode == 2 and words in p.stderr and "[" in p.stderr, (args, p.stderr)
+    assert [e["path"] for e in lines(cubby(server, token, "--json", "ls", "/"))] == ["/f.txt"]

@@ -89,10 +89,11 @@ def frozen_or_mount_below(tx: NamespaceTxn, key: str) -> Any:
     ).first()
 
 
-def ensure_folder(tx: NamespaceTxn, path: str) -> tuple[int, str]:
+def ensure_folder(tx: NamespaceTxn, path: str, *, wanted: str | None = None) -> tuple[int, str]:
     """Node id and display path of the folder at ``path``, creating it and its missing
     parents. A new node's display path is its parent's display path plus its own name, so
-    that the spelling of every ancestor is the one it was created with."""
+    that the spelling of every ancestor is the one it was created with. (``wanted``: the path
+    the caller asked for, when ``path`` is one of its parents, for the error that names it.)"""
     if path == paths.ROOT:
         return ROOT_NODE, paths.ROOT
     row = tx.live(paths.key(path))
@@ -102,10 +103,11 @@ def ensure_folder(tx: NamespaceTxn, path: str) -> tuple[int, str]:
         if is_frozen(row):
             raise NamespaceMoved(f"{row.path} is becoming a shared folder; retry {path} in a moment", path=row.path)
         if row.kind != "folder":
-            raise Conflict(f"{row.path} is a file, so it cannot hold {path}", code="not_a_folder")
+            what = f"so it cannot hold {wanted}" if wanted is not None else "not a folder"
+            raise Conflict(f"{row.path} is a file, {what}", code="not_a_folder")
         return int(row.node_id), str(row.path)
     parent, name = paths.split(path)
-    parent_id, parent_path = ensure_folder(tx, parent)
+    parent_id, parent_path = ensure_folder(tx, parent, wanted=wanted or path)
     path = paths.join(parent_path, name)
     node_id = tx.new_node_id()
     jid = tx.next_jid()

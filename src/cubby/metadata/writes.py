@@ -230,7 +230,7 @@ class FileWrites:
         parent, name = paths.split(path)
         made = None if folders is None else folders.get(parent)
         if made is None:
-            made = ensure_folder(tx, parent)
+            made = ensure_folder(tx, parent, wanted=path)
             if folders is not None:
                 folders[parent] = made
         parent_id, parent_path = made
@@ -616,7 +616,7 @@ class FileWrites:
             if not same_key and tx.live(paths.key(dst)) is not None:
                 raise Conflict(f"{dst} already exists", code="destination_exists")
             parent, name = paths.split(dst)
-            parent_id, parent_path = ensure_folder(tx, parent)
+            parent_id, parent_path = ensure_folder(tx, parent, wanted=dst)
             dst_path = paths.join(parent_path, name)
             if same_key and row.path == dst_path:
                 return entry_of(row)
