@@ -58,7 +58,8 @@ def register(main: click.Group) -> None:
         """List your shared folders and invitations, with their members."""
         with state.api() as api:
             for s in api.shares():
-                where = s["path"] or f"(invitation: cubby share accept {s['ns_id']})"
+                # An invitation has no path yet: its folder's name says what it is.
+                where = s["path"] or f"{s.get('name') or '?'} (invitation: cubby share accept {s['ns_id']})"
                 state.emit(s, f"{s['ns_id']:>6}  {s['role']:7} {where}  {_fmt_members(s)}")
 
     @share.command("rm")
