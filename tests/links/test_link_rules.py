@@ -64,6 +64,19 @@ def test_cli_dates_mean_the_end_of_that_day_in_local_time() -> None:
         cli_expires("in a week")
 
 
+@pytest.mark.parametrize(("text", "seconds"), [("30m", 1800), ("12h", 43200), ("7d", 604800), ("2W", 1209600)])
+def test_cli_expiry_may_be_a_time_from_now(text: str, seconds: int) -> None:
+    now = dt.datetime(2031, 5, 6, 10, tzinfo=dt.UTC)
+    assert cli_expires(text, now) == now + dt.timedelta(seconds=seconds)
+    assert cli_expires(text).tzinfo is not None  # from the clock, aware
+
+
+@pytest.mark.parametrize("bad", ["h", "-1h", "1.5h", "1y", "3 d", "d7"])
+def test_a_malformed_time_from_now_is_refused(bad: str) -> None:
+    with pytest.raises(click.BadParameter):
+        cli_expires(bad)
+
+
 def _request(headers: dict[str, str]) -> Request:
     raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
     return Request({"type": "http", "method": "GET", "path": "/l/x", "headers": raw, "query_string": b""})

@@ -17,9 +17,19 @@ import click
 PASSWORD_ENV = "CUBBY_LINK_PASSWORD"
 
 
+_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+"""The units of a relative ``--expires`` (``30m``, ``12h``, ``7d``, ``2w``)."""
+
+
 def parse_expires(text: str, now: dt.datetime | None = None) -> dt.datetime:
-    """An aware datetime from the ``--expires`` text; `click.BadParameter` when unreadable."""
+    """An aware datetime from the ``--expires`` text: a time from now (``30m``, ``12h``,
+    ``7d``, ``2w``), a day (through its end, local time) or an ISO 8601 time;
+    `click.BadParameter` when unreadable."""
     raw = text.strip()
+    unit = _UNITS.get(raw[-1:].lower())
+    if unit is not None and raw[:-1].isdigit():
+        start = now if now is not None else dt.datetime.now().astimezone()
+        return start + dt.timedelta(seconds=int(raw[:-1]) * unit)
     try:
         if len(raw) == 10:  # YYYY-MM-DD: through the end of that day
             day = dt.date.fromisoformat(raw)
@@ -28,7 +38,8 @@ def parse_expires(text: str, now: dt.datetime | None = None) -> dt.datetime:
             when = dt.datetime.fromisoformat(raw)
     except ValueError:
         raise click.BadParameter(
-            f"{text!r} is not a date: use YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS][+HH:MM]", param_hint="--expires"
+            f"{text!r} is not a date: use a time from now (30m, 12h, 7d, 2w), YYYY-MM-DD or "
+            "YYYY-MM-DDTHH:MM[:SS][+HH:MM]", param_hint="--expires"
         ) from None
     if when.tzinfo is None:
         when = when.astimezone()  # local time, as a person means it
@@ -45,7 +56,7 @@ def register(main: click.Group) -> None:
     @link.command("create")
     @click.argument("remote")
     @click.option("--expires", "expires", default=None, metavar="DATE",
-                  help="When the link stops working: YYYY-MM-DD (end of that day) or an ISO 8601 time.")
+                  help="When the link stops working: in 30m, 12h, 7d or 2w; YYYY-MM-DD (end of that day); or an ISO 8601 time.")
     @click.option("--password", "with_password", is_flag=True,
                   help=f"Protect the link with a password (prompted, or read from {PASSWORD_ENV}).")
     @pass_state
