@@ -46,8 +46,11 @@ class PushStatus:
             self.ok = ok
             record = {"push": ok, "since": time.time(), "detail": detail}
             tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(record))
-            os.replace(tmp, self.path)
+            try:
+                tmp.write_text(json.dumps(record))
+                os.replace(tmp, self.path)
+            except OSError as exc:  # the folder went (the engine stops at its next scan): say it, go on
+                log.warning("cannot record the push state in %s: %s", self.path.parent, exc.strerror or exc)
         if ok:
             log.info("push notifications work again")
             self.emit({"event": "push_restored"})

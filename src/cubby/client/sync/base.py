@@ -47,6 +47,20 @@ class SyncLocked(CubbyError):
     status = 409
 
 
+class FolderGone(CubbyError):
+    """The synced folder is no longer where the engine opened it: moved, deleted, or a drive
+    unmounted from under it (its empty mount point left in its place). A scan there would find
+    nothing and plan to delete everything on the server; the engine stops instead."""
+
+    code = "folder_gone"
+    status = 409
+
+
+Identity = tuple[int, int, int, int]
+"""(device, inode) of the synced folder and of its state database: what says the folder on
+disk is still the one the engine opened (`EngineCore.check_folder`)."""
+
+
 @dataclass
 class PassReport:
     """What a pass did: operations applied per kind, failures, and whether both sides agree."""
@@ -122,11 +136,30 @@ class EngineCore:
         """The chunks of a first sync's new files being sent while it scans (`scan`)."""
         self._folders_of: tuple[ScanResult, dict[str, str], dict[str, str]] | None = None
         """`rel_for`'s folder map, and the scan it was made from."""
+        self.identity = self._identity()
+        """The folder as opened (`check_folder`)."""
         self.trigger = threading.Event()
         """Set to make a running `SyncDaemon.run` look now (and to wake it when it should stop)."""
         self.pass_done = threading.Condition()
         self.started = 0
         self.finished = 0
+
+    def _identity(self) -> Identity | None:
+        try:
+            top, db = os.stat(self.root), os.stat(self.dir / "state.db")
+        except OSError:
+            return None
+        return (top.st_dev, top.st_ino, db.st_dev, db.st_ino)
+
+    def check_folder(self) -> None:
+        """Raise `FolderGone` unless the folder and its state database on disk are those the
+        engine opened (same device and inode). Checked before every scan and after it, so a
+        folder renamed while it is scanned is not taken for an emptied one either."""
+        if self.identity is None or self._identity() != self.identity:
+            raise FolderGone(
+                f"{self.root} is no longer the folder this sync opened (moved, deleted, or its drive unmounted); "
+                "nothing was changed on the server: run 'cubby sync' on the folder where it is now",
+            )
 
     def lock(self) -> None:
         """One engine per folder: a second `cubby sync` on the same folder is refused."""
@@ -243,10 +276,12 @@ class EngineCore:
 
             self.presend = Presend(self.api, nss[0].ns_id, self.root)
         on_new = self.presend.add if self.presend is not None else None
+        self.check_folder()
         self.last_scan = scan(
             self.root, self.state, self.pool, persist=persist, previous=self.last_scan, keep=budget, on_new=on_new, listed=listed,
             keep_folders=self.started > 1,  # (a process's first pass may be its only one: `cubby sync --once`)
         )
+        self.check_folder()
         return self.last_scan
 
     def end_presend(self) -> set[str]:
