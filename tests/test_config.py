@@ -11,7 +11,7 @@ import pytest
 
 from cubby.config import Config, ConfigError, load
 from tests.helpers.live_server import ROOT
-from tests.helpers.unprivileged import as_nobody, reachable_folder
+from tests.helpers.unprivileged import reachable_folder, with_permissions
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -90,7 +90,7 @@ def test_an_unreadable_config_file_is_an_error_that_names_it() -> None:
         config.chmod(0o000)
         env = {**os.environ, "XDG_CONFIG_HOME": str(base), "PYTHONPATH": str(ROOT / "src")}
         r = subprocess.run(
-            [*as_nobody(), sys.executable, "-m", "cubby", "ls", "/"], env=env, capture_output=True, text=True, check=False
+            [*with_permissions(), sys.executable, "-m", "cubby", "ls", "/"], env=env, capture_output=True, text=True, check=False
         )
     assert r.returncode == 2
     assert f"cannot read the configuration file {config}" in r.stderr and "[bad_config]" in r.stderr

@@ -1,5 +1,12 @@
-"""Running a command where file permissions apply: as an unprivileged user when the tests run
-as root (root reads every file whatever its mode), in folders that user can reach."""
+"""Running a command where file permissions apply, and folders to run it in.
+
+Root reads and writes every file whatever its mode, so a test of what a command does with a
+file it may not read needs root without that power: the capabilities that override file
+permissions (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH) taken out of its bounding set by
+util-linux's ``setpriv``. It stays the same user, owning the files the test made, and can read
+the checkout and its virtual environment wherever they are (a private temporary folder on CI),
+as their owner; a mode of 000 shuts it out as it would anyone.
+"""
 
 from __future__ import annotations
 
@@ -10,24 +17,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-NOBODY = 65534
 
-
-def as_nobody() -> list[str]:
-    """A command prefix that runs the command as ``nobody`` (util-linux's ``setpriv``); none
-    when the tests already run unprivileged."""
+def with_permissions() -> list[str]:
+    """A command prefix under which file permissions apply to the command (none when the
+    tests do not run as root: they apply already)."""
     if os.geteuid() != 0:
         return []
-    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
 
 
 @contextmanager
 def reachable_folder() -> Iterator[Path]:
-    """A new folder in the system's temporary folder that ``nobody`` can reach (pytest's own
-    are private to the user running the tests), removed afterwards whatever modes were set
-    inside it."""
+    """A new folder in the system's temporary folder, removed afterwards whatever modes the
+    test set inside it."""
     base = Path(tempfile.mkdtemp(prefix="cubby-perm-"))
-    base.chmod(0o755)
     try:
         yield base
     finally:

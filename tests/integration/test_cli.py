@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.live_server import LiveServer
-from tests.helpers.unprivileged import as_nobody, reachable_folder
+from tests.helpers.unprivileged import reachable_folder, with_permissions
 
 CUBBY = [str(Path(sys.executable).with_name("cubby"))] if Path(sys.executable).with_name("cubby").exists() else [
     sys.executable, "-m", "cubby"
@@ -238,7 +238,7 @@ def test_a_folder_put_uploads_what_it_can_and_names_what_it_left_out(server, ope
     env = {**os.environ, "CUBBY_URL": server.url, "CUBBY_TOKEN": token, "XDG_CONFIG_HOME": str(config), "HOME": str(base)}
     try:
         p = subprocess.run(
-            [*as_nobody(), *CUBBY, "--json", "put", str(root), "/t"], env=env, capture_output=True, text=True, timeout=120
+            [*with_permissions(), *CUBBY, "--json", "put", str(root), "/t"], env=env, capture_output=True, text=True, timeout=120
         )
     finally:
         (root / "locked").chmod(0o755)
@@ -274,7 +274,7 @@ def test_putting_an_unreadable_folder_is_an_error_not_an_empty_upload(server, op
     env = {**os.environ, "CUBBY_URL": server.url, "CUBBY_TOKEN": token, "XDG_CONFIG_HOME": str(config), "HOME": str(base)}
     try:
         p = subprocess.run(
-            [*as_nobody(), *CUBBY, "put", str(base / "shut"), "/shut"], env=env, capture_output=True, text=True, timeout=60
+            [*with_permissions(), *CUBBY, "put", str(base / "shut"), "/shut"], env=env, capture_output=True, text=True, timeout=60
         )
     finally:
         (base / "shut").chmod(0o755)
@@ -301,10 +301,10 @@ def test_a_local_file_the_command_cannot_write_is_named_in_one_line(server, open
     cubby(server, token, "put", str(src), "/in.txt")
     shut = open_base / "shut"
     shut.mkdir()
-    shut.chmod(0o555)  # nobody may not write here (root may: hence the unprivileged user)
+    shut.chmod(0o555)  # no one may write here (root could: hence `with_permissions`)
     env = {**os.environ, "CUBBY_URL": server.url, "CUBBY_TOKEN": token, "XDG_CONFIG_HOME": str(open_base / "cfg")}
     for args in (("get", "/in.txt", str(shut / "out.txt")), ("--json", "get", "/in.txt", str(shut / "sub" / "out.txt"))):
-        p = subprocess.run([*as_nobody(), *CUBBY, *args], env=env, capture_output=True, text=True, timeout=60)
+        p = subprocess.run([*with_permissions(), *CUBBY, *args], env=env, capture_output=True, text=True, timeout=60)
         assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
         assert "permission_denied" in p.stderr and str(shut) in p.stderr
     assert list(shut.iterdir()) == []

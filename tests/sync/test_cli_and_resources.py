@@ -19,7 +19,7 @@ import pytest
 
 from cubby.errors import CubbyError
 from tests.helpers.live_server import ROOT
-from tests.helpers.unprivileged import as_nobody, reachable_folder
+from tests.helpers.unprivileged import reachable_folder, with_permissions
 from tests.sync.conftest import Clients, local_tree
 
 
@@ -185,8 +185,8 @@ def test_sigterm_ends_the_daemon_while_it_retries_without_push(clients: Clients,
 
 
 def test_what_cannot_be_read_is_neither_deleted_nor_called_in_sync(clients: Clients) -> None:
-    """A folder the client may not list and a file it may not open (run as an unprivileged
-    user: root reads everything): unknown is not deleted. The server keeps the folder's files
+    """A folder the client may not list and a file it may not open (root's override of file
+    permissions taken away: `with_permissions`): unknown is not deleted. The server keeps the folder's files
     (a scan that read it as empty would delete them there and on every other device), the
     file's edit waits, `--once` says "not in sync" (exit 4) naming both, and `cubby status`
     lists them. Readable again, the edit goes up and the pass converges."""
@@ -206,7 +206,7 @@ def test_what_cannot_be_read_is_neither_deleted_nor_called_in_sync(clients: Clie
 
         def sync(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
-                [*as_nobody(), sys.executable, "-m", "cubby", *args], env=env, capture_output=True, text=True, check=False
+                [*with_permissions(), sys.executable, "-m", "cubby", *args], env=env, capture_output=True, text=True, check=False
             )
 
         first = sync("sync", "--once", str(d))
