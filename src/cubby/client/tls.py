@@ -2,8 +2,8 @@
 
 httpx loads a trust store (certifi's bundle, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``) whenever a
 client is made, TLS or not: 50-100 ms of every `cubby` command, which most often talks plain
-HTTP to a server on the LAN or behind a TLS-terminating proxy (a `cubby ls` took 0.4 s, a
-quarter of it this). `deferred_trust` gives httpx a context that does the same checks, with
+HTTP to a server on the LAN or behind a TLS-terminating proxy (`cubby ls /`, median of 21
+alternating runs: 0.386 s before, 0.270 s after). `deferred_trust` gives httpx a context that does the same checks, with
 the same store, and loads it only when a connection starts TLS.
 
 Nothing is trusted before the store is loaded: the context verifies certificates and host
