@@ -71,11 +71,19 @@ def test_bad_share_requests_change_nothing(server, people, setup):
         (alice, "POST", "/api/v1/shares/unshare", {"path": "/Other"}, 400, "not_a_shared_folder"),
         (alice, "POST", "/api/v1/files/delete", {"path": "/Shared"}, 409, "is_shared_folder"),
         (bob, "POST", "/api/v1/files/move", {"from_path": "/Shared", "to_path": "/Shared/d/in"}, 400, "nested_share"),
+        # a file at a shared folder's mount point: a folder, named as the member sees it
+        (bob, "POST", "/api/v1/files/commit", {"path": "/Shared", "size": 0, "chunks": []}, 409, "is_a_folder"),
+        (alice, "POST", "/api/v1/files/commit", {"path": "/Shared", "size": 0, "chunks": []}, 409, "is_a_folder"),
     ]
     for who, method, url, body, status, code in cases:
         r = call(server, who.token, method, url, json=body) if body is not None else call(server, who.token, method, url)
         assert (r.status_code, r.json()["code"]) == (status, code), (who.name, url, body, r.text)
         assert r.json()["message"]
+        if code == "is_a_folder":
+            assert r.json()["message"].startswith("/Shared is a shared folder"), r.text
+    batch = call(server, bob.token, "POST", "/api/v1/files/commit_batch",
+                 json={"commits": [{"path": "/Shared", "size": 0, "chunks": []}]}).json()["results"]
+    assert [x["error"]["code"] for x in batch] == ["is_a_folder"]
     # A folder that holds a shared folder cannot be shared, nor deleted.
     bob.api.mkdir("/Outer")
     bob.api.move("/Shared", "/Outer/Shared")

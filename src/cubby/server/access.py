@@ -17,7 +17,7 @@ from starlette.requests import Request
 
 from cubby.cache.store import CacheMiss
 from cubby.core import paths
-from cubby.errors import CubbyError, Forbidden, NamespaceMoved, NotFound, Unauthorized
+from cubby.errors import Conflict, CubbyError, Forbidden, NamespaceMoved, NotFound, Unauthorized
 from cubby.model import Entry, Principal
 from cubby.server.bodies import allow_body
 from cubby.server.context import ServerContext
@@ -171,6 +171,16 @@ def mounts(p: Principal) -> dict[str, int]:
     ``/`` and every shared folder where it is mounted (`Principal.mounts`, read afresh from
     the database with every request)."""
     return {paths.ROOT: p.root_ns, **p.mounts}
+
+
+def resolve_file(p: Principal, user_path: str) -> Target:
+    """`resolve` for writing a file at ``user_path``: a shared folder's mount point is a
+    folder, and is refused as one (inside its namespace it is the root, which the store would
+    refuse in words about a root the user never named)."""
+    target = resolve(p, user_path, write=True)
+    if target.path == paths.ROOT and target.mount != paths.ROOT:
+        raise Conflict(f"{target.mount} is a shared folder; cannot write a file there", code="is_a_folder")
+    return target
 
 
 def resolve(p: Principal, user_path: str, *, write: bool = False) -> Target:

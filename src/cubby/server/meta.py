@@ -173,7 +173,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         )
 
     def commit_as(p: Principal, req: CommitRequest) -> tuple[access.Target, CommitResult]:
-        target = access.resolve(p, req.path, write=True)
+        target = access.resolve_file(p, req.path)
         inner = CommitRequest(target.path, req.size, req.chunks, req.expected_rev, req.mtime, req.mode)
         return target, store.commit(p.user_id, target.ns_id, inner, access.mounts(p).values())
 
@@ -216,7 +216,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
             for i in todo:
                 req = parsed[i]
                 try:
-                    target = access.resolve(p, req.path, write=True)
+                    target = access.resolve_file(p, req.path)
                 except CubbyError as exc:
                     results[i] = {"status": "error", "error": exc.to_dict()}
                     continue
