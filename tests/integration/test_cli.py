@@ -337,3 +337,30 @@ def test_a_file_in_the_way_of_a_folder_is_named_with_what_was_asked(server, tmp_
         p = cubby(server, token, *args, check=False)
         assert p.returncode == 2 and words in p.stderr and "[" in p.stderr, (args, p.stderr)
     assert [e["path"] for e in lines(cubby(server, token, "--json", "ls", "/"))] == ["/f.txt"]
+
+
+def test_a_folder_download_is_not_carried_outside_by_a_link_already_there(server, tmp_path):
+    """`cubby get /folder DIR` where DIR holds links: one to a folder elsewhere is refused
+    (the server's files would land there), one at a file's own name is replaced by the file,
+    never written through."""
+    token = server.add_user("links")
+    src = tmp_path / "src"
+    (src / "a" / "b").mkdir(parents=True)
+    (src / "a" / "b" / "deep.txt").write_text("deep")
+    (src / "top.txt").write_text("top")
+    cubby(server, token, "put", str(src), "/tree")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim.txt").write_text("keep me")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "a").symlink_to(outside)
+    (dest / "top.txt").symlink_to(outside / "victim.txt")
+    p = cubby(server, token, "get", "/tree", str(dest), check=False)
+    assert p.returncode == 2 and "[unsafe_path]" in p.stderr and "Traceback" not in p.stderr
+    assert sorted(x.name for x in outside.iterdir()) == ["victim.txt"]
+    (dest / "a").unlink()
+    cubby(server, token, "get", "/tree", str(dest))
+    assert (outside / "victim.txt").read_text() == "keep me"
+    assert not (dest / "top.txt").is_symlink() and (dest / "top.txt").read_text() == "top"
+    assert (dest / "a" / "b" / "deep.txt").read_text() == "deep"

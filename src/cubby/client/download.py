@@ -237,6 +237,24 @@ def download_tree(
     local_dir = Path(local_dir)
     local_dir.mkdir(parents=True, exist_ok=True)
     results: list[DownloadResult] = []
+    root = os.path.realpath(local_dir)
+    inside_root: dict[str, bool] = {}  # folder -> lies inside, once per folder (a tree's files share them)
+
+    def check_inside(folder: Path) -> None:
+        """Refuse to create or write in ``folder`` unless, every link on the way followed, it
+        is ``local_dir`` or below it: a link already in the local tree (``a -> /etc``) must not
+        carry the server's files elsewhere, as it would with every write followed through it."""
+        key = os.fspath(folder)
+        ok = inside_root.get(key)
+        if ok is None:
+            real = os.path.realpath(key)
+            ok = inside_root[key] = real == root or real.startswith(root.rstrip("/") + "/")
+        if not ok:
+            raise CubbyError(
+                f"refusing to write {folder}: a link on the way leads outside {local_dir}; remove it, or "
+                "download to another folder",
+                code="unsafe_path",
+            )
 
     def emit(r: DownloadResult) -> None:
         results.append(r)
@@ -250,9 +268,15 @@ def download_tree(
             check_local_name(part)
         target = local_dir.joinpath(*rel.split("/"))
         if e.kind == "folder":
+            check_inside(target)
             target.mkdir(parents=True, exist_ok=True)
             continue
-        if target.exists() and target.stat().st_size == e.size and scan_file(target, e.path).content_hash == e.content_hash:
+        check_inside(target.parent)
+        # (a link at the file's own name is replaced by the download, never followed)
+        if (
+            not target.is_symlink() and target.exists() and target.stat().st_size == e.size
+            and scan_file(target, e.path).content_hash == e.content_hash
+        ):
             modes.apply_mode(target, e.mode)
             emit(DownloadResult(e.path, e.size, 0, str(target)))
             continue
