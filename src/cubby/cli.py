@@ -536,12 +536,15 @@ def token() -> None:
 
 
 @token.command("create")
-@click.option("--label", default="", help="A name to recognise the token by.")
+@click.argument("name", required=False, default="")
+@click.option("--label", default="", help="A name to recognise the token by (or give it as NAME).")
 @pass_state
-def token_create(state: State, label: str) -> None:
-    """Create a new token; it is printed on the last line."""
+def token_create(state: State, name: str, label: str) -> None:
+    """Create a new token, named NAME (e.g. the device it is for); it is printed on the last line."""
+    if name and label and name != label:
+        raise click.UsageError("give the token's name once: as NAME or as --label")
     with state.api() as api:
-        t = api.create_token(label)
+        t = api.create_token(name or label)
     state.emit(t, f"token {t['id']}:\n{t['token']}")
 
 

@@ -364,3 +364,13 @@ def test_a_folder_download_is_not_carried_outside_by_a_link_already_there(server
     assert (outside / "victim.txt").read_text() == "keep me"
     assert not (dest / "top.txt").is_symlink() and (dest / "top.txt").read_text() == "top"
     assert (dest / "a" / "b" / "deep.txt").read_text() == "deep"
+
+
+def test_a_token_is_named_as_an_argument_or_with_label(server):
+    token = server.add_user("namer")
+    made = [lines(cubby(server, token, "--json", "token", "create", *args))[0] for args in (["laptop"], ["--label", "phone"])]
+    assert all(m["token"] for m in made)
+    listed = {t["id"]: t["label"] for t in lines(cubby(server, token, "--json", "token", "ls"))}
+    assert [listed[m["id"]] for m in made] == ["laptop", "phone"]
+    both = cubby(server, token, "token", "create", "a", "--label", "b", check=False)
+    assert both.returncode == 2 and "once" in both.stderr
