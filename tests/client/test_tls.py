@@ -88,20 +88,23 @@ def test_a_server_signed_by_the_named_ca_is_trusted(
     assert ctx.trust_loaded and _loaded(ctx) == 1  # exactly the CA that SSL_CERT_FILE names
 
 
-def test_a_server_no_trusted_ca_signed_is_refused(tls_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
-    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
-    with httpx.Client(verify=deferred_trust()) as client, pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-        client.get(f"{tls_server}/hello")
-
-
-def test_a_host_name_the_certificate_does_not_name_is_refused(
-    tls_server: str, ca_file: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("trust_ca", "host", "why"),
+    [
+        (False, "localhost", "CERTIFICATE_VERIFY_FAILED"),  # no trusted CA signed it (certifi's store)
+        (True, "127.0.0.1", "mismatch"),  # the same server, by a name its certificate does not hold
+    ],
+)
+def test_a_server_the_store_does_not_vouch_for_is_refused(
+    tls_server: str, ca_file: str, monkeypatch: pytest.MonkeyPatch, trust_ca: bool, host: str, why: str
 ) -> None:
-    monkeypatch.setenv("SSL_CERT_FILE", ca_file)
-    other = tls_server.replace("localhost", "127.0.0.1")  # the same server, a name not in its certificate
-    with httpx.Client(verify=deferred_trust()) as client, pytest.raises(httpx.ConnectError, match="mismatch"):
-        client.get(f"{other}/hello")
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    if trust_ca:
+        monkeypatch.setenv("SSL_CERT_FILE", ca_file)
+    else:
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    with httpx.Client(verify=deferred_trust()) as client, pytest.raises(httpx.ConnectError, match=why):
+        client.get(f"{tls_server.replace('localhost', host)}/hello")
 
 
 def test_the_api_client_speaks_tls_with_the_deferred_context(
