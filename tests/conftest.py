@@ -51,6 +51,14 @@ def require_service(name: str) -> None:
     pytest.skip(msg)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_state_home(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The user state folder (`cubby.client.sync.known`: the folders `cubby sync` linked) in a
+    temporary folder of the test run's, for this process and every command it starts: a test
+    must neither write the home of whoever runs the suite nor read what it holds."""
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state-home"))
+
+
 DB_ENGINES = ["sqlite", "postgresql", "mariadb"]
 
 

@@ -5,6 +5,7 @@ with ``folder_gone`` and the server keeps everything."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -94,3 +95,58 @@ def test_the_running_command_ends_with_folder_gone(clients: Clients) -> None:
             proc.wait()
     assert proc.returncode == 2 and "[folder_gone]" in err, (out, err)
     assert server_tree(clients.api)["one.txt"] == b"one"
+
+
+def _sync(clients: Clients, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CUBBY_URL": clients.server.url, "CUBBY_TOKEN": clients.token, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run([sys.executable, "-m", "cubby", *args], env=env, capture_output=True, text=True, check=False)
+
+
+def test_a_folder_synced_before_without_its_state_is_not_synced_again_unasked(clients: Clients) -> None:
+    """A folder `cubby sync` linked on this machine, then renamed (its path gone) or left as an
+    empty mount point: the next `cubby sync` there refuses (folder_state_missing) and makes
+    nothing, where it used to start a first sync and download the whole account again into
+    the wrong place. `--relink` starts it again; a folder never synced starts as ever."""
+    root = clients.tmp / "laptop"
+    root.mkdir()
+    (root / "mine.txt").write_bytes(b"mine")
+    first = _sync(clients, "sync", "--once", str(root))
+    assert first.returncode == 0, first.stderr
+    before = server_tree(clients.api)
+    assert before == {"mine.txt": b"mine"}
+
+    root.rename(clients.tmp / "laptop-moved")
+    gone = _sync(clients, "sync", "--once", str(root))
+    assert gone.returncode == 2 and "[folder_state_missing]" in gone.stderr and "--relink" in gone.stderr
+    assert not root.exists()  # not made again
+
+    root.mkdir()  # an empty mount point at the same path
+    empty = _sync(clients, "--json", "sync", "--once", str(root))
+    assert empty.returncode == 2 and "folder_state_missing" in empty.stderr
+    assert list(root.iterdir()) == [] and server_tree(clients.api) == before
+
+    again = _sync(clients, "sync", "--once", "--relink", str(root))
+    assert again.returncode == 0, again.stderr
+    assert (root / "mine.txt").read_bytes() == b"mine" and server_tree(clients.api) == before
+
+    fresh = clients.tmp / "never-synced"
+    assert _sync(clients, "sync", "--once", str(fresh)).returncode == 0
+    assert (fresh / "mine.txt").read_bytes() == b"mine"
+
+
+def test_an_unreadable_record_of_folders_leaves_sync_as_it_was(clients: Clients) -> None:
+    state_home = Path(os.environ["XDG_STATE_HOME"])
+    record = state_home / "cubby" / "synced-folders.json"
+    record.parent.mkdir(parents=True, exist_ok=True)
+    saved = record.read_bytes() if record.exists() else None
+    try:
+        record.write_text("{not json")
+        root = clients.tmp / "plain"
+        r = _sync(clients, "sync", "--once", str(root))
+        assert r.returncode == 0, r.stderr
+        assert str(root.resolve()) in json.loads(record.read_text())  # written anew, whole
+    finally:
+        if saved is None:
+            record.unlink(missing_ok=True)
+        else:
+            record.write_bytes(saved)

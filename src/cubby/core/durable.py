@@ -113,6 +113,25 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def replace_file(path: Path, data: bytes) -> None:
+    """Put ``data`` at ``path`` whole or not at all, durably: written to a temporary file beside
+    it, fsynced, renamed over it, and the rename made durable (a small record a crash must not
+    leave half-written)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
 def barrier(anchor: Path, paths: Iterable[Path] | None = None) -> None:
     """Make everything written so far on ``anchor``'s file system durable: one ``syncfs``;
     failing that, an fsync of each of ``paths`` (files or folders), or ``sync()`` if none

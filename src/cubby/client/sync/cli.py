@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+
+from cubby.errors import CubbyError
 
 if TYPE_CHECKING:  # imported where used: the planner's classes cost every `cubby` command's start 17 ms
     from cubby.client.sync import planner as P
@@ -35,13 +38,34 @@ def register(main: click.Group) -> None:
     @click.option("--once", is_flag=True, help="Do one full pass and exit (0 when both sides agree).")
     @click.option("--max-upload-rate", type=float, help="Bytes per second, at most, sent to the server.")
     @click.option("--max-download-rate", type=float, help="Bytes per second, at most, read from the server.")
+    @click.option("--relink", is_flag=True,
+                  help="Sync a folder synced before whose state is gone, from the start (see below).")
     @pass_state
-    def sync_cmd(state: State, folder: Path, once: bool, max_upload_rate: float | None, max_download_rate: float | None) -> None:
-        """Keep FOLDER identical to your cubby, in both directions (first run: link and download)."""
+    def sync_cmd(
+        state: State, folder: Path, once: bool, max_upload_rate: float | None, max_download_rate: float | None,
+        relink: bool,
+    ) -> None:
+        """Keep FOLDER identical to your cubby, in both directions (first run: link and download).
+
+        A folder synced before on this machine whose state (FOLDER/.cubby) is gone, or which
+        is gone itself, is refused (folder_state_missing): it is most often a drive not mounted
+        yet, or a folder moved elsewhere, and a first sync would download everything again
+        into the wrong place. --relink starts it again from the start."""
         from cubby.client.changes import open_waiter
         from cubby.client.sync.daemon import SyncDaemon
+        from cubby.client.sync.ignore import STATE_DIR
+        from cubby.client.sync.known import KnownFolders, known_file
         from cubby.client.sync.signals import take_stop_signals
 
+        folder = folder.resolve()
+        known = KnownFolders(known_file(os.environ))
+        if not relink and not (folder / STATE_DIR / "state.db").exists() and known.was_linked(folder):
+            raise CubbyError(
+                f"{folder} was synced on this machine before, but its state ({STATE_DIR}) is not there: is it on a "
+                "drive that is not mounted, or was the folder moved? Nothing was done. To sync it again from the "
+                f"start, run 'cubby sync --relink {folder}'",
+                code="folder_state_missing",
+            )
         folder.mkdir(parents=True, exist_ok=True)
 
         def emit(obj: dict[str, Any]) -> None:
@@ -73,6 +97,7 @@ def register(main: click.Group) -> None:
         try:
             engine.lock()
             engine.link(state.config.url)
+            known.remember(folder, state.config.url or "")
             if once:
                 report = engine.run_once()
                 state.emit({"event": "done", **report.to_dict()},
