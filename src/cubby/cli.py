@@ -367,6 +367,28 @@ def user_add(
         click.echo(token)
 
 
+@user.command("ls")
+@click.option("--data", type=click.Path(path_type=Path), help="The server's data folder.")
+@click.option("--db", help="The server's metadata database URL.")
+@shard_options
+@pass_state
+def user_ls(state: State, data: Path | None, db: str | None) -> None:
+    """List the users: id, name, when made, and how many tokens each has that are not revoked."""
+    from cubby.metadata.store import open_store
+
+    cfg = _server_config(state, data, db)
+    if cfg.db_url is None and not (cfg.data_dir / "meta.db").exists():
+        raise click.UsageError(f"no cubby server data in {cfg.data_dir}: pass the server's --data or --db")
+    store = open_store(cfg.metadata_url, shards=cfg.shard_urls, place_new=cfg.place_new)
+    try:
+        rows = store.list_users()
+    finally:
+        store.close()
+    for r in rows:
+        made = dt.datetime.fromtimestamp(float(r["created_at"])).strftime("%Y-%m-%d %H:%M")  # type: ignore[arg-type]
+        state.emit(r, f"{r['id']:>5}  {r['name']:<24} {made}  {r['tokens']} token{'s' if r['tokens'] != 1 else ''}")
+
+
 @user.command("passwd")
 @click.argument("name")
 @click.option("--data", type=click.Path(path_type=Path), help="The server's data folder.")

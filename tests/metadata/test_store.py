@@ -49,6 +49,10 @@ def test_user_token_lifecycle(store):
     with pytest.raises(NotFound):
         store.revoke_token(bob.id, p.token_id)  # alice's token is not bob's to revoke
     assert bob.root_ns != user.root_ns
+    listed = {u["name"]: u for u in store.list_users()}
+    assert listed["alice"]["tokens"] == 1 and listed["bob"]["tokens"] == 1  # the revoked one is not counted
+    assert listed["alice"]["id"] == user.id and listed["alice"]["root_ns"] == user.root_ns
+    assert [u["id"] for u in store.list_users()] == sorted(u["id"] for u in listed.values())
 
 
 @pytest.mark.parametrize("name", ["", "a b", "../x", "x" * 65, "a\x00"])

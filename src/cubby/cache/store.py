@@ -160,6 +160,9 @@ class CachedStore:
     def get_user(self, name: str) -> User:
         return self.store.get_user(name)
 
+    def list_users(self) -> builtins.list[dict[str, object]]:
+        return self.store.list_users()  # an admin's listing: from the database, never the cache
+
     def create_token(self, user_id: int, label: str = "") -> tuple[int, str]:
         return self.store.create_token(user_id, label)
 

@@ -119,6 +119,9 @@ class MetadataStore(Protocol):
 
     def get_user(self, name: str) -> User: ...
 
+    def list_users(self) -> list[dict[str, object]]:
+        """Every user, by id: id, name, root namespace, created_at, and active (unrevoked) tokens."""
+
     def create_token(self, user_id: int, label: str = "") -> tuple[int, str]:
         """Return (token id, token). Only a hash of the token is stored."""
 

@@ -131,6 +131,9 @@ class SqlMetadataStore:
     def get_user(self, name: str) -> User:
         return self.users.get_user(name)
 
+    def list_users(self) -> builtins.list[dict[str, object]]:
+        return self.users.list_users()
+
     def create_token(self, user_id: int, label: str = "") -> tuple[int, str]:
         return self.users.create_token(user_id, label)
 
