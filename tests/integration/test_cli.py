@@ -377,15 +377,17 @@ def test_a_token_is_named_as_an_argument_or_with_label(server):
 
 
 def test_user_ls_lists_every_user_with_the_tokens_still_valid(tmp_path):
+    from click.testing import CliRunner
+
+    from cubby.cli import main
     from cubby.metadata.store import open_store
 
     data = tmp_path / "data"
-    for name in ("zed", "amy"):
-        subprocess.run([*CUBBY, "user", "add", name, "--data", str(data)], check=True, capture_output=True, text=True,
-                       stdin=subprocess.DEVNULL, timeout=120)
+    data.mkdir()
     store = open_store(f"sqlite:///{data / 'meta.db'}")
     try:
-        zed = store.get_user("zed")
+        zed, _ = store.create_user("zed")
+        store.create_user("amy")
         (first,) = store.list_tokens(zed.id)
         store.create_token(zed.id, "laptop")
         store.revoke_token(zed.id, int(first["id"]))
@@ -394,7 +396,7 @@ def test_user_ls_lists_every_user_with_the_tokens_still_valid(tmp_path):
     p = subprocess.run([*CUBBY, "--json", "user", "ls", "--data", str(data)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert [(u["name"], u["tokens"]) for u in lines(p)] == [("zed", 1), ("amy", 1)]  # by id: the order they were made
-    human = subprocess.run([*CUBBY, "user", "ls", "--data", str(data)], capture_output=True, text=True, timeout=120).stdout
-    assert "zed" in human and "1 token" in human
-    missing = subprocess.run([*CUBBY, "user", "ls", "--data", str(tmp_path / "nothing")], capture_output=True, text=True)
-    assert missing.returncode == 2 and "no cubby server data" in missing.stderr
+    human = CliRunner().invoke(main, ["user", "ls", "--data", str(data)])
+    assert human.exit_code == 0 and "zed" in human.output and "1 token" in human.output
+    missing = CliRunner().invoke(main, ["user", "ls", "--data", str(tmp_path / "nothing")])
+    assert missing.exit_code == 2 and "no cubby server data" in missing.output
