@@ -14,6 +14,7 @@ import datetime as dt
 import errno
 import json
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -641,7 +642,8 @@ def put(state: State, local: Path, remote: str | None, max_upload_rate: float | 
                 n = 0
                 for f in local.rglob("*"):
                     with contextlib.suppress(OSError):  # gone, or unreadable: the upload tells
-                        n += f.lstat().st_size if f.is_file() and not f.is_symlink() else 0
+                        st = f.lstat()  # one call: links are not uploaded, so not counted
+                        n += st.st_size if stat.S_ISREG(st.st_mode) else 0
                 return 2 * n
 
             with progress_bar(state, total, f"put {local.name}") as bar:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from cubby.core import durable
 
 log = logging.getLogger("cubby.sync")
 
@@ -45,10 +46,8 @@ class PushStatus:
                 return
             self.ok = ok
             record = {"push": ok, "since": time.time(), "detail": detail}
-            tmp = self.path.with_suffix(".tmp")
             try:
-                tmp.write_text(json.dumps(record))
-                os.replace(tmp, self.path)
+                durable.replace_file(self.path, json.dumps(record).encode())  # whole, as `read` expects
             except OSError as exc:  # the folder went (the engine stops at its next scan): say it, go on
                 log.warning("cannot record the push state in %s: %s", self.path.parent, exc.strerror or exc)
         if ok:

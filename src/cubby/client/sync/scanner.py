@@ -270,12 +270,10 @@ def _list_folders(
             try:
                 with os.scandir(f"{root}/{rel_dir}" if rel_dir else root) as it:
                     entries = list(it)
-            except (FileNotFoundError, NotADirectoryError) as exc:
-                if rel_dir:
+            except OSError as exc:
+                if rel_dir and isinstance(exc, (FileNotFoundError, NotADirectoryError)):
                     continue  # gone since its parent was listed: as if listed after
-                out.put(Unreadable(rel_dir, unreadable_because(exc)))  # the folder itself: never "empty"
-                continue
-            except OSError as exc:  # there, but its contents unknown: not the same as empty
+                # there (or the folder itself), its contents unknown: not the same as empty
                 out.put(Unreadable(rel_dir, unreadable_because(exc)))
                 continue
             try:  # one loop in C per list: this is the whole of a pass with nothing changed
