@@ -238,3 +238,48 @@ def test_what_cannot_be_read_is_neither_deleted_nor_called_in_sync(clients: Clie
         assert json.loads(again.stdout.splitlines()[-1])["applied"].get("Upload") == 1
         assert {"/docs/a.txt", "/docs/sub/b.txt"} <= {e.path for e in api.list("/", recursive=True)}
         assert b"".join(api.download("/top.txt")) == b"second"
+
+
+WRITER = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+print("writing", flush=True)
+while True:
+    os.write(fd, b"x")
+"""
+"""Appends to a file without a pause, until killed: every read of it overlaps a write."""
+
+
+def test_a_file_changing_while_read_is_not_called_in_sync(clients: Clients, tmp_path: Path) -> None:
+    """A file written to the whole time the pass reads it (64 MiB, appended to without a pause
+    by another process) is left alone, as one being written should be, but `--once` must not
+    then say "in sync" with the file on no server: it says "not in sync" (exit 4) and names it,
+    and `cubby status` lists it. Once the writer stops, the next pass uploads it whole."""
+    d = tmp_path / "mine"
+    d.mkdir()
+    first = cubby(clients, "sync", "--once", str(d))
+    assert first.returncode == 0, first.stderr
+    log = d / "growing.log"
+    log.write_bytes(os.urandom(64 << 20))
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(log)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "writing"
+        busy = cubby(clients, "--json", "sync", "--once", str(d))
+        status = cubby(clients, "--json", "status", str(d))
+    finally:
+        writer.kill()
+        writer.wait()
+    assert busy.returncode == 4, busy.stderr
+    done = json.loads(busy.stdout.splitlines()[-1])
+    assert done["changing"] == ["growing.log"] and not done["converged"] and not done["failed"]
+    assert "changing: growing.log" in busy.stderr
+    assert "/growing.log" not in {e.path for e in clients.api.list("/", recursive=True)}
+    lines = [json.loads(x) for x in status.stdout.splitlines()]
+    assert [x["changing"] for x in lines if isinstance(x.get("changing"), str)] == ["growing.log"]
+    assert lines[-1]["in_sync"] is False and lines[-1]["changing"] == 1
+
+    settled = cubby(clients, "--json", "sync", "--once", str(d))
+    assert settled.returncode == 0, settled.stderr
+    report = json.loads(settled.stdout.splitlines()[-1])
+    assert report["converged"] and report["changing"] == [] and report["applied"].get("Upload") == 1
+    assert b"".join(clients.api.download("/growing.log")) == log.read_bytes()

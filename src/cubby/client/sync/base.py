@@ -71,6 +71,9 @@ class PassReport:
     unreadable: list[dict[str, str]] = field(default_factory=list)
     """Local files and folders the last scan could not read (path, reason): not synced, and the
     pass not converged, until they can be (`cubby.client.sync.scanner.Unreadable`)."""
+    changing: list[str] = field(default_factory=list)
+    """Local files that changed while the last scan read them (`ScanResult.changing`): not
+    synced, and the pass not converged, until one scan reads them whole."""
     converged: bool = False
     rounds: int = 0
 
@@ -80,7 +83,7 @@ class PassReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "applied": self.applied, "failed": self.failed, "blocked": self.blocked, "unreadable": self.unreadable,
-            "converged": self.converged, "rounds": self.rounds,
+            "changing": self.changing, "converged": self.converged, "rounds": self.rounds,
         }
 
 

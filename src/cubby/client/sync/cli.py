@@ -107,6 +107,8 @@ def register(main: click.Group) -> None:
                     click.echo(f"failed: {f['op']} {f['path']}: {f['error']}", err=True)
                 for u in report.unreadable:
                     click.echo(f"unreadable: {u['path']}: {u['reason']} (not synced until it can be read)", err=True)
+                for rel in report.changing:
+                    click.echo(f"changing: {rel}: it changed while it was read (not synced until it stops changing)", err=True)
                 if not report.converged:
                     raise SystemExit(4)
                 return
@@ -146,6 +148,8 @@ def register(main: click.Group) -> None:
             for u in res.unreadable:
                 state.emit({"unreadable": u.rel, "reason": u.reason},
                            f"unreadable  {u.rel}  ({u.reason}: not synced until it can be read)")
+            for rel in res.changing:
+                state.emit({"changing": rel}, f"changing  {rel}  (it changed while it was read: not synced until it stops)")
             refused = engine.state.refusals()
             for r in refused:
                 state.emit({"refused": r.path, "source": r.source, "reason": r.reason, "ns_id": r.ns_id, "jid": r.jid},
@@ -156,10 +160,12 @@ def register(main: click.Group) -> None:
                 state.emit({"push": False, "push_since": push["since"], "push_detail": push["detail"]},
                            f"warning  no push notifications since {since}: changes from elsewhere arrive late "
                            f"(polling). {push['detail']}")
-            in_sync = not pending and not res.unreadable
+            in_sync = not pending and not res.unreadable and not res.changing
             state.emit({"in_sync": in_sync, "pending": len(pending), "blocked": len(blocked), "refused": len(refused),
-                        "unreadable": len(res.unreadable), "push": None if push is None else bool(push["push"])},
+                        "unreadable": len(res.unreadable), "changing": len(res.changing),
+                        "push": None if push is None else bool(push["push"])},
                        "in sync" if in_sync else
-                       f"{len(pending)} changes pending" + (f", {len(res.unreadable)} unreadable" if res.unreadable else ""))
+                       f"{len(pending)} changes pending" + (f", {len(res.unreadable)} unreadable" if res.unreadable else "")
+                       + (f", {len(res.changing)} changing" if res.changing else ""))
         finally:
             engine.close()

@@ -145,9 +145,10 @@ class SyncEngine(EngineCore):
         made of when that stands for the scan (`_listed_unchanged`). Unchanged, they are not
         written again."""
         s = self._settled
-        # Nothing is written down while something could not be read: the next process scans
-        # again, and reports it again, rather than trust a plan made around it.
-        unread = bool(res.unreadable)
+        # Nothing is written down while something could not be read, or was read mid-change:
+        # the next process scans again, and reports it again, rather than trust a plan made
+        # around it.
+        unread = bool(res.unreadable or res.changing)
         listed = not ops and not unread and res.hashed == 0 and res.listing_digest is not None and self._plain(ctx)
         if (
             s is None or s.generation != self.state.generation() or s.rules != rules or s.local != res.items or s.ops != ops
@@ -282,8 +283,7 @@ class SyncEngine(EngineCore):
                 if not ops or P.blocked_only(ops):
                     self._settle(rules, res, ops, ctx)
                     report.blocked = [o.path for o in ops if isinstance(o, P.Blocked)]
-                    report.unreadable = [u.to_dict() for u in res.unreadable]
-                    report.converged = not res.unreadable
+                    report.converged = _left_out(report, res)
                     return report
             for _ in range(self.max_rounds):
                 if stop is not None and stop.is_set():
@@ -304,12 +304,12 @@ class SyncEngine(EngineCore):
                     ops, rules = self._plan(res, ctx)
                 self.crash_point("planned")
                 self._clear_evicted(ctx, res)
-                report.unreadable = [u.to_dict() for u in res.unreadable]
+                converged = _left_out(report, res)
                 if not ops or P.blocked_only(ops):
                     self._settle(rules, res, ops, ctx)
                     report.blocked = [o.path for o in ops if isinstance(o, P.Blocked)]
                     report.failed = []
-                    report.converged = not res.unreadable  # both sides agree, but for what is unknown here
+                    report.converged = converged  # both sides agree, but for what is unknown here
                     break
                 failures: list[dict[str, str]] = []
                 with gc_frozen():
@@ -335,6 +335,15 @@ class SyncEngine(EngineCore):
 
 
 Item = TypeVar("Item", P.BaseItem, P.RemoteItem)
+
+
+def _left_out(report: PassReport, res: ScanResult) -> bool:
+    """Put in ``report`` what the scan ``res`` could not take in (files and folders it could not
+    read, files that changed while it read them); whether there was none. A pass whose plan is
+    empty has synced everything else, but not those, so it has not converged until they are."""
+    report.unreadable = [u.to_dict() for u in res.unreadable]
+    report.changing = list(res.changing)
+    return not res.unreadable and not res.changing
 
 
 def _outside(items: list[Item], blind: list[str]) -> list[Item]:

@@ -75,6 +75,10 @@ class ScanResult:
     """Files that could not be opened and folders that could not be listed (see the module)."""
     blind: list[str] = field(default_factory=list)
     """Display paths of the folders that could not be listed: what is below them is unknown."""
+    changing: list[str] = field(default_factory=list)
+    """Relative paths of files that changed while they were read (still being written, or moved
+    or removed meanwhile): left alone, without a version, until a scan reads one whole. Until
+    then the pass has not synced them, and says so."""
     hashed: int = 0
     rules: IgnoreRules = field(default_factory=IgnoreRules)
     """The ignore rules the scan applied."""
@@ -525,7 +529,9 @@ class _Taken:
             for (rel, display, ino), got in zip(todo[self.at : self.at + len(part)], part, strict=True):
                 res.hashed += 1
                 if got is None or isinstance(got, CannotRead):  # unstable, or unreadable: left alone
-                    if got is not None:
+                    if got is None:
+                        res.changing.append(rel)
+                    else:
                         res.unreadable.append(Unreadable(rel, got.reason))
                     self.items.append(LocalItem(display, rel, "file", None, ino))
                     continue
