@@ -271,6 +271,10 @@ BLOCKS_OPTION = click.option(
 @click.option("--max-connections", type=int, default=None, help="Open connections per process (default: the open-file limit less a reserve).")
 @click.option("--max-connections-per-address", type=int, default=None, help="Open connections per client address (default 256).")
 @click.option("--max-waits-per-token", type=int, default=None, help="Long-polls and WebSockets one token may hold (default 32).")
+@click.option(
+    "--max-buffered-bodies", type=click.IntRange(min=1024 * 1024), default=None, metavar="BYTES",
+    help="Bytes of request bodies one process holds whole at once, all requests together (default 48 MiB); past it, 503.",
+)
 @pass_state
 def serve(
     state: State, data: Path | None, db: str | None, host: str | None, port: int | None, listen_fd: int | None,
@@ -279,7 +283,8 @@ def serve(
     advertise_meta: str | None, advertise_blocks: str | None, advertise_notify: str | None,
     auto_accept_shares: bool | None, dedup_scope: str | None, trusted_proxies: tuple[str, ...],
     header_timeout: float | None, idle_timeout: float | None, max_connections: int | None,
-    max_connections_per_address: int | None, max_waits_per_token: int | None, workers: int,
+    max_connections_per_address: int | None, max_waits_per_token: int | None, max_buffered_bodies: int | None,
+    workers: int,
 ) -> None:
     """Run the cubby server."""
     from cubby.server.run import parse_roles
@@ -296,7 +301,7 @@ def serve(
         dedup_scope=dedup_scope, trusted_proxies=trusted_proxies or None,
         header_timeout=header_timeout, idle_timeout=idle_timeout,
         max_connections=max_connections, max_connections_per_address=max_connections_per_address,
-        max_waits_per_token=max_waits_per_token,
+        max_waits_per_token=max_waits_per_token, max_buffered_bodies=max_buffered_bodies,
     )
     run(cfg, roles, workers=workers)
 

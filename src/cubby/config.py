@@ -93,6 +93,9 @@ class Config:
     """Open connections per client address (see ``trusted_proxies``)."""
     max_waits_per_token: int = 32
     """Long-polls and WebSockets one token may hold open at once; the next answers 429."""
+    max_buffered_bodies: int = 48 * 1024 * 1024
+    """Bytes of request bodies one server process holds whole at once, all requests together
+    (`cubby.server.bodies.BodyBudget`): past it a request is refused with 503 (retry later)."""
 
     @property
     def metadata_url(self) -> str:

@@ -336,3 +336,51 @@ def test_many_idle_sockets_never_lock_out_another_client(front: Front) -> None:
     finally:
         for s in held:
             s.close()
+
+
+def test_bodies_held_whole_share_one_budget(tmp_path: Path) -> None:
+    """``--max-buffered-bodies`` bounds the bodies one process holds whole, all requests
+    together: a body that could never fit is refused with 413; while a slow client holds
+    900 KB of an unfinished body, another request's 200 KB body is refused with 503 (retry
+    later), not kept; once the slow client is gone, the same request is read and answered."""
+    server = LiveServer(tmp_path / "data", extra_args=["--max-buffered-bodies", str(1 << 20)]).start()
+    try:
+        token = server.add_user("budget").encode()
+
+        def head(length: int) -> bytes:
+            return (
+                b"POST /api/v1/blocks/fetch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Authorization: Bearer " + token + b"\r\nContent-Length: %d\r\n\r\n" % length
+            )
+
+        def post(body: bytes) -> bytes:
+            with connect(server.port, fresh_source()) as s:
+                s.sendall(head(len(body)) + body)
+                return read_answer(s)
+
+        small = b" " * 200_000 + b'{"hashes": []}'
+        assert status_of(post(small)) == 400  # read whole, then refused for what it says
+        huge = post(b" " * 1_200_000 + b'{"hashes": []}')
+        assert status_of(huge) == 413 and b"--max-buffered-bodies" in huge, huge[:300]
+
+        # The slow body and the probe race for the budget, and the second to come is refused:
+        # until the probe is the one refused, the slow client starts again.
+        end = time.monotonic() + WAIT
+        while True:
+            slow = connect(server.port, fresh_source())
+            slow.sendall(head(950_000) + b" " * 900_000)
+            time.sleep(0.2)  # (not a bound: the loop tries again if the server was not there yet)
+            busy = post(small)
+            if status_of(busy) == 503 or time.monotonic() > end:
+                break
+            slow.close()
+        try:
+            assert status_of(busy) == 503 and b'"unavailable"' in busy, busy[:300]
+        finally:
+            slow.close()
+        end = time.monotonic() + WAIT
+        while status_of(after := post(small)) == 503 and time.monotonic() < end:
+            time.sleep(0.05)
+        assert status_of(after) == 400, after[:300]
+    finally:
+        server.stop()

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from cubby.server import discovery, metrics
+from cubby.server.bodies import BodyBudget
 from cubby.server.context import ServerContext
 from cubby.server.errors import HANDLERS
 from cubby.server.front import Front
@@ -75,7 +76,9 @@ def build_app(ctx: ServerContext, roles: Sequence[str] = ROLES) -> Starlette:
 
     return Starlette(
         routes=routes,
-        middleware=[Middleware(Front, metrics=ctx.metrics, routes=routes)],  # logs, metrics, unread bodies
+        middleware=[  # logs, metrics, unread bodies, the budget of bodies held whole
+            Middleware(Front, metrics=ctx.metrics, routes=routes, budget=BodyBudget(ctx.config.max_buffered_bodies))
+        ],
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
     )

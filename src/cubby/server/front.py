@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cubby.server import unread
+from cubby.server.bodies import BodyBudget
 from cubby.server.logs import ACCESS_LOGGER, log_request
 from cubby.server.metrics import Metrics, route_template
 
@@ -69,13 +70,17 @@ class Exchange:
 
 class Front:
     """ASGI middleware: logs, counts and times every HTTP request, and deals with the body a
-    route left unread (`cubby.server.unread`). Anything else (WebSocket, lifespan) passes
-    through untouched."""
+    route left unread (`cubby.server.unread`), and lends every request the process's budget of
+    bodies held whole (`cubby.server.bodies.BodyBudget`). Anything else (WebSocket, lifespan)
+    passes through untouched."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Sequence[BaseRoute]) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, routes: Sequence[BaseRoute], budget: BodyBudget | None = None
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.routes = routes
+        self.budget = budget or BodyBudget()
         self.log = logging.getLogger(ACCESS_LOGGER)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -83,6 +88,7 @@ class Front:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        self.budget.lend(scope)
         ex = Exchange(scope, receive, send)
         try:
             await self.app(scope, ex.receive, ex.send)
