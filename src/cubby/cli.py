@@ -275,6 +275,10 @@ BLOCKS_OPTION = click.option(
     "--max-buffered-bodies", type=click.IntRange(min=1024 * 1024), default=None, metavar="BYTES",
     help="Bytes of request bodies one process holds whole at once, all requests together (default 48 MiB); past it, 503.",
 )
+@click.option(
+    "--max-buffered-uploads", type=click.IntRange(min=8 * 1024 * 1024), default=None, metavar="BYTES",
+    help="Bytes of chunk uploads one process holds before storing them, all uploads together (default 256 MiB); past it, uploads wait.",
+)
 @pass_state
 def serve(
     state: State, data: Path | None, db: str | None, host: str | None, port: int | None, listen_fd: int | None,
@@ -284,7 +288,7 @@ def serve(
     auto_accept_shares: bool | None, dedup_scope: str | None, trusted_proxies: tuple[str, ...],
     header_timeout: float | None, idle_timeout: float | None, max_connections: int | None,
     max_connections_per_address: int | None, max_waits_per_token: int | None, max_buffered_bodies: int | None,
-    workers: int,
+    max_buffered_uploads: int | None, workers: int,
 ) -> None:
     """Run the cubby server."""
     from cubby.server.run import parse_roles
@@ -302,6 +306,7 @@ def serve(
         header_timeout=header_timeout, idle_timeout=idle_timeout,
         max_connections=max_connections, max_connections_per_address=max_connections_per_address,
         max_waits_per_token=max_waits_per_token, max_buffered_bodies=max_buffered_bodies,
+        max_buffered_uploads=max_buffered_uploads,
     )
     run(cfg, roles, workers=workers)
 

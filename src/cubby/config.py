@@ -96,6 +96,9 @@ class Config:
     max_buffered_bodies: int = 48 * 1024 * 1024
     """Bytes of request bodies one server process holds whole at once, all requests together
     (`cubby.server.bodies.BodyBudget`): past it a request is refused with 503 (retry later)."""
+    max_buffered_uploads: int = 256 * 1024 * 1024
+    """Bytes of chunk uploads one server process holds at once before storing them, all
+    uploads together: past it an upload waits for room (then 503). 16 windows of 16 MiB."""
 
     @property
     def metadata_url(self) -> str:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -17,7 +18,9 @@ def test_the_database_password_is_masked_in_what_serve_prints(tmp_path: Path) ->
     require_service("postgresql")
     url = make_url(worker_database(POSTGRES_URL)).set(password=SECRET).render_as_string(hide_password=False)
     with LiveServer(tmp_path / "srv", db_url=url) as server:
-        server.add_user("ann")  # the server is up and the password worked (trust accepts any)
+        # The server is up and the password worked (trust accepts any). A name of its own: the
+        # worker's database keeps what earlier tests (and runs) left in it.
+        server.add_user(f"ann-{uuid.uuid4().hex[:8]}")
         logs = server.logs()
     assert "cubby is serving" in logs
     assert SECRET not in logs

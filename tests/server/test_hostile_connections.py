@@ -10,6 +10,8 @@ served. Deadlines are short here (``--header-timeout``/``--idle-timeout`` flags)
 from __future__ import annotations
 
 import base64
+import contextlib
+import hashlib
 import os
 import resource
 import socket
@@ -20,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.helpers.live_server import LiveServer
@@ -384,3 +387,90 @@ def test_bodies_held_whole_share_one_budget(tmp_path: Path) -> None:
         assert status_of(after) == 400, after[:300]
     finally:
         server.stop()
+
+
+UPLOAD_BUDGET = 16 * 1024 * 1024
+"""``--max-buffered-uploads`` of the upload-budget tests."""
+
+
+def budget_server(tmp_path: Path) -> Front:
+    server = LiveServer(tmp_path / "data", extra_args=["--max-buffered-uploads", str(UPLOAD_BUDGET)]).start()
+    return Front("main", server, server.add_user("uploader"))
+
+
+def upload_on(front: Front, body: bytes, declared: int | None = None, patience: float = 2.0) -> socket.socket:
+    """A connection that has sent an upload's head and ``body`` (of ``declared`` bytes in all:
+    the rest never comes), or as much of it as the server took within ``patience`` seconds."""
+    s = connect(front.port, fresh_source())
+    s.sendall(
+        b"POST /api/v1/blocks/upload HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-cubby-chunks\r\n"
+        b"Authorization: Bearer " + front.token.encode() + b"\r\nContent-Length: %d\r\n\r\n" % (declared or len(body))
+    )
+    s.settimeout(patience)
+    with contextlib.suppress(TimeoutError, ConnectionResetError, BrokenPipeError):
+        s.sendall(body)
+    s.settimeout(WAIT)
+    return s
+
+
+def buffered_uploads(front: Front) -> float:
+    """The upload bytes the server holds, from its ``/metrics``."""
+    for line in httpx.get(f"http://127.0.0.1:{front.port}/metrics").text.splitlines():
+        if line.startswith('cubby_buffered_body_bytes{budget="upload"}'):
+            return float(line.split()[-1])
+    raise AssertionError("no cubby_buffered_body_bytes for uploads in /metrics")
+
+
+def first_part_of_a_chunk(size: int) -> bytes:
+    """The header of a frame of a 4 MiB chunk and its first ``size`` bytes: a body cut short."""
+    return struct.pack(">32sI", os.urandom(32), 4 << 20) + os.urandom(size)
+
+
+def test_slow_uploads_are_bounded(tmp_path: Path) -> None:
+    """Forty connections each send most of a 4 MiB chunk frame and then nothing (140 MiB): the
+    server holds no more of them than ``--max-buffered-uploads`` (16 MiB here), each upload
+    waiting for room, and it keeps serving others."""
+    front = budget_server(tmp_path)
+    try:
+        before = front.rss()
+        slow = [upload_on(front, first_part_of_a_chunk(3_500_000), declared=(4 << 20) + 36) for _ in range(40)]
+        assert front.rss() - before < MEMORY_BOUND
+        assert served(front)
+        for s in slow:
+            s.close()
+    finally:
+        front.server.stop()
+
+
+def test_an_upload_waits_for_room_then_is_refused_or_stored(tmp_path: Path) -> None:
+    """With the upload budget held by four slow uploads (14 MiB of 16), an honest 4 MiB chunk
+    waits for room and, none coming, is refused with 503 (retry later); once the slow uploads
+    are gone, the same upload is stored."""
+    front = budget_server(tmp_path)
+    chunk = os.urandom(4 << 20)
+    honest = struct.pack(">32sI", bytes.fromhex(hashlib.sha256(chunk).hexdigest()), len(chunk)) + chunk
+    try:
+        # (each sent whole, however loaded the machine: there is room for all four)
+        slow = [
+            upload_on(front, first_part_of_a_chunk(3_500_000), declared=(4 << 20) + 36, patience=WAIT) for _ in range(4)
+        ]
+        # The honest upload must not race them for the room: it starts once the server holds
+        # all of them, as its metrics say.
+        end = time.monotonic() + WAIT
+        while buffered_uploads(front) < 4 * 3_500_036 and time.monotonic() < end:
+            time.sleep(0.05)
+        with upload_on(front, honest) as s:
+            refused = read_answer(s)
+        assert status_of(refused) == 503 and b'"unavailable"' in refused, refused[:300]
+        for s in slow:
+            s.close()
+        end = time.monotonic() + WAIT
+        while True:
+            with upload_on(front, honest) as s:
+                answer = read_answer(s)
+            if status_of(answer) != 503 or time.monotonic() > end:
+                break
+            time.sleep(0.1)
+        assert status_of(answer) == 200 and b'"received":1' in answer, answer[:300]
+    finally:
+        front.server.stop()

@@ -74,10 +74,12 @@ def build_app(ctx: ServerContext, roles: Sequence[str] = ROLES) -> Starlette:
         finally:
             ctx.close()
 
+    bodies = BodyBudget(ctx.config.max_buffered_bodies)
+    ctx.metrics.watch_budget("json", lambda: bodies.held)
     return Starlette(
         routes=routes,
         middleware=[  # logs, metrics, unread bodies, the budget of bodies held whole
-            Middleware(Front, metrics=ctx.metrics, routes=routes, budget=BodyBudget(ctx.config.max_buffered_bodies))
+            Middleware(Front, metrics=ctx.metrics, routes=routes, budget=bodies)
         ],
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,

@@ -189,14 +189,36 @@ class BodyBudget:
     def __init__(self, limit: int = BUFFERED_BODIES) -> None:
         self.limit = limit
         self.held = 0
+        self._freed = asyncio.Event()
 
     def take(self, n: int) -> None:
         if self.held + n > self.limit:
             raise Unavailable("the server is receiving too many request bodies at once; retry shortly")
         self.held += n
 
+    async def take_waiting(self, n: int, wait: float) -> None:
+        """`take`, waiting up to ``wait`` seconds for room first: for a stream that can pause
+        (an upload: while it waits nothing more is read from its connection, and the client
+        is held back by TCP), where a refusal would fail honest transfers at every busy
+        moment. Still no room then: 503."""
+        if self.held + n <= self.limit:
+            self.held += n
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while self.held + n > self.limit:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise Unavailable("the server is receiving too many uploads at once; retry shortly")
+            self._freed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._freed.wait()
+        self.held += n
+
     def give(self, n: int) -> None:
         self.held -= n
+        self._freed.set()
 
     def lend(self, scope: Scope) -> None:
         """Let the request of ``scope`` draw on this budget (`read_capped`)."""

@@ -57,6 +57,10 @@ class Metrics:
         self.notify_connections = Gauge(
             "cubby_notify_connections", "Connections waiting for a change", registry=r, multiprocess_mode="livesum",
         )
+        self.buffered = Gauge(
+            "cubby_buffered_body_bytes", "Request body bytes held in memory, by budget (json, upload)", ["budget"],
+            registry=r, multiprocess_mode="livesum",
+        )
         self.refreshers: list[Callable[[], None]] = []
         """Gauges read at scrape time (the notify hub's size)."""
         self.fanout = Histogram(
@@ -95,6 +99,13 @@ class Metrics:
     def watch_notify(self, connections: Callable[[], int]) -> None:
         """Report ``connections()`` (the hub's waiting subscriptions) at every scrape."""
         self.refreshers.append(lambda: self.notify_connections.set(connections()))
+
+    def watch_budget(self, name: str, held: Callable[[], int]) -> None:
+        """Report ``held()`` (the bytes a `cubby.server.bodies.BodyBudget` holds) at every
+        scrape, as ``cubby_buffered_body_bytes{budget=name}``: bodies piling up against their
+        budget are what precedes its 503s."""
+        gauge = self.buffered.labels(name)
+        self.refreshers.append(lambda: gauge.set(held()))
 
     def observe_transaction(self, kind: str, seconds: float) -> None:
         self.child(self.transactions, kind).inc()
