@@ -474,3 +474,49 @@ def test_an_upload_waits_for_room_then_is_refused_or_stored(tmp_path: Path) -> N
         assert status_of(answer) == 200 and b'"received":1' in answer, answer[:300]
     finally:
         front.server.stop()
+
+
+def test_a_request_short_of_room_closes_the_slowest_bodies(tmp_path: Path) -> None:
+    """Thirty-four connections each send 30 KB of a 950 KB body and then nothing, filling a
+    1 MiB budget (``--max-buffered-bodies``). Left alone they would hold it for ever, and every
+    request after them would be refused. Once they are past the grace (``--header-timeout``,
+    1 s here) and under the minimum rate, an honest request short of room closes the oldest of
+    them (without an answer: they are cut off) to make it, and is answered."""
+    server = LiveServer(
+        tmp_path / "data", extra_args=["--max-buffered-bodies", str(1 << 20), "--header-timeout", "1"]
+    ).start()
+    try:
+        token = server.add_user("budget").encode()
+
+        def head(length: int) -> bytes:
+            return (
+                b"POST /api/v1/blocks/fetch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Authorization: Bearer " + token + b"\r\nContent-Length: %d\r\n\r\n" % length
+            )
+
+        slow = []
+        for _ in range(34):  # 1,020,000 bytes: all of them fit
+            s = connect(server.port, fresh_source())
+            s.sendall(head(950_000) + b" " * 30_000)
+            slow.append(s)
+        time.sleep(3)  # (the grace, and the rate: 30 KB in 3 s is under 16 KiB/s)
+        with connect(server.port, fresh_source()) as s:
+            body = b" " * 200_000 + b'{"hashes": []}'
+            s.sendall(head(len(body)) + body)
+            answer = read_answer(s)
+        assert status_of(answer) == 400, answer[:300]  # read whole, then refused for what it says
+        cut = 0
+        for s in slow:
+            s.settimeout(0.1)
+            try:
+                got = s.recv(65536)
+                assert not got.startswith(b"HTTP/"), got[:200]  # none was answered
+                cut += got == b""
+            except ConnectionResetError:
+                cut += 1
+            except TimeoutError:
+                pass  # still open: not needed for the room
+            s.close()
+        assert 0 < cut < len(slow)
+    finally:
+        server.stop()

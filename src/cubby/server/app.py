@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from cubby.server import discovery, metrics
-from cubby.server.bodies import BodyBudget
+from cubby.server.budget import BodyBudget
 from cubby.server.context import ServerContext
 from cubby.server.errors import HANDLERS
 from cubby.server.front import Front
@@ -74,7 +74,7 @@ def build_app(ctx: ServerContext, roles: Sequence[str] = ROLES) -> Starlette:
         finally:
             ctx.close()
 
-    bodies = BodyBudget(ctx.config.max_buffered_bodies)
+    bodies = BodyBudget(ctx.config.max_buffered_bodies, grace=ctx.config.header_timeout)
     ctx.metrics.watch_budget("json", lambda: bodies.held)
     return Starlette(
         routes=routes,

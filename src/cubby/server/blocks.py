@@ -27,7 +27,6 @@ from cubby.model import ChunkRef, Entry
 from cubby.server import access
 from cubby.server.bodies import (
     LIST_JSON,
-    BodyBudget,
     field_hash,
     field_int,
     json_body,
@@ -35,13 +34,11 @@ from cubby.server.bodies import (
     require_content_type,
     stream_capped,
 )
+from cubby.server.budget import BodyBudget
 from cubby.server.context import ServerContext
 from cubby.server.possession import RejectPacer
 
 INGEST_BATCH_BYTES = 16 * 1024 * 1024
-UPLOAD_WAIT = 10.0
-"""Seconds an upload waits for room in the process's budget for uploads before it is refused
-with 503 (`BodyBudget.take_waiting`)."""
 FETCH_HOP_BYTES = 4 * 1024 * 1024
 """Chunks taken from the block store per hop to a worker thread while a fetch streams: a hop
 per chunk cost more thread wake-ups than reading the chunk (measured, bench/README.md)."""
@@ -182,7 +179,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
     blocks: BlockStore = ctx.blocks  # type: ignore[assignment]
     limit = ctx.config.max_request_bytes
     pacer = RejectPacer()
-    uploads = BodyBudget(ctx.config.max_buffered_uploads)
+    uploads = BodyBudget(ctx.config.max_buffered_uploads, grace=ctx.config.header_timeout)
     ctx.metrics.watch_budget("upload", lambda: uploads.held)
 
     async def upload(request: Request) -> Response:
@@ -194,28 +191,26 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         # `put_many`, which verifies every chunk against its name before writing any (the one
         # verification on the server; hashing here as well would double the server's work).
         # What the body holds in memory (its whole frames not yet stored, and a frame's first
-        # part) is counted against the process's budget for uploads (`uploads`) as it arrives,
-        # and given back as it is stored: without it, connections that each send most of a
-        # batch and then nothing made the server hold 20 MiB apiece.
+        # part) is counted against the process's budget for uploads (`cubby.server.budget`) as
+        # it arrives, and given back as it is stored: without it, connections that each send
+        # most of a batch and then nothing made the server hold 20 MiB apiece.
         reader = frames.FrameReader()
         batch: list[tuple[str, bytes]] = []
-        batch_bytes = received = stored = held = 0
+        batch_bytes = received = stored = 0
+        with uploads.holding(request.scope) as share:
 
-        async def store_batch() -> None:
-            nonlocal batch, batch_bytes, received, stored, held
-            stored += await run_in_threadpool(store.ingest_chunks, ns_id, batch, blocks)
-            received += len(batch)
-            done = batch_bytes + frames.HEADER.size * len(batch)
-            uploads.give(done)
-            held -= done
-            batch, batch_bytes = [], 0
+            async def store_batch() -> None:
+                nonlocal batch, batch_bytes, received, stored
+                with uploads.servers_turn(share):
+                    stored += await run_in_threadpool(store.ingest_chunks, ns_id, batch, blocks)
+                received += len(batch)
+                uploads.give(share, batch_bytes + frames.HEADER.size * len(batch))
+                batch, batch_bytes = [], 0
 
-        try:
             async for piece in stream_capped(request, limit):
                 if batch and uploads.held + len(piece) > uploads.limit:
-                    await store_batch()  # room of its own first, before waiting for others'
-                await uploads.take_waiting(len(piece), UPLOAD_WAIT)
-                held += len(piece)
+                    await store_batch()  # room of its own first, before asking for others'
+                await uploads.take(share, len(piece), patient=True)
                 for name, data in reader.feed(piece):
                     batch.append((name, data))
                     batch_bytes += len(data)
@@ -224,8 +219,6 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
             reader.close()
             if batch:
                 await store_batch()
-        finally:
-            uploads.give(held)
         if ctx.config.dedup_scope == "user":
             # Whether the bytes were new to the *server* is another user's business here.
             stored = received

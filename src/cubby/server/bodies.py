@@ -36,7 +36,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.types import Scope
 
 from cubby.core.hashing import is_chunk_name
-from cubby.errors import BadRequest, CubbyError, PayloadTooLarge, Unavailable
+from cubby.errors import BadRequest, CubbyError, PayloadTooLarge
+from cubby.server.budget import lent
 
 SMALL_JSON = 64 * 1024
 """A body naming one or two paths and a few fields (mkdir, move, delete, restore, tokens,
@@ -51,14 +52,8 @@ MAX_JSON_DEPTH = 32
 MAX_INT = 2**63 - 1
 """The largest integer any field accepts: what a signed 64-bit database column holds."""
 
-BUFFERED_BODIES = 48 * 1024 * 1024
-"""Bytes of request bodies one process holds whole at once, all requests together
-(`BodyBudget`; ``cubby serve --max-buffered-bodies``): a commit batch at its cap
-(`COMMIT_JSON`) with room beside it; real bodies are a few hundred KB."""
 
 _GATE = "cubby.body_allowed"
-_BUDGET = "cubby.body_budget"
-"""Scope key: the process's `BodyBudget`, put there by `cubby.server.front.Front`."""
 _EARLY = "cubby.early_body"
 """Scope key: the bytes `early_body` received without the rest of the body (a slow client)."""
 EARLY_BYTES = 64 * 1024
@@ -174,71 +169,22 @@ async def stream_capped(request: Request, limit: int) -> AsyncIterator[bytes]:
         yield piece
 
 
-class BodyBudget:
-    """The bytes of request bodies this process is reading whole (`read_capped`) at once, held
-    to ``limit``.
-
-    Why. Each route caps its own body, but not how many such bodies arrive together: one user
-    holding 240 connections from six addresses (each under its per-address cap), each sending
-    900 KB of a 1 MiB body and then nothing, had the server hold 216 MB. A piece that would
-    take the total past ``limit`` is refused with 503 (`Unavailable`: the client retries
-    later) instead of kept, and a body that could never fit is refused with 413 (see
-    `read_capped`). The notification front holds its own bodies to the same kind of budget
-    (`cubby.server.gate.ConnectionLimits.max_inflight_bytes`). Event loop only: no lock."""
-
-    def __init__(self, limit: int = BUFFERED_BODIES) -> None:
-        self.limit = limit
-        self.held = 0
-        self._freed = asyncio.Event()
-
-    def take(self, n: int) -> None:
-        if self.held + n > self.limit:
-            raise Unavailable("the server is receiving too many request bodies at once; retry shortly")
-        self.held += n
-
-    async def take_waiting(self, n: int, wait: float) -> None:
-        """`take`, waiting up to ``wait`` seconds for room first: for a stream that can pause
-        (an upload: while it waits nothing more is read from its connection, and the client
-        is held back by TCP), where a refusal would fail honest transfers at every busy
-        moment. Still no room then: 503."""
-        if self.held + n <= self.limit:
-            self.held += n
-            return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        while self.held + n > self.limit:
-            left = deadline - loop.time()
-            if left <= 0:
-                raise Unavailable("the server is receiving too many uploads at once; retry shortly")
-            self._freed.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(left):
-                    await self._freed.wait()
-        self.held += n
-
-    def give(self, n: int) -> None:
-        self.held -= n
-        self._freed.set()
-
-    def lend(self, scope: Scope) -> None:
-        """Let the request of ``scope`` draw on this budget (`read_capped`)."""
-        scope[_BUDGET] = self
-
-
 async def read_capped(request: Request, limit: int) -> bytes:
     """The whole body, at most ``limit`` bytes (`stream_capped`), counted against the process's
-    `BodyBudget` while it arrives (no budget: a request that did not come through `Front`)."""
-    budget: BodyBudget | None = request.scope.get(_BUDGET)
+    budget of bodies held whole while it arrives (`cubby.server.budget`; none: a request that
+    did not come through `cubby.server.front.Front`)."""
+    budget = lent(request.scope)
     buf = bytearray()
     if budget is None:
         async for piece in stream_capped(request, limit):
             buf += piece
         return bytes(buf)
     try:
-        async for piece in stream_capped(request, min(limit, budget.limit)):
-            budget.take(len(piece))
-            buf += piece
-        return bytes(buf)
+        with budget.holding(request.scope) as share:
+            async for piece in stream_capped(request, min(limit, budget.limit)):
+                await budget.take(share, len(piece))
+                buf += piece
+            return bytes(buf)
     except PayloadTooLarge:
         if budget.limit >= limit:
             raise
@@ -246,8 +192,6 @@ async def read_capped(request: Request, limit: int) -> bytes:
             f"the body is larger than the {budget.limit} bytes this server holds of all bodies at once "
             "(cubby serve --max-buffered-bodies)"
         ) from None
-    finally:
-        budget.give(len(buf))
 
 
 _ESCAPE = re.compile(rb"\\.", re.DOTALL)

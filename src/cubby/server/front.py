@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cubby.server import unread
-from cubby.server.bodies import BodyBudget
+from cubby.server.budget import BodyBudget
 from cubby.server.logs import ACCESS_LOGGER, log_request
 from cubby.server.metrics import Metrics, route_template
 
@@ -80,7 +80,7 @@ class Front:
         self.app = app
         self.metrics = metrics
         self.routes = routes
-        self.budget = budget or BodyBudget()
+        self.budget = budget
         self.log = logging.getLogger(ACCESS_LOGGER)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -88,7 +88,8 @@ class Front:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        self.budget.lend(scope)
+        if self.budget is not None:
+            self.budget.lend(scope)
         ex = Exchange(scope, receive, send)
         try:
             await self.app(scope, ex.receive, ex.send)

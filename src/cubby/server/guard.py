@@ -34,10 +34,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import MutableMapping
+from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from cubby.server.budget import allow_abort
 from cubby.server.gate import ConnectionGate
 from cubby.server.onewrite import OneWrite
 
@@ -144,6 +147,8 @@ def protocols(gate: ConnectionGate) -> tuple[type[asyncio.Protocol], type[asynci
                     if not gate.claim(slot.key, client):
                         self._refuse("too_many_from_address")
                     slot.key = client
+            if slot is not None:
+                allow_abort(cast("MutableMapping[str, Any]", self.scope), slot.expire)  # a body too slow may be closed to make room
             before = self.cycle
             super().on_headers_complete()
             if self.cycle is not None and self.cycle is not before:  # a new request's cycle
