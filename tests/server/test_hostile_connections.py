@@ -341,6 +341,14 @@ def test_many_idle_sockets_never_lock_out_another_client(front: Front) -> None:
             s.close()
 
 
+def json_head(token: str, length: int) -> bytes:
+    """The head of a JSON POST to a route that reads its body whole (``/blocks/fetch``)."""
+    return (
+        b"POST /api/v1/blocks/fetch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + token.encode() + b"\r\nContent-Length: %d\r\n\r\n" % length
+    )
+
+
 def test_bodies_held_whole_share_one_budget(tmp_path: Path) -> None:
     """``--max-buffered-bodies`` bounds the bodies one process holds whole, all requests
     together: a body that could never fit is refused with 413; while a slow client holds
@@ -348,13 +356,10 @@ def test_bodies_held_whole_share_one_budget(tmp_path: Path) -> None:
     later), not kept; once the slow client is gone, the same request is read and answered."""
     server = LiveServer(tmp_path / "data", extra_args=["--max-buffered-bodies", str(1 << 20)]).start()
     try:
-        token = server.add_user("budget").encode()
+        token = server.add_user("budget")
 
         def head(length: int) -> bytes:
-            return (
-                b"POST /api/v1/blocks/fetch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Authorization: Bearer " + token + b"\r\nContent-Length: %d\r\n\r\n" % length
-            )
+            return json_head(token, length)
 
         def post(body: bytes) -> bytes:
             with connect(server.port, fresh_source()) as s:
@@ -486,13 +491,10 @@ def test_a_request_short_of_room_closes_the_slowest_bodies(tmp_path: Path) -> No
         tmp_path / "data", extra_args=["--max-buffered-bodies", str(1 << 20), "--header-timeout", "1"]
     ).start()
     try:
-        token = server.add_user("budget").encode()
+        token = server.add_user("budget")
 
         def head(length: int) -> bytes:
-            return (
-                b"POST /api/v1/blocks/fetch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Authorization: Bearer " + token + b"\r\nContent-Length: %d\r\n\r\n" % length
-            )
+            return json_head(token, length)
 
         slow = []
         for _ in range(34):  # 1,020,000 bytes: all of them fit
