@@ -95,10 +95,12 @@ class Config:
     """Long-polls and WebSockets one token may hold open at once; the next answers 429."""
     max_buffered_bodies: int = 48 * 1024 * 1024
     """Bytes of request bodies one server process holds whole at once, all requests together
-    (`cubby.server.bodies.BodyBudget`): past it a request is refused with 503 (retry later)."""
+    (`cubby.server.budget.BodyBudget`): past it the slowest bodies are closed to make room, or
+    with none to close the request is refused with 503 (retry later)."""
     max_buffered_uploads: int = 256 * 1024 * 1024
     """Bytes of chunk uploads one server process holds at once before storing them, all
-    uploads together: past it an upload waits for room (then 503). 16 windows of 16 MiB."""
+    uploads together (16 windows of 16 MiB): past it, the slowest are closed to make room, or
+    an upload waits for room (then 503)."""
 
     @property
     def metadata_url(self) -> str:

@@ -52,7 +52,6 @@ MAX_JSON_DEPTH = 32
 MAX_INT = 2**63 - 1
 """The largest integer any field accepts: what a signed 64-bit database column holds."""
 
-
 _GATE = "cubby.body_allowed"
 _EARLY = "cubby.early_body"
 """Scope key: the bytes `early_body` received without the rest of the body (a slow client)."""
