@@ -249,6 +249,16 @@ while True:
 """
 """Appends to a file without a pause, until killed: every read of it overlaps a write."""
 
+LOG_WRITER = """
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+print("writing", flush=True)
+while True:
+    os.write(fd, b"a line of the log\\n")
+    time.sleep(0.005)
+"""
+"""Appends a line to a file every few milliseconds, until killed, as a program writes its log."""
+
 
 def test_a_file_changing_while_read_is_not_called_in_sync(clients: Clients, tmp_path: Path) -> None:
     """A file written to the whole time the pass reads it (64 MiB, appended to without a pause
@@ -283,3 +293,45 @@ def test_a_file_changing_while_read_is_not_called_in_sync(clients: Clients, tmp_
     report = json.loads(settled.stdout.splitlines()[-1])
     assert report["converged"] and report["changing"] == [] and report["applied"].get("Upload") == 1
     assert b"".join(clients.api.download("/growing.log")) == log.read_bytes()
+
+
+def test_a_file_being_written_is_read_again_once_the_writes_pause(clients: Clients, tmp_path: Path) -> None:
+    """The running daemon, with a 64 MiB log appended to every few milliseconds: every write is
+    an event, and a pass on each read the whole file again, only to find it changing (half a
+    core, measured). Now a pass that left a file changing makes the next wait for a pause in
+    the writes (at most `QUIET_AT_MOST`, 10 s): over four seconds of writing, at most one more
+    pass reads it. Once the writes stop, the file goes up whole."""
+    d = tmp_path / "mine"
+    d.mkdir()
+    log = d / "app.log"
+    out = tmp_path / "daemon.log"
+    with open(out, "wb") as sink:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "cubby", "--json", "sync", str(d)], env=env_for(clients), stdout=sink, stderr=sink
+        )
+    try:
+        def passes() -> list[dict[str, object]]:
+            lines = [json.loads(x) for x in out.read_text().splitlines() if x.startswith("{")]
+            return [x for x in lines if x.get("event") == "pass"]
+
+        wait_for(lambda: len(passes()) >= 1, "the first pass")
+        log.write_bytes(os.urandom(64 << 20))
+        writer = subprocess.Popen([sys.executable, "-c", LOG_WRITER, str(log)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert writer.stdout is not None and writer.stdout.readline().strip() == "writing"
+            wait_for(lambda: any(p.get("changing") == ["app.log"] for p in passes()), "a pass finds the log changing")
+            seen = len(passes())
+            time.sleep(4)
+            during = passes()[seen:]
+        finally:
+            writer.kill()
+            writer.wait()
+        assert len(during) <= 1, during
+        size = log.stat().st_size
+        wait_for(
+            lambda: any(e.path == "/app.log" and e.size == size for e in clients.api.list("/", recursive=True)),
+            "the log goes up once the writes stop",
+        )
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)

@@ -84,6 +84,12 @@ def register(main: click.Group) -> None:
                 state.emit(obj, f"{'push':<13} notifications work again")
             elif event in ("namespace_added", "namespace_removed"):
                 state.emit(obj, f"{event.replace('_', ' '):<13} {obj['path']}")
+            elif event == "pass":
+                # Every pass in JSON, for scripts that follow the daemon; for a person, only a
+                # pass that left something out (what it could not read, or read mid-change).
+                left = {k: obj[k] for k in ("changing", "unreadable", "failed") if obj.get(k)}
+                if state.as_json or left:
+                    state.emit(obj, f"{'not in sync':<13} " + "; ".join(f"{k}: {len(v)}" for k, v in left.items()))
 
         engine = _engine(state, folder, max_upload_rate, max_download_rate, emit)
         stop = threading.Event()
