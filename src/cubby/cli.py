@@ -24,6 +24,7 @@ from typing import Any
 import click
 import orjson
 
+from cubby.commands.units import ByteSize
 from cubby.config import Config, load
 from cubby.errors import CubbyError, NotFound
 
@@ -246,7 +247,7 @@ BLOCKS_OPTION = click.option(
     "--notify-front", type=click.Choice(["lean", "asgi"]), default=None,
     help="How --role notify alone is served: lean (default, cheap idle connections) or asgi.",
 )
-@click.option("--max-request-bytes", type=int, default=None, help="Largest request body accepted (default 64 MiB).")
+@click.option("--max-request-bytes", type=ByteSize(minimum=1), default=None, help="Largest request body accepted, as 64M (the default).")
 @click.option("--advertise-meta", default=None, metavar="URL", help="Where clients reach the meta role (told by /api/v1/discovery).")
 @click.option("--advertise-blocks", default=None, metavar="URL", help="Where clients reach the blocks role.")
 @click.option("--advertise-notify", default=None, metavar="URL", help="Where clients reach the notify role.")
@@ -272,12 +273,12 @@ BLOCKS_OPTION = click.option(
 @click.option("--max-connections-per-address", type=int, default=None, help="Open connections per client address (default 256).")
 @click.option("--max-waits-per-token", type=int, default=None, help="Long-polls and WebSockets one token may hold (default 32).")
 @click.option(
-    "--max-buffered-bodies", type=click.IntRange(min=1024 * 1024), default=None, metavar="BYTES",
-    help="Bytes of request bodies one process holds whole at once, all requests together (default 48 MiB); past it, 503.",
+    "--max-buffered-bodies", type=ByteSize(minimum=1024 * 1024), default=None,
+    help="Request bodies one process holds whole at once, all requests together, as 48M (the default); past it, 503.",
 )
 @click.option(
-    "--max-buffered-uploads", type=click.IntRange(min=8 * 1024 * 1024), default=None, metavar="BYTES",
-    help="Bytes of chunk uploads one process holds before storing them, all uploads together (default 256 MiB); past it, uploads wait.",
+    "--max-buffered-uploads", type=ByteSize(minimum=8 * 1024 * 1024), default=None,
+    help="Chunk uploads one process holds before storing them, all uploads together, as 256M (the default); past it, uploads wait.",
 )
 @pass_state
 def serve(
@@ -615,7 +616,7 @@ def _remote_for(local: Path, remote: str | None) -> str:
 @main.command()
 @click.argument("local", type=click.Path(exists=True, path_type=Path))
 @click.argument("remote", required=False)
-@click.option("--max-upload-rate", type=float, default=None, help="Limit upload speed, in bytes per second.")
+@click.option("--max-upload-rate", type=ByteSize(minimum=1, rate=True), default=None, help="Limit upload speed, in bytes per second, as 2M.")
 @pass_state
 def put(state: State, local: Path, remote: str | None, max_upload_rate: float | None) -> None:
     """Upload LOCAL (a file or a folder) to REMOTE (default: /NAME).
@@ -673,7 +674,7 @@ def put(state: State, local: Path, remote: str | None, max_upload_rate: float | 
 @main.command()
 @click.argument("remote")
 @click.argument("local", required=False, type=click.Path(path_type=Path))
-@click.option("--max-download-rate", type=float, default=None, help="Limit download speed, in bytes per second.")
+@click.option("--max-download-rate", type=ByteSize(minimum=1, rate=True), default=None, help="Limit download speed, in bytes per second, as 2M.")
 @pass_state
 def get(state: State, remote: str, local: Path | None, max_download_rate: float | None) -> None:
     """Download REMOTE (a file or a folder) to LOCAL (default: its name, here)."""

@@ -1,1 +1,2 @@
-"""Command groups of the `cubby` CLI that live apart from cli.py; each has `register(main)`."""
+"""Command groups of the `cubby` CLI that live apart from cli.py, each with `register(main)`; and
+the option types the commands share (`units`: sizes)."""

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from cubby.commands.units import ByteSize
 from cubby.errors import CubbyError
 
 if TYPE_CHECKING:  # imported where used: the planner's classes cost every `cubby` command's start 17 ms
@@ -36,8 +37,8 @@ def register(main: click.Group) -> None:
     @main.command("sync")
     @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
     @click.option("--once", is_flag=True, help="Do one full pass and exit (0 when both sides agree).")
-    @click.option("--max-upload-rate", type=float, help="Bytes per second, at most, sent to the server.")
-    @click.option("--max-download-rate", type=float, help="Bytes per second, at most, read from the server.")
+    @click.option("--max-upload-rate", type=ByteSize(minimum=1, rate=True), help="Bytes per second, at most, sent to the server, as 2M.")
+    @click.option("--max-download-rate", type=ByteSize(minimum=1, rate=True), help="Bytes per second, at most, read from the server, as 2M.")
     @click.option("--relink", is_flag=True,
                   help="Sync a folder synced before whose state is gone, from the start (see below).")
     @pass_state
