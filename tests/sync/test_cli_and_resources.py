@@ -292,6 +292,8 @@ def test_a_file_changing_while_read_is_not_called_in_sync(clients: Clients, tmp_
     assert settled.returncode == 0, settled.stderr
     report = json.loads(settled.stdout.splitlines()[-1])
     assert report["converged"] and report["changing"] == [] and report["applied"].get("Upload") == 1
+    progress = [json.loads(x) for x in settled.stdout.splitlines() if '"progress"' in x]
+    assert progress and all(p["path"] == "/growing.log" for p in progress)  # a large file's lines name it
     assert b"".join(clients.api.download("/growing.log")) == log.read_bytes()
 
 

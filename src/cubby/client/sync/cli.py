@@ -74,7 +74,8 @@ def register(main: click.Group) -> None:
             if "op" in obj:
                 state.emit(obj, f"{obj['op']:<13} {obj.get('path', '')}")
             elif event == "progress":
-                state.emit(obj, f"{obj['direction']:<13} {obj.get('path', '')} {obj['done'] * 100 // max(obj['total'], 1)}%")
+                what = obj.get("path") or f"{obj.get('files', 0)} files"
+                state.emit(obj, f"{obj['direction']:<13} {what} {obj['done'] * 100 // max(obj['total'], 1)}%")
             elif event == "conflict":
                 state.emit(obj, f"{'conflict':<13} {obj['path']} ({obj['reason']})")
             elif event == "offline":

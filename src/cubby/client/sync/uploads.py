@@ -116,7 +116,7 @@ class Uploads:
         try:
             outcomes, _ = commit_group(
                 self.core.api, ns_id, [(lf, op.expected_rev) for op, lf in group],
-                self._progress_up(sum(lf.size for _, lf in group)),
+                self._progress_up(sum(lf.size for _, lf in group), [lf.remote for _, lf in group]),
                 on_commit=lambda _: self.core.crash_point("committed"), skip=self._skip,
             )
         except FileChanged:
@@ -152,13 +152,16 @@ class Uploads:
             self.core.emit({"op": "Upload", "path": e.path, "size": lf.size})
         return len(committed)
 
-    def _progress_up(self, total: int) -> Callable[[int], None]:
+    def _progress_up(self, total: int, remotes: list[str]) -> Callable[[int], None]:
+        """Progress lines of one group's upload: named by its file when it holds one (a large
+        file travels alone), else by how many files it holds."""
         sent = 0
+        named = {"path": remotes[0]} if len(remotes) == 1 else {"files": len(remotes)}
 
         def progress(n: int) -> None:
             nonlocal sent
             sent += n
             if total > DOWNLOAD_WINDOW:  # only long transfers are worth a progress line
-                self.core.emit({"event": "progress", "direction": "up", "done": sent, "total": total})
+                self.core.emit({"event": "progress", "direction": "up", **named, "done": sent, "total": total})
 
         return progress
