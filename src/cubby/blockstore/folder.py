@@ -21,7 +21,7 @@ from pathlib import Path
 
 from cubby.blockstore.local import DISK_FULL, NO_SPACE
 from cubby.blockstore.objects import ObjectMissing, ObjectStoreError, ShortRead
-from cubby.core.durable import WRITE_PIECE, Writeback, fsync_dir
+from cubby.core.durable import WRITE_PIECE, Writeback, fsync_dir, write_then_rename
 from cubby.errors import BadRequest, InsufficientStorage
 
 _NAME = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
@@ -133,21 +133,10 @@ class FolderObjectStore:
         final = self._path(name)
         folder = os.path.dirname(final)
         self._ensure_dir(folder)
-        tmp = f"{self.tmp}/{uuid.uuid4().hex}.part"
+        tmp = f"{self.tmp}/{uuid.uuid4().hex}.part"  # (a name no other writer uses)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                write_parts(fd, parts)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
-            fsync_dir(folder)
+            write_then_rename(final, tmp, lambda fd: write_parts(fd, parts), 0o644)
         except BaseException as exc:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
             if not isinstance(exc, OSError):
                 raise  # the parts' producer failed (a chunk that does not match its name)
             if exc.errno in NO_SPACE:  # a full disk is not a transient fault: 507, nothing kept

@@ -113,23 +113,34 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def replace_file(path: Path, data: bytes) -> None:
-    """Put ``data`` at ``path`` whole or not at all, durably: written to a temporary file beside
-    it, fsynced, renamed over it, and the rename made durable (a small record a crash must not
-    leave half-written)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def write_then_rename(
+    path: str | os.PathLike[str], tmp: str | os.PathLike[str], write: Callable[[int], object], mode: int = 0o600
+) -> None:
+    """Put a file at ``path`` whole or not at all, durably: ``write`` fills the temporary file
+    ``tmp`` (on the same file system) through its descriptor, which is fsynced, renamed over
+    ``path``, and the rename made durable. On any failure the temporary file is removed and
+    ``path`` is as it was. One protocol for every file cubby must not leave half-written."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         try:
-            write_all(fd, data)
+            write(fd)
             os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
         raise
-    fsync_dir(path.parent)
+    fsync_dir(os.path.dirname(os.fspath(path)) or ".")
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Put ``data`` at ``path`` whole or not at all, durably (`write_then_rename`, through a
+    temporary file beside it): a small record a crash must not leave half-written."""
+    write_then_rename(path, path.with_name(f".{path.name}.{os.getpid()}.tmp"), lambda fd: write_all(fd, data))
 
 
 def barrier(anchor: Path, paths: Iterable[Path] | None = None) -> None:
