@@ -119,10 +119,8 @@ class BodyBudget:
         h.held += n
 
     async def _make_room(self, h: Holder, n: int, patient: bool) -> None:
-        start = self.now()
-        deadline = start + self.wait
-        h.busy = True
-        try:
+        deadline = self.now() + self.wait
+        with self.servers_turn(h):  # waiting for room is not held against the client
             while self.held + n > self.limit:
                 freeing = self._close_slow(self.held + n - self.limit, h)
                 left = deadline - self.now()
@@ -132,9 +130,6 @@ class BodyBudget:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(left):
                         await self._freed.wait()
-        finally:
-            h.busy = False
-            h.waited += self.now() - start
 
     def _close_slow(self, short: int, asking: Holder) -> int:
         """Close the oldest slow bodies until those being closed hold ``short`` bytes; the bytes
