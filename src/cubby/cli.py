@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
@@ -27,6 +27,9 @@ import orjson
 from cubby.commands.units import ByteSize
 from cubby.config import Config, load
 from cubby.errors import CubbyError, NotFound
+
+if TYPE_CHECKING:
+    from cubby.metadata.store import SqlMetadataStore
 
 
 class State:
@@ -189,6 +192,17 @@ def _server_config(state: State, data: Path | None, db: str | None, blocks: str 
     return state.config.with_(data_dir=data, db_url=db, blocks_url=blocks, **state.sharding)
 
 
+def _existing_store(state: State, data: Path | None, db: str | None) -> SqlMetadataStore:
+    """The metadata store of a server that already has data: a usage error, not a new empty
+    database, when ``--data``/``--db`` point at nothing."""
+    from cubby.metadata.store import open_store
+
+    cfg = _server_config(state, data, db)
+    if cfg.db_url is None and not (cfg.data_dir / "meta.db").exists():
+        raise click.UsageError(f"no cubby server data in {cfg.data_dir}: pass the server's --data or --db")
+    return open_store(cfg.metadata_url, shards=cfg.shard_urls, place_new=cfg.place_new)
+
+
 def shard_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``--directory URL``, repeated ``--shard NAME=URL`` and ``--place-new NAME`` for a
     command that opens the metadata store (docs/SHARDING.md); kept on the `State` for
@@ -218,6 +232,14 @@ def shard_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     ]):
         wrapper = option(wrapper)
     return wrapper
+
+
+def server_data_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--data`` and ``--db`` (where the server's data is) and `shard_options`, for a
+    command run on the server machine against its database."""
+    fn = shard_options(fn)
+    fn = click.option("--db", help="The server's metadata database URL.")(fn)
+    return click.option("--data", type=click.Path(path_type=Path), help="The server's data folder.")(fn)
 
 
 BLOCKS_OPTION = click.option(
@@ -343,9 +365,7 @@ def _offer_password() -> str | None:
 
 @user.command("add")
 @click.argument("name")
-@click.option("--data", type=click.Path(path_type=Path), help="The server's data folder.")
-@click.option("--db", help="The server's metadata database URL.")
-@shard_options
+@server_data_options
 @click.option("--password-stdin", is_flag=True, help="Also set a web password, read from standard input.")
 @click.option("--password", "ask_password", is_flag=True, help="Also set a web password, asked at the terminal.")
 @pass_state
@@ -380,46 +400,112 @@ def user_add(
 
 
 @user.command("ls")
-@click.option("--data", type=click.Path(path_type=Path), help="The server's data folder.")
-@click.option("--db", help="The server's metadata database URL.")
-@shard_options
+@server_data_options
 @pass_state
 def user_ls(state: State, data: Path | None, db: str | None) -> None:
-    """List the users: id, name, when made, and how many tokens each has that are not revoked."""
-    from cubby.metadata.store import open_store
+    """List the users: id, name, when made, how many tokens each has that are not revoked, and
+    whether they are disabled."""
 
-    cfg = _server_config(state, data, db)
-    if cfg.db_url is None and not (cfg.data_dir / "meta.db").exists():
-        raise click.UsageError(f"no cubby server data in {cfg.data_dir}: pass the server's --data or --db")
-    store = open_store(cfg.metadata_url, shards=cfg.shard_urls, place_new=cfg.place_new)
+    store = _existing_store(state, data, db)
     try:
         rows = store.list_users()
     finally:
         store.close()
     for r in rows:
         made = dt.datetime.fromtimestamp(float(r["created_at"])).strftime("%Y-%m-%d %H:%M")  # type: ignore[arg-type]
-        state.emit(r, f"{r['id']:>5}  {r['name']:<24} {made}  {r['tokens']} token{'s' if r['tokens'] != 1 else ''}")
+        off = "  disabled" if r.get("disabled_at") is not None else ""
+        state.emit(r, f"{r['id']:>5}  {r['name']:<24} {made}  {r['tokens']} token{'s' if r['tokens'] != 1 else ''}{off}")
+
+
+def _set_disabled(state: State, name: str, data: Path | None, db: str | None, disabled: bool, revoke_tokens: bool) -> None:
+    """`user disable` and `user enable`: one transaction on the database, then a pause of
+    `TOKEN_SECONDS`, the longest any running server's cache keeps a token's owner, so that
+    when the command returns no server lets the user in (requests already running finish)."""
+    import time
+
+    from cubby.cache.store import TOKEN_SECONDS
+
+    store = _existing_store(state, data, db)
+    try:
+        done = store.set_disabled(name, disabled, revoke_tokens=revoke_tokens)
+    finally:
+        store.close()
+    if disabled and done.changed:
+        time.sleep(TOKEN_SECONDS)
+    facts = {
+        "user_id": done.user_id, "name": done.name, "disabled": disabled, "changed": done.changed,
+        "sessions_ended": done.sessions_ended, "tokens_revoked": done.tokens_revoked,
+    }
+    if not done.changed:
+        text = f"{done.name} was already {'disabled' if disabled else 'enabled'}"
+    elif disabled:
+        text = (f"disabled {done.name}: their tokens, web logins and public links are refused; "
+                f"{done.sessions_ended} web session{'s' if done.sessions_ended != 1 else ''} ended")
+        if revoke_tokens:
+            text += f", {done.tokens_revoked} token{'s' if done.tokens_revoked != 1 else ''} revoked for good"
+    else:
+        text = f"enabled {done.name}: their tokens that were not revoked, password and public links work again"
+    state.emit(facts, text)
+
+
+@user.command("disable")
+@click.argument("name")
+@server_data_options
+@click.option("--revoke-tokens", is_flag=True, help="Also revoke all their tokens for good (an account taken over).")
+@pass_state
+def user_disable(state: State, name: str, data: Path | None, db: str | None, revoke_tokens: bool) -> None:
+    """Lock a user out without deleting anything: their tokens, password and public links are
+    refused (403 account_disabled; links answer as revoked ones) and their web sessions end.
+    Their files stay, and shared folders stay with the other members. Takes effect on every
+    running server by the time it returns (about 2 s). Undo with 'cubby user enable'."""
+    _set_disabled(state, name, data, db, True, revoke_tokens)
+
+
+@user.command("enable")
+@click.argument("name")
+@server_data_options
+@pass_state
+def user_enable(state: State, name: str, data: Path | None, db: str | None) -> None:
+    """Let a disabled user back in: their tokens (unless revoked), password and public links
+    work again. Their web sessions stay ended: they log in afresh."""
+    _set_disabled(state, name, data, db, False, False)
+
+
+@user.command("token")
+@click.argument("name")
+@server_data_options
+@click.option("--label", default="issued by the administrator", show_default=True, help="What the token is for.")
+@pass_state
+def user_token(state: State, name: str, data: Path | None, db: str | None, label: str) -> None:
+    """Create a new API token for user NAME (a lost token, or after 'cubby user disable
+    --revoke-tokens' and 'enable'); printed on the last line, shown only once. Refused for a
+    disabled user."""
+    store = _existing_store(state, data, db)
+    try:
+        u = store.get_user(name)
+        token_id, token = store.create_token(u.id, label)
+    finally:
+        store.close()
+    if state.as_json:
+        click.echo(json.dumps({"user_id": u.id, "name": u.name, "token_id": token_id, "token": token}))
+    else:
+        click.echo(f"new token {token_id} for {u.name}, shown only once:")
+        click.echo(token)
 
 
 @user.command("passwd")
 @click.argument("name")
-@click.option("--data", type=click.Path(path_type=Path), help="The server's data folder.")
-@click.option("--db", help="The server's metadata database URL.")
-@shard_options
+@server_data_options
 @click.option("--password-stdin", is_flag=True, help="Read the new password from standard input.")
 @pass_state
 def user_passwd(state: State, name: str, data: Path | None, db: str | None, password_stdin: bool) -> None:
     """Set a user's web password (asked at the terminal unless --password-stdin); ends the
     user's web sessions. API tokens are not touched."""
     from cubby.metadata.accounts import check_password_rules
-    from cubby.metadata.store import open_store
 
-    cfg = _server_config(state, data, db)
-    if cfg.db_url is None and not (cfg.data_dir / "meta.db").exists():
-        raise click.UsageError(f"no cubby server data in {cfg.data_dir}: pass the server's --data or --db")
     password = _read_password(password_stdin)
     check_password_rules(password)
-    store = open_store(cfg.metadata_url, shards=cfg.shard_urls, place_new=cfg.place_new)
+    store = _existing_store(state, data, db)
     try:
         uid = store.accounts.set_password(name, password)
     finally:
@@ -428,9 +514,7 @@ def user_passwd(state: State, name: str, data: Path | None, db: str | None, pass
 
 
 @main.command()
-@click.option("--data", type=click.Path(path_type=Path), help="The server's data folder.")
-@click.option("--db", help="The server's metadata database URL.")
-@shard_options
+@server_data_options
 @BLOCKS_OPTION
 @click.option("--grace", type=float, default=24 * 3600, show_default=True, help="Keep unreferenced chunks this many seconds.")
 @click.option(
@@ -475,9 +559,7 @@ def admin() -> None:
 
 
 @admin.command("migrate-blocks")
-@click.option("--data", type=click.Path(path_type=Path), help="The server's data folder.")
-@click.option("--db", help="The server's metadata database URL.")
-@shard_options
+@server_data_options
 @BLOCKS_OPTION
 @pass_state
 def admin_migrate_blocks(state: State, data: Path | None, db: str | None, blocks: str | None) -> None:
@@ -515,9 +597,7 @@ def admin_migrate_blocks(state: State, data: Path | None, db: str | None, blocks
 @admin.command("move-namespace")
 @click.argument("ns_id", metavar="NS", type=int)
 @click.option("--to", "to", required=True, metavar="SHARD", help="The shard to move the namespace to (a --shard name).")
-@click.option("--data", type=click.Path(path_type=Path), help="The server's data folder.")
-@click.option("--db", help="The server's metadata database URL.")
-@shard_options
+@server_data_options
 @click.option(
     "--cache", "cache_url", default=None, metavar="URL",
     help="The metadata cache the servers share (redis://... or memcached://...): the new placement "

@@ -76,6 +76,16 @@ class Forbidden(CubbyError):
     status = 403
 
 
+class AccountDisabled(Unauthorized):
+    """A disabled user's token, password or session (`cubby user disable`). A dead credential
+    to everything that handles one (a WebSocket closes with 4401, a client stops), but
+    answered 403, not 401: the credential is right, and another will not help. Only a right
+    credential ever learns that an account is disabled."""
+
+    code = "account_disabled"
+    status = 403
+
+
 class NotFound(CubbyError):
     """Nothing there, or nothing the caller may know about: the two are deliberately alike."""
 
@@ -156,6 +166,7 @@ ERRORS_BY_CODE: dict[str, type[CubbyError]] = {
         PayloadTooLarge,
         Unauthorized,
         Forbidden,
+        AccountDisabled,
         NotFound,
         Conflict,
         NamespaceMoved,

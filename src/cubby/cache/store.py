@@ -8,7 +8,9 @@ What is cached, under which key (the design is in docs/ARCHITECTURE.md, "The met
 =====================================  ====================================  ==================
 key                                    value                                 made stale by
 =====================================  ====================================  ==================
-``tok:<token hash>``                   user id, name, root namespace, id     revoking it
+``tok:<token hash>``                   user id, name, root namespace, id     revoking it;
+                                                                             kept
+                                                                             `TOKEN_SECONDS`
 ``mem:<user id>``                      roles by namespace, mounts            share, accept,
                                                                              remove, leave,
                                                                              unshare; a move,
@@ -55,11 +57,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from cubby.cache.base import CacheUnavailable, MetadataCache, digest, new_lease
+from cubby.cache.base import VALUE_SECONDS, CacheUnavailable, MetadataCache, digest, new_lease
 from cubby.cache.fencekeeper import FenceKeeper
 from cubby.errors import CubbyError, NotFound
 from cubby.metadata.store import SqlMetadataStore
-from cubby.metadata.users import token_hash
+from cubby.metadata.users import Disabled, token_hash
 from cubby.model import (
     ChunkRef,
     CommitRequest,
@@ -89,6 +91,13 @@ Counter = Callable[[str, str], None]
 def _dumps(value: Any) -> bytes:
     return orjson.dumps(value)
 
+
+TOKEN_SECONDS = 2.0
+"""How long a ``tok:`` value is kept. A token revoked through a server is invalidated at once
+(`CachedStore.revoke_token`); this bounds what nobody invalidates: a user disabled by
+``cubby user disable``, which writes the database from the command line and cannot reach an
+in-process cache (so it waits this long before it returns). Short costs nothing: one indexed
+read per token every two seconds."""
 
 OWNERS_KEPT = 100_000
 """At most this many token owners are remembered (`CachedStore._both`); then they are forgotten."""
@@ -215,12 +224,16 @@ class CachedStore:
         return self.store.collect_garbage(blocks_store, grace_seconds, **kw)
 
     # -- the read-through step ------------------------------------------------------------
-    def through(self, key: str, load: Callable[[], Any], *, leased: bool = True) -> Any:
-        """The JSON value at ``key``, or ``load()`` (the database) stored there: under a lease
-        for a mutable key, plainly for one keyed by a head."""
-        return orjson.loads(self.through_raw(key, lambda: _dumps(load()), leased=leased))
+    def through(
+        self, key: str, load: Callable[[], Any], *, leased: bool = True, ttl: float = VALUE_SECONDS
+    ) -> Any:
+        """The JSON value at ``key``, or ``load()`` (the database) stored there for ``ttl``
+        seconds: under a lease for a mutable key, plainly for one keyed by a head."""
+        return orjson.loads(self.through_raw(key, lambda: _dumps(load()), leased=leased, ttl=ttl))
 
-    def through_raw(self, key: str, load: Callable[[], bytes], *, leased: bool = True) -> bytes:
+    def through_raw(
+        self, key: str, load: Callable[[], bytes], *, leased: bool = True, ttl: float = VALUE_SECONDS
+    ) -> bytes:
         """`through` for a value kept as the bytes ``load()`` returns. In `hits_only` mode a
         miss raises `CacheMiss` before anything is taken or read."""
         if self._mode.hits_only:
@@ -236,9 +249,9 @@ class CachedStore:
         self._counted("miss")
         value = load()  # after taking the lease: see cubby.cache.base
         if not leased:
-            self.cache.put(key, value)
+            self.cache.put(key, value, ttl)
         elif lease is not None:
-            self.cache.fill(key, value, lease)
+            self.cache.fill(key, value, lease, ttl)
         return value
 
     @property
@@ -359,7 +372,7 @@ class CachedStore:
         both = self._both(key)
         if both is not None:
             return both
-        uid, name, root_ns, token_id = self.through(key, load)
+        uid, name, root_ns, token_id = self.through(key, load, ttl=TOKEN_SECONDS)
         if len(self._owners) >= OWNERS_KEPT:
             self._owners.clear()
         self._owners[key] = int(uid)
@@ -397,6 +410,14 @@ class CachedStore:
         hashed = self.store.token_hash_of(token_id)
         with self.writing(other=[f"tok:{hashed}"] if hashed is not None else []):
             self.store.revoke_token(user_id, token_id)
+
+    def set_disabled(self, name: str, disabled: bool, *, revoke_tokens: bool = False) -> Disabled:
+        """The store's `set_disabled`, then the user's ``tok:`` keys invalidated: after the
+        commit is enough, since invalidating also ends a lease taken before it (so a reader
+        of the old state cannot fill it back)."""
+        done = self.store.set_disabled(name, disabled, revoke_tokens=revoke_tokens)
+        self.invalidate([f"tok:{h}" for h in done.token_hashes])
+        return done
 
     # -- reads ----------------------------------------------------------------------------
     def head(self, ns_id: int) -> int:

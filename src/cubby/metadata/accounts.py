@@ -28,9 +28,10 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
-from cubby.errors import BadRequest, NotFound, Unauthorized
+from cubby.errors import AccountDisabled, BadRequest, NotFound, Unauthorized
 from cubby.metadata.engine import Database
 from cubby.metadata.schema import passwords, users, web_sessions
+from cubby.metadata.users import DISABLED
 from cubby.model import Principal
 
 SESSION_SECONDS = 14 * 24 * 3600
@@ -94,13 +95,14 @@ class Accounts:
         return self.db.write(run)
 
     def verify(self, name: str, password: str) -> tuple[int, str] | None:
-        """(user id, display name) when ``password`` is this user's; None otherwise."""
+        """(user id, display name) when ``password`` is this user's; None otherwise, and
+        `AccountDisabled` when it is right but the user is disabled."""
         if not isinstance(password, str) or len(password) > MAX_PASSWORD:
             return None
 
         def run(conn: Connection) -> Any:
             return conn.execute(
-                select(users.c.id, users.c.name, passwords.c.hash)
+                select(users.c.id, users.c.name, users.c.disabled_at, passwords.c.hash)
                 .join(passwords, passwords.c.user_id == users.c.id)
                 .where(users.c.name_key == str(name).lower())
             ).first()
@@ -114,6 +116,8 @@ class Accounts:
             ok = False
         if not ok or row is None:
             return None
+        if row.disabled_at is not None:
+            raise AccountDisabled(DISABLED)  # told only to whoever knows the password
         return int(row.id), str(row.name)
 
     # -- sessions --------------------------------------------------------------------------
@@ -143,7 +147,7 @@ class Accounts:
             return conn.execute(
                 select(
                     web_sessions.c.id, web_sessions.c.user_id, web_sessions.c.expires_at, web_sessions.c.revoked_at,
-                    web_sessions.c.last_seen, users.c.name, users.c.root_ns,
+                    web_sessions.c.last_seen, users.c.name, users.c.root_ns, users.c.disabled_at,
                 )
                 .join(users, users.c.id == web_sessions.c.user_id)
                 .where(web_sessions.c.secret_hash == secret_hash(secret))
@@ -153,6 +157,9 @@ class Accounts:
         now = time.time()
         if row is None or row.revoked_at is not None or row.expires_at <= now:
             raise Unauthorized("your session ended: log in again", code="session_ended")
+        if row.disabled_at is not None:
+            # Disabling ends sessions; this is one a login made while it committed.
+            raise AccountDisabled(DISABLED)
         if now - row.last_seen > TOUCH_SECONDS:
             self.db.write(
                 lambda c: c.execute(update(web_sessions).where(web_sessions.c.id == row.id).values(last_seen=now))

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from cubby.metadata.links import LinkStore
     from cubby.metadata.possession import Checked, ChunkReader, Claim
     from cubby.metadata.shares import SharingChange
+    from cubby.metadata.users import Disabled
 
 
 class SharingOps(Protocol):
@@ -120,7 +121,8 @@ class MetadataStore(Protocol):
     def get_user(self, name: str) -> User: ...
 
     def list_users(self) -> list[dict[str, object]]:
-        """Every user, by id: id, name, root namespace, created_at, and active (unrevoked) tokens."""
+        """Every user, by id: id, name, root namespace, created_at, disabled_at (None: active),
+        and active (unrevoked) tokens."""
 
     def create_token(self, user_id: int, label: str = "") -> tuple[int, str]:
         """Return (token id, token). Only a hash of the token is stored."""
@@ -130,8 +132,14 @@ class MetadataStore(Protocol):
     def revoke_token(self, user_id: int, token_id: int) -> None:
         """Revoke one of the user's tokens; `NotFound` for a token that is not theirs."""
 
+    def set_disabled(self, name: str, disabled: bool, *, revoke_tokens: bool = False) -> Disabled:
+        """Disable user ``name`` (their tokens, sessions and links refused, nothing deleted;
+        ``revoke_tokens``: their tokens revoked for good) or enable them again. One
+        transaction; `NotFound` for an unknown name."""
+
     def authenticate(self, token: str, *, fresh: bool = False) -> Principal:
-        """Map a bearer token to its principal; `Unauthorized` if unknown or revoked.
+        """Map a bearer token to its principal; `Unauthorized` if unknown or revoked,
+        `AccountDisabled` if its user is disabled.
         ``fresh``: bypass any cache (a wrapper's concern; the store always reads afresh)."""
 
     def user_can_read(self, user_id: int, ns_id: int) -> bool:

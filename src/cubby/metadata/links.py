@@ -10,7 +10,8 @@ Contract:
 - An optional password is stored as a scrypt hash with a per-link salt: a slow KDF, because a
   password (unlike the token) may be weak.
 - `resolve` raises the same `NotFound` for a token that never existed, a revoked or expired
-  link and a link whose target was deleted: a caller learns nothing from the difference.
+  link, a link whose target was deleted and one whose creator is disabled: a caller learns
+  nothing from the difference.
 - Access control of the *creator* is the server's job (`cubby.server.links`): this module
   trusts the namespace and node it is given, as `SqlMetadataStore` does.
 """
@@ -278,9 +279,17 @@ class LinkStore:
 
         ns = self._namespace_of(link_tokens.c.token_hash == token_hash(token))
         found = None if ns is None else self.router.db_for(ns).read(run)
-        if found is None:
+        if found is None or self._creator_disabled(found.link.created_by):
             raise NotFound(GONE)
         return found
+
+    def _creator_disabled(self, user_id: int) -> bool:
+        """Whether the link's creator is disabled (`cubby user disable`): a disabled account
+        publishes nothing, and its links answer as a revoked one does. Users live on the
+        directory, links on their namespace's shard, so this is a read of its own."""
+        return self.router.directory.read(
+            lambda c: c.execute(select(users.c.disabled_at).where(users.c.id == user_id)).scalar()
+        ) is not None
 
     def _node(self, conn: Connection, ns_id: int, node_id: int) -> Entry | None:
         if node_id == ROOT_NODE:

@@ -80,6 +80,9 @@ users = Table(
     Column("name_key", String(64), nullable=False, unique=True),
     Column("root_ns", BigInteger, nullable=True),
     Column("created_at", Double, nullable=False),
+    # When `cubby user disable` disabled the user (NULL: active). While set, their tokens,
+    # web sessions and public links are refused; nothing of theirs is deleted.
+    Column("disabled_at", Double, nullable=True),
 )
 
 tokens = Table(

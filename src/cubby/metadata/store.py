@@ -49,7 +49,7 @@ from cubby.metadata.possession import Challenges, Checked, ChunkReader, Claim
 from cubby.metadata.routing import ShardSet
 from cubby.metadata.shards import ShardRouter
 from cubby.metadata.shares import Sharing
-from cubby.metadata.users import UserDirectory, token_hash
+from cubby.metadata.users import Disabled, UserDirectory, token_hash
 from cubby.metadata.writes import content_hash_of
 from cubby.model import (
     ChunkRef,
@@ -142,6 +142,9 @@ class SqlMetadataStore:
 
     def revoke_token(self, user_id: int, token_id: int) -> None:
         self.users.revoke_token(user_id, token_id)
+
+    def set_disabled(self, name: str, disabled: bool, *, revoke_tokens: bool = False) -> Disabled:
+        return self.users.set_disabled(name, disabled, revoke_tokens=revoke_tokens)
 
     def authenticate(self, token: str, *, fresh: bool = False) -> Principal:
         """The principal of ``token``. (This store always reads afresh; ``fresh`` is for a

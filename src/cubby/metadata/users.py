@@ -18,19 +18,37 @@ import hashlib
 import re
 import secrets
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from cubby.errors import BadRequest, Conflict, NotFound, Unauthorized
+from cubby.errors import AccountDisabled, BadRequest, Conflict, NotFound, Unauthorized
 from cubby.metadata.engine import Database
-from cubby.metadata.schema import namespaces, tokens, users
+from cubby.metadata.schema import namespaces, tokens, users, web_sessions
 from cubby.metadata.shards import ShardRouter, allocate_ns_id
 from cubby.model import User
 
 USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+DISABLED = "this account is disabled: ask the server's administrator ('cubby user enable NAME')"
+
+
+@dataclass(frozen=True, slots=True)
+class Disabled:
+    """What `UserDirectory.set_disabled` did: ``changed`` is False when the user already was
+    in that state; ``token_hashes`` are all the user's tokens, the cache's keys."""
+
+    user_id: int
+    name: str
+    disabled: bool
+    changed: bool
+    sessions_ended: int
+    tokens_revoked: int
+    token_hashes: list[str] = field(default_factory=list)
 
 
 def token_hash(token: str) -> str:
@@ -100,13 +118,17 @@ class UserDirectory:
         return User(id=row.id, name=row.name, root_ns=row.root_ns)
 
     def list_users(self) -> list[dict[str, object]]:
-        """Every user, by id, with the number of tokens not revoked (one statement)."""
+        """Every user, by id, with the number of tokens not revoked and when the user was
+        disabled (None: active), in one statement."""
         active = func.count(tokens.c.id)
         rows = self.db.read(
             lambda c: c.execute(
-                select(users.c.id, users.c.name, users.c.root_ns, users.c.created_at, active.label("tokens"))
+                select(
+                    users.c.id, users.c.name, users.c.root_ns, users.c.created_at, users.c.disabled_at,
+                    active.label("tokens"),
+                )
                 .select_from(users.outerjoin(tokens, (tokens.c.user_id == users.c.id) & tokens.c.revoked_at.is_(None)))
-                .group_by(users.c.id, users.c.name, users.c.root_ns, users.c.created_at)
+                .group_by(users.c.id, users.c.name, users.c.root_ns, users.c.created_at, users.c.disabled_at)
                 .order_by(users.c.id)
             ).all()
         )
@@ -116,8 +138,15 @@ class UserDirectory:
         token = "cby_" + secrets.token_urlsafe(32)
 
         def run(conn: Connection) -> int:
-            if not conn.execute(select(users.c.id).where(users.c.id == user_id)).first():
+            # Locking the user's row orders this with `set_disabled`: a token made while the
+            # user is being disabled is refused here, not handed out to be refused later.
+            row = conn.execute(
+                select(users.c.id, users.c.disabled_at).where(users.c.id == user_id).with_for_update()
+            ).first()
+            if row is None:
                 raise NotFound(f"no user with id {user_id}")
+            if row.disabled_at is not None:
+                raise AccountDisabled(DISABLED)
             return int(
                 conn.execute(
                     insert(tokens).values(
@@ -152,14 +181,18 @@ class UserDirectory:
 
     def token_owner(self, token: str) -> tuple[int, str, int, int]:
         """(user id, name, root namespace, token id) of a valid token; `Unauthorized` if it
-        is unknown or revoked. (Split from `authenticate` so that a cache can keep the two
-        halves under their own keys: see `cubby.cache.store`.)"""
+        is unknown or revoked, `AccountDisabled` if its user is disabled. (Split from
+        `authenticate` so that a cache can keep the two halves under their own keys: see
+        `cubby.cache.store`.)"""
         if not token:
             raise Unauthorized("missing bearer token: pass 'Authorization: Bearer TOKEN' (cubby user add prints one)")
 
         def run(conn: Connection) -> Any:
             return conn.execute(
-                select(tokens.c.id, tokens.c.revoked_at, users.c.id.label("uid"), users.c.name, users.c.root_ns)
+                select(
+                    tokens.c.id, tokens.c.revoked_at, users.c.id.label("uid"), users.c.name, users.c.root_ns,
+                    users.c.disabled_at,
+                )
                 .join(users, users.c.id == tokens.c.user_id)
                 .where(tokens.c.token_hash == token_hash(token))
             ).first()
@@ -169,7 +202,52 @@ class UserDirectory:
             raise Unauthorized("unknown token: check CUBBY_TOKEN, or create one with 'cubby user add'")
         if row.revoked_at is not None:
             raise Unauthorized("this token was revoked: create a new one with 'cubby token create'")
+        if row.disabled_at is not None:
+            raise AccountDisabled(DISABLED)
         return int(row.uid), str(row.name), int(row.root_ns), int(row.id)
+
+    def set_disabled(self, name: str, disabled: bool, *, revoke_tokens: bool = False) -> Disabled:
+        """Disable (or enable again) the user ``name``, in one transaction.
+
+        Disabling keeps everything the user has and refuses its use: `token_owner` refuses
+        their tokens, `Accounts` their password and sessions (which are ended here, so an
+        enabled user logs in afresh), `LinkStore.resolve` their public links. Their tokens
+        are kept, so that enabling them again brings their devices back, unless
+        ``revoke_tokens``: then they are revoked for good (an account taken over). Shared
+        folders stay with their other members. What a cache holds of the tokens expires
+        within `cubby.cache.store.TOKEN_SECONDS`; `Disabled` names the tokens, so a caller
+        that reaches the cache can drop them at once."""
+        def run(conn: Connection) -> Disabled:
+            row = conn.execute(
+                select(users.c.id, users.c.name, users.c.disabled_at)
+                .where(users.c.name_key == str(name).lower())
+                .with_for_update()
+            ).first()
+            if row is None:
+                raise NotFound(f"no user named {name!r}: 'cubby user ls' lists them")
+            now = time.time()
+            uid = int(row.id)
+            was = row.disabled_at
+            conn.execute(update(users).where(users.c.id == uid).values(disabled_at=now if disabled else None))
+            sessions = 0
+            revoked = 0
+            if disabled:
+                sessions = conn.execute(
+                    update(web_sessions)
+                    .where(web_sessions.c.user_id == uid, web_sessions.c.revoked_at.is_(None))
+                    .values(revoked_at=now)
+                ).rowcount
+                if revoke_tokens:
+                    revoked = conn.execute(
+                        update(tokens).where(tokens.c.user_id == uid, tokens.c.revoked_at.is_(None)).values(revoked_at=now)
+                    ).rowcount
+            hashes = [str(h) for h in conn.execute(select(tokens.c.token_hash).where(tokens.c.user_id == uid)).scalars()]
+            return Disabled(
+                user_id=uid, name=str(row.name), disabled=disabled, changed=(was is None) == disabled,
+                sessions_ended=int(sessions), tokens_revoked=int(revoked), token_hashes=hashes,
+            )
+
+        return self.db.write(run)
 
     def token_hash_of(self, token_id: int) -> str | None:
         """The stored hash of token ``token_id`` (None if there is none): the cache's key."""
@@ -177,4 +255,4 @@ class UserDirectory:
         return None if row is None else str(row[0])
 
 
-__all__ = ["USER_RE", "UserDirectory", "token_hash"]
+__all__ = ["DISABLED", "USER_RE", "Disabled", "UserDirectory", "token_hash"]
