@@ -20,7 +20,7 @@ from typing import IO, Any, TypeAlias
 
 from cubby.client import modes
 from cubby.client.api import ApiClient
-from cubby.client.localfiles import Progress, check_local_name, scan_file
+from cubby.client.localfiles import Progress, check_local_name, lies_within, scan_file
 from cubby.client.windows import BATCH, DOWNLOAD_IN_FLIGHT, DOWNLOAD_WINDOW, SMALL_FILE
 from cubby.core import durable, paths
 from cubby.core.chunking import MIN_SIZE
@@ -248,7 +248,7 @@ def download_tree(
         ok = inside_root.get(key)
         if ok is None:
             real = os.path.realpath(key)
-            ok = inside_root[key] = real == root or real.startswith(root.rstrip("/") + "/")
+            ok = inside_root[key] = lies_within(real, root)
         if not ok:
             raise CubbyError(
                 f"refusing to write {folder}: a link on the way leads outside {local_dir}; remove it, or "

@@ -210,6 +210,13 @@ def walk(local_dir: Path, on_skip: Callable[[Skipped], None] | None = None) -> t
     return files, dirs
 
 
+def lies_within(real: str, root: str) -> bool:
+    """Whether ``real``, a path ``os.path.realpath`` gave (absolute, no ``.``, ``..`` or
+    doubled separator), is ``root`` or below it: a prefix test on strings is then the
+    ``parents`` test, without a `Path` per level. Case counts, as on the local disk."""
+    return real == root or real.startswith(root.rstrip("/") + "/")
+
+
 def check_local_name(name: str) -> None:
     if name in ("", ".", "..") or "/" in name or "\x00" in name:
         raise BadRequest(f"refusing to write a local file named {name!r}")

@@ -26,6 +26,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from cubby.client.localfiles import lies_within
 from cubby.client.sync.ignore import STATE_DIR
 from cubby.core import paths
 from cubby.errors import BadRequest, InvalidPath
@@ -140,10 +141,8 @@ def local_target(root: Path, rel: str, resolved: Resolved | None = None) -> Path
         if parent in resolved:
             return Path(target)
         resolved.setdefault(top, top)  # the root is resolved already: its folders start from it
-    # (compared as strings: ``realpath`` gives an absolute path with no ``.``, ``..`` or
-    # doubled separator, so a prefix test is the ``parents`` test, without a `Path` per level)
     folder = _resolve(parent, resolved) if resolved is not None else os.path.realpath(parent)
-    if folder != top and not folder.startswith(top.rstrip("/") + "/"):
+    if not lies_within(folder, top):
         raise UnsafePath(f"refusing to touch {shown(rel)!r}: it resolves outside {root}")
     inside = folder[len(top) :].lstrip("/").split("/", 1)[0]
     if inside and is_state_name(inside):
