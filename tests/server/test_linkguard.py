@@ -4,7 +4,7 @@ check and forgiven when right, and the address key."""
 from __future__ import annotations
 
 from cubby.server.linkguard import address_key
-from cubby.server.throttle import FailureThrottle
+from cubby.server.throttle import FailureThrottle, Policy
 
 
 class Clock:
@@ -17,7 +17,7 @@ class Clock:
 
 def test_a_right_guess_is_forgiven_and_clears_nothing_else():
     clock = Clock()
-    t = FailureThrottle(free=3, first_delay=10.0, clock=clock)
+    t = FailureThrottle(Policy(free=3, first_delay=10.0), clock=clock)
     t.failed("a")
     t.failed("a")
     t.failed("a")  # recorded in advance: the third locks the key...

@@ -2,8 +2,8 @@
 
 A link password may be weak, so guessing it must be slow and must not hurt anybody else:
 
-- **Throttled** per link and per client address (`cubby.server.throttle.FailureThrottle`, the
-  one the login uses): an attempt is recorded as a failure under both keys *before* the hash
+- **Throttled** per link and per client address (`cubby.server.throttle.memory.FailureThrottle`,
+  the one the login uses): an attempt is recorded as a failure under both keys *before* the hash
   runs, and forgiven if the password was right, so 64 concurrent guesses cannot all pass the
   gate before the first failure counts. A locked key answers 429 with ``Retry-After`` without
   hashing anything. The address allows fewer failures than the link, so a guesser is stopped
@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from cubby.server.peers import TrustedProxies, scope_client_address
-from cubby.server.throttle import FailureThrottle
+from cubby.server.throttle import FailureThrottle, Policy
 
 ADDRESS_FREE = 10
 """Wrong link passwords from one client address (within 15 minutes) before it is locked out:
@@ -78,8 +78,8 @@ class PasswordGate:
     ) -> None:
         self.trusted = trusted
         self.check = check
-        self.per_address = per_address or FailureThrottle(free=ADDRESS_FREE)
-        self.per_link = per_link or FailureThrottle(free=LINK_FREE)
+        self.per_address = per_address or FailureThrottle(Policy(free=ADDRESS_FREE))
+        self.per_link = per_link or FailureThrottle(Policy(free=LINK_FREE))
         self.max_waiting = max_waiting
         self.waiting = 0
         self.pool = ThreadPoolExecutor(

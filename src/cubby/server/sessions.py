@@ -37,7 +37,7 @@ from cubby.model import Principal
 from cubby.server.bodies import SMALL_JSON, allow_body, field_str, json_body, path_int
 from cubby.server.context import ServerContext
 from cubby.server.peers import TrustedProxies, scope_client_address
-from cubby.server.throttle import FailureThrottle
+from cubby.server.throttle import FailureThrottle, Policy
 
 COOKIE = "cubby_session"
 CSRF_HEADER = "x-csrf-token"
@@ -118,8 +118,8 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
     from cubby.metadata.accounts import SESSION_SECONDS
 
     trusted = TrustedProxies.parse(ctx.config.trusted_proxies)
-    by_account = FailureThrottle(free=ACCOUNT_FREE)
-    by_address = FailureThrottle(free=ADDRESS_FREE)
+    by_account = FailureThrottle(Policy(free=ACCOUNT_FREE))
+    by_address = FailureThrottle(Policy(free=ADDRESS_FREE))
     pool = ThreadPoolExecutor(max_workers=HASH_WORKERS, thread_name_prefix="cubby-passwords")
     ctx.closers.append(pool.shutdown)
     waiting = 0
