@@ -9,9 +9,12 @@ web login (`cubby.server.sessions`) and public link passwords (`cubby.server.lin
 - `memory`: `FailureThrottle`, in this process (the embedded server's).
 - `redis`, `memcached`: the same state in the deployment's shared cache, so that the processes
   behind a load balancer share one count per key instead of each allowing its own free attempts.
+- `fallback`: a shared throttle with the process's own beside it, for when the cache is down.
+- `opener`: `Throttles`, chosen once per server from its cache URL (and what holds where).
 """
 
 from cubby.server.throttle.base import Policy, Throttle, ThrottleUnavailable
 from cubby.server.throttle.memory import FailureThrottle
+from cubby.server.throttle.opener import Throttles, open_throttles
 
-__all__ = ["FailureThrottle", "Policy", "Throttle", "ThrottleUnavailable"]
+__all__ = ["FailureThrottle", "Policy", "Throttle", "ThrottleUnavailable", "Throttles", "open_throttles"]
