@@ -263,7 +263,7 @@ BLOCKS_OPTION = click.option(
 @BLOCKS_OPTION
 @click.option(
     "--cache", "cache_url", default=None, metavar="URL",
-    help="Metadata cache: memory (default), none, redis://HOST:PORT/DB, redis+unix:///SOCKET, memcached://HOST:PORT or memcached:///SOCKET.",
+    help="Metadata cache, which also holds the password throttles' counts: memory (default), none, redis://HOST:PORT/DB, redis+unix:///SOCKET, memcached://HOST:PORT or memcached:///SOCKET.",
 )
 @click.option(
     "--notify-front", type=click.Choice(["lean", "asgi"]), default=None,

@@ -51,7 +51,8 @@ class Config:
     cache_url: str = "memory"
     """The metadata cache (`cubby.cache`): ``memory`` (one process), ``none``,
     ``redis://HOST:PORT/DB`` or ``memcached://HOST:PORT`` (``memcached:///SOCKET``). Several
-    processes sharing a database must share a Redis or memcached cache."""
+    processes sharing a database must share a Redis or memcached cache; the password throttles
+    keep their counts there too (`cubby.server.throttle`), so that the processes share them."""
     notify_front: str = "lean"
     """How ``--role notify`` alone is served: ``lean`` (`cubby.notify.wire`, cheap idle
     connections) or ``asgi`` (uvicorn + Starlette, like the other roles)."""

@@ -1,39 +1,11 @@
-"""The rules behind link password throttling, on a fake clock: a failure recorded before the
-check and forgiven when right, and the address key."""
+"""The address key of link password throttling (its failure recorded before the check and
+forgiven when right is part of the throttle's contract: tests/server/test_throttle_contract.py)."""
 
 from __future__ import annotations
 
-from cubby.server.linkguard import address_key
-from cubby.server.throttle import FailureThrottle
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_a_right_guess_is_forgiven_and_clears_nothing_else():
-    clock = Clock()
-    t = FailureThrottle(free=3, first_delay=10.0, clock=clock)
-    t.failed("a")
-    t.failed("a")
-    t.failed("a")  # recorded in advance: the third locks the key...
-    assert t.retry_after("a") == 10
-    t.forgive("a")  # ...until it proves right: then it is as if it never happened
-    assert t.retry_after("a") == 0
-    t.failed("a")  # the two earlier failures still count
-    assert t.retry_after("a") == 10
-    clock.now += 10
-    assert t.retry_after("a") == 0
-    t.failed("a")
-    assert t.retry_after("a") == 20  # doubled
-    t.forgive("b")  # an unknown key: nothing happens
-    t.failed("c")
-    t.forgive("c")
-    assert t.retry_after("c") == 0
+from cubby.server.linkguard import PasswordGate, address_key
+from cubby.server.peers import TrustedProxies
+from cubby.server.throttle import FailureThrottle, Policy
 
 
 def test_address_keys():
@@ -42,3 +14,19 @@ def test_address_keys():
     assert address_key("2001:db8:1:3::1") != address_key("2001:db8:1:2::1")
     assert address_key("::ffff:192.0.2.1") == "192.0.2.1"
     assert address_key("unknown") == "unknown"
+
+
+def test_an_address_let_in_to_a_locked_link_gets_its_failure_back():
+    now = [1000.0]
+    per_address = FailureThrottle(Policy(free=2), clock=lambda: now[0])
+    per_link = FailureThrottle(Policy(free=1), clock=lambda: now[0])
+    gate = PasswordGate(TrustedProxies.parse(()), lambda given, stored: False, per_address=per_address, per_link=per_link)
+    try:
+        assert gate.admit("addr:a", "link:x") == 0  # counted under both; the link is locked now
+        assert gate.admit("addr:b", "link:x") == 10  # refused by the link...
+        assert gate.admit("addr:b", "link:y") == 0  # ...and address b was not charged for it:
+        assert per_address.retry_after("addr:b") == 0  # one failure of its two free ones
+        gate.forgive("addr:b", "link:y")
+        assert gate.admit("addr:b", "link:z") == 0 and per_address.retry_after("addr:b") == 0
+    finally:
+        gate.close()

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import websockets.sync.client as ws_client
 
-from cubby.server.throttle import FailureThrottle
+from cubby.server.throttle import FailureThrottle, Policy
 from tests.helpers.thread_server import ThreadServer
 
 PASSWORD = "correct horse battery"
@@ -165,7 +165,7 @@ def test_security_headers_on_the_app(server: ThreadServer) -> None:
 
 def test_throttle_doubles_and_forgets_on_success() -> None:
     now = [0.0]
-    t = FailureThrottle(free=3, first_delay=10, clock=lambda: now[0])
+    t = FailureThrottle(Policy(free=3, first_delay=10), clock=lambda: now[0])
     t.failed("k")
     t.failed("k")
     assert t.retry_after("k") == 0
@@ -176,7 +176,7 @@ def test_throttle_doubles_and_forgets_on_success() -> None:
     assert t.retry_after("k") == 20
     t.succeeded("k")
     assert t.retry_after("k") == 0
-    small = FailureThrottle(free=1, max_keys=2, clock=lambda: now[0])
+    small = FailureThrottle(Policy(free=1), max_keys=2, clock=lambda: now[0])
     for k in "abc":
         small.failed(k)
     assert small.retry_after("a") == 0 and small.retry_after("c") > 0

@@ -35,6 +35,15 @@ def server_of(url: str) -> Any:
     return parts.path  # a unix socket
 
 
+def connect(url: str, timeout: float) -> Any:
+    """A pymemcache client for ``url`` (a pool of connections, one per thread that talks at
+    once), whose connects and commands give up after ``timeout`` seconds. Shared by everything
+    cubby keeps in the deployment's memcached (this cache, `cubby.server.throttle.memcached`)."""
+    from pymemcache.client.base import PooledClient
+
+    return PooledClient(server_of(url), connect_timeout=timeout, timeout=timeout, max_pool_size=64, no_delay=True)
+
+
 def _fence_answers(answer: bytes, count: int) -> list[tuple[bytes, bytes]] | None:
     """(bytes held, CAS) per key from the answer to `MemcachedCache.add_fence`'s batch: per
     key ``NS`` (one of append and add was not stored) then ``VA <len> c<cas>`` and the bytes;
@@ -60,7 +69,6 @@ class MemcachedCache(RemoteCache):
     name = "memcached"
 
     def __init__(self, url: str, *, timeout: float = 0.5, breaker: Breaker | None = None) -> None:
-        from pymemcache.client.base import PooledClient
         from pymemcache.exceptions import MemcacheError
 
         super().__init__(breaker)
@@ -68,9 +76,7 @@ class MemcachedCache(RemoteCache):
         self._alone: dict[tuple[str, str], bytes] = {}
         """(writer token, key) -> the CAS of a key that holds that writer's fence alone."""
         self._lock = threading.Lock()
-        self.client: Any = PooledClient(
-            server_of(url), connect_timeout=timeout, timeout=timeout, max_pool_size=64, no_delay=True,
-        )
+        self.client: Any = connect(url, timeout)
 
     def read(self, key: str) -> bytes | None:
         return self.client.get(key)  # type: ignore[no-any-return]

@@ -67,6 +67,21 @@ def split_prefix(url: str) -> tuple[str, str]:
     return "".join(v + ":" for v in values if v), rest
 
 
+def connect(url: str, timeout: float, **options: Any) -> tuple[str, Any]:
+    """(key prefix, a redis-py client) for a cache URL, ``redis://HOST:PORT/DB`` or
+    ``redis+unix:///path/to/socket?db=N``, either with ``?prefix=NAME``. Every command and
+    connection attempt gives up after ``timeout`` seconds: a cache that stopped answering must
+    cost a request a bounded delay, not hang it. Shared by everything cubby keeps in the
+    deployment's Redis (this cache, `cubby.server.throttle.redis`); ``options`` go to redis-py
+    as they are (``retry``, say)."""
+    import redis
+
+    if url.startswith("redis+unix://"):  # a unix socket, as redis-py spells it
+        url = "unix://" + url.removeprefix("redis+unix://")
+    prefix, url = split_prefix(url)
+    return prefix, redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout, **options)
+
+
 class RedisCache(RemoteCache):
     name = "redis"
 
@@ -74,11 +89,8 @@ class RedisCache(RemoteCache):
         import redis
 
         super().__init__(breaker)
-        if url.startswith("redis+unix://"):  # a unix socket, as redis-py spells it
-            url = "unix://" + url.removeprefix("redis+unix://")
-        self.prefix, url = split_prefix(url)
         self.errors = (redis.RedisError, OSError)
-        self.client: Any = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self.prefix, self.client = connect(url, timeout)
         self._swap = self.client.register_script(_SWAP)
         self._fence = self.client.register_script(_FENCE)
         self._unfence = self.client.register_script(_UNFENCE)

@@ -13,6 +13,7 @@ from cubby.metadata.base import MetadataStore
 from cubby.metadata.store import SqlMetadataStore, open_store
 from cubby.server.hop import Hop
 from cubby.server.metrics import InstrumentedBlockStore, Metrics
+from cubby.server.throttle.opener import Throttles, open_throttles
 
 if TYPE_CHECKING:
     from cubby.cache.store import CachedStore
@@ -45,6 +46,9 @@ class ServerContext:
     """This process's Prometheus metrics (`cubby.server.metrics`)."""
     cached: CachedStore | None = None
     """``store`` itself when it is behind the metadata cache (`cubby.cache.store`), else None."""
+    throttles: Throttles = field(default_factory=Throttles)
+    """Where the password throttles (`cubby.server.throttle`) keep their counts: this process
+    alone, or the deployment's shared cache (`build_context`)."""
     requests: Hop = field(default_factory=lambda: Hop(REQUEST_THREADS, name="cubby-request"))
     """The threads that authenticate a caller and run their request's store calls in one hop
     (`in_thread`), started on demand, joined in `close`."""
@@ -127,6 +131,10 @@ def build_context(config: Config, roles: tuple[str, ...]) -> ServerContext:
     ctx = ServerContext(config=config, store=front, blocks=blocks, closers=closers, metrics=metrics)
     if front is not store:
         ctx.cached = cast("CachedStore", front)
+    # Failed-login counts go where the metadata cache goes, so that the processes behind a
+    # load balancer share them (`cubby.server.throttle.opener` says what holds for each URL).
+    ctx.throttles = open_throttles(config.cache_url, ctx.log)
+    closers.append(ctx.throttles.close)
     if "meta" in roles or "notify" in roles:
         from cubby.notify.base import open_broker
 

@@ -2,11 +2,12 @@
 
 A link password may be weak, so guessing it must be slow and must not hurt anybody else:
 
-- **Throttled** per link and per client address (`cubby.server.throttle.FailureThrottle`, the
-  one the login uses): an attempt is recorded as a failure under both keys *before* the hash
-  runs, and forgiven if the password was right, so 64 concurrent guesses cannot all pass the
-  gate before the first failure counts. A locked key answers 429 with ``Retry-After`` without
-  hashing anything. The address allows fewer failures than the link, so a guesser is stopped
+- **Throttled** per link and per client address (`cubby.server.throttle`, as the login is):
+  an attempt is recorded as a failure under both keys *before* the hash runs, in the same
+  atomic step as the check (`Throttle.admit`), and forgiven if the password was right, so 64
+  concurrent guesses cannot all pass the gate before the first failure counts, whichever
+  processes they reach: with a shared cache the counts are the deployment's, not each
+  process's. A locked key answers 429 with ``Retry-After`` without hashing anything. The address allows fewer failures than the link, so a guesser is stopped
   long before the link locks and its rightful users, from other addresses, still get in. The
   address is the one `cubby.server.peers` vouches for (``X-Forwarded-For`` only from trusted
   proxies), and an IPv6 address counts by its /64.
@@ -21,12 +22,14 @@ import asyncio
 import enum
 import ipaddress
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from cubby.server.peers import TrustedProxies, scope_client_address
-from cubby.server.throttle import FailureThrottle
+from cubby.server.throttle.base import Policy, Throttle
+from cubby.server.throttle.memory import FailureThrottle
 
 ADDRESS_FREE = 10
 """Wrong link passwords from one client address (within 15 minutes) before it is locked out:
@@ -63,23 +66,31 @@ class Verdict:
     """Whole seconds to wait, for THROTTLED and BUSY."""
 
 
+InThread = Callable[[Callable[[], Any]], Awaitable[Any]]
+"""Runs a blocking call off the event loop (`cubby.server.context.ServerContext.in_thread`)."""
+
+
 class PasswordGate:
-    """Checks link passwords for the public routes; one per server, closed with it."""
+    """Checks link passwords for the public routes; one per server, closed with it. The
+    throttles default to this process's own; ``in_thread`` runs their calls (a shared one talks
+    to its server) off the event loop."""
 
     def __init__(
         self,
         trusted: TrustedProxies,
         check: Callable[[str, str], bool],
         *,
-        per_address: FailureThrottle | None = None,
-        per_link: FailureThrottle | None = None,
+        per_address: Throttle | None = None,
+        per_link: Throttle | None = None,
+        in_thread: InThread = asyncio.to_thread,
         workers: int | None = None,
         max_waiting: int = 16,
     ) -> None:
         self.trusted = trusted
         self.check = check
-        self.per_address = per_address or FailureThrottle(free=ADDRESS_FREE)
-        self.per_link = per_link or FailureThrottle(free=LINK_FREE)
+        self.per_address = per_address or FailureThrottle(Policy(free=ADDRESS_FREE))
+        self.per_link = per_link or FailureThrottle(Policy(free=LINK_FREE))
+        self.in_thread = in_thread
         self.max_waiting = max_waiting
         self.waiting = 0
         self.pool = ThreadPoolExecutor(
@@ -90,23 +101,35 @@ class PasswordGate:
         """Whether ``given`` is the password whose hash is ``stored``, within the limits."""
         addr = "addr:" + address_key(scope_client_address(scope, self.trusted))
         link = "link:" + link_id
-        wait = max(self.per_address.retry_after(addr), self.per_link.retry_after(link))
-        if wait > 0:
-            return Verdict(Outcome.THROTTLED, wait)
         if self.waiting >= self.max_waiting:
             return Verdict(Outcome.BUSY, 1)
-        self.per_address.failed(addr)
-        self.per_link.failed(link)
-        self.waiting += 1
+        self.waiting += 1  # from here: the throttle's calls wait for a thread too
         try:
+            wait = await self.in_thread(lambda: self.admit(addr, link))
+            if wait > 0:
+                return Verdict(Outcome.THROTTLED, wait)
             right = await asyncio.get_running_loop().run_in_executor(self.pool, self.check, given, stored)
+            if right:
+                await self.in_thread(lambda: self.forgive(addr, link))
         finally:
             self.waiting -= 1
-        if right:
+        return Verdict(Outcome.RIGHT if right else Outcome.WRONG)
+
+    def forgive(self, addr: str, link: str) -> None:
+        """Take back the failures `admit` recorded for a guess that proved right."""
+        self.per_address.forgive(addr)
+        self.per_link.forgive(link)
+
+    def admit(self, addr: str, link: str) -> int:
+        """Admit the attempt under both keys (`Throttle.admit`), or the seconds to wait: an
+        address let in but a link refused gives the address its failure back."""
+        wait = self.per_address.admit(addr)
+        if wait:
+            return wait
+        wait = self.per_link.admit(link)
+        if wait:
             self.per_address.forgive(addr)
-            self.per_link.forgive(link)
-            return Verdict(Outcome.RIGHT)
-        return Verdict(Outcome.WRONG)
+        return wait
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

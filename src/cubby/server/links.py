@@ -47,8 +47,9 @@ from cubby.server import access
 from cubby.server.blocks import file_response
 from cubby.server.bodies import SMALL_JSON, json_body, query_bool
 from cubby.server.context import ServerContext
-from cubby.server.linkguard import Outcome, PasswordGate
+from cubby.server.linkguard import ADDRESS_FREE, LINK_FREE, Outcome, PasswordGate
 from cubby.server.peers import TrustedProxies
+from cubby.server.throttle.base import Policy
 
 PASSWORD_HEADER = "x-cubby-link-password"
 MAX_PASSWORD = 1024
@@ -258,7 +259,12 @@ def public_routes(
     and closed with the server."""
     blocks: BlockStore = ctx.blocks  # type: ignore[assignment]
     if gate is None:
-        gate = PasswordGate(TrustedProxies.parse(ctx.config.trusted_proxies), check_password)
+        gate = PasswordGate(
+            TrustedProxies.parse(ctx.config.trusted_proxies), check_password,
+            per_address=ctx.throttles.make("link-address", Policy(free=ADDRESS_FREE)),
+            per_link=ctx.throttles.make("link", Policy(free=LINK_FREE)),
+            in_thread=ctx.in_thread,
+        )
         ctx.closers.append(gate.close)
 
     async def serve(request: Request) -> Response:

@@ -12,7 +12,10 @@
   bearer token by itself, so they cannot be forged cross-site.
 - **Throttling.** Failed logins are counted per account and per client address
   (`cubby.server.peers`, so a load balancer's address is never the key); past the free
-  attempts the answer is 429 with ``Retry-After`` before any password is hashed.
+  attempts the answer is 429 with ``Retry-After`` before any password is hashed. The counts
+  live in the deployment's shared cache when it has one (`cubby.server.throttle`), so the
+  free attempts are per deployment, not per process; the throttle is asked on a request
+  thread, since a shared one talks to its server.
 - **Bounded hashing.** Password checks run on their own pool of ``HASH_WORKERS`` threads, and at
   most ``HASH_QUEUE`` logins wait for it; beyond that the answer is 503 with ``Retry-After``, so
   argon2's memory per check cannot add up under a flood.
@@ -37,7 +40,7 @@ from cubby.model import Principal
 from cubby.server.bodies import SMALL_JSON, allow_body, field_str, json_body, path_int
 from cubby.server.context import ServerContext
 from cubby.server.peers import TrustedProxies, scope_client_address
-from cubby.server.throttle import FailureThrottle
+from cubby.server.throttle.base import Policy
 
 COOKIE = "cubby_session"
 CSRF_HEADER = "x-csrf-token"
@@ -118,8 +121,8 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
     from cubby.metadata.accounts import SESSION_SECONDS
 
     trusted = TrustedProxies.parse(ctx.config.trusted_proxies)
-    by_account = FailureThrottle(free=ACCOUNT_FREE)
-    by_address = FailureThrottle(free=ADDRESS_FREE)
+    by_account = ctx.throttles.make("login-account", Policy(free=ACCOUNT_FREE))
+    by_address = ctx.throttles.make("login-address", Policy(free=ADDRESS_FREE))
     pool = ThreadPoolExecutor(max_workers=HASH_WORKERS, thread_name_prefix="cubby-passwords")
     ctx.closers.append(pool.shutdown)
     waiting = 0
@@ -142,7 +145,17 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
             raise BadRequest("give your user name and your password", code="bad_login")
         address = scope_client_address(request.scope, trusted)
         account_key = "u:" + name.lower()
-        wait = max(by_account.retry_after(account_key), by_address.retry_after("a:" + address))
+        address_key = "a:" + address
+
+        def locked() -> int:
+            return max(by_account.retry_after(account_key), by_address.retry_after(address_key))
+
+        def failed() -> int:
+            by_account.failed(account_key)
+            by_address.failed(address_key)
+            return locked()
+
+        wait = await ctx.in_thread(locked)
         if wait:
             return refuse(wait)
         if waiting >= HASH_QUEUE:
@@ -154,13 +167,11 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         finally:
             waiting -= 1
         if found is None:
-            by_account.failed(account_key)
-            by_address.failed("a:" + address)
-            wait = max(by_account.retry_after(account_key), by_address.retry_after("a:" + address))
+            wait = await ctx.in_thread(failed)
             if wait:
                 return refuse(wait)
             raise Unauthorized("wrong user name or password", code="bad_login")
-        by_account.succeeded(account_key)
+        await ctx.in_thread(lambda: by_account.succeeded(account_key))
         user_id, display = found
         agent = request.headers.get("user-agent", "")
         _, secret = await run_in_threadpool(ctx.store.accounts.create_session, user_id, address, agent)

@@ -20,7 +20,9 @@ metadata cache would serve each worker's own stale answers after another worker'
 folder just made, missing from every other listing), and its in-process broker would wake only
 the long-polls of the worker that took the commit. So `for_workers` runs them uncached, unless
 ``--cache`` names a shared cache, and joins them by `cubby.notify.local` (datagram sockets in a
-private folder the parent makes), unless ``--broker`` names Redis or NATS.
+private folder the parent makes), unless ``--broker`` names Redis or NATS. Without a shared
+cache the password throttles are each worker's own too (`cubby.server.throttle.opener`): a
+guesser gets each worker's free attempts.
 
 Workers are tied to the parent's life (Linux ``PR_SET_PDEATHSIG``): a parent killed with
 SIGKILL does not leave orphans holding the port.
