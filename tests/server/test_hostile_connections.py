@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import json
 import os
 import resource
 import socket
@@ -480,6 +481,35 @@ def test_an_upload_waits_for_room_then_is_refused_or_stored(tmp_path: Path) -> N
                 break
             time.sleep(0.1)
         assert status_of(answer) == 200 and b'"received":1' in answer, answer[:300]
+    finally:
+        front.server.stop()
+
+
+def upload_lines(front: Front) -> list[dict[str, object]]:
+    """The access log's lines for uploads, and every error line, from the server's log."""
+    lines = [json.loads(x) for x in front.server.logs().splitlines() if x.startswith("{")]
+    return [d for d in lines if d.get("path") == "/api/v1/blocks/upload" or d.get("level") == "error"]
+
+
+def ended_uploads(front: Front, count: int) -> list[dict[str, object]]:
+    """The log's upload and error lines once ``count`` uploads have ended (or `WAIT` passed)."""
+    end = time.monotonic() + WAIT
+    while len(lines := upload_lines(front)) < count and time.monotonic() < end:
+        time.sleep(0.1)
+    return lines
+
+
+def test_an_upload_cut_off_is_logged_as_its_client_gone_not_as_a_server_error(tmp_path: Path) -> None:
+    """A client that closes its connection half-way through an upload is nothing the server
+    did wrong: one access line with 499 ``client_gone``, no 500, no traceback (before: a 500
+    and two error lines of some 3 KB each, which anyone could make by closing sockets)."""
+    front = budget_server(tmp_path)
+    try:
+        with upload_on(front, first_part_of_a_chunk(100_000), declared=(4 << 20) + 36):
+            time.sleep(0.3)
+        lines = ended_uploads(front, 1)
+        assert [(d.get("status"), d.get("error_code")) for d in lines] == [(499, "client_gone")], lines
+        assert served(front)
     finally:
         front.server.stop()
 

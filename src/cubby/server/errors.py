@@ -6,7 +6,7 @@ import logging
 import re
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
@@ -78,6 +78,21 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"code": code, "message": str(exc.detail)}, status_code=exc.status_code, headers=headers)
 
 
+CLIENT_GONE = 499
+"""The status logged for a request whose client went away before it was whole (nginx's
+"client closed request"): never sent, since nobody is there to read it."""
+
+
+async def client_gone(request: Request, exc: Exception) -> Response:
+    """The client closed its connection before its request was whole: a dropped network, an
+    upload cancelled, a body closed to make room (`cubby.server.budget`). Nothing went wrong
+    in the server, so it is no 500 and no traceback (before, every upload cut off mid-body
+    logged two, some 6 KB of error lines that anybody could make by closing sockets); the
+    access log and the metrics count it as 499 ``client_gone``."""
+    request.state.error_code = "client_gone"
+    return JSONResponse({"code": "client_gone", "message": "the client closed the connection"}, status_code=CLIENT_GONE)
+
+
 async def internal_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error", extra={"path": request.url.path})
     return JSONResponse(
@@ -85,4 +100,6 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     )
 
 
-HANDLERS = {CubbyError: cubby_error, HTTPException: http_error, Exception: internal_error}
+HANDLERS = {
+    CubbyError: cubby_error, HTTPException: http_error, ClientDisconnect: client_gone, Exception: internal_error,
+}
