@@ -1,19 +1,59 @@
-"""Files still being written (`cubby.client.sync.settling`): a scan does not read again a file
-the previous scan found changing while one stat shows it still being written."""
+"""Per-file backoff for files still being written (`cubby.client.sync.settling`): which events
+wake a pass, when a file being written is due to be read again, and that a scan does not read
+again a file the previous scan found changing while one stat shows it still being written.
+
+(The daemon as a whole, with a log written by another process, is in
+`test_cli_and_resources.py`.)"""
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cubby.client.modes import mode_of
+from cubby.client.sync.daemon import wait_for_work
 from cubby.client.sync.scanner import ScanResult, scan
-from cubby.client.sync.settling import QUIET, Fields, still_written
+from cubby.client.sync.settling import QUIET, Fields, Settling, still_written
 from cubby.client.sync.state import StateDb
 
 SECOND = 1_000_000_000
+
+
+def test_events_of_a_file_being_written_wake_nothing_and_push_its_time_on() -> None:
+    s = Settling(quiet=1.0)
+    assert not s.touched(("app.log",), 0.0) and s.due_in(0.0) is None  # nothing written: every event wakes
+    s.found(["app.log", "dl/part.bin"], 10.0)
+    assert s.due_in(10.0) == 1.0
+    assert s.touched(("app.log",), 10.5)
+    assert s.due_in(10.5) == 0.5  # dl/part.bin, quiet since the pass
+    assert s.touched(("dl/part.bin",), 10.9) and s.due_in(11.0) == 0.5  # app.log's event at 10.5
+    assert s.due_in(12.0) == -0.5  # due: a pass reads it
+    assert not s.touched(("note.txt",), 11.0)  # any other file wakes a pass at once
+    assert not s.touched(("app.log", "app.log.1"), 11.0)  # a log rotated: a new name, a pass
+    assert not s.touched((), 11.0)
+
+
+def test_a_pass_sets_which_files_are_being_written() -> None:
+    s = Settling(quiet=1.0)
+    s.found(["app.log"], 0.0)
+    s.touched(("app.log",), 0.9)
+    s.found(["app.log"], 2.0)  # read (or skipped) again by this pass: quiet from its end
+    assert s.due_in(2.0) == 1.0
+    s.found([], 3.0)  # it stood still and went up
+    assert s.due_in(3.0) is None and not s.touched(("app.log",), 3.5)
+
+
+def test_a_folder_modified_is_taken_in_only_for_the_folder_of_a_file_being_written() -> None:
+    """watchdog reports a file's folder modified when the file is closed after a write."""
+    s = Settling(quiet=1.0)
+    s.found(["logs/app.log", "top.log"], 0.0)
+    assert s.touched(("logs",), 0.5, folders=True) and s.touched(("",), 0.5, folders=True)
+    assert s.due_in(0.5) == 0.5  # (a folder's event moves no file's time on)
+    assert not s.touched(("other",), 0.5, folders=True)
+    assert not s.touched(("logs/deeper",), 0.5, folders=True)
 
 
 def _fields(path: Path) -> Fields:
@@ -63,3 +103,15 @@ def test_a_scan_does_not_read_again_a_file_still_being_written(tmp_path: Path) -
         quiet = scan(root, state, pool, previous=ScanResult(changing=["app.log"], changing_seen={"app.log": grown}))
         assert quiet.changing == [] and quiet.hashed == 1  # changed since, but quiet: read
     state.close()
+
+
+def test_the_loop_wakes_for_an_event_or_a_file_gone_quiet() -> None:
+    trigger = threading.Event()
+    s = Settling(quiet=1.0)
+    s.found(["app.log"], time.monotonic() - 2.0)
+    assert wait_for_work(trigger, s, 60.0) is False  # quiet already: a pass, comparing the disk first
+    s.found(["app.log"], time.monotonic())
+    trigger.set()
+    assert wait_for_work(trigger, s, 60.0) is True
+    trigger.clear()
+    assert wait_for_work(trigger, Settling(), 0.0) is False  # the safety net's time

@@ -29,6 +29,9 @@ starts over, and the loop wakes `QUIET` seconds later for a pass that costs a st
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable, Sequence
+
 QUIET = 1.0
 """Seconds a file found changing must go without a write before it is read again."""
 
@@ -50,3 +53,56 @@ def still_written(now: Fields, seen: Fields, clock_ns: int) -> bool:
     (Kernels stamp an mtime with a clock that lags, never leads, so it only looks older.) An
     mtime in the future (a clock stepped back, a file touched so) says nothing: it is read."""
     return now != seen and 0 <= clock_ns - now[1] < QUIET_NS
+
+
+class Settling:
+    """The loop's half (see the module docstring): the relative paths the last pass found
+    changing, each with the monotonic time of its last event. Events come on the watcher's
+    thread and passes end on the loop's, so a lock guards the one dict; it holds only the files
+    being written at once, a handful."""
+
+    __slots__ = ("_last", "_lock", "quiet")
+
+    def __init__(self, quiet: float = QUIET) -> None:
+        self.quiet = quiet
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def found(self, changing: Iterable[str], now: float) -> None:
+        """After a pass: these paths are being written, no other is. Each is counted quiet from
+        ``now``, not from its last event: the pass has just read it (or skipped it as still
+        written), and looking again at once would read it again in a loop."""
+        with self._lock:
+            self._last = dict.fromkeys(changing, now)
+
+    def touched(self, rels: Sequence[str], now: float, *, folders: bool = False) -> bool:
+        """An event for ``rels`` (relative paths: a move has two) at ``now``. True when it is
+        taken in here and must wake no pass: every path is one being written, whose quiet time
+        starts again at ``now``.
+
+        With ``folders``, ``rels`` are folders reported modified: taken in when each directly
+        holds a file being written. watchdog reports a file's folder modified each time the
+        file is closed after a write, so a log opened and closed for every line would wake a
+        pass per line; and a name added, removed or moved in that folder comes with an event
+        of its own, for its own path, which is not taken in. (The folder's own chmod, in those
+        seconds, waits for the next pass or the safety-net scan.)"""
+        with self._lock:
+            if not self._last or not rels:
+                return False
+            if folders:
+                return all(any(_parent(p) == f for p in self._last) for f in rels)
+            if not all(r in self._last for r in rels):
+                return False
+            for r in rels:
+                self._last[r] = now
+            return True
+
+    def due_in(self, now: float) -> float | None:
+        """Seconds from ``now`` until the first file being written has been quiet for
+        ``quiet`` (zero or less: it has), or None when no file is being written."""
+        with self._lock:
+            return min(self._last.values()) + self.quiet - now if self._last else None
+
+
+def _parent(rel: str) -> str:
+    return rel.rpartition("/")[0]
