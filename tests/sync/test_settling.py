@@ -23,37 +23,38 @@ SECOND = 1_000_000_000
 
 
 def test_events_of_a_file_being_written_wake_nothing_and_push_its_time_on() -> None:
-    s = Settling(quiet=1.0)
+    s = Settling()
     assert not s.touched(("app.log",), 0.0) and s.due_in(0.0) is None  # nothing written: every event wakes
     s.found(["app.log", "dl/part.bin"], 10.0)
-    assert s.due_in(10.0) == 1.0
-    assert s.touched(("app.log",), 10.5)
-    assert s.due_in(10.5) == 0.5  # dl/part.bin, quiet since the pass
-    assert s.touched(("dl/part.bin",), 10.9) and s.due_in(11.0) == 0.5  # app.log's event at 10.5
-    assert s.due_in(12.0) == -0.5  # due: a pass reads it
+    assert s.due_in(10.0) == QUIET
+    assert s.touched(("app.log",), 10.0 + QUIET / 2)
+    assert s.due_in(10.0 + QUIET / 2) == QUIET / 2  # dl/part.bin, quiet since the pass
+    assert s.touched(("dl/part.bin",), 10.0 + QUIET)
+    assert s.due_in(10.0 + QUIET) == QUIET / 2  # app.log, quiet since its event
+    assert s.due_in(10.0 + 2 * QUIET) == -QUIET / 2  # due: a pass reads it
     assert not s.touched(("note.txt",), 11.0)  # any other file wakes a pass at once
     assert not s.touched(("app.log", "app.log.1"), 11.0)  # a log rotated: a new name, a pass
     assert not s.touched((), 11.0)
 
 
 def test_a_pass_sets_which_files_are_being_written() -> None:
-    s = Settling(quiet=1.0)
+    s = Settling()
     s.found(["app.log"], 0.0)
-    s.touched(("app.log",), 0.9)
-    s.found(["app.log"], 2.0)  # read (or skipped) again by this pass: quiet from its end
-    assert s.due_in(2.0) == 1.0
-    s.found([], 3.0)  # it stood still and went up
-    assert s.due_in(3.0) is None and not s.touched(("app.log",), 3.5)
+    s.touched(("app.log",), QUIET / 2)
+    s.found(["app.log"], 2 * QUIET)  # read (or skipped) again by this pass: quiet from its end
+    assert s.due_in(2 * QUIET) == QUIET
+    s.found([], 3 * QUIET)  # it stood still and went up
+    assert s.due_in(3 * QUIET) is None and not s.touched(("app.log",), 4 * QUIET)
 
 
 def test_a_folder_modified_is_taken_in_only_for_the_folder_of_a_file_being_written() -> None:
     """watchdog reports a file's folder modified when the file is closed after a write."""
-    s = Settling(quiet=1.0)
+    s = Settling()
     s.found(["logs/app.log", "top.log"], 0.0)
-    assert s.touched(("logs",), 0.5, folders=True) and s.touched(("",), 0.5, folders=True)
-    assert s.due_in(0.5) == 0.5  # (a folder's event moves no file's time on)
-    assert not s.touched(("other",), 0.5, folders=True)
-    assert not s.touched(("logs/deeper",), 0.5, folders=True)
+    assert s.touched(("logs",), QUIET / 2, folders=True) and s.touched(("",), QUIET / 2, folders=True)
+    assert s.due_in(QUIET / 2) == QUIET / 2  # (a folder's event moves no file's time on)
+    assert not s.touched(("other",), QUIET / 2, folders=True)
+    assert not s.touched(("logs/deeper",), QUIET / 2, folders=True)
 
 
 def _fields(path: Path) -> Fields:
@@ -107,8 +108,8 @@ def test_a_scan_does_not_read_again_a_file_still_being_written(tmp_path: Path) -
 
 def test_the_loop_wakes_for_an_event_or_a_file_gone_quiet() -> None:
     trigger = threading.Event()
-    s = Settling(quiet=1.0)
-    s.found(["app.log"], time.monotonic() - 2.0)
+    s = Settling()
+    s.found(["app.log"], time.monotonic() - 2 * QUIET)
     assert wait_for_work(trigger, s, 60.0) is False  # quiet already: a pass, comparing the disk first
     s.found(["app.log"], time.monotonic())
     trigger.set()

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from cubby.client.changes import ChangeWaiter
 from cubby.client.sync.base import PassReport
-from cubby.client.sync.settling import QUIET, Settling
+from cubby.client.sync.settling import Settling
 from cubby.errors import CubbyError, Unavailable
 
 
@@ -99,7 +99,7 @@ class SyncDaemon:
 
         trigger = self.engine.trigger
         backoff = backoff or Backoff()
-        settling = Settling(QUIET)
+        settling = Settling()
 
         def changed(rels: tuple[str, ...], folders: bool) -> None:
             if not settling.touched(rels, time.monotonic(), folders=folders):

@@ -61,10 +61,9 @@ class Settling:
     thread and passes end on the loop's, so a lock guards the one dict; it holds only the files
     being written at once, a handful."""
 
-    __slots__ = ("_last", "_lock", "quiet")
+    __slots__ = ("_last", "_lock")
 
-    def __init__(self, quiet: float = QUIET) -> None:
-        self.quiet = quiet
+    def __init__(self) -> None:
         self._last: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -99,9 +98,10 @@ class Settling:
 
     def due_in(self, now: float) -> float | None:
         """Seconds from ``now`` until the first file being written has been quiet for
-        ``quiet`` (zero or less: it has), or None when no file is being written."""
+        `QUIET` (zero or less: it has), or None when no file is being written. (No other
+        length: a shorter one would wake passes that `still_written` skips the file in.)"""
         with self._lock:
-            return min(self._last.values()) + self.quiet - now if self._last else None
+            return min(self._last.values()) + QUIET - now if self._last else None
 
 
 def _parent(rel: str) -> str:
