@@ -13,6 +13,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -297,43 +299,106 @@ def test_a_file_changing_while_read_is_not_called_in_sync(clients: Clients, tmp_
     assert b"".join(clients.api.download("/growing.log")) == log.read_bytes()
 
 
-def test_a_file_being_written_is_read_again_once_the_writes_pause(clients: Clients, tmp_path: Path) -> None:
-    """The running daemon, with a 64 MiB log appended to every few milliseconds: every write is
-    an event, and a pass on each read the whole file again, only to find it changing (half a
-    core, measured). Now a pass that left a file changing makes the next wait for a pause in
-    the writes (at most `QUIET_AT_MOST`, 10 s): over four seconds of writing, at most one more
-    pass reads it. Once the writes stop, the file goes up whole."""
+def bytes_read_by(pid: int) -> int:
+    """Bytes process ``pid`` has read so far, from the page cache or not (``rchar`` of
+    /proc/PID/io): how a test sees from outside whether a daemon read a 64 MiB file again."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no rchar in /proc/{pid}/io")
+
+
+def passes_in(out: Path) -> list[dict[str, object]]:
+    """The ``{"event": "pass", ...}`` lines a daemon wrote to ``out`` so far."""
+    lines = [json.loads(x) for x in out.read_text().splitlines() if x.startswith("{")]
+    return [x for x in lines if x.get("event") == "pass"]
+
+
+@dataclass
+class BusyLog:
+    folder: Path
+    log: Path
+    writer: subprocess.Popen[str]
+    daemon: subprocess.Popen[bytes]
+    out: Path
+    """Where the daemon writes its lines (`passes_in`)."""
+
+
+@contextmanager
+def daemon_beside_a_busy_log(clients: Clients, tmp_path: Path) -> Iterator[BusyLog]:
+    """A folder with a 64 MiB log appended to every few milliseconds (`LOG_WRITER`), and
+    `cubby --json sync` started on it once the writes have begun, so that every read of the log
+    overlaps a write; handed over once a pass has found it changing. The writer is started
+    first because a log written and then, a moment later, appended to may be read whole in
+    between (a writer slow to start on a loaded machine), and go up, which is beside the
+    point. The writer (if still going) and the daemon are stopped on the way out."""
     d = tmp_path / "mine"
     d.mkdir()
     log = d / "app.log"
-    out = tmp_path / "daemon.log"
-    with open(out, "wb") as sink:
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "cubby", "--json", "sync", str(d)], env=env_for(clients), stdout=sink, stderr=sink
-        )
+    log.write_bytes(os.urandom(64 << 20))
+    writer = subprocess.Popen([sys.executable, "-c", LOG_WRITER, str(log)], stdout=subprocess.PIPE, text=True)
     try:
-        def passes() -> list[dict[str, object]]:
-            lines = [json.loads(x) for x in out.read_text().splitlines() if x.startswith("{")]
-            return [x for x in lines if x.get("event") == "pass"]
-
-        wait_for(lambda: len(passes()) >= 1, "the first pass")
-        log.write_bytes(os.urandom(64 << 20))
-        writer = subprocess.Popen([sys.executable, "-c", LOG_WRITER, str(log)], stdout=subprocess.PIPE, text=True)
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "writing"
+        out = tmp_path / "daemon.log"
+        with open(out, "wb") as sink:
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "cubby", "--json", "sync", str(d)], env=env_for(clients), stdout=sink, stderr=sink
+            )
         try:
-            assert writer.stdout is not None and writer.stdout.readline().strip() == "writing"
-            wait_for(lambda: any(p.get("changing") == ["app.log"] for p in passes()), "a pass finds the log changing")
-            seen = len(passes())
-            time.sleep(4)
-            during = passes()[seen:]
+            wait_for(lambda: any(p.get("changing") == ["app.log"] for p in passes_in(out)), "a pass finds the log changing")
+            yield BusyLog(d, log, writer, daemon, out)
         finally:
-            writer.kill()
-            writer.wait()
+            daemon.terminate()
+            daemon.wait(timeout=30)
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+on_linux = pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="counts the daemon's reads in /proc/PID/io")
+
+
+@on_linux
+def test_a_file_saved_beside_a_log_being_written_goes_up_without_reading_the_log_again(clients: Clients, tmp_path: Path) -> None:
+    """A 64 MiB log appended to without a pause is never stable, so it is left alone; a small
+    document saved beside it must not wait for it. The daemon once held every pass after one
+    that found the log changing until the folder had a second without events, ten seconds at
+    most, and that pass read the whole log again only to find it changing: the document went
+    up late, and only after another read of the log. Now the log's events wake no pass, the
+    document's do at once, and that pass looks at the log with one stat.
+
+    So, with the writer going until the test stops it: the document reaches the server while
+    the log is still being written (the writer stops only after), and between saving it and
+    its arrival the daemon read less than the log's size (the old hold's pass read all of it,
+    whatever the machine's speed). No clock is read: a slow machine is only slower."""
+    with daemon_beside_a_busy_log(clients, tmp_path) as busy:
+        before = bytes_read_by(busy.daemon.pid)
+        (busy.folder / "note.txt").write_bytes(b"saved beside the log")
+        wait_for(lambda: "/note.txt" in {e.path for e in clients.api.list("/", recursive=True)}, "the note goes up")
+        read = bytes_read_by(busy.daemon.pid) - before
+        assert busy.writer.poll() is None, "the writer stopped: the note did not go up while the log was written"
+    assert read < 64 << 20, f"the daemon read {read} bytes to send a 20-byte note: the log again"
+    assert b"".join(clients.api.download("/note.txt")) == b"saved beside the log"
+
+
+@on_linux
+def test_a_file_being_written_is_read_again_once_the_writes_pause(clients: Clients, tmp_path: Path) -> None:
+    """The running daemon, with a 64 MiB log appended to every few milliseconds: every write is
+    an event, and a pass on each read the whole file again, only to find it changing (half a
+    core, measured). Now the events of a file the last pass found changing wake no pass, and a
+    pass that runs anyway looks at it with one stat (`cubby.client.sync.settling`): over four
+    seconds of writing, at most one more pass runs (the one the writes during the first woke)
+    and the daemon reads less than the log's size. Once the writes stop, the file goes up whole."""
+    with daemon_beside_a_busy_log(clients, tmp_path) as busy:
+        seen, before = len(passes_in(busy.out)), bytes_read_by(busy.daemon.pid)
+        time.sleep(4)
+        during, read = passes_in(busy.out)[seen:], bytes_read_by(busy.daemon.pid) - before
+        busy.writer.kill()
+        busy.writer.wait()
         assert len(during) <= 1, during
-        size = log.stat().st_size
+        assert read < 64 << 20, f"the daemon read {read} bytes while the log was written: the log again"
+        size = busy.log.stat().st_size
         wait_for(
             lambda: any(e.path == "/app.log" and e.size == size for e in clients.api.list("/", recursive=True)),
             "the log goes up once the writes stop",
         )
-    finally:
-        daemon.terminate()
-        daemon.wait(timeout=30)

@@ -4,6 +4,11 @@ A pass runs on every local event (the watcher), every remote change (a `ChangeWa
 own thread) and every ``full_scan_interval`` seconds as a safety net; while the server is away
 passes back off with jitter (`Backoff`). Kept apart from the engine because when to run a pass
 is a different job from what a pass does: the loop knows the engine only as a `PassRunner`.
+
+One kind of event wakes nothing: a write to a file the last pass found still being written
+(`PassReport.changing`). Such a file backs off alone (`cubby.client.sync.settling`): it is
+looked at again once it has had no event for `QUIET` seconds, on a timer of this loop, while
+every other change is synced at once, as when no file is changing.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any, Protocol
 
 from cubby.client.changes import ChangeWaiter
 from cubby.client.sync.base import PassReport
+from cubby.client.sync.settling import Settling
 from cubby.errors import CubbyError, Unavailable
 
 
@@ -36,29 +42,21 @@ class Backoff:
         self.n = 0
 
 
-QUIET = 1.0
-"""Seconds without a local event that `wait_for_quiet` waits for."""
-QUIET_AT_MOST = 10.0
-"""The longest `wait_for_quiet` holds a pass back, however busy the folder."""
-
-
-def wait_for_quiet(trigger: threading.Event, stop: threading.Event, quiet: float = QUIET, at_most: float = QUIET_AT_MOST) -> None:
-    """Hold the next pass back until the folder has been quiet (no local event) for ``quiet``
-    seconds, or ``at_most`` seconds have gone by, or ``stop`` is set.
-
-    Why. The last pass left a file alone because it changed while it was read (a log being
-    written, a download in progress). Every write to it is an event, and a pass on each read it
-    whole again, to find it changing again: a 64 MiB log appended to 100 times a second kept
-    the daemon at half a core. Waiting for a pause reads it once it has settled, and while it
-    never does, once every ``at_most`` seconds; everything else waits that long at most.
-    Events that come meanwhile are not lost: the trigger is left set for the pass."""
-    end = time.monotonic() + at_most
-    while not stop.is_set():
-        trigger.clear()
-        left = end - time.monotonic()
-        if left <= 0 or not trigger.wait(min(quiet, left)):
-            break
-    trigger.set()
+def wait_for_work(trigger: threading.Event, settling: Settling, delay: float) -> bool:
+    """Block until the trigger is set (True: an event, a remote change or a stop request), or
+    until ``delay`` seconds have gone by or a file being written has been quiet for `QUIET`
+    (False: a pass that compares the disk first). The settling timer moves on with each event
+    of its file, so this wakes at most once per `QUIET` while a log is written, and every
+    wait blocks. Events that come meanwhile are not lost: the trigger is left set."""
+    end = time.monotonic() + delay
+    while True:
+        now = time.monotonic()
+        due = settling.due_in(now)
+        timeout = end - now if due is None else min(end - now, due)
+        if timeout <= 0:
+            return False
+        if trigger.wait(timeout):
+            return True
 
 
 class PassRunner(Protocol):
@@ -91,15 +89,23 @@ class SyncDaemon:
         full_scan_interval: float = 60.0,
         backoff: Backoff | None = None,
     ) -> None:
-        """Sync until ``stop`` is set: a pass on every local event (watchdog), every remote
-        change (the waiter), and every ``full_scan_interval`` seconds as a safety net. While
-        the server is away, passes back off exponentially with jitter; local changes wait on
-        disk and are sent on reconnect. Nothing here spins: every wait blocks."""
+        """Sync until ``stop`` is set: a pass on every local event (watchdog) but those of
+        files being written, every remote change (the waiter), every ``full_scan_interval``
+        seconds as a safety net, and when a file being written has gone `QUIET` seconds
+        without an event. While the server is away, passes back off exponentially with
+        jitter; local changes wait on disk and are sent on reconnect. Nothing here spins:
+        every wait blocks."""
         from cubby.client.sync.watcher import Watcher
 
         trigger = self.engine.trigger
         backoff = backoff or Backoff()
-        watcher = Watcher(self.engine.root, trigger.set) if watch else None
+        settling = Settling()
+
+        def changed(rels: tuple[str, ...], folders: bool) -> None:
+            if not settling.touched(rels, time.monotonic(), folders=folders):
+                trigger.set()
+
+        watcher = Watcher(self.engine.root, changed) if watch else None
         if watcher:
             watcher.start()
         wt = threading.Thread(target=self._wait_remote, args=(stop, waiter, trigger), daemon=True, name="cubby-waiter")
@@ -115,6 +121,7 @@ class SyncDaemon:
                 try:
                     report = self.engine.run_once(local_first=not woken, stop=stop)
                     backoff.reset()
+                    settling.found(report.changing, time.monotonic())
                     self.engine.emit({"event": "pass", **report.to_dict()})
                     delay = full_scan_interval
                 except Unavailable as exc:
@@ -122,13 +129,10 @@ class SyncDaemon:
                     self.engine.emit({"event": "offline", "retry_in": round(delay, 2), "error": exc.message})
                     trigger.wait(delay)  # a local change or a stop request ends the pause early
                     continue
-                woken = trigger.wait(delay)
+                woken = wait_for_work(trigger, settling, delay)
                 if stop.is_set():
                     break
-                if report.changing:
-                    wait_for_quiet(trigger, stop)
-                else:
-                    stop.wait(0.05)  # let a burst of events settle into one pass
+                stop.wait(0.05)  # let a burst of events settle into one pass
         finally:
             waiter.close()
             if watcher:

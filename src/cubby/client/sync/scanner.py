@@ -3,7 +3,10 @@
 A file is hashed again only when its size, mtime or inode differ from the file index; then it
 is chunked (FastCDC, names only) on a worker thread, and stat'ed again afterwards: if it changed
 while it was read (still being written), it is reported with no hash (unstable) and the planner
-leaves it alone until a later scan finds it settled.
+leaves it alone until a later scan finds it settled. A later scan that finds it, by one stat,
+still being written (`cubby.client.sync.settling.still_written`) does not read it at all: it
+reports it changing again, so that a pass run for another file does not read a growing 64 MiB
+log whole each time.
 
 A small file is read in one call, and its bytes may be kept (`ScanResult.kept`, within a
 `KeepBudget` the caller gives) so that the upload that usually follows the scan of a new file
@@ -31,6 +34,7 @@ import os
 import queue
 import stat as stat_mod
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
@@ -42,6 +46,7 @@ from cubby.client.localfiles import Stamp, stamp_of
 from cubby.client.modes import link_inside, mode_of
 from cubby.client.sync.ignore import IgnoreRules
 from cubby.client.sync.planner import LocalItem
+from cubby.client.sync.settling import Fields, still_written
 from cubby.client.sync.state import FileRecord, StateDb
 from cubby.core import paths
 from cubby.core.chunking import MIN_SIZE, chunk_file, iter_chunks
@@ -77,8 +82,12 @@ class ScanResult:
     """Display paths of the folders that could not be listed: what is below them is unknown."""
     changing: list[str] = field(default_factory=list)
     """Relative paths of files that changed while they were read (still being written, or moved
-    or removed meanwhile): left alone, without a version, until a scan reads one whole. Until
-    then the pass has not synced them, and says so."""
+    or removed meanwhile), or that the previous scan found so and are still being written
+    (not read again: `still_written`): left alone, without a version, until a scan reads one
+    whole. Until then the pass has not synced them, and says so."""
+    changing_seen: dict[str, Fields] = field(default_factory=dict)
+    """rel -> the stat fields (`_stamp`) of each file of ``changing`` as last seen (after the
+    read that found it changing, or when it was not read): what the next scan compares with."""
     hashed: int = 0
     rules: IgnoreRules = field(default_factory=IgnoreRules)
     """The ignore rules the scan applied."""
@@ -135,14 +144,22 @@ Hashed = tuple[FileRecord, Stamp, bytes | None]
 
 
 @dataclass(frozen=True)
+class Unstable:
+    """What `hash_file` makes of a file that changed while it was read, or went."""
+
+    seen: Fields | None
+    """Its stat fields (`_stamp`) after the read; None when it went."""
+
+
+@dataclass(frozen=True)
 class CannotRead:
     """What `hash_file` makes of a file it could not open or read (not one that is gone)."""
 
     reason: str
 
 
-def hash_file(path: str | Path, rel: str, keep: KeepBudget | None = None) -> Hashed | CannotRead | None:
-    """Chunk a file (a link: its target's text); None if it changed or went while being
+def hash_file(path: str | Path, rel: str, keep: KeepBudget | None = None) -> Hashed | CannotRead | Unstable:
+    """Chunk a file (a link: its target's text); `Unstable` if it changed or went while being
     read, `CannotRead` if it could not be read (its permissions, an I/O error). With
     the record comes the file's stat stamp (`cubby.client.localfiles.stamp_of`) as it was
     read, which lets an upload trust bytes it reads back without hashing them again, and the
@@ -164,13 +181,11 @@ def hash_file(path: str | Path, rel: str, keep: KeepBudget | None = None) -> Has
             chunks = tuple((c.hash, c.offset, c.length) for c in chunk_file(path, with_data=False))
         after = os.lstat(path)
     except FileNotFoundError:
-        return None
+        return Unstable(None)
     except OSError as exc:
         return CannotRead(unreadable_because(exc))
-    if stamp_of(before) != stamp_of(after) or _stamp(before) != _stamp(after):
-        return None
-    if sum(c[2] for c in chunks) != after.st_size:
-        return None
+    if stamp_of(before) != stamp_of(after) or _stamp(before) != _stamp(after) or sum(c[2] for c in chunks) != after.st_size:
+        return Unstable(_stamp(after))
     if data is not None and not (data and keep is not None and keep.take(len(data))):
         data = None
     return FileRecord(
@@ -184,7 +199,7 @@ small file's hashing (on a first sync of 20,000 files, a sixth of the scan). Tas
 the walk finds their files, so hashing overlaps the walk."""
 
 
-def _hash_part(root: Path, part: list[tuple[str, str, int]], keep: KeepBudget | None) -> list[Hashed | CannotRead | None]:
+def _hash_part(root: Path, part: list[tuple[str, str, int]], keep: KeepBudget | None) -> list[Hashed | CannotRead | Unstable]:
     """`hash_file` of each of ``part`` (relative path first), in order. (Paths as strings: a
     `Path` per file cost more than a small file's hashing does in Python.)"""
     top = os.fspath(root)
@@ -196,7 +211,7 @@ def _below_any(rel: str, folders: list[str]) -> bool:
     return any(not f or rel.startswith(f + "/") for f in folders)
 
 
-def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+def _stamp(st: os.stat_result) -> Fields:
     """What says a file is the one indexed: a chmod changes no mtime, so the mode is in it."""
     return (st.st_size, st.st_mtime_ns, st.st_ino, mode_of(st))
 
@@ -465,7 +480,9 @@ def scan(
     comparison per folder, and names, tests and compares nothing per item. (The signature
     holds every field the index compares, the raw mode, and every entry's name, so any edit,
     chmod, addition, removal or replacement in the folder makes it read the folder again.)
-    Small files hashed keep their bytes within ``keep`` (`ScanResult.kept`). ``on_new`` is
+    A file ``previous`` found changing that one stat shows still being written is not read
+    (`still_written`): it is changing again. Small files hashed keep their bytes within
+    ``keep`` (`ScanResult.kept`). ``on_new`` is
     told of each file the index did not know whose bytes were kept, as soon as it is hashed
     (on this thread, in walk order): `cubby.client.sync.presend` sends their chunks while the
     scan goes on. ``listed`` is the tree as `list_tree` just listed it, taken instead of
@@ -495,7 +512,10 @@ def scan(
             # with the GIL, more time) than the overlap gained. A process's first scan, which
             # may hash a whole tree (a first sync), lists on a worker while the hashing starts.
             folders = _folders(root, rules, seen_before, reuse, None if after_another else executor, stop, keep=True)
-        return _scan(root, state, executor, rules, folders, known, seen_before, reuse, persist, keep, on_new, keep_folders)
+        was_changing = previous.changing_seen if previous is not None else {}
+        return _scan(
+            root, state, executor, rules, folders, known, seen_before, reuse, persist, keep, on_new, keep_folders, was_changing
+        )
     finally:
         stop.set()
 
@@ -520,7 +540,7 @@ class _Taken:
         """Files of the scan's ``todo`` taken so far."""
 
     def take(
-        self, todo: list[tuple[str, str, int]], hashing: list[Future[list[Hashed | CannotRead | None]]], *, wait: bool
+        self, todo: list[tuple[str, str, int]], hashing: list[Future[list[Hashed | CannotRead | Unstable]]], *, wait: bool
     ) -> None:
         """Take the tasks not yet taken, in order: all of them (``wait``), or those done."""
         res = self.res
@@ -528,11 +548,13 @@ class _Taken:
             part = hashing[self.tasks].result()
             for (rel, display, ino), got in zip(todo[self.at : self.at + len(part)], part, strict=True):
                 res.hashed += 1
-                if got is None or isinstance(got, CannotRead):  # unstable, or unreadable: left alone
-                    if got is None:
-                        res.changing.append(rel)
-                    else:
+                if isinstance(got, (Unstable, CannotRead)):  # left alone
+                    if isinstance(got, CannotRead):
                         res.unreadable.append(Unreadable(rel, got.reason))
+                    else:
+                        res.changing.append(rel)
+                        if got.seen is not None:
+                            res.changing_seen[rel] = got.seen
                     self.items.append(LocalItem(display, rel, "file", None, ino))
                     continue
                 rec, res.stamps[rel], data = got
@@ -551,13 +573,14 @@ def _scan(
     root: Path, state: StateDb, executor: Executor, rules: IgnoreRules, folders: Iterator[Read],
     known: Mapping[str, tuple[tuple[int, int, int, int], str | None]], seen_before: Mapping[str, LocalItem],
     reuse: Mapping[str, FolderScan], persist: bool, keep: KeepBudget | None,
-    on_new: Callable[[str, FileRecord, bytes], None] | None, keep_folders: bool,
+    on_new: Callable[[str, FileRecord, bytes], None] | None, keep_folders: bool, was_changing: Mapping[str, Fields],
 ) -> ScanResult:
-    """`scan`'s work, once its reader is started and the file index read."""
+    """`scan`'s work, once its reader is started and the file index read. ``was_changing``:
+    the previous scan's `ScanResult.changing_seen`."""
     res = ScanResult(rules=rules)
     items = res.items
     todo: list[tuple[str, str, int]] = []  # (rel, display path, inode)
-    hashing: list[Future[list[Hashed | CannotRead | None]]] = []  # `_hash_part` of each HASH_TASK of todo
+    hashing: list[Future[list[Hashed | CannotRead | Unstable]]] = []  # `_hash_part` of each HASH_TASK of todo
     queued = 0  # files of todo given to hashing
     taken = _Taken(res, known, on_new)
     matched = 0  # indexed files found (all of them: nothing to drop from the index)
@@ -630,6 +653,13 @@ def _scan(
                     else:
                         items.append(LocalItem(display, rel, "file", version, st.st_ino, st.st_size))
                     continue
+            last = was_changing.get(rel) if was_changing else None
+            if last is not None and still_written(fields := _stamp(st), last, time.time_ns()):
+                res.changing.append(rel)  # as if read and found changing, without the read
+                res.changing_seen[rel] = fields
+                items.append(LocalItem(display, rel, "file", None, st.st_ino))
+                clean = False
+                continue
             todo.append((rel, display, st.st_ino))
             if len(todo) - queued >= HASH_TASK:  # hashed while the walk goes on
                 hashing.append(executor.submit(_hash_part, root, todo[queued:], keep))
