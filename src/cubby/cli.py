@@ -417,24 +417,37 @@ def user_ls(state: State, data: Path | None, db: str | None) -> None:
         state.emit(r, f"{r['id']:>5}  {r['name']:<24} {made}  {r['tokens']} token{'s' if r['tokens'] != 1 else ''}{off}")
 
 
-def _set_disabled(state: State, name: str, data: Path | None, db: str | None, disabled: bool, revoke_tokens: bool) -> None:
+def _set_disabled(
+    state: State, name: str, data: Path | None, db: str | None, disabled: bool, revoke_tokens: bool,
+    broker: str | None = None,
+) -> None:
     """`user disable` and `user enable`: one transaction on the database, then a pause of
     `TOKEN_SECONDS`, the longest any running server's cache keeps a token's owner, so that
-    when the command returns no server lets the user in (requests already running finish)."""
+    when the command returns no server lets the user in (requests already running finish).
+    Then, with a broker the servers share (``--broker``, or the config's), the user's account
+    change is published there, so that the notification processes check their open
+    WebSockets again and close them (an in-process ``memory`` broker is out of reach); the
+    JSON answer's ``told_broker`` says whether it was."""
     import time
 
     from cubby.cache.store import TOKEN_SECONDS
 
+    cfg = _server_config(state, data, db)
     store = _existing_store(state, data, db)
     try:
         done = store.set_disabled(name, disabled, revoke_tokens=revoke_tokens)
     finally:
         store.close()
+    told = False
     if disabled and done.changed:
         time.sleep(TOKEN_SECONDS)
+        url = broker or cfg.broker_url
+        if url and url != "memory":
+            _tell_account_changed(url, done.user_id)
+            told = True
     facts = {
         "user_id": done.user_id, "name": done.name, "disabled": disabled, "changed": done.changed,
-        "sessions_ended": done.sessions_ended, "tokens_revoked": done.tokens_revoked,
+        "sessions_ended": done.sessions_ended, "tokens_revoked": done.tokens_revoked, "told_broker": told,
     }
     if not done.changed:
         text = f"{done.name} was already {'disabled' if disabled else 'enabled'}"
@@ -448,17 +461,43 @@ def _set_disabled(state: State, name: str, data: Path | None, db: str | None, di
     state.emit(facts, text)
 
 
+def _tell_account_changed(url: str, user_id: int) -> None:
+    """Publish ``user_id``'s account change on broker ``url``, as a server does when it
+    revokes a token: every notification process checks that user's connections again."""
+    import asyncio
+
+    from cubby.notify.base import open_broker, user_topic
+
+    async def tell() -> None:
+        broker = open_broker(url)
+        try:
+            await broker.publish(user_topic(user_id), b"")
+        finally:
+            await broker.close()
+
+    asyncio.run(tell())
+
+
 @user.command("disable")
 @click.argument("name")
 @server_data_options
 @click.option("--revoke-tokens", is_flag=True, help="Also revoke all their tokens for good (an account taken over).")
+@click.option(
+    "--broker", default=None, metavar="URL",
+    help="The notification broker the servers share (default: the config's): their open "
+    "notification connections are closed at once.",
+)
 @pass_state
-def user_disable(state: State, name: str, data: Path | None, db: str | None, revoke_tokens: bool) -> None:
+def user_disable(
+    state: State, name: str, data: Path | None, db: str | None, revoke_tokens: bool, broker: str | None
+) -> None:
     """Lock a user out without deleting anything: their tokens, password and public links are
     refused (403 account_disabled; links answer as revoked ones) and their web sessions end.
     Their files stay, and shared folders stay with the other members. Takes effect on every
-    running server by the time it returns (about 2 s). Undo with 'cubby user enable'."""
-    _set_disabled(state, name, data, db, True, revoke_tokens)
+    running server by the time it returns (about 2 s). Open notification connections are
+    closed too when the servers share a broker (--broker); with the embedded server's own,
+    they end at their next reconnection. Undo with 'cubby user enable'."""
+    _set_disabled(state, name, data, db, True, revoke_tokens, broker)
 
 
 @user.command("enable")

@@ -29,6 +29,8 @@ class Deployment:
     meta: LiveServer
     url: str
     front: str = "asgi"
+    broker: str | None = None
+    """The broker URL the processes share (None: the all-in-one server's own, in its memory)."""
 
     def add_user(self, name: str) -> str:
         return self.meta.add_user(name)
@@ -50,7 +52,7 @@ def meta_and_notify(
         LiveServer(tmp / "meta", db_url=db, role=meta_role, extra_args=broker) as meta,
         LiveServer(tmp / "notify", db_url=db, role="notify", extra_args=broker + notify_args) as notify,
     ):
-        yield Deployment(meta, notify.url, front)
+        yield Deployment(meta, notify.url, front, broker[1])
 
 
 @dataclass

@@ -10,6 +10,8 @@ separate notification process joined by Redis, the latter lean or ASGI.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -123,6 +125,32 @@ def test_a_removed_member_loses_the_shared_folder_on_open_connections(dep: Deplo
         assert recv_skipping_changes(ws)["code"] == "not_found"
     again = longpoll(dep.url, bob.token, {"cursor": {str(ns): cursor[str(ns)]}, "timeout": 30})
     assert again.status_code == 404
+
+
+def test_a_user_disabled_from_the_command_line_loses_their_websocket(dep: Deployment) -> None:
+    """`cubby user disable --broker URL` publishes the user's account change where the servers
+    hear it, as a server does when it revokes a token: the user's open WebSocket is closed at
+    once (4401, ``account_disabled``). The all-in-one server's broker lives in its memory, out
+    of the command's reach, which says so (``told_broker``): there the socket is refused when
+    it next asks for anything."""
+    alice, bob = account(dep, f"a{uuid.uuid4().hex[:8]}"), account(dep, f"b{uuid.uuid4().hex[:8]}")
+    bob_name = bob.api.account()["name"]
+    cursor = bob.cursor()
+    with ws_connect(dep.url, bob.token) as ws:
+        subscribe(ws, cursor)
+        args = ["user", "disable", bob_name, "--db", dep.meta.metadata_url]
+        done = subprocess.run(
+            [sys.executable, "-m", "cubby", "--json", *args, *(["--broker", dep.broker] if dep.broker else [])],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["told_broker"] is (dep.broker is not None)
+        if dep.broker is None:
+            ws.send(json.dumps({"cursor": cursor}))
+        message = recv_skipping_changes(ws)
+        assert message["code"] == "account_disabled", message
+        assert_closed(ws, 4401)
+    alice.api.mkdir("/still-here")  # everybody else goes on
 
 
 def test_one_token_holds_a_bounded_number_of_waiting_connections(dep: Deployment) -> None:
