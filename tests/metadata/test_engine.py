@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from cubby.metadata.engine import Database
 from tests.conftest import db_url_for
@@ -25,9 +26,18 @@ def kill_other_connections(url: str, db: Database) -> int:
                 .scalars()
                 .all()
             )
+            killed = 0
             for i in ids:
-                admin.execute(text(f"KILL {int(i)}"))
-            return len(ids)
+                try:
+                    admin.execute(text(f"KILL {int(i)}"))
+                    killed += 1
+                except OperationalError as exc:
+                    # 1094 "Unknown thread id": the connection ended on its own between the
+                    # listing and the KILL (seen once in CI); anything else is a real failure.
+                    if exc.orig is None or exc.orig.args[0] != 1094:
+                        raise
+                    admin.rollback()
+            return killed
         return len(
             admin.execute(
                 text(
