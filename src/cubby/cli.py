@@ -432,7 +432,6 @@ def _set_disabled(
 
     from cubby.cache.store import TOKEN_SECONDS
 
-    cfg = _server_config(state, data, db)
     store = _existing_store(state, data, db)
     try:
         done = store.set_disabled(name, disabled, revoke_tokens=revoke_tokens)
@@ -441,7 +440,7 @@ def _set_disabled(
     told = False
     if disabled and done.changed:
         time.sleep(TOKEN_SECONDS)
-        url = broker or cfg.broker_url
+        url = broker or state.config.broker_url
         if url and url != "memory":
             _tell_account_changed(url, done.user_id)
             told = True

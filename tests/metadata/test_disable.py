@@ -45,6 +45,7 @@ def test_disabling_refuses_tokens_logins_sessions_and_links_and_enabling_brings_
     assert listed["ann"]["tokens"] == 1  # kept, only refused
 
     assert store.set_disabled("ann", True).changed is False
+    assert {r["name"]: r for r in store.list_users()}["ann"]["disabled_at"] == listed["ann"]["disabled_at"]  # kept
 
     back = store.set_disabled("ann", False)
     assert back.changed and not back.disabled and back.sessions_ended == 0

@@ -31,7 +31,7 @@ from sqlalchemy.engine import Connection
 from cubby.errors import AccountDisabled, BadRequest, NotFound, Unauthorized
 from cubby.metadata.engine import Database
 from cubby.metadata.schema import passwords, users, web_sessions
-from cubby.metadata.users import DISABLED
+from cubby.metadata.users import DISABLED, end_web_sessions
 from cubby.model import Principal
 
 SESSION_SECONDS = 14 * 24 * 3600
@@ -85,11 +85,7 @@ class Accounts:
             now = time.time()
             conn.execute(delete(passwords).where(passwords.c.user_id == uid))
             conn.execute(insert(passwords).values(user_id=uid, hash=digest, changed_at=now))
-            conn.execute(
-                update(web_sessions)
-                .where(web_sessions.c.user_id == uid, web_sessions.c.revoked_at.is_(None))
-                .values(revoked_at=now)
-            )
+            end_web_sessions(conn, uid, now)
             return uid
 
         return self.db.write(run)

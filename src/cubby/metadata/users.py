@@ -51,6 +51,18 @@ class Disabled:
     token_hashes: list[str] = field(default_factory=list)
 
 
+def end_web_sessions(conn: Connection, user_id: int, now: float) -> int:
+    """End every live web session of ``user_id`` in the caller's transaction (a new password,
+    a disabled account); how many were live."""
+    return int(
+        conn.execute(
+            update(web_sessions)
+            .where(web_sessions.c.user_id == user_id, web_sessions.c.revoked_at.is_(None))
+            .values(revoked_at=now)
+        ).rowcount
+    )
+
+
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
@@ -227,24 +239,21 @@ class UserDirectory:
                 raise NotFound(f"no user named {name!r}: 'cubby user ls' lists them")
             now = time.time()
             uid = int(row.id)
-            was = row.disabled_at
-            conn.execute(update(users).where(users.c.id == uid).values(disabled_at=now if disabled else None))
+            changed = (row.disabled_at is None) == disabled
+            if changed:  # disabling again keeps when it was first done
+                conn.execute(update(users).where(users.c.id == uid).values(disabled_at=now if disabled else None))
             sessions = 0
             revoked = 0
             if disabled:
-                sessions = conn.execute(
-                    update(web_sessions)
-                    .where(web_sessions.c.user_id == uid, web_sessions.c.revoked_at.is_(None))
-                    .values(revoked_at=now)
-                ).rowcount
+                sessions = end_web_sessions(conn, uid, now)
                 if revoke_tokens:
                     revoked = conn.execute(
                         update(tokens).where(tokens.c.user_id == uid, tokens.c.revoked_at.is_(None)).values(revoked_at=now)
                     ).rowcount
             hashes = [str(h) for h in conn.execute(select(tokens.c.token_hash).where(tokens.c.user_id == uid)).scalars()]
             return Disabled(
-                user_id=uid, name=str(row.name), disabled=disabled, changed=(was is None) == disabled,
-                sessions_ended=int(sessions), tokens_revoked=int(revoked), token_hashes=hashes,
+                user_id=uid, name=str(row.name), disabled=disabled, changed=changed,
+                sessions_ended=sessions, tokens_revoked=int(revoked), token_hashes=hashes,
             )
 
         return self.db.write(run)
@@ -255,4 +264,4 @@ class UserDirectory:
         return None if row is None else str(row[0])
 
 
-__all__ = ["DISABLED", "USER_RE", "Disabled", "UserDirectory", "token_hash"]
+__all__ = ["DISABLED", "USER_RE", "Disabled", "UserDirectory", "end_web_sessions", "token_hash"]
