@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -65,6 +66,66 @@ def test_wrong_password_refused_then_throttled_per_account(server: ThreadServer,
         r = c.post("/api/v1/session", json={"name": name, "password": PASSWORD})
         assert r.status_code == 429 and "set-cookie" not in r.headers
         assert "wait" in r.json()["message"]
+
+
+def test_a_burst_of_wrong_passwords_gets_the_free_attempts_not_one_per_guess(
+    tmp_path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    """Each login counts as a failure before its password is hashed, so guesses sent at once
+    cannot all pass the gate before the first of them counts: of 12 concurrent wrong
+    passwords, the account's 5 free ones are hashed, the rest refused unhashed, and the lock
+    is the first one (10 s), not one doubled for every guess that was in flight (counted after
+    hashing, all 12 were tried, and the lock had doubled seven times)."""
+    with ThreadServer(tmp_path / "d") as server:  # its own: the module's server counts failures by address
+        name = "burst"
+        server.add_user(name, PASSWORD)
+        accounts = server.ctx.store.accounts
+        hashed: list[str] = []
+        verify = accounts.verify
+
+        def counted(n: str, password: str):  # type: ignore[no-untyped-def]
+            hashed.append(password)
+            return verify(n, password)
+
+        monkeypatch.setattr(accounts, "verify", counted)
+        with ThreadPoolExecutor(12) as pool:
+            codes = sorted(pool.map(
+                lambda i: httpx.post(server.url + "/api/v1/session", json={"name": name, "password": f"wrong {i}"},
+                                     timeout=60).status_code,
+                range(12),
+            ))
+        assert len(hashed) == 5
+        # The 7 refused ones are 429; a hashed one too once the account is locked when it is answered.
+        assert set(codes) <= {401, 429} and codes.count(429) >= 7
+        r = httpx.post(server.url + "/api/v1/session", json={"name": name, "password": PASSWORD})
+        assert r.status_code == 429 and 0 < int(r.headers["Retry-After"]) <= 10
+        assert len(hashed) == 5
+
+
+def test_the_right_password_takes_back_its_failure_in_advance(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A right password after four wrong ones logs in and forgets the account's failures: the
+    next four wrong ones are answered 401 again, not 429."""
+    name = "pat"
+    with ThreadServer(tmp_path / "d") as server, httpx.Client(base_url=server.url) as c:
+        server.add_user(name, PASSWORD)
+        for _ in range(4):
+            assert c.post("/api/v1/session", json={"name": name, "password": "wrong password"}).status_code == 401
+        assert c.post("/api/v1/session", json={"name": name, "password": PASSWORD}).status_code == 200
+        for _ in range(4):
+            assert c.post("/api/v1/session", json={"name": name, "password": "wrong password"}).status_code == 401
+
+
+def test_a_disabled_account_is_refused_without_counting_its_right_password(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The right password of a disabled account is answered 403 (account_disabled) however
+    often it is given: it is not a failed guess, so it never locks the account."""
+    with ThreadServer(tmp_path / "d") as server:
+        server.add_user("gone", PASSWORD)
+        server.ctx.store.set_disabled("gone", True)
+        for _ in range(7):
+            r = httpx.post(server.url + "/api/v1/session", json={"name": "gone", "password": PASSWORD})
+            assert r.status_code == 403 and r.json()["code"] == "account_disabled", r.text
+        server.ctx.store.set_disabled("gone", False)
+        assert httpx.post(server.url + "/api/v1/session", json={"name": "gone", "password": PASSWORD}).status_code == 200
 
 
 def test_throttle_per_client_address_behind_a_trusted_proxy(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -12,7 +12,10 @@
   bearer token by itself, so they cannot be forged cross-site.
 - **Throttling.** Failed logins are counted per account and per client address
   (`cubby.server.peers`, so a load balancer's address is never the key); past the free
-  attempts the answer is 429 with ``Retry-After`` before any password is hashed. The counts
+  attempts the answer is 429 with ``Retry-After`` before any password is hashed. Each attempt
+  counts as a failure before its password is hashed (`Throttle.admit`), and a right one takes
+  it back: a burst of concurrent guesses gets the free attempts, not one per guess in flight
+  (counted after hashing, 32 guesses queued at once were all tried). The counts
   live in the deployment's shared cache when it has one (`cubby.server.throttle`), so the
   free attempts are per deployment, not per process; the throttle is asked on a request
   thread, since a shared one talks to its server.
@@ -34,7 +37,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from cubby.errors import BadRequest, CubbyError, Forbidden, Unauthorized, Unavailable
+from cubby.errors import AccountDisabled, BadRequest, CubbyError, Forbidden, Unauthorized, Unavailable
 from cubby.metadata.accounts import MAX_PASSWORD, csrf_token, same_secret
 from cubby.model import Principal
 from cubby.server.bodies import SMALL_JSON, allow_body, field_str, json_body, path_int
@@ -150,28 +153,48 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         def locked() -> int:
             return max(by_account.retry_after(account_key), by_address.retry_after(address_key))
 
-        def failed() -> int:
-            by_account.failed(account_key)
-            by_address.failed(address_key)
-            return locked()
+        def admit() -> int:
+            # A failure under both keys, recorded before the password is hashed
+            # (`Throttle.admit`): concurrent guesses cannot all pass the gate before the first
+            # of them counts. An account let in but an address refused gets its failure back.
+            wait = by_account.admit(account_key)
+            if wait:
+                return wait
+            wait = by_address.admit(address_key)
+            if wait:
+                by_account.forgive(account_key)
+            return wait
 
-        wait = await ctx.in_thread(locked)
+        def forgive() -> None:
+            by_account.forgive(account_key)
+            by_address.forgive(address_key)
+
+        wait = await ctx.in_thread(admit)
         if wait:
             return refuse(wait)
         if waiting >= HASH_QUEUE:
+            await ctx.in_thread(forgive)  # not tried: no guess to count
             raise Unavailable("the server is busy checking other logins: try again in a moment")
         waiting += 1
         try:
             loop = asyncio.get_running_loop()
             found = await loop.run_in_executor(pool, ctx.store.accounts.verify, name, password)
+        except AccountDisabled:
+            await ctx.in_thread(forgive)  # raised only for the right password: not a failed guess
+            raise
         finally:
             waiting -= 1
-        if found is None:
-            wait = await ctx.in_thread(failed)
+        if found is None:  # its failure was recorded by `admit`; the one that locks says so
+            wait = await ctx.in_thread(locked)
             if wait:
                 return refuse(wait)
             raise Unauthorized("wrong user name or password", code="bad_login")
-        await ctx.in_thread(lambda: by_account.succeeded(account_key))
+
+        def welcome() -> None:  # the address's failure in advance back; the account's all forgotten
+            by_address.forgive(address_key)
+            by_account.succeeded(account_key)
+
+        await ctx.in_thread(welcome)
         user_id, display = found
         agent = request.headers.get("user-agent", "")
         _, secret = await run_in_threadpool(ctx.store.accounts.create_session, user_id, address, agent)
