@@ -26,7 +26,7 @@ import orjson
 
 from cubby.commands.units import ByteSize
 from cubby.config import Config, load
-from cubby.errors import CubbyError, NotFound
+from cubby.errors import CubbyError, NotFound, Unavailable
 
 if TYPE_CHECKING:
     from cubby.metadata.store import SqlMetadataStore
@@ -427,23 +427,36 @@ def _set_disabled(
     Then, with a broker the servers share (``--broker``, or the config's), the user's account
     change is published there, so that the notification processes check their open
     WebSockets again and close them (an in-process ``memory`` broker is out of reach); the
-    JSON answer's ``told_broker`` says whether it was."""
+    JSON answer's ``told_broker`` says whether it was.
+
+    A broker URL the servers could not use is refused before anything changes
+    (``bad_broker_url``). A broker that cannot be reached once the user is disabled leaves
+    the user disabled: the answer is printed, then ``broker_unreachable`` (exit 3), and the
+    same command again (a repeated disable changes nothing but tells the broker again) closes
+    the sockets once it is back."""
     import time
 
     from cubby.cache.store import TOKEN_SECONDS
+    from cubby.notify.base import broker_kind
 
+    url = (broker or state.config.broker_url) if disabled else None
+    if url and broker_kind(url) == "memory":  # a bad URL is refused here, before anything changes
+        url = None
     store = _existing_store(state, data, db)
     try:
         done = store.set_disabled(name, disabled, revoke_tokens=revoke_tokens)
     finally:
         store.close()
     told = False
+    unheard: str | None = None
     if disabled and done.changed:
         time.sleep(TOKEN_SECONDS)
-        url = broker or state.config.broker_url
-        if url and url != "memory":
+    if url:  # a repeated disable tells the broker again: how to reach it after it was down
+        try:
             _tell_account_changed(url, done.user_id)
             told = True
+        except Exception as exc:  # any failure to reach it: the disable stands
+            unheard = exc.message if isinstance(exc, CubbyError) else f"{type(exc).__name__}: {exc}"
     facts = {
         "user_id": done.user_id, "name": done.name, "disabled": disabled, "changed": done.changed,
         "sessions_ended": done.sessions_ended, "tokens_revoked": done.tokens_revoked, "told_broker": told,
@@ -458,6 +471,13 @@ def _set_disabled(
     else:
         text = f"enabled {done.name}: their tokens that were not revoked, password and public links work again"
     state.emit(facts, text)
+    if unheard is not None:  # exit 3: the disable is done, telling the broker may be tried again
+        raise Unavailable(
+            f"{done.name} is disabled, but the broker could not be told ({unheard}): their open "
+            "notification connections end only at their next request. Run the command again once "
+            "the broker is reachable",
+            code="broker_unreachable",
+        )
 
 
 def _tell_account_changed(url: str, user_id: int) -> None:

@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.conftest import require_service
 from tests.helpers.cache_servers import CACHE_SERVERS, start_cache_server
 from tests.helpers.live_server import LiveServer
 
@@ -113,3 +115,40 @@ def test_disabling_nobody_is_a_clear_error(tmp_path: Path) -> None:
     r = subprocess.run([*CUBBY, "user", "disable", "dan", "--data", str(tmp_path / "empty")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "no cubby server data" in r.stderr
+
+
+def test_a_bad_broker_url_changes_nothing_and_an_unreachable_broker_can_be_told_again(tmp_path: Path) -> None:
+    """`user disable --broker`: a URL no server could use is refused before the user is
+    disabled; a broker that cannot be reached leaves the user disabled and says so (exit 3,
+    ``broker_unreachable``); running the command again, once a broker answers, tells it
+    (a repeated disable changes nothing but publishes the account change again)."""
+    import redis
+
+    require_service("redis")
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    with LiveServer(tmp_path / "data") as server:
+        token = server.add_user("eve")
+        bad = cli(server, "disable", "eve", "--broker", "bogus://x")
+        assert bad.returncode == 2 and json.loads(bad.stderr)["error"]["code"] == "bad_broker_url"
+        with bearer(server, token) as eve:
+            assert eve.get("/api/v1/account").status_code == 200  # not disabled
+
+            down = cli(server, "disable", "eve", "--broker", "redis://127.0.0.1:1/0")
+            assert down.returncode == 3, down.stderr
+            assert json.loads(down.stderr)["error"]["code"] == "broker_unreachable"
+            said = json.loads(down.stdout)
+            assert said["disabled"] and said["changed"] and not said["told_broker"]
+            assert eve.get("/api/v1/account").status_code == 403
+
+        listener = redis.Redis(host="127.0.0.1", port=6379).pubsub()
+        listener.psubscribe(f"{prefix}.user.*")
+        try:
+            assert listener.get_message(timeout=5)["type"] == "psubscribe"  # type: ignore[index]
+            again = cli(server, "disable", "eve", "--broker", f"redis://127.0.0.1:6379/0?prefix={prefix}")
+            assert again.returncode == 0, again.stderr
+            said = json.loads(again.stdout)
+            assert not said["changed"] and said["told_broker"]
+            heard = listener.get_message(timeout=5)
+            assert heard is not None and heard["channel"] == f"{prefix}.user.{said['user_id']}".encode()
+        finally:
+            listener.close()

@@ -71,29 +71,47 @@ def split_prefix(url: str) -> tuple[str, str]:
     return rest, prefix
 
 
+def broker_kind(url: str) -> str:
+    """What `open_broker` would open for ``url`` (``memory``, ``local``, ``redis`` or ``nats``),
+    checked as it checks it but opening nothing: a `BadRequest` (``bad_broker_url``) for a URL
+    it would refuse. So that a command can refuse a bad URL before it changes anything."""
+    scheme = url.split(":", 1)[0].lower() if ":" in url else url.lower()
+    if scheme == "memory":
+        return "memory"
+    if scheme == "local":
+        from cubby.notify.local import folder_of
+
+        folder_of(url)
+        return "local"
+    if scheme in ("redis", "rediss", "unix"):
+        split_prefix(url)
+        return "redis"
+    if scheme in ("nats", "tls"):
+        split_prefix(url)
+        return "nats"
+    raise BadRequest(
+        f"unknown broker {masked(url)!r}: use 'memory', 'local:///FOLDER', 'redis://HOST:PORT/DB' or 'nats://HOST:PORT'", code="bad_broker_url"
+    )
+
+
 def open_broker(url: str) -> Broker:
     """``memory`` (one process), ``local:///FOLDER`` (the processes of one machine:
     `cubby.notify.local`), ``redis://host:port/db`` or ``nats://host:port``; the last two may
     carry ``?prefix=NAME`` to keep its topics apart from other deployments on the same server."""
-    scheme = url.split(":", 1)[0].lower() if ":" in url else url.lower()
-    if scheme == "memory":
+    kind = broker_kind(url)
+    if kind == "memory":
         from cubby.notify.memory import MemoryBroker
 
         return MemoryBroker()
-    if scheme == "local":
+    if kind == "local":
         from cubby.notify.local import LocalBroker, folder_of
 
         return LocalBroker(folder_of(url))
-    if scheme in ("redis", "rediss", "unix"):
+    base, prefix = split_prefix(url)
+    if kind == "redis":
         from cubby.notify.redis import RedisBroker
 
-        base, prefix = split_prefix(url)
         return RedisBroker(base, prefix=prefix)
-    if scheme in ("nats", "tls"):
-        from cubby.notify.nats import NatsBroker
+    from cubby.notify.nats import NatsBroker
 
-        base, prefix = split_prefix(url)
-        return NatsBroker(base, prefix=prefix)
-    raise BadRequest(
-        f"unknown broker {masked(url)!r}: use 'memory', 'local:///FOLDER', 'redis://HOST:PORT/DB' or 'nats://HOST:PORT'", code="bad_broker_url"
-    )
+    return NatsBroker(base, prefix=prefix)
