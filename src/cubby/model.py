@@ -116,9 +116,20 @@ class Entry:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Entry:
         fields = cls.__dataclass_fields__
-        if fields.keys() >= d.keys():  # the usual answer: no field unknown to this release
+        if tuple(d) == _ENTRY_FIELDS:
+            # What a server of this release answers: every field, in order. Made as `file`
+            # makes one, a quarter of ``cls(**d)``'s CPU (a listing or a commit batch
+            # answers thousands).
+            e = object.__new__(cls)
+            e.__dict__.update(d)
+            return e
+        if fields.keys() >= d.keys():  # no field unknown to this release (some left out)
             return cls(**d)
         return cls(**{k: d.get(k) for k in fields if k in d})  # type: ignore[arg-type]
+
+
+_ENTRY_FIELDS = tuple(Entry.__dataclass_fields__)
+"""`Entry`'s fields in their declared order (`Entry.from_dict`'s usual case)."""
 
 
 @dataclass(frozen=True)
