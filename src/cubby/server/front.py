@@ -71,7 +71,7 @@ class Exchange:
 class Front:
     """ASGI middleware: logs, counts and times every HTTP request, and deals with the body a
     route left unread (`cubby.server.unread`), and lends every request the process's budget of
-    bodies held whole (`cubby.server.bodies.BodyBudget`). Anything else (WebSocket, lifespan)
+    bodies held whole (`cubby.server.budget.BodyBudget`). Anything else (WebSocket, lifespan)
     passes through untouched."""
 
     def __init__(

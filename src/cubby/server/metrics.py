@@ -101,7 +101,7 @@ class Metrics:
         self.refreshers.append(lambda: self.notify_connections.set(connections()))
 
     def watch_budget(self, name: str, held: Callable[[], int]) -> None:
-        """Report ``held()`` (the bytes a `cubby.server.bodies.BodyBudget` holds) at every
+        """Report ``held()`` (the bytes a `cubby.server.budget.BodyBudget` holds) at every
         scrape, as ``cubby_buffered_body_bytes{budget=name}``: bodies piling up against their
         budget are what precedes its 503s."""
         gauge = self.buffered.labels(name)
