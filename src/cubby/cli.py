@@ -111,6 +111,26 @@ def progress_bar(
         yield lambda n: bar.advance(task, n)
 
 
+def _status_line() -> Callable[[str | None], None]:
+    """A line on stderr that long work rewrites in place as it goes, when stderr is a terminal
+    (else nothing: a log or a pipe gets the result alone). None ends it."""
+    if not sys.stderr.isatty():
+        return lambda _text: None
+    shown = False
+
+    def show(text: str | None) -> None:
+        nonlocal shown
+        if text is None:
+            if shown:
+                click.echo("", err=True)
+            shown = False
+            return
+        click.echo("\r\x1b[K" + text, nl=False, err=True)  # back to the start, the old line erased
+        shown = True
+
+    return show
+
+
 class CubbyGroup(click.Group):
     """Turns a CubbyError into a one-line message and an exit code, not a traceback."""
 
@@ -584,10 +604,13 @@ def user_passwd(state: State, name: str, data: Path | None, db: str | None, pass
 def gc(
     state: State, data: Path | None, db: str | None, blocks: str | None, grace: float, pack_grace: float, threshold: float
 ) -> None:
-    """Remove chunks that no file revision references, then repack (run on the server machine)."""
+    """Remove chunks that no file revision references, then repack (run on the server machine).
+    On a terminal, a line on stderr follows its progress; the result is one line on stdout."""
     from cubby.blockstore.opener import open_block_store
+    from cubby.blockstore.packs import CompactStats
     from cubby.metadata.shardchunks import TOUCH_INTERVAL
     from cubby.metadata.store import open_store
+    from cubby.model import GcStats
 
     cfg = _server_config(state, data, db, blocks)
     if cfg.shard_urls and grace < 2 * TOUCH_INTERVAL:
@@ -597,11 +620,21 @@ def gc(
     store = open_store(cfg.metadata_url, shards=cfg.shard_urls, place_new=cfg.place_new)
     try:
         bs = open_block_store(cfg.blocks_location, store.router.chunks)
+        status = _status_line()
+
+        def swept(s: GcStats) -> None:
+            status(f"gc: examined {s.examined} chunks, deleted {s.deleted} ({s.bytes_freed} bytes)")
+
+        def repacked(s: CompactStats) -> None:
+            status(f"repack: rewrote {s.packs_rewritten} packs ({s.chunks_moved} chunks moved), deleted {s.packs_deleted}")
+
         try:
-            stats = store.collect_garbage(bs, grace)
-            packs = bs.compact(threshold=threshold, grace=pack_grace)
+            swept(GcStats())
+            stats = store.collect_garbage(bs, grace, progress=swept)
+            packs = bs.compact(threshold=threshold, grace=pack_grace, progress=repacked)
         finally:
             bs.objects.close()
+            status(None)
     finally:
         store.close()
     state.emit(

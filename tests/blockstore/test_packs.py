@@ -173,6 +173,25 @@ def test_compaction_merges_small_packs_and_drops_wholly_dead_ones(meta, tmp_path
     assert all(store.get(n) == d for b in batches[1:] for n, d in b)
 
 
+def test_compaction_tells_its_progress_after_each_rewrite_and_deletion(meta, tmp_path):
+    store = pack_store(meta, tmp_path / "blocks", target_size=300_000)
+    first = [named(os.urandom(5000)) for _ in range(40)]
+    store.put_many(first)
+    store.put_many([named(os.urandom(5000)) for _ in range(40)])
+    for n, _ in first[:30]:
+        store.delete(n)
+    seen: list[tuple[int, int]] = []
+
+    def told(s) -> None:  # type: ignore[no-untyped-def]
+        seen.append((s.packs_rewritten, s.packs_deleted))
+
+    final = store.compact(threshold=0.5, grace=3600, progress=told)
+    assert seen == [(1, 0)] and (final.packs_rewritten, final.packs_deleted) == (1, 0)
+    seen.clear()
+    store.compact(threshold=0.5, grace=0, progress=told)
+    assert seen == [(0, 1)]
+
+
 def test_a_pack_nobody_recorded_is_deleted_once_old(meta, tmp_path):
     store = pack_store(meta, tmp_path / "blocks")
     store.objects.put("packs/aa/0000000001" + "ab" * 12 + ".pack", b"a writer died before indexing this")

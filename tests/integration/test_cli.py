@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import random
 import signal
 import subprocess
@@ -160,6 +161,48 @@ def test_errors_are_messages_not_tracebacks(server, tmp_path):
     p = subprocess.run([*CUBBY, "ls", "/"], env={**os.environ, "CUBBY_URL": "http://127.0.0.1:9", "CUBBY_TOKEN": "x"},
                        capture_output=True, text=True)
     assert p.returncode == 3 and "cannot reach" in p.stderr
+
+
+def _run_with_a_terminal_for_stderr(args: list[str]) -> tuple[subprocess.CompletedProcess[str], str]:
+    """``args`` run with stdout a pipe and stderr a pseudo-terminal; what each received."""
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.run(args, stdout=subprocess.PIPE, stderr=slave, text=True, timeout=300)
+    finally:
+        os.close(slave)
+    out = b""
+    try:
+        while chunk := os.read(master, 65536):
+            out += chunk
+    except OSError:  # EIO: the terminal's other side is closed and everything was read
+        pass
+    finally:
+        os.close(master)
+    return p, out.decode("utf-8", "replace")
+
+
+def test_gc_shows_its_progress_on_a_terminal_and_answers_one_line(tmp_path):
+    """`cubby gc` keeps a line on stderr up to date while it sweeps and repacks, when stderr is
+    a terminal; its result is one line on stdout either way, and a pipe gets nothing else."""
+    with LiveServer(tmp_path / "data") as s:
+        token = s.add_user("gina")
+        for i in range(3):  # three uploads, three small packs: repacking merges them
+            f = tmp_path / f"f{i}.bin"
+            f.write_bytes(random.Random(i).randbytes(200_000))
+            cubby(s, token, "put", str(f), f"/f{i}.bin")
+    args = [*CUBBY, "--json", "gc", "--data", str(s.data_dir), "--grace", "0", "--pack-grace", "0"]
+    p, err = _run_with_a_terminal_for_stderr(args)
+    assert p.returncode == 0, err
+    (result,) = lines(p)
+    assert result["packs"]["packs_rewritten"] == 3 and result["deleted"] == 0
+    assert "gc: examined 0 chunks" in err and "repack: rewrote 3 packs" in err
+    piped = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert piped.returncode == 0 and piped.stderr == ""
+    assert list(lines(piped)[0]) == list(result)
+    with LiveServer(tmp_path / "data") as s:  # the files survive the repack
+        for i in range(3):
+            cubby(s, token, "get", f"/f{i}.bin", str(tmp_path / f"g{i}.bin"))
+            assert (tmp_path / f"g{i}.bin").read_bytes() == (tmp_path / f"f{i}.bin").read_bytes()
 
 
 def test_user_add_prints_the_token_last(tmp_path):

@@ -432,6 +432,19 @@ def test_gc_removes_only_unreferenced_chunks(store, blocks, alice):
     assert not res.committed
 
 
+def test_gc_tells_its_progress_batch_by_batch(store, blocks, alice):
+    """`collect_garbage` reports its counts so far after each batch of candidates (500), so
+    that `cubby gc` on a large store shows it moving."""
+    user, _ = alice
+    store.ingest_chunks(user.root_ns, random_chunks(700), blocks)  # uploaded, never committed
+    seen: list[tuple[int, int, int]] = []
+    stats = store.collect_garbage(
+        blocks, grace_seconds=0, progress=lambda s: seen.append((s.examined, s.deleted, s.bytes_freed))
+    )
+    assert seen == [(500, 500, 500_000), (700, 700, 700_000)]
+    assert (stats.examined, stats.deleted, stats.bytes_freed) == seen[-1]
+
+
 def test_gc_adopts_chunks_left_without_a_record(store, blocks, alice):
     """Bytes stored by a writer that died before recording them are collected after the grace."""
     _user, _ = alice

@@ -420,14 +420,18 @@ class PackBlockStore:
         grace: float = 900.0,
         orphan_age: float = 3600.0,
         fault: Callable[[str], None] | None = None,
+        progress: Callable[[CompactStats], None] | None = None,
     ) -> CompactStats:
         """Rewrite packs whose dead share is at least ``threshold`` (and merge small ones),
         delete the objects of packs retired more than ``grace`` seconds ago, and delete pack
         objects that no index ever recorded once they are ``orphan_age`` old (a writer died
         between putting a pack and recording it). ``fault(step)`` is a test hook called after
-        each step, so that a crash test can stop the process there."""
+        each step, so that a crash test can stop the process there; ``progress`` gets the
+        counts so far after each rewrite and each deletion (rewriting packs on object storage
+        moves tens of MiB each)."""
         hook = fault or (lambda _step: None)
         stats = CompactStats()
+        told = progress or (lambda _stats: None)
         with self._compacting:
             now = time.time()
             usage = self.index.usage()
@@ -451,14 +455,17 @@ class PackBlockStore:
                 size += u.live
                 if size >= self.target_size:
                     self._rewrite(batch, stats, hook)
+                    told(stats)
                     batch, size = [], 0
             if batch:
                 self._rewrite(batch, stats, hook)
+                told(stats)
             for pack in self.index.deleted_before(time.time() - grace):
                 self.objects.delete(pack_object_name(pack))
                 hook("deleted")
                 self.index.purge([pack])
                 stats.packs_deleted += 1
+                told(stats)
             known = self.index.known_packs()
             for name, _size in list(self.objects.list("packs/")):
                 pack = os.path.basename(name).removesuffix(".pack")

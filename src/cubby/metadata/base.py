@@ -18,7 +18,7 @@ MariaDB through SQLAlchemy Core):
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -247,7 +247,10 @@ class MetadataStore(Protocol):
         A chunk the server lacks (or, with ``within``, that those namespaces lack) is rejected
         after the same work as a held one: upload it."""
 
-    def collect_garbage(self, blocks_store: BlockStore, grace_seconds: float) -> GcStats:
-        """Remove chunks no revision references and nobody touched within the grace period."""
+    def collect_garbage(
+        self, blocks_store: BlockStore, grace_seconds: float, *, progress: Callable[[GcStats], None] | None = None
+    ) -> GcStats:
+        """Remove chunks no revision references and nobody touched within the grace period;
+        ``progress`` sees the counts so far as it goes."""
 
     def close(self) -> None: ...

@@ -42,7 +42,8 @@ class GarbageCollector:
         self.router = router if router is not None and not router.single else None
 
     def collect_garbage(
-        self, blocks_store: BlockStore, grace_seconds: float, *, fault: Callable[[str], None] | None = None
+        self, blocks_store: BlockStore, grace_seconds: float, *, fault: Callable[[str], None] | None = None,
+        progress: Callable[[GcStats], None] | None = None,
     ) -> GcStats:
         """Remove chunks that no revision references and nobody touched within the grace period.
 
@@ -60,7 +61,8 @@ class GarbageCollector:
            tombstones.
 
         ``fault(step)`` is called for crash tests: before each step's commit ("sweeping",
-        "reclaiming") and after it ("swept", "reclaimed")."""
+        "reclaiming") and after it ("swept", "reclaimed"). ``progress`` gets the counts so far
+        after each batch of candidates (a store of millions of chunks takes a while)."""
         hook = fault or (lambda _step: None)
         cutoff = time.time() - grace_seconds
         examined = deleted = freed = 0
@@ -125,6 +127,8 @@ class GarbageCollector:
             n, b = self.db.write(functools.partial(sweep, batch=batch))
             deleted += n
             freed += b
+            if progress is not None:
+                progress(GcStats(examined=examined, deleted=deleted, bytes_freed=freed))
             if self.router is not None and n:
                 self._drop_grants(batch)
         hook("swept")

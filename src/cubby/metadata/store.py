@@ -270,9 +270,10 @@ class SqlMetadataStore:
         return self.chunks.accept_proofs(user_id, ns_id, claims, blocks_store, within=within)
 
     def collect_garbage(
-        self, blocks_store: BlockStore, grace_seconds: float, *, fault: Callable[[str], None] | None = None
+        self, blocks_store: BlockStore, grace_seconds: float, *, fault: Callable[[str], None] | None = None,
+        progress: Callable[[GcStats], None] | None = None,
     ) -> GcStats:
-        return self.collector.collect_garbage(blocks_store, grace_seconds, fault=fault)
+        return self.collector.collect_garbage(blocks_store, grace_seconds, fault=fault, progress=progress)
 
     def reclaim_tombstones(self, blocks_store: BlockStore, hook: Callable[[str], None] = lambda _step: None) -> int:
         return self.collector.reclaim_tombstones(blocks_store, hook)
