@@ -17,10 +17,10 @@ if TYPE_CHECKING:  # imported where used: the planner's classes cost every `cubb
     from cubby.client.sync import planner as P
 
 
-
 def _count(n: int, noun: str) -> str:
     """``1 operation``, ``2 operations``: what a person reads in a summary line."""
     return f"{n} {noun}{'' if n == 1 else 's'}"
+
 
 def _engine(state: Any, root: Path, up: float | None = None, down: float | None = None, emit: Any = None) -> Any:
     from cubby.client.sync.engine import SyncEngine
