@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -100,6 +102,58 @@ def test_a_burst_of_wrong_passwords_gets_the_free_attempts_not_one_per_guess(
         r = httpx.post(server.url + "/api/v1/session", json={"name": name, "password": PASSWORD})
         assert r.status_code == 429 and 0 < int(r.headers["Retry-After"]) <= 10
         assert len(hashed) == 5
+
+
+def test_a_flood_of_logins_past_the_queue_is_refused_at_once_unhashed(
+    tmp_path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    """While every place of the hashing queue is taken, a login is answered 503 with
+    ``Retry-After`` at once, before the throttle is asked (a flood costs a shared throttle
+    nothing), and nothing of it is hashed; those queued are checked as usual once
+    the pool frees up. (Each login comes from its own address behind a trusted proxy, for its
+    own account, so that no throttle stops any of them first.)"""
+    from cubby.server.sessions import HASH_QUEUE
+
+    with ThreadServer(tmp_path / "d", trusted_proxies=("127.0.0.1",)) as server:
+        accounts = server.ctx.store.accounts
+        release = threading.Event()
+        hashed: list[str] = []
+        verify = accounts.verify
+
+        def held(n: str, password: str):  # type: ignore[no-untyped-def]
+            hashed.append(n)
+            release.wait(60)
+            return verify(n, password)
+
+        monkeypatch.setattr(accounts, "verify", held)
+        asked: list[str] = []
+        admit = FailureThrottle.admit
+
+        def counted_admit(self: FailureThrottle, key: str) -> int:
+            asked.append(key)
+            return admit(self, key)
+
+        monkeypatch.setattr(FailureThrottle, "admit", counted_admit)
+        extra = 6
+
+        def login_as(i: int) -> httpx.Response:
+            return httpx.post(server.url + "/api/v1/session", json={"name": f"flood{i}", "password": "x" * 9},
+                              headers={"X-Forwarded-For": f"198.51.100.{i}"}, timeout=60)
+
+        with ThreadPoolExecutor(HASH_QUEUE + extra) as pool:
+            futures = [pool.submit(login_as, i) for i in range(HASH_QUEUE + extra)]
+            refused = []
+            deadline = time.monotonic() + 30
+            while len(refused) < extra and time.monotonic() < deadline:
+                refused = [f.result() for f in futures if f.done()]
+                time.sleep(0.05)
+            assert [r.status_code for r in refused] == [503] * extra
+            assert all(r.headers["Retry-After"] == "1" for r in refused)
+            release.set()
+            codes = [f.result().status_code for f in futures]
+        assert sorted(codes) == [401] * HASH_QUEUE + [503] * extra
+        assert len(hashed) == HASH_QUEUE
+        assert len(asked) == 2 * HASH_QUEUE  # account and address of the queued ones; none of the refused
 
 
 def test_the_right_password_takes_back_its_failure_in_advance(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -20,8 +20,9 @@
   free attempts are per deployment, not per process; the throttle is asked on a request
   thread, since a shared one talks to its server.
 - **Bounded hashing.** Password checks run on their own pool of ``HASH_WORKERS`` threads, and at
-  most ``HASH_QUEUE`` logins wait for it; beyond that the answer is 503 with ``Retry-After``, so
-  argon2's memory per check cannot add up under a flood.
+  most ``HASH_QUEUE`` logins wait for it (or for the throttle before it); beyond that the
+  answer is 503 with ``Retry-After`` at once, before the throttle is asked, so argon2's memory
+  per check cannot add up under a flood, nor the shared throttle's work.
 """
 
 from __future__ import annotations
@@ -169,14 +170,16 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
             by_account.forgive(account_key)
             by_address.forgive(address_key)
 
-        wait = await ctx.in_thread(admit)
-        if wait:
-            return refuse(wait)
+        # A full queue refuses before anything else: a flood of logins costs the shared
+        # throttle nothing past it. Its place is taken before the first wait, so that no
+        # more than ``HASH_QUEUE`` logins are ever past this line.
         if waiting >= HASH_QUEUE:
-            await ctx.in_thread(forgive)  # not tried: no guess to count
             raise Unavailable("the server is busy checking other logins: try again in a moment")
         waiting += 1
         try:
+            wait = await ctx.in_thread(admit)
+            if wait:
+                return refuse(wait)
             loop = asyncio.get_running_loop()
             found = await loop.run_in_executor(pool, ctx.store.accounts.verify, name, password)
         except AccountDisabled:
