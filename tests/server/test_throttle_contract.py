@@ -15,7 +15,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from cubby.server.throttle.base import Policy, Throttle, shared_key
+from cubby.server.throttle.base import Policy, Throttle, admit_all, forgive_all, shared_key
 from cubby.server.throttle.memory import FailureThrottle
 from tests.helpers.cache_servers import CacheServer, start_cache_server
 
@@ -192,6 +192,20 @@ def test_admit_refuses_a_locked_key_and_records_nothing(make: Maker) -> None:
     assert t.retry_after("k") == 20
     t.forgive("k")  # it proved right
     assert t.retry_after("k") == 0
+
+
+def test_admit_all_records_nothing_when_a_later_key_is_locked(make: Maker) -> None:
+    """`admit_all` (a login's account and address, a link's address and link): a key locked
+    after one that let the attempt in gives that one its failure back."""
+    clock = Clock()
+    first, second = make(Policy(free=2, first_delay=10.0), clock), make(Policy(free=1, first_delay=10.0), clock)
+    assert admit_all(((first, "a"), (second, "b"))) == 0  # both let in; "b" is now locked
+    assert second.retry_after("b") == 10
+    for _ in range(3):
+        assert admit_all(((first, "a"), (second, "b"))) == 10  # refused by "b": "a" gets its failure back
+    assert first.admit("a") == 0 and first.retry_after("a") == 10  # "a" had one failure, not four
+    forgive_all(((first, "a"), (second, "b")))
+    assert first.retry_after("a") == 0 and second.retry_after("b") == 0
 
 
 def test_concurrent_failures_from_two_clients_are_all_counted(make: Maker) -> None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cubby.server.peers import TrustedProxies, scope_client_address
-from cubby.server.throttle.base import Policy, Throttle
+from cubby.server.throttle.base import Policy, Throttle, admit_all, forgive_all
 from cubby.server.throttle.memory import FailureThrottle
 
 ADDRESS_FREE = 10
@@ -117,19 +117,12 @@ class PasswordGate:
 
     def forgive(self, addr: str, link: str) -> None:
         """Take back the failures `admit` recorded for a guess that proved right."""
-        self.per_address.forgive(addr)
-        self.per_link.forgive(link)
+        forgive_all(((self.per_address, addr), (self.per_link, link)))
 
     def admit(self, addr: str, link: str) -> int:
-        """Admit the attempt under both keys (`Throttle.admit`), or the seconds to wait: an
+        """Admit the attempt under both keys (`admit_all`), or the seconds to wait: an
         address let in but a link refused gives the address its failure back."""
-        wait = self.per_address.admit(addr)
-        if wait:
-            return wait
-        wait = self.per_link.admit(link)
-        if wait:
-            self.per_address.forgive(addr)
-        return wait
+        return admit_all(((self.per_address, addr), (self.per_link, link)))
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

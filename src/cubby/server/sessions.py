@@ -44,7 +44,7 @@ from cubby.model import Principal
 from cubby.server.bodies import SMALL_JSON, allow_body, field_str, json_body, path_int
 from cubby.server.context import ServerContext
 from cubby.server.peers import TrustedProxies, scope_client_address
-from cubby.server.throttle.base import Policy
+from cubby.server.throttle.base import Policy, admit_all, forgive_all
 
 COOKIE = "cubby_session"
 CSRF_HEADER = "x-csrf-token"
@@ -151,24 +151,12 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         account_key = "u:" + name.lower()
         address_key = "a:" + address
 
+        # A failure under both keys is recorded before the password is hashed (`admit_all`):
+        # concurrent guesses cannot all pass the gate before the first of them counts.
+        keys = ((by_account, account_key), (by_address, address_key))
+
         def locked() -> int:
             return max(by_account.retry_after(account_key), by_address.retry_after(address_key))
-
-        def admit() -> int:
-            # A failure under both keys, recorded before the password is hashed
-            # (`Throttle.admit`): concurrent guesses cannot all pass the gate before the first
-            # of them counts. An account let in but an address refused gets its failure back.
-            wait = by_account.admit(account_key)
-            if wait:
-                return wait
-            wait = by_address.admit(address_key)
-            if wait:
-                by_account.forgive(account_key)
-            return wait
-
-        def forgive() -> None:
-            by_account.forgive(account_key)
-            by_address.forgive(address_key)
 
         # A full queue refuses before anything else: a flood of logins costs the shared
         # throttle nothing past it. Its place is taken before the first wait, so that no
@@ -177,13 +165,13 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
             raise Unavailable("the server is busy checking other logins: try again in a moment")
         waiting += 1
         try:
-            wait = await ctx.in_thread(admit)
+            wait = await ctx.in_thread(lambda: admit_all(keys))
             if wait:
                 return refuse(wait)
             loop = asyncio.get_running_loop()
             found = await loop.run_in_executor(pool, ctx.store.accounts.verify, name, password)
         except AccountDisabled:
-            await ctx.in_thread(forgive)  # raised only for the right password: not a failed guess
+            await ctx.in_thread(lambda: forgive_all(keys))  # raised only for the right password: not a failed guess
             raise
         finally:
             waiting -= 1

@@ -37,6 +37,7 @@ script, and the contract tests hold all three to one behaviour.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -160,3 +161,24 @@ class Throttle(Protocol):
     def forgive(self, key: str) -> None:
         """Take back one failure of ``key`` recorded in advance, and lift its lock."""
         ...
+
+
+def admit_all(keys: Sequence[tuple[Throttle, str]]) -> int:
+    """`Throttle.admit` of one attempt under each ``(throttle, key)`` in turn (an account and an
+    address, say): the first that is locked answers its seconds left, and those already let in
+    get their failure back (`Throttle.forgive`), so a refused attempt records nothing; 0 when
+    every key let it in."""
+    admitted: list[tuple[Throttle, str]] = []
+    for throttle, key in keys:
+        wait = throttle.admit(key)
+        if wait:
+            forgive_all(admitted)
+            return wait
+        admitted.append((throttle, key))
+    return 0
+
+
+def forgive_all(keys: Sequence[tuple[Throttle, str]]) -> None:
+    """`Throttle.forgive` under each ``(throttle, key)``: an attempt `admit_all` let in proved right."""
+    for throttle, key in keys:
+        throttle.forgive(key)
