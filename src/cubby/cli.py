@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import orjson
 
-from cubby.commands.units import ByteSize
+from cubby.commands.units import ByteSize, count_of
 from cubby.config import Config, load
 from cubby.errors import CubbyError, NotFound, Unavailable
 
@@ -485,9 +485,9 @@ def _set_disabled(
         text = f"{done.name} was already {'disabled' if disabled else 'enabled'}"
     elif disabled:
         text = (f"disabled {done.name}: their tokens, web logins and public links are refused; "
-                f"{done.sessions_ended} web session{'s' if done.sessions_ended != 1 else ''} ended")
+                f"{count_of(done.sessions_ended, 'web session')} ended")
         if revoke_tokens:
-            text += f", {done.tokens_revoked} token{'s' if done.tokens_revoked != 1 else ''} revoked for good"
+            text += f", {count_of(done.tokens_revoked, 'token')} revoked for good"
     else:
         text = f"enabled {done.name}: their tokens that were not revoked, password and public links work again"
     state.emit(facts, text)

@@ -50,3 +50,9 @@ class ByteSize(click.ParamType):
 
 
 __all__ = ["ByteSize", "parse_size"]
+
+
+def count_of(n: int, noun: str) -> str:
+    """``1 operation``, ``2 operations``: a count and its noun, as a person reads them in a
+    summary line (nouns whose plural is the noun and an ``s``)."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"

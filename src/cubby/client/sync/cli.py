@@ -10,16 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cubby.commands.units import ByteSize
+from cubby.commands.units import ByteSize, count_of
 from cubby.errors import CubbyError
 
 if TYPE_CHECKING:  # imported where used: the planner's classes cost every `cubby` command's start 17 ms
     from cubby.client.sync import planner as P
-
-
-def _count(n: int, noun: str) -> str:
-    """``1 operation``, ``2 operations``: what a person reads in a summary line."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _engine(state: Any, root: Path, up: float | None = None, down: float | None = None, emit: Any = None) -> Any:
@@ -115,8 +110,8 @@ def register(main: click.Group) -> None:
                 report = engine.run_once()
                 state.emit({"event": "done", **report.to_dict()},
                            f"{'in sync' if report.converged else 'not in sync'}: "
-                           f"{_count(sum(report.applied.values()), 'operation')}, {len(report.failed)} failed, "
-                           f"{_count(len(report.blocked), 'read-only change')} kept")
+                           f"{count_of(sum(report.applied.values()), 'operation')}, {len(report.failed)} failed, "
+                           f"{count_of(len(report.blocked), 'read-only change')} kept")
                 for f in report.failed:
                     click.echo(f"failed: {f['op']} {f['path']}: {f['error']}", err=True)
                 for u in report.unreadable:
@@ -179,7 +174,7 @@ def register(main: click.Group) -> None:
                         "unreadable": len(res.unreadable), "changing": len(res.changing),
                         "push": None if push is None else bool(push["push"])},
                        "in sync" if in_sync else
-                       f"{_count(len(pending), 'change')} pending" + (f", {len(res.unreadable)} unreadable" if res.unreadable else "")
+                       f"{count_of(len(pending), 'change')} pending" + (f", {len(res.unreadable)} unreadable" if res.unreadable else "")
                        + (f", {len(res.changing)} changing" if res.changing else ""))
         finally:
             engine.close()
