@@ -664,21 +664,20 @@ def admin_migrate_blocks(state: State, data: Path | None, db: str | None, blocks
     store = open_store(cfg.metadata_url, shards=cfg.shard_urls, place_new=cfg.place_new)
     try:
         bs = open_block_store(cfg.blocks_location, store.router.chunks)
+        status = _status_line() if not state.as_json else (lambda _text: None)
 
         def progress(s: MigrateStats) -> None:
             if state.as_json:
                 click.echo(json.dumps({"progress": s.__dict__}))
-            elif sys.stderr.isatty():
-                click.echo(f"\rmoved {s.chunks} chunks ({s.bytes} bytes)", nl=False, err=True)
+            status(f"moved {s.chunks} chunks ({s.bytes} bytes)")
 
         try:
             stats = bs.migrate_legacy(progress=progress)
         finally:
             bs.objects.close()
+            status(None)
     finally:
         store.close()
-    if not state.as_json and sys.stderr.isatty():
-        click.echo("", err=True)
     state.emit(
         {"done": stats.__dict__},
         f"moved {stats.chunks} chunks ({stats.bytes} bytes) into packs; removed {stats.removed} old chunk files",
