@@ -5,8 +5,10 @@ do not cover: listing across pages, prefixes, its URL, and its behaviour under i
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
+import socket
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -93,6 +95,40 @@ def test_a_missing_bucket_is_a_final_error(s3: S3Server) -> None:
     with pytest.raises(ObjectStoreError) as info:
         store.put("x", b"x")
     assert not info.value.retryable and calls == []  # refused at once, not retried
+
+
+def test_a_missing_bucket_is_named_by_the_probe_that_found_it(s3: S3Server) -> None:
+    """The first PUT probes how bodies are checked; on a bucket that is not there the probe's
+    own refusal (NoSuchBucket on its PUT) is the error, not that of its tidying DELETE."""
+    store = S3ObjectStore(S3Location("no-such-bucket-here", "", s3.endpoint, "us-east-1"))
+    with pytest.raises(ObjectStoreError) as info:
+        store.put("x", b"x")
+    assert "NoSuchBucket" in info.value.message and info.value.message.startswith("put ")
+
+
+def test_an_endpoint_that_refuses_connections_is_retried_until_it_answers(s3: S3Server) -> None:
+    """An S3 server restarting refuses connections for a moment: that is retryable (botocore
+    files it apart from dropped connections), and the retrying store rides it out. The port is
+    bound but not listening, so it refuses; during the store's second wait a proxy to the S3
+    server starts listening on it."""
+    refusing = socket.socket()
+    refusing.bind(("127.0.0.1", 0))
+    endpoint = f"http://127.0.0.1:{refusing.getsockname()[1]}"
+    location = S3Location.parse(s3.url(fresh_prefix(), endpoint=endpoint) + "&checksum=sha256")
+    with pytest.raises(ObjectStoreError) as info:
+        S3ObjectStore(location).put("x", b"x")
+    assert info.value.retryable, info.value.message
+    waits: list[float] = []
+    with contextlib.ExitStack() as up:
+
+        def sleep(seconds: float) -> None:
+            waits.append(seconds)
+            if len(waits) == 2:
+                up.enter_context(fault_proxy(s3.endpoint, Faults(), sock=refusing))
+
+        store = RetryingObjectStore(S3ObjectStore(location), FAST, sleep=sleep)
+        store.put("x", b"bytes")
+        assert len(waits) == 2 and store.get("x") == b"bytes"
 
 
 # Faults: a proxy between the store and the server answers 503 SlowDown or cuts connections.

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
+import socket
 import threading
 import zlib
 from collections import Counter
@@ -198,8 +199,12 @@ def _close_after(response: bytes) -> bytes:
 
 
 @contextmanager
-def fault_proxy(upstream: str, faults: Faults, *, record_puts: bool = False) -> Iterator[FaultProxy]:
-    """Run a `FaultProxy` in front of ``upstream`` (``http://host:port``) until the block ends."""
+def fault_proxy(
+    upstream: str, faults: Faults, *, record_puts: bool = False, sock: socket.socket | None = None
+) -> Iterator[FaultProxy]:
+    """Run a `FaultProxy` in front of ``upstream`` (``http://host:port``) until the block ends;
+    on ``sock`` when given (bound, not yet listening: until then its port refuses connections,
+    as an S3 server's does while it restarts), else on a port of its own."""
     host, _, port = upstream.removeprefix("http://").rstrip("/").partition(":")
     proxy = FaultProxy(host, int(port), faults, record_puts=record_puts)
     loop = asyncio.new_event_loop()
@@ -207,7 +212,10 @@ def fault_proxy(upstream: str, faults: Faults, *, record_puts: bool = False) -> 
     server: list[asyncio.Server] = []
 
     async def start() -> None:
-        srv = await asyncio.start_server(proxy.handle, "127.0.0.1", 0, limit=1 << 20)
+        if sock is None:
+            srv = await asyncio.start_server(proxy.handle, "127.0.0.1", 0, limit=1 << 20)
+        else:
+            srv = await asyncio.start_server(proxy.handle, sock=sock, limit=1 << 20)
         proxy.port = srv.sockets[0].getsockname()[1]
         server.append(srv)
         ready.set()

@@ -40,7 +40,7 @@ GET, mostly moto's own cost of parsing boto3's headers), which matters little fo
 in large ranges. boto3 is also the reference the benchmarks compare against, the library the
 Ceph, MinIO and Garage projects test with, and has a stable API; obstore is pre-1.0.
 
-Faults: this store makes each call once. A dropped connection, a timeout, a body that came
+Faults: this store makes each call once. A connection refused or dropped, a timeout, a body that came
 back short, 500, 502, 503, 504, SlowDown, RequestTimeout, BadDigest or
 XAmzContentSHA256Mismatch (a PUT body that does not match its checksum: the server refuses
 it and stores nothing) raise `ObjectStoreError` with ``retryable = True``; `open_s3_object_store` wraps the store in `RetryingObjectStore`, which
@@ -57,6 +57,7 @@ an upload its 503 within the 60 s a client waits, instead of eight attempts of b
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterable, Iterator
@@ -83,6 +84,12 @@ _TRANSIENT_CODES = (
     | _MISMATCH_CODES
 )
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+_SETUP_CODES = frozenset({
+    "NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "PermanentRedirect",
+    "AuthorizationHeaderMalformed", "InvalidBucketName",
+})
+"""Refusals of a set-up fault (the bucket, the credentials, the region), which say nothing of
+how the server treats a checksum: the probe raises them rather than take them for a verdict."""
 
 DEFAULT_TIMEOUT = 20.0
 """Seconds a request to S3 may wait for the server before it fails (and is retried): a PUT's
@@ -100,7 +107,10 @@ collector lists)."""
 PROBE_BODY = b"cubby: does this server check x-amz-checksum-crc32?"
 
 _TRANSIENT_EXCEPTIONS: tuple[type[Exception], ...] = (
-    botocore.exceptions.HTTPClientError,  # connection refused/closed/reset, timeouts, cut bodies
+    botocore.exceptions.HTTPClientError,  # connections closed or reset, read timeouts, cut bodies
+    # No connection made: refused (an S3 server restarting), or its connect timed out. botocore
+    # files these apart from HTTPClientError, and they were once taken for final.
+    botocore.exceptions.ConnectionError,
     botocore.exceptions.IncompleteReadError,  # body shorter than its Content-Length
 )
 
@@ -247,13 +257,19 @@ class S3ObjectStore:
         """A wrong CRC32 refused and the right one stored (a refusal of both: the header itself
         is not understood)."""
         try:
-            return not self._probe_stored(right=False) and self._probe_stored(right=True)
-        finally:
-            self.delete(PROBE_NAME)
+            checks = not self._probe_stored(right=False) and self._probe_stored(right=True)
+        except ObjectStoreError:
+            # Tidy up if it can, but say why the probe failed, not why the tidying did.
+            with contextlib.suppress(ObjectStoreError):
+                self.delete(PROBE_NAME)
+            raise
+        self.delete(PROBE_NAME)
+        return checks
 
     def _probe_stored(self, *, right: bool) -> bool:
         """Whether the server stores `PROBE_BODY` sent with its ``right`` CRC32 or a wrong one;
-        False when it refuses the request. A failure that may pass raises (retryable), and so
+        False when it refuses the request, unless for a set-up fault (`_SETUP_CODES`: no bucket,
+        no access), which raises, as every PUT would fail. A failure that may pass raises (retryable), and so
         does a checksum mismatch of the right CRC32 (the body was damaged on the way); of the
         wrong one, a mismatch (``BadDigest`` on AWS; other servers name it otherwise) is the
         refusal looked for."""
@@ -266,6 +282,8 @@ class S3ObjectStore:
             failure = self._fail(exc, "put", PROBE_NAME)
             if getattr(failure, "retryable", False) and (right or _code(exc) not in _MISMATCH_CODES):
                 raise failure from exc
+            if _status(exc) in (301, 403, 404) or _code(exc) in _SETUP_CODES:
+                raise failure from exc  # no bucket, no access: no PUT would pass, checked or not
             return False
         except botocore.exceptions.BotoCoreError as exc:
             raise self._fail(exc, "put", PROBE_NAME) from exc
