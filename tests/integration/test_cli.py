@@ -205,6 +205,45 @@ def test_gc_shows_its_progress_on_a_terminal_and_answers_one_line(tmp_path):
             assert (tmp_path / f"g{i}.bin").read_bytes() == (tmp_path / f"f{i}.bin").read_bytes()
 
 
+def test_a_wrong_blocks_folder_is_refused_by_every_command_and_changes_nothing(tmp_path):
+    """A typo in ``--blocks``: the database indexes packs the named folder does not hold.
+    `cubby serve` does not start, `cubby gc` and `cubby admin migrate-blocks` stop before they
+    touch anything (exit 2, ``blocks_mismatch``, the folder named), and nothing is written to
+    the wrong folder. The proof that gc swept nothing: a chunk uploaded and never committed is
+    still there for the gc on the right store to remove; and the file still downloads."""
+    import hashlib
+
+    from cubby.client.api import ApiClient
+
+    data = random.Random(7).randbytes(300_000)
+    (tmp_path / "f.bin").write_bytes(data)
+    with LiveServer(tmp_path / "data") as s:
+        token = s.add_user("wes")
+        cubby(s, token, "put", str(tmp_path / "f.bin"), "/f.bin")
+        stray = random.Random(8).randbytes(5000)
+        with ApiClient(s.url, token) as api:
+            api.upload_chunks(int(api.account()["root_ns"]), [(hashlib.sha256(stray).hexdigest(), stray)])
+    typo = tmp_path / "data" / "blokcs"
+    base = ["--data", str(s.data_dir), "--blocks", str(typo)]
+    for args in (
+        ["gc", *base, "--grace", "0", "--pack-grace", "0"], ["admin", "migrate-blocks", *base], ["serve", *base, "--port", "0"]
+    ):
+        p = subprocess.run([*CUBBY, *args], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2, (args, p.stderr)
+        assert "is serving" not in p.stderr and p.stderr.strip().endswith("[blocks_mismatch]"), p.stderr
+        assert f"the block store {typo} holds none of the" in p.stderr
+        assert not any(f.is_file() for f in typo.rglob("*"))
+    swept = subprocess.run(
+        [*CUBBY, "--json", "gc", "--data", str(s.data_dir), "--grace", "0", "--pack-grace", "0"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert swept.returncode == 0, swept.stderr
+    assert lines(swept)[0]["deleted"] == 1
+    with LiveServer(tmp_path / "data") as s:
+        cubby(s, token, "get", "/f.bin", str(tmp_path / "back.bin"))
+        assert (tmp_path / "back.bin").read_bytes() == data
+
+
 def test_user_add_prints_the_token_last(tmp_path):
     p = subprocess.run([*CUBBY, "user", "add", "zed", "--data", str(tmp_path / "d")], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr

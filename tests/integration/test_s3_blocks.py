@@ -238,15 +238,29 @@ def test_a_silent_s3_server_gets_clear_503s_and_loses_nothing(tmp_path: Path, s3
             assert got.status_code == 200 and got.content == files["first.bin"]
 
 
-def test_a_bucket_that_is_not_there_is_a_clear_refusal_that_names_no_bucket(tmp_path: Path, s3_server: S3Server) -> None:
-    """A set-up fault that will not pass by itself (the bucket does not exist): the put is
-    refused with ``object_store_error`` and a message that says to tell the operator, without
-    naming the bucket (the server's log does), and nothing is committed."""
+def test_a_bucket_that_is_not_there_stops_the_start_and_later_is_a_clear_refusal(tmp_path: Path, s3_server: S3Server) -> None:
+    """A set-up fault that will not pass by itself (the bucket does not exist). At start,
+    `cubby serve` does not serve: it exits 2 (retrying will not mend it) with one line that
+    names the store, the S3 server's reason and what to check. A bucket deleted under a running
+    server: the put is refused with ``object_store_error`` and a message that says to tell the
+    operator, without naming the bucket (the server's log does), and nothing is committed."""
     bucket = f"cubby-missing-{fresh_prefix()}".lower()[:60]
     url = f"s3://{bucket}/p?endpoint={s3_server.endpoint}&region=us-east-1"
+    env = {**os.environ, **s3_server.credentials}
+    start = subprocess.run(
+        [sys.executable, "-m", "cubby", "serve", "--data", str(tmp_path / "first"), "--port", "0", "--blocks", url],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert start.returncode == 2 and "is serving" not in start.stderr
+    line = start.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: the block store {url} cannot be written") and "NoSuchBucket" in line
+    assert line.endswith("[blocks_unusable]") and "credentials" in line
+    s3 = s3_server.client()
+    s3.create_bucket(Bucket=bucket)  # type: ignore[attr-defined]
     (tmp_path / "f.txt").write_text("hello")
     with LiveServer(tmp_path / "srv", extra_args=["--blocks", url], env=s3_server.credentials) as server:
         token = server.add_user("ned")
+        s3.delete_bucket(Bucket=bucket)  # type: ignore[attr-defined]  # empty: the start's probes are gone
         env = {**os.environ, "CUBBY_URL": server.url, "CUBBY_TOKEN": token, "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
         failed = subprocess.run(
             [sys.executable, "-m", "cubby", "--json", "put", str(tmp_path / "f.txt"), "/f.txt"],

@@ -82,3 +82,8 @@ class ChunkIndex(Protocol):
 
     def known_packs(self) -> set[str]:
         """Every pack recorded, retired or not."""
+
+    def newest_packs(self, limit: int) -> list[str]:
+        """Up to ``limit`` live packs, newest first (by id: an id begins with its creation
+        time), read through the primary key alone: what a start-up check samples
+        (`cubby.blockstore.startcheck`) without reading the whole table."""

@@ -1,7 +1,8 @@
 """`open_block_store`: the block store a ``--blocks`` URL names, on the metadata database's index.
 
 Every command that touches chunks (`cubby serve`, `cubby gc`, `cubby admin migrate-blocks`)
-opens its store here, so that they all agree on where chunks are. A folder that an earlier
+opens its store here, so that they all agree on where chunks are, and each finds a wrong or
+unusable ``--blocks`` before it relies on it (`cubby.blockstore.startcheck`). A folder that an earlier
 release filled with one file per chunk (``ab/abcd…``) is opened as the pack store's legacy
 store: its chunks are served as they are until `cubby admin migrate-blocks` moves them.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from cubby.blockstore.objects import open_object_store
 from cubby.blockstore.packs import PackBlockStore
+from cubby.blockstore.startcheck import check_store
 from cubby.metadata.chunk_index import SqlChunkIndex
 from cubby.metadata.engine import Database
 
@@ -40,11 +42,20 @@ def has_legacy_chunks(folder: Path) -> bool:
     return False
 
 
-def open_block_store(url: str, db: Database, *, executor: Executor | None = None) -> PackBlockStore:
+def open_block_store(url: str, db: Database, *, executor: Executor | None = None, check: bool = True) -> PackBlockStore:
+    """The pack store at ``url`` with its index on ``db``; ``check``: tried first
+    (`check_store`), and closed again if it fails."""
     folder = folder_of(url)
     legacy = None
     if folder is not None and has_legacy_chunks(folder):
         from cubby.blockstore.local import LocalBlockStore
 
         legacy = LocalBlockStore(folder)
-    return PackBlockStore(open_object_store(url), SqlChunkIndex(db), executor=executor, legacy=legacy)
+    objects, index = open_object_store(url), SqlChunkIndex(db)
+    if check:
+        try:
+            check_store(objects, index, url)
+        except BaseException:
+            objects.close()
+            raise
+    return PackBlockStore(objects, index, executor=executor, legacy=legacy)

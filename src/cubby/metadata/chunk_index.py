@@ -174,6 +174,10 @@ class SqlChunkIndex:
 
         return self.db.read(run)
 
+    def newest_packs(self, limit: int) -> list[str]:
+        q = select(packs.c.pack).order_by(packs.c.pack.desc()).limit(limit)
+        return self.db.read(lambda conn: [r[0] for r in conn.execute(q)])
+
 
 def _hashes_after(last: str, conn: Connection) -> list[str]:
     q = select(chunk_index.c.hash).where(chunk_index.c.hash > last).order_by(chunk_index.c.hash).limit(5000)
