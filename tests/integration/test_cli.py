@@ -244,6 +244,47 @@ def test_a_wrong_blocks_folder_is_refused_by_every_command_and_changes_nothing(t
         assert (tmp_path / "back.bin").read_bytes() == data
 
 
+def test_admin_check_finds_a_damaged_pack_and_names_the_files_it_breaks(tmp_path):
+    """`cubby admin check` on a server's data: clean, it exits 0; a byte flipped at rest in a
+    pack is not seen without --read-data and is with it (exit 1, the chunk counted corrupt,
+    both files with that content named); a pack deleted is found without reading. It writes
+    nothing: the store holds the same files before and after."""
+    data = random.Random(9).randbytes(250_000)
+    (tmp_path / "a.bin").write_bytes(data)
+    (tmp_path / "b.txt").write_text("another pack\n")
+    with LiveServer(tmp_path / "data") as s:
+        token = s.add_user("ivy")
+        cubby(s, token, "put", str(tmp_path / "a.bin"), "/a.bin")
+        cubby(s, token, "put", str(tmp_path / "a.bin"), "/copy/a.bin")  # the same chunk, deduplicated
+        cubby(s, token, "put", str(tmp_path / "b.txt"), "/b.txt")
+    packs = sorted((s.data_dir / "blocks" / "packs").rglob("*.pack"))
+    assert len(packs) == 2
+    check = [*CUBBY, "--json", "admin", "check", "--data", str(s.data_dir)]
+
+    def run(*more: str) -> tuple[int, dict]:
+        p = subprocess.run([*check, *more], capture_output=True, text=True, timeout=120)
+        return p.returncode, json.loads(p.stdout)
+
+    code, clean = run("--read-data")
+    assert code == 0 and clean["ok"] and clean["packs"] == 2 and clean["held_chunks"] == 2 and clean["chunks_read"] == 2
+    big = max(packs, key=lambda p: p.stat().st_size)
+    raw = bytearray(big.read_bytes())
+    raw[len(raw) // 2] ^= 1
+    big.write_bytes(bytes(raw))
+    code, quick = run()
+    assert code == 0 and quick["ok"] and quick["chunks_read"] == 0
+    code, deep = run("--read-data")
+    assert code == 1 and not deep["ok"] and deep["chunks_corrupt"] == 1 and deep["files_damaged"] == 2
+    assert [f["path"] for f in deep["files"]] == ["/a.bin", "/copy/a.bin"]
+    small = min(packs, key=lambda p: p.stat().st_size)
+    small.unlink()
+    human = subprocess.run([*check[:1], *check[2:]], capture_output=True, text=True, timeout=120)
+    assert human.returncode == 1 and "DAMAGED" in human.stdout
+    assert f"missing pack: packs/{small.parent.name}/{small.name}" in human.stdout
+    assert "damaged file: namespace 1 /b.txt (rev" in human.stdout
+    assert sorted(p.name for p in (s.data_dir / "blocks").rglob("*") if p.is_file()) == [big.name]
+
+
 def test_user_add_prints_the_token_last(tmp_path):
     p = subprocess.run([*CUBBY, "user", "add", "zed", "--data", str(tmp_path / "d")], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr

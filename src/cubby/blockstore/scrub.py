@@ -1,0 +1,144 @@
+"""`scrub`: is every chunk the server holds where its index says, and (``read_data``) intact?
+
+What `cubby admin check` runs, as ``restic check`` and ``borg check`` do for their stores: a
+pack store can lose what no request notices until a user downloads the file. An object
+deleted by hand or by a bucket's lifecycle rule, a bucket restored from an older backup, a
+pack truncated by a failing disk, a bit flipped at rest. Worst of all is a chunk the server
+believes it holds (a ``blocks`` row) but cannot read: an upload of the same bytes is
+deduplicated against it, so every new file with that chunk is broken too. Found early, the
+operator can restore the packs or have the files uploaded again (`cubby.metadata.damage`
+names them).
+
+Three passes, each reading only what it must:
+
+1. **Packs.** Every pack the index records is listed in the object store (one listing of
+   ``packs/``) with the size recorded; the rest of the listing older than an hour is counted as
+   orphans (a writer died between its PUT and its index row; `PackBlockStore.compact` deletes
+   them). Younger objects may be packs being recorded right now.
+2. **Held chunks** (``held``: the hashes of the ``blocks`` table, in pages): each has a location
+   in the index, or a file in an earlier release's store (`PackBlockStore.present`).
+3. **Data** (``read_data``): every recorded pack is read whole, once, and each chunk the index
+   places in it is decoded and hashed against its name. This reads the whole store.
+
+A compaction running beside the check (the server may keep serving) is not damage: a pack is
+missing only if chunks are still placed in it when they are looked up, after the listing (a
+compaction moves every live chunk out before it retires a pack, and deletes the object after
+a grace period); a chunk found unlocated is looked up once more after the pass.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from cubby.blockstore.objects import ObjectMissing, ShortRead
+from cubby.blockstore.packfile import pack_object_name
+from cubby.blockstore.packs import PackBlockStore, pack_age
+from cubby.core.compression import CorruptChunk
+from cubby.core.hashing import sha256_hex
+
+ORPHAN_AGE = 3600.0
+"""Pack objects no index row names are counted once this old (`PackBlockStore.compact`'s own
+``orphan_age``): younger ones may be packs whose row is being written."""
+
+
+@dataclass
+class ScrubReport:
+    """What `scrub` found. Lists name pack objects (``packs/XY/ID.pack``) or chunk hashes."""
+
+    packs: int = 0
+    packs_missing: list[str] = field(default_factory=list)
+    packs_wrong_size: list[str] = field(default_factory=list)
+    orphan_packs: int = 0
+    held_chunks: int = 0
+    chunks_unlocated: list[str] = field(default_factory=list)
+    """Held (a ``blocks`` row) but with no location and no legacy file: lost."""
+    chunks_lost: list[str] = field(default_factory=list)
+    """Indexed in a pack that is missing, or that ends before the chunk does."""
+    read_data: bool = False
+    chunks_read: int = 0
+    bytes_read: int = 0
+    chunks_corrupt: list[str] = field(default_factory=list)
+    """Read, but not decoding to bytes of their name and length."""
+
+    @property
+    def damaged(self) -> list[str]:
+        """Every chunk that cannot be served, sorted."""
+        return sorted({*self.chunks_unlocated, *self.chunks_lost, *self.chunks_corrupt})
+
+    @property
+    def ok(self) -> bool:
+        return not (self.packs_missing or self.packs_wrong_size or self.damaged)
+
+
+def scrub(
+    store: PackBlockStore,
+    held: Iterable[list[str]],
+    *,
+    read_data: bool = False,
+    progress: Callable[[ScrubReport], None] | None = None,
+) -> ScrubReport:
+    """Check ``store`` as the module docstring says; ``progress`` gets the report so far after
+    each page of held chunks and each pack read."""
+    told = progress or (lambda _report: None)
+    report = ScrubReport(read_data=read_data)
+    usage = {u.pack: u for u in store.index.usage()}
+    report.packs = len(usage)
+    listed = {os.path.basename(name).removesuffix(".pack"): size for name, size in store.objects.list("packs/")}
+    known = store.index.known_packs()
+    now = time.time()
+    report.orphan_packs = sum(1 for p in listed if p not in known and pack_age(p, now) > ORPHAN_AGE)
+    short = {p: listed[p] for p, u in usage.items() if p in listed and listed[p] != u.size}
+    # A pack is missing when chunks are still placed in it, read after the listing: one that
+    # a compaction emptied meanwhile (its object deleted after its grace) holds none.
+    absent = [p for p in usage if p not in listed]
+    lost = store.index.locations_in(absent) if absent else {}
+    report.packs_missing = sorted({pack_object_name(loc.pack) for loc in lost.values()})
+    report.packs_wrong_size = sorted(pack_object_name(p) for p in short)
+    for p, size in short.items():
+        lost.update({h: loc for h, loc in store.index.locations_in([p]).items() if loc.pos + loc.stored_len > size})
+    report.chunks_lost = sorted(lost)
+
+    unlocated: list[str] = []
+    for page in held:
+        report.held_chunks += len(page)
+        found = store.present(page)
+        unlocated.extend(h for h in page if h not in found)
+        told(report)
+    report.chunks_unlocated = sorted(h for h in unlocated if h not in store.present(unlocated)) if unlocated else []
+
+    if read_data:
+        for pack in sorted(p for p in usage if p in listed and p not in short):
+            _read_pack(store, pack, report)
+            told(report)
+    return report
+
+
+def _read_pack(store: PackBlockStore, pack: str, report: ScrubReport) -> None:
+    """Read ``pack`` whole and check each chunk the index places in it."""
+    locations = store.index.locations_in([pack])
+    if not locations:
+        return
+    try:
+        blob = memoryview(store.objects.get(pack_object_name(pack)))
+    except ObjectMissing:
+        return  # retired since the listing: its chunks live in a newer pack, read on its own
+    except ShortRead:  # shorter than listed a moment ago: a new object under the old name
+        report.chunks_lost.extend(locations)
+        return
+    report.bytes_read += len(blob)
+    for name, loc in locations.items():
+        report.chunks_read += 1
+        piece = blob[loc.pos : loc.pos + loc.stored_len]
+        try:
+            data = store.codec.decode(piece)
+        except CorruptChunk:
+            report.chunks_corrupt.append(name)
+            continue
+        if len(piece) != loc.stored_len or len(data) != loc.plain_len or sha256_hex(data) != name:
+            report.chunks_corrupt.append(name)
+
+
+__all__ = ["ORPHAN_AGE", "ScrubReport", "scrub"]

@@ -1,0 +1,144 @@
+"""`scrub` (what `cubby admin check` runs) on real pack stores: a folder with a SQLite index,
+and moto's S3 server. Each kind of damage is made the way it happens (an object deleted, a
+file truncated, a byte flipped at rest, an index row lost) and must be found; a store that a
+compaction changed under the check must not be reported damaged."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import delete
+
+from cubby.blockstore.folder import FolderObjectStore
+from cubby.blockstore.objects import open_object_store
+from cubby.blockstore.packfile import pack_object_name
+from cubby.blockstore.packs import PackBlockStore
+from cubby.blockstore.scrub import scrub
+from cubby.metadata.chunk_index import SqlChunkIndex
+from cubby.metadata.damage import files_with_chunks, held_chunks
+from cubby.metadata.schema import chunk_index
+from cubby.metadata.store import SqlMetadataStore, open_store
+from cubby.model import ChunkRef, CommitRequest
+from tests.helpers.s3_servers import S3Server, fresh_prefix
+
+
+@pytest.fixture
+def meta(tmp_path: Path) -> Iterator[SqlMetadataStore]:
+    store = open_store(f"sqlite:///{tmp_path / 'meta.db'}")
+    yield store
+    store.close()
+
+
+def files(meta: SqlMetadataStore, blocks: PackBlockStore, count: int, seed: int = 1) -> dict[str, list[str]]:
+    """``count`` committed files of two chunks each (one pack per file), stored as an upload
+    stores them (`ingest_chunks`); their chunk names by path."""
+    rng = random.Random(seed)
+    user, _ = meta.create_user(f"u{seed}")
+    out: dict[str, list[str]] = {}
+    for i in range(count):
+        items = [(hashlib.sha256(c).hexdigest(), c) for c in (rng.randbytes(3000 + i) for _ in range(2))]
+        meta.ingest_chunks(user.root_ns, items, blocks)
+        path = f"/f{i}.bin"
+        refs = tuple(ChunkRef(n, len(c)) for n, c in items)
+        req = CommitRequest(path=path, size=sum(r.size for r in refs), chunks=refs)
+        assert meta.commit(user.id, user.root_ns, req).committed
+        out[path] = [n for n, _ in items]
+    return out
+
+
+def pack_of(blocks: PackBlockStore, chunk: str) -> str:
+    return blocks.index.lookup([chunk])[chunk].pack
+
+
+def test_an_intact_store_is_ok_and_every_byte_is_read(meta: SqlMetadataStore, tmp_path: Path) -> None:
+    blocks = PackBlockStore(FolderObjectStore(tmp_path / "blocks"), SqlChunkIndex(meta.db))
+    made = files(meta, blocks, 3)
+    seen: list[int] = []
+    report = scrub(blocks, held_chunks(meta.db), read_data=True, progress=lambda r: seen.append(r.chunks_read))
+    assert report.ok and report.packs == 3 and report.held_chunks == 6 and report.chunks_read == 6
+    assert report.bytes_read == sum(os.path.getsize(p) for p in (tmp_path / "blocks" / "packs").rglob("*.pack"))
+    assert seen and seen[-1] == 6
+    assert sorted(made) == ["/f0.bin", "/f1.bin", "/f2.bin"]
+
+
+def test_a_flipped_byte_is_found_only_by_reading_and_names_its_file(meta: SqlMetadataStore, tmp_path: Path) -> None:
+    blocks = PackBlockStore(FolderObjectStore(tmp_path / "blocks"), SqlChunkIndex(meta.db))
+    made = files(meta, blocks, 3)
+    victim = made["/f1.bin"][1]
+    loc = blocks.index.lookup([victim])[victim]
+    path = tmp_path / "blocks" / pack_object_name(loc.pack)
+    raw = bytearray(path.read_bytes())
+    raw[loc.pos + loc.stored_len // 2] ^= 0x40
+    path.write_bytes(bytes(raw))
+    assert scrub(blocks, held_chunks(meta.db)).ok  # the structure is whole: only reading tells
+    report = scrub(blocks, held_chunks(meta.db), read_data=True)
+    assert not report.ok and report.chunks_corrupt == [victim] and report.damaged == [victim]
+    named, total = files_with_chunks([meta.db], report.damaged)
+    assert total == 1 and [(f.path, f.chunks) for f in named] == [("/f1.bin", 1)]
+
+
+def test_a_missing_and_a_truncated_pack_are_found_without_reading(meta: SqlMetadataStore, tmp_path: Path) -> None:
+    blocks = PackBlockStore(FolderObjectStore(tmp_path / "blocks"), SqlChunkIndex(meta.db))
+    made = files(meta, blocks, 3)
+    gone, cut = pack_of(blocks, made["/f0.bin"][0]), pack_of(blocks, made["/f2.bin"][0])
+    os.unlink(tmp_path / "blocks" / pack_object_name(gone))
+    os.truncate(tmp_path / "blocks" / pack_object_name(cut), 10)
+    report = scrub(blocks, held_chunks(meta.db))
+    assert report.packs_missing == [pack_object_name(gone)] and report.packs_wrong_size == [pack_object_name(cut)]
+    assert report.damaged == sorted(made["/f0.bin"] + made["/f2.bin"])
+    named, total = files_with_chunks([meta.db], report.damaged, limit=1)
+    assert total == 2 and [f.path for f in named] == ["/f0.bin"]
+
+
+def test_a_held_chunk_with_no_place_is_lost(meta: SqlMetadataStore, tmp_path: Path) -> None:
+    """The worst case: the server believes it holds the chunk (a ``blocks`` row), so an upload
+    of the same bytes would be deduplicated against it, but its index row is gone."""
+    blocks = PackBlockStore(FolderObjectStore(tmp_path / "blocks"), SqlChunkIndex(meta.db))
+    made = files(meta, blocks, 2)
+    victim = made["/f1.bin"][0]
+    meta.db.write(lambda conn: conn.execute(delete(chunk_index).where(chunk_index.c.hash == victim)))
+    report = scrub(blocks, held_chunks(meta.db, page=3))
+    assert report.held_chunks == 4 and report.chunks_unlocated == [victim] and not report.ok
+
+
+def test_packs_a_compaction_retired_under_the_check_are_not_damage(meta: SqlMetadataStore, tmp_path: Path) -> None:
+    """The check reads the packs the index records, then lists the store. A compaction between
+    the two (its packs merged, the old objects deleted once their grace passed) leaves recorded
+    packs that are gone: they hold no chunk any more, and nothing is reported."""
+    blocks = PackBlockStore(FolderObjectStore(tmp_path / "blocks"), SqlChunkIndex(meta.db))
+    files(meta, blocks, 3)
+    before = blocks.index.usage()
+    stats = blocks.compact(grace=0)
+    assert stats.packs_rewritten == 3 and stats.packs_deleted == 3
+
+    class StaleUsage:
+        """The index as the check would see it had it read the packs before the compaction."""
+
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def usage(self) -> list[Any]:
+            return before
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    stale = PackBlockStore(blocks.objects, StaleUsage(blocks.index))  # type: ignore[arg-type]
+    report = scrub(stale, held_chunks(meta.db), read_data=True)
+    assert report.ok and report.packs == 3 and report.chunks_read == 0
+
+
+def test_a_pack_deleted_from_the_bucket_is_found(meta: SqlMetadataStore, s3_server: S3Server) -> None:
+    objects = open_object_store(s3_server.url(fresh_prefix()))
+    blocks = PackBlockStore(objects, SqlChunkIndex(meta.db))
+    made = files(meta, blocks, 2)
+    assert scrub(blocks, held_chunks(meta.db), read_data=True).ok
+    objects.delete(pack_object_name(pack_of(blocks, made["/f1.bin"][0])))
+    report = scrub(blocks, held_chunks(meta.db), read_data=True)
+    assert len(report.packs_missing) == 1 and report.damaged == sorted(made["/f1.bin"]) and report.chunks_read == 2
