@@ -692,15 +692,22 @@ def admin_migrate_blocks(state: State, data: Path | None, db: str | None, blocks
     help="Also read every pack and check each chunk against its name (reads the whole store).",
 )
 @click.option("--limit", type=click.IntRange(min=0), default=1000, show_default=True, help="Most damaged files to name.")
+@click.option(
+    "--repair", is_flag=True,
+    help="Forget the damaged chunks, so that the next upload of their bytes stores them again and mends the files.",
+)
 @pass_state
-def admin_check(state: State, data: Path | None, db: str | None, blocks: str | None, read_data: bool, limit: int) -> None:
+def admin_check(
+    state: State, data: Path | None, db: str | None, blocks: str | None, read_data: bool, limit: int, repair: bool
+) -> None:
     """Check that every chunk the server holds can be read: each pack the index records is in
     the block store at its size, each held chunk has a place, and with --read-data each
-    chunk's bytes match its name. Damage names the current files it breaks. Read-only, and
-    safe while the server serves. Exit status 1 when anything is damaged."""
+    chunk's bytes match its name. Damage names the current files it breaks. Without --repair
+    it writes nothing, and is safe while the server serves. Exit status 1 when anything is
+    damaged (with --repair too: the files stay damaged until their bytes are uploaded again)."""
     from cubby.blockstore.opener import open_block_store
     from cubby.blockstore.scrub import ScrubReport, scrub
-    from cubby.metadata.damage import files_with_chunks, held_chunks
+    from cubby.metadata.damage import files_with_chunks, forget_damaged, held_chunks
 
     cfg = _server_config(state, data, db, blocks)
     store = _existing_store(state, data, db)
@@ -720,6 +727,11 @@ def admin_check(state: State, data: Path | None, db: str | None, blocks: str | N
             bs.objects.close()
             status(None)
         files, total = files_with_chunks(store.router.shards.values(), report.damaged, limit=limit)
+        forgotten = forget_damaged(store.router.chunks, bs.index, report.places) if repair and report.damaged else []
+        if repair and report.packs_missing:
+            # A lost pack no chunk points at any more is retired, as a compaction retires an
+            # emptied one: else the start check would keep finding it missing.
+            bs.index.switch(None, {}, [os.path.basename(n).removesuffix(".pack") for n in report.packs_missing])
     finally:
         store.close()
     result = {
@@ -738,6 +750,7 @@ def admin_check(state: State, data: Path | None, db: str | None, blocks: str | N
         "chunks_corrupt": len(report.chunks_corrupt),
         "files_damaged": total,
         "files": [f.to_dict() for f in files],
+        "chunks_forgotten": len(forgotten),
     }
     lines = [
         f"{count_of(report.packs, 'pack')}, {count_of(report.held_chunks, 'held chunk')}"
@@ -759,6 +772,14 @@ def admin_check(state: State, data: Path | None, db: str | None, blocks: str | N
         lines.append(f"... and {total - len(files)} more damaged files (--limit)")
     if report.orphan_packs:
         lines.append(f"{count_of(report.orphan_packs, 'orphan pack')} no index names (cubby gc deletes them)")
+    if forgotten:
+        lines.append(
+            f"forgot {count_of(len(forgotten), 'damaged chunk')}: the next upload of their bytes stores them again "
+            "and mends every file above (a `cubby put` of a copy under a new name will do); until then those "
+            "files cannot be read"
+        )
+    elif report.damaged and not repair:
+        lines.append("with --repair, the damaged chunks are forgotten, so that uploading their bytes again mends the files")
     state.emit(result, "\n".join(lines))
     if not report.ok:
         raise click.exceptions.Exit(1)

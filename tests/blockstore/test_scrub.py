@@ -21,7 +21,7 @@ from cubby.blockstore.packfile import pack_object_name
 from cubby.blockstore.packs import PackBlockStore
 from cubby.blockstore.scrub import scrub
 from cubby.metadata.chunk_index import SqlChunkIndex
-from cubby.metadata.damage import files_with_chunks, held_chunks
+from cubby.metadata.damage import files_with_chunks, forget_damaged, held_chunks
 from cubby.metadata.schema import chunk_index
 from cubby.metadata.store import SqlMetadataStore, open_store
 from cubby.model import ChunkRef, CommitRequest
@@ -142,3 +142,34 @@ def test_a_pack_deleted_from_the_bucket_is_found(meta: SqlMetadataStore, s3_serv
     objects.delete(pack_object_name(pack_of(blocks, made["/f1.bin"][0])))
     report = scrub(blocks, held_chunks(meta.db), read_data=True)
     assert len(report.packs_missing) == 1 and report.damaged == sorted(made["/f1.bin"]) and report.chunks_read == 2
+
+
+def test_a_repair_forgets_damaged_chunks_only_where_they_were_found(meta: SqlMetadataStore, tmp_path: Path) -> None:
+    """`forget_damaged` removes a damaged chunk's ``blocks`` row and location; then an upload of
+    its bytes stores it again and its file reads whole. A chunk that a compaction moved since it
+    was found damaged (its bytes copied as they were) is left alone, and the next check finds
+    it in its new pack."""
+    blocks = PackBlockStore(FolderObjectStore(tmp_path / "blocks"), SqlChunkIndex(meta.db))
+    made = files(meta, blocks, 3)
+    rng = random.Random(1)  # the bytes `files` made, again
+    original = {hashlib.sha256(c).hexdigest(): c for c in (rng.randbytes(3000 + i) for i in range(3) for _ in range(2))}
+    victims = sorted([made["/f0.bin"][0], made["/f1.bin"][0]])
+    for name in victims:
+        loc = blocks.index.lookup([name])[name]
+        pack = tmp_path / "blocks" / pack_object_name(loc.pack)
+        raw = bytearray(pack.read_bytes())
+        raw[loc.pos + 5] ^= 1
+        pack.write_bytes(bytes(raw))
+    found = scrub(blocks, held_chunks(meta.db), read_data=True)
+    assert found.damaged == victims
+    blocks.compact(threshold=0.0, grace=3600)  # the three small packs merged: every chunk moved
+    assert forget_damaged(meta.db, blocks.index, found.places) == []
+    again = scrub(blocks, held_chunks(meta.db), read_data=True)
+    assert again.damaged == victims and again.places != found.places  # copied as they were
+    assert forget_damaged(meta.db, blocks.index, again.places) == victims
+    assert not blocks.present(victims)
+    assert scrub(blocks, held_chunks(meta.db), read_data=True).ok  # nothing held is unreadable now
+    meta.ingest_chunks(meta.get_user("u1").root_ns, [(n, original[n]) for n in victims], blocks)  # uploaded again
+    for name in victims:
+        assert blocks.get(name) == original[name]
+    assert scrub(blocks, held_chunks(meta.db), read_data=True).ok

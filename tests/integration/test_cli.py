@@ -285,6 +285,43 @@ def test_admin_check_finds_a_damaged_pack_and_names_the_files_it_breaks(tmp_path
     assert sorted(p.name for p in (s.data_dir / "blocks").rglob("*") if p.is_file()) == [big.name]
 
 
+def test_admin_check_repair_lets_an_upload_of_the_same_bytes_mend_the_files(tmp_path):
+    """A pack lost from the store: before the repair, a put of a copy sends the chunk (the
+    server cannot read its own copy, so the proof fails) but the server keeps the lost
+    location, and the files stay broken. `admin check --repair` forgets the chunk and retires
+    the lost pack; then a put of a copy under a new name sends it again, it is stored, and the
+    original file (and the copy made before) download byte-identical."""
+    data = random.Random(10).randbytes(180_000)
+    (tmp_path / "a.bin").write_bytes(data)
+    (tmp_path / "b.txt").write_text("kept\n")
+    with LiveServer(tmp_path / "data") as s:
+        token = s.add_user("rex")
+        cubby(s, token, "put", str(tmp_path / "a.bin"), "/a.bin")
+        cubby(s, token, "put", str(tmp_path / "b.txt"), "/b.txt")  # a second pack, which stays
+    pack = max((s.data_dir / "blocks" / "packs").rglob("*.pack"), key=lambda p: p.stat().st_size)
+    pack.unlink()
+    with LiveServer(tmp_path / "data") as s:
+        (first,) = lines(cubby(s, token, "--json", "put", str(tmp_path / "a.bin"), "/copy1.bin"))
+        assert first["chunks_sent"] == 1
+        for name in ("a.bin", "copy1.bin"):
+            failed = cubby(s, token, "get", f"/{name}", str(tmp_path / "x.bin"), check=False)
+            assert failed.returncode == 2 and "is missing [corrupt_chunk]" in failed.stderr
+    check = [*CUBBY, "--json", "admin", "check", "--data", str(s.data_dir)]
+    p = subprocess.run([*check, "--repair"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, p.stderr
+    report = json.loads(p.stdout)
+    assert report["chunks_lost"] == 1 and report["chunks_forgotten"] == 1 and len(report["packs_missing"]) == 1
+    assert [f["path"] for f in report["files"]] == ["/a.bin", "/copy1.bin"]
+    with LiveServer(tmp_path / "data") as s:
+        (mend,) = lines(cubby(s, token, "--json", "put", str(tmp_path / "a.bin"), "/mend.bin"))
+        assert mend["chunks_sent"] == 1
+        for name in ("a.bin", "copy1.bin", "mend.bin"):
+            cubby(s, token, "get", f"/{name}", str(tmp_path / f"back-{name}"))
+            assert (tmp_path / f"back-{name}").read_bytes() == data
+    p = subprocess.run(check, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and json.loads(p.stdout)["ok"], p.stdout
+
+
 def test_user_add_prints_the_token_last(tmp_path):
     p = subprocess.run([*CUBBY, "user", "add", "zed", "--data", str(tmp_path / "d")], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr

@@ -62,11 +62,14 @@ class ScrubReport:
     bytes_read: int = 0
     chunks_corrupt: list[str] = field(default_factory=list)
     """Read, but not decoding to bytes of their name and length."""
+    places: dict[str, str | None] = field(default_factory=dict)
+    """Each damaged chunk and the pack it was found damaged in (None: it had no place), what a
+    repair checks is still so before it forgets the chunk (`cubby.metadata.damage.forget_damaged`)."""
 
     @property
     def damaged(self) -> list[str]:
         """Every chunk that cannot be served, sorted."""
-        return sorted({*self.chunks_unlocated, *self.chunks_lost, *self.chunks_corrupt})
+        return sorted(self.places)
 
     @property
     def ok(self) -> bool:
@@ -100,6 +103,7 @@ def scrub(
     for p, size in short.items():
         lost.update({h: loc for h, loc in store.index.locations_in([p]).items() if loc.pos + loc.stored_len > size})
     report.chunks_lost = sorted(lost)
+    report.places.update({h: loc.pack for h, loc in lost.items()})
 
     unlocated: list[str] = []
     for page in held:
@@ -108,6 +112,7 @@ def scrub(
         unlocated.extend(h for h in page if h not in found)
         told(report)
     report.chunks_unlocated = sorted(h for h in unlocated if h not in store.present(unlocated)) if unlocated else []
+    report.places.update(dict.fromkeys(report.chunks_unlocated))
 
     if read_data:
         for pack in sorted(p for p in usage if p in listed and p not in short):
@@ -127,6 +132,7 @@ def _read_pack(store: PackBlockStore, pack: str, report: ScrubReport) -> None:
         return  # retired since the listing: its chunks live in a newer pack, read on its own
     except ShortRead:  # shorter than listed a moment ago: a new object under the old name
         report.chunks_lost.extend(locations)
+        report.places.update(dict.fromkeys(locations, pack))
         return
     report.bytes_read += len(blob)
     for name, loc in locations.items():
@@ -134,11 +140,12 @@ def _read_pack(store: PackBlockStore, pack: str, report: ScrubReport) -> None:
         piece = blob[loc.pos : loc.pos + loc.stored_len]
         try:
             data = store.codec.decode(piece)
+            intact = len(piece) == loc.stored_len and len(data) == loc.plain_len and sha256_hex(data) == name
         except CorruptChunk:
+            intact = False
+        if not intact:
             report.chunks_corrupt.append(name)
-            continue
-        if len(piece) != loc.stored_len or len(data) != loc.plain_len or sha256_hex(data) != name:
-            report.chunks_corrupt.append(name)
+            report.places[name] = pack
 
 
 __all__ = ["ORPHAN_AGE", "ScrubReport", "scrub"]

@@ -76,7 +76,8 @@ def check_store(objects: ObjectStore, index: ChunkIndex, where: str) -> StoreChe
         raise BlockStoreUnusable(
             f"the block store {where} holds none of the {len(sampled)} newest packs the metadata database "
             f"indexes (such as {pack_object_name(sampled[0])}): is --blocks the store this database was used "
-            "with? (check the folder or the bucket and prefix)",
+            "with? (check the folder or the bucket and prefix; if it is, packs were lost: `cubby admin check` "
+            "names the damage, and its --repair lets uploads mend it)",
             code="blocks_mismatch",
         )
     if len(found) < len(sampled):

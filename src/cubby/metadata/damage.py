@@ -1,5 +1,5 @@
-"""What `cubby admin check` asks of the metadata: the chunks held, and the files a damaged
-chunk breaks.
+"""What `cubby admin check` asks of the metadata: the chunks held, the files a damaged chunk
+breaks, and (``--repair``) forgetting damaged chunks so that their bytes can be sent again.
 
 Both read in pages or streams, so a check of a large deployment holds one page (or one
 row) at a time, never the whole table. The chunk tables (``blocks``) are read on the chunk
@@ -10,12 +10,13 @@ turn, never joined with each other (`cubby.metadata.shards`: they may be differe
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, delete, select
 from sqlalchemy.engine import Connection
 
+from cubby.blockstore.index import ChunkIndex
 from cubby.metadata.engine import Database
 from cubby.metadata.schema import blocks, file_revs, nodes
 
@@ -92,4 +93,40 @@ def files_with_chunks(
     return ordered[:limit], len(ordered)
 
 
-__all__ = ["PAGE", "DamagedFile", "files_with_chunks", "held_chunks"]
+def forget_damaged(db: Database, index: ChunkIndex, places: Mapping[str, str | None]) -> list[str]:
+    """Forget each damaged chunk (its ``blocks`` row and its index location, in one transaction
+    on the chunk database ``db``, which ``index`` is on) if it is still where it was found
+    damaged (``places``: its pack, None for no place); return those forgotten, sorted.
+
+    Why: while its ``blocks`` row stands, the server believes it holds the chunk, and every
+    upload of the same bytes is deduplicated against bytes it cannot read. Forgotten, the
+    chunk is asked for again by the next commit that names it, and the upload that sends it
+    stores it anew, which mends every file that references it: reads go by hash. Its
+    ``ns_chunks`` rows (the files' references) stay, and the damaged bytes in their pack
+    become dead space that `PackBlockStore.compact` reclaims.
+
+    Under the same locks as the collector's (the ``blocks`` rows, `cubby.metadata.collector`):
+    an upload of the chunk either finished before (its row and location are what is forgotten,
+    unless a compaction or the upload moved it elsewhere: then it is left, to be checked again)
+    or runs after, finds the row gone and the index without the chunk, and stores the bytes.
+    The location goes too, else the collector's `adopt_orphans` would give the chunk its row back."""
+    names = sorted(places)
+    forgotten: list[str] = []
+    for i in range(0, len(names), 500):
+        batch = names[i : i + 500]
+
+        def run(conn: Connection, batch: list[str] = batch) -> list[str]:
+            q = select(blocks.c.hash).where(blocks.c.hash.in_(batch))
+            conn.execute(q if db.is_sqlite else q.with_for_update()).all()
+            now = index.lookup(batch)  # on ``db``: joins this transaction
+            gone = [h for h in batch if (now[h].pack if h in now else None) == places[h]]
+            if gone:
+                index.forget(gone)
+                conn.execute(delete(blocks).where(blocks.c.hash.in_(gone)))
+            return gone
+
+        forgotten.extend(db.write(run))
+    return forgotten
+
+
+__all__ = ["PAGE", "DamagedFile", "files_with_chunks", "forget_damaged", "held_chunks"]
