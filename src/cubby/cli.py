@@ -707,6 +707,7 @@ def admin_check(
     damaged (with --repair too: the files stay damaged until their bytes are uploaded again)."""
     from cubby.blockstore.opener import open_block_store
     from cubby.blockstore.scrub import ScrubReport, scrub
+    from cubby.commands.check import check_lines, check_result
     from cubby.metadata.damage import files_with_chunks, forget_damaged, held_chunks
 
     cfg = _server_config(state, data, db, blocks)
@@ -734,53 +735,8 @@ def admin_check(
             bs.index.switch(None, {}, [os.path.basename(n).removesuffix(".pack") for n in report.packs_missing])
     finally:
         store.close()
-    result = {
-        "ok": report.ok,
-        "packs": report.packs,
-        "packs_missing": report.packs_missing,
-        "packs_wrong_size": report.packs_wrong_size,
-        "orphan_packs": report.orphan_packs,
-        "held_chunks": report.held_chunks,
-        "chunks_damaged": len(report.damaged),
-        "chunks_unlocated": len(report.chunks_unlocated),
-        "chunks_lost": len(report.chunks_lost),
-        "read_data": report.read_data,
-        "chunks_read": report.chunks_read,
-        "bytes_read": report.bytes_read,
-        "chunks_corrupt": len(report.chunks_corrupt),
-        "files_damaged": total,
-        "files": [f.to_dict() for f in files],
-        "chunks_forgotten": len(forgotten),
-    }
-    lines = [
-        f"{count_of(report.packs, 'pack')}, {count_of(report.held_chunks, 'held chunk')}"
-        + (f"; read {count_of(report.chunks_read, 'chunk')} ({report.bytes_read} bytes)" if read_data else "")
-        + f": {'no damage found' if report.ok else 'DAMAGED'}"
-        + ("" if read_data or not report.ok else " (chunk bytes not read: --read-data reads them)"),
-    ]
-    for name in report.packs_missing:
-        lines.append(f"missing pack: {name}")
-    for name in report.packs_wrong_size:
-        lines.append(f"pack of the wrong size: {name}")
-    if report.damaged:
-        lines.append(
-            f"{count_of(len(report.damaged), 'chunk')} cannot be read: {len(report.chunks_lost)} in missing or short packs, "
-            f"{len(report.chunks_unlocated)} with no place, {len(report.chunks_corrupt)} corrupt"
-        )
-    lines.extend(f"damaged file: namespace {f.ns_id} {f.path} (rev {f.rev}, {count_of(f.chunks, 'chunk')})" for f in files)
-    if total > len(files):
-        lines.append(f"... and {total - len(files)} more damaged files (--limit)")
-    if report.orphan_packs:
-        lines.append(f"{count_of(report.orphan_packs, 'orphan pack')} no index names (cubby gc deletes them)")
-    if forgotten:
-        lines.append(
-            f"forgot {count_of(len(forgotten), 'damaged chunk')}: the next upload of their bytes stores them again "
-            "and mends every file above (a `cubby put` of a copy under a new name will do); until then those "
-            "files cannot be read"
-        )
-    elif report.damaged and not repair:
-        lines.append("with --repair, the damaged chunks are forgotten, so that uploading their bytes again mends the files")
-    state.emit(result, "\n".join(lines))
+    done = len(forgotten)
+    state.emit(check_result(report, files, total, done), "\n".join(check_lines(report, files, total, done, repair=repair)))
     if not report.ok:
         raise click.exceptions.Exit(1)
 

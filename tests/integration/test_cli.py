@@ -287,8 +287,8 @@ def test_admin_check_finds_a_damaged_pack_and_names_the_files_it_breaks(tmp_path
 
 def test_admin_check_repair_lets_an_upload_of_the_same_bytes_mend_the_files(tmp_path):
     """A pack lost from the store: before the repair, a put of a copy sends the chunk (the
-    server cannot read its own copy, so the proof fails) but the server keeps the lost
-    location, and the files stay broken. `admin check --repair` forgets the chunk and retires
+    server cannot read its own copy, so the proof fails, and its log says to run the check)
+    but the server keeps the lost location, and the files stay broken. `admin check --repair` forgets the chunk and retires
     the lost pack; then a put of a copy under a new name sends it again, it is stored, and the
     original file (and the copy made before) download byte-identical."""
     data = random.Random(10).randbytes(180_000)
@@ -306,6 +306,7 @@ def test_admin_check_repair_lets_an_upload_of_the_same_bytes_mend_the_files(tmp_
         for name in ("a.bin", "copy1.bin"):
             failed = cubby(s, token, "get", f"/{name}", str(tmp_path / "x.bin"), check=False)
             assert failed.returncode == 2 and "is missing [corrupt_chunk]" in failed.stderr
+        assert "held chunks could not be read to check proofs; run cubby admin check" in s.logs()
     check = [*CUBBY, "--json", "admin", "check", "--data", str(s.data_dir)]
     p = subprocess.run([*check, "--repair"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 1, p.stderr

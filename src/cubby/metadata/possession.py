@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -86,6 +87,8 @@ _CURRENT = proofs.CURRENT  # `parse_claims` has a parameter named ``proofs``
 _CLAIM_NEEDS = frozenset({"size", "proof"})
 _CLAIM_KEYS = frozenset({"size", "proof", "window"})
 """The fields of a claim (`parse_claims`): made once, not twice per claim of a request."""
+
+log = logging.getLogger("cubby.metadata")
 
 
 class ChunkReader(Protocol):
@@ -220,7 +223,13 @@ def check_claims(
     if wanted:
         try:
             held = reader.get_many(wanted)
-        except CubbyError:
+        except CubbyError as exc:
+            # Every claim of the request is refused and its chunks are uploaded again, which
+            # mends nothing while the index keeps the unreadable copy: the operator must hear.
+            log.warning(
+                "held chunks could not be read to check proofs; run cubby admin check",
+                extra={"code": exc.code, "error": exc.message},
+            )
             held = {}
     for claim, w in zip(ordered, hours):
         data = held.get(claim.hash)
