@@ -16,7 +16,7 @@ from cubby.blockstore.folder import FolderObjectStore
 from cubby.blockstore.local import LocalBlockStore
 from cubby.blockstore.objects import ObjectStore, StreamingPut
 from cubby.blockstore.opener import open_block_store
-from cubby.blockstore.packfile import read_trailer
+from cubby.blockstore.packfile import pack_object_name, read_trailer
 from cubby.blockstore.packs import PackBlockStore
 from cubby.core.compression import CorruptChunk
 from cubby.errors import ChunkMismatch, NotFound
@@ -450,3 +450,52 @@ def test_read_many_without_verify_hands_raw_chunks_out_as_read_only_views(meta, 
     assert [(n, bytes(d)) for n, d in store.read_many(names[:2], verify=False)] == items[:2]
     with pytest.raises(CorruptChunk):
         list(store.read_many(names[2:3], verify=False))
+
+
+def test_chunks_that_could_not_be_read_are_mended_by_an_upload_of_their_bytes(meta, tmp_path):
+    """A lost pack and a byte flipped in another: reading fails (and is remembered), and a
+    `put_many` of the same bytes, which the index already places, stores them again and moves
+    their locations; the caller is told they were not new. A chunk nobody failed to read is not
+    stored twice."""
+    store = pack_store(meta, tmp_path / "blocks")
+    lost = [named(os.urandom(5000)) for _ in range(3)]
+    flipped, fine = named(os.urandom(6000)), named(os.urandom(7000))
+    store.put_many(lost)
+    store.put_many([flipped, fine])
+    lost_pack = store.index.lookup([lost[0][0]])[lost[0][0]].pack
+    os.unlink(tmp_path / "blocks" / pack_object_name(lost_pack))
+    loc = store.index.lookup([flipped[0]])[flipped[0]]
+    path = tmp_path / "blocks" / pack_object_name(loc.pack)
+    raw = bytearray(path.read_bytes())
+    raw[loc.pos + 9] ^= 1
+    path.write_bytes(bytes(raw))
+    for name, _ in [lost[0], flipped]:
+        with pytest.raises(CorruptChunk):
+            store.get(name)
+    packs = len(list(store.objects.list("packs/")))
+    assert store.put_many([fine]) == [False] and len(list(store.objects.list("packs/"))) == packs
+    # All three of the lost pack's chunks were remembered when the first failed to read.
+    assert store.put_many([*lost, flipped, fine]) == [False] * 5
+    for name, data in [*lost, flipped, fine]:
+        assert store.get(name) == data
+    mended = {store.index.lookup([n])[n].pack for n, _ in [*lost, flipped]}
+    assert len(mended) == 1 and mended.isdisjoint({lost_pack, loc.pack})  # one new pack holds all four
+
+
+def test_a_lost_pack_does_not_stop_the_repack_of_the_others(meta, tmp_path):
+    """Three small packs to merge, one of them lost: the other two are merged, the lost one is
+    counted and left recorded (its chunks still point at it, for the check to report), and
+    every chunk that was readable still is."""
+    store = pack_store(meta, tmp_path / "blocks")
+    batches = [[named(os.urandom(4000 + i))] for i in range(3)]
+    for batch in batches:
+        store.put_many(batch)
+    gone = store.index.lookup([batches[1][0][0]])[batches[1][0][0]].pack
+    os.unlink(tmp_path / "blocks" / pack_object_name(gone))
+    stats = store.compact(grace=0)
+    assert (stats.packs_missing, stats.packs_rewritten, stats.chunks_moved) == (1, 2, 2)
+    assert gone in {u.pack for u in store.index.usage()}
+    for name, data in batches[0] + batches[2]:
+        assert store.get(name) == data
+    with pytest.raises(CorruptChunk):
+        store.get(batches[1][0][0])

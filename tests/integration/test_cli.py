@@ -285,40 +285,52 @@ def test_admin_check_finds_a_damaged_pack_and_names_the_files_it_breaks(tmp_path
     assert sorted(p.name for p in (s.data_dir / "blocks").rglob("*") if p.is_file()) == [big.name]
 
 
-def test_admin_check_repair_lets_an_upload_of_the_same_bytes_mend_the_files(tmp_path):
-    """A pack lost from the store: before the repair, a put of a copy sends the chunk (the
-    server cannot read its own copy, so the proof fails, and its log says to run the check)
-    but the server keeps the lost location, and the files stay broken. `admin check --repair` forgets the chunk and retires
-    the lost pack; then a put of a copy under a new name sends it again, it is stored, and the
-    original file (and the copy made before) download byte-identical."""
-    data = random.Random(10).randbytes(180_000)
-    (tmp_path / "a.bin").write_bytes(data)
+def test_lost_packs_are_mended_by_uploads_of_the_same_bytes_and_check_repair_does_the_rest(tmp_path):
+    """Both files' packs are lost from the store (a third pack stays). A small file mends itself:
+    a put of a copy proves its chunk up front, the server cannot read its own copy, refuses the
+    proof, stores the bytes the client then sends although its index names a place for them,
+    and the original downloads whole again. A large file's put commits first, and the server,
+    which believes it holds every chunk, asks for none: the copy is as broken as the original.
+    `admin check --repair` forgets the lost chunks (and retires the lost packs); then a put of a
+    copy sends them, and every file downloads byte-identical; the check finds no damage."""
+    small = random.Random(10).randbytes(180_000)
+    large = random.Random(11).randbytes(6 << 20)  # over KEEP_BYTES: committed before it is proven
+    (tmp_path / "small.bin").write_bytes(small)
+    (tmp_path / "large.bin").write_bytes(large)
     (tmp_path / "b.txt").write_text("kept\n")
     with LiveServer(tmp_path / "data") as s:
         token = s.add_user("rex")
-        cubby(s, token, "put", str(tmp_path / "a.bin"), "/a.bin")
-        cubby(s, token, "put", str(tmp_path / "b.txt"), "/b.txt")  # a second pack, which stays
-    pack = max((s.data_dir / "blocks" / "packs").rglob("*.pack"), key=lambda p: p.stat().st_size)
-    pack.unlink()
+        packs_before = set((s.data_dir / "blocks" / "packs").rglob("*.pack"))
+        cubby(s, token, "put", str(tmp_path / "small.bin"), "/small.bin")
+        cubby(s, token, "put", str(tmp_path / "large.bin"), "/large.bin")
+        lost = set((s.data_dir / "blocks" / "packs").rglob("*.pack")) - packs_before
+        cubby(s, token, "put", str(tmp_path / "b.txt"), "/b.txt")  # a pack that stays
+    for pack in lost:
+        pack.unlink()
+
+    def get(s: LiveServer, name: str) -> subprocess.CompletedProcess[str]:
+        return cubby(s, token, "get", f"/{name}", str(tmp_path / f"back-{name}"), check=False)
+
     with LiveServer(tmp_path / "data") as s:
-        (first,) = lines(cubby(s, token, "--json", "put", str(tmp_path / "a.bin"), "/copy1.bin"))
-        assert first["chunks_sent"] == 1
-        for name in ("a.bin", "copy1.bin"):
-            failed = cubby(s, token, "get", f"/{name}", str(tmp_path / "x.bin"), check=False)
-            assert failed.returncode == 2 and "is missing [corrupt_chunk]" in failed.stderr
-        assert "held chunks could not be read to check proofs; run cubby admin check" in s.logs()
+        assert "is missing [corrupt_chunk]" in get(s, "small.bin").stderr
+        (copy,) = lines(cubby(s, token, "--json", "put", str(tmp_path / "small.bin"), "/small-copy.bin"))
+        assert copy["chunks_sent"] == 1
+        assert get(s, "small.bin").returncode == 0 and (tmp_path / "back-small.bin").read_bytes() == small
+        assert "chunks mended from an upload" in s.logs() and "run cubby admin check" in s.logs()
+        (copy,) = lines(cubby(s, token, "--json", "put", str(tmp_path / "large.bin"), "/large-copy.bin"))
+        assert copy["chunks_sent"] == 0
+        assert get(s, "large-copy.bin").returncode == 2
     check = [*CUBBY, "--json", "admin", "check", "--data", str(s.data_dir)]
     p = subprocess.run([*check, "--repair"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 1, p.stderr
     report = json.loads(p.stdout)
-    assert report["chunks_lost"] == 1 and report["chunks_forgotten"] == 1 and len(report["packs_missing"]) == 1
-    assert [f["path"] for f in report["files"]] == ["/a.bin", "/copy1.bin"]
+    assert report["chunks_lost"] == report["chunks_forgotten"] == copy["chunks"] and len(report["packs_missing"]) == 1
+    assert [f["path"] for f in report["files"]] == ["/large-copy.bin", "/large.bin"]
     with LiveServer(tmp_path / "data") as s:
-        (mend,) = lines(cubby(s, token, "--json", "put", str(tmp_path / "a.bin"), "/mend.bin"))
-        assert mend["chunks_sent"] == 1
-        for name in ("a.bin", "copy1.bin", "mend.bin"):
-            cubby(s, token, "get", f"/{name}", str(tmp_path / f"back-{name}"))
-            assert (tmp_path / f"back-{name}").read_bytes() == data
+        (mend,) = lines(cubby(s, token, "--json", "put", str(tmp_path / "large.bin"), "/mend.bin"))
+        assert mend["chunks_sent"] == mend["chunks"]
+        for name, data in (("large.bin", large), ("large-copy.bin", large), ("small.bin", small), ("mend.bin", large)):
+            assert get(s, name).returncode == 0 and (tmp_path / f"back-{name}").read_bytes() == data, name
     p = subprocess.run(check, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and json.loads(p.stdout)["ok"], p.stdout
 

@@ -33,6 +33,13 @@ folder or a bucket), the pack format (`cubby.blockstore.packfile`), the index
   transaction (each chunk only if it is still where it was read), and the old packs are
   retired; their objects are deleted by a later `compact` once `grace` seconds have passed,
   so that a read that looked up the old location just before the switch still finds it.
+- **Mending from uploads.** A chunk this process could not read where the index puts it (its
+  pack missing, or bytes that do not match its name: `unreadable`) is remembered with that
+  pack. Its next proof of possession fails (the server cannot read its copy), so the client
+  uploads it; the upload stores it again, although the index already names a place for it,
+  and moves its location to the new pack (`ChunkIndex.switch`, only if it is still in the bad
+  pack). Every file with that chunk reads whole again: reads go by hash. What is not seen
+  failing here (another process's reads, a chunk nobody read) `cubby admin check` finds.
 - **Existing stores.** ``legacy`` is a store written by an earlier release (one file per
   chunk, `cubby.blockstore.local`); chunks not in the index are read from it, and
   `migrate_legacy` moves them into packs.
@@ -42,6 +49,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import os
 import secrets
 import threading
@@ -75,6 +83,8 @@ from cubby.core.compression import (
 from cubby.core.hashing import check_chunk_name, sha256_hex
 from cubby.errors import NotFound
 
+log = logging.getLogger("cubby.blockstore")
+
 TARGET_PACK = 16 * 1024 * 1024
 SMALL_SHARE = 4
 """Packs below a quarter of the target size are merged by `compact` whatever their dead share."""
@@ -87,6 +97,8 @@ class CompactStats:
     bytes_reclaimed: int = 0
     packs_deleted: int = 0
     orphans_deleted: int = 0
+    packs_missing: int = 0
+    """Packs to rewrite whose object was not there (`cubby admin check` says what is lost)."""
 
 
 @dataclass
@@ -135,14 +147,17 @@ class PackBlockStore:
         self.reads_ahead = reads_ahead
         self._pool_lock = threading.Lock()
         self._readers: ThreadPoolExecutor | None = None
+        self._unreadable: dict[str, str] = {}
+        """Chunk -> the pack it could not be read from, here (see "Mending" above)."""
+        self._unreadable_lock = threading.Lock()
 
     # -- writing ------------------------------------------------------------------------------
     def put(self, name: str, data: bytes) -> bool:
         return self.put_many([(name, data)])[0]
 
     def put_many(self, items: Iterable[tuple[str, bytes]]) -> list[bool]:
-        new, made = self._store_unindexed(list(items))
-        self.index.add_packs(made)
+        new, made, mend = self._store_unindexed(list(items))
+        self._record(made, mend)
         return new
 
     def stage_many(
@@ -153,27 +168,65 @@ class PackBlockStore:
         caller's transaction on ``within`` when the index writes there (else None: nothing done)."""
         if not self.index.writes_to(within):
             return None
-        new, made = self._store_unindexed(list(items))
-        return new, functools.partial(self.index.add_packs, made)
+        new, made, mend = self._store_unindexed(list(items))
+        return new, functools.partial(self._record, made, mend)
 
-    def _store_unindexed(self, items: list[tuple[str, bytes]]) -> tuple[list[bool], list[NewPack]]:
-        """Which of ``items`` are new, and the new ones written into durable packs, not yet indexed."""
+    def _store_unindexed(
+        self, items: list[tuple[str, bytes]]
+    ) -> tuple[list[bool], list[NewPack], dict[str, str]]:
+        """Which of ``items`` are new, the new ones (and those to mend) written into durable
+        packs, not yet indexed, and the chunks to mend with the pack each could not be read from.
+        A mended chunk is not new to the caller: the metadata already holds it."""
         for name, _ in items:
             check_chunk_name(name)
         known = self.present(name for name, _ in items)
+        mend = self._to_mend(known)
         seen: set[str] = set()
         new: list[bool] = []
+        store: list[bool] = []
         for name, _ in items:
             new.append(name not in known and name not in seen)
+            store.append(new[-1] or (name in mend and name not in seen))
             seen.add(name)
-        jobs = [(name, data, is_new) for (name, data), is_new in zip(items, new)]
+        jobs = [(name, data, stored) for (name, data), stored in zip(items, store)]
         if isinstance(self.objects, StreamingPut):
-            return new, self._stream_packs(self.objects, jobs)
+            return new, self._stream_packs(self.objects, jobs), mend
         # Every chunk is verified before anything is written: a batch with one bad chunk
         # stores nothing.
         blobs = verify_and_encode(self.codec, jobs, self.executor)
         fresh = [(name, blob, len(data)) for (name, data), blob in zip(items, blobs) if blob is not None]
-        return new, self._put_packs(fresh)
+        return new, self._put_packs(fresh), mend
+
+    def _to_mend(self, known: Iterable[str]) -> dict[str, str]:
+        if not self._unreadable:  # the usual case: nothing to look up
+            return {}
+        with self._unreadable_lock:
+            return {n: self._unreadable[n] for n in known if n in self._unreadable}
+
+    def unreadable(self, name: str, pack: str) -> None:
+        """Remember that ``name`` could not be read from ``pack`` (see "Mending"); bounded:
+        forgotten all at once past 100,000 (a store that far gone needs `cubby admin check`)."""
+        with self._unreadable_lock:
+            if len(self._unreadable) >= 100_000:
+                self._unreadable.clear()
+            self._unreadable[name] = pack
+
+    def _record(self, made: list[NewPack], mend: dict[str, str]) -> None:
+        """Index ``made`` and move each chunk of ``mend`` that it holds out of its bad pack."""
+        self.index.add_packs(made)
+        if not mend:
+            return
+        moved = 0
+        for pack in made:
+            entries = [(h, loc) for h, loc in pack.entries if h in mend]
+            if entries:
+                moved += self.index.switch(
+                    NewPack(pack.pack, pack.size, pack.payload, entries), {h: mend[h] for h, _ in entries}, []
+                )
+        with self._unreadable_lock:
+            for h in mend:
+                self._unreadable.pop(h, None)
+        log.warning("chunks mended from an upload", extra={"chunks": moved, "from_packs": sorted(set(mend.values()))})
 
     def _stream_packs(self, objects: StreamingPut, jobs: list[tuple[str, bytes, bool]]) -> list[NewPack]:
         """Verify and encode ``jobs`` and write the new chunks into packs as they come out
@@ -264,13 +317,22 @@ class PackBlockStore:
             except ObjectMissing:
                 if attempt == 0:
                     continue  # compacted away since the lookup (past its grace): look again
+                # Every chunk placed in the lost pack, not just this one: a proof check that
+                # meets it refuses the whole request, and all of them come back as uploads.
+                for lost in [name, *self.index.locations_in([loc.pack])]:
+                    self.unreadable(lost, loc.pack)
                 raise CorruptChunk(f"chunk {name}: its pack {loc.pack} is missing") from None
             return self._decode(name, loc, blob, self.verify_reads)
         raise AssertionError("unreachable")
 
     def _decode(self, name: str, loc: Location, blob: bytes | memoryview, verify: bool) -> bytes:
-        data = self.codec.decode(blob)
+        try:
+            data = self.codec.decode(blob)
+        except CorruptChunk:
+            self.unreadable(name, loc.pack)
+            raise
         if len(data) != loc.plain_len or (verify and sha256_hex(data) != name):
+            self.unreadable(name, loc.pack)
             raise CorruptChunk(f"stored chunk {name} does not match its name; it is not served")
         return data
 
@@ -480,10 +542,23 @@ class PackBlockStore:
         locations = self.index.locations_in(sources)
         blobs: list[tuple[str, Stored, int]] = []
         moved_from: dict[str, str] = {}
+        missing: set[str] = set()
         for h, loc in sorted(locations.items(), key=lambda kv: (kv[1].pack, kv[1].pos)):
-            blob = self.objects.get(pack_object_name(loc.pack), loc.pos, loc.stored_len)
+            if loc.pack in missing:
+                continue
+            try:
+                blob = self.objects.get(pack_object_name(loc.pack), loc.pos, loc.stored_len)
+            except ObjectMissing:
+                # Lost (or retired and deleted by another process's compaction since `usage`):
+                # left as it is, so that one lost pack does not stop every repack; its chunks
+                # stay where they are, and it is not retired while any chunk points at it.
+                missing.add(loc.pack)
+                continue
             blobs.append((h, (b"", blob), loc.plain_len))  # codec byte included already
             moved_from[h] = loc.pack
+        if missing:
+            stats.packs_missing += len(missing)
+            log.warning("packs missing; not repacked: run cubby admin check", extra={"packs": sorted(missing)})
         made = self._put_packs(blobs)
         hook("copied")
         for i, new in enumerate(made):
@@ -492,8 +567,8 @@ class PackBlockStore:
         if not made:
             self.index.switch(None, {}, sources)
         hook("switched")
-        stats.packs_rewritten += len(sources)
-        stats.bytes_reclaimed += sum(u.size for u in usage) - sum(p.size for p in made)
+        stats.packs_rewritten += len(sources) - len(missing)
+        stats.bytes_reclaimed += sum(u.size for u in usage if u.pack not in missing) - sum(p.size for p in made)
 
     # -- recovery and migration ---------------------------------------------------------------
     def rebuild_index(self) -> int:
