@@ -13,12 +13,12 @@ import json
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import and_, delete, select
+from sqlalchemy import delete, select
 from sqlalchemy.engine import Connection
 
 from cubby.blockstore.index import ChunkIndex
 from cubby.metadata.engine import Database
-from cubby.metadata.schema import blocks, file_revs, nodes
+from cubby.metadata.schema import CURRENT_REVISION, blocks, file_revs, nodes
 
 PAGE = 5000
 
@@ -64,16 +64,7 @@ def files_with_chunks(
         return [], 0
     q = (
         select(nodes.c.ns_id, nodes.c.path, file_revs.c.rev, file_revs.c.blocklist)
-        .select_from(
-            nodes.join(
-                file_revs,
-                and_(
-                    file_revs.c.ns_id == nodes.c.ns_id,
-                    file_revs.c.node_id == nodes.c.node_id,
-                    file_revs.c.rev == nodes.c.content_rev,
-                ),
-            )
-        )
+        .select_from(nodes.join(file_revs, CURRENT_REVISION))
         .where(nodes.c.kind == "file", nodes.c.deleted.is_(False))
     )
 

@@ -22,7 +22,7 @@ from cubby.core import paths
 from cubby.errors import BadRequest, Conflict, CubbyError, NamespaceGone, NamespaceMoved, NotFound
 from cubby.metadata.engine import Database
 from cubby.metadata.nstxn import ROOT_NODE, entry_of, key_range, root_entry
-from cubby.metadata.schema import file_revs, journal, namespaces, nodes
+from cubby.metadata.schema import CURRENT_REVISION, file_revs, journal, namespaces, nodes
 from cubby.model import ChunkRef, Entry, JournalEntry, Listing, Revision
 
 HEADS_PER_QUERY = 1000
@@ -246,12 +246,7 @@ class FileReads:
         for i in range(0, len(keys), BLOCKLISTS_PER_QUERY):
             rows = conn.execute(
                 select(nodes, file_revs.c.blocklist.label("fr_blocklist"))
-                .join(
-                    file_revs,
-                    (file_revs.c.ns_id == nodes.c.ns_id)
-                    & (file_revs.c.node_id == nodes.c.node_id)
-                    & (file_revs.c.rev == nodes.c.content_rev),
-                )
+                .join(file_revs, CURRENT_REVISION)
                 .where(nodes.c.ns_id == ns_id, nodes.c.path_key.in_(keys[i : i + BLOCKLISTS_PER_QUERY]), nodes.c.kind == "file")
             ).all()
             for row in rows:

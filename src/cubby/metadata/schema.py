@@ -30,6 +30,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
     create_engine,
     false,
     inspect,
@@ -160,6 +161,11 @@ file_revs = Table(
     Column("created_at", Double, nullable=False),
     UniqueConstraint("ns_id", "rev"),
 )
+
+CURRENT_REVISION = and_(
+    file_revs.c.ns_id == nodes.c.ns_id, file_revs.c.node_id == nodes.c.node_id, file_revs.c.rev == nodes.c.content_rev
+)
+"""The join of a file's node to its current revision (the content it has now)."""
 
 journal = Table(
     "journal",

@@ -20,13 +20,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection
 
 from cubby.core import paths
 from cubby.errors import Conflict
 from cubby.metadata.nstxn import NamespaceTxn, key_range
-from cubby.metadata.schema import file_revs, journal, links, nodes
+from cubby.metadata.schema import CURRENT_REVISION, file_revs, journal, links, nodes
 
 BATCH = 1000
 """Rows per multi-row insert."""
@@ -61,16 +61,7 @@ def read_subtree(conn: Connection, ns_id: int, prefix: str, *, with_links: bool 
     revs = {
         int(r.node_id): r
         for r in conn.execute(
-            select(file_revs).select_from(
-                file_revs.join(
-                    nodes,
-                    and_(
-                        nodes.c.ns_id == file_revs.c.ns_id,
-                        nodes.c.node_id == file_revs.c.node_id,
-                        nodes.c.content_rev == file_revs.c.rev,
-                    ),
-                )
-            ).where(*cond, nodes.c.kind == "file")
+            select(file_revs).select_from(file_revs.join(nodes, CURRENT_REVISION)).where(*cond, nodes.c.kind == "file")
         )
     }
     found: list[dict[str, Any]] = []
