@@ -691,6 +691,10 @@ def admin_migrate_blocks(state: State, data: Path | None, db: str | None, blocks
     "--read-data", is_flag=True,
     help="Also read every pack and check each chunk against its name (reads the whole store).",
 )
+@click.option(
+    "--files", "every_file", is_flag=True,
+    help="Also look up every chunk of every current file (reads every file's chunk list).",
+)
 @click.option("--limit", type=click.IntRange(min=0), default=1000, show_default=True, help="Most damaged files to name.")
 @click.option(
     "--repair", is_flag=True,
@@ -698,17 +702,19 @@ def admin_migrate_blocks(state: State, data: Path | None, db: str | None, blocks
 )
 @pass_state
 def admin_check(
-    state: State, data: Path | None, db: str | None, blocks: str | None, read_data: bool, limit: int, repair: bool
+    state: State, data: Path | None, db: str | None, blocks: str | None, read_data: bool, every_file: bool,
+    limit: int, repair: bool,
 ) -> None:
     """Check that every chunk the server holds can be read: each pack the index records is in
-    the block store at its size, each held chunk has a place, and with --read-data each
-    chunk's bytes match its name. Damage names the current files it breaks. Without --repair
+    the block store at its size, each held chunk has a place, with --read-data each chunk's
+    bytes match its name, and with --files every chunk of every current file has a place.
+    Damage names the current files it breaks. Without --repair
     it writes nothing, and is safe while the server serves. Exit status 1 when anything is
     damaged (with --repair too: the files stay damaged until their bytes are uploaded again)."""
     from cubby.blockstore.opener import open_block_store
     from cubby.blockstore.scrub import ScrubReport, scrub
     from cubby.commands.check import check_lines, check_result
-    from cubby.metadata.damage import files_with_chunks, forget_damaged, held_chunks
+    from cubby.metadata.damage import files_with_chunks, forget_damaged, held_chunks, referenced_chunks
 
     cfg = _server_config(state, data, db, blocks)
     store = _existing_store(state, data, db)
@@ -720,10 +726,14 @@ def admin_check(
 
         def progress(r: ScrubReport) -> None:
             read = f", read {r.chunks_read} chunks ({r.bytes_read} bytes)" if r.read_data else ""
-            status(f"check: {r.packs} packs, {r.held_chunks} held chunks{read}")
+            files = f", {r.referenced_chunks} chunks of files" if every_file else ""
+            status(f"check: {r.packs} packs, {r.held_chunks} held chunks{read}{files}")
 
         try:
-            report = scrub(bs, held_chunks(store.router.chunks), read_data=read_data, progress=progress)
+            referenced = referenced_chunks(store.router.shards.values()) if every_file else ()
+            report = scrub(
+                bs, held_chunks(store.router.chunks), read_data=read_data, referenced=referenced, progress=progress
+            )
         finally:
             bs.objects.close()
             status(None)

@@ -21,7 +21,8 @@ from cubby.blockstore.packfile import pack_object_name
 from cubby.blockstore.packs import PackBlockStore
 from cubby.blockstore.scrub import scrub
 from cubby.metadata.chunk_index import SqlChunkIndex
-from cubby.metadata.damage import files_with_chunks, forget_damaged, held_chunks
+from cubby.metadata.damage import files_with_chunks, forget_damaged, held_chunks, referenced_chunks
+from cubby.metadata.schema import blocks as blocks_table
 from cubby.metadata.schema import chunk_index
 from cubby.metadata.store import SqlMetadataStore, open_store
 from cubby.model import ChunkRef, CommitRequest
@@ -173,3 +174,19 @@ def test_a_repair_forgets_damaged_chunks_only_where_they_were_found(meta: SqlMet
     for name in victims:
         assert blocks.get(name) == original[name]
     assert scrub(blocks, held_chunks(meta.db), read_data=True).ok
+
+
+def test_a_chunk_taken_from_under_a_file_is_found_by_its_files(meta: SqlMetadataStore, tmp_path: Path) -> None:
+    """What a collector bug would do: a chunk a current file names loses its ``blocks`` row
+    and its location. No pack is missing and nothing held is unplaced, so only looking up
+    the files' chunks (``referenced``) finds it, and names the file."""
+    blocks = PackBlockStore(FolderObjectStore(tmp_path / "blocks"), SqlChunkIndex(meta.db))
+    made = files(meta, blocks, 3)
+    victim = made["/f2.bin"][1]
+    meta.db.write(lambda conn: conn.execute(delete(chunk_index).where(chunk_index.c.hash == victim)))
+    meta.db.write(lambda conn: conn.execute(delete(blocks_table).where(blocks_table.c.hash == victim)))
+    assert scrub(blocks, held_chunks(meta.db)).ok
+    report = scrub(blocks, held_chunks(meta.db), referenced=referenced_chunks([meta.db]))
+    assert report.referenced_chunks == 6 and report.chunks_missing == [victim] and report.places == {victim: None}
+    named, _ = files_with_chunks([meta.db], report.damaged)
+    assert [f.path for f in named] == ["/f2.bin"]

@@ -265,8 +265,9 @@ def test_admin_check_finds_a_damaged_pack_and_names_the_files_it_breaks(tmp_path
         p = subprocess.run([*check, *more], capture_output=True, text=True, timeout=120)
         return p.returncode, json.loads(p.stdout)
 
-    code, clean = run("--read-data")
+    code, clean = run("--read-data", "--files")
     assert code == 0 and clean["ok"] and clean["packs"] == 2 and clean["held_chunks"] == 2 and clean["chunks_read"] == 2
+    assert clean["referenced_chunks"] == 2 and clean["chunks_missing"] == 0  # three files, two distinct chunks
     big = max(packs, key=lambda p: p.stat().st_size)
     raw = bytearray(big.read_bytes())
     raw[len(raw) // 2] ^= 1

@@ -4,7 +4,7 @@ and on two shards: the held chunks in pages, and the current files a damaged chu
 from __future__ import annotations
 
 from cubby.blockstore.memory import MemoryBlockStore
-from cubby.metadata.damage import files_with_chunks, held_chunks
+from cubby.metadata.damage import files_with_chunks, held_chunks, referenced_chunks
 from cubby.metadata.store import SqlMetadataStore
 from tests.metadata.conftest import put_file, random_chunks
 
@@ -43,3 +43,26 @@ def test_the_current_files_with_a_damaged_chunk_are_named_on_every_shard(
     first, total = files_with_chunks(deployed.router.shards.values(), [h for h, _ in bad], limit=1)
     assert total == 2 and len(first) == 1
     assert files_with_chunks(deployed.router.shards.values(), []) == ([], 0)
+
+
+def test_referenced_chunks_are_those_of_current_files_page_by_page(deployed: SqlMetadataStore, blocks: MemoryBlockStore) -> None:
+    """Every chunk of every current file, over both users' namespaces (and shards), a page per
+    two files: a deleted file's chunks and an older revision's are not there."""
+    a, _ = deployed.create_user("cho")
+    b, _ = deployed.create_user("dev")
+    now: set[str] = set()
+    for user, path in ((a, "/x"), (a, "/y"), (b, "/z")):
+        items = random_chunks(2, 200)
+        put_file(deployed, blocks, user.id, user.root_ns, path, items=items)
+        now.update(h for h, _ in items)
+    gone = random_chunks(1, 300)
+    put_file(deployed, blocks, b.id, b.root_ns, "/gone", items=gone)
+    deployed.delete(b.id, b.root_ns, "/gone")
+    old = random_chunks(1, 400)
+    first = put_file(deployed, blocks, a.id, a.root_ns, "/edited", items=old)
+    newer = random_chunks(1, 500)
+    put_file(deployed, blocks, a.id, a.root_ns, "/edited", items=newer, expected_rev=first.rev)
+    now.update(h for h, _ in newer)
+    pages = list(referenced_chunks(deployed.router.shards.values(), files=2))
+    assert sum(len(p) for p in pages) == len(now) == 7 and {h for p in pages for h in p} == now
+    assert len(pages) >= 2 and all(p == sorted(p) for p in pages)

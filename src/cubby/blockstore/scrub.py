@@ -19,6 +19,9 @@ Three passes, each reading only what it must:
    in the index, or a file in an earlier release's store (`PackBlockStore.present`).
 3. **Data** (``read_data``): every recorded pack is read whole, once, and each chunk the index
    places in it is decoded and hashed against its name. This reads the whole store.
+4. **Referenced chunks** (``referenced``, pages of the chunks current files name): each has a
+   place. One missing here but not among the held is a chunk the garbage collector (or a hand
+   in the database) took from under a file.
 
 A compaction running beside the check (the server may keep serving) is not damage: a pack is
 missing only if chunks are still placed in it when they are looked up, after the listing (a
@@ -62,6 +65,9 @@ class ScrubReport:
     bytes_read: int = 0
     chunks_corrupt: list[str] = field(default_factory=list)
     """Read, but not decoding to bytes of their name and length."""
+    referenced_chunks: int = 0
+    chunks_missing: list[str] = field(default_factory=list)
+    """Named by a current file, but with no place in the store: lost."""
     places: dict[str, str | None] = field(default_factory=dict)
     """Each damaged chunk and the pack it was found damaged in (None: it had no place), what a
     repair checks is still so before it forgets the chunk (`cubby.metadata.damage.forget_damaged`)."""
@@ -81,10 +87,11 @@ def scrub(
     held: Iterable[list[str]],
     *,
     read_data: bool = False,
+    referenced: Iterable[list[str]] = (),
     progress: Callable[[ScrubReport], None] | None = None,
 ) -> ScrubReport:
     """Check ``store`` as the module docstring says; ``progress`` gets the report so far after
-    each page of held chunks and each pack read."""
+    each page of chunks looked up and each pack read."""
     told = progress or (lambda _report: None)
     report = ScrubReport(read_data=read_data)
     usage = {u.pack: u for u in store.index.usage()}
@@ -118,6 +125,15 @@ def scrub(
         for pack in sorted(p for p in usage if p in listed and p not in short):
             _read_pack(store, pack, report)
             told(report)
+
+    missing: set[str] = set()
+    for page in referenced:
+        report.referenced_chunks += len(page)
+        found = store.present(page)
+        missing.update(h for h in page if h not in found and h not in report.places)
+        told(report)
+    report.chunks_missing = sorted(h for h in missing if h not in store.present(list(missing))) if missing else []
+    report.places.update(dict.fromkeys(report.chunks_missing))
     return report
 
 

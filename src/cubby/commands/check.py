@@ -30,6 +30,8 @@ def check_result(report: ScrubReport, files: Sequence[DamagedFile], total: int, 
         "chunks_read": report.chunks_read,
         "bytes_read": report.bytes_read,
         "chunks_corrupt": len(report.chunks_corrupt),
+        "referenced_chunks": report.referenced_chunks,
+        "chunks_missing": len(report.chunks_missing),
         "files_damaged": total,
         "files": [f.to_dict() for f in files],
         "chunks_forgotten": forgotten,
@@ -51,7 +53,8 @@ def check_lines(
     if report.damaged:
         lines.append(
             f"{count_of(len(report.damaged), 'chunk')} cannot be read: {len(report.chunks_lost)} in missing or short "
-            f"packs, {len(report.chunks_unlocated)} with no place, {len(report.chunks_corrupt)} corrupt"
+            f"packs, {len(report.chunks_unlocated)} held with no place, {len(report.chunks_corrupt)} corrupt, "
+            f"{len(report.chunks_missing)} named by files but not held"
         )
     lines += [f"damaged file: namespace {f.ns_id} {f.path} (rev {f.rev}, {count_of(f.chunks, 'chunk')})" for f in files]
     if total > len(files):

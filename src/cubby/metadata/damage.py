@@ -9,11 +9,12 @@ turn, never joined with each other (`cubby.metadata.shards`: they may be differe
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, tuple_
 from sqlalchemy.engine import Connection
 
 from cubby.blockstore.index import ChunkIndex
@@ -38,6 +39,31 @@ def held_chunks(db: Database, page: int = PAGE) -> Iterator[list[str]]:
             return
         yield rows
         last = rows[-1]
+
+
+def referenced_chunks(databases: Iterable[Database], files: int = 1000) -> Iterator[list[str]]:
+    """The chunks of every current file (not deleted), a page per ``files`` files, read from each
+    namespace database in turn in (namespace, node) order, one short read per page: what
+    `cubby admin check --files` looks for in the store. A chunk that files of several pages
+    share comes once per page (a set of every hash would hold the deployment's whole chunk list)."""
+
+    def page(after: tuple[int, int], conn: Connection) -> list[tuple[int, int, str]]:
+        q = (
+            select(nodes.c.ns_id, nodes.c.node_id, file_revs.c.blocklist)
+            .select_from(nodes.join(file_revs, CURRENT_REVISION))
+            .where(
+                nodes.c.kind == "file", nodes.c.deleted.is_(False), tuple_(nodes.c.ns_id, nodes.c.node_id) > tuple_(*after)
+            )
+            .order_by(nodes.c.ns_id, nodes.c.node_id)
+            .limit(files)
+        )
+        return [(int(a), int(b), str(c)) for a, b, c in conn.execute(q)]
+
+    for db in databases:
+        last = (-1, -1)
+        while rows := db.read(functools.partial(page, last)):
+            last = rows[-1][0], rows[-1][1]
+            yield sorted({h for _, _, blocklist in rows for h, _size in json.loads(blocklist)})
 
 
 @dataclass(frozen=True)
@@ -120,4 +146,4 @@ def forget_damaged(db: Database, index: ChunkIndex, places: Mapping[str, str | N
     return forgotten
 
 
-__all__ = ["PAGE", "DamagedFile", "files_with_chunks", "forget_damaged", "held_chunks"]
+__all__ = ["PAGE", "DamagedFile", "files_with_chunks", "forget_damaged", "held_chunks", "referenced_chunks"]
