@@ -6,7 +6,7 @@ from __future__ import annotations
 from cubby.blockstore.memory import MemoryBlockStore
 from cubby.metadata.damage import files_with_chunks, held_chunks, referenced_chunks
 from cubby.metadata.store import SqlMetadataStore
-from tests.metadata.conftest import put_file, random_chunks
+from tests.metadata.conftest import put_file, random_chunks, request
 
 
 def test_held_chunks_come_in_pages_in_hash_order(deployed: SqlMetadataStore, blocks: MemoryBlockStore) -> None:
@@ -66,3 +66,23 @@ def test_referenced_chunks_are_those_of_current_files_page_by_page(deployed: Sql
     pages = list(referenced_chunks(deployed.router.shards.values(), files=2))
     assert sum(len(p) for p in pages) == len(now) == 7 and {h for p in pages for h in p} == now
     assert len(pages) >= 2 and all(p == sorted(p) for p in pages)
+
+
+def test_a_forgotten_chunk_is_asked_for_again_by_the_next_commit(deployed: SqlMetadataStore, blocks: MemoryBlockStore) -> None:
+    """`forget_damaged` on every engine and on two shards: the chunk's ``blocks`` row goes
+    (under the collector's row lock), so a commit naming it answers that it is needed instead
+    of trusting it; a chunk recorded in another place than the one it was found damaged in
+    (moved since) is left alone."""
+    from cubby.metadata.chunk_index import SqlChunkIndex
+    from cubby.metadata.damage import forget_damaged
+
+    user, _ = deployed.create_user("eve")
+    lost, moved = random_chunks(1, 600), random_chunks(1, 700)
+    put_file(deployed, blocks, user.id, user.root_ns, "/a", items=lost + moved)
+    index = SqlChunkIndex(deployed.router.chunks)  # the memory store indexes nothing: no place
+    places = {lost[0][0]: None, moved[0][0]: "somepack"}
+    assert forget_damaged(deployed.router.chunks, index, places) == [lost[0][0]]
+    held = {h for page in held_chunks(deployed.router.chunks) for h in page}
+    assert lost[0][0] not in held and moved[0][0] in held
+    res = deployed.commit(user.id, user.root_ns, request("/b", lost + moved))
+    assert res.entry is None and [n.hash for n in res.needed] == [lost[0][0]]
