@@ -640,7 +640,9 @@ def gc(
     state.emit(
         {**stats.__dict__, "packs": packs.__dict__},
         f"examined {stats.examined} chunks, deleted {stats.deleted}, freed {stats.bytes_freed} bytes; "
-        f"rewrote {packs.packs_rewritten} packs ({packs.chunks_moved} chunks moved), deleted {packs.packs_deleted}",
+        f"rewrote {packs.packs_rewritten} packs ({packs.chunks_moved} chunks moved), deleted {packs.packs_deleted}"
+        + (f"; {count_of(packs.packs_missing, 'pack')} missing from the store: run cubby admin check"
+           if packs.packs_missing else ""),
     )
 
 

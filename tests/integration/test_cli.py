@@ -336,6 +336,30 @@ def test_lost_packs_are_mended_by_uploads_of_the_same_bytes_and_check_repair_doe
     assert p.returncode == 0 and json.loads(p.stdout)["ok"], p.stdout
 
 
+def test_gc_repacks_around_a_lost_pack_and_says_to_check(tmp_path):
+    """Three small packs to merge, one lost from the store: `cubby gc` merges the other two
+    (a lost pack once stopped every repack), says one is missing and what to run, and the
+    files that were readable still are."""
+    with LiveServer(tmp_path / "data") as s:
+        token = s.add_user("gus")
+        for i in range(3):
+            (tmp_path / f"f{i}.txt").write_text(f"file {i}\n" * (i + 1))
+            cubby(s, token, "put", str(tmp_path / f"f{i}.txt"), f"/f{i}.txt")
+    packs = sorted((s.data_dir / "blocks" / "packs").rglob("*.pack"), key=lambda p: p.stat().st_mtime)
+    assert len(packs) == 3
+    packs[1].unlink()
+    p = subprocess.run(
+        [*CUBBY, "gc", "--data", str(s.data_dir), "--grace", "0", "--pack-grace", "0"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert p.returncode == 0, p.stderr
+    assert "rewrote 2 packs" in p.stdout and "1 pack missing from the store: run cubby admin check" in p.stdout
+    with LiveServer(tmp_path / "data") as s:
+        for i in (0, 2):
+            cubby(s, token, "get", f"/f{i}.txt", str(tmp_path / f"g{i}.txt"))
+            assert (tmp_path / f"g{i}.txt").read_text() == f"file {i}\n" * (i + 1)
+
+
 def test_user_add_prints_the_token_last(tmp_path):
     p = subprocess.run([*CUBBY, "user", "add", "zed", "--data", str(tmp_path / "d")], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
