@@ -98,14 +98,19 @@ def test_a_missing_and_a_truncated_pack_are_found_without_reading(meta: SqlMetad
 
 
 def test_a_held_chunk_with_no_place_is_lost(meta: SqlMetadataStore, tmp_path: Path) -> None:
-    """The worst case: the server believes it holds the chunk (a ``blocks`` row), so an upload
-    of the same bytes would be deduplicated against it, but its index row is gone."""
+    """The server believes it holds the chunk (a ``blocks`` row) but its index row is gone: lost,
+    until an upload of its bytes stores it again."""
     blocks = PackBlockStore(FolderObjectStore(tmp_path / "blocks"), SqlChunkIndex(meta.db))
     made = files(meta, blocks, 2)
     victim = made["/f1.bin"][0]
     meta.db.write(lambda conn: conn.execute(delete(chunk_index).where(chunk_index.c.hash == victim)))
     report = scrub(blocks, held_chunks(meta.db, page=3))
     assert report.held_chunks == 4 and report.chunks_unlocated == [victim] and not report.ok
+    # Its next upload stores it: with no place in the index, the chunk is new to the store.
+    rng = random.Random(1)
+    original = {hashlib.sha256(c).hexdigest(): c for c in (rng.randbytes(3000 + i) for i in range(2) for _ in range(2))}
+    assert meta.ingest_chunks(meta.get_user("u1").root_ns, [(victim, original[victim])], blocks) == 1
+    assert blocks.get(victim) == original[victim] and scrub(blocks, held_chunks(meta.db)).ok
 
 
 def test_packs_a_compaction_retired_under_the_check_are_not_damage(meta: SqlMetadataStore, tmp_path: Path) -> None:
