@@ -89,12 +89,16 @@ def test_a_missing_and_a_truncated_pack_are_found_without_reading(meta: SqlMetad
     made = files(meta, blocks, 3)
     gone, cut = pack_of(blocks, made["/f0.bin"][0]), pack_of(blocks, made["/f2.bin"][0])
     os.unlink(tmp_path / "blocks" / pack_object_name(gone))
-    os.truncate(tmp_path / "blocks" / pack_object_name(cut), 10)
+    first, second = sorted(made["/f2.bin"], key=lambda h: blocks.index.lookup([h])[h].pos)
+    kept = blocks.index.lookup([first])[first]
+    os.truncate(tmp_path / "blocks" / pack_object_name(cut), kept.pos + kept.stored_len)  # cut after its first chunk
     report = scrub(blocks, held_chunks(meta.db))
     assert report.packs_missing == [pack_object_name(gone)] and report.packs_wrong_size == [pack_object_name(cut)]
-    assert report.damaged == sorted(made["/f0.bin"] + made["/f2.bin"])
+    assert report.damaged == sorted([*made["/f0.bin"], second])
+    deep = scrub(blocks, held_chunks(meta.db), read_data=True)  # what is left of the short pack is read too
+    assert deep.damaged == report.damaged and deep.chunks_corrupt == [] and deep.chunks_read == 3
     named, total = files_with_chunks([meta.db], report.damaged, limit=1)
-    assert total == 2 and [f.path for f in named] == ["/f0.bin"]
+    assert total == 2 and [f.path for f in named] == ["/f0.bin"]  # and /f2.bin, past the limit
 
 
 def test_a_held_chunk_with_no_place_is_lost(meta: SqlMetadataStore, tmp_path: Path) -> None:

@@ -122,7 +122,7 @@ def scrub(
     report.places.update(dict.fromkeys(report.chunks_unlocated))
 
     if read_data:
-        for pack in sorted(p for p in usage if p in listed and p not in short):
+        for pack in sorted(p for p in usage if p in listed):  # a short pack's chunks before its end too
             _read_pack(store, pack, report)
             told(report)
 
@@ -138,8 +138,9 @@ def scrub(
 
 
 def _read_pack(store: PackBlockStore, pack: str, report: ScrubReport) -> None:
-    """Read ``pack`` whole and check each chunk the index places in it."""
-    locations = store.index.locations_in([pack])
+    """Read ``pack`` whole and check each chunk the index places in it (but those found lost
+    already: past the end of a short pack)."""
+    locations = {h: loc for h, loc in store.index.locations_in([pack]).items() if h not in report.places}
     if not locations:
         return
     try:
