@@ -741,10 +741,10 @@ def admin_check(
             status(None)
         files, total = files_with_chunks(store.router.shards.values(), report.damaged, limit=limit)
         forgotten = forget_damaged(store.router.chunks, bs.index, report.places) if repair and report.damaged else []
-        if repair and report.packs_missing:
-            # A lost pack no chunk points at any more is retired, as a compaction retires an
-            # emptied one: else the start check would keep finding it missing.
-            bs.index.switch(None, {}, [os.path.basename(n).removesuffix(".pack") for n in report.packs_missing])
+        if repair and report.packs_absent:
+            # A lost pack no chunk points at any more (forgotten now, or mended since) is
+            # retired, as a compaction retires an emptied one.
+            bs.index.switch(None, {}, report.packs_absent)
     finally:
         store.close()
     done = len(forgotten)

@@ -106,3 +106,16 @@ def test_a_bucket_passes_and_keeps_nothing_of_the_check(meta: SqlMetadataStore, 
     objects = S3ObjectStore(S3Location.parse(s3_server.url(fresh_prefix())))
     check_store(objects, SqlChunkIndex(meta.db), "s3")
     assert list(objects.list()) == []
+
+
+def test_a_lost_pack_that_holds_no_chunk_any_more_is_not_sampled(meta: SqlMetadataStore, tmp_path: Path) -> None:
+    """The newest pack is gone, but its chunks were mended into another (or forgotten): it holds
+    nothing, waits for a repack to retire it, and says nothing about the store. Sampled alone,
+    it would have refused a healthy store."""
+    older, newest = sorted(fill(meta, tmp_path / "blocks", 2))
+    index = SqlChunkIndex(meta.db)
+    index.forget(list(index.locations_in([newest])))
+    os.unlink(tmp_path / "blocks" / pack_object_name(newest))
+    assert index.newest_packs(SAMPLE_PACKS) == [older]
+    check = check_store(FolderObjectStore(tmp_path / "blocks"), index, "blocks")
+    assert (check.packs_sampled, check.packs_found) == (1, 1)

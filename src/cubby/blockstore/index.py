@@ -84,6 +84,7 @@ class ChunkIndex(Protocol):
         """Every pack recorded, retired or not."""
 
     def newest_packs(self, limit: int) -> list[str]:
-        """Up to ``limit`` live packs, newest first (by id: an id begins with its creation
-        time), read through the primary key alone: what a start-up check samples
-        (`cubby.blockstore.startcheck`) without reading the whole table."""
+        """Up to ``limit`` packs that still hold a chunk, newest first (by id: an id begins with
+        its creation time), read through the primary key and the index by pack: what a start-up
+        check samples (`cubby.blockstore.startcheck`) without reading the whole table. A pack
+        that holds none is waiting for a repack to retire it, and may be gone already."""

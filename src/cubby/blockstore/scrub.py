@@ -53,6 +53,10 @@ class ScrubReport:
 
     packs: int = 0
     packs_missing: list[str] = field(default_factory=list)
+    """Objects of recorded packs that are gone while chunks are still placed in them."""
+    packs_absent: list[str] = field(default_factory=list)
+    """Ids of every recorded pack whose object is gone, damage or not (a repair retires those
+    that no chunk points at)."""
     packs_wrong_size: list[str] = field(default_factory=list)
     orphan_packs: int = 0
     held_chunks: int = 0
@@ -104,6 +108,7 @@ def scrub(
     # A pack is missing when chunks are still placed in it, read after the listing: one that
     # a compaction emptied meanwhile (its object deleted after its grace) holds none.
     absent = [p for p in usage if p not in listed]
+    report.packs_absent = sorted(absent)
     lost = store.index.locations_in(absent) if absent else {}
     report.packs_missing = sorted({pack_object_name(loc.pack) for loc in lost.values()})
     report.packs_wrong_size = sorted(pack_object_name(p) for p in short)

@@ -175,7 +175,8 @@ class SqlChunkIndex:
         return self.db.read(run)
 
     def newest_packs(self, limit: int) -> list[str]:
-        q = select(packs.c.pack).order_by(packs.c.pack.desc()).limit(limit)
+        holds = select(chunk_index.c.hash).where(chunk_index.c.pack == packs.c.pack).exists()
+        q = select(packs.c.pack).where(holds).order_by(packs.c.pack.desc()).limit(limit)
         return self.db.read(lambda conn: [r[0] for r in conn.execute(q)])
 
 
