@@ -13,8 +13,9 @@ a user's upload fails (a 503 that says "tell the operator") or when every downlo
 So `cubby serve` (for the blocks role), `cubby gc` and `cubby admin migrate-blocks` call this
 first, and stop with an error that names the store and says what to check:
 
-1. **The packs the index names are there.** The few newest packs of the index
-   (`ChunkIndex.newest_packs`; a pack id begins with its creation time) are each looked for.
+1. **The packs the index names are there.** The few newest packs of the index that still
+   hold a chunk (`ChunkIndex.newest_packs`; a pack id begins with its creation time) are each
+   looked for.
    If none of them is in the store, it is not this database's store: refused
    (``blocks_mismatch``), before anything is written to it. A store that lacks some but not all
    is damaged, not misnamed: that is logged, and the command goes on (what is left is served).
