@@ -15,8 +15,7 @@ first, and stop with an error that names the store and says what to check:
 
 1. **The packs the index names are there.** The few newest packs of the index that still
    hold a chunk (`ChunkIndex.newest_packs`; a pack id begins with its creation time) are each
-   looked for.
-   If none of them is in the store, it is not this database's store: refused
+   looked for. If none of them is in the store, it is not this database's store: refused
    (``blocks_mismatch``), before anything is written to it. A store that lacks some but not all
    is damaged, not misnamed: that is logged, and the command goes on (what is left is served).
 2. **An object can be written, read back and deleted**, under a name of its own
@@ -43,8 +42,8 @@ from cubby.blockstore.packfile import pack_object_name
 from cubby.errors import CubbyError
 
 SAMPLE_PACKS = 3
-"""Newest packs read at start: enough that one pack lost to damage does not look like the
-wrong store, few enough that a start costs a handful of small reads."""
+"""Newest packs looked for at start: enough that one pack lost to damage does not look like
+the wrong store, few enough that a start costs a handful of listings."""
 CHECK_PREFIX = "checks/"
 CHECK_BODY = b"cubby: a block store check, deleted at once\n"
 

@@ -1,7 +1,7 @@
 """What `cubby admin check` asks of the metadata: the chunks held, the files a damaged chunk
 breaks, and (``--repair``) forgetting damaged chunks so that their bytes can be sent again.
 
-Both read in pages or streams, so a check of a large deployment holds one page (or one
+Each reads in pages or streams, so a check of a large deployment holds one page (or one
 row) at a time, never the whole table. The chunk tables (``blocks``) are read on the chunk
 database and the namespace tables (``nodes``, ``file_revs``) on each namespace database in
 turn, never joined with each other (`cubby.metadata.shards`: they may be different databases).
