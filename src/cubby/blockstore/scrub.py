@@ -123,7 +123,7 @@ def scrub(
         found = store.present(page)
         unlocated.extend(h for h in page if h not in found)
         told(report)
-    report.chunks_unlocated = sorted(h for h in unlocated if h not in store.present(unlocated)) if unlocated else []
+    report.chunks_unlocated = _still_unplaced(store, unlocated)
     report.places.update(dict.fromkeys(report.chunks_unlocated))
 
     if read_data:
@@ -137,9 +137,18 @@ def scrub(
         found = store.present(page)
         missing.update(h for h in page if h not in found and h not in report.places)
         told(report)
-    report.chunks_missing = sorted(h for h in missing if h not in store.present(list(missing))) if missing else []
+    report.chunks_missing = _still_unplaced(store, list(missing))
     report.places.update(dict.fromkeys(report.chunks_missing))
     return report
+
+
+def _still_unplaced(store: PackBlockStore, names: list[str]) -> list[str]:
+    """``names``, found without a place during a pass, looked up once more after it (an upload
+    may have stored one meanwhile): those still without one, sorted."""
+    if not names:
+        return []
+    found = store.present(names)
+    return sorted(n for n in names if n not in found)
 
 
 def _read_pack(store: PackBlockStore, pack: str, report: ScrubReport) -> None:
