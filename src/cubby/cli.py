@@ -710,9 +710,9 @@ def admin_check(
     """Check that every chunk the server holds can be read: each pack the index records is in
     the block store at its size, each held chunk has a place, with --read-data each chunk's
     bytes match its name, and with --files every chunk of every current file has a place.
-    Damage names the current files it breaks. Without --repair
-    it writes nothing, and is safe while the server serves. Exit status 1 when anything is
-    damaged (with --repair too: the files stay damaged until their bytes are uploaded again)."""
+    Damage names the current files it breaks. Without --repair it writes nothing, and is safe
+    while the server serves. Exit status 1 when anything is damaged (with --repair too: the
+    files stay damaged until their bytes are uploaded again)."""
     from cubby.blockstore.opener import open_block_store
     from cubby.blockstore.scrub import ScrubReport, scrub
     from cubby.commands.check import check_lines, check_result

@@ -111,15 +111,15 @@ def _write_read_delete(objects: ObjectStore, where: str) -> None:
         finally:
             objects.delete(name)
     except (CubbyError, OSError) as exc:
-        raise _unusable(where, "write", exc) from exc
+        raise _unusable(where, "written", exc) from exc
     if back != CHECK_BODY:
         raise BlockStoreUnusable(f"the block store {where} returned other bytes than were written to it: {name}")
 
 
-def _unusable(where: str, what: str, exc: CubbyError | OSError) -> BlockStoreUnusable:
+def _unusable(where: str, verb: str, exc: CubbyError | OSError) -> BlockStoreUnusable:
     detail = exc.message if isinstance(exc, CubbyError) else str(exc)
     error = BlockStoreUnusable(
-        f"the block store {where} cannot be {'read' if what == 'read' else 'written'}: {detail} "
+        f"the block store {where} cannot be {verb}: {detail} "
         "(check --blocks: the folder, or the bucket, its endpoint and region, and the AWS credentials)"
     )
     error.retryable = bool(getattr(exc, "retryable", False))

@@ -13,9 +13,11 @@ import functools
 import json
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import delete, select, tuple_
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql import ColumnElement, Select
 
 from cubby.blockstore.index import ChunkIndex
 from cubby.metadata.engine import Database
@@ -41,6 +43,15 @@ def held_chunks(db: Database, page: int = PAGE) -> Iterator[list[str]]:
         last = rows[-1]
 
 
+def _current_files(*columns: ColumnElement[Any]) -> Select[Any]:
+    """``columns`` of every current file (not deleted), joined to its current revision."""
+    return (
+        select(*columns)
+        .select_from(nodes.join(file_revs, CURRENT_REVISION))
+        .where(nodes.c.kind == "file", nodes.c.deleted.is_(False))
+    )
+
+
 def referenced_chunks(databases: Iterable[Database], files: int = 1000) -> Iterator[list[str]]:
     """The chunks of every current file (not deleted), a page per ``files`` files, read from each
     namespace database in turn in (namespace, node) order, one short read per page: what
@@ -49,11 +60,8 @@ def referenced_chunks(databases: Iterable[Database], files: int = 1000) -> Itera
 
     def page(after: tuple[int, int], conn: Connection) -> list[tuple[int, int, str]]:
         q = (
-            select(nodes.c.ns_id, nodes.c.node_id, file_revs.c.blocklist)
-            .select_from(nodes.join(file_revs, CURRENT_REVISION))
-            .where(
-                nodes.c.kind == "file", nodes.c.deleted.is_(False), tuple_(nodes.c.ns_id, nodes.c.node_id) > tuple_(*after)
-            )
+            _current_files(nodes.c.ns_id, nodes.c.node_id, file_revs.c.blocklist)
+            .where(tuple_(nodes.c.ns_id, nodes.c.node_id) > tuple_(*after))
             .order_by(nodes.c.ns_id, nodes.c.node_id)
             .limit(files)
         )
@@ -88,11 +96,7 @@ def files_with_chunks(
     wanted = frozenset(damaged)
     if not wanted:
         return [], 0
-    q = (
-        select(nodes.c.ns_id, nodes.c.path, file_revs.c.rev, file_revs.c.blocklist)
-        .select_from(nodes.join(file_revs, CURRENT_REVISION))
-        .where(nodes.c.kind == "file", nodes.c.deleted.is_(False))
-    )
+    q = _current_files(nodes.c.ns_id, nodes.c.path, file_revs.c.rev, file_revs.c.blocklist)
 
     def scan(conn: Connection) -> list[DamagedFile]:
         hit: list[DamagedFile] = []
