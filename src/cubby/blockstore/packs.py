@@ -226,7 +226,8 @@ class PackBlockStore:
         with self._unreadable_lock:
             for h in mend:
                 self._unreadable.pop(h, None)
-        log.warning("chunks mended from an upload", extra={"chunks": moved, "from_packs": sorted(set(mend.values()))})
+        if moved:  # else each had been moved off its bad pack already (mended by another upload)
+            log.warning("chunks mended from an upload", extra={"chunks": moved, "from_packs": sorted(set(mend.values()))})
 
     def _stream_packs(self, objects: StreamingPut, jobs: list[tuple[str, bytes, bool]]) -> list[NewPack]:
         """Verify and encode ``jobs`` and write the new chunks into packs as they come out
