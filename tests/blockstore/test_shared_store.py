@@ -4,7 +4,9 @@ real HTTP on loopback, whole and by Range, byte-identical."""
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,15 +17,22 @@ from cubby.client.upload import upload_file
 from tests.helpers.live_server import LiveServer
 
 
-def test_two_servers_on_one_folder_and_one_database_serve_each_others_uploads(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def two_servers(tmp_path: Path) -> Iterator[tuple[LiveServer, LiveServer]]:
+    """Two servers with data folders of their own, on one database and one blocks folder."""
     db = f"sqlite:///{tmp_path / 'shared-meta.db'}"
     shared = ["--blocks", str(tmp_path / "shared-blocks")]
-    rng = random.Random(11)
-    payload = rng.randbytes(3_000_000) + b"text " * 200_000
-    (tmp_path / "f.bin").write_bytes(payload)
     with LiveServer(tmp_path / "a", db_url=db, extra_args=shared) as a, LiveServer(
         tmp_path / "b", db_url=db, extra_args=shared
     ) as b:
+        yield a, b
+
+
+def test_two_servers_on_one_folder_and_one_database_serve_each_others_uploads(tmp_path: Path) -> None:
+    rng = random.Random(11)
+    payload = rng.randbytes(3_000_000) + b"text " * 200_000
+    (tmp_path / "f.bin").write_bytes(payload)
+    with two_servers(tmp_path) as (a, b):
         token = a.add_user("dana")
         auth = {"Authorization": f"Bearer {token}"}
         with ApiClient(a.url, token) as api:
@@ -49,3 +58,30 @@ def test_two_servers_on_one_folder_and_one_database_serve_each_others_uploads(tm
     # One store: both servers' packs are in the shared folder, none in their own data folders.
     assert list((tmp_path / "shared-blocks" / "packs").rglob("*.pack"))
     assert not (tmp_path / "a" / "blocks").exists() and not (tmp_path / "b" / "blocks").exists()
+
+
+def test_a_chunk_one_server_could_not_read_is_mended_by_an_upload_through_the_other(tmp_path: Path) -> None:
+    """Two servers on one store, and a load balancer that sends a client's prove to one and
+    its upload to the other: a small file whose pack was lost is put again under a new name.
+    The first server cannot read its chunk to check the proof, refuses it and records the
+    chunk as unreadable on the shared index; the second, which never read it, stores the
+    uploaded bytes again. Both then serve the old file and the copy, byte-identical."""
+    data = random.Random(12).randbytes(50_000)
+    (tmp_path / "f.bin").write_bytes(data)
+    with two_servers(tmp_path) as (a, b):
+        token = a.add_user("erin")
+        auth = {"Authorization": f"Bearer {token}"}
+        with ApiClient(a.url, token) as api:
+            upload_file(api, tmp_path / "f.bin", "/f.bin")
+        (pack,) = (tmp_path / "shared-blocks" / "packs").rglob("*.pack")
+        pack.unlink()
+        r = httpx.get(a.url + "/api/v1/content/f.bin", headers=auth, timeout=60)
+        assert r.status_code >= 500 or r.content != data  # lost, before the mend (the second never read it)
+        with ApiClient(a.url, token) as via_a, ApiClient(b.url, token) as via_b:
+            via_a.upload_chunks = via_b.upload_chunks  # type: ignore[method-assign]  # the balancer's choice
+            sent = upload_file(via_a, tmp_path / "f.bin", "/copy.bin")
+        assert (sent.chunks_sent, sent.bytes_sent) == (1, len(data))
+        for server in (a, b):
+            for name in ("f.bin", "copy.bin"):
+                r = httpx.get(f"{server.url}/api/v1/content/{name}", headers=auth, timeout=60)
+                assert r.status_code == 200 and r.content == data, (server.url, name)

@@ -326,6 +326,8 @@ def test_lost_packs_are_mended_by_uploads_of_the_same_bytes_and_check_repair_doe
     assert p.returncode == 1, p.stderr
     report = json.loads(p.stdout)
     assert report["chunks_lost"] == report["chunks_forgotten"] == copy["chunks"] and len(report["packs_missing"]) == 1
+    # The failed download recorded every chunk of the lost pack; the small file's was mended.
+    assert report["chunks_found_unreadable"] == copy["chunks"]
     assert [f["path"] for f in report["files"]] == ["/large-copy.bin", "/large.bin"]
     with LiveServer(tmp_path / "data") as s:
         (mend,) = lines(cubby(s, token, "--json", "put", str(tmp_path / "large.bin"), "/mend.bin"))
@@ -334,6 +336,7 @@ def test_lost_packs_are_mended_by_uploads_of_the_same_bytes_and_check_repair_doe
             assert get(s, name).returncode == 0 and (tmp_path / f"back-{name}").read_bytes() == data, name
     p = subprocess.run(check, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and json.loads(p.stdout)["ok"], p.stdout
+    assert json.loads(p.stdout)["chunks_found_unreadable"] == 0
 
 
 def test_gc_repacks_around_a_lost_pack_and_says_to_check(tmp_path):

@@ -11,6 +11,7 @@ import unicodedata
 import pytest
 
 from cubby.blockstore.folder import FolderObjectStore
+from cubby.blockstore.packfile import pack_object_name
 from cubby.blockstore.packs import PackBlockStore
 from cubby.core.proofs import proof_hex
 from cubby.errors import BadRequest, Conflict, CubbyError, InvalidPath, NotFound, SizeMismatch, Unauthorized
@@ -475,6 +476,34 @@ def test_an_upload_batch_to_the_pack_store_is_one_write_transaction(store, tmp_p
     assert store.commit(user.id, ns, request("/up", items)).committed
     assert dict(packs.read_many([h for h, _ in items])) == dict(items)
     assert store.ingest_chunks(ns, items, packs) == 0
+
+
+def test_a_chunk_one_process_could_not_read_is_mended_by_an_upload_to_another(store, tmp_path):
+    """Two blocks processes on one store (two pack stores, each with its own memory, on one
+    index and one folder): the first fails to read chunks whose pack was lost, and records
+    them on the index; the second, which never read them, receives their bytes in an upload,
+    stores them again and moves them, so both read them again and the finding is gone. An
+    upload of a chunk nobody found unreadable stores nothing, on either."""
+    user, _ = store.create_user("mender")
+    ns = user.root_ns
+    objects = FolderObjectStore(tmp_path / "packs")
+    first = PackBlockStore(objects, SqlChunkIndex(store.router.chunks))
+    second = PackBlockStore(objects, SqlChunkIndex(store.router.chunks))
+    lost, fine = random_chunks(3, size=2000), random_chunks(1, size=3000)
+    assert store.ingest_chunks(ns, lost, first) == 3 and store.ingest_chunks(ns, fine, first) == 1
+    assert store.commit(user.id, ns, request("/f", lost + fine)).committed
+    gone = first.index.lookup([lost[0][0]])[lost[0][0]].pack
+    objects.delete(pack_object_name(gone))
+    with pytest.raises(CubbyError):
+        first.get(lost[0][0])
+    # Every chunk of the lost pack is recorded, for every process to see; the fine one is not.
+    assert second.index.unreadable([h for h, _ in lost + fine]) == {h: gone for h, _ in lost}
+    packs = sorted(n for n, _ in objects.list("packs/"))
+    assert store.ingest_chunks(ns, fine, second) == 0 and sorted(n for n, _ in objects.list("packs/")) == packs
+    assert store.ingest_chunks(ns, lost, second) == 0  # not new to the metadata: stored again all the same
+    assert dict(first.read_many([h for h, _ in lost])) == dict(lost) == dict(second.read_many([h for h, _ in lost]))
+    assert first.index.unreadable([h for h, _ in lost]) == {} and first.index.unreadable_count() == 0
+    assert {first.index.lookup([h])[h].pack for h, _ in lost} != {gone}
 
 
 def test_an_upload_mixing_new_chunks_and_indexed_ones_without_rows_records_them_all(store, tmp_path):

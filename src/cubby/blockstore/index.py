@@ -11,6 +11,9 @@ The contract, for every implementation:
   still where the caller read it (a chunk forgotten or rewritten meanwhile is left alone), and
   retires the old packs that no chunk points at any more: they go to the deleted list, whose
   objects are deleted only after a grace period for reads that looked up a location before.
+- `mark_unreadable` records, for every process on the index, that chunks could not be read
+  from the pack the index puts them in; `switch` drops a chunk's finding when it moves it out
+  of that pack, and `forget` when it removes the chunk.
 - `forget` removes chunks' locations (their bytes become dead space in their packs). It is
   called by the garbage collector inside its own transaction on the metadata database; an
   implementation on the same database joins it (see `cubby.metadata.engine`).
@@ -71,8 +74,19 @@ class ChunkIndex(Protocol):
         """Every recorded pack with the bytes of its chunks that are still indexed."""
 
     def switch(self, new: NewPack | None, moved_from: dict[str, str], retire: Sequence[str]) -> int:
-        """Point each hash of ``new`` at it if it is still in ``moved_from[hash]``; retire
-        those of ``retire`` that nothing points at. Returns the number of chunks moved."""
+        """Point each hash of ``new`` at it if it is still in ``moved_from[hash]`` (and drop
+        its unreadable finding there); retire those of ``retire`` that nothing points at.
+        Returns the number of chunks moved."""
+
+    def mark_unreadable(self, found: dict[str, str]) -> None:
+        """Record that each chunk of ``found`` could not be read from the pack it maps to
+        (`cubby.blockstore.packs`, "Mending"), replacing any earlier finding for it."""
+
+    def unreadable(self, hashes: Sequence[str]) -> dict[str, str]:
+        """Those of ``hashes`` found unreadable and not moved since, each with its pack."""
+
+    def unreadable_count(self) -> int:
+        """How many chunks are found unreadable and wait for their bytes (`cubby admin check`)."""
 
     def deleted_before(self, cutoff: float) -> list[str]:
         """Retired packs whose grace period ended before ``cutoff``."""

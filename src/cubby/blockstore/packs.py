@@ -33,13 +33,15 @@ folder or a bucket), the pack format (`cubby.blockstore.packfile`), the index
   transaction (each chunk only if it is still where it was read), and the old packs are
   retired; their objects are deleted by a later `compact` once `grace` seconds have passed,
   so that a read that looked up the old location just before the switch still finds it.
-- **Mending from uploads.** A chunk this process could not read where the index puts it (its
-  pack missing, or bytes that do not match its name: `unreadable`) is remembered with that
-  pack. Its next proof of possession fails (the server cannot read its copy), so the client
-  uploads it; the upload stores it again, although the index already names a place for it,
-  and moves its location to the new pack (`ChunkIndex.switch`, only if it is still in the bad
-  pack). Every file with that chunk reads whole again: reads go by hash. What is not seen
-  failing here (another process's reads, a chunk nobody read) `cubby admin check` finds.
+- **Mending from uploads.** A chunk that a process could not read where the index puts it
+  (its pack missing, or bytes that do not match its name: `unreadable`) is recorded with that
+  pack on the index (`ChunkIndex.mark_unreadable`), where every process sees it. Its next
+  proof of possession fails (the server cannot read its copy), so the client uploads it; the
+  upload stores it again, although the index already names a place for it, and moves its
+  location to the new pack (`ChunkIndex.switch`, only if it is still in the bad pack, which
+  drops the finding), whichever process the upload reaches: behind a load balancer the prove
+  and the upload are often two. Every file with that chunk reads whole again: reads go by
+  hash. What nobody saw failing (a chunk nobody read) `cubby admin check` finds.
 - **Existing stores.** ``legacy`` is a store written by an earlier release (one file per
   chunk, `cubby.blockstore.local`); chunks not in the index are read from it, and
   `migrate_legacy` moves them into packs.
@@ -88,6 +90,9 @@ log = logging.getLogger("cubby.blockstore")
 TARGET_PACK = 16 * 1024 * 1024
 SMALL_SHARE = 4
 """Packs below a quarter of the target size are merged by `compact` whatever their dead share."""
+MARK_AGAIN = 60.0
+"""Seconds during which a process does not record again an unreadable chunk it recorded
+(`PackBlockStore.unreadable`): every download of a file with a lost chunk reads it again."""
 
 
 @dataclass
@@ -147,9 +152,10 @@ class PackBlockStore:
         self.reads_ahead = reads_ahead
         self._pool_lock = threading.Lock()
         self._readers: ThreadPoolExecutor | None = None
-        self._unreadable: dict[str, str] = {}
-        """Chunk -> the pack it could not be read from, here (see "Mending" above)."""
-        self._unreadable_lock = threading.Lock()
+        self._marked: dict[str, tuple[str, float]] = {}
+        """Chunk -> (pack, monotonic time) of the findings this process recorded lately
+        (`unreadable`), so that a lost chunk read again and again is recorded once a while."""
+        self._marked_lock = threading.Lock()
 
     # -- writing ------------------------------------------------------------------------------
     def put(self, name: str, data: bytes) -> bool:
@@ -197,19 +203,35 @@ class PackBlockStore:
         fresh = [(name, blob, len(data)) for (name, data), blob in zip(items, blobs) if blob is not None]
         return new, self._put_packs(fresh), mend
 
-    def _to_mend(self, known: Iterable[str]) -> dict[str, str]:
-        if not self._unreadable:  # the usual case: nothing to look up
-            return {}
-        with self._unreadable_lock:
-            return {n: self._unreadable[n] for n in known if n in self._unreadable}
+    def _to_mend(self, known: set[str]) -> dict[str, str]:
+        """Those of ``known`` (chunks the index places) found unreadable by any process. An
+        upload carries held chunks only when something went wrong (a proof the server could
+        not check) or two clients raced, so the usual upload asks nothing here."""
+        return self.index.unreadable(sorted(known)) if known else {}
 
-    def unreadable(self, name: str, pack: str) -> None:
-        """Remember that ``name`` could not be read from ``pack`` (see "Mending"); bounded:
-        forgotten all at once past 100,000 (a store that far gone needs `cubby admin check`)."""
-        with self._unreadable_lock:
-            if len(self._unreadable) >= 100_000:
-                self._unreadable.clear()
-            self._unreadable[name] = pack
+    def unreadable(self, found: dict[str, str]) -> None:
+        """Record that each chunk of ``found`` could not be read from the pack it maps to (see
+        "Mending"), unless this process recorded the same within `MARK_AGAIN` seconds. Not
+        recorded when the index cannot be written: that is logged, not raised, since the read
+        has failed already and its own error says more."""
+        now = time.monotonic()
+        with self._marked_lock:
+            fresh = {
+                h: p for h, p in found.items()
+                if (seen := self._marked.get(h)) is None or seen[0] != p or now - seen[1] > MARK_AGAIN
+            }
+            if len(self._marked) + len(fresh) > 100_000:
+                self._marked.clear()
+            self._marked.update((h, (p, now)) for h, p in fresh.items())
+        if not fresh:
+            return
+        try:
+            self.index.mark_unreadable(fresh)
+        except Exception:  # any failure of the index's database: the read's error goes on
+            with self._marked_lock:
+                for h in fresh:
+                    self._marked.pop(h, None)
+            log.warning("could not record chunks found unreadable", exc_info=True, extra={"chunks": len(fresh)})
 
     def _record(self, made: list[NewPack], mend: dict[str, str]) -> None:
         """Index ``made`` and move each chunk of ``mend`` that it holds out of its bad pack."""
@@ -223,9 +245,9 @@ class PackBlockStore:
                 moved += self.index.switch(
                     NewPack(pack.pack, pack.size, pack.payload, entries), {h: mend[h] for h, _ in entries}, []
                 )
-        with self._unreadable_lock:
+        with self._marked_lock:
             for h in mend:
-                self._unreadable.pop(h, None)
+                self._marked.pop(h, None)
         if moved:  # else each had been moved off its bad pack already (mended by another upload)
             log.warning("chunks mended from an upload", extra={"chunks": moved, "from_packs": sorted(set(mend.values()))})
 
@@ -320,8 +342,7 @@ class PackBlockStore:
                     continue  # compacted away since the lookup (past its grace): look again
                 # Every chunk placed in the lost pack, not just this one: a proof check that
                 # meets it refuses the whole request, and all of them come back as uploads.
-                for lost in [name, *self.index.locations_in([loc.pack])]:
-                    self.unreadable(lost, loc.pack)
+                self.unreadable(dict.fromkeys([name, *self.index.locations_in([loc.pack])], loc.pack))
                 raise CorruptChunk(f"chunk {name}: its pack {loc.pack} is missing") from None
             return self._decode(name, loc, blob, self.verify_reads)
         raise AssertionError("unreachable")
@@ -330,10 +351,10 @@ class PackBlockStore:
         try:
             data = self.codec.decode(blob)
         except CorruptChunk:
-            self.unreadable(name, loc.pack)
+            self.unreadable({name: loc.pack})
             raise
         if len(data) != loc.plain_len or (verify and sha256_hex(data) != name):
-            self.unreadable(name, loc.pack)
+            self.unreadable({name: loc.pack})
             raise CorruptChunk(f"stored chunk {name} does not match its name; it is not served")
         return data
 

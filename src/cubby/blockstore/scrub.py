@@ -72,6 +72,9 @@ class ScrubReport:
     referenced_chunks: int = 0
     chunks_missing: list[str] = field(default_factory=list)
     """Named by a current file, but with no place in the store: lost."""
+    found_unreadable: int = 0
+    """Chunks the servers failed to read and no upload has mended yet
+    (`ChunkIndex.unreadable_count`): their findings, which this check does not need to agree."""
     places: dict[str, str | None] = field(default_factory=dict)
     """Each damaged chunk and the pack it was found damaged in (None: it had no place), what a
     repair checks is still so before it forgets the chunk (`cubby.metadata.damage.forget_damaged`)."""
@@ -100,6 +103,7 @@ def scrub(
     report = ScrubReport(read_data=read_data)
     usage = {u.pack: u for u in store.index.usage()}
     report.packs = len(usage)
+    report.found_unreadable = store.index.unreadable_count()
     listed = {os.path.basename(name).removesuffix(".pack"): size for name, size in store.objects.list("packs/")}
     known = store.index.known_packs()
     now = time.time()

@@ -35,6 +35,7 @@ def check_result(report: ScrubReport, files: Sequence[DamagedFile], total: int, 
         "files_damaged": total,
         "files": [f.to_dict() for f in files],
         "chunks_forgotten": forgotten,
+        "chunks_found_unreadable": report.found_unreadable,
     }
 
 
@@ -59,6 +60,12 @@ def check_lines(
     lines += [f"damaged file: namespace {f.ns_id} {f.path} (rev {f.rev}, {count_of(f.chunks, 'chunk')})" for f in files]
     if total > len(files):
         lines.append(f"... and {total - len(files)} more damaged files (--limit)")
+    if report.found_unreadable:
+        hint = "" if report.read_data else " (--read-data reads every chunk)"
+        lines.append(
+            f"{count_of(report.found_unreadable, 'chunk')} found unreadable by a server and not yet mended by an "
+            f"upload of their bytes{hint}"
+        )
     if report.orphan_packs:
         lines.append(f"{count_of(report.orphan_packs, 'orphan pack')} no index names (cubby gc deletes them)")
     if forgotten:

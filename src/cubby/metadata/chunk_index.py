@@ -1,6 +1,7 @@
 """`SqlChunkIndex`: the pack store's chunk index (`cubby.blockstore.index`) on the metadata database.
 
-Tables ``chunk_index``, ``packs`` and ``deleted_packs`` (see `cubby.metadata.schema`); every
+Tables ``chunk_index``, ``packs``, ``deleted_packs`` and ``unreadable_chunks`` (see
+`cubby.metadata.schema`); every
 statement here touches only them, keyed by chunk hash or pack id, so that the index can later
 move to databases of its own, split by hash prefix. Each call runs in its own transaction,
 or joins the caller's when the garbage collector or an upload calls in while holding row locks
@@ -20,7 +21,7 @@ from cubby.blockstore.index import NewPack, PackUsage
 from cubby.blockstore.packfile import Location
 from cubby.metadata import sqlitedriver
 from cubby.metadata.engine import Database
-from cubby.metadata.schema import chunk_index, deleted_packs, packs
+from cubby.metadata.schema import chunk_index, deleted_packs, packs, unreadable_chunks
 
 _BATCH = 500
 
@@ -97,7 +98,9 @@ class SqlChunkIndex:
 
         def run(conn: Connection) -> None:
             for i in range(0, len(names), _BATCH):
-                conn.execute(delete(chunk_index).where(chunk_index.c.hash.in_(names[i : i + _BATCH])))
+                part = names[i : i + _BATCH]
+                conn.execute(delete(chunk_index).where(chunk_index.c.hash.in_(part)))
+                conn.execute(delete(unreadable_chunks).where(unreadable_chunks.c.hash.in_(part)))
 
         self.db.write(run)
 
@@ -145,11 +148,17 @@ class SqlChunkIndex:
                     .where(c.hash == bindparam("h"), c.pack == bindparam("old"))
                     .values(pack=bindparam("pack"), pos=bindparam("p"), stored_len=bindparam("s"), plain_len=bindparam("l"))
                 )
+                u = unreadable_chunks.c
+                unmark = delete(unreadable_chunks).where(u.hash == bindparam("h"), u.pack == bindparam("old"))
                 for h, loc in new.entries:
                     res = conn.execute(
                         stmt, {"h": h, "old": moved_from[h], "pack": loc.pack, "p": loc.pos, "s": loc.stored_len, "l": loc.plain_len}
                     )
-                    moved += res.rowcount or 0
+                    if res.rowcount:
+                        moved += res.rowcount
+                        # Read from its old pack (a repack) or stored again (a mend): whatever
+                        # was found wrong there is no longer where the chunk is.
+                        conn.execute(unmark, {"h": h, "old": moved_from[h]})
             if retire:
                 still = {r[0] for r in conn.execute(select(chunk_index.c.pack).where(chunk_index.c.pack.in_(list(retire))).distinct())}
                 gone = [p for p in retire if p not in still]
@@ -159,6 +168,39 @@ class SqlChunkIndex:
             return moved
 
         return self.db.write(run)
+
+    def mark_unreadable(self, found: dict[str, str]) -> None:
+        """Replace any earlier finding for these chunks: the pack named last is the one an
+        upload must move the chunk out of."""
+        if not found:
+            return
+        now = time.time()
+        names = sorted(found)
+
+        def run(conn: Connection) -> None:
+            for i in range(0, len(names), _BATCH):
+                part = names[i : i + _BATCH]
+                conn.execute(delete(unreadable_chunks).where(unreadable_chunks.c.hash.in_(part)))
+                conn.execute(unreadable_chunks.insert(), [{"hash": h, "pack": found[h], "found_at": now} for h in part])
+
+        self.db.write(run)
+
+    def unreadable(self, hashes: Sequence[str]) -> dict[str, str]:
+        wanted = sorted(set(hashes))
+        if not wanted:
+            return {}
+        u = unreadable_chunks.c
+
+        def run(conn: Connection) -> dict[str, str]:
+            out: dict[str, str] = {}
+            for i in range(0, len(wanted), _BATCH):
+                out.update((h, p) for h, p in conn.execute(select(u.hash, u.pack).where(u.hash.in_(wanted[i : i + _BATCH]))))
+            return out
+
+        return self.db.read(run)
+
+    def unreadable_count(self) -> int:
+        return int(self.db.read(lambda conn: conn.execute(select(func.count()).select_from(unreadable_chunks)).scalar_one()))
 
     def deleted_before(self, cutoff: float) -> list[str]:
         q = select(deleted_packs.c.pack).where(deleted_packs.c.deleted_at < cutoff)

@@ -327,6 +327,18 @@ deleted_packs = Table(
     Column("deleted_at", Double, nullable=False),
 )
 
+unreadable_chunks = Table(
+    "unreadable_chunks",
+    metadata,
+    # A chunk a blocks process could not read where ``chunk_index`` puts it (its pack missing,
+    # or bytes that do not match its name), and that pack: whichever process next receives
+    # the chunk's bytes stores them again and moves it (`cubby.blockstore.packs`, "Mending").
+    # Keyed by hash like the index, beside it in the chunk database.
+    Column("hash", Hash, primary_key=True),
+    Column("pack", String(40), nullable=False),
+    Column("found_at", Double, nullable=False),
+)
+
 links = Table(
     "links",
     metadata,
