@@ -741,6 +741,11 @@ def admin_check(
             status(None)
         files, total = files_with_chunks(store.router.shards.values(), report.damaged, limit=limit)
         forgotten = forget_damaged(store.router.chunks, bs.index, report.places) if repair and report.damaged else []
+        if bs.legacy is not None:
+            # A corrupt file of the earlier release's store goes once its row is gone, or the
+            # next upload of its bytes would be deduplicated against it again.
+            for name in set(forgotten).intersection(report.legacy_corrupt):
+                bs.legacy.delete(name)
         if repair and report.packs_absent:
             # A lost pack no chunk points at any more (forgotten now, or mended since) is
             # retired, as a compaction retires an emptied one.

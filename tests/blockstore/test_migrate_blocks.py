@@ -4,6 +4,7 @@ it is by today's server, and `cubby admin migrate-blocks` moves it into packs.""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -66,11 +68,11 @@ def _content(server: LiveServer, token: str, path: str) -> bytes:
     return r.content
 
 
-def test_a_store_of_the_previous_release_is_served_then_migrated(tmp_path: Path) -> None:
+def _old_store(tmp_path: Path, files: dict[str, bytes]) -> tuple[Path, str]:
+    """A data folder the release before packs wrote (``/a.bin`` and ``/b.txt`` of ``files``,
+    kept in ``tmp_path`` too), and the token of its user."""
     old_src = _old_release(tmp_path / "old")
     data = tmp_path / "data"
-    rng = random.Random(5)
-    files = {"/a.bin": rng.randbytes(2_500_000), "/b.txt": b"hello packs " * 100_000}
     for name, payload in files.items():
         (tmp_path / name.strip("/")).write_bytes(payload)
     # The old release's own store code creates the user and stores the files' chunks.
@@ -78,7 +80,13 @@ def test_a_store_of_the_previous_release_is_served_then_migrated(tmp_path: Path)
         [sys.executable, "-c", OLD_WRITER, str(data), str(tmp_path)],
         env={**os.environ, "PYTHONPATH": str(old_src)}, capture_output=True, text=True, timeout=120, check=True,
     )
-    token = made.stdout.strip()
+    return data, made.stdout.strip()
+
+
+def test_a_store_of_the_previous_release_is_served_then_migrated(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    files = {"/a.bin": rng.randbytes(2_500_000), "/b.txt": b"hello packs " * 100_000}
+    data, token = _old_store(tmp_path, files)
     legacy = [p for p in (data / "blocks").glob("??/*") if p.is_file()]
     assert len(legacy) > 3 and not (data / "blocks" / "packs").exists()
 
@@ -109,3 +117,43 @@ def test_a_store_of_the_previous_release_is_served_then_migrated(tmp_path: Path)
         [*CUBBY, "admin", "migrate-blocks", "--data", str(data), "--json"], env=env, capture_output=True, text=True, timeout=300, check=False
     )
     assert json.loads(p.stdout.splitlines()[-1])["done"]["chunks"] == 0  # nothing left: a no-op
+
+
+def test_check_reads_the_previous_release_store_and_a_repair_lets_an_upload_mend_it(tmp_path: Path) -> None:
+    """`cubby admin check --read-data` hashes the earlier release's chunk files too: one with a
+    byte flipped at rest is found, and the file it breaks named (without --read-data only
+    their presence is checked). `--repair` forgets the chunk and deletes its file; a put of
+    the file then sends the chunk again, into a pack, the file downloads whole, and the check
+    is clean."""
+    # /a.bin is one slice of the old writer's and one chunk of today's (below FastCDC's least
+    # cut): the same chunk name, which a put of it today sends again.
+    files = {"/a.bin": random.Random(6).randbytes(200_000), "/b.txt": b"hello packs " * 50_000}
+    data, token = _old_store(tmp_path, files)
+    first = hashlib.sha256(files["/a.bin"]).hexdigest()
+    path = data / "blocks" / first[:2] / first
+    raw = bytearray(path.read_bytes())
+    raw[1000] ^= 1
+    path.write_bytes(bytes(raw))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+    def check(*extra: str) -> tuple[int, dict[str, Any]]:
+        p = subprocess.run(
+            [*CUBBY, "--json", "admin", "check", "--data", str(data), *extra],
+            env=env, capture_output=True, text=True, timeout=300, check=False,
+        )
+        return p.returncode, json.loads(p.stdout)
+
+    code, shallow = check()
+    assert code == 0 and shallow["ok"] and shallow["held_chunks"] == 2  # b.txt repeats one slice
+    code, deep = check("--read-data")
+    assert code == 1 and deep["chunks_read"] == 2 and deep["chunks_corrupt"] == 1
+    assert [f["path"] for f in deep["files"]] == ["/a.bin"]
+    code, repaired = check("--read-data", "--repair")
+    assert code == 1 and repaired["chunks_forgotten"] == 1 and not path.exists()
+    with LiveServer(data) as new:
+        with ApiClient(new.url, token) as api:
+            sent = upload_file(api, tmp_path / "a.bin", "/again.bin")
+        assert sent.chunks_sent == 1
+        assert _content(new, token, "/a.bin") == files["/a.bin"] and _content(new, token, "/b.txt") == files["/b.txt"]
+    code, after = check("--read-data")
+    assert code == 0 and after["ok"] and after["chunks_read"] == 2

@@ -16,7 +16,8 @@ Three passes, each reading only what it must:
    orphans (a writer died between its PUT and its index row; `PackBlockStore.compact` deletes
    them). Younger objects may be packs being recorded right now.
 2. **Held chunks** (``held``: the hashes of the ``blocks`` table, in pages): each has a location
-   in the index, or a file in an earlier release's store (`PackBlockStore.present`).
+   in the index, or a file in an earlier release's store (`PackBlockStore.legacy`); with
+   ``read_data`` each of those files is read and hashed against its name, page by page.
 3. **Data** (``read_data``): every recorded pack is read whole, once, and each chunk the index
    places in it is decoded and hashed against its name. This reads the whole store.
 4. **Referenced chunks** (``referenced``, pages of the chunks current files name): each has a
@@ -41,6 +42,7 @@ from cubby.blockstore.packfile import pack_object_name
 from cubby.blockstore.packs import PackBlockStore, pack_age
 from cubby.core.compression import CorruptChunk
 from cubby.core.hashing import sha256_hex
+from cubby.errors import NotFound
 
 ORPHAN_AGE = 3600.0
 """Pack objects no index row names are counted once this old (`PackBlockStore.compact`'s own
@@ -69,6 +71,10 @@ class ScrubReport:
     bytes_read: int = 0
     chunks_corrupt: list[str] = field(default_factory=list)
     """Read, but not decoding to bytes of their name and length."""
+    legacy_corrupt: list[str] = field(default_factory=list)
+    """Those of ``chunks_corrupt`` read from the earlier release's store: a repair deletes
+    their files once it has forgotten them, else the next upload would be deduplicated
+    against them again (`PackBlockStore.present` finds them there)."""
     referenced_chunks: int = 0
     chunks_missing: list[str] = field(default_factory=list)
     """Named by a current file, but with no place in the store: lost."""
@@ -124,8 +130,12 @@ def scrub(
     unlocated: list[str] = []
     for page in held:
         report.held_chunks += len(page)
-        found = store.present(page)
-        unlocated.extend(h for h in page if h not in found)
+        indexed = store.index.present(page)
+        rest = [h for h in page if h not in indexed]
+        in_legacy = store.legacy.present(rest) if store.legacy is not None and rest else set()
+        unlocated.extend(h for h in rest if h not in in_legacy)
+        if read_data and in_legacy:
+            _read_legacy(store, sorted(in_legacy), report)
         told(report)
     report.chunks_unlocated = _still_unplaced(store, unlocated)
     report.places.update(dict.fromkeys(report.chunks_unlocated))
@@ -153,6 +163,29 @@ def _still_unplaced(store: PackBlockStore, names: list[str]) -> list[str]:
         return []
     found = store.present(names)
     return sorted(n for n in names if n not in found)
+
+
+def _read_legacy(store: PackBlockStore, names: list[str], report: ScrubReport) -> None:
+    """Read each of ``names`` from the earlier release's store (a file per chunk) and hash it
+    against its name. One gone since it was listed was moved into a pack meanwhile
+    (`cubby admin migrate-blocks`): it is not checked by this run."""
+    legacy = store.legacy
+    assert legacy is not None
+    for name in names:
+        try:
+            data = legacy.get(name)
+        except NotFound:
+            continue
+        except (CorruptChunk, OSError):  # does not decode, or the disk cannot read it
+            intact = False
+        else:
+            report.bytes_read += len(data)
+            intact = sha256_hex(data) == name
+        report.chunks_read += 1
+        if not intact:
+            report.chunks_corrupt.append(name)
+            report.legacy_corrupt.append(name)
+            report.places[name] = None
 
 
 def _read_pack(store: PackBlockStore, pack: str, report: ScrubReport) -> None:
