@@ -407,9 +407,13 @@ def test_a_server_that_takes_requests_and_never_answers_is_given_up_in_time(s3: 
     and a GET each fail (retryable, saying they gave up) after at most two attempts, where
     without a deadline they would make eight; once the proxy answers again, they succeed."""
     prefix = fresh_prefix()
+    # Set up at the default timeout, and the short one with a named body check (so no
+    # checksum probe of three requests, each of which a loaded moto may answer in 0.5 s).
+    open_s3_object_store(s3.url(prefix), read_ahead=False).put("kept", b"kept bytes")
     with fault_proxy(s3.endpoint, Faults()) as proxy:
-        store = open_s3_object_store(s3.url(prefix, endpoint=proxy.endpoint) + "&timeout=0.5", read_ahead=False)
-        store.put("kept", b"kept bytes")
+        store = open_s3_object_store(
+            s3.url(prefix, endpoint=proxy.endpoint) + "&timeout=0.5&checksum=crc32", read_ahead=False
+        )
         proxy.faults = Faults(stall=1.0)
         for call in (lambda: store.put("x", b"x"), lambda: store.get("kept")):
             before = proxy.counts["stall"]
