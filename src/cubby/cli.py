@@ -632,17 +632,19 @@ def gc(
             swept(GcStats())
             stats = store.collect_garbage(bs, grace, progress=swept)
             packs = bs.compact(threshold=threshold, grace=pack_grace, progress=repacked)
+            found = bs.index.unreadable_count()
         finally:
             bs.objects.close()
             status(None)
     finally:
         store.close()
     state.emit(
-        {**stats.__dict__, "packs": packs.__dict__},
+        {**stats.__dict__, "packs": packs.__dict__, "chunks_found_unreadable": found},
         f"examined {stats.examined} chunks, deleted {stats.deleted}, freed {stats.bytes_freed} bytes; "
         f"rewrote {packs.packs_rewritten} packs ({packs.chunks_moved} chunks moved), deleted {packs.packs_deleted}"
         + (f"; {count_of(packs.packs_missing, 'pack')} missing from the store: run cubby admin check"
-           if packs.packs_missing else ""),
+           if packs.packs_missing else "")
+        + (f"; {count_of(found, 'chunk')} found unreadable by a server: run cubby admin check" if found else ""),
     )
 
 

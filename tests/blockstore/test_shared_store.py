@@ -28,6 +28,14 @@ def two_servers(tmp_path: Path) -> Iterator[tuple[LiveServer, LiveServer]]:
         yield a, b
 
 
+def found_unreadable(server: LiveServer) -> float:
+    """``cubby_chunks_found_unreadable`` on ``server``'s /metrics."""
+    for line in httpx.get(server.url + "/metrics", timeout=30).text.splitlines():
+        if line.startswith("cubby_chunks_found_unreadable "):
+            return float(line.split()[1])
+    raise AssertionError("no cubby_chunks_found_unreadable in /metrics")
+
+
 def test_two_servers_on_one_folder_and_one_database_serve_each_others_uploads(tmp_path: Path) -> None:
     rng = random.Random(11)
     payload = rng.randbytes(3_000_000) + b"text " * 200_000
@@ -77,6 +85,7 @@ def test_a_chunk_one_server_could_not_read_is_mended_by_an_upload_through_the_ot
         pack.unlink()
         r = httpx.get(a.url + "/api/v1/content/f.bin", headers=auth, timeout=60)
         assert r.status_code >= 500 or r.content != data  # lost, before the mend (the second never read it)
+        assert found_unreadable(b) == 1  # the first's finding, on the second's dashboard too
         with ApiClient(a.url, token) as via_a, ApiClient(b.url, token) as via_b:
             via_a.upload_chunks = via_b.upload_chunks  # type: ignore[method-assign]  # the balancer's choice
             sent = upload_file(via_a, tmp_path / "f.bin", "/copy.bin")
@@ -85,3 +94,4 @@ def test_a_chunk_one_server_could_not_read_is_mended_by_an_upload_through_the_ot
             for name in ("f.bin", "copy.bin"):
                 r = httpx.get(f"{server.url}/api/v1/content/{name}", headers=auth, timeout=60)
                 assert r.status_code == 200 and r.content == data, (server.url, name)
+        assert found_unreadable(a) == found_unreadable(b) == 0

@@ -342,7 +342,8 @@ def test_lost_packs_are_mended_by_uploads_of_the_same_bytes_and_check_repair_doe
 def test_gc_repacks_around_a_lost_pack_and_says_to_check(tmp_path):
     """Three small packs to merge, one lost from the store: `cubby gc` merges the other two
     (a lost pack once stopped every repack), says one is missing and what to run, and the
-    files that were readable still are."""
+    files that were readable still are. Once a download has failed on the lost one, gc also
+    counts the chunk the server found unreadable."""
     with LiveServer(tmp_path / "data") as s:
         token = s.add_user("gus")
         for i in range(3):
@@ -361,6 +362,12 @@ def test_gc_repacks_around_a_lost_pack_and_says_to_check(tmp_path):
         for i in (0, 2):
             cubby(s, token, "get", f"/f{i}.txt", str(tmp_path / f"g{i}.txt"))
             assert (tmp_path / f"g{i}.txt").read_text() == f"file {i}\n" * (i + 1)
+        assert cubby(s, token, "get", "/f1.txt", str(tmp_path / "g1.txt"), check=False).returncode == 2
+    p = subprocess.run(
+        [*CUBBY, "gc", "--data", str(s.data_dir), "--grace", "0", "--pack-grace", "0"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert p.returncode == 0 and "1 chunk found unreadable by a server: run cubby admin check" in p.stdout, p.stdout
 
 
 def test_user_add_prints_the_token_last(tmp_path):

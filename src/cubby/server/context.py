@@ -120,6 +120,7 @@ def build_context(config: Config, roles: tuple[str, ...]) -> ServerContext:
     for db in store.router.databases():
         db.observe = metrics.observe_transaction
     if blocks is not None:
+        metrics.watch_findings(pack_store.index.unreadable_count)
         blocks = InstrumentedBlockStore(blocks, metrics)
     if not store.router.single:
         # Calls reaching a namespace while `cubby admin move-namespace` moves it are asked again
