@@ -148,17 +148,15 @@ class SqlChunkIndex:
                     .where(c.hash == bindparam("h"), c.pack == bindparam("old"))
                     .values(pack=bindparam("pack"), pos=bindparam("p"), stored_len=bindparam("s"), plain_len=bindparam("l"))
                 )
-                u = unreadable_chunks.c
-                unmark = delete(unreadable_chunks).where(u.hash == bindparam("h"), u.pack == bindparam("old"))
+                left: dict[str, list[str]] = {}  # old pack -> the chunks moved out of it
                 for h, loc in new.entries:
                     res = conn.execute(
                         stmt, {"h": h, "old": moved_from[h], "pack": loc.pack, "p": loc.pos, "s": loc.stored_len, "l": loc.plain_len}
                     )
                     if res.rowcount:
                         moved += res.rowcount
-                        # Read from its old pack (a repack) or stored again (a mend): whatever
-                        # was found wrong there is no longer where the chunk is.
-                        conn.execute(unmark, {"h": h, "old": moved_from[h]})
+                        left.setdefault(moved_from[h], []).append(h)
+                _unmark(conn, left)
             if retire:
                 still = {r[0] for r in conn.execute(select(chunk_index.c.pack).where(chunk_index.c.pack.in_(list(retire))).distinct())}
                 gone = [p for p in retire if p not in still]
@@ -220,6 +218,18 @@ class SqlChunkIndex:
         holds = select(chunk_index.c.hash).where(chunk_index.c.pack == packs.c.pack).exists()
         q = select(packs.c.pack).where(holds).order_by(packs.c.pack.desc()).limit(limit)
         return self.db.read(lambda conn: [r[0] for r in conn.execute(q)])
+
+
+def _unmark(conn: Connection, left: dict[str, list[str]]) -> None:
+    """Drop the unreadable findings of chunks just moved out of the pack they were found in
+    (by a repack, which read them, or a mend, which stored them again): whatever was wrong
+    there is no longer where they are. Nothing to do, and one probe, when nothing was found."""
+    u = unreadable_chunks.c
+    if not left or conn.execute(select(u.hash).limit(1)).first() is None:
+        return
+    for pack, hashes in left.items():
+        for i in range(0, len(hashes), _BATCH):
+            conn.execute(delete(unreadable_chunks).where(u.pack == pack, u.hash.in_(hashes[i : i + _BATCH])))
 
 
 def _hashes_after(last: str, conn: Connection) -> list[str]:
