@@ -499,3 +499,22 @@ def test_a_lost_pack_does_not_stop_the_repack_of_the_others(meta, tmp_path):
         assert store.get(name) == data
     with pytest.raises(CorruptChunk):
         store.get(batches[1][0][0])
+
+
+def test_a_repack_drops_the_findings_of_the_chunks_it_moves_and_no_other(meta, tmp_path):
+    """A finding names the pack a chunk could not be read from. A repack that reads the chunk
+    there and moves it (a false alarm: a read that failed once) drops it; a finding about
+    another pack than the chunk's, or about a chunk the repack leaves, stays."""
+    store = pack_store(meta, tmp_path / "blocks")
+    moved, other, kept = named(os.urandom(4000)), named(os.urandom(4100)), named(os.urandom(4200))
+    store.put_many([moved, other])
+    store.put_many([named(os.urandom(4300))])
+    small = store.index.lookup([moved[0]])[moved[0]].pack
+    store.put_many([kept] + [named(os.urandom(100_000)) for _ in range(60)])  # a large pack: not merged
+    big = store.index.lookup([kept[0]])[kept[0]].pack
+    store.index.mark_unreadable({moved[0]: small, other[0]: "0" * 34, kept[0]: big})
+    assert store.index.unreadable_count() == 3
+    stats = store.compact(grace=0)
+    assert stats.chunks_moved >= 2 and store.index.lookup([moved[0]])[moved[0]].pack != small
+    assert store.index.lookup([kept[0]])[kept[0]].pack == big
+    assert store.index.unreadable([moved[0], other[0], kept[0]]) == {other[0]: "0" * 34, kept[0]: big}
