@@ -10,7 +10,11 @@
     Median of ``--repeat`` rounds (3), each into a fresh server and rsync folder.
 
 The rsync daemon runs from its own config in the scratch folder, on a free loopback port,
-and is stopped at the end. rsync is installed by `bench/setup.sh` if missing.
+and is stopped at the end. ``rsync -a`` creates a file per file: on ext4, within minutes of
+removing many files near ``--scratch`` (an earlier run's leftovers, a test suite's temporary
+trees), each creation walks the inode table (``recently_deleted``) and the reference takes
+several times as long (bench/README.md, seventeenth session): a steady reference needs a
+quiet file system. rsync is installed by `bench/setup.sh` if missing.
 
     .venv/bin/python bench/rsync_compare.py
     .venv/bin/python bench/rsync_compare.py --edit-size 64M --files 2000 --profile
