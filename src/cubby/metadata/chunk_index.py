@@ -1,9 +1,8 @@
 """`SqlChunkIndex`: the pack store's chunk index (`cubby.blockstore.index`) on the metadata database.
 
 Tables ``chunk_index``, ``packs``, ``deleted_packs`` and ``unreadable_chunks`` (see
-`cubby.metadata.schema`); every
-statement here touches only them, keyed by chunk hash or pack id, so that the index can later
-move to databases of its own, split by hash prefix. Each call runs in its own transaction,
+`cubby.metadata.schema`); every statement here touches only them, keyed by chunk hash or pack
+id, so that the index can later move to databases of its own, split by hash prefix. Each call runs in its own transaction,
 or joins the caller's when the garbage collector or an upload calls in while holding row locks
 on the same database (`Database.write` joins on the same thread).
 """
@@ -97,10 +96,12 @@ class SqlChunkIndex:
             return
 
         def run(conn: Connection) -> None:
+            found = _any_found(conn)
             for i in range(0, len(names), _BATCH):
                 part = names[i : i + _BATCH]
                 conn.execute(delete(chunk_index).where(chunk_index.c.hash.in_(part)))
-                conn.execute(delete(unreadable_chunks).where(unreadable_chunks.c.hash.in_(part)))
+                if found:
+                    conn.execute(delete(unreadable_chunks).where(unreadable_chunks.c.hash.in_(part)))
 
         self.db.write(run)
 
@@ -220,12 +221,19 @@ class SqlChunkIndex:
         return self.db.read(lambda conn: [r[0] for r in conn.execute(q)])
 
 
+def _any_found(conn: Connection) -> bool:
+    """Whether any chunk is recorded unreadable: one probe, so that the statements that keep
+    the findings true (a forget, a switch: thousands of chunks in a collection or a repack)
+    cost nothing, and take no locks, while there are none, which is nearly always."""
+    return conn.execute(select(unreadable_chunks.c.hash).limit(1)).first() is not None
+
+
 def _unmark(conn: Connection, left: dict[str, list[str]]) -> None:
     """Drop the unreadable findings of chunks just moved out of the pack they were found in
     (by a repack, which read them, or a mend, which stored them again): whatever was wrong
     there is no longer where they are. Nothing to do, and one probe, when nothing was found."""
     u = unreadable_chunks.c
-    if not left or conn.execute(select(u.hash).limit(1)).first() is None:
+    if not left or not _any_found(conn):
         return
     for pack, hashes in left.items():
         for i in range(0, len(hashes), _BATCH):
