@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -116,14 +117,20 @@ class Metrics:
         gauge = self.buffered.labels(name)
         self.refreshers.append(lambda: gauge.set(held()))
 
-    def watch_findings(self, count: Callable[[], int]) -> None:
+    def watch_findings(self, count: Callable[[], int], *, every: float = 30.0) -> None:
         """Report ``count()`` (`ChunkIndex.unreadable_count`, one small query on the chunk
-        database) at every scrape, as ``cubby_chunks_found_unreadable``: a store losing packs
-        shows on the dashboards before a cron's `cubby admin check` runs. Every worker reports
-        the same table, so the workers' largest is shown, not their sum. A database that cannot
-        answer leaves the last figure."""
+        database) as ``cubby_chunks_found_unreadable``, asked at a scrape at most once every
+        ``every`` seconds: a store losing packs shows on the dashboards before a cron's `cubby
+        admin check` runs, and scrapes do not add a transaction each to the counts they report.
+        Every worker reports the same table, so the workers' largest is shown, not their sum.
+        A database that cannot answer leaves the last figure."""
+        asked = [-every]
 
         def refresh() -> None:
+            now = time.monotonic()
+            if now - asked[0] < every:
+                return
+            asked[0] = now
             try:
                 self.found_unreadable.set(count())
             except Exception:  # the scrape still answers: the other metrics say what is wrong
