@@ -748,6 +748,8 @@ def admin_check(
             # next upload of its bytes would be deduplicated against it again.
             for name in set(forgotten).intersection(report.legacy_corrupt):
                 bs.legacy.delete(name)
+        if repair and report.findings_intact:
+            bs.index.clear_unreadable(report.findings_intact)
         if repair and report.packs_absent:
             # A lost pack no chunk points at any more (forgotten now, or mended since) is
             # retired, as a compaction retires an emptied one.

@@ -20,6 +20,7 @@ from cubby.blockstore.objects import open_object_store
 from cubby.blockstore.packfile import pack_object_name
 from cubby.blockstore.packs import PackBlockStore
 from cubby.blockstore.scrub import scrub
+from cubby.core.compression import CorruptChunk
 from cubby.metadata.chunk_index import SqlChunkIndex
 from cubby.metadata.damage import files_with_chunks, forget_damaged, held_chunks, referenced_chunks
 from cubby.metadata.schema import blocks as blocks_table
@@ -82,6 +83,32 @@ def test_a_flipped_byte_is_found_only_by_reading_and_names_its_file(meta: SqlMet
     assert not report.ok and report.chunks_corrupt == [victim] and report.damaged == [victim]
     named, total = files_with_chunks([meta.db], report.damaged)
     assert total == 1 and [(f.path, f.chunks) for f in named] == [("/f1.bin", 1)]
+
+
+def test_a_finding_whose_chunk_reads_intact_is_told_apart_and_dropped_by_a_repair(
+    meta: SqlMetadataStore, tmp_path: Path
+) -> None:
+    """Servers recorded two chunks as unreadable: one has a flipped byte, the other failed
+    once and reads fine (a pack restored since, say). Without reading, the check counts both;
+    with --read-data it tells the second apart, and a repair (`clear_unreadable`, as `cubby
+    admin check --repair` calls it) drops only that one: the damaged one waits for its bytes."""
+    blocks = PackBlockStore(FolderObjectStore(tmp_path / "blocks"), SqlChunkIndex(meta.db))
+    made = files(meta, blocks, 2)
+    bad, fine = made["/f0.bin"][0], made["/f1.bin"][1]
+    loc = blocks.index.lookup([bad])[bad]
+    path = tmp_path / "blocks" / pack_object_name(loc.pack)
+    raw = bytearray(path.read_bytes())
+    raw[loc.pos + loc.stored_len // 2] ^= 0x40
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptChunk):
+        blocks.get(bad)  # a server's read: its finding
+    blocks.index.mark_unreadable({fine: pack_of(blocks, fine)})  # a read that failed once
+    shallow = scrub(blocks, held_chunks(meta.db))
+    assert shallow.found_unreadable == 2 and shallow.findings_intact == {}
+    deep = scrub(blocks, held_chunks(meta.db), read_data=True)
+    assert deep.damaged == [bad] and deep.findings_intact == {fine: pack_of(blocks, fine)}
+    blocks.index.clear_unreadable(deep.findings_intact)
+    assert blocks.index.unreadable(None) == {bad: loc.pack}
 
 
 def test_a_missing_and_a_truncated_pack_are_found_without_reading(meta: SqlMetadataStore, tmp_path: Path) -> None:

@@ -370,6 +370,33 @@ def test_gc_repacks_around_a_lost_pack_and_says_to_check(tmp_path):
     assert p.returncode == 0 and "1 chunk found unreadable by a server: run cubby admin check" in p.stdout, p.stdout
 
 
+def test_a_pack_restored_after_a_failed_read_is_told_apart_by_check_and_its_finding_dropped(tmp_path):
+    """A pack goes missing, a download fails on it (the server records its chunk unreadable),
+    and the operator puts the pack back from a backup: `admin check` counts the finding,
+    with --read-data says the chunk reads intact where it was found unreadable, and with
+    --repair drops the finding; nothing is damaged or forgotten, and the file downloads."""
+    data = random.Random(14).randbytes(60_000)
+    (tmp_path / "f.bin").write_bytes(data)
+    with LiveServer(tmp_path / "data") as s:
+        token = s.add_user("ida")
+        cubby(s, token, "put", str(tmp_path / "f.bin"), "/f.bin")
+        (pack,) = (s.data_dir / "blocks" / "packs").rglob("*.pack")
+        pack.rename(tmp_path / "backup.pack")
+        assert cubby(s, token, "get", "/f.bin", str(tmp_path / "g.bin"), check=False).returncode == 2
+        (tmp_path / "backup.pack").rename(pack)
+    check = [*CUBBY, "--json", "admin", "check", "--data", str(s.data_dir)]
+    for extra, intact in (([], 0), (["--read-data"], 1), (["--read-data", "--repair"], 1)):
+        p = subprocess.run([*check, *extra], capture_output=True, text=True, timeout=120)
+        report = json.loads(p.stdout)
+        assert p.returncode == 0 and report["ok"] and report["chunks_forgotten"] == 0, p.stdout
+        assert (report["chunks_found_unreadable"], report["findings_read_intact"]) == (1, intact), extra
+    p = subprocess.run([*CUBBY, "admin", "check", "--data", str(s.data_dir)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "found unreadable" not in p.stdout, p.stdout
+    with LiveServer(tmp_path / "data") as s:
+        assert cubby(s, token, "get", "/f.bin", str(tmp_path / "g.bin")).returncode == 0
+        assert (tmp_path / "g.bin").read_bytes() == data
+
+
 def test_user_add_prints_the_token_last(tmp_path):
     p = subprocess.run([*CUBBY, "user", "add", "zed", "--data", str(tmp_path / "d")], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr

@@ -82,8 +82,13 @@ class ChunkIndex(Protocol):
         """Record that each chunk of ``found`` could not be read from the pack it maps to
         (`cubby.blockstore.packs`, "Mending"), replacing any earlier finding for it."""
 
-    def unreadable(self, hashes: Sequence[str]) -> dict[str, str]:
-        """Those of ``hashes`` found unreadable and not moved since, each with its pack."""
+    def unreadable(self, hashes: Sequence[str] | None) -> dict[str, str]:
+        """Those of ``hashes`` found unreadable and not moved since, each with its pack; every
+        one for None (findings are few: a lost pack adds its chunks)."""
+
+    def clear_unreadable(self, found: dict[str, str]) -> None:
+        """Drop the findings of ``found`` that still name the same pack (a chunk read intact
+        there after all: `cubby admin check --read-data --repair`)."""
 
     def unreadable_count(self) -> int:
         """How many chunks are found unreadable and wait for their bytes (`cubby admin check`)."""

@@ -81,6 +81,9 @@ class ScrubReport:
     found_unreadable: int = 0
     """Chunks the servers failed to read and no upload has mended yet
     (`ChunkIndex.unreadable_count`): their findings, which this check does not need to agree."""
+    findings_intact: dict[str, str] = field(default_factory=dict)
+    """With ``read_data``: the findings whose chunk this check read intact where they say it
+    could not be read (a read that failed once, a pack restored since): a repair drops them."""
     places: dict[str, str | None] = field(default_factory=dict)
     """Each damaged chunk and the pack it was found damaged in (None: it had no place), what a
     repair checks is still so before it forgets the chunk (`cubby.metadata.damage.forget_damaged`)."""
@@ -144,6 +147,15 @@ def scrub(
         for pack in sorted(p for p in usage if p in listed):  # a short pack's chunks before its end too
             _read_pack(store, pack, report)
             told(report)
+
+    if read_data and report.found_unreadable:
+        # Every pack and earlier-release file was read: a finding whose chunk is not damaged
+        # and is still where the finding says was read intact there.
+        findings = store.index.unreadable(None)
+        located = store.index.lookup(sorted(findings))
+        report.findings_intact = {
+            h: p for h, p in findings.items() if h not in report.places and h in located and located[h].pack == p
+        }
 
     missing: set[str] = set()
     for page in referenced:

@@ -36,6 +36,7 @@ def check_result(report: ScrubReport, files: Sequence[DamagedFile], total: int, 
         "files": [f.to_dict() for f in files],
         "chunks_forgotten": forgotten,
         "chunks_found_unreadable": report.found_unreadable,
+        "findings_read_intact": len(report.findings_intact),
     }
 
 
@@ -66,6 +67,9 @@ def check_lines(
             f"{count_of(report.found_unreadable, 'chunk')} found unreadable by a server and not yet mended by an "
             f"upload of their bytes{hint}"
         )
+    if report.findings_intact:
+        done = "dropped" if repair else "--repair drops them"
+        lines.append(f"{count_of(len(report.findings_intact), 'chunk')} of those read intact where found unreadable: {done}")
     if report.orphan_packs:
         lines.append(f"{count_of(report.orphan_packs, 'orphan pack')} no index names (cubby gc deletes them)")
     if forgotten:

@@ -184,11 +184,13 @@ class SqlChunkIndex:
 
         self.db.write(run)
 
-    def unreadable(self, hashes: Sequence[str]) -> dict[str, str]:
+    def unreadable(self, hashes: Sequence[str] | None) -> dict[str, str]:
+        u = unreadable_chunks.c
+        if hashes is None:
+            return self.db.read(lambda conn: {str(h): str(p) for h, p in conn.execute(select(u.hash, u.pack))})
         wanted = sorted(set(hashes))
         if not wanted:
             return {}
-        u = unreadable_chunks.c
 
         def run(conn: Connection) -> dict[str, str]:
             out: dict[str, str] = {}
@@ -197,6 +199,13 @@ class SqlChunkIndex:
             return out
 
         return self.db.read(run)
+
+    def clear_unreadable(self, found: dict[str, str]) -> None:
+        by_pack: dict[str, list[str]] = {}
+        for h, pack in sorted(found.items()):
+            by_pack.setdefault(pack, []).append(h)
+        if by_pack:
+            self.db.write(lambda conn: _unmark(conn, by_pack))
 
     def unreadable_count(self) -> int:
         return int(self.db.read(lambda conn: conn.execute(select(func.count()).select_from(unreadable_chunks)).scalar_one()))
