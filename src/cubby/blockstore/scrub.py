@@ -143,18 +143,20 @@ def scrub(
     report.chunks_unlocated = _still_unplaced(store, unlocated)
     report.places.update(dict.fromkeys(report.chunks_unlocated))
 
-    if read_data:
-        for pack in sorted(p for p in usage if p in listed):  # a short pack's chunks before its end too
-            _read_pack(store, pack, report)
-            told(report)
+    read = sorted(p for p in usage if p in listed) if read_data else []
+    for pack in read:  # a short pack's chunks before its end too
+        _read_pack(store, pack, report)
+        told(report)
 
-    if read_data and report.found_unreadable:
-        # Every pack and earlier-release file was read: a finding whose chunk is not damaged
-        # and is still where the finding says was read intact there.
+    if read and report.found_unreadable:
+        # A finding about a pack this check read, whose chunk is still placed there and was
+        # not found damaged: the chunk read intact where a server could not read it.
         findings = store.index.unreadable(None)
         located = store.index.lookup(sorted(findings))
+        done = set(read)
         report.findings_intact = {
-            h: p for h, p in findings.items() if h not in report.places and h in located and located[h].pack == p
+            h: p for h, p in findings.items()
+            if p in done and h not in report.places and h in located and located[h].pack == p
         }
 
     missing: set[str] = set()
