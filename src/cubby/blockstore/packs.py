@@ -216,10 +216,7 @@ class PackBlockStore:
         has failed already and its own error says more."""
         now = time.monotonic()
         with self._marked_lock:
-            fresh = {
-                h: p for h, p in found.items()
-                if (seen := self._marked.get(h)) is None or seen[0] != p or now - seen[1] > MARK_AGAIN
-            }
+            fresh = {h: p for h, p in found.items() if not self._marked_lately(h, p, now)}
             if len(self._marked) + len(fresh) > 100_000:
                 self._marked.clear()
             self._marked.update((h, (p, now)) for h, p in fresh.items())
@@ -232,6 +229,11 @@ class PackBlockStore:
                 for h in fresh:
                     self._marked.pop(h, None)
             log.warning("could not record chunks found unreadable", exc_info=True, extra={"chunks": len(fresh)})
+
+    def _marked_lately(self, name: str, pack: str, now: float) -> bool:
+        """Whether this process recorded ``name`` unreadable in ``pack`` within `MARK_AGAIN`."""
+        seen = self._marked.get(name)
+        return seen is not None and seen[0] == pack and now - seen[1] <= MARK_AGAIN
 
     def _record(self, made: list[NewPack], mend: dict[str, str]) -> None:
         """Index ``made`` and move each chunk of ``mend`` that it holds out of its bad pack."""
@@ -342,7 +344,10 @@ class PackBlockStore:
                     continue  # compacted away since the lookup (past its grace): look again
                 # Every chunk placed in the lost pack, not just this one: a proof check that
                 # meets it refuses the whole request, and all of them come back as uploads.
-                self.unreadable(dict.fromkeys([name, *self.index.locations_in([loc.pack])], loc.pack))
+                # Looked up once a while, not at every read of a chunk of it (each download
+                # of its files, each retry).
+                if not self._marked_lately(name, loc.pack, time.monotonic()):
+                    self.unreadable(dict.fromkeys([name, *self.index.locations_in([loc.pack])], loc.pack))
                 raise CorruptChunk(f"chunk {name}: its pack {loc.pack} is missing") from None
             return self._decode(name, loc, blob, self.verify_reads)
         raise AssertionError("unreachable")

@@ -2,9 +2,10 @@
 
 Tables ``chunk_index``, ``packs``, ``deleted_packs`` and ``unreadable_chunks`` (see
 `cubby.metadata.schema`); every statement here touches only them, keyed by chunk hash or pack
-id, so that the index can later move to databases of its own, split by hash prefix. Each call runs in its own transaction,
-or joins the caller's when the garbage collector or an upload calls in while holding row locks
-on the same database (`Database.write` joins on the same thread).
+id, so that the index can later move to databases of its own, split by hash prefix. Each call
+runs in its own transaction, or joins the caller's when the garbage collector or an upload
+calls in while holding row locks on the same database (`Database.write` joins on the same
+thread).
 """
 
 from __future__ import annotations
