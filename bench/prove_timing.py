@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import http.client
 import json
@@ -39,6 +40,7 @@ from urllib.parse import urlsplit
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe, summary_line
@@ -50,6 +52,7 @@ from cubby.core import proofs
 from cubby.model import ChunkRef
 from cubby.server import blocks as blocks_role
 from cubby.server.possession import RejectPacer
+from tests.helpers.moto_server import MOTO_CREDENTIALS, moto_server
 
 
 def parse_size(text: str) -> int:
@@ -59,7 +62,7 @@ def parse_size(text: str) -> int:
 
 
 @contextmanager
-def running_server(data: Path, padded: bool) -> Iterator[str]:
+def running_server(data: Path, padded: bool, blocks: str | None = None) -> Iterator[str]:
     """A server on a socket this process bound to port 0; yields its URL."""
     import uvicorn
 
@@ -67,10 +70,10 @@ def running_server(data: Path, padded: bool) -> Iterator[str]:
     from cubby.server.context import build_context
 
     if not padded:  # the pacer with a zero budget: only the filler hashing is left
-        blocks_role.RejectPacer = lambda: RejectPacer(base_seconds=0.0, default_rate=0.0, margin=0.0)  # type: ignore[assignment,misc]
+        blocks_role.RejectPacer = lambda **_: RejectPacer(first_seconds=0.0, base_seconds=0.0, default_rate=0.0, margin=0.0)  # type: ignore[assignment,misc]
     else:
         blocks_role.RejectPacer = RejectPacer  # type: ignore[misc]
-    config = Config(data_dir=data)
+    config = Config(data_dir=data, blocks_url=blocks)
     ctx = build_context(config, ("meta", "blocks"))
     app = build_app(ctx, ("meta", "blocks"))
     sock = socket.socket()
@@ -157,17 +160,29 @@ def main() -> None:
         "--alg", default=proofs.CURRENT, choices=proofs.ALGORITHMS,
         help="the proof algorithm the requests name (default: what the client sends)",
     )
+    ap.add_argument(
+        "--blocks", default=None,
+        help="the server's block store: an s3:// URL, or 'moto' for a bucket on a moto server this starts (default: the local pack folder)",
+    )
     args = ap.parse_args()
     sizes = [parse_size(s) for s in args.sizes.split(",")]
 
     info = describe(Path(tempfile.gettempdir()))
     print(summary_line(info))
-    report = Report(args.name, info, {"sizes": sizes, "rounds": args.rounds, "alg": args.alg})
+    report = Report(args.name, info, {"sizes": sizes, "rounds": args.rounds, "alg": args.alg, "blocks": args.blocks or "folder"})
     for padded in (True, False):
         mode = "padded" if padded else "no pad"
-        with tempfile.TemporaryDirectory(prefix="cubby-prove-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="cubby-prove-") as tmp, contextlib.ExitStack() as stack:
             data = Path(tmp) / "data"
-            with running_server(data, padded) as url:
+            blocks = args.blocks
+            if blocks == "moto":
+                os.environ.update(MOTO_CREDENTIALS)
+                endpoint = stack.enter_context(moto_server())
+                import boto3
+
+                boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="prove")
+                blocks = f"s3://prove/packs?endpoint={endpoint}&region=us-east-1"
+            with running_server(data, padded, blocks) as url:
                 results = measure(url, data, sizes, args.rounds, args.alg)
         for size, times in results.items():
             group = f"{mode} {size // 1024} KiB"

@@ -18,7 +18,9 @@ import pytest
 
 from cubby.client.api import ApiClient
 from cubby.client.upload import upload_file
+from cubby.core import proofs
 from cubby.errors import CubbyError, NotFound
+from cubby.server.possession import REMOTE_FIRST
 from tests.helpers.fault_proxy import Faults, fault_proxy
 from tests.helpers.live_server import LiveServer
 from tests.helpers.s3_servers import S3Server, fresh_prefix
@@ -273,3 +275,28 @@ def test_a_bucket_that_is_not_there_stops_the_start_and_later_is_a_clear_refusal
         assert bucket in server.logs()
         with ApiClient(server.url, token) as api, pytest.raises(NotFound):
             api.stat("/f.txt")
+
+
+def test_a_wrong_proof_of_one_small_chunk_on_s3_waits_out_a_ranged_get_whether_held_or_not(
+    tmp_path: Path, s3_server: S3Server
+) -> None:
+    """On object storage reading one held chunk is a ranged GET (8 ms on moto), which a
+    per-claim budget of 0.15 ms did not cover: a wrong proof of another user's 4 KiB chunk
+    answered later than one of an absent chunk. Both now wait at least the store's fixed
+    budget (`REMOTE_FIRST`), so neither answers before a held read could have."""
+    prefix, db = fresh_prefix(), f"sqlite:///{tmp_path / 'meta.db'}"
+    data = os.urandom(4096)
+    held = hashlib.sha256(data).hexdigest()
+    (tmp_path / "small.bin").write_bytes(data)
+    with s3_server_process(tmp_path, "srv", s3_server, prefix, db) as server:
+        ann, bob = server.add_user("ann"), server.add_user("bob")
+        with ApiClient(server.url, ann) as api:
+            upload_file(api, tmp_path / "small.bin", "/small.bin")
+        with ApiClient(server.url, bob) as api:
+            ns = api.account()["root_ns"]
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {bob}"}, timeout=60) as http:
+            for name in (held, hashlib.sha256(b"nobody stored this").hexdigest()):
+                body = {"ns_id": ns, "alg": proofs.CURRENT, "proofs": {name: {"size": 4096, "proof": "ab" * 32}}}
+                answer = http.post("/api/v1/blocks/prove", json=body)
+                assert answer.status_code == 200 and answer.json() == {"accepted": [], "rejected": [name]}
+                assert answer.elapsed.total_seconds() >= REMOTE_FIRST

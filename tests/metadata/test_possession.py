@@ -233,4 +233,4 @@ def test_the_time_the_answer_is_padded_for_covers_the_hashing_held_or_absent() -
         got = check_claims(ch, 7, 9, claims, Reader({held: data}), clock=clock)
         assert seen == [0, len(data)], h
         assert got.spent == 1.0
-        assert got.reads == ([(len(data), 1.0)] if h == held else [])
+        assert got.reads == ([(1, len(data), 1.0)] if h == held else [])

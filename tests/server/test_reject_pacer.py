@@ -4,25 +4,64 @@ from __future__ import annotations
 
 import asyncio
 
-from cubby.server.possession import RejectPacer
+from cubby.server.possession import LOCAL_FIRST, REMOTE_FIRST, RejectPacer, first_for
+
+MIB = 1024 * 1024
 
 
-def test_the_pad_is_the_budget_minus_the_reads_and_the_rate_is_learnt():
+def quiet_pacer(**kw: float) -> tuple[RejectPacer, list[float]]:
+    """A pacer whose sleeps are recorded, not slept, with a margin of 1 and 4 samples to learn."""
     slept: list[float] = []
 
     async def sleep(s: float) -> None:
         slept.append(s)
 
-    pacer = RejectPacer(base_seconds=0.001, default_rate=1e-9, margin=1.0, min_samples=4, sleep=sleep)
-    mib = 1024 * 1024
-    assert abs(pacer.budget([mib]) - (0.001 + mib * 1e-9)) < 1e-12
+    return RejectPacer(margin=1.0, min_samples=4, sleep=sleep, **kw), slept  # type: ignore[arg-type]
+
+
+def test_the_pad_is_the_budget_minus_the_reads_and_the_rate_is_learnt():
+    pacer, slept = quiet_pacer(first_seconds=0.002, base_seconds=0.001, default_rate=1e-9)
+    assert abs(pacer.budget([MIB]) - (0.002 + 0.001 + MIB * 1e-9)) < 1e-12
     # An absent chunk (no read) sleeps the whole budget; a held one only what its read left.
-    absent = asyncio.run(pacer.pad([mib], []))
-    held = asyncio.run(pacer.pad([mib], [(mib, 0.0005)]))
-    assert abs(absent - (held + 0.0005)) < 1e-12
-    # Reads slower than the default teach the pacer a larger rate; small reads teach nothing.
-    pacer.record([(mib, 0.01)] * 4 + [(100, 5.0)])
-    assert abs(pacer.rate() - 0.01 / mib) < 1e-15
-    assert pacer.budget([2 * mib]) > 0.02
+    absent = asyncio.run(pacer.pad([MIB], []))
+    held = asyncio.run(pacer.pad([MIB], [(1, MIB, 0.0005)]))
+    assert abs(absent - (held + 0.0005)) < 1e-12 and slept == [absent, held]
+    # Large reads slower than the default teach the pacer a larger rate; small ones do not.
+    pacer.record([(1, MIB, 0.01)] * 4 + [(2, 100, 5.0)])
+    assert abs(pacer.rate() - 0.01 / MIB) < 1e-15
+    assert pacer.budget([2 * MIB]) > 0.02
     # A read longer than the budget is not padded.
-    assert asyncio.run(pacer.pad([mib], [(mib, 1.0)])) == 0.0
+    assert asyncio.run(pacer.pad([MIB], [(1, MIB, 1.0)])) == 0.0
+
+
+def test_a_request_of_one_small_claim_is_padded_to_what_reaching_the_store_costs():
+    """The hole this closes: one held 4 KiB chunk on S3 costs a ranged GET (8 ms on moto) but
+    was budgeted 0.15 ms, so a wrong proof of it answered later than one of an absent chunk."""
+    pacer, _ = quiet_pacer(first_seconds=REMOTE_FIRST)
+    assert pacer.budget([4096]) >= REMOTE_FIRST
+    # Slower single reads than the default raise it (say, a far bucket)...
+    pacer.record([(1, 4096, 0.2)] * 4)
+    assert pacer.first() == 0.2 and pacer.budget([4096]) > 0.2
+    # ...and faster ones never lower it below the store's default: a prober picks the cold chunks.
+    fast, _ = quiet_pacer(first_seconds=REMOTE_FIRST)
+    fast.record([(1, 4096, 0.001)] * 50)
+    assert fast.first() == REMOTE_FIRST
+    assert first_for(remote=True) == REMOTE_FIRST and first_for(remote=False) == LOCAL_FIRST < REMOTE_FIRST
+
+
+def test_the_per_claim_part_is_learnt_from_many_small_held_claims_and_only_raised():
+    pacer, _ = quiet_pacer(base_seconds=0.00015)
+    # 1,000 held 4 KiB chunks read in 0.5 s under load: 500 us a claim, not 150.
+    pacer.record([(1000, 1000 * 4096, 0.5)] * 4)
+    assert abs(pacer.base() - 0.0005) < 1e-12
+    assert pacer.budget([4096] * 1000) >= 0.5
+    # They say nothing of the per-byte rate (that was counted twice, once in each part).
+    assert pacer.rate() == pacer.default_rate
+    # Cheap batches (neighbours in one pack, read as one extent) leave the default in place.
+    cheap, _ = quiet_pacer(base_seconds=0.00015)
+    cheap.record([(1000, 1000 * 4096, 0.01)] * 10)
+    assert cheap.base() == 0.00015
+    # A batch of middling size teaches nothing.
+    mid, _ = quiet_pacer()
+    mid.record([(10, 10 * 4096, 9.0)] * 10)
+    assert (mid.first(), mid.base(), mid.rate()) == (mid.first_seconds, mid.base_seconds, mid.default_rate)

@@ -119,11 +119,12 @@ class Claim(NamedTuple):
 class Checked:
     """What `check_claims` found: ``proven`` hashes (sorted), ``rejected`` ones, the seconds
     ``spent`` in its one batched read (lookup included) and its hashing, and, when every chunk
-    it looked up was held, those (bytes, seconds) in ``reads`` for the pacer to learn from."""
+    it looked up was held, those (claims, bytes, seconds) in ``reads`` for the pacer to learn
+    from (`cubby.server.possession.RejectPacer.record`)."""
 
     proven: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
-    reads: list[tuple[int, float]] = field(default_factory=list)
+    reads: list[tuple[int, int, float]] = field(default_factory=list)
     spent: float = 0.0
 
 
@@ -243,7 +244,7 @@ def check_claims(
     if wanted and len(held) == len(wanted):
         # Only a batch of held chunks alone says what held checks cost; a mixed batch's
         # time is mostly the lookup of absent ones, and would inflate the learnt rate.
-        out.reads.append((sum(len(d) for d in held.values()), out.spent))
+        out.reads.append((len(wanted), sum(len(d) for d in held.values()), out.spent))
     return out
 
 

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from cubby.blockstore.base import BlockStore, Plain
+from cubby.blockstore.opener import folder_of
 from cubby.core import frames
 from cubby.core.compression import CorruptChunk
 from cubby.core.hashing import is_chunk_name
@@ -36,7 +37,7 @@ from cubby.server.bodies import (
 )
 from cubby.server.budget import BodyBudget
 from cubby.server.context import ServerContext
-from cubby.server.possession import RejectPacer
+from cubby.server.possession import RejectPacer, first_for
 
 INGEST_BATCH_BYTES = 16 * 1024 * 1024
 FETCH_HOP_BYTES = 4 * 1024 * 1024
@@ -178,7 +179,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
     store = ctx.store
     blocks: BlockStore = ctx.blocks  # type: ignore[assignment]
     limit = ctx.config.max_request_bytes
-    pacer = RejectPacer()
+    pacer = RejectPacer(first_seconds=first_for(folder_of(ctx.config.blocks_location) is None))
     uploads = BodyBudget(ctx.config.max_buffered_uploads, grace=ctx.config.header_timeout)
     ctx.metrics.watch_budget("upload", lambda: uploads.held)
 

@@ -6,25 +6,39 @@ block store (disk, decompression, verification: milliseconds for 4 MiB, and it d
 store: local packs or S3), an absent one costs nothing; and hashing fresh bytes is slower than
 hashing filler that stays in the CPU's cache. Reading filler from disk would not match either
 (another file, another cache state, another codec). So instead the answer is padded: each
-claim gets a *budget* of ``base + rate * size``, and the handler sleeps for the budget minus
-the time actually spent reading and hashing. A held and an absent chunk then take the same
-time whenever the check fits in the budget.
+request gets a *budget*, and the handler sleeps for the budget minus the time actually spent
+reading and hashing. A held and an absent chunk then take the same time whenever the check
+fits in the budget. The sleep is on the event loop: it holds no thread and no CPU. What it
+costs honest clients: a proof of chunks the server lacks (a new upload) takes about as long
+as a proof of held ones would.
 
-The claims of one request are read in one batch (`BlockStore.get_many`: one index lookup,
-which held and absent claims pay alike and which is inside the measured time, then a ranged
-read per held chunk), so the fixed part of a claim's budget only has to cover one ranged read,
-decompression and verification of a small chunk: ``base_seconds``, 150 us (a batch of 1,000
-held 4 KiB chunks from a pack reads in 130-160 ms on the 2-core test machine at load 7, its
-lookup alone in 30-40 ms when none is held), until the learnt rate takes over. It was 0.5 ms
-while each claim was its own index query (3.3 ms each at that load), which made a prove of
-1,000 new small chunks take four seconds.
+A request's budget is ``first + sum(base + rate * size)`` over its claims:
 
-The rate is learnt from the checks themselves: a high percentile (p90) of recent held checks'
-seconds per byte (read and hashing), times a margin, so it follows whatever block store is configured and how loaded the
-machine is, without configuration. It is one number for the whole server, fed by every batch of
-held reads (accepted proofs too), so it says nothing about any one chunk. The sleep is on the event
-loop: it holds no thread and no CPU. What it costs honest clients: a proof of chunks the server
-lacks (a new upload) takes about as long as a proof of held ones did before.
+- ``first``, once per request: the fixed cost of reaching the store at all, which the other
+  two spread over many claims but a request of one small claim pays whole. On object storage
+  it is a ranged GET: measured with moto, a wrong proof of one held 4 KiB chunk answered 8 ms
+  later than one of an absent chunk (`bench/prove_timing.py --blocks moto`) while budgets had
+  no such part. Its default is the store's (`first_for`: 1 ms for a local folder, a read from
+  a cold SSD; 50 ms for object storage);
+- ``base``, per claim: one ranged read, decompression and verification of a small chunk. The
+  claims of one request are read in one batch (`BlockStore.get_many`: one index lookup, which
+  held and absent claims pay alike and which is inside the measured time, then a read per
+  held chunk or run of neighbours). Its default, 150 us: a batch of 1,000 held 4 KiB chunks
+  from a pack read in 130-160 ms on the 2-core test machine at load 7, the lookup alone in
+  30-40 ms when none was held (it was 0.5 ms while each claim was its own index query, which
+  made a prove of 1,000 new small chunks take four seconds);
+- ``rate``, per byte: the read and hashing of large chunks (`DEFAULT_RATE` until learnt).
+
+Each is learnt from the checks themselves, from the batches it dominates (every claim held):
+a high percentile (p90) of recent samples, times a margin, so that budgets follow whatever
+block store is configured and how loaded the machine is, without configuration. ``first``
+from batches of a few small claims (their seconds), ``base`` from batches of many small
+claims (seconds per claim), ``rate`` from batches of large ones (seconds per byte). Each is
+one number for the whole server, fed by every batch of held reads (accepted proofs too), so
+it says nothing about any one chunk. ``first`` and ``base`` are never below their defaults:
+learning only raises them, since honest clients' reads can be cheaper than the ones a prober
+picks (neighbours in one pack, read as one extent, against chunks scattered over cold packs).
+``rate`` may fall below its default, as before: a 4 MiB read was the case it was made for.
 """
 
 from __future__ import annotations
@@ -37,16 +51,47 @@ from collections.abc import Awaitable, Callable, Iterable
 DEFAULT_RATE = 5e-9
 """Seconds per byte of a held read before enough reads were seen (measured: 4 MiB from the
 local folder store in 17 ms, about 4.2 ns per byte, on the 2-core test machine)."""
+LOCAL_FIRST = 0.001
+"""Default ``first`` of a local folder store: one read from a cold SSD, with room."""
+REMOTE_FIRST = 0.05
+"""Default ``first`` of an object store: a ranged GET (8 ms from moto on loopback; tens of ms
+from a remote S3 at its p90)."""
+FEW_CLAIMS = 4
+"""A batch of at most this many small claims teaches ``first``."""
+MANY_CLAIMS = 32
+"""A batch of at least this many small claims teaches ``base``."""
+
+Read = tuple[int, int, float]
+"""An all-held batch a check read: (claims, bytes, seconds)."""
+
+
+def first_for(remote: bool) -> float:
+    """The default ``first`` of a block store: `REMOTE_FIRST` for object storage, else `LOCAL_FIRST`."""
+    return REMOTE_FIRST if remote else LOCAL_FIRST
+
+
+class _Samples:
+    """The last ``window`` samples of one part of the budget, and their p90."""
+
+    def __init__(self, window: int) -> None:
+        self.values: deque[float] = deque(maxlen=window)
+
+    def p90(self, min_samples: int) -> float | None:
+        ordered = sorted(self.values)
+        if len(ordered) < min_samples:
+            return None
+        return ordered[int(0.9 * (len(ordered) - 1))]
 
 
 class RejectPacer:
-    """Learns what reading a held chunk costs and pads prove answers to that budget.
+    """Learns what reading held chunks costs and pads prove answers to that budget.
 
     Thread-safe: `record` is called from worker threads, `pad` on the event loop."""
 
     def __init__(
         self,
         *,
+        first_seconds: float = LOCAL_FIRST,
         base_seconds: float = 0.00015,
         default_rate: float = DEFAULT_RATE,
         margin: float = 1.25,
@@ -55,44 +100,65 @@ class RejectPacer:
         min_sample_bytes: int = 64 * 1024,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        self.first_seconds = first_seconds
         self.base_seconds = base_seconds
         self.default_rate = default_rate
         self.margin = margin
         self.min_samples = min_samples
         self.min_sample_bytes = min_sample_bytes
-        self._rates: deque[float] = deque(maxlen=window)
+        """A claim of at least this size is large (teaches ``rate``); below it, small."""
+        self._first = _Samples(window)
+        self._base = _Samples(window)
+        self._rates = _Samples(window)
         self._lock = threading.Lock()
         self._sleep = sleep
 
-    def record(self, reads: Iterable[tuple[int, float]]) -> None:
-        """Remember (size, seconds) of held reads. Small reads are skipped: their cost is the
-        fixed part (``base_seconds``), and per byte they would inflate the rate."""
+    def record(self, reads: Iterable[Read]) -> None:
+        """Remember all-held batches, (claims, bytes, seconds), each as a sample of the part
+        of the budget it says most about (`RejectPacer` above); a batch of middling size is
+        a clear sample of none, and is left out."""
         with self._lock:
-            self._rates.extend(s / n for n, s in reads if n >= self.min_sample_bytes)
+            for claims, size, seconds in reads:
+                if claims <= 0:
+                    continue
+                if size >= self.min_sample_bytes * claims:
+                    self._rates.values.append(seconds / size)
+                elif claims <= FEW_CLAIMS and size < self.min_sample_bytes:
+                    self._first.values.append(seconds)
+                elif claims >= MANY_CLAIMS:
+                    self._base.values.append(seconds / claims)
+
+    def _learnt(self, samples: _Samples) -> float | None:
+        with self._lock:
+            p90 = samples.p90(self.min_samples)
+        return None if p90 is None else p90 * self.margin
+
+    def first(self) -> float:
+        """Seconds a request may spend reaching the store, whatever it claims."""
+        return max(self.first_seconds, self._learnt(self._first) or 0.0)
+
+    def base(self) -> float:
+        """Seconds each claim may spend beyond its bytes."""
+        return max(self.base_seconds, self._learnt(self._base) or 0.0)
 
     def rate(self) -> float:
-        with self._lock:
-            rates = sorted(self._rates)
-        if len(rates) < self.min_samples:
-            return self.default_rate * self.margin
-        return rates[int(0.9 * (len(rates) - 1))] * self.margin
+        learnt = self._learnt(self._rates)
+        return self.default_rate * self.margin if learnt is None else learnt
 
     def budget(self, sizes: Iterable[int]) -> float:
         """Seconds a request claiming chunks of these sizes may spend reading."""
-        rate = self.rate()
-        return sum(self.base_seconds + rate * n for n in sizes)
+        rate, base = self.rate(), self.base()
+        return self.first() + sum(base + rate * n for n in sizes)
 
-    async def pad(
-        self, sizes: Iterable[int], reads: Iterable[tuple[int, float]], spent: float | None = None
-    ) -> float:
+    async def pad(self, sizes: Iterable[int], reads: Iterable[Read], spent: float | None = None) -> float:
         """Sleep for the budget of ``sizes`` minus the ``spent`` seconds (by default the
         ``reads``' own); learn from the ``reads``; return the sleep."""
         reads = list(reads)
-        rest = self.budget(sizes) - (sum(s for _, s in reads) if spent is None else spent)
+        rest = self.budget(sizes) - (sum(s for _, _, s in reads) if spent is None else spent)
         self.record(reads)
         if rest > 0:
             await self._sleep(rest)
         return max(0.0, rest)
 
 
-__all__ = ["DEFAULT_RATE", "RejectPacer"]
+__all__ = ["DEFAULT_RATE", "FEW_CLAIMS", "LOCAL_FIRST", "MANY_CLAIMS", "REMOTE_FIRST", "Read", "RejectPacer", "first_for"]
