@@ -12,14 +12,15 @@ fits in the budget. The sleep is on the event loop: it holds no thread and no CP
 costs honest clients: a proof of chunks the server lacks (a new upload) takes about as long
 as a proof of held ones would.
 
-A request's budget is ``first + sum(base + rate * size)`` over its claims:
+A request's budget is ``max(first, sum(base + rate * size))`` over its claims:
 
-- ``first``, once per request: the fixed cost of reaching the store at all, which the other
-  two spread over many claims but a request of one small claim pays whole. On object storage
-  it is a ranged GET: measured with moto, a wrong proof of one held 4 KiB chunk answered 8 ms
-  later than one of an absent chunk (`bench/prove_timing.py --blocks moto`) while budgets had
-  no such part. Its default is the store's (`first_for`: 1 ms for a local folder, a read from
-  a cold SSD; 50 ms for object storage);
+- ``first``, the least any request gets: the fixed cost of reaching the store at all, which
+  a large request's claims spread over many bytes (the learnt ``rate`` holds it, amortised,
+  and a budget already above ``first`` is left as it is) but a request of one small claim
+  pays whole. On object storage it is a ranged GET: measured with moto, a wrong proof of one
+  held 4 KiB chunk answered 8 ms later than one of an absent chunk (`bench/prove_timing.py
+  --blocks moto`) while budgets had no such floor. Its default is the store's (`first_for`:
+  1 ms for a local folder, a read from a cold SSD; 50 ms for object storage);
 - ``base``, per claim: one ranged read, decompression and verification of a small chunk. The
   claims of one request are read in one batch (`BlockStore.get_many`: one index lookup, which
   held and absent claims pay alike and which is inside the measured time, then a read per
@@ -134,7 +135,7 @@ class RejectPacer:
         return None if p90 is None else p90 * self.margin
 
     def first(self) -> float:
-        """Seconds a request may spend reaching the store, whatever it claims."""
+        """Seconds any request may spend, however little it claims (reaching the store)."""
         return max(self.first_seconds, self._learnt(self._first) or 0.0)
 
     def base(self) -> float:
@@ -148,7 +149,7 @@ class RejectPacer:
     def budget(self, sizes: Iterable[int]) -> float:
         """Seconds a request claiming chunks of these sizes may spend reading."""
         rate, base = self.rate(), self.base()
-        return self.first() + sum(base + rate * n for n in sizes)
+        return max(self.first(), sum(base + rate * n for n in sizes))
 
     async def pad(self, sizes: Iterable[int], reads: Iterable[Read], spent: float | None = None) -> float:
         """Sleep for the budget of ``sizes`` minus the ``spent`` seconds (by default the
