@@ -341,3 +341,78 @@ def test_group_sizes_ramp_up_and_down_and_cover_every_file(files):
         assert sizes[0] == upload.FIRST_GROUP and sizes[-1] < 2 * upload.FIRST_GROUP
     if files >= 10_000:
         assert sizes.count(upload.BATCH) >= files // upload.BATCH - 3
+
+
+class ProvingAhead(ApiClient):
+    """Holds each prove until ``together`` proves are out at once (so a client that proves only
+    as many windows as it uploads never gets past the first), counts the uploads running at
+    once, and runs ``on_prove`` before the first prove is answered."""
+
+    def __init__(self, *a, together: int, on_prove=None, **kw):
+        super().__init__(*a, **kw)
+        self.together, self.on_prove = together, on_prove
+        self.lock = threading.Lock()
+        self.out = 0
+        self.all_out = threading.Event()
+        self.uploading = self.most_uploading = 0
+
+    def prove(self, ns_id, proofs, windows=None):
+        with self.lock:
+            self.out += 1
+            if self.out >= self.together:
+                self.all_out.set()
+        assert self.all_out.wait(60), "the windows' proofs were not sent ahead of their uploads"
+        if self.on_prove is not None:
+            self.on_prove()
+            self.on_prove = None
+        return super().prove(ns_id, proofs, windows)
+
+    def upload_chunks(self, ns_id, items):
+        with self.lock:
+            self.uploading += 1
+            self.most_uploading = max(self.most_uploading, self.uploading)
+        try:
+            return super().upload_chunks(ns_id, items)
+        finally:
+            with self.lock:
+                self.uploading -= 1
+
+
+def _new_large_file(api, tmp_path, name: str, seed: int):
+    src = tmp_path / name
+    data = _data(seed, 16 * 1024 * 1024)
+    src.write_bytes(data)
+    lf = scan_file(src, "/" + name)
+    return data, lf, api.commit("/" + name, lf.size, lf.refs)
+
+
+def test_windows_are_proven_ahead_of_their_uploads_holding_no_more_bytes(live, api, tmp_path, monkeypatch):
+    """The server pads a refused proof to what reading the window would have cost it, so a
+    window's proof waits about as long as its upload takes: windows beyond ``in_flight`` are
+    proven ahead, holding no bytes, and read again (their file's stamp unchanged) once refused.
+    Only ``in_flight`` windows are read or uploaded at once."""
+    monkeypatch.setattr(upload, "UPLOAD_WINDOW", 1024 * 1024)
+    data, lf, res = _new_large_file(api, tmp_path, "ahead.bin", 21)
+    token = api.http.headers["Authorization"].split()[1]
+    with ProvingAhead(live.url, token, together=3) as client:
+        supply(client, api.account()["root_ns"], needs_for([(lf, res)]), in_flight=1, ahead=2)
+    assert client.most_uploading == 1
+    assert api.commit("/ahead.bin", lf.size, lf.refs).entry is not None
+    download_file(api, "/ahead.bin", tmp_path / "back.bin")
+    assert (tmp_path / "back.bin").read_bytes() == data
+
+
+def test_a_file_changed_between_its_proof_and_its_upload_is_a_changed_file(live, api, tmp_path, monkeypatch):
+    """A window proven ahead is read again for its upload: a file rewritten in between is
+    caught by its stamp, and nothing is committed."""
+    monkeypatch.setattr(upload, "UPLOAD_WINDOW", 1024 * 1024)
+    _, lf, res = _new_large_file(api, tmp_path, "rewritten.bin", 22)
+    token = api.http.headers["Authorization"].split()[1]
+
+    def rewrite() -> None:
+        lf.local.write_bytes(_data(23, lf.size))
+
+    with ProvingAhead(live.url, token, together=2, on_prove=rewrite) as client, pytest.raises(FileChanged):
+        supply(client, api.account()["root_ns"], needs_for([(lf, res)]), in_flight=1, ahead=2)
+    again = api.commit("/rewritten.bin", lf.size, lf.refs)
+    assert again.entry is None and again.needed
