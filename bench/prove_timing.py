@@ -77,6 +77,10 @@ def running_server(data: Path, padded: bool, blocks: str | None = None) -> Itera
     ctx = build_context(config, ("meta", "blocks"))
     app = build_app(ctx, ("meta", "blocks"))
     sock = socket.socket()
+    # Accepted connections inherit it: uvicorn writes an answer's headers and body apart, and
+    # without it every answer after a connection's first waited ~40 ms for a delayed ACK
+    # (4 ms steps), under which smaller differences did not show (`cubby serve` has it).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(
@@ -107,9 +111,11 @@ def measure(url: str, data: Path, sizes: list[int], rounds: int, alg: str) -> di
     tb = store.create_user(f"bob{os.getpid()}{time.time_ns()}")[1]
     store.close()
     out: dict[int, dict[str, list[float]]] = {}
-    # http.client sends a small request in one write (httpx writes headers and body apart, and
-    # Nagle's algorithm with delayed ACKs then adds ~40 ms to every request, hiding the signal).
-    raw = http.client.HTTPConnection(urlsplit(url).hostname, urlsplit(url).port, timeout=60)
+    # http.client writes a request's headers and body apart (CPython 3.11): with Nagle's
+    # algorithm the body would wait for the server's delayed ACK of the headers.
+    raw = http.client.HTTPConnection(urlsplit(url).hostname or "127.0.0.1", urlsplit(url).port, timeout=60)
+    raw.connect()
+    raw.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     with ApiClient(url, ta) as alice, ApiClient(url, tb) as bob:
         ns_a, ns_b = alice.account()["root_ns"], bob.account()["root_ns"]
         for size in sizes:

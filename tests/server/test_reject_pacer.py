@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
-from cubby.server.possession import LOCAL_FIRST, REMOTE_FIRST, RejectPacer, first_for
+import pytest
+
+from cubby.server.possession import FINE, LOCAL_FIRST, REMOTE_FIRST, RejectPacer, finish_on_thread, first_for
 
 MIB = 1024 * 1024
 
 
 def quiet_pacer(**kw: float) -> tuple[RejectPacer, list[float]]:
-    """A pacer whose sleeps are recorded, not slept, with a margin of 1 and 4 samples to learn."""
+    """A pacer whose sleeps are recorded, not slept (the loop's part as its seconds, the
+    thread's as ``-1``), with a margin of 1 and 4 samples to learn."""
     slept: list[float] = []
 
     async def sleep(s: float) -> None:
         slept.append(s)
 
-    return RejectPacer(margin=1.0, min_samples=4, sleep=sleep, **kw), slept  # type: ignore[arg-type]
+    async def finish(_deadline: float) -> None:
+        slept.append(-1)
+
+    return RejectPacer(margin=1.0, min_samples=4, sleep=sleep, finish=finish, **kw), slept  # type: ignore[arg-type]
 
 
 def test_the_pad_is_the_budget_minus_the_reads_and_the_rate_is_learnt():
@@ -26,7 +33,9 @@ def test_the_pad_is_the_budget_minus_the_reads_and_the_rate_is_learnt():
     # An absent chunk (no read) sleeps the whole budget; a held one only what its read left.
     absent = asyncio.run(pacer.pad([MIB], []))
     held = asyncio.run(pacer.pad([MIB], [(1, MIB, 0.0005)]))
-    assert abs(absent - (held + 0.0005)) < 1e-12 and slept == [absent, held]
+    assert abs(absent - (held + 0.0005)) < 1e-12
+    # The loop sleeps all but the last FINE seconds; a thread sleeps those, to the deadline.
+    assert held < FINE < absent and slept == [pytest.approx(absent - FINE), -1, -1]
     # Large reads slower than the default teach the pacer a larger rate; small ones do not.
     pacer.record([(1, MIB, 0.01)] * 4 + [(2, 100, 5.0)])
     assert abs(pacer.rate() - 0.01 / MIB) < 1e-15
@@ -66,3 +75,13 @@ def test_the_per_claim_part_is_learnt_from_many_small_held_claims_and_only_raise
     mid, _ = quiet_pacer()
     mid.record([(10, 10 * 4096, 9.0)] * 10)
     assert (mid.first(), mid.base(), mid.rate()) == (mid.first_seconds, mid.base_seconds, mid.default_rate)
+
+
+def test_the_end_of_a_pad_is_slept_to_its_deadline_on_a_thread():
+    """The event loop's timers wait in whole milliseconds from when they are set, so a pad
+    slept there alone ends at the same millisecond after a held read's longer check as after
+    an absent one's shorter check. The thread's sleep ends at the deadline itself."""
+    for ahead in (0.0, 0.0003, 0.0017):
+        deadline = time.perf_counter() + ahead
+        asyncio.run(finish_on_thread(deadline))
+        assert time.perf_counter() >= deadline

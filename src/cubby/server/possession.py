@@ -20,7 +20,7 @@ A request's budget is ``max(first, sum(base + rate * size))`` over its claims:
   pays whole. On object storage it is a ranged GET: measured with moto, a wrong proof of one
   held 4 KiB chunk answered 8 ms later than one of an absent chunk (`bench/prove_timing.py
   --blocks moto`) while budgets had no such floor. Its default is the store's (`first_for`:
-  1 ms for a local folder, a read from a cold SSD; 50 ms for object storage);
+  1 ms for a local folder, a read from a cold SSD; 100 ms for object storage);
 - ``base``, per claim: one ranged read, decompression and verification of a small chunk. The
   claims of one request are read in one batch (`BlockStore.get_many`: one index lookup, which
   held and absent claims pay alike and which is inside the measured time, then a read per
@@ -29,6 +29,13 @@ A request's budget is ``max(first, sum(base + rate * size))`` over its claims:
   30-40 ms when none was held (it was 0.5 ms while each claim was its own index query, which
   made a prove of 1,000 new small chunks take four seconds);
 - ``rate``, per byte: the read and hashing of large chunks (`DEFAULT_RATE` until learnt).
+
+The deadline is kept to well under a millisecond. An event loop's timers are not that fine
+(epoll and libuv wait in whole milliseconds from the moment they are called, rounded up), so
+a sleep on the loop alone ends at the same whole millisecond after the held check's longer
+work as after the absent one's shorter work, and the difference showed through untouched
+(0.1-0.3 ms, `bench/prove_timing.py`). So the loop sleeps all but the last `FINE` seconds,
+and a thread sleeps the rest to the deadline (``time.sleep``: microseconds).
 
 Each is learnt from the checks themselves, from the batches it dominates (every claim held):
 a high percentile (p90) of recent samples, times a margin, so that budgets follow whatever
@@ -46,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -54,9 +62,14 @@ DEFAULT_RATE = 5e-9
 local folder store in 17 ms, about 4.2 ns per byte, on the 2-core test machine)."""
 LOCAL_FIRST = 0.001
 """Default ``first`` of a local folder store: one read from a cold SSD, with room."""
-REMOTE_FIRST = 0.05
-"""Default ``first`` of an object store: a ranged GET (8 ms from moto on loopback; tens of ms
-from a remote S3 at its p90)."""
+REMOTE_FIRST = 0.1
+"""Default ``first`` of an object store: a ranged GET. 4-8 ms from moto on loopback; from Ceph
+RGW on loopback a small one took 7-14 ms, or 48-56 ms in runs of requests that met the
+kernel's 40 ms delayed ACK (`bench/prove_timing.py`, 2026-12-06); tens of ms from a remote
+S3 at its p90."""
+FINE = 0.002
+"""The end of a pad slept on a thread, to the deadline, rather than on the event loop (whose
+timers are whole milliseconds): at most this long a thread is held per prove answer."""
 FEW_CLAIMS = 4
 """A batch of at most this many small claims teaches ``first``."""
 MANY_CLAIMS = 32
@@ -64,6 +77,17 @@ MANY_CLAIMS = 32
 
 Read = tuple[int, int, float]
 """An all-held batch a check read: (claims, bytes, seconds)."""
+
+
+def _sleep_until(deadline: float) -> None:
+    left = deadline - time.perf_counter()
+    if left > 0:
+        time.sleep(left)
+
+
+async def finish_on_thread(deadline: float) -> None:
+    """Sleep to ``deadline`` (`time.perf_counter`) on a worker thread: finer than the loop."""
+    await asyncio.to_thread(_sleep_until, deadline)
 
 
 def first_for(remote: bool) -> float:
@@ -100,6 +124,7 @@ class RejectPacer:
         min_samples: int = 8,
         min_sample_bytes: int = 64 * 1024,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        finish: Callable[[float], Awaitable[None]] = finish_on_thread,
     ) -> None:
         self.first_seconds = first_seconds
         self.base_seconds = base_seconds
@@ -113,6 +138,7 @@ class RejectPacer:
         self._rates = _Samples(window)
         self._lock = threading.Lock()
         self._sleep = sleep
+        self._finish = finish
 
     def record(self, reads: Iterable[Read]) -> None:
         """Remember all-held batches, (claims, bytes, seconds), each as a sample of the part
@@ -153,13 +179,20 @@ class RejectPacer:
 
     async def pad(self, sizes: Iterable[int], reads: Iterable[Read], spent: float | None = None) -> float:
         """Sleep for the budget of ``sizes`` minus the ``spent`` seconds (by default the
-        ``reads``' own); learn from the ``reads``; return the sleep."""
+        ``reads``' own), the last `FINE` of it on a thread, to the deadline; learn from the
+        ``reads``; return the sleep."""
         reads = list(reads)
         rest = self.budget(sizes) - (sum(s for _, _, s in reads) if spent is None else spent)
+        deadline = time.perf_counter() + rest
         self.record(reads)
         if rest > 0:
-            await self._sleep(rest)
+            if rest > FINE:
+                await self._sleep(rest - FINE)
+            await self._finish(deadline)
         return max(0.0, rest)
 
 
-__all__ = ["DEFAULT_RATE", "FEW_CLAIMS", "LOCAL_FIRST", "MANY_CLAIMS", "REMOTE_FIRST", "Read", "RejectPacer", "first_for"]
+__all__ = [
+    "DEFAULT_RATE", "FEW_CLAIMS", "FINE", "LOCAL_FIRST", "MANY_CLAIMS", "REMOTE_FIRST", "Read", "RejectPacer",
+    "finish_on_thread", "first_for",
+]
