@@ -6,11 +6,12 @@ block store (disk, decompression, verification: milliseconds for 4 MiB, and it d
 store: local packs or S3), an absent one costs nothing; and hashing fresh bytes is slower than
 hashing filler that stays in the CPU's cache. Reading filler from disk would not match either
 (another file, another cache state, another codec). So instead the answer is padded: each
-request gets a *budget*, and the handler sleeps for the budget minus the time actually spent
-reading and hashing. A held and an absent chunk then take the same time whenever the check
-fits in the budget. The sleep is on the event loop: it holds no thread and no CPU. What it
-costs honest clients: a proof of chunks the server lacks (a new upload) takes about as long
-as a proof of held ones would.
+request gets a *budget*, and the handler sleeps for the budget minus the time the check took
+(counted from before it was handed to its thread). A held and an absent chunk then take the
+same time whenever the check fits in the budget. The sleep is on the event loop but for its
+last milliseconds (below): it holds no thread and no CPU. What it costs honest clients: a
+proof of chunks the server lacks (a new upload) takes about as long as a proof of held ones
+would.
 
 A request's budget is ``max(first, sum(base + rate * size))`` over its claims:
 
@@ -30,13 +31,6 @@ A request's budget is ``max(first, sum(base + rate * size))`` over its claims:
   made a prove of 1,000 new small chunks take four seconds);
 - ``rate``, per byte: the read and hashing of large chunks (`DEFAULT_RATE` until learnt).
 
-The deadline is kept to well under a millisecond. An event loop's timers are not that fine
-(epoll and libuv wait in whole milliseconds from the moment they are called, rounded up), so
-a sleep on the loop alone ends at the same whole millisecond after the held check's longer
-work as after the absent one's shorter work, and the difference showed through untouched
-(0.1-0.3 ms, `bench/prove_timing.py`). So the loop sleeps all but the last `FINE` seconds,
-and a thread sleeps the rest to the deadline (``time.sleep``: microseconds).
-
 Each is learnt from the checks themselves, from the batches it dominates (every claim held):
 a high percentile (p90) of recent samples, times a margin, so that budgets follow whatever
 block store is configured and how loaded the machine is, without configuration. ``first``
@@ -47,6 +41,13 @@ it says nothing about any one chunk. ``first`` and ``base`` are never below thei
 learning only raises them, since honest clients' reads can be cheaper than the ones a prober
 picks (neighbours in one pack, read as one extent, against chunks scattered over cold packs).
 ``rate`` may fall below its default, as before: a 4 MiB read was the case it was made for.
+
+The deadline is kept to well under a millisecond. An event loop's timers are not that fine
+(epoll and libuv wait in whole milliseconds from the moment they are called, rounded up), so
+a sleep on the loop alone ends at the same whole millisecond after the held check's longer
+work as after the absent one's shorter work, and the difference showed through untouched
+(0.1-0.3 ms, `bench/prove_timing.py`). So the loop sleeps all but the last `FINE` seconds,
+and a thread sleeps the rest to the deadline (``time.sleep``: microseconds).
 """
 
 from __future__ import annotations
