@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.engine import Connection
@@ -40,9 +41,9 @@ class SqlChunkIndex:
             c = chunk_index.c
             for i in range(0, len(wanted), _BATCH):
                 part = wanted[i : i + _BATCH]
+                rows: Sequence[Sequence[Any]]
                 if self.db.is_sqlite:  # the driver: SQLAlchemy's expanding IN cost more than the query
-                    sql = sqlitedriver.in_sql(sqlitedriver.CHUNK_LOCATIONS, "hash", len(part))
-                    rows = sqlitedriver.execute(conn, sql, part).fetchall()
+                    rows = sqlitedriver.chunk_rows(conn, "chunk_index", sqlitedriver.LOCATION_COLUMNS, part)
                 else:
                     q = select(c.hash, c.pack, c.pos, c.stored_len, c.plain_len).where(c.hash.in_(part))
                     rows = conn.execute(q).all()
@@ -65,8 +66,7 @@ class SqlChunkIndex:
             for i in range(0, len(wanted), _BATCH):
                 part = wanted[i : i + _BATCH]
                 if self.db.is_sqlite:
-                    sql = sqlitedriver.in_sql(sqlitedriver.INDEXED_CHUNKS, "hash", len(part))
-                    out.update(r[0] for r in sqlitedriver.execute(conn, sql, part))
+                    out.update(r[0] for r in sqlitedriver.chunk_rows(conn, "chunk_index", ("hash",), part))
                 else:
                     out.update(r[0] for r in conn.execute(select(chunk_index.c.hash).where(chunk_index.c.hash.in_(part))))
             return out

@@ -133,7 +133,7 @@ class ChunkAccess:
             for i in range(0, len(names), 500):
                 part = names[i : i + 500]
                 if d is not None:
-                    present.update(r[0] for r in d.execute(conn, d.in_sql(d.STORED_CHUNKS, "hash", len(part)), part))
+                    present.update(r[0] for r in d.chunk_rows(conn, "blocks", ("hash",), part))
                     continue
                 q = select(blocks.c.hash).where(blocks.c.hash.in_(part)).with_for_update()
                 present.update(r[0] for r in conn.execute(q))
@@ -158,7 +158,10 @@ class ChunkAccess:
                 conn, blocks, [{"hash": h, "size": len(unique[h]), "touched_at": now} for h in fresh]
             )
             if present and d is not None:
-                d.executemany(conn, d.TOUCH_CHUNKS, [(now, h) for h in sorted(present)])
+                touched = sorted(present)
+                for i in range(0, len(touched), 500):
+                    part = touched[i : i + 500]
+                    d.execute(conn, d.in_sql(d.TOUCH_CHUNKS, "hash", len(part)), (now, *part))
             elif present:
                 conn.execute(
                     update(blocks).where(blocks.c.hash == bindparam("h")).values(touched_at=now),

@@ -16,13 +16,25 @@ with ``BEGIN IMMEDIATE``), in the same order, with the same values: path keys as
 (`DBAPIError`), as `Connection.execute` would, so a "database is locked" is retried by
 `Database.write` and a constraint violation is the same `IntegrityError`. PostgreSQL has its
 own (`cubby.metadata.pgdriver`); MariaDB keeps the SQLAlchemy statements.
+
+Few steps, not a step per row. ``sqlite3`` lets go of the GIL around each step of a statement
+(each row it inserts with ``executemany``, each row it reads) and must win it back after;
+while another thread runs Python, that takes up to the interpreter's switch interval (5 ms),
+and the writer waits so with the database's write lock held. Measured: 10,000 rows inserted
+by ``executemany`` took 57 ms alone and 26-42 s beside one thread running Python; as
+statements of 512 rows, 0.25 s. So an INSERT goes as a few statements of many rows
+(`executemany`), and the hot reads of names and numbers come back as one row
+(`packed_rows`).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import operator
-from collections.abc import Iterable, Mapping, Sequence
+import re
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Float, Table
@@ -70,14 +82,12 @@ def live_nodes_sql(n: int) -> str:
     return f"SELECT {', '.join(NODE_NAMES)} FROM nodes WHERE ns_id = ? AND path_key IN ({_marks(n)})"
 
 
-def held_chunks_sql(nss: int, hashes: int) -> str:
-    """`cubby.metadata.writes`'s chunk check: the stored chunks among ``hashes`` hashes, with
-    whether one of ``nss`` namespaces holds each. No share lock: on SQLite the transaction
+@functools.cache
+def held_columns(nss: int) -> tuple[str, ...]:
+    """`cubby.metadata.writes`'s chunk check (`held_chunks`): a stored chunk's name and size,
+    and whether one of ``nss`` namespaces holds it. No share lock: on SQLite the transaction
     holds the database's write lock, which the collector needs too."""
-    return (
-        "SELECT b.hash, b.size, EXISTS (SELECT 1 FROM ns_chunks c WHERE c.hash = b.hash "
-        f"AND c.ns_id IN ({_marks(nss)})) FROM blocks b WHERE b.hash IN ({_marks(hashes)})"
-    )
+    return ("b.hash", "b.size", f"EXISTS (SELECT 1 FROM ns_chunks c WHERE c.hash = b.hash AND c.ns_id IN ({_marks(nss)}))")
 
 
 def insert_sql(
@@ -121,15 +131,18 @@ def in_sql(select: str, column: str, n: int) -> str:
     return f"{select} WHERE {column} IN ({_marks(n)})"
 
 
-CHUNK_LOCATIONS = "SELECT hash, pack, pos, stored_len, plain_len FROM chunk_index"
-"""`cubby.metadata.chunk_index.SqlChunkIndex.lookup`'s rows, with `in_sql` on ``hash``."""
-INDEXED_CHUNKS = "SELECT hash FROM chunk_index"
-"""`cubby.metadata.chunk_index.SqlChunkIndex.present`'s rows, with `in_sql` on ``hash``."""
-STORED_CHUNKS = "SELECT hash FROM blocks"
-"""The ``blocks`` rows an upload finds (`cubby.metadata.chunks`), with `in_sql` on ``hash``."""
+LOCATION_COLUMNS = ("hash", "pack", "pos", "stored_len", "plain_len")
+"""`cubby.metadata.chunk_index.SqlChunkIndex.lookup`'s columns of ``chunk_index`` (`chunk_rows`)."""
 FORGET_TOMBSTONES = "DELETE FROM chunk_tombstones"
 """An upload bringing chunks back (`cubby.metadata.chunks`), with `in_sql` on ``hash``."""
-TOUCH_CHUNKS = "UPDATE blocks SET touched_at = ? WHERE hash = ?"
+TOUCH_CHUNKS = "UPDATE blocks SET touched_at = ?"
+"""An upload finding chunks stored (`cubby.metadata.chunks`): one time for all, with `in_sql` on ``hash``."""
+
+
+def chunk_rows(conn: Connection, table: str, columns: Sequence[str], hashes: Sequence[str]) -> list[list[str]]:
+    """``columns`` of the rows of ``table`` (one keyed by chunk name) at ``hashes``, as
+    `packed_rows` reads them: names and numbers only."""
+    return packed_rows(conn, columns, f"FROM {table} WHERE hash IN ({_marks(len(hashes))})", hashes)
 
 
 def _key(value: Any) -> Any:
@@ -196,9 +209,25 @@ def live_nodes(conn: Connection, ns_id: int, keys: Sequence[str]) -> list[NodeRo
 
 
 def held_chunks(conn: Connection, nss: Sequence[int], hashes: Sequence[str]) -> list[tuple[str, int, bool]]:
-    """(hash, size, held by one of ``nss``) of the stored chunks among ``hashes``."""
-    found = execute(conn, held_chunks_sql(len(nss), len(hashes)), (*nss, *hashes)).fetchall()
-    return [(h, int(size), bool(held)) for h, size, held in found]
+    """(hash, size, held by one of ``nss``) of the stored chunks among ``hashes``: one row
+    (`packed_rows`; a commit batch's check finds a row per chunk it uploaded)."""
+    found = packed_rows(conn, held_columns(len(nss)), f"FROM blocks b WHERE b.hash IN ({_marks(len(hashes))})", (*nss, *hashes))
+    return [(h, int(size), held == "1") for h, size, held in found]
+
+
+def packed_rows(conn: Connection, columns: Sequence[str], source: str, params: Sequence[Any]) -> list[list[str]]:
+    """The rows of ``SELECT columns source``, each as the text of its values, read as one row:
+    SQLite joins them (``group_concat``, values and rows parted by spaces) and they are split
+    here, one step where the rows were a step each (see the module docstring). Only for
+    ``columns`` that are never NULL (a NULL would drop its row) and never hold a space: chunk
+    and pack names, numbers."""
+    joined = " || ' ' || ".join(columns)
+    text = execute(conn, f"SELECT group_concat({joined}, ' ') {source}", params).fetchone()[0]
+    if not text:
+        return []
+    values = text.split(" ")
+    width = len(columns)
+    return [values[i : i + width] for i in range(0, len(values), width)]
 
 
 def execute(conn: Connection, sql: str, params: Sequence[Any]) -> Any:
@@ -206,11 +235,65 @@ def execute(conn: Connection, sql: str, params: Sequence[Any]) -> Any:
     return _call(conn, sql, params, many=False)
 
 
-def executemany(conn: Connection, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
-    """``sql`` once per row of ``rows`` (one row: a plain execute)."""
+def executemany(conn: Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    """``sql`` for each row of ``rows``. An ``INSERT ... VALUES (?, ...)`` (with or without
+    an ON CONFLICT clause, which SQLite applies row by row as before) goes as a few
+    statements of many rows each, not a step per row (see the module docstring); any other
+    statement, once per row. An error rolls back the whole transaction, as before
+    (`Database.write`), whichever row it was on."""
     if len(rows) == 1:
-        return _call(conn, sql, rows[0], many=False)
-    return _call(conn, sql, rows, many=True)
+        _call(conn, sql, rows[0], many=False)
+        return
+    parts = _insert_parts(sql)
+    if parts is None:
+        _call(conn, sql, rows, many=True)
+        return
+    width = parts[1].count("?")
+    driver: Any = conn.connection.driver_connection
+    limit = driver.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    at = 0
+    for n in statement_sizes(len(rows), max(1, min(ROWS_PER_STATEMENT, limit // width))):
+        _call(conn, _rows_sql(sql, n), list(itertools.chain.from_iterable(rows[at : at + n])), many=False)
+        at += n
+
+
+ROWS_PER_STATEMENT = 512
+"""The most rows one INSERT statement of `executemany` carries."""
+
+
+def statement_sizes(count: int, most: int) -> Iterator[int]:
+    """Rows per statement for ``count`` rows, at most ``most`` each: sizes from a few powers of
+    eight only (512, 64, 8, 1), so that a table's inserts are a few texts, each prepared once
+    and kept in the connection's statement cache, however many rows a batch has (1,000 rows:
+    one of 512, seven of 64, five of 8)."""
+    size = 1
+    while size * 8 <= most:
+        size *= 8
+    while count:
+        while size > count:
+            size //= 8
+        yield size
+        count -= size
+
+
+_INSERT = re.compile(r"(INSERT .*? VALUES )(\(\?(?:, \?)*\))(.*)", re.S)
+
+
+@functools.cache
+def _insert_parts(sql: str) -> tuple[str, str, str] | None:
+    """An INSERT's text before its one row of marks, that row, and what follows it (None: not
+    such a statement)."""
+    m = _INSERT.fullmatch(sql)
+    return None if m is None else (m.group(1), m.group(2), m.group(3))
+
+
+@functools.cache
+def _rows_sql(sql: str, n: int) -> str:
+    """``sql``, an INSERT of one row of marks, as an INSERT of ``n`` rows."""
+    parts = _insert_parts(sql)
+    assert parts is not None
+    head, row, tail = parts
+    return head + ", ".join([row] * n) + tail
 
 
 def _call(conn: Connection, sql: str, params: Any, *, many: bool) -> Any:
@@ -225,8 +308,8 @@ def _call(conn: Connection, sql: str, params: Any, *, many: bool) -> Any:
 
 
 __all__ = [
-    "CHUNK_LOCATIONS", "FORGET_TOMBSTONES", "INDEXED_CHUNKS", "INSERT_JOURNAL", "INSERT_NODES", "INSERT_REVS", "LOCK_NAMESPACE",
-    "NODE_KEYS", "SET_HEAD", "STORED_CHUNKS", "TOUCH_CHUNKS", "UPDATE_NODES", "UPSERT_REFS", "execute",
-    "executemany", "held_chunks", "held_chunks_sql", "in_sql", "insert_sql", "live_nodes", "live_nodes_sql",
-    "node_row", "rows_of", "values", "values_of",
+    "FORGET_TOMBSTONES", "INSERT_JOURNAL", "INSERT_NODES", "INSERT_REVS", "LOCATION_COLUMNS", "LOCK_NAMESPACE",
+    "NODE_KEYS", "SET_HEAD", "TOUCH_CHUNKS", "UPDATE_NODES", "UPSERT_REFS", "chunk_rows", "execute",
+    "executemany", "held_chunks", "held_columns", "in_sql", "insert_sql", "live_nodes", "live_nodes_sql",
+    "node_row", "packed_rows", "rows_of", "statement_sizes", "values", "values_of",
 ]
