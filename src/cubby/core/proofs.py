@@ -39,7 +39,7 @@ from typing import Final, Protocol
 
 import blake3
 
-from cubby.core.hashing import Buffer
+from cubby.core.hashing import Buffer, update_holding
 
 BLAKE3: Final = "blake3"
 SHA256: Final = "sha256"
@@ -77,7 +77,7 @@ def proof_hasher(nonce: bytes, alg: str = CURRENT) -> ProofHasher:
 def proof_hex(nonce: bytes, data: Buffer, alg: str = CURRENT) -> str:
     """The proof of possession of ``data`` for ``nonce`` (the nonce's bytes, not its hex)."""
     h = proof_hasher(nonce, alg)
-    h.update(data)
+    update_holding(h, data)  # a small chunk's proof holding the GIL (`cubby.core.hashing`)
     return h.hexdigest()
 
 

@@ -69,7 +69,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 from cubby.core import proofs
-from cubby.core.hashing import is_chunk_name
+from cubby.core.hashing import is_chunk_name, update_holding
 from cubby.core.nonces import chunk_nonce, chunk_nonce_bytes
 from cubby.errors import BadRequest, CubbyError
 
@@ -194,10 +194,10 @@ class Challenges:
         ``data`` is None: the same function over the same number of bytes either way."""
         h = proofs.proof_hasher(nonce, alg)
         if data is not None:
-            h.update(data)
+            update_holding(h, data)
             return h.hexdigest()
         for offset in range(0, size, FILLER_BYTES):
-            h.update(self._filler[: min(FILLER_BYTES, size - offset)])
+            update_holding(h, self._filler[: min(FILLER_BYTES, size - offset)])
         return h.hexdigest()
 
 
