@@ -52,13 +52,14 @@ def _traced(db: Database, fn: object) -> list[str]:
     return [s for s in ran if s.lstrip().upper().startswith(("INSERT", "SELECT", "UPDATE"))]
 
 
-@given(st.integers(min_value=0, max_value=5000), st.sampled_from([1, 7, 8, 63, 64, 512, 700]))
+@given(st.integers(min_value=0, max_value=5000), st.sampled_from([1, 7, 8, 63, 64, 512, 700, 1024]))
 def test_statement_sizes_cover_every_row_in_a_few_sizes(count: int, most: int) -> None:
     sizes = list(sqlitedriver.statement_sizes(count, most))
     assert sum(sizes) == count
     assert all(1 <= s <= most for s in sizes)
-    assert set(sizes) <= {1, 8, 64, 512}  # a few texts per table, whatever the count
-    assert len(sizes) <= count // max(sizes, default=1) + 3 * 7  # the rest: at most seven of each smaller size
+    assert all(s & (s - 1) == 0 for s in sizes)  # powers of two: a few texts per table, whatever the count
+    largest = max(sizes, default=1)
+    assert len(sizes) <= count // largest + largest.bit_length()  # the rest: each smaller size once at most
 
 
 def test_a_thousand_rows_insert_in_a_few_statements_and_all_land(db: Database) -> None:
@@ -66,7 +67,7 @@ def test_a_thousand_rows_insert_in_a_few_statements_and_all_land(db: Database) -
     sql = sqlitedriver.insert_sql(blocks, ("hash", "size", "touched_at"), ignore=True)
     assert sql is not None
     ran = _traced(db, lambda c: sqlitedriver.executemany(c, sql, rows))
-    assert len(ran) == 13  # 512 + 7 x 64 + 5 x 8, not 1,000
+    assert len(ran) == 6  # 512 + 256 + 128 + 64 + 32 + 8, not 1,000
     got = db.read(lambda c: sorted((r.hash, r.size) for r in c.execute(blocks.select())))
     assert got == sorted((h, n) for h, n, _ in rows)
 
@@ -138,7 +139,8 @@ def test_the_commit_check_reads_held_chunks_in_one_row(db: Database) -> None:
 
 def test_a_library_allowing_fewer_parameters_gets_smaller_statements(db: Database) -> None:
     """A statement never carries more parameters than the library allows (builds before
-    SQLite 3.32 allowed 999): 1,000 rows of 17 columns go eight to a statement there."""
+    SQLite 3.32 allowed 999): 1,000 rows of 17 columns go 32 to a statement there (58 would
+    fit; sizes are powers of two)."""
     rows = [(1, i, 1, f"f{i}", f"/f{i}", f"/f{i}".encode(), "file", 1, None, 0, None, None, 0, None, None, None, None)
             for i in range(1, 1001)]
 
@@ -151,5 +153,5 @@ def test_a_library_allowing_fewer_parameters_gets_smaller_statements(db: Databas
             driver.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, before)
 
     ran = _traced(db, insert)
-    assert len(ran) == 125
+    assert len(ran) == 32  # 31 x 32 + 8
     assert db.read(lambda c: c.execute(text("SELECT count(*) FROM nodes WHERE ns_id = 1")).scalar()) == 1000
