@@ -60,11 +60,9 @@ def update_holding(h: Updatable, data: Buffer) -> None:
 
 def sha256_hex(data: Buffer) -> str:
     """The name of a chunk whose plaintext is ``data`` (a small one hashed holding the GIL)."""
-    if GIL_PIECE < len(data) < HOLD_BELOW:
-        h = hashlib.sha256()
-        update_holding(h, data)
-        return h.hexdigest()
-    return hashlib.sha256(data).hexdigest()
+    h = hashlib.sha256()
+    update_holding(h, data)
+    return h.hexdigest()
 
 
 def hash_many(pieces: Sequence[Buffer], executor: Executor | None = None) -> list[str]:
