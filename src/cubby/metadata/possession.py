@@ -52,9 +52,11 @@ What remains is time. Reading a held chunk depends on the block store, and hashi
 takes longer than hashing the same amount of filler, which stays in the CPU's cache (about
 0.08 ms per MiB with BLAKE3, 0.33 with SHA-256). All the eligible claims are read with one
 `get_many` (one index lookup whatever is present, then a read per held chunk), and the caller
-gets the duration of that read *and* of the hashing (`Checked.spent`) so that the server can
-pad the answer to a budget that covers both (`cubby.server.possession.RejectPacer`): the
-lookup, paid alike by held and absent claims, is inside the padded time too.
+gets the duration of that read *and* of the hashing (`Checked.spent`), from which the server
+learns a budget that covers both (`cubby.server.possession.RejectPacer`). The server pads the
+answer to that budget by its own clock, started before it hands the check to a thread, so the
+lookup (paid alike by held and absent claims), the read, the hashing and the way back are all
+inside the padded time.
 """
 
 from __future__ import annotations
