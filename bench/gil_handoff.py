@@ -1,7 +1,7 @@
 """What a call that lets go of the GIL costs while another thread runs Python (issue 11).
 
 A thread that lets go of the GIL around a call (a system call; ``sqlite3`` around each step of
-a statement; hashlib and blake3 for 2,048 bytes or more; ``hmac.digest`` always) must win it
+a statement; hashlib and blake3 for 2,048 bytes or more; ``hmac.digest`` always; zstd) must win it
 back after, and while another thread is running Python that takes up to the interpreter's
 switch interval (5 ms). A `cubby put` of small files makes such calls by the thousand on
 both sides, from several threads. Each row is the time per call (or per batch) beside one
@@ -9,7 +9,8 @@ thread running Python; ``ratio`` is the same call's time alone, measured in the 
 over it (1.0: the busy thread costs it nothing). Pairs show what cubby does against what it
 did before: `update_holding` against one hashlib or blake3 call, ``hmac.new`` against
 ``hmac.digest``, `sqlitedriver.executemany` (many rows a statement) against ``sqlite3``'s own
-one step per row, `sqlitedriver.chunk_rows` (one row) against a plain SELECT.
+one step per row, `sqlitedriver.chunk_rows` (one row) against a plain SELECT, `Codec.encode_many`
+(a slice's small chunks in one zstd call) against a zstd call per chunk.
 
     .venv/bin/python bench/gil_handoff.py
 """
@@ -33,6 +34,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 from machine import describe, summary_line
 from report import Report, Row
 
+from cubby.core.compression import Codec
 from cubby.core.hashing import sha256_hex
 from cubby.core.nonces import chunk_nonce_bytes
 from cubby.core.proofs import proof_hasher, proof_hex
@@ -86,6 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     data, nonce, key = os.urandom(4096), os.urandom(16), os.urandom(32)
     name = hashlib.sha256(data).hexdigest()
 
+    codec = Codec()
+    small_chunks = [os.urandom(4096) for _ in range(64)]  # random: stored raw
+
     def proof_in_one_call() -> str:
         h = proof_hasher(nonce)
         h.update(data)
@@ -99,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
         ("nonce, hmac.digest (before)", lambda: hmac.digest(key, f"{name}:4096".encode(), hashlib.sha256)),
         ("nonce, chunk_nonce_bytes (hmac.new)", lambda: chunk_nonce_bytes(key, name, 4096)),
         ("os.fstat (a system call: nothing to hold)", lambda: os.fstat(0)),
+        ("zstd of 64 x 4 KiB, a call per chunk (before)", lambda: [codec.encode_parts(c) for c in small_chunks]),
+        ("zstd of 64 x 4 KiB, Codec.encode_many (one call)", lambda: codec.encode_many(small_chunks)),
     ]
     # One busy thread for all the rows: a second one, started after the first had stopped,
     # was not seen to take the GIL from this thread's hand-offs at all (3 us, not 800).

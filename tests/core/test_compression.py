@@ -111,3 +111,52 @@ def test_verified_chunks_come_one_by_one_and_a_bad_one_raises_where_it_stands():
             assert [next(got) for _ in range(3)][2] is None
             with pytest.raises(ChunkMismatch):
                 next(got)
+
+
+@pytest.mark.parametrize("many_at_once", [True, False])
+def test_encode_many_stores_what_encode_parts_stores(monkeypatch, many_at_once):
+    """`Codec.encode_many` (small chunks compressed in one call, or one by one where zstandard
+    cannot) gives each chunk the bytes `Codec.encode_parts` gives it, None for None."""
+    import cubby.core.compression as compression
+
+    monkeypatch.setattr(compression, "MANY_AT_ONCE", many_at_once and compression.MANY_AT_ONCE)
+    codec = Codec()
+    datas = [
+        os.urandom(4096), b"text " * 800, None, os.urandom(100), b"tiny text", TEXT[:SAMPLE],
+        os.urandom(300_000), TEXT[:300_000], memoryview(b"view " * 900), bytearray(os.urandom(2048)),
+    ]
+    got = codec.encode_many(datas)
+    want = [None if d is None else codec.encode_parts(d) for d in datas]
+    assert [None if g is None else (bytes(g[0]), bytes(g[1])) for g in got] == [
+        None if w is None else (bytes(w[0]), bytes(w[1])) for w in want
+    ]
+    assert [g[0] for g in got if g is not None] == [
+        bytes((RAW,)), bytes((ZSTD,)), bytes((RAW,)), bytes((RAW,)), bytes((ZSTD,)), bytes((RAW,)), bytes((ZSTD,)),
+        bytes((ZSTD,)), bytes((RAW,)),
+    ]
+    for g, d in zip(got, datas):
+        if g is not None:
+            assert codec.decode(g[0] + bytes(g[1])) == bytes(d)
+
+
+def test_small_chunks_of_a_batch_are_compressed_in_one_call(monkeypatch):
+    """The point of `Codec.encode_many`: one zstd call for a slice of small chunks, not one
+    per chunk (each call lets go of the GIL; see its docstring)."""
+    import cubby.core.compression as compression
+
+    if not compression.MANY_AT_ONCE:
+        pytest.skip("this zstandard has no multi_compress_to_buffer")
+    codec = Codec()
+    full, _ = _counting(codec)
+    calls: list[int] = []
+
+    class Many:
+        def multi_compress_to_buffer(self, datas):
+            calls.append(len(datas))
+            return full.inner.multi_compress_to_buffer(datas)
+
+    codec._local.ctx = (Many(), *codec._local.ctx[1:])
+    chunks = [os.urandom(4096) for _ in range(64)]
+    jobs = [(hashlib.sha256(d).hexdigest(), d, True) for d in chunks]
+    assert [s[1] for s in verify_and_encode(codec, jobs)] == chunks
+    assert calls == [64] and full.fed == 0

@@ -33,6 +33,11 @@ MIN_SAVING = 0.10
 """Store compressed only when the sample shrinks by at least a tenth."""
 
 
+MANY_AT_ONCE = "multi_compress_to_buffer" in getattr(zstandard, "backend_features", ())
+"""Whether this zstandard can compress a list of inputs in one call (`Codec.encode_many`):
+its C backend with the bundled zstd, as PyPI's wheels are; built against a system zstd, or
+on the CFFI backend, it cannot, and each chunk is compressed alone, as before."""
+
 _RAW_BYTE = bytes((RAW,))
 _ZSTD_BYTE = bytes((ZSTD,))
 
@@ -98,6 +103,32 @@ class Codec:
                 return _ZSTD_BYTE, packed
         return _RAW_BYTE, data
 
+    def encode_many(self, datas: Sequence[bytes | memoryview | None]) -> list[Stored | None]:
+        """`encode_parts` of each of ``datas`` (None for None), the small ones compressed in
+        one call.
+
+        Why one call. zstd lets go of the GIL while it compresses, and a thread that let go
+        must win it back, which beside a thread running Python takes up to the switch interval
+        (5 ms; `bench/gil_handoff.py`). A 4 KiB chunk takes 3 us to compress, so a batch of
+        small chunks, each compressed alone, spent almost all its time waiting: 64 random
+        chunks of 4 KiB took 0.15 ms alone and 100 ms beside a busy thread, against 5.4 ms
+        in one ``multi_compress_to_buffer`` call. The bytes are those `encode_parts` makes
+        (the same frame, level and rule for keeping it)."""
+        out: list[Stored | None] = [None] * len(datas)
+        small = [(i, d) for i, d in enumerate(datas) if d is not None and 512 <= len(d) <= SAMPLE]
+        if MANY_AT_ONCE and len(small) > 1:
+            packed = self._ctx()[0].multi_compress_to_buffer([d for _, d in small])
+            for k, (i, data) in enumerate(small):
+                segment = packed[k]
+                if len(segment) <= len(data) * (1 - MIN_SAVING):
+                    out[i] = (_ZSTD_BYTE, segment.tobytes())
+                else:
+                    out[i] = (_RAW_BYTE, data)
+        for i, rest in enumerate(datas):
+            if rest is not None and out[i] is None:
+                out[i] = self.encode_parts(rest)
+        return out
+
     def decode(self, blob: bytes | memoryview) -> bytes:
         """The plaintext of a stored chunk. ``blob`` may be a view into a larger read (an
         extent of a pack): the payload is then copied once, into the plaintext, and no more."""
@@ -133,25 +164,19 @@ def verify_and_encode(
 def iter_verify_and_encode(
     codec: Codec, jobs: Sequence[tuple[str, bytes, bool]], executor: Executor | None = None
 ) -> Iterator[Stored | None]:
-    """`verify_and_encode`'s results one by one, in order, each as soon as its chunk is done,
-    so that a writer can store the first chunks while the next are verified; a chunk that does
-    not match its name raises `ChunkMismatch` where its result would come. A batch of a MiB or
-    more runs on ``executor``: SHA-256 and zstd both release the GIL. It goes in slices of
-    about `SLICE_BYTES`, not a task per chunk: for a 4 KiB chunk, a task (a future, a queue,
-    a wake-up) costs more than hashing and encoding it."""
+    """`verify_and_encode`'s results in order, a slice of about `SLICE_BYTES` at a time, so
+    that a writer can store the first chunks while the next are verified; a chunk that does
+    not match its name raises `ChunkMismatch` where its slice's results would come (after
+    every earlier slice's). A batch of a MiB or more runs on ``executor``: SHA-256 and zstd
+    both release the GIL. A slice, not a task per chunk: for a 4 KiB chunk, a task (a future,
+    a queue, a wake-up) costs more than hashing and encoding it; and a slice's small chunks
+    are compressed in one call (`Codec.encode_many`)."""
 
     def run(part: Sequence[tuple[str, bytes, bool]]) -> list[Stored | None]:
-        return [one(job) for job in part]
+        for name, data, _ in part:
+            verify_chunk(name, data)
+        return codec.encode_many([data if is_new else None for _, data, is_new in part])
 
-    def one(job: tuple[str, bytes, bool]) -> Stored | None:
-        name, data, is_new = job
-        verify_chunk(name, data)
-        return codec.encode_parts(data) if is_new else None
-
-    if executor is None or len(jobs) < 2 or sum(len(d) for _, d, _ in jobs) < 1 << 20:
-        for job in jobs:
-            yield one(job)
-        return
     parts: list[Sequence[tuple[str, bytes, bool]]] = []
     start = size = 0
     for i, (_, data, _) in enumerate(jobs):
@@ -161,5 +186,9 @@ def iter_verify_and_encode(
             start, size = i + 1, 0
     if start < len(jobs):
         parts.append(jobs[start:])
+    if executor is None or len(parts) < 2 or sum(len(d) for _, d, _ in jobs) < 1 << 20:
+        for part in parts:
+            yield from run(part)
+        return
     for done in executor.map(run, parts):
         yield from done
