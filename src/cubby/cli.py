@@ -45,9 +45,11 @@ class State:
     def api(self, *, max_upload_rate: float | None = None, max_download_rate: float | None = None) -> Any:
         from cubby.client.api import ApiClient
         from cubby.client.ratelimit import TokenBucket
+        from cubby.core.gcpolicy import freeze_at_exit
 
         if not self.config.token:
             raise click.UsageError("no token: set CUBBY_TOKEN (printed by 'cubby user add') or pass --token")
+        freeze_at_exit()  # a client command: its shutdown need not walk what it made
         return ApiClient(
             self.config.url,
             self.config.token,

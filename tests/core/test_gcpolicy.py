@@ -47,3 +47,26 @@ def test_a_cycle_made_after_tuning_is_still_collected_by_allocation_alone(collec
     keep = [[] for _ in range(50_000)]  # container allocations, as a batch's rows are
     assert gone() is None
     del keep
+
+
+def test_a_client_command_freezes_what_it_made_before_shutdown(tmp_path):
+    """`freeze_at_exit`: by the time the interpreter shuts down, what the command left alive
+    is out of the collector's sight (and a cycle's finaliser is left to the OS, as documented),
+    while everything the command wrote is there."""
+    import subprocess
+    import sys
+
+    script = (
+        "import atexit, gc, sys\n"
+        "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 1000, flush=True))\n"
+        "from cubby.core.gcpolicy import freeze_at_exit\n"
+        "freeze_at_exit()\n"
+        "class Cycle:\n"
+        "    def __del__(self): print('collected', flush=True)\n"
+        "c = Cycle(); c.me = c; del c\n"
+        f"open({str(tmp_path / 'out')!r}, 'w').write('written')\n"
+        "print('done')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["done", "frozen", "True"]
+    assert (tmp_path / "out").read_text() == "written"

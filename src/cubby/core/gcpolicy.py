@@ -1,4 +1,5 @@
-"""Python's cyclic garbage collector tuned for a server that answers batches of many rows.
+"""Python's cyclic garbage collector tuned for a server that answers batches of many rows
+(and kept out of a client command's shutdown: `freeze_at_exit`).
 
 Why: CPython runs a young-generation collection every 700 net allocations of container
 objects (dicts, lists, tuples, dataclass instances), and every tenth of those an older one.
@@ -21,6 +22,7 @@ Reference counting, which frees nearly everything a request makes, is unchanged.
 
 from __future__ import annotations
 
+import atexit
 import gc
 
 YOUNG_THRESHOLD = 10_000
@@ -36,4 +38,20 @@ def tune_collector(young: int = YOUNG_THRESHOLD) -> None:
     gc.set_threshold(young, older, oldest)
 
 
-__all__ = ["YOUNG_THRESHOLD", "tune_collector"]
+def freeze_at_exit() -> None:
+    """Have everything alive moved out of the collector's sight once the command is done (an
+    `atexit` handler: after the command, before the interpreter tears its modules down).
+
+    Why: the interpreter's shutdown runs full collections while it clears the modules, and
+    each walks every object a command left (the modules of the HTTP stack, and a `cubby put`'s
+    results): 27 ms between the last `atexit` handler and the end of a `cubby put` of 10,000
+    files, 12 ms with this, on the 2-core machine (2026-12-06); a command as short as
+    `cubby ls` spends as much. Nothing is lost by it: reference counting still frees what
+    shutdown frees, open files are closed by the ``with`` blocks that opened them, and
+    standard output is flushed by the interpreter as before; only objects in reference
+    cycles are left to the operating system, as memory. For client commands: a server keeps
+    its own shutdown (its databases' connections are closed by their owners)."""
+    atexit.register(gc.freeze)
+
+
+__all__ = ["YOUNG_THRESHOLD", "freeze_at_exit", "tune_collector"]
