@@ -290,3 +290,100 @@ def test_a_server_that_never_answers_times_out_as_through_httpx() -> None:
         with ApiClient(srv.url, None, timeout=0.3) as api, pytest.raises(Unavailable):
             list(api.fetch_chunks(["ab" * 32]))
         assert srv.requests == ["POST /api/v1/blocks/fetch identity"]
+
+
+# -- the API's JSON requests --------------------------------------------------------------------
+
+
+def test_the_apis_requests_go_over_the_socket_and_a_commit_is_never_sent_twice(
+    server: LiveServer, stored: tuple[str, bytes, list[str]]
+) -> None:
+    """JSON requests take `DirectHttp` too. When a kept-alive connection turns out closed
+    under a request: a read is sent again on a new connection, unnoticed; a commit is not (the
+    server may have applied it), and the caller gets `Unavailable`, as through httpx."""
+    token, _, _ = stored
+    with Relay(server.port) as relay, ApiClient(relay.url, token) as api:
+        root = api.account()["root_ns"]
+        assert relay.accepted == 1
+        relay.doom()
+        assert any(e.path == "/big.bin" for e in api.list("/"))  # read again on a new connection
+        assert relay.accepted == 2
+        relay.doom()
+        with pytest.raises(Unavailable):
+            api.commit("/once.txt", 0, [])
+        assert relay.accepted == 2  # not sent again
+        with pytest.raises(NotFound):
+            api.stat("/once.txt")  # the dropped request never reached the server
+        assert api.commit("/once.txt", 0, []).entry is not None
+        assert api.stat("/once.txt").size == 0 and api.account()["root_ns"] == root
+        assert api._http is None  # all of it without httpx
+
+
+def test_an_answer_the_socket_declines_is_read_through_httpx_but_a_commit_is_not_sent_again() -> None:
+    """An encoded answer (no cubby server sends one): a read goes again through httpx, which
+    decodes it; a commit is `Unavailable`, its one request having reached the server."""
+    body = gzip.compress(b'{"user_id": 1, "namespaces": []}')
+    with Scripted(lambda m, p: head("200 OK", Content_Encoding="gzip", Content_Length=str(len(body))) + body) as srv:
+        with ApiClient(srv.url, "t") as api:
+            assert api.account()["user_id"] == 1
+            assert srv.requests[0] == "GET /api/v1/account identity"
+            assert srv.requests[1].startswith("GET /api/v1/account gzip")  # httpx's own Accept-Encoding
+            with pytest.raises(Unavailable) as exc:
+                api.commit("/x.txt", 0, [])
+            assert "may or may not have been applied" in exc.value.message
+        assert srv.requests[2:] == ["POST /api/v1/files/commit identity"]
+
+
+def test_a_command_that_needs_only_the_api_never_imports_httpx(
+    server: LiveServer, stored: tuple[str, bytes, list[str]], tmp_path: Path
+) -> None:
+    """`cubby put` of a folder and `cubby ls`, in fresh processes: httpx is not imported at all
+    (a third of a command's start, see `cubby.client.api`)."""
+    import subprocess
+    import sys
+
+    token, _, _ = stored
+    folder = tmp_path / "tree"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(5):
+        (folder / "sub" / f"f{i}.txt").write_bytes(os.urandom(100 + i))
+    env = {**os.environ, "CUBBY_URL": server.url, "CUBBY_TOKEN": token, "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+    check = "import atexit, sys; atexit.register(lambda: print('httpx imported:', 'httpx' in sys.modules))\n"
+    for args, said in ((["put", str(folder), "/nohttpx"], 5), (["ls", "-r", "/nohttpx"], 6)):
+        script = check + f"from cubby.cli import main; main({['--json', *args]!r})"
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+        lines = out.strip().splitlines()
+        assert lines[-1] == "httpx imported: False", out
+        assert len(lines) == said + 1, out  # five files put; five files and their folder listed
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {},
+        {"HTTP_PROXY": "http://p:1"},
+        {"https_proxy": "http://p:1"},
+        {"ALL_PROXY": "socks5://p:1"},
+        {"NO_PROXY": "*", "ftp_proxy": "http://p:1"},
+        {"HTTP_PROXY": "http://p:1", "http_proxy": ""},  # an empty lowercase one removes it
+        {"HTTP_PROXY": "http://p:1", "REQUEST_METHOD": "GET"},  # a CGI script's HTTP_PROXY: not believed
+        {"http_proxy": "http://p:1", "REQUEST_METHOD": "GET"},
+        {"Http_Proxy": "http://p:1"},
+    ],
+)
+def test_proxies_are_read_from_the_environment_as_urllib_reads_them(
+    environ: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`proxies_from_environment` says what httpx would see (through urllib), without urllib."""
+    import urllib.request
+
+    from cubby.client.api import proxies_from_environment
+
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy") or name == "REQUEST_METHOD":
+            monkeypatch.delenv(name)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    found = urllib.request.getproxies_environment()
+    assert proxies_from_environment() == any(found.get(s) for s in ("http", "https", "all"))
+    assert proxies_from_environment(environ) == proxies_from_environment()

@@ -103,7 +103,7 @@ def counting(*args, **kw):
     return real(*args, **kw)
 P.plan = counting
 api = ApiClient(url, token)
-api.http.event_hooks["request"].append(lambda r: sent.append(r.url.path))
+api.on_request.append(lambda method, path: sent.append(path))
 eng = SyncEngine(Path(root), api, host=host)
 rep = eng.run_once()
 print(json.dumps({"converged": rep.converged, "applied": rep.applied, "hashed": eng.last_scan.hashed,

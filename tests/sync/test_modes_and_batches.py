@@ -29,7 +29,7 @@ def executable(p: Path) -> bool:
 
 def count_requests(e: SyncEngine) -> list[str]:
     seen: list[str] = []
-    e.api.http.event_hooks["request"].append(lambda r: seen.append(r.url.path))
+    e.api.on_request.append(lambda method, path: seen.append(path))
     return seen
 
 

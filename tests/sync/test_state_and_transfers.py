@@ -121,13 +121,15 @@ def test_downloads_use_local_chunks_and_the_cache_before_the_server(clients: Cli
 
 
 class RequestCountingApi(ApiClient):
-    """The real client, counting its HTTP requests."""
+    """The real client, counting its HTTP requests (`ApiClient.on_request`, and each fetch)."""
 
-    requests = 0
+    def __init__(self, *args, **kw):  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kw)
+        self.requests = 0
+        self.on_request.append(self._count)
 
-    def _request(self, method, url, **kw):  # type: ignore[no-untyped-def]
+    def _count(self, method: str, path: str) -> None:
         self.requests += 1
-        return super()._request(method, url, **kw)
 
     def fetch_chunks(self, hashes):  # type: ignore[no-untyped-def, override]
         self.requests += 1

@@ -1,4 +1,4 @@
-"""Chunk downloads read straight off the socket: `DirectHttp`.
+"""Chunk downloads read straight off the socket, and the API's JSON requests: `DirectHttp`.
 
 A 1 GiB `cubby get` through httpx spent most of its client CPU moving bytes, not hashing
 them: httpcore reads 64 KiB at a time into h11's receive buffer (a ``bytearray`` appended to
@@ -13,9 +13,14 @@ It takes only what it can read that way: plain ``http://`` URLs, answers 200/206
 is delimited by Content-Length or chunked transfer coding, with no Content-Encoding. For
 anything else it raises `Declined` before yielding a body, and the caller sends the request
 through httpx (the client falls back to httpx for every request when a proxy is configured
-or a custom transport is in use; see `ApiClient`). It is meant for idempotent requests only
-(chunk fetches, file content, chunk uploads): a request may be sent twice, once over a
-kept-alive connection the server had closed and then over a fresh one.
+or a custom transport is in use; see `ApiClient`). A request may be sent twice, once over a
+kept-alive connection the server had closed and then over a fresh one: harmless for chunk
+fetches, file content, chunk uploads and the API's reads; a request that must not be applied
+twice (a commit) says so (``resend=False``) and gets `Unavailable` instead, as it would
+through httpx, which never sends a request again.
+
+The API's JSON requests come this way too (`ApiClient`): with them httpx is not even
+imported by a command that needs nothing else, which was a third of `cubby put`'s start.
 
 A request body may be a `GatheredBody` (`cubby.client.directsend`): a list of buffers written
 with ``sendmsg`` after the head, uncopied. Such a request may ask for every answer
@@ -193,7 +198,7 @@ class Body:
 
 
 class DirectHttp:
-    """Idempotent requests whose answer bodies are read with ``recv_into`` (see the module)."""
+    """Requests whose answer bodies are read with ``recv_into`` (see the module)."""
 
     def __init__(self, headers: Mapping[str, str], timeouts: Timeouts) -> None:
         self.headers = dict(headers)
@@ -293,7 +298,7 @@ class DirectHttp:
     def open(
         self, method: str, url: str, *, headers: Mapping[str, str] | None = None, body: bytes | GatheredBody = b"",
         on_bytes: Callable[[int], None] | None = None, on_sent: Callable[[int], None] | None = None,
-        any_status: bool = False,
+        any_status: bool = False, resend: bool = True,
     ) -> Iterator[tuple[int, Body]]:
         """Send the request; yield (status, body) for a 200 or 206 answer (for any answer with
         ``any_status``), else raise `Declined` (nothing was yielded, the caller may send the
@@ -309,7 +314,7 @@ class DirectHttp:
         before any byte of an answer (not a timeout), and on a new socket. It happens even
         when the kernel had taken bytes of the request: a socket whose server already closed
         takes them just the same (the reset comes after), so "nothing accepted" would never
-        hold in the race it exists for. Hence idempotent requests only (see the module)."""
+        hold in the race it exists for. Hence not with ``resend=False`` (see the module)."""
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise Declined(f"not a plain http URL: {url}")
@@ -336,7 +341,7 @@ class DirectHttp:
                 break
             except (ConnectionError, TimeoutError, OSError, Unavailable) as exc:
                 c.sock.close()
-                if attempt == 1 and c.reused and not isinstance(exc, (TimeoutError, Unavailable)):
+                if attempt == 1 and c.reused and resend and not isinstance(exc, (TimeoutError, Unavailable)):
                     continue  # a kept-alive connection the server had closed: once more, on a new one
                 if isinstance(exc, Unavailable) and unsent is None:
                     raise
