@@ -387,3 +387,26 @@ def test_proxies_are_read_from_the_environment_as_urllib_reads_them(
     found = urllib.request.getproxies_environment()
     assert proxies_from_environment() == any(found.get(s) for s in ("http", "https", "all"))
     assert proxies_from_environment(environ) == proxies_from_environment()
+
+
+def test_an_api_answer_is_read_whole_sized_or_chunked_and_an_oversize_one_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+
+    import cubby.client.api as api_module
+
+    answer = json.dumps({"user_id": 7, "namespaces": [], "pad": "x" * 200_000}).encode()
+    sized = head("200 OK", Content_Type="application/json", Content_Length=str(len(answer))) + answer
+    pieces = chunked(*(answer[i : i + 70_000] for i in range(0, len(answer), 70_000)))
+    in_pieces = head("200 OK", Content_Type="application/json", Transfer_Encoding="chunked") + pieces
+    for reply in (sized, in_pieces):
+        with Scripted(lambda m, p, reply=reply: reply) as srv, ApiClient(srv.url, "t") as api:
+            assert api.account()["user_id"] == 7
+            assert api._http is None
+    monkeypatch.setattr(api_module, "JSON_ANSWER_LIMIT", 100_000)
+    for reply in (sized, in_pieces):
+        with Scripted(lambda m, p, reply=reply: reply) as srv, ApiClient(srv.url, "t") as api:
+            with pytest.raises(Unavailable) as exc:
+                api.account()
+            assert exc.value.code == "bad_answer" and len(srv.requests) == 1
