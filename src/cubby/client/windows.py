@@ -30,8 +30,8 @@ a window's extents side by side (`PackBlockStore.read_many`), and two windows we
 reads at once to keep the S3 server busy. A 1 GiB ``cubby get`` from Ceph RGW on the 2-core
 machine (`bench/s3_transfer.py`, three rounds each, 2026-12-06): 2.44-2.58 s at two, 2.23-2.41
 at three, 2.13-2.28 at four (boto3's ``download_file``: 1.43-1.64 s); from local packs 1.31-1.45
-s either way. Four windows of 8 MiB (the bytes in flight of two of 16 MiB, in smaller reads) were no
-faster than two of 16 MiB."""
+s either way. Four windows of 8 MiB (two of 16 MiB's bytes in flight, in smaller reads) were
+no faster than two of 16 MiB."""
 STAGE_IN_FLIGHT = 2
 """Batches of small files a sync download fetches and writes to temp files at once, on worker
 threads, while the engine's thread lands the one before them (`cubby.client.sync.downloads`).

@@ -111,7 +111,7 @@ class Codec:
         must win it back, which beside a thread running Python takes up to the switch interval
         (5 ms; `bench/gil_handoff.py`). A 4 KiB chunk takes 3 us to compress, so a batch of
         small chunks, each compressed alone, spent almost all its time waiting: 64 random
-        chunks of 4 KiB took 0.15 ms alone and 100 ms beside a busy thread, against 5.4 ms
+        chunks of 4 KiB took 0.17 ms alone and 91 ms beside a busy thread, against 5.4 ms
         in one ``multi_compress_to_buffer`` call. The bytes are those `encode_parts` makes
         (the same frame, level and rule for keeping it)."""
         out: list[Stored | None] = [None] * len(datas)

@@ -45,8 +45,8 @@ def freeze_at_exit() -> None:
     Why: the interpreter's shutdown runs full collections while it clears the modules, and
     each walks every object a command left (the modules of the HTTP stack, and a `cubby put`'s
     results): 27 ms between the last `atexit` handler and the end of a `cubby put` of 10,000
-    files, 12 ms with this, on the 2-core machine (2026-12-06); a command as short as
-    `cubby ls` spends as much. Nothing is lost by it: reference counting still frees what
+    files, 12 ms with this, on the 2-core machine (2026-12-06); a shorter command, with
+    fewer objects, less. Nothing is lost by it: reference counting still frees what
     shutdown frees, open files are closed by the ``with`` blocks that opened them, and
     standard output is flushed by the interpreter as before; only objects in reference
     cycles are left to the operating system, as memory. For client commands: a server keeps
