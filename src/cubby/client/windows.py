@@ -22,16 +22,13 @@ UPLOAD_WINDOW = 16 * MiB
 DOWNLOAD_WINDOW = 16 * MiB
 """Distinct chunk bytes asked of the server per fetch request; with the cache on disk, the most
 a download holds in memory."""
-DOWNLOAD_IN_FLIGHT = 4
-"""Fetch requests of one file's download with the server at once: the next windows are asked
+DOWNLOAD_IN_FLIGHT = 2
+"""Fetch requests of one file's download with the server at once: the next window is asked
 for while one is written, so the server reads ahead and no round trip is waited for; memory
-holds at most this many windows (64 MiB). Four, not two: from object storage the server reads
-a window's extents side by side (`PackBlockStore.read_many`), and two windows were too few
-reads at once to keep the S3 server busy. A 1 GiB ``cubby get`` from Ceph RGW on the 2-core
-machine (`bench/s3_transfer.py`, three rounds each, 2026-12-06): 2.44-2.58 s at two, 2.23-2.41
-at three, 2.13-2.28 at four (boto3's ``download_file``: 1.43-1.64 s); from local packs 1.31-1.45
-s either way. Four windows of 8 MiB (two of 16 MiB's bytes in flight, in smaller reads) were
-no faster than two of 16 MiB."""
+holds at most this many windows. Not four: a 1 GiB ``cubby get`` from Ceph RGW on the 2-core
+machine was faster with four (2.13-2.28 s against 2.44-2.58, `bench/s3_transfer.py`,
+2026-12-06), but from the default store, local packs, slower (1.58-2.40 s against 1.06-1.66,
+four alternated rounds) and with twice the memory (125-150 MB of RSS against 61-76)."""
 STAGE_IN_FLIGHT = 2
 """Batches of small files a sync download fetches and writes to temp files at once, on worker
 threads, while the engine's thread lands the one before them (`cubby.client.sync.downloads`).
