@@ -4,6 +4,7 @@ server's work plus the loopback), the hashing pass over the local files, and the
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,7 +15,8 @@ from cubby.client.api import ApiClient
 
 
 class CallTimes(ApiClient):
-    """An ApiClient that adds up the wall time of each kind of request."""
+    """An ApiClient that adds up the wall time of each kind of request of the API (`_json`,
+    over DirectHttp or httpx; and what else goes through httpx, `_request`)."""
 
     def __enter__(self) -> Self:
         return self
@@ -22,15 +24,30 @@ class CallTimes(ApiClient):
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
         self.times: dict[str, list[float]] = {}
+        self._timing = threading.local()
 
-    def _request(self, method: str, url: str, **kw: Any) -> Any:
+    @contextmanager
+    def _timed(self, method: str, url: str) -> Iterator[None]:
+        if getattr(self._timing, "on", False):  # inside a timed call already (httpx after DirectHttp)
+            yield
+            return
+        self._timing.on = True
         t0 = time.perf_counter()
         try:
-            return super()._request(method, url, **kw)
+            yield
         finally:
+            self._timing.on = False
             spent = self.times.setdefault(f"{method} {url.split('?')[0]}", [0, 0.0])
             spent[0] += 1
             spent[1] += time.perf_counter() - t0
+
+    def _json(self, method: str, path: str, **kw: Any) -> Any:
+        with self._timed(method, path):
+            return super()._json(method, path, **kw)
+
+    def _request(self, method: str, path: str, *, content_factory: Any = None, **kw: Any) -> Any:
+        with self._timed(method, path):
+            return super()._request(method, path, content_factory=content_factory, **kw)
 
 
 @contextmanager

@@ -101,7 +101,10 @@ def child(url: str, token: str, folder: Path, passes: int, src: Path | None = No
         count[0] += 1
 
     api = ApiClient(url, token, timeout=600)
-    api.http.event_hooks["request"].append(hook)
+    if hasattr(api, "on_request"):  # every request, over httpx or DirectHttp
+        api.on_request.append(lambda _method, _path: hook(None))  # type: ignore[arg-type]
+    else:  # a tree from before the API's requests left httpx: all of them went through it
+        api.http.event_hooks["request"].append(hook)
     eng = SyncEngine(folder, api)
     out = []
     for _ in range(passes):
