@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+import cubby
 from cubby.client.api import ApiClient
 from cubby.client.download import download_file
 from cubby.client.upload import upload_file
@@ -102,6 +103,7 @@ class Scripted(LoopbackServer):
     def __init__(self, answer: Callable[[str, str], bytes]) -> None:
         self.answer = answer
         self.requests: list[str] = []
+        self.agents: list[str] = []
         self.stopped = threading.Event()
         super().__init__()
 
@@ -118,6 +120,7 @@ class Scripted(LoopbackServer):
                 need -= len(conn.recv(need))
             method, path, _ = lines[0].split(" ")
             self.requests.append(f"{method} {path} {fields.get('accept-encoding', '')}")
+            self.agents.append(fields.get("user-agent", ""))
             reply = self.answer(method, path)
             if not reply:  # no answer at all, until the test ends
                 self.stopped.wait(30)
@@ -332,6 +335,7 @@ def test_an_answer_the_socket_declines_is_read_through_httpx_but_a_commit_is_not
                 api.commit("/x.txt", 0, [])
             assert "may or may not have been applied" in exc.value.message
         assert srv.requests[2:] == ["POST /api/v1/files/commit identity"]
+        assert srv.agents == [f"cubby/{cubby.__version__}"] * 3  # over the socket and through httpx alike
 
 
 def test_a_command_that_needs_only_the_api_never_imports_httpx(

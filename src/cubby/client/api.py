@@ -32,6 +32,7 @@ from urllib.parse import quote, urlencode
 
 import orjson
 
+from cubby import __version__
 from cubby.client.directhttp import Body, Declined, DirectHttp, Timeouts
 from cubby.client.directsend import GatheredBody
 from cubby.client.ratelimit import TokenBucket
@@ -55,6 +56,8 @@ ANSWER_LIMIT = 1024 * 1024
 JSON_ANSWER_LIMIT = 64 * 1024 * 1024
 """The most bytes of an API answer read off the direct path (a page of 5,000 journal entries
 is about 2 MB): a server that sends more is refused, not believed."""
+USER_AGENT = f"cubby/{__version__}"
+"""What every request of the client says it is (``User-Agent``), whichever way it goes."""
 CONNECT_TIMEOUT = 10.0
 """Seconds to connect to the server (any other wait on it: ``timeout``, 60 by default)."""
 KEY_MARGIN = 600.0
@@ -217,7 +220,8 @@ class ApiClient:
     ) -> None:
         self.upload_limit = upload_limit
         self.download_limit = download_limit
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # The client names itself, as httpx named itself before (a server's or a proxy's logs).
+        headers = {"User-Agent": USER_AGENT, **({"Authorization": f"Bearer {token}"} if token else {})}
         self.base_url = base_url.rstrip("/")
         self.role_urls: dict[str, str] = {}
         """Where each role is, once discovery was asked (after a ``wrong_role`` answer)."""
