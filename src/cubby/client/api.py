@@ -378,18 +378,27 @@ class ApiClient:
         over `DirectHttp` when it takes the URL, else through httpx; rerouted after a
         ``wrong_role`` answer either way."""
         query = f"?{urlencode(params)}" if params else ""
-        for attempt in (1, 2):
-            resp = self._json_direct(method, path, self._url(path) + query, body, resend)
-            if resp is None:
-                break
-            if attempt == 1 and self._rerouted(path, resp):
-                continue
-            raise_for(resp)
+        resp = self._over_socket(path, lambda: self._json_direct(method, path, self._url(path) + query, body, resend))
+        if resp is not None:
             return json_of(resp)
         kw: dict[str, Any] = {"params": params} if params else {}
         if body is not None:
             kw.update(content=body, headers=_JSON_HEADERS)
         return json_of(self._request(method, path, **kw))
+
+    def _over_socket(self, path: str, send: Callable[[], Answer | None]) -> Answer | None:
+        """The answer ``send`` got over `DirectHttp`, sent again once to where a ``wrong_role``
+        answer says ``path``'s role is, and raised as its `CubbyError` if it is an error; None
+        when ``send`` returned None (the caller then goes through httpx)."""
+        for attempt in (1, 2):
+            resp = send()
+            if resp is None:
+                return None
+            if attempt == 1 and self._rerouted(path, resp):
+                continue
+            raise_for(resp)
+            return resp
+        return None  # (not reached: the second answer is returned or raised)
 
     def _json_direct(self, method: str, path: str, url: str, body: bytes | None, resend: bool) -> Answer | None:
         """The answer, whole, to a request sent over `DirectHttp`; None when it does not take
@@ -581,13 +590,8 @@ class ApiClient:
         if not items:
             return 0
         path = "/api/v1/blocks/upload"
-        for attempt in (1, 2):
-            resp = self._upload_direct(path, ns_id, items)
-            if resp is None:
-                break
-            if attempt == 1 and self._rerouted(path, resp):
-                continue
-            raise_for(resp)
+        resp = self._over_socket(path, lambda: self._upload_direct(path, ns_id, items))
+        if resp is not None:
             return int(json_of(resp)["stored"])
         length = sum(frames.HEADER.size + len(data) for _, data in items)
 
