@@ -12,9 +12,13 @@ and read at most three times, the third from the page cache):
   client computes from the namespace's proof key (`needs_up_front`,
   `cubby.metadata.possession`): a group of them is prove, upload the refused chunks, commit;
   the server commits each file once (the sync engine's too, whose files are read back here);
-- for large files and edits the server answers a commit with the chunks it needs; those are read again
-  a window of `UPLOAD_WINDOW` at a time, the window's proofs are computed from those bytes,
-  and the chunks whose proof is rejected are uploaded;
+- a large file new at its path (`upload_file`) is sent while it is named (`_stream_new`,
+  `cubby.client.streamed`): each window of `UPLOAD_WINDOW` is proven from the bytes just read
+  and its refused chunks uploaded while the next is named, and the file is committed once, at
+  the end;
+- for edits (and large files in a tree) the server answers a commit with the chunks it needs;
+  those are read again a window of `UPLOAD_WINDOW` at a time, the window's proofs are computed
+  from those bytes, and the chunks whose proof is rejected are uploaded;
 - windows are pipelined: the next window is read and hashed while at most `IN_FLIGHT` earlier
   ones are with the server, so client and server work at the same time; and up to
   `PROVE_AHEAD` more wait out the server's padding of their proofs holding no bytes, to be
@@ -59,6 +63,7 @@ from cubby.client.localfiles import (
     walk,
 )
 from cubby.client.pipeline import Pipeline
+from cubby.client.streamed import StreamedFile
 from cubby.client.windows import (
     BATCH,
     FIRST_GROUP,
@@ -264,7 +269,30 @@ def supply(
     with eight windows at once (which held 185 MiB of memory, not 118)."""
     if not needs.where:
         return {}
-    owner = {n: w[0] for n, w in needs.where.items()}
+    windows = list(_windows(needs))
+    return _supply(api, ns_id, needs, ((w, None) for w in windows), len(windows) > 1, progress, in_flight, ahead)
+
+
+Verdict = tuple[int, int]
+"""One prove request's answer: how many of its proofs were accepted, of how many."""
+
+
+def _supply(
+    api: ApiClient,
+    ns_id: int,
+    needs: Needs,
+    windows: Iterable[tuple[list[str], list[tuple[str, bytes]] | None]],
+    many: bool,
+    progress: Progress | None,
+    in_flight: int,
+    ahead: int,
+    verdicts: list[Verdict] | None = None,
+) -> dict[Path, tuple[int, int]]:
+    """`supply`'s work over ``windows``: each a window's chunk names and, when the caller has
+    them, their bytes (None: read here, `_read_window`). ``needs`` must name a window's chunks
+    before the window is taken from ``windows``, which may be a generator that names them as
+    it goes (`cubby.client.streamed`). ``many``: more than one window (one alone has no pad to
+    hide). ``verdicts`` gets each prove request's answer (`Verdict`), as it comes."""
     slots = threading.BoundedSemaphore(max(1, in_flight))
     """A window holds one from before its bytes are read until its upload is answered."""
 
@@ -290,7 +318,11 @@ def supply(
         """Prove, then upload what was refused: from ``items``, whose slot this thread
         gives back; or, when None (let go), read again on an uploader thread."""
         try:
-            rejected: set[str] = set(api.prove(ns_id, proofs, needs.windows)[1] if proofs else ())
+            rejected: set[str] = set()
+            if proofs:
+                rejected = set(api.prove(ns_id, proofs, needs.windows)[1])
+                if verdicts is not None:
+                    verdicts.append((len(proofs) - len(rejected), len(proofs)))
             if items is not None:
                 return push(items, proofs, rejected)
             wanted = [n for n in names if n not in proofs or n in rejected]
@@ -303,23 +335,20 @@ def supply(
 
     def account(sent: list[tuple[str, int]]) -> None:
         for name, n in sent:
-            s, b = credit.get(owner[name], (0, 0))
-            credit[owner[name]] = (s + 1, b + n)
+            owner = needs.where[name][0]
+            s, b = credit.get(owner, (0, 0))
+            credit[owner] = (s + 1, b + n)
         if progress and sent:
             progress(sum(n for _, n in sent))
 
     with ThreadPoolExecutor(max(1, in_flight)) as uploader, Pipeline(max(1, in_flight) + max(0, ahead)) as pipe:
-        windows = list(_windows(needs))
-        for window in windows:
+        for window, given in windows:
             # (alone, or without proofs to send, a window has no pad to hide: it keeps its bytes)
-            again = (
-                ahead > 0 and len(windows) > 1 and all(n in needs.nonces for n in window)
-                and _read_again_cheaply(needs, window)
-            )
+            again = ahead > 0 and many and all(n in needs.nonces for n in window) and _read_again_cheaply(needs, window)
             if not again:
                 slots.acquire()
             try:
-                items = _read_window(needs, window)
+                items = _read_window(needs, window) if given is None else given
                 proofs = {n: (len(d), _proof(needs.nonces[n], d)) for n, d in items if n in needs.nonces}
             except BaseException:
                 if not again:
@@ -328,7 +357,7 @@ def supply(
             kept = None if again else items  # a window read again lets its bytes go now
             for sent in pipe.submit(lambda w=window, k=kept, p=proofs: send(w, k, p)):  # type: ignore[misc]
                 account(sent)
-            del items, kept
+            del items, kept, given
         for sent in pipe.drain():
             account(sent)
     return credit
@@ -344,17 +373,29 @@ def upload_file(
     progress: Progress | None = None,
 ) -> UploadResult:
     """Upload one file. With ``overwrite`` (and no ``expected_rev``), replace whatever file is
-    at ``remote`` now; a change racing us is still refused as a conflict."""
-    lf = scan_file(Path(local), remote, progress, keep_up_to=KEEP_BYTES)
+    at ``remote`` now; a change racing us is still refused as a conflict.
+
+    A large file new at ``remote`` is sent while it is named (`_stream_new`); anything else is
+    named whole and committed first, and the answer says which chunks to send (for a file
+    being replaced, the chunks it shares with the old version are not read again, and changed
+    ones may go as patches against it)."""
+    local = Path(local)
+    current: Entry | None = None
+    asked = False
+    if expected_rev is None and overwrite and _size_of(local) > KEEP_BYTES:
+        current, asked = _current(api, remote), True
+        if current is None:
+            streamed = _stream_new(api, local, remote, progress)
+            if streamed is not None:
+                return streamed
+    lf = scan_file(local, remote, progress, keep_up_to=KEEP_BYTES)
     if expected_rev is None and overwrite:
-        try:
-            current = api.stat(remote)
-            if current.kind == "file":
-                if _same(current, lf):
-                    return UploadResult(current.path, current.rev, lf.size, len(lf.chunks), 0, 0, skipped=True)
-                expected_rev = current.rev
-        except NotFound:
-            pass
+        if not asked:
+            current = _current(api, remote)
+        if current is not None and current.kind == "file":
+            if _same(current, lf):
+                return UploadResult(current.path, current.rev, lf.size, len(lf.chunks), 0, 0, skipped=True)
+            expected_rev = current.rev
     sent = sent_bytes = 0
     ns_id: int | None = None
     if expected_rev is None and lf.data is not None and lf.chunks:
@@ -362,16 +403,86 @@ def upload_file(
         for s, b in supply(api, ns_id, needs_up_front(api, ns_id, [(lf, None)]), progress).values():
             sent += s
             sent_bytes += b
+    return _commit_until_done(api, lf, expected_rev, ns_id, (sent, sent_bytes), progress)
+
+
+def _size_of(local: Path) -> int:
+    try:
+        return os.stat(local).st_size
+    except OSError:
+        return 0  # scan_file says what is wrong with it
+
+
+def _current(api: ApiClient, remote: str) -> Entry | None:
+    try:
+        return api.stat(remote)
+    except NotFound:
+        return None
+
+
+def _commit_until_done(
+    api: ApiClient, lf: LocalFile, expected_rev: int | None, ns_id: int | None, sent: tuple[int, int],
+    progress: Progress | None,
+) -> UploadResult:
+    """Commit ``lf``, supplying what each answer asks for, at most three times; ``sent`` is
+    what was sent for it before (chunks, bytes)."""
+    chunks_sent, bytes_sent = sent
     for _attempt in range(3):
-        res = api.commit(remote, lf.size, lf.refs, expected_rev, lf.mtime, lf.mode)
+        res = api.commit(lf.remote, lf.size, lf.refs, expected_rev, lf.mtime, lf.mode)
         if res.entry is not None:
-            return UploadResult(res.entry.path, res.entry.rev, lf.size, len(lf.chunks), sent, sent_bytes)
+            return UploadResult(res.entry.path, res.entry.rev, lf.size, len(lf.chunks), chunks_sent, bytes_sent)
         if ns_id is None:
-            ns_id = _ns_of(api, remote)
+            ns_id = _ns_of(api, lf.remote)
         for s, b in supply(api, ns_id, needs_for([(lf, res)]), progress).values():
-            sent += s
-            sent_bytes += b
-    raise CubbyError(f"the server kept asking for chunks of {remote}; giving up", code="upload_incomplete")
+            chunks_sent += s
+            bytes_sent += b
+    raise CubbyError(f"the server kept asking for chunks of {lf.remote}; giving up", code="upload_incomplete")
+
+
+HELD_SHARE = 0.5
+"""`_stream_new` stops offering windows once the server accepted more than this share of one
+window's proofs: the file is then mostly bytes the server holds, which the commit answer
+sorts out without the server reading them back to check proofs."""
+
+
+def _stream_new(api: ApiClient, local: Path, remote: str, progress: Progress | None) -> UploadResult | None:
+    """Upload a large file that is new at ``remote`` while naming it (`cubby.client.streamed`):
+    each window named is proven at once with nonces from the namespace's proof key, the
+    refused chunks uploaded from the bytes just read (or read again, as `supply` does), on
+    `IN_FLIGHT` windows at once while the next is named; then one commit. None when the server
+    gives no proof key (an older server): the caller commits first instead.
+
+    A window the server mostly holds stops the offers (`HELD_SHARE`); the rest of the file is
+    still named, and the commit answer asks for what is missing, as for any file."""
+    ns_id = _ns_of(api, remote)
+    key = api.proof_key(ns_id)
+    if key is None:
+        return None
+    streamed = StreamedFile(local, remote, progress)
+    needs = Needs()
+    verdicts: list[Verdict] = []
+    held = False
+
+    def stop() -> bool:
+        nonlocal held
+        held = held or any(ok > HELD_SHARE * n for ok, n in list(verdicts))
+        return held
+
+    def offered() -> Iterator[tuple[list[str], list[tuple[str, bytes]]]]:
+        nonlocal held
+        for window, _size in streamed.windows(lambda: UPLOAD_WINDOW, MAX_WINDOW_CHUNKS, stop):
+            fresh = api.proof_key(ns_id)  # asked again near the end of its hour
+            if fresh is None:
+                held = True  # no key any more: the commit answer names the rest
+                continue
+            for chunk, _data in window:
+                needs.add(streamed.provisional, chunk, chunk_nonce(fresh.key, chunk.hash, chunk.size), fresh.window)
+            yield [c.hash for c, _ in window], [(c.hash, d) for c, d in window]
+
+    credit = _supply(api, ns_id, needs, offered(), streamed.provisional.size > UPLOAD_WINDOW, progress, IN_FLIGHT, PROVE_AHEAD, verdicts)
+    lf = streamed.named
+    assert lf is not None  # the generator ran to its end (or raised)
+    return _commit_until_done(api, lf, None, ns_id, credit.get(local, (0, 0)), progress)
 
 
 Outcome = CommitResult | CubbyError
