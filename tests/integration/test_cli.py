@@ -290,18 +290,16 @@ def test_lost_packs_are_mended_by_uploads_of_the_same_bytes_and_check_repair_doe
     """Both files' packs are lost from the store (a third pack stays). A small file mends itself:
     a put of a copy proves its chunk up front, the server cannot read its own copy, refuses the
     proof, stores the bytes the client then sends although its index names a place for them,
-    and the original downloads whole again. A large file put in a folder commits first, and the
-    server, which believes it holds every chunk, asks for none: the copy is as broken as the
-    original. (A single new large file is streamed, proven before its commit, and would mend
-    itself as the small one does.)
+    and the original downloads whole again. A large file that replaces another commits first,
+    and the server, which believes it holds every chunk, asks for none: the copy is as broken
+    as the original. (A large file new at its path is streamed, proven before its commit, and
+    would mend itself as the small one does.)
     `admin check --repair` forgets the lost chunks (and retires the lost packs); then a put of a
     copy sends them, and every file downloads byte-identical; the check finds no damage."""
     small = random.Random(10).randbytes(180_000)
-    large = random.Random(11).randbytes(6 << 20)  # over KEEP_BYTES: in a folder, committed before it is proven
+    large = random.Random(11).randbytes(6 << 20)  # over KEEP_BYTES: replacing a file, committed before it is proven
     (tmp_path / "small.bin").write_bytes(small)
     (tmp_path / "large.bin").write_bytes(large)
-    (tmp_path / "folder").mkdir()
-    (tmp_path / "folder" / "large.bin").write_bytes(large)
     (tmp_path / "b.txt").write_text("kept\n")
     with LiveServer(tmp_path / "data") as s:
         token = s.add_user("rex")
@@ -313,21 +311,19 @@ def test_lost_packs_are_mended_by_uploads_of_the_same_bytes_and_check_repair_doe
     for pack in lost:
         pack.unlink()
 
-    def back(name: str) -> Path:
-        return tmp_path / f"back-{name.replace('/', '-')}"
-
     def get(s: LiveServer, name: str) -> subprocess.CompletedProcess[str]:
-        return cubby(s, token, "get", f"/{name}", str(back(name)), check=False)
+        return cubby(s, token, "get", f"/{name}", str(tmp_path / f"back-{name}"), check=False)
 
     with LiveServer(tmp_path / "data") as s:
         assert "is missing [corrupt_chunk]" in get(s, "small.bin").stderr
         (copy,) = lines(cubby(s, token, "--json", "put", str(tmp_path / "small.bin"), "/small-copy.bin"))
         assert copy["chunks_sent"] == 1
-        assert get(s, "small.bin").returncode == 0 and back("small.bin").read_bytes() == small
+        assert get(s, "small.bin").returncode == 0 and (tmp_path / "back-small.bin").read_bytes() == small
         assert "chunks mended from an upload" in s.logs() and "run cubby admin check" in s.logs()
-        (copy,) = lines(cubby(s, token, "--json", "put", str(tmp_path / "folder"), "/copy"))
-        assert copy["path"] == "/copy/large.bin" and copy["chunks_sent"] == 0
-        assert get(s, "copy/large.bin").returncode == 2
+        cubby(s, token, "put", str(tmp_path / "b.txt"), "/large-copy.bin")  # the file it replaces
+        (copy,) = lines(cubby(s, token, "--json", "put", str(tmp_path / "large.bin"), "/large-copy.bin"))
+        assert copy["chunks_sent"] == 0
+        assert get(s, "large-copy.bin").returncode == 2
     check = [*CUBBY, "--json", "admin", "check", "--data", str(s.data_dir)]
     p = subprocess.run([*check, "--repair"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 1, p.stderr
@@ -335,15 +331,37 @@ def test_lost_packs_are_mended_by_uploads_of_the_same_bytes_and_check_repair_doe
     assert report["chunks_lost"] == report["chunks_forgotten"] == copy["chunks"] and len(report["packs_missing"]) == 1
     # The failed download recorded every chunk of the lost pack; the small file's was mended.
     assert report["chunks_found_unreadable"] == copy["chunks"]
-    assert [f["path"] for f in report["files"]] == ["/copy/large.bin", "/large.bin"]
+    assert [f["path"] for f in report["files"]] == ["/large-copy.bin", "/large.bin"]
     with LiveServer(tmp_path / "data") as s:
         (mend,) = lines(cubby(s, token, "--json", "put", str(tmp_path / "large.bin"), "/mend.bin"))
         assert mend["chunks_sent"] == mend["chunks"]
-        for name, data in (("large.bin", large), ("copy/large.bin", large), ("small.bin", small), ("mend.bin", large)):
-            assert get(s, name).returncode == 0 and back(name).read_bytes() == data, name
+        for name, data in (("large.bin", large), ("large-copy.bin", large), ("small.bin", small), ("mend.bin", large)):
+            assert get(s, name).returncode == 0 and (tmp_path / f"back-{name}").read_bytes() == data, name
     p = subprocess.run(check, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and json.loads(p.stdout)["ok"], p.stdout
     assert json.loads(p.stdout)["chunks_found_unreadable"] == 0
+
+
+def test_a_streamed_put_of_a_large_copy_mends_its_lost_pack(tmp_path):
+    """A large file new at its path is proven before its commit (streamed): the server cannot
+    read its own copy of the lost pack's chunks, refuses the proofs, and stores the bytes the
+    client then sends, so the original downloads whole again."""
+    large = random.Random(12).randbytes(6 << 20)
+    (tmp_path / "large.bin").write_bytes(large)
+    with LiveServer(tmp_path / "data") as s:
+        token = s.add_user("rex")
+        cubby(s, token, "put", str(tmp_path / "large.bin"), "/large.bin")
+        lost = set((s.data_dir / "blocks" / "packs").rglob("*.pack"))
+        (tmp_path / "b.txt").write_text("kept\n")
+        cubby(s, token, "put", str(tmp_path / "b.txt"), "/b.txt")  # a pack that stays (the start check wants one)
+    for pack in lost:
+        pack.unlink()
+    with LiveServer(tmp_path / "data") as s:
+        (copy,) = lines(cubby(s, token, "--json", "put", str(tmp_path / "large.bin"), "/copy.bin"))
+        assert copy["chunks_sent"] == copy["chunks"] > 1
+        for name in ("large.bin", "copy.bin"):
+            cubby(s, token, "get", f"/{name}", str(tmp_path / f"back-{name}"))
+            assert (tmp_path / f"back-{name}").read_bytes() == large, name
 
 
 def test_gc_repacks_around_a_lost_pack_and_says_to_check(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 
 from cubby.client import upload
 from cubby.client.api import ApiClient
-from cubby.client.download import download_file
+from cubby.client.download import download_file, download_tree
 from cubby.client.localfiles import FileChanged
 from cubby.client.upload import upload_file
 from cubby.errors import NotFound
@@ -194,3 +194,42 @@ def test_repeated_content_is_offered_once(live, token, tmp_path):
         assert res.bytes_sent < len(data) // 2
         download_file(api, "/repeats.bin", tmp_path / "back.bin")
     assert (tmp_path / "back.bin").read_bytes() == data
+
+
+def test_in_a_tree_a_large_new_file_is_streamed_and_a_replaced_one_commits_first(live, token, tmp_path):
+    """`cubby put FOLDER`: the large new file is committed once, on its own (streamed), the
+    small ones in a batch; put again after an edit, the large file exists and goes through
+    the batch's commit-first exchange. Everything downloads byte-identical."""
+    root = tmp_path / "tree"
+    (root / "sub").mkdir(parents=True)
+    big = _data(9, 12 * MiB)
+    (root / "sub" / "big.bin").write_bytes(big)
+    for i in range(3):
+        (root / f"s{i}.txt").write_bytes(_data(20 + i, 5000))
+
+    class Batches(Watching):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.batched: list[str] = []
+
+        def commit_batch(self, reqs):
+            self.batched += [r["path"] for r in reqs]
+            return super().commit_batch(reqs)
+
+    with Batches(live.url, token) as api:
+        results = upload.upload_tree(api, root, "/t")
+        assert sorted(r.path for r in results) == ["/t/s0.txt", "/t/s1.txt", "/t/s2.txt", "/t/sub/big.bin"]
+        assert len(api.kinds("commit")) == 1 and "/t/sub/big.bin" not in api.batched
+        assert set(api.batched) == {"/t/s0.txt", "/t/s1.txt", "/t/s2.txt"}
+    edited = bytearray(big)
+    edited[6 * MiB : 6 * MiB + 10] = b"0123456789"
+    (root / "sub" / "big.bin").write_bytes(bytes(edited))
+    with Batches(live.url, token) as api:
+        again = {r.path: r for r in upload.upload_tree(api, root, "/t")}
+        assert not api.kinds("commit") and api.batched.count("/t/sub/big.bin") >= 1
+        assert again["/t/sub/big.bin"].chunks_sent < again["/t/sub/big.bin"].chunks
+        assert all(again[f"/t/s{i}.txt"].skipped for i in range(3))
+        download_tree(api, "/t", tmp_path / "back")
+    assert (tmp_path / "back" / "sub" / "big.bin").read_bytes() == bytes(edited)
+    for i in range(3):
+        assert (tmp_path / "back" / f"s{i}.txt").read_bytes() == (root / f"s{i}.txt").read_bytes()

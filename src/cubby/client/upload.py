@@ -12,11 +12,11 @@ and read at most three times, the third from the page cache):
   client computes from the namespace's proof key (`needs_up_front`,
   `cubby.metadata.possession`): a group of them is prove, upload the refused chunks, commit;
   the server commits each file once (the sync engine's too, whose files are read back here);
-- a large file new at its path (`upload_file`) is sent while it is named (`_stream_new`,
-  `cubby.client.streamed`): each window of `UPLOAD_WINDOW` is proven from the bytes just read
-  and its refused chunks uploaded while the next is named, and the file is committed once, at
-  the end;
-- for edits (and large files in a tree) the server answers a commit with the chunks it needs;
+- a large file new at its path (`upload_file`, and in `upload_tree`) is sent while it is
+  named (`_stream_new`, `cubby.client.streamed`): each window of `UPLOAD_WINDOW` is proven from
+  the bytes just read and its refused chunks uploaded while the next is named, and the file is
+  committed once, at the end;
+- for edits (and the sync engine's large files) the server answers a commit with the chunks it needs;
   those are read again a window of `UPLOAD_WINDOW` at a time, the window's proofs are computed
   from those bytes, and the chunks whose proof is rejected are uploaded;
 - windows are pipelined: the next window is read and hashed while at most `IN_FLIGHT` earlier
@@ -445,7 +445,9 @@ window's proofs: the file is then mostly bytes the server holds, which the commi
 sorts out without the server reading them back to check proofs."""
 
 
-def _stream_new(api: ApiClient, local: Path, remote: str, progress: Progress | None) -> UploadResult | None:
+def _stream_new(
+    api: ApiClient, local: Path, remote: str, progress: Progress | None, ns_id: int | None = None
+) -> UploadResult | None:
     """Upload a large file that is new at ``remote`` while naming it (`cubby.client.streamed`):
     each window named is proven at once with nonces from the namespace's proof key, the
     refused chunks uploaded from the bytes just read (or read again, as `supply` does), on
@@ -453,8 +455,10 @@ def _stream_new(api: ApiClient, local: Path, remote: str, progress: Progress | N
     gives no proof key (an older server): the caller commits first instead.
 
     A window the server mostly holds stops the offers (`HELD_SHARE`); the rest of the file is
-    still named, and the commit answer asks for what is missing, as for any file."""
-    ns_id = _ns_of(api, remote)
+    still named, and the commit answer asks for what is missing, as for any file. ``ns_id``:
+    the namespace ``remote`` is in, when the caller knows it."""
+    if ns_id is None:
+        ns_id = _ns_of(api, remote)
     key = api.proof_key(ns_id)
     if key is None:
         return None
@@ -635,6 +639,13 @@ def _groups(files: list[Path]) -> Iterator[list[Path]]:
         yield group
 
 
+Named = tuple[list[LocalFile], list[Skipped], Path | None]
+"""A tree's group named (`upload_tree`): its files, those that could not be read, and the one
+large new file to name as it is sent instead (None when there is none)."""
+Sent = tuple[list[UploadResult], list[Skipped]]
+"""A tree's group sent: each file's result, and the files found unreadable meanwhile."""
+
+
 def upload_tree(
     api: ApiClient,
     local_dir: Path,
@@ -648,8 +659,9 @@ def upload_tree(
     """Upload a folder: name files a group at a time (small files keep their bytes, so they
     are read once), commit each group in one request, prove or upload the chunks the server
     asks for in a few large requests, and commit again. Naming runs ahead of sending, and up to
-    `IN_FLIGHT` groups are with the server at once. Files whose content the server already has
-    at the same path are skipped. ``on_result`` is called on this thread, in group order.
+    `IN_FLIGHT` groups are with the server at once. A large file new at its path travels
+    alone and is named as it is sent (`_stream_new`), on the sending side. Files whose content
+    the server already has at the same path are skipped. ``on_result`` is called on this thread, in group order.
 
     What is not uploaded is told to ``on_skip``, on this thread, and the rest goes on: links,
     pipes and devices, folders that cannot be listed (`walk`), and files that cannot be opened
@@ -683,7 +695,7 @@ def upload_tree(
         rel = s[len(base) :] if s.startswith(base) and os.sep == "/" else p.relative_to(local_dir).as_posix()
         return paths.join(remote_dir, rel)
 
-    def name_group(group: list[Path]) -> tuple[list[LocalFile], list[Skipped]]:
+    def name_files(group: list[Path]) -> tuple[list[LocalFile], list[Skipped]]:
         named: list[LocalFile] = []
         left: list[Skipped] = []
         for p in group:
@@ -693,11 +705,33 @@ def upload_tree(
                 left.append(skipped_for(p, exc))
         return named, left
 
-    def take(job: Future[tuple[list[LocalFile], list[Skipped]]]) -> list[LocalFile]:
-        named, left = job.result()
+    def name_group(group: list[Path]) -> Named:
+        """The group's files named, and those that could not be; or, for a large file new at
+        its path (which travels alone, `_groups`), nothing yet: it is named as it is sent."""
+        if len(group) == 1 and paths.key(remote_of(group[0])) not in existing and _size_of(group[0]) > KEEP_BYTES:
+            return [], [], group[0]
+        return (*name_files(group), None)
+
+    def take(job: Future[Named]) -> tuple[list[LocalFile], Path | None]:
+        named, left, streamed = job.result()
         for s in left:
             skip(s)
-        return named
+        return named, streamed
+
+    def stream_one(p: Path) -> Sent:
+        """A large new file, sent while it is named (`_stream_new`); named first and committed
+        as any other file when the server gives no proof key."""
+        try:
+            res = _stream_new(api, p, remote_of(p), progress, ns_id)
+        except (OSError, NotAFile) as exc:  # unreadable, removed or replaced since the walk: told, not fatal
+            return [], [skipped_for(p, exc)]
+        if res is not None:
+            return [res], []
+        named, left = name_files([p])
+        return send_group(named), left
+
+    def send(scanned: list[LocalFile], streamed: Path | None) -> Sent:
+        return (send_group(scanned), []) if streamed is None else stream_one(streamed)
 
     def send_group(scanned: list[LocalFile]) -> list[UploadResult]:
         out: list[UploadResult] = []
@@ -724,12 +758,14 @@ def upload_tree(
 
     results: list[UploadResult] = []
 
-    def emit(done: list[list[UploadResult]]) -> None:
-        for group_results in done:
+    def emit(done: list[Sent]) -> None:
+        for group_results, left in done:
             for r in group_results:
                 results.append(r)
                 if on_result:
                     on_result(r)
+            for s in left:
+                skip(s)
 
     # Naming runs up to `ahead` groups ahead (one group per task: a task per 4 KiB file costs
     # more than hashing it), and sending keeps `IN_FLIGHT` groups with the server; so at most
@@ -737,7 +773,7 @@ def upload_tree(
     ahead = max(1, min(workers, 2))
     # (the walk's files, alive to the end, out of the collector's walks: `heap.gc_frozen`)
     with gc_frozen(), ThreadPoolExecutor(ahead + 1) as namer, Pipeline(IN_FLIGHT) as sender:
-        named: deque[Future[tuple[list[LocalFile], list[Skipped]]]] = deque()
+        named: deque[Future[Named]] = deque()
         try:
             started = False
             for group in _groups(files):
@@ -746,11 +782,11 @@ def upload_tree(
                 # 40-50 ms instead of a few, time in which the server had nothing to do.
                 if len(named) > (ahead if started else 0):
                     started = True
-                    scanned = take(named.popleft())
-                    emit(sender.submit(lambda s=scanned: send_group(s)))  # type: ignore[misc]
+                    scanned, streamed = take(named.popleft())
+                    emit(sender.submit(lambda s=scanned, q=streamed: send(s, q)))  # type: ignore[misc]
             while named:
-                scanned = take(named.popleft())
-                emit(sender.submit(lambda s=scanned: send_group(s)))  # type: ignore[misc]
+                scanned, streamed = take(named.popleft())
+                emit(sender.submit(lambda s=scanned, q=streamed: send(s, q)))  # type: ignore[misc]
             emit(sender.drain())
         except BaseException:
             for f in named:
