@@ -196,14 +196,17 @@ def test_repeated_content_is_offered_once(live, token, tmp_path):
     assert (tmp_path / "back.bin").read_bytes() == data
 
 
-def test_in_a_tree_a_large_new_file_is_streamed_and_a_replaced_one_commits_first(live, token, tmp_path):
-    """`cubby put FOLDER`: the large new file is committed once, on its own (streamed), the
-    small ones in a batch; put again after an edit, the large file exists and goes through
-    the batch's commit-first exchange. Everything downloads byte-identical."""
+def test_in_a_tree_a_large_new_file_is_streamed_and_a_replaced_one_commits_first(live, token, tmp_path, monkeypatch):
+    """`cubby put FOLDER`: the new file above `STREAM_IN_TREE` is committed once, on its own
+    (streamed), the small ones and the one below it in batches; put again after an edit, the
+    large file exists and goes through the batch's commit-first exchange. Everything downloads
+    byte-identical."""
+    monkeypatch.setattr(upload, "STREAM_IN_TREE", 8 * MiB)
     root = tmp_path / "tree"
     (root / "sub").mkdir(parents=True)
     big = _data(9, 12 * MiB)
     (root / "sub" / "big.bin").write_bytes(big)
+    (root / "sub" / "mid.bin").write_bytes(_data(10, 6 * MiB))  # over KEEP_BYTES, under STREAM_IN_TREE
     for i in range(3):
         (root / f"s{i}.txt").write_bytes(_data(20 + i, 5000))
 
@@ -218,9 +221,9 @@ def test_in_a_tree_a_large_new_file_is_streamed_and_a_replaced_one_commits_first
 
     with Batches(live.url, token) as api:
         results = upload.upload_tree(api, root, "/t")
-        assert sorted(r.path for r in results) == ["/t/s0.txt", "/t/s1.txt", "/t/s2.txt", "/t/sub/big.bin"]
+        assert sorted(r.path for r in results) == ["/t/s0.txt", "/t/s1.txt", "/t/s2.txt", "/t/sub/big.bin", "/t/sub/mid.bin"]
         assert len(api.kinds("commit")) == 1 and "/t/sub/big.bin" not in api.batched
-        assert set(api.batched) == {"/t/s0.txt", "/t/s1.txt", "/t/s2.txt"}
+        assert set(api.batched) == {"/t/s0.txt", "/t/s1.txt", "/t/s2.txt", "/t/sub/mid.bin"}
     edited = bytearray(big)
     edited[6 * MiB : 6 * MiB + 10] = b"0123456789"
     (root / "sub" / "big.bin").write_bytes(bytes(edited))
@@ -228,8 +231,9 @@ def test_in_a_tree_a_large_new_file_is_streamed_and_a_replaced_one_commits_first
         again = {r.path: r for r in upload.upload_tree(api, root, "/t")}
         assert not api.kinds("commit") and api.batched.count("/t/sub/big.bin") >= 1
         assert again["/t/sub/big.bin"].chunks_sent < again["/t/sub/big.bin"].chunks
-        assert all(again[f"/t/s{i}.txt"].skipped for i in range(3))
+        assert all(again[f"/t/s{i}.txt"].skipped for i in range(3)) and again["/t/sub/mid.bin"].skipped
         download_tree(api, "/t", tmp_path / "back")
     assert (tmp_path / "back" / "sub" / "big.bin").read_bytes() == bytes(edited)
+    assert (tmp_path / "back" / "sub" / "mid.bin").read_bytes() == (root / "sub" / "mid.bin").read_bytes()
     for i in range(3):
         assert (tmp_path / "back" / f"s{i}.txt").read_bytes() == (root / f"s{i}.txt").read_bytes()

@@ -12,8 +12,8 @@ and read at most three times, the third from the page cache):
   client computes from the namespace's proof key (`needs_up_front`,
   `cubby.metadata.possession`): a group of them is prove, upload the refused chunks, commit;
   the server commits each file once (the sync engine's too, whose files are read back here);
-- a large file new at its path (`upload_file`, and in `upload_tree`) is sent while it is
-  named (`_stream_new`, `cubby.client.streamed`): each window of `UPLOAD_WINDOW` is proven from
+- a large file new at its path (`upload_file`; in `upload_tree`, above `STREAM_IN_TREE`) is
+  sent while it is named (`_stream_new`, `cubby.client.streamed`): each window of `UPLOAD_WINDOW` is proven from
   the bytes just read and its refused chunks uploaded while the next is named, and the file is
   committed once, at the end;
 - for edits (and the sync engine's large files) the server answers a commit with the chunks it needs;
@@ -72,6 +72,7 @@ from cubby.client.windows import (
     KEEP_BYTES,
     MAX_WINDOW_CHUNKS,
     PROVE_AHEAD,
+    STREAM_IN_TREE,
     UPLOAD_WINDOW,
 )
 from cubby.core import delta, paths
@@ -659,9 +660,9 @@ def upload_tree(
     """Upload a folder: name files a group at a time (small files keep their bytes, so they
     are read once), commit each group in one request, prove or upload the chunks the server
     asks for in a few large requests, and commit again. Naming runs ahead of sending, and up to
-    `IN_FLIGHT` groups are with the server at once. A large file new at its path travels
-    alone and is named as it is sent (`_stream_new`), on the sending side. Files whose content
-    the server already has at the same path are skipped. ``on_result`` is called on this thread, in group order.
+    `IN_FLIGHT` groups are with the server at once. A file new at its path and larger than
+    `STREAM_IN_TREE` is named as it is sent (`_stream_new`), on the sending side. Files whose
+    content the server already has at the same path are skipped. ``on_result`` is called on this thread, in group order.
 
     What is not uploaded is told to ``on_skip``, on this thread, and the rest goes on: links,
     pipes and devices, folders that cannot be listed (`walk`), and files that cannot be opened
@@ -706,9 +707,10 @@ def upload_tree(
         return named, left
 
     def name_group(group: list[Path]) -> Named:
-        """The group's files named, and those that could not be; or, for a large file new at
-        its path (which travels alone, `_groups`), nothing yet: it is named as it is sent."""
-        if len(group) == 1 and paths.key(remote_of(group[0])) not in existing and _size_of(group[0]) > KEEP_BYTES:
+        """The group's files named, and those that could not be; or, for a file new at its
+        path and larger than `STREAM_IN_TREE` (which travels alone, `_groups`), nothing yet:
+        it is named as it is sent."""
+        if len(group) == 1 and paths.key(remote_of(group[0])) not in existing and _size_of(group[0]) > STREAM_IN_TREE:
             return [], [], group[0]
         return (*name_files(group), None)
 

@@ -49,6 +49,14 @@ bytes while the server pads its answer (`cubby.client.upload.supply`: such a win
 again once its proofs are refused). A 1 GiB put of new bytes, alternated on the 2-core
 machine (medians of three, two sets): 3.97 and 3.85 s with none against 3.02 and 2.84 s with
 four."""
+STREAM_IN_TREE = 64 * MiB
+"""In a folder's put, files new at their path larger than this are sent while they are named
+(`cubby.client.upload._stream_new`, on the sending side); smaller ones are named ahead, on the
+naming threads, beside the groups being sent, as before. Streaming a file of a window or two
+moved its naming onto a sending slot and bought nothing: 48 new files of 8 MiB (local packs,
+alternated, 7 rounds) took 2.43 s streamed against 2.34 s named ahead, while two new files of
+256 MiB took 2.05-2.36 s streamed against 2.25-2.53 s (3 rounds, 3 of 3 faster). A single
+file's put streams from `KEEP_BYTES` up: it has nothing else to overlap its naming with."""
 KEEP_BYTES = 4 * MiB
 """Files up to this size keep their bytes from the naming pass, so they are never read again."""
 FIRST_GROUP = 128
