@@ -2,20 +2,23 @@
 a real server on loopback: its first window reaches the server before the file has been read
 to its end, it is committed once, a copy of bytes the user already holds stops the offers after
 a window, a file rewritten meanwhile is refused, and the paths that must not stream (a file
-being replaced, a server without proof keys) still commit first."""
+being replaced, a server without proof keys) still commit first. In a folder, a large new file
+streams too; gone before it is read, it is reported skipped, while a dropped connection ends
+the put."""
 
 from __future__ import annotations
 
 import hashlib
 import random
 import threading
+from pathlib import Path
 
 import pytest
 
 from cubby.client import upload
 from cubby.client.api import ApiClient
 from cubby.client.download import download_file, download_tree
-from cubby.client.localfiles import FileChanged
+from cubby.client.localfiles import FileChanged, Skipped
 from cubby.client.upload import upload_file
 from cubby.errors import NotFound
 from tests.helpers.live_server import LiveServer
@@ -237,3 +240,45 @@ def test_in_a_tree_a_large_new_file_is_streamed_and_a_replaced_one_commits_first
     assert (tmp_path / "back" / "sub" / "mid.bin").read_bytes() == (root / "sub" / "mid.bin").read_bytes()
     for i in range(3):
         assert (tmp_path / "back" / f"s{i}.txt").read_bytes() == (root / f"s{i}.txt").read_bytes()
+
+
+def _big_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[Skipped]]:
+    """A folder with one file to stream (`STREAM_IN_TREE` lowered) and a small one, and the
+    list the upload's skipped items go to."""
+    monkeypatch.setattr(upload, "STREAM_IN_TREE", 4 * MiB)
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / "big.bin").write_bytes(_data(30, 6 * MiB))
+    (root / "a.txt").write_bytes(b"small\n")
+    return root, []
+
+
+def test_in_a_tree_a_large_file_gone_before_it_is_streamed_is_skipped_as_vanished(live, token, tmp_path, monkeypatch):
+    root, skipped = _big_tree(tmp_path, monkeypatch)
+
+    class Deleting(Watching):
+        def proof_key(self, ns_id):
+            (root / "big.bin").unlink(missing_ok=True)  # after the walk and the naming side's look
+            return super().proof_key(ns_id)
+
+    with Deleting(live.url, token) as api:
+        results = upload.upload_tree(api, root, "/v", on_skip=skipped.append)
+        assert [r.path for r in results] == ["/v/a.txt"]
+        assert [(s.local.name, s.code) for s in skipped] == [("big.bin", "vanished")]
+        with pytest.raises(NotFound):
+            api.stat("/v/big.bin")
+
+
+def test_in_a_tree_a_network_failure_while_streaming_is_an_error_not_a_skipped_file(live, token, tmp_path, monkeypatch):
+    """A dropped connection is an `OSError` too: it must end the put, not be reported as an
+    unreadable file while the rest is committed."""
+    root, skipped = _big_tree(tmp_path, monkeypatch)
+    (root / "a.txt").unlink()  # the large file alone: nothing else could raise the error
+
+    class Dropping(Watching):
+        def upload_chunks(self, ns_id, items):
+            raise ConnectionError("connection dropped by the test")
+
+    with Dropping(live.url, token) as api, pytest.raises(ConnectionError):
+        upload.upload_tree(api, root, "/w", on_skip=skipped.append)
+    assert skipped == []

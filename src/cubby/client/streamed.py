@@ -28,6 +28,17 @@ from cubby.client import modes
 from cubby.client.localfiles import FileChanged, LocalChunk, LocalFile, Progress, stamp_of
 from cubby.core.chunking import chunk_file
 
+
+class ReadFailed(Exception):
+    """Reading the file itself failed with ``cause`` (gone, unreadable, an I/O error): told
+    apart from a network error, which is also an `OSError`, so that a folder's upload reports
+    the file as skipped (`cubby.client.localfiles.skipped_for`) and never a dropped connection."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 Window = tuple[list[tuple[LocalChunk, bytes]], int]
 """Chunks of one window in file order, each with its bytes, and their total size."""
 
@@ -45,7 +56,10 @@ class StreamedFile:
         self.local = local
         self.remote = remote
         self.progress = progress
-        st = os.stat(local)
+        try:
+            st = os.stat(local)
+        except OSError as exc:
+            raise ReadFailed(exc) from exc
         self.before = st
         self.provisional = LocalFile(local, remote, st.st_size, st.st_mtime, [], st.st_ino, stamp_of(st), None, modes.mode_of(st))
         self.named: LocalFile | None = None
@@ -54,7 +68,14 @@ class StreamedFile:
         """Name the file, yielding its chunks a window at a time (about ``limit()`` bytes, at
         most ``most_chunks`` chunks; a chunk seen earlier in the file is not offered again).
         Once ``stop()`` is true nothing more is offered, but the file is still named to its
-        end: `named` lists every chunk. Raises `FileChanged` if the file changed meanwhile."""
+        end: `named` lists every chunk. Raises `FileChanged` if the file changed meanwhile,
+        `ReadFailed` if it could not be read."""
+        try:
+            yield from self._windows(limit, most_chunks, stop)
+        except OSError as exc:  # raised by the file's reads: whatever the consumer raises stays there
+            raise ReadFailed(exc) from exc
+
+    def _windows(self, limit: Callable[[], int], most_chunks: int, stop: Callable[[], bool]) -> Iterator[Window]:
         chunks: list[LocalChunk] = []
         seen: set[str] = set()
         window: list[tuple[LocalChunk, bytes]] = []
@@ -88,4 +109,4 @@ class StreamedFile:
         )
 
 
-__all__ = ["StreamedFile", "Window"]
+__all__ = ["ReadFailed", "StreamedFile", "Window"]

@@ -13,12 +13,12 @@ and read at most three times, the third from the page cache):
   `cubby.metadata.possession`): a group of them is prove, upload the refused chunks, commit;
   the server commits each file once (the sync engine's too, whose files are read back here);
 - a large file new at its path (`upload_file`; in `upload_tree`, above `STREAM_IN_TREE`) is
-  sent while it is named (`_stream_new`, `cubby.client.streamed`): each window of `UPLOAD_WINDOW` is proven from
-  the bytes just read and its refused chunks uploaded while the next is named, and the file is
-  committed once, at the end;
-- for edits (and the sync engine's large files) the server answers a commit with the chunks it needs;
-  those are read again a window of `UPLOAD_WINDOW` at a time, the window's proofs are computed
-  from those bytes, and the chunks whose proof is rejected are uploaded;
+  sent while it is named (`_stream_new`, `cubby.client.streamed`): each window of
+  `UPLOAD_WINDOW` is proven from the bytes just read and its refused chunks uploaded while the
+  next is named, and the file is committed once, at the end;
+- for edits (and the sync engine's large files) the server answers a commit with the chunks
+  it needs; those are read again a window of `UPLOAD_WINDOW` at a time, the window's proofs
+  are computed from those bytes, and the chunks whose proof is rejected are uploaded;
 - windows are pipelined: the next window is read and hashed while at most `IN_FLIGHT` earlier
   ones are with the server, so client and server work at the same time; and up to
   `PROVE_AHEAD` more wait out the server's padding of their proofs holding no bytes, to be
@@ -63,7 +63,7 @@ from cubby.client.localfiles import (
     walk,
 )
 from cubby.client.pipeline import Pipeline
-from cubby.client.streamed import StreamedFile
+from cubby.client.streamed import ReadFailed, StreamedFile
 from cubby.client.windows import (
     BATCH,
     FIRST_GROUP,
@@ -386,7 +386,10 @@ def upload_file(
     if expected_rev is None and overwrite and _size_of(local) > KEEP_BYTES:
         current, asked = _current(api, remote), True
         if current is None:
-            streamed = _stream_new(api, local, remote, progress)
+            try:
+                streamed = _stream_new(api, local, remote, progress)
+            except ReadFailed as exc:
+                raise exc.cause from None  # as naming it whole would have: the file's own error
             if streamed is not None:
                 return streamed
     lf = scan_file(local, remote, progress, keep_up_to=KEEP_BYTES)
@@ -662,7 +665,8 @@ def upload_tree(
     asks for in a few large requests, and commit again. Naming runs ahead of sending, and up to
     `IN_FLIGHT` groups are with the server at once. A file new at its path and larger than
     `STREAM_IN_TREE` is named as it is sent (`_stream_new`), on the sending side. Files whose
-    content the server already has at the same path are skipped. ``on_result`` is called on this thread, in group order.
+    content the server already has at the same path are skipped. ``on_result`` is called on
+    this thread, in group order.
 
     What is not uploaded is told to ``on_skip``, on this thread, and the rest goes on: links,
     pipes and devices, folders that cannot be listed (`walk`), and files that cannot be opened
@@ -725,8 +729,8 @@ def upload_tree(
         as any other file when the server gives no proof key."""
         try:
             res = _stream_new(api, p, remote_of(p), progress, ns_id)
-        except (OSError, NotAFile) as exc:  # unreadable, removed or replaced since the walk: told, not fatal
-            return [], [skipped_for(p, exc)]
+        except ReadFailed as exc:  # unreadable, removed or replaced since the walk: told, not fatal
+            return [], [skipped_for(p, exc.cause)]
         if res is not None:
             return [res], []
         named, left = name_files([p])
