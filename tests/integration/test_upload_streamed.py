@@ -20,7 +20,7 @@ from cubby.client.api import ApiClient
 from cubby.client.download import download_file, download_tree
 from cubby.client.localfiles import FileChanged, Skipped
 from cubby.client.upload import upload_file
-from cubby.errors import NotFound
+from cubby.errors import Conflict, CubbyError, NotFound
 from tests.helpers.live_server import LiveServer
 from tests.integration.test_upload_pipeline import Keyless
 
@@ -282,3 +282,34 @@ def test_in_a_tree_a_network_failure_while_streaming_is_an_error_not_a_skipped_f
     with Dropping(live.url, token) as api, pytest.raises(ConnectionError):
         upload.upload_tree(api, root, "/w", on_skip=skipped.append)
     assert skipped == []
+
+
+def test_a_large_file_under_a_file_is_refused_before_any_byte_is_sent(live, token, tmp_path):
+    """Its commit is bound to fail (`not_a_folder`): the file is not streamed, and the commit,
+    made first, says so."""
+    (tmp_path / "notes.txt").write_text("notes\n")
+    src = tmp_path / "big.bin"
+    src.write_bytes(_data(40, 6 * MiB))
+    with Watching(live.url, token) as api:
+        upload_file(api, tmp_path / "notes.txt", "/notes.txt")
+        api.log.clear()
+        with pytest.raises(Conflict) as refused:
+            upload_file(api, src, "/notes.txt/deeper/big.bin")
+        assert refused.value.code == "not_a_folder"
+        assert [k for k, *_ in api.log] == ["commit"]
+
+
+def test_in_a_tree_a_large_file_where_a_file_stands_for_its_folder_is_not_streamed(live, token, tmp_path, monkeypatch):
+    root, _ = _big_tree(tmp_path, monkeypatch)
+    (root / "a.txt").unlink()
+    (root / "big.bin").rename(tmp_path / "big.bin")
+    (root / "sub").mkdir()
+    (tmp_path / "big.bin").rename(root / "sub" / "big.bin")
+    with Watching(live.url, token) as api:
+        (tmp_path / "sub.txt").write_text("a file where the folder goes\n")
+        upload_file(api, tmp_path / "sub.txt", "/x/sub")
+        api.log.clear()
+        with pytest.raises(CubbyError) as refused:  # (a batch's answer keeps the code, not the class)
+            upload.upload_tree(api, root, "/x")
+        assert refused.value.code == "not_a_folder"
+        assert not api.kinds("prove") and not api.kinds("upload")

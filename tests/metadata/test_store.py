@@ -100,6 +100,35 @@ def test_stale_expected_rev_is_a_conflict_and_changes_nothing(store, blocks, ali
     assert store.stat(ns, "/a.txt").content_hash == v2.content_hash
 
 
+def test_a_commit_bound_to_be_refused_is_refused_before_it_asks_for_chunks(store, blocks, alice):
+    """A stale revision, a file where a folder must go, a folder where the file must go: the
+    commit says so at once, before it names missing chunks the client would otherwise send
+    for nothing, and writes nothing; with every check passed, it asks for them as always."""
+    user, _ = alice
+    ns = user.root_ns
+    v1 = put_file(store, blocks, user.id, ns, "/a.txt")
+    put_file(store, blocks, user.id, ns, "/a.txt", expected_rev=v1.rev)
+    store.mkdir(user.id, ns, "/folder")
+    head = store.head(ns)
+    items = random_chunks(2)  # never stored: every commit below is missing both
+    with pytest.raises(Conflict, match="changed: it is at revision"):
+        store.commit(user.id, ns, request("/a.txt", items, expected_rev=v1.rev))
+    with pytest.raises(Conflict, match="already exists"):
+        store.commit(user.id, ns, request("/a.txt", items))
+    with pytest.raises(Conflict) as under:
+        store.commit(user.id, ns, request("/a.txt/deeper/b.bin", items))
+    assert under.value.code == "not_a_folder"
+    with pytest.raises(Conflict) as folder:
+        store.commit(user.id, ns, request("/folder", items))
+    assert folder.value.code == "is_a_folder"
+    [batch_under, batch_ok] = store.commit_many(user.id, ns, [request("/a.txt/c.bin", items), request("/new/c.bin", items)])
+    assert isinstance(batch_under, Conflict) and batch_under.code == "not_a_folder"
+    assert isinstance(batch_ok, CommitResult) and [n.hash for n in batch_ok.needed] == [h for h, _ in items]
+    assert store.head(ns) == head
+    with pytest.raises(NotFound):
+        store.stat(ns, "/new")
+
+
 def test_case_and_unicode_variants_cannot_coexist(store, blocks, alice):
     user, _ = alice
     ns = user.root_ns

@@ -385,7 +385,7 @@ def upload_file(
     asked = False
     if expected_rev is None and overwrite and _size_of(local) > KEEP_BYTES:
         current, asked = _current(api, remote), True
-        if current is None:
+        if current is None and not _under_a_file(api, remote):
             try:
                 streamed = _stream_new(api, local, remote, progress)
             except ReadFailed as exc:
@@ -422,6 +422,17 @@ def _current(api: ApiClient, remote: str) -> Entry | None:
         return api.stat(remote)
     except NotFound:
         return None
+
+
+def _under_a_file(api: ApiClient, remote: str) -> bool:
+    """Whether the nearest existing ancestor of ``remote`` (which does not exist) is a file, so
+    that its commit is bound to be refused (``not_a_folder``): such a file is not streamed, and
+    the commit, first, says so before any byte is sent. One `stat` per missing ancestor."""
+    for folder in reversed(paths.ancestors(paths.normalize(remote))):
+        found = _current(api, folder)
+        if found is not None:
+            return found.kind == "file"
+    return False
 
 
 def _commit_until_done(
@@ -714,8 +725,13 @@ def upload_tree(
         """The group's files named, and those that could not be; or, for a file new at its
         path and larger than `STREAM_IN_TREE` (which travels alone, `_groups`), nothing yet:
         it is named as it is sent."""
-        if len(group) == 1 and paths.key(remote_of(group[0])) not in existing and _size_of(group[0]) > STREAM_IN_TREE:
-            return [], [], group[0]
+        if len(group) == 1 and _size_of(group[0]) > STREAM_IN_TREE:
+            remote = remote_of(group[0])
+            # (new at its path, and no file of the tree's where a folder of it must go)
+            if paths.key(remote) not in existing and not any(
+                existing[k].kind == "file" for a in paths.ancestors(remote) if (k := paths.key(a)) in existing
+            ):
+                return [], [], group[0]
         return (*name_files(group), None)
 
     def take(job: Future[Named]) -> tuple[list[LocalFile], Path | None]:

@@ -88,6 +88,41 @@ def settling_cut(tx: NamespaceTxn) -> int | None:
     return None if row is None or row[0] is None else int(row[0])
 
 
+
+_UNCHECKED = object()
+"""`_check_target`'s ``expected_rev`` when the revision is not to be checked (a restore)."""
+
+
+def _check_target(tx: NamespaceTxn, path: str, key: str, expected_rev: object) -> Any:
+    """The live node at ``path`` (None: none), once a file revision may be written there: not
+    a folder, and at ``expected_rev`` (None: no node), unless that is `_UNCHECKED`."""
+    existing = tx.live(key)
+    if existing is not None and existing.kind != "file":
+        raise Conflict(f"{existing.path} is a folder; cannot write a file there", code="is_a_folder")
+    if expected_rev is _UNCHECKED:
+        return existing
+    current = existing.rev if existing is not None else None
+    if current != expected_rev and not (
+        existing is not None and isinstance(expected_rev, int) and same_as_before_share(tx, existing, expected_rev)
+    ):
+        if existing is None:
+            raise Conflict(f"{path} was deleted or moved since revision {expected_rev}", current_rev=None)
+        if expected_rev is None:
+            raise Conflict(f"{existing.path} already exists (revision {current})", current_rev=current)
+        raise Conflict(f"{existing.path} changed: it is at revision {current}, not {expected_rev}", current_rev=current)
+    return existing
+
+
+def _check_ancestors(tx: NamespaceTxn, path: str) -> None:
+    """Refuse a file whose nearest existing ancestor is a file, as `ensure_folder` would
+    (``not_a_folder``), without creating anything."""
+    for folder in reversed(paths.ancestors(path)):
+        row = tx.live(paths.key(folder))
+        if row is not None:
+            if row.kind == "file":
+                raise Conflict(f"{row.path} is a file, so it cannot hold {path}", code="not_a_folder")
+            return
+
 class FileWrites:
     """The writes of one metadata database (see the module docstring). ``reads`` answers the
     root folder, which has no row to write; ``challenges`` makes the nonces a commit answers
@@ -212,21 +247,7 @@ class FileWrites:
             key = paths.key(path)
         if not guarded:
             guard_mounts(tx, path)
-        existing = tx.live(key)
-        if existing is not None and existing.kind != "file":
-            raise Conflict(f"{existing.path} is a folder; cannot write a file there", code="is_a_folder")
-        if check_expected:
-            current = existing.rev if existing is not None else None
-            if current != expected_rev and not (
-                existing is not None and expected_rev is not None and same_as_before_share(tx, existing, expected_rev)
-            ):
-                if existing is None:
-                    raise Conflict(f"{path} was deleted or moved since revision {expected_rev}", current_rev=None)
-                if expected_rev is None:
-                    raise Conflict(f"{existing.path} already exists (revision {current})", current_rev=current)
-                raise Conflict(
-                    f"{existing.path} changed: it is at revision {current}, not {expected_rev}", current_rev=current
-                )
+        existing = _check_target(tx, path, key, expected_rev if check_expected else _UNCHECKED)
         parent, name = paths.split(path)
         made = None if folders is None else folders.get(parent)
         if made is None:
@@ -310,6 +331,10 @@ class FileWrites:
             guard_mounts(tx, path)
         missing = self._unavailable(tx, chunks)
         if missing:
+            # A commit bound to be refused is refused now, not after the client has sent every
+            # missing chunk: the checks of `_write_file` that do not depend on the chunks.
+            _check_target(tx, path, key or paths.key(path), req.expected_rev)
+            _check_ancestors(tx, path)
             uid = tx.user_id or 0
             sizes = {c.hash: c.size for c in chunks}  # the size is bound into the nonce
             bases = self._bases(tx, path, chunks, missing)
