@@ -88,7 +88,6 @@ def settling_cut(tx: NamespaceTxn) -> int | None:
     return None if row is None or row[0] is None else int(row[0])
 
 
-
 _UNCHECKED = object()
 """`_check_target`'s ``expected_rev`` when the revision is not to be checked (a restore)."""
 
@@ -122,6 +121,7 @@ def _check_ancestors(tx: NamespaceTxn, path: str) -> None:
             if row.kind == "file":
                 raise Conflict(f"{row.path} is a file, so it cannot hold {path}", code="not_a_folder")
             return
+
 
 class FileWrites:
     """The writes of one metadata database (see the module docstring). ``reads`` answers the
