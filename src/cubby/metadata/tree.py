@@ -89,6 +89,29 @@ def frozen_or_mount_below(tx: NamespaceTxn, key: str) -> Any:
     ).first()
 
 
+def _folder_of(row: Any, path: str, wanted: str | None) -> tuple[int, str]:
+    """Node id and display path of the existing node ``row`` at ``path``, which must be a plain
+    folder for something to be written in it (``wanted``: what, for the error)."""
+    if row.kind == "mount":
+        raise NamespaceMoved(f"{row.path} became a shared folder; resolve {path} again and retry", path=row.path)
+    if is_frozen(row):
+        raise NamespaceMoved(f"{row.path} is becoming a shared folder; retry {path} in a moment", path=row.path)
+    if row.kind != "folder":
+        what = f"so it cannot hold {wanted}" if wanted is not None else "not a folder"
+        raise Conflict(f"{row.path} is a file, {what}", code="not_a_folder")
+    return int(row.node_id), str(row.path)
+
+
+def check_folders(tx: NamespaceTxn, path: str) -> None:
+    """Refuse, without writing anything, what `ensure_folder` of ``path``'s parent would
+    refuse: its nearest existing ancestor must be a plain folder."""
+    for folder in reversed(paths.ancestors(path)):
+        row = tx.live(paths.key(folder))
+        if row is not None:
+            _folder_of(row, folder, path)
+            return
+
+
 def ensure_folder(tx: NamespaceTxn, path: str, *, wanted: str | None = None) -> tuple[int, str]:
     """Node id and display path of the folder at ``path``, creating it and its missing
     parents. A new node's display path is its parent's display path plus its own name, so
@@ -98,14 +121,7 @@ def ensure_folder(tx: NamespaceTxn, path: str, *, wanted: str | None = None) -> 
         return ROOT_NODE, paths.ROOT
     row = tx.live(paths.key(path))
     if row is not None:
-        if row.kind == "mount":
-            raise NamespaceMoved(f"{row.path} became a shared folder; resolve {path} again and retry", path=row.path)
-        if is_frozen(row):
-            raise NamespaceMoved(f"{row.path} is becoming a shared folder; retry {path} in a moment", path=row.path)
-        if row.kind != "folder":
-            what = f"so it cannot hold {wanted}" if wanted is not None else "not a folder"
-            raise Conflict(f"{row.path} is a file, {what}", code="not_a_folder")
-        return int(row.node_id), str(row.path)
+        return _folder_of(row, path, wanted)
     parent, name = paths.split(path)
     parent_id, parent_path = ensure_folder(tx, parent, wanted=wanted or path)
     path = paths.join(parent_path, name)
@@ -158,7 +174,7 @@ def remove_node(tx: NamespaceTxn, row: Any) -> int:
 
 
 __all__ = [
-    "ensure_folder", "frozen_or_mount_below", "guard_mounts", "is_frozen", "remove_node", "same_as_before_share",
+    "check_folders", "ensure_folder", "frozen_or_mount_below", "guard_mounts", "is_frozen", "remove_node", "same_as_before_share",
 ]
 
 

@@ -35,6 +35,7 @@ from cubby.metadata.possession import Challenges
 from cubby.metadata.reads import FileReads, node_for_history
 from cubby.metadata.schema import blocks, file_revs, namespaces, nodes, ns_chunks
 from cubby.metadata.tree import (
+    check_folders,
     ensure_folder,
     frozen_or_mount_below,
     guard_mounts,
@@ -88,21 +89,17 @@ def settling_cut(tx: NamespaceTxn) -> int | None:
     return None if row is None or row[0] is None else int(row[0])
 
 
-_UNCHECKED = object()
-"""`_check_target`'s ``expected_rev`` when the revision is not to be checked (a restore)."""
-
-
-def _check_target(tx: NamespaceTxn, path: str, key: str, expected_rev: object) -> Any:
+def _check_target(tx: NamespaceTxn, path: str, key: str, expected_rev: int | None, *, check_rev: bool = True) -> Any:
     """The live node at ``path`` (None: none), once a file revision may be written there: not
-    a folder, and at ``expected_rev`` (None: no node), unless that is `_UNCHECKED`."""
+    a folder, and (``check_rev``) at ``expected_rev`` (None: no node)."""
     existing = tx.live(key)
     if existing is not None and existing.kind != "file":
         raise Conflict(f"{existing.path} is a folder; cannot write a file there", code="is_a_folder")
-    if expected_rev is _UNCHECKED:
+    if not check_rev:
         return existing
     current = existing.rev if existing is not None else None
     if current != expected_rev and not (
-        existing is not None and isinstance(expected_rev, int) and same_as_before_share(tx, existing, expected_rev)
+        existing is not None and expected_rev is not None and same_as_before_share(tx, existing, expected_rev)
     ):
         if existing is None:
             raise Conflict(f"{path} was deleted or moved since revision {expected_rev}", current_rev=None)
@@ -110,17 +107,6 @@ def _check_target(tx: NamespaceTxn, path: str, key: str, expected_rev: object) -
             raise Conflict(f"{existing.path} already exists (revision {current})", current_rev=current)
         raise Conflict(f"{existing.path} changed: it is at revision {current}, not {expected_rev}", current_rev=current)
     return existing
-
-
-def _check_ancestors(tx: NamespaceTxn, path: str) -> None:
-    """Refuse a file whose nearest existing ancestor is a file, as `ensure_folder` would
-    (``not_a_folder``), without creating anything."""
-    for folder in reversed(paths.ancestors(path)):
-        row = tx.live(paths.key(folder))
-        if row is not None:
-            if row.kind == "file":
-                raise Conflict(f"{row.path} is a file, so it cannot hold {path}", code="not_a_folder")
-            return
 
 
 class FileWrites:
@@ -247,7 +233,7 @@ class FileWrites:
             key = paths.key(path)
         if not guarded:
             guard_mounts(tx, path)
-        existing = _check_target(tx, path, key, expected_rev if check_expected else _UNCHECKED)
+        existing = _check_target(tx, path, key, expected_rev, check_rev=check_expected)
         parent, name = paths.split(path)
         made = None if folders is None else folders.get(parent)
         if made is None:
@@ -334,7 +320,7 @@ class FileWrites:
             # A commit bound to be refused is refused now, not after the client has sent every
             # missing chunk: the checks of `_write_file` that do not depend on the chunks.
             _check_target(tx, path, key or paths.key(path), req.expected_rev)
-            _check_ancestors(tx, path)
+            check_folders(tx, path)
             uid = tx.user_id or 0
             sizes = {c.hash: c.size for c in chunks}  # the size is bound into the nonce
             bases = self._bases(tx, path, chunks, missing)
