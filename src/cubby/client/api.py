@@ -300,11 +300,10 @@ class ApiClient:
         return (self.role_urls.get(role, self.base_url) if role else self.base_url) + path
 
     def _send(self, method: str, url: str, **kw: Any) -> httpx.Response:
-        http = self.http  # (httpx is imported by now)
-        import httpx
+        import httpx  # (for its errors: `self.http` makes the client)
 
         try:
-            return http.request(method, url, **kw)
+            return self.http.request(method, url, **kw)
         except (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError, httpx.TimeoutException) as exc:
             raise Unavailable(f"cannot reach the cubby server at {url.split('/api/', 1)[0]}: {exc}") from exc
 
@@ -723,8 +722,7 @@ class ApiClient:
         yield from self._httpx_frames(path, body, max_frame)
 
     def _httpx_frames(self, path: str, body: dict[str, Any], max_frame: int) -> Iterator[tuple[str, bytes]]:
-        self.http  # noqa: B018 (httpx is imported by now)
-        import httpx
+        import httpx  # (for its errors: `_stream` makes the client)
 
         try:
             with self._stream("POST", path, json=body) as resp:

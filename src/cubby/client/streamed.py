@@ -43,8 +43,8 @@ class ReadFailed(Exception):
         self.cause = cause
 
 
-Window = tuple[list[tuple[LocalChunk, bytes]], int]
-"""Chunks of one window in file order, each with its bytes, and their total size."""
+Window = list[tuple[LocalChunk, bytes]]
+"""Chunks of one window in file order, each with its bytes."""
 
 
 class StreamedFile:
@@ -68,8 +68,8 @@ class StreamedFile:
         self.provisional = LocalFile(local, remote, st.st_size, st.st_mtime, [], st.st_ino, stamp_of(st), None, modes.mode_of(st))
         self.named: LocalFile | None = None
 
-    def windows(self, limit: Callable[[], int], most_chunks: int, stop: Callable[[], bool]) -> Iterator[Window]:
-        """Name the file, yielding its chunks a window at a time (about ``limit()`` bytes, at
+    def windows(self, limit: int, most_chunks: int, stop: Callable[[], bool]) -> Iterator[Window]:
+        """Name the file, yielding its chunks a window at a time (about ``limit`` bytes, at
         most ``most_chunks`` chunks; a chunk seen earlier in the file is not offered again).
         Once ``stop()`` is true nothing more is offered, but the file is still named to its
         end: `named` lists every chunk. Raises `FileChanged` if the file changed meanwhile,
@@ -79,10 +79,10 @@ class StreamedFile:
         except OSError as exc:  # raised by the file's reads: whatever the consumer raises stays there
             raise ReadFailed(exc) from exc
 
-    def _windows(self, limit: Callable[[], int], most_chunks: int, stop: Callable[[], bool]) -> Iterator[Window]:
+    def _windows(self, limit: int, most_chunks: int, stop: Callable[[], bool]) -> Iterator[Window]:
         chunks: list[LocalChunk] = []
         seen: set[str] = set()
-        window: list[tuple[LocalChunk, bytes]] = []
+        window: Window = []
         size = 0
         stopped = False
         for c in chunk_file(self.local, with_data=True):
@@ -95,13 +95,13 @@ class StreamedFile:
             seen.add(c.hash)
             window.append((chunk, c.data))
             size += c.length
-            if size >= limit() or len(window) >= most_chunks:
+            if size >= limit or len(window) >= most_chunks:
                 stopped = stop()
                 if not stopped:
-                    yield window, size
+                    yield window
                 window, size = [], 0
         if window and not stopped and not stop():
-            yield window, size
+            yield window
         del window
         after = os.stat(self.local)
         if (after.st_size, after.st_mtime_ns) != (self.before.st_size, self.before.st_mtime_ns):

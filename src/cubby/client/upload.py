@@ -489,7 +489,7 @@ def _stream_new(
 
     def offered() -> Iterator[tuple[list[str], list[tuple[str, bytes]]]]:
         nonlocal held
-        for window, _size in streamed.windows(lambda: UPLOAD_WINDOW, MAX_WINDOW_CHUNKS, stop):
+        for window in streamed.windows(UPLOAD_WINDOW, MAX_WINDOW_CHUNKS, stop):
             fresh = api.proof_key(ns_id)  # asked again near the end of its hour
             if fresh is None:
                 held = True  # no key any more: the commit answer names the rest
