@@ -46,6 +46,12 @@ Stored = tuple[bytes, "bytes | memoryview"]
 its stored bytes are the two concatenated."""
 
 
+def _saves(packed: int, data: bytes | memoryview) -> bool:
+    """Whether a chunk compressed whole into ``packed`` bytes is kept so: it saves as much as
+    a sample must (`MIN_SAVING`)."""
+    return packed <= len(data) * (1 - MIN_SAVING)
+
+
 def stored_len(stored: Stored) -> int:
     return len(stored[0]) + len(stored[1])
 
@@ -93,7 +99,7 @@ class Codec:
             # The sample would be the whole chunk: compress it once, at the stored level, and
             # keep it if it saves as much as a sample must (a small file was compressed twice).
             packed = self._ctx()[0].compress(data)
-            if len(packed) <= len(data) * (1 - MIN_SAVING):
+            if _saves(len(packed), data):
                 return _ZSTD_BYTE, packed
             return _RAW_BYTE, data
         if self.worth_compressing(data):
@@ -120,7 +126,7 @@ class Codec:
             packed = self._ctx()[0].multi_compress_to_buffer([d for _, d in small])
             for k, (i, data) in enumerate(small):
                 segment = packed[k]
-                if len(segment) <= len(data) * (1 - MIN_SAVING):
+                if _saves(len(segment), data):
                     out[i] = (_ZSTD_BYTE, segment.tobytes())
                 else:
                     out[i] = (_RAW_BYTE, data)
