@@ -24,7 +24,7 @@ from cubby.blockstore.objects import (
 )
 from cubby.blockstore.packs import PackBlockStore
 from cubby.blockstore.retrying import Backoff, RetryingObjectStore
-from cubby.blockstore.s3 import PROBE_BODY, S3Location, S3ObjectStore, open_s3_object_store
+from cubby.blockstore.s3 import PROBE_BODY, SEND_BLOCK, S3Location, S3ObjectStore, open_s3_object_store
 from cubby.blockstore.s3body import BodyCheck
 from cubby.errors import BadRequest, ChunkMismatch
 from cubby.metadata.chunk_index import SqlChunkIndex
@@ -453,3 +453,26 @@ def test_the_ceph_tier_asked_for_and_absent_fails_and_says_how_to_start_it(
         )
         with pytest.raises(RuntimeError, match=r"does not answer.*ceph-up\.sh"):
             ceph_server("cubby-test-absent")
+
+
+def test_a_large_put_body_goes_out_in_large_socket_writes(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pack's body is written to the socket in pieces of up to `SEND_BLOCK`, not the 128 KiB
+    botocore chooses (each write a trip through urllib3, http.client and the kernel): a 4 MiB
+    pack takes a handful of ``sendall`` calls (32 before), and is stored whole. The calls are
+    counted on the real sockets, which still send."""
+    prefix = fresh_prefix()
+    store = open_s3_object_store(s3.url(prefix) + "&checksum=md5", backoff=FAST)
+    data = os.urandom(4 * 1024 * 1024)
+    sizes: list[int] = []
+    real = socket.socket.sendall
+
+    def counted(sock: socket.socket, buf: bytes | memoryview, *args: object) -> None:
+        sizes.append(len(memoryview(buf)))
+        real(sock, buf, *args)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as patched:
+        patched.setattr(socket.socket, "sendall", counted)
+        store.put("packs/ab/big.pack", data)
+    body = [n for n in sizes if n > 4096]  # the request's head is its own write
+    assert sum(body) >= len(data) and len(body) <= len(data) // SEND_BLOCK + 2, sizes
+    assert open_s3_object_store(s3.url(prefix), backoff=FAST).get("packs/ab/big.pack") == data
