@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from cubby.blockstore.extents import SPAN
 from cubby.blockstore.folder import FolderObjectStore
+from cubby.blockstore.index import iter_usage
 from cubby.blockstore.local import LocalBlockStore
 from cubby.blockstore.objects import ObjectStore, StreamingPut
 from cubby.blockstore.opener import open_block_store
@@ -118,7 +120,7 @@ def test_the_index_is_rebuilt_from_the_packs_alone(meta, tmp_path):
     meta.db.write(lambda c: c.exec_driver_sql("DELETE FROM packs"))
     with pytest.raises(NotFound):
         store.get(items[0][0])
-    assert store.rebuild_index() == 30
+    assert store.rebuild_index(page_size=2) == 30  # the listing two packs at a time
     assert all(store.get(n) == d for n, d in items)
     assert store.rebuild_index() == 0
 
@@ -136,7 +138,9 @@ def test_a_corrupt_pack_is_never_served(meta, tmp_path):
         store.get(n)
 
 
-def test_compaction_rewrites_mostly_dead_packs_and_deletes_them_after_the_grace(meta, tmp_path):
+@pytest.mark.parametrize("page", [1, 1000])
+def test_compaction_rewrites_mostly_dead_packs_and_deletes_them_after_the_grace(meta, tmp_path, page):
+    """With the pack list read a page of one pack at a time as well as all at once."""
     store = pack_store(meta, tmp_path / "blocks", target_size=300_000)
     first = [named(os.urandom(5000)) for _ in range(40)]
     second = [named(os.urandom(5000)) for _ in range(40)]
@@ -145,12 +149,12 @@ def test_compaction_rewrites_mostly_dead_packs_and_deletes_them_after_the_grace(
     old = {n for n, _ in store.objects.list("packs/")}
     for n, _ in first[:30]:  # three quarters of the first pack die; the second stays whole
         store.delete(n)
-    stats = store.compact(threshold=0.5, grace=3600)
+    stats = store.compact(threshold=0.5, grace=3600, page_size=page)
     assert stats.packs_rewritten == 1 and stats.chunks_moved == 10 and stats.packs_deleted == 0
     # Retired but kept for reads in flight: the old object is still there.
     assert old <= {n for n, _ in store.objects.list("packs/")}
     assert all(store.get(n) == d for n, d in first[30:] + second)
-    stats = store.compact(threshold=0.5, grace=0)
+    stats = store.compact(threshold=0.5, grace=0, page_size=page)
     assert stats.packs_deleted == 1 and stats.packs_rewritten == 0
     left = {n for n, _ in store.objects.list("packs/")}
     assert len(left) == 2 and len(old & left) == 1
@@ -159,16 +163,18 @@ def test_compaction_rewrites_mostly_dead_packs_and_deletes_them_after_the_grace(
         assert not store.has(n)
 
 
-def test_compaction_merges_small_packs_and_drops_wholly_dead_ones(meta, tmp_path):
+@pytest.mark.parametrize("page", [2, 1000])
+def test_compaction_merges_small_packs_and_drops_wholly_dead_ones(meta, tmp_path, page):
+    """Read two packs at a time or all at once, the same packs are merged."""
     store = pack_store(meta, tmp_path / "blocks")
     batches = [[named(os.urandom(1000)) for _ in range(3)] for _ in range(6)]
     for b in batches:
         store.put_many(b)
     for n, _ in batches[0]:
         store.delete(n)
-    stats = store.compact(grace=0)
+    stats = store.compact(grace=0, page_size=page)
     assert stats.packs_rewritten == 6 and stats.chunks_moved == 15
-    stats = store.compact(grace=0)
+    stats = store.compact(grace=0, page_size=page)
     assert len(list(store.objects.list("packs/"))) == 1
     assert all(store.get(n) == d for b in batches[1:] for n, d in b)
 
@@ -327,7 +333,7 @@ def test_packs_on_a_folder_are_written_as_their_chunks_are_verified(meta, tmp_pa
     assert store.put_many(items) == [True] * 21
     listed = dict(store.objects.list("packs/"))
     assert len(listed) == 6  # full at 4 chunks of 20,000 bytes, then the compressed one alone
-    usage = {u.pack: u.size for u in store.index.usage()}
+    usage = {u.pack: u.size for u in iter_usage(store.index)}
     assert {name.rsplit("/", 1)[1].removesuffix(".pack"): size for name, size in listed.items()} == usage
     assert all(store.get(n) == d for n, d in items)
     meta.db.write(lambda c: c.exec_driver_sql("DELETE FROM chunk_index"))
@@ -494,7 +500,7 @@ def test_a_lost_pack_does_not_stop_the_repack_of_the_others(meta, tmp_path):
     os.unlink(tmp_path / "blocks" / pack_object_name(gone))
     stats = store.compact(grace=0)
     assert (stats.packs_missing, stats.packs_rewritten, stats.chunks_moved) == (1, 2, 2)
-    assert gone in {u.pack for u in store.index.usage()}
+    assert gone in {u.pack for u in iter_usage(store.index)}
     for name, data in batches[0] + batches[2]:
         assert store.get(name) == data
     with pytest.raises(CorruptChunk):
@@ -518,3 +524,69 @@ def test_a_repack_drops_the_findings_of_the_chunks_it_moves_and_no_other(meta, t
     assert stats.chunks_moved >= 2 and store.index.lookup([moved[0]])[moved[0]].pack != small
     assert store.index.lookup([kept[0]])[kept[0]].pack == big
     assert store.index.unreadable([moved[0], other[0], kept[0]]) == {other[0]: "0" * 34, kept[0]: big}
+
+
+def test_the_pack_list_is_read_in_pages_in_id_order_with_each_pack_s_live_bytes(meta, tmp_path):
+    """`iter_usage` gives every recorded pack once, in id order, whatever the page size, with
+    the stored bytes of its chunks still indexed; `known_among` answers for recorded and
+    retired packs, and not for names no index recorded."""
+    store = pack_store(meta, tmp_path / "blocks", target_size=5000)
+    items = [named(os.urandom(6000)) for _ in range(7)]
+    store.put_many(items)  # a pack per chunk: each one fills its pack
+    dead = store.index.lookup([items[0][0]])[items[0][0]].pack
+    store.delete(items[0][0])
+    whole = list(iter_usage(store.index, page=1000))
+    assert [u.pack for u in whole] == sorted(u.pack for u in whole) and len(whole) == 7
+    for page in (1, 2, 3, 7):
+        assert list(iter_usage(store.index, page=page)) == whole
+    assert {u.pack: u.live for u in whole} == {u.pack: 0 if u.pack == dead else 6001 for u in whole}
+    store.compact(grace=3600, page_size=2)  # retires the dead pack: still known, no longer listed
+    assert dead not in {u.pack for u in iter_usage(store.index, page=2)}
+    asked = [u.pack for u in whole] + ["0000000001" + "ef" * 12]
+    assert store.index.known_among(asked) == {u.pack for u in whole}
+    assert store.index.known_among([]) == set()
+
+
+def test_orphans_are_found_in_listing_pages(meta, tmp_path):
+    """Pack objects no index recorded are deleted once old, the listing checked a page of two
+    names at a time; recorded packs and young orphans stay."""
+    store = pack_store(meta, tmp_path / "blocks", target_size=5000)
+    items = [named(os.urandom(6000)) for _ in range(3)]
+    store.put_many(items)
+    old = ["packs/aa/" + f"{i:010x}" + "ab" * 11 + "aa.pack" for i in range(1, 4)]
+    for name in old:
+        store.objects.put(name, b"a writer died before indexing this")
+    young = f"{int(__import__('time').time()):010x}" + "cd" * 12
+    store.objects.put(f"packs/cd/{young}.pack", b"a writer is about to index this")
+    stats = store.compact(grace=0, page_size=2)
+    assert stats.orphans_deleted == 3
+    left = {n for n, _ in store.objects.list("packs/")}
+    assert not left & set(old) and f"packs/cd/{young}.pack" in left
+    assert all(store.get(n) == d for n, d in items)
+
+
+def test_packs_made_while_compaction_walks_are_left_to_the_next_run(meta, tmp_path):
+    """The collector walks the pack list a page at a time. A small pack recorded after the
+    walk began (here by an upload the moment the walk retires a dead pack, a second later so
+    that its id sorts after every pack already there, as the walk's own new packs do) is not
+    taken into this run's merge, as a list read whole at the start would not have held it;
+    the next run merges it."""
+    store = pack_store(meta, tmp_path / "blocks")
+    early = [[named(os.urandom(1000))] for _ in range(4)]
+    for batch in early:
+        store.put_many(batch)
+    store.delete(early[0][0][0])  # its pack is dead: retiring it calls the hook during the walk
+    late = named(os.urandom(1000))
+
+    def during(step: str) -> None:
+        if step == "retired" and not store.has(late[0]):
+            time.sleep(1.1)
+            store.put_many([late])
+
+    stats = store.compact(grace=0, page_size=1, fault=during)
+    assert store.has(late[0]) and (stats.packs_rewritten, stats.chunks_moved) == (4, 3)
+    late_pack = store.index.lookup([late[0]])[late[0]].pack
+    assert late_pack in {u.pack for u in iter_usage(store.index)}
+    stats = store.compact(grace=0)
+    assert stats.chunks_moved == 4 and len(list(store.objects.list("packs/"))) == 1
+    assert all(store.get(n) == d for n, d in [late] + [c for b in early[1:] for c in b])

@@ -11,6 +11,7 @@ import unicodedata
 import pytest
 
 from cubby.blockstore.folder import FolderObjectStore
+from cubby.blockstore.index import iter_usage
 from cubby.blockstore.packfile import pack_object_name
 from cubby.blockstore.packs import PackBlockStore
 from cubby.core.proofs import proof_hex
@@ -548,3 +549,25 @@ def test_an_upload_mixing_new_chunks_and_indexed_ones_without_rows_records_them_
     assert store.ingest_chunks(ns, indexed[:1] + fresh + indexed[1:], packs) == 4
     assert store.commit(user.id, ns, request("/mixed", indexed + fresh)).committed
     assert dict(packs.read_many([h for h, _ in indexed + fresh])) == dict(indexed + fresh)
+
+
+def test_the_pack_list_is_walked_in_pages_on_every_engine(deployed, tmp_path):
+    """`iter_usage` and `known_among` are plain queries by primary key and by the index's pack
+    column, with no join: on every engine and shard layout the pages give each pack once in id
+    order with its live bytes, whatever their size, and a compaction walking two packs at a
+    time merges the small ones and drops the dead one, losing nothing."""
+    packs = PackBlockStore(FolderObjectStore(tmp_path / "packs"), SqlChunkIndex(deployed.router.chunks), target_size=8000)
+    batches = [random_chunks(1, size=1000) for _ in range(5)]
+    for batch in batches:
+        packs.put_many(batch)
+    dead = packs.index.lookup([batches[0][0][0]])[batches[0][0][0]].pack
+    packs.delete(batches[0][0][0])
+    whole = list(iter_usage(packs.index, page=100))
+    assert len(whole) == 5 and [u.pack for u in whole] == sorted(u.pack for u in whole)
+    assert {u.pack: u.live for u in whole} == {u.pack: 0 if u.pack == dead else 1001 for u in whole}
+    assert all(list(iter_usage(packs.index, page=n)) == whole for n in (1, 2, 4))
+    assert packs.index.known_among([u.pack for u in whole] + ["0" * 34]) == {u.pack for u in whole}
+    stats = packs.compact(grace=3600, page_size=2)
+    assert (stats.packs_rewritten, stats.chunks_moved) == (5, 4)
+    assert packs.index.known_among([dead]) == {dead}  # retired, its object kept for the grace
+    assert dict(packs.read_many([h for b in batches[1:] for h, _ in b])) == dict(c for b in batches[1:] for c in b)

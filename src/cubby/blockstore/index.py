@@ -45,6 +45,10 @@ class NewPack:
     entries: Sequence[tuple[str, Location]]
 
 
+USAGE_PAGE = 1000
+"""Packs per page of `iter_usage`, and pack names per `ChunkIndex.known_among` question."""
+
+
 @runtime_checkable
 class ChunkIndex(Protocol):
     def lookup(self, hashes: Sequence[str]) -> dict[str, Location]:
@@ -70,8 +74,9 @@ class ChunkIndex(Protocol):
     def locations_in(self, packs: Sequence[str]) -> dict[str, Location]:
         """Every indexed chunk that is in one of ``packs``, with its location."""
 
-    def usage(self) -> list[PackUsage]:
-        """Every recorded pack with the bytes of its chunks that are still indexed."""
+    def usage_after(self, after: str, limit: int) -> list[PackUsage]:
+        """Up to ``limit`` recorded packs whose ids sort after ``after``, in id order, each
+        with the bytes of its chunks that are still indexed: a page of `iter_usage`."""
 
     def switch(self, new: NewPack | None, moved_from: dict[str, str], retire: Sequence[str]) -> int:
         """Point each hash of ``new`` at it if it is still in ``moved_from[hash]`` (and drop
@@ -99,11 +104,26 @@ class ChunkIndex(Protocol):
     def purge(self, packs: Sequence[str]) -> None:
         """Drop retired packs whose objects are gone."""
 
-    def known_packs(self) -> set[str]:
-        """Every pack recorded, retired or not."""
+    def known_among(self, packs: Sequence[str]) -> set[str]:
+        """Those of ``packs`` that are recorded, retired or not (a page of an object listing:
+        what is left is a pack no index recorded)."""
 
     def newest_packs(self, limit: int) -> list[str]:
         """Up to ``limit`` packs that still hold a chunk, newest first (by id: an id begins with
         its creation time), read through the primary key and the index by pack: what a start-up
         check samples (`cubby.blockstore.startcheck`) without reading the whole table. A pack
         that holds none is waiting for a repack to retire it, and may be gone already."""
+
+
+def iter_usage(index: ChunkIndex, page: int = USAGE_PAGE) -> Iterator[PackUsage]:
+    """Every recorded pack with its live bytes, in id order, read a page at a time: what the
+    collector and the check walk, holding a page and not the whole pack list (a store of 100
+    TB is six million packs of 16 MiB). A page is one consistent read; packs recorded or
+    retired between pages are seen or not, as a snapshot taken at either moment would."""
+    after = ""
+    while True:
+        got = index.usage_after(after, page)
+        yield from got
+        if len(got) < page:
+            return
+        after = got[-1].pack

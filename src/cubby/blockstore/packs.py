@@ -63,7 +63,7 @@ from dataclasses import dataclass
 
 from cubby.blockstore.base import BlockStore, Plain
 from cubby.blockstore.extents import Extent, plan_extents
-from cubby.blockstore.index import ChunkIndex, NewPack, PackUsage
+from cubby.blockstore.index import USAGE_PAGE, ChunkIndex, NewPack, PackUsage, iter_usage
 from cubby.blockstore.objects import ObjectMissing, ObjectStore, StreamingPut
 from cubby.blockstore.packfile import (
     Location,
@@ -73,6 +73,7 @@ from cubby.blockstore.packfile import (
     pack_size,
     read_trailer,
 )
+from cubby.core.batched import batched
 from cubby.core.compression import (
     RAW,
     Codec,
@@ -90,6 +91,10 @@ log = logging.getLogger("cubby.blockstore")
 TARGET_PACK = 16 * 1024 * 1024
 SMALL_SHARE = 4
 """Packs below a quarter of the target size are merged by `compact` whatever their dead share."""
+REWRITE_PACKS = 1000
+"""Most packs one rewrite takes in, however little of them is alive: a batch is otherwise cut
+at `target_size` live bytes, which packs that are almost wholly dead would take thousands of to
+reach (and the batch's chunks are looked up in one query by pack)."""
 MARK_AGAIN = 60.0
 """Seconds during which a process does not record again an unreadable chunk it recorded
 (`PackBlockStore.unreadable`): every download of a file with a lost chunk reads it again."""
@@ -510,6 +515,7 @@ class PackBlockStore:
         orphan_age: float = 3600.0,
         fault: Callable[[str], None] | None = None,
         progress: Callable[[CompactStats], None] | None = None,
+        page_size: int = USAGE_PAGE,
     ) -> CompactStats:
         """Rewrite packs whose dead share is at least ``threshold`` (and merge small ones),
         delete the objects of packs retired more than ``grace`` seconds ago, and delete pack
@@ -517,35 +523,56 @@ class PackBlockStore:
         between putting a pack and recording it). ``fault(step)`` is a test hook called after
         each step, so that a crash test can stop the process there; ``progress`` gets the
         counts so far after each rewrite and each deletion (rewriting packs on object storage
-        moves tens of MiB each)."""
+        moves tens of MiB each). ``page_size``: packs read, and listed names checked, at a time."""
         hook = fault or (lambda _step: None)
         stats = CompactStats()
         told = progress or (lambda _stats: None)
         with self._compacting:
             now = time.time()
-            usage = self.index.usage()
-            dead = [u for u in usage if u.live == 0]
-            if dead:
-                self.index.switch(None, {}, [u.pack for u in dead])
-                stats.packs_rewritten += len(dead)
-                stats.bytes_reclaimed += sum(u.size for u in dead)
-                hook("retired")
-            victims = [
-                u for u in usage
-                if u.live > 0 and (u.payload - u.live >= threshold * u.payload or (u.size < self.target_size // SMALL_SHARE and len(usage) > 1))
-            ]
-            # A lone small pack is rewritten only when something else joins it.
-            if len(victims) == 1 and victims[0].payload - victims[0].live < threshold * victims[0].payload:
-                victims = []
+            small = self.target_size // SMALL_SHARE
+
+            def worth_it(u: PackUsage) -> bool:
+                return u.payload - u.live >= threshold * u.payload
+
             batch: list[PackUsage] = []
             size = 0
-            for u in victims:
+
+            def take(u: PackUsage) -> None:
+                nonlocal batch, size
                 batch.append(u)
                 size += u.live
-                if size >= self.target_size:
+                if size >= self.target_size or len(batch) >= REWRITE_PACKS:
                     self._rewrite(batch, stats, hook)
                     told(stats)
                     batch, size = [], 0
+
+            # The pack list is walked a page at a time (`iter_usage`), so that memory holds a
+            # page and one batch to rewrite (at most `REWRITE_PACKS`), not every pack. Packs made since the walk began
+            # (this run's own rewrites among them) are left to the next run, as a snapshot
+            # taken at the start would. The first victim waits for a second: a lone small pack
+            # is rewritten only when something else joins it, or for its own dead share.
+            first: PackUsage | None = None
+            victims = 0
+            for page in batched(iter_usage(self.index, page_size), page_size):
+                dead = [u for u in page if u.live == 0 and u.created_at < now]
+                if dead:
+                    self.index.switch(None, {}, [u.pack for u in dead])
+                    stats.packs_rewritten += len(dead)
+                    stats.bytes_reclaimed += sum(u.size for u in dead)
+                    hook("retired")
+                for u in page:
+                    if u.live == 0 or u.created_at >= now or not (worth_it(u) or u.size < small):
+                        continue
+                    victims += 1
+                    if victims == 1:
+                        first = u
+                        continue
+                    if first is not None:
+                        take(first)
+                        first = None
+                    take(u)
+            if first is not None and worth_it(first):
+                take(first)
             if batch:
                 self._rewrite(batch, stats, hook)
                 told(stats)
@@ -555,12 +582,13 @@ class PackBlockStore:
                 self.index.purge([pack])
                 stats.packs_deleted += 1
                 told(stats)
-            known = self.index.known_packs()
-            for name, _size in list(self.objects.list("packs/")):
-                pack = os.path.basename(name).removesuffix(".pack")
-                if pack not in known and pack_age(pack, now) > orphan_age:
-                    self.objects.delete(name)
-                    stats.orphans_deleted += 1
+            for listed in batched(self.objects.list("packs/"), page_size):
+                names = {os.path.basename(name).removesuffix(".pack"): name for name, _size in listed}
+                known = self.index.known_among(list(names))
+                for pack, name in names.items():
+                    if pack not in known and pack_age(pack, now) > orphan_age:
+                        self.objects.delete(name)
+                        stats.orphans_deleted += 1
         return stats
 
     def _rewrite(self, usage: list[PackUsage], stats: CompactStats, hook: Callable[[str], None]) -> None:
@@ -598,19 +626,26 @@ class PackBlockStore:
         stats.bytes_reclaimed += sum(u.size for u in usage if u.pack not in missing) - sum(p.size for p in made)
 
     # -- recovery and migration ---------------------------------------------------------------
-    def rebuild_index(self) -> int:
+    def rebuild_index(self, page_size: int = USAGE_PAGE) -> int:
         """Record every pack in the object store that the index does not know, from the packs'
-        own trailers (an index lost or restored from an old backup). Returns chunks recorded."""
-        known = self.index.known_packs()
-        found: list[NewPack] = []
-        for name, size in self.objects.list("packs/"):
-            pack = os.path.basename(name).removesuffix(".pack")
-            if pack in known:
-                continue
-            entries = read_trailer(pack, size, functools.partial(self.objects.get, name))
-            found.append(NewPack(pack, size, sum(loc.stored_len for _, loc in entries), entries))
-        self.index.add_packs(found)
-        return sum(len(p.entries) for p in found)
+        own trailers (an index lost or restored from an old backup). Returns chunks recorded.
+        The listing is taken a page at a time and each page's unknown packs recorded in one
+        transaction: a whole index rebuilt holds one page of packs' entries, not all of them,
+        and an interrupted rebuild resumes by skipping what it recorded."""
+        recorded = 0
+        for listed in batched(self.objects.list("packs/"), page_size):
+            names = {os.path.basename(name).removesuffix(".pack"): (name, size) for name, size in listed}
+            known = self.index.known_among(list(names))
+            found: list[NewPack] = []
+            for pack, (name, size) in names.items():
+                if pack in known:
+                    continue
+                entries = read_trailer(pack, size, functools.partial(self.objects.get, name))
+                found.append(NewPack(pack, size, sum(loc.stored_len for _, loc in entries), entries))
+            if found:
+                self.index.add_packs(found)
+                recorded += sum(len(p.entries) for p in found)
+        return recorded
 
     def migrate_legacy(
         self, *, batch_chunks: int = 2000, progress: Callable[[MigrateStats], None] | None = None

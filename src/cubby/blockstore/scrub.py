@@ -37,9 +37,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from cubby.blockstore.index import USAGE_PAGE, iter_usage
 from cubby.blockstore.objects import ObjectMissing, ShortRead
 from cubby.blockstore.packfile import pack_object_name
 from cubby.blockstore.packs import PackBlockStore, pack_age
+from cubby.core.batched import batched
 from cubby.core.compression import CorruptChunk
 from cubby.core.hashing import sha256_hex
 from cubby.errors import NotFound
@@ -110,13 +112,14 @@ def scrub(
     each page of chunks looked up and each pack read."""
     told = progress or (lambda _report: None)
     report = ScrubReport(read_data=read_data)
-    usage = {u.pack: u for u in store.index.usage()}
+    usage = {u.pack: u for u in iter_usage(store.index)}
     report.packs = len(usage)
     report.found_unreadable = store.index.unreadable_count()
     listed = {os.path.basename(name).removesuffix(".pack"): size for name, size in store.objects.list("packs/")}
-    known = store.index.known_packs()
     now = time.time()
-    report.orphan_packs = sum(1 for p in listed if p not in known and pack_age(p, now) > ORPHAN_AGE)
+    for page in batched(listed, USAGE_PAGE):
+        known = store.index.known_among(page)
+        report.orphan_packs += sum(1 for p in page if p not in known and pack_age(p, now) > ORPHAN_AGE)
     short = {p: listed[p] for p, u in usage.items() if p in listed and listed[p] != u.size}
     # A pack is missing when chunks are still placed in it, read after the listing: one that
     # a compaction emptied meanwhile (its object deleted after its grace) holds none.

@@ -122,16 +122,18 @@ class SqlChunkIndex:
             lambda conn: {h: Location(p, int(pos), int(s), int(pl)) for h, p, pos, s, pl in conn.execute(q)}
         )
 
-    def usage(self) -> list[PackUsage]:
+    def usage_after(self, after: str, limit: int) -> list[PackUsage]:
+        """One page by the packs' primary key, then the live bytes of those packs alone
+        through the index by pack: never a scan of the whole chunk index."""
+
         def run(conn: Connection) -> list[PackUsage]:
-            live = {
-                r[0]: int(r[1])
-                for r in conn.execute(select(chunk_index.c.pack, func.sum(chunk_index.c.stored_len)).group_by(chunk_index.c.pack))
-            }
-            return [
-                PackUsage(r.pack, int(r.size), int(r.payload), live.get(r.pack, 0), float(r.created_at))
-                for r in conn.execute(select(packs))
-            ]
+            rows = list(conn.execute(select(packs).where(packs.c.pack > after).order_by(packs.c.pack).limit(limit)))
+            if not rows:
+                return []
+            c = chunk_index.c
+            q = select(c.pack, func.sum(c.stored_len)).where(c.pack.in_([r.pack for r in rows])).group_by(c.pack)
+            live = {p: int(n) for p, n in conn.execute(q)}
+            return [PackUsage(r.pack, int(r.size), int(r.payload), live.get(r.pack, 0), float(r.created_at)) for r in rows]
 
         return self.db.read(run)
 
@@ -219,11 +221,18 @@ class SqlChunkIndex:
         if names:
             self.db.write(lambda conn: conn.execute(delete(deleted_packs).where(deleted_packs.c.pack.in_(list(names)))))
 
-    def known_packs(self) -> set[str]:
-        def run(conn: Connection) -> set[str]:
-            return {r[0] for r in conn.execute(select(packs.c.pack))} | {r[0] for r in conn.execute(select(deleted_packs.c.pack))}
+    def known_among(self, names: Sequence[str]) -> set[str]:
+        wanted = sorted(set(names))
 
-        return self.db.read(run)
+        def run(conn: Connection) -> set[str]:
+            out: set[str] = set()
+            for i in range(0, len(wanted), _BATCH):
+                part = wanted[i : i + _BATCH]
+                out.update(r[0] for r in conn.execute(select(packs.c.pack).where(packs.c.pack.in_(part))))
+                out.update(r[0] for r in conn.execute(select(deleted_packs.c.pack).where(deleted_packs.c.pack.in_(part))))
+            return out
+
+        return self.db.read(run) if wanted else set()
 
     def newest_packs(self, limit: int) -> list[str]:
         holds = select(chunk_index.c.hash).where(chunk_index.c.pack == packs.c.pack).exists()
