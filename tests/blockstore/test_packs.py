@@ -14,11 +14,11 @@ import pytest
 
 from cubby.blockstore.extents import SPAN
 from cubby.blockstore.folder import FolderObjectStore
-from cubby.blockstore.index import iter_usage
+from cubby.blockstore.index import NewPack, iter_usage
 from cubby.blockstore.local import LocalBlockStore
 from cubby.blockstore.objects import ObjectStore, StreamingPut
 from cubby.blockstore.opener import open_block_store
-from cubby.blockstore.packfile import pack_object_name, read_trailer
+from cubby.blockstore.packfile import Location, pack_object_name, read_trailer
 from cubby.blockstore.packs import PackBlockStore
 from cubby.core.compression import CorruptChunk
 from cubby.errors import ChunkMismatch, NotFound
@@ -590,3 +590,17 @@ def test_packs_made_while_compaction_walks_are_left_to_the_next_run(meta, tmp_pa
     stats = store.compact(grace=0)
     assert stats.chunks_moved == 4 and len(list(store.objects.list("packs/"))) == 1
     assert all(store.get(n) == d for n, d in [late] + [c for b in early[1:] for c in b])
+
+
+def test_a_page_larger_than_an_in_list_gets_every_pack_s_live_bytes(meta):
+    """A page of 1,000 packs asks their live bytes in parts (older SQLite takes 999
+    parameters a statement): every pack of 1,200, one live chunk of a size of its own each."""
+    index = SqlChunkIndex(meta.db)
+    made = []
+    for i in range(1200):
+        pack = f"{0x60000000 + i:010x}" + "ab" * 12
+        h = hashlib.sha256(i.to_bytes(4, "big")).hexdigest()
+        made.append(NewPack(pack, 5000 + i, 4000 + i, [(h, Location(pack, 8, 100 + i, 100 + i))]))
+    index.add_packs(made)
+    got = list(iter_usage(index, page=1000))
+    assert [(u.pack, u.live) for u in got] == [(p.pack, 100 + i) for i, p in enumerate(made)]

@@ -117,9 +117,10 @@ class ChunkIndex(Protocol):
 
 def iter_usage(index: ChunkIndex, page: int = USAGE_PAGE) -> Iterator[PackUsage]:
     """Every recorded pack with its live bytes, in id order, read a page at a time: what the
-    collector and the check walk, holding a page and not the whole pack list (a store of 100
-    TB is six million packs of 16 MiB). A page is one consistent read; packs recorded or
-    retired between pages are seen or not, as a snapshot taken at either moment would."""
+    collector walks holding a page and not the whole pack list (a store of 100 TB is six
+    million packs of 16 MiB). A page is one consistent read; packs recorded or retired between
+    pages are seen or not, as a snapshot taken at either moment would. Each page's live bytes
+    are asked in parts of the index's own IN-list size (older SQLite allows 999 parameters)."""
     after = ""
     while True:
         got = index.usage_after(after, page)

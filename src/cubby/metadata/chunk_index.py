@@ -128,11 +128,11 @@ class SqlChunkIndex:
 
         def run(conn: Connection) -> list[PackUsage]:
             rows = list(conn.execute(select(packs).where(packs.c.pack > after).order_by(packs.c.pack).limit(limit)))
-            if not rows:
-                return []
             c = chunk_index.c
-            q = select(c.pack, func.sum(c.stored_len)).where(c.pack.in_([r.pack for r in rows])).group_by(c.pack)
-            live = {p: int(n) for p, n in conn.execute(q)}
+            live: dict[str, int] = {}
+            for i in range(0, len(rows), _BATCH):
+                part = [r.pack for r in rows[i : i + _BATCH]]
+                live.update((p, int(n)) for p, n in conn.execute(select(c.pack, func.sum(c.stored_len)).where(c.pack.in_(part)).group_by(c.pack)))
             return [PackUsage(r.pack, int(r.size), int(r.payload), live.get(r.pack, 0), float(r.created_at)) for r in rows]
 
         return self.db.read(run)
