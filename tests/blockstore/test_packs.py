@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from cubby.blockstore import packs as packs_module
 from cubby.blockstore.extents import SPAN
 from cubby.blockstore.folder import FolderObjectStore
 from cubby.blockstore.index import NewPack, iter_usage
@@ -604,3 +605,19 @@ def test_a_page_larger_than_an_in_list_gets_every_pack_s_live_bytes(meta):
     index.add_packs(made)
     got = list(iter_usage(index, page=1000))
     assert [(u.pack, u.live) for u in got] == [(p.pack, 100 + i) for i, p in enumerate(made)]
+
+
+def test_a_rewrite_takes_at_most_rewrite_packs_packs(meta, tmp_path, monkeypatch):
+    """Small packs far below the target are merged in rewrites of at most `REWRITE_PACKS`
+    packs each (so that the lookup of their chunks stays one bounded query), and every chunk
+    is still read back."""
+    monkeypatch.setattr(packs_module, "REWRITE_PACKS", 3)
+    store = pack_store(meta, tmp_path / "blocks")
+    batches = [[named(os.urandom(1000))] for _ in range(7)]
+    for batch in batches:
+        store.put_many(batch)
+    rewrites: list[int] = []
+    stats = store.compact(grace=0, progress=lambda s: rewrites.append(s.packs_rewritten))
+    assert rewrites[:3] == [3, 6, 7] and stats.chunks_moved == 7
+    assert len(list(iter_usage(store.index))) == 3
+    assert all(store.get(n) == d for b in batches for n, d in b)

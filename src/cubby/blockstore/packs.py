@@ -91,10 +91,11 @@ log = logging.getLogger("cubby.blockstore")
 TARGET_PACK = 16 * 1024 * 1024
 SMALL_SHARE = 4
 """Packs below a quarter of the target size are merged by `compact` whatever their dead share."""
-REWRITE_PACKS = 1000
+REWRITE_PACKS = 500
 """Most packs one rewrite takes in, however little of them is alive: a batch is otherwise cut
 at `target_size` live bytes, which packs that are almost wholly dead would take thousands of to
-reach (and the batch's chunks are looked up in one query by pack)."""
+reach. Its chunks are looked up in one query by pack (`ChunkIndex.locations_in`), whose IN
+list stays within the 999 parameters older SQLite allows a statement."""
 MARK_AGAIN = 60.0
 """Seconds during which a process does not record again an unreadable chunk it recorded
 (`PackBlockStore.unreadable`): every download of a file with a lost chunk reads it again."""
