@@ -45,8 +45,10 @@ class NewPack:
     entries: Sequence[tuple[str, Location]]
 
 
-USAGE_PAGE = 1000
-"""Packs per page of `iter_usage`, and pack names per `ChunkIndex.known_among` question."""
+USAGE_PAGE = 500
+"""Packs per page of `iter_usage`, and pack names per `ChunkIndex.known_among` question: the
+collector retires a page's dead packs in one `ChunkIndex.switch`, whose lookups by pack are IN
+lists of them, within the 999 parameters older SQLite allows a statement."""
 
 
 @runtime_checkable
