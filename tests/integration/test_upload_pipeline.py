@@ -20,13 +20,6 @@ from cubby.client.localfiles import FileChanged, LocalFile, scan_file
 from cubby.client.upload import needs_for, supply, upload_file, upload_tree
 from cubby.client.windows import KEEP_BYTES
 from cubby.errors import NotFound
-from tests.helpers.live_server import LiveServer
-
-
-@pytest.fixture(scope="module")
-def live(tmp_path_factory):
-    with LiveServer(tmp_path_factory.mktemp("upload") / "data") as s:
-        yield s
 
 
 @pytest.fixture

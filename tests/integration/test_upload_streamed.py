@@ -21,16 +21,9 @@ from cubby.client.download import download_file, download_tree
 from cubby.client.localfiles import FileChanged, Skipped
 from cubby.client.upload import upload_file
 from cubby.errors import Conflict, CubbyError, NotFound
-from tests.helpers.live_server import LiveServer
 from tests.integration.test_upload_pipeline import Keyless
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def live(tmp_path_factory):
-    with LiveServer(tmp_path_factory.mktemp("streamed") / "data") as s:
-        yield s
 
 
 @pytest.fixture
