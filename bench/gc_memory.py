@@ -39,7 +39,7 @@ from report import Report, Row, fmt_bytes
 
 from cubby.blockstore.folder import FolderObjectStore
 from cubby.blockstore.index import NewPack, iter_usage
-from cubby.blockstore.packfile import Location, pack_object_name
+from cubby.blockstore.packfile import Location, pack_id_of, pack_object_name
 from cubby.blockstore.packs import TARGET_PACK, PackBlockStore
 from cubby.metadata.chunk_index import SqlChunkIndex
 from cubby.metadata.store import open_store
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
 
         def whole() -> object:
             usage = list(iter_usage(store.index, page=args.packs + 1))
-            listed = [n.rsplit("/", 1)[1].removesuffix(".pack") for n, _ in store.objects.list("packs/")]
+            listed = [pack_id_of(n) for n, _ in store.objects.list("packs/")]
             return usage, listed, store.index.known_among(listed)
 
         def walk() -> object:

@@ -48,6 +48,11 @@ def pack_object_name(pack: str) -> str:
     return f"packs/{pack[-2:]}/{pack}.pack"
 
 
+def pack_id_of(name: str) -> str:
+    """The pack id of object name ``name``: `pack_object_name` undone."""
+    return name.rsplit("/", 1)[-1].removesuffix(".pack")
+
+
 def build_pack(pack: str, blobs: list[tuple[str, Stored, int]]) -> tuple[bytes, list[tuple[str, Location]]]:
     """The bytes of a pack holding ``blobs`` (name, stored chunk in its two parts, plain
     length) and where each is. Each chunk's bytes are copied once, into the pack."""

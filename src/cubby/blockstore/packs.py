@@ -52,7 +52,6 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-import os
 import secrets
 import threading
 import time
@@ -68,6 +67,7 @@ from cubby.blockstore.objects import ObjectMissing, ObjectStore, StreamingPut
 from cubby.blockstore.packfile import (
     Location,
     build_pack,
+    pack_id_of,
     pack_object_name,
     pack_parts,
     pack_size,
@@ -583,14 +583,21 @@ class PackBlockStore:
                 self.index.purge([pack])
                 stats.packs_deleted += 1
                 told(stats)
-            for listed in batched(self.objects.list("packs/"), page_size):
-                names = {os.path.basename(name).removesuffix(".pack"): name for name, _size in listed}
-                known = self.index.known_among(list(names))
-                for pack, name in names.items():
-                    if pack not in known and pack_age(pack, now) > orphan_age:
+            for unrecorded in self._unrecorded(page_size):
+                for pack, name, _size in unrecorded:
+                    if pack_age(pack, now) > orphan_age:
                         self.objects.delete(name)
                         stats.orphans_deleted += 1
         return stats
+
+    def _unrecorded(self, page_size: int) -> Iterator[list[tuple[str, str, int]]]:
+        """The pack objects no index recorded (pack id, object name, size), a page of the
+        listing at a time: each page checked against the index in one question
+        (`ChunkIndex.known_among`), so that neither the listing nor the pack list is held."""
+        for listed in batched(self.objects.list("packs/"), page_size):
+            named = [(pack_id_of(name), name, size) for name, size in listed]
+            known = self.index.known_among([pack for pack, _, _ in named])
+            yield [item for item in named if item[0] not in known]
 
     def _rewrite(self, usage: list[PackUsage], stats: CompactStats, hook: Callable[[str], None]) -> None:
         """Copy the live chunks of packs into new packs, switch the index, retire the old ones."""
@@ -634,13 +641,9 @@ class PackBlockStore:
         transaction: a whole index rebuilt holds one page of packs' entries, not all of them,
         and an interrupted rebuild resumes by skipping what it recorded."""
         recorded = 0
-        for listed in batched(self.objects.list("packs/"), page_size):
-            names = {os.path.basename(name).removesuffix(".pack"): (name, size) for name, size in listed}
-            known = self.index.known_among(list(names))
+        for page in self._unrecorded(page_size):
             found: list[NewPack] = []
-            for pack, (name, size) in names.items():
-                if pack in known:
-                    continue
+            for pack, name, size in page:
                 entries = read_trailer(pack, size, functools.partial(self.objects.get, name))
                 found.append(NewPack(pack, size, sum(loc.stored_len for _, loc in entries), entries))
             if found:

@@ -32,14 +32,13 @@ a grace period); a chunk found unlocated is looked up once more after the pass.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from cubby.blockstore.index import USAGE_PAGE, iter_usage
 from cubby.blockstore.objects import ObjectMissing, ShortRead
-from cubby.blockstore.packfile import pack_object_name
+from cubby.blockstore.packfile import pack_id_of, pack_object_name
 from cubby.blockstore.packs import PackBlockStore, pack_age
 from cubby.core.batched import batched
 from cubby.core.compression import CorruptChunk
@@ -115,7 +114,7 @@ def scrub(
     usage = {u.pack: u for u in iter_usage(store.index)}
     report.packs = len(usage)
     report.found_unreadable = store.index.unreadable_count()
-    listed = {os.path.basename(name).removesuffix(".pack"): size for name, size in store.objects.list("packs/")}
+    listed = {pack_id_of(name): size for name, size in store.objects.list("packs/")}
     now = time.time()
     for page in batched(listed, USAGE_PAGE):
         known = store.index.known_among(page)
