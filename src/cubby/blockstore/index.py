@@ -117,16 +117,24 @@ class ChunkIndex(Protocol):
         that holds none is waiting for a repack to retire it, and may be gone already."""
 
 
-def iter_usage(index: ChunkIndex, page: int = USAGE_PAGE) -> Iterator[PackUsage]:
-    """Every recorded pack with its live bytes, in id order, read a page at a time: what the
-    collector walks holding a page and not the whole pack list (a store of 100 TB is six
-    million packs of 16 MiB). A page is one consistent read; packs recorded or retired between
-    pages are seen or not, as a snapshot taken at either moment would. Each page's live bytes
-    are asked in parts of the index's own IN-list size (older SQLite allows 999 parameters)."""
+def usage_pages(index: ChunkIndex, page: int = USAGE_PAGE) -> Iterator[list[PackUsage]]:
+    """Every recorded pack with its live bytes, in id order, a page (one `usage_after` read) at
+    a time: what the collector walks holding a page and not the whole pack list (a store of 100
+    TB is six million packs of 16 MiB). A page is one consistent read; packs recorded or retired
+    between pages are seen or not, as a snapshot taken at either moment would. Each page's live
+    bytes are asked in parts of the index's own IN-list size (older SQLite allows 999
+    parameters)."""
     after = ""
     while True:
         got = index.usage_after(after, page)
-        yield from got
+        if got:
+            yield got
         if len(got) < page:
             return
         after = got[-1].pack
+
+
+def iter_usage(index: ChunkIndex, page: int = USAGE_PAGE) -> Iterator[PackUsage]:
+    """`usage_pages`, pack by pack."""
+    for got in usage_pages(index, page):
+        yield from got

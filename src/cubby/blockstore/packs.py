@@ -62,7 +62,7 @@ from dataclasses import dataclass
 
 from cubby.blockstore.base import BlockStore, Plain
 from cubby.blockstore.extents import Extent, plan_extents
-from cubby.blockstore.index import USAGE_PAGE, ChunkIndex, NewPack, PackUsage, iter_usage
+from cubby.blockstore.index import USAGE_PAGE, ChunkIndex, NewPack, PackUsage, usage_pages
 from cubby.blockstore.objects import ObjectMissing, ObjectStore, StreamingPut
 from cubby.blockstore.packfile import (
     Location,
@@ -547,14 +547,14 @@ class PackBlockStore:
                     told(stats)
                     batch, size = [], 0
 
-            # The pack list is walked a page at a time (`iter_usage`), so that memory holds a
+            # The pack list is walked a page at a time (`usage_pages`), so that memory holds a
             # page and one batch to rewrite (at most `REWRITE_PACKS`), not every pack. Packs made since the walk began
             # (this run's own rewrites among them) are left to the next run, as a snapshot
             # taken at the start would. The first victim waits for a second: a lone small pack
             # is rewritten only when something else joins it, or for its own dead share.
             first: PackUsage | None = None
             victims = 0
-            for page in batched(iter_usage(self.index, page_size), page_size):
+            for page in usage_pages(self.index, page_size):
                 dead = [u for u in page if u.live == 0 and u.created_at < now]
                 if dead:
                     self.index.switch(None, {}, [u.pack for u in dead])
