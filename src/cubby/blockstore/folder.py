@@ -16,12 +16,13 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from cubby.blockstore.local import DISK_FULL, NO_SPACE
 from cubby.blockstore.objects import ObjectMissing, ObjectStoreError, ShortRead
 from cubby.core.durable import WRITE_PIECE, Writeback, fsync_dir, write_then_rename
+from cubby.core.hashing import Sha256State
 from cubby.errors import BadRequest, InsufficientStorage
 
 _NAME = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
@@ -126,10 +127,13 @@ class FolderObjectStore:
     def put(self, name: str, data: bytes) -> None:
         self.put_parts(name, (data,))
 
-    def put_parts(self, name: str, parts: Iterable[bytes | memoryview]) -> None:
+    def put_parts(
+        self, name: str, parts: Iterable[bytes | memoryview], sha256: Mapping[int, Sha256State] | None = None
+    ) -> None:
         """`StreamingPut.put_parts`: each part is written to the temp file as it comes, and the
         disk is asked to start on every few MiB written (`Writeback`), so
-        that the fsync at the end waits for the last few MiB, not for the whole object."""
+        that the fsync at the end waits for the last few MiB, not for the whole object (a
+        file needs no hash of its body: ``sha256`` goes unused)."""
         final = self._path(name)
         folder = os.path.dirname(final)
         self._ensure_dir(folder)

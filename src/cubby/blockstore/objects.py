@@ -27,9 +27,10 @@ The contract, for every implementation:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Protocol, runtime_checkable
 
+from cubby.core.hashing import Sha256State
 from cubby.errors import CubbyError, NotFound
 
 
@@ -85,17 +86,30 @@ class StreamingPut(Protocol):
     chunks) overlaps the writing of the last. A store that must hold the whole object before
     it sends it (one S3 PUT, whose length and checksum come first) takes all the parts first,
     then sends them as they are: what it saves is the join of the parts into one buffer (a
-    copy of every byte of every pack). Wrappers (retry, read-ahead) pass the parts on."""
+    copy of every byte of every pack). Wrappers (retry, read-ahead) pass the parts on.
 
-    def put_parts(self, name: str, parts: Iterable[bytes | memoryview]) -> None:
+    ``sha256``, when given, holds SHA-256 hashers of some of the parts, by their position in
+    ``parts``, each fed exactly that part's bytes; it is complete once ``parts`` is exhausted.
+    A store that must hash the body (an S3 PUT whose payload is signed in chunks,
+    `cubby.blockstore.s3chunked`) copies them instead of reading those parts again; it never
+    feeds them. Others ignore it."""
+
+    def put_parts(
+        self, name: str, parts: Iterable[bytes | memoryview], sha256: Mapping[int, Sha256State] | None = None
+    ) -> None:
         """Store the concatenation of ``parts`` as ``name``, atomically and durably."""
 
 
-def put_in_parts(store: ObjectStore, name: str, parts: Iterable[bytes | memoryview]) -> None:
+def put_in_parts(
+    store: ObjectStore,
+    name: str,
+    parts: Iterable[bytes | memoryview],
+    sha256: Mapping[int, Sha256State] | None = None,
+) -> None:
     """``store.put_parts`` where ``store`` takes parts (`StreamingPut`), else its `put` of the
     parts joined: how a wrapper passes parts on to a store it does not know."""
     if isinstance(store, StreamingPut):
-        store.put_parts(name, parts)
+        store.put_parts(name, parts, sha256)
     else:
         store.put(name, b"".join(parts))
 

@@ -15,16 +15,18 @@ A reader of one chunk needs only its index row (offset, stored length): one rang
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from cubby.core.compression import Stored, stored_len
+from cubby.core.compression import RAW, Stored, stored_len
+from cubby.core.hashing import Sha256State
 from cubby.errors import CubbyError
 
 MAGIC = b"CUBBYPK1"
 END = b"CUBBYEND"
 _ENTRY = struct.Struct(">32sQII")
 _FOOTER = struct.Struct(">I8s")
+_RAW_CODEC = bytes((RAW,))
 FOOTER_SIZE = _FOOTER.size
 
 
@@ -61,21 +63,36 @@ def build_pack(pack: str, blobs: list[tuple[str, Stored, int]]) -> tuple[bytes, 
 
 
 def pack_parts(
-    pack: str, blobs: Iterable[tuple[str, Stored, int]], entries: list[tuple[str, Location]]
+    pack: str,
+    blobs: Iterable[tuple[str, Stored, int]],
+    entries: list[tuple[str, Location]],
+    *,
+    known: Mapping[str, Sha256State] | None = None,
+    digests: dict[int, Sha256State] | None = None,
 ) -> Iterator[bytes | memoryview]:
     """The bytes of a pack holding ``blobs``, in pieces, as the blobs come: the magic, each
     blob's two parts, then the table of contents and the footer once ``blobs`` ends. Each
     blob's location is appended to ``entries`` as it is yielded. Written as they come (an
     `ObjectStore` with `put_parts`), a pack's chunks are never copied into one buffer, and
-    the writing of one overlaps the verifying of the next; joined, they are `build_pack`."""
+    the writing of one overlaps the verifying of the next; joined, they are `build_pack`.
+
+    ``known``: SHA-256 hashers of chunks' plaintexts, by name (the ones that verified them).
+    A raw blob's payload is its plaintext, so its hasher goes into ``digests`` under the
+    position of the payload among the pieces yielded (`StreamingPut.put_parts`' ``sha256``)."""
     yield MAGIC
     trailer: list[bytes] = []
     pos = len(MAGIC)
+    index = 1
     for name, blob, plain_len in blobs:
         size = stored_len(blob)
         entries.append((name, Location(pack, pos, size, plain_len)))
         trailer.append(_ENTRY.pack(bytes.fromhex(name), pos, size, plain_len))
         pos += size
+        if digests is not None and known is not None and blob[0] == _RAW_CODEC and len(blob[1]) == plain_len:
+            state = known.get(name)
+            if state is not None:
+                digests[index + 1] = state
+        index += 2
         yield from blob
     trailer.append(_FOOTER.pack(len(trailer), END))
     yield b"".join(trailer)

@@ -56,7 +56,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -83,7 +83,7 @@ from cubby.core.compression import (
     stored_len,
     verify_and_encode,
 )
-from cubby.core.hashing import check_chunk_name, sha256_hex
+from cubby.core.hashing import Sha256State, check_chunk_name, sha256_hex
 from cubby.errors import NotFound
 
 log = logging.getLogger("cubby.blockstore")
@@ -267,23 +267,28 @@ class PackBlockStore:
         pack being written (nothing is stored) and deletes the packs already written for the
         batch, which nothing could have found (they are not indexed): as with `write_packs`, a
         batch with one bad chunk leaves nothing behind. Returns the packs, durable, unindexed."""
-        encoded = iter_verify_and_encode(self.codec, jobs, self.executor)
+        states: dict[str, Sha256State] = {}  # each chunk's verifying hasher (`pack_parts`' ``known``)
+        encoded = iter_verify_and_encode(self.codec, jobs, self.executor, states)
         fresh = (
             (name, blob, len(data)) for (name, data, _), blob in zip(jobs, encoded) if blob is not None
         )
         made: list[NewPack] = []
         try:
             for first in fresh:
-                made.append(self._stream_pack(objects, itertools.chain((first,), fresh)))
+                made.append(self._stream_pack(objects, itertools.chain((first,), fresh), states))
         except BaseException:
             for done in made:
                 self.objects.delete(pack_object_name(done.pack))
             raise
         return made
 
-    def _stream_pack(self, objects: StreamingPut, blobs: Iterator[tuple[str, Stored, int]]) -> NewPack:
+    def _stream_pack(
+        self, objects: StreamingPut, blobs: Iterator[tuple[str, Stored, int]], states: Mapping[str, Sha256State]
+    ) -> NewPack:
         """Write one pack from ``blobs``, taking them until it reaches `target_size` (a pack
-        ends after the chunk that fills it, as in `_put_packs`) or they end."""
+        ends after the chunk that fills it, as in `_put_packs`) or they end. ``states``: the
+        hashers that verified the chunks, handed to the store for the raw ones' payloads
+        (`pack_parts`), so that a store signing the body in chunks hashes them no more."""
         pack = new_pack_id()
         entries: list[tuple[str, Location]] = []
 
@@ -295,7 +300,9 @@ class PackBlockStore:
                 if size >= self.target_size:
                     return
 
-        objects.put_parts(pack_object_name(pack), pack_parts(pack, taken(), entries))
+        digests: dict[int, Sha256State] = {}
+        parts = pack_parts(pack, taken(), entries, known=states, digests=digests)
+        objects.put_parts(pack_object_name(pack), parts, digests)
         return NewPack(pack, pack_size(entries), sum(loc.stored_len for _, loc in entries), entries)
 
     def write_packs(self, blobs: list[tuple[str, Stored, int]]) -> list[NewPack]:

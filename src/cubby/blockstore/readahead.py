@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future
 
 from cubby.blockstore.objects import ObjectStore, ObjectStoreError, ShortRead, put_in_parts
+from cubby.core.hashing import Sha256State
 
 WINDOW = 8 << 20
 """Bytes per read-ahead: boto3's own transfer part size, and where a GET's fixed cost has
@@ -111,9 +112,11 @@ class ReadAheadObjectStore:
     def put(self, name: str, data: bytes) -> None:
         self.inner.put(name, data)
 
-    def put_parts(self, name: str, parts: Iterable[bytes | memoryview]) -> None:
+    def put_parts(
+        self, name: str, parts: Iterable[bytes | memoryview], sha256: Mapping[int, Sha256State] | None = None
+    ) -> None:
         """`StreamingPut.put_parts` of the inner store, or its `put` of the parts joined."""
-        put_in_parts(self.inner, name, parts)
+        put_in_parts(self.inner, name, parts, sha256)
 
     def delete(self, name: str) -> None:
         self.inner.delete(name)

@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
 from cubby.blockstore.objects import ObjectStore, ObjectStoreError, put_in_parts
+from cubby.core.hashing import Sha256State
 
 T = TypeVar("T")
 
@@ -112,12 +113,14 @@ class RetryingObjectStore:
     def put(self, name: str, data: bytes) -> None:
         self._call(lambda: self.inner.put(name, data))
 
-    def put_parts(self, name: str, parts: Iterable[bytes | memoryview]) -> None:
+    def put_parts(
+        self, name: str, parts: Iterable[bytes | memoryview], sha256: Mapping[int, Sha256State] | None = None
+    ) -> None:
         """`StreamingPut.put_parts`, retried: the parts are taken (not joined) first, so that an
         inner store that must hold the whole object anyway (S3) sends them again on each
         attempt; one that cannot take parts gets them joined, as `put`."""
         pieces = list(parts)
-        self._call(lambda: put_in_parts(self.inner, name, pieces))
+        self._call(lambda: put_in_parts(self.inner, name, pieces, sha256))
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         return self._call(lambda: self.inner.get(name, offset, length))

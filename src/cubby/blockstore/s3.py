@@ -2,7 +2,7 @@
 
 URL form: ``s3://BUCKET/PREFIX?endpoint=http://127.0.0.1:9000&region=us-east-1&checksum=auto&timeout=20``
 (every query parameter optional: AWS's own endpoint, the region from the AWS config, the
-PUT body's check `BodyCheck` (auto, crc32, md5 or sha256) and `DEFAULT_TIMEOUT` when left out).
+PUT body's check `BodyCheck` (auto, crc32, md5, sha256 or sha256-chunked) and `DEFAULT_TIMEOUT` when left out).
 Credentials come from where every AWS tool looks: ``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY`` / ``AWS_PROFILE``, ``~/.aws/credentials`` and ``~/.aws/config``,
 or an instance role; never from the URL, so it can be logged.
@@ -14,9 +14,13 @@ it. Choices that follow from that, and from what a PUT costs the server's CPU:
 - boto3 (since 1.36) adds CRC trailers in ``aws-chunked`` bodies to every PUT by default,
   which several S3-compatible servers refuse or store wrongly; we switch that off
   (``when_required``) and guard the body by a check the server makes: by default CRC32 in
-  ``x-amz-checksum-crc32`` where the server is seen to check it, else a signed payload
-  (`S3ObjectStore.body_check`); or the one ``?checksum=crc32|md5|sha256`` names. What each
-  costs and which servers check which: `cubby.blockstore.s3body`.
+  ``x-amz-checksum-crc32`` where the server is seen to check it, else a payload signed in
+  chunks whose SHA-256 are mostly known (`cubby.blockstore.s3chunked`) where it is seen to
+  check those, else a payload signed whole (`S3ObjectStore.body_check`); or the one
+  ``?checksum=crc32|md5|sha256|sha256-chunked`` names. What each costs and which servers
+  check which: `cubby.blockstore.s3body`. A PUT signed in chunks is not botocore's (it has
+  no such signer): this store signs it (botocore's SigV4 for the request, its own HMAC chain
+  for the chunks) and sends it on the client's own connections.
 - Bodies are not signed (``UNSIGNED-PAYLOAD``, ``payload_signing_enabled`` off) unless the
   check is the signed payload. boto3 already does that over https when a checksum header is
   sent; over plain http (a bucket on the local network, Ceph RGW beside the server) it would
@@ -59,14 +63,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import boto3
 import botocore.exceptions
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 
 from cubby.blockstore.folder import check_object_name
@@ -74,6 +81,16 @@ from cubby.blockstore.objects import ObjectMissing, ObjectStore, ObjectStoreErro
 from cubby.blockstore.readahead import ReadAheadObjectStore
 from cubby.blockstore.retrying import Backoff, RetryingObjectStore
 from cubby.blockstore.s3body import BodyCheck, PartsBody
+from cubby.blockstore.s3chunked import (
+    STREAMING_PAYLOAD,
+    BodyChunk,
+    ChunkSigner,
+    encode,
+    encoded_length,
+    plan_chunks,
+    signing_key,
+)
+from cubby.core.hashing import Sha256State, sha256_hex
 from cubby.errors import BadRequest
 
 _MISMATCH_CODES = frozenset({"BadDigest", "XAmzContentSHA256Mismatch"})
@@ -139,6 +156,25 @@ def _send_in_blocks(client: Any, size: int) -> None:
     pool_kw["blocksize"] = size
 
 
+def _http_session(client: Any) -> Any:
+    """The connections ``client`` sends its requests on (botocore's ``URLLib3Session``, with the
+    client's timeouts, proxies, certificates and `SEND_BLOCK`), for the PUTs this store signs
+    itself; None where botocore keeps them elsewhere (no PUT is then signed in chunks)."""
+    session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+    return session if callable(getattr(session, "send", None)) else None
+
+
+class _StreamingAuth(S3SigV4Auth):
+    """botocore's S3 SigV4, for a body signed in chunks: the payload's hash in the request's
+    signature is `STREAMING_PAYLOAD` (botocore would hash the body, or say it is unsigned)."""
+
+    def payload(self, request: Any) -> str:
+        return STREAMING_PAYLOAD
+
+
+_ERROR_FIELD = re.compile(r"<(Code|Message)>([^<]{0,500})</\1>")
+
+
 @dataclass(frozen=True, slots=True)
 class S3Location:
     """Where an `S3ObjectStore` keeps its objects (``prefix`` is empty or ends with ``/``), and
@@ -149,14 +185,14 @@ class S3Location:
     endpoint: str | None = None
     region: str | None = None
     checksum: BodyCheck | None = None
-    """None (the default): CRC32 where the server is seen to check it, else a signed payload
-    (`S3ObjectStore.body_check`)."""
+    """None (the default): CRC32 where the server is seen to check it, else a payload signed in
+    chunks or whole (`S3ObjectStore.body_check`)."""
     timeout: float = DEFAULT_TIMEOUT
     """Seconds a request may wait for the server (module docstring, "Timeouts")."""
 
     @classmethod
     def parse(cls, url: str) -> S3Location:
-        """Read ``s3://BUCKET/PREFIX?endpoint=…&region=…&checksum=crc32|md5|sha256&timeout=S``;
+        """Read ``s3://BUCKET/PREFIX?endpoint=…&region=…&checksum=…&timeout=S`` (`BodyCheck`'s names);
         unknown parameters and values are refused, so that a misspelt one is not silently ignored."""
         parts = urlsplit(url)
         if parts.scheme != "s3" or not parts.netloc:
@@ -182,7 +218,8 @@ class S3Location:
             check = None if checksum == "auto" else BodyCheck(checksum)
         except ValueError:
             raise BadRequest(
-                f"unknown s3 checksum {checksum!r}: auto, crc32, md5 or sha256", code="invalid_blocks_url"
+                f"unknown s3 checksum {checksum!r}: auto, crc32, md5, sha256 or sha256-chunked",
+                code="invalid_blocks_url",
             ) from None
         return cls(parts.netloc, prefix, one("endpoint"), one("region"), check, _timeout(one("timeout")))
 
@@ -265,14 +302,19 @@ class S3ObjectStore:
         that do not implement S3's additional checksums (Ceph RGW before 19, moto, older
         MinIO and Garage) ignore its header, and a body damaged on the way would be stored and
         acknowledged. So `PROBE_NAME` is put twice, once with a wrong CRC32 and once with the
-        right one: refused then accepted, and the server checks CRC32, which is used; else
-        every PUT's payload is signed (SHA-256, which every SigV4 server checks), on a second
-        client made for it. The probe object is deleted; a transient failure of the probe fails
-        this PUT (retried as a PUT is) and the probe is made again at the next."""
+        right one: refused then accepted, and the server checks CRC32, which is used. Else the
+        payload is signed, which every SigV4 server checks: in chunks where the server is seen
+        to check a chunk's signature (`_server_checks_chunks`), as most do (Ceph RGW, MinIO,
+        Garage, AWS), since the chunks' SHA-256 are mostly known already; else whole, on a
+        second client made for it (moto decodes chunked bodies without checking them). The
+        probe object is deleted; a transient failure of the probe fails this PUT (retried as a
+        PUT is) and the probe is made again at the next."""
         with self._check_lock:
             if self._check is None:
                 if self._server_checks_crc32():
                     self._check = BodyCheck.CRC32
+                elif self._server_checks_chunks():
+                    self._check = BodyCheck.SHA256_CHUNKED
                 else:
                     self._client = self._make_client(sign_payload=True)
                     self._check = BodyCheck.SHA256
@@ -291,6 +333,45 @@ class S3ObjectStore:
             raise
         self.delete(PROBE_NAME)
         return checks
+
+    def _server_checks_chunks(self) -> bool:
+        """A body signed in chunks stored as sent, and refused with one chunk's signature made
+        for other bytes: the server checks each chunk's signature. A server that cannot sign
+        in chunks here (no session to send on), that refuses such bodies, that stores them
+        still encoded, or that takes a wrong signature (moto), does not."""
+        if _http_session(self._client) is None:
+            return False
+        bad = [BodyChunk([PROBE_BODY], len(PROBE_BODY), sha256_hex(PROBE_BODY + b"!"))]
+        good = [BodyChunk([PROBE_BODY], len(PROBE_BODY), sha256_hex(PROBE_BODY))]
+        try:
+            checks = (
+                not self._chunked_probe_stored(bad, right=False)
+                and self._chunked_probe_stored(good, right=True)
+                and self.get(PROBE_NAME) == PROBE_BODY
+            )
+        except ObjectStoreError:
+            with contextlib.suppress(ObjectStoreError):
+                self.delete(PROBE_NAME)
+            raise
+        self.delete(PROBE_NAME)
+        return checks
+
+    def _chunked_probe_stored(self, chunks: list[BodyChunk], *, right: bool) -> bool:
+        """Whether the server stores `PROBE_BODY` sent as ``chunks`` (``right``: signed for its
+        bytes): False when it refuses it, unless the refusal may pass (retryable), which
+        raises; of the wrong ones, a mismatch (XAmzContentSHA256Mismatch on Ceph RGW,
+        SignatureDoesNotMatch on AWS) is the refusal looked for. A set-up fault (no bucket, no
+        access) has been raised by the CRC32 probe before this one; a refusal of the right
+        ones says only that this server does not take such bodies, which are then signed whole."""
+        try:
+            self._put_chunked(self._key(PROBE_NAME), chunks)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            failure = self._fail(exc, "put", PROBE_NAME)
+            refused = _code(exc) in _MISMATCH_CODES | {"SignatureDoesNotMatch"}
+            if getattr(failure, "retryable", False) and (right or not refused):
+                raise failure from exc
+            return False
+        return True
 
     def _probe_stored(self, *, right: bool) -> bool:
         """Whether the server stores `PROBE_BODY` sent with its ``right`` CRC32 or a wrong one;
@@ -338,18 +419,81 @@ class S3ObjectStore:
     def put(self, name: str, data: bytes) -> None:
         self.put_parts(name, (data,))
 
-    def put_parts(self, name: str, parts: Iterable[bytes | memoryview]) -> None:
+    def put_parts(
+        self, name: str, parts: Iterable[bytes | memoryview], sha256: Mapping[int, Sha256State] | None = None
+    ) -> None:
         """`StreamingPut.put_parts`: one PutObject whose body is the parts as they are (not
         joined, `PartsBody`). A PUT must know its length and checksum before it starts, so the
         parts are all taken first; if the iterable raises, nothing has been sent. The parts
-        are read once for the checksum and once to send (and, retried, again: a sequence)."""
+        are read once for the checksum and once to send (and, retried, again: a sequence);
+        signed in chunks, those whose hasher ``sha256`` holds are not read for the checksum."""
         key = self._key(name)
         pieces = parts if isinstance(parts, (list, tuple)) else list(parts)
-        check = self.body_check().headers(pieces)
+        check_kind = self.body_check()
+        if check_kind is BodyCheck.SHA256_CHUNKED:
+            self._send_chunked(name, key, plan_chunks(pieces, sha256 or {}))
+            return
+        check = check_kind.headers(pieces)
         try:
             self._client.put_object(Bucket=self.location.bucket, Key=key, Body=PartsBody(pieces), **check)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise self._fail(exc, "put", name) from exc
+
+    def _send_chunked(self, name: str, key: str, chunks: list[BodyChunk]) -> None:
+        """`_put_chunked`, its failures made ours (`_fail`). A chunk's signature refused
+        (SignatureDoesNotMatch, where the probe saw this server take these bodies) is taken
+        for a body damaged on the way, as a signed payload's mismatch is: retryable."""
+        try:
+            self._put_chunked(key, chunks)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            failure = self._fail(exc, "put", name)
+            if _code(exc) == "SignatureDoesNotMatch":
+                failure.retryable = True
+            raise failure from exc
+
+    def _put_chunked(self, key: str, chunks: list[BodyChunk]) -> None:
+        """PUT ``chunks`` as ``key``, signed in chunks (`cubby.blockstore.s3chunked`): the
+        request signed by botocore's SigV4 with `STREAMING_PAYLOAD` for its payload, each chunk
+        by the HMAC chain from that signature, sent on the client's own connections (its
+        timeouts, proxies and certificates). Raises botocore's exceptions, as its calls do."""
+        session = _http_session(self._client)
+        if session is None:
+            raise botocore.exceptions.BotoCoreError(msg="this botocore keeps no session to send a chunked body on")
+        credentials = self._session.get_credentials()
+        if credentials is None:
+            raise botocore.exceptions.NoCredentialsError()
+        frozen = credentials.get_frozen_credentials()
+        region = self._client.meta.region_name
+        url = self._client.generate_presigned_url(
+            "put_object", Params={"Bucket": self.location.bucket, "Key": key}, ExpiresIn=900
+        ).split("?", 1)[0]
+        request = AWSRequest(
+            method="PUT",
+            url=url,
+            headers={
+                "Content-Encoding": "aws-chunked",
+                "X-Amz-Decoded-Content-Length": str(sum(chunk.size for chunk in chunks)),
+                "Content-Length": str(encoded_length(chunks)),
+            },
+        )
+        _StreamingAuth(frozen, "s3", region).add_auth(request)
+        amz_date = request.headers["X-Amz-Date"]
+        seed = request.headers["Authorization"].rsplit("Signature=", 1)[1]
+        scope = f"{amz_date[:8]}/{region}/s3/aws4_request"
+        signer = ChunkSigner(signing_key(frozen.secret_key, amz_date[:8], region), amz_date, scope, seed)
+        request.data = PartsBody(encode(chunks, signer))
+        response = session.send(request.prepare())
+        content = response.content  # read whole, as botocore reads an answer, so the connection is reused
+        if response.status_code == 200:
+            return
+        fields = dict(_ERROR_FIELD.findall(content.decode("utf-8", "replace")))
+        raise botocore.exceptions.ClientError(
+            {
+                "Error": {"Code": fields.get("Code", str(response.status_code)), "Message": fields.get("Message", "")},
+                "ResponseMetadata": {"HTTPStatusCode": response.status_code},
+            },
+            "PutObject",
+        )
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         key = self._key(name)

@@ -16,7 +16,7 @@ from concurrent.futures import Executor
 
 import zstandard
 
-from cubby.core.hashing import verify_chunk
+from cubby.core.hashing import Sha256State, verify_chunk
 from cubby.errors import CubbyError
 
 RAW = 0
@@ -168,7 +168,10 @@ def verify_and_encode(
 
 
 def iter_verify_and_encode(
-    codec: Codec, jobs: Sequence[tuple[str, bytes, bool]], executor: Executor | None = None
+    codec: Codec,
+    jobs: Sequence[tuple[str, bytes, bool]],
+    executor: Executor | None = None,
+    states: dict[str, Sha256State] | None = None,
 ) -> Iterator[Stored | None]:
     """`verify_and_encode`'s results in order, a slice of about `SLICE_BYTES` at a time, so
     that a writer can store the first chunks while the next are verified; a chunk that does
@@ -176,11 +179,17 @@ def iter_verify_and_encode(
     every earlier slice's). A batch of a MiB or more runs on ``executor``: SHA-256 and zstd
     both release the GIL. A slice, not a task per chunk: for a 4 KiB chunk, a task (a future,
     a queue, a wake-up) costs more than hashing and encoding it; and a slice's small chunks
-    are compressed in one call (`Codec.encode_many`)."""
+    are compressed in one call (`Codec.encode_many`).
+
+    ``states``, when given, receives each chunk's SHA-256 hasher (`verify_chunk`'s) by name,
+    before the chunk's result is yielded: a raw chunk's payload is its plaintext, so a writer
+    that must hash it again (a pack's signed S3 PUT, `cubby.blockstore.s3chunked`) need not."""
 
     def run(part: Sequence[tuple[str, bytes, bool]]) -> list[Stored | None]:
         for name, data, _ in part:
-            verify_chunk(name, data)
+            state = verify_chunk(name, data)
+            if states is not None:
+                states[name] = state
         return codec.encode_many([data if is_new else None for _, data, is_new in part])
 
     parts: list[Sequence[tuple[str, bytes, bool]]] = []

@@ -58,11 +58,28 @@ def update_holding(h: Updatable, data: Buffer) -> None:
             h.update(view[at : at + GIL_PIECE])
 
 
-def sha256_hex(data: Buffer) -> str:
-    """The name of a chunk whose plaintext is ``data`` (a small one hashed holding the GIL)."""
+class Sha256State(Protocol):
+    """A SHA-256 hasher (hashlib's) that has been fed some bytes: its digest is theirs, and a
+    copy of it can be fed more, to hash those bytes followed by others without reading them
+    again (`cubby.blockstore.s3chunked` signs a pack's chunks so)."""
+
+    def update(self, data: Buffer, /) -> None: ...
+
+    def copy(self) -> Sha256State: ...
+
+    def hexdigest(self) -> str: ...
+
+
+def sha256_state(data: Buffer) -> Sha256State:
+    """A SHA-256 hasher fed ``data`` (a small one hashed holding the GIL)."""
     h = hashlib.sha256()
     update_holding(h, data)
-    return h.hexdigest()
+    return h
+
+
+def sha256_hex(data: Buffer) -> str:
+    """The name of a chunk whose plaintext is ``data`` (a small one hashed holding the GIL)."""
+    return sha256_state(data).hexdigest()
 
 
 def hash_many(pieces: Sequence[Buffer], executor: Executor | None = None) -> list[str]:
@@ -90,21 +107,25 @@ def check_chunk_name(name: object) -> str:
     return name  # type: ignore[return-value]
 
 
-def verify_chunk(name: str, data: Buffer) -> None:
-    """Refuse a malformed name (`BadRequest`) or bytes that do not hash to it (`ChunkMismatch`).
+def verify_chunk(name: str, data: Buffer) -> Sha256State:
+    """Refuse a malformed name (`BadRequest`) or bytes that do not hash to it (`ChunkMismatch`);
+    return the hasher that checked them, fed ``data`` (a writer that must hash the bytes again
+    for another purpose, a signed S3 PUT, carries on from it instead).
 
     Block stores call this before they write anything, so a store never holds bytes under a
     name they do not match: deduplication trusts names, so a wrong one would silently corrupt
     every file that later reuses it.
     """
     check_chunk_name(name)
-    actual = sha256_hex(data)
+    state = sha256_state(data)
+    actual = state.hexdigest()
     if actual != name:
         raise ChunkMismatch(
             f"chunk bytes hash to {actual}, not to the name {name}; nothing was stored",
             expected=name,
             actual=actual,
         )
+    return state
 
 
 def content_hash(chunk_names: Iterable[str]) -> str:
