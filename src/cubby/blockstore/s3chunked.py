@@ -63,7 +63,9 @@ def plan_chunks(parts: Sequence[bytes | memoryview], known: Mapping[int, Sha256S
     A part whose hasher ``known`` holds (by its position in ``parts``) starts a chunk of its
     own when the chunk before it is long enough (`MIN_CHUNK`): the chunk's SHA-256 is a copy of
     that hasher fed the small parts after it, so the part's bytes are not read again. Any other
-    part is hashed into the chunk it falls in; a chunk so hashed ends past `CHUNK_TARGET`."""
+    part is hashed into the chunk it falls in. A chunk also ends past `CHUNK_TARGET`, but not
+    before a small part that comes just before a known one (a pack's codec byte before a raw
+    chunk): that would leave the known part in a chunk too short to start at it."""
     chunks: list[BodyChunk] = []
     pieces: list[bytes | memoryview] = []
     size = 0
@@ -73,7 +75,7 @@ def plan_chunks(parts: Sequence[bytes | memoryview], known: Mapping[int, Sha256S
         if n == 0:
             continue
         state = known.get(i)
-        if pieces and hasher is not None and (size >= CHUNK_TARGET or (state is not None and size >= MIN_CHUNK)):
+        if hasher is not None and _ends_before(i, parts, known, size):
             chunks.append(BodyChunk(pieces, size, hasher.hexdigest()))
             pieces, size, hasher = [], 0, None
         if hasher is None and state is not None:
@@ -84,9 +86,20 @@ def plan_chunks(parts: Sequence[bytes | memoryview], known: Mapping[int, Sha256S
             update_holding(hasher, part)
         pieces.append(part)
         size += n
-    if pieces and hasher is not None:
+    if hasher is not None:
         chunks.append(BodyChunk(pieces, size, hasher.hexdigest()))
     return chunks
+
+
+def _ends_before(i: int, parts: Sequence[bytes | memoryview], known: Mapping[int, Sha256State], size: int) -> bool:
+    """Whether a chunk of ``size`` bytes so far ends before part ``i`` (`plan_chunks`)."""
+    if size < MIN_CHUNK:
+        return False
+    if i in known:
+        return True
+    if size < CHUNK_TARGET:
+        return False
+    return not (len(parts[i]) < MIN_CHUNK and i + 1 in known)
 
 
 def encoded_length(chunks: Sequence[BodyChunk]) -> int:
