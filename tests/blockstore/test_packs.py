@@ -621,3 +621,34 @@ def test_a_rewrite_takes_at_most_rewrite_packs_packs(meta, tmp_path, monkeypatch
     assert rewrites[:3] == [3, 6, 7] and stats.chunks_moved == 7
     assert len(list(iter_usage(store.index))) == 3
     assert all(store.get(n) == d for b in batches for n, d in b)
+
+
+class HashCollectingObjects(FolderObjectStore):
+    """A folder store that keeps, for each pack put in parts, the parts and the hashers it was
+    handed for them (`StreamingPut.put_parts`' ``sha256``), as a store that signs bodies reads them."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.handed: list[tuple[list[bytes], dict[int, str]]] = []
+
+    def put_parts(self, name, parts, sha256=None):  # type: ignore[no-untyped-def]
+        pieces = [bytes(p) for p in parts]
+        self.handed.append((pieces, {i: h.hexdigest() for i, h in (sha256 or {}).items()}))
+        super().put_parts(name, pieces)
+
+
+def test_a_pack_hands_its_store_the_hashers_that_verified_its_raw_chunks(meta, tmp_path):
+    """Each raw chunk's payload in a pack is its plaintext, so the hasher that verified it is
+    handed to the store for that part (a store signing the body in chunks does not hash it
+    again); a compressed chunk's payload is not its plaintext, and gets none."""
+    objects = HashCollectingObjects(tmp_path / "blocks")
+    store = PackBlockStore(objects, SqlChunkIndex(meta.db), target_size=256 * 1024)
+    raw = [named(os.urandom(100_000)) for _ in range(5)]
+    text = [named(b"compressible text %d " % i * 5000) for i in range(2)]
+    store.put_many([raw[0], text[0], *raw[1:], text[1]])
+    assert len(objects.handed) >= 2
+    handed_parts = {hashlib.sha256(parts[i]).hexdigest(): digest for parts, known in objects.handed for i, digest in known.items()}
+    assert all(handed_parts[name] == name for name, _ in raw) and len(handed_parts) == len(raw)
+    for parts, known in objects.handed:
+        assert all(hashlib.sha256(parts[i]).hexdigest() == digest for i, digest in known.items())
+    assert all(store.get(n) == d for n, d in raw + text)

@@ -29,15 +29,22 @@ from cubby.blockstore.s3body import BodyCheck
 from cubby.errors import BadRequest, ChunkMismatch
 from cubby.metadata.chunk_index import SqlChunkIndex
 from cubby.metadata.store import open_store
-from tests.helpers.fault_proxy import FaultProxy, Faults, fault_proxy
+from tests.helpers.fault_proxy import FaultProxy, Faults, decoded_body, fault_proxy
 from tests.helpers.s3_servers import S3Server, fresh_prefix
 
 FAST = Backoff(attempts=10, base=0.001, cap=0.01)
 
 
 def packs_sent(proxy: FaultProxy) -> list[tuple[dict[str, str], bytes]]:
-    """The PUTs the proxy recorded, but for the store's probe of the server's checks."""
-    return [(headers, body) for headers, body in proxy.puts if body != PROBE_BODY]
+    """The PUTs the proxy recorded, but for the store's probes of the server's checks, each
+    with what it stores (a body signed in chunks decoded)."""
+    sent = [(headers, decoded_body(headers, body)) for headers, body in proxy.puts]
+    return [(headers, body) for headers, body in sent if body != PROBE_BODY]
+
+
+def secret_of(s3: S3Server) -> str:
+    """The secret key the store signs with on ``s3`` (for a proxy that checks signatures)."""
+    return {**os.environ, **s3.credentials}["AWS_SECRET_ACCESS_KEY"]
 
 
 def named(data: bytes) -> tuple[str, bytes]:
@@ -223,25 +230,33 @@ def test_a_get_cut_every_time_fails_rather_than_returning_part(s3: S3Server) -> 
 @pytest.mark.parametrize("check", list(BodyCheck))
 def test_a_pack_in_parts_goes_out_as_one_put_carrying_its_check(s3: S3Server, check: BodyCheck) -> None:
     """`put_parts` sends the parts as one body, not joined first, with the check asked for:
-    CRC32 in x-amz-checksum-crc32 with an unsigned payload (the default), Content-MD5, or a
-    signed payload (x-amz-content-sha256 is the body's SHA-256). What the server stores is the
-    concatenation; the proxy sees exactly one PUT of it."""
+    CRC32 in x-amz-checksum-crc32 with an unsigned payload (the default), Content-MD5, a
+    signed payload (x-amz-content-sha256 is the body's SHA-256), or a payload signed in chunks
+    (aws-chunked, each chunk's signature checked by the proxy as AWS would). What the server
+    stores is the concatenation; the proxy sees exactly one PUT of it."""
     prefix = fresh_prefix()
     parts = [b"CUBBYPK1", *(p for _ in range(40) for p in (b"\x00", os.urandom(4096))), b"\x01", os.urandom(300_000)]
     whole = b"".join(parts)
-    with fault_proxy(s3.endpoint, Faults(), record_puts=True) as proxy:
+    with fault_proxy(s3.endpoint, Faults(check_chunks=secret_of(s3)), record_puts=True) as proxy:
         url = s3.url(prefix, endpoint=proxy.endpoint) + f"&checksum={check.value}"
         store = open_s3_object_store(url, backoff=FAST)
         assert isinstance(store, StreamingPut)
         store.put_parts("packs/ab/p.pack", iter(parts))
     [(headers, body)] = proxy.puts
-    assert body == whole and headers["content-length"] == str(len(whole))
+    assert proxy.counts["bad_chunk"] == 0
+    if check is BodyCheck.SHA256_CHUNKED:
+        assert headers["content-encoding"] == "aws-chunked" and headers["x-amz-decoded-content-length"] == str(len(whole))
+        body = decoded_body(headers, body)
+    else:
+        assert headers["content-length"] == str(len(whole))
+    assert body == whole
     crc = base64.b64encode(zlib.crc32(whole).to_bytes(4, "big")).decode()
     md5 = base64.b64encode(hashlib.md5(whole).digest()).decode()
     expected = {
         BodyCheck.CRC32: ("x-amz-checksum-crc32", crc, "UNSIGNED-PAYLOAD"),
         BodyCheck.MD5: ("content-md5", md5, "UNSIGNED-PAYLOAD"),
         BodyCheck.SHA256: (None, None, hashlib.sha256(whole).hexdigest()),
+        BodyCheck.SHA256_CHUNKED: (None, None, "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"),
     }[check]
     header, value, payload = expected
     assert headers["x-amz-content-sha256"] == payload
@@ -264,6 +279,7 @@ def test_by_default_puts_carry_crc32_where_the_server_checks_it(s3: S3Server) ->
     assert proxy.counts["bad_crc32"] == 1  # the probe's wrong CRC32, and nothing else
     sent = packs_sent(proxy)
     assert [body for _, body in proxy.puts[:2]] == [PROBE_BODY] * 2 and len(sent) == len(packs)
+    assert len(proxy.puts) == 2 + len(packs)  # no other probe: CRC32 settled it
     for (headers, body), data in zip(sent, packs.values()):
         assert body == data and headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
         assert headers["x-amz-checksum-crc32"] == base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
@@ -277,10 +293,42 @@ def test_by_default_puts_carry_crc32_where_the_server_checks_it(s3: S3Server) ->
     assert all(direct.get(f"packs/y{i}.pack") == bytes([i]) * 50_000 for i in range(8))
 
 
-def test_by_default_puts_are_signed_where_the_server_ignores_crc32(s3: S3Server) -> None:
-    """moto (and Ceph RGW before 19) store a body whatever its x-amz-checksum-crc32 says: there
-    the default is a signed payload, which every SigV4 server checks, so that no body damaged on
-    the way is stored unchecked. The probe is made once, at the first PUT, and deleted."""
+def test_by_default_puts_are_signed_in_chunks_where_the_server_checks_those_and_not_crc32(s3: S3Server) -> None:
+    """Where the server ignores x-amz-checksum-crc32 (moto here, Ceph RGW before 19) but checks
+    the signature of each chunk of a body signed in chunks (Ceph RGW, MinIO, Garage, AWS; moto
+    does not, so the proxy checks them for it), the default signs bodies in chunks: the probe
+    of a wrong chunk signature is refused and the right one stored, and packs go out so, each
+    stored as sent; a body damaged on the way is refused and sent again."""
+    if s3.kind != "moto":
+        pytest.skip("whether this server ignores CRC32 depends on its version; moto's does")
+    prefix = fresh_prefix()
+    packs = {f"packs/{i}.pack": os.urandom(30_000 + i) for i in range(4)}
+    with fault_proxy(s3.endpoint, Faults(check_chunks=secret_of(s3)), record_puts=True) as proxy:
+        store = open_s3_object_store(s3.url(prefix, endpoint=proxy.endpoint), backoff=FAST)
+        for name, data in packs.items():
+            store.put(name, data)
+    assert proxy.counts["bad_chunk"] == 1  # the probe's wrong signature, and nothing else
+    probes = [decoded_body(headers, body) for headers, body in proxy.puts[:3]]
+    assert probes == [PROBE_BODY] * 3  # a wrong CRC32 (taken: so no more), then chunks wrong and right
+    sent = packs_sent(proxy)
+    assert [body for _, body in sent] == list(packs.values())
+    assert all(headers["x-amz-content-sha256"] == "STREAMING-AWS4-HMAC-SHA256-PAYLOAD" for headers, _ in sent)
+    direct = open_s3_object_store(s3.url(prefix), backoff=FAST)
+    assert sorted(name for name, _ in direct.list()) == sorted(packs)
+    with fault_proxy(s3.endpoint, Faults(check_chunks=secret_of(s3), garble_put=0.5, seed=5)) as proxy:
+        store = open_s3_object_store(s3.url(prefix, endpoint=proxy.endpoint), backoff=FAST)
+        for i in range(8):
+            store.put(f"packs/y{i}.pack", bytes([i]) * 50_000)
+    assert proxy.counts["garble_put"] > 0 and proxy.counts["bad_chunk"] > 1
+    assert all(direct.get(f"packs/y{i}.pack") == bytes([i]) * 50_000 for i in range(8))
+
+
+def test_by_default_puts_are_signed_whole_where_the_server_checks_neither(s3: S3Server) -> None:
+    """moto stores a body whatever its x-amz-checksum-crc32 says, and decodes a body signed in
+    chunks without checking the signatures: there the default is a payload signed whole (its
+    SHA-256 in the request's signature), which every SigV4 server checks, so that no body
+    damaged on the way is stored unchecked. The probes are made once, at the first PUT, and
+    their object deleted."""
     if s3.kind != "moto":
         pytest.skip("whether this server ignores CRC32 depends on its version; moto's does")
     prefix = fresh_prefix()
@@ -290,18 +338,20 @@ def test_by_default_puts_are_signed_where_the_server_ignores_crc32(s3: S3Server)
         for i in range(3):
             store.put(f"packs/{i}.pack", bytes([i]) * 10_000)
     sent = packs_sent(proxy)
-    assert [body for _, body in proxy.puts[:1]] == [PROBE_BODY] and len(sent) == 3
+    # a wrong CRC32, then a wrong chunk signature: each taken, so neither check is the server's
+    assert [decoded_body(h, b) for h, b in proxy.puts[:2]] == [PROBE_BODY] * 2 and len(proxy.puts) == 2 + 3
     for i, (headers, body) in enumerate(sent):
         assert body == bytes([i]) * 10_000 and headers["x-amz-content-sha256"] == hashlib.sha256(body).hexdigest()
         assert "x-amz-checksum-crc32" not in headers and "content-md5" not in headers
     assert sorted(name for name, _ in open_s3_object_store(s3.url(prefix)).list()) == [f"packs/{i}.pack" for i in range(3)]
 
 
-@pytest.mark.parametrize("check", [BodyCheck.MD5, BodyCheck.SHA256])
+@pytest.mark.parametrize("check", [BodyCheck.MD5, BodyCheck.SHA256, BodyCheck.SHA256_CHUNKED])
 def test_a_put_body_damaged_on_the_way_is_refused_and_sent_again(
     s3: S3Server, check: BodyCheck, request: pytest.FixtureRequest
 ) -> None:
-    """With a check every S3 server makes (Content-MD5, or the signed payload's SHA-256), a body
+    """With a check every S3 server makes (Content-MD5, the signed payload's SHA-256, whole or
+    in chunks), a body
     with one byte changed on the way is refused (BadDigest, XAmzContentSHA256Mismatch), never
     stored, and the retry stores the right bytes; refused every time, the put fails and
     nothing is stored. Ceph RGW (and AWS) check both; moto's server checks neither (it stores

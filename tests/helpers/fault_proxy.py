@@ -17,13 +17,21 @@ Everything else is forwarded whole. ``counts`` says how many of each fault it in
 ``requests`` how many requests it saw, so a test can show the faults happened; with ``record_puts``,
 ``puts`` holds the headers (names in lower case) and body of each PUT as the client sent it.
 ``faults`` is read for each request: a test may replace it to start or end an outage.
+
+With ``check_crc32`` or ``check_chunks`` it also stands in for a server that checks what the
+one behind it (moto) does not: a body's CRC32, or the signature of each chunk of a body signed
+in chunks (`chunk_signatures_hold`, written here from AWS's description, apart from cubby's
+signer, and checked against AWS's published example in tests/blockstore/test_s3chunked.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import random
+import re
 import socket
 import threading
 import zlib
@@ -35,6 +43,10 @@ from dataclasses import dataclass, field
 BAD_DIGEST_BODY = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>BadDigest</Code>'
     b"<Message>The CRC32 you specified did not match the calculated checksum.</Message></Error>"
+)
+BAD_CHUNK_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SignatureDoesNotMatch</Code>'
+    b"<Message>The chunk signature does not match.</Message></Error>"
 )
 SLOWDOWN_BODY = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
@@ -57,6 +69,11 @@ class Faults:
     """Stand in for a server that checks S3's additional checksums (AWS, Ceph RGW from 19):
     a PUT whose body (as it arrives, garbled or not) does not match its
     ``x-amz-checksum-crc32`` is answered 400 BadDigest and not forwarded."""
+    check_chunks: str | None = None
+    """The secret key to check bodies signed in chunks with, standing in for a server that
+    checks them (AWS, Ceph RGW, MinIO; moto decodes them unchecked): a PUT whose chunk
+    signatures (as it arrives) do not hold is answered 403 SignatureDoesNotMatch and not
+    forwarded."""
 
 
 @dataclass
@@ -147,6 +164,16 @@ class FaultProxy:
             if fault == "garble_put" and body:
                 middle = len(body) // 2
                 body = body[:middle] + bytes([body[middle] ^ 0x01]) + body[middle + 1 :]
+            secret = self.faults.check_chunks
+            if method == "PUT" and secret and fault != "cut_put" and not chunk_signatures_hold(headers, body, secret):
+                self.counts["bad_chunk"] += 1
+                writer.write(
+                    b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\n"
+                    + f"Content-Length: {len(BAD_CHUNK_BODY)}\r\nConnection: close\r\n\r\n".encode()
+                    + BAD_CHUNK_BODY
+                )
+                await writer.drain()
+                return
             if method == "PUT" and self.faults.check_crc32 and fault != "cut_put" and not _crc32_matches(headers, body):
                 self.counts["bad_crc32"] += 1
                 writer.write(
@@ -186,6 +213,66 @@ def _crc32_matches(headers: list[str], body: bytes) -> bool:
         if key.strip().lower() == "x-amz-checksum-crc32":
             return base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode() == value.strip()
     return True
+
+
+_CHUNK_HEAD = re.compile(rb"([0-9a-f]+);chunk-signature=([0-9a-f]{64})\r\n")
+_CREDENTIAL = re.compile(r"Credential=[^/]+/(\d{8})/([^/]+)/([^/]+)/aws4_request")
+
+
+def decode_chunked(body: bytes) -> list[tuple[bytes, str]] | None:
+    """The chunks of a body signed in chunks (``aws-chunked``), each with its signature, the
+    final empty one included; None when it is not well formed."""
+    chunks: list[tuple[bytes, str]] = []
+    at = 0
+    while True:
+        head = _CHUNK_HEAD.match(body, at)
+        if head is None:
+            return None
+        size, start = int(head.group(1), 16), head.end()
+        if body[start + size : start + size + 2] != b"\r\n":
+            return None
+        chunks.append((body[start : start + size], head.group(2).decode()))
+        at = start + size + 2
+        if size == 0:
+            return chunks if at == len(body) else None
+
+
+def decoded_body(headers: dict[str, str], body: bytes) -> bytes:
+    """What a PUT stores: ``body`` itself, or its chunks' bytes when it is signed in chunks."""
+    if headers.get("x-amz-content-sha256") != "STREAMING-AWS4-HMAC-SHA256-PAYLOAD":
+        return body
+    chunks = decode_chunked(body)
+    assert chunks is not None, "a body signed in chunks that is not well formed"
+    return b"".join(data for data, _ in chunks)
+
+
+def chunk_signatures_hold(headers: list[str], body: bytes, secret: str) -> bool:
+    """Whether each chunk's signature of a body signed in chunks holds, chained from the
+    request's signature (true for any other body). The request's own signature is taken as it
+    comes: what is checked is that the body is the one it was signed for."""
+    fields = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in headers)}
+    if fields.get("x-amz-content-sha256") != "STREAMING-AWS4-HMAC-SHA256-PAYLOAD":
+        return True
+    auth = fields.get("authorization", "")
+    credential = _CREDENTIAL.search(auth)
+    chunks = decode_chunked(body)
+    if credential is None or chunks is None or "Signature=" not in auth:
+        return False
+    date, region, service = credential.groups()
+    key = hmac.new(f"AWS4{secret}".encode(), date.encode(), hashlib.sha256).digest()
+    for step in (region, service, "aws4_request"):
+        key = hmac.new(key, step.encode(), hashlib.sha256).digest()
+    previous = auth.rsplit("Signature=", 1)[1]
+    empty = hashlib.sha256(b"").hexdigest()
+    for data, signature in chunks:
+        text = "\n".join([
+            "AWS4-HMAC-SHA256-PAYLOAD", fields.get("x-amz-date", ""), f"{date}/{region}/{service}/aws4_request",
+            previous, empty, hashlib.sha256(data).hexdigest(),
+        ])
+        previous = hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+        if previous != signature:
+            return False
+    return sum(len(data) for data, _ in chunks) == int(fields.get("x-amz-decoded-content-length", "-1"))
 
 
 def _close_after(response: bytes) -> bytes:
