@@ -61,11 +61,10 @@ an upload its 503 within the 60 s a client waits, instead of eight attempts of b
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -261,6 +260,8 @@ class S3ObjectStore:
         self.list_page_size = list_page_size
         self._check = location.checksum
         self._check_lock = threading.Lock()
+        self._probed: dict[str, bool] = {}
+        """The answers of the probe's steps so far (`_step`)."""
         self._session = session or boto3.Session()
         self._limits = (
             max_connections,
@@ -301,60 +302,63 @@ class S3ObjectStore:
         Why a probe: CRC32 is the cheapest check (`cubby.blockstore.s3body`), but servers
         that do not implement S3's additional checksums (Ceph RGW before 19, moto, older
         MinIO and Garage) ignore its header, and a body damaged on the way would be stored and
-        acknowledged. So `PROBE_NAME` is put twice, once with a wrong CRC32 and once with the
-        right one: refused then accepted, and the server checks CRC32, which is used. Else the
-        payload is signed, which every SigV4 server checks: in chunks where the server is seen
-        to check a chunk's signature (`_server_checks_chunks`), as most do (Ceph RGW, MinIO,
-        Garage, AWS), since the chunks' SHA-256 are mostly known already; else whole, on a
-        second client made for it (moto decodes chunked bodies without checking them). The
-        probe object is deleted; a transient failure of the probe fails this PUT (retried as a
-        PUT is) and the probe is made again at the next."""
+        acknowledged. So `PROBE_NAME` is put with a wrong CRC32 and then the right one: refused
+        then accepted, and the server checks CRC32, which is used. Else the payload is signed,
+        which every SigV4 server checks: in chunks where the server is seen to check a chunk's
+        signature (`_server_checks_chunks`), as Ceph RGW, MinIO, Garage and AWS do, since the
+        chunks' SHA-256 are mostly known already; else whole, on a second client made for it
+        (moto decodes chunked bodies without checking them). Then the probe object is deleted.
+
+        Each step's answer is kept (`_step`): a transient failure of one fails this PUT
+        (retried as a PUT is), and the next attempt goes on from that step rather than
+        making the ones before it again, so that an S3 server refusing a share of requests
+        (SlowDown, cut connections) does not have to let five in a row through."""
         with self._check_lock:
             if self._check is None:
                 if self._server_checks_crc32():
-                    self._check = BodyCheck.CRC32
+                    check = BodyCheck.CRC32
                 elif self._server_checks_chunks():
-                    self._check = BodyCheck.SHA256_CHUNKED
+                    check = BodyCheck.SHA256_CHUNKED
                 else:
+                    check = BodyCheck.SHA256
+                self._step("probe deleted", self._probe_deleted)
+                if check is BodyCheck.SHA256:
                     self._client = self._make_client(sign_payload=True)
-                    self._check = BodyCheck.SHA256
-                log.info("s3 body check", extra={"bucket": self.location.bucket, "check": self._check.value})
+                self._check = check
+                log.info("s3 body check", extra={"bucket": self.location.bucket, "check": check.value})
             return self._check
+
+    def _probe_deleted(self) -> bool:
+        self.delete(PROBE_NAME)
+        return True
+
+    def _step(self, name: str, probe: Callable[[], bool]) -> bool:
+        """``probe()``'s answer, found once (`body_check`): kept unless it raised."""
+        if name not in self._probed:
+            self._probed[name] = probe()
+        return self._probed[name]
 
     def _server_checks_crc32(self) -> bool:
         """A wrong CRC32 refused and the right one stored (a refusal of both: the header itself
         is not understood)."""
-        try:
-            checks = not self._probe_stored(right=False) and self._probe_stored(right=True)
-        except ObjectStoreError:
-            # Tidy up if it can, but say why the probe failed, not why the tidying did.
-            with contextlib.suppress(ObjectStoreError):
-                self.delete(PROBE_NAME)
-            raise
-        self.delete(PROBE_NAME)
-        return checks
+        return self._step("crc32 wrong refused", lambda: not self._probe_stored(right=False)) and self._step(
+            "crc32 right stored", lambda: self._probe_stored(right=True)
+        )
 
     def _server_checks_chunks(self) -> bool:
-        """A body signed in chunks stored as sent, and refused with one chunk's signature made
-        for other bytes: the server checks each chunk's signature. A server that cannot sign
-        in chunks here (no session to send on), that refuses such bodies, that stores them
-        still encoded, or that takes a wrong signature (moto), does not."""
+        """A body signed in chunks refused with one chunk's signature made for other bytes, and
+        stored with the right ones: the server checks each chunk's signature. A server that
+        cannot be sent such a body here (no session to send on), that refuses such bodies, or
+        that takes a wrong signature (moto), does not. (One that checked the signatures and
+        then stored the body still encoded would be a server that misreads what it checks:
+        not looked for, at the cost of a read on every start.)"""
         if _http_session(self._client) is None:
             return False
         bad = [BodyChunk([PROBE_BODY], len(PROBE_BODY), sha256_hex(PROBE_BODY + b"!"))]
         good = [BodyChunk([PROBE_BODY], len(PROBE_BODY), sha256_hex(PROBE_BODY))]
-        try:
-            checks = (
-                not self._chunked_probe_stored(bad, right=False)
-                and self._chunked_probe_stored(good, right=True)
-                and self.get(PROBE_NAME) == PROBE_BODY
-            )
-        except ObjectStoreError:
-            with contextlib.suppress(ObjectStoreError):
-                self.delete(PROBE_NAME)
-            raise
-        self.delete(PROBE_NAME)
-        return checks
+        return self._step("chunks wrong refused", lambda: not self._chunked_probe_stored(bad, right=False)) and self._step(
+            "chunks right stored", lambda: self._chunked_probe_stored(good, right=True)
+        )
 
     def _chunked_probe_stored(self, chunks: list[BodyChunk], *, right: bool) -> bool:
         """Whether the server stores `PROBE_BODY` sent as ``chunks`` (``right``: signed for its
@@ -430,7 +434,8 @@ class S3ObjectStore:
         key = self._key(name)
         pieces = parts if isinstance(parts, (list, tuple)) else list(parts)
         check_kind = self.body_check()
-        if check_kind is BodyCheck.SHA256_CHUNKED:
+        if check_kind is BodyCheck.SHA256_CHUNKED and any(len(p) for p in pieces):
+            # (an empty body has nothing to check, and Ceph RGW refuses one signed in chunks)
             self._send_chunked(name, key, plan_chunks(pieces, sha256 or {}))
             return
         check = check_kind.headers(pieces)
