@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--s3-pids", default="", help="glob of the S3 server's PID files, for its CPU seconds")
     ap.add_argument("--reclaim", default="", help="shell command run after each deletion (Ceph: gc process)")
     ap.add_argument(
-        "--checksum", default="", help="the PUT body check of cubby's S3 store: auto (its default: crc32 where the server checks it, else sha256), crc32, md5 or sha256"
+        "--checksum", default="", help="the PUT body check of cubby's S3 store: auto (its default: crc32 where the server checks it, else sha256-chunked where it checks those, else sha256), crc32, md5, sha256 or sha256-chunked"
     )
     args = ap.parse_args(argv)
     CHECKSUM[:] = [args.checksum] if args.checksum else []

@@ -268,6 +268,19 @@ def test_a_pack_in_parts_goes_out_as_one_put_carrying_its_check(s3: S3Server, ch
     assert open_s3_object_store(s3.url(prefix)).get("packs/ab/p.pack") == whole
 
 
+def damaged_bodies_are_sent_again(s3: S3Server, prefix: str, faults: Faults, refused: str) -> None:
+    """Through a proxy that damages PUT bodies (``faults``: half of them, one byte each) and
+    checks them as ``faults`` says, new stores' puts all land right: refusals (counted under
+    ``refused``) after the first probe's, and every object reads back as it was put."""
+    with fault_proxy(s3.endpoint, faults) as proxy:
+        store = open_s3_object_store(s3.url(prefix, endpoint=proxy.endpoint), backoff=FAST)
+        for i in range(8):
+            store.put(f"packs/y{i}.pack", bytes([i]) * 50_000)
+    assert proxy.counts["garble_put"] > 0 and proxy.counts[refused] > 1
+    direct = open_s3_object_store(s3.url(prefix), backoff=FAST)
+    assert all(direct.get(f"packs/y{i}.pack") == bytes([i]) * 50_000 for i in range(8))
+
+
 def test_by_default_puts_carry_crc32_where_the_server_checks_it(s3: S3Server) -> None:
     """With no ``checksum`` in the URL, the first PUT asks the server (through a proxy that
     checks x-amz-checksum-crc32 as AWS does): a probe with a wrong CRC32 is refused and one with
@@ -288,12 +301,7 @@ def test_by_default_puts_carry_crc32_where_the_server_checks_it(s3: S3Server) ->
         assert headers["x-amz-checksum-crc32"] == base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
     direct = open_s3_object_store(s3.url(prefix), backoff=FAST)
     assert sorted(name for name, _ in direct.list()) == sorted(packs)
-    with fault_proxy(s3.endpoint, Faults(check_crc32=True, garble_put=0.5, seed=5)) as proxy:
-        store = open_s3_object_store(s3.url(prefix, endpoint=proxy.endpoint), backoff=FAST)
-        for i in range(8):
-            store.put(f"packs/y{i}.pack", bytes([i]) * 50_000)
-    assert proxy.counts["garble_put"] > 0 and proxy.counts["bad_crc32"] > 1
-    assert all(direct.get(f"packs/y{i}.pack") == bytes([i]) * 50_000 for i in range(8))
+    damaged_bodies_are_sent_again(s3, prefix, Faults(check_crc32=True, garble_put=0.5, seed=5), "bad_crc32")
 
 
 def test_by_default_puts_are_signed_in_chunks_where_the_server_checks_those_and_not_crc32(s3: S3Server) -> None:
@@ -318,12 +326,7 @@ def test_by_default_puts_are_signed_in_chunks_where_the_server_checks_those_and_
     assert all(headers["x-amz-content-sha256"] == "STREAMING-AWS4-HMAC-SHA256-PAYLOAD" for headers, _ in sent)
     direct = open_s3_object_store(s3.url(prefix), backoff=FAST)
     assert sorted(name for name, _ in direct.list()) == sorted(packs)
-    with fault_proxy(s3.endpoint, Faults(check_chunks=secret_of(s3), garble_put=0.5, seed=5)) as proxy:
-        store = open_s3_object_store(s3.url(prefix, endpoint=proxy.endpoint), backoff=FAST)
-        for i in range(8):
-            store.put(f"packs/y{i}.pack", bytes([i]) * 50_000)
-    assert proxy.counts["garble_put"] > 0 and proxy.counts["bad_chunk"] > 1
-    assert all(direct.get(f"packs/y{i}.pack") == bytes([i]) * 50_000 for i in range(8))
+    damaged_bodies_are_sent_again(s3, prefix, Faults(check_chunks=secret_of(s3), garble_put=0.5, seed=5), "bad_chunk")
 
 
 def test_on_ceph_the_default_check_is_one_it_makes_and_not_a_whole_signed_payload(s3: S3Server) -> None:

@@ -118,6 +118,20 @@ class FaultProxy:
                 self.counts[fault] += 1
             return fault
 
+    def _refusal(self, method: str, headers: list[str], body: bytes) -> bytes | None:
+        """The answer of a server that checks what the faults say it checks, to a PUT whose
+        body (as it arrived) fails that check; None when it passes (or is not a PUT)."""
+        if method != "PUT":
+            return None
+        secret = self.faults.check_chunks
+        if secret and not chunk_signatures_hold(headers, body, secret):
+            self.counts["bad_chunk"] += 1
+            return _error_response("403 Forbidden", BAD_CHUNK_BODY)
+        if self.faults.check_crc32 and not _crc32_matches(headers, body):
+            self.counts["bad_crc32"] += 1
+            return _error_response("400 Bad Request", BAD_DIGEST_BODY)
+        return None
+
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream: asyncio.StreamWriter | None = None
         try:
@@ -164,23 +178,9 @@ class FaultProxy:
             if fault == "garble_put" and body:
                 middle = len(body) // 2
                 body = body[:middle] + bytes([body[middle] ^ 0x01]) + body[middle + 1 :]
-            secret = self.faults.check_chunks
-            if method == "PUT" and secret and fault != "cut_put" and not chunk_signatures_hold(headers, body, secret):
-                self.counts["bad_chunk"] += 1
-                writer.write(
-                    b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\n"
-                    + f"Content-Length: {len(BAD_CHUNK_BODY)}\r\nConnection: close\r\n\r\n".encode()
-                    + BAD_CHUNK_BODY
-                )
-                await writer.drain()
-                return
-            if method == "PUT" and self.faults.check_crc32 and fault != "cut_put" and not _crc32_matches(headers, body):
-                self.counts["bad_crc32"] += 1
-                writer.write(
-                    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/xml\r\n"
-                    + f"Content-Length: {len(BAD_DIGEST_BODY)}\r\nConnection: close\r\n\r\n".encode()
-                    + BAD_DIGEST_BODY
-                )
+            refusal = self._refusal(method, headers, body) if fault != "cut_put" else None
+            if refusal is not None:
+                writer.write(refusal)
                 await writer.drain()
                 return
             up_reader, upstream = await asyncio.open_connection(self.upstream_host, self.upstream_port)
@@ -204,6 +204,15 @@ class FaultProxy:
             for w in (upstream, writer):
                 if w is not None:
                     w.transport.abort()  # a reset, as a dropped connection looks to a client
+
+
+def _error_response(status: str, body: bytes) -> bytes:
+    """An S3 error answer: ``status`` (``403 Forbidden``) and its XML ``body``, then close."""
+    return (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/xml\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body
+    )
 
 
 def _crc32_matches(headers: list[str], body: bytes) -> bool:
