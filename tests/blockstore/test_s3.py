@@ -177,19 +177,27 @@ def test_a_put_cut_every_time_fails_and_leaves_nothing(s3: S3Server) -> None:
         direct.get("packs/torn.pack")
 
 
-def test_a_pack_in_parts_cut_on_the_way_is_sent_whole_again(s3: S3Server) -> None:
-    """The parts come from a generator, taken once; each retry after a cut sends all of them.
-    (The store's first PUT, which finds out how bodies are checked, is made before the faults.)"""
+@pytest.mark.parametrize("check", [None, BodyCheck.SHA256_CHUNKED], ids=["default", "chunked"])
+def test_a_pack_in_parts_cut_on_the_way_is_sent_whole_again(s3: S3Server, check: BodyCheck | None) -> None:
+    """The parts come from a generator, taken once; each retry after a cut sends all of them,
+    with the check the store found (or was given: signed in chunks, the chunks' hashers handed
+    with the parts are used again on every attempt, never fed). (The store's first PUT, which
+    finds out how bodies are checked, is made before the faults.)"""
     prefix = fresh_prefix()
     parts = [os.urandom(70_000), b"\x00", os.urandom(90_000)]
-    with fault_proxy(s3.endpoint, Faults(), record_puts=True) as proxy:
-        store = through(s3, proxy.endpoint, prefix)
+    known = {0: hashlib.sha256(parts[0])}
+    with fault_proxy(s3.endpoint, Faults(check_chunks=secret_of(s3)), record_puts=True) as proxy:
+        url = s3.url(prefix, endpoint=proxy.endpoint) + (f"&checksum={check.value}" if check else "")
+        store = open_s3_object_store(url, backoff=FAST)
         assert isinstance(store, StreamingPut)
         store.put("checks/first", b"settles the body check")
-        proxy.faults, proxy.puts[:] = Faults(cut_put=0.5, seed=1), []
+        proxy.faults, proxy.puts[:] = Faults(check_chunks=secret_of(s3), cut_put=0.5, seed=1), []
+        proxy.counts.clear()
         for i in range(4):
-            store.put_parts(f"packs/{i}.pack", (p for p in parts))
-    assert proxy.counts["cut_put"] > 0 and all(body == b"".join(parts) for _, body in packs_sent(proxy))
+            store.put_parts(f"packs/{i}.pack", (p for p in parts), known)
+    assert proxy.counts["cut_put"] > 0 and proxy.counts["bad_chunk"] == 0
+    assert all(body == b"".join(parts) for _, body in packs_sent(proxy))
+    assert known[0].hexdigest() == hashlib.sha256(parts[0]).hexdigest()
     direct = open_s3_object_store(s3.url(prefix))
     assert all(direct.get(f"packs/{i}.pack") == b"".join(parts) for i in range(4))
 
