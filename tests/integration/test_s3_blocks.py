@@ -21,7 +21,7 @@ from cubby.client.upload import upload_file
 from cubby.core import proofs
 from cubby.errors import CubbyError, NotFound
 from cubby.server.possession import REMOTE_FIRST
-from tests.helpers.fault_proxy import Faults, fault_proxy
+from tests.helpers.fault_proxy import Faults, decoded_body, fault_proxy
 from tests.helpers.live_server import LiveServer
 from tests.helpers.s3_servers import S3Server, fresh_prefix
 
@@ -159,6 +159,42 @@ def test_gc_with_blocks_on_s3_reclaims_dead_packs_and_keeps_live_files(
     with server:
         got = content(server.url, token, "/live.bin")
         assert got.status_code == 200 and got.content == live
+
+
+def test_a_server_on_a_store_that_checks_chunk_signatures_signs_its_packs_in_chunks(
+    tmp_path: Path, s3_server: S3Server
+) -> None:
+    """Behind a proxy that checks each chunk's signature of a body signed in chunks (as Ceph RGW
+    does; moto does not) and ignores CRC32 (as RGW 16 and moto do), the server's default check
+    is the chunked one: a file of random bytes (raw chunks, whose verifying hashers sign the
+    pack) and one of text (compressed chunks, hashed afresh) go up through real HTTP, every
+    pack PUT is signed in chunks and passes the proxy's check, and both files read back
+    byte-identical, whole and by range."""
+    prefix, db = fresh_prefix(), f"sqlite:///{tmp_path / 'meta.db'}"
+    secret = {**os.environ, **s3_server.credentials}["AWS_SECRET_ACCESS_KEY"]
+    rng = random.Random(5)
+    files = {
+        "/random.bin": rng.randbytes(6_000_000),
+        "/text.txt": b"".join(b"line %d of a text that compresses well\n" % i for i in range(120_000)),
+    }
+    with (
+        fault_proxy(s3_server.endpoint, Faults(check_chunks=secret), record_puts=True) as proxy,
+        s3_server_process(tmp_path, "srv", s3_server, prefix, db, endpoint=proxy.endpoint) as server,
+    ):
+        token = server.add_user("cyd")
+        with ApiClient(server.url, token) as api:
+            for remote, data in files.items():
+                (tmp_path / remote.strip("/")).write_bytes(data)
+                upload_file(api, tmp_path / remote.strip("/"), remote)
+        for remote, data in files.items():
+            got = content(server.url, token, remote)
+            assert got.status_code == 200 and got.content == data, remote
+            part = content(server.url, token, remote, {"Range": "bytes=5000-5999"})
+            assert part.status_code == 206 and part.content == data[5000:6000]
+    packs = [(headers, body) for headers, body in proxy.puts if b"CUBBYPK1" in body[:200]]
+    assert len(packs) >= 2 and proxy.counts["bad_chunk"] == 1  # the start's probe of a wrong signature
+    assert all(headers["x-amz-content-sha256"] == "STREAMING-AWS4-HMAC-SHA256-PAYLOAD" for headers, _ in packs)
+    assert all(decoded_body(headers, body).startswith(b"CUBBYPK1") for headers, body in packs)
 
 
 def test_a_server_rides_out_s3_slowdowns_and_cut_connections(tmp_path: Path, s3_server: S3Server) -> None:
