@@ -469,6 +469,8 @@ class S3ObjectStore:
             raise botocore.exceptions.NoCredentialsError()
         frozen = credentials.get_frozen_credentials()
         region = self._client.meta.region_name
+        # The URL botocore would send this PutObject to (path or virtual-host style, endpoint,
+        # region), from a presigned one whose query (its signature) is dropped.
         url = self._client.generate_presigned_url(
             "put_object", Params={"Bucket": self.location.bucket, "Key": key}, ExpiresIn=900
         ).split("?", 1)[0]
