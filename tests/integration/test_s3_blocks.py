@@ -46,6 +46,20 @@ def content(url: str, token: str, path: str, headers: dict[str, str] | None = No
     )
 
 
+def uploads_read_back(server: LiveServer, token: str, files: dict[str, bytes], tmp_path: Path) -> None:
+    """Upload ``files`` (remote path -> bytes) through ``server``'s API, then read each back
+    through real HTTP, whole and by range (1000 bytes from offset 1000), byte-identical."""
+    with ApiClient(server.url, token) as api:
+        for remote, data in files.items():
+            (tmp_path / remote.strip("/")).write_bytes(data)
+            upload_file(api, tmp_path / remote.strip("/"), remote)
+    for remote, data in files.items():
+        got = content(server.url, token, remote)
+        assert got.status_code == 200 and got.content == data, remote
+        part = content(server.url, token, remote, {"Range": "bytes=1000-1999"})
+        assert part.status_code == 206 and part.content == data[1000:2000]
+
+
 def test_two_blocks_processes_on_one_bucket_serve_each_others_uploads(
     tmp_path: Path, s3_server: S3Server
 ) -> None:
@@ -181,16 +195,7 @@ def test_a_server_on_a_store_that_checks_chunk_signatures_signs_its_packs_in_chu
         fault_proxy(s3_server.endpoint, Faults(check_chunks=secret), record_puts=True) as proxy,
         s3_server_process(tmp_path, "srv", s3_server, prefix, db, endpoint=proxy.endpoint) as server,
     ):
-        token = server.add_user("cyd")
-        with ApiClient(server.url, token) as api:
-            for remote, data in files.items():
-                (tmp_path / remote.strip("/")).write_bytes(data)
-                upload_file(api, tmp_path / remote.strip("/"), remote)
-        for remote, data in files.items():
-            got = content(server.url, token, remote)
-            assert got.status_code == 200 and got.content == data, remote
-            part = content(server.url, token, remote, {"Range": "bytes=5000-5999"})
-            assert part.status_code == 206 and part.content == data[5000:6000]
+        uploads_read_back(server, server.add_user("cyd"), files, tmp_path)
     packs = [(headers, body) for headers, body in proxy.puts if b"CUBBYPK1" in body[:200]]
     assert len(packs) >= 2 and proxy.counts["bad_chunk"] == 1  # the start's probe of a wrong signature
     assert all(headers["x-amz-content-sha256"] == "STREAMING-AWS4-HMAC-SHA256-PAYLOAD" for headers, _ in packs)
@@ -208,16 +213,7 @@ def test_a_server_rides_out_s3_slowdowns_and_cut_connections(tmp_path: Path, s3_
         fault_proxy(s3_server.endpoint, faults) as proxy,
         s3_server_process(tmp_path, "srv", s3_server, prefix, db, endpoint=proxy.endpoint) as server,
     ):
-        token = server.add_user("fay")
-        with ApiClient(server.url, token) as api:
-            for remote, data in files.items():
-                (tmp_path / remote.strip("/")).write_bytes(data)
-                upload_file(api, tmp_path / remote.strip("/"), remote)
-        for remote, data in files.items():
-            got = content(server.url, token, remote)
-            assert got.status_code == 200 and got.content == data, remote
-            part = content(server.url, token, remote, {"Range": "bytes=1000-2999"})
-            assert part.status_code == 206 and part.content == data[1000:3000]
+        uploads_read_back(server, server.add_user("fay"), files, tmp_path)
     assert proxy.counts["slowdown"] and proxy.counts["cut_put"] and proxy.counts["cut_get"]
 
 
