@@ -448,6 +448,11 @@ class S3ObjectStore:
         """`_put_chunked`, its failures made ours (`_fail`). A chunk's signature refused
         (SignatureDoesNotMatch, where the probe saw this server take these bodies) is taken
         for a body damaged on the way, as a signed payload's mismatch is: retryable."""
+        if _http_session(self._client) is None:  # only where the URL asked for this check
+            raise ObjectStoreError(
+                f"put {name}: this botocore keeps its connections where a body signed in chunks"
+                " cannot be sent on them; use checksum=sha256 in the --blocks URL"
+            )
         try:
             self._put_chunked(key, chunks)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
@@ -462,8 +467,6 @@ class S3ObjectStore:
         by the HMAC chain from that signature, sent on the client's own connections (its
         timeouts, proxies and certificates). Raises botocore's exceptions, as its calls do."""
         session = _http_session(self._client)
-        if session is None:
-            raise botocore.exceptions.BotoCoreError(msg="this botocore keeps no session to send a chunked body on")
         credentials = self._session.get_credentials()
         if credentials is None:
             raise botocore.exceptions.NoCredentialsError()
@@ -489,7 +492,7 @@ class S3ObjectStore:
         scope = f"{amz_date[:8]}/{region}/s3/aws4_request"
         signer = ChunkSigner(signing_key(frozen.secret_key, amz_date[:8], region), amz_date, scope, seed)
         request.data = PartsBody(encode(chunks, signer))
-        response = session.send(request.prepare())
+        response = session.send(request.prepare())  # (callers saw a session: `_http_session`)
         content = response.content  # read whole, as botocore reads an answer, so the connection is reused
         if response.status_code == 200:
             return
