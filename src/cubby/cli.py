@@ -266,7 +266,9 @@ def server_data_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 BLOCKS_OPTION = click.option(
     "--blocks", default=None,
-    help="Where chunk packs live: a folder (default DATA/blocks) or s3://BUCKET/PREFIX?endpoint=URL&region=R.",
+    help="Where chunk packs live: a folder (default DATA/blocks) or s3://BUCKET/PREFIX?endpoint=URL&region=R "
+    "(optional too: &checksum=auto|crc32|md5|sha256|sha256-chunked, how PUT bodies are checked, and &timeout=S; "
+    "docs/DEPLOY.md).",
 )
 
 
