@@ -227,3 +227,47 @@ def test_a_chunk_taken_from_under_a_file_is_found_by_its_files(meta: SqlMetadata
     assert report.referenced_chunks == 6 and report.chunks_missing == [victim] and report.places == {victim: None}
     named, _ = files_with_chunks([meta.db], report.damaged)
     assert [f.path for f in named] == ["/f2.bin"]
+
+
+def test_pages_of_two_packs_find_what_one_page_finds(meta: SqlMetadataStore, tmp_path: Path) -> None:
+    """The listing and the pack list are walked a page at a time (neither is held): with
+    pages of two packs, a store with a missing pack, a truncated one, a flipped byte and an
+    orphan spread over many pages gives the report that one page gives."""
+    blocks = PackBlockStore(FolderObjectStore(tmp_path / "blocks"), SqlChunkIndex(meta.db))
+    made = files(meta, blocks, 9)
+    gone, cut = pack_of(blocks, made["/f1.bin"][0]), pack_of(blocks, made["/f5.bin"][0])
+    os.unlink(tmp_path / "blocks" / pack_object_name(gone))
+    os.truncate(tmp_path / "blocks" / pack_object_name(cut), 20)
+    victim = made["/f7.bin"][1]
+    loc = blocks.index.lookup([victim])[victim]
+    path = tmp_path / "blocks" / pack_object_name(loc.pack)
+    raw = bytearray(path.read_bytes())
+    raw[loc.pos + loc.stored_len // 2] ^= 0x40
+    path.write_bytes(bytes(raw))
+    orphan = tmp_path / "blocks" / pack_object_name("00000000000000aaaaaaaaaaaaaaaa")
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"an old pack no index recorded")
+    whole = scrub(blocks, held_chunks(meta.db), read_data=True)
+    paged = scrub(blocks, held_chunks(meta.db), read_data=True, page_size=2)
+    assert paged == whole
+    assert whole.packs == 9 and whole.orphan_packs == 1 and whole.packs_missing == [pack_object_name(gone)]
+    assert whole.packs_wrong_size == [pack_object_name(cut)] and whole.chunks_corrupt == [victim]
+    assert whole.damaged == sorted([*made["/f1.bin"], *made["/f5.bin"], victim])
+
+
+def test_a_pack_recorded_after_the_listing_is_not_absent(meta: SqlMetadataStore, tmp_path: Path) -> None:
+    """An upload beside the check: its pack is put and recorded after the listing was taken
+    (here, a listing that leaves it out). It is looked for on its own before it is called
+    absent, and found: nothing is reported."""
+    objects = FolderObjectStore(tmp_path / "blocks")
+    blocks = PackBlockStore(objects, SqlChunkIndex(meta.db))
+    made = files(meta, blocks, 3)
+    late = pack_object_name(pack_of(blocks, made["/f2.bin"][0]))
+
+    class ListedBefore(FolderObjectStore):
+        def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+            return ((name, size) for name, size in super().list(prefix) if name != late)
+
+    seen = PackBlockStore(ListedBefore(tmp_path / "blocks"), blocks.index)
+    report = scrub(seen, held_chunks(meta.db), read_data=True)
+    assert report.ok and report.packs == 3 and report.packs_absent == [] and report.chunks_read == 4

@@ -27,18 +27,30 @@ Three passes, each reading only what it must:
 A compaction running beside the check (the server may keep serving) is not damage: a pack is
 missing only if chunks are still placed in it when they are looked up, after the listing (a
 compaction moves every live chunk out before it retires a pack, and deletes the object after
-a grace period); a chunk found unlocated is looked up once more after the pass.
+a grace period); a chunk found unlocated is looked up once more after the pass. Nor is an
+upload: a pack recorded after the listing was taken, and so not in it, is looked for on its own
+before it is called absent.
+
+Memory. Neither the pack list nor the listing is held: the listing is written to a scratch
+SQLite file as it comes (`_Listing`, a few dozen bytes a pack on disk), and the recorded packs
+are walked a page at a time (`usage_pages`), each page's listed sizes asked of that file; so a
+store of millions of packs is checked in the memory of a page, as `PackBlockStore.compact`
+walks it. What is held is what is found damaged.
 """
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from types import TracebackType
 
-from cubby.blockstore.index import USAGE_PAGE, iter_usage
+from cubby.blockstore.index import USAGE_PAGE, usage_pages
 from cubby.blockstore.objects import ObjectMissing, ShortRead
-from cubby.blockstore.packfile import pack_id_of, pack_object_name
+from cubby.blockstore.packfile import Location, pack_id_of, pack_object_name
 from cubby.blockstore.packs import PackBlockStore, pack_age
 from cubby.core.batched import batched
 from cubby.core.compression import CorruptChunk
@@ -106,70 +118,135 @@ def scrub(
     read_data: bool = False,
     referenced: Iterable[list[str]] = (),
     progress: Callable[[ScrubReport], None] | None = None,
+    page_size: int = USAGE_PAGE,
 ) -> ScrubReport:
     """Check ``store`` as the module docstring says; ``progress`` gets the report so far after
-    each page of chunks looked up and each pack read."""
+    each page of chunks looked up and each pack read. ``page_size``: packs per page of the
+    listing and of the index's pack list (tests make it small to walk many pages)."""
     told = progress or (lambda _report: None)
     report = ScrubReport(read_data=read_data)
-    usage = {u.pack: u for u in iter_usage(store.index)}
-    report.packs = len(usage)
     report.found_unreadable = store.index.unreadable_count()
-    listed = {pack_id_of(name): size for name, size in store.objects.list("packs/")}
-    now = time.time()
-    for page in batched(listed, USAGE_PAGE):
-        known = store.index.known_among(page)
-        report.orphan_packs += sum(1 for p in page if p not in known and pack_age(p, now) > ORPHAN_AGE)
-    short = {p: listed[p] for p, u in usage.items() if p in listed and listed[p] != u.size}
-    # A pack is missing when chunks are still placed in it, read after the listing: one that
-    # a compaction emptied meanwhile (its object deleted after its grace) holds none.
-    absent = [p for p in usage if p not in listed]
-    report.packs_absent = sorted(absent)
-    lost = store.index.locations_in(absent) if absent else {}
-    report.packs_missing = sorted({pack_object_name(loc.pack) for loc in lost.values()})
-    report.packs_wrong_size = sorted(pack_object_name(p) for p in short)
-    for p, size in short.items():
-        lost.update({h: loc for h, loc in store.index.locations_in([p]).items() if loc.pos + loc.stored_len > size})
-    report.chunks_lost = sorted(lost)
-    report.places.update({h: loc.pack for h, loc in lost.items()})
+    with _Listing(store.objects.list("packs/")) as listed:
+        now = time.time()
+        for names in listed.pages(page_size):
+            known = store.index.known_among(names)
+            report.orphan_packs += sum(1 for p in names if p not in known and pack_age(p, now) > ORPHAN_AGE)
+        lost: dict[str, Location] = {}
+        for page in usage_pages(store.index, page_size):
+            report.packs += len(page)
+            sizes = listed.sizes([u.pack for u in page])
+            # Recorded but not listed: gone, or made after the listing (looked for again).
+            absent = [u.pack for u in page if u.pack not in sizes and not _exists(store, u.pack)]
+            short = {u.pack: sizes[u.pack] for u in page if u.pack in sizes and sizes[u.pack] != u.size}
+            report.packs_absent.extend(absent)
+            # A pack is missing when chunks are still placed in it, read after the listing: one
+            # that a compaction emptied meanwhile (its object deleted after its grace) holds none.
+            found = store.index.locations_in(absent) if absent else {}
+            report.packs_missing.extend(sorted({pack_object_name(loc.pack) for loc in found.values()}))
+            report.packs_wrong_size.extend(pack_object_name(p) for p in short)
+            for p, size in short.items():
+                found.update({h: loc for h, loc in store.index.locations_in([p]).items() if loc.pos + loc.stored_len > size})
+            lost.update(found)
+        report.packs_absent.sort()
+        report.packs_missing.sort()
+        report.packs_wrong_size.sort()
+        report.chunks_lost = sorted(lost)
+        report.places.update({h: loc.pack for h, loc in lost.items()})
 
-    unlocated: list[str] = []
-    for page in held:
-        report.held_chunks += len(page)
-        indexed = store.index.present(page)
-        rest = [h for h in page if h not in indexed]
-        in_legacy = store.legacy.present(rest) if store.legacy is not None and rest else set()
-        unlocated.extend(h for h in rest if h not in in_legacy)
-        if read_data and in_legacy:
-            _read_legacy(store, sorted(in_legacy), report)
-        told(report)
-    report.chunks_unlocated = _still_unplaced(store, unlocated)
-    report.places.update(dict.fromkeys(report.chunks_unlocated))
+        unlocated: list[str] = []
+        for names in held:
+            report.held_chunks += len(names)
+            indexed = store.index.present(names)
+            rest = [h for h in names if h not in indexed]
+            in_legacy = store.legacy.present(rest) if store.legacy is not None and rest else set()
+            unlocated.extend(h for h in rest if h not in in_legacy)
+            if read_data and in_legacy:
+                _read_legacy(store, sorted(in_legacy), report)
+            told(report)
+        report.chunks_unlocated = _still_unplaced(store, unlocated)
+        report.places.update(dict.fromkeys(report.chunks_unlocated))
 
-    read = sorted(p for p in usage if p in listed) if read_data else []
-    for pack in read:  # a short pack's chunks before its end too
-        _read_pack(store, pack, report)
-        told(report)
-
-    if read and report.found_unreadable:
-        # A finding about a pack this check read, whose chunk is still placed there and was
-        # not found damaged: the chunk read intact where a server could not read it.
-        findings = store.index.unreadable(None)
-        located = store.index.lookup(sorted(findings))
-        done = set(read)
-        report.findings_intact = {
-            h: p for h, p in findings.items()
-            if p in done and h not in report.places and h in located and located[h].pack == p
-        }
+        if read_data:
+            findings = store.index.unreadable(None) if report.found_unreadable else {}
+            findings_packs = set(findings.values())
+            done: set[str] = set()  # of the packs findings name, those read
+            for page in usage_pages(store.index, page_size):
+                sizes = listed.sizes([u.pack for u in page])
+                for pack in (u.pack for u in page if u.pack in sizes):  # a short pack's chunks before its end too
+                    _read_pack(store, pack, report)
+                    if pack in findings_packs:
+                        done.add(pack)
+                    told(report)
+            if done:
+                # A finding about a pack this check read, whose chunk is still placed there and
+                # was not found damaged: the chunk read intact where a server could not read it.
+                located = store.index.lookup(sorted(findings))
+                report.findings_intact = {
+                    h: p for h, p in findings.items()
+                    if p in done and h not in report.places and h in located and located[h].pack == p
+                }
 
     missing: set[str] = set()
-    for page in referenced:
-        report.referenced_chunks += len(page)
-        found = store.present(page)
-        missing.update(h for h in page if h not in found and h not in report.places)
+    for names in referenced:
+        report.referenced_chunks += len(names)
+        found_now = store.present(names)
+        missing.update(h for h in names if h not in found_now and h not in report.places)
         told(report)
     report.chunks_missing = _still_unplaced(store, list(missing))
     report.places.update(dict.fromkeys(report.chunks_missing))
     return report
+
+
+def _exists(store: PackBlockStore, pack: str) -> bool:
+    """Whether pack ``pack``'s object is in the store now (an empty read: S3's HEAD)."""
+    try:
+        store.objects.get(pack_object_name(pack), 0, 0)
+    except ObjectMissing:
+        return False
+    return True
+
+
+class _Listing:
+    """One listing of the packs (id and size of each), kept in a scratch SQLite file that is
+    deleted when the block ends, so that a check holds a page of it, not all of it."""
+
+    def __init__(self, listing: Iterable[tuple[str, int]]) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="cubby-check-")
+        self._db = sqlite3.connect(os.path.join(self._dir.name, "listing.db"), isolation_level=None)
+        self._db.execute("PRAGMA journal_mode = OFF")
+        self._db.execute("PRAGMA synchronous = OFF")
+        self._db.execute("CREATE TABLE listed (pack TEXT PRIMARY KEY, size INTEGER NOT NULL) WITHOUT ROWID")
+        for names in batched(listing, 1000):
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO listed VALUES (?, ?)", [(pack_id_of(name), size) for name, size in names]
+            )
+            self._db.execute("COMMIT")
+
+    def pages(self, size: int) -> Iterator[list[str]]:
+        """The listed pack ids in id order, ``size`` at a time."""
+        after = ""
+        while True:
+            got = [r[0] for r in self._db.execute("SELECT pack FROM listed WHERE pack > ? ORDER BY pack LIMIT ?", (after, size))]
+            if not got:
+                return
+            yield got
+            after = got[-1]
+
+    def sizes(self, packs: Sequence[str]) -> dict[str, int]:
+        """The listed size of each of ``packs`` that was listed."""
+        out: dict[str, int] = {}
+        for part in batched(packs, 500):  # (older SQLite allows 999 parameters)
+            marks = ",".join("?" * len(part))
+            out.update(self._db.execute(f"SELECT pack, size FROM listed WHERE pack IN ({marks})", part).fetchall())
+        return out
+
+    def __enter__(self) -> _Listing:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._db.close()
+        self._dir.cleanup()
 
 
 def _still_unplaced(store: PackBlockStore, names: list[str]) -> list[str]:
