@@ -1,16 +1,22 @@
 """The collector's memory against the size of the store (issue 11, item 4): `cubby gc`'s
 repacking pass (`PackBlockStore.compact`) over a store of many packs, beside the pack list
-read whole, which is what the pass held before it walked the list in pages.
+read whole, which is what the pass held before it walked the list in pages; and `cubby admin
+check`'s pack passes (`scrub`, without reading data), which held the pack list and the
+listing whole until they too were walked in pages.
 
 The store is made as the server makes it, only faster: packs recorded in the chunk index of a
 SQLite metadata database (`SqlChunkIndex.add_packs`, one chunk each, every chunk alive and every
 pack full, so that nothing is to rewrite and the walk is all there is) and one object per pack in
-a folder store (a few bytes each: the listing is what the pass reads of them).
+a folder store (a few bytes each, made sparse to the recorded size: the listing is what the
+passes read of them).
 
 Rows:
 - reference: the pack list read whole (`iter_usage` in one page) and the listing's names
   checked against the index all at once (`ChunkIndex.known_among`), held together;
-- the pass itself.
+- the pass itself;
+- the check's pack passes (no held chunks given: the pack list and the listing are what is
+  measured). SQLite's own page cache for the scratch file the listing goes to is outside
+  Python's heap, and bounded (2 MiB by default).
 
 The figure is the peak of Python's heap above where each started (`tracemalloc`), and its
 ratio is the reference's peak over the pass's (above 1: the pass holds less); seconds are
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import shutil
 import sys
 import time
@@ -41,6 +48,7 @@ from cubby.blockstore.folder import FolderObjectStore
 from cubby.blockstore.index import NewPack, iter_usage
 from cubby.blockstore.packfile import Location, pack_id_of, pack_object_name
 from cubby.blockstore.packs import TARGET_PACK, PackBlockStore
+from cubby.blockstore.scrub import scrub
 from cubby.metadata.chunk_index import SqlChunkIndex
 from cubby.metadata.store import open_store
 
@@ -61,6 +69,7 @@ def make_store(folder: Path, count: int) -> tuple[PackBlockStore, Callable[[], N
             name = hashlib.sha256(i.to_bytes(8, "big")).hexdigest()
             batch.append(NewPack(pack, TARGET_PACK, TARGET_PACK - 64, [(name, Location(pack, 8, TARGET_PACK - 64, TARGET_PACK))]))
             objects.put(pack_object_name(pack), b"pack")
+            os.truncate(folder / "blocks" / pack_object_name(pack), TARGET_PACK)
         index.add_packs(batch)
         made += len(batch)
         print(f"  recorded {made:,} packs", end="\r", flush=True)
@@ -112,7 +121,17 @@ def main(argv: list[str] | None = None) -> None:
                 raise SystemExit(f"the store was not as made: {stats}")
             return stats
 
-        for name, work in (("the pack list read whole (reference)", whole), ("compact(): the pack list walked in pages", walk)):
+        def check() -> object:
+            found = scrub(store, ())
+            if not found.ok or found.packs != args.packs:
+                raise SystemExit(f"the store was not as made: {found}")
+            return found
+
+        for name, work in (
+            ("the pack list read whole (reference)", whole),
+            ("compact(): the pack list walked in pages", walk),
+            ("scrub() (cubby admin check): pack list in pages, listing on disk", check),
+        ):
             peak = peak_of(work)
             seconds = seconds_of(work)
             ref = None if work is whole else "the pack list read whole (reference)"
