@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,9 @@ import pytest
 from sqlalchemy import delete
 
 from cubby.blockstore.folder import FolderObjectStore
-from cubby.blockstore.index import iter_usage
+from cubby.blockstore.index import NewPack, iter_usage
 from cubby.blockstore.objects import open_object_store
-from cubby.blockstore.packfile import pack_object_name
+from cubby.blockstore.packfile import Location, pack_object_name
 from cubby.blockstore.packs import PackBlockStore
 from cubby.blockstore.scrub import scrub
 from cubby.core.compression import CorruptChunk
@@ -271,3 +272,25 @@ def test_a_pack_recorded_after_the_listing_is_not_absent(meta: SqlMetadataStore,
     seen = PackBlockStore(ListedBefore(tmp_path / "blocks"), blocks.index)
     report = scrub(seen, held_chunks(meta.db), read_data=True)
     assert report.ok and report.packs == 3 and report.packs_absent == [] and report.chunks_read == 4
+
+
+def test_packs_made_long_before_the_listing_are_not_looked_for_one_by_one(meta: SqlMetadataStore, tmp_path: Path) -> None:
+    """A store that is not this index's (every recorded pack unlisted, as a wrong --blocks
+    gives): packs made more than an hour before the listing are missing without a lookup of
+    each, so that such a check does not make a request per pack."""
+    index = SqlChunkIndex(meta.db)
+    old = int(time.time()) - 7200
+    packs = [f"{old:010x}{i:024x}" for i in range(5)]
+    index.add_packs([
+        NewPack(p, 100, 90, [(hashlib.sha256(p.encode()).hexdigest(), Location(p, 8, 90, 90))]) for p in packs
+    ])
+    reads: list[tuple[str, int, int | None]] = []
+
+    class Counting(FolderObjectStore):
+        def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+            reads.append((name, offset, length))
+            return super().get(name, offset, length)
+
+    report = scrub(PackBlockStore(Counting(tmp_path / "elsewhere"), index), (), page_size=2)
+    assert report.packs_absent == sorted(packs) and report.packs_missing == sorted(pack_object_name(p) for p in packs)
+    assert reads == []

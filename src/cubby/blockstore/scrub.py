@@ -29,7 +29,8 @@ missing only if chunks are still placed in it when they are looked up, after the
 compaction moves every live chunk out before it retires a pack, and deletes the object after
 a grace period); a chunk found unlocated is looked up once more after the pass. Nor is an
 upload: a pack recorded after the listing was taken, and so not in it, is looked for on its own
-before it is called absent.
+before it is called absent (a pack made less than `ORPHAN_AGE` before the listing began: an
+older one was recorded, if at all, long before).
 
 Memory. Neither the pack list nor the listing is held: the listing is written to a scratch
 SQLite file as it comes (`_Listing`, a few dozen bytes a pack on disk), and the recorded packs
@@ -126,6 +127,7 @@ def scrub(
     told = progress or (lambda _report: None)
     report = ScrubReport(read_data=read_data)
     report.found_unreadable = store.index.unreadable_count()
+    started = time.time()
     with _Listing(store.objects.list("packs/")) as listed:
         now = time.time()
         for names in listed.pages(page_size):
@@ -135,8 +137,13 @@ def scrub(
         for page in usage_pages(store.index, page_size):
             report.packs += len(page)
             sizes = listed.sizes([u.pack for u in page])
-            # Recorded but not listed: gone, or made after the listing (looked for again).
-            absent = [u.pack for u in page if u.pack not in sizes and not _exists(store, u.pack)]
+            # Recorded but not listed: gone, or made after the listing began (younger than
+            # `ORPHAN_AGE` then: looked for again, one by one; a store that is not this
+            # index's, where every pack is unlisted, costs no such lookups for older ones).
+            absent = [
+                u.pack for u in page
+                if u.pack not in sizes and (pack_age(u.pack, started) > ORPHAN_AGE or not _exists(store, u.pack))
+            ]
             short = {u.pack: sizes[u.pack] for u in page if u.pack in sizes and sizes[u.pack] != u.size}
             report.packs_absent.extend(absent)
             # A pack is missing when chunks are still placed in it, read after the listing: one
