@@ -222,13 +222,17 @@ class _Listing:
         self._db = sqlite3.connect(os.path.join(self._dir.name, "listing.db"), isolation_level=None)
         self._db.execute("PRAGMA journal_mode = OFF")
         self._db.execute("PRAGMA synchronous = OFF")
-        self._db.execute("CREATE TABLE listed (pack TEXT PRIMARY KEY, size INTEGER NOT NULL) WITHOUT ROWID")
-        for names in batched(listing, 1000):
-            self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT OR REPLACE INTO listed VALUES (?, ?)", [(pack_id_of(name), size) for name, size in names]
-            )
-            self._db.execute("COMMIT")
+        try:
+            self._db.execute("CREATE TABLE listed (pack TEXT PRIMARY KEY, size INTEGER NOT NULL) WITHOUT ROWID")
+            for names in batched(listing, 1000):
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO listed VALUES (?, ?)", [(pack_id_of(name), size) for name, size in names]
+                )
+                self._db.execute("COMMIT")
+        except BaseException:  # the listing failed (the store did not answer): no file is left
+            self.__exit__(None, None, None)
+            raise
 
     def pages(self, size: int) -> Iterator[list[str]]:
         """The listed pack ids in id order, ``size`` at a time."""
