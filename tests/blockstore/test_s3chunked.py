@@ -11,12 +11,12 @@ import pytest
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from cubby.blockstore.s3 import _StreamingAuth
 from cubby.blockstore.s3chunked import (
     CHUNK_TARGET,
     MIN_CHUNK,
     BodyChunk,
     ChunkSigner,
+    StreamingAuth,
     encode,
     encoded_length,
     plan_chunks,
@@ -40,7 +40,7 @@ CHUNK_SIGNATURES = [
 EXAMPLE_BODY = b"a" * 66560
 
 
-class _AtExampleTime(_StreamingAuth):
+class _AtExampleTime(StreamingAuth):
     """cubby's request signer, at the example's time rather than now."""
 
     def add_auth(self, request: AWSRequest) -> None:

@@ -71,7 +71,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import boto3
 import botocore.exceptions
-from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 
@@ -81,9 +80,9 @@ from cubby.blockstore.readahead import ReadAheadObjectStore
 from cubby.blockstore.retrying import Backoff, RetryingObjectStore
 from cubby.blockstore.s3body import BodyCheck, PartsBody
 from cubby.blockstore.s3chunked import (
-    STREAMING_PAYLOAD,
     BodyChunk,
     ChunkSigner,
+    StreamingAuth,
     encode,
     encoded_length,
     plan_chunks,
@@ -140,21 +139,6 @@ _TRANSIENT_EXCEPTIONS: tuple[type[Exception], ...] = (
 )
 
 
-def _send_in_blocks(client: Any, size: int) -> None:
-    """Make the connections ``client`` opens from now on send bodies in writes of ``size``
-    bytes (`SEND_BLOCK`). There is no setting for it: botocore chooses its
-    own (128 KiB), as urllib3's ``blocksize`` in the keyword arguments its pool manager gives
-    every connection pool it makes, and this replaces that value where botocore set it. Where
-    it did not (urllib3 1.x, which has no such argument) or keeps it elsewhere, the client is
-    left as it is: the writes are then smaller, and nothing else changes."""
-    manager = getattr(getattr(getattr(client, "_endpoint", None), "http_session", None), "_manager", None)
-    pool_kw = getattr(manager, "connection_pool_kw", None)
-    if not isinstance(pool_kw, dict) or "blocksize" not in pool_kw:
-        log.info("s3 send block left to botocore", extra={"reason": "no blocksize where botocore keeps it"})
-        return
-    pool_kw["blocksize"] = size
-
-
 def _http_session(client: Any) -> Any:
     """The connections ``client`` sends its requests on (botocore's ``URLLib3Session``, with the
     client's timeouts, proxies, certificates and `SEND_BLOCK`), for the PUTs this store signs
@@ -163,12 +147,19 @@ def _http_session(client: Any) -> Any:
     return session if callable(getattr(session, "send", None)) else None
 
 
-class _StreamingAuth(S3SigV4Auth):
-    """botocore's S3 SigV4, for a body signed in chunks: the payload's hash in the request's
-    signature is `STREAMING_PAYLOAD` (botocore would hash the body, or say it is unsigned)."""
-
-    def payload(self, request: Any) -> str:
-        return STREAMING_PAYLOAD
+def _send_in_blocks(client: Any, size: int) -> None:
+    """Make the connections ``client`` opens from now on send bodies in writes of ``size``
+    bytes (`SEND_BLOCK`). There is no setting for it: botocore chooses its
+    own (128 KiB), as urllib3's ``blocksize`` in the keyword arguments its pool manager gives
+    every connection pool it makes, and this replaces that value where botocore set it. Where
+    it did not (urllib3 1.x, which has no such argument) or keeps it elsewhere, the client is
+    left as it is: the writes are then smaller, and nothing else changes."""
+    manager = getattr(_http_session(client), "_manager", None)
+    pool_kw = getattr(manager, "connection_pool_kw", None)
+    if not isinstance(pool_kw, dict) or "blocksize" not in pool_kw:
+        log.info("s3 send block left to botocore", extra={"reason": "no blocksize where botocore keeps it"})
+        return
+    pool_kw["blocksize"] = size
 
 
 _ERROR_FIELD = re.compile(r"<(Code|Message)>([^<]{0,500})</\1>")
@@ -448,11 +439,6 @@ class S3ObjectStore:
         """`_put_chunked`, its failures made ours (`_fail`). A chunk's signature refused
         (SignatureDoesNotMatch, where the probe saw this server take these bodies) is taken
         for a body damaged on the way, as a signed payload's mismatch is: retryable."""
-        if _http_session(self._client) is None:  # only where the URL asked for this check
-            raise ObjectStoreError(
-                f"put {name}: this botocore keeps its connections where a body signed in chunks"
-                " cannot be sent on them; use checksum=sha256 in the --blocks URL"
-            )
         try:
             self._put_chunked(key, chunks)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
@@ -463,10 +449,17 @@ class S3ObjectStore:
 
     def _put_chunked(self, key: str, chunks: list[BodyChunk]) -> None:
         """PUT ``chunks`` as ``key``, signed in chunks (`cubby.blockstore.s3chunked`): the
-        request signed by botocore's SigV4 with `STREAMING_PAYLOAD` for its payload, each chunk
+        request signed by botocore's SigV4 with the streaming payload (`StreamingAuth`), each chunk
         by the HMAC chain from that signature, sent on the client's own connections (its
-        timeouts, proxies and certificates). Raises botocore's exceptions, as its calls do."""
+        timeouts, proxies and certificates). Raises botocore's exceptions, as its calls do, and
+        `ObjectStoreError` where there is no such session (the probe does not choose this check
+        then: only a URL that names it comes here)."""
         session = _http_session(self._client)
+        if session is None:
+            raise ObjectStoreError(
+                f"put {key}: this botocore keeps its connections where a body signed in chunks"
+                " cannot be sent on them; use checksum=sha256 in the --blocks URL"
+            )
         credentials = self._session.get_credentials()
         if credentials is None:
             raise botocore.exceptions.NoCredentialsError()
@@ -486,13 +479,13 @@ class S3ObjectStore:
                 "Content-Length": str(encoded_length(chunks)),
             },
         )
-        _StreamingAuth(frozen, "s3", region).add_auth(request)
+        StreamingAuth(frozen, "s3", region).add_auth(request)
         amz_date = request.headers["X-Amz-Date"]
         seed = request.headers["Authorization"].rsplit("Signature=", 1)[1]
         scope = f"{amz_date[:8]}/{region}/s3/aws4_request"
         signer = ChunkSigner(signing_key(frozen.secret_key, amz_date[:8], region), amz_date, scope, seed)
         request.data = PartsBody(encode(chunks, signer))
-        response = session.send(request.prepare())  # (callers saw a session: `_http_session`)
+        response = session.send(request.prepare())
         content = response.content  # read whole, as botocore reads an answer, so the connection is reused
         if response.status_code == 200:
             return

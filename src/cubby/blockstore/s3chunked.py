@@ -31,6 +31,9 @@ import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from botocore.auth import S3SigV4Auth
 
 from cubby.core.hashing import Sha256State, update_holding
 
@@ -45,6 +48,15 @@ hashes a chunk before it knows whether its signature holds)."""
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _SIGNATURE_LINE = len(";chunk-signature=") + 64 + 2
 """Bytes of a chunk's header line after its size in hex."""
+
+
+class StreamingAuth(S3SigV4Auth):
+    """botocore's S3 SigV4, for a body signed in chunks: the payload's hash in the request's
+    signature is `STREAMING_PAYLOAD` (botocore would hash the body, or say it is unsigned). Its
+    signature is the first link of the chunks' chain (`ChunkSigner`'s ``seed``)."""
+
+    def payload(self, request: Any) -> str:
+        return STREAMING_PAYLOAD
 
 
 @dataclass(frozen=True, slots=True)
