@@ -56,6 +56,17 @@ def files(meta: SqlMetadataStore, blocks: PackBlockStore, count: int, seed: int 
     return out
 
 
+def flip_byte(blocks: PackBlockStore, root: Path, chunk: str) -> Location:
+    """Flip one bit in the middle of ``chunk``'s stored bytes in its pack file under ``root``
+    (a bit flipped at rest); where the chunk is."""
+    loc = blocks.index.lookup([chunk])[chunk]
+    path = root / pack_object_name(loc.pack)
+    raw = bytearray(path.read_bytes())
+    raw[loc.pos + loc.stored_len // 2] ^= 0x40
+    path.write_bytes(bytes(raw))
+    return loc
+
+
 def pack_of(blocks: PackBlockStore, chunk: str) -> str:
     return blocks.index.lookup([chunk])[chunk].pack
 
@@ -75,11 +86,7 @@ def test_a_flipped_byte_is_found_only_by_reading_and_names_its_file(meta: SqlMet
     blocks = PackBlockStore(FolderObjectStore(tmp_path / "blocks"), SqlChunkIndex(meta.db))
     made = files(meta, blocks, 3)
     victim = made["/f1.bin"][1]
-    loc = blocks.index.lookup([victim])[victim]
-    path = tmp_path / "blocks" / pack_object_name(loc.pack)
-    raw = bytearray(path.read_bytes())
-    raw[loc.pos + loc.stored_len // 2] ^= 0x40
-    path.write_bytes(bytes(raw))
+    flip_byte(blocks, tmp_path / "blocks", victim)
     assert scrub(blocks, held_chunks(meta.db)).ok  # the structure is whole: only reading tells
     report = scrub(blocks, held_chunks(meta.db), read_data=True)
     assert not report.ok and report.chunks_corrupt == [victim] and report.damaged == [victim]
@@ -97,11 +104,7 @@ def test_a_finding_whose_chunk_reads_intact_is_told_apart_and_dropped_by_a_repai
     blocks = PackBlockStore(FolderObjectStore(tmp_path / "blocks"), SqlChunkIndex(meta.db))
     made = files(meta, blocks, 2)
     bad, fine = made["/f0.bin"][0], made["/f1.bin"][1]
-    loc = blocks.index.lookup([bad])[bad]
-    path = tmp_path / "blocks" / pack_object_name(loc.pack)
-    raw = bytearray(path.read_bytes())
-    raw[loc.pos + loc.stored_len // 2] ^= 0x40
-    path.write_bytes(bytes(raw))
+    loc = flip_byte(blocks, tmp_path / "blocks", bad)
     with pytest.raises(CorruptChunk):
         blocks.get(bad)  # a server's read: its finding
     blocks.index.mark_unreadable({fine: pack_of(blocks, fine)})  # a read that failed once
@@ -240,11 +243,7 @@ def test_pages_of_two_packs_find_what_one_page_finds(meta: SqlMetadataStore, tmp
     os.unlink(tmp_path / "blocks" / pack_object_name(gone))
     os.truncate(tmp_path / "blocks" / pack_object_name(cut), 20)
     victim = made["/f7.bin"][1]
-    loc = blocks.index.lookup([victim])[victim]
-    path = tmp_path / "blocks" / pack_object_name(loc.pack)
-    raw = bytearray(path.read_bytes())
-    raw[loc.pos + loc.stored_len // 2] ^= 0x40
-    path.write_bytes(bytes(raw))
+    flip_byte(blocks, tmp_path / "blocks", victim)
     orphan = tmp_path / "blocks" / pack_object_name("00000000000000aaaaaaaaaaaaaaaa")
     orphan.parent.mkdir(parents=True, exist_ok=True)
     orphan.write_bytes(b"an old pack no index recorded")
