@@ -82,6 +82,9 @@ def test_url_parsing() -> None:
     assert S3Location.parse("s3://b?checksum=crc32").checksum is BodyCheck.CRC32
     assert S3Location.parse("s3://b?checksum=md5").checksum is BodyCheck.MD5
     assert S3Location.parse("s3://b/p?region=r&checksum=sha256").checksum is BodyCheck.SHA256
+    assert S3Location.parse("s3://b?checksum=sha256-chunked").checksum is BodyCheck.SHA256_CHUNKED
+    with pytest.raises(BadRequest, match="auto, crc32, md5, sha256 or sha256-chunked"):
+        S3Location.parse("s3://b?checksum=sha256-chunk")
     assert S3Location.parse("s3://b").timeout == 20.0
     assert S3Location.parse("s3://b?timeout=2.5").timeout == 2.5
     for bad in [
