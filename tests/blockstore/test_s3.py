@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 
 from cubby.blockstore.objects import (
@@ -21,6 +22,7 @@ from cubby.blockstore.objects import (
     ObjectStoreError,
     StreamingPut,
     open_object_store,
+    signed_read,
 )
 from cubby.blockstore.packs import PackBlockStore
 from cubby.blockstore.retrying import Backoff, RetryingObjectStore
@@ -40,11 +42,6 @@ def packs_sent(proxy: FaultProxy) -> list[tuple[dict[str, str], bytes]]:
     with what it stores (a body signed in chunks decoded)."""
     sent = [(headers, decoded_body(headers, body)) for headers, body in proxy.puts]
     return [(headers, body) for headers, body in sent if body != PROBE_BODY]
-
-
-def secret_of(s3: S3Server) -> str:
-    """The secret key the store signs with on ``s3`` (for a proxy that checks signatures)."""
-    return {**os.environ, **s3.credentials}["AWS_SECRET_ACCESS_KEY"]
 
 
 def named(data: bytes) -> tuple[str, bytes]:
@@ -93,6 +90,43 @@ def test_url_parsing() -> None:
     ]:
         with pytest.raises(BadRequest):
             S3Location.parse(bad)
+
+
+def test_downloads_and_public_endpoint_in_the_url() -> None:
+    assert S3Location.parse("s3://b").direct is False
+    assert S3Location.parse("s3://b?downloads=proxied").direct is False
+    direct = S3Location.parse("s3://b?endpoint=http://10.0.0.5:7480&downloads=direct&public_endpoint=https://s3.example.com")
+    assert direct.direct is True and direct.public_endpoint == "https://s3.example.com"
+    with pytest.raises(BadRequest, match=r"proxied \(through the blocks processes\) or direct"):
+        S3Location.parse("s3://b?downloads=straight")
+    with pytest.raises(BadRequest, match="for downloads=direct"):
+        S3Location.parse("s3://b?public_endpoint=https://s3.example.com")
+    for bad in ["ftp://s3.example.com", "s3.example.com", "https://"]:
+        with pytest.raises(BadRequest, match="public_endpoint"):
+            S3Location.parse(f"s3://b?downloads=direct&public_endpoint={bad}")
+
+
+def test_a_signed_read_names_the_public_endpoint_and_signs_its_range(s3: S3Server) -> None:
+    """With ``downloads=direct`` the store signs a GET of exactly the bytes asked for, on the
+    endpoint clients reach (through the retrying and read-ahead wrappers); without it, none."""
+    prefix = fresh_prefix()
+    plain = open_s3_object_store(s3.url(prefix))
+    assert signed_read(plain, "packs/ab/x.pack", 8, 100) is None
+    plain.close()
+    with fault_proxy(s3.endpoint, Faults(check_query=s3.secret)) as proxy:
+        store = open_s3_object_store(s3.url(prefix) + f"&downloads=direct&public_endpoint={proxy.endpoint}")
+        try:
+            store.put("packs/ab/x.pack", b"0123456789" * 20)
+            read = signed_read(store, "packs/ab/x.pack", 8, 100)
+            assert read is not None and read.headers == {"Range": "bytes=8-107"}
+            assert read.url.startswith(f"{proxy.endpoint}/{s3.bucket}/{prefix}/packs/ab/x.pack?")
+            assert "X-Amz-SignedHeaders=host%3Brange" in read.url and "X-Amz-Expires=300" in read.url
+            got = httpx.get(read.url, headers=dict(read.headers), timeout=30)
+            assert got.status_code == 206 and got.content == (b"0123456789" * 20)[8:108]
+            assert httpx.get(read.url, headers={"Range": "bytes=0-107"}, timeout=30).status_code == 403
+            assert signed_read(store, "packs/ab/x.pack", 8, 0) is None
+        finally:
+            store.close()
 
 
 def test_a_missing_bucket_is_a_final_error(s3: S3Server) -> None:
@@ -189,12 +223,12 @@ def test_a_pack_in_parts_cut_on_the_way_is_sent_whole_again(s3: S3Server, check:
     prefix = fresh_prefix()
     parts = [os.urandom(70_000), b"\x00", os.urandom(90_000)]
     known = {0: hashlib.sha256(parts[0])}
-    with fault_proxy(s3.endpoint, Faults(check_chunks=secret_of(s3)), record_puts=True) as proxy:
+    with fault_proxy(s3.endpoint, Faults(check_chunks=s3.secret), record_puts=True) as proxy:
         url = s3.url(prefix, endpoint=proxy.endpoint) + (f"&checksum={check.value}" if check else "")
         store = open_s3_object_store(url, backoff=FAST)
         assert isinstance(store, StreamingPut)
         store.put("checks/first", b"settles the body check")
-        proxy.faults, proxy.puts[:] = Faults(check_chunks=secret_of(s3), cut_put=0.5, seed=1), []
+        proxy.faults, proxy.puts[:] = Faults(check_chunks=s3.secret, cut_put=0.5, seed=1), []
         proxy.counts.clear()
         for i in range(4):
             store.put_parts(f"packs/{i}.pack", (p for p in parts), known)
@@ -251,7 +285,7 @@ def test_a_pack_in_parts_goes_out_as_one_put_carrying_its_check(s3: S3Server, ch
     prefix = fresh_prefix()
     parts = [b"CUBBYPK1", *(p for _ in range(40) for p in (b"\x00", os.urandom(4096))), b"\x01", os.urandom(300_000)]
     whole = b"".join(parts)
-    with fault_proxy(s3.endpoint, Faults(check_chunks=secret_of(s3)), record_puts=True) as proxy:
+    with fault_proxy(s3.endpoint, Faults(check_chunks=s3.secret), record_puts=True) as proxy:
         url = s3.url(prefix, endpoint=proxy.endpoint) + f"&checksum={check.value}"
         store = open_s3_object_store(url, backoff=FAST)
         assert isinstance(store, StreamingPut)
@@ -325,7 +359,7 @@ def test_by_default_puts_are_signed_in_chunks_where_the_server_checks_those_and_
         pytest.skip("whether this server ignores CRC32 depends on its version; moto's does")
     prefix = fresh_prefix()
     packs = {f"packs/{i}.pack": os.urandom(30_000 + i) for i in range(4)}
-    with fault_proxy(s3.endpoint, Faults(check_chunks=secret_of(s3)), record_puts=True) as proxy:
+    with fault_proxy(s3.endpoint, Faults(check_chunks=s3.secret), record_puts=True) as proxy:
         store = open_s3_object_store(s3.url(prefix, endpoint=proxy.endpoint), backoff=FAST)
         for name, data in packs.items():
             store.put(name, data)
@@ -337,7 +371,7 @@ def test_by_default_puts_are_signed_in_chunks_where_the_server_checks_those_and_
     assert all(headers["x-amz-content-sha256"] == "STREAMING-AWS4-HMAC-SHA256-PAYLOAD" for headers, _ in sent)
     direct = open_s3_object_store(s3.url(prefix), backoff=FAST)
     assert sorted(name for name, _ in direct.list()) == sorted(packs)
-    damaged_bodies_are_sent_again(s3, prefix, Faults(check_chunks=secret_of(s3), garble_put=0.5, seed=5), "bad_chunk")
+    damaged_bodies_are_sent_again(s3, prefix, Faults(check_chunks=s3.secret, garble_put=0.5, seed=5), "bad_chunk")
 
 
 def test_on_ceph_the_default_check_is_one_it_makes_and_not_a_whole_signed_payload(s3: S3Server) -> None:

@@ -28,17 +28,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import calendar
 import hashlib
 import hmac
 import random
 import re
 import socket
 import threading
+import time
 import zlib
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, quote
 
 BAD_DIGEST_BODY = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>BadDigest</Code>'
@@ -47,6 +50,10 @@ BAD_DIGEST_BODY = (
 BAD_CHUNK_BODY = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SignatureDoesNotMatch</Code>'
     b"<Message>The chunk signature does not match.</Message></Error>"
+)
+BAD_QUERY_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SignatureDoesNotMatch</Code>'
+    b"<Message>The request signature we calculated does not match the signature you provided.</Message></Error>"
 )
 SLOWDOWN_BODY = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
@@ -74,6 +81,11 @@ class Faults:
     checks them (AWS, Ceph RGW, MinIO; moto decodes them unchecked): a PUT whose chunk
     signatures (as it arrives) do not hold is answered 403 SignatureDoesNotMatch and not
     forwarded."""
+    check_query: str | None = None
+    """The secret key to check presigned GETs with, standing in for a server that checks them
+    (moto serves them unchecked): a GET whose query signature (`query_signature_holds`) does
+    not hold for the request as it arrives (a Range header other than the one signed), or
+    has expired, is answered 403 SignatureDoesNotMatch and not forwarded."""
 
 
 @dataclass
@@ -118,9 +130,15 @@ class FaultProxy:
                 self.counts[fault] += 1
             return fault
 
-    def _refusal(self, method: str, headers: list[str], body: bytes) -> bytes | None:
+    def _refusal(self, method: str, target: str, headers: list[str], body: bytes) -> bytes | None:
         """The answer of a server that checks what the faults say it checks, to a PUT whose
-        body (as it arrived) fails that check; None when it passes (or is not a PUT)."""
+        body (as it arrived) fails that check, or a presigned GET whose signature does not
+        hold; None when it passes."""
+        if method == "GET" and self.faults.check_query and "X-Amz-Signature=" in target:
+            if not query_signature_holds(method, target, headers, self.faults.check_query):
+                self.counts["bad_query"] += 1
+                return _error_response("403 Forbidden", BAD_QUERY_BODY)
+            return None
         if method != "PUT":
             return None
         secret = self.faults.check_chunks
@@ -178,7 +196,8 @@ class FaultProxy:
             if fault == "garble_put" and body:
                 middle = len(body) // 2
                 body = body[:middle] + bytes([body[middle] ^ 0x01]) + body[middle + 1 :]
-            refusal = self._refusal(method, headers, body) if fault != "cut_put" else None
+            target = lines[0].split(" ")[1] if lines[0].count(" ") >= 2 else "/"
+            refusal = self._refusal(method, target, headers, body) if fault != "cut_put" else None
             if refusal is not None:
                 writer.write(refusal)
                 await writer.drain()
@@ -282,6 +301,48 @@ def chunk_signatures_hold(headers: list[str], body: bytes, secret: str) -> bool:
         if previous != signature:
             return False
     return sum(len(data) for data, _ in chunks) == int(fields.get("x-amz-decoded-content-length", "-1"))
+
+
+def query_signature_holds(method: str, target: str, headers: list[str], secret: str, now: float | None = None) -> bool:
+    """Whether the SigV4 signature in the query of a presigned request holds for the request
+    as it arrived (``target``: its path and query; ``headers``: its header lines), and has not
+    expired: the canonical request from the signed headers' values, per AWS's description
+    of query-string authentication (``UNSIGNED-PAYLOAD``)."""
+    path, _, query = target.partition("?")
+    params = parse_qsl(query, keep_blank_values=True)
+    given = dict(params)
+    fields = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in headers)}
+    credential = given.get("X-Amz-Credential", "").split("/")
+    signed = given.get("X-Amz-SignedHeaders", "").split(";")
+    if len(credential) != 5 or "X-Amz-Signature" not in given or any(h not in fields for h in signed):
+        return False
+    stamp = given.get("X-Amz-Date", "")
+    try:
+        start = calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%SZ"))
+        expires = int(given.get("X-Amz-Expires", "0"))
+    except ValueError:
+        return False
+    if (time.time() if now is None else now) > start + expires:
+        return False
+
+    def enc(text: str) -> str:
+        return quote(text, safe="-_.~")
+
+    canonical = "\n".join([
+        method,
+        path,
+        "&".join(f"{enc(k)}={enc(v)}" for k, v in sorted(params) if k != "X-Amz-Signature"),
+        "".join(f"{h}:{' '.join(fields[h].split())}\n" for h in signed),
+        ";".join(signed),
+        "UNSIGNED-PAYLOAD",
+    ])
+    date, region, service = credential[1:4]
+    scope = f"{date}/{region}/{service}/aws4_request"
+    text = "\n".join(["AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    key = hmac.new(f"AWS4{secret}".encode(), date.encode(), hashlib.sha256).digest()
+    for step in (region, service, "aws4_request"):
+        key = hmac.new(key, step.encode(), hashlib.sha256).digest()
+    return hmac.compare_digest(hmac.new(key, text.encode(), hashlib.sha256).hexdigest(), given["X-Amz-Signature"])
 
 
 def _close_after(response: bytes) -> bytes:

@@ -58,6 +58,11 @@ class S3Server:
     def url(self, prefix: str, endpoint: str | None = None) -> str:
         return f"s3://{self.bucket}/{prefix}?endpoint={endpoint or self.endpoint}&region=us-east-1"
 
+    @property
+    def secret(self) -> str:
+        """The secret key clients sign with here (for a proxy that checks signatures)."""
+        return {**os.environ, **self.credentials}["AWS_SECRET_ACCESS_KEY"]
+
 
 def _make_bucket(server: S3Server) -> S3Server:
     server.client().create_bucket(Bucket=server.bucket)  # type: ignore[attr-defined]

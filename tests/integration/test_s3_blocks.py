@@ -185,7 +185,7 @@ def test_a_server_on_a_store_that_checks_chunk_signatures_signs_its_packs_in_chu
     pack PUT is signed in chunks and passes the proxy's check, and both files read back
     byte-identical, whole and by range."""
     prefix, db = fresh_prefix(), f"sqlite:///{tmp_path / 'meta.db'}"
-    secret = {**os.environ, **s3_server.credentials}["AWS_SECRET_ACCESS_KEY"]
+    secret = s3_server.secret
     rng = random.Random(5)
     files = {
         "/random.bin": rng.randbytes(6_000_000),

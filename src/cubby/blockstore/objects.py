@@ -28,6 +28,7 @@ The contract, for every implementation:
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from cubby.core.hashing import Sha256State
@@ -98,6 +99,34 @@ class StreamingPut(Protocol):
         self, name: str, parts: Iterable[bytes | memoryview], sha256: Mapping[int, Sha256State] | None = None
     ) -> None:
         """Store the concatenation of ``parts`` as ``name``, atomically and durably."""
+
+
+@dataclass(frozen=True, slots=True)
+class SignedRead:
+    """A request anyone may make, without credentials, for a while: GET ``url`` with
+    ``headers`` (the ``Range`` among them, which the signature covers, so that no other bytes
+    of the object can be had with it)."""
+
+    url: str
+    headers: Mapping[str, str]
+
+
+@runtime_checkable
+class SignedReads(Protocol):
+    """An object store that can hand out reads of its objects to someone without its
+    credentials: S3's presigned URLs. A pack store gives them to a client that may read
+    the chunks in those bytes (`cubby.blockstore.direct`), so that the bytes go from the
+    bucket to the client and not through a blocks process."""
+
+    def signed_read(self, name: str, offset: int, length: int) -> SignedRead | None:
+        """A read of ``length`` bytes of ``name`` at ``offset``, valid for a few minutes; None
+        where this store hands out none (not configured to, or it cannot)."""
+
+
+def signed_read(store: ObjectStore, name: str, offset: int, length: int) -> SignedRead | None:
+    """``store.signed_read`` where ``store`` hands them out (`SignedReads`), else None: how a
+    wrapper passes the call on to a store it does not know."""
+    return store.signed_read(name, offset, length) if isinstance(store, SignedReads) else None
 
 
 def put_in_parts(

@@ -61,6 +61,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from cubby.blockstore.base import BlockStore, Plain
+from cubby.blockstore.direct import DirectPlan, plan_direct_reads
 from cubby.blockstore.extents import Extent, plan_extents
 from cubby.blockstore.index import USAGE_PAGE, ChunkIndex, NewPack, PackUsage, usage_pages
 from cubby.blockstore.objects import ObjectMissing, ObjectStore, StreamingPut
@@ -409,6 +410,14 @@ class PackBlockStore:
         yield from self._read_planned(
             plan_extents([(n, located.get(n)) for n in names]), verify=verify and self.verify_reads, share=not verify
         )
+
+    def direct_reads(self, names: Sequence[str]) -> DirectPlan | None:
+        """`HandsOutReads.direct_reads`: one index lookup, then the reads
+        (`cubby.blockstore.direct.plan_direct_reads`); a legacy store's chunks are fetched."""
+        names = list(dict.fromkeys(names))
+        for name in names:
+            check_chunk_name(name)
+        return plan_direct_reads(self.objects, names, self.index.lookup(names))
 
     def _read_planned(
         self, plan: list[Extent], *, skip_missing: bool = False, verify: bool | None = None, share: bool = False

@@ -36,7 +36,14 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future
 
-from cubby.blockstore.objects import ObjectStore, ObjectStoreError, ShortRead, put_in_parts
+from cubby.blockstore.objects import (
+    ObjectStore,
+    ObjectStoreError,
+    ShortRead,
+    SignedRead,
+    put_in_parts,
+    signed_read,
+)
 from cubby.core.hashing import Sha256State
 
 WINDOW = 8 << 20
@@ -117,6 +124,10 @@ class ReadAheadObjectStore:
     ) -> None:
         """`StreamingPut.put_parts` of the inner store, or its `put` of the parts joined."""
         put_in_parts(self.inner, name, parts, sha256)
+
+    def signed_read(self, name: str, offset: int, length: int) -> SignedRead | None:
+        """The inner store's (`SignedReads`): made without a request, so nothing to retry or cache."""
+        return signed_read(self.inner, name, offset, length)
 
     def delete(self, name: str) -> None:
         self.inner.delete(name)

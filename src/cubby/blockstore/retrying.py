@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from cubby.blockstore.objects import ObjectStore, ObjectStoreError, put_in_parts
+from cubby.blockstore.objects import ObjectStore, ObjectStoreError, SignedRead, put_in_parts, signed_read
 from cubby.core.hashing import Sha256State
 
 T = TypeVar("T")
@@ -124,6 +124,10 @@ class RetryingObjectStore:
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         return self._call(lambda: self.inner.get(name, offset, length))
+
+    def signed_read(self, name: str, offset: int, length: int) -> SignedRead | None:
+        """The inner store's (`SignedReads`): made without a request, so nothing to retry or cache."""
+        return signed_read(self.inner, name, offset, length)
 
     def delete(self, name: str) -> None:
         self._call(lambda: self.inner.delete(name))

@@ -2,7 +2,10 @@
 
 URL form: ``s3://BUCKET/PREFIX?endpoint=http://127.0.0.1:9000&region=us-east-1&checksum=auto&timeout=20``
 (every query parameter optional: AWS's own endpoint, the region from the AWS config, the
-PUT body's check `BodyCheck` (auto, crc32, md5, sha256 or sha256-chunked) and `DEFAULT_TIMEOUT` when left out).
+PUT body's check `BodyCheck` (auto, crc32, md5, sha256 or sha256-chunked) and `DEFAULT_TIMEOUT` when left out),
+and ``&downloads=direct&public_endpoint=https://s3.example.com`` to let clients read chunks
+straight from the bucket (`S3ObjectStore.signed_read`; ``downloads=proxied``, the default,
+sends every byte through a blocks process).
 Credentials come from where every AWS tool looks: ``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY`` / ``AWS_PROFILE``, ``~/.aws/credentials`` and ``~/.aws/config``,
 or an instance role; never from the URL, so it can be logged.
@@ -75,7 +78,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 
 from cubby.blockstore.folder import check_object_name
-from cubby.blockstore.objects import ObjectMissing, ObjectStore, ObjectStoreError, ShortRead
+from cubby.blockstore.objects import ObjectMissing, ObjectStore, ObjectStoreError, ShortRead, SignedRead
 from cubby.blockstore.readahead import ReadAheadObjectStore
 from cubby.blockstore.retrying import Backoff, RetryingObjectStore
 from cubby.blockstore.s3body import BodyCheck, PartsBody
@@ -113,6 +116,12 @@ DEADLINE_FACTOR = 2.25
 """A call (its attempts and backoff waits) stops retrying at this many timeouts: two attempts
 that wait out their whole timeout, plus the waits between; any number that fail fast."""
 MAX_TIMEOUT = 3600.0
+SIGNED_READ_SECONDS = 300
+"""How long a read handed to a client (`S3ObjectStore.signed_read`) stays valid. A client uses
+it at once (the next few MiB of its download); the rest is room for clocks that disagree.
+Below the collector's default ``--pack-grace`` (900 s), so that a pack compacted away after
+the read was handed out is still there when it is used; if it is not (a shorter grace), the
+client's read fails and it asks the blocks process for those chunks instead."""
 SEND_BLOCK = 1024 * 1024
 """Bytes per socket write of a PUT body. urllib3 sends a file-like body in reads of its
 connection's ``blocksize``, which botocore sets to 128 KiB: 128 ``sendall`` calls for a 16 MiB
@@ -179,19 +188,27 @@ class S3Location:
     chunks or whole (`S3ObjectStore.body_check`)."""
     timeout: float = DEFAULT_TIMEOUT
     """Seconds a request may wait for the server (module docstring, "Timeouts")."""
+    direct: bool = False
+    """``downloads=direct``: clients get signed reads of the chunks they may read (`S3ObjectStore.signed_read`)."""
+    public_endpoint: str | None = None
+    """The endpoint clients reach the bucket at, where it is not ``endpoint`` (a bucket the
+    server reaches on a private network and clients through a public name): the signed
+    reads name it, since a signature covers the host."""
 
     @classmethod
     def parse(cls, url: str) -> S3Location:
-        """Read ``s3://BUCKET/PREFIX?endpoint=…&region=…&checksum=…&timeout=S`` (`BodyCheck`'s names);
-        unknown parameters and values are refused, so that a misspelt one is not silently ignored."""
+        """Read ``s3://BUCKET/PREFIX?endpoint=…&region=…&checksum=…&timeout=S&downloads=…&public_endpoint=…``
+        (`BodyCheck`'s names; downloads ``proxied`` or ``direct``); unknown parameters and
+        values are refused, so that a misspelt one is not silently ignored."""
         parts = urlsplit(url)
         if parts.scheme != "s3" or not parts.netloc:
             raise BadRequest(f"not an s3://BUCKET/PREFIX url: {url!r}", code="invalid_blocks_url")
         query = parse_qs(parts.query, keep_blank_values=True)
-        unknown = set(query) - {"endpoint", "region", "checksum", "timeout"}
+        unknown = set(query) - {"endpoint", "region", "checksum", "timeout", "downloads", "public_endpoint"}
         if unknown:
             raise BadRequest(
-                f"unknown s3 url parameter(s) {', '.join(sorted(unknown))}: only endpoint, region, checksum and timeout",
+                f"unknown s3 url parameter(s) {', '.join(sorted(unknown))}: only endpoint, region, checksum, timeout, "
+                "downloads and public_endpoint",
                 code="invalid_blocks_url",
             )
         prefix = parts.path.strip("/")
@@ -211,7 +228,22 @@ class S3Location:
                 f"unknown s3 checksum {checksum!r}: auto, crc32, md5, sha256 or sha256-chunked",
                 code="invalid_blocks_url",
             ) from None
-        return cls(parts.netloc, prefix, one("endpoint"), one("region"), check, _timeout(one("timeout")))
+        downloads = one("downloads") or "proxied"
+        if downloads not in ("proxied", "direct"):
+            raise BadRequest(
+                f"unknown s3 downloads {downloads!r}: proxied (through the blocks processes) or direct (from the bucket)",
+                code="invalid_blocks_url",
+            )
+        public = one("public_endpoint")
+        if public is not None:
+            public_parts = urlsplit(public)
+            if public_parts.scheme not in ("http", "https") or not public_parts.hostname:
+                raise BadRequest(f"bad s3 public_endpoint {public!r}: an http:// or https:// URL", code="invalid_blocks_url")
+            if downloads != "direct":
+                raise BadRequest("s3 public_endpoint is for downloads=direct; add it, or drop public_endpoint", code="invalid_blocks_url")
+        return cls(
+            parts.netloc, prefix, one("endpoint"), one("region"), check, _timeout(one("timeout")), downloads == "direct", public
+        )
 
 
 def _timeout(text: str | None) -> float:
@@ -260,6 +292,8 @@ class S3ObjectStore:
             location.timeout if read_timeout is None else read_timeout,
         )
         self._client: Any = self._make_client(sign_payload=location.checksum is BodyCheck.SHA256)
+        self._presigner: Any = None
+        """The client that signs reads for others (`signed_read`), made at the first."""
 
     def _make_client(self, *, sign_payload: bool) -> Any:
         """A boto3 client for this location; ``sign_payload``: SHA-256 of every body for the
@@ -528,6 +562,33 @@ class S3ObjectStore:
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise self._fail(exc, "head", name) from exc
 
+    def signed_read(self, name: str, offset: int, length: int) -> SignedRead | None:
+        """With ``downloads=direct``: a presigned GET of bytes ``[offset, offset + length)`` of
+        ``name``, valid for `SIGNED_READ_SECONDS`, for a client that has no credentials; None
+        otherwise. Signed with SigV4 and the ``Range`` header among the signed headers, so
+        that the URL reads those bytes and no others of the object (a pack holds other
+        users' chunks too; botocore's default for presigned S3 URLs, SigV2, signs no header).
+        Made without a request: it costs a few HMACs. It names ``public_endpoint`` where set,
+        since the host is signed too."""
+        if not self.location.direct or length <= 0 or offset < 0:
+            return None
+        with self._check_lock:
+            if self._presigner is None:
+                location = self.location
+                config = Config(
+                    signature_version="s3v4", s3={"addressing_style": "path"} if location.endpoint or location.public_endpoint else {}
+                )
+                self._presigner = self._session.client(
+                    "s3", endpoint_url=location.public_endpoint or location.endpoint, region_name=location.region, config=config
+                )
+        span = f"bytes={offset}-{offset + length - 1}"
+        url = self._presigner.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self.location.bucket, "Key": self._key(name), "Range": span},
+            ExpiresIn=SIGNED_READ_SECONDS,
+        )
+        return SignedRead(str(url), {"Range": span})
+
     def delete(self, name: str) -> None:
         key = self._key(name)
         try:
@@ -561,6 +622,8 @@ class S3ObjectStore:
 
     def close(self) -> None:
         self._client.close()
+        if self._presigner is not None:
+            self._presigner.close()
 
 
 def _status(exc: botocore.exceptions.ClientError) -> int:
