@@ -13,6 +13,7 @@ import sqlite3
 import httpx
 import pytest
 
+from cubby.client.api import ApiClient
 from cubby.core import frames
 from cubby.core.chunking import chunk_bytes
 from cubby.errors import CubbyError
@@ -160,3 +161,26 @@ def test_range_downloads_of_compressed_and_raw_files_are_unchanged(users):
         assert r.headers["content-range"] == f"bytes {mid}-{mid + 1_500_000}/{len(text)}"
         bad = c.get("/api/v1/content/range.txt", headers={"Range": f"bytes={len(text)}-"})
         assert bad.status_code == 416
+
+
+def test_locate_on_a_folder_store_hands_out_no_reads_and_checks_its_input_and_access(users):
+    """``/blocks/locate`` on the default store (a local folder: no bucket to read from) says
+    ``direct: false``, after the same checks as a fetch: a malformed list is a 400, a chunk
+    the token may not read a 404 that names no location, no token a 401."""
+    a, b = users.alice, users.bob
+    mine, theirs = os.urandom(40_000), os.urandom(40_000)
+    upload_bytes(b, "/mine.bin", mine)
+    upload_bytes(a, "/theirs.bin", theirs)
+    h_mine, h_theirs = hashlib.sha256(mine).hexdigest(), hashlib.sha256(theirs).hexdigest()
+    with users.raw(users.bob_token) as c:
+        ok = c.post("/api/v1/blocks/locate", json={"hashes": [h_mine, h_mine]})
+        assert ok.status_code == 200 and ok.json() == {"direct": False}
+        for body in ({}, {"hashes": []}, {"hashes": "x"}, {"hashes": [h_mine.upper()]}, {"hashes": [h_mine] * 4097}):
+            r = c.post("/api/v1/blocks/locate", json=body)
+            assert r.status_code == 400 and r.json()["code"] in ("bad_request", "invalid_field"), body
+        r = c.post("/api/v1/blocks/locate", json={"hashes": [h_mine, h_theirs]})
+        assert r.status_code == 404 and "pack" not in r.text
+    assert httpx.post(f"{users.server.url}/api/v1/blocks/locate", json={"hashes": [h_mine]}).status_code == 401
+    with ApiClient(users.server.url, users.bob_token) as api:
+        assert dict(api.fetch_chunks([h_mine])) == {h_mine: mine}
+        assert api.bucket_reads is False  # asked once, then fetched: not asked again

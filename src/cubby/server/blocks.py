@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from cubby.blockstore.base import BlockStore, Plain
+from cubby.blockstore.direct import HandsOutReads
 from cubby.blockstore.opener import folder_of
 from cubby.core import frames
 from cubby.core.compression import CorruptChunk
@@ -298,6 +299,37 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
             await primed(stream()), media_type=frames.CONTENT_TYPE, headers={"Content-Length": str(length)}
         )
 
+    async def locate(request: Request) -> Response:
+        """Where the chunks asked for can be read straight from the bucket, for a client that
+        may read them all (the same check as `fetch`): ``{"direct": true, "reads": [{"url",
+        "headers", "chunks": [[name, stored length, size], ...]}], "fetch": [names]}``, each
+        read's bytes being its chunks back to back as stored (`cubby.core.compression`: a codec
+        byte and a payload), and ``fetch`` the chunks to ask `fetch` for instead; or
+        ``{"direct": false}`` where the block store hands out no reads (the default:
+        ``downloads=proxied``), and the client fetches everything. What a read may cover,
+        and why: `cubby.blockstore.direct`."""
+        p = await access.principal(request, ctx)
+        body = await json_body(request, LIST_JSON)
+        hashes = body.get("hashes")
+        if not isinstance(hashes, list) or not hashes or len(hashes) > MAX_FETCH:
+            raise BadRequest(f"field 'hashes' must be a list of 1 to {MAX_FETCH} chunk hashes", field="hashes")
+        hashes = list(dict.fromkeys(field_hash(h, "each hash") for h in hashes))
+        if not isinstance(blocks, HandsOutReads):
+            return JSONResponse({"direct": False})
+        sizes = await readable_or_404(p, hashes)
+        plan = await run_in_threadpool(blocks.direct_reads, hashes)
+        if plan is None:
+            return JSONResponse({"direct": False})
+        reads, fetch = [], list(plan.fetch)
+        for read in plan.reads:  # a chunk whose location disagrees with its row: `fetch` refuses it
+            if all(sizes[name] == size for name, _, size in read.chunks):
+                reads.append(read)
+            else:
+                fetch += [name for name, _, _ in read.chunks]
+        return JSONResponse(
+            {"direct": True, "reads": [r.to_wire() for r in reads], "fetch": fetch}, headers={"Cache-Control": "no-store"}
+        )
+
     async def one_chunk(request: Request) -> Response:
         p = await access.principal(request, ctx)
         h = request.path_params["hash"]
@@ -321,6 +353,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         Route("/api/v1/blocks/upload", upload, methods=["POST"]),
         Route("/api/v1/blocks/prove", prove, methods=["POST"]),
         Route("/api/v1/blocks/fetch", fetch, methods=["POST"]),
+        Route("/api/v1/blocks/locate", locate, methods=["POST"]),
         Route("/api/v1/blocks/{hash:chunk}", one_chunk, methods=["GET"]),
         Route("/api/v1/content/{path:path}", content, methods=["GET", "HEAD"]),
     ]

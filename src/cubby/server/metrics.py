@@ -33,6 +33,7 @@ from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Scope
 
 from cubby.blockstore.base import BlockStore, Plain, StagedPut
+from cubby.blockstore.direct import DirectPlan, HandsOutReads
 
 log = logging.getLogger("cubby.server")
 
@@ -206,6 +207,16 @@ class InstrumentedBlockStore:
         if staged is not None:
             self._count("put", sum(len(d) for _, d in items))
         return staged
+
+    def direct_reads(self, names: Sequence[str]) -> DirectPlan | None:
+        """The inner store's `HandsOutReads.direct_reads` (None when it has none), counted as
+        ``direct``: the bytes a client is sent to read from the bucket itself."""
+        if not isinstance(self.inner, HandsOutReads):
+            return None
+        plan = self.inner.direct_reads(names)
+        if plan is not None and plan.reads:
+            self._count("direct", sum(stored for r in plan.reads for _, stored, _ in r.chunks), len(plan.reads))
+        return plan
 
     def get(self, name: str) -> bytes:
         data = self.inner.get(name)

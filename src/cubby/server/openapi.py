@@ -220,6 +220,20 @@ def document() -> dict[str, Any]:
                 "responses": {"200": {"description": "chunk frames", "content": {"application/x-cubby-chunks": {"schema": {"type": "string", "format": "binary"}}}}, **_errors(400, 401, 404, 413, 415)},
             }
         },
+        "/api/v1/blocks/locate": {
+            "post": {
+                "summary": "Signed reads of the chunks from the bucket (downloads=direct), and those to fetch instead",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "required": ["hashes"], "properties": {"hashes": {"type": "array", "items": HASH, "minItems": 1, "maxItems": 4096}}}}}},
+                "responses": {"200": {"description": "the plan", "content": {"application/json": {"schema": {"type": "object", "required": ["direct"], "properties": {
+                    "direct": {"type": "boolean"},
+                    "reads": {"type": "array", "items": {"type": "object", "properties": {
+                        "url": {"type": "string"}, "headers": {"type": "object"},
+                        "chunks": {"type": "array", "items": {"type": "array", "prefixItems": [HASH, {"type": "integer"}, {"type": "integer"}]}},
+                    }}},
+                    "fetch": {"type": "array", "items": HASH},
+                }}}}}, **_errors(400, 401, 404, 415)},
+            }
+        },
         "/api/v1/blocks/upload": {
             "post": {
                 "summary": "Upload chunks as frames (32-byte SHA-256, 4-byte length, bytes)",
