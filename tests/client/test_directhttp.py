@@ -292,7 +292,7 @@ def test_a_server_that_never_answers_times_out_as_through_httpx() -> None:
     with Scripted(lambda m, p: b"") as srv:
         with ApiClient(srv.url, None, timeout=0.3) as api, pytest.raises(Unavailable):
             list(api.fetch_chunks(["ab" * 32]))
-        assert srv.requests == ["POST /api/v1/blocks/fetch identity"]
+        assert srv.requests == ["POST /api/v1/blocks/locate identity"]  # (a fetch asks where to read first)
 
 
 # -- the API's JSON requests --------------------------------------------------------------------

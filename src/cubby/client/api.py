@@ -33,6 +33,7 @@ from urllib.parse import quote, urlencode
 import orjson
 
 from cubby import __version__
+from cubby.client.bucketreads import BadPlan, BucketRead, PieceReader, Plan, parse_plan, read_chunks
 from cubby.client.directhttp import Body, Declined, DirectHttp, Timeouts
 from cubby.client.directsend import GatheredBody
 from cubby.client.ratelimit import TokenBucket
@@ -40,7 +41,7 @@ from cubby.core import delta, frames
 from cubby.core.chunking import MAX_SIZE
 from cubby.core.hashing import sha256_hex
 from cubby.core.proofs import CURRENT as PROOF_ALG
-from cubby.errors import BadRequest, ChunkMismatch, CubbyError, Unavailable, error_from_dict
+from cubby.errors import BadRequest, ChunkMismatch, CubbyError, NotFound, Unavailable, error_from_dict
 from cubby.model import ChunkRef, CommitResult, Entry, JournalEntry, NeededChunk
 from cubby.roles import ROLES, role_for_path
 
@@ -48,6 +49,15 @@ if TYPE_CHECKING:
     import httpx
 
 MAX_BATCH = 1000
+STORED_AS_IS = frozenset({b"aws-chunked"})
+"""Content-Encodings a bucket may name for bytes it sends as they are stored: Ceph RGW 16 keeps
+the ``aws-chunked`` of a PUT signed in chunks (`cubby.blockstore.s3chunked`) and answers every
+GET of the object with it, though what it stored and sends is the decoded body. Every byte is
+verified anyway (`cubby.client.bucketreads`)."""
+BUCKET_FAILURES = 2
+"""Direct reads from the bucket that fail in a row before a client stops trying them (and
+fetches everything through the blocks role): a bucket it cannot reach should cost it a
+couple of attempts, not one per read."""
 """Operations the server takes in one batch request (commits, blocklists, folder operations)."""
 PIECE = 1024 * 1024
 """Bytes per piece of a file streamed through the content route (`ApiClient.download`)."""
@@ -242,6 +252,13 @@ class ApiClient:
         a custom transport or a proxy from the environment must carry every request."""
         if transport is None and not proxies_from_environment():
             self.direct = DirectHttp(headers, Timeouts(CONNECT_TIMEOUT, timeout, timeout))
+        self.bucket_reads: bool | None = None
+        """Whether chunks are read straight from the bucket (`cubby.client.bucketreads`): None
+        until the blocks role was asked, False once it said it hands out no reads, or once
+        `BUCKET_FAILURES` reads in a row failed (a bucket this client cannot reach)."""
+        self._bucket_failures = 0
+        self._bucket: DirectHttp | None = None
+        self._bucket_https: httpx.Client | None = None
 
     @property
     def http(self) -> httpx.Client:
@@ -275,6 +292,12 @@ class ApiClient:
             http.close()
         if self.direct is not None:
             self.direct.close()
+        bucket, self._bucket = self._bucket, None
+        if bucket is not None:
+            bucket.close()
+        bucket_https, self._bucket_https = self._bucket_https, None
+        if bucket_https is not None:
+            bucket_https.close()
 
     def __enter__(self) -> ApiClient:
         return self
@@ -644,8 +667,94 @@ class ApiClient:
         return list(body["accepted"]), list(body["rejected"])
 
     def fetch_chunks(self, hashes: Sequence[str]) -> Iterator[tuple[str, bytes | bytearray]]:
-        """Yield (name, bytes) in the order asked, each verified against its name. The bytes
-        are a ``bytearray`` when they were read off the socket into it (`_stream_frames`)."""
+        """Yield (name, bytes) of each of ``hashes``, each verified against its name. The
+        bytes are a ``bytearray`` when they were read off the socket into it.
+
+        Read straight from the bucket where the blocks role hands out reads
+        (``downloads=direct``, `cubby.client.bucketreads`): the chunks of each read in the
+        order asked, then those the plan leaves to the blocks role; the chunks of a read that
+        fails (the bucket unreachable, the read expired, a byte damaged) are fetched through
+        the blocks role instead. Else all through the blocks role, in the order asked."""
+        if not hashes:
+            return
+        plan = self._bucket_plan(hashes) if self.bucket_reads is not False else None
+        if plan is None:
+            yield from self._fetched(hashes)
+            return
+        for read in plan.reads:
+            done = 0
+            try:
+                for name, data in self._read_bucket(read):
+                    done += 1
+                    yield name, data
+                self._bucket_failures = 0
+            except (BadPlan, Declined, CubbyError, OSError):
+                self._bucket_failures += 1
+                if self._bucket_failures >= BUCKET_FAILURES:
+                    self.bucket_reads = False
+                yield from self._fetched([name for name, _, _ in read.chunks[done:]])
+        if plan.fetch:
+            yield from self._fetched(plan.fetch)
+
+    def _bucket_plan(self, hashes: Sequence[str]) -> Plan | None:
+        """The blocks role's plan of direct reads for ``hashes`` (`parse_plan`), or None when
+        it hands out none (remembered). Any other error of the request is the download's
+        (an unreachable or overloaded blocks role would fail the fetch the same way, after
+        as long a wait). A plan that is not well formed stops the asking. A 404
+        to the first request is taken for a server
+        without the route (an older release), and the client stops asking; it may also be a
+        chunk the caller may not read, which the fetch that follows then says."""
+        try:
+            answer = self._post("/api/v1/blocks/locate", {"hashes": list(hashes)}, once=False)
+            plan = parse_plan(answer, hashes)
+        except NotFound:
+            if self.bucket_reads is None:
+                self.bucket_reads = False  # no such route here (or, first asked, a chunk it may not read)
+            return None
+        except (BadPlan, ValueError):
+            self.bucket_reads = False  # not a plan this client follows (or not JSON): fetch, and stop asking
+            return None
+        self.bucket_reads = plan is not None
+        return plan
+
+    def _read_bucket(self, read: BucketRead) -> Iterator[tuple[str, bytes | bytearray]]:
+        """The chunks of ``read``, from the bucket: over a `DirectHttp` of its own (no cubby
+        token in its headers) for plain http, through an httpx client of its own for https
+        or where a proxy carries every request."""
+        on_bytes = self.download_limit.consume if self.download_limit else None
+        headers = {"Range": read.range}
+        if self.direct is not None and DirectHttp.takes(read.url):
+            if self._bucket is None:
+                self._bucket = DirectHttp({"User-Agent": USER_AGENT}, self.direct.timeouts)
+            opened = self._bucket.open("GET", read.url, headers=headers, on_bytes=on_bytes, encoded=STORED_AS_IS)
+            with opened as (status, body):
+                if status != 206:
+                    raise BadPlan(f"the bucket answered {status} to a ranged read")
+                yield from read_chunks(read, body.readinto, lambda: body.done)
+            return
+        with self._bucket_client().stream("GET", read.url, headers=headers) as resp:
+            if resp.status_code != 206:
+                raise BadPlan(f"the bucket answered {resp.status_code} to a ranged read")
+            pieces = PieceReader(resp.iter_raw(PIECE), on_bytes)
+            yield from read_chunks(read, pieces.readinto, pieces.ended)
+
+    def _bucket_client(self) -> httpx.Client:
+        with self._http_lock:
+            if self._bucket_https is None:
+                import httpx
+
+                from cubby.client.tls import deferred_trust
+
+                self._bucket_https = httpx.Client(
+                    headers={"User-Agent": USER_AGENT},
+                    timeout=httpx.Timeout(self._timeout, connect=CONNECT_TIMEOUT),
+                    transport=self._transport,
+                    verify=deferred_trust(),
+                )
+            return self._bucket_https
+
+    def _fetched(self, hashes: Sequence[str]) -> Iterator[tuple[str, bytes | bytearray]]:
+        """`fetch_chunks` through the blocks role: frames, in the order asked."""
         if not hashes:
             return
         for name, data in self._stream_frames("/api/v1/blocks/fetch", {"hashes": list(hashes)}, MAX_SIZE):

@@ -312,11 +312,13 @@ class DirectHttp:
     def open(
         self, method: str, url: str, *, headers: Mapping[str, str] | None = None, body: bytes | GatheredBody = b"",
         on_bytes: Callable[[int], None] | None = None, on_sent: Callable[[int], None] | None = None,
-        any_status: bool = False, resend: bool = True,
+        any_status: bool = False, resend: bool = True, encoded: frozenset[bytes] = frozenset(),
     ) -> Iterator[tuple[int, Body]]:
         """Send the request; yield (status, body) for a 200 or 206 answer (for any answer with
         ``any_status``), else raise `Declined` (nothing was yielded, the caller may send the
-        request elsewhere). ``on_sent`` is told the bytes of a `GatheredBody` as they leave
+        request elsewhere). ``encoded``: Content-Encodings whose body is read as it comes, for
+        a caller that checks every byte (Ceph RGW 16 answers ``aws-chunked`` for an object
+        PUT signed in chunks, whose stored bytes are plain). ``on_sent`` is told the bytes of a `GatheredBody` as they leave
         (a rate limiter's ``consume``). The connection goes back to the pool only if the body
         was read to its end.
 
@@ -368,7 +370,7 @@ class DirectHttp:
         transfer = fields.get(b"transfer-encoding")
         keep = head.http_version == b"1.1" and b"close" not in fields.get(b"connection", b"").lower() and unsent is None
         length: int | None
-        if encoding != b"identity":
+        if encoding != b"identity" and encoding not in encoded:
             c.sock.close()
             raise Declined(f"Content-Encoding {encoding!r}")
         if transfer is not None:
