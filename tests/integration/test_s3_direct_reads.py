@@ -1,0 +1,183 @@
+"""Downloads straight from the bucket (``--blocks s3://…&downloads=direct``), through real HTTP
+on loopback: a cubby server on moto (and on Ceph RGW under CUBBY_TEST_CEPH=1) hands out signed
+reads, the client's GETs go to the bucket through a proxy that checks their signatures as S3
+does, and what the client may read, and what happens when the bucket fails it, is what
+`cubby.blockstore.direct` and `cubby.client.bucketreads` say."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cubby.client.api import ApiClient
+from cubby.client.download import download_file, download_tree
+from cubby.client.upload import upload_file
+from cubby.core.hashing import sha256_hex
+from tests.helpers.fault_proxy import Faults, fault_proxy
+from tests.helpers.live_server import LiveServer, listening_socket
+from tests.helpers.s3_servers import S3Server, fresh_prefix
+
+pytestmark = pytest.mark.xdist_group("s3")
+
+
+def direct_server(tmp_path: Path, s3: S3Server, public: str, name: str = "srv") -> LiveServer:
+    """A whole cubby server with its packs on ``s3`` and ``downloads=direct``, naming ``public``
+    as the endpoint clients reach the bucket at."""
+    url = s3.url(fresh_prefix()) + f"&downloads=direct&public_endpoint={public}"
+    return LiveServer(tmp_path / name, extra_args=["--blocks", url], env=s3.credentials)
+
+
+def upload(api: ApiClient, tmp_path: Path, files: dict[str, bytes]) -> None:
+    for remote, data in files.items():
+        local = tmp_path / "up" / remote.strip("/")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(data)
+        upload_file(api, local, remote)
+
+
+def some_files(seed: int) -> dict[str, bytes]:
+    rng = random.Random(seed)
+    return {
+        "/d/random.bin": rng.randbytes(6_000_000),  # raw chunks, several per read
+        "/d/text.txt": b"".join(b"line %d of a text that compresses well\n" % i for i in range(150_000)),  # zstd
+        "/d/small.txt": b"a small file\n",
+        "/d/empty": b"",
+    }
+
+
+def fetches(server: LiveServer) -> int:
+    """How many chunk fetches reached the blocks role (its access log)."""
+    return server.logs().count("/api/v1/blocks/fetch")
+
+
+def test_direct_downloads_come_from_the_bucket_byte_identical(tmp_path: Path, s3_server: S3Server) -> None:
+    files = some_files(1)
+    with (
+        fault_proxy(s3_server.endpoint, Faults(check_query=s3_server.secret)) as proxy,
+        direct_server(tmp_path, s3_server, proxy.endpoint) as server,
+    ):
+        token = server.add_user("ann")
+        with ApiClient(server.url, token) as api:
+            upload(api, tmp_path, files)
+        before = fetches(server)
+        with ApiClient(server.url, token) as api:
+            got = download_file(api, "/d/random.bin", tmp_path / "one.bin")
+            results = download_tree(api, "/d", tmp_path / "tree")
+            assert api.bucket_reads is True
+        assert got.bytes_received == len(files["/d/random.bin"])
+        assert (tmp_path / "one.bin").read_bytes() == files["/d/random.bin"]
+        assert {r.path for r in results} == set(files)
+        for remote, data in files.items():
+            assert (tmp_path / "tree" / remote.removeprefix("/d/")).read_bytes() == data, remote
+        assert fetches(server) == before  # no chunk went through the server
+    assert proxy.requests["GET"] >= 3 and proxy.counts["bad_query"] == 0
+
+
+def read_plan(url: str, token: str, hashes: list[str]) -> httpx.Response:
+    return httpx.post(
+        f"{url}/api/v1/blocks/locate", json={"hashes": hashes}, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+
+
+def test_a_signed_read_covers_the_chunks_asked_for_and_no_other_byte(tmp_path: Path, s3_server: S3Server) -> None:
+    """A read of one chunk in the middle of a pack is that chunk's bytes: widened by one byte
+    either way, or with no Range at all, the bucket refuses it (Ceph RGW itself; the proxy
+    in front of moto, which checks nothing); another user gets no read of the chunk at all."""
+    data = random.Random(2).randbytes(5_000_000)
+    real = s3_server.kind == "ceph"
+    with (
+        fault_proxy(s3_server.endpoint, Faults(check_query=None if real else s3_server.secret)) as proxy,
+        direct_server(tmp_path, s3_server, proxy.endpoint) as server,
+    ):
+        ann, bob = server.add_user("ann"), server.add_user("bob")
+        with ApiClient(server.url, ann) as api:
+            upload(api, tmp_path, {"/a.bin": data})
+            _, chunks = api.blocklist("/a.bin")
+        assert len(chunks) >= 3
+        middle = chunks[1]
+        plan = read_plan(server.url, ann, [middle.hash]).json()
+        assert plan["direct"] is True and plan["fetch"] == [] and len(plan["reads"]) == 1
+        (read,) = plan["reads"]
+        assert read["chunks"] == [[middle.hash, middle.size + 1, middle.size]]  # raw: a codec byte and the chunk
+        first, last = (int(x) for x in read["headers"]["Range"].removeprefix("bytes=").split("-"))
+        assert last - first + 1 == middle.size + 1
+        got = httpx.get(read["url"], headers=read["headers"], timeout=30)
+        assert got.status_code == 206 and sha256_hex(got.content[1:]) == middle.hash
+        for wider in (f"bytes={first - 1}-{last}", f"bytes={first}-{last + 1}", f"bytes=0-{last}"):
+            assert httpx.get(read["url"], headers={"Range": wider}, timeout=30).status_code == 403
+        assert httpx.get(read["url"], timeout=30).status_code == 403
+        assert proxy.counts["bad_query"] == (0 if real else 4)
+        # chunks asked for side by side share a read; one left out splits it
+        both = read_plan(server.url, ann, [chunks[0].hash, chunks[1].hash]).json()
+        assert [len(r["chunks"]) for r in both["reads"]] == [2]
+        apart = read_plan(server.url, ann, [chunks[0].hash, chunks[2].hash]).json()
+        assert [len(r["chunks"]) for r in apart["reads"]] == [1, 1]
+        # bob may not read ann's chunks: no read, the same 404 as a fetch
+        refused = read_plan(server.url, bob, [middle.hash])
+        assert refused.status_code == 404 and "url" not in refused.text and "X-Amz" not in refused.text
+
+
+def test_a_bucket_the_client_cannot_reach_costs_a_fallback_not_the_download(tmp_path: Path, s3_server: S3Server) -> None:
+    """The public endpoint refuses connections (a bucket reachable by the server only): the
+    download still completes, byte-identical, through the blocks role, and after
+    `BUCKET_FAILURES` failed reads the client stops trying the bucket."""
+    files = some_files(3)
+    closed = listening_socket()
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    with direct_server(tmp_path, s3_server, f"http://127.0.0.1:{port}") as server:
+        token = server.add_user("cat")
+        with ApiClient(server.url, token) as api:
+            upload(api, tmp_path, files)
+        with ApiClient(server.url, token) as api:
+            download_tree(api, "/d", tmp_path / "tree")
+            assert api.bucket_reads is False
+        for remote, data in files.items():
+            assert (tmp_path / "tree" / remote.removeprefix("/d/")).read_bytes() == data, remote
+        assert fetches(server) >= 1
+
+
+@pytest.mark.parametrize("faults", [Faults(cut_get=0.5, seed=3), Faults(slowdown=0.5, seed=5)], ids=["cut", "503"])
+def test_direct_reads_the_bucket_fails_are_fetched_through_the_server(
+    tmp_path: Path, s3_server: S3Server, faults: Faults
+) -> None:
+    """Half the bucket's answers cut halfway, or 503: every chunk of a failed read comes from
+    the blocks role instead, and every file is byte-identical."""
+    files = {f"/d/f{i}.bin": random.Random(i).randbytes(1_500_000) for i in range(6)}
+    with (
+        fault_proxy(s3_server.endpoint, Faults(check_query=s3_server.secret)) as proxy,
+        direct_server(tmp_path, s3_server, proxy.endpoint) as server,
+    ):
+        token = server.add_user("dan")
+        with ApiClient(server.url, token) as api:
+            upload(api, tmp_path, files)
+        proxy.faults = faults
+        with ApiClient(server.url, token) as api:
+            for remote in files:
+                download_file(api, remote, tmp_path / remote.removeprefix("/d/"))
+        for remote, data in files.items():
+            assert (tmp_path / remote.removeprefix("/d/")).read_bytes() == data, remote
+    assert proxy.counts["cut_get"] + proxy.counts["slowdown"] >= 1
+    assert fetches(server) >= 1
+
+
+def test_a_server_with_proxied_downloads_hands_out_no_reads(tmp_path: Path, s3_server: S3Server) -> None:
+    """The default (``downloads=proxied``): locate says so, the client fetches every chunk
+    through the blocks role, and the bucket sees no presigned GET."""
+    data = random.Random(4).randbytes(2_000_000)
+    with (
+        fault_proxy(s3_server.endpoint, Faults()) as proxy,
+        LiveServer(tmp_path / "srv", extra_args=["--blocks", s3_server.url(fresh_prefix(), endpoint=proxy.endpoint)], env=s3_server.credentials) as server,
+    ):
+        token = server.add_user("eve")
+        with ApiClient(server.url, token) as api:
+            upload(api, tmp_path, {"/p.bin": data})
+            _, chunks = api.blocklist("/p.bin")
+            assert read_plan(server.url, token, [chunks[0].hash]).json() == {"direct": False}
+            download_file(api, "/p.bin", tmp_path / "p.bin")
+            assert api.bucket_reads is False
+        assert (tmp_path / "p.bin").read_bytes() == data
+        assert fetches(server) >= 1
