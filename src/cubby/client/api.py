@@ -26,6 +26,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlencode
@@ -49,16 +50,18 @@ if TYPE_CHECKING:
     import httpx
 
 MAX_BATCH = 1000
+"""Operations the server takes in one batch request (commits, blocklists, folder operations)."""
 STORED_AS_IS = frozenset({b"aws-chunked"})
 """Content-Encodings a bucket may name for bytes it sends as they are stored: Ceph RGW 16 keeps
 the ``aws-chunked`` of a PUT signed in chunks (`cubby.blockstore.s3chunked`) and answers every
 GET of the object with it, though what it stored and sends is the decoded body. Every byte is
 verified anyway (`cubby.client.bucketreads`)."""
+BUCKET_READS = 4
+"""Reads from the bucket one client makes at once (`ApiClient.fetch_chunks`)."""
 BUCKET_FAILURES = 2
 """Direct reads from the bucket that fail in a row before a client stops trying them (and
 fetches everything through the blocks role): a bucket it cannot reach should cost it a
 couple of attempts, not one per read."""
-"""Operations the server takes in one batch request (commits, blocklists, folder operations)."""
 PIECE = 1024 * 1024
 """Bytes per piece of a file streamed through the content route (`ApiClient.download`)."""
 ANSWER_LIMIT = 1024 * 1024
@@ -259,6 +262,7 @@ class ApiClient:
         self._bucket_failures = 0
         self._bucket: DirectHttp | None = None
         self._bucket_https: httpx.Client | None = None
+        self._bucket_reader: ThreadPoolExecutor | None = None
 
     @property
     def http(self) -> httpx.Client:
@@ -295,6 +299,9 @@ class ApiClient:
         bucket, self._bucket = self._bucket, None
         if bucket is not None:
             bucket.close()
+        reader, self._bucket_reader = self._bucket_reader, None
+        if reader is not None:
+            reader.shutdown(cancel_futures=True)
         bucket_https, self._bucket_https = self._bucket_https, None
         if bucket_https is not None:
             bucket_https.close()
@@ -681,29 +688,42 @@ class ApiClient:
         if plan is None:
             yield from self._fetched(hashes)
             return
-        for read in plan.reads:
-            done = 0
-            try:
-                for name, data in self._read_bucket(read):
-                    done += 1
-                    yield name, data
-                self._bucket_failures = 0
-            except (BadPlan, Declined, CubbyError, OSError):
-                self._bucket_failures += 1
-                if self._bucket_failures >= BUCKET_FAILURES:
-                    self.bucket_reads = False
-                yield from self._fetched([name for name, _, _ in read.chunks[done:]])
+        pool = self._bucket_pool()
+        reading = [pool.submit(self._read_whole, read) for read in plan.reads]
+        try:
+            for read, future in zip(plan.reads, reading):
+                try:
+                    got = future.result()
+                    self._bucket_failures = 0
+                except (BadPlan, Declined, CubbyError, OSError):
+                    self._bucket_failures += 1
+                    if self._bucket_failures >= BUCKET_FAILURES:
+                        self.bucket_reads = False
+                    got = list(self._fetched([name for name, _, _ in read.chunks]))
+                yield from got
+        finally:
+            for future in reading:
+                future.cancel()
         if plan.fetch:
             yield from self._fetched(plan.fetch)
+
+    def _bucket_pool(self) -> ThreadPoolExecutor:
+        with self._http_lock:
+            if self._bucket_reader is None:
+                self._bucket_reader = ThreadPoolExecutor(BUCKET_READS, thread_name_prefix="cubby-bucket-reads")
+            return self._bucket_reader
+
+    def _read_whole(self, read: BucketRead) -> builtins.list[tuple[str, bytes | bytearray]]:
+        return list(self._read_bucket(read))
 
     def _bucket_plan(self, hashes: Sequence[str]) -> Plan | None:
         """The blocks role's plan of direct reads for ``hashes`` (`parse_plan`), or None when
         it hands out none (remembered). Any other error of the request is the download's
         (an unreachable or overloaded blocks role would fail the fetch the same way, after
-        as long a wait). A plan that is not well formed stops the asking. A 404
-        to the first request is taken for a server
-        without the route (an older release), and the client stops asking; it may also be a
-        chunk the caller may not read, which the fetch that follows then says."""
+        as long a wait). A plan that is not well formed stops the asking. A 404 to the first
+        request is taken for a server without the route (an older release), and the client
+        stops asking; it may also be a chunk the caller may not read, which the fetch that
+        follows then says."""
         try:
             answer = self._post("/api/v1/blocks/locate", {"hashes": list(hashes)}, once=False)
             plan = parse_plan(answer, hashes)
@@ -724,19 +744,25 @@ class ApiClient:
         on_bytes = self.download_limit.consume if self.download_limit else None
         headers = {"Range": read.range}
         if self.direct is not None and DirectHttp.takes(read.url):
-            if self._bucket is None:
-                self._bucket = DirectHttp({"User-Agent": USER_AGENT}, self.direct.timeouts)
+            with self._http_lock:
+                if self._bucket is None:
+                    self._bucket = DirectHttp({"User-Agent": USER_AGENT}, self.direct.timeouts)
             opened = self._bucket.open("GET", read.url, headers=headers, on_bytes=on_bytes, encoded=STORED_AS_IS)
             with opened as (status, body):
                 if status != 206:
                     raise BadPlan(f"the bucket answered {status} to a ranged read")
                 yield from read_chunks(read, body.readinto, lambda: body.done)
             return
-        with self._bucket_client().stream("GET", read.url, headers=headers) as resp:
-            if resp.status_code != 206:
-                raise BadPlan(f"the bucket answered {resp.status_code} to a ranged read")
-            pieces = PieceReader(resp.iter_raw(PIECE), on_bytes)
-            yield from read_chunks(read, pieces.readinto, pieces.ended)
+        import httpx
+
+        try:
+            with self._bucket_client().stream("GET", read.url, headers=headers) as resp:
+                if resp.status_code != 206:
+                    raise BadPlan(f"the bucket answered {resp.status_code} to a ranged read")
+                pieces = PieceReader(resp.iter_raw(PIECE), on_bytes)
+                yield from read_chunks(read, pieces.readinto, pieces.ended)
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"lost the connection to the bucket while downloading: {exc}") from exc
 
     def _bucket_client(self) -> httpx.Client:
         with self._http_lock:

@@ -163,6 +163,14 @@ async def file_response(
     return StreamingResponse(await primed(stream()), status_code=status, headers=out, media_type="application/octet-stream")
 
 
+def asked_hashes(body: dict[str, object]) -> list[str]:
+    """The ``hashes`` of a fetch or a locate: 1 to `MAX_FETCH` chunk names, else `BadRequest`."""
+    hashes = body.get("hashes")
+    if not isinstance(hashes, list) or not hashes or len(hashes) > MAX_FETCH:
+        raise BadRequest(f"field 'hashes' must be a list of 1 to {MAX_FETCH} chunk hashes", field="hashes")
+    return [field_hash(h, "each hash") for h in hashes]
+
+
 def take_bytes(items: Iterator[tuple[str, Plain]], limit: int) -> list[tuple[str, Plain]]:
     """The next items of ``items`` up to about ``limit`` bytes (at least one; none at its end)."""
     out: list[tuple[str, Plain]] = []
@@ -271,11 +279,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         (an error), never a frame of the wrong length; in the first piece (`primed`), it is
         the answer's error instead."""
         p = await access.principal(request, ctx)
-        body = await json_body(request, LIST_JSON)
-        hashes = body.get("hashes")
-        if not isinstance(hashes, list) or not hashes or len(hashes) > MAX_FETCH:
-            raise BadRequest(f"field 'hashes' must be a list of 1 to {MAX_FETCH} chunk hashes", field="hashes")
-        hashes = [field_hash(h, "each hash") for h in hashes]
+        hashes = asked_hashes(await json_body(request, LIST_JSON))
         sizes = await readable_or_404(p, hashes)
         length = sum(frames.HEADER.size + sizes[h] for h in hashes)
 
@@ -309,11 +313,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         ``downloads=proxied``), and the client fetches everything. What a read may cover,
         and why: `cubby.blockstore.direct`."""
         p = await access.principal(request, ctx)
-        body = await json_body(request, LIST_JSON)
-        hashes = body.get("hashes")
-        if not isinstance(hashes, list) or not hashes or len(hashes) > MAX_FETCH:
-            raise BadRequest(f"field 'hashes' must be a list of 1 to {MAX_FETCH} chunk hashes", field="hashes")
-        hashes = list(dict.fromkeys(field_hash(h, "each hash") for h in hashes))
+        hashes = list(dict.fromkeys(asked_hashes(await json_body(request, LIST_JSON))))
         if not isinstance(blocks, HandsOutReads):
             return JSONResponse({"direct": False})
         sizes = await readable_or_404(p, hashes)
