@@ -72,6 +72,11 @@ def test_direct_downloads_come_from_the_bucket_byte_identical(tmp_path: Path, s3
         assert {r.path for r in results} == set(files)
         for remote, data in files.items():
             assert (tmp_path / "tree" / remote.removeprefix("/d/")).read_bytes() == data, remote
+        # through httpx (as over https, or a proxy): the same reads, the same bytes
+        with ApiClient(server.url, token, transport=httpx.HTTPTransport()) as api:
+            download_file(api, "/d/text.txt", tmp_path / "text.txt")
+            assert api.bucket_reads is True
+        assert (tmp_path / "text.txt").read_bytes() == files["/d/text.txt"]
         assert fetches(server) == before  # no chunk went through the server
     assert proxy.requests["GET"] >= 3 and proxy.counts["bad_query"] == 0
 
