@@ -9,8 +9,10 @@ server, on loopback), against boto3 moving the same bytes to the same server in 
   server's ``--blocks s3://…`` pointing straight at the server (and, to tell the S3 backend's
   share from the rest of cubby's, the same with the packs in a local folder), as a ratio to
   boto3's own ``upload_file`` / ``download_file`` (s3transfer: 8 MiB multipart parts on 10
-  threads, boto3's defaults) of the same bytes to the same server. Rows hold the median of ``--repeat`` rounds,
-  each reference interleaved with its cubby run.
+  threads, boto3's defaults) of the same bytes to the same server. ``cubby get`` runs twice per
+  round: through the server (the default, ``downloads=proxied``) and read straight from the
+  bucket (the server restarted with ``downloads=direct``), in alternating order. Rows hold the
+  median of ``--repeat`` rounds, each reference interleaved with its cubby run.
 
     .venv/bin/python bench/s3_transfer.py                       # 1 GiB, 10,000 files
     .venv/bin/python bench/s3_transfer.py --size 256M --files 2000 --repeat 1
@@ -161,23 +163,37 @@ class CpuMeter:
 
 
 def cubby_round(
-    server: LiveServer, token: str, src: Path, digest: str, target: Path
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    server: LiveServer, token: str, src: Path, digest: str, target: Path, *, direct: str | None = None, first: bool = False
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
     """``cubby put`` then ``cubby get`` of ``src``: a run of each (seconds, CPU seconds; the
-    chunk count with the put)."""
+    chunk count with the put); with ``direct`` (the server's ``--blocks`` with
+    ``downloads=direct``), one more ``cubby get`` from the same server restarted on it, before
+    the other get when ``first`` (rounds alternate the order)."""
     try:
         warm(src)
         meter = CpuMeter(server)
         put_seconds, out = cli(server, token, "put", str(src), "/big.bin")
         put = {"seconds": put_seconds, "chunks": int(out[0]["chunks"]), **meter.read()}
-        meter = CpuMeter(server)
-        get_seconds, _ = cli(server, token, "get", "/big.bin", str(target))
-        get = {"seconds": get_seconds, **meter.read()}
-        same = sha256_file(target) == digest
-        drop(target)
-        if not same:
-            raise SystemExit("the downloaded file differs from the uploaded one")
-        return put, get
+        proxied = list(server.extra_args)
+
+        def get(blocks: list[str]) -> dict[str, Any]:
+            if server.extra_args != blocks:
+                server.extra_args = blocks
+                server.restart()
+            meter = CpuMeter(server)
+            seconds, _ = cli(server, token, "get", "/big.bin", str(target))
+            run = {"seconds": seconds, **meter.read()}
+            same = sha256_file(target) == digest
+            drop(target)
+            if not same:
+                raise SystemExit("the downloaded file differs from the uploaded one")
+            return run
+
+        straight = ["--blocks", direct] if direct else None
+        early = get(straight) if straight and first else None
+        plain = get(proxied)
+        late = get(straight) if straight and not first else None
+        return put, plain, early or late
     finally:
         server.stop()
 
@@ -243,12 +259,14 @@ def large_file_rows(report: Report, work: Path, endpoint: str, src: Path, size: 
         runs.setdefault("obj_up", []).append(up)
         runs.setdefault("obj_down", []).append(down)
         server, token = s3_server(work / f"round-{k}", endpoint, f"round-{k}")
-        put, get = cubby_round(server, token, src, digest, work / "got.bin")
+        direct = server.extra_args[-1] + "&downloads=direct"
+        put, get, straight = cubby_round(server, token, src, digest, work / "got.bin", direct=direct, first=k % 2 == 1)
         runs.setdefault("put", []).append(put)
         runs.setdefault("get", []).append(get)
+        runs.setdefault("direct_get", []).append(straight or {})
         empty_bucket(client, f"round-{k}/", delete=False)
         server, token = start_server(work / f"folder-{k}")
-        put, get = cubby_round(server, token, src, digest, work / "got.bin")
+        put, get, _ = cubby_round(server, token, src, digest, work / "got.bin")
         runs.setdefault("folder_put", []).append(put)
         runs.setdefault("folder_get", []).append(get)
         shutil.rmtree(work / f"folder-{k}", ignore_errors=True)
@@ -262,7 +280,11 @@ def large_file_rows(report: Report, work: Path, endpoint: str, src: Path, size: 
         (
             "download",
             [("ref_down", "boto3 download_file (same bytes, same server)"), ("obj_down", objects)],
-            [("get", "cubby get, packs on S3"), ("folder_get", "cubby get, packs in a local folder")],
+            [
+                ("get", "cubby get, packs on S3"),
+                ("direct_get", "cubby get, packs on S3, read straight from the bucket (downloads=direct)"),
+                ("folder_get", "cubby get, packs in a local folder"),
+            ],
         ),
     ):
         for ref_key, ref_name in refs:
