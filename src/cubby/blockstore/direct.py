@@ -59,13 +59,22 @@ class HandsOutReads(Protocol):
         ``downloads=direct``): the client then fetches everything through the blocks role."""
 
 
+MIN_READ = 256 << 10
+"""Fewer bytes than this in a read, and its chunks are fetched through the blocks role instead:
+a GET costs the bucket and the client a round trip and a fixed price, the fetch route sends
+small chunks by the thousand in one answer. (A tree of small files downloads in the order it
+was uploaded, so its chunks still lie back to back and share reads of up to `SPAN`.)"""
+
+
 def plan_direct_reads(
-    objects: ObjectStore, names: Sequence[str], located: Mapping[str, Location], span: int = SPAN
+    objects: ObjectStore, names: Sequence[str], located: Mapping[str, Location], span: int = SPAN,
+    min_read: int = MIN_READ,
 ) -> DirectPlan | None:
     """Group ``names`` (in the order asked) into signed reads of ``objects``: a chunk joins the
     read before it only when it starts exactly where that read ends, in the same pack, and the
-    read stays within ``span`` bytes (a larger chunk is a read of its own). None when
-    ``objects`` signs no reads (the first one it is asked for tells)."""
+    read stays within ``span`` bytes (a larger chunk is a read of its own); a read of fewer
+    than ``min_read`` bytes is left to the fetch route. None when ``objects`` signs no reads
+    (the first one it is asked for tells)."""
     plan = DirectPlan()
     groups: list[tuple[str, int, int, list[tuple[str, int, int]]]] = []  # pack, start, end, chunks
     for name in names:
@@ -82,6 +91,9 @@ def plan_direct_reads(
                 continue
         groups.append((loc.pack, loc.pos, loc.pos + loc.stored_len, [entry]))
     for pack, start, end, chunks in groups:
+        if end - start < min_read:
+            plan.fetch += [name for name, _, _ in chunks]
+            continue
         read = signed_read(objects, pack_object_name(pack), start, end - start)
         if read is None:
             return None
