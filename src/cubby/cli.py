@@ -267,8 +267,9 @@ def server_data_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 BLOCKS_OPTION = click.option(
     "--blocks", default=None,
     help="Where chunk packs live: a folder (default DATA/blocks) or s3://BUCKET/PREFIX?endpoint=URL&region=R "
-    "(optional too: &checksum=auto|crc32|md5|sha256|sha256-chunked, how PUT bodies are checked, and &timeout=S; "
-    "docs/DEPLOY.md).",
+    "(optional too: &checksum=auto|crc32|md5|sha256|sha256-chunked, how PUT bodies are checked; &timeout=S; "
+    "&downloads=direct, clients read chunks straight from the bucket, with &public_endpoint=URL where they reach "
+    "it elsewhere; docs/DEPLOY.md).",
 )
 
 

@@ -11,6 +11,9 @@ blocks process instead (`ApiClient.fetch_chunks`), so a bucket the client cannot
 expired read or a damaged byte costs time, never a wrong file.
 
 The GETs carry no credentials of the client's: its cubby token stays with the cubby server.
+A hostile server could still aim them at any http(s) address the client reaches; what comes
+back is checked as above and never sent anywhere, so such a GET tells the server nothing a
+link in a web page would not.
 """
 
 from __future__ import annotations
