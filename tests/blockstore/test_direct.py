@@ -70,3 +70,5 @@ def test_reads_of_a_few_small_chunks_are_left_to_the_fetch_route(tmp_path: Path)
     scattered = [name(i) for i in range(0, 100, 2)]
     apart = plan_direct_reads(Signing(tmp_path), scattered, located, min_read=256 << 10)
     assert apart is not None and apart.reads == [] and apart.fetch == scattered
+    # and a store that signs no reads says so, whatever the sizes
+    assert plan_direct_reads(FolderObjectStore(tmp_path), scattered, located, min_read=256 << 10) is None
