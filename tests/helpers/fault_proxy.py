@@ -86,6 +86,9 @@ class Faults:
     (moto serves them unchecked): a GET whose query signature (`query_signature_holds`) does
     not hold for the request as it arrives (a Range header other than the one signed), or
     has expired, is answered 403 SignatureDoesNotMatch and not forwarded."""
+    query_clock: float = 0.0
+    """Seconds the clock that ``check_query`` judges expiry by is ahead of this machine's (a
+    read used late: 400 expires every read the store signs)."""
 
 
 @dataclass
@@ -135,7 +138,8 @@ class FaultProxy:
         body (as it arrived) fails that check, or a presigned GET whose signature does not
         hold; None when it passes."""
         if method == "GET" and self.faults.check_query and "X-Amz-Signature=" in target:
-            if not query_signature_holds(method, target, headers, self.faults.check_query):
+            now = time.time() + self.faults.query_clock
+            if not query_signature_holds(method, target, headers, self.faults.check_query, now):
                 self.counts["bad_query"] += 1
                 return _error_response("403 Forbidden", BAD_QUERY_BODY)
             return None

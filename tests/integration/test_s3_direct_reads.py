@@ -181,6 +181,26 @@ def test_direct_reads_the_bucket_fails_are_fetched_through_the_server(
     assert fetches(server) >= 1
 
 
+def test_reads_that_expired_before_use_are_fetched_through_the_server(tmp_path: Path, s3_server: S3Server) -> None:
+    """Every signed read comes to the bucket after it expired (the bucket's clock 400 s ahead,
+    past `SIGNED_READ_SECONDS`): the bucket refuses each, and the files still download
+    byte-identical through the blocks role."""
+    files = {f"/d/f{i}.bin": random.Random(10 + i).randbytes(1_000_000) for i in range(3)}
+    with (
+        fault_proxy(s3_server.endpoint, Faults(check_query=s3_server.secret, query_clock=400)) as proxy,
+        direct_server(tmp_path, s3_server, proxy.endpoint) as server,
+    ):
+        token = server.add_user("fin")
+        with ApiClient(server.url, token) as api:
+            upload(api, tmp_path, files)
+            for remote in files:
+                download_file(api, remote, tmp_path / remote.removeprefix("/d/"))
+            assert api.bucket_reads is False  # two refusals in a row: it stopped asking the bucket
+        for remote, data in files.items():
+            assert (tmp_path / remote.removeprefix("/d/")).read_bytes() == data, remote
+    assert proxy.counts["bad_query"] == 2 and fetches(server) == 3
+
+
 def test_a_server_with_proxied_downloads_hands_out_no_reads(tmp_path: Path, s3_server: S3Server) -> None:
     """The default (``downloads=proxied``): locate says so, the client fetches every chunk
     through the blocks role, and the bucket sees no presigned GET."""
