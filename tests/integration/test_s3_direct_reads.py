@@ -14,6 +14,7 @@ import pytest
 
 from cubby.client.api import ApiClient
 from cubby.client.download import download_file, download_tree
+from cubby.client.sync.engine import SyncEngine
 from cubby.client.upload import upload_file
 from cubby.core.hashing import sha256_hex
 from tests.helpers.fault_proxy import Faults, fault_proxy
@@ -199,6 +200,36 @@ def test_reads_that_expired_before_use_are_fetched_through_the_server(tmp_path: 
         for remote, data in files.items():
             assert (tmp_path / remote.removeprefix("/d/")).read_bytes() == data, remote
     assert proxy.counts["bad_query"] == 2 and fetches(server) == 3
+
+
+def test_a_sync_client_downloads_from_the_bucket(tmp_path: Path, s3_server: S3Server) -> None:
+    """`cubby sync`'s engine takes its downloads through the same `fetch_chunks`: a second
+    client of the user gets the first one's tree byte-identical, its large files' chunks from
+    the bucket."""
+    rng = random.Random(6)
+    tree = {"big.bin": rng.randbytes(3_000_000), "docs/text.txt": text(rng, 400_000), "docs/small.txt": b"small\n"}
+    with (
+        fault_proxy(s3_server.endpoint, Faults(check_query=s3_server.secret)) as proxy,
+        direct_server(tmp_path, s3_server, proxy.endpoint) as server,
+    ):
+        token = server.add_user("gus")
+        for rel, data in tree.items():
+            (tmp_path / "a" / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "a" / rel).write_bytes(data)
+        (tmp_path / "b").mkdir()
+        a = SyncEngine(tmp_path / "a", ApiClient(server.url, token), host="a")
+        b = SyncEngine(tmp_path / "b", ApiClient(server.url, token), host="b")
+        try:
+            assert a.run_once().converged
+            before = proxy.requests["GET"]
+            assert b.run_once().converged
+            assert b.api.bucket_reads is True and proxy.requests["GET"] > before
+        finally:
+            for engine in (a, b):
+                engine.close()
+                engine.api.close()
+        for rel, data in tree.items():
+            assert (tmp_path / "b" / rel).read_bytes() == data, rel
 
 
 def test_a_server_with_proxied_downloads_hands_out_no_reads(tmp_path: Path, s3_server: S3Server) -> None:
