@@ -272,18 +272,28 @@ class ApiClient:
             if self._http is None:
                 import httpx
 
-                from cubby.client.tls import deferred_trust
-
-                self._http = httpx.Client(
+                self._http = self._httpx_client(
+                    self._headers,
                     base_url=self.base_url,
-                    headers=self._headers,
-                    timeout=httpx.Timeout(self._timeout, connect=CONNECT_TIMEOUT),
-                    transport=self._transport,
                     limits=httpx.Limits(max_keepalive_connections=8),
-                    verify=deferred_trust(),  # the CA store is loaded by the first TLS connection, if any
                     event_hooks={"request": [self._seen]},
                 )
             return self._http
+
+    def _httpx_client(self, headers: Mapping[str, str], **options: Any) -> httpx.Client:
+        """An httpx client with this client's timeouts and transport, and the CA store loaded
+        by its first TLS connection, if any (`deferred_trust`); ``options``: httpx's others."""
+        import httpx
+
+        from cubby.client.tls import deferred_trust
+
+        return httpx.Client(
+            headers=headers,
+            timeout=httpx.Timeout(self._timeout, connect=CONNECT_TIMEOUT),
+            transport=self._transport,
+            verify=deferred_trust(),
+            **options,
+        )
 
     def _seen(self, request: httpx.Request) -> None:
         for hook in self.on_request:
@@ -689,7 +699,7 @@ class ApiClient:
             yield from self._fetched(hashes)
             return
         pool = self._bucket_pool()
-        reading = [pool.submit(self._read_whole, read) for read in plan.reads]
+        reading = [pool.submit(self._read_bucket, read) for read in plan.reads]
         try:
             for read, future in zip(plan.reads, reading):
                 try:
@@ -713,9 +723,6 @@ class ApiClient:
                 self._bucket_reader = ThreadPoolExecutor(BUCKET_READS, thread_name_prefix="cubby-bucket-reads")
             return self._bucket_reader
 
-    def _read_whole(self, read: BucketRead) -> builtins.list[tuple[str, bytes | bytearray]]:
-        return list(self._read_bucket(read))
-
     def _bucket_plan(self, hashes: Sequence[str]) -> Plan | None:
         """The blocks role's plan of direct reads for ``hashes`` (`parse_plan`), or None when
         it hands out none (remembered). Any other error of the request is the download's
@@ -737,10 +744,10 @@ class ApiClient:
         self.bucket_reads = plan is not None
         return plan
 
-    def _read_bucket(self, read: BucketRead) -> Iterator[tuple[str, bytes | bytearray]]:
-        """The chunks of ``read``, from the bucket: over a `DirectHttp` of its own (no cubby
-        token in its headers) for plain http, through an httpx client of its own for https
-        or where a proxy carries every request."""
+    def _read_bucket(self, read: BucketRead) -> builtins.list[tuple[str, bytes | bytearray]]:
+        """The chunks of ``read``, read whole from the bucket (on a thread of `_bucket_pool`):
+        over a `DirectHttp` of its own (no cubby token in its headers) for plain http, through
+        an httpx client of its own for https or where a proxy carries every request."""
         on_bytes = self.download_limit.consume if self.download_limit else None
         headers = {"Range": read.range}
         if self.direct is not None and DirectHttp.takes(read.url):
@@ -751,8 +758,7 @@ class ApiClient:
             with opened as (status, body):
                 if status != 206:
                     raise BadPlan(f"the bucket answered {status} to a ranged read")
-                yield from read_chunks(read, body.readinto, lambda: body.done)
-            return
+                return list(read_chunks(read, body.readinto, lambda: body.done))
         import httpx
 
         try:
@@ -760,23 +766,15 @@ class ApiClient:
                 if resp.status_code != 206:
                     raise BadPlan(f"the bucket answered {resp.status_code} to a ranged read")
                 pieces = PieceReader(resp.iter_raw(PIECE), on_bytes)
-                yield from read_chunks(read, pieces.readinto, pieces.ended)
+                return list(read_chunks(read, pieces.readinto, pieces.ended))
         except httpx.HTTPError as exc:
             raise Unavailable(f"lost the connection to the bucket while downloading: {exc}") from exc
 
     def _bucket_client(self) -> httpx.Client:
+        """The httpx client for the bucket: no cubby token in its headers."""
         with self._http_lock:
             if self._bucket_https is None:
-                import httpx
-
-                from cubby.client.tls import deferred_trust
-
-                self._bucket_https = httpx.Client(
-                    headers={"User-Agent": USER_AGENT},
-                    timeout=httpx.Timeout(self._timeout, connect=CONNECT_TIMEOUT),
-                    transport=self._transport,
-                    verify=deferred_trust(),
-                )
+                self._bucket_https = self._httpx_client({"User-Agent": USER_AGENT})
             return self._bucket_https
 
     def _fetched(self, hashes: Sequence[str]) -> Iterator[tuple[str, bytes | bytearray]]:
