@@ -7,6 +7,7 @@ so knowing a hash is never enough to download it.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -22,6 +23,7 @@ from cubby.blockstore.base import BlockStore, Plain
 from cubby.blockstore.direct import HandsOutReads
 from cubby.blockstore.opener import folder_of
 from cubby.core import frames
+from cubby.core.chunking import MAX_SIZE
 from cubby.core.compression import CorruptChunk
 from cubby.core.hashing import is_chunk_name
 from cubby.errors import BadRequest, CubbyError, NotFound
@@ -30,8 +32,10 @@ from cubby.model import ChunkRef, Entry
 from cubby.server import access
 from cubby.server.bodies import (
     LIST_JSON,
+    SUNK,
     field_hash,
     field_int,
+    frame_sink,
     json_body,
     query_int,
     require_content_type,
@@ -205,7 +209,9 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         # part) is counted against the process's budget for uploads (`cubby.server.budget`) as
         # it arrives, and given back as it is stored: without it, connections that each send
         # most of a batch and then nothing made the server hold 20 MiB apiece.
-        reader = frames.FrameReader()
+        # The body is read off the socket into each chunk's own buffer where the server in
+        # front can hand it over (`cubby.server.framesink`: no copies, a wake-up per batch of
+        # frames), as the network delivers it otherwise (`stream_capped`, `FrameReader`).
         batch: list[tuple[str, bytes]] = []
         batch_bytes = received = stored = 0
         with uploads.holding(request.scope) as share:
@@ -218,16 +224,38 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
                 uploads.give(share, batch_bytes + frames.HEADER.size * len(batch))
                 batch, batch_bytes = [], 0
 
-            async for piece in stream_capped(request, limit):
-                if batch and uploads.held + len(piece) > uploads.limit:
+            async def room(n: int, arrived: int = 0) -> None:
+                if batch and uploads.held + n > uploads.limit:
                     await store_batch()  # room of its own first, before asking for others'
-                await uploads.take(share, len(piece), patient=True)
-                for name, data in reader.feed(piece):
+                await uploads.take(share, n, patient=True, arrived=arrived)
+
+            def arrived(n: int) -> None:
+                share.received += n
+
+            async def add(got: list[tuple[str, bytes]]) -> None:
+                nonlocal batch_bytes
+                for name, data in got:
                     batch.append((name, data))
                     batch_bytes += len(data)
                     if batch_bytes >= INGEST_BATCH_BYTES:
                         await store_batch()
-            reader.close()
+
+            reserve = functools.partial(uploads.try_take, share)
+            sink = frame_sink(request, limit, reserve=reserve, arrived=arrived, max_frame=MAX_SIZE)
+            if sink is not None:
+                try:
+                    while (got := await sink.frames(room)) is not None:
+                        await add(got)  # type: ignore[arg-type]  # bytearrays, kept by the store as they are
+                finally:
+                    sink.abandon()
+                    request.scope[SUNK] = sink.received
+                await request.receive()  # the body's end, for the front (`cubby.server.unread`)
+            else:
+                reader = frames.FrameReader()
+                async for piece in stream_capped(request, limit):
+                    await room(len(piece), len(piece))
+                    await add(reader.feed(piece))
+                reader.close()
             if batch:
                 await store_batch()
         if ctx.config.dedup_scope == "user":

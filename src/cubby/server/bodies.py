@@ -28,8 +28,8 @@ import contextlib
 import itertools
 import json
 import re
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, MutableMapping
+from typing import Any, Protocol
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
@@ -38,6 +38,7 @@ from starlette.types import Scope
 from cubby.core.hashing import is_chunk_name
 from cubby.errors import BadRequest, CubbyError, PayloadTooLarge
 from cubby.server.budget import lent
+from cubby.server.framesink import FrameSink
 
 SMALL_JSON = 64 * 1024
 """A body naming one or two paths and a few fields (mkdir, move, delete, restore, tokens,
@@ -53,6 +54,10 @@ MAX_INT = 2**63 - 1
 """The largest integer any field accepts: what a signed 64-bit database column holds."""
 
 _GATE = "cubby.body_allowed"
+_SINK = "cubby.frame_sink"
+"""Scope key: hands the rest of the request's body to a `FrameSink` (`allow_frame_sink`)."""
+SUNK = "cubby.sunk"
+"""Scope key: bytes of the body a `FrameSink` received (the front logs them with the rest)."""
 _EARLY = "cubby.early_body"
 """Scope key: the bytes `early_body` received without the rest of the body (a slow client)."""
 EARLY_BYTES = 64 * 1024
@@ -144,6 +149,37 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object", code="malformed_json")
     return body
+
+
+class TakeFrames(Protocol):
+    """What `cubby.server.guard` puts in a request's scope to let a route read its body of
+    chunk frames off the socket (`cubby.server.framesink`)."""
+
+    def __call__(
+        self, scope: MutableMapping[str, Any], *, reserve: Callable[[int], bool],
+        arrived: Callable[[int], None], max_frame: int,
+    ) -> FrameSink | None: ...
+
+
+def allow_frame_sink(scope: MutableMapping[str, Any], take: TakeFrames) -> None:
+    """Let the route of the request of ``scope`` take its body with ``take`` (`frame_sink`)."""
+    scope[_SINK] = take
+
+
+def frame_sink(
+    request: Request, limit: int, *, reserve: Callable[[int], bool], arrived: Callable[[int], None], max_frame: int
+) -> FrameSink | None:
+    """The rest of the body as chunk frames read straight off the socket (`FrameSink`), only
+    after authentication and refused with 413 when its Content-Length is over ``limit``; None
+    when the server in front cannot hand it over (then `stream_capped` reads it)."""
+    _check_gate(request)
+    take: TakeFrames | None = request.scope.get(_SINK)
+    if take is None or _EARLY in request.scope:
+        return None
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    return take(request.scope, reserve=reserve, arrived=arrived, max_frame=max_frame)
 
 
 async def stream_capped(request: Request, limit: int) -> AsyncIterator[bytes]:

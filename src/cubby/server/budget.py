@@ -105,14 +105,24 @@ class BodyBudget:
             del self._holders[h]
             self.give(h, h.held)
 
-    async def take(self, h: Holder, n: int, *, patient: bool = False) -> None:
+    def try_take(self, h: Holder, n: int) -> bool:
+        """Hold ``n`` more bytes for ``h`` if there is room now (not counted as received:
+        room for bytes on their way, `cubby.server.framesink`); False, and nothing held, if not."""
+        if self.held + n > self.limit:
+            return False
+        self.held += n
+        h.held += n
+        return True
+
+    async def take(self, h: Holder, n: int, *, patient: bool = False, arrived: int | None = None) -> None:
         """Count ``n`` more bytes received and held by ``h``. Short of room, close slow bodies
         to make it and wait for it, up to `wait` seconds, then `Unavailable` (503). Unless
         ``patient`` (a stream that can pause: an upload, whose connection is not read while it
         waits), a request waits only for room that closing slow bodies is freeing, and is
         refused at once otherwise: each waiting request still holds the piece it asks room
-        for, and a crowd of them would hold what the budget is there to bound."""
-        h.received += n
+        for, and a crowd of them would hold what the budget is there to bound. ``arrived``:
+        the bytes this counts as received, when not ``n`` (room taken before they come)."""
+        h.received += n if arrived is None else arrived
         if self.held + n > self.limit:
             await self._make_room(h, n, patient)
         self.held += n

@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cubby.server import unread
+from cubby.server.bodies import SUNK
 from cubby.server.budget import BodyBudget
 from cubby.server.logs import ACCESS_LOGGER, log_request
 from cubby.server.metrics import Metrics, route_template
@@ -97,4 +98,4 @@ class Front:
             seconds = time.perf_counter() - start
             status = ex.status or 500
             self.metrics.observe_request(route_template(scope, self.routes), scope["method"], status, seconds)
-            log_request(self.log, scope, status, seconds, ex.received, ex.sent)
+            log_request(self.log, scope, status, seconds, ex.received + scope.get(SUNK, 0), ex.sent)
