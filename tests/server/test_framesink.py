@@ -172,14 +172,23 @@ def test_a_frame_without_room_waits_for_it_with_reading_paused() -> None:
             budget.room += 1 << 30
             assert budget.reserve(n)
 
+        async def network() -> None:  # the transport: a read whenever reading is on
+            rng, fed = random.Random(8), 0
+            while fed < len(data):
+                if not owner.paused:
+                    buf = sink.get_buffer(-1)
+                    n = min(len(buf), len(data) - fed, rng.choice([1, 36, 1000, 70_000]))
+                    buf[:n] = data[fed : fed + n]
+                    fed += n
+                    sink.buffer_updated(n)
+                await asyncio.sleep(0)
+
+        feeding = asyncio.create_task(network())
         out: list[tuple[str, bytes]] = []
-        fed = 0
-        while True:
-            fed += feed(sink, owner, data[fed:], random.Random(fed))
-            got = await sink.frames(room)
-            if got is None:
-                return out
+        while (got := await sink.frames(room)) is not None:
             out.extend((n, bytes(d)) for n, d in got)
+        await feeding
+        return out
 
     assert asyncio.run(run()) == chunks
     assert asked == [200_000 + frames.HEADER.size]
