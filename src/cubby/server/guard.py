@@ -211,13 +211,10 @@ def protocols(gate: ConnectionGate) -> tuple[type[asyncio.Protocol], type[asynci
                 self._refuse("pipelined")
 
         def on_body(self, body: bytes) -> None:
-            cycle = self.cycle
-            if cycle is not None and not isinstance(cycle.body, BodyPieces):
-                if cycle.body:  # not ours: leave it to uvicorn
-                    super().on_body(body)
-                    return
-                cycle.body = BodyPieces()  # type: ignore[assignment]
             self._body_parsed += len(body)
+            cycle = self.cycle
+            if cycle is not None and not cycle.body and not isinstance(cycle.body, BodyPieces):
+                cycle.body = BodyPieces()  # type: ignore[assignment]  # (uvicorn's empty bytearray)
             super().on_body(body)
 
         def take_frames(
