@@ -4,7 +4,6 @@ into the buffers it hands out), what comes out, what it reads where, and when it
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 
 import pytest
@@ -13,6 +12,7 @@ from starlette.requests import ClientDisconnect
 from cubby.core import frames
 from cubby.errors import BadRequest, PayloadTooLarge
 from cubby.server.framesink import AHEAD, DIRECT, FrameSink
+from tests.helpers.named_chunks import named_chunks
 
 
 class Owner:
@@ -85,15 +85,6 @@ def feed(sink: FrameSink, owner: Owner, data: bytes, rng: random.Random, into: d
     return at
 
 
-def items(seed: int, sizes: list[int]) -> list[tuple[str, bytes]]:
-    rng = random.Random(seed)
-    out = []
-    for size in sizes:
-        data = rng.randbytes(size)
-        out.append((hashlib.sha256(data).hexdigest(), data))
-    return out
-
-
 def body(chunks: list[tuple[str, bytes]]) -> bytes:
     return b"".join(frames.encode(n, d) for n, d in chunks)
 
@@ -111,7 +102,7 @@ async def drain(sink: FrameSink, *, keep: bool = False) -> list[tuple[str, bytes
 
 @pytest.mark.parametrize("seed", range(6))
 def test_frames_come_out_whole_whatever_the_reads(seed: int) -> None:
-    chunks = items(seed, [300_000, 4096, 0, 17, 70_000, 65_535, 1 << 20, 5])
+    chunks = named_chunks(seed, [300_000, 4096, 0, 17, 70_000, 65_535, 1 << 20, 5])
     data = body(chunks)
     sink, owner, budget = make(len(data))
     into: dict[int, int] = {}
@@ -129,7 +120,7 @@ def test_frames_come_out_whole_whatever_the_reads(seed: int) -> None:
 
 
 def test_what_came_before_the_sink_took_over_is_taken_first() -> None:
-    chunks = items(10, [100_000, 10, 200_000])
+    chunks = named_chunks(10, [100_000, 10, 200_000])
     data = body(chunks)
     sink, owner, _ = make(len(data) - 50_000)
     sink.preload(data[:50_000])
@@ -138,7 +129,7 @@ def test_what_came_before_the_sink_took_over_is_taken_first() -> None:
 
 
 def test_a_body_that_ends_inside_a_frame_is_refused_whole() -> None:
-    data = body(items(11, [100_000]))[:-1]
+    data = body(named_chunks(11, [100_000]))[:-1]
     sink, owner, _ = make(len(data))
     feed(sink, owner, data, random.Random(2))
     assert owner.done == [True]  # the body was read to its end: the connection goes on
@@ -148,7 +139,7 @@ def test_a_body_that_ends_inside_a_frame_is_refused_whole() -> None:
 
 
 def test_a_frame_longer_than_the_largest_chunk_stops_reading_before_any_allocation() -> None:
-    good = items(12, [1000])
+    good = named_chunks(12, [1000])
     data = body(good) + frames.header("ab" * 32, 64 * 1024 * 1024) + b"\0" * 1000
     sink, owner, budget = make(len(data) + (64 << 20), max_frame=4 * 1024 * 1024)
     feed(sink, owner, data, random.Random(3))
@@ -159,7 +150,7 @@ def test_a_frame_longer_than_the_largest_chunk_stops_reading_before_any_allocati
 
 
 def test_a_frame_without_room_waits_for_it_with_reading_paused() -> None:
-    chunks = items(13, [100_000, 200_000, 5000])
+    chunks = named_chunks(13, [100_000, 200_000, 5000])
     data = body(chunks)
     budget = Budget(room=150_000)
     sink, owner, _ = make(len(data), budget)
@@ -196,7 +187,7 @@ def test_a_frame_without_room_waits_for_it_with_reading_paused() -> None:
 
 def test_reading_pauses_while_the_route_has_not_taken_what_came() -> None:
     size = 4 * 1024 * 1024
-    chunks = items(14, [size] * (AHEAD // size + 2))
+    chunks = named_chunks(14, [size] * (AHEAD // size + 2))
     data = body(chunks)
     sink, owner, _ = make(len(data))
     fed = feed(sink, owner, data, random.Random(4))
@@ -213,7 +204,7 @@ def test_reading_pauses_while_the_route_has_not_taken_what_came() -> None:
 
 
 def test_a_client_gone_is_a_disconnect_for_the_route() -> None:
-    data = body(items(15, [500_000]))
+    data = body(named_chunks(15, [500_000]))
     sink, owner, _ = make(len(data))
     feed(sink, owner, data[:1000], random.Random(6))
     sink.connection_lost(None)
@@ -223,7 +214,7 @@ def test_a_client_gone_is_a_disconnect_for_the_route() -> None:
 
 
 def test_a_route_that_gives_up_closes_the_connection() -> None:
-    data = body(items(16, [500_000]))
+    data = body(named_chunks(16, [500_000]))
     sink, owner, _ = make(len(data))
     feed(sink, owner, data[:1000], random.Random(7))
     sink.abandon()

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import socket
 
 from cubby.core import frames
+from tests.helpers.named_chunks import named_chunks
 from tests.helpers.raw_http import content_length, read_answer, read_until, recv
 from tests.server.conftest import Users
 
@@ -21,12 +21,7 @@ SIZES = [300 * 1024, 4096, 70_000, 17, 1024 * 1024 + 5, 65_535, 2 * 1024 * 1024,
 
 
 def chunks(seed: int, sizes: list[int] = SIZES) -> list[tuple[str, bytes]]:
-    rng = random.Random(seed)
-    out = []
-    for size in sizes:
-        data = rng.randbytes(size)
-        out.append((hashlib.sha256(data).hexdigest(), data))
-    return out
+    return named_chunks(seed, sizes)
 
 
 def upload_head(token: str, length: int, extra: str = "") -> bytes:

@@ -228,7 +228,8 @@ def protocols(gate: ConnectionGate) -> tuple[type[asyncio.Protocol], type[asynci
             cycle = self.cycle
             if (
                 cycle is None or cast("MutableMapping[str, Any]", cycle.scope) is not scope
-                or cycle.disconnected or cycle.response_complete or not cycle.more_body or self._sink is not None or self.transport.is_closing()
+                or cycle.disconnected or cycle.response_complete or not cycle.more_body
+                or self._sink is not None or self.transport.is_closing()
             ):
                 return None
             declared = content_length(scope)
