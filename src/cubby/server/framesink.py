@@ -6,8 +6,8 @@ another, uvicorn's ``bytearray`` of the body, ``bytes()`` of that for the ASGI m
 `cubby.core.frames.FrameReader` joining the pieces into chunks), and each of some 12,400 reads
 per GiB was a trip through ASGI ``receive``, Starlette's stream, the body cap, the budget and
 the reader. Profiled during a 1 GiB ``cubby put``, those copies and trips were most of the
-event loop's time and a fifth of the server's CPU. The client already reads downloads this way
-(`cubby.core.frames.read_frames`).
+event loop's time; reading the body as below takes 0.3-0.5 CPU s off the server's 2.2-2.4 for
+a 1 GiB put into Ceph. The client already reads downloads this way (`cubby.core.frames.read_frames`).
 
 How. For the rest of an upload's body, the connection's transport is given to a sink (an
 `asyncio.BufferedProtocol`; `cubby.server.guard` switches it in and back) for exactly the bytes
