@@ -99,6 +99,13 @@ def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"the body is larger than the {limit}-byte limit of this route")
 
 
+def _refuse_declared_over(request: Request, limit: int) -> None:
+    """413 at once for a body whose Content-Length says it will be over ``limit``."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+
+
 async def early_body(request: Request) -> bytes | None:
     """The whole body, received before the caller is known, of a request that declares a
     Content-Length of at most `EARLY_BYTES` (and no ``Expect: 100-continue``, whose client
@@ -176,9 +183,7 @@ def frame_sink(
     take: TakeFrames | None = request.scope.get(_SINK)
     if take is None or _EARLY in request.scope:
         return None
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
+    _refuse_declared_over(request, limit)
     return take(request.scope, reserve=reserve, arrived=arrived, max_frame=max_frame)
 
 
@@ -187,9 +192,7 @@ async def stream_capped(request: Request, limit: int) -> AsyncIterator[bytes]:
     declared Content-Length says they will), and only after authentication. (What
     `early_body` received of it first.)"""
     _check_gate(request)
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
+    _refuse_declared_over(request, limit)
     total = 0
     early = request.scope.pop(_EARLY, None)
     if early:
