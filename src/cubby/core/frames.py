@@ -28,6 +28,17 @@ def encode(name: str, data: bytes) -> bytes:
     return header(name, len(data)) + data
 
 
+def frame_too_long(length: int, largest: int) -> PayloadTooLarge:
+    """The error for a frame header that declares more than the largest chunk."""
+    return PayloadTooLarge(f"a chunk frame declares {length} bytes; the largest chunk is {largest}")
+
+
+def ends_inside_a_frame() -> BadRequest:
+    """The error for a body that ends in the middle of a frame: a truncated chunk must never
+    pass for the end of the list."""
+    return BadRequest("the body ends in the middle of a chunk frame (truncated upload?)", code="truncated_body")
+
+
 JOIN_BELOW = 64 * 1024
 """Frames of chunks smaller than this are joined into pieces of about `PIECE` bytes by
 `encode_many`; larger chunks go out as their header and their own bytes, uncopied."""
@@ -107,7 +118,7 @@ class FrameReader:
                     return out
                 raw, length = HEADER.unpack(self._take(HEADER.size))
                 if length > self.max_frame:
-                    raise PayloadTooLarge(f"a chunk frame declares {length} bytes; the largest chunk is {self.max_frame}")
+                    raise frame_too_long(length, self.max_frame)
                 self._need = (raw.hex(), length)
             name, length = self._need
             if self._have < length:
@@ -125,7 +136,7 @@ class FrameReader:
         while end - off >= size:
             raw, length = HEADER.unpack_from(view, off)
             if length > largest:
-                raise PayloadTooLarge(f"a chunk frame declares {length} bytes; the largest chunk is {largest}")
+                raise frame_too_long(length, largest)
             start = off + size
             if end - start < length:
                 break
@@ -141,7 +152,7 @@ class FrameReader:
     def close(self) -> None:
         """Call at end of body: a partial frame means the body was truncated."""
         if self._need is not None or self._have:
-            raise BadRequest("the body ends in the middle of a chunk frame (truncated upload?)", code="truncated_body")
+            raise ends_inside_a_frame()
 
 
 ReadInto: TypeAlias = Callable[[memoryview], int]
@@ -177,7 +188,7 @@ def read_frames(readinto: ReadInto, max_frame: int = MAX_SIZE) -> Iterator[tuple
             raise BadRequest(f"the body ends inside a chunk frame's header ({got} of {HEADER.size} bytes)", code="truncated_body")
         raw, length = HEADER.unpack(head)
         if length > max_frame:
-            raise PayloadTooLarge(f"a chunk frame declares {length} bytes; the largest chunk is {max_frame}")
+            raise frame_too_long(length, max_frame)
         data = bytearray(length)
         got = fill(readinto, memoryview(data))
         if got < length:

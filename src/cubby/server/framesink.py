@@ -37,8 +37,7 @@ from typing import Protocol
 from starlette.requests import ClientDisconnect
 
 from cubby.core.chunking import MAX_SIZE
-from cubby.core.frames import HEADER
-from cubby.errors import BadRequest, PayloadTooLarge
+from cubby.core.frames import HEADER, ends_inside_a_frame, frame_too_long
 
 DIRECT = 64 * 1024
 """A frame with at least this many bytes still to come is read straight into its buffer."""
@@ -215,7 +214,7 @@ class FrameSink(asyncio.BufferedProtocol):
         ask the route to wait for it (False). Raises on a length above the largest chunk."""
         raw, length = HEADER.unpack(self._head)
         if length > self._max_frame:
-            self._fail(PayloadTooLarge(f"a chunk frame declares {length} bytes; the largest chunk is {self._max_frame}"))
+            self._fail(frame_too_long(length, self._max_frame))
             return False
         self._name = raw.hex()
         if not self._reserve(length + HEADER.size):
@@ -252,7 +251,7 @@ class FrameSink(asyncio.BufferedProtocol):
             return
         if self._left == 0 and not self._src and not self._wanted:
             if self._data is not None or self._head_got:
-                self._fail(BadRequest("the body ends in the middle of a chunk frame (truncated upload?)", code="truncated_body"), whole=True)
+                self._fail(ends_inside_a_frame(), whole=True)
                 return
             self._ended = True
             self._set_paused(False)
