@@ -159,9 +159,9 @@ class FrameSink(asyncio.BufferedProtocol):
 
     # -- the route's side ------------------------------------------------------------------------
 
-    async def frames(self, reserve: Callable[[int], Awaitable[None]]) -> list[Frame] | None:
+    async def frames(self, room: Callable[[int], Awaitable[None]]) -> list[Frame] | None:
         """The whole frames that came since the last call, waiting for at least one; None at
-        the end of the body. When a frame's buffer waits for room in the budget, ``reserve(n)``
+        the end of the body. When a frame's buffer waits for room in the budget, ``room(n)``
         is awaited for it (it takes the room, or raises: 503, the client gone)."""
         while True:
             if self._error is not None:
@@ -173,7 +173,7 @@ class FrameSink(asyncio.BufferedProtocol):
             if self._ended:
                 return None
             if self._wanted:
-                await reserve(self._wanted)
+                await room(self._wanted)
                 self._grant()
                 continue
             self._event.clear()
