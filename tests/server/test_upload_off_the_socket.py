@@ -147,3 +147,18 @@ def test_a_chunked_body_still_goes_through_the_http_parser(users: Users) -> None
         assert content_length(answer.partition(b"\r\n\r\n")[0]) > 0
         assert answer_json(answer) == (200, {"received": 2, "stored": 2})
     assert download(users, "/chunked.bin", items) == body_of([]) + items[0][1] + items[1][1]
+
+
+def test_a_declared_length_over_the_cap_is_refused_before_the_body_is_read(users: Users) -> None:
+    """413 from the Content-Length alone (this server's cap is 32 MiB): no sink is lent, the
+    body is not waited for, and what was sent of it is not kept."""
+    items = chunks(9, [100_000])
+    body = body_of(items)
+    with socket.create_connection(("127.0.0.1", users.server.port), timeout=30) as sock:
+        sock.sendall(upload_head(users.alice_token, 64 * 1024 * 1024) + body)  # the rest never comes
+        status, answer = answer_json(read_answer(sock))
+        assert status == 413 and answer["code"] == "payload_too_large", answer
+    with users.raw(users.alice_token) as c:
+        r = c.post("/api/v1/files/commit", json={"path": "/over.bin", "size": 100_000,
+                                                  "chunks": [{"hash": items[0][0], "size": 100_000}]})
+        assert r.json()["status"] == "need_chunks"
