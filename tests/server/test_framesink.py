@@ -185,6 +185,45 @@ def test_a_frame_without_room_waits_for_it_with_reading_paused() -> None:
     assert asked == [200_000 + frames.HEADER.size]
 
 
+def test_a_frame_without_room_wakes_a_route_already_waiting() -> None:
+    """The header of a frame that does not fit comes while the route waits for frames, with
+    none before it: the route is woken to wait for room (it slept on, holding the upload)."""
+    chunks = named_chunks(17, [300_000])
+    data = body(chunks)
+    budget = Budget(room=1000)
+    sink, owner, _ = make(len(data), budget)
+    asked: list[int] = []
+
+    async def run() -> list[tuple[str, bytes]]:
+        async def room(n: int) -> None:
+            asked.append(n)
+            budget.room += n
+            assert budget.reserve(n)
+
+        async def route() -> list[tuple[str, bytes]]:
+            out: list[tuple[str, bytes]] = []
+            while (got := await sink.frames(room)) is not None:
+                out.extend((n, bytes(d)) for n, d in got)
+            return out
+
+        waiting = asyncio.create_task(route())
+        await asyncio.sleep(0)  # the route is waiting before any byte comes
+        fed = 0
+        while fed < len(data):
+            if not owner.paused:
+                buf = sink.get_buffer(-1)
+                n = min(len(buf), len(data) - fed, 50_000)
+                buf[:n] = data[fed : fed + n]
+                fed += n
+                sink.buffer_updated(n)
+            await asyncio.sleep(0)
+        return await waiting
+
+    # (a route never woken would wait, and reading stay paused, for ever)
+    assert asyncio.run(asyncio.wait_for(run(), 30)) == chunks
+    assert asked == [300_000 + frames.HEADER.size]
+
+
 def test_reading_pauses_while_the_route_has_not_taken_what_came() -> None:
     size = 4 * 1024 * 1024
     chunks = named_chunks(14, [size] * (AHEAD // size + 2))

@@ -219,6 +219,7 @@ class FrameSink(asyncio.BufferedProtocol):
         self._name = raw.hex()
         if not self._reserve(length + HEADER.size):
             self._wanted = length + HEADER.size
+            self._event.set()  # the route waits for room; it may be waiting for bytes now
             return False
         self._start_data(length)
         return True
