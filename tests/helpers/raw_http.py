@@ -46,3 +46,27 @@ def read_answer(sock: socket.socket) -> bytes:
     while len(body) < length and (piece := recv(sock)):
         body += piece
     return head + sep + body
+
+
+class Answers:
+    """Answers read one at a time off a connection whose reads may hold several (pipelined
+    requests): what a read brings beyond one answer is kept for the next."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def next(self) -> bytes:
+        """The next answer, its head and its Content-Length body, or what came before the
+        peer closed."""
+        while HEAD_END not in self.buf and (piece := recv(self.sock)):
+            self.buf += piece
+        head, sep, rest = self.buf.partition(HEAD_END)
+        if not sep:
+            self.buf = b""
+            return head
+        length = content_length(head)
+        while len(rest) < length and (piece := recv(self.sock)):
+            rest += piece
+        self.buf = rest[length:]
+        return head + sep + rest[:length]
