@@ -452,21 +452,22 @@ def test_slow_uploads_are_bounded(tmp_path: Path) -> None:
 
 
 def test_an_upload_waits_for_room_then_is_refused_or_stored(tmp_path: Path) -> None:
-    """With the upload budget held by four slow uploads (14 MiB of 16), an honest 4 MiB chunk
-    waits for room and, none coming, is refused with 503 (retry later); once the slow uploads
-    are gone, the same upload is stored."""
+    """With the upload budget held by three slow uploads (each holds room for the whole 4 MiB
+    frame it began: 12.6 MB of 16 MiB, and a fourth 4 MiB frame is 144 bytes too many), an
+    honest 4 MiB chunk waits for room and, none coming, is refused with 503 (retry later);
+    once the slow uploads are gone, the same upload is stored."""
     front = budget_server(tmp_path)
     chunk = os.urandom(4 << 20)
     honest = struct.pack(">32sI", bytes.fromhex(hashlib.sha256(chunk).hexdigest()), len(chunk)) + chunk
     try:
-        # (each sent whole, however loaded the machine: there is room for all four)
-        slow = [
-            upload_on(front, first_part_of_a_chunk(3_500_000), declared=(4 << 20) + 36, patience=WAIT) for _ in range(4)
-        ]
+        # (each sent whole, however loaded the machine: there is room for all three)
+        frame = (4 << 20) + 36
+        slow = [upload_on(front, first_part_of_a_chunk(3_500_000), declared=frame, patience=WAIT) for _ in range(3)]
+        assert 4 * frame > UPLOAD_BUDGET
         # The honest upload must not race them for the room: it starts once the server holds
         # all of them, as its metrics say.
         end = time.monotonic() + WAIT
-        while buffered_uploads(front) < 4 * 3_500_036 and time.monotonic() < end:
+        while buffered_uploads(front) < 3 * frame and time.monotonic() < end:
             time.sleep(0.05)
         with upload_on(front, honest) as s:
             refused = read_answer(s)
