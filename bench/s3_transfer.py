@@ -64,11 +64,11 @@ CHECKSUM: list[str] = []
 """The ``--checksum`` of the server's S3 URL (empty: the store's default)."""
 
 
-def s3_server(folder: Path, endpoint: str, prefix: str) -> tuple[LiveServer, str]:
+def s3_server(folder: Path, endpoint: str, prefix: str, options: str = "") -> tuple[LiveServer, str]:
     """A fresh cubby server whose packs live under ``prefix`` of the bench bucket (credentials
-    from the environment, as every AWS client reads them)."""
+    from the environment, as every AWS client reads them); ``options``: more of the URL's query."""
     check = f"&checksum={CHECKSUM[0]}" if CHECKSUM else ""
-    return start_server(folder, blocks=f"s3://{BUCKET}/{prefix}?endpoint={endpoint}&region=us-east-1{check}")
+    return start_server(folder, blocks=f"s3://{BUCKET}/{prefix}?endpoint={endpoint}&region=us-east-1{check}{options}")
 
 
 def small_files_row(report: Report, scratch: Path, work: Path, endpoint: str, count: int, size: int) -> None:
@@ -236,6 +236,22 @@ def objects_reference(
     return up, down
 
 
+def direct_put(folder: Path, endpoint: str, prefix: str, src: Path) -> dict[str, Any]:
+    """``cubby put`` of ``src`` to a server with ``uploads=direct``: the client puts its packs in
+    the bucket itself (where the S3 server checks every chunk's signature; else, on moto, the
+    server hands out no PUTs and this is the ordinary put)."""
+    server, token = s3_server(folder, endpoint, prefix, "&uploads=direct")
+    try:
+        warm(src)
+        meter = CpuMeter(server)
+        seconds, out = cli(server, token, "put", str(src), "/big.bin")
+        direct = server.logs().count('"path":"/api/v1/blocks/put_done"')
+        return {"seconds": seconds, "chunks": int(out[0]["chunks"]), "packs_put_by_client": direct, **meter.read()}
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def large_file_rows(report: Report, work: Path, endpoint: str, src: Path, size: int, repeat: int) -> None:
     """boto3, cubby on S3 and cubby on a local folder, interleaved, ``repeat`` rounds."""
     import boto3
@@ -265,6 +281,10 @@ def large_file_rows(report: Report, work: Path, endpoint: str, src: Path, size: 
         runs.setdefault("get", []).append(get)
         runs.setdefault("direct_get", []).append(straight or {})
         empty_bucket(client, f"round-{k}/", delete=False)
+        reclaim()
+        runs.setdefault("direct_put", []).append(direct_put(work / f"direct-{k}", endpoint, f"direct-{k}", src))
+        empty_bucket(client, f"direct-{k}/", delete=False)
+        reclaim()
         server, token = start_server(work / f"folder-{k}")
         put, get, _ = cubby_round(server, token, src, digest, work / "got.bin")
         runs.setdefault("folder_put", []).append(put)
@@ -275,7 +295,11 @@ def large_file_rows(report: Report, work: Path, endpoint: str, src: Path, size: 
         (
             "upload",
             [("ref_up", "boto3 upload_file (same bytes, same server)"), ("obj_up", objects)],
-            [("put", "cubby put, packs on S3"), ("folder_put", "cubby put, packs in a local folder")],
+            [
+                ("put", "cubby put, packs on S3"),
+                ("direct_put", "cubby put, packs on S3, put in the bucket by the client (uploads=direct)"),
+                ("folder_put", "cubby put, packs in a local folder"),
+            ],
         ),
         (
             "download",

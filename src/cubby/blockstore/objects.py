@@ -27,7 +27,7 @@ The contract, for every implementation:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -121,6 +121,48 @@ class SignedReads(Protocol):
     def signed_read(self, name: str, offset: int, length: int) -> SignedRead | None:
         """A read of ``length`` bytes of ``name`` at ``offset``, valid for a few minutes; None
         where this store hands out none (not configured to, or it cannot)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SignedPut:
+    """A PUT anyone may send, without credentials, for a few minutes: to ``url``, with
+    ``headers``, a body in SigV4's ``aws-chunked`` encoding whose chunks carry
+    ``signatures`` in order (the last, the final empty chunk's). Each chunk's signature signs
+    its SHA-256, so the bucket stores the object only if every chunk is the bytes it was
+    signed for (`cubby.blockstore.s3.S3ObjectStore.signed_put`)."""
+
+    url: str
+    headers: Mapping[str, str]
+    signatures: list[str]
+
+
+@runtime_checkable
+class SignedPuts(Protocol):
+    """An object store that can hand out writes of new objects whose bytes it names by their
+    chunks' SHA-256, and say how long an object is: S3 with ``uploads=direct``. A pack store
+    hands them to clients (`cubby.blockstore.direct`), so that upload bytes go to the bucket
+    and not through a blocks process."""
+
+    def signed_put(self, name: str, chunks: Sequence[tuple[int, str]]) -> SignedPut | None:
+        """A PUT of ``name`` made of ``chunks`` (size, SHA-256 hex), valid for a few minutes;
+        None where this store hands out none (not configured to, or its server would not
+        check the chunks)."""
+
+    def stored_size(self, name: str) -> int | None:
+        """The size of ``name``, or None when there is no such object."""
+
+
+def signed_put(store: ObjectStore, name: str, chunks: Sequence[tuple[int, str]]) -> SignedPut | None:
+    """``store.signed_put`` where ``store`` hands them out (`SignedPuts`), else None."""
+    return store.signed_put(name, chunks) if isinstance(store, SignedPuts) else None
+
+
+def stored_size(store: ObjectStore, name: str) -> int | None:
+    """The size of object ``name`` in ``store``, or None when there is none: ``store.stored_size``
+    where it has one (`SignedPuts`: a HEAD request), else what its `list` says of that name."""
+    if isinstance(store, SignedPuts):
+        return store.stored_size(name)
+    return next((size for found, size in store.list(name) if found == name), None)
 
 
 def signed_read(store: ObjectStore, name: str, offset: int, length: int) -> SignedRead | None:

@@ -86,7 +86,7 @@ def pack_parts(
     for name, blob, plain_len in blobs:
         size = stored_len(blob)
         entries.append((name, Location(pack, pos, size, plain_len)))
-        trailer.append(_ENTRY.pack(bytes.fromhex(name), pos, size, plain_len))
+        trailer.append(entry_bytes(name, entries[-1][1]))
         pos += size
         if digests is not None and known is not None and blob[0] == _RAW_CODEC and len(blob[1]) == plain_len:
             state = known.get(name)
@@ -94,8 +94,18 @@ def pack_parts(
                 digests[index + 1] = state
         index += 2
         yield from blob
-    trailer.append(_FOOTER.pack(len(trailer), END))
+    trailer.append(footer_bytes(len(trailer)))
     yield b"".join(trailer)
+
+
+def entry_bytes(name: str, loc: Location) -> bytes:
+    """The trailer's entry for chunk ``name`` at ``loc``."""
+    return _ENTRY.pack(bytes.fromhex(name), loc.pos, loc.stored_len, loc.plain_len)
+
+
+def footer_bytes(n: int) -> bytes:
+    """The footer of a trailer of ``n`` entries."""
+    return _FOOTER.pack(n, END)
 
 
 def pack_size(entries: Sequence[tuple[str, Location]]) -> int:

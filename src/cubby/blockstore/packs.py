@@ -62,6 +62,13 @@ from dataclasses import dataclass
 
 from cubby.blockstore.base import BlockStore, Plain
 from cubby.blockstore.direct import DirectPlan, plan_direct_reads
+from cubby.blockstore.directput import (
+    DirectPut,
+    StagedDirect,
+    direct_layout,
+    pack_is_stored,
+    plan_direct_put,
+)
 from cubby.blockstore.extents import Extent, plan_extents
 from cubby.blockstore.index import USAGE_PAGE, ChunkIndex, NewPack, PackUsage, usage_pages
 from cubby.blockstore.objects import ObjectMissing, ObjectStore, StreamingPut
@@ -75,6 +82,7 @@ from cubby.blockstore.packfile import (
     read_trailer,
 )
 from cubby.core.batched import batched
+from cubby.core.chunking import MIN_DIRECT
 from cubby.core.compression import (
     RAW,
     Codec,
@@ -85,7 +93,7 @@ from cubby.core.compression import (
     verify_and_encode,
 )
 from cubby.core.hashing import Sha256State, check_chunk_name, sha256_hex
-from cubby.errors import NotFound
+from cubby.errors import BadRequest, NotFound
 
 log = logging.getLogger("cubby.blockstore")
 
@@ -305,6 +313,39 @@ class PackBlockStore:
         parts = pack_parts(pack, taken(), entries, known=states, digests=digests)
         objects.put_parts(pack_object_name(pack), parts, digests)
         return NewPack(pack, pack_size(entries), sum(loc.stored_len for _, loc in entries), entries)
+
+    def direct_put(self, chunks: Sequence[tuple[str, int]]) -> DirectPut | None:
+        """`HandsOutPuts.direct_put`: a new pack id, laid out for ``chunks`` and signed
+        (`cubby.blockstore.directput`); None unless the object store hands out PUTs."""
+        for name, size in chunks:
+            check_chunk_name(name)
+            if size < MIN_DIRECT:
+                raise BadRequest(f"chunk {name} is under {MIN_DIRECT} bytes: upload it through the blocks role")
+        return plan_direct_put(self.objects, new_pack_id(), chunks)
+
+    def stage_direct_put(self, pack: str, chunks: Sequence[tuple[str, int]], within: object) -> StagedDirect:
+        """`HandsOutPuts.stage_direct_put`. The pack's entries for chunks the index places
+        already are left out of it (their bytes in the pack are dead from the start, as a
+        compaction would leave them); a chunk indexed by another upload in the meantime
+        keeps its place (the index ignores a second row for it)."""
+        layout = direct_layout(pack, chunks)
+        pack_is_stored(self.objects, layout)
+        known = self.present(name for name, _ in chunks)
+        where = dict(layout.entries)
+
+        def made(names: Iterable[str]) -> NewPack:
+            entries = [(name, where[name]) for name in names]
+            return NewPack(pack, layout.size, sum(loc.stored_len for _, loc in entries), entries)
+
+        fresh = made(name for name, _ in chunks if name not in known)
+
+        def again(names: Sequence[str]) -> None:
+            self.index.add_packs([made(names)])
+
+        if self.index.writes_to(within):
+            return StagedDirect([name not in known for name, _ in chunks], functools.partial(self.index.add_packs, [fresh]), again)
+        self.index.add_packs([fresh])
+        return StagedDirect([name not in known for name, _ in chunks], lambda: None, again)
 
     def write_packs(self, blobs: list[tuple[str, Stored, int]]) -> list[NewPack]:
         """Put ``blobs`` (name, stored bytes, plain length) into new packs, each durable, then

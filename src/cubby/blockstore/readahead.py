@@ -33,16 +33,19 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 
 from cubby.blockstore.objects import (
     ObjectStore,
     ObjectStoreError,
     ShortRead,
+    SignedPut,
     SignedRead,
     put_in_parts,
+    signed_put,
     signed_read,
+    stored_size,
 )
 from cubby.core.hashing import Sha256State
 
@@ -128,6 +131,13 @@ class ReadAheadObjectStore:
     def signed_read(self, name: str, offset: int, length: int) -> SignedRead | None:
         """The inner store's (`SignedReads`): made without a request, so nothing to retry or cache."""
         return signed_read(self.inner, name, offset, length)
+
+    def signed_put(self, name: str, chunks: Sequence[tuple[int, str]]) -> SignedPut | None:
+        """The inner store's (`SignedPuts`)."""
+        return signed_put(self.inner, name, chunks)
+
+    def stored_size(self, name: str) -> int | None:
+        return stored_size(self.inner, name)
 
     def delete(self, name: str) -> None:
         self.inner.delete(name)

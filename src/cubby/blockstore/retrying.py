@@ -29,11 +29,20 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from cubby.blockstore.objects import ObjectStore, ObjectStoreError, SignedRead, put_in_parts, signed_read
+from cubby.blockstore.objects import (
+    ObjectStore,
+    ObjectStoreError,
+    SignedPut,
+    SignedRead,
+    put_in_parts,
+    signed_put,
+    signed_read,
+    stored_size,
+)
 from cubby.core.hashing import Sha256State
 
 T = TypeVar("T")
@@ -128,6 +137,13 @@ class RetryingObjectStore:
     def signed_read(self, name: str, offset: int, length: int) -> SignedRead | None:
         """The inner store's (`SignedReads`): made without a request, so nothing to retry or cache."""
         return signed_read(self.inner, name, offset, length)
+
+    def signed_put(self, name: str, chunks: Sequence[tuple[int, str]]) -> SignedPut | None:
+        """The inner store's (`SignedPuts`), retried: the first may probe the server."""
+        return self._call(lambda: signed_put(self.inner, name, chunks))
+
+    def stored_size(self, name: str) -> int | None:
+        return self._call(lambda: stored_size(self.inner, name))
 
     def delete(self, name: str) -> None:
         self._call(lambda: self.inner.delete(name))

@@ -67,7 +67,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -78,16 +78,24 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 
 from cubby.blockstore.folder import check_object_name
-from cubby.blockstore.objects import ObjectMissing, ObjectStore, ObjectStoreError, ShortRead, SignedRead
+from cubby.blockstore.objects import (
+    ObjectMissing,
+    ObjectStore,
+    ObjectStoreError,
+    ShortRead,
+    SignedPut,
+    SignedRead,
+)
 from cubby.blockstore.readahead import ReadAheadObjectStore
 from cubby.blockstore.retrying import Backoff, RetryingObjectStore
 from cubby.blockstore.s3body import BodyCheck, PartsBody
 from cubby.blockstore.s3chunked import (
+    EMPTY_SHA256,
     BodyChunk,
     ChunkSigner,
     StreamingAuth,
     encode,
-    encoded_length,
+    encoded_length_of,
     plan_chunks,
     signing_key,
 )
@@ -193,7 +201,10 @@ class S3Location:
     public_endpoint: str | None = None
     """The endpoint clients reach the bucket at, where it is not ``endpoint`` (a bucket the
     server reaches on a private network and clients through a public name): the signed
-    reads name it, since a signature covers the host."""
+    reads and writes name it, since a signature covers the host."""
+    direct_uploads: bool = False
+    """``uploads=direct``: clients PUT packs of their chunks to the bucket themselves, each
+    chunk's SHA-256 signed by the server (`S3ObjectStore.signed_put`)."""
 
     @classmethod
     def parse(cls, url: str) -> S3Location:
@@ -204,11 +215,11 @@ class S3Location:
         if parts.scheme != "s3" or not parts.netloc:
             raise BadRequest(f"not an s3://BUCKET/PREFIX url: {url!r}", code="invalid_blocks_url")
         query = parse_qs(parts.query, keep_blank_values=True)
-        unknown = set(query) - {"endpoint", "region", "checksum", "timeout", "downloads", "public_endpoint"}
+        unknown = set(query) - {"endpoint", "region", "checksum", "timeout", "downloads", "uploads", "public_endpoint"}
         if unknown:
             raise BadRequest(
                 f"unknown s3 url parameter(s) {', '.join(sorted(unknown))}: only endpoint, region, checksum, timeout, "
-                "downloads and public_endpoint",
+                "downloads, uploads and public_endpoint",
                 code="invalid_blocks_url",
             )
         prefix = parts.path.strip("/")
@@ -234,15 +245,25 @@ class S3Location:
                 f"unknown s3 downloads {downloads!r}: proxied (through the blocks processes) or direct (from the bucket)",
                 code="invalid_blocks_url",
             )
+        uploads = one("uploads") or "proxied"
+        if uploads not in ("proxied", "direct"):
+            raise BadRequest(
+                f"unknown s3 uploads {uploads!r}: proxied (through the blocks processes) or direct (to the bucket)",
+                code="invalid_blocks_url",
+            )
         public = one("public_endpoint")
         if public is not None:
             public_parts = urlsplit(public)
             if public_parts.scheme not in ("http", "https") or not public_parts.hostname:
                 raise BadRequest(f"bad s3 public_endpoint {public!r}: an http:// or https:// URL", code="invalid_blocks_url")
-            if downloads != "direct":
-                raise BadRequest("s3 public_endpoint is for downloads=direct; add it, or drop public_endpoint", code="invalid_blocks_url")
+            if downloads != "direct" and uploads != "direct":
+                raise BadRequest(
+                    "s3 public_endpoint is for downloads=direct or uploads=direct; add one, or drop public_endpoint",
+                    code="invalid_blocks_url",
+                )
         return cls(
-            parts.netloc, prefix, one("endpoint"), one("region"), check, _timeout(one("timeout")), downloads == "direct", public
+            parts.netloc, prefix, one("endpoint"), one("region"), check, _timeout(one("timeout")), downloads == "direct", public,
+            uploads == "direct",
         )
 
 
@@ -494,30 +515,7 @@ class S3ObjectStore:
                 f"put {key}: this botocore keeps its connections where a body signed in chunks"
                 " cannot be sent on them; use checksum=sha256 in the --blocks URL"
             )
-        credentials = self._session.get_credentials()
-        if credentials is None:
-            raise botocore.exceptions.NoCredentialsError()
-        frozen = credentials.get_frozen_credentials()
-        region = self._client.meta.region_name
-        # The URL botocore would send this PutObject to (path or virtual-host style, endpoint,
-        # region), from a presigned one whose query (its signature) is dropped.
-        url = self._client.generate_presigned_url(
-            "put_object", Params={"Bucket": self.location.bucket, "Key": key}, ExpiresIn=900
-        ).split("?", 1)[0]
-        request = AWSRequest(
-            method="PUT",
-            url=url,
-            headers={
-                "Content-Encoding": "aws-chunked",
-                "X-Amz-Decoded-Content-Length": str(sum(chunk.size for chunk in chunks)),
-                "Content-Length": str(encoded_length(chunks)),
-            },
-        )
-        StreamingAuth(frozen, "s3", region).add_auth(request)
-        amz_date = request.headers["X-Amz-Date"]
-        seed = request.headers["Authorization"].rsplit("Signature=", 1)[1]
-        scope = f"{amz_date[:8]}/{region}/s3/aws4_request"
-        signer = ChunkSigner(signing_key(frozen.secret_key, amz_date[:8], region), amz_date, scope, seed)
+        request, signer = self._streaming_request(self._client, key, [chunk.size for chunk in chunks])
         request.data = PartsBody(encode(chunks, signer))
         response = session.send(request.prepare())
         content = response.content  # read whole, as botocore reads an answer, so the connection is reused
@@ -531,6 +529,66 @@ class S3ObjectStore:
             },
             "PutObject",
         )
+
+    def _streaming_request(self, client: Any, key: str, sizes: Sequence[int]) -> tuple[AWSRequest, ChunkSigner]:
+        """A PutObject of ``key`` whose body is signed in chunks of ``sizes`` bytes, signed
+        for ``client``'s endpoint (botocore's SigV4 with the streaming payload,
+        `StreamingAuth`), and the chain that signs each chunk from the request's signature."""
+        credentials = self._session.get_credentials()
+        if credentials is None:
+            raise botocore.exceptions.NoCredentialsError()
+        frozen = credentials.get_frozen_credentials()
+        region = self._client.meta.region_name
+        # The URL botocore would send this PutObject to (path or virtual-host style, endpoint,
+        # region), from a presigned one whose query (its signature) is dropped.
+        url = client.generate_presigned_url(
+            "put_object", Params={"Bucket": self.location.bucket, "Key": key}, ExpiresIn=900
+        ).split("?", 1)[0]
+        request = AWSRequest(
+            method="PUT",
+            url=url,
+            headers={
+                "Content-Encoding": "aws-chunked",
+                "X-Amz-Decoded-Content-Length": str(sum(sizes)),
+                "Content-Length": str(encoded_length_of(sizes)),
+            },
+        )
+        StreamingAuth(frozen, "s3", region).add_auth(request)
+        amz_date = request.headers["X-Amz-Date"]
+        seed = request.headers["Authorization"].rsplit("Signature=", 1)[1]
+        scope = f"{amz_date[:8]}/{region}/s3/aws4_request"
+        return request, ChunkSigner(signing_key(frozen.secret_key, amz_date[:8], region), amz_date, scope, seed)
+
+    def signed_put(self, name: str, chunks: Sequence[tuple[int, str]]) -> SignedPut | None:
+        """With ``uploads=direct`` on a server that checks each chunk's signature (the probe of
+        `body_check`), a PUT of ``name`` that anyone may send for a few minutes, whose body is
+        signed in ``chunks`` (size, SHA-256 hex each): the request's headers and every chunk's
+        signature, then the final empty chunk's. The bytes are not needed to sign it: each
+        chunk's SHA-256 is what the signature signs, and the S3 server refuses the PUT (stores
+        nothing) if any chunk's bytes do not hash to it. So the server hands a client the
+        signature of the chunks it names, and the client sends them to the bucket itself
+        (`cubby.blockstore.direct`). None where this store hands out none: not configured to,
+        or the S3 server takes a chunk whose signature does not match its bytes (moto), where
+        the signature would check nothing. Made without a request, but for the first call's
+        probe: a few HMACs per chunk."""
+        if not self.location.direct_uploads or not self._server_checks_chunks():
+            return None
+        request, signer = self._streaming_request(self._presigning_client(), self._key(name), [size for size, _ in chunks])
+        signatures = [signer.sign(sha256) for _, sha256 in chunks]
+        signatures.append(signer.sign(EMPTY_SHA256))
+        headers = {k: str(v) for k, v in request.headers.items()}
+        return SignedPut(str(request.url), headers, signatures)
+
+    def stored_size(self, name: str) -> int | None:
+        """The size of object ``name`` (a HEAD request), or None when there is none."""
+        try:
+            answer = self._client.head_object(Bucket=self.location.bucket, Key=self._key(name))
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            failure = self._fail(exc, "head", name)
+            if isinstance(failure, ObjectMissing):
+                return None
+            raise failure from exc
+        return int(answer["ContentLength"])
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         key = self._key(name)
@@ -572,6 +630,17 @@ class S3ObjectStore:
         since the host is signed too."""
         if not self.location.direct or length <= 0 or offset < 0:
             return None
+        span = f"bytes={offset}-{offset + length - 1}"
+        url = self._presigning_client().generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self.location.bucket, "Key": self._key(name), "Range": span},
+            ExpiresIn=SIGNED_READ_SECONDS,
+        )
+        return SignedRead(str(url), {"Range": span})
+
+    def _presigning_client(self) -> Any:
+        """The client that signs requests for others (`signed_read`, `signed_put`), made at
+        the first: SigV4, for the endpoint clients reach (``public_endpoint``)."""
         with self._check_lock:
             if self._presigner is None:
                 location = self.location
@@ -581,13 +650,7 @@ class S3ObjectStore:
                 self._presigner = self._session.client(
                     "s3", endpoint_url=location.public_endpoint or location.endpoint, region_name=location.region, config=config
                 )
-        span = f"bytes={offset}-{offset + length - 1}"
-        url = self._presigner.generate_presigned_url(
-            "get_object",
-            Params={"Bucket": self.location.bucket, "Key": self._key(name), "Range": span},
-            ExpiresIn=SIGNED_READ_SECONDS,
-        )
-        return SignedRead(str(url), {"Range": span})
+            return self._presigner
 
     def delete(self, name: str) -> None:
         key = self._key(name)

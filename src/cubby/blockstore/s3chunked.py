@@ -114,12 +114,12 @@ def _ends_before(i: int, parts: Sequence[bytes | memoryview], known: Mapping[int
     return not (len(parts[i]) < MIN_CHUNK and i + 1 in known)
 
 
-def encoded_length(chunks: Sequence[BodyChunk]) -> int:
-    """The length of the encoded body of ``chunks`` (its ``Content-Length``), the final empty
-    chunk included."""
+def encoded_length_of(sizes: Sequence[int]) -> int:
+    """The length of the encoded body of chunks of ``sizes`` bytes (its ``Content-Length``),
+    the final empty chunk included."""
     total = 1 + _SIGNATURE_LINE + 2
-    for chunk in chunks:
-        total += len(f"{chunk.size:x}") + _SIGNATURE_LINE + chunk.size + 2
+    for size in sizes:
+        total += len(f"{size:x}") + _SIGNATURE_LINE + size + 2
     return total
 
 

@@ -208,6 +208,12 @@ class CachedStore:
     def ingest_chunks(self, ns_id: int, items: Sequence[tuple[str, bytes]], blocks_store: BlockStore) -> int:
         return self.store.ingest_chunks(ns_id, items, blocks_store)
 
+    def ingest_direct(self, ns_id: int, pack: str, chunks: Sequence[tuple[str, int]], blocks_store: BlockStore) -> int:
+        return self.store.ingest_direct(ns_id, pack, chunks, blocks_store)
+
+    def direct_put_ticket(self, user_id: int, ns_id: int, pack: str, chunks: Sequence[tuple[str, int]], expires: int) -> str:
+        return self.store.direct_put_ticket(user_id, ns_id, pack, chunks, expires)
+
     def challenge(self, user_id: int, ns_id: int, chunk_hash: str, size: int, *, at: float | None = None) -> str:
         return self.store.challenge(user_id, ns_id, chunk_hash, size, at=at)
 

@@ -29,6 +29,10 @@ AVG_SIZE = 1024 * 1024
 """The intended mean chunk size (measured on random data: about 0.95 MiB)."""
 MAX_SIZE = 4 * 1024 * 1024
 """No chunk is larger: the unit the server reads, verifies and stores in one piece."""
+MIN_DIRECT = 8 * 1024
+"""The smallest chunk a client puts into a pack of its own, straight to the bucket
+(`cubby.blockstore.directput`): each is one chunk of a body signed in chunks, and S3 refuses
+such a chunk under 8 KiB but the last. Smaller ones (small files) go through the blocks role."""
 
 NORMALIZATION: Literal[0, 1, 2, 3] = 2
 """FastCDC's normalized-chunking level. 2 (the paper's recommendation) keeps sizes close to

@@ -232,6 +232,15 @@ class MetadataStore(Protocol):
         chunks that were newly written. `ChunkMismatch` if any bytes do not match their name
         (and then none of the batch is made available)."""
 
+    def ingest_direct(self, ns_id: int, pack: str, chunks: Sequence[tuple[str, int]], blocks_store: BlockStore) -> int:
+        """`ingest_chunks` for pack ``pack``, which a client put in the bucket itself, laid out
+        for ``chunks`` (`cubby.blockstore.directput`): `PackNotStored` unless the bucket holds
+        it; else its chunks are indexed and made available to ``ns_id``. Returns how many were new."""
+
+    def direct_put_ticket(self, user_id: int, ns_id: int, pack: str, chunks: Sequence[tuple[str, int]], expires: int) -> str:
+        """The seal that binds a pack handed to a client to put to that user, namespace, layout
+        and expiry (`cubby.metadata.chunks.ChunkAccess.direct_put_ticket`)."""
+
     def challenge(self, user_id: int, ns_id: int, chunk_hash: str, size: int) -> str:
         """The nonce (hex) for a proof of possession of ``chunk_hash`` (``size`` bytes) by this user."""
 

@@ -14,9 +14,10 @@ per namespace and stay on its shard. The challenge secret is a server-wide setti
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, select, update
@@ -24,6 +25,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from cubby.blockstore.base import BlockStore, StagedPut
+from cubby.blockstore.directput import HandsOutPuts, PackNotStored
 from cubby.core.hashing import is_chunk_name
 from cubby.metadata import shardchunks, sqlitedriver
 from cubby.metadata.engine import Database
@@ -117,27 +119,61 @@ class ChunkAccess:
             flags, index = blocks_store.put_many(list(unique.items())), _nothing
         else:
             flags, index = staged
-        new = sum(1 for f in flags if f)
-        names = sorted(unique)
         # Chunks this call wrote into packs that ``index`` records inside ``record``'s own
         # transaction: found there by the re-check below whatever happened meanwhile, so not
         # looked up again (on a store that indexes elsewhere, `put_many`, every chunk is).
         written = set() if staged is None else {name for name, f in zip(unique, flags) if f}
 
+        def again(names: Sequence[str]) -> None:
+            blocks_store.put_many([(h, unique[h]) for h in names])
+
+        sizes = {name: len(data) for name, data in unique.items()}
+        return self._ingested(ns_id, sizes, sum(1 for f in flags if f), index, written, blocks_store.present, again)
+
+    def direct_put_ticket(self, user_id: int, ns_id: int, pack: str, chunks: Sequence[tuple[str, int]], expires: int) -> str:
+        """The seal on a pack handed to a client to put (`cubby.blockstore.directput`): shown
+        back when the client says the pack is stored, it proves that this server laid out that
+        pack for these chunks, for this user and namespace, until ``expires`` (Unix seconds).
+        Without it anyone who learnt a pack's name (a signed read names it) could have chunks
+        they never sent indexed at offsets of that pack."""
+        listed = hashlib.sha256(",".join(f"{name}:{size}" for name, size in chunks).encode()).hexdigest()
+        return self.challenges.seal(f"put:{user_id}:{ns_id}:{pack}:{expires}:{listed}")
+
+    def ingest_direct(self, ns_id: int, pack: str, chunks: Sequence[tuple[str, int]], blocks_store: BlockStore) -> int:
+        """`ingest_chunks` for a pack a client put in the bucket itself
+        (`cubby.blockstore.directput`): once the bucket holds it (else `PackNotStored`), its
+        chunks are indexed and made available to ``ns_id`` in one transaction, as an upload's."""
+        if not isinstance(blocks_store, HandsOutPuts):
+            raise PackNotStored(f"pack {pack}: this server's block store takes no packs put by clients")
+        staged = blocks_store.stage_direct_put(pack, chunks, self.db)
+        sizes = dict(chunks)
+        written = {name for (name, _), f in zip(chunks, staged.new) if f}
+        return self._ingested(ns_id, sizes, sum(staged.new), staged.index, written, blocks_store.present, staged.again)
+
+    def _ingested(
+        self, ns_id: int, sizes: dict[str, int], new: int, index: Callable[[], None], written: set[str],
+        present: Callable[[Sequence[str]], set[str]], again: Callable[[Sequence[str]], None],
+    ) -> int:
+        """The rows of an upload whose chunks are durable: ``index`` records their places
+        (first, in the transaction), then each chunk's ``blocks`` row, and the grant to
+        ``ns_id``. ``written``: chunks this upload stored and ``index`` records; any other
+        not in ``blocks`` may have been collected meanwhile (``present`` says), and is
+        stored ``again``. ``new``: what the caller is told was new."""
+        names = sorted(sizes)
         now = time.time()
 
         def record(conn: Connection) -> None:
             index()  # first: the chunks are durable, and `present` below finds them
             d = sqlitedriver if self.db.is_sqlite else None  # SQLite: the same statements, to the driver
-            present: set[str] = set()
+            found: set[str] = set()
             for i in range(0, len(names), 500):
                 part = names[i : i + 500]
                 if d is not None:
-                    present.update(r[0] for r in d.chunk_rows(conn, "blocks", ("hash",), part))
+                    found.update(r[0] for r in d.chunk_rows(conn, "blocks", ("hash",), part))
                     continue
                 q = select(blocks.c.hash).where(blocks.c.hash.in_(part)).with_for_update()
-                present.update(r[0] for r in conn.execute(q))
-            fresh = [h for h in names if h not in present]
+                found.update(r[0] for r in conn.execute(q))
+            fresh = [h for h in names if h not in found]
             if fresh:
                 # Waits for a collector holding these tombstones; after that, it cannot take
                 # the bytes any more (it re-checks the tombstone under its lock).
@@ -147,25 +183,25 @@ class ChunkAccess:
                         d.execute(conn, d.in_sql(d.FORGET_TOMBSTONES, "hash", len(part)), part)
                     else:
                         conn.execute(delete(chunk_tombstones).where(chunk_tombstones.c.hash.in_(part)))
-            # The collector may have removed these bytes between put_many and this lock; only
-            # then is a chunk written (and so verified) a second time.
+            # The collector may have removed these bytes between the store's write and this
+            # lock; only then is a chunk stored (and so verified) a second time.
             unsure = [h for h in fresh if h not in written]
-            stored = blocks_store.present(unsure) if unsure else set()
-            again = [(h, unique[h]) for h in unsure if h not in stored]
-            if again:
-                blocks_store.put_many(again)
+            stored = present(unsure) if unsure else set()
+            missing = [h for h in unsure if h not in stored]
+            if missing:
+                again(missing)
             self.db.insert_ignore(
-                conn, blocks, [{"hash": h, "size": len(unique[h]), "touched_at": now} for h in fresh]
+                conn, blocks, [{"hash": h, "size": sizes[h], "touched_at": now} for h in fresh]
             )
-            if present and d is not None:
-                touched = sorted(present)
+            if found and d is not None:
+                touched = sorted(found)
                 for i in range(0, len(touched), 500):
                     part = touched[i : i + 500]
                     d.execute(conn, d.in_sql(d.TOUCH_CHUNKS, "hash", len(part)), (now, *part))
-            elif present:
+            elif found:
                 conn.execute(
                     update(blocks).where(blocks.c.hash == bindparam("h")).values(touched_at=now),
-                    [{"h": h} for h in sorted(present)],
+                    [{"h": h} for h in sorted(found)],
                 )
 
         if self.router is not None:  # the chunk database's rows committed first, then the grants

@@ -156,6 +156,12 @@ class Challenges:
             self._keys[k] = key
         return key
 
+    def seal(self, text: str) -> str:
+        """A MAC of ``text`` under the server secret (hex), apart from every key and nonce
+        (its own prefix): what the server hands a client to show back, unforgeable and
+        unchanged (`cubby.metadata.chunks.ChunkAccess.direct_put_ticket`)."""
+        return hmac.new(self._secret, f"seal:{text}".encode(), hashlib.sha256).hexdigest()
+
     def key_valid_for(self, window: int, now: float | None = None) -> float:
         """Seconds from ``now`` during which a proof made with the key of hour ``window`` is
         still accepted (until the end of the hour after it)."""

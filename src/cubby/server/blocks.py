@@ -374,10 +374,11 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         entry, chunks = await run_in_threadpool(store.blocklist, t.ns_id, t.path, rev)
         return await file_response(request, entry, chunks, blocks)
 
-    from cubby.server import deltas
+    from cubby.server import bucketputs, deltas
 
     return [
         *deltas.routes(ctx),
+        *bucketputs.routes(ctx),
         Route("/api/v1/blocks/upload", upload, methods=["POST"]),
         Route("/api/v1/blocks/prove", prove, methods=["POST"]),
         Route("/api/v1/blocks/fetch", fetch, methods=["POST"]),

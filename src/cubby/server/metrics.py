@@ -34,6 +34,7 @@ from starlette.types import Scope
 
 from cubby.blockstore.base import BlockStore, Plain, StagedPut
 from cubby.blockstore.direct import DirectPlan, HandsOutReads
+from cubby.blockstore.directput import DirectPut, HandsOutPuts, PackNotStored, StagedDirect
 
 log = logging.getLogger("cubby.server")
 
@@ -206,6 +207,19 @@ class InstrumentedBlockStore:
         staged = self.inner.stage_many(items, within)
         if staged is not None:
             self._count("put", sum(len(d) for _, d in items))
+        return staged
+
+    def direct_put(self, chunks: Sequence[tuple[str, int]]) -> DirectPut | None:
+        """The inner store's `HandsOutPuts.direct_put` (None when it has none)."""
+        return self.inner.direct_put(chunks) if isinstance(self.inner, HandsOutPuts) else None
+
+    def stage_direct_put(self, pack: str, chunks: Sequence[tuple[str, int]], within: object) -> StagedDirect:
+        """The inner store's `HandsOutPuts.stage_direct_put`, counted as ``put``: the bytes a
+        client sent to the bucket itself."""
+        if not isinstance(self.inner, HandsOutPuts):
+            raise PackNotStored(f"pack {pack}: this server's block store takes no packs put by clients")
+        staged = self.inner.stage_direct_put(pack, chunks, within)
+        self._count("put", sum(size for (_, size), new in zip(chunks, staged.new) if new))
         return staged
 
     def direct_reads(self, names: Sequence[str]) -> DirectPlan | None:
