@@ -268,8 +268,9 @@ BLOCKS_OPTION = click.option(
     "--blocks", default=None,
     help="Where chunk packs live: a folder (default DATA/blocks) or s3://BUCKET/PREFIX?endpoint=URL&region=R "
     "(optional too: &checksum=auto|crc32|md5|sha256|sha256-chunked, how PUT bodies are checked; &timeout=S; "
-    "&downloads=direct, clients read chunks straight from the bucket, with &public_endpoint=URL where they reach "
-    "it elsewhere; docs/DEPLOY.md).",
+    "&downloads=direct, clients read chunks straight from the bucket, &uploads=direct, clients put packs of their "
+    "chunks there, each chunk checked by the bucket, with &public_endpoint=URL where they reach it elsewhere; "
+    "docs/DEPLOY.md).",
 )
 
 

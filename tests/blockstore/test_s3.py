@@ -99,11 +99,20 @@ def test_downloads_and_public_endpoint_in_the_url() -> None:
     assert direct.direct is True and direct.public_endpoint == "https://s3.example.com"
     with pytest.raises(BadRequest, match=r"proxied \(through the blocks processes\) or direct"):
         S3Location.parse("s3://b?downloads=straight")
-    with pytest.raises(BadRequest, match="for downloads=direct"):
+    with pytest.raises(BadRequest, match="for downloads=direct or uploads=direct"):
         S3Location.parse("s3://b?public_endpoint=https://s3.example.com")
     for bad in ["ftp://s3.example.com", "s3.example.com", "https://"]:
         with pytest.raises(BadRequest, match="public_endpoint"):
             S3Location.parse(f"s3://b?downloads=direct&public_endpoint={bad}")
+
+
+def test_uploads_in_the_url() -> None:
+    assert S3Location.parse("s3://b").direct_uploads is False
+    assert S3Location.parse("s3://b?uploads=proxied").direct_uploads is False
+    put = S3Location.parse("s3://b?uploads=direct&public_endpoint=https://s3.example.com")
+    assert put.direct_uploads is True and put.direct is False and put.public_endpoint == "https://s3.example.com"
+    with pytest.raises(BadRequest, match=r"uploads 'up': proxied \(through the blocks processes\) or direct"):
+        S3Location.parse("s3://b?uploads=up")
 
 
 def test_a_signed_read_names_the_public_endpoint_and_signs_its_range(s3: S3Server) -> None:

@@ -121,7 +121,7 @@ def test_a_pack_is_adopted_only_with_the_ticket_of_its_plan(tmp_path: Path, s3_s
             assert plan is not None
             api._send_put(plan)  # the pack is in the bucket
             bob_ns = other.account()["root_ns"]
-            first = list(chunks)[0]
+            first = next(iter(chunks))
             forged = [
                 (bob, {**plan.done, "ns_id": bob_ns}),  # someone else, into their own namespace
                 (ann, {**plan.done, "ticket": "0" * 64}),

@@ -5,7 +5,9 @@ URL form: ``s3://BUCKET/PREFIX?endpoint=http://127.0.0.1:9000&region=us-east-1&c
 PUT body's check `BodyCheck` (auto, crc32, md5, sha256 or sha256-chunked) and `DEFAULT_TIMEOUT` when left out),
 and ``&downloads=direct&public_endpoint=https://s3.example.com`` to let clients read chunks
 straight from the bucket (`S3ObjectStore.signed_read`; ``downloads=proxied``, the default,
-sends every byte through a blocks process).
+sends every byte through a blocks process), ``&uploads=direct`` to let them put packs of their
+chunks there, every chunk checked by the bucket against the SHA-256 the server signed
+(`S3ObjectStore.signed_put`, `cubby.blockstore.directput`; ``uploads=proxied`` is the default).
 Credentials come from where every AWS tool looks: ``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY`` / ``AWS_PROFILE``, ``~/.aws/credentials`` and ``~/.aws/config``,
 or an instance role; never from the URL, so it can be logged.
@@ -208,8 +210,8 @@ class S3Location:
 
     @classmethod
     def parse(cls, url: str) -> S3Location:
-        """Read ``s3://BUCKET/PREFIX?endpoint=…&region=…&checksum=…&timeout=S&downloads=…&public_endpoint=…``
-        (`BodyCheck`'s names; downloads ``proxied`` or ``direct``); unknown parameters and
+        """Read ``s3://BUCKET/PREFIX?endpoint=…&region=…&checksum=…&timeout=S&downloads=…&uploads=…&public_endpoint=…``
+        (`BodyCheck`'s names; downloads and uploads ``proxied`` or ``direct``); unknown parameters and
         values are refused, so that a misspelt one is not silently ignored."""
         parts = urlsplit(url)
         if parts.scheme != "s3" or not parts.netloc:

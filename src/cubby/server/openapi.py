@@ -234,6 +234,40 @@ def document() -> dict[str, Any]:
                 }}}}}, **_errors(400, 401, 404, 415)},
             }
         },
+        "/api/v1/blocks/put_plan": {
+            "post": _json_op(
+                "A pack for the caller to put in the bucket itself (uploads=direct): its pieces (the server's "
+                "bytes, or a chunk by name), the PUT's URL, headers and one chunk signature per piece and the "
+                "last; or {direct: false}, and the chunks go through /blocks/upload",
+                {"type": "object", "required": ["ns_id", "chunks"], "properties": {
+                    "ns_id": ID,
+                    "chunks": {"type": "array", "minItems": 1, "maxItems": 8192, "items": {
+                        "type": "array", "prefixItems": [HASH, {"type": "integer", "minimum": 8192, "maximum": 4 * 1024 * 1024}],
+                        "minItems": 2, "maxItems": 2,
+                    }},
+                }},
+                {"type": "object", "required": ["direct"], "properties": {"direct": {"type": "boolean"}}},
+                403,
+            )
+        },
+        "/api/v1/blocks/put_done": {
+            "post": _json_op(
+                "The pack of a put_plan answer is in the bucket: index its chunks (409 pack_not_stored if the "
+                "bucket does not hold it; 403 bad_ticket unless the ticket is that plan's, for the caller)",
+                {"type": "object", "required": ["ns_id", "pack", "chunks", "expires", "ticket"], "properties": {
+                    "ns_id": ID,
+                    "pack": {"type": "string", "pattern": "^[0-9a-f]{34}$"},
+                    "chunks": {"type": "array", "minItems": 1, "maxItems": 8192, "items": {
+                        "type": "array", "prefixItems": [HASH, {"type": "integer", "minimum": 8192, "maximum": 4 * 1024 * 1024}],
+                        "minItems": 2, "maxItems": 2,
+                    }},
+                    "expires": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                    "ticket": {"type": "string"},
+                }},
+                {"type": "object", "properties": {"received": {"type": "integer"}, "stored": {"type": "integer"}}},
+                403, 409,
+            )
+        },
         "/api/v1/blocks/upload": {
             "post": {
                 "summary": "Upload chunks as frames (32-byte SHA-256, 4-byte length, bytes)",
