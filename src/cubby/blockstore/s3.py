@@ -573,7 +573,12 @@ class S3ObjectStore:
         or the S3 server takes a chunk whose signature does not match its bytes (moto), where
         the signature would check nothing. Made without a request, but for the first call's
         probe: a few HMACs per chunk."""
-        if not self.location.direct_uploads or not self._server_checks_chunks():
+        if not self.location.direct_uploads:
+            return None
+        with self._check_lock:  # the probe's steps, once (a store that checks CRC32 made none of them)
+            checks = self._server_checks_chunks()
+            self._step("probe deleted after the chunks' probe", self._probe_deleted)
+        if not checks:
             return None
         request, signer = self._streaming_request(self._presigning_client(), self._key(name), [size for size, _ in chunks])
         signatures = [signer.sign(sha256) for _, sha256 in chunks]
