@@ -72,8 +72,8 @@ JSON_ANSWER_LIMIT = 64 * 1024 * 1024
 """The most bytes of an API answer read off the direct path (a page of 5,000 journal entries
 is about 2 MB): a server that sends more is refused, not believed."""
 USER_AGENT = f"cubby/{__version__}"
-log = logging.getLogger("cubby.client")
 """What every request of the client says it is (``User-Agent``), whichever way it goes."""
+log = logging.getLogger("cubby.client")
 CONNECT_TIMEOUT = 10.0
 """Seconds to connect to the server (any other wait on it: ``timeout``, 60 by default)."""
 KEY_MARGIN = 600.0
@@ -619,7 +619,11 @@ class ApiClient:
 
     # -- chunks ----------------------------------------------------------------------------------
     def upload_chunks(self, ns_id: int, items: Sequence[tuple[str, bytes]]) -> int:
-        """Send chunks in one request; returns how many were new to the server.
+        """Send chunks; returns how many were new to the server.
+
+        Where the blocks role hands out PUTs of packs (``uploads=direct``), the chunks of at
+        least `MIN_DIRECT` bytes go to the bucket in one pack (`_put_to_bucket`), and only the
+        rest (and all of them, if that fails) through the blocks role in one request.
 
         Sending a chunk again is harmless: chunks are content-addressed, so the server
         verifies the bytes against their name and stores a chunk it holds already as nothing
@@ -678,7 +682,9 @@ class ApiClient:
         except CubbyError as exc:
             if exc.code != "pack_not_stored":
                 raise
-            self._bucket_put_failures += 1
+            self._bucket_put_failures += 1  # the bucket took the PUT but does not show the pack
+            if self._bucket_put_failures >= BUCKET_FAILURES:
+                self.bucket_writes = False
             return None
         self._bucket_put_failures = 0
         self.bucket_writes = True
