@@ -78,12 +78,17 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
     store = ctx.store
     blocks: BlockStore = ctx.blocks  # type: ignore[assignment]  # set wherever the blocks role is served
 
-    async def put_plan(request: Request) -> Response:
+    async def asked(request: Request) -> tuple[access.Principal, dict[str, Any], int, list[tuple[str, int]]]:
+        """Who asks, the request's body, its namespace (which the caller must be able to
+        write, as for an upload) and its chunks, checked before anything else is done."""
         p = await access.principal(request, ctx)
         body = await json_body(request, LIST_JSON)
         ns_id = field_int(body, "ns_id", minimum=1) or 0
         access.check_namespace(p, ns_id, write=True)
-        chunks = parse_put_chunks(body.get("chunks"))
+        return p, body, ns_id, parse_put_chunks(body.get("chunks"))
+
+    async def put_plan(request: Request) -> Response:
+        p, _, ns_id, chunks = await asked(request)
         plan = await run_in_threadpool(blocks.direct_put, chunks) if isinstance(blocks, HandsOutPuts) else None
         if plan is None:
             return JSONResponse({"direct": False})
@@ -94,11 +99,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         )
 
     async def put_done(request: Request) -> Response:
-        p = await access.principal(request, ctx)
-        body = await json_body(request, LIST_JSON)
-        ns_id = field_int(body, "ns_id", minimum=1) or 0
-        access.check_namespace(p, ns_id, write=True)
-        chunks = parse_put_chunks(body.get("chunks"))
+        p, body, ns_id, chunks = await asked(request)
         pack = field_str(body, "pack") or ""
         if not _PACK_ID.fullmatch(pack):
             raise BadRequest("field 'pack' must be the pack id a put_plan answer named", field="pack")
