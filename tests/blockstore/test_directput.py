@@ -111,3 +111,29 @@ def test_a_stored_pack_is_adopted_and_served_and_a_missing_or_short_one_is_not(m
         assert store.get(name) == d
     assert dict(store.read_many([n for n, _ in chunks], verify=True)) == dict(chunks)
     assert store.index.lookup([held[0]])[held[0]].pack != pack  # the chunk placed before keeps its place
+
+
+def test_a_client_pack_is_compacted_rebuilt_and_swept_as_any_pack(meta: SqlMetadataStore, tmp_path: Path) -> None:
+    """Its gaps are neither live nor dead: a pack whose chunks mostly died is rewritten
+    (the live chunk copied into an ordinary pack), an index lost is rebuilt from its trailer,
+    and a pack put but never adopted is deleted once old, as any orphan."""
+    objects = FolderObjectStore(tmp_path / "blocks")
+    store = PackBlockStore(objects, SqlChunkIndex(meta.db))
+    chunks = some_chunks(5, 4)
+    listed = [(n, len(d)) for n, d in chunks]
+    pack = new_pack_id()
+    objects.put(pack_object_name(pack), body_of(direct_layout(pack, listed).parts, dict(chunks)))
+    store.stage_direct_put(pack, listed, meta.db).index()
+    assert store.rebuild_index() == 0  # recorded already
+    for name, _ in chunks[:3]:
+        store.delete(name)
+    stats = store.compact(threshold=0.5, grace=0)
+    assert stats.packs_rewritten == 1 and stats.chunks_moved == 1
+    survivor, data = chunks[3]
+    assert store.get(survivor) == data and store.index.lookup([survivor])[survivor].pack != pack
+    assert stored_size(objects, pack_object_name(pack)) is None  # retired and, with no grace, deleted
+
+    unadopted = new_pack_id()
+    objects.put(pack_object_name(unadopted), body_of(direct_layout(unadopted, listed[:1]).parts, dict(chunks)))
+    assert store.compact(orphan_age=3600).orphans_deleted == 0  # young: a client may still say it is stored
+    assert store.compact(orphan_age=0).orphans_deleted == 1
