@@ -73,6 +73,45 @@ def test_a_large_file_goes_to_the_bucket_and_comes_back_byte_identical(tmp_path:
         assert request_count(server, "/api/v1/blocks/put_plan") == puts
 
 
+def test_puts_the_bucket_cuts_or_refuses_fall_back_to_the_blocks_role(tmp_path: Path, s3_server: S3Server) -> None:
+    """Clients reach the bucket through a proxy of their own (``public_endpoint``), which cuts
+    every PUT halfway, then answers 503 SlowDown to each: the chunks go through the blocks role
+    instead, and after two failures in a row the client stops trying the bucket; once the
+    bucket takes PUTs again, a new client puts there. Every file downloads byte-identical."""
+    rng = random.Random(5)
+    files = {f"/f{i}.bin": rng.randbytes(2_000_000 + i) for i in range(6)}
+    for name, data in files.items():
+        (tmp_path / name.strip("/")).write_bytes(data)
+    check = Faults(check_chunks=s3_server.secret)
+    with (
+        fault_proxy(s3_server.endpoint, check) as servers_way,
+        fault_proxy(s3_server.endpoint, check) as clients_way,
+    ):
+        url = s3_server.url(fresh_prefix(), servers_way.endpoint) + f"&uploads=direct&public_endpoint={clients_way.endpoint}"
+        with LiveServer(tmp_path / "srv", extra_args=["--blocks", url], env=s3_server.credentials) as server:
+            token = server.add_user("ann")
+            names = iter(files)
+            for faults, fault in ((Faults(check_chunks=s3_server.secret, cut_put=1.0), "cut_put"), (Faults(slowdown=1.0), "slowdown")):
+                clients_way.faults = faults
+                with ApiClient(server.url, token) as api:
+                    for name in (next(names), next(names)):
+                        upload_file(api, tmp_path / name.strip("/"), name)
+                    assert api.bucket_writes is False
+                assert clients_way.counts[fault] == 2
+            assert request_count(server, "/api/v1/blocks/put_done") == 0
+            assert request_count(server, "/api/v1/blocks/upload") == 4
+            clients_way.faults = check
+            with ApiClient(server.url, token) as api:
+                for name in names:
+                    upload_file(api, tmp_path / name.strip("/"), name)
+                assert api.bucket_writes is True
+            assert request_count(server, "/api/v1/blocks/put_done") == 2
+            with ApiClient(server.url, token) as api:
+                for name, data in files.items():
+                    download_file(api, name, tmp_path / "got.bin")
+                    assert (tmp_path / "got.bin").read_bytes() == data, name
+
+
 def test_a_client_that_sends_other_bytes_than_it_named_stores_nothing(tmp_path: Path, s3_server: S3Server) -> None:
     """The bucket refuses the PUT (a chunk's signature does not hold for its bytes), the
     server refuses to adopt a pack the bucket does not hold, and no chunk of it is readable."""
