@@ -20,6 +20,7 @@ from cubby.blockstore.objects import stored_size
 from cubby.blockstore.packfile import pack_object_name, read_trailer
 from cubby.blockstore.packs import PackBlockStore, new_pack_id
 from cubby.blockstore.s3chunked import MIN_CHUNK
+from cubby.blockstore.scrub import scrub
 from cubby.core.chunking import MIN_DIRECT
 from cubby.core.compression import RAW
 from cubby.metadata.chunk_index import SqlChunkIndex
@@ -114,7 +115,7 @@ def test_a_stored_pack_is_adopted_and_served_and_a_missing_or_short_one_is_not(m
 
 
 def test_a_client_pack_is_compacted_rebuilt_and_swept_as_any_pack(meta: SqlMetadataStore, tmp_path: Path) -> None:
-    """Its gaps are neither live nor dead: a pack whose chunks mostly died is rewritten
+    """`cubby admin check` reads it as any pack. Its gaps are neither live nor dead: a pack whose chunks mostly died is rewritten
     (the live chunk copied into an ordinary pack), an index lost is rebuilt from its trailer,
     and a pack put but never adopted is deleted once old, as any orphan."""
     objects = FolderObjectStore(tmp_path / "blocks")
@@ -125,6 +126,8 @@ def test_a_client_pack_is_compacted_rebuilt_and_swept_as_any_pack(meta: SqlMetad
     objects.put(pack_object_name(pack), body_of(direct_layout(pack, listed).parts, dict(chunks)))
     store.stage_direct_put(pack, listed, meta.db).index()
     assert store.rebuild_index() == 0  # recorded already
+    report = scrub(store, [[n for n, _ in chunks]], read_data=True)  # `cubby admin check` reads it whole
+    assert report.ok and report.chunks_read == len(chunks)
     for name, _ in chunks[:3]:
         store.delete(name)
     stats = store.compact(threshold=0.5, grace=0)
