@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ from cubby.client.bucketreads import BadPlan
 from cubby.client.bucketwrites import parse_put_plan
 from cubby.client.download import download_file
 from cubby.client.upload import upload_file
+from cubby.errors import CubbyError
 from tests.helpers.fault_proxy import Faults, fault_proxy
 from tests.helpers.live_server import LiveServer
 from tests.helpers.s3_servers import S3Server, fresh_prefix
@@ -110,6 +112,52 @@ def test_puts_the_bucket_cuts_or_refuses_fall_back_to_the_blocks_role(tmp_path: 
                 for name, data in files.items():
                     download_file(api, name, tmp_path / "got.bin")
                     assert (tmp_path / "got.bin").read_bytes() == data, name
+
+
+def test_kill_9_between_a_plan_and_its_adoption_loses_no_acknowledged_file(tmp_path: Path, s3_server: S3Server) -> None:
+    """The server is killed (SIGKILL) while a client puts packs straight to the bucket: the
+    upload under way is not acknowledged, and every file that was downloads byte-identical
+    from the restarted server."""
+    acknowledged: dict[str, str] = {}
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    with fault_proxy(s3_server.endpoint, Faults(check_chunks=s3_server.secret)) as proxy:
+        server = put_server(tmp_path, s3_server, proxy.endpoint).start()
+        token = server.add_user("kim")
+
+        def upload_until_killed() -> None:
+            rng = random.Random(6)
+            with ApiClient(server.url, token, timeout=30) as api:
+                for i in range(10_000):
+                    if stop.is_set():
+                        return
+                    data = rng.randbytes(rng.choice([60_000, 900_000, 2_500_000]))
+                    local = tmp_path / f"up-{i}"
+                    local.write_bytes(data)
+                    try:
+                        upload_file(api, local, f"/f/{i}.bin")
+                    except CubbyError:
+                        return  # the server went away mid-request: not acknowledged
+                    except BaseException as exc:
+                        errors.append(exc)
+                        return
+                    acknowledged[f"/f/{i}.bin"] = hashlib.sha256(data).hexdigest()
+
+        uploader = threading.Thread(target=upload_until_killed)
+        uploader.start()
+        try:
+            while len(acknowledged) < 8 and uploader.is_alive():
+                threading.Event().wait(0.05)
+            server.stop(kill=True)
+        finally:
+            stop.set()
+            uploader.join(60)
+        assert not errors and len(acknowledged) >= 8
+        assert request_count(server, "/api/v1/blocks/put_done") >= 8
+        with server:  # the same database and bucket, a new process
+            for remote, digest in acknowledged.items():
+                got = httpx.get(f"{server.url}/api/v1/content{remote}", headers={"Authorization": f"Bearer {token}"})
+                assert got.status_code == 200 and hashlib.sha256(got.content).hexdigest() == digest, remote
 
 
 def test_a_client_that_sends_other_bytes_than_it_named_stores_nothing(tmp_path: Path, s3_server: S3Server) -> None:
