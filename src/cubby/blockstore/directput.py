@@ -4,7 +4,7 @@ the bucket against the SHA-256 the server signed.
 With ``uploads=direct`` on an S3 store, a client that has chunks to upload asks the blocks
 role for a pack to put them in (`plan_direct_put`) and sends the pack to the bucket itself;
 then it tells the blocks role, which checks that the object is there (`pack_is_stored`) and
-indexes its chunks (`cubby.blockstore.packs.PackBlockStore.adopt_direct_put`). The bytes of
+indexes its chunks (`cubby.blockstore.packs.PackBlockStore.stage_direct_put`). The bytes of
 an upload never pass through a blocks process: its CPU (the SHA-256 of every chunk, the body
 in from the client and out to the bucket: half of a 1 GiB ``cubby put`` on a 2-core machine,
 bench/README.md) and its network are spent on a JSON request per pack.

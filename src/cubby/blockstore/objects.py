@@ -140,7 +140,7 @@ class SignedPut:
 class SignedPuts(Protocol):
     """An object store that can hand out writes of new objects whose bytes it names by their
     chunks' SHA-256, and say how long an object is: S3 with ``uploads=direct``. A pack store
-    hands them to clients (`cubby.blockstore.direct`), so that upload bytes go to the bucket
+    hands them to clients (`cubby.blockstore.directput`), so that upload bytes go to the bucket
     and not through a blocks process."""
 
     def signed_put(self, name: str, chunks: Sequence[tuple[int, str]]) -> SignedPut | None:
