@@ -172,6 +172,15 @@ def pack_is_stored(objects: ObjectStore, layout: DirectLayout) -> None:
         )
 
 
+def stage_direct(store: object, pack: str, chunks: Sequence[tuple[str, int]], within: object) -> StagedDirect:
+    """``store.stage_direct_put`` where ``store`` hands out PUTs (`HandsOutPuts`); else
+    `PackNotStored`, since no client could have been handed a PUT of ``pack``: how a caller
+    or a wrapper passes the call on to a store it does not know."""
+    if not isinstance(store, HandsOutPuts):
+        raise PackNotStored(f"pack {pack}: this server's block store takes no packs put by clients")
+    return store.stage_direct_put(pack, chunks, within)
+
+
 @runtime_checkable
 class HandsOutPuts(Protocol):
     """A block store that can hand out PUTs of packs to clients and adopt them once stored

@@ -337,15 +337,16 @@ class PackBlockStore:
             entries = [(name, where[name]) for name in names]
             return NewPack(pack, layout.size, sum(loc.stored_len for _, loc in entries), entries)
 
-        fresh = made(name for name, _ in chunks if name not in known)
+        new = [name not in known for name, _ in chunks]
+        fresh = made(name for (name, _), is_new in zip(chunks, new) if is_new)
 
         def again(names: Sequence[str]) -> None:
             self.index.add_packs([made(names)])
 
         if self.index.writes_to(within):
-            return StagedDirect([name not in known for name, _ in chunks], functools.partial(self.index.add_packs, [fresh]), again)
+            return StagedDirect(new, functools.partial(self.index.add_packs, [fresh]), again)
         self.index.add_packs([fresh])
-        return StagedDirect([name not in known for name, _ in chunks], lambda: None, again)
+        return StagedDirect(new, lambda: None, again)
 
     def write_packs(self, blobs: list[tuple[str, Stored, int]]) -> list[NewPack]:
         """Put ``blobs`` (name, stored bytes, plain length) into new packs, each durable, then

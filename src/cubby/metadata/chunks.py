@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from cubby.blockstore.base import BlockStore, StagedPut
-from cubby.blockstore.directput import HandsOutPuts, PackNotStored
+from cubby.blockstore.directput import stage_direct
 from cubby.core.hashing import is_chunk_name
 from cubby.metadata import shardchunks, sqlitedriver
 from cubby.metadata.engine import Database
@@ -143,9 +143,7 @@ class ChunkAccess:
         """`ingest_chunks` for a pack a client put in the bucket itself
         (`cubby.blockstore.directput`): once the bucket holds it (else `PackNotStored`), its
         chunks are indexed and made available to ``ns_id`` in one transaction, as an upload's."""
-        if not isinstance(blocks_store, HandsOutPuts):
-            raise PackNotStored(f"pack {pack}: this server's block store takes no packs put by clients")
-        staged = blocks_store.stage_direct_put(pack, chunks, self.db)
+        staged = stage_direct(blocks_store, pack, chunks, self.db)
         sizes = dict(chunks)
         written = {name for (name, _), f in zip(chunks, staged.new) if f}
         return self._ingested(ns_id, sizes, sum(staged.new), staged.index, written, blocks_store.present, staged.again)

@@ -34,7 +34,7 @@ from starlette.types import Scope
 
 from cubby.blockstore.base import BlockStore, Plain, StagedPut
 from cubby.blockstore.direct import DirectPlan, HandsOutReads
-from cubby.blockstore.directput import DirectPut, HandsOutPuts, PackNotStored, StagedDirect
+from cubby.blockstore.directput import DirectPut, HandsOutPuts, StagedDirect, stage_direct
 
 log = logging.getLogger("cubby.server")
 
@@ -216,9 +216,7 @@ class InstrumentedBlockStore:
     def stage_direct_put(self, pack: str, chunks: Sequence[tuple[str, int]], within: object) -> StagedDirect:
         """The inner store's `HandsOutPuts.stage_direct_put`, counted as ``put``: the bytes a
         client sent to the bucket itself."""
-        if not isinstance(self.inner, HandsOutPuts):
-            raise PackNotStored(f"pack {pack}: this server's block store takes no packs put by clients")
-        staged = self.inner.stage_direct_put(pack, chunks, within)
+        staged = stage_direct(self.inner, pack, chunks, within)
         self._count("put", sum(size for (_, size), new in zip(chunks, staged.new) if new))
         return staged
 
