@@ -10,7 +10,6 @@ import os
 import random
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import httpx
@@ -19,9 +18,10 @@ import pytest
 from cubby.client.api import ApiClient
 from cubby.client.upload import upload_file
 from cubby.core import proofs
-from cubby.errors import CubbyError, NotFound
+from cubby.errors import NotFound
 from cubby.server.possession import REMOTE_FIRST
 from tests.helpers.fault_proxy import Faults, decoded_body, fault_proxy
+from tests.helpers.kill_mid_upload import kill_mid_upload
 from tests.helpers.live_server import LiveServer
 from tests.helpers.s3_servers import S3Server, fresh_prefix
 
@@ -100,38 +100,7 @@ def test_kill_9_mid_upload_loses_no_acknowledged_file(tmp_path: Path, s3_server:
     prefix, db = fresh_prefix(), f"sqlite:///{tmp_path / 'meta.db'}"
     server = s3_server_process(tmp_path, "srv", s3_server, prefix, db).start()
     token = server.add_user("kim")
-    acknowledged: dict[str, str] = {}  # remote path -> sha256 of what the server said it stored
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def upload_until_killed() -> None:
-        rng = random.Random(5)
-        with ApiClient(server.url, token, timeout=30) as api:
-            for i in range(10_000):
-                if stop.is_set():
-                    return
-                data = rng.randbytes(rng.choice([3_000, 60_000, 900_000]))
-                local = tmp_path / f"up-{i}"
-                local.write_bytes(data)
-                try:
-                    upload_file(api, local, f"/f/{i}.bin")
-                except CubbyError:
-                    return  # the server went away mid-request: not acknowledged
-                except BaseException as exc:
-                    errors.append(exc)
-                    return
-                acknowledged[f"/f/{i}.bin"] = hashlib.sha256(data).hexdigest()
-
-    uploader = threading.Thread(target=upload_until_killed)
-    uploader.start()
-    try:
-        while len(acknowledged) < 12 and uploader.is_alive():
-            threading.Event().wait(0.05)
-        server.stop(kill=True)  # SIGKILL, in the middle of whatever upload is running
-    finally:
-        stop.set()
-        uploader.join(60)
-    assert not errors and len(acknowledged) >= 12
+    acknowledged = kill_mid_upload(server, token, tmp_path, [3_000, 60_000, 900_000], seed=5, acknowledged_first=12)
     with server:  # the same database and bucket, a new process
         for remote, digest in acknowledged.items():
             got = content(server.url, token, remote)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import threading
 from pathlib import Path
 
 import httpx
@@ -20,8 +19,8 @@ from cubby.client.bucketreads import BadPlan
 from cubby.client.bucketwrites import parse_put_plan
 from cubby.client.download import download_file
 from cubby.client.upload import upload_file
-from cubby.errors import CubbyError
 from tests.helpers.fault_proxy import Faults, fault_proxy
+from tests.helpers.kill_mid_upload import kill_mid_upload
 from tests.helpers.live_server import LiveServer
 from tests.helpers.s3_servers import S3Server, fresh_prefix
 
@@ -118,41 +117,10 @@ def test_kill_9_between_a_plan_and_its_adoption_loses_no_acknowledged_file(tmp_p
     """The server is killed (SIGKILL) while a client puts packs straight to the bucket: the
     upload under way is not acknowledged, and every file that was downloads byte-identical
     from the restarted server."""
-    acknowledged: dict[str, str] = {}
-    stop = threading.Event()
-    errors: list[BaseException] = []
     with fault_proxy(s3_server.endpoint, Faults(check_chunks=s3_server.secret)) as proxy:
         server = put_server(tmp_path, s3_server, proxy.endpoint).start()
         token = server.add_user("kim")
-
-        def upload_until_killed() -> None:
-            rng = random.Random(6)
-            with ApiClient(server.url, token, timeout=30) as api:
-                for i in range(10_000):
-                    if stop.is_set():
-                        return
-                    data = rng.randbytes(rng.choice([60_000, 900_000, 2_500_000]))
-                    local = tmp_path / f"up-{i}"
-                    local.write_bytes(data)
-                    try:
-                        upload_file(api, local, f"/f/{i}.bin")
-                    except CubbyError:
-                        return  # the server went away mid-request: not acknowledged
-                    except BaseException as exc:
-                        errors.append(exc)
-                        return
-                    acknowledged[f"/f/{i}.bin"] = hashlib.sha256(data).hexdigest()
-
-        uploader = threading.Thread(target=upload_until_killed)
-        uploader.start()
-        try:
-            while len(acknowledged) < 8 and uploader.is_alive():
-                threading.Event().wait(0.05)
-            server.stop(kill=True)
-        finally:
-            stop.set()
-            uploader.join(60)
-        assert not errors and len(acknowledged) >= 8
+        acknowledged = kill_mid_upload(server, token, tmp_path, [60_000, 900_000, 2_500_000], seed=6, acknowledged_first=8)
         assert request_count(server, "/api/v1/blocks/put_done") >= 8
         with server:  # the same database and bucket, a new process
             for remote, digest in acknowledged.items():
