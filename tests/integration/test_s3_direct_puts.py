@@ -245,3 +245,20 @@ def test_a_bucket_that_checks_no_chunk_signature_gets_no_client_bytes(tmp_path: 
         assert request_count(server, "/api/v1/blocks/upload") >= 1
         assert request_count(server, "/api/v1/blocks/put_done") == 0
     assert (tmp_path / "got.bin").read_bytes() == data
+
+
+def test_a_client_asks_for_no_pack_where_the_server_offers_none(tmp_path: Path, s3_server: S3Server) -> None:
+    """Without ``uploads=direct`` the prove answers say so (``direct_puts``), and an upload
+    costs no request more than it did: no ``put_plan``."""
+    data = random.Random(7).randbytes(3_000_000)
+    (tmp_path / "f.bin").write_bytes(data)
+    url = s3_server.url(fresh_prefix())
+    with LiveServer(tmp_path / "srv", extra_args=["--blocks", url], env=s3_server.credentials) as server:
+        token = server.add_user("ann")
+        with ApiClient(server.url, token) as api:
+            upload_file(api, tmp_path / "f.bin", "/f.bin")
+            assert api.bucket_writes is False
+            download_file(api, "/f.bin", tmp_path / "got.bin")
+        assert request_count(server, "/api/v1/blocks/put_plan") == 0
+        assert request_count(server, "/api/v1/blocks/upload") >= 1
+    assert (tmp_path / "got.bin").read_bytes() == data

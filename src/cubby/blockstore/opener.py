@@ -30,6 +30,18 @@ def folder_of(url: str) -> Path | None:
     return None if "://" in url else Path(url)
 
 
+def offers_direct_puts(url: str) -> bool:
+    """Whether a blocks URL asks for uploads straight to the bucket (``s3://…&uploads=direct``):
+    what the blocks role tells clients with every prove answer, so that a client asks for a
+    pack to put (`cubby.blockstore.directput`) only where one may be handed out. Whether it
+    is (the S3 server must be seen to check chunk signatures) the pack's plan says."""
+    if not url.startswith("s3://"):
+        return False
+    from cubby.blockstore.s3 import S3Location
+
+    return S3Location.parse(url).direct_uploads
+
+
 def has_legacy_chunks(folder: Path) -> bool:
     """Whether ``folder`` holds chunks in the one-file-per-chunk layout of earlier releases."""
     try:

@@ -265,8 +265,9 @@ class ApiClient:
         self._bucket_failures = 0
         self.bucket_writes: bool | None = None
         """Whether chunks are put straight into the bucket (`cubby.client.bucketwrites`): None
-        until the blocks role was asked, False once it said it hands out no PUTs, or once
-        `BUCKET_FAILURES` puts in a row failed."""
+        until a prove answer said whether the blocks role offers it (`direct_puts`), then
+        that; False once a plan said it hands out no PUTs, or once `BUCKET_FAILURES` puts in a
+        row failed. Only True sends chunks to the bucket."""
         self._bucket_put_failures = 0
         self._bucket: DirectHttp | None = None
         self._bucket_https: httpx.Client | None = None
@@ -621,7 +622,8 @@ class ApiClient:
     def upload_chunks(self, ns_id: int, items: Sequence[tuple[str, bytes]]) -> int:
         """Send chunks; returns how many were new to the server.
 
-        Where the blocks role hands out PUTs of packs (``uploads=direct``), the chunks of at
+        Where the blocks role hands out PUTs of packs (``uploads=direct``, as its prove answers
+        say: an upload's chunks are always proven first), the chunks of at
         least `MIN_DIRECT` bytes go to the bucket in one pack (`_put_to_bucket`), and only the
         rest (and all of them, if that fails) through the blocks role in one request.
 
@@ -641,7 +643,7 @@ class ApiClient:
         if not items:
             return 0
         stored = 0
-        if self.bucket_writes is not False:
+        if self.bucket_writes:
             big = {name: data for name, data in items if len(data) >= MIN_DIRECT}
             put = self._put_to_bucket(ns_id, big) if big else None
             if put is not None:
@@ -772,6 +774,8 @@ class ApiClient:
             if h in wire and window is not None:
                 wire[h]["window"] = window
         body = self._post("/api/v1/blocks/prove", {"ns_id": ns_id, "alg": PROOF_ALG, "proofs": wire}, once=False)
+        if self.bucket_writes is None and isinstance(body.get("direct_puts"), bool):
+            self.bucket_writes = body["direct_puts"]
         return list(body["accepted"]), list(body["rejected"])
 
     def fetch_chunks(self, hashes: Sequence[str]) -> Iterator[tuple[str, bytes | bytearray]]:

@@ -21,7 +21,7 @@ from starlette.routing import BaseRoute, Route
 
 from cubby.blockstore.base import BlockStore, Plain
 from cubby.blockstore.direct import HandsOutReads
-from cubby.blockstore.opener import folder_of
+from cubby.blockstore.opener import folder_of, offers_direct_puts
 from cubby.core import frames
 from cubby.core.chunking import MAX_SIZE
 from cubby.core.compression import CorruptChunk
@@ -194,6 +194,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
     blocks: BlockStore = ctx.blocks  # type: ignore[assignment]
     limit = ctx.config.max_request_bytes
     pacer = RejectPacer(first_seconds=first_for(folder_of(ctx.config.blocks_location) is None))
+    puts = offers_direct_puts(ctx.config.blocks_location)
     uploads = BodyBudget(ctx.config.max_buffered_uploads, grace=ctx.config.header_timeout)
     ctx.metrics.watch_budget("upload", lambda: uploads.held)
 
@@ -284,7 +285,10 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
             # own clock (`Checked.spent`): what a held read costs after that clock (its bytes
             # freed, the way back to this loop) showed as 0.1-0.3 ms more for a held chunk.
             await pacer.pad((c.size for c in claims), checked.reads, time.perf_counter() - started)
-        return JSONResponse({"accepted": checked.proven, "rejected": checked.rejected})
+        # ``direct_puts``: the refused chunks may go to the bucket in a pack of the client's
+        # own (`cubby.server.bucketputs`); told here, where every upload begins, so that a
+        # client asks for a pack only of a server that may hand one out.
+        return JSONResponse({"accepted": checked.proven, "rejected": checked.rejected, "direct_puts": puts})
 
     async def readable_or_404(p: access.Principal, hashes: list[str]) -> dict[str, int]:
         """The size of each of ``hashes`` (its ``blocks`` row), all of which ``p`` may read,
