@@ -774,8 +774,8 @@ class ApiClient:
             if h in wire and window is not None:
                 wire[h]["window"] = window
         body = self._post("/api/v1/blocks/prove", {"ns_id": ns_id, "alg": PROOF_ALG, "proofs": wire}, once=False)
-        if self.bucket_writes is None and isinstance(body.get("direct_puts"), bool):
-            self.bucket_writes = body["direct_puts"]
+        if self.bucket_writes is None:  # a server that does not say offers none (a server from before, too)
+            self.bucket_writes = body.get("direct_puts") is True
         return list(body["accepted"]), list(body["rejected"])
 
     def fetch_chunks(self, hashes: Sequence[str]) -> Iterator[tuple[str, bytes | bytearray]]:

@@ -285,10 +285,12 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
             # own clock (`Checked.spent`): what a held read costs after that clock (its bytes
             # freed, the way back to this loop) showed as 0.1-0.3 ms more for a held chunk.
             await pacer.pad((c.size for c in claims), checked.reads, time.perf_counter() - started)
-        # ``direct_puts``: the refused chunks may go to the bucket in a pack of the client's
-        # own (`cubby.server.bucketputs`); told here, where every upload begins, so that a
-        # client asks for a pack only of a server that may hand one out.
-        return JSONResponse({"accepted": checked.proven, "rejected": checked.rejected, "direct_puts": puts})
+        # ``direct_puts`` (only where true, so that every other answer is as it was): the
+        # refused chunks may go to the bucket in a pack of the client's own
+        # (`cubby.server.bucketputs`); told here, where every upload begins, so that a client
+        # asks for a pack only of a server that may hand one out.
+        answer = {"accepted": checked.proven, "rejected": checked.rejected}
+        return JSONResponse({**answer, "direct_puts": True} if puts else answer)
 
     async def readable_or_404(p: access.Principal, hashes: list[str]) -> dict[str, int]:
         """The size of each of ``hashes`` (its ``blocks`` row), all of which ``p`` may read,
