@@ -23,6 +23,7 @@ from cubby.blockstore.s3chunked import MIN_CHUNK
 from cubby.blockstore.scrub import scrub
 from cubby.core.chunking import MIN_DIRECT
 from cubby.core.compression import RAW
+from cubby.errors import ChunkMismatch
 from cubby.metadata.chunk_index import SqlChunkIndex
 from cubby.metadata.store import SqlMetadataStore, open_store
 
@@ -140,3 +141,53 @@ def test_a_client_pack_is_compacted_rebuilt_and_swept_as_any_pack(meta: SqlMetad
     objects.put(pack_object_name(unadopted), body_of(direct_layout(unadopted, listed[:1]).parts, dict(chunks)))
     assert store.compact(orphan_age=3600).orphans_deleted == 0  # young: a client may still say it is stored
     assert store.compact(orphan_age=0).orphans_deleted == 1
+
+
+def test_a_chunk_collected_between_stage_and_rows_is_stored_again_from_the_pack_in_one_of_the_servers_own(
+    meta: SqlMetadataStore, tmp_path: Path
+) -> None:
+    """A chunk placed elsewhere when the pack was staged, then collected before the upload's
+    rows: its bytes are read back from the client's pack, verified, and stored in a pack of the
+    server's, so that the client's pack keeps the payload it was recorded with (its dead share
+    right) and nothing new points into a pack a collector may have judged dead."""
+    objects = FolderObjectStore(tmp_path / "blocks")
+    store = PackBlockStore(objects, SqlChunkIndex(meta.db))
+    held = named(os.urandom(40_000))
+    store.put_many([held])
+    first_home = store.index.lookup([held[0]])[held[0]].pack
+    chunks = [*some_chunks(7, 2), held]
+    listed = [(n, len(d)) for n, d in chunks]
+    pack = new_pack_id()
+    objects.put(pack_object_name(pack), body_of(direct_layout(pack, listed).parts, dict(chunks)))
+    staged = store.stage_direct_put(pack, listed, meta.db)
+    assert staged.new == [True, True, False]
+    staged.index()
+    store.delete(held[0])  # the collector takes it before the upload's rows are written
+    assert not store.has(held[0])
+
+    staged.again([held[0]])
+    assert store.get(held[0]) == held[1]
+    home = store.index.lookup([held[0]])[held[0]].pack
+    assert home not in (pack, first_home)
+    usage = {u.pack: u for u in store.index.usage_after("", 100)}
+    fresh_bytes = sum(len(d) + 1 for _, d in chunks[:2])  # each stored raw: a codec byte and the chunk
+    assert usage[pack].payload == usage[pack].live == fresh_bytes
+
+
+def test_a_chunk_read_back_from_a_damaged_pack_is_refused_and_not_indexed(meta: SqlMetadataStore, tmp_path: Path) -> None:
+    """The bytes read back are verified against the chunk's name before they are stored."""
+    objects = FolderObjectStore(tmp_path / "blocks")
+    store = PackBlockStore(objects, SqlChunkIndex(meta.db))
+    held = named(os.urandom(40_000))
+    store.put_many([held])
+    listed = [(held[0], len(held[1]))]
+    pack = new_pack_id()
+    body = bytearray(body_of(direct_layout(pack, listed).parts, {held[0]: held[1]}))
+    loc = direct_layout(pack, listed).entries[0][1]
+    body[loc.pos + 100] ^= 0xFF  # one byte of the chunk's copy in the pack, flipped
+    objects.put(pack_object_name(pack), bytes(body))
+    staged = store.stage_direct_put(pack, listed, meta.db)
+    store.delete(held[0])
+    with pytest.raises(ChunkMismatch):
+        staged.again([held[0]])
+    assert not store.has(held[0])

@@ -142,9 +142,10 @@ def plan_direct_put(objects: ObjectStore, pack: str, chunks: Sequence[tuple[str,
 class StagedDirect:
     """A stored pack a client put, to index: ``new`` says which of its chunks the index did
     not place yet; ``index`` records those (in the caller's transaction where the index
-    writes there, else it did already and does nothing); ``again(names)`` records the pack's
-    copies of ``names`` too, chunks the index placed elsewhere when asked but whose bytes the
-    collector took meanwhile (`cubby.metadata.chunks.ChunkAccess.ingest_direct`)."""
+    writes there, else it did already and does nothing); ``again(names)`` stores the pack's
+    copies of ``names`` once more, in a pack of the server's own: chunks the index placed
+    elsewhere when asked but whose bytes the collector took meanwhile
+    (`cubby.metadata.chunks.ChunkAccess.ingest_direct`)."""
 
     new: list[bool]
     index: Callable[[], None]

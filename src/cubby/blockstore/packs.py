@@ -327,7 +327,16 @@ class PackBlockStore:
         """`HandsOutPuts.stage_direct_put`. The pack's entries for chunks the index places
         already are left out of it (their bytes in the pack are dead from the start, as a
         compaction would leave them); a chunk indexed by another upload in the meantime
-        keeps its place (the index ignores a second row for it)."""
+        keeps its place (the index ignores a second row for it).
+
+        ``again``: a chunk left out so whose bytes the collector took before the upload's
+        rows were written is read back from the client's pack and stored in a pack of the
+        server's own (`put_many`, which verifies it against its name), as an upload stores
+        such a chunk again. Not indexed where it lies: the pack's row is written once, with
+        the payload of the chunks it placed, and a second placement would leave that payload
+        short (its dead share read low, and compaction late); and where the index is another
+        database's, the pack's row is committed before ``again`` runs, so a collector may
+        have retired the pack, as wholly dead, in between."""
         layout = direct_layout(pack, chunks)
         pack_is_stored(self.objects, layout)
         known = self.present(name for name, _ in chunks)
@@ -341,7 +350,9 @@ class PackBlockStore:
         fresh = made(name for (name, _), is_new in zip(chunks, new) if is_new)
 
         def again(names: Sequence[str]) -> None:
-            self.index.add_packs([made(names)])
+            name = pack_object_name(pack)
+            copies = [(h, self.codec.decode(self.objects.get(name, where[h].pos, where[h].stored_len))) for h in names]
+            self.put_many(copies)
 
         if self.index.writes_to(within):
             return StagedDirect(new, functools.partial(self.index.add_packs, [fresh]), again)
