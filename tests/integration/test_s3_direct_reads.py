@@ -17,6 +17,7 @@ from cubby.client.download import download_file, download_tree
 from cubby.client.sync.engine import SyncEngine
 from cubby.client.upload import upload_file
 from cubby.core.hashing import sha256_hex
+from cubby.errors import NotFound
 from tests.helpers.fault_proxy import Faults, fault_proxy
 from tests.helpers.live_server import LiveServer, listening_socket
 from tests.helpers.s3_servers import S3Server, fresh_prefix
@@ -249,3 +250,30 @@ def test_a_server_with_proxied_downloads_hands_out_no_reads(tmp_path: Path, s3_s
             assert api.bucket_reads is False
         assert (tmp_path / "p.bin").read_bytes() == data
         assert fetches(server) >= 1
+
+
+def test_a_chunk_the_caller_may_not_read_is_refused_and_leaves_direct_reads_on(tmp_path: Path, s3_server: S3Server) -> None:
+    """A first locate answered 404 for a chunk the caller may not read (another user's, or a
+    file unshared since it was listed) is that chunk's refusal, which the fetch then says; it
+    is not a server without the route, and the client's next download still comes from the
+    bucket (a sync daemon's first 404 had turned direct reads off for its whole life)."""
+    rng = random.Random(5)
+    theirs, mine = rng.randbytes(2_000_000), rng.randbytes(6_000_000)
+    with direct_server(tmp_path, s3_server, s3_server.endpoint) as server:
+        ann, bob = server.add_user("ann"), server.add_user("bob")
+        with ApiClient(server.url, ann) as api:
+            upload(api, tmp_path / "ann", {"/theirs.bin": theirs})
+            _, chunks = api.blocklist("/theirs.bin")
+        with ApiClient(server.url, bob) as api:
+            upload(api, tmp_path / "bob", {"/mine.bin": mine})
+        before = fetches(server)
+        with ApiClient(server.url, bob) as api:
+            with pytest.raises(NotFound):
+                dict(api.fetch_chunks([chunks[0].hash]))
+            assert api.bucket_reads is None  # not known yet: the 404 was the chunk's
+            refused = fetches(server)
+            assert refused > before  # the fetch that said so
+            download_file(api, "/mine.bin", tmp_path / "mine.bin")
+            assert api.bucket_reads is True
+        assert (tmp_path / "mine.bin").read_bytes() == mine
+        assert fetches(server) == refused  # bob's chunks came from the bucket

@@ -822,16 +822,18 @@ class ApiClient:
         """The blocks role's plan of direct reads for ``hashes`` (`parse_plan`), or None when
         it hands out none (remembered). Any other error of the request is the download's
         (an unreachable or overloaded blocks role would fail the fetch the same way, after
-        as long a wait). A plan that is not well formed stops the asking. A 404 to the first
-        request is taken for a server without the route (an older release), and the client
-        stops asking; it may also be a chunk the caller may not read, which the fetch that
-        follows then says."""
+        as long a wait). A plan that is not well formed stops the asking. A 404 that names
+        how many chunks the caller may not read (``missing``) is theirs, and the fetch that
+        follows says so; any other 404 to the first request is taken for a server without
+        the route (an older release), and the client stops asking. (Both were taken for the
+        latter once: a sync daemon whose first download met a file unshared since it was
+        listed fetched everything through the server for the rest of its life.)"""
         try:
             answer = self._post("/api/v1/blocks/locate", {"hashes": list(hashes)}, once=False)
             plan = parse_plan(answer, hashes)
-        except NotFound:
-            if self.bucket_reads is None:
-                self.bucket_reads = False  # no such route here (or, first asked, a chunk it may not read)
+        except NotFound as exc:
+            if self.bucket_reads is None and "missing" not in exc.details:
+                self.bucket_reads = False  # no such route here
             return None
         except (BadPlan, ValueError):
             self.bucket_reads = False  # not a plan this client follows (or not JSON): fetch, and stop asking
