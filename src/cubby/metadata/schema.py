@@ -198,7 +198,9 @@ ns_chunks = Table(
     Column("hash", Hash, primary_key=True),
     Column("refs", BigInteger, nullable=False, default=0),
     Column("touched_at", Double, nullable=False),
-    Index("ix_ns_chunks_hash", "hash", "refs"),
+    # By hash alone: a commit changes ``refs``, which must not move an entry of an index keyed
+    # by a random hash (migration 0014).
+    Index("ix_ns_chunks_hash", "hash"),
 )
 
 members = Table(
