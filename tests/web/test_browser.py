@@ -109,9 +109,23 @@ def go(page: Any, server: ThreadServer, hash_: str) -> None:
 
 
 def act(page: Any, path: str, action: str) -> None:
-    """Open a row's actions dialog and pick one."""
-    row(page, path).locator("button.more").click()
-    page.locator("#dialog .choices").get_by_role("button", name=action, exact=True).click()
+    """Open a row's actions dialog and pick one.
+
+    The listing is drawn again whenever the server says the folder changed (an upload's commit
+    arrives over the notify socket, and each finished upload asks for a refresh as well), and
+    a click that lands while the rows are replaced can open nothing: on CI, once in four runs
+    of the suite, the dialog never came (the Rename button waited out 30 s) although a person
+    would simply click again. So the row's button is clicked again, up to three times, when
+    no dialog shows the action within 5 s; the action must still be there."""
+    choice = page.locator("#dialog .choices").get_by_role("button", name=action, exact=True)
+    for _ in range(3):
+        row(page, path).locator("button.more").click()
+        try:
+            choice.wait_for(state="visible", timeout=5_000)
+            break
+        except playwright_api.TimeoutError:
+            page.keyboard.press("Escape")  # whatever dialog did open, closed
+    choice.click()
 
 
 def new_folder(page: Any, name: str) -> None:
