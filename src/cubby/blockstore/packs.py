@@ -329,9 +329,9 @@ class PackBlockStore:
         compaction would leave them); a chunk indexed by another upload in the meantime
         keeps its place (the index ignores a second row for it).
 
-        ``again``: a chunk left out so whose bytes the collector took before the upload's
-        rows were written is read back from the client's pack and stored in a pack of the
-        server's own (`put_many`, which verifies it against its name), as an upload stores
+        ``again``: a chunk left out this way, whose bytes the collector took before the
+        upload's rows were written, is read back from the client's pack and stored in a pack
+        of the server's own (`put_many`, which verifies it against its name), as an upload stores
         such a chunk again. Not indexed where it lies: the pack's row is written once, with
         the payload of the chunks it placed, and a second placement would leave that payload
         short (its dead share read low, and compaction late); and where the index is another
