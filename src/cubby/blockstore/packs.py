@@ -342,12 +342,9 @@ class PackBlockStore:
         known = self.present(name for name, _ in chunks)
         where = dict(layout.entries)
 
-        def made(names: Iterable[str]) -> NewPack:
-            entries = [(name, where[name]) for name in names]
-            return NewPack(pack, layout.size, sum(loc.stored_len for _, loc in entries), entries)
-
         new = [name not in known for name, _ in chunks]
-        fresh = made(name for (name, _), is_new in zip(chunks, new) if is_new)
+        placed = [(name, where[name]) for (name, _), is_new in zip(chunks, new) if is_new]
+        fresh = NewPack(pack, layout.size, sum(loc.stored_len for _, loc in placed), placed)
 
         def again(names: Sequence[str]) -> None:
             name = pack_object_name(pack)
