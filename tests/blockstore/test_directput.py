@@ -182,8 +182,9 @@ def test_a_chunk_read_back_from_a_damaged_pack_is_refused_and_not_indexed(meta: 
     store.put_many([held])
     listed = [(held[0], len(held[1]))]
     pack = new_pack_id()
-    body = bytearray(body_of(direct_layout(pack, listed).parts, {held[0]: held[1]}))
-    loc = direct_layout(pack, listed).entries[0][1]
+    layout = direct_layout(pack, listed)
+    body = bytearray(body_of(layout.parts, {held[0]: held[1]}))
+    loc = layout.entries[0][1]
     body[loc.pos + 100] ^= 0xFF  # one byte of the chunk's copy in the pack, flipped
     objects.put(pack_object_name(pack), bytes(body))
     staged = store.stage_direct_put(pack, listed, meta.db)
