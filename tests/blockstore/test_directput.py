@@ -16,10 +16,9 @@ import pytest
 
 from cubby.blockstore.directput import GAP, Literal, PackNotStored, direct_layout
 from cubby.blockstore.folder import FolderObjectStore
-from cubby.blockstore.objects import stored_size
+from cubby.blockstore.objects import SIGNED_CHUNK_MIN, stored_size
 from cubby.blockstore.packfile import pack_object_name, read_trailer
 from cubby.blockstore.packs import PackBlockStore, new_pack_id
-from cubby.blockstore.s3chunked import MIN_CHUNK
 from cubby.blockstore.scrub import scrub
 from cubby.core.chunking import MIN_DIRECT
 from cubby.core.compression import RAW
@@ -76,7 +75,7 @@ def test_the_layout_is_a_pack_readers_know_with_each_body_chunk_signed_for_its_b
             assert sha == part[0]
         at += size
     assert at == len(data)
-    assert all(size >= MIN_CHUNK for size, _ in signed[:-1])
+    assert all(size >= SIGNED_CHUNK_MIN for size, _ in signed[:-1])
 
 
 def test_a_folder_store_hands_out_no_puts(meta: SqlMetadataStore, tmp_path: Path) -> None:

@@ -11,9 +11,9 @@ import pytest
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from cubby.blockstore.objects import SIGNED_CHUNK_MIN
 from cubby.blockstore.s3chunked import (
     CHUNK_TARGET,
-    MIN_CHUNK,
     BodyChunk,
     ChunkSigner,
     StreamingAuth,
@@ -136,7 +136,7 @@ def test_chunks_keep_the_body_and_hash_to_their_bytes(sizes: list[int]) -> None:
     for chunk in chunks:
         data = b"".join(chunk.pieces)
         assert chunk.size == len(data) and chunk.sha256 == hashlib.sha256(data).hexdigest()
-    assert all(c.size >= MIN_CHUNK for c in chunks[:-1])
+    assert all(c.size >= SIGNED_CHUNK_MIN for c in chunks[:-1])
     assert all(c.size <= CHUNK_TARGET + 4 * (1 << 20) for c in chunks)
 
 

@@ -38,16 +38,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from cubby.blockstore.objects import ObjectStore, SignedPut, signed_put, stored_size
+from cubby.blockstore.objects import SIGNED_CHUNK_MIN, ObjectStore, SignedPut, signed_put, stored_size
 from cubby.blockstore.packfile import MAGIC, Location, entry_bytes, footer_bytes, pack_object_name
-from cubby.blockstore.s3chunked import MIN_CHUNK
 from cubby.core.chunking import MIN_DIRECT
 from cubby.core.compression import RAW
 from cubby.errors import CubbyError
 
-GAP = MIN_CHUNK
+GAP = SIGNED_CHUNK_MIN
 """Bytes of the server's own chunk before each payload: S3's least chunk of a signed body."""
-assert MIN_DIRECT >= MIN_CHUNK  # each chunk a client puts is one chunk of the signed body
+assert MIN_DIRECT >= SIGNED_CHUNK_MIN  # each chunk a client puts is one chunk of the signed body
 
 
 @dataclass(frozen=True, slots=True)

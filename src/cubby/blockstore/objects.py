@@ -123,6 +123,11 @@ class SignedReads(Protocol):
         where this store hands out none (not configured to, or it cannot)."""
 
 
+SIGNED_CHUNK_MIN = 8 * 1024
+"""The least a chunk of an ``aws-chunked`` body may hold, but the last (AWS's rule). Here, not
+in `cubby.blockstore.s3chunked`, so that what plans direct puts need not load botocore."""
+
+
 @dataclass(frozen=True, slots=True)
 class SignedPut:
     """A PUT anyone may send, without credentials, for a few minutes: to ``url``, with

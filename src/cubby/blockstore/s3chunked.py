@@ -20,8 +20,8 @@ The encoding (AWS's "Transferring payload in multiple chunks"): headers
 CRLF, its bytes, CRLF; then an empty chunk, signed too, and CRLF. A chunk's signature is the
 HMAC, under the request's signing key, of ``AWS4-HMAC-SHA256-PAYLOAD``, the request's time,
 its scope, the previous signature (the request's own, for the first), the SHA-256 of nothing
-and the chunk's SHA-256. Every chunk but the last must hold at least `MIN_CHUNK` bytes (AWS
-refuses smaller ones), so small pieces (a pack's magic, small chunks, codec bytes) are hashed
+and the chunk's SHA-256. Every chunk but the last must hold at least `SIGNED_CHUNK_MIN` bytes
+(AWS refuses smaller ones), so small pieces (a pack's magic, small chunks, codec bytes) are hashed
 afresh, with their neighbours: `plan_chunks`.
 """
 
@@ -35,12 +35,11 @@ from typing import Any
 
 from botocore.auth import S3SigV4Auth
 
+from cubby.blockstore.objects import SIGNED_CHUNK_MIN
 from cubby.core.hashing import Sha256State, update_holding
 
 STREAMING_PAYLOAD = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
 """What ``x-amz-content-sha256`` says of a body signed in chunks."""
-MIN_CHUNK = 8 * 1024
-"""The least a chunk of the body may hold, but the last (AWS's rule)."""
 CHUNK_TARGET = 1024 * 1024
 """A chunk of the body hashed afresh ends at the first piece boundary past this many bytes,
 so that a long run of small or compressed pieces is not one huge chunk (a server reads and
@@ -73,9 +72,9 @@ def plan_chunks(parts: Sequence[bytes | memoryview], known: Mapping[int, Sha256S
     """The body ``parts`` make, cut into chunks at part boundaries, each with its SHA-256.
 
     A part whose hasher ``known`` holds (by its position in ``parts``) starts a chunk of its
-    own when the chunk before it is long enough (`MIN_CHUNK`): the chunk's SHA-256 is a copy of
-    that hasher fed the small parts after it, so the part's bytes are not read again. Any other
-    part is hashed into the chunk it falls in. A chunk also ends past `CHUNK_TARGET`, but not
+    own when the chunk before it is long enough (`SIGNED_CHUNK_MIN`): the chunk's SHA-256 is a
+    copy of that hasher fed the small parts after it, so the part's bytes are not read again.
+    Any other part is hashed into the chunk it falls in. A chunk also ends past `CHUNK_TARGET`, but not
     before a small part that comes just before a known one (a pack's codec byte before a raw
     chunk): that would leave the known part in a chunk too short to start at it."""
     chunks: list[BodyChunk] = []
@@ -105,13 +104,13 @@ def plan_chunks(parts: Sequence[bytes | memoryview], known: Mapping[int, Sha256S
 
 def _ends_before(i: int, parts: Sequence[bytes | memoryview], known: Mapping[int, Sha256State], size: int) -> bool:
     """Whether a chunk of ``size`` bytes so far ends before part ``i`` (`plan_chunks`)."""
-    if size < MIN_CHUNK:
+    if size < SIGNED_CHUNK_MIN:
         return False
     if i in known:
         return True
     if size < CHUNK_TARGET:
         return False
-    return not (len(parts[i]) < MIN_CHUNK and i + 1 in known)
+    return not (len(parts[i]) < SIGNED_CHUNK_MIN and i + 1 in known)
 
 
 def encoded_length_of(sizes: Sequence[int]) -> int:
