@@ -20,9 +20,8 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -33,6 +32,9 @@ from cubby.errors import CubbyError, NotFound
 from cubby.metadata.accounts import csrf_token
 from cubby.server import access, sessions
 from cubby.server.context import ServerContext
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
@@ -61,13 +63,24 @@ def _static_files() -> dict[str, tuple[bytes, str, str]]:
     return out
 
 
+def _templates() -> Environment:
+    """The pages' Jinja2 environment. Made at the first page, not at the start: Jinja2 is a
+    tenth of a server's imports, which every start pays (a blocks or notify process, each worker,
+    each process a test suite starts) and most never render a page."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    return Environment(loader=PackageLoader("cubby.web", "templates"), autoescape=select_autoescape(default=True))
+
+
 def routes(ctx: ServerContext) -> list[BaseRoute]:
-    env = Environment(loader=PackageLoader("cubby.web", "templates"), autoescape=select_autoescape(default=True))
+    made: list[Environment] = []
     static = _static_files()
     version = hashlib.sha256(b"".join(v[2].encode() for v in static.values())).hexdigest()[:12]
 
     def page(name: str, **values: Any) -> HTMLResponse:
-        html = env.get_template(name).render(version=version, **values)
+        if not made:
+            made.append(_templates())
+        html = made[0].get_template(name).render(version=version, **values)
         return HTMLResponse(html, headers={**SECURITY_HEADERS, "Cache-Control": "no-store"})
 
     async def home(request: Request) -> Response:
