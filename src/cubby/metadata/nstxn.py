@@ -12,6 +12,9 @@ namespace its own. A `NamespaceTxn` touches only rows keyed by its namespace (``
 namespaces. `lock_namespaces` is the one exception, kept for shares: it opens several on one
 connection, which works only while those namespaces share a database (the sharded design
 replaces each such call by single-namespace steps tied by an intent).
+
+`cubby.metadata.pgtrips` (and with it psycopg) is imported where PostgreSQL is used, not here:
+every start of a process on SQLite would load it for nothing (a tenth of a server's imports).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from sqlalchemy.engine import Connection, Row
 
 from cubby.core import paths
 from cubby.errors import NamespaceGone, NamespaceMoving
-from cubby.metadata import pgtrips, sqlitedriver
+from cubby.metadata import sqlitedriver
 from cubby.metadata.engine import Database
 from cubby.metadata.pgdriver import (
     JOURNAL_COLUMNS,
@@ -322,6 +325,8 @@ class NamespaceTxn:
             inserted=inserted, revs=self.rev_rows, entries=self.journal_rows, refs=self.ref_counts,
         ) if updated or inserted or self.rev_rows or self.journal_rows or self.ref_counts or head is not None else None
         if commit:
+            from cubby.metadata import pgtrips  # (PostgreSQL only: see the module docstring)
+
             assert params is not None  # a commit always writes the head
             pgtrips.write_and_commit(self.db, self.conn, params, first)
         elif params is not None:
@@ -352,6 +357,8 @@ def lock_namespace(db: Database, conn: Connection, ns_id: int) -> tuple[int, int
     sealed (it is being moved to another shard: `cubby.metadata.rebalance`; the seal is set
     under this same lock, so no write lands in the old copy after the last one was copied)."""
     if db.dialect == "postgresql":  # with the transaction's BEGIN, when it has not started
+        from cubby.metadata import pgtrips
+
         row = pgtrips.lock_and_read(conn, ns_id, (), (), None)[0]
     elif db.is_sqlite:
         row = sqlitedriver.execute(conn, sqlitedriver.LOCK_NAMESPACE, (ns_id,)).fetchone()
@@ -384,20 +391,33 @@ def open_txn(
     others = tuple(sorted({int(n) for n in readable} - {ns_id}))
     todo = sorted(set(keys))
     wanted = None if hashes is None else sorted(set(hashes))
-    if db.dialect != "postgresql" or len(todo) > pgtrips.MAX_READ or len(wanted or ()) > pgtrips.MAX_READ:
+    tx = _open_in_one_trip(db, conn, ns_id, user_id, others, todo, wanted) if db.dialect == "postgresql" else None
+    if tx is None:
         head, next_node = lock_namespace(db, conn, ns_id)
         tx = NamespaceTxn(db, conn, ns_id, head, next_node, user_id, readable=others)
-    else:
-        row, found_nodes, found_chunks = pgtrips.lock_and_read(conn, ns_id, todo, [ns_id, *others], wanted)
-        head, next_node = _checked(ns_id, row)
-        tx = NamespaceTxn(db, conn, ns_id, head, next_node, user_id, readable=others)
-        tx.cache.update(dict.fromkeys(todo))
-        tx.cache.update((n.path_key, n) for n in found_nodes)
-        if wanted:
-            tx.checked.update(wanted)
-            tx.note_chunks(found_chunks)
     if now is not None:
         tx.now = now
+    return tx
+
+
+def _open_in_one_trip(
+    db: Database, conn: Connection, ns_id: int, user_id: int | None, others: tuple[int, ...], todo: list[str],
+    wanted: list[str] | None,
+) -> NamespaceTxn | None:
+    """PostgreSQL: `open_txn` with its first reads in the lock's round trip; None when they are
+    too many for one (`cubby.metadata.pgtrips.MAX_READ`)."""
+    from cubby.metadata import pgtrips
+
+    if len(todo) > pgtrips.MAX_READ or len(wanted or ()) > pgtrips.MAX_READ:
+        return None
+    row, found_nodes, found_chunks = pgtrips.lock_and_read(conn, ns_id, todo, [ns_id, *others], wanted)
+    head, next_node = _checked(ns_id, row)
+    tx = NamespaceTxn(db, conn, ns_id, head, next_node, user_id, readable=others)
+    tx.cache.update(dict.fromkeys(todo))
+    tx.cache.update((n.path_key, n) for n in found_nodes)
+    if wanted:
+        tx.checked.update(wanted)
+        tx.note_chunks(found_chunks)
     return tx
 
 
