@@ -33,6 +33,45 @@ def test_upgrade_is_idempotent(db_url):
         store.close()
 
 
+def test_head_is_the_newest_migration():
+    """`migrate.HEAD` lets a start skip Alembic; a new migration that does not move it would
+    leave every database already at the old head without that migration."""
+    from alembic.script import ScriptDirectory
+
+    from cubby.metadata import migrate
+
+    assert ScriptDirectory.from_config(migrate.alembic_config()).get_current_head() == migrate.HEAD
+
+
+def test_a_database_at_the_head_opens_without_alembic(db_url):
+    """The second start reads the revision and loads no Alembic; a database behind the head
+    (stamped back to 0013: migrating it to 0014 again drops and makes one index) loads it and
+    is migrated."""
+    import subprocess
+    import sys
+
+    from sqlalchemy import create_engine, text
+
+    open_store(db_url).close()
+    script = (
+        "import sys\n"
+        "from cubby.metadata.store import open_store\n"
+        "open_store(sys.argv[1]).close()\n"
+        "print('alembic' in sys.modules)\n"
+    )
+    run = [sys.executable, "-c", script, db_url]
+    assert subprocess.run(run, capture_output=True, text=True, check=True).stdout.strip() == "False"
+    engine = create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = '0013'"))
+    finally:
+        engine.dispose()
+    out = subprocess.run(run, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "True"
+
+
 def test_sharding_migration_places_every_namespace_on_main_and_copies_members(db_url):
     """Migration 0009 on a database from before sharding: its namespaces are shard ``main``'s,
     its members and link tokens are copied to the directory's ``memberships`` and
