@@ -1,9 +1,9 @@
 """A process for the cross-namespace move crash test: runs one move and kills itself with
 SIGKILL right after the given step commits (the store's fault hook). The store is a database
 URL, or a directory URL followed by the shards as JSON (``{"near": URL, "far": URL}``, new
-namespaces on ``far``). With a last argument ``pause``, it instead says ``paused`` and sleeps
-4 s at that step, then finishes the move: a live move between two steps, for recovery in
-another process to leave alone."""
+namespaces on ``far``). With a last argument ``pause``, it instead says ``paused`` at that
+step and waits for a line on its standard input, then finishes the move: a live move between
+two steps, for recovery in another process to leave alone."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import sys
-import time
 
 from cubby.metadata.store import open_store
 
@@ -26,7 +25,7 @@ def main() -> None:
     def fault(name: str) -> None:
         if name == step and pause:
             print("paused", flush=True)
-            time.sleep(4)
+            sys.stdin.readline()
         elif name == step:
             os.kill(os.getpid(), signal.SIGKILL)
 

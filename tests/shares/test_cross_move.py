@@ -155,14 +155,14 @@ def test_recovery_in_another_process_leaves_a_live_move_alone(store, step):
     proc = subprocess.Popen(
         [sys.executable, str(HERE / "move_crasher.py"), url, step, str(a.id), str(ns), "/Item", str(a.root_ns),
          "/Mine/Item", "pause"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "paused", proc.stderr.read() if proc.stderr else ""
     fresh = open_store(url)
     try:
         assert fresh.moves.recover() == 0  # the owner is alive: nothing to recover
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate("go\n", timeout=120)  # the owner goes on
         assert proc.returncode == 0 and "finished without being killed" in out, err
         assert snapshot(fresh, ns, "/Item") == [] and snapshot(fresh, a.root_ns, "/Mine/Item") == original
         with fresh.db.reader.begin() as conn:
