@@ -81,10 +81,11 @@ def main(argv: list[str]) -> int:
     # The tests start hundreds of cubby processes; with PYTHONDONTWRITEBYTECODE set (as on the
     # CI machines) each would compile the package from source again (~0.2 CPU s a start).
     subprocess.call([str(_bin("python")), "-m", "compileall", "-q", "src"], stdout=subprocess.DEVNULL)
-    # Three workers on two cores: the suite waits too (processes starting, servers answering),
-    # and a third worker fills those waits. On the 2-core CI machine of 2026-12-04 it ran in
-    # 597 s against 664-741 s with two, and passed whole both times it was tried.
-    workers = os.environ.get("CUBBY_TEST_WORKERS", "3")
+    # Four workers on two cores: the suite waits too (processes starting, servers answering,
+    # clients converging through cut links), and the extra workers fill those waits. On the
+    # 2-core CI machine of 2026-12-04 three ran in 597 s against 664-741 s with two; on the
+    # VM of 2026-12-07 four ran in 425 s against 466 s with three, the same tree, passing whole.
+    workers = os.environ.get("CUBBY_TEST_WORKERS", "4")
     args = [str(_bin("python")), "-m", "pytest", "-n", workers, "--dist", "loadgroup", "-q", "-p", "no:cacheprovider", "--durations=20"]
     if fast:
         args += ["-m", "not slow"]
