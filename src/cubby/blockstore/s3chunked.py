@@ -21,8 +21,8 @@ CRLF, its bytes, CRLF; then an empty chunk, signed too, and CRLF. A chunk's sign
 HMAC, under the request's signing key, of ``AWS4-HMAC-SHA256-PAYLOAD``, the request's time,
 its scope, the previous signature (the request's own, for the first), the SHA-256 of nothing
 and the chunk's SHA-256. Every chunk but the last must hold at least `SIGNED_CHUNK_MIN` bytes
-(AWS refuses smaller ones), so small pieces (a pack's magic, small chunks, codec bytes) are hashed
-afresh, with their neighbours: `plan_chunks`.
+(AWS refuses smaller ones), so small pieces (a pack's magic, small chunks, codec bytes) are
+hashed afresh, with their neighbours: `plan_chunks`.
 """
 
 from __future__ import annotations
@@ -74,9 +74,9 @@ def plan_chunks(parts: Sequence[bytes | memoryview], known: Mapping[int, Sha256S
     A part whose hasher ``known`` holds (by its position in ``parts``) starts a chunk of its
     own when the chunk before it is long enough (`SIGNED_CHUNK_MIN`): the chunk's SHA-256 is a
     copy of that hasher fed the small parts after it, so the part's bytes are not read again.
-    Any other part is hashed into the chunk it falls in. A chunk also ends past `CHUNK_TARGET`, but not
-    before a small part that comes just before a known one (a pack's codec byte before a raw
-    chunk): that would leave the known part in a chunk too short to start at it."""
+    Any other part is hashed into the chunk it falls in. A chunk also ends past `CHUNK_TARGET`,
+    but not before a small part that comes just before a known one (a pack's codec byte before
+    a raw chunk): that would leave the known part in a chunk too short to start at it."""
     chunks: list[BodyChunk] = []
     pieces: list[bytes | memoryview] = []
     size = 0

@@ -1,7 +1,8 @@
 """Bring a metadata database to the newest schema with Alembic, from inside the program.
 
 Run at every start of a store: upgrading an up-to-date database is a no-op (a read of its
-revision: Alembic is not even loaded), and a fresh one gets every table. The migration scripts ship inside the package, so no alembic.ini is needed.
+revision: Alembic is not even loaded), and a fresh one gets every table. The migration scripts
+ship inside the package, so no alembic.ini is needed.
 
 Any number of processes may start at once (many workers, a fleet behind a load balancer): the
 upgrade runs under a lock that only one of them holds at a time, so exactly one creates the
