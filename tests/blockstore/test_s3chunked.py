@@ -83,23 +83,40 @@ def test_the_request_and_its_chunks_are_signed_as_aws_publishes() -> None:
 
 
 def test_the_proxy_that_stands_in_for_a_checking_server_checks_as_aws_does() -> None:
-    """The test proxy's own check (tests/helpers/fault_proxy.py) takes AWS's example body and
-    refuses it with one byte changed, a chunk signature swapped or a length that lies."""
-    headers = [
-        "x-amz-content-sha256: STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
-        f"x-amz-date: {AMZ_DATE}",
-        "x-amz-decoded-content-length: 66560",
-        f"Authorization: AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/{SCOPE}, SignedHeaders=host, Signature={SEED}",
-    ]
+    """The test proxy's own check (tests/helpers/fault_proxy.py) takes AWS's example request
+    (its seed signature computed there from the request as it arrived) and refuses it with one
+    byte of the body changed, a chunk signature swapped, a signed header or the path changed,
+    or another secret."""
+    target = "/examplebucket/chunkObject.txt"
+    fields = {
+        "Host": "s3.amazonaws.com",
+        "x-amz-storage-class": "REDUCED_REDUNDANCY",
+        "Content-Encoding": "aws-chunked",
+        "Content-Length": "66824",
+        "x-amz-content-sha256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+        "x-amz-date": AMZ_DATE,
+        "x-amz-decoded-content-length": "66560",
+        "Authorization": f"AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/{SCOPE}, SignedHeaders=content-encoding;"
+        f"content-length;host;x-amz-content-sha256;x-amz-date;x-amz-decoded-content-length;x-amz-storage-class, "
+        f"Signature={SEED}",
+    }
+
+    def lines(**changed: str) -> list[str]:
+        return [f"{k}: {changed.get(k.lower().replace('-', '_'), v)}" for k, v in fields.items()]
+
     signer = ChunkSigner(signing_key(SECRET_KEY, "20130524", "us-east-1"), AMZ_DATE, SCOPE, SEED)
     body = b"".join(encode(example_chunks(), signer))
-    assert chunk_signatures_hold(headers, body, SECRET_KEY)
+    assert chunk_signatures_hold("PUT", target, lines(), body, SECRET_KEY)
     garbled = body[:1000] + b"b" + body[1001:]
-    assert not chunk_signatures_hold(headers, garbled, SECRET_KEY)
+    assert not chunk_signatures_hold("PUT", target, lines(), garbled, SECRET_KEY)
     swapped = body.replace(CHUNK_SIGNATURES[1].encode(), CHUNK_SIGNATURES[0].encode())
-    assert not chunk_signatures_hold(headers, swapped, SECRET_KEY)
-    assert not chunk_signatures_hold([*headers[:2], "x-amz-decoded-content-length: 66561", headers[3]], body, SECRET_KEY)
-    assert not chunk_signatures_hold(headers, body, "another secret")
+    assert not chunk_signatures_hold("PUT", target, lines(), swapped, SECRET_KEY)
+    assert not chunk_signatures_hold("PUT", target, lines(x_amz_decoded_content_length="66561"), body, SECRET_KEY)
+    assert not chunk_signatures_hold("PUT", target, lines(x_amz_storage_class="STANDARD"), body, SECRET_KEY)
+    assert not chunk_signatures_hold("PUT", target, lines(host="elsewhere.example"), body, SECRET_KEY)
+    assert not chunk_signatures_hold("PUT", "/examplebucket/another.txt", lines(), body, SECRET_KEY)
+    assert not chunk_signatures_hold("POST", target, lines(), body, SECRET_KEY)
+    assert not chunk_signatures_hold("PUT", target, lines(), body, "another secret")
 
 
 def pack_like(sizes: list[int]) -> tuple[list[bytes], dict[int, Any]]:

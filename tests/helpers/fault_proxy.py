@@ -19,9 +19,10 @@ Everything else is forwarded whole. ``counts`` says how many of each fault it in
 ``faults`` is read for each request: a test may replace it to start or end an outage.
 
 With ``check_crc32`` or ``check_chunks`` it also stands in for a server that checks what the
-one behind it (moto) does not: a body's CRC32, or the signature of each chunk of a body signed
-in chunks (`chunk_signatures_hold`, written here from AWS's description, apart from cubby's
-signer, and checked against AWS's published example in tests/blockstore/test_s3chunked.py).
+one behind it (moto) does not: a body's CRC32, or the signatures of a body signed in chunks,
+the request's own and each chunk's (`chunk_signatures_hold`, written here from AWS's
+description, apart from cubby's signer, and checked against AWS's published example in
+tests/blockstore/test_s3chunked.py).
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ class FaultProxy:
         if method != "PUT":
             return None
         secret = self.faults.check_chunks
-        if secret and not chunk_signatures_hold(headers, body, secret):
+        if secret and not chunk_signatures_hold(method, target, headers, body, secret):
             self.counts["bad_chunk"] += 1
             return _error_response("403 Forbidden", BAD_CHUNK_BODY)
         if self.faults.check_crc32 and not _crc32_matches(headers, body):
@@ -249,6 +250,7 @@ def _crc32_matches(headers: list[str], body: bytes) -> bool:
 
 _CHUNK_HEAD = re.compile(rb"([0-9a-f]+);chunk-signature=([0-9a-f]{64})\r\n")
 _CREDENTIAL = re.compile(r"Credential=[^/]+/(\d{8})/([^/]+)/([^/]+)/aws4_request")
+_SIGNED_HEADERS = re.compile(r"SignedHeaders=([a-z0-9;-]+)")
 
 
 def decode_chunked(body: bytes) -> list[tuple[bytes, str]] | None:
@@ -278,27 +280,71 @@ def decoded_body(headers: dict[str, str], body: bytes) -> bytes:
     return b"".join(data for data, _ in chunks)
 
 
-def chunk_signatures_hold(headers: list[str], body: bytes, secret: str) -> bool:
-    """Whether each chunk's signature of a body signed in chunks holds, chained from the
-    request's signature (true for any other body). The request's own signature is taken as it
-    comes: what is checked is that the body is the one it was signed for."""
-    fields = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in headers)}
+def _fields(headers: list[str]) -> dict[str, str]:
+    return {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in headers)}
+
+
+def _signing_key(secret: str, date: str, region: str, service: str) -> bytes:
+    key = hmac.new(f"AWS4{secret}".encode(), date.encode(), hashlib.sha256).digest()
+    for step in (region, service, "aws4_request"):
+        key = hmac.new(key, step.encode(), hashlib.sha256).digest()
+    return key
+
+
+def _signature(
+    secret: str, method: str, target: str, fields: dict[str, str], signed: list[str], stamp: str,
+    credential: tuple[str, str, str], payload: str, *, leave_out: str = "",
+) -> str:
+    """SigV4's signature of a request as it arrived: the canonical request (``target``'s path as
+    sent, its query sorted and encoded but for ``leave_out``, the ``signed`` headers' values,
+    ``payload`` as the payload's hash), then the string to sign at ``stamp`` in the scope of
+    ``credential`` (date, region, service), per AWS's description."""
+    path, _, query = target.partition("?")
+
+    def enc(text: str) -> str:
+        return quote(text, safe="-_.~")
+
+    params = parse_qsl(query, keep_blank_values=True)
+    canonical = "\n".join([
+        method,
+        path,
+        "&".join(f"{enc(k)}={enc(v)}" for k, v in sorted(params) if k != leave_out),
+        "".join(f"{h}:{' '.join(fields[h].split())}\n" for h in signed),
+        ";".join(signed),
+        payload,
+    ])
+    date, region, service = credential
+    scope = f"{date}/{region}/{service}/aws4_request"
+    text = "\n".join(["AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    return hmac.new(_signing_key(secret, date, region, service), text.encode(), hashlib.sha256).hexdigest()
+
+
+def chunk_signatures_hold(method: str, target: str, headers: list[str], body: bytes, secret: str) -> bool:
+    """Whether a body signed in chunks is the one its request was signed for (true for any
+    other body): the request's own signature (its ``Authorization`` header, the seed) holds for
+    the request as it arrived, and each chunk's signature, chained from it, for that chunk."""
+    fields = _fields(headers)
     if fields.get("x-amz-content-sha256") != "STREAMING-AWS4-HMAC-SHA256-PAYLOAD":
         return True
     auth = fields.get("authorization", "")
     credential = _CREDENTIAL.search(auth)
+    signed_headers = _SIGNED_HEADERS.search(auth)
     chunks = decode_chunked(body)
-    if credential is None or chunks is None or "Signature=" not in auth:
+    if credential is None or signed_headers is None or chunks is None or "Signature=" not in auth:
+        return False
+    signed = signed_headers.group(1).split(";")
+    stamp = fields.get("x-amz-date", "")
+    previous = auth.rsplit("Signature=", 1)[1]
+    if any(h not in fields for h in signed) or not hmac.compare_digest(previous, _signature(
+        secret, method, target, fields, signed, stamp, credential.groups(), fields["x-amz-content-sha256"],
+    )):
         return False
     date, region, service = credential.groups()
-    key = hmac.new(f"AWS4{secret}".encode(), date.encode(), hashlib.sha256).digest()
-    for step in (region, service, "aws4_request"):
-        key = hmac.new(key, step.encode(), hashlib.sha256).digest()
-    previous = auth.rsplit("Signature=", 1)[1]
+    key = _signing_key(secret, date, region, service)
     empty = hashlib.sha256(b"").hexdigest()
     for data, signature in chunks:
         text = "\n".join([
-            "AWS4-HMAC-SHA256-PAYLOAD", fields.get("x-amz-date", ""), f"{date}/{region}/{service}/aws4_request",
+            "AWS4-HMAC-SHA256-PAYLOAD", stamp, f"{date}/{region}/{service}/aws4_request",
             previous, empty, hashlib.sha256(data).hexdigest(),
         ])
         previous = hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
@@ -312,10 +358,8 @@ def query_signature_holds(method: str, target: str, headers: list[str], secret: 
     as it arrived (``target``: its path and query; ``headers``: its header lines), and has not
     expired: the canonical request from the signed headers' values, per AWS's description
     of query-string authentication (``UNSIGNED-PAYLOAD``)."""
-    path, _, query = target.partition("?")
-    params = parse_qsl(query, keep_blank_values=True)
-    given = dict(params)
-    fields = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in headers)}
+    given = dict(parse_qsl(target.partition("?")[2], keep_blank_values=True))
+    fields = _fields(headers)
     credential = given.get("X-Amz-Credential", "").split("/")
     signed = given.get("X-Amz-SignedHeaders", "").split(";")
     if len(credential) != 5 or "X-Amz-Signature" not in given or any(h not in fields for h in signed):
@@ -328,25 +372,12 @@ def query_signature_holds(method: str, target: str, headers: list[str], secret: 
         return False
     if (time.time() if now is None else now) > start + expires:
         return False
-
-    def enc(text: str) -> str:
-        return quote(text, safe="-_.~")
-
-    canonical = "\n".join([
-        method,
-        path,
-        "&".join(f"{enc(k)}={enc(v)}" for k, v in sorted(params) if k != "X-Amz-Signature"),
-        "".join(f"{h}:{' '.join(fields[h].split())}\n" for h in signed),
-        ";".join(signed),
-        "UNSIGNED-PAYLOAD",
-    ])
     date, region, service = credential[1:4]
-    scope = f"{date}/{region}/{service}/aws4_request"
-    text = "\n".join(["AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-    key = hmac.new(f"AWS4{secret}".encode(), date.encode(), hashlib.sha256).digest()
-    for step in (region, service, "aws4_request"):
-        key = hmac.new(key, step.encode(), hashlib.sha256).digest()
-    return hmac.compare_digest(hmac.new(key, text.encode(), hashlib.sha256).hexdigest(), given["X-Amz-Signature"])
+    expected = _signature(
+        secret, method, target, fields, signed, stamp, (date, region, service), "UNSIGNED-PAYLOAD",
+        leave_out="X-Amz-Signature",
+    )
+    return hmac.compare_digest(expected, given["X-Amz-Signature"])
 
 
 def _close_after(response: bytes) -> bytes:
