@@ -168,12 +168,25 @@ def s3_server(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     return use_s3_server(request, request.param)
 
 
+LONGEST_NODE_ID = 16 * 1024
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under ``--dist loadgroup``, refuse to run when pytest-xdist did not tag the grouped tests
     (it adds ``@group`` to their node ids, which pytest 9 no longer reads): a group's tests
     would then be spread over workers, and those that build on each other's state (the
-    browser tests share one logged-in page) fail now and then instead of at once."""
+    browser tests share one logged-in page) fail now and then instead of at once.
+
+    And refuse a node id longer than `LONGEST_NODE_ID` (a parameter shown whole, such as a
+    2 MB request body): pytest puts the running test's id in the environment
+    (``PYTEST_CURRENT_TEST``), and Linux refuses to start a process whose environment holds a
+    string of 128 KiB or more, so every process that test or a fixture set up for it started
+    failed with "Argument list too long"; only when it happened to be the first of its
+    module's tests on a worker, so now and then. Give such a parameter an ``id``."""
+    for item in items:
+        if len(item.nodeid) > LONGEST_NODE_ID:
+            raise pytest.UsageError(f"a node id of {len(item.nodeid)} characters: give its parameter an id ({item.nodeid[:200]}...)")
     if not getattr(config.option, "loadgroup", False):
         return
     for item in items:

@@ -59,6 +59,9 @@ def raw(notify: LiveServer, request: bytes) -> bytes:
         (b"POST /api/v1/notify/longpoll HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n" + b"{" * 2000000,
          413, "payload_too_large"),
     ],
+    # (named, not shown whole: a test's id goes into the environment of what it starts, see
+    # tests/conftest.py's `LONGEST_NODE_ID`)
+    ids=["not-http", "meta-route", "no-route", "longpoll-get", "ws-no-upgrade", "long-target", "huge-body"],
 )
 def test_requests_the_lean_server_refuses(pair: tuple[LiveServer, LiveServer], request_bytes: bytes, status: int, code: str) -> None:
     _, notify = pair
