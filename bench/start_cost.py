@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,28 +33,27 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
 
 from machine import describe, summary_line
 from report import Report, Row
+
+from tests.helpers.live_server import listening_socket
 
 FLOOR = "import uvicorn, starlette.applications, sqlalchemy"
 """The reference's imports: the server's web stack and its database toolkit."""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_once(data: Path, env: dict[str, str]) -> tuple[float, float]:
     """Start ``cubby serve`` on ``data``; (seconds until /healthz answers 200, CPU seconds of the
-    process from its start to its exit, stopped with SIGTERM as soon as it answered)."""
-    port = _free_port()
+    process from its start to its exit, stopped with SIGTERM as soon as it answered). It
+    serves on a socket this process made and hands down, as the tests' servers do."""
+    sock = listening_socket()
+    port = sock.getsockname()[1]
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cubby", "serve", "--data", str(data), "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        [sys.executable, "-m", "cubby", "serve", "--data", str(data), "--fd", str(sock.fileno())],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, pass_fds=(sock.fileno(),),
     )
     try:
         while True:
@@ -71,6 +69,8 @@ def start_once(data: Path, env: dict[str, str]) -> tuple[float, float]:
     except BaseException:
         proc.kill()
         raise
+    finally:
+        sock.close()
     _, _, use = os.wait4(proc.pid, 0)
     return seconds, use.ru_utime + use.ru_stime
 
