@@ -17,6 +17,7 @@ deleted files of a folder, for undelete).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import mimetypes
 from importlib import resources
@@ -73,14 +74,12 @@ def _templates() -> Environment:
 
 
 def routes(ctx: ServerContext) -> list[BaseRoute]:
-    made: list[Environment] = []
+    templates = functools.cache(_templates)  # this app's own, made at its first page
     static = _static_files()
     version = hashlib.sha256(b"".join(v[2].encode() for v in static.values())).hexdigest()[:12]
 
     def page(name: str, **values: Any) -> HTMLResponse:
-        if not made:
-            made.append(_templates())
-        html = made[0].get_template(name).render(version=version, **values)
+        html = templates().get_template(name).render(version=version, **values)
         return HTMLResponse(html, headers={**SECURITY_HEADERS, "Cache-Control": "no-store"})
 
     async def home(request: Request) -> Response:
