@@ -125,6 +125,21 @@ class LiveServer:
     def logs(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
+    def settled_logs(self, timeout: float = 10.0) -> str:
+        """The log once every request answered before this call has its line in it. A
+        request's line is written just after its answer is sent, so a test that reads the log
+        as soon as it has an answer may miss that line (and count one request too few). A
+        ``/healthz`` sent now is answered after them, and its line is waited for. A stopped
+        server's log is whole already."""
+        if self.proc is None:
+            return self.logs()
+        probes = self.logs().count('"/healthz"')
+        httpx.get(self.url + "/healthz", timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while (text := self.logs()).count('"/healthz"') <= probes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return text
+
     def __enter__(self) -> LiveServer:
         return self.start()
 
