@@ -25,7 +25,7 @@ from cubby.client.api import ApiClient
 from cubby.client.download import download_file
 from cubby.client.upload import upload_file
 from cubby.core import frames
-from cubby.errors import BadRequest, NotFound, PayloadTooLarge, Unavailable
+from cubby.errors import BadRequest, CubbyError, NotFound, PayloadTooLarge, Unavailable
 from tests.helpers.live_server import LiveServer
 from tests.helpers.loopback_http import LoopbackServer
 
@@ -223,6 +223,36 @@ def test_an_error_answer_is_the_servers_error(server: LiveServer, stored: tuple[
 
 
 # -- a scripted server --------------------------------------------------------------------------
+
+
+def _refusing(code: str, status: str, retry_after: str | None = None) -> Callable[[str, str], bytes]:
+    body = f'{{"code": "{code}", "message": "scripted refusal"}}'.encode()
+    fields = {"Content_Type": "application/json", "Content_Length": str(len(body))}
+    if retry_after is not None:
+        fields["Retry_After"] = retry_after
+    return lambda m, p: head(status, **fields) + body
+
+
+def test_an_error_answer_is_read_off_the_socket_and_not_asked_again() -> None:
+    """A refused fetch or download is one request, read over `DirectHttp`: its error is the
+    server's, with its Retry-After. (It was declined there, and the request sent again
+    through httpx only to read the same error.)"""
+    with Scripted(_refusing("not_found", "404 Not Found")) as srv:
+        with ApiClient(srv.url, None) as api:
+            with pytest.raises(NotFound):
+                list(api.fetch_chunks(["ab" * 32]))
+            with pytest.raises(NotFound):
+                list(api.download("/no-such-file"))
+        fetches = [r for r in srv.requests if "/blocks/fetch" in r]
+        assert fetches == ["POST /api/v1/blocks/fetch identity"]
+        assert [r for r in srv.requests if "/content/" in r] == ["GET /api/v1/content/no-such-file identity"]
+    for retry_after in ("7", None):  # the object store may come back only if it says so
+        with Scripted(_refusing("object_store_error", "503 Service Unavailable", retry_after)) as srv:
+            with ApiClient(srv.url, None) as api, pytest.raises(CubbyError) as exc:
+                list(api.download("/busy.bin"))
+            assert exc.value.code == "object_store_error"
+            assert exc.value.retryable is (retry_after is not None)
+            assert srv.requests == ["GET /api/v1/content/busy.bin identity"]
 
 
 def test_an_encoded_body_goes_through_httpx_and_is_decoded() -> None:

@@ -57,9 +57,8 @@ def some_files(seed: int) -> dict[str, bytes]:
 
 
 def fetches(server: LiveServer) -> int:
-    """How many chunk fetches reached the blocks role (its access log, once settled: a refused
-    fetch is sent twice, through `DirectHttp` and then httpx for its error, and the second's
-    line could land after the test had counted)."""
+    """How many chunk fetches reached the blocks role (its access log, once settled: a
+    request's line is written after its answer, and could land after the test had counted)."""
     return server.settled_logs().count("/api/v1/blocks/fetch")
 
 

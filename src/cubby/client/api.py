@@ -124,6 +124,22 @@ class Answer:
         return json.loads(self.content)
 
 
+def _read_whole(status: int, body: Body) -> Answer:
+    """An answer read off the socket, its body whole (so that the connection is kept)."""
+    return Answer(status, body.read(JSON_ANSWER_LIMIT), body.retry_after)
+
+
+def _raise_refusal(refusal: Answer | None) -> None:
+    """Raise the error that ``refusal`` (a download's answer read off the socket that is not
+    the one asked for, or None) carries. Returns for a ``wrong_role`` (421) answer, which the
+    caller sends again through httpx's path, where it is rerouted; and for any other status
+    below 400, which no cubby server sends there (httpx's path makes of it what it can).
+    Before, every such answer was declined and the request sent a second time through
+    httpx, only to read the same error again."""
+    if refusal is not None and refusal.status_code != 421:
+        raise_for(refusal)
+
+
 def raise_for(resp: Reply) -> None:
     """Raise the `CubbyError` that an error answer carries (nothing for a success)."""
     if resp.status_code < 400:
@@ -939,16 +955,21 @@ class ApiClient:
 
     def _stream_frames(self, path: str, body: dict[str, Any], max_frame: int) -> Iterator[tuple[str, bytes | bytearray]]:
         """The chunk frames of a POST's answer. Read off the socket by `DirectHttp` when it
-        takes the request (`frames.read_frames`: each chunk received into its own buffer);
-        through httpx otherwise, or when it declines the answer (an error status, which
-        httpx's path turns into its `CubbyError`, rerouting a ``wrong_role`` first)."""
+        takes the request (`frames.read_frames`: each chunk received into its own buffer), an
+        error answer too (`_refused`); through httpx otherwise, or when it declines the answer
+        (one no cubby server sends) or the answer is ``wrong_role`` (httpx's path reroutes)."""
         on_bytes = self.download_limit.consume if self.download_limit else None
+        refusal = None
         with self._direct(
-            "POST", self._url(path), "downloading", headers=_JSON_HEADERS, body=json_bytes(body), on_bytes=on_bytes
+            "POST", self._url(path), "downloading", headers=_JSON_HEADERS, body=json_bytes(body), on_bytes=on_bytes,
+            any_status=True,
         ) as answer:
-            if answer is not None:
+            if answer is not None and answer[0] == 200:
                 yield from frames.read_frames(answer[1].readinto, max_frame)
                 return
+            if answer is not None:
+                refusal = _read_whole(*answer)
+        _raise_refusal(refusal)
         yield from self._httpx_frames(path, body, max_frame)
 
     def _httpx_frames(self, path: str, body: dict[str, Any], max_frame: int) -> Iterator[tuple[str, bytes]]:
@@ -973,7 +994,10 @@ class ApiClient:
         params = {"rev": rev} if rev else None
         url = self._url(route) + (f"?rev={int(rev)}" if rev else "")
         on_bytes = self.download_limit.consume if self.download_limit else None
-        with self._direct("GET", url, f"downloading {path}", headers=headers, on_bytes=on_bytes) as answer:
+        refusal = None
+        with self._direct("GET", url, f"downloading {path}", headers=headers, on_bytes=on_bytes, any_status=True) as answer:
+            if answer is not None and answer[0] not in (200, 206):
+                refusal, answer = _read_whole(*answer), None
             if answer is not None:
                 readinto = answer[1].readinto
                 while True:
@@ -984,6 +1008,7 @@ class ApiClient:
                         yield piece
                     if n < PIECE:
                         return
+        _raise_refusal(refusal)
         with self._stream("GET", route, headers=headers, params=params) as resp:
             yield from resp.iter_bytes()
 

@@ -23,9 +23,10 @@ The API's JSON requests come this way too (`ApiClient`): with them httpx is not 
 imported by a command that needs nothing else (about 35 ms of every command's start).
 
 A request body may be a `GatheredBody` (`cubby.client.directsend`): a list of buffers written
-with ``sendmsg`` after the head, uncopied. Such a request may ask for every answer
-(``any_status``), so that an error answer to an upload is read here and mapped by the caller,
-instead of the whole body being sent again through httpx to learn the same error.
+with ``sendmsg`` after the head, uncopied. A request may ask for every answer
+(``any_status``), so that an error answer is read here and mapped by the caller, instead of
+the request being sent again through httpx to learn the same error: uploads (the whole body
+again), the API's JSON requests, chunk fetches and file downloads all do.
 
 Connections are kept alive in a small pool: a request takes one (each worker thread of a
 download holds its own while it reads), and gives it back only when its body was read to the
