@@ -34,7 +34,9 @@ def put_server(tmp_path: Path, s3: S3Server, endpoint: str, name: str = "srv") -
 
 
 def request_count(server: LiveServer, path: str) -> int:
-    return server.logs().count(f'"path":"{path}"')
+    """How many requests for ``path`` the server logged, once every answered one has its line
+    (`LiveServer.settled_logs`: a line is written just after its answer is sent)."""
+    return server.settled_logs().count(f'"path":"{path}"')
 
 
 def named(data: bytes) -> tuple[str, bytes]:
