@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -134,6 +133,18 @@ def default_config_file(env: Mapping[str, str]) -> Path:
     return Path(base) / "cubby" / "config.toml"
 
 
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The TOML file at ``path``. tomllib is imported here, where there is a file to read,
+    not with this module, which every command imports (3 ms of each start)."""
+    import tomllib
+
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+
+
 def load(env: Mapping[str, str], file: Path | None = None) -> Config:
     """Build a Config from a TOML file (if present) overlaid by the environment."""
     cfg = Config()
@@ -141,10 +152,7 @@ def load(env: Mapping[str, str], file: Path | None = None) -> Config:
     values: dict[str, Any] = {}
     try:
         if path.is_file():
-            with path.open("rb") as fh:
-                values = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+            values = _read_toml(path)
     except OSError as e:  # its permissions, most often: say which file, not a traceback
         raise ConfigError(f"cannot read the configuration file {path}: {e.strerror or e}") from None
     if env.get("CUBBY_URL"):

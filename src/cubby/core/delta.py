@@ -35,7 +35,6 @@ import struct
 from collections.abc import Sequence
 
 import zstandard
-from pyfastcdc import FastCDC
 
 from cubby.core.chunking import MAX_SIZE
 from cubby.errors import BadRequest
@@ -84,6 +83,8 @@ PATCH_MIN = 64 * 1024
 
 
 def _blocks(data: bytes) -> list[tuple[int, int]]:
+    from pyfastcdc import FastCDC  # at the first patch, not at import (`cubby.core.chunking.new_chunker`)
+
     cdc = FastCDC(BLOCK_AVG, min_size=BLOCK_MIN, max_size=BLOCK_MAX, normalized_chunking=1)
     return [(c.offset, c.length) for c in cdc.cut_buf(data)] if data else []
 
