@@ -956,8 +956,9 @@ class ApiClient:
     def _stream_frames(self, path: str, body: dict[str, Any], max_frame: int) -> Iterator[tuple[str, bytes | bytearray]]:
         """The chunk frames of a POST's answer. Read off the socket by `DirectHttp` when it
         takes the request (`frames.read_frames`: each chunk received into its own buffer), an
-        error answer too (`_refused`); through httpx otherwise, or when it declines the answer
-        (one no cubby server sends) or the answer is ``wrong_role`` (httpx's path reroutes)."""
+        error answer too (`_raise_refusal`); through httpx otherwise, or when it declines the
+        answer (one no cubby server sends) or the answer is ``wrong_role`` (httpx's path
+        reroutes)."""
         on_bytes = self.download_limit.consume if self.download_limit else None
         refusal = None
         with self._direct(
