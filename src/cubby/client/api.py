@@ -124,9 +124,10 @@ class Answer:
         return json.loads(self.content)
 
 
-def _read_whole(status: int, body: Body) -> Answer:
-    """An answer read off the socket, its body whole (so that the connection is kept)."""
-    return Answer(status, body.read(JSON_ANSWER_LIMIT), body.retry_after)
+def _read_whole(status: int, body: Body, limit: int = ANSWER_LIMIT) -> Answer:
+    """An answer read off the socket, its body whole (so that the connection is kept) and no
+    longer than ``limit`` (an error or an upload's answer: `ANSWER_LIMIT`)."""
+    return Answer(status, body.read(limit), body.retry_after)
 
 
 def _raise_refusal(refusal: Answer | None) -> None:
@@ -480,7 +481,7 @@ class ApiClient:
                 method, url, headers=_JSON_HEADERS if body is not None else None, body=body or b"", any_status=True,
                 resend=resend,
             ) as (status, answer):
-                return Answer(status, answer.read(JSON_ANSWER_LIMIT), answer.retry_after)
+                return _read_whole(status, answer, JSON_ANSWER_LIMIT)
         except Declined as exc:
             if resend:
                 return None
@@ -770,10 +771,7 @@ class ApiClient:
             "POST", url, "uploading", headers={"Content-Type": frames.CONTENT_TYPE}, body=GatheredBody(buffers),
             on_sent=on_sent, any_status=True,
         ) as answer:
-            if answer is None:
-                return None
-            status, body = answer
-            return Answer(status, body.read(ANSWER_LIMIT), body.retry_after)
+            return None if answer is None else _read_whole(*answer)
 
     def prove(
         self, ns_id: int, proofs: dict[str, tuple[int, str]], windows: Mapping[str, int | None] | None = None
