@@ -16,7 +16,7 @@ import json
 import os
 import stat
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,18 +58,32 @@ class State:
         )
 
     def emit(self, obj: dict[str, Any], human: str) -> None:
+        self.emit_many([(obj, human)])
+
+    def emit_many(self, items: Sequence[tuple[dict[str, Any], str]]) -> None:
+        """Results printed together, in one write: a JSON line each with ``--json``, else each
+        one's ``human`` line. A put or get calls this once per group of files: a write (and
+        flush) per file was 10,000 system calls for 10,000 small files, made on the thread
+        that drives the transfer, each waiting to win the interpreter back from the threads
+        reading and hashing files (a tenth of that thread's time)."""
+        if not items:
+            return
         if self.as_json:
-            # A line per file of a put: click.echo's terminal and colour checks on each cost
-            # more than the line (a JSON line has no colour to strip), and the standard
-            # encoder four times orjson's (compact: the same JSON without the spaces).
-            try:
-                line = orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE)
-            except TypeError:  # orjson.JSONEncodeError: an integer beyond 64 bits, say
-                line = (json.dumps(obj, default=str) + "\n").encode("utf-8")
-            sys.stdout.write(line.decode("utf-8"))
+            # click.echo's terminal and colour checks cost more than a line (a JSON line has no
+            # colour to strip), and the standard encoder four times orjson's (compact: the
+            # same JSON without the spaces).
+            sys.stdout.write("".join(map(_json_line, (obj for obj, _ in items))))
             sys.stdout.flush()
         else:
-            click.echo(human)
+            click.echo("\n".join(human for _, human in items))
+
+
+def _json_line(obj: dict[str, Any]) -> str:
+    try:
+        line = orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE)
+    except TypeError:  # orjson.JSONEncodeError: an integer beyond 64 bits, say
+        return json.dumps(obj, default=str) + "\n"
+    return line.decode("utf-8")
 
 
 _pass_state = click.make_pass_decorator(State)
@@ -883,12 +897,14 @@ def put(state: State, local: Path, remote: str | None, max_upload_rate: float | 
 
     target = _remote_for(local, remote)
 
-    def report(r: Any) -> None:
-        state.emit(
-            r.to_dict(),
+    def line(r: Any) -> tuple[dict[str, Any], str]:
+        return r.to_dict(), (
             f"{'unchanged' if r.skipped else 'uploaded'} {r.path}  rev {r.rev}  {r.size} bytes  "
-            f"{r.chunks_sent}/{r.chunks} chunks sent",
+            f"{r.chunks_sent}/{r.chunks} chunks sent"
         )
+
+    def report(rs: list[Any]) -> None:
+        state.emit_many([line(r) for r in rs])
 
     lost = 0
 
@@ -912,7 +928,7 @@ def put(state: State, local: Path, remote: str | None, max_upload_rate: float | 
                 return 2 * n
 
             with progress_bar(state, total, f"put {local.name}") as bar:
-                upload_tree(api, local, target, progress=bar, on_result=report, on_skip=skipped)
+                upload_tree(api, local, target, progress=bar, on_results=report, on_skip=skipped)
             if lost:
                 raise CubbyError(
                     f"{lost} item{'s' if lost > 1 else ''} could not be read and {'were' if lost > 1 else 'was'} not "
@@ -922,7 +938,7 @@ def put(state: State, local: Path, remote: str | None, max_upload_rate: float | 
                 )
         else:
             with progress_bar(state, 2 * local.stat().st_size, f"put {local.name}") as bar:
-                report(upload_file(api, local, target, progress=bar))
+                report([upload_file(api, local, target, progress=bar)])
 
 
 @main.command()
@@ -941,14 +957,17 @@ def get(state: State, remote: str, local: Path | None, max_download_rate: float 
         if target.is_dir() and entry.kind == "file":
             target = target / name
 
-        def report(r: Any) -> None:
-            state.emit(r.to_dict(), f"downloaded {r.path} -> {r.local}  {r.size} bytes ({r.bytes_received} received)")
+        def report(rs: list[Any]) -> None:
+            state.emit_many([
+                (r.to_dict(), f"downloaded {r.path} -> {r.local}  {r.size} bytes ({r.bytes_received} received)")
+                for r in rs
+            ])
 
         with progress_bar(state, entry.size, f"get {name}") as bar:
             if entry.kind == "folder":
-                download_tree(api, remote, target, progress=bar, on_result=report)
+                download_tree(api, remote, target, progress=bar, on_results=report)
             else:
-                report(download_file(api, remote, target, progress=bar))
+                report([download_file(api, remote, target, progress=bar)])
 
 
 def _when(ts: float | None) -> str:

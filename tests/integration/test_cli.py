@@ -143,6 +143,15 @@ def test_folders_round_trip_and_file_commands(server, tmp_path):
     for rel, content in files.items():
         assert (tmp_path / "copy" / rel).read_bytes() == content
     assert (tmp_path / "copy" / "empty-folder").is_dir()
+    # A line per file whichever way results are printed (a group of them at a time): files
+    # found unchanged by a second get, and a put's lines for a person.
+    back = lines(cubby(server, token, "--json", "get", "/Projects", str(tmp_path / "copy")))
+    assert sorted(g["path"] for g in back) == sorted(f"/Projects/{k}" for k in files)
+    assert all(g["bytes_received"] == 0 for g in back)
+    human = cubby(server, token, "put", str(tree), "/Again").stdout.splitlines()
+    assert len(human) == len(files)
+    assert {h.split()[1] for h in human} == {f"/Again/{k}" for k in files if " " not in k} | {"/Again/sub/deeper/é"}
+    assert all(h.startswith("uploaded /Again/") for h in human)
     cubby(server, token, "mkdir", "/Archive")
     cubby(server, token, "mv", "/Projects/sub", "/Archive")
     assert {e["path"] for e in lines(cubby(server, token, "--json", "ls", "/Archive"))} == {"/Archive/sub"}

@@ -166,9 +166,12 @@ def test_tree_of_small_files_in_pipelined_groups(api, tmp_path, monkeypatch):
     big.write_bytes(_data(9, KEEP_BYTES + 1))
     want["/t/big.bin"] = big.read_bytes()
     (root / "empty").mkdir()
-    seen: list[str] = []
-    results = upload_tree(api, root, "/t", on_result=lambda r: seen.append(r.path))
-    assert sorted(r.path for r in results) == sorted(want) and seen == [r.path for r in results]
+    told: list[list[str]] = []
+    results = upload_tree(api, root, "/t", on_results=lambda rs: told.append([r.path for r in rs]))
+    assert sorted(r.path for r in results) == sorted(want)
+    # told in order, a group at a time: small files together, the large one alone
+    assert [p for group in told for p in group] == [r.path for r in results]
+    assert ["/t/big.bin"] in told and len(told) < len(results) - 1
     assert sum(r.bytes_sent for r in results) == sum(len(b) for b in want.values())
     download_tree(api, "/t", tmp_path / "back")
     for path, body in want.items():

@@ -229,10 +229,12 @@ def _write_small_files(
 
 def download_tree(
     api: ApiClient, remote_dir: str, local_dir: Path, *, progress: Progress | None = None,
-    on_result: Callable[[DownloadResult], None] | None = None,
+    on_results: Callable[[list[DownloadResult]], None] | None = None,
 ) -> list[DownloadResult]:
     """Download a folder. Files already present with the same content are left alone; small
-    files travel many per request; large ones one by one, resumable."""
+    files travel many per request; large ones one by one, resumable. ``on_results`` is told
+    the results as they come: the files found unchanged together (before the next large file's
+    download, or at the end of the listing), a batch of small files at once, a large file alone."""
     remote_dir = paths.normalize(remote_dir)
     local_dir = Path(local_dir)
     local_dir.mkdir(parents=True, exist_ok=True)
@@ -256,12 +258,13 @@ def download_tree(
                 code="unsafe_path",
             )
 
-    def emit(r: DownloadResult) -> None:
-        results.append(r)
-        if on_result:
-            on_result(r)
+    def emit(*rs: DownloadResult) -> None:
+        results.extend(rs)
+        if on_results and rs:
+            on_results(list(rs))
 
     small: list[tuple[Entry, Path]] = []
+    unchanged: list[DownloadResult] = []  # told together, before the next file that takes time
     for e in api.list(remote_dir, recursive=True):
         rel = e.path[len(remote_dir) :].lstrip("/") if remote_dir != paths.ROOT else e.path.lstrip("/")
         for part in rel.split("/"):
@@ -278,12 +281,15 @@ def download_tree(
             and scan_file(target, e.path).content_hash == e.content_hash
         ):
             modes.apply_mode(target, e.mode)
-            emit(DownloadResult(e.path, e.size, 0, str(target)))
+            unchanged.append(DownloadResult(e.path, e.size, 0, str(target)))
             continue
         if e.size <= SMALL_FILE:
             small.append((e, target))
         else:
+            emit(*unchanged)
+            unchanged.clear()
             emit(download_file(api, e.path, target, progress=progress))
+    emit(*unchanged)
     for i in range(0, len(small), BATCH):
         group = small[i : i + BATCH]
         lists = api.blocklists([e.path for e, _ in group])
@@ -292,8 +298,7 @@ def download_tree(
             if isinstance(bl, CubbyError):
                 continue  # deleted since the listing: nothing to download
             ready.append((bl[0], bl[1], target))
-        for r in _write_small_files(api, ready, progress):
-            emit(r)
+        emit(*_write_small_files(api, ready, progress))
     return results
 
 

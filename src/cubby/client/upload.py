@@ -667,7 +667,7 @@ def upload_tree(
     remote_dir: str,
     *,
     progress: Progress | None = None,
-    on_result: Callable[[UploadResult], None] | None = None,
+    on_results: Callable[[list[UploadResult]], None] | None = None,
     on_skip: Callable[[Skipped], None] | None = None,
     workers: int = 4,
 ) -> list[UploadResult]:
@@ -676,8 +676,9 @@ def upload_tree(
     asks for in a few large requests, and commit again. Naming runs ahead of sending, and up to
     `IN_FLIGHT` groups are with the server at once. A file new at its path and larger than
     `STREAM_IN_TREE` is named as it is sent (`_stream_new`), on the sending side. Files whose
-    content the server already has at the same path are skipped. ``on_result`` is called on
-    this thread, in group order.
+    content the server already has at the same path are skipped. ``on_results`` is called on
+    this thread with each group's results, in group order (one call per group, so that a
+    caller printing them writes a group at once).
 
     What is not uploaded is told to ``on_skip``, on this thread, and the rest goes on: links,
     pipes and devices, folders that cannot be listed (`walk`), and files that cannot be opened
@@ -782,10 +783,9 @@ def upload_tree(
 
     def emit(done: list[Sent]) -> None:
         for group_results, left in done:
-            for r in group_results:
-                results.append(r)
-                if on_result:
-                    on_result(r)
+            results.extend(group_results)
+            if on_results:
+                on_results(group_results)
             for s in left:
                 skip(s)
 
