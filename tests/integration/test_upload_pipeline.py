@@ -314,9 +314,9 @@ def test_a_kept_file_s_stamp_is_the_one_stat_gives(tmp_path):
     src = tmp_path / "f.bin"
     src.write_bytes(_data(5, 5000))
     st = os.stat(src)
-    lf = scan_file(str(src), "/f.bin", keep_up_to=KEEP_BYTES)  # type: ignore[arg-type]
+    lf = scan_file(str(src), "/f.bin", keep_up_to=KEEP_BYTES)  # as a folder's walk gives it: text
     assert lf.stamp == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-    assert lf.data == src.read_bytes() and lf.local == src and lf.size == 5000
+    assert lf.data == src.read_bytes() and lf.local == str(src) and lf.size == 5000
     big = scan_file(src, "/f.bin", keep_up_to=4999)
     assert big.data is None and big.chunks == lf.chunks and big.stamp == lf.stamp
 

@@ -43,6 +43,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ from cubby.client.localfiles import (
     FileChanged,
     LocalChunk,
     LocalFile,
+    LocalPath,
     NotAFile,
     Progress,
     Skipped,
@@ -62,7 +64,7 @@ from cubby.client.localfiles import (
     stamp_of,
     walk,
 )
-from cubby.client.pipeline import Pipeline
+from cubby.client.pipeline import Pipeline, Precedence
 from cubby.client.streamed import ReadFailed, StreamedFile
 from cubby.client.windows import (
     BATCH,
@@ -101,11 +103,11 @@ class UploadResult:
 class Needs:
     """Chunks the server asked for across one or more commits, with where to read them."""
 
-    where: dict[str, tuple[Path, LocalChunk]] = field(default_factory=dict)
+    where: dict[str, tuple[LocalPath, LocalChunk]] = field(default_factory=dict)
     nonces: dict[str, str] = field(default_factory=dict)
     windows: dict[str, int | None] = field(default_factory=dict)
     """The hour each nonce was made for, as the commit answer named it."""
-    files: dict[Path, LocalFile] = field(default_factory=dict)
+    files: dict[LocalPath, LocalFile] = field(default_factory=dict)
     """The file each chunk is read from (for its stamp and kept bytes); absent: hash to check."""
     bases: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Old chunks on the server to send a needed chunk as a patch against (the commit answer
@@ -159,11 +161,11 @@ def _same(e: Entry, lf: LocalFile) -> bool:
     return e.content_hash == lf.content_hash and e.size == lf.size and modes.version("", e.mode) == modes.version("", lf.mode)
 
 
-def _changed(where: Path) -> FileChanged:
+def _changed(where: LocalPath) -> FileChanged:
     return FileChanged(f"{where} changed during the upload; run the command again")
 
 
-def _read_from(path: Path, lf: LocalFile | None, wanted: list[tuple[str, LocalChunk]]) -> list[tuple[str, bytes]]:
+def _read_from(path: LocalPath, lf: LocalFile | None, wanted: list[tuple[str, LocalChunk]]) -> list[tuple[str, bytes]]:
     """The bytes of ``wanted`` chunks of one file, checked to be the bytes that were named:
     from memory when kept; else read, trusted when the file's stamp is the one taken when it
     was named (before and after reading), otherwise hashed once and compared."""
@@ -229,6 +231,10 @@ def _windows(needs: Needs) -> Iterator[list[str]]:
         yield window
 
 
+def _urgent(precedence: Precedence | None) -> AbstractContextManager[None]:
+    return nullcontext() if precedence is None else precedence.urgent()
+
+
 def _proof(nonce: str, data: bytes) -> str:
     """The proof of possession of ``data`` for ``nonce`` with the algorithm `ApiClient.prove`
     names (`cubby.core.proofs.CURRENT`: keyed BLAKE3, a fifth of SHA-256's CPU)."""
@@ -253,7 +259,8 @@ def supply(
     *,
     in_flight: int = IN_FLIGHT,
     ahead: int = PROVE_AHEAD,
-) -> dict[Path, tuple[int, int]]:
+    precedence: Precedence | None = None,
+) -> dict[LocalPath, tuple[int, int]]:
     """Give the server every needed chunk: prove possession where it already holds the bytes,
     upload the rest. Returns (chunks sent, bytes sent) per local file.
 
@@ -271,7 +278,10 @@ def supply(
     if not needs.where:
         return {}
     windows = list(_windows(needs))
-    return _supply(api, ns_id, needs, ((w, None) for w in windows), len(windows) > 1, progress, in_flight, ahead)
+    return _supply(
+        api, ns_id, needs, ((w, None) for w in windows), len(windows) > 1, progress, in_flight, ahead,
+        precedence=precedence,
+    )
 
 
 Verdict = tuple[int, int]
@@ -288,12 +298,14 @@ def _supply(
     in_flight: int,
     ahead: int,
     verdicts: list[Verdict] | None = None,
-) -> dict[Path, tuple[int, int]]:
+    precedence: Precedence | None = None,
+) -> dict[LocalPath, tuple[int, int]]:
     """`supply`'s work over ``windows``: each a window's chunk names and, when the caller has
     them, their bytes (None: read here, `_read_window`). ``needs`` must name a window's chunks
     before the window is taken from ``windows``, which may be a generator that names them as
     it goes (`cubby.client.streamed`). ``many``: more than one window (one alone has no pad to
-    hide). ``verdicts`` gets each prove request's answer (`Verdict`), as it comes."""
+    hide). ``verdicts`` gets each prove request's answer (`Verdict`), as it comes; a window's
+    read and proofs are ``precedence``'s urgent work (`Precedence`)."""
     slots = threading.BoundedSemaphore(max(1, in_flight))
     """A window holds one from before its bytes are read until its upload is answered."""
 
@@ -332,7 +344,7 @@ def _supply(
             if items is not None:
                 slots.release()
 
-    credit: dict[Path, tuple[int, int]] = {}
+    credit: dict[LocalPath, tuple[int, int]] = {}
 
     def account(sent: list[tuple[str, int]]) -> None:
         for name, n in sent:
@@ -349,8 +361,9 @@ def _supply(
             if not again:
                 slots.acquire()
             try:
-                items = _read_window(needs, window) if given is None else given
-                proofs = {n: (len(d), _proof(needs.nonces[n], d)) for n, d in items if n in needs.nonces}
+                with _urgent(precedence):
+                    items = _read_window(needs, window) if given is None else given
+                    proofs = {n: (len(d), _proof(needs.nonces[n], d)) for n, d in items if n in needs.nonces}
             except BaseException:
                 if not again:
                     slots.release()
@@ -410,7 +423,7 @@ def upload_file(
     return _commit_until_done(api, lf, expected_rev, ns_id, (sent, sent_bytes), progress)
 
 
-def _size_of(local: Path) -> int:
+def _size_of(local: LocalPath) -> int:
     try:
         return os.stat(local).st_size
     except OSError:
@@ -517,7 +530,8 @@ def commit_group(
     *,
     on_commit: Callable[[list[tuple[int, Outcome]]], None] | None = None,
     skip: Collection[str] = frozenset(),
-) -> tuple[list[Outcome], dict[Path, tuple[int, int]]]:
+    precedence: Precedence | None = None,
+) -> tuple[list[Outcome], dict[LocalPath, tuple[int, int]]]:
     """Commit a group of files (each with the revision it replaces, None for a new one) in one
     request, supply every chunk the server asks for (`supply`), and commit those files again:
     at most three rounds. Returns each file's last answer (an entry, an error, or a result
@@ -527,11 +541,14 @@ def commit_group(
     of the round is sent: `cubby put` stops there at the first refusal. `upload_tree` and the
     sync engine's uploads both send their groups through here, on a `Pipeline`. Chunks in
     ``skip`` were given to the server already (`cubby.client.sync.presend`): they are not
-    proven up front (if the server still wants one, its commit answer asks for it)."""
+    proven up front (if the server still wants one, its commit answer asks for it). Naming the
+    chunks up front and proving them are ``precedence``'s urgent work (`Precedence`)."""
     outcomes: list[Outcome] = []
-    sent: dict[Path, tuple[int, int]] = {}
+    sent: dict[LocalPath, tuple[int, int]] = {}
     pending = list(range(len(files)))
-    _add_sent(sent, supply(api, ns_id, needs_up_front(api, ns_id, files, skip), progress))
+    with _urgent(precedence):
+        up_front = needs_up_front(api, ns_id, files, skip)
+    _add_sent(sent, supply(api, ns_id, up_front, progress, precedence=precedence))
     for _attempt in range(3):
         if not pending:
             break
@@ -579,7 +596,7 @@ def needs_up_front(
     return needs
 
 
-def _add_sent(total: dict[Path, tuple[int, int]], more: dict[Path, tuple[int, int]]) -> None:
+def _add_sent(total: dict[LocalPath, tuple[int, int]], more: dict[LocalPath, tuple[int, int]]) -> None:
     for owner, (n, b) in more.items():
         prev = total.get(owner, (0, 0))
         total[owner] = (prev[0] + n, prev[1] + b)
@@ -622,17 +639,17 @@ def group_limit(index: int, left: int, *, first: int = FIRST_GROUP, most: int | 
     return min(left, most) if left < limit + first else limit
 
 
-def _groups(files: list[Path]) -> Iterator[list[Path]]:
+def _groups(files: list[str]) -> Iterator[list[str]]:
     """Files in groups of at most `group_limit` files (`BATCH` between the ramps) and about
     `GROUP_BYTES` of kept bytes; a file too large to keep travels alone (its chunks are
     windowed by `supply`)."""
-    group: list[Path] = []
+    group: list[str] = []
     size = 0
     made = 0
     limit = BATCH  # set as each group starts, from how many files are left
     for i, p in enumerate(files):
         try:
-            n = os.stat(p).st_size  # not `Path.stat`, whose conversions cost more than the call
+            n = os.stat(p).st_size
         except FileNotFoundError:
             n = 0  # gone since the walk: scan_file reports it
         if n > KEEP_BYTES:
@@ -654,7 +671,7 @@ def _groups(files: list[Path]) -> Iterator[list[Path]]:
         yield group
 
 
-Named = tuple[list[LocalFile], list[Skipped], Path | None]
+Named = tuple[list[LocalFile], list[Skipped], str | None]
 """A tree's group named (`upload_tree`): its files, those that could not be read, and the one
 large new file to name as it is sent instead (None when there is none)."""
 Sent = tuple[list[UploadResult], list[Skipped]]
@@ -687,6 +704,7 @@ def upload_tree(
     local_dir = Path(local_dir)
     remote_dir = paths.normalize(remote_dir)
     skip = on_skip or (lambda _s: None)
+    first = Precedence()  # a group's proofs before the naming of groups far behind it
 
     def remote_state() -> tuple[dict[str, Entry], int]:
         """What the server has below ``remote_dir``, and the namespace it is in."""
@@ -706,23 +724,23 @@ def upload_tree(
 
     base = os.path.join(str(local_dir), "")  # the walk's paths all start with it
 
-    def remote_of(p: Path) -> str:
+    def remote_of(p: str) -> str:
         # Sliced off as text: `Path.relative_to` parses both paths again, for each file.
-        s = str(p)
-        rel = s[len(base) :] if s.startswith(base) and os.sep == "/" else p.relative_to(local_dir).as_posix()
+        rel = p[len(base) :] if p.startswith(base) and os.sep == "/" else Path(p).relative_to(local_dir).as_posix()
         return paths.join(remote_dir, rel)
 
-    def name_files(group: list[Path]) -> tuple[list[LocalFile], list[Skipped]]:
+    def name_files(group: list[str]) -> tuple[list[LocalFile], list[Skipped]]:
         named: list[LocalFile] = []
         left: list[Skipped] = []
         for p in group:
+            first.defer()  # a group being proven goes first: it is what the server waits for
             try:
                 named.append(scan_file(p, remote_of(p), progress, keep_up_to=KEEP_BYTES))
             except (OSError, NotAFile) as exc:  # unreadable, removed or replaced since the walk: told, not fatal
                 left.append(skipped_for(p, exc))
         return named, left
 
-    def name_group(group: list[Path]) -> Named:
+    def name_group(group: list[str]) -> Named:
         """The group's files named, and those that could not be; or, for a file new at its
         path and larger than `STREAM_IN_TREE` (which travels alone, `_groups`), nothing yet:
         it is named as it is sent."""
@@ -735,17 +753,17 @@ def upload_tree(
                 return [], [], group[0]
         return (*name_files(group), None)
 
-    def take(job: Future[Named]) -> tuple[list[LocalFile], Path | None]:
+    def take(job: Future[Named]) -> tuple[list[LocalFile], str | None]:
         named, left, streamed = job.result()
         for s in left:
             skip(s)
         return named, streamed
 
-    def stream_one(p: Path) -> Sent:
+    def stream_one(p: str) -> Sent:
         """A large new file, sent while it is named (`_stream_new`); named first and committed
         as any other file when the server gives no proof key."""
         try:
-            res = _stream_new(api, p, remote_of(p), progress, ns_id)
+            res = _stream_new(api, Path(p), remote_of(p), progress, ns_id)
         except ReadFailed as exc:  # unreadable, removed or replaced since the walk: told, not fatal
             return [], [skipped_for(p, exc.cause)]
         if res is not None:
@@ -753,7 +771,7 @@ def upload_tree(
         named, left = name_files([p])
         return send_group(named), left
 
-    def send(scanned: list[LocalFile], streamed: Path | None) -> Sent:
+    def send(scanned: list[LocalFile], streamed: str | None) -> Sent:
         return (send_group(scanned), []) if streamed is None else stream_one(streamed)
 
     def send_group(scanned: list[LocalFile]) -> list[UploadResult]:
@@ -771,7 +789,7 @@ def upload_tree(
                 if isinstance(res, CubbyError):
                     raise res.__class__(f"{pending[i][0].remote}: {res.message}", code=res.code)
 
-        outcomes, sent_by_file = commit_group(api, ns_id, pending, progress, on_commit=refused)
+        outcomes, sent_by_file = commit_group(api, ns_id, pending, progress, on_commit=refused, precedence=first)
         for (lf, _), res in zip(pending, outcomes):
             if not isinstance(res, CommitResult) or res.entry is None:
                 raise CubbyError("the server kept asking for chunks; giving up", code="upload_incomplete")
