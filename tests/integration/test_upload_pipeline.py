@@ -152,6 +152,39 @@ def test_interrupted_upload_resends_only_missing_chunks(live, api, tmp_path, mon
     assert (tmp_path / "back.bin").read_bytes() == data
 
 
+def test_groups_of_small_files_are_named_in_order_one_file_at_a_time(api, tmp_path, monkeypatch):
+    """Files hashed holding the GIL gain nothing from being named side by side, and the group
+    the server waits for would be ready last: they are named on one thread, in the walk's
+    order. (A pause in each naming leaves room for any overlap to show.)"""
+    monkeypatch.setattr(upload, "BATCH", 8)
+    root = tmp_path / "tree"
+    root.mkdir()
+    for i in range(48):
+        (root / f"f{i:02d}.txt").write_bytes(_data(300 + i, 2000))
+    lock = threading.Lock()
+    active = most = 0
+    order: list[str] = []
+    real = upload.scan_file
+
+    def scan(p, *args, **kw):  # type: ignore[no-untyped-def]
+        nonlocal active, most
+        with lock:
+            active += 1
+            most = max(most, active)
+            order.append(os.path.basename(p))
+        try:
+            threading.Event().wait(0.002)
+            return real(p, *args, **kw)
+        finally:
+            with lock:
+                active -= 1
+
+    monkeypatch.setattr(upload, "scan_file", scan)
+    results = upload_tree(api, root, "/ordered")
+    assert len(results) == 48 and most == 1
+    assert order == sorted(order) and len(order) == 48
+
+
 def test_tree_of_small_files_in_pipelined_groups(api, tmp_path, monkeypatch):
     monkeypatch.setattr(upload, "BATCH", 7)
     root = tmp_path / "tree"
