@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from cubby.client import upload
-from cubby.client.api import ApiClient
+from cubby.client.api import ApiClient, commit_body
 from cubby.client.download import download_file, download_tree
 from cubby.client.localfiles import FileChanged, LocalFile, scan_file
 from cubby.client.upload import needs_for, supply, upload_file, upload_tree
 from cubby.client.windows import KEEP_BYTES
-from cubby.errors import NotFound
+from cubby.errors import BadRequest, Conflict, NotFound
 
 
 @pytest.fixture
@@ -445,3 +445,24 @@ def test_a_file_changed_between_its_proof_and_its_upload_is_a_changed_file(live,
         supply(client, api.account()["root_ns"], needs_for([(lf, res)]), in_flight=1, ahead=2)
     again = api.commit("/rewritten.bin", lf.size, lf.refs)
     assert again.entry is None and again.needed
+
+
+def test_a_batch_s_refusals_come_back_as_the_errors_they_are_alone(api):
+    """Each refused commit of a batch carries the status it would have had alone, so the client
+    rebuilds the same error: a file in the way of a folder is a `Conflict` (``not_a_folder``),
+    as a single commit says, not a bad request; the sync engine leaves conflicts to its next
+    plan and reports the rest as failures."""
+    api.commit("/file.txt", 0, [], None, None)
+    ok, stale, in_the_way, bad = api.commit_batch([
+        commit_body("/ok.txt", 0, [], None, None),
+        commit_body("/file.txt", 0, [], 999_999, None),
+        commit_body("/file.txt/inner.txt", 0, [], None, None),
+        commit_body("/bad\\name", 0, [], None, None),
+    ])
+    assert not isinstance(ok, Exception) and ok.entry is not None and ok.entry.path == "/ok.txt"
+    assert isinstance(stale, Conflict) and stale.code == "conflict"
+    assert isinstance(in_the_way, Conflict) and in_the_way.code == "not_a_folder"
+    with pytest.raises(Conflict) as alone:
+        api.commit("/file.txt/inner.txt", 0, [], None, None)
+    assert alone.value.code == in_the_way.code and type(alone.value) is type(in_the_way)
+    assert isinstance(bad, BadRequest) and not isinstance(bad, Conflict)

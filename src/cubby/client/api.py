@@ -213,7 +213,12 @@ def parse_commit_answer(body: dict[str, Any]) -> CommitResult | CubbyError:
             for n in body["needed"]
         ))
     err = body.get("error") or {}
-    return error_from_dict(err, 409 if err.get("code") == "conflict" else 400)
+    # The status the refusal would have had alone (servers before 2026-12-07 sent none: a
+    # conflict's code says 409, and anything else was taken for a bad request).
+    status = err.get("status")
+    if type(status) is not int or not 400 <= status <= 599:
+        status = 409 if err.get("code") == "conflict" else 400
+    return error_from_dict(err, status)
 
 
 def commit_body(

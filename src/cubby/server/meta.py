@@ -127,6 +127,13 @@ def commit_answer(target: access.Target, res: CommitResult) -> dict[str, Any]:
     }
 
 
+def refused(exc: CubbyError) -> dict[str, Any]:
+    """One refused commit of a batch: its error with the HTTP status it would have had alone,
+    so that the client rebuilds the same error (a refusal whose code has no class of its own,
+    ``not_a_folder`` say, is a `Conflict` by its 409, not a `BadRequest`)."""
+    return {"status": "error", "error": {**exc.to_dict(), "status": exc.status}}
+
+
 def failed(exc: CubbyError) -> dict[str, Any]:
     """One refused item of a batch: its error and the HTTP status it would have had alone."""
     return {"error": exc.to_dict(), "status": exc.status}
@@ -218,7 +225,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
                 try:
                     target = access.resolve_file(p, req.path)
                 except CubbyError as exc:
-                    results[i] = {"status": "error", "error": exc.to_dict()}
+                    results[i] = refused(exc)
                     continue
                 # Most paths come normalised and in the root namespace: the request as it is.
                 inner = req if target.path == req.path else CommitRequest(
@@ -234,7 +241,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
                     if isinstance(out, NamespaceMoved) and attempt == 0:
                         moved.append(i)
                     elif isinstance(out, CubbyError):
-                        results[i] = {"status": "error", "error": out.to_dict()}
+                        results[i] = refused(out)
                     else:
                         results[i] = commit_answer(target, out)
                         if out.entry is not None:
