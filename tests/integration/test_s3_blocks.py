@@ -10,15 +10,19 @@ import os
 import random
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import httpx
 import pytest
 
+from cubby.client import download
 from cubby.client.api import ApiClient
+from cubby.client.download import download_file
 from cubby.client.upload import upload_file
 from cubby.core import proofs
 from cubby.errors import NotFound
+from cubby.server.blocks import FETCHES_FROM_DISK, FETCHES_FROM_OBJECTS
 from cubby.server.possession import REMOTE_FIRST
 from tests.helpers.fault_proxy import Faults, decoded_body, fault_proxy
 from tests.helpers.kill_mid_upload import kill_mid_upload
@@ -301,3 +305,49 @@ def test_a_wrong_proof_of_one_small_chunk_on_s3_waits_out_a_ranged_get_whether_h
                 answer = http.post("/api/v1/blocks/prove", json=body)
                 assert answer.status_code == 200 and answer.json() == {"accepted": [], "rejected": [name]}
                 assert answer.elapsed.total_seconds() >= REMOTE_FIRST
+
+
+class InFlight(ApiClient):
+    """Counts the chunk fetches under way at once (each from its first request to its last
+    chunk), the most of them, and the blocks role's advice as the download saw it."""
+
+    def __init__(self, *args: object, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self.lock = threading.Lock()
+        self.now = self.most = 0
+
+    def fetch_chunks(self, hashes):  # type: ignore[no-untyped-def]
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            yield from super().fetch_chunks(hashes)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def test_a_download_keeps_as_many_windows_in_flight_as_the_blocks_role_advises(
+    tmp_path: Path, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where chunks come from object storage, each window waits for ranged GETs, and the
+    blocks role advises four windows in flight (`FETCHES_FROM_OBJECTS`); from a local folder
+    two (`FETCHES_FROM_DISK`), and a download keeps to it. The file arrives whole either way."""
+    monkeypatch.setattr(download, "DOWNLOAD_WINDOW", 256 * 1024)  # a window per chunk or so
+    data = random.Random(11).randbytes(12_000_000)
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    on_s3 = s3_server_process(tmp_path, "s3", s3_server, fresh_prefix(), f"sqlite:///{tmp_path / 'meta.db'}")
+    on_disk = LiveServer(tmp_path / "disk")
+    for server, advice in ((on_s3, FETCHES_FROM_OBJECTS), (on_disk, FETCHES_FROM_DISK)):
+        with server:
+            token = server.add_user("ivy")
+            with ApiClient(server.url, token) as api:
+                upload_file(api, src, "/big.bin")
+                assert len(api.blocklist("/big.bin")[1]) >= 8
+            with InFlight(server.url, token) as api:
+                download_file(api, "/big.bin", tmp_path / f"got-{advice}.bin")
+                assert api.fetch_advice == advice
+                # at most the advice; and from object storage more than the two of before
+                assert api.most <= advice and (advice == 2 or api.most > 2), (advice, api.most)
+            assert (tmp_path / f"got-{advice}.bin").read_bytes() == data

@@ -18,6 +18,7 @@ from cubby.client.sync.engine import SyncEngine
 from cubby.client.upload import upload_file
 from cubby.core.hashing import sha256_hex
 from cubby.errors import NotFound
+from cubby.server.blocks import FETCHES_FROM_OBJECTS
 from tests.helpers.fault_proxy import Faults, fault_proxy
 from tests.helpers.live_server import LiveServer, listening_socket
 from tests.helpers.s3_servers import S3Server, fresh_prefix
@@ -119,6 +120,7 @@ def test_a_signed_read_covers_the_chunks_asked_for_and_no_other_byte(tmp_path: P
         middle = chunks[1]
         plan = read_plan(server.url, ann, [middle.hash]).json()
         assert plan["direct"] is True and plan["fetch"] == [] and len(plan["reads"]) == 1
+        assert plan["fetches"] == FETCHES_FROM_OBJECTS  # windows in flight: reads wait for GETs
         (read,) = plan["reads"]
         assert read["chunks"] == [[middle.hash, middle.size + 1, middle.size]]  # raw: a codec byte and the chunk
         first, last = (int(x) for x in read["headers"]["Range"].removeprefix("bytes=").split("-"))
@@ -246,7 +248,7 @@ def test_a_server_with_proxied_downloads_hands_out_no_reads(tmp_path: Path, s3_s
         with ApiClient(server.url, token) as api:
             upload(api, tmp_path, {"/p.bin": data})
             _, chunks = api.blocklist("/p.bin")
-            assert read_plan(server.url, token, [chunks[0].hash]).json() == {"direct": False}
+            assert read_plan(server.url, token, [chunks[0].hash]).json() == {"direct": False, "fetches": FETCHES_FROM_OBJECTS}
             download_file(api, "/p.bin", tmp_path / "p.bin")
             assert api.bucket_reads is False
         assert (tmp_path / "p.bin").read_bytes() == data

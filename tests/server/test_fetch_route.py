@@ -17,6 +17,7 @@ from cubby.client.api import ApiClient
 from cubby.core import frames
 from cubby.core.chunking import chunk_bytes
 from cubby.errors import CubbyError
+from cubby.server.blocks import FETCHES_FROM_DISK
 from tests.server.test_api import upload_bytes
 
 
@@ -174,7 +175,7 @@ def test_locate_on_a_folder_store_hands_out_no_reads_and_checks_its_input_and_ac
     h_mine, h_theirs = hashlib.sha256(mine).hexdigest(), hashlib.sha256(theirs).hexdigest()
     with users.raw(users.bob_token) as c:
         ok = c.post("/api/v1/blocks/locate", json={"hashes": [h_mine, h_mine]})
-        assert ok.status_code == 200 and ok.json() == {"direct": False}
+        assert ok.status_code == 200 and ok.json() == {"direct": False, "fetches": FETCHES_FROM_DISK}
         for body in ({}, {"hashes": []}, {"hashes": "x"}, {"hashes": [h_mine.upper()]}, {"hashes": [h_mine] * 4097}):
             r = c.post("/api/v1/blocks/locate", json=body)
             assert r.status_code == 400 and r.json()["code"] in ("bad_request", "invalid_field"), body
@@ -182,5 +183,7 @@ def test_locate_on_a_folder_store_hands_out_no_reads_and_checks_its_input_and_ac
         assert r.status_code == 404 and "pack" not in r.text
     assert httpx.post(f"{users.server.url}/api/v1/blocks/locate", json={"hashes": [h_mine]}).status_code == 401
     with ApiClient(users.server.url, users.bob_token) as api:
+        assert api.fetch_advice is None
         assert dict(api.fetch_chunks([h_mine])) == {h_mine: mine}
         assert api.bucket_reads is False  # asked once, then fetched: not asked again
+        assert api.fetch_advice == FETCHES_FROM_DISK == 2  # one window written while the next is read

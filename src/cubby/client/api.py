@@ -60,6 +60,9 @@ GET of the object with it, though what it stored and sends is the decoded body. 
 verified anyway (`cubby.client.bucketreads`)."""
 BUCKET_READS = 4
 """Reads from the bucket one client makes at once (`ApiClient.fetch_chunks`)."""
+MOST_FETCHES = 4
+"""The most requests of one download a client keeps in flight, whatever the blocks role advises
+(`fetch_advice`): each holds a window of chunks (16 MiB) in memory."""
 BUCKET_FAILURES = 2
 """Direct reads from the bucket that fail in a row before a client stops trying them (and
 fetches everything through the blocks role): a bucket it cannot reach should cost it a
@@ -285,6 +288,10 @@ class ApiClient:
         until the blocks role was asked, False once it said it hands out no reads, or once
         `BUCKET_FAILURES` reads in a row failed (a bucket this client cannot reach)."""
         self._bucket_failures = 0
+        self.fetch_advice: int | None = None
+        """How many requests of one download the blocks role advises keeping in flight (its
+        ``locate`` answer's ``fetches``, at most `MOST_FETCHES`): more where its chunks come
+        from object storage. None until it was asked, or from a server that gives none."""
         self.bucket_writes: bool | None = None
         """Whether chunks are put straight into the bucket (`cubby.client.bucketwrites`): None
         until a prove answer said whether the blocks role offers it (`direct_puts`), then
@@ -849,6 +856,9 @@ class ApiClient:
         listed fetched everything through the server for the rest of its life.)"""
         try:
             answer = self._post("/api/v1/blocks/locate", {"hashes": list(hashes)}, once=False)
+            advice = answer.get("fetches") if isinstance(answer, dict) else None
+            if type(advice) is int and advice >= 1:  # a number, bounded here: the server's word is advice
+                self.fetch_advice = min(advice, MOST_FETCHES)
             plan = parse_plan(answer, hashes)
         except NotFound as exc:
             if self.bucket_reads is None and "missing" not in exc.details:

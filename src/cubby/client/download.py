@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any, TypeAlias
 
 from cubby.client import modes
-from cubby.client.api import ApiClient
+from cubby.client.api import MOST_FETCHES, ApiClient
 from cubby.client.localfiles import Progress, check_local_name, lies_within, scan_file
 from cubby.client.windows import BATCH, DOWNLOAD_IN_FLIGHT, DOWNLOAD_WINDOW, SMALL_FILE
 from cubby.core import durable, paths
@@ -94,9 +94,11 @@ def download_file(
         out.truncate()
         rest = chunks[keep:]
         # The next window is asked for while this one is written: the server reads ahead for
-        # it meanwhile, and no round trip is waited for between windows. The part file goes
-        # to the disk while the download runs (`Writeback`), so the fsync below waits little.
-        with ThreadPoolExecutor(DOWNLOAD_IN_FLIGHT) as pool:
+        # it meanwhile, and no round trip is waited for between windows; `DOWNLOAD_IN_FLIGHT`
+        # windows are with the server, or as many as it advises once asked (its first answer:
+        # `ApiClient.fetch_advice`). The part file goes to the disk while the download runs
+        # (`Writeback`), so the fsync below waits little.
+        with ThreadPoolExecutor(MOST_FETCHES) as pool:
             disk = durable.Writeback(out.fileno(), offset)
             pending: deque[tuple[list[ChunkRef], Arrivals]] = deque()
 
@@ -108,7 +110,7 @@ def download_file(
 
             for window, distinct in _windows(rest):
                 pending.append((window, _prefetch(pool, api, distinct)))
-                if len(pending) >= DOWNLOAD_IN_FLIGHT:
+                while len(pending) >= (api.fetch_advice or DOWNLOAD_IN_FLIGHT):
                     received += write_next()
             while pending:
                 received += write_next()

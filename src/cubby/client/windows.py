@@ -23,12 +23,15 @@ DOWNLOAD_WINDOW = 16 * MiB
 """Distinct chunk bytes asked of the server per fetch request; with the cache on disk, the most
 a download holds in memory."""
 DOWNLOAD_IN_FLIGHT = 2
-"""Fetch requests of one file's download with the server at once: the next window is asked
-for while one is written, so the server reads ahead and no round trip is waited for; memory
-holds at most this many windows. Not four: a 1 GiB ``cubby get`` from Ceph RGW on the 2-core
-machine was faster with four (2.13-2.28 s against 2.44-2.58, `bench/s3_transfer.py`,
-2026-12-06), but from the default store, local packs, slower (1.58-2.40 s against 1.06-1.66,
-four alternated rounds) and with twice the memory (125-150 MB of RSS against 61-76)."""
+"""Fetch requests of one file's download with the server at once, until the blocks role
+advises otherwise: the next window is asked for while one is written, so the server reads
+ahead and no round trip is waited for; memory holds at most this many windows. Four from
+object storage, as the blocks role advises there (`ApiClient.fetch_advice`,
+`cubby.server.blocks.FETCHES_FROM_OBJECTS`): a 1 GiB ``cubby get`` from Ceph RGW on the
+2-core machine was faster with four (2.13-2.28 s against 2.44-2.58, `bench/s3_transfer.py`,
+2026-12-06; 2.46 against 2.70, 2026-12-07), but from the default store, local packs, no
+faster or slower (1.58-2.40 s against 1.06-1.66, four alternated rounds; paired 1.00 in
+eight, 2026-12-07) and with twice the memory (125-150 MB of RSS against 61-76)."""
 STAGE_IN_FLIGHT = 2
 """Batches of small files a sync download fetches and writes to temp files at once, on worker
 threads, while the engine's thread lands the one before them (`cubby.client.sync.downloads`).
