@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import socket
 import threading
@@ -21,7 +22,7 @@ import httpx
 import pytest
 
 import cubby
-from cubby.client.api import ApiClient
+from cubby.client.api import MOST_FETCHES, ApiClient
 from cubby.client.download import download_file
 from cubby.client.upload import upload_file
 from cubby.core import frames
@@ -253,6 +254,27 @@ def test_an_error_answer_is_read_off_the_socket_and_not_asked_again() -> None:
             assert exc.value.code == "object_store_error"
             assert exc.value.retryable is (retry_after is not None)
             assert srv.requests == ["GET /api/v1/content/busy.bin identity"]
+
+
+@pytest.mark.parametrize(
+    ("fetches", "taken"),
+    [(3, 3), (10**9, MOST_FETCHES), (0, None), (-2, None), (True, None), ("4", None), (2.5, None), ("absent", None)],
+)
+def test_a_server_s_advice_on_windows_in_flight_is_bounded_and_checked(fetches: object, taken: int | None) -> None:
+    """`locate`'s ``fetches`` is advice the client bounds (at most `MOST_FETCHES` windows, each
+    16 MiB in memory) and takes only as a positive integer: anything else leaves the
+    client's own number, and the download goes on as before (here to the fetch's refusal)."""
+    locate = json.dumps({"direct": False} | ({} if fetches == "absent" else {"fetches": fetches})).encode()
+
+    def answer(method: str, path: str) -> bytes:
+        if path.endswith("/blocks/locate"):
+            return head("200 OK", Content_Type="application/json", Content_Length=str(len(locate))) + locate
+        return _refusing("not_found", "404 Not Found")(method, path)
+
+    with Scripted(answer) as srv, ApiClient(srv.url, None) as api:
+        with pytest.raises(NotFound):
+            list(api.fetch_chunks(["ab" * 32]))
+        assert api.fetch_advice == taken and api.bucket_reads is False
 
 
 def test_an_encoded_body_goes_through_httpx_and_is_decoded() -> None:
